@@ -1,0 +1,266 @@
+"""The one settings object: environment (prefix ``DESKPULSE_``) and an optional ``.env``.
+
+Built once at start (:func:`load_settings`) and passed down; tests construct
+:class:`Settings` directly. Every setting has a default that works with the embedded
+stack. A bad value raises :class:`~models.errors.SettingsError` whose message is one line
+naming the setting, e.g. ``DESKPULSE_WEB_PORT: input should be a valid integer (got 'abc')``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.errors import SettingsError
+
+__all__ = [
+    "DEFAULT_ALERT_RULES",
+    "DEFAULT_FIRST_RESPONSE_TARGETS",
+    "AlertRule",
+    "Settings",
+    "format_duration",
+    "load_settings",
+    "parse_duration",
+]
+
+ENV_PREFIX = "DESKPULSE_"
+
+DEFAULT_FIRST_RESPONSE_TARGETS: dict[str, int] = {
+    "urgent": 3600,
+    "high": 14400,
+    "normal": 28800,
+    "low": 86400,
+}
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds in ``"90s"``, ``"5m"``, ``"1h"``, ``"2d"`` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"not a duration like 90s, 5m, 1h or 2d: {value!r}")
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative: {value!r}")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """The spelling of a width: 300 -> ``"5m"``, 86400 -> ``"24h"``, 90 -> ``"90s"``."""
+    for unit in ("h", "m"):  # 24h reads better on a board than 1d
+        size = _UNIT_SECONDS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+class AlertRule(BaseModel):
+    """A threshold rule on a windowed KPI: fires when ``value op threshold``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    metric: Literal[
+        "chat_abandonment_ratio",
+        "chat_service_level_ratio",
+        "csat_ratio",
+        "first_response_within_target_ratio",
+        "first_response_p90_seconds",
+        "nps_score",
+        "ces_score_average",
+    ]
+    window: str = "15m"
+    op: Literal[">", "<"]
+    threshold: float
+    # A ratio over a handful of samples is noise; below this many the rule stays quiet.
+    min_samples: int = Field(default=10, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        return format_duration(parse_duration(value))
+
+
+DEFAULT_ALERT_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "name": "ChatAbandonmentHigh",
+        "metric": "chat_abandonment_ratio",
+        "window": "15m",
+        "op": ">",
+        "threshold": 0.10,
+    },
+    {"name": "CsatLow", "metric": "csat_ratio", "window": "1h", "op": "<", "threshold": 0.80},
+    {
+        "name": "ChatServiceLevelLow",
+        "metric": "chat_service_level_ratio",
+        "window": "15m",
+        "op": "<",
+        "threshold": 0.80,
+    },
+)
+
+
+class Settings(BaseSettings):
+    """Every knob of deskpulse. Field ``x`` is read from ``DESKPULSE_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Connections
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_prefix: str = Field(default="deskpulse", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    app_id: str = Field(default="deskpulse", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+
+    # Topics
+    topic_tickets: str = "support.tickets"
+    topic_chats: str = "support.chats"
+    topic_surveys: str = "support.surveys"
+    topic_deadletter: str = "deskpulse.deadletter"
+    topic_kpis: str = "deskpulse.kpis"
+    topic_alerts: str = "deskpulse.alerts"
+    topic_partitions: int = Field(default=4, ge=1, le=1024)
+
+    # KPI definitions
+    first_response_targets: dict[Literal["urgent", "high", "normal", "low"], int] = Field(
+        default_factory=lambda: dict(DEFAULT_FIRST_RESPONSE_TARGETS)
+    )
+    short_abandon: Annotated[int, NoDecode] = 5
+    chat_answer_target: Annotated[int, NoDecode] = 20
+
+    # Windows and state
+    bucket_seconds: Annotated[int, NoDecode] = 60
+    rollup_seconds: Annotated[int, NoDecode] = 3600
+    retention: Annotated[int, NoDecode] = 48 * 3600
+    windows: Annotated[tuple[int, ...], NoDecode] = (300, 900, 3600, 86400)
+    max_future: Annotated[int, NoDecode] = 300
+    max_record_bytes: int = Field(default=1_048_576, ge=256)
+
+    # Processing
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    batch_within: float = Field(default=0.25, gt=0, le=10)
+
+    # Web and exporters
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_token: SecretStr | None = None
+    metrics_refresh_interval: Annotated[int, NoDecode] = 5
+    snapshot_interval: Annotated[int, NoDecode] = 10
+    breach_check_interval: Annotated[int, NoDecode] = 15
+    alert_rules: tuple[AlertRule, ...] = Field(
+        default_factory=lambda: tuple(AlertRule(**rule) for rule in DEFAULT_ALERT_RULES)
+    )
+    max_series_per_metric: int = Field(default=10_000, ge=1)
+    label_max_length: int = Field(default=64, ge=8, le=1024)
+
+    @field_validator(
+        "short_abandon",
+        "chat_answer_target",
+        "bucket_seconds",
+        "rollup_seconds",
+        "retention",
+        "max_future",
+        "metrics_refresh_interval",
+        "snapshot_interval",
+        "breach_check_interval",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> int:
+        return parse_duration(value)
+
+    @field_validator("windows", mode="before")
+    @classmethod
+    def _windows(cls, value: Any) -> tuple[int, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        widths = tuple(parse_duration(item) for item in items if str(item).strip())
+        if not widths:
+            raise ValueError("at least one window width is needed")
+        return tuple(dict.fromkeys(widths))
+
+    @field_validator("first_response_targets")
+    @classmethod
+    def _targets(cls, value: dict[str, int]) -> dict[str, int]:
+        merged = {**DEFAULT_FIRST_RESPONSE_TARGETS, **value}
+        if any(seconds <= 0 for seconds in merged.values()):
+            raise ValueError("targets must be positive numbers of seconds")
+        return merged
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.bucket_seconds <= 0:
+            raise ValueError("bucket_seconds: must be positive")
+        if self.rollup_seconds % self.bucket_seconds:
+            raise ValueError("rollup_seconds: must be a multiple of the bucket")
+        for width in self.windows:
+            if width <= 0 or width % self.bucket_seconds:
+                raise ValueError(
+                    f"windows: {format_duration(width)} is not a positive multiple of "
+                    f"the {self.bucket_seconds}s bucket"
+                )
+            if width > self.retention:
+                raise ValueError(f"windows: {format_duration(width)} is longer than retention")
+        for rule in self.alert_rules:
+            if parse_duration(rule.window) % self.bucket_seconds:
+                raise ValueError(f"alert_rules: window of {rule.name} is not a bucket multiple")
+        return self
+
+    @property
+    def window_names(self) -> tuple[str, ...]:
+        return tuple(format_duration(width) for width in self.windows)
+
+    @property
+    def input_topics(self) -> tuple[str, str, str]:
+        return (self.topic_tickets, self.topic_chats, self.topic_surveys)
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(part) for part in first["loc"] if not isinstance(part, int)]
+    message = str(first["msg"])
+    if not loc and ": " in message:  # model-level checks name their field first
+        head, message = message.split(": ", 1)
+        loc = [head.removeprefix("Value error, ")]
+    name = ENV_PREFIX + (loc[0] if loc else "SETTINGS").upper()
+    message = message.removeprefix("Value error, ")
+    got = first.get("input")
+    if loc and isinstance(got, str | int | float):
+        message += f" (got {got!r})"
+    return f"{name}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment; a bad value raises :class:`SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        line = _one_line(error)
+        raise SettingsError(line.split(":", 1)[0], line.split(": ", 1)[1]) from None
