@@ -60,7 +60,14 @@ REJECTION_REASONS: dict[str, str] = {
 Priority = Literal["low", "normal", "high", "urgent"]
 Role = Literal["agent", "customer", "system"]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Dimension = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# Dimension values become Redis field names and label values: no control characters.
+Dimension = Annotated[
+    str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Channel = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256, to_lower=True, pattern=r"^[^\x00-\x1f\x7f]+$"),
+]
 
 
 def _parse_time(value: Any) -> datetime:
@@ -70,7 +77,9 @@ def _parse_time(value: Any) -> datetime:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise RejectedEvent("invalid_timestamp", f"occurred_at {value!r} is not RFC 3339")
+            raise RejectedEvent(
+                "invalid_timestamp", f"occurred_at {value!r} is not RFC 3339"
+            ) from None
     else:
         raise RejectedEvent("invalid_timestamp", f"occurred_at {value!r} is not a string")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
@@ -101,9 +110,7 @@ class _Event(BaseModel):
 
 
 class _Dimensions(BaseModel):
-    channel: Annotated[str, StringConstraints(min_length=1, max_length=256, to_lower=True)] = (
-        "other"
-    )
+    channel: Channel = "other"
     queue: Dimension = "unassigned"
     priority: Priority = "normal"
 
@@ -143,7 +150,7 @@ class TicketStatusChanged(_TicketEvent):
 
 class ChatRequested(_ChatEvent, _Dimensions):
     type: Literal["chat.requested"]
-    channel: Annotated[str, StringConstraints(min_length=1, max_length=256, to_lower=True)] = "chat"
+    channel: Channel = "chat"
 
 
 class ChatAccepted(_ChatEvent):
@@ -170,9 +177,7 @@ class SurveyResponded(_Event):
     ticket_id: Id | None = None
     chat_id: Id | None = None
     agent_id: Id | None = None
-    channel: (
-        Annotated[str, StringConstraints(min_length=1, max_length=256, to_lower=True)] | None
-    ) = None
+    channel: Channel | None = None
     queue: Dimension | None = None
     priority: Priority | None = None
 
