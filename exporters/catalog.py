@@ -1,0 +1,392 @@
+"""Every metric the worker exports: the one source of truth for names, labels and HELP.
+
+The collector builds its families from :data:`CATALOG`; the dashboard, the recording rules
+and the alerts in ``exporters/assets`` are tested against it, so a rename here that is not
+carried through fails the suite instead of a board going blank.
+
+Three groups, on purpose (CONTRACT.md §5):
+
+* **windowed** gauges, labels ``window`` + :data:`DIMS`: event-time results over a rolling
+  window computed by deskpulse from its buckets. Prometheus cannot compute them from scrapes.
+* **cumulative** counters and one classic histogram, labels :data:`DIMS`: the
+  Prometheus-native family that ``rate()`` and ``histogram_quantile()`` work on. Alert rules
+  are built on these.
+* **health**: freshness and pipeline health of the worker itself.
+
+Counters are stored under their full exposed name (``..._total``). Seven windowed gauges
+share a stem with a counter (``deskpulse_tickets_created`` and
+``deskpulse_tickets_created_total``): fine in the classic text format (0.0.4), but in
+OpenMetrics both families would be called ``deskpulse_tickets_created``, so ``/metrics``
+must answer in the classic text format (see :data:`OPENMETRICS_FAMILY_CLASHES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "CATALOG",
+    "CUMULATIVE",
+    "DIMS",
+    "FIRST_RESPONSE_BUCKETS_SECONDS",
+    "HEALTH",
+    "OPENMETRICS_FAMILY_CLASHES",
+    "WINDOWED",
+    "MetricKind",
+    "MetricSpec",
+    "build_catalog",
+    "first_response_buckets",
+    "sample_names",
+]
+
+MetricKind = Literal["gauge", "counter", "histogram"]
+
+DIMS: tuple[str, ...] = ("channel", "queue", "priority")
+_WINDOWED_LABELS: tuple[str, ...] = ("window", *DIMS)
+
+# Bounds of deskpulse_first_response_duration_seconds. They include the default
+# first-response targets (urgent 1h, high 4h, normal 8h, low 24h) so that "responses within
+# target" is an exact bucket count, not an interpolation.
+FIRST_RESPONSE_BUCKETS_SECONDS: tuple[float, ...] = (
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    43200.0,
+    86400.0,
+    172800.0,
+)
+# One Redis MULTI/EXEC per partition per batch: milliseconds normally, seconds when sick.
+_FLUSH_BUCKETS_SECONDS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+_BATCH_BUCKETS_EVENTS: tuple[float, ...] = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exported metric family.
+
+    ``name`` is the name as exposed (counters end in ``_total``); ``unit`` is the base unit
+    that ends the name (``"seconds"``, ``"ratio"``, ...) or ``""`` for plain counts.
+    ``quantiles`` are the values of the ``quantile`` label of a sketch-backed gauge;
+    ``buckets`` the upper bounds of a histogram (``+Inf`` is implied).
+    """
+
+    name: str
+    kind: MetricKind
+    labels: tuple[str, ...]
+    help: str
+    unit: str
+    quantiles: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+def sample_names(spec: MetricSpec) -> tuple[str, ...]:
+    """The sample names a family shows in PromQL: a histogram's ``_bucket/_sum/_count``."""
+    if spec.kind == "histogram":
+        return (f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count")
+    return (spec.name,)
+
+
+def first_response_buckets(targets_seconds: Iterable[float]) -> tuple[float, ...]:
+    """The FRT histogram bounds with the configured targets added, sorted, without repeats."""
+    return tuple(sorted({*FIRST_RESPONSE_BUCKETS_SECONDS, *map(float, targets_seconds)}))
+
+
+def build_catalog(specs: Iterable[MetricSpec]) -> dict[str, MetricSpec]:
+    """Index specs by name; a repeated name is a bug, not an override."""
+    catalog: dict[str, MetricSpec] = {}
+    for spec in specs:
+        if spec.name in catalog:
+            raise ValueError(f"metric {spec.name} is declared twice")
+        catalog[spec.name] = spec
+    return catalog
+
+
+# -- windowed, event-time gauges ------------------------------------------------------------
+
+_EVENT_TIME = (
+    "Event-time result over the rolling window named by the window label, computed by "
+    "deskpulse from its per-bucket state (Prometheus cannot compute it from scrapes: a late "
+    "event lands in the bucket of its own occurred_at)."
+)
+_NO_SAMPLES = (
+    " A ratio, average, quantile or score with no samples in the window is omitted, "
+    "never exported as 0."
+)
+
+
+def _windowed(name: str, what: str, unit: str = "", quantiles: tuple[str, ...] = ()) -> MetricSpec:
+    labels = _WINDOWED_LABELS + (("quantile",) if quantiles else ())
+    return MetricSpec(
+        name=name,
+        kind="gauge",
+        labels=labels,
+        help=f"{what}. {_EVENT_TIME}{_NO_SAMPLES}",
+        unit=unit,
+        quantiles=quantiles,
+    )
+
+
+WINDOWED: tuple[MetricSpec, ...] = (
+    _windowed("deskpulse_tickets_created", "Tickets created in the window"),
+    _windowed("deskpulse_chats_requested", "Chats requested in the window"),
+    _windowed("deskpulse_chats_answered", "Chats accepted by an agent in the window"),
+    _windowed(
+        "deskpulse_chats_abandoned",
+        "Chats abandoned before an accept in the window, short abandons excluded",
+    ),
+    _windowed(
+        "deskpulse_chats_short_abandoned",
+        "Chats abandoned within DESKPULSE_SHORT_ABANDON seconds of the request",
+    ),
+    _windowed(
+        "deskpulse_first_responses", "Tickets whose first public agent reply came in the window"
+    ),
+    _windowed(
+        "deskpulse_first_response_seconds",
+        "First response time quantile (at most 1% relative error) of first replies in the window",
+        unit="seconds",
+        quantiles=("0.5", "0.9", "0.95"),
+    ),
+    _windowed(
+        "deskpulse_first_response_average_seconds",
+        "Mean first response time of first replies in the window",
+        unit="seconds",
+    ),
+    _windowed(
+        "deskpulse_first_response_within_target_ratio",
+        "Share of first responses within the priority's target (0-1)",
+        unit="ratio",
+    ),
+    _windowed(
+        "deskpulse_chat_abandonment_ratio",
+        "Abandoned chats / (answered + abandoned), short abandons excluded (0-1)",
+        unit="ratio",
+    ),
+    _windowed(
+        "deskpulse_chat_service_level_ratio",
+        "Chats answered within DESKPULSE_CHAT_ANSWER_TARGET / (answered + abandoned) (0-1)",
+        unit="ratio",
+    ),
+    _windowed(
+        "deskpulse_chat_wait_seconds",
+        "Chat wait (request to accept or abandon) quantile, at most 1% relative error",
+        unit="seconds",
+        quantiles=("0.5", "0.9"),
+    ),
+    _windowed("deskpulse_csat_responses", "CSAT survey responses in the window"),
+    _windowed(
+        "deskpulse_csat_ratio",
+        "Share of CSAT responses scoring 4 or 5 (0-1)",
+        unit="ratio",
+    ),
+    _windowed("deskpulse_csat_score_average", "Mean CSAT score (1-5)"),
+    _windowed("deskpulse_nps_responses", "NPS survey responses in the window"),
+    _windowed(
+        "deskpulse_nps_score",
+        "Net promoter score: 100 * (promoters - detractors) / responses (-100 to 100)",
+    ),
+    _windowed("deskpulse_ces_responses", "CES survey responses in the window"),
+    _windowed("deskpulse_ces_score_average", "Mean customer effort score (1-7)"),
+)
+
+# -- cumulative, Prometheus-native ----------------------------------------------------------
+
+_CUMULATIVE = " Cumulative since the worker's state began, for rate() and increase()."
+
+
+def _counter(name: str, what: str) -> MetricSpec:
+    return MetricSpec(name=name, kind="counter", labels=DIMS, help=what + _CUMULATIVE, unit="")
+
+
+CUMULATIVE: tuple[MetricSpec, ...] = (
+    _counter("deskpulse_tickets_created_total", "Tickets created."),
+    _counter("deskpulse_chats_requested_total", "Chats requested."),
+    _counter("deskpulse_first_responses_total", "Tickets that got their first public agent reply."),
+    _counter(
+        "deskpulse_first_response_breaches_total",
+        "First responses later than the target of the ticket's priority.",
+    ),
+    MetricSpec(
+        name="deskpulse_first_response_duration_seconds",
+        kind="histogram",
+        labels=DIMS,
+        help=(
+            "First response time of each ticket, observed at its first public agent reply; "
+            "bucket bounds include the configured first-response targets." + _CUMULATIVE
+        ),
+        unit="seconds",
+        buckets=FIRST_RESPONSE_BUCKETS_SECONDS,
+    ),
+    _counter(
+        "deskpulse_chats_offered_total",
+        "Chats offered: answered plus abandoned, short abandons excluded.",
+    ),
+    _counter("deskpulse_chats_answered_total", "Chats accepted by an agent."),
+    _counter(
+        "deskpulse_chats_answered_in_target_total",
+        "Chats accepted within DESKPULSE_CHAT_ANSWER_TARGET seconds of the request.",
+    ),
+    _counter("deskpulse_chats_abandoned_total", "Chats abandoned, short abandons excluded."),
+    _counter(
+        "deskpulse_chats_short_abandoned_total",
+        "Chats abandoned within DESKPULSE_SHORT_ABANDON seconds of the request.",
+    ),
+    _counter("deskpulse_csat_responses_total", "CSAT survey responses."),
+    _counter("deskpulse_csat_satisfied_responses_total", "CSAT survey responses scoring 4 or 5."),
+    _counter(
+        "deskpulse_sla_breaches_total",
+        "Tickets still without a first agent reply at created_at + target, as published "
+        "(once per ticket) to the alerts topic.",
+    ),
+)
+
+# -- freshness and pipeline health ----------------------------------------------------------
+
+HEALTH: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "deskpulse_kpi_refresh_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time at which the in-memory KPI snapshot behind /metrics was last refreshed "
+        "from Redis.",
+        "seconds",
+    ),
+    MetricSpec(
+        "deskpulse_events_processed_total",
+        "counter",
+        ("topic", "type"),
+        "Input events decoded and applied, by source topic and event type.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_events_rejected_total",
+        "counter",
+        ("topic", "reason"),
+        "Input records rejected and sent to the dead-letter topic, by source topic and "
+        "machine-readable reason.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_events_duplicate_total",
+        "counter",
+        ("topic",),
+        "Input events skipped as already applied (repeated event_id or redelivered offset).",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_events_late_total",
+        "counter",
+        ("topic",),
+        "Input events older than the retention behind the newest event time, not applied.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_events_orphaned_total",
+        "counter",
+        (),
+        "Held events whose conversation never opened within the retention; expired.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_events_held",
+        "gauge",
+        (),
+        "Events waiting for the opening event of their conversation.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_consumer_lag_messages",
+        "gauge",
+        ("topic", "partition"),
+        "Messages between the consumer's position and the partition's high watermark.",
+        "messages",
+    ),
+    MetricSpec(
+        "deskpulse_last_event_timestamp_seconds",
+        "gauge",
+        ("topic",),
+        "Event time (occurred_at, Unix seconds) of the newest applied event, by topic.",
+        "seconds",
+    ),
+    MetricSpec(
+        "deskpulse_flush_duration_seconds",
+        "histogram",
+        (),
+        "Duration of one batch flush: one Redis transaction per partition per batch.",
+        "seconds",
+        buckets=_FLUSH_BUCKETS_SECONDS,
+    ),
+    MetricSpec(
+        "deskpulse_batch_events",
+        "histogram",
+        (),
+        "Events per processed batch.",
+        "events",
+        buckets=_BATCH_BUCKETS_EVENTS,
+    ),
+    MetricSpec(
+        "deskpulse_redis_up",
+        "gauge",
+        (),
+        "1 if the last Redis round trip succeeded, else 0.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_broker_up",
+        "gauge",
+        (),
+        "1 if the Kafka broker is reachable from the worker, else 0.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_alert_firing",
+        "gauge",
+        ("rule", "window", *DIMS),
+        "1 while a threshold rule of DESKPULSE_ALERT_RULES fires for the group, else 0.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_series_dropped_total",
+        "counter",
+        ("metric",),
+        "Series left out of /metrics because a metric reached DESKPULSE_MAX_SERIES_PER_METRIC.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_build_info",
+        "gauge",
+        ("version",),
+        "Always 1; the version label names the running deskpulse release.",
+        "",
+    ),
+)
+
+CATALOG: dict[str, MetricSpec] = build_catalog((*WINDOWED, *CUMULATIVE, *HEALTH))
+
+# Families that OpenMetrics would name alike: a windowed gauge and the counter of the same
+# stem (the counter's family is its name without ``_total``).
+OPENMETRICS_FAMILY_CLASHES: frozenset[str] = frozenset(
+    spec.name
+    for spec in CATALOG.values()
+    if spec.kind == "gauge" and CATALOG.get(f"{spec.name}_total", spec).kind == "counter"
+)
