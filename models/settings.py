@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
+    kafka_session_timeout: Annotated[int, NoDecode] = 10
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_prefix: str = Field(default="deskpulse", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     app_id: str = Field(default="deskpulse", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
@@ -182,6 +183,7 @@ class Settings(BaseSettings):
     label_max_length: int = Field(default=64, ge=8, le=1024)
 
     @field_validator(
+        "kafka_session_timeout",
         "short_abandon",
         "chat_answer_target",
         "bucket_seconds",

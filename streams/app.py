@@ -1,0 +1,251 @@
+"""The Faust application: one agent per input topic, plus web pages and timers.
+
+Agents are thin: take a batch (``stream.take_events``), hand it to the
+:class:`~streams.engine.Engine`, and let Faust acknowledge the offsets once the engine has
+committed the batch to Redis. KPI state is Redis, not Faust tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from exporters.kafka import KafkaPublisher, kafka_client_options
+from exporters.prometheus import build_registry
+from models.settings import Settings
+from streams.core import CoreConfig
+from streams.engine import Engine, SourceRecord, retry_forever
+from streams.query import parse_by, query_kpis
+from streams.store import Store
+from streams.topics import ensure_topics
+from streams.windows import parse_width
+
+__all__ = ["Service", "create_app"]
+
+log = logging.getLogger("deskpulse.app")
+
+
+class Service:
+    """What the worker shares between agents, pages and timers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            retry=Retry(NoBackoff(), 0),  # retries and backoff are ours (retry_forever)
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+        )
+        self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        self.registry, self.metrics, self.collector = build_registry(settings, self.store)
+        self.publisher = KafkaPublisher(settings)
+        self.engine = Engine(settings, self.store, self.publisher, self.metrics)
+        self.ready = False
+
+    async def start(self) -> None:
+        """Wait for Redis and the broker (with backoff), check the state, make the topics."""
+        await retry_forever(
+            self.redis.ping, what="connecting to Redis", on_state=self.metrics.redis_up
+        )
+        await self.store.check_config()
+        await retry_forever(
+            lambda: ensure_topics(self.settings),
+            what=f"creating topics on {self.settings.kafka_bootstrap}",
+            retriable=(Exception,),
+            on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
+        )
+        await retry_forever(
+            self.publisher.start,
+            what="starting the Kafka producer",
+            retriable=(Exception,),
+            on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
+        )
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.publisher.stop()
+        await self.redis.aclose()
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app for these settings."""
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_faust_credentials(settings),
+        store="memory://",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_enabled=True,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=True,
+        broker_commit_interval=1.0,
+        broker_session_timeout=float(settings.kafka_session_timeout),
+        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
+        table_cleanup_interval=3600,
+        web_in_thread=False,
+    )
+    service = Service(settings)
+    app.deskpulse = service  # type: ignore[attr-defined]
+
+    topics = {
+        name: app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+            internal=False,
+        )
+        for name in settings.input_topics
+    }
+
+    @app.task(on_leader=False)
+    async def _start_service() -> None:  # started before agents consume
+        await service.start()
+
+    def make_agent(name: str) -> None:
+        async def agent(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.take_events(settings.batch_size, settings.batch_within):
+                while not service.ready:
+                    await asyncio.sleep(0.05)
+                await service.engine.process(
+                    SourceRecord(
+                        topic=e.message.topic,
+                        partition=e.message.partition,
+                        offset=e.message.offset,
+                        key=e.message.key,
+                        value=e.message.value,
+                    )
+                    for e in events
+                )
+
+        agent.__name__ = "agent_" + name.replace(".", "_").replace("-", "_")
+        agent.__qualname__ = agent.__name__
+        app.agent(topics[name], name=f"deskpulse.{name}", concurrency=1)(agent)
+
+    for name in settings.input_topics:
+        make_agent(name)
+
+    @app.timer(interval=float(settings.metrics_refresh_interval))
+    async def _refresh_metrics() -> None:
+        if not service.ready:
+            return
+        try:
+            await service.collector.refresh()
+            service.metrics.redis_up(True)
+        except Exception as error:
+            service.metrics.redis_up(False)
+            log.warning("refreshing the KPI snapshot failed: %s", error)
+        await _update_lag(app, service)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        body = generate_latest(service.registry)
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        problems = []
+        if not service.ready:
+            problems.append("starting")
+        try:
+            await asyncio.wait_for(service.redis.ping(), timeout=2)
+        except Exception as error:
+            problems.append(f"redis: {error}")
+        if problems:
+            return web.json({"status": "not ready", "problems": problems}, status=503)
+        return web.json({"status": "ready"})
+
+    @app.page("/kpis")
+    async def kpis(web: Any, request: Any) -> Any:
+        token = settings.web_token
+        if token is not None:
+            given = request.headers.get("Authorization", "")
+            expected = "Bearer " + token.get_secret_value()
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return web.json({"error": "unauthorized"}, status=401)
+        query = request.query
+        try:
+            width = parse_width(query.get("window", "1h"), settings.bucket_seconds)
+            at_s = _parse_at(query.get("at"))
+            by = parse_by(query.get("by"))
+        except ValueError as error:
+            return web.json({"error": str(error)}, status=400)
+        document = await query_kpis(service.store, width_s=width, at_s=at_s, by=by)
+        return web.bytes(orjson.dumps(document), content_type="application/json")
+
+    @app.on_before_shutdown.connect
+    async def _stop(app: faust.App, **kwargs: Any) -> None:  # pragma: no cover - signal
+        await service.stop()
+
+    return app
+
+
+def _parse_at(text: str | None) -> float:
+    if not text:
+        return time.time()
+    from models.events import _parse_time
+
+    try:
+        return _parse_time(text).timestamp()
+    except Exception as error:
+        raise ValueError(f"--at must be RFC 3339 with an offset: {error}") from None
+
+
+async def _update_lag(app: faust.App, service: Service) -> None:
+    """Consumer lag per assigned input partition, from Faust's own consumer positions."""
+    try:
+        consumer = app.consumer
+        assignment = consumer.assignment()
+        if not assignment:
+            return
+        tps = [tp for tp in assignment if tp.topic in service.settings.input_topics]
+        highwaters = await consumer.highwaters(*tps)
+        for tp in tps:
+            position = consumer._last_offset(tp)
+            end = highwaters.get(tp)
+            if end is None:
+                continue
+            lag = max(0, end - ((position or -1) + 1))
+            service.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        service.metrics.broker_up.set(1)
+    except Exception as error:
+        log.debug("lag update failed: %s", error)
+
+
+def _faust_credentials(settings: Settings) -> Any:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    options = kafka_client_options(settings)
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password else None,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=options.get("ssl_context"),
+    )

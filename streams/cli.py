@@ -1,0 +1,200 @@
+"""``deskpulse`` — the command line.
+
+    deskpulse worker                       run the service (agents, /metrics, /kpis)
+    deskpulse demo                         embedded broker + Redis + worker + traffic
+    deskpulse kpis --window 1h [--at T] [--by channel,queue] [--json]
+    deskpulse simulate ...                 realistic traffic to Kafka or a JSONL file
+    deskpulse produce FILE.jsonl           publish a file of events to the input topics
+    deskpulse replay                       fast backfill straight from the input topics
+
+Settings come from the environment (``DESKPULSE_*``) and ``.env``; a bad one stops the
+command with one line naming it and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from models.errors import DeskpulseError, SettingsError
+from models.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("deskpulse")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deskpulse",
+        description="Live, exact customer-support KPIs from a Kafka event stream.",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("worker", help="run the stream processor and its web endpoints")
+    demo = commands.add_parser(
+        "demo", help="start broker + Redis when absent, the worker, and simulated traffic"
+    )
+    demo.add_argument("--rate", type=float, default=20.0, help="events per second")
+    demo.add_argument("--seed", type=int, default=7)
+    kpis = commands.add_parser("kpis", help="read KPIs from the store (no worker needed)")
+    kpis.add_argument("--window", default="1h", help="width: 5m, 15m, 1h, 24h, ...")
+    kpis.add_argument("--at", default=None, help="window end, RFC 3339 (default now)")
+    kpis.add_argument("--by", default="", help="group by: channel,queue,priority")
+    kpis.add_argument("--json", action="store_true", help="print the JSON document")
+    from streams import tools
+
+    tools.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deskpulse`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        settings = load_settings()
+        if args.command == "worker":
+            return run_worker(settings, args.log_level)
+        if args.command == "demo":
+            from streams.demo import run_demo
+
+            return run_demo(settings, rate=args.rate, seed=args.seed)
+        if args.command == "kpis":
+            return asyncio.run(_kpis(settings, args))
+        from streams import tools
+
+        return tools.run(args, settings)
+    except SettingsError as error:
+        print(f"deskpulse: bad setting {error}", file=sys.stderr)
+        return 2
+    except DeskpulseError as error:
+        print(f"deskpulse: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_worker(settings: Settings, log_level: str = "info") -> int:
+    """Run the Faust worker until SIGINT/SIGTERM (which flush and commit first)."""
+    import faust
+
+    from streams.app import create_app
+
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from streams.app import _parse_at
+    from streams.core import CoreConfig
+    from streams.query import parse_by, query_kpis
+    from streams.store import Store
+    from streams.windows import parse_width
+
+    try:
+        width = parse_width(args.window, settings.bucket_seconds)
+        at_s = _parse_at(args.at)
+        by = parse_by(args.by)
+    except ValueError as error:
+        print(f"deskpulse kpis: {error}", file=sys.stderr)
+        return 2
+    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
+    try:
+        store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        started = time.perf_counter()
+        document = await query_kpis(store, width_s=width, at_s=at_s, by=by)
+        elapsed = time.perf_counter() - started
+    except OSError as error:
+        print(f"deskpulse kpis: Redis unreachable: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await redis.aclose()
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(document) + b"\n")
+    else:
+        print(render_table(document))
+        print(f"({elapsed * 1000:.1f} ms)", file=sys.stderr)
+    return 0
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if unit == "%":
+            return f"{value * 100:.1f}%"
+        if unit == "s":
+            return _duration(value)
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render_table(document: dict[str, Any]) -> str:
+    """A readable table of the KPI document, one row per group."""
+    window = document["window"]
+    header = [
+        "group",
+        "tickets",
+        "FRT p50",
+        "FRT p90",
+        "in target",
+        "chats",
+        "abandon",
+        "svc level",
+        "CSAT",
+        "NPS",
+        "CES",
+    ]
+    rows = [header]
+    for group in document["groups"]:
+        name = ",".join(f"{k}={v}" for k, v in group["key"].items()) or "all"
+        fr, chats = group["first_response"], group["chats"]
+        rows.append(
+            [
+                name,
+                str(group["tickets_created"]),
+                _fmt(fr["p50_seconds"], "s"),
+                _fmt(fr["p90_seconds"], "s"),
+                _fmt(fr["within_target_ratio"], "%"),
+                str(chats["requested"]),
+                _fmt(chats["abandonment_ratio"], "%"),
+                _fmt(chats["service_level_ratio"], "%"),
+                _fmt(group["csat"]["ratio"], "%"),
+                _fmt(group["nps"]["score"]),
+                _fmt(group["ces"]["average"]),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [f"window {window['start']} .. {window['end']} ({window['seconds']}s)"]
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

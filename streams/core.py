@@ -1,0 +1,509 @@
+"""The pure KPI core: conversation state, KPI contributions, and batch folding.
+
+Nothing here reads the clock, awaits, or imports faust, redis or prometheus.
+
+How exactness survives any processing order
+-------------------------------------------
+Each conversation (a ticket or a chat, with the surveys that rate it) is summarised by a
+:class:`Conversation` whose fields only ever move one way — an earliest time can only get
+earlier, a set only grows — so folding its events in any order, with any duplicates, ends
+in the same state. The KPI samples a conversation contributes are a pure function of that
+state (:func:`contributions`). Applying an event therefore means: take the contributions
+before, fold the event, take the contributions after, and write the difference. An early
+reply that arrives late retracts the sample of the later reply it replaces; a reply that
+arrives before its ticket contributes nothing until the ticket is there ("held").
+
+Every contribution is a set of integer fields (see :data:`FIELDS`) at one event time and
+one ``(channel, queue, priority)`` group. Durations are whole milliseconds, so sums are
+exact; quantile sketches are counts per log bucket, so they add and subtract too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from models.events import (
+    ChatAbandoned,
+    ChatAccepted,
+    ChatEnded,
+    ChatRequested,
+    Event,
+    SurveyResponded,
+    TicketCreated,
+    TicketReplied,
+    TicketStatusChanged,
+)
+from streams import sketch
+from streams.windows import bucket_start
+
+__all__ = [
+    "FIELDS",
+    "HISTOGRAM_BOUNDS_S",
+    "SEP",
+    "BatchResult",
+    "Contribution",
+    "Conversation",
+    "CoreConfig",
+    "Pending",
+    "contributions",
+    "dim_key",
+    "fold",
+    "fold_batch",
+    "group_document",
+    "has_samples",
+    "split_dim_key",
+]
+
+#: Separator inside a dimension key and between a dimension key and a field name.
+#: Dimension values never contain control characters (the event models refuse them).
+SEP = "\x1f"
+
+#: The integer fields a contribution carries; ``*_sk:<index>`` are sketch counts.
+FIELDS: dict[str, str] = {
+    "tc": "tickets created",
+    "fr": "first responses",
+    "fr_ms": "sum of first response times, ms",
+    "fr_in": "first responses within the priority's target",
+    "cr": "chats requested",
+    "ca": "chats answered",
+    "ca_in": "chats answered within the answer target",
+    "cab": "chats abandoned (short abandons excluded)",
+    "cs": "chats short-abandoned",
+    "cs_n": "CSAT responses",
+    "cs_sat": "CSAT satisfied responses (score >= 4)",
+    "cs_sum": "sum of CSAT scores",
+    "np_n": "NPS responses",
+    "np_pro": "NPS promoters (>= 9)",
+    "np_det": "NPS detractors (<= 6)",
+    "ce_n": "CES responses",
+    "ce_sum": "sum of CES scores",
+}
+
+#: Bounds of the Prometheus-native first-response histogram (targets are added to these).
+HISTOGRAM_BOUNDS_S: tuple[int, ...] = (
+    60,
+    300,
+    900,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    43200,
+    86400,
+    172800,
+)
+
+Dims = tuple[str, str, str]
+Contribution = tuple[int, Dims, str, int]  # (event time ms, group, field, value)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """The KPI settings the core needs; built from :class:`models.settings.Settings`."""
+
+    bucket_seconds: int = 60
+    rollup_seconds: int = 3600
+    retention_seconds: int = 48 * 3600
+    first_response_targets_s: Mapping[str, int] = field(
+        default_factory=lambda: {"urgent": 3600, "high": 14400, "normal": 28800, "low": 86400}
+    )
+    short_abandon_s: int = 5
+    chat_answer_target_s: int = 20
+
+    @property
+    def histogram_bounds_s(self) -> tuple[int, ...]:
+        """Histogram bucket bounds: the fixed ladder plus every configured target."""
+        return tuple(sorted({*HISTOGRAM_BOUNDS_S, *self.first_response_targets_s.values()}))
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CoreConfig:
+        """Take the KPI settings out of a :class:`models.settings.Settings`."""
+        return cls(
+            bucket_seconds=settings.bucket_seconds,
+            rollup_seconds=settings.rollup_seconds,
+            retention_seconds=settings.retention,
+            first_response_targets_s=dict(settings.first_response_targets),
+            short_abandon_s=settings.short_abandon,
+            chat_answer_target_s=settings.chat_answer_target,
+        )
+
+
+def dim_key(dims: Sequence[str]) -> str:
+    """The string form of a ``(channel, queue, priority)`` group."""
+    return SEP.join(dims)
+
+
+def split_dim_key(key: str) -> Dims:
+    """Inverse of :func:`dim_key`."""
+    channel, queue, priority = key.split(SEP)
+    return (channel, queue, priority)
+
+
+def _ms(event: Event) -> int:
+    # whole milliseconds: sums of durations stay exact integers
+    return math.floor(event.occurred_at.timestamp() * 1000)
+
+
+@dataclass
+class Conversation:
+    """Order-independent summary of one conversation (see the module docstring).
+
+    ``opened``, ``first_reply``, ``accepted`` and ``ended`` are earliest ``(ms, event_id)``
+    pairs; ``surveys`` maps survey event ids to ``(ms, kind, score, channel, queue,
+    priority)`` with ``None`` for dimensions the survey did not carry.
+    """
+
+    kind: str  # "t" ticket, "c" chat
+    opened: tuple[int, str] | None = None
+    dims: Dims | None = None
+    first_reply: tuple[int, str] | None = None
+    accepted: tuple[int, str] | None = None
+    ended: tuple[int, str] | None = None
+    surveys: dict[str, tuple[int, str, int, str | None, str | None, str | None]] = field(
+        default_factory=dict
+    )
+    seen: set[str] = field(default_factory=set)
+    last_ms: int = 0
+
+    def pending(self) -> int:
+        """Events held for an opener that has not arrived (orphans if it never does)."""
+        if self.opened is not None:
+            return 0
+        complete = sum(1 for s in self.surveys.values() if None not in s[3:])
+        return len(self.seen) - complete
+
+    def dumps(self) -> bytes:
+        """Compact JSON for Redis."""
+        return orjson.dumps(
+            [
+                self.kind,
+                self.opened,
+                self.dims,
+                self.first_reply,
+                self.accepted,
+                self.ended,
+                self.surveys,
+                sorted(self.seen),
+                self.last_ms,
+            ]
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> Conversation:
+        """Inverse of :meth:`dumps`."""
+        kind, opened, dims, first_reply, accepted, ended, surveys, seen, last_ms = orjson.loads(raw)
+
+        def pair(value: list[Any] | None) -> tuple[int, str] | None:
+            return None if value is None else (int(value[0]), str(value[1]))
+
+        return cls(
+            kind=kind,
+            opened=pair(opened),
+            dims=None if dims is None else (dims[0], dims[1], dims[2]),
+            first_reply=pair(first_reply),
+            accepted=pair(accepted),
+            ended=pair(ended),
+            surveys={k: (v[0], v[1], v[2], v[3], v[4], v[5]) for k, v in surveys.items()},
+            seen=set(seen),
+            last_ms=last_ms,
+        )
+
+
+def _earliest(current: tuple[int, str] | None, candidate: tuple[int, str]) -> tuple[int, str]:
+    return candidate if current is None or candidate < current else current
+
+
+def fold(state: Conversation, event: Event) -> bool:
+    """Fold one event into its conversation; ``False`` if its ``event_id`` was seen before."""
+    if event.event_id in state.seen:
+        return False
+    state.seen.add(event.event_id)
+    at = (_ms(event), event.event_id)
+    state.last_ms = max(state.last_ms, at[0])
+    if isinstance(event, TicketCreated | ChatRequested):
+        winner = _earliest(state.opened, at)
+        if winner is at:
+            state.opened = at
+            state.dims = (event.channel, event.queue, event.priority)
+    elif isinstance(event, TicketReplied):
+        if event.author_role == "agent" and event.public:
+            state.first_reply = _earliest(state.first_reply, at)
+    elif isinstance(event, ChatAccepted):
+        state.accepted = _earliest(state.accepted, at)
+    elif isinstance(event, ChatAbandoned | ChatEnded):
+        state.ended = _earliest(state.ended, at)
+    elif isinstance(event, SurveyResponded):
+        state.surveys[event.event_id] = (
+            at[0],
+            event.kind,
+            event.score,
+            event.channel,
+            event.queue,
+            event.priority,
+        )
+    else:  # TicketStatusChanged: kept for the lifecycle, no KPI of v1 depends on it
+        assert isinstance(event, TicketStatusChanged)
+    return True
+
+
+def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]:
+    """Every KPI sample this conversation contributes, as a pure function of its state."""
+    out: list[Contribution] = []
+    dims = state.dims
+    if state.opened is not None and dims is not None:
+        opened_ms = state.opened[0]
+        if state.kind == "t":
+            out.append((opened_ms, dims, "tc", 1))
+            if state.first_reply is not None:
+                reply_ms = state.first_reply[0]
+                frt_ms = max(0, reply_ms - opened_ms)
+                target_ms = config.first_response_targets_s[dims[2]] * 1000
+                out.append((reply_ms, dims, "fr", 1))
+                out.append((reply_ms, dims, "fr_ms", frt_ms))
+                out.append((reply_ms, dims, "fr_in", int(frt_ms <= target_ms)))
+                out.append((reply_ms, dims, f"fr_sk:{sketch.index_of(frt_ms / 1000)}", 1))
+                bound = _histogram_bound(frt_ms, config.histogram_bounds_s)
+                out.append((reply_ms, dims, f"frh:{bound}", 1))
+        else:
+            out.append((opened_ms, dims, "cr", 1))
+            outcome = _chat_outcome(state)
+            if outcome is not None:
+                answered, outcome_ms = outcome
+                wait_ms = max(0, outcome_ms - opened_ms)
+                if answered:
+                    in_target = wait_ms <= config.chat_answer_target_s * 1000
+                    out.append((outcome_ms, dims, "ca", 1))
+                    out.append((outcome_ms, dims, "ca_in", int(in_target)))
+                    out.append((outcome_ms, dims, f"cw_sk:{sketch.index_of(wait_ms / 1000)}", 1))
+                elif config.short_abandon_s > 0 and wait_ms < config.short_abandon_s * 1000:
+                    out.append((outcome_ms, dims, "cs", 1))
+                else:
+                    out.append((outcome_ms, dims, "cab", 1))
+    for at_ms, kind, score, channel, queue, priority in state.surveys.values():
+        if None in (channel, queue, priority):
+            if dims is None:
+                continue  # held until the rated conversation's opener arrives
+            channel, queue, priority = (
+                channel or dims[0],
+                queue or dims[1],
+                priority or dims[2],
+            )
+        group: Dims = (str(channel), str(queue), str(priority))
+        out.extend(_survey_fields(at_ms, group, kind, score))
+    return out
+
+
+def _histogram_bound(duration_ms: int, bounds_s: Sequence[int]) -> str:
+    """The smallest histogram bound holding the duration, ``"+Inf"`` past the last."""
+    for bound in bounds_s:
+        if duration_ms <= bound * 1000:
+            return str(bound)
+    return "+Inf"
+
+
+def _chat_outcome(state: Conversation) -> tuple[bool, int] | None:
+    """``(answered, at_ms)`` from the earliest completing event; a tie goes to the accept."""
+    accepted, ended = state.accepted, state.ended
+    if accepted is not None and (ended is None or accepted[0] <= ended[0]):
+        return True, accepted[0]
+    if ended is not None:
+        return False, ended[0]
+    return None
+
+
+def _survey_fields(at_ms: int, group: Dims, kind: str, score: int) -> list[Contribution]:
+    if kind == "csat":
+        return [
+            (at_ms, group, "cs_n", 1),
+            (at_ms, group, "cs_sat", int(score >= 4)),
+            (at_ms, group, "cs_sum", score),
+        ]
+    if kind == "nps":
+        return [
+            (at_ms, group, "np_n", 1),
+            (at_ms, group, "np_pro", int(score >= 9)),
+            (at_ms, group, "np_det", int(score <= 6)),
+        ]
+    return [(at_ms, group, "ce_n", 1), (at_ms, group, "ce_sum", score)]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One decoded event with its source coordinates, waiting to be folded."""
+
+    event: Event
+    topic: str
+    offset: int
+
+
+@dataclass
+class BatchResult:
+    """What one batch of one partition changes: everything the store writes atomically.
+
+    ``buckets`` maps ``(level, bucket start s)`` — level ``"b"`` fine, ``"r"`` roll-up — to
+    field deltas keyed ``dimkey + SEP + field``; ``totals`` holds the cumulative family
+    (no time), including first-response histogram counts ``frh:<bound>``. Sketch counts
+    (``*_sk:<index>``) live only in the time buckets, histogram counts only in the totals.
+    """
+
+    states: dict[str, Conversation] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
+    buckets: dict[tuple[str, int], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter)
+    )
+    totals: Counter[str] = field(default_factory=Counter)
+    counters: Counter[str] = field(default_factory=Counter)
+    offsets: dict[str, int] = field(default_factory=dict)
+    watermark_ms: int = 0
+    applied: int = 0
+
+
+def fold_batch(
+    pending: Iterable[Pending],
+    states: Mapping[str, Conversation | None],
+    *,
+    watermark_ms: int,
+    applied_offsets: Mapping[str, int],
+    config: CoreConfig,
+) -> BatchResult:
+    """Fold one partition's batch against the stored states of the conversations it touches.
+
+    Records at or below ``applied_offsets[topic]`` were applied by an earlier transaction
+    and are skipped. Events older than the retention behind the partition's newest event
+    time are counted as late and not applied; a repeated ``event_id`` is counted as a
+    duplicate. Counters: ``dup:<topic>``, ``late:<topic>``.
+    """
+    items = [p for p in pending if p.offset > applied_offsets.get(p.topic, -1)]
+    result = BatchResult(watermark_ms=watermark_ms)
+    for item in items:
+        result.offsets[item.topic] = max(result.offsets.get(item.topic, -1), item.offset)
+    if not items:
+        return result
+    # The watermark moves first, so the late cut does not depend on the order in the batch.
+    newest = max(_ms(item.event) for item in items)
+    result.watermark_ms = max(watermark_ms, newest)
+    cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
+
+    before: dict[str, list[Contribution]] = {}
+    held_before: dict[str, int] = {}
+    working: dict[str, Conversation] = {}
+    for item in items:
+        event = item.event
+        if _ms(event) < cutoff_ms:
+            result.counters[f"late:{item.topic}"] += 1
+            continue
+        conv_id = event.conversation_id
+        state = working.get(conv_id)
+        if state is None:
+            stored = states.get(conv_id)
+            state = stored if stored is not None else Conversation(kind=conv_id[0])
+            working[conv_id] = state
+            before[conv_id] = contributions(state, config)
+            held_before[conv_id] = state.pending()
+        if fold(state, event):
+            result.applied += 1
+        else:
+            result.counters[f"dup:{item.topic}"] += 1
+
+    for conv_id, state in working.items():
+        delta: Counter[tuple[int, Dims, str]] = Counter()
+        for at_ms, dims, name, value in contributions(state, config):
+            delta[(at_ms, dims, name)] += value
+        for at_ms, dims, name, value in before[conv_id]:
+            delta[(at_ms, dims, name)] -= value
+        for (at_ms, dims, name), value in delta.items():
+            if value == 0:
+                continue
+            key = dim_key(dims) + SEP + name
+            if "_sk:" not in name:
+                result.totals[key] += value
+            if name.startswith("frh:") or at_ms < cutoff_ms:
+                continue  # histogram counts are cumulative only; an expired bucket is gone
+            fine = bucket_start(at_ms / 1000, config.bucket_seconds)
+            result.buckets[("b", fine)][key] += value
+            result.buckets[("r", bucket_start(fine, config.rollup_seconds))][key] += value
+        result.held[conv_id] = state.pending()
+        result.counters["held"] += result.held[conv_id] - held_before[conv_id]
+        result.states[conv_id] = state
+    return result
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def _quantiles(counts: Mapping[int, int], qs: Sequence[float]) -> list[float | None]:
+    merged = sketch.Sketch.from_counts(counts)
+    return [merged.quantile(q) for q in qs]
+
+
+def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[str, Any]:
+    """One group of the KPI document (CONTRACT §4) from its merged integer fields.
+
+    Counts are integers (0 when none); a value with no samples is ``None``; ratios are
+    full precision.
+    """
+
+    def get(name: str) -> int:
+        return int(fields.get(name, 0))
+
+    fr_sketch: dict[int, int] = {}
+    wait_sketch: dict[int, int] = {}
+    for name, value in fields.items():
+        if name.startswith("fr_sk:"):
+            fr_sketch[int(name[6:])] = int(value)
+        elif name.startswith("cw_sk:"):
+            wait_sketch[int(name[6:])] = int(value)
+    fr_n, ca, cab = get("fr"), get("ca"), get("cab")
+    fr_p50, fr_p90, fr_p95 = _quantiles(fr_sketch, (0.5, 0.9, 0.95)) if fr_n else [None] * 3
+    wait_p50, wait_p90 = _quantiles(wait_sketch, (0.5, 0.9)) if ca else [None] * 2
+    cs_n, np_n, ce_n = get("cs_n"), get("np_n"), get("ce_n")
+    nps = _ratio(100 * (get("np_pro") - get("np_det")), np_n)
+    return {
+        "key": dict(key),
+        "tickets_created": get("tc"),
+        "first_response": {
+            "count": fr_n,
+            "mean_seconds": None if not fr_n else get("fr_ms") / fr_n / 1000,
+            "p50_seconds": fr_p50,
+            "p90_seconds": fr_p90,
+            "p95_seconds": fr_p95,
+            "within_target": get("fr_in"),
+            "within_target_ratio": _ratio(get("fr_in"), fr_n),
+        },
+        "chats": {
+            "requested": get("cr"),
+            "answered": ca,
+            "abandoned": cab,
+            "short_abandoned": get("cs"),
+            "abandonment_ratio": _ratio(cab, ca + cab),
+            "service_level_ratio": _ratio(get("ca_in"), ca + cab),
+            "wait_p50_seconds": wait_p50,
+            "wait_p90_seconds": wait_p90,
+        },
+        "csat": {
+            "responses": cs_n,
+            "satisfied": get("cs_sat"),
+            "ratio": _ratio(get("cs_sat"), cs_n),
+            "average": _ratio(get("cs_sum"), cs_n),
+        },
+        "nps": {
+            "responses": np_n,
+            "promoters": get("np_pro"),
+            "detractors": get("np_det"),
+            "score": nps,
+        },
+        "ces": {"responses": ce_n, "average": _ratio(get("ce_sum"), ce_n)},
+    }
+
+
+def has_samples(fields: Mapping[str, int]) -> bool:
+    """Whether a group has any count in its window (groups without are left out)."""
+    return any(value > 0 and "_sk:" not in name for name, value in fields.items())

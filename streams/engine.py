@@ -1,0 +1,227 @@
+"""Processing of one batch of source records: decode, fence, fold, dead-letter, commit.
+
+Shared by the live Faust agents (:mod:`streams.app`) and the replay path, so both leave
+Redis in the same state. The hot path does one Redis round trip to load and one to commit
+per partition per batch, never one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol, TypeVar
+
+from redis.exceptions import BusyLoadingError, ReadOnlyError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from models.errors import RejectedEvent
+from models.events import decode
+from models.settings import Settings
+from streams.core import CoreConfig, Pending, fold_batch
+from streams.store import Store
+
+__all__ = ["DeadLetterSink", "Engine", "SourceRecord", "retry_forever"]
+
+log = logging.getLogger("deskpulse.engine")
+
+T = TypeVar("T")
+
+#: Redis errors that mean "not now": the batch waits and is retried, never dropped.
+RETRIABLE_REDIS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    TryAgainError,
+    OSError,
+)
+
+_TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey."}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One Kafka record as the engine needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class DeadLetterSink(Protocol):
+    """Where rejected records go; ``send`` returns once the broker has them."""
+
+    async def send(self, records: Sequence[tuple[SourceRecord, RejectedEvent]]) -> None: ...
+
+
+class Metrics(Protocol):
+    """The pipeline-health counters the engine reports to."""
+
+    def processed(self, topic: str, event_type: str, count: int) -> None: ...
+    def rejected(self, topic: str, reason: str, count: int) -> None: ...
+    def flushed(self, seconds: float, events: int) -> None: ...
+    def event_time(self, topic: str, t_s: float) -> None: ...
+    def redis_up(self, up: bool) -> None: ...
+
+
+async def retry_forever(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    retriable: tuple[type[BaseException], ...] = RETRIABLE_REDIS,
+    on_state: Callable[[bool], None] | None = None,
+    first_delay_s: float = 0.1,
+    max_delay_s: float = 10.0,
+) -> T:
+    """Run ``operation`` until it succeeds, backing off exponentially on retriable errors.
+
+    Every failure is logged with its attempt number; ``on_state(False)`` is called while
+    failing and ``on_state(True)`` once it works again. Only cancellation stops it.
+    """
+    delay = first_delay_s
+    attempt = 0
+    while True:
+        try:
+            value = await operation()
+        except retriable as error:
+            attempt += 1
+            if on_state is not None:
+                on_state(False)
+            log.warning(
+                "%s failed (attempt %d, retrying in %.1fs): %s", what, attempt, delay, error
+            )
+            await asyncio.sleep(delay)
+            delay = min(max_delay_s, delay * 2)
+            continue
+        if attempt and on_state is not None:
+            log.info("%s works again after %d failed attempts", what, attempt)
+        if on_state is not None:
+            on_state(True)
+        return value
+
+
+class Engine:
+    """Turns batches of source records into committed KPI state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        deadletter: DeadLetterSink,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.deadletter = deadletter
+        self.metrics = metrics
+        self.config = CoreConfig.from_settings(settings)
+        self.clock = clock
+        self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._kinds = {
+            settings.topic_tickets: "tickets",
+            settings.topic_chats: "chats",
+            settings.topic_surveys: "surveys",
+        }
+
+    async def process(self, records: Iterable[SourceRecord]) -> None:
+        """Apply a batch; returns only when every record is committed or dead-lettered."""
+        by_partition: dict[int, list[SourceRecord]] = defaultdict(list)
+        for record in records:
+            by_partition[record.partition].append(record)
+        now_s = self.clock()
+        for partition, batch in sorted(by_partition.items()):
+            # the three co-partitioned topics share one partition's state: one batch at a time
+            async with self._locks[partition]:
+                await self._process_partition(partition, batch, now_s)
+
+    def _decode(self, record: SourceRecord, now_s: float) -> Pending:
+        settings = self.settings
+        event = decode(
+            record.value,
+            max_bytes=settings.max_record_bytes,
+            now_s=now_s,
+            max_future_s=settings.max_future,
+        )
+        kind = self._kinds.get(record.topic)
+        if kind is not None and not event.type.startswith(_TOPIC_PREFIX[kind]):
+            raise RejectedEvent(
+                "wrong_topic", f"{event.type} does not belong on {record.topic} ({kind})"
+            )
+        return Pending(event=event, topic=record.topic, offset=record.offset)
+
+    async def _process_partition(
+        self, partition: int, batch: list[SourceRecord], now_s: float
+    ) -> None:
+        pending: list[Pending] = []
+        rejected: list[tuple[SourceRecord, RejectedEvent]] = []
+        for record in batch:
+            try:
+                pending.append(self._decode(record, now_s))
+            except RejectedEvent as error:
+                rejected.append((record, error))
+        conversation_ids = [p.event.conversation_id for p in pending]
+        started = time.perf_counter()
+        sent_rejects = False
+        fresh_rejects: list[tuple[SourceRecord, RejectedEvent]] = []
+        while True:
+            meta, states = await retry_forever(
+                partial(self.store.load, partition, conversation_ids),
+                what=f"loading partition {partition} state from Redis",
+                on_state=self.metrics.redis_up,
+            )
+            result = fold_batch(
+                pending,
+                states,
+                watermark_ms=meta.watermark_ms,
+                applied_offsets=meta.offsets,
+                config=self.config,
+            )
+            if not sent_rejects:
+                fresh_rejects = [
+                    (r, e) for r, e in rejected if r.offset > meta.offsets.get(r.topic, -1)
+                ]
+                if fresh_rejects:
+                    # the broker has them before their offsets are recorded as applied
+                    await self.deadletter.send(fresh_rejects)
+                sent_rejects = True
+            for record, _ in rejected:
+                if record.offset > result.offsets.get(record.topic, -1):
+                    result.offsets[record.topic] = record.offset
+            if not result.offsets:
+                return  # everything was applied before (redelivery after a crash)
+            committed = await retry_forever(
+                partial(self.store.commit, partition, meta.version, result),
+                what=f"committing partition {partition} to Redis",
+                on_state=self.metrics.redis_up,
+            )
+            if committed:
+                break
+            log.info("partition %d moved under this batch; folding it again", partition)
+        self.metrics.flushed(time.perf_counter() - started, len(batch))
+        fresh = [p for p in pending if p.offset > meta.offsets.get(p.topic, -1)]
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        newest: dict[str, float] = {}
+        for item in fresh:
+            counts[(item.topic, item.event.type)] += 1
+            t_s = item.event.occurred_at_s
+            if t_s > newest.get(item.topic, float("-inf")):
+                newest[item.topic] = t_s
+        for (topic, event_type), count in counts.items():
+            self.metrics.processed(topic, event_type, count)
+        for topic, t_s in newest.items():
+            self.metrics.event_time(topic, t_s)
+        reasons: dict[tuple[str, str], int] = defaultdict(int)
+        for record, error in fresh_rejects:
+            reasons[(record.topic, error.reason)] += 1
+        for (topic, reason), count in reasons.items():
+            self.metrics.rejected(topic, reason, count)

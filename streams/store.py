@@ -1,0 +1,276 @@
+"""Redis-backed KPI state: one conditional transaction per partition per batch.
+
+Key layout (``P`` = ``DESKPULSE_REDIS_PREFIX``, ``n`` = source partition; every key of a
+partition carries the hash tag ``{pn}``, so a batch is one script on one cluster slot):
+
+=============================  ===========================================================
+``P:{pn}:meta``                hash: ``version``, ``wm`` (newest event time, ms),
+                               ``off:<topic>`` (last applied offset), ``held``, ``orphaned``,
+                               ``dup:<topic>``, ``late:<topic>``, ``applied``
+``P:{pn}:b:<start>``           hash: fine bucket (``DESKPULSE_BUCKET_SECONDS``), fields
+                               ``channel␟queue␟priority␟field`` -> integer
+``P:{pn}:r:<start>``           hash: the same fields rolled up per ``rollup_seconds``
+``P:{pn}:bidx``                zset: bucket key suffix -> bucket end (s), for trimming
+``P:{pn}:tot``                 hash: the cumulative (Prometheus-native) totals
+``P:{pn}:conv``                hash: conversation id -> :class:`~streams.core.Conversation`
+``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms)
+``P:{pn}:held``                hash: conversation id -> events held for its opener
+``P:partitions``               set of partition numbers that have state
+``P:config``                   hash: the bucket sizes the state was written with
+=============================  ===========================================================
+
+Exactly once: :meth:`Store.load` reads ``version`` with the states; :meth:`Store.commit`
+runs a Lua script that applies the batch only if ``version`` is unchanged, and records
+the offsets in the same step. A batch whose reply was lost and is retried finds the
+version moved and is re-folded from fresh state, where the offset fence skips what was
+applied. Memory is bounded by event-time retention: buckets whose end is older than the
+newest event time minus retention, and conversations with no event since then, are
+deleted by the same script (a conversation deleted while still waiting for its opener
+counts its held events as orphaned).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from streams.core import SEP, BatchResult, Conversation, CoreConfig
+
+__all__ = ["PartitionMeta", "Store"]
+
+# Applies one batch if the partition's version is the one the batch was folded against.
+# ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then sections,
+# each led by its item count: offsets (topic, offset), meta increments (field, delta),
+# buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
+# conversations (id, state json, newest ms, held count).
+_COMMIT = """
+local base = KEYS[1]
+local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
+local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
+local current = redis.call('HGET', meta, 'version') or '0'
+if current ~= ARGV[1] then
+  return {0, current, 0}
+end
+local i = 5
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1]); i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HINCRBY', meta, ARGV[i], ARGV[i + 1]); i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local key = base .. ARGV[i]
+  redis.call('ZADD', bidx, ARGV[i + 1], ARGV[i])
+  local fields = tonumber(ARGV[i + 2]); i = i + 3
+  for _ = 1, fields do
+    if redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1]) == 0 then
+      redis.call('HDEL', key, ARGV[i])
+    end
+    i = i + 2
+  end
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  if redis.call('HINCRBY', tot, ARGV[i], ARGV[i + 1]) == 0 then
+    redis.call('HDEL', tot, ARGV[i])
+  end
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local id = ARGV[i]
+  redis.call('HSET', conv, id, ARGV[i + 1])
+  redis.call('ZADD', convexp, ARGV[i + 2], id)
+  if ARGV[i + 3] == '0' then
+    redis.call('HDEL', held, id)
+  else
+    redis.call('HSET', held, id, ARGV[i + 3])
+  end
+  i = i + 4
+end
+redis.call('HSET', meta, 'wm', ARGV[2])
+local old = redis.call('ZRANGEBYSCORE', bidx, '-inf', ARGV[3], 'LIMIT', 0, 500)
+for _, suffix in ipairs(old) do
+  redis.call('DEL', base .. suffix)
+  redis.call('ZREM', bidx, suffix)
+end
+local orphaned = 0
+local expired = redis.call('ZRANGEBYSCORE', convexp, '-inf', '(' .. ARGV[4], 'LIMIT', 0, 2000)
+for _, id in ipairs(expired) do
+  local waiting = tonumber(redis.call('HGET', held, id) or '0')
+  orphaned = orphaned + waiting
+  redis.call('HDEL', conv, id)
+  redis.call('HDEL', held, id)
+  redis.call('ZREM', convexp, id)
+end
+if orphaned > 0 then
+  redis.call('HINCRBY', meta, 'orphaned', orphaned)
+  redis.call('HINCRBY', meta, 'held', -orphaned)
+end
+local version = redis.call('HINCRBY', meta, 'version', 1)
+return {1, tostring(version), orphaned}
+"""
+
+
+@dataclass(frozen=True)
+class PartitionMeta:
+    """What a batch is folded against: the version to check, watermark and offsets."""
+
+    version: str
+    watermark_ms: int
+    offsets: dict[str, int]
+    counters: dict[str, int]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    """KPI state of all partitions under one key prefix."""
+
+    def __init__(self, redis: Redis, prefix: str, config: CoreConfig) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.config = config
+        self._commit = redis.register_script(_COMMIT)
+        self._known_partitions: set[int] = set()
+
+    def base(self, partition: int) -> str:
+        """The key prefix of one partition, with its hash tag."""
+        return f"{self.prefix}:{{p{partition}}}:"
+
+    async def check_config(self) -> None:
+        """Refuse to mix state written with other bucket sizes (reads would be wrong)."""
+        key = f"{self.prefix}:config"
+        wanted = {
+            "bucket_seconds": str(self.config.bucket_seconds),
+            "rollup_seconds": str(self.config.rollup_seconds),
+        }
+        await self.redis.hsetnx(key, "bucket_seconds", wanted["bucket_seconds"])
+        await self.redis.hsetnx(key, "rollup_seconds", wanted["rollup_seconds"])
+        stored = {_text(k): _text(v) for k, v in (await self.redis.hgetall(key)).items()}
+        for name, value in wanted.items():
+            if stored.get(name) != value:
+                from models.errors import SettingsError
+
+                raise SettingsError(
+                    f"DESKPULSE_{name.upper()}",
+                    f"is {value} but the state under prefix {self.prefix!r} was written with "
+                    f"{stored.get(name)}; use another DESKPULSE_REDIS_PREFIX or the old value",
+                )
+
+    async def load(
+        self, partition: int, conversation_ids: Iterable[str]
+    ) -> tuple[PartitionMeta, dict[str, Conversation | None]]:
+        """Read a partition's meta and the given conversations in one round trip."""
+        ids = list(dict.fromkeys(conversation_ids))
+        base = self.base(partition)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(base + "meta")
+            if ids:
+                pipe.hmget(base + "conv", ids)
+            replies = await pipe.execute()
+        raw_meta = {_text(k): _text(v) for k, v in replies[0].items()}
+        offsets = {k[4:]: int(v) for k, v in raw_meta.items() if k.startswith("off:")}
+        counters = {
+            k: int(v) for k, v in raw_meta.items() if k not in ("version", "wm") and k[:4] != "off:"
+        }
+        meta = PartitionMeta(
+            version=raw_meta.get("version", "0"),
+            watermark_ms=int(raw_meta.get("wm", "0")),
+            offsets=offsets,
+            counters=counters,
+        )
+        states: dict[str, Conversation | None] = {}
+        if ids:
+            for conv_id, raw in zip(ids, replies[1], strict=True):
+                states[conv_id] = None if raw is None else Conversation.loads(raw)
+        return meta, states
+
+    async def commit(self, partition: int, expected_version: str, result: BatchResult) -> bool:
+        """Apply a folded batch atomically; ``False`` if the partition moved meanwhile."""
+        if partition not in self._known_partitions:
+            await self.redis.sadd(f"{self.prefix}:partitions", partition)
+            self._known_partitions.add(partition)
+        cfg = self.config
+        args: list[Any] = [
+            expected_version,
+            result.watermark_ms,
+            result.watermark_ms // 1000 - cfg.retention_seconds,
+            result.watermark_ms - cfg.retention_seconds * 1000,
+        ]
+        args.append(len(result.offsets))
+        for topic, offset in result.offsets.items():
+            args += [topic, offset]
+        counters = {k: v for k, v in result.counters.items() if v}
+        if result.applied:
+            counters["applied"] = result.applied
+        args.append(len(counters))
+        for name, delta in counters.items():
+            args += [name, delta]
+        buckets = [(level, start, fields) for (level, start), fields in result.buckets.items()]
+        args.append(len(buckets))
+        for level, start, fields in buckets:
+            width = cfg.bucket_seconds if level == "b" else cfg.rollup_seconds
+            nonzero = [(k, v) for k, v in fields.items() if v]
+            args += [f"{level}:{start}", start + width, len(nonzero)]
+            for name, delta in nonzero:
+                args += [name, delta]
+        totals = [(k, v) for k, v in result.totals.items() if v]
+        args.append(len(totals))
+        for name, delta in totals:
+            args += [name, delta]
+        args.append(len(result.states))
+        for conv_id, state in result.states.items():
+            args += [conv_id, state.dumps(), state.last_ms, result.held.get(conv_id, 0)]
+        reply = await self._commit(keys=[self.base(partition)], args=args)
+        return int(reply[0]) == 1
+
+    async def partitions(self) -> list[int]:
+        """Partitions that have state."""
+        members = await self.redis.smembers(f"{self.prefix}:partitions")
+        return sorted(int(m) for m in members)
+
+    async def read_buckets(self, keys_by_partition: Mapping[int, Sequence[str]]) -> Counter[str]:
+        """Sum the fields of the given bucket keys (suffixes) over all partitions."""
+        merged: Counter[str] = Counter()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, suffixes in keys_by_partition.items():
+                base = self.base(partition)
+                for suffix in suffixes:
+                    pipe.hgetall(base + suffix)
+            replies = await pipe.execute()
+        for reply in replies:
+            for name, value in reply.items():
+                merged[_text(name)] += int(value)
+        return merged
+
+    async def read_meta(self) -> dict[int, dict[str, str]]:
+        """Every partition's meta hash (for health metrics)."""
+        parts = await self.partitions()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in parts:
+                pipe.hgetall(self.base(partition) + "meta")
+            replies = await pipe.execute()
+        return {
+            p: {_text(k): _text(v) for k, v in r.items()}
+            for p, r in zip(parts, replies, strict=True)
+        }
+
+    async def read_totals(self) -> Counter[str]:
+        """The cumulative totals summed over partitions."""
+        return await self.read_buckets({p: ["tot"] for p in await self.partitions()})
+
+
+def split_field(name: str) -> tuple[str, str]:
+    """``dimkey, field`` of a stored field name."""
+    dims, _, field = name.rpartition(SEP)
+    return dims, field

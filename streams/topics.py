@@ -1,0 +1,32 @@
+"""The topics deskpulse reads and writes, created on start when missing."""
+
+from __future__ import annotations
+
+from exporters.kafka import kafka_client_options
+from models.settings import Settings
+from streams.embedded import check_copartitioned
+from streams.embedded import ensure_topics as _ensure
+
+__all__ = ["ensure_topics"]
+
+
+async def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create missing input and output topics; refuse input topics of unequal partitions."""
+    options = kafka_client_options(settings)
+    bootstrap = options.pop("bootstrap_servers")
+    partitions = settings.topic_partitions
+    counts = await _ensure(
+        bootstrap,
+        {
+            settings.topic_tickets: partitions,
+            settings.topic_chats: partitions,
+            settings.topic_surveys: partitions,
+            settings.topic_deadletter: partitions,
+            settings.topic_kpis: 1,
+            settings.topic_alerts: 1,
+        },
+        compacted={settings.topic_kpis},
+        **options,
+    )
+    await check_copartitioned(bootstrap, settings.input_topics, **options)
+    return counts
