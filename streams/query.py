@@ -1,6 +1,6 @@
 """Reading KPIs: the document of CONTRACT §4 for any window within retention.
 
-A read costs O(partitions × buckets touched) — a 24 h window touches the roll-up buckets
+A read costs O(partitions x buckets touched) — a 24 h window touches the roll-up buckets
 in its middle and fine buckets only at its ragged edges — never O(events).
 """
 
