@@ -266,7 +266,7 @@ class KpiCollector(Collector):
                         if value is not None:
                             quantiles[name].add_metric([*values, q], float(value))
         families: list[Metric] = [*gauges.values(), *quantiles.values()]
-        by_dims: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
+        by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
         for name, value in totals.items():
             dims, _, field = name.rpartition(SEP)
             by_dims[split_dim_key(dims)][field] = value
@@ -303,8 +303,8 @@ class KpiCollector(Collector):
             histogram.add_metric(values, buckets, sum_value=fields.get("fr_ms", 0) / 1000)
         families += [*counters.values(), breaches, offered, histogram]
         sums: Counter[str] = Counter()
-        for fields in meta.values():
-            for name, value in fields.items():
+        for partition_meta in meta.values():
+            for name, value in partition_meta.items():
                 if name.split(":")[0] in ("dup", "late", "orphaned", "held"):
                     sums[name] += int(value)
         duplicate = CounterMetricFamily(
@@ -347,7 +347,7 @@ def build_registry(
     settings: Settings, store: Store
 ) -> tuple[CollectorRegistry, PipelineMetrics, KpiCollector]:
     """A fresh registry with the pipeline counters and the KPI collector registered."""
-    disable_created_metrics()  # `_created` series double the exposition for no KPI value
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series double the exposition for no KPI value
     registry = CollectorRegistry(auto_describe=False)
     pipeline = PipelineMetrics(registry)
     collector = KpiCollector(store, settings)

@@ -36,7 +36,9 @@ __all__ = [
 
 ENV_PREFIX = "DESKPULSE_"
 
-DEFAULT_FIRST_RESPONSE_TARGETS: dict[str, int] = {
+PriorityName = Literal["urgent", "high", "normal", "low"]
+
+DEFAULT_FIRST_RESPONSE_TARGETS: dict[PriorityName, int] = {
     "urgent": 3600,
     "high": 14400,
     "normal": 28800,
@@ -151,7 +153,7 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=4, ge=1, le=1024)
 
     # KPI definitions
-    first_response_targets: dict[Literal["urgent", "high", "normal", "low"], int] = Field(
+    first_response_targets: dict[PriorityName, int] = Field(
         default_factory=lambda: dict(DEFAULT_FIRST_RESPONSE_TARGETS)
     )
     short_abandon: Annotated[int, NoDecode] = 5
@@ -210,7 +212,7 @@ class Settings(BaseSettings):
 
     @field_validator("first_response_targets")
     @classmethod
-    def _targets(cls, value: dict[str, int]) -> dict[str, int]:
+    def _targets(cls, value: dict[PriorityName, int]) -> dict[PriorityName, int]:
         merged = {**DEFAULT_FIRST_RESPONSE_TARGETS, **value}
         if any(seconds <= 0 for seconds in merged.values()):
             raise ValueError("targets must be positive numbers of seconds")

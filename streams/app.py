@@ -117,12 +117,12 @@ def create_app(settings: Settings) -> faust.App:
         for name in settings.input_topics
     }
 
-    @app.task(on_leader=False)
+    @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_service() -> None:  # started before agents consume
         await service.start()
 
     def make_agent(name: str) -> None:
-        async def agent(stream: faust.StreamT[bytes]) -> None:
+        async def agent(stream: Any) -> None:
             async for events in stream.take_events(settings.batch_size, settings.batch_within):
                 while not service.ready:
                     await asyncio.sleep(0.05)
@@ -144,7 +144,7 @@ def create_app(settings: Settings) -> faust.App:
     for name in settings.input_topics:
         make_agent(name)
 
-    @app.timer(interval=float(settings.metrics_refresh_interval))
+    @app.timer(interval=float(settings.metrics_refresh_interval))  # type: ignore[untyped-decorator]
     async def _refresh_metrics() -> None:
         if not service.ready:
             return
@@ -196,8 +196,10 @@ def create_app(settings: Settings) -> faust.App:
         document = await query_kpis(service.store, width_s=width, at_s=at_s, by=by)
         return web.bytes(orjson.dumps(document), content_type="application/json")
 
-    @app.on_before_shutdown.connect
-    async def _stop(app: faust.App, **kwargs: Any) -> None:  # pragma: no cover - signal
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _stop(
+        app: faust.App, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:  # pragma: no cover - signal
         await service.stop()
 
     return app
@@ -217,7 +219,7 @@ def _parse_at(text: str | None) -> float:
 async def _update_lag(app: faust.App, service: Service) -> None:
     """Consumer lag per assigned input partition, from Faust's own consumer positions."""
     try:
-        consumer = app.consumer
+        consumer: Any = app.consumer
         assignment = consumer.assignment()
         if not assignment:
             return

@@ -221,7 +221,7 @@ class Engine:
         for topic, t_s in newest.items():
             self.metrics.event_time(topic, t_s)
         reasons: dict[tuple[str, str], int] = defaultdict(int)
-        for record, error in fresh_rejects:
-            reasons[(record.topic, error.reason)] += 1
+        for record, rejection in fresh_rejects:
+            reasons[(record.topic, rejection.reason)] += 1
         for (topic, reason), count in reasons.items():
             self.metrics.rejected(topic, reason, count)
