@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
@@ -26,9 +27,8 @@ from prometheus_client.registry import Collector
 
 from models.settings import Settings, format_duration
 from streams.core import SEP, group_document, has_samples, split_dim_key
-from streams.query import group_fields
+from streams.query import group_fields, read_window
 from streams.store import Store
-from streams.windows import cover, window_bounds
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry"]
 
@@ -169,11 +169,26 @@ _TOTALS: tuple[tuple[str, str, str], ...] = (
     ("deskpulse_chats_short_abandoned", "cs", "Chats short-abandoned."),
     ("deskpulse_csat_responses", "cs_n", "CSAT responses."),
     ("deskpulse_csat_satisfied_responses", "cs_sat", "CSAT responses scoring 4-5."),
+    ("deskpulse_sla_breaches", "sla", "Tickets unanswered past their target (sla.breached)."),
 )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _label(value: str, limit: int) -> str:
     return value[:limit]
+
+
+@dataclass(frozen=True)
+class WindowRead:
+    """One window's summed fields as of the last refresh (shared with the publishers)."""
+
+    name: str
+    start_s: int
+    end_s: int
+    fields: Counter[str]
 
 
 class KpiCollector(Collector):
@@ -183,6 +198,7 @@ class KpiCollector(Collector):
         self.store = store
         self.settings = settings
         self._families: list[Metric] = []
+        self.windows: list[WindowRead] = []
         self.refreshed_at: float | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -194,18 +210,23 @@ class KpiCollector(Collector):
     async def refresh(self, now_s: float | None = None) -> None:
         """Rebuild the snapshot from Redis (the only I/O of this class)."""
         now_s = time.time() if now_s is None else now_s
-        cfg = self.store.config
         parts = await self.store.partitions()
+        windows: list[WindowRead] = []
         per_window: list[tuple[str, dict[tuple[str, ...], dict[str, int]]]] = []
         for width in self.settings.windows:
-            start, end = window_bounds(now_s, width, cfg.bucket_seconds)
-            rollups, fines = cover(start, end, cfg.bucket_seconds, cfg.rollup_seconds)
-            suffixes = [f"r:{s}" for s in rollups] + [f"b:{s}" for s in fines]
-            merged = await self.store.read_buckets({p: suffixes for p in parts})
-            per_window.append((format_duration(width), group_fields(merged, DIMS)))
+            start, end, merged = await read_window(
+                self.store, width_s=width, at_s=now_s, partitions=parts
+            )
+            name = format_duration(width)
+            windows.append(WindowRead(name, start, end, merged))
+            per_window.append((name, group_fields(merged, DIMS)))
         totals = await self.store.read_totals()
         meta = await self.store.read_meta()
-        self._families = self._build(per_window, totals, meta)
+        firing = await self.store.redis.hgetall(f"{self.store.prefix}:alerts")
+        families = self._build(per_window, totals, meta)
+        families.append(self._alert_family(firing))
+        self._families = families
+        self.windows = windows
         self.refreshed_at = now_s
         refresh = GaugeMetricFamily(
             "deskpulse_kpi_refresh_timestamp_seconds",
@@ -213,6 +234,18 @@ class KpiCollector(Collector):
         )
         refresh.add_metric([], time.time())
         self._families.append(refresh)
+
+    def _alert_family(self, firing: dict[Any, Any]) -> Metric:
+        family = GaugeMetricFamily(
+            "deskpulse_alert_firing",
+            "1 while a threshold rule (DESKPULSE_ALERT_RULES) holds for a group.",
+            labels=["rule", "window", *DIMS],
+        )
+        for raw_key, raw_state in firing.items():
+            rule, window, channel, queue, priority = _text(raw_key).split(SEP)
+            if _text(raw_state) == "firing":
+                family.add_metric([rule, window, channel, queue, priority], 1.0)
+        return family
 
     def _guard(
         self, groups: dict[tuple[str, ...], dict[str, int]], dropped: Counter[str], metric: str

@@ -94,6 +94,8 @@ class AlertRule(BaseModel):
     threshold: float
     # A ratio over a handful of samples is noise; below this many the rule stays quiet.
     min_samples: int = Field(default=10, ge=1)
+    # Evaluate per group of these dimensions; empty: the total only.
+    by: tuple[Literal["channel", "queue", "priority"], ...] = ()
 
     @field_validator("window")
     @classmethod

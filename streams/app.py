@@ -22,7 +22,9 @@ from redis.backoff import NoBackoff
 
 from exporters.kafka import KafkaPublisher, kafka_client_options
 from exporters.prometheus import build_registry
+from exporters.publish import evaluate_rules, publish_snapshots
 from models.settings import Settings
+from streams.breaches import check_breaches
 from streams.core import CoreConfig
 from streams.engine import Engine, SourceRecord, retry_forever
 from streams.query import parse_by, query_kpis
@@ -154,7 +156,44 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as error:
             service.metrics.redis_up(False)
             log.warning("refreshing the KPI snapshot failed: %s", error)
-        await _update_lag(app, service)
+
+    @app.timer(interval=float(settings.breach_check_interval))  # type: ignore[untyped-decorator]
+    async def _check_breaches() -> None:
+        if not service.ready:
+            return
+        lags = await _update_lag(app, service)
+        partitions = {partition for (_, partition) in lags}
+        now_ms = int(time.time() * 1000)
+        for partition in sorted(partitions):
+            caught_up = all(lag == 0 for (_, p), lag in lags.items() if p == partition)
+            try:
+                async with service.engine.partition_lock(partition):
+                    meta, _ = await service.store.load(partition, [])
+                    # caught up: nothing unread can hold an in-time reply, the wall clock
+                    # is safe; behind (a backfill): event time, so no false breaches
+                    clock_ms = max(meta.watermark_ms, now_ms) if caught_up else meta.watermark_ms
+                    published = await check_breaches(
+                        service.store,
+                        partition,
+                        clock_ms,
+                        lambda items: service.publisher.publish_json(settings.topic_alerts, items),
+                    )
+                if published:
+                    log.info("partition %d: %d SLA breaches published", partition, published)
+            except Exception as error:
+                log.warning("breach check of partition %d failed: %s", partition, error)
+
+    @app.timer(  # type: ignore[untyped-decorator]
+        interval=float(settings.snapshot_interval), on_leader=True
+    )
+    async def _publish_outputs() -> None:
+        if not service.ready or not service.collector.windows:
+            return
+        try:
+            await publish_snapshots(service.collector.windows, service.publisher, settings)
+            await evaluate_rules(service.store, service.publisher, settings)
+        except Exception as error:
+            log.warning("publishing KPI snapshots or alerts failed: %s", error)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
@@ -216,25 +255,31 @@ def _parse_at(text: str | None) -> float:
         raise ValueError(f"--at must be RFC 3339 with an offset: {error}") from None
 
 
-async def _update_lag(app: faust.App, service: Service) -> None:
+async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int], int]:
     """Consumer lag per assigned input partition, from Faust's own consumer positions."""
+    lags: dict[tuple[str, int], int] = {}
     try:
         consumer: Any = app.consumer
         assignment = consumer.assignment()
         if not assignment:
-            return
+            return lags
         tps = [tp for tp in assignment if tp.topic in service.settings.input_topics]
         highwaters = await consumer.highwaters(*tps)
         for tp in tps:
-            position = consumer._last_offset(tp)
+            # the next offset to read once everything processed is committed (faust keeps
+            # it per partition; there is no public accessor)
+            committed = consumer._committed_offset.get(tp)
             end = highwaters.get(tp)
             if end is None:
                 continue
-            lag = max(0, end - ((position or -1) + 1))
+            lag = max(0, end - (committed or 0))
+            lags[(tp.topic, tp.partition)] = lag
             service.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
         service.metrics.broker_up.set(1)
-    except Exception as error:
+    except Exception as error:  # lag is best-effort health, never fatal
+        service.metrics.broker_up.set(0)
         log.debug("lag update failed: %s", error)
+    return lags
 
 
 def _faust_credentials(settings: Settings) -> Any:

@@ -51,6 +51,7 @@ __all__ = [
     "Conversation",
     "CoreConfig",
     "Pending",
+    "breach_deadline",
     "contributions",
     "dim_key",
     "fold",
@@ -308,6 +309,20 @@ def _histogram_bound(duration_ms: int, bounds_s: Sequence[int]) -> str:
     return "+Inf"
 
 
+def breach_deadline(state: Conversation, config: CoreConfig) -> int | None:
+    """The first-response deadline (ms) while a ticket may still breach, else ``None``.
+
+    A ticket is watched from its creation until a public agent reply at or before
+    ``created + target``; one whose first reply came later still breached.
+    """
+    if state.kind != "t" or state.opened is None or state.dims is None:
+        return None
+    deadline_ms = state.opened[0] + config.first_response_targets_s[state.dims[2]] * 1000
+    if state.first_reply is not None and state.first_reply[0] <= deadline_ms:
+        return None
+    return deadline_ms
+
+
 def _chat_outcome(state: Conversation) -> tuple[bool, int] | None:
     """``(answered, at_ms)`` from the earliest completing event; a tie goes to the accept."""
     accepted, ended = state.accepted, state.ended
@@ -355,6 +370,7 @@ class BatchResult:
 
     states: dict[str, Conversation] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
+    deadlines: dict[str, int | None] = field(default_factory=dict)
     buckets: dict[tuple[str, int], Counter[str]] = field(
         default_factory=lambda: defaultdict(Counter)
     )
@@ -432,6 +448,7 @@ def fold_batch(
         result.held[conv_id] = state.pending()
         result.counters["held"] += result.held[conv_id] - held_before[conv_id]
         result.states[conv_id] = state
+        result.deadlines[conv_id] = breach_deadline(state, config)
     return result
 
 

@@ -133,6 +133,10 @@ class Engine:
             settings.topic_surveys: "surveys",
         }
 
+    def partition_lock(self, partition: int) -> asyncio.Lock:
+        """Held while a partition's state is read and written (batches, breach checks)."""
+        return self._locks[partition]
+
     async def process(self, records: Iterable[SourceRecord]) -> None:
         """Apply a batch; returns only when every record is committed or dead-lettered."""
         by_partition: dict[int, list[SourceRecord]] = defaultdict(list)

@@ -6,7 +6,7 @@ in its middle and fine buckets only at its ragged edges — never O(events).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +15,15 @@ from streams.core import SEP, group_document, has_samples
 from streams.store import Store
 from streams.windows import cover, window_bounds
 
-__all__ = ["DIMENSIONS", "format_time", "group_fields", "parse_by", "query_kpis"]
+__all__ = [
+    "DIMENSIONS",
+    "build_document",
+    "format_time",
+    "group_fields",
+    "parse_by",
+    "query_kpis",
+    "read_window",
+]
 
 DIMENSIONS: tuple[str, ...] = ("channel", "queue", "priority")
 
@@ -60,13 +68,22 @@ async def query_kpis(
     by: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The KPI document for the window of ``width_s`` ending at ``at_s`` (CONTRACT §3-§4)."""
+    start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s)
+    return build_document(merged, start_s=start_s, end_s=end_s, by=by)
+
+
+async def read_window(
+    store: Store, *, width_s: int, at_s: float, partitions: Sequence[int] | None = None
+) -> tuple[int, int, Counter[str]]:
+    """``(start, end, fields)``: the stored fields of a window summed over partitions."""
     cfg = store.config
     start_s, end_s = window_bounds(at_s, width_s, cfg.bucket_seconds)
     rollups, fines = cover(start_s, end_s, cfg.bucket_seconds, cfg.rollup_seconds)
     suffixes = [f"r:{s}" for s in rollups] + [f"b:{s}" for s in fines]
-    partitions = await store.partitions()
+    if partitions is None:
+        partitions = await store.partitions()
     merged = await store.read_buckets({p: suffixes for p in partitions})
-    return build_document(merged, start_s=start_s, end_s=end_s, by=by)
+    return start_s, end_s, merged
 
 
 def build_document(

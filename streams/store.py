@@ -15,6 +15,11 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:conv``                hash: conversation id -> :class:`~streams.core.Conversation`
 ``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms)
 ``P:{pn}:held``                hash: conversation id -> events held for its opener
+``P:{pn}:due``                 zset: ticket id -> first-response deadline (ms) while it
+                               may still breach
+``P:{pn}:breached``            hash: ticket id -> deadline, once its breach is claimed
+``P:{pn}:breach_out``          hash: ticket id -> breach payload claimed but not yet
+                               acknowledged by the broker (re-sent after a crash)
 ``P:partitions``               set of partition numbers that have state
 ``P:config``                   hash: the bucket sizes the state was written with
 =============================  ===========================================================
@@ -46,11 +51,12 @@ __all__ = ["PartitionMeta", "Store"]
 # ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then sections,
 # each led by its item count: offsets (topic, offset), meta increments (field, delta),
 # buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
-# conversations (id, state json, newest ms, held count).
+# conversations (id, state json, newest ms, held count, breach deadline ms or '').
 _COMMIT = """
 local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
+local due, breached = base .. 'due', base .. 'breached'
 local current = redis.call('HGET', meta, 'version') or '0'
 if current ~= ARGV[1] then
   return {0, current, 0}
@@ -93,7 +99,12 @@ for _ = 1, n do
   else
     redis.call('HSET', held, id, ARGV[i + 3])
   end
-  i = i + 4
+  if ARGV[i + 4] == '' then
+    redis.call('ZREM', due, id)
+  elseif redis.call('HEXISTS', breached, id) == 0 then
+    redis.call('ZADD', due, ARGV[i + 4], id)
+  end
+  i = i + 5
 end
 redis.call('HSET', meta, 'wm', ARGV[2])
 local old = redis.call('ZRANGEBYSCORE', bidx, '-inf', ARGV[3], 'LIMIT', 0, 500)
@@ -109,6 +120,8 @@ for _, id in ipairs(expired) do
   redis.call('HDEL', conv, id)
   redis.call('HDEL', held, id)
   redis.call('ZREM', convexp, id)
+  redis.call('ZREM', due, id)
+  redis.call('HDEL', breached, id)
 end
 if orphaned > 0 then
   redis.call('HINCRBY', meta, 'orphaned', orphaned)
@@ -230,7 +243,14 @@ class Store:
             args += [name, delta]
         args.append(len(result.states))
         for conv_id, state in result.states.items():
-            args += [conv_id, state.dumps(), state.last_ms, result.held.get(conv_id, 0)]
+            deadline = result.deadlines.get(conv_id)
+            args += [
+                conv_id,
+                state.dumps(),
+                state.last_ms,
+                result.held.get(conv_id, 0),
+                "" if deadline is None else deadline,
+            ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
         return int(reply[0]) == 1
 

@@ -1,0 +1,137 @@
+"""First-response SLA breach detection: one ``sla.breached`` per ticket, exactly once.
+
+Tickets that may still breach sit in the partition's ``due`` set, scored by deadline (the
+commit script keeps it). A check takes the due tickets whose deadline has passed on the
+detection clock, decides from their stored state, and in one Redis script *claims* each
+breach (``breached`` + the payload in ``breach_out``) and counts it. Claimed payloads are
+published and, once the broker acknowledged them, dropped from ``breach_out``; a crash in
+between re-sends them on the next check, so a breach is never lost, and the claim makes
+sure no ticket is claimed twice — across restarts, rebalances and workers.
+
+The detection clock is event time: the partition's newest event time, or the wall clock
+when the worker has caught up with the partition (nothing left to read that could hold an
+in-time reply). A backfill therefore never declares breaches its own later replies refute.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from models.outputs import SlaBreached
+from streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
+from streams.store import Store
+
+__all__ = ["check_breaches", "decide"]
+
+_BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
+
+# ARGV: n, then per ticket: id, kind ('b' breached | 'x' answered in time | 'k' keep
+# watching), totals field, payload json
+_CLAIM = """
+local base = KEYS[1]
+local due, breached, tot = base .. 'due', base .. 'breached', base .. 'tot'
+local out = base .. 'breach_out'
+local claimed = {}
+local i = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local id = ARGV[i]
+  if ARGV[i + 1] ~= 'k' then
+    redis.call('ZREM', due, id)
+  end
+  if ARGV[i + 1] == 'b' and redis.call('HSETNX', breached, id, '1') == 1 then
+    redis.call('HSET', out, id, ARGV[i + 3])
+    redis.call('HINCRBY', tot, ARGV[i + 2], 1)
+    table.insert(claimed, id)
+  end
+  i = i + 4
+end
+return claimed
+"""
+
+
+def _rfc3339(ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def decide(
+    conv_id: str, state: Conversation | None, clock_ms: int, config: CoreConfig, prefix: str
+) -> SlaBreached | None:
+    """The breach of one due ticket at ``clock_ms``, or ``None`` if it has not breached."""
+    if state is None or state.opened is None or state.dims is None:
+        return None
+    deadline = breach_deadline(state, config)
+    if deadline is None or deadline > clock_ms:
+        return None
+    channel, queue, priority = state.dims
+    ticket_id = conv_id[2:]
+    return SlaBreached(
+        event_id=str(uuid.uuid5(_BREACH_NAMESPACE, f"{prefix}/{ticket_id}")),
+        ticket_id=ticket_id,
+        priority=priority,
+        channel=channel,
+        queue=queue,
+        target_seconds=config.first_response_targets_s[priority],
+        created_at=_rfc3339(state.opened[0]),
+        breached_at=_rfc3339(deadline),
+    )
+
+
+async def check_breaches(
+    store: Store,
+    partition: int,
+    clock_ms: int,
+    publish: Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]],
+    *,
+    limit: int = 5000,
+) -> int:
+    """Claim and publish the breaches of one partition due by ``clock_ms``; how many."""
+    redis = store.redis
+    base = store.base(partition)
+    await _flush_outbox(store, partition, publish)
+    due = await redis.zrangebyscore(base + "due", "-inf", clock_ms, start=0, num=limit)
+    if not due:
+        return 0
+    ids = [d.decode() if isinstance(d, bytes) else str(d) for d in due]
+    _, states = await store.load(partition, ids)
+    args: list[Any] = [len(ids)]
+    for conv_id in ids:
+        state = states.get(conv_id)
+        breach = decide(conv_id, state, clock_ms, store.config, store.prefix)
+        if breach is None:
+            # still watched (its deadline moved past the clock) or answered in time
+            watching = state is not None and breach_deadline(state, store.config) is not None
+            args += [conv_id, "k" if watching else "x", "", ""]
+            continue
+        dims = (breach.channel, breach.queue, breach.priority)
+        args += [conv_id, "b", dim_key(dims) + SEP + "sla", breach.model_dump_json()]
+    claimed = await redis.register_script(_CLAIM)(keys=[base], args=args)
+    await _flush_outbox(store, partition, publish)
+    return len(claimed)
+
+
+async def _flush_outbox(
+    store: Store,
+    partition: int,
+    publish: Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]],
+) -> None:
+    """Publish claimed breaches, then forget them (at most the last batch is re-sent)."""
+    key = store.base(partition) + "breach_out"
+    pending = await store.redis.hgetall(key)
+    if not pending:
+        return
+    items = []
+    for payload in pending.values():
+        body = orjson.loads(payload)
+        body.pop("schema_version", None)
+        items.append((body["ticket_id"], body))
+    await publish(items)
+    await store.redis.hdel(key, *pending.keys())
