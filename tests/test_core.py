@@ -227,7 +227,7 @@ def test_survey_takes_its_dimensions_from_the_rated_conversation_in_any_order() 
     for order in ((TICKET, survey), (survey, TICKET)):
         memory = run(*order)
         groups = memory.document(by=("channel",))["groups"]
-        csat = [g for g in groups if g["key"] == {"channel": "email"}][0]["csat"]  # type: ignore[index]
+        csat = next(g for g in groups if g["key"] == {"channel": "email"})["csat"]  # type: ignore[index]
         assert csat == {"responses": 1, "satisfied": 1, "ratio": 1.0, "average": 4.0}
 
 
