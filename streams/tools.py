@@ -3,17 +3,226 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import binascii
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from exporters.kafka import kafka_client_options
 from models.settings import Settings
 
-__all__ = ["add_commands", "run"]
+__all__ = ["Progress", "add_commands", "produce_records", "run"]
+
+
+class Progress:
+    """A one-line progress bar on stderr (only on a terminal, or when forced)."""
+
+    def __init__(self, label: str, total: int | None = None, *, enabled: bool | None = None):
+        self.label = label
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.started = time.perf_counter()
+        self._last = 0.0
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        now = time.perf_counter()
+        if not self.enabled or (now - self._last < 0.2 and done != self.total):
+            return
+        self._last = now
+        rate = done / max(now - self.started, 1e-9)
+        if self.total:
+            filled = int(30 * done / self.total)
+            bar = "#" * filled + "-" * (30 - filled)
+            line = f"{self.label} [{bar}] {done}/{self.total} {rate:,.0f}/s"
+        else:
+            line = f"{self.label} {done} {rate:,.0f}/s"
+        print("\r" + line, end="", file=sys.stderr, flush=True)
+
+    def close(self, done: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        if self.enabled:
+            print(file=sys.stderr)
+        print(
+            f"{self.label}: {done} records in {elapsed:.1f}s ({done / max(elapsed, 1e-9):,.0f}/s)",
+            file=sys.stderr,
+        )
 
 
 def add_commands(commands: Any) -> None:
     """Register the sub-commands on the CLI's sub-parser set."""
+    sim = commands.add_parser("simulate", help="generate realistic support traffic")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--rate", type=float, default=50.0, help="average events per second")
+    sim.add_argument("--duration", default="1h", help="simulated span: 90s, 30m, 6h, 2d")
+    sim.add_argument("--start", default=None, help="RFC 3339 start (default: now - duration)")
+    sim.add_argument("--diurnal", action="store_true", help="day-shaped volume curve")
+    sim.add_argument("--incident", action="store_true", help="volume up, agents slower")
+    sim.add_argument("--duplicates", type=float, default=0.0, help="share re-sent as is")
+    sim.add_argument("--out-of-order", type=float, default=0.0, help="share delivered late")
+    sim.add_argument("--malformed", type=float, default=0.0, help="share of bad records")
+    sim.add_argument("--out", default=None, help="write JSONL here instead of Kafka")
+    sim.add_argument("--live", action="store_true", help="produce in real time, forever")
+    produce = commands.add_parser("produce", help="publish a JSONL file of events")
+    produce.add_argument("file", help="JSONL: one {topic, key, value} object per line")
+    commands.add_parser("replay", help="apply the input topics to Redis on the fast path")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run one of the commands registered by :func:`add_commands`."""
+    if args.command == "simulate":
+        return _simulate(args, settings)
+    if args.command == "produce":
+        return _produce_file(args.file, settings)
+    if args.command == "replay":
+        return _replay(settings)
     raise SystemExit(f"deskpulse: unknown command {args.command}")
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from models.settings import parse_duration
+    from streams.simulate import SimConfig, generate, write_jsonl
+
+    if args.live:
+        from streams.demo import produce_live
+
+        return asyncio.run(produce_live(settings, rate=args.rate, seed=args.seed))
+    duration = parse_duration(args.duration)
+    if args.start:
+        from streams.app import _parse_at
+
+        start_s = _parse_at(args.start)
+    else:
+        start_s = time.time() - duration
+    config = SimConfig(
+        seed=args.seed,
+        start_s=start_s,
+        duration_s=duration,
+        rate=args.rate,
+        diurnal=args.diurnal,
+        incident=args.incident,
+        duplicate_ratio=args.duplicates,
+        out_of_order=args.out_of_order,
+        malformed_ratio=args.malformed,
+    )
+    records = generate(config)
+    if args.out:
+        progress = Progress("simulate")
+        count = write_jsonl(_counting(records, progress), args.out)
+        progress.close(count)
+        return 0
+    rows = ((settings_topic(settings, r.topic_kind), r.key, r.value) for r in records)
+    sent, _ = asyncio.run(produce_records(settings, rows, label="simulate"))
+    return 0 if sent else 1
+
+
+def _counting(records: Iterable[Any], progress: Progress) -> Iterator[Any]:
+    for count, record in enumerate(records, 1):
+        progress.update(count)
+        yield record
+
+
+def settings_topic(settings: Settings, kind: str) -> str:
+    """The configured topic of a record kind (tickets, chats, surveys)."""
+    return {
+        "tickets": settings.topic_tickets,
+        "chats": settings.topic_chats,
+        "surveys": settings.topic_surveys,
+    }[kind]
+
+
+async def produce_records(
+    settings: Settings,
+    rows: Iterable[tuple[str, bytes | None, bytes]],
+    *,
+    label: str = "produce",
+    total: int | None = None,
+) -> tuple[int, float]:
+    """Publish ``(topic, key, value)`` rows; returns (how many, seconds)."""
+    producer = AIOKafkaProducer(
+        **kafka_client_options(settings),
+        enable_idempotence=False,
+        linger_ms=20,
+        max_batch_size=1024 * 1024,
+        acks=1,
+    )
+    await producer.start()
+    progress = Progress(label, total)
+    sent = 0
+    started = time.perf_counter()
+    try:
+        pending = []
+        for topic, key, value in rows:
+            pending.append(await producer.send(topic, value=value, key=key))
+            sent += 1
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+                progress.update(sent)
+        await asyncio.gather(*pending)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    elapsed = time.perf_counter() - started
+    progress.update(sent)
+    progress.close(sent)
+    return sent, elapsed
+
+
+def _produce_file(path: str, settings: Settings) -> int:
+    topics = {"tickets", "chats", "surveys"}
+    bad = 0
+
+    def rows() -> Iterator[tuple[str, bytes | None, bytes]]:
+        nonlocal bad
+        with open(path, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = orjson.loads(line)
+                    kind = row["topic"]
+                    if kind not in topics:
+                        raise ValueError(f"topic must be one of {sorted(topics)}, not {kind!r}")
+                    if "value_b64" in row:  # a record that is not even UTF-8
+                        body = base64.b64decode(row["value_b64"], validate=True)
+                    else:
+                        value = row["value"]
+                        # a string is the raw record (e.g. a malformed one), else the event
+                        body = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                    key = row.get("key")
+                    yield (
+                        settings_topic(settings, kind),
+                        None if key is None else str(key).encode(),
+                        body,
+                    )
+                except (
+                    orjson.JSONDecodeError,
+                    KeyError,
+                    ValueError,
+                    TypeError,
+                    binascii.Error,
+                ) as error:
+                    bad += 1
+                    print(f"{path}:{number}: skipped: {error}", file=sys.stderr)
+
+    sent, _ = asyncio.run(produce_records(settings, rows(), label="produce"))
+    if bad:
+        print(f"deskpulse produce: {bad} bad lines skipped", file=sys.stderr)
+    return 0 if sent or not bad else 1
+
+
+def _replay(settings: Settings) -> int:
+    from streams.replay import replay
+
+    progress = Progress("replay")
+    stats = asyncio.run(replay(settings, progress=progress.update))
+    progress.close(stats.records)
+    return 0
