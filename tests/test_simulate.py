@@ -1,0 +1,333 @@
+"""The traffic simulator: deterministic, realistic, and faulty exactly as configured."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from models.errors import RejectedEvent
+from models.events import decode
+from streams.simulate import Record, SimConfig, generate, read_jsonl, write_jsonl
+
+HOUR = 3600
+OPENERS = {"ticket.created", "chat.requested"}
+FAULTY = SimConfig(
+    seed=11,
+    duration_s=2 * HOUR,
+    rate=12,
+    duplicate_ratio=0.03,
+    out_of_order=0.05,
+    malformed_ratio=0.02,
+    orphan_ratio=0.01,
+    unanswered_ratio=0.2,
+    response_scale=0.02,
+)
+
+
+def conversation_of(event: Any) -> str:
+    ticket_id = getattr(event, "ticket_id", None)
+    return ticket_id if ticket_id is not None else event.chat_id
+
+
+@pytest.fixture(scope="module")
+def faulty() -> list[Record]:
+    return list(generate(FAULTY))
+
+
+@pytest.fixture(scope="module")
+def decoded(faulty: list[Record]) -> list[tuple[Record, Any]]:
+    """(record, event) for every well-formed record, in delivery order."""
+    return [(record, decode(record.value)) for record in faulty if record.occurred_at_s is not None]
+
+
+def distinct_events(config: SimConfig) -> list[Any]:
+    seen: dict[str, Any] = {}
+    for record in generate(config):
+        if record.occurred_at_s is not None:
+            event = decode(record.value)
+            seen.setdefault(event.event_id, event)
+    return list(seen.values())
+
+
+# -- determinism and volume -----------------------------------------------------------------
+
+
+def test_same_config_same_records(faulty: list[Record]) -> None:
+    assert list(generate(FAULTY)) == faulty
+    assert list(generate(dataclasses.replace(FAULTY, seed=12)))[:50] != faulty[:50]
+
+
+def test_event_times_stay_in_the_simulated_stretch(faulty: list[Record]) -> None:
+    times = [r.occurred_at_s for r in faulty if r.occurred_at_s is not None]
+    assert FAULTY.start_s <= min(times) < FAULTY.start_s + 10
+    assert max(times) < FAULTY.start_s + FAULTY.duration_s
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SimConfig(seed=1, rate=10, duration_s=2 * HOUR),
+        SimConfig(seed=2, rate=40, duration_s=HOUR / 2, response_scale=0.1),
+        SimConfig(seed=3, rate=2, duration_s=24 * HOUR, diurnal=True),
+        SimConfig(seed=4, rate=10, duration_s=2 * HOUR, incident=True),
+    ],
+    ids=["plain", "fast-agents", "diurnal-day", "incident"],
+)
+def test_rate_is_the_average_of_distinct_valid_events(config: SimConfig) -> None:
+    measured = len(distinct_events(config)) / config.duration_s
+    assert measured == pytest.approx(config.rate, rel=0.1)
+
+
+def test_faults_come_on_top_of_the_rate(faulty: list[Record]) -> None:
+    valid = [r for r in faulty if r.occurred_at_s is not None]
+    malformed = len(faulty) - len(valid)
+    distinct = len({orjson.loads(r.value)["event_id"] for r in valid})
+    assert distinct / FAULTY.duration_s == pytest.approx(FAULTY.rate, rel=0.1)
+    assert (len(valid) - distinct) / distinct == pytest.approx(FAULTY.duplicate_ratio, rel=0.25)
+    assert malformed / distinct == pytest.approx(FAULTY.malformed_ratio, rel=0.25)
+
+
+def test_diurnal_curve_shapes_the_day() -> None:
+    config = SimConfig(seed=5, rate=1, duration_s=24 * HOUR, diurnal=True)
+    by_hour = collections.Counter(
+        int((event.occurred_at_s - config.start_s) // HOUR)
+        for event in distinct_events(config)
+        if event.type in OPENERS
+    )
+    assert by_hour[14] > 4 * by_hour[3]
+
+
+def test_incident_doubles_volume_and_slows_agents() -> None:
+    config = SimConfig(seed=6, rate=10, duration_s=3 * HOUR, incident=True)
+    openers: collections.Counter[int] = collections.Counter()
+    requested: dict[str, float] = {}
+    waits: dict[int, list[float]] = collections.defaultdict(list)
+    for event in sorted(distinct_events(config), key=lambda e: e.occurred_at_s):
+        hour = int((event.occurred_at_s - config.start_s) // HOUR)
+        if event.type in OPENERS:
+            openers[hour] += 1
+        if event.type == "chat.requested":
+            requested[event.chat_id] = event.occurred_at_s
+        elif event.type == "chat.accepted" and event.chat_id in requested:
+            waits[hour].append(event.occurred_at_s - requested[event.chat_id])
+    # the incident is the middle third: hour 1
+    assert openers[1] == pytest.approx(2 * openers[0], rel=0.15)
+    assert openers[1] == pytest.approx(2 * openers[2], rel=0.15)
+    mean_wait = {hour: sum(w) / len(w) for hour, w in waits.items()}
+    assert mean_wait[1] > 2 * mean_wait[0]
+    assert mean_wait[1] > 2 * mean_wait[2]
+
+
+# -- what the records look like --------------------------------------------------------------
+
+
+def test_every_well_formed_record_decodes_on_its_topic_and_key(
+    decoded: list[tuple[Record, Any]],
+) -> None:
+    topic_of = {"ticket": "tickets", "chat": "chats", "survey": "surveys"}
+    for record, event in decoded:
+        assert record.topic_kind == topic_of[event.type.split(".")[0]]
+        assert record.key == conversation_of(event).encode()
+        assert record.occurred_at_s == event.occurred_at_s
+    types = collections.Counter(event.type for _, event in decoded)
+    assert set(types) == {
+        "ticket.created",
+        "ticket.replied",
+        "ticket.status_changed",
+        "chat.requested",
+        "chat.accepted",
+        "chat.abandoned",
+        "chat.ended",
+        "survey.responded",
+    }
+
+
+def test_every_malformed_record_is_rejected_for_many_reasons(faulty: list[Record]) -> None:
+    reasons: collections.Counter[str] = collections.Counter()
+    for record in faulty:
+        if record.occurred_at_s is None:
+            with pytest.raises(RejectedEvent) as rejected:
+                decode(record.value)
+            reasons[rejected.value.reason] += 1
+            assert record.topic_kind in {"tickets", "chats", "surveys"}
+    assert set(reasons) >= {
+        "invalid_json",
+        "invalid_encoding",
+        "not_an_object",
+        "missing_type",
+        "unknown_type",
+        "missing_field",
+        "naive_timestamp",
+        "invalid_timestamp",
+        "invalid_value",
+    }
+
+
+def test_event_ids_are_unique_and_duplicates_are_exact_copies(
+    decoded: list[tuple[Record, Any]],
+) -> None:
+    by_id: dict[str, list[Record]] = collections.defaultdict(list)
+    for record, event in decoded:
+        by_id[event.event_id].append(record)
+    repeated = [records for records in by_id.values() if len(records) > 1]
+    assert repeated
+    for records in repeated:
+        assert all(record == records[0] for record in records)
+    # different events never share an id
+    assert len(by_id) == len({record.value for record, _ in decoded})
+
+
+def test_timestamps_carry_varied_offsets(decoded: list[tuple[Record, Any]]) -> None:
+    suffixes = collections.Counter()
+    for record, _ in decoded:
+        stamp = orjson.loads(record.value)["occurred_at"]
+        suffixes["Z" if stamp.endswith("Z") else stamp[-6:]] += 1
+    assert suffixes["Z"] > len(decoded) / 4
+    assert {"+00:00", "-05:00", "+05:30"} <= set(suffixes)
+    assert len(suffixes) >= 8
+
+
+def test_surveys_are_keyed_by_the_rated_conversation(decoded: list[tuple[Record, Any]]) -> None:
+    surveys = [(r, e) for r, e in decoded if e.type == "survey.responded"]
+    assert {e.kind for _, e in surveys} == {"csat", "nps", "ces"}
+    assert any(e.chat_id for _, e in surveys) and any(e.ticket_id for _, e in surveys)
+    carried = sum(1 for _, e in surveys if e.channel or e.queue or e.priority)
+    assert 0 < carried < len(surveys) / 3  # sometimes their own dimensions, usually not
+    csat = collections.Counter(e.score for _, e in surveys if e.kind == "csat")
+    assert csat[5] + csat[4] > csat[1] + csat[2] + csat[3]
+
+
+def test_orphans_never_send_their_opener(decoded: list[tuple[Record, Any]]) -> None:
+    opened = {conversation_of(e) for _, e in decoded if e.type in OPENERS}
+    mentioned = {conversation_of(e) for _, e in decoded if e.type not in OPENERS}
+    orphans = mentioned - opened
+    assert 0 < len(orphans) < 0.05 * len(opened)
+
+
+# -- lifecycles ------------------------------------------------------------------------------
+
+
+def test_short_abandons_and_unanswered_tickets_occur(decoded: list[tuple[Record, Any]]) -> None:
+    events = sorted({e.event_id: e for _, e in decoded}.values(), key=lambda e: e.occurred_at_s)
+    end_s = FAULTY.start_s + FAULTY.duration_s
+    requested: dict[str, float] = {}
+    outcome: dict[str, Any] = {}
+    created: dict[str, float] = {}
+    answered: set[str] = set()
+    for event in events:
+        if event.type == "chat.requested":
+            requested[event.chat_id] = event.occurred_at_s
+        elif event.type.startswith("chat.") and event.chat_id not in outcome:
+            outcome[event.chat_id] = event
+        elif event.type == "ticket.created":
+            created[event.ticket_id] = event.occurred_at_s
+        elif event.type == "ticket.replied" and event.author_role == "agent" and event.public:
+            answered.add(event.ticket_id)
+    short = [
+        chat_id
+        for chat_id, event in outcome.items()
+        if event.type in {"chat.abandoned", "chat.ended"}
+        and chat_id in requested
+        and event.occurred_at_s - requested[chat_id] < 5
+    ]
+    assert len(short) > 5
+    # with agents 50x faster every early ticket has its answer unless it is never answered
+    early = [t for t, at_s in created.items() if at_s < end_s - HOUR]
+    unanswered = sum(1 for t in early if t not in answered)
+    assert unanswered / len(early) == pytest.approx(FAULTY.unanswered_ratio, abs=0.05)
+
+
+def test_private_notes_system_replies_and_statuses_occur(
+    decoded: list[tuple[Record, Any]],
+) -> None:
+    replies = collections.Counter(
+        (e.author_role, e.public) for _, e in decoded if e.type == "ticket.replied"
+    )
+    assert {("agent", True), ("agent", False), ("customer", True), ("system", True)} <= set(replies)
+    statuses = {e.status for _, e in decoded if e.type == "ticket.status_changed"}
+    assert {"open", "pending", "solved", "closed"} <= statuses
+
+
+def test_first_replies_sometimes_breach_their_target() -> None:
+    config = SimConfig(seed=7, rate=4, duration_s=4 * HOUR, priorities={"urgent": 1})
+    created: dict[str, float] = {}
+    first: dict[str, float] = {}
+    for event in sorted(distinct_events(config), key=lambda e: e.occurred_at_s):
+        if event.type == "ticket.created":
+            created[event.ticket_id] = event.occurred_at_s
+        elif event.type == "ticket.replied" and event.author_role == "agent" and event.public:
+            first.setdefault(event.ticket_id, event.occurred_at_s - created[event.ticket_id])
+    breached = sum(1 for seconds in first.values() if seconds > 3600)
+    assert 0 < breached < len(first) / 3
+
+
+def test_in_order_delivery_without_disorder() -> None:
+    config = SimConfig(seed=8, rate=20, duration_s=HOUR)
+    times = [record.occurred_at_s for record in generate(config)]
+    assert times == sorted(times)
+
+
+def test_disorder_delivers_replies_before_their_opener(
+    decoded: list[tuple[Record, Any]],
+) -> None:
+    times = [record.occurred_at_s for record, _ in decoded]
+    assert times != sorted(times)
+    opened: set[str] = set()
+    early: collections.Counter[str] = collections.Counter()
+    for _, event in decoded:
+        conversation = conversation_of(event)
+        if event.type in OPENERS:
+            opened.add(conversation)
+        elif conversation not in opened:
+            early[event.type] += 1
+    assert early["chat.accepted"] > 0
+    assert early["ticket.replied"] > 0
+
+
+def test_openers_leave_out_dimensions_sometimes(decoded: list[tuple[Record, Any]]) -> None:
+    raw = [orjson.loads(r.value) for r, e in decoded if e.type == "ticket.created"]
+    assert any("queue" not in item for item in raw)
+    assert any("priority" not in item for item in raw)
+    assert any("tags" in item for item in raw)  # an unknown field, to be ignored
+
+
+def test_id_prefix_keeps_runs_apart() -> None:
+    one = next(iter(generate(SimConfig(rate=5, id_prefix="run-a/"))))
+    assert orjson.loads(one.value)["event_id"].startswith("run-a/")
+    assert one.key.startswith(b"run-a/")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rate": 0},
+        {"duration_s": -1},
+        {"duplicate_ratio": 1.5},
+        {"channels": {}},
+        {"priorities": {"critical": 1.0}},
+    ],
+)
+def test_bad_config_is_refused(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        SimConfig(**change)
+
+
+# -- JSON lines ------------------------------------------------------------------------------
+
+
+def test_jsonl_round_trip(faulty: list[Record], tmp_path: Path) -> None:
+    path = tmp_path / "traffic.jsonl"
+    assert write_jsonl(faulty, path) == len(faulty)
+    assert list(read_jsonl(path)) == faulty
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert all(
+        set(line) in ({"topic", "key", "value"}, {"topic", "key", "value_b64"}) for line in lines
+    )
+    assert any(isinstance(line.get("value"), dict) for line in lines)
+    assert any(isinstance(line.get("value"), str) for line in lines)
+    assert any("value_b64" in line for line in lines)  # malformed and not even UTF-8
