@@ -1,0 +1,374 @@
+"""A brute-force KPI oracle written straight from CONTRACT §1 to §4, for end-to-end tests.
+
+:func:`compute` reads every record value, keeps what :func:`models.events.decode`
+accepts, and answers ``deskpulse kpis --json`` for one window by looking at whole
+conversations at once: no buckets, no sketches, no state machines. It shares nothing
+with ``streams/`` on purpose, so a bug there cannot hide here.
+
+Decisions the contract leaves open, as this oracle (and the project) takes them:
+
+* A repeated ``event_id`` changes nothing: the first occurrence in record order counts.
+* A conversation's opener is the ``ticket.created`` / ``chat.requested`` with the smallest
+  ``(occurred_at, event_id)``; its dimensions and time are the conversation's.
+* Durations are whole milliseconds, ``floor(later - earlier)``, never below 0.
+* A chat's outcome is its earliest ``chat.accepted`` / ``chat.abandoned`` / ``chat.ended``
+  by ``occurred_at``; on a tie ``chat.accepted`` wins.
+* Replies, chat outcomes and surveys whose conversation never opens are not counted
+  (held, then orphaned). A survey needs its conversation whenever it lacks one of
+  ``channel``, ``queue``, ``priority``; with all three it stands alone.
+* Quantiles are the "lower" order statistic ``sorted(xs)[floor(q * (n - 1))]``; the real
+  system's sketch must land within 1 % of it (:func:`quantile_close`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from fractions import Fraction
+from typing import Any
+
+from models.errors import RejectedEvent
+from models.events import (
+    ChatAbandoned,
+    ChatAccepted,
+    ChatEnded,
+    ChatRequested,
+    SurveyResponded,
+    TicketCreated,
+    TicketReplied,
+    decode,
+)
+
+__all__ = ["DEFAULT_TARGETS", "compare", "compute", "quantile_close"]
+
+DEFAULT_TARGETS: dict[str, int] = {"urgent": 3600, "high": 14400, "normal": 28800, "low": 86400}
+DIMENSIONS = ("channel", "queue", "priority")
+QUANTILE_FIELDS = frozenset(
+    {"p50_seconds", "p90_seconds", "p95_seconds", "wait_p50_seconds", "wait_p90_seconds"}
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    """Exact integer microseconds since the epoch (no float rounding)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _millis_between(earlier_us: int, later_us: int) -> int:
+    return max(0, (later_us - earlier_us) // 1000)
+
+
+def _quantile(values: Sequence[float], q: str) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[math.floor(Fraction(q) * (len(ordered) - 1))]
+
+
+def _stamp(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Group:
+    def __init__(self) -> None:
+        self.tickets_created = 0
+        self.first_response_ms: list[int] = []
+        self.first_response_within = 0
+        self.chats_requested = 0
+        self.answered_wait_ms: list[int] = []
+        self.answered_in_target = 0
+        self.abandoned = 0
+        self.short_abandoned = 0
+        self.csat: list[int] = []
+        self.nps: list[int] = []
+        self.ces: list[int] = []
+
+    def has_samples(self) -> bool:
+        return bool(
+            self.tickets_created
+            or self.first_response_ms
+            or self.chats_requested
+            or self.answered_wait_ms
+            or self.abandoned
+            or self.short_abandoned
+            or self.csat
+            or self.nps
+            or self.ces
+        )
+
+    def document(self, key: dict[str, str]) -> dict[str, Any]:
+        frt_s = [ms / 1000 for ms in self.first_response_ms]
+        frt_count = len(frt_s)
+        answered = len(self.answered_wait_ms)
+        offered = answered + self.abandoned
+        waits_s = [ms / 1000 for ms in self.answered_wait_ms]
+        csat_n, nps_n, ces_n = len(self.csat), len(self.nps), len(self.ces)
+        satisfied = sum(1 for score in self.csat if score >= 4)
+        promoters = sum(1 for score in self.nps if score >= 9)
+        detractors = sum(1 for score in self.nps if score <= 6)
+        return {
+            "key": key,
+            "tickets_created": self.tickets_created,
+            "first_response": {
+                "count": frt_count,
+                "mean_seconds": (
+                    sum(self.first_response_ms) / frt_count / 1000 if frt_count else None
+                ),
+                "p50_seconds": _quantile(frt_s, "0.5"),
+                "p90_seconds": _quantile(frt_s, "0.9"),
+                "p95_seconds": _quantile(frt_s, "0.95"),
+                "within_target": self.first_response_within,
+                "within_target_ratio": (
+                    self.first_response_within / frt_count if frt_count else None
+                ),
+            },
+            "chats": {
+                "requested": self.chats_requested,
+                "answered": answered,
+                "abandoned": self.abandoned,
+                "short_abandoned": self.short_abandoned,
+                "abandonment_ratio": self.abandoned / offered if offered else None,
+                "service_level_ratio": self.answered_in_target / offered if offered else None,
+                "wait_p50_seconds": _quantile(waits_s, "0.5"),
+                "wait_p90_seconds": _quantile(waits_s, "0.9"),
+            },
+            "csat": {
+                "responses": csat_n,
+                "satisfied": satisfied,
+                "ratio": satisfied / csat_n if csat_n else None,
+                "average": sum(self.csat) / csat_n if csat_n else None,
+            },
+            "nps": {
+                "responses": nps_n,
+                "promoters": promoters,
+                "detractors": detractors,
+                "score": 100 * (promoters - detractors) / nps_n if nps_n else None,
+            },
+            "ces": {
+                "responses": ces_n,
+                "average": sum(self.ces) / ces_n if ces_n else None,
+            },
+        }
+
+
+def _opener_wins(candidate: Any, current: Any | None) -> bool:
+    if current is None:
+        return True
+    return (_micros(candidate.occurred_at), candidate.event_id) < (
+        _micros(current.occurred_at),
+        current.event_id,
+    )
+
+
+def compute(
+    records_values: Iterable[bytes],
+    *,
+    at_s: float,
+    width_s: int,
+    by: Sequence[str],
+    bucket_seconds: int = 60,
+    targets: Mapping[str, float] = DEFAULT_TARGETS,
+    short_abandon_s: float = 5,
+    answer_target_s: float = 20,
+) -> dict[str, Any]:
+    """The CONTRACT §4 document for the window of ``width_s`` ending at ``at_s``.
+
+    ``records_values`` are raw record values from all three topics, in any order.
+    """
+    for dimension in by:
+        if dimension not in DIMENSIONS:
+            raise ValueError(f"cannot group by {dimension!r}")
+    end_s = math.ceil(Fraction(at_s) / bucket_seconds) * bucket_seconds
+    start_s = end_s - width_s
+    start_us, end_us = start_s * 1_000_000, end_s * 1_000_000
+
+    def in_window(moment_us: int) -> bool:
+        return start_us <= moment_us < end_us
+
+    seen: set[str] = set()
+    tickets: dict[str, TicketCreated] = {}
+    chats: dict[str, ChatRequested] = {}
+    replies: dict[str, list[TicketReplied]] = {}
+    outcomes: dict[str, list[ChatAccepted | ChatAbandoned | ChatEnded]] = {}
+    surveys: list[SurveyResponded] = []
+    for raw in records_values:
+        try:
+            event = decode(raw)
+        except RejectedEvent:
+            continue
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        if isinstance(event, TicketCreated):
+            if _opener_wins(event, tickets.get(event.ticket_id)):
+                tickets[event.ticket_id] = event
+        elif isinstance(event, ChatRequested):
+            if _opener_wins(event, chats.get(event.chat_id)):
+                chats[event.chat_id] = event
+        elif isinstance(event, TicketReplied):
+            if event.author_role == "agent" and event.public:
+                replies.setdefault(event.ticket_id, []).append(event)
+        elif isinstance(event, ChatAccepted | ChatAbandoned | ChatEnded):
+            outcomes.setdefault(event.chat_id, []).append(event)
+        elif isinstance(event, SurveyResponded):
+            surveys.append(event)
+        # ticket.status_changed feeds no KPI of §2
+
+    groups: dict[tuple[str, ...], _Group] = {}
+
+    def group_of(dimensions: Mapping[str, str]) -> _Group:
+        key = tuple(dimensions[name] for name in by)
+        return groups.setdefault(key, _Group())
+
+    def dimensions_of(opener: Any) -> dict[str, str]:
+        return {name: getattr(opener, name) for name in DIMENSIONS}
+
+    for ticket_id, created in tickets.items():
+        created_us = _micros(created.occurred_at)
+        dimensions = dimensions_of(created)
+        if in_window(created_us):
+            group_of(dimensions).tickets_created += 1
+        agent_replies = replies.get(ticket_id)
+        if not agent_replies:
+            continue
+        first_us = min(_micros(reply.occurred_at) for reply in agent_replies)
+        if not in_window(first_us):
+            continue
+        duration_ms = _millis_between(created_us, first_us)
+        group = group_of(dimensions)
+        group.first_response_ms.append(duration_ms)
+        if duration_ms / 1000 <= targets[created.priority]:
+            group.first_response_within += 1
+
+    for chat_id, requested in chats.items():
+        requested_us = _micros(requested.occurred_at)
+        dimensions = dimensions_of(requested)
+        if in_window(requested_us):
+            group_of(dimensions).chats_requested += 1
+        completing = outcomes.get(chat_id)
+        if not completing:
+            continue
+        outcome = min(
+            completing,
+            key=lambda e: (_micros(e.occurred_at), 0 if e.type == "chat.accepted" else 1),
+        )
+        outcome_us = _micros(outcome.occurred_at)
+        if not in_window(outcome_us):
+            continue
+        wait_ms = _millis_between(requested_us, outcome_us)
+        group = group_of(dimensions)
+        if outcome.type == "chat.accepted":
+            group.answered_wait_ms.append(wait_ms)
+            if wait_ms / 1000 <= answer_target_s:
+                group.answered_in_target += 1
+        elif short_abandon_s > 0 and wait_ms / 1000 < short_abandon_s:
+            group.short_abandoned += 1
+        else:
+            group.abandoned += 1
+
+    for survey in surveys:
+        if not in_window(_micros(survey.occurred_at)):
+            continue
+        own = {name: getattr(survey, name) for name in DIMENSIONS}
+        if any(value is None for value in own.values()):
+            opener: TicketCreated | ChatRequested | None
+            if survey.ticket_id is not None:
+                opener = tickets.get(survey.ticket_id)
+            else:
+                opener = chats.get(str(survey.chat_id))  # the decoder requires one of them
+            if opener is None:
+                continue  # orphaned: held until retention, never applied
+            inherited = dimensions_of(opener)
+            own = {name: inherited[name] if value is None else value for name, value in own.items()}
+        getattr(group_of(own), survey.kind).append(survey.score)
+
+    if by:
+        kept = sorted(
+            ((key, group) for key, group in groups.items() if group.has_samples()),
+            key=lambda item: item[0],
+        )
+    else:
+        kept = [((), groups.get((), _Group()))]
+    return {
+        "window": {"start": _stamp(start_s), "end": _stamp(end_s), "seconds": width_s},
+        "by": list(by),
+        "groups": [group.document(dict(zip(by, key, strict=True))) for key, group in kept],
+    }
+
+
+def quantile_close(actual: float | None, expected: float | None, rel: float = 0.01) -> bool:
+    """Whether a sketched quantile is within ``rel`` of the exact one (1e-3 absolute near 0)."""
+    if actual is None or expected is None:
+        return actual is None and expected is None
+    if abs(expected) < 1e-3:
+        return abs(actual - expected) <= 1e-3
+    return abs(actual - expected) <= rel * abs(expected)
+
+
+def _compare_values(path: str, name: str, actual: Any, expected: Any, out: list[str]) -> None:
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            out.append(f"{path}: expected an object, got {actual!r}")
+            return
+        for field in expected.keys() | actual.keys():
+            where = f"{path}.{field}"
+            if field not in actual:
+                out.append(f"{where}: missing (expected {expected[field]!r})")
+            elif field not in expected:
+                out.append(f"{where}: unexpected (got {actual[field]!r})")
+            else:
+                _compare_values(where, field, actual[field], expected[field], out)
+        return
+    if expected is None or actual is None:
+        if expected is not actual:
+            out.append(f"{path}: got {actual!r}, expected {expected!r}")
+        return
+    if isinstance(expected, bool | str | list):
+        if actual != expected:
+            out.append(f"{path}: got {actual!r}, expected {expected!r}")
+        return
+    if isinstance(actual, bool) or not isinstance(actual, int | float):
+        out.append(f"{path}: got {actual!r}, expected the number {expected!r}")
+        return
+    if name in QUANTILE_FIELDS:
+        if not quantile_close(actual, expected):
+            out.append(f"{path}: got {actual!r}, expected {expected!r} within 1 %")
+    elif isinstance(expected, int):
+        if not isinstance(actual, int) or actual != expected:
+            out.append(f"{path}: got {actual!r}, expected exactly {expected!r}")
+    elif not math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-12):
+        out.append(f"{path}: got {actual!r}, expected {expected!r}")
+
+
+def compare(actual_doc: Mapping[str, Any], expected_doc: Mapping[str, Any]) -> list[str]:
+    """Every difference between a KPI document and the oracle's, one line each.
+
+    Counts must match exactly, means and ratios to 1e-9 relative, quantiles within 1 %.
+    Groups are matched by their ``key``; an empty list means the documents agree.
+    """
+    out: list[str] = []
+    for field in ("window", "by"):
+        _compare_values(field, field, actual_doc.get(field), expected_doc.get(field), out)
+    for field in actual_doc.keys() - {"window", "by", "groups"}:
+        out.append(f"{field}: unexpected (got {actual_doc[field]!r})")
+
+    def by_key(doc: Mapping[str, Any]) -> dict[tuple[tuple[str, Any], ...], Any]:
+        return {tuple(sorted(group.get("key", {}).items())): group for group in doc["groups"]}
+
+    actual_groups = by_key(actual_doc) if "groups" in actual_doc else {}
+    expected_groups = by_key(expected_doc)
+    for key, expected in expected_groups.items():
+        label = "groups[" + ",".join(f"{k}={v}" for k, v in key) + "]"
+        if key not in actual_groups:
+            out.append(f"{label}: missing")
+        else:
+            _compare_values(label, "", actual_groups[key], expected, out)
+    for key in actual_groups.keys() - expected_groups.keys():
+        out.append("groups[" + ",".join(f"{k}={v}" for k, v in key) + "]: unexpected")
+    actual_keys = [g.get("key") for g in actual_doc.get("groups", [])]
+    expected_keys = [g.get("key") for g in expected_doc["groups"]]
+    if not out and actual_keys != expected_keys:
+        out.append(f"groups: order {actual_keys!r}, expected {expected_keys!r}")
+    return out
