@@ -9,18 +9,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -70,33 +71,23 @@ Channel = Annotated[
 ]
 
 
-def _parse_time(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise RejectedEvent(
-                "invalid_timestamp", f"occurred_at {value!r} is not RFC 3339"
-            ) from None
-    else:
-        raise RejectedEvent("invalid_timestamp", f"occurred_at {value!r} is not a string")
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 timestamp with an offset, as a datetime (CLI ``--at`` and tests)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RejectedEvent("invalid_timestamp", f"{value!r} is not RFC 3339") from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise RejectedEvent("naive_timestamp", f"occurred_at {value!r} has no UTC offset")
-    return parsed.astimezone(UTC)
+        raise RejectedEvent("naive_timestamp", f"{value!r} has no UTC offset")
+    return parsed
 
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
 
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    occurred_at: datetime
-
-    @field_validator("occurred_at", mode="wrap")
-    @classmethod
-    def _aware(cls, value: Any, handler: Any) -> datetime:
-        return _parse_time(value)
+    # strict: an RFC 3339 string in JSON, never a number of seconds
+    occurred_at: AwareDatetime = Field(strict=True)
 
     @property
     def conversation_id(self) -> str:
@@ -228,13 +219,45 @@ _MODELS: dict[str, type[_Event]] = {
 EVENT_TYPES: tuple[str, ...] = tuple(_MODELS)
 
 
-def _reason_of(error: ValidationError) -> RejectedEvent:
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+# the core validator itself: the adapter's Python wrapper costs as much as the validation
+_VALIDATE_JSON = _ADAPTER.validator.validate_json
+
+_TIME_ERRORS = {
+    "timezone_aware": "naive_timestamp",
+    "datetime_parsing": "invalid_timestamp",
+    "datetime_from_date_parsing": "invalid_timestamp",
+    "datetime_type": "invalid_timestamp",
+    "datetime_object_invalid": "invalid_timestamp",
+}
+
+
+def _classify(raw: bytes, error: ValidationError) -> RejectedEvent:
+    """Why a record failed the fast path, as a stable reason (the slow path of decode)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as json_error:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return RejectedEvent("invalid_encoding", "the record is not UTF-8")
+        return RejectedEvent("invalid_json", str(json_error))
+    if not isinstance(data, dict):
+        return RejectedEvent("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        return RejectedEvent("missing_type", "the event has no string `type`")
+    if kind not in _MODELS:
+        return RejectedEvent("unknown_type", f"{kind[:64]!r} is not a known event type")
     first = error.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in first["loc"] if not isinstance(part, int)) or "event"
+    loc = [str(part) for part in first["loc"][1:] if not isinstance(part, int)]
+    where = ".".join(loc) or "event"
     if first["type"] == "missing":
         return RejectedEvent("missing_field", f"{where} is required")
-    context = first.get("ctx") or {}
-    inner = context.get("error")
+    if where == "occurred_at":
+        reason = _TIME_ERRORS.get(first["type"], "invalid_timestamp")
+        return RejectedEvent(reason, f"occurred_at {data.get('occurred_at')!r}: {first['msg']}")
+    inner = (first.get("ctx") or {}).get("error")
     if isinstance(inner, RejectedEvent):
         return inner
     message = str(first["msg"]).removeprefix("Value error, ")
@@ -252,34 +275,18 @@ def decode(
 
     ``now_s`` is the wall clock in Unix seconds (an argument, so tests fix it); events
     dated more than ``max_future_s`` after it are rejected as ``future_timestamp``.
+    Valid records take one pass of pydantic's JSON validator; only a rejected one is
+    parsed again to name its reason.
     """
     if raw is None:
         raise RejectedEvent("invalid_json", "the record has no value (tombstone)")
     if len(raw) > max_bytes:
         raise RejectedEvent("too_large", f"{len(raw)} bytes is over the {max_bytes} byte limit")
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RejectedEvent("invalid_encoding", "the record is not UTF-8") from None
-        raise RejectedEvent("invalid_json", str(error)) from None
-    if not isinstance(data, dict):
-        raise RejectedEvent("not_an_object", f"expected a JSON object, got {type(data).__name__}")
-    kind = data.get("type")
-    if not isinstance(kind, str):
-        raise RejectedEvent("missing_type", "the event has no string `type`")
-    model = _MODELS.get(kind)
-    if model is None:
-        raise RejectedEvent("unknown_type", f"{kind[:64]!r} is not a known event type")
-    try:
-        event: Event = model.model_validate(data)  # type: ignore[assignment]
+        event: Event = _VALIDATE_JSON(raw)
     except ValidationError as error:
-        raise _reason_of(error) from None
-    except RejectedEvent:
-        raise
-    if now_s is not None and event.occurred_at_s > now_s + max_future_s:
+        raise _classify(raw, error) from None
+    if now_s is not None and event.occurred_at.timestamp() > now_s + max_future_s:
         ahead = event.occurred_at - datetime.fromtimestamp(now_s, UTC)
         raise RejectedEvent(
             "future_timestamp",

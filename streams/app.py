@@ -247,10 +247,10 @@ def create_app(settings: Settings) -> faust.App:
 def _parse_at(text: str | None) -> float:
     if not text:
         return time.time()
-    from models.events import _parse_time
+    from models.events import parse_time
 
     try:
-        return _parse_time(text).timestamp()
+        return parse_time(text).timestamp()
     except Exception as error:
         raise ValueError(f"--at must be RFC 3339 with an offset: {error}") from None
 

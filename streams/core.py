@@ -40,7 +40,6 @@ from models.events import (
     TicketStatusChanged,
 )
 from streams import sketch
-from streams.windows import bucket_start
 
 __all__ = [
     "FIELDS",
@@ -221,12 +220,12 @@ def _earliest(current: tuple[int, str] | None, candidate: tuple[int, str]) -> tu
     return candidate if current is None or candidate < current else current
 
 
-def fold(state: Conversation, event: Event) -> bool:
+def fold(state: Conversation, event: Event, at_ms: int | None = None) -> bool:
     """Fold one event into its conversation; ``False`` if its ``event_id`` was seen before."""
     if event.event_id in state.seen:
         return False
     state.seen.add(event.event_id)
-    at = (_ms(event), event.event_id)
+    at = (_ms(event) if at_ms is None else at_ms, event.event_id)
     state.last_ms = max(state.last_ms, at[0])
     if isinstance(event, TicketCreated | ChatRequested):
         winner = _earliest(state.opened, at)
@@ -356,6 +355,11 @@ class Pending:
     event: Event
     topic: str
     offset: int
+    ms: int = -1  # event time in whole ms; computed once (datetime.timestamp() is slow)
+
+    def __post_init__(self) -> None:
+        if self.ms < 0:
+            object.__setattr__(self, "ms", _ms(self.event))
 
 
 @dataclass
@@ -403,7 +407,7 @@ def fold_batch(
     if not items:
         return result
     # The watermark moves first, so the late cut does not depend on the order in the batch.
-    newest = max(_ms(item.event) for item in items)
+    newest = max(item.ms for item in items)
     result.watermark_ms = max(watermark_ms, newest)
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
 
@@ -412,7 +416,7 @@ def fold_batch(
     working: dict[str, Conversation] = {}
     for item in items:
         event = item.event
-        if _ms(event) < cutoff_ms:
+        if item.ms < cutoff_ms:
             result.counters[f"late:{item.topic}"] += 1
             continue
         conv_id = event.conversation_id
@@ -423,13 +427,16 @@ def fold_batch(
             working[conv_id] = state
             before[conv_id] = contributions(state, config)
             held_before[conv_id] = state.pending()
-        if fold(state, event):
+        if fold(state, event, item.ms):
             result.applied += 1
         else:
             result.counters[f"dup:{item.topic}"] += 1
 
+    bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
+    bucket_ms = bucket_s * 1000
+    totals, buckets = result.totals, result.buckets
     for conv_id, state in working.items():
-        delta: Counter[tuple[int, Dims, str]] = Counter()
+        delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
         for at_ms, dims, name, value in contributions(state, config):
             delta[(at_ms, dims, name)] += value
         for at_ms, dims, name, value in before[conv_id]:
@@ -437,14 +444,14 @@ def fold_batch(
         for (at_ms, dims, name), value in delta.items():
             if value == 0:
                 continue
-            key = dim_key(dims) + SEP + name
+            key = SEP.join(dims) + SEP + name
             if "_sk:" not in name:
-                result.totals[key] += value
+                totals[key] += value
             if name.startswith("frh:") or at_ms < cutoff_ms:
                 continue  # histogram counts are cumulative only; an expired bucket is gone
-            fine = bucket_start(at_ms / 1000, config.bucket_seconds)
-            result.buckets[("b", fine)][key] += value
-            result.buckets[("r", bucket_start(fine, config.rollup_seconds))][key] += value
+            fine = at_ms // bucket_ms * bucket_s  # == bucket_start(at_ms / 1000, bucket_s)
+            buckets[("b", fine)][key] += value
+            buckets[("r", fine - fine % rollup_s)][key] += value
         result.held[conv_id] = state.pending()
         result.counters["held"] += result.held[conv_id] - held_before[conv_id]
         result.states[conv_id] = state

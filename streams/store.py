@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from streams.core import SEP, BatchResult, Conversation, CoreConfig
@@ -48,10 +49,13 @@ from streams.core import SEP, BatchResult, Conversation, CoreConfig
 __all__ = ["PartitionMeta", "Store"]
 
 # Applies one batch if the partition's version is the one the batch was folded against.
-# ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then sections,
-# each led by its item count: offsets (topic, offset), meta increments (field, delta),
-# buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
-# conversations (id, state json, newest ms, held count, breach deadline ms or '').
+# ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then one JSON array
+# of strings (one argument instead of a million keeps the client's packing cheap) with
+# sections each led by its item count: offsets (topic, offset), meta increments (field,
+# delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
+# conversations (id, newest ms, held count, breach deadline ms or ''); then the state
+# JSON of each conversation, in that order, as arguments of their own. Numbers travel as
+# strings: Lua numbers are doubles and large ones would print in exponent form.
 _COMMIT = """
 local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
@@ -61,50 +65,52 @@ local current = redis.call('HGET', meta, 'version') or '0'
 if current ~= ARGV[1] then
   return {0, current, 0}
 end
-local i = 5
-local n = tonumber(ARGV[i]); i = i + 1
+local p = cjson.decode(ARGV[5])
+local i = 1
+local k = 6
+local n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1]); i = i + 2
+  redis.call('HSET', meta, 'off:' .. p[i], p[i + 1]); i = i + 2
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  redis.call('HINCRBY', meta, ARGV[i], ARGV[i + 1]); i = i + 2
+  redis.call('HINCRBY', meta, p[i], p[i + 1]); i = i + 2
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  local key = base .. ARGV[i]
-  redis.call('ZADD', bidx, ARGV[i + 1], ARGV[i])
-  local fields = tonumber(ARGV[i + 2]); i = i + 3
+  local key = base .. p[i]
+  redis.call('ZADD', bidx, p[i + 1], p[i])
+  local fields = tonumber(p[i + 2]); i = i + 3
   for _ = 1, fields do
-    if redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1]) == 0 then
-      redis.call('HDEL', key, ARGV[i])
+    if redis.call('HINCRBY', key, p[i], p[i + 1]) == 0 then
+      redis.call('HDEL', key, p[i])
     end
     i = i + 2
   end
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  if redis.call('HINCRBY', tot, ARGV[i], ARGV[i + 1]) == 0 then
-    redis.call('HDEL', tot, ARGV[i])
+  if redis.call('HINCRBY', tot, p[i], p[i + 1]) == 0 then
+    redis.call('HDEL', tot, p[i])
   end
   i = i + 2
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  local id = ARGV[i]
-  redis.call('HSET', conv, id, ARGV[i + 1])
-  redis.call('ZADD', convexp, ARGV[i + 2], id)
-  if ARGV[i + 3] == '0' then
+  local id = p[i]
+  redis.call('HSET', conv, id, ARGV[k]); k = k + 1
+  redis.call('ZADD', convexp, p[i + 1], id)
+  if p[i + 2] == '0' then
     redis.call('HDEL', held, id)
   else
-    redis.call('HSET', held, id, ARGV[i + 3])
+    redis.call('HSET', held, id, p[i + 2])
   end
-  if ARGV[i + 4] == '' then
+  if p[i + 3] == '' then
     redis.call('ZREM', due, id)
   elseif redis.call('HEXISTS', breached, id) == 0 then
-    redis.call('ZADD', due, ARGV[i + 4], id)
+    redis.call('ZADD', due, p[i + 3], id)
   end
-  i = i + 5
+  i = i + 4
 end
 redis.call('HSET', meta, 'wm', ARGV[2])
 local old = redis.call('ZRANGEBYSCORE', bidx, '-inf', ARGV[3], 'LIMIT', 0, 500)
@@ -214,43 +220,45 @@ class Store:
             await self.redis.sadd(f"{self.prefix}:partitions", partition)
             self._known_partitions.add(partition)
         cfg = self.config
+        flat: list[str] = [str(len(result.offsets))]
+        for topic, offset in result.offsets.items():
+            flat += [topic, str(offset)]
+        counters = {k: v for k, v in result.counters.items() if v}
+        if result.applied:
+            counters["applied"] = result.applied
+        flat.append(str(len(counters)))
+        for name, delta in counters.items():
+            flat += [name, str(delta)]
+        flat.append(str(len(result.buckets)))
+        for (level, start), fields in result.buckets.items():
+            width = cfg.bucket_seconds if level == "b" else cfg.rollup_seconds
+            nonzero = [(k, v) for k, v in fields.items() if v]
+            flat += [f"{level}:{start}", str(start + width), str(len(nonzero))]
+            for name, delta in nonzero:
+                flat += [name, str(delta)]
+        totals = [(k, v) for k, v in result.totals.items() if v]
+        flat.append(str(len(totals)))
+        for name, delta in totals:
+            flat += [name, str(delta)]
+        flat.append(str(len(result.states)))
+        states: list[bytes] = []
+        for conv_id, state in result.states.items():
+            deadline = result.deadlines.get(conv_id)
+            flat += [
+                conv_id,
+                str(state.last_ms),
+                str(result.held.get(conv_id, 0)),
+                "" if deadline is None else str(deadline),
+            ]
+            states.append(state.dumps())
         args: list[Any] = [
             expected_version,
             result.watermark_ms,
             result.watermark_ms // 1000 - cfg.retention_seconds,
             result.watermark_ms - cfg.retention_seconds * 1000,
+            orjson.dumps(flat),
+            *states,
         ]
-        args.append(len(result.offsets))
-        for topic, offset in result.offsets.items():
-            args += [topic, offset]
-        counters = {k: v for k, v in result.counters.items() if v}
-        if result.applied:
-            counters["applied"] = result.applied
-        args.append(len(counters))
-        for name, delta in counters.items():
-            args += [name, delta]
-        buckets = [(level, start, fields) for (level, start), fields in result.buckets.items()]
-        args.append(len(buckets))
-        for level, start, fields in buckets:
-            width = cfg.bucket_seconds if level == "b" else cfg.rollup_seconds
-            nonzero = [(k, v) for k, v in fields.items() if v]
-            args += [f"{level}:{start}", start + width, len(nonzero)]
-            for name, delta in nonzero:
-                args += [name, delta]
-        totals = [(k, v) for k, v in result.totals.items() if v]
-        args.append(len(totals))
-        for name, delta in totals:
-            args += [name, delta]
-        args.append(len(result.states))
-        for conv_id, state in result.states.items():
-            deadline = result.deadlines.get(conv_id)
-            args += [
-                conv_id,
-                state.dumps(),
-                state.last_ms,
-                result.held.get(conv_id, 0),
-                "" if deadline is None else deadline,
-            ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
         return int(reply[0]) == 1
 
