@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -82,12 +83,16 @@ def parse_time(value: str) -> datetime:
     return parsed
 
 
+def _to_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
 
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    # strict: an RFC 3339 string in JSON, never a number of seconds
-    occurred_at: AwareDatetime = Field(strict=True)
+    # strict: an RFC 3339 string in JSON, never a number of seconds; kept in UTC
+    occurred_at: Annotated[AwareDatetime, AfterValidator(_to_utc)] = Field(strict=True)
 
     @property
     def conversation_id(self) -> str:
