@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from streams.core import HISTOGRAM_BOUNDS_S as _CORE_BOUNDS_S
+
 __all__ = [
     "CATALOG",
     "CUMULATIVE",
@@ -49,19 +51,8 @@ _WINDOWED_LABELS: tuple[str, ...] = ("window", *DIMS)
 # Bounds of deskpulse_first_response_duration_seconds. They include the default
 # first-response targets (urgent 1h, high 4h, normal 8h, low 24h) so that "responses within
 # target" is an exact bucket count, not an interpolation.
-FIRST_RESPONSE_BUCKETS_SECONDS: tuple[float, ...] = (
-    60.0,
-    300.0,
-    900.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    28800.0,
-    43200.0,
-    86400.0,
-    172800.0,
-)
+# the core keeps the per-bound counts, so it owns the ladder
+FIRST_RESPONSE_BUCKETS_SECONDS: tuple[float, ...] = tuple(float(b) for b in _CORE_BOUNDS_S)
 # One Redis MULTI/EXEC per partition per batch: milliseconds normally, seconds when sick.
 _FLUSH_BUCKETS_SECONDS: tuple[float, ...] = (
     0.001,

@@ -25,7 +25,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from exporters.catalog import CATALOG
 from models.settings import Settings, format_duration
+from streams import __version__
 from streams.core import SEP, group_document, has_samples, split_dim_key
 from streams.query import group_fields, read_window
 from streams.store import Store
@@ -56,18 +58,12 @@ class PipelineMetrics:
             ["topic", "reason"],
             registry=registry,
         )
-        self._flush = Histogram(
-            "deskpulse_flush_duration_seconds",
-            "Time to load, fold and commit one partition's batch to Redis.",
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        self._batch = Histogram(
-            "deskpulse_batch_events",
-            "Records per committed partition batch.",
-            registry=registry,
-            buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000),
-        )
+        flush = CATALOG["deskpulse_flush_duration_seconds"]
+        self._flush = Histogram(flush.name, flush.help, registry=registry, buckets=flush.buckets)
+        batch = CATALOG["deskpulse_batch_events"]
+        self._batch = Histogram(batch.name, batch.help, registry=registry, buckets=batch.buckets)
+        build = CATALOG["deskpulse_build_info"]
+        Gauge(build.name, build.help, ["version"], registry=registry).labels(__version__).set(1)
         self._event_time = Gauge(
             "deskpulse_last_event_timestamp_seconds",
             "Event time of the newest event applied by this process, per topic.",
