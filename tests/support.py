@@ -1,0 +1,387 @@
+"""Helpers for tests that run deskpulse as real processes and talk to it over the wire.
+
+:func:`settings_env` turns a :class:`~models.settings.Settings` into the environment a
+``python -m streams.cli ...`` subprocess needs to build the very same settings;
+:class:`WorkerProcess` runs the worker that way. :func:`produce` and :func:`consume_all`
+speak Kafka like an upstream producer and a downstream reader would; :func:`scrape` and
+:func:`sample` read ``/metrics`` like Prometheus does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.structs import RecordMetadata
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, SecretStr
+
+from models.settings import ENV_PREFIX, Settings, format_duration
+from streams.embedded import ManagedProcess
+
+__all__ = [
+    "HttpResponse",
+    "WorkerProcess",
+    "consume_all",
+    "end_offsets",
+    "group_offsets",
+    "http_get",
+    "produce",
+    "run_cli",
+    "sample",
+    "samples",
+    "scrape",
+    "settings_env",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+#: The line Faust logs once the consumer group has assigned this worker its partitions.
+WORKER_READY_LINE = "Worker ready"
+
+
+def _env_value(name: str, value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if name == "windows":
+        return ",".join(format_duration(width) for width in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return json.dumps(value.model_dump(mode="json"))
+    if isinstance(value, tuple | list):
+        return json.dumps(
+            [
+                item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+                for item in value
+            ]
+        )
+    if isinstance(value, dict):
+        return json.dumps(value)
+    raise TypeError(f"no environment spelling for {name}={value!r}")
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """``os.environ`` without any ``DESKPULSE_*``, plus every field of ``settings`` spelled out.
+
+    A subprocess started with this environment builds settings equal to ``settings``
+    (fields that are ``None`` stay unset). ``extra`` adds or overrides variables.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[ENV_PREFIX + name.upper()] = _env_value(name, value)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], *, cwd: Path | str, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m streams.cli ARGS`` to completion; its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout_s: float,
+    interval_s: float = 0.2,
+    *,
+    message: str | Callable[[], str] = "condition",
+) -> T:
+    """Call ``predicate`` until it returns something truthy, and return that.
+
+    Raises :class:`AssertionError` after ``timeout_s``; ``message`` (or what it returns)
+    says what was waited for, e.g. with a log tail.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"not true within {timeout_s:g}s: {text}")
+        time.sleep(interval_s)
+
+
+class HttpResponse:
+    """Status, headers and body of one HTTP response (error statuses included)."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = {key.lower(): value for key, value in headers.items()}
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+    def __repr__(self) -> str:
+        return f"<HttpResponse {self.status} {self.body[:200]!r}>"
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> HttpResponse | None:
+    """GET ``url``; the response whatever its status, or ``None`` if nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return HttpResponse(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return HttpResponse(error.code, dict(error.headers), error.read())
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> str:
+    """The text of ``GET /metrics``; raises :class:`AssertionError` unless it is a 200."""
+    response = http_get(f"http://{host}:{port}/metrics")
+    assert response is not None, f"nothing answers on {host}:{port}"
+    assert response.status == 200, response
+    return response.text
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample called ``name`` (with its ``_total``/``_bucket`` suffix) and its labels."""
+    return [
+        (dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+def sample(text: str, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+    """The value of the sample ``name`` whose labels are exactly ``labels``, else ``None``."""
+    wanted = dict(labels or {})
+    for found, value in samples(text, name):
+        if found == wanted:
+            return value
+    return None
+
+
+async def produce(
+    settings: Settings, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+) -> list[RecordMetadata]:
+    """Send ``(key, value)`` records in order and wait for the broker; where each landed."""
+    # Tansu answers InitProducerId with an error: no idempotence.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all"
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=value, key=key) for key, value in records]
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+async def consume_all(
+    bootstrap: str,
+    topic: str,
+    expected_count: int,
+    timeout_s: float,
+    *,
+    settle_s: float = 1.0,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from the beginning, read without a consumer group.
+
+    Reads until ``expected_count`` records arrived (or ``timeout_s`` passed), then
+    ``settle_s`` longer, so a record beyond the expected ones shows up too.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        partitions = await asyncio.wait_for(_partitions_of(consumer, topic), timeout_s)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if settle_until is None and len(records) >= expected_count:
+                settle_until = now + settle_s
+            end = settle_until if settle_until is not None else deadline
+            if now >= end:
+                break
+            batches = await consumer.getmany(timeout_ms=int(min(0.5, end - now) * 1000) + 1)
+            for batch in batches.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The end (next) offset of every partition of ``topics``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(await asyncio.wait_for(_partitions_of(consumer, topic), 30))
+        ]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+
+async def group_offsets(
+    bootstrap: str, group: str, partitions: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int | None]:
+    """The offsets consumer group ``group`` has committed (the next it will read), or None.
+
+    Asked through a consumer of that group that never joins it (the admin client's
+    OffsetFetch does not parse Tansu's answer).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return {
+            (topic, partition): await consumer.committed(TopicPartition(topic, partition))
+            for topic, partition in partitions
+        }
+    finally:
+        await consumer.stop()
+
+
+async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return set(partitions)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+
+
+class WorkerProcess:
+    """``python -m streams.cli worker`` as a real subprocess, logging to ``log_path``.
+
+    Runs in its own process group (a :class:`~streams.embedded.ManagedProcess`). Use it
+    as a context manager: leaving stops it (SIGTERM, then SIGKILL after a grace period).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        name: str = "worker",
+    ) -> None:
+        self.settings = settings
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(env) if env is not None else settings_env(settings)
+        self.log_path = self.workdir / f"{name}.log"
+        # cwd is the test's own directory: a developer's .env must not leak in
+        self.process = ManagedProcess(
+            name,
+            [sys.executable, "-m", "streams.cli", "worker"],
+            self.log_path,
+            cwd=self.workdir,
+            env=self.env,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def get(self, path: str, timeout_s: float = 5.0) -> HttpResponse | None:
+        """``GET path`` on the worker's web port (``None`` if nothing answers)."""
+        return http_get(self.base_url + path, timeout_s)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.process.log_tail(lines)
+
+    def describe(self) -> str:
+        """State and log tail, for assertion messages."""
+        state = "running" if self.running else f"exited with status {self.returncode}"
+        return f"worker {state}; last lines of {self.log_path}:\n{self.log_tail()}"
+
+    def is_ready(self) -> bool:
+        """``/readyz`` answers 200 and the consumer group has assigned the partitions."""
+        response = self.get("/readyz", timeout_s=3)
+        return response is not None and response.status == 200 and WORKER_READY_LINE in self.log()
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Block until :meth:`is_ready`; fail at once, with the log, if the worker exits."""
+
+        def check() -> bool:
+            if not self.running:
+                raise AssertionError(f"the worker exited before it was ready: {self.describe()}")
+            return self.is_ready()
+
+        wait_until(check, timeout_s, 0.25, message=self.describe)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM, wait up to ``timeout_s`` (then SIGKILL); the exit status."""
+        return self.process.stop(timeout_s=timeout_s)
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash would; the exit status."""
+        return self.process.kill()
+
+    def interrupt(self) -> None:
+        """SIGINT to the worker process alone."""
+        if self.running:
+            os.kill(self.process.pid, signal.SIGINT)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop(timeout_s=15)
