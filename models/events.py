@@ -269,6 +269,14 @@ def _classify(raw: bytes, error: ValidationError) -> RejectedEvent:
     return RejectedEvent("invalid_value", f"{where}: {message}")
 
 
+def _strict_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def decode(
     raw: bytes | None,
     *,
@@ -291,6 +299,9 @@ def decode(
         event: Event = _VALIDATE_JSON(raw)
     except ValidationError as error:
         raise _classify(raw, error) from None
+    if (b"NaN" in raw or b"Infinity" in raw) and not _strict_json(raw):
+        # pydantic's parser takes NaN/Infinity literals, which JSON does not have
+        raise RejectedEvent("invalid_json", "NaN and Infinity are not JSON")
     if now_s is not None and event.occurred_at.timestamp() > now_s + max_future_s:
         ahead = event.occurred_at - datetime.fromtimestamp(now_s, UTC)
         raise RejectedEvent(

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from models.errors import SettingsError
 
@@ -203,6 +204,18 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> int:
         return parse_duration(value)
 
+    @field_validator(
+        "kafka_session_timeout",
+        "metrics_refresh_interval",
+        "snapshot_interval",
+        "breach_check_interval",
+    )
+    @classmethod
+    def _at_least_a_second(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
     @field_validator("windows", mode="before")
     @classmethod
     def _windows(cls, value: Any) -> tuple[int, ...]:
@@ -248,19 +261,26 @@ class Settings(BaseSettings):
         return (self.topic_tickets, self.topic_chats, self.topic_surveys)
 
 
-def _one_line(error: ValidationError) -> str:
+def _one_line(error: ValidationError) -> tuple[str, str]:
     first = error.errors()[0]
-    loc = [str(part) for part in first["loc"] if not isinstance(part, int)]
+    loc = list(first["loc"])
     message = str(first["msg"])
     if not loc and ": " in message:  # model-level checks name their field first
         head, message = message.split(": ", 1)
         loc = [head.removeprefix("Value error, ")]
-    name = ENV_PREFIX + (loc[0] if loc else "SETTINGS").upper()
+    name = ENV_PREFIX + (str(loc[0]) if loc else "SETTINGS").upper()
+    # where inside a structured setting, e.g. alert_rules[0].metric
+    inner = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
     message = message.removeprefix("Value error, ")
+    if inner:
+        message = f"{loc[0]!s}{inner}: {message}"
     got = first.get("input")
     if loc and isinstance(got, str | int | float):
         message += f" (got {got!r})"
-    return f"{name}: {message}"
+    return name, message
+
+
+_FIELD_IN_MESSAGE = re.compile(r'field "([a-z_]+)"')
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -268,5 +288,8 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        line = _one_line(error)
-        raise SettingsError(line.split(":", 1)[0], line.split(": ", 1)[1]) from None
+        raise SettingsError(*_one_line(error)) from None
+    except PydanticSettingsError as error:  # e.g. a JSON setting that is not JSON
+        match = _FIELD_IN_MESSAGE.search(str(error))
+        name = ENV_PREFIX + (match.group(1).upper() if match else "SETTINGS")
+        raise SettingsError(name, "is not valid JSON") from None

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import ssl
 import time
+from functools import partial
 from typing import Any
 
 import faust
@@ -19,10 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exporters.kafka import KafkaPublisher, kafka_client_options
 from exporters.prometheus import build_registry
 from exporters.publish import evaluate_rules, publish_snapshots
+from models.errors import SettingsError
 from models.settings import Settings
 from streams.breaches import check_breaches
 from streams.core import CoreConfig
@@ -79,6 +83,56 @@ class Service:
         self.ready = False
         await self.publisher.stop()
         await self.redis.aclose()
+
+
+async def probe_redis(settings: Settings) -> None:
+    """Raise :class:`SettingsError` if Redis refuses our credentials or TLS setup.
+
+    An unreachable Redis passes: that is retried with backoff, not fatal.
+    """
+    from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
+
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=3,
+        socket_timeout=3,
+    )
+    try:
+        await redis.ping()
+    except (AuthenticationError, AuthorizationError) as error:
+        raise SettingsError(
+            "DESKPULSE_REDIS_URL", f"Redis refused the credentials: {error}"
+        ) from None
+    except ResponseError as error:
+        if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
+            raise SettingsError(
+                "DESKPULSE_REDIS_URL", f"Redis wants credentials: {error}"
+            ) from None
+        raise
+    except ssl.SSLError as error:
+        raise SettingsError(
+            "DESKPULSE_REDIS_URL", f"TLS handshake with Redis failed: {error}"
+        ) from None
+    except (OSError, RedisConnectionError) as error:
+        if isinstance(error.__cause__, ssl.SSLError) or "SSL" in str(error):
+            raise SettingsError("DESKPULSE_REDIS_URL", f"TLS with Redis failed: {error}") from None
+        log.warning("Redis is not reachable yet (%s); the worker will keep retrying", error)
+    finally:
+        await redis.aclose()
+
+
+async def wait_for_broker(settings: Settings) -> None:
+    """Return once the broker answers a metadata request; retry with backoff until then."""
+    from streams.embedded import wait_for_kafka
+
+    options = kafka_client_options(settings)
+    bootstrap = options.pop("bootstrap_servers")
+    await retry_forever(
+        partial(wait_for_kafka, bootstrap, 5.0, **options),
+        what=f"reaching the Kafka broker at {bootstrap}",
+        retriable=(Exception,),
+    )
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -211,8 +265,14 @@ def create_app(settings: Settings) -> faust.App:
             problems.append("starting")
         try:
             await asyncio.wait_for(service.redis.ping(), timeout=2)
-        except Exception as error:
+        except Exception as error:  # any failure means not ready, with the reason
             problems.append(f"redis: {error}")
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # the consumer has not started yet
+            assigned = set()
+        if not any(tp.topic in settings.input_topics for tp in assigned):
+            problems.append("no input partitions assigned (yet)")
         if problems:
             return web.json({"status": "not ready", "problems": problems}, status=503)
         return web.json({"status": "ready"})

@@ -89,8 +89,14 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     """Run the Faust worker until SIGINT/SIGTERM (which flush and commit first)."""
     import faust
 
-    from streams.app import create_app
+    from streams.app import create_app, probe_redis, wait_for_broker
 
+    # Credentials and TLS problems are settings problems: fail now, with one line. An
+    # unreachable Redis is not: the worker starts, reports it, and retries with backoff.
+    asyncio.run(probe_redis(settings))
+    # Faust's own producer gives up at once on a broker that does not answer: wait here,
+    # with backoff and a log line per attempt, instead of exiting into a crash loop.
+    asyncio.run(wait_for_broker(settings))
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -165,25 +165,9 @@ REJECTED: list[tuple[str, bytes | None, str]] = [
 ]
 
 
-_NAN_ACCEPTED = pytest.mark.xfail(
-    strict=True,
-    reason="models/events.py decode validates with pydantic's JSON parser, which accepts the "
-    "non-JSON tokens NaN/Infinity; in an ignored field the record passes as valid",
-)
-KNOWN_BUGS = {
-    "NaN in an ignored field": _NAN_ACCEPTED,
-    "Infinity in an ignored field": _NAN_ACCEPTED,
-}
-
-
 @pytest.mark.parametrize(
     ("record", "reason"),
-    [
-        pytest.param(
-            record, reason, id=case, marks=[KNOWN_BUGS[case]] if case in KNOWN_BUGS else []
-        )
-        for case, record, reason in REJECTED
-    ],
+    [pytest.param(record, reason, id=case) for case, record, reason in REJECTED],
 )
 def test_rejected_with_reason(record: bytes | None, reason: str) -> None:
     with pytest.raises(RejectedEvent) as caught:

@@ -340,12 +340,6 @@ def test_unreachable_redis_is_waited_for(
             assert worker.stop() == 0, worker.describe()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streams/cli.py run_worker: Faust starts its own producer before "
-    "Service.start's retry_forever; aiokafka raises KafkaConnectionError('Unable to "
-    "bootstrap') and the worker exits with status 1 within a second",
-)
 def test_unreachable_broker_is_waited_for(
     settings: Settings, tmp_path: Path, workdir: Path
 ) -> None:
