@@ -182,16 +182,26 @@ def create_app(settings: Settings) -> faust.App:
             async for events in stream.take_events(settings.batch_size, settings.batch_within):
                 while not service.ready:
                     await asyncio.sleep(0.05)
-                await service.engine.process(
-                    SourceRecord(
-                        topic=e.message.topic,
-                        partition=e.message.partition,
-                        offset=e.message.offset,
-                        key=e.message.key,
-                        value=e.message.value,
+                try:
+                    await service.engine.process(
+                        SourceRecord(
+                            topic=e.message.topic,
+                            partition=e.message.partition,
+                            offset=e.message.offset,
+                            key=e.message.key,
+                            value=e.message.value,
+                        )
+                        for e in events
                     )
-                    for e in events
-                )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    # A batch that cannot be applied must not be skipped (its numbers would
+                    # be lost) nor block silently: stop the worker loudly; the supervisor
+                    # restarts it and it resumes at the fence.
+                    log.critical("cannot apply a batch of %s: %r", name, error, exc_info=True)
+                    await app.crash(error)
+                    raise
 
         agent.__name__ = "agent_" + name.replace(".", "_").replace("-", "_")
         agent.__qualname__ = agent.__name__

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
-from redis.exceptions import BusyLoadingError, ReadOnlyError, TryAgainError
+from aiokafka.errors import KafkaError
+from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,12 +34,16 @@ log = logging.getLogger("deskpulse.engine")
 T = TypeVar("T")
 
 #: Redis errors that mean "not now": the batch waits and is retried, never dropped.
+#: Any error reply counts too (OOM, a failover's READONLY, MASTERDOWN, ...): holding the
+#: batch with a warning per attempt and ``deskpulse_redis_up 0`` is better than both
+#: losing it and a crash loop.
 RETRIABLE_REDIS = (
     RedisConnectionError,
     RedisTimeoutError,
     BusyLoadingError,
     ReadOnlyError,
     TryAgainError,
+    RedisError,
     OSError,
 )
 
@@ -202,7 +207,11 @@ class Engine:
                 ]
                 if fresh_rejects:
                     # the broker has them before their offsets are recorded as applied
-                    await self.deadletter.send(fresh_rejects)
+                    await retry_forever(
+                        partial(self.deadletter.send, fresh_rejects),
+                        what="dead-lettering rejected records",
+                        retriable=(KafkaError, OSError),
+                    )
                 sent_rejects = True
             for record, _ in rejected:
                 if record.offset > result.offsets.get(record.topic, -1):
