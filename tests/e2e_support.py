@@ -1,0 +1,651 @@
+"""Helpers for the end-to-end and fault-injection tests: a realistic dataset, producing it,
+waiting for the KPI state to take all of it in, and checking it against the oracle.
+
+The dataset comes from :mod:`streams.simulate` (duplicates, out-of-order delivery with
+openers after their replies, malformed records, conversations that never open, unanswered
+tickets) with a fixed seed over a fixed stretch of event time, so a failure reproduces.
+Every expectation is computed from the raw record values by :mod:`tests.oracle` or by
+plain counting here, never by ``streams/``.
+
+Completion is judged from the Redis meta counters (``applied + dup + late`` summed over
+the partitions reaching the number of valid records), never from the broker's end
+offsets: Tansu reports the base offset of the last batch as the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import redis
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+from redis.asyncio import Redis as AsyncRedis
+
+from models.errors import RejectedEvent
+from models.events import SurveyResponded, TicketReplied, decode
+from models.settings import Settings
+from streams.core import CoreConfig
+from streams.query import format_time, query_kpis
+from streams.simulate import DEFAULT_START_S, Record, SimConfig, generate
+from streams.store import Store
+from streams.windows import parse_width
+
+from .oracle import compare, compute
+from .support import WorkerProcess, consume_all, run_cli, settings_env, wait_until
+
+__all__ = [
+    "BY_OPTIONS",
+    "WINDOWS",
+    "CounterDrift",
+    "Dataset",
+    "PacedProducer",
+    "StateCounts",
+    "build_dataset",
+    "check_counters",
+    "check_shape",
+    "compare_with_oracle",
+    "dead_letters",
+    "kpis_cli",
+    "kpis_http",
+    "kpis_store",
+    "oracle_doc",
+    "produce_records",
+    "progress",
+    "query_points",
+    "read_counts",
+    "redis_snapshot",
+    "wait_for_state",
+]
+
+#: Event time starts here (2026-11-23T00:00:00Z, in the past, so nothing is "future").
+START_S = DEFAULT_START_S
+#: How much event time the dataset spans.
+DURATION_S = 3 * 3600
+
+#: Window widths checked, as ``deskpulse kpis --window`` takes them, with their seconds.
+WINDOWS: dict[str, int] = {"5m": 300, "1h": 3600, "3h": 3 * 3600, "24h": 24 * 3600}
+#: Groupings checked.
+BY_OPTIONS: tuple[tuple[str, ...], ...] = ((), ("channel",), ("channel", "queue", "priority"))
+
+_DIMENSIONS = ("channel", "queue", "priority")
+_OPENERS = frozenset({"ticket.created", "chat.requested"})
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Simulated records and what the state must show once all of them are consumed."""
+
+    config: SimConfig
+    records: list[Record]
+    #: records ``decode`` accepts (each is applied, a duplicate or late exactly once)
+    valid: int
+    #: distinct valid event ids (applied); the rest of ``valid`` are duplicates
+    distinct: int
+    #: records ``decode`` rejects (dead-lettered, never in the meta counters)
+    rejected: int
+    #: events held for an opener that never comes (``held`` in meta)
+    held: int
+    conversations: int
+    #: events delivered before their conversation's opener, on its topic / from surveys
+    early: int = 0
+    early_surveys: int = 0
+    #: tickets that never get a public agent reply
+    unanswered: int = 0
+    #: the first ``head`` records are surveys moved ahead of everything: each one must be
+    #: held until its conversation's opener (on another topic) comes
+    head: int = 0
+    types: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        return self.valid - self.distinct
+
+    @property
+    def values(self) -> list[bytes]:
+        return [record.value for record in self.records]
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.records)} records: {self.valid} valid ({self.distinct} distinct, "
+            f"{self.duplicates} duplicates), {self.rejected} malformed, "
+            f"{self.conversations} conversations, {self.unanswered} tickets never answered, "
+            f"{self.early} events and {self.early_surveys} surveys delivered before their "
+            f"opener ({self.head} surveys first of all), {self.held} events held for "
+            f"openers that never come; "
+            f"types {dict(sorted(self.types.items()))}"
+        )
+
+
+def build_dataset(
+    *,
+    seed: int = 11,
+    rate: float = 2.0,
+    start_s: float = START_S,
+    duration_s: float = DURATION_S,
+    hoist_every: int = 4,
+    **overrides: Any,
+) -> Dataset:
+    """A realistic stretch of support traffic with every kind of fault mixed in.
+
+    Besides the simulator's faults, every ``hoist_every``-th survey that needs its
+    conversation is delivered first of all, before any opener.
+    """
+    config = SimConfig(
+        seed=seed,
+        start_s=start_s,
+        duration_s=duration_s,
+        rate=rate,
+        duplicate_ratio=0.03,
+        out_of_order=0.1,
+        disorder_s=60.0,
+        malformed_ratio=0.01,
+        orphan_ratio=0.01,
+        unanswered_ratio=0.08,
+        survey_ratio=0.4,
+        response_scale=0.2,  # ticket lifecycles fit in the stretch: plenty of first replies
+        **overrides,
+    )
+    records, head = _surveys_first(list(generate(config)), every=hoist_every)
+    now_s = time.time()
+    seen: set[str] = set()
+    types: Counter[str] = Counter()
+    by_conversation: dict[str, list[Any]] = {}
+    valid = rejected = 0
+    for record in records:
+        try:
+            event = decode(record.value, now_s=now_s)
+        except RejectedEvent:
+            rejected += 1
+            continue
+        valid += 1
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        types[event.type] += 1
+        by_conversation.setdefault(event.conversation_id, []).append(event)
+    held = early = early_surveys = unanswered = 0
+    for events in by_conversation.values():  # each in delivery order
+        openers = [n for n, event in enumerate(events) if event.type in _OPENERS]
+        if openers:
+            before = events[: openers[0]]
+            early += sum(1 for event in before if not isinstance(event, SurveyResponded))
+            early_surveys += sum(1 for event in before if isinstance(event, SurveyResponded))
+            if events[openers[0]].type == "ticket.created" and not any(
+                isinstance(event, TicketReplied) and event.author_role == "agent" and event.public
+                for event in events
+            ):
+                unanswered += 1
+            continue
+        # a survey carrying all three dimensions stands alone; everything else waits
+        held += sum(
+            1
+            for event in events
+            if not (
+                isinstance(event, SurveyResponded)
+                and all(getattr(event, name) is not None for name in _DIMENSIONS)
+            )
+        )
+    return Dataset(
+        config=config,
+        records=records,
+        valid=valid,
+        distinct=len(seen),
+        rejected=rejected,
+        held=held,
+        conversations=len(by_conversation),
+        early=early,
+        early_surveys=early_surveys,
+        unanswered=unanswered,
+        head=head,
+        types=dict(types),
+    )
+
+
+def _surveys_first(records: list[Record], *, every: int) -> tuple[list[Record], int]:
+    """Move every ``every``-th survey lacking a dimension (of a conversation that opens)
+    to the front; the reordered records and how many were moved."""
+    events = []
+    opened: set[str] = set()
+    for record in records:
+        try:
+            event: Any = decode(record.value)
+        except RejectedEvent:
+            event = None
+        events.append(event)
+        if event is not None and event.type in _OPENERS:
+            opened.add(event.conversation_id)
+    first: list[Record] = []
+    rest: list[Record] = []
+    seen: set[str] = set()
+    candidates = 0
+    for record, event in zip(records, events, strict=True):
+        if (
+            isinstance(event, SurveyResponded)
+            and event.event_id not in seen
+            and event.conversation_id in opened
+            and any(getattr(event, name) is None for name in _DIMENSIONS)
+        ):
+            candidates += 1
+            if candidates % every == 0:
+                first.append(record)
+                seen.add(event.event_id)
+                continue
+        if event is not None:
+            seen.add(event.event_id)
+        rest.append(record)
+    return first + rest, len(first)
+
+
+def topic_for(settings: Settings, kind: str) -> str:
+    return {
+        "tickets": settings.topic_tickets,
+        "chats": settings.topic_chats,
+        "surveys": settings.topic_surveys,
+    }[kind]
+
+
+async def produce_records(settings: Settings, records: Sequence[Record]) -> list[RecordMetadata]:
+    """Send records in delivery order, keyed by conversation; where each one landed."""
+    # Tansu answers InitProducerId with an error: no idempotence.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=False,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic_for(settings, r.topic_kind), value=r.value, key=r.key)
+            for r in records
+        ]
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+class PacedProducer(threading.Thread):
+    """Produces a dataset in chunks with pauses, in the background, so faults land mid-stream."""
+
+    def __init__(
+        self, settings: Settings, records: Sequence[Record], *, chunks: int, pause_s: float
+    ) -> None:
+        super().__init__(name="paced-producer", daemon=True)
+        self.settings = settings
+        self.records = list(records)
+        self.chunks = chunks
+        self.pause_s = pause_s
+        self.sent = 0
+        self.placed: list[RecordMetadata] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as error:  # reported by finish()
+            self.error = error
+
+    async def _run(self) -> None:
+        size = math.ceil(len(self.records) / self.chunks)
+        for start in range(0, len(self.records), size):
+            chunk = self.records[start : start + size]
+            self.placed += await produce_records(self.settings, chunk)
+            self.sent = len(self.placed)
+            await asyncio.sleep(self.pause_s)
+
+    def finish(self, timeout_s: float = 120) -> None:
+        """Wait for the last chunk; re-raise what went wrong in the thread."""
+        self.join(timeout_s)
+        assert not self.is_alive(), f"producer still running after {timeout_s}s"
+        if self.error is not None:
+            raise AssertionError(f"producing failed: {self.error!r}") from self.error
+        assert self.sent == len(self.records), (self.sent, len(self.records))
+
+
+@dataclass(frozen=True)
+class StateCounts:
+    """The meta counters summed over partitions."""
+
+    applied: int
+    dup: int
+    late: int
+    held: int
+    orphaned: int
+
+    @property
+    def seen(self) -> int:
+        """Records accounted for: each valid record ends in exactly one of these."""
+        return self.applied + self.dup + self.late
+
+
+def read_counts(settings: Settings) -> StateCounts:
+    """Sum ``applied``, ``dup:*``, ``late:*``, ``held``, ``orphaned`` over the partitions."""
+    client = redis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=2
+    )
+    try:
+        totals: Counter[str] = Counter()
+        for partition in range(settings.topic_partitions):
+            meta = client.hgetall(f"{settings.redis_prefix}:{{p{partition}}}:meta")
+            for name, value in meta.items():
+                text = name.decode()
+                kind = text.split(":", 1)[0]
+                if kind in ("applied", "dup", "late", "held", "orphaned"):
+                    totals[kind] += int(value)
+    finally:
+        client.close()
+    return StateCounts(
+        totals["applied"], totals["dup"], totals["late"], totals["held"], totals["orphaned"]
+    )
+
+
+def progress(settings: Settings) -> int:
+    """Distinct events applied so far (0 while Redis is unreachable)."""
+    try:
+        return read_counts(settings).applied
+    except redis.RedisError:
+        return 0
+
+
+class CounterDrift(AssertionError):
+    """The meta counters account for a valid record more than once (or not at all)."""
+
+
+def wait_for_state(
+    settings: Settings,
+    dataset: Dataset,
+    *,
+    timeout_s: float = 120,
+    describe: Callable[[], str] | None = None,
+    settle_s: float = 1.0,
+) -> StateCounts:
+    """Wait until the meta counters account for every valid record; check what they hold.
+
+    Done means ``applied + dup + late`` reached the number of valid records and ``applied``
+    the number of distinct ones; then waits ``settle_s`` more so a double count would
+    show, and checks ``applied``, ``late``, ``held`` and ``orphaned`` exactly (see
+    :func:`check_counters` for the rest).
+    """
+
+    def reached() -> StateCounts | None:
+        try:
+            counts = read_counts(settings)
+        except redis.RedisError:
+            return None
+        done = counts.seen >= dataset.valid and counts.applied >= dataset.distinct
+        return counts if done else None
+
+    def message() -> str:
+        try:
+            counts: Any = read_counts(settings)
+        except redis.RedisError as error:
+            counts = error
+        text = f"state {counts} for {dataset.valid} valid records ({dataset.distinct} distinct)"
+        return text + ("\n" + describe() if describe is not None else "")
+
+    wait_until(reached, timeout_s, 0.25, message=message)
+    time.sleep(settle_s)
+    counts = read_counts(settings)
+    assert counts.applied == dataset.distinct, message()
+    assert counts.late == 0, message()
+    assert counts.held == dataset.held, message()
+    assert counts.orphaned == 0, message()
+    return counts
+
+
+def check_counters(counts: StateCounts, dataset: Dataset) -> None:
+    """Each valid record is in ``applied + dup + late`` exactly once; raises CounterDrift."""
+    if counts.seen != dataset.valid or counts.dup != dataset.duplicates:
+        raise CounterDrift(
+            f"{counts} for {dataset.valid} valid records of which {dataset.duplicates} are "
+            f"duplicates: {counts.dup - dataset.duplicates} records counted again as duplicates"
+        )
+
+
+def query_points(dataset: Dataset) -> list[float]:
+    """``--at`` times: one mid-data (off a bucket boundary), one after the data."""
+    start = dataset.config.start_s
+    # whole seconds: the --at text carries no fraction
+    return [
+        float(math.floor(start + dataset.config.duration_s / 2) + 17),
+        float(math.floor(start + dataset.config.duration_s) + 600),
+    ]
+
+
+def oracle_doc(
+    values: Iterable[bytes], *, at_s: float, width: str, by: Sequence[str]
+) -> dict[str, Any]:
+    """The oracle's ``deskpulse kpis --json`` for one window and grouping."""
+    return compute(values, at_s=at_s, width_s=WINDOWS[width], by=by)
+
+
+def kpis_cli(
+    settings: Settings, cwd: Path, *, width: str, at_s: float, by: Sequence[str]
+) -> dict[str, Any]:
+    """``deskpulse kpis --json`` as a subprocess with the settings' environment."""
+    args = ["kpis", "--json", "--window", width, "--at", format_time(at_s)]
+    if by:
+        args += ["--by", ",".join(by)]
+    done = run_cli(args, settings_env(settings), cwd=cwd, timeout_s=60)
+    assert done.returncode == 0, f"deskpulse {' '.join(args)}: {done.stderr}"
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+def kpis_store(settings: Settings, width: str, at_s: float, by: Sequence[str]) -> dict[str, Any]:
+    """The document read in-process through :func:`streams.query.query_kpis`."""
+
+    async def read() -> dict[str, Any]:
+        client = AsyncRedis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
+            width_s = parse_width(width, settings.bucket_seconds)
+            return await query_kpis(store, width_s=width_s, at_s=at_s, by=by)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def dead_letters(
+    settings: Settings, dataset: Dataset, placed: Sequence[RecordMetadata], timeout_s: float = 60
+) -> Counter[tuple[str, int, int]]:
+    """How often each malformed record reached the dead-letter topic, by source coordinates.
+
+    Fails if one is missing, or if a record that is not malformed is there. ``placed``
+    says where each record of the dataset landed (as :func:`produce_records` returns it).
+    Redelivery after a crash may dead-letter a record again (at least once).
+    """
+    assert len(placed) == len(dataset.records)
+    malformed = {
+        (meta.topic, meta.partition, meta.offset): record.value
+        for record, meta in zip(dataset.records, placed, strict=True)
+        if record.occurred_at_s is None
+    }
+    bootstrap, topic = settings.kafka_bootstrap, settings.topic_deadletter
+    letters = asyncio.run(consume_all(bootstrap, topic, dataset.rejected, timeout_s))
+    seen: Counter[tuple[str, int, int]] = Counter()
+    for letter in letters:
+        headers = {name: value.decode() for name, value in letter.headers}
+        source = (
+            headers["deskpulse-source-topic"],
+            int(headers["deskpulse-source-partition"]),
+            int(headers["deskpulse-source-offset"]),
+        )
+        assert malformed.get(source) == letter.value, f"dead-lettered {source}: {letter.value!r}"
+        seen[source] += 1
+    missing = malformed.keys() - seen.keys()
+    assert not missing, f"{len(missing)} malformed records never dead-lettered: {sorted(missing)}"
+    return seen
+
+
+def kpis_http(
+    worker: WorkerProcess, *, width: str, at_s: float, by: Sequence[str]
+) -> dict[str, Any]:
+    """``GET /kpis`` on a running worker."""
+    query = {"window": width, "at": format_time(at_s)}
+    if by:
+        query["by"] = ",".join(by)
+    response = worker.get("/kpis?" + urlencode(query), timeout_s=10)
+    assert response is not None, worker.describe()
+    assert response.status == 200, response
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    document: dict[str, Any] = json.loads(response.body)
+    return document
+
+
+def compare_with_oracle(
+    dataset: Dataset,
+    read: Callable[[str, float, Sequence[str]], dict[str, Any]],
+    *,
+    windows: Iterable[str] = WINDOWS,
+    by_options: Iterable[Sequence[str]] = BY_OPTIONS,
+) -> dict[tuple[str, float, tuple[str, ...]], dict[str, Any]]:
+    """Read every window x grouping x ``--at`` with ``read`` and compare it with the oracle.
+
+    Fails with every difference listed; returns the documents read.
+    """
+    values = dataset.values
+    problems: list[str] = []
+    documents: dict[tuple[str, float, tuple[str, ...]], dict[str, Any]] = {}
+    for width in windows:
+        for at_s in query_points(dataset):
+            for by in by_options:
+                actual = read(width, at_s, by)
+                documents[(width, at_s, tuple(by))] = actual
+                where = f"--window {width} --at {format_time(at_s)} --by {','.join(by)}"
+                problems += [f"{where}: {line}" for line in check_shape(actual, by, width)]
+                expected = oracle_doc(values, at_s=at_s, width=width, by=by)
+                problems += [f"{where}: {line}" for line in compare(actual, expected)]
+    assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems[:60])
+    return documents
+
+
+# -- the exact JSON shape of CONTRACT §4 -------------------------------------------------
+
+_COUNTS = {
+    "first_response": ("count", "within_target"),
+    "chats": ("requested", "answered", "abandoned", "short_abandoned"),
+    "csat": ("responses", "satisfied"),
+    "nps": ("responses", "promoters", "detractors"),
+    "ces": ("responses",),
+}
+_VALUES = {
+    "first_response": (
+        "mean_seconds",
+        "p50_seconds",
+        "p90_seconds",
+        "p95_seconds",
+        "within_target_ratio",
+    ),
+    "chats": ("abandonment_ratio", "service_level_ratio", "wait_p50_seconds", "wait_p90_seconds"),
+    "csat": ("ratio", "average"),
+    "nps": ("score",),
+    "ces": ("average",),
+}
+_GROUP_KEYS = {"key", "tickets_created", *_COUNTS}
+
+
+def _samples_of(section: str, group: Mapping[str, Any], name: str) -> int:
+    """How many samples stand behind a value of ``section`` (0: it must be null)."""
+    part = group[section]
+    if section == "first_response":
+        return int(part["count"])
+    if section == "chats":
+        if name in ("abandonment_ratio", "service_level_ratio"):
+            return int(part["answered"]) + int(part["abandoned"])
+        return int(part["answered"])
+    return int(part["responses"])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> list[str]:
+    """Every way ``document`` departs from CONTRACT §4's shape, one line each."""
+    out: list[str] = []
+    if set(document) != {"window", "by", "groups"}:
+        out.append(f"top-level keys {sorted(document)}")
+        return out
+    window = document["window"]
+    if set(window) != {"start", "end", "seconds"}:
+        out.append(f"window keys {sorted(window)}")
+    elif not _is_int(window["seconds"]) or window["seconds"] != WINDOWS[width]:
+        out.append(f"window.seconds {window['seconds']!r}")
+    else:
+        for name in ("start", "end"):
+            stamp = window[name]
+            if not (isinstance(stamp, str) and len(stamp) == 20 and stamp.endswith("Z")):
+                out.append(f"window.{name} {stamp!r} is not RFC 3339 UTC")
+    if document["by"] != list(by):
+        out.append(f"by {document['by']!r}")
+    if not isinstance(document["groups"], list) or (not by and len(document["groups"]) != 1):
+        out.append(f"groups {document['groups']!r}")
+        return out
+    for index, group in enumerate(document["groups"]):
+        where = f"groups[{index}]"
+        if set(group) != _GROUP_KEYS:
+            out.append(f"{where} keys {sorted(group)}")
+            continue
+        key = group["key"]
+        if not isinstance(key, dict) or set(key) != set(by):
+            out.append(f"{where}.key {key!r}")
+        elif not all(isinstance(value, str) for value in key.values()):
+            out.append(f"{where}.key values {key!r}")
+        if not _is_int(group["tickets_created"]) or group["tickets_created"] < 0:
+            out.append(f"{where}.tickets_created {group['tickets_created']!r}")
+        for section, counts in _COUNTS.items():
+            part = group[section]
+            if not isinstance(part, dict) or set(part) != {*counts, *_VALUES[section]}:
+                out.append(f"{where}.{section} keys {sorted(part)}")
+                continue
+            bad = [name for name in counts if not _is_int(part[name]) or part[name] < 0]
+            if bad:
+                out.append(f"{where}.{section} counts not non-negative ints: {bad} in {part}")
+                continue
+            for name in _VALUES[section]:
+                value = part[name]
+                if _samples_of(section, group, name) == 0:
+                    if value is not None:
+                        out.append(f"{where}.{section}.{name} {value!r} without samples")
+                elif isinstance(value, bool) or not isinstance(value, int | float):
+                    out.append(f"{where}.{section}.{name} {value!r} is not a number")
+                elif not math.isfinite(value):
+                    out.append(f"{where}.{section}.{name} {value!r} is not finite")
+    return out
+
+
+# -- raw Redis state -----------------------------------------------------------------------
+
+
+def redis_snapshot(client: redis.Redis, pattern: str) -> dict[str, Any]:
+    """Every key matching ``pattern`` with its whole content, type-aware, names decoded."""
+    out: dict[str, Any] = {}
+    for raw_key in client.scan_iter(match=pattern, count=1000):
+        key = raw_key.decode()
+        kind = client.type(raw_key).decode()
+        if kind == "hash":
+            out[key] = ("hash", client.hgetall(raw_key))
+        elif kind == "zset":
+            out[key] = ("zset", client.zrange(raw_key, 0, -1, withscores=True))
+        elif kind == "set":
+            out[key] = ("set", client.smembers(raw_key))
+        elif kind == "string":
+            out[key] = ("string", client.get(raw_key))
+        elif kind == "none":
+            continue  # deleted meanwhile
+        else:
+            out[key] = (kind, client.dump(raw_key))
+    return out
