@@ -7,9 +7,10 @@ tickets) with a fixed seed over a fixed stretch of event time, so a failure repr
 Every expectation is computed from the raw record values by :mod:`tests.oracle` or by
 plain counting here, never by ``streams/``.
 
-Completion is judged from the Redis meta counters (``applied + dup + late`` summed over
-the partitions reaching the number of valid records), never from the broker's end
-offsets: Tansu reports the base offset of the last batch as the end.
+Completion is judged from the Redis meta counters summed over the partitions
+(``applied`` reaching the number of distinct valid events, ``applied + dup + late`` the
+number of valid records), never from the broker's end offsets: Tansu reports the base
+offset of the last batch as the end.
 """
 
 from __future__ import annotations
