@@ -173,6 +173,8 @@ class Settings(BaseSettings):
     # Processing
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_within: float = Field(default=0.25, gt=0, le=10)
+    # fold and commit in a child process, so Faust's consumer keeps a core of its own
+    engine_process: bool = False
 
     # Web and exporters
     web_host: str = "127.0.0.1"
