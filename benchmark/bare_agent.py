@@ -1,0 +1,107 @@
+"""The ceiling: the worker's Faust app stripped to agents that only count what they take.
+
+Same broker options, topics, serializers and ``take_events(batch_size, batch_within)`` as
+:func:`streams.app.create_app`; no decoding, no Redis. Every quarter second the counts go
+to the JSON file named by ``BENCH_BARE_OUT``: events seen, when the first batch came and
+how big it was, when the last one came, and this process's CPU seconds at those moments.
+With ``BENCH_BARE_MARKERS`` set, it also notes when it first saw each record whose key
+starts with that prefix (the freshness markers of :mod:`benchmark.traffic`): the latency
+floor that the broker and Faust alone impose.
+
+    python -m benchmark.bare_agent        (settings from DESKPULSE_*)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+from models.settings import load_settings
+
+__all__ = ["create_bare_app"]
+
+
+def create_bare_app(settings: Any, out_path: Path) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_enabled=True,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=True,
+        broker_commit_interval=1.0,
+        broker_session_timeout=float(settings.kafka_session_timeout),
+        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
+        table_cleanup_interval=3600,
+        web_in_thread=False,
+    )
+    seen: dict[str, Any] = {"count": 0, "batches": 0, "first_t": None, "first_n": 0}
+    marker_prefix = os.environ.get("BENCH_BARE_MARKERS", "").encode()
+    markers: dict[str, float] = {}
+    if marker_prefix:
+        seen["markers"] = markers
+
+    def make_agent(name: str) -> None:
+        topic = app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+            internal=False,
+        )
+
+        async def agent(stream: Any) -> None:
+            async for events in stream.take_events(settings.batch_size, settings.batch_within):
+                now = time.time()
+                seen["count"] += len(events)
+                seen["batches"] += 1
+                if seen["first_t"] is None:
+                    seen["first_t"] = now
+                    seen["first_n"] = seen["count"]
+                    seen["first_cpu"] = time.process_time()
+                seen["last_t"] = now
+                seen["last_cpu"] = time.process_time()
+                if marker_prefix:
+                    for event in events:
+                        key = event.message.key
+                        if key and key.startswith(marker_prefix):
+                            markers.setdefault(key.decode(), now)
+
+        agent.__name__ = "bare_" + name.replace(".", "_").replace("-", "_")
+        agent.__qualname__ = agent.__name__
+        app.agent(topic, name=f"bare.{name}", concurrency=1)(agent)
+
+    for name in settings.input_topics:
+        make_agent(name)
+
+    @app.timer(interval=0.25)  # type: ignore[untyped-decorator]
+    async def _dump() -> None:
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(seen))
+        tmp.replace(out_path)
+
+    return app
+
+
+def main() -> None:
+    settings = load_settings()
+    app = create_bare_app(settings, Path(os.environ["BENCH_BARE_OUT"]))
+    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""``streams.replay.replay`` in a process of its own; prints its stats as one JSON line.
+
+A process of its own keeps the benchmark's memory (and garbage collector) out of the
+measurement, as a real ``deskpulse replay`` would have it.
+
+    python -m benchmark.replay_child        (settings from DESKPULSE_*)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import orjson
+
+from models.settings import load_settings
+from streams.replay import replay
+
+
+def main() -> None:
+    settings = load_settings()
+    started = time.perf_counter()
+    stats = asyncio.run(replay(settings))
+    wall = time.perf_counter() - started
+    line = {
+        "records": stats.records,
+        "seconds": stats.seconds,
+        "per_second": stats.per_second,
+        "wall_seconds": wall,
+        "cpu_seconds": time.process_time(),
+    }
+    sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
+
+
+if __name__ == "__main__":
+    main()

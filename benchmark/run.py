@@ -1,0 +1,1105 @@
+"""``python -m benchmark.run`` (``make bench``): every performance budget, measured in one run.
+
+One embedded broker and one redis-server on free ports; the simulated data is produced
+once and each contender reads it under its own consumer group and Redis prefix:
+
+1. throughput: the bare Faust agent (the ceiling), the live worker, the replay path (and
+   the replay's KPI documents compared with the live worker's);
+2. freshness: live-stamped traffic at a fixed rate against the running live worker,
+   produced -> visible in Redis for timed markers;
+3. scrape: ``/metrics`` with 10,000+ series, in process and over HTTP from a worker;
+4. kpis: ``query_kpis`` and ``deskpulse kpis --window 24h`` over a day of data;
+5. soak: a worker under a steady rate, RSS and Redis memory sampled;
+
+and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
+
+Knobs (environment): BENCH_RECORDS (300000), BENCH_FRESHNESS_SECONDS (45),
+BENCH_FRESHNESS_RATE (5000), BENCH_MARKER_RATE (20), BENCH_SCRAPES (50),
+BENCH_KPI_CALLS (30), BENCH_DAY_RATE (5), BENCH_SOAK_SECONDS (1800), BENCH_SOAK_RATE
+(1000), BENCH_SOAK_SAMPLE_SECONDS (30), BENCH_SOAK_RETENTION (10m), BENCH_SECTIONS
+(throughput,freshness,scrape,kpis,soak), BENCH_PROFILE (auto | always | never),
+BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import generate_latest
+from redis.asyncio import Redis
+
+from benchmark import profiles
+from benchmark.machine import CpuWatch, facts, process_cpu_s, rss_kib
+from benchmark.report import write_report
+from benchmark.stack import (
+    HOST,
+    REPO_ROOT,
+    Processes,
+    applied_total,
+    child_env,
+    make_settings,
+    meta_totals,
+    wait_applied,
+    web_port,
+)
+from benchmark.traffic import marker_id
+from exporters.kafka import kafka_client_options
+from models.settings import Settings, parse_duration
+from streams.core import CoreConfig
+from streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from streams.query import query_kpis
+from streams.simulate import SimConfig, generate
+from streams.store import Store
+from streams.tools import produce_records, settings_topic
+from streams.topics import ensure_topics
+
+# the budgets of DESIGN.md, "Performance budgets"
+BUDGET_LIVE_RATIO = 0.90
+BUDGET_REPLAY_PER_S = 100_000
+BUDGET_FRESHNESS_P99_S = 1.0
+BUDGET_SCRAPE_S = 0.100
+BUDGET_SCRAPE_SERIES = 10_000
+BUDGET_KPIS_S = 0.200
+SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
+
+SECTIONS = ("throughput", "freshness", "scrape", "kpis", "soak")
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass
+class Config:
+    records: int = field(default_factory=lambda: _env_int("BENCH_RECORDS", 300_000))
+    freshness_s: float = field(default_factory=lambda: _env_float("BENCH_FRESHNESS_SECONDS", 45))
+    freshness_rate: float = field(default_factory=lambda: _env_float("BENCH_FRESHNESS_RATE", 5000))
+    marker_rate: float = field(default_factory=lambda: _env_float("BENCH_MARKER_RATE", 20))
+    scrapes: int = field(default_factory=lambda: _env_int("BENCH_SCRAPES", 50))
+    kpi_calls: int = field(default_factory=lambda: _env_int("BENCH_KPI_CALLS", 30))
+    day_rate: float = field(default_factory=lambda: _env_float("BENCH_DAY_RATE", 5))
+    soak_s: float = field(default_factory=lambda: _env_float("BENCH_SOAK_SECONDS", 1800))
+    soak_rate: float = field(default_factory=lambda: _env_float("BENCH_SOAK_RATE", 1000))
+    soak_sample_s: float = field(
+        default_factory=lambda: _env_float("BENCH_SOAK_SAMPLE_SECONDS", 30)
+    )
+    soak_retention: str = field(
+        default_factory=lambda: os.environ.get("BENCH_SOAK_RETENTION", "10m")
+    )
+    sections: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            s.strip()
+            for s in os.environ.get("BENCH_SECTIONS", ",".join(SECTIONS)).split(",")
+            if s.strip()
+        )
+    )
+    profile: str = field(default_factory=lambda: os.environ.get("BENCH_PROFILE", "auto"))
+    output: Path = field(
+        default_factory=lambda: Path(os.environ.get("BENCH_OUTPUT", REPO_ROOT / "BENCHMARKS.md"))
+    )
+
+    def wants_profile(self, missed: bool) -> bool:
+        return self.profile == "always" or (self.profile == "auto" and missed)
+
+    def knobs(self) -> dict[str, str]:
+        return {k: v for k, v in sorted(os.environ.items()) if k.startswith("BENCH_")}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 1])."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 0.50),
+        "p90": percentile(values, 0.90),
+        "p99": percentile(values, 0.99),
+        "max": max(values) if values else float("nan"),
+        "min": min(values) if values else float("nan"),
+    }
+
+
+class Bench:
+    """One run: the stack, the data sets, the sections and their results."""
+
+    def __init__(self, config: Config, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.procs = Processes(workdir)
+        self.results: dict[str, Any] = {"config": config.knobs(), "sections": {}, "cpu": []}
+        self.broker: ManagedProcess | None = None
+        self.redis_proc: ManagedProcess | None = None
+        self.bootstrap = ""
+        self.redis_url = ""
+        self.redis: Redis | None = None
+        self.live: ManagedProcess | None = None
+        self.live_settings: Settings | None = None
+        self.datasets: dict[str, dict[str, Any]] = {}
+
+    # -- the stack -----------------------------------------------------------------------
+
+    def start_stack(self) -> None:
+        port = free_port(HOST)
+        self.broker = self.procs.adopt(start_broker(HOST, port, self.workdir / "broker"))
+        self.bootstrap = f"{HOST}:{port}"
+        rport = free_port(HOST)
+        self.redis_proc = self.procs.adopt(start_redis(HOST, rport, self.workdir / "redis"))
+        self.redis_url = f"redis://{HOST}:{rport}/0"
+
+    def settings(self, name: str, topics: str, **values: Any) -> Settings:
+        """A contender: its own consumer group and Redis prefix on the ``topics`` data set."""
+        return make_settings(
+            kafka_bootstrap=self.bootstrap,
+            redis_url=self.redis_url,
+            redis_prefix=f"bench-{name}",
+            app_id=f"bench-{name}",
+            topic_tickets=f"bench.{topics}.tickets",
+            topic_chats=f"bench.{topics}.chats",
+            topic_surveys=f"bench.{topics}.surveys",
+            topic_deadletter=f"bench.{topics}.deadletter",
+            topic_kpis=f"bench.{topics}.kpis",
+            topic_alerts=f"bench.{topics}.alerts",
+            web_port=web_port(),
+            kafka_session_timeout=4,
+            **values,
+        )
+
+    def cpu_of(self, *procs: ManagedProcess | None) -> list[float]:
+        return [process_cpu_s(p.pid) if p is not None else 0.0 for p in procs]
+
+    async def produce_dataset(self, name: str, sim: SimConfig) -> dict[str, Any]:
+        settings = self.settings(f"{name}-producer", name)
+        await ensure_topics(settings)
+        started = time.perf_counter()
+        records = list(generate(sim))
+        generated_s = time.perf_counter() - started
+        first = min(r.occurred_at_s for r in records if r.occurred_at_s is not None)
+        last = max(r.occurred_at_s for r in records if r.occurred_at_s is not None)
+        rows = [(settings_topic(settings, r.topic_kind), r.key, r.value) for r in records]
+        del records
+        sent, produce_s = await produce_records(settings, rows, label=f"produce {name}")
+        info = {
+            "records": sent,
+            "first_event_s": first,
+            "last_event_s": last,
+            "generate_s": generated_s,
+            "produce_s": produce_s,
+            "bytes": sum(len(v) for _, _, v in rows),
+            "sim": {"rate": sim.rate, "duration_s": sim.duration_s, "seed": sim.seed},
+        }
+        self.datasets[name] = info
+        return info
+
+    # -- 1. throughput -------------------------------------------------------------------
+
+    async def section_throughput(self) -> dict[str, Any]:
+        cfg = self.config
+        data = self.datasets["tp"]
+        n = data["records"]
+        out: dict[str, Any] = {"records": n}
+        out["bare"] = await self.run_bare("bare", n)
+        print(f"bare agent: {out['bare']['per_second']:,.0f} events/s", file=sys.stderr)
+        self.live_settings = self.settings("live", "tp")
+        live = await self.run_live("live", self.live_settings, n, keep=True)
+        out["live"] = live
+        print(f"live worker: {live['per_second']:,.0f} events/s", file=sys.stderr)
+        out["live_ratio"] = live["per_second"] / out["bare"]["per_second"]
+        replay_settings = self.settings("replay", "tp")
+        out["replay"] = await self.run_replay("replay", replay_settings, n)
+        print(f"replay: {out['replay']['per_second']:,.0f} events/s", file=sys.stderr)
+        out["identical"] = await self.compare(self.live_settings, replay_settings, data)
+        missed_live = out["live_ratio"] < BUDGET_LIVE_RATIO
+        missed_replay = out["replay"]["per_second"] < BUDGET_REPLAY_PER_S
+        if cfg.wants_profile(missed_live):
+            out["profile_live"] = await self.profile_live(n)
+        if cfg.wants_profile(missed_replay):
+            out["profile_replay"] = await self.profile_replay(n)
+        return out
+
+    async def run_bare(self, name: str, n: int, spy: Path | None = None) -> dict[str, Any]:
+        settings = self.settings(name, "tp")
+        stats_path = self.workdir / f"{name}.json"
+        proc = self.procs.start(
+            name,
+            [sys.executable, "-m", "benchmark.bare_agent"],
+            env=child_env(settings, BENCH_BARE_OUT=str(stats_path)),
+        )
+        sampler = profiles.PySpy(proc.pid, spy) if spy is not None else None
+        deadline = time.monotonic() + n / 1000 + 120
+        seen: dict[str, Any] = {}
+        try:
+            while True:
+                if stats_path.exists():
+                    seen = orjson.loads(stats_path.read_bytes())
+                    if seen["count"] >= n:
+                        break
+                if not proc.running:
+                    raise RuntimeError(f"bare agent exited:\n{proc.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"bare agent saw {seen.get('count')} of {n} events")
+                await asyncio.sleep(0.1)
+        finally:
+            profile = sampler.stop() if sampler is not None else None
+            self.procs.stop(proc)
+        seconds = seen["last_t"] - seen["first_t"]
+        events = seen["count"] - seen["first_n"]
+        result = {
+            "events": events,
+            "seconds": seconds,
+            "per_second": events / seconds,
+            "batches": seen["batches"],
+            "cores": (seen["last_cpu"] - seen["first_cpu"]) / seconds,
+        }
+        if profile is not None:
+            result["profile"] = profiles.summarize(profile)
+        return result
+
+    async def run_live(
+        self, name: str, settings: Settings, n: int, *, keep: bool, spy: Path | None = None
+    ) -> dict[str, Any]:
+        assert self.redis is not None
+        proc = self.procs.worker(name, settings)
+        if keep:
+            self.live = proc
+        sampler = profiles.PySpy(proc.pid, spy) if spy is not None else None
+        cpu: dict[str, list[float]] = {}
+
+        def on_first() -> None:
+            cpu["first"] = self.cpu_of(proc, self.redis_proc, self.broker)
+
+        try:
+            marks = await wait_applied(
+                self.redis,
+                settings.redis_prefix,
+                settings.topic_partitions,
+                n,
+                timeout_s=n / 1000 + 180,
+                proc=proc,
+                on_first=on_first,
+            )
+            cpu["done"] = self.cpu_of(proc, self.redis_proc, self.broker)
+        finally:
+            profile = sampler.stop() if sampler is not None else None
+            if not keep:
+                self.procs.stop(proc)
+        seconds = marks["t_done"] - marks["t_first"]
+        events = marks["n_done"] - marks["n_first"]
+        used = [(b - a) / seconds for a, b in zip(cpu["first"], cpu["done"], strict=True)]
+        result = {
+            "events": events,
+            "seconds": seconds,
+            "per_second": events / seconds,
+            "cores": {"worker": used[0], "redis": used[1], "broker": used[2]},
+        }
+        if profile is not None:
+            result["profile"] = profiles.summarize(profile)
+        return result
+
+    async def run_replay(
+        self, name: str, settings: Settings, n: int, *, spy: Path | None = None
+    ) -> dict[str, Any]:
+        assert self.redis is not None
+        argv = [sys.executable, "-m", "benchmark.replay_child"]
+        proc = self.procs.start(name, argv, env=child_env(settings))
+        sampler = profiles.PySpy(proc.pid, spy) if spy is not None else None
+        redis_before = self.cpu_of(self.redis_proc)[0]
+        deadline = time.monotonic() + n / 2000 + 120
+        while proc.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        redis_used = self.cpu_of(self.redis_proc)[0] - redis_before
+        profile = sampler.stop() if sampler is not None else None
+        if proc.running:
+            self.procs.stop(proc)
+            raise TimeoutError(f"replay did not finish:\n{proc.log_tail()}")
+        self.procs.stop(proc)
+        lines = [line for line in proc.log_tail(200).splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"replay failed ({proc.returncode}):\n{proc.log_tail()}")
+        stats = orjson.loads(lines[-1])
+        totals = await meta_totals(self.redis, settings.redis_prefix, settings.topic_partitions)
+        stats["accounted"] = applied_total(totals)
+        stats["complete"] = stats["accounted"] >= n
+        stats["cores"] = {
+            "replay": stats["cpu_seconds"] / stats["wall_seconds"],
+            "redis": redis_used / stats["wall_seconds"],
+        }
+        if profile is not None:
+            stats["profile"] = profiles.summarize(profile)
+        return stats
+
+    async def compare(self, a: Settings, b: Settings, data: dict[str, Any]) -> dict[str, Any]:
+        """The KPI documents of two prefixes, for several windows, ends and groupings."""
+        assert self.redis is not None
+        stores = [Store(self.redis, s.redis_prefix, CoreConfig.from_settings(s)) for s in (a, b)]
+        ends = [data["last_event_s"] + 1, data["last_event_s"] - 1234.5, time.time()]
+        groupings: list[list[str]] = [
+            [],
+            ["channel"],
+            ["queue", "priority"],
+            ["channel", "queue", "priority"],
+        ]
+        compared, differ = 0, []
+        for width in a.windows:
+            for at_s in ends:
+                for by in groupings:
+                    docs = [await query_kpis(s, width_s=width, at_s=at_s, by=by) for s in stores]
+                    compared += 1
+                    if docs[0] != docs[1]:
+                        differ.append({"width": width, "at": at_s, "by": by})
+        totals = [await meta_totals(self.redis, s.redis_prefix, s.topic_partitions) for s in (a, b)]
+        for t in totals:
+            t.pop("held", None)  # a gauge, equal anyway once both are complete
+        return {
+            "documents": compared,
+            "different": differ[:10],
+            "identical": not differ and totals[0] == totals[1],
+            "counters": totals,
+        }
+
+    async def profile_live(self, n: int) -> dict[str, Any]:
+        """The live path again, on a new group and prefix, with py-spy on the worker and
+        then on the bare agent (what the ceiling itself spends its time on)."""
+        spy_live = self.workdir / "profile-live.txt"
+        live = await self.run_live(
+            "live-prof", self.settings("live-prof", "tp"), n, keep=False, spy=spy_live
+        )
+        bare = await self.run_bare("bare-prof", n, spy=self.workdir / "profile-bare.txt")
+        return {"live": live, "bare": bare}
+
+    async def profile_replay(self, n: int) -> dict[str, Any]:
+        spy = self.workdir / "profile-replay.txt"
+        return await self.run_replay("replay-prof", self.settings("replay-prof", "tp"), n, spy=spy)
+
+    # -- 2. freshness --------------------------------------------------------------------
+
+    async def ensure_live(self) -> tuple[ManagedProcess, Settings]:
+        if self.live is not None and self.live.running and self.live_settings is not None:
+            return self.live, self.live_settings
+        self.live_settings = self.settings("live", "tp")
+        self.live = self.procs.worker("live", self.live_settings)
+        await self.wait_ready(self.live, self.live_settings)
+        return self.live, self.live_settings
+
+    async def wait_ready(self, proc: ManagedProcess, settings: Settings) -> None:
+        url = f"http://{settings.web_host}:{settings.web_port}/readyz"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if not proc.running:
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+            status = await asyncio.to_thread(_http_status, url)
+            if status == 200:
+                return
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"{proc.name} not ready:\n{proc.log_tail()}")
+
+    async def section_freshness(self) -> dict[str, Any]:
+        cfg = self.config
+        proc, settings = await self.ensure_live()
+        await self.wait_ready(proc, settings)
+        out = await self.run_traffic(
+            "fresh",
+            proc,
+            settings,
+            rate=cfg.freshness_rate,
+            seconds=cfg.freshness_s,
+            marker_rate=cfg.marker_rate,
+            scrape=True,
+        )
+        missed = not out["latency"] or out["latency"]["p99"] >= BUDGET_FRESHNESS_P99_S
+        if cfg.wants_profile(missed):
+            spy = self.workdir / "profile-freshness.txt"
+            out["profile"] = (
+                await self.run_traffic(
+                    "fresh-prof",
+                    proc,
+                    settings,
+                    rate=cfg.freshness_rate,
+                    seconds=min(cfg.freshness_s, 30),
+                    marker_rate=cfg.marker_rate,
+                    spy=spy,
+                )
+            ).get("profile")
+        self.procs.stop(proc)  # the floors below must not share the CPU with it
+        self.live = None
+        out["bare"] = await self.freshness_floor(settings)
+        out["broker"] = {
+            wait_ms: await self.broker_floor(settings, wait_ms) for wait_ms in (1500, 100)
+        }
+        return out
+
+    async def broker_floor(self, settings: Settings, wait_ms: int) -> dict[str, Any]:
+        """Produced -> in a plain aiokafka consumer's hands, with ``fetch_max_wait_ms`` as
+        Faust hard-codes it (1500) and short: how long the broker holds a fetch."""
+        run_id = f"bk{wait_ms}"
+        consumer = AIOKafkaConsumer(
+            **kafka_client_options(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=wait_ms,
+        )
+        await consumer.start()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in settings.input_topics
+            for p in range(settings.topic_partitions)
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)  # (short of the true end on Tansu: harmless here)
+        times: dict[str, float] = {}
+        prefix = f"{run_id}-m".encode()
+
+        async def consume() -> None:
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                now = time.time()
+                for messages in batches.values():
+                    for message in messages:
+                        if message.key and message.key.startswith(prefix):
+                            times.setdefault(message.key.decode(), now)
+
+        async def poll(indices: list[int]) -> dict[int, float]:
+            return {i: times[k] for i in indices if (k := marker_id(run_id, i)) in times}
+
+        task = asyncio.create_task(consume())
+        try:
+            result = await self.run_traffic(
+                run_id,
+                None,
+                settings,
+                rate=self.config.freshness_rate,
+                seconds=min(self.config.freshness_s, 15),
+                marker_rate=self.config.marker_rate,
+                poll=poll,
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await consumer.stop()
+        result.pop("worker_cores", None)
+        return result
+
+    async def freshness_floor(self, live: Settings) -> dict[str, Any]:
+        """The same traffic and markers read by the bare Faust agent: what the broker and
+        Faust alone cost between produce and the agent holding the event."""
+        cfg = self.config
+        settings = self.settings("bare-fresh", "tp")
+        stats_path = self.workdir / "bare-fresh.json"
+        proc = self.procs.start(
+            "bare-fresh",
+            [sys.executable, "-m", "benchmark.bare_agent"],
+            env=child_env(settings, BENCH_BARE_OUT=str(stats_path), BENCH_BARE_MARKERS="bfr-m"),
+        )
+        try:
+            # first the backlog (everything produced so far), so the markers meet a
+            # caught-up agent, as they met a caught-up worker
+            backlog = applied_total(
+                await meta_totals(self.redis, live.redis_prefix, live.topic_partitions)
+            )
+            deadline = time.monotonic() + backlog / 1000 + 120
+            while True:
+                seen = orjson.loads(stats_path.read_bytes()) if stats_path.exists() else {}
+                if seen.get("count", 0) >= backlog:
+                    break
+                if not proc.running or time.monotonic() > deadline:
+                    raise RuntimeError(f"bare agent: backlog not read:\n{proc.log_tail()}")
+                await asyncio.sleep(0.2)
+            last_read = [0.0, {}]
+
+            async def poll(indices: list[int]) -> dict[int, float]:
+                if time.monotonic() - last_read[0] > 0.1:  # its own times are in the file
+                    last_read[0] = time.monotonic()
+                    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                        last_read[1] = orjson.loads(stats_path.read_bytes()).get("markers", {})
+                times = last_read[1]
+                return {i: times[k] for i in indices if (k := marker_id("bfr", i)) in times}
+
+            return await self.run_traffic(
+                "bfr",
+                proc,
+                settings,
+                rate=cfg.freshness_rate,
+                seconds=cfg.freshness_s,
+                marker_rate=cfg.marker_rate,
+                poll=poll,
+            )
+        finally:
+            self.procs.stop(proc)
+
+    async def run_traffic(
+        self,
+        run_id: str,
+        worker: ManagedProcess | None,
+        settings: Settings,
+        *,
+        rate: float,
+        seconds: float,
+        marker_rate: float,
+        scrape: bool = False,
+        spy: Path | None = None,
+        sample: Callable[[float], Any] | None = None,
+        sample_every_s: float = 30.0,
+        poll: Callable[[list[int]], Any] | None = None,
+    ) -> dict[str, Any]:
+        """Traffic at ``rate`` for ``seconds`` with markers; produced -> visible in Redis
+        (or, with ``poll``, -> whenever ``poll(indices)`` says each marker was seen)."""
+        assert self.redis is not None
+        markers_path = self.workdir / f"{run_id}-markers.jsonl"
+        status_path = self.workdir / f"{run_id}-status.json"
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmark.traffic",
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            "--marker-rate",
+            str(marker_rate),
+            "--run-id",
+            run_id,
+            "--markers",
+            str(markers_path),
+            "--status",
+            str(status_path),
+            "--seed",
+            str(zlib.crc32(run_id.encode()) % 10_000),
+        ]
+        traffic = self.procs.start(f"traffic-{run_id}", argv, env=child_env(settings))
+        sampler = profiles.PySpy(worker.pid, spy) if spy and worker else None
+        seen: dict[int, float] = {}
+        low = 0
+        partitions = settings.topic_partitions
+        conv = [f"{settings.redis_prefix}:{{p{p}}}:conv" for p in range(partitions)]
+        scrapes: list[float] = []
+        flush_before = await asyncio.to_thread(_flush_stats, settings) if scrape else None
+        worker_pid = worker.pid if worker is not None else os.getpid()
+        cpu_start = (time.time(), process_cpu_s(worker_pid))
+        next_scrape = time.monotonic() + 2
+        next_sweep = time.monotonic() + 1
+        next_sample = time.monotonic()
+        done_at: float | None = None
+        expected = int(seconds * marker_rate) + 2
+        while True:
+            now = time.monotonic()
+            finished = not traffic.running
+            if finished and done_at is None:
+                done_at = now
+                cpu_end = (time.time(), process_cpu_s(worker_pid))
+            window = [i for i in range(low, low + 128) if i not in seen]
+            if now >= next_sweep:  # a marker that never shows must not hide later ones
+                window = [i for i in range(low, expected) if i not in seen]
+                next_sweep = now + 1
+            if window and poll is not None:
+                seen.update(await poll(window))
+            elif window:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for i in window:
+                        pipe.hexists(conv[i % partitions], "t:" + marker_id(run_id, i))
+                    replies = await pipe.execute()
+                t_seen = time.time()
+                for i, present in zip(window, replies, strict=True):
+                    if present:
+                        seen[i] = t_seen
+            while low in seen:
+                low += 1
+            if scrape and now >= next_scrape:
+                next_scrape = now + 2
+                started = time.perf_counter()
+                await asyncio.to_thread(_http_get, _metrics_url(settings))
+                scrapes.append(time.perf_counter() - started)
+            if sample is not None and now >= next_sample:
+                next_sample = now + sample_every_s
+                await sample(now)
+            if worker is not None and not worker.running:
+                raise RuntimeError(f"{worker.name} exited:\n{worker.log_tail()}")
+            if done_at is not None:
+                sent = _read_markers(markers_path)
+                if all(m["i"] in seen for m in sent) or now - done_at > 30:
+                    break
+            await asyncio.sleep(0.005)
+        if sample is not None:
+            await sample(time.monotonic())
+        profile = sampler.stop() if sampler is not None else None
+        self.procs.stop(traffic)
+        status = orjson.loads(status_path.read_bytes()) if status_path.exists() else {}
+        sent = _read_markers(markers_path)
+        latencies = [seen[m["i"]] - m["sent"] for m in sent if m["i"] in seen]
+        acks = [m["acked"] - m["sent"] for m in sent if "acked" in m]
+        elapsed = cpu_end[0] - cpu_start[0]
+        result: dict[str, Any] = {
+            "rate": rate,
+            "seconds": seconds,
+            "sent": status.get("sent"),
+            "achieved_rate": (status.get("sent") or 0) / max(status.get("elapsed_s") or 1, 1e-9),
+            "producer_behind_max_s": status.get("behind_max_s"),
+            "markers": len(sent),
+            "markers_missing": len(sent) - len(latencies),
+            "latency": spread(latencies) if latencies else None,
+            "ack": spread(acks) if acks else None,
+            "worker_cores": (cpu_end[1] - cpu_start[1]) / max(elapsed, 1e-9),
+        }
+        if scrapes:
+            result["scrape_under_load"] = spread(scrapes)
+        if flush_before is not None:
+            after = await asyncio.to_thread(_flush_stats, settings)
+            flushes = after["flushes"] - flush_before["flushes"]
+            result["flushes"] = {
+                "count": flushes,
+                "per_second": flushes / max(elapsed, 1e-9),
+                "mean_events": (after["events"] - flush_before["events"]) / max(flushes, 1),
+                "mean_seconds": (after["seconds"] - flush_before["seconds"]) / max(flushes, 1),
+                "busy_share": (after["seconds"] - flush_before["seconds"]) / max(elapsed, 1e-9),
+            }
+        if latencies:
+            ordered = [
+                seen[m["i"]] - m["sent"]
+                for m in sorted(sent, key=lambda m: m["sent"])
+                if m["i"] in seen
+            ]
+            tenth = max(1, len(ordered) // 10)
+            result["latency_first_tenth_p50"] = percentile(ordered[:tenth], 0.5)
+            result["latency_last_tenth_p50"] = percentile(ordered[-tenth:], 0.5)
+        if profile is not None:
+            result["profile"] = profiles.summarize(profile)
+        return result
+
+    # -- 3. scrape -----------------------------------------------------------------------
+
+    async def section_scrape(self) -> dict[str, Any]:
+        cfg = self.config
+        assert self.redis is not None
+        data = self.datasets["scrape"]
+        settings = self.settings("scrape", "scrape")
+        out: dict[str, Any] = {
+            "replay": await self.run_replay("replay-scrape", settings, data["records"])
+        }
+        from exporters.prometheus import build_registry
+
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        registry, _, collector = build_registry(settings, store)
+        now_s = data["last_event_s"] + 30
+        refresh = []
+        for _ in range(5):
+            started = time.perf_counter()
+            await collector.refresh(now_s)
+            refresh.append(time.perf_counter() - started)
+        body = generate_latest(registry)
+        out["series"] = _series(body)
+        out["bytes"] = len(body)
+        timings = []
+        for _ in range(cfg.scrapes):
+            started = time.perf_counter()
+            generate_latest(registry)
+            timings.append(time.perf_counter() - started)
+        out["collect"] = spread(timings)
+        out["refresh"] = spread(refresh)
+        # a worker serving this state over HTTP; its own input topics are empty, so the
+        # scrapes measure the exposition, not consumption competing for the event loop
+        wsettings = self.settings("scrape", "idle", metrics_refresh_interval=5)
+        worker = self.procs.worker("scrape-worker", wsettings)
+        try:
+            await self.wait_ready(worker, wsettings)
+            url = _metrics_url(wsettings)
+            deadline = time.monotonic() + 60
+            while _series(await asyncio.to_thread(_http_get, url)) < out["series"] // 2:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the scrape worker never exported the KPI state")
+                await asyncio.sleep(0.5)
+            http, http_series = await self.scrape_http(url, cfg.scrapes)
+            out["http"] = spread(http)
+            out["http_series"] = http_series
+            missed = (
+                out["collect"]["p99"] >= BUDGET_SCRAPE_S or out["http"]["p99"] >= BUDGET_SCRAPE_S
+            )
+            if cfg.wants_profile(missed):
+                spy = self.workdir / "profile-scrape-worker.txt"
+                sampler = profiles.PySpy(worker.pid, spy, rate=250)
+                await self.scrape_http(url, cfg.scrapes)
+                path = sampler.stop()
+                out["profile_worker"] = profiles.summarize(path) if path else None
+                out["profile_collect"] = await profiles.pyinstrument_text(
+                    _as_async(lambda: generate_latest(registry)), repeat=10, show_all=True
+                )
+                out["profile_refresh"] = await profiles.pyinstrument_text(
+                    lambda: collector.refresh(now_s), repeat=3
+                )
+        finally:
+            self.procs.stop(worker)
+        return out
+
+    async def scrape_http(self, url: str, count: int) -> tuple[list[float], int]:
+        timings, series = [], 0
+        for _ in range(count):
+            started = time.perf_counter()
+            body = await asyncio.to_thread(_http_get, url)
+            timings.append(time.perf_counter() - started)
+            series = _series(body)
+            await asyncio.sleep(0.25)
+        return timings, series
+
+    # -- 4. kpis over a day --------------------------------------------------------------
+
+    async def section_kpis(self) -> dict[str, Any]:
+        cfg = self.config
+        assert self.redis is not None
+        data = self.datasets["day"]
+        settings = self.settings("day", "day")
+        out: dict[str, Any] = {"records": data["records"]}
+        out["replay"] = await self.run_replay("replay-day", settings, data["records"])
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        for label, by in (("total", []), ("by_all", ["channel", "queue", "priority"])):
+            timings = []
+            for _ in range(cfg.kpi_calls):
+                started = time.perf_counter()
+                doc = await query_kpis(store, width_s=86400, at_s=time.time(), by=by)
+                timings.append(time.perf_counter() - started)
+            out[f"query_{label}"] = spread(timings)
+            out[f"groups_{label}"] = len(doc["groups"])
+        out["tickets_in_window"] = sum(g["tickets_created"] for g in doc["groups"])
+        cli = [*_deskpulse_argv(), "kpis", "--window", "24h", "--json"]
+        env = child_env(settings)
+        cwd = self.workdir / "cli"
+        cwd.mkdir(exist_ok=True)
+        walls = []
+        for _ in range(7):
+            started = time.perf_counter()
+            done = subprocess.run(cli, env=env, cwd=cwd, capture_output=True, timeout=120)
+            walls.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise RuntimeError(f"{cli}: {done.returncode}\n{done.stderr.decode()[-2000:]}")
+        out["cli"] = spread(walls)
+        out["cli_command"] = "deskpulse kpis --window 24h --json"
+        imports = []
+        for argv in (
+            [sys.executable, "-c", "pass"],
+            [sys.executable, "-c", "import streams.cli, streams.tools, redis.asyncio"],
+        ):
+            started = time.perf_counter()
+            subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=60, check=True)
+            imports.append(time.perf_counter() - started)
+        out["python_start_s"], out["cli_imports_s"] = imports
+        missed = out["query_total"]["p99"] >= BUDGET_KPIS_S or out["cli"]["p50"] >= BUDGET_KPIS_S
+        if cfg.wants_profile(missed):
+            out["profile_query"] = await profiles.pyinstrument_text(
+                lambda: query_kpis(store, width_s=86400, at_s=time.time()), repeat=5
+            )
+            path = profiles.record_command(
+                cli, self.workdir / "profile-kpis-cli.txt", env=env, cwd=cwd
+            )
+            out["profile_cli"] = profiles.summarize(path, top=20) if path else None
+        return out
+
+    # -- 5. soak -------------------------------------------------------------------------
+
+    async def section_soak(self) -> dict[str, Any]:
+        cfg = self.config
+        assert self.redis is not None
+        await self.redis.flushdb()  # earlier sections' state out of used_memory
+        retention = parse_duration(cfg.soak_retention)
+        windows = sorted({w for w in (60, 300, retention) if w <= retention})
+        settings = self.settings("soak", "soak", retention=retention, windows=tuple(windows))
+        worker = self.procs.worker("soak-worker", settings)
+        await self.wait_ready(worker, settings)
+        samples: list[dict[str, Any]] = []
+        started = time.monotonic()
+        last_cpu = [time.monotonic(), process_cpu_s(worker.pid)]
+
+        async def sample(now: float) -> None:
+            assert self.redis is not None
+            info = await self.redis.info("memory")
+            prefix, parts = settings.redis_prefix, settings.topic_partitions
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for p in range(parts):
+                    pipe.hlen(f"{prefix}:{{p{p}}}:conv")
+                    pipe.zcard(f"{prefix}:{{p{p}}}:bidx")
+                replies = await pipe.execute()
+            cpu = process_cpu_s(worker.pid)
+            mono = time.monotonic()
+            samples.append(
+                {
+                    "t": round(mono - started, 1),
+                    "rss_mib": rss_kib(worker.pid) / 1024,
+                    "redis_mib": int(info["used_memory"]) / 1024 / 1024,
+                    "broker_rss_mib": rss_kib(self.broker.pid) / 1024 if self.broker else 0,
+                    "conversations": sum(replies[0::2]),
+                    "buckets": sum(replies[1::2]),
+                    "applied": applied_total(await meta_totals(self.redis, prefix, parts)),
+                    "worker_cores": (cpu - last_cpu[1]) / max(mono - last_cpu[0], 1e-9),
+                }
+            )
+            last_cpu[:] = [mono, cpu]
+            s = samples[-1]
+            print(
+                f"soak t={s['t']:.0f}s rss={s['rss_mib']:.1f}MiB redis={s['redis_mib']:.1f}MiB "
+                f"conv={s['conversations']} buckets={s['buckets']} applied={s['applied']}",
+                file=sys.stderr,
+            )
+
+        try:
+            traffic = await self.run_traffic(
+                "soak",
+                worker,
+                settings,
+                rate=cfg.soak_rate,
+                seconds=cfg.soak_s,
+                marker_rate=1.0,
+                sample=sample,
+                sample_every_s=cfg.soak_sample_s,
+            )
+        finally:
+            self.procs.stop(worker)
+        return {
+            "retention_s": retention,
+            "windows": windows,
+            "traffic": traffic,
+            "samples": samples,
+            "summary": soak_summary(samples, retention, cfg.soak_s),
+        }
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        cfg = self.config
+        self.start_stack()
+        self.redis = Redis.from_url(self.redis_url)
+        info = await self.redis.info("server")
+        broker_version = (
+            subprocess.run(
+                [self.broker.argv[0], "--version"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            if self.broker
+            else ""
+        )
+        self.results["machine"] = facts(info["redis_version"], broker_version)
+        try:
+            await self.produce_all()
+            for name in SECTIONS:
+                if name not in cfg.sections:
+                    continue
+                watch = CpuWatch(name)
+                print(f"== {name}", file=sys.stderr)
+                try:
+                    self.results["sections"][name] = await getattr(self, f"section_{name}")()
+                except Exception as error:  # report it, run the rest
+                    self.results["sections"][name] = {"error": f"{type(error).__name__}: {error}"}
+                    print(f"benchmark: {name} failed: {error}", file=sys.stderr)
+                finally:
+                    self.results["cpu"].append(watch.finish())
+                if name == "freshness" and self.live is not None:
+                    self.procs.stop(self.live)
+                    self.live = None
+        finally:
+            await self.redis.aclose()
+        self.results["datasets"] = self.datasets
+        self.results["machine"]["loadavg_end"] = os.getloadavg()
+
+    async def produce_all(self) -> None:
+        cfg = self.config
+        watch = CpuWatch("produce")
+        now = time.time()
+        wanted = set(cfg.sections)
+        if wanted & {"throughput", "freshness"}:
+            span = 3000.0
+            await self.produce_dataset(
+                "tp",
+                SimConfig(
+                    seed=1, start_s=now - span - 120, duration_s=span, rate=cfg.records / span
+                ),
+            )
+        if "kpis" in wanted:
+            await self.produce_dataset(
+                "day",
+                SimConfig(seed=2, start_s=now - 86400 - 60, duration_s=86400, rate=cfg.day_rate),
+            )
+        if "scrape" in wanted:
+            await self.produce_dataset("scrape", scrape_sim(now))
+        self.results["cpu"].append(watch.finish())
+
+
+def scrape_sim(now: float) -> SimConfig:
+    """A data set with many channel x queue x priority groups: 10,000+ series."""
+    channels = {
+        "email": 0.2,
+        "web": 0.15,
+        "phone": 0.1,
+        "social": 0.05,
+        "api": 0.05,
+        "chat": 0.3,
+        "sms": 0.1,
+        "whatsapp": 0.05,
+    }
+    queues = {f"queue-{i:02d}": 1.0 for i in range(4)}
+    return SimConfig(
+        seed=3,
+        start_s=now - 3600 - 60,
+        duration_s=3600,
+        rate=40.0,
+        channels=channels,
+        queues=queues,
+        response_scale=0.05,
+    )
+
+
+def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float) -> dict[str, Any]:
+    if len(samples) < 2:
+        return {}
+    steady_from = max(min(retention_s + 120, soak_s * 2 / 3), soak_s / 2)
+    steady = [s for s in samples if s["t"] >= steady_from] or samples[len(samples) // 2 :]
+
+    def slope(key: str, rows: list[dict[str, Any]]) -> float:
+        """Least-squares MiB per hour."""
+        if len(rows) < 2:
+            return 0.0
+        ts = [r["t"] for r in rows]
+        vs = [r[key] for r in rows]
+        mt, mv = sum(ts) / len(ts), sum(vs) / len(vs)
+        den = sum((t - mt) ** 2 for t in ts) or 1e-9
+        return sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / den * 3600
+
+    out: dict[str, Any] = {"steady_from_s": steady[0]["t"], "steady_samples": len(steady)}
+    for key in ("rss_mib", "redis_mib", "conversations", "buckets", "broker_rss_mib"):
+        values = [s[key] for s in samples]
+        out[key] = {
+            "start": values[0],
+            "peak": max(values),
+            "end": values[-1],
+            "steady_start": steady[0][key],
+            "slope_per_h": slope(key, samples),
+            "steady_slope_per_h": slope(key, steady),
+        }
+    span_h = (steady[-1]["t"] - steady[0]["t"]) / 3600
+    for key in ("rss_mib", "redis_mib"):
+        base = out[key]["steady_start"] or 1e-9
+        out[key]["steady_growth"] = out[key]["steady_slope_per_h"] * span_h / base
+    out["flat"] = (
+        out["rss_mib"]["steady_growth"] <= SOAK_FLAT_GROWTH
+        and out["redis_mib"]["steady_growth"] <= SOAK_FLAT_GROWTH
+    )
+    return out
+
+
+def _http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
+
+
+def _flush_stats(settings: Settings) -> dict[str, float]:
+    """The worker's own flush histograms: batches committed, their events and seconds."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = _http_get(_metrics_url(settings)).decode()
+    wanted = {
+        "deskpulse_flush_duration_seconds_count": "flushes",
+        "deskpulse_flush_duration_seconds_sum": "seconds",
+        "deskpulse_batch_events_sum": "events",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[wanted[sample.name]] += sample.value
+    return out
+
+
+def _metrics_url(settings: Settings) -> str:
+    return f"http://{settings.web_host}:{settings.web_port}/metrics"
+
+
+def _series(body: bytes) -> int:
+    return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+
+
+def _read_markers(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            with contextlib.suppress(orjson.JSONDecodeError):  # a line being written
+                rows.append(orjson.loads(line))
+    return rows
+
+
+def _as_async(function: Callable[[], Any]) -> Callable[[], Any]:
+    async def run() -> Any:
+        return function()
+
+    return run
+
+
+def _deskpulse_argv() -> list[str]:
+    script = Path(sys.executable).parent / "deskpulse"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "streams.cli"]
+
+
+def main() -> int:
+    config = Config()
+    workdir = Path(os.environ.get("BENCH_WORKDIR") or tempfile.mkdtemp(prefix="deskpulse-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(config, workdir)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    command = "python -m benchmark.run"
+    knobs = " ".join(f"{k}={shlex.quote(v)}" for k, v in config.knobs().items())
+    print(f"benchmark: work directory {workdir}", file=sys.stderr)
+    try:
+        asyncio.run(bench.main())
+    except KeyboardInterrupt:
+        print("benchmark: interrupted; stopping everything it started", file=sys.stderr)
+        return 130
+    finally:
+        bench.procs.stop_all()
+    (workdir / "results.json").write_bytes(
+        orjson.dumps(bench.results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    )
+    write_report(bench.results, config.output, command=(knobs + " " + command).strip())
+    print(
+        f"benchmark: wrote {config.output} (raw results: {workdir / 'results.json'})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

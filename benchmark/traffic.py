@@ -1,0 +1,176 @@
+"""Live traffic at a fixed rate, each event sent when its event time comes, plus markers.
+
+The simulator's stream (``streams.simulate``) starting now is sent in real time, so
+``occurred_at`` is the wall clock at the send. On top of it, ``--marker-rate`` times a
+second, a ``ticket.created`` marker with a unique ticket id goes to partition ``i mod N``
+of the tickets topic; the moment before its send (and when the broker acknowledged it)
+is written, one JSON line per marker, to ``--markers``. The parent polls Redis for each
+marker's conversation state to appear and so measures produced -> visible.
+
+    python -m benchmark.traffic --rate 5000 --seconds 60 --marker-rate 20 \
+        --run-id f1 --markers m.jsonl --status s.json        (settings from DESKPULSE_*)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from exporters.kafka import kafka_client_options
+from models.settings import load_settings
+from streams.simulate import SimConfig, generate
+
+__all__ = ["marker_id"]
+
+
+def marker_id(run_id: str, index: int) -> str:
+    """Ticket id of marker ``index`` of run ``run_id``."""
+    return f"{run_id}-m{index}"
+
+
+def _stamp(t_s: float) -> str:
+    return (
+        datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(data))
+    tmp.replace(path)
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = load_settings()
+    topics = {
+        "tickets": settings.topic_tickets,
+        "chats": settings.topic_chats,
+        "surveys": settings.topic_surveys,
+    }
+    producer = AIOKafkaProducer(
+        **kafka_client_options(settings), enable_idempotence=False, linger_ms=5, acks=1
+    )
+    await producer.start()
+    markers_out = Path(args.markers).open("w")  # noqa: SIM115 - closed in finally
+    status_path = Path(args.status)
+    start_s = time.time() + 0.2
+    end_s = start_s + args.seconds
+    records = generate(
+        SimConfig(
+            seed=args.seed,
+            start_s=start_s,
+            duration_s=args.seconds,
+            rate=args.rate,
+            id_prefix=f"{args.run_id}-",
+        )
+    )
+    marker_every = 1.0 / args.marker_rate if args.marker_rate > 0 else float("inf")
+    next_marker = start_s + marker_every / 2
+    marker_index = 0
+    sent = 0
+    behind_max = 0.0
+    next_status = start_s
+    pending: list[asyncio.Future[Any]] = []
+
+    def on_ack(entry: dict[str, Any], future: asyncio.Future[Any]) -> None:
+        entry["acked"] = time.time()
+        if not future.cancelled() and future.exception() is None:
+            markers_out.write(orjson.dumps(entry).decode() + "\n")
+
+    async def send_marker(now: float) -> None:
+        nonlocal marker_index
+        ticket = marker_id(args.run_id, marker_index)
+        partition = marker_index % settings.topic_partitions
+        value = orjson.dumps(
+            {
+                "event_id": ticket,
+                "type": "ticket.created",
+                "occurred_at": _stamp(now),
+                "ticket_id": ticket,
+                "channel": "email",
+                "queue": "general",
+                "priority": "normal",
+            }
+        )
+        entry = {"i": marker_index, "id": ticket, "partition": partition, "sent": time.time()}
+        future = await producer.send(
+            settings.topic_tickets, value=value, key=ticket.encode(), partition=partition
+        )
+        future.add_done_callback(lambda f, e=entry: on_ack(e, f))
+        marker_index += 1
+
+    try:
+        for record in records:
+            due = record.occurred_at_s if record.occurred_at_s is not None else time.time()
+            if due >= end_s:
+                break
+            while True:
+                now = time.time()
+                if next_marker <= now:
+                    await send_marker(now)
+                    next_marker += marker_every
+                    continue
+                if due <= now:
+                    break
+                await asyncio.sleep(max(0.001, min(due, next_marker) - now))
+            behind_max = max(behind_max, now - due)
+            pending.append(
+                await producer.send(topics[record.topic_kind], value=record.value, key=record.key)
+            )
+            sent += 1
+            if len(pending) >= 2000:
+                pending = [f for f in pending if not f.done()]
+            if now >= next_status:
+                next_status = now + 1.0
+                markers_out.flush()
+                _write_json(
+                    status_path,
+                    {
+                        "sent": sent,
+                        "markers": marker_index,
+                        "behind_max_s": behind_max,
+                        "elapsed_s": now - start_s,
+                        "done": False,
+                    },
+                )
+        await producer.flush()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        markers_out.close()
+    _write_json(
+        status_path,
+        {
+            "sent": sent,
+            "markers": marker_index,
+            "behind_max_s": behind_max,
+            "elapsed_s": time.time() - start_s,
+            "done": True,
+        },
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--marker-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--markers", required=True)
+    parser.add_argument("--status", required=True)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
