@@ -214,7 +214,11 @@ class Engine:
                     )
                 sent_rejects = True
             for record, _ in rejected:
-                if record.offset > result.offsets.get(record.topic, -1):
+                # only past the fence: a redelivered reject must never move it back
+                fence = max(
+                    meta.offsets.get(record.topic, -1), result.offsets.get(record.topic, -1)
+                )
+                if record.offset > fence:
                     result.offsets[record.topic] = record.offset
             if not result.offsets:
                 return  # everything was applied before (redelivery after a crash)

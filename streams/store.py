@@ -70,7 +70,12 @@ local i = 1
 local k = 6
 local n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  redis.call('HSET', meta, 'off:' .. p[i], p[i + 1]); i = i + 2
+  -- the fence only moves forward
+  local field = 'off:' .. p[i]
+  if tonumber(p[i + 1]) > tonumber(redis.call('HGET', meta, field) or '-1') then
+    redis.call('HSET', meta, field, p[i + 1])
+  end
+  i = i + 2
 end
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do

@@ -18,7 +18,6 @@ from streams.embedded import free_port, start_redis
 
 from .conftest import HOST
 from .e2e_support import (
-    CounterDrift,
     Dataset,
     PacedProducer,
     build_dataset,
@@ -94,14 +93,6 @@ def check_final(
     check_counters(counts, dataset)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CounterDrift,
-    reason="streams/engine.py Engine._process_partition sets the offset of a rejected record "
-    "at or below the fence: after a restart, redelivered batches move off:<topic> back and "
-    "thousands of records are folded again, counted as duplicates (KPIs, applied and dead "
-    "letters are checked, and pass, before this)",
-)
 def test_worker_killed_mid_stream_again_and_again(
     crash_settings: Settings, dataset: Dataset, producer: PacedProducer, tmp_path: Path
 ) -> None:

@@ -282,12 +282,6 @@ def test_a_batch_is_applied_once_however_often_it_is_delivered(
     assert field_sum(redis_client, tot, "fr_ms") == (150 - 10 + 100 - 20 + 500 - 50) * 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streams/engine.py Engine._process_partition: a rejected record at or below the "
-    "fence still sets result.offsets[topic], so a redelivered batch moves off:<topic> "
-    "backwards and the records after it are folded again (counted as duplicates)",
-)
 def test_a_redelivered_rejected_record_does_not_move_the_fence_back(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
