@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuWatch", "facts", "process_cpu_s", "rss_kib"]
+__all__ = ["CpuWatch", "facts", "process_cpu_s", "rss_kib", "tree_cpu_s"]
 
 _HZ = os.sysconf("SC_CLK_TCK")
 
@@ -86,6 +86,11 @@ def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process so far (0 if it is gone)."""
     fields = _stat_fields(pid)
     return (int(fields[13]) + int(fields[14])) / _HZ if fields else 0.0
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (a worker's engine process included)."""
+    return _tree_ticks(pid) / _HZ
 
 
 def rss_kib(pid: int) -> int:

@@ -112,6 +112,17 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                 _mark(ratio >= 0.90),
             ]
         )
+        off = tp.get("live_offload")
+        if off:
+            ratio = tp["live_offload_ratio"]
+            rows.append(
+                [
+                    "live worker with `DESKPULSE_ENGINE_PROCESS=true` / bare Faust agent",
+                    f"{ratio:.2f} (live {_rate(off['per_second'])})",
+                    "≥ 0.90",
+                    _mark(ratio >= 0.90),
+                ]
+            )
         rp = tp["replay"]
         rows.append(
             [
@@ -135,6 +146,17 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
     if "error" in fr:
         rows.append(["freshness", "error: " + fr["error"][:200], "", _mark(False)])
     elif fr:
+        off = fr.get("offload") or {}
+        if off.get("latency"):
+            lat = off["latency"]
+            rows.append(
+                [
+                    "freshness with `DESKPULSE_ENGINE_PROCESS=true`",
+                    f"p50 {_ms(lat['p50'])}, p99 {_ms(lat['p99'])} ({off['markers']} markers)",
+                    "p99 < 1 s",
+                    _mark(lat["p99"] < 1.0 and not off["markers_missing"]),
+                ]
+            )
         lat = fr.get("latency") or {}
         ok = bool(lat) and lat["p99"] < 1.0 and not fr["markers_missing"]
         rows.append(
@@ -293,11 +315,17 @@ def _throughput(tp: dict[str, Any] | None, datasets: dict[str, Any], add: Any) -
         f"| bare Faust agent (`take_events(5000, 0.25)`, counting) | {_rate(b['per_second'])} | "
         f"{b['seconds']:.1f} | agent {b['cores']:.2f} |"
     )
-    c = lv["cores"]
-    add(
-        f"| live worker (`deskpulse worker`) | {_rate(lv['per_second'])} | {lv['seconds']:.1f} | "
-        f"worker {c['worker']:.2f}, redis {c['redis']:.2f}, broker {c['broker']:.2f} |"
-    )
+    for label, run in (
+        ("live worker (`deskpulse worker`)", lv),
+        ("live worker, `DESKPULSE_ENGINE_PROCESS=true`", tp.get("live_offload")),
+    ):
+        if not run:
+            continue
+        c = run["cores"]
+        add(
+            f"| {label} | {_rate(run['per_second'])} | {run['seconds']:.1f} | "
+            f"worker {c['worker']:.2f}, redis {c['redis']:.2f}, broker {c['broker']:.2f} |"
+        )
     add(
         f"| replay (`streams.replay.replay`) | {_rate(rp['per_second'])} | {rp['seconds']:.1f} | "
         f"replay {rp['cores']['replay']:.2f}, redis {rp['cores']['redis']:.2f} (over its "
@@ -345,6 +373,12 @@ def _freshness(fr: dict[str, Any] | None, add: Any) -> None:
         add(
             f"| of which: produced → acknowledged by the broker | {_ms(ack['p50'])} | "
             f"{_ms(ack['p90'])} | {_ms(ack['p99'])} | {_ms(ack['max'])} |"
+        )
+    off = (fr.get("offload") or {}).get("latency")
+    if off:
+        add(
+            "| the same traffic against a worker with `DESKPULSE_ENGINE_PROCESS=true` | "
+            f"{_ms(off['p50'])} | {_ms(off['p90'])} | {_ms(off['p99'])} | {_ms(off['max'])} |"
         )
     floor = (fr.get("bare") or {}).get("latency")
     if floor:

@@ -47,7 +47,7 @@ from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
 from benchmark import profiles
-from benchmark.machine import CpuWatch, facts, process_cpu_s, rss_kib
+from benchmark.machine import CpuWatch, facts, process_cpu_s, rss_kib, tree_cpu_s
 from benchmark.report import write_report
 from benchmark.stack import (
     HOST,
@@ -81,6 +81,8 @@ BUDGET_KPIS_S = 0.200
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
 
 SECTIONS = ("throughput", "freshness", "scrape", "kpis", "soak")
+#: the worker's optional engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
+OFFLOAD = "engine_process" in Settings.model_fields
 
 
 def _env_int(name: str, default: int) -> int:
@@ -192,7 +194,7 @@ class Bench:
         )
 
     def cpu_of(self, *procs: ManagedProcess | None) -> list[float]:
-        return [process_cpu_s(p.pid) if p is not None else 0.0 for p in procs]
+        return [tree_cpu_s(p.pid) if p is not None else 0.0 for p in procs]
 
     async def produce_dataset(self, name: str, sim: SimConfig) -> dict[str, Any]:
         settings = self.settings(f"{name}-producer", name)
@@ -231,6 +233,19 @@ class Bench:
         out["live"] = live
         print(f"live worker: {live['per_second']:,.0f} events/s", file=sys.stderr)
         out["live_ratio"] = live["per_second"] / out["bare"]["per_second"]
+        if OFFLOAD:  # the optional engine process, same data, its own group and prefix
+            offload = await self.run_live(
+                "live-offload",
+                self.settings("live-offload", "tp", engine_process=True),
+                n,
+                keep=False,
+            )
+            out["live_offload"] = offload
+            out["live_offload_ratio"] = offload["per_second"] / out["bare"]["per_second"]
+            print(
+                f"live worker, engine process: {offload['per_second']:,.0f} events/s",
+                file=sys.stderr,
+            )
         replay_settings = self.settings("replay", "tp")
         out["replay"] = await self.run_replay("replay", replay_settings, n)
         print(f"replay: {out['replay']['per_second']:,.0f} events/s", file=sys.stderr)
@@ -448,7 +463,9 @@ class Bench:
             ).get("profile")
         self.procs.stop(proc)  # the floors below must not share the CPU with it
         self.live = None
-        out["bare"] = await self.freshness_floor(settings)
+        if OFFLOAD:
+            out["offload"] = await self.freshness_offload()
+        out["bare"] = await self.freshness_floor()
         out["broker"] = {
             wait_ms: await self.broker_floor(settings, wait_ms) for wait_ms in (1500, 100)
         }
@@ -506,7 +523,37 @@ class Bench:
         result.pop("worker_cores", None)
         return result
 
-    async def freshness_floor(self, live: Settings) -> dict[str, Any]:
+    async def freshness_offload(self) -> dict[str, Any]:
+        """The same traffic against a worker with the engine in a child process."""
+        assert self.redis is not None
+        cfg = self.config
+        settings = self.settings("live-offload", "tp", engine_process=True)
+        proc = self.procs.worker("live-offload-fresh", settings)
+        try:
+            await self.wait_ready(proc, settings)
+            # catch up with what was produced since its throughput run: until it stops moving
+            last, still_since = -1, time.monotonic()
+            deadline = time.monotonic() + 180
+            while time.monotonic() - still_since < 3 and time.monotonic() < deadline:
+                total = applied_total(
+                    await meta_totals(self.redis, settings.redis_prefix, settings.topic_partitions)
+                )
+                if total != last:
+                    last, still_since = total, time.monotonic()
+                await asyncio.sleep(0.2)
+            return await self.run_traffic(
+                "ofr",
+                proc,
+                settings,
+                rate=cfg.freshness_rate,
+                seconds=cfg.freshness_s,
+                marker_rate=cfg.marker_rate,
+                scrape=True,
+            )
+        finally:
+            self.procs.stop(proc)
+
+    async def freshness_floor(self) -> dict[str, Any]:
         """The same traffic and markers read by the bare Faust agent: what the broker and
         Faust alone cost between produce and the agent holding the event."""
         cfg = self.config
@@ -519,15 +566,15 @@ class Bench:
         )
         try:
             # first the backlog (everything produced so far), so the markers meet a
-            # caught-up agent, as they met a caught-up worker
-            backlog = applied_total(
-                await meta_totals(self.redis, live.redis_prefix, live.topic_partitions)
-            )
-            deadline = time.monotonic() + backlog / 1000 + 120
-            while True:
+            # caught-up agent, as they met a caught-up worker: until its count stops moving
+            last, still_since = -1, time.monotonic()
+            deadline = time.monotonic() + 300
+            while time.monotonic() - still_since < 3:
                 seen = orjson.loads(stats_path.read_bytes()) if stats_path.exists() else {}
-                if seen.get("count", 0) >= backlog:
-                    break
+                if seen.get("count", 0) != last:
+                    last, still_since = seen.get("count", 0), time.monotonic()
+                if not last:
+                    still_since = time.monotonic()  # not even started
                 if not proc.running or time.monotonic() > deadline:
                     raise RuntimeError(f"bare agent: backlog not read:\n{proc.log_tail()}")
                 await asyncio.sleep(0.2)
@@ -601,7 +648,7 @@ class Bench:
         scrapes: list[float] = []
         flush_before = await asyncio.to_thread(_flush_stats, settings) if scrape else None
         worker_pid = worker.pid if worker is not None else os.getpid()
-        cpu_start = (time.time(), process_cpu_s(worker_pid))
+        cpu_start = (time.time(), tree_cpu_s(worker_pid))
         next_scrape = time.monotonic() + 2
         next_sweep = time.monotonic() + 1
         next_sample = time.monotonic()
@@ -612,7 +659,7 @@ class Bench:
             finished = not traffic.running
             if finished and done_at is None:
                 done_at = now
-                cpu_end = (time.time(), process_cpu_s(worker_pid))
+                cpu_end = (time.time(), tree_cpu_s(worker_pid))
             window = [i for i in range(low, low + 128) if i not in seen]
             if now >= next_sweep:  # a marker that never shows must not hide later ones
                 window = [i for i in range(low, expected) if i not in seen]
