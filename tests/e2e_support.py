@@ -141,20 +141,22 @@ def build_dataset(
     Besides the simulator's faults, every ``hoist_every``-th survey that needs its
     conversation is delivered first of all, before any opener.
     """
+    faults: dict[str, Any] = {
+        "duplicate_ratio": 0.03,
+        "out_of_order": 0.1,
+        "disorder_s": 60.0,
+        "malformed_ratio": 0.01,
+        "orphan_ratio": 0.01,
+        "unanswered_ratio": 0.08,
+        "survey_ratio": 0.4,
+        "response_scale": 0.2,  # lifecycles fit in the stretch: plenty of first replies
+    }
     config = SimConfig(
         seed=seed,
         start_s=start_s,
         duration_s=duration_s,
         rate=rate,
-        duplicate_ratio=0.03,
-        out_of_order=0.1,
-        disorder_s=60.0,
-        malformed_ratio=0.01,
-        orphan_ratio=0.01,
-        unanswered_ratio=0.08,
-        survey_ratio=0.4,
-        response_scale=0.2,  # ticket lifecycles fit in the stretch: plenty of first replies
-        **overrides,
+        **(faults | overrides),
     )
     records, head = _surveys_first(list(generate(config)), every=hoist_every)
     now_s = time.time()

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    data = build_dataset(seed=23, rate=0.75)
+    data = build_dataset(seed=23, rate=0.75, malformed_ratio=0.03)
     print(f"\ndataset: {data.summary()}")
     return data
 
@@ -45,7 +45,7 @@ def dataset() -> Dataset:
 def crash_settings(settings: Settings, make_topics: Any) -> Settings:
     """Quick group joins and small batches: many commits for a fault to land between."""
     tuned = settings.model_copy(
-        update={"kafka_session_timeout": 4, "batch_within": 0.1, "batch_size": 200}
+        update={"kafka_session_timeout": 4, "batch_within": 0.1, "batch_size": 50}
     )
     make_topics(tuned)
     return tuned

@@ -310,6 +310,24 @@ def test_a_redelivered_rejected_record_does_not_move_the_fence_back(
     assert len(letters.sent) == 1
 
 
+def test_the_commit_script_never_moves_the_fence_back(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+
+    async def scenario(client: Redis) -> None:
+        store = Store(client, prefix, CONFIG)
+        await apply(store, 0, pendings([created(f"F{n}", T0 + n) for n in range(5)]))
+        meta, _ = await store.load(0, [])
+        stale = BatchResult(watermark_ms=meta.watermark_ms, offsets={TOPIC: 2, "other": 7})
+        assert await store.commit(0, meta.version, stale)
+
+    run(scenario, redis_url)
+    meta = meta_of(redis_client, prefix)
+    assert meta[f"off:{TOPIC}"] == "4"
+    assert meta["off:other"] == "7"
+
+
 def test_state_beyond_retention_is_trimmed_and_held_events_orphaned(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
