@@ -105,6 +105,7 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
 
 async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
+    from redis.exceptions import RedisError
 
     from streams.app import _parse_at
     from streams.core import CoreConfig
@@ -125,8 +126,8 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
         started = time.perf_counter()
         document = await query_kpis(store, width_s=width, at_s=at_s, by=by)
         elapsed = time.perf_counter() - started
-    except OSError as error:
-        print(f"deskpulse kpis: Redis unreachable: {error}", file=sys.stderr)
+    except (OSError, RedisError) as error:
+        print(f"deskpulse kpis: cannot read Redis: {error}", file=sys.stderr)
         return 1
     finally:
         await redis.aclose()
