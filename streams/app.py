@@ -250,6 +250,8 @@ def create_app(settings: Settings) -> faust.App:
             service.metrics.redis_up(False)
             log.warning("refreshing the KPI snapshot failed: %s", error)
 
+    previous_offsets: dict[int, tuple[tuple[str, int], ...]] = {}
+
     @app.timer(interval=float(settings.breach_check_interval))  # type: ignore[untyped-decorator]
     async def _check_breaches() -> None:
         if not service.ready:
@@ -260,13 +262,21 @@ def create_app(settings: Settings) -> faust.App:
         try:
             clocks: dict[int, int] = {}
             for partition in sorted(partitions):
-                caught_up = all(lag == 0 for (_, p), lag in lags.items() if p == partition)
                 meta, _ = await service.store.load(partition, [])
-                # caught up: nothing unread can hold an in-time reply, the wall clock is
-                # safe; behind (a backfill): event time, so no false breaches
-                clocks[partition] = (
-                    max(meta.watermark_ms, now_ms) if caught_up else meta.watermark_ms
+                # Replies that can refute a breach come on the tickets topic: its newest
+                # event time is the clock while anything may still be unread (a backlog,
+                # a backfill). The wall clock only once the partition is idle: nothing
+                # lagging by the consumer's count AND no offset applied since the last
+                # check (some brokers report end offsets short of the last batch).
+                tickets_ms = meta.topic_watermarks.get(settings.topic_tickets, 0)
+                applied = tuple(sorted(meta.offsets.items()))
+                idle = (
+                    lags.get((settings.topic_tickets, partition)) == 0
+                    and all(lag == 0 for (_, p), lag in lags.items() if p == partition)
+                    and previous_offsets.get(partition) == applied
                 )
+                previous_offsets[partition] = applied
+                clocks[partition] = max(tickets_ms, now_ms) if idle else tickets_ms
             published = await service.check_breaches(clocks)
             if published:
                 log.info("%d SLA breaches published", published)

@@ -382,6 +382,7 @@ class BatchResult:
     counters: Counter[str] = field(default_factory=Counter)
     offsets: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
+    topic_watermarks: dict[str, int] = field(default_factory=dict)
     applied: int = 0
 
 
@@ -409,6 +410,9 @@ def fold_batch(
     # The watermark moves first, so the late cut does not depend on the order in the batch.
     newest = max(item.ms for item in items)
     result.watermark_ms = max(watermark_ms, newest)
+    for item in items:  # per topic too: breach detection follows the tickets topic alone
+        if item.ms > result.topic_watermarks.get(item.topic, -1):
+            result.topic_watermarks[item.topic] = item.ms
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
 
     before: dict[str, list[Contribution]] = {}

@@ -5,6 +5,7 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 
 =============================  ===========================================================
 ``P:{pn}:meta``                hash: ``version``, ``wm`` (newest event time, ms),
+                               ``wm:<topic>`` (the same per source topic),
                                ``off:<topic>`` (last applied offset), ``held``, ``orphaned``,
                                ``dup:<topic>``, ``late:<topic>``, ``applied``
 ``P:{pn}:b:<start>``           hash: fine bucket (``DESKPULSE_BUCKET_SECONDS``), fields
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -51,7 +52,8 @@ __all__ = ["PartitionMeta", "Store"]
 # Applies one batch if the partition's version is the one the batch was folded against.
 # ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then one JSON array
 # of strings (one argument instead of a million keeps the client's packing cheap) with
-# sections each led by its item count: offsets (topic, offset), meta increments (field,
+# sections each led by its item count: offsets (topic, offset), per-topic newest event
+# times (topic, ms), meta increments (field,
 # delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
 # conversations (id, newest ms, held count, breach deadline ms or ''); then the state
 # JSON of each conversation, in that order, as arguments of their own. Numbers travel as
@@ -72,6 +74,15 @@ local n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
   -- the fence only moves forward
   local field = 'off:' .. p[i]
+  if tonumber(p[i + 1]) > tonumber(redis.call('HGET', meta, field) or '-1') then
+    redis.call('HSET', meta, field, p[i + 1])
+  end
+  i = i + 2
+end
+n = tonumber(p[i]); i = i + 1
+for _ = 1, n do
+  -- per-topic newest event time, forward only
+  local field = 'wm:' .. p[i]
   if tonumber(p[i + 1]) > tonumber(redis.call('HGET', meta, field) or '-1') then
     redis.call('HSET', meta, field, p[i + 1])
   end
@@ -151,6 +162,7 @@ class PartitionMeta:
     watermark_ms: int
     offsets: dict[str, int]
     counters: dict[str, int]
+    topic_watermarks: dict[str, int] = field(default_factory=dict)
 
 
 def _text(value: bytes | str) -> str:
@@ -204,14 +216,18 @@ class Store:
             replies = await pipe.execute()
         raw_meta = {_text(k): _text(v) for k, v in replies[0].items()}
         offsets = {k[4:]: int(v) for k, v in raw_meta.items() if k.startswith("off:")}
+        topic_watermarks = {k[3:]: int(v) for k, v in raw_meta.items() if k.startswith("wm:")}
         counters = {
-            k: int(v) for k, v in raw_meta.items() if k not in ("version", "wm") and k[:4] != "off:"
+            k: int(v)
+            for k, v in raw_meta.items()
+            if k not in ("version", "wm") and k[:4] != "off:" and k[:3] != "wm:"
         }
         meta = PartitionMeta(
             version=raw_meta.get("version", "0"),
             watermark_ms=int(raw_meta.get("wm", "0")),
             offsets=offsets,
             counters=counters,
+            topic_watermarks=topic_watermarks,
         )
         states: dict[str, Conversation | None] = {}
         if ids:
@@ -228,6 +244,9 @@ class Store:
         flat: list[str] = [str(len(result.offsets))]
         for topic, offset in result.offsets.items():
             flat += [topic, str(offset)]
+        flat.append(str(len(result.topic_watermarks)))
+        for topic, newest_ms in result.topic_watermarks.items():
+            flat += [topic, str(newest_ms)]
         counters = {k: v for k, v in result.counters.items() if v}
         if result.applied:
             counters["applied"] = result.applied

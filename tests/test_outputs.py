@@ -555,17 +555,6 @@ def test_sla_breaches_of_a_backfill_are_all_published_once(backfill: Backfill) -
             assert parse_time(payload["breached_at"]).timestamp() == pytest.approx(deadline)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streams/app.py _check_breaches: the event-time detection clock is the "
-    "partition's watermark (meta 'wm', the newest event time of all three co-partitioned "
-    "topics, streams/core.py fold_batch), so once the short chats/surveys topics are read "
-    "to their end the clock is hours ahead of the unread tickets backlog and tickets whose "
-    "in-time replies are still unread are claimed as breached. Also, caught_up trusts "
-    "end_offsets, which on the embedded broker go backwards/short, so the wall clock is used "
-    "while records are unread. Fix: a per-topic watermark, the tickets topic's as the clock; "
-    "highwaters kept monotonic and caught-up only when the applied offsets stand still",
-)
 def test_no_sla_breach_for_a_ticket_answered_in_time_during_a_backfill(
     backfill: Backfill,
 ) -> None:
