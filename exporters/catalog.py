@@ -43,7 +43,7 @@ __all__ = [
     "sample_names",
 ]
 
-MetricKind = Literal["gauge", "counter", "histogram"]
+MetricKind = Literal["gauge", "counter", "histogram", "summary"]
 
 DIMS: tuple[str, ...] = ("channel", "queue", "priority")
 _WINDOWED_LABELS: tuple[str, ...] = ("window", *DIMS)
@@ -94,6 +94,8 @@ def sample_names(spec: MetricSpec) -> tuple[str, ...]:
     """The sample names a family shows in PromQL: a histogram's ``_bucket/_sum/_count``."""
     if spec.kind == "histogram":
         return (f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count")
+    if spec.kind == "summary":
+        return (spec.name, f"{spec.name}_sum", f"{spec.name}_count")
     return (spec.name,)
 
 
@@ -127,11 +129,16 @@ _NO_SAMPLES = (
 
 def _windowed(name: str, what: str, unit: str = "", quantiles: tuple[str, ...] = ()) -> MetricSpec:
     labels = _WINDOWED_LABELS + (("quantile",) if quantiles else ())
+    # Quantiles are exposed as a summary (quantile samples plus the window's _count and
+    # _sum) so the exposition is valid; its _count/_sum are window values, not counters.
+    window_note = (
+        " _count and _sum are the window's, not cumulative: no rate()." if quantiles else ""
+    )
     return MetricSpec(
         name=name,
-        kind="gauge",
+        kind="summary" if quantiles else "gauge",
         labels=labels,
-        help=f"{what}. {_EVENT_TIME}{_NO_SAMPLES}",
+        help=f"{what}. {_EVENT_TIME}{_NO_SAMPLES}{window_note}",
         unit=unit,
         quantiles=quantiles,
     )
@@ -180,7 +187,7 @@ WINDOWED: tuple[MetricSpec, ...] = (
     ),
     _windowed(
         "deskpulse_chat_wait_seconds",
-        "Chat wait (request to accept or abandon) quantile, at most 1% relative error",
+        "Wait of answered chats (request to accept) quantile, at most 1% relative error",
         unit="seconds",
         quantiles=("0.5", "0.9"),
     ),

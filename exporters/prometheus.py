@@ -35,53 +35,28 @@ from streams.store import Store
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry"]
 
 DIMS = ("channel", "queue", "priority")
-_EVENT_TIME_NOTE = (
-    " Event-time result over the rolling `window` computed by deskpulse (a late event lands"
-    " in the bucket it belongs to, which Prometheus cannot compute from scrapes); a ratio with"
-    " no samples in its window is left out."
-)
 
 
 class PipelineMetrics:
     """The worker process's own counters (the engine's ``Metrics``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._processed = PromCounter(
-            "deskpulse_events_processed",
-            "Valid input events processed by this process.",
-            ["topic", "type"],
-            registry=registry,
-        )
-        self._rejected = PromCounter(
-            "deskpulse_events_rejected",
-            "Input records rejected and dead-lettered by this process, by reason.",
-            ["topic", "reason"],
-            registry=registry,
-        )
+        def spec(name: str) -> tuple[str, str, list[str]]:
+            found = CATALOG[name]
+            base = name.removesuffix("_total") if found.kind == "counter" else name
+            return base, found.help, list(found.labels)
+
+        self._processed = PromCounter(*spec("deskpulse_events_processed_total"), registry=registry)
+        self._rejected = PromCounter(*spec("deskpulse_events_rejected_total"), registry=registry)
         flush = CATALOG["deskpulse_flush_duration_seconds"]
         self._flush = Histogram(flush.name, flush.help, registry=registry, buckets=flush.buckets)
         batch = CATALOG["deskpulse_batch_events"]
         self._batch = Histogram(batch.name, batch.help, registry=registry, buckets=batch.buckets)
-        build = CATALOG["deskpulse_build_info"]
-        Gauge(build.name, build.help, ["version"], registry=registry).labels(__version__).set(1)
-        self._event_time = Gauge(
-            "deskpulse_last_event_timestamp_seconds",
-            "Event time of the newest event applied by this process, per topic.",
-            ["topic"],
-            registry=registry,
-        )
-        self._redis_up = Gauge(
-            "deskpulse_redis_up", "1 if the last Redis operation succeeded.", registry=registry
-        )
-        self.broker_up = Gauge(
-            "deskpulse_broker_up", "1 if the Kafka broker answered lately.", registry=registry
-        )
-        self.lag = Gauge(
-            "deskpulse_consumer_lag_messages",
-            "Messages behind the end of each assigned input partition.",
-            ["topic", "partition"],
-            registry=registry,
-        )
+        Gauge(*spec("deskpulse_build_info"), registry=registry).labels(__version__).set(1)
+        self._event_time = Gauge(*spec("deskpulse_last_event_timestamp_seconds"), registry=registry)
+        self._redis_up = Gauge(*spec("deskpulse_redis_up"), registry=registry)
+        self.broker_up = Gauge(*spec("deskpulse_broker_up"), registry=registry)
+        self.lag = Gauge(*spec("deskpulse_consumer_lag_messages"), registry=registry)
         self._redis_up.set(1)
         self.broker_up.set(1)
 
@@ -104,77 +79,65 @@ class PipelineMetrics:
         self._redis_up.set(1 if up else 0)
 
 
-# (metric name, group-document path, help, is a ratio that is omitted when undefined)
-_WINDOWED: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("deskpulse_tickets_created", ("tickets_created",), "Tickets created."),
-    ("deskpulse_chats_requested", ("chats", "requested"), "Chats requested."),
-    ("deskpulse_chats_answered", ("chats", "answered"), "Chats answered."),
-    ("deskpulse_chats_abandoned", ("chats", "abandoned"), "Chats abandoned (short excluded)."),
-    ("deskpulse_chats_short_abandoned", ("chats", "short_abandoned"), "Short abandons."),
-    ("deskpulse_first_responses", ("first_response", "count"), "First responses."),
-    (
-        "deskpulse_first_response_average_seconds",
-        ("first_response", "mean_seconds"),
-        "Mean first response time.",
-    ),
-    (
-        "deskpulse_first_response_within_target_ratio",
-        ("first_response", "within_target_ratio"),
-        "Share of first responses within the priority's target.",
-    ),
-    (
-        "deskpulse_chat_abandonment_ratio",
-        ("chats", "abandonment_ratio"),
-        "Abandoned / (answered + abandoned).",
-    ),
-    (
-        "deskpulse_chat_service_level_ratio",
-        ("chats", "service_level_ratio"),
-        "Answered within the answer target / (answered + abandoned).",
-    ),
-    ("deskpulse_csat_responses", ("csat", "responses"), "CSAT responses."),
-    ("deskpulse_csat_ratio", ("csat", "ratio"), "Satisfied (4-5) / CSAT responses."),
-    ("deskpulse_csat_score_average", ("csat", "average"), "Mean CSAT score (1-5)."),
-    ("deskpulse_nps_responses", ("nps", "responses"), "NPS responses."),
-    ("deskpulse_nps_score", ("nps", "score"), "NPS, -100..100."),
-    ("deskpulse_ces_responses", ("ces", "responses"), "CES responses."),
-    ("deskpulse_ces_score_average", ("ces", "average"), "Mean CES score (1-7)."),
+# windowed gauge -> its path in the group document (HELP, type and labels: the catalog)
+_WINDOWED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("deskpulse_tickets_created", ("tickets_created",)),
+    ("deskpulse_chats_requested", ("chats", "requested")),
+    ("deskpulse_chats_answered", ("chats", "answered")),
+    ("deskpulse_chats_abandoned", ("chats", "abandoned")),
+    ("deskpulse_chats_short_abandoned", ("chats", "short_abandoned")),
+    ("deskpulse_first_responses", ("first_response", "count")),
+    ("deskpulse_first_response_average_seconds", ("first_response", "mean_seconds")),
+    ("deskpulse_first_response_within_target_ratio", ("first_response", "within_target_ratio")),
+    ("deskpulse_chat_abandonment_ratio", ("chats", "abandonment_ratio")),
+    ("deskpulse_chat_service_level_ratio", ("chats", "service_level_ratio")),
+    ("deskpulse_csat_responses", ("csat", "responses")),
+    ("deskpulse_csat_ratio", ("csat", "ratio")),
+    ("deskpulse_csat_score_average", ("csat", "average")),
+    ("deskpulse_nps_responses", ("nps", "responses")),
+    ("deskpulse_nps_score", ("nps", "score")),
+    ("deskpulse_ces_responses", ("ces", "responses")),
+    ("deskpulse_ces_score_average", ("ces", "average")),
 )
-_QUANTILES: tuple[tuple[str, str, tuple[tuple[str, str], ...], str], ...] = (
+# windowed summary -> (document section, quantile fields, count field, sum-in-ms field)
+_SUMMARIES: tuple[tuple[str, str, tuple[tuple[str, str], ...], str, str], ...] = (
     (
         "deskpulse_first_response_seconds",
         "first_response",
         (("0.5", "p50_seconds"), ("0.9", "p90_seconds"), ("0.95", "p95_seconds")),
-        "First response time quantiles (sketch, within 1 % of exact).",
+        "fr",
+        "fr_ms",
     ),
     (
         "deskpulse_chat_wait_seconds",
         "chats",
         (("0.5", "wait_p50_seconds"), ("0.9", "wait_p90_seconds")),
-        "Wait of answered chats, quantiles (sketch, within 1 % of exact).",
+        "ca",
+        "ca_ms",
     ),
 )
-# cumulative family: (exposed name without _total, stored field)
-_TOTALS: tuple[tuple[str, str, str], ...] = (
-    ("deskpulse_tickets_created", "tc", "Tickets created since the state began."),
-    ("deskpulse_chats_requested", "cr", "Chats requested."),
-    ("deskpulse_first_responses", "fr", "First public agent replies."),
-    ("deskpulse_chats_answered", "ca", "Chats answered."),
-    ("deskpulse_chats_answered_in_target", "ca_in", "Chats answered within the target."),
-    ("deskpulse_chats_abandoned", "cab", "Chats abandoned (short abandons excluded)."),
-    ("deskpulse_chats_short_abandoned", "cs", "Chats short-abandoned."),
-    ("deskpulse_csat_responses", "cs_n", "CSAT responses."),
-    ("deskpulse_csat_satisfied_responses", "cs_sat", "CSAT responses scoring 4-5."),
-    ("deskpulse_sla_breaches", "sla", "Tickets unanswered past their target (sla.breached)."),
+# cumulative counter (exposed name without _total) -> stored field
+_TOTALS: tuple[tuple[str, str], ...] = (
+    ("deskpulse_tickets_created", "tc"),
+    ("deskpulse_chats_requested", "cr"),
+    ("deskpulse_first_responses", "fr"),
+    ("deskpulse_chats_answered", "ca"),
+    ("deskpulse_chats_answered_in_target", "ca_in"),
+    ("deskpulse_chats_abandoned", "cab"),
+    ("deskpulse_chats_short_abandoned", "cs"),
+    ("deskpulse_csat_responses", "cs_n"),
+    ("deskpulse_csat_satisfied_responses", "cs_sat"),
+    ("deskpulse_sla_breaches", "sla"),
 )
+
+
+def _help(name: str) -> str:
+    """HELP of a family, from the catalog."""
+    return CATALOG[name].help
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _label(value: str, limit: int) -> str:
-    return value[:limit]
 
 
 @dataclass(frozen=True)
@@ -226,7 +189,7 @@ class KpiCollector(Collector):
         self.refreshed_at = now_s
         refresh = GaugeMetricFamily(
             "deskpulse_kpi_refresh_timestamp_seconds",
-            "When the KPI snapshot behind these metrics was last read from Redis.",
+            _help("deskpulse_kpi_refresh_timestamp_seconds"),
         )
         refresh.add_metric([], time.time())
         self._families.append(refresh)
@@ -234,26 +197,33 @@ class KpiCollector(Collector):
     def _alert_family(self, firing: dict[Any, Any]) -> Metric:
         family = GaugeMetricFamily(
             "deskpulse_alert_firing",
-            "1 while a threshold rule (DESKPULSE_ALERT_RULES) holds for a group.",
+            _help("deskpulse_alert_firing"),
             labels=["rule", "window", *DIMS],
         )
         for raw_key, raw_state in firing.items():
             rule, window, channel, queue, priority = _text(raw_key).split(SEP)
-            if _text(raw_state) == "firing":
-                family.add_metric([rule, window, channel, queue, priority], 1.0)
+            state = 1.0 if _text(raw_state) == "firing" else 0.0
+            family.add_metric([rule, window, channel, queue, priority], state)
         return family
 
     def _guard(
         self, groups: dict[tuple[str, ...], dict[str, int]], dropped: Counter[str], metric: str
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        limit = self.settings.max_series_per_metric // max(1, len(self.settings.windows))
-        if len(groups) <= limit:
-            return groups
-        ranked = sorted(groups, key=lambda k: -sum(v for v in groups[k].values() if v > 0))
-        kept = {k: groups[k] for k in ranked[: limit - 1]}
+        # cut label values first: values sharing the cut prefix are one series
+        cut = self.settings.label_max_length
+        merged: dict[tuple[str, ...], dict[str, int]] = {}
+        for key, fields in groups.items():
+            target = merged.setdefault(tuple(v[:cut] for v in key), defaultdict(int))
+            for name, value in fields.items():
+                target[name] += value
+        limit = max(1, self.settings.max_series_per_metric // max(1, len(self.settings.windows)))
+        if len(merged) <= limit:
+            return merged
+        ranked = sorted(merged, key=lambda k: -sum(v for v in merged[k].values() if v > 0))
+        kept = {k: merged[k] for k in ranked[: limit - 1]}
         other: dict[str, int] = defaultdict(int)
         for key in ranked[limit - 1 :]:
-            for name, value in groups[key].items():
+            for name, value in merged[key].items():
                 other[name] += value
         kept[("other", "other", "other")] = other
         dropped[metric] += len(ranked) - (limit - 1)
@@ -265,16 +235,11 @@ class KpiCollector(Collector):
         totals: Counter[str],
         meta: dict[int, dict[str, str]],
     ) -> list[Metric]:
-        limit = self.settings.label_max_length
         labels = ["window", *DIMS]
         gauges = {
-            name: GaugeMetricFamily(name, help_ + _EVENT_TIME_NOTE, labels=labels)
-            for name, _, help_ in _WINDOWED
+            name: GaugeMetricFamily(name, _help(name), labels=labels) for name, _ in _WINDOWED
         }
-        quantiles = {
-            name: GaugeMetricFamily(name, help_ + _EVENT_TIME_NOTE, labels=[*labels, "quantile"])
-            for name, _, _, help_ in _QUANTILES
-        }
+        summaries = {name: Metric(name, _help(name), "summary") for name, *_ in _SUMMARIES}
         dropped: Counter[str] = Counter()
         for window, raw_groups in per_window:
             groups = self._guard(raw_groups, dropped, "windowed")
@@ -282,46 +247,52 @@ class KpiCollector(Collector):
                 if not has_samples(fields):
                     continue
                 doc = group_document({}, fields)
-                values = [window, *(_label(v, limit) for v in key)]
-                for name, path, _ in _WINDOWED:
+                values = [window, *key]
+                for name, path in _WINDOWED:
                     value: Any = doc
                     for part in path:
                         value = value[part]
                     if value is not None:
                         gauges[name].add_metric(values, float(value))
-                for name, section, qs, _ in _QUANTILES:
+                for name, section, qs, count_field, sum_field in _SUMMARIES:
+                    count = fields.get(count_field, 0)
+                    if count <= 0:
+                        continue
+                    summary = summaries[name]
+                    base = dict(zip(labels, values, strict=True))
                     for q, field in qs:
                         value = doc[section][field]
                         if value is not None:
-                            quantiles[name].add_metric([*values, q], float(value))
-        families: list[Metric] = [*gauges.values(), *quantiles.values()]
+                            summary.add_sample(name, {**base, "quantile": q}, float(value))
+                    summary.add_sample(name + "_count", base, float(count))
+                    summary.add_sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)
+        families: list[Metric] = [*gauges.values(), *summaries.values()]
         by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
         for name, value in totals.items():
             dims, _, field = name.rpartition(SEP)
             by_dims[split_dim_key(dims)][field] = value
         grouped = self._guard(dict(by_dims), dropped, "cumulative")
         counters = {
-            name: CounterMetricFamily(name, help_, labels=list(DIMS)) for name, _, help_ in _TOTALS
+            name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMS))
+            for name, _ in _TOTALS
         }
         breaches = CounterMetricFamily(
             "deskpulse_first_response_breaches",
-            "First responses later than the priority's target.",
+            _help("deskpulse_first_response_breaches_total"),
             labels=list(DIMS),
         )
         offered = CounterMetricFamily(
-            "deskpulse_chats_offered",
-            "Chats answered or abandoned (short abandons excluded).",
-            labels=list(DIMS),
+            "deskpulse_chats_offered", _help("deskpulse_chats_offered_total"), labels=list(DIMS)
         )
         histogram = HistogramMetricFamily(
             "deskpulse_first_response_duration_seconds",
-            "First response times (bucket bounds include the configured targets).",
+            _help("deskpulse_first_response_duration_seconds"),
             labels=list(DIMS),
         )
         bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
         for key, fields in grouped.items():
-            values = [_label(v, limit) for v in key]
-            for name, field, _ in _TOTALS:
+            values = list(key)
+            for name, field in _TOTALS:
                 counters[name].add_metric(values, fields.get(field, 0))
             breaches.add_metric(values, fields.get("fr", 0) - fields.get("fr_in", 0))
             offered.add_metric(values, fields.get("ca", 0) + fields.get("cab", 0))
@@ -338,13 +309,11 @@ class KpiCollector(Collector):
                     sums[name] += int(value)
         duplicate = CounterMetricFamily(
             "deskpulse_events_duplicate",
-            "Events whose event_id was seen before (they change nothing).",
+            _help("deskpulse_events_duplicate_total"),
             labels=["topic"],
         )
         late = CounterMetricFamily(
-            "deskpulse_events_late",
-            "Events older than the retention behind the newest event time; not applied.",
-            labels=["topic"],
+            "deskpulse_events_late", _help("deskpulse_events_late_total"), labels=["topic"]
         )
         for name, value in sums.items():
             kind, _, topic = name.partition(":")
@@ -353,18 +322,13 @@ class KpiCollector(Collector):
             elif kind == "late":
                 late.add_metric([topic], value)
         orphaned = CounterMetricFamily(
-            "deskpulse_events_orphaned",
-            "Held events whose conversation never opened within retention.",
+            "deskpulse_events_orphaned", _help("deskpulse_events_orphaned_total")
         )
         orphaned.add_metric([], sums.get("orphaned", 0))
-        held = GaugeMetricFamily(
-            "deskpulse_events_held", "Events waiting for their conversation's opening event."
-        )
+        held = GaugeMetricFamily("deskpulse_events_held", _help("deskpulse_events_held"))
         held.add_metric([], sums.get("held", 0))
         guard = CounterMetricFamily(
-            "deskpulse_series_dropped",
-            'Groups folded into channel/queue/priority="other" by the cardinality guard.',
-            labels=["metric"],
+            "deskpulse_series_dropped", _help("deskpulse_series_dropped_total"), labels=["metric"]
         )
         for metric, count in dropped.items():
             guard.add_metric([metric], count)

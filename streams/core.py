@@ -73,6 +73,7 @@ FIELDS: dict[str, str] = {
     "cr": "chats requested",
     "ca": "chats answered",
     "ca_in": "chats answered within the answer target",
+    "ca_ms": "sum of waits of answered chats, ms",
     "cab": "chats abandoned (short abandons excluded)",
     "cs": "chats short-abandoned",
     "cs_n": "CSAT responses",
@@ -281,6 +282,7 @@ def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]
                     in_target = wait_ms <= config.chat_answer_target_s * 1000
                     out.append((outcome_ms, dims, "ca", 1))
                     out.append((outcome_ms, dims, "ca_in", int(in_target)))
+                    out.append((outcome_ms, dims, "ca_ms", wait_ms))
                     out.append((outcome_ms, dims, f"cw_sk:{sketch.index_of(wait_ms / 1000)}", 1))
                 elif config.short_abandon_s > 0 and wait_ms < config.short_abandon_s * 1000:
                     out.append((outcome_ms, dims, "cs", 1))

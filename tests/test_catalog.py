@@ -121,7 +121,7 @@ def test_public_surface() -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
 def test_name_follows_prometheus_conventions(spec: MetricSpec) -> None:
     assert NAME.match(spec.name), "lower snake case under the deskpulse_ namespace"
-    assert spec.kind in ("gauge", "counter", "histogram")
+    assert spec.kind in ("gauge", "counter", "histogram", "summary")
     # counters, and only counters, end in _total
     assert spec.name.endswith("_total") == (spec.kind == "counter")
     # the unit, when there is one, ends the name (before _total), as OpenMetrics requires
@@ -154,7 +154,7 @@ def test_labels_are_valid_and_never_ids(spec: MetricSpec) -> None:
 
 @pytest.mark.parametrize("spec", WINDOWED, ids=lambda spec: spec.name)
 def test_windowed_gauges_say_they_are_event_time(spec: MetricSpec) -> None:
-    assert spec.kind == "gauge"
+    assert spec.kind == ("summary" if spec.quantiles else "gauge")
     assert spec.labels[: 1 + len(DIMS)] == ("window", *DIMS)
     text = spec.help.lower()
     assert "event-time" in text and "rolling window" in text and "deskpulse" in text
