@@ -135,9 +135,7 @@ async def evaluate_rules(
     # recorded after the broker has them: a crash in between repeats, never loses, one
     async with store.redis.pipeline(transaction=True) as pipe:
         for key, transition in transitions:
-            if transition.type == "alert.firing":
-                pipe.hset(state_key, key, "firing")
-            else:
-                pipe.hdel(state_key, key)
+            # kept as "ok" after a resolve, so the firing gauge shows 0 rather than nothing
+            pipe.hset(state_key, key, "firing" if transition.type == "alert.firing" else "ok")
         await pipe.execute()
     return [t for _, t in transitions]

@@ -108,10 +108,12 @@ class Service:
 
     async def stop(self) -> None:
         self.ready = False
-        if self.offload is not None:
-            await self.offload.stop()
-        await self.publisher.stop()
-        await self.redis.aclose()
+        try:
+            if self.offload is not None:
+                await self.offload.stop()
+        finally:
+            await self.publisher.stop()
+            await self.redis.aclose()
 
 
 async def probe_redis(settings: Settings) -> None:

@@ -15,6 +15,7 @@ partitions they read, as in-process they are by the partition locks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 from collections import defaultdict
 from collections.abc import Iterable
@@ -28,6 +29,8 @@ from streams.engine import SourceRecord
 __all__ = ["EngineProcess", "RecordingMetrics"]
 
 Row = tuple[str, int, int, bytes | None, bytes | None]
+
+log = logging.getLogger("deskpulse.offload")
 
 
 @dataclass
@@ -75,6 +78,17 @@ _CHILD: dict[str, Any] = {}
 
 
 def _child_init(settings: Settings) -> None:
+    import logging
+    import signal
+
+    # The parent decides when the child ends (after the in-flight batch): a Ctrl-C or a
+    # SIGTERM to the whole process group must not kill it under a batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s"
+    )
+
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -206,8 +220,11 @@ class EngineProcess:
         """Close the child's connections and wait for it to exit."""
         if self._pool is None:
             return
+        pool, self._pool = self._pool, None
         try:
-            await self._run(_child_stop, None)
-        finally:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+            await asyncio.get_running_loop().run_in_executor(pool, _child_stop, None)
+        except Exception as error:  # a dead child: nothing left to close there
+            log.warning("engine process did not stop cleanly: %r", error)
+            pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            pool.shutdown(wait=True)

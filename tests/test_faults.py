@@ -644,16 +644,6 @@ def test_graceful_restarts_lose_nothing_and_repeat_nothing(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: with DESKPULSE_ENGINE_PROCESS a SIGTERM to the worker's process group "
-        "(systemd's default KillMode, Ctrl-C in a terminal) also kills the engine child; "
-        "EngineProcess.stop() then raises BrokenProcessPool inside Faust's on_before_shutdown, "
-        "the app's stop is cut short, Faust's consumer thread keeps running and the process "
-        "hangs in threading._shutdown until SIGKILL"
-    ),
-)
 def test_graceful_shutdown_with_the_engine_in_a_child_process(
     settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
 ) -> None:
