@@ -229,7 +229,7 @@ class Bench:
         out["bare"] = await self.run_bare("bare", n)
         print(f"bare agent: {out['bare']['per_second']:,.0f} events/s", file=sys.stderr)
         self.live_settings = self.settings("live", "tp")
-        live = await self.run_live("live", self.live_settings, n, keep=True)
+        live = await self.run_live("live", self.live_settings, n, keep=False)
         out["live"] = live
         print(f"live worker: {live['per_second']:,.0f} events/s", file=sys.stderr)
         out["live_ratio"] = live["per_second"] / out["bare"]["per_second"]
@@ -414,14 +414,6 @@ class Bench:
 
     # -- 2. freshness --------------------------------------------------------------------
 
-    async def ensure_live(self) -> tuple[ManagedProcess, Settings]:
-        if self.live is not None and self.live.running and self.live_settings is not None:
-            return self.live, self.live_settings
-        self.live_settings = self.settings("live", "tp")
-        self.live = self.procs.worker("live", self.live_settings)
-        await self.wait_ready(self.live, self.live_settings)
-        return self.live, self.live_settings
-
     async def wait_ready(self, proc: ManagedProcess, settings: Settings) -> None:
         url = f"http://{settings.web_host}:{settings.web_port}/readyz"
         deadline = time.monotonic() + 90
@@ -435,46 +427,130 @@ class Bench:
         raise TimeoutError(f"{proc.name} not ready:\n{proc.log_tail()}")
 
     async def section_freshness(self) -> dict[str, Any]:
+        """Every contender on empty topics of its own: the embedded broker's fetches get
+        slower as a partition grows (memory storage), so all start from the same state."""
         cfg = self.config
-        proc, settings = await self.ensure_live()
-        await self.wait_ready(proc, settings)
-        out = await self.run_traffic(
-            "fresh",
-            proc,
-            settings,
-            rate=cfg.freshness_rate,
-            seconds=cfg.freshness_s,
-            marker_rate=cfg.marker_rate,
-            scrape=True,
-        )
-        missed = not out["latency"] or out["latency"]["p99"] >= BUDGET_FRESHNESS_P99_S
-        if cfg.wants_profile(missed):
-            spy = self.workdir / "profile-freshness.txt"
-            out["profile"] = (
-                await self.run_traffic(
-                    "fresh-prof",
+        if self.live is not None:  # the throughput worker: not needed any more
+            self.procs.stop(self.live)
+            self.live = None
+        settings = self.settings("fresh-live", "fresh-live")
+        proc = self.procs.worker("fresh-live", settings)
+        try:
+            await self.warm_up(proc, settings)
+            out = await self.run_traffic(
+                "fresh",
+                proc,
+                settings,
+                rate=cfg.freshness_rate,
+                seconds=cfg.freshness_s,
+                marker_rate=cfg.marker_rate,
+                scrape=True,
+            )
+            missed = not out["latency"] or out["latency"]["p99"] >= BUDGET_FRESHNESS_P99_S
+            if cfg.wants_profile(missed):
+                spy = self.workdir / "profile-freshness.txt"
+                out["profile"] = (
+                    await self.run_traffic(
+                        "fresh-prof",
+                        proc,
+                        settings,
+                        rate=cfg.freshness_rate,
+                        seconds=min(cfg.freshness_s, 30),
+                        marker_rate=cfg.marker_rate,
+                        spy=spy,
+                    )
+                ).get("profile")
+        finally:
+            self.procs.stop(proc)  # the others must not share the CPU with it
+        if OFFLOAD:
+            settings = self.settings("fresh-offload", "fresh-offload", engine_process=True)
+            proc = self.procs.worker("fresh-offload", settings)
+            try:
+                await self.warm_up(proc, settings)
+                out["offload"] = await self.run_traffic(
+                    "ofr",
                     proc,
                     settings,
                     rate=cfg.freshness_rate,
-                    seconds=min(cfg.freshness_s, 30),
+                    seconds=cfg.freshness_s,
                     marker_rate=cfg.marker_rate,
-                    spy=spy,
+                    scrape=True,
                 )
-            ).get("profile")
-        self.procs.stop(proc)  # the floors below must not share the CPU with it
-        self.live = None
-        if OFFLOAD:
-            out["offload"] = await self.freshness_offload()
+            finally:
+                self.procs.stop(proc)
         out["bare"] = await self.freshness_floor()
-        out["broker"] = {
-            wait_ms: await self.broker_floor(settings, wait_ms) for wait_ms in (1500, 100)
-        }
+        out["broker"] = {wait_ms: await self.broker_floor(wait_ms) for wait_ms in (1500, 100)}
         return out
 
-    async def broker_floor(self, settings: Settings, wait_ms: int) -> dict[str, Any]:
+    async def warm_up(self, proc: ManagedProcess, settings: Settings) -> None:
+        """Wait until a worker on empty topics is ready and has applied one event."""
+        assert self.redis is not None
+        await ensure_topics(settings)
+        await self.wait_ready(proc, settings)
+        value = orjson.dumps(
+            {
+                "event_id": f"{settings.redis_prefix}-warm-up",
+                "type": "ticket.created",
+                "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "ticket_id": f"{settings.redis_prefix}-warm-up",
+            }
+        )
+        await produce_records(settings, [(settings.topic_tickets, b"warm-up", value)], label="warm")
+        await wait_applied(
+            self.redis, settings.redis_prefix, settings.topic_partitions, 1, timeout_s=60, proc=proc
+        )
+
+    async def freshness_floor(self) -> dict[str, Any]:
+        """The same traffic and markers read by the bare Faust agent: what the broker and
+        Faust alone cost between produce and the agent holding the event."""
+        cfg = self.config
+        settings = self.settings("fresh-bare", "fresh-bare")
+        await ensure_topics(settings)
+        stats_path = self.workdir / "fresh-bare.json"
+        proc = self.procs.start(
+            "fresh-bare",
+            [sys.executable, "-m", "benchmark.bare_agent"],
+            env=child_env(settings, BENCH_BARE_OUT=str(stats_path), BENCH_BARE_MARKERS="bfr-m"),
+        )
+        try:
+            # joined once it has seen a warm-up record
+            await produce_records(settings, [(settings.topic_tickets, b"w", b"{}")], label="warm")
+            deadline = time.monotonic() + 60
+            while True:
+                seen = orjson.loads(stats_path.read_bytes()) if stats_path.exists() else {}
+                if seen.get("count", 0) >= 1:
+                    break
+                if not proc.running or time.monotonic() > deadline:
+                    raise RuntimeError(f"bare agent did not start:\n{proc.log_tail()}")
+                await asyncio.sleep(0.1)
+            last_read: list[Any] = [0.0, {}]
+
+            async def poll(indices: list[int]) -> dict[int, float]:
+                if time.monotonic() - last_read[0] > 0.1:  # its own times are in the file
+                    last_read[0] = time.monotonic()
+                    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                        last_read[1] = orjson.loads(stats_path.read_bytes()).get("markers", {})
+                times = last_read[1]
+                return {i: times[k] for i in indices if (k := marker_id("bfr", i)) in times}
+
+            return await self.run_traffic(
+                "bfr",
+                proc,
+                settings,
+                rate=cfg.freshness_rate,
+                seconds=cfg.freshness_s,
+                marker_rate=cfg.marker_rate,
+                poll=poll,
+            )
+        finally:
+            self.procs.stop(proc)
+
+    async def broker_floor(self, wait_ms: int) -> dict[str, Any]:
         """Produced -> in a plain aiokafka consumer's hands, with ``fetch_max_wait_ms`` as
         Faust hard-codes it (1500) and short: how long the broker holds a fetch."""
         run_id = f"bk{wait_ms}"
+        settings = self.settings(f"fresh-{run_id}", f"fresh-{run_id}")
+        await ensure_topics(settings)
         consumer = AIOKafkaConsumer(
             **kafka_client_options(settings),
             group_id=None,
@@ -522,83 +598,6 @@ class Bench:
             await consumer.stop()
         result.pop("worker_cores", None)
         return result
-
-    async def freshness_offload(self) -> dict[str, Any]:
-        """The same traffic against a worker with the engine in a child process."""
-        assert self.redis is not None
-        cfg = self.config
-        settings = self.settings("live-offload", "tp", engine_process=True)
-        proc = self.procs.worker("live-offload-fresh", settings)
-        try:
-            await self.wait_ready(proc, settings)
-            # catch up with what was produced since its throughput run: until it stops moving
-            last, still_since = -1, time.monotonic()
-            deadline = time.monotonic() + 180
-            while time.monotonic() - still_since < 3 and time.monotonic() < deadline:
-                total = applied_total(
-                    await meta_totals(self.redis, settings.redis_prefix, settings.topic_partitions)
-                )
-                if total != last:
-                    last, still_since = total, time.monotonic()
-                await asyncio.sleep(0.2)
-            return await self.run_traffic(
-                "ofr",
-                proc,
-                settings,
-                rate=cfg.freshness_rate,
-                seconds=cfg.freshness_s,
-                marker_rate=cfg.marker_rate,
-                scrape=True,
-            )
-        finally:
-            self.procs.stop(proc)
-
-    async def freshness_floor(self) -> dict[str, Any]:
-        """The same traffic and markers read by the bare Faust agent: what the broker and
-        Faust alone cost between produce and the agent holding the event."""
-        cfg = self.config
-        settings = self.settings("bare-fresh", "tp")
-        stats_path = self.workdir / "bare-fresh.json"
-        proc = self.procs.start(
-            "bare-fresh",
-            [sys.executable, "-m", "benchmark.bare_agent"],
-            env=child_env(settings, BENCH_BARE_OUT=str(stats_path), BENCH_BARE_MARKERS="bfr-m"),
-        )
-        try:
-            # first the backlog (everything produced so far), so the markers meet a
-            # caught-up agent, as they met a caught-up worker: until its count stops moving
-            last, still_since = -1, time.monotonic()
-            deadline = time.monotonic() + 300
-            while time.monotonic() - still_since < 3:
-                seen = orjson.loads(stats_path.read_bytes()) if stats_path.exists() else {}
-                if seen.get("count", 0) != last:
-                    last, still_since = seen.get("count", 0), time.monotonic()
-                if not last:
-                    still_since = time.monotonic()  # not even started
-                if not proc.running or time.monotonic() > deadline:
-                    raise RuntimeError(f"bare agent: backlog not read:\n{proc.log_tail()}")
-                await asyncio.sleep(0.2)
-            last_read = [0.0, {}]
-
-            async def poll(indices: list[int]) -> dict[int, float]:
-                if time.monotonic() - last_read[0] > 0.1:  # its own times are in the file
-                    last_read[0] = time.monotonic()
-                    with contextlib.suppress(OSError, orjson.JSONDecodeError):
-                        last_read[1] = orjson.loads(stats_path.read_bytes()).get("markers", {})
-                times = last_read[1]
-                return {i: times[k] for i in indices if (k := marker_id("bfr", i)) in times}
-
-            return await self.run_traffic(
-                "bfr",
-                proc,
-                settings,
-                rate=cfg.freshness_rate,
-                seconds=cfg.freshness_s,
-                marker_rate=cfg.marker_rate,
-                poll=poll,
-            )
-        finally:
-            self.procs.stop(proc)
 
     async def run_traffic(
         self,
@@ -648,7 +647,7 @@ class Bench:
         scrapes: list[float] = []
         flush_before = await asyncio.to_thread(_flush_stats, settings) if scrape else None
         worker_pid = worker.pid if worker is not None else os.getpid()
-        cpu_start = (time.time(), tree_cpu_s(worker_pid))
+        cpu_start = (time.time(), tree_cpu_s(worker_pid), *self.cpu_of(self.broker))
         next_scrape = time.monotonic() + 2
         next_sweep = time.monotonic() + 1
         next_sample = time.monotonic()
@@ -659,7 +658,7 @@ class Bench:
             finished = not traffic.running
             if finished and done_at is None:
                 done_at = now
-                cpu_end = (time.time(), tree_cpu_s(worker_pid))
+                cpu_end = (time.time(), tree_cpu_s(worker_pid), *self.cpu_of(self.broker))
             window = [i for i in range(low, low + 128) if i not in seen]
             if now >= next_sweep:  # a marker that never shows must not hide later ones
                 window = [i for i in range(low, expected) if i not in seen]
@@ -712,6 +711,7 @@ class Bench:
             "latency": spread(latencies) if latencies else None,
             "ack": spread(acks) if acks else None,
             "worker_cores": (cpu_end[1] - cpu_start[1]) / max(elapsed, 1e-9),
+            "broker_cores": (cpu_end[2] - cpu_start[2]) / max(elapsed, 1e-9),
         }
         if scrapes:
             result["scrape_under_load"] = spread(scrapes)
@@ -734,6 +734,9 @@ class Bench:
             tenth = max(1, len(ordered) // 10)
             result["latency_first_tenth_p50"] = percentile(ordered[:tenth], 0.5)
             result["latency_last_tenth_p50"] = percentile(ordered[-tenth:], 0.5)
+            result["latency_p50_by_tenth"] = [
+                percentile(ordered[k * tenth : (k + 1) * tenth], 0.5) for k in range(10)
+            ]
         if profile is not None:
             result["profile"] = profiles.summarize(profile)
         return result
@@ -877,7 +880,7 @@ class Bench:
         await self.wait_ready(worker, settings)
         samples: list[dict[str, Any]] = []
         started = time.monotonic()
-        last_cpu = [time.monotonic(), process_cpu_s(worker.pid)]
+        last_cpu = [time.monotonic(), process_cpu_s(worker.pid), *self.cpu_of(self.broker)]
 
         async def sample(now: float) -> None:
             assert self.redis is not None
@@ -889,6 +892,7 @@ class Bench:
                     pipe.zcard(f"{prefix}:{{p{p}}}:bidx")
                 replies = await pipe.execute()
             cpu = process_cpu_s(worker.pid)
+            broker_cpu = self.cpu_of(self.broker)[0]
             mono = time.monotonic()
             samples.append(
                 {
@@ -900,9 +904,10 @@ class Bench:
                     "buckets": sum(replies[1::2]),
                     "applied": applied_total(await meta_totals(self.redis, prefix, parts)),
                     "worker_cores": (cpu - last_cpu[1]) / max(mono - last_cpu[0], 1e-9),
+                    "broker_cores": (broker_cpu - last_cpu[2]) / max(mono - last_cpu[0], 1e-9),
                 }
             )
-            last_cpu[:] = [mono, cpu]
+            last_cpu[:] = [mono, cpu, broker_cpu]
             s = samples[-1]
             print(
                 f"soak t={s['t']:.0f}s rss={s['rss_mib']:.1f}MiB redis={s['redis_mib']:.1f}MiB "
