@@ -1,10 +1,7 @@
 """deskpulse's processing service: the Faust worker, the pure KPI core, Redis state."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("deskpulse")
-except PackageNotFoundError:  # running from a checkout that was not installed
-    __version__ = "0.0.0+local"
+# Kept in step with pyproject.toml by tests/test_cli.py (importlib.metadata costs every
+# command ~40 ms of start-up).
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -33,7 +33,7 @@ from streams.breaches import check_breaches
 from streams.core import CoreConfig
 from streams.engine import Engine, SourceRecord, retry_forever
 from streams.offload import EngineProcess
-from streams.query import parse_by, query_kpis
+from streams.query import parse_at, parse_by, query_kpis
 from streams.store import Store
 from streams.topics import ensure_topics
 from streams.windows import parse_width
@@ -336,7 +336,7 @@ def create_app(settings: Settings) -> faust.App:
         query = request.query
         try:
             width = parse_width(query.get("window", "1h"), settings.bucket_seconds)
-            at_s = _parse_at(query.get("at"))
+            at_s = parse_at(query.get("at"))
             by = parse_by(query.get("by"))
         except ValueError as error:
             return web.json({"error": str(error)}, status=400)
@@ -350,17 +350,6 @@ def create_app(settings: Settings) -> faust.App:
         await service.stop()
 
     return app
-
-
-def _parse_at(text: str | None) -> float:
-    if not text:
-        return time.time()
-    from models.events import parse_time
-
-    try:
-        return parse_time(text).timestamp()
-    except Exception as error:
-        raise ValueError(f"--at must be RFC 3339 with an offset: {error}") from None
 
 
 async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int], int]:

@@ -107,15 +107,14 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from streams.app import _parse_at
     from streams.core import CoreConfig
-    from streams.query import parse_by, query_kpis
+    from streams.query import parse_at, parse_by, query_kpis
     from streams.store import Store
     from streams.windows import parse_width
 
     try:
         width = parse_width(args.window, settings.bucket_seconds)
-        at_s = _parse_at(args.at)
+        at_s = parse_at(args.at)
         by = parse_by(args.by)
     except ValueError as error:
         print(f"deskpulse kpis: {error}", file=sys.stderr)

@@ -6,11 +6,13 @@ in its middle and fine buckets only at its ragged edges — never O(events).
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from models.events import parse_time
 from streams.core import SEP, group_document, has_samples
 from streams.store import Store
 from streams.windows import cover, window_bounds
@@ -20,6 +22,7 @@ __all__ = [
     "build_document",
     "format_time",
     "group_fields",
+    "parse_at",
     "parse_by",
     "query_kpis",
     "read_window",
@@ -31,6 +34,16 @@ DIMENSIONS: tuple[str, ...] = ("channel", "queue", "priority")
 def format_time(t_s: float) -> str:
     """RFC 3339 in UTC with a ``Z``, whole seconds."""
     return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_at(text: str | None) -> float:
+    """``--at`` / ``at=``: RFC 3339 with an offset, in Unix seconds; now when empty."""
+    if not text:
+        return time.time()
+    try:
+        return parse_time(text).timestamp()
+    except Exception as error:
+        raise ValueError(f"--at must be RFC 3339 with an offset: {error}") from None
 
 
 def parse_by(text: str | Sequence[str] | None) -> list[str]:

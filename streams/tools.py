@@ -12,9 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
-from exporters.kafka import kafka_client_options
 from models.settings import Settings
 
 __all__ = ["Progress", "add_commands", "produce_records", "run"]
@@ -96,9 +94,9 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(produce_live(settings, rate=args.rate, seed=args.seed))
     duration = parse_duration(args.duration)
     if args.start:
-        from streams.app import _parse_at
+        from streams.query import parse_at
 
-        start_s = _parse_at(args.start)
+        start_s = parse_at(args.start)
     else:
         start_s = time.time() - duration
     config = SimConfig(
@@ -146,6 +144,11 @@ async def produce_records(
     total: int | None = None,
 ) -> tuple[int, float]:
     """Publish ``(topic, key, value)`` rows; returns (how many, seconds)."""
+    # imported here: `deskpulse kpis` builds the same parser and should not pay for Kafka
+    from aiokafka import AIOKafkaProducer
+
+    from exporters.kafka import kafka_client_options
+
     producer = AIOKafkaProducer(
         **kafka_client_options(settings),
         enable_idempotence=False,

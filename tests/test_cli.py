@@ -57,3 +57,12 @@ def test_table_has_a_row_per_group_and_dashes_for_no_samples() -> None:
     assert "50.0%" in email  # one of two first responses within target
     assert "25.0%" in chat and "50.0%" in chat  # abandonment 1/4, service level 2/4
     assert " - " in email  # no chats: no abandonment ratio
+
+
+def test_version_matches_the_package_metadata() -> None:
+    import tomllib
+
+    from streams import __version__
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == __version__
