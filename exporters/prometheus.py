@@ -9,13 +9,20 @@ worker, or a separate process, reading the same Redis exports the same numbers.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -32,7 +39,7 @@ from streams.core import SEP, group_document, has_samples, split_dim_key
 from streams.query import group_fields, read_window
 from streams.store import Store
 
-__all__ = ["KpiCollector", "PipelineMetrics", "build_registry"]
+__all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
 
 DIMS = ("channel", "queue", "priority")
 
@@ -41,6 +48,8 @@ class PipelineMetrics:
     """The worker process's own counters (the engine's ``Metrics``)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
         def spec(name: str) -> tuple[str, str, list[str]]:
             found = CATALOG[name]
             base = name.removesuffix("_total") if found.kind == "counter" else name
@@ -150,6 +159,16 @@ class WindowRead:
     fields: Counter[str]
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """Families to render with ``generate_latest`` (anything with ``collect()`` will do)."""
+
+    families: list[Metric]
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
 class KpiCollector(Collector):
     """Windowed event-time gauges, the cumulative family and Redis-held pipeline counters."""
 
@@ -157,6 +176,8 @@ class KpiCollector(Collector):
         self.store = store
         self.settings = settings
         self._families: list[Metric] = []
+        #: the snapshot already in the text format: a scrape appends it as it is
+        self.exposition = b""
         self.windows: list[WindowRead] = []
         self.refreshed_at: float | None = None
 
@@ -182,17 +203,32 @@ class KpiCollector(Collector):
         totals = await self.store.read_totals()
         meta = await self.store.read_meta()
         firing = await self.store.redis.hgetall(f"{self.store.prefix}:alerts")
-        families = self._build(per_window, totals, meta)
-        families.append(self._alert_family(firing))
+        # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
+        # thread keeps the event loop (agents, scrapes) turning meanwhile.
+        families, exposition = await asyncio.to_thread(
+            self._build_and_render, per_window, totals, meta, firing
+        )
         self._families = families
+        self.exposition = exposition
         self.windows = windows
         self.refreshed_at = now_s
+
+    def _build_and_render(
+        self,
+        per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
+        totals: Counter[str],
+        meta: dict[int, dict[str, str]],
+        firing: dict[Any, Any],
+    ) -> tuple[list[Metric], bytes]:
+        families = self._build(per_window, totals, meta)
+        families.append(self._alert_family(firing))
         refresh = GaugeMetricFamily(
             "deskpulse_kpi_refresh_timestamp_seconds",
             _help("deskpulse_kpi_refresh_timestamp_seconds"),
         )
         refresh.add_metric([], time.time())
-        self._families.append(refresh)
+        families.append(refresh)
+        return families, generate_latest(_Snapshot(families))
 
     def _alert_family(self, firing: dict[Any, Any]) -> Metric:
         family = GaugeMetricFamily(
@@ -339,15 +375,22 @@ class KpiCollector(Collector):
 def build_registry(
     settings: Settings, store: Store
 ) -> tuple[CollectorRegistry, PipelineMetrics, KpiCollector]:
-    """A fresh registry with the pipeline counters and the KPI collector registered."""
+    """A fresh registry with the pipeline counters and the KPI collector registered.
+
+    ``PipelineMetrics.registry`` holds the pipeline counters alone: a scrape renders those
+    (they move by the millisecond) and appends ``KpiCollector.exposition``, rendered when
+    the snapshot was refreshed — see :func:`render`.
+    """
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series double the exposition for no KPI value
-    registry = CollectorRegistry(auto_describe=False)
-    pipeline = PipelineMetrics(registry)
+    pipeline_registry = CollectorRegistry(auto_describe=False)
+    pipeline = PipelineMetrics(pipeline_registry)
     collector = KpiCollector(store, settings)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(pipeline_registry)  # a registry is a collector too
     registry.register(collector)
     return registry, pipeline, collector
 
 
-def group_document_for(fields: dict[str, int]) -> dict[str, Any]:
-    """The group document without a key (for tests and the snapshot publisher)."""
-    return group_document({}, fields)
+def render(pipeline: PipelineMetrics, collector: KpiCollector) -> bytes:
+    """The body of ``GET /metrics``: live pipeline counters plus the pre-rendered snapshot."""
+    return generate_latest(pipeline.registry) + collector.exposition

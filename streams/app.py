@@ -18,14 +18,14 @@ from typing import Any
 
 import faust
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exporters.kafka import KafkaPublisher, kafka_client_options
-from exporters.prometheus import build_registry
+from exporters.prometheus import build_registry, render
 from exporters.publish import evaluate_rules, publish_snapshots
 from models.errors import SettingsError
 from models.settings import Settings
@@ -299,7 +299,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        body = generate_latest(service.registry)
+        body = render(service.metrics, service.collector)
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
