@@ -337,12 +337,13 @@ def _throughput(tp: dict[str, Any] | None, datasets: dict[str, Any], add: Any) -
         f"(mean {b['events'] / max(b['batches'], 1):,.0f} events)."
     )
     same = tp["identical"]
+    counters = [{k: v for k, v in c.items() if not k.startswith("wm")} for c in same["counters"]]
     add(
         f"Identical results: {same['documents']} KPI documents (`query_kpis` for every configured "
         "window, ending at the data's end, 20 minutes before it and now, with no grouping, by "
         "channel, by queue and priority, and by all three) of the replay prefix against the live "
         f"worker's: {'all equal' if same['identical'] else 'DIFFERENT: ' + str(same['different'])}"
-        f"; meta counters live {same['counters'][0]}, replay {same['counters'][1]}.\n"
+        f"; meta counters live {counters[0]}, replay {counters[1]}.\n"
     )
 
 
@@ -430,7 +431,7 @@ def _scrape(sc: dict[str, Any] | None, add: Any) -> None:
     add("## 3. Scrape\n")
     rp = sc["replay"]
     add(
-        f"State: a simulated hour at 40 events/s over 8 channels x 10 queues x 4 priorities "
+        f"State: a simulated hour at 40 events/s over 8 channels x 4 queues x 4 priorities "
         f"({rp['records']:,} events, replayed at {_rate(rp['per_second'])}), exported with the "
         f"default 4 windows: **{sc['series']:,} series** ({sc['bytes'] / 1e6:.1f} MB of text). "
         "`collect()` only yields the snapshot that `refresh()` built in the background; a "
