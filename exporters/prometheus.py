@@ -37,7 +37,7 @@ from models.settings import Settings, format_duration
 from streams import __version__
 from streams.core import SEP, group_document, has_samples, split_dim_key
 from streams.query import group_fields, read_window
-from streams.store import Store
+from streams.store import Store, text
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
 
@@ -145,10 +145,6 @@ def _help(name: str) -> str:
     return CATALOG[name].help
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 @dataclass(frozen=True)
 class WindowRead:
     """One window's summed fields as of the last refresh (shared with the publishers)."""
@@ -237,8 +233,8 @@ class KpiCollector(Collector):
             labels=["rule", "window", *DIMS],
         )
         for raw_key, raw_state in firing.items():
-            rule, window, channel, queue, priority = _text(raw_key).split(SEP)
-            state = 1.0 if _text(raw_state) == "firing" else 0.0
+            rule, window, channel, queue, priority = text(raw_key).split(SEP)
+            state = 1.0 if text(raw_state) == "firing" else 0.0
             family.add_metric([rule, window, channel, queue, priority], state)
         return family
 

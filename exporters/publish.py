@@ -22,7 +22,7 @@ from models.outputs import AlertTransition, KpiSnapshot
 from models.settings import AlertRule, Settings, parse_duration
 from streams.core import SEP
 from streams.query import DIMENSIONS, build_document, format_time, read_window
-from streams.store import Store
+from streams.store import Store, text
 
 __all__ = ["evaluate_rules", "publish_snapshots", "rule_value"]
 
@@ -36,10 +36,6 @@ _RULE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "nps_score": ("nps", "score", ("responses",)),
     "ces_score_average": ("ces", "average", ("responses",)),
 }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def rule_value(rule: AlertRule, group: dict[str, Any]) -> tuple[float | None, int]:
@@ -88,7 +84,7 @@ async def evaluate_rules(
     now_s = time.time() if now_s is None else now_s
     state_key = f"{store.prefix}:alerts"
     stored = await store.redis.hgetall(state_key)
-    previous = {_text(k): _text(v) for k, v in stored.items()}
+    previous = {text(k): text(v) for k, v in stored.items()}
     transitions: list[tuple[str, AlertTransition]] = []
     for rule in settings.alert_rules:
         width = parse_duration(rule.window)

@@ -47,7 +47,7 @@ from redis.asyncio import Redis
 
 from streams.core import SEP, BatchResult, Conversation, CoreConfig
 
-__all__ = ["PartitionMeta", "Store"]
+__all__ = ["PartitionMeta", "Store", "text"]
 
 # Applies one batch if the partition's version is the one the batch was folded against.
 # ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then one JSON array
@@ -70,23 +70,17 @@ end
 local p = cjson.decode(ARGV[5])
 local i = 1
 local k = 6
-local n = tonumber(p[i]); i = i + 1
-for _ = 1, n do
-  -- the fence only moves forward
-  local field = 'off:' .. p[i]
-  if tonumber(p[i + 1]) > tonumber(redis.call('HGET', meta, field) or '-1') then
-    redis.call('HSET', meta, field, p[i + 1])
+local n
+-- offsets (the fence) and per-topic newest event times only ever move forward
+for _, kind in ipairs({'off:', 'wm:'}) do
+  n = tonumber(p[i]); i = i + 1
+  for _ = 1, n do
+    local field = kind .. p[i]
+    if tonumber(p[i + 1]) > tonumber(redis.call('HGET', meta, field) or '-1') then
+      redis.call('HSET', meta, field, p[i + 1])
+    end
+    i = i + 2
   end
-  i = i + 2
-end
-n = tonumber(p[i]); i = i + 1
-for _ = 1, n do
-  -- per-topic newest event time, forward only
-  local field = 'wm:' .. p[i]
-  if tonumber(p[i + 1]) > tonumber(redis.call('HGET', meta, field) or '-1') then
-    redis.call('HSET', meta, field, p[i + 1])
-  end
-  i = i + 2
 end
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
@@ -165,7 +159,8 @@ class PartitionMeta:
     topic_watermarks: dict[str, int] = field(default_factory=dict)
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as ``str`` (clients may or may not decode responses)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -192,7 +187,7 @@ class Store:
         }
         await self.redis.hsetnx(key, "bucket_seconds", wanted["bucket_seconds"])
         await self.redis.hsetnx(key, "rollup_seconds", wanted["rollup_seconds"])
-        stored = {_text(k): _text(v) for k, v in (await self.redis.hgetall(key)).items()}
+        stored = {text(k): text(v) for k, v in (await self.redis.hgetall(key)).items()}
         for name, value in wanted.items():
             if stored.get(name) != value:
                 from models.errors import SettingsError
@@ -214,7 +209,7 @@ class Store:
             if ids:
                 pipe.hmget(base + "conv", ids)
             replies = await pipe.execute()
-        raw_meta = {_text(k): _text(v) for k, v in replies[0].items()}
+        raw_meta = {text(k): text(v) for k, v in replies[0].items()}
         offsets = {k[4:]: int(v) for k, v in raw_meta.items() if k.startswith("off:")}
         topic_watermarks = {k[3:]: int(v) for k, v in raw_meta.items() if k.startswith("wm:")}
         counters = {
@@ -302,7 +297,7 @@ class Store:
             replies = await pipe.execute()
         for reply in replies:
             for name, value in reply.items():
-                merged[_text(name)] += int(value)
+                merged[text(name)] += int(value)
         return merged
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
@@ -313,8 +308,7 @@ class Store:
                 pipe.hgetall(self.base(partition) + "meta")
             replies = await pipe.execute()
         return {
-            p: {_text(k): _text(v) for k, v in r.items()}
-            for p, r in zip(parts, replies, strict=True)
+            p: {text(k): text(v) for k, v in r.items()} for p, r in zip(parts, replies, strict=True)
         }
 
     async def read_totals(self) -> Counter[str]:
