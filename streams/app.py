@@ -31,7 +31,7 @@ from models.errors import SettingsError
 from models.settings import Settings
 from streams.breaches import check_breaches
 from streams.core import CoreConfig
-from streams.engine import Engine, SourceRecord, retry_forever
+from streams.engine import Engine, Record, retry_forever
 from streams.offload import EngineProcess
 from streams.query import parse_at, parse_by, query_kpis
 from streams.store import Store
@@ -62,7 +62,7 @@ class Service:
         self.offload = EngineProcess(settings) if settings.engine_process else None
         self.ready = False
 
-    async def process(self, records: Iterable[SourceRecord]) -> None:
+    async def process(self, records: Iterable[Record]) -> None:
         """Apply a batch, in the engine process when there is one."""
         if self.offload is not None:
             await self.offload.process(records, self.metrics)
@@ -214,16 +214,8 @@ def create_app(settings: Settings) -> faust.App:
                 while not service.ready:
                     await asyncio.sleep(0.05)
                 try:
-                    await service.process(
-                        SourceRecord(
-                            topic=e.message.topic,
-                            partition=e.message.partition,
-                            offset=e.message.offset,
-                            key=e.message.key,
-                            value=e.message.value,
-                        )
-                        for e in events
-                    )
+                    # Faust's messages carry topic, partition, offset, key and value
+                    await service.process([e.message for e in events])
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:

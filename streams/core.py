@@ -20,24 +20,23 @@ exact; quantile sketches are counts per log bucket, so they add and subtract too
 
 from __future__ import annotations
 
-import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from models.events import (
+from models.wire import (
     ChatAbandoned,
     ChatAccepted,
     ChatEnded,
     ChatRequested,
-    Event,
     SurveyResponded,
     TicketCreated,
     TicketReplied,
-    TicketStatusChanged,
+    WireEvent,
+    event_ms,
 )
 from streams import sketch
 
@@ -147,12 +146,7 @@ def split_dim_key(key: str) -> Dims:
     return (channel, queue, priority)
 
 
-def _ms(event: Event) -> int:
-    # whole milliseconds: sums of durations stay exact integers
-    return math.floor(event.occurred_at.timestamp() * 1000)
-
-
-@dataclass
+@dataclass(slots=True)
 class Conversation:
     """Order-independent summary of one conversation (see the module docstring).
 
@@ -177,6 +171,8 @@ class Conversation:
         """Events held for an opener that has not arrived (orphans if it never does)."""
         if self.opened is not None:
             return 0
+        if not self.surveys:
+            return len(self.seen)
         complete = sum(1 for s in self.surveys.values() if None not in s[3:])
         return len(self.seen) - complete
 
@@ -221,27 +217,28 @@ def _earliest(current: tuple[int, str] | None, candidate: tuple[int, str]) -> tu
     return candidate if current is None or candidate < current else current
 
 
-def fold(state: Conversation, event: Event, at_ms: int | None = None) -> bool:
+def fold(state: Conversation, event: WireEvent, at_ms: int | None = None) -> bool:
     """Fold one event into its conversation; ``False`` if its ``event_id`` was seen before."""
-    if event.event_id in state.seen:
+    event_id = event.event_id
+    if event_id in state.seen:
         return False
-    state.seen.add(event.event_id)
-    at = (_ms(event) if at_ms is None else at_ms, event.event_id)
-    state.last_ms = max(state.last_ms, at[0])
-    if isinstance(event, TicketCreated | ChatRequested):
-        winner = _earliest(state.opened, at)
-        if winner is at:
+    state.seen.add(event_id)
+    at = (event_ms(event) if at_ms is None else at_ms, event_id)
+    if at[0] > state.last_ms:
+        state.last_ms = at[0]
+    if type(event) is TicketCreated or type(event) is ChatRequested:
+        if state.opened is None or at < state.opened:
             state.opened = at
             state.dims = (event.channel, event.queue, event.priority)
-    elif isinstance(event, TicketReplied):
+    elif type(event) is TicketReplied:
         if event.author_role == "agent" and event.public:
             state.first_reply = _earliest(state.first_reply, at)
-    elif isinstance(event, ChatAccepted):
+    elif type(event) is ChatAccepted:
         state.accepted = _earliest(state.accepted, at)
-    elif isinstance(event, ChatAbandoned | ChatEnded):
+    elif type(event) is ChatAbandoned or type(event) is ChatEnded:
         state.ended = _earliest(state.ended, at)
-    elif isinstance(event, SurveyResponded):
-        state.surveys[event.event_id] = (
+    elif type(event) is SurveyResponded:
+        state.surveys[event_id] = (
             at[0],
             event.kind,
             event.score,
@@ -249,8 +246,7 @@ def fold(state: Conversation, event: Event, at_ms: int | None = None) -> bool:
             event.queue,
             event.priority,
         )
-    else:  # TicketStatusChanged: kept for the lifecycle, no KPI of v1 depends on it
-        assert isinstance(event, TicketStatusChanged)
+    # TicketStatusChanged: kept for the lifecycle, no KPI of v1 depends on it
     return True
 
 
@@ -350,18 +346,13 @@ def _survey_fields(at_ms: int, group: Dims, kind: str, score: int) -> list[Contr
     return [(at_ms, group, "ce_n", 1), (at_ms, group, "ce_sum", score)]
 
 
-@dataclass(frozen=True)
-class Pending:
+class Pending(NamedTuple):
     """One decoded event with its source coordinates, waiting to be folded."""
 
-    event: Event
+    event: WireEvent
     topic: str
     offset: int
-    ms: int = -1  # event time in whole ms; computed once (datetime.timestamp() is slow)
-
-    def __post_init__(self) -> None:
-        if self.ms < 0:
-            object.__setattr__(self, "ms", _ms(self.event))
+    ms: int  # event time in whole ms (models.wire.event_ms), computed once at decode
 
 
 @dataclass
@@ -372,16 +363,17 @@ class BatchResult:
     field deltas keyed ``dimkey + SEP + field``; ``totals`` holds the cumulative family
     (no time), including first-response histogram counts ``frh:<bound>``. Sketch counts
     (``*_sk:<index>``) live only in the time buckets, histogram counts only in the totals.
+    Deltas may be zero (a sample that moved within its bucket); the store skips those.
     """
 
     states: dict[str, Conversation] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
     deadlines: dict[str, int | None] = field(default_factory=dict)
-    buckets: dict[tuple[str, int], Counter[str]] = field(
-        default_factory=lambda: defaultdict(Counter)
+    buckets: dict[tuple[str, int], dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
     )
-    totals: Counter[str] = field(default_factory=Counter)
-    counters: Counter[str] = field(default_factory=Counter)
+    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     offsets: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
     topic_watermarks: dict[str, int] = field(default_factory=dict)
@@ -403,54 +395,75 @@ def fold_batch(
     time are counted as late and not applied; a repeated ``event_id`` is counted as a
     duplicate. Counters: ``dup:<topic>``, ``late:<topic>``.
     """
-    items = [p for p in pending if p.offset > applied_offsets.get(p.topic, -1)]
     result = BatchResult(watermark_ms=watermark_ms)
-    for item in items:
-        result.offsets[item.topic] = max(result.offsets.get(item.topic, -1), item.offset)
+    offsets, topic_watermarks = result.offsets, result.topic_watermarks
+    items: list[Pending] = []
+    for item in pending:
+        topic, offset, ms = item.topic, item.offset, item.ms
+        if offset <= applied_offsets.get(topic, -1):
+            continue
+        items.append(item)
+        if offset > offsets.get(topic, -1):
+            offsets[topic] = offset
+        # per topic too: breach detection follows the tickets topic alone
+        if ms > topic_watermarks.get(topic, -1):
+            topic_watermarks[topic] = ms
     if not items:
         return result
     # The watermark moves first, so the late cut does not depend on the order in the batch.
-    newest = max(item.ms for item in items)
-    result.watermark_ms = max(watermark_ms, newest)
-    for item in items:  # per topic too: breach detection follows the tickets topic alone
-        if item.ms > result.topic_watermarks.get(item.topic, -1):
-            result.topic_watermarks[item.topic] = item.ms
+    result.watermark_ms = max(watermark_ms, *topic_watermarks.values())
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
 
-    before: dict[str, list[Contribution]] = {}
-    held_before: dict[str, int] = {}
+    # conversations touched: state, and (for stored ones) contributions and held count before
     working: dict[str, Conversation] = {}
-    for item in items:
-        event = item.event
-        if item.ms < cutoff_ms:
-            result.counters[f"late:{item.topic}"] += 1
+    before: dict[str, tuple[list[Contribution], int]] = {}
+    counters = result.counters
+    for event, topic, _, ms in items:
+        if ms < cutoff_ms:
+            counters["late:" + topic] += 1
             continue
         conv_id = event.conversation_id
         state = working.get(conv_id)
         if state is None:
             stored = states.get(conv_id)
-            state = stored if stored is not None else Conversation(kind=conv_id[0])
+            if stored is None:
+                state = Conversation(kind=conv_id[0])
+            else:
+                state = stored
+                before[conv_id] = (contributions(state, config), state.pending())
             working[conv_id] = state
-            before[conv_id] = contributions(state, config)
-            held_before[conv_id] = state.pending()
-        if fold(state, event, item.ms):
+        if fold(state, event, ms):
             result.applied += 1
         else:
-            result.counters[f"dup:{item.topic}"] += 1
+            counters["dup:" + topic] += 1
 
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
     bucket_ms = bucket_s * 1000
     totals, buckets = result.totals, result.buckets
+    prefixes: dict[Dims, str] = {}
+    held_delta = 0
     for conv_id, state in working.items():
-        delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
-        for at_ms, dims, name, value in contributions(state, config):
-            delta[(at_ms, dims, name)] += value
-        for at_ms, dims, name, value in before[conv_id]:
-            delta[(at_ms, dims, name)] -= value
-        for (at_ms, dims, name), value in delta.items():
+        after = contributions(state, config)
+        previous = before.get(conv_id)
+        changes: Iterable[Contribution]
+        if previous is None:
+            changes = after  # a new conversation: nothing to take back
+            held_before = 0
+        else:
+            delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
+            for at_ms, dims, name, value in after:
+                delta[(at_ms, dims, name)] += value
+            for at_ms, dims, name, value in previous[0]:
+                delta[(at_ms, dims, name)] -= value
+            changes = [(at, dims, name, value) for (at, dims, name), value in delta.items()]
+            held_before = previous[1]
+        for at_ms, dims, name, value in changes:
             if value == 0:
                 continue
-            key = SEP.join(dims) + SEP + name
+            prefix = prefixes.get(dims)
+            if prefix is None:
+                prefix = prefixes[dims] = SEP.join(dims) + SEP
+            key = prefix + name
             if "_sk:" not in name:
                 totals[key] += value
             if name.startswith("frh:") or at_ms < cutoff_ms:
@@ -458,10 +471,13 @@ def fold_batch(
             fine = at_ms // bucket_ms * bucket_s  # == bucket_start(at_ms / 1000, bucket_s)
             buckets[("b", fine)][key] += value
             buckets[("r", fine - fine % rollup_s)][key] += value
-        result.held[conv_id] = state.pending()
-        result.counters["held"] += result.held[conv_id] - held_before[conv_id]
+        held = state.pending()
+        result.held[conv_id] = held
+        held_delta += held - held_before
         result.states[conv_id] = state
         result.deadlines[conv_id] = breach_deadline(state, config)
+    if working:
+        counters["held"] += held_delta
     return result
 
 

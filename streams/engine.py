@@ -22,12 +22,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.errors import RejectedEvent
-from models.events import decode
 from models.settings import Settings
+from models.wire import decode_record
 from streams.core import CoreConfig, Pending, fold_batch
 from streams.store import Store
 
-__all__ = ["DeadLetterSink", "Engine", "SourceRecord", "retry_forever"]
+__all__ = ["DeadLetterSink", "Engine", "Record", "SourceRecord", "retry_forever"]
 
 log = logging.getLogger("deskpulse.engine")
 
@@ -50,9 +50,24 @@ RETRIABLE_REDIS = (
 _TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey."}
 
 
+class Record(Protocol):
+    """What the engine reads of a Kafka record; aiokafka's and Faust's records have it."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
-    """One Kafka record as the engine needs it."""
+    """A :class:`Record` of our own (the engine process and tests build these)."""
 
     topic: str
     partition: int
@@ -64,7 +79,7 @@ class SourceRecord:
 class DeadLetterSink(Protocol):
     """Where rejected records go; ``send`` returns once the broker has them."""
 
-    async def send(self, records: Sequence[tuple[SourceRecord, RejectedEvent]]) -> None: ...
+    async def send(self, records: Sequence[tuple[Record, RejectedEvent]]) -> None: ...
 
 
 class Metrics(Protocol):
@@ -137,14 +152,15 @@ class Engine:
             settings.topic_chats: "chats",
             settings.topic_surveys: "surveys",
         }
+        self._prefixes = {topic: _TOPIC_PREFIX[kind] for topic, kind in self._kinds.items()}
 
     def partition_lock(self, partition: int) -> asyncio.Lock:
         """Held while a partition's state is read and written (batches, breach checks)."""
         return self._locks[partition]
 
-    async def process(self, records: Iterable[SourceRecord]) -> None:
+    async def process(self, records: Iterable[Record]) -> None:
         """Apply a batch; returns only when every record is committed or dead-lettered."""
-        by_partition: dict[int, list[SourceRecord]] = defaultdict(list)
+        by_partition: dict[int, list[Record]] = defaultdict(list)
         for record in records:
             by_partition[record.partition].append(record)
         now_s = self.clock()
@@ -154,40 +170,36 @@ class Engine:
             *(self._locked(p, batch, now_s) for p, batch in sorted(by_partition.items()))
         )
 
-    async def _locked(self, partition: int, batch: list[SourceRecord], now_s: float) -> None:
+    async def _locked(self, partition: int, batch: list[Record], now_s: float) -> None:
         # the three co-partitioned topics share one partition's state: one batch at a time
         async with self._locks[partition]:
             await self._process_partition(partition, batch, now_s)
 
-    def _decode(self, record: SourceRecord, now_s: float) -> Pending:
-        settings = self.settings
-        event = decode(
-            record.value,
-            max_bytes=settings.max_record_bytes,
-            now_s=now_s,
-            max_future_s=settings.max_future,
-        )
-        kind = self._kinds.get(record.topic)
-        if kind is not None and not event.type.startswith(_TOPIC_PREFIX[kind]):
-            raise RejectedEvent(
-                "wrong_topic", f"{event.type} does not belong on {record.topic} ({kind})"
-            )
-        return Pending(event=event, topic=record.topic, offset=record.offset)
-
-    async def _process_partition(
-        self, partition: int, batch: list[SourceRecord], now_s: float
-    ) -> None:
+    async def _process_partition(self, partition: int, batch: list[Record], now_s: float) -> None:
         pending: list[Pending] = []
-        rejected: list[tuple[SourceRecord, RejectedEvent]] = []
+        rejected: list[tuple[Record, RejectedEvent]] = []
+        max_bytes, max_future_s = self.settings.max_record_bytes, self.settings.max_future
+        prefixes = self._prefixes
         for record in batch:
+            topic = record.topic
             try:
-                pending.append(self._decode(record, now_s))
+                event, ms = decode_record(
+                    record.value, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s
+                )
+                prefix = prefixes.get(topic)
+                if prefix is not None and not event.type.startswith(prefix):
+                    raise RejectedEvent(
+                        "wrong_topic",
+                        f"{event.type} does not belong on {topic} ({self._kinds[topic]})",
+                    )
             except RejectedEvent as error:
                 rejected.append((record, error))
+                continue
+            pending.append(Pending(event, topic, record.offset, ms))
         conversation_ids = [p.event.conversation_id for p in pending]
         started = time.perf_counter()
         sent_rejects = False
-        fresh_rejects: list[tuple[SourceRecord, RejectedEvent]] = []
+        fresh_rejects: list[tuple[Record, RejectedEvent]] = []
         while True:
             meta, states = await retry_forever(
                 partial(self.store.load, partition, conversation_ids),
@@ -233,16 +245,15 @@ class Engine:
         self.metrics.flushed(time.perf_counter() - started, len(batch))
         fresh = [p for p in pending if p.offset > meta.offsets.get(p.topic, -1)]
         counts: dict[tuple[str, str], int] = defaultdict(int)
-        newest: dict[str, float] = {}
+        newest: dict[str, int] = {}
         for item in fresh:
             counts[(item.topic, item.event.type)] += 1
-            t_s = item.event.occurred_at_s
-            if t_s > newest.get(item.topic, float("-inf")):
-                newest[item.topic] = t_s
+            if item.ms > newest.get(item.topic, -1):
+                newest[item.topic] = item.ms
         for (topic, event_type), count in counts.items():
             self.metrics.processed(topic, event_type, count)
-        for topic, t_s in newest.items():
-            self.metrics.event_time(topic, t_s)
+        for topic, ms in newest.items():
+            self.metrics.event_time(topic, ms / 1000)
         reasons: dict[tuple[str, str], int] = defaultdict(int)
         for record, rejection in fresh_rejects:
             reasons[(record.topic, rejection.reason)] += 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.settings import Settings
-from streams.engine import SourceRecord
+from streams.engine import Record, SourceRecord
 
 __all__ = ["EngineProcess", "RecordingMetrics"]
 
@@ -174,7 +174,7 @@ class EngineProcess:
             initargs=(self.settings,),
         )
 
-    async def process(self, records: Iterable[SourceRecord], metrics: Any) -> None:
+    async def process(self, records: Iterable[Record], metrics: Any) -> None:
         """Apply a batch in the child; returns once it is committed (or dead-lettered).
 
         Batches handed in while the child is busy (one per agent) travel together in the

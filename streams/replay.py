@@ -24,7 +24,7 @@ from exporters.kafka import KafkaPublisher, kafka_client_options
 from exporters.prometheus import PipelineMetrics
 from models.settings import Settings
 from streams.core import CoreConfig
-from streams.engine import Engine, SourceRecord
+from streams.engine import Engine
 from streams.store import Store
 from streams.topics import ensure_topics
 
@@ -98,11 +98,8 @@ async def replay(
         # the last batch, so records past it are read too rather than trusted away.)
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-            records = [
-                SourceRecord(tp.topic, tp.partition, m.offset, m.key, m.value)
-                for tp, messages in batches.items()
-                for m in messages
-            ]
+            # aiokafka's records carry topic, partition, offset, key and value as they are
+            records = [m for messages in batches.values() for m in messages]
             if records:
                 idle_polls = 0
                 await engine.process(records)

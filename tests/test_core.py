@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.events import decode
+from models.wire import decode_record
 from streams.core import (
     SEP,
     BatchResult,
@@ -47,7 +47,11 @@ class MemoryState:
         self.offsets: dict[str, int] = {}
 
     def apply(self, records: list[tuple[str, int, bytes]]) -> BatchResult:
-        pending = [Pending(decode(raw), topic, offset) for topic, offset, raw in records]
+        pending = [
+            Pending(event, topic, offset, ms)
+            for topic, offset, raw in records
+            for event, ms in [decode_record(raw)]
+        ]
         result = fold_batch(
             pending,
             {p.event.conversation_id: self.states.get(p.event.conversation_id) for p in pending},

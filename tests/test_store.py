@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 
 from exporters.prometheus import PipelineMetrics
 from models.errors import RejectedEvent, SettingsError
-from models.events import decode
 from models.settings import Settings
+from models.wire import decode_record
 from streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
 from streams.engine import Engine, SourceRecord
 from streams.store import Store
@@ -61,7 +61,8 @@ def replied(ticket: str, t_s: float) -> bytes:
 
 
 def pendings(raws: Sequence[bytes], topic: str = TOPIC, first_offset: int = 0) -> list[Pending]:
-    return [Pending(decode(raw), topic, first_offset + i) for i, raw in enumerate(raws)]
+    decoded = [decode_record(raw) for raw in raws]
+    return [Pending(event, topic, first_offset + i, ms) for i, (event, ms) in enumerate(decoded)]
 
 
 def run(make: Callable[[Redis], Awaitable[T]], url: str) -> T:
@@ -250,7 +251,11 @@ def test_a_batch_is_applied_once_however_often_it_is_delivered(
         await engine.process(records[:10])
         assert redis_snapshot(redis_client, f"{prefix}:*") == first
         # and so does a fold of it against the fresh state, before any commit
-        again = [Pending(decode(r.value), r.topic, r.offset) for r in records[:10]]
+        again = [
+            Pending(event, r.topic, r.offset, ms)
+            for r in records[:10]
+            for event, ms in [decode_record(r.value)]
+        ]
         _, result = await fold(store, 0, again)
         assert result.applied == 0
         assert not result.offsets

@@ -1,0 +1,274 @@
+"""The engine's decoder: the same events as :mod:`models.events`, five times faster.
+
+:mod:`models.events` is the contract's schema in pydantic and stays the authority on what
+is valid and why not. Decoding every record with it costs ~12 µs, more than folding the
+event into the KPIs, so the hot path decodes into the msgspec structs below (~2.5 µs),
+which carry the same fields and the same constraints. The two must never disagree:
+
+* anything the structs refuse — and anything they could read differently (a timestamp with
+  more than six fractional digits, which msgspec rounds and pydantic truncates; invalid
+  UTF-8 in a field msgspec skips) — goes to the pydantic decoder, which either names the
+  rejection reason or accepts it, in which case its result is copied into a struct;
+* the structs refuse at least everything pydantic refuses (same lengths, patterns, strict
+  types, literals, score ranges); ``tests/test_wire.py`` checks that both decoders reach
+  the same verdict and the same values on generated valid and broken records.
+
+So a record's fate never depends on which path decoded it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+from models import events as schema
+from models.errors import RejectedEvent
+
+__all__ = [
+    "ChatAbandoned",
+    "ChatAccepted",
+    "ChatEnded",
+    "ChatRequested",
+    "SurveyResponded",
+    "TicketCreated",
+    "TicketReplied",
+    "TicketStatusChanged",
+    "WireEvent",
+    "decode_record",
+    "event_ms",
+]
+
+# ``\Z``, not ``$``: Python's ``$`` also matches before a trailing newline, pydantic's not.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+\Z"
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Dimension = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_PRINTABLE)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+Priority = Literal["low", "normal", "high", "urgent"]
+Role = Literal["agent", "customer", "system"]
+
+
+class _Base(msgspec.Struct, tag_field="type", gc=False):
+    """Fields every event has; ``type`` is the struct's tag."""
+
+    type: ClassVar[str]
+    event_id: EventId
+    occurred_at: Timestamp
+
+    @property
+    def conversation_id(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def occurred_at_s(self) -> float:
+        return self.occurred_at.timestamp()
+
+
+def _lower(channel: str) -> str:
+    lowered = channel.lower()
+    if len(lowered) != len(channel):
+        # a few characters lower-case to two; let the schema decide about the length
+        raise ValueError("channel changes length when lower-cased")
+    return lowered
+
+
+class TicketCreated(_Base, tag="ticket.created", gc=False):
+    type: ClassVar[str] = "ticket.created"
+    ticket_id: Id
+    channel: Dimension = "other"
+    queue: Dimension = "unassigned"
+    priority: Priority = "normal"
+    requester_id: Id | None = None
+
+    def __post_init__(self) -> None:
+        self.channel = _lower(self.channel)
+
+    @property
+    def conversation_id(self) -> str:
+        return "t:" + self.ticket_id
+
+
+class TicketReplied(_Base, tag="ticket.replied", gc=False):
+    type: ClassVar[str] = "ticket.replied"
+    ticket_id: Id
+    author_role: Role
+    public: bool = True
+    agent_id: Id | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return "t:" + self.ticket_id
+
+
+class TicketStatusChanged(_Base, tag="ticket.status_changed", gc=False):
+    type: ClassVar[str] = "ticket.status_changed"
+    ticket_id: Id
+    status: Literal["new", "open", "pending", "hold", "solved", "closed"]
+
+    @property
+    def conversation_id(self) -> str:
+        return "t:" + self.ticket_id
+
+
+class ChatRequested(_Base, tag="chat.requested", gc=False):
+    type: ClassVar[str] = "chat.requested"
+    chat_id: Id
+    channel: Dimension = "chat"
+    queue: Dimension = "unassigned"
+    priority: Priority = "normal"
+
+    def __post_init__(self) -> None:
+        self.channel = _lower(self.channel)
+
+    @property
+    def conversation_id(self) -> str:
+        return "c:" + self.chat_id
+
+
+class ChatAccepted(_Base, tag="chat.accepted", gc=False):
+    type: ClassVar[str] = "chat.accepted"
+    chat_id: Id
+    agent_id: Id | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return "c:" + self.chat_id
+
+
+class ChatAbandoned(_Base, tag="chat.abandoned", gc=False):
+    type: ClassVar[str] = "chat.abandoned"
+    chat_id: Id
+
+    @property
+    def conversation_id(self) -> str:
+        return "c:" + self.chat_id
+
+
+class ChatEnded(_Base, tag="chat.ended", gc=False):
+    type: ClassVar[str] = "chat.ended"
+    chat_id: Id
+    ended_by: Role | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return "c:" + self.chat_id
+
+
+_SCORE_RANGE = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
+
+
+class SurveyResponded(_Base, tag="survey.responded", gc=False):
+    type: ClassVar[str] = "survey.responded"
+    kind: Literal["csat", "nps", "ces"]
+    score: int
+    ticket_id: Id | None = None
+    chat_id: Id | None = None
+    agent_id: Id | None = None
+    channel: Dimension | None = None
+    queue: Dimension | None = None
+    priority: Priority | None = None
+
+    def __post_init__(self) -> None:
+        low, high = _SCORE_RANGE[self.kind]
+        if not low <= self.score <= high or (self.ticket_id is None and self.chat_id is None):
+            raise ValueError("the schema names the reason")
+        if self.channel is not None:
+            self.channel = _lower(self.channel)
+
+    @property
+    def conversation_id(self) -> str:
+        # a survey rating both names the ticket first, as models.events does
+        return "t:" + self.ticket_id if self.ticket_id is not None else "c:" + str(self.chat_id)
+
+
+WireEvent = (
+    TicketCreated
+    | TicketReplied
+    | TicketStatusChanged
+    | ChatRequested
+    | ChatAccepted
+    | ChatAbandoned
+    | ChatEnded
+    | SurveyResponded
+)
+
+_STRUCTS: dict[type, type[_Base]] = {
+    schema.TicketCreated: TicketCreated,
+    schema.TicketReplied: TicketReplied,
+    schema.TicketStatusChanged: TicketStatusChanged,
+    schema.ChatRequested: ChatRequested,
+    schema.ChatAccepted: ChatAccepted,
+    schema.ChatAbandoned: ChatAbandoned,
+    schema.ChatEnded: ChatEnded,
+    schema.SurveyResponded: SurveyResponded,
+}
+
+_DECODE = msgspec.json.Decoder(WireEvent).decode
+# msgspec rounds fractional seconds past microseconds, pydantic truncates: such records
+# take the schema's path, so the millisecond an event lands in never depends on the path.
+_LONG_FRACTION = re.compile(rb"\.[0-9]{7}")
+
+
+def event_ms(event: WireEvent) -> int:
+    """Event time in whole Unix milliseconds (floor), as the KPI core counts it."""
+    return math.floor(event.occurred_at.timestamp() * 1000)
+
+
+def _from_schema(event: schema.Event) -> WireEvent:
+    struct = _STRUCTS[type(event)]
+    # msgspec does not validate in __init__: the schema has validated every field
+    return struct(**{name: getattr(event, name) for name in struct.__struct_fields__})  # type: ignore[return-value]
+
+
+def _is_utf8(raw: bytes) -> bool:
+    # msgspec skips unknown fields without looking at their bytes; pydantic refuses a
+    # record with invalid UTF-8 anywhere, so this must be checked for the whole record
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def decode_record(
+    raw: bytes | None,
+    *,
+    max_bytes: int = 1_048_576,
+    now_s: float | None = None,
+    max_future_s: float = 300.0,
+) -> tuple[WireEvent, int]:
+    """Decode one record value into ``(event, event time ms)``, or raise ``RejectedEvent``.
+
+    Same contract as :func:`models.events.decode` (the same records accepted, the same
+    reasons for the rest); only the type of the event differs.
+    """
+    if (
+        raw is None
+        or len(raw) > max_bytes
+        or _LONG_FRACTION.search(raw) is not None
+        or (not raw.isascii() and not _is_utf8(raw))
+    ):
+        event = _from_schema(
+            schema.decode(raw, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s)
+        )
+        return event, event_ms(event)
+    try:
+        event = _DECODE(raw)
+    except (msgspec.DecodeError, ValueError):
+        event = _from_schema(
+            schema.decode(raw, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s)
+        )
+        return event, event_ms(event)
+    t_s = event.occurred_at.timestamp()
+    if now_s is not None and t_s > now_s + max_future_s:
+        ahead = event.occurred_at - datetime.fromtimestamp(now_s, UTC)
+        raise RejectedEvent(
+            "future_timestamp",
+            f"occurred_at is {ahead // timedelta(seconds=1)}s ahead of the clock",
+        )
+    return event, math.floor(t_s * 1000)
