@@ -1,9 +1,10 @@
 """The ceiling: the worker's Faust app stripped to agents that only count what they take.
 
-Same broker options, topics, serializers and ``take_events(batch_size, batch_within)`` as
-:func:`streams.app.create_app`; no decoding, no Redis. Every quarter second the counts go
-to the JSON file named by ``BENCH_BARE_OUT``: events seen, when the first batch came and
-how big it was, when the last one came, and this process's CPU seconds at those moments.
+Same app class (so the same Kafka fetch wait), broker options, topics, serializers and
+``take_events(batch_size, batch_within)`` as :func:`streams.app.create_app`; no decoding,
+no Redis. Every quarter second the counts go to the JSON file named by ``BENCH_BARE_OUT``:
+events seen, when the first batch came and how big it was, when the last one came, and
+this process's CPU seconds at those moments.
 With ``BENCH_BARE_MARKERS`` set, it also notes when it first saw each record whose key
 starts with that prefix (the freshness markers of :mod:`benchmark.traffic`): the latency
 floor that the broker and Faust alone impose.
@@ -22,12 +23,14 @@ import faust
 import orjson
 
 from models.settings import load_settings
+from streams.app import DeskpulseApp
+from streams.runtime import tune_gc
 
 __all__ = ["create_bare_app"]
 
 
 def create_bare_app(settings: Any, out_path: Path) -> faust.App:
-    app = faust.App(
+    app = DeskpulseApp(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         store="memory://",
@@ -45,6 +48,7 @@ def create_bare_app(settings: Any, out_path: Path) -> faust.App:
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
         table_cleanup_interval=3600,
         web_in_thread=False,
+        fetch_max_wait_s=settings.kafka_fetch_max_wait,
     )
     seen: dict[str, Any] = {"count": 0, "batches": 0, "first_t": None, "first_n": 0}
     marker_prefix = os.environ.get("BENCH_BARE_MARKERS", "").encode()
@@ -100,6 +104,7 @@ def main() -> None:
     settings = load_settings()
     app = create_bare_app(settings, Path(os.environ["BENCH_BARE_OUT"]))
     worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    tune_gc()  # as `deskpulse worker` does
     worker.execute_from_commandline()
 
 

@@ -23,7 +23,8 @@ __all__ = ["PySpy", "py_spy_bin", "pyinstrument_text", "record_command", "summar
 
 # (component, path fragment): the first fragment found in a frame's file names it
 _COMPONENTS: tuple[tuple[str, str], ...] = (
-    ("deskpulse: decode (models/events.py)", "models/events.py"),
+    ("deskpulse: decode (models/wire.py, models/events.py)", "models/wire.py"),
+    ("deskpulse: decode (models/wire.py, models/events.py)", "models/events.py"),
     ("deskpulse: pure core (streams/core.py, sketch, windows)", "streams/core.py"),
     ("deskpulse: pure core (streams/core.py, sketch, windows)", "streams/sketch.py"),
     ("deskpulse: pure core (streams/core.py, sketch, windows)", "streams/windows.py"),

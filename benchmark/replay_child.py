@@ -16,10 +16,12 @@ import orjson
 
 from models.settings import load_settings
 from streams.replay import replay
+from streams.runtime import tune_gc
 
 
 def main() -> None:
     settings = load_settings()
+    tune_gc()  # as `deskpulse replay` does
     started = time.perf_counter()
     stats = asyncio.run(replay(settings))
     wall = time.perf_counter() - started

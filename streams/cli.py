@@ -90,6 +90,7 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     import faust
 
     from streams.app import create_app, probe_redis, wait_for_broker
+    from streams.runtime import tune_gc
 
     # Credentials and TLS problems are settings problems: fail now, with one line. An
     # unreachable Redis is not: the worker starts, reports it, and retries with backoff.
@@ -99,6 +100,7 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     asyncio.run(wait_for_broker(settings))
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    tune_gc()
     worker.execute_from_commandline()
     return 0
 

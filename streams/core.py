@@ -441,6 +441,8 @@ def fold_batch(
     bucket_ms = bucket_s * 1000
     totals, buckets = result.totals, result.buckets
     prefixes: dict[Dims, str] = {}
+    # (fine, roll-up) bucket of each sample time, or None if expired; samples share times
+    targets: dict[int, tuple[dict[str, int], dict[str, int]] | None] = {}
     held_delta = 0
     for conv_id, state in working.items():
         after = contributions(state, config)
@@ -449,6 +451,9 @@ def fold_batch(
         if previous is None:
             changes = after  # a new conversation: nothing to take back
             held_before = 0
+        elif previous[0] == after:
+            changes = ()  # most events (a customer reply, a status change) move no KPI
+            held_before = previous[1]
         else:
             delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
             for at_ms, dims, name, value in after:
@@ -466,11 +471,21 @@ def fold_batch(
             key = prefix + name
             if "_sk:" not in name:
                 totals[key] += value
-            if name.startswith("frh:") or at_ms < cutoff_ms:
-                continue  # histogram counts are cumulative only; an expired bucket is gone
-            fine = at_ms // bucket_ms * bucket_s  # == bucket_start(at_ms / 1000, bucket_s)
-            buckets[("b", fine)][key] += value
-            buckets[("r", fine - fine % rollup_s)][key] += value
+            if name.startswith("frh:"):
+                continue  # histogram counts are cumulative only
+            if at_ms in targets:
+                target = targets[at_ms]
+            elif at_ms < cutoff_ms:
+                target = targets[at_ms] = None  # an expired bucket is gone
+            else:
+                fine = at_ms // bucket_ms * bucket_s  # == bucket_start(at_ms / 1000, bucket_s)
+                target = targets[at_ms] = (
+                    buckets[("b", fine)],
+                    buckets[("r", fine - fine % rollup_s)],
+                )
+            if target is not None:
+                target[0][key] += value
+                target[1][key] += value
         held = state.pending()
         result.held[conv_id] = held
         held_delta += held - held_before

@@ -171,11 +171,15 @@ class Engine:
         )
 
     async def _locked(self, partition: int, batch: list[Record], now_s: float) -> None:
+        # decoding needs no state: done before waiting, while another batch may commit
+        pending, rejected = self._decode(batch, now_s)
         # the three co-partitioned topics share one partition's state: one batch at a time
         async with self._locks[partition]:
-            await self._process_partition(partition, batch, now_s)
+            await self._process_partition(partition, len(batch), pending, rejected)
 
-    async def _process_partition(self, partition: int, batch: list[Record], now_s: float) -> None:
+    def _decode(
+        self, batch: list[Record], now_s: float
+    ) -> tuple[list[Pending], list[tuple[Record, RejectedEvent]]]:
         pending: list[Pending] = []
         rejected: list[tuple[Record, RejectedEvent]] = []
         max_bytes, max_future_s = self.settings.max_record_bytes, self.settings.max_future
@@ -196,6 +200,15 @@ class Engine:
                 rejected.append((record, error))
                 continue
             pending.append(Pending(event, topic, record.offset, ms))
+        return pending, rejected
+
+    async def _process_partition(
+        self,
+        partition: int,
+        size: int,
+        pending: list[Pending],
+        rejected: list[tuple[Record, RejectedEvent]],
+    ) -> None:
         conversation_ids = [p.event.conversation_id for p in pending]
         started = time.perf_counter()
         sent_rejects = False
@@ -242,7 +255,7 @@ class Engine:
             if committed:
                 break
             log.info("partition %d moved under this batch; folding it again", partition)
-        self.metrics.flushed(time.perf_counter() - started, len(batch))
+        self.metrics.flushed(time.perf_counter() - started, size)
         fresh = [p for p in pending if p.offset > meta.offsets.get(p.topic, -1)]
         counts: dict[tuple[str, str], int] = defaultdict(int)
         newest: dict[str, int] = {}

@@ -114,6 +114,9 @@ def _child_init(settings: Settings) -> None:
     metrics = RecordingMetrics()
     engine = Engine(settings, store, publisher, metrics)
     _CHILD.update(loop=loop, engine=engine, store=store, publisher=publisher, settings=settings)
+    from streams.runtime import tune_gc
+
+    tune_gc()
 
 
 def _child_process(rows: list[Row]) -> RecordingMetrics:

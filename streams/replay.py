@@ -10,8 +10,10 @@ worker started afterwards skips everything the replay applied.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,25 +95,43 @@ async def replay(
         total = remaining
         started = time.perf_counter()
         idle_polls = 0
-        # Stop once every partition reached the end it had when we started and a poll
-        # brings nothing more. (Some Kafka-compatible brokers report an end offset short of
-        # the last batch, so records past it are read too rather than trusted away.)
-        while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-            # aiokafka's records carry topic, partition, offset, key and value as they are
-            records = [m for messages in batches.values() for m in messages]
-            if records:
-                idle_polls = 0
-                await engine.process(records)
-                stats.records += len(records)
-                if progress is not None:
-                    progress(stats.records, max(total, stats.records))
-                continue
-            positions = [await consumer.position(tp) for tp in partitions]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
-                idle_polls += 1
-                if idle_polls >= 2:
-                    break
+        # Two batches in flight: the next one is fetched and decoded while the previous
+        # one's commit runs in Redis. Order per partition is kept by the engine's
+        # partition locks, which are first come, first served.
+        in_flight: deque[tuple[asyncio.Task[None], int]] = deque()
+
+        async def finish_oldest() -> None:
+            task, size = in_flight.popleft()
+            await task
+            stats.records += size
+            if progress is not None:
+                progress(stats.records, max(total, stats.records))
+
+        try:
+            # Stop once every partition reached the end it had when we started and a poll
+            # brings nothing more. (Some Kafka-compatible brokers report an end offset
+            # short of the last batch, so records past it are read too rather than
+            # trusted away.)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+                # aiokafka's records carry topic, partition, offset, key and value as they are
+                records = [m for messages in batches.values() for m in messages]
+                if records:
+                    idle_polls = 0
+                    in_flight.append((asyncio.ensure_future(engine.process(records)), len(records)))
+                    if len(in_flight) > 1:
+                        await finish_oldest()
+                    continue
+                while in_flight:
+                    await finish_oldest()
+                positions = [await consumer.position(tp) for tp in partitions]
+                if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
+                    idle_polls += 1
+                    if idle_polls >= 2:
+                        break
+        finally:
+            for task, _ in in_flight:
+                task.cancel()
         stats.seconds = time.perf_counter() - started
     finally:
         await consumer.stop()

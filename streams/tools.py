@@ -224,7 +224,9 @@ def _produce_file(path: str, settings: Settings) -> int:
 
 def _replay(settings: Settings) -> int:
     from streams.replay import replay
+    from streams.runtime import tune_gc
 
+    tune_gc()
     progress = Progress("replay")
     stats = asyncio.run(replay(settings, progress=progress.update))
     progress.close(stats.records)

@@ -161,6 +161,8 @@ BAD = [
     ("DESKPULSE_FIRST_RESPONSE_TARGETS", '{"urgent": "soon"}', "integer"),
     ("DESKPULSE_TOPIC_PARTITIONS", "0", "1"),
     ("DESKPULSE_BATCH_WITHIN", "0", "0"),
+    ("DESKPULSE_KAFKA_FETCH_MAX_WAIT", "0", "0"),
+    ("DESKPULSE_KAFKA_FETCH_MAX_WAIT", "soon", "number"),
     ("DESKPULSE_MAX_RECORD_BYTES", "10", "256"),
     ("DESKPULSE_KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT"),
     ("DESKPULSE_REDIS_PREFIX", "has space", "pattern"),

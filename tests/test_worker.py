@@ -472,3 +472,21 @@ def test_redelivery_to_a_new_group_changes_nothing(fast_settings: Settings, tmp_
         assert second.stop() == 0, second.describe()
     after = kpis(settings, tmp_path, "--window", "1h", "--by", "channel")
     assert after["groups"] == before["groups"]
+
+
+def test_the_consumer_fetch_wait_is_ours_not_fausts(settings: Settings) -> None:
+    """Faust hard-codes fetch_max_wait_ms=1500; the worker's consumer uses the setting."""
+    from streams.app import create_app
+
+    async def started_fetch_wait(wait_s: float) -> int:
+        app = create_app(settings.model_copy(update={"kafka_fetch_max_wait": wait_s}))
+        thread = app.consumer._new_consumer_thread()
+        consumer = thread._create_worker_consumer(app.transport)
+        await consumer.start()  # against the real broker: the fetcher is built here
+        try:
+            return int(consumer._fetcher._fetch_max_wait_ms)
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(started_fetch_wait(0.1)) == 100
+    assert asyncio.run(started_fetch_wait(2.0)) == 2000
