@@ -36,7 +36,7 @@ from exporters.catalog import CATALOG
 from models.settings import Settings, format_duration
 from streams import __version__
 from streams.core import SEP, group_document, has_samples, split_dim_key
-from streams.query import group_fields, read_window
+from streams.query import group_fields, read_windows
 from streams.store import Store, text
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
@@ -189,10 +189,10 @@ class KpiCollector(Collector):
         parts = await self.store.partitions()
         windows: list[WindowRead] = []
         per_window: list[tuple[str, dict[tuple[str, ...], dict[str, int]]]] = []
-        for width in self.settings.windows:
-            start, end, merged = await read_window(
-                self.store, width_s=width, at_s=now_s, partitions=parts
-            )
+        reads = await read_windows(
+            self.store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
+        )
+        for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
             windows.append(WindowRead(name, start, end, merged))
             per_window.append((name, group_fields(merged, DIMS)))

@@ -21,7 +21,7 @@ from exporters.prometheus import WindowRead
 from models.outputs import AlertTransition, KpiSnapshot
 from models.settings import AlertRule, Settings, parse_duration
 from streams.core import SEP
-from streams.query import DIMENSIONS, build_document, format_time, read_window
+from streams.query import DIMENSIONS, build_document, format_time, read_windows
 from streams.store import Store, text
 
 __all__ = ["evaluate_rules", "publish_snapshots", "rule_value"]
@@ -86,9 +86,11 @@ async def evaluate_rules(
     stored = await store.redis.hgetall(state_key)
     previous = {text(k): text(v) for k, v in stored.items()}
     transitions: list[tuple[str, AlertTransition]] = []
-    for rule in settings.alert_rules:
-        width = parse_duration(rule.window)
-        start_s, end_s, merged = await read_window(store, width_s=width, at_s=now_s)
+    rules = settings.alert_rules
+    reads = await read_windows(
+        store, widths_s=[parse_duration(rule.window) for rule in rules], at_s=now_s
+    )
+    for rule, (start_s, end_s, merged) in zip(rules, reads, strict=True):
         document = build_document(merged, start_s=start_s, end_s=end_s, by=rule.by)
         groups: dict[tuple[str, ...], dict[str, Any] | None] = {
             tuple(g["key"].get(d, "*") for d in DIMENSIONS): g for g in document["groups"]

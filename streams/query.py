@@ -26,6 +26,7 @@ __all__ = [
     "parse_by",
     "query_kpis",
     "read_window",
+    "read_windows",
 ]
 
 DIMENSIONS: tuple[str, ...] = ("channel", "queue", "priority")
@@ -89,14 +90,30 @@ async def read_window(
     store: Store, *, width_s: int, at_s: float, partitions: Sequence[int] | None = None
 ) -> tuple[int, int, Counter[str]]:
     """``(start, end, fields)``: the stored fields of a window summed over partitions."""
+    (window,) = await read_windows(store, widths_s=[width_s], at_s=at_s, partitions=partitions)
+    return window
+
+
+async def read_windows(
+    store: Store,
+    *,
+    widths_s: Sequence[int],
+    at_s: float,
+    partitions: Sequence[int] | None = None,
+) -> list[tuple[int, int, Counter[str]]]:
+    """:func:`read_window` for several widths ending at the same time, in one read."""
     cfg = store.config
-    start_s, end_s = window_bounds(at_s, width_s, cfg.bucket_seconds)
-    rollups, fines = cover(start_s, end_s, cfg.bucket_seconds, cfg.rollup_seconds)
-    suffixes = [f"r:{s}" for s in rollups] + [f"b:{s}" for s in fines]
+    bounds: list[tuple[int, int]] = []
+    sets: list[list[str]] = []
+    for width_s in widths_s:
+        start_s, end_s = window_bounds(at_s, width_s, cfg.bucket_seconds)
+        rollups, fines = cover(start_s, end_s, cfg.bucket_seconds, cfg.rollup_seconds)
+        bounds.append((start_s, end_s))
+        sets.append([f"r:{s}" for s in rollups] + [f"b:{s}" for s in fines])
     if partitions is None:
         partitions = await store.partitions()
-    merged = await store.read_buckets({p: suffixes for p in partitions})
-    return start_s, end_s, merged
+    sums = await store.sum_buckets(partitions, sets)
+    return [(start, end, merged) for (start, end), merged in zip(bounds, sums, strict=True)]
 
 
 def build_document(

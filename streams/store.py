@@ -55,9 +55,9 @@ __all__ = ["PartitionMeta", "Store", "text"]
 # sections each led by its item count: offsets (topic, offset), per-topic newest event
 # times (topic, ms), meta increments (field,
 # delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
-# conversations (id, newest ms, held count, breach deadline ms or ''); then the state
-# JSON of each conversation, in that order, as arguments of their own. Numbers travel as
-# strings: Lua numbers are doubles and large ones would print in exponent form.
+# conversations (id, newest ms, held count, breach deadline ms or '', state JSON as a
+# string). Numbers travel as strings: Lua numbers are doubles and large ones would print in
+# exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
 local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
@@ -69,7 +69,6 @@ if current ~= ARGV[1] then
 end
 local p = cjson.decode(ARGV[5])
 local i = 1
-local k = 6
 local n
 -- offsets (the fence) and per-topic newest event times only ever move forward
 for _, kind in ipairs({'off:', 'wm:'}) do
@@ -108,7 +107,7 @@ end
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
   local id = p[i]
-  redis.call('HSET', conv, id, ARGV[k]); k = k + 1
+  redis.call('HSET', conv, id, p[i + 4])
   redis.call('ZADD', convexp, p[i + 1], id)
   if p[i + 2] == '0' then
     redis.call('HDEL', held, id)
@@ -120,7 +119,7 @@ for _ = 1, n do
   elseif redis.call('HEXISTS', breached, id) == 0 then
     redis.call('ZADD', due, p[i + 3], id)
   end
-  i = i + 4
+  i = i + 5
 end
 redis.call('HSET', meta, 'wm', ARGV[2])
 local old = redis.call('ZRANGEBYSCORE', bidx, '-inf', ARGV[3], 'LIMIT', 0, 500)
@@ -148,6 +147,48 @@ return {1, tostring(version), orphaned}
 """
 
 
+# Sums several sets of one partition's bucket hashes (one set per window), reading each
+# hash once however many windows cover it. ARGV: the number of sets, then per set its size
+# and its key suffixes. Returns per set a flat array field, sum, field, sum, ... Sums are
+# Lua doubles, exact to 2^53 (far beyond any count or millisecond sum within retention),
+# and come back as integer replies.
+_SUM = """
+local base = KEYS[1]
+local cache = {}
+local out = {}
+local i = 2
+for w = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[i]); i = i + 1
+  local sums, order = {}, {}
+  for _ = 1, n do
+    local suffix = ARGV[i]; i = i + 1
+    local flat = cache[suffix]
+    if flat == nil then
+      flat = redis.call('HGETALL', base .. suffix)
+      cache[suffix] = flat
+    end
+    for j = 1, #flat, 2 do
+      local field = flat[j]
+      local sum = sums[field]
+      if sum == nil then
+        order[#order + 1] = field
+        sums[field] = tonumber(flat[j + 1])
+      else
+        sums[field] = sum + tonumber(flat[j + 1])
+      end
+    end
+  end
+  local reply = {}
+  for _, field in ipairs(order) do
+    reply[#reply + 1] = field
+    reply[#reply + 1] = sums[field]
+  end
+  out[w] = reply
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class PartitionMeta:
     """What a batch is folded against: the version to check, watermark and offsets."""
@@ -172,6 +213,7 @@ class Store:
         self.prefix = prefix
         self.config = config
         self._commit = redis.register_script(_COMMIT)
+        self._sum = redis.register_script(_SUM)
         self._known_partitions: set[int] = set()
 
     def base(self, partition: int) -> str:
@@ -260,7 +302,6 @@ class Store:
         for name, delta in totals:
             flat += [name, str(delta)]
         flat.append(str(len(result.states)))
-        states: list[bytes] = []
         for conv_id, state in result.states.items():
             deadline = result.deadlines.get(conv_id)
             flat += [
@@ -268,15 +309,14 @@ class Store:
                 str(state.last_ms),
                 str(result.held.get(conv_id, 0)),
                 "" if deadline is None else str(deadline),
+                state.dumps().decode(),
             ]
-            states.append(state.dumps())
         args: list[Any] = [
             expected_version,
             result.watermark_ms,
             result.watermark_ms // 1000 - cfg.retention_seconds,
             result.watermark_ms - cfg.retention_seconds * 1000,
             orjson.dumps(flat),
-            *states,
         ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
         return int(reply[0]) == 1
@@ -298,6 +338,28 @@ class Store:
         for reply in replies:
             for name, value in reply.items():
                 merged[text(name)] += int(value)
+        return merged
+
+    async def sum_buckets(
+        self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
+    ) -> list[Counter[str]]:
+        """Per set of bucket key suffixes, its fields summed over the buckets and partitions.
+
+        The summing happens in Redis, one script per partition, each bucket read once
+        however many sets name it (the 5m window's buckets are inside the 15m window's).
+        """
+        args: list[Any] = [len(sets)]
+        for suffixes in sets:
+            args += [len(suffixes), *suffixes]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                await self._sum(keys=[self.base(partition)], args=args, client=pipe)
+            replies = await pipe.execute()
+        merged: list[Counter[str]] = [Counter() for _ in sets]
+        for reply in replies:
+            for target, flat in zip(merged, reply, strict=True):
+                for j in range(0, len(flat), 2):
+                    target[text(flat[j])] += int(flat[j + 1])
         return merged
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
