@@ -242,6 +242,26 @@ def test_edge_cases(raw: bytes) -> None:
     assert_same(raw)
 
 
+@pytest.mark.parametrize("depth", [10, 63, 64, 199, 200, 201, 250, 500, 1000, 5000, 100_000])
+def test_deep_nesting_in_an_unknown_field_gets_the_same_verdict(depth: int) -> None:
+    # pydantic refuses past ~200 levels, msgspec past more (RecursionError): the schema decides
+    nested = b"[" * depth + b"]" * depth
+    assert_same(
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"2026-11-23T11:59:59Z",'
+        b'"chat_id":"c","x":' + nested + b"}",
+        now_s=None,
+    )
+
+
+def test_the_fault_suites_poison_gets_the_same_verdict() -> None:
+    # 3,000 records of the poison-pill storm (tests/test_faults.py): bytes, JSON, deep
+    # nesting, NaN, broken UTF-8, wrong types, huge values
+    from .faults_support import draw_poison
+
+    for poison in draw_poison(3000, max_record_bytes=4096):
+        assert_same(poison.record.value, now_s=None)
+
+
 def test_too_large_and_tombstones_are_rejected_alike() -> None:
     assert_same(b'{"x":"' + b"a" * 5000 + b'"}')
     assert verdict(decode_record, None, None) == ("rejected", "invalid_json")  # type: ignore[arg-type]
