@@ -226,6 +226,8 @@ class Bench:
         data = self.datasets["tp"]
         n = data["records"]
         out: dict[str, Any] = {"records": n}
+        sample = self.settings("bare", "tp")
+        out["batch"] = [str(sample.batch_size), str(sample.batch_within)]
         out["bare"] = await self.run_bare("bare", n)
         print(f"bare agent: {out['bare']['per_second']:,.0f} events/s", file=sys.stderr)
         self.live_settings = self.settings("live", "tp")

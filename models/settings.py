@@ -172,7 +172,7 @@ class Settings(BaseSettings):
 
     # Processing
     batch_size: int = Field(default=5000, ge=1, le=100_000)
-    batch_within: float = Field(default=0.25, gt=0, le=10)
+    batch_within: float = Field(default=0.1, gt=0, le=10)
     # how long the broker may hold a fetch while it has nothing new (seconds)
     kafka_fetch_max_wait: float = Field(default=0.1, gt=0, le=30)
     # fold and commit in a child process, so Faust's consumer keeps a core of its own
