@@ -147,48 +147,6 @@ return {1, tostring(version), orphaned}
 """
 
 
-# Sums several sets of one partition's bucket hashes (one set per window), reading each
-# hash once however many windows cover it. ARGV: the number of sets, then per set its size
-# and its key suffixes. Returns per set a flat array field, sum, field, sum, ... Sums are
-# Lua doubles, exact to 2^53 (far beyond any count or millisecond sum within retention),
-# and come back as integer replies.
-_SUM = """
-local base = KEYS[1]
-local cache = {}
-local out = {}
-local i = 2
-for w = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[i]); i = i + 1
-  local sums, order = {}, {}
-  for _ = 1, n do
-    local suffix = ARGV[i]; i = i + 1
-    local flat = cache[suffix]
-    if flat == nil then
-      flat = redis.call('HGETALL', base .. suffix)
-      cache[suffix] = flat
-    end
-    for j = 1, #flat, 2 do
-      local field = flat[j]
-      local sum = sums[field]
-      if sum == nil then
-        order[#order + 1] = field
-        sums[field] = tonumber(flat[j + 1])
-      else
-        sums[field] = sum + tonumber(flat[j + 1])
-      end
-    end
-  end
-  local reply = {}
-  for _, field in ipairs(order) do
-    reply[#reply + 1] = field
-    reply[#reply + 1] = sums[field]
-  end
-  out[w] = reply
-end
-return out
-"""
-
-
 @dataclass(frozen=True)
 class PartitionMeta:
     """What a batch is folded against: the version to check, watermark and offsets."""
@@ -213,7 +171,6 @@ class Store:
         self.prefix = prefix
         self.config = config
         self._commit = redis.register_script(_COMMIT)
-        self._sum = redis.register_script(_SUM)
         self._known_partitions: set[int] = set()
 
     def base(self, partition: int) -> str:
@@ -345,21 +302,29 @@ class Store:
     ) -> list[Counter[str]]:
         """Per set of bucket key suffixes, its fields summed over the buckets and partitions.
 
-        The summing happens in Redis, one script per partition, each bucket read once
-        however many sets name it (the 5m window's buckets are inside the 15m window's).
+        Each bucket is read once however many sets name it (the 5m window's buckets are
+        inside the 15m window's), in one pipeline. The sums are done here, not in a Redis
+        script: Lua adds them slower than this and would hold Redis (and every commit)
+        meanwhile.
         """
-        args: list[Any] = [len(sets)]
-        for suffixes in sets:
-            args += [len(suffixes), *suffixes]
+        unique = list(dict.fromkeys(suffix for suffixes in sets for suffix in suffixes))
         async with self.redis.pipeline(transaction=False) as pipe:
             for partition in partitions:
-                await self._sum(keys=[self.base(partition)], args=args, client=pipe)
+                base = self.base(partition)
+                for suffix in unique:
+                    pipe.hgetall(base + suffix)
             replies = await pipe.execute()
-        merged: list[Counter[str]] = [Counter() for _ in sets]
-        for reply in replies:
-            for target, flat in zip(merged, reply, strict=True):
-                for j in range(0, len(flat), 2):
-                    target[text(flat[j])] += int(flat[j + 1])
+        buckets: dict[str, Counter[str]] = {suffix: Counter() for suffix in unique}
+        for i, reply in enumerate(replies):
+            bucket = buckets[unique[i % len(unique)]]
+            for name, value in reply.items():
+                bucket[text(name)] += int(value)
+        merged: list[Counter[str]] = []
+        for suffixes in sets:
+            total: Counter[str] = Counter()
+            for suffix in suffixes:
+                total.update(buckets[suffix])
+            merged.append(total)
         return merged
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
