@@ -314,17 +314,23 @@ class Store:
                 for suffix in unique:
                     pipe.hgetall(base + suffix)
             replies = await pipe.execute()
-        buckets: dict[str, Counter[str]] = {suffix: Counter() for suffix in unique}
+        merged: list[Counter[str]] = [Counter() for _ in sets]
+        # a bucket in one set is added straight into it; one shared by several is summed
+        # once over the partitions, then added to each
+        owners: dict[str, list[Counter[str]]] = {suffix: [] for suffix in unique}
+        for suffixes, total in zip(sets, merged, strict=True):
+            for suffix in dict.fromkeys(suffixes):
+                owners[suffix].append(total)
+        shared: dict[str, Counter[str]] = {}
         for i, reply in enumerate(replies):
-            bucket = buckets[unique[i % len(unique)]]
+            suffix = unique[i % len(unique)]
+            targets = owners[suffix]
+            target = targets[0] if len(targets) == 1 else shared.setdefault(suffix, Counter())
             for name, value in reply.items():
-                bucket[text(name)] += int(value)
-        merged: list[Counter[str]] = []
-        for suffixes in sets:
-            total: Counter[str] = Counter()
-            for suffix in suffixes:
-                total.update(buckets[suffix])
-            merged.append(total)
+                target[text(name)] += int(value)
+        for suffix, bucket in shared.items():
+            for total in owners[suffix]:
+                total.update(bucket)
         return merged
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
