@@ -77,7 +77,7 @@ def _git(root: Path, *args: str) -> str:
     try:
         return subprocess.run(
             ["git", *args], cwd=root, capture_output=True, text=True, check=False
-        ).stdout.strip()
+        ).stdout.rstrip()  # not strip: porcelain lines start with a space
     except OSError:
         return ""
 
