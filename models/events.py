@@ -40,6 +40,7 @@ __all__ = [
     "TicketReplied",
     "TicketStatusChanged",
     "decode",
+    "future_timestamp",
 ]
 
 #: Every reason a record can be rejected for, with what it means.
@@ -303,12 +304,16 @@ def decode(
         # pydantic's parser takes NaN/Infinity literals, which JSON does not have
         raise RejectedEvent("invalid_json", "NaN and Infinity are not JSON")
     if now_s is not None and event.occurred_at.timestamp() > now_s + max_future_s:
-        ahead = event.occurred_at - datetime.fromtimestamp(now_s, UTC)
-        raise RejectedEvent(
-            "future_timestamp",
-            f"occurred_at is {ahead // timedelta(seconds=1)}s ahead of the clock",
-        )
+        raise future_timestamp(event.occurred_at, now_s)
     return event
+
+
+def future_timestamp(occurred_at: datetime, now_s: float) -> RejectedEvent:
+    """The rejection of an event dated too far ahead of the clock (``now_s``)."""
+    ahead = occurred_at - datetime.fromtimestamp(now_s, UTC)
+    return RejectedEvent(
+        "future_timestamp", f"occurred_at is {ahead // timedelta(seconds=1)}s ahead of the clock"
+    )
 
 
 def encode(event: BaseModel) -> bytes:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
 from models import events as schema
-from models.errors import RejectedEvent
 
 __all__ = [
     "ChatAbandoned",
@@ -273,9 +272,5 @@ def decode_record(
         return event, event_ms(event)
     t_s = event.occurred_at.timestamp()
     if now_s is not None and t_s > now_s + max_future_s:
-        ahead = event.occurred_at - datetime.fromtimestamp(now_s, UTC)
-        raise RejectedEvent(
-            "future_timestamp",
-            f"occurred_at is {ahead // timedelta(seconds=1)}s ahead of the clock",
-        )
+        raise schema.future_timestamp(event.occurred_at, now_s)
     return event, math.floor(t_s * 1000)
