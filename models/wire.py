@@ -69,6 +69,22 @@ class _Base(msgspec.Struct, tag_field="type", gc=False):
         return self.occurred_at.timestamp()
 
 
+class _TicketEvent(_Base, gc=False):
+    ticket_id: Id
+
+    @property
+    def conversation_id(self) -> str:
+        return "t:" + self.ticket_id
+
+
+class _ChatEvent(_Base, gc=False):
+    chat_id: Id
+
+    @property
+    def conversation_id(self) -> str:
+        return "c:" + self.chat_id
+
+
 def _lower(channel: str) -> str:
     lowered = channel.lower()
     if len(lowered) != len(channel):
@@ -77,9 +93,8 @@ def _lower(channel: str) -> str:
     return lowered
 
 
-class TicketCreated(_Base, tag="ticket.created", gc=False):
+class TicketCreated(_TicketEvent, tag="ticket.created", gc=False):
     type: ClassVar[str] = "ticket.created"
-    ticket_id: Id
     channel: Dimension = "other"
     queue: Dimension = "unassigned"
     priority: Priority = "normal"
@@ -88,36 +103,21 @@ class TicketCreated(_Base, tag="ticket.created", gc=False):
     def __post_init__(self) -> None:
         self.channel = _lower(self.channel)
 
-    @property
-    def conversation_id(self) -> str:
-        return "t:" + self.ticket_id
 
-
-class TicketReplied(_Base, tag="ticket.replied", gc=False):
+class TicketReplied(_TicketEvent, tag="ticket.replied", gc=False):
     type: ClassVar[str] = "ticket.replied"
-    ticket_id: Id
     author_role: Role
     public: bool = True
     agent_id: Id | None = None
 
-    @property
-    def conversation_id(self) -> str:
-        return "t:" + self.ticket_id
 
-
-class TicketStatusChanged(_Base, tag="ticket.status_changed", gc=False):
+class TicketStatusChanged(_TicketEvent, tag="ticket.status_changed", gc=False):
     type: ClassVar[str] = "ticket.status_changed"
-    ticket_id: Id
     status: Literal["new", "open", "pending", "hold", "solved", "closed"]
 
-    @property
-    def conversation_id(self) -> str:
-        return "t:" + self.ticket_id
 
-
-class ChatRequested(_Base, tag="chat.requested", gc=False):
+class ChatRequested(_ChatEvent, tag="chat.requested", gc=False):
     type: ClassVar[str] = "chat.requested"
-    chat_id: Id
     channel: Dimension = "chat"
     queue: Dimension = "unassigned"
     priority: Priority = "normal"
@@ -125,38 +125,19 @@ class ChatRequested(_Base, tag="chat.requested", gc=False):
     def __post_init__(self) -> None:
         self.channel = _lower(self.channel)
 
-    @property
-    def conversation_id(self) -> str:
-        return "c:" + self.chat_id
 
-
-class ChatAccepted(_Base, tag="chat.accepted", gc=False):
+class ChatAccepted(_ChatEvent, tag="chat.accepted", gc=False):
     type: ClassVar[str] = "chat.accepted"
-    chat_id: Id
     agent_id: Id | None = None
 
-    @property
-    def conversation_id(self) -> str:
-        return "c:" + self.chat_id
 
-
-class ChatAbandoned(_Base, tag="chat.abandoned", gc=False):
+class ChatAbandoned(_ChatEvent, tag="chat.abandoned", gc=False):
     type: ClassVar[str] = "chat.abandoned"
-    chat_id: Id
-
-    @property
-    def conversation_id(self) -> str:
-        return "c:" + self.chat_id
 
 
-class ChatEnded(_Base, tag="chat.ended", gc=False):
+class ChatEnded(_ChatEvent, tag="chat.ended", gc=False):
     type: ClassVar[str] = "chat.ended"
-    chat_id: Id
     ended_by: Role | None = None
-
-    @property
-    def conversation_id(self) -> str:
-        return "c:" + self.chat_id
 
 
 _SCORE_RANGE = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}

@@ -38,7 +38,7 @@ counts its held events as orphaned).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,20 +283,6 @@ class Store:
         members = await self.redis.smembers(f"{self.prefix}:partitions")
         return sorted(int(m) for m in members)
 
-    async def read_buckets(self, keys_by_partition: Mapping[int, Sequence[str]]) -> Counter[str]:
-        """Sum the fields of the given bucket keys (suffixes) over all partitions."""
-        merged: Counter[str] = Counter()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for partition, suffixes in keys_by_partition.items():
-                base = self.base(partition)
-                for suffix in suffixes:
-                    pipe.hgetall(base + suffix)
-            replies = await pipe.execute()
-        for reply in replies:
-            for name, value in reply.items():
-                merged[text(name)] += int(value)
-        return merged
-
     async def sum_buckets(
         self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
     ) -> list[Counter[str]]:
@@ -346,7 +332,8 @@ class Store:
 
     async def read_totals(self) -> Counter[str]:
         """The cumulative totals summed over partitions."""
-        return await self.read_buckets({p: ["tot"] for p in await self.partitions()})
+        (totals,) = await self.sum_buckets(await self.partitions(), [["tot"]])
+        return totals
 
 
 def split_field(name: str) -> tuple[str, str]:
