@@ -1,8 +1,9 @@
 """The ceiling: the worker's Faust app stripped to agents that only count what they take.
 
 Same app class (so the same Kafka fetch wait), broker options, topics, serializers and
-``take_events(batch_size, batch_within)`` as :func:`streams.app.create_app`; no decoding,
-no Redis. Every quarter second the counts go to the JSON file named by ``BENCH_BARE_OUT``:
+``noack_take(batch_size, batch_within)`` as :func:`streams.app.create_app`, and it
+acknowledges every event it takes, as the worker does once a batch is committed; no
+decoding, no Redis. Every quarter second the counts go to the JSON file named by ``BENCH_BARE_OUT``:
 events seen, when the first batch came and how big it was, when the last one came, and
 this process's CPU seconds at those moments.
 With ``BENCH_BARE_MARKERS`` set, it also notes when it first saw each record whose key
@@ -68,7 +69,9 @@ def create_bare_app(settings: Any, out_path: Path) -> faust.App:
         )
 
         async def agent(stream: Any) -> None:
-            async for events in stream.take_events(settings.batch_size, settings.batch_within):
+            async for events in stream.noack_take(settings.batch_size, settings.batch_within):
+                for event in events:
+                    await stream.ack(event)
                 now = time.time()
                 seen["count"] += len(events)
                 seen["batches"] += 1

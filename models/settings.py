@@ -173,6 +173,8 @@ class Settings(BaseSettings):
     # Processing
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     batch_within: float = Field(default=0.1, gt=0, le=10)
+    # batches an agent hands on before it waits for the oldest to be committed
+    batches_in_flight: int = Field(default=2, ge=1, le=16)
     # how long the broker may hold a fetch while it has nothing new (seconds)
     kafka_fetch_max_wait: float = Field(default=0.1, gt=0, le=30)
     # fold and commit in a child process, so Faust's consumer keeps a core of its own

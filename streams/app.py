@@ -1,8 +1,9 @@
 """The Faust application: one agent per input topic, plus web pages and timers.
 
-Agents are thin: take a batch (``stream.take_events``), hand it to the
-:class:`~streams.engine.Engine`, and let Faust acknowledge the offsets once the engine has
-committed the batch to Redis. KPI state is Redis, not Faust tables.
+Agents are thin: take a batch (``stream.noack_take``), hand it to the
+:class:`~streams.engine.Engine`, and acknowledge its events to Faust once the engine has
+committed the batch to Redis; the next batch is taken meanwhile. KPI state is Redis, not
+Faust tables.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -241,22 +243,42 @@ def create_app(settings: Settings) -> faust.App:
         await service.start()
 
     def make_agent(name: str) -> None:
+        async def apply(stream: Any, events: list[Any]) -> None:
+            try:
+                # Faust's messages carry topic, partition, offset, key and value
+                await service.process([e.message for e in events])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                # A batch that cannot be applied must not be skipped (its numbers would
+                # be lost) nor block silently: stop the worker loudly; the supervisor
+                # restarts it and it resumes at the fence.
+                log.critical("cannot apply a batch of %s: %r", name, error, exc_info=True)
+                await app.crash(error)
+                raise
+            # acknowledged only once Redis holds the batch: Kafka's committed offset never
+            # passes an event whose KPIs are not stored
+            for event in events:
+                await stream.ack(event)
+
         async def agent(stream: Any) -> None:
-            async for events in stream.take_events(settings.batch_size, settings.batch_within):
-                while not service.ready:
-                    await asyncio.sleep(0.05)
-                try:
-                    # Faust's messages carry topic, partition, offset, key and value
-                    await service.process([e.message for e in events])
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    # A batch that cannot be applied must not be skipped (its numbers would
-                    # be lost) nor block silently: stop the worker loudly; the supervisor
-                    # restarts it and it resumes at the fence.
-                    log.critical("cannot apply a batch of %s: %r", name, error, exc_info=True)
-                    await app.crash(error)
-                    raise
+            # Up to DESKPULSE_BATCHES_IN_FLIGHT batches are applied while the next is
+            # taken, so Faust keeps consuming during a commit. Per partition they commit
+            # in the order taken: the engine's partition locks are first come, first served.
+            in_flight: deque[asyncio.Future[None]] = deque()
+            try:
+                async for events in stream.noack_take(settings.batch_size, settings.batch_within):
+                    while not service.ready:
+                        await asyncio.sleep(0.05)
+                    in_flight.append(asyncio.ensure_future(apply(stream, events)))
+                    while in_flight and (
+                        len(in_flight) > settings.batches_in_flight or in_flight[0].done()
+                    ):
+                        await in_flight.popleft()
+            finally:
+                # a stopping worker lets the batches it handed on finish (or fail) first
+                if in_flight:
+                    await asyncio.gather(*in_flight, return_exceptions=True)
 
         agent.__name__ = "agent_" + name.replace(".", "_").replace("-", "_")
         agent.__qualname__ = agent.__name__
