@@ -23,9 +23,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, NamedTuple
 
-import orjson
+import msgspec
 
 from models.wire import (
     ChatAbandoned,
@@ -146,13 +147,16 @@ def split_dim_key(key: str) -> Dims:
     return (channel, queue, priority)
 
 
-@dataclass(slots=True)
-class Conversation:
+Survey = tuple[int, str, int, str | None, str | None, str | None]
+
+
+class Conversation(msgspec.Struct, array_like=True, gc=False):
     """Order-independent summary of one conversation (see the module docstring).
 
     ``opened``, ``first_reply``, ``accepted`` and ``ended`` are earliest ``(ms, event_id)``
     pairs; ``surveys`` maps survey event ids to ``(ms, kind, score, channel, queue,
-    priority)`` with ``None`` for dimensions the survey did not carry.
+    priority)`` with ``None`` for dimensions the survey did not carry. Stored in Redis as
+    the compact JSON array of these fields, in this order (:meth:`dumps`).
     """
 
     kind: str  # "t" ticket, "c" chat
@@ -161,10 +165,8 @@ class Conversation:
     first_reply: tuple[int, str] | None = None
     accepted: tuple[int, str] | None = None
     ended: tuple[int, str] | None = None
-    surveys: dict[str, tuple[int, str, int, str | None, str | None, str | None]] = field(
-        default_factory=dict
-    )
-    seen: set[str] = field(default_factory=set)
+    surveys: dict[str, Survey] = msgspec.field(default_factory=dict)
+    seen: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
 
     def pending(self) -> int:
@@ -177,40 +179,19 @@ class Conversation:
         return len(self.seen) - complete
 
     def dumps(self) -> bytes:
-        """Compact JSON for Redis."""
-        return orjson.dumps(
-            [
-                self.kind,
-                self.opened,
-                self.dims,
-                self.first_reply,
-                self.accepted,
-                self.ended,
-                self.surveys,
-                sorted(self.seen),
-                self.last_ms,
-            ]
-        )
+        """Compact JSON for Redis; sets and maps in sorted order, so equal states are equal
+        bytes whichever order their events came in."""
+        return _ENCODE(self)
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Conversation:
         """Inverse of :meth:`dumps`."""
-        kind, opened, dims, first_reply, accepted, ended, surveys, seen, last_ms = orjson.loads(raw)
+        return _DECODE(raw)
 
-        def pair(value: list[Any] | None) -> tuple[int, str] | None:
-            return None if value is None else (int(value[0]), str(value[1]))
 
-        return cls(
-            kind=kind,
-            opened=pair(opened),
-            dims=None if dims is None else (dims[0], dims[1], dims[2]),
-            first_reply=pair(first_reply),
-            accepted=pair(accepted),
-            ended=pair(ended),
-            surveys={k: (v[0], v[1], v[2], v[3], v[4], v[5]) for k, v in surveys.items()},
-            seen=set(seen),
-            last_ms=last_ms,
-        )
+# a struct without reference cycles (it holds strings, ints and tuples), so gc=False above
+_ENCODE = msgspec.json.Encoder(order="deterministic").encode
+_DECODE = msgspec.json.Decoder(Conversation).decode
 
 
 def _earliest(current: tuple[int, str] | None, candidate: tuple[int, str]) -> tuple[int, str]:
@@ -252,25 +233,46 @@ def fold(state: Conversation, event: WireEvent, at_ms: int | None = None) -> boo
 
 def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]:
     """Every KPI sample this conversation contributes, as a pure function of its state."""
+    return _contributions(
+        state.kind,
+        state.opened,
+        state.dims,
+        state.first_reply,
+        state.accepted,
+        state.ended,
+        state.surveys.values(),
+        config,
+    )
+
+
+def _contributions(
+    kind: str,
+    opened: tuple[int, str] | None,
+    dims: Dims | None,
+    first_reply: tuple[int, str] | None,
+    accepted: tuple[int, str] | None,
+    ended: tuple[int, str] | None,
+    surveys: Iterable[Survey],
+    config: CoreConfig,
+) -> list[Contribution]:
     out: list[Contribution] = []
-    dims = state.dims
-    if state.opened is not None and dims is not None:
-        opened_ms = state.opened[0]
-        if state.kind == "t":
+    if opened is not None and dims is not None:
+        opened_ms = opened[0]
+        if kind == "t":
             out.append((opened_ms, dims, "tc", 1))
-            if state.first_reply is not None:
-                reply_ms = state.first_reply[0]
+            if first_reply is not None:
+                reply_ms = first_reply[0]
                 frt_ms = max(0, reply_ms - opened_ms)
                 target_ms = config.first_response_targets_s[dims[2]] * 1000
                 out.append((reply_ms, dims, "fr", 1))
                 out.append((reply_ms, dims, "fr_ms", frt_ms))
                 out.append((reply_ms, dims, "fr_in", int(frt_ms <= target_ms)))
-                out.append((reply_ms, dims, f"fr_sk:{sketch.index_of(frt_ms / 1000)}", 1))
+                out.append((reply_ms, dims, _FR_SK[sketch.index_of(frt_ms / 1000)], 1))
                 bound = _histogram_bound(frt_ms, config.histogram_bounds_s)
-                out.append((reply_ms, dims, f"frh:{bound}", 1))
+                out.append((reply_ms, dims, "frh:" + bound, 1))
         else:
             out.append((opened_ms, dims, "cr", 1))
-            outcome = _chat_outcome(state)
+            outcome = _chat_outcome(accepted, ended)
             if outcome is not None:
                 answered, outcome_ms = outcome
                 wait_ms = max(0, outcome_ms - opened_ms)
@@ -279,13 +281,13 @@ def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]
                     out.append((outcome_ms, dims, "ca", 1))
                     out.append((outcome_ms, dims, "ca_in", int(in_target)))
                     out.append((outcome_ms, dims, "ca_ms", wait_ms))
-                    out.append((outcome_ms, dims, f"cw_sk:{sketch.index_of(wait_ms / 1000)}", 1))
+                    out.append((outcome_ms, dims, _CW_SK[sketch.index_of(wait_ms / 1000)], 1))
                 elif config.short_abandon_s > 0 and wait_ms < config.short_abandon_s * 1000:
                     out.append((outcome_ms, dims, "cs", 1))
                 else:
                     out.append((outcome_ms, dims, "cab", 1))
-    for at_ms, kind, score, channel, queue, priority in state.surveys.values():
-        if None in (channel, queue, priority):
+    for at_ms, survey_kind, score, channel, queue, priority in surveys:
+        if channel is None or queue is None or priority is None:
             if dims is None:
                 continue  # held until the rated conversation's opener arrives
             channel, queue, priority = (
@@ -293,9 +295,44 @@ def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]
                 queue or dims[1],
                 priority or dims[2],
             )
-        group: Dims = (str(channel), str(queue), str(priority))
-        out.extend(_survey_fields(at_ms, group, kind, score))
+        out.extend(_survey_fields(at_ms, (channel, queue, priority), survey_kind, score))
     return out
+
+
+class _FieldNames(dict[int, str]):
+    """``prefix + index`` for sketch indexes, made once per index (a hot-path f-string)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, index: int) -> str:
+        name = self[index] = f"{self.prefix}{index}"
+        return name
+
+
+_FR_SK = _FieldNames("fr_sk:")
+_CW_SK = _FieldNames("cw_sk:")
+
+_TO_TOTALS, _TO_BUCKETS = 1, 2
+
+
+class _Routes(dict[str, int]):
+    """Where a field goes: sketch counts only to time buckets, histogram counts only to
+    the cumulative totals, every other field to both (looked up once per field name)."""
+
+    def __missing__(self, name: str) -> int:
+        if "_sk:" in name:
+            route = _TO_BUCKETS
+        elif name.startswith("frh:"):
+            route = _TO_TOTALS
+        else:
+            route = _TO_TOTALS | _TO_BUCKETS
+        self[name] = route
+        return route
+
+
+_ROUTES = _Routes()
 
 
 def _histogram_bound(duration_ms: int, bounds_s: Sequence[int]) -> str:
@@ -320,9 +357,10 @@ def breach_deadline(state: Conversation, config: CoreConfig) -> int | None:
     return deadline_ms
 
 
-def _chat_outcome(state: Conversation) -> tuple[bool, int] | None:
+def _chat_outcome(
+    accepted: tuple[int, str] | None, ended: tuple[int, str] | None
+) -> tuple[bool, int] | None:
     """``(answered, at_ms)`` from the earliest completing event; a tie goes to the accept."""
-    accepted, ended = state.accepted, state.ended
     if accepted is not None and (ended is None or accepted[0] <= ended[0]):
         return True, accepted[0]
     if ended is not None:
@@ -378,6 +416,31 @@ class BatchResult:
     watermark_ms: int = 0
     topic_watermarks: dict[str, int] = field(default_factory=dict)
     applied: int = 0
+    #: records past the fence by (topic, event type): applied, duplicate or late alike
+    fresh: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+_KpiInputs = tuple[
+    tuple[int, str] | None,
+    Dims | None,
+    tuple[int, str] | None,
+    tuple[int, str] | None,
+    tuple[int, str] | None,
+    int,
+]
+
+
+def _kpi_inputs(state: Conversation) -> _KpiInputs:
+    """Everything :func:`contributions` reads of a state (its kind never changes, and the
+    surveys only gain entries, so their count stands for them)."""
+    return (
+        state.opened,
+        state.dims,
+        state.first_reply,
+        state.accepted,
+        state.ended,
+        len(state.surveys),
+    )
 
 
 def fold_batch(
@@ -396,13 +459,15 @@ def fold_batch(
     duplicate. Counters: ``dup:<topic>``, ``late:<topic>``.
     """
     result = BatchResult(watermark_ms=watermark_ms)
-    offsets, topic_watermarks = result.offsets, result.topic_watermarks
+    offsets, topic_watermarks, fresh = result.offsets, result.topic_watermarks, result.fresh
     items: list[Pending] = []
     for item in pending:
         topic, offset, ms = item.topic, item.offset, item.ms
         if offset <= applied_offsets.get(topic, -1):
             continue
         items.append(item)
+        kind = (topic, item.event.type)
+        fresh[kind] = fresh.get(kind, 0) + 1
         if offset > offsets.get(topic, -1):
             offsets[topic] = offset
         # per topic too: breach detection follows the tickets topic alone
@@ -414,9 +479,10 @@ def fold_batch(
     result.watermark_ms = max(watermark_ms, *topic_watermarks.values())
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
 
-    # conversations touched: state, and (for stored ones) contributions and held count before
+    # conversations touched: state, and for stored ones what their KPIs depend on (and the
+    # held count) before the batch
     working: dict[str, Conversation] = {}
-    before: dict[str, tuple[list[Contribution], int]] = {}
+    before: dict[str, tuple[_KpiInputs, int]] = {}
     counters = result.counters
     for event, topic, _, ms in items:
         if ms < cutoff_ms:
@@ -430,7 +496,7 @@ def fold_batch(
                 state = Conversation(kind=conv_id[0])
             else:
                 state = stored
-                before[conv_id] = (contributions(state, config), state.pending())
+                before[conv_id] = (_kpi_inputs(state), state.pending())
             working[conv_id] = state
         if fold(state, event, ms):
             result.applied += 1
@@ -445,23 +511,38 @@ def fold_batch(
     targets: dict[int, tuple[dict[str, int], dict[str, int]] | None] = {}
     held_delta = 0
     for conv_id, state in working.items():
-        after = contributions(state, config)
         previous = before.get(conv_id)
         changes: Iterable[Contribution]
         if previous is None:
-            changes = after  # a new conversation: nothing to take back
+            changes = contributions(state, config)  # a new conversation: nothing to take back
             held_before = 0
-        elif previous[0] == after:
-            changes = ()  # most events (a customer reply, a status change) move no KPI
-            held_before = previous[1]
         else:
-            delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
-            for at_ms, dims, name, value in after:
-                delta[(at_ms, dims, name)] += value
-            for at_ms, dims, name, value in previous[0]:
-                delta[(at_ms, dims, name)] -= value
-            changes = [(at, dims, name, value) for (at, dims, name), value in delta.items()]
-            held_before = previous[1]
+            inputs, held_before = previous
+            if inputs == _kpi_inputs(state):
+                changes = ()  # most events (a customer reply, a status change) move no KPI
+            else:
+                opened, dims_before, first_reply, accepted, ended, surveys_before = inputs
+                # surveys only ever gain entries, at the end: the first ones are the old
+                old = _contributions(
+                    state.kind,
+                    opened,
+                    dims_before,
+                    first_reply,
+                    accepted,
+                    ended,
+                    islice(state.surveys.values(), surveys_before),
+                    config,
+                )
+                new = contributions(state, config)
+                if new == old:
+                    changes = ()  # e.g. a chat ending after it was answered
+                else:
+                    delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
+                    for at_ms, dims, name, value in new:
+                        delta[(at_ms, dims, name)] += value
+                    for at_ms, dims, name, value in old:
+                        delta[(at_ms, dims, name)] -= value
+                    changes = [(at, dims, name, value) for (at, dims, name), value in delta.items()]
         for at_ms, dims, name, value in changes:
             if value == 0:
                 continue
@@ -469,9 +550,10 @@ def fold_batch(
             if prefix is None:
                 prefix = prefixes[dims] = SEP.join(dims) + SEP
             key = prefix + name
-            if "_sk:" not in name:
+            route = _ROUTES[name]
+            if route & _TO_TOTALS:
                 totals[key] += value
-            if name.startswith("frh:"):
+            if not route & _TO_BUCKETS:
                 continue  # histogram counts are cumulative only
             if at_ms in targets:
                 target = targets[at_ms]

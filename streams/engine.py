@@ -256,16 +256,9 @@ class Engine:
                 break
             log.info("partition %d moved under this batch; folding it again", partition)
         self.metrics.flushed(time.perf_counter() - started, size)
-        fresh = [p for p in pending if p.offset > meta.offsets.get(p.topic, -1)]
-        counts: dict[tuple[str, str], int] = defaultdict(int)
-        newest: dict[str, int] = {}
-        for item in fresh:
-            counts[(item.topic, item.event.type)] += 1
-            if item.ms > newest.get(item.topic, -1):
-                newest[item.topic] = item.ms
-        for (topic, event_type), count in counts.items():
+        for (topic, event_type), count in result.fresh.items():
             self.metrics.processed(topic, event_type, count)
-        for topic, ms in newest.items():
+        for topic, ms in result.topic_watermarks.items():
             self.metrics.event_time(topic, ms / 1000)
         reasons: dict[tuple[str, str], int] = defaultdict(int)
         for record, rejection in fresh_rejects:
