@@ -300,24 +300,31 @@ class Store:
                 for suffix in unique:
                     pipe.hgetall(base + suffix)
             replies = await pipe.execute()
-        merged: list[Counter[str]] = [Counter() for _ in sets]
+        # Sums are keyed by the raw field names and decoded once at the end: a 24 h read
+        # adds up hundreds of thousands of fields but only thousands of distinct ones.
+        merged: list[dict[bytes | str, int]] = [{} for _ in sets]
         # a bucket in one set is added straight into it; one shared by several is summed
         # once over the partitions, then added to each
-        owners: dict[str, list[Counter[str]]] = {suffix: [] for suffix in unique}
+        owners: dict[str, list[dict[bytes | str, int]]] = {suffix: [] for suffix in unique}
         for suffixes, total in zip(sets, merged, strict=True):
             for suffix in dict.fromkeys(suffixes):
                 owners[suffix].append(total)
-        shared: dict[str, Counter[str]] = {}
+        shared: dict[str, dict[bytes | str, int]] = {}
         for i, reply in enumerate(replies):
+            if not reply:
+                continue
             suffix = unique[i % len(unique)]
             targets = owners[suffix]
-            target = targets[0] if len(targets) == 1 else shared.setdefault(suffix, Counter())
+            target = targets[0] if len(targets) == 1 else shared.setdefault(suffix, {})
+            get = target.get
             for name, value in reply.items():
-                target[text(name)] += int(value)
+                target[name] = get(name, 0) + int(value)
         for suffix, bucket in shared.items():
             for total in owners[suffix]:
-                total.update(bucket)
-        return merged
+                get = total.get
+                for name, value in bucket.items():
+                    total[name] = get(name, 0) + value
+        return [Counter({text(name): value for name, value in m.items()}) for m in merged]
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
         """Every partition's meta hash (for health metrics)."""
