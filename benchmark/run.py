@@ -81,7 +81,7 @@ BUDGET_KPIS_S = 0.200
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
 
 SECTIONS = ("throughput", "freshness", "scrape", "kpis", "soak")
-#: the worker's optional engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
+#: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
 
 
@@ -96,6 +96,7 @@ def _env_float(name: str, default: float) -> float:
 @dataclass
 class Config:
     records: int = field(default_factory=lambda: _env_int("BENCH_RECORDS", 300_000))
+    trials: int = field(default_factory=lambda: max(1, _env_int("BENCH_TRIALS", 3)))
     freshness_s: float = field(default_factory=lambda: _env_float("BENCH_FRESHNESS_SECONDS", 45))
     freshness_rate: float = field(default_factory=lambda: _env_float("BENCH_FRESHNESS_RATE", 5000))
     marker_rate: float = field(default_factory=lambda: _env_float("BENCH_MARKER_RATE", 20))
@@ -127,6 +128,12 @@ class Config:
 
     def knobs(self) -> dict[str, str]:
         return {k: v for k, v in sorted(os.environ.items()) if k.startswith("BENCH_")}
+
+
+def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda r: r["per_second"])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -222,36 +229,60 @@ class Bench:
     # -- 1. throughput -------------------------------------------------------------------
 
     async def section_throughput(self) -> dict[str, Any]:
+        """Every contender once per trial, the order rotated from trial to trial: the host's
+        speed drifts over minutes, and medians of interleaved runs keep that drift out of
+        the ratios (one run after another would charge it to whichever ran later)."""
         cfg = self.config
         data = self.datasets["tp"]
         n = data["records"]
-        out: dict[str, Any] = {"records": n}
+        out: dict[str, Any] = {"records": n, "trials": cfg.trials}
         sample = self.settings("bare", "tp")
         out["batch"] = [str(sample.batch_size), str(sample.batch_within)]
-        out["bare"] = await self.run_bare("bare", n)
-        print(f"bare agent: {out['bare']['per_second']:,.0f} events/s", file=sys.stderr)
-        self.live_settings = self.settings("live", "tp")
-        live = await self.run_live("live", self.live_settings, n, keep=False)
-        out["live"] = live
-        print(f"live worker: {live['per_second']:,.0f} events/s", file=sys.stderr)
-        out["live_ratio"] = live["per_second"] / out["bare"]["per_second"]
-        if OFFLOAD:  # the optional engine process, same data, its own group and prefix
-            offload = await self.run_live(
-                "live-offload",
-                self.settings("live-offload", "tp", engine_process=True),
-                n,
-                keep=False,
+
+        async def bare(t: int) -> dict[str, Any]:
+            return await self.run_bare(f"bare-{t}", n)
+
+        async def live(t: int) -> dict[str, Any]:
+            run = await self.run_live(f"live-{t}", self.settings(f"live-{t}", "tp"), n, keep=False)
+            run["prefix"] = f"bench-live-{t}"
+            return run
+
+        async def offload(t: int) -> dict[str, Any]:
+            settings = self.settings(f"offload-{t}", "tp", engine_process=True)
+            return await self.run_live(f"offload-{t}", settings, n, keep=False)
+
+        async def replay(t: int) -> dict[str, Any]:
+            run = await self.run_replay(f"replay-{t}", self.settings(f"replay-{t}", "tp"), n)
+            run["prefix"] = f"bench-replay-{t}"
+            return run
+
+        contenders: dict[str, Callable[[int], Any]] = {"bare": bare, "live": live}
+        if OFFLOAD:
+            contenders["live_offload"] = offload
+        contenders["replay"] = replay
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+        names = list(contenders)
+        for t in range(cfg.trials):
+            for name in names[t % len(names) :] + names[: t % len(names)]:
+                run = await contenders[name](t)
+                run["trial"] = t
+                runs[name].append(run)
+                print(f"trial {t + 1}, {name}: {run['per_second']:,.0f} events/s", file=sys.stderr)
+        out["runs"] = {name: [r["per_second"] for r in rs] for name, rs in runs.items()}
+        for name, rs in runs.items():
+            out[name] = median_run(rs)
+        out["live_ratio"] = out["live"]["per_second"] / out["bare"]["per_second"]
+        out["live_ratios"] = [
+            lv["per_second"] / bv["per_second"]
+            for lv, bv in zip(runs["live"], runs["bare"], strict=True)
+        ]
+        if "live_offload" in out:
+            out["live_offload_ratio"] = (
+                out["live_offload"]["per_second"] / out["bare"]["per_second"]
             )
-            out["live_offload"] = offload
-            out["live_offload_ratio"] = offload["per_second"] / out["bare"]["per_second"]
-            print(
-                f"live worker, engine process: {offload['per_second']:,.0f} events/s",
-                file=sys.stderr,
-            )
-        replay_settings = self.settings("replay", "tp")
-        out["replay"] = await self.run_replay("replay", replay_settings, n)
-        print(f"replay: {out['replay']['per_second']:,.0f} events/s", file=sys.stderr)
-        out["identical"] = await self.compare(self.live_settings, replay_settings, data)
+        live_settings = self.settings(f"live-{out['live']['trial']}", "tp")
+        replay_settings = self.settings(f"replay-{out['replay']['trial']}", "tp")
+        out["identical"] = await self.compare(live_settings, replay_settings, data)
         missed_live = out["live_ratio"] < BUDGET_LIVE_RATIO
         missed_replay = out["replay"]["per_second"] < BUDGET_REPLAY_PER_S
         if cfg.wants_profile(missed_live):
@@ -649,7 +680,8 @@ class Bench:
         scrapes: list[float] = []
         flush_before = await asyncio.to_thread(_flush_stats, settings) if scrape else None
         worker_pid = worker.pid if worker is not None else os.getpid()
-        cpu_start = (time.time(), tree_cpu_s(worker_pid), *self.cpu_of(self.broker))
+        # taken once the traffic's first status shows it sending (it simulates first)
+        cpu_start: tuple[float, ...] | None = None
         next_scrape = time.monotonic() + 2
         next_sweep = time.monotonic() + 1
         next_sample = time.monotonic()
@@ -658,12 +690,23 @@ class Bench:
         while True:
             now = time.monotonic()
             finished = not traffic.running
+            if cpu_start is None and (status_path.exists() or finished):
+                cpu_start = (time.time(), tree_cpu_s(worker_pid), *self.cpu_of(self.broker))
+                bench_cpu_start = time.process_time()
             if finished and done_at is None:
                 done_at = now
                 cpu_end = (time.time(), tree_cpu_s(worker_pid), *self.cpu_of(self.broker))
-            window = [i for i in range(low, low + 128) if i not in seen]
+                bench_cpu_end = time.process_time()
+            # only markers that can have been sent by now: polling costs CPU the worker
+            # shares (the traffic's first status comes when it starts sending)
+            sent_by_now = (
+                0
+                if cpu_start is None
+                else min(expected, int((time.time() - cpu_start[0] + 1) * marker_rate) + 2)
+            )
+            window = [i for i in range(low, min(low + 64, sent_by_now)) if i not in seen]
             if now >= next_sweep:  # a marker that never shows must not hide later ones
-                window = [i for i in range(low, expected) if i not in seen]
+                window = [i for i in range(low, sent_by_now) if i not in seen]
                 next_sweep = now + 1
             if window and poll is not None:
                 seen.update(await poll(window))
@@ -701,6 +744,7 @@ class Bench:
         sent = _read_markers(markers_path)
         latencies = [seen[m["i"]] - m["sent"] for m in sent if m["i"] in seen]
         acks = [m["acked"] - m["sent"] for m in sent if "acked" in m]
+        assert cpu_start is not None
         elapsed = cpu_end[0] - cpu_start[0]
         result: dict[str, Any] = {
             "rate": rate,
@@ -714,6 +758,9 @@ class Bench:
             "ack": spread(acks) if acks else None,
             "worker_cores": (cpu_end[1] - cpu_start[1]) / max(elapsed, 1e-9),
             "broker_cores": (cpu_end[2] - cpu_start[2]) / max(elapsed, 1e-9),
+            "producer_cores": (status.get("cpu_s") or 0.0)
+            / max(status.get("elapsed_s") or 1, 1e-9),
+            "poller_cores": (bench_cpu_end - bench_cpu_start) / max(elapsed, 1e-9),
         }
         if scrapes:
             result["scrape_under_load"] = spread(scrapes)
