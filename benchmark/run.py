@@ -85,6 +85,12 @@ SECTIONS = ("throughput", "freshness", "scrape", "kpis", "soak")
 OFFLOAD = "engine_process" in Settings.model_fields
 
 
+def engine_modes(settings: Settings) -> tuple[bool, bool]:
+    """Whether the default worker runs the engine process, and the other mode to compare."""
+    used = bool(getattr(settings, "uses_engine_process", getattr(settings, "engine_process", 0)))
+    return used, not used
+
+
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
@@ -247,9 +253,14 @@ class Bench:
             run["prefix"] = f"bench-live-{t}"
             return run
 
-        async def offload(t: int) -> dict[str, Any]:
-            settings = self.settings(f"offload-{t}", "tp", engine_process=True)
-            return await self.run_live(f"offload-{t}", settings, n, keep=False)
+        used, other = engine_modes(sample)
+        out["engine_process"] = str(getattr(sample, "engine_process", False))
+        out["engine_process_used"] = used
+        out["alt_engine_process"] = other
+
+        async def alt(t: int) -> dict[str, Any]:
+            settings = self.settings(f"alt-{t}", "tp", engine_process=other)
+            return await self.run_live(f"alt-{t}", settings, n, keep=False)
 
         async def replay(t: int) -> dict[str, Any]:
             run = await self.run_replay(f"replay-{t}", self.settings(f"replay-{t}", "tp"), n)
@@ -258,7 +269,7 @@ class Bench:
 
         contenders: dict[str, Callable[[int], Any]] = {"bare": bare, "live": live}
         if OFFLOAD:
-            contenders["live_offload"] = offload
+            contenders["live_alt"] = alt
         contenders["replay"] = replay
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         names = list(contenders)
@@ -276,10 +287,8 @@ class Bench:
             lv["per_second"] / bv["per_second"]
             for lv, bv in zip(runs["live"], runs["bare"], strict=True)
         ]
-        if "live_offload" in out:
-            out["live_offload_ratio"] = (
-                out["live_offload"]["per_second"] / out["bare"]["per_second"]
-            )
+        if "live_alt" in out:
+            out["live_alt_ratio"] = out["live_alt"]["per_second"] / out["bare"]["per_second"]
         live_settings = self.settings(f"live-{out['live']['trial']}", "tp")
         replay_settings = self.settings(f"replay-{out['replay']['trial']}", "tp")
         out["identical"] = await self.compare(live_settings, replay_settings, data)
@@ -495,12 +504,16 @@ class Bench:
                 ).get("profile")
         finally:
             self.procs.stop(proc)  # the others must not share the CPU with it
-        if OFFLOAD:
-            settings = self.settings("fresh-offload", "fresh-offload", engine_process=True)
-            proc = self.procs.worker("fresh-offload", settings)
+        used, other = engine_modes(settings)
+        out["engine_process"] = str(getattr(settings, "engine_process", False))
+        out["engine_process_used"] = used
+        out["alt_engine_process"] = other
+        if OFFLOAD:  # the other engine mode, on its own topics
+            settings = self.settings("fresh-alt", "fresh-alt", engine_process=other)
+            proc = self.procs.worker("fresh-alt", settings)
             try:
                 await self.warm_up(proc, settings)
-                out["offload"] = await self.run_traffic(
+                out["alt"] = await self.run_traffic(
                     "ofr",
                     proc,
                     settings,

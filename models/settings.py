@@ -8,6 +8,7 @@ naming the setting, e.g. ``DESKPULSE_WEB_PORT: input should be a valid integer (
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_FIRST_RESPONSE_TARGETS",
     "AlertRule",
     "Settings",
+    "available_cpus",
     "format_duration",
     "load_settings",
     "parse_duration",
@@ -177,8 +179,9 @@ class Settings(BaseSettings):
     batches_in_flight: int = Field(default=2, ge=1, le=16)
     # how long the broker may hold a fetch while it has nothing new (seconds)
     kafka_fetch_max_wait: float = Field(default=0.1, gt=0, le=30)
-    # fold and commit in a child process, so Faust's consumer keeps a core of its own
-    engine_process: bool = False
+    # fold and commit in a child process, so Faust's consumer keeps a core of its own;
+    # "auto": when this process may use two CPUs or more (see available_cpus)
+    engine_process: bool | Literal["auto"] = "auto"
 
     # Web and exporters
     web_host: str = "127.0.0.1"
@@ -221,6 +224,20 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("must be at least 1s")
         return value
+
+    @field_validator("engine_process", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> bool | str:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be true, false or auto")
 
     @field_validator("windows", mode="before")
     @classmethod
@@ -265,6 +282,33 @@ class Settings(BaseSettings):
     @property
     def input_topics(self) -> tuple[str, str, str]:
         return (self.topic_tickets, self.topic_chats, self.topic_surveys)
+
+    @property
+    def uses_engine_process(self) -> bool:
+        """``engine_process`` resolved: ``auto`` means yes with two CPUs or more."""
+        if self.engine_process == "auto":
+            return available_cpus() >= 2
+        return bool(self.engine_process)
+
+
+def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    A container limited to one CPU by its runtime (``cpu.max`` of ``100000 100000``) still
+    sees every host CPU in its affinity mask; the quota is what it gets.
+    """
+    try:
+        cpus: float = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        with open(f"{cgroup_root}/cpu.max", encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota != "max" and int(period) > 0:
+        cpus = min(cpus, int(quota) / int(period))
+    return cpus
 
 
 def _one_line(error: ValidationError) -> tuple[str, str]:

@@ -62,7 +62,7 @@ class Service:
         self.registry, self.metrics, self.collector = build_registry(settings, self.store)
         self.publisher = KafkaPublisher(settings)
         self.engine = Engine(settings, self.store, self.publisher, self.metrics)
-        self.offload = EngineProcess(settings) if settings.engine_process else None
+        self.offload = EngineProcess(settings) if settings.uses_engine_process else None
         self.ready = False
 
     async def process(self, records: Iterable[Record]) -> None:
@@ -71,6 +71,24 @@ class Service:
             await self.offload.process(records, self.metrics)
         else:
             await self.engine.process(records)
+
+    async def refresh_metrics(self) -> None:
+        """Rebuild the KPI snapshot that ``/metrics`` serves (in the engine process if any)."""
+        if self.offload is None:
+            await self.collector.refresh()
+            return
+        exposition, refreshed_at = await self.offload.refresh()
+        self.collector.exposition = exposition
+        self.collector.refreshed_at = refreshed_at
+
+    async def publish_outputs(self) -> None:
+        """KPI snapshots of the last refresh to the KPI topic; alert rules evaluated."""
+        if self.offload is not None:
+            await self.offload.publish_outputs()
+            return
+        if self.collector.windows:
+            await publish_snapshots(self.collector.windows, self.publisher, self.settings)
+        await evaluate_rules(self.store, self.publisher, self.settings)
 
     async def check_breaches(self, clocks: dict[int, int]) -> int:
         """Claim and publish due SLA breaches (partition -> detection clock, ms)."""
@@ -106,7 +124,7 @@ class Service:
             on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
         )
         if self.offload is not None:
-            self.offload.start()
+            await self.offload.start()
         self.ready = True
 
     async def stop(self) -> None:
@@ -224,6 +242,10 @@ def create_app(settings: Settings) -> faust.App:
     )
     service = Service(settings)
     app.deskpulse = service  # type: ignore[attr-defined]
+    if service.offload is not None:
+        # an engine process that dies takes the worker with it: the supervisor restarts
+        # both, and they resume at the fence (nothing is acknowledged that it did not commit)
+        service.offload.on_gone = lambda error: asyncio.ensure_future(app.crash(error))
 
     topics = {
         name: app.topic(
@@ -292,7 +314,7 @@ def create_app(settings: Settings) -> faust.App:
         if not service.ready:
             return
         try:
-            await service.collector.refresh()
+            await service.refresh_metrics()
             service.metrics.redis_up(True)
         except Exception as error:
             service.metrics.redis_up(False)
@@ -335,11 +357,10 @@ def create_app(settings: Settings) -> faust.App:
         interval=float(settings.snapshot_interval), on_leader=True
     )
     async def _publish_outputs() -> None:
-        if not service.ready or not service.collector.windows:
+        if not service.ready:
             return
         try:
-            await publish_snapshots(service.collector.windows, service.publisher, settings)
-            await evaluate_rules(service.store, service.publisher, settings)
+            await service.publish_outputs()
         except Exception as error:
             log.warning("publishing KPI snapshots or alerts failed: %s", error)
 

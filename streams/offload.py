@@ -1,36 +1,60 @@
 """The engine in a child process, so Faust's consumer and the fold use both cores.
 
-Measured on this project's 2-core machines, a Faust agent that decodes, folds and commits
-in its own event loop reaches about two thirds of a bare agent's throughput: the fold
-costs about as much CPU per event as Faust's own bookkeeping, and both want the same
-core. With the engine in a child process, the agent hands each batch over (raw bytes,
-pickled), keeps consuming into its buffer while the child folds and commits, and
-acknowledges the batch only when the child reports it committed — the exactly-once
-argument is unchanged: nothing is acknowledged before Redis holds it.
+A Faust agent that decodes, folds and commits in its own event loop shares one core
+between Faust's per-event bookkeeping and the engine. With ``DESKPULSE_ENGINE_PROCESS``
+the worker starts ``python -m streams.offload`` and talks to it over its stdin and stdout
+with length-prefixed frames, from the worker's event loop: no executor threads in the
+worker (they would contend with Faust for the interpreter lock). Each batch travels as
+columns of raw record bytes; the child decodes, folds and commits it with the same
+:class:`~streams.engine.Engine` and answers with the pipeline counters the worker exports.
+The agent acknowledges a batch only once the child reports it committed, so the
+exactly-once argument is unchanged: nothing is acknowledged before Redis holds it.
 
-Breach checks run in the child too, so they are serialised with the batches of the
-partitions they read, as in-process they are by the partition locks.
+The KPI snapshot is built there too: the worker asks for a refresh on its timer and gets
+the rendered exposition back for ``/metrics``, and the group leader asks the child to
+publish the KPI snapshots and evaluate the alert rules. Those run beside the batches (the
+build and render in a thread of the child), never in the worker's event loop.
+
+Batches and breach checks are applied in the order sent, one at a time; batches that
+queue up meanwhile (one per agent) travel together in the next request. Breach checks are
+so serialised with the batches of the partitions they read, as in-process they are by the
+partition locks. The child ignores SIGINT and SIGTERM (the worker stops it after the
+batch in flight) and exits when its stdin closes; if it dies, the batch in flight fails
+and the worker stops loudly, to be restarted at the offset fence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import multiprocessing
+import os
+import pickle
+import struct
+import subprocess
+import sys
 from collections import defaultdict
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, BinaryIO
+
+import msgspec
 
 from models.settings import Settings
 from streams.engine import Record, SourceRecord
 
-__all__ = ["EngineProcess", "RecordingMetrics"]
-
-Row = tuple[str, int, int, bytes | None, bytes | None]
+__all__ = ["EngineProcess", "EngineProcessError", "RecordingMetrics"]
 
 log = logging.getLogger("deskpulse.offload")
+
+_HEADER = struct.Struct(">I")
+_ENCODE = msgspec.msgpack.Encoder().encode
+_DECODE = msgspec.msgpack.Decoder().decode
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed a request, or is gone."""
 
 
 @dataclass
@@ -71,14 +95,185 @@ class RecordingMetrics:
         if self.redis_state is not None:
             metrics.redis_up(self.redis_state)
 
+    def to_wire(self) -> list[Any]:
+        return [
+            [[t, e, n] for (t, e), n in self.processed_counts.items()],
+            [[t, r, n] for (t, r), n in self.rejected_counts.items()],
+            [list(f) for f in self.flushes],
+            self.event_times,
+            self.redis_state,
+        ]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> RecordingMetrics:
+        processed, rejected, flushes, event_times, redis_state = data
+        out = cls()
+        for topic, event_type, count in processed:
+            out.processed_counts[(topic, event_type)] += count
+        for topic, reason, count in rejected:
+            out.rejected_counts[(topic, reason)] += count
+        out.flushes = [(float(s), int(n)) for s, n in flushes]
+        out.event_times = dict(event_times)
+        out.redis_state = redis_state
+        return out
+
+
+# --- frames ------------------------------------------------------------------------------
+
+
+async def _read_frame_async(reader: asyncio.StreamReader) -> bytes | None:
+    """One frame from an asyncio stream; ``None`` at end of stream."""
+    try:
+        (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        return None
+
+
+def _frame(body: bytes) -> bytes:
+    return _HEADER.pack(len(body)) + body
+
+
+async def _pipes(
+    read_from: Any, write_to: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams over a pair of pipe file objects."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_from)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, write_to)
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
 
 # --- the child ---------------------------------------------------------------------------
 
-_CHILD: dict[str, Any] = {}
+
+class _Child:
+    """The child's side: the engine, a KPI collector, and the requests they answer."""
+
+    def __init__(self, settings: Settings, writer: asyncio.StreamWriter) -> None:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        from exporters.kafka import KafkaPublisher
+        from exporters.prometheus import KpiCollector
+        from streams.core import CoreConfig
+        from streams.engine import Engine
+        from streams.store import Store
+
+        self.settings = settings
+        self.writer = writer
+        self.redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
+        self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        self.publisher = KafkaPublisher(settings)
+        self.engine = Engine(settings, self.store, self.publisher, RecordingMetrics())
+        self.collector = KpiCollector(self.store, settings)
+        # batches and breach checks in the order they came; the rest beside them
+        self.ordered: asyncio.Queue[list[Any] | None] = asyncio.Queue()
+
+    def reply(self, request_id: int, status: str, body: Any) -> None:
+        self.writer.write(_frame(_ENCODE([request_id, status, body])))
+
+    async def run(self, reader: asyncio.StreamReader) -> None:
+        from streams.engine import retry_forever
+        from streams.runtime import tune_gc
+
+        await retry_forever(
+            self.publisher.start, what="starting the Kafka producer", retriable=(Exception,)
+        )
+        tune_gc()
+        self.reply(0, "ready", None)
+        ordered = asyncio.ensure_future(self.work_in_order())
+        beside: set[asyncio.Future[None]] = set()
+        try:
+            while (frame := await _read_frame_async(reader)) is not None:
+                request = _DECODE(frame)
+                if request[1] == "stop":
+                    break
+                if request[1] in ("batch", "breaches"):
+                    self.ordered.put_nowait(request)
+                else:
+                    task = asyncio.ensure_future(self.answer(request))
+                    beside.add(task)
+                    task.add_done_callback(beside.discard)
+            else:
+                request = None  # the worker is gone: finish what is queued, then exit
+            self.ordered.put_nowait(None)
+            await ordered
+            if beside:
+                await asyncio.gather(*beside, return_exceptions=True)
+        finally:
+            await self.publisher.stop()
+            await self.redis.aclose()
+        if request is not None:
+            self.reply(request[0], "ok", None)
+            with contextlib.suppress(OSError):  # the worker may be gone already
+                await self.writer.drain()
+
+    async def work_in_order(self) -> None:
+        while (request := await self.ordered.get()) is not None:
+            await self.answer(request)
+
+    async def answer(self, request: list[Any]) -> None:
+        request_id, kind = request[0], request[1]
+        try:
+            body = await self.handle(kind, request[2:])
+        except Exception as error:  # reported to the worker, which stops loudly
+            log.exception("engine request %s failed", kind)
+            self.reply(request_id, "error", repr(error))
+        else:
+            self.reply(request_id, "ok", body)
+        with contextlib.suppress(OSError):
+            await self.writer.drain()
+
+    async def handle(self, kind: str, args: list[Any]) -> Any:
+        from exporters.publish import evaluate_rules, publish_snapshots
+        from streams.breaches import check_breaches
+
+        if kind == "batch":
+            metrics = RecordingMetrics()
+            self.engine.metrics = metrics
+            await self.engine.process([SourceRecord(*row) for row in zip(*args, strict=True)])
+            return metrics.to_wire()
+        if kind == "breaches":
+            published = 0
+            for partition, clock_ms in sorted(args[0]):
+                async with self.engine.partition_lock(partition):
+                    published += await check_breaches(
+                        self.store,
+                        partition,
+                        clock_ms,
+                        partial(self.publisher.publish_json, self.settings.topic_alerts),
+                    )
+            return published
+        if kind == "refresh":
+            await self.collector.refresh()
+            return [self.collector.exposition, self.collector.refreshed_at]
+        if kind == "outputs":
+            if self.collector.windows:
+                await publish_snapshots(self.collector.windows, self.publisher, self.settings)
+            await evaluate_rules(self.store, self.publisher, self.settings)
+            return None
+        raise ValueError(f"unknown request {kind!r}")
 
 
-def _child_init(settings: Settings) -> None:
-    import logging
+async def _serve(replies: BinaryIO) -> None:
+    reader, writer = await _pipes(sys.stdin.buffer, replies)
+    frame = await _read_frame_async(reader)
+    if frame is None:
+        return
+    settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
+    await _Child(settings, writer).run(reader)
+
+
+def main() -> None:
+    """``python -m streams.offload``: the child side; the settings come as the first frame."""
     import signal
 
     # The parent decides when the child ends (after the in-flight batch): a Ctrl-C or a
@@ -88,104 +283,89 @@ def _child_init(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s"
     )
-
-    from redis.asyncio import Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    from exporters.kafka import KafkaPublisher
-    from streams.core import CoreConfig
-    from streams.engine import Engine, retry_forever
-    from streams.store import Store
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    redis = Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=10,
-        socket_connect_timeout=5,
-    )
-    store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
-    publisher = KafkaPublisher(settings)
-    loop.run_until_complete(
-        retry_forever(publisher.start, what="starting the Kafka producer", retriable=(Exception,))
-    )
-    metrics = RecordingMetrics()
-    engine = Engine(settings, store, publisher, metrics)
-    _CHILD.update(loop=loop, engine=engine, store=store, publisher=publisher, settings=settings)
-    from streams.runtime import tune_gc
-
-    tune_gc()
-
-
-def _child_process(rows: list[Row]) -> RecordingMetrics:
-    engine = _CHILD["engine"]
-    metrics = RecordingMetrics()
-    engine.metrics = metrics
-    records = [SourceRecord(*row) for row in rows]
-    _CHILD["loop"].run_until_complete(engine.process(records))
-    return metrics
-
-
-def _child_check_breaches(clocks: dict[int, int]) -> int:
-    from streams.breaches import check_breaches
-
-    engine, store, publisher = _CHILD["engine"], _CHILD["store"], _CHILD["publisher"]
-    topic = _CHILD["settings"].topic_alerts
-
-    async def run() -> int:
-        published = 0
-        for partition, clock_ms in sorted(clocks.items()):
-            async with engine.partition_lock(partition):
-                published += await check_breaches(
-                    store,
-                    partition,
-                    clock_ms,
-                    lambda items: publisher.publish_json(topic, items),
-                )
-        return published
-
-    result: int = _CHILD["loop"].run_until_complete(run())
-    return result
-
-
-def _child_stop(_: None = None) -> None:
-    loop = _CHILD["loop"]
-    loop.run_until_complete(_CHILD["publisher"].stop())
-    loop.run_until_complete(_CHILD["store"].redis.aclose())
+    # frames go to the original stdout; anything else printed lands on stderr
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    asyncio.run(_serve(replies))
 
 
 # --- the parent --------------------------------------------------------------------------
 
 
 class EngineProcess:
-    """A one-process pool running the engine; batches are applied in submission order."""
+    """The engine child; batches are applied in submission order."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._pool: ProcessPoolExecutor | None = None
-        self._waiting: list[tuple[list[Row], asyncio.Future[None]]] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._replies: asyncio.Future[None] | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 1
+        self._gone: EngineProcessError | None = None
+        self._waiting: list[tuple[tuple[list[Any], ...], asyncio.Future[None]]] = []
         self._dispatcher: asyncio.Future[None] | None = None
+        self._stopping = False
+        #: called when the child ends without being asked to (the worker must stop)
+        self.on_gone: Callable[[EngineProcessError], object] | None = None
 
-    def start(self) -> None:
-        # spawn, not fork: the parent runs an event loop and threads a fork would copy
-        self._pool = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_child_init,
-            initargs=(self.settings,),
+    async def start(self) -> None:
+        """Start the child and wait until it has connected to the broker."""
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.offload"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
+        reader, self._writer = await _pipes(self._proc.stdout, self._proc.stdin)
+        ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[0] = ready
+        self._replies = asyncio.ensure_future(self._read_replies(reader))
+        self._writer.write(_frame(pickle.dumps(self.settings)))
+        await self._writer.drain()
+        await ready
+        log.info("engine process %d started", self._proc.pid)
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        while (frame := await _read_frame_async(reader)) is not None:
+            request_id, status, body = _DECODE(frame)
+            future = self._pending.pop(request_id, None)
+            if future is None or future.done():
+                continue
+            if status in ("ok", "ready"):
+                future.set_result(body)
+            else:
+                future.set_exception(EngineProcessError(f"engine process: {body}"))
+        proc = self._proc
+        code = None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = await asyncio.to_thread(proc.wait, 5)
+        self._gone = EngineProcessError(f"engine process exited (status {code})")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._gone)
+        self._pending.clear()
+        if not self._stopping:
+            log.critical("%s", self._gone)
+            if self.on_gone is not None:
+                self.on_gone(self._gone)
 
     async def process(self, records: Iterable[Record], metrics: Any) -> None:
         """Apply a batch in the child; returns once it is committed (or dead-lettered).
 
         Batches handed in while the child is busy (one per agent) travel together in the
-        next call: fewer, larger commits, and the per-call cost is paid once.
+        next request: fewer, larger commits, and the per-request cost is paid once.
         """
-        rows = [(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
+        columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        topics, partitions, offsets, keys, values = columns
+        for r in records:
+            topics.append(r.topic)
+            partitions.append(r.partition)
+            offsets.append(r.offset)
+            keys.append(r.key)
+            values.append(r.value)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((rows, done))
+        self._waiting.append((columns, done))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.ensure_future(self._dispatch(metrics))
         await done
@@ -193,9 +373,12 @@ class EngineProcess:
     async def _dispatch(self, metrics: Any) -> None:
         while self._waiting:
             waiting, self._waiting = self._waiting, []
-            rows = [row for batch, _ in waiting for row in batch]
+            merged: list[list[Any]] = [[], [], [], [], []]
+            for columns, _ in waiting:
+                for target, column in zip(merged, columns, strict=True):
+                    target.extend(column)
             try:
-                recorded = await self._run(_child_process, rows)
+                recorded = RecordingMetrics.from_wire(await self._call("batch", *merged))
             except BaseException as error:
                 for _, done in waiting:
                     if not done.done():
@@ -210,24 +393,56 @@ class EngineProcess:
 
     async def check_breaches(self, clocks: dict[int, int]) -> int:
         """Claim and publish due SLA breaches of these partitions (partition -> clock ms)."""
-        count: int = await self._run(_child_check_breaches, clocks)
+        count: int = await self._call("breaches", sorted(clocks.items()))
         return count
 
-    async def _run(self, function: Any, argument: Any) -> Any:
-        if self._pool is None:
-            raise RuntimeError("EngineProcess.start() was not called")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, function, argument)
+    async def refresh(self) -> tuple[bytes, float]:
+        """Have the child rebuild the KPI snapshot; its exposition and refresh time."""
+        exposition, refreshed_at = await self._call("refresh")
+        return exposition, refreshed_at
+
+    async def publish_outputs(self) -> None:
+        """Have the child publish the KPI snapshots and evaluate the alert rules."""
+        await self._call("outputs")
+
+    async def _call(self, kind: str, *args: Any) -> Any:
+        if self._writer is None:
+            raise EngineProcessError("EngineProcess.start() was not called")
+        if self._gone is not None:
+            raise self._gone
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._writer.write(_frame(_ENCODE([request_id, kind, *args])))
+            await self._writer.drain()
+        except (ConnectionError, BrokenPipeError) as error:
+            self._pending.pop(request_id, None)
+            raise self._gone or EngineProcessError("engine process is gone") from error
+        return await future
 
     async def stop(self) -> None:
-        """Close the child's connections and wait for it to exit."""
-        if self._pool is None:
+        """Let the child finish what it has, close its connections and wait for its exit."""
+        proc = self._proc
+        if proc is None:
             return
-        pool, self._pool = self._pool, None
+        self._stopping = True
         try:
-            await asyncio.get_running_loop().run_in_executor(pool, _child_stop, None)
-        except Exception as error:  # a dead child: nothing left to close there
+            await asyncio.wait_for(self._call("stop"), timeout=30)
+        except Exception as error:  # a dead or stuck child: nothing left to close there
             log.warning("engine process did not stop cleanly: %r", error)
-            pool.shutdown(wait=False, cancel_futures=True)
-        else:
-            pool.shutdown(wait=True)
+        finally:
+            self._proc = None
+            if self._writer is not None:
+                self._writer.close()
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+            if self._replies is not None:
+                self._replies.cancel()
+
+
+if __name__ == "__main__":
+    main()

@@ -93,10 +93,16 @@ def check_final(
     check_counters(counts, dataset)
 
 
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
 def test_worker_killed_mid_stream_again_and_again(
-    crash_settings: Settings, dataset: Dataset, producer: PacedProducer, tmp_path: Path
+    crash_settings: Settings,
+    dataset: Dataset,
+    producer: PacedProducer,
+    tmp_path: Path,
+    engine_process: bool,
 ) -> None:
-    settings = crash_settings
+    # with the engine process, kill -9 of the group takes the child mid-commit too
+    settings = crash_settings.model_copy(update={"engine_process": engine_process})
     rng = random.Random(1)
     worker = WorkerProcess(settings, tmp_path / "w", name="worker0")
     kills: list[dict[str, Any]] = []

@@ -79,10 +79,11 @@ def run_live(
     return worker, placed
 
 
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
 def test_live_worker_matches_the_oracle(
-    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
+    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path, engine_process: bool
 ) -> None:
-    settings = tuned(settings)
+    settings = tuned(settings, engine_process=engine_process)
     make_topics(settings)
     worker, placed = run_live(settings, dataset, tmp_path / "worker")
     with worker:

@@ -151,10 +151,11 @@ def kpis(settings: Settings, cwd: Path, *args: str) -> dict[str, Any]:
 # -- KPI snapshots ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
 def test_kpi_snapshots_match_kpis_for_every_window_and_group(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, engine_process: bool
 ) -> None:
-    settings = fast(settings, windows=(900, 3600, 86400))
+    settings = fast(settings, windows=(900, 3600, 86400), engine_process=engine_process)
     create_topics(settings)
     now = time.time()
     # Event times 10 to 1 minutes ago: every group stays in every window for minutes.

@@ -14,6 +14,7 @@ from models.errors import SettingsError
 from models.settings import (
     DEFAULT_FIRST_RESPONSE_TARGETS,
     Settings,
+    available_cpus,
     format_duration,
     load_settings,
     parse_duration,
@@ -172,6 +173,8 @@ BAD = [
     ("DESKPULSE_KAFKA_SESSION_TIMEOUT", "1.5", "duration"),
     ("DESKPULSE_SHORT_ABANDON", "yes", "duration"),
     ("DESKPULSE_ALERT_RULES", '[{"name": "x", "metric": "csat_ratio"}]', ""),
+    ("DESKPULSE_ENGINE_PROCESS", "sometimes", "true, false or auto"),
+    ("DESKPULSE_BATCHES_IN_FLIGHT", "0", "1"),
 ]
 
 
@@ -313,3 +316,42 @@ def test_cli_refuses_json_that_does_not_parse_in_one_line(tmp_path: Path) -> Non
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.splitlines()) == 1, done.stderr[-2000:]
     assert done.stderr.startswith("deskpulse: bad setting DESKPULSE_FIRST_RESPONSE_TARGETS: ")
+
+
+@pytest.mark.parametrize(
+    ("written", "means"),
+    [("auto", "auto"), ("AUTO", "auto"), ("true", True), ("1", True), ("off", False)],
+)
+def test_engine_process_spellings(
+    monkeypatch: pytest.MonkeyPatch, written: str, means: bool | str
+) -> None:
+    monkeypatch.setenv("DESKPULSE_ENGINE_PROCESS", written)
+    assert load_settings().engine_process == means
+
+
+def test_engine_process_auto_follows_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().engine_process == "auto"  # the default
+    monkeypatch.setattr("models.settings.available_cpus", lambda: 1.0)
+    assert not load_settings().uses_engine_process
+    monkeypatch.setattr("models.settings.available_cpus", lambda: 2.0)
+    assert load_settings().uses_engine_process
+    assert not load_settings(engine_process=False).uses_engine_process
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"),
+    [
+        (None, None),  # no cgroup v2 file: the affinity mask
+        ("max 100000\n", None),  # no quota
+        ("100000 100000\n", 1.0),  # a container limited to one CPU
+        ("150000 100000\n", 1.5),
+        ("garbage\n", None),
+    ],
+)
+def test_available_cpus_takes_the_cgroup_quota(
+    tmp_path: Path, cpu_max: str | None, cap: float | None
+) -> None:
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    mask = len(os.sched_getaffinity(0))
+    assert available_cpus(str(tmp_path)) == (mask if cap is None else min(mask, cap))

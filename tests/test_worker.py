@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -490,3 +492,51 @@ def test_the_consumer_fetch_wait_is_ours_not_fausts(settings: Settings) -> None:
 
     assert asyncio.run(started_fetch_wait(0.1)) == 100
     assert asyncio.run(started_fetch_wait(2.0)) == 2000
+
+
+def engine_child(worker_pid: int) -> int | None:
+    """The pid of the worker's engine process (``python -m streams.offload``), if any."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        parent = re.search(r"^PPid:\s+(\d+)", status, re.M)
+        if parent and int(parent.group(1)) == worker_pid and b"streams.offload" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def test_a_dead_engine_process_stops_the_worker_loudly(
+    fast_settings: Settings, tmp_path: Path
+) -> None:
+    """The engine child killed under a running worker: the worker exits non-zero, naming
+    it, instead of acknowledging what nobody applies; the next worker applies it all."""
+    settings = fast_settings.model_copy(update={"engine_process": True})
+    at = time.time() - 120
+    first = [(b"E1", event("ticket.created", at, ticket_id="E1", channel="email"))]
+    later = [
+        (b"E2", event("ticket.created", at + 1, ticket_id="E2", channel="email")),
+        (b"E1", event("ticket.replied", at + 30, ticket_id="E1", author_role="agent")),
+    ]
+    with WorkerProcess(settings, tmp_path / "first") as worker:
+        worker.wait_ready(60)
+        asyncio.run(produce(settings, settings.topic_tickets, first))
+        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+        child = wait_until(lambda: engine_child(worker.process.pid), 10, message=worker.describe)
+        os.kill(child, signal.SIGKILL)
+        asyncio.run(produce(settings, settings.topic_tickets, later))
+        wait_until(lambda: not worker.running, 60, message=worker.describe)
+        assert worker.returncode != 0, worker.describe()
+        assert "engine process exited" in worker.log(), worker.describe()
+    with WorkerProcess(settings, tmp_path / "second") as worker:
+        worker.wait_ready(60)
+        wait_until(lambda: caught_up(settings), 30, 0.5, message=worker.describe)
+        assert worker.stop() == 0, worker.describe()
+    document = kpis(settings, tmp_path, "--window", "1h")
+    group = document["groups"][0]
+    assert group["tickets_created"] == 2
+    assert group["first_response"]["count"] == 1
