@@ -382,11 +382,21 @@ def _freshness(fr: dict[str, Any] | None, add: Any) -> None:
     lat, ack = fr.get("latency") or {}, fr.get("ack") or {}
     add(
         f"A producer process sends the simulator's stream in real time at {_rate(fr['rate'])} "
-        f"for {fr['seconds']:.0f} s (achieved {_rate(fr['achieved_rate'])}; it was at most "
+        f"for {fr['seconds']:.0f} s"
+        + (
+            f", {fr['trials']} times per contender (trials interleaved, the order rotated; "
+            f"the percentiles are over the markers of all trials; p99 per trial: "
+            + ", ".join(_ms(v) for v in fr.get("trial_p99", []))
+            + ")"
+            if fr.get("trials", 1) > 1
+            else ""
+        )
+        + f" (achieved {_rate(fr['achieved_rate'])}; it was at most "
         f"{(fr['producer_behind_max_s'] or 0) * 1000:.0f} ms behind schedule), each event when "
         "its `occurred_at` comes; aiokafka, `linger_ms=5`, acks=1. On top, "
         f"{fr['markers']} markers (`ticket.created` with a unique ticket id, "
-        f"{fr['markers'] / max(fr['seconds'], 1):.0f} a second, round-robin over the "
+        f"{fr['markers'] / max(fr['seconds'] * fr.get('trials', 1), 1):.0f} a second, "
+        "round-robin over the "
         "partitions). Every contender below reads its own, initially empty, topics (the "
         "embedded broker's fetches slow down as a partition grows, see the analysis), after a "
         "warm-up event showed it joined. Latency = first time the marker's conversation state "
@@ -408,8 +418,10 @@ def _freshness(fr: dict[str, Any] | None, add: Any) -> None:
         )
     off = (fr.get("alt") or {}).get("latency")
     if off:
+        trials = ", ".join(_ms(v) for v in (fr.get("alt") or {}).get("trial_p99", []))
         add(
-            f"| the same traffic against a worker with `DESKPULSE_ENGINE_PROCESS={_flag(fr)}` | "
+            f"| the same traffic against a worker with `DESKPULSE_ENGINE_PROCESS={_flag(fr)}` "
+            f"(p99 per trial: {trials}) | "
             f"{_ms(off['p50'])} | {_ms(off['p90'])} | {_ms(off['p99'])} | {_ms(off['max'])} |"
         )
     floor = (fr.get("bare") or {}).get("latency")

@@ -124,6 +124,7 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
     try:
         store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_readable()
         started = time.perf_counter()
         document = await query_kpis(store, width_s=width, at_s=at_s, by=by)
         elapsed = time.perf_counter() - started

@@ -398,7 +398,9 @@ class BatchResult:
     """What one batch of one partition changes: everything the store writes atomically.
 
     ``buckets`` maps ``(level, bucket start s)`` — level ``"b"`` fine, ``"r"`` roll-up — to
-    field deltas keyed ``dimkey + SEP + field``; ``totals`` holds the cumulative family
+    field deltas keyed ``dimkey + SEP + field``, and levels ``"B"`` and ``"R"`` to the same
+    summed over all groups, keyed by ``field`` alone (a read without grouping touches only
+    those: a tenth of the fields); ``totals`` holds the cumulative family
     (no time), including first-response histogram counts ``frh:<bound>``. Sketch counts
     (``*_sk:<index>``) live only in the time buckets, histogram counts only in the totals.
     Deltas may be zero (a sample that moved within its bucket); the store skips those.
@@ -508,7 +510,9 @@ def fold_batch(
     totals, buckets = result.totals, result.buckets
     prefixes: dict[Dims, str] = {}
     # (fine, roll-up) bucket of each sample time, or None if expired; samples share times
-    targets: dict[int, tuple[dict[str, int], dict[str, int]] | None] = {}
+    targets: dict[
+        int, tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]] | None
+    ] = {}
     held_delta = 0
     for conv_id, state in working.items():
         previous = before.get(conv_id)
@@ -561,13 +565,19 @@ def fold_batch(
                 target = targets[at_ms] = None  # an expired bucket is gone
             else:
                 fine = at_ms // bucket_ms * bucket_s  # == bucket_start(at_ms / 1000, bucket_s)
+                rollup = fine - fine % rollup_s
                 target = targets[at_ms] = (
                     buckets[("b", fine)],
-                    buckets[("r", fine - fine % rollup_s)],
+                    buckets[("r", rollup)],
+                    buckets[("B", fine)],
+                    buckets[("R", rollup)],
                 )
             if target is not None:
                 target[0][key] += value
                 target[1][key] += value
+                # the same over all groups: what a read without grouping needs
+                target[2][name] += value
+                target[3][name] += value
         held = state.pending()
         result.held[conv_id] = held
         held_delta += held - held_before

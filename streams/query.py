@@ -82,15 +82,22 @@ async def query_kpis(
     by: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The KPI document for the window of ``width_s`` ending at ``at_s`` (CONTRACT §3-§4)."""
-    start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s)
+    start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s, grouped=bool(by))
     return build_document(merged, start_s=start_s, end_s=end_s, by=by)
 
 
 async def read_window(
-    store: Store, *, width_s: int, at_s: float, partitions: Sequence[int] | None = None
+    store: Store,
+    *,
+    width_s: int,
+    at_s: float,
+    partitions: Sequence[int] | None = None,
+    grouped: bool = True,
 ) -> tuple[int, int, Counter[str]]:
     """``(start, end, fields)``: the stored fields of a window summed over partitions."""
-    (window,) = await read_windows(store, widths_s=[width_s], at_s=at_s, partitions=partitions)
+    (window,) = await read_windows(
+        store, widths_s=[width_s], at_s=at_s, partitions=partitions, grouped=grouped
+    )
     return window
 
 
@@ -100,19 +107,29 @@ async def read_windows(
     widths_s: Sequence[int],
     at_s: float,
     partitions: Sequence[int] | None = None,
+    grouped: bool = True,
 ) -> list[tuple[int, int, Counter[str]]]:
-    """:func:`read_window` for several widths ending at the same time, in one read."""
+    """:func:`read_window` for several widths ending at the same time, in one read.
+
+    Fields are named ``channel␟queue␟priority␟field``; with ``grouped=False`` the read
+    takes the all-groups buckets instead (a tenth of the fields) and every field comes
+    under one empty group, ``␟␟␟field``, which is all a document without ``by`` needs.
+    """
     cfg = store.config
+    fine_level, rollup_level = ("b", "r") if grouped else ("B", "R")
     bounds: list[tuple[int, int]] = []
     sets: list[list[str]] = []
     for width_s in widths_s:
         start_s, end_s = window_bounds(at_s, width_s, cfg.bucket_seconds)
         rollups, fines = cover(start_s, end_s, cfg.bucket_seconds, cfg.rollup_seconds)
         bounds.append((start_s, end_s))
-        sets.append([f"r:{s}" for s in rollups] + [f"b:{s}" for s in fines])
+        sets.append([f"{rollup_level}:{s}" for s in rollups] + [f"{fine_level}:{s}" for s in fines])
     if partitions is None:
         partitions = await store.partitions()
     sums = await store.sum_buckets(partitions, sets)
+    if not grouped:
+        whole = SEP * 3
+        sums = [Counter({whole + name: value for name, value in m.items()}) for m in sums]
     return [(start, end, merged) for (start, end), merged in zip(bounds, sums, strict=True)]
 
 

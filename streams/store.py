@@ -11,6 +11,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:b:<start>``           hash: fine bucket (``DESKPULSE_BUCKET_SECONDS``), fields
                                ``channel␟queue␟priority␟field`` -> integer
 ``P:{pn}:r:<start>``           hash: the same fields rolled up per ``rollup_seconds``
+``P:{pn}:B:<start>``,          hash: the fine and rolled-up fields summed over all groups,
+``P:{pn}:R:<start>``           keyed ``field`` alone (reads without grouping take these)
 ``P:{pn}:bidx``                zset: bucket key suffix -> bucket end (s), for trimming
 ``P:{pn}:tot``                 hash: the cumulative (Prometheus-native) totals
 ``P:{pn}:conv``                hash: conversation id -> :class:`~streams.core.Conversation`
@@ -22,7 +24,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:breach_out``          hash: ticket id -> breach payload claimed but not yet
                                acknowledged by the broker (re-sent after a crash)
 ``P:partitions``               set of partition numbers that have state
-``P:config``                   hash: the bucket sizes the state was written with
+``P:config``                   hash: the bucket sizes and store layout the state was
+                               written with
 =============================  ===========================================================
 
 Exactly once: :meth:`Store.load` reads ``version`` with the states; :meth:`Store.commit`
@@ -47,7 +50,11 @@ from redis.asyncio import Redis
 
 from streams.core import SEP, BatchResult, Conversation, CoreConfig
 
-__all__ = ["PartitionMeta", "Store", "text"]
+__all__ = ["LAYOUT", "PartitionMeta", "Store", "text"]
+
+#: Version of the key layout below; state written with another one is refused at start.
+#: 2: the all-groups buckets ``B:``/``R:``.
+LAYOUT = "2"
 
 # Applies one batch if the partition's version is the one the batch was folded against.
 # ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then one JSON array
@@ -178,15 +185,19 @@ class Store:
         return f"{self.prefix}:{{p{partition}}}:"
 
     async def check_config(self) -> None:
-        """Refuse to mix state written with other bucket sizes (reads would be wrong)."""
+        """Refuse to mix state written with other bucket sizes (reads would be wrong), or
+        by a version of deskpulse that laid the keys out differently."""
         key = f"{self.prefix}:config"
         wanted = {
             "bucket_seconds": str(self.config.bucket_seconds),
             "rollup_seconds": str(self.config.rollup_seconds),
         }
-        await self.redis.hsetnx(key, "bucket_seconds", wanted["bucket_seconds"])
+        created = await self.redis.hsetnx(key, "bucket_seconds", wanted["bucket_seconds"])
         await self.redis.hsetnx(key, "rollup_seconds", wanted["rollup_seconds"])
+        if created:
+            await self.redis.hsetnx(key, "layout", LAYOUT)
         stored = {text(k): text(v) for k, v in (await self.redis.hgetall(key)).items()}
+        self._refuse_other_layout(stored)
         for name, value in wanted.items():
             if stored.get(name) != value:
                 from models.errors import SettingsError
@@ -196,6 +207,25 @@ class Store:
                     f"is {value} but the state under prefix {self.prefix!r} was written with "
                     f"{stored.get(name)}; use another DESKPULSE_REDIS_PREFIX or the old value",
                 )
+
+    async def check_readable(self) -> None:
+        """For readers (``deskpulse kpis``): refuse state of another layout, write nothing."""
+        stored = {
+            text(k): text(v) for k, v in (await self.redis.hgetall(f"{self.prefix}:config")).items()
+        }
+        if stored:
+            self._refuse_other_layout(stored)
+
+    def _refuse_other_layout(self, stored: dict[str, str]) -> None:
+        if stored.get("layout") != LAYOUT:
+            from models.errors import SettingsError
+
+            raise SettingsError(
+                "DESKPULSE_REDIS_PREFIX",
+                f"the state under prefix {self.prefix!r} was written by an older deskpulse "
+                f"(store layout {stored.get('layout', '1')}, this one is {LAYOUT}); replay "
+                "the input topics into a new prefix (deskpulse replay)",
+            )
 
     async def load(
         self, partition: int, conversation_ids: Iterable[str]
@@ -249,7 +279,7 @@ class Store:
             flat += [name, str(delta)]
         flat.append(str(len(result.buckets)))
         for (level, start), fields in result.buckets.items():
-            width = cfg.bucket_seconds if level == "b" else cfg.rollup_seconds
+            width = cfg.bucket_seconds if level in "bB" else cfg.rollup_seconds
             nonzero = [(k, v) for k, v in fields.items() if v]
             flat += [f"{level}:{start}", str(start + width), str(len(nonzero))]
             for name, delta in nonzero:

@@ -22,7 +22,7 @@ from models.settings import Settings
 from models.wire import decode_record
 from streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
 from streams.engine import Engine, SourceRecord
-from streams.store import Store
+from streams.store import LAYOUT, Store
 
 from .e2e_support import redis_snapshot
 
@@ -363,8 +363,10 @@ def test_state_beyond_retention_is_trimmed_and_held_events_orphaned(
 
     run(scenario, redis_url)
     keys = keys_of(redis_client, prefix)
-    buckets = sorted(k[len(base) :] for k in keys if k.startswith((base + "b:", base + "r:")))
-    assert buckets == [f"b:{much_later // 60 * 60}", f"r:{much_later // 600 * 600}"], buckets
+    levels = tuple(base + level for level in ("b:", "r:", "B:", "R:"))
+    buckets = sorted(k[len(base) :] for k in keys if k.startswith(levels))
+    fine, rollup = much_later // 60 * 60, much_later // 600 * 600
+    assert buckets == [f"B:{fine}", f"R:{rollup}", f"b:{fine}", f"r:{rollup}"], buckets
     assert {m.decode() for m in redis_client.zrange(base + "bidx", 0, -1)} == set(buckets)
     assert set(redis_client.hkeys(base + "conv")) == {b"t:B"}
     assert redis_client.zrange(base + "convexp", 0, -1) == [b"t:B"]
@@ -411,8 +413,8 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
         keys = keys_of(redis_client, prefix)
         return {
             "keys": len(keys),
-            "fine": sum(1 for k in keys if k.startswith(base + "b:")),
-            "rollup": sum(1 for k in keys if k.startswith(base + "r:")),
+            "fine": sum(1 for k in keys if k.startswith((base + "b:", base + "B:"))),
+            "rollup": sum(1 for k in keys if k.startswith((base + "r:", base + "R:"))),
             "conversations": redis_client.hlen(base + "conv"),
             "expiry": redis_client.zcard(base + "convexp"),
             "index": redis_client.zcard(base + "bidx"),
@@ -437,8 +439,9 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     assert len(samples) == hours
     last = samples[-1]
     # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
-    assert last["fine"] <= HOUR // CONFIG.bucket_seconds + 2
-    assert last["rollup"] <= HOUR // CONFIG.rollup_seconds + 2
+    # (each twice: by group and over all groups)
+    assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
+    assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
     assert last["keys"] <= last["fine"] + last["rollup"] + 9
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
@@ -476,3 +479,72 @@ def test_check_config_refuses_other_bucket_sizes(redis_url: str) -> None:
     assert "30" in str(bucket) and "60" in str(bucket) and prefix in str(bucket)
     assert rollup.setting == "DESKPULSE_ROLLUP_SECONDS"
     assert "\n" not in str(bucket)
+
+
+def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
+    prefix = new_prefix()
+
+    async def scenario(client: Redis) -> SettingsError:
+        # what a deskpulse before the all-groups buckets left: sizes, no layout
+        await client.hset(f"{prefix}:config", mapping={"bucket_seconds": 60, "rollup_seconds": 600})
+        with pytest.raises(SettingsError) as caught:
+            await Store(client, prefix, CONFIG).check_config()
+        with pytest.raises(SettingsError):
+            await Store(client, prefix, CONFIG).check_readable()
+        fresh = new_prefix()
+        await Store(client, fresh, CONFIG).check_readable()  # nothing there yet: fine
+        await Store(client, fresh, CONFIG).check_config()
+        await Store(client, fresh, CONFIG).check_readable()
+        assert await client.hget(f"{fresh}:config", "layout") == LAYOUT.encode()
+        return caught.value
+
+    error = run(scenario, redis_url)
+    assert error.setting == "DESKPULSE_REDIS_PREFIX"
+    assert "older deskpulse" in str(error) and "\n" not in str(error)
+
+
+def test_the_all_groups_buckets_hold_the_sum_of_the_groups(redis_url: str) -> None:
+    """A read without grouping takes the ``B:``/``R:`` buckets: field for field the sum of
+    the grouped buckets, for windows of fine buckets only, of roll-ups and of both."""
+    from streams.query import build_document, read_window
+    from streams.simulate import SimConfig, generate
+
+    prefix = new_prefix()
+    start_s = T0 - 2 * HOUR
+    records = list(generate(SimConfig(seed=4, start_s=start_s, duration_s=2 * HOUR, rate=3.0)))
+    items = []
+    for offset, record in enumerate(records):
+        try:
+            event, ms = decode_record(record.value)
+        except RejectedEvent:
+            continue
+        items.append(Pending(event, record.topic_kind, offset, ms))
+
+    async def scenario(client: Redis) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        store = Store(client, prefix, CONFIG)
+        for partition in range(2):
+            await apply(store, partition, items[partition::2])
+        pairs = []
+        for width_s, at_s in ((300, T0 - 1234), (1800, T0 - 600), (HOUR + 600, T0 + 30)):
+            grouped = await read_window(store, width_s=width_s, at_s=at_s, grouped=True)
+            whole = await read_window(store, width_s=width_s, at_s=at_s, grouped=False)
+            assert grouped[:2] == whole[:2]
+            summed: dict[str, int] = {}
+            for name, value in grouped[2].items():
+                field = name.rpartition(SEP)[2]
+                summed[field] = summed.get(field, 0) + value
+            assert {k: v for k, v in summed.items() if v} == {
+                name.rpartition(SEP)[2]: value for name, value in whole[2].items() if value
+            }
+            pairs.append(
+                (
+                    build_document(grouped[2], start_s=grouped[0], end_s=grouped[1], by=()),
+                    build_document(whole[2], start_s=whole[0], end_s=whole[1], by=()),
+                )
+            )
+        return pairs
+
+    pairs = run(scenario, redis_url)
+    for by_groups, over_all in pairs:
+        assert by_groups == over_all
+    assert pairs[-1][0]["groups"][0]["first_response"]["count"] > 10
