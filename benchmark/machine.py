@@ -93,6 +93,17 @@ def tree_cpu_s(pid: int) -> float:
     return _tree_ticks(pid) / _HZ
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (a worker's engine process)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None and int(fields[3]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of a process in KiB (0 if it is gone)."""
     for line in _read(f"/proc/{pid}/status").splitlines():

@@ -81,15 +81,19 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     add("```\n")
     add(
         "Knobs (environment, defaults in brackets): `BENCH_RECORDS` [300000], "
-        "`BENCH_FRESHNESS_SECONDS` [45], `BENCH_FRESHNESS_RATE` [5000], `BENCH_MARKER_RATE` [20], "
+        "`BENCH_TRIALS` [3: throughput trials per contender], `BENCH_FRESHNESS_SECONDS` [30], "
+        "`BENCH_FRESHNESS_TRIALS` [3], `BENCH_FRESHNESS_RATE` [5000], `BENCH_MARKER_RATE` [20], "
         "`BENCH_SCRAPES` [50], `BENCH_KPI_CALLS` [30], `BENCH_DAY_RATE` [5], "
         "`BENCH_SOAK_SECONDS` [1800], `BENCH_SOAK_RATE` [1000], `BENCH_SOAK_SAMPLE_SECONDS` [30], "
-        "`BENCH_SOAK_RETENTION` [10m], `BENCH_SECTIONS` [throughput,freshness,scrape,kpis,soak], "
+        "`BENCH_SOAK_RETENTION` [10m], `BENCH_SOAK_RESPONSE_SCALE` [0.05: conversation "
+        "lifecycles 20 times shorter, so they end within the soak], "
+        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,soak], "
         "`BENCH_PROFILE` [auto: profile only what misses its budget; always; never], "
         "`BENCH_WORKDIR` [a new temporary directory: logs, raw profiles, results.json], "
         "`BENCH_OUTPUT` [BENCHMARKS.md]. A quick check of the harness: "
-        "`BENCH_RECORDS=60000 BENCH_FRESHNESS_SECONDS=10 BENCH_DAY_RATE=1 BENCH_SOAK_SECONDS=90 "
-        "BENCH_SOAK_SAMPLE_SECONDS=10 BENCH_OUTPUT=/tmp/b.md python -m benchmark.run`. "
+        "`BENCH_RECORDS=60000 BENCH_TRIALS=1 BENCH_FRESHNESS_SECONDS=10 BENCH_FRESHNESS_TRIALS=1 "
+        "BENCH_DAY_RATE=1 BENCH_SOAK_SECONDS=90 BENCH_SOAK_SAMPLE_SECONDS=10 "
+        "BENCH_OUTPUT=/tmp/b.md python -m benchmark.run`. "
         "py-spy and pyinstrument are needed for the profiles only (`pip install py-spy "
         "pyinstrument` into the venv; they are not project dependencies).\n"
     )
@@ -186,24 +190,25 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
     if "error" in sc:
         rows.append(["scrape", "error: " + sc["error"][:200], "", _mark(False)])
     elif sc:
-        enough = sc["series"] >= 10_000
-        rows.append(
-            [
-                f"scrape: `collect()` + `generate_latest`, {sc['series']:,} series",
-                f"p50 {_ms(sc['collect']['p50'])}, p99 {_ms(sc['collect']['p99'])}",
-                "< 100 ms (≥ 10,000 series)",
-                _mark(enough and sc["collect"]["p99"] < 0.1),
-            ]
-        )
         if "http" in sc:
+            enough = sc["http_series"] >= 10_000
             rows.append(
                 [
                     f"scrape: HTTP GET /metrics on a worker, {sc['http_series']:,} series",
                     f"p50 {_ms(sc['http']['p50'])}, p99 {_ms(sc['http']['p99'])}",
-                    "< 100 ms",
+                    "< 100 ms (≥ 10,000 series)",
                     _mark(enough and sc["http"]["p99"] < 0.1),
                 ]
             )
+        rows.append(
+            [
+                f"rendering `generate_latest` over {sc['series']:,} series (done at each "
+                "background refresh, not per scrape)",
+                f"p50 {_ms(sc['collect']['p50'])}, p99 {_ms(sc['collect']['p99'])}",
+                "(not a budget: the refresh's cost)",
+                "—",
+            ]
+        )
     kp = s.get("kpis") or {}
     if "error" in kp:
         rows.append(["kpis", "error: " + kp["error"][:200], "", _mark(False)])
@@ -217,6 +222,15 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                 _mark(q["p99"] < 0.2),
             ]
         )
+        if kp.get("http"):
+            rows.append(
+                [
+                    "`GET /kpis?window=24h` on a worker, HTTP round trip",
+                    f"p50 {_ms(kp['http']['p50'])}, p99 {_ms(kp['http']['p99'])}",
+                    "< 200 ms",
+                    _mark(kp["http"]["p99"] < 0.2),
+                ]
+            )
         rows.append(
             [
                 "`deskpulse kpis --window 24h --json`: whole command, wall",
@@ -494,8 +508,8 @@ def _scrape(sc: dict[str, Any] | None, add: Any) -> None:
         )
     r = sc["refresh"]
     add(
-        f"| `KpiCollector.refresh()` (background, every 5 s; blocks the worker's event loop "
-        f"while it builds families) | {_ms(r['p50'])} | {_ms(r['p99'])} | {_ms(r['max'])} |"
+        f"| `KpiCollector.refresh()` (background, every 5 s; in the engine process when there "
+        f"is one) | {_ms(r['p50'])} | {_ms(r['p99'])} | {_ms(r['max'])} |"
     )
     add("")
 
@@ -515,15 +529,18 @@ def _kpis(kp: dict[str, Any] | None, add: Any) -> None:
     for label, key in (
         ("`query_kpis(width_s=86400)`, no grouping", "query_total"),
         (f"the same by channel, queue, priority ({kp['groups_by_all']} groups)", "query_by_all"),
+        ("`GET /kpis?window=24h` on a running worker, HTTP round trip", "http"),
         (f"`{kp['cli_command']}`, whole process, wall", "cli"),
     ):
-        v = kp[key]
+        v = kp.get(key)
+        if not v:
+            continue
         add(f"| {label} ({v['n']} times) | {_ms(v['p50'])} | {_ms(v['p99'])} | {_ms(v['max'])} |")
     add("")
     add(
         f"Of the command's wall time, starting Python takes {_ms(kp['python_start_s'])} and "
-        f"importing the modules the command needs {_ms(kp['cli_imports_s'])} (both measured "
-        "as separate processes).\n"
+        f"starting it and importing the modules the command needs {_ms(kp['cli_imports_s'])} "
+        "(medians of 5, each a separate process).\n"
     )
 
 
@@ -538,7 +555,10 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
         f"A fresh worker with **`DESKPULSE_RETENTION={so['retention_s'] // 60}m`** (windows "
         f"{', '.join(str(w) + 's' for w in so['windows'])}) so that expiry runs within the soak, "
         f"live-stamped traffic at {_rate(tr['rate'])} (achieved {_rate(tr['achieved_rate'])}) "
-        f"for {tr['seconds'] / 60:.0f} min, RSS (VmRSS) of the worker, Redis `used_memory`, "
+        f"for {tr['seconds'] / 60:.0f} min, with conversation lifecycles "
+        f"{1 / so.get('response_scale', 1.0):.0f} times shorter than the simulator's (so "
+        "they end, and expire, within the soak), RSS (VmRSS) of the worker and its engine "
+        "process, Redis `used_memory`, "
         "conversations and bucket keys held, sampled every "
         f"{every:.0f} s. "
         "Redis was flushed before the soak, so its memory is the soak's state only. "
@@ -552,13 +572,16 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
         )
         add("| --- | --- | --- | --- | --- | --- | --- |")
         for key, label, unit in (
-            ("rss_mib", "worker RSS", "MiB"),
+            ("rss_mib", "worker RSS (with its engine process)", "MiB"),
+            ("engine_rss_mib", "of which the engine process", "MiB"),
             ("redis_mib", "Redis used_memory", "MiB"),
             ("conversations", "conversations in Redis", ""),
             ("buckets", "bucket keys in Redis", ""),
             ("broker_rss_mib", "broker RSS (holds every record)", "MiB"),
         ):
-            v = sm[key]
+            v = sm.get(key)
+            if not v:
+                continue
             growth = f"{v['steady_growth']:+.1%}" if "steady_growth" in v else ""
             add(
                 f"| {label} | {v['start']:,.1f} | {v['peak']:,.1f} | {v['end']:,.1f} | "
@@ -578,13 +601,14 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
         )
     add("<details><summary>samples</summary>\n")
     add(
-        "| t (s) | worker RSS MiB | Redis MiB | conversations | bucket keys | events applied | "
-        "worker cores | broker cores |"
+        "| t (s) | worker RSS MiB | engine RSS MiB | Redis MiB | conversations | bucket keys | "
+        "events applied | worker cores | broker cores |"
     )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for s in so["samples"]:
         add(
-            f"| {s['t']:.0f} | {s['rss_mib']:.1f} | {s['redis_mib']:.1f} | "
+            f"| {s['t']:.0f} | {s['rss_mib']:.1f} | {s.get('engine_rss_mib', 0):.1f} | "
+            f"{s['redis_mib']:.1f} | "
             f"{s['conversations']:,} | {s['buckets']:,} | {s['applied']:,} | "
             f"{s['worker_cores']:.2f} | {s.get('broker_cores', 0):.2f} |"
         )

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,12 @@ from aiokafka import AIOKafkaProducer
 
 from exporters.kafka import kafka_client_options
 from models.settings import load_settings
-from streams.simulate import SimConfig, generate
+from streams.simulate import Record, SimConfig, generate
 
-__all__ = ["marker_id"]
+__all__ = ["PREGENERATE", "marker_id"]
+
+#: runs of up to this many events are simulated before they start
+PREGENERATE = 500_000
 
 
 def marker_id(run_id: str, index: int) -> str:
@@ -61,23 +65,25 @@ async def run(args: argparse.Namespace) -> None:
     await producer.start()
     markers_out = Path(args.markers).open("w")  # noqa: SIM115 - closed in finally
     status_path = Path(args.status)
-    # Simulated first, stamped from a start a moment ahead: during the run this process
-    # only sends, so the load generator takes as little as it can of the CPU it shares
-    # with the worker, the broker and Redis.
-    lead_s = 1.0 + args.seconds * args.rate / 20_000  # the simulator makes ~50k/s here
+    # Up to PREGENERATE events are simulated first, stamped from a start a moment ahead:
+    # during the run this process then only sends, and takes as little as it can of the CPU
+    # it shares with the worker, the broker and Redis. Longer runs (the soak, at a low
+    # rate) simulate as they go.
+    total = args.seconds * args.rate
+    lead_s = 1.0 + (total / 20_000 if total <= PREGENERATE else 0.0)  # ~50k/s are made here
     start_s = time.time() + lead_s
     end_s = start_s + args.seconds
-    records = list(
-        generate(
-            SimConfig(
-                seed=args.seed,
-                start_s=start_s,
-                duration_s=args.seconds,
-                rate=args.rate,
-                id_prefix=f"{args.run_id}-",
-            )
+    simulated = generate(
+        SimConfig(
+            seed=args.seed,
+            start_s=start_s,
+            duration_s=args.seconds,
+            rate=args.rate,
+            id_prefix=f"{args.run_id}-",
+            response_scale=args.response_scale,
         )
     )
+    records: Iterable[Record] = list(simulated) if total <= PREGENERATE else simulated
     # a lead too short shows as the producer being behind its schedule (status)
     cpu_at_start = time.process_time()
     marker_every = 1.0 / args.marker_rate if args.marker_rate > 0 else float("inf")
@@ -175,6 +181,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--marker-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--response-scale", type=float, default=1.0, help="SimConfig.response_scale"
+    )
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--markers", required=True)
     parser.add_argument("--status", required=True)
