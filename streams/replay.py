@@ -95,8 +95,8 @@ async def replay(
         total = remaining
         started = time.perf_counter()
         idle_polls = 0
-        # Two batches in flight: the next one is fetched and decoded while the previous
-        # one's commit runs in Redis. Order per partition is kept by the engine's
+        # Up to three batches in flight: the next ones are fetched and decoded while the
+        # oldest one's commit runs in Redis. Order per partition is kept by the engine's
         # partition locks, which are first come, first served.
         in_flight: deque[tuple[asyncio.Task[None], int]] = deque()
 
@@ -119,7 +119,7 @@ async def replay(
                 if records:
                     idle_polls = 0
                     in_flight.append((asyncio.ensure_future(engine.process(records)), len(records)))
-                    if len(in_flight) > 1:
+                    if len(in_flight) > 2:
                         await finish_oldest()
                     continue
                 while in_flight:
