@@ -32,7 +32,7 @@ from exporters.prometheus import build_registry, render
 from exporters.publish import evaluate_rules, publish_snapshots
 from models.errors import SettingsError
 from models.settings import Settings
-from streams.breaches import check_breaches
+from streams.breaches import check_partitions
 from streams.core import CoreConfig
 from streams.engine import Engine, Record, retry_forever
 from streams.offload import EngineProcess
@@ -94,16 +94,12 @@ class Service:
         """Claim and publish due SLA breaches (partition -> detection clock, ms)."""
         if self.offload is not None:
             return await self.offload.check_breaches(clocks)
-        published = 0
-        for partition, clock_ms in sorted(clocks.items()):
-            async with self.engine.partition_lock(partition):
-                published += await check_breaches(
-                    self.store,
-                    partition,
-                    clock_ms,
-                    partial(self.publisher.publish_json, self.settings.topic_alerts),
-                )
-        return published
+        return await check_partitions(
+            self.store,
+            clocks.items(),
+            partial(self.publisher.publish_json, self.settings.topic_alerts),
+            self.engine.partition_lock,
+        )
 
     async def start(self) -> None:
         """Wait for Redis and the broker (with backoff), check the state, make the topics."""

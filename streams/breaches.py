@@ -16,7 +16,8 @@ in-time reply). A backfill therefore never declares breaches its own later repli
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ from models.outputs import SlaBreached
 from streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
 from streams.store import Store
 
-__all__ = ["check_breaches", "decide"]
+__all__ = ["check_breaches", "check_partitions", "decide"]
 
 _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
 
@@ -135,3 +136,18 @@ async def _flush_outbox(
         items.append((body["ticket_id"], body))
     await publish(items)
     await store.redis.hdel(key, *pending.keys())
+
+
+async def check_partitions(
+    store: Store,
+    clocks: Iterable[tuple[int, int]],
+    publish: Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]],
+    lock_of: Callable[[int], AbstractAsyncContextManager[Any]],
+) -> int:
+    """:func:`check_breaches` for each ``(partition, clock ms)``, under the partition's lock
+    (so a check never interleaves with a batch of that partition); how many in all."""
+    published = 0
+    for partition, clock_ms in sorted(clocks):
+        async with lock_of(partition):
+            published += await check_breaches(store, partition, clock_ms, publish)
+    return published

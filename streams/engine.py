@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, get_args
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, TryAgainError
@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.errors import RejectedEvent
 from models.settings import Settings
-from models.wire import decode_record
+from models.wire import WireEvent, decode_record
 from streams.core import CoreConfig, Pending, fold_batch
 from streams.store import Store
 
@@ -152,7 +152,14 @@ class Engine:
             settings.topic_chats: "chats",
             settings.topic_surveys: "surveys",
         }
-        self._prefixes = {topic: _TOPIC_PREFIX[kind] for topic, kind in self._kinds.items()}
+        # the event classes each input topic may carry (a class test is cheaper per record
+        # than comparing the type's prefix)
+        self._allowed = {
+            topic: frozenset(
+                cls for cls in get_args(WireEvent) if cls.type.startswith(_TOPIC_PREFIX[kind])
+            )
+            for topic, kind in self._kinds.items()
+        }
 
     def partition_lock(self, partition: int) -> asyncio.Lock:
         """Held while a partition's state is read and written (batches, breach checks)."""
@@ -183,15 +190,15 @@ class Engine:
         pending: list[Pending] = []
         rejected: list[tuple[Record, RejectedEvent]] = []
         max_bytes, max_future_s = self.settings.max_record_bytes, self.settings.max_future
-        prefixes = self._prefixes
+        allowed_on = self._allowed
         for record in batch:
             topic = record.topic
             try:
                 event, ms = decode_record(
                     record.value, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s
                 )
-                prefix = prefixes.get(topic)
-                if prefix is not None and not event.type.startswith(prefix):
+                allowed = allowed_on.get(topic)
+                if allowed is not None and type(event) not in allowed:
                     raise RejectedEvent(
                         "wrong_topic",
                         f"{event.type} does not belong on {topic} ({self._kinds[topic]})",

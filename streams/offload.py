@@ -234,7 +234,7 @@ class _Child:
 
     async def handle(self, kind: str, args: list[Any]) -> Any:
         from exporters.publish import evaluate_rules, publish_snapshots
-        from streams.breaches import check_breaches
+        from streams.breaches import check_partitions
 
         if kind == "batch":
             metrics = RecordingMetrics()
@@ -242,16 +242,12 @@ class _Child:
             await self.engine.process([SourceRecord(*row) for row in zip(*args, strict=True)])
             return metrics.to_wire()
         if kind == "breaches":
-            published = 0
-            for partition, clock_ms in sorted(args[0]):
-                async with self.engine.partition_lock(partition):
-                    published += await check_breaches(
-                        self.store,
-                        partition,
-                        clock_ms,
-                        partial(self.publisher.publish_json, self.settings.topic_alerts),
-                    )
-            return published
+            return await check_partitions(
+                self.store,
+                [(partition, clock_ms) for partition, clock_ms in args[0]],
+                partial(self.publisher.publish_json, self.settings.topic_alerts),
+                self.engine.partition_lock,
+            )
         if kind == "refresh":
             await self.collector.refresh()
             return [self.collector.exposition, self.collector.refreshed_at]
@@ -356,14 +352,14 @@ class EngineProcess:
         Batches handed in while the child is busy (one per agent) travel together in the
         next request: fewer, larger commits, and the per-request cost is paid once.
         """
-        columns: tuple[list[Any], ...] = ([], [], [], [], [])
-        topics, partitions, offsets, keys, values = columns
-        for r in records:
-            topics.append(r.topic)
-            partitions.append(r.partition)
-            offsets.append(r.offset)
-            keys.append(r.key)
-            values.append(r.value)
+        rows = records if isinstance(records, list) else list(records)
+        columns: tuple[list[Any], ...] = (
+            [r.topic for r in rows],
+            [r.partition for r in rows],
+            [r.offset for r in rows],
+            [r.key for r in rows],
+            [r.value for r in rows],
+        )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((columns, done))
         if self._dispatcher is None or self._dispatcher.done():

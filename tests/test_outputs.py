@@ -322,10 +322,11 @@ def sla_counter(settings: Settings) -> float:
     return sum(v for _, v in samples(scrape(settings.web_port), "deskpulse_sla_breaches_total"))
 
 
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
 def test_sla_breaches_once_per_ticket_across_kill_and_restarts(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, engine_process: bool
 ) -> None:
-    settings = fast(settings, alert_rules=())
+    settings = fast(settings, alert_rules=(), engine_process=engine_process)
     create_topics(settings)
     target = settings.first_response_targets["urgent"]
     desk = Desk(target)
