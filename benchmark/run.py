@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import math
 import os
 import shlex
@@ -1292,8 +1293,27 @@ def _deskpulse_argv() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "streams.cli"]
 
 
+def missing_profilers(config: Config) -> list[str]:
+    """What the profiles need and is not installed (none when ``BENCH_PROFILE=never``)."""
+    if config.profile == "never":
+        return []
+    missing = [] if profiles.py_spy_bin() else ["py-spy"]
+    if importlib.util.find_spec("pyinstrument") is None:
+        missing.append("pyinstrument")
+    return missing
+
+
 def main() -> int:
     config = Config()
+    missing = missing_profilers(config)
+    if missing:
+        # found now, not after half an hour of trials: a miss is profiled at the end
+        print(
+            f"benchmark: {', '.join(missing)} not installed; `make bench` installs the bench "
+            "extra (pip install -e '.[bench]'), or set BENCH_PROFILE=never",
+            file=sys.stderr,
+        )
+        return 2
     workdir = Path(os.environ.get("BENCH_WORKDIR") or tempfile.mkdtemp(prefix="deskpulse-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(config, workdir)
