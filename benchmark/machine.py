@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuWatch", "facts", "process_cpu_s", "rss_kib", "tree_cpu_s"]
+__all__ = ["CpuWatch", "child_pids", "facts", "rss_kib", "tree_cpu_s"]
 
 _HZ = os.sysconf("SC_CLK_TCK")
 
@@ -82,12 +82,6 @@ def _git(root: Path, *args: str) -> str:
         return ""
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process so far (0 if it is gone)."""
-    fields = _stat_fields(pid)
-    return (int(fields[13]) + int(fields[14])) / _HZ if fields else 0.0
-
-
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds of a process and its children (a worker's engine process included)."""
     return _tree_ticks(pid) / _HZ
@@ -95,13 +89,7 @@ def tree_cpu_s(pid: int) -> float:
 
 def child_pids(pid: int) -> list[int]:
     """The direct children of a process (a worker's engine process)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields is not None and int(fields[3]) == pid:
-                out.append(int(entry))
-    return out
+    return [child for child, fields in _all_stats().items() if int(fields[3]) == pid]
 
 
 def rss_kib(pid: int) -> int:
@@ -121,20 +109,21 @@ def _stat_fields(pid: int) -> list[str] | None:
     return ["", "", *rest]  # index as in proc(5): fields[2] is the state
 
 
+def _all_stats() -> dict[int, list[str]]:
+    """The ``/proc/PID/stat`` fields of every process still there."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))) is not None:
+            stats[int(entry)] = fields
+    return stats
+
+
 def _tree_ticks(root_pid: int) -> int:
     """CPU ticks of ``root_pid`` and its descendants, reaped children included."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields is None:
-            continue
-        pid = int(entry)
-        parents[pid] = int(fields[3])
-        # utime, stime, cutime, cstime: a reaped child's time moves into its parent's c*time
-        ticks[pid] = sum(int(fields[i]) for i in (13, 14, 15, 16))
+    stats = _all_stats()
+    parents = {pid: int(fields[3]) for pid, fields in stats.items()}
+    # utime, stime, cutime, cstime: a reaped child's time moves into its parent's c*time
+    ticks = {pid: sum(int(fields[i]) for i in (13, 14, 15, 16)) for pid, fields in stats.items()}
     total = 0
     for pid, value in ticks.items():
         node = pid

@@ -1053,13 +1053,13 @@ class Bench:
             cpu = tree_cpu_s(worker.pid)
             broker_cpu = self.cpu_of(self.broker)[0]
             mono = time.monotonic()
+            engine_mib = sum(rss_kib(pid) for pid in child_pids(worker.pid)) / 1024
             samples.append(
                 {
                     "t": round(mono - started, 1),
                     # the worker and its engine process, if it has one
-                    "rss_mib": sum(rss_kib(pid) for pid in (worker.pid, *child_pids(worker.pid)))
-                    / 1024,
-                    "engine_rss_mib": sum(rss_kib(pid) for pid in child_pids(worker.pid)) / 1024,
+                    "rss_mib": rss_kib(worker.pid) / 1024 + engine_mib,
+                    "engine_rss_mib": engine_mib,
                     "redis_mib": int(info["used_memory"]) / 1024 / 1024,
                     "broker_rss_mib": rss_kib(self.broker.pid) / 1024 if self.broker else 0,
                     "conversations": sum(replies[0::2]),
@@ -1195,7 +1195,7 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         if len(rows) < 2:
             return 0.0
         ts = [r["t"] for r in rows]
-        vs = [r.get(key, 0.0) for r in rows]
+        vs = [r[key] for r in rows]
         mt, mv = sum(ts) / len(ts), sum(vs) / len(vs)
         den = sum((t - mt) ** 2 for t in ts) or 1e-9
         return sum((t - mt) * (v - mv) for t, v in zip(ts, vs, strict=True)) / den * 3600
@@ -1209,12 +1209,12 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         "buckets",
         "broker_rss_mib",
     ):
-        values = [s.get(key, 0.0) for s in samples]
+        values = [s[key] for s in samples]
         out[key] = {
             "start": values[0],
             "peak": max(values),
             "end": values[-1],
-            "steady_start": steady[0].get(key, 0.0),
+            "steady_start": steady[0][key],
             "slope_per_h": slope(key, samples),
             "steady_slope_per_h": slope(key, steady),
         }

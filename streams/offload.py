@@ -244,7 +244,7 @@ class _Child:
         if kind == "breaches":
             return await check_partitions(
                 self.store,
-                [(partition, clock_ms) for partition, clock_ms in args[0]],
+                args[0],  # [partition, clock ms] pairs
                 partial(self.publisher.publish_json, self.settings.topic_alerts),
                 self.engine.partition_lock,
             )

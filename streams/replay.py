@@ -34,6 +34,10 @@ __all__ = ["ReplayStats", "replay"]
 
 log = logging.getLogger("deskpulse.replay")
 
+#: batches handed to the engine before the oldest is awaited (fetch and decode overlap the
+#: commits in Redis)
+_BATCHES_IN_FLIGHT = 3
+
 
 @dataclass
 class ReplayStats:
@@ -95,8 +99,8 @@ async def replay(
         total = remaining
         started = time.perf_counter()
         idle_polls = 0
-        # Up to three batches in flight: the next ones are fetched and decoded while the
-        # oldest one's commit runs in Redis. Order per partition is kept by the engine's
+        # Up to _BATCHES_IN_FLIGHT batches in flight: the next ones are fetched and decoded
+        # while the oldest one's commit runs in Redis. Order per partition is kept by the engine's
         # partition locks, which are first come, first served.
         in_flight: deque[tuple[asyncio.Task[None], int]] = deque()
 
@@ -119,7 +123,7 @@ async def replay(
                 if records:
                     idle_polls = 0
                     in_flight.append((asyncio.ensure_future(engine.process(records)), len(records)))
-                    if len(in_flight) > 2:
+                    if len(in_flight) >= _BATCHES_IN_FLIGHT:
                         await finish_oldest()
                     continue
                 while in_flight:
