@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,9 +34,11 @@ __all__ = ["ReplayStats", "replay"]
 
 log = logging.getLogger("deskpulse.replay")
 
-#: batches handed to the engine before the oldest is awaited (fetch and decode overlap the
-#: commits in Redis)
+#: batches of one partition handed to the engine before the oldest is awaited (fetch and
+#: decode overlap the commits in Redis)
 _BATCHES_IN_FLIGHT = 3
+#: how long a partition at its end offset must bring nothing more before it is done
+_END_QUIET_MS = 250
 
 
 @dataclass
@@ -98,44 +100,64 @@ async def replay(
             remaining += max(0, ends[tp] - start)
         total = remaining
         started = time.perf_counter()
-        idle_polls = 0
-        # Up to _BATCHES_IN_FLIGHT batches in flight: the next ones are fetched and decoded
-        # while the oldest one's commit runs in Redis. Order per partition is kept by the engine's
-        # partition locks, which are first come, first served.
-        in_flight: deque[tuple[asyncio.Task[None], int]] = deque()
+        groups: dict[int, list[TopicPartition]] = defaultdict(list)
+        for tp in partitions:
+            groups[tp.partition].append(tp)
 
-        async def finish_oldest() -> None:
-            task, size = in_flight.popleft()
-            await task
-            stats.records += size
-            if progress is not None:
-                progress(stats.records, max(total, stats.records))
+        async def replay_partition(tps: list[TopicPartition]) -> None:
+            # Up to _BATCHES_IN_FLIGHT batches in flight: the next ones are fetched and
+            # decoded while the oldest one's commit runs in Redis. Their order is kept by
+            # the engine's partition lock, which is first come, first served.
+            in_flight: deque[tuple[asyncio.Task[None], int]] = deque()
 
-        try:
-            # Stop once every partition reached the end it had when we started and a poll
-            # brings nothing more. (Some Kafka-compatible brokers report an end offset
-            # short of the last batch, so records past it are read too rather than
-            # trusted away.)
-            while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-                # aiokafka's records carry topic, partition, offset, key and value as they are
-                records = [m for messages in batches.values() for m in messages]
-                if records:
-                    idle_polls = 0
-                    in_flight.append((asyncio.ensure_future(engine.process(records)), len(records)))
-                    if len(in_flight) >= _BATCHES_IN_FLIGHT:
-                        await finish_oldest()
-                    continue
+            async def finish_oldest() -> None:
+                task, size = in_flight.popleft()
+                await task
+                stats.records += size
+                if progress is not None:
+                    progress(stats.records, max(total, stats.records))
+
+            try:
+                while True:
+                    positions = [await consumer.position(tp) for tp in tps]
+                    at_end = all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True))
+                    # At the end offsets it had when we started, a partition is done once a
+                    # poll brings nothing more for a moment. (Tansu reports the base offset
+                    # of the last batch as the end, so records past it are read too rather
+                    # than trusted away.)
+                    batches = await consumer.getmany(
+                        *tps,
+                        timeout_ms=_END_QUIET_MS if at_end else 500,
+                        max_records=max_records,
+                    )
+                    records = [m for messages in batches.values() for m in messages]
+                    if records:
+                        in_flight.append(
+                            (asyncio.ensure_future(engine.process(records)), len(records))
+                        )
+                        if len(in_flight) >= _BATCHES_IN_FLIGHT:
+                            await finish_oldest()
+                    elif at_end:
+                        break
                 while in_flight:
                     await finish_oldest()
-                positions = [await consumer.position(tp) for tp in partitions]
-                if all(pos >= ends[tp] for pos, tp in zip(positions, partitions, strict=True)):
-                    idle_polls += 1
-                    if idle_polls >= 2:
-                        break
-        finally:
-            for task, _ in in_flight:
-                task.cancel()
+            finally:
+                for task, _ in in_flight:
+                    task.cancel()
+
+        # One pipeline per partition (its three topics share its state and its lock): when
+        # batches came in arrival order, consecutive ones were mostly of one partition and
+        # waited on each other's commits; side by side, one partition folds in Python while
+        # Redis runs another's commit.
+        pipelines = [
+            asyncio.ensure_future(replay_partition(tps)) for _, tps in sorted(groups.items())
+        ]
+        try:
+            await asyncio.gather(*pipelines)
+        finally:  # one failed (or we were cancelled): stop the others before the clients
+            for pipeline in pipelines:
+                pipeline.cancel()
+            await asyncio.gather(*pipelines, return_exceptions=True)
         stats.seconds = time.perf_counter() - started
     finally:
         await consumer.stop()
