@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -118,7 +119,7 @@ class CoreConfig:
     short_abandon_s: int = 5
     chat_answer_target_s: int = 20
 
-    @property
+    @cached_property
     def histogram_bounds_s(self) -> tuple[int, ...]:
         """Histogram bucket bounds: the fixed ladder plus every configured target."""
         return tuple(sorted({*HISTOGRAM_BOUNDS_S, *self.first_response_targets_s.values()}))
@@ -509,10 +510,8 @@ def fold_batch(
     bucket_ms = bucket_s * 1000
     totals, buckets = result.totals, result.buckets
     prefixes: dict[Dims, str] = {}
-    # (fine, roll-up) bucket of each sample time, or None if expired; samples share times
-    targets: dict[
-        int, tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]] | None
-    ] = {}
+    # the four bucket hashes (fine, roll-up, and both over all groups) of each fine bucket
+    targets: dict[int, tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]] = {}
     held_delta = 0
     for conv_id, state in working.items():
         previous = before.get(conv_id)
@@ -559,25 +558,24 @@ def fold_batch(
                 totals[key] += value
             if not route & _TO_BUCKETS:
                 continue  # histogram counts are cumulative only
-            if at_ms in targets:
-                target = targets[at_ms]
-            elif at_ms < cutoff_ms:
-                target = targets[at_ms] = None  # an expired bucket is gone
-            else:
-                fine = at_ms // bucket_ms * bucket_s  # == bucket_start(at_ms / 1000, bucket_s)
+            if at_ms < cutoff_ms:
+                continue  # an expired bucket is gone
+            index = at_ms // bucket_ms
+            target = targets.get(index)
+            if target is None:
+                fine = index * bucket_s  # == bucket_start(at_ms / 1000, bucket_s)
                 rollup = fine - fine % rollup_s
-                target = targets[at_ms] = (
+                target = targets[index] = (
                     buckets[("b", fine)],
                     buckets[("r", rollup)],
                     buckets[("B", fine)],
                     buckets[("R", rollup)],
                 )
-            if target is not None:
-                target[0][key] += value
-                target[1][key] += value
-                # the same over all groups: what a read without grouping needs
-                target[2][name] += value
-                target[3][name] += value
+            target[0][key] += value
+            target[1][key] += value
+            # the same over all groups: what a read without grouping needs
+            target[2][name] += value
+            target[3][name] += value
         held = state.pending()
         result.held[conv_id] = held
         held_delta += held - held_before

@@ -47,6 +47,8 @@ RETRIABLE_REDIS = (
     OSError,
 )
 
+_new_tuple = tuple.__new__
+
 _TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey."}
 
 
@@ -206,7 +208,8 @@ class Engine:
             except RejectedEvent as error:
                 rejected.append((record, error))
                 continue
-            pending.append(Pending(event, topic, record.offset, ms))
+            # a NamedTuple's own constructor is a Python-level call; this one is not
+            pending.append(_new_tuple(Pending, (event, topic, record.offset, ms)))
         return pending, rejected
 
     async def _process_partition(
