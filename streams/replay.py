@@ -6,6 +6,10 @@ beginning), and hands large batches to the same :class:`~streams.engine.Engine` 
 agents use. Because the engine folds with the same pure core and commits through the same
 offset fence, Redis ends in exactly the state the live worker would leave, and a live
 worker started afterwards skips everything the replay applied.
+
+Each partition (its three co-partitioned topics) has a pipeline of its own in the one
+event loop, so while Redis runs one partition's commit script the others are fetched,
+decoded and folded. It stops at the end offsets the topics had when it started.
 """
 
 from __future__ import annotations
