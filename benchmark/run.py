@@ -17,7 +17,7 @@ Knobs (environment): BENCH_RECORDS (300000), BENCH_TRIALS (5), BENCH_FRESHNESS_S
 (30), BENCH_FRESHNESS_TRIALS (3), BENCH_FRESHNESS_RATE (5000), BENCH_MARKER_RATE (20),
 BENCH_SCRAPES (50), BENCH_KPI_CALLS (30), BENCH_DAY_RATE (5), BENCH_SOAK_SECONDS (1800),
 BENCH_SOAK_RATE (1000), BENCH_SOAK_SAMPLE_SECONDS (30), BENCH_SOAK_RETENTION (10m),
-BENCH_SOAK_RESPONSE_SCALE (0.05), BENCH_SECTIONS
+BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_SECTIONS
 (throughput,freshness,scrape,kpis,soak), BENCH_PROFILE (auto | always | never),
 BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
@@ -122,10 +122,14 @@ class Config:
     soak_retention: str = field(
         default_factory=lambda: os.environ.get("BENCH_SOAK_RETENTION", "10m")
     )
-    #: conversation lifecycles this much shorter than real ones, so that most of them end
-    #: (and expire) within the soak and the state can be seen to level off
+    #: conversation lifecycles squeezed (SimConfig.response_scale and lifecycle_scale) so
+    #: that nearly all of them end, and expire, within the soak and the state can be seen
+    #: to level off: a ticket's days from creation to close take minutes
     soak_response_scale: float = field(
-        default_factory=lambda: _env_float("BENCH_SOAK_RESPONSE_SCALE", 0.05)
+        default_factory=lambda: _env_float("BENCH_SOAK_RESPONSE_SCALE", 0.001)
+    )
+    soak_lifecycle_scale: float = field(
+        default_factory=lambda: _env_float("BENCH_SOAK_LIFECYCLE_SCALE", 0.005)
     )
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
@@ -727,6 +731,7 @@ class Bench:
         sample_every_s: float = 30.0,
         poll: Callable[[list[int]], Any] | None = None,
         response_scale: float = 1.0,
+        lifecycle_scale: float = 1.0,
     ) -> dict[str, Any]:
         """Traffic at ``rate`` for ``seconds`` with markers; produced -> visible in Redis
         (or, with ``poll``, -> whenever ``poll(indices)`` says each marker was seen)."""
@@ -753,6 +758,8 @@ class Bench:
             str(zlib.crc32(run_id.encode()) % 10_000),
             "--response-scale",
             str(response_scale),
+            "--lifecycle-scale",
+            str(lifecycle_scale),
         ]
         traffic = self.procs.start(f"traffic-{run_id}", argv, env=child_env(settings))
         sampler = profiles.PySpy(worker.pid, spy) if spy and worker else None
@@ -1031,7 +1038,11 @@ class Bench:
     async def _soak(self) -> dict[str, Any]:
         cfg = self.config
         assert self.redis is not None
-        await self.redis.flushdb()  # earlier sections' state out of used_memory
+        # earlier sections' state out of used_memory: freed in the background (a blocking
+        # FLUSHDB of gigabytes outlasts any sensible client timeout), then waited for
+        await self.redis.flushdb(asynchronous=True)
+        while int((await self.redis.info("memory")).get("lazyfree_pending_objects", 0)):
+            await asyncio.sleep(0.2)
         retention = parse_duration(cfg.soak_retention)
         windows = sorted({w for w in (60, 300, retention) if w <= retention})
         settings = self.settings("soak", "soak", retention=retention, windows=tuple(windows))
@@ -1088,12 +1099,14 @@ class Bench:
                 sample=sample,
                 sample_every_s=cfg.soak_sample_s,
                 response_scale=cfg.soak_response_scale,
+                lifecycle_scale=cfg.soak_lifecycle_scale,
             )
         finally:
             self.procs.stop(worker)
         return {
             "retention_s": retention,
             "response_scale": cfg.soak_response_scale,
+            "lifecycle_scale": cfg.soak_lifecycle_scale,
             "windows": windows,
             "traffic": traffic,
             "samples": samples,
@@ -1105,7 +1118,9 @@ class Bench:
     async def main(self) -> None:
         cfg = self.config
         self.start_stack()
-        self.redis = Redis.from_url(self.redis_url)
+        self.redis = Redis.from_url(
+            self.redis_url, socket_timeout=60
+        )  # big reads of the sections' state
         info = await self.redis.info("server")
         broker_version = (
             subprocess.run(

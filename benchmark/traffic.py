@@ -81,6 +81,7 @@ async def run(args: argparse.Namespace) -> None:
             rate=args.rate,
             id_prefix=f"{args.run_id}-",
             response_scale=args.response_scale,
+            lifecycle_scale=args.lifecycle_scale,
         )
     )
     records: Iterable[Record] = list(simulated) if total <= PREGENERATE else simulated
@@ -183,6 +184,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
         "--response-scale", type=float, default=1.0, help="SimConfig.response_scale"
+    )
+    parser.add_argument(
+        "--lifecycle-scale", type=float, default=1.0, help="SimConfig.lifecycle_scale"
     )
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--markers", required=True)

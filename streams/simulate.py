@@ -178,12 +178,23 @@ class SimConfig:
     survey_ratio: float = 0.3
     #: multiplies ticket response delays and close timers; < 1 squeezes lifecycles into short runs
     response_scale: float = 1.0
+    #: multiplies the other gaps inside a conversation as well (customers' follow-ups,
+    #: solves, reopens, surveys, chat lengths); with ``response_scale`` it squeezes whole
+    #: lifecycles, days-later close included, into a short run (the benchmark's soak)
+    lifecycle_scale: float = 1.0
     #: prefix of every generated id (default ``s<seed>-``), to keep several runs apart
     id_prefix: str | None = None
 
     def __post_init__(self) -> None:
-        if self.duration_s <= 0 or self.rate <= 0 or self.response_scale <= 0:
-            raise ValueError("duration_s, rate and response_scale must be positive")
+        if (
+            self.duration_s <= 0
+            or self.rate <= 0
+            or self.response_scale <= 0
+            or self.lifecycle_scale <= 0
+        ):
+            raise ValueError(
+                "duration_s, rate, response_scale and lifecycle_scale must be positive"
+            )
         if self.disorder_s <= 0:
             raise ValueError("disorder_s must be positive")
         for name in (
@@ -363,6 +374,7 @@ class _Simulation:
     ) -> list[tuple[int, int, Any]]:
         lognormal = rng.lognormvariate
         scale = self.config.response_scale * slow
+        life = self.config.lifecycle_scale
         events: list[tuple[int, int, Any]] = [(t0, _TICKET_CREATED, None)]
         if rng.random() < 0.4:  # auto-acknowledgement: public, but not an agent reply
             events.append((t0 + rng.randint(300, 5000), _TICKET_REPLIED, _SYSTEM))
@@ -370,7 +382,7 @@ class _Simulation:
         median_s = _FIRST_REPLY_MEDIAN_S[conversation.priority]
         first_reply_s = lognormal(math.log(median_s), _FIRST_REPLY_SIGMA) * scale
         # an unanswered ticket is closed unanswered (spam, duplicates) after about 3 days
-        close_unanswered_ms = int(3 * 86_400_000 * self.config.response_scale) + 60_000
+        close_unanswered_ms = int(3 * 86_400_000 * self.config.response_scale * life) + 60_000
         waiting_ms = int(first_reply_s * 1000) + 1 if answered else close_unanswered_ms
         breached = not answered or first_reply_s > _BREACH_AFTER_S[conversation.priority]
         while rng.random() < (0.45 if breached else 0.2):  # "any news on this?"
@@ -389,28 +401,30 @@ class _Simulation:
         for solve in range(solves):
             rounds = _ROUNDS(rng) if solve == 0 else 1
             for _ in range(rounds):
-                t += int(lognormal(math.log(3600.0), 1.0) * 1000)
+                t += int(lognormal(math.log(3600.0), 1.0) * life * 1000)
                 events.append((t, _TICKET_REPLIED, _CUSTOMER))
                 if pending or solve:
                     events.append((t + 500, _TICKET_STATUS, "open"))
                 if rng.random() < 0.2:
                     events.append((t + 60_000, _TICKET_REPLIED, _NOTE))
-                t += int(lognormal(math.log(2400.0), 0.9) * scale * 1000) + 120_000
+                t += int(lognormal(math.log(2400.0), 0.9) * scale * 1000) + int(120_000 * life)
                 events.append((t, _TICKET_REPLIED, _AGENT))
                 pending = rng.random() < 0.5
                 if pending:
                     events.append((t + 800, _TICKET_STATUS, "pending"))
             if rng.random() >= 0.85:
                 return events  # still open
-            t += int(lognormal(math.log(300.0), 1.0) * 1000) + 1000
+            t += int(lognormal(math.log(300.0), 1.0) * life * 1000) + 1000
             events.append((t, _TICKET_STATUS, "solved"))
             if rng.random() < self.config.survey_ratio:
-                at = t + int(lognormal(math.log(1800.0), 1.0) * 1000)
+                at = t + int(lognormal(math.log(1800.0), 1.0) * life * 1000)
                 events.append((at, _SURVEY, self._survey(rng, conversation, breached)))
             if solve + 1 < solves:
-                t += int(lognormal(math.log(6 * 3600.0), 0.8) * 1000)
-        close_after_ms = int(96 * 3_600_000 * self.config.response_scale)  # 4 days after solved
-        events.append((t + close_after_ms + rng.randint(0, 3_600_000), _TICKET_STATUS, "closed"))
+                t += int(lognormal(math.log(6 * 3600.0), 0.8) * life * 1000)
+        # 4 days after solved
+        close_after_ms = int(96 * 3_600_000 * self.config.response_scale * life)
+        close_after_ms += int(rng.randint(0, 3_600_000) * life)
+        events.append((t + close_after_ms, _TICKET_STATUS, "closed"))
         return events
 
     def _chat(
@@ -434,12 +448,12 @@ class _Simulation:
             return events
         t = t0 + int(wait_s * 1000) + 1
         events.append((t, _CHAT_ACCEPTED, None))
-        t += int(lognormal(math.log(300.0), 0.7) * slow * 1000)
+        life = self.config.lifecycle_scale
+        t += int(lognormal(math.log(300.0), 0.7) * slow * life * 1000)
         events.append((t, _CHAT_ENDED, _ENDED_BY(rng)))
         if rng.random() < self.config.survey_ratio:
-            events.append(
-                (t + rng.randint(5000, 120_000), _SURVEY, self._survey(rng, conversation, False))
-            )
+            survey_at = t + int(rng.randint(5000, 120_000) * life)
+            events.append((survey_at, _SURVEY, self._survey(rng, conversation, False)))
         return events
 
     def _survey(

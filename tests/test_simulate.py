@@ -302,11 +302,38 @@ def test_id_prefix_keeps_runs_apart() -> None:
     assert one.key.startswith(b"run-a/")
 
 
+def _spans_s(config: SimConfig) -> list[float]:
+    """Seconds from each conversation's first event to its last."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for event in distinct_events(config):
+        conversation = conversation_of(event)
+        t = event.occurred_at.timestamp()
+        first[conversation] = min(first.get(conversation, t), t)
+        last[conversation] = max(last.get(conversation, t), t)
+    return sorted(last[c] - first[c] for c in first)
+
+
+def test_lifecycle_scale_squeezes_whole_conversations() -> None:
+    # what the benchmark's soak relies on: with both scales small, nearly every
+    # conversation ends within minutes, the close days after the solve included
+    base = SimConfig(seed=5, rate=20, duration_s=2 * HOUR, response_scale=0.001)
+    squeezed = dataclasses.replace(base, lifecycle_scale=0.005)
+    assert list(generate(dataclasses.replace(base, lifecycle_scale=1.0))) == list(generate(base))
+    long, short = _spans_s(base), _spans_s(squeezed)
+    p99 = int(0.99 * (len(short) - 1))
+    assert long[int(0.9 * (len(long) - 1))] > 1800  # follow-ups, reopens, surveys: hours
+    assert short[p99] < 600, short[p99]
+    closed = [e for e in distinct_events(squeezed) if getattr(e, "status", None) == "closed"]
+    assert len(closed) > 100  # the days-later close now falls inside the stretch
+
+
 @pytest.mark.parametrize(
     "change",
     [
         {"rate": 0},
         {"duration_s": -1},
+        {"lifecycle_scale": 0},
         {"duplicate_ratio": 1.5},
         {"channels": {}},
         {"priorities": {"critical": 1.0}},
