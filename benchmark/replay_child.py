@@ -29,6 +29,8 @@ def main() -> None:
         "records": stats.records,
         "seconds": stats.seconds,
         "per_second": stats.per_second,
+        "active_seconds": stats.active_seconds,
+        "active_per_second": stats.active_per_second,
         "wall_seconds": wall,
         "cpu_seconds": time.process_time(),
     }
