@@ -95,8 +95,8 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "`BENCH_RECORDS=60000 BENCH_TRIALS=1 BENCH_FRESHNESS_SECONDS=10 BENCH_FRESHNESS_TRIALS=1 "
         "BENCH_DAY_RATE=1 BENCH_SOAK_SECONDS=90 BENCH_SOAK_SAMPLE_SECONDS=10 "
         "BENCH_OUTPUT=/tmp/b.md python -m benchmark.run`. "
-        "py-spy and pyinstrument are needed for the profiles only (`pip install py-spy "
-        "pyinstrument` into the venv; they are not project dependencies).\n"
+        "py-spy and pyinstrument are needed for the profiles only: the `bench` extra, which "
+        "`make bench` installs (`pip install -e '.[bench]'`).\n"
     )
     return "\n".join(out).rstrip() + "\n"
 

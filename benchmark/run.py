@@ -1122,9 +1122,8 @@ class Bench:
     async def main(self) -> None:
         cfg = self.config
         self.start_stack()
-        self.redis = Redis.from_url(
-            self.redis_url, socket_timeout=60
-        )  # big reads of the sections' state
+        # a long timeout: the sections read (and flush) big states
+        self.redis = Redis.from_url(self.redis_url, socket_timeout=60)
         info = await self.redis.info("server")
         broker_version = (
             subprocess.run(
