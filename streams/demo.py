@@ -41,10 +41,20 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
     worker: subprocess.Popen[bytes] | None = None
     interrupted = False
 
-    def on_term(signum: int, frame: object) -> None:
+    def on_stop(signum: int, frame: object) -> None:
+        # The first Ctrl-C or SIGTERM ends whatever is running, however deep in the event
+        # loop: asyncio's own SIGINT handling only cancels the main task, and a
+        # cancellation absorbed inside a client library would leave the demo producing
+        # forever. Later signals must not cut the clean-up short.
+        signal.signal(signal.SIGINT, on_again)
+        signal.signal(signal.SIGTERM, on_again)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    def on_again(signum: int, frame: object) -> None:
+        print("deskpulse demo: already stopping", flush=True)
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
     try:
         host, port = _host_port(settings.kafka_bootstrap.split(",")[0], 9092)
         if port_open(host, port):
@@ -79,14 +89,17 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        print("deskpulse demo: stopping", flush=True)
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
-                worker.wait(timeout=30)
+                worker.wait(timeout=20)
             except subprocess.TimeoutExpired:
+                print("deskpulse demo: the worker did not stop within 20 s; killing it", flush=True)
                 worker.kill()
                 worker.wait()
         for process in reversed(started):
+            print(f"deskpulse demo: stopping {process.name}", flush=True)
             process.stop()
         print("deskpulse demo: stopped", flush=True)
     return 0 if interrupted else 1
