@@ -586,7 +586,10 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
             ("rss_mib", "worker RSS (with its engine process)", "MiB"),
             ("engine_rss_mib", "of which the engine process", "MiB"),
             ("redis_mib", "Redis used_memory", "MiB"),
+            ("redis_dataset_mib", "of which the data (used_memory_dataset)", "MiB"),
             ("conversations", "conversations in Redis", ""),
+            ("state_bytes", "mean bytes of a conversation's state (sample)", "B"),
+            ("events_seen", "mean events it has seen (sample)", ""),
             ("buckets", "bucket keys in Redis", ""),
             ("broker_rss_mib", "broker RSS (holds every record)", "MiB"),
         ):
@@ -612,15 +615,17 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
         )
     add("<details><summary>samples</summary>\n")
     add(
-        "| t (s) | worker RSS MiB | engine RSS MiB | Redis MiB | conversations | bucket keys | "
-        "events applied | worker cores | broker cores |"
+        "| t (s) | worker RSS MiB | engine RSS MiB | Redis MiB | conversations | "
+        "state bytes (mean) | events seen (mean) | bucket keys | events applied | "
+        "worker cores | broker cores |"
     )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for s in so["samples"]:
         add(
             f"| {s['t']:.0f} | {s['rss_mib']:.1f} | {s.get('engine_rss_mib', 0):.1f} | "
             f"{s['redis_mib']:.1f} | "
-            f"{s['conversations']:,} | {s['buckets']:,} | {s['applied']:,} | "
+            f"{s['conversations']:,} | {s.get('state_bytes', 0):,.0f} | "
+            f"{s.get('events_seen', 0):.1f} | {s['buckets']:,} | {s['applied']:,} | "
             f"{s['worker_cores']:.2f} | {s.get('broker_cores', 0):.2f} |"
         )
     add("\n</details>\n")

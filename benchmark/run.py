@@ -65,7 +65,7 @@ from benchmark.stack import (
 from benchmark.traffic import marker_id
 from exporters.kafka import kafka_client_options
 from models.settings import Settings, parse_duration
-from streams.core import CoreConfig
+from streams.core import Conversation, CoreConfig
 from streams.embedded import ManagedProcess, free_port, start_broker, start_redis
 from streams.query import query_kpis
 from streams.simulate import SimConfig, generate
@@ -1064,7 +1064,12 @@ class Bench:
                 for p in range(parts):
                     pipe.hlen(f"{prefix}:{{p{p}}}:conv")
                     pipe.zcard(f"{prefix}:{{p{p}}}:bidx")
+                for p in range(parts):
+                    # a random sample of conversation states: what one of them costs
+                    pipe.hrandfield(f"{prefix}:{{p{p}}}:conv", 250, withvalues=True)
                 replies = await pipe.execute()
+            states = [v for r in replies[2 * parts :] for v in r[1::2]]
+            seen = [len(Conversation.loads(v).seen) for v in states]
             cpu = tree_cpu_s(worker.pid)
             broker_cpu = self.cpu_of(self.broker)[0]
             mono = time.monotonic()
@@ -1076,9 +1081,12 @@ class Bench:
                     "rss_mib": rss_kib(worker.pid) / 1024 + engine_mib,
                     "engine_rss_mib": engine_mib,
                     "redis_mib": int(info["used_memory"]) / 1024 / 1024,
+                    "redis_dataset_mib": int(info["used_memory_dataset"]) / 1024 / 1024,
                     "broker_rss_mib": rss_kib(self.broker.pid) / 1024 if self.broker else 0,
-                    "conversations": sum(replies[0::2]),
-                    "buckets": sum(replies[1::2]),
+                    "conversations": sum(replies[0 : 2 * parts : 2]),
+                    "buckets": sum(replies[1 : 2 * parts : 2]),
+                    "state_bytes": sum(map(len, states)) / max(len(states), 1),
+                    "events_seen": sum(seen) / max(len(seen), 1),
                     "applied": applied_total(await meta_totals(self.redis, prefix, parts)),
                     "worker_cores": (cpu - last_cpu[1]) / max(mono - last_cpu[0], 1e-9),
                     "broker_cores": (broker_cpu - last_cpu[2]) / max(mono - last_cpu[0], 1e-9),
@@ -1223,10 +1231,15 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         "rss_mib",
         "engine_rss_mib",
         "redis_mib",
+        "redis_dataset_mib",
         "conversations",
+        "state_bytes",
+        "events_seen",
         "buckets",
         "broker_rss_mib",
     ):
+        if key not in samples[0]:
+            continue
         values = [s[key] for s in samples]
         out[key] = {
             "start": values[0],
