@@ -1238,8 +1238,6 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         "buckets",
         "broker_rss_mib",
     ):
-        if key not in samples[0]:
-            continue
         values = [s[key] for s in samples]
         out[key] = {
             "start": values[0],

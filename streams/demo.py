@@ -27,6 +27,9 @@ from streams.topics import ensure_topics
 
 __all__ = ["produce_live", "run_demo"]
 
+#: how long the worker may take to flush and commit after SIGTERM before it is killed
+_WORKER_STOP_S = 20
+
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
@@ -93,9 +96,13 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
-                worker.wait(timeout=20)
+                worker.wait(timeout=_WORKER_STOP_S)
             except subprocess.TimeoutExpired:
-                print("deskpulse demo: the worker did not stop within 20 s; killing it", flush=True)
+                print(
+                    f"deskpulse demo: the worker did not stop within {_WORKER_STOP_S} s; "
+                    "killing it",
+                    flush=True,
+                )
                 worker.kill()
                 worker.wait()
         for process in reversed(started):
