@@ -207,7 +207,12 @@ def _from_schema(event: schema.Event) -> WireEvent:
     return struct(**{name: getattr(event, name) for name in struct.__struct_fields__})  # type: ignore[return-value]
 
 
-_MAX_BRACKETS = 64
+#: pydantic refuses nesting past ~200 levels, msgspec reads deeper: a record with more
+#: brackets than this (an upper bound of its depth) goes to the schema, which decides
+_MAX_BRACKETS = 128
+#: a record msgspec accepts is valid JSON, so every bracket it opens it closes: one of at
+#: most this many bytes cannot hold more than _MAX_BRACKETS, and is not counted
+_SHALLOW_BYTES = 2 * _MAX_BRACKETS
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -237,9 +242,7 @@ def decode_record(
         or len(raw) > max_bytes
         or _LONG_FRACTION.search(raw) is not None
         or (not raw.isascii() and not _is_utf8(raw))
-        # pydantic refuses nesting past ~200 levels, msgspec goes deeper: past this many
-        # brackets (an upper bound of the depth) the schema decides
-        or raw.count(b"[") + raw.count(b"{") > _MAX_BRACKETS
+        or (len(raw) > _SHALLOW_BYTES and raw.count(b"[") + raw.count(b"{") > _MAX_BRACKETS)
     ):
         event = _from_schema(
             schema.decode(raw, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s)

@@ -249,7 +249,9 @@ def test_edge_cases(raw: bytes) -> None:
     assert_same(raw)
 
 
-@pytest.mark.parametrize("depth", [10, 63, 64, 199, 200, 201, 250, 500, 1000, 5000, 100_000])
+@pytest.mark.parametrize(
+    "depth", [10, 63, 64, 100, 127, 128, 129, 199, 200, 201, 250, 500, 1000, 5000, 100_000]
+)
 def test_deep_nesting_in_an_unknown_field_gets_the_same_verdict(depth: int) -> None:
     # pydantic refuses past ~200 levels, msgspec past more (RecursionError): the schema decides
     nested = b"[" * depth + b"]" * depth
