@@ -80,6 +80,9 @@ async def run(args: argparse.Namespace) -> None:
             duration_s=args.seconds,
             rate=args.rate,
             id_prefix=f"{args.run_id}-",
+            # ids of one length, as real ones are: a counter's gain a digit at each power
+            # of ten, and the soak would read the longer ids in its state as growth
+            id_digits=10,
             response_scale=args.response_scale,
             lifecycle_scale=args.lifecycle_scale,
         )

@@ -184,6 +184,10 @@ class SimConfig:
     lifecycle_scale: float = 1.0
     #: prefix of every generated id (default ``s<seed>-``), to keep several runs apart
     id_prefix: str | None = None
+    #: zero-pad the numbers in ids to this many digits (0: no padding). Real ids keep one
+    #: length; a counter's gain a digit at every power of ten, which a soak would read as
+    #: its state growing (the benchmark's soak pads)
+    id_digits: int = 0
 
     def __post_init__(self) -> None:
         if (
@@ -197,6 +201,8 @@ class SimConfig:
             )
         if self.disorder_s <= 0:
             raise ValueError("disorder_s must be positive")
+        if not 0 <= self.id_digits <= 20:
+            raise ValueError("id_digits must be between 0 and 20")
         for name in (
             "duplicate_ratio",
             "out_of_order",
@@ -345,7 +351,9 @@ class _Simulation:
     def _open(self, rng: random.Random, at_ms: int, number: int) -> _Conversation:
         channel = self.channel(rng)
         is_chat = channel == "chat"
-        conversation = _Conversation(f"{self.prefix}{'C' if is_chat else 'T'}{number}", is_chat)
+        conversation = _Conversation(
+            f"{self.prefix}{'C' if is_chat else 'T'}{number:0{self.config.id_digits}}", is_chat
+        )
         conversation.channel = channel
         conversation.queue = self.queue(rng)
         conversation.priority = self.priority(rng)
@@ -481,7 +489,8 @@ class _Simulation:
         rng = random.Random(config.seed)
         heap: list[tuple[int, int, int, int, Any, Any]] = []
         sequence = itertools.count()
-        event_numbers = itertools.count(1)
+        digits = config.id_digits
+        event_numbers = (f"{n:0{digits}}" for n in itertools.count(1))
         end_ms = self.end_ms
         disorder_ms = config.disorder_s * 1000.0
         max_delay_ms = 20 * disorder_ms

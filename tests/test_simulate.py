@@ -302,6 +302,28 @@ def test_id_prefix_keeps_runs_apart() -> None:
     assert one.key.startswith(b"run-a/")
 
 
+def test_id_digits_pads_every_number_to_one_length() -> None:
+    import re
+
+    config = SimConfig(rate=50, duration_s=120, id_prefix="p-", id_digits=6)
+    plain = list(generate(dataclasses.replace(config, id_digits=0)))
+    padded = list(generate(config))
+    assert len(padded) == len(plain)  # the same traffic, only the ids differ
+    numbers = [
+        m.group(1)
+        for record in padded
+        if record.occurred_at_s is not None
+        for name in ("event_id", "ticket_id", "chat_id")
+        if (m := re.fullmatch(r"p-[eTC](\d+)", orjson.loads(record.value).get(name) or ""))
+    ]
+    assert numbers and {len(n) for n in numbers} == {6}
+    assert any(n.startswith("0000") for n in numbers)  # small numbers are padded
+    unpadded = {orjson.loads(r.value)["event_id"] for r in plain if r.occurred_at_s is not None}
+    assert "p-e1" in unpadded  # the default stays as it was
+    with pytest.raises(ValueError, match="id_digits"):
+        SimConfig(id_digits=-1)
+
+
 def _spans_s(config: SimConfig) -> list[float]:
     """Seconds from each conversation's first event to its last."""
     first: dict[str, float] = {}
