@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from aiokafka import AIOKafkaProducer
@@ -29,6 +31,32 @@ __all__ = ["produce_live", "run_demo"]
 
 #: how long the worker may take to flush and commit after SIGTERM before it is killed
 _WORKER_STOP_S = 20
+
+
+def _run_interruptible(main: Coroutine[Any, Any, Any]) -> None:
+    """``asyncio.run(main)``, except that after a KeyboardInterrupt ``main`` is cancelled
+    and finishes its own clean-up (closing its producer) while the client's background
+    tasks still run; ``asyncio.run`` would cancel those at the same moment and leave the
+    producer's close pending. The KeyboardInterrupt is raised again afterwards."""
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(main)
+        try:
+            loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(task)
+            raise
+    finally:
+        rest = asyncio.all_tasks(loop)
+        for other in rest:
+            other.cancel()
+        if rest:
+            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -88,7 +116,7 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
             "Ctrl-C stops everything.",
             flush=True,
         )
-        asyncio.run(produce_live(settings, rate=rate, seed=seed, worker=worker))
+        _run_interruptible(produce_live(settings, rate=rate, seed=seed, worker=worker))
     except KeyboardInterrupt:
         interrupted = True
     finally:
