@@ -37,9 +37,10 @@ def _run_interruptible(main: Coroutine[Any, Any, Any]) -> None:
     """``asyncio.run(main)``, except that after a KeyboardInterrupt ``main`` is cancelled
     and finishes its own clean-up (closing its producer) while the client's background
     tasks still run; ``asyncio.run`` would cancel those at the same moment and leave the
-    producer's close pending. The KeyboardInterrupt is raised again afterwards."""
-    loop = asyncio.new_event_loop()
-    try:
+    producer's close pending. The KeyboardInterrupt is raised again afterwards, and the
+    runner then cancels what is left and closes the loop, as ``asyncio.run`` does."""
+    with asyncio.Runner() as runner:
+        loop = runner.get_loop()
         task = loop.create_task(main)
         try:
             loop.run_until_complete(task)
@@ -49,14 +50,6 @@ def _run_interruptible(main: Coroutine[Any, Any, Any]) -> None:
                 with contextlib.suppress(BaseException):
                     loop.run_until_complete(task)
             raise
-    finally:
-        rest = asyncio.all_tasks(loop)
-        for other in rest:
-            other.cancel()
-        if rest:
-            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -303,8 +304,6 @@ def test_id_prefix_keeps_runs_apart() -> None:
 
 
 def test_id_digits_pads_every_number_to_one_length() -> None:
-    import re
-
     config = SimConfig(rate=50, duration_s=120, id_prefix="p-", id_digits=6)
     plain = list(generate(dataclasses.replace(config, id_digits=0)))
     padded = list(generate(config))
