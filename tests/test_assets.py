@@ -410,6 +410,53 @@ def test_compose_has_the_whole_stack() -> None:
     assert "--appendonly yes" in command
 
 
+def published_host_ip(port: str | int | dict[str, Any]) -> str | None:
+    """The host address a compose ``ports`` entry binds; ``None`` means every interface.
+
+    Short syntax ``[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`` (IPv6 in brackets) or
+    the long syntax's ``host_ip``.
+    """
+    if isinstance(port, dict):
+        host_ip = port.get("host_ip")
+        return str(host_ip) if host_ip else None
+    spec = str(port).split("/")[0]
+    if spec.startswith("["):
+        return spec[1 : spec.index("]")]
+    parts = spec.split(":")
+    return parts[0] if len(parts) == 3 else None
+
+
+@pytest.mark.parametrize(
+    ("entry", "host_ip"),
+    [
+        ("6379", None),  # container port only: a random host port on every interface
+        ("6379:6379", None),
+        ("6379:6379/tcp", None),
+        ("127.0.0.1:6379:6379", "127.0.0.1"),
+        ("0.0.0.0:6379:6379", "0.0.0.0"),
+        ("[::1]:6379:6379/udp", "::1"),
+        (6379, None),
+        ({"target": 6379, "published": 6379}, None),
+        ({"target": 6379, "published": 6379, "host_ip": "127.0.0.1"}, "127.0.0.1"),
+    ],
+)
+def test_published_host_ip(entry: str | int | dict[str, Any], host_ip: str | None) -> None:
+    assert published_host_ip(entry) == host_ip
+
+
+def test_compose_publishes_ports_on_loopback_only() -> None:
+    # Redis without a password, plaintext Kafka and Grafana's admin/admin must not be
+    # reachable from other machines by default (README, Deploying, says how to expose them)
+    published = 0
+    for name, service in compose()["services"].items():
+        assert service.get("network_mode") != "host", name
+        for port in service.get("ports", []):
+            host_ip = published_host_ip(port)
+            assert host_ip in {"127.0.0.1", "::1"}, (name, port)
+            published += 1
+    assert published >= 6  # kafka, redis, worker, prometheus, alertmanager, grafana
+
+
 def test_compose_bind_mounts_exist_in_the_repo() -> None:
     mounts = [mount for service in compose()["services"].values() for mount in bind_mounts(service)]
     assert len(mounts) >= 5
