@@ -285,6 +285,15 @@ HEALTH: tuple[MetricSpec, ...] = (
         "",
     ),
     MetricSpec(
+        "deskpulse_events_rerouted_total",
+        "counter",
+        ("topic",),
+        "Input records read from a partition other than the one their conversation id maps "
+        "to (Kafka's murmur2 rule) and forwarded through the repartition topic to it, by "
+        "source topic.",
+        "",
+    ),
+    MetricSpec(
         "deskpulse_events_duplicate_total",
         "counter",
         ("topic",),
@@ -357,6 +366,24 @@ HEALTH: tuple[MetricSpec, ...] = (
         "",
     ),
     MetricSpec(
+        "deskpulse_state_ok",
+        "gauge",
+        (),
+        "1 while the Redis state matches the input topics and the consumer group; 0 once "
+        "the worker stopped applying because Redis lost state it had acknowledged "
+        "(restarted without persistence, flushed) or the topics are not the ones the state "
+        "was built from (recreated). /readyz says which, and the fix.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_events_skipped_total",
+        "counter",
+        ("topic", "reason"),
+        "Input records not applied because the offset fence shows them applied before "
+        "(reason already_applied: redelivered after a crash or rebalance), per process.",
+        "",
+    ),
+    MetricSpec(
         "deskpulse_alert_firing",
         "gauge",
         ("rule", "window", *DIMS),
@@ -364,10 +391,21 @@ HEALTH: tuple[MetricSpec, ...] = (
         "",
     ),
     MetricSpec(
+        "deskpulse_series_folded",
+        "gauge",
+        ("metric",),
+        "Series of the metric family that the cardinality guard folds into the "
+        'channel/queue/priority="other" group in the current snapshot, because the family '
+        "would exceed DESKPULSE_MAX_SERIES_PER_METRIC series (0: every group is shown).",
+        "",
+    ),
+    MetricSpec(
         "deskpulse_series_dropped_total",
         "counter",
         ("metric",),
-        "Series left out of /metrics because a metric reached DESKPULSE_MAX_SERIES_PER_METRIC.",
+        "deskpulse_series_folded added up at every snapshot refresh since the process "
+        "started: it grows while the guard folds series of the family and stands still "
+        "otherwise, so increase() > 0 means groups were left out of /metrics.",
         "",
     ),
     MetricSpec(
@@ -375,6 +413,15 @@ HEALTH: tuple[MetricSpec, ...] = (
         "gauge",
         ("version",),
         "Always 1; the version label names the running deskpulse release.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_kpi_reads_total",
+        "counter",
+        ("result",),
+        "GET /kpis requests by what became of them: computed, shared (an identical read "
+        "was computing), cached, invalid (400), rejected (503, too many reads waiting), "
+        "unavailable (503, e.g. Redis unreachable), failed (500).",
         "",
     ),
 )

@@ -82,7 +82,8 @@ class AlertRule(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    # no control characters: the name is part of the rule's state keys in Redis
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
     metric: Literal[
         "chat_abandonment_ratio",
         "chat_service_level_ratio",
@@ -155,6 +156,9 @@ class Settings(BaseSettings):
     topic_deadletter: str = "deskpulse.deadletter"
     topic_kpis: str = "deskpulse.kpis"
     topic_alerts: str = "deskpulse.alerts"
+    # where records a producer put on another partition than their conversation's go to
+    # reach it; empty: "<app_id>.repartition", one per deployment like its consumer group
+    topic_repartition: str = ""
     topic_partitions: int = Field(default=4, ge=1, le=1024)
 
     # KPI definitions
@@ -187,6 +191,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_token: SecretStr | None = None
+    # /metrics wants the web token too (Prometheus sends it as a bearer credential)
+    metrics_require_token: bool = False
     metrics_refresh_interval: Annotated[int, NoDecode] = 5
     snapshot_interval: Annotated[int, NoDecode] = 10
     breach_check_interval: Annotated[int, NoDecode] = 15
@@ -194,7 +200,16 @@ class Settings(BaseSettings):
         default_factory=lambda: tuple(AlertRule(**rule) for rule in DEFAULT_ALERT_RULES)
     )
     max_series_per_metric: int = Field(default=10_000, ge=1)
+    # messages per KPI snapshot on the KPI topic (the smallest groups are folded into one)
+    max_snapshot_messages: int = Field(default=10_000, ge=1)
     label_max_length: int = Field(default=64, ge=8, le=1024)
+
+    # KPI reads (GET /kpis): computed in a read process of their own, at most this many at
+    # once, this many more waiting (then 503), an identical request answered from the last
+    # computation for this many seconds (0: only requests that arrive while it runs share it)
+    read_concurrency: int = Field(default=2, ge=1, le=64)
+    read_queue: int = Field(default=32, ge=0, le=10_000)
+    read_cache: float = Field(default=1.0, ge=0, le=60)
 
     @field_validator(
         "kafka_session_timeout",
@@ -223,6 +238,14 @@ class Settings(BaseSettings):
     def _at_least_a_second(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1s")
+        return value
+
+    @field_validator("web_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty token would make "Bearer " the password: unset it to leave /kpis open
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (unset it for no token)")
         return value
 
     @field_validator("engine_process", mode="before")
@@ -273,6 +296,16 @@ class Settings(BaseSettings):
         for rule in self.alert_rules:
             if parse_duration(rule.window) % self.bucket_seconds:
                 raise ValueError(f"alert_rules: window of {rule.name} is not a bucket multiple")
+        if self.metrics_require_token and self.web_token is None:
+            raise ValueError("metrics_require_token: needs DESKPULSE_WEB_TOKEN to be set")
+        if not self.topic_repartition:
+            # frozen: set once here, as if it had been given
+            object.__setattr__(self, "topic_repartition", f"{self.app_id}.repartition")
+        others = (*self.input_topics, self.topic_deadletter, self.topic_kpis, self.topic_alerts)
+        if self.topic_repartition in others:
+            raise ValueError(
+                f"topic_repartition: {self.topic_repartition} is already another deskpulse topic"
+            )
         return self
 
     @property

@@ -9,18 +9,21 @@ Faust tables.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import faust
-import orjson
+import mode
+from faust.app.base import BootStrategy
 from faust.transport.drivers import aiokafka as faust_kafka
+from faust.web.drivers import aiohttp as faust_web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -36,12 +39,11 @@ from streams.breaches import check_partitions
 from streams.core import CoreConfig
 from streams.engine import Engine, Record, retry_forever
 from streams.offload import EngineProcess
-from streams.query import parse_at, parse_by, query_kpis
+from streams.reads import KpiReads
 from streams.store import Store
 from streams.topics import ensure_topics
-from streams.windows import parse_width
 
-__all__ = ["Service", "create_app"]
+__all__ = ["Service", "bearer_token_matches", "create_app"]
 
 log = logging.getLogger("deskpulse.app")
 
@@ -64,6 +66,8 @@ class Service:
         self.engine = Engine(settings, self.store, self.publisher, self.metrics)
         self.offload = EngineProcess(settings) if settings.uses_engine_process else None
         self.ready = False
+        # what the start is held up by, for /readyz (set while the broker is awaited)
+        self.waiting_for: str | None = None
 
     async def process(self, records: Iterable[Record]) -> None:
         """Apply a batch, in the engine process when there is one."""
@@ -170,7 +174,9 @@ async def probe_redis(settings: Settings) -> None:
         await redis.aclose()
 
 
-async def wait_for_broker(settings: Settings) -> None:
+async def wait_for_broker(
+    settings: Settings, on_state: Callable[[bool], None] | None = None
+) -> None:
     """Return once the broker answers a metadata request; retry with backoff until then."""
     from streams.embedded import wait_for_kafka
 
@@ -180,7 +186,37 @@ async def wait_for_broker(settings: Settings) -> None:
         partial(wait_for_kafka, bootstrap, 5.0, **options),
         what=f"reaching the Kafka broker at {bootstrap}",
         retriable=(Exception,),
+        on_state=on_state,
     )
+
+
+class _BrokerGate(mode.Service):
+    """Holds back Faust's producer and consumer until the broker answers.
+
+    Faust's producer gives up at once on a broker that does not answer, and a worker that
+    exits on it only crash-loops. Started after the web server (see :class:`_Boot`), so
+    ``/healthz``, ``/readyz`` (503, saying what it waits for) and ``/metrics``
+    (``deskpulse_broker_up 0``) answer during the wait.
+    """
+
+    def __init__(self, service: Service, **kwargs: Any) -> None:
+        self.service = service
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        service = self.service
+        service.waiting_for = f"waiting for the Kafka broker at {service.settings.kafka_bootstrap}"
+        service.metrics.broker_up.set(0)  # up means answered, not "not failed yet"
+        try:
+            # returns early when the worker is told to stop meanwhile
+            await self.wait_for_stopped(
+                wait_for_broker(
+                    service.settings,
+                    on_state=lambda up: service.metrics.broker_up.set(1 if up else 0),
+                )
+            )
+        finally:
+            service.waiting_for = None
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
@@ -202,15 +238,50 @@ class _Transport(faust_kafka.Transport):
     Consumer = _Consumer
 
 
+class _Web(faust_web.Web):
+    """Faust's aiohttp server with none of Faust's own pages, only the app's.
+
+    Faust would serve ``/``, ``/router/…`` and ``/table/…`` (and, with its settings or
+    ``APP_WEB_*`` variables, ``/graph``, ``/stats``, ``/performance``), all without the
+    web token: cluster topology and table contents that deskpulse does not use.
+    """
+
+    default_blueprints: ClassVar[list[tuple[str, Any]]] = []
+    production_blueprints: ClassVar[list[tuple[str, Any]]] = []
+    debug_blueprints: ClassVar[list[tuple[str, Any]]] = []
+    optional_blueprints: ClassVar[list[tuple[str, Any]]] = []
+
+
+class _Boot(BootStrategy):
+    """Faust's start order, except that the web server starts right after the sensors,
+    then the app's ``start_gates``, then the producer, consumer, agents and the rest."""
+
+    def server(self) -> Iterable[mode.ServiceT]:
+        first = [*self.sensors(), *self.web_server()]
+        rest = [s for s in super().server() if all(s is not f for f in first)]
+        gates: Iterable[mode.ServiceT] = getattr(self.app, "start_gates", ())
+        return [*first, *gates, *rest]
+
+
 class DeskpulseApp(faust.App):
-    """A Faust app whose Kafka consumer takes ``DESKPULSE_KAFKA_FETCH_MAX_WAIT``."""
+    """A Faust app whose Kafka consumer takes ``DESKPULSE_KAFKA_FETCH_MAX_WAIT``.
+
+    Its web server serves only the app's pages and starts before the Kafka clients;
+    services in ``start_gates`` start after it and before them.
+    """
+
+    BootStrategy = _Boot
 
     def __init__(self, *args: Any, fetch_max_wait_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetch_max_wait_ms = max(1, round(fetch_max_wait_s * 1000))
+        self.start_gates: list[mode.ServiceT] = []
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+    def _new_web(self) -> Any:
+        return _Web(self)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -238,6 +309,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     service = Service(settings)
     app.deskpulse = service  # type: ignore[attr-defined]
+    app.start_gates = [_BrokerGate(service)]
     if service.offload is not None:
         # an engine process that dies takes the worker with it: the supervisor restarts
         # both, and they resume at the fence (nothing is acknowledged that it did not commit)
@@ -360,8 +432,23 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as error:
             log.warning("publishing KPI snapshots or alerts failed: %s", error)
 
+    def refused(web: Any, request: Any) -> Any:
+        """A 401 response when the web token is set and the request lacks it, else None."""
+        token = settings.web_token
+        if token is None:
+            return None
+        if bearer_token_matches(request.headers.get("Authorization"), token.get_secret_value()):
+            return None
+        return web.json(
+            {"error": "unauthorized"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="deskpulse"'},
+        )
+
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
+        if settings.metrics_require_token and (refusal := refused(web, request)) is not None:
+            return refusal
         body = render(service.metrics, service.collector)
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -372,6 +459,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         problems = []
+        if service.waiting_for is not None:
+            problems.append(service.waiting_for)
         if not service.ready:
             problems.append("starting")
         try:
@@ -388,23 +477,22 @@ def create_app(settings: Settings) -> faust.App:
             return web.json({"status": "not ready", "problems": problems}, status=503)
         return web.json({"status": "ready"})
 
+    # KPI reads are bounded, shared and computed in a read process of their own (with its
+    # own Redis connections), never in this event loop: see streams/reads.py
+    reads = KpiReads(settings, service.metrics.registry)
+
     @app.page("/kpis")
     async def kpis(web: Any, request: Any) -> Any:
-        token = settings.web_token
-        if token is not None:
-            given = request.headers.get("Authorization", "")
-            expected = "Bearer " + token.get_secret_value()
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return web.json({"error": "unauthorized"}, status=401)
-        query = request.query
-        try:
-            width = parse_width(query.get("window", "1h"), settings.bucket_seconds)
-            at_s = parse_at(query.get("at"))
-            by = parse_by(query.get("by"))
-        except ValueError as error:
-            return web.json({"error": str(error)}, status=400)
-        document = await query_kpis(service.store, width_s=width, at_s=at_s, by=by)
-        return web.bytes(orjson.dumps(document), content_type="application/json")
+        if (refusal := refused(web, request)) is not None:
+            return refusal
+        status, body, headers = await reads.answer(request.query.items())
+        return web.bytes(body, content_type="application/json", status=status, headers=headers)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _stop_reads(
+        app: faust.App, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:  # pragma: no cover - signal
+        await reads.stop()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _stop(
@@ -413,6 +501,21 @@ def create_app(settings: Settings) -> faust.App:
         await service.stop()
 
     return app
+
+
+def bearer_token_matches(authorization: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header value carries ``token`` as a bearer credential.
+
+    The scheme is matched case-insensitively (RFC 7235: ``bearer``, ``BEARER``), with one
+    or more spaces before the credential. The credential is compared in constant time, as
+    SHA-256 digests (equal lengths), so neither its content nor its length shows in the
+    response time.
+    """
+    scheme, _, credential = (authorization or "").strip().partition(" ")
+    given = hashlib.sha256(credential.lstrip(" ").encode()).digest()
+    expected = hashlib.sha256(token.encode()).digest()
+    matches = hmac.compare_digest(given, expected)
+    return scheme.lower() == "bearer" and matches
 
 
 async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int], int]:

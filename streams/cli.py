@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    from streams.logs import install_repeat_throttle
+
+    install_repeat_throttle()
     try:
         settings = load_settings()
         if args.command == "worker":
@@ -89,17 +92,24 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     """Run the Faust worker until SIGINT/SIGTERM (which flush and commit first)."""
     import faust
 
-    from streams.app import create_app, probe_redis, wait_for_broker
+    from streams.app import create_app, probe_redis
+    from streams.logs import install_repeat_throttle
     from streams.runtime import tune_gc
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            # Faust replaced the root handlers: throttle aiokafka's repeats on its own too
+            install_repeat_throttle(logger)
 
     # Credentials and TLS problems are settings problems: fail now, with one line. An
     # unreachable Redis is not: the worker starts, reports it, and retries with backoff.
     asyncio.run(probe_redis(settings))
-    # Faust's own producer gives up at once on a broker that does not answer: wait here,
-    # with backoff and a log line per attempt, instead of exiting into a crash loop.
-    asyncio.run(wait_for_broker(settings))
+    # An unreachable broker is waited for inside the app (with backoff, a log line per
+    # attempt, not a crash loop), after its web server started: /healthz, /readyz and
+    # /metrics answer from the start.
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     tune_gc()
     worker.execute_from_commandline()
     return 0
@@ -109,25 +119,35 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
+    from models.errors import InvalidQuery
     from streams.core import CoreConfig
-    from streams.query import parse_at, parse_by, query_kpis
+    from streams.query import parse_query, read_document
     from streams.store import Store
-    from streams.windows import parse_width
 
+    # what the window may be is settled before Redis is touched, as GET /kpis does
     try:
-        width = parse_width(args.window, settings.bucket_seconds)
-        at_s = parse_at(args.at)
-        by = parse_by(args.by)
-    except ValueError as error:
-        print(f"deskpulse kpis: {error}", file=sys.stderr)
+        query = parse_query(
+            args.window,
+            args.at,
+            args.by,
+            bucket_seconds=settings.bucket_seconds,
+            retention_s=settings.retention,
+            max_future_s=settings.max_future,
+            now_s=time.time(),
+        )
+    except InvalidQuery as error:
+        print(f"deskpulse kpis: --{error}", file=sys.stderr)
         return 2
     redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
     try:
         store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         await store.check_readable()
         started = time.perf_counter()
-        document = await query_kpis(store, width_s=width, at_s=at_s, by=by)
+        document = await read_document(store, query)
         elapsed = time.perf_counter() - started
+    except InvalidQuery as error:  # a window wholly older than the state kept
+        print(f"deskpulse kpis: --{error}", file=sys.stderr)
+        return 2
     except (OSError, RedisError) as error:
         print(f"deskpulse kpis: cannot read Redis: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,14 @@
-"""Reading KPIs: the document of CONTRACT §4 for any window within retention.
+"""Reading KPIs: the KPI document for any window within retention.
 
 A read costs O(partitions x buckets touched) — a 24 h window touches the roll-up buckets
 in its middle and fine buckets only at its ragged edges — never O(events).
+
+What a read may ask for is decided before anything is read (:func:`parse_query`): a width
+up to ``DESKPULSE_RETENTION``, a window whose bounds RFC 3339 can write, ending no further
+ahead of the clock than ``DESKPULSE_MAX_FUTURE`` (no event can be stored past that). The
+past is bounded by the data, not the clock — retention counts back from the newest *event*
+time, so a backfill of last year is read like today — and :func:`read_document` refuses a
+window that ends where every partition has already deleted its state.
 """
 
 from __future__ import annotations
@@ -9,27 +16,40 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from models.errors import InvalidQuery
 from models.events import parse_time
 from streams.core import SEP, group_document, has_samples
 from streams.store import Store
-from streams.windows import cover, window_bounds
+from streams.windows import cover, format_width, parse_width, window_bounds
 
 __all__ = [
     "DIMENSIONS",
+    "EARLIEST_S",
+    "LATEST_S",
+    "KpiQuery",
     "build_document",
     "format_time",
     "group_fields",
     "parse_at",
     "parse_by",
+    "parse_query",
     "query_kpis",
+    "read_document",
     "read_window",
     "read_windows",
+    "retained_since",
 ]
 
 DIMENSIONS: tuple[str, ...] = ("channel", "queue", "priority")
+
+#: The first and last second RFC 3339 can write with its four-digit year
+#: (0001-01-01T00:00:00Z, 9999-12-31T23:59:59Z): a window's bounds must lie within.
+EARLIEST_S = -62_135_596_800
+LATEST_S = 253_402_300_799
 
 
 def format_time(t_s: float) -> str:
@@ -48,17 +68,128 @@ def parse_at(text: str | None) -> float:
 
 
 def parse_by(text: str | Sequence[str] | None) -> list[str]:
-    """``"channel,queue"`` -> ``["channel", "queue"]``; unknown names raise ValueError."""
+    """``"channel,queue"`` -> ``["channel", "queue"]``; unknown or repeated names raise
+    ValueError (a repeated one is a caller's mistake, and would name a group key twice)."""
     if not text:
         return []
     names = text.split(",") if isinstance(text, str) else list(text)
     out: list[str] = []
     for name in (n.strip() for n in names):
         if name not in DIMENSIONS:
-            raise ValueError(f"--by takes channel, queue, priority; not {name!r}")
-        if name not in out:
-            out.append(name)
+            raise ValueError(f"--by takes {', '.join(DIMENSIONS)}; not {name!r}")
+        if name in out:
+            raise ValueError(f"--by names {name} twice")
+        out.append(name)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class KpiQuery:
+    """One read: the window of ``width_s`` ending at the bucket boundary ``end_s``, grouped
+    by ``by``. Equal queries read the same buckets: the key of a shared computation."""
+
+    width_s: int
+    end_s: int
+    by: tuple[str, ...] = ()
+
+    @property
+    def start_s(self) -> int:
+        return self.end_s - self.width_s
+
+
+def parse_query(
+    window: str | None,
+    at: str | None,
+    by: str | Sequence[str] | None,
+    *,
+    bucket_seconds: int,
+    retention_s: int,
+    max_future_s: int,
+    now_s: float,
+) -> KpiQuery:
+    """The read asked for by ``window``, ``at`` and ``by``, or :class:`InvalidQuery` naming
+    the parameter that cannot be served. Pure: nothing is read, ``now_s`` is the clock.
+
+    Refused: a malformed width, one longer than ``retention_s`` (state that old is deleted,
+    so such a window could never be whole), a malformed ``at``, a window whose bounds RFC
+    3339 cannot write (before year 1, after year 9999), an ``at`` more than
+    ``max_future_s`` ahead of ``now_s`` (no event so far ahead is ever stored), and unknown
+    or repeated ``by`` names. ``window`` defaults to ``1h`` and ``at`` to ``now_s``.
+    """
+    text = "1h" if window is None else window
+    try:
+        width_s = parse_width(text, bucket_seconds)
+    except ValueError as error:
+        raise InvalidQuery("window", str(error).removeprefix("window width ")) from None
+    if width_s > retention_s:
+        raise InvalidQuery(
+            "window",
+            f"{text.strip()} is longer than the {format_width(retention_s)} of state kept "
+            "(DESKPULSE_RETENTION): a wider window could not be read whole",
+        )
+    if at:
+        try:
+            at_s = parse_time(at).timestamp()
+        except Exception:  # the parser's own errors and the overflows of odd offsets alike
+            hint = " (in a URL, write + as %2B)" if " " in at else ""
+            raise InvalidQuery(
+                "at",
+                f"{at!r} is not an RFC 3339 time with an offset, like 2026-11-23T05:00:00Z{hint}",
+            ) from None
+    else:
+        at_s = now_s
+    start_s, end_s = window_bounds(at_s, width_s, bucket_seconds)
+    if start_s < EARLIEST_S or end_s > LATEST_S:
+        raise InvalidQuery(
+            "at",
+            f"{at or format_time(now_s)} with a {format_width(width_s)} window reaches "
+            "outside the years 1 to "
+            "9999, which RFC 3339 cannot write",
+        )
+    if at_s > now_s + max_future_s:
+        raise InvalidQuery(
+            "at",
+            f"{at or format_time(now_s)} is more than "
+            f"{format_width(max_future_s) if max_future_s else '0s'} "
+            f"(DESKPULSE_MAX_FUTURE) ahead of the clock ({format_time(now_s)}); events "
+            "further ahead are refused, so nothing is ever stored there",
+        )
+    try:
+        dims = tuple(parse_by(by))
+    except ValueError as error:
+        raise InvalidQuery("by", str(error).removeprefix("--by ")) from None
+    return KpiQuery(width_s=width_s, end_s=end_s, by=dims)
+
+
+async def retained_since(store: Store) -> tuple[int, int] | None:
+    """``(horizon_s, newest_s)``: the oldest event time any partition still keeps state for
+    (its newest event time minus retention, the least over partitions) and the newest event
+    time of all; ``None`` before the first event. One small read of the partitions' meta."""
+    metas = await store.read_meta()
+    newest_ms = [int(meta.get("wm", "0")) for meta in metas.values()]
+    newest_ms = [ms for ms in newest_ms if ms]  # 0: the partition has no event yet
+    if not newest_ms:
+        return None
+    retention_s = store.config.retention_seconds
+    return min(newest_ms) // 1000 - retention_s, max(newest_ms) // 1000
+
+
+async def read_document(store: Store, query: KpiQuery) -> dict[str, Any]:
+    """The KPI document of ``query``; :class:`InvalidQuery` (``at``) for a window that ends
+    where every partition has deleted its state (its numbers would all read zero).
+
+    A window reaching only partly past that horizon is read: what is left of it."""
+    retained = await retained_since(store)
+    if retained is not None and query.end_s <= retained[0]:
+        horizon_s, newest_s = retained
+        raise InvalidQuery(
+            "at",
+            f"ends the window at {format_time(query.end_s)}, but state is kept only for event "
+            f"times after {format_time(horizon_s)} (DESKPULSE_RETENTION "
+            f"{format_width(store.config.retention_seconds)} behind the newest event, "
+            f"{format_time(newest_s)})",
+        )
+    return await query_kpis(store, width_s=query.width_s, at_s=query.end_s, by=query.by)
 
 
 def group_fields(

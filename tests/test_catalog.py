@@ -65,6 +65,7 @@ HEALTH_LABELS = {
     "deskpulse_kpi_refresh_timestamp_seconds": (),
     "deskpulse_events_processed_total": ("topic", "type"),
     "deskpulse_events_rejected_total": ("topic", "reason"),
+    "deskpulse_events_rerouted_total": ("topic",),
     "deskpulse_events_duplicate_total": ("topic",),
     "deskpulse_events_late_total": ("topic",),
     "deskpulse_events_orphaned_total": (),
@@ -75,9 +76,13 @@ HEALTH_LABELS = {
     "deskpulse_batch_events": (),
     "deskpulse_redis_up": (),
     "deskpulse_broker_up": (),
+    "deskpulse_state_ok": (),
+    "deskpulse_events_skipped_total": ("topic", "reason"),
     "deskpulse_alert_firing": ("rule", "window", "channel", "queue", "priority"),
+    "deskpulse_series_folded": ("metric",),
     "deskpulse_series_dropped_total": ("metric",),
     "deskpulse_build_info": ("version",),
+    "deskpulse_kpi_reads_total": ("result",),
 }
 
 NAME = re.compile(r"^deskpulse_[a-z][a-z0-9]*(_[a-z0-9]+)*$")

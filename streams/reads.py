@@ -1,0 +1,510 @@
+"""Serving KPI reads (``GET /kpis``) without starving ingestion.
+
+A 24 h read grouped by every dimension adds up hundreds of thousands of stored fields,
+about a tenth of a second of pure Python. Done in the worker's event loop, each one stalls
+Faust's consumer for that long; two hundred at once stalled ingestion for minutes and ran
+the ingest path's Redis pool out of connections. So a read is:
+
+* **bounded**: at most ``DESKPULSE_READ_CONCURRENCY`` reads compute at once and
+  ``DESKPULSE_READ_QUEUE`` more wait for a turn; one more is refused at once with
+  :class:`~models.errors.ReadUnavailable` (HTTP 503 with ``Retry-After``), so neither
+  memory nor latency grows without bound;
+* **shared**: identical reads (same width, same bucket-aligned end, same grouping: the
+  same buckets, so the same document) that arrive while one computes wait for it, and its
+  document also answers those that arrive up to ``DESKPULSE_READ_CACHE`` seconds later;
+* **elsewhere**: computed in a read process of its own (``python -m streams.reads``), with
+  its own Redis connections, at a lower CPU priority. The worker's event loop only passes
+  bytes along; when the CPU is contended the kernel serves ingestion (the worker and its
+  engine process) first, and reads get what is left.
+
+:class:`ReadGate` does the first two for any backend; :class:`ReadProcess` is the third.
+The read process starts with the first read and again after it dies (the reads it had in
+hand get a 503); it holds no state, and exits when the worker closes its stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal, get_args
+
+import msgspec
+
+from models.errors import InvalidQuery, ReadUnavailable
+from models.settings import Settings
+from streams.query import KpiQuery
+
+__all__ = [
+    "PARAMETERS",
+    "READ_NICE",
+    "READ_RESULTS",
+    "KpiReads",
+    "ReadGate",
+    "ReadProcess",
+    "ReadResult",
+]
+
+log = logging.getLogger("deskpulse.reads")
+
+#: How much the read process lowers its CPU priority (``nice``). At 10 the kernel gives it
+#: about a tenth of what a process at 0 gets while both want the CPU: reads slow down under
+#: contention, ingestion does not.
+READ_NICE = 10
+#: Longest a request waits for its document (in the queue and computing) before a 503; a
+#: read stuck behind an unreachable Redis must not hold its client forever.
+READ_TIMEOUT_S = 30.0
+#: How long the read process may take to start (Python, imports, its first frame).
+START_TIMEOUT_S = 60.0
+
+_HEADER = struct.Struct(">I")
+_ENCODE = msgspec.msgpack.Encoder().encode
+_DECODE = msgspec.msgpack.Decoder().decode
+
+#: What became of a read: the ``result`` label of ``deskpulse_kpi_reads_total``.
+#: computed: by a computation of its own; shared: by one already running for an identical
+#: read; cached: by the document of one that ended within DESKPULSE_READ_CACHE; invalid: a
+#: 400; rejected: a 503 because too many reads were waiting; unavailable: a 503 for any
+#: other reason (Redis unreachable, the read process restarting, too slow); failed: a 500.
+ReadResult = Literal["computed", "shared", "cached", "invalid", "rejected", "unavailable", "failed"]
+READ_RESULTS: tuple[ReadResult, ...] = get_args(ReadResult)
+
+
+@dataclass(slots=True)
+class _Cached:
+    body: bytes
+    expires_at: float
+
+
+class ReadGate:
+    """Admission, single flight and a short-lived cache in front of ``compute``.
+
+    ``compute(query)`` returns the document's bytes or raises; it is called at most
+    ``concurrency`` times at once, and at most once for concurrent identical queries.
+    ``on_result(result)`` is told what became of every read (for the metric).
+    """
+
+    def __init__(
+        self,
+        compute: Callable[[KpiQuery], Awaitable[bytes]],
+        *,
+        concurrency: int,
+        queue: int,
+        cache_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_result: Callable[[ReadResult], None] | None = None,
+        timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
+        self._compute = compute
+        self._slots = asyncio.Semaphore(concurrency)
+        self._capacity = concurrency + queue
+        self._cache_s = cache_s
+        self._clock = clock
+        self._on_result = on_result or (lambda result: None)
+        self._timeout_s = timeout_s
+        self._flights: dict[KpiQuery, asyncio.Future[bytes]] = {}
+        self._cache: dict[KpiQuery, _Cached] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Distinct reads computing or waiting for a turn."""
+        return len(self._flights)
+
+    async def read(self, query: KpiQuery) -> bytes:
+        """The document of ``query`` as JSON bytes.
+
+        Raises :class:`ReadUnavailable` when the queue is full, the wait is too long or
+        the backend says so, :class:`InvalidQuery` as the backend does, and whatever else
+        ``compute`` raised (a bug: the caller turns it into a 500).
+        """
+        now = self._clock()
+        cached = self._cache.get(query)
+        if cached is not None and cached.expires_at > now:
+            self._on_result("cached")
+            return cached.body
+        flight = self._flights.get(query)
+        if flight is not None:
+            result: ReadResult = "shared"
+        elif len(self._flights) >= self._capacity:
+            self._on_result("rejected")
+            raise ReadUnavailable(
+                f"too many KPI reads at once ({len(self._flights)} computing or waiting; "
+                "DESKPULSE_READ_CONCURRENCY + DESKPULSE_READ_QUEUE)"
+            )
+        else:
+            result = "computed"
+            flight = asyncio.ensure_future(self._fly(query))
+            self._flights[query] = flight
+        try:
+            # shielded: a client that goes away must not cancel the read others wait for
+            body = await asyncio.wait_for(asyncio.shield(flight), self._timeout_s)
+        except TimeoutError:
+            self._on_result("unavailable")
+            raise ReadUnavailable(
+                f"the read took longer than {self._timeout_s:g}s (is Redis slow?)"
+            ) from None
+        except ReadUnavailable:
+            self._on_result("unavailable")
+            raise
+        except InvalidQuery:
+            self._on_result("invalid")
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._on_result("failed")
+            raise
+        self._on_result(result)
+        return body
+
+    async def _fly(self, query: KpiQuery) -> bytes:
+        try:
+            async with self._slots:
+                body = await self._compute(query)
+            if self._cache_s > 0:
+                now = self._clock()
+                # expired entries go as new ones come: the cache holds at most what was
+                # computed within the last DESKPULSE_READ_CACHE seconds
+                for key in [k for k, c in self._cache.items() if c.expires_at <= now]:
+                    del self._cache[key]
+                self._cache[query] = _Cached(body, now + self._cache_s)
+            return body
+        finally:
+            del self._flights[query]
+
+
+#: The query parameters of ``GET /kpis``; any other is refused (a misspelt ``windw=24h``
+#: must not quietly read the default hour).
+PARAMETERS = ("window", "at", "by")
+
+
+class KpiReads:
+    """``GET /kpis`` from parameters to response: parse, gate, compute, count.
+
+    Nothing here raises: every outcome is a status, a JSON body and headers. 400 names the
+    parameter; 503 carries ``Retry-After``; anything unexpected is a 500 with a JSON body
+    and a log line, never a handler that fails.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Any,
+        *,
+        compute: Callable[[KpiQuery], Awaitable[bytes]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from prometheus_client import Counter
+
+        from exporters.catalog import CATALOG
+
+        self.settings = settings
+        self.process = ReadProcess(settings)
+        spec = CATALOG["deskpulse_kpi_reads_total"]
+        self._reads = Counter(
+            spec.name.removesuffix("_total"), spec.help, list(spec.labels), registry=registry
+        )
+        for result in READ_RESULTS:  # every result exported from the start, at 0
+            self._reads.labels(result)
+        self.gate = ReadGate(
+            compute or self.process.compute,
+            concurrency=settings.read_concurrency,
+            queue=settings.read_queue,
+            cache_s=settings.read_cache,
+            on_result=lambda result: self._reads.labels(result).inc(),
+        )
+        self._clock = clock
+
+    async def answer(
+        self, parameters: Iterable[tuple[str, str]]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """``(status, body, headers)`` for the query string's ``(name, value)`` pairs."""
+        try:
+            query = self.parse(parameters)
+            body = await self.gate.read(query)
+        except InvalidQuery as error:
+            return 400, _json({"error": str(error), "parameter": error.parameter}), {}
+        except ReadUnavailable as error:
+            retry = str(error.retry_after_s)
+            return 503, _json({"error": str(error)}), {"Retry-After": retry}
+        except Exception as error:  # a bug: the client gets a 500 and the log a traceback
+            log.exception("GET /kpis failed")
+            return 500, _json({"error": f"internal error reading KPIs: {error!r}"}), {}
+        return 200, body, {}
+
+    def parse(self, parameters: Iterable[tuple[str, str]]) -> KpiQuery:
+        """The :class:`KpiQuery` of the query string, or :class:`InvalidQuery` (counted)."""
+        from streams.query import parse_query
+
+        given: dict[str, str] = {}
+        try:
+            for name, value in parameters:
+                if name not in PARAMETERS:
+                    raise InvalidQuery(
+                        name, f"is not a parameter of /kpis (those are {', '.join(PARAMETERS)})"
+                    )
+                if name in given:
+                    raise InvalidQuery(name, "is given twice")
+                given[name] = value
+            settings = self.settings
+            return parse_query(
+                given.get("window"),
+                given.get("at"),
+                given.get("by"),
+                bucket_seconds=settings.bucket_seconds,
+                retention_s=settings.retention,
+                max_future_s=settings.max_future,
+                now_s=self._clock(),
+            )
+        except InvalidQuery:
+            self._reads.labels("invalid").inc()
+            raise
+
+    async def stop(self) -> None:
+        await self.process.stop()
+
+
+def _json(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)
+
+
+# --- the read process: frames over its stdin and stdout ------------------------------------
+
+
+def _frame(body: bytes) -> bytes:
+    return _HEADER.pack(len(body)) + body
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """One frame; ``None`` at end of stream."""
+    try:
+        (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        return None
+
+
+async def _pipes(
+    read_from: Any, write_to: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams over a pair of pipe file objects."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_from)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, write_to)
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+@dataclass(slots=True)
+class _Child:
+    """One read process and the reads it has in hand."""
+
+    proc: subprocess.Popen[bytes]
+    writer: asyncio.StreamWriter
+    pending: dict[int, asyncio.Future[tuple[str, Any]]]
+    gone: ReadUnavailable | None = None
+
+
+class ReadProcess:
+    """The read process, from the worker's side: ``compute(query)`` -> document bytes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._child: _Child | None = None
+        self._replies: asyncio.Future[None] | None = None
+        self._next_id = 1
+        self._starting = asyncio.Lock()
+        self._stopping = False
+        #: times a read process was started (a restart after one died counts)
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The running read process's id, if one runs."""
+        return self._child.proc.pid if self._child is not None else None
+
+    async def compute(self, query: KpiQuery) -> bytes:
+        """The document of ``query``, computed in the read process (started if need be)."""
+        child = await self._started()
+        if child.gone is not None:
+            raise child.gone
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        future: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        # no await since the check above: a process that dies from here on fails this too
+        child.pending[request_id] = future
+        try:
+            child.writer.write(_frame(_ENCODE([request_id, query.width_s, query.end_s, query.by])))
+            await child.writer.drain()
+        except (ConnectionError, RuntimeError) as error:
+            child.pending.pop(request_id, None)
+            raise ReadUnavailable(f"the read process is gone ({error})") from None
+        status, body = await future
+        if status == "ok":
+            document: bytes = body
+            return document
+        if status == "invalid":
+            raise InvalidQuery(*body)
+        if status == "unavailable":
+            raise ReadUnavailable(str(body))
+        raise RuntimeError(f"read process: {body}")
+
+    async def _started(self) -> _Child:
+        async with self._starting:
+            if self._stopping:
+                raise ReadUnavailable("the worker is stopping")
+            if self._child is None or self._child.gone is not None:
+                self._child = await asyncio.wait_for(self._start(), START_TIMEOUT_S)
+            return self._child
+
+    async def _start(self) -> _Child:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.reads"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            reader, writer = await _pipes(proc.stdout, proc.stdin)
+            writer.write(_frame(pickle.dumps(self.settings)))
+            await writer.drain()
+            frame = await _read_frame(reader)
+            if frame is None or _DECODE(frame)[1] != "ready":
+                raise ReadUnavailable("the read process did not start (its log says why)")
+        except BaseException:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+            raise
+        child = _Child(proc, writer, {})
+        self.starts += 1
+        self._replies = asyncio.ensure_future(self._read_replies(reader, child))
+        log.info("read process %d started", proc.pid)
+        return child
+
+    async def _read_replies(self, reader: asyncio.StreamReader, child: _Child) -> None:
+        while (frame := await _read_frame(reader)) is not None:
+            request_id, status, body = _DECODE(frame)
+            future = child.pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result((status, body))
+        code = await asyncio.to_thread(child.proc.wait)
+        if not self._stopping:
+            log.warning(
+                "read process %d exited (status %s); a new one starts with the next read",
+                child.proc.pid,
+                code,
+            )
+        # the reads it had in hand get a 503; the next read starts a new process
+        child.gone = ReadUnavailable(f"the read process exited (status {code})")
+        pending, child.pending = child.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(child.gone)
+
+    async def stop(self) -> None:
+        """Close the read process's stdin and wait for it to exit (it holds no state)."""
+        self._stopping = True
+        child = self._child
+        if child is None:
+            return
+        child.writer.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(child.proc.wait), 10)
+        except TimeoutError:
+            child.proc.kill()
+            await asyncio.to_thread(child.proc.wait)
+        if self._replies is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._replies, 5)
+
+
+# --- the read process itself ---------------------------------------------------------------
+
+
+async def _answer(store: Any, request: list[Any], writer: asyncio.StreamWriter) -> None:
+    import orjson
+    from redis.exceptions import RedisError
+
+    from streams.query import read_document
+
+    request_id, width_s, end_s, by = request
+    reply: list[Any]
+    try:
+        document = await read_document(store, KpiQuery(width_s, end_s, tuple(by)))
+        reply = [request_id, "ok", orjson.dumps(document)]
+    except InvalidQuery as error:
+        reply = [request_id, "invalid", [error.parameter, error.message]]
+    except (RedisError, OSError) as error:
+        log.warning("a KPI read cannot reach Redis: %s", error)
+        reply = [request_id, "unavailable", f"cannot read Redis: {error}"]
+    except Exception as error:  # a bug: reported to the worker (a 500), this process lives on
+        log.exception("a KPI read failed")
+        reply = [request_id, "error", repr(error)]
+    writer.write(_frame(_ENCODE(reply)))
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+
+
+async def _serve(replies: BinaryIO) -> None:
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from streams.core import CoreConfig
+    from streams.store import Store
+
+    reader, writer = await _pipes(sys.stdin.buffer, replies)
+    frame = await _read_frame(reader)
+    if frame is None:
+        return
+    settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        retry=Retry(NoBackoff(), 0),  # a failed read is a 503 now, not a retry later
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        client_name="deskpulse-reads",  # CLIENT LIST tells these from the ingest path's
+    )
+    store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+    writer.write(_frame(_ENCODE([0, "ready", None])))
+    await writer.drain()
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while (frame := await _read_frame(reader)) is not None:
+            task = asyncio.create_task(_answer(store, _DECODE(frame), writer))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        # the worker is gone or stopping: nobody waits for what is still being read
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await redis.aclose()
+
+
+def main() -> None:
+    """``python -m streams.reads``: the read process; the settings come as the first frame."""
+    import signal
+
+    # a Ctrl-C in a terminal reaches the whole process group: the worker decides when this
+    # process ends (it closes our stdin), and a read process dying first would only 503
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(READ_NICE)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[reads] %(message)s"
+    )
+    # frames go to the original stdout; anything else printed lands on stderr
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    asyncio.run(_serve(replies))
+
+
+if __name__ == "__main__":
+    main()
