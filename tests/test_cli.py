@@ -32,7 +32,10 @@ def test_kpis_with_redis_unreachable_says_so_in_one_line(tmp_path: Path) -> None
     [
         (["--window", "7s"], "not a multiple"),  # not a multiple of the 60 s bucket
         (["--window", "1h", "--by", "agent"], "--by takes channel, queue, priority"),
-        (["--window", "1h", "--at", "2026-11-23T05:00:00"], "--at must be RFC 3339"),
+        (
+            ["--window", "1h", "--at", "2026-11-23T05:00:00"],
+            "is not an RFC 3339 time with an offset",
+        ),
     ],
 )
 def test_kpis_refuses_bad_arguments(tmp_path: Path, args: list[str], says: str) -> None:
