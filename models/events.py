@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 from pydantic import (
     AfterValidator,
@@ -29,6 +31,7 @@ from pydantic import (
 from models.errors import RejectedEvent
 
 __all__ = [
+    "LAST_RESORT_REASON",
     "REJECTION_REASONS",
     "ChatAbandoned",
     "ChatAccepted",
@@ -40,25 +43,33 @@ __all__ = [
     "TicketReplied",
     "TicketStatusChanged",
     "decode",
+    "decoder_error",
+    "duplicate_key",
     "future_timestamp",
+    "members_distinct",
 ]
 
 #: Every reason a record can be rejected for, with what it means.
 REJECTION_REASONS: dict[str, str] = {
     "too_large": "the record is larger than DESKPULSE_MAX_RECORD_BYTES",
     "invalid_encoding": "the record is not UTF-8",
-    "invalid_json": "the record is not valid JSON",
+    "invalid_json": "the record is not valid JSON, or an object in it has a key twice",
     "not_an_object": "the JSON is not an object",
     "missing_type": "the object has no string `type`",
     "unknown_type": "`type` names no known event type",
     "missing_field": "a required field is absent",
     "naive_timestamp": "`occurred_at` has no UTC offset",
-    "invalid_timestamp": "`occurred_at` is not an RFC 3339 timestamp",
+    "invalid_timestamp": (
+        "`occurred_at` is not an RFC 3339 timestamp, or not one of years 1 to 9999 in UTC"
+    ),
     "future_timestamp": "`occurred_at` is further ahead of the clock than DESKPULSE_MAX_FUTURE",
     "invalid_value": "a field has a wrong type or a value outside its range",
     "missing_conversation": "a survey names neither `ticket_id` nor `chat_id`",
     "wrong_topic": "the event type does not belong on the topic it came from",
+    "decoder_error": "decoding failed in a way no other reason names (the detail names the error)",
 }
+#: The reason of last resort: no known record earns it, any that does shows a decoder bug.
+LAST_RESORT_REASON = "decoder_error"
 
 Priority = Literal["low", "normal", "high", "urgent"]
 Role = Literal["agent", "customer", "system"]
@@ -85,7 +96,11 @@ def parse_time(value: str) -> datetime:
 
 
 def _to_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+14:00 is an instant of year 0 in UTC, which datetime cannot hold
+        raise ValueError("is not an instant of years 1 to 9999 in UTC") from None
 
 
 class _Event(BaseModel):
@@ -248,6 +263,10 @@ def _classify(raw: bytes, error: ValidationError) -> RejectedEvent:
         except UnicodeDecodeError:
             return RejectedEvent("invalid_encoding", "the record is not UTF-8")
         return RejectedEvent("invalid_json", str(json_error))
+    if not (isinstance(data, dict) and members_distinct(raw, distinct_members=len(data))):
+        key = duplicate_key(raw)
+        if key is not None:
+            return _duplicated(key)
     if not isinstance(data, dict):
         return RejectedEvent("not_an_object", f"expected a JSON object, got {type(data).__name__}")
     kind = data.get("type")
@@ -262,7 +281,8 @@ def _classify(raw: bytes, error: ValidationError) -> RejectedEvent:
         return RejectedEvent("missing_field", f"{where} is required")
     if where == "occurred_at":
         reason = _TIME_ERRORS.get(first["type"], "invalid_timestamp")
-        return RejectedEvent(reason, f"occurred_at {data.get('occurred_at')!r}: {first['msg']}")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return RejectedEvent(reason, f"occurred_at {data.get('occurred_at')!r}: {message}")
     inner = (first.get("ctx") or {}).get("error")
     if isinstance(inner, RejectedEvent):
         return inner
@@ -278,6 +298,122 @@ def _strict_json(raw: bytes) -> bool:
     return True
 
 
+# -- keys written twice ---------------------------------------------------------------------
+#
+# JSON parsers keep the last of two equal keys, so {"type": "ticket.created", ...,
+# "type": "chat.requested"} would be a chat event to every parser here and a ticket to a
+# consumer that keeps the first: such a record is refused as invalid_json. Finding the
+# keys costs a parse of its own, so valid records are first cleared by counting:
+#
+# * an object of n members has n - 1 commas between them, so a record with c commas has at
+#   most c + 1 top-level members, whatever its spacing and escapes (a comma in a string
+#   only raises the bound);
+# * the decoder knows k distinct keys it read into fields (all scalars), so the top-level
+#   object has at least k members. If c + 1 <= k, it has exactly those k distinct keys
+#   and, every value being a scalar, no object below it: no key is written twice.
+#
+# Records with unknown fields (or fields the count cannot see) get the second test,
+# members_distinct, and only those it cannot clear get the parse, duplicate_key.
+
+_JSON_SPACE = b" \t\n\r"
+#: the top-level keys, each value left unparsed
+_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+
+
+def members_distinct(
+    raw: bytes, *, distinct_members: int | None = None, commas: int | None = None
+) -> bool:
+    """Whether no object in the JSON ``raw`` has a key twice, if that can be shown cheaply.
+
+    ``distinct_members`` is how many distinct keys the top-level object has and ``commas``
+    ``raw.count(b",")``, if known. ``False`` means "not shown" (:func:`duplicate_key`
+    decides), never "has duplicates".
+    """
+    if distinct_members is None:
+        try:
+            distinct_members = len(_MEMBERS(raw))
+        except (msgspec.MsgspecError, RecursionError):
+            return False
+    if commas is None:
+        commas = raw.count(b",")
+    # c commas: the top level has at most c + 1 members, and at least distinct_members; if
+    # those meet, every comma separates top-level members and no object below has two
+    if commas < distinct_members:
+        return True
+    # every key in every object ends with '"', JSON space and ':'; without the space each
+    # is a '":' of its own (a string holding '":' only raises the count). If there are no
+    # more of them than distinct top-level keys, those are all the keys there are.
+    return raw.translate(None, _JSON_SPACE).count(b'":') <= distinct_members
+
+
+class _Duplicate(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+
+
+def duplicate_key(raw: bytes) -> str | None:
+    """The first key written twice in one object of the JSON ``raw``; ``None`` if none is.
+
+    Keys compare as decoded (``"ty\\u0070e"`` is ``type``), in every object at every
+    depth. ``None`` also when ``raw`` is not JSON this parser reads (not UTF-8, say): the
+    decoder's other checks name what is wrong with it.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
+        # values are not needed: bool keeps numbers from being converted (and big ones from
+        # int's digit limit); strict=False reads control characters in strings too
+        json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_int=bool,
+            parse_float=bool,
+            parse_constant=bool,
+            strict=False,
+        )
+    except _Duplicate as found:
+        return found.key
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+def _not_json(raw: bytes, fields_written: int) -> RejectedEvent | None:
+    """``invalid_json`` for a record pydantic's parser read that is not JSON to deskpulse.
+
+    ``fields_written`` is how many distinct fields the record set (0 if unknown).
+    """
+    if (b"NaN" in raw or b"Infinity" in raw) and not _strict_json(raw):
+        # pydantic's parser takes NaN/Infinity literals, which JSON does not have
+        return RejectedEvent("invalid_json", "NaN and Infinity are not JSON")
+    commas = raw.count(b",")
+    if commas >= fields_written and not members_distinct(raw, commas=commas):
+        key = duplicate_key(raw)
+        if key is not None:
+            return _duplicated(key)
+    return None
+
+
+def _duplicated(key: str) -> RejectedEvent:
+    return RejectedEvent("invalid_json", f"the key {key[:64]!r} is written twice in one object")
+
+
+def decoder_error(error: BaseException) -> RejectedEvent:
+    """The rejection of a record the decoder failed on unexpectedly, naming the error."""
+    return RejectedEvent(LAST_RESORT_REASON, f"{type(error).__name__}: {error}"[:300])
+
+
 def decode(
     raw: bytes | None,
     *,
@@ -290,22 +426,30 @@ def decode(
     ``now_s`` is the wall clock in Unix seconds (an argument, so tests fix it); events
     dated more than ``max_future_s`` after it are rejected as ``future_timestamp``.
     Valid records take one pass of pydantic's JSON validator; only a rejected one is
-    parsed again to name its reason.
+    parsed again to name its reason. Nothing but :class:`RejectedEvent` leaves it: an
+    error no reason names becomes ``decoder_error``, so one record never stops a worker.
     """
-    if raw is None:
-        raise RejectedEvent("invalid_json", "the record has no value (tombstone)")
-    if len(raw) > max_bytes:
-        raise RejectedEvent("too_large", f"{len(raw)} bytes is over the {max_bytes} byte limit")
     try:
-        event: Event = _VALIDATE_JSON(raw)
-    except ValidationError as error:
-        raise _classify(raw, error) from None
-    if (b"NaN" in raw or b"Infinity" in raw) and not _strict_json(raw):
-        # pydantic's parser takes NaN/Infinity literals, which JSON does not have
-        raise RejectedEvent("invalid_json", "NaN and Infinity are not JSON")
-    if now_s is not None and event.occurred_at.timestamp() > now_s + max_future_s:
-        raise future_timestamp(event.occurred_at, now_s)
-    return event
+        if raw is None:
+            raise RejectedEvent("invalid_json", "the record has no value (tombstone)")
+        if len(raw) > max_bytes:
+            raise RejectedEvent("too_large", f"{len(raw)} bytes is over the {max_bytes} byte limit")
+        try:
+            event: Event = _VALIDATE_JSON(raw)
+        except ValidationError as error:
+            raise _classify(raw, error) from None
+        except RejectedEvent as rejected:  # a model's own check: JSON comes first all the same
+            raise _not_json(raw, 0) or rejected from None
+        not_json = _not_json(raw, len(event.model_fields_set))
+        if not_json is not None:
+            raise not_json
+        if now_s is not None and event.occurred_at.timestamp() > now_s + max_future_s:
+            raise future_timestamp(event.occurred_at, now_s)
+        return event
+    except RejectedEvent:
+        raise
+    except Exception as error:
+        raise decoder_error(error) from error
 
 
 def future_timestamp(occurred_at: datetime, now_s: float) -> RejectedEvent:

@@ -7,26 +7,29 @@ its checks), which carry the same fields and constraints. The two must never dis
 
 * anything the structs refuse, and anything they could read differently (a timestamp with
   more than six fractional digits, which msgspec rounds and pydantic truncates; invalid
-  UTF-8 in a field msgspec skips; nesting deeper than pydantic allows), goes to the
-  pydantic decoder, which either names the rejection reason or accepts it, in which case
-  its result is copied into a struct;
+  UTF-8 in a field msgspec skips; nesting deeper than pydantic allows; a key that may be
+  written twice, which both would read as the last one; a time near the ends of what
+  datetime holds), goes to the pydantic decoder, which either names the rejection reason
+  or accepts it, in which case its result is copied into a struct;
 * the structs refuse at least everything pydantic refuses (same lengths, patterns, strict
   types, literals, score ranges); ``tests/test_wire.py`` checks that both decoders reach
   the same verdict and the same values on generated valid and broken records.
 
-So a record's fate never depends on which path decoded it.
+So a record's fate never depends on which path decoded it, and no exception but
+:class:`~models.errors.RejectedEvent` leaves :func:`decode_record`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
-from typing import Annotated, ClassVar, Literal
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal, cast
 
 import msgspec
 
 from models import events as schema
+from models.errors import RejectedEvent
 
 __all__ = [
     "ChatAbandoned",
@@ -46,20 +49,37 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # The schema's dimension pattern (no control characters) is no msgspec constraint here:
 # msgspec checks patterns with Python's re, which costs more than the rest of the decode.
-# Dimensions are checked after decoding instead, with str.isprintable
-# (_printable_dimensions).
+# Dimensions are checked in __post_init__ instead, with str.isprintable, which is false for
+# every control character and for some other characters the schema allows (a no-break
+# space, say): those records take the schema's path, which decides either way.
 Dimension = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 Priority = Literal["low", "normal", "high", "urgent"]
 Role = Literal["agent", "customer", "system"]
+
+# The default objects of the optional fields. A field holding its default object may not
+# have been written; any other value was (msgspec fills an absent field with the default
+# object itself, and __post_init__ never replaces one). _keys_written counts on this.
+_OTHER = "other"
+_CHAT = "chat"
+_UNASSIGNED = "unassigned"
+#: not the interned "normal" msgspec hands back for a written priority, so the two differ
+_NORMAL = cast(Priority, "".join(("nor", "mal")))
 
 
 class _Base(msgspec.Struct, tag_field="type", gc=False):
     """Fields every event has; ``type`` is the struct's tag."""
 
     type: ClassVar[str]
+    #: keys every record of this type has: the tag and the required fields
+    _REQUIRED_KEYS: ClassVar[int]
     event_id: EventId
     occurred_at: Timestamp
+
+    def _keys_written(self) -> int:
+        """How many distinct keys of the record certainly set a field: at least the
+        required ones, and an optional one when its value is not the default object."""
+        return self._REQUIRED_KEYS
 
     @property
     def conversation_id(self) -> str:
@@ -94,15 +114,31 @@ def _lower(channel: str) -> str:
     return lowered
 
 
+def _printable(channel: str, queue: str) -> None:
+    if not (channel.isprintable() and queue.isprintable()):
+        raise ValueError("the schema decides")
+
+
 class TicketCreated(_TicketEvent, tag="ticket.created", gc=False):
     type: ClassVar[str] = "ticket.created"
-    channel: Dimension = "other"
-    queue: Dimension = "unassigned"
-    priority: Priority = "normal"
+    channel: Dimension = _OTHER
+    queue: Dimension = _UNASSIGNED
+    priority: Priority = _NORMAL
     requester_id: Id | None = None
 
     def __post_init__(self) -> None:
-        self.channel = _lower(self.channel)
+        if self.channel is not _OTHER:
+            self.channel = _lower(self.channel)
+        _printable(self.channel, self.queue)
+
+    def _keys_written(self) -> int:
+        return (
+            4
+            + (self.channel is not _OTHER)
+            + (self.queue is not _UNASSIGNED)
+            + (self.priority is not _NORMAL)
+            + (self.requester_id is not None)
+        )
 
 
 class TicketReplied(_TicketEvent, tag="ticket.replied", gc=False):
@@ -110,6 +146,10 @@ class TicketReplied(_TicketEvent, tag="ticket.replied", gc=False):
     author_role: Role
     public: bool = True
     agent_id: Id | None = None
+
+    def _keys_written(self) -> int:
+        # a written `true` is the default object too: such records take the second test
+        return 5 + (self.public is not True) + (self.agent_id is not None)
 
 
 class TicketStatusChanged(_TicketEvent, tag="ticket.status_changed", gc=False):
@@ -119,17 +159,30 @@ class TicketStatusChanged(_TicketEvent, tag="ticket.status_changed", gc=False):
 
 class ChatRequested(_ChatEvent, tag="chat.requested", gc=False):
     type: ClassVar[str] = "chat.requested"
-    channel: Dimension = "chat"
-    queue: Dimension = "unassigned"
-    priority: Priority = "normal"
+    channel: Dimension = _CHAT
+    queue: Dimension = _UNASSIGNED
+    priority: Priority = _NORMAL
 
     def __post_init__(self) -> None:
-        self.channel = _lower(self.channel)
+        if self.channel is not _CHAT:
+            self.channel = _lower(self.channel)
+        _printable(self.channel, self.queue)
+
+    def _keys_written(self) -> int:
+        return (
+            4
+            + (self.channel is not _CHAT)
+            + (self.queue is not _UNASSIGNED)
+            + (self.priority is not _NORMAL)
+        )
 
 
 class ChatAccepted(_ChatEvent, tag="chat.accepted", gc=False):
     type: ClassVar[str] = "chat.accepted"
     agent_id: Id | None = None
+
+    def _keys_written(self) -> int:
+        return 4 + (self.agent_id is not None)
 
 
 class ChatAbandoned(_ChatEvent, tag="chat.abandoned", gc=False):
@@ -139,6 +192,9 @@ class ChatAbandoned(_ChatEvent, tag="chat.abandoned", gc=False):
 class ChatEnded(_ChatEvent, tag="chat.ended", gc=False):
     type: ClassVar[str] = "chat.ended"
     ended_by: Role | None = None
+
+    def _keys_written(self) -> int:
+        return 4 + (self.ended_by is not None)
 
 
 _SCORE_RANGE = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
@@ -161,6 +217,21 @@ class SurveyResponded(_Base, tag="survey.responded", gc=False):
             raise ValueError("the schema names the reason")
         if self.channel is not None:
             self.channel = _lower(self.channel)
+            if not self.channel.isprintable():
+                raise ValueError("the schema decides")
+        if self.queue is not None and not self.queue.isprintable():
+            raise ValueError("the schema decides")
+
+    def _keys_written(self) -> int:
+        return (
+            5
+            + (self.ticket_id is not None)
+            + (self.chat_id is not None)
+            + (self.agent_id is not None)
+            + (self.channel is not None)
+            + (self.queue is not None)
+            + (self.priority is not None)
+        )
 
     @property
     def conversation_id(self) -> str:
@@ -189,6 +260,9 @@ _STRUCTS: dict[type, type[_Base]] = {
     schema.ChatEnded: ChatEnded,
     schema.SurveyResponded: SurveyResponded,
 }
+
+for _struct in _STRUCTS.values():
+    _struct._REQUIRED_KEYS = 1 + sum(f.required for f in msgspec.structs.fields(_struct))
 
 _DECODE = msgspec.json.Decoder(WireEvent).decode
 # msgspec rounds fractional seconds past microseconds, pydantic truncates: such records
@@ -225,6 +299,21 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
+#: instants at least a day inside what datetime holds (years 1 to 9999) in UTC: with any
+#: UTC offset (under a day) they convert. Times outside take the schema's path.
+_SAFE_MIN_S = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_SAFE_MAX_S = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def _by_schema(
+    raw: bytes | None, max_bytes: int, now_s: float | None, max_future_s: float
+) -> tuple[WireEvent, int]:
+    event = _from_schema(
+        schema.decode(raw, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s)
+    )
+    return event, event_ms(event)
+
+
 def decode_record(
     raw: bytes | None,
     *,
@@ -237,43 +326,31 @@ def decode_record(
     Same contract as :func:`models.events.decode` (the same records accepted, the same
     reasons for the rest); only the type of the event differs.
     """
-    if (
-        raw is None
-        or len(raw) > max_bytes
-        or _LONG_FRACTION.search(raw) is not None
-        or (not raw.isascii() and not _is_utf8(raw))
-        or (len(raw) > _SHALLOW_BYTES and raw.count(b"[") + raw.count(b"{") > _MAX_BRACKETS)
-    ):
-        event = _from_schema(
-            schema.decode(raw, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s)
-        )
-        return event, event_ms(event)
     try:
-        event = _DECODE(raw)
-        if not _printable_dimensions(event):
-            raise ValueError("the schema decides")
-    except Exception:  # refused, too deep (RecursionError) or in doubt: the schema decides
-        event = _from_schema(
-            schema.decode(raw, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s)
-        )
-        return event, event_ms(event)
-    t_s = event.occurred_at.timestamp()
-    if now_s is not None and t_s > now_s + max_future_s:
-        raise schema.future_timestamp(event.occurred_at, now_s)
-    return event, math.floor(t_s * 1000)
-
-
-def _printable_dimensions(event: WireEvent) -> bool:
-    """Whether the dimensions are certainly free of control characters.
-
-    ``str.isprintable`` is false for every control character and for some other
-    characters the schema allows (a no-break space, say): those records take the schema's
-    path, which decides either way.
-    """
-    if type(event) is TicketCreated or type(event) is ChatRequested:
-        return event.channel.isprintable() and event.queue.isprintable()
-    if type(event) is SurveyResponded:
-        return (event.channel is None or event.channel.isprintable()) and (
-            event.queue is None or event.queue.isprintable()
-        )
-    return True
+        if (
+            raw is None
+            or len(raw) > max_bytes
+            or _LONG_FRACTION.search(raw) is not None
+            or (not raw.isascii() and not _is_utf8(raw))
+            or (len(raw) > _SHALLOW_BYTES and raw.count(b"[") + raw.count(b"{") > _MAX_BRACKETS)
+        ):
+            return _by_schema(raw, max_bytes, now_s, max_future_s)
+        try:
+            event = _DECODE(raw)
+        except Exception:  # refused, too deep (RecursionError) or in doubt: the schema decides
+            return _by_schema(raw, max_bytes, now_s, max_future_s)
+        # A key written twice: see "keys written twice" in models.events. Fewer commas
+        # than keys read into fields clears a record; unknown fields take the second test.
+        commas = raw.count(b",")
+        if commas >= event._keys_written() and not schema.members_distinct(raw, commas=commas):
+            return _by_schema(raw, max_bytes, now_s, max_future_s)
+        t_s = event.occurred_at.timestamp()
+        if not _SAFE_MIN_S <= t_s <= _SAFE_MAX_S:
+            return _by_schema(raw, max_bytes, now_s, max_future_s)
+        if now_s is not None and t_s > now_s + max_future_s:
+            raise schema.future_timestamp(event.occurred_at, now_s)
+        return event, math.floor(t_s * 1000)
+    except RejectedEvent:
+        raise
+    except Exception as error:  # no reason names it: still one rejected record, not a crash
+        raise schema.decoder_error(error) from error

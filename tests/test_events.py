@@ -8,8 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from models import events
 from models.errors import RejectedEvent
 from models.events import (
+    LAST_RESORT_REASON,
     REJECTION_REASONS,
     ChatAbandoned,
     ChatAccepted,
@@ -69,6 +71,33 @@ REJECTED: list[tuple[str, bytes | None, str]] = [
     ("NaN in an ignored field", ticket()[:-1] + b',"x":NaN}', "invalid_json"),
     ("Infinity in an ignored field", ticket()[:-1] + b',"x":-Infinity}', "invalid_json"),
     ("tombstone (no value)", None, "invalid_json"),
+    # a key twice: parsers keep the last, a consumer keeping the first would read another
+    # event; in any object, however the key is spelled
+    (
+        "type twice",
+        ticket()[:-1] + b',"type":"chat.requested","chat_id":"C1"}',
+        "invalid_json",
+    ),
+    ("type twice, same value", ticket()[:-1] + b',"type":"ticket.created"}', "invalid_json"),
+    ("ticket_id twice", ticket()[:-1] + b',"ticket_id":"T2"}', "invalid_json"),
+    ("a key twice, escaped", ticket()[:-1] + b',"ticket\\u005fid":"T2"}', "invalid_json"),
+    ("a key twice, spaced", ticket()[:-1] + b' , "ticket_id" : "T2"}', "invalid_json"),
+    ("unknown key twice", ticket()[:-1] + b',"x":1,"x":1}', "invalid_json"),
+    (
+        "a key twice in a nested object",
+        ticket()[:-1] + b',"x":[{"a":1,"b":{"a":1,"a":2}}]}',
+        "invalid_json",
+    ),
+    (
+        "a key twice and a bad priority",
+        ticket(priority="critical")[:-1] + b',"priority":"high"}',
+        "invalid_json",
+    ),
+    (
+        "a key twice in a survey naming no conversation",
+        survey(score=5)[:-1] + b',"score":4}',
+        "invalid_json",
+    ),
     ("JSON array", b"[1, 2]", "not_an_object"),
     ("JSON string", b'"ticket.created"', "not_an_object"),
     ("JSON null", b"null", "not_an_object"),
@@ -105,6 +134,22 @@ REJECTED: list[tuple[str, bytes | None, str]] = [
         "invalid_timestamp",
     ),
     ("month 13", ticket().replace(AT.encode(), b"2026-13-23T09:30:00Z"), "invalid_timestamp"),
+    # valid RFC 3339, but an instant of year 0 or 10000 in UTC, which datetime cannot hold
+    (
+        "before year 1 in UTC",
+        ticket().replace(AT.encode(), b"0001-01-01T00:00:00+14:00"),
+        "invalid_timestamp",
+    ),
+    (
+        "after year 9999 in UTC",
+        ticket().replace(AT.encode(), b"9999-12-31T23:59:59-12:00"),
+        "invalid_timestamp",
+    ),
+    (
+        "after year 9999, seven fractional digits",
+        ticket().replace(AT.encode(), b"9999-12-31T23:59:59.9999999-00:01"),
+        "invalid_timestamp",
+    ),
     # more than max_future (300 s) ahead of NOW_S
     ("one hour ahead", ticket().replace(AT.encode(), b"2026-11-23T11:00:00Z"), "future_timestamp"),
     (
@@ -179,7 +224,41 @@ def test_rejected_with_reason(record: bytes | None, reason: str) -> None:
 
 def test_every_decoder_reason_is_in_the_table() -> None:
     covered = {reason for _, _, reason in REJECTED}
-    assert covered == set(REJECTION_REASONS) - {"wrong_topic"}
+    assert covered == set(REJECTION_REASONS) - {"wrong_topic", LAST_RESORT_REASON}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b'{"event_id":"e","type":"chat.abandoned","occurred_at":"0001-01-01T00:00:00Z","chat_id":"C"}',
+        b'{"event_id":"e","type":"chat.abandoned","occurred_at":"0001-01-01T14:00:00+14:00","chat_id":"C"}',
+        b'{"event_id":"e","type":"chat.abandoned","occurred_at":"9999-12-31T23:59:59.999999Z","chat_id":"C"}',
+        b'{"event_id":"e","type":"chat.abandoned","occurred_at":"9999-12-31T23:59:59.9999999Z","chat_id":"C"}',
+    ],
+)
+def test_the_first_and_last_instants_datetime_holds_are_accepted(record: bytes) -> None:
+    assert decode(record).occurred_at.year in (1, 9999)
+
+
+def test_an_error_no_reason_names_is_a_rejection_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no known record gets here: the validator itself is made to fail
+    def broken(raw: bytes) -> None:
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr(events, "_VALIDATE_JSON", broken)
+    with pytest.raises(RejectedEvent) as caught:
+        decode(ticket())
+    assert caught.value.reason == LAST_RESORT_REASON == "decoder_error"
+    assert caught.value.detail == "OverflowError: date value out of range"
+
+
+def test_a_key_twice_is_named() -> None:
+    with pytest.raises(RejectedEvent) as caught:
+        decode(ticket()[:-1] + b',"x":{"ty\\u0070e":1,"type":2}}')
+    assert caught.value.reason == "invalid_json"
+    assert caught.value.detail == "the key 'type' is written twice in one object"
 
 
 def test_future_limit_is_inclusive_and_off_without_a_clock() -> None:
