@@ -283,6 +283,13 @@ class DeskpulseApp(faust.App):
     def _new_web(self) -> Any:
         return _Web(self)
 
+    async def on_started(self) -> None:
+        # mode calls this even when a stop cut the start short (a SIGTERM while the broker
+        # gate waited): the app's tasks and timers must not start into a stopping worker
+        if self.should_stop:
+            return
+        await super().on_started()
+
 
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for these settings."""

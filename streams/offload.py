@@ -279,6 +279,9 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s"
     )
+    from streams.logs import install_repeat_throttle
+
+    install_repeat_throttle()  # its Kafka producer floods like the worker's
     # frames go to the original stdout; anything else printed lands on stderr
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
