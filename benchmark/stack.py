@@ -132,7 +132,7 @@ async def meta_totals(redis: Redis, prefix: str, partitions: int) -> dict[str, i
     for reply in replies:
         for key, value in reply.items():
             name = key.decode()
-            if name in ("version", "wm") or name.startswith(("off:", "wm:")):
+            if name in ("version", "wm", "gen") or name.startswith(("off:", "wm:")):
                 continue
             sums[name] = sums.get(name, 0) + int(value)
     return sums

@@ -366,6 +366,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "",
     ),
     MetricSpec(
+        "deskpulse_deadletter_up",
+        "gauge",
+        (),
+        "1 while the dead-letter topic acknowledges what it is sent; 0 while dead letters "
+        "fail or have waited over 10 s for the broker (their batch is held meanwhile).",
+        "",
+    ),
+    MetricSpec(
         "deskpulse_state_ok",
         "gauge",
         (),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from exporters.cardinality import OTHER, Fold, Rule, guard
 from exporters.catalog import CATALOG
 from models.settings import Settings, format_duration
 from streams import __version__
@@ -47,7 +48,7 @@ DIMS = ("channel", "queue", "priority")
 class PipelineMetrics:
     """The worker process's own counters (the engine's ``Metrics``)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, input_topics: Sequence[str] = ()) -> None:
         self.registry = registry
 
         def spec(name: str) -> tuple[str, str, list[str]]:
@@ -57,6 +58,12 @@ class PipelineMetrics:
 
         self._processed = PromCounter(*spec("deskpulse_events_processed_total"), registry=registry)
         self._rejected = PromCounter(*spec("deskpulse_events_rejected_total"), registry=registry)
+        self._rerouted = PromCounter(*spec("deskpulse_events_rerouted_total"), registry=registry)
+        for topic in input_topics:  # 0 from the start: the healthy value, rate() needs it
+            self._rerouted.labels(topic)
+        self._skipped = PromCounter(*spec("deskpulse_events_skipped_total"), registry=registry)
+        for topic in input_topics:
+            self._skipped.labels(topic, "already_applied")
         flush = CATALOG["deskpulse_flush_duration_seconds"]
         self._flush = Histogram(flush.name, flush.help, registry=registry, buckets=flush.buckets)
         batch = CATALOG["deskpulse_batch_events"]
@@ -65,7 +72,11 @@ class PipelineMetrics:
         self._event_time = Gauge(*spec("deskpulse_last_event_timestamp_seconds"), registry=registry)
         self._redis_up = Gauge(*spec("deskpulse_redis_up"), registry=registry)
         self.broker_up = Gauge(*spec("deskpulse_broker_up"), registry=registry)
+        self.deadletter_up = Gauge(*spec("deskpulse_deadletter_up"), registry=registry)
+        self.deadletter_up.set(1)
         self.lag = Gauge(*spec("deskpulse_consumer_lag_messages"), registry=registry)
+        self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
+        self._state_ok.set(1)
         self._redis_up.set(1)
         self.broker_up.set(1)
 
@@ -74,6 +85,15 @@ class PipelineMetrics:
 
     def rejected(self, topic: str, reason: str, count: int) -> None:
         self._rejected.labels(topic, reason).inc(count)
+
+    def rerouted(self, topic: str, count: int) -> None:
+        self._rerouted.labels(topic).inc(count)
+
+    def skipped(self, topic: str, reason: str, count: int) -> None:
+        self._skipped.labels(topic, reason).inc(count)
+
+    def state_ok(self, ok: bool) -> None:
+        self._state_ok.set(1 if ok else 0)
 
     def flushed(self, seconds: float, events: int) -> None:
         self._flush.observe(seconds)
@@ -88,27 +108,36 @@ class PipelineMetrics:
         self._redis_up.set(1 if up else 0)
 
 
-# windowed gauge -> its path in the group document (HELP, type and labels: the catalog)
-_WINDOWED: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("deskpulse_tickets_created", ("tickets_created",)),
-    ("deskpulse_chats_requested", ("chats", "requested")),
-    ("deskpulse_chats_answered", ("chats", "answered")),
-    ("deskpulse_chats_abandoned", ("chats", "abandoned")),
-    ("deskpulse_chats_short_abandoned", ("chats", "short_abandoned")),
-    ("deskpulse_first_responses", ("first_response", "count")),
-    ("deskpulse_first_response_average_seconds", ("first_response", "mean_seconds")),
-    ("deskpulse_first_response_within_target_ratio", ("first_response", "within_target_ratio")),
-    ("deskpulse_chat_abandonment_ratio", ("chats", "abandonment_ratio")),
-    ("deskpulse_chat_service_level_ratio", ("chats", "service_level_ratio")),
-    ("deskpulse_csat_responses", ("csat", "responses")),
-    ("deskpulse_csat_ratio", ("csat", "ratio")),
-    ("deskpulse_csat_score_average", ("csat", "average")),
-    ("deskpulse_nps_responses", ("nps", "responses")),
-    ("deskpulse_nps_score", ("nps", "score")),
-    ("deskpulse_ces_responses", ("ces", "responses")),
-    ("deskpulse_ces_score_average", ("ces", "average")),
+# windowed gauge -> its path in the group document, and the fields one of which must be
+# positive for it to have a value (none: every group with samples has one). HELP, type and
+# labels: the catalog. The cardinality guard counts series by the last column; a test holds
+# it against group_document.
+_ANY: tuple[str, ...] = ()
+_WINDOWED: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("deskpulse_tickets_created", ("tickets_created",), _ANY),
+    ("deskpulse_chats_requested", ("chats", "requested"), _ANY),
+    ("deskpulse_chats_answered", ("chats", "answered"), _ANY),
+    ("deskpulse_chats_abandoned", ("chats", "abandoned"), _ANY),
+    ("deskpulse_chats_short_abandoned", ("chats", "short_abandoned"), _ANY),
+    ("deskpulse_first_responses", ("first_response", "count"), _ANY),
+    ("deskpulse_first_response_average_seconds", ("first_response", "mean_seconds"), ("fr",)),
+    (
+        "deskpulse_first_response_within_target_ratio",
+        ("first_response", "within_target_ratio"),
+        ("fr",),
+    ),
+    ("deskpulse_chat_abandonment_ratio", ("chats", "abandonment_ratio"), ("ca", "cab")),
+    ("deskpulse_chat_service_level_ratio", ("chats", "service_level_ratio"), ("ca", "cab")),
+    ("deskpulse_csat_responses", ("csat", "responses"), _ANY),
+    ("deskpulse_csat_ratio", ("csat", "ratio"), ("cs_n",)),
+    ("deskpulse_csat_score_average", ("csat", "average"), ("cs_n",)),
+    ("deskpulse_nps_responses", ("nps", "responses"), _ANY),
+    ("deskpulse_nps_score", ("nps", "score"), ("np_n",)),
+    ("deskpulse_ces_responses", ("ces", "responses"), _ANY),
+    ("deskpulse_ces_score_average", ("ces", "average"), ("ce_n",)),
 )
-# windowed summary -> (document section, quantile fields, count field, sum-in-ms field)
+# windowed summary -> (document section, quantile fields, count field, sum-in-ms field); it
+# has series where its count field is positive: each quantile, _count and _sum
 _SUMMARIES: tuple[tuple[str, str, tuple[tuple[str, str], ...], str, str], ...] = (
     (
         "deskpulse_first_response_seconds",
@@ -137,6 +166,28 @@ _TOTALS: tuple[tuple[str, str], ...] = (
     ("deskpulse_csat_responses", "cs_n"),
     ("deskpulse_csat_satisfied_responses", "cs_sat"),
     ("deskpulse_sla_breaches", "sla"),
+)
+
+# The cardinality guard's rule of each windowed family (families with the same rule share
+# one fold), and every family it guards, by catalog name: the `metric` label of its counts.
+_WINDOWED_RULES: list[Rule] = []
+_WINDOWED_RULE_OF: dict[str, int] = {}
+for _name, _rule in (
+    *((name, Rule(1, requires)) for name, _, requires in _WINDOWED),
+    *((name, Rule(len(qs) + 2, (count,))) for name, _, qs, count, _ in _SUMMARIES),
+):
+    if _rule not in _WINDOWED_RULES:
+        _WINDOWED_RULES.append(_rule)
+    _WINDOWED_RULE_OF[_name] = _WINDOWED_RULES.index(_rule)
+_CUMULATIVE_COUNTERS: tuple[str, ...] = (
+    *(name + "_total" for name, _ in _TOTALS),
+    "deskpulse_first_response_breaches_total",
+    "deskpulse_chats_offered_total",
+)
+_GUARDED: tuple[str, ...] = (
+    *_WINDOWED_RULE_OF,
+    *_CUMULATIVE_COUNTERS,
+    "deskpulse_first_response_duration_seconds",
 )
 
 
@@ -176,6 +227,8 @@ class KpiCollector(Collector):
         self.exposition = b""
         self.windows: list[WindowRead] = []
         self.refreshed_at: float | None = None
+        #: series folded by the cardinality guard, added up over refreshes (a real counter)
+        self.folded_total: Counter[str] = Counter()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._families
@@ -216,7 +269,8 @@ class KpiCollector(Collector):
         meta: dict[int, dict[str, str]],
         firing: dict[Any, Any],
     ) -> tuple[list[Metric], bytes]:
-        families = self._build(per_window, totals, meta)
+        families, folded = self._build(per_window, totals, meta)
+        families += self._guard_families(folded)
         families.append(self._alert_family(firing))
         refresh = GaugeMetricFamily(
             "deskpulse_kpi_refresh_timestamp_seconds",
@@ -238,64 +292,79 @@ class KpiCollector(Collector):
             family.add_metric([rule, window, channel, queue, priority], state)
         return family
 
-    def _guard(
-        self, groups: dict[tuple[str, ...], dict[str, int]], dropped: Counter[str], metric: str
+    def _cut(
+        self, groups: Mapping[tuple[str, ...], Mapping[str, int]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        # cut label values first: values sharing the cut prefix are one series
+        """Label values cut to the length limit: groups sharing the cut prefix are one."""
         cut = self.settings.label_max_length
         merged: dict[tuple[str, ...], dict[str, int]] = {}
         for key, fields in groups.items():
-            target = merged.setdefault(tuple(v[:cut] for v in key), defaultdict(int))
+            short = tuple(v[:cut] for v in key)
+            if short == key and key not in merged:
+                merged[key] = dict(fields)
+                continue
+            target = merged.setdefault(short, {})
             for name, value in fields.items():
-                target[name] += value
-        limit = max(1, self.settings.max_series_per_metric // max(1, len(self.settings.windows)))
-        if len(merged) <= limit:
-            return merged
-        ranked = sorted(merged, key=lambda k: -sum(v for v in merged[k].values() if v > 0))
-        kept = {k: merged[k] for k in ranked[: limit - 1]}
-        other: dict[str, int] = defaultdict(int)
-        for key in ranked[limit - 1 :]:
-            for name, value in merged[key].items():
-                other[name] += value
-        kept[("other", "other", "other")] = other
-        dropped[metric] += len(ranked) - (limit - 1)
-        return kept
+                target[name] = target.get(name, 0) + value
+        return merged
+
+    def _guard_families(self, folded: Counter[str]) -> list[Metric]:
+        """Folded series now (a gauge) and added up over refreshes (a counter), per family."""
+        self.folded_total.update(folded)
+        now = GaugeMetricFamily(
+            "deskpulse_series_folded", _help("deskpulse_series_folded"), labels=["metric"]
+        )
+        total = CounterMetricFamily(
+            "deskpulse_series_dropped", _help("deskpulse_series_dropped_total"), labels=["metric"]
+        )
+        for metric in _GUARDED:
+            now.add_metric([metric], folded.get(metric, 0))
+            total.add_metric([metric], self.folded_total.get(metric, 0))
+        return [now, total]
 
     def _build(
         self,
         per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
         totals: Counter[str],
         meta: dict[int, dict[str, str]],
-    ) -> list[Metric]:
+    ) -> tuple[list[Metric], Counter[str]]:
+        """The families, and the series the guard folded per family."""
         labels = ["window", *DIMS]
         gauges = {
-            name: GaugeMetricFamily(name, _help(name), labels=labels) for name, _ in _WINDOWED
+            name: GaugeMetricFamily(name, _help(name), labels=labels) for name, *_ in _WINDOWED
         }
         summaries = {name: Metric(name, _help(name), "summary") for name, *_ in _SUMMARIES}
-        dropped: Counter[str] = Counter()
-        for window, raw_groups in per_window:
-            groups = self._guard(raw_groups, dropped, "windowed")
-            for key, fields in groups.items():
-                if not has_samples(fields):
-                    continue
-                doc = group_document({}, fields)
-                values = [window, *key]
-                for name, path in _WINDOWED:
+        folded: Counter[str] = Counter()
+        limit = self.settings.max_series_per_metric
+        views = [
+            self._cut({k: f for k, f in groups.items() if has_samples(f)})
+            for _, groups in per_window
+        ]
+        folds = guard(views, _WINDOWED_RULES, limit)
+        for (window, _), view_groups, view_folds in zip(per_window, views, folds, strict=True):
+            view = _View(view_groups, view_folds)
+            for name, path, _ in _WINDOWED:
+                r = _WINDOWED_RULE_OF[name]
+                folded[name] += view_folds[r].folded
+                for key, _, doc in view.shown(r):
                     value: Any = doc
                     for part in path:
                         value = value[part]
                     if value is not None:
-                        gauges[name].add_metric(values, float(value))
-                for name, section, qs, count_field, sum_field in _SUMMARIES:
+                        gauges[name].add_metric([window, *key], float(value))
+            for name, section, qs, count_field, sum_field in _SUMMARIES:
+                r = _WINDOWED_RULE_OF[name]
+                folded[name] += view_folds[r].folded * _WINDOWED_RULES[r].series
+                summary = summaries[name]
+                for key, fields, doc in view.shown(r):
                     count = fields.get(count_field, 0)
                     if count <= 0:
                         continue
-                    summary = summaries[name]
-                    base = dict(zip(labels, values, strict=True))
+                    base = dict(zip(labels, [window, *key], strict=True))
                     for q, field in qs:
-                        value = doc[section][field]
-                        if value is not None:
-                            summary.add_sample(name, {**base, "quantile": q}, float(value))
+                        quantile = doc[section][field]
+                        if quantile is not None:
+                            summary.add_sample(name, {**base, "quantile": q}, float(quantile))
                     summary.add_sample(name + "_count", base, float(count))
                     summary.add_sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)
         families: list[Metric] = [*gauges.values(), *summaries.values()]
@@ -303,7 +372,11 @@ class KpiCollector(Collector):
         for name, value in totals.items():
             dims, _, field = name.rpartition(SEP)
             by_dims[split_dim_key(dims)][field] = value
-        grouped = self._guard(dict(by_dims), dropped, "cumulative")
+        cumulative = self._cut(by_dims)
+        bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
+        # counters: one series per group; the histogram: each bucket, _count and _sum
+        counter_rule, histogram_rule = Rule(1), Rule(len(bounds) + 2)
+        counter_fold, histogram_fold = guard([cumulative], [counter_rule, histogram_rule], limit)[0]
         counters = {
             name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMS))
             for name, _ in _TOTALS
@@ -321,18 +394,21 @@ class KpiCollector(Collector):
             _help("deskpulse_first_response_duration_seconds"),
             labels=list(DIMS),
         )
-        bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
-        for key, fields in grouped.items():
+        for key, fields in _fold_items(cumulative, counter_fold):
             values = list(key)
             for name, field in _TOTALS:
                 counters[name].add_metric(values, fields.get(field, 0))
             breaches.add_metric(values, fields.get("fr", 0) - fields.get("fr_in", 0))
             offered.add_metric(values, fields.get("ca", 0) + fields.get("cab", 0))
-            cumulative, buckets = 0, []
+        for name in _CUMULATIVE_COUNTERS:
+            folded[name] += counter_fold.folded
+        for key, fields in _fold_items(cumulative, histogram_fold):
+            cumulative_count, buckets = 0, []
             for bound in bounds:
-                cumulative += fields.get(f"frh:{bound}", 0)
-                buckets.append((bound if bound == "+Inf" else f"{float(bound)}", cumulative))
-            histogram.add_metric(values, buckets, sum_value=fields.get("fr_ms", 0) / 1000)
+                cumulative_count += fields.get(f"frh:{bound}", 0)
+                buckets.append((bound if bound == "+Inf" else f"{float(bound)}", cumulative_count))
+            histogram.add_metric(list(key), buckets, sum_value=fields.get("fr_ms", 0) / 1000)
+        folded[histogram.name] += histogram_fold.folded * histogram_rule.series
         families += [*counters.values(), breaches, offered, histogram]
         sums: Counter[str] = Counter()
         for partition_meta in meta.values():
@@ -359,13 +435,41 @@ class KpiCollector(Collector):
         orphaned.add_metric([], sums.get("orphaned", 0))
         held = GaugeMetricFamily("deskpulse_events_held", _help("deskpulse_events_held"))
         held.add_metric([], sums.get("held", 0))
-        guard = CounterMetricFamily(
-            "deskpulse_series_dropped", _help("deskpulse_series_dropped_total"), labels=["metric"]
-        )
-        for metric, count in dropped.items():
-            guard.add_metric([metric], count)
-        families += [duplicate, late, orphaned, held, guard]
-        return families
+        families += [duplicate, late, orphaned, held]
+        return families, folded
+
+
+class _View:
+    """One window's groups and folds; each group document is built once, when first shown."""
+
+    def __init__(self, groups: Mapping[tuple[str, ...], Mapping[str, int]], folds: list[Fold]):
+        self.groups = groups
+        self.folds = folds
+        self._documents: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._others: dict[int, dict[str, Any]] = {}
+
+    def shown(self, r: int) -> Iterator[tuple[tuple[str, ...], Mapping[str, int], Any]]:
+        """(labels, fields, document) of each label set that rule ``r`` shows."""
+        fold = self.folds[r]
+        for key in fold.kept:
+            document = self._documents.get(key)
+            if document is None:
+                document = self._documents[key] = group_document({}, self.groups[key])
+            yield key, self.groups[key], document
+        if fold.other is not None:
+            if r not in self._others:
+                self._others[r] = group_document({}, fold.other)
+            yield OTHER, fold.other, self._others[r]
+
+
+def _fold_items(
+    groups: Mapping[tuple[str, ...], Mapping[str, int]], fold: Fold
+) -> Iterator[tuple[tuple[str, ...], Mapping[str, int]]]:
+    """(labels, fields) of each label set a fold shows: the kept groups, then ``other``."""
+    for key in fold.kept:
+        yield key, groups[key]
+    if fold.other is not None:
+        yield OTHER, fold.other
 
 
 def build_registry(
@@ -379,7 +483,7 @@ def build_registry(
     """
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series double the exposition for no KPI value
     pipeline_registry = CollectorRegistry(auto_describe=False)
-    pipeline = PipelineMetrics(pipeline_registry)
+    pipeline = PipelineMetrics(pipeline_registry, settings.input_topics)
     collector = KpiCollector(store, settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(pipeline_registry)  # a registry is a collector too

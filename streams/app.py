@@ -21,8 +21,10 @@ from typing import Any, ClassVar
 
 import faust
 import mode
+import orjson
 from faust.app.base import BootStrategy
 from faust.transport.drivers import aiokafka as faust_kafka
+from faust.types import TP
 from faust.web.drivers import aiohttp as faust_web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
@@ -33,14 +35,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from exporters.kafka import KafkaPublisher, kafka_client_options
 from exporters.prometheus import build_registry, render
 from exporters.publish import evaluate_rules, publish_snapshots
-from models.errors import SettingsError
+from models.errors import Abandoned, SettingsError, StateError, StateLost
 from models.settings import Settings
-from streams.breaches import check_partitions
+from streams.breaches import DetectionClocks, check_partitions
 from streams.core import CoreConfig
-from streams.engine import Engine, Record, retry_forever
-from streams.offload import EngineProcess
+from streams.engine import DeadLetterTrouble, Engine, Record, retry_forever
+from streams.integrity import StateGuard
+from streams.offload import STOP_GRACE_S, EngineProcess
 from streams.reads import KpiReads
-from streams.store import Store
+from streams.store import FIX_RESTART, PartitionMeta, Store
 from streams.topics import ensure_topics
 
 __all__ = ["Service", "bearer_token_matches", "create_app"]
@@ -66,15 +69,51 @@ class Service:
         self.engine = Engine(settings, self.store, self.publisher, self.metrics)
         self.offload = EngineProcess(settings) if settings.uses_engine_process else None
         self.ready = False
+        #: the input topics' partition count, once the topics are made
+        self.partitions: int | None = None
+        # stops applying when the state is lost or was built from other topics, and says so
+        self.guard = StateGuard(
+            settings, self.store, self.metrics.state_ok, started=lambda: self.ready
+        )
         # what the start is held up by, for /readyz (set while the broker is awaited)
         self.waiting_for: str | None = None
+        #: what is wrong while dead letters fail or wait for the broker (their batch waits)
+        self.deadletter_trouble: DeadLetterTrouble | None = None
+        self.engine.on_deadletter = self.deadletter_state
+        if self.offload is not None:
+            self.offload.on_deadletter = self.deadletter_state
+
+    def deadletter_state(self, trouble: DeadLetterTrouble | None) -> None:
+        """Follow the dead letters (of this process's engine or the engine process):
+        ``/readyz`` reports the trouble and ``deskpulse_deadletter_up`` is 0 meanwhile."""
+        if trouble is not None and self.deadletter_trouble is None:
+            log.warning("dead letters are held up: %s", trouble.detail)
+        elif trouble is None and self.deadletter_trouble is not None:
+            log.info("dead letters are acknowledged again")
+        self.deadletter_trouble = trouble
+        self.metrics.deadletter_up.set(1 if trouble is None else 0)
+
+    def abandon(self, grace_s: float) -> None:
+        """The worker stops: batches still in flight after ``grace_s`` are given up."""
+        if self.offload is not None:
+            self.offload.abandon(grace_s)
+        self.engine.abandon(grace_s)
 
     async def process(self, records: Iterable[Record]) -> None:
-        """Apply a batch, in the engine process when there is one."""
-        if self.offload is not None:
-            await self.offload.process(records, self.metrics)
-        else:
-            await self.engine.process(records)
+        """Apply a batch, in the engine process when there is one.
+
+        Waits while the assignment's state is being checked; once the state is found lost
+        or foreign, never returns (the batch stays unacknowledged) until the worker stops.
+        """
+        await self.guard.admit()
+        try:
+            if self.offload is not None:
+                await self.offload.process(records, self.metrics)
+            else:
+                await self.engine.process(records)
+        except StateError as error:
+            self.guard.report(error)
+            await self.guard.halt()
 
     async def refresh_metrics(self) -> None:
         """Rebuild the KPI snapshot that ``/metrics`` serves (in the engine process if any)."""
@@ -111,12 +150,16 @@ class Service:
             self.redis.ping, what="connecting to Redis", on_state=self.metrics.redis_up
         )
         await self.store.check_config()
-        await retry_forever(
+        counts = await retry_forever(
             lambda: ensure_topics(self.settings),
             what=f"creating topics on {self.settings.kafka_bootstrap}",
             retriable=(Exception,),
             on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
         )
+        # records a producer put on another partition than their conversation's are
+        # forwarded to it through the repartition topic
+        self.partitions = counts[self.settings.topic_tickets]
+        self.engine.route(self.partitions, self.publisher)
         await retry_forever(
             self.publisher.start,
             what="starting the Kafka producer",
@@ -125,10 +168,21 @@ class Service:
         )
         if self.offload is not None:
             await self.offload.start()
+            await self.offload.route(self.partitions)
+            if self.offload.generation != self.store.generation:  # the state restarted
+                self.guard.report(
+                    StateLost(
+                        "generation_changed",
+                        f"the state under prefix {self.settings.redis_prefix!r} was started "
+                        "anew while the worker started",
+                        FIX_RESTART,
+                    )
+                )
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
+        await self.guard.stop()
         try:
             if self.offload is not None:
                 await self.offload.stop()
@@ -233,6 +287,14 @@ class _Consumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def wait_empty(self) -> None:
+        # Batches held because the state is lost or foreign are never acknowledged:
+        # waiting for them would keep a stopping worker up forever.
+        service = getattr(self.app, "deskpulse", None)
+        if service is not None and service.guard.error is not None:
+            return
+        await super().wait_empty()
+
 
 class _Transport(faust_kafka.Transport):
     Consumer = _Consumer
@@ -290,6 +352,14 @@ class DeskpulseApp(faust.App):
             return
         await super().on_started()
 
+    async def on_stop(self) -> None:
+        # Faust first waits for every batch taken to be acknowledged: one stuck retrying
+        # Redis or the broker is given up after a grace instead, so the stop ends
+        service: Service | None = getattr(self, "deskpulse", None)
+        if service is not None:
+            service.abandon(STOP_GRACE_S)
+        await super().on_stop()
+
 
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for these settings."""
@@ -316,6 +386,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     service = Service(settings)
     app.deskpulse = service  # type: ignore[attr-defined]
+    service.guard.stopping = lambda: bool(app.should_stop)
     app.start_gates = [_BrokerGate(service)]
     if service.offload is not None:
         # an engine process that dies takes the worker with it: the supervisor restarts
@@ -332,12 +403,22 @@ def create_app(settings: Settings) -> faust.App:
             partitions=settings.topic_partitions,
             internal=False,
         )
-        for name in settings.input_topics
+        # the repartition topic too: partition N of it comes with partition N of the inputs
+        # (Faust's assignor co-partitions topics of one partition count subscribed alike)
+        for name in (*settings.input_topics, settings.topic_repartition)
     }
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_service() -> None:  # started before agents consume
         await service.start()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _check_assignment(
+        app: faust.App, assigned: Any, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:
+        # before any batch of the new assignment is applied: its fences against the
+        # consumer group's committed offsets and the topics' logs (streams/integrity.py)
+        service.guard.assigned(tp.partition for tp in assigned if tp.topic in settings.input_topics)
 
     def make_agent(name: str) -> None:
         async def apply(stream: Any, events: list[Any]) -> None:
@@ -346,6 +427,16 @@ def create_app(settings: Settings) -> faust.App:
                 await service.process([e.message for e in events])
             except asyncio.CancelledError:
                 raise
+            except Abandoned as error:
+                # given up at the stop, unacknowledged: the next start reads it again
+                log.warning(
+                    "a batch of %d records of %s was left unapplied at the stop (%s)",
+                    len(events),
+                    name,
+                    error,
+                )
+                _let_go(app, events)
+                return
             except Exception as error:
                 # A batch that cannot be applied must not be skipped (its numbers would
                 # be lost) nor block silently: stop the worker loudly; the supervisor
@@ -381,13 +472,16 @@ def create_app(settings: Settings) -> faust.App:
         agent.__qualname__ = agent.__name__
         app.agent(topics[name], name=f"deskpulse.{name}", concurrency=1)(agent)
 
-    for name in settings.input_topics:
+    for name in topics:  # the input topics, and records forwarded to their partitions
         make_agent(name)
 
     @app.timer(interval=float(settings.metrics_refresh_interval))  # type: ignore[untyped-decorator]
     async def _refresh_metrics() -> None:
         if not service.ready:
             return
+        await service.guard.check()  # a vanished state shows even while nothing flows
+        if service.guard.error is not None:
+            return  # the snapshot stays as it was: no zeros from a lost state
         try:
             await service.refresh_metrics()
             service.metrics.redis_up(True)
@@ -395,33 +489,21 @@ def create_app(settings: Settings) -> faust.App:
             service.metrics.redis_up(False)
             log.warning("refreshing the KPI snapshot failed: %s", error)
 
-    previous_offsets: dict[int, tuple[tuple[str, int], ...]] = {}
+    detection = DetectionClocks(settings.topic_tickets, settings.topic_repartition)
 
     @app.timer(interval=float(settings.breach_check_interval))  # type: ignore[untyped-decorator]
     async def _check_breaches() -> None:
-        if not service.ready:
+        if not service.ready or service.guard.error is not None:
             return
         lags = await _update_lag(app, service)
         partitions = {partition for (_, partition) in lags}
         now_ms = int(time.time() * 1000)
         try:
-            clocks: dict[int, int] = {}
-            for partition in sorted(partitions):
-                meta, _ = await service.store.load(partition, [])
-                # Replies that can refute a breach come on the tickets topic: its newest
-                # event time is the clock while anything may still be unread (a backlog,
-                # a backfill). The wall clock only once the partition is idle: nothing
-                # lagging by the consumer's count AND no offset applied since the last
-                # check (some brokers report end offsets short of the last batch).
-                tickets_ms = meta.topic_watermarks.get(settings.topic_tickets, 0)
-                applied = tuple(sorted(meta.offsets.items()))
-                idle = (
-                    lags.get((settings.topic_tickets, partition)) == 0
-                    and all(lag == 0 for (_, p), lag in lags.items() if p == partition)
-                    and previous_offsets.get(partition) == applied
-                )
-                previous_offsets[partition] = applied
-                clocks[partition] = max(tickets_ms, now_ms) if idle else tickets_ms
+            # Replies that can refute a breach come on the tickets topic, of the ticket's
+            # partition or (forwarded) of any other: each partition's clock is held back by
+            # how far every partition was read (streams/breaches.py DetectionClocks).
+            metas, caught_up = await _read_progress(app, service)
+            clocks = detection.update(now_ms, metas, caught_up, partitions)
             published = await service.check_breaches(clocks)
             if published:
                 log.info("%d SLA breaches published", published)
@@ -432,7 +514,7 @@ def create_app(settings: Settings) -> faust.App:
         interval=float(settings.snapshot_interval), on_leader=True
     )
     async def _publish_outputs() -> None:
-        if not service.ready:
+        if not service.ready or service.guard.error is not None:
             return
         try:
             await service.publish_outputs()
@@ -470,6 +552,13 @@ def create_app(settings: Settings) -> faust.App:
             problems.append(service.waiting_for)
         if not service.ready:
             problems.append("starting")
+        if service.guard.error is not None:
+            problems.append(f"state: {service.guard.error}")
+        if (trouble := service.deadletter_trouble) is not None:
+            waited_s = max(0.0, time.time() - trouble.since_s)
+            problems.append(f"dead letters (held {waited_s:.0f}s): {trouble.detail}")
+        elif service.ready and service.guard.checking:
+            problems.append("checking the state against the consumer group and the topics")
         try:
             await asyncio.wait_for(service.redis.ping(), timeout=2)
         except Exception as error:  # any failure means not ready, with the reason
@@ -492,6 +581,9 @@ def create_app(settings: Settings) -> faust.App:
     async def kpis(web: Any, request: Any) -> Any:
         if (refusal := refused(web, request)) is not None:
             return refusal
+        if service.guard.error is not None:  # what Redis holds now is not the KPIs
+            body = orjson.dumps({"error": f"state: {service.guard.error}"})
+            return web.bytes(body, content_type="application/json", status=503)
         status, body, headers = await reads.answer(request.query.items())
         return web.bytes(body, content_type="application/json", status=status, headers=headers)
 
@@ -525,6 +617,19 @@ def bearer_token_matches(authorization: str | None, token: str) -> bool:
     return scheme.lower() == "bearer" and matches
 
 
+def _let_go(app: faust.App, events: Iterable[Any]) -> None:
+    """Stop Faust waiting for these events' acknowledgement, without giving it.
+
+    At a stop Faust waits until every message taken is acknowledged (or garbage); a batch
+    given up at the stop never will be. Its offsets are not committed (only acknowledged
+    ones are), so the next start reads it again. The set is Faust's (no public accessor).
+    """
+    consumer: Any = app.consumer
+    unacked = consumer._unacked_messages
+    for event in events:
+        unacked.discard(event.message)
+
+
 async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int], int]:
     """Consumer lag per assigned input partition, from Faust's own consumer positions."""
     lags: dict[tuple[str, int], int] = {}
@@ -533,7 +638,8 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
         assignment = consumer.assignment()
         if not assignment:
             return lags
-        tps = [tp for tp in assignment if tp.topic in service.settings.input_topics]
+        read = (*service.settings.input_topics, service.settings.topic_repartition)
+        tps = [tp for tp in assignment if tp.topic in read]
         highwaters = await consumer.highwaters(*tps)
         for tp in tps:
             # the next offset to read once everything processed is committed (faust keeps
@@ -550,6 +656,27 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
         service.metrics.broker_up.set(0)
         log.debug("lag update failed: %s", error)
     return lags
+
+
+async def _read_progress(
+    app: faust.App, service: Service
+) -> tuple[dict[int, PartitionMeta], dict[int, bool]]:
+    """Every input partition's meta, then whether it had nothing left to read on any of its
+    topics (fences against the topics' end offsets, asked of the broker after the metas
+    were read; partitions of other workers too)."""
+    settings = service.settings
+    metas = {p: (await service.store.load(p, []))[0] for p in range(service.partitions or 0)}
+    topics = (*settings.input_topics, settings.topic_repartition)
+    consumer: Any = app.consumer
+    ends = await consumer.highwaters(*(TP(t, p) for p in metas for t in topics))
+    caught_up = {
+        p: all(
+            (end := ends.get(TP(t, p))) is not None and meta.offsets.get(t, -1) + 1 >= end
+            for t in topics
+        )
+        for p, meta in metas.items()
+    }
+    return metas, caught_up
 
 
 def _faust_credentials(settings: Settings) -> Any:

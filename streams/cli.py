@@ -6,6 +6,8 @@
     deskpulse simulate ...                 realistic traffic to Kafka or a JSONL file
     deskpulse produce FILE.jsonl           publish a file of events to the input topics
     deskpulse replay                       fast backfill straight from the input topics
+    deskpulse state check                  the stored state against the group and the topics
+    deskpulse state reset --yes            clear it: start empty where the group is
 
 Settings come from the environment (``DESKPULSE_*``) and ``.env``; a bad one stops the
 command with one line naming it and exit status 2.
@@ -49,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     kpis.add_argument("--at", default=None, help="window end, RFC 3339 (default now)")
     kpis.add_argument("--by", default="", help="group by: channel,queue,priority")
     kpis.add_argument("--json", action="store_true", help="print the JSON document")
+    state = commands.add_parser("state", help="check or reset the state kept in Redis")
+    state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    state_commands.add_parser(
+        "check", help="compare the state with the consumer group's offsets and the topics"
+    )
+    reset = state_commands.add_parser(
+        "reset",
+        help="delete the state under DESKPULSE_REDIS_PREFIX and start empty from the "
+        "consumer group's offsets (events before them are not in the KPIs)",
+    )
+    reset.add_argument("--yes", action="store_true", help="really delete it")
+    reset.add_argument(
+        "--note", default="", help="why, recorded with the reset (e.g. a ticket number)"
+    )
     from streams import tools
 
     tools.add_commands(commands)
@@ -75,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(settings, rate=args.rate, seed=args.seed)
         if args.command == "kpis":
             return asyncio.run(_kpis(settings, args))
+        if args.command == "state":
+            return _state(settings, args)
         from streams import tools
 
         return tools.run(args, settings)
@@ -86,6 +104,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _state(settings: Settings, args: argparse.Namespace) -> int:
+    from models.errors import StateError
+    from streams.integrity import check_state, reset_state
+
+    prefix, where = settings.redis_prefix, f"deskpulse state {args.state_command}"
+    if args.log_level != "debug":  # the answer is one line; the client's chatter is not
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    if args.state_command == "check":
+        try:
+            store, warnings = asyncio.run(check_state(settings))
+        except StateError as error:
+            print(f"{where}: {error}", file=sys.stderr)
+            return 1
+        for warning in warnings:
+            print(f"{where}: warning: {warning}", file=sys.stderr)
+        print(
+            f"{where}: the state under prefix {prefix!r} (generation {store.generation}) "
+            f"matches the consumer group {settings.app_id!r} and the input topics"
+        )
+        return 0
+    if not args.yes:
+        print(
+            f"{where}: this deletes every key under prefix {prefix!r} in Redis and starts "
+            f"the state empty from the consumer group {settings.app_id!r}'s offsets; stop "
+            "the workers, then run it again with --yes (or rebuild the state from the "
+            "retained topics with `deskpulse replay` instead)",
+            file=sys.stderr,
+        )
+        return 2
+    note = args.note or "deskpulse state reset --yes: started empty"
+    summary = asyncio.run(reset_state(settings, note=note))
+    print(
+        f"{where}: deleted {summary.deleted_keys} keys under prefix {prefix!r}; the state "
+        f"starts empty (generation {summary.generation}), {summary.started_at_group} "
+        f"partitions after the consumer group {settings.app_id!r}'s committed offsets; "
+        "start (or restart) the workers"
+    )
+    return 0
 
 
 def run_worker(settings: Settings, log_level: str = "info") -> int:
@@ -119,7 +177,7 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from models.errors import InvalidQuery
+    from models.errors import InvalidQuery, StateError
     from streams.core import CoreConfig
     from streams.query import parse_query, read_document
     from streams.store import Store
@@ -148,6 +206,9 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     except InvalidQuery as error:  # a window wholly older than the state kept
         print(f"deskpulse kpis: --{error}", file=sys.stderr)
         return 2
+    except StateError as error:  # no state, or partly lost: zeros would be wrong numbers
+        print(f"deskpulse kpis: {error}", file=sys.stderr)
+        return 1
     except (OSError, RedisError) as error:
         print(f"deskpulse kpis: cannot read Redis: {error}", file=sys.stderr)
         return 1

@@ -386,7 +386,12 @@ def _survey_fields(at_ms: int, group: Dims, kind: str, score: int) -> list[Contr
 
 
 class Pending(NamedTuple):
-    """One decoded event with its source coordinates, waiting to be folded."""
+    """One decoded event with its source coordinates, waiting to be folded.
+
+    ``offset`` -1 marks an event with no place in this partition's fence (``deskpulse
+    replay`` applies a record read on another partition straight here): it is never
+    skipped as applied and moves no offset; a repeat is absorbed by its ``event_id``.
+    """
 
     event: WireEvent
     topic: str
@@ -421,6 +426,8 @@ class BatchResult:
     applied: int = 0
     #: records past the fence by (topic, event type): applied, duplicate or late alike
     fresh: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: records at or below the fence by topic: applied before (a redelivery), not again
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 _KpiInputs = tuple[
@@ -457,16 +464,19 @@ def fold_batch(
     """Fold one partition's batch against the stored states of the conversations it touches.
 
     Records at or below ``applied_offsets[topic]`` were applied by an earlier transaction
-    and are skipped. Events older than the retention behind the partition's newest event
-    time are counted as late and not applied; a repeated ``event_id`` is counted as a
-    duplicate. Counters: ``dup:<topic>``, ``late:<topic>``.
+    and are skipped (counted in ``skipped``). Events older than the retention behind the
+    partition's newest event time are counted as late and not applied; a repeated
+    ``event_id`` is counted as a duplicate. Counters: ``dup:<topic>``, ``late:<topic>``.
     """
     result = BatchResult(watermark_ms=watermark_ms)
     offsets, topic_watermarks, fresh = result.offsets, result.topic_watermarks, result.fresh
+    skipped = result.skipped
     items: list[Pending] = []
     for item in pending:
         topic, offset, ms = item.topic, item.offset, item.ms
-        if offset <= applied_offsets.get(topic, -1):
+        # an unfenced record (offset -1, see Pending) is never skipped nor fenced
+        if offset <= applied_offsets.get(topic, -1) and offset >= 0:
+            skipped[topic] = skipped.get(topic, 0) + 1
             continue
         items.append(item)
         kind = (topic, item.event.type)

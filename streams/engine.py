@@ -3,6 +3,20 @@
 Shared by the live Faust agents (:mod:`streams.app`) and the replay path, so both leave
 Redis in the same state. The hot path does one Redis round trip to load and one to commit
 per partition per batch, never one per event.
+
+Records on the wrong partition
+------------------------------
+A conversation's state lives with one partition: the one its id maps to by Kafka's default
+(murmur2) rule (:mod:`streams.partitioner`). A producer that partitions otherwise
+(librdkafka's CRC32 default, a key that is not the conversation id, no key) puts some of a
+conversation's events elsewhere. Once :meth:`Engine.route` was called, such a record is not
+applied where it was read: the live worker forwards it byte for byte to the repartition
+topic (co-partitioned with the inputs), at its conversation's partition, keyed by the
+conversation id, and the worker owning that partition applies it from there. Like a dead
+letter, the forward is acknowledged by the broker before the source offset is recorded as
+applied; after a crash in between it is forwarded again, and the repeat is absorbed by the
+event_id dedup of the conversation state (counted as a duplicate, changing no KPI).
+``deskpulse replay`` applies such records straight to their partition's state instead.
 """
 
 from __future__ import annotations
@@ -11,23 +25,33 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, TypeVar, get_args
+from typing import Any, NamedTuple, Protocol, TypeVar, get_args
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models.errors import RejectedEvent
+from models.errors import Abandoned, DeadLetterUnavailable, RejectedEvent
 from models.settings import Settings
 from models.wire import WireEvent, decode_record
-from streams.core import CoreConfig, Pending, fold_batch
-from streams.store import Store
+from streams.core import BatchResult, CoreConfig, Pending, fold_batch
+from streams.partitioner import ConversationPartitions, forwarded_key
+from streams.store import PartitionMeta, Store
 
-__all__ = ["DeadLetterSink", "Engine", "Record", "SourceRecord", "retry_forever"]
+__all__ = [
+    "DEADLETTER_OVERDUE_S",
+    "DeadLetterSink",
+    "DeadLetterTrouble",
+    "Engine",
+    "Forwarder",
+    "Record",
+    "SourceRecord",
+    "retry_forever",
+]
 
 log = logging.getLogger("deskpulse.engine")
 
@@ -47,6 +71,9 @@ RETRIABLE_REDIS = (
     OSError,
 )
 
+#: How long dead letters may wait for the broker before ``/readyz`` reports them.
+DEADLETTER_OVERDUE_S = 10.0
+
 _new_tuple = tuple.__new__
 
 _TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey."}
@@ -65,6 +92,8 @@ class Record(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Any: ...  # (name, bytes) pairs; read on the repartition topic only
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +105,7 @@ class SourceRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: Sequence[Sequence[Any]] | None = None
 
 
 class DeadLetterSink(Protocol):
@@ -84,14 +114,35 @@ class DeadLetterSink(Protocol):
     async def send(self, records: Sequence[tuple[Record, RejectedEvent]]) -> None: ...
 
 
+class DeadLetterTrouble(NamedTuple):
+    """Dead letters the broker has not acknowledged: since when (Unix s) and what is wrong."""
+
+    since_s: float
+    detail: str
+
+
+class Forwarder(Protocol):
+    """Where records read on the wrong partition go: the repartition topic.
+
+    ``forward`` takes ``(record, key, partition)`` and returns, in order, the offset each
+    one got or the error that kept it from the broker.
+    """
+
+    async def forward(
+        self, records: Sequence[tuple[Record, bytes, int]]
+    ) -> list[int | BaseException]: ...
+
+
 class Metrics(Protocol):
     """The pipeline-health counters the engine reports to."""
 
     def processed(self, topic: str, event_type: str, count: int) -> None: ...
     def rejected(self, topic: str, reason: str, count: int) -> None: ...
+    def rerouted(self, topic: str, count: int) -> None: ...
     def flushed(self, seconds: float, events: int) -> None: ...
     def event_time(self, topic: str, t_s: float) -> None: ...
     def redis_up(self, up: bool) -> None: ...
+    def skipped(self, topic: str, reason: str, count: int) -> None: ...
 
 
 async def retry_forever(
@@ -130,6 +181,23 @@ async def retry_forever(
         return value
 
 
+class _Misrouted(NamedTuple):
+    """A valid input record read on another partition than its conversation's."""
+
+    record: Record
+    conversation_id: str
+    target: int
+    event: WireEvent
+    ms: int
+
+
+def _header(record: Record, name: str) -> str | None:
+    for key, value in getattr(record, "headers", None) or ():
+        if key == name:
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
 class Engine:
     """Turns batches of source records into committed KPI state."""
 
@@ -162,37 +230,130 @@ class Engine:
             )
             for topic, kind in self._kinds.items()
         }
+        self.repartition_topic = settings.topic_repartition
+        # set by route(): which partition a conversation belongs on, and where to send
+        # records read elsewhere (None: apply them there directly, as replay does)
+        self._partition_of: ConversationPartitions | None = None
+        self._forwarder: Forwarder | None = None
+        self._source_fences: Mapping[tuple[str, int], int] | None = None
+        # replay: batches of a partition in the order they came, while they apply records
+        # to other partitions before their own (taken before the partition lock)
+        self._order: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._warned: set[str] = set()
+        #: told what is wrong while dead letters fail or wait (``None`` once they do not)
+        self.on_deadletter: Callable[[DeadLetterTrouble | None], None] | None = None
+        self._deadletter_troubles: dict[int, DeadLetterTrouble] = {}
+        self._deadletter_reported: DeadLetterTrouble | None = None
+        self._deadletter_sends = 0
+        # stopping: the loop time by which batches in flight are given up (see abandon)
+        self._abandon_at: float | None = None
+        self._abandoned = False
+        self._in_flight: set[asyncio.Timeout] = set()
+
+    def route(
+        self,
+        partitions: int,
+        forwarder: Forwarder | None,
+        *,
+        source_fences: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        """From now on, apply each input record on the partition its conversation maps to.
+
+        ``partitions`` is the input topics' partition count. A record read on another
+        partition goes through ``forwarder`` to the repartition topic (the live worker);
+        without one it is applied straight to its partition's state (``deskpulse replay``,
+        which also passes ``source_fences``, the input offsets applied when it started: a
+        forward on the repartition topic whose source record lies past them is passed over,
+        as the replay applies that source record itself).
+        """
+        self._partition_of = ConversationPartitions(partitions) if partitions > 1 else None
+        self._forwarder = forwarder
+        self._source_fences = source_fences
 
     def partition_lock(self, partition: int) -> asyncio.Lock:
         """Held while a partition's state is read and written (batches, breach checks)."""
         return self._locks[partition]
 
     async def process(self, records: Iterable[Record]) -> None:
-        """Apply a batch; returns only when every record is committed or dead-lettered."""
+        """Apply a batch; returns only when every record is committed or dead-lettered.
+
+        Raises :class:`Abandoned` if the batch was given up because the engine is
+        stopping (see :meth:`abandon`).
+        """
+        if self._abandoned:
+            raise Abandoned("the engine is stopping and gave up an earlier batch")
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for record in records:
             by_partition[record.partition].append(record)
         now_s = self.clock()
-        # Partitions run concurrently: one folds in Python while Redis runs another's
-        # commit script on the other core.
-        await asyncio.gather(
-            *(self._locked(p, batch, now_s) for p, batch in sorted(by_partition.items()))
-        )
+        deadline = asyncio.timeout_at(self._abandon_at)
+        self._in_flight.add(deadline)
+        try:
+            async with deadline:
+                # Partitions run concurrently: one folds in Python while Redis runs
+                # another's commit script on the other core.
+                await asyncio.gather(
+                    *(self._locked(p, batch, now_s) for p, batch in sorted(by_partition.items()))
+                )
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            # every later batch too: one of them committing would move the fence past this
+            self._abandoned = True
+            raise Abandoned(
+                f"gave up a batch of {sum(map(len, by_partition.values()))} records at the "
+                "stop; they are applied from the fence on the next start"
+            ) from None
+        finally:
+            self._in_flight.discard(deadline)
+
+    def abandon(self, grace_s: float) -> None:
+        """Give the batches in flight ``grace_s`` more to finish, then give them up.
+
+        For a stop: a batch stuck retrying Redis or the broker must not hold it. A batch
+        given up raises :class:`Abandoned` from :meth:`process`, and so does every batch
+        after it; none of it was acknowledged, so the next start applies it again from the
+        fence (a dead letter sent meanwhile is sent once more).
+        """
+        at = asyncio.get_running_loop().time() + grace_s
+        if self._abandon_at is not None and self._abandon_at <= at:
+            return
+        self._abandon_at = at
+        for deadline in self._in_flight:
+            deadline.reschedule(at)
 
     async def _locked(self, partition: int, batch: list[Record], now_s: float) -> None:
         # decoding needs no state: done before waiting, while another batch may commit
-        pending, rejected = self._decode(batch, now_s)
+        pending, rejected, misrouted, passed = self._decode(batch, now_s)
+        if self._forwarder is None and self._partition_of is not None:
+            # replay: records read here that belong elsewhere are applied there first, then
+            # this partition's fence passes them; its batches keep their order meanwhile
+            async with self._order[partition]:
+                if misrouted:
+                    await self._apply_where_they_belong(partition, misrouted)
+                async with self._locks[partition]:
+                    await self._process_partition(
+                        partition, len(batch), pending, rejected, misrouted, passed
+                    )
+            return
         # the three co-partitioned topics share one partition's state: one batch at a time
         async with self._locks[partition]:
-            await self._process_partition(partition, len(batch), pending, rejected)
+            await self._process_partition(
+                partition, len(batch), pending, rejected, misrouted, passed
+            )
 
     def _decode(
         self, batch: list[Record], now_s: float
-    ) -> tuple[list[Pending], list[tuple[Record, RejectedEvent]]]:
+    ) -> tuple[list[Pending], list[tuple[Record, RejectedEvent]], list[_Misrouted], list[Record]]:
+        """Valid records to apply here, rejected ones, valid ones that belong on another
+        partition, and forwards the replay passes over (see :meth:`route`)."""
         pending: list[Pending] = []
         rejected: list[tuple[Record, RejectedEvent]] = []
+        misrouted: list[_Misrouted] = []
+        passed: list[Record] = []
         max_bytes, max_future_s = self.settings.max_record_bytes, self.settings.max_future
         allowed_on = self._allowed
+        partition_of = self._partition_of
         for record in batch:
             topic = record.topic
             try:
@@ -200,17 +361,157 @@ class Engine:
                     record.value, max_bytes=max_bytes, now_s=now_s, max_future_s=max_future_s
                 )
                 allowed = allowed_on.get(topic)
-                if allowed is not None and type(event) not in allowed:
+                if allowed is None:
+                    if topic == self.repartition_topic and self._passed_over(record, event):
+                        passed.append(record)
+                        continue
+                elif type(event) not in allowed:
                     raise RejectedEvent(
                         "wrong_topic",
                         f"{event.type} does not belong on {topic} ({self._kinds[topic]})",
                     )
+                elif partition_of is not None:
+                    conversation_id = event.conversation_id
+                    target = partition_of.cached(conversation_id)
+                    if target is None:
+                        target = partition_of(conversation_id)
+                    if target != record.partition:
+                        misrouted.append(
+                            _new_tuple(_Misrouted, (record, conversation_id, target, event, ms))
+                        )
+                        if topic not in self._warned:
+                            self._warn_misrouted(record, conversation_id, target)
+                        continue
             except RejectedEvent as error:
                 rejected.append((record, error))
                 continue
             # a NamedTuple's own constructor is a Python-level call; this one is not
             pending.append(_new_tuple(Pending, (event, topic, record.offset, ms)))
-        return pending, rejected
+        return pending, rejected, misrouted, passed
+
+    def _passed_over(self, record: Record, event: WireEvent) -> bool:
+        """Check a record of the repartition topic against the input topic it was read
+        from (``wrong_topic`` if that topic may not carry it); ``True`` if the replay
+        passes it over (its source record lies past the fence the replay started from)."""
+        source = _header(record, "deskpulse-source-topic")
+        allowed = None if source is None else self._allowed.get(source)
+        if allowed is None or type(event) not in allowed:
+            raise RejectedEvent(
+                "wrong_topic",
+                f"{event.type} on {record.topic} was forwarded from "
+                f"{source or 'no topic named in a deskpulse-source-topic header'}, "
+                "which may not carry it",
+            )
+        fences = self._source_fences
+        if fences is None or source is None:
+            return False
+        try:
+            source_partition = int(_header(record, "deskpulse-source-partition") or "")
+            source_offset = int(_header(record, "deskpulse-source-offset") or "")
+        except ValueError:
+            return False  # no coordinates to compare: applied (a repeat changes nothing)
+        return source_offset > fences.get((source, source_partition), -1)
+
+    def _warn_misrouted(self, record: Record, conversation_id: str, target: int) -> None:
+        self._warned.add(record.topic)
+        how = (
+            "forwards them through"
+            if self._forwarder is not None
+            else "applies them as if read from"
+        )
+        log.warning(
+            "records on %s are not on the partition their conversation id maps to by Kafka's "
+            "default (murmur2) partitioner, e.g. offset %d on partition %d (%s %r belongs on "
+            "partition %d, key %r); deskpulse %s %s, at a cost per record. Producers avoid "
+            "it by keying each record by its conversation id (ticket_id or chat_id) and "
+            "partitioning with murmur2: librdkafka/confluent-kafka partitioner=murmur2_random "
+            "(the Java client, aiokafka and kafka-python do by default). Counted in "
+            "deskpulse_events_rerouted_total; warned once per topic.",
+            record.topic,
+            record.offset,
+            record.partition,
+            "ticket" if conversation_id.startswith("t:") else "chat",
+            conversation_id[2:],
+            target,
+            record.key,
+            how,
+            self.repartition_topic,
+        )
+
+    async def _apply_where_they_belong(self, source: int, misrouted: list[_Misrouted]) -> None:
+        """Replay: apply records read on partition ``source`` to their own partitions.
+
+        Unfenced there (offset -1): this partition's fence, moved once they are committed,
+        is what keeps them from being applied again; a crash in between repeats them, and
+        the repeat is absorbed by their event ids.
+        """
+        meta, _ = await retry_forever(
+            partial(self.store.load, source, []),
+            what=f"loading partition {source} state from Redis",
+            on_state=self.metrics.redis_up,
+        )
+        by_target: dict[int, list[Pending]] = defaultdict(list)
+        topic = self.repartition_topic  # counted as the live worker counts its forwards
+        for item in misrouted:
+            if item.record.offset > meta.offsets.get(item.record.topic, -1):
+                by_target[item.target].append(_new_tuple(Pending, (item.event, topic, -1, item.ms)))
+        for target, items in sorted(by_target.items()):
+            async with self._locks[target]:
+                await self._process_partition(target, len(items), items, [])
+
+    async def _forward(self, misrouted: Sequence[_Misrouted]) -> dict[int, int]:
+        """Forward to the repartition topic until the broker has each record once; the
+        newest offset each of its partitions gave them."""
+        forwarder = self._forwarder
+        assert forwarder is not None
+        remaining = list(misrouted)
+        newest: dict[int, int] = {}
+
+        async def attempt() -> None:
+            nonlocal remaining
+            outcomes = await forwarder.forward(
+                [
+                    (m.record, m.conversation_id[2:].encode("utf-8", "surrogatepass"), m.target)
+                    for m in remaining
+                ]
+            )
+            failed: list[_Misrouted] = []
+            error: BaseException | None = None
+            for item, outcome in zip(remaining, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failed.append(item)
+                    error = error or outcome
+                elif outcome > newest.get(item.target, -1):
+                    newest[item.target] = outcome
+            # acknowledged ones are never sent again, whatever a retry does
+            remaining = failed
+            if error is not None:
+                raise error
+
+        await retry_forever(
+            attempt,
+            what=f"forwarding records to {self.repartition_topic}",
+            retriable=(KafkaError, OSError),
+        )
+        return newest
+
+    def _fence_forwarded(
+        self,
+        result: BatchResult,
+        meta: PartitionMeta,
+        records: Iterable[Record],
+        forwarded: Mapping[int, int],
+    ) -> None:
+        """Move the fence past records forwarded (or passed over) from this partition, and
+        note the newest repartition offset each target got (the breach clock reads it)."""
+        offsets, applied = result.offsets, meta.offsets
+        for record in records:
+            # only past the fence: a redelivered record must never move it back
+            fence = max(applied.get(record.topic, -1), offsets.get(record.topic, -1))
+            if record.offset > fence:
+                offsets[record.topic] = record.offset
+        for target, offset in forwarded.items():
+            offsets[forwarded_key(self.repartition_topic, target)] = offset
 
     async def _process_partition(
         self,
@@ -218,11 +519,17 @@ class Engine:
         size: int,
         pending: list[Pending],
         rejected: list[tuple[Record, RejectedEvent]],
+        misrouted: Sequence[_Misrouted] = (),
+        passed: Sequence[Record] = (),
     ) -> None:
         conversation_ids = [p.event.conversation_id for p in pending]
         started = time.perf_counter()
         sent_rejects = False
         fresh_rejects: list[tuple[Record, RejectedEvent]] = []
+        sent_forwards = False
+        fresh_misrouted: list[_Misrouted] = []
+        forwarded: dict[int, int] = {}
+        elsewhere = [m.record for m in misrouted] + list(passed)
         while True:
             meta, states = await retry_forever(
                 partial(self.store.load, partition, conversation_ids),
@@ -236,17 +543,21 @@ class Engine:
                 applied_offsets=meta.offsets,
                 config=self.config,
             )
+            if not sent_forwards:
+                fresh_misrouted = [
+                    m for m in misrouted if m.record.offset > meta.offsets.get(m.record.topic, -1)
+                ]
+                if fresh_misrouted and self._forwarder is not None:
+                    # the broker has them before their offsets are recorded as applied
+                    forwarded = await self._forward(fresh_misrouted)
+                sent_forwards = True
             if not sent_rejects:
                 fresh_rejects = [
                     (r, e) for r, e in rejected if r.offset > meta.offsets.get(r.topic, -1)
                 ]
                 if fresh_rejects:
                     # the broker has them before their offsets are recorded as applied
-                    await retry_forever(
-                        partial(self.deadletter.send, fresh_rejects),
-                        what="dead-lettering rejected records",
-                        retriable=(KafkaError, OSError),
-                    )
+                    await self._dead_letter(partition, fresh_rejects)
                 sent_rejects = True
             for record, _ in rejected:
                 # only past the fence: a redelivered reject must never move it back
@@ -255,8 +566,14 @@ class Engine:
                 )
                 if record.offset > fence:
                     result.offsets[record.topic] = record.offset
-            if not result.offsets:
-                return  # everything was applied before (redelivery after a crash)
+            if elsewhere:
+                self._fence_forwarded(result, meta, elsewhere, forwarded)
+            # (records with no place in the fence, replay's from elsewhere, still commit)
+            if not result.offsets and not result.fresh:
+                # everything was applied before (a redelivery after a crash)
+                self._count_skipped(result.skipped, rejected, fresh_rejects)
+                self._count_rerouted(misrouted, fresh_misrouted)
+                return
             committed = await retry_forever(
                 partial(self.store.commit, partition, meta.version, result),
                 what=f"committing partition {partition} to Redis",
@@ -275,3 +592,96 @@ class Engine:
             reasons[(record.topic, rejection.reason)] += 1
         for (topic, reason), count in reasons.items():
             self.metrics.rejected(topic, reason, count)
+        self._count_rerouted(misrouted, fresh_misrouted)
+        self._count_skipped(result.skipped, rejected, fresh_rejects)
+
+    async def _dead_letter(
+        self, partition: int, rejects: list[tuple[Record, RejectedEvent]]
+    ) -> None:
+        """Send ``rejects`` until the broker has each one; a retry sends only those it has
+        not acknowledged. Reported through ``on_deadletter`` while they fail, or wait for
+        the broker longer than :data:`DEADLETTER_OVERDUE_S`."""
+        self._deadletter_sends += 1
+        token, since_s = self._deadletter_sends, time.time()
+        remaining = rejects
+        attempts = 0
+        overdue = asyncio.get_running_loop().call_later(
+            DEADLETTER_OVERDUE_S,
+            self._deadletter_trouble,
+            token,
+            DeadLetterTrouble(
+                since_s,
+                f"{len(rejects)} dead letters of partition {partition} not acknowledged by "
+                f"{self.settings.topic_deadletter} within {DEADLETTER_OVERDUE_S:g}s",
+            ),
+        )
+
+        async def attempt() -> None:
+            nonlocal remaining, attempts
+            try:
+                await self.deadletter.send(remaining)
+            except DeadLetterUnavailable as error:
+                attempts += 1
+                remaining = error.pending  # the others are on the topic: never sent again
+                detail = f"{error} (partition {partition}, attempt {attempts})"
+                self._deadletter_trouble(token, DeadLetterTrouble(since_s, detail))
+                raise
+
+        try:
+            await retry_forever(
+                attempt,
+                what=f"dead-lettering {len(rejects)} rejected records of partition {partition}",
+                retriable=(DeadLetterUnavailable,),
+            )
+        finally:
+            overdue.cancel()
+            self._deadletter_trouble(token, None)
+
+    def _deadletter_trouble(self, token: int, trouble: DeadLetterTrouble | None) -> None:
+        """Note (or clear) one send's trouble; report the oldest when that changes."""
+        if trouble is None:
+            self._deadletter_troubles.pop(token, None)
+        else:
+            self._deadletter_troubles[token] = trouble
+        troubles = self._deadletter_troubles
+        oldest = min(troubles.values()) if troubles else None
+        if oldest is not None and len(troubles) > 1:
+            oldest = oldest._replace(detail=f"{oldest.detail}; {len(troubles) - 1} more waiting")
+        if oldest != self._deadletter_reported:
+            self._deadletter_reported = oldest
+            if self.on_deadletter is not None:
+                self.on_deadletter(oldest)
+
+    def _count_rerouted(
+        self, misrouted: Sequence[_Misrouted], fresh_misrouted: Sequence[_Misrouted]
+    ) -> None:
+        counts: dict[str, int] = defaultdict(int)
+        for item in fresh_misrouted:
+            counts[item.record.topic] += 1
+        for topic, count in counts.items():
+            self.metrics.rerouted(topic, count)
+        if len(fresh_misrouted) < len(misrouted):  # redelivered: forwarded before
+            stale: dict[str, int] = defaultdict(int)
+            fresh = {id(item) for item in fresh_misrouted}
+            for item in misrouted:
+                if id(item) not in fresh:
+                    stale[item.record.topic] += 1
+            for topic, count in stale.items():
+                self.metrics.skipped(topic, "already_applied", count)
+
+    def _count_skipped(
+        self,
+        skipped: dict[str, int],
+        rejected: list[tuple[Record, RejectedEvent]],
+        fresh_rejects: list[tuple[Record, RejectedEvent]],
+    ) -> None:
+        # Counted once per record per process, from the attempt that committed: the
+        # records at or below the fence that attempt folded against, rejects among them.
+        counts = dict(skipped)
+        if len(fresh_rejects) < len(rejected):
+            fresh = {id(record) for record, _ in fresh_rejects}
+            for record, _ in rejected:
+                if id(record) not in fresh:
+                    counts[record.topic] = counts.get(record.topic, 0) + 1
+        for topic, count in counts.items():
+            self.metrics.skipped(topic, "already_applied", count)

@@ -21,15 +21,24 @@ so serialised with the batches of the partitions they read, as in-process they a
 partition locks. The child ignores SIGINT and SIGTERM (the worker stops it after the
 batch in flight) and exits when its stdin closes; if it dies, the batch in flight fails
 and the worker stops loudly, to be restarted at the offset fence.
+
+The child never outlives the worker: on Linux the kernel kills it when the worker dies
+(``PR_SET_PDEATHSIG``), elsewhere it notices within a second that its parent changed.
+At a stop, a batch stuck retrying Redis or the broker is given up after
+:data:`STOP_GRACE_S` (unacknowledged: the next start applies it from the fence), and a
+child that does not end :data:`STOP_TIMEOUT_S` after being asked is killed. While dead
+letters fail or wait for the broker, the child tells the worker unasked, for ``/readyz``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -41,12 +50,26 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from models.errors import Abandoned
 from models.settings import Settings
-from streams.engine import Record, SourceRecord
+from streams.engine import DeadLetterTrouble, Record, SourceRecord
 
-__all__ = ["EngineProcess", "EngineProcessError", "RecordingMetrics"]
+__all__ = [
+    "STOP_GRACE_S",
+    "STOP_TIMEOUT_S",
+    "EngineProcess",
+    "EngineProcessError",
+    "RecordingMetrics",
+]
 
 log = logging.getLogger("deskpulse.offload")
+
+#: At a stop, how long batches in flight may still take before they are given up.
+STOP_GRACE_S = 5.0
+#: How long the worker waits for the child to end once asked, before it kills it.
+STOP_TIMEOUT_S = STOP_GRACE_S + 10.0
+# prctl(2) option: the signal the kernel sends this process when its parent dies
+_PR_SET_PDEATHSIG = 1
 
 _HEADER = struct.Struct(">I")
 _ENCODE = msgspec.msgpack.Encoder().encode
@@ -63,6 +86,8 @@ class RecordingMetrics:
 
     processed_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     rejected_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    skipped_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    rerouted_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     flushes: list[tuple[float, int]] = field(default_factory=list)
     event_times: dict[str, float] = field(default_factory=dict)
     redis_state: bool | None = None
@@ -72,6 +97,12 @@ class RecordingMetrics:
 
     def rejected(self, topic: str, reason: str, count: int) -> None:
         self.rejected_counts[(topic, reason)] += count
+
+    def skipped(self, topic: str, reason: str, count: int) -> None:
+        self.skipped_counts[(topic, reason)] += count
+
+    def rerouted(self, topic: str, count: int) -> None:
+        self.rerouted_counts[topic] += count
 
     def flushed(self, seconds: float, events: int) -> None:
         self.flushes.append((seconds, events))
@@ -88,6 +119,10 @@ class RecordingMetrics:
             metrics.processed(topic, event_type, count)
         for (topic, reason), count in self.rejected_counts.items():
             metrics.rejected(topic, reason, count)
+        for (topic, reason), count in self.skipped_counts.items():
+            metrics.skipped(topic, reason, count)
+        for topic, count in self.rerouted_counts.items():
+            metrics.rerouted(topic, count)
         for seconds, events in self.flushes:
             metrics.flushed(seconds, events)
         for topic, t_s in self.event_times.items():
@@ -102,11 +137,13 @@ class RecordingMetrics:
             [list(f) for f in self.flushes],
             self.event_times,
             self.redis_state,
+            [[t, r, n] for (t, r), n in self.skipped_counts.items()],
+            dict(self.rerouted_counts),
         ]
 
     @classmethod
     def from_wire(cls, data: list[Any]) -> RecordingMetrics:
-        processed, rejected, flushes, event_times, redis_state = data
+        processed, rejected, flushes, event_times, redis_state, skipped, rerouted = data
         out = cls()
         for topic, event_type, count in processed:
             out.processed_counts[(topic, event_type)] += count
@@ -115,6 +152,10 @@ class RecordingMetrics:
         out.flushes = [(float(s), int(n)) for s, n in flushes]
         out.event_times = dict(event_times)
         out.redis_state = redis_state
+        for topic, reason, count in skipped:
+            out.skipped_counts[(topic, reason)] += count
+        for topic, count in rerouted.items():
+            out.rerouted_counts[topic] += count
         return out
 
 
@@ -173,12 +214,17 @@ class _Child:
         self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         self.publisher = KafkaPublisher(settings)
         self.engine = Engine(settings, self.store, self.publisher, RecordingMetrics())
+        self.engine.on_deadletter = self.report_deadletter
         self.collector = KpiCollector(self.store, settings)
         # batches and breach checks in the order they came; the rest beside them
         self.ordered: asyncio.Queue[list[Any] | None] = asyncio.Queue()
 
     def reply(self, request_id: int, status: str, body: Any) -> None:
         self.writer.write(_frame(_ENCODE([request_id, status, body])))
+
+    def report_deadletter(self, trouble: DeadLetterTrouble | None) -> None:
+        # unasked, while a batch is held: the worker's /readyz and gauge follow it
+        self.reply(0, "deadletter", None if trouble is None else list(trouble))
 
     async def run(self, reader: asyncio.StreamReader) -> None:
         from streams.engine import retry_forever
@@ -187,8 +233,10 @@ class _Child:
         await retry_forever(
             self.publisher.start, what="starting the Kafka producer", retriable=(Exception,)
         )
+        # the state's generation: the worker checks it is the one it started on
+        await retry_forever(self.store.check_config, what="reading the state's configuration")
         tune_gc()
-        self.reply(0, "ready", None)
+        self.reply(0, "ready", self.store.generation)
         ordered = asyncio.ensure_future(self.work_in_order())
         beside: set[asyncio.Future[None]] = set()
         try:
@@ -204,6 +252,8 @@ class _Child:
                     task.add_done_callback(beside.discard)
             else:
                 request = None  # the worker is gone: finish what is queued, then exit
+            # what is queued may finish; a batch stuck retrying must not hold the exit
+            self.engine.abandon(STOP_GRACE_S)
             self.ordered.put_nowait(None)
             await ordered
             if beside:
@@ -222,8 +272,15 @@ class _Child:
 
     async def answer(self, request: list[Any]) -> None:
         request_id, kind = request[0], request[1]
+        from models.errors import StateError
+
         try:
             body = await self.handle(kind, request[2:])
+        except StateError as error:  # the worker stops applying and reports it, once
+            state = [type(error).__name__, error.reason, error.detail, error.fix]
+            self.reply(request_id, "state", state)
+        except Abandoned as error:  # the stop gave it up: not a failure of the engine
+            self.reply(request_id, "abandoned", str(error))
         except Exception as error:  # reported to the worker, which stops loudly
             log.exception("engine request %s failed", kind)
             self.reply(request_id, "error", repr(error))
@@ -248,6 +305,12 @@ class _Child:
                 partial(self.publisher.publish_json, self.settings.topic_alerts),
                 self.engine.partition_lock,
             )
+        if kind == "abandon":  # the worker stops: give up what is still in flight then
+            self.engine.abandon(args[0])
+            return None
+        if kind == "route":  # the input topics' partition count, once they are known
+            self.engine.route(args[0], self.publisher)
+            return None
         if kind == "refresh":
             await self.collector.refresh()
             return [self.collector.exposition, self.collector.refreshed_at]
@@ -259,19 +322,46 @@ class _Child:
         raise ValueError(f"unknown request {kind!r}")
 
 
-async def _serve(replies: BinaryIO) -> None:
-    reader, writer = await _pipes(sys.stdin.buffer, replies)
-    frame = await _read_frame_async(reader)
-    if frame is None:
-        return
-    settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
-    await _Child(settings, writer).run(reader)
+async def _serve(replies: BinaryIO, parent_pid: int) -> None:
+    watch = asyncio.ensure_future(_watch_parent(parent_pid))
+    try:
+        reader, writer = await _pipes(sys.stdin.buffer, replies)
+        frame = await _read_frame_async(reader)
+        if frame is None:
+            return
+        settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
+        await _Child(settings, writer).run(reader)
+    finally:
+        watch.cancel()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the worker dies (Linux); exit now if it
+    is gone already. Nothing the child does is of use without the worker: only the worker
+    acknowledges a batch, and what it did not is applied again from the fence."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as error:  # the parent watch below still holds
+            log.warning("cannot have the kernel end this process with the worker: %s", error)
+    if os.getppid() != parent_pid:  # it died before the line above took effect
+        os._exit(1)
+
+
+async def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """Exit once the worker is gone (where the kernel does not see to it)."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(interval_s)
+    log.critical("the worker (pid %d) is gone; the engine process exits", parent_pid)
+    logging.shutdown()
+    os._exit(1)  # nothing to finish: the worker acknowledges nothing any more
 
 
 def main() -> None:
-    """``python -m streams.offload``: the child side; the settings come as the first frame."""
-    import signal
-
+    """``python -m streams.offload [PARENT_PID]``: the child side; the settings come as the
+    first frame."""
     # The parent decides when the child ends (after the in-flight batch): a Ctrl-C or a
     # SIGTERM to the whole process group must not kill it under a batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -279,16 +369,26 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s"
     )
+    parent_pid = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+    _die_with_parent(parent_pid)
     from streams.logs import install_repeat_throttle
 
     install_repeat_throttle()  # its Kafka producer floods like the worker's
     # frames go to the original stdout; anything else printed lands on stderr
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    asyncio.run(_serve(replies))
+    asyncio.run(_serve(replies, parent_pid))
 
 
 # --- the parent --------------------------------------------------------------------------
+
+
+def _state_error(name: str, reason: str, detail: str, fix: str) -> Exception:
+    """The child's :class:`~models.errors.StateError`, raised again in the worker."""
+    from models.errors import StateError, StateLost, TopicsReplaced
+
+    kind = {"StateLost": StateLost, "TopicsReplaced": TopicsReplaced}.get(name, StateError)
+    return kind(reason, detail, fix)
 
 
 class EngineProcess:
@@ -307,11 +407,15 @@ class EngineProcess:
         self._stopping = False
         #: called when the child ends without being asked to (the worker must stop)
         self.on_gone: Callable[[EngineProcessError], object] | None = None
+        #: the state generation the child found at its start
+        self.generation: str | None = None
+        #: told what is wrong while the child's dead letters fail or wait (None: fine)
+        self.on_deadletter: Callable[[DeadLetterTrouble | None], object] | None = None
 
     async def start(self) -> None:
         """Start the child and wait until it has connected to the broker."""
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.offload"],
+            [sys.executable, "-m", "streams.offload", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -321,17 +425,25 @@ class EngineProcess:
         self._replies = asyncio.ensure_future(self._read_replies(reader))
         self._writer.write(_frame(pickle.dumps(self.settings)))
         await self._writer.drain()
-        await ready
+        self.generation = await ready
         log.info("engine process %d started", self._proc.pid)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         while (frame := await _read_frame_async(reader)) is not None:
             request_id, status, body = _DECODE(frame)
+            if status == "deadletter":  # unasked: the child's dead letters fail or wait
+                if self.on_deadletter is not None:
+                    self.on_deadletter(None if body is None else DeadLetterTrouble(*body))
+                continue
             future = self._pending.pop(request_id, None)
             if future is None or future.done():
                 continue
             if status in ("ok", "ready"):
                 future.set_result(body)
+            elif status == "state":  # the state is lost or foreign: not a crash
+                future.set_exception(_state_error(*body))
+            elif status == "abandoned":  # given up at the stop: not a crash either
+                future.set_exception(Abandoned(body))
             else:
                 future.set_exception(EngineProcessError(f"engine process: {body}"))
         proc = self._proc
@@ -356,12 +468,15 @@ class EngineProcess:
         next request: fewer, larger commits, and the per-request cost is paid once.
         """
         rows = records if isinstance(records, list) else list(records)
+        repartition = self.settings.topic_repartition
         columns: tuple[list[Any], ...] = (
             [r.topic for r in rows],
             [r.partition for r in rows],
             [r.offset for r in rows],
             [r.key for r in rows],
             [r.value for r in rows],
+            # headers say where a forwarded record was read; input records' are not read
+            [r.headers if r.topic == repartition else None for r in rows],
         )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((columns, done))
@@ -372,7 +487,7 @@ class EngineProcess:
     async def _dispatch(self, metrics: Any) -> None:
         while self._waiting:
             waiting, self._waiting = self._waiting, []
-            merged: list[list[Any]] = [[], [], [], [], []]
+            merged: list[list[Any]] = [[], [], [], [], [], []]
             for columns, _ in waiting:
                 for target, column in zip(merged, columns, strict=True):
                     target.extend(column)
@@ -390,6 +505,10 @@ class EngineProcess:
                 if not done.done():
                     done.set_result(None)
 
+    async def route(self, partitions: int) -> None:
+        """Have the child's engine check each record's partition (see ``Engine.route``)."""
+        await self._call("route", partitions)
+
     async def check_breaches(self, clocks: dict[int, int]) -> int:
         """Claim and publish due SLA breaches of these partitions (partition -> clock ms)."""
         count: int = await self._call("breaches", sorted(clocks.items()))
@@ -403,6 +522,23 @@ class EngineProcess:
     async def publish_outputs(self) -> None:
         """Have the child publish the KPI snapshots and evaluate the alert rules."""
         await self._call("outputs")
+
+    def abandon(self, grace_s: float) -> None:
+        """The worker stops: have the child give up what is in flight after ``grace_s``.
+
+        Should the child not answer by then (a few seconds later), the batches waiting for
+        it are given up here (:class:`Abandoned`); it is killed at :meth:`stop` if need be.
+        """
+        if self._writer is None or self._gone is not None or self._writer.is_closing():
+            return
+        # no reply is awaited (id -1 matches no request): the batches' own replies tell
+        self._writer.write(_frame(_ENCODE([-1, "abandon", grace_s])))
+        asyncio.get_running_loop().call_later(grace_s + 3.0, self._give_up_waiting)
+
+    def _give_up_waiting(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Abandoned("the engine process did not answer at the stop"))
 
     async def _call(self, kind: str, *args: Any) -> Any:
         if self._writer is None:
@@ -427,7 +563,7 @@ class EngineProcess:
             return
         self._stopping = True
         try:
-            await asyncio.wait_for(self._call("stop"), timeout=30)
+            await asyncio.wait_for(self._call("stop"), timeout=STOP_TIMEOUT_S)
         except Exception as error:  # a dead or stuck child: nothing left to close there
             log.warning("engine process did not stop cleanly: %r", error)
         finally:
@@ -435,8 +571,9 @@ class EngineProcess:
             if self._writer is not None:
                 self._writer.close()
             try:
-                await asyncio.to_thread(proc.wait, 10)
+                await asyncio.to_thread(proc.wait, 5)
             except subprocess.TimeoutExpired:
+                log.warning("engine process %d did not exit; killing it", proc.pid)
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
             if self._replies is not None:

@@ -10,6 +10,21 @@ worker started afterwards skips everything the replay applied.
 Each partition (its three co-partitioned topics) has a pipeline of its own in the one
 event loop, so while Redis runs one partition's commit script the others are fetched,
 decoded and folded. It stops at the end offsets the topics had when it started.
+
+A record a producer put on another partition than its conversation's is applied straight
+to its own partition's state (the live worker forwards it through the repartition topic
+instead: a produce and a consume the replay does without), before the fence of the
+partition it was read on passes it. The repartition topic is read too, from each
+partition's fence: what a live worker forwarded and did not apply yet. A forward whose
+source record lies past the fence the replay started from is passed over, since the
+replay reads that source record and applies it itself; so whatever mix of runs came
+before, each record is applied once and the KPIs are the live worker's.
+
+It is the way to rebuild a state Redis lost (see :mod:`streams.integrity`): the fences it
+leaves are at the topics' ends, past every offset the consumer group committed, so the
+worker accepts the state afterwards. It refuses a state that is damaged (a partition's
+meta gone, or of another generation) or was built from other topics (a fence past the end
+of a topic's log): replaying on top of those would skip or double records.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from exporters.prometheus import PipelineMetrics
 from models.settings import Settings
 from streams.core import CoreConfig
 from streams.engine import Engine
+from streams.integrity import TopicOffsets, verify
 from streams.store import Store
 from streams.topics import ensure_topics
 
@@ -78,10 +94,15 @@ async def replay(
     """Apply everything in the input topics up to their current ends; return the stats."""
     from prometheus_client import CollectorRegistry
 
-    await ensure_topics(settings)
+    counts = await ensure_topics(settings)
     redis = Redis.from_url(settings.redis_url.get_secret_value(), retry=Retry(NoBackoff(), 0))
     store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
-    await store.check_config()
+    try:
+        await store.check_config()
+        await store.check_generation()
+    except BaseException:
+        await redis.aclose()
+        raise
     publisher = KafkaPublisher(settings)
     await publisher.start()
     engine = Engine(settings, store, publisher, PipelineMetrics(CollectorRegistry()))
@@ -98,12 +119,22 @@ async def replay(
     try:
         partitions = [
             TopicPartition(topic, p)
-            for topic in settings.input_topics
+            for topic in (*settings.input_topics, settings.topic_repartition)
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         consumer.assign(partitions)
+        # state built from other topics would make the replay skip what these hold
+        offsets = TopicOffsets(settings, group=False)
+        try:
+            for warning in await verify(
+                store, offsets, settings.input_topics, {tp.partition for tp in partitions}
+            ):
+                log.warning("%s", warning)
+        finally:
+            await offsets.close()
         ends = await consumer.end_offsets(partitions)
         remaining = 0
+        fences: dict[tuple[str, int], int] = {}
         for tp in partitions:
             meta, _ = await store.load(tp.partition, [])
             applied = meta.offsets.get(tp.topic)
@@ -114,6 +145,9 @@ async def replay(
                 consumer.seek(tp, applied + 1)
                 start = applied + 1
             remaining += max(0, ends[tp] - start)
+            fences[(tp.topic, tp.partition)] = -1 if applied is None else applied
+        # records on the wrong partition: applied where they belong (module docstring)
+        engine.route(counts[settings.topic_tickets], None, source_fences=fences)
         total = remaining
         started = time.perf_counter()
         first_in_hand: float | None = None

@@ -7,7 +7,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:meta``                hash: ``version``, ``wm`` (newest event time, ms),
                                ``wm:<topic>`` (the same per source topic),
                                ``off:<topic>`` (last applied offset), ``held``, ``orphaned``,
-                               ``dup:<topic>``, ``late:<topic>``, ``applied``
+                               ``dup:<topic>``, ``late:<topic>``, ``applied``, ``gen`` (the
+                               store generation, written by the partition's first commit)
 ``P:{pn}:b:<start>``           hash: fine bucket (``DESKPULSE_BUCKET_SECONDS``), fields
                                ``channel␟queue␟priority␟field`` -> integer
 ``P:{pn}:r:<start>``           hash: the same fields rolled up per ``rollup_seconds``
@@ -25,7 +26,9 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                acknowledged by the broker (re-sent after a crash)
 ``P:partitions``               set of partition numbers that have state
 ``P:config``                   hash: the bucket sizes and store layout the state was
-                               written with
+                               written with; ``generation`` (random, new whenever the state
+                               starts empty); ``reset_at``, ``reset_note`` once ``deskpulse
+                               state reset`` accepted starting empty
 =============================  ===========================================================
 
 Exactly once: :meth:`Store.load` reads ``version`` with the states; :meth:`Store.commit`
@@ -36,10 +39,20 @@ applied. Memory is bounded by event-time retention: buckets whose end is older t
 newest event time minus retention, and conversations with no event since then, are
 deleted by the same script (a conversation deleted while still waiting for its opener
 counts its held events as orphaned).
+
+State loss is noticed, never papered over: the generation in ``P:config`` is copied into
+each partition's meta by its first commit, and the commit script refuses (a reply of its
+own, raised as :class:`~models.errors.StateLost`) when the meta carries another generation,
+or none although this store knew the partition had state: a Redis restarted without
+persistence or flushed would otherwise take the batch as the first of an empty partition,
+past a fence that is gone. :meth:`Store.load` refuses the same, and a version lower than
+one this store saw (an older snapshot); :meth:`Store.check_generation` is the cheap check
+a worker runs while nothing flows.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,31 +61,43 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from models.errors import StateLost
 from streams.core import SEP, BatchResult, Conversation, CoreConfig
 
-__all__ = ["LAYOUT", "PartitionMeta", "Store", "text"]
+__all__ = ["FIX_LOST", "FIX_RESTART", "LAYOUT", "PartitionMeta", "Store", "text"]
 
 #: Version of the key layout below; state written with another one is refused at start.
 #: 2: the all-groups buckets ``B:``/``R:``.
 LAYOUT = "2"
 
-# Applies one batch if the partition's version is the one the batch was folded against.
+# Applies one batch if the partition's generation is the store's and its version is the one
+# the batch was folded against. A meta of another generation, or none although the caller
+# knew the partition had state (ARGV[7] = '1'), is refused with {-1, found generation}: the
+# state under the fence is gone, and applying would skip or restart numbers silently.
 # ARGV: version, watermark ms, bucket cutoff s, conversation cutoff ms, then one JSON array
 # of strings (one argument instead of a million keeps the client's packing cheap) with
 # sections each led by its item count: offsets (topic, offset), per-topic newest event
 # times (topic, ms), meta increments (field,
 # delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
 # conversations (id, newest ms, held count, breach deadline ms or '', state JSON as a
-# string). Numbers travel as strings: Lua numbers are doubles and large ones would print in
+# string), then the store generation and whether the partition must have state already.
+# Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
 local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
 local due, breached = base .. 'due', base .. 'breached'
+local gen = redis.call('HGET', meta, 'gen')
+if gen ~= ARGV[6] and (gen or ARGV[7] == '1') then
+  return {-1, gen or '', 0}
+end
 local current = redis.call('HGET', meta, 'version') or '0'
 if current ~= ARGV[1] then
   return {0, current, 0}
+end
+if not gen then
+  redis.call('HSET', meta, 'gen', ARGV[6])
 end
 local p = cjson.decode(ARGV[5])
 local i = 1
@@ -154,6 +179,48 @@ return {1, tostring(version), orphaned}
 """
 
 
+#: What an operator does when state was lost (the one line a worker logs ends with it).
+FIX_LOST = (
+    "rebuild it from the retained input topics with `deskpulse replay`, or accept starting "
+    "empty with `deskpulse state reset --yes`; then restart the worker "
+    "(README: runbook-deskpulsestatelost)"
+)
+#: ... and when the state is whole but was started anew under a running worker.
+FIX_RESTART = (
+    "restart the worker to take up the new state, after `deskpulse replay` if it is "
+    "not rebuilt yet (README: runbook-deskpulsestatelost)"
+)
+
+#: Sets the meta of a partition that has no state yet to start at given offsets (what
+#: ``deskpulse state reset`` accepts): only under this generation, never over state.
+_START_AT = """
+local meta = KEYS[1]
+local gen = redis.call('HGET', meta, 'gen')
+if gen and gen ~= ARGV[1] then
+  return 0
+end
+if redis.call('HEXISTS', meta, 'version') == 1 then
+  return 0
+end
+redis.call('HSET', meta, 'gen', ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', meta, 'off:' .. ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+#: Writes the generation into a meta a deskpulse without generations left (adoption).
+_ADOPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSETNX', KEYS[1], 'gen', ARGV[1])
+end
+return 0
+"""
+
+#: Characters SCAN's MATCH treats as a pattern.
+_GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
 @dataclass(frozen=True)
 class PartitionMeta:
     """What a batch is folded against: the version to check, watermark and offsets."""
@@ -178,7 +245,16 @@ class Store:
         self.prefix = prefix
         self.config = config
         self._commit = redis.register_script(_COMMIT)
+        self._start_at = redis.register_script(_START_AT)
+        self._adopt = redis.register_script(_ADOPT)
+        #: partitions this process has listed in ``P:partitions``
         self._known_partitions: set[int] = set()
+        #: the generation of the state, once :meth:`check_config` has read or made it
+        self.generation: str | None = None
+        #: partitions known to have state in this generation: their meta must carry it
+        self._had_state: set[int] = set()
+        #: the highest version seen per partition: a lower one is an older snapshot
+        self._versions: dict[int, int] = {}
 
     def base(self, partition: int) -> str:
         """The key prefix of one partition, with its hash tag."""
@@ -207,14 +283,112 @@ class Store:
                     f"is {value} but the state under prefix {self.prefix!r} was written with "
                     f"{stored.get(name)}; use another DESKPULSE_REDIS_PREFIX or the old value",
                 )
+        await self._take_generation(stored)
+
+    async def _take_generation(self, stored: dict[str, str]) -> None:
+        """Read the generation of the state, making one for state that has none yet."""
+        key = f"{self.prefix}:config"
+        generation = stored.get("generation")
+        members = {int(m) for m in await self.redis.smembers(f"{self.prefix}:partitions")}
+        if generation is None:
+            # new state, or state written before generations: whoever sets it first wins
+            await self.redis.hsetnx(key, "generation", uuid.uuid4().hex)
+            generation = text(await self.redis.hget(key, "generation") or b"")
+            # a deskpulse without generations left partitions whose meta has none: adopt
+            # them (not ones whose meta is gone: those are lost, and the checks say so)
+            for partition in sorted(members):
+                await self._adopt(keys=[self.base(partition) + "meta"], args=[generation])
+        if self.generation is not None and generation != self.generation:
+            raise StateLost(
+                "generation_changed",
+                f"the state under prefix {self.prefix!r} was started anew "
+                f"(generation {generation}, this process had {self.generation})",
+                FIX_RESTART,
+            )
+        self.generation = generation
+        self._had_state |= members
+
+    async def _ensure_open(self) -> None:
+        if self.generation is None:
+            await self.check_config()
+
+    async def check_generation(self) -> None:
+        """Raise :class:`StateLost` if ``P:config`` vanished or holds another generation, or
+        a partition this store knew had state lost its meta. A handful of small reads,
+        for a periodic check while no batch may come to notice it."""
+        if self.generation is None:
+            return
+        parts = sorted(self._had_state)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(f"{self.prefix}:config", "generation")
+            for partition in parts:
+                pipe.hget(self.base(partition) + "meta", "gen")
+            replies = await pipe.execute()
+        found = None if replies[0] is None else text(replies[0])
+        if found is None:
+            raise StateLost(
+                "config_missing",
+                f"the state under prefix {self.prefix!r} is gone from Redis ({self.prefix}:"
+                "config vanished: Redis restarted without persistence, was flushed, or the "
+                "keys were deleted or evicted)",
+                FIX_LOST,
+            )
+        if found != self.generation:
+            raise StateLost(
+                "generation_changed",
+                f"the state under prefix {self.prefix!r} was started anew (generation "
+                f"{found}, this process had {self.generation})",
+                FIX_RESTART,
+            )
+        for partition, raw in zip(parts, replies[1:], strict=True):
+            self._check_partition(partition, None if raw is None else text(raw))
+
+    def _check_partition(self, partition: int, generation: str | None) -> None:
+        if self.generation is None:
+            return  # not opened (a reader of state without generations): nothing to hold to
+        if generation == self.generation:
+            self._had_state.add(partition)
+            return
+        if generation is None and partition not in self._had_state:
+            return  # no state yet: its first commit writes the generation
+        if generation is None:
+            raise StateLost(
+                "partition_lost",
+                f"partition {partition}'s state under prefix {self.prefix!r} is gone from "
+                "Redis (its meta vanished: restarted without persistence, flushed, or the "
+                "keys were deleted or evicted)",
+                FIX_LOST,
+            )
+        raise StateLost(
+            "generation_changed",
+            f"partition {partition} under prefix {self.prefix!r} holds state of generation "
+            f"{generation}, not {self.generation} (the state was started anew meanwhile)",
+            FIX_RESTART,
+        )
 
     async def check_readable(self) -> None:
-        """For readers (``deskpulse kpis``): refuse state of another layout, write nothing."""
+        """For readers (``deskpulse kpis``): refuse state of another layout, and state that
+        is gone (no ``P:config``: never written, or lost) or partly gone (a partition of
+        another generation or without one); write nothing."""
         stored = {
             text(k): text(v) for k, v in (await self.redis.hgetall(f"{self.prefix}:config")).items()
         }
-        if stored:
-            self._refuse_other_layout(stored)
+        if not stored:
+            raise StateLost(
+                "config_missing",
+                f"there is no deskpulse state under prefix {self.prefix!r} in Redis (no "
+                "worker or replay has written it, or Redis lost it: restarted without "
+                "persistence, flushed)",
+                "check DESKPULSE_REDIS_URL and DESKPULSE_REDIS_PREFIX; if the state was lost, "
+                + FIX_LOST,
+            )
+        self._refuse_other_layout(stored)
+        generation = stored.get("generation")
+        if generation is None:
+            return  # written before generations; the next worker adopts it
+        self.generation = generation
+        self._had_state = {int(m) for m in await self.redis.smembers(f"{self.prefix}:partitions")}
+        await self.check_generation()
 
     def _refuse_other_layout(self, stored: dict[str, str]) -> None:
         if stored.get("layout") != LAYOUT:
@@ -230,7 +404,12 @@ class Store:
     async def load(
         self, partition: int, conversation_ids: Iterable[str]
     ) -> tuple[PartitionMeta, dict[str, Conversation | None]]:
-        """Read a partition's meta and the given conversations in one round trip."""
+        """Read a partition's meta and the given conversations in one round trip.
+
+        Raises :class:`StateLost` when the meta is not the state this store knows: of
+        another generation, gone although the partition had state, or at a lower version
+        than seen before (an older snapshot).
+        """
         ids = list(dict.fromkeys(conversation_ids))
         base = self.base(partition)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -239,12 +418,25 @@ class Store:
                 pipe.hmget(base + "conv", ids)
             replies = await pipe.execute()
         raw_meta = {text(k): text(v) for k, v in replies[0].items()}
+        self._check_partition(partition, raw_meta.get("gen"))
+        version = int(raw_meta.get("version", "0"))
+        if version < self._versions.get(partition, 0):
+            raise StateLost(
+                "rolled_back",
+                f"partition {partition}'s state under prefix {self.prefix!r} went back from "
+                f"version {self._versions[partition]} to {version} (Redis restarted from an "
+                "older snapshot, or lost its last writes)",
+                FIX_LOST,
+            )
+        self._versions[partition] = version
+        if "gen" in raw_meta and partition not in self._known_partitions:
+            await self._list_partition(partition)
         offsets = {k[4:]: int(v) for k, v in raw_meta.items() if k.startswith("off:")}
         topic_watermarks = {k[3:]: int(v) for k, v in raw_meta.items() if k.startswith("wm:")}
         counters = {
             k: int(v)
             for k, v in raw_meta.items()
-            if k not in ("version", "wm") and k[:4] != "off:" and k[:3] != "wm:"
+            if k not in ("version", "wm", "gen") and k[:4] != "off:" and k[:3] != "wm:"
         }
         meta = PartitionMeta(
             version=raw_meta.get("version", "0"),
@@ -259,11 +451,19 @@ class Store:
                 states[conv_id] = None if raw is None else Conversation.loads(raw)
         return meta, states
 
+    async def _list_partition(self, partition: int) -> None:
+        # after the partition's state exists, never before: a partition listed without
+        # state would read as one whose state was lost
+        await self.redis.sadd(f"{self.prefix}:partitions", partition)
+        self._known_partitions.add(partition)
+
     async def commit(self, partition: int, expected_version: str, result: BatchResult) -> bool:
-        """Apply a folded batch atomically; ``False`` if the partition moved meanwhile."""
-        if partition not in self._known_partitions:
-            await self.redis.sadd(f"{self.prefix}:partitions", partition)
-            self._known_partitions.add(partition)
+        """Apply a folded batch atomically; ``False`` if the partition moved meanwhile.
+
+        Raises :class:`StateLost` (and writes nothing) when the partition's state is not
+        this store's generation, or is gone although this store knew it had state.
+        """
+        await self._ensure_open()
         cfg = self.config
         flat: list[str] = [str(len(result.offsets))]
         for topic, offset in result.offsets.items():
@@ -304,9 +504,59 @@ class Store:
             result.watermark_ms // 1000 - cfg.retention_seconds,
             result.watermark_ms - cfg.retention_seconds * 1000,
             orjson.dumps(flat),
+            self.generation,
+            "1" if partition in self._had_state else "0",
         ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
-        return int(reply[0]) == 1
+        status = int(reply[0])
+        if status == -1:
+            self._check_partition(partition, text(reply[1]) or None)
+            raise AssertionError("the commit script refused a generation it should accept")
+        if status != 1:
+            return False
+        self._had_state.add(partition)
+        self._versions[partition] = int(text(reply[1]))
+        if partition not in self._known_partitions:
+            await self._list_partition(partition)
+        return True
+
+    async def clear(self) -> int:
+        """Delete every key of this prefix (SCAN + UNLINK); how many.
+
+        Only keys laid out as this store lays them out (``P:{pn}:...`` and ``P:<name>``),
+        so a prefix that starts like this one (``P:staging``) keeps its keys.
+        """
+        pattern = self.prefix.translate(_GLOB) + ":*"
+        start = len(self.prefix) + 1
+        deleted = 0
+        batch: list[bytes | str] = []
+        async for raw in self.redis.scan_iter(match=pattern, count=1000):
+            rest = text(raw)[start:]
+            if rest.startswith("{p") or ":" not in rest:
+                batch.append(raw)
+            if len(batch) >= 1000:
+                deleted += await self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await self.redis.unlink(*batch)
+        self.generation = None
+        self._had_state.clear()
+        self._versions.clear()
+        self._known_partitions.clear()
+        return int(deleted)
+
+    async def start_at(self, partition: int, offsets: dict[str, int]) -> bool:
+        """Make a partition without state start after ``offsets`` (topic -> last offset
+        taken as applied), in this generation; ``False`` if it has state already."""
+        await self._ensure_open()
+        args: list[Any] = [self.generation]
+        for topic, offset in offsets.items():
+            args += [topic, str(offset)]
+        done = bool(await self._start_at(keys=[self.base(partition) + "meta"], args=args))
+        if done:
+            self._had_state.add(partition)
+            await self._list_partition(partition)
+        return done
 
     async def partitions(self) -> list[int]:
         """Partitions that have state."""

@@ -76,6 +76,7 @@ HEALTH_LABELS = {
     "deskpulse_batch_events": (),
     "deskpulse_redis_up": (),
     "deskpulse_broker_up": (),
+    "deskpulse_deadletter_up": (),
     "deskpulse_state_ok": (),
     "deskpulse_events_skipped_total": ("topic", "reason"),
     "deskpulse_alert_firing": ("rule", "window", "channel", "queue", "priority"),

@@ -127,7 +127,8 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
 
     Bucket hashes, roll-ups and totals exactly; conversations decoded (a JSON object's
     key order may follow the processing order); the held/expiry/deadline indexes exactly;
-    meta without its version (the number of transactions differs by batching).
+    meta without its version (the number of transactions differs by batching); neither
+    meta nor config with the state's generation (random per prefix).
     ``bidx`` is left out: it may keep the name of a bucket a later batch emptied again.
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
@@ -141,8 +142,10 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
             if rest == "conv":
                 content = {k: Conversation.loads(v) for k, v in content.items()}
             if rest == "meta":
-                content = {k: v for k, v in content.items() if k != b"version"}
+                content = {k: v for k, v in content.items() if k not in (b"version", b"gen")}
             name = f"{part}}}:{rest}"
+        elif name == "config":  # the generation is random per state
+            content = {k: v for k, v in content.items() if k != b"generation"}
         out[name] = (kind, content)
     return out
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from exporters.prometheus import PipelineMetrics
-from models.errors import RejectedEvent, SettingsError
+from models.errors import RejectedEvent, SettingsError, StateLost
 from models.settings import Settings
 from models.wire import decode_record
 from streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
@@ -218,7 +218,8 @@ def source_records(settings: Settings) -> list[SourceRecord]:
 def kpi_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """Buckets, roll-ups, totals, conversations and the counters of meta (not its version).
 
-    ``bidx`` is left out: it keeps the name of a bucket that a later batch emptied again.
+    ``bidx`` is left out: it keeps the name of a bucket that a later batch emptied again;
+    so is the state's generation (random per prefix), in meta and config.
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out = {}
@@ -227,7 +228,11 @@ def kpi_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
         if name.endswith(":bidx"):
             continue
         if name.endswith(":meta"):  # a counter back at 0 equals one never touched
-            content = {k: v for k, v in content.items() if k != b"version" and v != b"0"}
+            content = {
+                k: v for k, v in content.items() if k not in (b"version", b"gen") and v != b"0"
+            }
+        if name == ":config":
+            content = {k: v for k, v in content.items() if k != b"generation"}
         out[name] = (kind, content)
     return out
 
@@ -492,7 +497,8 @@ def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
         with pytest.raises(SettingsError):
             await Store(client, prefix, CONFIG).check_readable()
         fresh = new_prefix()
-        await Store(client, fresh, CONFIG).check_readable()  # nothing there yet: fine
+        with pytest.raises(StateLost):  # nothing there: said so, not read as zeros
+            await Store(client, fresh, CONFIG).check_readable()
         await Store(client, fresh, CONFIG).check_config()
         await Store(client, fresh, CONFIG).check_readable()
         assert await client.hget(f"{fresh}:config", "layout") == LAYOUT.encode()
