@@ -4,6 +4,12 @@ Uses the configured broker and Redis when they answer; otherwise starts its own 
 the configured addresses (data under ``.deskpulse/``), creates the topics, runs the worker
 and a simulated support organisation producing live traffic. Ctrl-C stops everything it
 started and leaves no process or port behind.
+
+The embedded broker keeps its topics in memory, so each demo that starts one starts with
+empty topics, while the Redis state of an earlier run (its fence above all) would make the
+worker refuse them (see :mod:`streams.integrity`). So a demo that starts its own broker
+clears the state under the prefix when it started Redis itself, and writes under a prefix
+of its own when it uses a Redis it did not start; either way it says so in one line.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from models.settings import Settings
 from streams.embedded import ManagedProcess, port_open, start_broker, start_redis
 from streams.topics import ensure_topics
 
-__all__ = ["produce_live", "run_demo"]
+__all__ = ["claim_state", "produce_live", "run_demo"]
 
 #: how long the worker may take to flush and commit after SIGTERM before it is killed
 _WORKER_STOP_S = 20
@@ -52,9 +58,53 @@ def _run_interruptible(main: Coroutine[Any, Any, Any]) -> None:
             raise
 
 
+def _prefix_env(settings: Settings) -> str:
+    """What the shell needs before ``deskpulse kpis`` to read the demo's prefix."""
+    if os.environ.get("DESKPULSE_REDIS_PREFIX", "deskpulse") == settings.redis_prefix:
+        return ""
+    return f"DESKPULSE_REDIS_PREFIX={settings.redis_prefix} "
+
+
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return (host or "127.0.0.1"), int(port or default_port)
+
+
+async def claim_state(settings: Settings, *, own_redis: bool, now_s: float) -> Settings:
+    """The settings to run on, when the demo's embedded broker starts with empty topics.
+
+    State left under the prefix was built from other topics: cleared when the demo also
+    started Redis (its own), else left alone and the demo writes under a fresh prefix.
+    """
+    from redis.asyncio import Redis
+
+    from streams.core import CoreConfig
+    from streams.store import Store
+
+    prefix = settings.redis_prefix
+    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
+    try:
+        if not await redis.exists(f"{prefix}:config", f"{prefix}:partitions"):
+            return settings
+        if own_redis:
+            store = Store(redis, prefix, CoreConfig.from_settings(settings))
+            deleted = await store.clear()
+            print(
+                "deskpulse demo: the embedded broker starts with empty topics, so the state "
+                f"an earlier demo left under prefix {prefix!r} is cleared ({deleted} keys)",
+                flush=True,
+            )
+            return settings
+        fresh = f"{prefix}-demo-{int(now_s)}"
+        print(
+            f"deskpulse demo: Redis holds state under prefix {prefix!r} that the embedded "
+            f"broker's empty topics did not build; this demo writes under prefix {fresh!r} "
+            f"instead (DESKPULSE_REDIS_PREFIX={fresh} deskpulse kpis reads it)",
+            flush=True,
+        )
+        return settings.model_copy(update={"redis_prefix": fresh})
+    finally:
+        await redis.aclose()
 
 
 def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
@@ -81,22 +131,31 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     try:
         host, port = _host_port(settings.kafka_bootstrap.split(",")[0], 9092)
-        if port_open(host, port):
-            print(f"deskpulse demo: using the broker at {host}:{port}")
-        else:
+        own_broker = not port_open(host, port)
+        if own_broker:
             print(f"deskpulse demo: starting an embedded broker on {host}:{port}")
             started.append(start_broker(host, port, workdir / "broker"))
+        else:
+            print(f"deskpulse demo: using the broker at {host}:{port}")
         redis_url = urlparse(settings.redis_url.get_secret_value())
         redis_host, redis_port = redis_url.hostname or "127.0.0.1", redis_url.port or 6379
-        if port_open(redis_host, redis_port):
-            print(f"deskpulse demo: using Redis at {redis_host}:{redis_port}")
-        else:
+        own_redis = not port_open(redis_host, redis_port)
+        if own_redis:
             print(f"deskpulse demo: starting redis-server on {redis_host}:{redis_port}")
             started.append(start_redis(redis_host, redis_port, workdir / "redis", appendonly=True))
+        else:
+            print(
+                f"deskpulse demo: using Redis at {redis_host}:{redis_port}, which this demo "
+                f"did not start: the KPI state goes there, under prefix "
+                f"{settings.redis_prefix!r}",
+                flush=True,
+            )
+        if own_broker:
+            settings = asyncio.run(claim_state(settings, own_redis=own_redis, now_s=time.time()))
         asyncio.run(ensure_topics(settings))
         worker = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],
-            env=os.environ.copy(),
+            env=os.environ | {"DESKPULSE_REDIS_PREFIX": settings.redis_prefix},
             start_new_session=True,
         )
         base = f"http://{settings.web_host}:{settings.web_port}"
@@ -105,7 +164,7 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
             f"{rate:g} events/s.\n"
             f"  metrics:  {base}/metrics\n"
             f"  KPIs:     {base}/kpis?window=15m&by=channel\n"
-            "  table:    deskpulse kpis --window 15m --by channel\n"
+            f"  table:    {_prefix_env(settings)}deskpulse kpis --window 15m --by channel\n"
             "Ctrl-C stops everything.",
             flush=True,
         )
