@@ -7,17 +7,38 @@ One aiokafka producer per process, idempotence off (some Kafka-compatible broker
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerClosed,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import RecordMetadata
 
-from models.errors import RejectedEvent
+from models.errors import DeadLetterUnavailable, RejectedEvent
 from models.settings import Settings
 
-__all__ = ["DEADLETTER_HEADERS", "KafkaPublisher", "kafka_client_options"]
+__all__ = [
+    "DEADLETTER_HEADERS",
+    "REPARTITION_HEADERS",
+    "SIZE_ERRORS",
+    "TRUNCATED_KEY_BYTES",
+    "TRUNCATION_HEADERS",
+    "KafkaPublisher",
+    "kafka_client_options",
+]
 
 #: Header names on every dead-lettered record.
 DEADLETTER_HEADERS = (
@@ -26,6 +47,34 @@ DEADLETTER_HEADERS = (
     "deskpulse-source-offset",
     "deskpulse-reason",
     "deskpulse-reason-detail",
+)
+
+#: Header names added to a dead letter that is not the record byte for byte: its value was
+#: cut to fit the dead-letter topic (``deskpulse-original-bytes`` is the value's size), and
+#: a key over ``TRUNCATED_KEY_BYTES`` was cut to that (``deskpulse-original-key-bytes``).
+TRUNCATION_HEADERS = (
+    "deskpulse-truncated",
+    "deskpulse-original-bytes",
+    "deskpulse-original-key-bytes",
+)
+#: A dead letter that has to be cut keeps at most this much of its key.
+TRUNCATED_KEY_BYTES = 1024
+#: Broker refusals of a record for its size: sending it again as it is can never work.
+SIZE_ERRORS: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+# what a record's value length adds to the estimate beyond its bytes (varints), at most
+_LENGTH_SLACK_BYTES = 16
+
+log = logging.getLogger("deskpulse.kafka")
+
+#: Header names on every record forwarded to the repartition topic: where it was read.
+REPARTITION_HEADERS = (
+    "deskpulse-source-topic",
+    "deskpulse-source-partition",
+    "deskpulse-source-offset",
 )
 
 
@@ -51,6 +100,10 @@ class KafkaPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
+        #: the largest request the producer sends (a record over the input limit included)
+        self.max_request_bytes = max(1_048_576, settings.max_record_bytes + 65_536)
+        # what a dead letter may take: lowered by the broker's size refusals
+        self._deadletter_limit_bytes = self.max_request_bytes
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -65,7 +118,7 @@ class KafkaPublisher:
             acks="all",
             enable_idempotence=False,
             linger_ms=5,
-            max_request_size=max(1_048_576, self.settings.max_record_bytes + 65_536),
+            max_request_size=self.max_request_bytes,
         )
         try:
             await producer.start()
@@ -80,25 +133,127 @@ class KafkaPublisher:
             self._producer = None
 
     async def send(self, records: Sequence[tuple[Any, RejectedEvent]]) -> None:
-        """Dead-letter rejected records byte for byte, with their source and reason."""
-        futures = []
-        for record, error in records:
+        """Dead-letter rejected records with their source and reason; wait for the broker.
+
+        Each goes byte for byte unless the dead-letter topic cannot take it as it is: then
+        its value is cut to fit (to nothing if need be) and ``deskpulse-truncated`` and
+        ``deskpulse-original-bytes`` say so. What fits is the producer's request limit,
+        lowered for the rest of the process by each size refusal from the broker (a
+        topic's ``max.message.bytes``). A refusal no retry can mend is never sent again as
+        it was: after a size refusal the record goes smaller, after any other without value.
+
+        Raises :class:`DeadLetterUnavailable` naming the records the broker has not
+        acknowledged (unreachable, or refusing even the value-less form): a retry sends
+        those only, never one that is on the topic already.
+        """
+        limit = self._deadletter_limit_bytes
+        letters = [self._letter(record, error, limit) for record, error in records]
+        todo = list(range(len(letters)))
+        held: dict[int, BaseException] = {}
+        while todo:
+            outcomes = await self._send_letters([letters[i] for i in todo])
+            again: list[int] = []
+            refusals: Counter[str] = Counter()
+            for i, outcome in zip(todo, outcomes, strict=True):
+                if outcome is None:
+                    continue  # acknowledged
+                reduced = self._reduce(letters[i], outcome)
+                if reduced is None:
+                    held[i] = outcome
+                    continue
+                letters[i] = reduced
+                again.append(i)
+                refusals[f"{type(outcome).__name__}: {outcome}"] += 1
+            for refusal, count in refusals.items():
+                log.warning(
+                    "%s refused %d dead letters (%s); sending them cut to fit",
+                    self.settings.topic_deadletter,
+                    count,
+                    refusal,
+                )
+            todo = again
+        if held:
+            first = held[min(held)]
+            raise DeadLetterUnavailable(
+                f"{self.settings.topic_deadletter} did not take {len(held)} of {len(letters)} "
+                f"dead letters: {type(first).__name__}: {first}",
+                [records[i] for i in sorted(held)],
+            )
+
+    @staticmethod
+    def _letter(record: Any, error: RejectedEvent, limit_bytes: int) -> _Letter:
+        headers = [
+            ("deskpulse-source-topic", record.topic.encode()),
+            ("deskpulse-source-partition", str(record.partition).encode()),
+            ("deskpulse-source-offset", str(record.offset).encode()),
+            ("deskpulse-reason", error.reason.encode()),
+            ("deskpulse-reason-detail", error.detail[:1000].encode("utf-8", "replace")),
+        ]
+        return _fit(record.key, record.value, headers, limit_bytes)
+
+    async def _send_letters(self, letters: Sequence[_Letter]) -> list[BaseException | None]:
+        """Send each; per letter, ``None`` once acknowledged or the error that kept it out."""
+        topic = self.settings.topic_deadletter
+        futures: list[Any] = []
+        for letter in letters:
+            try:
+                futures.append(
+                    await self.producer.send(
+                        topic, value=letter.value, key=letter.key, headers=letter.headers
+                    )
+                )
+            except (KafkaError, OSError) as error:  # refused before it left, no metadata
+                futures.append(_failed(error))
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        return [o if isinstance(o, BaseException) else None for o in outcomes]
+
+    def _reduce(self, letter: _Letter, error: BaseException) -> _Letter | None:
+        """What to send instead after ``error``; ``None`` holds the record for a retry."""
+        if not isinstance(error, KafkaError | OSError | asyncio.TimeoutError):
+            raise error  # not the broker's answer: a bug, not to be retried
+        if _is_retriable(error) or letter.minimal:
+            return None  # the broker may take it later: the caller backs off
+        key, value, headers = letter.source_key, letter.source_value, letter.source_headers
+        if isinstance(error, SIZE_ERRORS):
+            # the broker's limit is below ours: half of what it refused fits more likely
+            refused = _estimate_bytes(letter.key, letter.value, letter.headers)
+            if refused // 2 < self._deadletter_limit_bytes:
+                self._deadletter_limit_bytes = refused // 2
+                log.warning(
+                    "%s refused a %d-byte dead letter; dead letters are cut to %d bytes from now",
+                    self.settings.topic_deadletter,
+                    refused,
+                    self._deadletter_limit_bytes,
+                )
+            return _fit(key, value, headers, min(self._deadletter_limit_bytes, refused // 2))
+        # any other refusal of this record (e.g. an invalid record): its value may be why
+        return _fit(key, value, headers, 0)
+
+    async def forward(self, records: Sequence[tuple[Any, bytes, int]]) -> list[int | BaseException]:
+        """Forward ``(record, key, partition)`` to that partition of the repartition topic.
+
+        The value goes byte for byte, keyed ``key`` (the conversation id), with headers
+        naming where it was read. Each record's outcome comes back in order: the offset
+        the broker gave it, or the error that kept it out, so a retry sends only those.
+        """
+        topic = self.settings.topic_repartition
+        futures: list[Any] = []
+        for record, key, partition in records:
             headers = [
                 ("deskpulse-source-topic", record.topic.encode()),
                 ("deskpulse-source-partition", str(record.partition).encode()),
                 ("deskpulse-source-offset", str(record.offset).encode()),
-                ("deskpulse-reason", error.reason.encode()),
-                ("deskpulse-reason-detail", error.detail[:1000].encode("utf-8", "replace")),
             ]
-            futures.append(
-                await self.producer.send(
-                    self.settings.topic_deadletter,
-                    value=record.value,
-                    key=record.key,
-                    headers=headers,
+            try:
+                futures.append(
+                    await self.producer.send(
+                        topic, value=record.value, key=key, partition=partition, headers=headers
+                    )
                 )
-            )
-        await asyncio.gather(*futures)
+            except Exception as error:  # e.g. no metadata in time: this one is retried
+                futures.append(_failed(error))
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        return [o.offset if isinstance(o, RecordMetadata) else o for o in outcomes]
 
     async def publish_json(self, topic: str, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Publish JSON payloads (``schema_version`` added) and wait for the broker."""
@@ -107,3 +262,62 @@ class KafkaPublisher:
             body = orjson.dumps({"schema_version": 1, **payload})
             futures.append(await self.producer.send(topic, value=body, key=key.encode()))
         await asyncio.gather(*futures)
+
+
+async def _failed(error: BaseException) -> Any:
+    raise error
+
+
+@dataclass(frozen=True, slots=True)
+class _Letter:
+    """A dead letter as sent (``key``, ``value``, ``headers``) and the record it stands for."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    source_key: bytes | None
+    source_value: bytes | None
+    source_headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def minimal(self) -> bool:
+        """Nothing left to cut: no value, a key no longer than a cut one."""
+        return not self.value and (self.key is None or len(self.key) <= TRUNCATED_KEY_BYTES)
+
+
+def _estimate_bytes(key: bytes | None, value: bytes | None, headers: list[Any]) -> int:
+    # the producer's own estimate, which it holds against max_request_size
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    return size
+
+
+def _fit(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]], limit_bytes: int
+) -> _Letter:
+    """The dead letter of a record: itself if it fits ``limit_bytes``, else cut to fit."""
+    if value is None and key is None:
+        # a tombstone without key: the client sends no record with neither (the reason
+        # header says it was a tombstone)
+        value = b""
+    sent = list(headers)
+    if _estimate_bytes(key, value, sent) <= limit_bytes:
+        return _Letter(key, value, sent, key, value, tuple(headers))
+    cut_key, cut_value = key, value
+    sent.append(("deskpulse-truncated", b"true"))
+    if value is not None:
+        sent.append(("deskpulse-original-bytes", str(len(value)).encode()))
+    if key is not None and len(key) > TRUNCATED_KEY_BYTES:
+        sent.append(("deskpulse-original-key-bytes", str(len(key)).encode()))
+        cut_key = key[:TRUNCATED_KEY_BYTES]
+    if value is not None:
+        room = limit_bytes - _estimate_bytes(cut_key, b"", sent) - _LENGTH_SLACK_BYTES
+        cut_value = value[: max(0, room)]
+    return _Letter(cut_key, cut_value, sent, key, value, tuple(headers))
+
+
+def _is_retriable(error: BaseException) -> bool:
+    """Whether sending the same record again later may work (the broker unreachable, slow)."""
+    if isinstance(error, KafkaError):
+        # not acknowledged in time, or the producer closing under us: not the record's fault
+        return error.retriable or isinstance(error, KafkaTimeoutError | ProducerClosed)
+    return isinstance(error, OSError | asyncio.TimeoutError)

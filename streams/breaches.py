@@ -11,12 +11,16 @@ sure no ticket is claimed twice — across restarts, rebalances and workers.
 The detection clock is event time: the partition's newest event time, or the wall clock
 when the worker has caught up with the partition (nothing left to read that could hold an
 in-time reply). A backfill therefore never declares breaches its own later replies refute.
+A reply a producer put on another partition reaches the ticket's partition later, through
+the repartition topic, so each partition's clock is also held back by every other
+partition's (see :class:`DetectionClocks`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
@@ -25,9 +29,10 @@ import orjson
 
 from models.outputs import SlaBreached
 from streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
-from streams.store import Store
+from streams.partitioner import forwarded_key
+from streams.store import PartitionMeta, Store
 
-__all__ = ["check_breaches", "check_partitions", "decide"]
+__all__ = ["DetectionClocks", "check_breaches", "check_partitions", "decide"]
 
 _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
 
@@ -151,3 +156,89 @@ async def check_partitions(
         async with lock_of(partition):
             published += await check_breaches(store, partition, clock_ms, publish)
     return published
+
+
+class DetectionClocks:
+    """The event-time clock each partition's breach check runs at (pure: it is given
+    what was observed, and keeps what it needs of earlier checks).
+
+    A due ticket has breached once no in-time public agent reply can still come. Its
+    replies come on its partition N's tickets topic, or, from a producer that partitions
+    otherwise, on any other partition M's tickets topic, forwarded to N through the
+    repartition topic. So N's clock is the least of:
+
+    * how far N's tickets topic was read (its *progress*): the newest event time applied
+      from it, or the wall clock once N is idle (nothing left to read on any of its topics,
+      nothing applied since the last check);
+    * for every other partition M, M's progress as of the newest check whose forwards from
+      M to N partition N has applied since (M's fence records the newest repartition offset
+      it forwarded to N; N's, the newest repartition offset it applied). Until N has applied
+      one, that is 0: no breach is declared on N.
+
+    Reading every partition in order of event time (the assumption of the one-partition
+    clock too), no reply dated at or before the clock is then still unread anywhere.
+    """
+
+    #: checks remembered per pair of partitions while the target catches up with forwards
+    HISTORY = 512
+
+    def __init__(self, tickets_topic: str, repartition_topic: str) -> None:
+        self.tickets_topic = tickets_topic
+        self.repartition_topic = repartition_topic
+        self._previous_offsets: dict[int, tuple[tuple[str, int], ...]] = {}
+        # (source, target) -> (forwarded offset, source progress) of checks not yet applied
+        self._history: dict[tuple[int, int], deque[tuple[int, int]]] = {}
+        self._safe: dict[tuple[int, int], int] = {}
+
+    def update(
+        self,
+        now_ms: int,
+        metas: Mapping[int, PartitionMeta],
+        caught_up: Mapping[int, bool],
+        owned: Iterable[int],
+    ) -> dict[int, int]:
+        """The clocks of the ``owned`` partitions.
+
+        ``metas`` holds every input partition's meta (read before ``caught_up``);
+        ``caught_up[p]`` says whether partition ``p`` had nothing left to read on any of
+        its topics (inputs and repartition) when looked at after its meta was read.
+        """
+        progress: dict[int, int] = {}
+        for partition, meta in metas.items():
+            tickets_ms = meta.topic_watermarks.get(self.tickets_topic, 0)
+            applied = tuple(sorted(meta.offsets.items()))
+            # caught up by the broker's count AND nothing applied since the last check (some
+            # brokers report end offsets short of the last batch)
+            idle = caught_up.get(partition, False) and (
+                self._previous_offsets.get(partition) == applied
+            )
+            self._previous_offsets[partition] = applied
+            progress[partition] = max(tickets_ms, now_ms) if idle else tickets_ms
+        targets = set(owned)
+        for pair in [pair for pair in self._history if pair[1] not in targets]:
+            del self._history[pair]  # no longer ours: begins again if it comes back
+            self._safe.pop(pair, None)
+        clocks: dict[int, int] = {}
+        for target in sorted(targets):
+            if target not in metas:
+                continue
+            applied_offset = metas[target].offsets.get(self.repartition_topic, -1)
+            key = forwarded_key(self.repartition_topic, target)
+            clock = progress[target]
+            for source, source_meta in metas.items():
+                if source == target:
+                    continue
+                forwarded = source_meta.offsets.get(key)
+                if forwarded is None:  # nothing forwarded to the target yet
+                    clock = min(clock, progress[source])
+                    continue
+                pair = (source, target)
+                history = self._history.get(pair)
+                if history is None:
+                    history = self._history[pair] = deque(maxlen=self.HISTORY)
+                history.append((forwarded, progress[source]))
+                while history and applied_offset >= history[0][0]:
+                    self._safe[pair] = history.popleft()[1]
+                clock = min(clock, self._safe.get(pair, 0))
+            clocks[target] = clock
+        return clocks

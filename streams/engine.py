@@ -611,7 +611,7 @@ class Engine:
             token,
             DeadLetterTrouble(
                 since_s,
-                f"{len(rejects)} dead letters of partition {partition} not acknowledged by "
+                f"dead letters of partition {partition} ({len(rejects)}) not acknowledged by "
                 f"{self.settings.topic_deadletter} within {DEADLETTER_OVERDUE_S:g}s",
             ),
         )

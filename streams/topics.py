@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from exporters.kafka import kafka_client_options
+from models.errors import SettingsError
 from models.settings import Settings
 from streams.embedded import check_copartitioned
 from streams.embedded import ensure_topics as _ensure
@@ -11,7 +12,12 @@ __all__ = ["ensure_topics"]
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
-    """Create missing input and output topics; refuse input topics of unequal partitions."""
+    """Create missing input and output topics; refuse input topics of unequal partitions.
+
+    The repartition topic is made with the input topics' partition count (theirs, which
+    may differ from ``DESKPULSE_TOPIC_PARTITIONS`` if they existed before), and refused if
+    it exists with another: partition N of it must meet partition N of the inputs.
+    """
     options = kafka_client_options(settings)
     bootstrap = options.pop("bootstrap_servers")
     partitions = settings.topic_partitions
@@ -28,5 +34,14 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         compacted={settings.topic_kpis},
         **options,
     )
-    await check_copartitioned(bootstrap, settings.input_topics, **options)
+    inputs = await check_copartitioned(bootstrap, settings.input_topics, **options)
+    partitions = inputs[settings.topic_tickets]
+    repartition = settings.topic_repartition
+    counts |= await _ensure(bootstrap, {repartition: partitions}, **options)
+    if counts[repartition] != partitions:
+        raise SettingsError(
+            "DESKPULSE_TOPIC_REPARTITION",
+            f"{repartition} has {counts[repartition]} partitions, the input topics "
+            f"{partitions}; it must have as many (delete it, or name another topic)",
+        )
     return counts

@@ -105,6 +105,7 @@ def settings(broker: str, redis_url: str) -> Settings:
 def create_topics(settings: Settings) -> dict[str, int]:
     """Create the topics of ``settings``: inputs co-partitioned, KPIs compacted; the counts."""
     topics = dict.fromkeys(settings.input_topics, settings.topic_partitions)
+    topics[settings.topic_repartition] = settings.topic_partitions  # co-partitioned too
     topics |= {settings.topic_deadletter: 1, settings.topic_kpis: 1, settings.topic_alerts: 1}
     return asyncio.run(
         ensure_topics(settings.kafka_bootstrap, topics, compacted={settings.topic_kpis})
