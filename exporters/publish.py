@@ -12,19 +12,27 @@ holding" and resolves a firing alert.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from exporters.cardinality import OTHER, Rule, guard
 from exporters.kafka import KafkaPublisher
 from exporters.prometheus import WindowRead
-from models.outputs import AlertTransition, KpiSnapshot
+from models.outputs import AlertTransition, KpiSnapshot, output_key
 from models.settings import AlertRule, Settings, parse_duration
-from streams.core import SEP
-from streams.query import DIMENSIONS, build_document, format_time, read_windows
+from streams.core import SEP, group_document, has_samples
+from streams.query import DIMENSIONS, build_document, format_time, group_fields, read_windows
 from streams.store import Store, text
 
-__all__ = ["evaluate_rules", "publish_snapshots", "rule_value"]
+__all__ = ["evaluate_rules", "publish_snapshots", "rule_value", "snapshot_items"]
+
+log = logging.getLogger("deskpulse.publish")
+
+# groups the last snapshot folded, per topic: the warning is logged when folding starts
+_folded_before: dict[str, int] = {}
 
 # metric -> (section, value field, samples field or None for top-level counts)
 _RULE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -52,23 +60,62 @@ def holds(rule: AlertRule, value: float | None, samples: int) -> bool:
     return value > rule.threshold if rule.op == ">" else value < rule.threshold
 
 
+def snapshot_items(
+    windows: Sequence[WindowRead], settings: Settings
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The messages of one KPI snapshot, and how many groups were folded into ``other``.
+
+    Per window: the total (always), then the groups seen, largest first, as many as
+    ``DESKPULSE_MAX_SNAPSHOT_MESSAGES`` leaves room for; the rest are summed into one
+    ``other`` group (``"folded_groups": n``), so the groups of a window still add up to its
+    total. CPU only: the caller runs it off the event loop.
+    """
+    views = []
+    for window in windows:
+        groups = group_fields(window.fields, DIMENSIONS)
+        views.append({key: fields for key, fields in groups.items() if has_samples(fields)})
+    # the totals are always sent and count against the limit too
+    budget = max(0, settings.max_snapshot_messages - len(windows))
+    folds = guard(views, [Rule(1)], budget)
+    items: list[tuple[str, dict[str, Any]]] = []
+    folded = 0
+    for window, view, (fold,) in zip(windows, views, folds, strict=True):
+        start, end = format_time(window.start_s), format_time(window.end_s)
+        total = build_document(window.fields, start_s=window.start_s, end_s=window.end_s, by=())
+        shown: list[tuple[tuple[str | None, ...], dict[str, Any]]] = [
+            ((None,) * len(DIMENSIONS), total["groups"][0])
+        ]
+        for key in fold.kept:
+            document = group_document(dict(zip(DIMENSIONS, key, strict=True)), view[key])
+            shown.append((key, document))
+        if fold.other is not None:
+            other = group_document(dict(zip(DIMENSIONS, OTHER, strict=True)), fold.other)
+            shown.append((OTHER, {**other, "folded_groups": fold.folded}))
+            folded += fold.folded
+        for parts, group in shown:
+            body = KpiSnapshot.build(window.name, start, end, group).model_dump(mode="json")
+            body.pop("schema_version")
+            items.append((output_key(window.name, *parts), body))
+    return items, folded
+
+
 async def publish_snapshots(
     windows: Sequence[WindowRead], publisher: KafkaPublisher, settings: Settings
 ) -> int:
-    """One compacted message per window for the total and each group seen; how many."""
-    items: list[tuple[str, dict[str, Any]]] = []
-    for window in windows:
-        start, end = format_time(window.start_s), format_time(window.end_s)
-        for by in ((), DIMENSIONS):
-            document = build_document(
-                window.fields, start_s=window.start_s, end_s=window.end_s, by=by
-            )
-            for group in document["groups"]:
-                key = "|".join([window.name, *(group["key"].get(dim, "*") for dim in DIMENSIONS)])
-                snapshot = KpiSnapshot.build(window.name, start, end, group)
-                body = snapshot.model_dump(mode="json")
-                body.pop("schema_version")
-                items.append((key, body))
+    """One compacted message per window for the total and each group shown; how many."""
+    items, folded = await asyncio.to_thread(snapshot_items, windows, settings)
+    before = _folded_before.get(settings.topic_kpis, 0)
+    if folded and not before:
+        log.warning(
+            "KPI snapshot on %s: %d groups folded into other (more groups than "
+            "DESKPULSE_MAX_SNAPSHOT_MESSAGES=%d allows)",
+            settings.topic_kpis,
+            folded,
+            settings.max_snapshot_messages,
+        )
+    elif before and not folded:
+        log.info("KPI snapshot on %s: every group fits again", settings.topic_kpis)
+    _folded_before[settings.topic_kpis] = folded
     await publisher.publish_json(settings.topic_kpis, items)
     return len(items)
 
@@ -85,7 +132,8 @@ async def evaluate_rules(
     state_key = f"{store.prefix}:alerts"
     stored = await store.redis.hgetall(state_key)
     previous = {text(k): text(v) for k, v in stored.items()}
-    transitions: list[tuple[str, AlertTransition]] = []
+    # (key in the Redis state, key on the alerts topic, the transition)
+    transitions: list[tuple[str, str, AlertTransition]] = []
     rules = settings.alert_rules
     reads = await read_windows(
         store, widths_s=[parse_duration(rule.window) for rule in rules], at_s=now_s
@@ -107,15 +155,20 @@ async def evaluate_rules(
             was_firing = previous.get(key) == "firing"
             if now_holds == was_firing:
                 continue
+            # which dimensions are grouped is the rule's to say: a real queue may be "*"
+            grouped: dict[str, str] = {
+                d: v for d, v in zip(DIMENSIONS, dims, strict=True) if d in rule.by
+            }
             transitions.append(
                 (
                     key,
+                    output_key(rule.name, rule.window, *(grouped.get(d) for d in DIMENSIONS)),
                     AlertTransition(
                         type="alert.firing" if now_holds else "alert.resolved",
                         rule=rule.name,
                         metric=rule.metric,
                         window=rule.window,
-                        group={d: v for d, v in zip(DIMENSIONS, dims, strict=True) if v != "*"},
+                        group=grouped,
                         value=value,
                         threshold=rule.threshold,
                         at=format_time(now_s),
@@ -125,15 +178,15 @@ async def evaluate_rules(
     if not transitions:
         return []
     items = []
-    for key, transition in transitions:
+    for _, topic_key, transition in transitions:
         body = transition.model_dump(mode="json")
         body.pop("schema_version")
-        items.append((key.replace(SEP, "|"), body))
+        items.append((topic_key, body))
     await publisher.publish_json(settings.topic_alerts, items)
     # recorded after the broker has them: a crash in between repeats, never loses, one
     async with store.redis.pipeline(transaction=True) as pipe:
-        for key, transition in transitions:
+        for key, _, transition in transitions:
             # kept as "ok" after a resolve, so the firing gauge shows 0 rather than nothing
             pipe.hset(state_key, key, "firing" if transition.type == "alert.firing" else "ok")
         await pipe.execute()
-    return [t for _, t in transitions]
+    return [t for _, _, t in transitions]

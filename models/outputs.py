@@ -7,17 +7,66 @@ topic                  key                payload
 ``deskpulse.alerts``   ticket id          :class:`SlaBreached`, once per ticket
 ``deskpulse.alerts``   rule + group       :class:`AlertTransition` on each transition
 =====================  =================  ===============================================
+
+The keys made of several parts (:func:`output_key`) join them with ``|``; ``*`` stands
+for "every value" of a dimension the message is not grouped by. A part that holds ``%``,
+``|`` or ``*`` itself has those three characters percent-encoded (``%25``, ``%7C``,
+``%2A``), so two different groups never share a key on the compacted topic, and a key
+of ordinary values reads as it always did. :func:`parse_output_key` undoes it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["SCHEMA_VERSION", "AlertTransition", "KpiSnapshot", "SlaBreached"]
+__all__ = [
+    "KEY_ALL",
+    "SCHEMA_VERSION",
+    "AlertTransition",
+    "KpiSnapshot",
+    "SlaBreached",
+    "encode_key_part",
+    "output_key",
+    "parse_output_key",
+]
 
 SCHEMA_VERSION: Literal[1] = 1
+
+#: The key part that stands for every value of a dimension (the total, or not grouped by).
+KEY_ALL = "*"
+_KEY_SEPARATOR = "|"
+_ESCAPED = re.compile(r"%(25|7C|2A)", re.IGNORECASE)
+_UNESCAPE = {"25": "%", "7C": "|", "2A": "*"}
+
+
+def encode_key_part(value: str) -> str:
+    """``value`` with ``%``, ``|`` and ``*`` percent-encoded; anything else as it is."""
+    if "%" not in value and "|" not in value and "*" not in value:
+        return value  # the usual case, and why keys of ordinary values never changed
+    return value.replace("%", "%25").replace("|", "%7C").replace("*", "%2A")
+
+
+def output_key(*parts: str | None) -> str:
+    """The key of an output message: each part encoded, ``None`` written as ``*`` (all)."""
+    return _KEY_SEPARATOR.join(KEY_ALL if p is None else encode_key_part(p) for p in parts)
+
+
+def parse_output_key(key: str) -> tuple[str | None, ...]:
+    """The parts of an :func:`output_key`, ``None`` for ``*``; ``ValueError`` if malformed."""
+    parts: list[str | None] = []
+    for part in key.split(_KEY_SEPARATOR):
+        if part == KEY_ALL:
+            parts.append(None)
+            continue
+        # a "%" that starts no escape, or a "*" among other characters, output_key never writes
+        rest = _ESCAPED.sub("", part)
+        if "%" in rest or "*" in rest:
+            raise ValueError(f"not an output key part: {part!r}")
+        parts.append(_ESCAPED.sub(lambda m: _UNESCAPE[m.group(1).upper()], part))
+    return tuple(parts)
 
 
 class _Payload(BaseModel):

@@ -480,10 +480,10 @@ def test_cardinality_guard_folds_the_smallest_groups_into_other(
         for s in label_sets(registry, "deskpulse_tickets_created_total")
     }
     assert cumulative == windowed, "nothing is lost, it is only folded"
-    assert registry.get_sample_value("deskpulse_series_dropped_total", {"metric": "windowed"}) == 3
-    assert (
-        registry.get_sample_value("deskpulse_series_dropped_total", {"metric": "cumulative"}) == 3
-    )
+    # counted per family, in series: three groups of one series each were folded
+    for metric in ("deskpulse_tickets_created", "deskpulse_tickets_created_total"):
+        assert registry.get_sample_value("deskpulse_series_dropped_total", {"metric": metric}) == 3
+        assert registry.get_sample_value("deskpulse_series_folded", {"metric": metric}) == 3
     for family in registry.collect():
         groups = {
             tuple(s.labels.get(k) for k in ("window", *DIMS))
@@ -497,7 +497,14 @@ def test_cardinality_guard_is_quiet_within_budget(redis_server: RedisServer) -> 
     settings = unit_settings(redis_server, windows=(3600,), max_series_per_metric=5)
     _, registry = collector_for(settings, _tickets(VOLUMES))
     assert len(label_sets(registry, "deskpulse_tickets_created")) == 5
-    assert not label_sets(registry, "deskpulse_series_dropped_total")
+    dropped = {
+        s["metric"]: registry.get_sample_value("deskpulse_series_dropped_total", s)
+        for s in label_sets(registry, "deskpulse_series_dropped_total")
+    }
+    # five groups are five series of a gauge or counter, but 5 x 15 of the histogram
+    histogram = "deskpulse_first_response_duration_seconds"
+    assert dropped.pop(histogram) == 5 * 15
+    assert set(dropped.values()) == {0}, dropped
 
 
 def test_cardinality_guard_with_a_budget_below_the_window_count(

@@ -1,0 +1,177 @@
+"""The cardinality guard: which groups a bounded output shows, and what it folds into ``other``.
+
+Both bounded outputs use it: ``/metrics`` (at most ``DESKPULSE_MAX_SERIES_PER_METRIC``
+series per metric family, counted as the exposition holds them) and the KPI topic (at most
+``DESKPULSE_MAX_SNAPSHOT_MESSAGES`` messages per snapshot). Pure: no I/O, no clock.
+
+The unit of the budget is a *label set* (one group in one view, e.g. one window) that costs
+``series`` lines of output: 1 for a gauge, counter or topic message, the quantiles plus
+``_count`` and ``_sum`` for a summary, every bucket plus ``_count`` and ``_sum`` for a
+histogram. A family only spends budget on the groups it has series for (a ratio with no
+samples is left out, so it costs nothing): :attr:`Rule.requires` names the fields one of
+which must be positive.
+
+Groups are ranked once per view by how many samples they hold (ties by key, so the choice
+is stable from one refresh to the next); every family keeps the largest of its groups that
+fit, and sums the rest into one ``other`` group, so totals over groups stay exact. Because
+a family's fields are all zero in the groups it has no series for, the ``other`` of every
+rule is a plain suffix sum of the ranking: one backward walk per view serves them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "OTHER",
+    "VOLUME_FIELDS",
+    "Fold",
+    "Rule",
+    "allocate",
+    "fold_view",
+    "guard",
+    "needs",
+    "rank",
+    "volume",
+]
+
+#: The key of the group the folded ones are summed into. Its priority, ``other``, is not a
+#: priority an event can carry, so it never stands for a real group.
+OTHER: tuple[str, str, str] = ("other", "other", "other")
+
+#: Fields counting samples: their sum is a group's size in the ranking.
+VOLUME_FIELDS: tuple[str, ...] = ("tc", "cr", "fr", "ca", "cab", "cs", "cs_n", "np_n", "ce_n")
+
+Key = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How a family spends the budget: series per label set, and when it has any.
+
+    ``requires`` empty means every group of the view has series.
+    """
+
+    series: int
+    requires: tuple[str, ...] = ()
+
+    def present(self, fields: Mapping[str, int]) -> bool:
+        return not self.requires or any(fields.get(name, 0) > 0 for name in self.requires)
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """What one rule shows of one view."""
+
+    #: groups shown as themselves, largest first
+    kept: tuple[Key, ...]
+    #: summed fields of the groups folded (exact for the rule's own fields), or None
+    other: dict[str, int] | None
+    #: groups with series that were folded into ``other``
+    folded: int
+
+
+def volume(fields: Mapping[str, int]) -> int:
+    """How many samples a group holds (its rank)."""
+    return sum(max(0, fields.get(name, 0)) for name in VOLUME_FIELDS)
+
+
+def rank(groups: Mapping[Key, Mapping[str, int]]) -> list[Key]:
+    """Keys, largest group first; equal sizes in key order."""
+    return sorted(groups, key=lambda key: (-volume(groups[key]), key))
+
+
+def allocate(needs: Sequence[int], budget: int) -> list[int]:
+    """Share ``budget`` label sets among views that need ``needs``; what each gets.
+
+    Water-filling: a view needing less than an even share leaves the rest to the others
+    (a 5-minute window with few groups lends its share to the 24-hour one). A view that
+    needs any gets at least one label set (its ``other``), even past the budget.
+    """
+    given = [0] * len(needs)
+    left = budget
+    order = sorted(range(len(needs)), key=lambda i: needs[i])
+    for n, i in enumerate(order):
+        if needs[i] <= 0:
+            continue
+        share = left // (len(needs) - n)
+        given[i] = min(needs[i], max(1, share))
+        left = max(0, left - given[i])
+    return given
+
+
+def needs(
+    groups: Mapping[Key, Mapping[str, int]], order: Sequence[Key], rules: Sequence[Rule]
+) -> list[list[int]]:
+    """For each rule, the positions in ``order`` of the groups it has series for."""
+    positions: list[list[int]] = [[] for _ in rules]
+    for position, key in enumerate(order):
+        fields = groups[key]
+        for found, rule in zip(positions, rules, strict=True):
+            if rule.present(fields):
+                found.append(position)
+    return positions
+
+
+def fold_view(
+    groups: Mapping[Key, Mapping[str, int]],
+    order: Sequence[Key],
+    present: Sequence[Sequence[int]],
+    label_sets: Sequence[int],
+) -> list[Fold]:
+    """Fold one view for each rule, given its present positions and label sets granted.
+
+    ``present[r]`` comes from :func:`needs`; a rule granted fewer label sets than it has
+    groups keeps ``label_sets[r] - 1`` of them and folds the rest into ``other``.
+    """
+    cuts: dict[int, int] = {}  # rule -> first position folded
+    for r, (positions, granted) in enumerate(zip(present, label_sets, strict=True)):
+        if len(positions) > granted:
+            cuts[r] = positions[max(0, granted - 1)]
+    suffix: dict[int, dict[str, int]] = {}
+    if cuts:
+        # one backward walk; a copy of the running sum at each cut
+        running: dict[str, int] = {}
+        wanted = sorted(set(cuts.values()), reverse=True)
+        position = len(order)
+        for cut in wanted:
+            while position > cut:
+                position -= 1
+                for name, value in groups[order[position]].items():
+                    running[name] = running.get(name, 0) + value
+            suffix[cut] = dict(running)
+    folds: list[Fold] = []
+    for r, positions in enumerate(present):
+        if r not in cuts:
+            folds.append(Fold(tuple(order[p] for p in positions), None, 0))
+            continue
+        keep = max(0, label_sets[r] - 1)
+        folds.append(
+            Fold(
+                tuple(order[p] for p in positions[:keep]),
+                suffix[cuts[r]],
+                len(positions) - keep,
+            )
+        )
+    return folds
+
+
+def guard(
+    views: Sequence[Mapping[Key, Mapping[str, int]]], rules: Sequence[Rule], budget: int
+) -> list[list[Fold]]:
+    """Fold every view for every rule: ``folds[view][rule]``.
+
+    Each rule may spend ``budget`` series over all views together (``budget //
+    rule.series`` label sets, shared by :func:`allocate`).
+    """
+    orders = [rank(view) for view in views]
+    present = [needs(view, order, rules) for view, order in zip(views, orders, strict=True)]
+    granted = [
+        allocate([len(p[r]) for p in present], budget // rule.series)
+        for r, rule in enumerate(rules)
+    ]
+    return [
+        fold_view(view, order, present[v], [granted[r][v] for r in range(len(rules))])
+        for v, (view, order) in enumerate(zip(views, orders, strict=True))
+    ]
