@@ -73,6 +73,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _freshness(s.get("freshness"), add)
     _scrape(s.get("scrape"), add)
     _kpis(s.get("kpis"), add)
+    _reads(s.get("reads"), add)
     _soak(s.get("soak"), add)
     _profiles(s, add)
     add("## How to run\n")
@@ -88,7 +89,10 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "`BENCH_SOAK_RETENTION` [10m], `BENCH_SOAK_RESPONSE_SCALE` [0.001: agents' delays "
         "and close timers], `BENCH_SOAK_LIFECYCLE_SCALE` [0.005: every other gap in a "
         "conversation; together, lifecycles of days end within minutes, inside the soak], "
-        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,soak], "
+        "`BENCH_READS_RATE` [2000: events/s ingested while readers read], `BENCH_READS_SECONDS` "
+        "[20: per phase], `BENCH_READS_LEVELS` [20,100,200: concurrent readers], "
+        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,soak; or name sections as "
+        "arguments: `python -m benchmark.run reads`], "
         "`BENCH_PROFILE` [auto: profile only what misses its budget; always; never], "
         "`BENCH_WORKDIR` [a new temporary directory: logs, raw profiles, results.json], "
         "`BENCH_OUTPUT` [BENCHMARKS.md]. A quick check of the harness: "
@@ -244,6 +248,24 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                 _mark(kp["cli"]["p50"] < 0.2),
             ]
         )
+    rd = s.get("reads") or {}
+    if "error" in rd:
+        rows.append(["reads", "error: " + rd["error"][:200], "", _mark(False)])
+    elif rd:
+        for phase in rd["phases"]:
+            if phase["readers"] != 100:
+                continue
+            statuses = phase.get("statuses") or {}
+            rows.append(
+                [
+                    f"ingestion at {_rate(rd['rate'])} under 100 concurrent readers of "
+                    f"`GET /kpis?window=24h&by=channel,queue,priority` ({_window_kind(phase)})",
+                    f"{phase['ratio']:.2f} of unloaded ({_rate(phase['applied_per_s'])} against "
+                    f"{_rate(rd['unloaded_per_s'])}); {_statuses(statuses)}",
+                    "≥ 0.50, no 500",
+                    _mark(phase["ratio"] >= 0.5 and not _errors(statuses)),
+                ]
+            )
     so = s.get("soak") or {}
     if "error" in so:
         rows.append(["soak", "error: " + so["error"][:200], "", _mark(False)])
@@ -553,13 +575,77 @@ def _kpis(kp: dict[str, Any] | None, add: Any) -> None:
     )
 
 
+def _window_kind(phase: dict[str, Any]) -> str:
+    return "all the same window" if phase["mode"] == "same" else "each a window of its own"
+
+
+def _statuses(statuses: dict[str, int]) -> str:
+    if not statuses:
+        return "no requests"
+    return ", ".join(f"{code}: {n:,}" for code, n in sorted(statuses.items()))
+
+
+def _errors(statuses: dict[str, int]) -> int:
+    """Answers that are neither a document nor a 503 (500s, refused connections, ...)."""
+    return sum(n for code, n in statuses.items() if code not in ("200", "503"))
+
+
+def _reads(rd: dict[str, Any] | None, add: Any) -> None:
+    if not rd or "error" in rd:
+        return
+    add("## 5. Reads under load\n")
+    limits = rd.get("limits") or {}
+    add(
+        f"A worker ingests simulated traffic at {_rate(rd['rate'])} on top of a day of history "
+        f"({rd['history']['records']:,} events replayed into its prefix) while N concurrent "
+        "readers, in a process of their own, send `GET /kpis?window=24h&by=channel,queue,"
+        "priority` one after another with no pause: first all asking the same window (ending "
+        "now), then each a window of its own (ending at a different minute of the day, so "
+        "every one needs a computation). Phases of "
+        f"{rd['phase_s']:.0f} s, with none, then with each number of readers, then none "
+        "again; a 5 s pause between phases lets any backlog drain. Ingestion is events "
+        "applied per second (Redis), against the phases without readers "
+        f"({_rate(rd['unloaded_per_s'])}). Limits: `DESKPULSE_READ_CONCURRENCY="
+        f"{limits.get('read_concurrency')}`, `DESKPULSE_READ_QUEUE={limits.get('read_queue')}`,"
+        f" `DESKPULSE_READ_CACHE={limits.get('read_cache')}` (the defaults).\n"
+    )
+    add(
+        "| readers | windows | ingestion | of unloaded | behind at end | requests/s | "
+        "statuses | 200 p50 / p99 | 503 p50 | computed / shared / cached / rejected | "
+        "cores: worker (+ engine, reads) / Redis / readers |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for phase in rd["phases"]:
+        ok = phase.get("latency_200") or {}
+        busy = phase.get("latency_503") or {}
+        reads = phase.get("reads") or {}
+        cores = phase["cores"]
+        counts = " / ".join(
+            f"{int(reads.get(k, 0)):,}" for k in ("computed", "shared", "cached", "rejected")
+        )
+        add(
+            f"| {phase['readers']} | {phase['mode']} | {_rate(phase['applied_per_s'])} | "
+            f"{phase['ratio']:.2f} | {phase['behind']:,} | "
+            f"{phase.get('requests_per_s', 0):,.0f} | {_statuses(phase.get('statuses') or {})} | "
+            f"{_ms(ok.get('p50'))} / {_ms(ok.get('p99'))} | {_ms(busy.get('p50'))} | {counts} | "
+            f"{cores['worker']:.2f} / {cores['redis']:.2f} / "
+            f"{phase.get('readers_cores', 0.0):.2f} |"
+        )
+    add("")
+    missing = sum(p.get("retry_after_missing", 0) for p in rd["phases"])
+    add(
+        "Every 503 carried `Retry-After`." if not missing else f"{missing} 503s lacked Retry-After."
+    )
+    add("")
+
+
 def _soak(so: dict[str, Any] | None, add: Any) -> None:
     if not so or "error" in so:
         return
     sm, tr = so.get("summary") or {}, so["traffic"]
     samples = so["samples"]
     every = samples[1]["t"] - samples[0]["t"] if len(samples) > 1 else 0
-    add("## 5. Memory soak\n")
+    add("## 6. Memory soak\n")
     add(
         f"A fresh worker with **`DESKPULSE_RETENTION={so['retention_s'] // 60}m`** (windows "
         f"{', '.join(str(w) + 's' for w in so['windows'])}) so that expiry runs within the soak, "

@@ -9,7 +9,10 @@ once and each contender reads it under its own consumer group and Redis prefix:
    produced -> visible in Redis for timed markers;
 3. scrape: ``/metrics`` with 10,000+ series, in process and over HTTP from a worker;
 4. kpis: ``query_kpis`` and ``deskpulse kpis --window 24h`` over a day of data;
-5. soak: a worker under a steady rate, RSS and Redis memory sampled;
+5. reads: a live worker ingesting at a fixed rate over a day of history while N concurrent
+   readers hammer ``GET /kpis?window=24h&by=channel,queue,priority`` (all the same window,
+   then each a window of its own): ingestion against unloaded, latencies, statuses;
+6. soak: a worker under a steady rate, RSS and Redis memory sampled;
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -17,9 +20,11 @@ Knobs (environment): BENCH_RECORDS (300000), BENCH_TRIALS (5), BENCH_FRESHNESS_S
 (30), BENCH_FRESHNESS_TRIALS (3), BENCH_FRESHNESS_RATE (5000), BENCH_MARKER_RATE (20),
 BENCH_SCRAPES (50), BENCH_KPI_CALLS (30), BENCH_DAY_RATE (5), BENCH_SOAK_SECONDS (1800),
 BENCH_SOAK_RATE (1000), BENCH_SOAK_SAMPLE_SECONDS (30), BENCH_SOAK_RETENTION (10m),
-BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_SECTIONS
-(throughput,freshness,scrape,kpis,soak), BENCH_PROFILE (auto | always | never),
-BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
+BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_READS_RATE
+(2000), BENCH_READS_SECONDS (20, per load level), BENCH_READS_LEVELS (20,100,200),
+BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,soak; section names given as
+arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
+| never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
 
 from __future__ import annotations
@@ -80,9 +85,12 @@ BUDGET_FRESHNESS_P99_S = 1.0
 BUDGET_SCRAPE_S = 0.100
 BUDGET_SCRAPE_SERIES = 10_000
 BUDGET_KPIS_S = 0.200
+#: ingestion under 100 concurrent readers, against ingestion with none
+BUDGET_READS_RATIO = 0.5
+BUDGET_READS_READERS = 100
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
 
-SECTIONS = ("throughput", "freshness", "scrape", "kpis", "soak")
+SECTIONS = ("throughput", "freshness", "scrape", "kpis", "reads", "soak")
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
 
@@ -130,6 +138,13 @@ class Config:
     )
     soak_lifecycle_scale: float = field(
         default_factory=lambda: _env_float("BENCH_SOAK_LIFECYCLE_SCALE", 0.005)
+    )
+    reads_rate: float = field(default_factory=lambda: _env_float("BENCH_READS_RATE", 2000))
+    reads_s: float = field(default_factory=lambda: _env_float("BENCH_READS_SECONDS", 20))
+    reads_levels: tuple[int, ...] = field(
+        default_factory=lambda: tuple(
+            int(n) for n in os.environ.get("BENCH_READS_LEVELS", "20,100,200").split(",") if n
+        )
     )
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
@@ -1033,7 +1048,166 @@ class Bench:
             out["profile_cli"] = profiles.summarize(path, top=20) if path else None
         return out
 
-    # -- 5. soak -------------------------------------------------------------------------
+    # -- 5. reads under load ---------------------------------------------------------------
+
+    async def section_reads(self) -> dict[str, Any]:
+        """One worker ingests traffic at a fixed rate over a day of history while readers
+        come and go in phases: none, then each level of ``BENCH_READS_LEVELS`` asking the
+        same window and then windows of their own, then none again. Each phase measures
+        events applied per second (Redis) against the phases without readers, and the
+        readers' statuses and latencies. A pause between phases lets a backlog drain, so a
+        phase is not credited with the catching up of the one before."""
+        cfg = self.config
+        assert self.redis is not None
+        data = self.datasets["day"]
+        out: dict[str, Any] = {"rate": cfg.reads_rate, "phase_s": cfg.reads_s}
+        # the history the reads add up: the simulated day replayed into the worker's prefix
+        history = self.settings("reads", "day")
+        out["history"] = await self.run_replay("replay-reads", history, data["records"])
+        with self.own_broker("reads"):  # the live traffic on a broker of its own
+            settings = self.settings("reads", "reads-live")
+            out["limits"] = {
+                "read_concurrency": settings.read_concurrency,
+                "read_queue": settings.read_queue,
+                "read_cache": settings.read_cache,
+            }
+            worker = self.procs.worker("reads-worker", settings)
+            try:
+                await self.warm_up(worker, settings)
+                url = f"http://{settings.web_host}:{settings.web_port}"
+                # the read process starts with the first read: not inside a phase
+                await asyncio.to_thread(_http_get, url + "/kpis?window=24h")
+                out["phases"] = await self.read_phases(worker, settings, url)
+            finally:
+                self.procs.stop(worker)
+        phases = out["phases"]
+        unloaded = [p["applied_per_s"] for p in phases if p["readers"] == 0]
+        out["unloaded_per_s"] = sum(unloaded) / len(unloaded)
+        for phase in phases:
+            phase["ratio"] = phase["applied_per_s"] / max(out["unloaded_per_s"], 1e-9)
+        return out
+
+    async def read_phases(
+        self, worker: ManagedProcess, settings: Settings, url: str
+    ) -> list[dict[str, Any]]:
+        cfg = self.config
+        assert self.redis is not None
+        gap_s = 5.0
+        plan: list[tuple[int, str]] = [(0, "-")]
+        for level in cfg.reads_levels:
+            plan += [(level, "same"), (level, "distinct")]
+        plan.append((0, "-"))
+        traffic_s = len(plan) * (cfg.reads_s + gap_s) + 2 * gap_s
+        status_path = self.workdir / "reads-traffic-status.json"
+        traffic = self.procs.start(
+            "reads-traffic",
+            [
+                *(sys.executable, "-m", "benchmark.traffic", "--rate", str(cfg.reads_rate)),
+                *("--seconds", str(traffic_s), "--run-id", "reads"),
+                *("--markers", str(self.workdir / "reads-markers.jsonl")),
+                *("--status", str(status_path)),
+            ],
+            env=child_env(settings),
+        )
+        prefix, parts = settings.redis_prefix, settings.topic_partitions
+
+        async def applied() -> int:
+            assert self.redis is not None
+            return applied_total(await meta_totals(self.redis, prefix, parts))
+
+        def sent() -> int:
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                return int(orjson.loads(status_path.read_bytes())["sent"])
+            return 0
+
+        phases: list[dict[str, Any]] = []
+        try:
+            deadline = time.monotonic() + 120
+            while sent() == 0:  # it simulates the whole run first, then sends
+                if not traffic.running or time.monotonic() > deadline:
+                    raise RuntimeError(f"the traffic did not start:\n{traffic.log_tail()}")
+                await asyncio.sleep(0.2)
+            baseline = await applied() - sent()  # history and warm-up: not this traffic's
+            await asyncio.sleep(gap_s)
+            for readers, mode in plan:
+                phase = await self.read_phase(worker, settings, url, readers, mode, applied)
+                phase["behind"] = sent() - (await applied() - baseline)
+                phases.append(phase)
+                print(
+                    f"reads: {readers} readers ({mode}): {phase['applied_per_s']:,.0f} "
+                    f"applied/s, statuses {phase.get('statuses')}, behind {phase['behind']:,}",
+                    file=sys.stderr,
+                )
+                if not worker.running:
+                    raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
+                await asyncio.sleep(gap_s)  # a backlog drains here, outside any phase
+        finally:
+            self.procs.stop(traffic)
+        return phases
+
+    async def read_phase(
+        self,
+        worker: ManagedProcess,
+        settings: Settings,
+        url: str,
+        readers: int,
+        mode: str,
+        applied: Callable[[], Any],
+    ) -> dict[str, Any]:
+        cfg = self.config
+        out_path = self.workdir / f"readers-{readers}-{mode}.json"
+        reads_before = await asyncio.to_thread(_read_counts, url)
+        proc = None
+        if readers:
+            argv = [sys.executable, "-m", "benchmark.readers", "--url", url]
+            argv += ["--readers", str(readers), "--seconds", str(cfg.reads_s)]
+            argv += ["--mode", mode, "--out", str(out_path)]
+            proc = self.procs.start(f"readers-{readers}-{mode}", argv, env=child_env(settings))
+            await asyncio.sleep(1.0)  # connected and reading before the count starts
+        cpu_before = [tree_cpu_s(worker.pid), *self.cpu_of(self.redis_proc, self.broker)]
+        t0, n0 = time.monotonic(), await applied()
+        measure_s = cfg.reads_s - 2.0 if readers else cfg.reads_s
+        await asyncio.sleep(measure_s)
+        t1, n1 = time.monotonic(), await applied()
+        cpu_after = [tree_cpu_s(worker.pid), *self.cpu_of(self.redis_proc, self.broker)]
+        phase: dict[str, Any] = {
+            "readers": readers,
+            "mode": mode,
+            "seconds": t1 - t0,
+            "applied": n1 - n0,
+            "applied_per_s": (n1 - n0) / (t1 - t0),
+            "cores": dict(
+                zip(
+                    ("worker", "redis", "broker"),
+                    [(b - a) / (t1 - t0) for a, b in zip(cpu_before, cpu_after, strict=True)],
+                    strict=True,
+                )
+            ),
+        }
+        if proc is not None:
+            deadline = time.monotonic() + cfg.reads_s + 90
+            while proc.running and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            self.procs.stop(proc)
+            if not out_path.exists():
+                raise RuntimeError(f"the readers wrote nothing:\n{proc.log_tail()}")
+            result = orjson.loads(out_path.read_bytes())
+            phase["statuses"] = result["statuses"]
+            phase["requests"] = sum(result["statuses"].values())
+            phase["requests_per_s"] = phase["requests"] / max(result["seconds"], 1e-9)
+            phase["latency_200"] = (
+                spread(result["latencies"]["200"]) if result["latencies"]["200"] else None
+            )
+            phase["latency_503"] = (
+                spread(result["latencies"]["503"]) if result["latencies"]["503"] else None
+            )
+            phase["retry_after_missing"] = result["retry_after_missing"]
+            phase["readers_cores"] = result["cores"]
+        reads_after = await asyncio.to_thread(_read_counts, url)
+        phase["reads"] = {k: reads_after.get(k, 0) - reads_before.get(k, 0) for k in reads_after}
+        return phase
+
+    # -- 6. soak -------------------------------------------------------------------------
 
     async def section_soak(self) -> dict[str, Any]:
         with self.own_broker("soak"):  # it starts empty, and holds only the soak's records
@@ -1176,7 +1350,7 @@ class Bench:
                     seed=1, start_s=now - span - 120, duration_s=span, rate=cfg.records / span
                 ),
             )
-        if "kpis" in wanted:
+        if wanted & {"kpis", "reads"}:
             await self.produce_dataset(
                 "day",
                 SimConfig(seed=2, start_s=now - 86400 - 60, duration_s=86400, rate=cfg.day_rate),
@@ -1291,6 +1465,18 @@ def _flush_stats(settings: Settings) -> dict[str, float]:
     return out
 
 
+def _read_counts(url: str) -> dict[str, float]:
+    """``deskpulse_kpi_reads_total`` of the worker at ``url``, by result."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(_http_get(url + "/metrics").decode()):
+        for sample in family.samples:
+            if sample.name == "deskpulse_kpi_reads_total":
+                counts[sample.labels["result"]] = sample.value
+    return counts
+
+
 def _metrics_url(settings: Settings) -> str:
     return f"http://{settings.web_host}:{settings.web_port}/metrics"
 
@@ -1332,8 +1518,18 @@ def missing_profilers(config: Config) -> list[str]:
     return missing
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     config = Config()
+    chosen = list(sys.argv[1:] if argv is None else argv)
+    if chosen:  # `python -m benchmark.run reads`: these sections only
+        unknown = [name for name in chosen if name not in SECTIONS]
+        if unknown:
+            print(
+                f"benchmark: no section {', '.join(unknown)}; there are {', '.join(SECTIONS)}",
+                file=sys.stderr,
+            )
+            return 2
+        config.sections = tuple(chosen)
     missing = missing_profilers(config)
     if missing:
         # found now, not after half an hour of trials: a miss is profiled at the end

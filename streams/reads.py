@@ -493,9 +493,11 @@ def main() -> None:
     """``python -m streams.reads``: the read process; the settings come as the first frame."""
     import signal
 
-    # a Ctrl-C in a terminal reaches the whole process group: the worker decides when this
-    # process ends (it closes our stdin), and a read process dying first would only 503
+    # A Ctrl-C or a SIGTERM to the whole process group reaches this process too: the worker
+    # decides when it ends, by closing its stdin (which a worker killed outright closes as
+    # well), so a stopping worker's last reads are answered and nothing logs a false alarm.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(READ_NICE)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[reads] %(message)s"

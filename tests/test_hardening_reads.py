@@ -6,6 +6,7 @@ under a storm of them. Real broker, redis-server and ``deskpulse worker`` proces
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -260,12 +261,16 @@ def _created(ticket: str, t_s: float) -> bytes:
     )
 
 
+_offsets = itertools.count()
+
+
 async def _commit(store: Store, partition: int, raws: Sequence[bytes]) -> None:
-    """Apply events to one partition as the engine does: load, fold, commit."""
+    """Apply events to one partition as the engine does: load, fold, commit (each record at
+    an offset of its own, past the fence)."""
     items = []
-    for offset, raw in enumerate(raws):
+    for raw in raws:
         event, ms = decode_record(raw)
-        items.append(Pending(event, "tickets", offset, ms))
+        items.append(Pending(event, "tickets", next(_offsets), ms))
     meta, states = await store.load(partition, [p.event.conversation_id for p in items])
     result = fold_batch(
         items,
@@ -518,9 +523,22 @@ def test_a_dead_read_process_is_a_503_and_the_next_read_starts_a_new_one(
         assert lost is not None and lost.status == 503, lost
         assert lost.headers["retry-after"] == "1"
         assert get_kpis(worker, window="1h").status == 200
-        assert len(read_process_pids(worker)) == 2, worker.log_tail()
+        pids = read_process_pids(worker)
+        assert len(pids) == 2, worker.log_tail()
         assert worker.running, worker.describe()
         assert reads_of(worker.settings.web_port)["failed"] == 0
+        # a worker killed outright leaves no read process behind: its stdin closes
+        worker.kill()
+        wait_until(lambda: not alive(pids[1]), 20, message=f"read process {pids[1]} outlived it")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 @pytest.mark.integration
