@@ -10,9 +10,11 @@
     │                          Redis unreachable); ``retry_after_s``: HTTP 503
     ├── DependencyError        a dependency misbehaves          (``retriable`` says whether
     │   ├── StoreUnavailable   Redis cannot be reached           backing off and trying
-    │   └── BrokerUnavailable  the Kafka broker cannot be reached  again may help)
-    │       └── DeadLetterUnavailable  the dead-letter topic did not take some records:
-    │                          ``pending`` are those to send again (no others)
+    │   ├── BrokerUnavailable  the Kafka broker cannot be reached  again may help)
+    │   │   └── DeadLetterUnavailable  the dead-letter topic did not take some records:
+    │   │                      ``pending`` are those to send again (no others)
+    │   └── UndecodableBatch   the broker served a record batch no client can decode (its
+    │                          producer compressed it wrongly): where it is; not retriable
     ├── Abandoned              the process is stopping: work in flight was given up
     │                          unacknowledged; the next start applies it from the fence
     ├── StateError             the Redis state is not what the input topics and the consumer
@@ -48,6 +50,7 @@ __all__ = [
     "StateLost",
     "StoreUnavailable",
     "TopicsReplaced",
+    "UndecodableBatch",
 ]
 
 
@@ -117,6 +120,26 @@ class DeadLetterUnavailable(BrokerUnavailable):
     def __init__(self, message: str, pending: Sequence[Any]) -> None:
         self.pending = list(pending)
         super().__init__(message)
+
+
+class UndecodableBatch(DependencyError):
+    """A record batch the broker served cannot be decoded: where it is, and why.
+
+    Not retriable: fetching it again gives the same bytes. Kafka refuses such a batch when
+    it is produced; a broker that stores it unchecked serves it to every consumer.
+    """
+
+    retriable = False
+
+    def __init__(self, topic: str, partition: int, offset: int, cause: BaseException) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        super().__init__(
+            f"cannot decode the record batch at offset {offset} of {topic} partition "
+            f"{partition} ({type(cause).__name__}: {cause}): its producer wrote it "
+            "compressed wrongly, and a broker that checks batches (Kafka does) would have "
+            "refused it; move the consumer group past it (README: "
+            "runbook-deskpulseundecodablebatch)"
+        )
 
 
 class Abandoned(DeskpulseError):

@@ -79,8 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     from streams.logs import install_repeat_throttle
+    from streams.record_batches import install as report_undecodable_batches
 
     install_repeat_throttle()
+    # a batch no codec can read stops the worker and the replay naming where it is
+    report_undecodable_batches()
     try:
         settings = load_settings()
         if args.command == "worker":

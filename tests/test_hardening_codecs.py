@@ -12,8 +12,9 @@ What the embedded broker (Tansu) does with other clients, recorded as tests:
 * it stores and serves all five codecs as produced;
 * it refuses a batch naming an unknown codec id (as Kafka does), so no consumer sees one;
 * it accepts a batch whose compressed payload is corrupt but whose CRC is right (Kafka
-  refuses it: the broker decompresses to validate); deskpulse then stops with an error
-  naming the decompression failure, never silently, and commits nothing past it;
+  refuses it: the broker decompresses to validate); the worker and the replay then stop
+  with an error naming the topic, partition and offset of the batch (never silently, and
+  never committing past it), so the operator can move the consumer group past it;
 * librdkafka's idempotent producer works (its batches carry a producer id and sequence
   numbers); aiokafka's does not: the broker answers its InitProducerId (version 0) with
   an error. deskpulse never needs idempotence (exactly once lives in the Redis fence).
@@ -35,6 +36,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.produce import ProduceRequest
@@ -43,9 +45,10 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.errors import RejectedEvent
+from models.errors import RejectedEvent, UndecodableBatch
 from models.events import decode
 from models.settings import Settings
+from streams import record_batches
 from streams.query import format_time
 
 from .conftest import create_topics
@@ -122,8 +125,8 @@ def _topic(settings: Settings, kind: str) -> str:
 
 def produce_with(
     settings: Settings, records: Sequence[tuple[str, bytes, bytes]], **config: Any
-) -> None:
-    """Send with confluent-kafka (librdkafka) and wait for every delivery report."""
+) -> list[int]:
+    """Send with confluent-kafka (librdkafka), wait for every delivery report; the offsets."""
     producer = confluent_kafka.Producer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -136,15 +139,19 @@ def produce_with(
         }
     )
     failures: list[Any] = []
+    offsets: list[int] = []
 
-    def delivered(error: Any, _message: Any) -> None:
+    def delivered(error: Any, message: Any) -> None:
         if error is not None:
             failures.append(error)
+        else:
+            offsets.append(message.offset())
 
     for kind, key, value in records:
         producer.produce(_topic(settings, kind), key=key, value=value, on_delivery=delivered)
     assert producer.flush(60) == 0, "deliveries outstanding after 60 s"
     assert not failures, failures[:3]
+    return offsets
 
 
 async def fetch_batches(
@@ -405,7 +412,7 @@ def test_an_undecodable_batch_stops_the_worker_loudly_and_commits_nothing_past_i
     assert asyncio.run(send_raw(bootstrap, topic, 0, unknown_codec_batch(good))) != 0
 
     # a wrongly compressed batch with a right CRC is accepted (Kafka would refuse it)
-    produce_with(settings, [("tickets", b"G-before", good[0])])
+    (before,) = produce_with(settings, [("tickets", b"G-before", good[0])])
     assert asyncio.run(send_raw(bootstrap, topic, 0, corrupt_lz4_batch(good[1:]))) == 0
     produce_with(settings, [("tickets", b"G-after", good[2])])
 
@@ -424,14 +431,36 @@ def test_an_undecodable_batch_stops_the_worker_loudly_and_commits_nothing_past_i
             await consumer.stop()
         return None
 
+    # aiokafka alone names only the codec's complaint
     error = asyncio.run(aiokafka_reads())
     assert error is not None and "lz4" in str(error), error
+    assert not isinstance(error, UndecodableBatch)
+    # deskpulse's processes name where the batch is: right after G-before
+    where = f"cannot decode the record batch at offset {before + 1} of {topic} partition 0"
+    record_batches.install()
+    assert record_batches.installed()
+    try:
+        error = asyncio.run(aiokafka_reads())
+        assert isinstance(error, UndecodableBatch), error
+        assert str(error).startswith(where) and "DecompressionError: lz4" in str(error)
+        found = (error.topic, error.partition, error.offset, error.retriable)
+        assert found == (topic, 0, before + 1, False)
+    finally:
+        # leave aiokafka as the other tests expect it
+        original = PartitionRecords._unpack_records.__wrapped__
+        PartitionRecords._unpack_records = original
+    assert not record_batches.installed()
 
     with WorkerProcess(settings, workdir) as worker:
         wait_until(lambda: not worker.running, 90, 0.5, message=worker.describe)
         assert worker.returncode not in (None, 0), worker.describe()
-        log = worker.log()
-        assert "DecompressionError" in log and "lz4" in log, worker.describe()
+        assert where in worker.log(), worker.describe()
     # nothing past the batch was acknowledged: the next worker meets it again, not a gap
     committed = asyncio.run(group_offsets(bootstrap, settings.app_id, [(topic, 0)]))
-    assert (committed[(topic, 0)] or 0) <= 1, committed
+    assert (committed[(topic, 0)] or 0) <= before + 1, committed
+    # the replay stops on it with one line
+    done = run_cli(["replay"], settings_env(settings), cwd=workdir, timeout_s=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"deskpulse: {where}"), done.stderr[-2000:]
+    assert "runbook-deskpulseundecodablebatch" in last
