@@ -6,7 +6,9 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 =============================  ===========================================================
 ``P:{pn}:meta``                hash: ``version``, ``wm`` (newest event time, ms),
                                ``wm:<topic>`` (the same per source topic),
-                               ``off:<topic>`` (last applied offset), ``held``, ``orphaned``,
+                               ``off:<topic>`` (last applied offset), ``off:<repartition
+                               topic>><n>`` (newest offset a record forwarded from here got
+                               on its partition n), ``held``, ``orphaned``,
                                ``dup:<topic>``, ``late:<topic>``, ``applied``, ``gen`` (the
                                store generation, written by the partition's first commit)
 ``P:{pn}:b:<start>``           hash: fine bucket (``DESKPULSE_BUCKET_SECONDS``), fields

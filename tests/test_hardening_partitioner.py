@@ -16,10 +16,11 @@ import asyncio
 import json
 import math
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,31 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from redis.asyncio import Redis as AsyncRedis
 
+from exporters.kafka import KafkaPublisher
+from exporters.prometheus import PipelineMetrics
 from models.errors import RejectedEvent
 from models.events import SurveyResponded, TicketCreated, TicketReplied, decode
 from models.settings import Settings
 from streams.breaches import DetectionClocks
+from streams.core import CoreConfig
+from streams.embedded import free_port
+from streams.engine import Engine, SourceRecord
 from streams.partitioner import ConversationPartitions, forwarded_key, java_partition, murmur2
+from streams.query import query_kpis
 from streams.simulate import Record
-from streams.store import PartitionMeta
+from streams.store import PartitionMeta, Store
 
+from .conftest import HOST
 from .e2e_support import (
     Dataset,
     build_dataset,
     check_counters,
     compare_with_oracle,
     kpis_store,
+    progress,
     redis_snapshot,
     wait_for_state,
 )
@@ -511,3 +522,365 @@ def test_mixed_partitioners_give_exact_kpis_breaches_and_replay(
         if live[name] != replay[name]
     }
     assert not differing, differing
+
+
+# -- the forward, record by record (engine, real broker and Redis) ---------------------------
+
+
+class Crash(Exception):
+    """The process dies here (not an error any retry would catch)."""
+
+
+T0 = 1_795_392_000  # 2026-11-23T00:00:00Z
+
+
+def event_bytes(event_type: str, t_s: float, event_id: str, **fields: Any) -> bytes:
+    stamp = datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds")
+    body = {"event_id": event_id, "type": event_type, "occurred_at": stamp, **fields}
+    return json.dumps(body).encode()
+
+
+async def _forward_crash_and_repeat(settings: Settings, crash: bool) -> dict[str, Any]:
+    """Ticket T-1 opened on its own partition, replied to on another; with ``crash`` the
+    worker dies after the reply's forward was acknowledged, before its fence moved, and
+    the same batch is read again by a new engine. Then the repartition topic is applied."""
+    partitions = settings.topic_partitions
+    home = java_partition(b"T-1", partitions)
+    elsewhere = (home + 1) % partitions
+    tickets = settings.topic_tickets
+    batch = [
+        SourceRecord(
+            tickets, home, 0, b"T-1", event_bytes("ticket.created", T0, "c1", ticket_id="T-1")
+        ),
+        SourceRecord(
+            tickets,
+            elsewhere,
+            0,
+            b"T-1",
+            event_bytes("ticket.replied", T0 + 90, "r1", ticket_id="T-1", author_role="agent"),
+        ),
+    ]
+    client = AsyncRedis.from_url(settings.redis_url.get_secret_value())
+    publisher = KafkaPublisher(settings)
+    await publisher.start()
+    try:
+        config = CoreConfig.from_settings(settings)
+
+        class DiesOnce(Store):
+            async def commit(self, partition: int, expected: str, result: Any) -> bool:
+                if crash and partition == elsewhere:
+                    raise Crash
+                return await super().commit(partition, expected, result)
+
+        first = Engine(
+            settings,
+            DiesOnce(client, settings.redis_prefix, config),
+            publisher,
+            PipelineMetrics(CollectorRegistry()),
+        )
+        first.route(partitions, publisher)
+        if crash:
+            with pytest.raises(Crash):
+                await first.process(batch)
+        store = Store(client, settings.redis_prefix, config)
+        metrics = PipelineMetrics(CollectorRegistry(), settings.input_topics)
+        again = Engine(settings, store, publisher, metrics)
+        again.route(partitions, publisher)
+        await again.process(batch)  # nothing was acknowledged: the same records again
+        copies = await consume_all(
+            settings.kafka_bootstrap, settings.topic_repartition, 2 if crash else 1, 30
+        )
+        # read where they sit, as the worker owning that partition reads them
+        await again.process(
+            [
+                SourceRecord(c.topic, c.partition, c.offset, c.key, c.value, c.headers)
+                for c in copies
+            ]
+        )
+        # a forward on the repartition topic is applied where it sits, never forwarded
+        # again, even when it sits on another partition than its conversation's
+        stray = event_bytes("ticket.replied", T0 + 120, "r2", ticket_id="T-2", author_role="agent")
+        stray_at = (java_partition(b"T-2", partitions) + 1) % partitions
+        headers = [("deskpulse-source-topic", tickets.encode())]
+        await again.process(
+            [SourceRecord(settings.topic_repartition, stray_at, 100, b"T-2", stray, headers)]
+        )
+        metas = {p: (await store.load(p, []))[0] for p in range(partitions)}
+        document = await query_kpis(store, width_s=86_400, at_s=T0 + 3600, by=())
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        await publisher.stop()
+        await client.aclose()
+    return {
+        "home": home,
+        "elsewhere": elsewhere,
+        "copies": copies,
+        "metas": metas,
+        "document": document,
+        "text": text,
+        "stray_at": stray_at,
+    }
+
+
+@pytest.mark.integration
+def test_a_forward_repeated_after_a_crash_changes_nothing(
+    settings: Settings, make_topics: Any
+) -> None:
+    make_topics(settings)
+    crashed = asyncio.run(_forward_crash_and_repeat(settings, crash=True))
+    reference_settings = settings.model_copy(
+        update={
+            "redis_prefix": settings.redis_prefix + "-ref",
+            "app_id": settings.app_id + "-ref",
+            "topic_repartition": settings.topic_repartition + "-ref",
+        }
+    )
+    make_topics(reference_settings)
+    reference = asyncio.run(_forward_crash_and_repeat(reference_settings, crash=False))
+
+    home, elsewhere = crashed["home"], crashed["elsewhere"]
+    copies = crashed["copies"]
+    assert len(copies) == 2, copies  # forwarded before the crash, and again after it
+    for copy in copies:
+        assert copy.partition == home and copy.key == b"T-1"
+        headers = dict(copy.headers)
+        assert headers == {
+            "deskpulse-source-topic": settings.topic_tickets.encode(),
+            "deskpulse-source-partition": str(elsewhere).encode(),
+            "deskpulse-source-offset": b"0",
+        }
+    assert copies[0].value == copies[1].value  # byte for byte
+    # the repeat was a duplicate: the KPIs are the reference's, one first response
+    assert crashed["document"] == reference["document"]
+    group = crashed["document"]["groups"][0]
+    assert group["tickets_created"] == 1 and group["first_response"]["count"] == 1
+    meta_home = crashed["metas"][home]
+    repartition = settings.topic_repartition
+    assert meta_home.counters.get(f"dup:{repartition}") == 1
+    assert (
+        reference["metas"][home].counters.get(f"dup:{reference_settings.topic_repartition}") is None
+    )
+    # the source partition's fence passed the reply, and notes where its forward went
+    meta_elsewhere = crashed["metas"][elsewhere]
+    assert meta_elsewhere.offsets[settings.topic_tickets] == 0
+    assert meta_elsewhere.offsets[forwarded_key(repartition, home)] == copies[1].offset
+    assert meta_home.offsets[repartition] == copies[1].offset
+    # the stray forward was applied where it sits
+    assert crashed["metas"][crashed["stray_at"]].offsets[repartition] == 100
+    assert (
+        sample(
+            crashed["text"], "deskpulse_events_rerouted_total", {"topic": settings.topic_tickets}
+        )
+        == 1
+    )
+    assert (
+        sample(crashed["text"], "deskpulse_events_rerouted_total", {"topic": settings.topic_chats})
+        == 0
+    )
+
+
+@pytest.mark.integration
+def test_forwards_are_checked_against_the_topic_they_were_read_from(
+    settings: Settings, make_topics: Any
+) -> None:
+    make_topics(settings)
+    partitions = settings.topic_partitions
+    chat = event_bytes("chat.accepted", T0, "a1", chat_id="C-1")
+    at = java_partition(b"C-1", partitions)
+    forged = [
+        # a chat event said to come from the tickets topic
+        SourceRecord(
+            settings.topic_repartition,
+            at,
+            0,
+            b"C-1",
+            chat,
+            [("deskpulse-source-topic", settings.topic_tickets.encode())],
+        ),
+        # no source named at all
+        SourceRecord(settings.topic_repartition, at, 1, b"C-1", chat, []),
+    ]
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(settings.redis_url.get_secret_value())
+        publisher = KafkaPublisher(settings)
+        await publisher.start()
+        try:
+            engine = Engine(
+                settings,
+                Store(client, settings.redis_prefix, CoreConfig.from_settings(settings)),
+                publisher,
+                PipelineMetrics(CollectorRegistry()),
+            )
+            engine.route(partitions, publisher)
+            await engine.process(forged)
+        finally:
+            await publisher.stop()
+            await client.aclose()
+
+    asyncio.run(run())
+    letters = asyncio.run(consume_all(settings.kafka_bootstrap, settings.topic_deadletter, 2, 30))
+    reasons = sorted(dict(letter.headers)["deskpulse-reason"] for letter in letters)
+    assert reasons == [b"wrong_topic", b"wrong_topic"], letters
+    assert {dict(letter.headers)["deskpulse-source-topic"] for letter in letters} == {
+        settings.topic_repartition.encode()
+    }
+
+
+# -- a worker killed mid-stream, two workers --------------------------------------------------
+
+
+def assigned(log: str, topic: str) -> set[int]:
+    """The partitions of ``topic`` in the worker's last assignment table."""
+    table = log.rsplit("Setting newly assigned partitions", 1)[-1]
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) >= 3 and cells[1] == topic:
+            out: set[int] = set()
+            for part in cells[2].strip("{}").split(","):
+                low, _, high = part.strip().partition("-")
+                out.update(range(int(low), int(high or low) + 1))
+            return out
+    return set()
+
+
+def repeated_forwards(settings: Settings, timeout_s: float = 30) -> int:
+    """Records on the repartition topic beyond one per source record."""
+    copies = asyncio.run(
+        consume_all(settings.kafka_bootstrap, settings.topic_repartition, 1, timeout_s, settle_s=3)
+    )
+    sources = Counter(
+        tuple(value for name, value in copy.headers if name.startswith("deskpulse-source"))
+        for copy in copies
+    )
+    return sum(sources.values()) - len(sources)
+
+
+class MixedProducer(threading.Thread):
+    """:func:`produce_mixed` in chunks with pauses, in the background."""
+
+    def __init__(self, settings: Settings, dataset: Dataset, *, pause_s: float) -> None:
+        super().__init__(name="mixed-producer", daemon=True)
+        self.settings, self.dataset, self.pause_s = settings, dataset, pause_s
+        self.placed: list[tuple[str, int, int]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(
+                produce_mixed(
+                    self.settings,
+                    self.dataset.records,
+                    how_produced(self.dataset.records),
+                    chunk=300,
+                    pause_s=self.pause_s,
+                    sent=self.placed,
+                )
+            )
+        except BaseException as error:  # re-raised by finish()
+            self.error = error
+
+    def finish(self) -> None:
+        self.join(180)
+        assert not self.is_alive() and self.error is None, self.error
+        assert len(self.placed) == len(self.dataset.records)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_kill_minus_nine_mid_stream_keeps_the_forwards_exactly_once(
+    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
+) -> None:
+    # small batches: many forwards and commits for a kill to land between
+    settings = tuned(settings, engine_process=True, batch_size=50)
+    make_topics(settings)
+    producer = MixedProducer(settings, dataset, pause_s=0.4)
+    worker = WorkerProcess(settings, tmp_path / "w", name="worker0")
+    kills = []
+    try:
+        worker.wait_ready(90)
+        producer.start()
+        for number in range(1, 3):
+            target = min(progress(settings) + 1500, dataset.distinct - 2000)
+            wait_until(
+                lambda target=target: progress(settings) >= target,  # type: ignore[misc]
+                120,
+                0.02,
+                message=worker.describe,
+            )
+            kills.append(progress(settings))
+            assert worker.kill() == -9
+            worker = WorkerProcess(settings, tmp_path / "w", name=f"worker{number}")
+            worker.wait_ready(90)
+        producer.finish()
+        counts = wait_for_state(settings, dataset, timeout_s=240, describe=worker.describe)
+        repeats = repeated_forwards(settings)
+        print(f"killed at {kills} distinct events applied; {repeats} forwards repeated; {counts}")
+        # a repeated forward is a duplicate of its first copy, and nothing else is
+        assert counts.dup == dataset.duplicates + repeats, (counts, repeats)
+        assert counts.seen == dataset.valid + repeats
+        compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
+        expected = expected_breaches(settings, dataset)
+        wait_until(
+            lambda: (
+                sum(
+                    v for _, v in samples(scrape(settings.web_port), "deskpulse_sla_breaches_total")
+                )
+                >= len(expected)
+            ),
+            120,
+            1.0,
+            message=worker.describe,
+        )
+        found = breaches_on(settings, len(expected), 60)
+        assert set(found) == expected, (set(found) - expected, expected - set(found))
+        assert worker.stop() == 0, worker.describe()
+    finally:
+        worker.stop(timeout_s=15)
+        if producer.is_alive():
+            producer.join(60)
+
+
+@pytest.mark.integration
+def test_two_workers_own_each_partition_with_its_forwards(
+    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
+) -> None:
+    first = tuned(settings, engine_process=False)
+    second = first.model_copy(update={"web_port": free_port(HOST)})  # the same group
+    make_topics(first)
+    a = WorkerProcess(first, tmp_path / "a", name="a")
+    b = WorkerProcess(second, tmp_path / "b", name="b")
+    with a, b:
+        a.wait_ready(90)
+        b.wait_ready(90)
+
+        def split() -> bool:
+            return bool(assigned(a.log(), first.topic_tickets)) and bool(
+                assigned(b.log(), first.topic_tickets)
+            )
+
+        wait_until(split, 60, 0.5, message=lambda: a.describe() + "\n" + b.describe())
+        placed = asyncio.run(produce_mixed(first, dataset.records, how_produced(dataset.records)))
+        counts = wait_for_state(
+            first, dataset, timeout_s=240, describe=lambda: a.describe() + b.describe()
+        )
+        check_counters(counts, dataset)
+        # each worker has partition N of the repartition topic with partition N of the inputs
+        for worker in (a, b):
+            log = worker.log()
+            owned = assigned(log, first.topic_tickets)
+            for topic in (first.topic_chats, first.topic_surveys, first.topic_repartition):
+                assert assigned(log, topic) == owned, (topic, owned, worker.describe())
+        assert assigned(a.log(), first.topic_tickets).isdisjoint(
+            assigned(b.log(), first.topic_tickets)
+        )
+        compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(first, width, at_s, by))
+        rerouted = expected_rerouted(first, dataset.records, placed)
+        counted: Counter[str] = Counter()
+        for worker_settings in (first, second):
+            for labels, value in samples(
+                scrape(worker_settings.web_port), "deskpulse_events_rerouted_total"
+            ):
+                counted[labels["topic"]] += int(value)
+        assert counted == rerouted
+        assert a.stop() == 0 and b.stop() == 0
