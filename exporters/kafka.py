@@ -1,7 +1,8 @@
 """Everything deskpulse writes to Kafka: dead letters, KPI snapshots, alerts.
 
-One aiokafka producer per process, idempotence off (some Kafka-compatible brokers refuse
-``InitProducerId``; exactly-once lives in the Redis offset fence instead), ``acks=all``.
+One aiokafka producer per process, idempotence off (some Kafka-compatible brokers, the
+embedded one among them, refuse the ``InitProducerId`` version aiokafka sends; exactly-once
+lives in the Redis offset fence instead), ``acks=all``.
 """
 
 from __future__ import annotations
@@ -127,10 +128,25 @@ class KafkaPublisher:
             raise
         self._producer = producer
 
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Deliver what the producer holds and close it, giving the broker ``timeout_s``.
+
+        A broker that does not answer must not hold a stop: what is still unsent then is
+        dropped with the producer. None of it was acknowledged, so nothing that depends
+        on it was committed: dead letters and forwards are sent again by the next start,
+        breach alerts from their outbox, KPI snapshots at the next interval.
+        """
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "the broker took nothing for %gs; the Kafka producer closes with what it held "
+                "unsent (sent again after the restart where it matters)",
+                timeout_s,
+            )
 
     async def send(self, records: Sequence[tuple[Any, RejectedEvent]]) -> None:
         """Dead-letter rejected records with their source and reason; wait for the broker.

