@@ -243,10 +243,37 @@ def test_the_future_limit_is_the_same_to_the_microsecond(ahead_s: float) -> None
         b'{"event_id":"e","type":"ticket.created","occurred_at":"2026-11-23T11:59:59Z","ticket_id":"t\\u0001","queue":"q\\/1"}',
         b"[]",
         b"",
+        # a key twice, however spelled and wherever: invalid_json on both paths
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","type":"chat.ended"}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","ch\\u0061t_id":"c"}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"2026-11-23T11:59:59Z",'
+        b'"chat_id":"c" ,\n "chat_id"\t: "c"}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","x":[1,{"a":{},"a":[]}]}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","x":{"a":1},"y":{"a":1}}',
+        b'{"event_id":"e","type":"ticket.replied","occurred_at":"2026-11-23T11:59:59Z","ticket_id":"t","author_role":"agent","public":true,"public":true}',
+        b'{"event_id":"e","type":"ticket.replied","occurred_at":"2026-11-23T11:59:59Z","ticket_id":"t","author_role":"agent","agent_id":null,"agent_id":"a"}',
+        b'{"event_id":"e","type":"chat.requested","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","priority":"normal","priority":"normal"}',
+        b'{"event_id":"e","type":"chat.requested","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","queue":"a,b,c","channel":"x"}',
+        b'{"event_id":"e","type":"chat.requested","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c\\":","queue":"q"}',
+        # times of year 0 or 10000 in UTC, and the first and last that are not
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"0001-01-01T00:00:00+14:00","chat_id":"c"}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"0001-01-01T14:00:00+14:00","chat_id":"c"}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"9999-12-31T23:59:59-12:00","chat_id":"c"}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"9999-12-31T23:59:59.999999Z","chat_id":"c"}',
+        b'{"event_id":"e","type":"chat.ended","occurred_at":"9999-12-31T23:59:59.9999999Z","chat_id":"c"}',
     ],
 )
 def test_edge_cases(raw: bytes) -> None:
     assert_same(raw)
+    assert_same(raw, now_s=None)
+
+
+def test_the_decoder_tables_records_get_the_same_verdict() -> None:
+    from .test_events import NOW_S as TABLE_NOW_S
+    from .test_events import REJECTED
+
+    for _, raw, _ in REJECTED:
+        assert_same(raw, now_s=TABLE_NOW_S)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
