@@ -5,7 +5,8 @@
   failing it, and remembers where every record landed.
 * :func:`draw_poison` draws a deterministic storm of records the worker must reject:
   hypothesis strategies (random bytes, random JSON, valid events mutated in every way a
-  broken upstream could), each kept only if it must be rejected whatever the clock says.
+  broken upstream could: keys written twice and times out of datetime's range among
+  them), each kept only if it must be rejected whatever the clock says.
 * :func:`compare_kpis` reads ``deskpulse kpis --json`` for a few windows and groupings and
   compares each with :mod:`tests.oracle` over the raw record values.
 * :func:`fault_line` prints the one-line summary a run log yields the README table from.
@@ -44,6 +45,7 @@ from .support import HttpResponse, consume_all, samples, wait_until
 
 __all__ = [
     "KINDS",
+    "OUT_OF_RANGE_TIMES",
     "MetricSums",
     "Poison",
     "StreamProducer",
@@ -545,16 +547,48 @@ _wrong_value = st.one_of(
 )
 
 
+#: RFC 3339 times that are instants of year 0 or 10000 in UTC (datetime holds neither),
+#: with a seven-digit fraction too, which sends a record to the schema's decoder
+OUT_OF_RANGE_TIMES = (
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T13:59:59.999999+14:00",
+    "0001-01-01T00:00:00.1234567+00:01",
+    "9999-12-31T23:59:59-12:00",
+    "9999-12-31T23:59:59.9999999-00:01",
+    "9999-12-31T12:00:00-23:59",
+)
+
+
+def _key_spelled(draw: st.DrawFn, key: str) -> bytes:
+    """``key`` as a JSON string, plain or with its first letter escaped (still ``key``)."""
+    if key and draw(st.booleans()):
+        return b'"\\u%04x' % ord(key[0]) + orjson.dumps(key)[2:]
+    return orjson.dumps(key)
+
+
 @st.composite
 def _mutated_event(draw: st.DrawFn, max_record_bytes: int) -> tuple[str, bytes]:
     """A valid event broken in one to three ways; ``(topic kind, bytes)``."""
     kind, template = draw(st.sampled_from(_TEMPLATES))
     payload = dict(template, event_id=f"pp-{draw(st.integers(0, 10**9))}")
     raw_edits: list[str] = []
+    repeated: list[bytes] = []  # members written again after the payload's own
     for _ in range(draw(st.integers(1, 3))):
         how = draw(
             st.sampled_from(
-                ["delete", "retype", "garble", "huge", "nested", "nan", "utf8", "type", "topic"]
+                [
+                    "delete",
+                    "retype",
+                    "garble",
+                    "huge",
+                    "nested",
+                    "nan",
+                    "utf8",
+                    "type",
+                    "topic",
+                    "twice",
+                    "year0",
+                ]
             )
         )
         fields = sorted(payload)
@@ -581,9 +615,20 @@ def _mutated_event(draw: st.DrawFn, max_record_bytes: int) -> tuple[str, bytes]:
                 st.sampled_from(["ticket.merged", "TICKET.CREATED", "chat.", "", "survey"])
                 | st.text(max_size=20)
             )
+        elif how == "twice":  # a key written twice (invalid_json), here or in an extra field
+            if fields and draw(st.integers(0, 3)):
+                name = draw(st.sampled_from(fields))
+                again = payload[name] if draw(st.booleans()) else draw(_wrong_value)
+                repeated.append(_key_spelled(draw, name) + b":" + orjson.dumps(again))
+            else:
+                repeated.append(b'"x":{"a":1,' + _key_spelled(draw, "a") + b":2}")
+        elif how == "year0":  # valid RFC 3339, but out of datetime's range in UTC
+            payload["occurred_at"] = draw(st.sampled_from(OUT_OF_RANGE_TIMES))
         else:  # a whole valid event on the wrong topic is rejected as wrong_topic
             kind = draw(st.sampled_from([k for k in KINDS if k != kind]))
     value = orjson.dumps(payload)
+    for member in repeated:
+        value = value[:-1] + (b"," if len(value) > 2 else b"") + member + b"}"
     for edit in raw_edits:
         what, _, arg = edit.partition(":")
         if what == "nested":  # deep garbage in an extra field

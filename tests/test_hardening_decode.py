@@ -419,3 +419,28 @@ def test_a_time_near_the_ends_of_datetime_is_left_to_the_schema() -> None:
     high = datetime.fromisoformat("9999-12-31T23:59:59.999999+00:00")
     assert timedelta(hours=24) <= timedelta(seconds=wire._SAFE_MIN_S - low.timestamp())
     assert timedelta(hours=24) <= timedelta(seconds=high.timestamp() - wire._SAFE_MAX_S)
+
+
+# -- the fault suite's poison ---------------------------------------------------------------
+
+
+def test_the_poison_storm_draws_keys_twice_and_times_out_of_range() -> None:
+    from .faults_support import OUT_OF_RANGE_TIMES, draw_poison
+
+    out_of_range = [time.encode() for time in OUT_OF_RANGE_TIMES]
+    twice = year0 = time_alone = 0
+    for poison in draw_poison(3000, max_record_bytes=MAX_BYTES):
+        value = poison.record.value
+        if len(value) <= MAX_BYTES and strict_json(value) and duplicate_key(value) is not None:
+            twice += 1
+            assert poison.reason == "invalid_json", value
+        written = [time for time in out_of_range if time in value]
+        if written:
+            year0 += 1
+            fixed = value.replace(written[0], b"2026-11-23T01:00:00Z")
+            if verdict(decode, fixed, None)[0] == "accepted":  # the time is all that is wrong
+                time_alone += 1
+                assert poison.reason in ("invalid_timestamp", "wrong_topic"), value
+    assert twice >= 100
+    assert year0 >= 50
+    assert time_alone >= 10
