@@ -67,7 +67,7 @@ log = logging.getLogger("deskpulse.offload")
 #: At a stop, how long batches in flight may still take before they are given up.
 STOP_GRACE_S = 5.0
 #: How long the worker waits for the child to end once asked, before it kills it.
-STOP_TIMEOUT_S = STOP_GRACE_S + 10.0
+STOP_TIMEOUT_S = STOP_GRACE_S + 5.0
 # prctl(2) option: the signal the kernel sends this process when its parent dies
 _PR_SET_PDEATHSIG = 1
 
@@ -397,6 +397,7 @@ class EngineProcess:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
+        self._popen: subprocess.Popen[bytes] | None = None  # kept once reaped too (kill)
         self._writer: asyncio.StreamWriter | None = None
         self._replies: asyncio.Future[None] | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -414,7 +415,7 @@ class EngineProcess:
 
     async def start(self) -> None:
         """Start the child and wait until it has connected to the broker."""
-        self._proc = subprocess.Popen(
+        self._proc = self._popen = subprocess.Popen(
             [sys.executable, "-m", "streams.offload", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -535,6 +536,12 @@ class EngineProcess:
         self._writer.write(_frame(_ENCODE([-1, "abandon", grace_s])))
         asyncio.get_running_loop().call_later(grace_s + 3.0, self._give_up_waiting)
 
+    def kill(self) -> None:
+        """SIGKILL the child now (from any thread): the worker ends without a clean stop."""
+        if self._popen is not None and self._popen.returncode is None:
+            with contextlib.suppress(OSError):
+                self._popen.kill()
+
     def _give_up_waiting(self) -> None:
         for future in self._pending.values():
             if not future.done():
@@ -571,7 +578,7 @@ class EngineProcess:
             if self._writer is not None:
                 self._writer.close()
             try:
-                await asyncio.to_thread(proc.wait, 5)
+                await asyncio.to_thread(proc.wait, 3)
             except subprocess.TimeoutExpired:
                 log.warning("engine process %d did not exit; killing it", proc.pid)
                 proc.kill()
