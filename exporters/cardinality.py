@@ -12,10 +12,14 @@ samples is left out, so it costs nothing): :attr:`Rule.requires` names the field
 which must be positive.
 
 Groups are ranked once per view by how many samples they hold (ties by key, so the choice
-is stable from one refresh to the next); every family keeps the largest of its groups that
-fit, and sums the rest into one ``other`` group, so totals over groups stay exact. Because
-a family's fields are all zero in the groups it has no series for, the ``other`` of every
-rule is a plain suffix sum of the ranking: one backward walk per view serves them all.
+is stable from one refresh to the next); a rule keeps the largest of its groups that fit,
+and sums the rest into one ``other`` group, so totals over groups stay exact. Because a
+rule's fields are all zero in the groups it has no series for, the ``other`` of every rule
+is a plain suffix sum of the ranking: one backward walk per view serves them all.
+
+``/metrics`` folds each kind of family (windowed, cumulative) with one rule, the costliest
+label set of the kind, so every family of a kind shows the same groups; the KPI topic
+folds with ``Rule(1)``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "Fold",
     "Rule",
     "allocate",
+    "count_present",
     "fold_view",
     "guard",
     "needs",
@@ -112,6 +117,21 @@ def needs(
             if rule.present(fields):
                 found.append(position)
     return positions
+
+
+def count_present(
+    groups: Mapping[Key, Mapping[str, int]], kept: Sequence[Key], rules: Sequence[Rule]
+) -> list[int]:
+    """For each rule, how many of the groups not ``kept`` it has series for."""
+    shown = set(kept)
+    counts = [0] * len(rules)
+    for key, fields in groups.items():
+        if key in shown:
+            continue
+        for r, rule in enumerate(rules):
+            if rule.present(fields):
+                counts[r] += 1
+    return counts
 
 
 def fold_view(

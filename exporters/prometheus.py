@@ -32,7 +32,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from exporters.cardinality import OTHER, Fold, Rule, guard
+from exporters.cardinality import OTHER, Fold, Rule, count_present, guard
 from exporters.catalog import CATALOG
 from models.settings import Settings, format_duration
 from streams import __version__
@@ -168,8 +168,11 @@ _TOTALS: tuple[tuple[str, str], ...] = (
     ("deskpulse_sla_breaches", "sla"),
 )
 
-# The cardinality guard's rule of each windowed family (families with the same rule share
-# one fold), and every family it guards, by catalog name: the `metric` label of its counts.
+# Every windowed family shows the same groups (a queue is on every panel or on none, and
+# "other" is the same groups everywhere), as many as the costliest label set allows: the
+# first-response summary's quantiles, _count and _sum. Each family's own rule (its series
+# per label set, and the groups it has series for) counts what the guard folded of it.
+# Families are named as in the catalog: the `metric` label of those counts.
 _WINDOWED_RULES: list[Rule] = []
 _WINDOWED_RULE_OF: dict[str, int] = {}
 for _name, _rule in (
@@ -179,6 +182,7 @@ for _name, _rule in (
     if _rule not in _WINDOWED_RULES:
         _WINDOWED_RULES.append(_rule)
     _WINDOWED_RULE_OF[_name] = _WINDOWED_RULES.index(_rule)
+_WINDOWED_LABEL_SET = Rule(max(rule.series for rule in _WINDOWED_RULES))
 _CUMULATIVE_COUNTERS: tuple[str, ...] = (
     *(name + "_total" for name, _ in _TOTALS),
     "deskpulse_first_response_breaches_total",
@@ -340,27 +344,27 @@ class KpiCollector(Collector):
             self._cut({k: f for k, f in groups.items() if has_samples(f)})
             for _, groups in per_window
         ]
-        folds = guard(views, _WINDOWED_RULES, limit)
-        for (window, _), view_groups, view_folds in zip(per_window, views, folds, strict=True):
-            view = _View(view_groups, view_folds)
-            for name, path, _ in _WINDOWED:
-                r = _WINDOWED_RULE_OF[name]
-                folded[name] += view_folds[r].folded
-                for key, _, doc in view.shown(r):
+        folds = guard(views, [_WINDOWED_LABEL_SET], limit)
+        for (window, _), view, (fold,) in zip(per_window, views, folds, strict=True):
+            if fold.other is not None:
+                present = count_present(view, fold.kept, _WINDOWED_RULES)
+                for name, r in _WINDOWED_RULE_OF.items():
+                    folded[name] += present[r] * _WINDOWED_RULES[r].series
+            for key, fields in _fold_items(view, fold):
+                doc = group_document({}, fields)
+                values = [window, *key]
+                for name, path, _ in _WINDOWED:
                     value: Any = doc
                     for part in path:
                         value = value[part]
                     if value is not None:
-                        gauges[name].add_metric([window, *key], float(value))
-            for name, section, qs, count_field, sum_field in _SUMMARIES:
-                r = _WINDOWED_RULE_OF[name]
-                folded[name] += view_folds[r].folded * _WINDOWED_RULES[r].series
-                summary = summaries[name]
-                for key, fields, doc in view.shown(r):
+                        gauges[name].add_metric(values, float(value))
+                for name, section, qs, count_field, sum_field in _SUMMARIES:
                     count = fields.get(count_field, 0)
                     if count <= 0:
                         continue
-                    base = dict(zip(labels, [window, *key], strict=True))
+                    summary = summaries[name]
+                    base = dict(zip(labels, values, strict=True))
                     for q, field in qs:
                         quantile = doc[section][field]
                         if quantile is not None:
@@ -374,9 +378,10 @@ class KpiCollector(Collector):
             by_dims[split_dim_key(dims)][field] = value
         cumulative = self._cut(by_dims)
         bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
-        # counters: one series per group; the histogram: each bucket, _count and _sum
-        counter_rule, histogram_rule = Rule(1), Rule(len(bounds) + 2)
-        counter_fold, histogram_fold = guard([cumulative], [counter_rule, histogram_rule], limit)[0]
+        # the counters show the histogram's groups: as many as its buckets, _count and _sum
+        # allow (every group has all of its series, as it has each counter)
+        histogram_rule = Rule(len(bounds) + 2)
+        ((fold,),) = guard([cumulative], [histogram_rule], limit)
         counters = {
             name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMS))
             for name, _ in _TOTALS
@@ -394,21 +399,20 @@ class KpiCollector(Collector):
             _help("deskpulse_first_response_duration_seconds"),
             labels=list(DIMS),
         )
-        for key, fields in _fold_items(cumulative, counter_fold):
+        for key, fields in _fold_items(cumulative, fold):
             values = list(key)
             for name, field in _TOTALS:
                 counters[name].add_metric(values, fields.get(field, 0))
             breaches.add_metric(values, fields.get("fr", 0) - fields.get("fr_in", 0))
             offered.add_metric(values, fields.get("ca", 0) + fields.get("cab", 0))
-        for name in _CUMULATIVE_COUNTERS:
-            folded[name] += counter_fold.folded
-        for key, fields in _fold_items(cumulative, histogram_fold):
             cumulative_count, buckets = 0, []
             for bound in bounds:
                 cumulative_count += fields.get(f"frh:{bound}", 0)
                 buckets.append((bound if bound == "+Inf" else f"{float(bound)}", cumulative_count))
-            histogram.add_metric(list(key), buckets, sum_value=fields.get("fr_ms", 0) / 1000)
-        folded[histogram.name] += histogram_fold.folded * histogram_rule.series
+            histogram.add_metric(values, buckets, sum_value=fields.get("fr_ms", 0) / 1000)
+        for name in _CUMULATIVE_COUNTERS:
+            folded[name] += fold.folded
+        folded[histogram.name] += fold.folded * histogram_rule.series
         families += [*counters.values(), breaches, offered, histogram]
         sums: Counter[str] = Counter()
         for partition_meta in meta.values():
@@ -437,29 +441,6 @@ class KpiCollector(Collector):
         held.add_metric([], sums.get("held", 0))
         families += [duplicate, late, orphaned, held]
         return families, folded
-
-
-class _View:
-    """One window's groups and folds; each group document is built once, when first shown."""
-
-    def __init__(self, groups: Mapping[tuple[str, ...], Mapping[str, int]], folds: list[Fold]):
-        self.groups = groups
-        self.folds = folds
-        self._documents: dict[tuple[str, ...], dict[str, Any]] = {}
-        self._others: dict[int, dict[str, Any]] = {}
-
-    def shown(self, r: int) -> Iterator[tuple[tuple[str, ...], Mapping[str, int], Any]]:
-        """(labels, fields, document) of each label set that rule ``r`` shows."""
-        fold = self.folds[r]
-        for key in fold.kept:
-            document = self._documents.get(key)
-            if document is None:
-                document = self._documents[key] = group_document({}, self.groups[key])
-            yield key, self.groups[key], document
-        if fold.other is not None:
-            if r not in self._others:
-                self._others[r] = group_document({}, fold.other)
-            yield OTHER, fold.other, self._others[r]
 
 
 def _fold_items(

@@ -5,8 +5,9 @@
   test over arbitrary parts, and the colliding pair of dimension values through a real
   engine, Redis and broker.
 * The cardinality guard counts series as the exposition holds them (a summary's quantiles,
-  ``_count`` and ``_sum``; a histogram's buckets), bounds the KPI topic's snapshot, and its
-  ``deskpulse_series_dropped_total`` only ever grows: real Redis state with thousands of
+  ``_count`` and ``_sum``; a histogram's buckets), shows the same groups in every family
+  of a kind, bounds the KPI topic's snapshot, and its ``deskpulse_series_dropped_total``
+  only ever grows: real Redis state with thousands of
   queues, written by the engine, refreshed several times; then a real worker, scraped.
 """
 
@@ -227,6 +228,16 @@ def other_series(text: str) -> dict[str, int]:
     return dict(found)
 
 
+def groups_of(text: str, name: str) -> set[tuple[str, ...]]:
+    """The (window,) channel, queue, priority of every sample of a family."""
+    return {
+        tuple(s.labels[label] for label in ("window", *DIMENSIONS) if label in s.labels)
+        for family in text_string_to_metric_families(text)
+        if (family.name + "_total" if family.type == "counter" else family.name) == name
+        for s in family.samples
+    }
+
+
 def labelled(text: str, name: str) -> dict[str, float]:
     """``metric`` label -> value of a family labelled by metric."""
     return {
@@ -312,16 +323,23 @@ def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
             # of the real groups
             shown_real = exposed.get(name, 0) - others.get(name, 0)
             assert folded[name] == full.get(name, 0) - shown_real, (step, name)
-            if full.get(name, 0) > limit:
-                # folding, and the budget used rather than wasted (at most a label set per
-                # window is lost to rounding)
-                per_set = histogram_series if name.endswith("duration_seconds") else 5
-                assert exposed[name] > limit - per_set * (len(WINDOWS_S) + 1), (step, name)
             folded_sum[name] += folded[name]
             # a counter: the gauge added up over refreshes, never going down
             assert dropped[name] == folded_sum[name], (step, name)
             assert dropped[name] >= previous.get(name, 0), (step, name)
             previous[name] = dropped[name]
+        # every family of a kind shows the same groups, as many as its costliest family
+        # allows (the summary: 5 series a label set; the histogram), less rounding
+        windowed = groups_of(text, "deskpulse_tickets_created")
+        cumulative = groups_of(text, "deskpulse_tickets_created_total")
+        for name in GUARDED:
+            found = groups_of(text, name)
+            if name.endswith("_total") or name.endswith("_duration_seconds"):
+                assert found == cumulative, (step, name)
+            else:
+                assert found <= windowed, (step, name)
+        assert limit // 5 - len(WINDOWS_S) <= len(windowed) <= limit // 5, step
+        assert len(cumulative) == limit // histogram_series, step
     first, second, third = (labelled(t, "deskpulse_series_folded") for t, _ in texts)
     assert all(second[name] >= first[name] for name in GUARDED)
     assert second["deskpulse_first_response_seconds"] > first["deskpulse_first_response_seconds"]

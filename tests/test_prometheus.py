@@ -456,55 +456,71 @@ def _tickets(per_channel: dict[str, int], t_s: float = NOW_S - 120) -> list:
 VOLUMES = {"email": 5, "web": 4, "phone": 3, "social": 2, "api": 1}
 
 
+# Series a label set costs: the first-response summary (3 quantiles, _count, _sum) for the
+# windowed families, the histogram (13 bounds with the 20-minute target, +Inf, _count,
+# _sum) for the cumulative ones. Every family of a kind shows the same groups.
+SUMMARY_SERIES, HISTOGRAM_SERIES = 5, 15
+
+
+def _by_group(registry: CollectorRegistry, name: str) -> dict[tuple[str, ...], float | None]:
+    return {
+        (s["channel"], s["queue"], s["priority"]): registry.get_sample_value(name, s)
+        for s in label_sets(registry, name)
+    }
+
+
 def test_cardinality_guard_folds_the_smallest_groups_into_other(
     redis_server: RedisServer,
 ) -> None:
-    # one window: the whole budget of 3 series, two groups kept plus "other"
-    settings = unit_settings(redis_server, windows=(3600,), max_series_per_metric=3)
+    # one window and room for three label sets of the summary: two groups plus "other";
+    # the cumulative kind has room for one of the histogram's: "other" alone
+    limit = 3 * SUMMARY_SERIES
+    settings = unit_settings(redis_server, windows=(3600,), max_series_per_metric=limit)
     _, registry = collector_for(settings, _tickets(VOLUMES))
-    windowed = {
-        (s["channel"], s["queue"], s["priority"]): registry.get_sample_value(
-            "deskpulse_tickets_created", s
-        )
-        for s in label_sets(registry, "deskpulse_tickets_created")
-    }
+    windowed = _by_group(registry, "deskpulse_tickets_created")
     assert windowed == {
         ("email", "q", "normal"): 5,
         ("web", "q", "normal"): 4,
         ("other", "other", "other"): 6,
     }
-    cumulative = {
-        (s["channel"], s["queue"], s["priority"]): registry.get_sample_value(
-            "deskpulse_tickets_created_total", s
-        )
-        for s in label_sets(registry, "deskpulse_tickets_created_total")
+    cumulative = _by_group(registry, "deskpulse_tickets_created_total")
+    assert cumulative == {("other", "other", "other"): 15}, "nothing is lost, it is only folded"
+    assert _by_group(registry, "deskpulse_chats_requested_total").keys() == cumulative.keys()
+    # counted per family, in series: three groups folded of each windowed family that has
+    # series for them, all five of the cumulative ones (15 series each of the histogram)
+    folded = {
+        "deskpulse_tickets_created": 3,
+        "deskpulse_first_response_seconds": 0,  # no first responses: no series to fold
+        "deskpulse_tickets_created_total": 5,
+        "deskpulse_first_response_duration_seconds": 5 * HISTOGRAM_SERIES,
     }
-    assert cumulative == windowed, "nothing is lost, it is only folded"
-    # counted per family, in series: three groups of one series each were folded
-    for metric in ("deskpulse_tickets_created", "deskpulse_tickets_created_total"):
-        assert registry.get_sample_value("deskpulse_series_dropped_total", {"metric": metric}) == 3
-        assert registry.get_sample_value("deskpulse_series_folded", {"metric": metric}) == 3
+    for metric, count in folded.items():
+        labels = {"metric": metric}
+        assert registry.get_sample_value("deskpulse_series_dropped_total", labels) == count
+        assert registry.get_sample_value("deskpulse_series_folded", labels) == count
     for family in registry.collect():
-        groups = {
-            tuple(s.labels.get(k) for k in ("window", *DIMS))
-            for s in family.samples
-            if "channel" in s.labels
-        }
-        assert len(groups) <= settings.max_series_per_metric, family.name
+        if any("channel" in s.labels for s in family.samples):
+            assert len(family.samples) <= limit, family.name
 
 
 def test_cardinality_guard_is_quiet_within_budget(redis_server: RedisServer) -> None:
-    settings = unit_settings(redis_server, windows=(3600,), max_series_per_metric=5)
+    # five groups: room for five histogram label sets is room for everything
+    limit = 5 * HISTOGRAM_SERIES
+    settings = unit_settings(redis_server, windows=(3600,), max_series_per_metric=limit)
     _, registry = collector_for(settings, _tickets(VOLUMES))
     assert len(label_sets(registry, "deskpulse_tickets_created")) == 5
+    assert len(label_sets(registry, "deskpulse_tickets_created_total")) == 5
     dropped = {
         s["metric"]: registry.get_sample_value("deskpulse_series_dropped_total", s)
         for s in label_sets(registry, "deskpulse_series_dropped_total")
     }
-    # five groups are five series of a gauge or counter, but 5 x 15 of the histogram
-    histogram = "deskpulse_first_response_duration_seconds"
-    assert dropped.pop(histogram) == 5 * 15
     assert set(dropped.values()) == {0}, dropped
+    # one series less, and the cumulative kind folds (its counters with the histogram)
+    settings = unit_settings(redis_server, windows=(3600,), max_series_per_metric=limit - 1)
+    _, registry = collector_for(settings, _tickets(VOLUMES))
+    assert len(label_sets(registry, "deskpulse_tickets_created")) == 5
+    assert len(label_sets(registry, "deskpulse_tickets_created_total")) == 4
+    assert ("other", "other", "other") in _by_group(registry, "deskpulse_chats_offered_total")
 
 
 def test_cardinality_guard_with_a_budget_below_the_window_count(
