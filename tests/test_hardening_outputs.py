@@ -36,8 +36,9 @@ from exporters.cardinality import OTHER, Rule, allocate, guard
 from exporters.kafka import KafkaPublisher
 from exporters.prometheus import _SUMMARIES, _WINDOWED, KpiCollector, PipelineMetrics
 from exporters.publish import evaluate_rules, publish_snapshots
+from models.errors import SettingsError
 from models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
-from models.settings import AlertRule, Settings
+from models.settings import AlertRule, Settings, load_settings
 from streams.core import CoreConfig, group_document, has_samples
 from streams.engine import Engine, SourceRecord
 from streams.partitioner import java_partition
@@ -540,6 +541,35 @@ def test_snapshot_and_alert_keys_of_colliding_groups_stay_apart(
         # the group is the rule's grouping: a queue called "*" is a queue, not "all"
         assert firing[key]["group"] == {"channel": channel, "queue": queue}
         assert firing[key]["type"] == "alert.firing"
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("DESKPULSE_MAX_SNAPSHOT_MESSAGES", "0", "DESKPULSE_MAX_SNAPSHOT_MESSAGES"),
+        (
+            "DESKPULSE_ALERT_RULES",
+            '[{"name": "a\\u001fb", "metric": "csat_ratio", "op": "<", "threshold": 0.8}]',
+            "DESKPULSE_ALERT_RULES",
+        ),
+    ],
+)
+def test_bad_guard_and_rule_settings_fail_at_start_naming_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env from elsewhere
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_snapshot_limit_defaults_to_the_series_limit() -> None:
+    defaults = Settings()
+    assert defaults.max_snapshot_messages == defaults.max_series_per_metric == 10_000
 
 
 # -- the guard's bookkeeping, pure ------------------------------------------------------------
