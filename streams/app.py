@@ -12,7 +12,9 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,6 +51,11 @@ from streams.topics import ensure_topics
 __all__ = ["Service", "bearer_token_matches", "create_app"]
 
 log = logging.getLogger("deskpulse.app")
+
+#: A stop not over this long after it began ends the process anyway: a broker or Redis that
+#: does not answer can hold Faust's own shutdown steps (its consumer's last commit, say).
+#: Nothing unapplied was acknowledged, so the next start resumes at the fence.
+STOP_DEADLINE_S = 25.0
 
 
 class Service:
@@ -89,7 +96,7 @@ class Service:
         if trouble is not None and self.deadletter_trouble is None:
             log.warning("dead letters are held up: %s", trouble.detail)
         elif trouble is None and self.deadletter_trouble is not None:
-            log.info("dead letters are acknowledged again")
+            log.info("no dead letters are held up any more")
         self.deadletter_trouble = trouble
         self.metrics.deadletter_up.set(1 if trouble is None else 0)
 
@@ -98,6 +105,7 @@ class Service:
         if self.offload is not None:
             self.offload.abandon(grace_s)
         self.engine.abandon(grace_s)
+        self.guard.release()  # batches held for a lost state will never be applied
 
     async def process(self, records: Iterable[Record]) -> None:
         """Apply a batch, in the engine process when there is one.
@@ -338,6 +346,7 @@ class DeskpulseApp(faust.App):
         super().__init__(*args, **kwargs)
         self.fetch_max_wait_ms = max(1, round(fetch_max_wait_s * 1000))
         self.start_gates: list[mode.ServiceT] = []
+        self._stop_deadline: threading.Timer | None = None
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -358,7 +367,16 @@ class DeskpulseApp(faust.App):
         service: Service | None = getattr(self, "deskpulse", None)
         if service is not None:
             service.abandon(STOP_GRACE_S)
+            # a thread: it fires even if what holds the stop holds the event loop too
+            self._stop_deadline = threading.Timer(STOP_DEADLINE_S, _stop_overdue, (service,))
+            self._stop_deadline.daemon = True
+            self._stop_deadline.start()
         await super().on_stop()
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        if self._stop_deadline is not None:  # stopped in time
+            self._stop_deadline.cancel()
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -615,6 +633,19 @@ def bearer_token_matches(authorization: str | None, token: str) -> bool:
     expected = hashlib.sha256(token.encode()).digest()
     matches = hmac.compare_digest(given, expected)
     return scheme.lower() == "bearer" and matches
+
+
+def _stop_overdue(service: Service) -> None:
+    """End the process whose stop took over :data:`STOP_DEADLINE_S` (a timer thread)."""
+    log.critical(
+        "the worker did not stop within %gs (Redis or the broker does not answer); it exits "
+        "now: nothing unapplied was acknowledged, the next start resumes at the fence",
+        STOP_DEADLINE_S,
+    )
+    if service.offload is not None:
+        service.offload.kill()
+    logging.shutdown()
+    os._exit(1)
 
 
 def _let_go(app: faust.App, events: Iterable[Any]) -> None:

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from exporters.kafka import kafka_client_options
-from models.errors import StateError, StateLost, TopicsReplaced
+from models.errors import Abandoned, StateError, StateLost, TopicsReplaced
 from models.settings import Settings
 from streams.store import FIX_LOST, Store
 
@@ -348,16 +348,19 @@ class StateGuard:
         """Return when a batch may be applied: the assignment passed its check. Never
         returns once the state is found wrong (see :meth:`halt`)."""
         if not self._checked.is_set() and not await self._until(self._checked):
-            raise asyncio.CancelledError  # the worker stops: the batch stays unacknowledged
+            raise Abandoned("the worker stops before its state was checked")
         if self.error is not None:
             await self.halt()
 
     async def halt(self) -> NoReturn:
-        """Hold a batch unapplied and unacknowledged until the worker stops."""
+        """Hold a batch unapplied and unacknowledged until the worker stops; then raise
+        :class:`Abandoned` (a stopping worker waits for nothing it will never apply)."""
         await self._until(self._stopping)
-        # the worker stops: the batch ends unacknowledged, as if cancelled (a consumer
-        # that waits for its batches to be acknowledged at shutdown would wait forever)
-        raise asyncio.CancelledError
+        raise Abandoned("the worker stops with its state lost or foreign")
+
+    def release(self) -> None:
+        """The worker stops: held batches are given up, unacknowledged."""
+        self._stopping.set()
 
     async def _until(self, event: asyncio.Event) -> bool:
         """Wait for ``event``; ``False`` if the worker began stopping first."""
@@ -381,7 +384,7 @@ class StateGuard:
 
     async def stop(self) -> None:
         """Release held batches (they end unacknowledged) and close the broker client."""
-        self._stopping.set()
+        self.release()
         if self._task is not None:
             self._task.cancel()
         await self.offsets.close()

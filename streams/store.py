@@ -27,6 +27,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:breach_out``          hash: ticket id -> breach payload claimed but not yet
                                acknowledged by the broker (re-sent after a crash)
 ``P:partitions``               set of partition numbers that have state
+``P:alerts``                   hash: the threshold rules' firing state
+                               (:mod:`exporters.publish`)
 ``P:config``                   hash: the bucket sizes and store layout the state was
                                written with; ``generation`` (random, new whenever the state
                                starts empty); ``reset_at``, ``reset_note`` once ``deskpulse
