@@ -1,7 +1,8 @@
 """Concurrent readers hammering ``GET /kpis``, as boards and services would, for a while.
 
 ``--readers`` clients each send a request as soon as their last one was answered (no think
-time: the worst case) until ``--seconds`` have passed, then one JSON line with every
+time, a 503's ``Retry-After`` ignored unless ``--honour-retry-after``: the worst case)
+until ``--seconds`` have passed, then one JSON line with every
 answer's status and latency goes to ``--out``:
 
 * ``--mode same``: every request asks the same window (24 h by every dimension, ending
@@ -61,18 +62,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return
             url = f"{args.url}/kpis?{urlencode(query_of(args.mode, index, request, time.time()))}"
             started = time.perf_counter()
+            retry_after = None
             try:
                 async with session.get(url) as response:
                     await response.read()
                     status = str(response.status)
-                    if status == "503" and "Retry-After" not in response.headers:
+                    retry_after = response.headers.get("Retry-After")
+                    if status == "503" and retry_after is None:
                         retry_after_missing += 1
             except (aiohttp.ClientError, TimeoutError) as error:
                 status = type(error).__name__
             elapsed = time.perf_counter() - started
             statuses[status] += 1
             latencies[status if status in latencies else "other"].append(elapsed)
-            if status not in ("200", "503"):
+            if status == "503" and args.honour_retry_after:
+                await asyncio.sleep(float(retry_after or 1))
+            elif status not in ("200", "503"):
                 await asyncio.sleep(0.1)  # a refused connection must not spin
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -99,6 +104,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--mode", choices=["same", "distinct"], default="same")
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--honour-retry-after",
+        action="store_true",
+        help="after a 503, wait as long as its Retry-After says (default: ask again at once)",
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     Path(args.out).write_bytes(orjson.dumps(result))

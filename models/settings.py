@@ -8,9 +8,12 @@ naming the setting, e.g. ``DESKPULSE_WEB_PORT: input should be a valid integer (
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
-from typing import Annotated, Any, Literal
+import ssl
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -18,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,9 +36,12 @@ __all__ = [
     "AlertRule",
     "Settings",
     "available_cpus",
+    "bootstrap_problem",
     "format_duration",
+    "host_problem",
     "load_settings",
     "parse_duration",
+    "redis_url_problem",
 ]
 
 ENV_PREFIX = "DESKPULSE_"
@@ -75,6 +82,79 @@ def format_duration(seconds: int) -> str:
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_URL_FORMS = "write redis://HOST:PORT/DB, rediss://… for TLS or unix:///path/to/socket"
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL, in words that never repeat its password; ``None``
+    if the Redis client takes it (checked without connecting)."""
+    from redis.asyncio.connection import Connection, parse_url
+
+    if "://" not in url:
+        return f"has no scheme: {_REDIS_URL_FORMS}"
+    try:
+        parsed = urlsplit(url)
+        if parsed.scheme not in _REDIS_SCHEMES:
+            return f"the scheme {parsed.scheme!r} is not redis, rediss or unix: {_REDIS_URL_FORMS}"
+        options: dict[str, Any] = dict(parse_url(url))
+        # the client's own checks: a numeric port, query values of the types it reads, no
+        # query name its connection does not take
+        options.pop("connection_class", Connection)(**options)
+    except Exception as error:  # ValueError, TypeError, RedisError: one line, no secret
+        text = str(error) or type(error).__name__
+        password = url.rpartition("@")[0].partition("://")[2].partition(":")[2]
+        return text.replace(unquote(password), "***") if password else text
+    if parsed.scheme == "unix":
+        return None if options.get("path") else "names no socket path, as in unix:///run/redis.sock"
+    if options.get("port") == 0:
+        return "port 0 is no port Redis listens on"
+    database = unquote(parsed.path).replace("/", "")
+    if database and not database.isdigit():  # the client would quietly use database 0
+        return f"the database {database!r} is not a number, as in redis://HOST:6379/0"
+    return None
+
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def host_problem(host: str) -> str | None:
+    """What is wrong with a host to listen on (an IP address or a DNS name); ``None`` if
+    nothing. Whether this host has that address is only known when the worker listens."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None
+    if host.replace(".", "").isdigit() or not _HOST_NAME.fullmatch(host) or len(host) > 253:
+        return "is neither an IP address nor a host name"
+    return None
+
+
+def bootstrap_problem(servers: str) -> str | None:
+    """What is wrong with a Kafka bootstrap list (``host:port,host:port``); ``None`` if nothing.
+
+    A host without a port means the broker's default, 9092.
+    """
+    if not servers or any(char.isspace() for char in servers):
+        return "write host:port,host:port, without spaces"
+    for server in servers.split(","):
+        if not server:
+            return f"an empty entry in {servers!r}: write host:port,host:port"
+        if "://" in server:
+            return f"{server!r} is a URL: write host:port, without a scheme"
+        host, colon, port = server.rpartition(":")
+        if server.count(":") > 1 and not host.endswith("]"):
+            continue  # a bare IPv6 address
+        if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+            return f"the port of {server!r} is not a number from 1 to 65535"
+        if colon and not host.strip("[]"):
+            return f"{server!r} names no host"
+    return None
 
 
 class AlertRule(BaseModel):
@@ -189,7 +269,7 @@ class Settings(BaseSettings):
 
     # Web and exporters
     web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_port: int = Field(default=6066, ge=1, le=65535)
     web_token: SecretStr | None = None
     # /metrics wants the web token too (Prometheus sends it as a bearer credential)
     metrics_require_token: bool = False
@@ -210,6 +290,9 @@ class Settings(BaseSettings):
     read_concurrency: int = Field(default=2, ge=1, le=64)
     read_queue: int = Field(default=32, ge=0, le=10_000)
     read_cache: float = Field(default=1.0, ge=0, le=60)
+    # GET /kpis requests let through per second, evenly spaced (0: no limit): each costs
+    # the event loop that Faust's consumer shares, even a cached or refused one
+    read_rate: float = Field(default=200.0, ge=0, le=100_000)
 
     @field_validator(
         "kafka_session_timeout",
@@ -246,6 +329,47 @@ class Settings(BaseSettings):
         # an empty token would make "Bearer " the password: unset it to leave /kpis open
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty (unset it for no token)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        problem = redis_url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        problem = bootstrap_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator(
+        "topic_tickets",
+        "topic_chats",
+        "topic_surveys",
+        "topic_deadletter",
+        "topic_kpis",
+        "topic_alerts",
+        "topic_repartition",
+    )
+    @classmethod
+    def _topic(cls, value: str, info: ValidationInfo) -> str:
+        if value == "" and info.field_name == "topic_repartition":
+            return value  # the default, derived from app_id
+        if not _TOPIC.fullmatch(value) or value in (".", ".."):
+            raise ValueError("a Kafka topic name is 1 to 249 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("web_host")
+    @classmethod
+    def _web_host(cls, value: str) -> str:
+        problem = host_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("engine_process", mode="before")
@@ -296,6 +420,13 @@ class Settings(BaseSettings):
         for rule in self.alert_rules:
             if parse_duration(rule.window) % self.bucket_seconds:
                 raise ValueError(f"alert_rules: window of {rule.name} is not a bucket multiple")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_sasl_username: {self.kafka_security_protocol} needs "
+                "DESKPULSE_KAFKA_SASL_USERNAME and DESKPULSE_KAFKA_SASL_PASSWORD"
+            )
         if self.metrics_require_token and self.web_token is None:
             raise ValueError("metrics_require_token: needs DESKPULSE_WEB_TOKEN to be set")
         if not self.topic_repartition:
@@ -344,6 +475,14 @@ def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:
     return cpus
 
 
+#: settings whose value a message must never repeat
+_SECRETS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+)
+
+
 def _one_line(error: ValidationError) -> tuple[str, str]:
     first = error.errors()[0]
     loc = list(first["loc"])
@@ -358,7 +497,7 @@ def _one_line(error: ValidationError) -> tuple[str, str]:
     if inner:
         message = f"{loc[0]!s}{inner}: {message}"
     got = first.get("input")
-    if loc and isinstance(got, str | int | float):
+    if loc and isinstance(got, str | int | float) and loc[0] not in _SECRETS:
         message += f" (got {got!r})"
     return name, message
 
@@ -367,12 +506,26 @@ _FIELD_IN_MESSAGE = re.compile(r'field "([a-z_]+)"')
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings from the environment; a bad value raises :class:`SettingsError`."""
+    """Build the settings from the environment; a bad value raises :class:`SettingsError`.
+
+    The start's checks beyond the values' form are made here too (a CA file that cannot be
+    read), so every command fails on them with the same one line.
+    """
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as error:
         raise SettingsError(*_one_line(error)) from None
     except PydanticSettingsError as error:  # e.g. a JSON setting that is not JSON
         match = _FIELD_IN_MESSAGE.search(str(error))
         name = ENV_PREFIX + (match.group(1).upper() if match else "SETTINGS")
         raise SettingsError(name, "is not valid JSON") from None
+    if settings.kafka_ssl_cafile is not None and settings.kafka_security_protocol.endswith("SSL"):
+        try:
+            ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        except (OSError, ssl.SSLError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise SettingsError(
+                "DESKPULSE_KAFKA_SSL_CAFILE",
+                f"cannot read CA certificates from {settings.kafka_ssl_cafile!r}: {reason}",
+            ) from None
+    return settings

@@ -5,6 +5,10 @@ about a tenth of a second of pure Python. Done in the worker's event loop, each 
 Faust's consumer for that long; two hundred at once stalled ingestion for minutes and ran
 the ingest path's Redis pool out of connections. So a read is:
 
+* **paced**: at most ``DESKPULSE_READ_RATE`` requests a second go on, evenly spaced, the
+  rest wait up to a second for a turn and are then refused (503): whatever the clients do,
+  the HTTP work they cost the worker's event loop (which Faust's consumer shares) is
+  bounded;
 * **bounded**: at most ``DESKPULSE_READ_CONCURRENCY`` reads compute at once and
   ``DESKPULSE_READ_QUEUE`` more wait for a turn; one more is refused at once with
   :class:`~models.errors.ReadUnavailable` (HTTP 503 with ``Retry-After``), so neither
@@ -17,7 +21,8 @@ the ingest path's Redis pool out of connections. So a read is:
   bytes along; when the CPU is contended the kernel serves ingestion (the worker and its
   engine process) first, and reads get what is left.
 
-:class:`ReadGate` does the first two for any backend; :class:`ReadProcess` is the third.
+:class:`Pacer` does the first; :class:`ReadGate` the next two for any backend;
+:class:`ReadProcess` the last.
 The read process starts with the first read and again after it dies (the reads it had in
 hand get a 503); it holds no state, and exits when the worker closes its stdin.
 """
@@ -48,6 +53,7 @@ __all__ = [
     "READ_NICE",
     "READ_RESULTS",
     "KpiReads",
+    "Pacer",
     "ReadGate",
     "ReadProcess",
     "ReadResult",
@@ -72,10 +78,53 @@ _DECODE = msgspec.msgpack.Decoder().decode
 #: What became of a read: the ``result`` label of ``deskpulse_kpi_reads_total``.
 #: computed: by a computation of its own; shared: by one already running for an identical
 #: read; cached: by the document of one that ended within DESKPULSE_READ_CACHE; invalid: a
-#: 400; rejected: a 503 because too many reads were waiting; unavailable: a 503 for any
-#: other reason (Redis unreachable, the read process restarting, too slow); failed: a 500.
+#: 400; rejected: a 503 because too many reads were waiting or came in a second; unavailable:
+#: a 503 for any other reason (Redis unreachable, the read process restarting, too slow);
+#: failed: a 500.
 ReadResult = Literal["computed", "shared", "cached", "invalid", "rejected", "unavailable", "failed"]
 READ_RESULTS: tuple[ReadResult, ...] = get_args(ReadResult)
+
+
+class Pacer:
+    """Lets requests through at most ``rate_per_s`` a second, spaced evenly.
+
+    A request waits for its turn; one whose turn is more than ``max_wait_s`` away waits
+    that long and is then refused (:class:`ReadUnavailable`). Every request, even one
+    answered from the cache or refused, costs the worker's event loop the HTTP work around
+    it, the loop Faust's consumer runs on: the pace bounds that cost, and a client that
+    asks again at once after a 503 (ignoring ``Retry-After``) gets one answer a second,
+    not thousands. ``rate_per_s`` 0 lets everything through at once.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        *,
+        max_wait_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._interval_s = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        self._rate_per_s = rate_per_s
+        self._max_wait_s = max_wait_s
+        self._clock = clock
+        self._sleep = sleep
+        self._next_s = 0.0
+
+    async def turn(self) -> None:
+        """Return when this request may go on; raise :class:`ReadUnavailable` if not soon."""
+        if not self._interval_s:
+            return
+        now = self._clock()
+        slot = max(now, self._next_s)
+        if slot - now > self._max_wait_s:
+            await self._sleep(self._max_wait_s)
+            raise ReadUnavailable(
+                f"more than {self._rate_per_s:g} KPI reads a second (DESKPULSE_READ_RATE)"
+            )
+        self._next_s = slot + self._interval_s
+        if slot > now:
+            await self._sleep(slot - now)
 
 
 @dataclass(slots=True)
@@ -222,12 +271,18 @@ class KpiReads:
             on_result=lambda result: self._reads.labels(result).inc(),
         )
         self._clock = clock
+        self.pacer = Pacer(settings.read_rate)
 
     async def answer(
         self, parameters: Iterable[tuple[str, str]]
     ) -> tuple[int, bytes, dict[str, str]]:
         """``(status, body, headers)`` for the query string's ``(name, value)`` pairs."""
         try:
+            try:
+                await self.pacer.turn()
+            except ReadUnavailable:
+                self._reads.labels("rejected").inc()
+                raise
             query = self.parse(parameters)
             body = await self.gate.read(query)
         except InvalidQuery as error:

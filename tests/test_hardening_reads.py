@@ -33,7 +33,7 @@ from models.wire import decode_record
 from streams.core import CoreConfig, Pending, fold_batch
 from streams.embedded import ManagedProcess, free_port, start_redis
 from streams.query import KpiQuery, format_time, parse_query
-from streams.reads import KpiReads, ReadGate
+from streams.reads import KpiReads, Pacer, ReadGate
 from streams.store import Store
 
 from .conftest import HOST, create_topics
@@ -200,6 +200,33 @@ def test_gate_shares_a_failure_and_caches_none() -> None:
         with pytest.raises(ReadUnavailable):
             await gate.read(KpiQuery(60, 60))
         assert calls == 2  # a failure is not cached
+
+    asyncio.run(main())
+
+
+def test_pacer_spaces_requests_and_refuses_after_a_second_of_waiting() -> None:
+    async def main() -> None:
+        clock = Clock()  # stands still: thirty requests arrive at one instant
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        pacer = Pacer(8, max_wait_s=1.0, clock=clock, sleep=sleep)
+        outcomes = await asyncio.gather(*(pacer.turn() for _ in range(30)), return_exceptions=True)
+        # the first at once, then one every 1/8 s up to a second ahead: nine get a turn
+        assert outcomes[:9] == [None] * 9
+        assert all(isinstance(o, ReadUnavailable) for o in outcomes[9:]), outcomes
+        assert "DESKPULSE_READ_RATE" in str(outcomes[9])
+        # the turns are waited for; the refused wait the full second before their 503
+        assert slept == [0.125 * k for k in range(1, 9)] + [1.0] * 21
+        clock.now += 2.0  # idle for a while: the next goes at once
+        slept.clear()
+        await pacer.turn()
+        assert slept == []
+        unlimited = Pacer(0, clock=clock, sleep=sleep)
+        await asyncio.gather(*(unlimited.turn() for _ in range(1000)))
+        assert slept == []
 
     asyncio.run(main())
 
