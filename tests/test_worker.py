@@ -454,7 +454,8 @@ def test_consumer_lag_is_exported(settings: Settings, tmp_path: Path) -> None:
 
         expected = {
             (topic, str(partition)): 0.0
-            for topic in settings.input_topics
+            # the repartition topic is read too (records forwarded to their partition)
+            for topic in (*settings.input_topics, settings.topic_repartition)
             for partition in range(settings.topic_partitions)
         }
         wait_until(lambda: lag() == expected, 15, message=lambda: f"lag: {lag()}")
