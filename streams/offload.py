@@ -20,7 +20,11 @@ queue up meanwhile (one per agent) travel together in the next request. Breach c
 so serialised with the batches of the partitions they read, as in-process they are by the
 partition locks. The child ignores SIGINT and SIGTERM (the worker stops it after the
 batch in flight) and exits when its stdin closes; if it dies, the batch in flight fails
-and the worker stops loudly, to be restarted at the offset fence.
+and the worker stops loudly, to be restarted at the offset fence. A batch refused because
+the Redis state is lost or foreign is not a failure: it comes back as a ``state`` reply,
+raised in the worker as that :class:`~models.errors.StateError` (the worker stops applying
+and reports it, see :mod:`streams.integrity`). Its ``ready`` reply carries the state
+generation it found, which the worker checks is its own.
 
 The child never outlives the worker: on Linux the kernel kills it when the worker dies
 (``PR_SET_PDEATHSIG``), elsewhere it notices within a second that its parent changed.
@@ -406,6 +410,7 @@ class EngineProcess:
         self._waiting: list[tuple[tuple[list[Any], ...], asyncio.Future[None]]] = []
         self._dispatcher: asyncio.Future[None] | None = None
         self._stopping = False
+        self._given_up = False
         #: called when the child ends without being asked to (the worker must stop)
         self.on_gone: Callable[[EngineProcessError], object] | None = None
         #: the state generation the child found at its start
@@ -453,9 +458,11 @@ class EngineProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = await asyncio.to_thread(proc.wait, 5)
         self._gone = EngineProcessError(f"engine process exited (status {code})")
+        # at a stop, what it had not answered is given up, not a failure to crash on
+        failed = Abandoned(f"{self._gone} at the stop") if self._stopping else self._gone
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(self._gone)
+                future.set_exception(failed)
         self._pending.clear()
         if not self._stopping:
             log.critical("%s", self._gone)
@@ -468,6 +475,8 @@ class EngineProcess:
         Batches handed in while the child is busy (one per agent) travel together in the
         next request: fewer, larger commits, and the per-request cost is paid once.
         """
+        if self._given_up:
+            raise Abandoned("the engine process did not answer at the stop")
         rows = records if isinstance(records, list) else list(records)
         repartition = self.settings.topic_repartition
         columns: tuple[list[Any], ...] = (
@@ -488,6 +497,13 @@ class EngineProcess:
     async def _dispatch(self, metrics: Any) -> None:
         while self._waiting:
             waiting, self._waiting = self._waiting, []
+            if self._given_up:
+                for _, done in waiting:
+                    if not done.done():
+                        done.set_exception(
+                            Abandoned("the engine process gave no answer at the stop")
+                        )
+                continue
             merged: list[list[Any]] = [[], [], [], [], [], []]
             for columns, _ in waiting:
                 for target, column in zip(merged, columns, strict=True):
@@ -543,6 +559,7 @@ class EngineProcess:
                 self._popen.kill()
 
     def _give_up_waiting(self) -> None:
+        self._given_up = True  # batches handed in from now on are given up at once
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(Abandoned("the engine process did not answer at the stop"))

@@ -295,7 +295,9 @@ def prefix_keys(settings: Settings) -> list[str]:
 
 def wait_stopped_applying(worker: WorkerProcess, timeout_s: float = 60) -> str:
     """Until ``/readyz`` names the state problem; that problem."""
-    return wait_until(lambda: state_problem(worker), timeout_s, message=worker.describe)
+    problem = wait_until(lambda: state_problem(worker), timeout_s, message=worker.describe)
+    assert problem is not None
+    return problem
 
 
 def check_reported_once(worker: WorkerProcess, problem: str, *, says: Sequence[str]) -> None:
@@ -377,6 +379,8 @@ def test_redis_restarted_without_persistence_under_a_running_worker(
         assert prefix_keys(settings) == [], prefix_keys(settings)
         response = worker.get("/kpis?window=1h", timeout_s=10)
         assert response is not None and response.status == 503, response
+        read = run_cli(["kpis", "--window", "1h"], settings_env(settings), cwd=tmp_path)
+        assert read.returncode == 1 and "no deskpulse state" in read.stderr, read
         stop_halted(worker)
     finally:
         worker.stop(timeout_s=15)
@@ -500,8 +504,16 @@ def test_topics_that_are_not_the_ones_the_state_was_built_from(
         finally:
             worker.stop(timeout_s=15)
 
-        # the operator accepts starting empty: the new topics are applied from the start
+        # a replay would skip the new topics' records below the old fence: refused
         env = settings_env(settings)
+        replayed = run_cli(["replay"], env, cwd=tmp_path, timeout_s=120)
+        assert replayed.returncode == 1, replayed
+        last = replayed.stderr.strip().splitlines()[-1]
+        assert last.startswith("deskpulse: the state under prefix"), replayed.stderr
+        assert "built from other topics" in last, last
+        assert read_counts(settings) == counts
+
+        # the operator accepts starting empty: the new topics are applied from the start
         asked = run_cli(["state", "reset"], env, cwd=tmp_path)
         assert asked.returncode == 2 and "--yes" in asked.stderr, asked
         assert read_counts(settings) == counts, "without --yes nothing is deleted"
@@ -538,13 +550,11 @@ def test_the_records_the_fence_skips_after_a_kill_are_counted(
         worker.wait_ready(90)
         producer.start()
         for attempt in range(1, 4):
-            target = dataset.distinct * attempt // 5
-            wait_until(
-                lambda target=target: read_counts(settings).applied >= target,  # type: ignore[misc]
-                90,
-                0.05,
-                message=worker.describe,
-            )
+
+            def reached(target: int = dataset.distinct * attempt // 5) -> bool:
+                return read_counts(settings).applied >= target
+
+            wait_until(reached, 90, 0.05, message=worker.describe)
             assert worker.kill() == -9
             # what the next worker gets again: from the group's committed offsets up to
             # the fence (everything there was applied before the kill)
