@@ -91,6 +91,15 @@ _REDIS_URL_FORMS = "write redis://HOST:PORT/DB, rediss://… for TLS or unix:///
 def redis_url_problem(url: str) -> str | None:
     """What is wrong with a Redis URL, in words that never repeat its password; ``None``
     if the Redis client takes it (checked without connecting)."""
+    password = url.rpartition("@")[0].partition("://")[2].partition(":")[2]
+    problem = _redis_url_problem(url)
+    if problem is not None and password:
+        for spelling in {password, unquote(password)}:
+            problem = problem.replace(spelling, "***")
+    return problem
+
+
+def _redis_url_problem(url: str) -> str | None:
     from redis.asyncio.connection import Connection, parse_url
 
     if "://" not in url:
@@ -103,10 +112,8 @@ def redis_url_problem(url: str) -> str | None:
         # the client's own checks: a numeric port, query values of the types it reads, no
         # query name its connection does not take
         options.pop("connection_class", Connection)(**options)
-    except Exception as error:  # ValueError, TypeError, RedisError: one line, no secret
-        text = str(error) or type(error).__name__
-        password = url.rpartition("@")[0].partition("://")[2].partition(":")[2]
-        return text.replace(unquote(password), "***") if password else text
+    except Exception as error:  # ValueError, TypeError, RedisError: one line
+        return str(error) or type(error).__name__
     if parsed.scheme == "unix":
         return None if options.get("path") else "names no socket path, as in unix:///run/redis.sock"
     if options.get("port") == 0:

@@ -165,6 +165,7 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
 
     # Credentials and TLS problems are settings problems: fail now, with one line. An
     # unreachable Redis is not: the worker starts, reports it, and retries with backoff.
+    probe_web_address(settings)
     asyncio.run(probe_redis(settings))
     # An unreachable broker is waited for inside the app (with backoff, a log line per
     # attempt, not a crash loop), after its web server started: /healthz, /readyz and
@@ -174,6 +175,37 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     tune_gc()
     worker.execute_from_commandline()
     return 0
+
+
+def probe_web_address(settings: Settings) -> None:
+    """Raise :class:`SettingsError` if the web server cannot listen where the settings say
+    (an address this host does not have, a port in use or reserved), before Faust tries."""
+    import errno
+    import socket
+
+    host, port = settings.web_host, settings.web_port
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as error:
+        raise SettingsError("DESKPULSE_WEB_HOST", f"cannot resolve {host!r}: {error}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise SettingsError(
+                    "DESKPULSE_WEB_PORT", f"port {port} is in use on {host} (another worker?)"
+                ) from None
+            if error.errno == errno.EACCES:
+                raise SettingsError(
+                    "DESKPULSE_WEB_PORT", f"listening on port {port} is not allowed here"
+                ) from None
+            raise SettingsError(
+                "DESKPULSE_WEB_HOST", f"cannot listen on {host}:{port}: {error.strerror}"
+            ) from None
 
 
 async def _kpis(settings: Settings, args: argparse.Namespace) -> int:

@@ -175,6 +175,33 @@ BAD = [
     ("DESKPULSE_ALERT_RULES", '[{"name": "x", "metric": "csat_ratio"}]', ""),
     ("DESKPULSE_ENGINE_PROCESS", "sometimes", "true, false or auto"),
     ("DESKPULSE_BATCHES_IN_FLIGHT", "0", "1"),
+    # the Redis client's own parser would raise these much later, as a traceback
+    ("DESKPULSE_REDIS_URL", "localhost:6379", "has no scheme: write redis://"),
+    ("DESKPULSE_REDIS_URL", "garbage", "has no scheme"),
+    ("DESKPULSE_REDIS_URL", "http://127.0.0.1:6379/0", "the scheme 'http' is not redis"),
+    ("DESKPULSE_REDIS_URL", "redis://127.0.0.1:abc/0", "'abc'"),
+    ("DESKPULSE_REDIS_URL", "redis://127.0.0.1:99999/0", "out of range"),
+    ("DESKPULSE_REDIS_URL", "redis://127.0.0.1:0/0", "port 0"),
+    ("DESKPULSE_REDIS_URL", "redis://[::1/0", "IPv6"),
+    ("DESKPULSE_REDIS_URL", "redis://127.0.0.1:6379/zero", "database 'zero'"),
+    ("DESKPULSE_REDIS_URL", "redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+    ("DESKPULSE_REDIS_URL", "redis://127.0.0.1:6379/0?colour=blue", "colour"),
+    ("DESKPULSE_REDIS_URL", "rediss://127.0.0.1:6380/0?ssl_cert_reqs=maybe", "maybe"),
+    ("DESKPULSE_REDIS_URL", "unix://", "socket path"),
+    ("DESKPULSE_KAFKA_BOOTSTRAP", "localhost:abc", "not a number"),
+    ("DESKPULSE_KAFKA_BOOTSTRAP", "localhost:0", "not a number from 1 to 65535"),
+    ("DESKPULSE_KAFKA_BOOTSTRAP", "kafka://127.0.0.1:9092", "without a scheme"),
+    ("DESKPULSE_KAFKA_BOOTSTRAP", "a:9092,,b:9092", "empty entry"),
+    ("DESKPULSE_KAFKA_BOOTSTRAP", "a:9092, b:9092", "without spaces"),
+    ("DESKPULSE_KAFKA_BOOTSTRAP", ":9092", "no host"),
+    ("DESKPULSE_WEB_PORT", "0", "1"),
+    ("DESKPULSE_WEB_HOST", "999.1.1.1", "neither an IP address nor a host name"),
+    ("DESKPULSE_WEB_HOST", "", "neither"),
+    ("DESKPULSE_WEB_HOST", "local host", "neither"),
+    ("DESKPULSE_TOPIC_TICKETS", "support tickets", "topic name"),
+    ("DESKPULSE_TOPIC_ALERTS", "..", "topic name"),
+    ("DESKPULSE_TOPIC_DEADLETTER", "d" * 250, "249"),
+    ("DESKPULSE_TOPIC_REPARTITION", "a/b", "topic name"),
 ]
 
 
@@ -190,6 +217,86 @@ def test_bad_value_names_the_setting(
     assert line.startswith(f"{name}: ")
     assert "\n" not in line
     assert says in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://127.0.0.1",
+        "REDIS://127.0.0.1:6379/",
+        "redis://:pass@127.0.0.1:6379/15",
+        "redis://user:p%40ss@[::1]:6379/0?socket_timeout=2.5&health_check_interval=10",
+        "rediss://user:pass@redis.internal:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required",
+        "unix:///run/redis/redis.sock?db=2",
+    ],
+)
+def test_redis_urls_the_client_takes_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    from redis.asyncio import Redis
+
+    monkeypatch.setenv("DESKPULSE_REDIS_URL", url)
+    assert load_settings().redis_url.get_secret_value() == url
+    # and the client builds a connection from it (no connecting: nothing listens there)
+    client = Redis.from_url(url)
+    client.connection_pool.make_connection()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@127.0.0.1:6379/0?socket_timeout=soon",
+        "redis://alice:hunter2@127.0.0.1:port/0",
+        "rediss://alice:hunter2@127.0.0.1:6380/0?ssl_cert_reqs=hunter2",
+        "redis://alice:hunter2@127.0.0.1:6379/hunter2",
+        "hunter2",
+    ],
+)
+def test_a_bad_redis_url_is_refused_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("DESKPULSE_REDIS_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.setting == "DESKPULSE_REDIS_URL"
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("servers", ["localhost", "k1:9092,k2:9093", "[::1]:9092", "::1"])
+def test_bootstrap_lists_are_accepted(monkeypatch: pytest.MonkeyPatch, servers: str) -> None:
+    monkeypatch.setenv("DESKPULSE_KAFKA_BOOTSTRAP", servers)
+    assert load_settings().kafka_bootstrap == servers
+
+
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+def test_sasl_needs_a_user_and_a_password(monkeypatch: pytest.MonkeyPatch, protocol: str) -> None:
+    monkeypatch.setenv("DESKPULSE_KAFKA_SECURITY_PROTOCOL", protocol)
+    monkeypatch.setenv("DESKPULSE_KAFKA_SASL_USERNAME", "alice")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.setting == "DESKPULSE_KAFKA_SASL_USERNAME"
+    assert "DESKPULSE_KAFKA_SASL_PASSWORD" in str(caught.value)
+    monkeypatch.setenv("DESKPULSE_KAFKA_SASL_PASSWORD", "secret")
+    assert load_settings().kafka_sasl_username == "alice"
+
+
+def test_a_ca_file_that_cannot_be_read_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from .faults_support import make_tls_files
+
+    monkeypatch.setenv("DESKPULSE_KAFKA_SECURITY_PROTOCOL", "SSL")
+    for cafile in (tmp_path / "missing.pem", tmp_path / "not-a-certificate.pem"):
+        (tmp_path / "not-a-certificate.pem").write_text("hello\n")
+        monkeypatch.setenv("DESKPULSE_KAFKA_SSL_CAFILE", str(cafile))
+        with pytest.raises(SettingsError) as caught:
+            load_settings()
+        assert caught.value.setting == "DESKPULSE_KAFKA_SSL_CAFILE"
+        assert str(cafile) in str(caught.value)
+    ca = make_tls_files(tmp_path / "tls").ca_cert
+    monkeypatch.setenv("DESKPULSE_KAFKA_SSL_CAFILE", str(ca))
+    assert load_settings().kafka_ssl_cafile == str(ca)
 
 
 @pytest.mark.parametrize(
@@ -298,6 +405,59 @@ def test_cli_refuses_a_bad_setting_in_one_line(tmp_path: Path, command: list[str
     assert lines[0].startswith("deskpulse: bad setting DESKPULSE_WEB_PORT: "), lines[0]
     assert "abc" in lines[0]
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DESKPULSE_REDIS_URL", "localhost:6379", "has no scheme"),
+        ("DESKPULSE_REDIS_URL", "http://127.0.0.1:6379/0", "the scheme 'http'"),
+        ("DESKPULSE_REDIS_URL", "redis://:hunter2@127.0.0.1:port/0", "'port'"),
+        ("DESKPULSE_KAFKA_BOOTSTRAP", "127.0.0.1:port", "not a number"),
+        ("DESKPULSE_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "No such file"),
+        ("DESKPULSE_WEB_HOST", "999.1.1.1", "neither"),
+    ],
+)
+@pytest.mark.parametrize("command", [["worker"], ["kpis", "--json"]])
+def test_cli_refuses_a_bad_connection_setting_in_one_line(
+    tmp_path: Path, command: list[str], name: str, value: str, says: str
+) -> None:
+    env = clean_environ(**{name: value, "DESKPULSE_KAFKA_SECURITY_PROTOCOL": "SSL"})
+    done = run_cli(env, tmp_path, *command)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr[-3000:]
+    assert done.stderr.startswith(f"deskpulse: bad setting {name}: "), done.stderr
+    assert says in done.stderr
+    assert "hunter2" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_the_worker_refuses_a_web_address_it_cannot_listen_on(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            ({"DESKPULSE_WEB_PORT": str(port)}, "DESKPULSE_WEB_PORT", f"port {port} is in use"),
+            # TEST-NET-1 (RFC 5737): an address no host here has
+            ({"DESKPULSE_WEB_HOST": "192.0.2.1"}, "DESKPULSE_WEB_HOST", "cannot listen"),
+            ({"DESKPULSE_WEB_HOST": "no-such-host.invalid"}, "DESKPULSE_WEB_HOST", "resolve"),
+        ]
+        for extra, name, says in cases:
+            # nothing listens at the broker and Redis named: the address is refused first
+            env = clean_environ(
+                DESKPULSE_KAFKA_BOOTSTRAP="127.0.0.1:9",
+                DESKPULSE_REDIS_URL="redis://127.0.0.1:9/0",
+                **extra,
+            )
+            done = run_cli(env, tmp_path, "worker")
+            assert done.returncode == 2, done.stderr[-3000:]
+            lines = done.stderr.splitlines()
+            assert len(lines) == 1, done.stderr[-3000:]
+            assert lines[0].startswith(f"deskpulse: bad setting {name}: "), lines[0]
+            assert says in lines[0]
 
 
 def test_cli_reads_a_bad_setting_from_dotenv(tmp_path: Path) -> None:
