@@ -211,7 +211,11 @@ class KafkaPublisher:
         """Send each; per letter, ``None`` once acknowledged or the error that kept it out."""
         topic = self.settings.topic_deadletter
         futures: list[Any] = []
+        unsendable: BaseException | None = None
         for letter in letters:
+            if unsendable is not None:  # each would wait as long again for the same answer
+                futures.append(_failed(unsendable))
+                continue
             try:
                 futures.append(
                     await self.producer.send(
@@ -220,6 +224,8 @@ class KafkaPublisher:
                 )
             except (KafkaError, OSError) as error:  # refused before it left, no metadata
                 futures.append(_failed(error))
+                if _is_retriable(error):
+                    unsendable = error
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         return [o if isinstance(o, BaseException) else None for o in outcomes]
 
