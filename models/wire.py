@@ -114,11 +114,6 @@ def _lower(channel: str) -> str:
     return lowered
 
 
-def _printable(channel: str, queue: str) -> None:
-    if not (channel.isprintable() and queue.isprintable()):
-        raise ValueError("the schema decides")
-
-
 class TicketCreated(_TicketEvent, tag="ticket.created", gc=False):
     type: ClassVar[str] = "ticket.created"
     channel: Dimension = _OTHER
@@ -127,9 +122,15 @@ class TicketCreated(_TicketEvent, tag="ticket.created", gc=False):
     requester_id: Id | None = None
 
     def __post_init__(self) -> None:
-        if self.channel is not _OTHER:
-            self.channel = _lower(self.channel)
-        _printable(self.channel, self.queue)
+        # inline, not through _lower: this runs for most records
+        channel = self.channel
+        if channel is not _OTHER:
+            lowered = channel.lower()
+            if len(lowered) != len(channel) or not lowered.isprintable():
+                raise ValueError("the schema decides")
+            self.channel = lowered
+        if not self.queue.isprintable():
+            raise ValueError("the schema decides")
 
     def _keys_written(self) -> int:
         return (
@@ -164,9 +165,15 @@ class ChatRequested(_ChatEvent, tag="chat.requested", gc=False):
     priority: Priority = _NORMAL
 
     def __post_init__(self) -> None:
-        if self.channel is not _CHAT:
-            self.channel = _lower(self.channel)
-        _printable(self.channel, self.queue)
+        # inline, not through _lower: this runs for most records
+        channel = self.channel
+        if channel is not _CHAT:
+            lowered = channel.lower()
+            if len(lowered) != len(channel) or not lowered.isprintable():
+                raise ValueError("the schema decides")
+            self.channel = lowered
+        if not self.queue.isprintable():
+            raise ValueError("the schema decides")
 
     def _keys_written(self) -> int:
         return (
