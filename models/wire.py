@@ -49,9 +49,10 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # The schema's dimension pattern (no control characters) is no msgspec constraint here:
 # msgspec checks patterns with Python's re, which costs more than the rest of the decode.
-# Dimensions are checked in __post_init__ instead, with str.isprintable, which is false for
+# Dimensions are checked by _fast_keys instead, with str.isprintable, which is false for
 # every control character and for some other characters the schema allows (a no-break
-# space, say): those records take the schema's path, which decides either way.
+# space, say): those records take the schema's path, which decides either way. (Not in
+# __post_init__: that also runs when a struct is built from the schema's event.)
 Dimension = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 Priority = Literal["low", "normal", "high", "urgent"]
@@ -59,7 +60,7 @@ Role = Literal["agent", "customer", "system"]
 
 # The default objects of the optional fields. A field holding its default object may not
 # have been written; any other value was (msgspec fills an absent field with the default
-# object itself, and __post_init__ never replaces one). _keys_written counts on this.
+# object itself, and __post_init__ never replaces one). _fast_keys counts on this.
 _OTHER = "other"
 _CHAT = "chat"
 _UNASSIGNED = "unassigned"
@@ -76,9 +77,10 @@ class _Base(msgspec.Struct, tag_field="type", gc=False):
     event_id: EventId
     occurred_at: Timestamp
 
-    def _keys_written(self) -> int:
-        """How many distinct keys of the record certainly set a field: at least the
-        required ones, and an optional one when its value is not the default object."""
+    def _fast_keys(self) -> int:
+        """How many distinct keys of the record certainly set a field (at least the
+        required ones, and an optional one when its value is not the default object); 0
+        when the schema must decide about the record (a dimension isprintable refuses)."""
         return self._REQUIRED_KEYS
 
     @property
@@ -122,17 +124,12 @@ class TicketCreated(_TicketEvent, tag="ticket.created", gc=False):
     requester_id: Id | None = None
 
     def __post_init__(self) -> None:
-        # inline, not through _lower: this runs for most records
-        channel = self.channel
-        if channel is not _OTHER:
-            lowered = channel.lower()
-            if len(lowered) != len(channel) or not lowered.isprintable():
-                raise ValueError("the schema decides")
-            self.channel = lowered
-        if not self.queue.isprintable():
-            raise ValueError("the schema decides")
+        if self.channel is not _OTHER:  # keep the default object: see _fast_keys
+            self.channel = _lower(self.channel)
 
-    def _keys_written(self) -> int:
+    def _fast_keys(self) -> int:
+        if not (self.channel.isprintable() and self.queue.isprintable()):
+            return 0
         return (
             4
             + (self.channel is not _OTHER)
@@ -148,7 +145,7 @@ class TicketReplied(_TicketEvent, tag="ticket.replied", gc=False):
     public: bool = True
     agent_id: Id | None = None
 
-    def _keys_written(self) -> int:
+    def _fast_keys(self) -> int:
         # a written `true` is the default object too: such records take the second test
         return 5 + (self.public is not True) + (self.agent_id is not None)
 
@@ -165,17 +162,12 @@ class ChatRequested(_ChatEvent, tag="chat.requested", gc=False):
     priority: Priority = _NORMAL
 
     def __post_init__(self) -> None:
-        # inline, not through _lower: this runs for most records
-        channel = self.channel
-        if channel is not _CHAT:
-            lowered = channel.lower()
-            if len(lowered) != len(channel) or not lowered.isprintable():
-                raise ValueError("the schema decides")
-            self.channel = lowered
-        if not self.queue.isprintable():
-            raise ValueError("the schema decides")
+        if self.channel is not _CHAT:  # keep the default object: see _fast_keys
+            self.channel = _lower(self.channel)
 
-    def _keys_written(self) -> int:
+    def _fast_keys(self) -> int:
+        if not (self.channel.isprintable() and self.queue.isprintable()):
+            return 0
         return (
             4
             + (self.channel is not _CHAT)
@@ -188,7 +180,7 @@ class ChatAccepted(_ChatEvent, tag="chat.accepted", gc=False):
     type: ClassVar[str] = "chat.accepted"
     agent_id: Id | None = None
 
-    def _keys_written(self) -> int:
+    def _fast_keys(self) -> int:
         return 4 + (self.agent_id is not None)
 
 
@@ -200,7 +192,7 @@ class ChatEnded(_ChatEvent, tag="chat.ended", gc=False):
     type: ClassVar[str] = "chat.ended"
     ended_by: Role | None = None
 
-    def _keys_written(self) -> int:
+    def _fast_keys(self) -> int:
         return 4 + (self.ended_by is not None)
 
 
@@ -224,12 +216,13 @@ class SurveyResponded(_Base, tag="survey.responded", gc=False):
             raise ValueError("the schema names the reason")
         if self.channel is not None:
             self.channel = _lower(self.channel)
-            if not self.channel.isprintable():
-                raise ValueError("the schema decides")
-        if self.queue is not None and not self.queue.isprintable():
-            raise ValueError("the schema decides")
 
-    def _keys_written(self) -> int:
+    def _fast_keys(self) -> int:
+        if not (
+            (self.channel is None or self.channel.isprintable())
+            and (self.queue is None or self.queue.isprintable())
+        ):
+            return 0
         return (
             5
             + (self.ticket_id is not None)
@@ -348,8 +341,11 @@ def decode_record(
             return _by_schema(raw, max_bytes, now_s, max_future_s)
         # A key written twice: see "keys written twice" in models.events. Fewer commas
         # than keys read into fields clears a record; unknown fields take the second test.
+        keys = event._fast_keys()
         commas = raw.count(b",")
-        if commas >= event._keys_written() and not schema.members_distinct(raw, commas=commas):
+        if commas >= keys and (
+            keys == 0 or not schema.members_distinct(raw, commas=commas)
+        ):  # 0: a dimension str.isprintable refuses
             return _by_schema(raw, max_bytes, now_s, max_future_s)
         t_s = event.occurred_at.timestamp()
         if not _SAFE_MIN_S <= t_s <= _SAFE_MAX_S:

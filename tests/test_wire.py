@@ -255,6 +255,13 @@ def test_the_future_limit_is_the_same_to_the_microsecond(ahead_s: float) -> None
         b'{"event_id":"e","type":"chat.requested","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","priority":"normal","priority":"normal"}',
         b'{"event_id":"e","type":"chat.requested","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","queue":"a,b,c","channel":"x"}',
         b'{"event_id":"e","type":"chat.requested","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c\\":","queue":"q"}',
+        # dimensions the schema allows but str.isprintable refuses (no-break space, a
+        # zero-width space, an unassigned code point): the schema's event, copied into a
+        # struct, must not be refused by the struct
+        b'{"event_id":"e","type":"ticket.created","occurred_at":"2026-11-23T11:59:59Z","ticket_id":"t","channel":"a\xc2\xa0b"}',
+        b'{"event_id":"e","type":"ticket.created","occurred_at":"2026-11-23T11:59:59Z","ticket_id":"t","queue":"q\xe2\x80\x8b"}',
+        b'{"event_id":"e","type":"chat.requested","occurred_at":"2026-11-23T11:59:59Z","chat_id":"c","channel":"email\xf1\x8d\xa4\x9d"}',
+        b'{"event_id":"e","type":"survey.responded","occurred_at":"2026-11-23T11:59:59Z","kind":"ces","score":3,"chat_id":"c","queue":"\\u00a0"}',
         # times of year 0 or 10000 in UTC, and the first and last that are not
         b'{"event_id":"e","type":"chat.ended","occurred_at":"0001-01-01T00:00:00+14:00","chat_id":"c"}',
         b'{"event_id":"e","type":"chat.ended","occurred_at":"0001-01-01T14:00:00+14:00","chat_id":"c"}',
