@@ -325,7 +325,8 @@ HEALTH: tuple[MetricSpec, ...] = (
         "deskpulse_consumer_lag_messages",
         "gauge",
         ("topic", "partition"),
-        "Messages between the consumer's position and the partition's high watermark.",
+        "Messages between the consumer's position and the partition's high watermark; "
+        "absent while the broker does not answer (unknown then).",
         "messages",
     ),
     MetricSpec(
@@ -362,7 +363,8 @@ HEALTH: tuple[MetricSpec, ...] = (
         "deskpulse_broker_up",
         "gauge",
         (),
-        "1 if the Kafka broker is reachable from the worker, else 0.",
+        "1 if the Kafka broker answered the worker's last probe (a metadata request every "
+        "5 s, 4 s to answer), else 0.",
         "",
     ),
     MetricSpec(

@@ -21,14 +21,16 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    NodeNotReadyError,
     ProducerClosed,
     RecordListTooLargeError,
     RecordTooLargeError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 
-from models.errors import DeadLetterUnavailable, RejectedEvent
+from models.errors import BrokerUnavailable, DeadLetterUnavailable, RejectedEvent
 from models.settings import Settings
 
 __all__ = [
@@ -147,6 +149,55 @@ class KafkaPublisher:
                 "unsent (sent again after the restart where it matters)",
                 timeout_s,
             )
+
+    async def ping(self, timeout_s: float) -> None:
+        """Return once a broker answers a metadata request for no topics, asked of every
+        broker the producer knows at once, over the producer's own connections.
+
+        Cheap (the answer lists the brokers only) and it opens no connection the producer
+        does not keep anyway: asked every few seconds, it also keeps them from going idle.
+        Raises :class:`BrokerUnavailable` naming each broker asked and what it did when none
+        answered within ``timeout_s``.
+        """
+        client = self.producer.client
+        brokers = {b.nodeId: f"{b.host}:{b.port}" for b in client.cluster.brokers()}
+        if not brokers:  # no node to address (metadata lost): the setting is all we know
+            raise BrokerUnavailable(
+                f"no answer from {self.settings.kafka_bootstrap} (no broker in the metadata)"
+            )
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + timeout_s
+        asks = {
+            asyncio.ensure_future(client.send(node, MetadataRequest([]))): node for node in brokers
+        }
+        pending = set(asks)
+        failures: dict[int, str] = {}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=max(0.0, deadline_s - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break
+                for ask in done:
+                    error = ask.exception()
+                    if error is None:
+                        return  # one broker answering is a reachable cluster
+                    failures[asks[ask]] = _ping_failure(error)
+        finally:
+            # a request still out is given up: a frozen broker's answer, should it come,
+            # finds no one waiting (the connection stays, the producer's own requests too)
+            for ask in pending:
+                ask.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        described = ", ".join(
+            f"{address} ({failures.get(node, f'none within {timeout_s:g} s')})"
+            for node, address in sorted(brokers.items())
+        )
+        raise BrokerUnavailable(f"no answer from {described}")
 
     async def send(self, records: Sequence[tuple[Any, RejectedEvent]]) -> None:
         """Dead-letter rejected records with their source and reason; wait for the broker.
@@ -335,6 +386,15 @@ def _fit(
         room = limit_bytes - _estimate_bytes(cut_key, b"", sent) - _LENGTH_SLACK_BYTES
         cut_value = value[: max(0, room)]
     return _Letter(cut_key, cut_value, sent, key, value, tuple(headers))
+
+
+def _ping_failure(error: BaseException) -> str:
+    """What a broker did with a ping, in a few words."""
+    if isinstance(error, NodeNotReadyError):  # aiokafka's words for a failed connect
+        return "cannot connect"
+    name, text = type(error).__name__, str(error)
+    # aiokafka's errors name their class already ("KafkaConnectionError: …")
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 def _is_retriable(error: BaseException) -> bool:

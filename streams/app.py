@@ -40,6 +40,7 @@ from exporters.publish import evaluate_rules, publish_snapshots
 from models.errors import Abandoned, SettingsError, StateError, StateLost
 from models.settings import Settings
 from streams.breaches import DetectionClocks, check_partitions
+from streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
 from streams.core import CoreConfig
 from streams.engine import DeadLetterTrouble, Engine, Record, retry_forever
 from streams.integrity import StateGuard
@@ -75,6 +76,8 @@ class Service:
         self.publisher = KafkaPublisher(settings)
         self.engine = Engine(settings, self.store, self.publisher, self.metrics)
         self.offload = EngineProcess(settings) if settings.uses_engine_process else None
+        #: whether the broker answers the running worker (asked on a timer, for /readyz)
+        self.broker = BrokerProbe(self.publisher.ping, self.broker_state)
         self.ready = False
         #: the input topics' partition count, once the topics are made
         self.partitions: int | None = None
@@ -99,6 +102,13 @@ class Service:
             log.info("no dead letters are held up any more")
         self.deadletter_trouble = trouble
         self.metrics.deadletter_up.set(1 if trouble is None else 0)
+
+    def broker_state(self, up: bool) -> None:
+        """Follow the broker probe: ``deskpulse_broker_up``, and no lag while it is silent
+        (unknown then: a frozen number would look healthy)."""
+        self.metrics.broker_up.set(1 if up else 0)
+        if not up:
+            self.metrics.lag.clear()
 
     def abandon(self, grace_s: float) -> None:
         """The worker stops: batches still in flight after ``grace_s`` are given up."""
@@ -186,6 +196,7 @@ class Service:
                         FIX_RESTART,
                     )
                 )
+        self.broker.answered()  # the producer just reached it
         self.ready = True
 
     async def stop(self) -> None:
@@ -507,11 +518,22 @@ def create_app(settings: Settings) -> faust.App:
             service.metrics.redis_up(False)
             log.warning("refreshing the KPI snapshot failed: %s", error)
 
+    @app.timer(interval=PROBE_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def _probe_broker() -> None:
+        # Faust's and aiokafka's clients retry a silent broker without telling anyone:
+        # deskpulse_broker_up and /readyz follow this probe (streams/broker_probe.py)
+        if service.ready:  # until then the start's own waits report the broker
+            await service.broker.probe()
+
     detection = DetectionClocks(settings.topic_tickets, settings.topic_repartition)
 
     @app.timer(interval=float(settings.breach_check_interval))  # type: ignore[untyped-decorator]
     async def _check_breaches() -> None:
         if not service.ready or service.guard.error is not None:
+            return
+        if not service.broker.up:
+            # the clocks need the topics' end offsets and the alerts go to the broker: the
+            # first check after it answers again catches up (claims are exactly once)
             return
         lags = await _update_lag(app, service)
         partitions = {partition for (_, partition) in lags}
@@ -577,6 +599,8 @@ def create_app(settings: Settings) -> faust.App:
             problems.append(f"dead letters (held {waited_s:.0f}s): {trouble.detail}")
         elif service.ready and service.guard.checking:
             problems.append("checking the state against the consumer group and the topics")
+        if (silence := service.broker.problem()) is not None:
+            problems.append(silence)
         try:
             await asyncio.wait_for(service.redis.ping(), timeout=2)
         except Exception as error:  # any failure means not ready, with the reason
@@ -662,7 +686,11 @@ def _let_go(app: faust.App, events: Iterable[Any]) -> None:
 
 
 async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int], int]:
-    """Consumer lag per assigned input partition, from Faust's own consumer positions."""
+    """Consumer lag per assigned input partition, from Faust's own consumer positions.
+
+    Exported as measured: when the end offsets cannot be had, the lag series go until the
+    next measurement (``deskpulse_broker_up``, from the broker probe, says why).
+    """
     lags: dict[tuple[str, int], int] = {}
     try:
         consumer: Any = app.consumer
@@ -682,9 +710,8 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
             lag = max(0, end - (committed or 0))
             lags[(tp.topic, tp.partition)] = lag
             service.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
-        service.metrics.broker_up.set(1)
     except Exception as error:  # lag is best-effort health, never fatal
-        service.metrics.broker_up.set(0)
+        service.metrics.lag.clear()  # no frozen number that looks healthy
         log.debug("lag update failed: %s", error)
     return lags
 
