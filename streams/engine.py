@@ -325,6 +325,9 @@ class Engine:
     async def _locked(self, partition: int, batch: list[Record], now_s: float) -> None:
         # decoding needs no state: done before waiting, while another batch may commit
         pending, rejected, misrouted, passed = self._decode(batch, now_s)
+        ids = None
+        if self._partition_of is not None and pending:
+            pending, ids, misrouted = self._route(partition, batch, pending, misrouted)
         if self._forwarder is None and self._partition_of is not None:
             # replay: records read here that belong elsewhere are applied there first, then
             # this partition's fence passes them; its batches keep their order meanwhile
@@ -333,27 +336,26 @@ class Engine:
                     await self._apply_where_they_belong(partition, misrouted)
                 async with self._locks[partition]:
                     await self._process_partition(
-                        partition, len(batch), pending, rejected, misrouted, passed
+                        partition, len(batch), pending, rejected, misrouted, passed, ids
                     )
             return
         # the three co-partitioned topics share one partition's state: one batch at a time
         async with self._locks[partition]:
             await self._process_partition(
-                partition, len(batch), pending, rejected, misrouted, passed
+                partition, len(batch), pending, rejected, misrouted, passed, ids
             )
 
     def _decode(
         self, batch: list[Record], now_s: float
     ) -> tuple[list[Pending], list[tuple[Record, RejectedEvent]], list[_Misrouted], list[Record]]:
-        """Valid records to apply here, rejected ones, valid ones that belong on another
-        partition, and forwards the replay passes over (see :meth:`route`)."""
+        """Valid records, rejected ones, and forwards the replay passes over (see
+        :meth:`route`); :meth:`_route` then takes out those that belong elsewhere."""
         pending: list[Pending] = []
         rejected: list[tuple[Record, RejectedEvent]] = []
         misrouted: list[_Misrouted] = []
         passed: list[Record] = []
         max_bytes, max_future_s = self.settings.max_record_bytes, self.settings.max_future
         allowed_on = self._allowed
-        partition_of = self._partition_of
         for record in batch:
             topic = record.topic
             try:
@@ -370,24 +372,49 @@ class Engine:
                         "wrong_topic",
                         f"{event.type} does not belong on {topic} ({self._kinds[topic]})",
                     )
-                elif partition_of is not None:
-                    conversation_id = event.conversation_id
-                    target = partition_of.cached(conversation_id)
-                    if target is None:
-                        target = partition_of(conversation_id)
-                    if target != record.partition:
-                        misrouted.append(
-                            _new_tuple(_Misrouted, (record, conversation_id, target, event, ms))
-                        )
-                        if topic not in self._warned:
-                            self._warn_misrouted(record, conversation_id, target)
-                        continue
             except RejectedEvent as error:
                 rejected.append((record, error))
                 continue
             # a NamedTuple's own constructor is a Python-level call; this one is not
             pending.append(_new_tuple(Pending, (event, topic, record.offset, ms)))
         return pending, rejected, misrouted, passed
+
+    def _route(
+        self,
+        partition: int,
+        batch: list[Record],
+        pending: list[Pending],
+        misrouted: list[_Misrouted],
+    ) -> tuple[list[Pending], list[str], list[_Misrouted]]:
+        """Take out of ``pending`` the input records whose conversation belongs on another
+        partition; what stays, its conversation ids (the fold needs them too), and those.
+
+        One pass over the batch's conversation ids: cached ones are a dict hit, new ones
+        are hashed together (:meth:`ConversationPartitions.many`).
+        """
+        partition_of = self._partition_of
+        assert partition_of is not None
+        ids = [item.event.conversation_id for item in pending]
+        targets = partition_of.many(ids)
+        if targets.count(partition) == len(targets):
+            return pending, ids, misrouted  # every record is where it belongs
+        records = {(r.topic, r.offset): r for r in batch}  # the pending ones' records
+        inputs = self._kinds
+        keep: list[Pending] = []
+        keep_ids: list[str] = []
+        for item, conversation_id, target in zip(pending, ids, targets, strict=True):
+            if target == partition or item.topic not in inputs:
+                # (a forward is applied where it sits, even if it sits elsewhere)
+                keep.append(item)
+                keep_ids.append(conversation_id)
+                continue
+            record = records[(item.topic, item.offset)]
+            misrouted.append(
+                _new_tuple(_Misrouted, (record, conversation_id, target, item.event, item.ms))
+            )
+            if item.topic not in self._warned:
+                self._warn_misrouted(record, conversation_id, target)
+        return keep, keep_ids, misrouted
 
     def _passed_over(self, record: Record, event: WireEvent) -> bool:
         """Check a record of the repartition topic against the input topic it was read
@@ -521,8 +548,10 @@ class Engine:
         rejected: list[tuple[Record, RejectedEvent]],
         misrouted: Sequence[_Misrouted] = (),
         passed: Sequence[Record] = (),
+        conversation_ids: list[str] | None = None,
     ) -> None:
-        conversation_ids = [p.event.conversation_id for p in pending]
+        if conversation_ids is None:
+            conversation_ids = [p.event.conversation_id for p in pending]
         started = time.perf_counter()
         sent_rejects = False
         fresh_rejects: list[tuple[Record, RejectedEvent]] = []

@@ -7,18 +7,27 @@ keeps a conversation's state with one partition, so it decides where a record *b
 the first rule applied to the record's conversation id (``ticket_id`` or ``chat_id``), not
 by where a producer happened to put it.
 
-Nothing here does I/O. :func:`murmur2` is pure Python: about 2.5 µs for a 12-byte id on a
-slow core, a third of a record's whole budget, so :class:`ConversationPartitions` caches the
-answer per conversation (a conversation has several events, so most lookups are a dict hit).
+Nothing here does I/O. :func:`murmur2` is pure Python: 1.4 to 2.5 µs for a 12-byte id on a
+slow core, a fifth to a third of a record's whole budget. :class:`ConversationPartitions`
+therefore caches the answer per conversation (a conversation has several events, so more
+than half the lookups are a dict hit) and hashes a batch's new ids together
+(:func:`murmur2_many`, about 0.4 µs an id).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Collection, Sequence
 from itertools import islice
 
-__all__ = ["ConversationPartitions", "forwarded_key", "java_partition", "murmur2"]
+__all__ = [
+    "ConversationPartitions",
+    "forwarded_key",
+    "java_partition",
+    "murmur2",
+    "murmur2_many",
+]
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
@@ -57,6 +66,39 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+def murmur2_many(keys: Sequence[bytes]) -> list[int]:
+    """:func:`murmur2` of each of ``keys``, which must all have one length, at once.
+
+    Each key is a 64-bit lane of one big integer: a product of a 32-bit lane value and the
+    32-bit constant fits its lane, so one multiplication (one mask, one shift) mixes every
+    key, and the interpreter's per-operation cost is paid per word, not per key and word.
+    """
+    count = len(keys)
+    if count == 0:
+        return []
+    length = len(keys[0])
+    m = _M
+    lanes = (1 << (64 * count)) // ((1 << 64) - 1)  # a 1 in every lane
+    mask = lanes * _MASK
+    pad = b"\0\0\0\0"
+    h = lanes * (_SEED ^ length)
+    for at in range(0, length - 3, 4):
+        k = int.from_bytes(pad.join([key[at : at + 4] for key in keys]) + pad, "little")
+        k = (k * m) & mask
+        k = (((k ^ (k >> 24)) & mask) * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = length & 3
+    if tail:
+        at = length - tail
+        fill = b"\0" * (4 - tail)
+        t = int.from_bytes(pad.join([key[at:] + fill for key in keys]) + pad, "little")
+        h = ((h ^ t) * m) & mask
+    h = (h ^ (h >> 13)) & mask
+    h = (h * m) & mask
+    h = (h ^ (h >> 15)) & mask
+    return list(struct.unpack(f"<{2 * count}I", h.to_bytes(8 * count, "little"))[::2])
+
+
 def java_partition(key: bytes, partitions: int) -> int:
     """The partition the Java client's default partitioner gives a record keyed ``key``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
@@ -85,14 +127,48 @@ class ConversationPartitions:
         found = self._cache.get(conversation_id)
         if found is not None:
             return found
-        cache = self._cache
-        if len(cache) >= self.max_entries:
-            for stale in list(islice(cache, len(cache) // 2)):
-                del cache[stale]
-        partition = cache[conversation_id] = java_partition(
-            conversation_id[2:].encode("utf-8", "surrogatepass"), self.partitions
+        return self._compute((conversation_id,))[conversation_id]
+
+    def many(self, conversation_ids: Sequence[str]) -> list[int]:
+        """The partition of each of ``conversation_ids``: the new ones hashed together."""
+        get = self._cache.get
+        found = [get(conversation_id) for conversation_id in conversation_ids]
+        if None not in found:
+            return found  # type: ignore[return-value]  # no None in it
+        fresh = self._compute(
+            {c for c, partition in zip(conversation_ids, found, strict=True) if partition is None}
         )
-        return partition
+        return [
+            fresh[c] if partition is None else partition
+            for c, partition in zip(conversation_ids, found, strict=True)
+        ]
+
+    def _compute(self, conversation_ids: Collection[str]) -> dict[str, int]:
+        ids = list(conversation_ids)
+        keys = [conversation_id[2:].encode("utf-8", "surrogatepass") for conversation_id in ids]
+        groups: list[tuple[list[str], list[bytes]]] = [(ids, keys)]
+        if len({len(key) for key in keys}) > 1:  # ids of one format have one length
+            by_length: dict[int, tuple[list[str], list[bytes]]] = defaultdict(lambda: ([], []))
+            for conversation_id, key in zip(ids, keys, strict=True):
+                same = by_length[len(key)]
+                same[0].append(conversation_id)
+                same[1].append(key)
+            groups = list(by_length.values())
+        partitions = self.partitions
+        out: dict[str, int] = {}
+        for same_ids, same_keys in groups:
+            # a few keys: one at a time costs less than setting up the lanes
+            if len(same_keys) > 3:
+                hashes = murmur2_many(same_keys)
+            else:
+                hashes = [murmur2(key) for key in same_keys]
+            out.update(zip(same_ids, [(h & 0x7FFFFFFF) % partitions for h in hashes], strict=True))
+        cache = self._cache
+        if len(cache) + len(out) > self.max_entries:
+            for stale in list(islice(cache, max(len(cache) // 2, len(out)))):
+                del cache[stale]
+        cache.update(out)
+        return out
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -43,7 +43,13 @@ from streams.breaches import DetectionClocks
 from streams.core import CoreConfig
 from streams.embedded import free_port
 from streams.engine import Engine, SourceRecord
-from streams.partitioner import ConversationPartitions, forwarded_key, java_partition, murmur2
+from streams.partitioner import (
+    ConversationPartitions,
+    forwarded_key,
+    java_partition,
+    murmur2,
+    murmur2_many,
+)
 from streams.query import query_kpis
 from streams.simulate import Record
 from streams.store import PartitionMeta, Store
@@ -94,6 +100,25 @@ def test_murmur2_agrees_with_aiokafka_and_librdkafka(key: bytes, partitions: int
     assert murmur2(key) == aiokafka_murmur2(key)
     # librdkafka's murmur2 partitioner (partitioner=murmur2_random) is the same rule
     assert java_partition(key, partitions) == confluent_kafka.cimpl.murmur2(key, partitions)
+
+
+@given(
+    st.integers(min_value=0, max_value=70).flatmap(
+        lambda length: st.lists(st.binary(min_size=length, max_size=length), max_size=40)
+    )
+)
+def test_murmur2_of_many_keys_at_once_is_murmur2_of_each(keys: list[bytes]) -> None:
+    assert murmur2_many(keys) == [murmur2(key) for key in keys]
+
+
+@given(st.lists(st.text(max_size=20), max_size=60), st.integers(min_value=2, max_value=50))
+def test_conversation_partitions_of_a_batch_are_each_ones(ids: list[str], limit: int) -> None:
+    ids = [("t:" if n % 2 else "c:") + text for n, text in enumerate(ids)]
+    partition_of = ConversationPartitions(5, max_entries=limit)
+    expected = [java_partition(i[2:].encode("utf-8", "surrogatepass"), 5) for i in ids]
+    assert partition_of.many(ids) == expected
+    assert partition_of.many(ids) == expected  # cached (as far as the limit goes)
+    assert [partition_of(i) for i in ids] == expected
 
 
 def test_conversation_partitions_hash_the_bare_id_and_stay_bounded() -> None:
