@@ -1,4 +1,5 @@
-"""The Faust application: one agent per input topic, plus web pages and timers.
+"""The Faust application: one agent per input topic (and one for the records forwarded
+to their conversation's partition, see :mod:`streams.engine`), plus web pages and timers.
 
 Agents are thin: take a batch (``stream.noack_take``), hand it to the
 :class:`~streams.engine.Engine`, and acknowledge its events to Faust once the engine has
