@@ -526,6 +526,10 @@ def load_settings(**overrides: Any) -> Settings:
         match = _FIELD_IN_MESSAGE.search(str(error))
         name = ENV_PREFIX + (match.group(1).upper() if match else "SETTINGS")
         raise SettingsError(name, "is not valid JSON") from None
+    except UnicodeDecodeError as error:  # the .env file (the environment is always text)
+        raise SettingsError(
+            ".env", f"is not UTF-8 (byte {error.object[error.start]:#04x} at {error.start})"
+        ) from None
     if settings.kafka_ssl_cafile is not None and settings.kafka_security_protocol.endswith("SSL"):
         try:
             ssl.create_default_context(cafile=settings.kafka_ssl_cafile)

@@ -469,6 +469,18 @@ def test_cli_reads_a_bad_setting_from_dotenv(tmp_path: Path) -> None:
     ]
 
 
+def test_a_dotenv_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"DESKPULSE_APP_ID=caf\xe9\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.setting == ".env"
+    done = run_cli(clean_environ(), tmp_path, "kpis", "--json")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [
+        "deskpulse: bad setting .env: is not UTF-8 (byte 0xe9 at 20)"
+    ]
+
+
 def test_cli_refuses_json_that_does_not_parse_in_one_line(tmp_path: Path) -> None:
     done = run_cli(
         clean_environ(DESKPULSE_FIRST_RESPONSE_TARGETS="{urgent: 60}"), tmp_path, "worker"
