@@ -83,7 +83,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         started = time.monotonic()
         cpu_started = time.process_time()
-        await asyncio.gather(*(reader(i, session) for i in range(args.readers)))
+        tasks = [asyncio.ensure_future(reader(i, session)) for i in range(args.readers)]
+        # the phase ends on time: requests still unanswered a second after it are cut off
+        _, late = await asyncio.wait(tasks, timeout=args.seconds + 1.0)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         wall_s = time.monotonic() - started
         cpu_s = time.process_time() - cpu_started
     return {
@@ -93,6 +98,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": dict(statuses),
         "latencies": latencies,
         "retry_after_missing": retry_after_missing,
+        "cut_off": len(late),
         "cores": cpu_s / max(wall_s, 1e-9),
     }
 

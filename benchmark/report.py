@@ -90,7 +90,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "and close timers], `BENCH_SOAK_LIFECYCLE_SCALE` [0.005: every other gap in a "
         "conversation; together, lifecycles of days end within minutes, inside the soak], "
         "`BENCH_READS_RATE` [2000: events/s ingested while readers read], `BENCH_READS_SECONDS` "
-        "[20: per phase], `BENCH_READS_LEVELS` [20,100,200: concurrent readers], "
+        "[15: per phase], `BENCH_READS_LEVELS` [20,100,200: concurrent readers], "
         "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,soak; or name sections as "
         "arguments: `python -m benchmark.run reads`], "
         "`BENCH_PROFILE` [auto: profile only what misses its budget; always; never], "
@@ -605,14 +605,15 @@ def _reads(rd: dict[str, Any] | None, add: Any) -> None:
         f"{rd['phase_s']:.0f} s, with none, then with each number of readers, then none "
         "again; a 5 s pause between phases lets any backlog drain. Ingestion is events "
         "applied per second (Redis), against the phases without readers "
-        f"({_rate(rd['unloaded_per_s'])}). Limits: `DESKPULSE_READ_CONCURRENCY="
+        f"({_rate(rd['unloaded_per_s'])}). Limits: `DESKPULSE_READ_RATE="
+        f"{limits.get('read_rate')}`, `DESKPULSE_READ_CONCURRENCY="
         f"{limits.get('read_concurrency')}`, `DESKPULSE_READ_QUEUE={limits.get('read_queue')}`,"
         f" `DESKPULSE_READ_CACHE={limits.get('read_cache')}` (the defaults).\n"
     )
     add(
         "| readers | windows | ingestion | of unloaded | behind at end | requests/s | "
         "statuses | 200 p50 / p99 | 503 p50 | computed / shared / cached / rejected | "
-        "cores: worker (+ engine, reads) / Redis / readers |"
+        "cores: worker / engine / read process / Redis / readers |"
     )
     add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for phase in rd["phases"]:
@@ -620,6 +621,7 @@ def _reads(rd: dict[str, Any] | None, add: Any) -> None:
         busy = phase.get("latency_503") or {}
         reads = phase.get("reads") or {}
         cores = phase["cores"]
+        parts = phase.get("parts") or {}
         counts = " / ".join(
             f"{int(reads.get(k, 0)):,}" for k in ("computed", "shared", "cached", "rejected")
         )
@@ -628,7 +630,8 @@ def _reads(rd: dict[str, Any] | None, add: Any) -> None:
             f"{phase['ratio']:.2f} | {phase['behind']:,} | "
             f"{phase.get('requests_per_s', 0):,.0f} | {_statuses(phase.get('statuses') or {})} | "
             f"{_ms(ok.get('p50'))} / {_ms(ok.get('p99'))} | {_ms(busy.get('p50'))} | {counts} | "
-            f"{cores['worker']:.2f} / {cores['redis']:.2f} / "
+            f"{parts.get('worker', cores['worker']):.2f} / {parts.get('engine', 0.0):.2f} / "
+            f"{parts.get('reads', 0.0):.2f} / {cores['redis']:.2f} / "
             f"{phase.get('readers_cores', 0.0):.2f} |"
         )
     add("")

@@ -21,7 +21,7 @@ Knobs (environment): BENCH_RECORDS (300000), BENCH_TRIALS (5), BENCH_FRESHNESS_S
 BENCH_SCRAPES (50), BENCH_KPI_CALLS (30), BENCH_DAY_RATE (5), BENCH_SOAK_SECONDS (1800),
 BENCH_SOAK_RATE (1000), BENCH_SOAK_SAMPLE_SECONDS (30), BENCH_SOAK_RETENTION (10m),
 BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_READS_RATE
-(2000), BENCH_READS_SECONDS (20, per load level), BENCH_READS_LEVELS (20,100,200),
+(2000), BENCH_READS_SECONDS (15, per phase), BENCH_READS_LEVELS (20,100,200),
 BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,soak; section names given as
 arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
@@ -140,7 +140,7 @@ class Config:
         default_factory=lambda: _env_float("BENCH_SOAK_LIFECYCLE_SCALE", 0.005)
     )
     reads_rate: float = field(default_factory=lambda: _env_float("BENCH_READS_RATE", 2000))
-    reads_s: float = field(default_factory=lambda: _env_float("BENCH_READS_SECONDS", 20))
+    reads_s: float = field(default_factory=lambda: _env_float("BENCH_READS_SECONDS", 15))
     reads_levels: tuple[int, ...] = field(
         default_factory=lambda: tuple(
             int(n) for n in os.environ.get("BENCH_READS_LEVELS", "20,100,200").split(",") if n
@@ -1067,6 +1067,7 @@ class Bench:
         with self.own_broker("reads"):  # the live traffic on a broker of its own
             settings = self.settings("reads", "reads-live")
             out["limits"] = {
+                "read_rate": settings.read_rate,
                 "read_concurrency": settings.read_concurrency,
                 "read_queue": settings.read_queue,
                 "read_cache": settings.read_cache,
@@ -1097,7 +1098,9 @@ class Bench:
         for level in cfg.reads_levels:
             plan += [(level, "same"), (level, "distinct")]
         plan.append((0, "-"))
-        traffic_s = len(plan) * (cfg.reads_s + gap_s) + 2 * gap_s
+        # each phase also starts and waits for its readers: room for that, and the traffic is
+        # stopped after the last phase anyway
+        traffic_s = len(plan) * (cfg.reads_s + gap_s + 6) + 30
         status_path = self.workdir / "reads-traffic-status.json"
         traffic = self.procs.start(
             "reads-traffic",
@@ -1130,12 +1133,16 @@ class Bench:
             baseline = await applied() - sent()  # history and warm-up: not this traffic's
             await asyncio.sleep(gap_s)
             for readers, mode in plan:
+                if not traffic.running:
+                    raise RuntimeError(f"the traffic ended before the phase of {readers} readers")
                 phase = await self.read_phase(worker, settings, url, readers, mode, applied)
                 phase["behind"] = sent() - (await applied() - baseline)
                 phases.append(phase)
+                cores = ", ".join(f"{k} {v:.2f}" for k, v in phase["parts"].items())
                 print(
                     f"reads: {readers} readers ({mode}): {phase['applied_per_s']:,.0f} "
-                    f"applied/s, statuses {phase.get('statuses')}, behind {phase['behind']:,}",
+                    f"applied/s, statuses {phase.get('statuses')}, behind {phase['behind']:,}; "
+                    f"cores {cores}, redis {phase['cores']['redis']:.2f}",
                     file=sys.stderr,
                 )
                 if not worker.running:
@@ -1165,11 +1172,13 @@ class Bench:
             proc = self.procs.start(f"readers-{readers}-{mode}", argv, env=child_env(settings))
             await asyncio.sleep(1.0)  # connected and reading before the count starts
         cpu_before = [tree_cpu_s(worker.pid), *self.cpu_of(self.redis_proc, self.broker)]
+        parts_before = _worker_parts_cpu_s(worker.pid)
         t0, n0 = time.monotonic(), await applied()
         measure_s = cfg.reads_s - 2.0 if readers else cfg.reads_s
         await asyncio.sleep(measure_s)
         t1, n1 = time.monotonic(), await applied()
         cpu_after = [tree_cpu_s(worker.pid), *self.cpu_of(self.redis_proc, self.broker)]
+        parts_after = _worker_parts_cpu_s(worker.pid)
         phase: dict[str, Any] = {
             "readers": readers,
             "mode": mode,
@@ -1183,6 +1192,11 @@ class Bench:
                     strict=True,
                 )
             ),
+            # the worker tree by process: Faust's, the engine's, the read process's
+            "parts": {
+                name: (parts_after.get(name, 0.0) - parts_before.get(name, 0.0)) / (t1 - t0)
+                for name in parts_after
+            },
         }
         if proc is not None:
             deadline = time.monotonic() + cfg.reads_s + 90
@@ -1202,6 +1216,7 @@ class Bench:
                 spread(result["latencies"]["503"]) if result["latencies"]["503"] else None
             )
             phase["retry_after_missing"] = result["retry_after_missing"]
+            phase["cut_off"] = result.get("cut_off", 0)
             phase["readers_cores"] = result["cores"]
         reads_after = await asyncio.to_thread(_read_counts, url)
         phase["reads"] = {k: reads_after.get(k, 0) - reads_before.get(k, 0) for k in reads_after}
@@ -1463,6 +1478,29 @@ def _flush_stats(settings: Settings) -> dict[str, float]:
             if sample.name in wanted:
                 out[wanted[sample.name]] += sample.value
     return out
+
+
+def _worker_parts_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of a worker process and of its engine and read processes, each alone."""
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(one: int) -> float:
+        try:
+            stat = Path(f"/proc/{one}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / hz  # utime, stime
+
+    parts = {"worker": cpu_s(pid)}
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            module = argv[2] if len(argv) > 2 else b""
+            name = {b"streams.offload": "engine", b"streams.reads": "reads"}.get(module)
+            if name is not None:
+                parts[name] = cpu_s(child)
+    return parts
 
 
 def _read_counts(url: str) -> dict[str, float]:

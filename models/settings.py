@@ -295,7 +295,7 @@ class Settings(BaseSettings):
     # once, this many more waiting (then 503), an identical request answered from the last
     # computation for this many seconds (0: only requests that arrive while it runs share it)
     read_concurrency: int = Field(default=2, ge=1, le=64)
-    read_queue: int = Field(default=32, ge=0, le=10_000)
+    read_queue: int = Field(default=8, ge=0, le=10_000)
     read_cache: float = Field(default=1.0, ge=0, le=60)
     # GET /kpis requests let through per second, evenly spaced (0: no limit): each costs
     # the event loop that Faust's consumer shares, even a cached or refused one
