@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -65,6 +66,8 @@ FIX_TOPICS = (
 
 #: How long a read at the fence may bring nothing before the fence counts as past the end.
 _CONFIRM_S = 5.0
+#: How long one check of an assignment may take before it is given up and tried again.
+_CHECK_TIMEOUT_S = 60.0
 
 
 class Verdict(Enum):
@@ -211,11 +214,14 @@ async def verify(
     returns warnings (records the log deleted before they were applied).
     """
     parts = sorted(set(partitions))
-    fences = {p: (await store.load(p, []))[0].offsets for p in parts}
     tps = [TopicPartition(topic, p) for p in parts for topic in topics]
     if not tps:
         return []
+    # the group's offsets first, the fences after: a fence only grows, and a group member
+    # commits offsets only after Redis holds them, so no commit between the two reads can
+    # make a whole state look lost
     committed, lows, ends = await offsets.read(tps)
+    fences = {p: (await store.load(p, []))[0].offsets for p in parts}
     lost: list[PartitionOffsets] = []
     suspects: dict[TopicPartition, PartitionOffsets] = {}
     warnings: list[str] = []
@@ -322,9 +328,12 @@ class StateGuard:
 
         while not self.started():
             await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        check = partial(verify, self.store, self.offsets, self.settings.input_topics, partitions)
         try:
             warnings = await retry_forever(
-                partial(verify, self.store, self.offsets, self.settings.input_topics, partitions),
+                # a broker that never answers is a timeout to retry, not a check held forever
+                lambda: asyncio.wait_for(check(), _CHECK_TIMEOUT_S),
                 what="checking the state against the consumer group and the topics",
                 retriable=self.retriable,
             )
@@ -333,6 +342,11 @@ class StateGuard:
             return
         for warning in warnings:
             log.warning("%s", warning)
+        log.info(
+            "state of partitions %s checked against the consumer group and the topics (%.0f ms)",
+            ",".join(map(str, partitions)) or "-",
+            (time.perf_counter() - started) * 1000,
+        )
         self._checked.set()
 
     def report(self, error: StateError) -> None:
