@@ -36,9 +36,9 @@ from redis.asyncio import Redis as AsyncRedis
 
 from exporters.kafka import KafkaPublisher
 from exporters.prometheus import PipelineMetrics
-from models.errors import RejectedEvent
+from models.errors import RejectedEvent, SettingsError
 from models.events import SurveyResponded, TicketCreated, TicketReplied, decode
-from models.settings import Settings
+from models.settings import Settings, load_settings
 from streams.breaches import DetectionClocks
 from streams.core import CoreConfig
 from streams.embedded import free_port
@@ -133,6 +133,18 @@ def test_conversation_partitions_hash_the_bare_id_and_stay_bounded() -> None:
         assert len(partition_of) <= 100
     with pytest.raises(ValueError):
         ConversationPartitions(0)
+
+
+def test_the_repartition_topic_setting() -> None:
+    # one per deployment, like its consumer group: two deployments never read each other's
+    assert Settings().topic_repartition == "deskpulse.repartition"
+    assert Settings(app_id="desk-eu").topic_repartition == "desk-eu.repartition"
+    assert Settings(topic_repartition="rp").topic_repartition == "rp"
+    assert load_settings(topic_repartition="").topic_repartition == "deskpulse.repartition"
+    with pytest.raises(SettingsError) as refused:
+        load_settings(topic_repartition="support.chats")
+    assert str(refused.value).startswith("DESKPULSE_TOPIC_REPARTITION: ")
+    assert "\n" not in str(refused.value)
 
 
 # -- the breach clock (pure) --------------------------------------------------------------------
