@@ -548,6 +548,8 @@ def create_app(settings: Settings) -> faust.App:
             published = await service.check_breaches(clocks)
             if published:
                 log.info("%d SLA breaches published", published)
+        except StateError as error:  # found by the breach check first: the same report
+            service.guard.report(error)
         except Exception as error:  # retried next interval; claims make it exactly once
             log.warning("breach check failed: %s", error)
 
