@@ -202,6 +202,7 @@ class Service:
 
     async def stop(self) -> None:
         self.ready = False
+        self.broker.close()  # the producer it asks through closes below
         await self.guard.stop()
         try:
             if self.offload is not None:

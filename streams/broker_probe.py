@@ -53,6 +53,7 @@ class BrokerProbe:
         self._answered_s = clock()
         #: what the last probe met, while the broker does not answer (None: it does)
         self.failure: str | None = None
+        self._closed = False
 
     @property
     def up(self) -> bool:
@@ -62,6 +63,10 @@ class BrokerProbe:
     def answered(self) -> None:
         """The broker answered some other way (the worker's start reached it)."""
         self._answered_s = self._clock()
+
+    def close(self) -> None:
+        """The worker stops: a probe still out then reports nothing (its client closes)."""
+        self._closed = True
 
     def silent_s(self) -> float:
         """Seconds since the broker last answered."""
@@ -74,6 +79,8 @@ class BrokerProbe:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # whatever kept the answer away: reported, not raised
+            if self._closed:
+                return False
             failure = str(error) if isinstance(error, BrokerUnavailable) else repr(error)
             if self.failure is None:  # once per outage; aiokafka logs its own attempts
                 log.warning(

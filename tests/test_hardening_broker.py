@@ -88,6 +88,18 @@ def test_the_probe_reports_silence_from_the_last_answer_and_clears_at_the_next(
     assert any("answers again, after 17 s" in r.getMessage() for r in caplog.records)
 
 
+def test_a_probe_cut_short_by_the_stop_reports_nothing() -> None:
+    states: list[bool] = []
+
+    async def ping(timeout_s: float) -> None:
+        probe.close()  # the worker stops while the ask is out; its client closes
+        raise RuntimeError("KafkaPublisher.start() was not awaited")
+
+    probe = BrokerProbe(ping, states.append)
+    assert asyncio.run(probe.probe()) is False
+    assert probe.up and probe.problem() is None and states == []
+
+
 def test_the_silence_counts_from_the_start_when_nothing_was_probed_yet() -> None:
     clock = Clock()
 
