@@ -560,7 +560,11 @@ def _kpis(kp: dict[str, Any] | None, add: Any) -> None:
     for label, key in (
         ("`query_kpis(width_s=86400)`, no grouping", "query_total"),
         (f"the same by channel, queue, priority ({kp['groups_by_all']} groups)", "query_by_all"),
-        ("`GET /kpis?window=24h` on a running worker, HTTP round trip", "http"),
+        (
+            "`GET /kpis?window=24h` on a running worker, HTTP round trip (each call a window "
+            "ending at another minute: computed, not answered from the cache)",
+            "http",
+        ),
         (f"`{kp['cli_command']}`, whole process, wall", "cli"),
     ):
         v = kp.get(key)
