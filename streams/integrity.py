@@ -19,7 +19,8 @@ stop applying and say so: once in the log, on ``/readyz`` and in ``deskpulse_sta
 
 Some brokers report an end offset short of the last batch (the embedded one reports the
 last batch's base offset), so a fence at or past the reported end is confirmed by reading
-at the fence before it counts as past the end.
+at the fence before it counts as past the end. Offsets are all this compares: a recreated
+topic that already holds more records than the old fence is not told from the old one.
 """
 
 from __future__ import annotations
