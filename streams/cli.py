@@ -47,8 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, help="events per second")
     demo.add_argument("--seed", type=int, default=7)
     kpis = commands.add_parser("kpis", help="read KPIs from the store (no worker needed)")
-    kpis.add_argument("--window", default="1h", help="width: 5m, 15m, 1h, 24h, ...")
-    kpis.add_argument("--at", default=None, help="window end, RFC 3339 (default now)")
+    kpis.add_argument(
+        "--window", default="1h", help="width: 5m, 15m, 1h, 24h, ... up to DESKPULSE_RETENTION"
+    )
+    kpis.add_argument(
+        "--at", default=None, help="window end, RFC 3339 with an offset (default now)"
+    )
     kpis.add_argument("--by", default="", help="group by: channel,queue,priority")
     kpis.add_argument("--json", action="store_true", help="print the JSON document")
     state = commands.add_parser("state", help="check or reset the state kept in Redis")
