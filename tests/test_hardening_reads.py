@@ -460,8 +460,16 @@ RESPONSES: dict[int, HttpResponse | None] = {}
 def test_a_full_queue_answers_503_with_retry_after_never_500(
     settings: Settings, workdir: Path, own_redis: ManagedProcess
 ) -> None:
+    # the engine in the worker's process: its Store shares the worker's Redis client, and
+    # the reads must still come over connections of their own
     with worker_on(
-        settings, own_redis, workdir, read_concurrency=1, read_queue=1, read_cache=0.0
+        settings,
+        own_redis,
+        workdir,
+        read_concurrency=1,
+        read_queue=1,
+        read_cache=0.0,
+        engine_process=False,
     ) as worker:
         worker.wait_ready(90)
         RESPONSES.clear()
