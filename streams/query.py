@@ -4,7 +4,7 @@ A read costs O(partitions x buckets touched) — a 24 h window touches the roll-
 in its middle and fine buckets only at its ragged edges — never O(events).
 
 What a read may ask for is decided before anything is read (:func:`parse_query`): a width
-up to ``DESKPULSE_RETENTION``, a window whose bounds RFC 3339 can write, ending no further
+up to ``DESKPULSE_RETENTION``, a window whose bounds RFC 3339 can write, starting no further
 ahead of the clock than ``DESKPULSE_MAX_FUTURE`` (no event can be stored past that). The
 past is bounded by the data, not the clock — retention counts back from the newest *event*
 time, so a backfill of last year is read like today — and :func:`read_document` refuses a
@@ -112,7 +112,7 @@ def parse_query(
 
     Refused: a malformed width, one longer than ``retention_s`` (state that old is deleted,
     so such a window could never be whole), a malformed ``at``, a window whose bounds RFC
-    3339 cannot write (before year 1, after year 9999), an ``at`` more than
+    3339 cannot write (before year 1, after year 9999), a window that starts more than
     ``max_future_s`` ahead of ``now_s`` (no event so far ahead is ever stored), and unknown
     or repeated ``by`` names. ``window`` defaults to ``1h`` and ``at`` to ``now_s``.
     """
@@ -146,11 +146,13 @@ def parse_query(
             "outside the years 1 to "
             "9999, which RFC 3339 cannot write",
         )
-    if at_s > now_s + max_future_s:
+    if start_s > now_s + max_future_s:
+        # the whole window lies where no event can be: a window that only reaches past the
+        # horizon (a board whose clock runs a little ahead) is read, it is not empty
         raise InvalidQuery(
             "at",
-            f"{at or format_time(now_s)} is more than "
-            f"{format_width(max_future_s) if max_future_s else '0s'} "
+            f"{at or format_time(now_s)} with a {format_width(width_s)} window starts more "
+            f"than {format_width(max_future_s) if max_future_s else '0s'} "
             f"(DESKPULSE_MAX_FUTURE) ahead of the clock ({format_time(now_s)}); events "
             "further ahead are refused, so nothing is ever stored there",
         )

@@ -82,8 +82,9 @@ ALL_DIMS = "channel,queue,priority"
         ("1h", "9999-12-31T23:59:59-12:00", None, "at", "outside the years 1 to 9999"),
         ("1h", "0001-01-01T00:00:00+14:00", None, "at", "outside the years 1 to 9999"),
         ("1h", "0001-01-01T00:30:00Z", None, "at", "outside the years 1 to 9999"),
-        # further ahead than DESKPULSE_MAX_FUTURE: no event can be stored there
-        ("1h", "2026-11-30T00:58:21Z", None, "at", "DESKPULSE_MAX_FUTURE"),
+        # a window starting further ahead than DESKPULSE_MAX_FUTURE: no event can be there
+        ("1h", "2026-11-30T01:58:21Z", None, "at", "DESKPULSE_MAX_FUTURE"),
+        ("5m", "2026-11-30T01:04:01Z", None, "at", "DESKPULSE_MAX_FUTURE"),
         ("1h", "2099-01-01T00:00:00Z", None, "at", "ahead of the clock"),
         ("1h", "2026-11-30T00:53:20", None, "at", "not an RFC 3339 time with an offset"),
         ("1h", "yesterday", None, "at", "not an RFC 3339 time"),
@@ -111,6 +112,8 @@ def test_a_read_that_cannot_be_served_is_refused_naming_its_parameter(
         ("48h", None, None, KpiQuery(172_800, 1_796_000_040, ())),
         # right at DESKPULSE_MAX_FUTURE is still allowed
         ("1h", "2026-11-30T00:58:20Z", None, KpiQuery(3600, 1_796_000_340, ())),
+        # a window reaching past it is read (what lies before the horizon is there)
+        ("1h", "2026-11-30T01:57:20Z", None, KpiQuery(3600, 1_796_003_880, ())),
         # the past is bounded by the data, not the clock: a backfill of years ago is read
         (
             "24h",
