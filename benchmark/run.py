@@ -78,7 +78,7 @@ from streams.store import Store
 from streams.tools import produce_records, settings_topic
 from streams.topics import ensure_topics
 
-# the budgets of DESIGN.md, "Performance budgets"
+# the budgets of README.md, "Reliability" (the sizing table)
 BUDGET_LIVE_RATIO = 0.90
 BUDGET_REPLAY_PER_S = 100_000
 BUDGET_FRESHNESS_P99_S = 1.0

@@ -4,7 +4,7 @@ The collector builds its families from :data:`CATALOG`; the dashboard, the recor
 and the alerts in ``exporters/assets`` are tested against it, so a rename here that is not
 carried through fails the suite instead of a board going blank.
 
-Three groups, on purpose (CONTRACT.md §5):
+Three groups, on purpose (README.md, "Prometheus metrics"):
 
 * **windowed** gauges, labels ``window`` + :data:`DIMS`: event-time results over a rolling
   window computed by deskpulse from its buckets. Prometheus cannot compute them from scrapes.

@@ -1,9 +1,9 @@
-"""Input events (CONTRACT §1) and the decoder from raw Kafka record bytes.
+"""Input events (docs/kpis.md, "Input events") and the decoder from raw Kafka record bytes.
 
 :func:`decode` turns a record value into an :data:`Event` or raises
 :class:`~models.errors.RejectedEvent` with one of the stable reasons in
 :data:`REJECTION_REASONS`; the reason becomes the ``reason`` label of
-``deskpulse_events_rejected_total`` and the ``deskpulse-source-reason`` header.
+``deskpulse_events_rejected_total`` and the ``deskpulse-reason`` header of the dead letter.
 """
 
 from __future__ import annotations

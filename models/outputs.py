@@ -1,4 +1,4 @@
-"""Payloads deskpulse publishes (CONTRACT §7), versioned by ``schema_version``.
+"""Payloads deskpulse publishes (README.md, "Output topics"), versioned by ``schema_version``.
 
 =====================  =================  ===============================================
 topic                  key                payload
@@ -107,7 +107,7 @@ class AlertTransition(_Payload):
 
 
 class KpiSnapshot(_Payload):
-    """One group of the KPI document (CONTRACT §4) for one window, plus its bounds."""
+    """One group of the KPI document (docs/kpis.md) for one window, plus its bounds."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 

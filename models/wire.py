@@ -1,6 +1,6 @@
 """The engine's decoder: the same events as :mod:`models.events`, at a third of the cost.
 
-:mod:`models.events` is the contract's schema in pydantic and stays the authority on what
+:mod:`models.events` is the event schema (docs/kpis.md) in pydantic and stays the authority on what
 is valid and why not. Decoding every record with it costs ~12 µs, more than folding the
 event into the KPIs, so the hot path decodes into the msgspec structs below (~4 µs with
 its checks), which carry the same fields and constraints. The two must never disagree:

@@ -606,7 +606,7 @@ def _quantiles(counts: Mapping[int, int], qs: Sequence[float]) -> list[float | N
 
 
 def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[str, Any]:
-    """One group of the KPI document (CONTRACT §4) from its merged integer fields.
+    """One group of the KPI document (docs/kpis.md) from its merged integer fields.
 
     Counts are integers (0 when none); a value with no samples is ``None``; ratios are
     full precision.

@@ -214,7 +214,7 @@ async def query_kpis(
     at_s: float,
     by: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The KPI document for the window of ``width_s`` ending at ``at_s`` (CONTRACT §3-§4)."""
+    """The KPI document for the window of ``width_s`` ending at ``at_s`` (docs/kpis.md)."""
     start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s, grouped=bool(by))
     return build_document(merged, start_s=start_s, end_s=end_s, by=by)
 

@@ -1,7 +1,7 @@
 """Realistic, deterministic support traffic for tests, demos and benchmarks.
 
 :func:`generate` turns a :class:`SimConfig` into the records a set of upstream producers
-would send to the three input topics (CONTRACT §1), in delivery order. It is pure: no
+would send to the three input topics (docs/kpis.md), in delivery order. It is pure: no
 Kafka, no Redis, no clock; the same config always gives the same bytes.
 
 What the stream looks like:

@@ -23,7 +23,7 @@ gives an answer, never a crash.
 Because ``index_of`` is monotone, the bucket found for rank ``floor(q * (n - 1))`` is the
 one holding the exact order statistic ``sorted(values)[floor(q * (n - 1))]``; its
 representative is within ``RELATIVE_ACCURACY`` (0.75 %) of it, under the 1 % promised by
-CONTRACT §2, or, in the zero bucket, within 1 ms.
+docs/kpis.md ("Quantile accuracy"), or, in the zero bucket, within 1 ms.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = [
     "value_of",
 ]
 
-#: Relative error of a representative; a margin under the 1 % of CONTRACT §2.
+#: Relative error of a representative; a margin under the 1 % deskpulse promises.
 RELATIVE_ACCURACY = 0.0075
 #: Ratio between consecutive bucket bounds.
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)

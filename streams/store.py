@@ -23,7 +23,7 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:held``                hash: conversation id -> events held for its opener
 ``P:{pn}:due``                 zset: ticket id -> first-response deadline (ms) while it
                                may still breach
-``P:{pn}:breached``            hash: ticket id -> deadline, once its breach is claimed
+``P:{pn}:breached``            hash: ticket id -> ``1``, once its breach is claimed
 ``P:{pn}:breach_out``          hash: ticket id -> breach payload claimed but not yet
                                acknowledged by the broker (re-sent after a crash)
 ``P:partitions``               set of partition numbers that have state

@@ -1,4 +1,4 @@
-"""Event-time window math (CONTRACT §3), as pure functions of their arguments.
+"""Event-time window math (docs/kpis.md, "Windows and retention"), as pure functions.
 
 Event time is cut into buckets of ``bucket_seconds``; bucket ``b`` holds event times in
 ``[b, b + bucket_seconds)``. A rolling window of width ``w`` read at time ``T`` covers

@@ -545,7 +545,7 @@ def compare_with_oracle(
     return documents
 
 
-# -- the exact JSON shape of CONTRACT §4 -------------------------------------------------
+# -- the exact JSON shape of the KPI document (docs/kpis.md) ----------------------------
 
 _COUNTS = {
     "first_response": ("count", "within_target"),
@@ -587,7 +587,7 @@ def _is_int(value: Any) -> bool:
 
 
 def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> list[str]:
-    """Every way ``document`` departs from CONTRACT §4's shape, one line each."""
+    """Every way ``document`` departs from the shape of docs/kpis.md, one line each."""
     out: list[str] = []
     if set(document) != {"window", "by", "groups"}:
         out.append(f"top-level keys {sorted(document)}")

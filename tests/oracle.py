@@ -1,11 +1,11 @@
-"""A brute-force KPI oracle written straight from CONTRACT §1 to §4, for end-to-end tests.
+"""A brute-force KPI oracle written straight from docs/kpis.md, for end-to-end tests.
 
 :func:`compute` reads every record value, keeps what :func:`models.events.decode`
 accepts, and answers ``deskpulse kpis --json`` for one window by looking at whole
 conversations at once: no buckets, no sketches, no state machines. It shares nothing
 with ``streams/`` on purpose, so a bug there cannot hide here.
 
-Decisions the contract leaves open, as this oracle (and the project) takes them:
+Decisions docs/kpis.md spells out, as this oracle (and the project) takes them:
 
 * A repeated ``event_id`` changes nothing: the first occurrence in record order counts.
 * A conversation's opener is the ``ticket.created`` / ``chat.requested`` with the smallest
@@ -173,7 +173,7 @@ def compute(
     short_abandon_s: float = 5,
     answer_target_s: float = 20,
 ) -> dict[str, Any]:
-    """The CONTRACT §4 document for the window of ``width_s`` ending at ``at_s``.
+    """The KPI document (docs/kpis.md) for the window of ``width_s`` ending at ``at_s``.
 
     ``records_values`` are raw record values from all three topics, in any order.
     """
@@ -214,7 +214,7 @@ def compute(
             outcomes.setdefault(event.chat_id, []).append(event)
         elif isinstance(event, SurveyResponded):
             surveys.append(event)
-        # ticket.status_changed feeds no KPI of §2
+        # ticket.status_changed feeds no KPI (docs/kpis.md)
 
     groups: dict[tuple[str, ...], _Group] = {}
 

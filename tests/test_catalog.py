@@ -1,4 +1,4 @@
-"""The metric catalog: the names the contract promises, and Prometheus naming conventions."""
+"""The metric catalog: the names the README promises, and Prometheus naming conventions."""
 
 from __future__ import annotations
 

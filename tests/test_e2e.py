@@ -1,5 +1,5 @@
 """End to end: a realistic stream through the real worker (and through ``deskpulse replay``)
-must give the oracle's KPIs for every window, grouping and time, in CONTRACT §4's shape."""
+must give the oracle's KPIs for every window, grouping and time, in the shape of docs/kpis.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The event decoder (CONTRACT §1): what is accepted, with which defaults, and why not."""
+"""The event decoder (docs/kpis.md, "Input events"): what is accepted, with which defaults,
+and why not."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The KPI oracle against small hand-computed tables, one rule of CONTRACT §2-§4 at a time."""
+"""The KPI oracle against small hand-computed tables, one rule of docs/kpis.md at a time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the worker publishes (CONTRACT §7), read back from the output topics.
+"""What the worker publishes (README.md, "Output topics"), read back from the output topics.
 
 KPI snapshots on the compacted KPI topic equal ``deskpulse kpis --json`` for their window
 and group; ``sla.breached`` comes exactly once per breaching ticket, across ``kill -9``
@@ -435,9 +435,9 @@ def breaching_tickets(
 ) -> dict[str, tuple[float, tuple[str, str, str]]]:
     """Tickets of ``values`` that have breached by ``at_s``: id -> (deadline, dimensions).
 
-    Straight from CONTRACT §2 and §7: the opener with the smallest ``(occurred_at,
-    event_id)`` gives time and dimensions; a ticket breaches when its deadline has passed
-    and no public agent reply came at or before it.
+    Straight from docs/kpis.md and the README's Output topics: the opener with the
+    smallest ``(occurred_at, event_id)`` gives time and dimensions; a ticket breaches when
+    its deadline has passed and no public agent reply came at or before it.
     """
     from models.errors import RejectedEvent
     from models.events import TicketCreated, TicketReplied, decode

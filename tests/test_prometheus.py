@@ -1,4 +1,4 @@
-"""The Prometheus exposition (CONTRACT §5).
+"""The Prometheus exposition (README.md, "Prometheus metrics").
 
 Unit tests drive :class:`~exporters.prometheus.KpiCollector` against real Redis state
 written by the :class:`~streams.engine.Engine` (decode, fold, commit), then read a fresh
@@ -731,7 +731,7 @@ def test_exported_labels_match_the_catalog(live: Live) -> None:
             for dim in DIMS:
                 if dim in found.labels:
                     assert len(found.labels[dim]) <= live.settings.label_max_length, found
-    # labels never carry ids (CONTRACT §5)
+    # labels never carry ticket, chat, customer or agent ids (README, Prometheus metrics)
     assert "ticket_id" not in live.text
     assert "chat_id" not in live.text
     assert "agent_id" not in live.text
@@ -782,7 +782,7 @@ def promtool(text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# The windowed quantile gauges carry the `quantile` label CONTRACT §5 names; promtool's lint
+# The windowed quantile gauges carry the `quantile` label the README names; promtool's lint
 # reserves that label for summaries.
 QUANTILE_LINT = 'non-summary metrics should not have "quantile" label'
 

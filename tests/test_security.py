@@ -390,7 +390,8 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
     port = free_port(HOST)
     secret = "alice-" + uuid.uuid4().hex
     prefix = "acl" + uuid.uuid4().hex[:8]
-    # every key deskpulse writes lives under the prefix (CONTRACT §6): so may the ACL say
+    # every key deskpulse writes lives under the prefix (docs/architecture.md, the key
+    # table): so may the ACL say
     rules = ["alice", "on", f">{secret}", f"~{prefix}:*", "+@all", "-@dangerous"]
     with start_redis(
         HOST, port, tmp_path_factory.mktemp("redis-acl"), extra_args=["--user", *rules]

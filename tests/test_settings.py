@@ -1,4 +1,4 @@
-"""Settings (CONTRACT §6): defaults, spellings, and one clear line for a bad value."""
+"""Settings (README.md, "Settings"): defaults, spellings, and one clear line for a bad value."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ BAD = [
     ("DESKPULSE_RETENTION", "-5m", "duration"),
     ("DESKPULSE_FIRST_RESPONSE_TARGETS", '{"urgent": -1}', "positive"),
     ("DESKPULSE_FIRST_RESPONSE_TARGETS", '{"urgent": 0}', "positive"),
-    # an unknown priority: the targets name the four of CONTRACT §1
+    # an unknown priority: the targets name the four priorities of docs/kpis.md
     ("DESKPULSE_FIRST_RESPONSE_TARGETS", '{"critical": 600}', "critical"),
     ("DESKPULSE_FIRST_RESPONSE_TARGETS", "3600", "dictionary"),
     ("DESKPULSE_FIRST_RESPONSE_TARGETS", '{"urgent": "soon"}', "integer"),

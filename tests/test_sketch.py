@@ -19,7 +19,7 @@ from streams.sketch import (
     value_of,
 )
 
-PROMISE = 0.01  # CONTRACT §2: at most 1 % relative error
+PROMISE = 0.01  # docs/kpis.md, Quantile accuracy: at most 1 % relative error
 QUANTILES = (0.5, 0.9, 0.95, 0.0, 1.0)
 
 

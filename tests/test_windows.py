@@ -1,4 +1,5 @@
-"""Window math (CONTRACT §3): tables of edge cases and hypothesis properties."""
+"""Window math (docs/kpis.md, "Windows and retention"): tables of edge cases and hypothesis
+properties."""
 
 from __future__ import annotations
 
