@@ -508,3 +508,104 @@ def test_dockerfile_installs_the_package_and_runs_the_worker() -> None:
         needed.add(project["project"]["readme"])
     assert needed <= copied, needed - copied
     assert project["project"]["scripts"]["deskpulse"] == "streams.cli:main"
+
+
+# -- the repository stands alone -----------------------------------------------------------
+
+# Spelled in pieces so this file does not match itself.
+OUTSIDE_REFERENCES = re.compile(
+    "|".join(
+        (
+            "CON" + "TRACT",  # an external contract document, cited by name
+            "\u00a7",  # and by the section numbers of such documents
+            "DES" + r"IGN\.md",
+            "KPI-REF" + "ERENCE",
+            r"\.\./" + "shared",
+            "/" + "shared/",
+        )
+    )
+)
+# Binary or generated files a reference could not be written in.
+NOT_TEXT = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".gz", ".whl", ".lock"}
+DOCS = ("docs/kpis.md", "docs/architecture.md")
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def tracked_text_files() -> Iterator[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        path = ROOT / name
+        if path.suffix.lower() in NOT_TEXT or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if b"\0" in data:
+            continue
+        yield path
+
+
+def test_no_tracked_file_refers_to_documents_outside_the_repository() -> None:
+    # Definitions live in docs/ and the README; a reference to a document that is not in
+    # the repository leaves its reader nowhere to look.
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}"
+        for path in tracked_text_files()
+        for number, line in enumerate(
+            path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+        )
+        if OUTSIDE_REFERENCES.search(line)
+    ]
+    assert len(found) == 0, "\n".join(found)
+
+
+def test_the_reference_docs_exist_and_the_readme_links_them() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    contents = readme.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    for doc in DOCS:
+        assert (ROOT / doc).is_file(), doc
+        assert f"]({doc})" in contents, f"README's contents do not link {doc}"
+    architecture = readme.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    assert "](docs/architecture.md" in architecture
+    definitions = readme.split("\n## KPI definitions\n", 1)[1].split("\n## ", 1)[0]
+    assert "](docs/kpis.md" in definitions
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for the headings of ``markdown`` (lower case, punctuation dropped,
+    spaces to hyphens, ``-1``, ``-2`` … for repeats)."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#* *$", without_code(markdown), re.MULTILINE):
+        text = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, repeat = text, 0
+        while anchor in anchors:
+            repeat += 1
+            anchor = f"{text}-{repeat}"
+        anchors.add(anchor)
+    return anchors
+
+
+def without_code(markdown: str) -> str:
+    """``markdown`` without fenced blocks and inline code spans."""
+    markdown = re.sub(r"^```.*?^```", "", markdown, flags=re.MULTILINE | re.DOTALL)
+    return re.sub(r"`[^`\n]*`", "", markdown)
+
+
+@pytest.mark.parametrize("doc", ["README.md", *DOCS])
+def test_relative_links_reach_a_file_and_a_heading(doc: str) -> None:
+    source = ROOT / doc
+    broken = []
+    for target in MARKDOWN_LINK.findall(without_code(source.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not this test's business
+        path_part, _, anchor = target.partition("#")
+        path = (source.parent / path_part).resolve() if path_part else source
+        if not path.exists():
+            broken.append(f"{target}: no such file")
+        elif (
+            anchor
+            and path.suffix == ".md"
+            and anchor not in heading_anchors(path.read_text(encoding="utf-8"))
+        ):
+            broken.append(f"{target}: no such heading")
+    assert not broken, broken
