@@ -347,13 +347,20 @@ class Store:
         for partition, raw in zip(parts, replies[1:], strict=True):
             self._check_partition(partition, None if raw is None else text(raw))
 
-    def _check_partition(self, partition: int, generation: str | None) -> None:
+    def _check_partition(
+        self, partition: int, generation: str | None, had_state: bool | None = None
+    ) -> None:
+        """``had_state``: whether the partition was known to have state when the read
+        was issued (default: now). A read issued before a concurrent first commit may be
+        answered after it, and must not count as the state vanishing."""
         if self.generation is None:
             return  # not opened (a reader of state without generations): nothing to hold to
         if generation == self.generation:
             self._had_state.add(partition)
             return
-        if generation is None and partition not in self._had_state:
+        if had_state is None:
+            had_state = partition in self._had_state
+        if generation is None and not had_state:
             return  # no state yet: its first commit writes the generation
         if generation is None:
             raise StateLost(
@@ -416,23 +423,28 @@ class Store:
         """
         ids = list(dict.fromkeys(conversation_ids))
         base = self.base(partition)
+        # Judged against what was known when the read was issued: reads outside the
+        # partition's lock (breach clocks, health) run beside commits on other connections,
+        # and one issued before a commit may be answered after it with the older version.
+        floor = self._versions.get(partition, 0)
+        had_state = partition in self._had_state
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(base + "meta")
             if ids:
                 pipe.hmget(base + "conv", ids)
             replies = await pipe.execute()
         raw_meta = {text(k): text(v) for k, v in replies[0].items()}
-        self._check_partition(partition, raw_meta.get("gen"))
+        self._check_partition(partition, raw_meta.get("gen"), had_state)
         version = int(raw_meta.get("version", "0"))
-        if version < self._versions.get(partition, 0):
+        if version < floor:
             raise StateLost(
                 "rolled_back",
                 f"partition {partition}'s state under prefix {self.prefix!r} went back from "
-                f"version {self._versions[partition]} to {version} (Redis restarted from an "
-                "older snapshot, or lost its last writes)",
+                f"version {floor} to {version} (Redis restarted from an older snapshot, or "
+                "lost its last writes)",
                 FIX_LOST,
             )
-        self._versions[partition] = version
+        self._versions[partition] = max(version, self._versions.get(partition, 0))
         if "gen" in raw_meta and partition not in self._known_partitions:
             await self._list_partition(partition)
         offsets = {k[4:]: int(v) for k, v in raw_meta.items() if k.startswith("off:")}
@@ -519,7 +531,7 @@ class Store:
         if status != 1:
             return False
         self._had_state.add(partition)
-        self._versions[partition] = int(text(reply[1]))
+        self._versions[partition] = max(int(text(reply[1])), self._versions.get(partition, 0))
         if partition not in self._known_partitions:
             await self._list_partition(partition)
         return True

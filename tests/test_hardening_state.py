@@ -170,6 +170,58 @@ def test_a_state_started_anew_or_rolled_back_is_noticed(redis_url: str) -> None:
     assert "restart the worker" in str(anew)
 
 
+def test_a_read_answered_after_a_commit_it_was_issued_before_is_no_false_alarm(
+    redis_url: str,
+) -> None:
+    # Reads outside the partition's lock (the breach clock's, health checks) run beside
+    # commits on other connections: one issued before a commit can be answered after it,
+    # with the older version or, before the first commit, with no generation. That is not
+    # a rollback nor a loss (a benchmark's worker once halted on it).
+    prefix = new_prefix()
+
+    async def scenario(client: Redis) -> tuple[int, int]:
+        store = Store(client, prefix, CONFIG)
+        await store.check_config()
+        answered, release = asyncio.Event(), asyncio.Event()
+        pipeline = client.pipeline
+
+        def slow_pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def execute_then_wait(*a: Any, **k: Any) -> Any:
+                replies = await execute(*a, **k)  # Redis has answered ...
+                answered.set()
+                await release.wait()  # ... but the reply is handled only later
+                return replies
+
+            pipe.execute = execute_then_wait
+            return pipe
+
+        versions = []
+        for first_offset in (0, 1):  # before the partition's first commit, then after one
+            client.pipeline = slow_pipeline  # type: ignore[method-assign]
+            read = asyncio.ensure_future(store.load(0, []))
+            await answered.wait()
+            client.pipeline = pipeline  # type: ignore[method-assign]
+            name = f"R{first_offset}"
+            await apply(store, 0, pendings([created(name, 1_795_392_010)], first_offset))
+            release.set()
+            meta, _ = await read  # raised StateLost before: "went back" / "is gone"
+            versions.append(int(meta.version))
+            answered.clear()
+            release.clear()
+        # and a rollback read after the commit is still caught
+        meta_key = f"{prefix}:{{p0}}:meta"
+        await client.hset(meta_key, "version", "1")
+        with pytest.raises(StateLost, match="went back"):
+            await store.load(0, [])
+        return versions[0], versions[1]
+
+    before_first, before_second = run(scenario, redis_url)
+    assert (before_first, before_second) == (0, 1)
+
+
 def test_state_written_before_generations_is_adopted(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
