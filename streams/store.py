@@ -214,6 +214,17 @@ return 1
 """
 
 #: Writes the generation into a meta a deskpulse without generations left (adoption).
+# Creates the config of a new state in one step (bucket sizes, layout, generation), so a
+# process stopped half-way cannot leave a config that later reads as another layout.
+# KEYS: config; ARGV: bucket s, roll-up s, layout, generation. Returns the config's fields.
+_CREATE_CONFIG = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'bucket_seconds', ARGV[1], 'rollup_seconds', ARGV[2],
+             'layout', ARGV[3], 'generation', ARGV[4])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 _ADOPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return redis.call('HSETNX', KEYS[1], 'gen', ARGV[1])
@@ -251,6 +262,7 @@ class Store:
         self._commit = redis.register_script(_COMMIT)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
+        self._create_config = redis.register_script(_CREATE_CONFIG)
         #: partitions this process has listed in ``P:partitions``
         self._known_partitions: set[int] = set()
         #: the generation of the state, once :meth:`check_config` has read or made it
@@ -272,11 +284,11 @@ class Store:
             "bucket_seconds": str(self.config.bucket_seconds),
             "rollup_seconds": str(self.config.rollup_seconds),
         }
-        created = await self.redis.hsetnx(key, "bucket_seconds", wanted["bucket_seconds"])
-        await self.redis.hsetnx(key, "rollup_seconds", wanted["rollup_seconds"])
-        if created:
-            await self.redis.hsetnx(key, "layout", LAYOUT)
-        stored = {text(k): text(v) for k, v in (await self.redis.hgetall(key)).items()}
+        fields = await self._create_config(
+            keys=[key],
+            args=[wanted["bucket_seconds"], wanted["rollup_seconds"], LAYOUT, uuid.uuid4().hex],
+        )
+        stored = {text(k): text(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
         self._refuse_other_layout(stored)
         for name, value in wanted.items():
             if stored.get(name) != value:
