@@ -43,7 +43,6 @@ import logging
 import os
 import pickle
 import signal
-import struct
 import subprocess
 import sys
 from collections import defaultdict
@@ -57,6 +56,8 @@ import msgspec
 from models.errors import Abandoned
 from models.settings import Settings
 from streams.engine import DeadLetterTrouble, Record, SourceRecord
+from streams.frames import frame as framed
+from streams.frames import pipes, read_frame
 
 __all__ = [
     "STOP_GRACE_S",
@@ -75,7 +76,6 @@ STOP_TIMEOUT_S = STOP_GRACE_S + 5.0
 # prctl(2) option: the signal the kernel sends this process when its parent dies
 _PR_SET_PDEATHSIG = 1
 
-_HEADER = struct.Struct(">I")
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder().decode
 
@@ -163,33 +163,6 @@ class RecordingMetrics:
         return out
 
 
-# --- frames ------------------------------------------------------------------------------
-
-
-async def _read_frame_async(reader: asyncio.StreamReader) -> bytes | None:
-    """One frame from an asyncio stream; ``None`` at end of stream."""
-    try:
-        (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
-        return None
-
-
-def _frame(body: bytes) -> bytes:
-    return _HEADER.pack(len(body)) + body
-
-
-async def _pipes(
-    read_from: Any, write_to: Any
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """asyncio streams over a pair of pipe file objects."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_from)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, write_to)
-    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
-
-
 # --- the child ---------------------------------------------------------------------------
 
 
@@ -224,7 +197,7 @@ class _Child:
         self.ordered: asyncio.Queue[list[Any] | None] = asyncio.Queue()
 
     def reply(self, request_id: int, status: str, body: Any) -> None:
-        self.writer.write(_frame(_ENCODE([request_id, status, body])))
+        self.writer.write(framed(_ENCODE([request_id, status, body])))
 
     def report_deadletter(self, trouble: DeadLetterTrouble | None) -> None:
         # unasked, while a batch is held: the worker's /readyz and gauge follow it
@@ -244,7 +217,7 @@ class _Child:
         ordered = asyncio.ensure_future(self.work_in_order())
         beside: set[asyncio.Future[None]] = set()
         try:
-            while (frame := await _read_frame_async(reader)) is not None:
+            while (frame := await read_frame(reader)) is not None:
                 request = _DECODE(frame)
                 if request[1] == "stop":
                     break
@@ -329,8 +302,8 @@ class _Child:
 async def _serve(replies: BinaryIO, parent_pid: int) -> None:
     watch = asyncio.ensure_future(_watch_parent(parent_pid))
     try:
-        reader, writer = await _pipes(sys.stdin.buffer, replies)
-        frame = await _read_frame_async(reader)
+        reader, writer = await pipes(sys.stdin.buffer, replies)
+        frame = await read_frame(reader)
         if frame is None:
             return
         settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
@@ -425,17 +398,17 @@ class EngineProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        reader, self._writer = await _pipes(self._proc.stdout, self._proc.stdin)
+        reader, self._writer = await pipes(self._proc.stdout, self._proc.stdin)
         ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[0] = ready
         self._replies = asyncio.ensure_future(self._read_replies(reader))
-        self._writer.write(_frame(pickle.dumps(self.settings)))
+        self._writer.write(framed(pickle.dumps(self.settings)))
         await self._writer.drain()
         self.generation = await ready
         log.info("engine process %d started", self._proc.pid)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        while (frame := await _read_frame_async(reader)) is not None:
+        while (frame := await read_frame(reader)) is not None:
             request_id, status, body = _DECODE(frame)
             if status == "deadletter":  # unasked: the child's dead letters fail or wait
                 if self.on_deadletter is not None:
@@ -549,7 +522,7 @@ class EngineProcess:
         if self._writer is None or self._gone is not None or self._writer.is_closing():
             return
         # no reply is awaited (id -1 matches no request): the batches' own replies tell
-        self._writer.write(_frame(_ENCODE([-1, "abandon", grace_s])))
+        self._writer.write(framed(_ENCODE([-1, "abandon", grace_s])))
         asyncio.get_running_loop().call_later(grace_s + 3.0, self._give_up_waiting)
 
     def kill(self) -> None:
@@ -573,7 +546,7 @@ class EngineProcess:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            self._writer.write(_frame(_ENCODE([request_id, kind, *args])))
+            self._writer.write(framed(_ENCODE([request_id, kind, *args])))
             await self._writer.drain()
         except (ConnectionError, BrokenPipeError) as error:
             self._pending.pop(request_id, None)

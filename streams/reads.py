@@ -38,7 +38,6 @@ import contextlib
 import logging
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import time
@@ -50,6 +49,8 @@ import msgspec
 
 from models.errors import InvalidQuery, ReadUnavailable
 from models.settings import Settings
+from streams.frames import frame as framed
+from streams.frames import pipes, read_frame
 from streams.query import KpiQuery
 
 __all__ = [
@@ -75,7 +76,6 @@ READ_TIMEOUT_S = 30.0
 #: How long the read process may take to start (Python, imports, its first frame).
 START_TIMEOUT_S = 60.0
 
-_HEADER = struct.Struct(">I")
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder().decode
 
@@ -337,33 +337,6 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-# --- the read process: frames over its stdin and stdout ------------------------------------
-
-
-def _frame(body: bytes) -> bytes:
-    return _HEADER.pack(len(body)) + body
-
-
-async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """One frame; ``None`` at end of stream."""
-    try:
-        (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
-        return None
-
-
-async def _pipes(
-    read_from: Any, write_to: Any
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """asyncio streams over a pair of pipe file objects."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), read_from)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, write_to)
-    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
-
-
 @dataclass(slots=True)
 class _Child:
     """One read process and the reads it has in hand."""
@@ -402,7 +375,7 @@ class ReadProcess:
         # no await since the check above: a process that dies from here on fails this too
         child.pending[request_id] = future
         try:
-            child.writer.write(_frame(_ENCODE([request_id, query.width_s, query.end_s, query.by])))
+            child.writer.write(framed(_ENCODE([request_id, query.width_s, query.end_s, query.by])))
             await child.writer.drain()
         except (ConnectionError, RuntimeError) as error:
             child.pending.pop(request_id, None)
@@ -430,10 +403,10 @@ class ReadProcess:
             [sys.executable, "-m", "streams.reads"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         try:
-            reader, writer = await _pipes(proc.stdout, proc.stdin)
-            writer.write(_frame(pickle.dumps(self.settings)))
+            reader, writer = await pipes(proc.stdout, proc.stdin)
+            writer.write(framed(pickle.dumps(self.settings)))
             await writer.drain()
-            frame = await _read_frame(reader)
+            frame = await read_frame(reader)
             if frame is None or _DECODE(frame)[1] != "ready":
                 raise ReadUnavailable("the read process did not start (its log says why)")
         except BaseException:
@@ -447,7 +420,7 @@ class ReadProcess:
         return child
 
     async def _read_replies(self, reader: asyncio.StreamReader, child: _Child) -> None:
-        while (frame := await _read_frame(reader)) is not None:
+        while (frame := await read_frame(reader)) is not None:
             request_id, status, body = _DECODE(frame)
             future = child.pending.pop(request_id, None)
             if future is not None and not future.done():
@@ -505,7 +478,7 @@ async def _answer(store: Any, request: list[Any], writer: asyncio.StreamWriter) 
     except Exception as error:  # a bug: reported to the worker (a 500), this process lives on
         log.exception("a KPI read failed")
         reply = [request_id, "error", repr(error)]
-    writer.write(_frame(_ENCODE(reply)))
+    writer.write(framed(_ENCODE(reply)))
     with contextlib.suppress(ConnectionError):
         await writer.drain()
 
@@ -518,8 +491,8 @@ async def _serve(replies: BinaryIO) -> None:
     from streams.core import CoreConfig
     from streams.store import Store
 
-    reader, writer = await _pipes(sys.stdin.buffer, replies)
-    frame = await _read_frame(reader)
+    reader, writer = await pipes(sys.stdin.buffer, replies)
+    frame = await read_frame(reader)
     if frame is None:
         return
     settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
@@ -532,11 +505,11 @@ async def _serve(replies: BinaryIO) -> None:
         client_name="deskpulse-reads",  # CLIENT LIST tells these from the ingest path's
     )
     store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
-    writer.write(_frame(_ENCODE([0, "ready", None])))
+    writer.write(framed(_ENCODE([0, "ready", None])))
     await writer.drain()
     tasks: set[asyncio.Task[None]] = set()
     try:
-        while (frame := await _read_frame(reader)) is not None:
+        while (frame := await read_frame(reader)) is not None:
             task = asyncio.create_task(_answer(store, _DECODE(frame), writer))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
