@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY streams ./streams
 COPY exporters ./exporters
+COPY deskpulse ./deskpulse
 RUN pip install . && cd / && rm -rf /src
 
 # Faust keeps a small local data directory under the working directory.

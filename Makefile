@@ -46,6 +46,9 @@ test-fast: install
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	@rm -rf build/typecheck && mkdir -p build/typecheck/deskpulse && \
+	  for part in __init__.py py.typed; do ln -s ../../../deskpulse/$$part build/typecheck/deskpulse/$$part; done && \
+	  for sub in models streams exporters; do ln -s ../../../$$sub build/typecheck/deskpulse/$$sub; done
 	$(BIN)/mypy
 
 format: $(STAMP)

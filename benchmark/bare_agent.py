@@ -23,9 +23,9 @@ from typing import Any
 import faust
 import orjson
 
-from models.settings import load_settings
-from streams.app import DeskpulseApp
-from streams.runtime import tune_gc
+from deskpulse.models.settings import load_settings
+from deskpulse.streams.app import DeskpulseApp
+from deskpulse.streams.runtime import tune_gc
 
 __all__ = ["create_bare_app"]
 

@@ -14,9 +14,9 @@ import time
 
 import orjson
 
-from models.settings import load_settings
-from streams.replay import replay
-from streams.runtime import tune_gc
+from deskpulse.models.settings import load_settings
+from deskpulse.streams.replay import replay
+from deskpulse.streams.runtime import tune_gc
 
 
 def main() -> None:

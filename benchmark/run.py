@@ -68,15 +68,15 @@ from benchmark.stack import (
     web_port,
 )
 from benchmark.traffic import marker_id
-from exporters.kafka import kafka_client_options
-from models.settings import Settings, parse_duration
-from streams.core import Conversation, CoreConfig
-from streams.embedded import ManagedProcess, free_port, start_broker, start_redis
-from streams.query import query_kpis
-from streams.simulate import SimConfig, generate
-from streams.store import Store
-from streams.tools import produce_records, settings_topic
-from streams.topics import ensure_topics
+from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.models.settings import Settings, parse_duration
+from deskpulse.streams.core import Conversation, CoreConfig
+from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.query import query_kpis
+from deskpulse.streams.simulate import SimConfig, generate
+from deskpulse.streams.store import Store
+from deskpulse.streams.tools import produce_records, settings_topic
+from deskpulse.streams.topics import ensure_topics
 
 # the budgets of README.md, "Reliability" (the sizing table)
 BUDGET_LIVE_RATIO = 0.90
@@ -912,7 +912,7 @@ class Bench:
         out: dict[str, Any] = {
             "replay": await self.run_replay("replay-scrape", settings, data["records"])
         }
-        from exporters.prometheus import build_registry
+        from deskpulse.exporters.prometheus import build_registry
 
         store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         registry, _, collector = build_registry(settings, store)
@@ -1013,7 +1013,8 @@ class Bench:
             [
                 sys.executable,
                 "-c",
-                "import streams.cli, streams.tools, redis.asyncio, streams.query, streams.store",
+                "import deskpulse.streams.cli, deskpulse.streams.tools, redis.asyncio, "
+                "deskpulse.streams.query, deskpulse.streams.store",
             ],
         ):
             runs = []
@@ -1502,7 +1503,10 @@ def _worker_parts_cpu_s(pid: int) -> dict[str, float]:
         with contextlib.suppress(OSError):
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             module = argv[2] if len(argv) > 2 else b""
-            name = {b"streams.offload": "engine", b"streams.reads": "reads"}.get(module)
+            name = {
+                b"deskpulse.streams.offload": "engine",
+                b"deskpulse.streams.reads": "reads",
+            }.get(module)
             if name is not None:
                 parts[name] = cpu_s(child)
     return parts
@@ -1548,7 +1552,7 @@ def _as_async(function: Callable[[], Any]) -> Callable[[], Any]:
 
 def _deskpulse_argv() -> list[str]:
     script = Path(sys.executable).parent / "deskpulse"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "streams.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "deskpulse.streams.cli"]
 
 
 def missing_profilers(config: Config) -> list[str]:

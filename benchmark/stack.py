@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from redis.asyncio import Redis
 
-from models.settings import ENV_PREFIX, Settings, format_duration
-from streams.embedded import ManagedProcess, free_port
+from deskpulse.models.settings import ENV_PREFIX, Settings, format_duration
+from deskpulse.streams.embedded import ManagedProcess, free_port
 
 __all__ = ["HOST", "Processes", "applied_total", "child_env", "make_settings", "meta_totals"]
 
@@ -96,10 +96,10 @@ class Processes:
         return proc
 
     def worker(self, name: str, settings: Settings, **extra_env: str) -> ManagedProcess:
-        """``python -m streams.cli worker`` (what ``deskpulse worker`` runs)."""
+        """``python -m deskpulse.streams.cli worker`` (what ``deskpulse worker`` runs)."""
         return self.start(
             name,
-            [sys.executable, "-m", "streams.cli", "--log-level", "warning", "worker"],
+            [sys.executable, "-m", "deskpulse.streams.cli", "--log-level", "warning", "worker"],
             env=child_env(settings, **extra_env),
         )
 

@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from exporters.kafka import kafka_client_options
-from models.settings import load_settings
-from streams.simulate import Record, SimConfig, generate
+from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.models.settings import load_settings
+from deskpulse.streams.simulate import Record, SimConfig, generate
 
 __all__ = ["PREGENERATE", "marker_id"]
 

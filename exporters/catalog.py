@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from streams.core import HISTOGRAM_BOUNDS_S as _CORE_BOUNDS_S
+from deskpulse.streams.core import HISTOGRAM_BOUNDS_S as _CORE_BOUNDS_S
 
 __all__ = [
     "CATALOG",

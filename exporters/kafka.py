@@ -30,8 +30,8 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 
-from models.errors import BrokerUnavailable, DeadLetterUnavailable, RejectedEvent
-from models.settings import Settings
+from deskpulse.models.errors import BrokerUnavailable, DeadLetterUnavailable, RejectedEvent
+from deskpulse.models.settings import Settings
 
 __all__ = [
     "DEADLETTER_HEADERS",

@@ -32,13 +32,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from exporters.cardinality import OTHER, Fold, Rule, count_present, guard
-from exporters.catalog import CATALOG
-from models.settings import Settings, format_duration
-from streams import __version__
-from streams.core import SEP, group_document, has_samples, split_dim_key
-from streams.query import group_fields, read_windows
-from streams.store import Store, text
+from deskpulse import __version__
+from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard
+from deskpulse.exporters.catalog import CATALOG
+from deskpulse.models.settings import Settings, format_duration
+from deskpulse.streams.core import SEP, group_document, has_samples, split_dim_key
+from deskpulse.streams.query import group_fields, read_windows
+from deskpulse.streams.store import Store, text
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
 

@@ -18,14 +18,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from exporters.cardinality import OTHER, Rule, guard
-from exporters.kafka import KafkaPublisher
-from exporters.prometheus import WindowRead
-from models.outputs import AlertTransition, KpiSnapshot, output_key
-from models.settings import AlertRule, Settings, parse_duration
-from streams.core import SEP, group_document, has_samples
-from streams.query import DIMENSIONS, build_document, format_time, group_fields, read_windows
-from streams.store import Store, text
+from deskpulse.exporters.cardinality import OTHER, Rule, guard
+from deskpulse.exporters.kafka import KafkaPublisher
+from deskpulse.exporters.prometheus import WindowRead
+from deskpulse.models.outputs import AlertTransition, KpiSnapshot, output_key
+from deskpulse.models.settings import AlertRule, Settings, parse_duration
+from deskpulse.streams.core import SEP, group_document, has_samples
+from deskpulse.streams.query import (
+    DIMENSIONS,
+    build_document,
+    format_time,
+    group_fields,
+    read_windows,
+)
+from deskpulse.streams.store import Store, text
 
 __all__ = ["evaluate_rules", "publish_snapshots", "rule_value", "snapshot_items"]
 

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from models.errors import RejectedEvent
+from deskpulse.models.errors import RejectedEvent
 
 __all__ = [
     "LAST_RESORT_REASON",

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
-from models.errors import SettingsError
+from deskpulse.models.errors import SettingsError
 
 __all__ = [
     "DEFAULT_ALERT_RULES",

@@ -28,8 +28,8 @@ from typing import Annotated, ClassVar, Literal, cast
 
 import msgspec
 
-from models import events as schema
-from models.errors import RejectedEvent
+from deskpulse.models import events as schema
+from deskpulse.models.errors import RejectedEvent
 
 __all__ = [
     "ChatAbandoned",

@@ -35,20 +35,20 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from exporters.kafka import KafkaPublisher, kafka_client_options
-from exporters.prometheus import build_registry, render
-from exporters.publish import evaluate_rules, publish_snapshots
-from models.errors import Abandoned, SettingsError, StateError, StateLost
-from models.settings import Settings
-from streams.breaches import DetectionClocks, check_partitions
-from streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
-from streams.core import CoreConfig
-from streams.engine import DeadLetterTrouble, Engine, Record, retry_forever
-from streams.integrity import StateGuard
-from streams.offload import STOP_GRACE_S, EngineProcess
-from streams.reads import KpiReads
-from streams.store import FIX_RESTART, PartitionMeta, Store
-from streams.topics import ensure_topics
+from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
+from deskpulse.exporters.prometheus import build_registry, render
+from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+from deskpulse.models.errors import Abandoned, SettingsError, StateError, StateLost
+from deskpulse.models.settings import Settings
+from deskpulse.streams.breaches import DetectionClocks, check_partitions
+from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.engine import DeadLetterTrouble, Engine, Record, retry_forever
+from deskpulse.streams.integrity import StateGuard
+from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
+from deskpulse.streams.reads import KpiReads
+from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
+from deskpulse.streams.topics import ensure_topics
 
 __all__ = ["Service", "bearer_token_matches", "create_app"]
 
@@ -253,7 +253,7 @@ async def wait_for_broker(
     settings: Settings, on_state: Callable[[bool], None] | None = None
 ) -> None:
     """Return once the broker answers a metadata request; retry with backoff until then."""
-    from streams.embedded import wait_for_kafka
+    from deskpulse.streams.embedded import wait_for_kafka
 
     options = kafka_client_options(settings)
     bootstrap = options.pop("bootstrap_servers")

@@ -27,10 +27,10 @@ from typing import Any
 
 import orjson
 
-from models.outputs import SlaBreached
-from streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
-from streams.partitioner import forwarded_key
-from streams.store import PartitionMeta, Store
+from deskpulse.models.outputs import SlaBreached
+from deskpulse.streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
+from deskpulse.streams.partitioner import forwarded_key
+from deskpulse.streams.store import PartitionMeta, Store
 
 __all__ = ["DetectionClocks", "check_breaches", "check_partitions", "decide"]
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from models.errors import BrokerUnavailable
+from deskpulse.models.errors import BrokerUnavailable
 
 __all__ = ["PROBE_INTERVAL_S", "PROBE_TIMEOUT_S", "BrokerProbe"]
 

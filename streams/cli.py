@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from models.errors import DeskpulseError, SettingsError
-from models.settings import Settings, load_settings
+from deskpulse.models.errors import DeskpulseError, SettingsError
+from deskpulse.models.settings import Settings, load_settings
 
 __all__ = ["main"]
 
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     reset.add_argument(
         "--note", default="", help="why, recorded with the reset (e.g. a ticket number)"
     )
-    from streams import tools
+    from deskpulse.streams import tools
 
     tools.add_commands(commands)
     return parser
@@ -82,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    from streams.logs import install_repeat_throttle
-    from streams.record_batches import install as report_undecodable_batches
+    from deskpulse.streams.logs import install_repeat_throttle
+    from deskpulse.streams.record_batches import install as report_undecodable_batches
 
     install_repeat_throttle()
     # a batch no codec can read stops the worker and the replay naming where it is
@@ -93,14 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return run_worker(settings, args.log_level)
         if args.command == "demo":
-            from streams.demo import run_demo
+            from deskpulse.streams.demo import run_demo
 
             return run_demo(settings, rate=args.rate, seed=args.seed)
         if args.command == "kpis":
             return asyncio.run(_kpis(settings, args))
         if args.command == "state":
             return _state(settings, args)
-        from streams import tools
+        from deskpulse.streams import tools
 
         return tools.run(args, settings)
     except SettingsError as error:
@@ -114,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _state(settings: Settings, args: argparse.Namespace) -> int:
-    from models.errors import StateError
-    from streams.integrity import check_state, reset_state
+    from deskpulse.models.errors import StateError
+    from deskpulse.streams.integrity import check_state, reset_state
 
     prefix, where = settings.redis_prefix, f"deskpulse state {args.state_command}"
     if args.log_level != "debug":  # the answer is one line; the client's chatter is not
@@ -157,9 +157,9 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     """Run the Faust worker until SIGINT/SIGTERM (which flush and commit first)."""
     import faust
 
-    from streams.app import create_app, probe_redis
-    from streams.logs import install_repeat_throttle
-    from streams.runtime import tune_gc
+    from deskpulse.streams.app import create_app, probe_redis
+    from deskpulse.streams.logs import install_repeat_throttle
+    from deskpulse.streams.runtime import tune_gc
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -216,10 +216,10 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    from models.errors import InvalidQuery, StateError
-    from streams.core import CoreConfig
-    from streams.query import parse_query, read_document
-    from streams.store import Store
+    from deskpulse.models.errors import InvalidQuery, StateError
+    from deskpulse.streams.core import CoreConfig
+    from deskpulse.streams.query import parse_query, read_document
+    from deskpulse.streams.store import Store
 
     # what the window may be is settled before Redis is touched, as GET /kpis does
     try:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from models.wire import (
+from deskpulse.models.wire import (
     ChatAbandoned,
     ChatAccepted,
     ChatEnded,
@@ -40,7 +40,7 @@ from models.wire import (
     WireEvent,
     event_ms,
 )
-from streams import sketch
+from deskpulse.streams import sketch
 
 __all__ = [
     "FIELDS",

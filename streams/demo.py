@@ -28,10 +28,10 @@ from urllib.parse import urlparse
 
 from aiokafka import AIOKafkaProducer
 
-from exporters.kafka import kafka_client_options
-from models.settings import Settings
-from streams.embedded import ManagedProcess, port_open, start_broker, start_redis
-from streams.topics import ensure_topics
+from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import ManagedProcess, port_open, start_broker, start_redis
+from deskpulse.streams.topics import ensure_topics
 
 __all__ = ["claim_state", "produce_live", "run_demo"]
 
@@ -78,8 +78,8 @@ async def claim_state(settings: Settings, *, own_redis: bool, now_s: float) -> S
     """
     from redis.asyncio import Redis
 
-    from streams.core import CoreConfig
-    from streams.store import Store
+    from deskpulse.streams.core import CoreConfig
+    from deskpulse.streams.store import Store
 
     prefix = settings.redis_prefix
     redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
@@ -154,7 +154,7 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
             settings = asyncio.run(claim_state(settings, own_redis=own_redis, now_s=time.time()))
         asyncio.run(ensure_topics(settings))
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "deskpulse.streams.cli", "worker"],
             env=os.environ | {"DESKPULSE_REDIS_PREFIX": settings.redis_prefix},
             start_new_session=True,
         )
@@ -201,7 +201,7 @@ async def produce_live(
     duration_s: float | None = None,
 ) -> int:
     """Produce simulated events in real time: each one when its event time comes."""
-    from streams.simulate import SimConfig, generate
+    from deskpulse.streams.simulate import SimConfig, generate
 
     topics = {
         "tickets": settings.topic_tickets,

@@ -31,7 +31,7 @@ from typing import Any, Self, TypeVar
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from models.errors import BrokerUnavailable, EmbeddedStartError, SettingsError
+from deskpulse.models.errors import BrokerUnavailable, EmbeddedStartError, SettingsError
 
 __all__ = [
     "ManagedProcess",

@@ -35,12 +35,12 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, TryAga
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models.errors import Abandoned, DeadLetterUnavailable, RejectedEvent
-from models.settings import Settings
-from models.wire import WireEvent, decode_record
-from streams.core import BatchResult, CoreConfig, Pending, fold_batch
-from streams.partitioner import ConversationPartitions, forwarded_key
-from streams.store import PartitionMeta, Store
+from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEvent
+from deskpulse.models.settings import Settings
+from deskpulse.models.wire import WireEvent, decode_record
+from deskpulse.streams.core import BatchResult, CoreConfig, Pending, fold_batch
+from deskpulse.streams.partitioner import ConversationPartitions, forwarded_key
+from deskpulse.streams.store import PartitionMeta, Store
 
 __all__ = [
     "DEADLETTER_OVERDUE_S",

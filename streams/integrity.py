@@ -38,10 +38,10 @@ from typing import Any, NoReturn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
-from exporters.kafka import kafka_client_options
-from models.errors import Abandoned, StateError, StateLost, TopicsReplaced
-from models.settings import Settings
-from streams.store import FIX_LOST, Store
+from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.models.errors import Abandoned, StateError, StateLost, TopicsReplaced
+from deskpulse.models.settings import Settings
+from deskpulse.streams.store import FIX_LOST, Store
 
 __all__ = [
     "FIX_TOPICS",
@@ -294,7 +294,7 @@ class StateGuard:
         started: Callable[[], bool] = lambda: True,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
-        from streams.engine import RETRIABLE_REDIS
+        from deskpulse.streams.engine import RETRIABLE_REDIS
 
         self.settings = settings
         self.store = store
@@ -325,7 +325,7 @@ class StateGuard:
         self._task = asyncio.ensure_future(self._check_assignment(sorted(set(partitions))))
 
     async def _check_assignment(self, partitions: list[int]) -> None:
-        from streams.engine import retry_forever
+        from deskpulse.streams.engine import retry_forever
 
         while not self.started():
             await asyncio.sleep(0.05)
@@ -441,7 +441,7 @@ async def check_state(settings: Settings) -> tuple[Store, list[str]]:
     """``deskpulse state check``: the stored state against the consumer group and the
     topics, writing nothing; raises :class:`StateError` naming the fix, else the store
     (its generation) and warnings."""
-    from streams.core import CoreConfig
+    from deskpulse.streams.core import CoreConfig
 
     redis = _redis(settings)
     offsets = TopicOffsets(settings)
@@ -468,8 +468,8 @@ async def reset_state(settings: Settings, *, note: str) -> ResetSummary:
     """
     import time
 
-    from streams.core import CoreConfig
-    from streams.query import format_time
+    from deskpulse.streams.core import CoreConfig
+    from deskpulse.streams.query import format_time
 
     redis = _redis(settings)
     offsets = TopicOffsets(settings)

@@ -2,7 +2,7 @@
 
 A Faust agent that decodes, folds and commits in its own event loop shares one core
 between Faust's per-event bookkeeping and the engine. With ``DESKPULSE_ENGINE_PROCESS``
-the worker starts ``python -m streams.offload`` and talks to it over its stdin and stdout
+the worker starts ``python -m deskpulse.streams.offload`` and talks to it over its stdin and stdout
 with length-prefixed frames, from the worker's event loop: no executor threads in the
 worker (they would contend with Faust for the interpreter lock). Each batch travels as
 columns of raw record bytes; the child decodes, folds and commits it with the same
@@ -53,11 +53,11 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from models.errors import Abandoned
-from models.settings import Settings
-from streams.engine import DeadLetterTrouble, Record, SourceRecord
-from streams.frames import frame as framed
-from streams.frames import pipes, read_frame
+from deskpulse.models.errors import Abandoned
+from deskpulse.models.settings import Settings
+from deskpulse.streams.engine import DeadLetterTrouble, Record, SourceRecord
+from deskpulse.streams.frames import frame as framed
+from deskpulse.streams.frames import pipes, read_frame
 
 __all__ = [
     "STOP_GRACE_S",
@@ -174,11 +174,11 @@ class _Child:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        from exporters.kafka import KafkaPublisher
-        from exporters.prometheus import KpiCollector
-        from streams.core import CoreConfig
-        from streams.engine import Engine
-        from streams.store import Store
+        from deskpulse.exporters.kafka import KafkaPublisher
+        from deskpulse.exporters.prometheus import KpiCollector
+        from deskpulse.streams.core import CoreConfig
+        from deskpulse.streams.engine import Engine
+        from deskpulse.streams.store import Store
 
         self.settings = settings
         self.writer = writer
@@ -204,8 +204,8 @@ class _Child:
         self.reply(0, "deadletter", None if trouble is None else list(trouble))
 
     async def run(self, reader: asyncio.StreamReader) -> None:
-        from streams.engine import retry_forever
-        from streams.runtime import tune_gc
+        from deskpulse.streams.engine import retry_forever
+        from deskpulse.streams.runtime import tune_gc
 
         await retry_forever(
             self.publisher.start, what="starting the Kafka producer", retriable=(Exception,)
@@ -249,7 +249,7 @@ class _Child:
 
     async def answer(self, request: list[Any]) -> None:
         request_id, kind = request[0], request[1]
-        from models.errors import StateError
+        from deskpulse.models.errors import StateError
 
         try:
             body = await self.handle(kind, request[2:])
@@ -267,8 +267,8 @@ class _Child:
             await self.writer.drain()
 
     async def handle(self, kind: str, args: list[Any]) -> Any:
-        from exporters.publish import evaluate_rules, publish_snapshots
-        from streams.breaches import check_partitions
+        from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+        from deskpulse.streams.breaches import check_partitions
 
         if kind == "batch":
             metrics = RecordingMetrics()
@@ -337,8 +337,8 @@ async def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
 
 
 def main() -> None:
-    """``python -m streams.offload [PARENT_PID]``: the child side; the settings come as the
-    first frame."""
+    """``python -m deskpulse.streams.offload [PARENT_PID]``: the child side; the settings
+    come as the first frame."""
     # The parent decides when the child ends (after the in-flight batch): a Ctrl-C or a
     # SIGTERM to the whole process group must not kill it under a batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -348,7 +348,7 @@ def main() -> None:
     )
     parent_pid = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     _die_with_parent(parent_pid)
-    from streams.logs import install_repeat_throttle
+    from deskpulse.streams.logs import install_repeat_throttle
 
     install_repeat_throttle()  # its Kafka producer floods like the worker's
     # frames go to the original stdout; anything else printed lands on stderr
@@ -362,7 +362,7 @@ def main() -> None:
 
 def _state_error(name: str, reason: str, detail: str, fix: str) -> Exception:
     """The child's :class:`~models.errors.StateError`, raised again in the worker."""
-    from models.errors import StateError, StateLost, TopicsReplaced
+    from deskpulse.models.errors import StateError, StateLost, TopicsReplaced
 
     kind = {"StateLost": StateLost, "TopicsReplaced": TopicsReplaced}.get(name, StateError)
     return kind(reason, detail, fix)
@@ -394,7 +394,7 @@ class EngineProcess:
     async def start(self) -> None:
         """Start the child and wait until it has connected to the broker."""
         self._proc = self._popen = subprocess.Popen(
-            [sys.executable, "-m", "streams.offload", str(os.getpid())],
+            [sys.executable, "-m", "deskpulse.streams.offload", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from models.errors import InvalidQuery
-from models.events import parse_time
-from streams.core import SEP, group_document, has_samples
-from streams.store import Store
-from streams.windows import cover, format_width, parse_width, window_bounds
+from deskpulse.models.errors import InvalidQuery
+from deskpulse.models.events import parse_time
+from deskpulse.streams.core import SEP, group_document, has_samples
+from deskpulse.streams.store import Store
+from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
 __all__ = [
     "DIMENSIONS",

@@ -16,7 +16,7 @@ the ingest path's Redis pool out of connections. So a read is:
 * **shared**: identical reads (same width, same bucket-aligned end, same grouping: the
   same buckets, so the same document) that arrive while one computes wait for it, and its
   document also answers those that arrive up to ``DESKPULSE_READ_CACHE`` seconds later;
-* **elsewhere**: computed in a read process of its own (``python -m streams.reads``), with
+* **elsewhere**: computed in a read process of its own (``python -m deskpulse.streams.reads``), with
   its own Redis connections, at a lower CPU priority. The worker's event loop only passes
   bytes along; when the CPU is contended the kernel serves ingestion (the worker and its
   engine process) first, and reads get what is left. A thread of the worker would not do:
@@ -47,11 +47,11 @@ from typing import Any, BinaryIO, Literal, get_args
 
 import msgspec
 
-from models.errors import InvalidQuery, ReadUnavailable
-from models.settings import Settings
-from streams.frames import frame as framed
-from streams.frames import pipes, read_frame
-from streams.query import KpiQuery
+from deskpulse.models.errors import InvalidQuery, ReadUnavailable
+from deskpulse.models.settings import Settings
+from deskpulse.streams.frames import frame as framed
+from deskpulse.streams.frames import pipes, read_frame
+from deskpulse.streams.query import KpiQuery
 
 __all__ = [
     "PARAMETERS",
@@ -257,7 +257,7 @@ class KpiReads:
     ) -> None:
         from prometheus_client import Counter
 
-        from exporters.catalog import CATALOG
+        from deskpulse.exporters.catalog import CATALOG
 
         self.settings = settings
         self.process = ReadProcess(settings)
@@ -301,7 +301,7 @@ class KpiReads:
 
     def parse(self, parameters: Iterable[tuple[str, str]]) -> KpiQuery:
         """The :class:`KpiQuery` of the query string, or :class:`InvalidQuery` (counted)."""
-        from streams.query import parse_query
+        from deskpulse.streams.query import parse_query
 
         given: dict[str, str] = {}
         try:
@@ -400,7 +400,9 @@ class ReadProcess:
 
     async def _start(self) -> _Child:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.reads"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", "deskpulse.streams.reads"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         try:
             reader, writer = await pipes(proc.stdout, proc.stdin)
@@ -463,7 +465,7 @@ async def _answer(store: Any, request: list[Any], writer: asyncio.StreamWriter) 
     import orjson
     from redis.exceptions import RedisError
 
-    from streams.query import read_document
+    from deskpulse.streams.query import read_document
 
     request_id, width_s, end_s, by = request
     reply: list[Any]
@@ -488,8 +490,8 @@ async def _serve(replies: BinaryIO) -> None:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    from streams.core import CoreConfig
-    from streams.store import Store
+    from deskpulse.streams.core import CoreConfig
+    from deskpulse.streams.store import Store
 
     reader, writer = await pipes(sys.stdin.buffer, replies)
     frame = await read_frame(reader)
@@ -522,7 +524,8 @@ async def _serve(replies: BinaryIO) -> None:
 
 
 def main() -> None:
-    """``python -m streams.reads``: the read process; the settings come as the first frame."""
+    """``python -m deskpulse.streams.reads``: the read process; the settings come as the
+    first frame."""
     import signal
 
     # A Ctrl-C or a SIGTERM to the whole process group reaches this process too: the worker

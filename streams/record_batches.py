@@ -23,7 +23,7 @@ from typing import Any
 from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import CorruptRecordException
 
-from models.errors import UndecodableBatch
+from deskpulse.models.errors import UndecodableBatch
 
 __all__ = ["install", "installed"]
 

@@ -41,14 +41,14 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from exporters.kafka import KafkaPublisher, kafka_client_options
-from exporters.prometheus import PipelineMetrics
-from models.settings import Settings
-from streams.core import CoreConfig
-from streams.engine import Engine
-from streams.integrity import TopicOffsets, verify
-from streams.store import Store
-from streams.topics import ensure_topics
+from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
+from deskpulse.exporters.prometheus import PipelineMetrics
+from deskpulse.models.settings import Settings
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.engine import Engine
+from deskpulse.streams.integrity import TopicOffsets, verify
+from deskpulse.streams.store import Store
+from deskpulse.streams.topics import ensure_topics
 
 __all__ = ["ReplayStats", "replay"]
 

@@ -65,8 +65,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from models.errors import StateLost
-from streams.core import SEP, BatchResult, Conversation, CoreConfig
+from deskpulse.models.errors import StateLost
+from deskpulse.streams.core import SEP, BatchResult, Conversation, CoreConfig
 
 __all__ = ["FIX_LOST", "FIX_RESTART", "LAYOUT", "PartitionMeta", "Store", "text"]
 
@@ -292,7 +292,7 @@ class Store:
         self._refuse_other_layout(stored)
         for name, value in wanted.items():
             if stored.get(name) != value:
-                from models.errors import SettingsError
+                from deskpulse.models.errors import SettingsError
 
                 raise SettingsError(
                     f"DESKPULSE_{name.upper()}",
@@ -415,7 +415,7 @@ class Store:
 
     def _refuse_other_layout(self, stored: dict[str, str]) -> None:
         if stored.get("layout") != LAYOUT:
-            from models.errors import SettingsError
+            from deskpulse.models.errors import SettingsError
 
             raise SettingsError(
                 "DESKPULSE_REDIS_PREFIX",

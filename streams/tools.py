@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from models.settings import Settings
+from deskpulse.models.settings import Settings
 
 __all__ = ["Progress", "add_commands", "produce_records", "run"]
 
@@ -85,16 +85,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from models.settings import parse_duration
-    from streams.simulate import SimConfig, generate, write_jsonl
+    from deskpulse.models.settings import parse_duration
+    from deskpulse.streams.simulate import SimConfig, generate, write_jsonl
 
     if args.live:
-        from streams.demo import produce_live
+        from deskpulse.streams.demo import produce_live
 
         return asyncio.run(produce_live(settings, rate=args.rate, seed=args.seed))
     duration = parse_duration(args.duration)
     if args.start:
-        from streams.query import parse_at
+        from deskpulse.streams.query import parse_at
 
         start_s = parse_at(args.start)
     else:
@@ -147,7 +147,7 @@ async def produce_records(
     # imported here: `deskpulse kpis` builds the same parser and should not pay for Kafka
     from aiokafka import AIOKafkaProducer
 
-    from exporters.kafka import kafka_client_options
+    from deskpulse.exporters.kafka import kafka_client_options
 
     producer = AIOKafkaProducer(
         **kafka_client_options(settings),
@@ -223,8 +223,8 @@ def _produce_file(path: str, settings: Settings) -> int:
 
 
 def _replay(settings: Settings) -> int:
-    from streams.replay import replay
-    from streams.runtime import tune_gc
+    from deskpulse.streams.replay import replay
+    from deskpulse.streams.runtime import tune_gc
 
     tune_gc()
     progress = Progress("replay")

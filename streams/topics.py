@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from exporters.kafka import kafka_client_options
-from models.errors import SettingsError
-from models.settings import Settings
-from streams.embedded import check_copartitioned
-from streams.embedded import ensure_topics as _ensure
+from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.models.errors import SettingsError
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import check_copartitioned
+from deskpulse.streams.embedded import ensure_topics as _ensure
 
 __all__ = ["ensure_topics"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from models.settings import Settings
-from streams.embedded import (
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import (
     ManagedProcess,
     ensure_topics,
     free_port,

@@ -32,14 +32,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from redis.asyncio import Redis as AsyncRedis
 
-from models.errors import RejectedEvent
-from models.events import SurveyResponded, TicketReplied, decode
-from models.settings import Settings
-from streams.core import CoreConfig
-from streams.query import format_time, query_kpis
-from streams.simulate import DEFAULT_START_S, Record, SimConfig, generate
-from streams.store import Store
-from streams.windows import parse_width
+from deskpulse.models.errors import RejectedEvent
+from deskpulse.models.events import SurveyResponded, TicketReplied, decode
+from deskpulse.models.settings import Settings
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.query import format_time, query_kpis
+from deskpulse.streams.simulate import DEFAULT_START_S, Record, SimConfig, generate
+from deskpulse.streams.store import Store
+from deskpulse.streams.windows import parse_width
 
 from .oracle import compare, compute
 from .support import WorkerProcess, consume_all, run_cli, settings_env, wait_until

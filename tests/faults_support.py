@@ -33,12 +33,12 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from models.errors import RejectedEvent
-from models.events import decode
-from models.settings import Settings
-from streams.embedded import ManagedProcess, redis_server_bin, wait_for_port
-from streams.query import format_time
-from streams.simulate import Record
+from deskpulse.models.errors import RejectedEvent
+from deskpulse.models.events import decode
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import ManagedProcess, redis_server_bin, wait_for_port
+from deskpulse.streams.query import format_time
+from deskpulse.streams.simulate import Record
 
 from .oracle import compare, compute
 from .support import HttpResponse, consume_all, samples, wait_until

@@ -28,8 +28,8 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from models.errors import RejectedEvent
-from models.events import (
+from deskpulse.models.errors import RejectedEvent
+from deskpulse.models.events import (
     ChatAbandoned,
     ChatAccepted,
     ChatEnded,

@@ -1,7 +1,7 @@
 """Helpers for tests that run deskpulse as real processes and talk to it over the wire.
 
 :func:`settings_env` turns a :class:`~models.settings.Settings` into the environment a
-``python -m streams.cli ...`` subprocess needs to build the very same settings;
+``python -m deskpulse.streams.cli ...`` subprocess needs to build the very same settings;
 :class:`WorkerProcess` runs the worker that way. :func:`produce` and :func:`consume_all`
 speak Kafka like an upstream producer and a downstream reader would; :func:`scrape` and
 :func:`sample` read ``/metrics`` like Prometheus does.
@@ -28,8 +28,8 @@ from aiokafka.structs import RecordMetadata
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, SecretStr
 
-from models.settings import ENV_PREFIX, Settings, format_duration
-from streams.embedded import ManagedProcess
+from deskpulse.models.settings import ENV_PREFIX, Settings, format_duration
+from deskpulse.streams.embedded import ManagedProcess
 
 __all__ = [
     "HttpResponse",
@@ -95,9 +95,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 def run_cli(
     args: Sequence[str], env: Mapping[str, str], *, cwd: Path | str, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m streams.cli ARGS`` to completion; its exit status and output."""
+    """Run ``python -m deskpulse.streams.cli ARGS`` to completion; its exit status and output."""
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "deskpulse.streams.cli", *args],
         env=dict(env),
         cwd=cwd,
         capture_output=True,
@@ -289,7 +289,7 @@ async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 
 class WorkerProcess:
-    """``python -m streams.cli worker`` as a real subprocess, logging to ``log_path``.
+    """``python -m deskpulse.streams.cli worker`` as a real subprocess, logging to ``log_path``.
 
     Runs in its own process group (a :class:`~streams.embedded.ManagedProcess`). Use it
     as a context manager: leaving stops it (SIGTERM, then SIGKILL after a grace period).
@@ -311,7 +311,7 @@ class WorkerProcess:
         # cwd is the test's own directory: a developer's .env must not leak in
         self.process = ManagedProcess(
             name,
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "deskpulse.streams.cli", "worker"],
             self.log_path,
             cwd=self.workdir,
             env=self.env,

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporters.catalog import CATALOG, CUMULATIVE, WINDOWED, sample_names
-from models.settings import Settings, load_settings
+from deskpulse.exporters.catalog import CATALOG, CUMULATIVE, WINDOWED, sample_names
+from deskpulse.models.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "exporters" / "assets"
@@ -503,11 +503,12 @@ def test_dockerfile_installs_the_package_and_runs_the_worker() -> None:
         for source in line.split()[:-1]
     }
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    needed = {"pyproject.toml", *project["tool"]["setuptools"]["packages"]}
+    # the folders the package-dir mapping installs under deskpulse
+    needed = {"pyproject.toml", *project["tool"]["setuptools"]["package-dir"].values()}
     if isinstance(project["project"].get("readme"), str):
         needed.add(project["project"]["readme"])
     assert needed <= copied, needed - copied
-    assert project["project"]["scripts"]["deskpulse"] == "streams.cli:main"
+    assert project["project"]["scripts"]["deskpulse"] == "deskpulse.streams.cli:main"
 
 
 # -- the repository stands alone -----------------------------------------------------------

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import exporters.catalog as catalog_module
-from exporters.catalog import (
+import deskpulse.exporters.catalog as catalog_module
+from deskpulse.exporters.catalog import (
     CATALOG,
     CUMULATIVE,
     DIMS,
@@ -20,7 +20,7 @@ from exporters.catalog import (
     first_response_buckets,
     sample_names,
 )
-from models.settings import DEFAULT_FIRST_RESPONSE_TARGETS
+from deskpulse.models.settings import DEFAULT_FIRST_RESPONSE_TARGETS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

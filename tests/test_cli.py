@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import render_table
-from streams.core import group_document
-from streams.embedded import free_port
+from deskpulse.streams.cli import render_table
+from deskpulse.streams.core import group_document
+from deskpulse.streams.embedded import free_port
 
 from .support import run_cli
 
@@ -65,7 +65,7 @@ def test_table_has_a_row_per_group_and_dashes_for_no_samples() -> None:
 def test_version_matches_the_package_metadata() -> None:
     import tomllib
 
-    from streams import __version__
+    from deskpulse import __version__
 
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     assert tomllib.loads(pyproject.read_text())["project"]["version"] == __version__

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.wire import decode_record
-from streams.core import (
+from deskpulse.models.wire import decode_record
+from deskpulse.streams.core import (
     SEP,
     BatchResult,
     Conversation,
@@ -21,7 +21,7 @@ from streams.core import (
     fold_batch,
     group_document,
 )
-from streams.query import build_document
+from deskpulse.streams.query import build_document
 
 T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
 CONFIG = CoreConfig()

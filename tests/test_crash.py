@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from models.settings import Settings
-from streams.embedded import free_port, start_redis
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import free_port, start_redis
 
 from .conftest import HOST
 from .e2e_support import (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded import free_port, port_open
+from deskpulse.streams.embedded import free_port, port_open
 
 from .conftest import HOST
 from .support import samples, scrape, wait_until
@@ -93,7 +93,7 @@ def test_demo_shows_kpis_and_ctrl_c_stops_everything(
     with log_path.open("wb") as log:
         # a session of its own, like a shell job: the demo leads its process group
         demo = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "demo", "--rate", "50"],
+            [sys.executable, "-m", "deskpulse.streams.cli", "demo", "--rate", "50"],
             env=env,
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,

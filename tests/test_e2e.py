@@ -13,8 +13,8 @@ import pytest
 import redis
 from aiokafka.structs import RecordMetadata
 
-from models.settings import Settings
-from streams.core import Conversation
+from deskpulse.models.settings import Settings
+from deskpulse.streams.core import Conversation
 
 from .e2e_support import (
     Dataset,

@@ -18,10 +18,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from models.errors import EmbeddedStartError, SettingsError
-from models.settings import Settings
-from streams import embedded
-from streams.embedded import (
+from deskpulse.models.errors import EmbeddedStartError, SettingsError
+from deskpulse.models.settings import Settings
+from deskpulse.streams import embedded
+from deskpulse.streams.embedded import (
     ManagedProcess,
     check_copartitioned,
     ensure_topics,

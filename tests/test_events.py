@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from models import events
-from models.errors import RejectedEvent
-from models.events import (
+from deskpulse.models import events
+from deskpulse.models.errors import RejectedEvent
+from deskpulse.models.events import (
     LAST_RESORT_REASON,
     REJECTION_REASONS,
     ChatAbandoned,
@@ -408,6 +408,6 @@ def test_valid_events(fields: dict[str, Any], model: type, expected: dict[str, A
 
 
 def test_every_event_type_has_a_valid_example() -> None:
-    from models.events import EVENT_TYPES
+    from deskpulse.models.events import EVENT_TYPES
 
     assert {fields["type"] for fields, _, _ in VALID} == set(EVENT_TYPES)

@@ -26,9 +26,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from models.settings import Settings
-from streams.embedded import free_port, start_broker, start_redis
-from streams.simulate import Record
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import free_port, start_broker, start_redis
+from deskpulse.streams.simulate import Record
 
 from .conftest import HOST
 from .e2e_support import (

@@ -45,11 +45,11 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.errors import RejectedEvent, UndecodableBatch
-from models.events import decode
-from models.settings import Settings
-from streams import record_batches
-from streams.query import format_time
+from deskpulse.models.errors import RejectedEvent, UndecodableBatch
+from deskpulse.models.events import decode
+from deskpulse.models.settings import Settings
+from deskpulse.streams import record_batches
+from deskpulse.streams.query import format_time
 
 from .conftest import create_topics
 from .e2e_support import kpis_store

@@ -39,16 +39,16 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from exporters.kafka import SIZE_ERRORS, TRUNCATED_KEY_BYTES, KafkaPublisher
-from exporters.prometheus import PipelineMetrics
-from models.errors import Abandoned, DeadLetterUnavailable, RejectedEvent
-from models.settings import Settings
-from streams.app import STOP_DEADLINE_S
-from streams.core import CoreConfig
-from streams.embedded import ManagedProcess, free_port, start_broker, start_redis
-from streams.engine import DeadLetterTrouble, Engine, SourceRecord
-from streams.simulate import Record
-from streams.store import Store
+from deskpulse.exporters.kafka import SIZE_ERRORS, TRUNCATED_KEY_BYTES, KafkaPublisher
+from deskpulse.exporters.prometheus import PipelineMetrics
+from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEvent
+from deskpulse.models.settings import Settings
+from deskpulse.streams.app import STOP_DEADLINE_S
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.engine import DeadLetterTrouble, Engine, SourceRecord
+from deskpulse.streams.simulate import Record
+from deskpulse.streams.store import Store
 
 from .conftest import HOST
 from .e2e_support import Dataset, build_dataset, check_counters, progress, wait_for_state
@@ -776,7 +776,7 @@ def test_an_engine_process_whose_worker_is_gone_already_exits_at_once() -> None:
     # started for a worker (pid 1 here) that is not its parent: that worker died before the
     # child could ask the kernel to end it with the worker
     done = subprocess.run(
-        [sys.executable, "-m", "streams.offload", "1"],
+        [sys.executable, "-m", "deskpulse.streams.offload", "1"],
         stdin=subprocess.PIPE,
         capture_output=True,
         timeout=60,

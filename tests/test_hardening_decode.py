@@ -22,17 +22,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from models import events, wire
-from models.errors import RejectedEvent
-from models.events import (
+from deskpulse.models import events, wire
+from deskpulse.models.errors import RejectedEvent
+from deskpulse.models.events import (
     EVENT_TYPES,
     LAST_RESORT_REASON,
     decode,
     duplicate_key,
     members_distinct,
 )
-from models.wire import decode_record
-from streams.simulate import SimConfig, generate
+from deskpulse.models.wire import decode_record
+from deskpulse.streams.simulate import SimConfig, generate
 
 from .test_wire import NOW_S, assert_same, verdict
 

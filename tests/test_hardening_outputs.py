@@ -31,20 +31,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from exporters import cardinality
-from exporters.cardinality import OTHER, Rule, allocate, guard
-from exporters.kafka import KafkaPublisher
-from exporters.prometheus import _SUMMARIES, _WINDOWED, KpiCollector, PipelineMetrics
-from exporters.publish import evaluate_rules, publish_snapshots
-from models.errors import SettingsError
-from models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
-from models.settings import AlertRule, Settings, load_settings
-from streams.core import CoreConfig, group_document, has_samples
-from streams.engine import Engine, SourceRecord
-from streams.partitioner import java_partition
-from streams.query import DIMENSIONS, query_kpis
-from streams.sketch import index_of
-from streams.store import Store
+from deskpulse.exporters import cardinality
+from deskpulse.exporters.cardinality import OTHER, Rule, allocate, guard
+from deskpulse.exporters.kafka import KafkaPublisher
+from deskpulse.exporters.prometheus import _SUMMARIES, _WINDOWED, KpiCollector, PipelineMetrics
+from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+from deskpulse.models.errors import SettingsError
+from deskpulse.models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
+from deskpulse.models.settings import AlertRule, Settings, load_settings
+from deskpulse.streams.core import CoreConfig, group_document, has_samples
+from deskpulse.streams.engine import Engine, SourceRecord
+from deskpulse.streams.partitioner import java_partition
+from deskpulse.streams.query import DIMENSIONS, query_kpis
+from deskpulse.streams.sketch import index_of
+from deskpulse.streams.store import Store
 
 from .conftest import RedisServer, create_topics
 from .support import WorkerProcess, consume_all, produce, scrape, wait_until

@@ -34,25 +34,25 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis as AsyncRedis
 
-from exporters.kafka import KafkaPublisher
-from exporters.prometheus import PipelineMetrics
-from models.errors import RejectedEvent, SettingsError
-from models.events import SurveyResponded, TicketCreated, TicketReplied, decode
-from models.settings import Settings, load_settings
-from streams.breaches import DetectionClocks
-from streams.core import CoreConfig
-from streams.embedded import free_port
-from streams.engine import Engine, SourceRecord
-from streams.partitioner import (
+from deskpulse.exporters.kafka import KafkaPublisher
+from deskpulse.exporters.prometheus import PipelineMetrics
+from deskpulse.models.errors import RejectedEvent, SettingsError
+from deskpulse.models.events import SurveyResponded, TicketCreated, TicketReplied, decode
+from deskpulse.models.settings import Settings, load_settings
+from deskpulse.streams.breaches import DetectionClocks
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.embedded import free_port
+from deskpulse.streams.engine import Engine, SourceRecord
+from deskpulse.streams.partitioner import (
     ConversationPartitions,
     forwarded_key,
     java_partition,
     murmur2,
     murmur2_many,
 )
-from streams.query import query_kpis
-from streams.simulate import Record
-from streams.store import PartitionMeta, Store
+from deskpulse.streams.query import query_kpis
+from deskpulse.streams.simulate import Record
+from deskpulse.streams.store import PartitionMeta, Store
 
 from .conftest import HOST
 from .e2e_support import (

@@ -27,14 +27,14 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from models.errors import InvalidQuery, ReadUnavailable
-from models.settings import Settings
-from models.wire import decode_record
-from streams.core import CoreConfig, Pending, fold_batch
-from streams.embedded import ManagedProcess, free_port, start_redis
-from streams.query import KpiQuery, format_time, parse_query
-from streams.reads import KpiReads, Pacer, ReadGate
-from streams.store import Store
+from deskpulse.models.errors import InvalidQuery, ReadUnavailable
+from deskpulse.models.settings import Settings
+from deskpulse.models.wire import decode_record
+from deskpulse.streams.core import CoreConfig, Pending, fold_batch
+from deskpulse.streams.embedded import ManagedProcess, free_port, start_redis
+from deskpulse.streams.query import KpiQuery, format_time, parse_query
+from deskpulse.streams.reads import KpiReads, Pacer, ReadGate
+from deskpulse.streams.store import Store
 
 from .conftest import HOST, create_topics
 from .support import (

@@ -24,12 +24,12 @@ from aiokafka.structs import RecordMetadata
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from models.errors import StateLost
-from models.settings import Settings
-from streams.core import CoreConfig
-from streams.embedded import ManagedProcess, free_port, start_broker, start_redis
-from streams.integrity import PartitionOffsets, Verdict, judge
-from streams.store import Store
+from deskpulse.models.errors import StateLost
+from deskpulse.models.settings import Settings
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.integrity import PartitionOffsets, Verdict, judge
+from deskpulse.streams.store import Store
 
 from .conftest import HOST, create_topics
 from .e2e_support import (
@@ -363,7 +363,9 @@ def check_reported_once(worker: WorkerProcess, problem: str, *, says: Sequence[s
     line = next(line for line in log.splitlines() if STOPPED in line)
     assert "CRITICAL" in line and "runbook-deskpulsestatelost" in line, line
     # said, not raised: no traceback of it, in the worker or the engine process
-    assert "models.errors.State" not in log and "TopicsReplaced" not in log, worker.describe()
+    assert "deskpulse.models.errors.State" not in log and "TopicsReplaced" not in log, (
+        worker.describe()
+    )
 
 
 def stop_halted(worker: WorkerProcess) -> None:
@@ -654,7 +656,7 @@ def test_the_records_the_fence_skips_after_a_kill_are_counted(
 def test_the_demo_on_a_fresh_broker_takes_the_prefix_for_itself(redis_url: str) -> None:
     """What ``deskpulse demo`` does with state an earlier demo left, when it starts an
     embedded broker (empty topics): clears it in a Redis it started, else moves away."""
-    from streams.demo import claim_state
+    from deskpulse.streams.demo import claim_state
 
     prefix = f"demo{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_url, redis_prefix=prefix)
@@ -689,7 +691,7 @@ def test_a_second_demo_processes_its_events(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from streams.embedded import port_open
+    from deskpulse.streams.embedded import port_open
 
     from .test_demo import alive_in_groups, descendants, distinct_free_ports
 
@@ -710,7 +712,7 @@ def test_a_second_demo_processes_its_events(tmp_path: Path) -> None:
         log_path = tmp_path / f"{name}.log"
         with log_path.open("wb") as log:
             demo = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "demo", "--rate", "50"],
+                [sys.executable, "-m", "deskpulse.streams.cli", "demo", "--rate", "50"],
                 env=env,
                 cwd=tmp_path,
                 stdin=subprocess.DEVNULL,

@@ -17,11 +17,11 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from models.errors import SettingsError
-from models.settings import Settings, load_settings
-from streams.app import bearer_token_matches, create_app
-from streams.embedded import free_port, start_broker
-from streams.logs import (
+from deskpulse.models.errors import SettingsError
+from deskpulse.models.settings import Settings, load_settings
+from deskpulse.streams.app import bearer_token_matches, create_app
+from deskpulse.streams.embedded import free_port, start_broker
+from deskpulse.streams.logs import (
     MAX_TRACKED,
     RepeatThrottle,
     install_repeat_throttle,

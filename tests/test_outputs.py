@@ -24,9 +24,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from models.settings import AlertRule, Settings
-from streams.embedded import free_port
-from streams.simulate import SimConfig, generate
+from deskpulse.models.settings import AlertRule, Settings
+from deskpulse.streams.embedded import free_port
+from deskpulse.streams.simulate import SimConfig, generate
 
 from .conftest import HOST, RedisServer, create_topics
 from .support import (
@@ -439,8 +439,8 @@ def breaching_tickets(
     smallest ``(occurred_at, event_id)`` gives time and dimensions; a ticket breaches when
     its deadline has passed and no public agent reply came at or before it.
     """
-    from models.errors import RejectedEvent
-    from models.events import TicketCreated, TicketReplied, decode
+    from deskpulse.models.errors import RejectedEvent
+    from deskpulse.models.events import TicketCreated, TicketReplied, decode
 
     seen: set[str] = set()
     opened: dict[str, tuple[datetime, str, tuple[str, str, str]]] = {}

@@ -31,14 +31,14 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from exporters.catalog import CATALOG, first_response_buckets
-from exporters.prometheus import KpiCollector, PipelineMetrics
-from models.settings import Settings
-from streams import __version__
-from streams.core import CoreConfig
-from streams.engine import Engine, SourceRecord
-from streams.simulate import Record, SimConfig, generate
-from streams.store import Store
+from deskpulse import __version__
+from deskpulse.exporters.catalog import CATALOG, first_response_buckets
+from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics
+from deskpulse.models.settings import Settings
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.engine import Engine, SourceRecord
+from deskpulse.streams.simulate import Record, SimConfig, generate
+from deskpulse.streams.store import Store
 
 from .conftest import HOST, RedisServer, create_topics
 from .support import WorkerProcess, produce, samples, scrape, wait_until
@@ -667,7 +667,7 @@ def live(
 
 
 def _free_port() -> int:
-    from streams.embedded import free_port
+    from deskpulse.streams.embedded import free_port
 
     return free_port(HOST)
 

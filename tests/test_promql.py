@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 import pytest
 
-from models.settings import Settings
-from streams.embedded import ManagedProcess, free_port
-from streams.simulate import SimConfig, generate
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import ManagedProcess, free_port
+from deskpulse.streams.simulate import SimConfig, generate
 
 from .conftest import HOST, create_topics
 from .support import (

@@ -19,10 +19,10 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from exporters.kafka import kafka_client_options
-from models.settings import Settings
-from streams.app import create_app
-from streams.embedded import ManagedProcess, free_port, start_redis
+from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.models.settings import Settings
+from deskpulse.streams.app import create_app
+from deskpulse.streams.embedded import ManagedProcess, free_port, start_redis
 
 from .conftest import HOST, create_topics
 from .faults_support import (
@@ -138,7 +138,7 @@ class DebugWorker(WorkerProcess):
         self.log_path = self.workdir / f"{name}.log"
         self.process = ManagedProcess(
             name,
-            [sys.executable, "-m", "streams.cli", "--log-level", "debug", "worker"],
+            [sys.executable, "-m", "deskpulse.streams.cli", "--log-level", "debug", "worker"],
             self.log_path,
             cwd=self.workdir,
             env=self.env,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from models.errors import SettingsError
-from models.settings import (
+from deskpulse.models.errors import SettingsError
+from deskpulse.models.settings import (
     DEFAULT_FIRST_RESPONSE_TARGETS,
     Settings,
     available_cpus,
@@ -381,7 +381,7 @@ def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "deskpulse.streams.cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -503,9 +503,9 @@ def test_engine_process_spellings(
 
 def test_engine_process_auto_follows_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().engine_process == "auto"  # the default
-    monkeypatch.setattr("models.settings.available_cpus", lambda: 1.0)
+    monkeypatch.setattr("deskpulse.models.settings.available_cpus", lambda: 1.0)
     assert not load_settings().uses_engine_process
-    monkeypatch.setattr("models.settings.available_cpus", lambda: 2.0)
+    monkeypatch.setattr("deskpulse.models.settings.available_cpus", lambda: 2.0)
     assert load_settings().uses_engine_process
     assert not load_settings(engine_process=False).uses_engine_process
 

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from models.errors import RejectedEvent
-from models.events import decode
-from streams.simulate import Record, SimConfig, generate, read_jsonl, write_jsonl
+from deskpulse.models.errors import RejectedEvent
+from deskpulse.models.events import decode
+from deskpulse.streams.simulate import Record, SimConfig, generate, read_jsonl, write_jsonl
 
 HOUR = 3600
 OPENERS = {"ticket.created", "chat.requested"}

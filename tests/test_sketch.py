@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import sketch as sketch_module
-from streams.sketch import (
+from deskpulse.streams import sketch as sketch_module
+from deskpulse.streams.sketch import (
     GAMMA,
     INDEX_OFFSET,
     MIN_VALUE,

@@ -16,13 +16,13 @@ import redis
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from exporters.prometheus import PipelineMetrics
-from models.errors import RejectedEvent, SettingsError, StateLost
-from models.settings import Settings
-from models.wire import decode_record
-from streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
-from streams.engine import Engine, SourceRecord
-from streams.store import LAYOUT, Store
+from deskpulse.exporters.prometheus import PipelineMetrics
+from deskpulse.models.errors import RejectedEvent, SettingsError, StateLost
+from deskpulse.models.settings import Settings
+from deskpulse.models.wire import decode_record
+from deskpulse.streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
+from deskpulse.streams.engine import Engine, SourceRecord
+from deskpulse.streams.store import LAYOUT, Store
 
 from .e2e_support import redis_snapshot
 
@@ -512,8 +512,8 @@ def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
 def test_the_all_groups_buckets_hold_the_sum_of_the_groups(redis_url: str) -> None:
     """A read without grouping takes the ``B:``/``R:`` buckets: field for field the sum of
     the grouped buckets, for windows of fine buckets only, of roll-ups and of both."""
-    from streams.query import build_document, read_window
-    from streams.simulate import SimConfig, generate
+    from deskpulse.streams.query import build_document, read_window
+    from deskpulse.streams.simulate import SimConfig, generate
 
     prefix = new_prefix()
     start_s = T0 - 2 * HOUR

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams import windows
-from streams.windows import (
+from deskpulse.streams import windows
+from deskpulse.streams.windows import (
     bucket_range,
     bucket_start,
     cover,

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from models.errors import RejectedEvent
-from models.events import EVENT_TYPES, decode
-from models.wire import decode_record
+from deskpulse.models.errors import RejectedEvent
+from deskpulse.models.events import EVENT_TYPES, decode
+from deskpulse.models.wire import decode_record
 
 NOW_S = datetime(2026, 11, 23, 12, 0, tzinfo=UTC).timestamp()
 MISSING = object()

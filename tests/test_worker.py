@@ -21,9 +21,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from models.events import LAST_RESORT_REASON, REJECTION_REASONS
-from models.settings import Settings
-from streams.embedded import free_port, start_broker, start_redis
+from deskpulse.models.events import LAST_RESORT_REASON, REJECTION_REASONS
+from deskpulse.models.settings import Settings
+from deskpulse.streams.embedded import free_port, start_broker, start_redis
 
 from .conftest import HOST, create_topics
 from .support import (
@@ -515,7 +515,7 @@ def test_redelivery_to_a_new_group_changes_nothing(fast_settings: Settings, tmp_
 
 def test_the_consumer_fetch_wait_is_ours_not_fausts(settings: Settings) -> None:
     """Faust hard-codes fetch_max_wait_ms=1500; the worker's consumer uses the setting."""
-    from streams.app import create_app
+    from deskpulse.streams.app import create_app
 
     async def started_fetch_wait(wait_s: float) -> int:
         app = create_app(settings.model_copy(update={"kafka_fetch_max_wait": wait_s}))
@@ -532,7 +532,7 @@ def test_the_consumer_fetch_wait_is_ours_not_fausts(settings: Settings) -> None:
 
 
 def engine_child(worker_pid: int) -> int | None:
-    """The pid of the worker's engine process (``python -m streams.offload``), if any."""
+    """The pid of the worker's engine process (``python -m deskpulse.streams.offload``), if any."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -542,7 +542,11 @@ def engine_child(worker_pid: int) -> int | None:
         except OSError:  # gone meanwhile
             continue
         parent = re.search(r"^PPid:\s+(\d+)", status, re.M)
-        if parent and int(parent.group(1)) == worker_pid and b"streams.offload" in cmdline:
+        if (
+            parent
+            and int(parent.group(1)) == worker_pid
+            and b"deskpulse.streams.offload" in cmdline
+        ):
             return int(entry.name)
     return None
 
