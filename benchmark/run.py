@@ -71,9 +71,9 @@ from benchmark.traffic import marker_id
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings, parse_duration
 from deskpulse.streams.core import Conversation, CoreConfig
-from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.simulate import SimConfig, generate
 from deskpulse.streams.query import query_kpis
-from deskpulse.streams.simulate import SimConfig, generate
 from deskpulse.streams.store import Store
 from deskpulse.streams.tools import produce_records, settings_topic
 from deskpulse.streams.topics import ensure_topics

@@ -253,7 +253,7 @@ async def wait_for_broker(
     settings: Settings, on_state: Callable[[bool], None] | None = None
 ) -> None:
     """Return once the broker answers a metadata request; retry with backoff until then."""
-    from deskpulse.streams.embedded import wait_for_kafka
+    from deskpulse.streams.kafka_admin import wait_for_kafka
 
     options = kafka_client_options(settings)
     bootstrap = options.pop("bootstrap_servers")

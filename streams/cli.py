@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return run_worker(settings, args.log_level)
         if args.command == "demo":
-            from deskpulse.streams.demo import run_demo
+            from deskpulse.streams.devtools.demo import run_demo
 
             return run_demo(settings, rate=args.rate, seed=args.seed)
         if args.command == "kpis":

@@ -86,10 +86,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from deskpulse.models.settings import parse_duration
-    from deskpulse.streams.simulate import SimConfig, generate, write_jsonl
+    from deskpulse.streams.devtools.simulate import SimConfig, generate, write_jsonl
 
     if args.live:
-        from deskpulse.streams.demo import produce_live
+        from deskpulse.streams.devtools.demo import produce_live
 
         return asyncio.run(produce_live(settings, rate=args.rate, seed=args.seed))
     duration = parse_duration(args.duration)

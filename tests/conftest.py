@@ -17,14 +17,8 @@ import pytest
 import redis
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import (
-    ManagedProcess,
-    ensure_topics,
-    free_port,
-    start_broker,
-    start_redis,
-    wait_for_kafka,
-)
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.kafka_admin import ensure_topics, wait_for_kafka
 
 HOST = "127.0.0.1"
 EXTERNAL_BOOTSTRAP_ENV = "DESKPULSE_TEST_KAFKA_BOOTSTRAP"

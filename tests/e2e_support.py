@@ -1,7 +1,7 @@
 """Helpers for the end-to-end and fault-injection tests: a realistic dataset, producing it,
 waiting for the KPI state to take all of it in, and checking it against the oracle.
 
-The dataset comes from :mod:`streams.simulate` (duplicates, out-of-order delivery with
+The dataset comes from :mod:`streams.devtools.simulate` (duplicates, out-of-order delivery with
 openers after their replies, malformed records, conversations that never open, unanswered
 tickets) with a fixed seed over a fixed stretch of event time, so a failure reproduces.
 Every expectation is computed from the raw record values by :mod:`tests.oracle` or by
@@ -36,8 +36,8 @@ from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import SurveyResponded, TicketReplied, decode
 from deskpulse.models.settings import Settings
 from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.devtools.simulate import DEFAULT_START_S, Record, SimConfig, generate
 from deskpulse.streams.query import format_time, query_kpis
-from deskpulse.streams.simulate import DEFAULT_START_S, Record, SimConfig, generate
 from deskpulse.streams.store import Store
 from deskpulse.streams.windows import parse_width
 

@@ -36,9 +36,9 @@ from hypothesis import strategies as st
 from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import decode
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import ManagedProcess, redis_server_bin, wait_for_port
+from deskpulse.streams.devtools.embedded import ManagedProcess, redis_server_bin, wait_for_port
+from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.query import format_time
-from deskpulse.streams.simulate import Record
 
 from .oracle import compare, compute
 from .support import HttpResponse, consume_all, samples, wait_until

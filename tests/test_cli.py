@@ -9,7 +9,7 @@ import pytest
 
 from deskpulse.streams.cli import render_table
 from deskpulse.streams.core import group_document
-from deskpulse.streams.embedded import free_port
+from deskpulse.streams.devtools.embedded import free_port
 
 from .support import run_cli
 

@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import free_port, start_redis
+from deskpulse.streams.devtools.embedded import free_port, start_redis
 
 from .conftest import HOST
 from .e2e_support import (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deskpulse.streams.embedded import free_port, port_open
+from deskpulse.streams.devtools.embedded import free_port, port_open
 
 from .conftest import HOST
 from .support import samples, scrape, wait_until

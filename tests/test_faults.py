@@ -27,8 +27,8 @@ import pytest
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import free_port, start_broker, start_redis
-from deskpulse.streams.simulate import Record
+from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
+from deskpulse.streams.devtools.simulate import Record
 
 from .conftest import HOST
 from .e2e_support import (

@@ -23,7 +23,7 @@ from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.models.errors import BrokerUnavailable
 from deskpulse.models.settings import Settings
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, BrokerProbe
-from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker
 
 from .conftest import HOST, create_topics
 from .support import WorkerProcess, produce, samples, scrape, wait_until

@@ -45,9 +45,9 @@ from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEv
 from deskpulse.models.settings import Settings
 from deskpulse.streams.app import STOP_DEADLINE_S
 from deskpulse.streams.core import CoreConfig
-from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.engine import DeadLetterTrouble, Engine, SourceRecord
-from deskpulse.streams.simulate import Record
 from deskpulse.streams.store import Store
 
 from .conftest import HOST

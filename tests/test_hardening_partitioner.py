@@ -41,7 +41,8 @@ from deskpulse.models.events import SurveyResponded, TicketCreated, TicketReplie
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.streams.breaches import DetectionClocks
 from deskpulse.streams.core import CoreConfig
-from deskpulse.streams.embedded import free_port
+from deskpulse.streams.devtools.embedded import free_port
+from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.partitioner import (
     ConversationPartitions,
@@ -51,7 +52,6 @@ from deskpulse.streams.partitioner import (
     murmur2_many,
 )
 from deskpulse.streams.query import query_kpis
-from deskpulse.streams.simulate import Record
 from deskpulse.streams.store import PartitionMeta, Store
 
 from .conftest import HOST

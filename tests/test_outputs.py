@@ -25,8 +25,8 @@ import pytest
 from pydantic import SecretStr
 
 from deskpulse.models.settings import AlertRule, Settings
-from deskpulse.streams.embedded import free_port
-from deskpulse.streams.simulate import SimConfig, generate
+from deskpulse.streams.devtools.embedded import free_port
+from deskpulse.streams.devtools.simulate import SimConfig, generate
 
 from .conftest import HOST, RedisServer, create_topics
 from .support import (

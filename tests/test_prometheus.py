@@ -36,8 +36,8 @@ from deskpulse.exporters.catalog import CATALOG, first_response_buckets
 from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics
 from deskpulse.models.settings import Settings
 from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 from deskpulse.streams.engine import Engine, SourceRecord
-from deskpulse.streams.simulate import Record, SimConfig, generate
 from deskpulse.streams.store import Store
 
 from .conftest import HOST, RedisServer, create_topics
@@ -667,7 +667,7 @@ def live(
 
 
 def _free_port() -> int:
-    from deskpulse.streams.embedded import free_port
+    from deskpulse.streams.devtools.embedded import free_port
 
     return free_port(HOST)
 

@@ -24,8 +24,8 @@ import orjson
 import pytest
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import ManagedProcess, free_port
-from deskpulse.streams.simulate import SimConfig, generate
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
+from deskpulse.streams.devtools.simulate import SimConfig, generate
 
 from .conftest import HOST, create_topics
 from .support import (

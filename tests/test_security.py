@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings
 from deskpulse.streams.app import create_app
-from deskpulse.streams.embedded import ManagedProcess, free_port, start_redis
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_redis
 
 from .conftest import HOST, create_topics
 from .faults_support import (

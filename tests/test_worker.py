@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from deskpulse.models.events import LAST_RESORT_REASON, REJECTION_REASONS
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
 
 from .conftest import HOST, create_topics
 from .support import (

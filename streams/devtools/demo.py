@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import ManagedProcess, port_open, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import ManagedProcess, port_open, start_broker, start_redis
 from deskpulse.streams.topics import ensure_topics
 
 __all__ = ["claim_state", "produce_live", "run_demo"]
@@ -201,7 +201,7 @@ async def produce_live(
     duration_s: float | None = None,
 ) -> int:
     """Produce simulated events in real time: each one when its event time comes."""
-    from deskpulse.streams.simulate import SimConfig, generate
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
 
     topics = {
         "tickets": settings.topic_tickets,
