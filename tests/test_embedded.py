@@ -1,4 +1,4 @@
-"""The embedded launcher against the real broker and redis-server it starts."""
+"""The embedded launcher and the Kafka admin requests, against the real broker and Redis."""
 
 from __future__ import annotations
 
