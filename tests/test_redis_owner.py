@@ -15,8 +15,10 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from deskpulse.models.settings import Settings
 from deskpulse.streams.breaches import check_breaches
 from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store
 
 from .test_store import T0, apply, created, new_prefix, pendings, replied
@@ -213,3 +215,49 @@ def test_the_key_tables_read_as_key_tables() -> None:
     for table in (architecture_key_table(), store_key_table()):
         keys = documented_keys(table)
         assert {"P:config", "P:alerts", "P:partitions", "P:{pn}:meta"} <= keys, keys
+
+
+# -- what the state commands and the demo ask the store ----------------------------------------
+
+
+@pytest.mark.integration
+def test_the_demo_claims_state_through_the_store(settings: Settings) -> None:
+    from deskpulse.streams.demo import claim_state
+
+    async def scenario() -> tuple[Settings, Settings, Settings, bool]:
+        client = connect(settings, purpose="command")
+        store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
+        try:
+            empty = await claim_state(settings, own_redis=False, now_s=T0)
+            await store.check_config()
+            elsewhere = await claim_state(settings, own_redis=False, now_s=T0)
+            own = await claim_state(settings, own_redis=True, now_s=T0)
+            return empty, elsewhere, own, await store.has_state()
+        finally:
+            await client.aclose()
+
+    empty, elsewhere, own, left = asyncio.run(scenario())
+    assert empty.redis_prefix == settings.redis_prefix  # nothing there: the prefix as it is
+    assert elsewhere.redis_prefix == f"{settings.redis_prefix}-demo-{T0}"  # not its state
+    assert own.redis_prefix == settings.redis_prefix  # its own Redis: cleared
+    assert not left
+
+
+@pytest.mark.integration
+def test_a_reset_is_recorded_in_the_config(redis_url: str, redis_client: redis.Redis) -> None:
+    prefix = new_prefix()
+
+    async def scenario() -> None:
+        client = Redis.from_url(redis_url)
+        try:
+            store = Store(client, prefix, CoreConfig())
+            await store.check_config()
+            await store.record_reset(reset_at="2026-11-23T00:00:00Z", note="lost in a flush")
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    config = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"{prefix}:config").items()}
+    assert config["reset_at"] == "2026-11-23T00:00:00Z"
+    assert config["reset_note"] == "lost in a flush"
+    assert "generation" in config  # written beside what was there
