@@ -38,7 +38,7 @@ from deskpulse.exporters.catalog import CATALOG
 from deskpulse.models.settings import Settings, format_duration
 from deskpulse.streams.core import SEP, group_document, has_samples, split_dim_key
 from deskpulse.streams.query import group_fields, read_windows
-from deskpulse.streams.store import Store, text
+from deskpulse.streams.store import Store
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
 
@@ -255,7 +255,7 @@ class KpiCollector(Collector):
             per_window.append((name, group_fields(merged, DIMS)))
         totals = await self.store.read_totals()
         meta = await self.store.read_meta()
-        firing = await self.store.redis.hgetall(f"{self.store.prefix}:alerts")
+        firing = await self.store.alert_states()
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
         # thread keeps the event loop (agents, scrapes) turning meanwhile.
         families, exposition = await asyncio.to_thread(
@@ -271,7 +271,7 @@ class KpiCollector(Collector):
         per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
         totals: Counter[str],
         meta: dict[int, dict[str, str]],
-        firing: dict[Any, Any],
+        firing: dict[str, str],
     ) -> tuple[list[Metric], bytes]:
         families, folded = self._build(per_window, totals, meta)
         families += self._guard_families(folded)
@@ -284,15 +284,15 @@ class KpiCollector(Collector):
         families.append(refresh)
         return families, generate_latest(_Snapshot(families))
 
-    def _alert_family(self, firing: dict[Any, Any]) -> Metric:
+    def _alert_family(self, firing: dict[str, str]) -> Metric:
         family = GaugeMetricFamily(
             "deskpulse_alert_firing",
             _help("deskpulse_alert_firing"),
             labels=["rule", "window", *DIMS],
         )
-        for raw_key, raw_state in firing.items():
-            rule, window, channel, queue, priority = text(raw_key).split(SEP)
-            state = 1.0 if text(raw_state) == "firing" else 0.0
+        for key, stored in firing.items():
+            rule, window, channel, queue, priority = key.split(SEP)
+            state = 1.0 if stored == "firing" else 0.0
             family.add_metric([rule, window, channel, queue, priority], state)
         return family
 

@@ -30,9 +30,6 @@ from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 from faust.web.drivers import aiohttp as faust_web
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
@@ -47,6 +44,7 @@ from deskpulse.streams.engine import DeadLetterTrouble, Engine, Record, retry_fo
 from deskpulse.streams.integrity import StateGuard
 from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
 from deskpulse.streams.reads import KpiReads
+from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
 
@@ -65,13 +63,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            retry=Retry(NoBackoff(), 0),  # retries and backoff are ours (retry_forever)
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=15,
-        )
+        self.redis = connect(settings, purpose="ingest")
         self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         self.registry, self.metrics, self.collector = build_registry(settings, self.store)
         self.publisher = KafkaPublisher(settings)
@@ -219,12 +211,7 @@ async def probe_redis(settings: Settings) -> None:
     """
     from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
-    redis = Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=3,
-        socket_timeout=3,
-    )
+    redis = connect(settings, purpose="probe")
     try:
         await redis.ping()
     except (AuthenticationError, AuthorizationError) as error:

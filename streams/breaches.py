@@ -30,34 +30,11 @@ import orjson
 from deskpulse.models.outputs import SlaBreached
 from deskpulse.streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
 from deskpulse.streams.partitioner import forwarded_key
-from deskpulse.streams.store import PartitionMeta, Store
+from deskpulse.streams.store import BreachVerdict, PartitionMeta, Store
 
 __all__ = ["DetectionClocks", "check_breaches", "check_partitions", "decide"]
 
 _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
-
-# ARGV: n, then per ticket: id, kind ('b' breached | 'x' answered in time | 'k' keep
-# watching), totals field, payload json
-_CLAIM = """
-local base = KEYS[1]
-local due, breached, tot = base .. 'due', base .. 'breached', base .. 'tot'
-local out = base .. 'breach_out'
-local claimed = {}
-local i = 2
-for _ = 1, tonumber(ARGV[1]) do
-  local id = ARGV[i]
-  if ARGV[i + 1] ~= 'k' then
-    redis.call('ZREM', due, id)
-  end
-  if ARGV[i + 1] == 'b' and redis.call('HSETNX', breached, id, '1') == 1 then
-    redis.call('HSET', out, id, ARGV[i + 3])
-    redis.call('HINCRBY', tot, ARGV[i + 2], 1)
-    table.insert(claimed, id)
-  end
-  i = i + 4
-end
-return claimed
-"""
 
 
 def _rfc3339(ms: int) -> str:
@@ -100,26 +77,25 @@ async def check_breaches(
     limit: int = 5000,
 ) -> int:
     """Claim and publish the breaches of one partition due by ``clock_ms``; how many."""
-    redis = store.redis
-    base = store.base(partition)
     await _flush_outbox(store, partition, publish)
-    due = await redis.zrangebyscore(base + "due", "-inf", clock_ms, start=0, num=limit)
-    if not due:
+    ids = await store.due_tickets(partition, clock_ms, limit=limit)
+    if not ids:
         return 0
-    ids = [d.decode() if isinstance(d, bytes) else str(d) for d in due]
     _, states = await store.load(partition, ids)
-    args: list[Any] = [len(ids)]
+    verdicts: list[BreachVerdict] = []
     for conv_id in ids:
         state = states.get(conv_id)
         breach = decide(conv_id, state, clock_ms, store.config, store.prefix)
         if breach is None:
             # still watched (its deadline moved past the clock) or answered in time
             watching = state is not None and breach_deadline(state, store.config) is not None
-            args += [conv_id, "k" if watching else "x", "", ""]
+            verdicts.append(BreachVerdict(conv_id, "k" if watching else "x"))
             continue
         dims = (breach.channel, breach.queue, breach.priority)
-        args += [conv_id, "b", dim_key(dims) + SEP + "sla", breach.model_dump_json()]
-    claimed = await redis.register_script(_CLAIM)(keys=[base], args=args)
+        verdicts.append(
+            BreachVerdict(conv_id, "b", dim_key(dims) + SEP + "sla", breach.model_dump_json())
+        )
+    claimed = await store.claim_breaches(partition, verdicts)
     await _flush_outbox(store, partition, publish)
     return len(claimed)
 
@@ -130,8 +106,7 @@ async def _flush_outbox(
     publish: Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]],
 ) -> None:
     """Publish claimed breaches, then forget them (at most the last batch is re-sent)."""
-    key = store.base(partition) + "breach_out"
-    pending = await store.redis.hgetall(key)
+    pending = await store.breach_outbox(partition)
     if not pending:
         return
     items = []
@@ -140,7 +115,7 @@ async def _flush_outbox(
         body.pop("schema_version", None)
         items.append((body["ticket_id"], body))
     await publish(items)
-    await store.redis.hdel(key, *pending.keys())
+    await store.drop_from_outbox(partition, pending)
 
 
 async def check_partitions(

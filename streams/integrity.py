@@ -486,9 +486,9 @@ async def _input_partitions(offsets: TopicOffsets) -> list[TopicPartition]:
 
 
 def _redis(settings: Settings) -> Any:
-    from redis.asyncio import Redis
+    from deskpulse.streams.redis_client import connect
 
-    return Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
+    return connect(settings, purpose="command")
 
 
 async def check_state(settings: Settings) -> tuple[Store, list[str]]:
@@ -544,10 +544,7 @@ async def reset_state(settings: Settings, *, note: str) -> ResetSummary:
         deleted = await store.clear()
         await store.check_config()
         assert store.generation is not None
-        await redis.hset(
-            f"{settings.redis_prefix}:config",
-            mapping={"reset_at": format_time(time.time()), "reset_note": note},
-        )
+        await store.record_reset(reset_at=format_time(time.time()), note=note)
         by_partition: dict[int, dict[str, int]] = {}
         for tp, fence in starts.items():
             by_partition.setdefault(tp.partition, {})[tp.topic] = fence

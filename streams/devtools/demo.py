@@ -76,18 +76,17 @@ async def claim_state(settings: Settings, *, own_redis: bool, now_s: float) -> S
     State left under the prefix was built from other topics: cleared when the demo also
     started Redis (its own), else left alone and the demo writes under a fresh prefix.
     """
-    from redis.asyncio import Redis
-
     from deskpulse.streams.core import CoreConfig
+    from deskpulse.streams.redis_client import connect
     from deskpulse.streams.store import Store
 
     prefix = settings.redis_prefix
-    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
+    redis = connect(settings, purpose="command")
     try:
-        if not await redis.exists(f"{prefix}:config", f"{prefix}:partitions"):
+        store = Store(redis, prefix, CoreConfig.from_settings(settings))
+        if not await store.has_state():
             return settings
         if own_redis:
-            store = Store(redis, prefix, CoreConfig.from_settings(settings))
             deleted = await store.clear()
             print(
                 "deskpulse demo: the embedded broker starts with empty topics, so the state "
