@@ -36,6 +36,7 @@ from deskpulse import __version__
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard
 from deskpulse.exporters.catalog import CATALOG
 from deskpulse.models.settings import Settings, format_duration
+from deskpulse.streams.compat import gauge_value
 from deskpulse.streams.core import SEP, group_document, has_samples, split_dim_key
 from deskpulse.streams.query import group_fields, read_windows
 from deskpulse.streams.store import Store, text
@@ -101,7 +102,7 @@ class PipelineMetrics:
 
     def event_time(self, topic: str, t_s: float) -> None:
         gauge = self._event_time.labels(topic)
-        if t_s > gauge._value.get():
+        if t_s > gauge_value(gauge):
             gauge.set(t_s)
 
     def redis_up(self, up: bool) -> None:
