@@ -66,7 +66,7 @@ import orjson
 from redis.asyncio import Redis
 
 from deskpulse.models.errors import StateLost
-from deskpulse.streams.core import SEP, BatchResult, Conversation, CoreConfig
+from deskpulse.streams.core import BatchResult, Conversation, CoreConfig
 
 __all__ = ["FIX_LOST", "FIX_RESTART", "LAYOUT", "PartitionMeta", "Store", "text"]
 
@@ -649,9 +649,3 @@ class Store:
         """The cumulative totals summed over partitions."""
         (totals,) = await self.sum_buckets(await self.partitions(), [["tot"]])
         return totals
-
-
-def split_field(name: str) -> tuple[str, str]:
-    """``dimkey, field`` of a stored field name."""
-    dims, _, field = name.rpartition(SEP)
-    return dims, field

@@ -265,6 +265,33 @@ def test_events_beyond_retention_are_late() -> None:
     assert memory.counters["late:t"] == 1
 
 
+RETENTION_S = CONFIG.retention_seconds
+
+# the late cut: strictly older than the newest event time minus the retention
+# (age behind the newest event, in seconds; late?)
+# fmt: off
+LATE_CASES = [
+    (RETENTION_S, False),            # exactly at the horizon: applied
+    (RETENTION_S + 0.001, True),     # one millisecond older: late
+    (RETENTION_S - 0.001, False),
+    (0, False),                      # as old as the newest
+    (-10, False),                    # newer than the newest: it becomes the newest
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("age_s", "late"), LATE_CASES)
+def test_the_late_cut(age_s: float, late: bool) -> None:
+    newest_s = RETENTION_S + 3600
+    newest = ev("c1", "ticket.created", newest_s, ticket_id="T1")
+    aged = ev("c2", "ticket.created", newest_s - age_s, ticket_id="T2")
+    assert run(newest, aged).counters["late:t"] == int(late)
+    # the watermark moves first: the order within one batch does not matter
+    memory = MemoryState()
+    memory.apply([("t", 0, aged), ("t", 1, newest)])
+    assert memory.counters["late:t"] == int(late)
+
+
 def test_empty_group_document_is_zeros_and_nulls() -> None:
     doc = group_document({}, {})
     assert doc["tickets_created"] == 0
