@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from deskpulse.models.errors import SettingsError
+from deskpulse.models.events import DimensionName
 
 __all__ = [
     "DEFAULT_ALERT_RULES",
@@ -186,7 +187,7 @@ class AlertRule(BaseModel):
     # A ratio over a handful of samples is noise; below this many the rule stays quiet.
     min_samples: int = Field(default=10, ge=1)
     # Evaluate per group of these dimensions; empty: the total only.
-    by: tuple[Literal["channel", "queue", "priority"], ...] = ()
+    by: tuple[DimensionName, ...] = ()
 
     @field_validator("window")
     @classmethod

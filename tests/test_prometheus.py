@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from deskpulse import __version__
 from deskpulse.exporters.catalog import CATALOG, first_response_buckets
 from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics
+from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.engine import Engine, SourceRecord
@@ -45,7 +46,7 @@ from .support import WorkerProcess, produce, samples, scrape, wait_until
 
 # 2026-11-23T01:00:30Z: half a minute into a bucket, so the window end is rounded up.
 NOW_S = 1_795_395_630.0
-DIMS = ("channel", "queue", "priority")
+DIMS = DIMENSIONS
 # Configured targets: urgent 20 min is not on the fixed histogram ladder.
 TARGETS = {"urgent": 1200, "high": 14400, "normal": 28800, "low": 86400}
 # Catalogued families the worker may leave out of /metrics (none at the moment).
