@@ -35,7 +35,7 @@ from deskpulse import __version__
 from deskpulse.exporters.catalog import CATALOG, first_response_buckets
 from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics
 from deskpulse.models.events import DIMENSIONS
-from deskpulse.models.settings import Settings
+from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.simulate import Record, SimConfig, generate
@@ -99,11 +99,7 @@ async def _collect_from(
         engine = Engine(
             settings, store, dead, PipelineMetrics(CollectorRegistry()), clock=lambda: now_s
         )
-        topics = {
-            "tickets": settings.topic_tickets,
-            "chats": settings.topic_chats,
-            "surveys": settings.topic_surveys,
-        }
+        topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
         offsets: Counter[tuple[str, int]] = Counter()
         records = []
         for kind, key, value in events:
@@ -644,11 +640,7 @@ def live(
     for n in range(2):
         kind, key, value = event("ticket.created", now - 3 * 86_400, ticket_id=f"late-{n}")
         records.append(Record(kind, key, value, now - 3 * 86_400))
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
     with WorkerProcess(settings, tmp_path_factory.mktemp("live")) as worker:
         worker.wait_ready(90)
 
