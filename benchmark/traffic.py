@@ -26,7 +26,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from deskpulse.exporters.kafka import kafka_client_options
-from deskpulse.models.settings import load_settings
+from deskpulse.models.settings import RECORD_KINDS, load_settings
 from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 
 __all__ = ["PREGENERATE", "marker_id"]
@@ -54,11 +54,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     settings = load_settings()
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
     producer = AIOKafkaProducer(
         **kafka_client_options(settings), enable_idempotence=False, linger_ms=5, acks=1
     )

@@ -35,14 +35,14 @@ from prometheus_client.registry import Collector
 from deskpulse import __version__
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard
 from deskpulse.exporters.catalog import CATALOG
+from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
+from deskpulse.streams.compat import gauge_value
 from deskpulse.streams.core import SEP, group_document, has_samples, split_dim_key
 from deskpulse.streams.query import group_fields, read_windows
 from deskpulse.streams.store import Store
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
-
-DIMS = ("channel", "queue", "priority")
 
 
 class PipelineMetrics:
@@ -101,7 +101,7 @@ class PipelineMetrics:
 
     def event_time(self, topic: str, t_s: float) -> None:
         gauge = self._event_time.labels(topic)
-        if t_s > gauge._value.get():
+        if t_s > gauge_value(gauge):
             gauge.set(t_s)
 
     def redis_up(self, up: bool) -> None:
@@ -252,7 +252,7 @@ class KpiCollector(Collector):
         for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
             windows.append(WindowRead(name, start, end, merged))
-            per_window.append((name, group_fields(merged, DIMS)))
+            per_window.append((name, group_fields(merged, DIMENSIONS)))
         totals = await self.store.read_totals()
         meta = await self.store.read_meta()
         firing = await self.store.alert_states()
@@ -288,7 +288,7 @@ class KpiCollector(Collector):
         family = GaugeMetricFamily(
             "deskpulse_alert_firing",
             _help("deskpulse_alert_firing"),
-            labels=["rule", "window", *DIMS],
+            labels=["rule", "window", *DIMENSIONS],
         )
         for key, stored in firing.items():
             rule, window, channel, queue, priority = key.split(SEP)
@@ -333,7 +333,7 @@ class KpiCollector(Collector):
         meta: dict[int, dict[str, str]],
     ) -> tuple[list[Metric], Counter[str]]:
         """The families, and the series the guard folded per family."""
-        labels = ["window", *DIMS]
+        labels = ["window", *DIMENSIONS]
         gauges = {
             name: GaugeMetricFamily(name, _help(name), labels=labels) for name, *_ in _WINDOWED
         }
@@ -383,21 +383,23 @@ class KpiCollector(Collector):
         histogram_rule = Rule(len(bounds) + 2)
         ((fold,),) = guard([cumulative], [histogram_rule], limit)
         counters = {
-            name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMS))
+            name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMENSIONS))
             for name, _ in _TOTALS
         }
         breaches = CounterMetricFamily(
             "deskpulse_first_response_breaches",
             _help("deskpulse_first_response_breaches_total"),
-            labels=list(DIMS),
+            labels=list(DIMENSIONS),
         )
         offered = CounterMetricFamily(
-            "deskpulse_chats_offered", _help("deskpulse_chats_offered_total"), labels=list(DIMS)
+            "deskpulse_chats_offered",
+            _help("deskpulse_chats_offered_total"),
+            labels=list(DIMENSIONS),
         )
         histogram = HistogramMetricFamily(
             "deskpulse_first_response_duration_seconds",
             _help("deskpulse_first_response_duration_seconds"),
-            labels=list(DIMS),
+            labels=list(DIMENSIONS),
         )
         for key, fields in _fold_items(cumulative, fold):
             values = list(key)

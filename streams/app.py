@@ -37,6 +37,7 @@ from deskpulse.exporters.prometheus import build_registry, render
 from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
 from deskpulse.models.errors import Abandoned, SettingsError, StateError, StateLost
 from deskpulse.models.settings import Settings
+from deskpulse.streams import compat
 from deskpulse.streams.breaches import DetectionClocks, check_partitions
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
 from deskpulse.streams.core import CoreConfig
@@ -281,13 +282,13 @@ class _BrokerGate(mode.Service):
             service.waiting_for = None
 
 
+# The private Faust methods overridden below are listed in compat.FAUST_HOOKS (tested there).
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust passes a fixed fetch_max_wait_ms=1500: a broker that holds fetches that
-        # long when nothing is new adds up to 1.5 s to every KPI's freshness. aiokafka
-        # reads this attribute when the consumer starts (its fetcher takes it from there).
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        # long when nothing is new adds up to 1.5 s to every KPI's freshness.
+        compat.set_fetch_max_wait_ms(consumer, getattr(self.app, "fetch_max_wait_ms", 1500))
         return consumer
 
 
@@ -679,8 +680,7 @@ def _let_go(app: faust.App, events: Iterable[Any]) -> None:
     given up at the stop never will be. Its offsets are not committed (only acknowledged
     ones are), so the next start reads it again. The set is Faust's (no public accessor).
     """
-    consumer: Any = app.consumer
-    unacked = consumer._unacked_messages
+    unacked = compat.unacked_messages(app.consumer)
     for event in events:
         unacked.discard(event.message)
 
@@ -701,9 +701,8 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
         tps = [tp for tp in assignment if tp.topic in read]
         highwaters = await consumer.highwaters(*tps)
         for tp in tps:
-            # the next offset to read once everything processed is committed (faust keeps
-            # it per partition; there is no public accessor)
-            committed = consumer._committed_offset.get(tp)
+            # the next offset to read once everything processed is committed
+            committed = compat.committed_offset(consumer, tp)
             end = highwaters.get(tp)
             if end is None:
                 continue

@@ -65,7 +65,8 @@ __all__ = [
 #: Dimension values never contain control characters (the event models refuse them).
 SEP = "\x1f"
 
-#: The integer fields a contribution carries; ``*_sk:<index>`` are sketch counts.
+#: The integer fields a contribution carries; ``*_sk:<index>`` are sketch counts. Every
+#: stored code, with its unit: docs/architecture.md, "Stored field codes" (a test holds both).
 FIELDS: dict[str, str] = {
     "tc": "tickets created",
     "fr": "first responses",

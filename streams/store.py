@@ -71,7 +71,7 @@ import orjson
 from redis.asyncio import Redis
 
 from deskpulse.models.errors import StateLost
-from deskpulse.streams.core import SEP, BatchResult, Conversation, CoreConfig
+from deskpulse.streams.core import BatchResult, Conversation, CoreConfig
 
 __all__ = [
     "FIX_LOST",
@@ -760,9 +760,3 @@ class Store:
         """The cumulative totals summed over partitions."""
         (totals,) = await self.sum_buckets(await self.partitions(), [["tot"]])
         return totals
-
-
-def split_field(name: str) -> tuple[str, str]:
-    """``dimkey, field`` of a stored field name."""
-    dims, _, field = name.rpartition(SEP)
-    return dims, field

@@ -249,14 +249,6 @@ def _surveys_first(records: list[Record], *, every: int) -> tuple[list[Record], 
     return first + rest, len(first)
 
 
-def topic_for(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
-
-
 async def produce_records(settings: Settings, records: Sequence[Record]) -> list[RecordMetadata]:
     """Send records in delivery order, keyed by conversation; where each one landed."""
     # Tansu answers InitProducerId with an error: no idempotence.
@@ -270,7 +262,7 @@ async def produce_records(settings: Settings, records: Sequence[Record]) -> list
     await producer.start()
     try:
         futures = [
-            await producer.send(topic_for(settings, r.topic_kind), value=r.value, key=r.key)
+            await producer.send(settings.topic_for(r.topic_kind), value=r.value, key=r.key)
             for r in records
         ]
         return list(await asyncio.gather(*futures))

@@ -62,7 +62,6 @@ __all__ = [
     "metric_sums",
     "read_dead_letters",
     "start_tls_redis",
-    "topic_of",
     "tune",
 ]
 
@@ -82,14 +81,6 @@ def tune(settings: Settings, **update: Any) -> Settings:
             **update,
         }
     )
-
-
-def topic_of(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
 
 
 # -- producing ------------------------------------------------------------------------------
@@ -147,7 +138,7 @@ class StreamProducer(threading.Thread):
                 chunk = self.records[start : start + size]
                 futures = [
                     await producer.send(
-                        topic_of(self.settings, r.topic_kind), value=r.value, key=r.key
+                        self.settings.topic_for(r.topic_kind), value=r.value, key=r.key
                     )
                     for r in chunk
                 ]

@@ -49,7 +49,6 @@ from .faults_support import (
     fault_line,
     metric_sums,
     read_dead_letters,
-    topic_of,
     tune,
 )
 from .support import WorkerProcess, settings_env, wait_until
@@ -461,7 +460,7 @@ def test_poison_pill_storm(
         assert sums.processed == dataset.valid, sums
         assert sums.processed + sums.rejected_total == len(records), sums
         expected = {
-            (topic_of(settings, kind), reason): float(n) for (kind, reason), n in reasons.items()
+            (settings.topic_for(kind), reason): float(n) for (kind, reason), n in reasons.items()
         }
         assert dict(sums.rejected) == expected, (dict(sums.rejected), expected)
         letters = check_dead_letters(settings, producer)

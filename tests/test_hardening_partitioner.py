@@ -237,14 +237,6 @@ def how_produced(records: Sequence[Record], seed: int = 5) -> list[str]:
     return out
 
 
-def topic_of(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
-
-
 async def produce_mixed(
     settings: Settings,
     records: Sequence[Record],
@@ -292,7 +284,7 @@ async def produce_mixed(
                 while True:
                     try:
                         other.produce(
-                            topic_of(settings, record.topic_kind),
+                            settings.topic_for(record.topic_kind),
                             value=record.value,
                             key=None if how == "nokey" else record.key,
                             on_delivery=lambda e, m, i=index: delivered(e, m, i),
@@ -308,7 +300,7 @@ async def produce_mixed(
                 if how in ("librdkafka", "nokey"):
                     continue
                 key = record.key if how == "murmur2" else b"account-%d" % (index % 37)
-                topic = topic_of(settings, record.topic_kind)
+                topic = settings.topic_for(record.topic_kind)
                 futures.append((index, await aio.send(topic, value=record.value, key=key)))
             for index, future in futures:
                 meta = await future

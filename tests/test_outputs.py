@@ -24,6 +24,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import AlertRule, Settings
 from deskpulse.streams.devtools.embedded import free_port
 from deskpulse.streams.devtools.simulate import SimConfig, generate
@@ -42,7 +43,7 @@ from .support import (
 
 pytestmark = pytest.mark.integration
 
-DIMS = ("channel", "queue", "priority")
+DIMS = DIMENSIONS
 GROUP_FIELDS = {"key", "tickets_created", "first_response", "chats", "csat", "nps", "ces"}
 SNAPSHOT_FIELDS = GROUP_FIELDS | {"schema_version", "window", "start", "end"}
 BREACH_FIELDS = {

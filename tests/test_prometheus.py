@@ -34,7 +34,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from deskpulse import __version__
 from deskpulse.exporters.catalog import CATALOG, first_response_buckets
 from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics
-from deskpulse.models.settings import Settings
+from deskpulse.models.events import DIMENSIONS
+from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 from deskpulse.streams.engine import Engine, SourceRecord
@@ -45,7 +46,7 @@ from .support import WorkerProcess, produce, samples, scrape, wait_until
 
 # 2026-11-23T01:00:30Z: half a minute into a bucket, so the window end is rounded up.
 NOW_S = 1_795_395_630.0
-DIMS = ("channel", "queue", "priority")
+DIMS = DIMENSIONS
 # Configured targets: urgent 20 min is not on the fixed histogram ladder.
 TARGETS = {"urgent": 1200, "high": 14400, "normal": 28800, "low": 86400}
 # Catalogued families the worker may leave out of /metrics (none at the moment).
@@ -98,11 +99,7 @@ async def _collect_from(
         engine = Engine(
             settings, store, dead, PipelineMetrics(CollectorRegistry()), clock=lambda: now_s
         )
-        topics = {
-            "tickets": settings.topic_tickets,
-            "chats": settings.topic_chats,
-            "surveys": settings.topic_surveys,
-        }
+        topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
         offsets: Counter[tuple[str, int]] = Counter()
         records = []
         for kind, key, value in events:
@@ -643,11 +640,7 @@ def live(
     for n in range(2):
         kind, key, value = event("ticket.created", now - 3 * 86_400, ticket_id=f"late-{n}")
         records.append(Record(kind, key, value, now - 3 * 86_400))
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
     with WorkerProcess(settings, tmp_path_factory.mktemp("live")) as worker:
         worker.wait_ready(90)
 

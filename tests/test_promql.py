@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
-from deskpulse.models.settings import Settings
+from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 
@@ -173,11 +173,7 @@ def handled(port: int) -> float:
 
 
 def send(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> None:
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
 
     async def run() -> None:
         for kind, topic in topics.items():

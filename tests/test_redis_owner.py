@@ -28,7 +28,7 @@ PACKAGE_DIRS = ("models", "streams", "exporters")
 #: the store owns the keys and scripts; the factory builds the clients
 OWNERS = {"streams/store.py", "streams/redis_client.py"}
 #: the test launcher pings the redis-server it started with a client of its own
-DEV_TOOLS = {"streams/embedded.py"}
+DEV_TOOLS = {"streams/devtools/embedded.py"}
 #: what a module that holds a client of its own may do with it besides handing it over
 CLIENT_LIFECYCLE = {"ping", "aclose"}
 
@@ -222,7 +222,7 @@ def test_the_key_tables_read_as_key_tables() -> None:
 
 @pytest.mark.integration
 def test_the_demo_claims_state_through_the_store(settings: Settings) -> None:
-    from deskpulse.streams.demo import claim_state
+    from deskpulse.streams.devtools.demo import claim_state
 
     async def scenario() -> tuple[Settings, Settings, Settings, bool]:
         client = connect(settings, purpose="command")

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from aiokafka import AIOKafkaProducer
 
 from deskpulse.exporters.kafka import kafka_client_options
-from deskpulse.models.settings import Settings
+from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, port_open, start_broker, start_redis
 from deskpulse.streams.topics import ensure_topics
 
@@ -202,11 +202,7 @@ async def produce_live(
     """Produce simulated events in real time: each one when its event time comes."""
     from deskpulse.streams.devtools.simulate import SimConfig, generate
 
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics: dict[str, str] = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
     producer = AIOKafkaProducer(
         **kafka_client_options(settings), enable_idempotence=False, linger_ms=20
     )
