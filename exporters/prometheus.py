@@ -454,9 +454,9 @@ def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
     events), summed over the partitions."""
     sums: Counter[str] = Counter()
     for partition_meta in meta.values():
-        for name, value in partition_meta.items():
+        for name, raw in partition_meta.items():
             if name.split(":")[0] in ("dup", "late", "orphaned", "held"):
-                sums[name] += int(value)
+                sums[name] += int(raw)
     duplicate = CounterMetricFamily(
         "deskpulse_events_duplicate",
         _help("deskpulse_events_duplicate_total"),
