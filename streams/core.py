@@ -546,8 +546,8 @@ def _fold_events(
 
 
 def _kpi_change(state: Conversation, inputs: _KpiInputs, config: CoreConfig) -> list[Contribution]:
-    """The contributions of a stored conversation that the batch changed, less those it
-    made before (as ``(time, group, field, delta)``; empty when they are the same)."""
+    """What a stored conversation contributes now less what it contributed before the batch,
+    as ``(time, group, field, delta)`` (empty when the two are the same)."""
     opened, dims_before, first_reply, accepted, ended, surveys_before = inputs
     # surveys only ever gain entries, at the end: the first ones are the old
     old = _contributions(
