@@ -49,7 +49,7 @@ from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
 
-__all__ = ["Service", "bearer_token_matches", "create_app"]
+__all__ = ["Service", "bearer_token_matches", "create_app", "faust_app_options"]
 
 log = logging.getLogger("deskpulse.app")
 
@@ -389,29 +389,38 @@ class DeskpulseApp(faust.App):
             self._stop_deadline.cancel()
 
 
+def faust_app_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of :class:`DeskpulseApp` for these settings.
+
+    The worker and the benchmark's bare agent (its throughput ceiling) both build their app
+    from these, so the ceiling is measured with the worker's consumer as it is.
+    """
+    return {
+        "id": settings.app_id,
+        "broker": [f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        "broker_credentials": _faust_credentials(settings),
+        "store": "memory://",
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_bind": settings.web_host,
+        "web_enabled": True,
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": 1,
+        "producer_acks": -1,
+        "consumer_auto_offset_reset": "earliest",
+        "stream_wait_empty": True,
+        "broker_commit_interval": 1.0,
+        "broker_session_timeout": float(settings.kafka_session_timeout),
+        "broker_heartbeat_interval": max(1.0, settings.kafka_session_timeout / 4),
+        "table_cleanup_interval": 3600,
+        "web_in_thread": False,
+        "fetch_max_wait_s": settings.kafka_fetch_max_wait,
+    }
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for these settings."""
-    app = DeskpulseApp(
-        settings.app_id,
-        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-        broker_credentials=_faust_credentials(settings),
-        store="memory://",
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
-        web_enabled=True,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        stream_wait_empty=True,
-        broker_commit_interval=1.0,
-        broker_session_timeout=float(settings.kafka_session_timeout),
-        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
-        table_cleanup_interval=3600,
-        web_in_thread=False,
-        fetch_max_wait_s=settings.kafka_fetch_max_wait,
-    )
+    app = DeskpulseApp(**faust_app_options(settings))
     service = Service(settings)
     app.deskpulse = service  # type: ignore[attr-defined]
     service.guard.stopping = lambda: bool(app.should_stop)

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,7 +32,15 @@ from deskpulse.streams.core import SEP, Conversation, CoreConfig, breach_deadlin
 from deskpulse.streams.partitioner import forwarded_key
 from deskpulse.streams.store import BreachVerdict, PartitionMeta, Store
 
-__all__ = ["DetectionClocks", "check_breaches", "check_partitions", "decide"]
+__all__ = [
+    "DetectionClocks",
+    "ReadState",
+    "check_breaches",
+    "check_partitions",
+    "decide",
+    "detection_clock_ms",
+    "progress_ms",
+]
 
 _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
 
@@ -133,6 +141,44 @@ async def check_partitions(
     return published
 
 
+class ReadState(NamedTuple):
+    """What a breach check saw of one partition, as one target partition's clock needs it."""
+
+    #: the newest event time applied from the partition's tickets topic
+    tickets_ms: int
+    #: nothing left to read on any of its topics and nothing applied since the last check
+    idle: bool
+    #: for another partition that forwarded records to the target: its progress as of the
+    #: newest check whose forwards the target has applied since (0 until the target applied
+    #: one); ``None`` while it forwarded nothing to the target
+    forwards_ms: int | None = None
+
+
+def progress_ms(state: ReadState, now_ms: int) -> int:
+    """How far a partition's tickets topic was read: its newest event time, or the wall
+    clock once it is idle (no reply can still come from it that is not read yet)."""
+    return max(state.tickets_ms, now_ms) if state.idle else state.tickets_ms
+
+
+def detection_clock_ms(target: int, partitions: Mapping[int, ReadState], now_ms: int) -> int | None:
+    """The event time up to which partition ``target`` may declare breaches, or ``None``
+    when its state was not read (no clock, no check).
+
+    The least of the target's own progress and, for every other partition, its progress
+    (nothing forwarded to the target yet) or, once it forwarded, its ``forwards_ms``.
+    """
+    own = partitions.get(target)
+    if own is None:
+        return None
+    clock = progress_ms(own, now_ms)
+    for source, state in partitions.items():
+        if source == target:
+            continue
+        held_at = progress_ms(state, now_ms) if state.forwards_ms is None else state.forwards_ms
+        clock = min(clock, held_at)
+    return clock
+
+
 class DetectionClocks:
     """The event-time clock each partition's breach check runs at (pure: it is given
     what was observed, and keeps what it needs of earlier checks).
@@ -152,6 +198,9 @@ class DetectionClocks:
 
     Reading every partition in order of event time (the assumption of the one-partition
     clock too), no reply dated at or before the clock is then still unread anywhere.
+
+    This class keeps what the checks saw (offsets, forwards per pair of partitions); the
+    clock itself is :func:`detection_clock_ms` of that.
     """
 
     #: checks remembered per pair of partitions while the target catches up with forwards
@@ -178,9 +227,8 @@ class DetectionClocks:
         ``caught_up[p]`` says whether partition ``p`` had nothing left to read on any of
         its topics (inputs and repartition) when looked at after its meta was read.
         """
-        progress: dict[int, int] = {}
+        read: dict[int, ReadState] = {}
         for partition, meta in metas.items():
-            tickets_ms = meta.topic_watermarks.get(self.tickets_topic, 0)
             applied = tuple(sorted(meta.offsets.items()))
             # caught up by the broker's count AND nothing applied since the last check (some
             # brokers report end offsets short of the last batch)
@@ -188,7 +236,7 @@ class DetectionClocks:
                 self._previous_offsets.get(partition) == applied
             )
             self._previous_offsets[partition] = applied
-            progress[partition] = max(tickets_ms, now_ms) if idle else tickets_ms
+            read[partition] = ReadState(meta.topic_watermarks.get(self.tickets_topic, 0), idle)
         targets = set(owned)
         for pair in [pair for pair in self._history if pair[1] not in targets]:
             del self._history[pair]  # no longer ours: begins again if it comes back
@@ -199,21 +247,20 @@ class DetectionClocks:
                 continue
             applied_offset = metas[target].offsets.get(self.repartition_topic, -1)
             key = forwarded_key(self.repartition_topic, target)
-            clock = progress[target]
+            seen = dict(read)
             for source, source_meta in metas.items():
-                if source == target:
-                    continue
                 forwarded = source_meta.offsets.get(key)
-                if forwarded is None:  # nothing forwarded to the target yet
-                    clock = min(clock, progress[source])
-                    continue
+                if source == target or forwarded is None:
+                    continue  # (nothing forwarded to the target yet: its progress counts)
                 pair = (source, target)
                 history = self._history.get(pair)
                 if history is None:
                     history = self._history[pair] = deque(maxlen=self.HISTORY)
-                history.append((forwarded, progress[source]))
+                history.append((forwarded, progress_ms(read[source], now_ms)))
                 while history and applied_offset >= history[0][0]:
                     self._safe[pair] = history.popleft()[1]
-                clock = min(clock, self._safe.get(pair, 0))
-            clocks[target] = clock
+                seen[source] = read[source]._replace(forwards_ms=self._safe.get(pair, 0))
+            clock = detection_clock_ms(target, seen, now_ms)
+            if clock is not None:
+                clocks[target] = clock
         return clocks
