@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import date
 from itertools import pairwise
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -202,15 +202,16 @@ class Policy(BaseModel):
 
     def target_seconds(self, metric: SlaMetric, priority: str) -> int | None:
         """The target of a metric for a priority, ``None`` when the policy sets none."""
-        return self.targets.get(metric, {}).get(priority)  # type: ignore[call-overload]
+        by_priority = cast("dict[str, int]", self.targets.get(metric, {}))
+        return by_priority.get(priority)
 
 
-def default_policy(first_response_targets: Mapping[str, int]) -> Policy:
+def default_policy(first_response_targets: Mapping[Priority, int]) -> Policy:
     """The one policy in force when ``DESKPULSE_SLA_POLICIES`` is absent: first response
     within ``DESKPULSE_FIRST_RESPONSE_TARGETS``, calendar time, no warnings (v1)."""
     return Policy(
         name="default",
-        targets={"first_response": dict(first_response_targets)},  # type: ignore[dict-item]
+        targets={"first_response": dict(first_response_targets)},
         warn_at=(),
     )
 
