@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from datetime import date
@@ -623,6 +624,8 @@ def test_schedules_and_policies_round_trip_through_the_environment(
         if name.startswith("DESKPULSE_"):
             monkeypatch.setenv(name, value)
     assert load_settings() == original
+    # the engine and read processes get the settings pickled
+    assert pickle.loads(pickle.dumps(original)) == original
 
 
 def _schedule(**changes: object) -> str:
