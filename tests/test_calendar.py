@@ -42,6 +42,8 @@ NEW_YORK_SUN = cal("America/New_York", {"sun": ["00:00-06:00"]})
 AROUND_MIDNIGHT = cal(
     "UTC", {"sun": ["22:00-24:00"], "mon": ["00:00-24:00"], "tue": ["00:00-06:00"]}
 )
+BERLIN_SUN_EARLY = cal("Europe/Berlin", {"sun": ["00:00-02:30"]})
+TOUCHING = cal("UTC", {"mon": ["09:00-13:00", "13:00-17:00"]})
 KOLKATA = cal("Asia/Kolkata", {"mon": ["09:00-17:00"]})
 KATHMANDU = cal("Asia/Kathmandu", {"mon": ["09:00-17:00"]})
 
@@ -62,6 +64,8 @@ BUSINESS_CASES = [
     (BERLIN_SUN, "2026-03-29T01:30+01:00", "2026-03-29T03:30+02:00", 1 * H),
     # an interval starting in the skipped hour opens at the change: 03:00-05:00 CEST
     (BERLIN_SUN_LATE, "2026-03-29T00:00+01:00", "2026-03-30T00:00+02:00", 2 * H),
+    # one ending in the skipped hour closes at the change: 00:00-02:00 CET
+    (BERLIN_SUN_EARLY, "2026-03-29T00:00+01:00", "2026-03-30T00:00+02:00", 2 * H),
     # Berlin fall back, 2026-10-25 03:00 CEST -> 02:00 CET: 01:00-04:00 is four hours
     (BERLIN_SUN, "2026-10-25T00:00+02:00", "2026-10-26T00:00+01:00", 4 * H),
     (BERLIN_SUN, "2026-10-25T02:30+02:00", "2026-10-25T02:30+01:00", 1 * H),
@@ -77,6 +81,8 @@ BUSINESS_CASES = [
     (NEW_YORK_SUN, "2026-11-01T01:30-04:00", "2026-11-01T01:30-05:00", 1 * H),
     # split day: Friday 12:00-15:00 holds 12-13 and 14-15
     (OFFICE, "2026-12-04T12:00+01:00", "2026-12-04T15:00+01:00", 2 * H),
+    # intervals that touch make one stretch
+    (TOUCHING, "2026-12-07T12:00Z", "2026-12-07T14:00Z", 2 * H),
     # lunch is closed
     (OFFICE, "2026-12-04T13:00+01:00", "2026-12-04T14:00+01:00", 0),
     # a weekend: Friday 16:00 to Monday 10:00 is Friday's last hour and Monday's first
@@ -118,6 +124,7 @@ DEADLINE_CASES = [
     (OFFICE, "2026-12-05T10:00+01:00", 1 * H, "2026-12-07T10:00+01:00"),
     # created at lunch on Friday: counting starts at 14:00
     (OFFICE, "2026-12-04T13:30+01:00", 1 * H, "2026-12-04T15:00+01:00"),
+    (TOUCHING, "2026-12-07T12:30Z", 1 * H, "2026-12-07T13:30Z"),
     # across lunch: 30 min before, 30 after
     (OFFICE, "2026-12-04T12:30+01:00", 1 * H, "2026-12-04T14:30+01:00"),
     # across two holidays and a weekend
