@@ -65,14 +65,34 @@ from deskpulse.streams.frames import frame as framed
 from deskpulse.streams.frames import pipes, read_frame
 
 __all__ = [
+    "PING_SLACK_S",
     "STOP_GRACE_S",
     "STOP_TIMEOUT_S",
+    "Abandon",
+    "BrokerState",
+    "CheckBreaches",
     "Counters",
+    "DeadLetters",
+    "Done",
     "EngineProcess",
     "EngineProcessError",
+    "Failed",
+    "GivenUp",
+    "Ping",
+    "Pinged",
+    "Process",
+    "Processed",
+    "PublishOutputs",
+    "Published",
     "RecordingMetrics",
+    "Refresh",
+    "Refreshed",
+    "Refused",
     "Reply",
     "Request",
+    "Start",
+    "Started",
+    "Stop",
     "decode_reply",
     "decode_request",
     "encode",
@@ -564,29 +584,12 @@ class EngineProcess:
         log.info("engine process %d started", self._proc.pid)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        while (frame := await read_frame(reader)) is not None:
-            reply = decode_reply(frame)
-            if isinstance(reply, DeadLetters):  # unasked: the child's dead letters fail or wait
-                if self.on_deadletter is not None:
-                    self.on_deadletter(reply.trouble)
-                continue
-            if isinstance(reply, BrokerState):  # unasked: its producer reaches the broker
-                if self.on_broker is not None:
-                    self.on_broker(reply.up)
-                continue
-            future = self._pending.pop(reply.id, None)
-            if future is None or future.done():
-                continue
-            if isinstance(reply, Refused):  # the state is lost or foreign: not a crash
-                future.set_exception(
-                    _state_error(reply.error, reply.reason, reply.detail, reply.fix)
-                )
-            elif isinstance(reply, GivenUp):  # given up at the stop: not a crash either
-                future.set_exception(Abandoned(reply.detail))
-            elif isinstance(reply, Failed):
-                future.set_exception(EngineProcessError(f"engine process: {reply.error}"))
-            else:
-                future.set_result(reply)
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                self._take(decode_reply(frame))
+        except Exception as error:  # a reply that cannot be read: no later one can be trusted
+            log.critical("cannot read the engine process's reply: %r", error)
+            self.kill()  # what it did not answer is given up below, never acknowledged
         proc = self._proc
         code = None
         if proc is not None:
@@ -603,6 +606,28 @@ class EngineProcess:
             log.critical("%s", self._gone)
             if self.on_gone is not None:
                 self.on_gone(self._gone)
+
+    def _take(self, reply: Reply) -> None:
+        """Hand a reply to whoever waits for it (unasked ones to the callbacks)."""
+        if isinstance(reply, DeadLetters):  # unasked: the child's dead letters fail or wait
+            if self.on_deadletter is not None:
+                self.on_deadletter(reply.trouble)
+            return
+        if isinstance(reply, BrokerState):  # unasked: its producer reaches the broker
+            if self.on_broker is not None:
+                self.on_broker(reply.up)
+            return
+        future = self._pending.pop(reply.id, None)
+        if future is None or future.done():
+            return
+        if isinstance(reply, Refused):  # the state is lost or foreign: not a crash
+            future.set_exception(_state_error(reply.error, reply.reason, reply.detail, reply.fix))
+        elif isinstance(reply, GivenUp):  # given up at the stop: not a crash either
+            future.set_exception(Abandoned(reply.detail))
+        elif isinstance(reply, Failed):
+            future.set_exception(EngineProcessError(f"engine process: {reply.error}"))
+        else:
+            future.set_result(reply)
 
     async def process(self, records: Iterable[Record]) -> None:
         """Apply a batch in the child; returns once it is committed (or dead-lettered).
