@@ -655,7 +655,7 @@ def _stop_overdue(service: Service) -> None:
         "now: nothing unapplied was acknowledged, the next start resumes at the fence",
         STOP_DEADLINE_S,
     )
-    service.engine.kill()  # an engine process would outlive the exit by a moment
+    service.engine.kill()  # an engine process ends with the worker, not after it
     logging.shutdown()
     os._exit(1)
 
