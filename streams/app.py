@@ -1,10 +1,10 @@
 """The Faust application: one agent per input topic (and one for the records forwarded
 to their conversation's partition, see :mod:`streams.engine`), plus web pages and timers.
 
-Agents are thin: take a batch (``stream.noack_take``), hand it to the
-:class:`~streams.engine.Engine`, and acknowledge its events to Faust once the engine has
-committed the batch to Redis; the next batch is taken meanwhile. KPI state is Redis, not
-Faust tables.
+Agents are thin: take a batch (``stream.noack_take``), hand it to the engine (a
+:class:`~streams.kpi_engine.KpiEngine`, in this process or a child), and acknowledge its
+events to Faust once the engine has committed the batch to Redis; the next batch is taken
+meanwhile. KPI state is Redis, not Faust tables.
 """
 
 from __future__ import annotations
@@ -32,24 +32,24 @@ from faust.web.drivers import aiohttp as faust_web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
-from deskpulse.exporters.prometheus import build_registry, render
-from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics, build_registry, render
 from deskpulse.models.errors import Abandoned, SettingsError, StateError, StateLost
 from deskpulse.models.settings import Settings
 from deskpulse.streams import compat
-from deskpulse.streams.breaches import DetectionClocks, check_partitions
+from deskpulse.streams.breaches import DetectionClocks
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
 from deskpulse.streams.core import CoreConfig
-from deskpulse.streams.engine import DeadLetterTrouble, Engine, Record, retry_forever
+from deskpulse.streams.engine import DeadLetterTrouble, Record, retry_forever
 from deskpulse.streams.integrity import StateGuard
+from deskpulse.streams.kpi_engine import KpiEngine, LocalEngine
 from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
 from deskpulse.streams.reads import KpiReads
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
 
-__all__ = ["Service", "bearer_token_matches", "create_app", "faust_app_options"]
+__all__ = ["Service", "bearer_token_matches", "create_app", "faust_app_options", "open_engine"]
 
 log = logging.getLogger("deskpulse.app")
 
@@ -57,6 +57,16 @@ log = logging.getLogger("deskpulse.app")
 #: does not answer can hold Faust's own shutdown steps (its consumer's last commit, say).
 #: Nothing unapplied was acknowledged, so the next start resumes at the fence.
 STOP_DEADLINE_S = 25.0
+
+
+def open_engine(
+    settings: Settings, store: Store, metrics: PipelineMetrics, collector: KpiCollector
+) -> KpiEngine:
+    """The worker's engine: in a child process (``DESKPULSE_ENGINE_PROCESS``, see
+    :mod:`streams.offload`) or in this one, on the worker's store, metrics and collector."""
+    if settings.uses_engine_process:
+        return EngineProcess(settings, metrics)
+    return LocalEngine(settings, store, metrics, collector)
 
 
 class Service:
@@ -67,11 +77,13 @@ class Service:
         self.redis = connect(settings, purpose="ingest")
         self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         self.registry, self.metrics, self.collector = build_registry(settings, self.store)
-        self.publisher = KafkaPublisher(settings)
-        self.engine = Engine(settings, self.store, self.publisher, self.metrics)
-        self.offload = EngineProcess(settings) if settings.uses_engine_process else None
-        #: whether the broker answers the running worker (asked on a timer, for /readyz)
-        self.broker = BrokerProbe(self.publisher.ping, self.broker_state)
+        #: the engine, here or in a child process: chosen once, never asked which
+        self.engine = open_engine(settings, self.store, self.metrics, self.collector)
+        self.engine.on_deadletter = self.deadletter_state
+        self.engine.on_broker = lambda up: self.metrics.broker_up.set(1 if up else 0)
+        #: whether the broker answers the running worker (asked on a timer, for /readyz),
+        #: over the engine's producer
+        self.broker = BrokerProbe(self.engine.ping, self.broker_state)
         self.ready = False
         #: the input topics' partition count, once the topics are made
         self.partitions: int | None = None
@@ -83,12 +95,9 @@ class Service:
         self.waiting_for: str | None = None
         #: what is wrong while dead letters fail or wait for the broker (their batch waits)
         self.deadletter_trouble: DeadLetterTrouble | None = None
-        self.engine.on_deadletter = self.deadletter_state
-        if self.offload is not None:
-            self.offload.on_deadletter = self.deadletter_state
 
     def deadletter_state(self, trouble: DeadLetterTrouble | None) -> None:
-        """Follow the dead letters (of this process's engine or the engine process):
+        """Follow the engine's dead letters:
         ``/readyz`` reports the trouble and ``deskpulse_deadletter_up`` is 0 meanwhile."""
         if trouble is not None and self.deadletter_trouble is None:
             log.warning("dead letters are held up: %s", trouble.detail)
@@ -106,58 +115,39 @@ class Service:
 
     def abandon(self, grace_s: float) -> None:
         """The worker stops: batches still in flight after ``grace_s`` are given up."""
-        if self.offload is not None:
-            self.offload.abandon(grace_s)
         self.engine.abandon(grace_s)
         self.guard.release()  # batches held for a lost state will never be applied
 
     async def process(self, records: Iterable[Record]) -> None:
-        """Apply a batch, in the engine process when there is one.
+        """Apply a batch.
 
         Waits while the assignment's state is being checked; once the state is found lost
         or foreign, never returns (the batch stays unacknowledged) until the worker stops.
         """
         await self.guard.admit()
         try:
-            if self.offload is not None:
-                await self.offload.process(records, self.metrics)
-            else:
-                await self.engine.process(records)
+            await self.engine.process(records)
         except StateError as error:
             self.guard.report(error)
             await self.guard.halt()
 
     async def refresh_metrics(self) -> None:
-        """Rebuild the KPI snapshot that ``/metrics`` serves (in the engine process if any)."""
-        if self.offload is None:
-            await self.collector.refresh()
-            return
-        exposition, refreshed_at = await self.offload.refresh()
+        """Rebuild the KPI snapshot that ``/metrics`` serves."""
+        exposition, refreshed_at = await self.engine.refresh()
         self.collector.exposition = exposition
         self.collector.refreshed_at = refreshed_at
 
     async def publish_outputs(self) -> None:
         """KPI snapshots of the last refresh to the KPI topic; alert rules evaluated."""
-        if self.offload is not None:
-            await self.offload.publish_outputs()
-            return
-        if self.collector.windows:
-            await publish_snapshots(self.collector.windows, self.publisher, self.settings)
-        await evaluate_rules(self.store, self.publisher, self.settings)
+        await self.engine.publish_outputs()
 
     async def check_breaches(self, clocks: dict[int, int]) -> int:
         """Claim and publish due SLA breaches (partition -> detection clock, ms)."""
-        if self.offload is not None:
-            return await self.offload.check_breaches(clocks)
-        return await check_partitions(
-            self.store,
-            clocks.items(),
-            partial(self.publisher.publish_json, self.settings.topic_alerts),
-            self.engine.partition_lock,
-        )
+        return await self.engine.check_breaches(clocks)
 
     async def start(self) -> None:
-        """Wait for Redis and the broker (with backoff), check the state, make the topics."""
+        """Wait for Redis and the broker (with backoff), check the state, make the topics,
+        start the engine."""
         await retry_forever(
             self.redis.ping, what="connecting to Redis", on_state=self.metrics.redis_up
         )
@@ -168,29 +158,18 @@ class Service:
             retriable=(Exception,),
             on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
         )
-        # records a producer put on another partition than their conversation's are
-        # forwarded to it through the repartition topic
         self.partitions = counts[self.settings.topic_tickets]
-        self.engine.route(self.partitions, self.publisher)
-        await retry_forever(
-            self.publisher.start,
-            what="starting the Kafka producer",
-            retriable=(Exception,),
-            on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
-        )
-        if self.offload is not None:
-            await self.offload.start()
-            await self.offload.route(self.partitions)
-            if self.offload.generation != self.store.generation:  # the state restarted
-                self.guard.report(
-                    StateLost(
-                        "generation_changed",
-                        f"the state under prefix {self.settings.redis_prefix!r} was started "
-                        "anew while the worker started",
-                        FIX_RESTART,
-                    )
+        await self.engine.start(self.partitions)
+        if self.engine.generation != self.store.generation:  # the state restarted meanwhile
+            self.guard.report(
+                StateLost(
+                    "generation_changed",
+                    f"the state under prefix {self.settings.redis_prefix!r} was started "
+                    "anew while the worker started",
+                    FIX_RESTART,
                 )
-        self.broker.answered()  # the producer just reached it
+            )
+        self.broker.answered()  # the engine's producer just reached it
         self.ready = True
 
     async def stop(self) -> None:
@@ -198,10 +177,8 @@ class Service:
         self.broker.close()  # the producer it asks through closes below
         await self.guard.stop()
         try:
-            if self.offload is not None:
-                await self.offload.stop()
+            await self.engine.stop()
         finally:
-            await self.publisher.stop()
             await self.redis.aclose()
 
 
@@ -425,10 +402,9 @@ def create_app(settings: Settings) -> faust.App:
     app.deskpulse = service  # type: ignore[attr-defined]
     service.guard.stopping = lambda: bool(app.should_stop)
     app.start_gates = [_BrokerGate(service)]
-    if service.offload is not None:
-        # an engine process that dies takes the worker with it: the supervisor restarts
-        # both, and they resume at the fence (nothing is acknowledged that it did not commit)
-        service.offload.on_gone = lambda error: asyncio.ensure_future(app.crash(error))
+    # an engine process that dies takes the worker with it: the supervisor restarts both,
+    # and they resume at the fence (nothing is acknowledged that it did not commit)
+    service.engine.on_gone = lambda error: asyncio.ensure_future(app.crash(error))
 
     topics = {
         name: app.topic(
@@ -676,8 +652,7 @@ def _stop_overdue(service: Service) -> None:
         "now: nothing unapplied was acknowledged, the next start resumes at the fence",
         STOP_DEADLINE_S,
     )
-    if service.offload is not None:
-        service.offload.kill()
+    service.engine.kill()  # an engine process ends with the worker, not after it
     logging.shutdown()
     os._exit(1)
 

@@ -2,18 +2,23 @@
 
 A Faust agent that decodes, folds and commits in its own event loop shares one core
 between Faust's per-event bookkeeping and the engine. With ``DESKPULSE_ENGINE_PROCESS``
-the worker starts ``python -m deskpulse.streams.offload`` and talks to it over its stdin and stdout
-with length-prefixed frames, from the worker's event loop: no executor threads in the
-worker (they would contend with Faust for the interpreter lock). Each batch travels as
-columns of raw record bytes; the child decodes, folds and commits it with the same
-:class:`~streams.engine.Engine` and answers with the pipeline counters the worker exports.
+the worker holds an :class:`EngineProcess`, the :class:`~streams.kpi_engine.KpiEngine`
+that hands every call to a child, ``python -m deskpulse.streams.offload``. The child serves
+a :class:`~streams.kpi_engine.LocalEngine`, the very engine the worker runs in its own
+process otherwise: each request is answered by the engine method of the same name. They
+talk over the child's stdin and stdout with length-prefixed frames, from the worker's event
+loop: no executor threads in the worker (they would contend with Faust for the interpreter
+lock). The frames carry typed messages (msgspec structs, one class per request and reply,
+tagged with its name). Each batch travels as columns of raw record bytes; the child
+decodes, folds and commits it and answers with the pipeline counters the worker exports.
 The agent acknowledges a batch only once the child reports it committed, so the
 exactly-once argument is unchanged: nothing is acknowledged before Redis holds it.
 
 The KPI snapshot is built there too: the worker asks for a refresh on its timer and gets
 the rendered exposition back for ``/metrics``, and the group leader asks the child to
 publish the KPI snapshots and evaluate the alert rules. Those run beside the batches (the
-build and render in a thread of the child), never in the worker's event loop.
+build and render in a thread of the child), never in the worker's event loop. The broker
+probe pings over the child's producer (the worker has none of its own in this mode).
 
 Batches and breach checks are applied in the order sent, one at a time; batches that
 queue up meanwhile (one per agent) travel together in the next request. Breach checks are
@@ -21,10 +26,10 @@ so serialised with the batches of the partitions they read, as in-process they a
 partition locks. The child ignores SIGINT and SIGTERM (the worker stops it after the
 batch in flight) and exits when its stdin closes; if it dies, the batch in flight fails
 and the worker stops loudly, to be restarted at the offset fence. A batch refused because
-the Redis state is lost or foreign is not a failure: it comes back as a ``state`` reply,
-raised in the worker as that :class:`~models.errors.StateError` (the worker stops applying
-and reports it, see :mod:`streams.integrity`). Its ``ready`` reply carries the state
-generation it found, which the worker checks is its own.
+the Redis state is lost or foreign is not a failure: it comes back as a :class:`Refused`
+reply, raised in the worker as that :class:`~models.errors.StateError` (the worker stops
+applying and reports it, see :mod:`streams.integrity`). Its :class:`Started` reply carries
+the state generation it found, which the worker checks is its own.
 
 The child never outlives the worker: on Linux the kernel kills it when the worker dies
 (``PR_SET_PDEATHSIG``), elsewhere it notices within a second that its parent changed.
@@ -39,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import pickle
@@ -46,25 +52,50 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import msgspec
 
-from deskpulse.models.errors import Abandoned
+from deskpulse.models.errors import Abandoned, BrokerUnavailable
 from deskpulse.models.settings import Settings
-from deskpulse.streams.engine import DeadLetterTrouble, Record, SourceRecord
+from deskpulse.streams.engine import DeadLetterTrouble, Metrics, Record, SourceRecord
 from deskpulse.streams.frames import frame as framed
 from deskpulse.streams.frames import pipes, read_frame
 
 __all__ = [
+    "PING_SLACK_S",
     "STOP_GRACE_S",
     "STOP_TIMEOUT_S",
+    "Abandon",
+    "BrokerState",
+    "CheckBreaches",
+    "Counters",
+    "DeadLetters",
+    "Done",
     "EngineProcess",
     "EngineProcessError",
+    "Failed",
+    "GivenUp",
+    "Ping",
+    "Pinged",
+    "Process",
+    "Processed",
+    "PublishOutputs",
+    "Published",
     "RecordingMetrics",
+    "Refresh",
+    "Refreshed",
+    "Refused",
+    "Reply",
+    "Request",
+    "Start",
+    "Started",
+    "Stop",
+    "decode_reply",
+    "decode_request",
+    "encode",
 ]
 
 log = logging.getLogger("deskpulse.offload")
@@ -73,20 +104,207 @@ log = logging.getLogger("deskpulse.offload")
 STOP_GRACE_S = 5.0
 #: How long the worker waits for the child to end once asked, before it kills it.
 STOP_TIMEOUT_S = STOP_GRACE_S + 5.0
+#: How much longer than the broker ping itself the child may take to answer one.
+PING_SLACK_S = 1.0
 # prctl(2) option: the signal the kernel sends this process when its parent dies
 _PR_SET_PDEATHSIG = 1
-
-_ENCODE = msgspec.msgpack.Encoder().encode
-_DECODE = msgspec.msgpack.Decoder().decode
 
 
 class EngineProcessError(RuntimeError):
     """The engine process failed a request, or is gone."""
 
 
+# --- the messages ------------------------------------------------------------------------
+# msgpack arrays led by the class name ([tag, field, ...]), decoded into these classes. A
+# request that is answered carries an id, and so does its answer; a batch travels as
+# columns (one list per record field), the cheapest shape to encode and decode.
+
+
+class Counters(msgspec.Struct, array_like=True):
+    """What the engine reported to its ``Metrics`` while applying one batch."""
+
+    processed: list[tuple[str, str, int]]  # (topic, event type, count)
+    rejected: list[tuple[str, str, int]]  # (topic, reason, count)
+    skipped: list[tuple[str, str, int]]  # (topic, reason, count)
+    rerouted: dict[str, int]
+    flushes: list[tuple[float, int]]  # (seconds, events)
+    event_times: dict[str, float]
+    redis_state: bool | None
+
+    def apply_to(self, metrics: Metrics) -> None:
+        """Report the counts to the worker's metrics."""
+        for topic, event_type, count in self.processed:
+            metrics.processed(topic, event_type, count)
+        for topic, reason, count in self.rejected:
+            metrics.rejected(topic, reason, count)
+        for topic, reason, count in self.skipped:
+            metrics.skipped(topic, reason, count)
+        for topic, count in self.rerouted.items():
+            metrics.rerouted(topic, count)
+        for seconds, events in self.flushes:
+            metrics.flushed(seconds, events)
+        for topic, t_s in self.event_times.items():
+            metrics.event_time(topic, t_s)
+        if self.redis_state is not None:
+            metrics.redis_up(self.redis_state)
+
+
+class _Message(msgspec.Struct, tag=True, array_like=True):
+    pass
+
+
+class Start(_Message):
+    """Start the engine (:meth:`KpiEngine.start`); answered by :class:`Started`."""
+
+    id: int
+    partitions: int
+
+
+class Process(_Message):
+    """Apply a batch, as columns; answered by :class:`Processed`."""
+
+    id: int
+    topics: list[str]
+    partitions: list[int]
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    headers: list[Any]  # read on the repartition topic only: None for input records
+
+    def records(self) -> list[SourceRecord]:
+        columns = (self.topics, self.partitions, self.offsets, self.keys, self.values)
+        return [SourceRecord(*row) for row in zip(*columns, self.headers, strict=True)]
+
+
+class CheckBreaches(_Message):
+    """Claim and publish due breaches (partition -> clock ms); answered by :class:`Published`."""
+
+    id: int
+    clocks: dict[int, int]
+
+
+class Refresh(_Message):
+    """Rebuild the KPI snapshot; answered by :class:`Refreshed`."""
+
+    id: int
+
+
+class PublishOutputs(_Message):
+    """Publish the KPI snapshots, evaluate the alert rules; answered by :class:`Done`."""
+
+    id: int
+
+
+class Ping(_Message):
+    """Ask the broker over the engine's producer; answered by :class:`Pinged`."""
+
+    id: int
+    timeout_s: float
+
+
+class Abandon(_Message):
+    """Give up what is still in flight after ``grace_s``; not answered."""
+
+    grace_s: float
+
+
+class Stop(_Message):
+    """Finish what is queued, close and exit; answered by :class:`Done`."""
+
+    id: int
+
+
+class Done(_Message):
+    id: int
+
+
+class Started(_Message):
+    id: int
+    generation: str | None  # the state generation the child found
+
+
+class Processed(_Message):
+    id: int
+    counters: Counters
+
+
+class Refreshed(_Message):
+    id: int
+    exposition: bytes
+    refreshed_at: float | None
+
+
+class Published(_Message):
+    id: int
+    count: int
+
+
+class Pinged(_Message):
+    id: int
+    failure: str | None  # what kept the broker's answer away (None: it answered)
+
+
+class Refused(_Message):
+    """The state is lost or foreign (a :class:`~models.errors.StateError`): not a crash."""
+
+    id: int
+    error: str  # the class name
+    reason: str
+    detail: str
+    fix: str
+
+
+class GivenUp(_Message):
+    """Given up at the stop (:class:`~models.errors.Abandoned`): not a crash either."""
+
+    id: int
+    detail: str
+
+
+class Failed(_Message):
+    id: int
+    error: str
+
+
+class DeadLetters(_Message):
+    """Unasked: dead letters fail or wait for the broker (``None``: no longer)."""
+
+    trouble: DeadLetterTrouble | None
+
+
+class BrokerState(_Message):
+    """Unasked: whether the broker answers, while the engine's producer starts."""
+
+    up: bool
+
+
+#: what the worker sends the child
+Request = Start | Process | CheckBreaches | Refresh | PublishOutputs | Ping | Abandon | Stop
+#: what the child sends the worker
+Reply = (
+    Done
+    | Started
+    | Processed
+    | Refreshed
+    | Published
+    | Pinged
+    | Refused
+    | GivenUp
+    | Failed
+    | DeadLetters
+    | BrokerState
+)
+_Asked = Start | Process | CheckBreaches | Refresh | PublishOutputs | Ping
+_Answer = TypeVar("_Answer", Done, Started, Processed, Refreshed, Published, Pinged)
+
+encode = msgspec.msgpack.Encoder().encode
+decode_request = msgspec.msgpack.Decoder(Request).decode
+decode_reply = msgspec.msgpack.Decoder(Reply).decode
+
+
 @dataclass
 class RecordingMetrics:
-    """The engine's ``Metrics``, recorded for the parent to apply to its registry."""
+    """The engine's ``Metrics`` in the child, taken as :class:`Counters` after each batch."""
 
     processed_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     rejected_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
@@ -117,110 +335,71 @@ class RecordingMetrics:
     def redis_up(self, up: bool) -> None:
         self.redis_state = up
 
-    def replay_into(self, metrics: Any) -> None:
-        """Apply what was recorded to the parent's metrics."""
-        for (topic, event_type), count in self.processed_counts.items():
-            metrics.processed(topic, event_type, count)
-        for (topic, reason), count in self.rejected_counts.items():
-            metrics.rejected(topic, reason, count)
-        for (topic, reason), count in self.skipped_counts.items():
-            metrics.skipped(topic, reason, count)
-        for topic, count in self.rerouted_counts.items():
-            metrics.rerouted(topic, count)
-        for seconds, events in self.flushes:
-            metrics.flushed(seconds, events)
-        for topic, t_s in self.event_times.items():
-            metrics.event_time(topic, t_s)
-        if self.redis_state is not None:
-            metrics.redis_up(self.redis_state)
-
-    def to_wire(self) -> list[Any]:
-        return [
-            [[t, e, n] for (t, e), n in self.processed_counts.items()],
-            [[t, r, n] for (t, r), n in self.rejected_counts.items()],
-            [list(f) for f in self.flushes],
-            self.event_times,
-            self.redis_state,
-            [[t, r, n] for (t, r), n in self.skipped_counts.items()],
-            dict(self.rerouted_counts),
-        ]
-
-    @classmethod
-    def from_wire(cls, data: list[Any]) -> RecordingMetrics:
-        processed, rejected, flushes, event_times, redis_state, skipped, rerouted = data
-        out = cls()
-        for topic, event_type, count in processed:
-            out.processed_counts[(topic, event_type)] += count
-        for topic, reason, count in rejected:
-            out.rejected_counts[(topic, reason)] += count
-        out.flushes = [(float(s), int(n)) for s, n in flushes]
-        out.event_times = dict(event_times)
-        out.redis_state = redis_state
-        for topic, reason, count in skipped:
-            out.skipped_counts[(topic, reason)] += count
-        for topic, count in rerouted.items():
-            out.rerouted_counts[topic] += count
-        return out
+    def take(self) -> Counters:
+        """What was recorded since the last take, and start afresh."""
+        counters = Counters(
+            processed=[(t, e, n) for (t, e), n in self.processed_counts.items()],
+            rejected=[(t, r, n) for (t, r), n in self.rejected_counts.items()],
+            skipped=[(t, r, n) for (t, r), n in self.skipped_counts.items()],
+            rerouted=dict(self.rerouted_counts),
+            flushes=self.flushes,
+            event_times=self.event_times,
+            redis_state=self.redis_state,
+        )
+        self.processed_counts = defaultdict(int)
+        self.rejected_counts = defaultdict(int)
+        self.skipped_counts = defaultdict(int)
+        self.rerouted_counts = defaultdict(int)
+        self.flushes, self.event_times, self.redis_state = [], {}, None
+        return counters
 
 
 # --- the child ---------------------------------------------------------------------------
 
 
 class _Child:
-    """The child's side: the engine, a KPI collector, and the requests they answer."""
+    """The child's side: a :class:`~streams.kpi_engine.LocalEngine` and the requests it
+    answers, each by the engine method of the same name."""
 
     def __init__(self, settings: Settings, writer: asyncio.StreamWriter) -> None:
-        from deskpulse.exporters.kafka import KafkaPublisher
         from deskpulse.exporters.prometheus import KpiCollector
         from deskpulse.streams.core import CoreConfig
-        from deskpulse.streams.engine import Engine
+        from deskpulse.streams.kpi_engine import LocalEngine
         from deskpulse.streams.redis_client import connect
         from deskpulse.streams.store import Store
 
-        self.settings = settings
         self.writer = writer
         self.redis = connect(settings, purpose="ingest")
-        self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
-        self.publisher = KafkaPublisher(settings)
-        self.engine = Engine(settings, self.store, self.publisher, RecordingMetrics())
-        self.engine.on_deadletter = self.report_deadletter
-        self.collector = KpiCollector(self.store, settings)
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        self.metrics = RecordingMetrics()
+        self.engine = LocalEngine(settings, store, self.metrics, KpiCollector(store, settings))
+        # unasked, while a batch is held: the worker's /readyz and gauges follow them
+        self.engine.on_deadletter = lambda trouble: self.send(DeadLetters(trouble))
+        self.engine.on_broker = lambda up: self.send(BrokerState(up))
         # batches and breach checks in the order they came; the rest beside them
-        self.ordered: asyncio.Queue[list[Any] | None] = asyncio.Queue()
+        self.ordered: asyncio.Queue[_Asked | None] = asyncio.Queue()
 
-    def reply(self, request_id: int, status: str, body: Any) -> None:
-        self.writer.write(framed(_ENCODE([request_id, status, body])))
-
-    def report_deadletter(self, trouble: DeadLetterTrouble | None) -> None:
-        # unasked, while a batch is held: the worker's /readyz and gauge follow it
-        self.reply(0, "deadletter", None if trouble is None else list(trouble))
+    def send(self, reply: Reply) -> None:
+        self.writer.write(framed(encode(reply)))
 
     async def run(self, reader: asyncio.StreamReader) -> None:
-        from deskpulse.streams.engine import retry_forever
-        from deskpulse.streams.runtime import tune_gc
-
-        await retry_forever(
-            self.publisher.start, what="starting the Kafka producer", retriable=(Exception,)
-        )
-        # the state's generation: the worker checks it is the one it started on
-        await retry_forever(self.store.check_config, what="reading the state's configuration")
-        tune_gc()
-        self.reply(0, "ready", self.store.generation)
         ordered = asyncio.ensure_future(self.work_in_order())
         beside: set[asyncio.Future[None]] = set()
+        stop: Stop | None = None  # None: the worker is gone
         try:
             while (frame := await read_frame(reader)) is not None:
-                request = _DECODE(frame)
-                if request[1] == "stop":
+                request = decode_request(frame)
+                if isinstance(request, Stop):
+                    stop = request
                     break
-                if request[1] in ("batch", "breaches"):
+                if isinstance(request, Abandon):  # the worker stops
+                    self.engine.abandon(request.grace_s)
+                elif isinstance(request, Start | Process | CheckBreaches):
                     self.ordered.put_nowait(request)
                 else:
                     task = asyncio.ensure_future(self.answer(request))
                     beside.add(task)
                     task.add_done_callback(beside.discard)
-            else:
-                request = None  # the worker is gone: finish what is queued, then exit
             # what is queued may finish; a batch stuck retrying must not hold the exit
             self.engine.abandon(STOP_GRACE_S)
             self.ordered.put_nowait(None)
@@ -228,10 +407,10 @@ class _Child:
             if beside:
                 await asyncio.gather(*beside, return_exceptions=True)
         finally:
-            await self.publisher.stop()
+            await self.engine.stop()
             await self.redis.aclose()
-        if request is not None:
-            self.reply(request[0], "ok", None)
+        if stop is not None:
+            self.send(Done(stop.id))
             with contextlib.suppress(OSError):  # the worker may be gone already
                 await self.writer.drain()
 
@@ -239,56 +418,53 @@ class _Child:
         while (request := await self.ordered.get()) is not None:
             await self.answer(request)
 
-    async def answer(self, request: list[Any]) -> None:
-        request_id, kind = request[0], request[1]
+    async def answer(self, request: _Asked) -> None:
         from deskpulse.models.errors import StateError
 
+        reply: Reply
         try:
-            body = await self.handle(kind, request[2:])
+            reply = await self.handle(request)
         except StateError as error:  # the worker stops applying and reports it, once
-            state = [type(error).__name__, error.reason, error.detail, error.fix]
-            self.reply(request_id, "state", state)
+            name = type(error).__name__
+            reply = Refused(request.id, name, error.reason, error.detail, error.fix)
         except Abandoned as error:  # the stop gave it up: not a failure of the engine
-            self.reply(request_id, "abandoned", str(error))
+            reply = GivenUp(request.id, str(error))
         except Exception as error:  # reported to the worker, which stops loudly
-            log.exception("engine request %s failed", kind)
-            self.reply(request_id, "error", repr(error))
-        else:
-            self.reply(request_id, "ok", body)
+            log.exception("engine request %s failed", type(request).__name__)
+            reply = Failed(request.id, repr(error))
+        self.send(reply)
         with contextlib.suppress(OSError):
             await self.writer.drain()
 
-    async def handle(self, kind: str, args: list[Any]) -> Any:
-        from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
-        from deskpulse.streams.breaches import check_partitions
+    async def handle(self, request: _Asked) -> Reply:
+        """The engine's method for ``request``, its result as the reply."""
+        engine = self.engine
+        if isinstance(request, Process):
+            try:
+                await engine.process(request.records())
+            except BaseException:
+                self.metrics.take()  # a batch that failed reports nothing
+                raise
+            return Processed(request.id, self.metrics.take())
+        if isinstance(request, CheckBreaches):
+            return Published(request.id, await engine.check_breaches(request.clocks))
+        if isinstance(request, Refresh):
+            exposition, refreshed_at = await engine.refresh()
+            return Refreshed(request.id, exposition, refreshed_at)
+        if isinstance(request, PublishOutputs):
+            await engine.publish_outputs()
+            return Done(request.id)
+        if isinstance(request, Ping):
+            try:
+                await engine.ping(request.timeout_s)
+            except BrokerUnavailable as error:  # an answer, not a failure of the engine
+                return Pinged(request.id, str(error))
+            return Pinged(request.id, None)
+        from deskpulse.streams.runtime import tune_gc
 
-        if kind == "batch":
-            metrics = RecordingMetrics()
-            self.engine.metrics = metrics
-            await self.engine.process([SourceRecord(*row) for row in zip(*args, strict=True)])
-            return metrics.to_wire()
-        if kind == "breaches":
-            return await check_partitions(
-                self.store,
-                args[0],  # [partition, clock ms] pairs
-                partial(self.publisher.publish_json, self.settings.topic_alerts),
-                self.engine.partition_lock,
-            )
-        if kind == "abandon":  # the worker stops: give up what is still in flight then
-            self.engine.abandon(args[0])
-            return None
-        if kind == "route":  # the input topics' partition count, once they are known
-            self.engine.route(args[0], self.publisher)
-            return None
-        if kind == "refresh":
-            await self.collector.refresh()
-            return [self.collector.exposition, self.collector.refreshed_at]
-        if kind == "outputs":
-            if self.collector.windows:
-                await publish_snapshots(self.collector.windows, self.publisher, self.settings)
-            await evaluate_rules(self.store, self.publisher, self.settings)
-            return None
-        raise ValueError(f"unknown request {kind!r}")
+        await engine.start(request.partitions)
+        tune_gc()
+        return Started(request.id, engine.generation)
 
 
 async def _serve(replies: BinaryIO, parent_pid: int) -> None:
@@ -361,62 +537,51 @@ def _state_error(name: str, reason: str, detail: str, fix: str) -> Exception:
 
 
 class EngineProcess:
-    """The engine child; batches are applied in submission order."""
+    """The :class:`~streams.kpi_engine.KpiEngine` in a child process, by proxy; batches are
+    applied in submission order. ``metrics`` get the counts of each batch the child applied.
+    """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self._proc: subprocess.Popen[bytes] | None = None
         self._popen: subprocess.Popen[bytes] | None = None  # kept once reaped too (kill)
         self._writer: asyncio.StreamWriter | None = None
         self._replies: asyncio.Future[None] | None = None
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._next_id = 1
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._ids = itertools.count(1)
         self._gone: EngineProcessError | None = None
         self._waiting: list[tuple[tuple[list[Any], ...], asyncio.Future[None]]] = []
         self._dispatcher: asyncio.Future[None] | None = None
         self._stopping = False
         self._given_up = False
-        #: called when the child ends without being asked to (the worker must stop)
-        self.on_gone: Callable[[EngineProcessError], object] | None = None
-        #: the state generation the child found at its start
         self.generation: str | None = None
-        #: told what is wrong while the child's dead letters fail or wait (None: fine)
         self.on_deadletter: Callable[[DeadLetterTrouble | None], object] | None = None
+        self.on_broker: Callable[[bool], object] | None = None
+        self.on_gone: Callable[[Exception], object] | None = None
 
-    async def start(self) -> None:
-        """Start the child and wait until it has connected to the broker."""
+    async def start(self, partitions: int) -> None:
+        """Start the child and wait until its engine has started (its producer reached
+        the broker)."""
         self._proc = self._popen = subprocess.Popen(
             [sys.executable, "-m", "deskpulse.streams.offload", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         reader, self._writer = await pipes(self._proc.stdout, self._proc.stdin)
-        ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[0] = ready
         self._replies = asyncio.ensure_future(self._read_replies(reader))
         self._writer.write(framed(pickle.dumps(self.settings)))
-        await self._writer.drain()
-        self.generation = await ready
+        started = await self._ask(Start(next(self._ids), partitions), Started)
+        self.generation = started.generation
         log.info("engine process %d started", self._proc.pid)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        while (frame := await read_frame(reader)) is not None:
-            request_id, status, body = _DECODE(frame)
-            if status == "deadletter":  # unasked: the child's dead letters fail or wait
-                if self.on_deadletter is not None:
-                    self.on_deadletter(None if body is None else DeadLetterTrouble(*body))
-                continue
-            future = self._pending.pop(request_id, None)
-            if future is None or future.done():
-                continue
-            if status in ("ok", "ready"):
-                future.set_result(body)
-            elif status == "state":  # the state is lost or foreign: not a crash
-                future.set_exception(_state_error(*body))
-            elif status == "abandoned":  # given up at the stop: not a crash either
-                future.set_exception(Abandoned(body))
-            else:
-                future.set_exception(EngineProcessError(f"engine process: {body}"))
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                self._take(decode_reply(frame))
+        except Exception as error:  # a reply that cannot be read: no later one can be trusted
+            log.critical("cannot read the engine process's reply: %r", error)
+            self.kill()  # what it did not answer is given up below, never acknowledged
         proc = self._proc
         code = None
         if proc is not None:
@@ -434,7 +599,29 @@ class EngineProcess:
             if self.on_gone is not None:
                 self.on_gone(self._gone)
 
-    async def process(self, records: Iterable[Record], metrics: Any) -> None:
+    def _take(self, reply: Reply) -> None:
+        """Hand a reply to whoever waits for it (unasked ones to the callbacks)."""
+        if isinstance(reply, DeadLetters):  # unasked: the child's dead letters fail or wait
+            if self.on_deadletter is not None:
+                self.on_deadletter(reply.trouble)
+            return
+        if isinstance(reply, BrokerState):  # unasked: its producer reaches the broker
+            if self.on_broker is not None:
+                self.on_broker(reply.up)
+            return
+        future = self._pending.pop(reply.id, None)
+        if future is None or future.done():
+            return
+        if isinstance(reply, Refused):  # the state is lost or foreign: not a crash
+            future.set_exception(_state_error(reply.error, reply.reason, reply.detail, reply.fix))
+        elif isinstance(reply, GivenUp):  # given up at the stop: not a crash either
+            future.set_exception(Abandoned(reply.detail))
+        elif isinstance(reply, Failed):
+            future.set_exception(EngineProcessError(f"engine process: {reply.error}"))
+        else:
+            future.set_result(reply)
+
+    async def process(self, records: Iterable[Record]) -> None:
         """Apply a batch in the child; returns once it is committed (or dead-lettered).
 
         Batches handed in while the child is busy (one per agent) travel together in the
@@ -456,10 +643,10 @@ class EngineProcess:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((columns, done))
         if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = asyncio.ensure_future(self._dispatch(metrics))
+            self._dispatcher = asyncio.ensure_future(self._dispatch())
         await done
 
-    async def _dispatch(self, metrics: Any) -> None:
+    async def _dispatch(self) -> None:
         while self._waiting:
             waiting, self._waiting = self._waiting, []
             if self._given_up:
@@ -474,7 +661,7 @@ class EngineProcess:
                 for target, column in zip(merged, columns, strict=True):
                     target.extend(column)
             try:
-                recorded = RecordingMetrics.from_wire(await self._call("batch", *merged))
+                processed = await self._ask(Process(next(self._ids), *merged), Processed)
             except BaseException as error:
                 for _, done in waiting:
                     if not done.done():
@@ -482,28 +669,37 @@ class EngineProcess:
                 if isinstance(error, asyncio.CancelledError):
                     raise
                 continue
-            recorded.replay_into(metrics)
+            processed.counters.apply_to(self.metrics)
             for _, done in waiting:
                 if not done.done():
                     done.set_result(None)
 
-    async def route(self, partitions: int) -> None:
-        """Have the child's engine check each record's partition (see ``Engine.route``)."""
-        await self._call("route", partitions)
-
-    async def check_breaches(self, clocks: dict[int, int]) -> int:
+    async def check_breaches(self, clocks: Mapping[int, int]) -> int:
         """Claim and publish due SLA breaches of these partitions (partition -> clock ms)."""
-        count: int = await self._call("breaches", sorted(clocks.items()))
-        return count
+        published = await self._ask(CheckBreaches(next(self._ids), dict(clocks)), Published)
+        return published.count
 
-    async def refresh(self) -> tuple[bytes, float]:
+    async def refresh(self) -> tuple[bytes, float | None]:
         """Have the child rebuild the KPI snapshot; its exposition and refresh time."""
-        exposition, refreshed_at = await self._call("refresh")
-        return exposition, refreshed_at
+        refreshed = await self._ask(Refresh(next(self._ids)), Refreshed)
+        return refreshed.exposition, refreshed.refreshed_at
 
     async def publish_outputs(self) -> None:
         """Have the child publish the KPI snapshots and evaluate the alert rules."""
-        await self._call("outputs")
+        await self._ask(PublishOutputs(next(self._ids)), Done)
+
+    async def ping(self, timeout_s: float) -> None:
+        """Ask the broker over the child's producer (the one that sends the outputs)."""
+        try:
+            pinged = await asyncio.wait_for(
+                self._ask(Ping(next(self._ids), timeout_s), Pinged), timeout_s + PING_SLACK_S
+            )
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the engine process did not answer a broker ping within {timeout_s:g} s"
+            ) from None
+        if pinged.failure is not None:
+            raise BrokerUnavailable(pinged.failure)
 
     def abandon(self, grace_s: float) -> None:
         """The worker stops: have the child give up what is in flight after ``grace_s``.
@@ -513,8 +709,8 @@ class EngineProcess:
         """
         if self._writer is None or self._gone is not None or self._writer.is_closing():
             return
-        # no reply is awaited (id -1 matches no request): the batches' own replies tell
-        self._writer.write(framed(_ENCODE([-1, "abandon", grace_s])))
+        # not answered: the batches' own replies tell
+        self._writer.write(framed(encode(Abandon(grace_s))))
         asyncio.get_running_loop().call_later(grace_s + 3.0, self._give_up_waiting)
 
     def kill(self) -> None:
@@ -529,21 +725,26 @@ class EngineProcess:
             if not future.done():
                 future.set_exception(Abandoned("the engine process did not answer at the stop"))
 
-    async def _call(self, kind: str, *args: Any) -> Any:
+    async def _ask(self, request: _Asked | Stop, answer: type[_Answer]) -> _Answer:
+        """Send ``request``; its answer, or the error the child met raised here."""
         if self._writer is None:
             raise EngineProcessError("EngineProcess.start() was not called")
         if self._gone is not None:
             raise self._gone
-        request_id, self._next_id = self._next_id, self._next_id + 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.id] = future
         try:
-            self._writer.write(framed(_ENCODE([request_id, kind, *args])))
+            self._writer.write(framed(encode(request)))
             await self._writer.drain()
         except (ConnectionError, BrokenPipeError) as error:
-            self._pending.pop(request_id, None)
+            self._pending.pop(request.id, None)
             raise self._gone or EngineProcessError("engine process is gone") from error
-        return await future
+        reply = await future
+        if not isinstance(reply, answer):
+            raise EngineProcessError(
+                f"engine process answered {type(reply).__name__} to {type(request).__name__}"
+            )
+        return reply
 
     async def stop(self) -> None:
         """Let the child finish what it has, close its connections and wait for its exit."""
@@ -552,7 +753,7 @@ class EngineProcess:
             return
         self._stopping = True
         try:
-            await asyncio.wait_for(self._call("stop"), timeout=STOP_TIMEOUT_S)
+            await asyncio.wait_for(self._ask(Stop(next(self._ids)), Done), timeout=STOP_TIMEOUT_S)
         except Exception as error:  # a dead or stuck child: nothing left to close there
             log.warning("engine process did not stop cleanly: %r", error)
         finally:

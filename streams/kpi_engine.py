@@ -1,0 +1,163 @@
+"""The worker's engine: one interface, run in the worker's process or in a child process.
+
+:class:`KpiEngine` is everything the worker's :class:`~streams.app.Service` asks of the
+engine: apply a batch, rebuild the KPI snapshot, publish outputs, claim SLA breaches, ping
+the broker over its producer, and start, stop or give up at a stop. Two implementations:
+
+* :class:`LocalEngine`, here: the :class:`~streams.engine.Engine`, its Kafka producer and
+  a KPI collector, in the calling process;
+* :class:`~streams.offload.EngineProcess`: a proxy that hands every call to a child
+  process (``python -m deskpulse.streams.offload``), which serves a :class:`LocalEngine`.
+
+The worker picks one at its start (``DESKPULSE_ENGINE_PROCESS``) and never asks which it
+has. ``tests/test_kpi_engine.py`` checks that both have every method with its signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Protocol, runtime_checkable
+
+from deskpulse.exporters.kafka import KafkaPublisher
+from deskpulse.exporters.prometheus import KpiCollector
+from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+from deskpulse.models.settings import Settings
+from deskpulse.streams.breaches import check_partitions
+from deskpulse.streams.engine import DeadLetterTrouble, Engine, Metrics, Record, retry_forever
+from deskpulse.streams.store import Store
+
+__all__ = ["KpiEngine", "LocalEngine"]
+
+
+@runtime_checkable
+class KpiEngine(Protocol):
+    """What the worker asks of its engine, wherever it runs.
+
+    The ``on_*`` callbacks are set by the worker before :meth:`start`; an engine calls
+    them from the worker's event loop.
+    """
+
+    #: the state generation the engine found at its start (the worker checks it is its own)
+    generation: str | None
+    #: told what is wrong while dead letters fail or wait for the broker (``None``: fine)
+    on_deadletter: Callable[[DeadLetterTrouble | None], object] | None
+    #: told whether the broker answers while the engine's producer starts
+    on_broker: Callable[[bool], object] | None
+    #: told when the engine ends without being asked to (the worker must stop then)
+    on_gone: Callable[[Exception], object] | None
+
+    async def start(self, partitions: int) -> None:
+        """Start the producer (retried until the broker answers) and route each input
+        record to the partition its conversation maps to (``partitions``: the input
+        topics' partition count)."""
+        ...
+
+    async def stop(self) -> None:
+        """Finish what is in flight and close the engine's connections."""
+        ...
+
+    async def process(self, records: Iterable[Record]) -> None:
+        """Apply a batch; returns once Redis holds it (or its records are dead-lettered)."""
+        ...
+
+    async def refresh(self) -> tuple[bytes, float | None]:
+        """Rebuild the KPI snapshot; its exposition and the time it was taken (Unix s)."""
+        ...
+
+    async def publish_outputs(self) -> None:
+        """KPI snapshots of the last refresh to the KPI topic; alert rules evaluated."""
+        ...
+
+    async def check_breaches(self, clocks: Mapping[int, int]) -> int:
+        """Claim and publish due SLA breaches (partition -> detection clock, ms); how many."""
+        ...
+
+    async def ping(self, timeout_s: float) -> None:
+        """Return once the broker answers the engine's producer; raise otherwise."""
+        ...
+
+    def abandon(self, grace_s: float) -> None:
+        """The worker stops: batches still in flight after ``grace_s`` are given up."""
+        ...
+
+    def kill(self) -> None:
+        """End now, from any thread: the worker exits without a clean stop."""
+        ...
+
+
+class LocalEngine:
+    """The :class:`KpiEngine` in the calling process (the worker's, or the engine child's).
+
+    ``store`` and ``collector`` are the caller's: the worker's ``/metrics`` renders that
+    collector. The producer is the engine's own (dead letters, forwards, outputs, alerts).
+    """
+
+    def __init__(
+        self, settings: Settings, store: Store, metrics: Metrics, collector: KpiCollector
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.collector = collector
+        self.publisher = KafkaPublisher(settings)
+        self.engine = Engine(settings, store, self.publisher, metrics)
+        self.engine.on_deadletter = self._deadletter
+        self.generation: str | None = None
+        self.on_deadletter: Callable[[DeadLetterTrouble | None], object] | None = None
+        self.on_broker: Callable[[bool], object] | None = None
+        #: never called: an engine in the worker's own process does not end on its own
+        self.on_gone: Callable[[Exception], object] | None = None
+
+    def _deadletter(self, trouble: DeadLetterTrouble | None) -> None:
+        if self.on_deadletter is not None:
+            self.on_deadletter(trouble)
+
+    def _broker(self, up: bool) -> None:
+        if self.on_broker is not None:
+            self.on_broker(up)
+
+    async def start(self, partitions: int) -> None:
+        await retry_forever(
+            self.publisher.start,
+            what="starting the Kafka producer",
+            retriable=(Exception,),
+            on_state=self._broker,
+        )
+        if self.store.generation is None:  # a store of its own (the engine process's)
+            await retry_forever(self.store.check_config, what="reading the state's configuration")
+        self.generation = self.store.generation
+        # records a producer put on another partition than their conversation's are
+        # forwarded to it through the repartition topic
+        self.engine.route(partitions, self.publisher)
+
+    async def stop(self) -> None:
+        await self.publisher.stop()
+
+    async def process(self, records: Iterable[Record]) -> None:
+        await self.engine.process(records)
+
+    async def refresh(self) -> tuple[bytes, float | None]:
+        await self.collector.refresh()
+        return self.collector.exposition, self.collector.refreshed_at
+
+    async def publish_outputs(self) -> None:
+        if self.collector.windows:
+            await publish_snapshots(self.collector.windows, self.publisher, self.settings)
+        await evaluate_rules(self.store, self.publisher, self.settings)
+
+    async def check_breaches(self, clocks: Mapping[int, int]) -> int:
+        return await check_partitions(
+            self.store,
+            clocks.items(),
+            partial(self.publisher.publish_json, self.settings.topic_alerts),
+            self.engine.partition_lock,
+        )
+
+    async def ping(self, timeout_s: float) -> None:
+        await self.publisher.ping(timeout_s)
+
+    def abandon(self, grace_s: float) -> None:
+        self.engine.abandon(grace_s)
+
+    def kill(self) -> None:
+        """Nothing to end: the engine goes with the process."""
