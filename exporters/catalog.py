@@ -332,6 +332,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "messages",
     ),
     MetricSpec(
+        "deskpulse_partition_stalls_total",
+        "counter",
+        ("topic", "partition"),
+        "Input partitions found stuck (lag, no progress, nothing in flight for "
+        "DESKPULSE_STALL_TIMEOUT) and sought back to their committed offset.",
+        "",
+    ),
+    MetricSpec(
         "deskpulse_last_event_timestamp_seconds",
         "gauge",
         ("topic",),

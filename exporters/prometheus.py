@@ -75,6 +75,7 @@ class PipelineMetrics:
         self.deadletter_up = Gauge(*spec("deskpulse_deadletter_up"), registry=registry)
         self.deadletter_up.set(1)
         self.lag = Gauge(*spec("deskpulse_consumer_lag_messages"), registry=registry)
+        self._stalls = PromCounter(*spec("deskpulse_partition_stalls_total"), registry=registry)
         self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
         self._state_ok.set(1)
         self._redis_up.set(1)
@@ -91,6 +92,9 @@ class PipelineMetrics:
 
     def skipped(self, topic: str, reason: str, count: int) -> None:
         self._skipped.labels(topic, reason).inc(count)
+
+    def stalled(self, topic: str, partition: int) -> None:
+        self._stalls.labels(topic, str(partition)).inc()
 
     def state_ok(self, ok: bool) -> None:
         self._state_ok.set(1 if ok else 0)

@@ -286,6 +286,9 @@ class Settings(BaseSettings):
     # fold and commit in a child process, so Faust's consumer keeps a core of its own;
     # "auto": when this process may use two CPUs or more (see available_cpus)
     engine_process: bool | Literal["auto"] = "auto"
+    # an input partition with lag whose offsets have not moved for this long while nothing
+    # of it is in flight is sought back to its committed offset (seconds; streams/watchdog.py)
+    stall_timeout: float = Field(default=30.0, gt=0, le=86_400)
 
     # Web and exporters
     web_host: str = "127.0.0.1"

@@ -48,6 +48,7 @@ from deskpulse.streams.reads import KpiReads
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
+from deskpulse.streams.watchdog import ATTEMPTS_BEFORE_ERROR, Progress, StallWatch
 
 __all__ = ["Service", "bearer_token_matches", "create_app", "faust_app_options", "open_engine"]
 
@@ -536,6 +537,15 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as error:  # retried next interval; claims make it exactly once
             log.warning("breach check failed: %s", error)
 
+    watch: StallWatch[TP] = StallWatch(settings.stall_timeout)
+
+    # a few looks per stall timeout, never more than one a second (each asks the end offsets)
+    @app.timer(interval=min(5.0, max(1.0, settings.stall_timeout / 3)))  # type: ignore[untyped-decorator]
+    async def _watch_partitions() -> None:
+        if not service.ready or service.guard.error is not None:
+            return
+        await _recover_stalls(app, service, watch)
+
     @app.timer(  # type: ignore[untyped-decorator]
         interval=float(settings.snapshot_interval), on_leader=True
     )
@@ -697,6 +707,74 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
         service.metrics.lag.clear()  # no frozen number that looks healthy
         log.debug("lag update failed: %s", error)
     return lags
+
+
+async def _recover_stalls(app: faust.App, service: Service, watch: StallWatch[TP]) -> None:
+    """Seek every stuck input partition back to its committed offset (streams/watchdog.py).
+
+    Records Faust's consumer fetched and dropped are read again; those at or below the
+    Redis fence are skipped as after a restart. The seek goes through ``seek_wait``, which
+    runs in the consumer's own thread (``seek`` would touch it from this event loop).
+    """
+    consumer: Any = app.consumer
+    # a held batch (the state being checked, dead letters held up) is in flight, not stuck
+    held = service.guard.checking or service.deadletter_trouble is not None
+    try:
+        lags = await _update_lag(app, service)
+        busy = {message.tp for message in list(compat.unacked_messages(consumer))}
+        progress = {
+            TP(topic, partition): Progress(
+                committed=compat.committed_offset(consumer, TP(topic, partition)),
+                read=compat.read_offset(consumer, TP(topic, partition)),
+                # the lag is measured from the committed offset: the end is committed + lag
+                end=(compat.committed_offset(consumer, TP(topic, partition)) or 0) + lag,
+                busy=held or TP(topic, partition) in busy,
+            )
+            for (topic, partition), lag in lags.items()
+        }
+    except Exception as error:  # best-effort like the lag: measured again next time
+        log.debug("measuring the partitions' progress failed: %s", error)
+        return
+    stalls = watch.observe(
+        progress,
+        time.monotonic(),
+        flow_active=bool(consumer.flow_active),
+        broker_up=service.broker.up,
+    )
+    for tp, stall in stalls.items():
+        level = logging.WARNING if stall.attempt <= ATTEMPTS_BEFORE_ERROR else logging.ERROR
+        try:
+            offset = stall.committed
+            if offset is None:  # nothing committed yet: it was read from its first record
+                offset = (await consumer.earliest_offsets(tp)).get(tp, 0)
+            await consumer.seek_wait({tp: offset})
+        except Exception as error:
+            log.error(
+                "partition %d of %s has had %d records to read and no progress for %.0fs "
+                "(recovery %d); seeking it back to offset %s failed: %s",
+                tp.partition,
+                tp.topic,
+                stall.end - (stall.committed or 0),
+                stall.stuck_s,
+                stall.attempt,
+                stall.committed,
+                error,
+            )
+            continue
+        service.metrics.stalled(tp.topic, tp.partition)
+        log.log(
+            level,
+            "partition %d of %s was stuck for %.0fs (committed offset %d, end offset %d, "
+            "nothing in flight): sought back to offset %d to read it again (recovery %d%s)",
+            tp.partition,
+            tp.topic,
+            stall.stuck_s,
+            stall.committed or 0,
+            stall.end,
+            offset,
+            stall.attempt,
+            "" if level == logging.WARNING else "; it stays stuck, restart the worker",
+        )
 
 
 async def _read_progress(

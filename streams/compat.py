@@ -27,6 +27,7 @@ __all__ = [
     "committed_offset",
     "estimate_record_bytes",
     "gauge_value",
+    "read_offset",
     "record_iterator",
     "records_partition",
     "replace_record_iterator",
@@ -58,6 +59,15 @@ def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The offset Faust last committed for ``tp`` (None before its first commit)."""
     # Faust keeps it per partition with no public accessor (faust 0.15)
     offset: int | None = consumer._committed_offset.get(tp)
+    return offset
+
+
+def read_offset(consumer: Any, tp: Any) -> int | None:
+    """The offset of the last record Faust's consumer handed on for ``tp`` (None before
+    the first, and after a seek to 0); a seek sets it to the offset sought."""
+    # Faust keeps it per partition with no public accessor, as a defaultdict: read with
+    # get, never by index, which would add the partition (faust 0.15)
+    offset: int | None = consumer._read_offset.get(tp)
     return offset
 
 

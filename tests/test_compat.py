@@ -87,6 +87,27 @@ def test_faust_committed_offset_is_kept_per_partition() -> None:
     )
 
 
+def test_faust_read_offset_is_kept_per_partition_and_set_by_a_seek() -> None:
+    consumer = _faust_consumer()
+    tp = TP("t", 0)
+    assert compat.read_offset(consumer, tp) is None, (
+        "faust: Consumer._read_offset does not answer None before the first record"
+    )
+    assert tp not in consumer._read_offset, "compat.read_offset added the partition"
+    consumer._read_offset[tp] = 41
+    assert compat.read_offset(consumer, tp) == 41
+    # the fetch loop moves it per record handed on; a seek (the watchdog's, through
+    # seek_wait, run in the consumer thread) sets it to the offset sought
+    drain = inspect.getsource(type(consumer)._drain_messages)
+    assert "self._read_offset.__setitem__" in drain, (
+        "faust: Consumer._drain_messages no longer records each record's offset in _read_offset"
+    )
+    seek_wait = inspect.getsource(type(consumer._thread)._seek_wait)
+    assert "self.consumer._read_offset[tp] = offset" in seek_wait, (
+        "faust: AIOKafkaConsumerThread._seek_wait no longer sets Consumer._read_offset"
+    )
+
+
 # -- aiokafka ---------------------------------------------------------------------------------
 
 
