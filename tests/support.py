@@ -307,6 +307,7 @@ class WorkerProcess:
         *,
         env: Mapping[str, str] | None = None,
         name: str = "worker",
+        command: Sequence[str] = ("-m", "deskpulse.streams.cli", "worker"),
     ) -> None:
         self.settings = settings
         self.workdir = Path(workdir)
@@ -316,7 +317,7 @@ class WorkerProcess:
         # cwd is the test's own directory: a developer's .env must not leak in
         self.process = ManagedProcess(
             name,
-            [sys.executable, "-m", "deskpulse.streams.cli", "worker"],
+            [sys.executable, *command],
             self.log_path,
             cwd=self.workdir,
             env=self.env,
