@@ -140,6 +140,10 @@ def test_records_fetched_and_never_delivered_are_read_again(
         assert int(found[1]) == committed < int(found[2]) <= end, recoveries[0]
         assert f"sought back to offset {committed} " in recoveries[0], recoveries[0]
 
+        print(
+            f"{end - committed} records of {topic}[0] skipped past ({committed} to {end}); "
+            f"found stuck and sought back {found_s:.1f}s later; {counts}\n{recoveries[0]}"
+        )
         compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
 
         # caught up, it stays quiet: no second recovery, no stall on any other partition
