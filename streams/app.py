@@ -544,6 +544,9 @@ def create_app(settings: Settings) -> faust.App:
     async def _watch_partitions() -> None:
         if not service.ready or service.guard.error is not None:
             return
+        if not service.broker.up:  # no end offsets to be had; the lag series stay withdrawn
+            watch.observe({}, time.monotonic(), flow_active=False, broker_up=False)
+            return
         await _recover_stalls(app, service, watch)
 
     @app.timer(  # type: ignore[untyped-decorator]
