@@ -216,3 +216,37 @@ def test_counters_taken_from_the_child_report_the_same_to_the_worker() -> None:
     worker = RecordingMetrics()
     decode_reply(encode(Processed(1, taken))).counters.apply_to(worker)  # type: ignore[union-attr]
     assert worker.take() == COUNTERS
+
+
+def test_batches_end_even_when_the_workers_metrics_fail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch the child committed must end in the worker whatever its metrics do: one
+    left pending would hold its agent, and every partition of its topic, without a word."""
+    import asyncio
+    import logging
+
+    from deskpulse.streams.offload import Counters, EngineProcess, Processed
+
+    class Broken:
+        def processed(self, *args: Any) -> None:
+            raise ValueError("a metric that cannot take this")
+
+    engine = EngineProcess(Settings(), Broken())  # type: ignore[arg-type]
+
+    async def ask(request: Any, kind: Any) -> Processed:
+        await asyncio.sleep(0)
+        counters = Counters([("t", "ticket.created", 2)], [], [], {}, [], {}, None)
+        return Processed(request.id, counters)
+
+    engine._ask = ask  # type: ignore[method-assign]
+    record = SourceRecord("t", 0, 5, b"k", b"{}", None)
+
+    async def run() -> None:
+        await asyncio.wait_for(
+            asyncio.gather(engine.process([record]), engine.process([record])), 5
+        )
+
+    with caplog.at_level(logging.ERROR, logger="deskpulse.offload"):
+        asyncio.run(run())
+    assert any("could not be applied" in r.getMessage() for r in caplog.records)
