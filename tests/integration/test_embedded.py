@@ -31,10 +31,7 @@ from deskpulse.streams.embedded import (
     start_redis,
     wait_for_port,
 )
-
-from .conftest import HOST, RedisServer
-
-pytestmark = pytest.mark.integration
+from tests.conftest import HOST, RedisServer
 
 
 def unique(name: str) -> str:

@@ -45,9 +45,8 @@ from deskpulse.streams.partitioner import java_partition
 from deskpulse.streams.query import DIMENSIONS, query_kpis
 from deskpulse.streams.sketch import index_of
 from deskpulse.streams.store import Store
-
-from .conftest import RedisServer, create_topics
-from .support import WorkerProcess, consume_all, produce, scrape, wait_until
+from tests.conftest import RedisServer, create_topics
+from tests.support import WorkerProcess, consume_all, produce, scrape, wait_until
 
 # 2026-11-23T01:00:30Z, half a minute into a bucket
 NOW_S = 1_795_395_630.0
@@ -681,7 +680,6 @@ def test_folding_keeps_every_sum_and_the_largest_groups(
 # -- a real worker, scraped -------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_a_worker_with_thousands_of_queues_keeps_metrics_and_snapshots_bounded(
     settings: Settings, workdir: Path
 ) -> None:

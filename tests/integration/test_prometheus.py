@@ -39,9 +39,8 @@ from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.simulate import Record, SimConfig, generate
 from deskpulse.streams.store import Store
-
-from .conftest import HOST, RedisServer, create_topics
-from .support import WorkerProcess, produce, samples, scrape, wait_until
+from tests.conftest import HOST, RedisServer, create_topics
+from tests.support import WorkerProcess, produce, samples, scrape, wait_until
 
 # 2026-11-23T01:00:30Z: half a minute into a bucket, so the window end is rounded up.
 NOW_S = 1_795_395_630.0
@@ -690,7 +689,6 @@ def _helps(text: str) -> dict[str, str]:
     return found
 
 
-@pytest.mark.integration
 def test_every_exported_family_is_catalogued_and_the_other_way_round(live: Live) -> None:
     exported = _types(live.text)
     assert not set(exported) - set(CATALOG), "exported but not in the catalog"
@@ -706,12 +704,10 @@ def test_every_exported_family_is_catalogued_and_the_other_way_round(live: Live)
     assert bare <= {"deskpulse_alert_firing", "deskpulse_series_dropped"}, bare
 
 
-@pytest.mark.integration
 def test_build_info_is_exported(live: Live) -> None:
     assert samples(live.text, "deskpulse_build_info") == [({"version": __version__}, 1.0)]
 
 
-@pytest.mark.integration
 def test_exported_labels_match_the_catalog(live: Live) -> None:
     for family in text_string_to_metric_families(live.text):
         for found in family.samples:
@@ -741,7 +737,6 @@ def _bounds(text: str, name: str) -> set[str]:
     return {found["le"] for found, _ in samples(text, name + "_bucket")}
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     "name",
     [
@@ -758,7 +753,6 @@ def test_histogram_bounds_match_the_catalog(live: Live, name: str) -> None:
     assert _bounds(live.text, name) == {*(str(float(b)) for b in expected), "+Inf"}
 
 
-@pytest.mark.integration
 def test_help_texts_come_from_the_catalog(live: Live) -> None:
     differing = {
         name: help_
@@ -787,7 +781,6 @@ def promtool(text: str) -> subprocess.CompletedProcess[str]:
 QUANTILE_LINT = 'non-summary metrics should not have "quantile" label'
 
 
-@pytest.mark.integration
 def test_promtool_finds_nothing_but_the_quantile_label_lint(live: Live) -> None:
     done = promtool(live.text)
     problems = [
@@ -799,7 +792,6 @@ def test_promtool_finds_nothing_but_the_quantile_label_lint(live: Live) -> None:
     assert done.returncode in (0, 3), done  # 3: lint problems only
 
 
-@pytest.mark.integration
 def test_promtool_check_metrics_is_clean(live: Live) -> None:
     done = promtool(live.text)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -807,7 +799,6 @@ def test_promtool_check_metrics_is_clean(live: Live) -> None:
     assert not done.stderr.strip(), done.stderr
 
 
-@pytest.mark.integration
 def test_live_metrics_show_the_traffic(live: Live) -> None:
     text = live.text
     created = sum(v for _, v in samples(text, "deskpulse_tickets_created_total"))

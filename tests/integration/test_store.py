@@ -23,10 +23,7 @@ from deskpulse.models.wire import decode_record
 from deskpulse.streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.store import LAYOUT, Store
-
-from .e2e_support import redis_snapshot
-
-pytestmark = pytest.mark.integration
+from tests.e2e_support import redis_snapshot
 
 T = TypeVar("T")
 

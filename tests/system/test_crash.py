@@ -15,9 +15,8 @@ from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
 from deskpulse.streams.embedded import free_port, start_redis
-
-from .conftest import HOST
-from .e2e_support import (
+from tests.conftest import HOST
+from tests.e2e_support import (
     Dataset,
     PacedProducer,
     build_dataset,
@@ -29,9 +28,9 @@ from .e2e_support import (
     read_counts,
     wait_for_state,
 )
-from .support import WorkerProcess, samples, scrape, wait_until
+from tests.support import WorkerProcess, samples, scrape, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

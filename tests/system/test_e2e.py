@@ -15,8 +15,7 @@ from aiokafka.structs import RecordMetadata
 
 from deskpulse.models.settings import Settings
 from deskpulse.streams.core import Conversation
-
-from .e2e_support import (
+from tests.e2e_support import (
     Dataset,
     build_dataset,
     check_counters,
@@ -30,9 +29,7 @@ from .e2e_support import (
     redis_snapshot,
     wait_for_state,
 )
-from .support import WorkerProcess, run_cli, settings_env, wait_until
-
-pytestmark = pytest.mark.integration
+from tests.support import WorkerProcess, run_cli, settings_env, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ record is accounted for exactly once in the Redis meta counters, every rejected 
 the dead-letter topic.
 
 Each scenario prints one line ``FAULT <name>: injected=... rejected=... recovered=...
-kpis=equal``; ``pytest tests/test_faults.py -s | grep '^FAULT'`` gives the README table.
+kpis=equal``; ``pytest tests/system/test_faults.py -s | grep '^FAULT'`` gives the README table.
 Worker and Redis crashes (kill -9) and a member leaving a two-worker group live in
 ``test_crash.py``; here: outages that hang rather than crash, a member joining and
 leaving under load, poison pills, record limits and rolling restarts.
@@ -29,9 +29,8 @@ from pydantic import SecretStr
 from deskpulse.models.settings import Settings
 from deskpulse.streams.embedded import free_port, start_broker, start_redis
 from deskpulse.streams.simulate import Record
-
-from .conftest import HOST
-from .e2e_support import (
+from tests.conftest import HOST
+from tests.e2e_support import (
     Dataset,
     build_dataset,
     check_counters,
@@ -40,7 +39,7 @@ from .e2e_support import (
     query_points,
     wait_for_state,
 )
-from .faults_support import (
+from tests.faults_support import (
     StreamProducer,
     compare_kpis,
     dead_letter_sources,
@@ -52,9 +51,7 @@ from .faults_support import (
     topic_of,
     tune,
 )
-from .support import WorkerProcess, settings_env, wait_until
-
-pytestmark = pytest.mark.integration
+from tests.support import WorkerProcess, settings_env, wait_until
 
 OUTAGE_S = 30.0
 #: windows and groupings read with ``deskpulse kpis --json`` at both query points

@@ -24,12 +24,9 @@ from deskpulse.models.errors import BrokerUnavailable
 from deskpulse.models.settings import Settings
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, BrokerProbe
 from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker
-
-from .conftest import HOST, create_topics
-from .support import WorkerProcess, produce, samples, scrape, wait_until
-from .test_worker import event, fast, processed_total
-
-pytestmark = pytest.mark.integration
+from tests.conftest import HOST, create_topics
+from tests.support import WorkerProcess, produce, samples, scrape, wait_until
+from tests.system.test_worker import event, fast, processed_total
 
 #: The promise: a silent broker shows within two probe intervals (a probe that has just
 #: answered, then the next one waiting out its timeout), here with slack for a loaded
@@ -320,7 +317,7 @@ def test_a_killed_broker_is_reported_and_its_return_seen(
 
             # The embedded broker keeps its log in memory: the one started again here has
             # no topics, so the worker's state check may refuse it ("built from other
-            # topics", tests/test_hardening_state.py). What is checked here is that the
+            # topics", tests/system/test_hardening_state.py). What is checked here is that the
             # broker's own report clears.
             broker = own_broker(tmp_path, "broker2", port)
             restarted = time.monotonic()

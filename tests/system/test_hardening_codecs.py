@@ -33,7 +33,6 @@ from typing import Any
 
 import confluent_kafka
 import orjson
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer.fetcher import PartitionRecords
@@ -50,11 +49,10 @@ from deskpulse.models.events import decode
 from deskpulse.models.settings import Settings
 from deskpulse.streams import record_batches
 from deskpulse.streams.query import format_time
-
-from .conftest import create_topics
-from .e2e_support import kpis_store
-from .oracle import compare, compute
-from .support import (
+from tests.conftest import create_topics
+from tests.e2e_support import kpis_store
+from tests.oracle import compare, compute
+from tests.support import (
     WorkerProcess,
     consume_all,
     group_offsets,
@@ -63,8 +61,6 @@ from .support import (
     settings_env,
     wait_until,
 )
-
-pytestmark = pytest.mark.integration
 
 #: Kafka's codecs and their ids in a record batch's attributes.
 CODECS: dict[str, int] = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}

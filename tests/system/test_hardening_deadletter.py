@@ -49,13 +49,10 @@ from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, 
 from deskpulse.streams.engine import DeadLetterTrouble, Engine, SourceRecord
 from deskpulse.streams.simulate import Record
 from deskpulse.streams.store import Store
-
-from .conftest import HOST
-from .e2e_support import Dataset, build_dataset, check_counters, progress, wait_for_state
-from .faults_support import StreamProducer, metric_sums, read_dead_letters, tune
-from .support import WorkerProcess, consume_all, sample, wait_until
-
-pytestmark = pytest.mark.integration
+from tests.conftest import HOST
+from tests.e2e_support import Dataset, build_dataset, check_counters, progress, wait_for_state
+from tests.faults_support import StreamProducer, metric_sums, read_dead_letters, tune
+from tests.support import WorkerProcess, consume_all, sample, wait_until
 
 #: a valid record twice the default DESKPULSE_MAX_RECORD_BYTES (1 MiB)
 BIG_BYTES = 2_000_000

@@ -53,9 +53,8 @@ from deskpulse.streams.partitioner import (
 from deskpulse.streams.query import query_kpis
 from deskpulse.streams.simulate import Record
 from deskpulse.streams.store import PartitionMeta, Store
-
-from .conftest import HOST
-from .e2e_support import (
+from tests.conftest import HOST
+from tests.e2e_support import (
     Dataset,
     build_dataset,
     check_counters,
@@ -65,7 +64,7 @@ from .e2e_support import (
     redis_snapshot,
     wait_for_state,
 )
-from .support import (
+from tests.support import (
     WorkerProcess,
     consume_all,
     run_cli,
@@ -473,7 +472,6 @@ def state_of(client: redis.Redis, prefix: str) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.integration
 def test_mixed_partitioners_give_exact_kpis_breaches_and_replay(
     settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
 ) -> None:
@@ -659,7 +657,6 @@ async def _forward_crash_and_repeat(settings: Settings, crash: bool) -> dict[str
     }
 
 
-@pytest.mark.integration
 def test_a_forward_repeated_after_a_crash_changes_nothing(
     settings: Settings, make_topics: Any
 ) -> None:
@@ -716,7 +713,6 @@ def test_a_forward_repeated_after_a_crash_changes_nothing(
     )
 
 
-@pytest.mark.integration
 def test_forwards_are_checked_against_the_topic_they_were_read_from(
     settings: Settings, make_topics: Any
 ) -> None:
@@ -823,7 +819,6 @@ class MixedProducer(threading.Thread):
         assert len(self.placed) == len(self.dataset.records)
 
 
-@pytest.mark.integration
 @pytest.mark.slow
 def test_kill_minus_nine_mid_stream_keeps_the_forwards_exactly_once(
     settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
@@ -878,7 +873,6 @@ def test_kill_minus_nine_mid_stream_keeps_the_forwards_exactly_once(
             producer.join(60)
 
 
-@pytest.mark.integration
 def test_two_workers_own_each_partition_with_its_forwards(
     settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
 ) -> None:

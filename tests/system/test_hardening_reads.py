@@ -35,9 +35,8 @@ from deskpulse.streams.embedded import ManagedProcess, free_port, start_redis
 from deskpulse.streams.query import KpiQuery, format_time, parse_query
 from deskpulse.streams.reads import KpiReads, Pacer, ReadGate
 from deskpulse.streams.store import Store
-
-from .conftest import HOST, create_topics
-from .support import (
+from tests.conftest import HOST, create_topics
+from tests.support import (
     HttpResponse,
     WorkerProcess,
     http_get,
@@ -404,7 +403,6 @@ def worker_on(
     return WorkerProcess(tuned_settings, workdir)
 
 
-@pytest.mark.integration
 def test_worker_refuses_bad_reads_with_400_before_reading_anything(
     settings: Settings, workdir: Path
 ) -> None:
@@ -459,7 +457,6 @@ def _fire(worker: WorkerProcess, queries: Sequence[dict[str, str]]) -> list[thre
 RESPONSES: dict[int, HttpResponse | None] = {}
 
 
-@pytest.mark.integration
 def test_a_full_queue_answers_503_with_retry_after_never_500(
     settings: Settings, workdir: Path, own_redis: ManagedProcess
 ) -> None:
@@ -514,7 +511,6 @@ def test_a_full_queue_answers_503_with_retry_after_never_500(
         assert "deskpulse-reads" in names, names
 
 
-@pytest.mark.integration
 def test_identical_reads_are_computed_once(
     settings: Settings, workdir: Path, own_redis: ManagedProcess
 ) -> None:
@@ -539,7 +535,6 @@ def test_identical_reads_are_computed_once(
         assert counts["shared"] >= 1, counts  # some waited for the computation in flight
 
 
-@pytest.mark.integration
 def test_a_dead_read_process_is_a_503_and_the_next_read_starts_a_new_one(
     settings: Settings, workdir: Path, own_redis: ManagedProcess
 ) -> None:
@@ -579,7 +574,6 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-@pytest.mark.integration
 def test_ingestion_goes_on_during_a_read_storm(settings: Settings, workdir: Path) -> None:
     """A functional check with modest numbers (the benchmark measures the rates)."""
     events = 3000

@@ -30,9 +30,8 @@ from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.integrity import PartitionOffsets, Verdict, judge
 from deskpulse.streams.store import Store
-
-from .conftest import HOST, create_topics
-from .e2e_support import (
+from tests.conftest import HOST, create_topics
+from tests.e2e_support import (
     Dataset,
     PacedProducer,
     build_dataset,
@@ -42,8 +41,9 @@ from .e2e_support import (
     read_counts,
     wait_for_state,
 )
-from .faults_support import tune
-from .support import (
+from tests.faults_support import tune
+from tests.integration.test_store import CONFIG, apply, created, new_prefix, pendings, run
+from tests.support import (
     WorkerProcess,
     group_offsets,
     run_cli,
@@ -53,9 +53,6 @@ from .support import (
     settings_env,
     wait_until,
 )
-from .test_store import CONFIG, apply, created, new_prefix, pendings, run
-
-pytestmark = pytest.mark.integration
 
 #: the one line a worker logs when it stops applying
 STOPPED = "stopped applying, nothing more is acknowledged"
@@ -526,7 +523,7 @@ def test_redis_flushed_under_an_idle_worker_with_the_engine_in_process(
 async def produce(
     settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]
 ) -> list[RecordMetadata]:
-    from .support import produce as send
+    from tests.support import produce as send
 
     return await send(settings, topic, list(records))
 
@@ -692,8 +689,7 @@ def test_a_second_demo_processes_its_events(tmp_path: Path) -> None:
     import sys
 
     from deskpulse.streams.embedded import port_open
-
-    from .test_demo import alive_in_groups, descendants, distinct_free_ports
+    from tests.system.test_demo import alive_in_groups, descendants, distinct_free_ports
 
     broker_port, redis_port, web_port = distinct_free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DESKPULSE_")}

@@ -27,10 +27,9 @@ from deskpulse.streams.logs import (
     install_repeat_throttle,
     repeat_throttle,
 )
-
-from .conftest import HOST, create_topics
-from .faults_support import http_request, tune
-from .support import WorkerProcess, produce, sample, settings_env, wait_until
+from tests.conftest import HOST, create_topics
+from tests.faults_support import http_request, tune
+from tests.support import WorkerProcess, produce, sample, settings_env, wait_until
 
 TOKEN = "tok-" + uuid.uuid4().hex
 # Faust's own pages (and what its settings or APP_WEB_* variables would switch on)
@@ -159,7 +158,6 @@ def guarded(broker: str, redis_url: str, workdir: Path) -> Iterator[WorkerProces
         yield worker
 
 
-@pytest.mark.integration
 def test_metrics_and_kpis_want_the_token_in_any_case_health_stays_open(
     guarded: WorkerProcess,
 ) -> None:
@@ -181,7 +179,6 @@ def test_metrics_and_kpis_want_the_token_in_any_case_health_stays_open(
         assert response is not None and response.status == 200, (path, response)
 
 
-@pytest.mark.integration
 def test_faust_pages_are_not_served_with_or_without_the_token(guarded: WorkerProcess) -> None:
     for path in FAUST_PAGES:
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
@@ -366,7 +363,6 @@ def log_lines_between(worker: WorkerProcess, start: int, end: int | None = None)
     return worker.log().splitlines()[start:end]
 
 
-@pytest.mark.integration
 def test_health_answers_while_the_broker_is_awaited_and_the_log_stays_readable(
     redis_url: str, workdir: Path
 ) -> None:
@@ -431,7 +427,6 @@ def test_health_answers_while_the_broker_is_awaited_and_the_log_stays_readable(
         assert worker.running, worker.describe()
 
 
-@pytest.mark.integration
 def test_sigterm_while_waiting_for_the_broker_stops_the_worker_cleanly(
     redis_url: str, workdir: Path
 ) -> None:

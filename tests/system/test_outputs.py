@@ -27,9 +27,8 @@ from pydantic import SecretStr
 from deskpulse.models.settings import AlertRule, Settings
 from deskpulse.streams.embedded import free_port
 from deskpulse.streams.simulate import SimConfig, generate
-
-from .conftest import HOST, RedisServer, create_topics
-from .support import (
+from tests.conftest import HOST, RedisServer, create_topics
+from tests.support import (
     WorkerProcess,
     consume_all,
     produce,
@@ -39,8 +38,6 @@ from .support import (
     settings_env,
     wait_until,
 )
-
-pytestmark = pytest.mark.integration
 
 DIMS = ("channel", "queue", "priority")
 GROUP_FIELDS = {"key", "tickets_created", "first_response", "chats", "csat", "nps", "ces"}

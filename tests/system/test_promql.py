@@ -26,9 +26,8 @@ import pytest
 from deskpulse.models.settings import Settings
 from deskpulse.streams.embedded import ManagedProcess, free_port
 from deskpulse.streams.simulate import SimConfig, generate
-
-from .conftest import HOST, create_topics
-from .support import (
+from tests.conftest import HOST, create_topics
+from tests.support import (
     WorkerProcess,
     http_get,
     produce,
@@ -38,8 +37,6 @@ from .support import (
     settings_env,
     wait_until,
 )
-
-pytestmark = pytest.mark.integration
 
 PROMETHEUS_CONFIG = """\
 global:

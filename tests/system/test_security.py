@@ -23,9 +23,8 @@ from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings
 from deskpulse.streams.app import create_app
 from deskpulse.streams.embedded import ManagedProcess, free_port, start_redis
-
-from .conftest import HOST, create_topics
-from .faults_support import (
+from tests.conftest import HOST, create_topics
+from tests.faults_support import (
     TlsFiles,
     TlsUnsupported,
     http_request,
@@ -34,7 +33,7 @@ from .faults_support import (
     start_tls_redis,
     tune,
 )
-from .support import (
+from tests.support import (
     WorkerProcess,
     produce,
     run_cli,
@@ -275,7 +274,6 @@ def secured(
         worker.stop(timeout_s=15)
 
 
-@pytest.mark.integration
 def test_a_worker_on_a_password_protected_redis_processes_events(secured: Secured) -> None:
     document = kpis(secured.settings, secured.workdir, "--window", "1h")
     group = document["groups"][0]
@@ -285,7 +283,6 @@ def test_a_worker_on_a_password_protected_redis_processes_events(secured: Secure
     assert group["csat"]["responses"] == 1
 
 
-@pytest.mark.integration
 def test_the_redis_password_is_never_logged_or_exported(secured: Secured) -> None:
     worker = secured.worker
     log = worker.log()
@@ -298,7 +295,6 @@ def test_the_redis_password_is_never_logged_or_exported(secured: Secured) -> Non
     assert TOKEN not in worker.log()
 
 
-@pytest.mark.integration
 def test_kpis_want_the_bearer_token_metrics_and_health_stay_open(secured: Secured) -> None:
     url = f"http://{HOST}:{secured.settings.web_port}"
     for headers in (
@@ -323,14 +319,12 @@ def test_kpis_want_the_bearer_token_metrics_and_health_stay_open(secured: Secure
         assert response.status == 200, (path, response)
 
 
-@pytest.mark.integration
 def test_the_web_port_listens_on_loopback_only_by_default(secured: Secured) -> None:
     assert Settings.model_fields["web_host"].default == "127.0.0.1"
     assert secured.settings.web_host == "127.0.0.1"
     assert listening_addresses(secured.settings.web_port) == {"127.0.0.1"}
 
 
-@pytest.mark.integration
 def test_label_values_are_cut_to_the_configured_length(secured: Secured) -> None:
     text = scrape(secured.settings.web_port)
     seen: dict[str, set[str]] = {"channel": set(), "queue": set()}
@@ -350,7 +344,6 @@ def test_label_values_are_cut_to_the_configured_length(secured: Secured) -> None
                 assert len(value) <= LABEL_MAX, line
 
 
-@pytest.mark.integration
 def test_no_id_from_the_input_reaches_metrics(secured: Secured) -> None:
     text = scrape(secured.settings.web_port)
     assert samples(text, "deskpulse_tickets_created"), "the windowed gauges are there"
@@ -368,7 +361,6 @@ def test_no_id_from_the_input_reaches_metrics(secured: Secured) -> None:
 # -- credentials refused at start ------------------------------------------------------------
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     ("credentials", "why"),
     # (without credentials redis-py's HELLO is refused: either way, credentials are named)
@@ -399,7 +391,6 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
         yield port, secret, prefix
 
 
-@pytest.mark.integration
 def test_a_redis_acl_user_works(
     broker: str, acl_redis: tuple[int, str, str], tmp_path: Path
 ) -> None:
@@ -411,7 +402,6 @@ def test_a_redis_acl_user_works(
     assert secret not in worker.log()
 
 
-@pytest.mark.integration
 def test_a_wrong_acl_password_stops_the_worker_in_one_line(
     broker: str, acl_redis: tuple[int, str, str], tmp_path: Path
 ) -> None:
@@ -444,7 +434,6 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         yield TlsRedis(port, files)
 
 
-@pytest.mark.integration
 def test_a_worker_talks_to_redis_over_tls(broker: str, tls_redis: TlsRedis, tmp_path: Path) -> None:
     url = f"rediss://{HOST}:{tls_redis.port}/0?ssl_ca_certs={tls_redis.files.ca_cert}"
     settings = fresh_settings(broker, url)
@@ -452,7 +441,6 @@ def test_a_worker_talks_to_redis_over_tls(broker: str, tls_redis: TlsRedis, tmp_
     works(settings, tmp_path, "TLS-1")
 
 
-@pytest.mark.integration
 def test_an_unverifiable_redis_certificate_stops_the_worker_in_one_line(
     broker: str, tls_redis: TlsRedis, tmp_path: Path
 ) -> None:

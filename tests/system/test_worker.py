@@ -24,9 +24,8 @@ from pydantic import SecretStr
 from deskpulse.models.events import LAST_RESORT_REASON, REJECTION_REASONS
 from deskpulse.models.settings import Settings
 from deskpulse.streams.embedded import free_port, start_broker, start_redis
-
-from .conftest import HOST, create_topics
-from .support import (
+from tests.conftest import HOST, create_topics
+from tests.support import (
     WorkerProcess,
     consume_all,
     end_offsets,
@@ -38,8 +37,6 @@ from .support import (
     settings_env,
     wait_until,
 )
-
-pytestmark = pytest.mark.integration
 
 MAX_RECORD_BYTES = 1024
 

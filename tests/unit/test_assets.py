@@ -23,7 +23,7 @@ import yaml
 from deskpulse.exporters.catalog import CATALOG, CUMULATIVE, WINDOWED, sample_names
 from deskpulse.models.settings import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "exporters" / "assets"
 PROMETHEUS = ASSETS / "prometheus"
 ALERTMANAGER = ASSETS / "alertmanager"

@@ -22,7 +22,7 @@ from deskpulse.exporters.catalog import (
 )
 from deskpulse.models.settings import DEFAULT_FIRST_RESPONSE_TARGETS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 WINDOWED_NAMES = {
     "deskpulse_tickets_created",

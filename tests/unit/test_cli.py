@@ -10,8 +10,7 @@ import pytest
 from deskpulse.streams.cli import render_table
 from deskpulse.streams.core import group_document
 from deskpulse.streams.embedded import free_port
-
-from .support import run_cli
+from tests.support import run_cli
 
 
 def environ(**extra: str) -> dict[str, str]:
@@ -67,5 +66,5 @@ def test_version_matches_the_package_metadata() -> None:
 
     from deskpulse import __version__
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     assert tomllib.loads(pyproject.read_text())["project"]["version"] == __version__

@@ -33,8 +33,7 @@ from deskpulse.models.events import (
 )
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.simulate import SimConfig, generate
-
-from .test_wire import NOW_S, assert_same, verdict
+from tests.unit.test_wire import NOW_S, assert_same, verdict
 
 MAX_BYTES = 4096  # as assert_same decodes
 
@@ -425,7 +424,7 @@ def test_a_time_near_the_ends_of_datetime_is_left_to_the_schema() -> None:
 
 
 def test_the_poison_storm_draws_keys_twice_and_times_out_of_range() -> None:
-    from .faults_support import OUT_OF_RANGE_TIMES, draw_poison
+    from tests.faults_support import OUT_OF_RANGE_TIMES, draw_poison
 
     out_of_range = [time.encode() for time in OUT_OF_RANGE_TIMES]
     twice = year0 = time_alone = 0

@@ -21,7 +21,9 @@ import pytest
 
 import deskpulse
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+# one process builds the wheel (pip builds in the tree's build/): the file's tests stay together
+pytestmark = pytest.mark.xdist_group("packaging")
 
 
 @pytest.fixture(scope="module")

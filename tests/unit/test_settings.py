@@ -19,8 +19,7 @@ from deskpulse.models.settings import (
     load_settings,
     parse_duration,
 )
-
-from .support import settings_env
+from tests.support import settings_env
 
 
 @pytest.fixture(autouse=True)
@@ -284,7 +283,7 @@ def test_sasl_needs_a_user_and_a_password(monkeypatch: pytest.MonkeyPatch, proto
 def test_a_ca_file_that_cannot_be_read_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from .faults_support import make_tls_files
+    from tests.faults_support import make_tls_files
 
     monkeypatch.setenv("DESKPULSE_KAFKA_SECURITY_PROTOCOL", "SSL")
     for cafile in (tmp_path / "missing.pem", tmp_path / "not-a-certificate.pem"):

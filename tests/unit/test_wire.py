@@ -276,8 +276,8 @@ def test_edge_cases(raw: bytes) -> None:
 
 
 def test_the_decoder_tables_records_get_the_same_verdict() -> None:
-    from .test_events import NOW_S as TABLE_NOW_S
-    from .test_events import REJECTED
+    from tests.unit.test_events import NOW_S as TABLE_NOW_S
+    from tests.unit.test_events import REJECTED
 
     for _, raw, _ in REJECTED:
         assert_same(raw, now_s=TABLE_NOW_S)  # type: ignore[arg-type]
@@ -297,9 +297,9 @@ def test_deep_nesting_in_an_unknown_field_gets_the_same_verdict(depth: int) -> N
 
 
 def test_the_fault_suites_poison_gets_the_same_verdict() -> None:
-    # 3,000 records of the poison-pill storm (tests/test_faults.py): bytes, JSON, deep
+    # 3,000 records of the poison-pill storm (tests/system/test_faults.py): bytes, JSON, deep
     # nesting, NaN, broken UTF-8, wrong types, huge values
-    from .faults_support import draw_poison
+    from tests.faults_support import draw_poison
 
     for poison in draw_poison(3000, max_record_bytes=4096):
         assert_same(poison.record.value, now_s=None)
