@@ -18,7 +18,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from tests.faults_support import (
     topic_of,
     tune,
 )
-from tests.support import WorkerProcess, settings_env, wait_until
+from tests.support import WorkerProcess, settings_env, stamp, wait_until
 
 OUTAGE_S = 30.0
 #: windows and groupings read with ``deskpulse kpis --json`` at both query points
@@ -487,12 +486,6 @@ def test_poison_pill_storm(
 
 
 # -- 5. Record size and clock limits ---------------------------------------------------------
-
-
-def stamp(t_s: float) -> str:
-    return (
-        datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def padded(payload: dict[str, Any], size: int) -> bytes:

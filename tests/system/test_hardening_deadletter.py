@@ -19,7 +19,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +51,10 @@ from deskpulse.streams.store import Store
 from tests.conftest import HOST
 from tests.e2e_support import Dataset, build_dataset, check_counters, progress, wait_for_state
 from tests.faults_support import StreamProducer, metric_sums, read_dead_letters, tune
-from tests.support import WorkerProcess, consume_all, sample, wait_until
+from tests.support import WorkerProcess, consume_all, sample, stamp, wait_until
 
 #: a valid record twice the default DESKPULSE_MAX_RECORD_BYTES (1 MiB)
 BIG_BYTES = 2_000_000
-
-
-def stamp(t_s: float) -> str:
-    return (
-        datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def big_ticket(key: str, size: int, at_s: float) -> bytes:

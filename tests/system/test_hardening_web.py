@@ -9,7 +9,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from deskpulse.streams.logs import (
     install_repeat_throttle,
     repeat_throttle,
 )
-from tests.conftest import HOST, create_topics
+from tests.conftest import HOST, create_topics, new_settings
 from tests.faults_support import http_request, tune
 from tests.support import WorkerProcess, produce, sample, settings_env, wait_until
 
@@ -58,22 +58,7 @@ FAUST_PAGES_ON = {
 
 
 def settings_on(bootstrap: str, redis_url: str, **update: Any) -> Settings:
-    uid = uuid.uuid4().hex[:10]
-    base = Settings(
-        kafka_bootstrap=bootstrap,
-        redis_url=SecretStr(redis_url),
-        redis_prefix=f"w{uid}",
-        app_id=f"deskpulse-{uid}",
-        topic_tickets=f"{uid}.support.tickets",
-        topic_chats=f"{uid}.support.chats",
-        topic_surveys=f"{uid}.support.surveys",
-        topic_deadletter=f"{uid}.deskpulse.deadletter",
-        topic_kpis=f"{uid}.deskpulse.kpis",
-        topic_alerts=f"{uid}.deskpulse.alerts",
-        topic_partitions=2,
-        web_port=free_port(HOST),
-    )
-    return tune(base, **update)
+    return tune(new_settings(bootstrap, redis_url, prefix="w", topic_partitions=2), **update)
 
 
 def ticket(ticket_id: str, at_s: float) -> tuple[bytes, bytes]:
@@ -145,7 +130,9 @@ def test_the_app_routes_only_its_own_pages(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.fixture
-def guarded(broker: str, redis_url: str, workdir: Path) -> Iterator[WorkerProcess]:
+def guarded(
+    broker: str, redis_url: str, workdir: Path, start_worker: Callable[..., WorkerProcess]
+) -> WorkerProcess:
     """A ready worker with the web token required on ``/kpis`` and ``/metrics``, and every
     Faust page switched on through Faust's own variables."""
     settings = settings_on(
@@ -153,9 +140,7 @@ def guarded(broker: str, redis_url: str, workdir: Path) -> Iterator[WorkerProces
     )
     create_topics(settings)
     env = settings_env(settings, **FAUST_PAGES_ON)
-    with WorkerProcess(settings, workdir, env=env) as worker:
-        worker.wait_ready(90)
-        yield worker
+    return start_worker(settings, workdir, env=env, timeout_s=90)
 
 
 def test_metrics_and_kpis_want_the_token_in_any_case_health_stays_open(

@@ -22,12 +22,10 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import SecretStr
 
 from deskpulse.models.settings import AlertRule, Settings
-from deskpulse.streams.embedded import free_port
 from deskpulse.streams.simulate import SimConfig, generate
-from tests.conftest import HOST, RedisServer, create_topics
+from tests.conftest import RedisServer, create_topics, new_settings
 from tests.support import (
     WorkerProcess,
     consume_all,
@@ -36,6 +34,7 @@ from tests.support import (
     samples,
     scrape,
     settings_env,
+    stamp,
     wait_until,
 )
 
@@ -80,12 +79,6 @@ def fast(settings: Settings, **update: Any) -> Settings:
             "breach_check_interval": 1,
             **update,
         }
-    )
-
-
-def stamp(t_s: float) -> str:
-    return (
-        datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 
@@ -489,24 +482,7 @@ def backfill(
     their end long before the replies of the tickets; a ticket's in-time reply sits far
     behind the ticket in its partition.
     """
-    uid = uuid.uuid4().hex[:10]
-    settings = fast(
-        Settings(
-            kafka_bootstrap=broker,
-            redis_url=SecretStr(redis_server.url),
-            redis_prefix=f"t{uid}",
-            app_id=f"deskpulse-{uid}",
-            topic_tickets=f"{uid}.support.tickets",
-            topic_chats=f"{uid}.support.chats",
-            topic_surveys=f"{uid}.support.surveys",
-            topic_deadletter=f"{uid}.deskpulse.deadletter",
-            topic_kpis=f"{uid}.deskpulse.kpis",
-            topic_alerts=f"{uid}.deskpulse.alerts",
-            topic_partitions=4,
-            web_port=free_port(HOST),
-        ),
-        alert_rules=(),
-    )
+    settings = fast(new_settings(broker, redis_server.url), alert_rules=())
     create_topics(settings)
     now = time.time()
     simulated = list(

@@ -15,8 +15,7 @@ import shutil
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from tests.support import (
     samples,
     scrape,
     settings_env,
+    stamp,
     wait_until,
 )
 
@@ -121,12 +121,10 @@ def fast(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+def worker(settings: Settings, start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     tuned = fast(settings)
     create_topics(tuned)
-    with WorkerProcess(tuned, tmp_path / "worker") as process:
-        process.wait_ready(90)
-        yield process
+    return start_worker(tuned, timeout_s=90)
 
 
 @pytest.fixture
@@ -145,12 +143,6 @@ def prometheus(worker: WorkerProcess, tmp_path: Path) -> Iterator[PrometheusServ
         server.stop()
         # shown by pytest when the test failed
         print(f"--- {server.process.log_path} ---\n{server.process.log_tail(200)}")
-
-
-def stamp(t_s: float) -> str:
-    return (
-        datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def kpis(settings: Settings, cwd: Path, *args: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings
 from deskpulse.streams.app import create_app
 from deskpulse.streams.embedded import ManagedProcess, free_port, start_redis
-from tests.conftest import HOST, create_topics
+from tests.conftest import HOST, create_topics, new_settings
 from tests.faults_support import (
     TlsFiles,
     TlsUnsupported,
@@ -50,22 +50,7 @@ LABEL_MAX = 16
 
 def fresh_settings(broker: str, redis_url: str, **update: Any) -> Settings:
     """Settings with topics, group and prefix of their own (like the ``settings`` fixture)."""
-    uid = uuid.uuid4().hex[:10]
-    base = Settings(
-        kafka_bootstrap=broker,
-        redis_url=SecretStr(redis_url),
-        redis_prefix=f"s{uid}",
-        app_id=f"deskpulse-{uid}",
-        topic_tickets=f"{uid}.support.tickets",
-        topic_chats=f"{uid}.support.chats",
-        topic_surveys=f"{uid}.support.surveys",
-        topic_deadletter=f"{uid}.deskpulse.deadletter",
-        topic_kpis=f"{uid}.deskpulse.kpis",
-        topic_alerts=f"{uid}.deskpulse.alerts",
-        topic_partitions=2,
-        web_port=free_port(HOST),
-    )
-    return tune(base, **update)
+    return tune(new_settings(broker, redis_url, prefix="s", topic_partitions=2), **update)
 
 
 def stamp(t_s: float) -> str:

@@ -11,9 +11,8 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from tests.support import (
     samples,
     scrape,
     settings_env,
+    stamp,
     wait_until,
 )
 
@@ -51,12 +51,6 @@ def fast(settings: Settings, **update: Any) -> Settings:
             "metrics_refresh_interval": 1,
             **update,
         }
-    )
-
-
-def stamp(t_s: float) -> str:
-    return (
-        datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 
@@ -220,10 +214,8 @@ def fast_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def worker(fast_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
-    with WorkerProcess(fast_settings, tmp_path / "worker") as process:
-        process.wait_ready(60)
-        yield process
+def worker(fast_settings: Settings, start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker(fast_settings)
 
 
 def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
