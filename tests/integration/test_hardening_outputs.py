@@ -8,7 +8,8 @@
   ``_count`` and ``_sum``; a histogram's buckets), shows the same groups in every family
   of a kind, bounds the KPI topic's snapshot, and its ``deskpulse_series_dropped_total``
   only ever grows: real Redis state with thousands of
-  queues, written by the engine, refreshed several times; then a real worker, scraped.
+  queues, written by the engine, refreshed several times (a real worker, scraped, is
+  tests/system/test_hardening_outputs_worker.py).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from deskpulse.streams.query import DIMENSIONS, query_kpis
 from deskpulse.streams.sketch import index_of
 from deskpulse.streams.store import Store
 from tests.conftest import RedisServer, create_topics
-from tests.support import WorkerProcess, consume_all, produce, scrape, wait_until
+from tests.support import consume_all
 
 # 2026-11-23T01:00:30Z, half a minute into a bucket
 NOW_S = 1_795_395_630.0
@@ -675,79 +676,3 @@ def test_folding_keeps_every_sum_and_the_largest_groups(
             size = cardinality.volume
             folded = [size(view[k]) for k in present if k not in fold.kept]
             assert min(size(view[k]) for k in fold.kept) >= max(folded)
-
-
-# -- a real worker, scraped -------------------------------------------------------------------
-
-
-def test_a_worker_with_thousands_of_queues_keeps_metrics_and_snapshots_bounded(
-    settings: Settings, workdir: Path
-) -> None:
-    limit, messages = 400, 300
-    settings = settings.model_copy(
-        update={
-            "windows": (900, 3600, 86400),
-            "max_series_per_metric": limit,
-            "max_snapshot_messages": messages,
-            "kafka_session_timeout": 4,
-            "metrics_refresh_interval": 1,
-            "snapshot_interval": 2,
-        }
-    )
-    create_topics(settings)
-    now_s = time.time()
-    events = list(many_queues(3000, now_s))
-    by_topic: dict[str, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
-    for kind, key, value in events:
-        by_topic[_topic(settings, kind)].append((key, value))
-    with WorkerProcess(settings, workdir) as worker:
-        worker.wait_ready(90)
-        for topic, pairs in by_topic.items():
-            asyncio.run(produce(settings, topic, pairs))
-
-        def applied() -> float:
-            text = scrape(settings.web_port)
-            return sum(
-                s.value
-                for family in text_string_to_metric_families(text)
-                for s in family.samples
-                if s.name == "deskpulse_events_processed_total"
-            )
-
-        wait_until(lambda: applied() >= len(events), 180, 1.0, message=worker.describe)
-        time.sleep(2 * settings.metrics_refresh_interval + 1)
-        first = scrape(settings.web_port)
-        time.sleep(3 * settings.metrics_refresh_interval)
-        second = scrape(settings.web_port)
-        time.sleep(3 * settings.snapshot_interval)
-        assert worker.running, worker.describe()
-    for text in (first, second):
-        exposed = series_per_family(text)
-        for name in GUARDED:
-            assert exposed.get(name, 0) <= limit, (name, exposed.get(name))
-        assert labelled(text, "deskpulse_series_folded")["deskpulse_first_response_seconds"] > 0
-    before = labelled(first, "deskpulse_series_dropped_total")
-    after = labelled(second, "deskpulse_series_dropped_total")
-    assert all(after[name] >= before[name] for name in GUARDED)
-    assert after["deskpulse_tickets_created"] > before["deskpulse_tickets_created"]
-    size = len(first.encode())
-    assert size < 2_000_000, f"{size} bytes for {len(events)} events over 3,000 queues"
-
-    # snapshots in publishing order: each begins with the first window's total
-    records = asyncio.run(consume_all(settings.kafka_bootstrap, settings.topic_kpis, 1, 30))
-    records.sort(key=lambda r: r.offset)
-    snapshots: list[list[str]] = []
-    for record in records:
-        key = record.key.decode()
-        if key == "15m|*|*|*":
-            snapshots.append([])
-        if snapshots:
-            snapshots[-1].append(key)
-    complete = [s for s in snapshots[:-1] if s]  # the last one may still be arriving
-    assert complete, f"{len(records)} KPI messages, no whole snapshot"
-    for keys in complete:
-        assert len(keys) <= messages, len(keys)
-        assert len(set(keys)) == len(keys)
-    # the last ones were taken once everything was applied: they had to fold
-    assert len(complete[-1]) == messages, len(complete[-1])
-    assert "24h|other|other|other" in complete[-1]
