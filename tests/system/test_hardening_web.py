@@ -95,6 +95,14 @@ def ticket(ticket_id: str, at_s: float) -> tuple[bytes, bytes]:
         (f"Bearer {TOKEN.upper()}", False),  # the credential is case-sensitive
         (f"Bearer {TOKEN} {TOKEN}", False),
     ],
+    # the same ids in every process (pytest-xdist compares them): the token is random
+    ids=lambda value: (
+        value.replace(TOKEN, "TOKEN")
+        .replace(TOKEN[:-1], "TOKEN[:-1]")
+        .replace(TOKEN.upper(), "UPPER")
+        if isinstance(value, str)
+        else None
+    ),
 )
 def test_bearer_token_matches(header: str | None, matches: bool) -> None:
     assert bearer_token_matches(header, TOKEN) is matches
