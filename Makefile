@@ -11,9 +11,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo   - run deskpulse on an embedded broker + Redis with simulated traffic"
 	@echo "make test   - install what is missing and run the whole test suite"
-	@echo "make test-unit | test-integration | test-system - one tier of it"
 	@echo "make lint   - ruff format --check, ruff check, mypy"
 	@echo "make bench  - run the benchmarks and rewrite BENCHMARKS.md"
+	@echo "make test-unit, test-integration, test-system - one tier of the tests"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
