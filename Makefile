@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo   - run deskpulse on an embedded broker + Redis with simulated traffic"
 	@echo "make test   - install what is missing and run the whole test suite"
-	@echo "make lint   - ruff format --check, ruff check, mypy"
+	@echo "make lint   - ruff format --check, ruff check, mypy, import-linter (the layers)"
 	@echo "make bench  - run the benchmarks and rewrite BENCHMARKS.md"
 	@echo "make test-unit, test-integration, test-system - one tier of the tests"
 
@@ -67,6 +67,10 @@ lint: $(STAMP)
 	  for part in __init__.py py.typed; do ln -s ../../../deskpulse/$$part build/typecheck/deskpulse/$$part; done && \
 	  for sub in models streams exporters; do ln -s ../../../$$sub build/typecheck/deskpulse/$$sub; done
 	$(BIN)/mypy
+	@# import-linter puts the current directory first on sys.path, so it runs in the link tree
+	@# (whose deskpulse/ holds every subpackage), reading the contracts of pyproject.toml.
+	ln -s ../../pyproject.toml build/typecheck/pyproject.toml
+	cd build/typecheck && ../../$(BIN)/lint-imports --no-cache --no-logo
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -1,6 +1,7 @@
 """The ceiling: the worker's Faust app stripped to agents that only count what they take.
 
-Same app class (so the same Kafka fetch wait), broker options, topics, serializers and
+Same app class (so the same Kafka fetch wait), app options (one function builds the
+worker's and this app's: :func:`streams.app.faust_app_options`), topics, serializers and
 ``noack_take(batch_size, batch_within)`` as :func:`streams.app.create_app`, and it
 acknowledges every event it takes, as the worker does once a batch is committed; no
 decoding, no Redis. Every quarter second the counts go to the JSON file named by ``BENCH_BARE_OUT``:
@@ -24,33 +25,14 @@ import faust
 import orjson
 
 from deskpulse.models.settings import load_settings
-from deskpulse.streams.app import DeskpulseApp
+from deskpulse.streams.app import DeskpulseApp, faust_app_options
 from deskpulse.streams.runtime import tune_gc
 
 __all__ = ["create_bare_app"]
 
 
 def create_bare_app(settings: Any, out_path: Path) -> faust.App:
-    app = DeskpulseApp(
-        settings.app_id,
-        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-        store="memory://",
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
-        web_enabled=True,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        stream_wait_empty=True,
-        broker_commit_interval=1.0,
-        broker_session_timeout=float(settings.kafka_session_timeout),
-        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
-        table_cleanup_interval=3600,
-        web_in_thread=False,
-        fetch_max_wait_s=settings.kafka_fetch_max_wait,
-    )
+    app = DeskpulseApp(**faust_app_options(settings))  # the worker's app, as it is
     seen: dict[str, Any] = {"count": 0, "batches": 0, "first_t": None, "first_n": 0}
     marker_prefix = os.environ.get("BENCH_BARE_MARKERS", "").encode()
     markers: dict[str, float] = {}

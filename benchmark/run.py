@@ -71,11 +71,11 @@ from benchmark.traffic import marker_id
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings, parse_duration
 from deskpulse.streams.core import Conversation, CoreConfig
-from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.simulate import SimConfig, generate
 from deskpulse.streams.query import query_kpis
-from deskpulse.streams.simulate import SimConfig, generate
 from deskpulse.streams.store import Store
-from deskpulse.streams.tools import produce_records, settings_topic
+from deskpulse.streams.tools import produce_records
 from deskpulse.streams.topics import ensure_topics
 
 # the budgets of README.md, "Reliability" (the sizing table)
@@ -289,7 +289,7 @@ class Bench:
         generated_s = time.perf_counter() - started
         first = min(r.occurred_at_s for r in records if r.occurred_at_s is not None)
         last = max(r.occurred_at_s for r in records if r.occurred_at_s is not None)
-        rows = [(settings_topic(settings, r.topic_kind), r.key, r.value) for r in records]
+        rows = [(settings.topic_for(r.topic_kind), r.key, r.value) for r in records]
         del records
         sent, produce_s = await produce_records(settings, rows, label=f"produce {name}")
         info = {

@@ -21,7 +21,7 @@ from pydantic import BaseModel, SecretStr
 from redis.asyncio import Redis
 
 from deskpulse.models.settings import ENV_PREFIX, Settings, format_duration
-from deskpulse.streams.embedded import ManagedProcess, free_port
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
 
 __all__ = ["HOST", "Processes", "applied_total", "child_env", "make_settings", "meta_totals"]
 

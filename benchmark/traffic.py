@@ -1,6 +1,6 @@
 """Live traffic at a fixed rate, each event sent when its event time comes, plus markers.
 
-The simulator's stream (``streams.simulate``) starting now is sent in real time, so
+The simulator's stream (``streams.devtools.simulate``) starting now is sent in real time, so
 ``occurred_at`` is the wall clock at the send. On top of it, ``--marker-rate`` times a
 second, a ``ticket.created`` marker with a unique ticket id goes to partition ``i mod N``
 of the tickets topic; the moment before its send (and when the broker acknowledged it)
@@ -26,8 +26,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from deskpulse.exporters.kafka import kafka_client_options
-from deskpulse.models.settings import load_settings
-from deskpulse.streams.simulate import Record, SimConfig, generate
+from deskpulse.models.settings import RECORD_KINDS, load_settings
+from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 
 __all__ = ["PREGENERATE", "marker_id"]
 
@@ -54,11 +54,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     settings = load_settings()
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
     producer = AIOKafkaProducer(
         **kafka_client_options(settings), enable_idempotence=False, linger_ms=5, acks=1
     )

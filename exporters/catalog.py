@@ -6,9 +6,9 @@ carried through fails the suite instead of a board going blank.
 
 Three groups, on purpose (README.md, "Prometheus metrics"):
 
-* **windowed** gauges, labels ``window`` + :data:`DIMS`: event-time results over a rolling
+* **windowed** gauges, labels ``window`` + :data:`DIMENSIONS`: event-time results over a rolling
   window computed by deskpulse from its buckets. Prometheus cannot compute them from scrapes.
-* **cumulative** counters and one classic histogram, labels :data:`DIMS`: the
+* **cumulative** counters and one classic histogram, labels :data:`DIMENSIONS`: the
   Prometheus-native family that ``rate()`` and ``histogram_quantile()`` work on. Alert rules
   are built on these.
 * **health**: freshness and pipeline health of the worker itself.
@@ -26,12 +26,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from deskpulse.models.events import DIMENSIONS
 from deskpulse.streams.core import HISTOGRAM_BOUNDS_S as _CORE_BOUNDS_S
 
 __all__ = [
     "CATALOG",
     "CUMULATIVE",
-    "DIMS",
+    "DIMENSIONS",
     "FIRST_RESPONSE_BUCKETS_SECONDS",
     "HEALTH",
     "OPENMETRICS_FAMILY_CLASHES",
@@ -45,8 +46,7 @@ __all__ = [
 
 MetricKind = Literal["gauge", "counter", "histogram", "summary"]
 
-DIMS: tuple[str, ...] = ("channel", "queue", "priority")
-_WINDOWED_LABELS: tuple[str, ...] = ("window", *DIMS)
+_WINDOWED_LABELS: tuple[str, ...] = ("window", *DIMENSIONS)
 
 # Bounds of deskpulse_first_response_duration_seconds. They include the default
 # first-response targets (urgent 1h, high 4h, normal 8h, low 24h) so that "responses within
@@ -213,7 +213,9 @@ _CUMULATIVE = " Cumulative since the worker's state began, for rate() and increa
 
 
 def _counter(name: str, what: str) -> MetricSpec:
-    return MetricSpec(name=name, kind="counter", labels=DIMS, help=what + _CUMULATIVE, unit="")
+    return MetricSpec(
+        name=name, kind="counter", labels=DIMENSIONS, help=what + _CUMULATIVE, unit=""
+    )
 
 
 CUMULATIVE: tuple[MetricSpec, ...] = (
@@ -227,7 +229,7 @@ CUMULATIVE: tuple[MetricSpec, ...] = (
     MetricSpec(
         name="deskpulse_first_response_duration_seconds",
         kind="histogram",
-        labels=DIMS,
+        labels=DIMENSIONS,
         help=(
             "First response time of each ticket, observed at its first public agent reply; "
             "bucket bounds include the configured first-response targets." + _CUMULATIVE
@@ -396,7 +398,7 @@ HEALTH: tuple[MetricSpec, ...] = (
     MetricSpec(
         "deskpulse_alert_firing",
         "gauge",
-        ("rule", "window", *DIMS),
+        ("rule", "window", *DIMENSIONS),
         "1 while a threshold rule of DESKPULSE_ALERT_RULES fires for the group, else 0.",
         "",
     ),

@@ -26,12 +26,11 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from aiokafka.protocol.metadata import MetadataRequest
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata
 
 from deskpulse.models.errors import BrokerUnavailable, DeadLetterUnavailable, RejectedEvent
 from deskpulse.models.settings import Settings
+from deskpulse.streams.compat import ask_metadata, broker_addresses, estimate_record_bytes
 
 __all__ = [
     "DEADLETTER_HEADERS",
@@ -159,17 +158,15 @@ class KafkaPublisher:
         Raises :class:`BrokerUnavailable` naming each broker asked and what it did when none
         answered within ``timeout_s``.
         """
-        client = self.producer.client
-        brokers = {b.nodeId: f"{b.host}:{b.port}" for b in client.cluster.brokers()}
+        producer = self.producer
+        brokers = broker_addresses(producer)
         if not brokers:  # no node to address (metadata lost): the setting is all we know
             raise BrokerUnavailable(
                 f"no answer from {self.settings.kafka_bootstrap} (no broker in the metadata)"
             )
         loop = asyncio.get_running_loop()
         deadline_s = loop.time() + timeout_s
-        asks = {
-            asyncio.ensure_future(client.send(node, MetadataRequest([]))): node for node in brokers
-        }
+        asks = {asyncio.ensure_future(ask_metadata(producer, node)): node for node in brokers}
         pending = set(asks)
         failures: dict[int, str] = {}
         try:
@@ -289,7 +286,7 @@ class KafkaPublisher:
         key, value, headers = letter.source_key, letter.source_value, letter.source_headers
         if isinstance(error, SIZE_ERRORS):
             # the broker's limit is below ours: half of what it refused fits more likely
-            refused = _estimate_bytes(letter.key, letter.value, letter.headers)
+            refused = estimate_record_bytes(letter.key, letter.value, letter.headers)
             if refused // 2 < self._deadletter_limit_bytes:
                 self._deadletter_limit_bytes = refused // 2
                 log.warning(
@@ -358,12 +355,6 @@ class _Letter:
         return not self.value and (self.key is None or len(self.key) <= TRUNCATED_KEY_BYTES)
 
 
-def _estimate_bytes(key: bytes | None, value: bytes | None, headers: list[Any]) -> int:
-    # the producer's own estimate, which it holds against max_request_size
-    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-    return size
-
-
 def _fit(
     key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]], limit_bytes: int
 ) -> _Letter:
@@ -373,7 +364,7 @@ def _fit(
         # header says it was a tombstone)
         value = b""
     sent = list(headers)
-    if _estimate_bytes(key, value, sent) <= limit_bytes:
+    if estimate_record_bytes(key, value, sent) <= limit_bytes:
         return _Letter(key, value, sent, key, value, tuple(headers))
     cut_key, cut_value = key, value
     sent.append(("deskpulse-truncated", b"true"))
@@ -383,7 +374,7 @@ def _fit(
         sent.append(("deskpulse-original-key-bytes", str(len(key)).encode()))
         cut_key = key[:TRUNCATED_KEY_BYTES]
     if value is not None:
-        room = limit_bytes - _estimate_bytes(cut_key, b"", sent) - _LENGTH_SLACK_BYTES
+        room = limit_bytes - estimate_record_bytes(cut_key, b"", sent) - _LENGTH_SLACK_BYTES
         cut_value = value[: max(0, room)]
     return _Letter(cut_key, cut_value, sent, key, value, tuple(headers))
 

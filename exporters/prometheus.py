@@ -35,14 +35,14 @@ from prometheus_client.registry import Collector
 from deskpulse import __version__
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard
 from deskpulse.exporters.catalog import CATALOG
+from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
+from deskpulse.streams.compat import gauge_value
 from deskpulse.streams.core import SEP, group_document, has_samples, split_dim_key
 from deskpulse.streams.query import group_fields, read_windows
-from deskpulse.streams.store import Store, text
+from deskpulse.streams.store import Store
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
-
-DIMS = ("channel", "queue", "priority")
 
 
 class PipelineMetrics:
@@ -101,7 +101,7 @@ class PipelineMetrics:
 
     def event_time(self, topic: str, t_s: float) -> None:
         gauge = self._event_time.labels(topic)
-        if t_s > gauge._value.get():
+        if t_s > gauge_value(gauge):
             gauge.set(t_s)
 
     def redis_up(self, up: bool) -> None:
@@ -252,10 +252,10 @@ class KpiCollector(Collector):
         for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
             windows.append(WindowRead(name, start, end, merged))
-            per_window.append((name, group_fields(merged, DIMS)))
+            per_window.append((name, group_fields(merged, DIMENSIONS)))
         totals = await self.store.read_totals()
         meta = await self.store.read_meta()
-        firing = await self.store.redis.hgetall(f"{self.store.prefix}:alerts")
+        firing = await self.store.alert_states()
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
         # thread keeps the event loop (agents, scrapes) turning meanwhile.
         families, exposition = await asyncio.to_thread(
@@ -271,7 +271,7 @@ class KpiCollector(Collector):
         per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
         totals: Counter[str],
         meta: dict[int, dict[str, str]],
-        firing: dict[Any, Any],
+        firing: dict[str, str],
     ) -> tuple[list[Metric], bytes]:
         families, folded = self._build(per_window, totals, meta)
         families += self._guard_families(folded)
@@ -284,15 +284,15 @@ class KpiCollector(Collector):
         families.append(refresh)
         return families, generate_latest(_Snapshot(families))
 
-    def _alert_family(self, firing: dict[Any, Any]) -> Metric:
+    def _alert_family(self, firing: dict[str, str]) -> Metric:
         family = GaugeMetricFamily(
             "deskpulse_alert_firing",
             _help("deskpulse_alert_firing"),
-            labels=["rule", "window", *DIMS],
+            labels=["rule", "window", *DIMENSIONS],
         )
-        for raw_key, raw_state in firing.items():
-            rule, window, channel, queue, priority = text(raw_key).split(SEP)
-            state = 1.0 if text(raw_state) == "firing" else 0.0
+        for key, stored in firing.items():
+            rule, window, channel, queue, priority = key.split(SEP)
+            state = 1.0 if stored == "firing" else 0.0
             family.add_metric([rule, window, channel, queue, priority], state)
         return family
 
@@ -332,46 +332,47 @@ class KpiCollector(Collector):
         totals: Counter[str],
         meta: dict[int, dict[str, str]],
     ) -> tuple[list[Metric], Counter[str]]:
-        """The families, and the series the guard folded per family."""
-        labels = ["window", *DIMS]
+        """The families, and the series the guard folded per family: the windowed gauges and
+        summaries, the cumulative counters and histogram, the pipeline counters kept in
+        Redis."""
+        folded: Counter[str] = Counter()
+        families = self._windowed_families(per_window, folded)
+        families += self._cumulative_families(totals, folded)
+        families += _pipeline_families(meta)
+        return families, folded
+
+    def _windowed_families(
+        self,
+        per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
+        folded: Counter[str],
+    ) -> list[Metric]:
+        """A gauge per windowed KPI and a summary per duration, with a series per window and
+        group the guard kept (and ``other``); what it folded is added to ``folded``."""
+        labels = ["window", *DIMENSIONS]
         gauges = {
             name: GaugeMetricFamily(name, _help(name), labels=labels) for name, *_ in _WINDOWED
         }
         summaries = {name: Metric(name, _help(name), "summary") for name, *_ in _SUMMARIES}
-        folded: Counter[str] = Counter()
-        limit = self.settings.max_series_per_metric
         views = [
             self._cut({k: f for k, f in groups.items() if has_samples(f)})
             for _, groups in per_window
         ]
-        folds = guard(views, [_WINDOWED_LABEL_SET], limit)
+        folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric)
         for (window, _), view, (fold,) in zip(per_window, views, folds, strict=True):
             if fold.other is not None:
                 present = count_present(view, fold.kept, _WINDOWED_RULES)
                 for name, r in _WINDOWED_RULE_OF.items():
                     folded[name] += present[r] * _WINDOWED_RULES[r].series
             for key, fields in _fold_items(view, fold):
-                doc = group_document({}, fields)
                 values = [window, *key]
-                for name, path, _ in _WINDOWED:
-                    value: Any = doc
-                    for part in path:
-                        value = value[part]
-                    if value is not None:
-                        gauges[name].add_metric(values, float(value))
-                for name, section, qs, count_field, sum_field in _SUMMARIES:
-                    count = fields.get(count_field, 0)
-                    if count <= 0:
-                        continue
-                    summary = summaries[name]
-                    base = dict(zip(labels, values, strict=True))
-                    for q, field in qs:
-                        quantile = doc[section][field]
-                        if quantile is not None:
-                            summary.add_sample(name, {**base, "quantile": q}, float(quantile))
-                    summary.add_sample(name + "_count", base, float(count))
-                    summary.add_sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)
-        families: list[Metric] = [*gauges.values(), *summaries.values()]
+                doc = group_document({}, fields)
+                _add_gauges(gauges, values, doc)
+                _add_summaries(summaries, dict(zip(labels, values, strict=True)), doc, fields)
+        return [*gauges.values(), *summaries.values()]
+
+    def _cumulative_families(self, totals: Counter[str], folded: Counter[str]) -> list[Metric]:
+        """The cumulative counters and the first-response histogram, a series per group the
+        guard kept (and ``other``); what it folded is added to ``folded``."""
         by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
         for name, value in totals.items():
             dims, _, field = name.rpartition(SEP)
@@ -381,23 +382,25 @@ class KpiCollector(Collector):
         # the counters show the histogram's groups: as many as its buckets, _count and _sum
         # allow (every group has all of its series, as it has each counter)
         histogram_rule = Rule(len(bounds) + 2)
-        ((fold,),) = guard([cumulative], [histogram_rule], limit)
+        ((fold,),) = guard([cumulative], [histogram_rule], self.settings.max_series_per_metric)
         counters = {
-            name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMS))
+            name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMENSIONS))
             for name, _ in _TOTALS
         }
         breaches = CounterMetricFamily(
             "deskpulse_first_response_breaches",
             _help("deskpulse_first_response_breaches_total"),
-            labels=list(DIMS),
+            labels=list(DIMENSIONS),
         )
         offered = CounterMetricFamily(
-            "deskpulse_chats_offered", _help("deskpulse_chats_offered_total"), labels=list(DIMS)
+            "deskpulse_chats_offered",
+            _help("deskpulse_chats_offered_total"),
+            labels=list(DIMENSIONS),
         )
         histogram = HistogramMetricFamily(
             "deskpulse_first_response_duration_seconds",
             _help("deskpulse_first_response_duration_seconds"),
-            labels=list(DIMS),
+            labels=list(DIMENSIONS),
         )
         for key, fields in _fold_items(cumulative, fold):
             values = list(key)
@@ -413,34 +416,70 @@ class KpiCollector(Collector):
         for name in _CUMULATIVE_COUNTERS:
             folded[name] += fold.folded
         folded[histogram.name] += fold.folded * histogram_rule.series
-        families += [*counters.values(), breaches, offered, histogram]
-        sums: Counter[str] = Counter()
-        for partition_meta in meta.values():
-            for name, value in partition_meta.items():
-                if name.split(":")[0] in ("dup", "late", "orphaned", "held"):
-                    sums[name] += int(value)
-        duplicate = CounterMetricFamily(
-            "deskpulse_events_duplicate",
-            _help("deskpulse_events_duplicate_total"),
-            labels=["topic"],
-        )
-        late = CounterMetricFamily(
-            "deskpulse_events_late", _help("deskpulse_events_late_total"), labels=["topic"]
-        )
-        for name, value in sums.items():
-            kind, _, topic = name.partition(":")
-            if kind == "dup":
-                duplicate.add_metric([topic], value)
-            elif kind == "late":
-                late.add_metric([topic], value)
-        orphaned = CounterMetricFamily(
-            "deskpulse_events_orphaned", _help("deskpulse_events_orphaned_total")
-        )
-        orphaned.add_metric([], sums.get("orphaned", 0))
-        held = GaugeMetricFamily("deskpulse_events_held", _help("deskpulse_events_held"))
-        held.add_metric([], sums.get("held", 0))
-        families += [duplicate, late, orphaned, held]
-        return families, folded
+        return [*counters.values(), breaches, offered, histogram]
+
+
+def _add_gauges(
+    gauges: Mapping[str, GaugeMetricFamily], values: list[str], doc: Mapping[str, Any]
+) -> None:
+    """One group's windowed gauges, from its document (a KPI without a value has none)."""
+    for name, path, _ in _WINDOWED:
+        value: Any = doc
+        for part in path:
+            value = value[part]
+        if value is not None:
+            gauges[name].add_metric(values, float(value))
+
+
+def _add_summaries(
+    summaries: Mapping[str, Metric],
+    base: dict[str, str],
+    doc: Mapping[str, Any],
+    fields: Mapping[str, int],
+) -> None:
+    """One group's summaries (quantiles, ``_count``, ``_sum``) where it has samples."""
+    for name, section, qs, count_field, sum_field in _SUMMARIES:
+        count = fields.get(count_field, 0)
+        if count <= 0:
+            continue
+        summary = summaries[name]
+        for q, field in qs:
+            quantile = doc[section][field]
+            if quantile is not None:
+                summary.add_sample(name, {**base, "quantile": q}, float(quantile))
+        summary.add_sample(name + "_count", base, float(count))
+        summary.add_sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)
+
+
+def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
+    """The pipeline counters the partitions' metas hold (duplicates, late, orphaned and held
+    events), summed over the partitions."""
+    sums: Counter[str] = Counter()
+    for partition_meta in meta.values():
+        for name, raw in partition_meta.items():
+            if name.split(":")[0] in ("dup", "late", "orphaned", "held"):
+                sums[name] += int(raw)
+    duplicate = CounterMetricFamily(
+        "deskpulse_events_duplicate",
+        _help("deskpulse_events_duplicate_total"),
+        labels=["topic"],
+    )
+    late = CounterMetricFamily(
+        "deskpulse_events_late", _help("deskpulse_events_late_total"), labels=["topic"]
+    )
+    for name, value in sums.items():
+        kind, _, topic = name.partition(":")
+        if kind == "dup":
+            duplicate.add_metric([topic], value)
+        elif kind == "late":
+            late.add_metric([topic], value)
+    orphaned = CounterMetricFamily(
+        "deskpulse_events_orphaned", _help("deskpulse_events_orphaned_total")
+    )
+    orphaned.add_metric([], sums.get("orphaned", 0))
+    held = GaugeMetricFamily("deskpulse_events_held", _help("deskpulse_events_held"))
+    held.add_metric([], sums.get("held", 0))
+    return [duplicate, late, orphaned, held]
 
 
 def _fold_items(

@@ -31,7 +31,7 @@ from deskpulse.streams.query import (
     group_fields,
     read_windows,
 )
-from deskpulse.streams.store import Store, text
+from deskpulse.streams.store import Store
 
 __all__ = ["evaluate_rules", "publish_snapshots", "rule_value", "snapshot_items"]
 
@@ -135,9 +135,7 @@ async def evaluate_rules(
 ) -> list[AlertTransition]:
     """Evaluate every rule; publish and record the transitions (only those)."""
     now_s = time.time() if now_s is None else now_s
-    state_key = f"{store.prefix}:alerts"
-    stored = await store.redis.hgetall(state_key)
-    previous = {text(k): text(v) for k, v in stored.items()}
+    previous = await store.alert_states()
     # (key in the Redis state, key on the alerts topic, the transition)
     transitions: list[tuple[str, str, AlertTransition]] = []
     rules = settings.alert_rules
@@ -190,9 +188,8 @@ async def evaluate_rules(
         items.append((topic_key, body))
     await publisher.publish_json(settings.topic_alerts, items)
     # recorded after the broker has them: a crash in between repeats, never loses, one
-    async with store.redis.pipeline(transaction=True) as pipe:
-        for key, _, transition in transitions:
-            # kept as "ok" after a resolve, so the firing gauge shows 0 rather than nothing
-            pipe.hset(state_key, key, "firing" if transition.type == "alert.firing" else "ok")
-        await pipe.execute()
+    # kept as "ok" after a resolve, so the firing gauge shows 0 rather than nothing
+    await store.save_alert_states(
+        {key: "firing" if t.type == "alert.firing" else "ok" for key, _, t in transitions}
+    )
     return [t for _, _, t in transitions]

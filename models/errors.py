@@ -8,13 +8,12 @@
     │                          the parameter (``window``, ``at``, ``by``): HTTP 400, exit 2
     ├── ReadUnavailable        a KPI read cannot be served now (too many reads waiting,
     │                          Redis unreachable); ``retry_after_s``: HTTP 503
-    ├── DependencyError        a dependency misbehaves          (``retriable`` says whether
-    │   ├── StoreUnavailable   Redis cannot be reached           backing off and trying
-    │   ├── BrokerUnavailable  the Kafka broker cannot be reached  again may help)
+    ├── DependencyError        a dependency misbehaves
+    │   ├── BrokerUnavailable  the Kafka broker cannot be reached
     │   │   └── DeadLetterUnavailable  the dead-letter topic did not take some records:
     │   │                      ``pending`` are those to send again (no others)
     │   └── UndecodableBatch   the broker served a record batch no client can decode (its
-    │                          producer compressed it wrongly): where it is; not retriable
+    │                          producer compressed it wrongly): where it is
     ├── Abandoned              the process is stopping: work in flight was given up
     │                          unacknowledged; the next start applies it from the fence
     ├── StateError             the Redis state is not what the input topics and the consumer
@@ -27,7 +26,9 @@
     │                          that lost its log); ``replayable`` is false
     └── EmbeddedStartError     the embedded broker or redis-server failed to start
 
-Behaviour is carried as flags (``retriable``, ``replayable``), never parsed out of messages.
+Behaviour is carried as attributes (``reason``, ``replayable``, ``retry_after_s``), never
+parsed out of messages. Whether a failure is retried is decided where it is caught: each
+call of ``retry_forever`` names the error classes it backs off on.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ __all__ = [
     "SettingsError",
     "StateError",
     "StateLost",
-    "StoreUnavailable",
     "TopicsReplaced",
     "UndecodableBatch",
 ]
@@ -56,8 +56,6 @@ __all__ = [
 
 class DeskpulseError(Exception):
     """Base of every error deskpulse raises on purpose."""
-
-    retriable: bool = False
 
 
 class SettingsError(DeskpulseError):
@@ -90,21 +88,13 @@ class InvalidQuery(DeskpulseError):
 class ReadUnavailable(DeskpulseError):
     """A KPI read that cannot be served now; asking again after ``retry_after_s`` may work."""
 
-    retriable = True
-
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message)
 
 
 class DependencyError(DeskpulseError):
-    """Redis or the broker misbehaves; retriable errors are retried with backoff."""
-
-    retriable = True
-
-
-class StoreUnavailable(DependencyError):
-    """Redis cannot be reached or refused the command."""
+    """The broker misbehaves (Redis errors are redis-py's own, retried where caught)."""
 
 
 class BrokerUnavailable(DependencyError):
@@ -125,11 +115,9 @@ class DeadLetterUnavailable(BrokerUnavailable):
 class UndecodableBatch(DependencyError):
     """A record batch the broker served cannot be decoded: where it is, and why.
 
-    Not retriable: fetching it again gives the same bytes. Kafka refuses such a batch when
-    it is produced; a broker that stores it unchecked serves it to every consumer.
+    Fetching it again gives the same bytes: the worker stops on it. Kafka refuses such a
+    batch when it is produced; a broker that stores it unchecked serves it to every consumer.
     """
-
-    retriable = False
 
     def __init__(self, topic: str, partition: int, offset: int, cause: BaseException) -> None:
         self.topic, self.partition, self.offset = topic, partition, offset

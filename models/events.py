@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 import orjson
@@ -31,12 +31,14 @@ from pydantic import (
 from deskpulse.models.errors import RejectedEvent
 
 __all__ = [
+    "DIMENSIONS",
     "LAST_RESORT_REASON",
     "REJECTION_REASONS",
     "ChatAbandoned",
     "ChatAccepted",
     "ChatEnded",
     "ChatRequested",
+    "DimensionName",
     "Event",
     "SurveyResponded",
     "TicketCreated",
@@ -48,6 +50,12 @@ __all__ = [
     "future_timestamp",
     "members_distinct",
 ]
+
+#: A dimension every KPI can be grouped by.
+DimensionName = Literal["channel", "queue", "priority"]
+#: The dimensions, in the order of a stored group key (``channel␟queue␟priority``), of
+#: metric labels and of an output key.
+DIMENSIONS: tuple[DimensionName, ...] = get_args(DimensionName)
 
 #: Every reason a record can be rejected for, with what it means.
 REJECTION_REASONS: dict[str, str] = {

@@ -29,11 +29,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from deskpulse.models.errors import SettingsError
+from deskpulse.models.events import DimensionName
 
 __all__ = [
     "DEFAULT_ALERT_RULES",
     "DEFAULT_FIRST_RESPONSE_TARGETS",
+    "RECORD_KINDS",
     "AlertRule",
+    "RecordKind",
     "Settings",
     "available_cpus",
     "bootstrap_problem",
@@ -47,6 +50,10 @@ __all__ = [
 ENV_PREFIX = "DESKPULSE_"
 
 PriorityName = Literal["urgent", "high", "normal", "low"]
+
+#: The kinds of input record, each on its own topic (:meth:`Settings.topic_for`).
+RecordKind = Literal["tickets", "chats", "surveys"]
+RECORD_KINDS: tuple[RecordKind, ...] = get_args(RecordKind)
 
 DEFAULT_FIRST_RESPONSE_TARGETS: dict[PriorityName, int] = {
     "urgent": 3600,
@@ -186,7 +193,7 @@ class AlertRule(BaseModel):
     # A ratio over a handful of samples is noise; below this many the rule stays quiet.
     min_samples: int = Field(default=10, ge=1)
     # Evaluate per group of these dimensions; empty: the total only.
-    by: tuple[Literal["channel", "queue", "priority"], ...] = ()
+    by: tuple[DimensionName, ...] = ()
 
     @field_validator("window")
     @classmethod
@@ -453,6 +460,16 @@ class Settings(BaseSettings):
     @property
     def input_topics(self) -> tuple[str, str, str]:
         return (self.topic_tickets, self.topic_chats, self.topic_surveys)
+
+    def topic_for(self, kind: str) -> str:
+        """The configured input topic of a record kind (one of :data:`RECORD_KINDS`)."""
+        if kind == "tickets":
+            return self.topic_tickets
+        if kind == "chats":
+            return self.topic_chats
+        if kind == "surveys":
+            return self.topic_surveys
+        raise ValueError(f"no input topic for {kind!r}; the kinds are {', '.join(RECORD_KINDS)}")
 
     @property
     def uses_engine_process(self) -> bool:

@@ -30,9 +30,6 @@ from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 from faust.web.drivers import aiohttp as faust_web
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
@@ -40,6 +37,7 @@ from deskpulse.exporters.prometheus import build_registry, render
 from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
 from deskpulse.models.errors import Abandoned, SettingsError, StateError, StateLost
 from deskpulse.models.settings import Settings
+from deskpulse.streams import compat
 from deskpulse.streams.breaches import DetectionClocks, check_partitions
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
 from deskpulse.streams.core import CoreConfig
@@ -47,10 +45,11 @@ from deskpulse.streams.engine import DeadLetterTrouble, Engine, Record, retry_fo
 from deskpulse.streams.integrity import StateGuard
 from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
 from deskpulse.streams.reads import KpiReads
+from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
 
-__all__ = ["Service", "bearer_token_matches", "create_app"]
+__all__ = ["Service", "bearer_token_matches", "create_app", "faust_app_options"]
 
 log = logging.getLogger("deskpulse.app")
 
@@ -65,13 +64,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            retry=Retry(NoBackoff(), 0),  # retries and backoff are ours (retry_forever)
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=15,
-        )
+        self.redis = connect(settings, purpose="ingest")
         self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         self.registry, self.metrics, self.collector = build_registry(settings, self.store)
         self.publisher = KafkaPublisher(settings)
@@ -219,12 +212,7 @@ async def probe_redis(settings: Settings) -> None:
     """
     from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
-    redis = Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=3,
-        socket_timeout=3,
-    )
+    redis = connect(settings, purpose="probe")
     try:
         await redis.ping()
     except (AuthenticationError, AuthorizationError) as error:
@@ -253,7 +241,7 @@ async def wait_for_broker(
     settings: Settings, on_state: Callable[[bool], None] | None = None
 ) -> None:
     """Return once the broker answers a metadata request; retry with backoff until then."""
-    from deskpulse.streams.embedded import wait_for_kafka
+    from deskpulse.streams.kafka_admin import wait_for_kafka
 
     options = kafka_client_options(settings)
     bootstrap = options.pop("bootstrap_servers")
@@ -294,13 +282,13 @@ class _BrokerGate(mode.Service):
             service.waiting_for = None
 
 
+# The private Faust methods overridden below are listed in compat.FAUST_HOOKS (tested there).
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust passes a fixed fetch_max_wait_ms=1500: a broker that holds fetches that
-        # long when nothing is new adds up to 1.5 s to every KPI's freshness. aiokafka
-        # reads this attribute when the consumer starts (its fetcher takes it from there).
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        # long when nothing is new adds up to 1.5 s to every KPI's freshness.
+        compat.set_fetch_max_wait_ms(consumer, getattr(self.app, "fetch_max_wait_ms", 1500))
         return consumer
 
 
@@ -401,29 +389,38 @@ class DeskpulseApp(faust.App):
             self._stop_deadline.cancel()
 
 
+def faust_app_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of :class:`DeskpulseApp` for these settings.
+
+    The worker and the benchmark's bare agent (its throughput ceiling) both build their app
+    from these, so the ceiling is measured with the worker's consumer as it is.
+    """
+    return {
+        "id": settings.app_id,
+        "broker": [f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        "broker_credentials": _faust_credentials(settings),
+        "store": "memory://",
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "web_bind": settings.web_host,
+        "web_enabled": True,
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": 1,
+        "producer_acks": -1,
+        "consumer_auto_offset_reset": "earliest",
+        "stream_wait_empty": True,
+        "broker_commit_interval": 1.0,
+        "broker_session_timeout": float(settings.kafka_session_timeout),
+        "broker_heartbeat_interval": max(1.0, settings.kafka_session_timeout / 4),
+        "table_cleanup_interval": 3600,
+        "web_in_thread": False,
+        "fetch_max_wait_s": settings.kafka_fetch_max_wait,
+    }
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for these settings."""
-    app = DeskpulseApp(
-        settings.app_id,
-        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-        broker_credentials=_faust_credentials(settings),
-        store="memory://",
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
-        web_enabled=True,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        stream_wait_empty=True,
-        broker_commit_interval=1.0,
-        broker_session_timeout=float(settings.kafka_session_timeout),
-        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout / 4),
-        table_cleanup_interval=3600,
-        web_in_thread=False,
-        fetch_max_wait_s=settings.kafka_fetch_max_wait,
-    )
+    app = DeskpulseApp(**faust_app_options(settings))
     service = Service(settings)
     app.deskpulse = service  # type: ignore[attr-defined]
     service.guard.stopping = lambda: bool(app.should_stop)
@@ -692,8 +689,7 @@ def _let_go(app: faust.App, events: Iterable[Any]) -> None:
     given up at the stop never will be. Its offsets are not committed (only acknowledged
     ones are), so the next start reads it again. The set is Faust's (no public accessor).
     """
-    consumer: Any = app.consumer
-    unacked = consumer._unacked_messages
+    unacked = compat.unacked_messages(app.consumer)
     for event in events:
         unacked.discard(event.message)
 
@@ -714,9 +710,8 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
         tps = [tp for tp in assignment if tp.topic in read]
         highwaters = await consumer.highwaters(*tps)
         for tp in tps:
-            # the next offset to read once everything processed is committed (faust keeps
-            # it per partition; there is no public accessor)
-            committed = consumer._committed_offset.get(tp)
+            # the next offset to read once everything processed is committed
+            committed = compat.committed_offset(consumer, tp)
             end = highwaters.get(tp)
             if end is None:
                 continue

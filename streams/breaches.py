@@ -23,41 +23,26 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from deskpulse.models.outputs import SlaBreached
 from deskpulse.streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
 from deskpulse.streams.partitioner import forwarded_key
-from deskpulse.streams.store import PartitionMeta, Store
+from deskpulse.streams.store import BreachVerdict, PartitionMeta, Store
 
-__all__ = ["DetectionClocks", "check_breaches", "check_partitions", "decide"]
+__all__ = [
+    "DetectionClocks",
+    "ReadState",
+    "check_breaches",
+    "check_partitions",
+    "decide",
+    "detection_clock_ms",
+    "progress_ms",
+]
 
 _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
-
-# ARGV: n, then per ticket: id, kind ('b' breached | 'x' answered in time | 'k' keep
-# watching), totals field, payload json
-_CLAIM = """
-local base = KEYS[1]
-local due, breached, tot = base .. 'due', base .. 'breached', base .. 'tot'
-local out = base .. 'breach_out'
-local claimed = {}
-local i = 2
-for _ = 1, tonumber(ARGV[1]) do
-  local id = ARGV[i]
-  if ARGV[i + 1] ~= 'k' then
-    redis.call('ZREM', due, id)
-  end
-  if ARGV[i + 1] == 'b' and redis.call('HSETNX', breached, id, '1') == 1 then
-    redis.call('HSET', out, id, ARGV[i + 3])
-    redis.call('HINCRBY', tot, ARGV[i + 2], 1)
-    table.insert(claimed, id)
-  end
-  i = i + 4
-end
-return claimed
-"""
 
 
 def _rfc3339(ms: int) -> str:
@@ -100,26 +85,25 @@ async def check_breaches(
     limit: int = 5000,
 ) -> int:
     """Claim and publish the breaches of one partition due by ``clock_ms``; how many."""
-    redis = store.redis
-    base = store.base(partition)
     await _flush_outbox(store, partition, publish)
-    due = await redis.zrangebyscore(base + "due", "-inf", clock_ms, start=0, num=limit)
-    if not due:
+    ids = await store.due_tickets(partition, clock_ms, limit=limit)
+    if not ids:
         return 0
-    ids = [d.decode() if isinstance(d, bytes) else str(d) for d in due]
     _, states = await store.load(partition, ids)
-    args: list[Any] = [len(ids)]
+    verdicts: list[BreachVerdict] = []
     for conv_id in ids:
         state = states.get(conv_id)
         breach = decide(conv_id, state, clock_ms, store.config, store.prefix)
         if breach is None:
             # still watched (its deadline moved past the clock) or answered in time
             watching = state is not None and breach_deadline(state, store.config) is not None
-            args += [conv_id, "k" if watching else "x", "", ""]
+            verdicts.append(BreachVerdict(conv_id, "k" if watching else "x"))
             continue
         dims = (breach.channel, breach.queue, breach.priority)
-        args += [conv_id, "b", dim_key(dims) + SEP + "sla", breach.model_dump_json()]
-    claimed = await redis.register_script(_CLAIM)(keys=[base], args=args)
+        verdicts.append(
+            BreachVerdict(conv_id, "b", dim_key(dims) + SEP + "sla", breach.model_dump_json())
+        )
+    claimed = await store.claim_breaches(partition, verdicts)
     await _flush_outbox(store, partition, publish)
     return len(claimed)
 
@@ -130,8 +114,7 @@ async def _flush_outbox(
     publish: Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]],
 ) -> None:
     """Publish claimed breaches, then forget them (at most the last batch is re-sent)."""
-    key = store.base(partition) + "breach_out"
-    pending = await store.redis.hgetall(key)
+    pending = await store.breach_outbox(partition)
     if not pending:
         return
     items = []
@@ -140,7 +123,7 @@ async def _flush_outbox(
         body.pop("schema_version", None)
         items.append((body["ticket_id"], body))
     await publish(items)
-    await store.redis.hdel(key, *pending.keys())
+    await store.drop_from_outbox(partition, pending)
 
 
 async def check_partitions(
@@ -156,6 +139,44 @@ async def check_partitions(
         async with lock_of(partition):
             published += await check_breaches(store, partition, clock_ms, publish)
     return published
+
+
+class ReadState(NamedTuple):
+    """What a breach check saw of one partition, as one target partition's clock needs it."""
+
+    #: the newest event time applied from the partition's tickets topic
+    tickets_ms: int
+    #: nothing left to read on any of its topics and nothing applied since the last check
+    idle: bool
+    #: for another partition that forwarded records to the target: its progress as of the
+    #: newest check whose forwards the target has applied since (0 until the target applied
+    #: one); ``None`` while it forwarded nothing to the target
+    forwards_ms: int | None = None
+
+
+def progress_ms(state: ReadState, now_ms: int) -> int:
+    """How far a partition's tickets topic was read: its newest event time, or the wall
+    clock once it is idle (no reply can still come from it that is not read yet)."""
+    return max(state.tickets_ms, now_ms) if state.idle else state.tickets_ms
+
+
+def detection_clock_ms(target: int, partitions: Mapping[int, ReadState], now_ms: int) -> int | None:
+    """The event time up to which partition ``target`` may declare breaches, or ``None``
+    when its state was not read (no clock, no check).
+
+    The least of the target's own progress and, for every other partition, its progress
+    (nothing forwarded to the target yet) or, once it forwarded, its ``forwards_ms``.
+    """
+    own = partitions.get(target)
+    if own is None:
+        return None
+    clock = progress_ms(own, now_ms)
+    for source, state in partitions.items():
+        if source == target:
+            continue
+        held_at = progress_ms(state, now_ms) if state.forwards_ms is None else state.forwards_ms
+        clock = min(clock, held_at)
+    return clock
 
 
 class DetectionClocks:
@@ -177,6 +198,9 @@ class DetectionClocks:
 
     Reading every partition in order of event time (the assumption of the one-partition
     clock too), no reply dated at or before the clock is then still unread anywhere.
+
+    This class keeps what the checks saw (offsets, forwards per pair of partitions); the
+    clock itself is :func:`detection_clock_ms` of that.
     """
 
     #: checks remembered per pair of partitions while the target catches up with forwards
@@ -203,9 +227,8 @@ class DetectionClocks:
         ``caught_up[p]`` says whether partition ``p`` had nothing left to read on any of
         its topics (inputs and repartition) when looked at after its meta was read.
         """
-        progress: dict[int, int] = {}
+        read: dict[int, ReadState] = {}
         for partition, meta in metas.items():
-            tickets_ms = meta.topic_watermarks.get(self.tickets_topic, 0)
             applied = tuple(sorted(meta.offsets.items()))
             # caught up by the broker's count AND nothing applied since the last check (some
             # brokers report end offsets short of the last batch)
@@ -213,7 +236,7 @@ class DetectionClocks:
                 self._previous_offsets.get(partition) == applied
             )
             self._previous_offsets[partition] = applied
-            progress[partition] = max(tickets_ms, now_ms) if idle else tickets_ms
+            read[partition] = ReadState(meta.topic_watermarks.get(self.tickets_topic, 0), idle)
         targets = set(owned)
         for pair in [pair for pair in self._history if pair[1] not in targets]:
             del self._history[pair]  # no longer ours: begins again if it comes back
@@ -224,21 +247,20 @@ class DetectionClocks:
                 continue
             applied_offset = metas[target].offsets.get(self.repartition_topic, -1)
             key = forwarded_key(self.repartition_topic, target)
-            clock = progress[target]
+            seen = dict(read)
             for source, source_meta in metas.items():
-                if source == target:
-                    continue
                 forwarded = source_meta.offsets.get(key)
-                if forwarded is None:  # nothing forwarded to the target yet
-                    clock = min(clock, progress[source])
-                    continue
+                if source == target or forwarded is None:
+                    continue  # (nothing forwarded to the target yet: its progress counts)
                 pair = (source, target)
                 history = self._history.get(pair)
                 if history is None:
                     history = self._history[pair] = deque(maxlen=self.HISTORY)
-                history.append((forwarded, progress[source]))
+                history.append((forwarded, progress_ms(read[source], now_ms)))
                 while history and applied_offset >= history[0][0]:
                     self._safe[pair] = history.popleft()[1]
-                clock = min(clock, self._safe.get(pair, 0))
-            clocks[target] = clock
+                seen[source] = read[source]._replace(forwards_ms=self._safe.get(pair, 0))
+            clock = detection_clock_ms(target, seen, now_ms)
+            if clock is not None:
+                clocks[target] = clock
         return clocks

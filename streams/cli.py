@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return run_worker(settings, args.log_level)
         if args.command == "demo":
-            from deskpulse.streams.demo import run_demo
+            from deskpulse.streams.devtools.demo import run_demo
 
             return run_demo(settings, rate=args.rate, seed=args.seed)
         if args.command == "kpis":
@@ -213,12 +213,12 @@ def probe_web_address(settings: Settings) -> None:
 
 
 async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
-    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
     from deskpulse.models.errors import InvalidQuery, StateError
     from deskpulse.streams.core import CoreConfig
     from deskpulse.streams.query import parse_query, read_document
+    from deskpulse.streams.redis_client import connect
     from deskpulse.streams.store import Store
 
     # what the window may be is settled before Redis is touched, as GET /kpis does
@@ -235,7 +235,7 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     except InvalidQuery as error:
         print(f"deskpulse kpis: --{error}", file=sys.stderr)
         return 2
-    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
+    redis = connect(settings, purpose="command")
     try:
         store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         await store.check_readable()

@@ -65,7 +65,8 @@ __all__ = [
 #: Dimension values never contain control characters (the event models refuse them).
 SEP = "\x1f"
 
-#: The integer fields a contribution carries; ``*_sk:<index>`` are sketch counts.
+#: The integer fields a contribution carries; ``*_sk:<index>`` are sketch counts. Every
+#: stored code, with its unit: docs/architecture.md, "Stored field codes" (a test holds both).
 FIELDS: dict[str, str] = {
     "tc": "tickets created",
     "fr": "first responses",
@@ -467,8 +468,29 @@ def fold_batch(
     and are skipped (counted in ``skipped``). Events older than the retention behind the
     partition's newest event time are counted as late and not applied; a repeated
     ``event_id`` is counted as a duplicate. Counters: ``dup:<topic>``, ``late:<topic>``.
+
+    In phases: the records past the fence (:func:`_past_fence`), the watermark and the
+    late cut, the events folded into their conversations (:func:`_fold_events`), and each
+    touched conversation's change of KPI contributions written as field deltas
+    (:func:`_add_deltas`).
     """
     result = BatchResult(watermark_ms=watermark_ms)
+    items = _past_fence(pending, applied_offsets, result)
+    if not items:
+        return result
+    # The watermark moves first, so the late cut does not depend on the order in the batch.
+    result.watermark_ms = max(watermark_ms, *result.topic_watermarks.values())
+    cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
+    working, before = _fold_events(items, states, cutoff_ms, result)
+    _add_deltas(working, before, cutoff_ms, config, result)
+    return result
+
+
+def _past_fence(
+    pending: Iterable[Pending], applied_offsets: Mapping[str, int], result: BatchResult
+) -> list[Pending]:
+    """The records not applied before; counts them (``fresh``) and the others
+    (``skipped``), and moves the batch's offsets and per-topic newest event times."""
     offsets, topic_watermarks, fresh = result.offsets, result.topic_watermarks, result.fresh
     skipped = result.skipped
     items: list[Pending] = []
@@ -486,17 +508,22 @@ def fold_batch(
         # per topic too: breach detection follows the tickets topic alone
         if ms > topic_watermarks.get(topic, -1):
             topic_watermarks[topic] = ms
-    if not items:
-        return result
-    # The watermark moves first, so the late cut does not depend on the order in the batch.
-    result.watermark_ms = max(watermark_ms, *topic_watermarks.values())
-    cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
+    return items
 
-    # conversations touched: state, and for stored ones what their KPIs depend on (and the
-    # held count) before the batch
+
+def _fold_events(
+    items: list[Pending],
+    states: Mapping[str, Conversation | None],
+    cutoff_ms: int,
+    result: BatchResult,
+) -> tuple[dict[str, Conversation], dict[str, tuple[_KpiInputs, int]]]:
+    """Fold the events not older than ``cutoff_ms`` into their conversations (counting late
+    events and duplicates); the conversations touched, and for stored ones what their KPIs
+    depended on (and their held count) before the batch."""
     working: dict[str, Conversation] = {}
     before: dict[str, tuple[_KpiInputs, int]] = {}
     counters = result.counters
+    applied = 0
     for event, topic, _, ms in items:
         if ms < cutoff_ms:
             counters["late:" + topic] += 1
@@ -512,10 +539,48 @@ def fold_batch(
                 before[conv_id] = (_kpi_inputs(state), state.pending())
             working[conv_id] = state
         if fold(state, event, ms):
-            result.applied += 1
+            applied += 1
         else:
             counters["dup:" + topic] += 1
+    result.applied += applied
+    return working, before
 
+
+def _kpi_change(state: Conversation, inputs: _KpiInputs, config: CoreConfig) -> list[Contribution]:
+    """What a stored conversation contributes now less what it contributed before the batch,
+    as ``(time, group, field, delta)`` (empty when the two are the same)."""
+    opened, dims_before, first_reply, accepted, ended, surveys_before = inputs
+    # surveys only ever gain entries, at the end: the first ones are the old
+    old = _contributions(
+        state.kind,
+        opened,
+        dims_before,
+        first_reply,
+        accepted,
+        ended,
+        islice(state.surveys.values(), surveys_before),
+        config,
+    )
+    new = contributions(state, config)
+    if new == old:
+        return []  # e.g. a chat ending after it was answered
+    delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
+    for at_ms, dims, name, value in new:
+        delta[(at_ms, dims, name)] += value
+    for at_ms, dims, name, value in old:
+        delta[(at_ms, dims, name)] -= value
+    return [(at, dims, name, value) for (at, dims, name), value in delta.items()]
+
+
+def _add_deltas(
+    working: Mapping[str, Conversation],
+    before: Mapping[str, tuple[_KpiInputs, int]],
+    cutoff_ms: int,
+    config: CoreConfig,
+    result: BatchResult,
+) -> None:
+    """Write each touched conversation's KPI change into the totals and the bucket hashes
+    (skipping buckets older than ``cutoff_ms``), with its state, held count and deadline."""
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
     bucket_ms = bucket_s * 1000
     totals, buckets = result.totals, result.buckets
@@ -531,31 +596,10 @@ def fold_batch(
             held_before = 0
         else:
             inputs, held_before = previous
-            if inputs == _kpi_inputs(state):
-                changes = ()  # most events (a customer reply, a status change) move no KPI
-            else:
-                opened, dims_before, first_reply, accepted, ended, surveys_before = inputs
-                # surveys only ever gain entries, at the end: the first ones are the old
-                old = _contributions(
-                    state.kind,
-                    opened,
-                    dims_before,
-                    first_reply,
-                    accepted,
-                    ended,
-                    islice(state.surveys.values(), surveys_before),
-                    config,
-                )
-                new = contributions(state, config)
-                if new == old:
-                    changes = ()  # e.g. a chat ending after it was answered
-                else:
-                    delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
-                    for at_ms, dims, name, value in new:
-                        delta[(at_ms, dims, name)] += value
-                    for at_ms, dims, name, value in old:
-                        delta[(at_ms, dims, name)] -= value
-                    changes = [(at, dims, name, value) for (at, dims, name), value in delta.items()]
+            # most events (a customer reply, a status change) move no KPI
+            unchanged = inputs == _kpi_inputs(state)
+            changes = () if unchanged else _kpi_change(state, inputs, config)
+        # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
             if value == 0:
                 continue
@@ -592,8 +636,7 @@ def fold_batch(
         result.states[conv_id] = state
         result.deadlines[conv_id] = breach_deadline(state, config)
     if working:
-        counters["held"] += held_delta
-    return result
+        result.counters["held"] += held_delta
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:

@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEvent
-from deskpulse.models.settings import Settings
+from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.models.wire import WireEvent, decode_record
 from deskpulse.streams.core import BatchResult, CoreConfig, Pending, fold_batch
 from deskpulse.streams.partitioner import ConversationPartitions, forwarded_key
@@ -217,11 +217,7 @@ class Engine:
         self.config = CoreConfig.from_settings(settings)
         self.clock = clock
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._kinds = {
-            settings.topic_tickets: "tickets",
-            settings.topic_chats: "chats",
-            settings.topic_surveys: "surveys",
-        }
+        self._kinds = {settings.topic_for(kind): kind for kind in RECORD_KINDS}
         # the event classes each input topic may carry (a class test is cheaper per record
         # than comparing the type's prefix)
         self._allowed = {

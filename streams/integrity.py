@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from functools import partial
 from typing import Any, NoReturn
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -67,8 +66,11 @@ FIX_TOPICS = (
 
 #: How long a read at the fence may bring nothing before the fence counts as past the end.
 _CONFIRM_S = 5.0
-#: How long one check of an assignment may take before it is given up and tried again.
-_CHECK_TIMEOUT_S = 60.0
+#: How long one check of an assignment may take before it is given up and tried again
+#: (a check reads a few offsets and at most :data:`_CONFIRM_S` of records).
+_CHECK_TIMEOUT_S = 20.0
+#: How long batches may wait for a check before the log says so.
+_SLOW_CHECK_S = 15.0
 
 
 class Verdict(Enum):
@@ -305,7 +307,6 @@ class StateGuard:
         self.retriable = (*RETRIABLE_REDIS, KafkaError, asyncio.TimeoutError)
         #: the reason the worker stopped applying, once it did
         self.error: StateError | None = None
-        self.offsets = TopicOffsets(settings)
         self._checked = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Future[None] | None = None
@@ -325,30 +326,85 @@ class StateGuard:
         self._task = asyncio.ensure_future(self._check_assignment(sorted(set(partitions))))
 
     async def _check_assignment(self, partitions: list[int]) -> None:
-        from deskpulse.streams.engine import retry_forever
+        """Check the assignment, then open the gate; keeps trying until it can say.
 
+        The gate must never stay shut without a word: a retriable error is retried with
+        backoff by :func:`retry_forever` (logged per attempt), and anything else (a client
+        left in a state nobody foresaw, a bug) is logged with its traceback and tried again
+        on a fresh broker client. Batches waiting longer than :data:`_SLOW_CHECK_S` are said
+        once in the log, naming the partitions.
+        """
         while not self.started():
             await asyncio.sleep(0.05)
         started = time.perf_counter()
-        check = partial(verify, self.store, self.offsets, self.settings.input_topics, partitions)
+        where = ",".join(map(str, partitions)) or "-"
+        slow = asyncio.get_running_loop().call_later(
+            _SLOW_CHECK_S,
+            lambda: log.warning(
+                "batches wait for the state check of partitions %s (%.0f s so far)",
+                where,
+                time.perf_counter() - started,
+            ),
+        )
         try:
-            warnings = await retry_forever(
-                # a broker that never answers is a timeout to retry, not a check held forever
-                lambda: asyncio.wait_for(check(), _CHECK_TIMEOUT_S),
-                what="checking the state against the consumer group and the topics",
-                retriable=self.retriable,
-            )
+            warnings = await self._verify_until_answered(partitions, where)
         except StateError as error:
             self.report(error)
             return
+        finally:
+            slow.cancel()
         for warning in warnings:
             log.warning("%s", warning)
         log.info(
             "state of partitions %s checked against the consumer group and the topics (%.0f ms)",
-            ",".join(map(str, partitions)) or "-",
+            where,
             (time.perf_counter() - started) * 1000,
         )
         self._checked.set()
+
+    async def _verify_until_answered(self, partitions: list[int], where: str) -> list[str]:
+        from deskpulse.streams.engine import retry_forever
+
+        async def check() -> list[str]:
+            # A client of its own per attempt: a check cut short (a timeout, or cancelled
+            # by the next rebalance) can leave its client mid-request, and a later check
+            # must not inherit that.
+            offsets = TopicOffsets(self.settings)
+            try:
+                return await asyncio.wait_for(
+                    verify(self.store, offsets, self.settings.input_topics, partitions),
+                    _CHECK_TIMEOUT_S,
+                )
+            finally:
+                try:
+                    await asyncio.shield(offsets.close())
+                except Exception as error:  # a broker gone: nothing left to close
+                    log.debug("closing the state check's Kafka client: %r", error)
+
+        delay = 0.5
+        attempt = 0
+        while True:
+            try:
+                return await retry_forever(
+                    # a broker that never answers is a timeout to retry, not a check held
+                    # forever
+                    check,
+                    what="checking the state against the consumer group and the topics",
+                    retriable=self.retriable,
+                )
+            except StateError:
+                raise
+            except Exception:
+                attempt += 1
+                log.exception(
+                    "checking the state of partitions %s failed unexpectedly "
+                    "(attempt %d, again in %.1fs)",
+                    where,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
 
     def report(self, error: StateError) -> None:
         """Stop applying because of ``error``; said once, however often it is found."""
@@ -398,14 +454,12 @@ class StateGuard:
             log.debug("state check failed: %s", error)
 
     async def stop(self) -> None:
-        """Release held batches (they end unacknowledged) and close the broker client."""
+        """Release held batches (they end unacknowledged); a check under way ends and
+        closes its broker client."""
         self.release()
         if self._task is not None:
             self._task.cancel()
-        try:
-            await self.offsets.close()
-        except Exception as error:  # a broker gone at the stop: nothing left to close
-            log.debug("closing the state check's Kafka client: %r", error)
+            await asyncio.wait({self._task}, timeout=5.0)
 
 
 # -- the operator's commands: deskpulse state check | reset ----------------------------------
@@ -432,9 +486,9 @@ async def _input_partitions(offsets: TopicOffsets) -> list[TopicPartition]:
 
 
 def _redis(settings: Settings) -> Any:
-    from redis.asyncio import Redis
+    from deskpulse.streams.redis_client import connect
 
-    return Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
+    return connect(settings, purpose="command")
 
 
 async def check_state(settings: Settings) -> tuple[Store, list[str]]:
@@ -490,10 +544,7 @@ async def reset_state(settings: Settings, *, note: str) -> ResetSummary:
         deleted = await store.clear()
         await store.check_config()
         assert store.generation is not None
-        await redis.hset(
-            f"{settings.redis_prefix}:config",
-            mapping={"reset_at": format_time(time.time()), "reset_note": note},
-        )
+        await store.record_reset(reset_at=format_time(time.time()), note=note)
         by_partition: dict[int, dict[str, int]] = {}
         for tp, fence in starts.items():
             by_partition.setdefault(tp.partition, {})[tp.topic] = fence

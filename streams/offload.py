@@ -170,24 +170,16 @@ class _Child:
     """The child's side: the engine, a KPI collector, and the requests they answer."""
 
     def __init__(self, settings: Settings, writer: asyncio.StreamWriter) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         from deskpulse.exporters.kafka import KafkaPublisher
         from deskpulse.exporters.prometheus import KpiCollector
         from deskpulse.streams.core import CoreConfig
         from deskpulse.streams.engine import Engine
+        from deskpulse.streams.redis_client import connect
         from deskpulse.streams.store import Store
 
         self.settings = settings
         self.writer = writer
-        self.redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=10,
-            socket_connect_timeout=5,
-        )
+        self.redis = connect(settings, purpose="ingest")
         self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         self.publisher = KafkaPublisher(settings)
         self.engine = Engine(settings, self.store, self.publisher, RecordingMetrics())

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deskpulse.models.errors import InvalidQuery
-from deskpulse.models.events import parse_time
+from deskpulse.models.events import DIMENSIONS, parse_time
 from deskpulse.streams.core import SEP, group_document, has_samples
 from deskpulse.streams.store import Store
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
@@ -44,7 +44,6 @@ __all__ = [
     "retained_since",
 ]
 
-DIMENSIONS: tuple[str, ...] = ("channel", "queue", "priority")
 
 #: The first and last second RFC 3339 can write with its four-digit year
 #: (0001-01-01T00:00:00Z, 9999-12-31T23:59:59Z): a window's bounds must lie within.

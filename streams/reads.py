@@ -486,11 +486,8 @@ async def _answer(store: Any, request: list[Any], writer: asyncio.StreamWriter) 
 
 
 async def _serve(replies: BinaryIO) -> None:
-    from redis.asyncio import Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
     from deskpulse.streams.core import CoreConfig
+    from deskpulse.streams.redis_client import connect
     from deskpulse.streams.store import Store
 
     reader, writer = await pipes(sys.stdin.buffer, replies)
@@ -498,14 +495,7 @@ async def _serve(replies: BinaryIO) -> None:
     if frame is None:
         return
     settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
-    redis = Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        retry=Retry(NoBackoff(), 0),  # a failed read is a 503 now, not a retry later
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        client_name="deskpulse-reads",  # CLIENT LIST tells these from the ingest path's
-    )
+    redis = connect(settings, purpose="reads")
     store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
     writer.write(framed(_ENCODE([0, "ready", None])))
     await writer.drain()

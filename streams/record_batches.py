@@ -9,8 +9,8 @@ start. :func:`install` wraps aiokafka's per-partition record iterator so that er
 becomes :class:`~models.errors.UndecodableBatch`, which names the topic, the partition and
 the batch's first offset — what an operator needs to move the consumer group past it.
 
-``aiokafka.consumer.fetcher.PartitionRecords._unpack_records`` is private: the test of
-this module fails if an aiokafka release renames it. A bad CRC
+The iterator (``PartitionRecords._unpack_records``) is private to aiokafka: it is reached
+through :mod:`~deskpulse.streams.compat`, whose test fails if a release renames it. A bad CRC
 (``CorruptRecordException``) is left alone: aiokafka fetches the batch again, as it should
 for bytes damaged on the way.
 """
@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import CorruptRecordException
 
 from deskpulse.models.errors import UndecodableBatch
+from deskpulse.streams import compat
 
 __all__ = ["install", "installed"]
 
@@ -38,9 +38,8 @@ def _reporting(original: Callable[[Any], Iterator[Any]]) -> Callable[[Any], Iter
             raise
         except Exception as error:
             # next_fetch_offset moves past each record yielded: it is the batch's first
-            raise UndecodableBatch(
-                self._tp.topic, self._tp.partition, self.next_fetch_offset, error
-            ) from error
+            tp = compat.records_partition(self)
+            raise UndecodableBatch(tp.topic, tp.partition, self.next_fetch_offset, error) from error
 
     setattr(_unpack_records, _MARK, True)
     _unpack_records.__wrapped__ = original  # type: ignore[attr-defined]
@@ -49,10 +48,10 @@ def _reporting(original: Callable[[Any], Iterator[Any]]) -> Callable[[Any], Iter
 
 def installed() -> bool:
     """Whether aiokafka's record iterator reports undecodable batches this way."""
-    return bool(getattr(PartitionRecords._unpack_records, _MARK, False))
+    return bool(getattr(compat.record_iterator(), _MARK, False))
 
 
 def install() -> None:
     """Wrap aiokafka's record iterator (once per process; idempotent)."""
     if not installed():
-        PartitionRecords._unpack_records = _reporting(PartitionRecords._unpack_records)
+        compat.replace_record_iterator(_reporting(compat.record_iterator()))

@@ -37,9 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
 from deskpulse.exporters.prometheus import PipelineMetrics
@@ -47,6 +44,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.engine import Engine
 from deskpulse.streams.integrity import TopicOffsets, verify
+from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store
 from deskpulse.streams.topics import ensure_topics
 
@@ -95,7 +93,7 @@ async def replay(
     from prometheus_client import CollectorRegistry
 
     counts = await ensure_topics(settings)
-    redis = Redis.from_url(settings.redis_url.get_secret_value(), retry=Retry(NoBackoff(), 0))
+    redis = connect(settings, purpose="replay")
     store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
     try:
         await store.check_config()

@@ -27,7 +27,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:breach_out``          hash: ticket id -> breach payload claimed but not yet
                                acknowledged by the broker (re-sent after a crash)
 ``P:partitions``               set of partition numbers that have state
-``P:alerts``                   hash: the threshold rules' firing state
+``P:alerts``                   hash: ``rule␟window␟channel␟queue␟priority`` -> ``firing``
+                               or ``ok``, the threshold rules' state
                                (:mod:`exporters.publish`)
 ``P:config``                   hash: the bucket sizes and store layout the state was
                                written with; ``generation`` (random, new whenever the state
@@ -52,23 +53,35 @@ persistence or flushed would otherwise take the batch as the first of an empty p
 past a fence that is gone. :meth:`Store.load` refuses the same, and a version lower than
 one this store saw (an older snapshot); :meth:`Store.check_generation` is the cheap check
 a worker runs while nothing flows.
+
+This module owns every key and script: nothing else in deskpulse reads or writes Redis but
+through a :class:`Store` (breach claims and their outbox, the alert rules' state included),
+and every client comes from :func:`~streams.redis_client.connect`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
 
 from deskpulse.models.errors import StateLost
-from deskpulse.streams.core import SEP, BatchResult, Conversation, CoreConfig
+from deskpulse.streams.core import BatchResult, Conversation, CoreConfig
 
-__all__ = ["FIX_LOST", "FIX_RESTART", "LAYOUT", "PartitionMeta", "Store", "text"]
+__all__ = [
+    "FIX_LOST",
+    "FIX_RESTART",
+    "LAYOUT",
+    "BreachVerdict",
+    "PartitionMeta",
+    "Store",
+    "text",
+]
 
 #: Version of the key layout below; state written with another one is refused at start.
 #: 2: the all-groups buckets ``B:``/``R:``.
@@ -232,6 +245,32 @@ end
 return 0
 """
 
+# Claims breaches of one partition (KEYS[1] is its base): drops decided tickets from ``due``;
+# a breached one not claimed before is marked in ``breached``, its payload parked in
+# ``breach_out`` and counted in ``tot``. Returns the ids claimed now.
+# ARGV: n, then per ticket: id, kind ('b' breached | 'x' answered in time | 'k' keep
+# watching), totals field, payload json
+_CLAIM = """
+local base = KEYS[1]
+local due, breached, tot = base .. 'due', base .. 'breached', base .. 'tot'
+local out = base .. 'breach_out'
+local claimed = {}
+local i = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local id = ARGV[i]
+  if ARGV[i + 1] ~= 'k' then
+    redis.call('ZREM', due, id)
+  end
+  if ARGV[i + 1] == 'b' and redis.call('HSETNX', breached, id, '1') == 1 then
+    redis.call('HSET', out, id, ARGV[i + 3])
+    redis.call('HINCRBY', tot, ARGV[i + 2], 1)
+    table.insert(claimed, id)
+  end
+  i = i + 4
+end
+return claimed
+"""
+
 #: Characters SCAN's MATCH treats as a pattern.
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
@@ -245,6 +284,18 @@ class PartitionMeta:
     offsets: dict[str, int]
     counters: dict[str, int]
     topic_watermarks: dict[str, int] = field(default_factory=dict)
+
+
+class BreachVerdict(NamedTuple):
+    """What a breach check decided for one due ticket (:meth:`Store.claim_breaches`)."""
+
+    conv_id: str
+    #: ``b`` breached, ``x`` answered in time (no longer due), ``k`` keep watching
+    kind: Literal["b", "x", "k"]
+    #: the totals field a claimed breach counts in (``b`` only)
+    totals_field: str = ""
+    #: the ``sla.breached`` payload, JSON (``b`` only)
+    payload: str = ""
 
 
 def text(value: bytes | str) -> str:
@@ -263,6 +314,7 @@ class Store:
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
+        self._claim = redis.register_script(_CLAIM)
         #: partitions this process has listed in ``P:partitions``
         self._known_partitions: set[int] = set()
         #: the generation of the state, once :meth:`check_config` has read or made it
@@ -275,6 +327,10 @@ class Store:
     def base(self, partition: int) -> str:
         """The key prefix of one partition, with its hash tag."""
         return f"{self.prefix}:{{p{partition}}}:"
+
+    def key(self, name: str) -> str:
+        """A key of the whole state (``P:config``, ``P:partitions``, ``P:alerts``)."""
+        return f"{self.prefix}:{name}"
 
     async def check_config(self) -> None:
         """Refuse to mix state written with other bucket sizes (reads would be wrong), or
@@ -586,6 +642,61 @@ class Store:
             await self._list_partition(partition)
         return done
 
+    async def has_state(self) -> bool:
+        """Whether any state is under the prefix (a ``P:config`` or ``P:partitions``)."""
+        return bool(await self.redis.exists(self.key("config"), self.key("partitions")))
+
+    async def record_reset(self, *, reset_at: str, note: str) -> None:
+        """Record in ``P:config`` that an operator accepted starting empty, and why."""
+        await self.redis.hset(
+            self.key("config"), mapping={"reset_at": reset_at, "reset_note": note}
+        )
+
+    # --- breach claims (streams/breaches.py decides; the claim is atomic here) -------------
+
+    async def due_tickets(self, partition: int, clock_ms: int, *, limit: int) -> list[str]:
+        """Up to ``limit`` ticket conversation ids of ``due`` whose deadline is at or
+        before ``clock_ms``, earliest first."""
+        due = await self.redis.zrangebyscore(
+            self.base(partition) + "due", "-inf", clock_ms, start=0, num=limit
+        )
+        return [d.decode() if isinstance(d, bytes) else str(d) for d in due]
+
+    async def claim_breaches(self, partition: int, verdicts: Sequence[BreachVerdict]) -> list[str]:
+        """In one script: drop the decided tickets from ``due``, and claim each breach not
+        claimed before (``breached``), counting it and parking its payload in
+        ``breach_out``; the ids claimed now."""
+        args: list[Any] = [len(verdicts)]
+        for verdict in verdicts:
+            args += verdict
+        claimed = await self._claim(keys=[self.base(partition)], args=args)
+        return [text(c) for c in claimed]
+
+    async def breach_outbox(self, partition: int) -> dict[str, bytes | str]:
+        """Claimed breach payloads not yet acknowledged by the broker: ticket id -> JSON."""
+        pending = await self.redis.hgetall(self.base(partition) + "breach_out")
+        return {text(k): v for k, v in pending.items()}
+
+    async def drop_from_outbox(self, partition: int, conv_ids: Iterable[str]) -> None:
+        """Forget published breach payloads (the broker acknowledged them)."""
+        ids = list(conv_ids)
+        if ids:
+            await self.redis.hdel(self.base(partition) + "breach_out", *ids)
+
+    # --- the alert rules' state (exporters/publish.py) ----------------------------------
+
+    async def alert_states(self) -> dict[str, str]:
+        """``P:alerts``: ``rule␟window␟channel␟queue␟priority`` -> ``firing`` or ``ok``."""
+        stored = await self.redis.hgetall(self.key("alerts"))
+        return {text(k): text(v) for k, v in stored.items()}
+
+    async def save_alert_states(self, states: Mapping[str, str]) -> None:
+        """Record rule transitions in ``P:alerts``, all in one step."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name, state in states.items():
+                pipe.hset(self.key("alerts"), name, state)
+            await pipe.execute()
+
     async def partitions(self) -> list[int]:
         """Partitions that have state."""
         members = await self.redis.smembers(f"{self.prefix}:partitions")
@@ -649,9 +760,3 @@ class Store:
         """The cumulative totals summed over partitions."""
         (totals,) = await self.sum_buckets(await self.partitions(), [["tot"]])
         return totals
-
-
-def split_field(name: str) -> tuple[str, str]:
-    """``dimkey, field`` of a stored field name."""
-    dims, _, field = name.rpartition(SEP)
-    return dims, field

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from deskpulse.models.settings import Settings
+from deskpulse.models.settings import RECORD_KINDS, Settings
 
 __all__ = ["Progress", "add_commands", "produce_records", "run"]
 
@@ -86,10 +86,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from deskpulse.models.settings import parse_duration
-    from deskpulse.streams.simulate import SimConfig, generate, write_jsonl
+    from deskpulse.streams.devtools.simulate import SimConfig, generate, write_jsonl
 
     if args.live:
-        from deskpulse.streams.demo import produce_live
+        from deskpulse.streams.devtools.demo import produce_live
 
         return asyncio.run(produce_live(settings, rate=args.rate, seed=args.seed))
     duration = parse_duration(args.duration)
@@ -116,7 +116,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         count = write_jsonl(_counting(records, progress), args.out)
         progress.close(count)
         return 0
-    rows = ((settings_topic(settings, r.topic_kind), r.key, r.value) for r in records)
+    rows = ((settings.topic_for(r.topic_kind), r.key, r.value) for r in records)
     sent, _ = asyncio.run(produce_records(settings, rows, label="simulate"))
     return 0 if sent else 1
 
@@ -125,15 +125,6 @@ def _counting(records: Iterable[Any], progress: Progress) -> Iterator[Any]:
     for count, record in enumerate(records, 1):
         progress.update(count)
         yield record
-
-
-def settings_topic(settings: Settings, kind: str) -> str:
-    """The configured topic of a record kind (tickets, chats, surveys)."""
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
 
 
 async def produce_records(
@@ -180,7 +171,6 @@ async def produce_records(
 
 
 def _produce_file(path: str, settings: Settings) -> int:
-    topics = {"tickets", "chats", "surveys"}
     bad = 0
 
     def rows() -> Iterator[tuple[str, bytes | None, bytes]]:
@@ -192,8 +182,10 @@ def _produce_file(path: str, settings: Settings) -> int:
                 try:
                     row = orjson.loads(line)
                     kind = row["topic"]
-                    if kind not in topics:
-                        raise ValueError(f"topic must be one of {sorted(topics)}, not {kind!r}")
+                    if kind not in RECORD_KINDS:
+                        raise ValueError(
+                            f"topic must be one of {sorted(RECORD_KINDS)}, not {kind!r}"
+                        )
                     if "value_b64" in row:  # a record that is not even UTF-8
                         body = base64.b64decode(row["value_b64"], validate=True)
                     else:
@@ -202,7 +194,7 @@ def _produce_file(path: str, settings: Settings) -> int:
                         body = value.encode() if isinstance(value, str) else orjson.dumps(value)
                     key = row.get("key")
                     yield (
-                        settings_topic(settings, kind),
+                        settings.topic_for(kind),
                         None if key is None else str(key).encode(),
                         body,
                     )

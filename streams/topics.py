@@ -5,8 +5,8 @@ from __future__ import annotations
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import check_copartitioned
-from deskpulse.streams.embedded import ensure_topics as _ensure
+from deskpulse.streams.kafka_admin import check_copartitioned
+from deskpulse.streams.kafka_admin import ensure_topics as _ensure
 
 __all__ = ["ensure_topics"]
 

@@ -17,11 +17,9 @@ import math
 import re
 
 __all__ = [
-    "bucket_range",
     "bucket_start",
     "cover",
     "format_width",
-    "is_late",
     "parse_width",
     "window_bounds",
 ]
@@ -71,15 +69,6 @@ def window_bounds(at_s: float, width_seconds: int, bucket_seconds: int) -> tuple
         raise ValueError(f"time must be finite, got {at_s!r}")
     end_s = -(-math.ceil(at_s) // bucket_seconds) * bucket_seconds
     return end_s - width_seconds, end_s
-
-
-def bucket_range(start_s: int, end_s: int, bucket_seconds: int) -> range:
-    """Starts of the buckets that cover ``[start_s, end_s)``, ascending.
-
-    Unaligned bounds are widened to whole buckets; an empty or reversed interval gives
-    an empty range.
-    """
-    return range(bucket_start(start_s, bucket_seconds), end_s, bucket_seconds)
 
 
 def cover(
@@ -145,12 +134,3 @@ def format_width(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def is_late(t_s: float, newest_s: float, retention_s: float) -> bool:
-    """Whether an event at ``t_s`` is too old to apply, given the newest event time seen.
-
-    Late means strictly older than ``newest_s - retention_s``; an event exactly at that
-    horizon is still applied.
-    """
-    return t_s < newest_s - retention_s

@@ -25,14 +25,8 @@ import redis
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import (
-    ManagedProcess,
-    ensure_topics,
-    free_port,
-    start_broker,
-    start_redis,
-    wait_for_kafka,
-)
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.kafka_admin import ensure_topics, wait_for_kafka
 from tests.support import WorkerProcess
 
 HOST = "127.0.0.1"

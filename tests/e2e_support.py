@@ -1,7 +1,7 @@
 """Helpers for the end-to-end and fault-injection tests: a realistic dataset, producing it,
 waiting for the KPI state to take all of it in, and checking it against the oracle.
 
-The dataset comes from :mod:`streams.simulate` (duplicates, out-of-order delivery with
+The dataset comes from :mod:`streams.devtools.simulate` (duplicates, out-of-order delivery with
 openers after their replies, malformed records, conversations that never open, unanswered
 tickets) with a fixed seed over a fixed stretch of event time, so a failure reproduces.
 Every expectation is computed from the raw record values by :mod:`tests.oracle` or by
@@ -36,8 +36,8 @@ from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import SurveyResponded, TicketReplied, decode
 from deskpulse.models.settings import Settings
 from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.devtools.simulate import DEFAULT_START_S, Record, SimConfig, generate
 from deskpulse.streams.query import format_time, query_kpis
-from deskpulse.streams.simulate import DEFAULT_START_S, Record, SimConfig, generate
 from deskpulse.streams.store import Store
 from deskpulse.streams.windows import parse_width
 
@@ -249,14 +249,6 @@ def _surveys_first(records: list[Record], *, every: int) -> tuple[list[Record], 
     return first + rest, len(first)
 
 
-def topic_for(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
-
-
 async def produce_records(settings: Settings, records: Sequence[Record]) -> list[RecordMetadata]:
     """Send records in delivery order, keyed by conversation; where each one landed."""
     # Tansu answers InitProducerId with an error: no idempotence.
@@ -270,7 +262,7 @@ async def produce_records(settings: Settings, records: Sequence[Record]) -> list
     await producer.start()
     try:
         futures = [
-            await producer.send(topic_for(settings, r.topic_kind), value=r.value, key=r.key)
+            await producer.send(settings.topic_for(r.topic_kind), value=r.value, key=r.key)
             for r in records
         ]
         return list(await asyncio.gather(*futures))

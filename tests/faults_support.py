@@ -36,9 +36,9 @@ from hypothesis import strategies as st
 from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import decode
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import ManagedProcess, redis_server_bin, wait_for_port
+from deskpulse.streams.devtools.embedded import ManagedProcess, redis_server_bin, wait_for_port
+from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.query import format_time
-from deskpulse.streams.simulate import Record
 
 from .oracle import compare, compute
 from .support import HttpResponse, consume_all, samples, wait_until
@@ -62,7 +62,6 @@ __all__ = [
     "metric_sums",
     "read_dead_letters",
     "start_tls_redis",
-    "topic_of",
     "tune",
 ]
 
@@ -82,14 +81,6 @@ def tune(settings: Settings, **update: Any) -> Settings:
             **update,
         }
     )
-
-
-def topic_of(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
 
 
 # -- producing ------------------------------------------------------------------------------
@@ -147,7 +138,7 @@ class StreamProducer(threading.Thread):
                 chunk = self.records[start : start + size]
                 futures = [
                     await producer.send(
-                        topic_of(self.settings, r.topic_kind), value=r.value, key=r.key
+                        self.settings.topic_for(r.topic_kind), value=r.value, key=r.key
                     )
                     for r in chunk
                 ]

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, SecretStr
 
 from deskpulse.models.settings import ENV_PREFIX, Settings, format_duration
-from deskpulse.streams.embedded import ManagedProcess
+from deskpulse.streams.devtools.embedded import ManagedProcess
 
 __all__ = [
     "HttpResponse",
@@ -299,7 +299,7 @@ async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 class WorkerProcess:
     """``python -m deskpulse.streams.cli worker`` as a real subprocess, logging to ``log_path``.
 
-    Runs in its own process group (a :class:`~streams.embedded.ManagedProcess`). Use it
+    Runs in its own process group (a :class:`~streams.devtools.embedded.ManagedProcess`). Use it
     as a context manager: leaving stops it (SIGTERM, then SIGKILL after a grace period).
     """
 

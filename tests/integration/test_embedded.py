@@ -1,4 +1,4 @@
-"""The embedded launcher against the real broker and redis-server it starts."""
+"""The embedded launcher and the Kafka admin requests, against the real broker and Redis."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import functools
 import subprocess
 import sys
+import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,35 +21,40 @@ from redis.retry import Retry
 
 from deskpulse.models.errors import EmbeddedStartError, SettingsError
 from deskpulse.models.settings import Settings
-from deskpulse.streams import embedded
-from deskpulse.streams.embedded import (
+from deskpulse.streams import kafka_admin
+from deskpulse.streams.devtools import embedded
+from deskpulse.streams.devtools.embedded import (
     ManagedProcess,
-    check_copartitioned,
-    ensure_topics,
     free_port,
     port_open,
     start_broker,
     start_redis,
     wait_for_port,
 )
+from deskpulse.streams.kafka_admin import check_copartitioned, ensure_topics
+
 from tests.conftest import HOST, RedisServer
+
 
 
 def unique(name: str) -> str:
     return f"{uuid.uuid4().hex[:10]}.{name}"
 
 
-def test_public_surface() -> None:
+@pytest.mark.parametrize("module", [embedded, kafka_admin])
+def test_public_surface(module: types.ModuleType) -> None:
     defined_here = {
         name
-        for name, value in vars(embedded).items()
-        if not name.startswith("_") and getattr(value, "__module__", None) == embedded.__name__
+        for name, value in vars(module).items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
     }
-    assert sorted(embedded.__all__) == sorted(defined_here)
+    assert sorted(module.__all__) == sorted(defined_here)
 
 
-def test_importing_does_not_import_faust() -> None:
-    code = "import sys, streams.embedded; sys.exit('faust' in sys.modules)"
+@pytest.mark.parametrize("module", [embedded.__name__, kafka_admin.__name__])
+def test_importing_does_not_import_faust(module: str) -> None:
+    code = f"import importlib, sys; importlib.import_module({module!r}); "
+    code += "sys.exit('faust' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -145,7 +151,7 @@ def test_check_copartitioned_names_the_mismatch(broker: str) -> None:
         with pytest.raises(SettingsError, match=rf"{absent}=missing"):
             await check_copartitioned(broker, [four, absent])
         # Looking must not create it (brokers auto-create on named metadata requests).
-        assert absent not in await embedded.wait_for_kafka(broker)
+        assert absent not in await kafka_admin.wait_for_kafka(broker)
 
     asyncio.run(main())
 

@@ -160,14 +160,6 @@ class _NoDeadLetters:
         raise AssertionError(f"nothing here is malformed: {records[:3]}")
 
 
-def _topic(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
-
-
 async def apply(
     settings: Settings,
     store: Store,
@@ -189,7 +181,7 @@ async def apply(
     offsets = Counter() if offsets is None else offsets
     batch = []
     for kind, key, value in events:
-        topic = _topic(settings, kind)
+        topic = settings.topic_for(kind)
         partition = java_partition(key, settings.topic_partitions)
         batch.append(SourceRecord(topic, partition, offsets[(topic, partition)], key, value))
         offsets[(topic, partition)] += 1

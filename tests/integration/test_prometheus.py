@@ -26,8 +26,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from deskpulse.exporters.catalog import CATALOG, first_response_buckets
 from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics
-from deskpulse.models.settings import Settings
+from deskpulse.models.events import DIMENSIONS
+from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.store import Store
 from tests.conftest import HOST, RedisServer
@@ -35,7 +37,7 @@ from tests.support import stamp
 
 # 2026-11-23T01:00:30Z: half a minute into a bucket, so the window end is rounded up.
 NOW_S = 1_795_395_630.0
-DIMS = ("channel", "queue", "priority")
+DIMS = DIMENSIONS
 # Configured targets: urgent 20 min is not on the fixed histogram ladder.
 TARGETS = {"urgent": 1200, "high": 14400, "normal": 28800, "low": 86400}
 
@@ -80,11 +82,7 @@ async def _collect_from(
         engine = Engine(
             settings, store, dead, PipelineMetrics(CollectorRegistry()), clock=lambda: now_s
         )
-        topics = {
-            "tickets": settings.topic_tickets,
-            "chats": settings.topic_chats,
-            "surveys": settings.topic_surveys,
-        }
+        topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
         offsets: Counter[tuple[str, int]] = Counter()
         records = []
         for kind, key, value in events:
@@ -559,6 +557,3 @@ def test_cut_label_values_do_not_make_duplicate_series(redis_server: RedisServer
         if s["window"] == "1h"
     )
     assert total == 2
-
-
-# -- a live worker after realistic traffic ----------------------------------------------------

@@ -509,8 +509,8 @@ def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
 def test_the_all_groups_buckets_hold_the_sum_of_the_groups(redis_url: str) -> None:
     """A read without grouping takes the ``B:``/``R:`` buckets: field for field the sum of
     the grouped buckets, for windows of fine buckets only, of roll-ups and of both."""
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
     from deskpulse.streams.query import build_document, read_window
-    from deskpulse.streams.simulate import SimConfig, generate
 
     prefix = new_prefix()
     start_s = T0 - 2 * HOUR

@@ -14,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import free_port, start_redis
+from deskpulse.streams.devtools.embedded import free_port, start_redis
+
 from tests.conftest import HOST
 from tests.e2e_support import (
     Dataset,

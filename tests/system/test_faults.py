@@ -26,8 +26,9 @@ import pytest
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import free_port, start_broker, start_redis
-from deskpulse.streams.simulate import Record
+from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
+from deskpulse.streams.devtools.simulate import Record
+
 from tests.conftest import HOST
 from tests.e2e_support import (
     Dataset,
@@ -47,7 +48,6 @@ from tests.faults_support import (
     fault_line,
     metric_sums,
     read_dead_letters,
-    topic_of,
     tune,
 )
 from tests.support import WorkerProcess, settings_env, stamp, wait_until
@@ -457,7 +457,7 @@ def test_poison_pill_storm(
         assert sums.processed == dataset.valid, sums
         assert sums.processed + sums.rejected_total == len(records), sums
         expected = {
-            (topic_of(settings, kind), reason): float(n) for (kind, reason), n in reasons.items()
+            (settings.topic_for(kind), reason): float(n) for (kind, reason), n in reasons.items()
         }
         assert dict(sums.rejected) == expected, (dict(sums.rejected), expected)
         letters = check_dead_letters(settings, producer)

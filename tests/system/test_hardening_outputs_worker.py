@@ -17,7 +17,6 @@ from deskpulse.models.settings import Settings
 from tests.conftest import create_topics
 from tests.integration.test_hardening_outputs import (
     GUARDED,
-    _topic,
     labelled,
     many_queues,
     series_per_family,
@@ -44,7 +43,7 @@ def test_a_worker_with_thousands_of_queues_keeps_metrics_and_snapshots_bounded(
     events = list(many_queues(3000, now_s))
     by_topic: dict[str, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
     for kind, key, value in events:
-        by_topic[_topic(settings, kind)].append((key, value))
+        by_topic[settings.topic_for(kind)].append((key, value))
     with WorkerProcess(settings, workdir) as worker:
         worker.wait_ready(90)
         for topic, pairs in by_topic.items():

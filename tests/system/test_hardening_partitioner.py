@@ -41,7 +41,8 @@ from deskpulse.models.events import SurveyResponded, TicketCreated, TicketReplie
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.streams.breaches import DetectionClocks
 from deskpulse.streams.core import CoreConfig
-from deskpulse.streams.embedded import free_port
+from deskpulse.streams.devtools.embedded import free_port
+from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.partitioner import (
     ConversationPartitions,
@@ -51,7 +52,6 @@ from deskpulse.streams.partitioner import (
     murmur2_many,
 )
 from deskpulse.streams.query import query_kpis
-from deskpulse.streams.simulate import Record
 from deskpulse.streams.store import PartitionMeta, Store
 from tests.conftest import HOST
 from tests.e2e_support import (
@@ -236,14 +236,6 @@ def how_produced(records: Sequence[Record], seed: int = 5) -> list[str]:
     return out
 
 
-def topic_of(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
-
-
 async def produce_mixed(
     settings: Settings,
     records: Sequence[Record],
@@ -291,7 +283,7 @@ async def produce_mixed(
                 while True:
                     try:
                         other.produce(
-                            topic_of(settings, record.topic_kind),
+                            settings.topic_for(record.topic_kind),
                             value=record.value,
                             key=None if how == "nokey" else record.key,
                             on_delivery=lambda e, m, i=index: delivered(e, m, i),
@@ -307,7 +299,7 @@ async def produce_mixed(
                 if how in ("librdkafka", "nokey"):
                     continue
                 key = record.key if how == "murmur2" else b"account-%d" % (index % 37)
-                topic = topic_of(settings, record.topic_kind)
+                topic = settings.topic_for(record.topic_kind)
                 futures.append((index, await aio.send(topic, value=record.value, key=key)))
             for index, future in futures:
                 meta = await future

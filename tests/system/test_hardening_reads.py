@@ -31,7 +31,7 @@ from deskpulse.models.errors import InvalidQuery, ReadUnavailable
 from deskpulse.models.settings import Settings
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.core import CoreConfig, Pending, fold_batch
-from deskpulse.streams.embedded import ManagedProcess, free_port, start_redis
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_redis
 from deskpulse.streams.query import KpiQuery, format_time, parse_query
 from deskpulse.streams.reads import KpiReads, Pacer, ReadGate
 from deskpulse.streams.store import Store

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from deskpulse.models.errors import StateLost
 from deskpulse.models.settings import Settings
 from deskpulse.streams.core import CoreConfig
-from deskpulse.streams.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.integrity import PartitionOffsets, Verdict, judge
 from deskpulse.streams.store import Store
 from tests.conftest import HOST, create_topics
@@ -653,7 +653,7 @@ def test_the_records_the_fence_skips_after_a_kill_are_counted(
 def test_the_demo_on_a_fresh_broker_takes_the_prefix_for_itself(redis_url: str) -> None:
     """What ``deskpulse demo`` does with state an earlier demo left, when it starts an
     embedded broker (empty topics): clears it in a Redis it started, else moves away."""
-    from deskpulse.streams.demo import claim_state
+    from deskpulse.streams.devtools.demo import claim_state
 
     prefix = f"demo{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_url, redis_prefix=prefix)
@@ -688,7 +688,8 @@ def test_a_second_demo_processes_its_events(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from deskpulse.streams.embedded import port_open
+    from deskpulse.streams.devtools.embedded import port_open
+
     from tests.system.test_demo import alive_in_groups, descendants, distinct_free_ports
 
     broker_port, redis_port, web_port = distinct_free_ports(3)

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.streams.app import bearer_token_matches, create_app
-from deskpulse.streams.embedded import free_port, start_broker
+from deskpulse.streams.devtools.embedded import free_port, start_broker
 from deskpulse.streams.logs import (
     MAX_TRACKED,
     RepeatThrottle,

@@ -23,9 +23,12 @@ from typing import Any
 import orjson
 import pytest
 
+from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import AlertRule, Settings
-from deskpulse.streams.simulate import SimConfig, generate
-from tests.conftest import RedisServer, create_topics, new_settings
+from deskpulse.streams.devtools.embedded import free_port
+from deskpulse.streams.devtools.simulate import SimConfig, generate
+
+from tests.conftest import HOST, RedisServer, create_topics
 from tests.support import (
     WorkerProcess,
     consume_all,
@@ -38,7 +41,7 @@ from tests.support import (
     wait_until,
 )
 
-DIMS = ("channel", "queue", "priority")
+DIMS = DIMENSIONS
 GROUP_FIELDS = {"key", "tickets_created", "first_response", "chats", "csat", "nps", "ces"}
 SNAPSHOT_FIELDS = GROUP_FIELDS | {"schema_version", "window", "start", "end"}
 BREACH_FIELDS = {

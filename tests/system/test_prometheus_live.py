@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deskpulse import __version__
 from deskpulse.exporters.catalog import CATALOG, first_response_buckets
-from deskpulse.models.settings import Settings
-from deskpulse.streams.simulate import Record, SimConfig, generate
+from deskpulse.models.settings import RECORD_KINDS, Settings
+from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 from tests.conftest import RedisServer, create_topics, new_settings
 from tests.integration.test_prometheus import DIMS, event
 from tests.support import WorkerProcess, produce, samples, scrape, wait_until
@@ -79,11 +79,7 @@ def live(
     for n in range(2):
         kind, key, value = event("ticket.created", now - 3 * 86_400, ticket_id=f"late-{n}")
         records.append(Record(kind, key, value, now - 3 * 86_400))
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
     with WorkerProcess(settings, tmp_path_factory.mktemp("live")) as worker:
         worker.wait_ready(90)
 

@@ -22,9 +22,10 @@ from typing import Any
 import orjson
 import pytest
 
-from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import ManagedProcess, free_port
-from deskpulse.streams.simulate import SimConfig, generate
+from deskpulse.models.settings import RECORD_KINDS, Settings
+from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
+from deskpulse.streams.devtools.simulate import SimConfig, generate
+
 from tests.conftest import HOST, create_topics
 from tests.support import (
     WorkerProcess,
@@ -162,11 +163,7 @@ def handled(port: int) -> float:
 
 
 def send(settings: Settings, records: list[tuple[str, bytes, bytes]]) -> None:
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
 
     async def run() -> None:
         for kind, topic in topics.items():

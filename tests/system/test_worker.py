@@ -22,7 +22,8 @@ from pydantic import SecretStr
 
 from deskpulse.models.events import LAST_RESORT_REASON, REJECTION_REASONS
 from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
+
 from tests.conftest import HOST, create_topics
 from tests.support import (
     WorkerProcess,
@@ -183,14 +184,6 @@ def good_records(now_s: float) -> dict[str, list[tuple[bytes, bytes]]]:
     }
 
 
-def topic_of(settings: Settings, kind: str) -> str:
-    return {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }[kind]
-
-
 def counter_values(text: str, name: str, *labels: str) -> dict[tuple[str, ...], float]:
     return {tuple(found[label] for label in labels): value for found, value in samples(text, name)}
 
@@ -243,7 +236,7 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
                 if index < len(mine):
                     records.append((mine[index].key, mine[index].value))
                     owners.append(mine[index])
-            metadata = await produce(settings, topic_of(settings, kind), records)
+            metadata = await produce(settings, settings.topic_for(kind), records)
             for owner, meta in zip(owners, metadata, strict=True):
                 if owner is not None:
                     where[(meta.topic, meta.partition, meta.offset)] = owner
@@ -284,7 +277,7 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
     expected_processed: dict[tuple[str, str], float] = {}
     for kind, records in good.items():
         for _, value in records:
-            key = (topic_of(settings, kind), orjson.loads(value)["type"])
+            key = (settings.topic_for(kind), orjson.loads(value)["type"])
             expected_processed[key] = expected_processed.get(key, 0) + 1
     assert processed == expected_processed
 

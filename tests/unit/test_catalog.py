@@ -11,7 +11,7 @@ import deskpulse.exporters.catalog as catalog_module
 from deskpulse.exporters.catalog import (
     CATALOG,
     CUMULATIVE,
-    DIMS,
+    DIMENSIONS,
     HEALTH,
     OPENMETRICS_FAMILY_CLASHES,
     WINDOWED,
@@ -161,7 +161,7 @@ def test_labels_are_valid_and_never_ids(spec: MetricSpec) -> None:
 @pytest.mark.parametrize("spec", WINDOWED, ids=lambda spec: spec.name)
 def test_windowed_gauges_say_they_are_event_time(spec: MetricSpec) -> None:
     assert spec.kind == ("summary" if spec.quantiles else "gauge")
-    assert spec.labels[: 1 + len(DIMS)] == ("window", *DIMS)
+    assert spec.labels[: 1 + len(DIMENSIONS)] == ("window", *DIMENSIONS)
     text = spec.help.lower()
     assert "event-time" in text and "rolling window" in text and "deskpulse" in text
     assert "prometheus cannot compute" in text and "late event" in text
@@ -175,7 +175,7 @@ def test_quantile_labels() -> None:
 
 @pytest.mark.parametrize("spec", CUMULATIVE, ids=lambda spec: spec.name)
 def test_cumulative_family_is_rateable(spec: MetricSpec) -> None:
-    assert spec.labels == DIMS
+    assert spec.labels == DIMENSIONS
     assert spec.kind in ("counter", "histogram")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.core import (
+    FIELDS,
     SEP,
     BatchResult,
     Conversation,
@@ -265,6 +268,33 @@ def test_events_beyond_retention_are_late() -> None:
     assert memory.counters["late:t"] == 1
 
 
+RETENTION_S = CONFIG.retention_seconds
+
+# the late cut: strictly older than the newest event time minus the retention
+# (age behind the newest event, in seconds; late?)
+# fmt: off
+LATE_CASES = [
+    (RETENTION_S, False),            # exactly at the horizon: applied
+    (RETENTION_S + 0.001, True),     # one millisecond older: late
+    (RETENTION_S - 0.001, False),
+    (0, False),                      # as old as the newest
+    (-10, False),                    # newer than the newest: it becomes the newest
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("age_s", "late"), LATE_CASES)
+def test_the_late_cut(age_s: float, late: bool) -> None:
+    newest_s = RETENTION_S + 3600
+    newest = ev("c1", "ticket.created", newest_s, ticket_id="T1")
+    aged = ev("c2", "ticket.created", newest_s - age_s, ticket_id="T2")
+    assert run(newest, aged).counters["late:t"] == int(late)
+    # the watermark moves first: the order within one batch does not matter
+    memory = MemoryState()
+    memory.apply([("t", 0, aged), ("t", 1, newest)])
+    assert memory.counters["late:t"] == int(late)
+
+
 def test_empty_group_document_is_zeros_and_nulls() -> None:
     doc = group_document({}, {})
     assert doc["tickets_created"] == 0
@@ -342,3 +372,50 @@ def test_any_order_and_batching_gives_the_same_kpis(
         by=("channel", "queue", "priority")
     )
     assert SEP not in str(memory.document()["by"])
+
+
+# --- stored field codes -------------------------------------------------------------------
+
+ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+
+
+def documented_codes() -> set[str]:
+    """The codes of the "Stored field codes" table in docs/architecture.md."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split("### Stored field codes", 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.MULTILINE))
+
+
+def test_every_stored_field_code_is_documented_and_every_documented_one_is_stored() -> None:
+    memory = run(
+        TICKET,
+        ev("r1", "ticket.replied", 120, ticket_id="T1", author_role="agent"),
+        ev("q1", "chat.requested", 0, chat_id="C1"),
+        ev("a1", "chat.accepted", 10, chat_id="C1"),
+        ev("q2", "chat.requested", 0, chat_id="C2"),
+        ev("x2", "chat.abandoned", 60, chat_id="C2"),
+        ev("q3", "chat.requested", 0, chat_id="C3"),
+        ev("x3", "chat.abandoned", 2, chat_id="C3"),  # short
+        ev("s1", "survey.responded", 200, ticket_id="T1", kind="csat", score=5),
+        ev("s2", "survey.responded", 200, ticket_id="T1", kind="nps", score=9),
+        ev("s3", "survey.responded", 200, chat_id="C1", kind="ces", score=2),
+        ev("s4", "survey.responded", 200, chat_id="C1", kind="nps", score=3),
+    )
+    # every field is non-zero somewhere (zeros are not stored)
+    stored = {
+        field.rpartition(SEP)[2]
+        for fields in (*memory.buckets.values(), memory.totals)
+        for field in fields
+    }
+    emitted = {
+        re.sub(r"^(fr_sk|cw_sk):\d+$", r"\1:<index>", re.sub(r"^frh:.+$", "frh:<bound>", code))
+        for code in stored
+    }
+    # the breach script adds `sla` to the totals; the core never does
+    assert emitted | {"sla"} == documented_codes()
+    assert set(FIELDS) == documented_codes() - {
+        "fr_sk:<index>",
+        "cw_sk:<index>",
+        "frh:<bound>",
+        "sla",
+    }

@@ -12,6 +12,7 @@ import pytest
 from deskpulse.models import events
 from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import (
+    DIMENSIONS,
     LAST_RESORT_REASON,
     REJECTION_REASONS,
     ChatAbandoned,
@@ -288,6 +289,14 @@ def test_dimension_defaults() -> None:
         "unassigned",
         "normal",
     )
+
+
+def test_the_dimensions_are_the_events_own_fields_in_order() -> None:
+    # the one spelling of the grouping dimensions: stored group keys, labels, output keys
+    assert DIMENSIONS == ("channel", "queue", "priority")
+    event = decode(ticket(channel="email", queue="billing", priority="urgent"))
+    assert isinstance(event, TicketCreated)
+    assert tuple(getattr(event, d) for d in DIMENSIONS) == ("email", "billing", "urgent")
 
 
 def test_channel_is_lower_cased_and_queue_is_kept() -> None:

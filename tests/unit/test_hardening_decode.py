@@ -32,7 +32,8 @@ from deskpulse.models.events import (
     members_distinct,
 )
 from deskpulse.models.wire import decode_record
-from deskpulse.streams.simulate import SimConfig, generate
+from deskpulse.streams.devtools.simulate import SimConfig, generate
+
 from tests.unit.test_wire import NOW_S, assert_same, verdict
 
 MAX_BYTES = 4096  # as assert_same decodes

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from deskpulse.streams.simulate import SimConfig, generate
+from deskpulse.streams.devtools.simulate import SimConfig, generate
 from tests.oracle import compare, compute, quantile_close
 
 BASE = 1_795_392_000  # 2026-11-23T00:00:00Z, on a bucket boundary

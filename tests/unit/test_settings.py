@@ -13,6 +13,7 @@ import pytest
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.settings import (
     DEFAULT_FIRST_RESPONSE_TARGETS,
+    RECORD_KINDS,
     Settings,
     available_cpus,
     format_duration,
@@ -47,6 +48,19 @@ def test_defaults_match_the_contract() -> None:
         "normal": 28800,
         "low": 86400,
     }
+
+
+def test_topic_for_each_record_kind() -> None:
+    settings = Settings(topic_tickets="t", topic_chats="c", topic_surveys="s")
+    assert {kind: settings.topic_for(kind) for kind in RECORD_KINDS} == {
+        "tickets": "t",
+        "chats": "c",
+        "surveys": "s",
+    }
+    # the kinds in the order of the input topics
+    assert tuple(settings.topic_for(kind) for kind in RECORD_KINDS) == settings.input_topics
+    with pytest.raises(ValueError, match="no input topic for 'alerts'; the kinds are tickets"):
+        settings.topic_for("alerts")
     assert settings.first_response_targets == DEFAULT_FIRST_RESPONSE_TARGETS
     assert settings.short_abandon == 5
     assert settings.chat_answer_target == 20

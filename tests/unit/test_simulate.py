@@ -13,7 +13,7 @@ import pytest
 
 from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import decode
-from deskpulse.streams.simulate import Record, SimConfig, generate, read_jsonl, write_jsonl
+from deskpulse.streams.devtools.simulate import Record, SimConfig, generate, read_jsonl, write_jsonl
 
 HOUR = 3600
 OPENERS = {"ticket.created", "chat.requested"}

@@ -11,11 +11,9 @@ from hypothesis import strategies as st
 
 from deskpulse.streams import windows
 from deskpulse.streams.windows import (
-    bucket_range,
     bucket_start,
     cover,
     format_width,
-    is_late,
     parse_width,
     window_bounds,
 )
@@ -27,11 +25,9 @@ US = 1e-6  # one microsecond; still resolvable in a float epoch of this size
 
 def test_public_surface() -> None:
     assert sorted(windows.__all__) == [
-        "bucket_range",
         "bucket_start",
         "cover",
         "format_width",
-        "is_late",
         "parse_width",
         "window_bounds",
     ]
@@ -118,23 +114,6 @@ def test_window_bounds(
 def test_window_bounds_rejects(width_seconds: int, bucket_seconds: int) -> None:
     with pytest.raises(ValueError):
         window_bounds(D, width_seconds, bucket_seconds)
-
-
-# fmt: off
-BUCKET_RANGE_CASES = [
-    (D, D, 60, []),                              # empty interval
-    (D, D + 60, 60, [D]),                        # one bucket
-    (D, D + 180, 60, [D, D + 60, D + 120]),
-    (D + 30, D + 90, 60, [D, D + 60]),           # unaligned bounds widen to whole buckets
-    (D + 60, D, 60, []),                         # reversed: nothing
-    (-120, 0, 60, [-120, -60]),                  # negative epochs
-]
-# fmt: on
-
-
-@pytest.mark.parametrize(("start_s", "end_s", "bucket_seconds", "expected"), BUCKET_RANGE_CASES)
-def test_bucket_range(start_s: int, end_s: int, bucket_seconds: int, expected: list[int]) -> None:
-    assert list(bucket_range(start_s, end_s, bucket_seconds)) == expected
 
 
 def _minutes(start_s: int, end_s: int) -> list[int]:
@@ -268,30 +247,6 @@ def test_format_width_rejects(seconds: int) -> None:
         format_width(seconds)
 
 
-RETENTION_S = 48 * H
-HORIZON_S = D - RETENTION_S
-
-
-# fmt: off
-IS_LATE_CASES = [
-    (HORIZON_S, D, RETENTION_S, False),         # exactly newest - retention: applied
-    (HORIZON_S - US, D, RETENTION_S, True),     # one microsecond older: late
-    (HORIZON_S + US, D, RETENTION_S, False),
-    (D, D, RETENTION_S, False),                 # the newest itself
-    (D + 10, D, RETENTION_S, False),            # newer than the newest
-    (D, D, 0, False),                           # zero retention keeps only the newest
-    (D - US, D, 0, True),
-    (-RETENTION_S, 0, RETENTION_S, False),      # negative epochs
-    (-RETENTION_S - 1, 0, RETENTION_S, True),
-]
-# fmt: on
-
-
-@pytest.mark.parametrize(("t_s", "newest_s", "retention_s", "late"), IS_LATE_CASES)
-def test_is_late(t_s: float, newest_s: float, retention_s: int, late: bool) -> None:
-    assert is_late(t_s, newest_s, retention_s) is late
-
-
 # --- properties -------------------------------------------------------------------------
 
 times = st.floats(min_value=-1e11, max_value=1e11, allow_nan=False, allow_infinity=False)
@@ -351,16 +306,3 @@ def test_cover_is_an_exact_minimal_partition(
 def test_parse_width_inverts_format_width(bucket_seconds: int, n_buckets: int) -> None:
     seconds = n_buckets * bucket_seconds
     assert parse_width(format_width(seconds), bucket_seconds) == seconds
-
-
-@given(
-    t_s=times,
-    newest_s=times,
-    retention_s=st.integers(0, 10 * 86400),
-)
-def test_an_event_at_or_after_the_newest_is_never_late(
-    t_s: float, newest_s: float, retention_s: int
-) -> None:
-    if t_s >= newest_s:
-        assert not is_late(t_s, newest_s, retention_s)
-    assert not is_late(newest_s - retention_s, newest_s, retention_s)

@@ -29,8 +29,8 @@ from urllib.parse import urlparse
 from aiokafka import AIOKafkaProducer
 
 from deskpulse.exporters.kafka import kafka_client_options
-from deskpulse.models.settings import Settings
-from deskpulse.streams.embedded import ManagedProcess, port_open, start_broker, start_redis
+from deskpulse.models.settings import RECORD_KINDS, Settings
+from deskpulse.streams.devtools.embedded import ManagedProcess, port_open, start_broker, start_redis
 from deskpulse.streams.topics import ensure_topics
 
 __all__ = ["claim_state", "produce_live", "run_demo"]
@@ -76,18 +76,17 @@ async def claim_state(settings: Settings, *, own_redis: bool, now_s: float) -> S
     State left under the prefix was built from other topics: cleared when the demo also
     started Redis (its own), else left alone and the demo writes under a fresh prefix.
     """
-    from redis.asyncio import Redis
-
     from deskpulse.streams.core import CoreConfig
+    from deskpulse.streams.redis_client import connect
     from deskpulse.streams.store import Store
 
     prefix = settings.redis_prefix
-    redis = Redis.from_url(settings.redis_url.get_secret_value(), socket_connect_timeout=5)
+    redis = connect(settings, purpose="command")
     try:
-        if not await redis.exists(f"{prefix}:config", f"{prefix}:partitions"):
+        store = Store(redis, prefix, CoreConfig.from_settings(settings))
+        if not await store.has_state():
             return settings
         if own_redis:
-            store = Store(redis, prefix, CoreConfig.from_settings(settings))
             deleted = await store.clear()
             print(
                 "deskpulse demo: the embedded broker starts with empty topics, so the state "
@@ -201,13 +200,9 @@ async def produce_live(
     duration_s: float | None = None,
 ) -> int:
     """Produce simulated events in real time: each one when its event time comes."""
-    from deskpulse.streams.simulate import SimConfig, generate
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
 
-    topics = {
-        "tickets": settings.topic_tickets,
-        "chats": settings.topic_chats,
-        "surveys": settings.topic_surveys,
-    }
+    topics: dict[str, str] = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
     producer = AIOKafkaProducer(
         **kafka_client_options(settings), enable_idempotence=False, linger_ms=20
     )

@@ -1,0 +1,89 @@
+"""The state check's gate: batches wait for it, and it never stays shut without a word.
+
+A check that fails in a way nobody foresaw (a client left mid-request, a bug) is logged
+with its traceback and tried again on a fresh client; one that takes long is said in the
+log. These run the real :class:`StateGuard` with ``verify`` replaced: no services needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from deskpulse.models.errors import Abandoned, StateLost
+from deskpulse.models.settings import Settings
+from deskpulse.streams import integrity
+from deskpulse.streams.integrity import StateGuard
+
+
+def guard() -> StateGuard:
+    return StateGuard(Settings(), store=None, report_ok=lambda ok: None)  # type: ignore[arg-type]
+
+
+def test_an_unexpected_error_in_the_check_is_logged_and_the_check_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[Any] = []
+
+    async def verify(store: Any, offsets: Any, topics: Any, partitions: list[int]) -> list[str]:
+        calls.append(offsets)
+        if len(calls) == 1:
+            raise RuntimeError("client in a state nobody foresaw")
+        return []
+
+    monkeypatch.setattr(integrity, "verify", verify)
+
+    async def run() -> None:
+        state = guard()
+        state.assigned([0, 2])
+        assert state.checking
+        await asyncio.wait_for(state.admit(), 10)  # opens after the second attempt
+        assert not state.checking
+        await state.stop()
+
+    with caplog.at_level(logging.INFO, logger="deskpulse.state"):
+        asyncio.run(run())
+    assert len(calls) == 2
+    assert calls[0] is not calls[1], "each attempt gets a broker client of its own"
+    failed = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert "partitions 0,2" in failed[0].getMessage()
+    assert any("checked against the consumer group" in r.getMessage() for r in caplog.records)
+
+
+def test_a_slow_check_is_said_in_the_log_and_a_state_error_still_halts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(integrity, "_SLOW_CHECK_S", 0.2)
+    release = asyncio.Event()
+
+    async def verify(store: Any, offsets: Any, topics: Any, partitions: list[int]) -> list[str]:
+        await release.wait()
+        raise StateLost("fence_behind", "the group committed past the fence", "restore it")
+
+    monkeypatch.setattr(integrity, "verify", verify)
+    reported: list[bool] = []
+
+    async def run() -> None:
+        state = StateGuard(Settings(), store=None, report_ok=reported.append)  # type: ignore[arg-type]
+        state.assigned([1])
+        await asyncio.sleep(0.5)
+        assert state.checking
+        release.set()
+        admitted = asyncio.ensure_future(state.admit())
+        await asyncio.sleep(0.3)
+        assert not admitted.done(), "a lost state holds the batch"
+        assert isinstance(state.error, StateLost)
+        state.release()
+        with pytest.raises(Abandoned):
+            await asyncio.wait_for(admitted, 5)
+        await state.stop()
+
+    with caplog.at_level(logging.INFO, logger="deskpulse.state"):
+        asyncio.run(run())
+    assert reported == [False]
+    slow = [r.getMessage() for r in caplog.records if "wait for the state check" in r.getMessage()]
+    assert slow == [slow[0]] and "partitions 1 " in slow[0], slow
