@@ -88,7 +88,6 @@ def test_a_unix_socket_url_connects_by_path() -> None:
     assert kwargs["client_name"] == "deskpulse-reads"
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("purpose", sorted(PURPOSES))
 def test_a_client_of_each_purpose_talks_to_a_real_redis(redis_url: str, purpose: Purpose) -> None:
     async def scenario() -> tuple[bool, Any]:

@@ -21,9 +21,9 @@ from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store
 
-from .test_store import T0, apply, created, new_prefix, pendings, replied
+from tests.integration.test_store import T0, apply, created, new_prefix, pendings, replied
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = ("models", "streams", "exporters")
 #: the store owns the keys and scripts; the factory builds the clients
 OWNERS = {"streams/store.py", "streams/redis_client.py"}
@@ -177,7 +177,6 @@ async def write_every_kind_of_key(client: Redis, prefix: str) -> None:
     await store.record_reset(reset_at="2026-11-23T00:00:00Z", note="test")
 
 
-@pytest.mark.integration
 def test_every_key_the_store_writes_is_in_the_key_tables(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -220,7 +219,6 @@ def test_the_key_tables_read_as_key_tables() -> None:
 # -- what the state commands and the demo ask the store ----------------------------------------
 
 
-@pytest.mark.integration
 def test_the_demo_claims_state_through_the_store(settings: Settings) -> None:
     from deskpulse.streams.devtools.demo import claim_state
 
@@ -243,7 +241,6 @@ def test_the_demo_claims_state_through_the_store(settings: Settings) -> None:
     assert not left
 
 
-@pytest.mark.integration
 def test_a_reset_is_recorded_in_the_config(redis_url: str, redis_client: redis.Redis) -> None:
     prefix = new_prefix()
 

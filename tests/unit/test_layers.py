@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # the folders behind the installed subpackages (pyproject.toml's package-dir)
 FOLDERS = {
     "deskpulse.models": "models",
