@@ -32,9 +32,7 @@ from deskpulse.streams.devtools.embedded import (
     wait_for_port,
 )
 from deskpulse.streams.kafka_admin import check_copartitioned, ensure_topics
-
 from tests.conftest import HOST, RedisServer
-
 
 
 def unique(name: str) -> str:

@@ -29,7 +29,6 @@ from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.streams.core import CoreConfig
-from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.store import Store
 from tests.conftest import HOST, RedisServer

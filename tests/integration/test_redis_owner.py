@@ -20,7 +20,6 @@ from deskpulse.streams.breaches import check_breaches
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store
-
 from tests.integration.test_store import T0, apply, created, new_prefix, pendings, replied
 
 ROOT = Path(__file__).resolve().parents[2]

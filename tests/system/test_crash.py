@@ -15,7 +15,6 @@ from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import free_port, start_redis
-
 from tests.conftest import HOST
 from tests.e2e_support import (
     Dataset,

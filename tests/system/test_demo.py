@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 
 from deskpulse.streams.devtools.embedded import free_port, port_open
-
 from tests.conftest import HOST
 from tests.support import samples, scrape, wait_until
-
 
 
 def process_table() -> dict[int, tuple[int, int, int, str]]:

@@ -28,7 +28,6 @@ from pydantic import SecretStr
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
 from deskpulse.streams.devtools.simulate import Record
-
 from tests.conftest import HOST
 from tests.e2e_support import (
     Dataset,

@@ -689,7 +689,6 @@ def test_a_second_demo_processes_its_events(tmp_path: Path) -> None:
     import sys
 
     from deskpulse.streams.devtools.embedded import port_open
-
     from tests.system.test_demo import alive_in_groups, descendants, distinct_free_ports
 
     broker_port, redis_port, web_port = distinct_free_ports(3)

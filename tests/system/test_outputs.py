@@ -25,10 +25,8 @@ import pytest
 
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import AlertRule, Settings
-from deskpulse.streams.devtools.embedded import free_port
 from deskpulse.streams.devtools.simulate import SimConfig, generate
-
-from tests.conftest import HOST, RedisServer, create_topics
+from tests.conftest import RedisServer, create_topics, new_settings
 from tests.support import (
     WorkerProcess,
     consume_all,

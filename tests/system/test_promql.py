@@ -25,7 +25,6 @@ import pytest
 from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
 from deskpulse.streams.devtools.simulate import SimConfig, generate
-
 from tests.conftest import HOST, create_topics
 from tests.support import (
     WorkerProcess,

@@ -23,8 +23,7 @@ from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings
 from deskpulse.streams.app import create_app
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_redis
-
-from tests.conftest import HOST, create_topics
+from tests.conftest import HOST, create_topics, new_settings
 from tests.faults_support import (
     TlsFiles,
     TlsUnsupported,

@@ -23,7 +23,6 @@ from pydantic import SecretStr
 from deskpulse.models.events import LAST_RESORT_REASON, REJECTION_REASONS
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
-
 from tests.conftest import HOST, create_topics
 from tests.support import (
     WorkerProcess,

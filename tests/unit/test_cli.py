@@ -10,7 +10,6 @@ import pytest
 from deskpulse.streams.cli import render_table
 from deskpulse.streams.core import group_document
 from deskpulse.streams.devtools.embedded import free_port
-
 from tests.support import run_cli
 
 

@@ -33,7 +33,6 @@ from deskpulse.models.events import (
 )
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.devtools.simulate import SimConfig, generate
-
 from tests.unit.test_wire import NOW_S, assert_same, verdict
 
 MAX_BYTES = 4096  # as assert_same decodes
