@@ -376,7 +376,7 @@ def test_any_order_and_batching_gives_the_same_kpis(
 
 # --- stored field codes -------------------------------------------------------------------
 
-ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 
 
 def documented_codes() -> set[str]:
