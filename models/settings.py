@@ -30,6 +30,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.events import DimensionName
+from deskpulse.models.sla import Policy, Schedule, default_policy
 
 __all__ = [
     "DEFAULT_ALERT_RULES",
@@ -131,6 +132,7 @@ def _redis_url_problem(url: str) -> str | None:
     return None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
@@ -260,6 +262,10 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_FIRST_RESPONSE_TARGETS)
     )
     short_abandon: Annotated[int, NoDecode] = 5
+    # business calendars by name, and the SLA policies (None: the v1 default policy);
+    # validated here, not yet used by the engine
+    schedules: dict[str, Schedule] = Field(default_factory=dict)
+    sla_policies: tuple[Policy, ...] | None = None
     chat_answer_target: Annotated[int, NoDecode] = 20
 
     # Windows and state
@@ -417,8 +423,45 @@ class Settings(BaseSettings):
             raise ValueError("targets must be positive numbers of seconds")
         return merged
 
+    @field_validator("schedules")
+    @classmethod
+    def _schedule_names(cls, value: dict[str, Schedule]) -> dict[str, Schedule]:
+        for name in value:
+            if not name or len(name) > 100 or _CONTROL.search(name):
+                raise ValueError(f"{name!r} is no schedule name: 1 to 100 printable characters")
+        return value
+
+    @field_validator("sla_policies", mode="before")
+    @classmethod
+    def _policies(cls, value: Any) -> Any:
+        # each policy on its own, so the line names the policy rather than its index
+        if value is None or isinstance(value, str) or not isinstance(value, list | tuple):
+            return value
+        policies: list[Policy] = []
+        for index, item in enumerate(value):
+            if isinstance(item, Policy):
+                policies.append(item)
+                continue
+            name = item.get("name") if isinstance(item, dict) else None
+            called = f"policy {name!r}" if isinstance(name, str) else f"policy {index}"
+            try:
+                policies.append(Policy.model_validate(item))
+            except ValidationError as error:
+                raise ValueError(f"{called}: {_where(error)}") from None
+        names = [policy.name for policy in policies]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two policies are named {name!r}")
+        return tuple(policies)
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        for policy in self.sla_policies or ():
+            if policy.schedule is not None and policy.schedule not in self.schedules:
+                raise ValueError(
+                    f"sla_policies: policy {policy.name!r} names the schedule "
+                    f"{policy.schedule!r}, which DESKPULSE_SCHEDULES does not define"
+                )
         if self.bucket_seconds <= 0:
             raise ValueError("bucket_seconds: must be positive")
         if self.rollup_seconds % self.bucket_seconds:
@@ -452,6 +495,15 @@ class Settings(BaseSettings):
                 f"topic_repartition: {self.topic_repartition} is already another deskpulse topic"
             )
         return self
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """The SLA policies in force, first match wins: ``DESKPULSE_SLA_POLICIES``, or when
+        it is absent the one ``default`` policy of v1 (first response within
+        ``DESKPULSE_FIRST_RESPONSE_TARGETS``, calendar time, no warnings)."""
+        if self.sla_policies is not None:
+            return self.sla_policies
+        return (default_policy(self.first_response_targets),)
 
     @property
     def window_names(self) -> tuple[str, ...]:
@@ -505,6 +557,21 @@ _SECRETS = frozenset(
     for name, field in Settings.model_fields.items()
     if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
 )
+
+
+def _where(error: ValidationError) -> str:
+    """The first problem of a nested model, as ``a.b[0].c: message (got …)``."""
+    first = error.errors()[0]
+    path = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}"
+        for part in first["loc"]
+        if part != "[key]"  # a bad key: the message names it
+    ).lstrip(".")
+    message = str(first["msg"]).removeprefix("Value error, ")
+    got = first.get("input")
+    if isinstance(got, str | int | float) and not (isinstance(got, str) and repr(got) in message):
+        message += f" (got {got!r})"
+    return f"{path}: {message}" if path else message
 
 
 def _one_line(error: ValidationError) -> tuple[str, str]:

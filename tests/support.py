@@ -73,7 +73,12 @@ def _env_value(name: str, value: Any) -> str:
             ]
         )
     if isinstance(value, dict):
-        return json.dumps(value)
+        return json.dumps(
+            {
+                key: item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+                for key, item in value.items()
+            }
+        )
     raise TypeError(f"no environment spelling for {name}={value!r}")
 
 

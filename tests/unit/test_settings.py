@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pydantic
@@ -540,3 +543,252 @@ def test_available_cpus_takes_the_cgroup_quota(
         (tmp_path / "cpu.max").write_text(cpu_max)
     mask = len(os.sched_getaffinity(0))
     assert available_cpus(str(tmp_path)) == (mask if cap is None else min(mask, cap))
+
+
+# --- business calendars and SLA policies ------------------------------------------------
+
+EMEA = {
+    "timezone": "Europe/Berlin",
+    "hours": {
+        "mon": ["09:00-17:30"],
+        "tue": ["09:00-17:30"],
+        "wed": ["09:00-17:30"],
+        "thu": ["09:00-17:30"],
+        "fri": ["09:00-13:00", "14:00-17:00"],
+    },
+    "holidays": ["2026-12-24", "2026-12-25", "2027-01-01"],
+}
+POLICIES = [
+    {
+        "name": "vip",
+        "match": {"queue": ["billing"], "priority": ["urgent", "high"]},
+        "schedule": "emea",
+        "targets": {
+            "first_response": {"urgent": 3600, "high": 7200},
+            "next_response": {"urgent": 7200, "high": 14400},
+            "resolution": {"urgent": 28800, "high": 86400},
+        },
+        "pause": ["pending"],
+        "warn_at": [0.5, 0.75, 0.9],
+    },
+    {"name": "default", "targets": {"first_response": {"urgent": 3600, "normal": 28800}}},
+]
+
+
+def test_schedules_and_policies_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESKPULSE_SCHEDULES", json.dumps({"emea": EMEA}))
+    monkeypatch.setenv("DESKPULSE_SLA_POLICIES", json.dumps(POLICIES))
+    settings = load_settings()
+    emea = settings.schedules["emea"]
+    assert emea.timezone == "Europe/Berlin"
+    assert emea.weekly_minutes()[4] == ((540, 780), (840, 1020))  # Friday, split
+    assert emea.weekly_minutes()[5] == ()  # Saturday: not listed, closed
+    assert emea.holidays[0] == date(2026, 12, 24)
+    vip, default = settings.policies
+    assert (vip.name, vip.schedule, vip.pause, vip.warn_at) == (
+        "vip",
+        "emea",
+        ("pending",),
+        (0.5, 0.75, 0.9),
+    )
+    assert vip.target_seconds("resolution", "high") == 86400
+    assert vip.target_seconds("resolution", "low") is None
+    # defaults of a policy: every ticket, calendar time, pending pauses, warn at 75 %
+    assert default.match.fits("any", "any", "low")
+    assert (default.schedule, default.pause, default.warn_at) == (None, ("pending",), (0.75,))
+
+
+def test_without_policies_the_one_default_policy_is_v1(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESKPULSE_FIRST_RESPONSE_TARGETS", '{"urgent": 900}')
+    settings = load_settings()
+    assert settings.schedules == {}
+    assert settings.sla_policies is None
+    (policy,) = settings.policies
+    assert policy.name == "default"
+    assert policy.schedule is None
+    assert policy.warn_at == ()
+    assert policy.targets == {"first_response": {**DEFAULT_FIRST_RESPONSE_TARGETS, "urgent": 900}}
+
+
+def test_an_empty_policy_list_means_no_sla(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESKPULSE_SLA_POLICIES", "[]")
+    assert load_settings().policies == ()
+
+
+def test_schedules_and_policies_round_trip_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = Settings(schedules={"emea": EMEA}, sla_policies=POLICIES)
+    for name, value in settings_env(original).items():
+        if name.startswith("DESKPULSE_"):
+            monkeypatch.setenv(name, value)
+    assert load_settings() == original
+    # the engine and read processes get the settings pickled
+    assert pickle.loads(pickle.dumps(original)) == original
+
+
+def _schedule(**changes: object) -> str:
+    return json.dumps({"emea": {**EMEA, **changes}})
+
+
+def _policy(**changes: object) -> str:
+    return json.dumps([{**POLICIES[1], "name": "vip", **changes}])
+
+
+# (variable, bad value, what the line must say besides the name): each names its schedule
+# or policy
+BAD_SLA = [
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(timezone="Europe/Berlinn"),
+        "emea.timezone: unknown time zone 'Europe/Berlinn'",
+    ),
+    ("DESKPULSE_SCHEDULES", _schedule(timezone="CET+1"), "emea.timezone: unknown time zone"),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(hours={"mon": ["9:00-17:00"]}),
+        "emea.hours: mon: '9:00-17:00' is not an interval",
+    ),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(hours={"mon": ["09:00-25:00"]}),
+        "emea.hours: mon: '09:00-25:00' ends at no time",
+    ),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(hours={"mon": ["24:00-24:00"]}),
+        "emea.hours: mon: '24:00-24:00' starts at no time",
+    ),
+    ("DESKPULSE_SCHEDULES", _schedule(hours={"mon": ["09:60-10:00"]}), "starts at no time"),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(hours={"mon": ["17:00-09:00"]}),
+        "emea.hours: mon: '17:00-09:00' does not end after it starts",
+    ),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(hours={"mon": ["09:00-09:00"]}),
+        "does not end after it starts",
+    ),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(hours={"tue": ["13:00-17:00", "09:00-13:30"]}),
+        "emea.hours: tue: 09:00-13:30 overlaps 13:00-17:00",
+    ),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(hours={"monday": ["09:00-17:00"]}),
+        "emea.hours: unknown day 'monday'",
+    ),
+    ("DESKPULSE_SCHEDULES", _schedule(hours={}), "emea.hours: is never open"),
+    ("DESKPULSE_SCHEDULES", _schedule(hours={"mon": "09:00-17:00"}), "emea.hours.mon"),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(holidays=["2026-02-30"]),
+        "emea.holidays: bad holiday '2026-02-30'",
+    ),
+    (
+        "DESKPULSE_SCHEDULES",
+        _schedule(holidays=["24.12.2026"]),
+        "emea.holidays: bad holiday '24.12.2026'",
+    ),
+    ("DESKPULSE_SCHEDULES", _schedule(holidays="2026-12-24"), "emea.holidays: must be a list"),
+    ("DESKPULSE_SCHEDULES", _schedule(weekends=True), "emea.weekends"),
+    ("DESKPULSE_SCHEDULES", json.dumps({"emea": {"hours": EMEA["hours"]}}), "emea.timezone"),
+    ("DESKPULSE_SCHEDULES", "[]", "dictionary"),
+    ("DESKPULSE_SCHEDULES", "{emea}", "not valid JSON"),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(schedule="apac"),
+        "policy 'vip' names the schedule 'apac', which DESKPULSE_SCHEDULES does not define",
+    ),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(targets={"first_response": {"urgent": 0}}),
+        "policy 'vip': targets.first_response.urgent: Input should be greater than 0",
+    ),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(targets={"first_response": {"urgent": -60}}),
+        "greater than 0",
+    ),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(targets={"first_reply": {"urgent": 60}}),
+        "policy 'vip': targets.first_reply: Input should be 'first_response'",
+    ),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(targets={"resolution": {"critical": 60}}),
+        "policy 'vip': targets.resolution.critical",
+    ),
+    ("DESKPULSE_SLA_POLICIES", _policy(match={"team": ["a"]}), "policy 'vip': match.team"),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(match={"priority": ["p1"]}),
+        "policy 'vip': match.priority[0]",
+    ),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(match={"queue": []}),
+        "policy 'vip': match.queue: an empty list matches no ticket",
+    ),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(pause=["waiting"]),
+        "policy 'vip': pause: unknown status 'waiting'",
+    ),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(warn_at=[0.9, 0.5]),
+        "policy 'vip': warn_at: fractions must be in increasing order",
+    ),
+    ("DESKPULSE_SLA_POLICIES", _policy(warn_at=[0.5, 0.5]), "each once"),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        _policy(warn_at=[1]),
+        "policy 'vip': warn_at: 1.0 is not a fraction",
+    ),
+    ("DESKPULSE_SLA_POLICIES", _policy(warn_at=[0]), "is not a fraction"),
+    ("DESKPULSE_SLA_POLICIES", json.dumps([{"targets": {}}]), "policy 0: name"),
+    (
+        "DESKPULSE_SLA_POLICIES",
+        json.dumps([POLICIES[1], POLICIES[1]]),
+        "two policies are named 'default'",
+    ),
+    ("DESKPULSE_SLA_POLICIES", json.dumps(POLICIES[1]), "tuple"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "says"), BAD_SLA, ids=[s for _, _, s in BAD_SLA])
+def test_a_bad_schedule_or_policy_names_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv("DESKPULSE_SCHEDULES", json.dumps({"emea": EMEA}))
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    line = str(caught.value)
+    assert caught.value.setting == name
+    assert line.startswith(f"{name}: ")
+    assert "\n" not in line
+    assert says in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DESKPULSE_SCHEDULES", _schedule(timezone="Mars/Olympus"), "unknown time zone"),
+        ("DESKPULSE_SLA_POLICIES", _policy(schedule="apac"), "policy 'vip' names the schedule"),
+    ],
+)
+def test_cli_refuses_a_bad_schedule_or_policy_in_one_line(
+    tmp_path: Path, name: str, value: str, says: str
+) -> None:
+    env = clean_environ(**{"DESKPULSE_SCHEDULES": json.dumps({"emea": EMEA}), name: value})
+    done = run_cli(env, tmp_path, "worker")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr[-2000:]
+    assert done.stderr.startswith(f"deskpulse: bad setting {name}: "), done.stderr
+    assert says in done.stderr
+    assert done.stdout == ""
