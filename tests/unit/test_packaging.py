@@ -9,6 +9,7 @@ virtual environment, away from this checkout and its editable install.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,14 +29,26 @@ pytestmark = pytest.mark.xdist_group("packaging")
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built from a copy of what git tracks: the build writes its ``build/`` and
+    egg-info next to the sources, which must not race another build in the checkout (an
+    editable install, ``make lint``'s link tree) or leave files there."""
+    source = tmp_path_factory.mktemp("source")
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
-        check=True,
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
         capture_output=True,
+        text=True,
     )
-    (built,) = out.glob("deskpulse-*.whl")
-    return built
+    assert built.returncode == 0, f"pip wheel failed:\n{built.stdout}\n{built.stderr}"
+    (found,) = out.glob("deskpulse-*.whl")
+    return found
 
 
 @pytest.fixture(scope="module")
