@@ -5,13 +5,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo test test-fast lint format bench clean
+.PHONY: help install system-deps demo test test-unit test-integration test-system test-fast lint format \
+	bench clean
 
 help:
 	@echo "make demo   - run deskpulse on an embedded broker + Redis with simulated traffic"
 	@echo "make test   - install what is missing and run the whole test suite"
 	@echo "make lint   - ruff format --check, ruff check, mypy, import-linter (the layers)"
 	@echo "make bench  - run the benchmarks and rewrite BENCHMARKS.md"
+	@echo "make test-unit, test-integration, test-system - one tier of the tests"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +39,26 @@ system-deps:
 demo: install
 	$(BIN)/deskpulse demo
 
+# Tests run in PYTEST_WORKERS processes (pytest-xdist), each with a broker and a redis-server
+# of its own; most of a system test's time is waiting on workers, so more processes than
+# cores pay. tests/conftest.py keeps each integration and system file in one process.
+PYTEST_WORKERS ?= 4
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: install
-	$(BIN)/pytest
+	$(PYTEST) tests
+
+test-unit: install
+	$(PYTEST) tests/unit
+
+test-integration: install
+	$(PYTEST) tests/integration
+
+test-system: install
+	$(PYTEST) tests/system
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(PYTEST) -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -9,7 +9,7 @@ level and are mapped in by ``pyproject.toml``:
 
 The names below are the public API: what an integrating service may import from
 ``deskpulse`` itself. They load on first use, so ``import deskpulse`` (and every CLI
-command) does not pay for pydantic models it does not touch. ``tests/test_packaging.py``
+command) does not pay for pydantic models it does not touch. ``tests/unit/test_packaging.py``
 keeps this list and what it resolves to in step.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Kept in step with pyproject.toml by tests/test_cli.py (importlib.metadata costs every
+# Kept in step with pyproject.toml by tests/unit/test_cli.py (importlib.metadata costs every
 # command ~40 ms of start-up).
 __version__ = "0.1.0"
 

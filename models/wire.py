@@ -12,7 +12,7 @@ its checks), which carry the same fields and constraints. The two must never dis
   datetime holds), goes to the pydantic decoder, which either names the rejection reason
   or accepts it, in which case its result is copied into a struct;
 * the structs refuse at least everything pydantic refuses (same lengths, patterns, strict
-  types, literals, score ranges); ``tests/test_wire.py`` checks that both decoders reach
+  types, literals, score ranges); ``tests/unit/test_wire.py`` checks that both decoders reach
   the same verdict and the same values on generated valid and broken records.
 
 So a record's fate never depends on which path decoded it, and no exception but

@@ -3,8 +3,9 @@
 Faust, aiokafka and prometheus_client give no public way to do these few things; each is
 one small function here with why it is needed and the release it was checked against
 (faust-streaming 0.15.3, aiokafka 0.14.0, prometheus-client 0.26.0; pyproject.toml allows
-older ones, down to 0.11, 0.11 and 0.20). ``tests/test_compat.py`` holds each against the
-installed release and fails naming the dependency and the attribute when one changes.
+older ones, down to 0.11, 0.11 and 0.20). ``tests/integration/test_compat.py`` holds each
+against the installed release and fails naming the dependency and the attribute when one
+changes.
 
 The module imports only its dependencies, never deskpulse: any layer may use it.
 """

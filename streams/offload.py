@@ -669,10 +669,16 @@ class EngineProcess:
                 if isinstance(error, asyncio.CancelledError):
                     raise
                 continue
-            processed.counters.apply_to(self.metrics)
-            for _, done in waiting:
-                if not done.done():
-                    done.set_result(None)
+            try:
+                processed.counters.apply_to(self.metrics)
+            except Exception:  # the batches are committed: they end, whatever the metrics
+                log.exception("the engine process's counters could not be applied")
+            finally:
+                # every waiting batch ends here: one left pending would hold its agent, and
+                # with it every partition of its topic, without a word
+                for _, done in waiting:
+                    if not done.done():
+                        done.set_result(None)
 
     async def check_breaches(self, clocks: Mapping[int, int]) -> int:
         """Claim and publish due SLA breaches of these partitions (partition -> clock ms)."""

@@ -1,7 +1,13 @@
-"""Session fixtures that start a real broker and a real redis-server on free loopback ports.
+"""Fixtures shared by the three tiers of tests, and the tiers' markers.
 
-Each test gets its own topics, Kafka app id and Redis key prefix through ``settings``.
-Set ``DESKPULSE_TEST_KAFKA_BOOTSTRAP`` to run against an external Kafka instead of Tansu.
+tests/unit starts nothing; tests/integration talks to the session's broker and redis-server;
+tests/system starts subprocess workers (faults, crashes, the demo). Each test there is marked
+``unit``, ``integration`` or ``system`` after its folder, so ``-m`` selects a tier too.
+
+The session fixtures start a real broker and a real redis-server on free loopback ports (one
+of each per pytest-xdist worker). Each test gets its own topics, Kafka app id and Redis key
+prefix through ``settings`` (or ``new_settings``). Set ``DESKPULSE_TEST_KAFKA_BOOTSTRAP`` to
+run against an external Kafka instead of Tansu.
 """
 
 from __future__ import annotations
@@ -12,16 +18,46 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.kafka_admin import ensure_topics, wait_for_kafka
+from tests.support import WorkerProcess
 
 HOST = "127.0.0.1"
 EXTERNAL_BOOTSTRAP_ENV = "DESKPULSE_TEST_KAFKA_BOOTSTRAP"
+TIERS = ("unit", "integration", "system")
+# fixtures that start or reach a service: a unit test that asks for one is in the wrong tier
+SERVICE_FIXTURES = frozenset({"broker", "redis_server", "redis_url", "redis_client", "settings"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the folder it is in; refuse tests outside the tiers.
+
+    Under ``pytest -n N --dist loadgroup`` an integration or system file runs in one process
+    (its module fixtures, a worker or a broker of its own, start once), while unit tests are
+    handed out one by one."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts
+        tier = parts[0] if len(parts) > 1 else None
+        if tier not in TIERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test belongs in tests/unit, tests/integration or tests/system"
+            )
+        if tier == "unit" and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(
+                f"{item.nodeid}: a unit test starts no service; move it to tests/integration"
+            )
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier != "unit":
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @dataclass(frozen=True)
@@ -76,24 +112,31 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
+def new_settings(bootstrap: str, redis_url: str, *, prefix: str = "t", **update: Any) -> Settings:
+    """Settings on ``bootstrap`` and ``redis_url`` with topics, app id, Redis prefix and web
+    port of their own (four partitions unless ``update`` says otherwise)."""
+    uid = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "redis_url": SecretStr(redis_url),
+        "redis_prefix": f"{prefix}{uid}",
+        "app_id": f"deskpulse-{uid}",
+        "topic_tickets": f"{uid}.support.tickets",
+        "topic_chats": f"{uid}.support.chats",
+        "topic_surveys": f"{uid}.support.surveys",
+        "topic_deadletter": f"{uid}.deskpulse.deadletter",
+        "topic_kpis": f"{uid}.deskpulse.kpis",
+        "topic_alerts": f"{uid}.deskpulse.alerts",
+        "topic_partitions": 4,
+        "web_port": free_port(HOST),
+    }
+    return Settings(**(values | update))
+
+
 @pytest.fixture
 def settings(broker: str, redis_url: str) -> Settings:
     """Settings on the session's broker and Redis, with topics and prefix unique to this test."""
-    uid = uuid.uuid4().hex[:10]
-    return Settings(
-        kafka_bootstrap=broker,
-        redis_url=redis_url,
-        redis_prefix=f"t{uid}",
-        app_id=f"deskpulse-{uid}",
-        topic_tickets=f"{uid}.support.tickets",
-        topic_chats=f"{uid}.support.chats",
-        topic_surveys=f"{uid}.support.surveys",
-        topic_deadletter=f"{uid}.deskpulse.deadletter",
-        topic_kpis=f"{uid}.deskpulse.kpis",
-        topic_alerts=f"{uid}.deskpulse.alerts",
-        topic_partitions=4,
-        web_port=free_port(HOST),
-    )
+    return new_settings(broker, redis_url)
 
 
 def create_topics(settings: Settings) -> dict[str, int]:
@@ -118,3 +161,30 @@ def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start_worker(settings, workdir=None, *, env=None, name="worker", ready=True)`` starts
+    ``deskpulse worker`` as a subprocess (waiting until it is ready unless ``ready=False``);
+    every worker it started is stopped when the test ends, however it ends."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        settings: Settings,
+        workdir: Path | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        name: str = "worker",
+        ready: bool = True,
+        timeout_s: float = 60,
+    ) -> WorkerProcess:
+        worker = WorkerProcess(settings, workdir or tmp_path / name, env=env, name=name)
+        started.append(worker)
+        if ready:
+            worker.wait_ready(timeout_s)
+        return worker
+
+    yield start
+    for worker in reversed(started):
+        worker.stop(timeout_s=15)

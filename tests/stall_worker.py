@@ -1,4 +1,5 @@
-"""``deskpulse worker`` that can be made to lose fetched records, for tests/test_watchdog.py.
+"""``deskpulse worker`` that can be made to lose fetched records, for the stall test
+(tests/system/test_hardening_stall.py).
 
 Run as a script. It is the real worker (``deskpulse.streams.cli``) whose app gets one
 more timer, from here, driven by files in the directory ``STALL_TEST_CONTROL``:

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -79,6 +80,13 @@ def _env_value(name: str, value: Any) -> str:
             }
         )
     raise TypeError(f"no environment spelling for {name}={value!r}")
+
+
+def stamp(t_s: float) -> str:
+    """``t_s`` (seconds since the epoch) as an event's ``occurred_at``, to the millisecond."""
+    return (
+        datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -1,0 +1,670 @@
+"""Output keys that never collide, and outputs whose size stays bounded however many groups.
+
+* Keys of ``deskpulse.kpis`` and ``deskpulse.alerts`` encode each part (``%``, ``|``, ``*``
+  percent-encoded), so distinct groups get distinct keys on the compacted topic: a property
+  test over arbitrary parts, and the colliding pair of dimension values through a real
+  engine, Redis and broker.
+* The cardinality guard counts series as the exposition holds them (a summary's quantiles,
+  ``_count`` and ``_sum``; a histogram's buckets), shows the same groups in every family
+  of a kind, bounds the KPI topic's snapshot, and its ``deskpulse_series_dropped_total``
+  only ever grows: real Redis state with thousands of
+  queues, written by the engine, refreshed several times (a real worker, scraped, is
+  tests/system/test_hardening_outputs_worker.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from deskpulse.exporters import cardinality
+from deskpulse.exporters.cardinality import OTHER, Rule, allocate, guard
+from deskpulse.exporters.kafka import KafkaPublisher
+from deskpulse.exporters.prometheus import _SUMMARIES, _WINDOWED, KpiCollector, PipelineMetrics
+from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+from deskpulse.models.errors import SettingsError
+from deskpulse.models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
+from deskpulse.models.settings import AlertRule, Settings, load_settings
+from deskpulse.streams.core import CoreConfig, group_document, has_samples
+from deskpulse.streams.engine import Engine, SourceRecord
+from deskpulse.streams.partitioner import java_partition
+from deskpulse.streams.query import DIMENSIONS, query_kpis
+from deskpulse.streams.sketch import index_of
+from deskpulse.streams.store import Store
+from tests.conftest import RedisServer, create_topics
+from tests.support import consume_all
+
+# 2026-11-23T01:00:30Z, half a minute into a bucket
+NOW_S = 1_795_395_630.0
+WINDOWS_S = (300, 3600, 86400)
+
+# -- keys: a property of the encoding ---------------------------------------------------------
+
+# every character class that matters: the separator, the "all" marker, the escape itself,
+# escapes already spelled out, ordinary text and the empty string
+_PART = st.one_of(
+    st.none(),
+    st.text(alphabet=st.sampled_from("|*%27CAa-x ."), max_size=8),
+    st.text(max_size=12),
+    st.sampled_from(["*", "%", "|", "%2A", "%7C", "%25", "", "other"]),
+)
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(st.lists(_PART, min_size=1, max_size=6))
+def test_a_key_decodes_to_the_parts_it_was_built_from(parts: list[str | None]) -> None:
+    assert parse_output_key(output_key(*parts)) == tuple(parts)
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(st.lists(_PART, min_size=5, max_size=5), st.lists(_PART, min_size=5, max_size=5))
+def test_distinct_groups_get_distinct_keys(a: list[str | None], b: list[str | None]) -> None:
+    assert (output_key(*a) == output_key(*b)) == (a == b)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="%|*")), max_size=5))
+def test_keys_of_ordinary_values_are_unchanged(parts: list[str]) -> None:
+    assert output_key(*parts) == "|".join(parts)
+
+
+def test_the_colliding_groups_of_the_report_get_two_keys() -> None:
+    # channel "pipe|x", queue "y" against channel "pipe", queue "x|y": one key before
+    first = output_key("1h", "pipe|x", "y", "normal")
+    second = output_key("1h", "pipe", "x|y", "normal")
+    assert (first, second) == ("1h|pipe%7Cx|y|normal", "1h|pipe|x%7Cy|normal")
+    # a queue really called "*" is not "every queue"
+    assert output_key("1h", None, "*", None) == "1h|*|%2A|*"
+    assert parse_output_key("1h|*|%2A|*") == ("1h", None, "*", None)
+    assert encode_key_part("50%") == "50%25"
+
+
+@pytest.mark.parametrize("key", ["1h|a%zz|b", "1h|a*|b", "1h|%|b", "1h|**|b"])
+def test_keys_deskpulse_never_writes_are_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="not an output key part"):
+        parse_output_key(key)
+
+
+def test_lower_case_escapes_decode_too() -> None:
+    assert parse_output_key("1h|a%7cb%2a%25") == ("1h", "a|b*%")
+    assert KEY_ALL == "*"
+
+
+# -- real state: the engine writes it to Redis ------------------------------------------------
+
+
+def _stamp(t_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_s)) + f".{int(t_s % 1 * 1000):03d}Z"
+
+
+def _event(type_: str, t_s: float, **fields: Any) -> tuple[str, bytes, bytes]:
+    kind = {"ticket": "tickets", "chat": "chats", "survey": "surveys"}[type_.split(".")[0]]
+    key = fields.get("ticket_id") or fields["chat_id"]
+    body = {"event_id": uuid.uuid4().hex, "type": type_, "occurred_at": _stamp(t_s), **fields}
+    return kind, str(key).encode(), orjson.dumps(body)
+
+
+def many_queues(
+    count: int, now_s: float, *, first: int = 0, prefix: str = "q"
+) -> Iterator[tuple[str, bytes, bytes]]:
+    """Support traffic over ``count`` distinct queues, of different sizes, in the last day.
+
+    Queue ``i`` has 1-5 tickets (two of three answered), a chat on every fourth (answered
+    or abandoned), a CSAT survey on every sixth and an NPS one on every tenth; its events
+    lie between a minute and a day old, so each window sees a different number of groups.
+    """
+    for i in range(first, first + count):
+        queue = f"{prefix}{i:05d}"
+        dims = {
+            "channel": ("email", "web", "chat")[i % 3],
+            "queue": queue,
+            "priority": ("low", "normal", "high", "urgent")[i % 4],
+        }
+        at = now_s - 60 - (i * 7919) % 86_000
+        for n in range(1 + i % 5):
+            ticket = f"T-{queue}-{n}"
+            yield _event("ticket.created", at + n, ticket_id=ticket, **dims)
+            if (i + n) % 3:
+                reply = min(now_s - 1, at + n + 30 + (i * 13) % 900)
+                yield _event("ticket.replied", reply, ticket_id=ticket, author_role="agent")
+        if i % 4 == 0:
+            chat = f"C-{queue}"
+            yield _event("chat.requested", at, chat_id=chat, **dims)
+            outcome = "chat.abandoned" if i % 8 == 0 else "chat.accepted"
+            yield _event(outcome, at + 15 + i % 40, chat_id=chat)
+        if i % 6 == 0:
+            survey = {"ticket_id": f"T-{queue}-0", "kind": "csat", "score": 1 + i % 5}
+            yield _event("survey.responded", at + 30, **survey)
+        if i % 10 == 0:
+            survey = {"ticket_id": f"T-{queue}-0", "kind": "nps", "score": i % 11}
+            yield _event("survey.responded", at + 40, **survey)
+
+
+class _NoDeadLetters:
+    async def send(self, records: Sequence[Any]) -> None:
+        raise AssertionError(f"nothing here is malformed: {records[:3]}")
+
+
+async def apply(
+    settings: Settings,
+    store: Store,
+    events: Sequence[tuple[str, bytes, bytes]],
+    now_s: float,
+    offsets: Counter[tuple[str, int]] | None = None,
+) -> None:
+    """Commit ``events`` through the engine, each on the partition its key belongs on.
+
+    ``offsets`` (next offset per topic and partition) carries on from an earlier call.
+    """
+    engine = Engine(
+        settings,
+        store,
+        _NoDeadLetters(),
+        PipelineMetrics(CollectorRegistry()),
+        clock=lambda: now_s,
+    )
+    offsets = Counter() if offsets is None else offsets
+    batch = []
+    for kind, key, value in events:
+        topic = settings.topic_for(kind)
+        partition = java_partition(key, settings.topic_partitions)
+        batch.append(SourceRecord(topic, partition, offsets[(topic, partition)], key, value))
+        offsets[(topic, partition)] += 1
+    for start in range(0, len(batch), 5000):
+        await engine.process(batch[start : start + 5000])
+
+
+def unit_settings(redis_server: RedisServer, **update: Any) -> Settings:
+    uid = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "redis_url": SecretStr(redis_server.url),
+        "redis_prefix": f"h{uid}",
+        "windows": WINDOWS_S,
+        "topic_kpis": f"{uid}.deskpulse.kpis",
+        "topic_alerts": f"{uid}.deskpulse.alerts",
+    }
+    return Settings(**(values | update))
+
+
+def series_per_family(text: str) -> dict[str, int]:
+    """Lines of each family in an exposition: what Prometheus would store."""
+    found: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + "_total" if family.type == "counter" else family.name
+        found[name] = len(family.samples)
+    return found
+
+
+def other_series(text: str) -> dict[str, int]:
+    """Lines of each family that belong to the ``other`` group."""
+    found: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        name = family.name + "_total" if family.type == "counter" else family.name
+        for sample in family.samples:
+            if sample.labels.get("priority") == "other":
+                found[name] += 1
+    return dict(found)
+
+
+def groups_of(text: str, name: str) -> set[tuple[str, ...]]:
+    """The (window,) channel, queue, priority of every sample of a family."""
+    return {
+        tuple(s.labels[label] for label in ("window", *DIMENSIONS) if label in s.labels)
+        for family in text_string_to_metric_families(text)
+        if (family.name + "_total" if family.type == "counter" else family.name) == name
+        for s in family.samples
+    }
+
+
+def labelled(text: str, name: str) -> dict[str, float]:
+    """``metric`` label -> value of a family labelled by metric."""
+    return {
+        s.labels["metric"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+# the families the guard budgets: every one with channel/queue/priority labels
+GUARDED = {
+    *(name for name, *_ in _WINDOWED),
+    *(name for name, *_ in _SUMMARIES),
+    "deskpulse_tickets_created_total",
+    "deskpulse_chats_requested_total",
+    "deskpulse_first_responses_total",
+    "deskpulse_first_response_breaches_total",
+    "deskpulse_first_response_duration_seconds",
+    "deskpulse_chats_offered_total",
+    "deskpulse_chats_answered_total",
+    "deskpulse_chats_answered_in_target_total",
+    "deskpulse_chats_abandoned_total",
+    "deskpulse_chats_short_abandoned_total",
+    "deskpulse_csat_responses_total",
+    "deskpulse_csat_satisfied_responses_total",
+    "deskpulse_sla_breaches_total",
+}
+
+
+def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
+    redis_server: RedisServer,
+) -> None:
+    limit = 600
+    settings = unit_settings(redis_server, max_series_per_metric=limit)
+    unlimited = settings.model_copy(update={"max_series_per_metric": 10**9})
+
+    async def scenario() -> list[tuple[str, str]]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            guarded, reference = KpiCollector(store, settings), KpiCollector(store, unlimited)
+            texts = []
+
+            async def both(now_s: float) -> None:
+                for collector in (guarded, reference):
+                    await collector.refresh(now_s)
+                texts.append(
+                    (generate_latest(_registry(guarded)), generate_latest(_registry(reference)))
+                )
+
+            started = time.monotonic()
+            offsets: Counter[tuple[str, int]] = Counter()
+            await apply(settings, store, list(many_queues(3000, NOW_S)), NOW_S, offsets)
+            applied_s = time.monotonic() - started
+            await both(NOW_S)
+            # more queues: more folded
+            more = list(many_queues(500, NOW_S, first=3000))
+            await apply(settings, store, more, NOW_S, offsets)
+            await both(NOW_S)
+            # ten minutes on, the 5m window is empty: fewer folded now, never fewer in total
+            await both(NOW_S + 600)
+            print(f"4,000 queues applied in {applied_s:.1f}s (first 3,000)")
+            return [(g.decode(), r.decode()) for g, r in texts]
+        finally:
+            await redis.aclose()
+
+    texts = asyncio.run(scenario())
+    histogram_series = len(CoreConfig().histogram_bounds_s) + 3  # buckets with +Inf, sum, count
+    previous: dict[str, float] = {}
+    folded_sum: dict[str, float] = defaultdict(float)
+    for step, (text, reference) in enumerate(texts):
+        exposed, full = series_per_family(text), series_per_family(reference)
+        others = other_series(text)
+        folded = labelled(text, "deskpulse_series_folded")
+        dropped = labelled(text, "deskpulse_series_dropped_total")
+        assert set(folded) == set(dropped) == GUARDED
+        for name in GUARDED:
+            # never more than the limit, counted as the exposition holds them
+            assert exposed.get(name, 0) <= limit, (step, name, exposed.get(name))
+            # exactly the series the limit kept out: the full exposition less what is shown
+            # of the real groups
+            shown_real = exposed.get(name, 0) - others.get(name, 0)
+            assert folded[name] == full.get(name, 0) - shown_real, (step, name)
+            folded_sum[name] += folded[name]
+            # a counter: the gauge added up over refreshes, never going down
+            assert dropped[name] == folded_sum[name], (step, name)
+            assert dropped[name] >= previous.get(name, 0), (step, name)
+            previous[name] = dropped[name]
+        # every family of a kind shows the same groups, as many as its costliest family
+        # allows (the summary: 5 series a label set; the histogram), less rounding
+        windowed = groups_of(text, "deskpulse_tickets_created")
+        cumulative = groups_of(text, "deskpulse_tickets_created_total")
+        for name in GUARDED:
+            found = groups_of(text, name)
+            if name.endswith("_total") or name.endswith("_duration_seconds"):
+                assert found == cumulative, (step, name)
+            else:
+                assert found <= windowed, (step, name)
+        assert limit // 5 - len(WINDOWS_S) <= len(windowed) <= limit // 5, step
+        assert len(cumulative) == limit // histogram_series, step
+    first, second, third = (labelled(t, "deskpulse_series_folded") for t, _ in texts)
+    assert all(second[name] >= first[name] for name in GUARDED)
+    assert second["deskpulse_first_response_seconds"] > first["deskpulse_first_response_seconds"]
+    assert third["deskpulse_tickets_created"] < second["deskpulse_tickets_created"], (
+        "the 5m window emptied: the gauge went down (and the counter did not)"
+    )
+    assert first["deskpulse_first_response_duration_seconds"] > 0
+    # folding keeps totals: the groups of a window add up to what deskpulse kpis says
+    text = texts[1][0]
+    per_window: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name == "deskpulse_first_response_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    per_window[sample.labels["window"]] += int(sample.value)
+    totals = asyncio.run(_totals(settings, NOW_S))
+    assert per_window == {w: t["first_response"]["count"] for w, t in totals.items()}
+
+
+def _registry(collector: KpiCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
+
+
+async def _totals(settings: Settings, now_s: float) -> dict[str, dict[str, Any]]:
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        names = {300: "5m", 3600: "1h", 86400: "24h"}
+        found = {}
+        for width in settings.windows:
+            document = await query_kpis(store, width_s=width, at_s=now_s)
+            found[names[width]] = document["groups"][0]
+        return found
+    finally:
+        await redis.aclose()
+
+
+def _volume(group: dict[str, Any]) -> int:
+    """A group document's samples, as the guard ranks groups (cardinality.VOLUME_FIELDS)."""
+    chats, fr = group["chats"], group["first_response"]
+    return int(
+        group["tickets_created"]
+        + chats["requested"]
+        + fr["count"]
+        + chats["answered"]
+        + chats["abandoned"]
+        + chats["short_abandoned"]
+        + group["csat"]["responses"]
+        + group["nps"]["responses"]
+        + group["ces"]["responses"]
+    )
+
+
+def test_the_kpi_topic_snapshot_is_bounded_and_adds_up(
+    redis_server: RedisServer, broker: str
+) -> None:
+    settings = unit_settings(
+        redis_server, kafka_bootstrap=broker, max_snapshot_messages=400, topic_partitions=4
+    )
+    create_topics(settings)
+
+    async def scenario() -> tuple[int, list[Any], dict[str, dict[str, dict[str, Any]]]]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        publisher = KafkaPublisher(settings)
+        await publisher.start()
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            await apply(settings, store, list(many_queues(3000, NOW_S)), NOW_S)
+            collector = KpiCollector(store, settings)
+            await collector.refresh(NOW_S)
+            sent = await publish_snapshots(collector.windows, publisher, settings)
+            groups: dict[str, dict[str, dict[str, Any]]] = {}
+            for width, window in zip(settings.windows, collector.windows, strict=True):
+                document = await query_kpis(store, width_s=width, at_s=NOW_S, by=DIMENSIONS)
+                groups[window.name] = {
+                    output_key(window.name, *(g["key"][d] for d in DIMENSIONS)): g
+                    for g in document["groups"]
+                }
+            records = await consume_all(settings.kafka_bootstrap, settings.topic_kpis, sent, 60)
+            return sent, records, groups
+        finally:
+            await publisher.stop()
+            await redis.aclose()
+
+    sent, records, documents = asyncio.run(scenario())
+    groups = {w: {k: _volume(g) for k, g in found.items()} for w, found in documents.items()}
+    assert sent <= settings.max_snapshot_messages
+    assert len(records) == sent
+    # far more groups than the limit: the budget is used, not wasted
+    assert sum(map(len, groups.values())) > 3 * settings.max_snapshot_messages
+    assert sent >= settings.max_snapshot_messages - len(settings.windows)
+    keys = [r.key.decode() for r in records]
+    assert len(set(keys)) == len(keys), "two messages of one snapshot share a key"
+    folded_windows: list[str] = []
+    by_window: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for record in records:
+        payload = orjson.loads(record.value)
+        by_window[payload["window"]].append((record.key.decode(), payload))
+    for window, messages in by_window.items():
+        total = dict(messages)[f"{window}|*|*|*"]
+        rest = [(k, p) for k, p in messages if k != f"{window}|*|*|*"]
+        other = dict(rest).get(f"{window}|other|other|other")
+        shown = [k for k, _ in rest if k != f"{window}|other|other|other"]
+        assert set(shown) <= set(groups[window]), "a group kpis does not know"
+        if other is None:
+            assert len(shown) == len(groups[window]), window
+            continue
+        folded_windows.append(window)
+        assert other["key"] == dict(zip(DIMENSIONS, OTHER, strict=True))
+        assert len(shown) + other["folded_groups"] == len(groups[window])
+        # the largest groups are the ones shown
+        smallest_shown = min(groups[window][k] for k in shown)
+        largest_folded = max(v for k, v in groups[window].items() if k not in set(shown))
+        assert smallest_shown >= largest_folded, window
+        # nothing lost: the groups add up to the window's total
+        assert sum(p["tickets_created"] for _, p in rest) == total["tickets_created"], window
+        for key, payload in rest:
+            if key in documents[window]:
+                assert payload["csat"] == documents[window][key]["csat"], key
+    assert "24h" in folded_windows
+
+
+# -- keys on the real topics ------------------------------------------------------------------
+
+COLLIDING = (("pipe|x", "y"), ("pipe", "x|y"), ("*", "50%"), ("star", "*"))
+
+
+def test_snapshot_and_alert_keys_of_colliding_groups_stay_apart(
+    redis_server: RedisServer, broker: str
+) -> None:
+    rule = AlertRule(
+        name="tickets|csat",
+        metric="csat_ratio",
+        window="1h",
+        op="<",
+        threshold=0.5,
+        min_samples=1,
+        by=("channel", "queue"),
+    )
+    settings = unit_settings(
+        redis_server, kafka_bootstrap=broker, windows=(3600,), alert_rules=(rule,)
+    )
+    create_topics(settings)
+    events = []
+    for n, (channel, queue) in enumerate(COLLIDING):
+        ticket = f"K{n}"
+        dims = {"channel": channel, "queue": queue, "priority": "normal"}
+        events.append(_event("ticket.created", NOW_S - 900, ticket_id=ticket, **dims))
+        # n + 1 tickets each, so every group's numbers are its own
+        for extra in range(n):
+            events.append(
+                _event("ticket.created", NOW_S - 800, ticket_id=f"{ticket}-{extra}", **dims)
+            )
+        events.append(
+            _event("survey.responded", NOW_S - 600, ticket_id=ticket, kind="csat", score=1)
+        )
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        publisher = KafkaPublisher(settings)
+        await publisher.start()
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            await apply(settings, store, events, NOW_S)
+            collector = KpiCollector(store, settings)
+            await collector.refresh(NOW_S)
+            sent = await publish_snapshots(collector.windows, publisher, settings)
+            fired = await evaluate_rules(store, publisher, settings, now_s=NOW_S)
+            assert len(fired) == len(COLLIDING)
+            snapshots = await consume_all(broker, settings.topic_kpis, sent, 60)
+            alerts = await consume_all(broker, settings.topic_alerts, len(fired), 60)
+            return snapshots, alerts
+        finally:
+            await publisher.stop()
+            await redis.aclose()
+
+    snapshots, alerts = asyncio.run(scenario())
+    latest = {r.key.decode(): orjson.loads(r.value) for r in snapshots}
+    assert len(latest) == len(snapshots) == 1 + len(COLLIDING)
+    for key, payload in latest.items():
+        window_name, *parts = parse_output_key(key)
+        assert window_name == payload["window"] == "1h"
+        assert payload["key"] == {
+            name: value for name, value in zip(DIMENSIONS, parts, strict=True) if value is not None
+        }
+    for n, (channel, queue) in enumerate(COLLIDING):
+        assert latest[output_key("1h", channel, queue, "normal")]["tickets_created"] == n + 1
+    assert "1h|pipe%7Cx|y|normal" in latest and "1h|pipe|x%7Cy|normal" in latest
+    firing = {r.key.decode(): orjson.loads(r.value) for r in alerts}
+    assert len(firing) == len(alerts) == len(COLLIDING)
+    for channel, queue in COLLIDING:
+        key = output_key(rule.name, "1h", channel, queue, None)
+        assert key.startswith("tickets%7Ccsat|1h|"), key
+        # the group is the rule's grouping: a queue called "*" is a queue, not "all"
+        assert firing[key]["group"] == {"channel": channel, "queue": queue}
+        assert firing[key]["type"] == "alert.firing"
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("DESKPULSE_MAX_SNAPSHOT_MESSAGES", "0", "DESKPULSE_MAX_SNAPSHOT_MESSAGES"),
+        (
+            "DESKPULSE_ALERT_RULES",
+            '[{"name": "a\\u001fb", "metric": "csat_ratio", "op": "<", "threshold": 0.8}]',
+            "DESKPULSE_ALERT_RULES",
+        ),
+    ],
+)
+def test_bad_guard_and_rule_settings_fail_at_start_naming_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env from elsewhere
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_snapshot_limit_defaults_to_the_series_limit() -> None:
+    defaults = Settings()
+    assert defaults.max_snapshot_messages == defaults.max_series_per_metric == 10_000
+
+
+# -- the guard's bookkeeping, pure ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("needs", "budget", "expected"),
+    [
+        ((10, 10, 10), 30, [10, 10, 10]),  # all fit
+        ((10, 10, 10), 15, [5, 5, 5]),  # an even share each
+        ((2, 100, 100), 30, [2, 14, 14]),  # a small view lends the rest of its share
+        ((0, 50), 10, [0, 10]),  # a view with nothing needs nothing
+        ((5, 5, 5), 2, [1, 1, 1]),  # below one per view: each keeps its "other"
+        ((), 10, []),
+    ],
+)
+def test_allocate_shares_the_budget(
+    needs: tuple[int, ...], budget: int, expected: list[int]
+) -> None:
+    assert allocate(needs, budget) == expected
+
+
+_FIELD = st.integers(min_value=0, max_value=50)
+
+
+@st.composite
+def group_fields(draw: st.DrawFn) -> dict[str, int]:
+    """A group's window fields as the core writes them: sketches that add up to counts."""
+    fields: Counter[str] = Counter()
+    fields["tc"] = draw(_FIELD)
+    fields["cr"] = draw(_FIELD)
+    for _ in range(draw(st.integers(0, 6))):  # first responses
+        seconds = draw(st.floats(0, 200_000))
+        fields["fr"] += 1
+        fields["fr_ms"] += int(seconds * 1000)
+        fields["fr_in"] += draw(st.integers(0, 1))
+        fields[f"fr_sk:{index_of(seconds)}"] += 1
+    for _ in range(draw(st.integers(0, 6))):  # answered chats
+        seconds = draw(st.floats(0, 600))
+        fields["ca"] += 1
+        fields["ca_ms"] += int(seconds * 1000)
+        fields["ca_in"] += draw(st.integers(0, 1))
+        fields[f"cw_sk:{index_of(seconds)}"] += 1
+    fields["cab"] = draw(st.integers(0, 3))
+    fields["cs"] = draw(st.integers(0, 3))
+    for kind, low, high in (("cs", 1, 5), ("np", 0, 10), ("ce", 1, 7)):
+        for _ in range(draw(st.integers(0, 4))):
+            score = draw(st.integers(low, high))
+            fields[f"{kind}_n"] += 1
+            if kind == "cs":
+                fields["cs_sum"] += score
+                fields["cs_sat"] += score >= 4
+            elif kind == "np":
+                fields["np_pro"] += score >= 9
+                fields["np_det"] += score <= 6
+            else:
+                fields["ce_sum"] += score
+    return {name: value for name, value in fields.items() if value}
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(group_fields())
+def test_the_guard_knows_which_families_a_group_has_series_in(fields: dict[str, int]) -> None:
+    # the guard's table, held against the documents the exposition is built from
+    if not has_samples(fields):
+        return
+    document = group_document({}, fields)
+    for name, path, requires in _WINDOWED:
+        value: Any = document
+        for part in path:
+            value = value[part]
+        assert Rule(1, requires).present(fields) == (value is not None), name
+    for name, section, quantiles, count_field, _ in _SUMMARIES:
+        present = Rule(len(quantiles) + 2, (count_field,)).present(fields)
+        assert present == (fields.get(count_field, 0) > 0), name
+        values = [document[section][field] for _, field in quantiles]
+        assert all(v is not None for v in values) if present else True, name
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.sampled_from(["tc", "cr", "fr", "fr_ms"]), _FIELD), max_size=40),
+    st.integers(min_value=1, max_value=12),
+)
+def test_folding_keeps_every_sum_and_the_largest_groups(
+    raw: list[dict[str, int]], budget: int
+) -> None:
+    view: dict[tuple[str, ...], dict[str, int]] = {
+        (f"c{i}", "q", "normal"): fields for i, fields in enumerate(raw)
+    }
+    rules = [Rule(1), Rule(3, ("fr",))]
+    (folds,) = guard([view], rules, budget)
+    for rule, fold in zip(rules, folds, strict=True):
+        present = [k for k, f in view.items() if rule.present(f)]
+        shown = len(fold.kept) + (fold.other is not None)
+        assert shown * rule.series <= max(budget, rule.series)
+        assert len(fold.kept) + fold.folded == len(present)
+        # (random fields: only the rule's own are zero where it has no series)
+        for name in rule.requires or ("tc", "cr", "fr", "fr_ms"):
+            total = sum(view[k].get(name, 0) for k in present)
+            kept = sum(view[k].get(name, 0) for k in fold.kept)
+            assert kept + (fold.other or {}).get(name, 0) == total, name
+        if fold.kept and fold.folded:
+            size = cardinality.volume
+            folded = [size(view[k]) for k in present if k not in fold.kept]
+            assert min(size(view[k]) for k in fold.kept) >= max(folded)

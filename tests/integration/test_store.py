@@ -1,0 +1,553 @@
+"""The Redis store against a real redis-server: the version check, the offset fence,
+trimming by event-time retention, bounded memory, and the bucket-size guard."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from deskpulse.exporters.prometheus import PipelineMetrics
+from deskpulse.models.errors import RejectedEvent, SettingsError, StateLost
+from deskpulse.models.settings import Settings
+from deskpulse.models.wire import decode_record
+from deskpulse.streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
+from deskpulse.streams.engine import Engine, SourceRecord
+from deskpulse.streams.store import LAYOUT, Store
+from tests.e2e_support import redis_snapshot
+
+T = TypeVar("T")
+
+T0 = 1_795_392_000  # 2026-11-23T00:00:00Z, on every bucket boundary used here
+HOUR = 3600
+#: Small sizes so retention is crossed with few events.
+CONFIG = CoreConfig(bucket_seconds=60, rollup_seconds=600, retention_seconds=HOUR)
+TOPIC = "tickets"
+
+_ids = itertools.count()
+
+
+def ev(event_type: str, t_s: float, **fields: Any) -> bytes:
+    occurred_at = datetime.fromtimestamp(t_s, UTC).isoformat(timespec="milliseconds")
+    return orjson.dumps(
+        {
+            "event_id": f"e{next(_ids)}",
+            "type": event_type,
+            "occurred_at": occurred_at.replace("+00:00", "Z"),
+            **fields,
+        }
+    )
+
+
+def created(ticket: str, t_s: float, **dims: Any) -> bytes:
+    dims = {"channel": "email", "queue": "billing", "priority": "normal", **dims}
+    return ev("ticket.created", t_s, ticket_id=ticket, **dims)
+
+
+def replied(ticket: str, t_s: float) -> bytes:
+    return ev("ticket.replied", t_s, ticket_id=ticket, author_role="agent")
+
+
+def pendings(raws: Sequence[bytes], topic: str = TOPIC, first_offset: int = 0) -> list[Pending]:
+    decoded = [decode_record(raw) for raw in raws]
+    return [Pending(event, topic, first_offset + i, ms) for i, (event, ms) in enumerate(decoded)]
+
+
+def run(make: Callable[[Redis], Awaitable[T]], url: str) -> T:
+    """Run ``make(client)`` on a fresh asyncio client of ``url``."""
+
+    async def main() -> T:
+        client = Redis.from_url(url)
+        try:
+            return await make(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def new_prefix() -> str:
+    return f"s{uuid.uuid4().hex[:10]}"
+
+
+async def fold(store: Store, partition: int, items: Sequence[Pending]) -> tuple[str, BatchResult]:
+    """Load what the batch touches and fold it: ``(version folded against, result)``."""
+    meta, states = await store.load(partition, [p.event.conversation_id for p in items])
+    result = fold_batch(
+        items,
+        states,
+        watermark_ms=meta.watermark_ms,
+        applied_offsets=meta.offsets,
+        config=store.config,
+    )
+    return meta.version, result
+
+
+async def apply(store: Store, partition: int, items: Sequence[Pending]) -> BatchResult:
+    """What the engine does for one batch: load, fold, commit (which must succeed here)."""
+    version, result = await fold(store, partition, items)
+    assert await store.commit(partition, version, result)
+    return result
+
+
+def meta_of(client: redis.Redis, prefix: str, partition: int = 0) -> dict[str, str]:
+    raw = client.hgetall(f"{prefix}:{{p{partition}}}:meta")
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def keys_of(client: redis.Redis, prefix: str) -> set[str]:
+    return {k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)}
+
+
+def field_sum(client: redis.Redis, key: str, name: str) -> int:
+    """Sum of one KPI field over the groups of a bucket hash."""
+    return sum(
+        int(v) for k, v in client.hgetall(key).items() if k.decode().rsplit(SEP, 1)[1] == name
+    )
+
+
+def test_commit_with_a_stale_version_changes_nothing(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    first = pendings([created("A", T0 + 10), replied("A", T0 + 70)])
+    second = pendings([created("B", T0 + 20), replied("B", T0 + 30)], first_offset=2)
+
+    async def scenario(client: Redis) -> tuple[bool, bool, str, bool]:
+        store = Store(client, prefix, CONFIG)
+        # two writers fold against the same version; the first one to commit wins
+        version_a, result_a = await fold(store, 0, first)
+        version_b, result_b = await fold(store, 0, second)
+        assert version_a == version_b == "0"
+        won = await store.commit(0, version_a, result_a)
+        before = redis_snapshot(redis_client, f"{prefix}:*")
+        lost = await store.commit(0, version_b, result_b)
+        after = redis_snapshot(redis_client, f"{prefix}:*")
+        assert after == before, "a refused commit wrote something"
+        # folded again on fresh state, it goes through
+        version_c, result_c = await fold(store, 0, second)
+        retried = await store.commit(0, version_c, result_c)
+        return won, lost, version_c, retried
+
+    won, lost, version_c, retried = run(scenario, redis_url)
+    assert won is True
+    assert lost is False
+    assert version_c == "1"
+    assert retried is True
+    meta = meta_of(redis_client, prefix)
+    assert meta["version"] == "2"
+    assert meta["applied"] == "4"
+    assert meta[f"off:{TOPIC}"] == "3"
+    tot = f"{prefix}:{{p0}}:tot"
+    assert field_sum(redis_client, tot, "tc") == 2
+    assert field_sum(redis_client, tot, "fr") == 2
+
+
+class Letters:
+    """A dead-letter sink that remembers what it was given (the engine's protocol)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[SourceRecord, RejectedEvent]] = []
+
+    async def send(self, records: Sequence[tuple[SourceRecord, RejectedEvent]]) -> None:
+        self.sent.extend(records)
+
+
+def engine_settings(redis_url: str, prefix: str) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        redis_prefix=prefix,
+        bucket_seconds=CONFIG.bucket_seconds,
+        rollup_seconds=CONFIG.rollup_seconds,
+        retention=CONFIG.retention_seconds,
+        windows="5m",
+    )
+
+
+def source_records(settings: Settings) -> list[SourceRecord]:
+    """Fifteen records of partition 0 over the three topics, one of them malformed."""
+    rows: list[tuple[str, bytes, bytes]] = [
+        (settings.topic_tickets, b"A", created("A", T0 + 10, priority="high")),
+        (settings.topic_chats, b"C", ev("chat.requested", T0 + 12, chat_id="C")),
+        (settings.topic_tickets, b"A", replied("A", T0 + 200)),
+        (
+            settings.topic_surveys,
+            b"C",
+            ev("survey.responded", T0 + 300, kind="csat", score=5, chat_id="C"),
+        ),
+        (settings.topic_tickets, b"B", created("B", T0 + 20)),
+        (settings.topic_chats, b"C", ev("chat.accepted", T0 + 30, chat_id="C")),
+        (settings.topic_tickets, b"B", replied("B", T0 + 100)),
+        (
+            settings.topic_surveys,
+            b"B",
+            ev("survey.responded", T0 + 400, kind="nps", score=9, ticket_id="B"),
+        ),
+        (settings.topic_chats, b"D", ev("chat.requested", T0 + 40, chat_id="D")),
+        (settings.topic_tickets, b"E", replied("E", T0 + 500)),  # held: E opens later
+        (settings.topic_chats, b"D", ev("chat.abandoned", T0 + 140, chat_id="D")),
+        (settings.topic_tickets, b"X", b'{"type": "ticket.created"'),  # rejected
+        (settings.topic_tickets, b"E", created("E", T0 + 50, priority="urgent")),
+        (
+            settings.topic_surveys,
+            b"D",
+            ev("survey.responded", T0 + 600, kind="ces", score=3, chat_id="D"),
+        ),
+        (settings.topic_tickets, b"A", replied("A", T0 + 150)),  # earlier: replaces 200
+    ]
+    offsets: dict[str, itertools.count[int]] = {}
+    out = []
+    for topic, key, value in rows:
+        offset = next(offsets.setdefault(topic, itertools.count()))
+        out.append(SourceRecord(topic, 0, offset, key, value))
+    return out
+
+
+def kpi_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Buckets, roll-ups, totals, conversations and the counters of meta (not its version).
+
+    ``bidx`` is left out: it keeps the name of a bucket that a later batch emptied again;
+    so is the state's generation (random per prefix), in meta and config.
+    """
+    snapshot = redis_snapshot(client, f"{prefix}:*")
+    out = {}
+    for key, (kind, content) in snapshot.items():
+        name = key[len(prefix) :]
+        if name.endswith(":bidx"):
+            continue
+        if name.endswith(":meta"):  # a counter back at 0 equals one never touched
+            content = {
+                k: v for k, v in content.items() if k not in (b"version", b"gen") and v != b"0"
+            }
+        if name == ":config":
+            content = {k: v for k, v in content.items() if k != b"generation"}
+        out[name] = (kind, content)
+    return out
+
+
+def test_a_batch_is_applied_once_however_often_it_is_delivered(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix, reference = new_prefix(), new_prefix()
+    settings = engine_settings(redis_url, prefix)
+    records = source_records(settings)
+    letters = Letters()
+
+    async def scenario(client: Redis) -> None:
+        store = Store(client, prefix, CONFIG)
+        engine = Engine(settings, store, letters, PipelineMetrics(CollectorRegistry()))
+        await engine.process(records[:10])
+        first = redis_snapshot(redis_client, f"{prefix}:*")
+        assert meta_of(redis_client, prefix)["applied"] == "10"
+
+        # the same batch again (a redelivery after a crash): the fence skips all of it
+        await engine.process(records[:10])
+        assert redis_snapshot(redis_client, f"{prefix}:*") == first
+        # and so does a fold of it against the fresh state, before any commit
+        again = [
+            Pending(event, r.topic, r.offset, ms)
+            for r in records[:10]
+            for event, ms in [decode_record(r.value)]
+        ]
+        _, result = await fold(store, 0, again)
+        assert result.applied == 0
+        assert not result.offsets
+        assert not result.buckets
+        assert not result.totals
+
+        assert not letters.sent
+        # a batch partly below the fence applies only its new part
+        await engine.process(records[5:])
+
+        # the same records applied once, in one batch, elsewhere
+        settings_ref = engine_settings(redis_url, reference)
+        store_ref = Store(client, reference, CONFIG)
+        engine_ref = Engine(
+            settings_ref, store_ref, Letters(), PipelineMetrics(CollectorRegistry())
+        )
+        await engine_ref.process(records)
+
+    run(scenario, redis_url)
+    assert [r.key for r, _ in letters.sent] == [b"X"], "dead-lettered exactly once"
+    meta = meta_of(redis_client, prefix)
+    assert meta["applied"] == "14"
+    assert meta["held"] == "0"
+    assert kpi_state(redis_client, prefix) == kpi_state(redis_client, reference)
+    tot = f"{prefix}:{{p0}}:tot"
+    assert field_sum(redis_client, tot, "tc") == 3
+    assert field_sum(redis_client, tot, "fr") == 3
+    assert field_sum(redis_client, tot, "cr") == 2
+    assert field_sum(redis_client, tot, "fr_ms") == (150 - 10 + 100 - 20 + 500 - 50) * 1000
+
+
+def test_a_redelivered_rejected_record_does_not_move_the_fence_back(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    settings = engine_settings(redis_url, prefix)
+    topic = settings.topic_tickets
+    records = [
+        SourceRecord(topic, 0, 0, b"A", created("A", T0 + 10)),
+        SourceRecord(topic, 0, 1, b"X", b"not json"),
+        SourceRecord(topic, 0, 2, b"A", replied("A", T0 + 70)),
+    ]
+    letters = Letters()
+
+    async def scenario(client: Redis) -> None:
+        engine = Engine(
+            settings, Store(client, prefix, CONFIG), letters, PipelineMetrics(CollectorRegistry())
+        )
+        await engine.process(records)
+        assert meta_of(redis_client, prefix)[f"off:{topic}"] == "2"
+        first = kpi_state(redis_client, prefix)
+        for _ in range(2):  # redelivered twice, as after two crashes in a row
+            await engine.process(records)
+            assert kpi_state(redis_client, prefix) == first, meta_of(redis_client, prefix)
+
+    run(scenario, redis_url)
+    assert len(letters.sent) == 1
+
+
+def test_the_commit_script_never_moves_the_fence_back(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+
+    async def scenario(client: Redis) -> None:
+        store = Store(client, prefix, CONFIG)
+        await apply(store, 0, pendings([created(f"F{n}", T0 + n) for n in range(5)]))
+        meta, _ = await store.load(0, [])
+        stale = BatchResult(watermark_ms=meta.watermark_ms, offsets={TOPIC: 2, "other": 7})
+        assert await store.commit(0, meta.version, stale)
+
+    run(scenario, redis_url)
+    meta = meta_of(redis_client, prefix)
+    assert meta[f"off:{TOPIC}"] == "4"
+    assert meta["off:other"] == "7"
+
+
+def test_state_beyond_retention_is_trimmed_and_held_events_orphaned(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    early = pendings(
+        [
+            created("A", T0 + 30),
+            replied("A", T0 + 90),
+            replied("X", T0 + 100),  # ticket X never opens
+            ev("survey.responded", T0 + 120, kind="csat", score=4, chat_id="Y"),  # nor chat Y
+        ]
+    )
+    much_later = T0 + HOUR + 3600  # the early events are more than retention behind it
+    later = pendings([created("B", much_later)], first_offset=4)
+    late = pendings([created("C", T0 + 15)], first_offset=5)
+
+    async def scenario(client: Redis) -> None:
+        store = Store(client, prefix, CONFIG)
+        await apply(store, 0, early)
+        assert {base + s for s in ("b:" + str(T0), "b:" + str(T0 + 60), "r:" + str(T0))} <= (
+            keys_of(redis_client, prefix)
+        )
+        assert meta_of(redis_client, prefix)["held"] == "2"
+        assert redis_client.hlen(base + "held") == 2
+        await apply(store, 0, later)
+        await apply(store, 0, late)
+
+    run(scenario, redis_url)
+    keys = keys_of(redis_client, prefix)
+    levels = tuple(base + level for level in ("b:", "r:", "B:", "R:"))
+    buckets = sorted(k[len(base) :] for k in keys if k.startswith(levels))
+    fine, rollup = much_later // 60 * 60, much_later // 600 * 600
+    assert buckets == [f"B:{fine}", f"R:{rollup}", f"b:{fine}", f"r:{rollup}"], buckets
+    assert {m.decode() for m in redis_client.zrange(base + "bidx", 0, -1)} == set(buckets)
+    assert set(redis_client.hkeys(base + "conv")) == {b"t:B"}
+    assert redis_client.zrange(base + "convexp", 0, -1) == [b"t:B"]
+    assert redis_client.hlen(base + "held") == 0
+    meta = meta_of(redis_client, prefix)
+    assert meta["orphaned"] == "2"
+    assert meta["held"] == "0"
+    assert meta[f"late:{TOPIC}"] == "1"
+    assert meta["applied"] == "5"
+    assert meta["wm"] == str(much_later * 1000)
+    # the cumulative totals are never trimmed; the late ticket is not in them
+    assert field_sum(redis_client, base + "tot", "tc") == 2
+    assert field_sum(redis_client, base + "tot", "fr") == 1
+
+
+def traffic(hours: int) -> list[tuple[float, bytes]]:
+    """Steady traffic: per minute two answered tickets and a chat; an orphan every 10 min."""
+    events: list[tuple[float, bytes]] = []
+    for minute in range(hours * 60):
+        t = T0 + minute * 60
+        for n in range(2):
+            ticket = f"T{minute}-{n}"
+            events.append((t + 5 + n, created(ticket, t + 5 + n)))
+            events.append((t + 125 + n, replied(ticket, t + 125 + n)))
+        chat = f"C{minute}"
+        events.append((t + 20, ev("chat.requested", t + 20, chat_id=chat, channel="chat")))
+        events.append((t + 35, ev("chat.accepted", t + 35, chat_id=chat)))
+        if minute % 10 == 0:
+            events.append((t + 40, replied(f"orphan{minute}", t + 40)))
+    events.sort(key=lambda item: item[0])
+    return events
+
+
+def test_memory_is_bounded_by_retention_not_by_event_count(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    hours = 3  # three times the retention of CONFIG
+    events = traffic(hours)
+    samples: list[dict[str, int]] = []
+
+    def measure() -> dict[str, int]:
+        keys = keys_of(redis_client, prefix)
+        return {
+            "keys": len(keys),
+            "fine": sum(1 for k in keys if k.startswith((base + "b:", base + "B:"))),
+            "rollup": sum(1 for k in keys if k.startswith((base + "r:", base + "R:"))),
+            "conversations": redis_client.hlen(base + "conv"),
+            "expiry": redis_client.zcard(base + "convexp"),
+            "index": redis_client.zcard(base + "bidx"),
+            "held": redis_client.hlen(base + "held"),
+            "due": redis_client.zcard(base + "due"),
+            "bytes": sum(redis_client.memory_usage(k) or 0 for k in keys),
+        }
+
+    async def scenario(client: Redis) -> None:
+        store = Store(client, prefix, CONFIG)
+        offset = 0
+        batch_s = 300
+        for start in range(T0, T0 + hours * HOUR, batch_s):
+            raws = [raw for t, raw in events if start <= t < start + batch_s]
+            await apply(store, 0, pendings(raws, first_offset=offset))
+            offset += len(raws)
+            if (start + batch_s - T0) % HOUR == 0:
+                samples.append(measure())
+
+    run(scenario, redis_url)
+    print(f"\n{len(events)} events over {hours}x retention; state per retention: {samples}")
+    assert len(samples) == hours
+    last = samples[-1]
+    # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
+    # (each twice: by group and over all groups)
+    assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
+    assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
+    assert last["keys"] <= last["fine"] + last["rollup"] + 9
+    assert last["index"] == last["fine"] + last["rollup"]
+    # conversations: those with an event within the retention (3 a minute, 7 orphans)
+    assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
+    assert last["held"] <= 7
+    assert int(meta_of(redis_client, prefix)["orphaned"]) >= (hours - 1) * 6
+    # flat after the first retention: the third hour holds no more than the second
+    second = samples[1]
+    for name in ("keys", "fine", "rollup", "conversations", "index", "held", "due"):
+        assert last[name] <= second[name] + 1, (name, samples)
+    assert last["bytes"] <= second["bytes"] * 1.1, samples
+
+
+def test_check_config_refuses_other_bucket_sizes(redis_url: str) -> None:
+    prefix = new_prefix()
+
+    async def scenario(client: Redis) -> list[SettingsError]:
+        await Store(client, prefix, CONFIG).check_config()
+        await Store(client, prefix, CONFIG).check_config()  # the same sizes again: fine
+        errors = []
+        for other in (
+            CoreConfig(bucket_seconds=30, rollup_seconds=600, retention_seconds=HOUR),
+            CoreConfig(bucket_seconds=60, rollup_seconds=1200, retention_seconds=HOUR),
+        ):
+            with pytest.raises(SettingsError) as caught:
+                await Store(client, prefix, other).check_config()
+            errors.append(caught.value)
+        # another prefix starts afresh with its own sizes
+        await Store(client, new_prefix(), CoreConfig(bucket_seconds=30)).check_config()
+        return errors
+
+    bucket, rollup = run(scenario, redis_url)
+    assert bucket.setting == "DESKPULSE_BUCKET_SECONDS"
+    assert str(bucket).startswith("DESKPULSE_BUCKET_SECONDS: ")
+    assert "30" in str(bucket) and "60" in str(bucket) and prefix in str(bucket)
+    assert rollup.setting == "DESKPULSE_ROLLUP_SECONDS"
+    assert "\n" not in str(bucket)
+
+
+def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
+    prefix = new_prefix()
+
+    async def scenario(client: Redis) -> SettingsError:
+        # what a deskpulse before the all-groups buckets left: sizes, no layout
+        await client.hset(f"{prefix}:config", mapping={"bucket_seconds": 60, "rollup_seconds": 600})
+        with pytest.raises(SettingsError) as caught:
+            await Store(client, prefix, CONFIG).check_config()
+        with pytest.raises(SettingsError):
+            await Store(client, prefix, CONFIG).check_readable()
+        fresh = new_prefix()
+        with pytest.raises(StateLost):  # nothing there: said so, not read as zeros
+            await Store(client, fresh, CONFIG).check_readable()
+        await Store(client, fresh, CONFIG).check_config()
+        await Store(client, fresh, CONFIG).check_readable()
+        assert await client.hget(f"{fresh}:config", "layout") == LAYOUT.encode()
+        return caught.value
+
+    error = run(scenario, redis_url)
+    assert error.setting == "DESKPULSE_REDIS_PREFIX"
+    assert "older deskpulse" in str(error) and "\n" not in str(error)
+
+
+def test_the_all_groups_buckets_hold_the_sum_of_the_groups(redis_url: str) -> None:
+    """A read without grouping takes the ``B:``/``R:`` buckets: field for field the sum of
+    the grouped buckets, for windows of fine buckets only, of roll-ups and of both."""
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+    from deskpulse.streams.query import build_document, read_window
+
+    prefix = new_prefix()
+    start_s = T0 - 2 * HOUR
+    records = list(generate(SimConfig(seed=4, start_s=start_s, duration_s=2 * HOUR, rate=3.0)))
+    items = []
+    for offset, record in enumerate(records):
+        try:
+            event, ms = decode_record(record.value)
+        except RejectedEvent:
+            continue
+        items.append(Pending(event, record.topic_kind, offset, ms))
+
+    async def scenario(client: Redis) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        store = Store(client, prefix, CONFIG)
+        for partition in range(2):
+            await apply(store, partition, items[partition::2])
+        pairs = []
+        for width_s, at_s in ((300, T0 - 1234), (1800, T0 - 600), (HOUR + 600, T0 + 30)):
+            grouped = await read_window(store, width_s=width_s, at_s=at_s, grouped=True)
+            whole = await read_window(store, width_s=width_s, at_s=at_s, grouped=False)
+            assert grouped[:2] == whole[:2]
+            summed: dict[str, int] = {}
+            for name, value in grouped[2].items():
+                field = name.rpartition(SEP)[2]
+                summed[field] = summed.get(field, 0) + value
+            assert {k: v for k, v in summed.items() if v} == {
+                name.rpartition(SEP)[2]: value for name, value in whole[2].items() if value
+            }
+            pairs.append(
+                (
+                    build_document(grouped[2], start_s=grouped[0], end_s=grouped[1], by=()),
+                    build_document(whole[2], start_s=whole[0], end_s=whole[1], by=()),
+                )
+            )
+        return pairs
+
+    pairs = run(scenario, redis_url)
+    for by_groups, over_all in pairs:
+        assert by_groups == over_all
+    assert pairs[-1][0]["groups"][0]["first_response"]["count"] > 10

@@ -1,0 +1,634 @@
+"""What the worker publishes (README.md, "Output topics"), read back from the output topics.
+
+KPI snapshots on the compacted KPI topic equal ``deskpulse kpis --json`` for their window
+and group; ``sla.breached`` comes exactly once per breaching ticket, across ``kill -9``
+and restarts, and never for a ticket answered in time; a threshold rule publishes its
+transitions only. Everything runs as real processes on the session's broker and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from deskpulse.models.events import DIMENSIONS
+from deskpulse.models.settings import AlertRule, Settings
+from deskpulse.streams.devtools.simulate import SimConfig, generate
+from tests.conftest import RedisServer, create_topics, new_settings
+from tests.support import (
+    WorkerProcess,
+    consume_all,
+    produce,
+    run_cli,
+    samples,
+    scrape,
+    settings_env,
+    stamp,
+    wait_until,
+)
+
+DIMS = DIMENSIONS
+GROUP_FIELDS = {"key", "tickets_created", "first_response", "chats", "csat", "nps", "ces"}
+SNAPSHOT_FIELDS = GROUP_FIELDS | {"schema_version", "window", "start", "end"}
+BREACH_FIELDS = {
+    "schema_version",
+    "type",
+    "event_id",
+    "ticket_id",
+    "metric",
+    "priority",
+    "channel",
+    "queue",
+    "target_seconds",
+    "created_at",
+    "breached_at",
+}
+TRANSITION_FIELDS = {
+    "schema_version",
+    "type",
+    "rule",
+    "window",
+    "group",
+    "value",
+    "threshold",
+    "at",
+}
+
+Record = tuple[str, bytes, bytes]  # (topic kind, key, value)
+
+
+def fast(settings: Settings, **update: Any) -> Settings:
+    """Quick group joins and short timer intervals, for tests."""
+    return settings.model_copy(
+        update={
+            "kafka_session_timeout": 4,
+            "batch_within": 0.1,
+            "metrics_refresh_interval": 1,
+            "snapshot_interval": 2,
+            "breach_check_interval": 1,
+            **update,
+        }
+    )
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def event(type_: str, t_s: float, **fields: Any) -> Record:
+    kind = {"ticket": "tickets", "chat": "chats", "survey": "surveys"}[type_.split(".")[0]]
+    key = fields.get("ticket_id") or fields["chat_id"]
+    body = {"event_id": uuid.uuid4().hex, "type": type_, "occurred_at": stamp(t_s), **fields}
+    return kind, str(key).encode(), orjson.dumps(body)
+
+
+def send(settings: Settings, records: list[Record]) -> None:
+    """Produce in order, per topic (a conversation's events keep their order)."""
+    topics = {
+        "tickets": settings.topic_tickets,
+        "chats": settings.topic_chats,
+        "surveys": settings.topic_surveys,
+    }
+
+    async def run() -> None:
+        for kind, topic in topics.items():
+            mine = [(key, value) for k, key, value in records if k == kind]
+            if mine:
+                await produce(settings, topic, mine)
+
+    asyncio.run(run())
+
+
+def handled(settings: Settings) -> float:
+    """Input records this worker has processed or rejected, from its /metrics."""
+    text = scrape(settings.web_port)
+    return sum(
+        value
+        for name in ("deskpulse_events_processed_total", "deskpulse_events_rejected_total")
+        for _, value in samples(text, name)
+    )
+
+
+def read_topic(
+    settings: Settings, topic: str, expected: int, timeout_s: float = 60, settle_s: float = 2
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every record of an output topic as ``(key, JSON payload)``, in offset order."""
+    records = asyncio.run(
+        consume_all(settings.kafka_bootstrap, topic, expected, timeout_s, settle_s=settle_s)
+    )
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return [(r.key.decode(), orjson.loads(r.value)) for r in records]
+
+
+def kpis(settings: Settings, cwd: Path, *args: str) -> dict[str, Any]:
+    done = run_cli(["kpis", "--json", *args], settings_env(settings), cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+# -- KPI snapshots ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
+def test_kpi_snapshots_match_kpis_for_every_window_and_group(
+    settings: Settings, tmp_path: Path, engine_process: bool
+) -> None:
+    settings = fast(settings, windows=(900, 3600, 86400), engine_process=engine_process)
+    create_topics(settings)
+    now = time.time()
+    # Event times 10 to 1 minutes ago: every group stays in every window for minutes.
+    records = [
+        (r.topic_kind, r.key, r.value)
+        for r in generate(
+            SimConfig(
+                seed=5,
+                start_s=now - 600,
+                duration_s=540,
+                rate=2.0,
+                survey_ratio=0.6,
+                response_scale=0.02,
+            )
+        )
+    ]
+    with WorkerProcess(settings, tmp_path / "worker") as worker:
+        worker.wait_ready(90)
+        send(settings, records)
+        wait_until(lambda: handled(settings) >= len(records), 60, message=worker.describe)
+        # a refresh after the last batch, then a few snapshots of the final state
+        time.sleep(settings.metrics_refresh_interval + 3 * settings.snapshot_interval + 1)
+        assert worker.stop() == 0, worker.describe()
+
+    messages = read_topic(settings, settings.topic_kpis, expected=1, timeout_s=60, settle_s=5)
+    assert messages, "no KPI snapshot was published"
+    latest: dict[str, dict[str, Any]] = {}
+    for key, payload in messages:
+        assert set(payload) == SNAPSHOT_FIELDS, (key, sorted(payload))
+        assert payload["schema_version"] == 1
+        window, *dims = key.split("|")
+        assert window in settings.window_names, key
+        assert payload["window"] == window, key
+        assert len(dims) == 3, key
+        if dims == ["*", "*", "*"]:
+            assert payload["key"] == {}, key
+        else:
+            assert "*" not in dims, key
+            assert payload["key"] == dict(zip(DIMS, dims, strict=True)), key
+        latest[key] = payload
+
+    documents: dict[tuple[str, str, bool], dict[str, Any]] = {}
+
+    def document(window: str, end: str, grouped: bool) -> dict[str, Any]:
+        if (window, end, grouped) not in documents:
+            by = ["--by", ",".join(DIMS)] if grouped else []
+            documents[(window, end, grouped)] = kpis(
+                settings, tmp_path, "--window", window, "--at", end, *by
+            )
+        return documents[(window, end, grouped)]
+
+    # The latest value of every key is the group of `kpis` for its window, at its end.
+    for key, payload in latest.items():
+        window = payload["window"]
+        grouped = payload["key"] != {}
+        doc = document(window, payload["end"], grouped)
+        assert (payload["start"], payload["end"]) == (doc["window"]["start"], doc["window"]["end"])
+        groups = {json.dumps(g["key"], sort_keys=True): g for g in doc["groups"]}
+        expected = groups.get(json.dumps(payload["key"], sort_keys=True))
+        assert expected is not None, f"{key}: no such group in kpis --at {payload['end']}"
+        got = {name: payload[name] for name in GROUP_FIELDS}
+        assert got == expected, key
+
+    # Every window has its total, and every group `kpis` knows has its key.
+    for window in settings.window_names:
+        total = latest.get(f"{window}|*|*|*")
+        assert total is not None, f"no total for {window}"
+        assert total["tickets_created"] > 0, total
+        doc = document(window, total["end"], True)
+        assert len(doc["groups"]) >= 5, doc["groups"]
+        for group in doc["groups"]:
+            key = "|".join([window, *(group["key"][d] for d in DIMS)])
+            assert key in latest, f"no snapshot for {key}"
+        width = {"15m": 900, "1h": 3600, "24h": 86400}[window]
+        start, end = parse_time(total["start"]), parse_time(total["end"])
+        assert end - start == timedelta(seconds=width)
+        assert end.timestamp() % settings.bucket_seconds == 0
+
+
+# -- SLA breaches -----------------------------------------------------------------------------
+
+
+class Desk:
+    """Builds ticket traffic and remembers which tickets must breach."""
+
+    def __init__(self, target_s: int) -> None:
+        self.target_s = target_s
+        self.created: dict[str, float] = {}
+        self.dims: dict[str, tuple[str, str, str]] = {}
+        self.breaching: set[str] = set()
+
+    def ticket(
+        self,
+        ticket_id: str,
+        created_s: float,
+        *,
+        breaches: bool,
+        channel: str = "email",
+        queue: str = "billing",
+        priority: str = "urgent",
+    ) -> Record:
+        self.created[ticket_id] = created_s
+        self.dims[ticket_id] = (channel, queue, priority)
+        if breaches:
+            self.breaching.add(ticket_id)
+        return event(
+            "ticket.created",
+            created_s,
+            ticket_id=ticket_id,
+            channel=channel,
+            queue=queue,
+            priority=priority,
+        )
+
+
+def reply(ticket_id: str, t_s: float, role: str = "agent", **fields: Any) -> Record:
+    return event("ticket.replied", t_s, ticket_id=ticket_id, author_role=role, **fields)
+
+
+def status(ticket_id: str, t_s: float, value: str) -> Record:
+    return event("ticket.status_changed", t_s, ticket_id=ticket_id, status=value)
+
+
+def breaches_of(
+    settings: Settings, expected: int, settle_s: float = 2
+) -> list[tuple[str, dict[str, Any]]]:
+    found = read_topic(settings, settings.topic_alerts, expected, timeout_s=60, settle_s=settle_s)
+    other = [p for _, p in found if p.get("type") != "sla.breached"]
+    assert not other, other
+    return found
+
+
+def check_breaches(settings: Settings, desk: Desk, worker: WorkerProcess) -> None:
+    """Exactly one ``sla.breached`` per breaching ticket, right fields, none for the others."""
+    # wait for all of them, then a few more checks: nothing is published twice
+    found = breaches_of(settings, len(desk.breaching))
+    time.sleep(3 * settings.breach_check_interval)
+    found = breaches_of(settings, len(desk.breaching))
+    per_ticket = Counter(p["ticket_id"] for _, p in found)
+    repeated = {t: n for t, n in per_ticket.items() if n > 1}
+    assert not repeated, f"published more than once: {repeated}\n{worker.describe()}"
+    assert set(per_ticket) == desk.breaching, (
+        f"missing: {sorted(desk.breaching - set(per_ticket))}, "
+        f"not breaching: {sorted(set(per_ticket) - desk.breaching)}\n{worker.describe()}"
+    )
+    for key, payload in found:
+        ticket_id = payload["ticket_id"]
+        assert key == ticket_id
+        assert set(payload) == BREACH_FIELDS, sorted(payload)
+        assert payload["schema_version"] == 1
+        assert payload["metric"] == "first_response"
+        assert (payload["channel"], payload["queue"], payload["priority"]) == desk.dims[ticket_id]
+        assert payload["target_seconds"] == desk.target_s
+        created = parse_time(payload["created_at"])
+        assert created == datetime.fromtimestamp(desk.created[ticket_id], UTC), payload
+        # the deadline, not the moment it was noticed
+        breached = parse_time(payload["breached_at"])
+        assert breached - created == timedelta(seconds=desk.target_s), payload
+        assert payload["event_id"]
+    assert len({p["event_id"] for _, p in found}) == len(found)
+
+
+def sla_counter(settings: Settings) -> float:
+    return sum(v for _, v in samples(scrape(settings.web_port), "deskpulse_sla_breaches_total"))
+
+
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
+def test_sla_breaches_once_per_ticket_across_kill_and_restarts(
+    settings: Settings, tmp_path: Path, engine_process: bool
+) -> None:
+    settings = fast(settings, alert_rules=(), engine_process=engine_process)
+    create_topics(settings)
+    target = settings.first_response_targets["urgent"]
+    desk = Desk(target)
+    now = math.floor(time.time())  # whole seconds: the millisecond edges below stay exact
+    base = now - 9000  # two and a half hours ago: the urgent deadlines are past
+
+    round_a = [
+        # never answered: a customer nudge and a status change are no agent reply
+        desk.ticket("A-never-1", base, breaches=True),
+        reply("A-never-1", base + 600, "customer"),
+        status("A-never-1", base + 700, "open"),
+        desk.ticket("A-never-2", base + 60, breaches=True, channel="web", queue="general"),
+        # answered after the deadline
+        desk.ticket("A-late-1", base + 120, breaches=True),
+        reply("A-late-1", base + 120 + 5400),
+        desk.ticket("A-late-2", base + 180, breaches=True),
+        reply("A-late-2", base + 180 + 600, public=False),  # a private note does not count
+        reply("A-late-2", base + 180 + 4200),
+        desk.ticket("A-late-edge", base + 240, breaches=True),
+        reply("A-late-edge", base + 240 + target + 0.001),  # one millisecond late
+        # only customers and the system answered
+        desk.ticket("A-customer", base + 300, breaches=True, queue="technical"),
+        reply("A-customer", base + 300 + 60, "customer"),
+        desk.ticket("A-system", base + 360, breaches=True),
+        reply("A-system", base + 360 + 5, "system"),
+        # answered in time
+        desk.ticket("A-intime-1", base + 420, breaches=False),
+        reply("A-intime-1", base + 420 + 1200),
+        desk.ticket("A-intime-edge", base + 480, breaches=False),
+        reply("A-intime-edge", base + 480 + target),  # exactly at the deadline: in time
+        # an in-time reply delivered before its ticket (held until the ticket arrives)
+        reply("A-ooo", base + 540 + 900),
+        desk.ticket("A-ooo", base + 540, breaches=False),
+        # deadlines still ahead: high (4 h) and low (24 h) priority, unanswered
+        desk.ticket("A-high", now - 7200, breaches=False, priority="high"),
+        desk.ticket("A-low", now - 10800, breaches=False, priority="low", channel="phone"),
+    ]
+    workdir = tmp_path / "worker"
+    worker = WorkerProcess(settings, workdir, name="worker-1")
+    try:
+        worker.wait_ready(90)
+        send(settings, round_a)
+        check_breaches(settings, desk, worker)
+        wait_until(
+            lambda: sla_counter(settings) == len(desk.breaching), 30, message=worker.describe
+        )
+        assert worker.kill() < 0  # a crash: no shutdown, no final commit
+    finally:
+        worker.stop()
+
+    # Round B on a restarted worker: more events for old tickets, and new breaching tickets.
+    round_b = [
+        reply("A-never-1", now - 1800),  # a late answer at last
+        reply("A-late-1", now - 1700, "customer"),
+        status("A-intime-1", now - 1600, "solved"),
+        reply("A-customer", now - 1500),
+        reply("A-high", now - 1400, "customer"),
+        desk.ticket("B-never-1", now - 8000, breaches=True, channel="api", queue="sales"),
+        desk.ticket("B-late-1", now - 7900, breaches=True),
+        reply("B-late-1", now - 7900 + 4000),
+        desk.ticket("B-intime-1", now - 7800, breaches=False),
+        reply("B-intime-1", now - 7800 + 60),
+    ]
+    worker = WorkerProcess(settings, workdir, name="worker-2")
+    try:
+        worker.wait_ready(90)
+        send(settings, round_b)
+        check_breaches(settings, desk, worker)
+        assert worker.stop() == 0, worker.describe()  # a clean stop this time
+    finally:
+        worker.stop()
+
+    # Round C on a third worker: still once per ticket, the new one breaches once.
+    round_c = [
+        reply("B-never-1", now - 900),
+        status("B-late-1", now - 800, "solved"),
+        reply("A-never-2", now - 700),
+        desk.ticket("C-never-1", now - 4000, breaches=True, priority="urgent", queue="general"),
+        desk.ticket("C-intime-1", now - 3900, breaches=False),
+        reply("C-intime-1", now - 3900 + 3000),
+    ]
+    worker = WorkerProcess(settings, workdir, name="worker-3")
+    try:
+        worker.wait_ready(90)
+        send(settings, round_c)
+        check_breaches(settings, desk, worker)
+        # the cumulative counter counts each breach once, whichever worker published it
+        wait_until(
+            lambda: sla_counter(settings) == len(desk.breaching), 30, message=worker.describe
+        )
+        by_group = {
+            (found["channel"], found["queue"], found["priority"]): value
+            for found, value in samples(scrape(settings.web_port), "deskpulse_sla_breaches_total")
+            if value
+        }
+        expected = Counter(desk.dims[t] for t in desk.breaching)
+        assert by_group == {k: float(v) for k, v in expected.items()}
+        assert worker.stop() == 0, worker.describe()
+    finally:
+        worker.stop()
+    assert len(desk.breaching) == 10
+
+
+def breaching_tickets(
+    values: list[bytes], at_s: float, targets: dict[str, int]
+) -> dict[str, tuple[float, tuple[str, str, str]]]:
+    """Tickets of ``values`` that have breached by ``at_s``: id -> (deadline, dimensions).
+
+    Straight from docs/kpis.md and the README's Output topics: the opener with the
+    smallest ``(occurred_at, event_id)`` gives time and dimensions; a ticket breaches when
+    its deadline has passed and no public agent reply came at or before it.
+    """
+    from deskpulse.models.errors import RejectedEvent
+    from deskpulse.models.events import TicketCreated, TicketReplied, decode
+
+    seen: set[str] = set()
+    opened: dict[str, tuple[datetime, str, tuple[str, str, str]]] = {}
+    first_reply: dict[str, datetime] = {}
+    for raw in values:
+        try:
+            item = decode(raw)
+        except RejectedEvent:
+            continue
+        if item.event_id in seen:
+            continue
+        seen.add(item.event_id)
+        if isinstance(item, TicketCreated):
+            current = opened.get(item.ticket_id)
+            if current is None or (item.occurred_at, item.event_id) < current[:2]:
+                dims = (item.channel, item.queue, item.priority)
+                opened[item.ticket_id] = (item.occurred_at, item.event_id, dims)
+        elif isinstance(item, TicketReplied) and item.author_role == "agent" and item.public:
+            earlier = first_reply.get(item.ticket_id)
+            if earlier is None or item.occurred_at < earlier:
+                first_reply[item.ticket_id] = item.occurred_at
+    out = {}
+    for ticket_id, (created, _, dims) in opened.items():
+        deadline = created + timedelta(seconds=targets[dims[2]])
+        answered = first_reply.get(ticket_id)
+        if deadline.timestamp() <= at_s and (answered is None or answered > deadline):
+            out[ticket_id] = (deadline.timestamp(), dims)
+    return out
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """Breaches published after a worker started on a three-hour backlog."""
+
+    settings: Settings
+    found: list[tuple[str, dict[str, Any]]]
+    must: dict[str, tuple[float, tuple[str, str, str]]]  # breached before the worker started
+    allowed: dict[str, tuple[float, tuple[str, str, str]]]  # breached by the last read
+    log: str
+
+
+@pytest.fixture(scope="module")
+def backfill(
+    broker: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Backfill:
+    """Three hours of traffic waiting in the topics when the worker starts.
+
+    The tickets topic holds most of the backlog, so the worker reads chats and surveys to
+    their end long before the replies of the tickets; a ticket's in-time reply sits far
+    behind the ticket in its partition.
+    """
+    settings = fast(new_settings(broker, redis_server.url), alert_rules=())
+    create_topics(settings)
+    now = time.time()
+    simulated = list(
+        generate(
+            SimConfig(
+                seed=17,
+                start_s=now - 3 * 3600 - 600,
+                duration_s=3 * 3600,
+                rate=3.0,
+                channels={"email": 0.5, "web": 0.3, "chat": 0.2},
+                priorities={"urgent": 0.6, "high": 0.4},
+                duplicate_ratio=0.02,
+                out_of_order=0.05,
+                unanswered_ratio=0.1,
+            )
+        )
+    )
+    send(settings, [(r.topic_kind, r.key, r.value) for r in simulated])
+    values = [r.value for r in simulated]
+    targets = dict(settings.first_response_targets)
+    must = breaching_tickets(values, time.time(), targets)
+    assert len(must) >= 20, "the traffic has breaches to find"
+    with WorkerProcess(settings, tmp_path_factory.mktemp("backfill")) as worker:
+        worker.wait_ready(90)
+        wait_until(lambda: handled(settings) >= len(simulated), 180, message=worker.describe)
+        found = breaches_of(settings, len(must), settle_s=3 * settings.breach_check_interval)
+        # deadlines that passed while the test ran may or may not have been checked yet
+        allowed = breaching_tickets(values, time.time(), targets)
+        assert worker.stop() == 0, worker.describe()
+        return Backfill(settings, found, must, allowed, worker.log_tail(30))
+
+
+def test_sla_breaches_of_a_backfill_are_all_published_once(backfill: Backfill) -> None:
+    per_ticket = Counter(p["ticket_id"] for _, p in backfill.found)
+    repeated = {t: n for t, n in per_ticket.items() if n > 1}
+    assert not repeated, f"published more than once: {repeated}"
+    missing = sorted(set(backfill.must) - set(per_ticket))
+    assert not missing, f"breaches not published: {missing}\n{backfill.log}"
+    for key, payload in backfill.found:
+        assert key == payload["ticket_id"]
+        assert set(payload) == BREACH_FIELDS, sorted(payload)
+        if payload["ticket_id"] in backfill.allowed:
+            deadline, dims = backfill.allowed[payload["ticket_id"]]
+            assert (payload["channel"], payload["queue"], payload["priority"]) == dims
+            assert parse_time(payload["breached_at"]).timestamp() == pytest.approx(deadline)
+
+
+def test_no_sla_breach_for_a_ticket_answered_in_time_during_a_backfill(
+    backfill: Backfill,
+) -> None:
+    published = {p["ticket_id"] for _, p in backfill.found}
+    false = sorted(published - set(backfill.allowed))
+    assert not false, f"{len(false)} breaches of tickets answered in time: {false[:20]}"
+
+
+# -- threshold rules --------------------------------------------------------------------------
+
+RULE = AlertRule(
+    name="AbandonHigh",
+    metric="chat_abandonment_ratio",
+    window="15m",
+    op=">",
+    threshold=0.1,
+    min_samples=5,
+)
+RULE_KEY = "AbandonHigh|15m|*|*|*"
+FIRING_LABELS = {
+    "rule": "AbandonHigh",
+    "window": "15m",
+    "channel": "*",
+    "queue": "*",
+    "priority": "*",
+}
+
+
+def firing_gauge(settings: Settings) -> float | None:
+    for found, value in samples(scrape(settings.web_port), "deskpulse_alert_firing"):
+        if found == FIRING_LABELS:
+            return value
+    return None
+
+
+def chats(prefix: str, count: int, start_s: float, *, abandoned: bool) -> Iterator[Record]:
+    for n in range(count):
+        chat_id = f"{prefix}-{n}"
+        at = start_s + n
+        yield event("chat.requested", at, chat_id=chat_id, queue="general")
+        if abandoned:
+            yield event("chat.abandoned", at + 60, chat_id=chat_id)
+        else:
+            yield event("chat.accepted", at + 8, chat_id=chat_id)
+
+
+def transitions(settings: Settings, expected: int) -> list[tuple[str, dict[str, Any]]]:
+    return read_topic(settings, settings.topic_alerts, expected, timeout_s=60, settle_s=2)
+
+
+def check_transition(key: str, payload: dict[str, Any], type_: str) -> None:
+    assert key == RULE_KEY
+    assert set(payload) - {"metric"} == TRANSITION_FIELDS, sorted(payload)
+    assert payload["schema_version"] == 1
+    assert payload["type"] == type_
+    assert payload["rule"] == RULE.name
+    assert payload["window"] == "15m"
+    assert payload["group"] == {}
+    assert payload["threshold"] == RULE.threshold
+    assert parse_time(payload["at"]).tzinfo is not None
+
+
+def test_threshold_rule_publishes_transitions_only(settings: Settings, tmp_path: Path) -> None:
+    settings = fast(settings, alert_rules=(RULE,))
+    create_topics(settings)
+    now = time.time()
+    with WorkerProcess(settings, tmp_path / "worker") as worker:
+        worker.wait_ready(90)
+        # half of six chats abandoned: 0.5 over 6 samples
+        first = [
+            *chats("answered", 3, now - 400, abandoned=False),
+            *chats("abandoned", 3, now - 390, abandoned=True),
+        ]
+        send(settings, first)
+        found = transitions(settings, 1)
+        time.sleep(4 * settings.snapshot_interval)  # more evaluations: no repeats
+        found = transitions(settings, 1)
+        assert [p["type"] for _, p in found] == ["alert.firing"], found
+        check_transition(*found[0], "alert.firing")
+        assert found[0][1]["value"] > RULE.threshold
+        wait_until(lambda: firing_gauge(settings) == 1.0, 20, message=worker.describe)
+
+        # forty answered chats: 3 / 46 is under the threshold
+        second = list(chats("busy", 40, now - 300, abandoned=False))
+        send(settings, second)
+        wait_until(
+            lambda: handled(settings) >= len(first) + len(second), 60, message=worker.describe
+        )
+        found = transitions(settings, 2)
+        time.sleep(4 * settings.snapshot_interval)
+        found = transitions(settings, 2)
+        assert [p["type"] for _, p in found] == ["alert.firing", "alert.resolved"], found
+        check_transition(*found[1], "alert.resolved")
+        resolved_value = found[1][1]["value"]
+        assert resolved_value is not None
+        assert resolved_value <= RULE.threshold
+        wait_until(lambda: firing_gauge(settings) != 1.0, 20, message=worker.describe)
+        document = kpis(settings, tmp_path, "--window", "15m")
+        chats_now = document["groups"][0]["chats"]
+        assert (chats_now["answered"], chats_now["abandoned"]) == (43, 3)
+        assert worker.stop() == 0, worker.describe()

@@ -1,0 +1,213 @@
+"""The metric catalog: the names the README promises, and Prometheus naming conventions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import deskpulse.exporters.catalog as catalog_module
+from deskpulse.exporters.catalog import (
+    CATALOG,
+    CUMULATIVE,
+    DIMENSIONS,
+    HEALTH,
+    OPENMETRICS_FAMILY_CLASHES,
+    WINDOWED,
+    MetricSpec,
+    build_catalog,
+    first_response_buckets,
+    sample_names,
+)
+from deskpulse.models.settings import DEFAULT_FIRST_RESPONSE_TARGETS
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+WINDOWED_NAMES = {
+    "deskpulse_tickets_created",
+    "deskpulse_chats_requested",
+    "deskpulse_chats_answered",
+    "deskpulse_chats_abandoned",
+    "deskpulse_chats_short_abandoned",
+    "deskpulse_first_responses",
+    "deskpulse_first_response_seconds",
+    "deskpulse_first_response_average_seconds",
+    "deskpulse_first_response_within_target_ratio",
+    "deskpulse_chat_abandonment_ratio",
+    "deskpulse_chat_service_level_ratio",
+    "deskpulse_chat_wait_seconds",
+    "deskpulse_csat_responses",
+    "deskpulse_csat_ratio",
+    "deskpulse_csat_score_average",
+    "deskpulse_nps_responses",
+    "deskpulse_nps_score",
+    "deskpulse_ces_responses",
+    "deskpulse_ces_score_average",
+}
+CUMULATIVE_NAMES = {
+    "deskpulse_tickets_created_total",
+    "deskpulse_chats_requested_total",
+    "deskpulse_first_responses_total",
+    "deskpulse_first_response_breaches_total",
+    "deskpulse_first_response_duration_seconds",
+    "deskpulse_chats_offered_total",
+    "deskpulse_chats_answered_total",
+    "deskpulse_chats_answered_in_target_total",
+    "deskpulse_chats_abandoned_total",
+    "deskpulse_chats_short_abandoned_total",
+    "deskpulse_csat_responses_total",
+    "deskpulse_csat_satisfied_responses_total",
+    "deskpulse_sla_breaches_total",
+}
+# name -> labels, for the health family, whose labels differ metric by metric
+HEALTH_LABELS = {
+    "deskpulse_kpi_refresh_timestamp_seconds": (),
+    "deskpulse_events_processed_total": ("topic", "type"),
+    "deskpulse_events_rejected_total": ("topic", "reason"),
+    "deskpulse_events_rerouted_total": ("topic",),
+    "deskpulse_events_duplicate_total": ("topic",),
+    "deskpulse_events_late_total": ("topic",),
+    "deskpulse_events_orphaned_total": (),
+    "deskpulse_events_held": (),
+    "deskpulse_consumer_lag_messages": ("topic", "partition"),
+    "deskpulse_partition_stalls_total": ("topic", "partition"),
+    "deskpulse_last_event_timestamp_seconds": ("topic",),
+    "deskpulse_flush_duration_seconds": (),
+    "deskpulse_batch_events": (),
+    "deskpulse_redis_up": (),
+    "deskpulse_broker_up": (),
+    "deskpulse_deadletter_up": (),
+    "deskpulse_state_ok": (),
+    "deskpulse_events_skipped_total": ("topic", "reason"),
+    "deskpulse_alert_firing": ("rule", "window", "channel", "queue", "priority"),
+    "deskpulse_series_folded": ("metric",),
+    "deskpulse_series_dropped_total": ("metric",),
+    "deskpulse_build_info": ("version",),
+    "deskpulse_kpi_reads_total": ("result",),
+}
+
+NAME = re.compile(r"^deskpulse_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+LABEL = re.compile(r"^[a-z][a-z0-9_]*$")
+# Words that mean "a time" or "a share": such a metric must carry the base unit in its name.
+TIME_WORDS = ("duration", "wait", "latency", "age", "time", "timestamp", "delay")
+NON_BASE_UNITS = ("_ms", "_milliseconds", "_minutes", "_hours", "_days", "_percent", "_pct")
+SPECS = (*WINDOWED, *CUMULATIVE, *HEALTH)
+
+
+def stem(spec: MetricSpec) -> str:
+    return spec.name.removesuffix("_total")
+
+
+def test_catalog_holds_exactly_the_documented_metrics() -> None:
+    assert {spec.name for spec in WINDOWED} == WINDOWED_NAMES
+    assert {spec.name for spec in CUMULATIVE} == CUMULATIVE_NAMES
+    assert {spec.name: spec.labels for spec in HEALTH} == HEALTH_LABELS
+    assert set(CATALOG) == WINDOWED_NAMES | CUMULATIVE_NAMES | set(HEALTH_LABELS)
+
+
+def test_no_name_is_declared_twice() -> None:
+    assert len(SPECS) == len(CATALOG)
+    spec = CATALOG["deskpulse_redis_up"]
+    with pytest.raises(ValueError, match="deskpulse_redis_up is declared twice"):
+        build_catalog([spec, spec])
+
+
+def test_public_surface() -> None:
+    for name in catalog_module.__all__:
+        assert hasattr(catalog_module, name), name
+    defined_here = {
+        name
+        for name, value in vars(catalog_module).items()
+        if not name.startswith("_")
+        and (name.isupper() or getattr(value, "__module__", None) == catalog_module.__name__)
+    }
+    assert defined_here <= set(catalog_module.__all__)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_name_follows_prometheus_conventions(spec: MetricSpec) -> None:
+    assert NAME.match(spec.name), "lower snake case under the deskpulse_ namespace"
+    assert spec.kind in ("gauge", "counter", "histogram", "summary")
+    # counters, and only counters, end in _total
+    assert spec.name.endswith("_total") == (spec.kind == "counter")
+    # the unit, when there is one, ends the name (before _total), as OpenMetrics requires
+    if spec.unit:
+        assert stem(spec).endswith("_" + spec.unit)
+    assert not stem(spec).endswith(NON_BASE_UNITS), "base units only: seconds, ratio"
+    if any(word in stem(spec).split("_") for word in TIME_WORDS):
+        assert spec.unit == "seconds", "times are in seconds"
+    if spec.unit == "seconds":
+        assert stem(spec).endswith("_seconds")
+    if "ratio" in stem(spec).split("_") or spec.help.lower().startswith("share"):
+        assert spec.unit == "ratio" and spec.kind == "gauge", "0-1 ratios end in _ratio"
+    assert spec.help.strip() and spec.help.rstrip().endswith((".", ")"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_labels_are_valid_and_never_ids(spec: MetricSpec) -> None:
+    assert len(set(spec.labels)) == len(spec.labels)
+    for label in spec.labels:
+        assert LABEL.match(label) and not label.startswith("__")
+        assert label != "id" and not label.endswith("_id"), "labels never carry ids"
+        assert label not in ("ticket", "chat", "customer", "agent", "requester", "event")
+    if spec.kind == "histogram":
+        assert "le" not in spec.labels and spec.buckets
+        assert list(spec.buckets) == sorted(set(spec.buckets))
+    else:
+        assert "le" not in spec.labels and not spec.buckets
+    assert ("quantile" in spec.labels) == bool(spec.quantiles)
+
+
+@pytest.mark.parametrize("spec", WINDOWED, ids=lambda spec: spec.name)
+def test_windowed_gauges_say_they_are_event_time(spec: MetricSpec) -> None:
+    assert spec.kind == ("summary" if spec.quantiles else "gauge")
+    assert spec.labels[: 1 + len(DIMENSIONS)] == ("window", *DIMENSIONS)
+    text = spec.help.lower()
+    assert "event-time" in text and "rolling window" in text and "deskpulse" in text
+    assert "prometheus cannot compute" in text and "late event" in text
+    assert "no samples" in text and "omitted" in text
+
+
+def test_quantile_labels() -> None:
+    assert CATALOG["deskpulse_first_response_seconds"].quantiles == ("0.5", "0.9", "0.95")
+    assert CATALOG["deskpulse_chat_wait_seconds"].quantiles == ("0.5", "0.9")
+
+
+@pytest.mark.parametrize("spec", CUMULATIVE, ids=lambda spec: spec.name)
+def test_cumulative_family_is_rateable(spec: MetricSpec) -> None:
+    assert spec.labels == DIMENSIONS
+    assert spec.kind in ("counter", "histogram")
+
+
+def test_first_response_buckets_hold_the_targets() -> None:
+    spec = CATALOG["deskpulse_first_response_duration_seconds"]
+    assert set(DEFAULT_FIRST_RESPONSE_TARGETS.values()) <= set(spec.buckets)
+    assert first_response_buckets([600, 3600]) == tuple(sorted({*spec.buckets, 600.0}))
+
+
+def test_sample_names() -> None:
+    assert sample_names(CATALOG["deskpulse_flush_duration_seconds"]) == (
+        "deskpulse_flush_duration_seconds_bucket",
+        "deskpulse_flush_duration_seconds_sum",
+        "deskpulse_flush_duration_seconds_count",
+    )
+    assert sample_names(CATALOG["deskpulse_redis_up"]) == ("deskpulse_redis_up",)
+
+
+def test_openmetrics_family_clashes_are_the_known_pairs() -> None:
+    # These gauge/counter pairs are why /metrics must answer in the classic text format.
+    assert {f"{name}_total" for name in OPENMETRICS_FAMILY_CLASHES} <= CUMULATIVE_NAMES
+    assert len(OPENMETRICS_FAMILY_CLASHES) == 7
+
+
+def test_the_readme_and_the_catalog_name_the_same_metrics() -> None:
+    # The README is where users read what /metrics promises: every name it mentions must
+    # exist (as a family or one of its samples), and every family must be documented there.
+    text = README.read_text(encoding="utf-8")
+    named = set(re.findall(r"\bdeskpulse_[a-z0-9_]+", text))
+    known = set(CATALOG) | {name for spec in CATALOG.values() for name in sample_names(spec)}
+    assert named, "the README names metrics"
+    assert named <= known, sorted(named - known)
+    undocumented = [name for name in CATALOG if not re.search(rf"\b{name}\b", text)]
+    assert not undocumented, undocumented

@@ -1,0 +1,421 @@
+"""The pure KPI core: folding, contributions, order independence (no services)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deskpulse.models.wire import decode_record
+from deskpulse.streams.core import (
+    FIELDS,
+    SEP,
+    BatchResult,
+    Conversation,
+    CoreConfig,
+    Pending,
+    breach_deadline,
+    fold_batch,
+    group_document,
+)
+from deskpulse.streams.query import build_document
+
+T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+CONFIG = CoreConfig()
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat()
+
+
+def ev(event_id: str, event_type: str, t: float, **fields: object) -> bytes:
+    return orjson.dumps({"event_id": event_id, "type": event_type, "occurred_at": at(t), **fields})
+
+
+class MemoryState:
+    """Applies batch results the way the Redis commit script does (for pure tests)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, Conversation] = {}
+        self.buckets: dict[tuple[str, int], Counter[str]] = {}
+        self.totals: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.watermark_ms = 0
+        self.offsets: dict[str, int] = {}
+
+    def apply(self, records: list[tuple[str, int, bytes]]) -> BatchResult:
+        pending = [
+            Pending(event, topic, offset, ms)
+            for topic, offset, raw in records
+            for event, ms in [decode_record(raw)]
+        ]
+        result = fold_batch(
+            pending,
+            {p.event.conversation_id: self.states.get(p.event.conversation_id) for p in pending},
+            watermark_ms=self.watermark_ms,
+            applied_offsets=self.offsets,
+            config=CONFIG,
+        )
+        for key, fields in result.buckets.items():
+            bucket = self.buckets.setdefault(key, Counter())
+            for name, delta in fields.items():
+                bucket[name] += delta
+                if bucket[name] == 0:
+                    del bucket[name]
+        self.totals.update(result.totals)
+        self.totals = Counter({k: v for k, v in self.totals.items() if v})
+        self.counters.update(result.counters)
+        self.states.update(result.states)
+        self.offsets.update(result.offsets)
+        self.watermark_ms = result.watermark_ms
+        return result
+
+    def fine(self) -> dict[tuple[str, int], Counter[str]]:
+        return {k: v for k, v in self.buckets.items() if k[0] == "b" and v}
+
+    def window(self, start_s: int, end_s: int) -> Counter[str]:
+        merged: Counter[str] = Counter()
+        for (level, bucket_s), fields in self.buckets.items():
+            if level == "b" and start_s <= bucket_s < end_s:
+                merged.update(fields)
+        return merged
+
+    def document(self, by: tuple[str, ...] = ()) -> dict[str, object]:
+        start = int(T0.timestamp()) - 86400
+        end = int(T0.timestamp()) + 86400
+        return build_document(self.window(start, end), start_s=start, end_s=end, by=by)
+
+
+def run(*events: bytes) -> MemoryState:
+    memory = MemoryState()
+    for offset, raw in enumerate(events):
+        memory.apply([("t", offset, raw)])
+    return memory
+
+
+def total(memory: MemoryState) -> dict[str, object]:
+    return memory.document()["groups"][0]  # type: ignore[index]
+
+
+# --- first response -------------------------------------------------------------------
+
+TICKET = ev("c1", "ticket.created", 0, ticket_id="T1", channel="email", priority="high")
+
+
+def test_first_response_is_the_earliest_public_agent_reply_whatever_the_order() -> None:
+    late_reply = ev("r2", "ticket.replied", 600, ticket_id="T1", author_role="agent")
+    early_reply = ev("r1", "ticket.replied", 300, ticket_id="T1", author_role="agent")
+    memory = run(TICKET, late_reply, early_reply)
+    fr = total(memory)["first_response"]  # type: ignore[index]
+    assert fr["count"] == 1
+    assert fr["mean_seconds"] == 300.0
+    # the 600 s sample was retracted from its bucket, not left behind
+    assert all(v > 0 for fields in memory.fine().values() for v in fields.values())
+
+
+@pytest.mark.parametrize(
+    ("reply", "counted"),
+    [
+        # a private note is not a response
+        (ev("r", "ticket.replied", 60, ticket_id="T1", author_role="agent", public=False), 0),
+        # nor is the customer's own follow-up
+        (ev("r", "ticket.replied", 60, ticket_id="T1", author_role="customer"), 0),
+        # nor an automation
+        (ev("r", "ticket.replied", 60, ticket_id="T1", author_role="system"), 0),
+        (ev("r", "ticket.replied", 60, ticket_id="T1", author_role="agent"), 1),
+    ],
+)
+def test_only_public_agent_replies_respond(reply: bytes, counted: int) -> None:
+    assert total(run(TICKET, reply))["first_response"]["count"] == counted  # type: ignore[index]
+
+
+def test_reply_before_its_ticket_is_held_then_applied() -> None:
+    reply = ev("r1", "ticket.replied", 120, ticket_id="T1", author_role="agent")
+    memory = run(reply)
+    assert memory.counters["held"] == 1
+    assert total(memory)["first_response"]["count"] == 0  # type: ignore[index]
+    memory.apply([("t", 1, TICKET)])
+    assert memory.counters["held"] == 0
+    assert total(memory)["first_response"]["mean_seconds"] == 120.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("reply_after_s", "within"),
+    [
+        (14400, 1),  # exactly on the high-priority target: within
+        (14401, 0),  # one second over: breached
+    ],
+)
+def test_within_target_on_the_boundary(reply_after_s: int, within: int) -> None:
+    reply = ev("r1", "ticket.replied", reply_after_s, ticket_id="T1", author_role="agent")
+    fr = total(run(TICKET, reply))["first_response"]  # type: ignore[index]
+    assert fr["within_target"] == within
+
+
+def test_breach_deadline_follows_the_first_reply() -> None:
+    memory = run(TICKET)
+    state = memory.states["t:T1"]
+    assert breach_deadline(state, CONFIG) == int(T0.timestamp() * 1000) + 14400_000
+    memory.apply([("t", 9, ev("r", "ticket.replied", 100, ticket_id="T1", author_role="agent"))])
+    assert breach_deadline(memory.states["t:T1"], CONFIG) is None
+
+
+# --- chats -----------------------------------------------------------------------------
+
+CHAT = ev("q", "chat.requested", 0, chat_id="C1", queue="vip")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "answered", "abandoned", "short"),
+    [
+        ([ev("a", "chat.accepted", 30, chat_id="C1")], 1, 0, 0),
+        ([ev("x", "chat.abandoned", 30, chat_id="C1")], 0, 1, 0),
+        # under the 5 s short-abandon threshold: counted on its own
+        ([ev("x", "chat.abandoned", 4.999, chat_id="C1")], 0, 0, 1),
+        ([ev("x", "chat.abandoned", 5, chat_id="C1")], 0, 1, 0),
+        # ended before any accept is an abandon
+        ([ev("e", "chat.ended", 40, chat_id="C1", ended_by="customer")], 0, 1, 0),
+        # ended after an accept is a normal end
+        (
+            [ev("a", "chat.accepted", 10, chat_id="C1"), ev("e", "chat.ended", 400, chat_id="C1")],
+            1,
+            0,
+            0,
+        ),
+        # a tie between accept and abandon goes to the accept, in either order
+        (
+            [
+                ev("x", "chat.abandoned", 30, chat_id="C1"),
+                ev("a", "chat.accepted", 30, chat_id="C1"),
+            ],
+            1,
+            0,
+            0,
+        ),
+    ],
+)
+def test_chat_outcomes(outcome: list[bytes], answered: int, abandoned: int, short: int) -> None:
+    chats = total(run(CHAT, *outcome))["chats"]  # type: ignore[index]
+    assert (chats["answered"], chats["abandoned"], chats["short_abandoned"]) == (
+        answered,
+        abandoned,
+        short,
+    )
+
+
+def test_service_level_and_abandonment_ratios() -> None:
+    events = [
+        ev("q1", "chat.requested", 0, chat_id="C1"),
+        ev("a1", "chat.accepted", 10, chat_id="C1"),  # within 20 s
+        ev("q2", "chat.requested", 0, chat_id="C2"),
+        ev("a2", "chat.accepted", 25, chat_id="C2"),  # answered late
+        ev("q3", "chat.requested", 0, chat_id="C3"),
+        ev("x3", "chat.abandoned", 60, chat_id="C3"),
+        ev("q4", "chat.requested", 0, chat_id="C4"),
+        ev("x4", "chat.abandoned", 2, chat_id="C4"),  # short: in neither ratio
+    ]
+    chats = total(run(*events))["chats"]  # type: ignore[index]
+    assert chats["abandonment_ratio"] == 1 / 3
+    assert chats["service_level_ratio"] == 1 / 3
+    assert chats["requested"] == 4
+
+
+# --- surveys ---------------------------------------------------------------------------
+
+
+def test_survey_takes_its_dimensions_from_the_rated_conversation_in_any_order() -> None:
+    survey = ev("s", "survey.responded", 900, ticket_id="T1", kind="csat", score=4)
+    for order in ((TICKET, survey), (survey, TICKET)):
+        memory = run(*order)
+        groups = memory.document(by=("channel",))["groups"]
+        csat = next(g for g in groups if g["key"] == {"channel": "email"})["csat"]  # type: ignore[index]
+        assert csat == {"responses": 1, "satisfied": 1, "ratio": 1.0, "average": 4.0}
+
+
+def test_survey_with_its_own_dimensions_counts_without_the_conversation() -> None:
+    survey = ev(
+        "s", "survey.responded", 0, chat_id="C9", kind="nps", score=9,
+        channel="chat", queue="sales", priority="low",
+    )  # fmt: skip
+    nps = total(run(survey))["nps"]  # type: ignore[index]
+    assert nps == {"responses": 1, "promoters": 1, "detractors": 0, "score": 100.0}
+
+
+def test_duplicates_change_nothing_and_are_counted() -> None:
+    memory = run(TICKET, TICKET, TICKET)
+    assert total(memory)["tickets_created"] == 1
+    assert memory.counters["dup:t"] == 2
+
+
+def test_redelivered_offsets_are_skipped() -> None:
+    memory = run(TICKET)
+    other = ev("c2", "ticket.created", 0, ticket_id="T2")
+    result = memory.apply([("t", 0, other)])  # offset 0 was applied: a redelivery
+    assert result.applied == 0
+    assert total(memory)["tickets_created"] == 1
+
+
+def test_events_beyond_retention_are_late() -> None:
+    now = ev("c2", "ticket.created", 49 * 3600, ticket_id="T2")
+    old = ev("c3", "ticket.created", 0, ticket_id="T3")
+    memory = run(now, old)
+    assert memory.counters["late:t"] == 1
+
+
+RETENTION_S = CONFIG.retention_seconds
+
+# the late cut: strictly older than the newest event time minus the retention
+# (age behind the newest event, in seconds; late?)
+# fmt: off
+LATE_CASES = [
+    (RETENTION_S, False),            # exactly at the horizon: applied
+    (RETENTION_S + 0.001, True),     # one millisecond older: late
+    (RETENTION_S - 0.001, False),
+    (0, False),                      # as old as the newest
+    (-10, False),                    # newer than the newest: it becomes the newest
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("age_s", "late"), LATE_CASES)
+def test_the_late_cut(age_s: float, late: bool) -> None:
+    newest_s = RETENTION_S + 3600
+    newest = ev("c1", "ticket.created", newest_s, ticket_id="T1")
+    aged = ev("c2", "ticket.created", newest_s - age_s, ticket_id="T2")
+    assert run(newest, aged).counters["late:t"] == int(late)
+    # the watermark moves first: the order within one batch does not matter
+    memory = MemoryState()
+    memory.apply([("t", 0, aged), ("t", 1, newest)])
+    assert memory.counters["late:t"] == int(late)
+
+
+def test_empty_group_document_is_zeros_and_nulls() -> None:
+    doc = group_document({}, {})
+    assert doc["tickets_created"] == 0
+    assert doc["first_response"]["p50_seconds"] is None
+    assert doc["chats"]["abandonment_ratio"] is None
+    assert doc["nps"]["score"] is None
+
+
+def test_conversation_state_round_trips() -> None:
+    memory = run(TICKET, ev("s", "survey.responded", 5, ticket_id="T1", kind="ces", score=3))
+    state = memory.states["t:T1"]
+    assert Conversation.loads(state.dumps()) == state
+
+
+# --- order independence (hypothesis) ---------------------------------------------------
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[bytes]:
+    events: list[bytes] = []
+    for n in range(draw(st.integers(1, 6))):
+        start = draw(st.integers(0, 7200))
+        priority = draw(st.sampled_from(["low", "normal", "high", "urgent"]))
+        if draw(st.booleans()):
+            tid = f"T{n}"
+            events.append(ev(f"c{n}", "ticket.created", start, ticket_id=tid, priority=priority))
+            for r in range(draw(st.integers(0, 3))):
+                events.append(
+                    ev(
+                        f"r{n}.{r}",
+                        "ticket.replied",
+                        start + draw(st.integers(0, 30000)),
+                        ticket_id=tid,
+                        author_role=draw(st.sampled_from(["agent", "customer"])),
+                        public=draw(st.booleans()),
+                    )
+                )
+            rated = {"ticket_id": tid}
+        else:
+            cid = f"C{n}"
+            events.append(ev(f"q{n}", "chat.requested", start, chat_id=cid, queue="q"))
+            for r in range(draw(st.integers(0, 2))):
+                kind = draw(st.sampled_from(["chat.accepted", "chat.abandoned", "chat.ended"]))
+                events.append(ev(f"o{n}.{r}", kind, start + draw(st.integers(0, 90)), chat_id=cid))
+            rated = {"chat_id": cid}
+        if draw(st.booleans()):
+            kind = draw(st.sampled_from(["csat", "nps", "ces"]))
+            score = draw(st.integers(*{"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}[kind]))
+            events.append(
+                ev(f"s{n}", "survey.responded", start + 40000, kind=kind, score=score, **rated)
+            )
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=conversations(), data=st.data())
+def test_any_order_and_batching_gives_the_same_kpis(
+    events: list[bytes], data: st.DataObject
+) -> None:
+    reference = run(*events)
+    shuffled = data.draw(st.permutations(events))
+    repeats = data.draw(st.lists(st.sampled_from(events), max_size=3))  # upstream re-sends
+    stream = list(shuffled) + repeats
+    memory = MemoryState()
+    offset = 0
+    while offset < len(stream):
+        size = data.draw(st.integers(1, 4))
+        memory.apply(
+            [("t", offset + i, raw) for i, raw in enumerate(stream[offset : offset + size])]
+        )
+        offset += size
+    assert memory.fine() == reference.fine()
+    assert memory.totals == reference.totals
+    assert memory.document(by=("channel", "queue", "priority")) == reference.document(
+        by=("channel", "queue", "priority")
+    )
+    assert SEP not in str(memory.document()["by"])
+
+
+# --- stored field codes -------------------------------------------------------------------
+
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
+
+
+def documented_codes() -> set[str]:
+    """The codes of the "Stored field codes" table in docs/architecture.md."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split("### Stored field codes", 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"^\| `([^`]+)` \|", section, flags=re.MULTILINE))
+
+
+def test_every_stored_field_code_is_documented_and_every_documented_one_is_stored() -> None:
+    memory = run(
+        TICKET,
+        ev("r1", "ticket.replied", 120, ticket_id="T1", author_role="agent"),
+        ev("q1", "chat.requested", 0, chat_id="C1"),
+        ev("a1", "chat.accepted", 10, chat_id="C1"),
+        ev("q2", "chat.requested", 0, chat_id="C2"),
+        ev("x2", "chat.abandoned", 60, chat_id="C2"),
+        ev("q3", "chat.requested", 0, chat_id="C3"),
+        ev("x3", "chat.abandoned", 2, chat_id="C3"),  # short
+        ev("s1", "survey.responded", 200, ticket_id="T1", kind="csat", score=5),
+        ev("s2", "survey.responded", 200, ticket_id="T1", kind="nps", score=9),
+        ev("s3", "survey.responded", 200, chat_id="C1", kind="ces", score=2),
+        ev("s4", "survey.responded", 200, chat_id="C1", kind="nps", score=3),
+    )
+    # every field is non-zero somewhere (zeros are not stored)
+    stored = {
+        field.rpartition(SEP)[2]
+        for fields in (*memory.buckets.values(), memory.totals)
+        for field in fields
+    }
+    emitted = {
+        re.sub(r"^(fr_sk|cw_sk):\d+$", r"\1:<index>", re.sub(r"^frh:.+$", "frh:<bound>", code))
+        for code in stored
+    }
+    # the breach script adds `sla` to the totals; the core never does
+    assert emitted | {"sla"} == documented_codes()
+    assert set(FIELDS) == documented_codes() - {
+        "fr_sk:<index>",
+        "cw_sk:<index>",
+        "frh:<bound>",
+        "sla",
+    }
