@@ -96,6 +96,11 @@ class PipelineMetrics:
     def stalled(self, topic: str, partition: int) -> None:
         self._stalls.labels(topic, str(partition)).inc()
 
+    def watched(self, topic: str, partition: int) -> None:
+        """A partition the watchdog looks at: its stall counter is exported from 0, so the
+        first stall is an increase an alert's ``increase()`` sees."""
+        self._stalls.labels(topic, str(partition))
+
     def state_ok(self, ok: bool) -> None:
         self._state_ok.set(1 if ok else 0)
 

@@ -706,6 +706,7 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
             lag = max(0, end - (committed or 0))
             lags[(tp.topic, tp.partition)] = lag
             service.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+            service.metrics.watched(tp.topic, tp.partition)
     except Exception as error:  # lag is best-effort health, never fatal
         service.metrics.lag.clear()  # no frozen number that looks healthy
         log.debug("lag update failed: %s", error)

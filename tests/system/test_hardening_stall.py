@@ -100,7 +100,7 @@ def test_records_fetched_and_never_delivered_are_read_again(
         worker.wait_ready(90)
         ends = ends_of(asyncio.run(produce_records(settings, dataset.records[:cut])))
         wait_until(lambda: committed_to(settings, ends), 90, message=worker.describe)
-        assert stalls(settings, topic) == {}, "a stall while everything flowed"
+        assert set(stalls(settings, topic).values()) <= {0.0}, "a stall while everything flowed"
 
         # Partition 0 of the tickets topic: its next records are fetched by nobody.
         (control / "pause").touch()
@@ -144,8 +144,10 @@ def test_records_fetched_and_never_delivered_are_read_again(
 
         # caught up, it stays quiet: no second recovery, no stall on any other partition
         time.sleep(2 * STALL_TIMEOUT_S)
-        assert stalls(settings, topic) == {"0": 1.0}
+        # every watched partition is exported from 0, so the first stall is an increase
+        zeros = {str(p): 0.0 for p in range(settings.topic_partitions)}
+        assert stalls(settings, topic) == zeros | {"0": 1.0}
         for other in (*settings.input_topics, settings.topic_repartition):
             if other != topic:
-                assert stalls(settings, other) == {}, other
+                assert set(stalls(settings, other).values()) <= {0.0}, other
         assert worker.stop() == 0, worker.describe()
