@@ -700,9 +700,14 @@ async def _update_lag(app: faust.App, service: Service) -> dict[tuple[str, int],
         for tp in tps:
             # the next offset to read once everything processed is committed
             committed = compat.committed_offset(consumer, tp)
-            end = highwaters.get(tp)
-            if end is None:
+            # the end: what ListOffsets says, or the high watermark of the last fetch
+            # response if that is further (a broker may answer ListOffsets short of its
+            # last batch, the embedded one does; a lag of 0 there would hide a partition
+            # stuck on its last records from the watchdog)
+            ends = [e for e in (highwaters.get(tp), consumer.highwater(tp)) if e is not None]
+            if not ends:
                 continue
+            end = max(ends)
             lag = max(0, end - (committed or 0))
             lags[(tp.topic, tp.partition)] = lag
             service.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
