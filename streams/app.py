@@ -731,16 +731,17 @@ async def _recover_stalls(app: faust.App, service: Service, watch: StallWatch[TP
     try:
         lags = await _update_lag(app, service)
         busy = {message.tp for message in list(compat.unacked_messages(consumer))}
-        progress = {
-            TP(topic, partition): Progress(
-                committed=compat.committed_offset(consumer, TP(topic, partition)),
-                read=compat.read_offset(consumer, TP(topic, partition)),
+        progress: dict[TP, Progress] = {}
+        for (topic, partition), lag in lags.items():
+            tp = TP(topic, partition)
+            committed = compat.committed_offset(consumer, tp)
+            progress[tp] = Progress(
+                committed=committed,
+                read=compat.read_offset(consumer, tp),
                 # the lag is measured from the committed offset: the end is committed + lag
-                end=(compat.committed_offset(consumer, TP(topic, partition)) or 0) + lag,
-                busy=held or TP(topic, partition) in busy,
+                end=(committed or 0) + lag,
+                busy=held or tp in busy,
             )
-            for (topic, partition), lag in lags.items()
-        }
     except Exception as error:  # best-effort like the lag: measured again next time
         log.debug("measuring the partitions' progress failed: %s", error)
         return
