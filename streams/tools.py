@@ -66,6 +66,11 @@ def add_commands(commands: Any) -> None:
     sim.add_argument("--duplicates", type=float, default=0.0, help="share re-sent as is")
     sim.add_argument("--out-of-order", type=float, default=0.0, help="share delivered late")
     sim.add_argument("--malformed", type=float, default=0.0, help="share of bad records")
+    sim.add_argument(
+        "--office-hours",
+        action="store_true",
+        help="billing and sales agents keep Berlin office hours, technical New York's",
+    )
     sim.add_argument("--out", default=None, help="write JSONL here instead of Kafka")
     sim.add_argument("--live", action="store_true", help="produce in real time, forever")
     produce = commands.add_parser("produce", help="publish a JSONL file of events")
@@ -86,12 +91,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from deskpulse.models.settings import parse_duration
+    from deskpulse.streams.devtools.policies import agent_hours
     from deskpulse.streams.devtools.simulate import SimConfig, generate, write_jsonl
 
+    hours = agent_hours() if args.office_hours else {}
     if args.live:
         from deskpulse.streams.devtools.demo import produce_live
 
-        return asyncio.run(produce_live(settings, rate=args.rate, seed=args.seed))
+        return asyncio.run(
+            produce_live(settings, rate=args.rate, seed=args.seed, agent_hours=hours)
+        )
     duration = parse_duration(args.duration)
     if args.start:
         from deskpulse.streams.query import parse_at
@@ -109,6 +118,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         duplicate_ratio=args.duplicates,
         out_of_order=args.out_of_order,
         malformed_ratio=args.malformed,
+        agent_hours=hours,
     )
     records = generate(config)
     if args.out:

@@ -10,6 +10,10 @@ empty topics, while the Redis state of an earlier run (its fence above all) woul
 worker refuse them (see :mod:`streams.integrity`). So a demo that starts its own broker
 clears the state under the prefix when it started Redis itself, and writes under a prefix
 of its own when it uses a Redis it did not start; either way it says so in one line.
+
+Unless ``DESKPULSE_SCHEDULES`` or ``DESKPULSE_SLA_POLICIES`` is set, the worker runs with
+the policy set of :mod:`streams.devtools.policies` (two office schedules and a 24/7
+default), and the simulated agents of the office queues keep office hours.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -30,6 +34,8 @@ from aiokafka import AIOKafkaProducer
 
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import RECORD_KINDS, Settings
+from deskpulse.models.sla import Schedule
+from deskpulse.streams.devtools import policies
 from deskpulse.streams.devtools.embedded import ManagedProcess, port_open, start_broker, start_redis
 from deskpulse.streams.topics import ensure_topics
 
@@ -152,9 +158,18 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
         if own_broker:
             settings = asyncio.run(claim_state(settings, own_redis=own_redis, now_s=time.time()))
         asyncio.run(ensure_topics(settings))
+        worker_env = os.environ | {"DESKPULSE_REDIS_PREFIX": settings.redis_prefix}
+        if settings.sla_policies is None and not settings.schedules:
+            worker_env |= policies.settings_env()
+            print(
+                "deskpulse demo: SLA policies (DESKPULSE_SLA_POLICIES unset): billing and "
+                "sales on office hours in Europe/Berlin, technical in America/New_York, "
+                "the rest 24/7; their simulated agents keep those hours",
+                flush=True,
+            )
         worker = subprocess.Popen(
             [sys.executable, "-m", "deskpulse.streams.cli", "worker"],
-            env=os.environ | {"DESKPULSE_REDIS_PREFIX": settings.redis_prefix},
+            env=worker_env,
             start_new_session=True,
         )
         base = f"http://{settings.web_host}:{settings.web_port}"
@@ -167,7 +182,11 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
             "Ctrl-C stops everything.",
             flush=True,
         )
-        _run_interruptible(produce_live(settings, rate=rate, seed=seed, worker=worker))
+        _run_interruptible(
+            produce_live(
+                settings, rate=rate, seed=seed, worker=worker, agent_hours=policies.agent_hours()
+            )
+        )
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -198,8 +217,11 @@ async def produce_live(
     seed: int,
     worker: subprocess.Popen[bytes] | None = None,
     duration_s: float | None = None,
+    agent_hours: Mapping[str, Schedule] | None = None,
 ) -> int:
-    """Produce simulated events in real time: each one when its event time comes."""
+    """Produce simulated events in real time: each one when its event time comes.
+
+    ``agent_hours`` (``SimConfig.agent_hours``): queues whose agents keep office hours."""
     from deskpulse.streams.devtools.simulate import SimConfig, generate
 
     topics: dict[str, str] = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
@@ -211,7 +233,14 @@ async def produce_live(
     try:
         start_s = time.time()
         horizon = duration_s if duration_s is not None else 7 * 86400
-        records = generate(SimConfig(seed=seed, start_s=start_s, duration_s=horizon, rate=rate))
+        config = SimConfig(
+            seed=seed,
+            start_s=start_s,
+            duration_s=horizon,
+            rate=rate,
+            agent_hours=dict(agent_hours or {}),
+        )
+        records = generate(config)
         for record in records:
             due = record.occurred_at_s if record.occurred_at_s is not None else time.time()
             if duration_s is not None and due > start_s + duration_s:

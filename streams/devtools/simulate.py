@@ -6,13 +6,22 @@ Kafka, no Redis, no clock; the same config always gives the same bytes.
 
 What the stream looks like:
 
-* **Tickets**: ``ticket.created`` → sometimes a system auto-acknowledgement, customer
-  follow-ups and private agent notes (``public=false``) → the first public agent reply
-  after a lognormal delay whose median depends on the priority (a tail of them breaches
-  the default first-response targets), unless the ticket is one of the
-  ``unanswered_ratio`` that never get one → further customer/agent rounds with
-  ``pending``/``open`` status changes → ``solved`` (sometimes reopened and solved
-  again) → ``closed`` days later.
+* **Tickets** walk a status lifecycle: ``ticket.created`` (``new``) → sometimes a system
+  auto-acknowledgement, customer chasers ("any news?") and private agent notes
+  (``public=false``) → the first public agent reply after a lognormal delay whose median
+  depends on the priority (a tail of them breaches the default first-response targets),
+  submitted with ``pending``, ``hold`` or ``open``, unless the ticket is one of the
+  ``unanswered_ratio`` that never get one (half of those are closed days later, never
+  solved) → rounds of a customer follow-up (which sets a ``pending`` ticket ``open`` and
+  starts a next-response clock) and an agent reply, each again submitted with ``pending``,
+  ``hold`` or ``open``; a ``hold`` (waiting on another team) lasts hours, sometimes days,
+  and the customer may ask meanwhile; one customer answer in eight takes days → ``solved``,
+  or (rarely) ``closed`` days later without a solve, or left open until it ages out →
+  sometimes a customer reply on the solved ticket reopens it (``open``) and it is solved
+  again → ``closed`` 4 days after the last solve. Every ticket's statuses form a valid
+  lifecycle: each change is a real change, ``closed`` is the last, and only ``solved``
+  is ever reopened. With ``agent_hours``, the agents of the listed queues work only while
+  their schedule is open, so what arrives after hours waits for the next opening.
 * **Chats**: ``chat.requested`` → ``chat.accepted`` after a short lognormal wait, or,
   when the customer's patience runs out first, ``chat.abandoned`` (some within 5 s:
   short abandons) or ``chat.ended`` by the customer before any accept → ``chat.ended``
@@ -23,9 +32,11 @@ What the stream looks like:
 
 Time: conversations start in ``[start_s, start_s + duration_s)`` as a Poisson process
 (shaped by ``diurnal`` and ``incident``) and only events *occurring* before the end are
-sent, like a recording of that stretch of a live stream. ``rate`` is the average number
-of distinct valid events per second of that stretch; faults come on top of it. Event
-times have millisecond precision and are written with varied UTC offsets.
+sent, like a recording of that stretch of a live stream, so tickets still open at the end
+stay open. ``rate`` is the average number of distinct valid events per second of that
+stretch (office hours included: the volume is calibrated on the lifecycles as they are
+configured); faults come on top of it. Event times have millisecond precision and are
+written with varied UTC offsets.
 
 Faults: ``duplicate_ratio`` of events are re-sent byte for byte a little later;
 ``out_of_order`` of events are delivered late (for an opening event: after the
@@ -49,6 +60,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from deskpulse.models.sla import Schedule
+from deskpulse.streams.calendar import BusinessCalendar
 
 __all__ = ["Record", "SimConfig", "generate", "read_jsonl", "write_jsonl"]
 
@@ -176,12 +190,19 @@ class SimConfig:
     orphan_ratio: float = 0.0
     #: share of solved tickets and answered chats that get a survey response
     survey_ratio: float = 0.3
-    #: multiplies ticket response delays and close timers; < 1 squeezes lifecycles into short runs
+    #: multiplies ticket response delays and the timers that run for days (closes, holds,
+    #: customers who answer days later); < 1 squeezes lifecycles into short runs
     response_scale: float = 1.0
     #: multiplies the other gaps inside a conversation as well (customers' follow-ups,
     #: solves, reopens, surveys, chat lengths); with ``response_scale`` it squeezes whole
     #: lifecycles, days-later close included, into a short run (the benchmark's soak)
     lifecycle_scale: float = 1.0
+    #: queues whose agents keep office hours: queue -> the schedule they work (a
+    #: :class:`~deskpulse.models.sla.Schedule` or its JSON object). Their agents reply,
+    #: write notes and solve only while it is open, and their work pauses while it is
+    #: closed (a ticket created on Friday evening is answered on Monday). Other queues are
+    #: staffed around the clock; the default is every queue
+    agent_hours: Mapping[str, Schedule] = field(default_factory=dict)
     #: prefix of every generated id (default ``s<seed>-``), to keep several runs apart
     id_prefix: str | None = None
     #: zero-pad the numbers in ids to this many digits (0: no padding). Real ids keep one
@@ -219,6 +240,11 @@ class SimConfig:
                 raise ValueError(f"{name} needs at least one positive weight")
         if set(self.priorities) - set(_FIRST_REPLY_MEDIAN_S):
             raise ValueError("priorities must be among low, normal, high, urgent")
+        hours = {
+            queue: schedule if isinstance(schedule, Schedule) else Schedule.model_validate(schedule)
+            for queue, schedule in self.agent_hours.items()
+        }
+        object.__setattr__(self, "agent_hours", hours)  # frozen: set once, as if given
 
 
 class _Chooser:
@@ -248,6 +274,9 @@ _SURVEY_SCORE = {
     for mood in ("happy", "unhappy")
 } | {("ces", mood): _scores(_CES_WEIGHTS[mood], 1) for mood in ("happy", "unhappy")}
 _ROUNDS = _Chooser({0: 0.45, 1: 0.3, 2: 0.15, 3: 0.1})
+# What an agent sets with a public reply: waiting on the customer, on someone else, or open.
+_AFTER_FIRST_REPLY = _Chooser({"pending": 0.55, "hold": 0.07, "open": 0.38})
+_AFTER_REPLY = _Chooser({"pending": 0.5, "hold": 0.08, "open": 0.42})
 _ENDED_BY = _Chooser({"agent": 0.5, "customer": 0.45, "system": 0.05})
 
 
@@ -289,6 +318,12 @@ class _Simulation:
         self.queue = _Chooser(config.queues)
         self.priority = _Chooser(config.priorities)
         self.days: dict[int, str] = {}
+        # queue -> the calendar its agents keep (one compiled calendar per schedule)
+        compiled: dict[int, BusinessCalendar] = {}
+        self.offices: dict[str, BusinessCalendar] = {
+            queue: compiled.setdefault(id(schedule), BusinessCalendar(schedule))
+            for queue, schedule in config.agent_hours.items()
+        }
         self.max_shape = (1.8 if config.diurnal else 1.0) * (2.0 if config.incident else 1.0)
         self.conversations_per_s = self._calibrate()
 
@@ -381,58 +416,105 @@ class _Simulation:
         self, rng: random.Random, t0: int, conversation: _Conversation, slow: float
     ) -> list[tuple[int, int, Any]]:
         lognormal = rng.lognormvariate
-        scale = self.config.response_scale * slow
-        life = self.config.lifecycle_scale
+        config = self.config
+        scale = config.response_scale * slow
+        life = config.lifecycle_scale
+        # the timers that run for days (closes, holds, customers who take days) squeeze
+        # with both scales, so that a squeezed run still sees whole lifecycles end
+        days = config.response_scale * life
+        office = self.offices.get(conversation.queue)
         events: list[tuple[int, int, Any]] = [(t0, _TICKET_CREATED, None)]
+        status = "new"
+        status_at = t0
+
+        def agent_at(t_ms: int, work_ms: int) -> int:
+            """When an agent who picks the ticket up at ``t_ms`` is done after ``work_ms``
+            of work: office time only when the queue's agents keep office hours."""
+            if office is None:
+                return t_ms + work_ms
+            # the last millisecond of that much open time, itself open
+            return office.deadline_ms(t_ms, work_ms + 1) - 1
+
+        def set_status(t_ms: int, new: str) -> None:
+            nonlocal status, status_at
+            if new != status and status != "closed":
+                status_at = max(t_ms, status_at + 1)
+                events.append((status_at, _TICKET_STATUS, new))
+                status = new
+
         if rng.random() < 0.4:  # auto-acknowledgement: public, but not an agent reply
             events.append((t0 + rng.randint(300, 5000), _TICKET_REPLIED, _SYSTEM))
-        answered = rng.random() >= self.config.unanswered_ratio
+        answered = rng.random() >= config.unanswered_ratio
         median_s = _FIRST_REPLY_MEDIAN_S[conversation.priority]
-        first_reply_s = lognormal(math.log(median_s), _FIRST_REPLY_SIGMA) * scale
-        # an unanswered ticket is closed unanswered (spam, duplicates) after about 3 days
-        close_unanswered_ms = int(3 * 86_400_000 * self.config.response_scale * life) + 60_000
-        waiting_ms = int(first_reply_s * 1000) + 1 if answered else close_unanswered_ms
-        breached = not answered or first_reply_s > _BREACH_AFTER_S[conversation.priority]
+        work_ms = int(lognormal(math.log(median_s), _FIRST_REPLY_SIGMA) * scale * 1000) + 1
+        # an unanswered ticket is closed (spam, duplicates) after about 3 days, or never
+        t = agent_at(t0, work_ms) if answered else t0 + int(3 * 86_400_000 * days) + 60_000
+        waiting_ms = t - t0
+        breached = not answered or waiting_ms > _BREACH_AFTER_S[conversation.priority] * 1000
         while rng.random() < (0.45 if breached else 0.2):  # "any news on this?"
             events.append((t0 + int(rng.random() * waiting_ms), _TICKET_REPLIED, _CUSTOMER))
         if rng.random() < 0.35:  # an internal note before anyone answers
-            events.append((t0 + int(rng.uniform(0.05, 0.95) * waiting_ms), _TICKET_REPLIED, _NOTE))
+            share = rng.uniform(0.05, 0.95)
+            if answered:
+                note_at = agent_at(t0, int(share * work_ms))
+            else:
+                note_at = t0 + int(share * waiting_ms)
+            events.append((min(note_at, t - 1), _TICKET_REPLIED, _NOTE))
         if not answered:
             if rng.random() < 0.5:
-                events.append((t0 + waiting_ms, _TICKET_STATUS, "closed"))
+                set_status(t, "closed")  # closed without ever being solved
             return events
-        t = t0 + waiting_ms
         events.append((t, _TICKET_REPLIED, _AGENT))
-        pending = rng.random() < 0.6
-        events.append((t + 800, _TICKET_STATUS, "pending" if pending else "open"))
+        set_status(t + 800, _AFTER_FIRST_REPLY(rng))  # submitted with the reply
         solves = 1 + (rng.random() < 0.08)  # some tickets are reopened once
         for solve in range(solves):
             rounds = _ROUNDS(rng) if solve == 0 else 1
+            if status == "hold" and not rounds:
+                rounds = 1  # a hold ends before the solve
             for _ in range(rounds):
-                t += int(lognormal(math.log(3600.0), 1.0) * life * 1000)
-                events.append((t, _TICKET_REPLIED, _CUSTOMER))
-                if pending or solve:
-                    events.append((t + 500, _TICKET_STATUS, "open"))
-                if rng.random() < 0.2:
-                    events.append((t + 60_000, _TICKET_REPLIED, _NOTE))
-                t += int(lognormal(math.log(2400.0), 0.9) * scale * 1000) + int(120_000 * life)
+                if status == "hold":
+                    # waiting on another team or a supplier: hours, sometimes days; the
+                    # customer may ask meanwhile (a next-response clock starts)
+                    hold_ms = int(lognormal(math.log(8 * 3600.0), 1.0) * days * 1000) + 2000
+                    if rng.random() < 0.3:
+                        asked_at = t + 1000 + int(rng.uniform(0.1, 0.9) * hold_ms)
+                        events.append((asked_at, _TICKET_REPLIED, _CUSTOMER))
+                    work_ms = int(lognormal(math.log(600.0), 0.8) * scale * 1000)
+                    t = agent_at(t + 1000 + hold_ms, work_ms)
+                else:
+                    # the customer answers: usually within hours, sometimes days later
+                    if rng.random() < 0.12:
+                        wait_ms = int(lognormal(math.log(36 * 3600.0), 0.7) * days * 1000)
+                    else:
+                        wait_ms = int(lognormal(math.log(3600.0), 1.0) * life * 1000)
+                    t += 2000 + wait_ms
+                    events.append((t, _TICKET_REPLIED, _CUSTOMER))
+                    if status in ("pending", "solved"):  # solved: the customer reopens it
+                        set_status(t + 500, "open")
+                    if rng.random() < 0.2:
+                        events.append((agent_at(t, 60_000), _TICKET_REPLIED, _NOTE))
+                    work_ms = int(lognormal(math.log(2400.0), 0.9) * scale * 1000)
+                    t = agent_at(t, work_ms + int(120_000 * life))
                 events.append((t, _TICKET_REPLIED, _AGENT))
-                pending = rng.random() < 0.5
-                if pending:
-                    events.append((t + 800, _TICKET_STATUS, "pending"))
-            if rng.random() >= 0.85:
-                return events  # still open
-            t += int(lognormal(math.log(300.0), 1.0) * life * 1000) + 1000
-            events.append((t, _TICKET_STATUS, "solved"))
-            if rng.random() < self.config.survey_ratio:
+                set_status(t + 800, _AFTER_REPLY(rng))
+            outcome = rng.random()
+            if outcome < 0.03:  # the customer went silent; closed days later, never solved
+                closed_after_ms = int(lognormal(math.log(2 * 86400.0), 0.5) * days * 1000)
+                set_status(t + 1000 + closed_after_ms, "closed")
+                return events
+            if outcome < 0.08:
+                return events  # forgotten: open until it ages out
+            t = agent_at(t, int(lognormal(math.log(300.0), 1.0) * life * 1000) + 1000)
+            set_status(t, "solved")
+            if rng.random() < config.survey_ratio:
                 at = t + int(lognormal(math.log(1800.0), 1.0) * life * 1000)
                 events.append((at, _SURVEY, self._survey(rng, conversation, breached)))
             if solve + 1 < solves:
                 t += int(lognormal(math.log(6 * 3600.0), 0.8) * life * 1000)
-        # 4 days after solved
-        close_after_ms = int(96 * 3_600_000 * self.config.response_scale * life)
+        # closed by the platform 4 days after the last solve
+        close_after_ms = int(96 * 3_600_000 * days)
         close_after_ms += int(rng.randint(0, 3_600_000) * life)
-        events.append((t + close_after_ms, _TICKET_STATUS, "closed"))
+        set_status(t + close_after_ms, "closed")
         return events
 
     def _chat(
