@@ -1,7 +1,9 @@
 """``python -m benchmark.run`` (``make bench``): every performance budget, measured in one run.
 
 One embedded broker and one redis-server on free ports; the simulated data is produced
-once and each contender reads it under its own consumer group and Redis prefix:
+once and each contender reads it under its own consumer group and Redis prefix, every
+deskpulse worker with the SLA policy set of ``streams.devtools.policies`` (two office
+schedules and a 24/7 default, as ``deskpulse demo`` runs):
 
 1. throughput: the bare Faust agent (the ceiling), the live worker, the replay path (and
    the replay's KPI documents compared with the live worker's);
@@ -71,6 +73,7 @@ from benchmark.traffic import marker_id
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings, parse_duration
 from deskpulse.streams.core import Conversation, CoreConfig
+from deskpulse.streams.devtools import policies
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from deskpulse.streams.query import query_kpis
@@ -261,7 +264,9 @@ class Bench:
             self.procs.stop(broker)
 
     def settings(self, name: str, topics: str, **values: Any) -> Settings:
-        """A contender: its own consumer group and Redis prefix on the ``topics`` data set."""
+        """A contender: its own consumer group and Redis prefix on the ``topics`` data set,
+        with the SLA policy set of two office schedules the demo runs with."""
+        values = policies.settings_values() | values
         return make_settings(
             kafka_bootstrap=self.bootstrap,
             redis_url=self.redis_url,

@@ -38,6 +38,13 @@ def make_settings(**values: Any) -> Settings:
         os.environ.update(saved)
 
 
+def _json_value(value: Any) -> Any:
+    """A settings model (a schedule, a policy, an alert rule) as the JSON it was read from."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    return value
+
+
 def _env_value(name: str, value: Any) -> str:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
@@ -48,11 +55,9 @@ def _env_value(name: str, value: Any) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     if isinstance(value, tuple | list):
-        return json.dumps(
-            [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
-        )
+        return json.dumps([_json_value(v) for v in value])
     if isinstance(value, dict):
-        return json.dumps(value)
+        return json.dumps({k: _json_value(v) for k, v in value.items()})
     raise TypeError(f"no environment spelling for {name}={value!r}")
 
 

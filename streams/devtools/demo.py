@@ -39,7 +39,7 @@ from deskpulse.streams.devtools import policies
 from deskpulse.streams.devtools.embedded import ManagedProcess, port_open, start_broker, start_redis
 from deskpulse.streams.topics import ensure_topics
 
-__all__ = ["claim_state", "produce_live", "run_demo"]
+__all__ = ["claim_state", "produce_live", "run_demo", "worker_environment"]
 
 #: how long the worker may take to flush and commit after SIGTERM before it is killed
 _WORKER_STOP_S = 20
@@ -112,6 +112,16 @@ async def claim_state(settings: Settings, *, own_redis: bool, now_s: float) -> S
         await redis.aclose()
 
 
+def worker_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the demo starts its worker with: ``environ`` on the demo's Redis
+    prefix, plus the policy set of :mod:`streams.devtools.policies` when the settings name
+    neither schedules nor policies (their own, from the environment or a ``.env``, stand)."""
+    env = dict(environ) | {"DESKPULSE_REDIS_PREFIX": settings.redis_prefix}
+    if settings.sla_policies is None and not settings.schedules:
+        env |= policies.settings_env()
+    return env
+
+
 def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
     """Run the demo until Ctrl-C; returns the exit status."""
     workdir = Path(os.environ.get("DESKPULSE_DEMO_DIR", ".deskpulse")).resolve()
@@ -158,13 +168,12 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
         if own_broker:
             settings = asyncio.run(claim_state(settings, own_redis=own_redis, now_s=time.time()))
         asyncio.run(ensure_topics(settings))
-        worker_env = os.environ | {"DESKPULSE_REDIS_PREFIX": settings.redis_prefix}
-        if settings.sla_policies is None and not settings.schedules:
-            worker_env |= policies.settings_env()
+        worker_env = worker_environment(settings, os.environ)
+        if worker_env.get("DESKPULSE_SLA_POLICIES") == policies.SLA_POLICIES:
             print(
-                "deskpulse demo: SLA policies (DESKPULSE_SLA_POLICIES unset): billing and "
+                "deskpulse demo: SLA policies (DESKPULSE_SLA_POLICIES is unset): billing and "
                 "sales on office hours in Europe/Berlin, technical in America/New_York, "
-                "the rest 24/7; their simulated agents keep those hours",
+                "the rest 24/7; the simulated agents of those queues keep those hours",
                 flush=True,
             )
         worker = subprocess.Popen(
