@@ -458,8 +458,9 @@ class _Simulation:
             if answered:
                 note_at = agent_at(t0, int(share * work_ms))
             else:
-                note_at = t0 + int(share * waiting_ms)
-            events.append((min(note_at, t - 1), _TICKET_REPLIED, _NOTE))
+                note_at = agent_at(t0 + int(share * waiting_ms), 0)
+            if note_at < t:
+                events.append((note_at, _TICKET_REPLIED, _NOTE))
         if not answered:
             if rng.random() < 0.5:
                 set_status(t, "closed")  # closed without ever being solved

@@ -5,17 +5,35 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 
 from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import decode
-from deskpulse.streams.devtools.simulate import Record, SimConfig, generate, read_jsonl, write_jsonl
+from deskpulse.models.sla import Schedule
+from deskpulse.streams.calendar import BusinessCalendar, business_ms
+from deskpulse.streams.devtools.simulate import (
+    DEFAULT_START_S,
+    Record,
+    SimConfig,
+    generate,
+    read_jsonl,
+    write_jsonl,
+)
 
 HOUR = 3600
+DAY = 24 * HOUR
+BERLIN = ZoneInfo("Europe/Berlin")
+# Monday to Friday 09:00-17:30 in Berlin
+OFFICE = {
+    "timezone": "Europe/Berlin",
+    "hours": {day: ["09:00-17:30"] for day in ("mon", "tue", "wed", "thu", "fri")},
+}
 OPENERS = {"ticket.created", "chat.requested"}
 FAULTY = SimConfig(
     seed=11,
@@ -76,8 +94,9 @@ def test_event_times_stay_in_the_simulated_stretch(faulty: list[Record]) -> None
         SimConfig(seed=2, rate=40, duration_s=HOUR / 2, response_scale=0.1),
         SimConfig(seed=3, rate=2, duration_s=24 * HOUR, diurnal=True),
         SimConfig(seed=4, rate=10, duration_s=2 * HOUR, incident=True),
+        SimConfig(seed=9, rate=0.3, duration_s=3 * DAY, agent_hours={"billing": OFFICE}),
     ],
-    ids=["plain", "fast-agents", "diurnal-day", "incident"],
+    ids=["plain", "fast-agents", "diurnal-day", "incident", "office-hours"],
 )
 def test_rate_is_the_average_of_distinct_valid_events(config: SimConfig) -> None:
     measured = len(distinct_events(config)) / config.duration_s
@@ -251,7 +270,7 @@ def test_private_notes_system_replies_and_statuses_occur(
     )
     assert {("agent", True), ("agent", False), ("customer", True), ("system", True)} <= set(replies)
     statuses = {e.status for _, e in decoded if e.type == "ticket.status_changed"}
-    assert {"open", "pending", "solved", "closed"} <= statuses
+    assert {"open", "pending", "hold", "solved", "closed"} <= statuses
 
 
 def test_first_replies_sometimes_breach_their_target() -> None:
@@ -265,6 +284,205 @@ def test_first_replies_sometimes_breach_their_target() -> None:
             first.setdefault(event.ticket_id, event.occurred_at_s - created[event.ticket_id])
     breached = sum(1 for seconds in first.values() if seconds > 3600)
     assert 0 < breached < len(first) / 3
+
+
+# Days of traffic at the default scales: whole lifecycles, days-long ones included.
+LIFECYCLES = SimConfig(seed=21, rate=0.1, duration_s=8 * DAY)
+# a change out of a status into another; "solved" -> other than "closed" is a reopen
+ALLOWED = {
+    "new": {"open", "pending", "hold", "solved", "closed"},
+    "open": {"pending", "hold", "solved", "closed"},
+    "pending": {"open", "hold", "solved", "closed"},
+    "hold": {"open", "pending", "solved", "closed"},
+    "solved": {"open", "closed"},
+    "closed": set(),
+}
+
+
+def timelines(events: list[Any]) -> dict[str, list[Any]]:
+    """Each opened ticket's events in timeline order: (occurred_at, event_id)."""
+    by_ticket: dict[str, list[Any]] = collections.defaultdict(list)
+    for event in events:
+        if event.type.startswith("ticket."):
+            by_ticket[event.ticket_id].append(event)
+    ordered = {}
+    for ticket, items in by_ticket.items():
+        items.sort(key=lambda e: (e.occurred_at_s, e.event_id))
+        if items[0].type == "ticket.created":
+            ordered[ticket] = items
+    return ordered
+
+
+@pytest.fixture(scope="module")
+def lifecycles() -> dict[str, list[Any]]:
+    return timelines(distinct_events(LIFECYCLES))
+
+
+def is_agent_reply(event: Any) -> bool:
+    return event.type == "ticket.replied" and event.author_role == "agent" and event.public
+
+
+def is_customer_reply(event: Any) -> bool:
+    return event.type == "ticket.replied" and event.author_role == "customer" and event.public
+
+
+def test_every_ticket_walks_a_valid_lifecycle(lifecycles: dict[str, list[Any]]) -> None:
+    changes: collections.Counter[tuple[str, str]] = collections.Counter()
+    for ticket, events in lifecycles.items():
+        status = "new"
+        for index, event in enumerate(events):
+            if event.type != "ticket.status_changed":
+                assert status != "closed", f"{ticket}: {event.type} after the close"
+                continue
+            assert event.status in ALLOWED[status], f"{ticket}: {status} -> {event.status}"
+            if status == "solved" and event.status != "closed":
+                # a reopen: the customer wrote on the solved ticket
+                assert is_customer_reply(events[index - 1]), ticket
+            changes[status, event.status] += 1
+            status = event.status
+    # every kind of change the lifecycles have, each more than a few times
+    expected = {
+        ("new", "pending"),
+        ("new", "open"),
+        ("new", "hold"),
+        ("new", "closed"),  # closed unanswered
+        ("pending", "open"),  # the customer answered
+        ("open", "pending"),
+        ("open", "hold"),
+        ("hold", "open"),
+        ("hold", "pending"),
+        ("pending", "solved"),
+        ("open", "solved"),
+        ("solved", "open"),  # reopened
+        ("solved", "closed"),
+        ("pending", "closed"),  # closed without a solve
+        ("open", "closed"),
+    }
+    assert {change for change, count in changes.items() if count >= 5} >= expected, changes
+    solves = changes["open", "solved"] + changes["pending", "solved"] + changes["hold", "solved"]
+    assert 0.03 < changes["solved", "open"] / solves < 0.15  # reopens: some, not many
+    closed_unsolved = sum(
+        n for (old, new), n in changes.items() if new == "closed" and old != "solved"
+    )
+    assert 0 < closed_unsolved < 0.1 * changes["solved", "closed"]  # rare
+
+
+def test_tickets_stay_open_for_days_on_hold_and_pending(lifecycles: dict[str, list[Any]]) -> None:
+    end_s = LIFECYCLES.start_s + LIFECYCLES.duration_s
+    open_days: list[float] = []
+    holds_s: list[float] = []
+    for events in lifecycles.values():
+        created_s = events[0].occurred_at_s
+        if created_s > end_s - 4 * DAY:
+            continue  # young tickets have had no time to last
+        done_s, hold_from = end_s, None
+        for event in events:
+            if event.type != "ticket.status_changed":
+                continue
+            if hold_from is not None:
+                holds_s.append(event.occurred_at_s - hold_from)
+            hold_from = event.occurred_at_s if event.status == "hold" else None
+            if event.status in ("solved", "closed"):
+                done_s = min(done_s, event.occurred_at_s)
+        open_days.append((done_s - created_s) / DAY)
+    open_days.sort()
+    assert open_days[len(open_days) // 2] < 1  # most are solved the same day
+    assert 0.05 < sum(1 for days in open_days if days > 2) / len(open_days) < 0.4
+    holds_s.sort()
+    assert len(holds_s) > 50
+    assert HOUR < holds_s[len(holds_s) // 2] < DAY  # hours, sometimes days
+    assert holds_s[-len(holds_s) // 10] > DAY
+
+
+def test_customer_follow_ups_after_agent_replies_start_next_response_cycles(
+    lifecycles: dict[str, list[Any]],
+) -> None:
+    # a cycle: a public customer reply after the first public agent reply, while no cycle
+    # runs and the ticket is neither solved nor closed, ended by the next agent reply
+    cycles: collections.Counter[str] = collections.Counter()
+    answered_cycles = 0
+    for ticket, events in lifecycles.items():
+        status, replied, running = "new", False, False
+        for event in events:
+            if event.type == "ticket.status_changed":
+                status = event.status
+            elif is_agent_reply(event):
+                answered_cycles += running
+                replied, running = True, False
+            elif (
+                is_customer_reply(event)
+                and replied
+                and not running
+                and status not in ("solved", "closed")
+            ):
+                cycles[ticket] += 1
+                running = True
+    answered = sum(1 for events in lifecycles.values() if any(map(is_agent_reply, events)))
+    assert len(cycles) > answered / 3
+    assert sum(1 for n in cycles.values() if n >= 3) > 20
+    assert answered_cycles > 0.8 * sum(cycles.values())
+
+
+def office_open(at_s: float) -> bool:
+    local = datetime.fromtimestamp(at_s, BERLIN)
+    return local.weekday() < 5 and (9, 0) <= (local.hour, local.minute) < (17, 30)
+
+
+def test_agents_keep_office_hours_when_asked() -> None:
+    config = SimConfig(
+        seed=31,
+        start_s=DEFAULT_START_S + 2 * DAY,  # Wednesday to Tuesday: a weekend in the middle
+        rate=0.12,
+        duration_s=6 * DAY,
+        queues={"billing": 1, "general": 1},
+        agent_hours={"billing": OFFICE},
+    )
+    office = BusinessCalendar(Schedule.model_validate(OFFICE))
+    worked = {"billing": [0, 0], "general": [0, 0]}  # [in office hours, outside]
+    first: dict[str, list[tuple[float, float]]] = {"billing": [], "general": []}
+    friday_evening = []
+    for events in timelines(distinct_events(config)).values():
+        queue = events[0].queue
+        if queue not in worked:
+            continue  # a producer left the queue out
+        created_s = events[0].occurred_at_s
+        for event in events:
+            by_agent = event.type == "ticket.replied" and event.author_role == "agent"
+            if by_agent or getattr(event, "status", None) == "solved":
+                worked[queue][not office_open(event.occurred_at_s)] += 1
+        reply = next((e for e in events if is_agent_reply(e)), None)
+        if reply is None:
+            continue
+        calendar_ms = round((reply.occurred_at_s - created_s) * 1000)
+        start_ms = round(created_s * 1000)
+        business = business_ms(office, start_ms, start_ms + calendar_ms)
+        first[queue].append((calendar_ms, business))
+        local = datetime.fromtimestamp(created_s, BERLIN)
+        if queue == "billing" and local.weekday() == 4 and local.hour >= 18:
+            friday_evening.append(datetime.fromtimestamp(reply.occurred_at_s, BERLIN))
+    assert worked["billing"][0] > 1000 and worked["billing"][1] == 0
+    assert worked["general"][1] > worked["general"][0]  # around the clock
+    # a billing ticket of a Friday evening is answered on Monday (or later), in office hours
+    assert len(friday_evening) > 10
+    assert all(reply.weekday() < 5 and reply.weekday() != 4 for reply in friday_evening)
+    assert any(reply.weekday() == 0 for reply in friday_evening)
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    # calendar time grows with the closed hours; business time stays like the 24/7 queue's
+    billing_calendar = median([c for c, _ in first["billing"]])
+    billing_business = median([b for _, b in first["billing"]])
+    general_calendar = median([c for c, _ in first["general"]])
+    assert billing_calendar > 2 * general_calendar
+    assert billing_business == pytest.approx(general_calendar, rel=0.25)
+
+
+def test_same_config_with_office_hours_same_records() -> None:
+    config = SimConfig(seed=12, rate=0.2, duration_s=DAY, agent_hours={"technical": OFFICE})
+    assert list(generate(config)) == list(generate(config))
+    assert isinstance(config.agent_hours["technical"], Schedule)  # read as a schedule
+    assert list(generate(config)) != list(generate(dataclasses.replace(config, agent_hours={})))
 
 
 def test_in_order_delivery_without_disorder() -> None:
@@ -358,6 +576,11 @@ def test_lifecycle_scale_squeezes_whole_conversations() -> None:
         {"duplicate_ratio": 1.5},
         {"channels": {}},
         {"priorities": {"critical": 1.0}},
+        {
+            "agent_hours": {
+                "billing": {"timezone": "Mars/Olympus", "hours": {"mon": ["09:00-17:00"]}}
+            }
+        },
     ],
 )
 def test_bad_config_is_refused(change: dict[str, Any]) -> None:
