@@ -37,9 +37,13 @@ __all__ = [
     "Evaluation",
     "Instance",
     "Response",
+    "Terms",
     "evaluate",
+    "evaluate_terms",
     "first_response_deadline",
+    "first_response_deadline_terms",
     "next_check_ms",
+    "terms",
 ]
 
 AGENT, CUSTOMER = "a", "c"
@@ -72,6 +76,33 @@ SHORT: dict[SlaMetric, str] = {
 
 Timeline = Iterable[tuple[str, tuple[int, str]]]
 Span = tuple[int, int | None]  # a running part of the clock, [start, end) or open-ended
+
+
+class Terms(NamedTuple):
+    """What :func:`evaluate` needs of a policy for one priority, looked up once
+    (:func:`terms`): the targets in ms (``None``: no instance), the statuses that pause the
+    resolution clock (timeline codes), the warning fractions and the compiled calendar."""
+
+    first_response_ms: int | None
+    next_response_ms: int | None
+    resolution_ms: int | None
+    pause: frozenset[str]
+    warn_at: tuple[float, ...]
+    calendar: BusinessCalendar | None
+
+
+def terms(policy: Policy | None, priority: str, calendar: BusinessCalendar | None) -> Terms:
+    """A policy's terms for a priority (no policy: no targets, calendar as given)."""
+    if policy is None:
+        return Terms(None, None, None, frozenset(), (), calendar)
+    return Terms(
+        _target_ms(policy, "first_response", priority),
+        _target_ms(policy, "next_response", priority),
+        _target_ms(policy, "resolution", priority),
+        frozenset(STATUS_CODES[name] for name in policy.pause),
+        policy.warn_at,
+        calendar,
+    )
 
 
 class Instance(NamedTuple):
@@ -162,11 +193,15 @@ def _instance(
     target_ms: int,
     spans: list[Span],
     end: tuple[int, bool] | None,
-    policy: Policy,
+    warn_at: tuple[float, ...],
     calendar: BusinessCalendar | None,
     clock_ms: int | None,
 ) -> Instance:
-    deadline = _reach(calendar, spans, target_ms)
+    # the first and next responses run always: one open-ended span
+    always = len(spans) == 1 and spans[0][1] is None
+    deadline = (
+        deadline_ms(calendar, start_ms, target_ms) if always else _reach(calendar, spans, target_ms)
+    )
     end_ms, fulfilled = end if end is not None else (None, False)
     if end_ms is not None and (deadline is None or end_ms <= deadline):
         outcome = ACHIEVED if fulfilled else CANCELLED
@@ -177,9 +212,12 @@ def _instance(
     elapsed = business = None
     if fulfilled and end_ms is not None:
         elapsed = max(0, end_ms - start_ms)
-        business = max(0, _elapsed(calendar, spans, end_ms))
+        if always:
+            business = business_ms(calendar, start_ms, end_ms) if end_ms > start_ms else 0
+        else:
+            business = max(0, _elapsed(calendar, spans, end_ms))
     warnings = []
-    for fraction in policy.warn_at:
+    for fraction in warn_at:
         instant = _reach(calendar, spans, ceil(fraction * target_ms))
         if instant is not None and (end_ms is None or instant < end_ms):
             warnings.append((fraction, instant))
@@ -228,7 +266,14 @@ def evaluate(
     ``closed`` from any status but ``solved``) fulfils the resolution. Replies keep their
     own time.
     """
-    entries = sorted((ms, event_id, code) for event_id, (ms, code) in timeline)
+    return evaluate_terms(created_ms, timeline, terms(policy, priority, calendar), clock_ms)
+
+
+def evaluate_terms(
+    created_ms: int, timeline: Timeline, terms: Terms, clock_ms: int | None = None
+) -> Evaluation:
+    """:func:`evaluate` with the policy's :class:`Terms` looked up beforehand."""
+    entries = sorted([(ms, event_id, code) for event_id, (ms, code) in timeline])
     status = "n"
     closed = False
     ignored = 0
@@ -268,6 +313,7 @@ def evaluate(
     if asked is not None:
         asks.append((asked, None))
 
+    calendar = terms.calendar
     first_business = None
     if first_reply is not None:
         first_business = (
@@ -279,52 +325,52 @@ def evaluate(
         if end is not None and end[1]
     )
     instances: list[Instance] = []
-    if policy is not None:
-        target = _target_ms(policy, "first_response", priority)
-        if target is not None:
+    warn_at = terms.warn_at
+    target = terms.first_response_ms
+    if target is not None:
+        instances.append(
+            _instance(
+                "first_response",
+                1,
+                created_ms,
+                target,
+                [(created_ms, None)],
+                first_end,
+                warn_at,
+                calendar,
+                clock_ms,
+            )
+        )
+    target = terms.next_response_ms
+    if target is not None:
+        for number, (start, end) in enumerate(asks, 1):
             instances.append(
                 _instance(
-                    "first_response",
-                    1,
-                    created_ms,
+                    "next_response",
+                    number,
+                    start,
                     target,
-                    [(created_ms, None)],
-                    first_end,
-                    policy,
+                    [(start, None)],
+                    end,
+                    warn_at,
                     calendar,
                     clock_ms,
                 )
             )
-        target = _target_ms(policy, "next_response", priority)
-        if target is not None:
-            for number, (start, end) in enumerate(asks, 1):
-                instances.append(
-                    _instance(
-                        "next_response",
-                        number,
-                        start,
-                        target,
-                        [(start, None)],
-                        end,
-                        policy,
-                        calendar,
-                        clock_ms,
-                    )
-                )
-        target = _target_ms(policy, "resolution", priority)
-        if target is not None:
-            pause = {STATUS_CODES[name] for name in policy.pause}
-            spans: list[Span] = []
-            for index, (at, code) in enumerate(changes):
-                if code not in pause:
-                    following = changes[index + 1][0] if index + 1 < len(changes) else None
-                    spans.append((at, following))
-            solved = None if solve_ms is None else (solve_ms, True)
-            instances.append(
-                _instance(
-                    "resolution", 1, created_ms, target, spans, solved, policy, calendar, clock_ms
-                )
+    target = terms.resolution_ms
+    if target is not None:
+        pause = terms.pause
+        spans: list[Span] = []
+        for index, (at, code) in enumerate(changes):
+            if code not in pause:
+                following = changes[index + 1][0] if index + 1 < len(changes) else None
+                spans.append((at, following))
+        solved = None if solve_ms is None else (solve_ms, True)
+        instances.append(
+            _instance(
+                "resolution", 1, created_ms, target, spans, solved, warn_at, calendar, clock_ms
             )
+        )
     return Evaluation(first_reply, first_business, responses, tuple(instances), ignored)
 
 
@@ -342,10 +388,17 @@ def first_response_deadline(
     instance ends at the first entry in timeline order that is an agent reply or a status
     into ``solved``/``closed`` (the first such status is always a change).
     """
-    target = _target_ms(policy, "first_response", priority)
+    return first_response_deadline_terms(created_ms, timeline, terms(policy, priority, calendar))
+
+
+def first_response_deadline_terms(created_ms: int, timeline: Timeline, terms: Terms) -> int | None:
+    """:func:`first_response_deadline` with the policy's :class:`Terms` looked up."""
+    target = terms.first_response_ms
     if target is None:
         return None
-    deadline = deadline_ms(calendar, created_ms, target)
+    deadline = deadline_ms(terms.calendar, created_ms, target)
+    if not timeline:
+        return deadline
     end: tuple[int, str] | None = None
     for event_id, (ms, code) in timeline:
         if (code == AGENT or code in _ENDING) and (end is None or (ms, event_id) < end):
