@@ -335,7 +335,7 @@ def fold_claim(state: Conversation, claim: str) -> bool:
 def fold(state: Conversation, event: WireEvent | SlaClaim, at_ms: int | None = None) -> bool:
     """Fold one event into its conversation; ``False`` if its ``event_id`` was seen before
     (or, for a claim, the claim was recorded before)."""
-    if type(event) is SlaClaim:
+    if isinstance(event, SlaClaim):
         return fold_claim(state, event.claim)
     event_id = event.event_id
     if state.knows(event_id):

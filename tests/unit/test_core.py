@@ -707,3 +707,36 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
         "frh:<bound>",
         "sla",
     }
+
+
+# --- the core against the brute-force oracle ----------------------------------------------
+
+
+def test_simulated_traffic_agrees_with_the_oracle() -> None:
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+    from tests.oracle import compare, compute
+
+    # squeezed lifecycles: replies, solves, reopens and closes within the hour
+    sim = SimConfig(
+        seed=11,
+        duration_s=3600,
+        rate=20,
+        response_scale=0.01,
+        lifecycle_scale=0.02,
+        out_of_order=0.2,
+        duplicate_ratio=0.02,
+    )
+    values = [record.value for record in generate(sim) if record.occurred_at_s is not None]
+    memory = MemoryState()
+    for offset in range(0, len(values), 97):
+        memory.apply([("t", offset + i, raw) for i, raw in enumerate(values[offset : offset + 97])])
+    start_s = int(sim.start_s) // 3600 * 3600
+    for by in ((), ("channel", "priority")):
+        actual = build_document(
+            memory.window(start_s, start_s + 7200), start_s=start_s, end_s=start_s + 7200, by=by
+        )
+        expected = compute(values, at_s=start_s + 7200, width_s=7200, by=by)
+        assert compare(actual, expected) == []
+    group = actual["groups"][0]  # type: ignore[index]
+    assert group["next_response"]["count"] > 0
+    assert memory.counters["ignored:closed"] >= 0
