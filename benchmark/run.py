@@ -1269,7 +1269,7 @@ class Bench:
                     pipe.hrandfield(f"{prefix}:{{p{p}}}:conv", 250, withvalues=True)
                 replies = await pipe.execute()
             states = [v for r in replies[2 * parts :] for v in r[1::2]]
-            seen = [len(Conversation.loads(v).seen) for v in states]
+            seen = [Conversation.loads(v).events() for v in states]
             cpu = tree_cpu_s(worker.pid)
             broker_cpu = self.cpu_of(self.broker)[0]
             mono = time.monotonic()

@@ -310,6 +310,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "",
     ),
     MetricSpec(
+        "deskpulse_events_ignored_total",
+        "counter",
+        ("reason",),
+        "Input events applied but ignored, by reason: closed = a ticket status change after "
+        "the ticket's close (in event-time order), which changes nothing.",
+        "",
+    ),
+    MetricSpec(
         "deskpulse_events_orphaned_total",
         "counter",
         (),

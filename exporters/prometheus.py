@@ -461,12 +461,12 @@ def _add_summaries(
 
 
 def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
-    """The pipeline counters the partitions' metas hold (duplicates, late, orphaned and held
-    events), summed over the partitions."""
+    """The pipeline counters the partitions' metas hold (duplicates, late, ignored, orphaned
+    and held events), summed over the partitions."""
     sums: Counter[str] = Counter()
     for partition_meta in meta.values():
         for name, raw in partition_meta.items():
-            if name.split(":")[0] in ("dup", "late", "orphaned", "held"):
+            if name.split(":")[0] in ("dup", "late", "ignored", "orphaned", "held"):
                 sums[name] += int(raw)
     duplicate = CounterMetricFamily(
         "deskpulse_events_duplicate",
@@ -476,19 +476,28 @@ def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
     late = CounterMetricFamily(
         "deskpulse_events_late", _help("deskpulse_events_late_total"), labels=["topic"]
     )
+    ignored = CounterMetricFamily(
+        "deskpulse_events_ignored", _help("deskpulse_events_ignored_total"), labels=["reason"]
+    )
+    # counted from the first ignored event on; a deployment without one shows it at 0
+    ignored_reasons = {"closed": 0}
     for name, value in sums.items():
         kind, _, topic = name.partition(":")
         if kind == "dup":
             duplicate.add_metric([topic], value)
         elif kind == "late":
             late.add_metric([topic], value)
+        elif kind == "ignored":
+            ignored_reasons[topic] = value
+    for reason, value in sorted(ignored_reasons.items()):
+        ignored.add_metric([reason], value)
     orphaned = CounterMetricFamily(
         "deskpulse_events_orphaned", _help("deskpulse_events_orphaned_total")
     )
     orphaned.add_metric([], sums.get("orphaned", 0))
     held = GaugeMetricFamily("deskpulse_events_held", _help("deskpulse_events_held"))
     held.add_metric([], sums.get("held", 0))
-    return [duplicate, late, orphaned, held]
+    return [duplicate, late, ignored, orphaned, held]
 
 
 def _fold_items(

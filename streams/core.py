@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
+from deskpulse.models.sla import Policy, Schedule, default_policy, policy_for
 from deskpulse.models.wire import (
     ChatAbandoned,
     ChatAccepted,
@@ -37,10 +39,28 @@ from deskpulse.models.wire import (
     SurveyResponded,
     TicketCreated,
     TicketReplied,
+    TicketStatusChanged,
     WireEvent,
     event_ms,
 )
 from deskpulse.streams import sketch
+from deskpulse.streams.calendar import BusinessCalendar, calendars
+from deskpulse.streams.sla import (
+    ACHIEVED,
+    AGENT,
+    BREACHED,
+    CUSTOMER,
+    SHORT,
+    STATUS_CODES,
+    Evaluation,
+    Instance,
+    Response,
+    Terms,
+    evaluate,
+    evaluate_terms,
+    first_response_deadline_terms,
+    terms,
+)
 
 __all__ = [
     "FIELDS",
@@ -51,11 +71,13 @@ __all__ = [
     "Conversation",
     "CoreConfig",
     "Pending",
+    "SlaClaim",
     "breach_deadline",
     "contributions",
     "dim_key",
     "fold",
     "fold_batch",
+    "fold_claim",
     "group_document",
     "has_samples",
     "split_dim_key",
@@ -71,7 +93,17 @@ FIELDS: dict[str, str] = {
     "tc": "tickets created",
     "fr": "first responses",
     "fr_ms": "sum of first response times, ms",
-    "fr_in": "first responses within the priority's target",
+    "fr_in": "first responses within the priority's target (business time under a policy)",
+    "fb_ms": "sum of first response times in business time, ms",
+    "nr": "next responses",
+    "nr_ms": "sum of next response times, ms",
+    "nb_ms": "sum of next response times in business time, ms",
+    "sa_fr": "first-response SLA instances achieved",
+    "sa_nr": "next-response SLA instances achieved",
+    "sa_rs": "resolution SLA instances achieved",
+    "sb_fr": "first-response SLA instances breached (and claimed)",
+    "sb_nr": "next-response SLA instances breached (and claimed)",
+    "sb_rs": "resolution SLA instances breached (and claimed)",
     "cr": "chats requested",
     "ca": "chats answered",
     "ca_in": "chats answered within the answer target",
@@ -119,11 +151,45 @@ class CoreConfig:
     )
     short_abandon_s: int = 5
     chat_answer_target_s: int = 20
+    #: the SLA policies, first match wins; ``None``: the one default policy built from
+    #: ``first_response_targets_s`` (calendar time, no warnings)
+    policies: tuple[Policy, ...] | None = None
+    #: the business calendars the policies name
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
 
     @cached_property
     def histogram_bounds_s(self) -> tuple[int, ...]:
         """Histogram bucket bounds: the fixed ladder plus every configured target."""
         return tuple(sorted({*HISTOGRAM_BOUNDS_S, *self.first_response_targets_s.values()}))
+
+    @cached_property
+    def effective_policies(self) -> tuple[Policy, ...]:
+        """The policies in force (the default policy when none are set)."""
+        if self.policies is not None:
+            return self.policies
+        return (default_policy(self.first_response_targets_s),)  # type: ignore[arg-type]
+
+    @cached_property
+    def calendars(self) -> dict[str, BusinessCalendar]:
+        """Every schedule compiled once (their caches live as long as this config)."""
+        return calendars(self.schedules)
+
+    @cached_property
+    def _terms_cache(self) -> dict[Dims, Terms]:
+        return {}
+
+    def terms_of(self, dims: Dims) -> Terms:
+        """The terms of a ticket's policy (first match on its dimensions at creation) for
+        its priority, with the policy's calendar (``None``: calendar time); looked up once
+        per group."""
+        cache = self._terms_cache
+        found = cache.get(dims)
+        if found is None:
+            policy = policy_for(self.effective_policies, *dims)
+            schedule = None if policy is None else policy.schedule
+            calendar = None if schedule is None else self.calendars[schedule]
+            found = cache[dims] = terms(policy, dims[2], calendar)
+        return found
 
     @classmethod
     def from_settings(cls, settings: Any) -> CoreConfig:
@@ -135,6 +201,8 @@ class CoreConfig:
             first_response_targets_s=dict(settings.first_response_targets),
             short_abandon_s=settings.short_abandon,
             chat_answer_target_s=settings.chat_answer_target,
+            policies=tuple(settings.policies),
+            schedules=dict(settings.schedules),
         )
 
 
@@ -155,30 +223,61 @@ Survey = tuple[int, str, int, str | None, str | None, str | None]
 class Conversation(msgspec.Struct, array_like=True, gc=False):
     """Order-independent summary of one conversation (see the module docstring).
 
-    ``opened``, ``first_reply``, ``accepted`` and ``ended`` are earliest ``(ms, event_id)``
-    pairs; ``surveys`` maps survey event ids to ``(ms, kind, score, channel, queue,
-    priority)`` with ``None`` for dimensions the survey did not carry. Stored in Redis as
-    the compact JSON array of these fields, in this order (:meth:`dumps`).
+    ``opened``, ``accepted`` and ``ended`` are earliest ``(ms, event_id)`` pairs;
+    ``surveys`` maps survey event ids to ``(ms, kind, score, channel, queue, priority)``
+    with ``None`` for dimensions the survey did not carry; ``timeline`` maps the event id of
+    each public reply and status change of a ticket to ``(ms, code)`` (codes:
+    :mod:`deskpulse.streams.sla`); ``claims`` are the SLA breaches breach detection claimed
+    (``fr:1``, ``nr:2``, ``rs:1``). ``seen`` holds the ids of every other event: an id is
+    stored once, where its event is kept, and a repeat is found in any of these places.
+    Stored in Redis as the compact JSON array of these fields, in this order (:meth:`dumps`).
     """
 
     kind: str  # "t" ticket, "c" chat
     opened: tuple[int, str] | None = None
     dims: Dims | None = None
-    first_reply: tuple[int, str] | None = None
     accepted: tuple[int, str] | None = None
     ended: tuple[int, str] | None = None
     surveys: dict[str, Survey] = msgspec.field(default_factory=dict)
+    timeline: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
+    claims: set[str] = msgspec.field(default_factory=set)
     seen: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
+
+    def knows(self, event_id: str) -> bool:
+        """Whether an event with this id was folded before (wherever its id is kept)."""
+        return (
+            event_id in self.seen
+            or event_id in self.timeline
+            or event_id in self.surveys
+            or (self.opened is not None and self.opened[1] == event_id)
+            or (self.accepted is not None and self.accepted[1] == event_id)
+            or (self.ended is not None and self.ended[1] == event_id)
+        )
+
+    def events(self) -> int:
+        """How many distinct events were folded in (claims are no events)."""
+        return (
+            len(self.seen)
+            + len(self.timeline)
+            + len(self.surveys)
+            + (self.opened is not None)
+            + (self.accepted is not None)
+            + (self.ended is not None)
+        )
 
     def pending(self) -> int:
         """Events held for an opener that has not arrived (orphans if it never does)."""
         if self.opened is not None:
             return 0
-        if not self.surveys:
-            return len(self.seen)
         complete = sum(1 for s in self.surveys.values() if None not in s[3:])
-        return len(self.seen) - complete
+        return self.events() - complete
+
+    @property
+    def first_reply(self) -> tuple[int, str] | None:
+        """The earliest public agent reply of a ticket, ``(ms, event_id)``."""
+        replies = [(ms, eid) for eid, (ms, code) in self.timeline.items() if code == AGENT]
+        return min(replies) if replies else None
 
     def dumps(self) -> bytes:
         """Compact JSON for Redis; sets and maps in sorted order, so equal states are equal
@@ -191,45 +290,91 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
         return _DECODE(raw)
 
 
+class SlaClaim(msgspec.Struct, frozen=True, gc=False):
+    """A breach that breach detection claimed for one SLA instance of a ticket, folded into
+    the ticket's state like an event (:func:`fold_claim`): idempotent, order independent.
+
+    ``claim`` is the instance's key, ``fr:1``, ``nr:<n>`` or ``rs:1``.
+    """
+
+    type: ClassVar[str] = "sla.claimed"
+    ticket_id: str
+    claim: str
+
+    @property
+    def conversation_id(self) -> str:
+        return "t:" + self.ticket_id
+
+
 # a struct without reference cycles (it holds strings, ints and tuples), so gc=False above
 _ENCODE = msgspec.json.Encoder(order="deterministic").encode
 _DECODE = msgspec.json.Decoder(Conversation).decode
 
 
-def _earliest(current: tuple[int, str] | None, candidate: tuple[int, str]) -> tuple[int, str]:
-    return candidate if current is None or candidate < current else current
+def _earliest(
+    state: Conversation, current: tuple[int, str] | None, candidate: tuple[int, str]
+) -> tuple[int, str]:
+    """The earlier pair; the other one's id goes to ``seen`` (kept once, in one place)."""
+    if current is None:
+        return candidate
+    if candidate < current:
+        state.seen.add(current[1])
+        return candidate
+    state.seen.add(candidate[1])
+    return current
 
 
-def fold(state: Conversation, event: WireEvent, at_ms: int | None = None) -> bool:
-    """Fold one event into its conversation; ``False`` if its ``event_id`` was seen before."""
-    event_id = event.event_id
-    if event_id in state.seen:
+def fold_claim(state: Conversation, claim: str) -> bool:
+    """Record a claimed breach; ``False`` if it was claimed before."""
+    if claim in state.claims:
         return False
-    state.seen.add(event_id)
-    at = (event_ms(event) if at_ms is None else at_ms, event_id)
-    if at[0] > state.last_ms:
-        state.last_ms = at[0]
+    state.claims.add(claim)
+    return True
+
+
+def fold(state: Conversation, event: WireEvent | SlaClaim, at_ms: int | None = None) -> bool:
+    """Fold one event into its conversation; ``False`` if its ``event_id`` was seen before
+    (or, for a claim, the claim was recorded before)."""
+    if isinstance(event, SlaClaim):
+        return fold_claim(state, event.claim)
+    event_id = event.event_id
+    if state.knows(event_id):
+        return False
+    ms = event_ms(event) if at_ms is None else at_ms
+    if ms > state.last_ms:
+        state.last_ms = ms
     if type(event) is TicketCreated or type(event) is ChatRequested:
+        at = (ms, event_id)
         if state.opened is None or at < state.opened:
+            if state.opened is not None:
+                state.seen.add(state.opened[1])
             state.opened = at
             state.dims = (event.channel, event.queue, event.priority)
+        else:
+            state.seen.add(event_id)
     elif type(event) is TicketReplied:
-        if event.author_role == "agent" and event.public:
-            state.first_reply = _earliest(state.first_reply, at)
+        # public agent and customer replies make the timeline; notes and system replies not
+        if event.public and event.author_role != "system":
+            state.timeline[event_id] = (ms, AGENT if event.author_role == "agent" else CUSTOMER)
+        else:
+            state.seen.add(event_id)
+    elif type(event) is TicketStatusChanged:
+        state.timeline[event_id] = (ms, STATUS_CODES[event.status])
     elif type(event) is ChatAccepted:
-        state.accepted = _earliest(state.accepted, at)
+        state.accepted = _earliest(state, state.accepted, (ms, event_id))
     elif type(event) is ChatAbandoned or type(event) is ChatEnded:
-        state.ended = _earliest(state.ended, at)
+        state.ended = _earliest(state, state.ended, (ms, event_id))
     elif type(event) is SurveyResponded:
         state.surveys[event_id] = (
-            at[0],
+            ms,
             event.kind,
             event.score,
             event.channel,
             event.queue,
             event.priority,
         )
-    # TicketStatusChanged: kept for the lifecycle, no KPI of v1 depends on it
+    else:
+        state.seen.add(event_id)
     return True
 
 
@@ -239,39 +384,45 @@ def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]
         state.kind,
         state.opened,
         state.dims,
-        state.first_reply,
         state.accepted,
         state.ended,
         state.surveys.values(),
+        state.timeline.items(),
+        state.claims,
         config,
-    )
+    )[0]
+
+
+def ignored_status_events(state: Conversation) -> int:
+    """A ticket's status events after its close (in timeline order): ignored, counted."""
+    if state.kind != "t" or state.opened is None or not state.timeline:
+        return 0
+    return evaluate(state.opened[0], "normal", state.timeline.items(), None, None).ignored
 
 
 def _contributions(
     kind: str,
     opened: tuple[int, str] | None,
     dims: Dims | None,
-    first_reply: tuple[int, str] | None,
     accepted: tuple[int, str] | None,
     ended: tuple[int, str] | None,
     surveys: Iterable[Survey],
+    timeline: Iterable[tuple[str, tuple[int, str]]],
+    claims: AbstractSet[str],
     config: CoreConfig,
-) -> list[Contribution]:
+) -> tuple[list[Contribution], int]:
+    """The contributions, and the count of a ticket's ignored status events."""
     out: list[Contribution] = []
+    ignored = 0
     if opened is not None and dims is not None:
         opened_ms = opened[0]
         if kind == "t":
             out.append((opened_ms, dims, "tc", 1))
-            if first_reply is not None:
-                reply_ms = first_reply[0]
-                frt_ms = max(0, reply_ms - opened_ms)
-                target_ms = config.first_response_targets_s[dims[2]] * 1000
-                out.append((reply_ms, dims, "fr", 1))
-                out.append((reply_ms, dims, "fr_ms", frt_ms))
-                out.append((reply_ms, dims, "fr_in", int(frt_ms <= target_ms)))
-                out.append((reply_ms, dims, _FR_SK[sketch.index_of(frt_ms / 1000)], 1))
-                bound = _histogram_bound(frt_ms, config.histogram_bounds_s)
-                out.append((reply_ms, dims, "frh:" + bound, 1))
+            entries = list(timeline)
+            # a ticket with neither replies nor statuses samples nothing, and breaches
+            # nothing until a claim says so
+            if entries or claims:
+                ignored = _ticket_fields(opened_ms, dims, entries, claims, config, out)
         else:
             out.append((opened_ms, dims, "cr", 1))
             outcome = _chat_outcome(accepted, ended)
@@ -298,7 +449,103 @@ def _contributions(
                 priority or dims[2],
             )
         out.extend(_survey_fields(at_ms, (channel, queue, priority), survey_kind, score))
-    return out
+    return out, ignored
+
+
+def _ticket_fields(
+    opened_ms: int,
+    dims: Dims,
+    timeline: list[tuple[str, tuple[int, str]]],
+    claims: AbstractSet[str],
+    config: CoreConfig,
+    out: list[Contribution],
+) -> int:
+    """A ticket's response and SLA samples from its timeline (appended to ``out``); the
+    count of its ignored status events."""
+    plan = config.terms_of(dims)
+    view = evaluate_terms(opened_ms, timeline, plan)
+    _view_fields(opened_ms, dims, view, plan, claims, config, out)
+    return view.ignored
+
+
+def _view_fields(
+    opened_ms: int,
+    dims: Dims,
+    view: Evaluation,
+    plan: Terms,
+    claims: AbstractSet[str],
+    config: CoreConfig,
+    out: list[Contribution],
+) -> None:
+    """The samples of a ticket's evaluated timeline (appended to ``out``)."""
+    _first_fields(opened_ms, dims, view, plan, config, out, 1)
+    for response in view.next_responses:
+        _response_fields(dims, response, out, 1)
+    for instance in view.instances:
+        _instance_field(dims, instance, claims, out, 1)
+
+
+def _first_fields(
+    opened_ms: int,
+    dims: Dims,
+    view: Evaluation,
+    plan: Terms,
+    config: CoreConfig,
+    out: list[Contribution],
+    sign: int,
+) -> None:
+    """The first response's fields, each times ``sign`` (-1 takes them back)."""
+    reply_ms = view.first_reply_ms
+    if reply_ms is None or view.first_business_ms is None:
+        return
+    frt_ms = max(0, reply_ms - opened_ms)
+    business = view.first_business_ms
+    target_ms = plan.first_response_ms
+    if target_ms is None:
+        within = frt_ms <= config.first_response_targets_s[dims[2]] * 1000
+    else:
+        within = business <= target_ms
+    out.append((reply_ms, dims, "fr", sign))
+    out.append((reply_ms, dims, "fr_ms", sign * frt_ms))
+    out.append((reply_ms, dims, "fr_in", sign * within))
+    fr_index = sketch.index_of(frt_ms / 1000)
+    out.append((reply_ms, dims, _FR_SK[fr_index], sign))
+    bound = _histogram_bound(frt_ms, config.histogram_bounds_s)
+    out.append((reply_ms, dims, "frh:" + bound, sign))
+    out.append((reply_ms, dims, "fb_ms", sign * business))
+    index = fr_index if business == frt_ms else sketch.index_of(business / 1000)
+    out.append((reply_ms, dims, _FB_SK[index], sign))
+
+
+def _response_fields(dims: Dims, response: Response, out: list[Contribution], sign: int) -> None:
+    """A next response's fields, each times ``sign``."""
+    at_ms = response.at_ms
+    out.append((at_ms, dims, "nr", sign))
+    out.append((at_ms, dims, "nr_ms", sign * response.calendar_ms))
+    index = sketch.index_of(response.calendar_ms / 1000)
+    out.append((at_ms, dims, _NR_SK[index], sign))
+    out.append((at_ms, dims, "nb_ms", sign * response.business_ms))
+    if response.business_ms != response.calendar_ms:
+        index = sketch.index_of(response.business_ms / 1000)
+    out.append((at_ms, dims, _NB_SK[index], sign))
+
+
+def _instance_field(
+    dims: Dims, instance: Instance, claims: AbstractSet[str], out: list[Contribution], sign: int
+) -> None:
+    """An SLA instance's count: achieved at its fulfilment, or breached at its deadline once
+    claimed (a claim the timeline no longer shows breached counts nothing: the breach is
+    taken back); times ``sign``."""
+    if instance.outcome == ACHIEVED and instance.end_ms is not None:
+        out.append((instance.end_ms, dims, _ACHIEVED[instance.metric], sign))
+    elif (
+        instance.outcome == BREACHED and instance.deadline_ms is not None and instance.key in claims
+    ):
+        out.append((instance.deadline_ms, dims, _BREACHED[instance.metric], sign))
+
+
+_ACHIEVED = {metric: "sa_" + short for metric, short in SHORT.items()}
+_BREACHED = {metric: "sb_" + short for metric, short in SHORT.items()}
 
 
 class _FieldNames(dict[int, str]):
@@ -315,6 +562,9 @@ class _FieldNames(dict[int, str]):
 
 _FR_SK = _FieldNames("fr_sk:")
 _CW_SK = _FieldNames("cw_sk:")
+_FB_SK = _FieldNames("fb_sk:")
+_NR_SK = _FieldNames("nr_sk:")
+_NB_SK = _FieldNames("nb_sk:")
 
 _TO_TOTALS, _TO_BUCKETS = 1, 2
 
@@ -348,15 +598,17 @@ def _histogram_bound(duration_ms: int, bounds_s: Sequence[int]) -> str:
 def breach_deadline(state: Conversation, config: CoreConfig) -> int | None:
     """The first-response deadline (ms) while a ticket may still breach, else ``None``.
 
-    A ticket is watched from its creation until a public agent reply at or before
-    ``created + target``; one whose first reply came later still breached.
+    The deadline is the creation plus the policy's first-response target for the ticket's
+    priority, in the policy's business time. A ticket is watched from its creation until a
+    public agent reply, a solve or a close at or before the deadline (one solved or closed
+    first never breaches); one whose first reply came later still breached. A ticket with
+    no first-response target is not watched.
     """
     if state.kind != "t" or state.opened is None or state.dims is None:
         return None
-    deadline_ms = state.opened[0] + config.first_response_targets_s[state.dims[2]] * 1000
-    if state.first_reply is not None and state.first_reply[0] <= deadline_ms:
-        return None
-    return deadline_ms
+    return first_response_deadline_terms(
+        state.opened[0], state.timeline.items(), config.terms_of(state.dims)
+    )
 
 
 def _chat_outcome(
@@ -394,7 +646,7 @@ class Pending(NamedTuple):
     skipped as applied and moves no offset; a repeat is absorbed by its ``event_id``.
     """
 
-    event: WireEvent
+    event: WireEvent | SlaClaim
     topic: str
     offset: int
     ms: int  # event time in whole ms (models.wire.event_ms), computed once at decode
@@ -436,21 +688,25 @@ _KpiInputs = tuple[
     Dims | None,
     tuple[int, str] | None,
     tuple[int, str] | None,
-    tuple[int, str] | None,
     int,
+    int,
+    frozenset[str],
 ]
+_NO_CLAIMS: frozenset[str] = frozenset()
 
 
 def _kpi_inputs(state: Conversation) -> _KpiInputs:
-    """Everything :func:`contributions` reads of a state (its kind never changes, and the
-    surveys only gain entries, so their count stands for them)."""
+    """Everything :func:`contributions` reads of a state (its kind never changes; the
+    surveys and the timeline only gain entries, at the end, so their counts stand for
+    them; the claims, rare, are copied)."""
     return (
         state.opened,
         state.dims,
-        state.first_reply,
         state.accepted,
         state.ended,
         len(state.surveys),
+        len(state.timeline),
+        frozenset(state.claims) if state.claims else _NO_CLAIMS,
     )
 
 
@@ -467,7 +723,9 @@ def fold_batch(
     Records at or below ``applied_offsets[topic]`` were applied by an earlier transaction
     and are skipped (counted in ``skipped``). Events older than the retention behind the
     partition's newest event time are counted as late and not applied; a repeated
-    ``event_id`` is counted as a duplicate. Counters: ``dup:<topic>``, ``late:<topic>``.
+    ``event_id`` is counted as a duplicate. Counters: ``dup:<topic>``, ``late:<topic>``,
+    ``ignored:closed`` (the change in tickets' status events after their close, a count
+    taken from the states, so it ends the same whatever order the events came in).
 
     In phases: the records past the fence (:func:`_past_fence`), the watermark and the
     late cut, the events folded into their conversations (:func:`_fold_events`), and each
@@ -540,36 +798,100 @@ def _fold_events(
             working[conv_id] = state
         if fold(state, event, ms):
             applied += 1
-        else:
+        elif type(event) is not SlaClaim:  # a claim made twice is no duplicate event
             counters["dup:" + topic] += 1
     result.applied += applied
     return working, before
 
 
-def _kpi_change(state: Conversation, inputs: _KpiInputs, config: CoreConfig) -> list[Contribution]:
+def _kpi_change(
+    state: Conversation, inputs: _KpiInputs, config: CoreConfig
+) -> tuple[list[Contribution], int]:
     """What a stored conversation contributes now less what it contributed before the batch,
-    as ``(time, group, field, delta)`` (empty when the two are the same)."""
-    opened, dims_before, first_reply, accepted, ended, surveys_before = inputs
-    # surveys only ever gain entries, at the end: the first ones are the old
-    old = _contributions(
+    as ``(time, group, field, delta)`` (empty when the two are the same), and the change
+    of its count of ignored status events."""
+    opened, dims_before, accepted, ended, surveys_before, timeline_before, claims = inputs
+    if (
+        state.kind == "t"
+        and opened == state.opened
+        and dims_before == state.dims
+        and surveys_before == len(state.surveys)
+        and opened is not None
+        and dims_before is not None
+    ):
+        # only the timeline or the claims moved: compare what they say first (most
+        # timeline events, like a customer reply or a status change, change no sample)
+        return _timeline_change(state, opened[0], dims_before, timeline_before, claims, config)
+    # surveys and timeline entries only ever come in at the end: the first ones are the old
+    old, ignored_old = _contributions(
         state.kind,
         opened,
         dims_before,
-        first_reply,
         accepted,
         ended,
         islice(state.surveys.values(), surveys_before),
+        islice(state.timeline.items(), timeline_before),
+        claims,
         config,
     )
-    new = contributions(state, config)
+    new, ignored_new = _contributions(
+        state.kind,
+        state.opened,
+        state.dims,
+        state.accepted,
+        state.ended,
+        state.surveys.values(),
+        state.timeline.items(),
+        state.claims,
+        config,
+    )
     if new == old:
-        return []  # e.g. a chat ending after it was answered
+        return [], ignored_new - ignored_old  # e.g. a chat ending after it was answered
     delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
     for at_ms, dims, name, value in new:
         delta[(at_ms, dims, name)] += value
     for at_ms, dims, name, value in old:
         delta[(at_ms, dims, name)] -= value
-    return [(at, dims, name, value) for (at, dims, name), value in delta.items()]
+    changes = [(at, dims, name, value) for (at, dims, name), value in delta.items()]
+    return changes, ignored_new - ignored_old
+
+
+def _timeline_change(
+    state: Conversation,
+    opened_ms: int,
+    dims: Dims,
+    timeline_before: int,
+    claims_before: frozenset[str],
+    config: CoreConfig,
+) -> tuple[list[Contribution], int]:
+    """:func:`_kpi_change` of an opened ticket whose timeline or claims alone moved: the
+    two evaluations compared part by part, and only the parts that differ written (taken
+    back at their old place, added at their new one)."""
+    plan = config.terms_of(dims)
+    new = evaluate_terms(opened_ms, state.timeline.items(), plan)
+    out: list[Contribution] = []
+    claims = state.claims
+    if not timeline_before and not claims_before:
+        _view_fields(opened_ms, dims, new, plan, claims, config, out)
+        return out, new.ignored
+    old = evaluate_terms(opened_ms, islice(state.timeline.items(), timeline_before), plan)
+    if (old.first_reply_ms, old.first_business_ms) != (new.first_reply_ms, new.first_business_ms):
+        _first_fields(opened_ms, dims, old, plan, config, out, -1)
+        _first_fields(opened_ms, dims, new, plan, config, out, 1)
+    if old.next_responses != new.next_responses:
+        kept = set(old.next_responses) & set(new.next_responses)
+        for response in old.next_responses:
+            if response not in kept:
+                _response_fields(dims, response, out, -1)
+        for response in new.next_responses:
+            if response not in kept:
+                _response_fields(dims, response, out, 1)
+    if old.instances != new.instances or claims_before != claims:
+        for instance in old.instances:
+            _instance_field(dims, instance, claims_before, out, -1)
+        for instance in new.instances:
+            _instance_field(dims, instance, claims, out, 1)
+    return out, new.ignored - old.ignored
 
 
 def _add_deltas(
@@ -587,18 +909,33 @@ def _add_deltas(
     prefixes: dict[Dims, str] = {}
     # the four bucket hashes (fine, roll-up, and both over all groups) of each fine bucket
     targets: dict[int, tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]] = {}
-    held_delta = 0
+    held_delta = ignored = 0
     for conv_id, state in working.items():
         previous = before.get(conv_id)
         changes: Iterable[Contribution]
         if previous is None:
-            changes = contributions(state, config)  # a new conversation: nothing to take back
+            # a new conversation: nothing to take back
+            changes, ignored_now = _contributions(
+                state.kind,
+                state.opened,
+                state.dims,
+                state.accepted,
+                state.ended,
+                state.surveys.values(),
+                state.timeline.items(),
+                state.claims,
+                config,
+            )
+            ignored += ignored_now
             held_before = 0
         else:
             inputs, held_before = previous
-            # most events (a customer reply, a status change) move no KPI
-            unchanged = inputs == _kpi_inputs(state)
-            changes = () if unchanged else _kpi_change(state, inputs, config)
+            # some events (a private note, a repeat) move no KPI
+            if inputs == _kpi_inputs(state):
+                changes = ()
+            else:
+                changes, ignored_change = _kpi_change(state, inputs, config)
+                ignored += ignored_change
         # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
             if value == 0:
@@ -637,6 +974,8 @@ def _add_deltas(
         result.deadlines[conv_id] = breach_deadline(state, config)
     if working:
         result.counters["held"] += held_delta
+    if ignored:
+        result.counters["ignored:closed"] += ignored
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
@@ -646,6 +985,22 @@ def _ratio(numerator: int, denominator: int) -> float | None:
 def _quantiles(counts: Mapping[int, int], qs: Sequence[float]) -> list[float | None]:
     merged = sketch.Sketch.from_counts(counts)
     return [merged.quantile(q) for q in qs]
+
+
+def _durations(count: int, sum_ms: int, counts: Mapping[int, int]) -> dict[str, float | None]:
+    """Mean and quantiles in seconds of ``count`` durations, ``None`` without samples."""
+    if not count:
+        return dict.fromkeys(("mean_seconds", "p50_seconds", "p90_seconds", "p95_seconds"))
+    p50, p90, p95 = _quantiles(counts, (0.5, 0.9, 0.95))
+    return {
+        "mean_seconds": sum_ms / count / 1000,
+        "p50_seconds": p50,
+        "p90_seconds": p90,
+        "p95_seconds": p95,
+    }
+
+
+_SKETCHES = ("fr_sk:", "cw_sk:", "fb_sk:", "nr_sk:", "nb_sk:")
 
 
 def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[str, Any]:
@@ -658,18 +1013,26 @@ def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[st
     def get(name: str) -> int:
         return int(fields.get(name, 0))
 
-    fr_sketch: dict[int, int] = {}
-    wait_sketch: dict[int, int] = {}
+    sketches: dict[str, dict[int, int]] = {prefix: {} for prefix in _SKETCHES}
     for name, value in fields.items():
-        if name.startswith("fr_sk:"):
-            fr_sketch[int(name[6:])] = int(value)
-        elif name.startswith("cw_sk:"):
-            wait_sketch[int(name[6:])] = int(value)
-    fr_n, ca, cab = get("fr"), get("ca"), get("cab")
-    fr_p50, fr_p90, fr_p95 = _quantiles(fr_sketch, (0.5, 0.9, 0.95)) if fr_n else [None] * 3
-    wait_p50, wait_p90 = _quantiles(wait_sketch, (0.5, 0.9)) if ca else [None] * 2
+        prefix = name[:6]
+        if prefix in sketches:
+            sketches[prefix][int(name[6:])] = int(value)
+    fr_n, ca, cab, nr_n = get("fr"), get("ca"), get("cab"), get("nr")
+    fr_p50, fr_p90, fr_p95 = (
+        _quantiles(sketches["fr_sk:"], (0.5, 0.9, 0.95)) if fr_n else [None] * 3
+    )
+    wait_p50, wait_p90 = _quantiles(sketches["cw_sk:"], (0.5, 0.9)) if ca else [None] * 2
     cs_n, np_n, ce_n = get("cs_n"), get("np_n"), get("ce_n")
     nps = _ratio(100 * (get("np_pro") - get("np_det")), np_n)
+    sla: dict[str, dict[str, Any]] = {}
+    for metric, short in SHORT.items():
+        achieved, breached = get("sa_" + short), get("sb_" + short)
+        sla[metric] = {
+            "achieved": achieved,
+            "breached": breached,
+            "achieved_ratio": _ratio(achieved, achieved + breached),
+        }
     return {
         "key": dict(key),
         "tickets_created": get("tc"),
@@ -681,6 +1044,12 @@ def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[st
             "p95_seconds": fr_p95,
             "within_target": get("fr_in"),
             "within_target_ratio": _ratio(get("fr_in"), fr_n),
+            "business": _durations(fr_n, get("fb_ms"), sketches["fb_sk:"]),
+        },
+        "next_response": {
+            "count": nr_n,
+            **_durations(nr_n, get("nr_ms"), sketches["nr_sk:"]),
+            "business": _durations(nr_n, get("nb_ms"), sketches["nb_sk:"]),
         },
         "chats": {
             "requested": get("cr"),
@@ -705,6 +1074,7 @@ def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[st
             "score": nps,
         },
         "ces": {"responses": ce_n, "average": _ratio(get("ce_sum"), ce_n)},
+        "sla": sla,
     }
 
 

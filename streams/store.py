@@ -9,7 +9,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                ``off:<topic>`` (last applied offset), ``off:<repartition
                                topic>><n>`` (newest offset a record forwarded from here got
                                on its partition n), ``held``, ``orphaned``,
-                               ``dup:<topic>``, ``late:<topic>``, ``applied``, ``gen`` (the
+                               ``dup:<topic>``, ``late:<topic>``, ``ignored:closed``,
+                               ``applied``, ``gen`` (the
                                store generation, written by the partition's first commit)
 ``P:{pn}:b:<start>``           hash: fine bucket (``DESKPULSE_BUCKET_SECONDS``), fields
                                ``channel␟queue␟priority␟field`` -> integer
@@ -84,8 +85,9 @@ __all__ = [
 ]
 
 #: Version of the key layout below; state written with another one is refused at start.
-#: 2: the all-groups buckets ``B:``/``R:``.
-LAYOUT = "2"
+#: 2: the all-groups buckets ``B:``/``R:``. 3: a ticket's timeline and claims in its
+#: state, each event id stored once (docs/architecture.md, "Conversation state").
+LAYOUT = "3"
 
 # Applies one batch if the partition's generation is the store's and its version is the one
 # the batch was folded against. A meta of another generation, or none although the caller

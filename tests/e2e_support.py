@@ -541,6 +541,7 @@ def compare_with_oracle(
 
 _COUNTS = {
     "first_response": ("count", "within_target"),
+    "next_response": ("count",),
     "chats": ("requested", "answered", "abandoned", "short_abandoned"),
     "csat": ("responses", "satisfied"),
     "nps": ("responses", "promoters", "detractors"),
@@ -554,18 +555,23 @@ _VALUES = {
         "p95_seconds",
         "within_target_ratio",
     ),
+    "next_response": ("mean_seconds", "p50_seconds", "p90_seconds", "p95_seconds"),
     "chats": ("abandonment_ratio", "service_level_ratio", "wait_p50_seconds", "wait_p90_seconds"),
     "csat": ("ratio", "average"),
     "nps": ("score",),
     "ces": ("average",),
 }
-_GROUP_KEYS = {"key", "tickets_created", *_COUNTS}
+#: sections holding a nested "business" object of durations (null without samples)
+_BUSINESS = ("first_response", "next_response")
+_DURATIONS = {"mean_seconds", "p50_seconds", "p90_seconds", "p95_seconds"}
+_SLA_METRICS = ("first_response", "next_response", "resolution")
+_GROUP_KEYS = {"key", "tickets_created", "sla", *_COUNTS}
 
 
 def _samples_of(section: str, group: Mapping[str, Any], name: str) -> int:
     """How many samples stand behind a value of ``section`` (0: it must be null)."""
     part = group[section]
-    if section == "first_response":
+    if section in ("first_response", "next_response"):
         return int(part["count"])
     if section == "chats":
         if name in ("abandonment_ratio", "service_level_ratio"):
@@ -611,8 +617,20 @@ def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> l
             out.append(f"{where}.key values {key!r}")
         if not _is_int(group["tickets_created"]) or group["tickets_created"] < 0:
             out.append(f"{where}.tickets_created {group['tickets_created']!r}")
+        out.extend(_check_sla(where, group))
         for section, counts in _COUNTS.items():
             part = group[section]
+            if section in _BUSINESS and isinstance(part, dict):
+                part = dict(part)
+                business = part.pop("business", None)
+                if not isinstance(business, dict) or set(business) != _DURATIONS:
+                    out.append(f"{where}.{section}.business {business!r}")
+                elif any(
+                    (value is not None) != bool(part.get("count"))
+                    or (value is not None and not _is_number(value))
+                    for value in business.values()
+                ):
+                    out.append(f"{where}.{section}.business {business!r} against its count")
             if not isinstance(part, dict) or set(part) != {*counts, *_VALUES[section]}:
                 out.append(f"{where}.{section} keys {sorted(part)}")
                 continue
@@ -629,6 +647,31 @@ def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> l
                     out.append(f"{where}.{section}.{name} {value!r} is not a number")
                 elif not math.isfinite(value):
                     out.append(f"{where}.{section}.{name} {value!r} is not finite")
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_sla(where: str, group: Mapping[str, Any]) -> list[str]:
+    """The ``sla`` section: achieved and breached counts and their ratio, per metric."""
+    sla = group.get("sla")
+    if not isinstance(sla, dict) or set(sla) != set(_SLA_METRICS):
+        return [f"{where}.sla {sla!r}"]
+    out = []
+    for metric in _SLA_METRICS:
+        part = sla[metric]
+        if not isinstance(part, dict) or set(part) != {"achieved", "breached", "achieved_ratio"}:
+            out.append(f"{where}.sla.{metric} {part!r}")
+            continue
+        achieved, breached, ratio = part["achieved"], part["breached"], part["achieved_ratio"]
+        if not (_is_int(achieved) and _is_int(breached) and achieved >= 0 and breached >= 0):
+            out.append(f"{where}.sla.{metric} counts {part!r}")
+        elif (ratio is None) != (achieved + breached == 0) or (
+            ratio is not None and not _is_number(ratio)
+        ):
+            out.append(f"{where}.sla.{metric}.achieved_ratio {ratio!r}")
     return out
 
 

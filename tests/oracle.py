@@ -18,6 +18,12 @@ Decisions docs/kpis.md spells out, as this oracle (and the project) takes them:
   ``channel``, ``queue``, ``priority``; with all three it stands alone.
 * Quantiles are the "lower" order statistic ``sorted(xs)[floor(q * (n - 1))]``; the real
   system's sketch must land within 1 % of it (:func:`quantile_close`).
+* SLA: the one default policy (first response within the targets, calendar time, no
+  warnings): business time is calendar time. A ticket's timeline is its public agent and
+  customer replies and its status changes, ordered by whole-millisecond time, then
+  ``event_id``. A breach counts only once breach detection claimed it; the oracle takes
+  ``claimed_until_s``: every breach whose instant is at or before it counts as claimed
+  (``None``: none, as in a run that delivered no claim).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from deskpulse.models.events import (
     SurveyResponded,
     TicketCreated,
     TicketReplied,
+    TicketStatusChanged,
     decode,
 )
 
@@ -76,6 +83,9 @@ class _Group:
         self.tickets_created = 0
         self.first_response_ms: list[int] = []
         self.first_response_within = 0
+        self.next_response_ms: list[int] = []
+        self.sla_achieved = {"first_response": 0, "next_response": 0, "resolution": 0}
+        self.sla_breached = {"first_response": 0, "next_response": 0, "resolution": 0}
         self.chats_requested = 0
         self.answered_wait_ms: list[int] = []
         self.answered_in_target = 0
@@ -89,6 +99,9 @@ class _Group:
         return bool(
             self.tickets_created
             or self.first_response_ms
+            or self.next_response_ms
+            or any(self.sla_achieved.values())
+            or any(self.sla_breached.values())
             or self.chats_requested
             or self.answered_wait_ms
             or self.abandoned
@@ -101,6 +114,25 @@ class _Group:
     def document(self, key: dict[str, str]) -> dict[str, Any]:
         frt_s = [ms / 1000 for ms in self.first_response_ms]
         frt_count = len(frt_s)
+        nrt_s = [ms / 1000 for ms in self.next_response_ms]
+        nrt_count = len(nrt_s)
+
+        def durations(values_s: list[float], total_ms: int) -> dict[str, Any]:
+            return {
+                "mean_seconds": total_ms / len(values_s) / 1000 if values_s else None,
+                "p50_seconds": _quantile(values_s, "0.5"),
+                "p90_seconds": _quantile(values_s, "0.9"),
+                "p95_seconds": _quantile(values_s, "0.95"),
+            }
+
+        sla = {}
+        for metric in ("first_response", "next_response", "resolution"):
+            achieved, breached = self.sla_achieved[metric], self.sla_breached[metric]
+            sla[metric] = {
+                "achieved": achieved,
+                "breached": breached,
+                "achieved_ratio": achieved / (achieved + breached) if achieved + breached else None,
+            }
         answered = len(self.answered_wait_ms)
         offered = answered + self.abandoned
         waits_s = [ms / 1000 for ms in self.answered_wait_ms]
@@ -123,6 +155,13 @@ class _Group:
                 "within_target_ratio": (
                     self.first_response_within / frt_count if frt_count else None
                 ),
+                # no schedule: business time is calendar time
+                "business": durations(frt_s, sum(self.first_response_ms)),
+            },
+            "next_response": {
+                "count": nrt_count,
+                **durations(nrt_s, sum(self.next_response_ms)),
+                "business": durations(nrt_s, sum(self.next_response_ms)),
             },
             "chats": {
                 "requested": self.chats_requested,
@@ -150,6 +189,7 @@ class _Group:
                 "responses": ces_n,
                 "average": sum(self.ces) / ces_n if ces_n else None,
             },
+            "sla": sla,
         }
 
 
@@ -172,6 +212,7 @@ def compute(
     targets: Mapping[str, float] = DEFAULT_TARGETS,
     short_abandon_s: float = 5,
     answer_target_s: float = 20,
+    claimed_until_s: float | None = None,
 ) -> dict[str, Any]:
     """The KPI document (docs/kpis.md) for the window of ``width_s`` ending at ``at_s``.
 
@@ -191,6 +232,7 @@ def compute(
     tickets: dict[str, TicketCreated] = {}
     chats: dict[str, ChatRequested] = {}
     replies: dict[str, list[TicketReplied]] = {}
+    timelines: dict[str, list[TicketReplied | TicketStatusChanged]] = {}
     outcomes: dict[str, list[ChatAccepted | ChatAbandoned | ChatEnded]] = {}
     surveys: list[SurveyResponded] = []
     for raw in records_values:
@@ -210,11 +252,14 @@ def compute(
         elif isinstance(event, TicketReplied):
             if event.author_role == "agent" and event.public:
                 replies.setdefault(event.ticket_id, []).append(event)
+            if event.public and event.author_role in ("agent", "customer"):
+                timelines.setdefault(event.ticket_id, []).append(event)
+        elif isinstance(event, TicketStatusChanged):
+            timelines.setdefault(event.ticket_id, []).append(event)
         elif isinstance(event, ChatAccepted | ChatAbandoned | ChatEnded):
             outcomes.setdefault(event.chat_id, []).append(event)
         elif isinstance(event, SurveyResponded):
             surveys.append(event)
-        # ticket.status_changed feeds no KPI (docs/kpis.md)
 
     groups: dict[tuple[str, ...], _Group] = {}
 
@@ -225,11 +270,21 @@ def compute(
     def dimensions_of(opener: Any) -> dict[str, str]:
         return {name: getattr(opener, name) for name in DIMENSIONS}
 
+    claimed_until_us = None if claimed_until_s is None else round(claimed_until_s * 1_000_000)
+
     for ticket_id, created in tickets.items():
         created_us = _micros(created.occurred_at)
         dimensions = dimensions_of(created)
         if in_window(created_us):
             group_of(dimensions).tickets_created += 1
+        _ticket_sla(
+            created,
+            timelines.get(ticket_id, []),
+            targets,
+            claimed_until_us,
+            in_window,
+            group_of(dimensions),
+        )
         agent_replies = replies.get(ticket_id)
         if not agent_replies:
             continue
@@ -296,6 +351,58 @@ def compute(
         "by": list(by),
         "groups": [group.document(dict(zip(by, key, strict=True))) for key, group in kept],
     }
+
+
+def _ticket_sla(
+    created: TicketCreated,
+    timeline: list[TicketReplied | TicketStatusChanged],
+    targets: Mapping[str, float],
+    claimed_until_us: int | None,
+    in_window: Any,
+    group: _Group,
+) -> None:
+    """Next responses and the default policy's first-response SLA of one ticket, walking
+    its timeline event by event (docs/kpis.md, "SLA policies")."""
+    created_ms = _micros(created.occurred_at) // 1000
+    events = sorted(
+        ((_micros(event.occurred_at) // 1000, event.event_id, event) for event in timeline),
+        key=lambda item: (item[0], item[1]),
+    )
+    deadline_ms = created_ms + round(targets[created.priority] * 1000)
+    status = "new"
+    seen_agent = False
+    first_outcome: tuple[str, int] | None = None  # ("reply" | "cancel", ms)
+    waiting_since: int | None = None  # a customer's next response, if one is running
+    for ms, _, event in events:
+        if isinstance(event, TicketStatusChanged):
+            if status == "closed" or event.status == status:
+                continue
+            at = max(ms, created_ms)
+            if event.status in ("solved", "closed"):
+                if first_outcome is None:
+                    first_outcome = ("cancel", at)
+                waiting_since = None  # cancelled, never a sample
+            status = event.status
+        elif event.author_role == "agent":
+            if not seen_agent:
+                seen_agent = True
+                if first_outcome is None:
+                    first_outcome = ("reply", ms)
+            elif waiting_since is not None:
+                if in_window(ms * 1000):
+                    group.next_response_ms.append(ms - waiting_since)
+                waiting_since = None
+        elif seen_agent and waiting_since is None and status not in ("solved", "closed"):
+            waiting_since = ms
+    if first_outcome is not None and first_outcome[1] <= deadline_ms:
+        if first_outcome[0] == "reply" and in_window(first_outcome[1] * 1000):
+            group.sla_achieved["first_response"] += 1
+    elif (
+        claimed_until_us is not None
+        and deadline_ms * 1000 <= claimed_until_us
+        and in_window(deadline_ms * 1000)
+    ):
+        group.sla_breached["first_response"] += 1
 
 
 def quantile_close(actual: float | None, expected: float | None, rel: float = 0.01) -> bool:

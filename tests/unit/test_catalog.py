@@ -68,6 +68,7 @@ HEALTH_LABELS = {
     "deskpulse_events_rerouted_total": ("topic",),
     "deskpulse_events_duplicate_total": ("topic",),
     "deskpulse_events_late_total": ("topic",),
+    "deskpulse_events_ignored_total": ("reason",),
     "deskpulse_events_orphaned_total": (),
     "deskpulse_events_held": (),
     "deskpulse_consumer_lag_messages": ("topic", "partition"),

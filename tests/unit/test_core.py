@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deskpulse.models.sla import Policy, Schedule
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.core import (
     FIELDS,
@@ -20,7 +21,9 @@ from deskpulse.streams.core import (
     Conversation,
     CoreConfig,
     Pending,
+    SlaClaim,
     breach_deadline,
+    contributions,
     fold_batch,
     group_document,
 )
@@ -28,6 +31,29 @@ from deskpulse.streams.query import build_document
 
 T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
 CONFIG = CoreConfig()
+#: every metric with a target, on a business calendar (open every day around the clock in
+#: UTC, so business time is calendar time and the numbers stay simple)
+SLA_CONFIG = CoreConfig(
+    policies=(
+        Policy(
+            name="all",
+            schedule="always",
+            targets={
+                "first_response": {"high": 3600, "normal": 3600},
+                "next_response": {"high": 3600, "normal": 3600},
+                "resolution": {"high": 4 * 3600, "normal": 4 * 3600},
+            },
+        ),
+    ),
+    schedules={
+        "always": Schedule(
+            timezone="UTC",
+            hours={
+                day: ("00:00-24:00",) for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+            },
+        )
+    },
+)
 
 
 def at(seconds: float) -> str:
@@ -41,7 +67,8 @@ def ev(event_id: str, event_type: str, t: float, **fields: object) -> bytes:
 class MemoryState:
     """Applies batch results the way the Redis commit script does (for pure tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: CoreConfig = CONFIG) -> None:
+        self.config = config
         self.states: dict[str, Conversation] = {}
         self.buckets: dict[tuple[str, int], Counter[str]] = {}
         self.totals: Counter[str] = Counter()
@@ -49,18 +76,22 @@ class MemoryState:
         self.watermark_ms = 0
         self.offsets: dict[str, int] = {}
 
-    def apply(self, records: list[tuple[str, int, bytes]]) -> BatchResult:
-        pending = [
-            Pending(event, topic, offset, ms)
-            for topic, offset, raw in records
-            for event, ms in [decode_record(raw)]
-        ]
+    def apply(self, records: list[tuple[str, int, bytes | SlaClaim]]) -> BatchResult:
+        """Fold records (raw bytes, or a claim: unfenced, as the checker will deliver it)."""
+        pending = []
+        for topic, offset, raw in records:
+            if isinstance(raw, SlaClaim):
+                # dated within the retention of every test's events
+                pending.append(Pending(raw, topic, -1, int(T0.timestamp() * 1000)))
+            else:
+                event, ms = decode_record(raw)
+                pending.append(Pending(event, topic, offset, ms))
         result = fold_batch(
             pending,
             {p.event.conversation_id: self.states.get(p.event.conversation_id) for p in pending},
             watermark_ms=self.watermark_ms,
             applied_offsets=self.offsets,
-            config=CONFIG,
+            config=self.config,
         )
         for key, fields in result.buckets.items():
             bucket = self.buckets.setdefault(key, Counter())
@@ -92,8 +123,8 @@ class MemoryState:
         return build_document(self.window(start, end), start_s=start, end_s=end, by=by)
 
 
-def run(*events: bytes) -> MemoryState:
-    memory = MemoryState()
+def run(*events: bytes | SlaClaim, config: CoreConfig = CONFIG) -> MemoryState:
+    memory = MemoryState(config)
     for offset, raw in enumerate(events):
         memory.apply([("t", offset, raw)])
     return memory
@@ -164,6 +195,152 @@ def test_breach_deadline_follows_the_first_reply() -> None:
     assert breach_deadline(state, CONFIG) == int(T0.timestamp() * 1000) + 14400_000
     memory.apply([("t", 9, ev("r", "ticket.replied", 100, ticket_id="T1", author_role="agent"))])
     assert breach_deadline(memory.states["t:T1"], CONFIG) is None
+
+
+def test_a_ticket_solved_before_any_agent_reply_never_breaches_first_response() -> None:
+    memory = run(TICKET, ev("s", "ticket.status_changed", 100, ticket_id="T1", status="solved"))
+    assert breach_deadline(memory.states["t:T1"], CONFIG) is None
+    # solved after the deadline: it had breached already
+    late = run(TICKET, ev("s", "ticket.status_changed", 14401, ticket_id="T1", status="solved"))
+    assert breach_deadline(late.states["t:T1"], CONFIG) == int(T0.timestamp() * 1000) + 14400_000
+
+
+def test_first_response_deadline_in_business_time() -> None:
+    office = CoreConfig(
+        policies=(Policy(name="o", schedule="office", targets={"first_response": {"high": 7200}}),),
+        schedules={
+            "office": Schedule(
+                timezone="Europe/Berlin",
+                hours={day: ("09:00-17:00",) for day in ("mon", "tue", "wed", "thu", "fri")},
+            )
+        },
+    )
+    # created Monday 06:00 Berlin, before the opening: due at 11:00
+    memory = run(TICKET, config=office)
+    assert breach_deadline(memory.states["t:T1"], office) == int(
+        datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp() * 1000
+    )
+    # a reply at 10:30 Berlin took 1.5 business hours: within the 2 h target, though 4.5
+    # calendar hours are more than v1's 4 h for high priority
+    memory.apply(
+        [("t", 9, ev("r", "ticket.replied", 4.5 * 3600, ticket_id="T1", author_role="agent"))]
+    )
+    fr = total(memory)["first_response"]  # type: ignore[index]
+    assert fr["within_target"] == 1
+    assert fr["mean_seconds"] == 4.5 * 3600
+    assert fr["business"]["mean_seconds"] == 1.5 * 3600
+    assert total(memory)["sla"]["first_response"] == {  # type: ignore[index]
+        "achieved": 1,
+        "breached": 0,
+        "achieved_ratio": 1.0,
+    }
+
+
+def status(event_id: str, t: float, value: str, ticket: str = "T1") -> bytes:
+    return ev(event_id, "ticket.status_changed", t, ticket_id=ticket, status=value)
+
+
+def test_status_changes_after_the_close_are_ignored_and_counted_in_any_order() -> None:
+    events = [
+        TICKET,
+        status("s1", 100, "solved"),
+        status("s2", 200, "closed"),
+        status("s3", 300, "open"),
+        status("s4", 250, "pending"),
+        status("s0", 50, "closed"),  # an earlier close: s1 and s2 come after it too
+    ]
+    forward = run(*events)
+    backward = run(*reversed(events))
+    assert forward.counters["ignored:closed"] == backward.counters["ignored:closed"] == 4
+    # the counter only ever grows (each batch adds the change of the states' count)
+    memory = MemoryState()
+    for offset, raw in enumerate(events):
+        before = memory.counters["ignored:closed"]
+        memory.apply([("t", offset, raw)])
+        assert memory.counters["ignored:closed"] >= before
+
+
+def test_a_breach_counts_once_claimed_and_is_taken_back_by_a_late_reply() -> None:
+    memory = run(TICKET, config=SLA_CONFIG)  # high: first response due in 1 h
+    sla = lambda: total(memory)["sla"]["first_response"]  # type: ignore[index]  # noqa: E731
+    assert sla() == {"achieved": 0, "breached": 0, "achieved_ratio": None}
+    memory.apply([("t", -1, SlaClaim("T1", "fr:1"))])
+    assert sla() == {"achieved": 0, "breached": 1, "achieved_ratio": 0.0}
+    # the breach lies at the deadline, in its bucket
+    deadline_s = int(T0.timestamp()) + 3600
+    assert (
+        memory.window(deadline_s, deadline_s + 60)[f"email{SEP}unassigned{SEP}high{SEP}sb_fr"] == 1
+    )
+    # claiming again changes nothing and is no duplicate event
+    memory.apply([("t", -1, SlaClaim("T1", "fr:1"))])
+    assert sla()["breached"] == 1 and memory.counters["dup:t"] == 0
+    # a reply dated before the deadline arrives late: the breach is taken back
+    memory.apply([("t", 5, ev("r", "ticket.replied", 1800, ticket_id="T1", author_role="agent"))])
+    assert sla() == {"achieved": 1, "breached": 0, "achieved_ratio": 1.0}
+    assert all(v > 0 for fields in memory.fine().values() for v in fields.values())
+
+
+def test_a_claim_before_its_breach_shows_in_the_timeline_waits_for_it() -> None:
+    # claimed, but the timeline has the reply in time: nothing; the claim stays harmless
+    reply = ev("r", "ticket.replied", 60, ticket_id="T1", author_role="agent")
+    memory = run(TICKET, SlaClaim("T1", "fr:1"), reply, config=SLA_CONFIG)
+    assert total(memory)["sla"]["first_response"]["breached"] == 0  # type: ignore[index]
+
+
+def test_next_responses_and_their_sla() -> None:
+    memory = run(
+        TICKET,
+        ev("r1", "ticket.replied", 600, ticket_id="T1", author_role="agent"),
+        ev("r2", "ticket.replied", 1000, ticket_id="T1", author_role="customer"),
+        ev("r3", "ticket.replied", 1300, ticket_id="T1", author_role="customer"),
+        ev("r4", "ticket.replied", 1600, ticket_id="T1", author_role="agent"),
+        config=SLA_CONFIG,
+    )
+    group = total(memory)
+    assert group["next_response"] == {  # type: ignore[index]
+        "count": 1,
+        "mean_seconds": 600.0,
+        "p50_seconds": pytest.approx(600.0, rel=0.01),
+        "p90_seconds": pytest.approx(600.0, rel=0.01),
+        "p95_seconds": pytest.approx(600.0, rel=0.01),
+        "business": {
+            "mean_seconds": 600.0,
+            "p50_seconds": pytest.approx(600.0, rel=0.01),
+            "p90_seconds": pytest.approx(600.0, rel=0.01),
+            "p95_seconds": pytest.approx(600.0, rel=0.01),
+        },
+    }
+    assert group["sla"]["next_response"]["achieved"] == 1  # type: ignore[index]
+    # without a policy the samples are there all the same (business = calendar)
+    plain = run(*[raw for raw in [TICKET]], config=CoreConfig(policies=()))
+    assert total(plain)["next_response"]["count"] == 0  # type: ignore[index]
+
+
+def test_a_ticket_state_keeps_each_event_id_once() -> None:
+    ids = [f"evt-{n:010d}" for n in range(10)]
+    events = [ev(ids[0], "ticket.created", 0, ticket_id="T0000000001", priority="high")]
+    for n in range(5):
+        role = "customer" if n % 2 else "agent"
+        events.append(
+            ev(
+                ids[1 + n],
+                "ticket.replied",
+                60 * (n + 1),
+                ticket_id="T0000000001",
+                author_role=role,
+            )
+        )
+    for n, value in enumerate(("open", "pending", "open", "solved")):
+        events.append(status(ids[6 + n], 400 + 60 * n, value, ticket="T0000000001"))
+    state = run(*events).states["t:T0000000001"]
+    raw = state.dumps()
+    for event_id in ids:
+        assert raw.count(event_id.encode()) == 1
+    assert state.events() == 10
+    # the figure docs/architecture.md gives
+    assert len(raw) == 436
+    # equal states are equal bytes, whatever the order
+    assert run(*reversed(events)).states["t:T0000000001"].dumps() == raw
 
 
 # --- chats -----------------------------------------------------------------------------
@@ -374,6 +551,96 @@ def test_any_order_and_batching_gives_the_same_kpis(
     assert SEP not in str(memory.document()["by"])
 
 
+#: a policy with every metric on office hours, pausing the resolution on pending and hold
+OFFICE_CONFIG = CoreConfig(
+    policies=(
+        Policy(
+            name="office",
+            match={"priority": ["urgent", "high", "normal"]},  # type: ignore[arg-type]
+            schedule="office",
+            targets={
+                "first_response": {"urgent": 1800, "high": 3600, "normal": 7200},
+                "next_response": {"urgent": 1800, "high": 3600},
+                "resolution": {"urgent": 4 * 3600, "high": 8 * 3600, "normal": 16 * 3600},
+            },
+            pause=("pending", "hold"),
+            warn_at=(0.5,),
+        ),
+    ),
+    schedules={
+        "office": Schedule(
+            timezone="Europe/Berlin",
+            hours={day: ("08:00-12:00", "13:00-17:00") for day in ("mon", "tue", "wed", "thu")},
+        )
+    },
+)
+
+
+@st.composite
+def ticket_timelines(draw: st.DrawFn) -> list[bytes | SlaClaim]:
+    events: list[bytes | SlaClaim] = []
+    for n in range(draw(st.integers(1, 4))):
+        tid = f"T{n}"
+        start = draw(st.integers(0, 40000))
+        priority = draw(st.sampled_from(["low", "normal", "high", "urgent"]))
+        events.append(ev(f"c{n}", "ticket.created", start, ticket_id=tid, priority=priority))
+        for r in range(draw(st.integers(0, 6))):
+            t = start + draw(st.integers(-600, 60000))
+            if draw(st.integers(0, 2)) == 0:
+                value = draw(
+                    st.sampled_from(["new", "open", "pending", "hold", "solved", "closed"])
+                )
+                events.append(status(f"s{n}.{r}", t, value, ticket=tid))
+            else:
+                events.append(
+                    ev(
+                        f"r{n}.{r}",
+                        "ticket.replied",
+                        t,
+                        ticket_id=tid,
+                        author_role=draw(st.sampled_from(["agent", "customer", "customer"])),
+                        public=draw(st.sampled_from([True, True, False])),
+                    )
+                )
+        for claim in draw(st.lists(st.sampled_from(["fr:1", "nr:1", "nr:2", "rs:1"]), max_size=3)):
+            events.append(SlaClaim(tid, claim))
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=ticket_timelines(), data=st.data())
+def test_timelines_and_claims_in_any_order_and_batching_give_the_same_kpis(
+    events: list[bytes | SlaClaim], data: st.DataObject
+) -> None:
+    config = data.draw(st.sampled_from([OFFICE_CONFIG, CONFIG]))
+    reference = run(*events, config=config)
+    shuffled = data.draw(st.permutations(events))
+    repeats = data.draw(st.lists(st.sampled_from(events), max_size=3))
+    stream = list(shuffled) + repeats
+    memory = MemoryState(config)
+    offset = 0
+    while offset < len(stream):
+        size = data.draw(st.integers(1, 4))
+        memory.apply(
+            [("t", offset + i, raw) for i, raw in enumerate(stream[offset : offset + size])]
+        )
+        offset += size
+    assert memory.fine() == reference.fine()
+    assert memory.totals == reference.totals
+    assert memory.counters["ignored:closed"] == reference.counters["ignored:closed"]
+    assert memory.document(by=("priority",)) == reference.document(by=("priority",))
+    assert {k: v.dumps() for k, v in memory.states.items()} == {
+        k: v.dumps() for k, v in reference.states.items()
+    }
+    # and the sums agree with the states folded from scratch in one go
+    direct: Counter[str] = Counter()
+    for state in reference.states.values():
+        for _, dims, name, value in contributions(state, config):
+            if not name.startswith("frh:"):
+                direct[SEP.join(dims) + SEP + name] += value
+    assert +direct == +Counter(reference.window(0, 2**40))
+
+
 # --- stored field codes -------------------------------------------------------------------
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
@@ -387,9 +654,21 @@ def documented_codes() -> set[str]:
 
 
 def test_every_stored_field_code_is_documented_and_every_documented_one_is_stored() -> None:
+    def reply(event_id: str, t: float, ticket: str, role: str = "agent") -> bytes:
+        return ev(event_id, "ticket.replied", t, ticket_id=ticket, author_role=role)
+
     memory = run(
         TICKET,
-        ev("r1", "ticket.replied", 120, ticket_id="T1", author_role="agent"),
+        reply("r1", 120, "T1"),
+        reply("r2", 130, "T1", "customer"),
+        reply("r3", 200, "T1"),  # a next response, achieved
+        reply("r4", 300, "T1", "customer"),  # a next response never given: breached
+        # solved after the second next response breached (a solve before would cancel it)
+        ev("o1", "ticket.status_changed", 4000, ticket_id="T1", status="solved"),
+        ev("c2", "ticket.created", 0, ticket_id="T2", priority="high"),  # never answered
+        SlaClaim("T1", "nr:2"),
+        SlaClaim("T2", "fr:1"),
+        SlaClaim("T2", "rs:1"),
         ev("q1", "chat.requested", 0, chat_id="C1"),
         ev("a1", "chat.accepted", 10, chat_id="C1"),
         ev("q2", "chat.requested", 0, chat_id="C2"),
@@ -400,6 +679,7 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
         ev("s2", "survey.responded", 200, ticket_id="T1", kind="nps", score=9),
         ev("s3", "survey.responded", 200, chat_id="C1", kind="ces", score=2),
         ev("s4", "survey.responded", 200, chat_id="C1", kind="nps", score=3),
+        config=SLA_CONFIG,
     )
     # every field is non-zero somewhere (zeros are not stored)
     stored = {
@@ -408,14 +688,55 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
         for field in fields
     }
     emitted = {
-        re.sub(r"^(fr_sk|cw_sk):\d+$", r"\1:<index>", re.sub(r"^frh:.+$", "frh:<bound>", code))
+        re.sub(
+            r"^(fr_sk|cw_sk|fb_sk|nr_sk|nb_sk):\d+$",
+            r"\1:<index>",
+            re.sub(r"^frh:.+$", "frh:<bound>", code),
+        )
         for code in stored
     }
+    documented = documented_codes()
     # the breach script adds `sla` to the totals; the core never does
-    assert emitted | {"sla"} == documented_codes()
-    assert set(FIELDS) == documented_codes() - {
+    assert emitted | {"sla"} == documented
+    assert set(FIELDS) == documented - {
         "fr_sk:<index>",
         "cw_sk:<index>",
+        "fb_sk:<index>",
+        "nr_sk:<index>",
+        "nb_sk:<index>",
         "frh:<bound>",
         "sla",
     }
+
+
+# --- the core against the brute-force oracle ----------------------------------------------
+
+
+def test_simulated_traffic_agrees_with_the_oracle() -> None:
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+    from tests.oracle import compare, compute
+
+    # squeezed lifecycles: replies, solves, reopens and closes within the hour
+    sim = SimConfig(
+        seed=11,
+        duration_s=3600,
+        rate=20,
+        response_scale=0.01,
+        lifecycle_scale=0.02,
+        out_of_order=0.2,
+        duplicate_ratio=0.02,
+    )
+    values = [record.value for record in generate(sim) if record.occurred_at_s is not None]
+    memory = MemoryState()
+    for offset in range(0, len(values), 97):
+        memory.apply([("t", offset + i, raw) for i, raw in enumerate(values[offset : offset + 97])])
+    start_s = int(sim.start_s) // 3600 * 3600
+    for by in ((), ("channel", "priority")):
+        actual = build_document(
+            memory.window(start_s, start_s + 7200), start_s=start_s, end_s=start_s + 7200, by=by
+        )
+        expected = compute(values, at_s=start_s + 7200, width_s=7200, by=by)
+        assert compare(actual, expected) == []
+    group = actual["groups"][0]  # type: ignore[index]
+    assert group["next_response"]["count"] > 0
+    assert memory.counters["ignored:closed"] >= 0

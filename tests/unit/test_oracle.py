@@ -73,6 +73,25 @@ EMPTY_GROUP = {
         "p95_seconds": None,
         "within_target": 0,
         "within_target_ratio": None,
+        "business": {
+            "mean_seconds": None,
+            "p50_seconds": None,
+            "p90_seconds": None,
+            "p95_seconds": None,
+        },
+    },
+    "next_response": {
+        "count": 0,
+        "mean_seconds": None,
+        "p50_seconds": None,
+        "p90_seconds": None,
+        "p95_seconds": None,
+        "business": {
+            "mean_seconds": None,
+            "p50_seconds": None,
+            "p90_seconds": None,
+            "p95_seconds": None,
+        },
     },
     "chats": {
         "requested": 0,
@@ -87,6 +106,10 @@ EMPTY_GROUP = {
     "csat": {"responses": 0, "satisfied": 0, "ratio": None, "average": None},
     "nps": {"responses": 0, "promoters": 0, "detractors": 0, "score": None},
     "ces": {"responses": 0, "average": None},
+    "sla": {
+        metric: {"achieved": 0, "breached": 0, "achieved_ratio": None}
+        for metric in ("first_response", "next_response", "resolution")
+    },
 }
 
 
@@ -204,6 +227,62 @@ def test_duplicate_openers_smallest_time_then_event_id_wins() -> None:
     assert groups[1]["first_response"]["mean_seconds"] == 60.0  # from the winner's time
 
 
+# -- next responses and the SLA ----------------------------------------------------------
+
+
+def status(ticket: str, seconds: float, value: str) -> bytes:
+    return event("ticket.status_changed", seconds, ticket_id=ticket, status=value)
+
+
+def test_next_response_and_sla_table() -> None:
+    values = [
+        # T1 (normal, 8 h target): answered at 100 s (achieved); the customer writes at
+        # 200 s and 300 s (one instance), the agent answers at 900 s: 700 s
+        created("T1", 0),
+        replied("T1", 100),
+        replied("T1", 200, role="customer"),
+        replied("T1", 300, role="customer"),
+        replied("T1", 900),
+        # a customer reply after the solve starts nothing; a reopen lets the next one start
+        status("T1", 1000, "solved"),
+        replied("T1", 1100, role="customer"),
+        replied("T1", 1200),
+        status("T1", 1300, "open"),
+        replied("T1", 1400, role="customer"),
+        replied("T1", 1500),
+        # T2: solved before any reply: its first response is cancelled, no SLA count
+        created("T2", 0),
+        status("T2", 50, "solved"),
+        replied("T2", 60),
+        # T3 (urgent, 1 h, created before the window): never answered, breached at
+        # 1800 s once claimed
+        created("T3", -1800, priority="urgent"),
+        replied("T3", 10, role="customer"),
+        # T4: closed, later statuses ignored; a customer reply while waiting is cancelled
+        created("T4", 0),
+        replied("T4", 20),
+        replied("T4", 30, role="customer"),
+        status("T4", 40, "closed"),
+        status("T4", 50, "open"),
+        replied("T4", 60, role="customer"),
+        replied("T4", 70),
+    ]
+    group = total(values)
+    assert group["next_response"]["count"] == 2
+    assert group["next_response"]["mean_seconds"] == (700 + 100) / 2
+    assert group["next_response"]["business"]["mean_seconds"] == (700 + 100) / 2
+    assert group["first_response"]["count"] == 3  # T1, T2 (after the solve), T4
+    assert group["sla"]["first_response"] == {"achieved": 2, "breached": 0, "achieved_ratio": 1.0}
+    assert group["sla"]["next_response"]["achieved"] == 0  # the default policy has no target
+    claimed = total(values, claimed_until_s=BASE + 1800)
+    assert claimed["sla"]["first_response"] == {
+        "achieved": 2,
+        "breached": 1,
+        "achieved_ratio": 2 / 3,
+    }
+    assert total(values, claimed_until_s=BASE + 1799)["sla"]["first_response"]["breached"] == 0
+
+
 # -- first response time ---------------------------------------------------------------------
 
 
@@ -242,6 +321,13 @@ def test_first_response_table() -> None:
         "p95_seconds": 100.0,  # [floor(0.95 * 3)] = [2]
         "within_target": 3,
         "within_target_ratio": 0.75,
+        # no schedule: business time is calendar time
+        "business": {
+            "mean_seconds": (100_000 + 9_999 + 0 + 4_300_000) / 4 / 1000,
+            "p50_seconds": 9.999,
+            "p90_seconds": 100.0,
+            "p95_seconds": 100.0,
+        },
     }
 
 
