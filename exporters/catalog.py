@@ -35,6 +35,7 @@ __all__ = [
     "DIMENSIONS",
     "FIRST_RESPONSE_BUCKETS_SECONDS",
     "HEALTH",
+    "HOLE_OUTCOMES",
     "OPENMETRICS_FAMILY_CLASHES",
     "WINDOWED",
     "MetricKind",
@@ -69,6 +70,8 @@ _FLUSH_BUCKETS_SECONDS: tuple[float, ...] = (
     5.0,
 )
 _BATCH_BUCKETS_EVENTS: tuple[float, ...] = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+#: The ``outcome`` label values of ``deskpulse_offset_holes_total`` (streams/holes.py).
+HOLE_OUTCOMES: tuple[str, ...] = ("filled", "empty", "expired")
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +348,15 @@ HEALTH: tuple[MetricSpec, ...] = (
         ("topic", "partition"),
         "Input partitions found stuck (lag, no progress, nothing in flight for "
         "DESKPULSE_STALL_TIMEOUT) and sought back to their committed offset.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_offset_holes_total",
+        "counter",
+        ("topic", "outcome"),
+        "Offsets a batch lacked between the offset fence and its newest record, read back "
+        "from the log: filled (records the consumer skipped, applied), empty (no data "
+        "record there), expired (deleted from the log before they were applied: lost).",
         "",
     ),
     MetricSpec(

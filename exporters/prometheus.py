@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector
 
 from deskpulse import __version__
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard
-from deskpulse.exporters.catalog import CATALOG
+from deskpulse.exporters.catalog import CATALOG, HOLE_OUTCOMES
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
 from deskpulse.streams.compat import gauge_value
@@ -76,6 +76,10 @@ class PipelineMetrics:
         self.deadletter_up.set(1)
         self.lag = Gauge(*spec("deskpulse_consumer_lag_messages"), registry=registry)
         self._stalls = PromCounter(*spec("deskpulse_partition_stalls_total"), registry=registry)
+        self._holes = PromCounter(*spec("deskpulse_offset_holes_total"), registry=registry)
+        for topic in input_topics:  # 0 from the start: the first hole is an increase
+            for outcome in HOLE_OUTCOMES:
+                self._holes.labels(topic, outcome)
         self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
         self._state_ok.set(1)
         self._redis_up.set(1)
@@ -92,6 +96,9 @@ class PipelineMetrics:
 
     def skipped(self, topic: str, reason: str, count: int) -> None:
         self._skipped.labels(topic, reason).inc(count)
+
+    def holes(self, topic: str, outcome: str, count: int) -> None:
+        self._holes.labels(topic, outcome).inc(count)
 
     def stalled(self, topic: str, partition: int) -> None:
         self._stalls.labels(topic, str(partition)).inc()

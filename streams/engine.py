@@ -17,6 +17,20 @@ letter, the forward is acknowledged by the broker before the source offset is re
 applied; after a crash in between it is forwarded again, and the repeat is absorbed by the
 event_id dedup of the conversation state (counted as a duplicate, changing no KPI).
 ``deskpulse replay`` applies such records straight to their partition's state instead.
+
+Holes in a batch
+----------------
+The fence (the highest offset applied per topic of a partition) skips every record at or
+below it as applied, so it may only move past records the engine saw. Faust's consumer
+can skip records it fetched (a rebalance cancels a delivery and still marks its offset
+read), and a later batch then starts past the fence + 1. With a ``reader``
+(:class:`~streams.holes.LogReader`), the engine checks under the partition lock that each
+topic's records, applied, rejected or forwarded alike, cover every offset from the fence
++ 1 to their highest; the offsets they lack are read back from the log and decoded,
+applied, dead-lettered or forwarded with the batch (see :mod:`streams.holes` for what a
+missing offset can turn out to be). The check costs two list comprehensions and one list
+comparison per batch; a set is built only for a batch that does not continue the fence
+in order. ``deskpulse replay`` reads each partition in order itself and has no reader.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +54,7 @@ from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEv
 from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.models.wire import WireEvent, decode_record
 from deskpulse.streams.core import BatchResult, CoreConfig, Pending, fold_batch
+from deskpulse.streams.holes import HoleReader, offset_gaps
 from deskpulse.streams.partitioner import ConversationPartitions, forwarded_key
 from deskpulse.streams.store import PartitionMeta, Store
 
@@ -143,6 +159,7 @@ class Metrics(Protocol):
     def event_time(self, topic: str, t_s: float) -> None: ...
     def redis_up(self, up: bool) -> None: ...
     def skipped(self, topic: str, reason: str, count: int) -> None: ...
+    def holes(self, topic: str, outcome: str, count: int) -> None: ...
 
 
 async def retry_forever(
@@ -209,11 +226,14 @@ class Engine:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        reader: HoleReader | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.deadletter = deadletter
         self.metrics = metrics
+        # reads back records a batch lacks (see "Holes in a batch"); None: no check (replay)
+        self._reader = reader
         self.config = CoreConfig.from_settings(settings)
         self.clock = clock
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -262,6 +282,9 @@ class Engine:
         forward on the repartition topic whose source record lies past them is passed over,
         as the replay applies that source record itself).
         """
+        if forwarder is None and self._reader is not None and partitions > 1:
+            # a record read back into a batch may belong elsewhere: it needs the forwarder
+            raise ValueError("an engine that reads holes back must forward misrouted records")
         self._partition_of = ConversationPartitions(partitions) if partitions > 1 else None
         self._forwarder = forwarder
         self._source_fences = source_fences
@@ -321,6 +344,8 @@ class Engine:
     async def _locked(self, partition: int, batch: list[Record], now_s: float) -> None:
         # decoding needs no state: done before waiting, while another batch may commit
         pending, rejected, misrouted, passed = self._decode(batch, now_s)
+        # every record counts toward the fence's cover: applied, rejected, forwarded alike
+        offsets = _offsets_by_topic(batch) if self._reader is not None else None
         ids = None
         if self._partition_of is not None and pending:
             pending, ids, misrouted = self._route(partition, batch, pending, misrouted)
@@ -338,7 +363,15 @@ class Engine:
         # the three co-partitioned topics share one partition's state: one batch at a time
         async with self._locks[partition]:
             await self._process_partition(
-                partition, len(batch), pending, rejected, misrouted, passed, ids
+                partition,
+                len(batch),
+                pending,
+                rejected,
+                misrouted,
+                passed,
+                ids,
+                offsets=offsets,
+                now_s=now_s,
             )
 
     def _decode(
@@ -545,7 +578,13 @@ class Engine:
         misrouted: Sequence[_Misrouted] = (),
         passed: Sequence[Record] = (),
         conversation_ids: list[str] | None = None,
+        *,
+        offsets: Mapping[str, list[int]] | None = None,
+        now_s: float = 0.0,
     ) -> None:
+        """Apply one partition's records (under its lock). ``offsets``: the batch's offsets
+        by topic, checked against the fence (see "Holes in a batch"); ``now_s`` decodes
+        the records read back to fill a hole."""
         if conversation_ids is None:
             conversation_ids = [p.event.conversation_id for p in pending]
         started = time.perf_counter()
@@ -555,12 +594,37 @@ class Engine:
         fresh_misrouted: list[_Misrouted] = []
         forwarded: dict[int, int] = {}
         elsewhere = [m.record for m in misrouted] + list(passed)
+        holes: dict[tuple[str, str], int] = {}
         while True:
             meta, states = await retry_forever(
                 partial(self.store.load, partition, conversation_ids),
                 what=f"loading partition {partition} state from Redis",
                 on_state=self.metrics.redis_up,
             )
+            if offsets is not None:
+                # Once, against the first fence read: the fence only grows, so a batch
+                # that continues it up to its highest offset continues any later one.
+                gaps = _gaps(meta.offsets, offsets)
+                offsets = None
+                if gaps:
+                    found = await self._fill(partition, gaps, holes)
+                    if found:
+                        more, more_rejected, more_misrouted, more_passed = self._decode(
+                            found, now_s
+                        )
+                        if self._partition_of is not None and more:
+                            more, more_ids, more_misrouted = self._route(
+                                partition, found, more, more_misrouted
+                            )
+                        else:
+                            more_ids = [p.event.conversation_id for p in more]
+                        pending = pending + more
+                        conversation_ids = conversation_ids + more_ids
+                        rejected = rejected + more_rejected
+                        misrouted = [*misrouted, *more_misrouted]
+                        elsewhere += [m.record for m in more_misrouted] + more_passed
+                        size += len(found)
+                        continue  # the states of the conversations they touch too
             result = fold_batch(
                 pending,
                 states,
@@ -598,6 +662,7 @@ class Engine:
                 # everything was applied before (a redelivery after a crash)
                 self._count_skipped(result.skipped, rejected, fresh_rejects)
                 self._count_rerouted(misrouted, fresh_misrouted)
+                self._count_holes(holes)
                 return
             committed = await retry_forever(
                 partial(self.store.commit, partition, meta.version, result),
@@ -619,6 +684,89 @@ class Engine:
             self.metrics.rejected(topic, reason, count)
         self._count_rerouted(misrouted, fresh_misrouted)
         self._count_skipped(result.skipped, rejected, fresh_rejects)
+        self._count_holes(holes)
+
+    async def _fill(
+        self,
+        partition: int,
+        gaps: Mapping[str, list[tuple[int, int]]],
+        holes: dict[tuple[str, str], int],
+    ) -> list[Record]:
+        """Read the offsets ``gaps`` names from the log; the data records found there.
+
+        Counts each missing offset in ``holes`` by ``(topic, outcome)``: ``filled`` (a
+        record found), ``expired`` (below the log start: gone before it was applied, an
+        error) or ``empty`` (no data record there: a transaction marker, a compacted
+        record). Retried with backoff until the broker answers.
+        """
+        reader = self._reader
+        assert reader is not None
+        found: list[Record] = []
+        for topic, ranges in gaps.items():
+            first, last = ranges[0][0], ranges[-1][1]
+            read = await retry_forever(
+                partial(reader.read, topic, partition, first, last),
+                what=f"reading offsets {first}-{last} of partition {partition} of {topic}",
+                retriable=(KafkaError, OSError),
+            )
+            starts = [start for start, _ in ranges]
+            filled: list[int] = []
+            for record in read.records:
+                offset = record.offset
+                at = bisect_right(starts, offset) - 1
+                if at >= 0 and offset <= ranges[at][1]:
+                    found.append(record)
+                    filled.append(offset)
+            missing = sum(end - start + 1 for start, end in ranges)
+            expired = [
+                (start, min(end, read.log_start - 1))
+                for start, end in ranges
+                if start < read.log_start
+            ]
+            gone = sum(end - start + 1 for start, end in expired)
+            counts = {
+                "filled": len(filled),
+                "expired": gone,
+                "empty": missing - len(filled) - gone,
+            }
+            for outcome, count in counts.items():
+                if count:
+                    holes[(topic, outcome)] = holes.get((topic, outcome), 0) + count
+            if filled:
+                log.warning(
+                    "partition %d of %s: the batch lacked offsets %s (the consumer never "
+                    "delivered them); read %d records there back from the log and applied "
+                    "them with the batch. Counted in deskpulse_offset_holes_total.",
+                    partition,
+                    topic,
+                    _spans(_runs(filled)),
+                    len(filled),
+                )
+            if gone:
+                log.error(
+                    "partition %d of %s: offsets %s were deleted from the log (it starts at "
+                    "%d now) before they were applied: %d records are missing from the KPIs "
+                    'for good. Counted in deskpulse_offset_holes_total{outcome="expired"}.',
+                    partition,
+                    topic,
+                    _spans(expired),
+                    read.log_start,
+                    gone,
+                )
+            if counts["empty"]:
+                log.debug(
+                    "partition %d of %s: %d offsets of %s hold no data record (transaction "
+                    "markers or compacted records)",
+                    partition,
+                    topic,
+                    counts["empty"],
+                    _spans(ranges),
+                )
+        return found
+
+    def _count_holes(self, holes: Mapping[tuple[str, str], int]) -> None:
+        for (topic, outcome), count in holes.items():
+            self.metrics.holes(topic, outcome, count)
 
     async def _dead_letter(
         self, partition: int, rejects: list[tuple[Record, RejectedEvent]]
@@ -710,3 +858,45 @@ class Engine:
                     counts[record.topic] = counts.get(record.topic, 0) + 1
         for topic, count in counts.items():
             self.metrics.skipped(topic, "already_applied", count)
+
+
+def _offsets_by_topic(batch: list[Record]) -> dict[str, list[int]]:
+    """The batch's offsets by topic, in batch order."""
+    offsets = [record.offset for record in batch]
+    topics = [record.topic for record in batch]
+    if topics.count(topics[0]) == len(topics):  # one agent's batch: one topic
+        return {topics[0]: offsets}
+    by_topic: dict[str, list[int]] = defaultdict(list)
+    for topic, offset in zip(topics, offsets, strict=True):
+        by_topic[topic].append(offset)
+    return by_topic
+
+
+def _gaps(
+    fences: Mapping[str, int], offsets: Mapping[str, list[int]]
+) -> dict[str, list[tuple[int, int]]]:
+    """The offsets each topic's records lack between its fence and their highest offset
+    (:func:`~streams.holes.offset_gaps`); none while the fence is unknown."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for topic, topic_offsets in offsets.items():
+        fence = fences.get(topic, -1)
+        if fence >= 0 and (gaps := offset_gaps(topic_offsets, fence)):
+            found[topic] = gaps
+    return found
+
+
+def _runs(offsets: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct offsets as inclusive ``(first, last)`` runs."""
+    runs: list[tuple[int, int]] = []
+    for offset in offsets:
+        if runs and offset == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], offset)
+        else:
+            runs.append((offset, offset))
+    return runs
+
+
+def _spans(runs: Sequence[tuple[int, int]], shown: int = 5) -> str:
+    """``10-19, 25`` (and how many more runs past the first ``shown``)."""
+    text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs[:shown])
+    return text if len(runs) <= shown else f"{text} and {len(runs) - shown} more runs"

@@ -25,6 +25,7 @@ from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
 from deskpulse.models.settings import Settings
 from deskpulse.streams.breaches import check_partitions
 from deskpulse.streams.engine import DeadLetterTrouble, Engine, Metrics, Record, retry_forever
+from deskpulse.streams.holes import LogReader
 from deskpulse.streams.store import Store
 
 __all__ = ["KpiEngine", "LocalEngine"]
@@ -90,7 +91,8 @@ class LocalEngine:
     """The :class:`KpiEngine` in the calling process (the worker's, or the engine child's).
 
     ``store`` and ``collector`` are the caller's: the worker's ``/metrics`` renders that
-    collector. The producer is the engine's own (dead letters, forwards, outputs, alerts).
+    collector. The producer is the engine's own (dead letters, forwards, outputs, alerts),
+    and so is the log reader that reads back records a batch lacks.
     """
 
     def __init__(
@@ -100,7 +102,9 @@ class LocalEngine:
         self.store = store
         self.collector = collector
         self.publisher = KafkaPublisher(settings)
-        self.engine = Engine(settings, store, self.publisher, metrics)
+        # reads back records the consumer skipped (streams/holes.py); its own connection
+        self.reader = LogReader(settings)
+        self.engine = Engine(settings, store, self.publisher, metrics, reader=self.reader)
         self.engine.on_deadletter = self._deadletter
         self.generation: str | None = None
         self.on_deadletter: Callable[[DeadLetterTrouble | None], object] | None = None
@@ -132,6 +136,7 @@ class LocalEngine:
 
     async def stop(self) -> None:
         await self.publisher.stop()
+        await self.reader.stop()
 
     async def process(self, records: Iterable[Record]) -> None:
         await self.engine.process(records)

@@ -130,6 +130,7 @@ class Counters(msgspec.Struct, array_like=True):
     flushes: list[tuple[float, int]]  # (seconds, events)
     event_times: dict[str, float]
     redis_state: bool | None
+    holes: list[tuple[str, str, int]] = []  # (topic, outcome, offsets)
 
     def apply_to(self, metrics: Metrics) -> None:
         """Report the counts to the worker's metrics."""
@@ -147,6 +148,8 @@ class Counters(msgspec.Struct, array_like=True):
             metrics.event_time(topic, t_s)
         if self.redis_state is not None:
             metrics.redis_up(self.redis_state)
+        for topic, outcome, count in self.holes:
+            metrics.holes(topic, outcome, count)
 
 
 class _Message(msgspec.Struct, tag=True, array_like=True):
@@ -310,6 +313,7 @@ class RecordingMetrics:
     rejected_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     skipped_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     rerouted_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    hole_counts: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     flushes: list[tuple[float, int]] = field(default_factory=list)
     event_times: dict[str, float] = field(default_factory=dict)
     redis_state: bool | None = None
@@ -325,6 +329,9 @@ class RecordingMetrics:
 
     def rerouted(self, topic: str, count: int) -> None:
         self.rerouted_counts[topic] += count
+
+    def holes(self, topic: str, outcome: str, count: int) -> None:
+        self.hole_counts[(topic, outcome)] += count
 
     def flushed(self, seconds: float, events: int) -> None:
         self.flushes.append((seconds, events))
@@ -345,8 +352,10 @@ class RecordingMetrics:
             flushes=self.flushes,
             event_times=self.event_times,
             redis_state=self.redis_state,
+            holes=[(t, o, n) for (t, o), n in self.hole_counts.items()],
         )
         self.processed_counts = defaultdict(int)
+        self.hole_counts = defaultdict(int)
         self.rejected_counts = defaultdict(int)
         self.skipped_counts = defaultdict(int)
         self.rerouted_counts = defaultdict(int)

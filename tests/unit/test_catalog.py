@@ -73,6 +73,7 @@ HEALTH_LABELS = {
     "deskpulse_events_held": (),
     "deskpulse_consumer_lag_messages": ("topic", "partition"),
     "deskpulse_partition_stalls_total": ("topic", "partition"),
+    "deskpulse_offset_holes_total": ("topic", "outcome"),
     "deskpulse_last_event_timestamp_seconds": ("topic",),
     "deskpulse_flush_duration_seconds": (),
     "deskpulse_batch_events": (),
