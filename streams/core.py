@@ -463,7 +463,7 @@ def _ticket_fields(
     """A ticket's response and SLA samples from its timeline (appended to ``out``); the
     count of its ignored status events."""
     plan = config.terms_of(dims)
-    view = evaluate_terms(opened_ms, timeline, plan)
+    view = evaluate_terms(opened_ms, timeline, plan, detail=False)
     _view_fields(opened_ms, dims, view, plan, claims, config, out)
     return view.ignored
 
@@ -867,14 +867,18 @@ def _timeline_change(
     """:func:`_kpi_change` of an opened ticket whose timeline or claims alone moved: the
     two evaluations compared part by part, and only the parts that differ written (taken
     back at their old place, added at their new one)."""
-    plan = config.terms_of(dims)
-    new = evaluate_terms(opened_ms, state.timeline.items(), plan)
-    out: list[Contribution] = []
     claims = state.claims
+    if not claims and timeline_before and _only_waits_appended(state.timeline, timeline_before):
+        return [], 0
+    plan = config.terms_of(dims)
+    new = evaluate_terms(opened_ms, state.timeline.items(), plan, detail=False)
+    out: list[Contribution] = []
     if not timeline_before and not claims_before:
         _view_fields(opened_ms, dims, new, plan, claims, config, out)
         return out, new.ignored
-    old = evaluate_terms(opened_ms, islice(state.timeline.items(), timeline_before), plan)
+    old = evaluate_terms(
+        opened_ms, islice(state.timeline.items(), timeline_before), plan, detail=False
+    )
     if (old.first_reply_ms, old.first_business_ms) != (new.first_reply_ms, new.first_business_ms):
         _first_fields(opened_ms, dims, old, plan, config, out, -1)
         _first_fields(opened_ms, dims, new, plan, config, out, 1)
@@ -887,11 +891,54 @@ def _timeline_change(
             if response not in kept:
                 _response_fields(dims, response, out, 1)
     if old.instances != new.instances or claims_before != claims:
+        # only the counts that moved: an instance whose deadline moved but whose outcome
+        # did not (a resolution clock paused) writes nothing
+        was: list[Contribution] = []
         for instance in old.instances:
-            _instance_field(dims, instance, claims_before, out, -1)
+            _instance_field(dims, instance, claims_before, was, 1)
+        now: list[Contribution] = []
         for instance in new.instances:
-            _instance_field(dims, instance, claims, out, 1)
+            _instance_field(dims, instance, claims, now, 1)
+        if was != now:
+            kept = set(was) & set(now)  # one count per instance: no repeats within a list
+            out.extend(
+                (at, group, name, -value)
+                for at, group, name, value in was
+                if (at, group, name, value) not in kept
+            )
+            out.extend(c for c in now if c not in kept)
     return out, new.ignored - old.ignored
+
+
+#: timeline codes that fulfil, end or count nothing when they come last: a customer reply
+#: (it can only start a next response, which samples nothing until an agent answers) and a
+#: status that neither solves nor closes (it can only move a running clock's deadline)
+_WAITS = frozenset((CUSTOMER, *(STATUS_CODES[s] for s in ("new", "open", "pending", "hold"))))
+_CLOSED_CODE = STATUS_CODES["closed"]
+
+
+def _only_waits_appended(timeline: Mapping[str, tuple[int, str]], before: int) -> bool:
+    """Whether the entries after the first ``before`` change none of a ticket's samples:
+    all of them waits (:data:`_WAITS`), all later in timeline order than every earlier
+    entry, and no earlier close (after which a status counts as ignored).
+
+    Then, with no claims, the evaluation differs from the old one only in instances still
+    running or breached-but-unclaimed (which contribute nothing) and in a resolution clock's
+    course after its solve (which cannot move an outcome decided at the solve): the most
+    common ticket events — a customer's message, a move to pending or on hold — cost a
+    scan instead of two evaluations.
+    """
+    entries = iter(timeline.items())
+    latest: tuple[int, str] | None = None
+    for event_id, (ms, code) in islice(entries, before):
+        if code == _CLOSED_CODE:
+            return False
+        if latest is None or (ms, event_id) > latest:
+            latest = (ms, event_id)
+    for event_id, (ms, code) in entries:
+        if code not in _WAITS or latest is None or (ms, event_id) < latest:
+            return False
+    return True
 
 
 def _add_deltas(
