@@ -256,10 +256,14 @@ CUMULATIVE: tuple[MetricSpec, ...] = (
     ),
     _counter("deskpulse_csat_responses_total", "CSAT survey responses."),
     _counter("deskpulse_csat_satisfied_responses_total", "CSAT survey responses scoring 4 or 5."),
-    _counter(
-        "deskpulse_sla_breaches_total",
-        "Tickets still without a first agent reply at created_at + target, as published "
-        "(once per ticket) to the alerts topic.",
+    MetricSpec(
+        name="deskpulse_sla_breaches_total",
+        kind="counter",
+        labels=(*DIMENSIONS, "metric"),
+        help="SLA instances breached (metric: first_response, next_response, resolution), "
+        "as published once per ticket, metric and instance to the alerts topic; a later "
+        "retraction does not lower it." + _CUMULATIVE,
+        unit="",
     ),
 )
 

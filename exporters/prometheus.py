@@ -181,7 +181,13 @@ _TOTALS: tuple[tuple[str, str], ...] = (
     ("deskpulse_chats_short_abandoned", "cs"),
     ("deskpulse_csat_responses", "cs_n"),
     ("deskpulse_csat_satisfied_responses", "cs_sat"),
-    ("deskpulse_sla_breaches", "sla"),
+)
+#: ``deskpulse_sla_breaches_total{metric}``: the breaches breach detection claimed and
+#: published, per SLA metric -> stored totals field (``sla``: v1's, the first response)
+_SLA_BREACH_TOTALS: tuple[tuple[str, str], ...] = (
+    ("first_response", "sla"),
+    ("next_response", "sla_nr"),
+    ("resolution", "sla_rs"),
 )
 
 # Every windowed family shows the same groups (a queue is on every panel or on none, and
@@ -201,6 +207,7 @@ for _name, _rule in (
 _WINDOWED_LABEL_SET = Rule(max(rule.series for rule in _WINDOWED_RULES))
 _CUMULATIVE_COUNTERS: tuple[str, ...] = (
     *(name + "_total" for name, _ in _TOTALS),
+    "deskpulse_sla_breaches_total",
     "deskpulse_first_response_breaches_total",
     "deskpulse_chats_offered_total",
 )
@@ -403,6 +410,11 @@ class KpiCollector(Collector):
             name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMENSIONS))
             for name, _ in _TOTALS
         }
+        sla_breaches = CounterMetricFamily(
+            "deskpulse_sla_breaches",
+            _help("deskpulse_sla_breaches_total"),
+            labels=[*DIMENSIONS, "metric"],
+        )
         breaches = CounterMetricFamily(
             "deskpulse_first_response_breaches",
             _help("deskpulse_first_response_breaches_total"),
@@ -422,6 +434,8 @@ class KpiCollector(Collector):
             values = list(key)
             for name, field in _TOTALS:
                 counters[name].add_metric(values, fields.get(field, 0))
+            for metric, field in _SLA_BREACH_TOTALS:
+                sla_breaches.add_metric([*values, metric], fields.get(field, 0))
             breaches.add_metric(values, fields.get("fr", 0) - fields.get("fr_in", 0))
             offered.add_metric(values, fields.get("ca", 0) + fields.get("cab", 0))
             cumulative_count, buckets = 0, []
@@ -431,8 +445,9 @@ class KpiCollector(Collector):
             histogram.add_metric(values, buckets, sum_value=fields.get("fr_ms", 0) / 1000)
         for name in _CUMULATIVE_COUNTERS:
             folded[name] += fold.folded
+        folded["deskpulse_sla_breaches_total"] += fold.folded * (len(_SLA_BREACH_TOTALS) - 1)
         folded[histogram.name] += fold.folded * histogram_rule.series
-        return [*counters.values(), breaches, offered, histogram]
+        return [*counters.values(), sla_breaches, breaches, offered, histogram]
 
 
 def _add_gauges(

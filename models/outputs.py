@@ -4,7 +4,8 @@
 topic                  key                payload
 =====================  =================  ===============================================
 ``deskpulse.kpis``     ``1h|*|*|*``       :class:`KpiSnapshot` (compacted: latest per key)
-``deskpulse.alerts``   ticket id          :class:`SlaBreached`, once per ticket
+``deskpulse.alerts``   ticket id          :class:`SlaBreached`, :class:`SlaAtRisk`,
+                                          :class:`SlaBreachRetracted`, each once
 ``deskpulse.alerts``   rule + group       :class:`AlertTransition` on each transition
 =====================  =================  ===============================================
 
@@ -27,6 +28,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AlertTransition",
     "KpiSnapshot",
+    "SlaAtRisk",
+    "SlaBreachRetracted",
     "SlaBreached",
     "encode_key_part",
     "output_key",
@@ -76,19 +79,65 @@ class _Payload(BaseModel):
 
 
 class SlaBreached(_Payload):
-    """A ticket whose first public agent reply did not come by ``created_at + target``.
+    """An SLA instance of a ticket whose deadline passed before it was fulfilled, once per
+    ``(ticket, metric, instance)``.
 
-    ``breached_at`` is that deadline, not the time the breach was detected.
+    ``breached_at`` is the deadline, not the time the breach was detected; ``created_at``
+    is the ticket's creation and ``started_at`` the instance's start.
     """
 
     type: Literal["sla.breached"] = "sla.breached"
     event_id: str
     ticket_id: str
-    metric: Literal["first_response"] = "first_response"
+    metric: Literal["first_response", "next_response", "resolution"] = "first_response"
+    instance: int = 1
+    policy: str
     priority: str
     channel: str
     queue: str
     target_seconds: int
+    started_at: str
+    created_at: str
+    breached_at: str
+
+
+class SlaAtRisk(_Payload):
+    """An SLA instance whose elapsed time reached ``fraction`` of its target while it ran,
+    once per ``(ticket, metric, instance, fraction)``; ``due_at`` is the deadline if the
+    clock keeps running, ``remaining_seconds`` the elapsed time left until it."""
+
+    type: Literal["sla.at_risk"] = "sla.at_risk"
+    event_id: str
+    ticket_id: str
+    metric: Literal["first_response", "next_response", "resolution"]
+    instance: int
+    policy: str
+    priority: str
+    channel: str
+    queue: str
+    target_seconds: int
+    started_at: str
+    created_at: str
+    fraction: float
+    remaining_seconds: float
+    due_at: str
+
+
+class SlaBreachRetracted(_Payload):
+    """A published breach that a later event showed was fulfilled or cancelled before its
+    deadline (the KPIs no longer count it), once per published breach."""
+
+    type: Literal["sla.breach_retracted"] = "sla.breach_retracted"
+    event_id: str
+    ticket_id: str
+    metric: Literal["first_response", "next_response", "resolution"]
+    instance: int
+    policy: str
+    priority: str
+    channel: str
+    queue: str
+    target_seconds: int
+    started_at: str
     created_at: str
     breached_at: str
 

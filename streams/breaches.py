@@ -1,12 +1,27 @@
-"""First-response SLA breach detection: one ``sla.breached`` per ticket, exactly once.
+"""SLA breach detection: ``sla.breached``, ``sla.at_risk`` and ``sla.breach_retracted``,
+each exactly once.
 
-Tickets that may still breach sit in the partition's ``due`` set, scored by deadline (the
-commit script keeps it). A check takes the due tickets whose deadline has passed on the
-detection clock, decides from their stored state, and in one Redis script *claims* each
-breach (``breached`` + the payload in ``breach_out``) and counts it. Claimed payloads are
-published and, once the broker acknowledged them, dropped from ``breach_out``; a crash in
-between re-sends them on the next check, so a breach is never lost, and the claim makes
-sure no ticket is claimed twice — across restarts, rebalances and workers.
+Tickets with something left to publish sit in the partition's ``due`` set, scored by the
+instant breach detection must look at them next: the earliest deadline or warning instant
+of their SLA instances not claimed yet (the commit script keeps it, from
+:func:`~streams.core.breach_deadline`). A check takes the due tickets whose instant has
+passed on the detection clock and evaluates each one's timeline at the clock. Every
+breached instance and every reached warning not claimed before becomes a *claim*
+(:class:`~streams.core.SlaClaim`: ``fr:1``, ``nr:2``, ``rs:1`` for a breach,
+``<key>@<fraction>`` for a warning), folded into the ticket's state through the same fold
+and commit as a batch, under the partition's lock, with no place in the offset fence. The
+one commit adds the claim to the state, counts the breach (``sb_<metric>`` at the breach
+instant, and the cumulative breach counter) and parks the payload in the partition's
+outbox, so a crash can never count a breach that is not published, or the reverse.
+
+Parked payloads are published and, once the broker acknowledged them, dropped from the
+outbox; a crash in between re-sends them on the next check, and the claims in the state
+make sure nothing is claimed twice — across restarts, rebalances and workers.
+
+A retraction is found where a batch is folded (:func:`add_retractions`): a claimed breach
+the timeline no longer shows breached (its instance was fulfilled or cancelled in time,
+by an event that arrived after the claim). Its ``sla.breach_retracted`` payload goes to
+the outbox in that batch's commit, and a marker (``<key>@r``) in the state makes it once.
 
 The detection clock is event time: the partition's newest event time, or the wall clock
 when the worker has caught up with the partition (nothing left to read that could hold an
@@ -23,18 +38,33 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from math import ceil
 from typing import Any, NamedTuple
 
 import orjson
 
-from deskpulse.models.outputs import SlaBreached
-from deskpulse.streams.core import SEP, Conversation, CoreConfig, breach_deadline, dim_key
+from deskpulse.models.outputs import SlaAtRisk, SlaBreached, SlaBreachRetracted
+from deskpulse.models.sla import policy_for
+from deskpulse.streams.core import (
+    SEP,
+    BatchResult,
+    Conversation,
+    CoreConfig,
+    Pending,
+    SlaClaim,
+    breach_deadline,
+    dim_key,
+    fold_batch,
+)
 from deskpulse.streams.partitioner import forwarded_key
-from deskpulse.streams.store import BreachVerdict, PartitionMeta, Store
+from deskpulse.streams.sla import ACHIEVED, BREACHED, CANCELLED, Instance, evaluate_terms
+from deskpulse.streams.store import PartitionMeta, Store
 
 __all__ = [
+    "CLAIMS_TOPIC",
     "DetectionClocks",
     "ReadState",
+    "add_retractions",
     "check_breaches",
     "check_partitions",
     "decide",
@@ -43,6 +73,13 @@ __all__ = [
 ]
 
 _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
+#: the ``topic`` of a claim's :class:`Pending` (no real topic: it moves no fence, and its
+#: newest event time is never recorded)
+CLAIMS_TOPIC = "\x1fsla-claims"
+#: the cumulative breach counter's totals field per metric (``sla``: v1's, first response)
+BREACH_TOTALS = {"first_response": "sla", "next_response": "sla_nr", "resolution": "sla_rs"}
+#: the order parked payloads are published in, per type
+_TYPE_ORDER = {"sla.at_risk": 0, "sla.breached": 1, "sla.breach_retracted": 2}
 
 
 def _rfc3339(ms: int) -> str:
@@ -53,27 +90,139 @@ def _rfc3339(ms: int) -> str:
     )
 
 
+def _event_id(prefix: str, ticket_id: str, key: str, suffix: str = "") -> str:
+    """Deterministic alert ids; the first-response breach keeps v1's id."""
+    if key == "fr:1" and not suffix:
+        return str(uuid.uuid5(_BREACH_NAMESPACE, f"{prefix}/{ticket_id}"))
+    return str(uuid.uuid5(_BREACH_NAMESPACE, f"{prefix}/{ticket_id}/{key}{suffix}"))
+
+
+class Alert(NamedTuple):
+    """One alert of a ticket to claim and publish: the claim (or marker) that makes it
+    once, its payload, and the breach counter it counts in (breaches only)."""
+
+    marker: str
+    event_id: str
+    payload: str
+    dims: tuple[str, str, str]
+    totals_field: str | None
+
+
+def _fields(
+    conv_id: str, state: Conversation, instance: Instance, config: CoreConfig
+) -> dict[str, Any]:
+    assert state.opened is not None and state.dims is not None
+    channel, queue, priority = state.dims
+    policy = policy_for(config.effective_policies, channel, queue, priority)
+    return {
+        "ticket_id": conv_id[2:],
+        "metric": instance.metric,
+        "instance": instance.number,
+        "policy": "" if policy is None else policy.name,
+        "priority": priority,
+        "channel": channel,
+        "queue": queue,
+        "target_seconds": instance.target_ms // 1000,
+        "started_at": _rfc3339(instance.start_ms),
+        "created_at": _rfc3339(state.opened[0]),
+    }
+
+
+def alerts_due(
+    conv_id: str, state: Conversation | None, clock_ms: int, config: CoreConfig, prefix: str
+) -> list[Alert]:
+    """What one due ticket has to publish at ``clock_ms`` and has not claimed: each
+    breached instance (deadline at or before the clock, not fulfilled nor cancelled by
+    then) and each warning instant of an unclaimed instance reached by then."""
+    if state is None or state.kind != "t" or state.opened is None or state.dims is None:
+        return []
+    view = evaluate_terms(
+        state.opened[0], state.timeline.items(), config.terms_of(state.dims), clock_ms
+    )
+    claims = state.claims
+    found: list[Alert] = []
+    for instance in view.instances:
+        key = instance.key
+        if key in claims:
+            continue
+        for fraction, instant in instance.warnings:
+            marker = f"{key}@{fraction}"
+            if instant > clock_ms or marker in claims or instance.deadline_ms is None:
+                continue
+            event_id = _event_id(prefix, conv_id[2:], key, f"@{fraction}")
+            warning = SlaAtRisk(
+                event_id=event_id,
+                fraction=fraction,
+                remaining_seconds=(instance.target_ms - _warn_ms(fraction, instance)) / 1000,
+                due_at=_rfc3339(instance.deadline_ms),
+                **_fields(conv_id, state, instance, config),
+            )
+            found.append(Alert(marker, event_id, warning.model_dump_json(), state.dims, None))
+        if instance.outcome == BREACHED and instance.deadline_ms is not None:
+            event_id = _event_id(prefix, conv_id[2:], key)
+            breach = SlaBreached(
+                event_id=event_id,
+                breached_at=_rfc3339(instance.deadline_ms),
+                **_fields(conv_id, state, instance, config),
+            )
+            found.append(
+                Alert(
+                    key,
+                    event_id,
+                    breach.model_dump_json(),
+                    state.dims,
+                    BREACH_TOTALS[instance.metric],
+                )
+            )
+    return found
+
+
+def _warn_ms(fraction: float, instance: Instance) -> int:
+    # the elapsed time a warning is due at, as streams.sla reaches it
+    return ceil(fraction * instance.target_ms)
+
+
 def decide(
     conv_id: str, state: Conversation | None, clock_ms: int, config: CoreConfig, prefix: str
 ) -> SlaBreached | None:
-    """The breach of one due ticket at ``clock_ms``, or ``None`` if it has not breached."""
-    if state is None or state.opened is None or state.dims is None:
-        return None
-    deadline = breach_deadline(state, config)
-    if deadline is None or deadline > clock_ms:
-        return None
-    channel, queue, priority = state.dims
-    ticket_id = conv_id[2:]
-    return SlaBreached(
-        event_id=str(uuid.uuid5(_BREACH_NAMESPACE, f"{prefix}/{ticket_id}")),
-        ticket_id=ticket_id,
-        priority=priority,
-        channel=channel,
-        queue=queue,
-        target_seconds=config.first_response_targets_s[priority],
-        created_at=_rfc3339(state.opened[0]),
-        breached_at=_rfc3339(deadline),
-    )
+    """The first-response breach of one due ticket at ``clock_ms`` not claimed yet, or
+    ``None``."""
+    for alert in alerts_due(conv_id, state, clock_ms, config, prefix):
+        if alert.marker == "fr:1":
+            return SlaBreached.model_validate_json(alert.payload)
+    return None
+
+
+def add_retractions(result: BatchResult, config: CoreConfig, prefix: str) -> int:
+    """After a batch is folded: for each claimed breach of a touched ticket that the
+    timeline now shows fulfilled or cancelled in time, and not retracted before, park an
+    ``sla.breach_retracted`` in ``result.outbox`` and mark it (``<key>@r``) in the state,
+    so it goes out in the batch's commit, once. How many."""
+    found = 0
+    for conv_id, state in result.states.items():
+        if not state.claims or state.opened is None or state.dims is None:
+            continue
+        open_claims = [c for c in state.claims if "@" not in c and f"{c}@r" not in state.claims]
+        if not open_claims:
+            continue
+        view = evaluate_terms(state.opened[0], state.timeline.items(), config.terms_of(state.dims))
+        by_key = {instance.key: instance for instance in view.instances}
+        for key in sorted(open_claims):
+            instance = by_key.get(key)
+            if instance is None or instance.outcome not in (ACHIEVED, CANCELLED):
+                continue
+            if instance.deadline_ms is None:
+                continue
+            event_id = _event_id(prefix, conv_id[2:], key, "@r")
+            retraction = SlaBreachRetracted(
+                event_id=event_id,
+                breached_at=_rfc3339(instance.deadline_ms),
+                **_fields(conv_id, state, instance, config),
+            )
+            state.claims.add(f"{key}@r")
+            result.outbox[event_id] = retraction.model_dump_json()
+            found += 1
+    return found
 
 
 async def check_breaches(
@@ -84,28 +233,63 @@ async def check_breaches(
     *,
     limit: int = 5000,
 ) -> int:
-    """Claim and publish the breaches of one partition due by ``clock_ms``; how many."""
+    """Claim and publish the alerts of one partition due by ``clock_ms`` (call it under
+    the partition's lock); how many breaches were claimed now."""
     await _flush_outbox(store, partition, publish)
     ids = await store.due_tickets(partition, clock_ms, limit=limit)
     if not ids:
         return 0
-    _, states = await store.load(partition, ids)
-    verdicts: list[BreachVerdict] = []
-    for conv_id in ids:
-        state = states.get(conv_id)
-        breach = decide(conv_id, state, clock_ms, store.config, store.prefix)
-        if breach is None:
-            # still watched (its deadline moved past the clock) or answered in time
-            watching = state is not None and breach_deadline(state, store.config) is not None
-            verdicts.append(BreachVerdict(conv_id, "k" if watching else "x"))
-            continue
-        dims = (breach.channel, breach.queue, breach.priority)
-        verdicts.append(
-            BreachVerdict(conv_id, "b", dim_key(dims) + SEP + "sla", breach.model_dump_json())
-        )
-    claimed = await store.claim_breaches(partition, verdicts)
+    while True:
+        meta, states = await store.load(partition, ids)
+        result, breaches = _claim(meta, states, clock_ms, store.config, store.prefix)
+        if await store.commit(partition, meta.version, result):
+            break
     await _flush_outbox(store, partition, publish)
-    return len(claimed)
+    return breaches
+
+
+def _claim(
+    meta: PartitionMeta,
+    states: Mapping[str, Conversation | None],
+    clock_ms: int,
+    config: CoreConfig,
+    prefix: str,
+) -> tuple[BatchResult, int]:
+    """The commit of one check: the claims folded like a batch (unfenced, at the stored
+    watermark so never late and moving nothing), their payloads for the outbox, the
+    breach counter, and the next check instant of every due ticket looked at."""
+    pending: list[Pending] = []
+    outbox: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for conv_id, state in states.items():
+        for alert in alerts_due(conv_id, state, clock_ms, config, prefix):
+            claim = SlaClaim(ticket_id=conv_id[2:], claim=alert.marker)
+            pending.append(Pending(claim, CLAIMS_TOPIC, -1, meta.watermark_ms))
+            outbox[alert.event_id] = alert.payload
+            if alert.totals_field is not None:
+                name = dim_key(alert.dims) + SEP + alert.totals_field
+                counts[name] = counts.get(name, 0) + 1
+    result = fold_batch(
+        pending,
+        states,
+        watermark_ms=meta.watermark_ms,
+        applied_offsets=meta.offsets,
+        config=config,
+    )
+    # claims are no events: no fence, no event time, no applied count
+    result.offsets.pop(CLAIMS_TOPIC, None)
+    result.topic_watermarks.pop(CLAIMS_TOPIC, None)
+    result.watermark_ms = max(result.watermark_ms, meta.watermark_ms)
+    result.fresh.clear()
+    result.applied = 0
+    result.outbox.update(outbox)
+    for name, count in counts.items():
+        result.totals[name] += count
+    for conv_id, state in states.items():
+        if conv_id not in result.states:
+            # looked at, nothing to claim: its next instant (or none: it leaves ``due``)
+            result.deadlines[conv_id] = None if state is None else breach_deadline(state, config)
+    return result, sum(counts.values())
 
 
 async def _flush_outbox(
@@ -113,16 +297,25 @@ async def _flush_outbox(
     partition: int,
     publish: Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]],
 ) -> None:
-    """Publish claimed breaches, then forget them (at most the last batch is re-sent)."""
+    """Publish parked alerts, then forget them (at most the last batch is re-sent)."""
     pending = await store.breach_outbox(partition)
     if not pending:
         return
-    items = []
+    bodies = []
     for payload in pending.values():
         body = orjson.loads(payload)
         body.pop("schema_version", None)
-        items.append((body["ticket_id"], body))
-    await publish(items)
+        bodies.append(body)
+    bodies.sort(
+        key=lambda b: (
+            b["ticket_id"],
+            b.get("metric", ""),
+            b.get("instance", 1),
+            _TYPE_ORDER.get(b["type"], 3),
+            b.get("fraction", 0),
+        )
+    )
+    await publish([(body["ticket_id"], body) for body in bodies])
     await store.drop_from_outbox(partition, pending)
 
 

@@ -59,6 +59,7 @@ from deskpulse.streams.sla import (
     evaluate,
     evaluate_terms,
     first_response_deadline_terms,
+    pending_alert_ms,
     terms,
 )
 
@@ -596,7 +597,10 @@ def _histogram_bound(duration_ms: int, bounds_s: Sequence[int]) -> str:
 
 
 def breach_deadline(state: Conversation, config: CoreConfig) -> int | None:
-    """The first-response deadline (ms) while a ticket may still breach, else ``None``.
+    """When breach detection must look at a ticket next (ms), else ``None``: the earliest
+    deadline or warning instant of its SLA instances not claimed yet (its score in the
+    ``due`` set). With the first-response target alone and nothing claimed, that is the
+    first-response deadline while the ticket may still breach it.
 
     The deadline is the creation plus the policy's first-response target for the ticket's
     priority, in the policy's business time. A ticket is watched from its creation until a
@@ -606,9 +610,19 @@ def breach_deadline(state: Conversation, config: CoreConfig) -> int | None:
     """
     if state.kind != "t" or state.opened is None or state.dims is None:
         return None
-    return first_response_deadline_terms(
-        state.opened[0], state.timeline.items(), config.terms_of(state.dims)
-    )
+    plan = config.terms_of(state.dims)
+    first_only = plan.next_response_ms is None and plan.resolution_ms is None
+    if first_only and not plan.warn_at and not state.claims:  # v1's quick answer
+        return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
+    return next_alert_ms(state, plan)
+
+
+def next_alert_ms(state: Conversation, plan: Terms) -> int | None:
+    """When breach detection must look at an opened ticket next: the earliest deadline or
+    warning instant it has not claimed yet (:func:`~streams.sla.pending_alert_ms`)."""
+    assert state.opened is not None
+    view = evaluate_terms(state.opened[0], state.timeline.items(), plan)
+    return pending_alert_ms(view, state.claims)
 
 
 def _chat_outcome(
@@ -681,6 +695,9 @@ class BatchResult:
     fresh: dict[tuple[str, str], int] = field(default_factory=dict)
     #: records at or below the fence by topic: applied before (a redelivery), not again
     skipped: dict[str, int] = field(default_factory=dict)
+    #: alert payloads (JSON) to park in the partition's outbox in the same commit, by
+    #: event id (breach detection and retractions fill it)
+    outbox: dict[str, str] = field(default_factory=dict)
 
 
 _KpiInputs = tuple[

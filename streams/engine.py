@@ -53,6 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEvent
 from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.models.wire import WireEvent, decode_record
+from deskpulse.streams.breaches import add_retractions
 from deskpulse.streams.core import BatchResult, CoreConfig, Pending, fold_batch
 from deskpulse.streams.holes import HoleReader, offset_gaps
 from deskpulse.streams.partitioner import ConversationPartitions, forwarded_key
@@ -632,6 +633,8 @@ class Engine:
                 applied_offsets=meta.offsets,
                 config=self.config,
             )
+            # a claimed breach this batch shows was not one: its retraction, same commit
+            add_retractions(result, self.config, self.store.prefix)
             if not sent_forwards:
                 fresh_misrouted = [
                     m for m in misrouted if m.record.offset > meta.offsets.get(m.record.topic, -1)

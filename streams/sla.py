@@ -19,6 +19,7 @@ due only while the instance is still running after the events at its instant.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from math import ceil
 from typing import NamedTuple
 
@@ -43,6 +44,7 @@ __all__ = [
     "first_response_deadline",
     "first_response_deadline_terms",
     "next_check_ms",
+    "pending_alert_ms",
     "terms",
 ]
 
@@ -453,5 +455,24 @@ def next_check_ms(evaluation: Evaluation, after_ms: int | None = None) -> int | 
             if after_ms is not None and instant <= after_ms:
                 continue
             if instance.running_at(instant) and (best is None or instant < best):
+                best = instant
+    return best
+
+
+def pending_alert_ms(evaluation: Evaluation, claims: AbstractSet[str]) -> int | None:
+    """The earliest instant at which breach detection has something left to publish for
+    the ticket: the deadline of an instance the timeline shows running at it (breached or
+    running) that is not claimed yet (``claims`` holds its key), or a warning instant of an
+    unclaimed instance whose marker (``<key>@<fraction>``) is not there; ``None``: none."""
+    best: int | None = None
+    for instance in evaluation.instances:
+        key = instance.key
+        if key in claims:
+            continue
+        deadline = instance.deadline_ms
+        if deadline is not None and instance.running_at(deadline):
+            best = deadline if best is None or deadline < best else best
+        for fraction, instant in instance.warnings:
+            if f"{key}@{fraction}" not in claims and (best is None or instant < best):
                 best = instant
     return best

@@ -22,11 +22,12 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:conv``                hash: conversation id -> :class:`~streams.core.Conversation`
 ``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms)
 ``P:{pn}:held``                hash: conversation id -> events held for its opener
-``P:{pn}:due``                 zset: ticket id -> first-response deadline (ms) while it
-                               may still breach
-``P:{pn}:breached``            hash: ticket id -> ``1``, once its breach is claimed
-``P:{pn}:breach_out``          hash: ticket id -> breach payload claimed but not yet
-                               acknowledged by the broker (re-sent after a crash)
+``P:{pn}:due``                 zset: ticket id -> when breach detection must look at it
+                               next (ms): the earliest deadline or warning instant of its
+                               SLA instances not claimed yet (claims live in its state)
+``P:{pn}:breach_out``          hash: alert event id -> ``sla.breached``, ``sla.at_risk``
+                               or ``sla.breach_retracted`` payload parked by a commit and
+                               not yet acknowledged by the broker (re-sent after a crash)
 ``P:partitions``               set of partition numbers that have state
 ``P:alerts``                   hash: ``rule␟window␟channel␟queue␟priority`` -> ``firing``
                                or ``ok``, the threshold rules' state
@@ -66,7 +67,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -78,7 +79,6 @@ __all__ = [
     "FIX_LOST",
     "FIX_RESTART",
     "LAYOUT",
-    "BreachVerdict",
     "PartitionMeta",
     "Store",
     "text",
@@ -98,15 +98,17 @@ LAYOUT = "3"
 # sections each led by its item count: offsets (topic, offset), per-topic newest event
 # times (topic, ms), meta increments (field,
 # delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
-# conversations (id, newest ms, held count, breach deadline ms or '', state JSON as a
-# string), then the store generation and whether the partition must have state already.
+# conversations (id, newest ms, held count, next breach check ms or '', state JSON as a
+# string), due tickets looked at unchanged (id, next check ms or ''), alert payloads for
+# the outbox (event id, JSON); then the store generation and whether the partition must
+# have state already.
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
 local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
-local due, breached = base .. 'due', base .. 'breached'
+local due, out = base .. 'due', base .. 'breach_out'
 local gen = redis.call('HGET', meta, 'gen')
 if gen ~= ARGV[6] and (gen or ARGV[7] == '1') then
   return {-1, gen or '', 0}
@@ -167,10 +169,25 @@ for _ = 1, n do
   end
   if p[i + 3] == '' then
     redis.call('ZREM', due, id)
-  elseif redis.call('HEXISTS', breached, id) == 0 then
+  else
     redis.call('ZADD', due, p[i + 3], id)
   end
   i = i + 5
+end
+-- due tickets looked at without a change of state (id, next check ms or '')
+n = tonumber(p[i]); i = i + 1
+for _ = 1, n do
+  if p[i + 1] == '' then
+    redis.call('ZREM', due, p[i])
+  else
+    redis.call('ZADD', due, p[i + 1], p[i])
+  end
+  i = i + 2
+end
+-- alert payloads parked until the broker acknowledges them (event id, JSON)
+n = tonumber(p[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSET', out, p[i], p[i + 1]); i = i + 2
 end
 redis.call('HSET', meta, 'wm', ARGV[2])
 local old = redis.call('ZRANGEBYSCORE', bidx, '-inf', ARGV[3], 'LIMIT', 0, 500)
@@ -187,7 +204,6 @@ for _, id in ipairs(expired) do
   redis.call('HDEL', held, id)
   redis.call('ZREM', convexp, id)
   redis.call('ZREM', due, id)
-  redis.call('HDEL', breached, id)
 end
 if orphaned > 0 then
   redis.call('HINCRBY', meta, 'orphaned', orphaned)
@@ -247,32 +263,6 @@ end
 return 0
 """
 
-# Claims breaches of one partition (KEYS[1] is its base): drops decided tickets from ``due``;
-# a breached one not claimed before is marked in ``breached``, its payload parked in
-# ``breach_out`` and counted in ``tot``. Returns the ids claimed now.
-# ARGV: n, then per ticket: id, kind ('b' breached | 'x' answered in time | 'k' keep
-# watching), totals field, payload json
-_CLAIM = """
-local base = KEYS[1]
-local due, breached, tot = base .. 'due', base .. 'breached', base .. 'tot'
-local out = base .. 'breach_out'
-local claimed = {}
-local i = 2
-for _ = 1, tonumber(ARGV[1]) do
-  local id = ARGV[i]
-  if ARGV[i + 1] ~= 'k' then
-    redis.call('ZREM', due, id)
-  end
-  if ARGV[i + 1] == 'b' and redis.call('HSETNX', breached, id, '1') == 1 then
-    redis.call('HSET', out, id, ARGV[i + 3])
-    redis.call('HINCRBY', tot, ARGV[i + 2], 1)
-    table.insert(claimed, id)
-  end
-  i = i + 4
-end
-return claimed
-"""
-
 #: Characters SCAN's MATCH treats as a pattern.
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
@@ -286,18 +276,6 @@ class PartitionMeta:
     offsets: dict[str, int]
     counters: dict[str, int]
     topic_watermarks: dict[str, int] = field(default_factory=dict)
-
-
-class BreachVerdict(NamedTuple):
-    """What a breach check decided for one due ticket (:meth:`Store.claim_breaches`)."""
-
-    conv_id: str
-    #: ``b`` breached, ``x`` answered in time (no longer due), ``k`` keep watching
-    kind: Literal["b", "x", "k"]
-    #: the totals field a claimed breach counts in (``b`` only)
-    totals_field: str = ""
-    #: the ``sla.breached`` payload, JSON (``b`` only)
-    payload: str = ""
 
 
 def text(value: bytes | str) -> str:
@@ -316,7 +294,6 @@ class Store:
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
-        self._claim = redis.register_script(_CLAIM)
         #: partitions this process has listed in ``P:partitions``
         self._known_partitions: set[int] = set()
         #: the generation of the state, once :meth:`check_config` has read or made it
@@ -584,6 +561,13 @@ class Store:
                 "" if deadline is None else str(deadline),
                 state.dumps().decode(),
             ]
+        others = [(c, d) for c, d in result.deadlines.items() if c not in result.states]
+        flat.append(str(len(others)))
+        for conv_id, deadline in others:
+            flat += [conv_id, "" if deadline is None else str(deadline)]
+        flat.append(str(len(result.outbox)))
+        for event_id, payload in result.outbox.items():
+            flat += [event_id, payload]
         args: list[Any] = [
             expected_version,
             result.watermark_ms,
@@ -664,24 +648,14 @@ class Store:
         )
         return [d.decode() if isinstance(d, bytes) else str(d) for d in due]
 
-    async def claim_breaches(self, partition: int, verdicts: Sequence[BreachVerdict]) -> list[str]:
-        """In one script: drop the decided tickets from ``due``, and claim each breach not
-        claimed before (``breached``), counting it and parking its payload in
-        ``breach_out``; the ids claimed now."""
-        args: list[Any] = [len(verdicts)]
-        for verdict in verdicts:
-            args += verdict
-        claimed = await self._claim(keys=[self.base(partition)], args=args)
-        return [text(c) for c in claimed]
-
     async def breach_outbox(self, partition: int) -> dict[str, bytes | str]:
-        """Claimed breach payloads not yet acknowledged by the broker: ticket id -> JSON."""
+        """Alert payloads not yet acknowledged by the broker: event id -> JSON."""
         pending = await self.redis.hgetall(self.base(partition) + "breach_out")
         return {text(k): v for k, v in pending.items()}
 
-    async def drop_from_outbox(self, partition: int, conv_ids: Iterable[str]) -> None:
-        """Forget published breach payloads (the broker acknowledged them)."""
-        ids = list(conv_ids)
+    async def drop_from_outbox(self, partition: int, event_ids: Iterable[str]) -> None:
+        """Forget published alert payloads (the broker acknowledged them)."""
+        ids = list(event_ids)
         if ids:
             await self.redis.hdel(self.base(partition) + "breach_out", *ids)
 

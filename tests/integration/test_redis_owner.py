@@ -200,7 +200,6 @@ def test_every_key_the_store_writes_is_in_the_key_tables(
         "P:{pn}:B:<start>",
         "P:{pn}:held",
         "P:{pn}:due",
-        "P:{pn}:breached",
         "P:{pn}:breach_out",
     ):
         assert expected in written, (expected, sorted(written))

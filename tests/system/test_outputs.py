@@ -48,10 +48,13 @@ BREACH_FIELDS = {
     "event_id",
     "ticket_id",
     "metric",
+    "instance",
+    "policy",
     "priority",
     "channel",
     "queue",
     "target_seconds",
+    "started_at",
     "created_at",
     "breached_at",
 }

@@ -28,6 +28,7 @@ from deskpulse.streams.core import (
     group_document,
 )
 from deskpulse.streams.query import build_document
+from deskpulse.streams.sla import first_response_deadline_terms
 
 T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
 CONFIG = CoreConfig()
@@ -215,11 +216,23 @@ def test_first_response_deadline_in_business_time() -> None:
             )
         },
     )
-    # created Monday 06:00 Berlin, before the opening: due at 11:00
+    # created Monday 06:00 Berlin, before the opening: due at 11:00; breach detection
+    # looks at it first at the policy's default warning, 0.75 of 2 h: 10:30
     memory = run(TICKET, config=office)
     assert breach_deadline(memory.states["t:T1"], office) == int(
+        datetime(2026, 11, 23, 9, 30, tzinfo=UTC).timestamp() * 1000
+    )
+    state = memory.states["t:T1"]
+    assert state.opened is not None
+    assert first_response_deadline_terms(
+        state.opened[0], (), office.terms_of(("email", "unassigned", "high"))
+    ) == int(datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp() * 1000)
+    # once the warning is claimed, the deadline is next
+    state.claims.add("fr:1@0.75")
+    assert breach_deadline(state, office) == int(
         datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp() * 1000
     )
+    state.claims.discard("fr:1@0.75")
     # a reply at 10:30 Berlin took 1.5 business hours: within the 2 h target, though 4.5
     # calendar hours are more than v1's 4 h for high priority
     memory.apply(
