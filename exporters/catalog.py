@@ -6,9 +6,11 @@ carried through fails the suite instead of a board going blank.
 
 Three groups, on purpose (README.md, "Prometheus metrics"):
 
-* **windowed** gauges, labels ``window`` + :data:`DIMENSIONS`: event-time results over a rolling
+* **windowed** gauges, labels ``window`` + :data:`DIMENSIONS` (plus ``metric`` on the SLA
+  ratio): event-time results over a rolling
   window computed by deskpulse from its buckets. Prometheus cannot compute them from scrapes.
-* **cumulative** counters and one classic histogram, labels :data:`DIMENSIONS`: the
+* **cumulative** counters and one classic histogram, labels :data:`DIMENSIONS` (plus
+  ``metric``, the SLA metric, on the SLA counters): the
   Prometheus-native family that ``rate()`` and ``histogram_quantile()`` work on. Alert rules
   are built on these.
 * **health**: freshness and pipeline health of the worker itself.
@@ -130,8 +132,14 @@ _NO_SAMPLES = (
 )
 
 
-def _windowed(name: str, what: str, unit: str = "", quantiles: tuple[str, ...] = ()) -> MetricSpec:
-    labels = _WINDOWED_LABELS + (("quantile",) if quantiles else ())
+def _windowed(
+    name: str,
+    what: str,
+    unit: str = "",
+    quantiles: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (),
+) -> MetricSpec:
+    labels = _WINDOWED_LABELS + extra + (("quantile",) if quantiles else ())
     # Quantiles are exposed as a summary (quantile samples plus the window's _count and
     # _sum) so the exposition is valid; its _count/_sum are window values, not counters.
     window_note = (
@@ -208,6 +216,29 @@ WINDOWED: tuple[MetricSpec, ...] = (
     ),
     _windowed("deskpulse_ces_responses", "CES survey responses in the window"),
     _windowed("deskpulse_ces_score_average", "Mean customer effort score (1-7)"),
+    _windowed(
+        "deskpulse_first_response_business_seconds",
+        "First response time in business time (the ticket's SLA policy schedule; calendar "
+        "time without one) quantile, at most 1% relative error, of first replies in the window",
+        unit="seconds",
+        quantiles=("0.5", "0.9", "0.95"),
+    ),
+    _windowed(
+        "deskpulse_next_response_seconds",
+        "Next response time (a customer reply after the first agent reply, to the next public "
+        "agent reply; calendar time) quantile, at most 1% relative error, of next responses "
+        "in the window",
+        unit="seconds",
+        quantiles=("0.5", "0.9", "0.95"),
+    ),
+    _windowed(
+        "deskpulse_sla_achieved_ratio",
+        "Share of SLA instances of the metric label's SLA metric (first_response, "
+        "next_response, resolution) achieved in the window: achieved / (achieved + breached), "
+        "achieved counted at the fulfilment, breached at the deadline once claimed (0-1)",
+        unit="ratio",
+        extra=("metric",),
+    ),
 )
 
 # -- cumulative, Prometheus-native ----------------------------------------------------------
@@ -256,6 +287,18 @@ CUMULATIVE: tuple[MetricSpec, ...] = (
     ),
     _counter("deskpulse_csat_responses_total", "CSAT survey responses."),
     _counter("deskpulse_csat_satisfied_responses_total", "CSAT survey responses scoring 4 or 5."),
+    MetricSpec(
+        name="deskpulse_sla_achieved_total",
+        kind="counter",
+        labels=(*DIMENSIONS, "metric"),
+        help=(
+            "SLA instances achieved (fulfilled at or before the deadline), by SLA metric "
+            "(first_response, next_response, resolution), counted at the fulfilment. Never "
+            "goes down within a process: an achievement a later event takes back stays "
+            "counted until the process restarts." + _CUMULATIVE
+        ),
+        unit="",
+    ),
     MetricSpec(
         name="deskpulse_sla_breaches_total",
         kind="counter",

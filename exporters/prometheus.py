@@ -40,6 +40,7 @@ from deskpulse.models.settings import Settings, format_duration
 from deskpulse.streams.compat import gauge_value
 from deskpulse.streams.core import SEP, group_document, has_samples, split_dim_key
 from deskpulse.streams.query import group_fields, read_windows
+from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 
 __all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
@@ -152,23 +153,38 @@ _WINDOWED: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("deskpulse_ces_responses", ("ces", "responses"), _ANY),
     ("deskpulse_ces_score_average", ("ces", "average"), ("ce_n",)),
 )
-# windowed summary -> (document section, quantile fields, count field, sum-in-ms field); it
-# has series where its count field is positive: each quantile, _count and _sum
-_SUMMARIES: tuple[tuple[str, str, tuple[tuple[str, str], ...], str, str], ...] = (
-    (
-        "deskpulse_first_response_seconds",
-        "first_response",
-        (("0.5", "p50_seconds"), ("0.9", "p90_seconds"), ("0.95", "p95_seconds")),
-        "fr",
-        "fr_ms",
-    ),
+# windowed summary -> (path of its document section, quantile fields, count field,
+# sum-in-ms field); it has series where its count field is positive: each quantile, _count
+# and _sum
+_P50_P90_P95 = (("0.5", "p50_seconds"), ("0.9", "p90_seconds"), ("0.95", "p95_seconds"))
+_SUMMARIES: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...], str, str], ...] = (
+    ("deskpulse_first_response_seconds", ("first_response",), _P50_P90_P95, "fr", "fr_ms"),
     (
         "deskpulse_chat_wait_seconds",
-        "chats",
+        ("chats",),
         (("0.5", "wait_p50_seconds"), ("0.9", "wait_p90_seconds")),
         "ca",
         "ca_ms",
     ),
+    (
+        "deskpulse_first_response_business_seconds",
+        ("first_response", "business"),
+        _P50_P90_P95,
+        "fr",
+        "fb_ms",
+    ),
+    ("deskpulse_next_response_seconds", ("next_response",), _P50_P90_P95, "nr", "nr_ms"),
+)
+# the windowed SLA ratio: a series per group and SLA metric (the `metric` label) that has an
+# achieved or a breached instance in the window
+_SLA_RATIO = "deskpulse_sla_achieved_ratio"
+_SLA_RATIO_REQUIRES: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (metric, ("sa_" + short, "sb_" + short)) for metric, short in SHORT.items()
+)
+# the cumulative SLA counter (exposed name without _total): stored field per SLA metric
+_SLA_ACHIEVED = "deskpulse_sla_achieved"
+_SLA_ACHIEVED_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    (metric, "sa_" + short) for metric, short in SHORT.items()
 )
 # cumulative counter (exposed name without _total) -> stored field
 _TOTALS: tuple[tuple[str, str], ...] = (
@@ -194,16 +210,18 @@ _SLA_BREACH_TOTALS: tuple[tuple[str, str], ...] = (
 # "other" is the same groups everywhere), as many as the costliest label set allows: the
 # first-response summary's quantiles, _count and _sum. Each family's own rule (its series
 # per label set, and the groups it has series for) counts what the guard folded of it.
-# Families are named as in the catalog: the `metric` label of those counts.
+# Families are named as in the catalog: the `metric` label of those counts. The SLA ratio
+# has one rule per SLA metric (a group may have a series for one and not another).
 _WINDOWED_RULES: list[Rule] = []
-_WINDOWED_RULE_OF: dict[str, int] = {}
+_WINDOWED_RULE_OF: dict[str, list[int]] = defaultdict(list)
 for _name, _rule in (
     *((name, Rule(1, requires)) for name, _, requires in _WINDOWED),
     *((name, Rule(len(qs) + 2, (count,))) for name, _, qs, count, _ in _SUMMARIES),
+    *((_SLA_RATIO, Rule(1, requires)) for _, requires in _SLA_RATIO_REQUIRES),
 ):
     if _rule not in _WINDOWED_RULES:
         _WINDOWED_RULES.append(_rule)
-    _WINDOWED_RULE_OF[_name] = _WINDOWED_RULES.index(_rule)
+    _WINDOWED_RULE_OF[_name].append(_WINDOWED_RULES.index(_rule))
 _WINDOWED_LABEL_SET = Rule(max(rule.series for rule in _WINDOWED_RULES))
 _CUMULATIVE_COUNTERS: tuple[str, ...] = (
     *(name + "_total" for name, _ in _TOTALS),
@@ -214,6 +232,7 @@ _CUMULATIVE_COUNTERS: tuple[str, ...] = (
 _GUARDED: tuple[str, ...] = (
     *_WINDOWED_RULE_OF,
     *_CUMULATIVE_COUNTERS,
+    _SLA_ACHIEVED + "_total",
     "deskpulse_first_response_duration_seconds",
 )
 
@@ -256,6 +275,9 @@ class KpiCollector(Collector):
         self.refreshed_at: float | None = None
         #: series folded by the cardinality guard, added up over refreshes (a real counter)
         self.folded_total: Counter[str] = Counter()
+        #: the highest value of each deskpulse_sla_achieved_total series exported so far:
+        #: a late event can take an achievement back in Redis, the counter never goes down
+        self.achieved_high: dict[tuple[str, ...], int] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._families
@@ -376,6 +398,7 @@ class KpiCollector(Collector):
             name: GaugeMetricFamily(name, _help(name), labels=labels) for name, *_ in _WINDOWED
         }
         summaries = {name: Metric(name, _help(name), "summary") for name, *_ in _SUMMARIES}
+        sla_ratio = GaugeMetricFamily(_SLA_RATIO, _help(_SLA_RATIO), labels=[*labels, "metric"])
         views = [
             self._cut({k: f for k, f in groups.items() if has_samples(f)})
             for _, groups in per_window
@@ -384,14 +407,19 @@ class KpiCollector(Collector):
         for (window, _), view, (fold,) in zip(per_window, views, folds, strict=True):
             if fold.other is not None:
                 present = count_present(view, fold.kept, _WINDOWED_RULES)
-                for name, r in _WINDOWED_RULE_OF.items():
-                    folded[name] += present[r] * _WINDOWED_RULES[r].series
+                for name, rules in _WINDOWED_RULE_OF.items():
+                    for r in rules:
+                        folded[name] += present[r] * _WINDOWED_RULES[r].series
             for key, fields in _fold_items(view, fold):
                 values = [window, *key]
                 doc = group_document({}, fields)
                 _add_gauges(gauges, values, doc)
                 _add_summaries(summaries, dict(zip(labels, values, strict=True)), doc, fields)
-        return [*gauges.values(), *summaries.values()]
+                for metric, _ in _SLA_RATIO_REQUIRES:
+                    ratio = doc["sla"][metric]["achieved_ratio"]
+                    if ratio is not None:
+                        sla_ratio.add_metric([*values, metric], float(ratio))
+        return [*gauges.values(), *summaries.values(), sla_ratio]
 
     def _cumulative_families(self, totals: Counter[str], folded: Counter[str]) -> list[Metric]:
         """The cumulative counters and the first-response histogram, a series per group the
@@ -430,12 +458,20 @@ class KpiCollector(Collector):
             _help("deskpulse_first_response_duration_seconds"),
             labels=list(DIMENSIONS),
         )
+        achieved = CounterMetricFamily(
+            _SLA_ACHIEVED, _help(_SLA_ACHIEVED + "_total"), labels=[*DIMENSIONS, "metric"]
+        )
         for key, fields in _fold_items(cumulative, fold):
             values = list(key)
             for name, field in _TOTALS:
                 counters[name].add_metric(values, fields.get(field, 0))
             for metric, field in _SLA_BREACH_TOTALS:
                 sla_breaches.add_metric([*values, metric], fields.get(field, 0))
+            for metric, field in _SLA_ACHIEVED_FIELDS:
+                series = (*key, metric)
+                high = max(fields.get(field, 0), self.achieved_high.get(series, 0))
+                self.achieved_high[series] = high
+                achieved.add_metric([*values, metric], high)
             breaches.add_metric(values, fields.get("fr", 0) - fields.get("fr_in", 0))
             offered.add_metric(values, fields.get("ca", 0) + fields.get("cab", 0))
             cumulative_count, buckets = 0, []
@@ -446,8 +482,9 @@ class KpiCollector(Collector):
         for name in _CUMULATIVE_COUNTERS:
             folded[name] += fold.folded
         folded["deskpulse_sla_breaches_total"] += fold.folded * (len(_SLA_BREACH_TOTALS) - 1)
+        folded[_SLA_ACHIEVED + "_total"] += fold.folded * len(_SLA_ACHIEVED_FIELDS)
         folded[histogram.name] += fold.folded * histogram_rule.series
-        return [*counters.values(), sla_breaches, breaches, offered, histogram]
+        return [*counters.values(), sla_breaches, breaches, offered, achieved, histogram]
 
 
 def _add_gauges(
@@ -474,8 +511,11 @@ def _add_summaries(
         if count <= 0:
             continue
         summary = summaries[name]
+        values: Any = doc
+        for part in section:
+            values = values[part]
         for q, field in qs:
-            quantile = doc[section][field]
+            quantile = values[field]
             if quantile is not None:
                 summary.add_sample(name, {**base, "quantile": q}, float(quantile))
         summary.add_sample(name + "_count", base, float(count))

@@ -35,7 +35,13 @@ from redis.asyncio import Redis
 from deskpulse.exporters import cardinality
 from deskpulse.exporters.cardinality import OTHER, Rule, allocate, guard
 from deskpulse.exporters.kafka import KafkaPublisher
-from deskpulse.exporters.prometheus import _SUMMARIES, _WINDOWED, KpiCollector, PipelineMetrics
+from deskpulse.exporters.prometheus import (
+    _SLA_RATIO_REQUIRES,
+    _SUMMARIES,
+    _WINDOWED,
+    KpiCollector,
+    PipelineMetrics,
+)
 from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
@@ -245,6 +251,7 @@ def labelled(text: str, name: str) -> dict[str, float]:
 GUARDED = {
     *(name for name, *_ in _WINDOWED),
     *(name for name, *_ in _SUMMARIES),
+    "deskpulse_sla_achieved_ratio",
     "deskpulse_tickets_created_total",
     "deskpulse_chats_requested_total",
     "deskpulse_first_responses_total",
@@ -257,6 +264,7 @@ GUARDED = {
     "deskpulse_chats_short_abandoned_total",
     "deskpulse_csat_responses_total",
     "deskpulse_csat_satisfied_responses_total",
+    "deskpulse_sla_achieved_total",
     "deskpulse_sla_breaches_total",
 }
 
@@ -599,6 +607,20 @@ def group_fields(draw: st.DrawFn) -> dict[str, int]:
         fields["fr_ms"] += int(seconds * 1000)
         fields["fr_in"] += draw(st.integers(0, 1))
         fields[f"fr_sk:{index_of(seconds)}"] += 1
+        business = draw(st.floats(0, seconds))  # business time: at most the calendar time
+        fields["fb_ms"] += int(business * 1000)
+        fields[f"fb_sk:{index_of(business)}"] += 1
+    for _ in range(draw(st.integers(0, 4))):  # next responses
+        seconds = draw(st.floats(0, 200_000))
+        business = draw(st.floats(0, seconds))
+        fields["nr"] += 1
+        fields["nr_ms"] += int(seconds * 1000)
+        fields[f"nr_sk:{index_of(seconds)}"] += 1
+        fields["nb_ms"] += int(business * 1000)
+        fields[f"nb_sk:{index_of(business)}"] += 1
+    for short in ("fr", "nr", "rs"):  # SLA instances achieved and (claimed) breached
+        fields[f"sa_{short}"] = draw(st.integers(0, 3))
+        fields[f"sb_{short}"] = draw(st.integers(0, 3))
     for _ in range(draw(st.integers(0, 6))):  # answered chats
         seconds = draw(st.floats(0, 600))
         fields["ca"] += 1
@@ -637,8 +659,15 @@ def test_the_guard_knows_which_families_a_group_has_series_in(fields: dict[str, 
     for name, section, quantiles, count_field, _ in _SUMMARIES:
         present = Rule(len(quantiles) + 2, (count_field,)).present(fields)
         assert present == (fields.get(count_field, 0) > 0), name
-        values = [document[section][field] for _, field in quantiles]
+        section_document: Any = document
+        for part in section:
+            section_document = section_document[part]
+        values = [section_document[field] for _, field in quantiles]
         assert all(v is not None for v in values) if present else True, name
+    # the SLA ratio: a series per SLA metric with an achieved or a breached instance
+    for metric, requires in _SLA_RATIO_REQUIRES:
+        ratio = document["sla"][metric]["achieved_ratio"]
+        assert Rule(1, requires).present(fields) == (ratio is not None), metric
 
 
 @hypothesis_settings(max_examples=200, deadline=None)

@@ -558,3 +558,158 @@ def test_cut_label_values_do_not_make_duplicate_series(redis_server: RedisServer
         if s["window"] == "1h"
     )
     assert total == 2
+
+
+# -- SLA instances and next responses ----------------------------------------------------------
+
+SLA_POLICIES = [
+    {
+        "name": "standard",
+        "targets": {
+            "first_response": {"high": 3600},
+            "next_response": {"high": 1800},
+            "resolution": {"high": 86_400},
+        },
+    }
+]
+
+
+def sla_ticket(ticket_id: str = "S1") -> list[tuple[str, bytes, bytes]]:
+    """A high ticket with a first response (600 s), two next responses (600 s, 100 s) and a
+    solve: every SLA instance achieved, under a calendar policy (business = calendar)."""
+    t = NOW_S
+    return [
+        event("ticket.created", t - 3000, ticket_id=ticket_id, **_dims(EMAIL_HIGH)),
+        event("ticket.replied", t - 2400, ticket_id=ticket_id, author_role="agent"),
+        event("ticket.replied", t - 2000, ticket_id=ticket_id, author_role="customer"),
+        event("ticket.replied", t - 1400, ticket_id=ticket_id, author_role="agent"),
+        event("ticket.replied", t - 1000, ticket_id=ticket_id, author_role="customer"),
+        event("ticket.replied", t - 900, ticket_id=ticket_id, author_role="agent"),
+        event("ticket.status_changed", t - 600, ticket_id=ticket_id, status="solved"),
+    ]
+
+
+def test_a_next_response_and_achieved_slas_show_in_the_sla_series(
+    redis_server: RedisServer,
+) -> None:
+    settings = unit_settings(redis_server, sla_policies=SLA_POLICIES)
+    _, registry = collector_for(settings, sla_ticket())
+    for metric in ("first_response", "next_response", "resolution"):
+        ratio = labels("1h", *EMAIL_HIGH, metric=metric)
+        assert registry.get_sample_value("deskpulse_sla_achieved_ratio", ratio) == 1.0, metric
+        # nothing of it in the last five minutes: no ratio, not 0
+        assert (
+            registry.get_sample_value("deskpulse_sla_achieved_ratio", {**ratio, "window": "5m"})
+            is None
+        )
+    achieved = {
+        metric: registry.get_sample_value(
+            "deskpulse_sla_achieved_total", labels(None, *EMAIL_HIGH, metric=metric)
+        )
+        for metric in ("first_response", "next_response", "resolution")
+    }
+    assert achieved == {"first_response": 1, "next_response": 2, "resolution": 1}
+    # two next responses, 600 s and 100 s: the lower order statistic for p50 is 100 s
+    window = labels("1h", *EMAIL_HIGH)
+    name = "deskpulse_next_response_seconds"
+    assert registry.get_sample_value(name + "_count", window) == 2
+    assert registry.get_sample_value(name + "_sum", window) == 700.0
+    p50 = registry.get_sample_value(name, {**window, "quantile": "0.5"})
+    assert p50 == pytest.approx(100.0, rel=0.01)
+    p95 = registry.get_sample_value(name, {**window, "quantile": "0.95"})
+    assert p95 == pytest.approx(100.0, rel=0.01)
+    # a calendar policy: business time is calendar time
+    name = "deskpulse_first_response_business_seconds"
+    assert registry.get_sample_value(name + "_count", window) == 1
+    assert registry.get_sample_value(name + "_sum", window) == 600.0
+    for q in ("0.5", "0.9", "0.95"):
+        value = registry.get_sample_value(name, {**window, "quantile": q})
+        assert value == pytest.approx(600.0, rel=0.01), q
+
+
+def test_sla_series_are_absent_where_there_are_no_instances(
+    day_registry: CollectorRegistry,
+) -> None:
+    # the day's tickets: the default policy's first-response SLA only; T1 and T2 achieved it,
+    # T3's breach was never claimed (no breach detection ran), so only achieved counts
+    # their replies came over five minutes ago: the 1h window only
+    assert label_sets(day_registry, "deskpulse_sla_achieved_ratio") == [
+        labels("1h", *EMAIL_HIGH, metric="first_response")
+    ]
+    assert (
+        day_registry.get_sample_value(
+            "deskpulse_sla_achieved_ratio", labels("1h", *EMAIL_HIGH, metric="first_response")
+        )
+        == 1.0
+    )
+    assert label_sets(day_registry, "deskpulse_next_response_seconds") == []
+    # the counter has a series per group and metric, 0 where nothing was achieved
+    assert (
+        day_registry.get_sample_value(
+            "deskpulse_sla_achieved_total", labels(None, *EMAIL_HIGH, metric="first_response")
+        )
+        == 2
+    )
+    assert (
+        day_registry.get_sample_value(
+            "deskpulse_sla_achieved_total", labels(None, *EMAIL_HIGH, metric="resolution")
+        )
+        == 0
+    )
+
+
+def test_the_sla_achieved_counter_never_goes_down(redis_server: RedisServer) -> None:
+    # A late solve dated before the first reply cancels the first-response instance: the
+    # total in Redis goes from 1 to 0, the exported counter stays at 1.
+    settings = unit_settings(redis_server, sla_policies=SLA_POLICIES)
+    t = NOW_S
+    first = [
+        event("ticket.created", t - 3000, ticket_id="L1", **_dims(EMAIL_HIGH)),
+        event("ticket.replied", t - 2400, ticket_id="L1", author_role="agent"),
+    ]
+    late = [event("ticket.status_changed", t - 2500, ticket_id="L1", status="solved")]
+    series = labels(None, *EMAIL_HIGH, metric="first_response")
+
+    async def scenario() -> tuple[float | None, float | None, float | None, float | None]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            engine = Engine(
+                settings,
+                store,
+                DeadLetters(),
+                PipelineMetrics(CollectorRegistry()),
+                clock=lambda: t,
+            )
+            topic = settings.topic_for("tickets")
+            records = [
+                SourceRecord(topic, 0, offset, key, value)
+                for offset, (_, key, value) in enumerate(first + late)
+            ]
+            collector = KpiCollector(store, settings)
+            await engine.process(records[: len(first)])
+            await collector.refresh(t)
+            before = _value(collector, "deskpulse_sla_achieved_total", series)
+            await engine.process(records[len(first) :])
+            await collector.refresh(t)
+            after = _value(collector, "deskpulse_sla_achieved_total", series)
+            fresh = KpiCollector(store, settings)
+            await fresh.refresh(t)
+            restarted = _value(fresh, "deskpulse_sla_achieved_total", series)
+            ratio = _value(fresh, "deskpulse_sla_achieved_ratio", {**series, "window": "1h"})
+            return before, after, restarted, ratio
+        finally:
+            await redis.aclose()
+
+    before, after, restarted, ratio = asyncio.run(scenario())
+    assert before == 1
+    assert after == 1  # taken back in Redis, still counted by this process
+    assert restarted == 0  # a new process starts from Redis: the instance was cancelled
+    assert ratio is None  # the window's ratio is exact: no instance, no ratio
+
+
+def _value(collector: KpiCollector, name: str, wanted: dict[str, str]) -> float | None:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry.get_sample_value(name, wanted)

@@ -331,6 +331,9 @@ def test_dashboard_covers_the_kpis_and_pipeline_health() -> None:
         "deskpulse_nps_score",
         "deskpulse_ces_score_average",
         "deskpulse_sla_breaches_total",
+        "deskpulse_sla_achieved_ratio",
+        "deskpulse_next_response_seconds",
+        "deskpulse_first_response_business_seconds",
         "deskpulse_events_processed_total",
         "deskpulse_events_rejected_total",
         "deskpulse_consumer_lag_messages",
@@ -338,6 +341,38 @@ def test_dashboard_covers_the_kpis_and_pipeline_health() -> None:
         "deskpulse_kpi_refresh_timestamp_seconds",
     ):
         assert name in used, name
+
+
+def test_the_sla_row_shows_every_sla_metric_from_the_catalog() -> None:
+    board = dashboard()
+    rows = [panel for panel in board["panels"] if panel["type"] == "row"]
+    (sla,) = [row for row in rows if row["title"] == "SLA"]
+    below = sorted(
+        (panel for panel in board["panels"] if panel["gridPos"]["y"] > sla["gridPos"]["y"]),
+        key=lambda panel: panel["gridPos"]["y"],
+    )
+    in_row = []
+    for panel in below:  # the panels up to the next row
+        if panel["type"] == "row":
+            break
+        in_row.append(panel)
+    used = set().union(
+        *(metric_names(target["expr"]) for panel in in_row for target in panel["targets"])
+    )
+    assert used <= KNOWN_SERIES, sorted(used - KNOWN_SERIES)
+    assert {
+        "deskpulse_sla_achieved_ratio",
+        "deskpulse_sla_breaches_total",
+        "deskpulse_first_response_seconds",
+        "deskpulse_first_response_business_seconds",
+        "deskpulse_next_response_seconds",
+    } <= used
+    # breaches per SLA metric, and the quantile panels show p50 and p90
+    exprs = [target["expr"] for panel in in_row for target in panel["targets"]]
+    assert any("deskpulse_sla_breaches_total" in e and "by (metric)" in e for e in exprs)
+    for name in ("deskpulse_first_response_business_seconds", "deskpulse_next_response_seconds"):
+        (expr,) = [e for e in exprs if name in e]
+        assert 'quantile=~"0.5|0.9"' in expr, expr
 
 
 def test_panels_have_unique_ids_and_do_not_overlap() -> None:

@@ -44,6 +44,9 @@ WINDOWED_NAMES = {
     "deskpulse_nps_score",
     "deskpulse_ces_responses",
     "deskpulse_ces_score_average",
+    "deskpulse_first_response_business_seconds",
+    "deskpulse_next_response_seconds",
+    "deskpulse_sla_achieved_ratio",
 }
 CUMULATIVE_NAMES = {
     "deskpulse_tickets_created_total",
@@ -58,6 +61,7 @@ CUMULATIVE_NAMES = {
     "deskpulse_chats_short_abandoned_total",
     "deskpulse_csat_responses_total",
     "deskpulse_csat_satisfied_responses_total",
+    "deskpulse_sla_achieved_total",
     "deskpulse_sla_breaches_total",
 }
 # name -> labels, for the health family, whose labels differ metric by metric
@@ -174,13 +178,25 @@ def test_windowed_gauges_say_they_are_event_time(spec: MetricSpec) -> None:
 def test_quantile_labels() -> None:
     assert CATALOG["deskpulse_first_response_seconds"].quantiles == ("0.5", "0.9", "0.95")
     assert CATALOG["deskpulse_chat_wait_seconds"].quantiles == ("0.5", "0.9")
+    for name in ("deskpulse_first_response_business_seconds", "deskpulse_next_response_seconds"):
+        assert CATALOG[name].quantiles == ("0.5", "0.9", "0.95")
+        assert CATALOG[name].labels[-1] == "quantile"
+
+
+def test_sla_families_carry_the_sla_metric_label() -> None:
+    # the SLA families, and only those, add `metric` (first_response, next_response,
+    # resolution) to the dimension labels
+    with_metric = {spec.name for spec in (*WINDOWED, *CUMULATIVE) if "metric" in spec.labels}
+    assert with_metric >= {"deskpulse_sla_achieved_ratio", "deskpulse_sla_achieved_total"}
+    assert all(name.startswith("deskpulse_sla_") for name in with_metric)
+    assert CATALOG["deskpulse_sla_achieved_ratio"].labels == ("window", *DIMENSIONS, "metric")
+    assert CATALOG["deskpulse_sla_achieved_total"].labels == (*DIMENSIONS, "metric")
 
 
 @pytest.mark.parametrize("spec", CUMULATIVE, ids=lambda spec: spec.name)
 def test_cumulative_family_is_rateable(spec: MetricSpec) -> None:
-    # the SLA breach counter is split by SLA metric as well
-    extra = ("metric",) if spec.name == "deskpulse_sla_breaches_total" else ()
-    assert spec.labels == (*DIMENSIONS, *extra)
+    assert spec.labels[: len(DIMENSIONS)] == DIMENSIONS
+    assert set(spec.labels[len(DIMENSIONS) :]) <= {"metric"}
     assert spec.kind in ("counter", "histogram")
 
 
