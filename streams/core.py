@@ -411,8 +411,10 @@ def _contributions(
     timeline: Iterable[tuple[str, tuple[int, str]]],
     claims: AbstractSet[str],
     config: CoreConfig,
+    view: Evaluation | None = None,
 ) -> tuple[list[Contribution], int]:
-    """The contributions, and the count of a ticket's ignored status events."""
+    """The contributions, and the count of a ticket's ignored status events (``view``:
+    the ticket's timeline already evaluated, if it was)."""
     out: list[Contribution] = []
     ignored = 0
     if opened is not None and dims is not None:
@@ -423,7 +425,7 @@ def _contributions(
             # a ticket with neither replies nor statuses samples nothing, and breaches
             # nothing until a claim says so
             if entries or claims:
-                ignored = _ticket_fields(opened_ms, dims, entries, claims, config, out)
+                ignored = _ticket_fields(opened_ms, dims, entries, claims, config, out, view)
         else:
             out.append((opened_ms, dims, "cr", 1))
             outcome = _chat_outcome(accepted, ended)
@@ -460,11 +462,13 @@ def _ticket_fields(
     claims: AbstractSet[str],
     config: CoreConfig,
     out: list[Contribution],
+    view: Evaluation | None = None,
 ) -> int:
     """A ticket's response and SLA samples from its timeline (appended to ``out``); the
     count of its ignored status events."""
     plan = config.terms_of(dims)
-    view = evaluate_terms(opened_ms, timeline, plan, detail=False)
+    if view is None:
+        view = evaluate_terms(opened_ms, timeline, plan, detail=False)
     _view_fields(opened_ms, dims, view, plan, claims, config, out)
     return view.ignored
 
@@ -596,7 +600,9 @@ def _histogram_bound(duration_ms: int, bounds_s: Sequence[int]) -> str:
     return "+Inf"
 
 
-def breach_deadline(state: Conversation, config: CoreConfig) -> int | None:
+def breach_deadline(
+    state: Conversation, config: CoreConfig, view: Evaluation | None = None
+) -> int | None:
     """When breach detection must look at a ticket next (ms), else ``None``: the earliest
     deadline or warning instant of its SLA instances not claimed yet (its score in the
     ``due`` set). With the first-response target alone and nothing claimed, that is the
@@ -614,14 +620,28 @@ def breach_deadline(state: Conversation, config: CoreConfig) -> int | None:
     first_only = plan.next_response_ms is None and plan.resolution_ms is None
     if first_only and not plan.warn_at and not state.claims:  # v1's quick answer
         return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
-    return next_alert_ms(state, plan)
+    return next_alert_ms(state, plan, view)
 
 
-def next_alert_ms(state: Conversation, plan: Terms) -> int | None:
+def needs_view(state: Conversation, plan: Terms) -> bool:
+    """Whether :func:`breach_deadline` evaluates the ticket's whole timeline (else v1's
+    quick answer does)."""
+    first_only = plan.next_response_ms is None and plan.resolution_ms is None
+    return not (first_only and not plan.warn_at and not state.claims)
+
+
+def final_view(state: Conversation, plan: Terms) -> Evaluation:
+    """An opened ticket's timeline evaluated as the samples and breach detection's
+    schedule need it (outcomes, deadlines, warnings; no elapsed times)."""
+    assert state.opened is not None
+    return evaluate_terms(state.opened[0], state.timeline.items(), plan, detail=False, warn=True)
+
+
+def next_alert_ms(state: Conversation, plan: Terms, view: Evaluation | None = None) -> int | None:
     """When breach detection must look at an opened ticket next: the earliest deadline or
     warning instant it has not claimed yet (:func:`~streams.sla.pending_alert_ms`)."""
-    assert state.opened is not None
-    view = evaluate_terms(state.opened[0], state.timeline.items(), plan)
+    if view is None:
+        view = final_view(state, plan)
     return pending_alert_ms(view, state.claims)
 
 
@@ -822,7 +842,7 @@ def _fold_events(
 
 
 def _kpi_change(
-    state: Conversation, inputs: _KpiInputs, config: CoreConfig
+    state: Conversation, inputs: _KpiInputs, config: CoreConfig, view: Evaluation | None = None
 ) -> tuple[list[Contribution], int]:
     """What a stored conversation contributes now less what it contributed before the batch,
     as ``(time, group, field, delta)`` (empty when the two are the same), and the change
@@ -838,7 +858,9 @@ def _kpi_change(
     ):
         # only the timeline or the claims moved: compare what they say first (most
         # timeline events, like a customer reply or a status change, change no sample)
-        return _timeline_change(state, opened[0], dims_before, timeline_before, claims, config)
+        return _timeline_change(
+            state, opened[0], dims_before, timeline_before, claims, config, view
+        )
     # surveys and timeline entries only ever come in at the end: the first ones are the old
     old, ignored_old = _contributions(
         state.kind,
@@ -861,6 +883,7 @@ def _kpi_change(
         state.timeline.items(),
         state.claims,
         config,
+        view,
     )
     if new == old:
         return [], ignored_new - ignored_old  # e.g. a chat ending after it was answered
@@ -880,6 +903,7 @@ def _timeline_change(
     timeline_before: int,
     claims_before: frozenset[str],
     config: CoreConfig,
+    view: Evaluation | None = None,
 ) -> tuple[list[Contribution], int]:
     """:func:`_kpi_change` of an opened ticket whose timeline or claims alone moved: the
     two evaluations compared part by part, and only the parts that differ written (taken
@@ -888,7 +912,7 @@ def _timeline_change(
     if not claims and timeline_before and _only_waits_appended(state.timeline, timeline_before):
         return [], 0
     plan = config.terms_of(dims)
-    new = evaluate_terms(opened_ms, state.timeline.items(), plan, detail=False)
+    new = view or evaluate_terms(opened_ms, state.timeline.items(), plan, detail=False)
     out: list[Contribution] = []
     if not timeline_before and not claims_before:
         _view_fields(opened_ms, dims, new, plan, claims, config, out)
@@ -977,6 +1001,13 @@ def _add_deltas(
     for conv_id, state in working.items():
         previous = before.get(conv_id)
         changes: Iterable[Contribution]
+        # a ticket whose breach schedule needs its timeline evaluated: evaluated once, for
+        # the samples too
+        view = None
+        if state.kind == "t" and state.opened is not None and state.dims is not None:
+            plan = config.terms_of(state.dims)
+            if needs_view(state, plan):
+                view = final_view(state, plan)
         if previous is None:
             # a new conversation: nothing to take back
             changes, ignored_now = _contributions(
@@ -989,6 +1020,7 @@ def _add_deltas(
                 state.timeline.items(),
                 state.claims,
                 config,
+                view,
             )
             ignored += ignored_now
             held_before = 0
@@ -998,7 +1030,7 @@ def _add_deltas(
             if inputs == _kpi_inputs(state):
                 changes = ()
             else:
-                changes, ignored_change = _kpi_change(state, inputs, config)
+                changes, ignored_change = _kpi_change(state, inputs, config, view)
                 ignored += ignored_change
         # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
@@ -1035,7 +1067,7 @@ def _add_deltas(
         result.held[conv_id] = held
         held_delta += held - held_before
         result.states[conv_id] = state
-        result.deadlines[conv_id] = breach_deadline(state, config)
+        result.deadlines[conv_id] = breach_deadline(state, config, view)
     if working:
         result.counters["held"] += held_delta
     if ignored:

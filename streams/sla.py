@@ -199,6 +199,7 @@ def _instance(
     calendar: BusinessCalendar | None,
     clock_ms: int | None,
     detail: bool = True,
+    warn: bool | None = None,
 ) -> Instance:
     # the first and next responses run always: one open-ended span
     always = len(spans) == 1 and spans[0][1] is None
@@ -213,28 +214,16 @@ def _instance(
     else:
         outcome = RUNNING
     elapsed = business = None
-    if not detail:  # the outcome alone (what the KPI samples need): no elapsed, no warnings
-        return Instance(
-            metric,
-            number,
-            start_ms,
-            target_ms,
-            deadline,
-            outcome,
-            end_ms,
-            fulfilled,
-            None,
-            None,
-            (),
-        )
-    if fulfilled and end_ms is not None:
+    if warn is None:
+        warn = detail
+    if detail and fulfilled and end_ms is not None:
         elapsed = max(0, end_ms - start_ms)
         if always:
             business = business_ms(calendar, start_ms, end_ms) if end_ms > start_ms else 0
         else:
             business = max(0, _elapsed(calendar, spans, end_ms))
     warnings = []
-    for fraction in warn_at:
+    for fraction in warn_at if warn else ():
         instant = _reach(calendar, spans, ceil(fraction * target_ms))
         if instant is not None and (end_ms is None or instant < end_ms):
             warnings.append((fraction, instant))
@@ -293,10 +282,12 @@ def evaluate_terms(
     clock_ms: int | None = None,
     *,
     detail: bool = True,
+    warn: bool | None = None,
 ) -> Evaluation:
     """:func:`evaluate` with the policy's :class:`Terms` looked up beforehand. Without
-    ``detail`` the instances carry their outcomes and deadlines only (no elapsed times, no
-    warnings): all the KPI samples need, for fewer calendar walks."""
+    ``detail`` the instances carry their outcomes and deadlines only (no elapsed times, and
+    no warnings unless ``warn``): all the KPI samples (and, with ``warn``, breach
+    detection's schedule) need, for fewer calendar walks."""
     entries = sorted([(ms, event_id, code) for event_id, (ms, code) in timeline])
     status = "n"
     closed = False
@@ -364,6 +355,7 @@ def evaluate_terms(
                 calendar,
                 clock_ms,
                 detail,
+                warn,
             )
         )
     target = terms.next_response_ms
@@ -381,6 +373,7 @@ def evaluate_terms(
                     calendar,
                     clock_ms,
                     detail,
+                    warn,
                 )
             )
     target = terms.resolution_ms
@@ -404,6 +397,7 @@ def evaluate_terms(
                 calendar,
                 clock_ms,
                 detail,
+                warn,
             )
         )
     return Evaluation(first_reply, first_business, responses, tuple(instances), ignored)
