@@ -3,6 +3,8 @@
 tests/unit starts nothing; tests/integration talks to the session's broker and redis-server;
 tests/system starts subprocess workers (faults, crashes, the demo). Each test there is marked
 ``unit``, ``integration`` or ``system`` after its folder, so ``-m`` selects a tier too.
+Under ``pytest -n N`` the tests are handed out as tests/scheduling.py plans: tests sharing a
+module fixture together, every other test on its own, longest first.
 
 The session fixtures start a real broker and a real redis-server on free loopback ports (one
 of each per pytest-xdist worker). Each test gets its own topics, Kafka app id and Redis key
@@ -27,6 +29,7 @@ from pydantic import SecretStr
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.kafka_admin import ensure_topics, wait_for_kafka
+from tests.scheduling import DurationRecorder, make_scheduler
 from tests.support import WorkerProcess
 
 HOST = "127.0.0.1"
@@ -38,11 +41,7 @@ SERVICE_FIXTURES = frozenset({"broker", "redis_server", "redis_url", "redis_clie
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier, the folder it is in; refuse tests outside the tiers.
-
-    Under ``pytest -n N --dist loadgroup`` an integration or system file runs in one process
-    (its module fixtures, a worker or a broker of its own, start once), while unit tests are
-    handed out one by one."""
+    """Mark each test with its tier, the folder it is in; refuse tests outside the tiers."""
     root = Path(__file__).parent
     for item in items:
         parts = item.path.relative_to(root).parts
@@ -56,8 +55,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"{item.nodeid}: a unit test starts no service; move it to tests/integration"
             )
         item.add_marker(getattr(pytest.mark, tier))
-        if tier != "unit":
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the process the test reports reach
+        config.pluginmanager.register(DurationRecorder(config), "deskpulse-durations")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent under -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Work units of tests sharing set-up, the longest first (tests/scheduling.py)."""
+    return make_scheduler(config, log)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from tests.e2e_support import (
 from tests.support import WorkerProcess, run_cli, settings_env, wait_until
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     data = build_dataset(seed=11, rate=2.0)
     print(f"\ndataset: {data.summary()}")

@@ -57,7 +57,7 @@ WIDTHS = {"5m": 300, "1h": 3600, "24h": 86400}
 BY = ((), ("channel", "queue", "priority"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     """About 5,900 valid records over three hours of event time, every kind of disorder."""
     data = build_dataset(seed=29, rate=0.5)
@@ -395,7 +395,7 @@ STORM_RECORD_BYTES = 4096
 STORM_SIZE = 10_000
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test draws it
 def poison() -> list[Record]:
     """10,000 records the worker must reject, drawn by hypothesis (the same every run)."""
     started = time.monotonic()
@@ -404,7 +404,7 @@ def poison() -> list[Record]:
     return [p.record for p in drawn]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def storm(dataset: Dataset, poison: list[Record]) -> tuple[list[Record], Counter[tuple[str, str]]]:
     """The dataset with the poison mixed in; the expected rejects by topic kind and reason."""
     records = mix(dataset.records, poison, seed=4)

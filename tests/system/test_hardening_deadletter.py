@@ -105,7 +105,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     """About 2,000 records of simulated traffic (duplicates, disorder, malformed ones)."""
     return build_dataset(seed=53, rate=0.2)
@@ -306,7 +306,7 @@ def test_the_engine_process_dies_with_a_killed_worker(
 # -- dead letters held by a broker that does not answer ---------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def small() -> Dataset:
     """About 350 records of simulated traffic."""
     return build_dataset(seed=61, rate=0.03)

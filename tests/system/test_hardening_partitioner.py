@@ -417,7 +417,7 @@ def warnings_in(log: str, topic: str) -> int:
 # -- end to end ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     # in delivery order (no simulated disorder): the breach clock reads every partition in
     # event time; the misrouting is what is tested

@@ -395,7 +395,7 @@ def own_redis(tmp_path: Path) -> Any:
     holder["process"].stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     data = build_dataset(seed=37, rate=0.15, malformed_ratio=0.02)
     print(f"\ndataset: {data.summary()}")
