@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,9 +173,11 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start_worker(settings, workdir=None, *, env=None, name="worker", ready=True)`` starts
-    ``deskpulse worker`` as a subprocess (waiting until it is ready unless ``ready=False``);
-    every worker it started is stopped when the test ends, however it ends."""
+    """``start_worker(settings, workdir=None, *, env=None, name="worker", ready=True,
+    timeout_s=60, command=None)`` starts ``deskpulse worker`` (or ``command``) as a
+    subprocess, waiting until it is ready unless ``ready=False``; every worker it started is
+    stopped when the test ends, however it ends. A test stops one itself to restart it or
+    to check its exit status; ``kill()`` crashes one."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -186,8 +188,12 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         name: str = "worker",
         ready: bool = True,
         timeout_s: float = 60,
+        command: Sequence[str] | None = None,
     ) -> WorkerProcess:
-        worker = WorkerProcess(settings, workdir or tmp_path / name, env=env, name=name)
+        options: dict[str, Any] = {"env": env, "name": name}
+        if command is not None:
+            options["command"] = command
+        worker = WorkerProcess(settings, workdir or tmp_path / name, **options)
         started.append(worker)
         if ready:
             worker.wait_ready(timeout_s)

@@ -34,6 +34,7 @@ from tests.faults_support import (
     tune,
 )
 from tests.support import (
+    StartWorker,
     WorkerProcess,
     produce,
     run_cli,
@@ -82,17 +83,16 @@ def kpis(settings: Settings, cwd: Path, *args: str) -> dict[str, Any]:
     return document
 
 
-def works(settings: Settings, workdir: Path, ticket_id: str) -> WorkerProcess:
+def works(
+    settings: Settings, workdir: Path, ticket_id: str, start_worker: StartWorker
+) -> WorkerProcess:
     """Run a worker, send it one ticket, wait until it is in the KPIs; the (stopped) worker."""
-    with WorkerProcess(settings, workdir) as worker:
-        worker.wait_ready(90)
-        asyncio.run(
-            produce(settings, settings.topic_tickets, [ticket(ticket_id, time.time() - 60)])
-        )
-        wait_until(lambda: processed_total(worker) >= 1, 30, message=worker.describe)
-        document = kpis(settings, workdir, "--window", "1h")
-        assert document["groups"][0]["tickets_created"] == 1, document
-        assert worker.stop() == 0, worker.describe()
+    worker = start_worker(settings, workdir, timeout_s=90)
+    asyncio.run(produce(settings, settings.topic_tickets, [ticket(ticket_id, time.time() - 60)]))
+    wait_until(lambda: processed_total(worker) >= 1, 30, message=worker.describe)
+    document = kpis(settings, workdir, "--window", "1h")
+    assert document["groups"][0]["tickets_created"] == 1, document
+    assert worker.stop() == 0, worker.describe()
     return worker
 
 
