@@ -223,11 +223,14 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, ManagedProcess]]:
 
 
 def stuck_worker(
-    settings: Settings, dataset: Dataset, redis: ManagedProcess, workdir: Path
+    start_worker: StartWorker,
+    settings: Settings,
+    dataset: Dataset,
+    redis: ManagedProcess,
+    workdir: Path,
 ) -> tuple[WorkerProcess, StreamProducer]:
     """A worker that applied some traffic and is now retrying a batch against a hung Redis."""
-    worker = WorkerProcess(settings, workdir)
-    worker.wait_ready(90)
+    worker = start_worker(settings, workdir, timeout_s=90)
     producer = StreamProducer(settings, dataset.records[:200], chunks=1, pause_s=0)
     producer.start()
     producer.finish()
@@ -256,7 +259,7 @@ def test_sigterm_stops_a_worker_stuck_retrying_and_nothing_is_lost(
     url, redis = own_redis
     settings = tune(settings, engine_process=engine_process, redis_url=SecretStr(url))
     make_topics(settings)
-    worker, rest = stuck_worker(settings, dataset, redis, tmp_path / "w1")
+    worker, rest = stuck_worker(start_worker, settings, dataset, redis, tmp_path / "w1")
     child = engine_pid(worker) if engine_process else None
     try:
         started = time.monotonic()
@@ -284,12 +287,13 @@ def test_the_engine_process_dies_with_a_killed_worker(
     dataset: Dataset,
     tmp_path: Path,
     own_redis: tuple[str, ManagedProcess],
+    start_worker: StartWorker,
 ) -> None:
     url, redis = own_redis
     settings = tune(settings, engine_process=True, redis_url=SecretStr(url))
     make_topics(settings)
     # the child is busy retrying: it would not notice its parent is gone by itself
-    worker, rest = stuck_worker(settings, dataset, redis, tmp_path / "w1")
+    worker, rest = stuck_worker(start_worker, settings, dataset, redis, tmp_path / "w1")
     child = engine_pid(worker)
     try:
         assert alive(child)
