@@ -64,7 +64,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent under -p no:xdist
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Work units of tests sharing set-up, the longest first (tests/scheduling.py)."""
+    """Work units of tests sharing set-up, the longest first (tests/scheduling.py), for
+    ``-n N`` (``--dist load``, or ``loadgroup``, whose groups pytest 9.2 loses); another
+    ``--dist`` gets pytest-xdist's own scheduler."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None
     return make_scheduler(config, log)
 
 
