@@ -43,7 +43,7 @@ demo: install
 # of its own; most of a system test's time is waiting on workers, so more processes than
 # cores pay. tests/scheduling.py hands them out: tests sharing a module fixture together,
 # the others one by one, the longest first.
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 6
 PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS)
 
 test: install
