@@ -41,9 +41,10 @@ demo: install
 
 # Tests run in PYTEST_WORKERS processes (pytest-xdist), each with a broker and a redis-server
 # of its own; most of a system test's time is waiting on workers, so more processes than
-# cores pay. tests/conftest.py keeps each integration and system file in one process.
-PYTEST_WORKERS ?= 4
-PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+# cores pay. tests/scheduling.py hands them out: tests sharing a module fixture together,
+# the others one by one, the longest first.
+PYTEST_WORKERS ?= 6
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS)
 
 test: install
 	$(PYTEST) tests

@@ -3,6 +3,8 @@
 tests/unit starts nothing; tests/integration talks to the session's broker and redis-server;
 tests/system starts subprocess workers (faults, crashes, the demo). Each test there is marked
 ``unit``, ``integration`` or ``system`` after its folder, so ``-m`` selects a tier too.
+Under ``pytest -n N`` the tests are handed out as tests/scheduling.py plans: tests sharing a
+module fixture together, every other test on its own, longest first.
 
 The session fixtures start a real broker and a real redis-server on free loopback ports (one
 of each per pytest-xdist worker). Each test gets its own topics, Kafka app id and Redis key
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from pydantic import SecretStr
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.kafka_admin import ensure_topics, wait_for_kafka
+from tests.scheduling import DurationRecorder, make_scheduler
 from tests.support import WorkerProcess
 
 HOST = "127.0.0.1"
@@ -38,11 +41,7 @@ SERVICE_FIXTURES = frozenset({"broker", "redis_server", "redis_url", "redis_clie
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier, the folder it is in; refuse tests outside the tiers.
-
-    Under ``pytest -n N --dist loadgroup`` an integration or system file runs in one process
-    (its module fixtures, a worker or a broker of its own, start once), while unit tests are
-    handed out one by one."""
+    """Mark each test with its tier, the folder it is in; refuse tests outside the tiers."""
     root = Path(__file__).parent
     for item in items:
         parts = item.path.relative_to(root).parts
@@ -56,8 +55,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"{item.nodeid}: a unit test starts no service; move it to tests/integration"
             )
         item.add_marker(getattr(pytest.mark, tier))
-        if tier != "unit":
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the process the test reports reach
+        config.pluginmanager.register(DurationRecorder(config), "deskpulse-durations")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent under -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Work units of tests sharing set-up, the longest first (tests/scheduling.py), for
+    ``-n N`` (``--dist load``, or ``loadgroup``, whose groups pytest 9.2 loses); another
+    ``--dist`` gets pytest-xdist's own scheduler."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None
+    return make_scheduler(config, log)
 
 
 @dataclass(frozen=True)
@@ -165,9 +177,11 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start_worker(settings, workdir=None, *, env=None, name="worker", ready=True)`` starts
-    ``deskpulse worker`` as a subprocess (waiting until it is ready unless ``ready=False``);
-    every worker it started is stopped when the test ends, however it ends."""
+    """``start_worker(settings, workdir=None, *, env=None, name="worker", ready=True,
+    timeout_s=60, command=None)`` starts ``deskpulse worker`` (or ``command``) as a
+    subprocess, waiting until it is ready unless ``ready=False``; every worker it started is
+    stopped when the test ends, however it ends. A test stops one itself to restart it or
+    to check its exit status; ``kill()`` crashes one."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -178,8 +192,12 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         name: str = "worker",
         ready: bool = True,
         timeout_s: float = 60,
+        command: Sequence[str] | None = None,
     ) -> WorkerProcess:
-        worker = WorkerProcess(settings, workdir or tmp_path / name, env=env, name=name)
+        options: dict[str, Any] = {"env": env, "name": name}
+        if command is not None:
+            options["command"] = command
+        worker = WorkerProcess(settings, workdir or tmp_path / name, **options)
         started.append(worker)
         if ready:
             worker.wait_ready(timeout_s)

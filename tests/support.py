@@ -34,6 +34,7 @@ from deskpulse.streams.devtools.embedded import ManagedProcess
 
 __all__ = [
     "HttpResponse",
+    "StartWorker",
     "WorkerProcess",
     "consume_all",
     "end_offsets",
@@ -49,6 +50,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: The type of the ``start_worker`` fixture of tests/conftest.py.
+StartWorker = Callable[..., "WorkerProcess"]
 
 #: The line Faust logs once the consumer group has assigned this worker its partitions.
 WORKER_READY_LINE = "Worker ready"

@@ -33,7 +33,7 @@ from tests.support import WorkerProcess, samples, scrape, wait_until
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     data = build_dataset(seed=23, rate=0.75, malformed_ratio=0.03)
     print(f"\ndataset: {data.summary()}")

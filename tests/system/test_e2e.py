@@ -29,10 +29,10 @@ from tests.e2e_support import (
     redis_snapshot,
     wait_for_state,
 )
-from tests.support import WorkerProcess, run_cli, settings_env, wait_until
+from tests.support import StartWorker, WorkerProcess, run_cli, settings_env, wait_until
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     data = build_dataset(seed=11, rate=2.0)
     print(f"\ndataset: {data.summary()}")
@@ -45,78 +45,75 @@ def tuned(settings: Settings, **update: Any) -> Settings:
 
 
 def run_live(
-    settings: Settings, dataset: Dataset, workdir: Path
+    start_worker: StartWorker, settings: Settings, dataset: Dataset, workdir: Path
 ) -> tuple[WorkerProcess, list[RecordMetadata]]:
     """Start a worker, produce the dataset to it, wait until the state holds all of it."""
-    worker = WorkerProcess(settings, workdir)
-    try:
-        worker.wait_ready(90)
-        started = time.monotonic()
-        # surveys whose tickets and chats are not even sent yet: held, not dropped
-        head = dataset.records[: dataset.head]
-        placed = asyncio.run(produce_records(settings, head))
-        waiting = wait_until(
-            lambda: (c := read_counts(settings)).applied >= dataset.head and c,
-            60,
-            message=worker.describe,
-        )
-        assert waiting.applied == waiting.held == dataset.head, waiting
-        print(f"{dataset.head} surveys sent before any opener are held: {waiting}")
-        placed += asyncio.run(produce_records(settings, dataset.records[dataset.head :]))
-        produced = time.monotonic()
-        counts = wait_for_state(settings, dataset, timeout_s=180, describe=worker.describe)
-        check_counters(counts, dataset)
-        print(
-            f"produced {len(dataset.records)} records in {produced - started:.1f}s; "
-            f"state complete {time.monotonic() - started:.1f}s after the first: {counts}"
-        )
-    except BaseException:
-        worker.stop(timeout_s=15)
-        raise
+    worker = start_worker(settings, workdir, timeout_s=90)
+    started = time.monotonic()
+    # surveys whose tickets and chats are not even sent yet: held, not dropped
+    head = dataset.records[: dataset.head]
+    placed = asyncio.run(produce_records(settings, head))
+    waiting = wait_until(
+        lambda: (c := read_counts(settings)).applied >= dataset.head and c,
+        60,
+        message=worker.describe,
+    )
+    assert waiting.applied == waiting.held == dataset.head, waiting
+    print(f"{dataset.head} surveys sent before any opener are held: {waiting}")
+    placed += asyncio.run(produce_records(settings, dataset.records[dataset.head :]))
+    produced = time.monotonic()
+    counts = wait_for_state(settings, dataset, timeout_s=180, describe=worker.describe)
+    check_counters(counts, dataset)
+    print(
+        f"produced {len(dataset.records)} records in {produced - started:.1f}s; "
+        f"state complete {time.monotonic() - started:.1f}s after the first: {counts}"
+    )
     return worker, placed
 
 
 @pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
 def test_live_worker_matches_the_oracle(
-    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path, engine_process: bool
+    settings: Settings,
+    make_topics: Any,
+    dataset: Dataset,
+    tmp_path: Path,
+    engine_process: bool,
+    start_worker: StartWorker,
 ) -> None:
     settings = tuned(settings, engine_process=engine_process)
     make_topics(settings)
-    worker, placed = run_live(settings, dataset, tmp_path / "worker")
-    with worker:
-        started = time.monotonic()
-        documents = compare_with_oracle(
-            dataset,
-            lambda width, at_s, by: kpis_cli(settings, tmp_path, width=width, at_s=at_s, by=by),
-        )
-        print(
-            f"{len(documents)} CLI documents equal the oracle ({time.monotonic() - started:.1f}s)"
-        )
+    worker, placed = run_live(start_worker, settings, dataset, tmp_path / "worker")
+    started = time.monotonic()
+    documents = compare_with_oracle(
+        dataset,
+        lambda width, at_s, by: kpis_cli(settings, tmp_path, width=width, at_s=at_s, by=by),
+    )
+    print(f"{len(documents)} CLI documents equal the oracle ({time.monotonic() - started:.1f}s)")
 
-        # The worker serves the very same documents.
-        for (width, at_s, by), document in documents.items():
-            served = kpis_http(worker, width=width, at_s=at_s, by=by)
-            assert served == document, (width, at_s, by)
+    # The worker serves the very same documents.
+    for (width, at_s, by), document in documents.items():
+        served = kpis_http(worker, width=width, at_s=at_s, by=by)
+        assert served == document, (width, at_s, by)
 
-        # Something to compare in every part of the document, and the empty cases too.
-        full = documents[("24h", max(at for _, at, _ in documents), ())]["groups"][0]
-        assert full["tickets_created"] > 1000
-        assert full["first_response"]["count"] > 500
-        assert full["chats"]["answered"] > 100
-        assert full["chats"]["abandoned"] > 0
-        assert full["csat"]["responses"] > 0
-        assert full["nps"]["responses"] > 0
-        assert full["ces"]["responses"] > 0
-        late = documents[("5m", max(at for _, at, _ in documents), ())]["groups"][0]
-        assert late["tickets_created"] == 0, "the window after the data is empty"
-        assert late["first_response"]["p50_seconds"] is None
-        assert late["csat"]["ratio"] is None
+    # Something to compare in every part of the document, and the empty cases too.
+    full = documents[("24h", max(at for _, at, _ in documents), ())]["groups"][0]
+    assert full["tickets_created"] > 1000
+    assert full["first_response"]["count"] > 500
+    assert full["chats"]["answered"] > 100
+    assert full["chats"]["abandoned"] > 0
+    assert full["csat"]["responses"] > 0
+    assert full["nps"]["responses"] > 0
+    assert full["ces"]["responses"] > 0
+    late = documents[("5m", max(at for _, at, _ in documents), ())]["groups"][0]
+    assert late["tickets_created"] == 0, "the window after the data is empty"
+    assert late["first_response"]["p50_seconds"] is None
+    assert late["csat"]["ratio"] is None
 
-        # Every malformed record went to the dead-letter topic, once.
-        letters = dead_letters(settings, dataset, placed)
-        assert sum(letters.values()) == len(letters) == dataset.rejected
+    # Every malformed record went to the dead-letter topic, once.
+    letters = dead_letters(settings, dataset, placed)
+    assert sum(letters.values()) == len(letters) == dataset.rejected
 
-        assert worker.stop() == 0, worker.describe()
+    assert worker.stop() == 0, worker.describe()
 
 
 def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
@@ -148,15 +145,18 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
 
 
 def test_replay_leaves_the_state_the_live_worker_does(
-    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
+    settings: Settings,
+    make_topics: Any,
+    dataset: Dataset,
+    tmp_path: Path,
+    start_worker: StartWorker,
 ) -> None:
     # No SLA breach check during the test: claiming a breach writes ``due``, ``breached``
     # and a ``tot`` counter, which the replay (no timers) leaves to the next live worker.
     settings = tuned(settings, breach_check_interval=3600)
     make_topics(settings)
-    worker, _ = run_live(settings, dataset, tmp_path / "worker")
-    with worker:
-        assert worker.stop() == 0, worker.describe()
+    worker, _ = run_live(start_worker, settings, dataset, tmp_path / "worker")
+    assert worker.stop() == 0, worker.describe()
 
     replayed = settings.model_copy(
         update={

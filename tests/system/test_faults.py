@@ -49,7 +49,7 @@ from tests.faults_support import (
     read_dead_letters,
     tune,
 )
-from tests.support import WorkerProcess, settings_env, stamp, wait_until
+from tests.support import StartWorker, WorkerProcess, settings_env, stamp, wait_until
 
 OUTAGE_S = 30.0
 #: windows and groupings read with ``deskpulse kpis --json`` at both query points
@@ -57,7 +57,7 @@ WIDTHS = {"5m": 300, "1h": 3600, "24h": 86400}
 BY = ((), ("channel", "queue", "priority"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     """About 5,900 valid records over three hours of event time, every kind of disorder."""
     data = build_dataset(seed=29, rate=0.5)
@@ -395,7 +395,7 @@ STORM_RECORD_BYTES = 4096
 STORM_SIZE = 10_000
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one test draws it
 def poison() -> list[Record]:
     """10,000 records the worker must reject, drawn by hypothesis (the same every run)."""
     started = time.monotonic()
@@ -404,7 +404,7 @@ def poison() -> list[Record]:
     return [p.record for p in drawn]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def storm(dataset: Dataset, poison: list[Record]) -> tuple[list[Record], Counter[tuple[str, str]]]:
     """The dataset with the poison mixed in; the expected rejects by topic kind and reason."""
     records = mix(dataset.records, poison, seed=4)
@@ -424,6 +424,7 @@ def test_poison_pill_storm(
     storm: tuple[list[Record], Counter[tuple[str, str]]],
     dataset: Dataset,
     tmp_path: Path,
+    start_worker: StartWorker,
 ) -> None:
     records, reasons = storm
     settings = tune(settings, max_record_bytes=STORM_RECORD_BYTES, batch_size=1000)
@@ -433,55 +434,54 @@ def test_poison_pill_storm(
     kinds = {kind for kind, _ in reasons}
     assert kinds == {"tickets", "chats", "surveys"}, kinds
     producer = StreamProducer(settings, records, chunks=10, pause_s=0.2)
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
-        worker.wait_ready(90)
-        started = time.monotonic()
-        producer.start()
-        producer.finish()
+    worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+    started = time.monotonic()
+    producer.start()
+    producer.finish()
 
-        def accounted() -> Any:
-            assert worker.running, worker.describe()
-            response = worker.get("/metrics")
-            if response is None or response.status != 200:
-                return None
-            sums = metric_sums(response.text)
-            return sums if sums.processed + sums.rejected_total >= len(records) else None
-
-        wait_until(accounted, 180, 0.5, message=worker.describe)
-        counts = wait_for_state(settings, dataset, timeout_s=60, describe=worker.describe)
-        took = time.monotonic() - started
-        check_counters(counts, dataset)
-        sums = metric_sums(worker.get("/metrics").text)  # type: ignore[union-attr]
-        # every record accounted for exactly once, by its reason
-        assert sums.processed == dataset.valid, sums
-        assert sums.processed + sums.rejected_total == len(records), sums
-        expected = {
-            (settings.topic_for(kind), reason): float(n) for (kind, reason), n in reasons.items()
-        }
-        assert dict(sums.rejected) == expected, (dict(sums.rejected), expected)
-        letters = check_dead_letters(settings, producer)
-        assert len(letters) == rejected
-        assert sum(letters.values()) == rejected
-        # the oracle over the valid records (with the default record limit it would take
-        # some poison that is only too large here)
-        check_kpis(settings, dataset, tmp_path, dataset.values)
+    def accounted() -> Any:
         assert worker.running, worker.describe()
-        by_reason = Counter[str]()
-        for (_, reason), n in reasons.items():
-            by_reason[reason] += n
-        fault_line(
-            "poison_pill_storm",
-            injected=(
-                f"{STORM_SIZE} hypothesis-drawn poison records + {dataset.rejected} malformed "
-                f"among {dataset.valid} valid ({','.join(sorted(by_reason))})"
-            ),
-            rejected=len(letters),
-            recovered=(
-                f"processed {sums.processed:.0f} + rejected {sums.rejected_total:.0f} = "
-                f"sent {len(records)}, no crash, {took:.1f}s"
-            ),
-        )
-        assert worker.stop() == 0, worker.describe()
+        response = worker.get("/metrics")
+        if response is None or response.status != 200:
+            return None
+        sums = metric_sums(response.text)
+        return sums if sums.processed + sums.rejected_total >= len(records) else None
+
+    wait_until(accounted, 180, 0.5, message=worker.describe)
+    counts = wait_for_state(settings, dataset, timeout_s=60, describe=worker.describe)
+    took = time.monotonic() - started
+    check_counters(counts, dataset)
+    sums = metric_sums(worker.get("/metrics").text)  # type: ignore[union-attr]
+    # every record accounted for exactly once, by its reason
+    assert sums.processed == dataset.valid, sums
+    assert sums.processed + sums.rejected_total == len(records), sums
+    expected = {
+        (settings.topic_for(kind), reason): float(n) for (kind, reason), n in reasons.items()
+    }
+    assert dict(sums.rejected) == expected, (dict(sums.rejected), expected)
+    letters = check_dead_letters(settings, producer)
+    assert len(letters) == rejected
+    assert sum(letters.values()) == rejected
+    # the oracle over the valid records (with the default record limit it would take
+    # some poison that is only too large here)
+    check_kpis(settings, dataset, tmp_path, dataset.values)
+    assert worker.running, worker.describe()
+    by_reason = Counter[str]()
+    for (_, reason), n in reasons.items():
+        by_reason[reason] += n
+    fault_line(
+        "poison_pill_storm",
+        injected=(
+            f"{STORM_SIZE} hypothesis-drawn poison records + {dataset.rejected} malformed "
+            f"among {dataset.valid} valid ({','.join(sorted(by_reason))})"
+        ),
+        rejected=len(letters),
+        recovered=(
+            f"processed {sums.processed:.0f} + rejected {sums.rejected_total:.0f} = "
+            f"sent {len(records)}, no crash, {took:.1f}s"
+        ),
+    )
+    assert worker.stop() == 0, worker.describe()
 
 
 # -- 5. Record size and clock limits ---------------------------------------------------------
@@ -498,7 +498,7 @@ def padded(payload: dict[str, Any], size: int) -> bytes:
 
 
 def test_record_size_and_future_limits_are_configurable(
-    settings: Settings, make_topics: Any, tmp_path: Path
+    settings: Settings, make_topics: Any, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     limit, ahead_s = 2048, 60
     settings = tune(settings, max_record_bytes=limit, max_future=ahead_s)
@@ -529,54 +529,52 @@ def test_record_size_and_future_limits_are_configurable(
     env = {"DESKPULSE_MAX_RECORD_BYTES": str(limit), "DESKPULSE_MAX_FUTURE": "1m"}
 
     producer = StreamProducer(settings, records, chunks=1, pause_s=0)
-    with WorkerProcess(settings, tmp_path / "worker", env=settings_env(settings, **env)) as w:
-        w.wait_ready(90)
-        producer.start()
-        producer.finish()
-        wanted = {producer.positions[i]: reason for i, (_, reason) in enumerate(cases) if reason}
-        letters = read_dead_letters(settings, len(wanted))
-        found = {}
-        for letter in letters:
-            headers = {name: value.decode() for name, value in letter.headers}
-            where = (
-                headers["deskpulse-source-topic"],
-                int(headers["deskpulse-source-partition"]),
-                int(headers["deskpulse-source-offset"]),
-            )
-            assert where not in found, f"dead-lettered twice: {where}"
-            found[where] = headers["deskpulse-reason"]
-            assert letter.value == records[producer.positions.index(where)].value
-        assert found == wanted
+    w = start_worker(settings, tmp_path / "worker", env=settings_env(settings, **env), timeout_s=90)
+    producer.start()
+    producer.finish()
+    wanted = {producer.positions[i]: reason for i, (_, reason) in enumerate(cases) if reason}
+    letters = read_dead_letters(settings, len(wanted))
+    found = {}
+    for letter in letters:
+        headers = {name: value.decode() for name, value in letter.headers}
+        where = (
+            headers["deskpulse-source-topic"],
+            int(headers["deskpulse-source-partition"]),
+            int(headers["deskpulse-source-offset"]),
+        )
+        assert where not in found, f"dead-lettered twice: {where}"
+        found[where] = headers["deskpulse-reason"]
+        assert letter.value == records[producer.positions.index(where)].value
+    assert found == wanted
 
-        accepted = [value for (_, value), reason in cases if reason is None]
-        wait_until(
-            lambda: (
-                (m := w.get("/metrics")) is not None
-                and metric_sums(m.text).processed >= len(accepted)
-            ),
-            30,
-            message=w.describe,
-        )
-        sums = metric_sums(w.get("/metrics").text)  # type: ignore[union-attr]
-        assert dict(sums.rejected) == {
-            (settings.topic_tickets, "too_large"): 2.0,
-            (settings.topic_tickets, "future_timestamp"): 2.0,
-        }
-        at_s = float(int(now) + 600)
-        points = [("1h", 3600, at_s, ()), ("1h", 3600, at_s, ("channel", "queue", "priority"))]
-        compare_kpis(
-            lambda width, at, by: kpis_cli(settings, tmp_path, width=width, at_s=at, by=by),
-            accepted,
-            points,
-            settings=settings,
-        )
-        fault_line(
-            "record_limits",
-            injected=f"max_record_bytes={limit} max_future=1m: 2 oversized 2 future 3 at/in limits",
-            rejected=len(found),
-            recovered="too_large and future_timestamp dead-lettered, the rest applied",
-        )
-        assert w.stop() == 0, w.describe()
+    accepted = [value for (_, value), reason in cases if reason is None]
+    wait_until(
+        lambda: (
+            (m := w.get("/metrics")) is not None and metric_sums(m.text).processed >= len(accepted)
+        ),
+        30,
+        message=w.describe,
+    )
+    sums = metric_sums(w.get("/metrics").text)  # type: ignore[union-attr]
+    assert dict(sums.rejected) == {
+        (settings.topic_tickets, "too_large"): 2.0,
+        (settings.topic_tickets, "future_timestamp"): 2.0,
+    }
+    at_s = float(int(now) + 600)
+    points = [("1h", 3600, at_s, ()), ("1h", 3600, at_s, ("channel", "queue", "priority"))]
+    compare_kpis(
+        lambda width, at, by: kpis_cli(settings, tmp_path, width=width, at_s=at, by=by),
+        accepted,
+        points,
+        settings=settings,
+    )
+    fault_line(
+        "record_limits",
+        injected=f"max_record_bytes={limit} max_future=1m: 2 oversized 2 future 3 at/in limits",
+        rejected=len(found),
+        recovered="too_large and future_timestamp dead-lettered, the rest applied",
+    )
+    assert w.stop() == 0, w.describe()
 
 
 # -- 6. Rolling restarts: SIGTERM mid-stream -------------------------------------------------
@@ -634,17 +632,20 @@ def test_graceful_restarts_lose_nothing_and_repeat_nothing(
 
 @pytest.mark.slow
 def test_graceful_shutdown_with_the_engine_in_a_child_process(
-    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
+    settings: Settings,
+    make_topics: Any,
+    dataset: Dataset,
+    tmp_path: Path,
+    start_worker: StartWorker,
 ) -> None:
     settings = tune(settings, engine_process=True)
     make_topics(settings)
     records = dataset.records[:500]
     valid = sum(1 for record in records if record.occurred_at_s is not None)
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
-        worker.wait_ready(90)
-        producer = StreamProducer(settings, records, chunks=1, pause_s=0)
-        producer.start()
-        producer.finish()
-        wait_until(lambda: processed(worker) >= valid, 60, message=worker.describe)
-        # SIGTERM to the process group, as a service manager or a terminal sends it
-        stop_in_time(worker, limit_s=20)
+    worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+    producer = StreamProducer(settings, records, chunks=1, pause_s=0)
+    producer.start()
+    producer.finish()
+    wait_until(lambda: processed(worker) >= valid, 60, message=worker.describe)
+    # SIGTERM to the process group, as a service manager or a terminal sends it
+    stop_in_time(worker, limit_s=20)

@@ -25,7 +25,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, BrokerProbe
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker
 from tests.conftest import HOST, create_topics
-from tests.support import WorkerProcess, produce, samples, scrape, wait_until
+from tests.support import StartWorker, WorkerProcess, produce, samples, scrape, wait_until
 from tests.system.test_worker import event, fast, processed_total
 
 #: The promise: a silent broker shows within two probe intervals (a probe that has just
@@ -246,7 +246,7 @@ def wait_silence_reported(worker: WorkerProcess, address: str, since: float) -> 
 
 
 def test_a_frozen_broker_makes_the_worker_unready_until_it_answers_again(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     port = free_port(HOST)
     address = f"{HOST}:{port}"
@@ -254,50 +254,49 @@ def test_a_frozen_broker_makes_the_worker_unready_until_it_answers_again(
     try:
         settings = worker_settings(settings, port)  # the engine in a child process (auto)
         create_topics(settings)
-        with WorkerProcess(settings, tmp_path / "worker") as worker:
-            worker.wait_ready(90)
-            send_ticket(settings, "F1")
-            wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
-            wait_until(lambda: lag_series(worker), 30, message=worker.describe)
-            assert broker_up(worker) == 1.0
+        worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+        send_ticket(settings, "F1")
+        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+        wait_until(lambda: lag_series(worker), 30, message=worker.describe)
+        assert broker_up(worker) == 1.0
 
-            broker.pause()  # SIGSTOP: its sockets stay open, nothing answers
-            frozen = time.monotonic()
-            detected_s = wait_silence_reported(worker, address, frozen)
-            status, problems = readiness(worker)
-            assert status == 503, problems
-            (problem,) = [p for p in problems if p.startswith("broker:")]
-            assert f"no answer from {address}" in problem, problem
-            # no frozen lag that looks healthy: unknown while the broker is silent
-            wait_until(lambda: not lag_series(worker), 15, message=lambda: str(lag_series(worker)))
-            # and it stays so, probe after probe (a late answer to a given-up ask changes nothing)
-            until = time.monotonic() + PROBE_INTERVAL_S * 1.5
-            while time.monotonic() < until:
-                assert broker_problems(worker) and broker_up(worker) == 0.0, worker.describe()
-                time.sleep(0.5)
-            assert worker.get("/healthz") is not None
-            assert getattr(worker.get("/healthz"), "status", None) == 200
+        broker.pause()  # SIGSTOP: its sockets stay open, nothing answers
+        frozen = time.monotonic()
+        detected_s = wait_silence_reported(worker, address, frozen)
+        status, problems = readiness(worker)
+        assert status == 503, problems
+        (problem,) = [p for p in problems if p.startswith("broker:")]
+        assert f"no answer from {address}" in problem, problem
+        # no frozen lag that looks healthy: unknown while the broker is silent
+        wait_until(lambda: not lag_series(worker), 15, message=lambda: str(lag_series(worker)))
+        # and it stays so, probe after probe (a late answer to a given-up ask changes nothing)
+        until = time.monotonic() + PROBE_INTERVAL_S * 1.5
+        while time.monotonic() < until:
+            assert broker_problems(worker) and broker_up(worker) == 0.0, worker.describe()
+            time.sleep(0.5)
+        assert worker.get("/healthz") is not None
+        assert getattr(worker.get("/healthz"), "status", None) == 200
 
-            broker.resume()
-            resumed = time.monotonic()
-            wait_until(lambda: broker_up(worker) == 1.0, DETECTION_BOUND_S, message=worker.describe)
-            wait_until(lambda: readiness(worker)[0] == 200, 60, message=worker.describe)
-            recovered_s = time.monotonic() - resumed
-            assert not broker_problems(worker)
-            send_ticket(settings, "F2")  # applied after the outage
-            wait_until(lambda: processed_total(settings.web_port) >= 2, 60, message=worker.describe)
-            wait_until(lambda: lag_series(worker), 30, message=worker.describe)
-            print(
-                f"broker frozen: reported {detected_s:.1f}s after SIGSTOP ({problem!r}); "
-                f"ready again {recovered_s:.1f}s after SIGCONT"
-            )
-            assert worker.stop() == 0, worker.describe()
+        broker.resume()
+        resumed = time.monotonic()
+        wait_until(lambda: broker_up(worker) == 1.0, DETECTION_BOUND_S, message=worker.describe)
+        wait_until(lambda: readiness(worker)[0] == 200, 60, message=worker.describe)
+        recovered_s = time.monotonic() - resumed
+        assert not broker_problems(worker)
+        send_ticket(settings, "F2")  # applied after the outage
+        wait_until(lambda: processed_total(settings.web_port) >= 2, 60, message=worker.describe)
+        wait_until(lambda: lag_series(worker), 30, message=worker.describe)
+        print(
+            f"broker frozen: reported {detected_s:.1f}s after SIGSTOP ({problem!r}); "
+            f"ready again {recovered_s:.1f}s after SIGCONT"
+        )
+        assert worker.stop() == 0, worker.describe()
     finally:
         broker.stop()
 
 
 def test_a_killed_broker_is_reported_and_its_return_seen(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     port = free_port(HOST)
     address = f"{HOST}:{port}"
@@ -305,29 +304,29 @@ def test_a_killed_broker_is_reported_and_its_return_seen(
     try:
         settings = worker_settings(settings, port, engine_process=False)
         create_topics(settings)
-        with WorkerProcess(settings, tmp_path / "worker") as worker:
-            worker.wait_ready(90)
-            send_ticket(settings, "K1")
-            wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+        worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+        send_ticket(settings, "K1")
+        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
 
-            broker.kill()  # connections reset, new ones refused
-            killed = time.monotonic()
-            detected_s = wait_silence_reported(worker, address, killed)
-            assert readiness(worker)[0] == 503
+        broker.kill()  # connections reset, new ones refused
+        killed = time.monotonic()
+        detected_s = wait_silence_reported(worker, address, killed)
+        assert readiness(worker)[0] == 503
 
-            # The embedded broker keeps its log in memory: the one started again here has
-            # no topics, so the worker's state check may refuse it ("built from other
-            # topics", tests/system/test_hardening_state.py). What is checked here is that the
-            # broker's own report clears.
-            broker = own_broker(tmp_path, "broker2", port)
-            restarted = time.monotonic()
-            wait_until(lambda: broker_up(worker) == 1.0, DETECTION_BOUND_S, message=worker.describe)
-            wait_until(lambda: not broker_problems(worker), 15, message=worker.describe)
-            print(
-                f"broker killed: reported {detected_s:.1f}s after SIGKILL; broker_up 1 "
-                f"{time.monotonic() - restarted:.1f}s after it listened again; "
-                f"readyz then {readiness(worker)}"
-            )
-            assert worker.running, worker.describe()
+        # The embedded broker keeps its log in memory: the one started again here has
+        # no topics, so the worker's state check may refuse it ("built from other
+        # topics", tests/system/test_hardening_state.py). What is checked here is that the
+        # broker's own report clears.
+        broker = own_broker(tmp_path, "broker2", port)
+        restarted = time.monotonic()
+        wait_until(lambda: broker_up(worker) == 1.0, DETECTION_BOUND_S, message=worker.describe)
+        wait_until(lambda: not broker_problems(worker), 15, message=worker.describe)
+        print(
+            f"broker killed: reported {detected_s:.1f}s after SIGKILL; broker_up 1 "
+            f"{time.monotonic() - restarted:.1f}s after it listened again; "
+            f"readyz then {readiness(worker)}"
+        )
+        assert worker.running, worker.describe()
+        worker.stop(timeout_s=15)
     finally:
         broker.stop()

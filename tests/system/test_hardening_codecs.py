@@ -53,7 +53,7 @@ from tests.conftest import create_topics
 from tests.e2e_support import kpis_store
 from tests.oracle import compare, compute
 from tests.support import (
-    WorkerProcess,
+    StartWorker,
     consume_all,
     group_offsets,
     run_cli,
@@ -215,7 +215,7 @@ def check_with_oracle(settings: Settings, values: Sequence[bytes], at_s: float) 
 
 
 def test_every_codec_from_another_client_reaches_the_kpis_live_and_in_replay(
-    settings: Settings, workdir: Path
+    settings: Settings, workdir: Path, start_worker: StartWorker
 ) -> None:
     settings = settings.model_copy(
         update={"kafka_session_timeout": 4, "batch_within": 0.1, "metrics_refresh_interval": 1}
@@ -223,36 +223,35 @@ def test_every_codec_from_another_client_reaches_the_kpis_live_and_in_replay(
     create_topics(settings)
     now_s = time.time()
     sent: list[tuple[str, bytes, bytes]] = []
-    with WorkerProcess(settings, workdir) as worker:
-        worker.wait_ready(90)
-        for codec in CODECS:
-            records = codec_traffic(codec, now_s)
-            produce_with(settings, records, **{"compression.type": codec})
-            sent += records
-            processed, rejected = expected_types(settings, sent)
+    worker = start_worker(settings, workdir, timeout_s=90)
+    for codec in CODECS:
+        records = codec_traffic(codec, now_s)
+        produce_with(settings, records, **{"compression.type": codec})
+        sent += records
+        processed, rejected = expected_types(settings, sent)
 
-            def caught_up(processed: Counter[Any] = processed, rejected: int = rejected) -> bool:
-                # (a worker that cannot read a codec stops: say so, with its log)
-                assert worker.running, worker.describe()
-                text = scrape(settings.web_port)
-                done = counters(text, "deskpulse_events_processed_total", ("topic", "type"))
-                refused = counters(text, "deskpulse_events_rejected_total", ("topic", "reason"))
-                return sum(done.values()) >= processed.total() and refused.total() >= rejected
-
-            # each codec's records are counted before the next codec is sent
-            wait_until(caught_up, 90, 0.5, message=worker.describe)
+        def caught_up(processed: Counter[Any] = processed, rejected: int = rejected) -> bool:
+            # (a worker that cannot read a codec stops: say so, with its log)
+            assert worker.running, worker.describe()
             text = scrape(settings.web_port)
-            assert counters(text, "deskpulse_events_processed_total", ("topic", "type")) == (
-                processed
-            ), codec
+            done = counters(text, "deskpulse_events_processed_total", ("topic", "type"))
             refused = counters(text, "deskpulse_events_rejected_total", ("topic", "reason"))
-            assert dict(refused) == {
-                (settings.topic_for(kind), "invalid_json"): rejected // 3
-                for kind in ("tickets", "chats", "surveys")
-            }, codec
-        assert worker.running, worker.describe()
-        assert "UnsupportedCodecError" not in worker.log()
-        assert worker.stop() == 0, worker.describe()
+            return sum(done.values()) >= processed.total() and refused.total() >= rejected
+
+        # each codec's records are counted before the next codec is sent
+        wait_until(caught_up, 90, 0.5, message=worker.describe)
+        text = scrape(settings.web_port)
+        assert counters(text, "deskpulse_events_processed_total", ("topic", "type")) == (
+            processed
+        ), codec
+        refused = counters(text, "deskpulse_events_rejected_total", ("topic", "reason"))
+        assert dict(refused) == {
+            (settings.topic_for(kind), "invalid_json"): rejected // 3
+            for kind in ("tickets", "chats", "surveys")
+        }, codec
+    assert worker.running, worker.describe()
+    assert "UnsupportedCodecError" not in worker.log()
+    assert worker.stop() == 0, worker.describe()
 
     values = [value for _, _, value in sent]
     at_s = float(int(now_s) + 120)
@@ -388,7 +387,7 @@ async def send_raw(bootstrap: str, topic: str, partition: int, batch: bytes) -> 
 
 
 def test_an_undecodable_batch_stops_the_worker_loudly_and_commits_nothing_past_it(
-    settings: Settings, workdir: Path
+    settings: Settings, workdir: Path, start_worker: StartWorker
 ) -> None:
     settings = settings.model_copy(update={"kafka_session_timeout": 4, "topic_partitions": 1})
     create_topics(settings)
@@ -439,10 +438,11 @@ def test_an_undecodable_batch_stops_the_worker_loudly_and_commits_nothing_past_i
         PartitionRecords._unpack_records = original
     assert not record_batches.installed()
 
-    with WorkerProcess(settings, workdir) as worker:
-        wait_until(lambda: not worker.running, 90, 0.5, message=worker.describe)
-        assert worker.returncode not in (None, 0), worker.describe()
-        assert where in worker.log(), worker.describe()
+    worker = start_worker(settings, workdir, ready=False)
+    wait_until(lambda: not worker.running, 90, 0.5, message=worker.describe)
+    assert worker.returncode not in (None, 0), worker.describe()
+    assert where in worker.log(), worker.describe()
+    worker.stop(timeout_s=15)
     # nothing past the batch was acknowledged: the next worker meets it again, not a gap
     committed = asyncio.run(group_offsets(bootstrap, settings.app_id, [(topic, 0)]))
     assert (committed[(topic, 0)] or 0) <= before + 1, committed

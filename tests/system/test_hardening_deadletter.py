@@ -51,7 +51,7 @@ from deskpulse.streams.store import Store
 from tests.conftest import HOST
 from tests.e2e_support import Dataset, build_dataset, check_counters, progress, wait_for_state
 from tests.faults_support import StreamProducer, metric_sums, read_dead_letters, tune
-from tests.support import WorkerProcess, consume_all, sample, stamp, wait_until
+from tests.support import StartWorker, WorkerProcess, consume_all, sample, stamp, wait_until
 
 #: a valid record twice the default DESKPULSE_MAX_RECORD_BYTES (1 MiB)
 BIG_BYTES = 2_000_000
@@ -105,7 +105,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     """About 2,000 records of simulated traffic (duplicates, disorder, malformed ones)."""
     return build_dataset(seed=53, rate=0.2)
@@ -121,6 +121,7 @@ def test_an_oversized_record_is_dead_lettered_truncated_and_stalls_nothing(
     dataset: Dataset,
     tmp_path: Path,
     engine_process: bool,
+    start_worker: StartWorker,
 ) -> None:
     settings = tune(settings, engine_process=engine_process)
     make_topics(settings)
@@ -132,65 +133,64 @@ def test_an_oversized_record_is_dead_lettered_truncated_and_stalls_nothing(
     extra = [tombstone, Record("tickets", b"BIG-1", big, None)]
     records = dataset.records[:middle] + extra + dataset.records[middle:]
     producer = StreamProducer(settings, records, chunks=8, pause_s=0.2)
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
-        worker.wait_ready(90)
-        producer.start()
-        producer.finish()
-        keyless_at = produce_keyless_tombstone(settings)
-        # the rest of the traffic is applied, all of it exactly once
-        counts = wait_for_state(settings, dataset, timeout_s=120, describe=worker.describe)
-        check_counters(counts, dataset)
+    worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+    producer.start()
+    producer.finish()
+    keyless_at = produce_keyless_tombstone(settings)
+    # the rest of the traffic is applied, all of it exactly once
+    counts = wait_for_state(settings, dataset, timeout_s=120, describe=worker.describe)
+    check_counters(counts, dataset)
 
-        tombstone_at, big_at = producer.positions[middle], producer.positions[middle + 1]
-        expected = {
-            producer.positions[i]: record
-            for i, record in enumerate(records)
-            if record.occurred_at_s is None
-        }
-        letters = read_dead_letters(settings, len(expected) + 1)
-        sources = Counter(source_of(letter) for letter in letters)
-        wanted = {*expected, keyless_at}
-        assert set(sources) == wanted, sorted(set(sources) ^ wanted)[:5]
-        repeated = {where: n for where, n in sources.items() if n > 1}
-        assert not repeated, f"dead-lettered more than once: {repeated}"
+    tombstone_at, big_at = producer.positions[middle], producer.positions[middle + 1]
+    expected = {
+        producer.positions[i]: record
+        for i, record in enumerate(records)
+        if record.occurred_at_s is None
+    }
+    letters = read_dead_letters(settings, len(expected) + 1)
+    sources = Counter(source_of(letter) for letter in letters)
+    wanted = {*expected, keyless_at}
+    assert set(sources) == wanted, sorted(set(sources) ^ wanted)[:5]
+    repeated = {where: n for where, n in sources.items() if n > 1}
+    assert not repeated, f"dead-lettered more than once: {repeated}"
 
-        by_source = {source_of(letter): letter for letter in letters}
-        oversized = by_source[big_at]
-        headers = headers_of(oversized)
-        assert headers["deskpulse-reason"] == "too_large"
-        assert headers["deskpulse-truncated"] == "true"
-        assert headers["deskpulse-original-bytes"] == str(BIG_BYTES)
-        assert oversized.key == b"BIG-1"
-        assert oversized.value is not None
-        limit = KafkaPublisher(settings).max_request_bytes  # what the producer takes
-        assert limit - 1024 < len(oversized.value) < limit
-        assert big.startswith(oversized.value)
-        letter = by_source[tombstone_at]
-        assert (letter.key, letter.value) == (b"BIG-1", None)
-        assert headers_of(letter)["deskpulse-reason"] == "invalid_json"
-        assert "deskpulse-truncated" not in headers_of(letter)
-        # no Kafka client sends a record with neither key nor value: the value is empty
-        keyless = by_source.pop(keyless_at)
-        assert (keyless.key, keyless.value) == (None, b"")
-        assert headers_of(keyless)["deskpulse-reason"] == "invalid_json"
-        for where, letter in by_source.items():  # everything else byte for byte
-            if where != big_at:
-                assert letter.value == expected[where].value, where
-                assert "deskpulse-truncated" not in headers_of(letter), where
+    by_source = {source_of(letter): letter for letter in letters}
+    oversized = by_source[big_at]
+    headers = headers_of(oversized)
+    assert headers["deskpulse-reason"] == "too_large"
+    assert headers["deskpulse-truncated"] == "true"
+    assert headers["deskpulse-original-bytes"] == str(BIG_BYTES)
+    assert oversized.key == b"BIG-1"
+    assert oversized.value is not None
+    limit = KafkaPublisher(settings).max_request_bytes  # what the producer takes
+    assert limit - 1024 < len(oversized.value) < limit
+    assert big.startswith(oversized.value)
+    letter = by_source[tombstone_at]
+    assert (letter.key, letter.value) == (b"BIG-1", None)
+    assert headers_of(letter)["deskpulse-reason"] == "invalid_json"
+    assert "deskpulse-truncated" not in headers_of(letter)
+    # no Kafka client sends a record with neither key nor value: the value is empty
+    keyless = by_source.pop(keyless_at)
+    assert (keyless.key, keyless.value) == (None, b"")
+    assert headers_of(keyless)["deskpulse-reason"] == "invalid_json"
+    for where, letter in by_source.items():  # everything else byte for byte
+        if where != big_at:
+            assert letter.value == expected[where].value, where
+            assert "deskpulse-truncated" not in headers_of(letter), where
 
-        def rejected() -> Any:
-            response = worker.get("/metrics")
-            if response is None or response.status != 200:
-                return None
-            sums = metric_sums(response.text)
-            return sums if sums.rejected_total >= dataset.rejected + 3 else None
+    def rejected() -> Any:
+        response = worker.get("/metrics")
+        if response is None or response.status != 200:
+            return None
+        sums = metric_sums(response.text)
+        return sums if sums.rejected_total >= dataset.rejected + 3 else None
 
-        sums = wait_until(rejected, 30, message=worker.describe)
-        assert sums.rejected[(settings.topic_tickets, "too_large")] == 1.0
-        assert sums.rejected_total == dataset.rejected + 3
-        started = time.monotonic()
-        assert worker.stop(timeout_s=30) == 0, worker.describe()
-        assert time.monotonic() - started < 15, worker.describe()
+    sums = wait_until(rejected, 30, message=worker.describe)
+    assert sums.rejected[(settings.topic_tickets, "too_large")] == 1.0
+    assert sums.rejected_total == dataset.rejected + 3
+    started = time.monotonic()
+    assert worker.stop(timeout_s=30) == 0, worker.describe()
+    assert time.monotonic() - started < 15, worker.describe()
 
 
 def produce_keyless_tombstone(settings: Settings) -> tuple[str, int, int]:
@@ -223,11 +223,14 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, ManagedProcess]]:
 
 
 def stuck_worker(
-    settings: Settings, dataset: Dataset, redis: ManagedProcess, workdir: Path
+    start_worker: StartWorker,
+    settings: Settings,
+    dataset: Dataset,
+    redis: ManagedProcess,
+    workdir: Path,
 ) -> tuple[WorkerProcess, StreamProducer]:
     """A worker that applied some traffic and is now retrying a batch against a hung Redis."""
-    worker = WorkerProcess(settings, workdir)
-    worker.wait_ready(90)
+    worker = start_worker(settings, workdir, timeout_s=90)
     producer = StreamProducer(settings, dataset.records[:200], chunks=1, pause_s=0)
     producer.start()
     producer.finish()
@@ -251,11 +254,12 @@ def test_sigterm_stops_a_worker_stuck_retrying_and_nothing_is_lost(
     tmp_path: Path,
     own_redis: tuple[str, ManagedProcess],
     engine_process: bool,
+    start_worker: StartWorker,
 ) -> None:
     url, redis = own_redis
     settings = tune(settings, engine_process=engine_process, redis_url=SecretStr(url))
     make_topics(settings)
-    worker, rest = stuck_worker(settings, dataset, redis, tmp_path / "w1")
+    worker, rest = stuck_worker(start_worker, settings, dataset, redis, tmp_path / "w1")
     child = engine_pid(worker) if engine_process else None
     try:
         started = time.monotonic()
@@ -272,9 +276,9 @@ def test_sigterm_stops_a_worker_stuck_retrying_and_nothing_is_lost(
         redis.resume()
         rest.finish()
     # what the stopped worker left unapplied is applied by the next one, exactly once
-    with WorkerProcess(settings, tmp_path / "w2") as second:
-        counts = wait_for_state(settings, dataset, timeout_s=120, describe=second.describe)
-        check_counters(counts, dataset)
+    second = start_worker(settings, tmp_path / "w2", ready=False)
+    counts = wait_for_state(settings, dataset, timeout_s=120, describe=second.describe)
+    check_counters(counts, dataset)
 
 
 def test_the_engine_process_dies_with_a_killed_worker(
@@ -283,12 +287,13 @@ def test_the_engine_process_dies_with_a_killed_worker(
     dataset: Dataset,
     tmp_path: Path,
     own_redis: tuple[str, ManagedProcess],
+    start_worker: StartWorker,
 ) -> None:
     url, redis = own_redis
     settings = tune(settings, engine_process=True, redis_url=SecretStr(url))
     make_topics(settings)
     # the child is busy retrying: it would not notice its parent is gone by itself
-    worker, rest = stuck_worker(settings, dataset, redis, tmp_path / "w1")
+    worker, rest = stuck_worker(start_worker, settings, dataset, redis, tmp_path / "w1")
     child = engine_pid(worker)
     try:
         assert alive(child)
@@ -306,7 +311,7 @@ def test_the_engine_process_dies_with_a_killed_worker(
 # -- dead letters held by a broker that does not answer ---------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def small() -> Dataset:
     """About 350 records of simulated traffic."""
     return build_dataset(seed=61, rate=0.03)
@@ -409,6 +414,7 @@ def test_sigterm_stops_a_worker_whose_dead_letters_wait_for_a_frozen_broker(
     frozen: tuple[Settings, WorkerProcess, ManagedProcess, set[tuple[str, int, int]]],
     small: Dataset,
     tmp_path: Path,
+    start_worker: StartWorker,
 ) -> None:
     settings, worker, broker, rejects = frozen
     started = time.monotonic()
@@ -422,13 +428,13 @@ def test_sigterm_stops_a_worker_whose_dead_letters_wait_for_a_frozen_broker(
     broker.resume()
     # the next worker applies what the first left, and dead-letters what it had not yet
     # (a dead letter the frozen broker took after all is there twice: once more at most)
-    with WorkerProcess(settings, tmp_path / "second") as second:
-        counts = wait_for_state(settings, small, timeout_s=120, describe=second.describe)
-        check_counters(counts, small)
-        letters = read_dead_letters(settings, len(rejects))
-        sources = Counter(source_of(letter) for letter in letters)
-        assert set(sources) == rejects, sorted(set(sources) ^ rejects)[:5]
-        assert max(sources.values()) <= 2, sources.most_common(3)
+    second = start_worker(settings, tmp_path / "second", ready=False)
+    counts = wait_for_state(settings, small, timeout_s=120, describe=second.describe)
+    check_counters(counts, small)
+    letters = read_dead_letters(settings, len(rejects))
+    sources = Counter(source_of(letter) for letter in letters)
+    assert set(sources) == rejects, sorted(set(sources) ^ rejects)[:5]
+    assert max(sources.values()) <= 2, sources.most_common(3)
 
 
 # -- the dead-letter producer and the engine, on the real broker and Redis ------------------

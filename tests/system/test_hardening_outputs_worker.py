@@ -21,11 +21,11 @@ from tests.integration.test_hardening_outputs import (
     many_queues,
     series_per_family,
 )
-from tests.support import WorkerProcess, consume_all, produce, scrape, wait_until
+from tests.support import StartWorker, consume_all, produce, scrape, wait_until
 
 
 def test_a_worker_with_thousands_of_queues_keeps_metrics_and_snapshots_bounded(
-    settings: Settings, workdir: Path
+    settings: Settings, workdir: Path, start_worker: StartWorker
 ) -> None:
     limit, messages = 400, 300
     settings = settings.model_copy(
@@ -44,27 +44,27 @@ def test_a_worker_with_thousands_of_queues_keeps_metrics_and_snapshots_bounded(
     by_topic: dict[str, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
     for kind, key, value in events:
         by_topic[settings.topic_for(kind)].append((key, value))
-    with WorkerProcess(settings, workdir) as worker:
-        worker.wait_ready(90)
-        for topic, pairs in by_topic.items():
-            asyncio.run(produce(settings, topic, pairs))
+    worker = start_worker(settings, workdir, timeout_s=90)
+    for topic, pairs in by_topic.items():
+        asyncio.run(produce(settings, topic, pairs))
 
-        def applied() -> float:
-            text = scrape(settings.web_port)
-            return sum(
-                s.value
-                for family in text_string_to_metric_families(text)
-                for s in family.samples
-                if s.name == "deskpulse_events_processed_total"
-            )
+    def applied() -> float:
+        text = scrape(settings.web_port)
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "deskpulse_events_processed_total"
+        )
 
-        wait_until(lambda: applied() >= len(events), 180, 1.0, message=worker.describe)
-        time.sleep(2 * settings.metrics_refresh_interval + 1)
-        first = scrape(settings.web_port)
-        time.sleep(3 * settings.metrics_refresh_interval)
-        second = scrape(settings.web_port)
-        time.sleep(3 * settings.snapshot_interval)
-        assert worker.running, worker.describe()
+    wait_until(lambda: applied() >= len(events), 180, 1.0, message=worker.describe)
+    time.sleep(2 * settings.metrics_refresh_interval + 1)
+    first = scrape(settings.web_port)
+    time.sleep(3 * settings.metrics_refresh_interval)
+    second = scrape(settings.web_port)
+    time.sleep(3 * settings.snapshot_interval)
+    assert worker.running, worker.describe()
+    worker.stop(timeout_s=15)
     for text in (first, second):
         exposed = series_per_family(text)
         for name in GUARDED:

@@ -65,6 +65,7 @@ from tests.e2e_support import (
     wait_for_state,
 )
 from tests.support import (
+    StartWorker,
     WorkerProcess,
     consume_all,
     run_cli,
@@ -417,7 +418,7 @@ def warnings_in(log: str, topic: str) -> int:
 # -- end to end ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     # in delivery order (no simulated disorder): the breach clock reads every partition in
     # event time; the misrouting is what is tested
@@ -465,48 +466,50 @@ def state_of(client: redis.Redis, prefix: str) -> dict[str, Any]:
 
 
 def test_mixed_partitioners_give_exact_kpis_breaches_and_replay(
-    settings: Settings, make_topics: Any, dataset: Dataset, tmp_path: Path
+    settings: Settings,
+    make_topics: Any,
+    dataset: Dataset,
+    tmp_path: Path,
+    start_worker: StartWorker,
 ) -> None:
     settings = tuned(settings, engine_process=True)
     make_topics(settings)
     hows = how_produced(dataset.records)
-    worker = WorkerProcess(settings, tmp_path / "worker")
-    with worker:
-        worker.wait_ready(90)
-        started = time.monotonic()
-        placed = asyncio.run(produce_mixed(settings, dataset.records, hows))
-        counts = wait_for_state(settings, dataset, timeout_s=240, describe=worker.describe)
-        check_counters(counts, dataset)
-        print(f"state complete {time.monotonic() - started:.1f}s after the first send: {counts}")
+    worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+    started = time.monotonic()
+    placed = asyncio.run(produce_mixed(settings, dataset.records, hows))
+    counts = wait_for_state(settings, dataset, timeout_s=240, describe=worker.describe)
+    check_counters(counts, dataset)
+    print(f"state complete {time.monotonic() - started:.1f}s after the first send: {counts}")
 
-        rerouted = expected_rerouted(settings, dataset.records, placed)
-        print(f"records off their conversation's partition: {dict(rerouted)}")
-        assert set(rerouted) == set(settings.input_topics), rerouted
-        assert sum(rerouted.values()) > len(dataset.records) / 3
-        text = scrape(settings.web_port)
-        for topic in settings.input_topics:
-            found = sample(text, "deskpulse_events_rerouted_total", {"topic": topic})
-            assert found == rerouted[topic], (topic, found, rerouted[topic])
-        # the forwarded records were applied from the repartition topic
-        applied_there = sum(
-            value
-            for labels, value in samples(text, "deskpulse_events_processed_total")
-            if labels["topic"] == settings.topic_repartition
-        )
-        assert applied_there == sum(rerouted.values())
-        log = worker.log()
-        for topic in settings.input_topics:
-            assert warnings_in(log, topic) == 1, worker.describe()
-        assert "partitioner=murmur2_random" in log
+    rerouted = expected_rerouted(settings, dataset.records, placed)
+    print(f"records off their conversation's partition: {dict(rerouted)}")
+    assert set(rerouted) == set(settings.input_topics), rerouted
+    assert sum(rerouted.values()) > len(dataset.records) / 3
+    text = scrape(settings.web_port)
+    for topic in settings.input_topics:
+        found = sample(text, "deskpulse_events_rerouted_total", {"topic": topic})
+        assert found == rerouted[topic], (topic, found, rerouted[topic])
+    # the forwarded records were applied from the repartition topic
+    applied_there = sum(
+        value
+        for labels, value in samples(text, "deskpulse_events_processed_total")
+        if labels["topic"] == settings.topic_repartition
+    )
+    assert applied_there == sum(rerouted.values())
+    log = worker.log()
+    for topic in settings.input_topics:
+        assert warnings_in(log, topic) == 1, worker.describe()
+    assert "partitioner=murmur2_random" in log
 
-        documents = compare_with_oracle(
-            dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by)
-        )
-        full = documents[("24h", max(at for _, at, _ in documents), ())]["groups"][0]
-        assert full["first_response"]["count"] > 300, full["first_response"]
+    documents = compare_with_oracle(
+        dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by)
+    )
+    full = documents[("24h", max(at for _, at, _ in documents), ())]["groups"][0]
+    assert full["first_response"]["count"] > 300, full["first_response"]
 
-        check_breaches(settings, dataset, worker.describe)
-        assert worker.stop() == 0, worker.describe()
+    check_breaches(settings, dataset, worker.describe)
+    assert worker.stop() == 0, worker.describe()
 
     # The replay applies the misrouted records straight to their partitions: the same KPIs
     # and the same state, whatever the repartition topic already holds.

@@ -31,7 +31,7 @@ from tests.e2e_support import (
     wait_for_state,
 )
 from tests.support import (
-    WorkerProcess,
+    StartWorker,
     group_offsets,
     sample,
     scrape,
@@ -77,7 +77,7 @@ def stalls(settings: Settings, topic: str) -> dict[str, float]:
 
 
 def test_records_fetched_and_never_delivered_are_read_again(
-    settings: Settings, make_topics: Any, tmp_path: Path
+    settings: Settings, make_topics: Any, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     settings = settings.model_copy(
         update={
@@ -96,58 +96,59 @@ def test_records_fetched_and_never_delivered_are_read_again(
     control.mkdir()
     env = settings_env(settings, STALL_TEST_CONTROL=str(control), STALL_TEST_PARTITION="0")
     topic = settings.topic_tickets
-    with WorkerProcess(settings, tmp_path / "worker", env=env, command=[str(LAUNCHER)]) as worker:
-        worker.wait_ready(90)
-        ends = ends_of(asyncio.run(produce_records(settings, dataset.records[:cut])))
-        wait_until(lambda: committed_to(settings, ends), 90, message=worker.describe)
-        assert set(stalls(settings, topic).values()) <= {0.0}, "a stall while everything flowed"
+    worker = start_worker(
+        settings, tmp_path / "worker", env=env, command=[str(LAUNCHER)], timeout_s=90
+    )
+    ends = ends_of(asyncio.run(produce_records(settings, dataset.records[:cut])))
+    wait_until(lambda: committed_to(settings, ends), 90, message=worker.describe)
+    assert set(stalls(settings, topic).values()) <= {0.0}, "a stall while everything flowed"
 
-        # Partition 0 of the tickets topic: its next records are fetched by nobody.
-        (control / "pause").touch()
-        wait_until((control / "paused").exists, 10, 0.05, message=worker.describe)
-        placed = asyncio.run(produce_records(settings, dataset.records[cut:]))
-        ends = {tp: max(end, ends.get(tp, 0)) for tp, end in ends_of(placed).items()}
-        end = ends[(topic, 0)]
-        (control / "skip").write_text(str(end))
-        wait_until((control / "skipped").exists, 10, 0.05, message=worker.describe)
-        skipped_at = time.monotonic()
-        committed = committed_offset(settings, topic, 0) or 0
-        assert committed < end, f"nothing was left unread on {topic}[0] ({committed}, {end})"
+    # Partition 0 of the tickets topic: its next records are fetched by nobody.
+    (control / "pause").touch()
+    wait_until((control / "paused").exists, 10, 0.05, message=worker.describe)
+    placed = asyncio.run(produce_records(settings, dataset.records[cut:]))
+    ends = {tp: max(end, ends.get(tp, 0)) for tp, end in ends_of(placed).items()}
+    end = ends[(topic, 0)]
+    (control / "skip").write_text(str(end))
+    wait_until((control / "skipped").exists, 10, 0.05, message=worker.describe)
+    skipped_at = time.monotonic()
+    committed = committed_offset(settings, topic, 0) or 0
+    assert committed < end, f"nothing was left unread on {topic}[0] ({committed}, {end})"
 
-        # Found stuck after the stall timeout, sought back once, read again: exact.
-        wait_until(
-            lambda: stalls(settings, topic).get("0") == 1.0,
-            STALL_TIMEOUT_S + 30,
-            message=lambda: f"{stalls(settings, topic)}\n{worker.describe()}",
-        )
-        found_s = time.monotonic() - skipped_at
-        assert found_s >= STALL_TIMEOUT_S - 0.5, f"found stuck after only {found_s:.1f}s"
-        counts = wait_for_state(settings, dataset, timeout_s=60, describe=worker.describe)
-        check_counters(counts, dataset)
-        wait_until(lambda: committed_to(settings, ends), 30, message=worker.describe)
-        log = worker.log()
-        recoveries = [line for line in log.splitlines() if "was stuck for" in line]
-        assert len(recoveries) == 1, worker.describe()
-        assert "WARNING" in recoveries[0], recoveries[0]
-        assert f"partition 0 of {topic}" in recoveries[0], recoveries[0]
-        # the end offset as the watchdog last measured it: at least one record past the fence
-        found = re.search(r"committed offset (\d+), end offset (\d+)", recoveries[0])
-        assert found is not None, recoveries[0]
-        assert int(found[1]) == committed < int(found[2]) <= end, recoveries[0]
-        assert f"sought back to offset {committed} " in recoveries[0], recoveries[0]
+    # Found stuck after the stall timeout, sought back once, read again: exact.
+    wait_until(
+        lambda: stalls(settings, topic).get("0") == 1.0,
+        STALL_TIMEOUT_S + 30,
+        message=lambda: f"{stalls(settings, topic)}\n{worker.describe()}",
+    )
+    found_s = time.monotonic() - skipped_at
+    assert found_s >= STALL_TIMEOUT_S - 0.5, f"found stuck after only {found_s:.1f}s"
+    counts = wait_for_state(settings, dataset, timeout_s=60, describe=worker.describe)
+    check_counters(counts, dataset)
+    wait_until(lambda: committed_to(settings, ends), 30, message=worker.describe)
+    log = worker.log()
+    recoveries = [line for line in log.splitlines() if "was stuck for" in line]
+    assert len(recoveries) == 1, worker.describe()
+    assert "WARNING" in recoveries[0], recoveries[0]
+    assert f"partition 0 of {topic}" in recoveries[0], recoveries[0]
+    # the end offset as the watchdog last measured it: at least one record past the fence
+    found = re.search(r"committed offset (\d+), end offset (\d+)", recoveries[0])
+    assert found is not None, recoveries[0]
+    assert int(found[1]) == committed < int(found[2]) <= end, recoveries[0]
+    assert f"sought back to offset {committed} " in recoveries[0], recoveries[0]
 
-        print(
-            f"{end - committed} records of {topic}[0] skipped past ({committed} to {end}); "
-            f"found stuck and sought back {found_s:.1f}s later; {counts}\n{recoveries[0]}"
-        )
-        compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
+    print(
+        f"{end - committed} records of {topic}[0] skipped past ({committed} to {end}); "
+        f"found stuck and sought back {found_s:.1f}s later; {counts}\n{recoveries[0]}"
+    )
+    compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
 
-        # caught up, it stays quiet: no second recovery, no stall on any other partition
-        time.sleep(2 * STALL_TIMEOUT_S)
-        # every watched partition is exported from 0, so the first stall is an increase
-        zeros = {str(p): 0.0 for p in range(settings.topic_partitions)}
-        assert stalls(settings, topic) == zeros | {"0": 1.0}
-        for other in (*settings.input_topics, settings.topic_repartition):
-            if other != topic:
-                assert set(stalls(settings, other).values()) <= {0.0}, other
-        assert worker.stop() == 0, worker.describe()
+    # caught up, it stays quiet: no second recovery, no stall on any other partition
+    time.sleep(2 * STALL_TIMEOUT_S)
+    # every watched partition is exported from 0, so the first stall is an increase
+    zeros = {str(p): 0.0 for p in range(settings.topic_partitions)}
+    assert stalls(settings, topic) == zeros | {"0": 1.0}
+    for other in (*settings.input_topics, settings.topic_repartition):
+        if other != topic:
+            assert set(stalls(settings, other).values()) <= {0.0}, other
+    assert worker.stop() == 0, worker.describe()

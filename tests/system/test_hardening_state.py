@@ -44,6 +44,7 @@ from tests.e2e_support import (
 from tests.faults_support import tune
 from tests.integration.test_store import CONFIG, apply, created, new_prefix, pendings, run
 from tests.support import (
+    StartWorker,
     WorkerProcess,
     group_offsets,
     run_cli,
@@ -395,7 +396,7 @@ def own_redis(tmp_path: Path) -> Any:
     holder["process"].stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # data only, built in well under a second: no shared set-up
 def dataset() -> Dataset:
     data = build_dataset(seed=37, rate=0.15, malformed_ratio=0.02)
     print(f"\ndataset: {data.summary()}")
@@ -404,52 +405,45 @@ def dataset() -> Dataset:
 
 @pytest.mark.slow
 def test_redis_restarted_without_persistence_under_a_running_worker(
-    settings: Settings, own_redis: Any, dataset: Dataset, tmp_path: Path
+    settings: Settings, own_redis: Any, dataset: Dataset, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     url, restart, _ = own_redis
     settings = tune(settings, redis_url=SecretStr(url), engine_process=True)
     create_topics(settings)
     half = len(dataset.records) // 2
-    worker = WorkerProcess(settings, tmp_path / "w1", name="worker1")
-    try:
-        worker.wait_ready(90)
-        placed = asyncio.run(produce_records(settings, dataset.records[:half]))
-        wait_applied_and_acknowledged(settings, placed, worker)
-        applied_before = read_counts(settings).applied
-        assert applied_before > 0
+    worker = start_worker(settings, tmp_path / "w1", name="worker1", timeout_s=90)
+    placed = asyncio.run(produce_records(settings, dataset.records[:half]))
+    wait_applied_and_acknowledged(settings, placed, worker)
+    applied_before = read_counts(settings).applied
+    assert applied_before > 0
 
-        restart()  # the fence, the config and the partition set are gone
-        restarted = time.monotonic()
-        asyncio.run(produce_records(settings, dataset.records[half:]))
-        problem = wait_stopped_applying(worker)
-        noticed_s = time.monotonic() - restarted
-        check_reported_once(
-            worker, problem, says=["Redis", "deskpulse replay", "deskpulse state reset --yes"]
-        )
-        # nothing was committed into the empty Redis, nothing at all written
-        assert prefix_keys(settings) == [], prefix_keys(settings)
-        response = worker.get("/kpis?window=1h", timeout_s=10)
-        assert response is not None and response.status == 503, response
-        read = run_cli(["kpis", "--window", "1h"], settings_env(settings), cwd=tmp_path)
-        assert read.returncode == 1 and "no deskpulse state" in read.stderr, read
-        stop_halted(worker)
-    finally:
-        worker.stop(timeout_s=15)
+    restart()  # the fence, the config and the partition set are gone
+    restarted = time.monotonic()
+    asyncio.run(produce_records(settings, dataset.records[half:]))
+    problem = wait_stopped_applying(worker)
+    noticed_s = time.monotonic() - restarted
+    check_reported_once(
+        worker, problem, says=["Redis", "deskpulse replay", "deskpulse state reset --yes"]
+    )
+    # nothing was committed into the empty Redis, nothing at all written
+    assert prefix_keys(settings) == [], prefix_keys(settings)
+    response = worker.get("/kpis?window=1h", timeout_s=10)
+    assert response is not None and response.status == 503, response
+    read = run_cli(["kpis", "--window", "1h"], settings_env(settings), cwd=tmp_path)
+    assert read.returncode == 1 and "no deskpulse state" in read.stderr, read
+    stop_halted(worker)
 
     # a restarted worker refuses: the group committed offsets the state does not have
-    worker = WorkerProcess(settings, tmp_path / "w2", name="worker2")
-    try:
-        problem = wait_stopped_applying(worker, 90)
-        check_reported_once(worker, problem, says=["committed offset", "deskpulse replay"])
-        keys = prefix_keys(settings)
-        assert not [k for k in keys if k.endswith(":meta")], keys
-        check = run_cli(["state", "check"], settings_env(settings), cwd=tmp_path)
-        assert check.returncode == 1, check
-        assert check.stderr.splitlines() == [check.stderr.strip()], check.stderr
-        assert "committed offset" in check.stderr, check.stderr
-        stop_halted(worker)
-    finally:
-        worker.stop(timeout_s=15)
+    worker = start_worker(settings, tmp_path / "w2", name="worker2", ready=False)
+    problem = wait_stopped_applying(worker, 90)
+    check_reported_once(worker, problem, says=["committed offset", "deskpulse replay"])
+    keys = prefix_keys(settings)
+    assert not [k for k in keys if k.endswith(":meta")], keys
+    check = run_cli(["state", "check"], settings_env(settings), cwd=tmp_path)
+    assert check.returncode == 1, check
+    assert check.stderr.splitlines() == [check.stderr.strip()], check.stderr
+    assert "committed offset" in check.stderr, check.stderr
+    stop_halted(worker)
 
     # the fix the line names: replay from the retained topics, then the worker starts
     started = time.monotonic()
@@ -458,15 +452,11 @@ def test_redis_restarted_without_persistence_under_a_running_worker(
     assert done.returncode == 0, done.stderr
     check = run_cli(["state", "check"], settings_env(settings), cwd=tmp_path)
     assert check.returncode == 0, check
-    worker = WorkerProcess(settings, tmp_path / "w3", name="worker3")
-    try:
-        worker.wait_ready(90)
-        wait_for_state(settings, dataset, timeout_s=60, describe=worker.describe)
-        compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
-        assert metric(worker, "deskpulse_state_ok") == 1.0
-        assert worker.stop() == 0, worker.describe()
-    finally:
-        worker.stop(timeout_s=15)
+    worker = start_worker(settings, tmp_path / "w3", name="worker3", timeout_s=90)
+    wait_for_state(settings, dataset, timeout_s=60, describe=worker.describe)
+    compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
+    assert metric(worker, "deskpulse_state_ok") == 1.0
+    assert worker.stop() == 0, worker.describe()
     print(
         f"\nSTATE redis_restarted: {applied_before} of {dataset.distinct} applied, then "
         f"{len(dataset.records) - half} records sent; noticed in {noticed_s:.1f}s; "
@@ -476,33 +466,29 @@ def test_redis_restarted_without_persistence_under_a_running_worker(
 
 @pytest.mark.slow
 def test_redis_flushed_under_an_idle_worker_with_the_engine_in_process(
-    settings: Settings, own_redis: Any, tmp_path: Path
+    settings: Settings, own_redis: Any, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     url, _, flush = own_redis
     settings = tune(settings, redis_url=SecretStr(url), engine_process=False)
     create_topics(settings)
     now = time.time()
     tickets = [(f"T{i}".encode(), created(f"T{i}", now - 600 + i)) for i in range(40)]
-    worker = WorkerProcess(settings, tmp_path / "w")
-    try:
-        worker.wait_ready(90)
-        placed = asyncio.run(produce(settings, settings.topic_tickets, tickets))
-        wait_applied_and_acknowledged(settings, placed, worker)
-        assert metric(worker, "deskpulse_state_ok") == 1.0
+    worker = start_worker(settings, tmp_path / "w", timeout_s=90)
+    placed = asyncio.run(produce(settings, settings.topic_tickets, tickets))
+    wait_applied_and_acknowledged(settings, placed, worker)
+    assert metric(worker, "deskpulse_state_ok") == 1.0
 
-        flush()  # nothing flows: the periodic check notices
-        flushed = time.monotonic()
-        problem = wait_stopped_applying(worker, 30)
-        print(f"\nSTATE flushdb_idle: noticed in {time.monotonic() - flushed:.1f}s")
-        check_reported_once(worker, problem, says=["is gone from Redis", "deskpulse replay"])
-        more = [(f"U{i}".encode(), created(f"U{i}", now - 300 + i)) for i in range(20)]
-        asyncio.run(produce(settings, settings.topic_tickets, more))
-        time.sleep(3)
-        assert prefix_keys(settings) == [], prefix_keys(settings)
-        assert worker.log().count(STOPPED) == 1, worker.describe()
-        stop_halted(worker)
-    finally:
-        worker.stop(timeout_s=15)
+    flush()  # nothing flows: the periodic check notices
+    flushed = time.monotonic()
+    problem = wait_stopped_applying(worker, 30)
+    print(f"\nSTATE flushdb_idle: noticed in {time.monotonic() - flushed:.1f}s")
+    check_reported_once(worker, problem, says=["is gone from Redis", "deskpulse replay"])
+    more = [(f"U{i}".encode(), created(f"U{i}", now - 300 + i)) for i in range(20)]
+    asyncio.run(produce(settings, settings.topic_tickets, more))
+    time.sleep(3)  # time for the new records to be (wrongly) applied: none may be
+    assert prefix_keys(settings) == [], prefix_keys(settings)
+    assert worker.log().count(STOPPED) == 1, worker.describe()
+    stop_halted(worker)
 
     # the operator accepts starting empty: each partition starts where the group is, so
     # the 40 tickets acknowledged before the flush are gone and the 20 after are applied
@@ -511,13 +497,12 @@ def test_redis_flushed_under_an_idle_worker_with_the_engine_in_process(
     assert done.returncode == 0, done
     assert "4 partitions after the consumer group" in done.stdout, done.stdout
     assert run_cli(["state", "check"], env, cwd=tmp_path).returncode == 0
-    with WorkerProcess(settings, tmp_path / "w2", name="worker2") as worker:
-        worker.wait_ready(90)
-        wait_until(lambda: read_counts(settings).applied == len(more), 60, message=worker.describe)
-        time.sleep(2)
-        assert read_counts(settings).applied == len(more)
-        assert metric(worker, "deskpulse_state_ok") == 1.0
-        assert worker.stop() == 0, worker.describe()
+    worker = start_worker(settings, tmp_path / "w2", name="worker2", timeout_s=90)
+    wait_until(lambda: read_counts(settings).applied == len(more), 60, message=worker.describe)
+    time.sleep(2)  # and no more than those
+    assert read_counts(settings).applied == len(more)
+    assert metric(worker, "deskpulse_state_ok") == 1.0
+    assert worker.stop() == 0, worker.describe()
 
 
 async def produce(
@@ -530,7 +515,7 @@ async def produce(
 
 @pytest.mark.slow
 def test_topics_that_are_not_the_ones_the_state_was_built_from(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     """A broker that comes back with empty topics (the embedded one keeps them in memory,
     a recreated topic or a broker that lost its log look the same) under the old state."""
@@ -541,11 +526,10 @@ def test_topics_that_are_not_the_ones_the_state_was_built_from(
     try:
         create_topics(settings)
         first = [(f"T{i}".encode(), created(f"T{i}", now - 600 + i)) for i in range(60)]
-        with WorkerProcess(settings, tmp_path / "w1", name="worker1") as worker:
-            worker.wait_ready(90)
-            placed = asyncio.run(produce(settings, settings.topic_tickets, first))
-            wait_applied_and_acknowledged(settings, placed, worker)
-            assert worker.stop() == 0, worker.describe()
+        worker = start_worker(settings, tmp_path / "w1", name="worker1", timeout_s=90)
+        placed = asyncio.run(produce(settings, settings.topic_tickets, first))
+        wait_applied_and_acknowledged(settings, placed, worker)
+        assert worker.stop() == 0, worker.describe()
     finally:
         broker.stop()
     counts = read_counts(settings)
@@ -556,19 +540,14 @@ def test_topics_that_are_not_the_ones_the_state_was_built_from(
         create_topics(settings)
         second = [(f"V{i}".encode(), created(f"V{i}", now - 300 + i)) for i in range(8)]
         asyncio.run(produce(settings, settings.topic_tickets, second))
-        worker = WorkerProcess(settings, tmp_path / "w2", name="worker2")
-        try:
-            problem = wait_stopped_applying(worker, 90)
-            print(f"\nSTATE topics_replaced: {problem}")
-            check_reported_once(
-                worker,
-                problem,
-                says=["built from other topics", "deskpulse state reset --yes"],
-            )
-            assert read_counts(settings) == counts, "nothing applied on the old fence"
-            stop_halted(worker)
-        finally:
-            worker.stop(timeout_s=15)
+        worker = start_worker(settings, tmp_path / "w2", name="worker2", ready=False)
+        problem = wait_stopped_applying(worker, 90)
+        print(f"\nSTATE topics_replaced: {problem}")
+        check_reported_once(
+            worker, problem, says=["built from other topics", "deskpulse state reset --yes"]
+        )
+        assert read_counts(settings) == counts, "nothing applied on the old fence"
+        stop_halted(worker)
 
         # a replay would skip the new topics' records below the old fence: refused
         env = settings_env(settings)
@@ -592,28 +571,26 @@ def test_topics_that_are_not_the_ones_the_state_was_built_from(
         finally:
             client.close()
         assert config[b"reset_note"] == b"test" and b"reset_at" in config, config
-        with WorkerProcess(settings, tmp_path / "w3", name="worker3") as worker:
-            worker.wait_ready(90)
-            wait_until(
-                lambda: read_counts(settings).applied == len(second), 60, message=worker.describe
-            )
-            assert metric(worker, "deskpulse_state_ok") == 1.0
-            assert worker.stop() == 0, worker.describe()
+        worker = start_worker(settings, tmp_path / "w3", name="worker3", timeout_s=90)
+        wait_until(
+            lambda: read_counts(settings).applied == len(second), 60, message=worker.describe
+        )
+        assert metric(worker, "deskpulse_state_ok") == 1.0
+        assert worker.stop() == 0, worker.describe()
     finally:
         broker.stop()
 
 
 @pytest.mark.slow
 def test_the_records_the_fence_skips_after_a_kill_are_counted(
-    settings: Settings, dataset: Dataset, tmp_path: Path
+    settings: Settings, dataset: Dataset, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     settings = tune(settings, batch_size=50)
     create_topics(settings)
     producer = PacedProducer(settings, dataset.records, chunks=40, pause_s=0.3)
-    worker = WorkerProcess(settings, tmp_path / "w", name="worker0")
+    worker = start_worker(settings, tmp_path / "w", name="worker0", timeout_s=90)
     expected = 0
     try:
-        worker.wait_ready(90)
         producer.start()
         for attempt in range(1, 4):
 
@@ -631,8 +608,7 @@ def test_the_records_the_fence_skips_after_a_kill_are_counted(
             expected = sum(
                 max(0, fence + 1 - (committed[key] or 0)) for key, fence in fenced.items()
             )
-            worker = WorkerProcess(settings, tmp_path / "w", name=f"worker{attempt}")
-            worker.wait_ready(90)
+            worker = start_worker(settings, tmp_path / "w", name=f"worker{attempt}", timeout_s=90)
             if expected:
                 break
         assert expected > 0, "no kill landed between a Redis commit and the offset commit"
@@ -646,7 +622,6 @@ def test_the_records_the_fence_skips_after_a_kill_are_counted(
         print(f"\nSTATE skipped_after_kill: {expected} records redelivered and counted")
         assert worker.stop() == 0, worker.describe()
     finally:
-        worker.stop(timeout_s=15)
         producer.join(60)
 
 

@@ -28,6 +28,7 @@ from deskpulse.models.settings import AlertRule, Settings
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from tests.conftest import RedisServer, create_topics, new_settings
 from tests.support import (
+    StartWorker,
     WorkerProcess,
     consume_all,
     produce,
@@ -147,7 +148,7 @@ def kpis(settings: Settings, cwd: Path, *args: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
 def test_kpi_snapshots_match_kpis_for_every_window_and_group(
-    settings: Settings, tmp_path: Path, engine_process: bool
+    settings: Settings, tmp_path: Path, engine_process: bool, start_worker: StartWorker
 ) -> None:
     settings = fast(settings, windows=(900, 3600, 86400), engine_process=engine_process)
     create_topics(settings)
@@ -166,13 +167,12 @@ def test_kpi_snapshots_match_kpis_for_every_window_and_group(
             )
         )
     ]
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
-        worker.wait_ready(90)
-        send(settings, records)
-        wait_until(lambda: handled(settings) >= len(records), 60, message=worker.describe)
-        # a refresh after the last batch, then a few snapshots of the final state
-        time.sleep(settings.metrics_refresh_interval + 3 * settings.snapshot_interval + 1)
-        assert worker.stop() == 0, worker.describe()
+    worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+    send(settings, records)
+    wait_until(lambda: handled(settings) >= len(records), 60, message=worker.describe)
+    # a refresh after the last batch, then a few snapshots of the final state
+    time.sleep(settings.metrics_refresh_interval + 3 * settings.snapshot_interval + 1)
+    assert worker.stop() == 0, worker.describe()
 
     messages = read_topic(settings, settings.topic_kpis, expected=1, timeout_s=60, settle_s=5)
     assert messages, "no KPI snapshot was published"
@@ -318,7 +318,7 @@ def sla_counter(settings: Settings) -> float:
 
 @pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
 def test_sla_breaches_once_per_ticket_across_kill_and_restarts(
-    settings: Settings, tmp_path: Path, engine_process: bool
+    settings: Settings, tmp_path: Path, engine_process: bool, start_worker: StartWorker
 ) -> None:
     settings = fast(settings, alert_rules=(), engine_process=engine_process)
     create_topics(settings)
@@ -359,17 +359,11 @@ def test_sla_breaches_once_per_ticket_across_kill_and_restarts(
         desk.ticket("A-low", now - 10800, breaches=False, priority="low", channel="phone"),
     ]
     workdir = tmp_path / "worker"
-    worker = WorkerProcess(settings, workdir, name="worker-1")
-    try:
-        worker.wait_ready(90)
-        send(settings, round_a)
-        check_breaches(settings, desk, worker)
-        wait_until(
-            lambda: sla_counter(settings) == len(desk.breaching), 30, message=worker.describe
-        )
-        assert worker.kill() < 0  # a crash: no shutdown, no final commit
-    finally:
-        worker.stop()
+    worker = start_worker(settings, workdir, name="worker-1", timeout_s=90)
+    send(settings, round_a)
+    check_breaches(settings, desk, worker)
+    wait_until(lambda: sla_counter(settings) == len(desk.breaching), 30, message=worker.describe)
+    assert worker.kill() < 0  # a crash: no shutdown, no final commit
 
     # Round B on a restarted worker: more events for old tickets, and new breaching tickets.
     round_b = [
@@ -384,14 +378,10 @@ def test_sla_breaches_once_per_ticket_across_kill_and_restarts(
         desk.ticket("B-intime-1", now - 7800, breaches=False),
         reply("B-intime-1", now - 7800 + 60),
     ]
-    worker = WorkerProcess(settings, workdir, name="worker-2")
-    try:
-        worker.wait_ready(90)
-        send(settings, round_b)
-        check_breaches(settings, desk, worker)
-        assert worker.stop() == 0, worker.describe()  # a clean stop this time
-    finally:
-        worker.stop()
+    worker = start_worker(settings, workdir, name="worker-2", timeout_s=90)
+    send(settings, round_b)
+    check_breaches(settings, desk, worker)
+    assert worker.stop() == 0, worker.describe()  # a clean stop this time
 
     # Round C on a third worker: still once per ticket, the new one breaches once.
     round_c = [
@@ -402,25 +392,19 @@ def test_sla_breaches_once_per_ticket_across_kill_and_restarts(
         desk.ticket("C-intime-1", now - 3900, breaches=False),
         reply("C-intime-1", now - 3900 + 3000),
     ]
-    worker = WorkerProcess(settings, workdir, name="worker-3")
-    try:
-        worker.wait_ready(90)
-        send(settings, round_c)
-        check_breaches(settings, desk, worker)
-        # the cumulative counter counts each breach once, whichever worker published it
-        wait_until(
-            lambda: sla_counter(settings) == len(desk.breaching), 30, message=worker.describe
-        )
-        by_group = {
-            (found["channel"], found["queue"], found["priority"]): value
-            for found, value in samples(scrape(settings.web_port), "deskpulse_sla_breaches_total")
-            if value
-        }
-        expected = Counter(desk.dims[t] for t in desk.breaching)
-        assert by_group == {k: float(v) for k, v in expected.items()}
-        assert worker.stop() == 0, worker.describe()
-    finally:
-        worker.stop()
+    worker = start_worker(settings, workdir, name="worker-3", timeout_s=90)
+    send(settings, round_c)
+    check_breaches(settings, desk, worker)
+    # the cumulative counter counts each breach once, whichever worker published it
+    wait_until(lambda: sla_counter(settings) == len(desk.breaching), 30, message=worker.describe)
+    by_group = {
+        (found["channel"], found["queue"], found["priority"]): value
+        for found, value in samples(scrape(settings.web_port), "deskpulse_sla_breaches_total")
+        if value
+    }
+    expected = Counter(desk.dims[t] for t in desk.breaching)
+    assert by_group == {k: float(v) for k, v in expected.items()}
+    assert worker.stop() == 0, worker.describe()
     assert len(desk.breaching) == 10
 
 
@@ -596,42 +580,41 @@ def check_transition(key: str, payload: dict[str, Any], type_: str) -> None:
     assert parse_time(payload["at"]).tzinfo is not None
 
 
-def test_threshold_rule_publishes_transitions_only(settings: Settings, tmp_path: Path) -> None:
+def test_threshold_rule_publishes_transitions_only(
+    settings: Settings, tmp_path: Path, start_worker: StartWorker
+) -> None:
     settings = fast(settings, alert_rules=(RULE,))
     create_topics(settings)
     now = time.time()
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
-        worker.wait_ready(90)
-        # half of six chats abandoned: 0.5 over 6 samples
-        first = [
-            *chats("answered", 3, now - 400, abandoned=False),
-            *chats("abandoned", 3, now - 390, abandoned=True),
-        ]
-        send(settings, first)
-        found = transitions(settings, 1)
-        time.sleep(4 * settings.snapshot_interval)  # more evaluations: no repeats
-        found = transitions(settings, 1)
-        assert [p["type"] for _, p in found] == ["alert.firing"], found
-        check_transition(*found[0], "alert.firing")
-        assert found[0][1]["value"] > RULE.threshold
-        wait_until(lambda: firing_gauge(settings) == 1.0, 20, message=worker.describe)
+    worker = start_worker(settings, tmp_path / "worker", timeout_s=90)
+    # half of six chats abandoned: 0.5 over 6 samples
+    first = [
+        *chats("answered", 3, now - 400, abandoned=False),
+        *chats("abandoned", 3, now - 390, abandoned=True),
+    ]
+    send(settings, first)
+    found = transitions(settings, 1)
+    time.sleep(4 * settings.snapshot_interval)  # more evaluations: no repeats
+    found = transitions(settings, 1)
+    assert [p["type"] for _, p in found] == ["alert.firing"], found
+    check_transition(*found[0], "alert.firing")
+    assert found[0][1]["value"] > RULE.threshold
+    wait_until(lambda: firing_gauge(settings) == 1.0, 20, message=worker.describe)
 
-        # forty answered chats: 3 / 46 is under the threshold
-        second = list(chats("busy", 40, now - 300, abandoned=False))
-        send(settings, second)
-        wait_until(
-            lambda: handled(settings) >= len(first) + len(second), 60, message=worker.describe
-        )
-        found = transitions(settings, 2)
-        time.sleep(4 * settings.snapshot_interval)
-        found = transitions(settings, 2)
-        assert [p["type"] for _, p in found] == ["alert.firing", "alert.resolved"], found
-        check_transition(*found[1], "alert.resolved")
-        resolved_value = found[1][1]["value"]
-        assert resolved_value is not None
-        assert resolved_value <= RULE.threshold
-        wait_until(lambda: firing_gauge(settings) != 1.0, 20, message=worker.describe)
-        document = kpis(settings, tmp_path, "--window", "15m")
-        chats_now = document["groups"][0]["chats"]
-        assert (chats_now["answered"], chats_now["abandoned"]) == (43, 3)
-        assert worker.stop() == 0, worker.describe()
+    # forty answered chats: 3 / 46 is under the threshold
+    second = list(chats("busy", 40, now - 300, abandoned=False))
+    send(settings, second)
+    wait_until(lambda: handled(settings) >= len(first) + len(second), 60, message=worker.describe)
+    found = transitions(settings, 2)
+    time.sleep(4 * settings.snapshot_interval)
+    found = transitions(settings, 2)
+    assert [p["type"] for _, p in found] == ["alert.firing", "alert.resolved"], found
+    check_transition(*found[1], "alert.resolved")
+    resolved_value = found[1][1]["value"]
+    assert resolved_value is not None
+    assert resolved_value <= RULE.threshold
+    wait_until(lambda: firing_gauge(settings) != 1.0, 20, message=worker.describe)
+    document = kpis(settings, tmp_path, "--window", "15m")
+    chats_now = document["groups"][0]["chats"]
+    assert (chats_now["answered"], chats_now["abandoned"]) == (43, 3)
+    assert worker.stop() == 0, worker.describe()

@@ -34,6 +34,7 @@ from tests.faults_support import (
     tune,
 )
 from tests.support import (
+    StartWorker,
     WorkerProcess,
     produce,
     run_cli,
@@ -82,17 +83,16 @@ def kpis(settings: Settings, cwd: Path, *args: str) -> dict[str, Any]:
     return document
 
 
-def works(settings: Settings, workdir: Path, ticket_id: str) -> WorkerProcess:
+def works(
+    start_worker: StartWorker, settings: Settings, workdir: Path, ticket_id: str
+) -> WorkerProcess:
     """Run a worker, send it one ticket, wait until it is in the KPIs; the (stopped) worker."""
-    with WorkerProcess(settings, workdir) as worker:
-        worker.wait_ready(90)
-        asyncio.run(
-            produce(settings, settings.topic_tickets, [ticket(ticket_id, time.time() - 60)])
-        )
-        wait_until(lambda: processed_total(worker) >= 1, 30, message=worker.describe)
-        document = kpis(settings, workdir, "--window", "1h")
-        assert document["groups"][0]["tickets_created"] == 1, document
-        assert worker.stop() == 0, worker.describe()
+    worker = start_worker(settings, workdir, timeout_s=90)
+    asyncio.run(produce(settings, settings.topic_tickets, [ticket(ticket_id, time.time() - 60)]))
+    wait_until(lambda: processed_total(worker) >= 1, 30, message=worker.describe)
+    document = kpis(settings, workdir, "--window", "1h")
+    assert document["groups"][0]["tickets_created"] == 1, document
+    assert worker.stop() == 0, worker.describe()
     return worker
 
 
@@ -377,13 +377,13 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
 
 
 def test_a_redis_acl_user_works(
-    broker: str, acl_redis: tuple[int, str, str], tmp_path: Path
+    broker: str, acl_redis: tuple[int, str, str], tmp_path: Path, start_worker: StartWorker
 ) -> None:
     port, secret, prefix = acl_redis
     settings = fresh_settings(broker, f"redis://alice:{secret}@{HOST}:{port}/0")
     settings = settings.model_copy(update={"redis_prefix": prefix})
     create_topics(settings)
-    worker = works(settings, tmp_path, "ACL-1")
+    worker = works(start_worker, settings, tmp_path, "ACL-1")
     assert secret not in worker.log()
 
 
@@ -419,11 +419,13 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         yield TlsRedis(port, files)
 
 
-def test_a_worker_talks_to_redis_over_tls(broker: str, tls_redis: TlsRedis, tmp_path: Path) -> None:
+def test_a_worker_talks_to_redis_over_tls(
+    broker: str, tls_redis: TlsRedis, tmp_path: Path, start_worker: StartWorker
+) -> None:
     url = f"rediss://{HOST}:{tls_redis.port}/0?ssl_ca_certs={tls_redis.files.ca_cert}"
     settings = fresh_settings(broker, url)
     create_topics(settings)
-    works(settings, tmp_path, "TLS-1")
+    works(start_worker, settings, tmp_path, "TLS-1")
 
 
 def test_an_unverifiable_redis_certificate_stops_the_worker_in_one_line(

@@ -25,6 +25,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
 from tests.conftest import HOST, create_topics
 from tests.support import (
+    StartWorker,
     WorkerProcess,
     consume_all,
     end_offsets,
@@ -327,119 +328,119 @@ _RETRY = re.compile(r"connecting to Redis failed \(attempt (\d+), retrying in ([
 
 
 def test_unreachable_redis_is_waited_for(
-    fast_settings: Settings, tmp_path: Path, workdir: Path
+    fast_settings: Settings, tmp_path: Path, workdir: Path, start_worker: StartWorker
 ) -> None:
     port = free_port(HOST)  # nothing listens here until the test starts redis-server
     settings = fast_settings.model_copy(update={"redis_url": SecretStr(f"redis://{HOST}:{port}/0")})
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
+    worker = start_worker(settings, tmp_path / "worker", ready=False)
 
-        def retries() -> list[tuple[int, float]]:
-            return [(int(a), float(d)) for a, d in _RETRY.findall(worker.log())]
+    def retries() -> list[tuple[int, float]]:
+        return [(int(a), float(d)) for a, d in _RETRY.findall(worker.log())]
 
-        wait_until(lambda: len(retries()) >= 4, 30, message=worker.describe)
-        attempts = retries()
-        assert [a for a, _ in attempts] == list(range(1, len(attempts) + 1))
-        delays = [d for _, d in attempts]
-        assert all(b > a for a, b in itertools.pairwise(delays)), delays
+    wait_until(lambda: len(retries()) >= 4, 30, message=worker.describe)
+    attempts = retries()
+    assert [a for a, _ in attempts] == list(range(1, len(attempts) + 1))
+    delays = [d for _, d in attempts]
+    assert all(b > a for a, b in itertools.pairwise(delays)), delays
 
-        not_ready = wait_until(lambda: worker.get("/readyz"), 30, message=worker.describe)
-        assert not_ready.status == 503, not_ready
-        assert worker.running, worker.describe()
-        time.sleep(2)  # a crash loop would show by now
-        assert worker.running, worker.describe()
-        assert worker.get("/readyz").status == 503  # type: ignore[union-attr]
+    not_ready = wait_until(lambda: worker.get("/readyz"), 30, message=worker.describe)
+    assert not_ready.status == 503, not_ready
+    assert worker.running, worker.describe()
+    time.sleep(2)  # a crash loop would show by now
+    assert worker.running, worker.describe()
+    assert worker.get("/readyz").status == 503  # type: ignore[union-attr]
 
-        with start_redis(HOST, port, workdir / "redis"):
-            worker.wait_ready(60)
-            assert "connecting to Redis works again" in worker.log()
-            created = event("ticket.created", time.time() - 30, ticket_id="R1")
-            asyncio.run(produce(settings, settings.topic_tickets, [(b"R1", created)]))
-            wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
-            assert kpis(settings, tmp_path, "--window", "1h")["groups"][0]["tickets_created"] == 1
-            assert worker.stop() == 0, worker.describe()
+    with start_redis(HOST, port, workdir / "redis"):
+        worker.wait_ready(60)
+        assert "connecting to Redis works again" in worker.log()
+        created = event("ticket.created", time.time() - 30, ticket_id="R1")
+        asyncio.run(produce(settings, settings.topic_tickets, [(b"R1", created)]))
+        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+        assert kpis(settings, tmp_path, "--window", "1h")["groups"][0]["tickets_created"] == 1
+        assert worker.stop() == 0, worker.describe()
 
 
 def test_unreachable_broker_is_waited_for(
-    settings: Settings, tmp_path: Path, workdir: Path
+    settings: Settings, tmp_path: Path, workdir: Path, start_worker: StartWorker
 ) -> None:
     port = free_port(HOST)  # the broker is started here later
     settings = fast(settings, kafka_bootstrap=f"{HOST}:{port}")
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert worker.running, worker.describe()
-            time.sleep(0.5)
-        assert "Unable" in worker.log() or "failed" in worker.log(), worker.describe()
+    worker = start_worker(settings, tmp_path / "worker", ready=False)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert worker.running, worker.describe()
+        time.sleep(0.5)
+    assert "Unable" in worker.log() or "failed" in worker.log(), worker.describe()
 
-        with start_broker(HOST, port, workdir / "broker"):
-            worker.wait_ready(90)
-            created = event("ticket.created", time.time() - 30, ticket_id="B1")
-            asyncio.run(produce(settings, settings.topic_tickets, [(b"B1", created)]))
-            wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
-            assert worker.stop() == 0, worker.describe()
+    with start_broker(HOST, port, workdir / "broker"):
+        worker.wait_ready(90)
+        created = event("ticket.created", time.time() - 30, ticket_id="B1")
+        asyncio.run(produce(settings, settings.topic_tickets, [(b"B1", created)]))
+        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+        assert worker.stop() == 0, worker.describe()
 
 
 def test_redis_outage_while_running_is_ridden_out(
-    fast_settings: Settings, tmp_path: Path, workdir: Path
+    fast_settings: Settings, tmp_path: Path, workdir: Path, start_worker: StartWorker
 ) -> None:
     port = free_port(HOST)
     settings = fast_settings.model_copy(update={"redis_url": SecretStr(f"redis://{HOST}:{port}/0")})
     redis_dir = workdir / "redis"
     redis = start_redis(HOST, port, redis_dir, appendonly=True, appendfsync="always")
     try:
-        with WorkerProcess(settings, tmp_path / "worker") as worker:
-            worker.wait_ready(60)
-            first = event("ticket.created", time.time() - 60, ticket_id="O1")
-            asyncio.run(produce(settings, settings.topic_tickets, [(b"O1", first)]))
-            wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+        worker = start_worker(settings, tmp_path / "worker", timeout_s=60)
+        first = event("ticket.created", time.time() - 60, ticket_id="O1")
+        asyncio.run(produce(settings, settings.topic_tickets, [(b"O1", first)]))
+        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
 
-            redis.kill()  # as a crash would
-            wait_until(
-                lambda: getattr(worker.get("/readyz"), "status", None) == 503,
-                15,
-                message=worker.describe,
-            )
-            during = [
-                (f"O{n}".encode(), event("ticket.created", time.time() - 30, ticket_id=f"O{n}"))
-                for n in range(2, 6)
-            ]
-            asyncio.run(produce(settings, settings.topic_tickets, during))
-            wait_until(lambda: "from Redis failed" in worker.log(), 30, message=worker.describe)
-            time.sleep(2)
-            assert worker.running, worker.describe()
-            assert processed_total(settings.web_port) == 1
+        redis.kill()  # as a crash would
+        wait_until(
+            lambda: getattr(worker.get("/readyz"), "status", None) == 503,
+            15,
+            message=worker.describe,
+        )
+        during = [
+            (f"O{n}".encode(), event("ticket.created", time.time() - 30, ticket_id=f"O{n}"))
+            for n in range(2, 6)
+        ]
+        asyncio.run(produce(settings, settings.topic_tickets, during))
+        wait_until(lambda: "from Redis failed" in worker.log(), 30, message=worker.describe)
+        time.sleep(2)
+        assert worker.running, worker.describe()
+        assert processed_total(settings.web_port) == 1
 
-            redis = start_redis(HOST, port, redis_dir, appendonly=True, appendfsync="always")
-            wait_until(lambda: processed_total(settings.web_port) >= 5, 60, message=worker.describe)
-            worker.wait_ready(30)
-            document = kpis(settings, tmp_path, "--window", "1h")
-            assert document["groups"][0]["tickets_created"] == 5
-            assert worker.stop() == 0, worker.describe()
+        redis = start_redis(HOST, port, redis_dir, appendonly=True, appendfsync="always")
+        wait_until(lambda: processed_total(settings.web_port) >= 5, 60, message=worker.describe)
+        worker.wait_ready(30)
+        document = kpis(settings, tmp_path, "--window", "1h")
+        assert document["groups"][0]["tickets_created"] == 5
+        assert worker.stop() == 0, worker.describe()
     finally:
         redis.stop()
 
 
-def test_consumer_lag_is_exported(settings: Settings, tmp_path: Path) -> None:
+def test_consumer_lag_is_exported(
+    settings: Settings, tmp_path: Path, start_worker: StartWorker
+) -> None:
     # lag is refreshed with the breach check; a short interval keeps the test short
     settings = fast(settings, breach_check_interval=1)
     create_topics(settings)
-    with WorkerProcess(settings, tmp_path / "worker") as worker:
-        worker.wait_ready(60)
-        created = event("ticket.created", time.time() - 30, ticket_id="L1")
-        asyncio.run(produce(settings, settings.topic_tickets, [(b"L1", created)]))
-        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+    worker = start_worker(settings, tmp_path / "worker", timeout_s=60)
+    created = event("ticket.created", time.time() - 30, ticket_id="L1")
+    asyncio.run(produce(settings, settings.topic_tickets, [(b"L1", created)]))
+    wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
 
-        def lag() -> dict[tuple[str, str], float]:
-            text = scrape(settings.web_port)
-            return counter_values(text, "deskpulse_consumer_lag_messages", "topic", "partition")
+    def lag() -> dict[tuple[str, str], float]:
+        text = scrape(settings.web_port)
+        return counter_values(text, "deskpulse_consumer_lag_messages", "topic", "partition")
 
-        expected = {
-            (topic, str(partition)): 0.0
-            # the repartition topic is read too (records forwarded to their partition)
-            for topic in (*settings.input_topics, settings.topic_repartition)
-            for partition in range(settings.topic_partitions)
-        }
-        wait_until(lambda: lag() == expected, 15, message=lambda: f"lag: {lag()}")
+    expected = {
+        (topic, str(partition)): 0.0
+        # the repartition topic is read too (records forwarded to their partition)
+        for topic in (*settings.input_topics, settings.topic_repartition)
+        for partition in range(settings.topic_partitions)
+    }
+    wait_until(lambda: lag() == expected, 15, message=lambda: f"lag: {lag()}")
 
 
 def caught_up(settings: Settings) -> bool:
@@ -454,7 +455,9 @@ def caught_up(settings: Settings) -> bool:
     return asyncio.run(check())
 
 
-def test_redelivery_to_a_new_group_changes_nothing(fast_settings: Settings, tmp_path: Path) -> None:
+def test_redelivery_to_a_new_group_changes_nothing(
+    fast_settings: Settings, tmp_path: Path, start_worker: StartWorker
+) -> None:
     """Everything read again (a new group from the earliest offsets, as after a lost commit):
     no KPI moves, nothing is dead-lettered twice, nothing is counted again."""
     settings = fast_settings
@@ -467,29 +470,27 @@ def test_redelivery_to_a_new_group_changes_nothing(fast_settings: Settings, tmp_
         (b"C9", event("chat.requested", at, chat_id="C9")),  # wrong topic
     ]
     chats = [(b"C1", event("chat.requested", at, chat_id="C1"))]
-    with WorkerProcess(settings, tmp_path / "first") as first:
-        first.wait_ready(60)
-        asyncio.run(produce(settings, settings.topic_tickets, tickets))
-        asyncio.run(produce(settings, settings.topic_chats, chats))
-        wait_until(lambda: processed_total(settings.web_port) >= 4, 30, message=first.describe)
-        wait_until(lambda: caught_up(settings), 30, 0.5, message=first.describe)
-        assert first.stop() == 0, first.describe()
+    first = start_worker(settings, tmp_path / "first", timeout_s=60)
+    asyncio.run(produce(settings, settings.topic_tickets, tickets))
+    asyncio.run(produce(settings, settings.topic_chats, chats))
+    wait_until(lambda: processed_total(settings.web_port) >= 4, 30, message=first.describe)
+    wait_until(lambda: caught_up(settings), 30, 0.5, message=first.describe)
+    assert first.stop() == 0, first.describe()
     before = kpis(settings, tmp_path, "--window", "1h", "--by", "channel")
     assert sum(g["tickets_created"] for g in before["groups"]) == 2
 
     again = settings.model_copy(update={"app_id": settings.app_id + "-again"})
-    with WorkerProcess(again, tmp_path / "second") as second:
-        second.wait_ready(60)
-        wait_until(lambda: caught_up(again), 30, 0.5, message=second.describe)
-        text = scrape(again.web_port)
-        assert sum(v for _, v in samples(text, "deskpulse_events_processed_total")) == 0
-        assert sum(v for _, v in samples(text, "deskpulse_events_rejected_total")) == 0
-        dead = asyncio.run(
-            consume_all(settings.kafka_bootstrap, settings.topic_deadletter, 2, 30, settle_s=2)
-        )
-        reasons = sorted(dict(r.headers)["deskpulse-reason"].decode() for r in dead)
-        assert reasons == ["invalid_json", "wrong_topic"]
-        assert second.stop() == 0, second.describe()
+    second = start_worker(again, tmp_path / "second", timeout_s=60)
+    wait_until(lambda: caught_up(again), 30, 0.5, message=second.describe)
+    text = scrape(again.web_port)
+    assert sum(v for _, v in samples(text, "deskpulse_events_processed_total")) == 0
+    assert sum(v for _, v in samples(text, "deskpulse_events_rejected_total")) == 0
+    dead = asyncio.run(
+        consume_all(settings.kafka_bootstrap, settings.topic_deadletter, 2, 30, settle_s=2)
+    )
+    reasons = sorted(dict(r.headers)["deskpulse-reason"].decode() for r in dead)
+    assert reasons == ["invalid_json", "wrong_topic"]
+    assert second.stop() == 0, second.describe()
     after = kpis(settings, tmp_path, "--window", "1h", "--by", "channel")
     assert after["groups"] == before["groups"]
 
@@ -533,7 +534,7 @@ def engine_child(worker_pid: int) -> int | None:
 
 
 def test_a_dead_engine_process_stops_the_worker_loudly(
-    fast_settings: Settings, tmp_path: Path
+    fast_settings: Settings, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     """The engine child killed under a running worker: the worker exits non-zero, naming
     it, instead of acknowledging what nobody applies; the next worker applies it all."""
@@ -544,20 +545,19 @@ def test_a_dead_engine_process_stops_the_worker_loudly(
         (b"E2", event("ticket.created", at + 1, ticket_id="E2", channel="email")),
         (b"E1", event("ticket.replied", at + 30, ticket_id="E1", author_role="agent")),
     ]
-    with WorkerProcess(settings, tmp_path / "first") as worker:
-        worker.wait_ready(60)
-        asyncio.run(produce(settings, settings.topic_tickets, first))
-        wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
-        child = wait_until(lambda: engine_child(worker.process.pid), 10, message=worker.describe)
-        os.kill(child, signal.SIGKILL)
-        asyncio.run(produce(settings, settings.topic_tickets, later))
-        wait_until(lambda: not worker.running, 60, message=worker.describe)
-        assert worker.returncode != 0, worker.describe()
-        assert "engine process exited" in worker.log(), worker.describe()
-    with WorkerProcess(settings, tmp_path / "second") as worker:
-        worker.wait_ready(60)
-        wait_until(lambda: caught_up(settings), 30, 0.5, message=worker.describe)
-        assert worker.stop() == 0, worker.describe()
+    worker = start_worker(settings, tmp_path / "first", timeout_s=60)
+    asyncio.run(produce(settings, settings.topic_tickets, first))
+    wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+    child = wait_until(lambda: engine_child(worker.process.pid), 10, message=worker.describe)
+    os.kill(child, signal.SIGKILL)
+    asyncio.run(produce(settings, settings.topic_tickets, later))
+    wait_until(lambda: not worker.running, 60, message=worker.describe)
+    assert worker.returncode != 0, worker.describe()
+    assert "engine process exited" in worker.log(), worker.describe()
+    worker.stop(timeout_s=15)
+    worker = start_worker(settings, tmp_path / "second", timeout_s=60)
+    wait_until(lambda: caught_up(settings), 30, 0.5, message=worker.describe)
+    assert worker.stop() == 0, worker.describe()
     document = kpis(settings, tmp_path, "--window", "1h")
     group = document["groups"][0]
     assert group["tickets_created"] == 2

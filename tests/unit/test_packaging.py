@@ -23,8 +23,6 @@ import pytest
 import deskpulse
 
 ROOT = Path(__file__).resolve().parents[2]
-# one process builds the wheel (pip builds in the tree's build/): the file's tests stay together
-pytestmark = pytest.mark.xdist_group("packaging")
 
 
 @pytest.fixture(scope="module")
