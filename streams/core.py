@@ -941,13 +941,13 @@ def _timeline_change(
         for instance in new.instances:
             _instance_field(dims, instance, claims, now, 1)
         if was != now:
-            kept = set(was) & set(now)  # one count per instance: no repeats within a list
+            same = set(was) & set(now)  # one count per instance: no repeats within a list
             out.extend(
                 (at, group, name, -value)
                 for at, group, name, value in was
-                if (at, group, name, value) not in kept
+                if (at, group, name, value) not in same
             )
-            out.extend(c for c in now if c not in kept)
+            out.extend(c for c in now if c not in same)
     return out, new.ignored - old.ignored
 
 
