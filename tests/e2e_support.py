@@ -42,7 +42,14 @@ from deskpulse.streams.store import Store
 from deskpulse.streams.windows import parse_width
 
 from .oracle import compare, compute
-from .support import WorkerProcess, consume_all, run_cli, settings_env, wait_until
+from .support import (
+    WorkerProcess,
+    consume_all,
+    run_cli,
+    settings_env,
+    wait_for_claims,
+    wait_until,
+)
 
 __all__ = [
     "BY_OPTIONS",
@@ -396,6 +403,8 @@ def wait_for_state(
     assert counts.late == 0, message()
     assert counts.held == dataset.held, message()
     assert counts.orphaned == 0, message()
+    # the breaches of deadlines passed (all of a past data set's) claimed before any read
+    wait_for_claims(settings)
     return counts
 
 
@@ -419,10 +428,18 @@ def query_points(dataset: Dataset) -> list[float]:
 
 
 def oracle_doc(
-    values: Iterable[bytes], *, at_s: float, width: str, by: Sequence[str]
+    values: Iterable[bytes],
+    *,
+    at_s: float,
+    width: str,
+    by: Sequence[str],
+    claimed_until_s: float | None = math.inf,
 ) -> dict[str, Any]:
-    """The oracle's ``deskpulse kpis --json`` for one window and grouping."""
-    return compute(values, at_s=at_s, width_s=WINDOWS[width], by=by)
+    """The oracle's ``deskpulse kpis --json`` for one window and grouping (every breach
+    counted: the worker claimed them all, see :func:`wait_for_state`)."""
+    return compute(
+        values, at_s=at_s, width_s=WINDOWS[width], by=by, claimed_until_s=claimed_until_s
+    )
 
 
 def kpis_cli(
@@ -516,6 +533,7 @@ def compare_with_oracle(
     *,
     windows: Iterable[str] = WINDOWS,
     by_options: Iterable[Sequence[str]] = BY_OPTIONS,
+    claimed_until_s: float | None = math.inf,
 ) -> dict[tuple[str, float, tuple[str, ...]], dict[str, Any]]:
     """Read every window x grouping x ``--at`` with ``read`` and compare it with the oracle.
 
@@ -531,7 +549,9 @@ def compare_with_oracle(
                 documents[(width, at_s, tuple(by))] = actual
                 where = f"--window {width} --at {format_time(at_s)} --by {','.join(by)}"
                 problems += [f"{where}: {line}" for line in check_shape(actual, by, width)]
-                expected = oracle_doc(values, at_s=at_s, width=width, by=by)
+                expected = oracle_doc(
+                    values, at_s=at_s, width=width, by=by, claimed_until_s=claimed_until_s
+                )
                 problems += [f"{where}: {line}" for line in compare(actual, expected)]
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems[:60])
     return documents

@@ -41,7 +41,7 @@ from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.query import format_time
 
 from .oracle import compare, compute
-from .support import HttpResponse, consume_all, samples, wait_until
+from .support import HttpResponse, consume_all, samples, wait_for_claims, wait_until
 
 __all__ = [
     "KINDS",
@@ -230,6 +230,7 @@ def compare_kpis(
     """
     problems: list[str] = []
     compared = 0
+    wait_for_claims(settings)  # every breach of the past data set claimed: counted below
     for width, width_s, at_s, by in points:
         actual = read(width, at_s, by)
         expected = compute(
@@ -241,6 +242,7 @@ def compare_kpis(
             targets=settings.first_response_targets,
             short_abandon_s=settings.short_abandon,
             answer_target_s=settings.chat_answer_target,
+            claimed_until_s=math.inf,
         )
         where = f"--window {width} --at {format_time(at_s)} --by {','.join(by)}"
         problems += [f"{where}: {line}" for line in compare(actual, expected)]

@@ -270,7 +270,11 @@ def compute(
     def dimensions_of(opener: Any) -> dict[str, str]:
         return {name: getattr(opener, name) for name in DIMENSIONS}
 
-    claimed_until_us = None if claimed_until_s is None else round(claimed_until_s * 1_000_000)
+    claimed_until_us: float | None = None  # math.inf: every breach claimed
+    if claimed_until_s is not None:
+        claimed_until_us = (
+            claimed_until_s if math.isinf(claimed_until_s) else round(claimed_until_s * 1_000_000)
+        )
 
     for ticket_id, created in tickets.items():
         created_us = _micros(created.occurred_at)
@@ -357,7 +361,7 @@ def _ticket_sla(
     created: TicketCreated,
     timeline: list[TicketReplied | TicketStatusChanged],
     targets: Mapping[str, float],
-    claimed_until_us: int | None,
+    claimed_until_us: float | None,
     in_window: Any,
     group: _Group,
 ) -> None:

@@ -403,3 +403,26 @@ class WorkerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop(timeout_s=15)
+
+
+def wait_for_claims(settings: Settings, timeout_s: float = 60) -> bool:
+    """Wait until breach detection has handled every deadline and warning passed by now:
+    no partition's ``due`` set holds a ticket scored at or before the moment this was
+    called (a running worker's check claims them within ``DESKPULSE_BREACH_CHECK_INTERVAL``
+    once it has caught up). ``False`` if some were still due at the timeout (a stopped
+    worker claims nothing): the comparison that follows then shows what is missing."""
+    import redis as sync_redis
+
+    now_ms = int(time.time() * 1000)
+    client = sync_redis.Redis.from_url(settings.redis_url.get_secret_value())
+    keys = [f"{settings.redis_prefix}:{{p{p}}}:due" for p in range(settings.topic_partitions)]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if all(client.zcount(key, "-inf", now_ms) == 0 for key in keys):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.25)
+    finally:
+        client.close()

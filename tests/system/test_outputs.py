@@ -41,7 +41,17 @@ from tests.support import (
 )
 
 DIMS = DIMENSIONS
-GROUP_FIELDS = {"key", "tickets_created", "first_response", "chats", "csat", "nps", "ces"}
+GROUP_FIELDS = {
+    "key",
+    "tickets_created",
+    "first_response",
+    "next_response",
+    "sla",
+    "chats",
+    "csat",
+    "nps",
+    "ces",
+}
 SNAPSHOT_FIELDS = GROUP_FIELDS | {"schema_version", "window", "start", "end"}
 BREACH_FIELDS = {
     "schema_version",
