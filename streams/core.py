@@ -381,6 +381,13 @@ def fold(state: Conversation, event: WireEvent | SlaClaim, at_ms: int | None = N
 
 def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]:
     """Every KPI sample this conversation contributes, as a pure function of its state."""
+    return _current(state, config)[0]
+
+
+def _current(
+    state: Conversation, config: CoreConfig, view: Evaluation | None = None
+) -> tuple[list[Contribution], int]:
+    """:func:`_contributions` of a state as it is now, and its ignored status events."""
     return _contributions(
         state.kind,
         state.opened,
@@ -391,7 +398,8 @@ def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]
         state.timeline.items(),
         state.claims,
         config,
-    )[0]
+        view,
+    )
 
 
 def ignored_status_events(state: Conversation) -> int:
@@ -617,8 +625,7 @@ def breach_deadline(
     if state.kind != "t" or state.opened is None or state.dims is None:
         return None
     plan = config.terms_of(state.dims)
-    first_only = plan.next_response_ms is None and plan.resolution_ms is None
-    if first_only and not plan.warn_at and not state.claims:  # v1's quick answer
+    if not needs_view(state, plan):  # v1's quick answer
         return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
     return next_alert_ms(state, plan, view)
 
@@ -873,18 +880,7 @@ def _kpi_change(
         claims,
         config,
     )
-    new, ignored_new = _contributions(
-        state.kind,
-        state.opened,
-        state.dims,
-        state.accepted,
-        state.ended,
-        state.surveys.values(),
-        state.timeline.items(),
-        state.claims,
-        config,
-        view,
-    )
+    new, ignored_new = _current(state, config, view)
     if new == old:
         return [], ignored_new - ignored_old  # e.g. a chat ending after it was answered
     delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
@@ -1010,18 +1006,7 @@ def _add_deltas(
                 view = final_view(state, plan)
         if previous is None:
             # a new conversation: nothing to take back
-            changes, ignored_now = _contributions(
-                state.kind,
-                state.opened,
-                state.dims,
-                state.accepted,
-                state.ended,
-                state.surveys.values(),
-                state.timeline.items(),
-                state.claims,
-                config,
-                view,
-            )
+            changes, ignored_now = _current(state, config, view)
             ignored += ignored_now
             held_before = 0
         else:

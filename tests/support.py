@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 from prometheus_client.parser import text_string_to_metric_families
@@ -411,12 +412,10 @@ def wait_for_claims(settings: Settings, timeout_s: float = 60) -> bool:
     called (a running worker's check claims them within ``DESKPULSE_BREACH_CHECK_INTERVAL``
     once it has caught up). ``False`` if some were still due at the timeout (a stopped
     worker claims nothing): the comparison that follows then shows what is missing."""
-    import redis as sync_redis
-
     if settings.breach_check_interval > timeout_s:
         return False  # no check would come in time (a test that turned them off)
     now_ms = int(time.time() * 1000)
-    client = sync_redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     keys = [f"{settings.redis_prefix}:{{p{p}}}:due" for p in range(settings.topic_partitions)]
     deadline = time.monotonic() + timeout_s
     try:
