@@ -59,6 +59,7 @@ from deskpulse.streams.sla import (
     evaluate,
     evaluate_terms,
     first_response_deadline_terms,
+    opening_alert_ms,
     pending_alert_ms,
     terms,
 )
@@ -627,6 +628,8 @@ def breach_deadline(
     plan = config.terms_of(state.dims)
     if not needs_view(state, plan):  # v1's quick answer
         return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
+    if view is None and not state.timeline and not state.claims:
+        return opening_alert_ms(state.opened[0], plan)  # a new ticket: no evaluation
     return next_alert_ms(state, plan, view)
 
 
@@ -708,6 +711,8 @@ class BatchResult:
 
     states: dict[str, Conversation] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
+    #: next breach check ms of a ticket (``None``: none, it leaves the ``due`` set); a
+    #: state in ``states`` without an entry here keeps its ``due`` entry as it is
     deadlines: dict[str, int | None] = field(default_factory=dict)
     buckets: dict[tuple[str, int], dict[str, int]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(int))
@@ -997,10 +1002,19 @@ def _add_deltas(
     for conv_id, state in working.items():
         previous = before.get(conv_id)
         changes: Iterable[Contribution]
+        # some events (a private note, a system reply, a repeat) move nothing a KPI or the
+        # breach schedule reads: no samples change and the ticket's due entry stays
+        unchanged = previous is not None and previous[0] == _kpi_inputs(state)
         # a ticket whose breach schedule needs its timeline evaluated: evaluated once, for
-        # the samples too
+        # the samples too (a new ticket's schedule needs no evaluation: opening_alert_ms)
         view = None
-        if state.kind == "t" and state.opened is not None and state.dims is not None:
+        if (
+            not unchanged
+            and state.kind == "t"
+            and (state.timeline or state.claims)
+            and state.opened is not None
+            and state.dims is not None
+        ):
             plan = config.terms_of(state.dims)
             if needs_view(state, plan):
                 view = final_view(state, plan)
@@ -1011,8 +1025,7 @@ def _add_deltas(
             held_before = 0
         else:
             inputs, held_before = previous
-            # some events (a private note, a repeat) move no KPI
-            if inputs == _kpi_inputs(state):
+            if unchanged:
                 changes = ()
             else:
                 changes, ignored_change = _kpi_change(state, inputs, config, view)
@@ -1052,7 +1065,8 @@ def _add_deltas(
         result.held[conv_id] = held
         held_delta += held - held_before
         result.states[conv_id] = state
-        result.deadlines[conv_id] = breach_deadline(state, config, view)
+        if not unchanged:  # (absent: the due entry is left as it is)
+            result.deadlines[conv_id] = breach_deadline(state, config, view)
     if working:
         result.counters["held"] += held_delta
     if ignored:

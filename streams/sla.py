@@ -44,6 +44,7 @@ __all__ = [
     "first_response_deadline",
     "first_response_deadline_terms",
     "next_check_ms",
+    "opening_alert_ms",
     "pending_alert_ms",
     "terms",
 ]
@@ -470,3 +471,27 @@ def pending_alert_ms(evaluation: Evaluation, claims: AbstractSet[str]) -> int | 
             if f"{key}@{fraction}" not in claims and (best is None or instant < best):
                 best = instant
     return best
+
+
+def opening_alert_ms(created_ms: int, terms: Terms) -> int | None:
+    """:func:`pending_alert_ms` of a ticket with an empty timeline and no claims, for one
+    calendar walk instead of an evaluation (most tickets a batch touches are new ones).
+
+    Such a ticket's first-response instance runs from the creation, and so does its
+    resolution unless the policy pauses ``new``; no next response has started. Each
+    instance's earliest alert is its first warning (fractions are increasing and below 1),
+    or its deadline without warnings, both reached on the same open-ended span, so the
+    earliest of all is the instant the smaller of those elapsed times is reached.
+    """
+    first = terms.warn_at[0] if terms.warn_at else None
+    need: int | None = None
+    for target_ms, running in (
+        (terms.first_response_ms, True),
+        (terms.resolution_ms, STATUS_CODES["new"] not in terms.pause),
+    ):
+        if target_ms is None or not running:
+            continue
+        alert = target_ms if first is None else ceil(first * target_ms)
+        if need is None or alert < need:
+            need = alert
+    return None if need is None else deadline_ms(terms.calendar, created_ms, need)

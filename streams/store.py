@@ -98,8 +98,9 @@ LAYOUT = "3"
 # sections each led by its item count: offsets (topic, offset), per-topic newest event
 # times (topic, ms), meta increments (field,
 # delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
-# conversations (id, newest ms, held count, next breach check ms or '', state JSON as a
-# string), due tickets looked at unchanged (id, next check ms or ''), alert payloads for
+# conversations (id, newest ms, held count, next breach check ms, '' for none or 'k' to
+# leave it as it is, state JSON as a string), due tickets looked at unchanged (id, next
+# check ms or ''), alert payloads for
 # the outbox (event id, JSON); then the store generation and whether the partition must
 # have state already.
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
@@ -169,7 +170,7 @@ for _ = 1, n do
   end
   if p[i + 3] == '' then
     redis.call('ZREM', due, id)
-  else
+  elseif p[i + 3] ~= 'k' then
     redis.call('ZADD', due, p[i + 3], id)
   end
   i = i + 5
@@ -552,13 +553,18 @@ class Store:
         for name, delta in totals:
             flat += [name, str(delta)]
         flat.append(str(len(result.states)))
+        deadlines = result.deadlines
         for conv_id, state in result.states.items():
-            deadline = result.deadlines.get(conv_id)
+            if conv_id in deadlines:
+                deadline = deadlines[conv_id]
+                due = "" if deadline is None else str(deadline)
+            else:
+                due = "k"  # nothing the schedule reads moved: the due entry stays
             flat += [
                 conv_id,
                 str(state.last_ms),
                 str(result.held.get(conv_id, 0)),
-                "" if deadline is None else str(deadline),
+                due,
                 state.dumps().decode(),
             ]
         others = [(c, d) for c, d in result.deadlines.items() if c not in result.states]

@@ -551,3 +551,56 @@ def test_the_all_groups_buckets_hold_the_sum_of_the_groups(redis_url: str) -> No
     for by_groups, over_all in pairs:
         assert by_groups == over_all
     assert pairs[-1][0]["groups"][0]["first_response"]["count"] > 10
+
+
+def test_every_due_entry_is_the_tickets_next_alert_after_any_batches(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # A batch leaves a ticket's due entry alone when nothing its breach schedule reads moved
+    # (a private note, a system reply, a repeat) and writes it otherwise; either way, after
+    # every batch each stored ticket's entry is what its state says now.
+    from deskpulse.streams.core import Conversation, breach_deadline
+    from deskpulse.streams.devtools import policies
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+
+    prefix = new_prefix()
+    config = CoreConfig.from_settings(
+        Settings(_env_file=None, retention="2d", **policies.settings_values())  # type: ignore[call-arg]
+    )
+    records = [
+        r
+        for r in generate(SimConfig(seed=5, start_s=T0, duration_s=4 * HOUR, rate=1.5))
+        if r.topic_kind == "tickets"
+    ]
+    raws = [r.value for r in records]
+    raws += raws[::7]  # repeats
+    assert len(raws) > 1000
+
+    async def scenario(client: Redis) -> tuple[dict[str, float], dict[str, int | None], int]:
+        store = Store(client, prefix, config)
+        offset, notes = 0, 0
+        for start in range(0, len(raws), 97):
+            chunk = []
+            for raw in raws[start : start + 97]:
+                try:
+                    decode_record(raw)
+                except RejectedEvent:
+                    continue
+                chunk.append(raw)
+                notes += b'"public":false' in raw or b'"author_role":"system"' in raw
+            await apply(store, 0, pendings(chunk, first_offset=offset))
+            offset += len(chunk)
+        base = f"{prefix}:{{p0}}:"
+        due = {k.decode(): v for k, v in await client.zrange(base + "due", 0, -1, withscores=True)}
+        stored = await client.hgetall(base + "conv")
+        expected = {
+            k.decode(): breach_deadline(Conversation.loads(v), config) for k, v in stored.items()
+        }
+        return due, expected, notes
+
+    due, expected, notes = run(scenario, redis_url)
+    assert notes > 100, "the data set must hold events that leave the due entry alone"
+    assert {k: int(v) for k, v in due.items()} == {
+        k: v for k, v in expected.items() if v is not None
+    }
+    assert len(due) > 100

@@ -18,8 +18,12 @@ from deskpulse.streams.sla import (
     Evaluation,
     Instance,
     evaluate,
+    evaluate_terms,
     first_response_deadline,
     next_check_ms,
+    opening_alert_ms,
+    pending_alert_ms,
+    terms,
 )
 
 S = 1000
@@ -354,3 +358,38 @@ def test_the_fast_first_response_deadline_is_the_instances(
     assert first_response_deadline(T0, priority, items, DEFAULT, None) == expected
     # order of the input never matters
     assert evaluate(T0, priority, list(reversed(items)), DEFAULT, None) == view
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    created=st.integers(0, 14 * 24 * H),
+    targets=st.fixed_dictionaries(
+        {
+            metric: st.one_of(st.none(), st.integers(1, 48 * 3600))
+            for metric in ("first_response", "next_response", "resolution")
+        }
+    ),
+    warn_at=st.sampled_from([(), (0.5,), (0.75,), (0.5, 0.75, 0.9), (0.001,)]),
+    pause=st.sampled_from([("pending",), ("new", "pending"), ()]),
+    business=st.booleans(),
+)
+def test_a_new_tickets_first_alert_needs_no_evaluation(
+    created: int,
+    targets: dict[str, int | None],
+    warn_at: tuple[float, ...],
+    pause: tuple[str, ...],
+    business: bool,
+) -> None:
+    # opening_alert_ms, what a batch computes for a ticket with nothing in its timeline,
+    # is the full evaluation's earliest pending alert
+    chosen = Policy(
+        name="p",
+        schedule="office" if business else None,
+        targets={m: {"normal": v} for m, v in targets.items() if v},  # type: ignore[misc]
+        warn_at=warn_at,
+        pause=pause,  # type: ignore[arg-type]
+    )
+    calendar = BusinessCalendar(OFFICE) if business else None
+    plan = terms(chosen, "normal", calendar)
+    view = evaluate_terms(T0 + created, [], plan, detail=False, warn=True)
+    assert opening_alert_ms(T0 + created, plan) == pending_alert_ms(view, set())
