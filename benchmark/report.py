@@ -788,6 +788,7 @@ def _profiles(s: dict[str, Any], add: Any) -> None:
             pl["live"].get("profile"),
             add,
         )
+        _spy("its engine process", pl["live"].get("profile_engine"), add)
         _spy(
             f"bare Faust agent, the ceiling ({_rate(pl['bare']['per_second'])} under the profiler)",
             pl["bare"].get("profile"),
@@ -797,6 +798,7 @@ def _profiles(s: dict[str, Any], add: Any) -> None:
     if pr:
         _spy(f"replay ({_rate(pr['per_second'])} under the profiler)", pr.get("profile"), add)
     _spy("live worker during the freshness run", _get(fr, "profile"), add)
+    _spy("its engine process during the freshness run", _get(fr, "profile_engine"), add)
     _spy("scrape worker answering GET /metrics", _get(sc, "profile_worker"), add)
     _text(
         "`generate_latest` over the collector's snapshot (pyinstrument, 10 scrapes)",

@@ -426,10 +426,14 @@ class Bench:
         if keep:
             self.live = proc
         sampler = profiles.PySpy(proc.pid, spy) if spy is not None else None
+        engine_sampler: profiles.PySpy | None = None
         cpu: dict[str, list[float]] = {}
 
         def on_first() -> None:
+            nonlocal engine_sampler
             cpu["first"] = self.cpu_of(proc, self.redis_proc, self.broker)
+            if spy is not None:  # the engine process, started once the worker was ready
+                engine_sampler = _engine_spy(proc.pid, spy)
 
         try:
             marks = await wait_applied(
@@ -444,6 +448,7 @@ class Bench:
             cpu["done"] = self.cpu_of(proc, self.redis_proc, self.broker)
         finally:
             profile = sampler.stop() if sampler is not None else None
+            engine_profile = engine_sampler.stop() if engine_sampler is not None else None
             if not keep:
                 self.procs.stop(proc)
         seconds = marks["t_done"] - marks["t_first"]
@@ -457,6 +462,8 @@ class Bench:
         }
         if profile is not None:
             result["profile"] = profiles.summarize(profile)
+        if engine_profile is not None:
+            result["profile_engine"] = profiles.summarize(engine_profile)
         return result
 
     async def run_replay(
@@ -602,17 +609,17 @@ class Bench:
             try:
                 await self.warm_up(proc, settings)
                 spy = self.workdir / "profile-freshness.txt"
-                out["profile"] = (
-                    await self.run_traffic(
-                        "fresh-prof",
-                        proc,
-                        settings,
-                        rate=cfg.freshness_rate,
-                        seconds=min(cfg.freshness_s, 30),
-                        marker_rate=cfg.marker_rate,
-                        spy=spy,
-                    )
-                ).get("profile")
+                profiled = await self.run_traffic(
+                    "fresh-prof",
+                    proc,
+                    settings,
+                    rate=cfg.freshness_rate,
+                    seconds=min(cfg.freshness_s, 30),
+                    marker_rate=cfg.marker_rate,
+                    spy=spy,
+                )
+                out["profile"] = profiled.get("profile")
+                out["profile_engine"] = profiled.get("profile_engine")
             finally:
                 self.procs.stop(proc)
         with self.own_broker("fresh-bare"):
@@ -787,6 +794,7 @@ class Bench:
         ]
         traffic = self.procs.start(f"traffic-{run_id}", argv, env=child_env(settings))
         sampler = profiles.PySpy(worker.pid, spy) if spy and worker else None
+        engine_sampler = _engine_spy(worker.pid, spy) if spy and worker else None
         seen: dict[int, float] = {}
         low = 0
         partitions = settings.topic_partitions
@@ -905,6 +913,9 @@ class Bench:
             ]
         if profile is not None:
             result["profile"] = profiles.summarize(profile)
+        engine_profile = engine_sampler.stop() if engine_sampler is not None else None
+        if engine_profile is not None:
+            result["profile_engine"] = profiles.summarize(engine_profile)
         return result
 
     # -- 3. scrape -----------------------------------------------------------------------
@@ -1456,6 +1467,14 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         and out["redis_mib"]["steady_growth"] <= SOAK_FLAT_GROWTH
     )
     return out
+
+
+def _engine_spy(worker_pid: int, spy: Path) -> profiles.PySpy | None:
+    """py-spy on a worker's engine process (its child), if it runs one."""
+    children = child_pids(worker_pid)
+    if not children:
+        return None
+    return profiles.PySpy(children[0], spy.with_name(spy.stem + "-engine.txt"))
 
 
 def _http_get(url: str) -> bytes:
