@@ -267,6 +267,8 @@ class Bench:
         """A contender: its own consumer group and Redis prefix on the ``topics`` data set,
         with the SLA policy set of two office schedules the demo runs with."""
         values = policies.settings_values() | values
+        if os.environ.get("XREFRESH"):
+            values["metrics_refresh_interval"] = int(os.environ["XREFRESH"])
         return make_settings(
             kafka_bootstrap=self.bootstrap,
             redis_url=self.redis_url,
@@ -653,6 +655,7 @@ class Bench:
         Faust alone cost between produce and the agent holding the event."""
         cfg = self.config
         settings = self.settings("fresh-bare", "fresh-bare")
+        partitions = settings.topic_partitions
         await ensure_topics(settings)
         stats_path = self.workdir / "fresh-bare.json"
         proc = self.procs.start(
@@ -679,7 +682,9 @@ class Bench:
                     with contextlib.suppress(OSError, orjson.JSONDecodeError):
                         last_read[1] = orjson.loads(stats_path.read_bytes()).get("markers", {})
                 times = last_read[1]
-                return {i: times[k] for i in indices if (k := marker_id("bfr", i)) in times}
+                return {
+                    i: times[k] for i in indices if (k := marker_id("bfr", i, partitions)) in times
+                }
 
             return await self.run_traffic(
                 "bfr",
@@ -698,6 +703,7 @@ class Bench:
         Faust hard-codes it (1500) and short: how long the broker holds a fetch."""
         run_id = f"bk{wait_ms}"
         settings = self.settings(f"fresh-{run_id}", f"fresh-{run_id}")
+        partitions = settings.topic_partitions
         await ensure_topics(settings)
         consumer = AIOKafkaConsumer(
             **kafka_client_options(settings),
@@ -726,7 +732,9 @@ class Bench:
                             times.setdefault(message.key.decode(), now)
 
         async def poll(indices: list[int]) -> dict[int, float]:
-            return {i: times[k] for i in indices if (k := marker_id(run_id, i)) in times}
+            return {
+                i: times[k] for i in indices if (k := marker_id(run_id, i, partitions)) in times
+            }
 
         task = asyncio.create_task(consume())
         try:
@@ -835,7 +843,7 @@ class Bench:
             elif window:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for i in window:
-                        pipe.hexists(conv[i % partitions], "t:" + marker_id(run_id, i))
+                        pipe.hexists(conv[i % partitions], "t:" + marker_id(run_id, i, partitions))
                     replies = await pipe.execute()
                 t_seen = time.time()
                 for i, present in zip(window, replies, strict=True):

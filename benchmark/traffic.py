@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import itertools
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -28,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import RECORD_KINDS, load_settings
 from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
+from deskpulse.streams.partitioner import java_partition
 
 __all__ = ["PREGENERATE", "marker_id"]
 
@@ -35,9 +38,18 @@ __all__ = ["PREGENERATE", "marker_id"]
 PREGENERATE = 500_000
 
 
-def marker_id(run_id: str, index: int) -> str:
-    """Ticket id of marker ``index`` of run ``run_id``."""
-    return f"{run_id}-m{index}"
+@functools.lru_cache(maxsize=100_000)
+def marker_id(run_id: str, index: int, partitions: int) -> str:
+    """Ticket id of marker ``index`` of run ``run_id``: one that belongs on partition
+    ``index mod partitions`` (the worker keeps a conversation's state with the partition
+    its id hashes to, and forwards a record put elsewhere through the repartition topic:
+    a marker sent elsewhere would measure that detour, and be looked for where it is not)."""
+    want = index % partitions
+    for salt in itertools.count():
+        ticket = f"{run_id}-m{index}" + (f"-{salt}" if salt else "")
+        if java_partition(ticket.encode(), partitions) == want:
+            return ticket
+    raise AssertionError("unreachable")
 
 
 def _stamp(t_s: float) -> str:
@@ -101,7 +113,7 @@ async def run(args: argparse.Namespace) -> None:
 
     async def send_marker(now: float) -> None:
         nonlocal marker_index
-        ticket = marker_id(args.run_id, marker_index)
+        ticket = marker_id(args.run_id, marker_index, settings.topic_partitions)
         partition = marker_index % settings.topic_partitions
         value = orjson.dumps(
             {
