@@ -2,8 +2,9 @@
 
 It answers the SLA parts of ``deskpulse kpis --json`` (``first_response`` with its
 ``business`` durations and its policy-based ``within_target``, ``next_response``, and
-``sla.<metric>``) and the exact set of ``sla.breached`` alerts, from raw record values,
-straight from docs/kpis.md ("Business calendars and SLA policies"). It shares no code with
+``sla.<metric>``) and the exact sets of ``sla.breached`` and ``sla.at_risk`` alerts, from
+raw record values, straight from docs/kpis.md ("Business calendars and SLA policies"); the
+chat and survey sections come from the v1 oracle (tests/oracle.py). It shares no code with
 ``streams/`` on purpose (only :func:`models.events.decode` to read records), and it works
 differently from the engine so that one mistake cannot hide in both:
 
@@ -35,8 +36,12 @@ Decisions, as docs/kpis.md takes them:
   start, cancelled ones included; every fulfilled one is a sample, with a target or not.
 * The resolution clock runs while the status is not in the policy's ``pause``; with the
   clock paused and the target not reached there is no deadline.
+* A warning at fraction ``f`` is due when the running elapsed time reaches
+  ``ceil(f x target)`` if the instance still runs after that instant's events (paused for
+  good afterwards or not); its ``due_at`` is the deadline had the clock kept running.
 * Breaches count (and are published) only once breach detection claimed them: every breach
-  whose deadline is at or before ``claimed_until_s`` (``None``: none, ``math.inf``: all).
+  whose deadline is at or before ``claimed_until_s`` (``None``: none, ``math.inf``: all);
+  warnings likewise by their instant.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from .oracle import DEFAULT_TARGETS, compute
 
 __all__ = [
     "METRICS",
+    "AtRisk",
     "Breach",
     "Instance",
     "OracleCalendar",
@@ -66,6 +72,7 @@ __all__ = [
     "evaluate_ticket",
     "evaluate_tickets",
     "expected_breaches",
+    "expected_warnings",
     "kpi_document",
     "rfc3339_ms",
 ]
@@ -245,6 +252,7 @@ class OraclePolicy:
     schedule: str | None
     targets: Mapping[str, Mapping[str, int]]
     pause: frozenset[str]
+    warn_at: tuple[float, ...] = (0.75,)
 
     @classmethod
     def from_json(cls, policy: Mapping[str, Any]) -> OraclePolicy:
@@ -257,6 +265,7 @@ class OraclePolicy:
                 for metric, by_priority in (policy.get("targets") or {}).items()
             },
             pause=frozenset(policy.get("pause", ["pending"])),
+            warn_at=tuple(policy.get("warn_at", [0.75])),
         )
 
     def fits(self, dimensions: Mapping[str, str]) -> bool:
@@ -286,7 +295,13 @@ class SlaRules:
         """From ``DESKPULSE_SCHEDULES`` and ``DESKPULSE_SLA_POLICIES`` as JSON values
         (policies ``None``: the one default policy, calendar time)."""
         if policies is None:
-            policies = [{"name": "default", "targets": {"first_response": first_response_targets}}]
+            policies = [
+                {
+                    "name": "default",
+                    "targets": {"first_response": first_response_targets},
+                    "warn_at": [],
+                }
+            ]
         return cls(
             calendars={name: OracleCalendar.from_json(value) for name, value in schedules.items()},
             policies=[OraclePolicy.from_json(policy) for policy in policies],
@@ -324,7 +339,9 @@ ACHIEVED, BREACHED, CANCELLED, RUNNING = "achieved", "breached", "cancelled", "r
 @dataclass(frozen=True)
 class Instance:
     """An SLA instance: ``ended_ms`` is its fulfilment (``fulfilled``) or the solve or close
-    that ended it; ``deadline_ms`` ``None`` when never reached (a paused resolution)."""
+    that ended it; ``deadline_ms`` ``None`` when never reached (a paused resolution).
+    ``warnings`` are ``(fraction, instant, due)`` of the policy's ``warn_at`` reached while
+    the instance ran (``due``: the deadline had the clock kept running from the instant)."""
 
     metric: str
     number: int
@@ -333,6 +350,7 @@ class Instance:
     deadline_ms: int | None
     ended_ms: int | None
     fulfilled: bool
+    warnings: tuple[tuple[float, int, int], ...] = ()
 
     @property
     def outcome(self) -> str:
@@ -374,6 +392,52 @@ class TicketSla:
     statuses: list[tuple[int, str]] = field(default_factory=list)
 
 
+def _reach(
+    calendar: OracleCalendar | None, running: Sequence[tuple[int, int | None]], need_ms: int
+) -> int | None:
+    """The earliest instant at which the running spans (``[start, end)``, the last one
+    maybe open-ended) hold ``need`` of elapsed time; ``None`` if they never do."""
+    for start, end in running:
+        if end is None:
+            return _deadline(calendar, start, need_ms)
+        held = _business(calendar, start, end)
+        if held >= need_ms:
+            return _deadline(calendar, start, need_ms)
+        need_ms -= held
+    return None
+
+
+def _instance(
+    metric: str,
+    number: int,
+    started_ms: int,
+    target_s: int,
+    running: Sequence[tuple[int, int | None]],
+    ended: tuple[int, bool] | None,
+    calendar: OracleCalendar | None,
+    warn_at: Sequence[float],
+) -> Instance:
+    target_ms = target_s * 1000
+    ended_ms = None if ended is None else ended[0]
+    warnings = []
+    for fraction in warn_at:
+        warn_ms = math.ceil(Fraction(str(fraction)) * target_ms)
+        instant = _reach(calendar, running, warn_ms)
+        # reached while running: events at the instant come first
+        if instant is not None and (ended_ms is None or ended_ms > instant):
+            warnings.append((fraction, instant, _deadline(calendar, instant, target_ms - warn_ms)))
+    return Instance(
+        metric,
+        number,
+        started_ms,
+        target_s,
+        _reach(calendar, running, target_ms),
+        ended_ms,
+        ended is not None and ended[1],
+        tuple(warnings),
+    )
+
+
 _ENDING = ("solved", "closed")
 
 
@@ -408,6 +472,7 @@ def evaluate_ticket(
     if policy is not None and policy.schedule is not None:
         calendar = rules.calendars[policy.schedule]
     ticket = TicketSla(ticket_id, created_ms, dimensions, None if policy is None else policy.name)
+    warn_at = () if policy is None else policy.warn_at
 
     entries: list[tuple[int, str, str, str]] = []  # (ms, event_id, kind, status or role)
     for event in timeline:
@@ -470,14 +535,15 @@ def evaluate_ticket(
         else:
             ended = None
         ticket.instances.append(
-            Instance(
+            _instance(
                 "first_response",
                 1,
                 created_ms,
                 target_s,
-                _deadline(calendar, created_ms, target_s * 1000),
-                None if ended is None else ended[0],
-                ended is not None and ended[1],
+                [(created_ms, None)],
+                ended,
+                calendar,
+                warn_at,
             )
         )
 
@@ -514,14 +580,15 @@ def evaluate_ticket(
             )
         if target_s is not None:
             ticket.instances.append(
-                Instance(
+                _instance(
                     "next_response",
                     number,
                     started_ms,
                     target_s,
-                    _deadline(calendar, started_ms, target_s * 1000),
-                    None if ended is None else ended[0],
-                    ended is not None and ended[1],
+                    [(started_ms, None)],
+                    ended,
+                    calendar,
+                    warn_at,
                 )
             )
 
@@ -535,23 +602,21 @@ def evaluate_ticket(
                 solve_ms = at_ms
                 break
             previous = status
-        need_ms = target_s * 1000
-        deadline = None
+        running: list[tuple[int, int | None]] = []
         for position, (at_ms, status) in enumerate(changes):
-            if status in policy.pause:
-                continue
-            following = changes[position + 1][0] if position + 1 < len(changes) else None
-            if following is None:
-                deadline = _deadline(calendar, at_ms, need_ms)
-                break
-            running_ms = _business(calendar, at_ms, following)
-            if running_ms >= need_ms:
-                deadline = _deadline(calendar, at_ms, need_ms)
-                break
-            need_ms -= running_ms
+            if status not in policy.pause:
+                following = changes[position + 1][0] if position + 1 < len(changes) else None
+                running.append((at_ms, following))
         ticket.instances.append(
-            Instance(
-                "resolution", 1, created_ms, target_s, deadline, solve_ms, solve_ms is not None
+            _instance(
+                "resolution",
+                1,
+                created_ms,
+                target_s,
+                running,
+                None if solve_ms is None else (solve_ms, True),
+                calendar,
+                warn_at,
             )
         )
     return ticket
@@ -620,7 +685,7 @@ def expected_breaches(
     """The ``sla.breached`` alerts due by ``claimed_until_s``: ``(ticket, metric, instance)``
     -> the alert's fields."""
     until_ms = _claimed_until_ms(claimed_until_s)
-    out = {}
+    out: dict[tuple[str, str, int], Breach] = {}
     if until_ms is None:
         return out
     for ticket in tickets.values():
@@ -643,6 +708,59 @@ def expected_breaches(
                 ticket.created_ms,
                 instance.deadline_ms,
             )
+    return out
+
+
+@dataclass(frozen=True)
+class AtRisk:
+    """The fields an ``sla.at_risk`` alert must carry (instants as ms)."""
+
+    ticket_id: str
+    metric: str
+    instance: int
+    fraction: float
+    policy: str
+    priority: str
+    channel: str
+    queue: str
+    target_seconds: int
+    started_ms: int
+    created_ms: int
+    remaining_seconds: float
+    due_ms: int
+
+
+def expected_warnings(
+    tickets: Mapping[str, TicketSla], claimed_until_s: float | None = math.inf
+) -> dict[tuple[str, str, int, float], AtRisk]:
+    """The ``sla.at_risk`` alerts due by ``claimed_until_s``: ``(ticket, metric, instance,
+    fraction)`` -> the alert's fields."""
+    until_ms = _claimed_until_ms(claimed_until_s)
+    out: dict[tuple[str, str, int, float], AtRisk] = {}
+    if until_ms is None:
+        return out
+    for ticket in tickets.values():
+        for instance in ticket.instances:
+            for fraction, instant, due_ms in instance.warnings:
+                if instant > until_ms:
+                    continue
+                assert ticket.policy is not None
+                warn_ms = math.ceil(Fraction(str(fraction)) * instance.target_s * 1000)
+                out[(ticket.ticket_id, instance.metric, instance.number, fraction)] = AtRisk(
+                    ticket.ticket_id,
+                    instance.metric,
+                    instance.number,
+                    fraction,
+                    ticket.policy,
+                    ticket.dimensions["priority"],
+                    ticket.dimensions["channel"],
+                    ticket.dimensions["queue"],
+                    instance.target_s,
+                    instance.started_ms,
+                    ticket.created_ms,
+                    (instance.target_s * 1000 - warn_ms) / 1000,
+                    due_ms,
+                )
     return out
 
 

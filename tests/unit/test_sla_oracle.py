@@ -23,6 +23,7 @@ from tests.sla_oracle import (
     TicketSla,
     evaluate_tickets,
     expected_breaches,
+    expected_warnings,
     kpi_document,
     rfc3339_ms,
     to_ms,
@@ -568,3 +569,44 @@ def test_the_document_counts_each_sample_at_its_instant() -> None:
         ("C", "first_response", 1)
     }
     assert expected_breaches(tickets, None) == {}
+
+
+def test_warnings_are_due_while_the_instance_runs() -> None:
+    warned = rules(
+        policy("office", "emea", first_response=2 * H, resolution=4 * H)
+        | {"warn_at": [0.5, 0.75, 0.9], "pause": ["hold"]},
+        emea=EMEA,
+    )
+    # created Friday 16:30 CET (15:30Z); 2 h of first response: 0.5 (1 h) is reached at
+    # Monday 09:30 CET (08:30Z) after 30 min on Friday, 0.75 at 10:00 CET, 0.9 (1:48) at
+    # 10:18 CET; each due at the deadline, 10:30 CET (09:30Z)
+    values = [created("2026-11-27T16:30:00+01:00"), reply("2026-11-30T10:15:00+01:00")]
+    (first, resolution) = one(values, warned).instances
+    assert [(f, rfc3339_ms(at), rfc3339_ms(due)) for f, at, due in first.warnings] == [
+        (0.5, "2026-11-30T08:30:00.000Z", "2026-11-30T09:30:00.000Z"),
+        (0.75, "2026-11-30T09:00:00.000Z", "2026-11-30T09:30:00.000Z"),
+    ]  # 0.9 came after the reply
+    # a reply exactly at a warning's instant comes first: no warning then
+    values[1] = reply("2026-11-30T10:00:00+01:00")
+    assert [f for f, _, _ in one(values, warned).instances[0].warnings] == [0.5]
+    # resolution, 4 h: 2 h reached Monday 10:30 CET; held from 11:00 CET for good: no
+    # deadline, but the 0.5 warning was reached while it ran, due (had it kept running)
+    # Monday 12:30 CET (11:30Z)
+    values.append(status("2026-11-30T11:00:00+01:00", "hold"))
+    resolution = one(values, warned).instances[1]
+    assert resolution.deadline_ms is None
+    assert [(f, rfc3339_ms(at), rfc3339_ms(due)) for f, at, due in resolution.warnings] == [
+        (0.5, "2026-11-30T09:30:00.000Z", "2026-11-30T11:30:00.000Z")
+    ]
+    warnings = expected_warnings({"T": one(values, warned)})
+    assert sorted((metric, fraction) for _, metric, _, fraction in warnings) == [
+        ("first_response", 0.5),
+        ("resolution", 0.5),
+    ]
+    w = warnings[("T", "resolution", 1, 0.5)]
+    assert (w.remaining_seconds, w.target_seconds, w.policy) == (7200.0, 4 * H, "office")
+    # by a claim clock before Monday 08:30Z nothing is due yet
+    assert expected_warnings({"T": one(values, warned)}, ms("2026-11-30T08:29:59Z") / 1000) == {}
+    # warn_at defaults to 0.75; the default policy (no settings) warns never
+    assert OFFICE.policies[0].warn_at == (0.75,)
+    assert SlaRules.from_json({}, None).policies[0].warn_at == ()
