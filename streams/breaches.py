@@ -45,6 +45,7 @@ import orjson
 
 from deskpulse.models.outputs import SlaAtRisk, SlaBreached, SlaBreachRetracted
 from deskpulse.models.sla import policy_for
+from deskpulse.streams.calendar import deadline_ms
 from deskpulse.streams.core import (
     SEP,
     BatchResult,
@@ -136,9 +137,8 @@ def alerts_due(
     then) and each warning instant of an unclaimed instance reached by then."""
     if state is None or state.kind != "t" or state.opened is None or state.dims is None:
         return []
-    view = evaluate_terms(
-        state.opened[0], state.timeline.items(), config.terms_of(state.dims), clock_ms
-    )
+    plan = config.terms_of(state.dims)
+    view = evaluate_terms(state.opened[0], state.timeline.items(), plan, clock_ms)
     claims = state.claims
     found: list[Alert] = []
     for instance in view.instances:
@@ -147,14 +147,18 @@ def alerts_due(
             continue
         for fraction, instant in instance.warnings:
             marker = f"{key}@{fraction}"
-            if instant > clock_ms or marker in claims or instance.deadline_ms is None:
+            if instant > clock_ms or marker in claims:
                 continue
             event_id = _event_id(prefix, conv_id[2:], key, f"@{fraction}")
+            remaining_ms = instance.target_ms - _warn_ms(fraction, instance)
+            # the deadline if the clock keeps running from the warning on: a resolution
+            # clock paused later (even for good, with no deadline at all) warned all the same
+            due_ms = deadline_ms(plan.calendar, instant, remaining_ms)
             warning = SlaAtRisk(
                 event_id=event_id,
                 fraction=fraction,
-                remaining_seconds=(instance.target_ms - _warn_ms(fraction, instance)) / 1000,
-                due_at=_rfc3339(instance.deadline_ms),
+                remaining_seconds=remaining_ms / 1000,
+                due_at=_rfc3339(due_ms),
                 **_fields(conv_id, state, instance, config),
             )
             found.append(Alert(marker, event_id, warning.model_dump_json(), state.dims, None))

@@ -202,8 +202,9 @@ def _instance(
     detail: bool = True,
     warn: bool | None = None,
 ) -> Instance:
-    # the first and next responses run always: one open-ended span
-    always = len(spans) == 1 and spans[0][1] is None
+    # the first and next responses run always: one open-ended span from the start (a
+    # resolution clock paused while ``new`` also has one open-ended span, from a later instant)
+    always = len(spans) == 1 and spans[0] == (start_ms, None)
     deadline = (
         deadline_ms(calendar, start_ms, target_ms) if always else _reach(calendar, spans, target_ms)
     )

@@ -230,6 +230,26 @@ def test_pause_list_is_the_policys() -> None:
     assert instance.deadline_ms == T0 + 6 * H and instance.outcome == ACHIEVED
 
 
+def test_a_pause_on_new_starts_the_resolution_clock_at_the_first_change() -> None:
+    # paused while new: the clock runs from the open at 1 h, so 4 h are due at 5 h (it once
+    # counted from the creation when the open was the only change: due at 4 h)
+    waits = Policy(name="w", targets={"resolution": {"normal": 4 * 3600}}, pause=("new",))
+    (instance,) = only(run((1, "o"), policy=waits), "resolution")
+    assert (instance.deadline_ms, instance.outcome) == (T0 + 5 * H, BREACHED)
+    (instance,) = only(run((1, "o"), (4.5, "s"), policy=waits), "resolution")
+    assert (instance.outcome, instance.business_ms) == (ACHIEVED, int(3.5 * H))
+    assert run((1, "o"), policy=waits, clock_ms=T0 + 4 * H).instances[0].outcome == RUNNING
+    # on business hours too: Monday 2026-11-23 in Berlin, new until 10:00 CET, open after
+    office = BusinessCalendar(
+        Schedule(timezone="Europe/Berlin", hours={"mon": ("09:00-17:00",), "tue": ("09:00-17:00",)})
+    )
+    created = T0 + 8 * H  # 09:00 CET
+    (instance,) = only(
+        run((9, "o"), policy=waits, calendar=office, created_ms=created), "resolution"
+    )
+    assert instance.deadline_ms == T0 + 13 * H  # 10:00 + 4 h = 14:00 CET
+
+
 def test_closed_is_terminal_and_later_status_events_are_counted() -> None:
     view = run((1, "x"), (2, "o"), (3, "s"), (0.5, "c"), policy=RS)
     assert view.ignored == 2
