@@ -639,7 +639,8 @@ def _instances_now(state: Conversation, plan: Terms, view: Evaluation | None) ->
             key = instance.key
             if key in claims:
                 continue  # breached
-            # a warning's claim is ``<key>@<fraction>`` (the key's ``@r`` needs its breach)
+            # a warning's claim is ``<key>@<fraction>`` (a retraction's ``<key>@r`` comes
+            # only after the breach claim skipped above)
             marker = key + "@"
             if any(claim.startswith(marker) for claim in claims):
                 digit = AT_RISK_NOW
