@@ -4,7 +4,7 @@ The collector builds its families from :data:`CATALOG`; the dashboard, the recor
 and the alerts in ``exporters/assets`` are tested against it, so a rename here that is not
 carried through fails the suite instead of a board going blank.
 
-Three groups, on purpose (README.md, "Prometheus metrics"):
+Four groups, on purpose (README.md, "Prometheus metrics"):
 
 * **windowed** gauges, labels ``window`` + :data:`DIMENSIONS` (plus ``metric`` on the SLA
   ratio): event-time results over a rolling
@@ -13,6 +13,8 @@ Three groups, on purpose (README.md, "Prometheus metrics"):
   ``metric``, the SLA metric, on the SLA counters): the
   Prometheus-native family that ``rate()`` and ``histogram_quantile()`` work on. Alert rules
   are built on these.
+* **instances now**: SLA instances running and at risk at this moment, gauges labelled
+  ``metric`` alone: a state the commits keep, not a window and not a counter.
 * **health**: freshness and pipeline health of the worker itself.
 
 Counters are stored under their full exposed name (``..._total``). Seven windowed gauges
@@ -38,6 +40,7 @@ __all__ = [
     "FIRST_RESPONSE_BUCKETS_SECONDS",
     "HEALTH",
     "HOLE_OUTCOMES",
+    "INSTANCES_NOW",
     "OPENMETRICS_FAMILY_CLASHES",
     "WINDOWED",
     "MetricKind",
@@ -310,6 +313,37 @@ CUMULATIVE: tuple[MetricSpec, ...] = (
     ),
 )
 
+# -- SLA instances now ------------------------------------------------------------------------
+
+_NOW = (
+    " A state at this moment, not a window: an instance comes and goes with the commit of "
+    "the event that starts or ends it, and a warning or deadline passing counts when breach "
+    "detection claims it on its event-time clock (as it publishes sla.at_risk or "
+    "sla.breached). Every worker reads the same counts from Redis: aggregate over workers "
+    "with max, not sum."
+)
+
+INSTANCES_NOW: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "deskpulse_sla_running",
+        "gauge",
+        ("metric",),
+        "SLA instances running now, by SLA metric (first_response, next_response, "
+        "resolution): started, neither fulfilled nor cancelled, breach not claimed (a "
+        "resolution clock paused on a pause status still runs as an instance)." + _NOW,
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_sla_at_risk",
+        "gauge",
+        ("metric",),
+        "SLA instances at risk now, by SLA metric: the running instances whose elapsed time "
+        "reached the first warn_at fraction of their target (their first sla.at_risk was "
+        "claimed) and whose breach is not claimed yet; 0 under policies without warnings." + _NOW,
+        "",
+    ),
+)
+
 # -- freshness and pipeline health ----------------------------------------------------------
 
 HEALTH: tuple[MetricSpec, ...] = (
@@ -513,7 +547,7 @@ HEALTH: tuple[MetricSpec, ...] = (
     ),
 )
 
-CATALOG: dict[str, MetricSpec] = build_catalog((*WINDOWED, *CUMULATIVE, *HEALTH))
+CATALOG: dict[str, MetricSpec] = build_catalog((*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *HEALTH))
 
 # Families that OpenMetrics would name alike: a windowed gauge and the counter of the same
 # stem (the counter's family is its name without ``_total``).

@@ -38,7 +38,14 @@ from deskpulse.exporters.catalog import CATALOG, HOLE_OUTCOMES
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
 from deskpulse.streams.compat import gauge_value
-from deskpulse.streams.core import SEP, group_document, has_samples, split_dim_key
+from deskpulse.streams.core import (
+    AT_RISK_FIELDS,
+    RUNNING_FIELDS,
+    SEP,
+    group_document,
+    has_samples,
+    split_dim_key,
+)
 from deskpulse.streams.query import group_fields, read_windows
 from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
@@ -263,7 +270,8 @@ class _Snapshot:
 
 
 class KpiCollector(Collector):
-    """Windowed event-time gauges, the cumulative family and Redis-held pipeline counters."""
+    """Windowed event-time gauges, the cumulative family, the SLA instances now and
+    Redis-held pipeline counters."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -384,6 +392,7 @@ class KpiCollector(Collector):
         families = self._windowed_families(per_window, folded)
         families += self._cumulative_families(totals, folded)
         families += _pipeline_families(meta)
+        families += _instance_families(meta)
         return families, folded
 
     def _windowed_families(
@@ -560,6 +569,22 @@ def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
     held = GaugeMetricFamily("deskpulse_events_held", _help("deskpulse_events_held"))
     held.add_metric([], sums.get("held", 0))
     return [duplicate, late, ignored, orphaned, held]
+
+
+def _instance_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
+    """SLA instances running and at risk now, per SLA metric: the counts the commits keep
+    in the partitions' metas, summed over the partitions (every metric, 0 included)."""
+    families: list[Metric] = []
+    for name, fields in (
+        ("deskpulse_sla_running", RUNNING_FIELDS),
+        ("deskpulse_sla_at_risk", AT_RISK_FIELDS),
+    ):
+        family = GaugeMetricFamily(name, _help(name), labels=["metric"])
+        for metric, field in fields.items():
+            count = sum(int(partition_meta.get(field, 0)) for partition_meta in meta.values())
+            family.add_metric([metric], count)
+        families.append(family)
+    return families
 
 
 def _fold_items(

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
-from deskpulse.models.sla import Policy, Schedule, default_policy, policy_for
+from deskpulse.models.sla import Policy, Schedule, SlaMetric, default_policy, policy_for
 from deskpulse.models.wire import (
     ChatAbandoned,
     ChatAccepted,
@@ -65,8 +65,14 @@ from deskpulse.streams.sla import (
 )
 
 __all__ = [
+    "AT_RISK_FIELDS",
+    "AT_RISK_NOW",
     "FIELDS",
     "HISTOGRAM_BOUNDS_S",
+    "NOT_COUNTED",
+    "PLACES",
+    "RUNNING_FIELDS",
+    "RUNNING_NOW",
     "SEP",
     "BatchResult",
     "Contribution",
@@ -82,6 +88,7 @@ __all__ = [
     "fold_claim",
     "group_document",
     "has_samples",
+    "instances_now",
     "split_dim_key",
 ]
 
@@ -232,6 +239,9 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     :mod:`deskpulse.streams.sla`); ``claims`` are the SLA breaches breach detection claimed
     (``fr:1``, ``nr:2``, ``rs:1``). ``seen`` holds the ids of every other event: an id is
     stored once, where its event is kept, and a repeat is found in any of these places.
+    ``counted`` is no event's: it is the ticket's share of its partition's instance counts
+    as of its last commit (:func:`instances_now`), kept so that a batch writes the
+    difference and the commit script takes it back when it deletes the state.
     Stored in Redis as the compact JSON array of these fields, in this order (:meth:`dumps`).
     """
 
@@ -245,6 +255,8 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     claims: set[str] = msgspec.field(default_factory=set)
     seen: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
+    #: last in the array: the commit script reads it from the end of the stored JSON
+    counted: int = 0
 
     def knows(self, event_id: str) -> bool:
         """Whether an event with this id was folded before (wherever its id is kept)."""
@@ -560,6 +572,103 @@ def _instance_field(
 
 _ACHIEVED = {metric: "sa_" + short for metric, short in SHORT.items()}
 _BREACHED = {metric: "sb_" + short for metric, short in SHORT.items()}
+
+
+# --- SLA instances now ----------------------------------------------------------------------
+#
+# How many SLA instances run now, and how many of those are at risk, is a state at an
+# instant, not a sample in a bucket: each partition keeps the two counts per SLA metric in
+# its meta hash (RUNNING_FIELDS, AT_RISK_FIELDS), and each ticket keeps its share of them
+# in its state (``Conversation.counted``, :func:`instances_now`). A batch writes the
+# difference between a touched ticket's share before and after into ``BatchResult.counters``
+# (summed over the batch: at most one increment per count per commit), so the counts move
+# in the same commit as the state, exactly once; the commit script takes a share back when
+# it deletes a state past retention. Time alone moves nothing: a warning or a deadline
+# passing changes a share only when breach detection claims it, on the detection clock, in
+# the commit that parks the ``sla.at_risk`` or ``sla.breached`` payload. A scrape reads the
+# counts from the partitions' metas: O(partitions), whatever the number of tickets.
+
+#: the partition's count of running SLA instances per metric (a field of its meta hash)
+RUNNING_FIELDS: dict[SlaMetric, str] = {metric: "sla_running:" + metric for metric in SHORT}
+#: the partition's count of running SLA instances at risk per metric (meta hash)
+AT_RISK_FIELDS: dict[SlaMetric, str] = {metric: "sla_at_risk:" + metric for metric in SHORT}
+#: a metric's digit in a ticket's share: none, running, running and at risk
+NOT_COUNTED, RUNNING_NOW, AT_RISK_NOW = 0, 1, 2
+#: the decimal place of each metric's digit in a ticket's share (the commit script reads
+#: the digits in this order: units, tens, hundreds)
+PLACES: dict[SlaMetric, int] = {"first_response": 1, "next_response": 10, "resolution": 100}
+_ENDS_FIRST = frozenset((AGENT, STATUS_CODES["solved"], STATUS_CODES["closed"]))
+
+
+def instances_now(state: Conversation, config: CoreConfig) -> int:
+    """A ticket's share of its partition's instance counts, a pure function of its state:
+    one decimal digit per SLA metric (:data:`PLACES`), :data:`NOT_COUNTED`,
+    :data:`RUNNING_NOW` or :data:`AT_RISK_NOW`.
+
+    An SLA instance is *running* from the event that starts it until an event ends it
+    (fulfils or cancels it, in time or late), or until breach detection claims its breach;
+    a running instance is *at risk* once breach detection claimed one of its warnings,
+    which it does when the detection clock reaches the first ``warn_at`` fraction of the
+    target (a policy without warnings has no instance at risk). A ticket has at most one
+    running instance per metric: a next response starts only while none runs.
+    """
+    if state.kind != "t" or state.opened is None or state.dims is None:
+        return NOT_COUNTED
+    plan = config.terms_of(state.dims)
+    return _instances_now(state, plan, final_view(state, plan) if needs_view(state, plan) else None)
+
+
+def _instances_now(state: Conversation, plan: Terms, view: Evaluation | None) -> int:
+    """:func:`instances_now` of an opened ticket, with its timeline evaluated when
+    :func:`needs_view` says so (``view``), else ``None``."""
+    if view is None:
+        if not state.timeline and not state.claims:
+            # a new ticket (no evaluation, see _add_deltas): its first response and its
+            # resolution run from the creation (a resolution paused from the start too)
+            share = NOT_COUNTED
+            if plan.first_response_ms is not None:
+                share += RUNNING_NOW * PLACES["first_response"]
+            if plan.resolution_ms is not None:
+                share += RUNNING_NOW * PLACES["resolution"]
+            return share
+        # the first response alone, no warnings, no claims: it runs until the first public
+        # agent reply, solve or close (the first status into solved or closed is a change)
+        if plan.first_response_ms is None:
+            return NOT_COUNTED
+        for _, code in state.timeline.values():
+            if code in _ENDS_FIRST:
+                return NOT_COUNTED
+        return RUNNING_NOW
+    claims = state.claims
+    share = NOT_COUNTED
+    for instance in view.instances:
+        if instance.end_ms is not None:
+            continue
+        digit = RUNNING_NOW
+        if claims:
+            key = instance.key
+            if key in claims:
+                continue  # breached
+            # a warning's claim is ``<key>@<fraction>`` (a retraction's ``<key>@r`` comes
+            # only after the breach claim skipped above)
+            marker = key + "@"
+            if any(claim.startswith(marker) for claim in claims):
+                digit = AT_RISK_NOW
+        share += digit * PLACES[instance.metric]
+    return share
+
+
+def _move_counts(counters: dict[str, int], moves: Mapping[tuple[int, int], int]) -> None:
+    """Add to ``counters`` the change of ``n`` tickets' shares of the instance counts from
+    ``before`` to ``after``, for each ``(before, after): n`` of ``moves``."""
+    for (before, after), n in moves.items():
+        for metric, place in PLACES.items():
+            was, now = before // place % 10, after // place % 10
+            if was != now:
+                running = (now != NOT_COUNTED) - (was != NOT_COUNTED)
+                at_risk = (now == AT_RISK_NOW) - (was == AT_RISK_NOW)
+                counters[RUNNING_FIELDS[metric]] += n * running
+                counters[AT_RISK_FIELDS[metric]] += n * at_risk
 
 
 class _FieldNames(dict[int, str]):
@@ -994,11 +1103,13 @@ def _add_deltas(
     (skipping buckets older than ``cutoff_ms``), with its state, held count and deadline."""
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
     bucket_ms = bucket_s * 1000
-    totals, buckets = result.totals, result.buckets
+    totals, buckets, counters = result.totals, result.buckets, result.counters
     prefixes: dict[Dims, str] = {}
     # the four bucket hashes (fine, roll-up, and both over all groups) of each fine bucket
     targets: dict[int, tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]] = {}
     held_delta = ignored = 0
+    # tickets whose share of the instance counts moved, by (share before, share after)
+    moves: dict[tuple[int, int], int] = {}
     for conv_id, state in working.items():
         previous = before.get(conv_id)
         changes: Iterable[Contribution]
@@ -1008,15 +1119,15 @@ def _add_deltas(
         # a ticket whose breach schedule needs its timeline evaluated: evaluated once, for
         # the samples too (a new ticket's schedule needs no evaluation: opening_alert_ms)
         view = None
+        plan = None
         if (
             not unchanged
             and state.kind == "t"
-            and (state.timeline or state.claims)
             and state.opened is not None
             and state.dims is not None
         ):
             plan = config.terms_of(state.dims)
-            if needs_view(state, plan):
+            if (state.timeline or state.claims) and needs_view(state, plan):
                 view = final_view(state, plan)
         if previous is None:
             # a new conversation: nothing to take back
@@ -1030,6 +1141,14 @@ def _add_deltas(
             else:
                 changes, ignored_change = _kpi_change(state, inputs, config, view)
                 ignored += ignored_change
+        if plan is not None:
+            # what the ticket adds to the partition's instance counts (its share stored
+            # with it is what it added before)
+            share = _instances_now(state, plan, view)
+            if share != state.counted:
+                move = (state.counted, share)
+                moves[move] = moves.get(move, 0) + 1
+                state.counted = share
         # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
             if value == 0:
@@ -1067,10 +1186,12 @@ def _add_deltas(
         result.states[conv_id] = state
         if not unchanged:  # (absent: the due entry is left as it is)
             result.deadlines[conv_id] = breach_deadline(state, config, view)
+    if moves:
+        _move_counts(counters, moves)
     if working:
-        result.counters["held"] += held_delta
+        counters["held"] += held_delta
     if ignored:
-        result.counters["ignored:closed"] += ignored
+        counters["ignored:closed"] += ignored
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:

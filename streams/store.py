@@ -11,7 +11,10 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                on its partition n), ``held``, ``orphaned``,
                                ``dup:<topic>``, ``late:<topic>``, ``ignored:closed``,
                                ``applied``, ``gen`` (the
-                               store generation, written by the partition's first commit)
+                               store generation, written by the partition's first commit),
+                               ``sla_running:<metric>``, ``sla_at_risk:<metric>`` (the SLA
+                               instances of the partition's tickets running now, and of
+                               those at risk: see "Instances now" below)
 ``P:{pn}:b:<start>``           hash: fine bucket (``DESKPULSE_BUCKET_SECONDS``), fields
                                ``channel␟queue␟priority␟field`` -> integer
 ``P:{pn}:r:<start>``           hash: the same fields rolled up per ``rollup_seconds``
@@ -46,6 +49,15 @@ applied. Memory is bounded by event-time retention: buckets whose end is older t
 newest event time minus retention, and conversations with no event since then, are
 deleted by the same script (a conversation deleted while still waiting for its opener
 counts its held events as orphaned).
+
+Instances now: how many SLA instances run, and how many of those are at risk, is kept as
+two counts per SLA metric in each partition's meta, moved by the commit itself: each
+ticket's state carries its share of them (:func:`~streams.core.instances_now`, the last
+field of the state's JSON), a batch or a breach check adds the difference its fold made
+(summed per commit, with the meta counters), and the expiry step takes a deleted ticket's
+share back. So the counts change exactly once, in the commit that changes the state, and a
+scrape reads them with the metas, O(partitions). They move on the detection clock: a
+warning or a deadline passing counts only when breach detection claims it.
 
 State loss is noticed, never papered over: the generation in ``P:config`` is copied into
 each partition's meta by its first commit, and the commit script refuses (a reply of its
@@ -86,8 +98,10 @@ __all__ = [
 
 #: Version of the key layout below; state written with another one is refused at start.
 #: 2: the all-groups buckets ``B:``/``R:``. 3: a ticket's timeline and claims in its
-#: state, each event id stored once (docs/architecture.md, "Conversation state").
-LAYOUT = "3"
+#: state, each event id stored once (docs/architecture.md, "Conversation state"). 4: a
+#: ticket's share of the instance counts at the end of its state, the counts in the meta
+#: (counts kept from a partition's first commit on: older state has none to start from).
+LAYOUT = "4"
 
 # Applies one batch if the partition's generation is the store's and its version is the one
 # the batch was folded against. A meta of another generation, or none although the caller
@@ -197,10 +211,25 @@ for _, suffix in ipairs(old) do
   redis.call('ZREM', bidx, suffix)
 end
 local orphaned = 0
+-- an expired ticket's SLA instances leave the partition's instance counts: its state ends
+-- in its share of them, one digit per metric (1 running, 2 running and at risk)
+local counted = {0, 0, 0, 0, 0, 0}
 local expired = redis.call('ZRANGEBYSCORE', convexp, '-inf', '(' .. ARGV[4], 'LIMIT', 0, 2000)
 for _, id in ipairs(expired) do
   local waiting = tonumber(redis.call('HGET', held, id) or '0')
   orphaned = orphaned + waiting
+  if string.sub(id, 1, 2) == 't:' then
+    local state = redis.call('HGET', conv, id)
+    local share = state and tonumber(string.match(string.sub(state, -6), ',(%d+)%]$'))
+    if share and share > 0 then
+      for k = 1, 3 do
+        local digit = share % 10
+        share = (share - digit) / 10
+        if digit > 0 then counted[k] = counted[k] + 1 end
+        if digit == 2 then counted[k + 3] = counted[k + 3] + 1 end
+      end
+    end
+  end
   redis.call('HDEL', conv, id)
   redis.call('HDEL', held, id)
   redis.call('ZREM', convexp, id)
@@ -209,6 +238,15 @@ end
 if orphaned > 0 then
   redis.call('HINCRBY', meta, 'orphaned', orphaned)
   redis.call('HINCRBY', meta, 'held', -orphaned)
+end
+-- the digits' order and the fields: PLACES, RUNNING_FIELDS, AT_RISK_FIELDS in streams/core.py
+for k, metric in ipairs({'first_response', 'next_response', 'resolution'}) do
+  if counted[k] > 0 then
+    redis.call('HINCRBY', meta, 'sla_running:' .. metric, -counted[k])
+  end
+  if counted[k + 3] > 0 then
+    redis.call('HINCRBY', meta, 'sla_at_risk:' .. metric, -counted[k + 3])
+  end
 end
 local version = redis.call('HINCRBY', meta, 'version', 1)
 return {1, tostring(version), orphaned}

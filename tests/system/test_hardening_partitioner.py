@@ -40,7 +40,14 @@ from deskpulse.models.errors import RejectedEvent, SettingsError
 from deskpulse.models.events import SurveyResponded, TicketCreated, TicketReplied, decode
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.streams.breaches import DetectionClocks
-from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.core import (
+    AT_RISK_FIELDS,
+    AT_RISK_NOW,
+    NOT_COUNTED,
+    PLACES,
+    RUNNING_FIELDS,
+    CoreConfig,
+)
 from deskpulse.streams.devtools.embedded import free_port
 from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.engine import Engine, SourceRecord
@@ -402,29 +409,53 @@ def check_breaches(settings: Settings, dataset: Dataset, describe: Any) -> None:
 #: instant, in the buckets and totals) and the published-breach counters (totals)
 _CLAIM_FIELDS = (b"\x1fsb_fr", b"\x1fsb_nr", b"\x1fsb_rs", b"\x1fsla", b"\x1fsla_nr", b"\x1fsla_rs")
 _CLAIM_CODES = {b"sb_fr", b"sb_nr", b"sb_rs"}
+#: the meta's SLA instances now, which a claimed breach or warning moves
+_NOW_COUNTS = (b"sla_running:", b"sla_at_risk:")
 
 
 def without_breach_claims(state: dict[str, Any]) -> dict[str, Any]:
     """Leave out what claiming breaches writes (the live worker's alone: replay has no
-    timers): the claims in the tickets' states, the watch list and outbox, and the breach
-    counts in the buckets and totals."""
+    timers): the claims in the tickets' states and their shares of the instance counts, the
+    watch list and outbox, the breach counts in the buckets and totals, and the instance
+    counts in the metas."""
     out = {}
     for name, (kind, content) in state.items():
         if name.endswith((":breached", ":breach_out", ":due")):
             continue
         if name.endswith(":conv"):
-            # a state is the JSON array of Conversation's fields; claims are the eighth
-            content = {k: [*v[:7], [], *v[8:]] for k, v in content.items()}
+            # a state is the JSON array of Conversation's fields; claims are the eighth,
+            # the share of the instance counts the eleventh (the last)
+            content = {k: [*v[:7], [], *v[8:10]] for k, v in content.items()}
         elif isinstance(content, dict):
             content = {
                 k: v
                 for k, v in content.items()
-                if not (isinstance(k, bytes) and (k.endswith(_CLAIM_FIELDS) or k in _CLAIM_CODES))
+                if not (
+                    isinstance(k, bytes)
+                    and (
+                        k.endswith(_CLAIM_FIELDS) or k in _CLAIM_CODES or k.startswith(_NOW_COUNTS)
+                    )
+                )
             }
             if not content:
                 continue  # a bucket that held breach counts alone
         out[name] = (kind, content)
     return out
+
+
+def check_instance_counts(state: dict[str, Any]) -> None:
+    """Each partition's instance counts (meta) equal its tickets' shares (the last field of
+    a state) added up: no move counted twice or lost across batches, retries and claims."""
+    parts = {name.partition("}:")[0] for name in state if name.startswith("{p")}
+    for part in parts:
+        shares = [v[10] for v in state.get(f"{part}}}:conv", ("hash", {}))[1].values()]
+        meta = state[f"{part}}}:meta"][1]
+        for metric, place in PLACES.items():
+            digits = [share // place % 10 for share in shares]
+            running = int(meta.get(RUNNING_FIELDS[metric].encode(), 0))
+            at_risk = int(meta.get(AT_RISK_FIELDS[metric].encode(), 0))
+            assert running == sum(d != NOT_COUNTED for d in digits), (part, metric)
+            assert at_risk == sum(d == AT_RISK_NOW for d in digits), (part, metric)
 
 
 def without_breaches(document: dict[str, Any]) -> dict[str, Any]:
@@ -567,6 +598,10 @@ def test_mixed_partitioners_give_exact_kpis_breaches_and_replay(
         replay = state_of(client, replayed.redis_prefix)
     finally:
         client.close()
+    # each partition's SLA instance counts are its tickets' shares added up, with the
+    # worker's claims and without (replay)
+    for state in (live, replay):
+        check_instance_counts(state)
     live, replay = without_breach_claims(live), without_breach_claims(replay)
     assert sorted(live) == sorted(replay), set(live) ^ set(replay)
     differing = {

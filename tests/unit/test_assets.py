@@ -366,7 +366,13 @@ def test_the_sla_row_shows_every_sla_metric_from_the_catalog() -> None:
         "deskpulse_first_response_seconds",
         "deskpulse_first_response_business_seconds",
         "deskpulse_next_response_seconds",
+        "deskpulse_sla_running",
+        "deskpulse_sla_at_risk",
     } <= used
+    # the instances now are the same from every worker: never summed over them
+    for expr in [target["expr"] for panel in in_row for target in panel["targets"]]:
+        for name in ("deskpulse_sla_running", "deskpulse_sla_at_risk"):
+            assert f"sum({name}" not in expr and f"sum by (metric) ({name}" not in expr, expr
     # breaches per SLA metric, and the quantile panels show p50 and p90
     exprs = [target["expr"] for panel in in_row for target in panel["targets"]]
     assert any("deskpulse_sla_breaches_total" in e and "by (metric)" in e for e in exprs)

@@ -13,6 +13,7 @@ from deskpulse.exporters.catalog import (
     CUMULATIVE,
     DIMENSIONS,
     HEALTH,
+    INSTANCES_NOW,
     OPENMETRICS_FAMILY_CLASHES,
     WINDOWED,
     MetricSpec,
@@ -64,6 +65,7 @@ CUMULATIVE_NAMES = {
     "deskpulse_sla_achieved_total",
     "deskpulse_sla_breaches_total",
 }
+INSTANCES_NOW_NAMES = {"deskpulse_sla_running", "deskpulse_sla_at_risk"}
 # name -> labels, for the health family, whose labels differ metric by metric
 HEALTH_LABELS = {
     "deskpulse_kpi_refresh_timestamp_seconds": (),
@@ -98,7 +100,7 @@ LABEL = re.compile(r"^[a-z][a-z0-9_]*$")
 # Words that mean "a time" or "a share": such a metric must carry the base unit in its name.
 TIME_WORDS = ("duration", "wait", "latency", "age", "time", "timestamp", "delay")
 NON_BASE_UNITS = ("_ms", "_milliseconds", "_minutes", "_hours", "_days", "_percent", "_pct")
-SPECS = (*WINDOWED, *CUMULATIVE, *HEALTH)
+SPECS = (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *HEALTH)
 
 
 def stem(spec: MetricSpec) -> str:
@@ -108,8 +110,11 @@ def stem(spec: MetricSpec) -> str:
 def test_catalog_holds_exactly_the_documented_metrics() -> None:
     assert {spec.name for spec in WINDOWED} == WINDOWED_NAMES
     assert {spec.name for spec in CUMULATIVE} == CUMULATIVE_NAMES
+    assert {spec.name for spec in INSTANCES_NOW} == INSTANCES_NOW_NAMES
     assert {spec.name: spec.labels for spec in HEALTH} == HEALTH_LABELS
-    assert set(CATALOG) == WINDOWED_NAMES | CUMULATIVE_NAMES | set(HEALTH_LABELS)
+    assert set(CATALOG) == (
+        WINDOWED_NAMES | CUMULATIVE_NAMES | INSTANCES_NOW_NAMES | set(HEALTH_LABELS)
+    )
 
 
 def test_no_name_is_declared_twice() -> None:
@@ -191,6 +196,15 @@ def test_sla_families_carry_the_sla_metric_label() -> None:
     assert all(name.startswith("deskpulse_sla_") for name in with_metric)
     assert CATALOG["deskpulse_sla_achieved_ratio"].labels == ("window", *DIMENSIONS, "metric")
     assert CATALOG["deskpulse_sla_achieved_total"].labels == (*DIMENSIONS, "metric")
+
+
+@pytest.mark.parametrize("spec", INSTANCES_NOW, ids=lambda spec: spec.name)
+def test_instances_now_are_gauges_by_sla_metric_alone(spec: MetricSpec) -> None:
+    # a state now, kept in Redis: the same from every worker, no dimension labels
+    assert spec.kind == "gauge" and spec.labels == ("metric",)
+    assert spec.name.startswith("deskpulse_sla_")
+    text = spec.help.lower()
+    assert "now" in text and "breach detection" in text and "max, not sum" in text
 
 
 @pytest.mark.parametrize("spec", CUMULATIVE, ids=lambda spec: spec.name)

@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 from deskpulse.models.sla import Policy, Schedule
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.core import (
+    AT_RISK_FIELDS,
+    AT_RISK_NOW,
     FIELDS,
+    NOT_COUNTED,
+    PLACES,
+    RUNNING_FIELDS,
     SEP,
     BatchResult,
     Conversation,
@@ -26,6 +31,7 @@ from deskpulse.streams.core import (
     contributions,
     fold_batch,
     group_document,
+    instances_now,
 )
 from deskpulse.streams.query import build_document
 from deskpulse.streams.sla import first_response_deadline_terms
@@ -300,6 +306,87 @@ def test_a_claim_before_its_breach_shows_in_the_timeline_waits_for_it() -> None:
     assert total(memory)["sla"]["first_response"]["breached"] == 0  # type: ignore[index]
 
 
+def now_counts(memory: MemoryState) -> dict[str, tuple[int, int]]:
+    """The instances now: per SLA metric, (running, at risk) as the counters add them up."""
+    return {
+        metric: (memory.counters[RUNNING_FIELDS[metric]], memory.counters[AT_RISK_FIELDS[metric]])
+        for metric in PLACES
+    }
+
+
+# each step, then (first response, next response, resolution) as (running, at risk)
+INSTANCE_STEPS: list[tuple[str, bytes | SlaClaim, tuple[tuple[int, int], ...]]] = [
+    ("created: first response and resolution run", TICKET, ((1, 0), (0, 0), (1, 0))),
+    (
+        "a private note changes nothing",
+        ev("n", "ticket.replied", 60, ticket_id="T1", author_role="agent", public=False),
+        ((1, 0), (0, 0), (1, 0)),
+    ),
+    ("the first response's warning claimed", SlaClaim("T1", "fr:1@0.75"), ((1, 1), (0, 0), (1, 0))),
+    (
+        "the first agent reply ends it",
+        ev("r1", "ticket.replied", 3000, ticket_id="T1", author_role="agent"),
+        ((0, 0), (0, 0), (1, 0)),
+    ),
+    (
+        "a customer reply starts a next response",
+        ev("r2", "ticket.replied", 3100, ticket_id="T1", author_role="customer"),
+        ((0, 0), (1, 0), (1, 0)),
+    ),
+    (
+        "a second one while it runs starts none",
+        ev("r3", "ticket.replied", 3200, ticket_id="T1", author_role="customer"),
+        ((0, 0), (1, 0), (1, 0)),
+    ),
+    ("its warning claimed: at risk", SlaClaim("T1", "nr:1@0.75"), ((0, 0), (1, 1), (1, 0))),
+    ("breached: no longer running", SlaClaim("T1", "nr:1"), ((0, 0), (0, 0), (1, 0))),
+    (
+        "pending pauses the resolution clock: still running",
+        status("p", 3300, "pending"),
+        ((0, 0), (0, 0), (1, 0)),
+    ),
+    ("the resolution's warning claimed", SlaClaim("T1", "rs:1@0.75"), ((0, 0), (0, 0), (1, 1))),
+    (
+        "the late agent reply changes no count",
+        ev("r4", "ticket.replied", 9000, ticket_id="T1", author_role="agent"),
+        ((0, 0), (0, 0), (1, 1)),
+    ),
+    ("solved: nothing runs", status("s", 9100, "solved"), ((0, 0), (0, 0), (0, 0))),
+    ("a reopen starts no resolution", status("o", 9200, "open"), ((0, 0), (0, 0), (0, 0))),
+    (
+        "a customer reply on the reopened ticket starts a next response",
+        ev("r5", "ticket.replied", 9300, ticket_id="T1", author_role="customer"),
+        ((0, 0), (1, 0), (0, 0)),
+    ),
+    ("closed: cancelled", status("x", 9400, "closed"), ((0, 0), (0, 0), (0, 0))),
+]
+
+
+def test_instances_now_follow_a_ticket_step_by_step() -> None:
+    memory = MemoryState(SLA_CONFIG)  # high: every metric, warnings at 0.75
+    for offset, (step, raw, expected) in enumerate(INSTANCE_STEPS):
+        memory.apply([("t", offset, raw)])
+        want = dict(zip(PLACES, expected, strict=True))
+        assert now_counts(memory) == want, step
+        state = memory.states["t:T1"]
+        assert state.counted == instances_now(state, SLA_CONFIG), step
+
+
+def test_instances_now_under_the_default_policy() -> None:
+    # the first response alone (no evaluation of the timeline): running until answered
+    memory = run(TICKET, ev("c", "ticket.replied", 60, ticket_id="T1", author_role="customer"))
+    assert now_counts(memory)["first_response"] == (1, 0)
+    memory.apply([("t", 9, ev("r", "ticket.replied", 99999, ticket_id="T1", author_role="agent"))])
+    assert now_counts(memory)["first_response"] == (0, 0)
+    # a ticket solved before any reply cancels it; one with no target never counts
+    memory.apply([("t", 10, ev("c2", "ticket.created", 0, ticket_id="T2", priority="low"))])
+    assert now_counts(memory)["first_response"] == (1, 0)
+    memory.apply([("t", 11, status("s2", 30, "solved", ticket="T2"))])
+    assert now_counts(memory)["first_response"] == (0, 0)
+    no_target = CoreConfig(policies=())
+    assert instances_now(run(TICKET, config=no_target).states["t:T1"], no_target) == 0
+
+
 def test_next_responses_and_their_sla() -> None:
     memory = run(
         TICKET,
@@ -351,7 +438,7 @@ def test_a_ticket_state_keeps_each_event_id_once() -> None:
         assert raw.count(event_id.encode()) == 1
     assert state.events() == 10
     # the figure docs/architecture.md gives
-    assert len(raw) == 436
+    assert len(raw) == 438
     # equal states are equal bytes, whatever the order
     assert run(*reversed(events)).states["t:T0000000001"].dumps() == raw
 
@@ -615,7 +702,8 @@ def ticket_timelines(draw: st.DrawFn) -> list[bytes | SlaClaim]:
                         public=draw(st.sampled_from([True, True, False])),
                     )
                 )
-        for claim in draw(st.lists(st.sampled_from(["fr:1", "nr:1", "nr:2", "rs:1"]), max_size=3)):
+        claims = ["fr:1", "nr:1", "nr:2", "rs:1", "fr:1@0.5", "nr:1@0.5", "rs:1@0.5"]
+        for claim in draw(st.lists(st.sampled_from(claims), max_size=3)):
             events.append(SlaClaim(tid, claim))
     return events
 
@@ -641,6 +729,18 @@ def test_timelines_and_claims_in_any_order_and_batching_give_the_same_kpis(
     assert memory.fine() == reference.fine()
     assert memory.totals == reference.totals
     assert memory.counters["ignored:closed"] == reference.counters["ignored:closed"]
+    # the instances now: the same counts in any order and batching, and each the sum of the
+    # shares recounted from the final states
+    now = {k: v for k, v in memory.counters.items() if k.startswith("sla_") and v}
+    assert now == {k: v for k, v in reference.counters.items() if k.startswith("sla_") and v}
+    recount: Counter[str] = Counter()
+    for state in memory.states.values():
+        share = instances_now(state, config)
+        assert state.counted == share
+        for metric, place in PLACES.items():
+            recount[RUNNING_FIELDS[metric]] += share // place % 10 != NOT_COUNTED
+            recount[AT_RISK_FIELDS[metric]] += share // place % 10 == AT_RISK_NOW
+    assert now == {k: v for k, v in recount.items() if v}
     assert memory.document(by=("priority",)) == reference.document(by=("priority",))
     assert {k: v.dumps() for k, v in memory.states.items()} == {
         k: v.dumps() for k, v in reference.states.items()
