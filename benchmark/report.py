@@ -392,6 +392,14 @@ def _throughput(tp: dict[str, Any] | None, datasets: dict[str, Any], add: Any) -
         f"{rp['wall_seconds']:.1f} s wall, setup included; "
         f"{_rate(rp.get('whole_per_second', 0))} over the whole replay call) |"
     )
+    v1 = tp.get("replay_v1")
+    if v1:
+        add(
+            f"| the same replay without schedules or SLA policies (the first-response target "
+            f"alone, as before them; for reference) | {_rate(v1['per_second'])} | "
+            f"{v1['seconds']:.1f} | replay {v1['cores']['replay']:.2f}, redis "
+            f"{v1['cores']['redis']:.2f} |"
+        )
     add("")
     runs = tp.get("runs")
     if runs:

@@ -346,10 +346,17 @@ class Bench:
             run["prefix"] = f"bench-replay-{t}"
             return run
 
+        async def replay_v1(t: int) -> dict[str, Any]:
+            # the same replay without schedules or SLA policies (v1's first-response target
+            # alone): on the same host in the same run, what the SLA work costs the replay
+            settings = self.settings(f"replay-v1-{t}", "tp", schedules={}, sla_policies=None)
+            return await self.run_replay(f"replay-v1-{t}", settings, n)
+
         contenders: dict[str, Callable[[int], Any]] = {"bare": bare, "live": live}
         if OFFLOAD:
             contenders["live_alt"] = alt
         contenders["replay"] = replay
+        contenders["replay_v1"] = replay_v1
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         names = list(contenders)
         for t in range(cfg.trials):
