@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ def _ms(seconds: float | None) -> str:
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
         return "-"
     return f"{seconds * 1000:,.1f} ms"
+
+
+def _us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:,.0f} µs"
 
 
 def _rate(value: float | None) -> str:
@@ -77,6 +82,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _scrape(s.get("scrape"), add)
     _kpis(s.get("kpis"), add)
     _reads(s.get("reads"), add)
+    _sla(s.get("sla"), add)
     _soak(s.get("soak"), add)
     _profiles(s, add)
     add("## How to run\n")
@@ -94,7 +100,11 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "conversation; together, lifecycles of days end within minutes, inside the soak], "
         "`BENCH_READS_RATE` [2000: events/s ingested while readers read], `BENCH_READS_SECONDS` "
         "[15: per phase], `BENCH_READS_LEVELS` [20,100,200: concurrent readers], "
-        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,soak; or name sections as "
+        "`BENCH_SLA_TICKETS` [50000: open tickets in the breach-check state], "
+        "`BENCH_SLA_PASSES` [20: timed passes with nothing due], `BENCH_SLA_DUE` [1000: "
+        "tickets the claiming pass finds due], `BENCH_SLA_STATE_TICKETS` [10000: worked "
+        "tickets the state size is measured on], "
+        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,soak; or name sections as "
         "arguments: `python -m benchmark.run reads`], "
         "`BENCH_PROFILE` [auto: profile only what misses its budget; always; never], "
         "`BENCH_WORKDIR` [a new temporary directory: logs, raw profiles, results.json], "
@@ -269,6 +279,11 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                     _mark(phase["ratio"] >= 0.5 and not _errors(statuses)),
                 ]
             )
+    sl = s.get("sla") or {}
+    if "error" in sl:
+        rows.append(["sla", "error: " + sl["error"][:200], "", _mark(False)])
+    elif sl:
+        rows += _sla_rows(sl)
     so = s.get("soak") or {}
     if "error" in so:
         rows.append(["soak", "error: " + so["error"][:200], "", _mark(False)])
@@ -284,6 +299,48 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                 f"Redis {sm['redis_mib']['steady_growth']:+.1%}",
                 "flat (steady phase ≤ +5 %)",
                 _mark(sm["flat"]),
+            ]
+        )
+    return rows
+
+
+def _sla_rows(sl: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    idle, running = sl["idle"], sl["running"]
+    enough = running["running"] >= 100_000
+    rows.append(
+        [
+            f"breach-check pass over {running['running']:,} running SLA instances "
+            f"({running['tickets']:,} open tickets, the demo policies), nothing due",
+            f"p50 {_ms(idle['p50'])}, p99 {_ms(idle['p99'])} ({idle['n']} passes over "
+            f"{sl['partitions']} partitions, {sl['idle_commands']:.0f} Redis commands each)",
+            "< 100 ms (≥ 100,000 running instances)",
+            _mark(enough and idle["p99"] < 0.1 and not sl["idle_alerts"]),
+        ]
+    )
+    due, again = sl["due"], sl["again"]
+    complete = not due["due_not_alerted"] and not due["alerted_not_due"]
+    rows.append(
+        [
+            f"a breach-check pass that claims: {due['due_tickets']:,} tickets due",
+            f"{_ms(due['seconds'])} for {due['alerts']:,} alerts ({_us(due['per_alert_s'])} per "
+            f"alert); every due ticket alerted: {'yes' if complete else 'NO'}; a second pass "
+            f"at the same clock claimed {again['alerts']} in {_ms(again['seconds'])}",
+            "(not a budget: each due ticket alerted, nothing claimed twice)",
+            _mark(complete and not again["alerts"] and not again["still_due"]),
+        ]
+    )
+    st = sl.get("state") or {}
+    if st:
+        rows.append(
+            [
+                "stored state of a ticket with 5 public replies and 4 status changes (ids "
+                f"of {st['id_chars']} characters)",
+                f"{st['bytes_mean']:,.0f} B (`Conversation.dumps()`); in Redis "
+                f"{st['redis_per_ticket']:,.0f} B per ticket in the keys that hold one entry "
+                "per ticket",
+                "(not a budget; the soak's mean is held to ≤ 600 B)",
+                "—",
             ]
         )
     return rows
@@ -657,13 +714,127 @@ def _reads(rd: dict[str, Any] | None, add: Any) -> None:
     add("")
 
 
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%a %Y-%m-%d %H:%M:%S UTC")
+
+
+def _sla(sl: dict[str, Any] | None, add: Any) -> None:
+    if not sl or "error" in sl:
+        return
+    build, running, idle = sl["build"], sl["running"], sl["idle"]
+    due, again = sl["due"], sl["again"]
+    add("## 6. SLA: breach checks and state size\n")
+    add(
+        f"{sl['tickets']:,} `ticket.created` events (channel, queue and priority drawn with "
+        "the simulator's weights, ids in its format with 10-digit numbers), created over the "
+        f"20 minutes up to {_iso(sl['watermark_ms'])}, were decoded by the worker's "
+        "decoder, put on their partitions as the worker puts them and folded into a Redis "
+        "prefix of their own as the engine folds a batch (`Store.load`, `fold_batch`, "
+        f"`Store.commit`; {build['commits']} commits of up to the default batch size, "
+        f"{build['seconds']:.1f} s, {sl['redis_bytes'] / 2**20:,.1f} MiB of Redis), under the "
+        "demo policies: every ticket has its first response and its resolution running. The "
+        "running instances are counted from the stored states, each evaluated at the clock "
+        "of the passes with its policy and calendar (`streams.sla.evaluate_terms`), not "
+        "assumed. Then the worker's breach check (`streams.breaches.check_partitions` over "
+        f"the {sl['partitions']} partitions, an `asyncio.Lock` each, the alerts handed to a "
+        "callback that keeps them where the worker has its producer) ran "
+        f"{idle['n']} times at the newest event time, {_iso(sl['idle_clock_ms'])}, where "
+        f"nothing is due yet (the earliest alert is at {_iso(sl['earliest_due_ms'])}): a "
+        "pass reads each partition's outbox and the head of its `due` sorted set and never "
+        "looks at an instance. Redis counted the commands the passes sent. Once, at the "
+        f"instant the {due.get('target', due['due_tickets']):,}th earliest ticket is due "
+        f"({_iso(due['clock_ms'])}; tickets due at the same instant come on top), a pass "
+        "claims what is due (loads the due tickets, evaluates them, folds the claims in and "
+        "commits, parks and publishes the alerts), and a second pass at the same clock must "
+        "find nothing.\n"
+    )
+    add("| | figure |")
+    add("| --- | --- |")
+    metrics = ", ".join(f"{n:,} {m.replace('_', ' ')}" for m, n in running["by_metric"].items())
+    add(
+        f"| running SLA instances in the state | **{running['running']:,}** ({metrics}) over "
+        f"{running['tickets']:,} tickets; {sl['due_set']:,} tickets in the `due` sets |"
+    )
+    add(
+        f"| pass with nothing due ({idle['n']} passes) | p50 {_ms(idle['p50'])}, p90 "
+        f"{_ms(idle['p90'])}, p99 {_ms(idle['p99'])}, max {_ms(idle['max'])}; "
+        f"{sl['idle_commands']:.0f} Redis commands a pass; alerts: {sl['idle_alerts']} |"
+    )
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in due["kinds"].items()) or "none"
+    add(
+        f"| pass that claims ({due['due_tickets']:,} tickets due) | {_ms(due['seconds'])}: "
+        f"{due['alerts']:,} alerts claimed and published ({kinds}), "
+        f"**{_us(due['per_alert_s'])} per alert**; breaches counted {due['breaches']}; due "
+        f"tickets without an alert {due['due_not_alerted']}, alerted tickets not due "
+        f"{due['alerted_not_due']} |"
+    )
+    add(
+        f"| the same clock again | {_ms(again['seconds'])}: {again['alerts']} alerts; tickets "
+        f"still due by then {again['still_due']} |"
+    )
+    add("")
+    st = sl.get("state")
+    if not st:
+        return
+    keys = st["keys"]
+    per = st["per_ticket_keys"]
+    add(
+        f"State size: {st['tickets']:,} tickets of 10 events each (the creation, 5 public "
+        "replies, agent and customer in turn, and 4 status changes, open, pending, open, "
+        "solved, over about a day; times with milliseconds, ids of "
+        f"{st['id_chars']} characters: `{st['example_id'][2:]}`) folded the same way into a "
+        "prefix of their own. Each stored state is `Conversation.dumps()`, the compact JSON "
+        "array the store writes: "
+        f"**{st['bytes_mean']:,.0f} bytes** on average ({st['bytes_min']:,} to "
+        f"{st['bytes_max']:,}, the dimensions' names differing). Redis memory is "
+        "`MEMORY USAGE … SAMPLES 0` (every element counted) of each key of the prefix; "
+        "`conv`, `convexp`, `due` and `held` hold one entry per ticket (while it is due, "
+        "while it waits for its opener), the KPI buckets and totals grow with time and "
+        "groups, not tickets.\n"
+    )
+    add("| | keys | entries | bytes | per ticket |")
+    add("| --- | --- | --- | --- | --- |")
+    for name, label in (
+        ("conv", "`conv` (the states; " + str(st["conv_encoding"]) + ")"),
+        ("convexp", "`convexp` (newest event time, for expiry)"),
+        ("due", "`due` (next breach check; a solved ticket with nothing left leaves it)"),
+        ("held", "`held` (events waiting for their opener)"),
+    ):
+        v = per.get(name) or {"keys": 0, "bytes": 0}
+        add(
+            f"| {label} | {v['keys']} | {v.get('entries', 0):,} | {v['bytes']:,} | "
+            f"{v['bytes'] / st['tickets']:,.0f} |"
+        )
+    add(
+        f"| **one entry per ticket, together** | | | "
+        f"{sum(v['bytes'] for v in per.values()):,} | **{st['redis_per_ticket']:,.0f}** |"
+    )
+    labels = {"buckets": "KPI buckets (`b:`, `r:`, `B:`, `R:`)", "tot": "totals (`tot`)"}
+    for name, v in sorted(keys.items(), key=lambda kv: -kv[1]["bytes"]):
+        if name in per:
+            continue
+        add(
+            f"| {labels.get(name, f'`{name}`')} | {v['keys']:,} | | {v['bytes']:,} | "
+            f"({v['bytes'] / st['tickets']:,.0f}) |"
+        )
+    add(
+        f"| Redis `used_memory`, growth | | | {st['used_memory']:,} | "
+        f"({st['used_memory_per_ticket']:,.0f}) |"
+    )
+    add("")
+    add(f"One of them as stored ({len(st['example'])} bytes):\n")
+    add("```json")
+    add(st["example"])
+    add("```\n")
+
+
 def _soak(so: dict[str, Any] | None, add: Any) -> None:
     if not so or "error" in so:
         return
     sm, tr = so.get("summary") or {}, so["traffic"]
     samples = so["samples"]
     every = samples[1]["t"] - samples[0]["t"] if len(samples) > 1 else 0
-    add("## 6. Memory soak\n")
+    add("## 7. Memory soak\n")
     add(
         f"A fresh worker with **`DESKPULSE_RETENTION={so['retention_s'] // 60}m`** (windows "
         f"{', '.join(str(w) + 's' for w in so['windows'])}) so that expiry runs within the soak, "
@@ -771,9 +942,12 @@ def _text(title: str, text: str | None, add: Any) -> None:
 
 
 def _profiles(s: dict[str, Any], add: Any) -> None:
-    tp, fr, sc, kp = (s.get(k) or {} for k in ("throughput", "freshness", "scrape", "kpis"))
+    tp, fr, sc, kp, sl = (
+        s.get(k) or {} for k in ("throughput", "freshness", "scrape", "kpis", "sla")
+    )
     any_profile = (
-        any(_get(tp, k) for k in ("profile_live", "profile_replay"))
+        bool(_get(sl, "profile_idle"))
+        or any(_get(tp, k) for k in ("profile_live", "profile_replay"))
         or any(_get(fr, "profile") for _ in [0])
         or any(_get(sc, k) for k in ("profile_worker", "profile_collect"))
         or any(_get(kp, k) for k in ("profile_query", "profile_cli"))
@@ -818,5 +992,10 @@ def _profiles(s: dict[str, Any], add: Any) -> None:
     _spy(
         "`deskpulse kpis --window 24h --json`, whole process (1000 Hz)",
         _get(kp, "profile_cli"),
+        add,
+    )
+    _text(
+        f"breach-check pass with nothing due (pyinstrument, {_get(sl, 'idle', 'n') or ''} passes)",
+        _get(sl, "profile_idle"),
         add,
     )

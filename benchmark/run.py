@@ -14,7 +14,12 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
 5. reads: a live worker ingesting at a fixed rate over a day of history while N concurrent
    readers hammer ``GET /kpis?window=24h&by=channel,queue,priority`` (all the same window,
    then each a window of its own): ingestion against unloaded, latencies, statuses;
-6. soak: a worker under a steady rate, RSS and Redis memory sampled;
+6. sla: a breach-check pass over 100,000 running SLA instances (50,000 open tickets folded
+   into Redis through the store, under the demo policies) at a clock where nothing is due,
+   and one claiming what ~1,000 tickets have due (their first-response warnings), then once
+   more at the same clock (nothing left); the stored state of a ticket with 5 public
+   replies and 4 status changes, in bytes and in Redis memory;
+7. soak: a worker under a steady rate, RSS and Redis memory sampled;
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -24,7 +29,9 @@ BENCH_SCRAPES (50), BENCH_KPI_CALLS (30), BENCH_DAY_RATE (5), BENCH_SOAK_SECONDS
 BENCH_SOAK_RATE (1000), BENCH_SOAK_SAMPLE_SECONDS (30), BENCH_SOAK_RETENTION (10m),
 BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_READS_RATE
 (2000), BENCH_READS_SECONDS (15, per phase), BENCH_READS_LEVELS (20,100,200),
-BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,soak; section names given as
+BENCH_SLA_TICKETS (50000), BENCH_SLA_PASSES (20), BENCH_SLA_DUE (1000),
+BENCH_SLA_STATE_TICKETS (10000),
+BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,soak; section names given as
 arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
@@ -45,6 +52,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +63,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
-from benchmark import profiles
+from benchmark import profiles, sla_state
 from benchmark.machine import CpuWatch, child_pids, facts, rss_kib, tree_cpu_s
 from benchmark.report import write_report
 from benchmark.stack import (
@@ -72,12 +80,13 @@ from benchmark.stack import (
 from benchmark.traffic import marker_id
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.settings import Settings, parse_duration
+from deskpulse.streams.breaches import check_partitions
 from deskpulse.streams.core import Conversation, CoreConfig
 from deskpulse.streams.devtools import policies
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from deskpulse.streams.query import query_kpis
-from deskpulse.streams.store import Store
+from deskpulse.streams.store import Store, text
 from deskpulse.streams.tools import produce_records
 from deskpulse.streams.topics import ensure_topics
 
@@ -91,9 +100,12 @@ BUDGET_KPIS_S = 0.200
 #: ingestion under 100 concurrent readers, against ingestion with none
 BUDGET_READS_RATIO = 0.5
 BUDGET_READS_READERS = 100
+#: one breach-check pass over this many running SLA instances, nothing due, in less than
+BUDGET_BREACH_CHECK_S = 0.100
+BUDGET_BREACH_CHECK_INSTANCES = 100_000
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
 
-SECTIONS = ("throughput", "freshness", "scrape", "kpis", "reads", "soak")
+SECTIONS = ("throughput", "freshness", "scrape", "kpis", "reads", "sla", "soak")
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
 
@@ -148,6 +160,14 @@ class Config:
         default_factory=lambda: tuple(
             int(n) for n in os.environ.get("BENCH_READS_LEVELS", "20,100,200").split(",") if n
         )
+    )
+    #: open tickets in the breach-check state (each a first response and a resolution running)
+    sla_tickets: int = field(default_factory=lambda: _env_int("BENCH_SLA_TICKETS", 50_000))
+    sla_passes: int = field(default_factory=lambda: max(1, _env_int("BENCH_SLA_PASSES", 20)))
+    #: tickets whose first alert the claiming pass finds due (ties at its clock come on top)
+    sla_due: int = field(default_factory=lambda: max(1, _env_int("BENCH_SLA_DUE", 1000)))
+    sla_state_tickets: int = field(
+        default_factory=lambda: max(1, _env_int("BENCH_SLA_STATE_TICKETS", 10_000))
     )
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
@@ -1259,7 +1279,216 @@ class Bench:
         phase["reads"] = {k: reads_after.get(k, 0) - reads_before.get(k, 0) for k in reads_after}
         return phase
 
-    # -- 6. soak -------------------------------------------------------------------------
+    # -- 6. SLA: breach checks and state size ---------------------------------------------
+
+    async def section_sla(self) -> dict[str, Any]:
+        """Breach checks as a worker runs them (``streams.breaches.check_partitions``, one
+        lock per partition, the alerts handed to a callback that keeps them where the worker
+        has its producer) over open tickets folded in through the store, and what the state
+        of a worked ticket costs (:meth:`ticket_state`).
+
+        The tickets are created in the 20 minutes before a Monday 10:00 UTC; the earliest
+        alert any of them has (half of an urgent billing ticket's hour, in the Berlin
+        office's time) comes after that. A pass at that clock has nothing to claim: it
+        reads the outbox and the ``due`` set's head of each partition, and the instances
+        are never looked at. The claiming pass runs at the instant the ``sla_due``-th
+        ticket in order of its next alert is due (a few more may be due at that instant, and
+        some of those tickets have a second warning due by then too)."""
+        cfg = self.config
+        assert self.redis is not None
+        settings = self.settings("sla", "sla")
+        parts = settings.topic_partitions
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        out: dict[str, Any] = {"tickets": cfg.sla_tickets, "partitions": parts}
+        bodies = sla_state.opened_tickets(
+            cfg.sla_tickets, end_ms=sla_state.MONDAY_10_MS, span_ms=20 * 60_000, seed=11
+        )
+        memory_before = await self._used_memory()
+        out["build"] = await sla_state.apply_events(
+            store, bodies, partitions=parts, topic=settings.topic_tickets, batch=settings.batch_size
+        )
+        out["redis_bytes"] = await self._used_memory() - memory_before
+        del bodies
+        print(
+            f"sla: {out['build']['events']:,} tickets folded in {out['build']['seconds']:.1f} s",
+            file=sys.stderr,
+        )
+        watermark_ms = max([(await store.load(p, []))[0].watermark_ms for p in range(parts)])
+        due_keys = [store.base(p) + "due" for p in range(parts)]
+        heads: list[int] = []
+        for key in due_keys:
+            heads += [
+                int(score)
+                for _, score in await self.redis.zrange(key, 0, cfg.sla_due - 1, withscores=True)
+            ]
+        heads.sort()
+        if not heads:
+            raise RuntimeError("no ticket of the SLA state is due ever: nothing to check")
+        idle_ms = min(watermark_ms, heads[0] - 1)
+        out["watermark_ms"], out["idle_clock_ms"], out["earliest_due_ms"] = (
+            watermark_ms,
+            idle_ms,
+            heads[0],
+        )
+        out["due_set"] = sum([await self.redis.zcard(key) for key in due_keys])
+        # counted from the stored states, evaluated at the clock of the passes
+        out["running"] = await sla_state.count_running(store, parts, idle_ms)
+        print(f"sla: {out['running']['running']:,} running SLA instances", file=sys.stderr)
+
+        locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        published: list[dict[str, Any]] = []
+
+        async def publish(items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+            published.extend(body for _, body in items)
+
+        async def check(clock_ms: int) -> tuple[float, int]:
+            started = time.perf_counter()
+            breaches = await check_partitions(
+                store, [(p, clock_ms) for p in range(parts)], publish, locks.__getitem__
+            )
+            return time.perf_counter() - started, breaches
+
+        await check(idle_ms)  # not timed: the connections of the pool are made here
+        commands = await self._commands()
+        idle = [(await check(idle_ms))[0] for _ in range(cfg.sla_passes)]
+        # (the INFO that read the count before is counted in the one after)
+        out["idle_commands"] = (await self._commands() - commands - 1) / cfg.sla_passes
+        out["idle"] = spread(idle)
+        out["idle_alerts"] = len(published)
+        missed = (
+            out["idle"]["p99"] >= BUDGET_BREACH_CHECK_S
+            or out["running"]["running"] < BUDGET_BREACH_CHECK_INSTANCES
+            or bool(published)
+        )
+        if cfg.wants_profile(missed):
+            out["profile_idle"] = await profiles.pyinstrument_text(
+                lambda: check(idle_ms), repeat=cfg.sla_passes
+            )
+
+        # the claiming pass: the tickets whose first alert is due by the sla_due-th instant
+        due_ms = heads[min(cfg.sla_due, len(heads)) - 1]
+        due_ids: set[str] = set()
+        for key in due_keys:
+            due_ids |= {text(m)[2:] for m in await self.redis.zrangebyscore(key, "-inf", due_ms)}
+        published.clear()
+        seconds, breaches = await check(due_ms)
+        alerts = list(published)
+        alerted = {body["ticket_id"] for body in alerts}
+        kinds = Counter(
+            f"{b['type']} {b['metric']}" + (f" at {b['fraction']:g}" if "fraction" in b else "")
+            for b in alerts
+        )
+        out["due"] = {
+            "target": cfg.sla_due,
+            "clock_ms": due_ms,
+            "due_tickets": len(due_ids),
+            "seconds": seconds,
+            "alerts": len(alerts),
+            "breaches": breaches,
+            "per_alert_s": seconds / max(len(alerts), 1),
+            "tickets_alerted": len(alerted),
+            "due_not_alerted": len(due_ids - alerted),
+            "alerted_not_due": len(alerted - due_ids),
+            "kinds": dict(kinds.most_common()),
+        }
+        published.clear()
+        seconds, breaches = await check(due_ms)
+        out["again"] = {
+            "seconds": seconds,
+            "alerts": len(published),
+            "breaches": breaches,
+            "still_due": sum([await self.redis.zcount(key, "-inf", due_ms) for key in due_keys]),
+        }
+        print(
+            f"sla: idle pass p50 {out['idle']['p50'] * 1000:.1f} ms; {len(alerts)} alerts of "
+            f"{len(due_ids)} due tickets claimed in {out['due']['seconds'] * 1000:.0f} ms",
+            file=sys.stderr,
+        )
+        await store.clear()
+        await self._lazyfree_done()  # its memory given back before the next is measured
+        out["state"] = await self.ticket_state()
+        return out
+
+    async def ticket_state(self) -> dict[str, Any]:
+        """Tickets of 5 public replies and 4 status changes each, folded into a prefix of
+        their own: the stored state of one (``Conversation.dumps()``), and the Redis memory
+        of the keys that hold one entry per ticket (``conv``, ``convexp``, ``due``,
+        ``held``), per ticket, beside the growth of ``used_memory`` (KPI buckets included)."""
+        cfg = self.config
+        assert self.redis is not None
+        settings = self.settings("sla-state", "sla")
+        parts = settings.topic_partitions
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        n = cfg.sla_state_tickets
+        bodies = sla_state.worked_tickets(n, start_ms=sla_state.MONDAY_10_MS, seed=12)
+        memory_before = await self._used_memory()
+        build = await sla_state.apply_events(
+            store, bodies, partitions=parts, topic=settings.topic_tickets, batch=settings.batch_size
+        )
+        used = await self._used_memory() - memory_before
+        states = {
+            k: v
+            for k, v in (await sla_state.stored_states(store, parts)).items()
+            if k.startswith("t:")
+        }
+        sizes = [len(raw) for raw in states.values()]
+        example_id = min(states)
+        example = Conversation.loads(states[example_id])
+        keys = await sla_state.key_memory(store)
+        per_ticket = {
+            k: dict(keys.get(k, {"keys": 0, "bytes": 0}))
+            for k in ("conv", "convexp", "due", "held")
+        }
+        for name, count in (
+            ("conv", self.redis.hlen),
+            ("convexp", self.redis.zcard),
+            ("due", self.redis.zcard),
+            ("held", self.redis.hlen),
+        ):
+            per_ticket[name]["entries"] = sum(
+                [await count(store.base(p) + name) for p in range(parts)]
+            )
+        encoding = await self.redis.object("encoding", store.base(0) + "conv")
+        await store.clear()
+        return {
+            "tickets": n,
+            "stored": len(states),
+            "events": build["events"],
+            "build": build,
+            "bytes_mean": sum(sizes) / max(len(sizes), 1),
+            "bytes_min": min(sizes, default=0),
+            "bytes_max": max(sizes, default=0),
+            "example_id": example_id,
+            "example": example.dumps().decode(),
+            "example_stored_equal": example.dumps() == states[example_id],
+            "example_timeline": len(example.timeline),
+            "example_events": example.events(),
+            "id_chars": len(example_id) - 2,
+            "keys": keys,
+            "per_ticket_keys": per_ticket,
+            "redis_per_ticket": sum(v["bytes"] for v in per_ticket.values()) / n,
+            "used_memory": used,
+            "used_memory_per_ticket": used / n,
+            "conv_encoding": text(encoding) if encoding is not None else "",
+        }
+
+    async def _lazyfree_done(self) -> None:
+        """Wait until Redis has freed what was deleted in the background (UNLINK)."""
+        assert self.redis is not None
+        while int((await self.redis.info("memory")).get("lazyfree_pending_objects", 0)):
+            await asyncio.sleep(0.1)
+
+    async def _used_memory(self) -> int:
+        assert self.redis is not None
+        return int((await self.redis.info("memory"))["used_memory"])
+
+    async def _commands(self) -> int:
+        assert self.redis is not None
+        return int((await self.redis.info("stats"))["total_commands_processed"])
+
+    # -- 7. soak -------------------------------------------------------------------------
 
     async def section_soak(self) -> dict[str, Any]:
         with self.own_broker("soak"):  # it starts empty, and holds only the soak's records
