@@ -301,6 +301,23 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                 _mark(sm["flat"]),
             ]
         )
+        ts = sm.get("ticket_state")
+        if ts is not None:
+            rows.append(
+                [
+                    "mean stored state per ticket in the soak (`Conversation.dumps()`, ids of "
+                    f"{ts.get('id_chars') or '?'} characters)",
+                    f"{ts['mean']:,.0f} B in the steady phase ({ts['sampled']:,} ticket "
+                    f"states in {ts['samples']} samples; the whole soak: "
+                    f"{ts['whole_mean']:,.0f} B over {ts['whole_sampled']:,}; the largest "
+                    f"sample mean {ts['peak_sample_mean']:,.0f} B, the last "
+                    f"{ts['end_sample_mean']:,.0f} B)"
+                    if ts["sampled"]
+                    else "no ticket state sampled in the steady phase",
+                    "≤ 600 B",
+                    _mark(ts["ok"]),
+                ]
+            )
     return rows
 
 
@@ -847,7 +864,9 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
         "at each power of ten, which the state would show as growth), RSS "
         "(VmRSS) of the worker and its engine "
         "process, Redis `used_memory`, "
-        "conversations and bucket keys held, sampled every "
+        "conversations and bucket keys held, and the stored states of up to 250 random "
+        "conversations per partition (`HRANDFIELD`; tickets, ids `t:…`, apart from chats, "
+        "`c:…`), sampled every "
         f"{every:.0f} s. "
         "Redis was flushed before the soak, so its memory is the soak's state only. "
         f'"Steady" is from {sm.get("steady_from_s", 0):.0f} s on (retention + 2 min, or the '
@@ -866,6 +885,8 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
             ("redis_dataset_mib", "of which the data (used_memory_dataset)", "MiB"),
             ("conversations", "conversations in Redis", ""),
             ("state_bytes", "mean bytes of a conversation's state (sample)", "B"),
+            ("ticket_state_bytes", "of a ticket's", "B"),
+            ("chat_state_bytes", "of a chat's", "B"),
             ("events_seen", "mean events it has seen (sample)", ""),
             ("buckets", "bucket keys in Redis", ""),
             ("broker_rss_mib", "broker RSS (holds every record)", "MiB"),
@@ -893,15 +914,16 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
     add("<details><summary>samples</summary>\n")
     add(
         "| t (s) | worker RSS MiB | engine RSS MiB | Redis MiB | conversations | "
-        "state bytes (mean) | events seen (mean) | bucket keys | events applied | "
-        "worker cores | broker cores |"
+        "state bytes (mean) | ticket state bytes (mean, sampled) | events seen (mean) | "
+        "bucket keys | events applied | worker cores | broker cores |"
     )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for s in so["samples"]:
         add(
             f"| {s['t']:.0f} | {s['rss_mib']:.1f} | {s.get('engine_rss_mib', 0):.1f} | "
             f"{s['redis_mib']:.1f} | "
             f"{s['conversations']:,} | {s.get('state_bytes', 0):,.0f} | "
+            f"{s.get('ticket_state_bytes', 0):,.0f} ({s.get('tickets_sampled', 0):,}) | "
             f"{s.get('events_seen', 0):.1f} | {s['buckets']:,} | {s['applied']:,} | "
             f"{s['worker_cores']:.2f} | {s.get('broker_cores', 0):.2f} |"
         )

@@ -19,7 +19,8 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
    and one claiming what ~1,000 tickets have due (their first-response warnings), then once
    more at the same clock (nothing left); the stored state of a ticket with 5 public
    replies and 4 status changes, in bytes and in Redis memory;
-7. soak: a worker under a steady rate, RSS and Redis memory sampled;
+7. soak: a worker under a steady rate, RSS and Redis memory sampled (and the mean size of a
+   ticket's state);
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -103,6 +104,8 @@ BUDGET_READS_READERS = 100
 #: one breach-check pass over this many running SLA instances, nothing due, in less than
 BUDGET_BREACH_CHECK_S = 0.100
 BUDGET_BREACH_CHECK_INSTANCES = 100_000
+#: the mean stored state of a ticket in the soak, at most (bytes)
+BUDGET_TICKET_STATE_BYTES = 600
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
 
 SECTIONS = ("throughput", "freshness", "scrape", "kpis", "reads", "sla", "soak")
@@ -1523,7 +1526,16 @@ class Bench:
                     # a random sample of conversation states: what one of them costs
                     pipe.hrandfield(f"{prefix}:{{p{p}}}:conv", 250, withvalues=True)
                 replies = await pipe.execute()
-            states = [v for r in replies[2 * parts :] for v in r[1::2]]
+            # (id, state) pairs: ids start with t: for tickets, c: for chats
+            pairs = [
+                (text(k), v)
+                for r in replies[2 * parts :]
+                for k, v in zip(r[::2], r[1::2], strict=True)
+            ]
+            states = [v for _, v in pairs]
+            tickets = [len(v) for k, v in pairs if k.startswith("t:")]
+            id_chars = max((len(k) - 2 for k, _ in pairs if k.startswith("t:")), default=0)
+            chats = [len(v) for k, v in pairs if k.startswith("c:")]
             seen = [Conversation.loads(v).events() for v in states]
             cpu = tree_cpu_s(worker.pid)
             broker_cpu = self.cpu_of(self.broker)[0]
@@ -1541,6 +1553,11 @@ class Bench:
                     "conversations": sum(replies[0 : 2 * parts : 2]),
                     "buckets": sum(replies[1 : 2 * parts : 2]),
                     "state_bytes": sum(map(len, states)) / max(len(states), 1),
+                    "ticket_state_bytes": sum(tickets) / max(len(tickets), 1),
+                    "tickets_sampled": len(tickets),
+                    "ticket_id_chars": id_chars,
+                    "chat_state_bytes": sum(chats) / max(len(chats), 1),
+                    "chats_sampled": len(chats),
                     "events_seen": sum(seen) / max(len(seen), 1),
                     "applied": applied_total(await meta_totals(self.redis, prefix, parts)),
                     "worker_cores": (cpu - last_cpu[1]) / max(mono - last_cpu[0], 1e-9),
@@ -1689,11 +1706,13 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         "redis_dataset_mib",
         "conversations",
         "state_bytes",
+        "ticket_state_bytes",
+        "chat_state_bytes",
         "events_seen",
         "buckets",
         "broker_rss_mib",
     ):
-        values = [s[key] for s in samples]
+        values = [s.get(key, 0) for s in samples]
         out[key] = {
             "start": values[0],
             "peak": max(values),
@@ -1702,6 +1721,34 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
             "slope_per_h": slope(key, samples),
             "steady_slope_per_h": slope(key, steady),
         }
+
+    def pooled(rows: list[dict[str, Any]]) -> tuple[float | None, int]:
+        """The mean of every ticket state the samples took (each sample's mean weighs by
+        how many it took), and how many."""
+        count = sum(r.get("tickets_sampled", 0) for r in rows)
+        if not count:
+            return None, 0
+        total = sum(
+            r["ticket_state_bytes"] * r["tickets_sampled"] for r in rows if r.get("tickets_sampled")
+        )
+        return total / count, count
+
+    # the budget holds the steady phase to it (the ramp-up's young tickets would pull the
+    # mean down); the whole run's mean is beside it
+    sampled = [s for s in samples if s.get("tickets_sampled")]
+    mean, count = pooled(steady)
+    whole, whole_count = pooled(samples)
+    out["ticket_state"] = {
+        "mean": mean,
+        "sampled": count,
+        "samples": sum(1 for s in steady if s.get("tickets_sampled")),
+        "whole_mean": whole,
+        "whole_sampled": whole_count,
+        "peak_sample_mean": max((s["ticket_state_bytes"] for s in sampled), default=None),
+        "end_sample_mean": sampled[-1]["ticket_state_bytes"] if sampled else None,
+        "id_chars": max((s.get("ticket_id_chars", 0) for s in sampled), default=0),
+        "ok": mean is not None and mean <= BUDGET_TICKET_STATE_BYTES,
+    }
     span_h = (steady[-1]["t"] - steady[0]["t"]) / 3600
     for key in ("rss_mib", "redis_mib"):
         base = out[key]["steady_start"] or 1e-9
