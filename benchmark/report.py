@@ -770,7 +770,14 @@ def _sla(sl: dict[str, Any] | None, add: Any) -> None:
     metrics = ", ".join(f"{n:,} {m.replace('_', ' ')}" for m, n in running["by_metric"].items())
     add(
         f"| running SLA instances in the state | **{running['running']:,}** ({metrics}) over "
-        f"{running['tickets']:,} tickets; {sl['due_set']:,} tickets in the `due` sets |"
+        f"{running['tickets']:,} tickets; {sl['due_set']:,} tickets in the `due` sets"
+        + (
+            "; the counts the commits keep in the partitions' metas (`sla_running:*`, the "
+            f"`deskpulse_sla_running` gauge): {sum(running['meta'].values()):,}"
+            if running.get("meta")
+            else ""
+        )
+        + " |"
     )
     add(
         f"| pass with nothing due ({idle['n']} passes) | p50 {_ms(idle['p50'])}, p90 "

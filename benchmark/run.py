@@ -1317,7 +1317,8 @@ class Bench:
             f"sla: {out['build']['events']:,} tickets folded in {out['build']['seconds']:.1f} s",
             file=sys.stderr,
         )
-        watermark_ms = max([(await store.load(p, []))[0].watermark_ms for p in range(parts)])
+        metas = [(await store.load(p, []))[0] for p in range(parts)]
+        watermark_ms = max(meta.watermark_ms for meta in metas)
         due_keys = [store.base(p) + "due" for p in range(parts)]
         heads: list[int] = []
         for key in due_keys:
@@ -1337,6 +1338,13 @@ class Bench:
         out["due_set"] = sum([await self.redis.zcard(key) for key in due_keys])
         # counted from the stored states, evaluated at the clock of the passes
         out["running"] = await sla_state.count_running(store, parts, idle_ms)
+        # beside them, the counts the commits keep in the partitions' metas (what the
+        # deskpulse_sla_running gauge exports)
+        out["running"]["meta"] = {
+            field.split(":", 1)[1]: sum(meta.counters.get(field, 0) for meta in metas)
+            for field in sorted({f for meta in metas for f in meta.counters})
+            if field.startswith("sla_running:")
+        }
         print(f"sla: {out['running']['running']:,} running SLA instances", file=sys.stderr)
 
         locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
