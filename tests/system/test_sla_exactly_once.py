@@ -4,16 +4,18 @@ once, whatever happens to the workers and Redis in the middle of the stream.
 
 Each test sends the two phases of :func:`tests.sla_support.build_traffic` (about 1,300
 ticket events, 1,450 alerts of every kind, on a 24/7 policy and on office hours) while it
-kills the worker, makes group members leave and join, or kills Redis, then reads the
-alerts topic back and compares it with the alerts worked out by hand, field for field,
-and the ``deskpulse_sla_breaches_total`` counter with the breaches published. Some kills
-wait for the moment alerts sit in an outbox (claimed or parked, not yet acknowledged by the
+kills the worker, makes group members leave and join, kills Redis, or rebuilds the state
+under a new prefix with ``deskpulse replay``, then reads the alerts topic back and
+compares it with the alerts worked out by hand, field for field, and the
+``deskpulse_sla_breaches_total`` counter with the breaches published. Some kills wait for
+the moment alerts sit in an outbox (claimed or parked, not yet acknowledged by the
 broker): the re-send path. An alert delivered again there must carry the same
 ``event_id`` and the same bytes; the tests print how many were.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter
@@ -27,7 +29,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_redis
 from deskpulse.streams.devtools.simulate import Record
 from tests.conftest import HOST, create_topics
-from tests.e2e_support import PacedProducer, progress
+from tests.e2e_support import PacedProducer, produce_records, progress
 from tests.sla_support import (
     Traffic,
     breach_counts,
@@ -42,8 +44,10 @@ from tests.sla_support import (
 from tests.support import (
     StartWorker,
     WorkerProcess,
+    run_cli,
     samples,
     scrape,
+    settings_env,
     wait_until,
 )
 
@@ -242,3 +246,40 @@ def test_sla_alerts_once_across_redis_kill_9_and_restart_from_its_aof(
         assert worker.stop() == 0, worker.describe()
     finally:
         redis.stop()
+
+
+def test_a_replay_into_a_new_prefix_publishes_no_alert_again(
+    settings: Settings, tmp_path: Path, start_worker: StartWorker
+) -> None:
+    """The state is rebuilt under a new prefix (what one does to recompute history under
+    new settings, or after Redis lost the state): the alerts the old state published are
+    not published again by the worker on the new one, and the breaches they hold are
+    still retracted once when a late reply refutes them."""
+    settings = sla_settings(settings)
+    create_topics(settings)
+    traffic = traffic_for(settings)
+    size_a, size_b = len(traffic.phase_a), len(traffic.phase_b)
+    old = start_worker(settings, tmp_path / "old", name="old", timeout_s=90)
+    asyncio.run(produce_records(settings, traffic.phase_a))
+    wait_for_alerts(settings, size_a, traffic.e1_ms, 90, old.describe)
+    assert old.stop() == 0, old.describe()
+    published = read_alerts(settings, 0, settle_s=2)
+
+    moved = settings.model_copy(update={"redis_prefix": settings.redis_prefix + "r"})
+    done = run_cli(["replay"], settings_env(moved), cwd=tmp_path, timeout_s=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"replay: {len(published)} SLA alerts found" in done.stderr, done.stderr
+    new = start_worker(moved, tmp_path / "new", name="new", timeout_s=90)
+    wait_for_alerts(moved, size_a, traffic.e1_ms, 90, new.describe)
+    time.sleep(3 * settings.breach_check_interval + 1)
+    again = read_alerts(settings, len(published), settle_s=2)
+    assert again == published, (
+        f"{len(again) - len(published)} alerts published again after the replay, e.g. "
+        f"{again[len(published) : len(published) + 3]}"
+    )
+
+    asyncio.run(produce_records(settings, traffic.phase_b))  # late replies first
+    wait_for_alerts(moved, size_a + size_b, traffic.e2_ms, 90, new.describe)
+    summary = check_published(moved, traffic, new.describe)
+    print(f"{len(published)} alerts before the replay; {summary}")
+    assert new.stop() == 0, new.describe()
