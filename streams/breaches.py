@@ -23,6 +23,9 @@ the timeline no longer shows breached (its instance was fulfilled or cancelled i
 by an event that arrived after the claim). Its ``sla.breach_retracted`` payload goes to
 the outbox in that batch's commit, and a marker (``<key>@r``) in the state makes it once.
 
+A state rebuilt by ``deskpulse replay`` starts without claims; the replay adopts the
+alerts already on the alerts topic (:func:`adopt_published`), so none goes out twice.
+
 The detection clock is event time: the partition's newest event time, or the wall clock
 when the worker has caught up with the partition (nothing left to read that could hold an
 in-time reply). A backfill therefore never declares breaches its own later replies refute.
@@ -58,7 +61,14 @@ from deskpulse.streams.core import (
     fold_batch,
 )
 from deskpulse.streams.partitioner import forwarded_key
-from deskpulse.streams.sla import ACHIEVED, BREACHED, CANCELLED, Instance, evaluate_terms
+from deskpulse.streams.sla import (
+    ACHIEVED,
+    BREACHED,
+    CANCELLED,
+    SHORT,
+    Instance,
+    evaluate_terms,
+)
 from deskpulse.streams.store import PartitionMeta, Store
 
 __all__ = [
@@ -66,11 +76,13 @@ __all__ = [
     "DetectionClocks",
     "ReadState",
     "add_retractions",
+    "adopt_published",
     "check_breaches",
     "check_partitions",
     "decide",
     "detection_clock_ms",
     "progress_ms",
+    "published_marker",
 ]
 
 _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
@@ -79,6 +91,8 @@ _BREACH_NAMESPACE = uuid.UUID("6f1c2f0e-5d8e-4b7e-9d0a-1e6c5f3a7b21")
 CLAIMS_TOPIC = "\x1fsla-claims"
 #: the cumulative breach counter's totals field per metric (``sla``: v1's, first response)
 BREACH_TOTALS = {"first_response": "sla", "next_response": "sla_nr", "resolution": "sla_rs"}
+#: the metric of a claim key's short name (``fr`` of ``fr:1``)
+SHORT_METRICS = {short: metric for metric, short in SHORT.items()}
 #: the order parked payloads are published in, per type
 _TYPE_ORDER = {"sla.at_risk": 0, "sla.breached": 1, "sla.breach_retracted": 2}
 
@@ -262,17 +276,39 @@ def _claim(
     """The commit of one check: the claims folded like a batch (unfenced, at the stored
     watermark so never late and moving nothing), their payloads for the outbox, the
     breach counter, and the next check instant of every due ticket looked at."""
-    pending: list[Pending] = []
+    claims: list[tuple[str, str]] = []
     outbox: dict[str, str] = {}
     counts: dict[str, int] = {}
     for conv_id, state in states.items():
         for alert in alerts_due(conv_id, state, clock_ms, config, prefix):
-            claim = SlaClaim(ticket_id=conv_id[2:], claim=alert.marker)
-            pending.append(Pending(claim, CLAIMS_TOPIC, -1, meta.watermark_ms))
+            claims.append((conv_id, alert.marker))
             outbox[alert.event_id] = alert.payload
             if alert.totals_field is not None:
                 name = dim_key(alert.dims) + SEP + alert.totals_field
                 counts[name] = counts.get(name, 0) + 1
+    result = _fold_claims(meta, states, claims, config)
+    result.outbox.update(outbox)
+    for name, count in counts.items():
+        result.totals[name] += count
+    for conv_id, state in states.items():
+        if conv_id not in result.states:
+            # looked at, nothing to claim: its next instant (or none: it leaves ``due``)
+            result.deadlines[conv_id] = None if state is None else breach_deadline(state, config)
+    return result, sum(counts.values())
+
+
+def _fold_claims(
+    meta: PartitionMeta,
+    states: Mapping[str, Conversation | None],
+    claims: Sequence[tuple[str, str]],
+    config: CoreConfig,
+) -> BatchResult:
+    """``(conversation id, marker)`` claims folded into their tickets' states like a batch:
+    unfenced, at the stored watermark (so never late, and moving nothing)."""
+    pending = [
+        Pending(SlaClaim(ticket_id=conv_id[2:], claim=marker), CLAIMS_TOPIC, -1, meta.watermark_ms)
+        for conv_id, marker in claims
+    ]
     result = fold_batch(
         pending,
         states,
@@ -286,14 +322,78 @@ def _claim(
     result.watermark_ms = max(result.watermark_ms, meta.watermark_ms)
     result.fresh.clear()
     result.applied = 0
-    result.outbox.update(outbox)
+    return result
+
+
+def published_marker(payload: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The ticket id and the claim marker an SLA alert read back from the alerts topic
+    stands for (``fr:1`` a breach, ``nr:2@0.5`` a warning, ``rs:1@r`` a retraction; a v1
+    breach, without metric and instance, is the first response's), or ``None`` for any
+    other payload."""
+    ticket_id = payload.get("ticket_id")
+    short = SHORT.get(payload.get("metric", "first_response"))
+    instance = payload.get("instance", 1)
+    if not isinstance(ticket_id, str) or short is None or not isinstance(instance, int):
+        return None
+    key = f"{short}:{instance}"
+    kind = payload.get("type")
+    if kind == "sla.breached":
+        return ticket_id, key
+    if kind == "sla.breach_retracted":
+        return ticket_id, f"{key}@r"
+    fraction = payload.get("fraction")
+    if kind == "sla.at_risk" and isinstance(fraction, int | float):
+        return ticket_id, f"{key}@{float(fraction)}"
+    return None
+
+
+async def adopt_published(
+    store: Store, partition: int, markers: Mapping[str, Iterable[str]], *, limit: int = 5000
+) -> int:
+    """Fold into the tickets of one partition the claims of alerts already published
+    (``conversation id -> markers``, from :func:`published_marker`) that their states do
+    not hold: a state rebuilt under a new prefix then publishes none of them again. An
+    adopted breach counts like a claimed one (KPIs and the breach counter), and one the
+    state shows fulfilled or cancelled in time gets its retraction parked, as a batch
+    would. Tickets the state does not hold are passed over. How many were adopted."""
+    adopted = 0
+    ids = sorted(markers)
+    for start in range(0, len(ids), limit):
+        chunk = ids[start : start + limit]
+        while True:
+            meta, states = await store.load(partition, chunk)
+            result, count = _adopt(meta, states, markers, store.config, store.prefix)
+            if not count or await store.commit(partition, meta.version, result):
+                break
+        adopted += count
+    return adopted
+
+
+def _adopt(
+    meta: PartitionMeta,
+    states: Mapping[str, Conversation | None],
+    markers: Mapping[str, Iterable[str]],
+    config: CoreConfig,
+    prefix: str,
+) -> tuple[BatchResult, int]:
+    claims: list[tuple[str, str]] = []
+    counts: dict[str, int] = {}
+    for conv_id, state in states.items():
+        if state is None or state.kind != "t" or state.opened is None or state.dims is None:
+            continue
+        for marker in sorted(set(markers.get(conv_id, ())) - state.claims):
+            claims.append((conv_id, marker))
+            if "@" not in marker:
+                metric = SHORT_METRICS[marker.split(":", 1)[0]]
+                name = dim_key(state.dims) + SEP + BREACH_TOTALS[metric]
+                counts[name] = counts.get(name, 0) + 1
+    if not claims:
+        return BatchResult(watermark_ms=meta.watermark_ms), 0
+    result = _fold_claims(meta, states, claims, config)
     for name, count in counts.items():
         result.totals[name] += count
-    for conv_id, state in states.items():
-        if conv_id not in result.states:
-            # looked at, nothing to claim: its next instant (or none: it leaves ``due``)
-            result.deadlines[conv_id] = None if state is None else breach_deadline(state, config)
-    return result, sum(counts.values())
+    add_retractions(result, config, prefix)
+    return result, len(claims)
 
 
 async def _flush_outbox(

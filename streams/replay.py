@@ -20,6 +20,11 @@ source record lies past the fence the replay started from is passed over, since 
 replay reads that source record and applies it itself; so whatever mix of runs came
 before, each record is applied once and the KPIs are the live worker's.
 
+Last, it reads the alerts topic and adopts each SLA alert published there as a claim of
+its ticket (:func:`~streams.breaches.adopt_published`): a state rebuilt under a new prefix
+holds none of the old one's claims, and the worker on it would otherwise publish every
+passed warning and breach again, under new event ids.
+
 It is the way to rebuild a state Redis lost (see :mod:`streams.integrity`): the fences it
 leaves are at the topics' ends, past every offset the consumer group committed, so the
 worker accepts the state afterwards. It refuses a state that is damaged (a partition's
@@ -36,14 +41,17 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
 from deskpulse.exporters.prometheus import PipelineMetrics
 from deskpulse.models.settings import Settings
+from deskpulse.streams.breaches import adopt_published, published_marker
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.engine import Engine
 from deskpulse.streams.integrity import TopicOffsets, verify
+from deskpulse.streams.partitioner import ConversationPartitions
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store
 from deskpulse.streams.topics import ensure_topics
@@ -73,6 +81,8 @@ class ReplayStats:
     records: int = 0
     seconds: float = 0.0
     active_seconds: float = 0.0
+    #: SLA alerts found on the alerts topic whose claims the state did not hold
+    adopted: int = 0
 
     @property
     def per_second(self) -> float:
@@ -221,8 +231,54 @@ async def replay(
         stats.seconds = time.perf_counter() - started
         if first_in_hand is not None and stats.records:
             stats.active_seconds = last_committed - first_in_hand
+        # what an earlier state published is not the new one's to publish again
+        published = await _published_alerts(
+            settings, counts[settings.topic_alerts], counts[settings.topic_tickets]
+        )
+        for partition, markers in sorted(published.items()):
+            async with engine.partition_lock(partition):
+                stats.adopted += await adopt_published(store, partition, markers)
+        if stats.adopted:
+            log.info("%d published SLA alerts adopted as claims", stats.adopted)
     finally:
         await consumer.stop()
         await publisher.stop()
         await redis.aclose()
     return stats
+
+
+async def _published_alerts(
+    settings: Settings, alert_partitions: int, partitions: int
+) -> dict[int, dict[str, set[str]]]:
+    """The SLA alerts on the alerts topic as claim markers per ticket (conversation id),
+    by the input partition (of ``partitions``) whose state holds the ticket. Read from the
+    beginning to the end offsets it has now; a record that is no SLA alert is passed over."""
+    found: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    partition_of = ConversationPartitions(partitions) if partitions > 1 else None
+    tps = [TopicPartition(settings.topic_alerts, p) for p in range(alert_partitions)]
+    consumer = AIOKafkaConsumer(
+        **kafka_client_options(settings), group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while True:
+            at_end = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+            batches = await consumer.getmany(*tps, timeout_ms=_END_QUIET_MS if at_end else 500)
+            records = [m for messages in batches.values() for m in messages]
+            if not records and at_end:  # (Tansu: the end may be the last batch's base offset)
+                return found
+            for record in records:
+                try:
+                    payload = orjson.loads(record.value or b"")
+                except orjson.JSONDecodeError:
+                    continue
+                marker = published_marker(payload) if isinstance(payload, dict) else None
+                if marker is not None:
+                    conv_id = "t:" + marker[0]
+                    partition = 0 if partition_of is None else partition_of(conv_id)
+                    found[partition][conv_id].add(marker[1])
+    finally:
+        await consumer.stop()

@@ -232,4 +232,10 @@ def _replay(settings: Settings) -> int:
     progress = Progress("replay")
     stats = asyncio.run(replay(settings, progress=progress.update))
     progress.close(stats.records)
+    if stats.adopted:
+        print(
+            f"replay: {stats.adopted} SLA alerts found on {settings.topic_alerts} adopted "
+            "as claims (not published again)",
+            file=sys.stderr,
+        )
     return 0

@@ -13,7 +13,12 @@ import redis
 from redis.asyncio import Redis
 
 from deskpulse.models.sla import Policy, Schedule
-from deskpulse.streams.breaches import add_retractions, check_breaches
+from deskpulse.streams.breaches import (
+    add_retractions,
+    adopt_published,
+    check_breaches,
+    published_marker,
+)
 from deskpulse.streams.core import SEP, CoreConfig, Pending, fold_batch
 from deskpulse.streams.store import Store
 from tests.integration.test_store import T0, ev, meta_of, new_prefix, pendings, run
@@ -287,5 +292,68 @@ def test_a_failed_publish_is_sent_again_with_the_same_ids_and_counted_once(
         assert [b["type"] for b in found] == ["sla.at_risk", "sla.at_risk", "sla.breached"]
         assert await desk.check(at(10, 7)) == []
         assert (await desk.totals())[GROUP + "sla"] == 1
+
+    run(scenario, redis_url)
+
+
+def markers_of(published: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
+    """What a replay reads back from the alerts topic: claim markers per conversation."""
+    found: dict[str, set[str]] = {}
+    for body in published:
+        marker = published_marker(body)
+        assert marker is not None, body
+        found.setdefault("t:" + marker[0], set()).add(marker[1])
+    return found
+
+
+def test_alerts_published_from_another_state_are_adopted_not_published_again(
+    redis_url: str,
+) -> None:
+    """A state rebuilt under a new prefix adopts what the old one published: no check
+    publishes it again, the breach counts (KPI and counter), and a late reply still
+    retracts it, once."""
+
+    async def scenario(client: Redis) -> None:
+        old, new = Desk(client), Desk(client)
+        for desk in (old, new):
+            await desk.store.check_config()
+            await desk.apply([created("F", at(8)), created("G", at(8))])
+        published = await old.check(at(10, 5))
+        assert len(published) == 6  # two warnings and a breach each
+        markers = markers_of(published)
+        markers["t:H"] = {"fr:1"}  # a ticket the new state does not hold: passed over
+        assert await adopt_published(new.store, 0, markers) == 6
+        assert await adopt_published(new.store, 0, markers) == 0  # held now
+        assert await new.check(at(10, 5)) == []
+        assert await new.check(at(10, 30)) == []
+        totals = await new.totals()
+        assert totals[GROUP + "sla"] == 2 and totals[GROUP + "sb_fr"] == 2, totals
+        # F's agent had replied at 09:50: the breach the old state published is retracted
+        await new.apply([reply("F", at(9, 50))])
+        retracted = await new.check(at(10, 40))
+        assert [(b["type"], b["ticket_id"]) for b in retracted] == [("sla.breach_retracted", "F")]
+        assert await new.check(at(10, 45)) == []
+
+    run(scenario, redis_url)
+
+
+def test_an_adopted_breach_the_state_shows_in_time_is_retracted(redis_url: str) -> None:
+    """The old state published a breach and its retraction was lost with it (parked, never
+    sent): the rebuilt state, which has the in-time reply, retracts it on adoption."""
+
+    async def scenario(client: Redis) -> None:
+        old, new = Desk(client), Desk(client)
+        await old.store.check_config()
+        await old.apply([created("K", at(8))])
+        published = await old.check(at(10, 5))
+        await new.store.check_config()
+        await new.apply([created("K", at(8)), reply("K", at(9, 50))])
+        assert await adopt_published(new.store, 0, markers_of(published)) == 3
+        found = await new.check(at(10, 10))
+        assert kinds(found) == [("sla.breach_retracted", "first_response", 1, None)]
+        assert found[0]["breached_at"] == iso(at(10))
+        assert await new.check(at(10, 20)) == []
+        totals = await new.totals()
+        assert totals[GROUP + "sla"] == 1 and totals.get(GROUP + "sb_fr", 0) == 0, totals
 
     run(scenario, redis_url)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from deskpulse.models.sla import Policy
-from deskpulse.streams.breaches import alerts_due
+from deskpulse.streams.breaches import alerts_due, published_marker
 from deskpulse.streams.core import Conversation, CoreConfig, breach_deadline
 
 H = 3_600_000
@@ -61,3 +61,41 @@ def test_due_at_assumes_the_clock_keeps_running() -> None:
     # without a pause both agree
     assert warnings(ticket(), T0 + 2 * H) == [("rs:1@0.5", 7200.0, "2026-11-23T04:00:00.000Z")]
     assert warnings(ticket(), T0 + 2 * H - 1) == []
+
+
+def test_a_published_alert_read_back_is_the_claim_marker_it_was_claimed_under() -> None:
+    """``published_marker`` is the inverse of the markers ``alerts_due`` claims under: a
+    state that adopts them holds exactly the claims of the state that published."""
+    state = ticket()
+    found = alerts_due("t:T", state, T0 + 5 * H, CONFIG, "p")
+    assert [a.marker for a in found] == ["rs:1@0.5", "rs:1"]
+    for alert in found:
+        assert published_marker(orjson.loads(alert.payload)) == ("T", alert.marker)
+    cases = [
+        # a v1 breach has neither metric nor instance: the first response's
+        ({"type": "sla.breached", "ticket_id": "A"}, ("A", "fr:1")),
+        (
+            {
+                "type": "sla.at_risk",
+                "ticket_id": "B",
+                "metric": "next_response",
+                "instance": 2,
+                "fraction": 0.75,
+            },
+            ("B", "nr:2@0.75"),
+        ),
+        (
+            {
+                "type": "sla.breach_retracted",
+                "ticket_id": "C",
+                "metric": "resolution",
+                "instance": 1,
+            },
+            ("C", "rs:1@r"),
+        ),
+        ({"type": "alert.firing", "rule": "csat_low", "window": "1h"}, None),
+        ({"type": "sla.breached", "ticket_id": "D", "metric": "speed"}, None),
+        ({"type": "sla.at_risk", "ticket_id": "E", "metric": "resolution"}, None),
+    ]
+    for payload, marker in cases:
+        assert published_marker(payload) == marker, payload
