@@ -897,6 +897,11 @@ def _soak(so: dict[str, Any] | None, add: Any) -> None:
             ("events_seen", "mean events it has seen (sample)", ""),
             ("buckets", "bucket keys in Redis", ""),
             ("broker_rss_mib", "broker RSS (holds every record)", "MiB"),
+            *(
+                (f"mib_{name}", f"Redis: `{name}` keys (MEMORY USAGE, sampled)", "MiB")
+                for name in ("conv", "convexp", "due", "held", "tot", "bidx", "meta", "breach_out")
+            ),
+            ("mib_buckets", "Redis: the KPI buckets (MEMORY USAGE, sampled)", "MiB"),
         ):
             v = sm.get(key)
             if not v:

@@ -1541,6 +1541,7 @@ class Bench:
                 for k, v in zip(r[::2], r[1::2], strict=True)
             ]
             states = [v for _, v in pairs]
+            families = await _family_mib(self.redis, prefix, parts)
             tickets = [len(v) for k, v in pairs if k.startswith("t:")]
             id_chars = max((len(k) - 2 for k, _ in pairs if k.startswith("t:")), default=0)
             chats = [len(v) for k, v in pairs if k.startswith("c:")]
@@ -1570,6 +1571,7 @@ class Bench:
                     "applied": applied_total(await meta_totals(self.redis, prefix, parts)),
                     "worker_cores": (cpu - last_cpu[1]) / max(mono - last_cpu[0], 1e-9),
                     "broker_cores": (broker_cpu - last_cpu[2]) / max(mono - last_cpu[0], 1e-9),
+                    **{f"mib_{name}": mib for name, mib in families.items()},
                 }
             )
             last_cpu[:] = [mono, cpu, broker_cpu]
@@ -1690,6 +1692,34 @@ def scrape_sim(now: float) -> SimConfig:
     )
 
 
+#: the key families of a partition the soak weighs (``MEMORY USAGE``, sampled), and the
+#: KPI buckets (``b:``/``r:``/``B:``/``R:``, listed in ``bidx``) together
+SOAK_FAMILIES = ("conv", "convexp", "due", "held", "tot", "bidx", "meta", "breach_out", "buckets")
+
+
+async def _family_mib(redis: Redis, prefix: str, partitions: int) -> dict[str, float]:
+    """MiB of Redis memory per key family of the prefix's partitions (``MEMORY USAGE`` with
+    its default sampling: an estimate for the large hashes, good enough to see which grows)."""
+    out = dict.fromkeys(SOAK_FAMILIES, 0.0)
+    for p in range(partitions):
+        base = f"{prefix}:{{p{p}}}:"
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in SOAK_FAMILIES[:-1]:
+                pipe.memory_usage(base + name)
+            pipe.zrange(base + "bidx", 0, -1)
+            replies = await pipe.execute()
+        for name, used in zip(SOAK_FAMILIES[:-1], replies, strict=False):
+            out[name] += (used or 0) / 1048576
+        suffixes = [text(s) for s in replies[-1]]
+        if suffixes:
+            async with redis.pipeline(transaction=False) as pipe:
+                for suffix in suffixes:
+                    pipe.memory_usage(base + suffix)
+                used_buckets = await pipe.execute()
+            out["buckets"] += sum(u or 0 for u in used_buckets) / 1048576
+    return out
+
+
 def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float) -> dict[str, Any]:
     if len(samples) < 2:
         return {}
@@ -1719,6 +1749,7 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         "events_seen",
         "buckets",
         "broker_rss_mib",
+        *(f"mib_{name}" for name in SOAK_FAMILIES),
     ):
         values = [s.get(key, 0) for s in samples]
         out[key] = {
@@ -1758,7 +1789,7 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         "ok": mean is not None and mean <= BUDGET_TICKET_STATE_BYTES,
     }
     span_h = (steady[-1]["t"] - steady[0]["t"]) / 3600
-    for key in ("rss_mib", "redis_mib"):
+    for key in ("rss_mib", "redis_mib", *(f"mib_{name}" for name in SOAK_FAMILIES)):
         base = out[key]["steady_start"] or 1e-9
         out[key]["steady_growth"] = out[key]["steady_slope_per_h"] * span_h / base
     out["flat"] = (
