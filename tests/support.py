@@ -34,6 +34,7 @@ from deskpulse.models.settings import ENV_PREFIX, Settings, format_duration
 from deskpulse.streams.devtools.embedded import ManagedProcess
 
 __all__ = [
+    "BREACH_FIELDS",
     "HttpResponse",
     "StartWorker",
     "WorkerProcess",
@@ -57,6 +58,24 @@ StartWorker = Callable[..., "WorkerProcess"]
 
 #: The line Faust logs once the consumer group has assigned this worker its partitions.
 WORKER_READY_LINE = "Worker ready"
+
+#: The keys of an ``sla.breached`` alert as it lies on the alerts topic.
+BREACH_FIELDS = {
+    "schema_version",
+    "type",
+    "event_id",
+    "ticket_id",
+    "metric",
+    "instance",
+    "policy",
+    "priority",
+    "channel",
+    "queue",
+    "target_seconds",
+    "started_at",
+    "created_at",
+    "breached_at",
+}
 
 
 def _env_value(name: str, value: Any) -> str:

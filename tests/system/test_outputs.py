@@ -28,6 +28,7 @@ from deskpulse.models.settings import AlertRule, Settings
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from tests.conftest import RedisServer, create_topics, new_settings
 from tests.support import (
+    BREACH_FIELDS,
     StartWorker,
     WorkerProcess,
     consume_all,
@@ -53,22 +54,6 @@ GROUP_FIELDS = {
     "ces",
 }
 SNAPSHOT_FIELDS = GROUP_FIELDS | {"schema_version", "window", "start", "end"}
-BREACH_FIELDS = {
-    "schema_version",
-    "type",
-    "event_id",
-    "ticket_id",
-    "metric",
-    "instance",
-    "policy",
-    "priority",
-    "channel",
-    "queue",
-    "target_seconds",
-    "started_at",
-    "created_at",
-    "breached_at",
-}
 TRANSITION_FIELDS = {
     "schema_version",
     "type",

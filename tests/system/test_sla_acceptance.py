@@ -53,7 +53,7 @@ from tests.sla_oracle import (
     kpi_document,
     rfc3339_ms,
 )
-from tests.support import StartWorker, consume_all, wait_for_claims
+from tests.support import BREACH_FIELDS, StartWorker, consume_all, wait_for_claims
 
 pytestmark = pytest.mark.slow
 
@@ -280,24 +280,6 @@ def dataset_of(config: SimConfig, records: list[Record]) -> Dataset:
         conversations=len({record.key for record in records}),
         types=Counter(event.type for event in events.values()),
     )
-
-
-BREACH_FIELDS = {
-    "schema_version",
-    "type",
-    "event_id",
-    "ticket_id",
-    "metric",
-    "instance",
-    "policy",
-    "priority",
-    "channel",
-    "queue",
-    "target_seconds",
-    "started_at",
-    "created_at",
-    "breached_at",
-}
 
 
 def _instant_ms(text: str) -> int:
