@@ -16,12 +16,12 @@ import orjson
 
 from deskpulse.models.settings import load_settings
 from deskpulse.streams.replay import replay
-from deskpulse.streams.runtime import tune_gc
+from deskpulse.streams.runtime import BATCH_GC_THRESHOLDS, tune_gc
 
 
 def main() -> None:
     settings = load_settings()
-    tune_gc()  # as `deskpulse replay` does
+    tune_gc(BATCH_GC_THRESHOLDS)  # as `deskpulse replay` does
     started = time.perf_counter()
     stats = asyncio.run(replay(settings))
     wall = time.perf_counter() - started

@@ -79,6 +79,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -173,9 +174,13 @@ for _ = 1, n do
   i = i + 2
 end
 n = tonumber(p[i]); i = i + 1
+-- the states themselves follow one another in ARGV[8]; p[i + 4] is the length of each
+local states, at = ARGV[8], 1
 for _ = 1, n do
   local id = p[i]
-  redis.call('HSET', conv, id, p[i + 4])
+  local size = tonumber(p[i + 4])
+  redis.call('HSET', conv, id, string.sub(states, at, at + size - 1))
+  at = at + size
   redis.call('ZADD', convexp, p[i + 1], id)
   if p[i + 2] == '0' then
     redis.call('HDEL', held, id)
@@ -250,6 +255,24 @@ for k, metric in ipairs({'first_response', 'next_response', 'resolution'}) do
 end
 local version = redis.call('HINCRBY', meta, 'version', 1)
 return {1, tostring(version), orphaned}
+"""
+
+
+#: A partition's meta (as HGETALL's flat list) and the states of the conversations named in
+#: ARGV[1] (a JSON array), nil for one with none. One argument for thousands of ids: the
+#: client encodes each argument of a command in Python, which cost a replay more than the
+#: read itself (unpack takes at most a few thousand values at once, hence the slices).
+_LOAD = """
+local base = KEYS[1]
+local reply = {redis.call('HGETALL', base .. 'meta')}
+local ids = cjson.decode(ARGV[1])
+for k = 1, #ids, 4000 do
+  local part = redis.call('HMGET', base .. 'conv', unpack(ids, k, math.min(k + 3999, #ids)))
+  for j = 1, #part do
+    reply[#reply + 1] = part[j]
+  end
+end
+return reply
 """
 
 
@@ -330,6 +353,7 @@ class Store:
         self.prefix = prefix
         self.config = config
         self._commit = redis.register_script(_COMMIT)
+        self._load = redis.register_script(_LOAD)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
@@ -514,12 +538,9 @@ class Store:
         # and one issued before a commit may be answered after it with the older version.
         floor = self._versions.get(partition, 0)
         had_state = partition in self._had_state
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(base + "meta")
-            if ids:
-                pipe.hmget(base + "conv", ids)
-            replies = await pipe.execute()
-        raw_meta = {text(k): text(v) for k, v in replies[0].items()}
+        reply = await self._load(keys=[base], args=[orjson.dumps(ids)])
+        flat_meta = reply[0]
+        raw_meta = {text(flat_meta[k]): text(flat_meta[k + 1]) for k in range(0, len(flat_meta), 2)}
         self._check_partition(partition, raw_meta.get("gen"), had_state)
         version = int(raw_meta.get("version", "0"))
         if version < floor:
@@ -548,9 +569,8 @@ class Store:
             topic_watermarks=topic_watermarks,
         )
         states: dict[str, Conversation | None] = {}
-        if ids:
-            for conv_id, raw in zip(ids, replies[1], strict=True):
-                states[conv_id] = None if raw is None else Conversation.loads(raw)
+        for conv_id, raw in zip(ids, islice(reply, 1, None), strict=True):
+            states[conv_id] = None if raw is None else Conversation.loads(raw)
         return meta, states
 
     async def _list_partition(self, partition: int) -> None:
@@ -592,18 +612,22 @@ class Store:
             flat += [name, str(delta)]
         flat.append(str(len(result.states)))
         deadlines = result.deadlines
+        # the states go beside the JSON, end to end: inside it, each would be escaped
+        states: list[bytes] = []
         for conv_id, state in result.states.items():
             if conv_id in deadlines:
                 deadline = deadlines[conv_id]
                 due = "" if deadline is None else str(deadline)
             else:
                 due = "k"  # nothing the schedule reads moved: the due entry stays
+            stored = state.dumps()
+            states.append(stored)
             flat += [
                 conv_id,
                 str(state.last_ms),
                 str(result.held.get(conv_id, 0)),
                 due,
-                state.dumps().decode(),
+                str(len(stored)),
             ]
         others = [(c, d) for c, d in result.deadlines.items() if c not in result.states]
         flat.append(str(len(others)))
@@ -620,6 +644,7 @@ class Store:
             orjson.dumps(flat),
             self.generation,
             "1" if partition in self._had_state else "0",
+            b"".join(states),
         ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
         status = int(reply[0])

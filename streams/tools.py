@@ -226,9 +226,9 @@ def _produce_file(path: str, settings: Settings) -> int:
 
 def _replay(settings: Settings) -> int:
     from deskpulse.streams.replay import replay
-    from deskpulse.streams.runtime import tune_gc
+    from deskpulse.streams.runtime import BATCH_GC_THRESHOLDS, tune_gc
 
-    tune_gc()
+    tune_gc(BATCH_GC_THRESHOLDS)
     progress = Progress("replay")
     stats = asyncio.run(replay(settings, progress=progress.update))
     progress.close(stats.records)
