@@ -1,16 +1,15 @@
 """Web hardening: the bearer scheme is case-insensitive, ``/metrics`` can want the token,
-Faust's own pages are not served; the health endpoints answer while the worker waits for
-the broker; a client library's repeated errors are summarised instead of flooding the log."""
+Faust's own pages are not served (on the real worker, run in this process); a client
+library's repeated errors are summarised instead of flooding the log. The health endpoints
+while a worker process waits for the broker, and its log then, are in
+tests/system/test_hardening_web.py."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,16 +19,16 @@ from pydantic import SecretStr
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.streams.app import bearer_token_matches, create_app
-from deskpulse.streams.devtools.embedded import free_port, start_broker
 from deskpulse.streams.logs import (
     MAX_TRACKED,
     RepeatThrottle,
     install_repeat_throttle,
     repeat_throttle,
 )
-from tests.conftest import HOST, create_topics, new_settings
+from tests.conftest import create_topics, new_settings
 from tests.faults_support import http_request, tune
-from tests.support import StartWorker, WorkerProcess, produce, sample, settings_env, wait_until
+from tests.inproc import InprocWorker
+from tests.support import sample
 
 TOKEN = "tok-" + uuid.uuid4().hex
 # Faust's own pages (and what its settings or APP_WEB_* variables would switch on)
@@ -139,20 +138,24 @@ def test_the_app_routes_only_its_own_pages(monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.fixture
 def guarded(
-    broker: str, redis_url: str, workdir: Path, start_worker: Callable[..., WorkerProcess]
-) -> WorkerProcess:
+    broker: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    inproc_worker: Callable[..., InprocWorker],
+) -> InprocWorker:
     """A ready worker with the web token required on ``/kpis`` and ``/metrics``, and every
-    Faust page switched on through Faust's own variables."""
+    Faust page switched on through Faust's own variables (read when the app is built)."""
     settings = settings_on(
         broker, redis_url, web_token=SecretStr(TOKEN), metrics_require_token=True
     )
     create_topics(settings)
-    env = settings_env(settings, **FAUST_PAGES_ON)
-    return start_worker(settings, workdir, env=env, timeout_s=90)
+    for name, value in FAUST_PAGES_ON.items():
+        monkeypatch.setenv(name, value)
+    return inproc_worker(settings, timeout_s=90)
 
 
 def test_metrics_and_kpis_want_the_token_in_any_case_health_stays_open(
-    guarded: WorkerProcess,
+    guarded: InprocWorker,
 ) -> None:
     url = guarded.base_url
     for path in ("/metrics", "/kpis?window=1h"):
@@ -172,7 +175,7 @@ def test_metrics_and_kpis_want_the_token_in_any_case_health_stays_open(
         assert response is not None and response.status == 200, (path, response)
 
 
-def test_faust_pages_are_not_served_with_or_without_the_token(guarded: WorkerProcess) -> None:
+def test_faust_pages_are_not_served_with_or_without_the_token(guarded: InprocWorker) -> None:
     for path in FAUST_PAGES:
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
             response = http_request(guarded.base_url + path, headers)
@@ -346,86 +349,3 @@ def test_install_adds_one_shared_throttle_to_each_handler_once() -> None:
     assert first is again is repeat_throttle()
     for handler in handlers:
         assert handler.filters == [first]
-
-
-# -- waiting for the broker ----------------------------------------------------------------
-
-
-def log_lines_between(worker: WorkerProcess, start: int, end: int | None = None) -> list[str]:
-    """Log lines (a record's continuation lines included) from index ``start`` to ``end``."""
-    return worker.log().splitlines()[start:end]
-
-
-def test_health_answers_while_the_broker_is_awaited_and_the_log_stays_readable(
-    redis_url: str, workdir: Path, start_worker: StartWorker
-) -> None:
-    port = free_port(HOST)  # nothing listens here until the broker starts below
-    settings = settings_on(f"{HOST}:{port}", redis_url)
-    worker = start_worker(settings, workdir, ready=False)
-    # the web server is up before the broker is reached: nothing refuses the scrape
-    wait_until(lambda: worker.get("/healthz"), 30, message=worker.describe)
-    waiting_since = time.monotonic()
-    ready = worker.get("/readyz")
-    assert ready is not None and ready.status == 503, ready
-    problems = orjson.loads(ready.body)["problems"]
-    assert f"waiting for the Kafka broker at {HOST}:{port}" in problems
-    metrics = worker.get("/metrics")
-    assert metrics is not None and metrics.status == 200, metrics
-    assert sample(metrics.text, "deskpulse_broker_up") == 0
-    assert sample(metrics.text, "deskpulse_redis_up") == 1
-    health = worker.get("/healthz")
-    assert health is not None and health.status == 200
-
-    # ~20 s of an unreachable broker: aiokafka tries every 100 ms; the log shows each
-    # of our backed-off attempts and aiokafka's error once, not 200 times
-    time.sleep(max(0.0, 20 - (time.monotonic() - waiting_since)))
-    lines = worker.log().splitlines()
-    attempts = [line for line in lines if "reaching the Kafka broker at" in line]
-    unable = [line for line in lines if "Unable connect to" in line]
-    assert len(attempts) >= 3, worker.describe()
-    assert 1 <= len(unable) <= 2, unable
-    assert len(lines) < 60, worker.describe()
-    waited = len(lines)
-
-    # the broker comes: the worker starts consuming and serves KPIs
-    with start_broker(HOST, port, workdir / "tansu"):
-        worker.wait_ready(120)
-        ticket_id = "T-" + uuid.uuid4().hex[:8]
-        asyncio.run(
-            produce(settings, settings.topic_tickets, [ticket(ticket_id, time.time() - 60)])
-        )
-
-        def tickets_created() -> int:
-            response = worker.get("/kpis?window=1h")
-            if response is None or response.status != 200:
-                return 0
-            return int(orjson.loads(response.body)["groups"][0]["tickets_created"])
-
-        wait_until(lambda: tickets_created() == 1, 60, message=worker.describe)
-        metrics = worker.get("/metrics")
-        assert metrics is not None and sample(metrics.text, "deskpulse_broker_up") == 1
-        assert any("works again" in line for line in log_lines_between(worker, waited))
-        running = len(worker.log().splitlines())
-
-    # the broker goes away under the running worker: its consumer, producer and
-    # coordinator retry every 100 ms; past one interval (30 s) the repeats are counted
-    time.sleep(35)
-    lost = log_lines_between(worker, running)
-    errors = [line for line in lost if "[ERROR]" in line or " ERROR " in line]
-    assert any("Unable connect to" in line for line in errors), worker.describe()
-    assert any(re.search(r"\(repeated \d+ times in the last \d+ s\)", x) for x in errors), (
-        worker.describe()
-    )
-    assert len(lost) < 150, f"{len(lost)} lines in 35 s: {worker.describe()}"
-    assert worker.running, worker.describe()
-
-
-def test_sigterm_while_waiting_for_the_broker_stops_the_worker_cleanly(
-    redis_url: str, workdir: Path, start_worker: StartWorker
-) -> None:
-    settings = settings_on(f"{HOST}:{free_port(HOST)}", redis_url)
-    worker = start_worker(settings, workdir, ready=False)
-    wait_until(lambda: worker.get("/healthz"), 30, message=worker.describe)
-    started = time.monotonic()
-    assert worker.stop(timeout_s=20) == 0, worker.describe()
-    assert time.monotonic() - started < 10, worker.describe()

@@ -1,14 +1,14 @@
-"""The worker as operators run it: a real ``deskpulse worker`` subprocess on a real broker
-and redis-server, fed over Kafka and read over HTTP, the dead-letter topic and the CLI."""
+"""The worker as operators run it, on a real broker and redis-server, fed over Kafka and
+read over HTTP, the dead-letter topic and the CLI: the real worker, run in this process
+(the ``inproc_worker`` fixture, tests/inproc.py). What needs a process of its own (the engine
+process's child killed) is in tests/system/test_worker.py."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
-import os
 import re
-import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -24,9 +24,8 @@ from deskpulse.models.events import LAST_RESORT_REASON, REJECTION_REASONS
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
 from tests.conftest import HOST, create_topics
+from tests.inproc import InprocWorker
 from tests.support import (
-    StartWorker,
-    WorkerProcess,
     consume_all,
     end_offsets,
     group_offsets,
@@ -207,12 +206,12 @@ def fast_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def worker(fast_settings: Settings, start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
-    return start_worker(fast_settings)
+def worker(fast_settings: Settings, inproc_worker: Callable[..., InprocWorker]) -> InprocWorker:
+    return inproc_worker(fast_settings)
 
 
 def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
-    fast_settings: Settings, worker: WorkerProcess, tmp_path: Path
+    fast_settings: Settings, worker: InprocWorker, tmp_path: Path
 ) -> None:
     settings = fast_settings
     now_s = time.time()
@@ -305,7 +304,7 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
     assert worker.stop() == 0, worker.describe()
 
 
-def test_health_endpoints_and_metrics_format(worker: WorkerProcess) -> None:
+def test_health_endpoints_and_metrics_format(worker: InprocWorker) -> None:
     health = worker.get("/healthz")
     assert health is not None
     assert health.status == 200, health
@@ -328,11 +327,14 @@ _RETRY = re.compile(r"connecting to Redis failed \(attempt (\d+), retrying in ([
 
 
 def test_unreachable_redis_is_waited_for(
-    fast_settings: Settings, tmp_path: Path, workdir: Path, start_worker: StartWorker
+    fast_settings: Settings,
+    tmp_path: Path,
+    workdir: Path,
+    inproc_worker: Callable[..., InprocWorker],
 ) -> None:
     port = free_port(HOST)  # nothing listens here until the test starts redis-server
     settings = fast_settings.model_copy(update={"redis_url": SecretStr(f"redis://{HOST}:{port}/0")})
-    worker = start_worker(settings, tmp_path / "worker", ready=False)
+    worker = inproc_worker(settings, ready=False)
 
     def retries() -> list[tuple[int, float]]:
         return [(int(a), float(d)) for a, d in _RETRY.findall(worker.log())]
@@ -361,11 +363,11 @@ def test_unreachable_redis_is_waited_for(
 
 
 def test_unreachable_broker_is_waited_for(
-    settings: Settings, tmp_path: Path, workdir: Path, start_worker: StartWorker
+    settings: Settings, tmp_path: Path, workdir: Path, inproc_worker: Callable[..., InprocWorker]
 ) -> None:
     port = free_port(HOST)  # the broker is started here later
     settings = fast(settings, kafka_bootstrap=f"{HOST}:{port}")
-    worker = start_worker(settings, tmp_path / "worker", ready=False)
+    worker = inproc_worker(settings, ready=False)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         assert worker.running, worker.describe()
@@ -381,14 +383,17 @@ def test_unreachable_broker_is_waited_for(
 
 
 def test_redis_outage_while_running_is_ridden_out(
-    fast_settings: Settings, tmp_path: Path, workdir: Path, start_worker: StartWorker
+    fast_settings: Settings,
+    tmp_path: Path,
+    workdir: Path,
+    inproc_worker: Callable[..., InprocWorker],
 ) -> None:
     port = free_port(HOST)
     settings = fast_settings.model_copy(update={"redis_url": SecretStr(f"redis://{HOST}:{port}/0")})
     redis_dir = workdir / "redis"
     redis = start_redis(HOST, port, redis_dir, appendonly=True, appendfsync="always")
     try:
-        worker = start_worker(settings, tmp_path / "worker", timeout_s=60)
+        worker = inproc_worker(settings, timeout_s=60)
         first = event("ticket.created", time.time() - 60, ticket_id="O1")
         asyncio.run(produce(settings, settings.topic_tickets, [(b"O1", first)]))
         wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
@@ -420,12 +425,12 @@ def test_redis_outage_while_running_is_ridden_out(
 
 
 def test_consumer_lag_is_exported(
-    settings: Settings, tmp_path: Path, start_worker: StartWorker
+    settings: Settings, tmp_path: Path, inproc_worker: Callable[..., InprocWorker]
 ) -> None:
     # lag is refreshed with the breach check; a short interval keeps the test short
     settings = fast(settings, breach_check_interval=1)
     create_topics(settings)
-    worker = start_worker(settings, tmp_path / "worker", timeout_s=60)
+    worker = inproc_worker(settings, timeout_s=60)
     created = event("ticket.created", time.time() - 30, ticket_id="L1")
     asyncio.run(produce(settings, settings.topic_tickets, [(b"L1", created)]))
     wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
@@ -456,7 +461,7 @@ def caught_up(settings: Settings) -> bool:
 
 
 def test_redelivery_to_a_new_group_changes_nothing(
-    fast_settings: Settings, tmp_path: Path, start_worker: StartWorker
+    fast_settings: Settings, tmp_path: Path, inproc_worker: Callable[..., InprocWorker]
 ) -> None:
     """Everything read again (a new group from the earliest offsets, as after a lost commit):
     no KPI moves, nothing is dead-lettered twice, nothing is counted again."""
@@ -470,7 +475,7 @@ def test_redelivery_to_a_new_group_changes_nothing(
         (b"C9", event("chat.requested", at, chat_id="C9")),  # wrong topic
     ]
     chats = [(b"C1", event("chat.requested", at, chat_id="C1"))]
-    first = start_worker(settings, tmp_path / "first", timeout_s=60)
+    first = inproc_worker(settings, name="first", timeout_s=60)
     asyncio.run(produce(settings, settings.topic_tickets, tickets))
     asyncio.run(produce(settings, settings.topic_chats, chats))
     wait_until(lambda: processed_total(settings.web_port) >= 4, 30, message=first.describe)
@@ -480,7 +485,7 @@ def test_redelivery_to_a_new_group_changes_nothing(
     assert sum(g["tickets_created"] for g in before["groups"]) == 2
 
     again = settings.model_copy(update={"app_id": settings.app_id + "-again"})
-    second = start_worker(again, tmp_path / "second", timeout_s=60)
+    second = inproc_worker(again, name="second", timeout_s=60)
     wait_until(lambda: caught_up(again), 30, 0.5, message=second.describe)
     text = scrape(again.web_port)
     assert sum(v for _, v in samples(text, "deskpulse_events_processed_total")) == 0
@@ -511,54 +516,3 @@ def test_the_consumer_fetch_wait_is_ours_not_fausts(settings: Settings) -> None:
 
     assert asyncio.run(started_fetch_wait(0.1)) == 100
     assert asyncio.run(started_fetch_wait(2.0)) == 2000
-
-
-def engine_child(worker_pid: int) -> int | None:
-    """The pid of the worker's engine process (``python -m deskpulse.streams.offload``), if any."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile
-            continue
-        parent = re.search(r"^PPid:\s+(\d+)", status, re.M)
-        if (
-            parent
-            and int(parent.group(1)) == worker_pid
-            and b"deskpulse.streams.offload" in cmdline
-        ):
-            return int(entry.name)
-    return None
-
-
-def test_a_dead_engine_process_stops_the_worker_loudly(
-    fast_settings: Settings, tmp_path: Path, start_worker: StartWorker
-) -> None:
-    """The engine child killed under a running worker: the worker exits non-zero, naming
-    it, instead of acknowledging what nobody applies; the next worker applies it all."""
-    settings = fast_settings.model_copy(update={"engine_process": True})
-    at = time.time() - 120
-    first = [(b"E1", event("ticket.created", at, ticket_id="E1", channel="email"))]
-    later = [
-        (b"E2", event("ticket.created", at + 1, ticket_id="E2", channel="email")),
-        (b"E1", event("ticket.replied", at + 30, ticket_id="E1", author_role="agent")),
-    ]
-    worker = start_worker(settings, tmp_path / "first", timeout_s=60)
-    asyncio.run(produce(settings, settings.topic_tickets, first))
-    wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
-    child = wait_until(lambda: engine_child(worker.process.pid), 10, message=worker.describe)
-    os.kill(child, signal.SIGKILL)
-    asyncio.run(produce(settings, settings.topic_tickets, later))
-    wait_until(lambda: not worker.running, 60, message=worker.describe)
-    assert worker.returncode != 0, worker.describe()
-    assert "engine process exited" in worker.log(), worker.describe()
-    worker.stop(timeout_s=15)
-    worker = start_worker(settings, tmp_path / "second", timeout_s=60)
-    wait_until(lambda: caught_up(settings), 30, 0.5, message=worker.describe)
-    assert worker.stop() == 0, worker.describe()
-    document = kpis(settings, tmp_path, "--window", "1h")
-    group = document["groups"][0]
-    assert group["tickets_created"] == 2
-    assert group["first_response"]["count"] == 1

@@ -1,0 +1,69 @@
+"""The worker with its engine in a child process (``DESKPULSE_ENGINE_PROCESS``): a real
+``deskpulse worker`` subprocess, whose engine child a test kills. The worker's behaviour that
+needs no process of its own is tested in tests/integration/test_worker.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from deskpulse.models.settings import Settings
+from tests.conftest import create_topics
+from tests.integration.test_worker import caught_up, event, fast, kpis, processed_total
+from tests.support import StartWorker, produce, wait_until
+
+
+def engine_child(worker_pid: int) -> int | None:
+    """The pid of the worker's engine process (``python -m deskpulse.streams.offload``), if any."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        parent = re.search(r"^PPid:\s+(\d+)", status, re.M)
+        if (
+            parent
+            and int(parent.group(1)) == worker_pid
+            and b"deskpulse.streams.offload" in cmdline
+        ):
+            return int(entry.name)
+    return None
+
+
+def test_a_dead_engine_process_stops_the_worker_loudly(
+    settings: Settings, tmp_path: Path, start_worker: StartWorker
+) -> None:
+    """The engine child killed under a running worker: the worker exits non-zero, naming
+    it, instead of acknowledging what nobody applies; the next worker applies it all."""
+    settings = fast(settings, engine_process=True)
+    create_topics(settings)
+    at = time.time() - 120
+    first = [(b"E1", event("ticket.created", at, ticket_id="E1", channel="email"))]
+    later = [
+        (b"E2", event("ticket.created", at + 1, ticket_id="E2", channel="email")),
+        (b"E1", event("ticket.replied", at + 30, ticket_id="E1", author_role="agent")),
+    ]
+    worker = start_worker(settings, tmp_path / "first", timeout_s=60)
+    asyncio.run(produce(settings, settings.topic_tickets, first))
+    wait_until(lambda: processed_total(settings.web_port) >= 1, 30, message=worker.describe)
+    child = wait_until(lambda: engine_child(worker.process.pid), 10, message=worker.describe)
+    os.kill(child, signal.SIGKILL)
+    asyncio.run(produce(settings, settings.topic_tickets, later))
+    wait_until(lambda: not worker.running, 60, message=worker.describe)
+    assert worker.returncode != 0, worker.describe()
+    assert "engine process exited" in worker.log(), worker.describe()
+    worker.stop(timeout_s=15)
+    worker = start_worker(settings, tmp_path / "second", timeout_s=60)
+    wait_until(lambda: caught_up(settings), 30, 0.5, message=worker.describe)
+    assert worker.stop() == 0, worker.describe()
+    document = kpis(settings, tmp_path, "--window", "1h")
+    group = document["groups"][0]
+    assert group["tickets_created"] == 2
+    assert group["first_response"]["count"] == 1
