@@ -1,8 +1,10 @@
 """Fixtures shared by the three tiers of tests, and the tiers' markers.
 
-tests/unit starts nothing; tests/integration talks to the session's broker and redis-server;
-tests/system starts subprocess workers (faults, crashes, the demo). Each test there is marked
-``unit``, ``integration`` or ``system`` after its folder, so ``-m`` selects a tier too.
+tests/unit starts nothing; tests/integration talks to the session's broker and redis-server
+and runs the worker in the test process where no second process is needed
+(``inproc_worker``); tests/system starts subprocess workers (faults, crashes, signals, the
+demo). Each test there is marked ``unit``, ``integration`` or ``system`` after its folder,
+so ``-m`` selects a tier too.
 Under ``pytest -n N`` the tests are handed out as tests/scheduling.py plans: tests sharing a
 module fixture together, every other test on its own, longest first.
 
