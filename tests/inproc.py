@@ -2,8 +2,9 @@
 
 Worker behaviour that needs no second process (consuming and applying events,
 dead-lettering, serving ``/kpis`` and ``/metrics``, publishing snapshots and alerts) is
-tested on the real worker run here, which starts in about a second instead of a Python
-interpreter's and Faust's few, and fails with the worker's traceback in the test's report.
+tested on the real worker run here: no interpreter to start nor modules to import (about
+0.7 s of a start here; the rest, about 3 s, is the broker's first group join), no second
+process competing for the CPU, and the worker's own records in the test's report.
 Faults that need a process of their own (``kill -9``, SIGSTOP, a crash and restart, the
 engine process's child) stay with :class:`~tests.support.WorkerProcess`.
 
