@@ -1,8 +1,10 @@
 """Fixtures shared by the three tiers of tests, and the tiers' markers.
 
-tests/unit starts nothing; tests/integration talks to the session's broker and redis-server;
-tests/system starts subprocess workers (faults, crashes, the demo). Each test there is marked
-``unit``, ``integration`` or ``system`` after its folder, so ``-m`` selects a tier too.
+tests/unit starts nothing; tests/integration talks to the session's broker and redis-server
+and runs the worker in the test process where no second process is needed
+(``inproc_worker``); tests/system starts subprocess workers (faults, crashes, signals, the
+demo). Each test there is marked ``unit``, ``integration`` or ``system`` after its folder,
+so ``-m`` selects a tier too.
 Under ``pytest -n N`` the tests are handed out as tests/scheduling.py plans: tests sharing a
 module fixture together, every other test on its own, longest first.
 
@@ -15,7 +17,10 @@ run against an external Kafka instead of Tansu.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ from pydantic import SecretStr
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.kafka_admin import ensure_topics, wait_for_kafka
+from tests.inproc import InprocWorker, children, port_is_free, undecodable_batches_reported
 from tests.scheduling import DurationRecorder, make_scheduler
 from tests.support import WorkerProcess
 
@@ -209,3 +215,79 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in reversed(started):
         worker.stop(timeout_s=15)
+
+
+@pytest.fixture
+def inproc_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., InprocWorker]]:
+    """``inproc_worker(settings, *, name="worker", ready=True, timeout_s=60)`` runs the real
+    worker (``deskpulse worker``'s app, Service, agents and pages) in a thread of this
+    process with an event loop of its own (tests/inproc.py says why and what differs),
+    waiting until it is ready unless ``ready=False``. Every worker it started is stopped
+    when the test ends; a test stops one itself to check its exit status or to start
+    another. Afterwards nothing of theirs is left: no thread, no child process (the KPI
+    read process), no bound web port; a leak fails the test."""
+    started: list[InprocWorker] = []
+    threads_before = set(threading.enumerate())
+    children_before = children()
+
+    def overdue(service: Any) -> None:
+        # production ends the process here (streams/app.py _stop_overdue); a test process
+        # must live on, so the stop is failed instead
+        for worker in started:
+            worker.overdue = True
+
+    monkeypatch.setattr("deskpulse.streams.app._stop_overdue", overdue)
+
+    def start(
+        settings: Settings, *, name: str = "worker", ready: bool = True, timeout_s: float = 60
+    ) -> InprocWorker:
+        worker = InprocWorker(settings, name=name)
+        started.append(worker)
+        worker.start()
+        if ready:
+            worker.wait_ready(timeout_s)
+        return worker
+
+    root = logging.getLogger()
+    level = root.level
+    # the worker's INFO lines, as the command logs them (tests read its log)
+    root.setLevel(min(level, logging.INFO) or logging.INFO)
+    try:
+        with undecodable_batches_reported():
+            yield start
+            for worker in reversed(started):
+                worker.stop(timeout_s=30)
+    finally:
+        root.setLevel(level)
+    leaks = _leaks(started, threads_before, children_before)
+    assert not leaks, f"the in-process workers left behind: {leaks}"
+
+
+def _leaks(
+    workers: Sequence[InprocWorker],
+    threads_before: set[threading.Thread],
+    children_before: set[int],
+) -> list[str]:
+    """What stopped in-process workers left running: threads, child processes, ports."""
+
+    def found() -> list[str]:
+        threads = [
+            t.name
+            for t in set(threading.enumerate()) - threads_before
+            if t.is_alive() and t.name != "deskpulse-log-repeats"  # the process's, by design
+        ]
+        pids = sorted(children() - children_before)
+        ports = [
+            w.settings.web_port for w in workers if not port_is_free(HOST, w.settings.web_port)
+        ]
+        return [
+            *(f"thread {name}" for name in threads),
+            *(f"child process {pid}" for pid in pids),
+            *(f"web port {port} bound" for port in ports),
+        ]
+
+    # threads and children end a moment after the loop closes (joins, reaping)
+    deadline = time.monotonic() + 10
+    while (leaks := found()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return leaks

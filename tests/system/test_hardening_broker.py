@@ -25,8 +25,8 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, BrokerProbe
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker
 from tests.conftest import HOST, create_topics
+from tests.integration.test_worker import event, fast, processed_total
 from tests.support import StartWorker, WorkerProcess, produce, samples, scrape, wait_until
-from tests.system.test_worker import event, fast, processed_total
 
 #: The promise: a silent broker shows within two probe intervals (a probe that has just
 #: answered, then the next one waiting out its timeout), here with slack for a loaded
