@@ -719,7 +719,10 @@ def _histogram_bound(duration_ms: int, bounds_s: Sequence[int]) -> str:
 
 
 def breach_deadline(
-    state: Conversation, config: CoreConfig, view: Evaluation | None = None
+    state: Conversation,
+    config: CoreConfig,
+    view: Evaluation | None = None,
+    plan: Terms | None = None,
 ) -> int | None:
     """When breach detection must look at a ticket next (ms), else ``None``: the earliest
     deadline or warning instant of its SLA instances not claimed yet (its score in the
@@ -730,11 +733,12 @@ def breach_deadline(
     priority, in the policy's business time. A ticket is watched from its creation until a
     public agent reply, a solve or a close at or before the deadline (one solved or closed
     first never breaches); one whose first reply came later still breached. A ticket with
-    no first-response target is not watched.
+    no first-response target is not watched. ``plan``: the ticket's terms, if looked up.
     """
     if state.kind != "t" or state.opened is None or state.dims is None:
         return None
-    plan = config.terms_of(state.dims)
+    if plan is None:
+        plan = config.terms_of(state.dims)
     if not needs_view(state, plan):  # v1's quick answer
         return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
     if view is None and not state.timeline and not state.claims:
@@ -1131,9 +1135,19 @@ def _add_deltas(
                 view = final_view(state, plan)
         if previous is None:
             # a new conversation: nothing to take back
-            changes, ignored_now = _current(state, config, view)
-            ignored += ignored_now
             held_before = 0
+            opened, dims = state.opened, state.dims
+            if (
+                plan is not None
+                and opened is not None
+                and dims is not None
+                and not (state.timeline or state.claims or state.surveys)
+            ):
+                # a ticket with its creation alone (the most common case): created, no more
+                changes = ((opened[0], dims, "tc", 1),)
+            else:
+                changes, ignored_now = _current(state, config, view)
+                ignored += ignored_now
         else:
             inputs, held_before = previous
             if unchanged:
@@ -1185,7 +1199,7 @@ def _add_deltas(
         held_delta += held - held_before
         result.states[conv_id] = state
         if not unchanged:  # (absent: the due entry is left as it is)
-            result.deadlines[conv_id] = breach_deadline(state, config, view)
+            result.deadlines[conv_id] = breach_deadline(state, config, view, plan)
     if moves:
         _move_counts(counters, moves)
     if working:

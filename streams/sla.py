@@ -484,6 +484,23 @@ def opening_alert_ms(created_ms: int, terms: Terms) -> int | None:
     or its deadline without warnings, both reached on the same open-ended span, so the
     earliest of all is the instant the smaller of those elapsed times is reached.
     """
+    found = _OPENING_NEED.get(id(terms))
+    if found is None or found[0] is not terms:
+        if len(_OPENING_NEED) >= 4096:  # terms of settings long gone (tests build many)
+            _OPENING_NEED.clear()
+        found = _OPENING_NEED[id(terms)] = (terms, _opening_need_ms(terms))
+    need = found[1]
+    return None if need is None else deadline_ms(terms.calendar, created_ms, need)
+
+
+#: :func:`_opening_need_ms` by the terms' identity (the terms of each group are built once:
+#: ``CoreConfig.terms_of``), with the terms, so a reused id is never mistaken for them
+_OPENING_NEED: dict[int, tuple[Terms, int | None]] = {}
+
+
+def _opening_need_ms(terms: Terms) -> int | None:
+    """The business time from a new ticket's creation to its earliest alert (see
+    :func:`opening_alert_ms`): a pure function of the terms."""
     first = terms.warn_at[0] if terms.warn_at else None
     need: int | None = None
     for target_ms, running in (
@@ -495,4 +512,4 @@ def opening_alert_ms(created_ms: int, terms: Terms) -> int | None:
         alert = target_ms if first is None else ceil(first * target_ms)
         if need is None or alert < need:
             need = alert
-    return None if need is None else deadline_ms(terms.calendar, created_ms, need)
+    return need
