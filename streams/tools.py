@@ -9,11 +9,12 @@ import binascii
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from deskpulse.models.settings import RECORD_KINDS, Settings
+if TYPE_CHECKING:  # loaded by the commands that run, not by the parser every command builds
+    from deskpulse.models.settings import Settings
 
 __all__ = ["Progress", "add_commands", "produce_records", "run"]
 
@@ -181,6 +182,8 @@ async def produce_records(
 
 
 def _produce_file(path: str, settings: Settings) -> int:
+    from deskpulse.models.settings import RECORD_KINDS
+
     bad = 0
 
     def rows() -> Iterator[tuple[str, bytes | None, bytes]]:
