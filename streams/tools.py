@@ -1,9 +1,12 @@
-"""The traffic and backfill commands: ``simulate``, ``produce``, ``replay``."""
+"""The traffic and backfill commands: ``simulate``, ``produce``, ``replay``.
+
+Every command builds their parser (``deskpulse kpis`` too, whose whole process has a budget),
+so this module imports little at its top, and each command what it uses when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
 import sys
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     from deskpulse.models.settings import parse_duration
     from deskpulse.streams.devtools.policies import agent_hours
     from deskpulse.streams.devtools.simulate import SimConfig, generate, write_jsonl
@@ -147,6 +152,8 @@ async def produce_records(
 ) -> tuple[int, float]:
     """Publish ``(topic, key, value)`` rows; returns (how many, seconds)."""
     # imported here: `deskpulse kpis` builds the same parser and should not pay for Kafka
+    import asyncio
+
     from aiokafka import AIOKafkaProducer
 
     from deskpulse.exporters.kafka import kafka_client_options
@@ -182,6 +189,8 @@ async def produce_records(
 
 
 def _produce_file(path: str, settings: Settings) -> int:
+    import asyncio
+
     from deskpulse.models.settings import RECORD_KINDS
 
     bad = 0
@@ -228,6 +237,8 @@ def _produce_file(path: str, settings: Settings) -> int:
 
 
 def _replay(settings: Settings) -> int:
+    import asyncio
+
     from deskpulse.streams.replay import replay
     from deskpulse.streams.runtime import tune_gc
 
