@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 import msgspec
 import orjson
@@ -112,7 +113,11 @@ def _to_utc(moment: datetime) -> datetime:
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
+    # validators built at the first validation, not at import: `deskpulse kpis` (a process
+    # with a budget) imports this module for its names and never validates an event
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", str_strip_whitespace=False, defer_build=True
+    )
 
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     # strict: an RFC 3339 string in JSON, never a number of seconds; kept in UTC
@@ -130,6 +135,8 @@ class _Event(BaseModel):
 
 
 class _Dimensions(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     channel: Channel = "other"
     queue: Dimension = "unassigned"
     priority: Priority = "normal"
@@ -248,9 +255,18 @@ _MODELS: dict[str, type[_Event]] = {
 EVENT_TYPES: tuple[str, ...] = tuple(_MODELS)
 
 
-_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-# the core validator itself: the adapter's Python wrapper costs as much as the validation
-_VALIDATE_JSON = _ADAPTER.validator.validate_json
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
+
+
+def _first_validate_json(raw: bytes) -> Event:
+    """The first decode builds the validator and puts it in its own place."""
+    global _VALIDATE_JSON
+    # the core validator itself: the adapter's Python wrapper costs as much as the validation
+    _VALIDATE_JSON = _ADAPTER.validator.validate_json
+    return cast(Event, _VALIDATE_JSON(raw))
+
+
+_VALIDATE_JSON: Callable[[bytes], Event] = _first_validate_json
 
 _TIME_ERRORS = {
     "timezone_aware": "naive_timestamp",

@@ -1,19 +1,23 @@
-"""The traffic and backfill commands: ``simulate``, ``produce``, ``replay``."""
+"""The traffic and backfill commands: ``simulate``, ``produce``, ``replay``.
+
+Every command builds their parser (``deskpulse kpis`` too, whose whole process has a budget),
+so this module imports little at its top, and each command what it uses when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from deskpulse.models.settings import RECORD_KINDS, Settings
+if TYPE_CHECKING:  # loaded by the commands that run, not by the parser every command builds
+    from deskpulse.models.settings import Settings
 
 __all__ = ["Progress", "add_commands", "produce_records", "run"]
 
@@ -90,6 +94,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
     from deskpulse.models.settings import parse_duration
     from deskpulse.streams.devtools.policies import agent_hours
     from deskpulse.streams.devtools.simulate import SimConfig, generate, write_jsonl
@@ -146,6 +152,8 @@ async def produce_records(
 ) -> tuple[int, float]:
     """Publish ``(topic, key, value)`` rows; returns (how many, seconds)."""
     # imported here: `deskpulse kpis` builds the same parser and should not pay for Kafka
+    import asyncio
+
     from aiokafka import AIOKafkaProducer
 
     from deskpulse.exporters.kafka import kafka_client_options
@@ -181,6 +189,10 @@ async def produce_records(
 
 
 def _produce_file(path: str, settings: Settings) -> int:
+    import asyncio
+
+    from deskpulse.models.settings import RECORD_KINDS
+
     bad = 0
 
     def rows() -> Iterator[tuple[str, bytes | None, bytes]]:
@@ -225,6 +237,8 @@ def _produce_file(path: str, settings: Settings) -> int:
 
 
 def _replay(settings: Settings) -> int:
+    import asyncio
+
     from deskpulse.streams.replay import replay
     from deskpulse.streams.runtime import BATCH_GC_THRESHOLDS, tune_gc
 

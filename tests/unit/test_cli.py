@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,57 @@ def test_kpis_with_redis_unreachable_says_so_in_one_line(tmp_path: Path) -> None
     assert done.returncode == 1, done
     assert done.stderr.splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("deskpulse kpis: cannot read Redis:")
+
+
+# Runs `deskpulse kpis` in a fresh interpreter (Redis unreachable: the command has imported
+# all it reads with by the time it connects), then lists what the process has loaded.
+_KPIS_MODULES = """
+import sys
+from deskpulse.streams.cli import main
+status = main(["kpis", "--window", "1h", "--json"])
+print(status, *sorted(sys.modules))
+"""
+
+#: What the command must not load: it is a one-shot Redis read with a budget for its whole
+#: process (200 ms), and these cost tens of milliseconds of it while serving nothing there.
+KPIS_MUST_NOT_LOAD = (
+    "aiokafka",
+    "faust",
+    "mode",
+    "aiohttp",
+    "prometheus_client",
+    "deskpulse.exporters",
+    "deskpulse.streams.app",
+    "deskpulse.streams.devtools",
+    "deskpulse.streams.record_batches",
+    "deskpulse.streams.replay",
+)
+
+
+def test_kpis_command_loads_no_kafka_client_nor_worker(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-c", _KPIS_MODULES],
+        env=environ(DESKPULSE_REDIS_URL=url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    status, *modules = done.stdout.split()
+    # it got as far as the read: the settings, the store, the query and the client loaded
+    assert status == "1", done
+    assert "cannot read Redis" in done.stderr, done
+    for needed in ("deskpulse.models.settings", "deskpulse.streams.store", "redis"):
+        assert needed in modules
+    loaded = [
+        name
+        for name in modules
+        for root in KPIS_MUST_NOT_LOAD
+        if name == root or name.startswith(root + ".")
+    ]
+    assert loaded == []
 
 
 @pytest.mark.parametrize(
