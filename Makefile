@@ -85,6 +85,9 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: install $(BENCH_STAMP)
+	@# bytecode as an installed package has it (pip compiles at install): a shell with
+	@# PYTHONDONTWRITEBYTECODE would otherwise make every measured start compile the source
+	$(BIN)/python -m compileall -q streams models exporters benchmark
 	$(BIN)/python -m benchmark.run
 
 clean:
