@@ -181,27 +181,20 @@ def test_a_read_answered_after_a_commit_it_was_issued_before_is_no_false_alarm(
         store = Store(client, prefix, CONFIG)
         await store.check_config()
         answered, release = asyncio.Event(), asyncio.Event()
-        pipeline = client.pipeline
+        load = store._load  # the script that reads a partition's meta and states
 
-        def slow_pipeline(*args: Any, **kwargs: Any) -> Any:
-            pipe = pipeline(*args, **kwargs)
-            execute = pipe.execute
-
-            async def execute_then_wait(*a: Any, **k: Any) -> Any:
-                replies = await execute(*a, **k)  # Redis has answered ...
-                answered.set()
-                await release.wait()  # ... but the reply is handled only later
-                return replies
-
-            pipe.execute = execute_then_wait
-            return pipe
+        async def slow_load(*args: Any, **kwargs: Any) -> Any:
+            reply = await load(*args, **kwargs)  # Redis has answered ...
+            answered.set()
+            await release.wait()  # ... but the reply is handled only later
+            return reply
 
         versions = []
         for first_offset in (0, 1):  # before the partition's first commit, then after one
-            client.pipeline = slow_pipeline  # type: ignore[method-assign]
+            store._load = slow_load  # type: ignore[assignment]
             read = asyncio.ensure_future(store.load(0, []))
             await answered.wait()
-            client.pipeline = pipeline  # type: ignore[method-assign]
+            store._load = load
             name = f"R{first_offset}"
             await apply(store, 0, pendings([created(name, 1_795_392_010)], first_offset))
             release.set()
