@@ -290,8 +290,6 @@ class Bench:
         """A contender: its own consumer group and Redis prefix on the ``topics`` data set,
         with the SLA policy set of two office schedules the demo runs with."""
         values = policies.settings_values() | values
-        if os.environ.get("XREFRESH"):
-            values["metrics_refresh_interval"] = int(os.environ["XREFRESH"])
         return make_settings(
             kafka_bootstrap=self.bootstrap,
             redis_url=self.redis_url,
