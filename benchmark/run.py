@@ -1065,8 +1065,11 @@ class Bench:
             [
                 sys.executable,
                 "-c",
+                # under the collector pause the command imports with (runtime.one_shot_gc)
+                "import gc; gc.disable(); "
                 "import deskpulse.streams.cli, deskpulse.streams.tools, redis.asyncio, "
-                "deskpulse.streams.query, deskpulse.streams.store",
+                "deskpulse.models.settings, deskpulse.streams.query, deskpulse.streams.store; "
+                "gc.freeze()",
             ],
         ):
             runs = []
