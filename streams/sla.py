@@ -84,7 +84,9 @@ Span = tuple[int, int | None]  # a running part of the clock, [start, end) or op
 class Terms(NamedTuple):
     """What :func:`evaluate` needs of a policy for one priority, looked up once
     (:func:`terms`): the targets in ms (``None``: no instance), the statuses that pause the
-    resolution clock (timeline codes), the warning fractions and the compiled calendar."""
+    resolution clock (timeline codes), the warning fractions and the compiled calendar;
+    last, the business time from a new ticket's creation to its earliest alert
+    (:func:`opening_alert_ms`), which follows from the others."""
 
     first_response_ms: int | None
     next_response_ms: int | None
@@ -92,19 +94,24 @@ class Terms(NamedTuple):
     pause: frozenset[str]
     warn_at: tuple[float, ...]
     calendar: BusinessCalendar | None
+    opening_need_ms: int | None
 
 
 def terms(policy: Policy | None, priority: str, calendar: BusinessCalendar | None) -> Terms:
     """A policy's terms for a priority (no policy: no targets, calendar as given)."""
     if policy is None:
-        return Terms(None, None, None, frozenset(), (), calendar)
+        return Terms(None, None, None, frozenset(), (), calendar, None)
+    first_response_ms = _target_ms(policy, "first_response", priority)
+    resolution_ms = _target_ms(policy, "resolution", priority)
+    pause = frozenset(STATUS_CODES[name] for name in policy.pause)
     return Terms(
-        _target_ms(policy, "first_response", priority),
+        first_response_ms,
         _target_ms(policy, "next_response", priority),
-        _target_ms(policy, "resolution", priority),
-        frozenset(STATUS_CODES[name] for name in policy.pause),
+        resolution_ms,
+        pause,
         policy.warn_at,
         calendar,
+        _opening_need_ms(first_response_ms, resolution_ms, pause, policy.warn_at),
     )
 
 
@@ -484,28 +491,23 @@ def opening_alert_ms(created_ms: int, terms: Terms) -> int | None:
     or its deadline without warnings, both reached on the same open-ended span, so the
     earliest of all is the instant the smaller of those elapsed times is reached.
     """
-    found = _OPENING_NEED.get(id(terms))
-    if found is None or found[0] is not terms:
-        if len(_OPENING_NEED) >= 4096:  # terms of settings long gone (tests build many)
-            _OPENING_NEED.clear()
-        found = _OPENING_NEED[id(terms)] = (terms, _opening_need_ms(terms))
-    need = found[1]
+    need = terms.opening_need_ms
     return None if need is None else deadline_ms(terms.calendar, created_ms, need)
 
 
-#: :func:`_opening_need_ms` by the terms' identity (the terms of each group are built once:
-#: ``CoreConfig.terms_of``), with the terms, so a reused id is never mistaken for them
-_OPENING_NEED: dict[int, tuple[Terms, int | None]] = {}
-
-
-def _opening_need_ms(terms: Terms) -> int | None:
+def _opening_need_ms(
+    first_response_ms: int | None,
+    resolution_ms: int | None,
+    pause: frozenset[str],
+    warn_at: tuple[float, ...],
+) -> int | None:
     """The business time from a new ticket's creation to its earliest alert (see
-    :func:`opening_alert_ms`): a pure function of the terms."""
-    first = terms.warn_at[0] if terms.warn_at else None
+    :func:`opening_alert_ms`), worked out once with the terms."""
+    first = warn_at[0] if warn_at else None
     need: int | None = None
     for target_ms, running in (
-        (terms.first_response_ms, True),
-        (terms.resolution_ms, STATUS_CODES["new"] not in terms.pause),
+        (first_response_ms, True),
+        (resolution_ms, STATUS_CODES["new"] not in pause),
     ):
         if target_ms is None or not running:
             continue
