@@ -50,7 +50,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams import compat, record_batches
 from deskpulse.streams.app import create_app, probe_redis
 from deskpulse.streams.cli import probe_web_address
-from tests.support import WORKER_READY_LINE, HttpResponse, http_get, wait_until
+from tests.support import WorkerChecks
 
 __all__ = ["InprocWorker", "children", "port_is_free"]
 
@@ -112,7 +112,7 @@ class _KeepRecords(logging.Handler):
             return "\n".join(self.lines)
 
 
-class InprocWorker:
+class InprocWorker(WorkerChecks):
     """The real worker on ``settings``, in a thread of the test process with its own loop.
 
     Mirrors :class:`~tests.support.WorkerProcess` (``get``, ``log``, ``describe``,
@@ -184,16 +184,8 @@ class InprocWorker:
     # -- what a test sees ---------------------------------------------------------------
 
     @property
-    def base_url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-    @property
     def running(self) -> bool:
         return self._thread.is_alive()
-
-    def get(self, path: str, timeout_s: float = 5.0) -> HttpResponse | None:
-        """``GET path`` on the worker's web port (``None`` if nothing answers)."""
-        return http_get(self.base_url + path, timeout_s)
 
     def log(self) -> str:
         return self._records.text()
@@ -207,21 +199,6 @@ class InprocWorker:
         if self.error is not None:
             state += f" ({self.error!r})"
         return f"in-process worker {state}; last lines of its log:\n{self.log_tail()}"
-
-    def is_ready(self) -> bool:
-        """``/readyz`` answers 200 and the consumer group has assigned the partitions."""
-        response = self.get("/readyz", timeout_s=3)
-        return response is not None and response.status == 200 and WORKER_READY_LINE in self.log()
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        """Block until :meth:`is_ready`; fail at once, with the log, if the worker stopped."""
-
-        def check() -> bool:
-            if not self.running:
-                raise AssertionError(f"the worker stopped before it was ready: {self.describe()}")
-            return self.is_ready()
-
-        wait_until(check, timeout_s, 0.25, message=self.describe)
 
     def stop(self, timeout_s: float = 30) -> int:
         """Shut down as a SIGTERM does, wait up to ``timeout_s``; the exit status."""

@@ -325,7 +325,48 @@ async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         await asyncio.sleep(0.1)
 
 
-class WorkerProcess:
+class WorkerChecks:
+    """What a test asks of a worker, wherever it runs (:class:`WorkerProcess`, or
+    ``tests.inproc.InprocWorker`` in the test process): its web port, ready or not.
+    A subclass has ``settings`` and gives ``running``, ``log()`` and ``describe()``."""
+
+    settings: Settings
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def log(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def get(self, path: str, timeout_s: float = 5.0) -> HttpResponse | None:
+        """``GET path`` on the worker's web port (``None`` if nothing answers)."""
+        return http_get(self.base_url + path, timeout_s)
+
+    def is_ready(self) -> bool:
+        """``/readyz`` answers 200 and the consumer group has assigned the partitions."""
+        response = self.get("/readyz", timeout_s=3)
+        return response is not None and response.status == 200 and WORKER_READY_LINE in self.log()
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Block until :meth:`is_ready`; fail at once, with the log, if the worker stopped."""
+
+        def check() -> bool:
+            if not self.running:
+                raise AssertionError(f"the worker stopped before it was ready: {self.describe()}")
+            return self.is_ready()
+
+        wait_until(check, timeout_s, 0.25, message=self.describe)
+
+
+class WorkerProcess(WorkerChecks):
     """``python -m deskpulse.streams.cli worker`` as a real subprocess, logging to ``log_path``.
 
     Runs in its own process group (a :class:`~streams.devtools.embedded.ManagedProcess`). Use it
@@ -356,20 +397,12 @@ class WorkerProcess:
         )
 
     @property
-    def base_url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-    @property
     def running(self) -> bool:
         return self.process.running
 
     @property
     def returncode(self) -> int | None:
         return self.process.returncode
-
-    def get(self, path: str, timeout_s: float = 5.0) -> HttpResponse | None:
-        """``GET path`` on the worker's web port (``None`` if nothing answers)."""
-        return http_get(self.base_url + path, timeout_s)
 
     def log(self) -> str:
         try:
@@ -384,21 +417,6 @@ class WorkerProcess:
         """State and log tail, for assertion messages."""
         state = "running" if self.running else f"exited with status {self.returncode}"
         return f"worker {state}; last lines of {self.log_path}:\n{self.log_tail()}"
-
-    def is_ready(self) -> bool:
-        """``/readyz`` answers 200 and the consumer group has assigned the partitions."""
-        response = self.get("/readyz", timeout_s=3)
-        return response is not None and response.status == 200 and WORKER_READY_LINE in self.log()
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        """Block until :meth:`is_ready`; fail at once, with the log, if the worker exits."""
-
-        def check() -> bool:
-            if not self.running:
-                raise AssertionError(f"the worker exited before it was ready: {self.describe()}")
-            return self.is_ready()
-
-        wait_until(check, timeout_s, 0.25, message=self.describe)
 
     def stop(self, timeout_s: float = 30) -> int:
         """SIGTERM, wait up to ``timeout_s`` (then SIGKILL); the exit status."""
