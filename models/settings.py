@@ -272,6 +272,11 @@ class Settings(BaseSettings):
     bucket_seconds: Annotated[int, NoDecode] = 60
     rollup_seconds: Annotated[int, NoDecode] = 3600
     retention: Annotated[int, NoDecode] = 48 * 3600
+    # a ticket not solved or closed keeps its state past retention until this long after
+    # its creation (and at least retention after its last event); then it is dropped
+    open_ticket_max_age: Annotated[int, NoDecode] = 30 * 86400
+    # a chat waiting this long without an accept, abandon or end no longer counts as waiting
+    chat_stale_after: Annotated[int, NoDecode] = 3600
     windows: Annotated[tuple[int, ...], NoDecode] = (300, 900, 3600, 86400)
     max_future: Annotated[int, NoDecode] = 300
     max_record_bytes: int = Field(default=1_048_576, ge=256)
@@ -324,6 +329,8 @@ class Settings(BaseSettings):
         "bucket_seconds",
         "rollup_seconds",
         "retention",
+        "open_ticket_max_age",
+        "chat_stale_after",
         "max_future",
         "metrics_refresh_interval",
         "snapshot_interval",
@@ -477,6 +484,14 @@ class Settings(BaseSettings):
                 )
             if width > self.retention:
                 raise ValueError(f"windows: {format_duration(width)} is longer than retention")
+        if self.open_ticket_max_age < self.retention:
+            raise ValueError(
+                f"open_ticket_max_age: {format_duration(self.open_ticket_max_age)} is shorter "
+                f"than the retention ({format_duration(self.retention)}): every ticket is kept "
+                "that long anyway"
+            )
+        if self.chat_stale_after <= 0:
+            raise ValueError("chat_stale_after: must be positive")
         for rule in self.alert_rules:
             if parse_duration(rule.window) % self.bucket_seconds:
                 raise ValueError(f"alert_rules: window of {rule.name} is not a bucket multiple")

@@ -44,7 +44,16 @@ from deskpulse.models.wire import (
     event_ms,
 )
 from deskpulse.streams import sketch
-from deskpulse.streams.calendar import BusinessCalendar, calendars
+from deskpulse.streams.calendar import BusinessCalendar, business_ms, calendars
+from deskpulse.streams.lifecycle import (
+    BACKLOG_FIELDS,
+    OPEN_CODES,
+    WAITING_FIELD,
+    Lifecycle,
+    chat_steps,
+    lifecycle,
+    status_steps,
+)
 from deskpulse.streams.sla import (
     ACHIEVED,
     AGENT,
@@ -69,11 +78,15 @@ __all__ = [
     "AT_RISK_NOW",
     "FIELDS",
     "HISTOGRAM_BOUNDS_S",
+    "LIVE_DIGITS",
+    "LONGEST",
     "NOT_COUNTED",
+    "OLDEST",
     "PLACES",
     "RUNNING_FIELDS",
     "RUNNING_NOW",
     "SEP",
+    "WAITING_DIGIT",
     "BatchResult",
     "Contribution",
     "Conversation",
@@ -89,7 +102,12 @@ __all__ = [
     "group_document",
     "has_samples",
     "instances_now",
+    "keep_until_ms",
+    "live_entry",
+    "live_key",
+    "open_at",
     "split_dim_key",
+    "waiting_at",
 ]
 
 #: Separator inside a dimension key and between a dimension key and a field name.
@@ -127,6 +145,20 @@ FIELDS: dict[str, str] = {
     "np_det": "NPS detractors (<= 6)",
     "ce_n": "CES responses",
     "ce_sum": "sum of CES scores",
+    "rv": "tickets solved for good (a sample at the final solve; a reopen takes it back)",
+    "rv_ms": "sum of full resolution times (creation to final solve), ms",
+    "rb_ms": "sum of full resolution times in business time, ms",
+    "ro": "tickets solved for good that were reopened before",
+    "ot": "tickets solved for good with one public agent reply and no reopen",
+    "ch": "answered chats ended (handle time samples)",
+    "ch_ms": "sum of handle times (accept to end), ms",
+    "svt": "solves (changes into solved, or into closed from another status); totals only",
+    "rot": "reopens (changes from solved back to an open status); totals only",
+    "bl:n": "level steps of tickets in status new (+1 in, -1 out); levels and buckets",
+    "bl:o": "level steps of tickets in status open; levels and buckets",
+    "bl:p": "level steps of tickets in status pending; levels and buckets",
+    "bl:h": "level steps of tickets in status hold; levels and buckets",
+    "bl:w": "level steps of waiting chats; levels and buckets",
 }
 
 #: Bounds of the Prometheus-native first-response histogram (targets are added to these).
@@ -160,6 +192,10 @@ class CoreConfig:
     )
     short_abandon_s: int = 5
     chat_answer_target_s: int = 20
+    #: how long a ticket not solved or closed keeps its state after its creation
+    open_ticket_max_age_s: int = 30 * 86400
+    #: how long a chat without an accept, abandon or end counts as waiting
+    chat_stale_after_s: int = 3600
     #: the SLA policies, first match wins; ``None``: the one default policy built from
     #: ``first_response_targets_s`` (calendar time, no warnings)
     policies: tuple[Policy, ...] | None = None
@@ -210,6 +246,8 @@ class CoreConfig:
             first_response_targets_s=dict(settings.first_response_targets),
             short_abandon_s=settings.short_abandon,
             chat_answer_target_s=settings.chat_answer_target,
+            open_ticket_max_age_s=settings.open_ticket_max_age,
+            chat_stale_after_s=settings.chat_stale_after,
             policies=tuple(settings.policies),
             schedules=dict(settings.schedules),
         )
@@ -239,9 +277,14 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     :mod:`deskpulse.streams.sla`); ``claims`` are the SLA breaches breach detection claimed
     (``fr:1``, ``nr:2``, ``rs:1``). ``seen`` holds the ids of every other event: an id is
     stored once, where its event is kept, and a repeat is found in any of these places.
-    ``counted`` is no event's: it is the ticket's share of its partition's instance counts
-    as of its last commit (:func:`instances_now`), kept so that a batch writes the
-    difference and the commit script takes it back when it deletes the state.
+    ``live`` and ``counted`` are no event's. ``live`` says where the conversation stands in
+    its partition's live indexes as of its last commit (:func:`live_entry`): ``""``
+    nowhere, ``"o"`` among the open tickets or waiting chats of its group, ``"x<ms>"``
+    among those that left them at that instant. ``counted`` is the ticket's share of its
+    partition's instance counts as of its last commit (:func:`instances_now`), and in its
+    thousands digit whether it is open or waiting now (:data:`LIVE_DIGITS`), kept so that a
+    batch writes the difference and the commit script takes it back (or drops the ticket
+    from the backlog) when it deletes the state.
     Stored in Redis as the compact JSON array of these fields, in this order (:meth:`dumps`).
     """
 
@@ -255,6 +298,7 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     claims: set[str] = msgspec.field(default_factory=set)
     seen: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
+    live: str = ""
     #: last in the array: the commit script reads it from the end of the stored JSON
     counted: int = 0
 
@@ -443,6 +487,11 @@ def _contributions(
         if kind == "t":
             out.append((opened_ms, dims, "tc", 1))
             entries = list(timeline)
+            if entries:
+                life = lifecycle(opened_ms, entries)
+                _lifecycle_fields(opened_ms, dims, life, config.terms_of(dims), out, 1)
+            else:
+                out.append((opened_ms, dims, _NEW_STEP, 1))  # in the backlog as new
             # a ticket with neither replies nor statuses samples nothing, and breaches
             # nothing until a claim says so
             if entries or claims:
@@ -450,6 +499,10 @@ def _contributions(
         else:
             out.append((opened_ms, dims, "cr", 1))
             outcome = _chat_outcome(accepted, ended)
+            for at_ms, step in chat_steps(
+                opened_ms, None if outcome is None else outcome[1], config.chat_stale_after_s * 1000
+            ):
+                out.append((at_ms, dims, WAITING_FIELD, step))
             if outcome is not None:
                 answered, outcome_ms = outcome
                 wait_ms = max(0, outcome_ms - opened_ms)
@@ -459,6 +512,13 @@ def _contributions(
                     out.append((outcome_ms, dims, "ca_in", int(in_target)))
                     out.append((outcome_ms, dims, "ca_ms", wait_ms))
                     out.append((outcome_ms, dims, _CW_SK[sketch.index_of(wait_ms / 1000)], 1))
+                    if ended is not None:
+                        # answered, then ended (or abandoned after the accept): handled
+                        handle_ms = ended[0] - outcome_ms
+                        out.append((ended[0], dims, "ch", 1))
+                        out.append((ended[0], dims, "ch_ms", handle_ms))
+                        index = sketch.index_of(handle_ms / 1000)
+                        out.append((ended[0], dims, _CH_SK[index], 1))
                 elif config.short_abandon_s > 0 and wait_ms < config.short_abandon_s * 1000:
                     out.append((outcome_ms, dims, "cs", 1))
                 else:
@@ -474,6 +534,42 @@ def _contributions(
             )
         out.extend(_survey_fields(at_ms, (channel, queue, priority), survey_kind, score))
     return out, ignored
+
+
+def _lifecycle_fields(
+    opened_ms: int,
+    dims: Dims,
+    life: Lifecycle,
+    plan: Terms,
+    out: list[Contribution],
+    sign: int,
+) -> None:
+    """A ticket's lifecycle fields (appended to ``out``), each times ``sign``: its backlog
+    level steps, its solves and reopens (cumulative counts), and its full resolution sample
+    at the final solve."""
+    for at_ms, name, step in status_steps(life.changes):
+        out.append((at_ms, dims, name, sign * step))
+    for at_ms in life.solves:
+        out.append((at_ms, dims, "svt", sign))
+    for at_ms in life.reopens:
+        out.append((at_ms, dims, "rot", sign))
+    final_ms = life.final_solve_ms
+    if final_ms is None:
+        return
+    spent_ms = max(0, final_ms - opened_ms)
+    business = business_ms(plan.calendar, opened_ms, final_ms) if final_ms > opened_ms else 0
+    out.append((final_ms, dims, "rv", sign))
+    out.append((final_ms, dims, "rv_ms", sign * spent_ms))
+    index = sketch.index_of(spent_ms / 1000)
+    out.append((final_ms, dims, _RV_SK[index], sign))
+    out.append((final_ms, dims, "rb_ms", sign * business))
+    if business != spent_ms:
+        index = sketch.index_of(business / 1000)
+    out.append((final_ms, dims, _RB_SK[index], sign))
+    if life.reopens:
+        out.append((final_ms, dims, "ro", sign))
+    elif life.agent_replies == 1:
+        out.append((final_ms, dims, "ot", sign))
 
 
 def _ticket_fields(
@@ -610,12 +706,17 @@ def instances_now(state: Conversation, config: CoreConfig) -> int:
     a running instance is *at risk* once breach detection claimed one of its warnings,
     which it does when the detection clock reaches the first ``warn_at`` fraction of the
     target (a policy without warnings has no instance at risk). A ticket has at most one
-    running instance per metric: a next response starts only while none runs.
+    running instance per metric: a next response starts only while none runs. The
+    thousands digit is the conversation's live digit (:data:`LIVE_DIGITS`).
     """
-    if state.kind != "t" or state.opened is None or state.dims is None:
+    if state.opened is None or state.dims is None:
         return NOT_COUNTED
+    live = live_entry(state, config)[1] * 1000
+    if state.kind != "t":
+        return live
     plan = config.terms_of(state.dims)
-    return _instances_now(state, plan, final_view(state, plan) if needs_view(state, plan) else None)
+    view = final_view(state, plan) if needs_view(state, plan) else None
+    return live + _instances_now(state, plan, view)
 
 
 def _instances_now(state: Conversation, plan: Terms, view: Evaluation | None) -> int:
@@ -658,6 +759,113 @@ def _instances_now(state: Conversation, plan: Terms, view: Evaluation | None) ->
     return share
 
 
+# --- live indexes ---------------------------------------------------------------------------
+#
+# The backlog and the waiting chats are counted by level steps (streams/lifecycle.py); the
+# oldest open ticket and the longest waiting chat need the conversations themselves, in
+# order. Each partition keeps, per group, its tickets open now by creation (``lo:<group>``)
+# and its chats without an outcome by request (``lw:<group>``), and the conversations that
+# left those since the retention horizon by the instant they left (``lx``): the oldest open
+# ticket at the present is the first of a sorted set, and at a past instant ``E`` the
+# candidates are the first of each group still open and those that left after ``E``.
+# A conversation's ``live`` field says where it stands, so a batch writes only the moves.
+
+#: the thousands digit of a conversation's share (``Conversation.counted``): a ticket open
+#: now, by its status (1 new, 2 open, 3 pending, 4 hold), or a chat still waiting (5);
+#: the commit script drops an expired ticket with a digit from 1 to 4 from the backlog
+LIVE_DIGITS: dict[str, int] = {code: place for place, code in enumerate(OPEN_CODES, 1)}
+WAITING_DIGIT = 5
+
+
+def live_entry(state: Conversation, config: CoreConfig) -> tuple[str, int]:
+    """Where an opened conversation stands in the live indexes, and its live digit:
+    ``("o", digit)`` open or waiting now, ``("x<ms>", 0)`` left at that instant, or
+    ``("", 0)`` never there (a chat whose outcome came with its request)."""
+    opened = state.opened
+    if opened is None:
+        return "", 0
+    if state.kind == "t":
+        if not state.timeline:
+            return "o", LIVE_DIGITS["n"]
+        life = lifecycle(opened[0], state.timeline.items())
+        code = life.open_now
+        if code is not None:
+            return "o", LIVE_DIGITS[code]
+        left = life.left_ms
+        return ("" if left is None else f"x{left}"), 0
+    outcome = _chat_outcome(state.accepted, state.ended)
+    if outcome is None:
+        return "o", WAITING_DIGIT
+    steps = chat_steps(opened[0], outcome[1], config.chat_stale_after_s * 1000)
+    return (f"x{steps[-1][0]}" if steps else ""), 0
+
+
+def open_at(state: Conversation, instant_ms: int) -> bool:
+    """Whether a ticket is in the backlog at ``instant_ms``: created before it, and in an
+    open status by the last status event strictly before it."""
+    opened = state.opened
+    if state.kind != "t" or opened is None or opened[0] >= instant_ms:
+        return False
+    status = "n"
+    if state.timeline:
+        for at_ms, code in lifecycle(opened[0], state.timeline.items()).changes:
+            if at_ms >= instant_ms:
+                break
+            status = code
+    return status in LIVE_DIGITS
+
+
+def waiting_at(state: Conversation, instant_ms: int, stale_after_ms: int) -> bool:
+    """Whether a chat is waiting at ``instant_ms`` (see :func:`~streams.lifecycle.chat_steps`)."""
+    opened = state.opened
+    if state.kind != "c" or opened is None:
+        return False
+    outcome = _chat_outcome(state.accepted, state.ended)
+    for at_ms, step in chat_steps(
+        opened[0], None if outcome is None else outcome[1], stale_after_ms
+    ):
+        if step < 0:
+            return opened[0] < instant_ms <= at_ms
+    return False
+
+
+def live_key(kind: str, dims: Sequence[str]) -> str:
+    """The key suffix of a group's live index: open tickets or waiting chats."""
+    return ("lo:" if kind == "t" else "lw:") + SEP.join(dims)
+
+
+def _index_moves(
+    conv_id: str,
+    state: Conversation,
+    live: str,
+    was_dims: Dims | None,
+    ops: list[tuple[str, str, int, str]],
+) -> None:
+    """The live index changes that take a conversation from ``state.live`` (under
+    ``was_dims``) to ``live`` (under its dimensions now), appended to ``ops``."""
+    was = state.live
+    if was == "o" and was_dims is not None:
+        ops.append(("r", live_key(state.kind, was_dims), 0, conv_id))
+    elif was[:1] == "x" and live[:1] != "x":
+        ops.append(("r", "lx", 0, conv_id))
+    if live == "o" and state.opened is not None and state.dims is not None:
+        ops.append(("a", live_key(state.kind, state.dims), state.opened[0], conv_id))
+    elif live[:1] == "x":
+        ops.append(("a", "lx", int(live[1:]), conv_id))
+
+
+def keep_until_ms(state: Conversation, config: CoreConfig) -> int:
+    """The score of a conversation in the expiry index: its state is deleted once the
+    newest event time is more than the retention past it. That is its newest event time,
+    but for a ticket open now, at least its creation plus the open ticket maximum age
+    less the retention (so it stays until the maximum age)."""
+    if state.kind == "t" and state.opened is not None and 0 < state.counted // 1000 < WAITING_DIGIT:
+        keep = state.opened[0] + (config.open_ticket_max_age_s - config.retention_seconds) * 1000
+        if keep > state.last_ms:
+            return keep
+    return state.last_ms
+
+
 def _move_counts(counters: dict[str, int], moves: Mapping[tuple[int, int], int]) -> None:
     """Add to ``counters`` the change of ``n`` tickets' shares of the instance counts from
     ``before`` to ``after``, for each ``(before, after): n`` of ``moves``."""
@@ -688,19 +896,31 @@ _CW_SK = _FieldNames("cw_sk:")
 _FB_SK = _FieldNames("fb_sk:")
 _NR_SK = _FieldNames("nr_sk:")
 _NB_SK = _FieldNames("nb_sk:")
+_RV_SK = _FieldNames("rv_sk:")
+_RB_SK = _FieldNames("rb_sk:")
+_CH_SK = _FieldNames("ch_sk:")
+_NEW_STEP = BACKLOG_FIELDS["n"]
 
-_TO_TOTALS, _TO_BUCKETS = 1, 2
+_TO_TOTALS, _TO_BUCKETS, _TO_LEVELS = 1, 2, 4
+#: fields counted in the cumulative totals alone (Prometheus counters, never windowed)
+_TOTALS_ONLY = frozenset(("svt", "rot"))
 
 
 class _Routes(dict[str, int]):
-    """Where a field goes: sketch counts only to time buckets, histogram counts only to
-    the cumulative totals, every other field to both (looked up once per field name)."""
+    """Where a field goes: sketch counts only to time buckets, histogram counts and the
+    solve and reopen counts only to the cumulative totals, level steps to the levels and
+    the buckets, every other field to the totals and the buckets (looked up once per field
+    name)."""
 
     def __missing__(self, name: str) -> int:
         if "_sk:" in name:
             route = _TO_BUCKETS
-        elif name.startswith("frh:"):
+        elif name.startswith("frh:") or name in _TOTALS_ONLY:
             route = _TO_TOTALS
+        elif name.startswith("bl:"):
+            # level steps: their running sum (the level now) and their buckets (to take
+            # the steps after a past instant back)
+            route = _TO_LEVELS | _TO_BUCKETS
         else:
             route = _TO_TOTALS | _TO_BUCKETS
         self[name] = route
@@ -831,6 +1051,11 @@ class BatchResult:
         default_factory=lambda: defaultdict(lambda: defaultdict(int))
     )
     totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: the running sums of the level steps (``bl:*``), keyed ``dimkey + SEP + field``
+    levels: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: the live indexes' changes, ``(op, key suffix, score, member)``: op ``"a"`` adds (or
+    #: moves) the member with the score, ``"r"`` removes it (see :func:`live_entry`)
+    index: list[tuple[str, str, int, str]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     offsets: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
@@ -1023,11 +1248,20 @@ def _timeline_change(
     two evaluations compared part by part, and only the parts that differ written (taken
     back at their old place, added at their new one)."""
     claims = state.claims
-    if not claims and timeline_before and _only_waits_appended(state.timeline, timeline_before):
-        return [], 0
     plan = config.terms_of(dims)
-    new = view or evaluate_terms(opened_ms, state.timeline.items(), plan, detail=False)
     out: list[Contribution] = []
+    # the lifecycle first: a status change moves the backlog even where no sample moves
+    old_life = lifecycle(opened_ms, islice(state.timeline.items(), timeline_before))
+    new_life = lifecycle(opened_ms, state.timeline.items())
+    if old_life != new_life:
+        was: list[Contribution] = []
+        _lifecycle_fields(opened_ms, dims, old_life, plan, was, 1)
+        now: list[Contribution] = []
+        _lifecycle_fields(opened_ms, dims, new_life, plan, now, 1)
+        _difference(out, was, now)
+    if not claims and timeline_before and _only_waits_appended(state.timeline, timeline_before):
+        return out, 0
+    new = view or evaluate_terms(opened_ms, state.timeline.items(), plan, detail=False)
     if not timeline_before and not claims_before:
         _view_fields(opened_ms, dims, new, plan, claims, config, out)
         return out, new.ignored
@@ -1048,10 +1282,10 @@ def _timeline_change(
     if old.instances != new.instances or claims_before != claims:
         # only the counts that moved: an instance whose deadline moved but whose outcome
         # did not (a resolution clock paused) writes nothing
-        was: list[Contribution] = []
+        was = []
         for instance in old.instances:
             _instance_field(dims, instance, claims_before, was, 1)
-        now: list[Contribution] = []
+        now = []
         for instance in new.instances:
             _instance_field(dims, instance, claims, now, 1)
         if was != now:
@@ -1063,6 +1297,19 @@ def _timeline_change(
             )
             out.extend(c for c in now if c not in same)
     return out, new.ignored - old.ignored
+
+
+def _difference(out: list[Contribution], was: list[Contribution], now: list[Contribution]) -> None:
+    """Append to ``out`` what takes ``was`` to ``now`` (each the same field at the same
+    time and group summed), leaving out what both hold."""
+    if was == now:
+        return
+    delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
+    for at_ms, dims, name, value in now:
+        delta[(at_ms, dims, name)] += value
+    for at_ms, dims, name, value in was:
+        delta[(at_ms, dims, name)] -= value
+    out.extend((at, dims, name, value) for (at, dims, name), value in delta.items() if value)
 
 
 #: timeline codes that fulfil, end or count nothing when they come last: a customer reply
@@ -1108,6 +1355,7 @@ def _add_deltas(
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
     bucket_ms = bucket_s * 1000
     totals, buckets, counters = result.totals, result.buckets, result.counters
+    levels = result.levels
     prefixes: dict[Dims, str] = {}
     # the four bucket hashes (fine, roll-up, and both over all groups) of each fine bucket
     targets: dict[int, tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]] = {}
@@ -1143,8 +1391,9 @@ def _add_deltas(
                 and dims is not None
                 and not (state.timeline or state.claims or state.surveys)
             ):
-                # a ticket with its creation alone (the most common case): created, no more
-                changes = ((opened[0], dims, "tc", 1),)
+                # a ticket with its creation alone (the most common case): created, and new
+                # in the backlog
+                changes = ((opened[0], dims, "tc", 1), (opened[0], dims, _NEW_STEP, 1))
             else:
                 changes, ignored_now = _current(state, config, view)
                 ignored += ignored_now
@@ -1155,14 +1404,23 @@ def _add_deltas(
             else:
                 changes, ignored_change = _kpi_change(state, inputs, config, view)
                 ignored += ignored_change
-        if plan is not None:
-            # what the ticket adds to the partition's instance counts (its share stored
-            # with it is what it added before)
-            share = _instances_now(state, plan, view)
-            if share != state.counted:
-                move = (state.counted, share)
-                moves[move] = moves.get(move, 0) + 1
-                state.counted = share
+        if not unchanged and state.opened is not None and state.dims is not None:
+            live, digit = live_entry(state, config)
+            share = digit * 1000
+            if plan is not None:
+                # what the ticket adds to the partition's instance counts (its share
+                # stored with it is what it added before)
+                share += _instances_now(state, plan, view)
+                if share % 1000 != state.counted % 1000:
+                    move = (state.counted, share)
+                    moves[move] = moves.get(move, 0) + 1
+            state.counted = share
+            was_opened = was_dims = None
+            if previous is not None:
+                was_opened, was_dims = previous[0][0], previous[0][1]
+            if live != state.live or was_opened != state.opened or was_dims != state.dims:
+                _index_moves(conv_id, state, live, was_dims, result.index)
+                state.live = live
         # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
             if value == 0:
@@ -1174,6 +1432,8 @@ def _add_deltas(
             route = _ROUTES[name]
             if route & _TO_TOTALS:
                 totals[key] += value
+            elif route & _TO_LEVELS:
+                levels[key] += value
             if not route & _TO_BUCKETS:
                 continue  # histogram counts are cumulative only
             if at_ms < cutoff_ms:
@@ -1230,15 +1490,31 @@ def _durations(count: int, sum_ms: int, counts: Mapping[int, int]) -> dict[str, 
     }
 
 
-_SKETCHES = ("fr_sk:", "cw_sk:", "fb_sk:", "nr_sk:", "nb_sk:")
+_SKETCHES = ("fr_sk:", "cw_sk:", "fb_sk:", "nr_sk:", "nb_sk:", "rv_sk:", "rb_sk:", "ch_sk:")
+#: a group's live state at the window's end (:func:`~streams.query.read_live`): the level
+#: fields, and the earliest creation of its open tickets and request of its waiting chats
+OLDEST, LONGEST = "oldest_ms", "longest_ms"
+_BACKLOG_NAMES = {"new": "n", "open": "o", "pending": "p", "hold": "h"}
 
 
-def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[str, Any]:
-    """One group of the KPI document (docs/kpis.md) from its merged integer fields.
+def _age(end_ms: int, since_ms: int | None) -> float | None:
+    return None if since_ms is None else (end_ms - since_ms) / 1000
+
+
+def group_document(
+    key: Mapping[str, str],
+    fields: Mapping[str, int],
+    live: Mapping[str, int] | None = None,
+    end_s: int | None = None,
+) -> dict[str, Any]:
+    """One group of the KPI document (docs/kpis.md) from its merged integer fields, and its
+    live state at the window's end ``end_s`` (``live``; none: nothing open or waiting).
 
     Counts are integers (0 when none); a value with no samples is ``None``; ratios are
     full precision.
     """
+    live = live or {}
+    end_ms = 0 if end_s is None else end_s * 1000
 
     def get(name: str) -> int:
         return int(fields.get(name, 0))
@@ -1249,6 +1525,14 @@ def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[st
         if prefix in sketches:
             sketches[prefix][int(name[6:])] = int(value)
     fr_n, ca, cab, nr_n = get("fr"), get("ca"), get("cab"), get("nr")
+    rv_n, ch_n = get("rv"), get("ch")
+    handle_p50, handle_p90 = _quantiles(sketches["ch_sk:"], (0.5, 0.9)) if ch_n else [None] * 2
+    backlog: dict[str, Any] = {
+        name: int(live.get("bl:" + code, 0)) for name, code in _BACKLOG_NAMES.items()
+    }
+    backlog["total"] = sum(backlog.values())
+    backlog["oldest_age_seconds"] = _age(end_ms, live.get(OLDEST)) if backlog["total"] else None
+    waiting = int(live.get("bl:w", 0))
     fr_p50, fr_p90, fr_p95 = (
         _quantiles(sketches["fr_sk:"], (0.5, 0.9, 0.95)) if fr_n else [None] * 3
     )
@@ -1290,6 +1574,11 @@ def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[st
             "service_level_ratio": _ratio(get("ca_in"), ca + cab),
             "wait_p50_seconds": wait_p50,
             "wait_p90_seconds": wait_p90,
+            "waiting": waiting,
+            "longest_wait_seconds": _age(end_ms, live.get(LONGEST)) if waiting else None,
+            "handle_mean_seconds": None if not ch_n else get("ch_ms") / ch_n / 1000,
+            "handle_p50_seconds": handle_p50,
+            "handle_p90_seconds": handle_p90,
         },
         "csat": {
             "responses": cs_n,
@@ -1305,9 +1594,23 @@ def group_document(key: Mapping[str, str], fields: Mapping[str, int]) -> dict[st
         },
         "ces": {"responses": ce_n, "average": _ratio(get("ce_sum"), ce_n)},
         "sla": sla,
+        "resolution": {
+            "count": rv_n,
+            **_durations(rv_n, get("rv_ms"), sketches["rv_sk:"]),
+            "business": _durations(rv_n, get("rb_ms"), sketches["rb_sk:"]),
+            "reopened": get("ro"),
+            "reopen_ratio": _ratio(get("ro"), rv_n),
+            "one_touch": get("ot"),
+            "one_touch_ratio": _ratio(get("ot"), rv_n),
+        },
+        "backlog": backlog,
     }
 
 
 def has_samples(fields: Mapping[str, int]) -> bool:
-    """Whether a group has any count in its window (groups without are left out)."""
-    return any(value > 0 and "_sk:" not in name for name, value in fields.items())
+    """Whether a group has any count in its window (groups without are left out; the level
+    steps of the backlog and the waiting chats are no samples)."""
+    return any(
+        value > 0 and "_sk:" not in name and not name.startswith("bl:")
+        for name, value in fields.items()
+    )

@@ -22,7 +22,19 @@ from typing import Any
 
 from deskpulse.models.errors import InvalidQuery
 from deskpulse.models.events import DIMENSIONS, parse_time
-from deskpulse.streams.core import SEP, group_document, has_samples
+from deskpulse.streams.core import (
+    LONGEST,
+    OLDEST,
+    SEP,
+    Conversation,
+    group_document,
+    has_samples,
+    live_key,
+    open_at,
+    split_dim_key,
+    waiting_at,
+)
+from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
 from deskpulse.streams.store import Store
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
@@ -37,8 +49,10 @@ __all__ = [
     "parse_at",
     "parse_by",
     "parse_query",
+    "project_live",
     "query_kpis",
     "read_document",
+    "read_live",
     "read_window",
     "read_windows",
     "retained_since",
@@ -193,6 +207,165 @@ async def read_document(store: Store, query: KpiQuery) -> dict[str, Any]:
     return await query_kpis(store, width_s=query.width_s, at_s=query.end_s, by=query.by)
 
 
+_LEVEL_FIELDS = (*BACKLOG_FIELDS.values(), WAITING_FIELD)
+#: candidates checked at once when a past instant's oldest open ticket is looked for
+_CANDIDATES = 16
+
+
+async def read_live(
+    store: Store,
+    *,
+    end_s: int,
+    partitions: Sequence[int] | None = None,
+    watermarks_ms: Mapping[int, int] | None = None,
+) -> dict[tuple[str, str, str], dict[str, int]]:
+    """Per ``(channel, queue, priority)``: the backlog by status and the waiting chats at
+    the bucket boundary ``end_s`` (``bl:*``), and the earliest creation of its open tickets
+    (:data:`OLDEST`) and request of its waiting chats (:data:`LONGEST`), ms; groups with
+    nothing open or waiting are left out.
+
+    The levels are the running sums of every step written less the steps at or after the
+    instant, read from the buckets from there on: none for a read of the present (steps are
+    dated up to the newest event time, a waiting chat's at most its stale time later), a
+    span for a read of the past. The oldest and longest come from the live indexes: the
+    first entry of each group's for a partition whose every event is before the instant,
+    and otherwise the first entries still open that were open then, and those that left
+    since, each checked against its state. O(partitions x (groups + buckets after the
+    instant + conversations that left since)), never O(conversations).
+    """
+    cfg = store.config
+    if partitions is None:
+        partitions = await store.partitions()
+    if watermarks_ms is None:
+        metas = await store.read_meta()
+        watermarks_ms = {p: int(metas.get(p, {}).get("wm", "0")) for p in partitions}
+    end_ms = end_s * 1000
+    stale_ms = cfg.chat_stale_after_s * 1000
+    levels = await store.read_levels(partitions)
+    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
+    # the last step written is at most the stale time after the newest event
+    horizon_s = newest_s + cfg.chat_stale_after_s + cfg.bucket_seconds
+    horizon_s += -horizon_s % cfg.rollup_seconds
+    if end_s < horizon_s:
+        rollups, fines = cover(end_s, horizon_s, cfg.bucket_seconds, cfg.rollup_seconds)
+        suffixes = [f"r:{s}" for s in rollups] + [f"b:{s}" for s in fines]
+        (later,) = await store.sum_buckets(partitions, [suffixes])
+        for name, value in later.items():
+            if name.endswith(_LEVEL_FIELDS):
+                levels[name] -= value
+    groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
+    for name, value in levels.items():
+        if value:
+            key, _, field = name.rpartition(SEP)
+            groups[split_dim_key(key)][field] = value
+    await _add_earliest(store, groups, partitions, watermarks_ms, end_ms, stale_ms)
+    return dict(groups)
+
+
+async def _add_earliest(
+    store: Store,
+    groups: dict[tuple[str, str, str], dict[str, int]],
+    partitions: Sequence[int],
+    watermarks_ms: Mapping[int, int],
+    end_ms: int,
+    stale_ms: int,
+) -> None:
+    """Set :data:`OLDEST` and :data:`LONGEST` of the groups (see :func:`read_live`)."""
+    earliest: dict[tuple[str, str], int] = {}  # (group key, field) -> ms
+
+    def offer(group: str, field: str, ms: int) -> None:
+        if ms < earliest.get((group, field), end_ms):
+            earliest[(group, field)] = ms
+
+    queries: list[tuple[int, str, str, str, int]] = []
+    for dims, fields in groups.items():
+        tickets = sum(fields.get(name, 0) for name in BACKLOG_FIELDS.values())
+        for partition in partitions:
+            present = watermarks_ms.get(partition, 0) < end_ms
+            if tickets > 0:
+                count = 1 if present else _CANDIDATES
+                queries.append((partition, live_key("t", dims), "-inf", f"({end_ms}", count))
+            if fields.get(WAITING_FIELD, 0) > 0:
+                # a chat in the index has no outcome at all: waiting while not stale
+                low = f"({end_ms - stale_ms}"
+                queries.append((partition, live_key("c", dims), low, f"({end_ms}", 1))
+    firsts = await store.live_firsts(queries)
+    # the past: entries still open may not have been open then, and those that left since
+    # may have been
+    checks: dict[int, set[str]] = defaultdict(set)
+    for (partition, suffix, *_), found in zip(queries, firsts, strict=True):
+        group = suffix[3:]
+        if suffix.startswith("lw:"):
+            for _, ms in found:
+                offer(group, LONGEST, ms)
+        elif watermarks_ms.get(partition, 0) < end_ms:
+            for _, ms in found:
+                offer(group, OLDEST, ms)
+        else:
+            checks[partition].update(member for member, _ in found)
+    past = [p for p in partitions if watermarks_ms.get(p, 0) >= end_ms]
+    lefts: dict[str, int] = {}
+    if past:
+        left = await store.left_since(past, end_ms)
+        for partition, entries in left.items():
+            checks[partition].update(member for member, _ in entries)
+        lefts = {member: ms for entries in left.values() for member, ms in entries}
+    for partition, members in checks.items():
+        states, ghosts = await store.read_conversations(partition, sorted(members))
+        for state in states.values():
+            _offer_state(state, end_ms, stale_ms, offer)
+        for member, (created_ms, group) in ghosts.items():
+            if created_ms < end_ms <= lefts.get(member, 0):
+                offer(group, OLDEST, created_ms)
+    # a group whose first candidates were all closed at the instant: look further along
+    for dims, fields in groups.items():
+        group = SEP.join(dims)
+        if (group, OLDEST) not in earliest and any(
+            fields.get(name, 0) > 0 for name in BACKLOG_FIELDS.values()
+        ):
+            oldest = await _scan_open(store, past, live_key("t", dims), end_ms)
+            if oldest is not None:
+                offer(group, OLDEST, oldest)
+    for (group, field), ms in earliest.items():
+        dims = split_dim_key(group)
+        if dims in groups:
+            groups[dims][field] = ms
+
+
+def _offer_state(state: Conversation, end_ms: int, stale_ms: int, offer: Any) -> None:
+    if state.opened is None or state.dims is None:
+        return
+    group = SEP.join(state.dims)
+    if open_at(state, end_ms):
+        offer(group, OLDEST, state.opened[0])
+    elif waiting_at(state, end_ms, stale_ms):
+        offer(group, LONGEST, state.opened[0])
+
+
+async def _scan_open(
+    store: Store, partitions: Sequence[int], suffix: str, end_ms: int
+) -> int | None:
+    """The earliest creation in a group's index of open tickets that was open at the
+    instant, read along the index (only when its first entries were all closed then)."""
+    best: int | None = None
+    for partition in partitions:
+        low = "-inf"
+        seen: set[str] = set()
+        while True:
+            (found,) = await store.live_firsts([(partition, suffix, low, f"({end_ms}", 256)])
+            fresh = [member for member, _ in found if member not in seen]
+            if not fresh:
+                break
+            seen.update(fresh)
+            states, _ = await store.read_conversations(partition, fresh)
+            hit = [s.opened[0] for s in states.values() if s.opened and open_at(s, end_ms)]
+            if hit:
+                best = min(hit) if best is None else min(best, *hit)
+                break
+            low = str(found[-1][1])  # inclusive: entries of the same creation come again
+    return best
+
+
 def group_fields(
     merged: Mapping[str, int], by: Sequence[str]
 ) -> dict[tuple[str, ...], dict[str, int]]:
@@ -215,7 +388,8 @@ async def query_kpis(
 ) -> dict[str, Any]:
     """The KPI document for the window of ``width_s`` ending at ``at_s`` (docs/kpis.md)."""
     start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s, grouped=bool(by))
-    return build_document(merged, start_s=start_s, end_s=end_s, by=by)
+    live = await read_live(store, end_s=end_s)
+    return build_document(merged, start_s=start_s, end_s=end_s, by=by, live=live)
 
 
 async def read_window(
@@ -265,19 +439,47 @@ async def read_windows(
     return [(start, end, merged) for (start, end), merged in zip(bounds, sums, strict=True)]
 
 
+def project_live(
+    live: Mapping[tuple[str, str, str], Mapping[str, int]], by: Sequence[str]
+) -> dict[tuple[str, ...], dict[str, int]]:
+    """:func:`read_live`'s groups projected onto the ``by`` dimensions: levels added, the
+    earliest instants the earliest."""
+    positions = [DIMENSIONS.index(name) for name in by]
+    out: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
+    for dims, fields in live.items():
+        target = out[tuple(dims[i] for i in positions)]
+        for name, value in fields.items():
+            if name in (OLDEST, LONGEST):
+                if name not in target or value < target[name]:
+                    target[name] = value
+            else:
+                target[name] = target.get(name, 0) + value
+    return out
+
+
 def build_document(
-    merged: Mapping[str, int], *, start_s: int, end_s: int, by: Sequence[str]
+    merged: Mapping[str, int],
+    *,
+    start_s: int,
+    end_s: int,
+    by: Sequence[str],
+    live: Mapping[tuple[str, str, str], Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the document from merged bucket fields (shared with the snapshot publisher)."""
+    """Assemble the document from merged bucket fields and the live state at the window's
+    end (shared with the snapshot publisher). A group appears when it has a sample in the
+    window, or a ticket open or a chat waiting at its end."""
     groups = group_fields(merged, by)
+    states = project_live(live or {}, by)
     documents = []
-    for key in sorted(groups):
-        fields = groups[key]
-        if by and not has_samples(fields):
+    for key in sorted(set(groups) | set(states)):
+        fields = groups.get(key, {})
+        state = states.get(key)
+        if by and not has_samples(fields) and not state:
             continue
-        documents.append(group_document(dict(zip(by, key, strict=True)), fields))
+        names = dict(zip(by, key, strict=True))
+        documents.append(group_document(names, fields, state, end_s))
     if not by and not documents:
-        documents.append(group_document({}, {}))
+        documents.append(group_document({}, {}, None, end_s))
     return {
         "window": {
             "start": format_time(start_s),

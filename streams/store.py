@@ -86,7 +86,7 @@ import orjson
 from redis.asyncio import Redis
 
 from deskpulse.models.errors import StateLost
-from deskpulse.streams.core import BatchResult, Conversation, CoreConfig
+from deskpulse.streams.core import BatchResult, Conversation, CoreConfig, keep_until_ms
 
 __all__ = [
     "FIX_LOST",
@@ -102,7 +102,7 @@ __all__ = [
 #: state, each event id stored once (docs/architecture.md, "Conversation state"). 4: a
 #: ticket's share of the instance counts at the end of its state, the counts in the meta
 #: (counts kept from a partition's first commit on: older state has none to start from).
-LAYOUT = "4"
+LAYOUT = "5"
 
 # Applies one batch if the partition's generation is the store's and its version is the one
 # the batch was folded against. A meta of another generation, or none although the caller
@@ -125,6 +125,7 @@ local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
 local due, out = base .. 'due', base .. 'breach_out'
+local lvl, lx, ghosts = base .. 'lvl', base .. 'lx', base .. 'lg'
 local gen = redis.call('HGET', meta, 'gen')
 if gen ~= ARGV[6] and (gen or ARGV[7] == '1') then
   return {-1, gen or '', 0}
@@ -173,6 +174,14 @@ for _ = 1, n do
   end
   i = i + 2
 end
+-- the running sums of the level steps (field, delta)
+n = tonumber(p[i]); i = i + 1
+for _ = 1, n do
+  if redis.call('HINCRBY', lvl, p[i], p[i + 1]) == 0 then
+    redis.call('HDEL', lvl, p[i])
+  end
+  i = i + 2
+end
 n = tonumber(p[i]); i = i + 1
 -- the states themselves follow one another in ARGV[8]; p[i + 4] is the length of each
 local states, at = ARGV[8], 1
@@ -209,29 +218,88 @@ n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
   redis.call('HSET', out, p[i], p[i + 1]); i = i + 2
 end
+-- the live indexes' moves (op, key suffix, score, member)
+n = tonumber(p[i]); i = i + 1
+for _ = 1, n do
+  if p[i] == 'a' then
+    redis.call('ZADD', base .. p[i + 1], p[i + 2], p[i + 3])
+  else
+    redis.call('ZREM', base .. p[i + 1], p[i + 3])
+  end
+  i = i + 4
+end
 redis.call('HSET', meta, 'wm', ARGV[2])
 local old = redis.call('ZRANGEBYSCORE', bidx, '-inf', ARGV[3], 'LIMIT', 0, 500)
 for _, suffix in ipairs(old) do
   redis.call('DEL', base .. suffix)
   redis.call('ZREM', bidx, suffix)
 end
-local orphaned = 0
+local cutoff = tonumber(ARGV[4])
+-- conversations that left the live indexes before the horizon are no reader's concern
+local gone = redis.call('ZRANGEBYSCORE', lx, '-inf', '(' .. ARGV[4], 'LIMIT', 0, 1000)
+for _, id in ipairs(gone) do
+  redis.call('ZREM', lx, id)
+  redis.call('HDEL', ghosts, id)
+end
+-- a level step down at ms in the levels and the buckets of every level (the same rule as
+-- a batch's: buckets older than the horizon are gone)
+local function step_down(group, field, ms)
+  local name = group .. '\\31' .. field
+  if redis.call('HINCRBY', lvl, name, -1) == 0 then redis.call('HDEL', lvl, name) end
+  if ms < cutoff then return end
+  local width, rollup = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local fine = math.floor(ms / 1000 / width) * width
+  local coarse = fine - fine % rollup
+  for _, b in ipairs({{'b:', fine, width, name}, {'r:', coarse, rollup, name},
+                      {'B:', fine, width, field}, {'R:', coarse, rollup, field}}) do
+    local suffix = b[1] .. string.format('%d', b[2])
+    if redis.call('HINCRBY', base .. suffix, b[4], -1) == 0 then
+      redis.call('HDEL', base .. suffix, b[4])
+    end
+    redis.call('ZADD', bidx, string.format('%d', b[2] + b[3]), suffix)
+  end
+end
+local orphaned, dropped = 0, 0
 -- an expired ticket's SLA instances leave the partition's instance counts: its state ends
--- in its share of them, one digit per metric (1 running, 2 running and at risk)
+-- in its share of them, one digit per metric (1 running, 2 running and at risk), and in
+-- the thousands its live digit (1-4 open now in status new, open, pending, hold; 5 a
+-- chat still waiting): LIVE_DIGITS in streams/core.py
 local counted = {0, 0, 0, 0, 0, 0}
-local expired = redis.call('ZRANGEBYSCORE', convexp, '-inf', '(' .. ARGV[4], 'LIMIT', 0, 2000)
-for _, id in ipairs(expired) do
+local statuses = {'n', 'o', 'p', 'h'}
+local retention = tonumber(ARGV[2]) - cutoff
+local expired = redis.call('ZRANGEBYSCORE', convexp, '-inf', '(' .. ARGV[4], 'WITHSCORES',
+                           'LIMIT', 0, 2000)
+for j = 1, #expired, 2 do
+  local id = expired[j]
   local waiting = tonumber(redis.call('HGET', held, id) or '0')
   orphaned = orphaned + waiting
-  if string.sub(id, 1, 2) == 't:' then
-    local state = redis.call('HGET', conv, id)
-    local share = state and tonumber(string.match(string.sub(state, -6), ',(%d+)%]$'))
-    if share and share > 0 then
-      for k = 1, 3 do
-        local digit = share % 10
-        share = (share - digit) / 10
-        if digit > 0 then counted[k] = counted[k] + 1 end
-        if digit == 2 then counted[k + 3] = counted[k + 3] + 1 end
+  redis.call('ZREM', lx, id)
+  local state = redis.call('HGET', conv, id)
+  local share = state and tonumber(string.match(string.sub(state, -10), ',(%d+)%]$'))
+  if share and share > 0 then
+    local live = math.floor(share / 1000)
+    share = share % 1000
+    for k = 1, 3 do
+      local digit = share % 10
+      share = (share - digit) / 10
+      if digit > 0 then counted[k] = counted[k] + 1 end
+      if digit == 2 then counted[k + 3] = counted[k + 3] + 1 end
+    end
+    if live > 0 then
+      local decoded = cjson.decode(state)
+      local group = table.concat(decoded[3], '\\31')
+      if live == 5 then
+        redis.call('ZREM', base .. 'lw:' .. group, id)
+      else
+        -- an open ticket at its maximum age: it leaves the backlog at the instant its
+        -- state was kept until (its score plus the retention), remembered as a ghost
+        -- for readers of the instants before
+        local left = tonumber(expired[j + 1]) + retention
+        step_down(group, 'bl:' .. statuses[live], left)
+        redis.call('ZREM', base .. 'lo:' .. group, id)
+        redis.call('ZADD', lx, string.format('%d', left), id)
+        redis.call('HSET', ghosts, id, string.format('%d', decoded[2][1]) .. '\\31' .. group)
+        dropped = dropped + 1
       end
     end
   end
@@ -243,6 +311,9 @@ end
 if orphaned > 0 then
   redis.call('HINCRBY', meta, 'orphaned', orphaned)
   redis.call('HINCRBY', meta, 'held', -orphaned)
+end
+if dropped > 0 then
+  redis.call('HINCRBY', meta, 'expired', dropped)
 end
 -- the digits' order and the fields: PLACES, RUNNING_FIELDS, AT_RISK_FIELDS in streams/core.py
 for k, metric in ipairs({'first_response', 'next_response', 'resolution'}) do
@@ -610,6 +681,10 @@ class Store:
         flat.append(str(len(totals)))
         for name, delta in totals:
             flat += [name, str(delta)]
+        levels = [(k, v) for k, v in result.levels.items() if v]
+        flat.append(str(len(levels)))
+        for name, delta in levels:
+            flat += [name, str(delta)]
         flat.append(str(len(result.states)))
         deadlines = result.deadlines
         # the states go beside the JSON, end to end: inside it, each would be escaped
@@ -624,7 +699,7 @@ class Store:
             states.append(stored)
             flat += [
                 conv_id,
-                str(state.last_ms),
+                str(keep_until_ms(state, cfg)),
                 str(result.held.get(conv_id, 0)),
                 due,
                 str(len(stored)),
@@ -636,6 +711,9 @@ class Store:
         flat.append(str(len(result.outbox)))
         for event_id, payload in result.outbox.items():
             flat += [event_id, payload]
+        flat.append(str(len(result.index)))
+        for op, suffix, score, member in result.index:
+            flat += [op, suffix, str(score), member]
         args: list[Any] = [
             expected_version,
             result.watermark_ms,
@@ -645,6 +723,8 @@ class Store:
             self.generation,
             "1" if partition in self._had_state else "0",
             b"".join(states),
+            cfg.bucket_seconds,
+            cfg.rollup_seconds,
         ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
         status = int(reply[0])
@@ -789,6 +869,63 @@ class Store:
                 for name, value in bucket.items():
                     total[name] = get(name, 0) + value
         return [Counter({text(name): value for name, value in m.items()}) for m in merged]
+
+    async def read_levels(self, partitions: Sequence[int]) -> Counter[str]:
+        """The running sums of the level steps (``dimkey + SEP + bl:*``), over partitions:
+        the backlog and the waiting chats as of every step written so far."""
+        (levels,) = await self.sum_buckets(partitions, [["lvl"]])
+        return levels
+
+    async def live_firsts(
+        self, queries: Sequence[tuple[int, str, str, str, int]]
+    ) -> list[list[tuple[str, int]]]:
+        """For each ``(partition, key suffix, min, max, count)``, the first ``count``
+        members of that live index with a score in ``[min, max]`` (Redis range syntax:
+        ``(`` excludes), as ``(member, score)``, in one pipeline."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, suffix, low, high, count in queries:
+                pipe.zrangebyscore(
+                    self.base(partition) + suffix, low, high, start=0, num=count, withscores=True
+                )
+            replies = await pipe.execute()
+        return [[(text(member), int(score)) for member, score in reply] for reply in replies]
+
+    async def left_since(
+        self, partitions: Sequence[int], since_ms: int
+    ) -> dict[int, list[tuple[str, int]]]:
+        """Per partition, the conversations that left the live indexes at or after
+        ``since_ms`` (they may have been open or waiting then), with the instant."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                pipe.zrangebyscore(self.base(partition) + "lx", since_ms, "+inf", withscores=True)
+            replies = await pipe.execute()
+        return {
+            p: [(text(m), int(score)) for m, score in r]
+            for p, r in zip(partitions, replies, strict=True)
+        }
+
+    async def read_conversations(
+        self, partition: int, conversation_ids: Sequence[str]
+    ) -> tuple[dict[str, Conversation], dict[str, tuple[int, str]]]:
+        """The states of these conversations that have one, and for tickets dropped at their
+        maximum age (no state), their creation ms and group key (a reader's check only:
+        no version, no fence)."""
+        if not conversation_ids:
+            return {}, {}
+        base = self.base(partition)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(base + "conv", list(conversation_ids))
+            pipe.hmget(base + "lg", list(conversation_ids))
+            raw_states, raw_ghosts = await pipe.execute()
+        states: dict[str, Conversation] = {}
+        ghosts: dict[str, tuple[int, str]] = {}
+        for conv_id, raw, ghost in zip(conversation_ids, raw_states, raw_ghosts, strict=True):
+            if raw is not None:
+                states[conv_id] = Conversation.loads(raw)
+            elif ghost is not None:
+                created, _, group = text(ghost).partition("\x1f")
+                ghosts[conv_id] = (int(created), group)
+        return states, ghosts
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
         """Every partition's meta hash (for health metrics)."""

@@ -344,13 +344,15 @@ def test_state_beyond_retention_is_trimmed_and_held_events_orphaned(
         [
             created("A", T0 + 30),
             replied("A", T0 + 90),
+            # solved: kept for the retention after its last event, not until its maximum age
+            ev("ticket.status_changed", T0 + 95, ticket_id="A", status="solved"),
             replied("X", T0 + 100),  # ticket X never opens
             ev("survey.responded", T0 + 120, kind="csat", score=4, chat_id="Y"),  # nor chat Y
         ]
     )
     much_later = T0 + HOUR + 3600  # the early events are more than retention behind it
-    later = pendings([created("B", much_later)], first_offset=4)
-    late = pendings([created("C", T0 + 15)], first_offset=5)
+    later = pendings([created("B", much_later)], first_offset=5)
+    late = pendings([created("C", T0 + 15)], first_offset=6)
 
     async def scenario(client: Redis) -> None:
         store = Store(client, prefix, CONFIG)
@@ -377,15 +379,81 @@ def test_state_beyond_retention_is_trimmed_and_held_events_orphaned(
     assert meta["orphaned"] == "2"
     assert meta["held"] == "0"
     assert meta[f"late:{TOPIC}"] == "1"
-    assert meta["applied"] == "5"
+    assert meta["applied"] == "6"
     assert meta["wm"] == str(much_later * 1000)
     # the cumulative totals are never trimmed; the late ticket is not in them
     assert field_sum(redis_client, base + "tot", "tc") == 2
     assert field_sum(redis_client, base + "tot", "fr") == 1
+    assert field_sum(redis_client, base + "tot", "svt") == 1
+    # the backlog's level: B is new, A left it (solved)
+    assert field_sum(redis_client, base + "lvl", "bl:n") == 1
+    assert "expired" not in meta
+
+
+def test_an_open_ticket_outlives_retention_until_its_maximum_age_then_leaves_the_backlog(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    config = CoreConfig(
+        bucket_seconds=60,
+        rollup_seconds=600,
+        retention_seconds=HOUR,
+        open_ticket_max_age_s=3 * HOUR,
+    )
+    group = "email\x1fbilling\x1fnormal"
+    first = pendings(
+        [
+            created("A", T0),
+            ev("ticket.status_changed", T0 + 60, ticket_id="A", status="pending"),
+            created("S", T0),  # solved: trimmed after the retention like any conversation
+            ev("ticket.status_changed", T0 + 30, ticket_id="S", status="solved"),
+        ]
+    )
+
+    def at(t_s: int, offset: int) -> list[Pending]:
+        return pendings([created(f"N{t_s}", t_s)], first_offset=offset)
+
+    async def scenario(client: Redis) -> None:
+        store = Store(client, prefix, config)
+        await apply(store, 0, first)
+        assert redis_client.zrange(base + "lo:" + group, 0, -1, withscores=True) == [
+            (b"t:A", T0 * 1000.0)
+        ]
+        assert redis_client.zscore(base + "lx", "t:S") == (T0 + 30) * 1000
+        # two hours on: past the retention, short of the maximum age
+        await apply(store, 0, at(T0 + 2 * HOUR, 4))
+        assert redis_client.hexists(base + "conv", "t:A")
+        assert not redis_client.hexists(base + "conv", "t:S")
+        assert redis_client.zscore(base + "lx", "t:S") is None
+        # the maximum age passes: A leaves the backlog at creation + 3 h, remembered
+        await apply(store, 0, at(T0 + 3 * HOUR + 120, 5))
+
+    run(scenario, redis_url)
+    assert not redis_client.hexists(base + "conv", "t:A")
+    meta = meta_of(redis_client, prefix)
+    assert meta["expired"] == "1"
+    assert redis_client.zrange(base + "lo:" + group, 0, -1) == [
+        f"t:N{T0 + 2 * HOUR}".encode(),
+        f"t:N{T0 + 3 * HOUR + 120}".encode(),
+    ]
+    left = (T0 + 3 * HOUR) * 1000
+    assert redis_client.zscore(base + "lx", "t:A") == left
+    assert redis_client.hget(base + "lg", "t:A") == f"{T0 * 1000}\x1f{group}".encode()
+    # the level: the two new tickets; A's pending step taken back, in the levels and in the
+    # bucket of the instant it left (so a read before that instant still counts it)
+    assert redis_client.hget(base + "lvl", group + "\x1fbl:n").decode() == "2"
+    assert not redis_client.hexists(base + "lvl", group + "\x1fbl:p")
+    fine = (T0 + 3 * HOUR) // 60 * 60
+    assert redis_client.hget(base + f"b:{fine}", group + "\x1fbl:p") == b"-1"
+    assert redis_client.hget(base + f"B:{fine}", "bl:p") == b"-1"
+    assert redis_client.hget(base + f"R:{fine - fine % 600}", "bl:p") == b"-1"
+    assert redis_client.zscore(base + "bidx", f"b:{fine}") == fine + 60
 
 
 def traffic(hours: int) -> list[tuple[float, bytes]]:
-    """Steady traffic: per minute two answered tickets and a chat; an orphan every 10 min."""
+    """Steady traffic: per minute two tickets answered and solved and a chat; an orphan
+    every 10 min."""
     events: list[tuple[float, bytes]] = []
     for minute in range(hours * 60):
         t = T0 + minute * 60
@@ -393,6 +461,10 @@ def traffic(hours: int) -> list[tuple[float, bytes]]:
             ticket = f"T{minute}-{n}"
             events.append((t + 5 + n, created(ticket, t + 5 + n)))
             events.append((t + 125 + n, replied(ticket, t + 125 + n)))
+            solved = t + 130 + n
+            events.append(
+                (solved, ev("ticket.status_changed", solved, ticket_id=ticket, status="solved"))
+            )
         chat = f"C{minute}"
         events.append((t + 20, ev("chat.requested", t + 20, chat_id=chat, channel="chat")))
         events.append((t + 35, ev("chat.accepted", t + 35, chat_id=chat)))
@@ -441,10 +513,11 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     assert len(samples) == hours
     last = samples[-1]
     # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
-    # (each twice: by group and over all groups)
+    # (each twice: by group and over all groups), among them the levels and the live
+    # indexes (a group's open tickets, those that left)
     assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
     assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
-    assert last["keys"] <= last["fine"] + last["rollup"] + 9
+    assert last["keys"] <= last["fine"] + last["rollup"] + 12
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
     assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
