@@ -4,7 +4,7 @@ The collector builds its families from :data:`CATALOG`; the dashboard, the recor
 and the alerts in ``exporters/assets`` are tested against it, so a rename here that is not
 carried through fails the suite instead of a board going blank.
 
-Four groups, on purpose (README.md, "Prometheus metrics"):
+Five groups, on purpose (README.md, "Prometheus metrics"):
 
 * **windowed** gauges, labels ``window`` + :data:`DIMENSIONS` (plus ``metric`` on the SLA
   ratio): event-time results over a rolling
@@ -15,6 +15,9 @@ Four groups, on purpose (README.md, "Prometheus metrics"):
   are built on these.
 * **instances now**: SLA instances running and at risk at this moment, gauges labelled
   ``metric`` alone: a state the commits keep, not a window and not a counter.
+* **state now**: the backlog of open tickets and the chats waiting at the newest event
+  time, gauges labelled :data:`DIMENSIONS` (plus ``status`` on the backlog): a state like
+  the instances now, but broken down by group like the windows.
 * **health**: freshness and pipeline health of the worker itself.
 
 Counters are stored under their full exposed name (``..._total``). Seven windowed gauges
@@ -34,6 +37,7 @@ from deskpulse.models.events import DIMENSIONS
 from deskpulse.streams.core import HISTOGRAM_BOUNDS_S as _CORE_BOUNDS_S
 
 __all__ = [
+    "BACKLOG_STATUSES",
     "CATALOG",
     "CUMULATIVE",
     "DIMENSIONS",
@@ -42,6 +46,7 @@ __all__ = [
     "HOLE_OUTCOMES",
     "INSTANCES_NOW",
     "OPENMETRICS_FAMILY_CLASHES",
+    "STATE_NOW",
     "WINDOWED",
     "MetricKind",
     "MetricSpec",
@@ -77,6 +82,8 @@ _FLUSH_BUCKETS_SECONDS: tuple[float, ...] = (
 _BATCH_BUCKETS_EVENTS: tuple[float, ...] = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 #: The ``outcome`` label values of ``deskpulse_offset_holes_total`` (streams/holes.py).
 HOLE_OUTCOMES: tuple[str, ...] = ("filled", "empty", "expired")
+#: The ``status`` label values of ``deskpulse_backlog_tickets``: the statuses of an open ticket.
+BACKLOG_STATUSES: tuple[str, ...] = ("new", "open", "pending", "hold")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +249,33 @@ WINDOWED: tuple[MetricSpec, ...] = (
         unit="ratio",
         extra=("metric",),
     ),
+    _windowed(
+        "deskpulse_resolution_seconds",
+        "Full resolution time (creation to the ticket's final solve, calendar time) quantile, "
+        "at most 1% relative error, of tickets whose final solve fell in the window: one "
+        "sample per ticket, which a reopen takes back until the next solve",
+        unit="seconds",
+        quantiles=("0.5", "0.9", "0.95"),
+    ),
+    _windowed(
+        "deskpulse_reopen_ratio",
+        "Share of the tickets of deskpulse_resolution_seconds (final solve in the window) "
+        "that were reopened at least once before it (0-1)",
+        unit="ratio",
+    ),
+    _windowed(
+        "deskpulse_one_touch_ratio",
+        "Share of the tickets of deskpulse_resolution_seconds (final solve in the window) "
+        "solved with exactly one public agent reply and no reopen (0-1)",
+        unit="ratio",
+    ),
+    _windowed(
+        "deskpulse_chat_handle_seconds",
+        "Handle time of answered chats (accept to end) quantile, at most 1% relative error, "
+        "of chats that ended in the window",
+        unit="seconds",
+        quantiles=("0.5", "0.9"),
+    ),
 )
 
 # -- cumulative, Prometheus-native ----------------------------------------------------------
@@ -311,6 +345,15 @@ CUMULATIVE: tuple[MetricSpec, ...] = (
         "retraction does not lower it." + _CUMULATIVE,
         unit="",
     ),
+    _counter(
+        "deskpulse_tickets_solved_total",
+        "Ticket solves: status changes into solved, or into closed from any status but "
+        "solved; a ticket solved again after a reopen counts again.",
+    ),
+    _counter(
+        "deskpulse_tickets_reopened_total",
+        "Ticket reopens: status changes from solved back to new, open, pending or hold.",
+    ),
 )
 
 # -- SLA instances now ------------------------------------------------------------------------
@@ -341,6 +384,52 @@ INSTANCES_NOW: tuple[MetricSpec, ...] = (
         "reached the first warn_at fraction of their target (their first sla.at_risk was "
         "claimed) and whose breach is not claimed yet; 0 under policies without warnings." + _NOW,
         "",
+    ),
+)
+
+# -- backlog and chats waiting now ------------------------------------------------------------
+
+_STATE_NOW = (
+    " A state at one instant, the newest event time deskpulse has applied, not a window "
+    "and not a counter: tickets and chats enter and leave it at their own events' "
+    "occurred_at, so a late event corrects it. Every worker reads the same state from "
+    "Redis: aggregate over workers with max, not sum."
+)
+
+STATE_NOW: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "deskpulse_backlog_tickets",
+        "gauge",
+        (*DIMENSIONS, "status"),
+        "Tickets open now, by status (new, open, pending, hold): created, neither solved "
+        "nor closed, and not dropped DESKPULSE_OPEN_TICKET_MAX_AGE after their creation."
+        + _STATE_NOW,
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_backlog_oldest_age_seconds",
+        "gauge",
+        DIMENSIONS,
+        "Age of the oldest ticket of deskpulse_backlog_tickets: the newest event time minus "
+        "its creation; omitted while no ticket is open." + _STATE_NOW,
+        "seconds",
+    ),
+    MetricSpec(
+        "deskpulse_chats_waiting",
+        "gauge",
+        DIMENSIONS,
+        "Chats waiting now: requested, with no accept, abandon or end yet, and requested "
+        "less than DESKPULSE_CHAT_STALE_AFTER before (an older request counts as lost, not "
+        "waiting)." + _STATE_NOW,
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_chat_longest_wait_seconds",
+        "gauge",
+        DIMENSIONS,
+        "Wait of the longest-waiting chat of deskpulse_chats_waiting: the newest event time "
+        "minus its request; omitted while no chat is waiting." + _STATE_NOW,
+        "seconds",
     ),
 )
 
@@ -406,6 +495,15 @@ HEALTH: tuple[MetricSpec, ...] = (
         "counter",
         (),
         "Held events whose conversation never opened within the retention; expired.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_tickets_expired_total",
+        "counter",
+        (),
+        "Open tickets (neither solved nor closed) dropped DESKPULSE_OPEN_TICKET_MAX_AGE after "
+        "their creation, and at least DESKPULSE_RETENTION after their last event: they leave "
+        "the backlog then.",
         "",
     ),
     MetricSpec(
@@ -547,7 +645,9 @@ HEALTH: tuple[MetricSpec, ...] = (
     ),
 )
 
-CATALOG: dict[str, MetricSpec] = build_catalog((*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *HEALTH))
+CATALOG: dict[str, MetricSpec] = build_catalog(
+    (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH)
+)
 
 # Families that OpenMetrics would name alike: a windowed gauge and the counter of the same
 # stem (the counter's family is its name without ``_total``).

@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
-from deskpulse.exporters.catalog import CATALOG, CUMULATIVE, WINDOWED, sample_names
+from deskpulse.exporters.catalog import (
+    CATALOG,
+    CUMULATIVE,
+    DIMENSIONS,
+    INSTANCES_NOW,
+    STATE_NOW,
+    WINDOWED,
+    sample_names,
+)
 from deskpulse.models.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -343,19 +351,25 @@ def test_dashboard_covers_the_kpis_and_pipeline_health() -> None:
         assert name in used, name
 
 
-def test_the_sla_row_shows_every_sla_metric_from_the_catalog() -> None:
-    board = dashboard()
-    rows = [panel for panel in board["panels"] if panel["type"] == "row"]
-    (sla,) = [row for row in rows if row["title"] == "SLA"]
+def row_panels(board: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels under the row called ``title``, up to the next row."""
+    (row,) = [
+        panel for panel in board["panels"] if panel["type"] == "row" and panel["title"] == title
+    ]
     below = sorted(
-        (panel for panel in board["panels"] if panel["gridPos"]["y"] > sla["gridPos"]["y"]),
+        (panel for panel in board["panels"] if panel["gridPos"]["y"] > row["gridPos"]["y"]),
         key=lambda panel: panel["gridPos"]["y"],
     )
     in_row = []
-    for panel in below:  # the panels up to the next row
+    for panel in below:
         if panel["type"] == "row":
             break
         in_row.append(panel)
+    return in_row
+
+
+def test_the_sla_row_shows_every_sla_metric_from_the_catalog() -> None:
+    in_row = row_panels(dashboard(), "SLA")
     used = set().union(
         *(metric_names(target["expr"]) for panel in in_row for target in panel["targets"])
     )
@@ -379,6 +393,106 @@ def test_the_sla_row_shows_every_sla_metric_from_the_catalog() -> None:
     for name in ("deskpulse_first_response_business_seconds", "deskpulse_next_response_seconds"):
         (expr,) = [e for e in exprs if name in e]
         assert 'quantile=~"0.5|0.9"' in expr, expr
+
+
+def test_the_backlog_row_shows_the_lifecycle_and_live_state_metrics() -> None:
+    in_row = row_panels(dashboard(), "Backlog and queue")
+    exprs = [target["expr"] for panel in in_row for target in panel["targets"]]
+    used = set().union(*(metric_names(expr) for expr in exprs))
+    assert used <= KNOWN_SERIES, sorted(used - KNOWN_SERIES)
+    assert {spec.name for spec in STATE_NOW} <= used
+    assert {
+        "deskpulse_resolution_seconds",
+        "deskpulse_reopen_ratio",
+        "deskpulse_one_touch_ratio",
+        "deskpulse_chat_handle_seconds",
+        "deskpulse_tickets_created_total",
+        "deskpulse_tickets_solved_total",
+        "deskpulse_tickets_reopened_total",
+    } <= used
+    # the backlog is stacked by status, the quantile panels show p50 and p90
+    (backlog,) = [panel for panel in in_row if "deskpulse_backlog_tickets" in str(panel)]
+    assert backlog["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    assert "by (status)" in backlog["targets"][0]["expr"]
+    for name in ("deskpulse_resolution_seconds", "deskpulse_chat_handle_seconds"):
+        (expr,) = [e for e in exprs if f"{name}{{" in e]
+        assert 'quantile=~"0.5|0.9"' in expr, expr
+
+
+def selectors(expr: str) -> Iterator[tuple[str, str]]:
+    """(metric name, label matchers) of each catalogued series an expression selects."""
+    for match in re.finditer(r"(?<![\w:])(deskpulse_\w+)(\{[^}]*\})?", expr):
+        if match.group(1) in KNOWN_SERIES:
+            yield match.group(1), match.group(2) or ""
+
+
+def family(series: str) -> str:
+    (spec,) = [spec for spec in CATALOG.values() if series in sample_names(spec)]
+    return spec.name
+
+
+def test_dashboard_queries_follow_the_window_and_dimension_variables() -> None:
+    # a KPI panel that ignored $channel, $queue, $priority or $window would show other
+    # numbers than its neighbours under the same selection (pipeline health is the whole
+    # worker's, whatever the selection)
+    kpis = {spec.name for spec in (*WINDOWED, *CUMULATIVE, *STATE_NOW)}
+    checked = 0
+    for expr in dashboard_exprs():
+        for series, matchers in selectors(expr):
+            labels = CATALOG[family(series)].labels
+            if family(series) not in kpis:
+                continue
+            for dim in DIMENSIONS:
+                assert f'{dim}=~"${dim}"' in matchers, (series, expr)
+            if "window" in labels:
+                assert 'window="$window"' in matchers, (series, expr)
+            checked += 1
+    assert checked >= 40
+
+
+NOW_GAUGES = {spec.name for spec in (*INSTANCES_NOW, *STATE_NOW)}
+MAX = re.compile(r"\bmax(\s+(by|without)\s*\([^)]*\))?\s*$")
+
+
+def enclosing_call(expr: str, position: int) -> str:
+    """The text before the innermost parenthesis that is still open at ``position``."""
+    depth = 0
+    for index in range(position - 1, -1, -1):
+        if expr[index] == ")":
+            depth += 1
+        elif expr[index] == "(":
+            if depth == 0:
+                return expr[:index]
+            depth -= 1
+    return ""
+
+
+def test_enclosing_call() -> None:
+    expr = 'sum by (queue) (max without (instance) (a{x="y"})) / (max by (m) (b) > 0) + c'
+    assert MAX.search(enclosing_call(expr, expr.index("a{")))
+    assert MAX.search(enclosing_call(expr, expr.index("b)")))
+    assert not MAX.search(enclosing_call(expr, expr.index("c")))
+    assert not MAX.search(enclosing_call("sum(max(x) + y)", len("sum(max(x) + ")))
+
+
+def test_state_now_gauges_are_taken_as_a_max_over_workers() -> None:
+    # every worker exports the same state: summed over workers it would count it once per
+    # worker, so each selector sits right inside a max (groups may be summed after that)
+    checked = 0
+    for expr in rule_exprs() + dashboard_exprs():
+        text = without_strings(expr)
+        for match in re.finditer(r"(?<![\w:])deskpulse_\w+", text):
+            if match.group() in NOW_GAUGES:
+                assert MAX.search(enclosing_call(text, match.start())), expr
+                checked += 1
+    assert checked >= len(NOW_GAUGES)
+
+
+def test_every_runbook_link_reaches_a_readme_section() -> None:
+    anchors = heading_anchors((ROOT / "README.md").read_text(encoding="utf-8"))
+    for rule in ALERTS:
+        anchor = rule["annotations"]["runbook_url"].partition("#")[2]
+        assert anchor in anchors, rule["alert"]
 
 
 def test_panels_have_unique_ids_and_do_not_overlap() -> None:

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
 
 import deskpulse.exporters.catalog as catalog_module
 from deskpulse.exporters.catalog import (
+    BACKLOG_STATUSES,
     CATALOG,
     CUMULATIVE,
     DIMENSIONS,
     HEALTH,
     INSTANCES_NOW,
     OPENMETRICS_FAMILY_CLASHES,
+    STATE_NOW,
     WINDOWED,
     MetricSpec,
     build_catalog,
     first_response_buckets,
     sample_names,
 )
+from deskpulse.models.events import TicketStatusChanged
 from deskpulse.models.settings import DEFAULT_FIRST_RESPONSE_TARGETS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -48,6 +52,10 @@ WINDOWED_NAMES = {
     "deskpulse_first_response_business_seconds",
     "deskpulse_next_response_seconds",
     "deskpulse_sla_achieved_ratio",
+    "deskpulse_resolution_seconds",
+    "deskpulse_reopen_ratio",
+    "deskpulse_one_touch_ratio",
+    "deskpulse_chat_handle_seconds",
 }
 CUMULATIVE_NAMES = {
     "deskpulse_tickets_created_total",
@@ -64,8 +72,17 @@ CUMULATIVE_NAMES = {
     "deskpulse_csat_satisfied_responses_total",
     "deskpulse_sla_achieved_total",
     "deskpulse_sla_breaches_total",
+    "deskpulse_tickets_solved_total",
+    "deskpulse_tickets_reopened_total",
 }
 INSTANCES_NOW_NAMES = {"deskpulse_sla_running", "deskpulse_sla_at_risk"}
+# name -> labels: the backlog and the chats waiting, by group, at the newest event time
+STATE_NOW_LABELS = {
+    "deskpulse_backlog_tickets": ("channel", "queue", "priority", "status"),
+    "deskpulse_backlog_oldest_age_seconds": ("channel", "queue", "priority"),
+    "deskpulse_chats_waiting": ("channel", "queue", "priority"),
+    "deskpulse_chat_longest_wait_seconds": ("channel", "queue", "priority"),
+}
 # name -> labels, for the health family, whose labels differ metric by metric
 HEALTH_LABELS = {
     "deskpulse_kpi_refresh_timestamp_seconds": (),
@@ -76,6 +93,7 @@ HEALTH_LABELS = {
     "deskpulse_events_late_total": ("topic",),
     "deskpulse_events_ignored_total": ("reason",),
     "deskpulse_events_orphaned_total": (),
+    "deskpulse_tickets_expired_total": (),
     "deskpulse_events_held": (),
     "deskpulse_consumer_lag_messages": ("topic", "partition"),
     "deskpulse_partition_stalls_total": ("topic", "partition"),
@@ -100,7 +118,7 @@ LABEL = re.compile(r"^[a-z][a-z0-9_]*$")
 # Words that mean "a time" or "a share": such a metric must carry the base unit in its name.
 TIME_WORDS = ("duration", "wait", "latency", "age", "time", "timestamp", "delay")
 NON_BASE_UNITS = ("_ms", "_milliseconds", "_minutes", "_hours", "_days", "_percent", "_pct")
-SPECS = (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *HEALTH)
+SPECS = (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH)
 
 
 def stem(spec: MetricSpec) -> str:
@@ -111,9 +129,14 @@ def test_catalog_holds_exactly_the_documented_metrics() -> None:
     assert {spec.name for spec in WINDOWED} == WINDOWED_NAMES
     assert {spec.name for spec in CUMULATIVE} == CUMULATIVE_NAMES
     assert {spec.name for spec in INSTANCES_NOW} == INSTANCES_NOW_NAMES
+    assert {spec.name: spec.labels for spec in STATE_NOW} == STATE_NOW_LABELS
     assert {spec.name: spec.labels for spec in HEALTH} == HEALTH_LABELS
     assert set(CATALOG) == (
-        WINDOWED_NAMES | CUMULATIVE_NAMES | INSTANCES_NOW_NAMES | set(HEALTH_LABELS)
+        WINDOWED_NAMES
+        | CUMULATIVE_NAMES
+        | INSTANCES_NOW_NAMES
+        | set(STATE_NOW_LABELS)
+        | set(HEALTH_LABELS)
     )
 
 
@@ -183,7 +206,12 @@ def test_windowed_gauges_say_they_are_event_time(spec: MetricSpec) -> None:
 def test_quantile_labels() -> None:
     assert CATALOG["deskpulse_first_response_seconds"].quantiles == ("0.5", "0.9", "0.95")
     assert CATALOG["deskpulse_chat_wait_seconds"].quantiles == ("0.5", "0.9")
-    for name in ("deskpulse_first_response_business_seconds", "deskpulse_next_response_seconds"):
+    assert CATALOG["deskpulse_chat_handle_seconds"].quantiles == ("0.5", "0.9")
+    for name in (
+        "deskpulse_first_response_business_seconds",
+        "deskpulse_next_response_seconds",
+        "deskpulse_resolution_seconds",
+    ):
         assert CATALOG[name].quantiles == ("0.5", "0.9", "0.95")
         assert CATALOG[name].labels[-1] == "quantile"
 
@@ -205,6 +233,35 @@ def test_instances_now_are_gauges_by_sla_metric_alone(spec: MetricSpec) -> None:
     assert spec.name.startswith("deskpulse_sla_")
     text = spec.help.lower()
     assert "now" in text and "breach detection" in text and "max, not sum" in text
+
+
+@pytest.mark.parametrize("spec", STATE_NOW, ids=lambda spec: spec.name)
+def test_state_now_gauges_are_by_group_without_a_window(spec: MetricSpec) -> None:
+    # one instant, not a window: no window label, and the same from every worker
+    assert spec.kind == "gauge" and not spec.quantiles
+    assert spec.labels[: len(DIMENSIONS)] == DIMENSIONS and "window" not in spec.labels
+    text = spec.help.lower()
+    assert "newest event time" in text and "not a window" in text and "max, not sum" in text
+    assert "event-time result over the rolling window" not in text
+
+
+def test_backlog_statuses_are_the_open_ticket_statuses() -> None:
+    # every status a ticket can have but the two that take it out of the backlog
+    annotation = TicketStatusChanged.model_fields["status"].annotation
+    statuses = typing.get_args(annotation)
+    assert set(statuses) - set(BACKLOG_STATUSES) == {"solved", "closed"}
+    assert set(BACKLOG_STATUSES) < set(statuses)
+    spec = CATALOG["deskpulse_backlog_tickets"]
+    assert spec.labels[-1] == "status"
+    assert all(status in spec.help for status in BACKLOG_STATUSES)
+
+
+def test_help_texts_name_only_catalogued_metrics() -> None:
+    # a HELP that points at another family ("the tickets of deskpulse_resolution_seconds")
+    # must point at one that exists
+    for spec in SPECS:
+        for name in re.findall(r"\bdeskpulse_[a-z0-9_]+", spec.help):
+            assert name in CATALOG, (spec.name, name)
 
 
 @pytest.mark.parametrize("spec", CUMULATIVE, ids=lambda spec: spec.name)
