@@ -43,6 +43,11 @@ __all__ = ["claim_state", "produce_live", "run_demo", "worker_environment"]
 
 #: how long the worker may take to flush and commit after SIGTERM before it is killed
 _WORKER_STOP_S = 20
+#: the demo starts with the conversations of the last 6 hours still open (``SimConfig.
+#: backlog_s``), so that the backlog, the solves and the waiting chats show from the first
+#: minute instead of after hours; longer would show older tickets, for a longer burst at
+#: the start (about 0.2 records per second of it per event/s of rate: 90,000 at 20/s)
+_BACKLOG_S = 6 * 3600.0
 
 
 def _run_interruptible(main: Coroutine[Any, Any, Any]) -> None:
@@ -184,7 +189,8 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
         base = f"http://{settings.web_host}:{settings.web_port}"
         print(
             "deskpulse demo: worker started; simulated traffic at "
-            f"{rate:g} events/s.\n"
+            f"{rate:g} events/s, after the backlog of the last {_BACKLOG_S / 3600:g} hours "
+            "(the tickets still open, the chats still waiting).\n"
             f"  metrics:  {base}/metrics\n"
             f"  KPIs:     {base}/kpis?window=15m&by=channel\n"
             f"  table:    {_prefix_env(settings)}deskpulse kpis --window 15m --by channel\n"
@@ -193,7 +199,12 @@ def run_demo(settings: Settings, *, rate: float = 20.0, seed: int = 7) -> int:
         )
         _run_interruptible(
             produce_live(
-                settings, rate=rate, seed=seed, worker=worker, agent_hours=policies.agent_hours()
+                settings,
+                rate=rate,
+                seed=seed,
+                worker=worker,
+                agent_hours=policies.agent_hours(),
+                backlog_s=_BACKLOG_S,
             )
         )
     except KeyboardInterrupt:
@@ -227,10 +238,13 @@ async def produce_live(
     worker: subprocess.Popen[bytes] | None = None,
     duration_s: float | None = None,
     agent_hours: Mapping[str, Schedule] | None = None,
+    backlog_s: float = 0.0,
 ) -> int:
     """Produce simulated events in real time: each one when its event time comes.
 
-    ``agent_hours`` (``SimConfig.agent_hours``): queues whose agents keep office hours."""
+    ``agent_hours`` (``SimConfig.agent_hours``): queues whose agents keep office hours.
+    ``backlog_s`` (``SimConfig.backlog_s``): the conversations started that long before
+    now and still open are produced first, at once, their earlier events included."""
     from deskpulse.streams.devtools.simulate import SimConfig, generate
 
     topics: dict[str, str] = {kind: settings.topic_for(kind) for kind in RECORD_KINDS}
@@ -248,6 +262,7 @@ async def produce_live(
             duration_s=horizon,
             rate=rate,
             agent_hours=dict(agent_hours or {}),
+            backlog_s=backlog_s,
         )
         records = generate(config)
         for record in records:

@@ -10,22 +10,28 @@ What the stream looks like:
   auto-acknowledgement, customer chasers ("any news?") and private agent notes
   (``public=false``) → the first public agent reply after a lognormal delay whose median
   depends on the priority (a tail of them breaches the default first-response targets),
-  submitted with ``pending``, ``hold`` or ``open``, unless the ticket is one of the
-  ``unanswered_ratio`` that never get one (half of those are closed days later, never
-  solved) → rounds of a customer follow-up (which sets a ``pending`` ticket ``open`` and
-  starts a next-response clock) and an agent reply, each again submitted with ``pending``,
+  unless the ticket is one of the ``unanswered_ratio`` that never get one (closed unsolved
+  about 3 days later, or by a clean-up weeks later). About a quarter of the answered
+  tickets are solved with that reply (one touch: submitted as ``solved`` at the reply's
+  instant, or a moment later); the others are submitted ``pending``, ``hold`` or ``open``
+  → rounds of a customer follow-up (which sets a ``pending`` ticket ``open`` and starts a
+  next-response clock) and an agent reply, each again submitted with ``pending``,
   ``hold`` or ``open``; a ``hold`` (waiting on another team) lasts hours, sometimes days,
-  and the customer may ask meanwhile; one customer answer in eight takes days → ``solved``,
-  or (rarely) ``closed`` days later without a solve, or left open until it ages out →
-  sometimes a customer reply on the solved ticket reopens it (``open``) and it is solved
-  again → ``closed`` 4 days after the last solve. Every ticket's statuses form a valid
-  lifecycle: each change is a real change, ``closed`` is the last, and only ``solved``
-  is ever reopened. With ``agent_hours``, the agents of the listed queues work only while
-  their schedule is open, so what arrives after hours waits for the next opening.
+  and the customer may ask meanwhile; one customer answer in eight takes days → one in
+  twenty is forgotten for days (an old ticket in the backlog) until an agent apologises
+  and asks again → ``solved``: by the agent, after the customer confirms on a ``pending``
+  ticket, or by the helpdesk's automation after 4 days ``pending`` without an answer; or
+  (rarely) ``closed`` days later without a solve → sometimes a customer reply on the
+  solved ticket reopens it (``open``) and it is solved again → ``closed`` 4 days after
+  the last solve. Every ticket's statuses form a valid lifecycle: each change is a real
+  change, ``closed`` is the last, and only ``solved`` is ever reopened. With
+  ``agent_hours``, the agents of the listed queues work only while their schedule is
+  open, so what arrives after hours waits for the next opening.
 * **Chats**: ``chat.requested`` → ``chat.accepted`` after a short lognormal wait, or,
   when the customer's patience runs out first, ``chat.abandoned`` (some within 5 s:
   short abandons) or ``chat.ended`` by the customer before any accept → ``chat.ended``
-  after a lognormal handle time.
+  after a lognormal handle time (minutes). One chat in two hundred is lost: nobody answers,
+  it waits until it is stale and the platform ends it hours later.
 * **Surveys**: csat (1 to 5, skewed high, lower after a breached ticket), nps (0 to 10) or ces
   (1 to 7) for ``survey_ratio`` of solved tickets and answered chats, keyed by the rated
   conversation; usually without dimensions, sometimes with all or some of their own.
@@ -33,9 +39,11 @@ What the stream looks like:
 Time: conversations start in ``[start_s, start_s + duration_s)`` as a Poisson process
 (shaped by ``diurnal`` and ``incident``) and only events *occurring* before the end are
 sent, like a recording of that stretch of a live stream, so tickets still open at the end
-stay open. ``rate`` is the average number of distinct valid events per second of that
-stretch (office hours included: the volume is calibrated on the lifecycles as they are
-configured); faults come on top of it. Event times have millisecond precision and are
+stay open. With ``backlog_s`` the process starts that much earlier, and the conversations
+still open at ``start_s`` are sent whole, their earlier events first: the backlog a running
+helpdesk starts with. ``rate`` is the average number of distinct valid events per second
+of that stretch (office hours included: the volume is calibrated on the lifecycles as they
+are configured); faults come on top of it. Event times have millisecond precision and are
 written with varied UTC offsets.
 
 Faults: ``duplicate_ratio`` of events are re-sent byte for byte a little later;
@@ -109,6 +117,8 @@ _CHAT_ABANDONED = 5
 _CHAT_ENDED = 6
 _SURVEY = 7
 _RESEND = 8  # an already built record, re-sent as a duplicate
+
+_CHAT_OUTCOMES = (_CHAT_ACCEPTED, _CHAT_ABANDONED, _CHAT_ENDED)
 
 _TOPIC = ("tickets", "tickets", "tickets", "chats", "chats", "chats", "chats", "surveys")
 _TYPE = (
@@ -203,6 +213,14 @@ class SimConfig:
     #: closed (a ticket created on Friday evening is answered on Monday). Other queues are
     #: staffed around the clock; the default is every queue
     agent_hours: Mapping[str, Schedule] = field(default_factory=dict)
+    #: start with the backlog of a helpdesk that was running before: conversations started
+    #: up to this many seconds before ``start_s`` that are still open at ``start_s``
+    #: (tickets neither solved nor closed, chats with no accept or end yet) are sent too,
+    #: their earlier events first (dated before ``start_s``), so that the backlog, its
+    #: oldest tickets and the solves of older tickets are there from the first minute
+    #: (the demo). What they send from ``start_s`` on counts in ``rate``; what they sent
+    #: before does not. 0: the stretch starts empty, as a new helpdesk does
+    backlog_s: float = 0.0
     #: prefix of every generated id (default ``s<seed>-``), to keep several runs apart
     id_prefix: str | None = None
     #: zero-pad the numbers in ids to this many digits (0: no padding). Real ids keep one
@@ -222,6 +240,8 @@ class SimConfig:
             )
         if self.disorder_s <= 0:
             raise ValueError("disorder_s must be positive")
+        if not 0 <= self.backlog_s < math.inf:
+            raise ValueError("backlog_s must be zero or positive")
         if not 0 <= self.id_digits <= 20:
             raise ValueError("id_digits must be between 0 and 20")
         for name in (
@@ -273,7 +293,7 @@ _SURVEY_SCORE = {
     for kind, table, low in (("csat", _CSAT_WEIGHTS, 1), ("nps", _NPS_WEIGHTS, 0))
     for mood in ("happy", "unhappy")
 } | {("ces", mood): _scores(_CES_WEIGHTS[mood], 1) for mood in ("happy", "unhappy")}
-_ROUNDS = _Chooser({0: 0.45, 1: 0.3, 2: 0.15, 3: 0.1})
+_ROUNDS = _Chooser({0: 0.3, 1: 0.35, 2: 0.2, 3: 0.15})
 # What an agent sets with a public reply: waiting on the customer, on someone else, or open.
 _AFTER_FIRST_REPLY = _Chooser({"pending": 0.55, "hold": 0.07, "open": 0.38})
 _AFTER_REPLY = _Chooser({"pending": 0.5, "hold": 0.08, "open": 0.42})
@@ -305,6 +325,8 @@ class _Simulation:
         self.config = config
         self.start_ms = round(config.start_s * 1000)
         self.end_ms = self.start_ms + round(config.duration_s * 1000)
+        # conversations start from here; those before start_ms only if open at start_ms
+        self.first_ms = self.start_ms - round(config.backlog_s * 1000)
         incident_start = config.incident_start_s
         incident_length = config.incident_duration_s
         if incident_start is None:
@@ -326,6 +348,9 @@ class _Simulation:
         }
         self.max_shape = (1.8 if config.diurnal else 1.0) * (2.0 if config.incident else 1.0)
         self.conversations_per_s = self._calibrate()
+        #: the most scheduled deliveries held at once: the future events of the open
+        #: conversations (and the duplicates due), bounded by how many are open at a time
+        self.peak_pending = 0
 
     # -- volume -------------------------------------------------------------------------
 
@@ -345,12 +370,13 @@ class _Simulation:
         """Conversations per second (at shape 1) that give ``rate`` events per second.
 
         A pilot run of conversations, started at times drawn from the volume shape,
-        counts the events each sends before the end; deterministic in the seed.
+        counts the events each sends in the stretch (a conversation of the backlog only
+        if it is open at the start); deterministic in the seed.
         """
-        span_ms = self.end_ms - self.start_ms
+        span_ms = self.end_ms - self.first_ms
         steps = max(200, min(20_000, span_ms // 60_000))
         shape_integral_s = (
-            sum(self._shape(self.start_ms + (i + 0.5) * span_ms / steps) for i in range(steps))
+            sum(self._shape(self.first_ms + (i + 0.5) * span_ms / steps) for i in range(steps))
             * (span_ms / steps)
             / 1000.0
         )
@@ -359,13 +385,14 @@ class _Simulation:
         events = 0
         for _ in range(pilots):
             while True:
-                at_ms = self.start_ms + int(rng.random() * span_ms)
+                at_ms = self.first_ms + int(rng.random() * span_ms)
                 if rng.random() * self.max_shape < self._shape(at_ms):
                     break
             conversation = self._open(rng, at_ms, 0)
-            events += sum(
-                1 for t_ms, _, _ in self._lifecycle(rng, at_ms, conversation) if t_ms < self.end_ms
-            )
+            lifecycle = self._lifecycle(rng, at_ms, conversation)
+            if at_ms < self.start_ms and not self._open_at(lifecycle, self.start_ms):
+                continue  # over before the stretch: never sent
+            events += sum(1 for t_ms, _, _ in lifecycle if self.start_ms <= t_ms < self.end_ms)
         per_conversation = max(events / pilots - self.config.orphan_ratio, 0.1)
         expected = self.config.rate * self.config.duration_s / per_conversation
         return expected / shape_integral_s
@@ -373,7 +400,7 @@ class _Simulation:
     def _arrivals(self, rng: random.Random) -> Iterator[int]:
         """Start times (ms) of conversations: a Poisson process thinned by the shape."""
         peak_per_ms = self.conversations_per_s * self.max_shape / 1000.0
-        at_ms = float(self.start_ms)
+        at_ms = float(self.first_ms)
         while True:
             at_ms += rng.expovariate(peak_per_ms)
             if at_ms >= self.end_ms:
@@ -411,6 +438,19 @@ class _Simulation:
         if conversation.is_chat:
             return self._chat(rng, t0, conversation, slow)
         return self._ticket(rng, t0, conversation, slow)
+
+    @staticmethod
+    def _open_at(events: list[tuple[int, int, Any]], at_ms: int) -> bool:
+        """Whether a conversation is open at ``at_ms``: a ticket neither solved nor closed
+        (its status events come in time order), a chat nothing has answered or ended."""
+        status = None
+        for t_ms, code, extra in events:
+            if t_ms < at_ms:
+                if code == _TICKET_STATUS:
+                    status = extra
+                elif code in _CHAT_OUTCOMES:
+                    return False
+        return status not in ("solved", "closed")
 
     def _ticket(
         self, rng: random.Random, t0: int, conversation: _Conversation, slow: float
@@ -462,17 +502,34 @@ class _Simulation:
             if note_at < t:
                 events.append((note_at, _TICKET_REPLIED, _NOTE))
         if not answered:
+            # spam, duplicates, tests: closed after about 3 days, or left until a clean-up
+            # closes what nobody answered weeks later
             if rng.random() < 0.5:
                 set_status(t, "closed")  # closed without ever being solved
+            else:
+                set_status(t0 + int(rng.uniform(14, 28) * 86_400_000 * days), "closed")
             return events
         events.append((t, _TICKET_REPLIED, _AGENT))
-        set_status(t + 800, _AFTER_FIRST_REPLY(rng))  # submitted with the reply
+        if rng.random() < 0.28:
+            # answered and solved in one go (one touch): submitted as solved, which the
+            # helpdesk records at the reply's instant, or solved a moment after sending
+            if rng.random() < 0.6:
+                set_status(t, "solved")
+            else:
+                set_status(
+                    agent_at(t, int(lognormal(math.log(45.0), 1.0) * life * 1000) + 1), "solved"
+                )
+            rounds = 0
+        else:
+            set_status(t + 800, _AFTER_FIRST_REPLY(rng))  # submitted with the reply
+            rounds = _ROUNDS(rng)
         solves = 1 + (rng.random() < 0.08)  # some tickets are reopened once
         for solve in range(solves):
-            rounds = _ROUNDS(rng) if solve == 0 else 1
-            if status == "hold" and not rounds:
-                rounds = 1  # a hold ends before the solve
-            for _ in range(rounds):
+            if solve:
+                rounds = 1  # the customer writes on the solved ticket, the agent answers
+            done = 0
+            while done < rounds or status == "hold":  # a hold ends before the solve
+                done += 1
                 if status == "hold":
                     # waiting on another team or a supplier: hours, sometimes days; the
                     # customer may ask meanwhile (a next-response clock starts)
@@ -498,15 +555,36 @@ class _Simulation:
                     t = agent_at(t, work_ms + int(120_000 * life))
                 events.append((t, _TICKET_REPLIED, _AGENT))
                 set_status(t + 800, _AFTER_REPLY(rng))
-            outcome = rng.random()
-            if outcome < 0.03:  # the customer went silent; closed days later, never solved
-                closed_after_ms = int(lognormal(math.log(2 * 86400.0), 0.5) * days * 1000)
-                set_status(t + 1000 + closed_after_ms, "closed")
-                return events
-            if outcome < 0.08:
-                return events  # forgotten: open until it ages out
-            t = agent_at(t, int(lognormal(math.log(300.0), 1.0) * life * 1000) + 1000)
-            set_status(t, "solved")
+            if status != "solved":
+                outcome = rng.random()
+                if outcome < 0.03:  # the customer went silent; closed days later, never solved
+                    closed_after_ms = int(lognormal(math.log(2 * 86400.0), 0.5) * days * 1000)
+                    set_status(t + 1000 + closed_after_ms, "closed")
+                    return events
+                if outcome < 0.08:
+                    # forgotten: open for days, until someone finds it, apologises and asks
+                    # whether it is still a problem
+                    forgotten_ms = int(lognormal(math.log(5 * 86400.0), 0.5) * days * 1000)
+                    work_ms = int(lognormal(math.log(900.0), 0.8) * scale * 1000)
+                    t = agent_at(t + 1000 + forgotten_ms, work_ms)
+                    events.append((t, _TICKET_REPLIED, _AGENT))
+                    set_status(t + 800, "pending")
+                roll = rng.random()
+                if status == "pending" and roll < 0.45:
+                    # the customer confirms it works ("thanks!"); the agent solves it
+                    t += 2000 + int(lognormal(math.log(3600.0), 1.0) * life * 1000)
+                    events.append((t, _TICKET_REPLIED, _CUSTOMER))
+                    set_status(t + 500, "open")
+                    t = agent_at(t, int(lognormal(math.log(600.0), 1.0) * scale * 1000) + 1000)
+                elif status == "pending" and roll < 0.65:
+                    # no answer: the helpdesk's automation solves it after 4 days pending
+                    # (in the queue's working hours, where it keeps office hours)
+                    pending_ms = int(96 * 3_600_000 * days) + int(rng.randint(0, 3_600_000) * life)
+                    t = agent_at(t + pending_ms, 0)
+                else:
+                    t = agent_at(t, int(lognormal(math.log(300.0), 1.0) * life * 1000) + 1000)
+                set_status(t, "solved")
+            t = max(t, status_at)
             if rng.random() < config.survey_ratio:
                 at = t + int(lognormal(math.log(1800.0), 1.0) * life * 1000)
                 events.append((at, _SURVEY, self._survey(rng, conversation, breached)))
@@ -523,6 +601,13 @@ class _Simulation:
     ) -> list[tuple[int, int, Any]]:
         lognormal = rng.lognormvariate
         events: list[tuple[int, int, Any]] = [(t0, _CHAT_REQUESTED, None)]
+        life = self.config.lifecycle_scale
+        if rng.random() < 0.005:
+            # lost: routed nowhere, and the customer left without the widget saying so; it
+            # waits, goes stale, and the platform times the session out hours later
+            timeout_s = lognormal(math.log(4 * 3600.0), 0.3) * life
+            events.append((t0 + int(timeout_s * 1000) + 1, _CHAT_ENDED, "system"))
+            return events
         wait_s = lognormal(math.log(12.0), 0.8) * slow
         if rng.random() < 0.04:  # opened by mistake and closed straight away
             patience_s = rng.uniform(0.3, 4.9)
@@ -539,7 +624,6 @@ class _Simulation:
             return events
         t = t0 + int(wait_s * 1000) + 1
         events.append((t, _CHAT_ACCEPTED, None))
-        life = self.config.lifecycle_scale
         t += int(lognormal(math.log(300.0), 0.7) * slow * life * 1000)
         events.append((t, _CHAT_ENDED, _ENDED_BY(rng)))
         if rng.random() < self.config.survey_ratio:
@@ -574,7 +658,7 @@ class _Simulation:
         sequence = itertools.count()
         digits = config.id_digits
         event_numbers = (f"{n:0{digits}}" for n in itertools.count(1))
-        end_ms = self.end_ms
+        start_ms, end_ms = self.start_ms, self.end_ms
         disorder_ms = config.disorder_s * 1000.0
         max_delay_ms = 20 * disorder_ms
         out_of_order = config.out_of_order
@@ -613,6 +697,8 @@ class _Simulation:
 
             conversation = self._open(rng, t0, number)
             events = self._lifecycle(rng, t0, conversation)
+            if t0 < start_ms and not self._open_at(events, start_ms):
+                continue  # over before the stretch: not in the backlog
             events.sort(key=_time_of)
             orphan = bool(orphan_ratio) and random_() < orphan_ratio
             for index, (t_ms, code, extra) in enumerate(events):
@@ -627,6 +713,8 @@ class _Simulation:
                         # the opener comes in after the conversation's next event
                         deliver_ms = max(deliver_ms, events[1][0] + rng.randint(1, 5000))
                 push(heap, (deliver_ms, next(sequence), t_ms, code, conversation, extra))
+            if len(heap) > self.peak_pending:
+                self.peak_pending = len(heap)
 
     def _stamp(self, t_ms: int, zone: tuple[str, int]) -> str:
         """RFC 3339 with the zone's offset, milliseconds only when there are some."""

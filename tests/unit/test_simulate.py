@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import re
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from deskpulse.streams.devtools.simulate import (
     DEFAULT_START_S,
     Record,
     SimConfig,
+    _Simulation,
     generate,
     read_jsonl,
     write_jsonl,
@@ -314,8 +316,13 @@ def timelines(events: list[Any]) -> dict[str, list[Any]]:
 
 
 @pytest.fixture(scope="module")
-def lifecycles() -> dict[str, list[Any]]:
-    return timelines(distinct_events(LIFECYCLES))
+def lifecycle_events() -> list[Any]:
+    return distinct_events(LIFECYCLES)
+
+
+@pytest.fixture(scope="module")
+def lifecycles(lifecycle_events: list[Any]) -> dict[str, list[Any]]:
+    return timelines(lifecycle_events)
 
 
 def is_agent_reply(event: Any) -> bool:
@@ -421,6 +428,231 @@ def test_customer_follow_ups_after_agent_replies_start_next_response_cycles(
     assert len(cycles) > answered / 3
     assert sum(1 for n in cycles.values() if n >= 3) > 20
     assert answered_cycles > 0.8 * sum(cycles.values())
+
+
+SOLVES = {"solved", "closed"}
+
+
+def final_solve(events: list[Any]) -> tuple[Any, int, int] | None:
+    """A ticket's last solve not followed by a reopen, its reopens before it, and its
+    public agent replies before it; ``None`` while it is not solved."""
+    status, final, reopens, replies, replies_at_final = "new", None, 0, 0, 0
+    for event in events:
+        if is_agent_reply(event):
+            replies += 1
+        elif event.type == "ticket.status_changed" and event.status != status:
+            if event.status == "solved" or (event.status == "closed" and status != "solved"):
+                final, replies_at_final = event, replies
+            elif status == "solved" and event.status != "closed":
+                final, reopens = None, reopens + 1
+            status = event.status
+    return None if final is None else (final, reopens, replies_at_final)
+
+
+def test_one_touch_tickets_are_solved_with_their_only_agent_reply(
+    lifecycles: dict[str, list[Any]],
+) -> None:
+    solved = reopened = one_touch = same_instant = moment_later = 0
+    for events in lifecycles.values():
+        resolution = final_solve(events)
+        if resolution is None:
+            continue
+        solve, reopens, replies = resolution
+        solved += 1
+        reopened += reopens > 0
+        if reopens or replies != 1:
+            continue
+        one_touch += 1
+        reply = next(e for e in events if is_agent_reply(e))
+        gap_s = solve.occurred_at_s - reply.occurred_at_s
+        same_instant += gap_s == 0
+        moment_later += 0 < gap_s < 600
+    assert solved > 1000
+    # about half, as in a support team that answers most questions in one reply
+    assert 0.3 < one_touch / solved < 0.65, one_touch / solved
+    assert 0.02 < reopened / solved < 0.12, reopened / solved
+    # submitted as solved (one instant, the reply ordered first) or solved right after
+    assert same_instant > 0.1 * one_touch
+    assert moment_later > 0.05 * one_touch
+
+
+def test_pending_tickets_nobody_answers_are_solved_by_automation(
+    lifecycles: dict[str, list[Any]],
+) -> None:
+    automated = solves = 0
+    for events in lifecycles.values():
+        for before, event in itertools.pairwise(events):
+            if event.type == "ticket.status_changed" and event.status == "solved":
+                solves += 1
+                # nothing at all happened on the ticket during its 4 days pending
+                silent_s = event.occurred_at_s - before.occurred_at_s
+                pending = before.type == "ticket.status_changed" and before.status == "pending"
+                automated += pending and 4 * DAY <= silent_s < 4 * DAY + 2 * HOUR
+    assert 0.02 * solves < automated < 0.2 * solves
+
+
+def test_the_backlog_holds_every_open_status_and_days_old_tickets(
+    lifecycles: dict[str, list[Any]],
+) -> None:
+    end_s = LIFECYCLES.start_s + LIFECYCLES.duration_s
+    backlog: collections.Counter[str] = collections.Counter()
+    oldest_s = end_s
+    resumed = 0
+    for events in lifecycles.values():
+        statuses = [e.status for e in events if e.type == "ticket.status_changed"]
+        status = statuses[-1] if statuses else "new"
+        if status not in SOLVES:
+            backlog[status] += 1
+            oldest_s = min(oldest_s, events[0].occurred_at_s)
+        # left alone for days, then picked up again: an agent reply, later a solve
+        for index, (before, event) in enumerate(itertools.pairwise(events), start=1):
+            if event.occurred_at_s - before.occurred_at_s > 3 * DAY and is_agent_reply(event):
+                later = events[index + 1 :]
+                resumed += any(getattr(e, "status", None) == "solved" for e in later)
+                break
+    assert {"new", "open", "pending", "hold"} <= {s for s, n in backlog.items() if n >= 10}
+    assert end_s - oldest_s > 5 * DAY  # the oldest open ticket is days old
+    assert resumed > 10
+
+
+def test_surveys_follow_what_they_rate(lifecycle_events: list[Any]) -> None:
+    solved_s: dict[str, float] = {}
+    ended_s: dict[str, float] = {}
+    for event in sorted(lifecycle_events, key=lambda e: e.occurred_at_s):
+        if getattr(event, "status", None) == "solved":
+            solved_s.setdefault(event.ticket_id, event.occurred_at_s)
+        elif event.type == "chat.ended":
+            ended_s[event.chat_id] = event.occurred_at_s
+    surveys = [e for e in lifecycle_events if e.type == "survey.responded"]
+    assert len(surveys) > 500
+    for survey in surveys:
+        if survey.ticket_id is not None:
+            assert solved_s[survey.ticket_id] < survey.occurred_at_s
+        else:
+            assert ended_s[survey.chat_id] < survey.occurred_at_s
+
+
+# Half a day of chats at the default scales.
+CHATS = SimConfig(seed=23, rate=2, duration_s=12 * HOUR, channels={"chat": 1})
+CHAT_OUTCOMES = {"chat.accepted", "chat.abandoned", "chat.ended"}
+
+
+@pytest.fixture(scope="module")
+def chats() -> dict[str, list[Any]]:
+    """Each requested chat's events in timeline order, surveys left out."""
+    by_chat: dict[str, list[Any]] = collections.defaultdict(list)
+    for event in distinct_events(CHATS):
+        if event.type.startswith("chat."):
+            by_chat[event.chat_id].append(event)
+    for events in by_chat.values():
+        events.sort(key=lambda e: (e.occurred_at_s, e.event_id))
+    return {chat: events for chat, events in by_chat.items() if events[0].type == "chat.requested"}
+
+
+def test_every_chat_is_requested_then_answered_and_ended_or_given_up(
+    chats: dict[str, list[Any]],
+) -> None:
+    handle_s: list[float] = []
+    for chat, events in chats.items():
+        kinds = [e.type for e in events]
+        assert kinds.count("chat.requested") == 1 and kinds[0] == "chat.requested", chat
+        assert kinds in (
+            ["chat.requested"],  # still waiting at the end of the stretch
+            ["chat.requested", "chat.accepted"],  # still being handled
+            ["chat.requested", "chat.accepted", "chat.ended"],
+            ["chat.requested", "chat.abandoned"],
+            ["chat.requested", "chat.abandoned", "chat.ended"],  # closed by the platform
+            ["chat.requested", "chat.ended"],  # given up before any accept
+        ), (chat, kinds)
+        if kinds[1:] == ["chat.accepted", "chat.ended"]:
+            handle_s.append(events[2].occurred_at_s - events[1].occurred_at_s)
+    assert len(handle_s) > 0.6 * len(chats)
+    handle_s.sort()
+    # handle times of minutes: a few typically, half an hour for the long tail
+    assert 3 * 60 < handle_s[len(handle_s) // 2] < 10 * 60
+    assert 10 * 60 < handle_s[int(0.95 * len(handle_s))] < 45 * 60
+
+
+def test_some_chats_wait_unanswered_until_they_are_stale(chats: dict[str, list[Any]]) -> None:
+    end_s = CHATS.start_s + CHATS.duration_s
+    lost = [
+        events
+        for events in chats.values()
+        if events[0].occurred_at_s < end_s - 6 * HOUR
+        and (len(events) == 1 or events[1].occurred_at_s - events[0].occurred_at_s > HOUR)
+    ]
+    early = sum(1 for events in chats.values() if events[0].occurred_at_s < end_s - 6 * HOUR)
+    assert 0.002 < len(lost) / early < 0.01
+    # nobody answers them; the platform ends them hours later
+    ended = [events for events in lost if len(events) > 1]
+    assert len(ended) > 0.8 * len(lost)
+    assert all([e.type for e in events] == ["chat.requested", "chat.ended"] for events in ended)
+    assert all(events[1].ended_by == "system" for events in ended)
+    # so at any instant of a live stream some chats are waiting, the oldest of them long
+    longest_s = []
+    for hour in range(2, 12):
+        at_s = CHATS.start_s + hour * HOUR
+        waiting = [
+            at_s - events[0].occurred_at_s
+            for events in chats.values()
+            if at_s - HOUR < events[0].occurred_at_s < at_s
+            and all(e.occurred_at_s >= at_s for e in events[1:])
+        ]
+        assert len(waiting) > 3, hour
+        longest_s.append(max(waiting))
+    assert sorted(longest_s)[len(longest_s) // 2] > 20 * 60
+
+
+def test_a_backlog_starts_with_the_conversations_open_at_the_start() -> None:
+    config = SimConfig(seed=25, rate=0.5, duration_s=6 * HOUR, backlog_s=3 * DAY)
+    records = list(generate(config))
+    assert records == list(generate(config))
+    events = [decode(r.value) for r in records]
+    before = [e for e in events if e.occurred_at_s < config.start_s]
+    assert before and events[: len(before)] == before  # the backlog's history comes first
+    assert min(e.occurred_at_s for e in events) >= config.start_s - config.backlog_s
+    by_conversation: dict[str, list[Any]] = collections.defaultdict(list)
+    for event in events:
+        by_conversation[conversation_of(event)].append(event)
+    backlog: collections.Counter[str] = collections.Counter()
+    oldest_s = config.start_s
+    solved_in_stretch = 0
+    for conversation, items in by_conversation.items():
+        assert items[0].type in OPENERS, conversation  # nothing arrives without its opener
+        if items[0].occurred_at_s >= config.start_s:
+            continue
+        earlier = [e for e in items if e.occurred_at_s < config.start_s]
+        later = [e for e in items if e.occurred_at_s >= config.start_s]
+        if items[0].type == "chat.requested":
+            assert len(earlier) == 1, conversation  # not yet answered at the start
+            continue
+        statuses = [e.status for e in earlier if e.type == "ticket.status_changed"]
+        status = statuses[-1] if statuses else "new"
+        assert status not in SOLVES, conversation  # open at the start
+        backlog[status] += 1
+        oldest_s = min(oldest_s, items[0].occurred_at_s)
+        solved_in_stretch += any(getattr(e, "status", None) == "solved" for e in later)
+    assert {"new", "open", "pending", "hold"} <= set(backlog)
+    assert config.start_s - oldest_s > 2 * DAY
+    assert solved_in_stretch > 100  # older tickets are solved from the first hour on
+    # the rate counts the stretch: what the backlog sends before it comes on top
+    in_stretch = len({e.event_id for e in events if e.occurred_at_s >= config.start_s})
+    assert in_stretch / config.duration_s == pytest.approx(config.rate, rel=0.1)
+
+
+def peak_pending(config: SimConfig) -> int:
+    simulation = _Simulation(config)
+    for _ in simulation.records():
+        pass
+    return simulation.peak_pending
+
+
+def test_scheduled_events_stay_bounded_by_the_open_conversations() -> None:
+    # squeezed so that lifecycles (the weeks-later clean-up included) end within hours:
+    # past that, as many conversations end as start, and the schedule stops growing
+    short = SimConfig(seed=27, rate=0.5, duration_s=DAY, response_scale=0.05, lifecycle_scale=0.2)
+    long = dataclasses.replace(short, duration_s=4 * DAY)
+    assert 0 < peak_pending(long) < 1.25 * peak_pending(short)
 
 
 def office_open(at_s: float) -> bool:
@@ -574,6 +806,7 @@ def test_lifecycle_scale_squeezes_whole_conversations() -> None:
         {"duration_s": -1},
         {"lifecycle_scale": 0},
         {"duplicate_ratio": 1.5},
+        {"backlog_s": -1},
         {"channels": {}},
         {"priorities": {"critical": 1.0}},
         {
