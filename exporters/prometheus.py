@@ -40,13 +40,16 @@ from deskpulse.models.settings import Settings, format_duration
 from deskpulse.streams.compat import gauge_value
 from deskpulse.streams.core import (
     AT_RISK_FIELDS,
+    LONGEST,
+    OLDEST,
     RUNNING_FIELDS,
     SEP,
     group_document,
     has_samples,
     split_dim_key,
 )
-from deskpulse.streams.query import group_fields, read_windows
+from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
+from deskpulse.streams.query import group_fields, read_live, read_windows
 from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 
@@ -159,6 +162,8 @@ _WINDOWED: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("deskpulse_nps_score", ("nps", "score"), ("np_n",)),
     ("deskpulse_ces_responses", ("ces", "responses"), _ANY),
     ("deskpulse_ces_score_average", ("ces", "average"), ("ce_n",)),
+    ("deskpulse_reopen_ratio", ("resolution", "reopen_ratio"), ("rv",)),
+    ("deskpulse_one_touch_ratio", ("resolution", "one_touch_ratio"), ("rv",)),
 )
 # windowed summary -> (path of its document section, quantile fields, count field,
 # sum-in-ms field); it has series where its count field is positive: each quantile, _count
@@ -181,6 +186,14 @@ _SUMMARIES: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...], str, 
         "fb_ms",
     ),
     ("deskpulse_next_response_seconds", ("next_response",), _P50_P90_P95, "nr", "nr_ms"),
+    ("deskpulse_resolution_seconds", ("resolution",), _P50_P90_P95, "rv", "rv_ms"),
+    (
+        "deskpulse_chat_handle_seconds",
+        ("chats",),
+        (("0.5", "handle_p50_seconds"), ("0.9", "handle_p90_seconds")),
+        "ch",
+        "ch_ms",
+    ),
 )
 # the windowed SLA ratio: a series per group and SLA metric (the `metric` label) that has an
 # achieved or a breached instance in the window
@@ -204,6 +217,8 @@ _TOTALS: tuple[tuple[str, str], ...] = (
     ("deskpulse_chats_short_abandoned", "cs"),
     ("deskpulse_csat_responses", "cs_n"),
     ("deskpulse_csat_satisfied_responses", "cs_sat"),
+    ("deskpulse_tickets_solved", "svt"),
+    ("deskpulse_tickets_reopened", "rot"),
 )
 #: ``deskpulse_sla_breaches_total{metric}``: the breaches breach detection claimed and
 #: published, per SLA metric -> stored totals field (``sla``: v1's, the first response)
@@ -230,6 +245,16 @@ for _name, _rule in (
         _WINDOWED_RULES.append(_rule)
     _WINDOWED_RULE_OF[_name].append(_WINDOWED_RULES.index(_rule))
 _WINDOWED_LABEL_SET = Rule(max(rule.series for rule in _WINDOWED_RULES))
+#: the backlog and waiting chats now: a group's series (one per status, the oldest age, the
+#: waiting chats and the longest wait); the guard ranks groups by their levels
+_STATE_STATUSES = {"new": "n", "open": "o", "pending": "p", "hold": "h"}
+_STATE_RULE = Rule(len(_STATE_STATUSES) + 3)
+_STATE_FAMILIES = (
+    "deskpulse_backlog_tickets",
+    "deskpulse_backlog_oldest_age_seconds",
+    "deskpulse_chats_waiting",
+    "deskpulse_chat_longest_wait_seconds",
+)
 _CUMULATIVE_COUNTERS: tuple[str, ...] = (
     *(name + "_total" for name, _ in _TOTALS),
     "deskpulse_sla_breaches_total",
@@ -238,6 +263,7 @@ _CUMULATIVE_COUNTERS: tuple[str, ...] = (
 )
 _GUARDED: tuple[str, ...] = (
     *_WINDOWED_RULE_OF,
+    *_STATE_FAMILIES,
     *_CUMULATIVE_COUNTERS,
     _SLA_ACHIEVED + "_total",
     "deskpulse_first_response_duration_seconds",
@@ -309,10 +335,17 @@ class KpiCollector(Collector):
         totals = await self.store.read_totals()
         meta = await self.store.read_meta()
         firing = await self.store.alert_states()
+        # the backlog and the waiting chats as of the newest event applied (read at the
+        # bucket boundary after it: nothing is dated between the two)
+        watermarks = {p: int(meta.get(p, {}).get("wm", "0")) for p in parts}
+        newest_ms = max(watermarks.values(), default=0)
+        bucket_s = self.store.config.bucket_seconds
+        end_s = (newest_ms // (bucket_s * 1000) + 1) * bucket_s  # the boundary after it
+        live = await read_live(self.store, end_s=end_s, partitions=parts, watermarks_ms=watermarks)
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
         # thread keeps the event loop (agents, scrapes) turning meanwhile.
         families, exposition = await asyncio.to_thread(
-            self._build_and_render, per_window, totals, meta, firing
+            self._build_and_render, per_window, totals, meta, firing, (live, newest_ms)
         )
         self._families = families
         self.exposition = exposition
@@ -325,8 +358,10 @@ class KpiCollector(Collector):
         totals: Counter[str],
         meta: dict[int, dict[str, str]],
         firing: dict[str, str],
+        state: tuple[Mapping[tuple[str, str, str], Mapping[str, int]], int] = ({}, 0),
     ) -> tuple[list[Metric], bytes]:
         families, folded = self._build(per_window, totals, meta)
+        families += self._state_families(*state, folded)
         families += self._guard_families(folded)
         families.append(self._alert_family(firing))
         refresh = GaugeMetricFamily(
@@ -429,6 +464,56 @@ class KpiCollector(Collector):
                     if ratio is not None:
                         sla_ratio.add_metric([*values, metric], float(ratio))
         return [*gauges.values(), *summaries.values(), sla_ratio]
+
+    def _state_families(
+        self,
+        live: Mapping[tuple[str, str, str], Mapping[str, int]],
+        newest_ms: int,
+        folded: Counter[str],
+    ) -> list[Metric]:
+        """The backlog by status, its oldest ticket's age, the waiting chats and the longest
+        wait, as of the newest event applied: a series per group the guard kept (and
+        ``other``), ages against the newest event time."""
+        labels = list(DIMENSIONS)
+        backlog = GaugeMetricFamily(
+            _STATE_FAMILIES[0], _help(_STATE_FAMILIES[0]), labels=[*labels, "status"]
+        )
+        oldest, waiting, longest = (
+            GaugeMetricFamily(name, _help(name), labels=labels) for name in _STATE_FAMILIES[1:]
+        )
+        levels = _STATE_STATUSES.values()
+        counts: dict[tuple[str, ...], dict[str, int]] = {}
+        firsts: dict[tuple[str, ...], dict[str, int]] = {}
+        cut = self.settings.label_max_length
+        for key, fields in live.items():
+            short = tuple(v[:cut] for v in key)
+            target = counts.setdefault(short, {})
+            for name, value in fields.items():
+                if name in (OLDEST, LONGEST):
+                    first = firsts.setdefault(short, {})
+                    first[name] = min(value, first.get(name, value))
+                else:
+                    target[name] = target.get(name, 0) + value
+        ((fold,),) = guard([counts], [_STATE_RULE], self.settings.max_series_per_metric)
+        kept = set(fold.kept)
+        other_firsts: dict[str, int] = {}
+        for group, first in firsts.items():
+            if group not in kept:
+                for name, value in first.items():
+                    other_firsts[name] = min(value, other_firsts.get(name, value))
+        for name in _STATE_FAMILIES:
+            folded[name] += fold.folded * (len(levels) if name == _STATE_FAMILIES[0] else 1)
+        for label_set, fields in _fold_items(counts, fold):
+            values = list(label_set)
+            first = other_firsts if label_set == OTHER else firsts.get(label_set, {})
+            for status, code in _STATE_STATUSES.items():
+                backlog.add_metric([*values, status], fields.get(BACKLOG_FIELDS[code], 0))
+            if any(fields.get(BACKLOG_FIELDS[code], 0) for code in levels) and OLDEST in first:
+                oldest.add_metric(values, max(0, newest_ms - first[OLDEST]) / 1000)
+            waiting.add_metric(values, fields.get(WAITING_FIELD, 0))
+            if fields.get(WAITING_FIELD, 0) and LONGEST in first:
+                longest.add_metric(values, max(0, newest_ms - first[LONGEST]) / 1000)
+        return [backlog, oldest, waiting, longest]
 
     def _cumulative_families(self, totals: Counter[str], folded: Counter[str]) -> list[Metric]:
         """The cumulative counters and the first-response histogram, a series per group the
@@ -566,9 +651,15 @@ def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
         "deskpulse_events_orphaned", _help("deskpulse_events_orphaned_total")
     )
     orphaned.add_metric([], sums.get("orphaned", 0))
+    expired = CounterMetricFamily(
+        "deskpulse_tickets_expired", _help("deskpulse_tickets_expired_total")
+    )
+    expired.add_metric(
+        [], sum(int(partition_meta.get("expired", 0)) for partition_meta in meta.values())
+    )
     held = GaugeMetricFamily("deskpulse_events_held", _help("deskpulse_events_held"))
     held.add_metric([], sums.get("held", 0))
-    return [duplicate, late, ignored, orphaned, held]
+    return [duplicate, late, ignored, orphaned, expired, held]
 
 
 def _instance_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:

@@ -47,7 +47,7 @@ _WORKER_STOP_S = 20
 #: backlog_s``), so that the backlog, the solves and the waiting chats show from the first
 #: minute instead of after hours; longer would show older tickets, for a longer burst at
 #: the start (about 0.2 records per second of it per event/s of rate: 90,000 at 20/s)
-_BACKLOG_S = 6 * 3600.0
+_BACKLOG_S = 2 * 3600.0
 
 
 def _run_interruptible(main: Coroutine[Any, Any, Any]) -> None:

@@ -130,6 +130,4 @@ def test_a_group_with_only_a_backlog_is_in_the_document(
     prefix = load(redis_url, EVENTS)
     # a 5-minute window at +3720 holds no sample, yet B is open and the chat queue is empty
     doc = kpis(redis_url, prefix, T0 + 3720, width_s=300, by=("channel",))
-    assert [(g["key"], g["backlog"]["total"]) for g in doc["groups"]] == [
-        ({"channel": "email"}, 1)
-    ]
+    assert [(g["key"], g["backlog"]["total"]) for g in doc["groups"]] == [({"channel": "email"}, 1)]

@@ -68,6 +68,9 @@ def live(
                 start_s=now - 3300,
                 duration_s=3000,
                 rate=0.6,
+                # lifecycles of minutes, not hours: solves, reopens, next responses and
+                # handled chats all fall within the 50 minutes
+                lifecycle_scale=0.05,
                 duplicate_ratio=0.02,
                 out_of_order=0.05,
                 malformed_ratio=0.01,
