@@ -501,8 +501,16 @@ class KpiCollector(Collector):
             if group not in kept:
                 for name, value in first.items():
                     other_firsts[name] = min(value, other_firsts.get(name, value))
-        for name in _STATE_FAMILIES:
-            folded[name] += fold.folded * (len(levels) if name == _STATE_FAMILIES[0] else 1)
+        for group, fields in counts.items():
+            if group in kept:
+                continue
+            # the series the group would have had (see below)
+            first = firsts.get(group, {})
+            tickets = any(fields.get(BACKLOG_FIELDS[code], 0) for code in levels)
+            folded[_STATE_FAMILIES[0]] += len(levels)
+            folded[_STATE_FAMILIES[1]] += tickets and OLDEST in first
+            folded[_STATE_FAMILIES[2]] += 1
+            folded[_STATE_FAMILIES[3]] += bool(fields.get(WAITING_FIELD, 0)) and LONGEST in first
         for label_set, fields in _fold_items(counts, fold):
             values = list(label_set)
             first = other_firsts if label_set == OTHER else firsts.get(label_set, {})

@@ -266,6 +266,16 @@ GUARDED = {
     "deskpulse_csat_satisfied_responses_total",
     "deskpulse_sla_achieved_total",
     "deskpulse_sla_breaches_total",
+    "deskpulse_tickets_solved_total",
+    "deskpulse_tickets_reopened_total",
+    *(
+        STATE_NOW := {
+            "deskpulse_backlog_tickets",
+            "deskpulse_backlog_oldest_age_seconds",
+            "deskpulse_chats_waiting",
+            "deskpulse_chat_longest_wait_seconds",
+        }
+    ),
 }
 
 
@@ -333,9 +343,13 @@ def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
         # allows (the summary: 5 series a label set; the histogram), less rounding
         windowed = groups_of(text, "deskpulse_tickets_created")
         cumulative = groups_of(text, "deskpulse_tickets_created_total")
+        # the state now: every group shown has its waiting chats (0 included)
+        state = groups_of(text, "deskpulse_chats_waiting")
         for name in GUARDED:
             found = groups_of(text, name)
-            if name.endswith("_total") or name.endswith("_duration_seconds"):
+            if name in STATE_NOW:
+                assert found <= state, (step, name)
+            elif name.endswith("_total") or name.endswith("_duration_seconds"):
                 assert found == cumulative, (step, name)
             else:
                 assert found <= windowed, (step, name)

@@ -794,6 +794,17 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
         ev("s2", "survey.responded", 200, ticket_id="T1", kind="nps", score=9),
         ev("s3", "survey.responded", 200, chat_id="C1", kind="ces", score=2),
         ev("s4", "survey.responded", 200, chat_id="C1", kind="nps", score=3),
+        ev("e1", "chat.ended", 300, chat_id="C1"),  # handled for 290 s
+        # T3 goes through every open status, is solved, reopened and solved again
+        ev("c3", "ticket.created", 0, ticket_id="T3"),
+        *(
+            ev(f"t3{n}", "ticket.status_changed", 100 * (n + 1), ticket_id="T3", status=value)
+            for n, value in enumerate(("open", "pending", "hold", "solved", "open", "solved"))
+        ),
+        # T4 is solved for good with one agent reply: one-touch
+        ev("c4", "ticket.created", 0, ticket_id="T4"),
+        reply("r5", 60, "T4"),
+        ev("t4", "ticket.status_changed", 60, ticket_id="T4", status="solved"),
         config=SLA_CONFIG,
     )
     # every field is non-zero somewhere (zeros are not stored)
@@ -804,7 +815,7 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
     }
     emitted = {
         re.sub(
-            r"^(fr_sk|cw_sk|fb_sk|nr_sk|nb_sk):\d+$",
+            r"^(fr_sk|cw_sk|fb_sk|nr_sk|nb_sk|rv_sk|rb_sk|ch_sk):\d+$",
             r"\1:<index>",
             re.sub(r"^frh:.+$", "frh:<bound>", code),
         )
@@ -819,6 +830,9 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
         "fb_sk:<index>",
         "nr_sk:<index>",
         "nb_sk:<index>",
+        "rv_sk:<index>",
+        "rb_sk:<index>",
+        "ch_sk:<index>",
         "frh:<bound>",
         "sla",
     }
