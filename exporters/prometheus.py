@@ -10,6 +10,7 @@ worker, or a separate process, reading the same Redis exports the same numbers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -283,6 +284,8 @@ class WindowRead:
     start_s: int
     end_s: int
     fields: Counter[str]
+    #: the backlog and the waiting chats at ``end_s`` (:func:`~streams.query.read_live`)
+    live: Mapping[tuple[str, str, str], Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -328,9 +331,12 @@ class KpiCollector(Collector):
         reads = await read_windows(
             self.store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
         )
+        # the windows end together: the state at their end is read once, for the snapshots
+        ends = {end for _, end, _ in reads}
+        at_end = {end: await read_live(self.store, end_s=end, partitions=parts) for end in ends}
         for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
-            windows.append(WindowRead(name, start, end, merged))
+            windows.append(WindowRead(name, start, end, merged, at_end[end]))
             per_window.append((name, group_fields(merged, DIMENSIONS)))
         totals = await self.store.read_totals()
         meta = await self.store.read_meta()

@@ -23,12 +23,13 @@ from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import WindowRead
 from deskpulse.models.outputs import AlertTransition, KpiSnapshot, output_key
 from deskpulse.models.settings import AlertRule, Settings, parse_duration
-from deskpulse.streams.core import SEP, group_document, has_samples
+from deskpulse.streams.core import LONGEST, OLDEST, SEP, group_document, has_samples
 from deskpulse.streams.query import (
     DIMENSIONS,
     build_document,
     format_time,
     group_fields,
+    project_live,
     read_windows,
 )
 from deskpulse.streams.store import Store
@@ -79,7 +80,14 @@ def snapshot_items(
     views = []
     for window in windows:
         groups = group_fields(window.fields, DIMENSIONS)
-        views.append({key: fields for key, fields in groups.items() if has_samples(fields)})
+        view = {key: fields for key, fields in groups.items() if has_samples(fields)}
+        # a group with a ticket open or a chat waiting at the window's end is shown too
+        for dims, levels in window.live.items():
+            target = view.setdefault(dims, {})
+            for name, value in levels.items():
+                if name not in (OLDEST, LONGEST):
+                    target[name] = target.get(name, 0) + value
+        views.append(view)
     # the totals are always sent and count against the limit too
     budget = max(0, settings.max_snapshot_messages - len(windows))
     folds = guard(views, [Rule(1)], budget)
@@ -87,15 +95,24 @@ def snapshot_items(
     folded = 0
     for window, view, (fold,) in zip(windows, views, folds, strict=True):
         start, end = format_time(window.start_s), format_time(window.end_s)
-        total = build_document(window.fields, start_s=window.start_s, end_s=window.end_s, by=())
+        total = build_document(
+            window.fields, start_s=window.start_s, end_s=window.end_s, by=(), live=window.live
+        )
         shown: list[tuple[tuple[str | None, ...], dict[str, Any]]] = [
             ((None,) * len(DIMENSIONS), total["groups"][0])
         ]
         for key in fold.kept:
-            document = group_document(dict(zip(DIMENSIONS, key, strict=True)), view[key])
+            names: dict[str, str] = dict(zip(DIMENSIONS, key, strict=True))
+            at_end = window.live.get(key)  # type: ignore[arg-type]
+            document = group_document(names, view[key], at_end, window.end_s)
             shown.append((key, document))
         if fold.other is not None:
-            other = group_document(dict(zip(DIMENSIONS, OTHER, strict=True)), fold.other)
+            kept = set(fold.kept)
+            rest = project_live(
+                {dims: levels for dims, levels in window.live.items() if dims not in kept}, ()
+            ).get(())
+            names = dict(zip(DIMENSIONS, OTHER, strict=True))
+            other = group_document(names, fold.other, rest, window.end_s)
             shown.append((OTHER, {**other, "folded_groups": fold.folded}))
             folded += fold.folded
         for parts, group in shown:

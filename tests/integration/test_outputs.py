@@ -40,6 +40,8 @@ from tests.support import (
 DIMS = DIMENSIONS
 GROUP_FIELDS = {
     "key",
+    "resolution",
+    "backlog",
     "tickets_created",
     "first_response",
     "next_response",
