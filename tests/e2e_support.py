@@ -41,6 +41,8 @@ from deskpulse.streams.query import format_time, query_kpis
 from deskpulse.streams.store import Store
 from deskpulse.streams.windows import parse_width
 
+from .lifecycle_oracle import Lifecycle, lifecycle_document, merge_documents
+from .lifecycle_oracle import evaluate as evaluate_lifecycles
 from .oracle import compare, compute
 from .support import (
     WorkerProcess,
@@ -439,10 +441,28 @@ def oracle_doc(
     claimed_until_s: float | None = math.inf,
 ) -> dict[str, Any]:
     """The oracle's ``deskpulse kpis --json`` for one window and grouping (every breach
-    counted: the worker claimed them all, see :func:`wait_for_state`)."""
-    return compute(
+    counted: the worker claimed them all, see :func:`wait_for_state`), with the lifecycle
+    sections of tests/lifecycle_oracle.py (default retention and maximum age)."""
+    values = list(values)
+    base = compute(
         values, at_s=at_s, width_s=WINDOWS[width], by=by, claimed_until_s=claimed_until_s
     )
+    life = lifecycle_document(
+        _lifecycle_of(values), at_s=at_s, width_s=WINDOWS[width], by=tuple(by)
+    )
+    return merge_documents(base, life)
+
+
+_LIFECYCLES: dict[int, tuple[list[bytes], Lifecycle]] = {}
+
+
+def _lifecycle_of(values: list[bytes]) -> Lifecycle:
+    """The lifecycle oracle's facts of a data set (kept for the reads that follow)."""
+    key = hash(tuple(values))
+    found = _LIFECYCLES.get(key)
+    if found is None or found[0] != values:
+        found = _LIFECYCLES[key] = (values, evaluate_lifecycles(values, None))
+    return found[1]
 
 
 def kpis_cli(
@@ -588,7 +608,14 @@ _VALUES = {
 _BUSINESS = ("first_response", "next_response")
 _DURATIONS = {"mean_seconds", "p50_seconds", "p90_seconds", "p95_seconds"}
 _SLA_METRICS = ("first_response", "next_response", "resolution")
-_GROUP_KEYS = {"key", "tickets_created", "sla", *_COUNTS}
+_GROUP_KEYS = {"key", "tickets_created", "sla", "resolution", "backlog", *_COUNTS}
+_LIFECYCLE_CHATS = (
+    "waiting",
+    "longest_wait_seconds",
+    "handle_mean_seconds",
+    "handle_p50_seconds",
+    "handle_p90_seconds",
+)
 
 
 def _samples_of(section: str, group: Mapping[str, Any], name: str) -> int:
@@ -641,8 +668,11 @@ def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> l
         if not _is_int(group["tickets_created"]) or group["tickets_created"] < 0:
             out.append(f"{where}.tickets_created {group['tickets_created']!r}")
         out.extend(_check_sla(where, group))
+        out.extend(_check_lifecycle(where, group))
         for section, counts in _COUNTS.items():
             part = group[section]
+            if section == "chats" and isinstance(part, dict):
+                part = {k: v for k, v in part.items() if k not in _LIFECYCLE_CHATS}
             if section in _BUSINESS and isinstance(part, dict):
                 part = dict(part)
                 business = part.pop("business", None)
@@ -675,6 +705,33 @@ def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> l
 
 def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_lifecycle(where: str, group: Mapping[str, Any]) -> list[str]:
+    """The ``resolution`` and ``backlog`` sections and the lifecycle fields of ``chats``:
+    their keys, and each value null exactly when nothing stands behind it."""
+    out: list[str] = []
+    resolution, backlog, chats = group["resolution"], group["backlog"], group["chats"]
+    keys = {"count", *_DURATIONS, "business", "reopened", "reopen_ratio", "one_touch"}
+    if not isinstance(resolution, dict) or set(resolution) != keys | {"one_touch_ratio"}:
+        return [f"{where}.resolution {resolution!r}"]
+    count = resolution["count"]
+    values = [resolution[name] for name in (*_DURATIONS, "reopen_ratio", "one_touch_ratio")]
+    values += list(resolution["business"].values())
+    if not _is_int(count) or any((value is None) != (count == 0) for value in values):
+        out.append(f"{where}.resolution {resolution!r} against its count")
+    statuses = ("new", "open", "pending", "hold")
+    if not isinstance(backlog, dict) or set(backlog) != {*statuses, "total", "oldest_age_seconds"}:
+        return [*out, f"{where}.backlog {backlog!r}"]
+    if sum(backlog[status] for status in statuses) != backlog["total"] or (
+        backlog["oldest_age_seconds"] is None
+    ) != (backlog["total"] == 0):
+        out.append(f"{where}.backlog {backlog!r}")
+    if any(name not in chats for name in _LIFECYCLE_CHATS) or (
+        chats["longest_wait_seconds"] is None
+    ) != (chats["waiting"] == 0):
+        out.append(f"{where}.chats {chats!r}")
+    return out
 
 
 def _check_sla(where: str, group: Mapping[str, Any]) -> list[str]:

@@ -52,7 +52,15 @@ __all__ = ["DEFAULT_TARGETS", "compare", "compute", "quantile_close"]
 DEFAULT_TARGETS: dict[str, int] = {"urgent": 3600, "high": 14400, "normal": 28800, "low": 86400}
 DIMENSIONS = ("channel", "queue", "priority")
 QUANTILE_FIELDS = frozenset(
-    {"p50_seconds", "p90_seconds", "p95_seconds", "wait_p50_seconds", "wait_p90_seconds"}
+    {
+        "p50_seconds",
+        "p90_seconds",
+        "p95_seconds",
+        "wait_p50_seconds",
+        "wait_p90_seconds",
+        "handle_p50_seconds",
+        "handle_p90_seconds",
+    }
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
