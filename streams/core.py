@@ -442,9 +442,13 @@ def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]
 
 
 def _current(
-    state: Conversation, config: CoreConfig, view: Evaluation | None = None
+    state: Conversation,
+    config: CoreConfig,
+    view: Evaluation | None = None,
+    life: Lifecycle | None = None,
 ) -> tuple[list[Contribution], int]:
-    """:func:`_contributions` of a state as it is now, and its ignored status events."""
+    """:func:`_contributions` of a state as it is now, and its ignored status events
+    (``view``, ``life``: its timeline already evaluated, if it was)."""
     return _contributions(
         state.kind,
         state.opened,
@@ -456,6 +460,7 @@ def _current(
         state.claims,
         config,
         view,
+        life,
     )
 
 
@@ -477,9 +482,10 @@ def _contributions(
     claims: AbstractSet[str],
     config: CoreConfig,
     view: Evaluation | None = None,
+    life: Lifecycle | None = None,
 ) -> tuple[list[Contribution], int]:
-    """The contributions, and the count of a ticket's ignored status events (``view``:
-    the ticket's timeline already evaluated, if it was)."""
+    """The contributions, and the count of a ticket's ignored status events (``view``,
+    ``life``: the ticket's timeline already evaluated, if it was)."""
     out: list[Contribution] = []
     ignored = 0
     if opened is not None and dims is not None:
@@ -488,7 +494,8 @@ def _contributions(
             out.append((opened_ms, dims, "tc", 1))
             entries = list(timeline)
             if entries:
-                life = lifecycle(opened_ms, entries)
+                if life is None:
+                    life = lifecycle(opened_ms, entries)
                 _lifecycle_fields(opened_ms, dims, life, config.terms_of(dims), out, 1)
             else:
                 out.append((opened_ms, dims, _NEW_STEP, 1))  # in the backlog as new
@@ -777,17 +784,21 @@ LIVE_DIGITS: dict[str, int] = {code: place for place, code in enumerate(OPEN_COD
 WAITING_DIGIT = 5
 
 
-def live_entry(state: Conversation, config: CoreConfig) -> tuple[str, int]:
+def live_entry(
+    state: Conversation, config: CoreConfig, life: Lifecycle | None = None
+) -> tuple[str, int]:
     """Where an opened conversation stands in the live indexes, and its live digit:
     ``("o", digit)`` open or waiting now, ``("x<ms>", 0)`` left at that instant, or
-    ``("", 0)`` never there (a chat whose outcome came with its request)."""
+    ``("", 0)`` never there (a chat whose outcome came with its request); ``life``: a
+    ticket's lifecycle, if worked out already."""
     opened = state.opened
     if opened is None:
         return "", 0
     if state.kind == "t":
         if not state.timeline:
             return "o", LIVE_DIGITS["n"]
-        life = lifecycle(opened[0], state.timeline.items())
+        if life is None:
+            life = lifecycle(opened[0], state.timeline.items())
         code = life.open_now
         if code is not None:
             return "o", LIVE_DIGITS[code]
@@ -1192,7 +1203,11 @@ def _fold_events(
 
 
 def _kpi_change(
-    state: Conversation, inputs: _KpiInputs, config: CoreConfig, view: Evaluation | None = None
+    state: Conversation,
+    inputs: _KpiInputs,
+    config: CoreConfig,
+    view: Evaluation | None = None,
+    life: Lifecycle | None = None,
 ) -> tuple[list[Contribution], int]:
     """What a stored conversation contributes now less what it contributed before the batch,
     as ``(time, group, field, delta)`` (empty when the two are the same), and the change
@@ -1209,7 +1224,7 @@ def _kpi_change(
         # only the timeline or the claims moved: compare what they say first (most
         # timeline events, like a customer reply or a status change, change no sample)
         return _timeline_change(
-            state, opened[0], dims_before, timeline_before, claims, config, view
+            state, opened[0], dims_before, timeline_before, claims, config, view, life
         )
     # surveys and timeline entries only ever come in at the end: the first ones are the old
     old, ignored_old = _contributions(
@@ -1223,7 +1238,7 @@ def _kpi_change(
         claims,
         config,
     )
-    new, ignored_new = _current(state, config, view)
+    new, ignored_new = _current(state, config, view, life)
     if new == old:
         return [], ignored_new - ignored_old  # e.g. a chat ending after it was answered
     delta: dict[tuple[int, Dims, str], int] = defaultdict(int)
@@ -1243,6 +1258,7 @@ def _timeline_change(
     claims_before: frozenset[str],
     config: CoreConfig,
     view: Evaluation | None = None,
+    new_life: Lifecycle | None = None,
 ) -> tuple[list[Contribution], int]:
     """:func:`_kpi_change` of an opened ticket whose timeline or claims alone moved: the
     two evaluations compared part by part, and only the parts that differ written (taken
@@ -1252,7 +1268,8 @@ def _timeline_change(
     out: list[Contribution] = []
     # the lifecycle first: a status change moves the backlog even where no sample moves
     old_life = lifecycle(opened_ms, islice(state.timeline.items(), timeline_before))
-    new_life = lifecycle(opened_ms, state.timeline.items())
+    if new_life is None:
+        new_life = lifecycle(opened_ms, state.timeline.items())
     if old_life != new_life:
         was: list[Contribution] = []
         _lifecycle_fields(opened_ms, dims, old_life, plan, was, 1)
@@ -1372,6 +1389,7 @@ def _add_deltas(
         # the samples too (a new ticket's schedule needs no evaluation: opening_alert_ms)
         view = None
         plan = None
+        life = None
         if (
             not unchanged
             and state.kind == "t"
@@ -1381,6 +1399,9 @@ def _add_deltas(
             plan = config.terms_of(state.dims)
             if (state.timeline or state.claims) and needs_view(state, plan):
                 view = final_view(state, plan)
+            if state.timeline:
+                # the lifecycle once, for the samples, the backlog and the live indexes
+                life = lifecycle(state.opened[0], state.timeline.items())
         if previous is None:
             # a new conversation: nothing to take back
             held_before = 0
@@ -1395,17 +1416,17 @@ def _add_deltas(
                 # in the backlog
                 changes = ((opened[0], dims, "tc", 1), (opened[0], dims, _NEW_STEP, 1))
             else:
-                changes, ignored_now = _current(state, config, view)
+                changes, ignored_now = _current(state, config, view, life)
                 ignored += ignored_now
         else:
             inputs, held_before = previous
             if unchanged:
                 changes = ()
             else:
-                changes, ignored_change = _kpi_change(state, inputs, config, view)
+                changes, ignored_change = _kpi_change(state, inputs, config, view, life)
                 ignored += ignored_change
         if not unchanged and state.opened is not None and state.dims is not None:
-            live, digit = live_entry(state, config)
+            live, digit = live_entry(state, config, life)
             share = digit * 1000
             if plan is not None:
                 # what the ticket adds to the partition's instance counts (its share

@@ -40,6 +40,8 @@ from tests.e2e_support import (
     produce_records,
     wait_for_state,
 )
+from tests.lifecycle_oracle import evaluate as evaluate_lifecycles
+from tests.lifecycle_oracle import lifecycle_document, merge_documents
 from tests.oracle import compare
 from tests.sla_oracle import (
     AtRisk,
@@ -485,6 +487,8 @@ def test_kpis_and_breaches_equal_the_sla_oracle(
         for value in raw
         if b'"ticket.replied"' not in value and b'"ticket.status_changed"' not in value
     ]
+    # the lifecycle sections (resolution, backlog, waiting chats) from their own oracle
+    lifecycles = evaluate_lifecycles(raw, rules, retention_s=settings.retention)
     problems: list[str] = []
     totals: Counter[str] = Counter()
     cli_reads = 0
@@ -500,13 +504,16 @@ def test_kpis_and_breaches_equal_the_sla_oracle(
                 read = kpis_cli(settings, tmp_path, width=width, at_s=at_s, by=by)
                 if read != actual:
                     problems.append(f"{where}: the command line says {read}, GET /kpis {actual}")
-            oracle = kpi_document(
-                tickets,
-                v1_values,
-                at_s=at_s,
-                width_s=width_s,
-                by=by,
-                claimed_until_s=claimed_until_s,
+            oracle = merge_documents(
+                kpi_document(
+                    tickets,
+                    v1_values,
+                    at_s=at_s,
+                    width_s=width_s,
+                    by=by,
+                    claimed_until_s=claimed_until_s,
+                ),
+                lifecycle_document(lifecycles, at_s=at_s, width_s=width_s, by=by),
             )
             if width_s in (300, 3600, 86_400):
                 problems += [f"{where}: {line}" for line in check_shape(actual, by, width)]

@@ -843,6 +843,8 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
 
 def test_simulated_traffic_agrees_with_the_oracle() -> None:
     from deskpulse.streams.devtools.simulate import SimConfig, generate
+    from tests.lifecycle_oracle import Lifecycle, lifecycle_document, merge_documents
+    from tests.lifecycle_oracle import evaluate as evaluate_lifecycles
     from tests.oracle import compare, compute
 
     # squeezed lifecycles: replies, solves, reopens and closes within the hour
@@ -860,12 +862,26 @@ def test_simulated_traffic_agrees_with_the_oracle() -> None:
     for offset in range(0, len(values), 97):
         memory.apply([("t", offset + i, raw) for i, raw in enumerate(values[offset : offset + 97])])
     start_s = int(sim.start_s) // 3600 * 3600
+    facts = evaluate_lifecycles(values, None)
     for by in ((), ("channel", "priority")):
         actual = build_document(
             memory.window(start_s, start_s + 7200), start_s=start_s, end_s=start_s + 7200, by=by
         )
-        expected = compute(values, at_s=start_s + 7200, width_s=7200, by=by)
+        # the samples of the lifecycle (resolution, handle time); the backlog and the
+        # waiting chats are states the store reads (tests/integration/test_lifecycle.py)
+        life = lifecycle_document(facts, at_s=start_s + 7200, width_s=7200, by=by)
+        blank = lifecycle_document(Lifecycle({}, {}), at_s=0, width_s=60)["groups"][0]
+        for group in life["groups"]:
+            group["backlog"] = blank["backlog"]
+            group["chats"].update(waiting=0, longest_wait_seconds=None)
+        life["groups"] = [
+            g
+            for g in life["groups"]
+            if not by or g["resolution"]["count"] or g["chats"]["handle_mean_seconds"]
+        ]
+        expected = merge_documents(compute(values, at_s=start_s + 7200, width_s=7200, by=by), life)
         assert compare(actual, expected) == []
     group = actual["groups"][0]  # type: ignore[index]
     assert group["next_response"]["count"] > 0
+    assert group["resolution"]["count"] > 0 and group["resolution"]["reopened"] > 0
     assert memory.counters["ignored:closed"] >= 0
