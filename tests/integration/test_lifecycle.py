@@ -131,3 +131,34 @@ def test_a_group_with_only_a_backlog_is_in_the_document(
     # a 5-minute window at +3720 holds no sample, yet B is open and the chat queue is empty
     doc = kpis(redis_url, prefix, T0 + 3720, width_s=300, by=("channel",))
     assert [(g["key"], g["backlog"]["total"]) for g in doc["groups"]] == [({"channel": "email"}, 1)]
+
+
+def test_a_status_change_for_a_ticket_never_seen_or_dropped_is_held_never_applied(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    config = CoreConfig(
+        bucket_seconds=60, rollup_seconds=600, retention_seconds=3600, open_ticket_max_age_s=7200
+    )
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+
+    async def scenario(client: Redis) -> dict[str, Any]:
+        store = Store(client, prefix, config)
+        batches = [
+            [created("A", T0), status("U", T0 + 30, "open")],  # U: never created
+            [created("B", T0 + 7300)],  # A is dropped at its maximum age, T0 + 2 h
+            [status("A", T0 + 7400, "solved")],  # for the dropped ticket: held
+        ]
+        offset = 0
+        for raws in batches:
+            await apply(store, 0, pendings(raws, first_offset=offset))
+            offset += len(raws)
+        return await query_kpis(store, width_s=3600, at_s=T0 + 7500)
+
+    (group,) = run(scenario, redis_url)["groups"]
+    assert group["backlog"]["total"] == 1  # B alone: A was dropped, U never existed
+    assert group["resolution"]["count"] == 0  # the held solve applies to nothing
+    meta = {k.decode(): v.decode() for k, v in redis_client.hgetall(base + "meta").items()}
+    assert meta["expired"] == "1"
+    assert meta["held"] == "1"  # A's late solve waits for a creation; U's open was orphaned
+    assert meta["orphaned"] == "1"
