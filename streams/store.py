@@ -22,8 +22,18 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:R:<start>``           keyed ``field`` alone (reads without grouping take these)
 ``P:{pn}:bidx``                zset: bucket key suffix -> bucket end (s), for trimming
 ``P:{pn}:tot``                 hash: the cumulative (Prometheus-native) totals
+``P:{pn}:lvl``                 hash: the levels, ``channel␟queue␟priority␟bl:<status>`` (and
+                               ``bl:w``) -> the running sum of those level steps: the
+                               backlog and the waiting chats as of every step written
+``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
+``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
+``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
+``P:{pn}:lg``                  hash: a ticket dropped at its maximum age (no state left) ->
+                               ``creation ms␟group``, while it is in ``lx``
 ``P:{pn}:conv``                hash: conversation id -> :class:`~streams.core.Conversation`
-``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms)
+``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms); for a
+                               ticket open now at least its creation plus the open ticket
+                               maximum age less the retention
 ``P:{pn}:held``                hash: conversation id -> events held for its opener
 ``P:{pn}:due``                 zset: ticket id -> when breach detection must look at it
                                next (ms): the earliest deadline or warning instant of its

@@ -40,6 +40,8 @@ from deskpulse.streams.devtools.embedded import ManagedProcess, redis_server_bin
 from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.query import format_time
 
+from .lifecycle_oracle import evaluate as evaluate_lifecycles
+from .lifecycle_oracle import lifecycle_document, merge_documents
 from .oracle import compare, compute
 from .support import HttpResponse, consume_all, samples, wait_for_claims, wait_until
 
@@ -230,6 +232,13 @@ def compare_kpis(
     """
     problems: list[str] = []
     compared = 0
+    # the lifecycle sections (resolution, backlog, waiting chats) from their own oracle
+    facts = evaluate_lifecycles(
+        list(values),
+        None,
+        retention_s=settings.retention,
+        open_ticket_max_age_s=settings.open_ticket_max_age,
+    )
     wait_for_claims(settings)  # every breach of the past data set claimed: counted below
     for width, width_s, at_s, by in points:
         actual = read(width, at_s, by)
@@ -244,6 +253,15 @@ def compare_kpis(
             answer_target_s=settings.chat_answer_target,
             claimed_until_s=math.inf,
         )
+        lifecycle = lifecycle_document(
+            facts,
+            at_s=at_s,
+            width_s=width_s,
+            by=tuple(by),
+            bucket_seconds=settings.bucket_seconds,
+            chat_stale_after_s=settings.chat_stale_after,
+        )
+        expected = merge_documents(expected, lifecycle)
         where = f"--window {width} --at {format_time(at_s)} --by {','.join(by)}"
         problems += [f"{where}: {line}" for line in compare(actual, expected)]
         compared += 1

@@ -146,6 +146,7 @@ def key_pattern(key: str, prefix: str) -> str:
     if match is None:
         return f"P:{rest}"
     suffix = re.sub(r"^([bBrR]):\d+$", r"\1:<start>", match.group(1))
+    suffix = re.sub(r"^(l[ow]):.+$", r"\1:<group>", suffix, flags=re.DOTALL)
     return f"P:{{pn}}:{suffix}"
 
 

@@ -249,7 +249,8 @@ def test_a_ticket_deleted_past_retention_leaves_the_counts(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     async def scenario(client: Redis) -> None:
-        desk = Desk(client, redis_server, retention=HOUR)
+        # open tickets are kept no longer than the retention here (their maximum age)
+        desk = Desk(client, redis_server, retention=HOUR, open_ticket_max_age=HOUR)
         await desk.store.check_config()
         await desk.tickets(created("E", at(9)))
         await desk.apply(
@@ -259,12 +260,14 @@ def test_a_ticket_deleted_past_retention_leaves_the_counts(
         assert await desk.check(at(9, 35)) == [("sla.at_risk", "first_response")]
         assert await desk.scrape() == now((1, 1), (0, 0), (1, 0))
         # an hour and a half later another ticket comes: E (and the chat) had no event for
-        # longer than the retention and are deleted by that commit, their share with them
+        # longer than the retention, E is older than its maximum age, and both are deleted
+        # by that commit, their share with them (E leaves the backlog, counted as expired)
         await desk.tickets(created("F", at(10, 30)))
         base = f"{desk.settings.redis_prefix}:{{p0}}:"
         assert set(redis_client.hkeys(base + "conv")) == {b"t:F"}
         assert await desk.scrape() == now((1, 0), (0, 0), (1, 0))
         meta = redis_client.hgetall(base + "meta")
+        assert meta[b"expired"] == b"1"
         for metric in METRICS:
             assert int(meta.get(RUNNING_FIELDS[metric].encode(), 0)) >= 0
             assert int(meta.get(AT_RISK_FIELDS[metric].encode(), 0)) >= 0

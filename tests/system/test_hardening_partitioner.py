@@ -410,7 +410,7 @@ def check_instance_counts(state: dict[str, Any]) -> None:
     a state) added up: no move counted twice or lost across batches, retries and claims."""
     parts = {name.partition("}:")[0] for name in state if name.startswith("{p")}
     for part in parts:
-        shares = [v[10] for v in state.get(f"{part}}}:conv", ("hash", {}))[1].values()]
+        shares = [v[-1] for v in state.get(f"{part}}}:conv", ("hash", {}))[1].values()]
         meta = state[f"{part}}}:meta"][1]
         for metric, place in PLACES.items():
             digits = [share // place % 10 for share in shares]
