@@ -1048,9 +1048,9 @@ def _backlog(bl: dict[str, Any] | None, add: Any) -> None:
     add(
         "| read | window end | groups (with open tickets) | backlog: new / open / pending / "
         "hold = total | of which created here + open from the day | oldest open | Redis "
-        "commands | p50 | p99 | max |"
+        "commands | p50 | p99 | max | of which the live state (`read_live`), p50 / p99 |"
     )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key, label in (
         ("now_by", "by channel, queue, priority, at the bucket after the newest event"),
         ("now_all", "no grouping, the same instant"),
@@ -1059,7 +1059,7 @@ def _backlog(bl: dict[str, Any] | None, add: Any) -> None:
         v = rd.get(key)
         if not v:
             continue
-        b, lat = v["backlog"], v["latency"]
+        b, lat, live = v["backlog"], v["latency"], v.get("live_latency") or {}
         age = v.get("oldest_age_s")
         add(
             f"| {label} ({lat['n']} reads) | {_iso(v['end_s'] * 1000)} | {v['groups']} "
@@ -1067,9 +1067,16 @@ def _backlog(bl: dict[str, Any] | None, add: Any) -> None:
             f"{b['hold']:,} = **{b['total']:,}** (as counted) | {v['own_open']:,} + "
             f"{v['day_open']:,} | {'-' if age is None else f'{age / 86400:.2f} d'} | "
             f"{v['commands']:,.0f} | {_ms(lat['p50'])} | **{_ms(lat['p99'])}** | "
-            f"{_ms(lat['max'])} |"
+            f"{_ms(lat['max'])} | {_ms(live.get('p50'))} / {_ms(live.get('p99'))} |"
         )
     add("")
+    add(
+        "The live state alone (`streams.query.read_live`: the levels, the buckets after the "
+        "instant, the first entries of the groups' open indexes and, for a past instant, "
+        "the states of the conversations that left them since) was timed "
+        f"{(now.get('live_latency') or {}).get('n', 0)} times at each instant; the rest of a "
+        "read is the window's sums and the document built from them.\n"
+    )
 
 
 def _soak(so: dict[str, Any] | None, add: Any) -> None:
@@ -1258,5 +1265,10 @@ def _profiles(s: dict[str, Any], add: Any) -> None:
         "`query_kpis(width_s=86400, by=channel,queue,priority)` over the backlog "
         "(pyinstrument, 5 calls)",
         _get(bl, "reads", "profile_read"),
+        add,
+    )
+    _text(
+        "the same a day before the newest event (pyinstrument, 3 calls)",
+        _get(bl, "reads", "profile_past"),
         add,
     )

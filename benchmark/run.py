@@ -94,7 +94,7 @@ from deskpulse.streams.core import SEP, Conversation, CoreConfig, live_key
 from deskpulse.streams.devtools import policies
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.devtools.simulate import SimConfig, generate
-from deskpulse.streams.query import format_time, query_kpis
+from deskpulse.streams.query import format_time, query_kpis, read_live
 from deskpulse.streams.store import Store, text
 from deskpulse.streams.tools import produce_records
 from deskpulse.streams.topics import ensure_topics
@@ -123,6 +123,8 @@ _WEEK_MS = 7 * _DAY_MS
 _FOLD_WINDOW = 200_000
 #: stored states read back to weigh one
 _STATE_SAMPLE = 10_000
+#: timed reads of the live state alone, per instant (a read of the past takes seconds)
+_LIVE_READS = 10
 #: the key families that hold one entry per ticket (the others grow with groups and time)
 _PER_TICKET_FAMILIES = ("conv", "convexp", "due", "held", "lo")
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
@@ -1729,6 +1731,7 @@ class Bench:
             "newest_ms": newest_ms,
         }
         checked: dict[int, tuple[Any, int, int]] = {}
+        live_timed: dict[int, dict[str, float]] = {}
         for label, read_at, by in kinds:
             # checked first: also the read that makes the pool's connections, not timed
             doc = await query_kpis(store, width_s=86400, at_s=read_at, by=by)
@@ -1757,11 +1760,22 @@ class Bench:
                 timings.append(time.perf_counter() - t0)
             # (the INFO that read the count before is counted in the one after)
             per_read = (await self._commands() - commands - 1) / cfg.backlog_reads
+            if end_s not in live_timed:
+                # the live state at the window's end alone (the backlog and the waiting
+                # chats), a part of each read above: what the rest of the document costs
+                # is the difference
+                live = []
+                for _ in range(min(cfg.backlog_reads, _LIVE_READS)):
+                    t0 = time.perf_counter()
+                    await read_live(store, end_s=end_s)
+                    live.append(time.perf_counter() - t0)
+                live_timed[end_s] = spread(live)
             ages = [g["backlog"]["oldest_age_seconds"] for g in doc["groups"]]
             out[label] = {
                 "end_s": end_s,
                 "by": list(by),
                 "latency": spread(timings),
+                "live_latency": live_timed[end_s],
                 "commands": per_read,
                 "groups": len(doc["groups"]),
                 "groups_open": sum(1 for g in doc["groups"] if g["backlog"]["total"]),
@@ -1782,6 +1796,11 @@ class Bench:
         if cfg.wants_profile(missed):
             out["profile_read"] = await profiles.pyinstrument_text(
                 lambda: query_kpis(store, width_s=86400, at_s=at_s, by=by_all), repeat=5
+            )
+            # the read of the past beside it: no budget of its own, but where its time goes
+            # is the same question
+            out["profile_past"] = await profiles.pyinstrument_text(
+                lambda: query_kpis(store, width_s=86400, at_s=at_s - 86400, by=by_all), repeat=3
             )
         await store.clear()
         await self._lazyfree_done()
