@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report"]
+__all__ = ["backlog_rows", "render", "write_report"]
 
 _ANALYSIS = re.compile(r"<!-- analysis -->.*?<!-- /analysis -->", re.S)
 BUSY_LOAD = 2.5
@@ -83,6 +83,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _kpis(s.get("kpis"), add)
     _reads(s.get("reads"), add)
     _sla(s.get("sla"), add)
+    _backlog(s.get("backlog"), add)
     _soak(s.get("soak"), add)
     _profiles(s, add)
     add("## How to run\n")
@@ -103,14 +104,22 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "`BENCH_SLA_TICKETS` [50000: open tickets in the breach-check state], "
         "`BENCH_SLA_PASSES` [20: timed passes with nothing due], `BENCH_SLA_DUE` [1000: "
         "tickets the claiming pass finds due], `BENCH_SLA_STATE_TICKETS` [10000: worked "
-        "tickets the state size is measured on], "
-        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,soak; or name sections as "
+        "tickets the state size is measured on], `BENCH_BACKLOG_TICKETS` [1000000: open "
+        "tickets just created, for the memory], `BENCH_BACKLOG_WORKED` [100000: open tickets "
+        "with replies and status changes, for the same], `BENCH_BACKLOG_READ_TICKETS` "
+        "[200000: open tickets under the timed reads], `BENCH_BACKLOG_DAY_RATE` [5: events/s "
+        "of the simulated day beside them; 0 for none], `BENCH_BACKLOG_READS` [30: timed "
+        "reads of each kind], "
+        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak; or name "
+        "sections as "
         "arguments: `python -m benchmark.run reads`], "
         "`BENCH_PROFILE` [auto: profile only what misses its budget; always; never], "
         "`BENCH_WORKDIR` [a new temporary directory: logs, raw profiles, results.json], "
         "`BENCH_OUTPUT` [BENCHMARKS.md]. A quick check of the harness: "
         "`BENCH_RECORDS=60000 BENCH_TRIALS=1 BENCH_FRESHNESS_SECONDS=10 BENCH_FRESHNESS_TRIALS=1 "
         "BENCH_DAY_RATE=1 BENCH_SOAK_SECONDS=90 BENCH_SOAK_SAMPLE_SECONDS=10 "
+        "BENCH_BACKLOG_TICKETS=50000 BENCH_BACKLOG_WORKED=10000 BENCH_BACKLOG_READ_TICKETS=20000 "
+        "BENCH_BACKLOG_DAY_RATE=1 "
         "BENCH_OUTPUT=/tmp/b.md python -m benchmark.run`. "
         "py-spy and pyinstrument are needed for the profiles only: the `bench` extra, which "
         "`make bench` installs (`pip install -e '.[bench]'`).\n"
@@ -284,6 +293,9 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
         rows.append(["sla", "error: " + sl["error"][:200], "", _mark(False)])
     elif sl:
         rows += _sla_rows(sl)
+    bl = s.get("backlog") or {}
+    if bl:
+        rows += backlog_rows(bl)
     so = s.get("soak") or {}
     if "error" in so:
         rows.append(["soak", "error: " + so["error"][:200], "", _mark(False)])
@@ -852,13 +864,228 @@ def _sla(sl: dict[str, Any] | None, add: Any) -> None:
     add("```\n")
 
 
+def _mib(value: float) -> str:
+    return f"{value / 2**20:,.1f} MiB"
+
+
+#: the rows of the memory table, in order: key family, label (one entry per ticket first)
+_BACKLOG_FAMILIES = (
+    ("conv", "`conv` (the states)"),
+    ("convexp", "`convexp` (kept until: the creation + 30 d - the retention)"),
+    ("due", "`due` (next breach check, the SLA policies)"),
+    ("held", "`held` (events waiting for their opener)"),
+    ("lo", "`lo:<group>` (the groups' open tickets)"),
+    ("lvl", "`lvl` (the levels, a field per group and status)"),
+    ("buckets", "KPI buckets (`b:`, `r:`, `B:`, `R:`), the retention's"),
+    ("bidx", "`bidx` (the buckets' index)"),
+    ("tot", "totals (`tot`)"),
+)
+_BACKLOG_PER_TICKET = ("conv", "convexp", "due", "held", "lo")
+
+
+def backlog_rows(bl: dict[str, Any]) -> list[list[str]]:
+    """The backlog section's lines of the results table: the read budget (a document by
+    channel, queue and priority over at least 200,000 open tickets, p99 under 200 ms, its
+    backlog as counted from the events) and, not a budget, the memory of open tickets."""
+    if "error" in bl:
+        return [["backlog", "error: " + bl["error"][:300], "", _mark(False)]]
+    rows: list[list[str]] = []
+    rd = bl.get("reads") or {}
+    now = rd.get("now_by")
+    if now:
+        lat, open_ = now["latency"], now["backlog"]
+        enough = now["own_open"] >= 200_000
+        rows.append(
+            [
+                "`query_kpis(width_s=86400, by=channel,queue,priority)` over "
+                f"{now['own_open']:,} open tickets created over a week and a simulated day "
+                f"({open_['total']:,} open, {now['groups_open']} groups with open tickets, as "
+                "counted from the events)",
+                f"p50 {_ms(lat['p50'])}, p99 {_ms(lat['p99'])} ({lat['n']} reads)",
+                "< 200 ms (≥ 200,000 open tickets)",
+                _mark(enough and now["checked"] and lat["p99"] < 0.2),
+            ]
+        )
+    cr = bl.get("created")
+    if cr:
+        million = "measured" if cr["million_measured"] else "extrapolated"
+        rows.append(
+            [
+                f"Redis memory per open ticket just created ({cr['tickets']:,} over a week, "
+                f"{cr['groups']} groups)",
+                f"{cr['used_memory_per_ticket']:,.0f} B (`used_memory` growth; "
+                f"{cr['per_ticket_bytes']:,.0f} B in the keys that hold one entry per ticket); "
+                f"1,000,000 open tickets: {_mib(cr['million_bytes'])} ({million})",
+                "(not a budget)",
+                "—",
+            ]
+        )
+    return rows
+
+
+def _backlog(bl: dict[str, Any] | None, add: Any) -> None:
+    if not bl or "error" in bl:
+        return
+    cr, wk, rd = bl.get("created") or {}, bl.get("worked") or {}, bl.get("reads") or {}
+    add("## 7. Backlog: open tickets in Redis, and reading them\n")
+    if cr:
+        runs = [r for r in (cr, wk) if r]
+        add(
+            "An open ticket keeps its state until `DESKPULSE_OPEN_TICKET_MAX_AGE` (30 days) "
+            "after its creation, not the retention, and an entry in its group's index of "
+            "open tickets. Open tickets with ids in the simulator's format (numbers "
+            f"zero-padded to 10 digits: `{cr['example_id'][2:]}`), spread evenly over "
+            f"{cr['groups']} groups (5 channels x 6 queues x 4 priorities), were decoded by "
+            "the worker's decoder, put on their partitions as the worker puts them and folded "
+            "into a Redis prefix of their own as the engine folds a batch (`Store.load`, "
+            "`fold_batch`, `Store.commit`, batches of up to the default size, each spanning "
+            "less than half the retention), under the demo policies: "
+            + "; ".join(
+                f"{r['tickets']:,} "
+                + (
+                    "with 5 public replies and 3 status changes each (open, pending, open: "
+                    f"{r['events']:,} events), created over {r['span_days']:.0f} days and "
+                    "worked over about a day"
+                    if r is wk
+                    else f"just created, over the {r['span_days']:.0f} days up to "
+                    f"{_iso(r['end_ms'])}"
+                )
+                + f" ({r['build']['commits']:,} commits, {r['build']['seconds']:.1f} s with "
+                "the generation and decoding)"
+                for r in runs
+            )
+            + ". Then empty commits until the buckets past the retention were deleted (a "
+            "commit deletes at most 500; a live worker commits many times a minute, a week "
+            "folded in a few hundred commits leaves days of them): "
+            + ", ".join(f"{r['build']['trim_commits']}" for r in runs)
+            + ". Redis memory is the growth of `used_memory`, and `MEMORY USAGE … SAMPLES 0` "
+            "(every element counted) of each key of the prefix, with the encoding Redis "
+            "chose for the states and for the open indexes; the families above the bold row "
+            "hold one entry per ticket, the others grow with the groups and the retention, "
+            "not with the tickets (their bytes per ticket in brackets). Every ticket was "
+            "checked to be in its group's open index.\n"
+        )
+        head = "| | " + " | ".join(
+            f"{label}: entries | bytes | per ticket"
+            for label, r in (("just created", cr), ("worked", wk))
+            if r
+        )
+        add(head + " |")
+        add("| --- " * (1 + 3 * len(runs)) + "|")
+        for name, label in _BACKLOG_FAMILIES:
+            cells = []
+            for r in runs:
+                v = r["keys"].get(name) or {"keys": 0, "bytes": 0}
+                per = v["bytes"] / r["tickets"]
+                per_text = f"{per:,.0f}" if name in _BACKLOG_PER_TICKET else f"({per:,.0f})"
+                count = f"{r['entries'].get(name, v['keys']):,}"
+                if name in r["encodings"]:
+                    count += f" ({r['encodings'][name]})"
+                cells += [count, f"{v['bytes']:,}", per_text]
+            add(f"| {label} | " + " | ".join(cells) + " |")
+            if name == "lo":
+                add(
+                    "| **one entry per ticket, together** | "
+                    + " | ".join(
+                        f" | {r['per_ticket_bytes'] * r['tickets']:,.0f} | "
+                        f"**{r['per_ticket_bytes']:,.0f}**"
+                        for r in runs
+                    )
+                    + " |"
+                )
+        add(
+            "| Redis `used_memory`, growth | "
+            + " | ".join(
+                f" | {r['used_memory']:,} | **{r['used_memory_per_ticket']:,.0f}**" for r in runs
+            )
+            + " |"
+        )
+        add(
+            "| stored state, `Conversation.dumps()` (sample) | "
+            + " | ".join(
+                f"{r['state_sampled']:,} | {r['state_bytes_min']:,} to {r['state_bytes_max']:,} | "
+                f"**{r['state_bytes_mean']:,.0f}**"
+                for r in runs
+            )
+            + " |"
+        )
+        add(
+            "| **1,000,000 open tickets** (the entries per ticket x 1,000,000, the rest as "
+            "measured) | "
+            + " | ".join(
+                f" | {r['million_bytes']:,.0f} | **{_mib(r['million_bytes'])}**"
+                + (" (measured)" if r["million_measured"] else " (extrapolated)")
+                for r in runs
+            )
+            + " |"
+        )
+        add("")
+        for r, what in ((cr, "just created"), (wk, "worked")):
+            if r:
+                add(f"A ticket {what}, as stored ({len(r['example'])} bytes):\n")
+                add("```json")
+                add(r["example"])
+                add("```\n")
+    now = rd.get("now_by")
+    if not now:
+        return
+    build = rd["build"]
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in (rd.get("day_kinds") or {}).items())
+    add(
+        f"Reads: {rd['tickets']:,} open tickets created over the week up to "
+        f"{_iso(rd['newest_ms'])} (the same groups), and a simulated day up to the same "
+        f"instant at {rd['day_rate']:g} events/s ({rd['day_events']:,} events: {kinds}), "
+        f"{rd['events']:,} events folded in time order the same way ({build['commits']:,} "
+        f"commits, {build['seconds']:.1f} s). `query_kpis(width_s=86400)` as a board or "
+        "`deskpulse kpis --window 24h` reads it: the document of the window's sums and, at "
+        "its end, the backlog by status and the oldest open ticket per group, from the "
+        "levels and the groups' open indexes. The first document of each kind was checked "
+        "before any was timed, group by group, against the backlog counted from the events "
+        "(status by status, the total and the oldest age; a mismatch fails the section), and "
+        "its total is the section's open tickets created before the window's end plus the "
+        "simulated day's tickets open then. Redis counted the commands of the timed reads.\n"
+    )
+    add(
+        "| read | window end | groups (with open tickets) | backlog: new / open / pending / "
+        "hold = total | of which created here + open from the day | oldest open | Redis "
+        "commands | p50 | p99 | max | of which the live state (`read_live`), p50 / p99 |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, label in (
+        ("now_by", "by channel, queue, priority, at the bucket after the newest event"),
+        ("now_all", "no grouping, the same instant"),
+        ("past_by", "by channel, queue, priority, a day before"),
+    ):
+        v = rd.get(key)
+        if not v:
+            continue
+        b, lat, live = v["backlog"], v["latency"], v.get("live_latency") or {}
+        age = v.get("oldest_age_s")
+        add(
+            f"| {label} ({lat['n']} reads) | {_iso(v['end_s'] * 1000)} | {v['groups']} "
+            f"({v['groups_open']}) | {b['new']:,} / {b['open']:,} / {b['pending']:,} / "
+            f"{b['hold']:,} = **{b['total']:,}** (as counted) | {v['own_open']:,} + "
+            f"{v['day_open']:,} | {'-' if age is None else f'{age / 86400:.2f} d'} | "
+            f"{v['commands']:,.0f} | {_ms(lat['p50'])} | **{_ms(lat['p99'])}** | "
+            f"{_ms(lat['max'])} | {_ms(live.get('p50'))} / {_ms(live.get('p99'))} |"
+        )
+    add("")
+    add(
+        "The live state alone (`streams.query.read_live`: the levels, the buckets after the "
+        "instant, the first entries of the groups' open indexes and, for a past instant, "
+        "the states of the conversations that left them since) was timed "
+        f"{(now.get('live_latency') or {}).get('n', 0)} times at each instant; the rest of a "
+        "read is the window's sums and the document built from them.\n"
+    )
+
+
 def _soak(so: dict[str, Any] | None, add: Any) -> None:
     if not so or "error" in so:
         return
     sm, tr = so.get("summary") or {}, so["traffic"]
     samples = so["samples"]
     every = samples[1]["t"] - samples[0]["t"] if len(samples) > 1 else 0
-    add("## 7. Memory soak\n")
+    add("## 8. Memory soak\n")
     add(
         f"A fresh worker with **`DESKPULSE_RETENTION={so['retention_s'] // 60}m`** (windows "
         f"{', '.join(str(w) + 's' for w in so['windows'])}) so that expiry runs within the soak, "
@@ -976,11 +1203,12 @@ def _text(title: str, text: str | None, add: Any) -> None:
 
 
 def _profiles(s: dict[str, Any], add: Any) -> None:
-    tp, fr, sc, kp, sl = (
-        s.get(k) or {} for k in ("throughput", "freshness", "scrape", "kpis", "sla")
+    tp, fr, sc, kp, sl, bl = (
+        s.get(k) or {} for k in ("throughput", "freshness", "scrape", "kpis", "sla", "backlog")
     )
     any_profile = (
         bool(_get(sl, "profile_idle"))
+        or bool(_get(bl, "reads", "profile_read"))
         or any(_get(tp, k) for k in ("profile_live", "profile_replay"))
         or any(_get(fr, "profile") for _ in [0])
         or any(_get(sc, k) for k in ("profile_worker", "profile_collect"))
@@ -1031,5 +1259,16 @@ def _profiles(s: dict[str, Any], add: Any) -> None:
     _text(
         f"breach-check pass with nothing due (pyinstrument, {_get(sl, 'idle', 'n') or ''} passes)",
         _get(sl, "profile_idle"),
+        add,
+    )
+    _text(
+        "`query_kpis(width_s=86400, by=channel,queue,priority)` over the backlog "
+        "(pyinstrument, 5 calls)",
+        _get(bl, "reads", "profile_read"),
+        add,
+    )
+    _text(
+        "the same a day before the newest event (pyinstrument, 3 calls)",
+        _get(bl, "reads", "profile_past"),
         add,
     )

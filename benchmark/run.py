@@ -19,7 +19,11 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
    and one claiming what ~1,000 tickets have due (their first-response warnings), then once
    more at the same clock (nothing left); the stored state of a ticket with 5 public
    replies and 4 status changes, in bytes and in Redis memory;
-7. soak: a worker under a steady rate, RSS and Redis memory sampled (and the mean size of a
+7. backlog: a million open tickets (created over a week, spread over 120 groups) folded
+   into Redis through the store: Redis memory per open ticket by key family, and the same
+   for open tickets with replies and status changes; then ``query_kpis`` over 200,000 open
+   tickets and a simulated day, its backlog checked against a count made from the events;
+8. soak: a worker under a steady rate, RSS and Redis memory sampled (and the mean size of a
    ticket's state);
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
@@ -31,8 +35,10 @@ BENCH_SOAK_RATE (1000), BENCH_SOAK_SAMPLE_SECONDS (30), BENCH_SOAK_RETENTION (10
 BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_READS_RATE
 (2000), BENCH_READS_SECONDS (15, per phase), BENCH_READS_LEVELS (20,100,200),
 BENCH_SLA_TICKETS (50000), BENCH_SLA_PASSES (20), BENCH_SLA_DUE (1000),
-BENCH_SLA_STATE_TICKETS (10000),
-BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,soak; section names given as
+BENCH_SLA_STATE_TICKETS (10000), BENCH_BACKLOG_TICKETS (1000000), BENCH_BACKLOG_WORKED
+(100000), BENCH_BACKLOG_READ_TICKETS (200000), BENCH_BACKLOG_DAY_RATE (5),
+BENCH_BACKLOG_READS (30),
+BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,backlog,soak; section names given as
 arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
@@ -64,7 +70,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
-from benchmark import profiles, sla_state
+from benchmark import backlog_state, profiles, sla_state
 from benchmark.machine import CpuWatch, child_pids, facts, rss_kib, tree_cpu_s
 from benchmark.report import write_report
 from benchmark.stack import (
@@ -80,13 +86,15 @@ from benchmark.stack import (
 )
 from benchmark.traffic import marker_id
 from deskpulse.exporters.kafka import kafka_client_options
+from deskpulse.models.events import parse_time
 from deskpulse.models.settings import Settings, parse_duration
+from deskpulse.models.wire import decode_record
 from deskpulse.streams.breaches import check_partitions
-from deskpulse.streams.core import Conversation, CoreConfig
+from deskpulse.streams.core import SEP, Conversation, CoreConfig, live_key
 from deskpulse.streams.devtools import policies
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
 from deskpulse.streams.devtools.simulate import SimConfig, generate
-from deskpulse.streams.query import query_kpis
+from deskpulse.streams.query import format_time, query_kpis, read_live
 from deskpulse.streams.store import Store, text
 from deskpulse.streams.tools import produce_records
 from deskpulse.streams.topics import ensure_topics
@@ -106,9 +114,22 @@ BUDGET_BREACH_CHECK_S = 0.100
 BUDGET_BREACH_CHECK_INSTANCES = 100_000
 #: the mean stored state of a ticket in the soak, at most (bytes)
 BUDGET_TICKET_STATE_BYTES = 600
+#: a KPI document by channel, queue and priority over this many open tickets, in less
+#: than BUDGET_KPIS_S (p99)
+BUDGET_BACKLOG_TICKETS = 200_000
+_DAY_MS = 86_400_000
+_WEEK_MS = 7 * _DAY_MS
+#: events decoded and routed at a time when a million are folded (see sla_state.apply_decoded)
+_FOLD_WINDOW = 200_000
+#: stored states read back to weigh one
+_STATE_SAMPLE = 10_000
+#: timed reads of the live state alone, per instant (a read of the past takes seconds)
+_LIVE_READS = 10
+#: the key families that hold one entry per ticket (the others grow with groups and time)
+_PER_TICKET_FAMILIES = ("conv", "convexp", "due", "held", "lo")
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
 
-SECTIONS = ("throughput", "freshness", "scrape", "kpis", "reads", "sla", "soak")
+SECTIONS = ("throughput", "freshness", "scrape", "kpis", "reads", "sla", "backlog", "soak")
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
 
@@ -172,6 +193,22 @@ class Config:
     sla_state_tickets: int = field(
         default_factory=lambda: max(1, _env_int("BENCH_SLA_STATE_TICKETS", 10_000))
     )
+    #: open tickets just created, for the memory per open ticket (a million is measured,
+    #: not extrapolated, when the knob says so)
+    backlog_tickets: int = field(
+        default_factory=lambda: max(1, _env_int("BENCH_BACKLOG_TICKETS", 1_000_000))
+    )
+    #: open tickets with 5 public replies and 3 status changes, for the same
+    backlog_worked: int = field(
+        default_factory=lambda: max(1, _env_int("BENCH_BACKLOG_WORKED", 100_000))
+    )
+    #: open tickets under the timed reads, with a simulated day of BENCH_BACKLOG_DAY_RATE
+    #: events/s on top (0: none)
+    backlog_read_tickets: int = field(
+        default_factory=lambda: max(1, _env_int("BENCH_BACKLOG_READ_TICKETS", 200_000))
+    )
+    backlog_day_rate: float = field(default_factory=lambda: _env_float("BENCH_BACKLOG_DAY_RATE", 5))
+    backlog_reads: int = field(default_factory=lambda: max(1, _env_int("BENCH_BACKLOG_READS", 30)))
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -1486,6 +1523,289 @@ class Bench:
             "conv_encoding": text(encoding) if encoding is not None else "",
         }
 
+    # -- 7. backlog ----------------------------------------------------------------------
+
+    async def section_backlog(self) -> dict[str, Any]:
+        """What open tickets cost now that they keep their state until
+        ``DESKPULSE_OPEN_TICKET_MAX_AGE`` rather than the retention, and what a read of the
+        backlog costs: Redis memory per open ticket, just created and worked
+        (:meth:`backlog_memory`), and ``query_kpis`` over a week of open tickets and a
+        simulated day (:meth:`backlog_reads`), its backlog checked against a count made
+        from the events."""
+        cfg = self.config
+        out: dict[str, Any] = {}
+        out["created"] = await self.backlog_memory("created", cfg.backlog_tickets, worked=False)
+        out["worked"] = await self.backlog_memory("worked", cfg.backlog_worked, worked=True)
+        out["reads"] = await self.backlog_reads()
+        return out
+
+    async def backlog_memory(self, name: str, count: int, *, worked: bool) -> dict[str, Any]:
+        """``count`` open tickets folded into a prefix of their own through the store as the
+        engine folds them (``fold_batch``, ``Store.commit``, batches of the default size),
+        created over the week up to a Monday 10:00 UTC, spread evenly over the 120 groups of
+        :data:`~benchmark.backlog_state.GROUPS`: creations only, or (``worked``) each with
+        5 public replies and 3 status changes (open, pending, open), created over the first
+        five days so that each is worked by the end. The growth of Redis ``used_memory``,
+        ``MEMORY USAGE`` of each key family, the entries of the families that hold one per
+        ticket, and a sample of the stored states."""
+        assert self.redis is not None
+        settings = self.settings(f"backlog-{name}", "backlog")
+        parts = settings.topic_partitions
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        end_ms = sla_state.MONDAY_10_MS
+        bodies: Any
+        if worked:
+            bodies = sla_state.worked_tickets(
+                count,
+                start_ms=end_ms - _WEEK_MS,
+                span_ms=_WEEK_MS - 2 * _DAY_MS,
+                seed=22,
+                prefix="bw-",
+                solve=False,
+                groups=backlog_state.GROUPS,
+            )
+        else:
+            bodies = sla_state.opened_ticket_stream(
+                count,
+                end_ms=end_ms,
+                span_ms=_WEEK_MS,
+                seed=21,
+                prefix="bl-",
+                groups=backlog_state.GROUPS,
+            )
+        await self._lazyfree_done()
+        memory_before = await self._used_memory()
+        topic = settings.topic_tickets
+        build = await sla_state.apply_decoded(
+            store,
+            ((topic, event, ms) for event, ms in sla_state.decoded(bodies)),
+            partitions=parts,
+            batch=settings.batch_size,
+            window=_FOLD_WINDOW,
+            max_span_ms=_max_span_ms(settings),
+        )
+        del bodies
+        build["trim_commits"] = await backlog_state.trim_caught_up(store, parts)
+        used = await self._used_memory() - memory_before
+        print(
+            f"backlog: {count:,} {name} open tickets ({build['events']:,} events) folded in "
+            f"{build['seconds']:.1f} s, {used / count:,.0f} B of Redis each",
+            file=sys.stderr,
+        )
+        keys = await sla_state.key_memory(store)
+        bases = [store.base(p) for p in range(parts)]
+        indexes = [base + live_key("t", dims) for base in bases for dims in backlog_state.GROUPS]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for base in bases:
+                pipe.hlen(base + "conv")
+                pipe.zcard(base + "convexp")
+                pipe.zcard(base + "due")
+                pipe.hlen(base + "held")
+                pipe.hlen(base + "lvl")
+            for key in indexes:
+                pipe.zcard(key)
+            counted = await pipe.execute()
+        entries = {
+            family: sum(counted[k::5][: len(bases)])
+            for k, family in enumerate(("conv", "convexp", "due", "held", "lvl"))
+        }
+        entries["lo"] = sum(counted[5 * len(bases) :])
+        if entries["lo"] != count or entries["conv"] != count:
+            raise RuntimeError(
+                f"backlog: {count:,} open tickets folded, but {entries['conv']:,} states and "
+                f"{entries['lo']:,} entries in the groups' open indexes"
+            )
+        levels = await store.read_levels(list(range(parts)))
+        in_levels: Counter[str] = Counter()
+        for name, value in levels.items():
+            in_levels[name.rpartition(SEP)[2]] += value
+        sample = await backlog_state.sample_states(store, parts, _STATE_SAMPLE // parts)
+        sizes = [len(raw) for raw in sample.values()]
+        example_id = min(sample)
+        encodings = {
+            family: text(await self.redis.object("encoding", key) or b"")
+            for family, key in (("conv", bases[0] + "conv"), ("lo", indexes[0]))
+        }
+        await store.clear()
+        await self._lazyfree_done()
+        scaling = sum(keys.get(f, {}).get("bytes", 0) for f in _PER_TICKET_FAMILIES)
+        rest = sum(v["bytes"] for f, v in keys.items() if f not in _PER_TICKET_FAMILIES)
+        return {
+            "tickets": count,
+            "events": build["events"],
+            "build": build,
+            "partitions": parts,
+            "groups": len(backlog_state.GROUPS),
+            "span_days": (_WEEK_MS - (2 * _DAY_MS if worked else 0)) / _DAY_MS,
+            "end_ms": end_ms,
+            "used_memory": used,
+            "used_memory_per_ticket": used / count,
+            "keys": keys,
+            "entries": entries,
+            "levels": dict(in_levels),
+            "encodings": encodings,
+            "per_ticket_bytes": scaling / count,
+            "other_bytes": rest,
+            # the families that hold one entry per ticket grow with the tickets, the rest
+            # (levels, buckets, meta) with the groups and the retention: kept as measured
+            "million_bytes": scaling / count * 1_000_000 + rest,
+            "million_measured": count == 1_000_000,
+            "state_sampled": len(sizes),
+            "state_bytes_mean": sum(sizes) / len(sizes),
+            "state_bytes_min": min(sizes),
+            "state_bytes_max": max(sizes),
+            "example_id": example_id,
+            "example": sample[example_id].decode(),
+            "id_chars": len(example_id) - 2,
+        }
+
+    async def backlog_reads(self) -> dict[str, Any]:
+        """``query_kpis(width_s=86400, by=channel,queue,priority)`` as a board reads it, over
+        ``backlog_read_tickets`` open tickets created over a week (the groups of
+        :data:`~benchmark.backlog_state.GROUPS`) and a simulated day of ordinary traffic
+        (tickets worked and solved, chats, surveys) up to the same Monday 10:00 UTC, all
+        folded in time order through the store: at the bucket after the newest event, the
+        same without grouping, and at the instant a day before, each timed
+        ``backlog_reads`` times. The first document of each is checked first, group by
+        group, against the backlog counted from the events (:mod:`benchmark.backlog_state`):
+        a read that counts wrong is not timed, the section fails."""
+        cfg = self.config
+        assert self.redis is not None
+        settings = self.settings("backlog-reads", "backlog")
+        parts = settings.topic_partitions
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        end_ms = sla_state.MONDAY_10_MS
+        started = time.perf_counter()
+        topic = settings.topic_tickets
+        own = [
+            (topic, event, ms)
+            for event, ms in sla_state.decoded(
+                sla_state.opened_ticket_stream(
+                    cfg.backlog_read_tickets,
+                    end_ms=end_ms,
+                    span_ms=_WEEK_MS,
+                    seed=23,
+                    prefix="br-",
+                    groups=backlog_state.GROUPS,
+                )
+            )
+        ]
+        day: list[tuple[str, Any, int]] = []
+        if cfg.backlog_day_rate > 0:
+            sim = SimConfig(
+                seed=24, start_s=end_ms / 1000 - 86400, duration_s=86400, rate=cfg.backlog_day_rate
+            )
+            for record in generate(sim):
+                event, ms = decode_record(record.value)
+                day.append((settings.topic_for(record.topic_kind), event, ms))
+        items = sorted(own + day, key=lambda item: item[2])
+        prepared_s = time.perf_counter() - started
+        build = await sla_state.apply_decoded(
+            store,
+            items,
+            partitions=parts,
+            batch=settings.batch_size,
+            max_span_ms=_max_span_ms(settings),
+        )
+        build["trim_commits"] = await backlog_state.trim_caught_up(store, parts)
+        newest_ms = items[-1][2]
+        print(
+            f"backlog: {len(own):,} open tickets and {len(day):,} simulated events folded in "
+            f"{build['seconds']:.1f} s",
+            file=sys.stderr,
+        )
+        by_all = ("channel", "queue", "priority")
+        at_s = newest_ms // 1000 + 1  # the window ends at the bucket after the newest event
+        kinds = (("now_by", at_s, by_all), ("now_all", at_s, ()), ("past_by", at_s - 86400, by_all))
+        out: dict[str, Any] = {
+            "tickets": cfg.backlog_read_tickets,
+            "day_rate": cfg.backlog_day_rate,
+            "day_events": len(day),
+            "day_kinds": dict(Counter(event.type for _, event, _ in day).most_common()),
+            "events": len(items),
+            "prepare_s": prepared_s,
+            "build": build,
+            "partitions": parts,
+            "newest_ms": newest_ms,
+        }
+        checked: dict[int, tuple[Any, int, int]] = {}
+        live_timed: dict[int, dict[str, float]] = {}
+        for label, read_at, by in kinds:
+            # checked first: also the read that makes the pool's connections, not timed
+            doc = await query_kpis(store, width_s=86400, at_s=read_at, by=by)
+            end_s = int(parse_time(doc["window"]["end"]).timestamp())
+            if end_s not in checked:
+                end = end_s * 1000
+                want = backlog_state.expected_backlog(((e, ms) for _, e, ms in items), end)
+                mine = sum(1 for *_, ms in own if ms < end)
+                theirs = backlog_state.expected_backlog(((e, ms) for _, e, ms in day), end)
+                checked[end_s] = (want, mine, backlog_state.counts_of(theirs)["total"])
+            want, mine, theirs = checked[end_s]
+            problems = backlog_state.backlog_mismatches(doc, want)
+            found = _backlog_counts(doc)
+            if problems or found["total"] != mine + theirs:
+                raise RuntimeError(
+                    f"backlog: the document at {format_time(end_s)} ({label}) counts "
+                    f"{found['total']:,} open tickets; {mine:,} were created by the section "
+                    f"and {theirs:,} of the simulated day are open then: "
+                    + ("; ".join(problems) or "the totals differ")
+                )
+            commands = await self._commands()
+            timings = []
+            for _ in range(cfg.backlog_reads):
+                t0 = time.perf_counter()
+                await query_kpis(store, width_s=86400, at_s=read_at, by=by)
+                timings.append(time.perf_counter() - t0)
+            # (the INFO that read the count before is counted in the one after)
+            per_read = (await self._commands() - commands - 1) / cfg.backlog_reads
+            if end_s not in live_timed:
+                # the live state at the window's end alone (the backlog and the waiting
+                # chats), a part of each read above: what the rest of the document costs
+                # is the difference
+                live = []
+                for _ in range(min(cfg.backlog_reads, _LIVE_READS)):
+                    t0 = time.perf_counter()
+                    await read_live(store, end_s=end_s)
+                    live.append(time.perf_counter() - t0)
+                live_timed[end_s] = spread(live)
+            ages = [g["backlog"]["oldest_age_seconds"] for g in doc["groups"]]
+            out[label] = {
+                "end_s": end_s,
+                "by": list(by),
+                "latency": spread(timings),
+                "live_latency": live_timed[end_s],
+                "commands": per_read,
+                "groups": len(doc["groups"]),
+                "groups_open": sum(1 for g in doc["groups"] if g["backlog"]["total"]),
+                "backlog": found,
+                "own_open": mine,
+                "day_open": theirs,
+                "oldest_age_s": max((a for a in ages if a is not None), default=None),
+                "youngest_oldest_age_s": min((a for a in ages if a is not None), default=None),
+                "checked": True,
+            }
+            latency = out[label]["latency"]
+            print(
+                f"backlog: {label} p50 {latency['p50'] * 1000:.1f} ms, p99 "
+                f"{latency['p99'] * 1000:.1f} ms; {found['total']:,} open, as counted",
+                file=sys.stderr,
+            )
+        missed = out["now_by"]["latency"]["p99"] >= BUDGET_KPIS_S
+        if cfg.wants_profile(missed):
+            out["profile_read"] = await profiles.pyinstrument_text(
+                lambda: query_kpis(store, width_s=86400, at_s=at_s, by=by_all), repeat=5
+            )
+            # the read of the past beside it: no budget of its own, but where its time goes
+            # is the same question
+            out["profile_past"] = await profiles.pyinstrument_text(
+                lambda: query_kpis(store, width_s=86400, at_s=at_s - 86400, by=by_all), repeat=3
+            )
+        await store.clear()
+        await self._lazyfree_done()
+        return out
+
     async def _lazyfree_done(self) -> None:
         """Wait until Redis has freed what was deleted in the background (UNLINK)."""
         assert self.redis is not None
@@ -1500,7 +1820,7 @@ class Bench:
         assert self.redis is not None
         return int((await self.redis.info("stats"))["total_commands_processed"])
 
-    # -- 7. soak -------------------------------------------------------------------------
+    # -- 8. soak -------------------------------------------------------------------------
 
     async def section_soak(self) -> dict[str, Any]:
         with self.own_broker("soak"):  # it starts empty, and holds only the soak's records
@@ -1798,6 +2118,21 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         and out["redis_mib"]["steady_growth"] <= SOAK_FLAT_GROWTH
     )
     return out
+
+
+def _max_span_ms(settings: Settings) -> int:
+    """The event time a batch of the backlog section may span: less than the retention,
+    so that no event of a batch is late for the batch's newest (only quick runs, with a
+    few thousand tickets over the week, have batches this long)."""
+    return settings.retention // 2 * 1000
+
+
+def _backlog_counts(document: dict[str, Any]) -> dict[str, int]:
+    """A KPI document's backlog over all its groups, by status and in total."""
+    return {
+        name: sum(group["backlog"][name] for group in document["groups"])
+        for name in (*backlog_state.OPEN_STATUSES, "total")
+    }
 
 
 def _engine_spy(worker_pid: int, spy: Path) -> profiles.PySpy | None:

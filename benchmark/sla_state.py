@@ -1,4 +1,5 @@
-"""The state the SLA section measures: tickets folded into Redis as the engine folds a batch.
+"""The state the SLA and backlog sections measure: tickets folded into Redis as the engine
+folds a batch.
 
 No broker and no worker: the events are built here, decoded by the worker's decoder
 (``models.wire.decode_record``), put on the partition the worker would put them on
@@ -19,12 +20,12 @@ import itertools
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
-from deskpulse.models.wire import decode_record
+from deskpulse.models.wire import WireEvent, decode_record
 from deskpulse.streams.breaches import add_retractions
 from deskpulse.streams.core import Conversation, Pending, fold_batch
 from deskpulse.streams.devtools.simulate import SimConfig
@@ -34,10 +35,14 @@ from deskpulse.streams.store import Store, text
 
 __all__ = [
     "MONDAY_10_MS",
+    "apply_decoded",
     "apply_events",
     "count_running",
+    "decoded",
     "key_memory",
+    "opened_ticket_stream",
     "opened_tickets",
+    "stored_states",
     "worked_tickets",
 ]
 
@@ -89,36 +94,74 @@ def _event(ids: _Ids, kind: str, ms: int, ticket: str, **fields: Any) -> tuple[i
 
 
 def opened_tickets(
-    count: int, *, end_ms: int, span_ms: int, seed: int, prefix: str = "sla-"
+    count: int,
+    *,
+    end_ms: int,
+    span_ms: int,
+    seed: int,
+    prefix: str = "sla-",
+    groups: Sequence[tuple[str, str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """``count`` ``ticket.created`` events spread evenly over ``span_ms`` up to ``end_ms``,
-    nothing after them: every ticket's first response and resolution running."""
+    nothing after them: every ticket's first response and resolution running (see
+    :func:`opened_ticket_stream`)."""
+    return list(
+        opened_ticket_stream(
+            count, end_ms=end_ms, span_ms=span_ms, seed=seed, prefix=prefix, groups=groups
+        )
+    )
+
+
+def opened_ticket_stream(
+    count: int,
+    *,
+    end_ms: int,
+    span_ms: int,
+    seed: int,
+    prefix: str = "sla-",
+    groups: Sequence[tuple[str, str, str]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The events of :func:`opened_tickets` one at a time, in time order (within a second):
+    a million of them need not be held at once. Each ticket's channel, queue and priority
+    are drawn with the simulator's weights, or uniformly from ``groups`` when given."""
     rng = random.Random(seed)
     ids = _Ids(prefix)
-    out = []
     for n in range(count):
         ms = end_ms - span_ms + (span_ms * n) // max(count, 1) + rng.randrange(1000)
         ticket = ids.ticket()
-        out.append(
-            _event(
-                ids,
-                "ticket.created",
-                ms,
-                ticket,
-                requester_id="cust-" + ticket,
-                **_ticket_dims(rng),
-            )[1]
-        )
-    return out
+        yield _event(
+            ids,
+            "ticket.created",
+            ms,
+            ticket,
+            requester_id="cust-" + ticket,
+            **_dims(rng, groups),
+        )[1]
+
+
+def _dims(rng: random.Random, groups: Sequence[tuple[str, str, str]] | None) -> dict[str, str]:
+    if groups is None:
+        return _ticket_dims(rng)
+    channel, queue, priority = rng.choice(groups)
+    return {"channel": channel, "queue": queue, "priority": priority}
 
 
 def worked_tickets(
-    count: int, *, start_ms: int, seed: int, prefix: str = "sla-"
+    count: int,
+    *,
+    start_ms: int,
+    seed: int,
+    prefix: str = "sla-",
+    span_ms: int = _HOUR,
+    solve: bool = True,
+    groups: Sequence[tuple[str, str, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``count`` tickets of 10 events each, created within an hour from ``start_ms``: the
-    creation, 5 public replies (agent, customer, agent, customer, agent) and 4 status
-    changes (open, pending, open, solved) over about a day; gaps drawn around typical
-    values, times with milliseconds."""
+    """``count`` tickets of 10 events each, created within ``span_ms`` (an hour) from
+    ``start_ms``: the creation, 5 public replies (agent, customer, agent, customer, agent)
+    and 4 status changes (open, pending, open, solved) over about a day; gaps drawn around
+    typical values, times with milliseconds. Without ``solve``, the last change is left
+    out: 9 events, and the ticket stays open. Channel, queue and priority as in
+    :func:`opened_ticket_stream`."""
     rng = random.Random(seed)
     ids = _Ids(prefix)
     # (minutes after the creation, what happens)
@@ -134,10 +177,12 @@ def worked_tickets(
         (1325, "ticket.status_changed", {"status": "solved"}),
     )
     events: list[tuple[int, dict[str, Any]]] = []
+    if not solve:
+        plan = plan[:-1]
     for _ in range(count):
-        t0 = start_ms + rng.randrange(_HOUR)
+        t0 = start_ms + rng.randrange(span_ms)
         ticket = ids.ticket()
-        dims = _ticket_dims(rng)
+        dims = _dims(rng, groups)
         agent = f"agent-{dims['queue']}-{rng.randrange(24)}"
         events.append(
             _event(ids, "ticket.created", t0, ticket, requester_id="cust-" + ticket, **dims)
@@ -162,38 +207,99 @@ async def apply_events(
     batch: int = 5000,
 ) -> dict[str, Any]:
     """Decode, route and fold ``bodies`` into ``store`` batch by batch, per partition;
-    what it took (events, commits, seconds)."""
-    decoded = [decode_record(orjson.dumps(body)) for body in bodies]
+    what it took (events, commits, seconds: the folding, the decoding done before)."""
+    items = [(topic, event, ms) for event, ms in decoded(bodies)]
+    return await apply_decoded(store, items, partitions=partitions, batch=batch)
+
+
+def decoded(bodies: Iterable[dict[str, Any]]) -> Iterator[tuple[WireEvent, int]]:
+    """Each body as the worker decodes its record: ``(event, event time ms)``."""
+    for body in bodies:
+        yield decode_record(orjson.dumps(body))
+
+
+async def apply_decoded(
+    store: Store,
+    items: Iterable[tuple[str, WireEvent, int]],
+    *,
+    partitions: int,
+    batch: int = 5000,
+    window: int | None = None,
+    max_span_ms: int | None = None,
+) -> dict[str, Any]:
+    """Route and fold decoded events, ``(topic, event, ms)``, into ``store``: per
+    partition, in the order given, in batches of up to ``batch``, each loaded, folded and
+    committed as the engine does. With ``window``, that many events are taken from
+    ``items`` at a time (a million events need not be held at once); every partition's
+    offsets go on counting across windows, per topic. With ``max_span_ms``, a batch also
+    ends before an event that many ms after its first: a batch's newest event sets the
+    late cut for all of it, and a live worker's batch spans seconds, but a few thousand
+    events spread over a week would fall in one batch here, and its oldest would count as
+    late. What it took."""
     route = ConversationPartitions(partitions)
-    by_partition: dict[int, list[Pending]] = defaultdict(list)
-    parts = route.many([event.conversation_id for event, _ in decoded])
-    for (event, ms), partition in zip(decoded, parts, strict=True):
-        items = by_partition[partition]
-        items.append(Pending(event, topic, len(items), ms))
+    offsets: Counter[tuple[int, str]] = Counter()
+    per_partition: Counter[int] = Counter()
+    commits = events = 0
     started = time.perf_counter()
-    commits = 0
-    for partition, items in sorted(by_partition.items()):
-        for first in range(0, len(items), batch):
-            chunk = items[first : first + batch]
-            while True:
-                meta, states = await store.load(partition, [p.event.conversation_id for p in chunk])
-                result = fold_batch(
-                    chunk,
-                    states,
-                    watermark_ms=meta.watermark_ms,
-                    applied_offsets=meta.offsets,
-                    config=store.config,
-                )
-                add_retractions(result, store.config, store.prefix)
-                if await store.commit(partition, meta.version, result):
-                    commits += 1
-                    break
+    source = iter(items)
+    while True:
+        chunk = list(itertools.islice(source, window)) if window else list(source)
+        if not chunk:
+            break
+        events += len(chunk)
+        by_partition: dict[int, list[Pending]] = defaultdict(list)
+        parts = route.many([event.conversation_id for _, event, _ in chunk])
+        for (topic, event, ms), partition in zip(chunk, parts, strict=True):
+            by_partition[partition].append(Pending(event, topic, offsets[partition, topic], ms))
+            offsets[partition, topic] += 1
+        del chunk
+        for partition, pending in sorted(by_partition.items()):
+            per_partition[partition] += len(pending)
+            for chunk in _batches(pending, batch, max_span_ms):
+                commits += await _fold_commit(store, partition, chunk)
+        if not window:
+            break
     return {
-        "events": len(decoded),
+        "events": events,
         "commits": commits,
         "seconds": time.perf_counter() - started,
-        "per_partition": {p: len(items) for p, items in sorted(by_partition.items())},
+        "per_partition": dict(sorted(per_partition.items())),
     }
+
+
+def _batches(
+    pending: Sequence[Pending], size: int, max_span_ms: int | None
+) -> Iterator[Sequence[Pending]]:
+    """``pending`` cut into batches of up to ``size``, each spanning less than
+    ``max_span_ms`` of event time from its first event (when given)."""
+    first = 0
+    while first < len(pending):
+        end = min(first + size, len(pending))
+        if max_span_ms is not None:
+            limit = pending[first].ms + max_span_ms
+            cut = first + 1
+            while cut < end and pending[cut].ms < limit:
+                cut += 1
+            end = cut
+        yield pending[first:end]
+        first = end
+
+
+async def _fold_commit(store: Store, partition: int, chunk: Sequence[Pending]) -> int:
+    """One batch as the engine applies it, folded again from fresh state until its commit
+    finds the version it was folded against; the commits made (1)."""
+    while True:
+        meta, states = await store.load(partition, [p.event.conversation_id for p in chunk])
+        result = fold_batch(
+            chunk,
+            states,
+            watermark_ms=meta.watermark_ms,
+            applied_offsets=meta.offsets,
+            config=store.config,
+        )
+        add_retractions(result, store.config, store.prefix)
+        if await store.commit(partition, meta.version, result):
+            return 1
 
 
 async def stored_states(store: Store, partitions: int) -> dict[str, bytes]:
@@ -234,12 +340,15 @@ async def count_running(store: Store, partitions: int, clock_ms: int) -> dict[st
 
 
 def _kind(prefix: str, key: str) -> str:
-    """What a key of the store is, from its name (``conv``, ``due``, ``buckets``, ...)."""
+    """What a key of the store is, from its name (``conv``, ``due``, ``buckets``, ``lo``
+    for every group's index of open tickets, ``lw`` for the waiting chats', ...)."""
     rest = key[len(prefix) + 1 :]
     if rest.startswith("{p"):
         name = rest.split("}:", 1)[1]
         if name[:2] in ("b:", "r:", "B:", "R:"):
             return "buckets"
+        if name[:3] in ("lo:", "lw:"):
+            return name[:2]
         return name
     return rest
 
