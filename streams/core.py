@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import islice
+from itertools import islice, pairwise
 from typing import Any, ClassVar, NamedTuple
 
 import msgspec
@@ -789,8 +789,10 @@ def live_entry(
 ) -> tuple[str, int]:
     """Where an opened conversation stands in the live indexes, and its live digit:
     ``("o", digit)`` open or waiting now, ``("x<ms>", 0)`` left at that instant, or
-    ``("", 0)`` never there (a chat whose outcome came with its request); ``life``: a
-    ticket's lifecycle, if worked out already."""
+    ``("", 0)`` never there (a chat whose outcome came with its request). A ticket that
+    was out of the backlog for a while before (solved, then reopened) carries those
+    stretches after a ``;`` (``o;<from>,<to>,...``): a reader checks an instant against
+    them (:data:`INFO`). ``life``: a ticket's lifecycle, if worked out already."""
     opened = state.opened
     if opened is None:
         return "", 0
@@ -799,16 +801,44 @@ def live_entry(
             return "o", LIVE_DIGITS["n"]
         if life is None:
             life = lifecycle(opened[0], state.timeline.items())
+        gaps = _gaps(life.changes)
         code = life.open_now
         if code is not None:
-            return "o", LIVE_DIGITS[code]
+            return ("o;" + gaps if gaps else "o"), LIVE_DIGITS[code]
         left = life.left_ms
-        return ("" if left is None else f"x{left}"), 0
+        if left is None:
+            return "", 0
+        return (f"x{left};{gaps}" if gaps else f"x{left}"), 0
     outcome = _chat_outcome(state.accepted, state.ended)
     if outcome is None:
         return "o", WAITING_DIGIT
     steps = chat_steps(opened[0], outcome[1], config.chat_stale_after_s * 1000)
     return (f"x{steps[-1][0]}" if steps else ""), 0
+
+
+def _gaps(changes: Sequence[tuple[int, str]]) -> str:
+    """The stretches a ticket spent out of the backlog before its last change,
+    ``from,to,...``: out at every instant in ``(from, to]``."""
+    out: list[str] = []
+    for (at_ms, code), (until_ms, _) in pairwise(changes):
+        if code not in LIVE_DIGITS and until_ms > at_ms:
+            out += (str(at_ms), str(until_ms))
+    return ",".join(out)
+
+
+#: The separator of a conversation's live info (``P:{pn}:li``): ``<opened ms>␟<group>`` and
+#: for a ticket its stretches out of the backlog (``␟<from>,<to>,...``): what a reader of a
+#: past instant needs to tell whether it was open or waiting then, without its state.
+INFO = SEP
+
+
+def _info(state: Conversation, live: str) -> str | None:
+    """The live info a conversation keeps in ``P:{pn}:li`` with its place ``live``
+    (``None``: none, an open ticket that never left the backlog or a waiting chat)."""
+    if state.opened is None or state.dims is None or not (live[:1] == "x" or ";" in live):
+        return None
+    gaps = live.partition(";")[2]
+    return INFO.join((str(state.opened[0]), SEP.join(state.dims), gaps))
 
 
 def open_at(state: Conversation, instant_ms: int) -> bool:
@@ -850,19 +880,25 @@ def _index_moves(
     state: Conversation,
     live: str,
     was_dims: Dims | None,
-    ops: list[tuple[str, str, int, str]],
+    ops: list[tuple[str, str, int, str, str]],
 ) -> None:
     """The live index changes that take a conversation from ``state.live`` (under
-    ``was_dims``) to ``live`` (under its dimensions now), appended to ``ops``."""
+    ``was_dims``) to ``live`` (under its dimensions now), appended to ``ops``: ``a`` adds
+    to a sorted set, ``r`` removes from one, ``i`` sets the live info, ``d`` deletes it."""
     was = state.live
-    if was == "o" and was_dims is not None:
-        ops.append(("r", live_key(state.kind, was_dims), 0, conv_id))
+    if was[:1] == "o" and was_dims is not None:
+        ops.append(("r", live_key(state.kind, was_dims), 0, conv_id, ""))
     elif was[:1] == "x" and live[:1] != "x":
-        ops.append(("r", "lx", 0, conv_id))
-    if live == "o" and state.opened is not None and state.dims is not None:
-        ops.append(("a", live_key(state.kind, state.dims), state.opened[0], conv_id))
+        ops.append(("r", "lx", 0, conv_id, ""))
+    if live[:1] == "o" and state.opened is not None and state.dims is not None:
+        ops.append(("a", live_key(state.kind, state.dims), state.opened[0], conv_id, ""))
     elif live[:1] == "x":
-        ops.append(("a", "lx", int(live[1:]), conv_id))
+        ops.append(("a", "lx", int(live[1:].partition(";")[0]), conv_id, ""))
+    info = _info(state, live)
+    if info is not None:
+        ops.append(("i", "li", 0, conv_id, info))
+    elif _info(state, was) is not None or was[:1] == "x" or ";" in was:
+        ops.append(("d", "li", 0, conv_id, ""))
 
 
 def keep_until_ms(state: Conversation, config: CoreConfig) -> int:
@@ -1064,9 +1100,10 @@ class BatchResult:
     totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: the running sums of the level steps (``bl:*``), keyed ``dimkey + SEP + field``
     levels: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    #: the live indexes' changes, ``(op, key suffix, score, member)``: op ``"a"`` adds (or
-    #: moves) the member with the score, ``"r"`` removes it (see :func:`live_entry`)
-    index: list[tuple[str, str, int, str]] = field(default_factory=list)
+    #: the live indexes' changes, ``(op, key suffix, score, member, info)``: op ``"a"``
+    #: adds (or moves) the member with the score, ``"r"`` removes it, ``"i"`` sets the
+    #: member's live info to ``info``, ``"d"`` deletes it (see :func:`live_entry`)
+    index: list[tuple[str, str, int, str, str]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     offsets: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0

@@ -26,13 +26,9 @@ from deskpulse.streams.core import (
     LONGEST,
     OLDEST,
     SEP,
-    Conversation,
     group_document,
     has_samples,
-    live_key,
-    open_at,
     split_dim_key,
-    waiting_at,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
 from deskpulse.streams.store import Store
@@ -208,8 +204,6 @@ async def read_document(store: Store, query: KpiQuery) -> dict[str, Any]:
 
 
 _LEVEL_FIELDS = (*BACKLOG_FIELDS.values(), WAITING_FIELD)
-#: candidates checked at once when a past instant's oldest open ticket is looked for
-_CANDIDATES = 16
 
 
 async def read_live(
@@ -230,8 +224,9 @@ async def read_live(
     span for a read of the past. The oldest and longest come from the live indexes: the
     first entry of each group's for a partition whose every event is before the instant,
     and otherwise the first entries still open that were open then, and those that left
-    since, each checked against its state. O(partitions x (groups + buckets after the
-    instant + conversations that left since)), never O(conversations).
+    since, each checked against its live info in Redis (:data:`~streams.core.INFO`).
+    O(partitions x (groups + buckets after the instant)) for the present, plus the
+    conversations that left since for a past instant; never O(conversations open).
     """
     cfg = store.config
     if partitions is None:
@@ -271,99 +266,26 @@ async def _add_earliest(
     stale_ms: int,
 ) -> None:
     """Set :data:`OLDEST` and :data:`LONGEST` of the groups (see :func:`read_live`)."""
-    earliest: dict[tuple[str, str], int] = {}  # (group key, field) -> ms
-
-    def offer(group: str, field: str, ms: int) -> None:
-        if ms < earliest.get((group, field), end_ms):
-            earliest[(group, field)] = ms
-
-    queries: list[tuple[int, str, str, str, int]] = []
-    for dims, fields in groups.items():
-        tickets = sum(fields.get(name, 0) for name in BACKLOG_FIELDS.values())
-        for partition in partitions:
-            present = watermarks_ms.get(partition, 0) < end_ms
-            if tickets > 0:
-                count = 1 if present else _CANDIDATES
-                queries.append((partition, live_key("t", dims), "-inf", f"({end_ms}", count))
-            if fields.get(WAITING_FIELD, 0) > 0:
-                # a chat in the index has no outcome at all: waiting while not stale
-                low = f"({end_ms - stale_ms}"
-                queries.append((partition, live_key("c", dims), low, f"({end_ms}", 1))
-    firsts = await store.live_firsts(queries)
-    # the past: entries still open may not have been open then, and those that left since
-    # may have been
-    checks: dict[int, set[str]] = defaultdict(set)
-    for (partition, suffix, *_), found in zip(queries, firsts, strict=True):
-        group = suffix[3:]
-        if suffix.startswith("lw:"):
-            for _, ms in found:
-                offer(group, LONGEST, ms)
-        elif watermarks_ms.get(partition, 0) < end_ms:
-            for _, ms in found:
-                offer(group, OLDEST, ms)
-        else:
-            checks[partition].update(member for member, _ in found)
-    past = [p for p in partitions if watermarks_ms.get(p, 0) >= end_ms]
-    lefts: dict[str, int] = {}
-    if past:
-        left = await store.left_since(past, end_ms)
-        for partition, entries in left.items():
-            checks[partition].update(member for member, _ in entries)
-        lefts = {member: ms for entries in left.values() for member, ms in entries}
-    for partition, members in checks.items():
-        states, ghosts = await store.read_conversations(partition, sorted(members))
-        for state in states.values():
-            _offer_state(state, end_ms, stale_ms, offer)
-        for member, (created_ms, group) in ghosts.items():
-            if created_ms < end_ms <= lefts.get(member, 0):
-                offer(group, OLDEST, created_ms)
-    # a group whose first candidates were all closed at the instant: look further along
-    for dims, fields in groups.items():
-        group = SEP.join(dims)
-        if (group, OLDEST) not in earliest and any(
-            fields.get(name, 0) > 0 for name in BACKLOG_FIELDS.values()
-        ):
-            oldest = await _scan_open(store, past, live_key("t", dims), end_ms)
-            if oldest is not None:
-                offer(group, OLDEST, oldest)
-    for (group, field), ms in earliest.items():
+    tickets = [
+        SEP.join(dims)
+        for dims, fields in groups.items()
+        if any(fields.get(name, 0) > 0 for name in BACKLOG_FIELDS.values())
+    ]
+    chats = [SEP.join(dims) for dims, fields in groups.items() if fields.get(WAITING_FIELD, 0) > 0]
+    if not tickets and not chats:
+        return
+    found = await store.earliest(
+        partitions,
+        at_ms=end_ms,
+        stale_ms=stale_ms,
+        ticket_groups=tickets,
+        chat_groups=chats,
+        newest_ms=watermarks_ms,
+    )
+    for (kind, group), ms in found.items():
         dims = split_dim_key(group)
         if dims in groups:
-            groups[dims][field] = ms
-
-
-def _offer_state(state: Conversation, end_ms: int, stale_ms: int, offer: Any) -> None:
-    if state.opened is None or state.dims is None:
-        return
-    group = SEP.join(state.dims)
-    if open_at(state, end_ms):
-        offer(group, OLDEST, state.opened[0])
-    elif waiting_at(state, end_ms, stale_ms):
-        offer(group, LONGEST, state.opened[0])
-
-
-async def _scan_open(
-    store: Store, partitions: Sequence[int], suffix: str, end_ms: int
-) -> int | None:
-    """The earliest creation in a group's index of open tickets that was open at the
-    instant, read along the index (only when its first entries were all closed then)."""
-    best: int | None = None
-    for partition in partitions:
-        low = "-inf"
-        seen: set[str] = set()
-        while True:
-            (found,) = await store.live_firsts([(partition, suffix, low, f"({end_ms}", 256)])
-            fresh = [member for member, _ in found if member not in seen]
-            if not fresh:
-                break
-            seen.update(fresh)
-            states, _ = await store.read_conversations(partition, fresh)
-            hit = [s.opened[0] for s in states.values() if s.opened and open_at(s, end_ms)]
-            if hit:
-                best = min(hit) if best is None else min(best, *hit)
-                break
-            low = str(found[-1][1])  # inclusive: entries of the same creation come again
-    return best
+            groups[dims][OLDEST if kind == "t" else LONGEST] = ms
 
 
 def group_fields(

@@ -28,8 +28,10 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
 ``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
 ``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
-``P:{pn}:lg``                  hash: a ticket dropped at its maximum age (no state left) ->
-                               ``creation ms␟group``, while it is in ``lx``
+``P:{pn}:li``                  hash: live info of a conversation in ``lx`` (or a ticket in
+                               ``lo`` that was out of the backlog before): ``opened
+                               ms␟group␟out-from,out-to,...`` (a ticket dropped at its
+                               maximum age keeps it with no state left)
 ``P:{pn}:conv``                hash: conversation id -> :class:`~streams.core.Conversation`
 ``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms); for a
                                ticket open now at least its creation plus the open ticket
@@ -135,7 +137,7 @@ local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
 local due, out = base .. 'due', base .. 'breach_out'
-local lvl, lx, ghosts = base .. 'lvl', base .. 'lx', base .. 'lg'
+local lvl, lx, infos = base .. 'lvl', base .. 'lx', base .. 'li'
 local gen = redis.call('HGET', meta, 'gen')
 if gen ~= ARGV[6] and (gen or ARGV[7] == '1') then
   return {-1, gen or '', 0}
@@ -228,15 +230,20 @@ n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
   redis.call('HSET', out, p[i], p[i + 1]); i = i + 2
 end
--- the live indexes' moves (op, key suffix, score, member)
+-- the live indexes' moves (op, key suffix, score, member, info)
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  if p[i] == 'a' then
+  local op = p[i]
+  if op == 'a' then
     redis.call('ZADD', base .. p[i + 1], p[i + 2], p[i + 3])
-  else
+  elseif op == 'r' then
     redis.call('ZREM', base .. p[i + 1], p[i + 3])
+  elseif op == 'i' then
+    redis.call('HSET', infos, p[i + 3], p[i + 4])
+  else
+    redis.call('HDEL', infos, p[i + 3])
   end
-  i = i + 4
+  i = i + 5
 end
 redis.call('HSET', meta, 'wm', ARGV[2])
 local old = redis.call('ZRANGEBYSCORE', bidx, '-inf', ARGV[3], 'LIMIT', 0, 500)
@@ -249,7 +256,7 @@ local cutoff = tonumber(ARGV[4])
 local gone = redis.call('ZRANGEBYSCORE', lx, '-inf', '(' .. ARGV[4], 'LIMIT', 0, 1000)
 for _, id in ipairs(gone) do
   redis.call('ZREM', lx, id)
-  redis.call('HDEL', ghosts, id)
+  redis.call('HDEL', infos, id)
 end
 -- a level step down at ms in the levels and the buckets of every level (the same rule as
 -- a batch's: buckets older than the horizon are gone)
@@ -284,6 +291,7 @@ for j = 1, #expired, 2 do
   local waiting = tonumber(redis.call('HGET', held, id) or '0')
   orphaned = orphaned + waiting
   redis.call('ZREM', lx, id)
+  redis.call('HDEL', infos, id)
   local state = redis.call('HGET', conv, id)
   local share = state and tonumber(string.match(string.sub(state, -10), ',(%d+)%]$'))
   if share and share > 0 then
@@ -302,13 +310,15 @@ for j = 1, #expired, 2 do
         redis.call('ZREM', base .. 'lw:' .. group, id)
       else
         -- an open ticket at its maximum age: it leaves the backlog at the instant its
-        -- state was kept until (its score plus the retention), remembered as a ghost
-        -- for readers of the instants before
+        -- state was kept until (its score plus the retention), remembered by its live
+        -- info for readers of the instants before (every earlier stretch out of the
+        -- backlog is behind the horizon by then)
         local left = tonumber(expired[j + 1]) + retention
         step_down(group, 'bl:' .. statuses[live], left)
         redis.call('ZREM', base .. 'lo:' .. group, id)
         redis.call('ZADD', lx, string.format('%d', left), id)
-        redis.call('HSET', ghosts, id, string.format('%d', decoded[2][1]) .. '\\31' .. group)
+        redis.call('HSET', infos, id, string.format('%d', decoded[2][1]) .. '\\31' .. group
+                   .. '\\31')
         dropped = dropped + 1
       end
     end
@@ -352,6 +362,93 @@ for k = 1, #ids, 4000 do
   for j = 1, #part do
     reply[#reply + 1] = part[j]
   end
+end
+return reply
+"""
+
+
+#: The earliest creation of the tickets open, and request of the chats waiting, at an
+#: instant, per group, in one partition (streams/query.py ``read_live``). KEYS[1]: the
+#: partition's key base. ARGV: the instant (ms), the stale time (ms), the groups with
+#: tickets open (JSON), those with chats waiting (JSON), and '1' when conversations may
+#: have left the indexes since the instant (the partition's newest event is not before
+#: it). Returns ``t<group>`` or ``c<group>`` followed by the ms, flat.
+#: A ticket open now was open at the instant unless it has a live info whose stretches
+#: out of the backlog hold the instant; a chat in ``lw`` has no outcome at all; one that
+#: left (``lx``, scored by the instant it left) was open or waiting at the instant if it
+#: opened before it, left at or after it, and was not out of the backlog then.
+_EARLIEST = """
+local base = KEYS[1]
+local at = tonumber(ARGV[1])
+local infos = base .. 'li'
+local best = {}
+local function offer(key, ms)
+  local now = best[key]
+  if not now or ms < now then best[key] = ms end
+end
+local function parse(info)
+  return string.match(info, '^([^\\31]*)\\31([^\\31]*\\31[^\\31]*\\31[^\\31]*)\\31(.*)$')
+end
+-- whether the instant is in none of the stretches 'from,to,...' (out at (from, to])
+local function counted(gaps)
+  local from = nil
+  for number in string.gmatch(gaps or '', '[^,]+') do
+    local value = tonumber(number)
+    if from == nil then
+      from = value
+    else
+      if at > from and at <= value then return false end
+      from = nil
+    end
+  end
+  return true
+end
+for _, group in ipairs(cjson.decode(ARGV[3])) do
+  local key, offset = base .. 'lo:' .. group, 0
+  local found = false
+  while not found do
+    local page = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[1], 'WITHSCORES',
+                            'LIMIT', offset, 32)
+    if #page == 0 then break end
+    for j = 1, #page, 2 do
+      local info = redis.call('HGET', infos, page[j])
+      local gaps = nil
+      if info then
+        local _, _, stretches = parse(info)
+        gaps = stretches
+      end
+      if counted(gaps) then
+        offer('t' .. group, tonumber(page[j + 1]))
+        found = true
+        break
+      end
+    end
+    offset = offset + 32
+  end
+end
+local stale = '(' .. string.format('%d', at - tonumber(ARGV[2]))
+for _, group in ipairs(cjson.decode(ARGV[4])) do
+  local page = redis.call('ZRANGEBYSCORE', base .. 'lw:' .. group, stale, '(' .. ARGV[1],
+                          'WITHSCORES', 'LIMIT', 0, 1)
+  if #page > 0 then offer('c' .. group, tonumber(page[2])) end
+end
+if ARGV[5] == '1' then
+  local left = redis.call('ZRANGEBYSCORE', base .. 'lx', ARGV[1], '+inf', 'WITHSCORES')
+  for j = 1, #left, 2 do
+    local info = redis.call('HGET', infos, left[j])
+    if info then
+      local opened, group, gaps = parse(info)
+      opened = tonumber(opened)
+      if opened and opened < at and at <= tonumber(left[j + 1]) and counted(gaps) then
+        offer(string.sub(left[j], 1, 1) .. group, opened)
+      end
+    end
+  end
+end
+local reply = {}
+for key, ms in pairs(best) do
+  reply[#reply + 1] = key
+  reply[#reply + 1] = string.format('%d', ms)
 end
 return reply
 """
@@ -435,6 +532,7 @@ class Store:
         self.config = config
         self._commit = redis.register_script(_COMMIT)
         self._load = redis.register_script(_LOAD)
+        self._earliest = redis.register_script(_EARLIEST)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
@@ -722,8 +820,8 @@ class Store:
         for event_id, payload in result.outbox.items():
             flat += [event_id, payload]
         flat.append(str(len(result.index)))
-        for op, suffix, score, member in result.index:
-            flat += [op, suffix, str(score), member]
+        for op, suffix, score, member, info in result.index:
+            flat += [op, suffix, str(score), member, info]
         args: list[Any] = [
             expected_version,
             result.watermark_ms,
@@ -886,56 +984,40 @@ class Store:
         (levels,) = await self.sum_buckets(partitions, [["lvl"]])
         return levels
 
-    async def live_firsts(
-        self, queries: Sequence[tuple[int, str, str, str, int]]
-    ) -> list[list[tuple[str, int]]]:
-        """For each ``(partition, key suffix, min, max, count)``, the first ``count``
-        members of that live index with a score in ``[min, max]`` (Redis range syntax:
-        ``(`` excludes), as ``(member, score)``, in one pipeline."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for partition, suffix, low, high, count in queries:
-                pipe.zrangebyscore(
-                    self.base(partition) + suffix, low, high, start=0, num=count, withscores=True
-                )
-            replies = await pipe.execute()
-        return [[(text(member), int(score)) for member, score in reply] for reply in replies]
-
-    async def left_since(
-        self, partitions: Sequence[int], since_ms: int
-    ) -> dict[int, list[tuple[str, int]]]:
-        """Per partition, the conversations that left the live indexes at or after
-        ``since_ms`` (they may have been open or waiting then), with the instant."""
+    async def earliest(
+        self,
+        partitions: Sequence[int],
+        *,
+        at_ms: int,
+        stale_ms: int,
+        ticket_groups: Sequence[str],
+        chat_groups: Sequence[str],
+        newest_ms: Mapping[int, int],
+    ) -> dict[tuple[str, str], int]:
+        """Per ``(kind, group key)`` — ``t`` tickets, ``c`` chats — the earliest creation of
+        the tickets open, and request of the chats waiting, at ``at_ms`` over the partitions
+        (only for the groups named; a group with none is left out). One script per
+        partition, in one pipeline; a partition whose newest event is before the instant
+        reads the first entry of each group's index, any other the conversations that left
+        the indexes since too."""
+        tickets, chats = orjson.dumps(list(ticket_groups)), orjson.dumps(list(chat_groups))
         async with self.redis.pipeline(transaction=False) as pipe:
             for partition in partitions:
-                pipe.zrangebyscore(self.base(partition) + "lx", since_ms, "+inf", withscores=True)
+                past = "1" if newest_ms.get(partition, 0) >= at_ms else "0"
+                await self._earliest(
+                    keys=[self.base(partition)],
+                    args=[at_ms, stale_ms, tickets, chats, past],
+                    client=pipe,
+                )
             replies = await pipe.execute()
-        return {
-            p: [(text(m), int(score)) for m, score in r]
-            for p, r in zip(partitions, replies, strict=True)
-        }
-
-    async def read_conversations(
-        self, partition: int, conversation_ids: Sequence[str]
-    ) -> tuple[dict[str, Conversation], dict[str, tuple[int, str]]]:
-        """The states of these conversations that have one, and for tickets dropped at their
-        maximum age (no state), their creation ms and group key (a reader's check only:
-        no version, no fence)."""
-        if not conversation_ids:
-            return {}, {}
-        base = self.base(partition)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(base + "conv", list(conversation_ids))
-            pipe.hmget(base + "lg", list(conversation_ids))
-            raw_states, raw_ghosts = await pipe.execute()
-        states: dict[str, Conversation] = {}
-        ghosts: dict[str, tuple[int, str]] = {}
-        for conv_id, raw, ghost in zip(conversation_ids, raw_states, raw_ghosts, strict=True):
-            if raw is not None:
-                states[conv_id] = Conversation.loads(raw)
-            elif ghost is not None:
-                created, _, group = text(ghost).partition("\x1f")
-                ghosts[conv_id] = (int(created), group)
-        return states, ghosts
+        best: dict[tuple[str, str], int] = {}
+        for reply in replies:
+            for k in range(0, len(reply), 2):
+                name = text(reply[k])
+                key, ms = (name[0], name[1:]), int(reply[k + 1])
+                if key not in best or ms < best[key]:
+                    best[key] = ms
+        return best
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
         """Every partition's meta hash (for health metrics)."""

@@ -439,7 +439,7 @@ def test_an_open_ticket_outlives_retention_until_its_maximum_age_then_leaves_the
     ]
     left = (T0 + 3 * HOUR) * 1000
     assert redis_client.zscore(base + "lx", "t:A") == left
-    assert redis_client.hget(base + "lg", "t:A") == f"{T0 * 1000}\x1f{group}".encode()
+    assert redis_client.hget(base + "li", "t:A") == f"{T0 * 1000}\x1f{group}\x1f".encode()
     # the level: the two new tickets; A's pending step taken back, in the levels and in the
     # bucket of the instant it left (so a read before that instant still counts it)
     assert redis_client.hget(base + "lvl", group + "\x1fbl:n").decode() == "2"
@@ -514,10 +514,10 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     last = samples[-1]
     # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
     # (each twice: by group and over all groups), among them the levels and the live
-    # indexes (a group's open tickets, those that left)
+    # indexes (a group's open tickets, those that left, their live info)
     assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
     assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
-    assert last["keys"] <= last["fine"] + last["rollup"] + 12
+    assert last["keys"] <= last["fine"] + last["rollup"] + 13
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
     assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
