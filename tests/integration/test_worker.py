@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from deskpulse.models.events import LAST_RESORT_REASON, REJECTION_REASONS
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import free_port, start_broker, start_redis
+from deskpulse.streams.query import format_time
 from tests.conftest import HOST, create_topics
 from tests.inproc import InprocWorker
 from tests.support import (
@@ -481,7 +482,9 @@ def test_redelivery_to_a_new_group_changes_nothing(
     wait_until(lambda: processed_total(settings.web_port) >= 4, 30, message=first.describe)
     wait_until(lambda: caught_up(settings), 30, 0.5, message=first.describe)
     assert first.stop() == 0, first.describe()
-    before = kpis(settings, tmp_path, "--window", "1h", "--by", "channel")
+    # both reads at one instant: C1 is still waiting, and its wait grows with the clock
+    read_at = format_time(time.time() + 60)
+    before = kpis(settings, tmp_path, "--window", "1h", "--at", read_at, "--by", "channel")
     assert sum(g["tickets_created"] for g in before["groups"]) == 2
 
     again = settings.model_copy(update={"app_id": settings.app_id + "-again"})
@@ -496,7 +499,7 @@ def test_redelivery_to_a_new_group_changes_nothing(
     reasons = sorted(dict(r.headers)["deskpulse-reason"].decode() for r in dead)
     assert reasons == ["invalid_json", "wrong_topic"]
     assert second.stop() == 0, second.describe()
-    after = kpis(settings, tmp_path, "--window", "1h", "--by", "channel")
+    after = kpis(settings, tmp_path, "--window", "1h", "--at", read_at, "--by", "channel")
     assert after["groups"] == before["groups"]
 
 
