@@ -105,9 +105,7 @@ __all__ = [
     "keep_until_ms",
     "live_entry",
     "live_key",
-    "open_at",
     "split_dim_key",
-    "waiting_at",
 ]
 
 #: Separator inside a dimension key and between a dimension key and a field name.
@@ -839,35 +837,6 @@ def _info(state: Conversation, live: str) -> str | None:
         return None
     gaps = live.partition(";")[2]
     return INFO.join((str(state.opened[0]), SEP.join(state.dims), gaps))
-
-
-def open_at(state: Conversation, instant_ms: int) -> bool:
-    """Whether a ticket is in the backlog at ``instant_ms``: created before it, and in an
-    open status by the last status event strictly before it."""
-    opened = state.opened
-    if state.kind != "t" or opened is None or opened[0] >= instant_ms:
-        return False
-    status = "n"
-    if state.timeline:
-        for at_ms, code in lifecycle(opened[0], state.timeline.items()).changes:
-            if at_ms >= instant_ms:
-                break
-            status = code
-    return status in LIVE_DIGITS
-
-
-def waiting_at(state: Conversation, instant_ms: int, stale_after_ms: int) -> bool:
-    """Whether a chat is waiting at ``instant_ms`` (see :func:`~streams.lifecycle.chat_steps`)."""
-    opened = state.opened
-    if state.kind != "c" or opened is None:
-        return False
-    outcome = _chat_outcome(state.accepted, state.ended)
-    for at_ms, step in chat_steps(
-        opened[0], None if outcome is None else outcome[1], stale_after_ms
-    ):
-        if step < 0:
-            return opened[0] < instant_ms <= at_ms
-    return False
 
 
 def live_key(kind: str, dims: Sequence[str]) -> str:
