@@ -55,7 +55,6 @@ Decisions, as this oracle takes them:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,7 +73,9 @@ from deskpulse.models.events import (
     decode,
 )
 
-from .oracle import quantile_close
+# one comparison for every oracle's documents: the lifecycle's quantiles (handle time's
+# included) are among its quantile fields
+from .oracle import compare
 from .sla_oracle import SlaRules, kpi_document, to_ms
 
 __all__ = [
@@ -520,82 +521,3 @@ def merge_documents(base: Mapping[str, Any], lifecycle: Mapping[str, Any]) -> di
         merged["chats"] = {**merged["chats"], **extra["chats"]}
         documents.append(merged)
     return {"window": dict(base["window"]), "by": by, "groups": documents}
-
-
-# -- comparing ----------------------------------------------------------------------------------
-
-#: every quantile field of the document: p50_seconds, wait_p90_seconds, handle_p50_seconds, ...
-_QUANTILE_NAME = re.compile(r"(^|_)p\d+_seconds$")
-
-
-def _compare_values(path: str, name: str, actual: Any, expected: Any, out: list[str]) -> None:
-    if isinstance(expected, dict):
-        if not isinstance(actual, dict):
-            out.append(f"{path}: expected an object, got {actual!r}")
-            return
-        for part in sorted(expected.keys() | actual.keys()):
-            where = f"{path}.{part}"
-            if part not in actual:
-                out.append(f"{where}: missing (expected {expected[part]!r})")
-            elif part not in expected:
-                out.append(f"{where}: unexpected (got {actual[part]!r})")
-            else:
-                _compare_values(where, part, actual[part], expected[part], out)
-        return
-    if expected is None or actual is None:
-        if expected is not actual:
-            out.append(f"{path}: got {actual!r}, expected {expected!r}")
-        return
-    if isinstance(expected, bool | str | list):
-        if actual != expected:
-            out.append(f"{path}: got {actual!r}, expected {expected!r}")
-        return
-    if isinstance(actual, bool) or not isinstance(actual, int | float):
-        out.append(f"{path}: got {actual!r}, expected the number {expected!r}")
-        return
-    if _QUANTILE_NAME.search(name):
-        if not quantile_close(actual, expected):
-            out.append(f"{path}: got {actual!r}, expected {expected!r} within 1 %")
-    elif isinstance(expected, int):
-        if not isinstance(actual, int) or actual != expected:
-            out.append(f"{path}: got {actual!r}, expected exactly {expected!r}")
-    elif not math.isclose(actual, expected, rel_tol=1e-9, abs_tol=1e-12):
-        out.append(f"{path}: got {actual!r}, expected {expected!r}")
-
-
-def compare(actual_doc: Mapping[str, Any], expected_doc: Mapping[str, Any]) -> list[str]:
-    """Every difference between a KPI document and the expected one, one line each.
-
-    Counts must match exactly, means, ages and ratios to 1e-9 relative, every quantile
-    (``*p50_seconds``, ``*p90_seconds``, ``*p95_seconds``, the handle time's included)
-    within 1 %. Groups are matched by ``key`` and must come in the expected order; an empty
-    list means the documents agree. It reads whole documents, so it serves a document of
-    :func:`merge_documents` as well as one of :func:`lifecycle_document` (then only the
-    lifecycle fields of ``chats`` may be present on both sides).
-    """
-    out: list[str] = []
-    for part in ("window", "by"):
-        _compare_values(part, part, actual_doc.get(part), expected_doc.get(part), out)
-    for part in sorted(actual_doc.keys() - {"window", "by", "groups"}):
-        out.append(f"{part}: unexpected (got {actual_doc[part]!r})")
-
-    def by_key(doc: Mapping[str, Any]) -> dict[tuple[tuple[str, Any], ...], Any]:
-        return {tuple(sorted(group.get("key", {}).items())): group for group in doc["groups"]}
-
-    def label(key: tuple[tuple[str, Any], ...]) -> str:
-        return "groups[" + ",".join(f"{k}={v}" for k, v in key) + "]"
-
-    actual_groups = by_key(actual_doc) if "groups" in actual_doc else {}
-    expected_groups = by_key(expected_doc)
-    for key, expected in expected_groups.items():
-        if key not in actual_groups:
-            out.append(f"{label(key)}: missing")
-        else:
-            _compare_values(label(key), "", actual_groups[key], expected, out)
-    for key in sorted(actual_groups.keys() - expected_groups.keys(), key=str):
-        out.append(f"{label(key)}: unexpected")
-    actual_keys = [group.get("key") for group in actual_doc.get("groups", [])]
-    expected_keys = [group.get("key") for group in expected_doc["groups"]]
-    if not out and actual_keys != expected_keys:
-        out.append(f"groups: order {actual_keys!r}, expected {expected_keys!r}")
-    return out
