@@ -331,23 +331,26 @@ class KpiCollector(Collector):
         reads = await read_windows(
             self.store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
         )
-        # the windows end together: the state at their end is read once, for the snapshots
-        ends = {end for _, end, _ in reads}
-        at_end = {end: await read_live(self.store, end_s=end, partitions=parts) for end in ends}
+        meta = await self.store.read_meta()
+        watermarks = {p: int(meta.get(p, {}).get("wm", "0")) for p in parts}
+        # the backlog and the waiting chats at the windows' end (they end together), for the
+        # snapshots, and as of the newest event applied (read at the bucket boundary after
+        # it: nothing is dated between the two), for the gauges; one read when they agree
+        newest_ms = max(watermarks.values(), default=0)
+        bucket_s = self.store.config.bucket_seconds
+        newest_end_s = (newest_ms // (bucket_s * 1000) + 1) * bucket_s
+        at_end: dict[int, Mapping[tuple[str, str, str], Mapping[str, int]]] = {}
+        for end in {newest_end_s, *(end for _, end, _ in reads)}:
+            at_end[end] = await read_live(
+                self.store, end_s=end, partitions=parts, watermarks_ms=watermarks
+            )
         for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
             windows.append(WindowRead(name, start, end, merged, at_end[end]))
             per_window.append((name, group_fields(merged, DIMENSIONS)))
         totals = await self.store.read_totals()
-        meta = await self.store.read_meta()
         firing = await self.store.alert_states()
-        # the backlog and the waiting chats as of the newest event applied (read at the
-        # bucket boundary after it: nothing is dated between the two)
-        watermarks = {p: int(meta.get(p, {}).get("wm", "0")) for p in parts}
-        newest_ms = max(watermarks.values(), default=0)
-        bucket_s = self.store.config.bucket_seconds
-        end_s = (newest_ms // (bucket_s * 1000) + 1) * bucket_s  # the boundary after it
-        live = await read_live(self.store, end_s=end_s, partitions=parts, watermarks_ms=watermarks)
+        live = at_end[newest_end_s]
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
         # thread keeps the event loop (agents, scrapes) turning meanwhile.
         families, exposition = await asyncio.to_thread(
