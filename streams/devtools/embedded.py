@@ -146,9 +146,30 @@ class ManagedProcess:
         self._popen.wait()
         return self._popen.returncode
 
-    def pause(self) -> None:
-        """SIGSTOP the group: it keeps its sockets but answers nothing until :meth:`resume`."""
+    def pause(self, timeout_s: float = 5.0) -> None:
+        """SIGSTOP the group: it keeps its sockets but answers nothing until :meth:`resume`.
+
+        Returns once every thread of the process is stopped (signals are delivered as each
+        thread next runs; on a loaded host a thread can still answer a request sent a moment
+        after the signal), or after ``timeout_s``.
+        """
         self._signal_group(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout_s
+        while not self.is_stopped() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def is_stopped(self) -> bool:
+        """Whether every thread of the process is in the stopped state (Linux's /proc)."""
+        tasks = Path(f"/proc/{self._popen.pid}/task")
+        try:
+            for task in tasks.iterdir():
+                # "pid (comm) S ...": the state follows the last ")" (comm may hold one)
+                stat = (task / "stat").read_text(encoding="ascii", errors="replace")
+                if stat.rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                    return False
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True  # gone, or no /proc to ask: nothing more to wait for
+        return True
 
     def resume(self) -> None:
         """SIGCONT the group after :meth:`pause`."""

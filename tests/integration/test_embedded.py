@@ -203,7 +203,9 @@ def test_pause_resume_and_stop_of_a_paused_process(workdir: Path) -> None:
     process = start_redis(HOST, port, workdir)
     try:
         client = redis.Redis(host=HOST, port=port, socket_timeout=0.3, retry=Retry(NoBackoff(), 0))
+        assert not process.is_stopped()
         process.pause()
+        assert process.is_stopped()  # pause returns once every thread has stopped
         with pytest.raises(redis.TimeoutError):
             client.ping()
         process.resume()
