@@ -293,11 +293,18 @@ def group_fields(
 ) -> dict[tuple[str, ...], dict[str, int]]:
     """Project stored ``channel␟queue␟priority␟field`` sums onto the ``by`` dimensions."""
     positions = [DIMENSIONS.index(name) for name in by]
-    groups: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    groups: dict[tuple[str, ...], dict[str, int]] = {}
+    # a few hundred stored groups hold hundreds of thousands of fields: each group's key
+    # is split and projected once
+    targets: dict[str, dict[str, int]] = {}
     for name, value in merged.items():
-        parts = name.split(SEP)
-        key = tuple(parts[i] for i in positions)
-        groups[key][parts[3]] += value
+        stored, _, field = name.rpartition(SEP)
+        target = targets.get(stored)
+        if target is None:
+            parts = stored.split(SEP)
+            key = tuple(parts[i] for i in positions)
+            target = targets[stored] = groups.setdefault(key, {})
+        target[field] = target.get(field, 0) + value
     return groups
 
 

@@ -252,3 +252,18 @@ def test_to_counts_is_a_copy() -> None:
     sketch = sketch_of([1.0])
     sketch.to_counts().clear()
     assert sketch.count == 1
+
+
+@given(
+    counts=st.dictionaries(st.integers(0, 3000), st.integers(-3, 50), max_size=60),
+    qs=st.lists(st.floats(0, 1), min_size=1, max_size=5),
+)
+def test_quantiles_in_one_pass_equal_each_quantile(counts: dict[int, int], qs: list[float]) -> None:
+    merged = Sketch.from_counts(counts)
+    assert merged.quantiles(qs) == [merged.quantile(q) for q in qs]
+
+
+@pytest.mark.parametrize("q", [-0.01, 1.01, math.nan])
+def test_quantiles_reject_out_of_range(q: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Sketch().quantiles([0.5, q])
