@@ -1760,6 +1760,14 @@ class Bench:
                 timings.append(time.perf_counter() - t0)
             # (the INFO that read the count before is counted in the one after)
             per_read = (await self._commands() - commands - 1) / cfg.backlog_reads
+            # a reader's first read (a new store: no settled sums kept), as the first read
+            # of a `deskpulse kpis` command or of a worker just started
+            cold = []
+            for _ in range(min(cfg.backlog_reads, _LIVE_READS)):
+                fresh = Store(self.redis, settings.redis_prefix, store.config)
+                t0 = time.perf_counter()
+                await query_kpis(fresh, width_s=86400, at_s=read_at, by=by)
+                cold.append(time.perf_counter() - t0)
             if end_s not in live_timed:
                 # the live state at the window's end alone (the backlog and the waiting
                 # chats), a part of each read above: what the rest of the document costs
@@ -1775,6 +1783,7 @@ class Bench:
                 "end_s": end_s,
                 "by": list(by),
                 "latency": spread(timings),
+                "first_latency": spread(cold),
                 "live_latency": live_timed[end_s],
                 "commands": per_read,
                 "groups": len(doc["groups"]),

@@ -39,6 +39,7 @@ __all__ = [
     "ZERO_INDEX",
     "Sketch",
     "index_of",
+    "quantiles_of",
     "value_of",
 ]
 
@@ -181,26 +182,7 @@ class Sketch:
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
         """:meth:`quantile` of each of ``qs``, in one pass over the sorted counts (a KPI
         document asks for two or three of every sketch of every group)."""
-        for q in qs:
-            if not 0 <= q <= 1:  # also rejects NaN
-                raise ValueError(f"a quantile is between 0 and 1, got {q!r}")
-        positive = sorted((index, count) for index, count in self.counts.items() if count > 0)
-        total = sum(count for _, count in positive)
-        if total == 0:
-            return [None] * len(qs)
-        # ascending ranks, answered as the cumulative count passes each
-        order = sorted(range(len(qs)), key=qs.__getitem__)
-        answers: list[float | None] = [None] * len(qs)
-        cumulative = 0
-        at = 0
-        for index, count in positive:
-            cumulative += count
-            while at < len(order) and cumulative > qs[order[at]] * (total - 1):
-                answers[order[at]] = value_of(index)
-                at += 1
-            if at == len(order):
-                break
-        return answers
+        return quantiles_of(self.counts, qs)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sketch):
@@ -211,3 +193,40 @@ class Sketch:
 
     def __repr__(self) -> str:
         return f"Sketch.from_counts({self.counts!r})"
+
+
+def quantiles_of(counts: Mapping[int, int], qs: Sequence[float]) -> list[float | None]:
+    """:meth:`Sketch.quantiles` of the sketch that :meth:`Sketch.from_counts` makes of
+    ``counts``, without making it (the read path's sketches are read, merged and asked
+    once). Raises :class:`ValueError` for a negative index or a ``q`` outside [0, 1]."""
+    for q in qs:
+        if not 0 <= q <= 1:  # also rejects NaN
+            raise ValueError(f"a quantile is between 0 and 1, got {q!r}")
+    if not qs:
+        return []
+    ordered = sorted(counts.items())
+    if ordered and ordered[0][0] < 0:
+        raise ValueError(f"a sketch index is >= 0, got {ordered[0][0]}")
+    total = 0
+    for _, count in ordered:
+        if count > 0:
+            total += count
+    if total == 0:
+        return [None] * len(qs)
+    # ascending ranks, answered as the cumulative count passes each; a net count <= 0 (a
+    # retraction ahead of its addition) holds no sample
+    order = sorted(range(len(qs)), key=qs.__getitem__)
+    ranks = [qs[i] * (total - 1) for i in order]
+    answers: list[float | None] = [None] * len(qs)
+    cumulative = 0
+    at, wanted = 0, len(order)
+    for index, count in ordered:
+        if count <= 0:
+            continue
+        cumulative += count
+        while cumulative > ranks[at]:
+            answers[order[at]] = value_of(index)
+            at += 1
+            if at == wanted:
+                return answers
+    raise AssertionError("unreachable: the cumulative count reaches the total")

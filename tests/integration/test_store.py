@@ -216,13 +216,14 @@ def kpi_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """Buckets, roll-ups, totals, conversations and the counters of meta (not its version).
 
     ``bidx`` is left out: it keeps the name of a bucket that a later batch emptied again;
-    so is the state's generation (random per prefix), in meta and config.
+    so is the state's generation (random per prefix), in meta and config, and ``bver``
+    (the buckets' stamps carry it and the version).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out = {}
     for key, (kind, content) in snapshot.items():
         name = key[len(prefix) :]
-        if name.endswith(":bidx"):
+        if name.endswith((":bidx", ":bver")):
             continue
         if name.endswith(":meta"):  # a counter back at 0 equals one never touched
             content = {
@@ -514,10 +515,11 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     last = samples[-1]
     # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
     # (each twice: by group and over all groups), among them the levels and the live
-    # indexes (a group's open tickets, those that left, their live info)
+    # indexes (a group's open tickets, those that left, their live info), the
+    # buckets' stamps
     assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
     assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
-    assert last["keys"] <= last["fine"] + last["rollup"] + 13
+    assert last["keys"] <= last["fine"] + last["rollup"] + 14
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
     assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
@@ -677,3 +679,92 @@ def test_every_due_entry_is_the_tickets_next_alert_after_any_batches(
         k: v for k, v in expected.items() if v is not None
     }
     assert len(due) > 100
+
+
+def hgetall_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("kept_fields", [500_000, 40], ids=["kept", "mostly-let-go"])
+def test_a_reader_keeps_settled_sums_and_sees_every_change_to_them(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, kept_fields: int
+) -> None:
+    """A store keeps the sums of a window's settled roll-ups with their buckets' stamps:
+    read again, it reads only the rest; a late event written into a settled roll-up, and
+    a trim deleting one, change the stamps, and its reads equal a new store's (nothing
+    kept) after each."""
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+    from deskpulse.streams.query import query_kpis
+    from deskpulse.streams.windows import cover, window_bounds
+
+    prefix = new_prefix()
+    start_s = T0 - HOUR
+    records = list(generate(SimConfig(seed=5, start_s=start_s, duration_s=HOUR, rate=3.0)))
+    items = []
+    for offset, record in enumerate(records):
+        try:
+            event, ms = decode_record(record.value)
+        except RejectedEvent:
+            continue
+        items.append(Pending(event, record.topic_kind, offset, ms))
+    reads = [(3000, T0 + 60, ("channel", "queue")), (3000, T0 + 60, ()), (1200, T0 - 300, ())]
+    # with room for a few sums, the least recently read are let go: reads stay exact
+    monkeypatch.setattr("deskpulse.streams.store.SETTLED_FIELDS_KEPT", kept_fields)
+
+    async def scenario(client: Redis) -> dict[str, Any]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        for partition in range(2):
+            await apply(writer, partition, items[partition::2])
+
+        async def both() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+            pairs = []
+            for width_s, at_s, by in reads:
+                kept = await query_kpis(reader, width_s=width_s, at_s=at_s, by=by)
+                fresh = Store(client, prefix, CONFIG)  # keeps nothing yet
+                pairs.append((kept, await query_kpis(fresh, width_s=width_s, at_s=at_s, by=by)))
+            return pairs
+
+        seen: dict[str, Any] = {"first": await both()}
+        calls = hgetall_calls(redis_client)
+        for width_s, at_s, by in reads:
+            await query_kpis(reader, width_s=width_s, at_s=at_s, by=by)
+        seen["again_calls"] = hgetall_calls(redis_client) - calls
+        calls = hgetall_calls(redis_client)
+        for width_s, at_s, by in reads:
+            await query_kpis(Store(client, prefix, CONFIG), width_s=width_s, at_s=at_s, by=by)
+        seen["fresh_calls"] = hgetall_calls(redis_client) - calls
+        # a late ticket, 40 minutes back: in a settled roll-up of every window read
+        late = pendings([created("late-1", T0 - 2400, channel="web")], first_offset=len(records))
+        await apply(writer, 0, late)
+        seen["late"] = await both()
+        # an hour on: the early buckets are trimmed from partition 0 (the windows reach
+        # back before the horizon)
+        later = pendings([created("later-1", T0 + HOUR)], first_offset=len(records) + 1)
+        await apply(writer, 0, later)
+        seen["trimmed"] = await both()
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage in ("first", "late", "trimmed"):
+        for kept, fresh in seen[stage]:
+            assert kept == fresh, stage
+    created_in = [kept["groups"] for kept, _ in seen["first"]]
+    assert sum(g["tickets_created"] for g in created_in[0]) > 100
+    # the late ticket counts in the kept sums; the trim takes the early hour away
+    before, after = seen["first"][1][0], seen["late"][1][0]
+    assert after["groups"][0]["tickets_created"] == before["groups"][0]["tickets_created"] + 1
+    assert seen["trimmed"][1][0] != seen["late"][1][0]
+    # read again unchanged, the settled roll-ups of the windows were not read again (two
+    # partitions); the fine buckets and the newest roll-ups were
+    settled = 0
+    for width_s, at_s, _ in reads:
+        start, end = window_bounds(at_s, width_s, CONFIG.bucket_seconds)
+        rollups, _ = cover(start, end, CONFIG.bucket_seconds, CONFIG.rollup_seconds)
+        settled += max(0, len(rollups) - 1)
+    assert settled >= 3
+    if kept_fields > 1000:
+        assert 0 < seen["again_calls"] <= seen["fresh_calls"] - 2 * settled, seen
+    else:
+        assert seen["again_calls"] < seen["fresh_calls"], seen  # some, not all, kept

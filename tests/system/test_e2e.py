@@ -123,7 +123,8 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     key order may follow the processing order); the held/expiry/deadline indexes exactly;
     meta without its version (the number of transactions differs by batching); neither
     meta nor config with the state's generation (random per prefix).
-    ``bidx`` is left out: it may keep the name of a bucket a later batch emptied again.
+    ``bidx`` is left out: it may keep the name of a bucket a later batch emptied again;
+    so is ``bver`` (the buckets' stamps: the generation and the version of their commit).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out: dict[str, Any] = {}
@@ -131,7 +132,7 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
         name = key[len(prefix) + 1 :]
         if name.startswith("{p"):
             part, _, rest = name.partition("}:")
-            if rest == "bidx":
+            if rest in ("bidx", "bver"):
                 continue
             if rest == "conv":
                 content = {k: Conversation.loads(v) for k, v in content.items()}

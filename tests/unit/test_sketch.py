@@ -16,6 +16,7 @@ from deskpulse.streams.sketch import (
     RELATIVE_ACCURACY,
     Sketch,
     index_of,
+    quantiles_of,
     value_of,
 )
 
@@ -32,6 +33,7 @@ def test_public_surface() -> None:
         "Sketch",
         "ZERO_INDEX",
         "index_of",
+        "quantiles_of",
         "value_of",
     ]
 
@@ -261,6 +263,14 @@ def test_to_counts_is_a_copy() -> None:
 def test_quantiles_in_one_pass_equal_each_quantile(counts: dict[int, int], qs: list[float]) -> None:
     merged = Sketch.from_counts(counts)
     assert merged.quantiles(qs) == [merged.quantile(q) for q in qs]
+    assert quantiles_of(counts, qs) == merged.quantiles(qs)
+
+
+def test_quantiles_of_rejects_a_negative_index_and_answers_no_quantile_with_none() -> None:
+    with pytest.raises(ValueError, match="index is >= 0"):
+        quantiles_of({-1: 2, 5: 1}, [0.5])
+    assert quantiles_of({3: 1}, []) == []
+    assert quantiles_of({3: -1, 4: 0}, [0.5, 0.9]) == [None, None]
 
 
 @pytest.mark.parametrize("q", [-0.01, 1.01, math.nan])
