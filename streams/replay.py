@@ -35,17 +35,22 @@ of a topic's log): replaying on top of those would skip or double records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import pickle
+import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deskpulse.exporters.kafka import KafkaPublisher, kafka_client_options
 from deskpulse.exporters.prometheus import PipelineMetrics
+from deskpulse.models.errors import DeskpulseError
 from deskpulse.models.settings import Settings
 from deskpulse.streams.breaches import adopt_published, published_marker
 from deskpulse.streams.core import CoreConfig
@@ -56,7 +61,7 @@ from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store
 from deskpulse.streams.topics import ensure_topics
 
-__all__ = ["ReplayStats", "replay"]
+__all__ = ["ReplayFailed", "ReplayStats", "replay", "replay_in_processes"]
 
 log = logging.getLogger("deskpulse.replay")
 
@@ -98,8 +103,14 @@ async def replay(
     *,
     max_records: int = 20_000,
     progress: Callable[[int, int], None] | None = None,
+    only: Collection[int] | None = None,
 ) -> ReplayStats:
-    """Apply everything in the input topics up to their current ends; return the stats."""
+    """Apply everything in the input topics up to their current ends; return the stats.
+
+    ``only``: only these partitions' records (of the three input topics and the
+    repartition topic), as one of :func:`replay_in_processes`' processes does; a record
+    read there that belongs to another partition is applied there all the same.
+    """
     from prometheus_client import CollectorRegistry
 
     counts = await ensure_topics(settings)
@@ -125,11 +136,13 @@ async def replay(
     await consumer.start()
     stats = ReplayStats()
     try:
-        partitions = [
+        every = [
             TopicPartition(topic, p)
             for topic in (*settings.input_topics, settings.topic_repartition)
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
+        wanted = None if only is None else set(only)
+        partitions = [tp for tp in every if wanted is None or tp.partition in wanted]
         consumer.assign(partitions)
         # state built from other topics would make the replay skip what these hold
         offsets = TopicOffsets(settings, group=False)
@@ -142,10 +155,15 @@ async def replay(
             await offsets.close()
         ends = await consumer.end_offsets(partitions)
         remaining = 0
+        # the fences of every partition, not only these: a forward read here may come
+        # from any of them
         fences: dict[tuple[str, int], int] = {}
-        for tp in partitions:
+        for tp in every:
             meta, _ = await store.load(tp.partition, [])
             applied = meta.offsets.get(tp.topic)
+            fences[(tp.topic, tp.partition)] = -1 if applied is None else applied
+            if tp not in ends:
+                continue
             if applied is None:
                 await consumer.seek_to_beginning(tp)
                 start = (await consumer.beginning_offsets([tp]))[tp]
@@ -153,7 +171,6 @@ async def replay(
                 consumer.seek(tp, applied + 1)
                 start = applied + 1
             remaining += max(0, ends[tp] - start)
-            fences[(tp.topic, tp.partition)] = -1 if applied is None else applied
         # records on the wrong partition: applied where they belong (module docstring)
         engine.route(counts[settings.topic_tickets], None, source_fences=fences)
         total = remaining
@@ -236,6 +253,8 @@ async def replay(
             settings, counts[settings.topic_alerts], counts[settings.topic_tickets]
         )
         for partition, markers in sorted(published.items()):
+            if wanted is not None and partition not in wanted:
+                continue  # another process's
             async with engine.partition_lock(partition):
                 stats.adopted += await adopt_published(store, partition, markers)
         if stats.adopted:
@@ -245,6 +264,125 @@ async def replay(
         await publisher.stop()
         await redis.aclose()
     return stats
+
+
+class ReplayFailed(DeskpulseError):
+    """A process of a replay in several processes stopped before its end."""
+
+
+async def replay_in_processes(
+    settings: Settings,
+    processes: int,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayStats:
+    """:func:`replay` in ``processes`` processes side by side (at most one per partition),
+    each with its share of the partitions, round robin: the fold is Python, one core per
+    process, while Redis applies the commits on its own.
+
+    Each process is :func:`replay` with ``only`` its partitions, so each record is applied
+    once by the same fences and a record read on the wrong partition is applied where it
+    belongs (its partition's state may be another process's: the commit's version check
+    makes the two take turns). When one process fails, the others are stopped and
+    :class:`ReplayFailed` names it; what was committed stays, and a new replay resumes at
+    the fences. One process (or one partition): :func:`replay` in this one.
+    """
+    counts = await ensure_topics(settings)
+    partitions = counts[settings.topic_tickets]
+    count = max(1, min(processes, partitions))
+    if count == 1:
+        return await replay(settings, progress=progress)
+    shares = [list(range(first, partitions, count)) for first in range(count)]
+    started = time.perf_counter()
+    children = []
+    for share in shares:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "deskpulse.streams.replay",
+            ",".join(map(str, share)),
+            logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert child.stdin is not None
+        child.stdin.write(pickle.dumps(settings))  # our own child, over our own pipe
+        await child.stdin.drain()
+        child.stdin.close()
+        children.append(child)
+    done, totals = [0] * count, [0] * count
+    results: list[dict[str, Any]] = [{} for _ in shares]
+
+    async def follow(i: int) -> None:
+        child = children[i]
+        assert child.stdout is not None
+        async for line in child.stdout:
+            message = orjson.loads(line)
+            if "stats" in message:
+                results[i] = message["stats"]
+                continue
+            done[i], totals[i] = message["done"], message["total"]
+            if progress is not None:
+                progress(sum(done), sum(totals))
+        status = await child.wait()
+        if status != 0 or not results[i]:
+            raise ReplayFailed(
+                f"the replay process of partitions {', '.join(map(str, shares[i]))} stopped "
+                f"with status {status} (its reason is above); the others were stopped too. "
+                "What was committed stays: run the replay again, it resumes at the fences"
+            )
+
+    try:
+        await asyncio.gather(*(follow(i) for i in range(count)))
+    finally:
+        for child in children:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.terminate()
+        await asyncio.gather(*(child.wait() for child in children), return_exceptions=True)
+    return ReplayStats(
+        records=sum(r["records"] for r in results),
+        seconds=time.perf_counter() - started,
+        active_seconds=max(r["active_seconds"] for r in results),
+        adopted=sum(r["adopted"] for r in results),
+    )
+
+
+def _child(only: list[int]) -> int:
+    """One process of :func:`replay_in_processes`: the settings come pickled on stdin;
+    progress and, last, the stats go to stdout as JSON lines."""
+    from deskpulse.streams.record_batches import install as report_undecodable_batches
+    from deskpulse.streams.runtime import BATCH_GC_THRESHOLDS, tune_gc
+
+    settings: Settings = pickle.loads(sys.stdin.buffer.read())
+    report_undecodable_batches()
+    tune_gc(BATCH_GC_THRESHOLDS)
+    out = sys.stdout.buffer
+    last = 0.0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= 0.2 or done >= total:
+            last = now
+            out.write(orjson.dumps({"done": done, "total": total}) + b"\n")
+            out.flush()
+
+    try:
+        stats = asyncio.run(replay(settings, progress=progress, only=only))
+    except DeskpulseError as error:
+        print(f"deskpulse: replay of partitions {only}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    stats_line = {
+        "records": stats.records,
+        "active_seconds": stats.active_seconds,
+        "adopted": stats.adopted,
+    }
+    out.write(orjson.dumps({"stats": stats_line}) + b"\n")
+    out.flush()
+    return 0
 
 
 async def _published_alerts(
@@ -282,3 +420,17 @@ async def _published_alerts(
                     found[partition][conv_id].add(marker[1])
     finally:
         await consumer.stop()
+
+
+def main() -> None:
+    """``python -m deskpulse.streams.replay 0,2 [LOG LEVEL]``: one process of
+    :func:`replay_in_processes`, for the partitions named."""
+    logging.basicConfig(
+        level=sys.argv[2] if len(sys.argv) > 2 else "INFO",
+        format="%(asctime)s %(levelname)s %(name)s[replay] %(message)s",
+    )
+    raise SystemExit(_child([int(p) for p in sys.argv[1].split(",")]))
+
+
+if __name__ == "__main__":
+    main()

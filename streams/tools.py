@@ -79,7 +79,14 @@ def add_commands(commands: Any) -> None:
     sim.add_argument("--live", action="store_true", help="produce in real time, forever")
     produce = commands.add_parser("produce", help="publish a JSONL file of events")
     produce.add_argument("file", help="JSONL: one {topic, key, value} object per line")
-    commands.add_parser("replay", help="apply the input topics to Redis on the fast path")
+    replay = commands.add_parser("replay", help="apply the input topics to Redis on the fast path")
+    replay.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        help="processes folding side by side, each with its share of the partitions "
+        "(1 to the partition count; more are capped at it): one core each, beside Redis's",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "produce":
         return _produce_file(args.file, settings)
     if args.command == "replay":
-        return _replay(settings)
+        return _replay(settings, args.processes)
     raise SystemExit(f"deskpulse: unknown command {args.command}")
 
 
@@ -236,15 +243,26 @@ def _produce_file(path: str, settings: Settings) -> int:
     return 0 if sent or not bad else 1
 
 
-def _replay(settings: Settings) -> int:
+def _processes(value: str) -> int:
+    """``--processes``: a whole number of at least 1."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} is less than 1")
+    return count
+
+
+def _replay(settings: Settings, processes: int = 1) -> int:
     import asyncio
 
-    from deskpulse.streams.replay import replay
+    from deskpulse.streams.replay import replay_in_processes
     from deskpulse.streams.runtime import BATCH_GC_THRESHOLDS, tune_gc
 
     tune_gc(BATCH_GC_THRESHOLDS)
     progress = Progress("replay")
-    stats = asyncio.run(replay(settings, progress=progress.update))
+    stats = asyncio.run(replay_in_processes(settings, processes, progress=progress.update))
     progress.close(stats.records)
     if stats.adopted:
         print(

@@ -1,0 +1,131 @@
+"""``deskpulse replay --processes N`` against the real broker and Redis: the processes
+share the partitions, one killed with SIGKILL stops the replay naming it and leaves no
+process behind, and the replay run again ends in the state a single process leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from deskpulse.models.settings import Settings
+from deskpulse.streams.devtools.simulate import SimConfig, generate
+from deskpulse.streams.tools import produce_records
+from tests.e2e_support import redis_snapshot
+from tests.support import run_cli, settings_env, wait_until
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (the kernel's process table)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def applied(settings: Settings, client: redis.Redis) -> int:
+    """Records the partitions' metas count as applied so far."""
+    total = 0
+    for partition in range(settings.topic_partitions):
+        raw = client.hget(f"{settings.redis_prefix}:{{p{partition}}}:meta", "applied")
+        total += int(raw or 0)
+    return total
+
+
+def state(client: redis.Redis, prefix: str) -> dict[str, Any]:
+    """A prefix's keys without it, meta without its version, generation and zero counters;
+    ``bidx``, ``bver`` (stamped with the generation) and the configuration left out."""
+    out = {}
+    for key, (kind, content) in redis_snapshot(client, f"{prefix}:*").items():
+        name = key[len(prefix) + 1 :]
+        if name == "config" or name.endswith((":bidx", ":bver")):
+            continue
+        if name.endswith(":meta"):  # a counter back at 0 equals one never touched
+            content = {
+                k: v for k, v in content.items() if k not in (b"version", b"gen") and v != b"0"
+            }
+        out[name] = (kind, content)
+    return out
+
+
+def test_a_replay_process_killed_stops_the_replay_and_a_new_one_ends_as_one_process_does(
+    settings: Settings, make_topics: Any, tmp_path: Path
+) -> None:
+    make_topics(settings)
+    records = list(
+        generate(SimConfig(seed=11, start_s=time.time() - 7200, duration_s=3600, rate=40.0))
+    )
+    rows = [(settings.topic_for(r.topic_kind), r.key, r.value) for r in records]
+    asyncio.run(produce_records(settings, rows, label="produce"))
+
+    two = settings.model_copy(update={"redis_prefix": settings.redis_prefix + "-two"})
+    one = settings.model_copy(update={"redis_prefix": settings.redis_prefix + "-one"})
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "deskpulse.streams.cli", "replay", "--processes", "2"],
+        env=settings_env(two),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # both processes at work, something committed, far from all of it
+        processes = wait_until(
+            lambda: len(kids := children_of(replay.pid)) == 2 and applied(two, client) and kids,
+            60,
+            0.01,
+            message="two replay processes and a first commit",
+        )
+        assert applied(two, client) < len(records) // 2
+        victim = min(processes)
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = replay.communicate(timeout=60)
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+            replay.wait()
+    assert replay.returncode == 1, stderr
+    assert "the replay process of partitions" in stderr and "status -9" in stderr, stderr
+    assert "run the replay again" in stderr, stderr
+    for pid in processes:  # the other one was stopped too: none is left
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    stopped_at = applied(two, client)
+    assert 0 < stopped_at < len(records)
+
+    again = run_cli(["replay", "--processes", "2"], settings_env(two), cwd=tmp_path, timeout_s=240)
+    assert again.returncode == 0, again.stderr
+    single = run_cli(["replay"], settings_env(one), cwd=tmp_path, timeout_s=240)
+    assert single.returncode == 0, single.stderr
+    try:
+        after_kill, whole = state(client, two.redis_prefix), state(client, one.redis_prefix)
+    finally:
+        client.close()
+    assert sorted(after_kill) == sorted(whole), set(after_kill) ^ set(whole)
+    differing = [name for name in whole if whole[name] != after_kill[name]]
+    assert not differing, [(n, whole[n], after_kill[n]) for n in differing[:2]]
+    assert sum(1 for name in whole if ":b:" in name) > 50
+    print(f"killed at {stopped_at} of {len(records)} applied; {len(whole)} keys equal")
+
+
+def test_processes_must_be_a_whole_number_of_at_least_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    for bad in ("0", "two"):
+        done = run_cli(["replay", "--processes", bad], settings_env(settings), cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "--processes" in done.stderr, done.stderr
