@@ -92,7 +92,7 @@ class RateLimit:
         if self._at_s is not None:
             self._tokens = min(self.burst, self._tokens + (now_s - self._at_s) * self.rate)
         self._at_s = now_s
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - 1e-9:  # a token refilled to the float just below 1
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self.rate
