@@ -343,7 +343,7 @@ class Settings(BaseSettings):
     # requests per second let through per source (events, zendesk, intercom); 0: no limit
     ingest_rate: float = Field(default=0.0, ge=0, le=1_000_000)
     # how long a request waits for the broker's acknowledgement before it is answered 503
-    ingest_ack_timeout: Annotated[int, NoDecode] = 5
+    ingest_ack_timeout: Annotated[int, NoDecode] = 3
     zendesk_signing_secret: SecretStr | None = None
     zendesk_queue_field: Literal["group", "brand", "form"] = "group"
     zendesk_queue_map: dict[str, str] = Field(default_factory=dict)
