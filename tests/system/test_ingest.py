@@ -354,3 +354,32 @@ def test_the_start_refuses_an_open_address_without_a_token(tmp_path: Path) -> No
         "not a loopback address (POST /ingest/events would take events from anyone who "
         "reaches it)"
     ]
+
+
+def test_a_source_over_its_rate_gets_429(tmp_path: Path, broker: str, redis_url: str) -> None:
+    """``DESKPULSE_INGEST_RATE`` per source: one source over it is refused with
+    ``Retry-After``, producing nothing; another source still gets through."""
+    settings = ingest_settings(broker, redis_url, ingest=False, ingest_rate=2.0)
+    client = Client(settings)
+    server = ManagedProcess(
+        "ingest",
+        [sys.executable, *INGEST],
+        tmp_path / "ingest.log",
+        cwd=tmp_path,
+        env=settings_env(settings),
+    )
+    with server:
+        wait_until(client.ready, 60, message=lambda: server.log_tail())
+        t0 = time.time() - 60
+        before = record_count(settings)
+        answers = [client.zendesk(vendor.zendesk_created(200 + n, t0)) for n in range(6)]
+        statuses = [answer.status for answer in answers]
+        assert statuses[:2] == [200, 200], statuses  # a burst of a second's worth
+        assert 429 in statuses, statuses
+        refused = answers[statuses.index(429)]
+        assert {k.lower(): v for k, v in refused.headers.items()}["retry-after"] == "1"
+        line = json.dumps(
+            {"event_id": "r1", "type": "chat.requested", "occurred_at": stamp(t0), "chat_id": "c"}
+        ).encode()
+        assert client.events(line).status == 200  # its own budget
+        assert record_count(settings) == before + statuses.count(200) + 1
