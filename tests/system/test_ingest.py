@@ -383,3 +383,37 @@ def test_a_source_over_its_rate_gets_429(tmp_path: Path, broker: str, redis_url:
         ).encode()
         assert client.events(line).status == 200  # its own budget
         assert record_count(settings) == before + statuses.count(200) + 1
+
+
+def test_no_broker_at_the_start_is_503_until_it_answers(tmp_path: Path, redis_url: str) -> None:
+    """``deskpulse ingest`` listens before the broker is reached: ``/readyz`` and every POST
+    are 503 with ``Retry-After`` meanwhile (nothing 2xx), then 200 once a broker is there."""
+    port = free_port(HOST)
+    settings = ingest_settings(f"{HOST}:{port}", redis_url, ingest=False)
+    client = Client(settings)
+    server = ManagedProcess(
+        "ingest",
+        [sys.executable, *INGEST],
+        tmp_path / "ingest.log",
+        cwd=tmp_path,
+        env=settings_env(settings),
+    )
+    with server:
+        wait_until(
+            lambda: http_get(f"{client.base}/healthz") is not None, 30, message=server.log_tail
+        )
+        ready = http_get(f"{client.base}/readyz")
+        assert ready is not None and ready.status == 503
+        payload = vendor.zendesk_created(300, time.time() - 60)
+        down = client.zendesk(payload)
+        assert down.status == 503, down.text
+        assert {k.lower(): v for k, v in down.headers.items()}["retry-after"] == "5"
+        with start_broker(HOST, port, tmp_path / "broker"):
+            wait_until(client.ready, 60, message=server.log_tail)
+            assert client.zendesk(payload).status == 200
+            records = asyncio.run(
+                consume_all(settings.kafka_bootstrap, settings.topic_tickets, 1, 30)
+            )
+            assert [json.loads(r.value)["event_id"] for r in records] == [
+                f"zendesk:{payload['id']}"
+            ]
