@@ -85,6 +85,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _sla(s.get("sla"), add)
     _backlog(s.get("backlog"), add)
     _soak(s.get("soak"), add)
+    _ingest(s.get("ingest"), add)
     _profiles(s, add)
     add("## How to run\n")
     add("```")
@@ -109,8 +110,9 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "with replies and status changes, for the same], `BENCH_BACKLOG_READ_TICKETS` "
         "[200000: open tickets under the timed reads], `BENCH_BACKLOG_DAY_RATE` [5: events/s "
         "of the simulated day beside them; 0 for none], `BENCH_BACKLOG_READS` [30: timed "
-        "reads of each kind], "
-        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak; or name "
+        "reads of each kind], `BENCH_INGEST_SECONDS` [15: the measured webhook run], "
+        "`BENCH_INGEST_CONNECTIONS` [50: keep-alive connections sending webhooks], "
+        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest; or name "
         "sections as "
         "arguments: `python -m benchmark.run reads`], "
         "`BENCH_PROFILE` [auto: profile only what misses its budget; always; never], "
@@ -330,7 +332,28 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                     _mark(ts["ok"]),
                 ]
             )
+    rows.extend(_ingest_rows(s.get("ingest") or {}))
     return rows
+
+
+def _ingest_rows(ig: dict[str, Any]) -> list[list[str]]:
+    """The webhook ingestion budget: 200s per server CPU second, and their p99."""
+    if "error" in ig:
+        return [["webhook ingestion", "error: " + ig["error"][:200], "", _mark(False)]]
+    if not ig:
+        return []
+    p99 = ig["latency"]["p99"]
+    ok = ig["per_core"] >= 2000 and p99 is not None and p99 < 0.050
+    return [
+        [
+            "Zendesk webhooks answered 200 per CPU second of `deskpulse ingest`, p99 latency",
+            f"{_rate(ig['per_core'])} per core, p99 {_ms(p99)} ({ig['ok']:,} requests at "
+            f"{_rate(ig['per_second'])} over {ig['wall_s']:.0f} s, {ig['connections']} "
+            f"connections; server {ig['server_cores']:.2f} cores)",
+            "≥ 2,000/s per core, p99 < 50 ms",
+            _mark(ok),
+        ]
+    ]
 
 
 def _sla_rows(sl: dict[str, Any]) -> list[list[str]]:
@@ -1086,6 +1109,34 @@ def _backlog(bl: dict[str, Any] | None, add: Any) -> None:
         "again and again: after its first read it keeps the sums of the window's settled "
         "roll-ups with their buckets' stamps and reads only the newest hour's buckets and "
         "the stamps; its first read, with nothing kept, is timed on new stores.\n"
+    )
+
+
+def _ingest(ig: dict[str, Any] | None, add: Any) -> None:
+    if not ig or "error" in ig:
+        return
+    lat = ig["latency"]
+    add("## 9. Webhook ingestion\n")
+    add(
+        "`deskpulse ingest` in a process of its own, on a broker of its own, takes signed "
+        "Zendesk ticket-event webhooks (a ticket created, then comments on it; each with an "
+        f"event id of its own) from {ig['connections']} keep-alive connections of a load "
+        "generator in another process (`benchmark.webhooks`), each sending as soon as its "
+        "last request was answered. A request is answered 200 once the broker acknowledged "
+        "its events (`acks=all`); concurrent requests share the producer's batches. The "
+        "rate per core is the 200s over the server's CPU seconds in the measured run "
+        f"({ig['seconds']:.0f} s, after a short warm-up).\n"
+    )
+    add(
+        "| requests | statuses | 200s/s | server cores | 200s per core | p50 | p99 | max | "
+        "events produced | load generator cores |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    add(
+        f"| {ig['requests']:,} | {_statuses(ig['statuses'])} | {_rate(ig['per_second'])} | "
+        f"{ig['server_cores']:.2f} | {_rate(ig['per_core'])} | {_ms(lat['p50'])} | "
+        f"{_ms(lat['p99'])} | {_ms(lat['max'])} | {ig['produced']:,} | "
+        f"{ig['load_cores']:.2f} |\n"
     )
 
 

@@ -25,6 +25,10 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
    tickets and a simulated day, its backlog checked against a count made from the events;
 8. soak: a worker under a steady rate, RSS and Redis memory sampled (and the mean size of a
    ticket's state);
+9. ingest: ``deskpulse ingest`` in a process of its own, on a broker of its own, driven by
+   signed Zendesk webhooks from a load generator in another process
+   (``benchmark.webhooks``: keep-alive connections, each sending as soon as answered):
+   requests per second, latency of the 200s, and requests per CPU second of the server;
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -37,8 +41,8 @@ BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_REA
 BENCH_SLA_TICKETS (50000), BENCH_SLA_PASSES (20), BENCH_SLA_DUE (1000),
 BENCH_SLA_STATE_TICKETS (10000), BENCH_BACKLOG_TICKETS (1000000), BENCH_BACKLOG_WORKED
 (100000), BENCH_BACKLOG_READ_TICKETS (200000), BENCH_BACKLOG_DAY_RATE (5),
-BENCH_BACKLOG_READS (30),
-BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,backlog,soak; section names given as
+BENCH_BACKLOG_READS (30), BENCH_INGEST_SECONDS (15), BENCH_INGEST_CONNECTIONS (50),
+BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest; names given as
 arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
@@ -68,6 +72,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import generate_latest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from benchmark import backlog_state, profiles, sla_state
@@ -128,8 +133,24 @@ _LIVE_READS = 10
 #: the key families that hold one entry per ticket (the others grow with groups and time)
 _PER_TICKET_FAMILIES = ("conv", "convexp", "due", "held", "lo")
 SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this share
+#: webhook requests answered 200 per CPU second of the ingest server, at least, with the
+#: 200s' p99 latency under BUDGET_INGEST_P99_S
+BUDGET_INGEST_PER_CORE = 2000
+BUDGET_INGEST_P99_S = 0.050
+#: the signing secret of the benchmark's Zendesk webhooks
+_INGEST_SECRET = "bench-zendesk-signing-secret"
 
-SECTIONS = ("throughput", "freshness", "scrape", "kpis", "reads", "sla", "backlog", "soak")
+SECTIONS = (
+    "throughput",
+    "freshness",
+    "scrape",
+    "kpis",
+    "reads",
+    "sla",
+    "backlog",
+    "soak",
+    "ingest",
+)
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
 
@@ -209,6 +230,10 @@ class Config:
     )
     backlog_day_rate: float = field(default_factory=lambda: _env_float("BENCH_BACKLOG_DAY_RATE", 5))
     backlog_reads: int = field(default_factory=lambda: max(1, _env_int("BENCH_BACKLOG_READS", 30)))
+    ingest_s: float = field(default_factory=lambda: _env_float("BENCH_INGEST_SECONDS", 15))
+    ingest_connections: int = field(
+        default_factory=lambda: max(1, _env_int("BENCH_INGEST_CONNECTIONS", 50))
+    )
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -1938,6 +1963,116 @@ class Bench:
         }
 
     # -- the run -------------------------------------------------------------------------
+
+    async def section_ingest(self) -> dict[str, Any]:
+        """``deskpulse ingest`` on a broker of its own, driven by signed Zendesk webhooks from
+        ``benchmark.webhooks`` in another process: a short warm-up run, then the measured
+        one. The server's CPU seconds over the measured run give its rate per core; every
+        request answered 200 must have put its events on the topic (the end offsets say)."""
+        cfg = self.config
+        out: dict[str, Any] = {"connections": cfg.ingest_connections, "seconds": cfg.ingest_s}
+        with self.own_broker("ingest"):
+            settings = self.settings(
+                "ingest",
+                "ingest",
+                ingest_port=free_port(HOST),
+                zendesk_signing_secret=SecretStr(_INGEST_SECRET),
+            )
+            await ensure_topics(settings)
+            server = self.procs.start(
+                "ingest-server",
+                [sys.executable, "-m", "deskpulse.streams.cli", "--log-level", "warning", "ingest"],
+                env=child_env(settings),
+            )
+            url = f"http://{settings.ingest_host}:{settings.ingest_port}"
+            try:
+                deadline = time.monotonic() + 60
+                while _http_status(url + "/readyz") != 200:
+                    if not server.running or time.monotonic() > deadline:
+                        raise RuntimeError(f"the ingest server is not ready: {server.log_tail()}")
+                    await asyncio.sleep(0.2)
+                await self.drive_ingest(settings, url, "warm-up", min(3.0, cfg.ingest_s))
+                before = await self._input_records(settings)
+                cpu_before = tree_cpu_s(server.pid)
+                run = await self.drive_ingest(settings, url, "measured", cfg.ingest_s)
+                out["server_cpu_s"] = tree_cpu_s(server.pid) - cpu_before
+                out["produced"] = await self._input_records(settings) - before
+            finally:
+                self.procs.stop(server)
+        ok = run["statuses"].get("200", 0)
+        latencies = sorted(run.pop("latencies"))
+        out |= {
+            "statuses": run["statuses"],
+            "requests": sum(run["statuses"].values()),
+            "ok": ok,
+            "wall_s": run["seconds"],
+            "per_second": ok / max(run["seconds"], 1e-9),
+            "per_core": ok / max(out["server_cpu_s"], 1e-9),
+            "server_cores": out["server_cpu_s"] / max(run["seconds"], 1e-9),
+            "load_cores": run["cores"],
+            "latency": {
+                "p50": percentile(latencies, 0.50) if latencies else None,
+                "p99": percentile(latencies, 0.99) if latencies else None,
+                "max": latencies[-1] if latencies else None,
+            },
+        }
+        return out
+
+    async def drive_ingest(
+        self, settings: Settings, url: str, name: str, seconds: float
+    ) -> dict[str, Any]:
+        """One run of the load generator; its JSON result."""
+        result = self.workdir / f"webhooks-{name}.json"
+        load = self.procs.start(
+            f"webhooks-{name}",
+            [
+                sys.executable,
+                "-m",
+                "benchmark.webhooks",
+                "--url",
+                url,
+                "--secret",
+                _INGEST_SECRET,
+                "--connections",
+                str(self.config.ingest_connections),
+                "--seconds",
+                str(seconds),
+                "--out",
+                str(result),
+            ],
+            env=child_env(settings),
+        )
+        try:
+            while load.running:
+                await asyncio.sleep(0.2)
+        finally:
+            self.procs.stop(load)
+        if load.returncode != 0:
+            raise RuntimeError(f"the load generator failed: {load.log_tail()}")
+        document: dict[str, Any] = orjson.loads(result.read_bytes())
+        return document
+
+    async def _input_records(self, settings: Settings) -> int:
+        """Records on the input topics, all partitions (their end offsets)."""
+        consumer = AIOKafkaConsumer(**kafka_client_options(settings))
+        await consumer.start()
+        try:
+            tps = [
+                TopicPartition(topic, p)
+                for topic in settings.input_topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not tps:
+                await consumer.topics()  # fetch the metadata, then ask again
+                tps = [
+                    TopicPartition(topic, p)
+                    for topic in settings.input_topics
+                    for p in sorted(consumer.partitions_for_topic(topic) or ())
+                ]
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        return sum(ends.values())
 
     async def main(self) -> None:
         cfg = self.config

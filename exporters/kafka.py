@@ -99,8 +99,10 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
 class KafkaPublisher:
     """The process's producer and the three kinds of output records."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, linger_ms: int = 5) -> None:
         self.settings = settings
+        #: how long a record waits for others to share its batch (ms)
+        self.linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         #: the largest request the producer sends (a record over the input limit included)
         self.max_request_bytes = max(1_048_576, settings.max_record_bytes + 65_536)
@@ -119,7 +121,7 @@ class KafkaPublisher:
             **kafka_client_options(self.settings),
             acks="all",
             enable_idempotence=False,
-            linger_ms=5,
+            linger_ms=self.linger_ms,
             max_request_size=self.max_request_bytes,
         )
         try:

@@ -43,6 +43,7 @@ __all__ = [
     "bootstrap_problem",
     "format_duration",
     "host_problem",
+    "is_loopback",
     "load_settings",
     "parse_duration",
     "redis_url_problem",
@@ -149,6 +150,16 @@ def host_problem(host: str) -> str | None:
     if host.replace(".", "").isdigit() or not _HOST_NAME.fullmatch(host) or len(host) > 253:
         return "is neither an IP address nor a host name"
     return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address or a name) is this machine's loopback only."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def bootstrap_problem(servers: str) -> str | None:
@@ -322,6 +333,26 @@ class Settings(BaseSettings):
     # the event loop that Faust's consumer shares, even a cached or refused one
     read_rate: float = Field(default=200.0, ge=0, le=100_000)
 
+    # Webhook ingestion (`deskpulse ingest`, or the worker with DESKPULSE_INGEST=true)
+    ingest: bool = False
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = Field(default=6067, ge=1, le=65535)
+    # the bearer token of POST /ingest/events; required to listen beyond loopback
+    ingest_token: SecretStr | None = None
+    ingest_max_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    # requests per second let through per source (events, zendesk, intercom); 0: no limit
+    ingest_rate: float = Field(default=0.0, ge=0, le=1_000_000)
+    # how long a request waits for the broker's acknowledgement before it is answered 503
+    ingest_ack_timeout: Annotated[int, NoDecode] = 3
+    zendesk_signing_secret: SecretStr | None = None
+    zendesk_queue_field: Literal["group", "brand", "form"] = "group"
+    zendesk_queue_map: dict[str, str] = Field(default_factory=dict)
+    zendesk_channel_map: dict[str, str] = Field(default_factory=dict)
+    webhook_max_age: Annotated[int, NoDecode] = 300
+    intercom_client_secret: SecretStr | None = None
+    intercom_as: Literal["chat", "ticket"] = "chat"
+    intercom_queue_map: dict[str, str] = Field(default_factory=dict)
+
     @field_validator(
         "kafka_session_timeout",
         "short_abandon",
@@ -335,6 +366,8 @@ class Settings(BaseSettings):
         "metrics_refresh_interval",
         "snapshot_interval",
         "breach_check_interval",
+        "ingest_ack_timeout",
+        "webhook_max_age",
         mode="before",
     )
     @classmethod
@@ -346,6 +379,8 @@ class Settings(BaseSettings):
         "metrics_refresh_interval",
         "snapshot_interval",
         "breach_check_interval",
+        "ingest_ack_timeout",
+        "webhook_max_age",
     )
     @classmethod
     def _at_least_a_second(cls, value: int) -> int:
@@ -353,7 +388,9 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1s")
         return value
 
-    @field_validator("web_token")
+    @field_validator(
+        "web_token", "ingest_token", "zendesk_signing_secret", "intercom_client_secret"
+    )
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         # an empty token would make "Bearer " the password: unset it to leave /kpis open
@@ -394,7 +431,7 @@ class Settings(BaseSettings):
             raise ValueError("a Kafka topic name is 1 to 249 letters, digits, '.', '_' or '-'")
         return value
 
-    @field_validator("web_host")
+    @field_validator("web_host", "ingest_host")
     @classmethod
     def _web_host(cls, value: str) -> str:
         problem = host_problem(value)
@@ -432,6 +469,17 @@ class Settings(BaseSettings):
         if any(seconds <= 0 for seconds in merged.values()):
             raise ValueError("targets must be positive numbers of seconds")
         return merged
+
+    @field_validator("zendesk_queue_map", "zendesk_channel_map", "intercom_queue_map")
+    @classmethod
+    def _dimension_map(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, name in value.items():
+            if not name or len(name) > 256 or _CONTROL.search(name):
+                raise ValueError(
+                    f"the value of {key!r} is no queue or channel name: 1 to 256 printable "
+                    "characters"
+                )
+        return value
 
     @field_validator("schedules")
     @classmethod
@@ -501,6 +549,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"kafka_sasl_username: {self.kafka_security_protocol} needs "
                 "DESKPULSE_KAFKA_SASL_USERNAME and DESKPULSE_KAFKA_SASL_PASSWORD"
+            )
+        if self.ingest_token is None and not is_loopback(self.ingest_host):
+            raise ValueError(
+                f"ingest_token: needed to listen on {self.ingest_host}, which is not a loopback "
+                "address (POST /ingest/events would take events from anyone who reaches it)"
+            )
+        if self.ingest and self.ingest_port == self.web_port:
+            raise ValueError(
+                f"ingest_port: {self.ingest_port} is DESKPULSE_WEB_PORT too; the worker serves "
+                "the ingest routes on a port of their own"
             )
         if self.metrics_require_token and self.web_token is None:
             raise ValueError("metrics_require_token: needs DESKPULSE_WEB_TOKEN to be set")

@@ -640,7 +640,27 @@ def create_app(settings: Settings) -> faust.App:
     ) -> None:  # pragma: no cover - signal
         await service.stop()
 
+    if settings.ingest:
+        _serve_ingest(app, settings)
     return app
+
+
+def _serve_ingest(app: faust.App, settings: Settings) -> None:
+    """``DESKPULSE_INGEST=true``: the ingest routes (streams/ingest.py) on a port of their
+    own, in the worker's event loop, with a producer of their own."""
+    from deskpulse.streams.ingest import IngestServer
+
+    server = IngestServer(settings)
+
+    @app.task(on_leader=False)  # type: ignore[untyped-decorator]
+    async def _start_ingest() -> None:
+        await server.start()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def _stop_ingest(
+        app: faust.App, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:  # pragma: no cover - signal
+        await server.stop()
 
 
 def bearer_token_matches(authorization: str | None, token: str) -> bool:

@@ -1,6 +1,7 @@
 """``deskpulse`` — the command line.
 
     deskpulse worker                       run the service (agents, /metrics, /kpis)
+    deskpulse ingest                       take webhooks (events, Zendesk, Intercom) to Kafka
     deskpulse demo                         embedded broker + Redis + worker + traffic
     deskpulse kpis --window 1h [--at T] [--by channel,queue] [--json]
     deskpulse simulate ...                 realistic traffic to Kafka or a JSONL file
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("worker", help="run the stream processor and its web endpoints")
+    commands.add_parser(
+        "ingest", help="take events and Zendesk/Intercom webhooks over HTTP to the input topics"
+    )
     demo = commands.add_parser(
         "demo", help="start broker + Redis when absent, the worker, and simulated traffic"
     )
@@ -99,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "worker":
             return run_worker(settings, args.log_level)
+        if args.command == "ingest":
+            return run_ingest(settings)
         if args.command == "demo":
             from deskpulse.streams.devtools.demo import run_demo
 
@@ -196,6 +202,8 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     # Credentials and TLS problems are settings problems: fail now, with one line. An
     # unreachable Redis is not: the worker starts, reports it, and retries with backoff.
     probe_web_address(settings)
+    if settings.ingest:
+        probe_address(settings.ingest_host, settings.ingest_port, "INGEST")
     asyncio.run(probe_redis(settings))
     # An unreachable broker is waited for inside the app (with backoff, a log line per
     # attempt, not a crash loop), after its web server started: /healthz, /readyz and
@@ -207,19 +215,52 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     return 0
 
 
+def run_ingest(settings: Settings) -> int:
+    """Serve the ingest routes until SIGINT/SIGTERM (requests in flight are answered first)."""
+    import asyncio
+    import signal
+
+    from deskpulse.streams.ingest import IngestServer
+
+    probe_address(settings.ingest_host, settings.ingest_port, "INGEST")
+
+    async def serve() -> None:
+        server = IngestServer(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stop.set)
+        await server.start()
+        try:
+            await stop.wait()
+        finally:
+            log.info("ingest: stopping")
+            await server.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
 def probe_web_address(settings: Settings) -> None:
     """Raise :class:`SettingsError` if the web server cannot listen where the settings say
     (an address this host does not have, a port in use or reserved), before Faust tries."""
+    probe_address(settings.web_host, settings.web_port, "WEB")
+
+
+def probe_address(host: str, port: int, setting: str) -> None:
+    """Raise :class:`SettingsError` naming ``DESKPULSE_<setting>_HOST`` or ``_PORT`` if a
+    server cannot listen on ``host``:``port``."""
     import errno
     import socket
 
-    host, port = settings.web_host, settings.web_port
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except OSError as error:
-        raise SettingsError("DESKPULSE_WEB_HOST", f"cannot resolve {host!r}: {error}") from None
+        raise SettingsError(
+            f"DESKPULSE_{setting}_HOST", f"cannot resolve {host!r}: {error}"
+        ) from None
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
         try:
@@ -227,14 +268,15 @@ def probe_web_address(settings: Settings) -> None:
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise SettingsError(
-                    "DESKPULSE_WEB_PORT", f"port {port} is in use on {host} (another worker?)"
+                    f"DESKPULSE_{setting}_PORT",
+                    f"port {port} is in use on {host} (another worker?)",
                 ) from None
             if error.errno == errno.EACCES:
                 raise SettingsError(
-                    "DESKPULSE_WEB_PORT", f"listening on port {port} is not allowed here"
+                    f"DESKPULSE_{setting}_PORT", f"listening on port {port} is not allowed here"
                 ) from None
             raise SettingsError(
-                "DESKPULSE_WEB_HOST", f"cannot listen on {host}:{port}: {error.strerror}"
+                f"DESKPULSE_{setting}_HOST", f"cannot listen on {host}:{port}: {error.strerror}"
             ) from None
 
 
