@@ -72,10 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rate",
         type=_number(float, 0.1, 200.0),
-        default=5.0,
+        default=2.0,
         metavar="R",
         help="average events per second of the simulated helpdesk over a day, 0.1 to 200 "
-        "(default 5; office hours and weekends make the rate of the moment differ, and the "
+        "(default 2; office hours and weekends make the rate of the moment differ, and the "
         "banner states it). The 24 h backfill is about 86,400 R records",
     )
     demo.add_argument(
@@ -168,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_worker(settings, args.log_level)
         if args.command == "demo":
             from deskpulse.streams.devtools.demo import run_demo
+
+            if args.log_level != "debug":  # the demo's lines, not the Kafka client's
+                logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
             return run_demo(
                 settings, rate=args.rate, seed=args.seed, use_existing=args.use_existing

@@ -90,6 +90,13 @@ _WORKER_STOP_S = 20.0
 _BACKLOG_S = 2 * 3600.0
 #: the span of the live simulation the banner's rate is counted on
 RATE_AHEAD_S = 120.0
+#: what the demo's worker runs with unless the settings say otherwise: /metrics refreshed
+#: every second rather than 5 (the first refresh comes one interval after the start), and
+#: a shorter session, with which the embedded broker lets the one worker join sooner
+WORKER_DEFAULTS = {
+    "DESKPULSE_METRICS_REFRESH_INTERVAL": "1",
+    "DESKPULSE_KAFKA_SESSION_TIMEOUT": "4",
+}
 #: the web port a demo serves on unless the settings name one or something holds it
 _DEFAULT_WEB_PORT = 6066
 
@@ -290,6 +297,9 @@ def worker_environment(settings: Settings, environ: Mapping[str, str]) -> dict[s
     }
     if settings.sla_policies is None and not settings.schedules:
         env |= policies.settings_env()
+    for name, value in WORKER_DEFAULTS.items():
+        if settings.model_fields_set.isdisjoint({name.removeprefix("DESKPULSE_").lower()}):
+            env[name] = value
     return env
 
 
@@ -384,9 +394,7 @@ async def produce_backlog(settings: Settings, records: Iterable[Record]) -> int:
                 batch = batches[slot] = producer.create_batch()
             if batch.append(key=record.key, value=record.value, timestamp=None) is None:
                 # full: send it, and start the next with this record
-                sent.append(
-                    await producer.send_batch(batch, topics[slot[0]], partition=partition)
-                )
+                sent.append(await producer.send_batch(batch, topics[slot[0]], partition=partition))
                 batch = batches[slot] = producer.create_batch()
                 batch.append(key=record.key, value=record.value, timestamp=None)
             count += 1
@@ -461,7 +469,7 @@ def live_rate(records: _Peekable, from_s: float, span_s: float = RATE_AHEAD_S) -
 def run_demo(
     settings: Settings,
     *,
-    rate: float = 5.0,
+    rate: float = 2.0,
     seed: int = 7,
     use_existing: bool = False,
     named: Iterable[str] | None = None,
@@ -546,6 +554,8 @@ def run_demo(
             f"{produced:,} records produced in {produced_s:.1f} s, {replayed:,} replayed "
             f"into Redis in {replayed_s:.1f} s"
         )
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / "worker.log").unlink()  # this run's log only
         worker = ManagedProcess(
             "worker",
             [sys.executable, "-m", "deskpulse.streams.cli", "worker"],
