@@ -58,20 +58,25 @@ class Progress:
         )
 
 
-def number_in(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
-    """An argparse type: ``kind`` of the text, refused outside ``[low, high]``."""
+class number_in:  # noqa: N801 - used as a type, like int and float
+    """An argparse type: a number of ``kind`` within ``[low, high]``, refused outside with
+    the range named; ``text`` is that range as the options' help states it."""
 
-    def parse(text: str) -> Any:
+    def __init__(self, kind: Callable[[str], Any], low: float, high: float) -> None:
+        self.kind = kind
+        self.low = low
+        self.high = high
+        self.__name__ = kind.__name__  # what argparse names in "invalid <name> value"
+        self.text = f"{_plain(low)} to {_plain(high)}"
+
+    def __call__(self, text: str) -> Any:
         try:
-            value = kind(text)
+            value = self.kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text} is outside {_plain(low)} to {_plain(high)}")
+        if not self.low <= value <= self.high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {self.text}")
         return value
-
-    parse.__name__ = kind.__name__  # what argparse names in "invalid <name> value"
-    return parse
 
 
 def _plain(number: float) -> str:
