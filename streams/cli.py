@@ -38,7 +38,7 @@ log = logging.getLogger("deskpulse")
 
 def _parser() -> argparse.ArgumentParser:
     from deskpulse.streams import tools
-    from deskpulse.streams.tools import number_in as _number
+    from deskpulse.streams.tools import Bounded
 
     parser = argparse.ArgumentParser(
         prog="deskpulse",
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--rate",
-        type=_number(float, 0.1, 200.0),
+        type=Bounded(float, 0.1, 200.0),
         default=2.0,
         metavar="R",
         help="average events per second of the simulated helpdesk over a day, 0.1 to 200 "
@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--seed",
-        type=_number(int, 0, 2**32 - 1),
+        type=Bounded(int, 0, 2**32 - 1),
         default=7,
         metavar="N",
         help="seed of the simulation, 0 to 4294967295 (default 7)",

@@ -19,7 +19,7 @@ import orjson
 if TYPE_CHECKING:  # loaded by the commands that run, not by the parser every command builds
     from deskpulse.models.settings import Settings
 
-__all__ = ["Progress", "add_commands", "number_in", "produce_records", "run"]
+__all__ = ["Bounded", "Progress", "add_commands", "produce_records", "run"]
 
 
 class Progress:
@@ -58,7 +58,7 @@ class Progress:
         )
 
 
-class number_in:  # noqa: N801 - used as a type, like int and float
+class Bounded:
     """An argparse type: a number of ``kind`` within ``[low, high]``, refused outside with
     the range named; ``text`` is that range as the options' help states it."""
 
@@ -94,14 +94,14 @@ def add_commands(commands: Any) -> None:
     )
     sim.add_argument(
         "--seed",
-        type=number_in(int, 0, 2**32 - 1),
+        type=Bounded(int, 0, 2**32 - 1),
         default=1,
         metavar="N",
         help="seed, 0 to 4294967295: the same seed gives the same records (default 1)",
     )
     sim.add_argument(
         "--rate",
-        type=number_in(float, 0.001, 1_000_000.0),
+        type=Bounded(float, 0.001, 1_000_000.0),
         default=50.0,
         metavar="R",
         help="average events per second over the span, 0.001 to 1000000 (default 50)",
@@ -127,21 +127,21 @@ def add_commands(commands: Any) -> None:
     )
     sim.add_argument(
         "--duplicates",
-        type=number_in(float, 0.0, 1.0),
+        type=Bounded(float, 0.0, 1.0),
         default=0.0,
         metavar="X",
         help="share of events re-sent as they were, 0 to 1 (default 0)",
     )
     sim.add_argument(
         "--out-of-order",
-        type=number_in(float, 0.0, 1.0),
+        type=Bounded(float, 0.0, 1.0),
         default=0.0,
         metavar="X",
         help="share of events delivered late, 0 to 1 (default 0)",
     )
     sim.add_argument(
         "--malformed",
-        type=number_in(float, 0.0, 1.0),
+        type=Bounded(float, 0.0, 1.0),
         default=0.0,
         metavar="X",
         help="share of events followed by a record to reject, 0 to 1 (default 0)",

@@ -145,7 +145,7 @@ def parsers() -> list[tuple[str, argparse.ArgumentParser]]:
 
 
 def test_every_command_and_option_has_help_with_its_range() -> None:
-    from deskpulse.streams.tools import number_in
+    from deskpulse.streams.tools import Bounded
 
     seen = 0
     for name, parser in parsers():
@@ -162,8 +162,8 @@ def test_every_command_and_option_has_help_with_its_range() -> None:
             seen += 1
             assert action.help and len(action.help) > 10, f"{where}: no help"
             if action.type in (int, float):
-                pytest.fail(f"{where}: a number without a range (use number_in)")
-            if isinstance(action.type, number_in):
+                pytest.fail(f"{where}: a number without a range (use Bounded)")
+            if isinstance(action.type, Bounded):
                 assert action.type.text in action.help, f"{where}: {action.help!r}"
                 with pytest.raises(argparse.ArgumentTypeError):
                     action.type(str(action.type.high * 2 + 1))
