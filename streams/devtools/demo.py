@@ -228,6 +228,13 @@ def plan_stack(
     return StackPlan(broker, own_broker, redis, own_redis, web_port)
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the user named it: relative to the working directory when under it."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
 def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
@@ -521,7 +528,7 @@ def run_demo(
         if owned:
             out.say(
                 f"deskpulse demo: started {' and '.join(owned)}, fresh, with their files "
-                f"under {workdir}"
+                f"under {_shown(workdir)}"
             )
         if not plan.own_broker:
             out.say(f"deskpulse demo: using the broker at {broker_at}, which it did not start")
@@ -565,7 +572,7 @@ def run_demo(
         live_from_s = time.time()
         per_s = live_rate(records, live_from_s)
         out.say(
-            f"deskpulse demo: worker started (its log: {worker.log_path}); live simulated "
+            f"deskpulse demo: worker started (its log: {_shown(worker.log_path)}); live simulated "
             f"traffic at {per_s:.1f} events/s, as the simulation sends them in the next "
             f"{RATE_AHEAD_S / 60:g} minutes (--rate {rate:g} is its average over a day: "
             "office hours and weekends shape it)\n"
