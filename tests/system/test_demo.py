@@ -450,3 +450,35 @@ def test_a_stop_with_stdout_gone_stops_everything(tmp_path: Path, signum: int) -
         assert "BrokenPipeError" not in err and "Traceback" not in err, err
     finally:
         demo.kill()
+
+
+def test_a_redis_named_in_the_settings_is_announced_before_anything_is_written(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """``DESKPULSE_REDIS_URL`` names a Redis that answers (one this test started): the demo
+    uses it, says so up front with the prefix, and writes under that prefix only."""
+    prefix = f"demo{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    demo = Demo(
+        tmp_path,
+        clean_env(DESKPULSE_REDIS_URL=redis_url, DESKPULSE_REDIS_PREFIX=prefix),
+        "--rate",
+        "0.5",
+    )
+    try:
+        said = demo.read_until(r"using Redis at (\S+), which it did not start", 60)
+        assert redis_url.endswith(said.group(1) + "/0") or said.group(1) in redis_url
+        assert f"under prefix {prefix!r}" in demo.lines[-1]
+        assert not any("history" in line for line in demo.lines), demo.lines
+        assert not list(client.scan_iter(match=f"{prefix}*")), "written before it said so"
+        demo.read_until(r"^Ctrl-C stops everything\.$", 90)
+        assert client.exists(f"{prefix}:config")
+        ports = demo.ports()
+        redis_port = int(said.group(1).rpartition(":")[2])
+        assert len(ports) == 3 and redis_port in ports  # its broker, the Redis, the web
+        os.kill(demo.proc.pid, signal.SIGTERM)
+        demo.assert_all_gone([port for port in ports if port != redis_port])
+        assert client.ping(), "a Redis the demo did not start is left running"
+    finally:
+        demo.kill()
+        client.close()
