@@ -606,11 +606,12 @@ def run_demo(
         names = ["the worker"] * (worker is not None) + [p.name for p in reversed(started)]
         for note in notes:
             out.say(f"deskpulse demo: {note}")
-        out.say(
-            f"deskpulse demo: stopped {', '.join(names) or 'nothing to stop'}"
-            f" ({'on ' + stopped_by[0] + ', ' if stopped_by else ''}"
-            f"{time.monotonic() - stop_started:.1f} s)"
-        )
+        if names:
+            out.say(
+                f"deskpulse demo: stopped {', '.join(names)}"
+                f" ({'on ' + stopped_by[0] + ', ' if stopped_by else ''}"
+                f"{time.monotonic() - stop_started:.1f} s)"
+            )
     return status
 
 
