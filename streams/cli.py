@@ -72,10 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--rate",
         type=Bounded(float, 0.1, 200.0),
-        default=2.0,
+        default=1.0,
         metavar="R",
         help="average events per second of the simulated helpdesk over a day, 0.1 to 200 "
-        "(default 2; office hours and weekends make the rate of the moment differ, and the "
+        "(default 1; office hours and weekends make the rate of the moment differ, and the "
         "banner states it). The 24 h backfill is about 86,400 R records",
     )
     demo.add_argument(

@@ -476,7 +476,7 @@ def live_rate(records: _Peekable, from_s: float, span_s: float = RATE_AHEAD_S) -
 def run_demo(
     settings: Settings,
     *,
-    rate: float = 2.0,
+    rate: float = 1.0,
     seed: int = 7,
     use_existing: bool = False,
     named: Iterable[str] | None = None,
