@@ -573,7 +573,7 @@ def run_demo(
         per_s = live_rate(records, live_from_s)
         out.say(
             f"deskpulse demo: worker started (its log: {_shown(worker.log_path)}); live simulated "
-            f"traffic at {per_s:.1f} events/s, as the simulation sends them in the next "
+            f"traffic at {per_s:.3g} events/s, as the simulation sends them in the next "
             f"{RATE_AHEAD_S / 60:g} minutes (--rate {rate:g} is its average over a day: "
             "office hours and weekends shape it)\n"
             f"  board:    {base}/board\n"
