@@ -38,34 +38,106 @@ log = logging.getLogger("deskpulse")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from deskpulse.streams import tools
+    from deskpulse.streams.tools import Bounded
+
     parser = argparse.ArgumentParser(
         prog="deskpulse",
         description="Live, exact customer-support KPIs from a Kafka event stream.",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="how much the command logs on stderr: debug, info or warning (default info)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("worker", help="run the stream processor and its web endpoints")
     commands.add_parser(
-        "ingest", help="take events and Zendesk/Intercom webhooks over HTTP to the input topics"
+        "worker",
+        help="run the stream processor and its web endpoints",
+        description="Run the stream processor: the agents, /metrics, /kpis, /healthz and "
+        "/readyz, breach checks and snapshots, until SIGINT or SIGTERM. Settings come from "
+        "DESKPULSE_* and .env.",
+    )
+    commands.add_parser(
+        "ingest",
+        help="take events and Zendesk/Intercom webhooks over HTTP to the input topics",
+        description="Serve POST /ingest/events, /ingest/zendesk and /ingest/intercom on "
+        "DESKPULSE_INGEST_HOST:DESKPULSE_INGEST_PORT (default 127.0.0.1:6067): each request "
+        "is answered once the broker acknowledged its records. A non-loopback address needs "
+        "DESKPULSE_INGEST_TOKEN.",
     )
     demo = commands.add_parser(
-        "demo", help="start broker + Redis when absent, the worker, and simulated traffic"
+        "demo",
+        help="its own broker and Redis, a day of simulated history replayed, the worker, "
+        "and live simulated traffic",
+        description="Start an embedded broker and redis-server of its own on free loopback "
+        "ports (files under .deskpulse/, fresh each run), backfill the last 24 h of a "
+        "simulated helpdesk through the replay path, start the worker and go on with live "
+        "simulated traffic. A broker or Redis named in the settings "
+        "(DESKPULSE_KAFKA_BOOTSTRAP, DESKPULSE_REDIS_URL) is used when it answers. "
+        "Ctrl-C or SIGTERM stops everything it started.",
     )
-    demo.add_argument("--rate", type=float, default=20.0, help="events per second")
-    demo.add_argument("--seed", type=int, default=7)
-    kpis = commands.add_parser("kpis", help="read KPIs from the store (no worker needed)")
+    demo.add_argument(
+        "--rate",
+        type=Bounded(float, 0.1, 200.0),
+        default=1.0,
+        metavar="R",
+        help="average events per second of the simulated helpdesk over a day, 0.1 to 200 "
+        "(default 1; office hours and weekends make the rate of the moment differ, and the "
+        "banner states it). The 24 h backfill is about 86,400 R records",
+    )
+    demo.add_argument(
+        "--seed",
+        type=Bounded(int, 0, 2**32 - 1),
+        default=7,
+        metavar="N",
+        help="seed of the simulation, 0 to 4294967295 (default 7)",
+    )
+    demo.add_argument(
+        "--use-existing",
+        action="store_true",
+        help="use the broker and Redis at DESKPULSE_KAFKA_BOOTSTRAP and DESKPULSE_REDIS_URL "
+        "(defaults 127.0.0.1:9092 and redis://127.0.0.1:6379/0), which must answer, "
+        "instead of starting its own; the KPI state goes under DESKPULSE_REDIS_PREFIX",
+    )
+    kpis = commands.add_parser(
+        "kpis",
+        help="read KPIs from the store (no worker needed)",
+        description="Read the KPI document of one window from Redis and print it as a table "
+        "(or JSON). Exit status 2 for a window that cannot be read, 1 when Redis cannot.",
+    )
     kpis.add_argument(
-        "--window", default="1h", help="width: 5m, 15m, 1h, 24h, ... up to DESKPULSE_RETENTION"
+        "--window",
+        default="1h",
+        help="window width as <int>(s|m|h|d), a multiple of DESKPULSE_BUCKET_SECONDS, "
+        "at most DESKPULSE_RETENTION (default 1h)",
     )
     kpis.add_argument(
-        "--at", default=None, help="window end, RFC 3339 with an offset (default now)"
+        "--at",
+        default=None,
+        help="window end, RFC 3339 with an offset, within retention and at most "
+        "DESKPULSE_MAX_FUTURE ahead (default now)",
     )
-    kpis.add_argument("--by", default="", help="group by: channel,queue,priority")
+    kpis.add_argument(
+        "--by",
+        default="",
+        help="group by any of channel,queue,priority, comma-separated, each once "
+        "(default: one group of everything)",
+    )
     kpis.add_argument("--json", action="store_true", help="print the JSON document")
-    state = commands.add_parser("state", help="check or reset the state kept in Redis")
+    state = commands.add_parser(
+        "state",
+        help="check or reset the state kept in Redis",
+        description="Check the state under DESKPULSE_REDIS_PREFIX against the consumer "
+        "group and the input topics, or reset it.",
+    )
     state_commands = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
     state_commands.add_parser(
-        "check", help="compare the state with the consumer group's offsets and the topics"
+        "check",
+        help="compare the state with the consumer group's offsets and the topics",
+        description="Compare the state with the consumer group's committed offsets and the "
+        "input topics, writing nothing: exit 0 when they match, 1 with the reason.",
     )
     reset = state_commands.add_parser(
         "reset",
@@ -74,10 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("--yes", action="store_true", help="really delete it")
     reset.add_argument(
-        "--note", default="", help="why, recorded with the reset (e.g. a ticket number)"
+        "--note",
+        default="",
+        help="why, recorded with the reset in P:config (free text, e.g. a ticket number)",
     )
-    from deskpulse.streams import tools
-
     tools.add_commands(commands)
     return parser
 
@@ -108,7 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from deskpulse.streams.devtools.demo import run_demo
 
-            return run_demo(settings, rate=args.rate, seed=args.seed)
+            if args.log_level != "debug":  # the demo's lines, not the Kafka client's
+                logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+            return run_demo(
+                settings, rate=args.rate, seed=args.seed, use_existing=args.use_existing
+            )
         if args.command == "state":
             return _state(settings, args)
         from deskpulse.streams import tools

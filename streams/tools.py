@@ -11,7 +11,7 @@ import base64
 import binascii
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -19,7 +19,7 @@ import orjson
 if TYPE_CHECKING:  # loaded by the commands that run, not by the parser every command builds
     from deskpulse.models.settings import Settings
 
-__all__ = ["Progress", "add_commands", "produce_records", "run"]
+__all__ = ["Bounded", "Progress", "add_commands", "produce_records", "run"]
 
 
 class Progress:
@@ -58,34 +58,126 @@ class Progress:
         )
 
 
+class Bounded:
+    """An argparse type: a number of ``kind`` within ``[low, high]``, refused outside with
+    the range named; ``text`` is that range as the options' help states it."""
+
+    def __init__(self, kind: Callable[[str], Any], low: float, high: float) -> None:
+        self.kind = kind
+        self.low = low
+        self.high = high
+        self.__name__ = kind.__name__  # what argparse names in "invalid <name> value"
+        self.text = f"{_plain(low)} to {_plain(high)}"
+
+    def __call__(self, text: str) -> Any:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not self.low <= value <= self.high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {self.text}")
+        return value
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 def add_commands(commands: Any) -> None:
     """Register the sub-commands on the CLI's sub-parser set."""
-    sim = commands.add_parser("simulate", help="generate realistic support traffic")
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--rate", type=float, default=50.0, help="average events per second")
-    sim.add_argument("--duration", default="1h", help="simulated span: 90s, 30m, 6h, 2d")
-    sim.add_argument("--start", default=None, help="RFC 3339 start (default: now - duration)")
-    sim.add_argument("--diurnal", action="store_true", help="day-shaped volume curve")
-    sim.add_argument("--incident", action="store_true", help="volume up, agents slower")
-    sim.add_argument("--duplicates", type=float, default=0.0, help="share re-sent as is")
-    sim.add_argument("--out-of-order", type=float, default=0.0, help="share delivered late")
-    sim.add_argument("--malformed", type=float, default=0.0, help="share of bad records")
+    sim = commands.add_parser(
+        "simulate",
+        help="generate realistic support traffic",
+        description="Generate the records of a simulated helpdesk and produce them to the "
+        "input topics, write them to a JSONL file (--out), or produce them in real time "
+        "(--live).",
+    )
+    sim.add_argument(
+        "--seed",
+        type=Bounded(int, 0, 2**32 - 1),
+        default=1,
+        metavar="N",
+        help="seed, 0 to 4294967295: the same seed gives the same records (default 1)",
+    )
+    sim.add_argument(
+        "--rate",
+        type=Bounded(float, 0.001, 1_000_000.0),
+        default=50.0,
+        metavar="R",
+        help="average events per second over the span, 0.001 to 1000000 (default 50)",
+    )
+    sim.add_argument(
+        "--duration",
+        default="1h",
+        help="simulated span as <int>(s|m|h|d), e.g. 90s, 30m, 6h, 2d; more than 0 "
+        "(default 1h; ignored with --live, which runs for 7 days)",
+    )
+    sim.add_argument(
+        "--start",
+        default=None,
+        help="start of the span, RFC 3339 with an offset (default: now minus --duration)",
+    )
+    sim.add_argument(
+        "--diurnal", action="store_true", help="volume follows the hour of day (0.2 to 1.8x)"
+    )
+    sim.add_argument(
+        "--incident",
+        action="store_true",
+        help="in the middle third volume doubles and agents are 3x slower",
+    )
+    sim.add_argument(
+        "--duplicates",
+        type=Bounded(float, 0.0, 1.0),
+        default=0.0,
+        metavar="X",
+        help="share of events re-sent as they were, 0 to 1 (default 0)",
+    )
+    sim.add_argument(
+        "--out-of-order",
+        type=Bounded(float, 0.0, 1.0),
+        default=0.0,
+        metavar="X",
+        help="share of events delivered late, 0 to 1 (default 0)",
+    )
+    sim.add_argument(
+        "--malformed",
+        type=Bounded(float, 0.0, 1.0),
+        default=0.0,
+        metavar="X",
+        help="share of events followed by a record to reject, 0 to 1 (default 0)",
+    )
     sim.add_argument(
         "--office-hours",
         action="store_true",
         help="billing and sales agents keep Berlin office hours, technical New York's",
     )
-    sim.add_argument("--out", default=None, help="write JSONL here instead of Kafka")
-    sim.add_argument("--live", action="store_true", help="produce in real time, forever")
-    produce = commands.add_parser("produce", help="publish a JSONL file of events")
-    produce.add_argument("file", help="JSONL: one {topic, key, value} object per line")
-    replay = commands.add_parser("replay", help="apply the input topics to Redis on the fast path")
+    sim.add_argument(
+        "--out", default=None, help="write JSONL to this file instead of producing to Kafka"
+    )
+    sim.add_argument(
+        "--live", action="store_true", help="produce in real time, for 7 simulated days"
+    )
+    produce = commands.add_parser(
+        "produce",
+        help="publish a JSONL file of events",
+        description="Publish a JSONL file (as simulate --out writes) to the input topics, "
+        "keyed by conversation; bad lines are reported and skipped.",
+    )
+    produce.add_argument("file", help="JSONL file: one {topic, key, value} object per line")
+    replay = commands.add_parser(
+        "replay",
+        help="apply the input topics to Redis on the fast path",
+        description="Apply the input topics to the state in Redis on the fast path, from "
+        "after what it holds to the topics' ends as they are at the start.",
+    )
     replay.add_argument(
         "--processes",
-        type=_processes,
+        type=Bounded(int, 1, 1024),
         default=1,
-        help="processes folding side by side, each with its share of the partitions "
-        "(1 to the partition count; more are capped at it): one core each, beside Redis's",
+        metavar="N",
+        help="processes folding side by side, each with its share of the partitions, 1 to "
+        "1024 (default 1; more than the partition count are capped at it): one core each, "
+        "beside Redis's",
     )
 
 
@@ -241,17 +333,6 @@ def _produce_file(path: str, settings: Settings) -> int:
     if bad:
         print(f"deskpulse produce: {bad} bad lines skipped", file=sys.stderr)
     return 0 if sent or not bad else 1
-
-
-def _processes(value: str) -> int:
-    """``--processes``: a whole number of at least 1."""
-    try:
-        count = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"{count} is less than 1")
-    return count
 
 
 def _replay(settings: Settings, processes: int = 1) -> int:

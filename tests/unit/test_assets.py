@@ -563,6 +563,94 @@ def test_compose_has_the_whole_stack() -> None:
     assert redis["image"].startswith("redis:7")
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command
+    # fsynced as the Reliability table's Redis kill -9 row was run, and says so
+    assert "--appendfsync always" in command
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"^\| Redis `kill -9` with AOF `appendfsync always`", readme, re.MULTILINE)
+
+
+def published_host_port(port: str | int | dict[str, Any]) -> int | None:
+    """The host port a compose ``ports`` entry publishes (``None``: a random one)."""
+    if isinstance(port, dict):
+        published = port.get("published")
+        return int(published) if published else None
+    spec = str(port).split("/")[0]
+    if spec.startswith("["):
+        spec = spec[spec.index("]") + 2 :]
+    parts = spec.split(":")
+    return int(parts[-2]) if len(parts) >= 2 else None
+
+
+def test_compose_leaves_the_hosts_own_redis_and_kafka_ports_alone() -> None:
+    # a developer's machine often runs a Redis on 6379 (or a broker on 9092): the stack
+    # must start beside it, and host commands must not reach the wrong one by default
+    published = {
+        name: [published_host_port(port) for port in service.get("ports", [])]
+        for name, service in compose()["services"].items()
+    }
+    assert all(6379 not in ports and 9092 not in ports for ports in published.values()), published
+    assert published["redis"] == [16379]
+    header = COMPOSE.read_text(encoding="utf-8").split("\nname:")[0]
+    assert "DESKPULSE_REDIS_URL=redis://127.0.0.1:16379/0" in header
+
+
+def compose_command_lines(service: dict[str, Any]) -> list[list[str]]:
+    """The ``deskpulse ...`` invocations in a service's command (a ``sh -c`` script
+    included), its shell variables (compose writes ``$`` as ``$$``) replaced by a start
+    time and the sums made of it."""
+    import shlex
+
+    command = service["command"]
+    script = command[-1] if command[:2] == ["sh", "-c"] else shlex.join(command)
+    seed = 1_800_000_000  # what $(date +%s) gives, for the arithmetic below
+    script = re.sub(r"\$\$\(\(\w+ \+ (\d+)\)\)", lambda m: str(seed + int(m.group(1))), script)
+    script = re.sub(r"\$\$\w+", str(seed), script)
+    lines = []
+    for line in script.replace("&&", "\n").splitlines():
+        words = shlex.split(line)
+        if words[:1] == ["exec"]:
+            words = words[1:]
+        if words[:1] == ["deskpulse"]:
+            lines.append(words[1:])
+    return lines
+
+
+def test_the_demo_profile_fills_grafana_with_simulated_traffic() -> None:
+    from deskpulse.streams.cli import _parser
+
+    services = compose()["services"]
+    simulate, worker = services["simulate"], services["worker"]
+    assert simulate["profiles"] == ["demo"]
+    assert simulate["image"] == worker["image"]
+    assert (
+        simulate["environment"]["DESKPULSE_KAFKA_BOOTSTRAP"]
+        == (worker["environment"]["DESKPULSE_KAFKA_BOOTSTRAP"])
+    )
+    assert simulate["depends_on"]["worker"]["condition"] == "service_healthy"
+    backfill, live = (_parser().parse_args(line) for line in compose_command_lines(simulate))
+    # a day of history first (Grafana's 24 h panels are full at once), then live traffic
+    assert backfill.command == live.command == "simulate"
+    assert backfill.duration == "24h" and not backfill.live and not backfill.out
+    assert live.live and live.rate == backfill.rate
+    assert live.seed != backfill.seed  # two simulations, ids of their own
+    for service in (services["worker"], simulate):
+        assert not {p for p in service.get("profiles", [])} - {"demo"}
+
+
+def test_alertmanager_receivers_post_to_the_sink_in_the_stack() -> None:
+    from urllib.parse import urlparse
+
+    config = load_yaml(ALERTMANAGER / "alertmanager.yml")
+    services = compose()["services"]
+    sink = services["alert-sink"]
+    port = int(sink["environment"]["PORT"])
+    assert "alert-sink" in services["alertmanager"]["depends_on"]
+    for receiver in config["receivers"]:
+        (webhook,) = receiver["webhook_configs"]
+        url = urlparse(webhook["url"])
+        assert (url.hostname, url.port) == ("alert-sink", port), receiver
+        assert url.path == "/" + receiver["name"]
+    assert "ports" not in sink  # nothing outside the stack posts to it
 
 
 def published_host_ip(port: str | int | dict[str, Any]) -> str | None:

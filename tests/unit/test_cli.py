@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -121,3 +122,69 @@ def test_version_matches_the_package_metadata() -> None:
 
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     assert tomllib.loads(pyproject.read_text())["project"]["version"] == __version__
+
+
+# -- --help: every command and option says what it does, and its range -----------------------
+
+
+def parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    """``(command line, parser)`` of the top level and every subcommand, depth first."""
+    from deskpulse.streams.cli import _parser
+
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+
+    def walk(name: str, parser: argparse.ArgumentParser) -> None:
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(f"{name} {sub_name}", sub)
+
+    walk("deskpulse", _parser())
+    return found
+
+
+def test_every_command_and_option_has_help_with_its_range() -> None:
+    from deskpulse.streams.tools import Bounded
+
+    seen = 0
+    for name, parser in parsers():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            where = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            if isinstance(action, argparse._SubParsersAction):
+                # each command listed with what it does
+                helps = {choice.dest: choice.help for choice in action._choices_actions}
+                assert set(helps) == set(action.choices), where
+                assert all(text and len(text) > 10 for text in helps.values()), helps
+                continue
+            seen += 1
+            assert action.help and len(action.help) > 10, f"{where}: no help"
+            if action.type in (int, float):
+                pytest.fail(f"{where}: a number without a range (use Bounded)")
+            if isinstance(action.type, Bounded):
+                assert action.type.text in action.help, f"{where}: {action.help!r}"
+                with pytest.raises(argparse.ArgumentTypeError):
+                    action.type(str(action.type.high * 2 + 1))
+                assert action.type(str(action.default)) == action.default, where
+            if action.choices:
+                assert all(str(c) in action.help for c in action.choices), where
+    assert seen >= 20  # the options of demo, kpis, state reset, simulate, produce
+
+
+@pytest.mark.parametrize("command", [name for name, _ in parsers()])
+def test_help_prints_every_option_and_exits_0(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deskpulse.streams.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*command.split()[1:], "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    parser = dict(parsers())[command]
+    for action in parser._actions:
+        if action.help and not isinstance(action, argparse._SubParsersAction):
+            first_words = " ".join(action.help.split()[:4]).replace("%%", "%")
+            assert first_words in text, (command, action.help)
