@@ -42,6 +42,7 @@ BENCH_SLA_TICKETS (50000), BENCH_SLA_PASSES (20), BENCH_SLA_DUE (1000),
 BENCH_SLA_STATE_TICKETS (10000), BENCH_BACKLOG_TICKETS (1000000), BENCH_BACKLOG_WORKED
 (100000), BENCH_BACKLOG_READ_TICKETS (200000), BENCH_BACKLOG_DAY_RATE (5),
 BENCH_BACKLOG_READS (30), BENCH_INGEST_SECONDS (15), BENCH_INGEST_CONNECTIONS (50),
+BENCH_INGEST_RATE (2000),
 BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest; names given as
 arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
@@ -234,6 +235,8 @@ class Config:
     ingest_connections: int = field(
         default_factory=lambda: max(1, _env_int("BENCH_INGEST_CONNECTIONS", 50))
     )
+    #: requests/s of the paced run, whose latency the budget reads
+    ingest_rate: float = field(default_factory=lambda: _env_float("BENCH_INGEST_RATE", 2000))
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -1997,8 +2000,28 @@ class Bench:
                 run = await self.drive_ingest(settings, url, "measured", cfg.ingest_s)
                 out["server_cpu_s"] = tree_cpu_s(server.pid) - cpu_before
                 out["produced"] = await self._input_records(settings) - before
+                # the latency a helpdesk sees at the budget's rate, paced (not flat out)
+                cpu_before = tree_cpu_s(server.pid)
+                paced = await self.drive_ingest(
+                    settings, url, "paced", cfg.ingest_s, rate=cfg.ingest_rate
+                )
+                paced_cpu_s = tree_cpu_s(server.pid) - cpu_before
             finally:
                 self.procs.stop(server)
+        paced_latencies = sorted(paced.pop("latencies"))
+        paced_ok = paced["statuses"].get("200", 0)
+        out["paced"] = {
+            "rate": cfg.ingest_rate,
+            "statuses": paced["statuses"],
+            "ok": paced_ok,
+            "per_second": paced_ok / max(paced["seconds"], 1e-9),
+            "server_cores": paced_cpu_s / max(paced["seconds"], 1e-9),
+            "latency": {
+                "p50": percentile(paced_latencies, 0.50) if paced_latencies else None,
+                "p99": percentile(paced_latencies, 0.99) if paced_latencies else None,
+                "max": paced_latencies[-1] if paced_latencies else None,
+            },
+        }
         ok = run["statuses"].get("200", 0)
         latencies = sorted(run.pop("latencies"))
         out |= {
@@ -2019,9 +2042,10 @@ class Bench:
         return out
 
     async def drive_ingest(
-        self, settings: Settings, url: str, name: str, seconds: float
+        self, settings: Settings, url: str, name: str, seconds: float, rate: float = 0.0
     ) -> dict[str, Any]:
-        """One run of the load generator; its JSON result."""
+        """One run of the load generator (flat out, or at ``rate`` requests/s); its JSON
+        result."""
         result = self.workdir / f"webhooks-{name}.json"
         load = self.procs.start(
             f"webhooks-{name}",
@@ -2037,6 +2061,8 @@ class Bench:
                 str(self.config.ingest_connections),
                 "--seconds",
                 str(seconds),
+                "--rate",
+                str(rate),
                 "--out",
                 str(result),
             ],

@@ -1,9 +1,13 @@
-"""Zendesk webhooks as fast as ``POST /ingest/zendesk`` answers them, for a while.
+"""Zendesk webhooks to ``POST /ingest/zendesk``, as fast as it answers or at a set rate.
 
 ``--connections`` clients, each on a keep-alive connection of its own, send a signed
 Zendesk ticket-event webhook as soon as their last one was answered (a ticket created,
 then comments on it, each delivery with an event id of its own) until ``--seconds`` have
 passed; then one JSON object with every answer's status and latency goes to ``--out``.
+With ``--rate R`` the clients send R requests per second together instead, each on its
+schedule (request k of client i at ``(k * connections + i) / R`` seconds), and a latency
+runs from the scheduled instant: a server that falls behind shows in it (no coordinated
+omission), however long the client waited for its previous answer.
 
     python -m benchmark.webhooks --url http://127.0.0.1:6067 --secret S --connections 50 \\
         --seconds 15 --out webhooks.json
@@ -102,28 +106,40 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
     secret = args.secret.encode()
-    deadline = time.monotonic() + args.seconds
     connector = aiohttp.TCPConnector(limit=0)  # one keep-alive connection per client
     timeout = aiohttp.ClientTimeout(total=60)
     url = f"{args.url}/ingest/zendesk"
+
+    begun = deadline = 0.0
+
+    async def post(index: int, request: int, session: aiohttp.ClientSession) -> str:
+        now_s = time.time()
+        body = zendesk_body(index, request, now_s - 60)
+        timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_s))
+        try:
+            async with session.post(
+                url, data=body, headers=_headers(secret, body, timestamp)
+            ) as response:
+                await response.read()
+                return str(response.status)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return type(error).__name__
 
     async def client(index: int, session: aiohttp.ClientSession) -> None:
         for request in itertools.count():
             if time.monotonic() >= deadline:
                 return
-            now_s = time.time()
-            body = zendesk_body(index, request, now_s - 60)
-            timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_s))
+            scheduled = None
+            if args.rate > 0:
+                scheduled = begun + (request * args.connections + index) / args.rate
+                wait_s = scheduled - time.perf_counter()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                if time.monotonic() >= deadline:
+                    return
             started = time.perf_counter()
-            try:
-                async with session.post(
-                    url, data=body, headers=_headers(secret, body, timestamp)
-                ) as response:
-                    await response.read()
-                    status = str(response.status)
-            except (aiohttp.ClientError, TimeoutError) as error:
-                status = type(error).__name__
-            elapsed = time.perf_counter() - started
+            status = await post(index, request, session)
+            elapsed = time.perf_counter() - (started if scheduled is None else scheduled)
             statuses[status] += 1
             if status == "200":
                 latencies.append(elapsed)
@@ -131,6 +147,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.05)  # a refusal must not spin
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        if args.rate > 0:
+            # paced: each client's connection open and used once before the schedule
+            # starts, so that the first second does not measure 50 connects at once
+            await asyncio.gather(
+                *(post(i, 1_000_000 + i, session) for i in range(args.connections))
+            )
+        begun, deadline = time.perf_counter(), time.monotonic() + args.seconds
         started = time.monotonic()
         cpu_started = time.process_time()
         tasks = [asyncio.ensure_future(client(i, session)) for i in range(args.connections)]
@@ -142,6 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_s = time.process_time() - cpu_started
     return {
         "connections": args.connections,
+        "rate": args.rate,
         "seconds": wall_s,
         "statuses": dict(statuses),
         "latencies": latencies,
@@ -156,6 +180,7 @@ def main() -> None:
     parser.add_argument("--secret", required=True)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s in all; 0: flat out")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     result = asyncio.run(run(args))
