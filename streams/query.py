@@ -702,7 +702,7 @@ async def read_sla_tickets(
         entry = classify_sla_ticket(state)
         if entry is None or state.dims is None or state.opened is None:
             continue
-        dims = dict(zip(DIMENSIONS, state.dims, strict=True))
+        dims: dict[str, str] = dict(zip(DIMENSIONS, state.dims, strict=True))
         if any(dims[d] != v for d, v in filters.items()):
             continue
         status, metrics = entry
@@ -736,7 +736,7 @@ def classify_sla_ticket(state: Conversation) -> tuple[str, list[str]] | None:
     instance at risk (its share of the instance counts, as of its last commit)."""
     if state.kind != "t" or (state.counted // 1000) % 10 == 0:
         return None
-    breached = sorted(
+    breached: list[str] = sorted(
         {
             _METRIC_OF[claim.partition(":")[0]]
             for claim in state.claims
@@ -747,7 +747,9 @@ def classify_sla_ticket(state: Conversation) -> tuple[str, list[str]] | None:
     )
     if breached:
         return "breached", breached
-    at_risk = [m for m, place in PLACES.items() if (state.counted // place) % 10 == AT_RISK_NOW]
+    at_risk: list[str] = [
+        m for m, place in PLACES.items() if (state.counted // place) % 10 == AT_RISK_NOW
+    ]
     return ("at_risk", at_risk) if at_risk else None
 
 

@@ -330,12 +330,8 @@ class KpiReads:
                     raise InvalidQuery(name, "is given twice")
                 given[name] = value
             settings = self.settings
-            limits = {
-                "bucket_seconds": settings.bucket_seconds,
-                "retention_s": settings.retention,
-                "max_future_s": settings.max_future,
-                "now_s": self._clock(),
-            }
+            if path == "/kpis/sla-tickets":
+                return parse_sla_tickets(given)
             if path == "/kpis/series":
                 return parse_series(
                     given.get("window"),
@@ -343,11 +339,20 @@ class KpiReads:
                     given.get("count"),
                     given.get("at"),
                     given.get("by"),
-                    **limits,
+                    bucket_seconds=settings.bucket_seconds,
+                    retention_s=settings.retention,
+                    max_future_s=settings.max_future,
+                    now_s=self._clock(),
                 )
-            if path == "/kpis/sla-tickets":
-                return parse_sla_tickets(given)
-            return parse_query(given.get("window"), given.get("at"), given.get("by"), **limits)
+            return parse_query(
+                given.get("window"),
+                given.get("at"),
+                given.get("by"),
+                bucket_seconds=settings.bucket_seconds,
+                retention_s=settings.retention,
+                max_future_s=settings.max_future,
+                now_s=self._clock(),
+            )
         except InvalidQuery:
             self._reads.labels("invalid").inc()
             raise

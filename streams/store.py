@@ -1193,7 +1193,7 @@ class Store:
                 ticket_wants.setdefault(group, []).append(n)
             for group in instants[i][2]:
                 chat_wants.setdefault(group, []).append(n)
-        args = [
+        args: list[bytes | int] = [
             orjson.dumps([instants[i][0] for i in order]),
             stale_ms,
             orjson.dumps(ticket_wants),
