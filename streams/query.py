@@ -254,7 +254,7 @@ async def read_live(
     horizon_s = _levels_horizon_s(store, watermarks_ms)
     later: Counter[str] = Counter()
     if end_s < horizon_s:
-        (later,) = await store.sum_buckets(
+        (later,) = await store.sum_level_steps(
             partitions, [_suffixes(store, end_s, horizon_s, grouped=True)]
         )
     groups = _level_groups(levels, later)
