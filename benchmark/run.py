@@ -1357,8 +1357,10 @@ class Bench:
         idle but for its timers: its CPU — its own process and its read process, from
         /proc — over ``BENCH_BOARD_SECONDS`` without viewers, then with
         ``BENCH_BOARD_VIEWERS`` viewers each doing what the page does every
-        ``refresh_seconds`` (its /kpis windows at once, then the tickets at risk, and the
-        sparklines' series every ``series_refresh_seconds``), spread evenly over the period,
+        ``refresh_seconds`` (its /kpis windows at once, then the tickets at risk as often as
+        their answer may be old, and the sparklines' series every
+        ``series_refresh_seconds``), each read with the page's ``Cache-Control: max-age``,
+        spread evenly over the period,
         then without again. The viewers' cost is the CPU of the viewers' phase less the mean
         of the idle phases, per viewer refresh. Then ``GET /kpis/series`` of 24 x 1 h, each
         read a series of its own (none from the cache): ending on the hour, as the board
@@ -1404,29 +1406,37 @@ class Bench:
 
         cfg = self.config
         windows = sorted({tile["window"] for tile in board["tiles"]})
-        refresh_s = float(board["refresh_seconds"])
+        refresh_s = board["refresh_seconds"]
+        ages = board["max_age_seconds"]
         latencies: list[float] = []
         statuses: Counter[int] = Counter()
         refreshes = 0
 
-        async def get(session: Any, path: str, **query: str) -> None:
+        async def get(session: Any, path: str, max_age_s: Any, **query: str) -> None:
+            # as the page asks: an answer up to a refresh old will do (Cache-Control)
+            headers = {"Cache-Control": f"max-age={max_age_s}"}
             started = time.perf_counter()
-            async with session.get(url + path, params=query) as response:
+            async with session.get(url + path, params=query, headers=headers) as response:
                 await response.read()
                 statuses[response.status] += 1
             latencies.append(time.perf_counter() - started)
 
         async def viewer(session: Any, offset_s: float, until: float) -> None:
             nonlocal refreshes
-            series_at = -math.inf
+            series_at = sla_at = -math.inf
             await asyncio.sleep(offset_s)
             while time.monotonic() < until:
                 began = time.monotonic()
-                await asyncio.gather(*(get(session, "/kpis", window=w) for w in windows))
-                await get(session, "/kpis/sla-tickets", limit="10")
+                await asyncio.gather(
+                    *(get(session, "/kpis", ages["kpis"][w], window=w) for w in windows)
+                )
+                if began - sla_at >= ages["sla_tickets"]:
+                    await get(session, "/kpis/sla-tickets", ages["sla_tickets"], limit="10")
+                    sla_at = began
                 if began - series_at > board["series_refresh_seconds"]:
                     hour_end = -(-time.time() // 3600) * 3600
-                    await get(session, "/kpis/series", **board["series"], at=format_time(hour_end))
+                    at = format_time(hour_end)
+                    await get(session, "/kpis/series", ages["series"], **board["series"], at=at)
                     series_at = began
                 refreshes += 1
                 await asyncio.sleep(max(0.0, refresh_s - (time.monotonic() - began)))

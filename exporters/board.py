@@ -23,6 +23,7 @@ from deskpulse.models.settings import Settings, format_duration, parse_duration
 
 __all__ = [
     "PROMETHEUS_THRESHOLDS",
+    "REFRESH_S",
     "SERIES",
     "TILES",
     "Threshold",
@@ -30,6 +31,7 @@ __all__ = [
     "board_config",
     "render_board",
     "thresholds",
+    "window_max_age_s",
 ]
 
 
@@ -67,6 +69,13 @@ TILES: tuple[Tile, ...] = (
 
 #: The sparklines: one point per hour over the last 24 h (``GET /kpis/series``).
 SERIES = {"window": "1h", "step": "1h", "count": 24}
+#: The page reads its windows and the ticket list every REFRESH_S, the series every
+#: SERIES_REFRESH_S; the series' newest point (the hour so far) may be SERIES_MAX_AGE_S
+#: old, the ticket list SLA_TICKETS_MAX_AGE_S.
+REFRESH_S = 5
+SERIES_REFRESH_S = 60
+SERIES_MAX_AGE_S = 300
+SLA_TICKETS_MAX_AGE_S = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +157,28 @@ def board_config(settings: Settings) -> dict[str, Any]:
             fields["window"] = threshold.window
         fields["threshold"] = None if threshold is None else asdict(threshold)
         tiles.append(fields)
+    windows = sorted({tile["window"] for tile in tiles}, key=parse_duration)
     return {
         "tiles": tiles,
         "series": SERIES,
-        "refresh_seconds": 5,
-        "series_refresh_seconds": 60,
+        "refresh_seconds": REFRESH_S,
+        "series_refresh_seconds": SERIES_REFRESH_S,
+        # how old an answer each read accepts (Cache-Control: max-age): boards refreshing
+        # within it share one computation in the worker
+        "max_age_seconds": {
+            "kpis": {window: window_max_age_s(parse_duration(window)) for window in windows},
+            "sla_tickets": SLA_TICKETS_MAX_AGE_S,
+            "series": SERIES_MAX_AGE_S,
+        },
         "token_required": settings.web_token is not None,
     }
+
+
+def window_max_age_s(window_s: int) -> int:
+    """How old a window's document may be on the board: a 90th of the window, at least a
+    refresh and at most 30 s (15m: 10 s, 1h and 24h: 30 s): a window's figures move too
+    little in that time to show."""
+    return min(30, max(REFRESH_S, window_s // 90))
 
 
 _PLACEHOLDER = "{}/*BOARD_CONFIG*/"

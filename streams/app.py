@@ -45,7 +45,7 @@ from deskpulse.streams.engine import DeadLetterTrouble, Record, retry_forever
 from deskpulse.streams.integrity import StateGuard
 from deskpulse.streams.kpi_engine import KpiEngine, LocalEngine
 from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
-from deskpulse.streams.reads import KpiReads
+from deskpulse.streams.reads import KpiReads, max_age_s
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
@@ -626,7 +626,9 @@ def create_app(settings: Settings) -> faust.App:
         if service.guard.error is not None:  # what Redis holds now is not the KPIs
             body = orjson.dumps({"error": f"state: {service.guard.error}"})
             return web.bytes(body, content_type="application/json", status=503)
-        status, body, headers = await reads.answer(request.query.items())
+        status, body, headers = await reads.answer(
+            request.query.items(), max_age_s=max_age_s(request.headers.get("Cache-Control"))
+        )
         return web.bytes(body, content_type="application/json", status=status, headers=headers)
 
     async def read(web: Any, request: Any, path: str) -> Any:
@@ -635,7 +637,9 @@ def create_app(settings: Settings) -> faust.App:
         if service.guard.error is not None:
             body = orjson.dumps({"error": f"state: {service.guard.error}"})
             return web.bytes(body, content_type="application/json", status=503)
-        status, body, headers = await reads.answer(request.query.items(), path)
+        status, body, headers = await reads.answer(
+            request.query.items(), path, max_age_s=max_age_s(request.headers.get("Cache-Control"))
+        )
         return web.bytes(body, content_type="application/json", status=status, headers=headers)
 
     @app.page("/kpis/series")

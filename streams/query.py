@@ -685,7 +685,8 @@ async def read_sla_tickets(
     ``deskpulse_sla_at_risk`` count, :func:`~streams.core.instances_now`). Bounded, not
     exhaustive: the candidates are, per partition, the ``limit`` tickets of breach
     detection's queue with the soonest instants (a warned ticket waits there for its
-    deadline) and the ``limit`` oldest open tickets of each matching group.
+    deadline) and the oldest open tickets of each matching group, ``limit`` shared out
+    over the groups (at least one each).
     """
     metas = await store.read_meta()
     partitions = sorted(metas)
@@ -695,7 +696,13 @@ async def read_sla_tickets(
         for key in _open_groups(_level_groups(levels, {}))[0]
         if all(split_dim_key(key)[DIMENSIONS.index(d)] == v for d, v in filters.items())
     ]
-    candidates = await store.sla_candidates(partitions, groups, limit=limit) if groups else []
+    # the oldest of every group, more of each when there are few groups
+    per_group = -(-limit // max(len(groups), 1))
+    candidates = (
+        await store.sla_candidates(partitions, groups, limit=limit, per_group=per_group)
+        if groups
+        else []
+    )
     tickets = []
     for _, conversation_id, due_ms, raw in candidates:
         state = Conversation.loads(raw)

@@ -57,6 +57,8 @@ from deskpulse.streams.query import KpiQuery, SeriesQuery, SlaTicketsQuery
 Query = KpiQuery | SeriesQuery | SlaTicketsQuery
 
 __all__ = [
+    "MAX_AGE_S",
+    "MAX_KEPT",
     "PARAMETERS",
     "READ_NICE",
     "READ_RESULTS",
@@ -68,6 +70,7 @@ __all__ = [
     "ReadGate",
     "ReadProcess",
     "ReadResult",
+    "max_age_s",
 ]
 
 log = logging.getLogger("deskpulse.reads")
@@ -140,7 +143,28 @@ class Pacer:
 @dataclass(slots=True)
 class _Cached:
     body: bytes
-    expires_at: float
+    computed_at: float
+    #: how long it may answer reads: DESKPULSE_READ_CACHE, or longer for a read that
+    #: accepted an older answer (``max_age_s``)
+    keep_s: float
+
+
+#: The oldest answer a client may accept (``Cache-Control: max-age``), in seconds.
+MAX_AGE_S = 300.0
+#: Answers kept past DESKPULSE_READ_CACHE for clients that accept older ones, at most: the
+#: wallboard asks the same few reads; a client asking many distinct ones with a max-age
+#: cannot make the cache grow without bound.
+MAX_KEPT = 32
+
+
+def max_age_s(cache_control: str | None) -> float:
+    """The ``max-age`` of a request's ``Cache-Control`` (RFC 9111: the client accepts an
+    answer up to that old), capped at :data:`MAX_AGE_S`; 0 when absent or malformed."""
+    for directive in (cache_control or "").split(","):
+        name, _, value = directive.strip().partition("=")
+        if name.strip().lower() == "max-age" and value.strip().isdigit():
+            return min(float(value.strip()), MAX_AGE_S)
+    return 0.0
 
 
 class ReadGate:
@@ -148,7 +172,10 @@ class ReadGate:
 
     ``compute(query)`` returns the document's bytes or raises; it is called at most
     ``concurrency`` times at once, and at most once for concurrent identical queries.
-    ``on_result(result)`` is told what became of every read (for the metric).
+    An answer computed less than ``cache_s`` ago answers an identical query, or less than
+    the ``max_age_s`` a read accepts (the wallboard's viewers share one computation per
+    refresh that way). ``on_result(result)`` is told what became of every read (for the
+    metric).
     """
 
     def __init__(
@@ -177,16 +204,18 @@ class ReadGate:
         """Distinct reads computing or waiting for a turn."""
         return len(self._flights)
 
-    async def read(self, query: Query) -> bytes:
-        """The document of ``query`` as JSON bytes.
+    async def read(self, query: Query, max_age_s: float = 0.0) -> bytes:
+        """The document of ``query`` as JSON bytes; one computed up to ``max_age_s`` ago
+        (capped at :data:`MAX_AGE_S`) will do, or up to ``cache_s`` ago whatever it says.
 
         Raises :class:`ReadUnavailable` when the queue is full, the wait is too long or
         the backend says so, :class:`InvalidQuery` as the backend does, and whatever else
         ``compute`` raised (a bug: the caller turns it into a 500).
         """
         now = self._clock()
+        accepted_s = max(self._cache_s, min(max_age_s, MAX_AGE_S))
         cached = self._cache.get(query)
-        if cached is not None and cached.expires_at > now:
+        if cached is not None and now - cached.computed_at < min(accepted_s, cached.keep_s):
             self._on_result("cached")
             return cached.body
         flight = self._flights.get(query)
@@ -200,7 +229,7 @@ class ReadGate:
             )
         else:
             result = "computed"
-            flight = asyncio.ensure_future(self._fly(query))
+            flight = asyncio.ensure_future(self._fly(query, accepted_s))
             self._flights[query] = flight
         try:
             # shielded: a client that goes away must not cancel the read others wait for
@@ -224,17 +253,24 @@ class ReadGate:
         self._on_result(result)
         return body
 
-    async def _fly(self, query: Query) -> bytes:
+    async def _fly(self, query: Query, keep_s: float) -> bytes:
         try:
             async with self._slots:
                 body = await self._compute(query)
-            if self._cache_s > 0:
+            if keep_s > 0:
                 now = self._clock()
-                # expired entries go as new ones come: the cache holds at most what was
-                # computed within the last DESKPULSE_READ_CACHE seconds
-                for key in [k for k, c in self._cache.items() if c.expires_at <= now]:
+                # expired entries go as new ones come: the cache holds what was computed
+                # within the last DESKPULSE_READ_CACHE seconds, and at most MAX_KEPT
+                # answers kept longer for the clients that accept them
+                for key in [k for k, c in self._cache.items() if now - c.computed_at >= c.keep_s]:
                     del self._cache[key]
-                self._cache[query] = _Cached(body, now + self._cache_s)
+                # a fresher answer replaces an older one, kept as long as either wanted
+                before = self._cache.pop(query, None)
+                keep_s = max(keep_s, before.keep_s if before is not None else 0.0)
+                self._cache[query] = _Cached(body, now, keep_s)
+                kept = [k for k, c in self._cache.items() if c.keep_s > self._cache_s]
+                for key in kept[: max(0, len(kept) - MAX_KEPT)]:  # the oldest first
+                    del self._cache[key]
             return body
         finally:
             del self._flights[query]
@@ -288,10 +324,15 @@ class KpiReads:
         self.pacer = Pacer(settings.read_rate)
 
     async def answer(
-        self, parameters: Iterable[tuple[str, str]], path: str = "/kpis"
+        self,
+        parameters: Iterable[tuple[str, str]],
+        path: str = "/kpis",
+        *,
+        max_age_s: float = 0.0,
     ) -> tuple[int, bytes, dict[str, str]]:
         """``(status, body, headers)`` for the query string's ``(name, value)`` pairs of a
-        read of ``path``: ``/kpis``, ``/kpis/series`` or ``/kpis/sla-tickets``."""
+        read of ``path`` (``/kpis``, ``/kpis/series`` or ``/kpis/sla-tickets``) from a
+        client that accepts an answer up to ``max_age_s`` old."""
         try:
             try:
                 await self.pacer.turn()
@@ -299,7 +340,7 @@ class KpiReads:
                 self._reads.labels("rejected").inc()
                 raise
             query = self.parse(parameters, path)
-            body = await self.gate.read(query)
+            body = await self.gate.read(query, max_age_s)
         except InvalidQuery as error:
             return 400, _json({"error": str(error), "parameter": error.parameter}), {}
         except ReadUnavailable as error:

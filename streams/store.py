@@ -1222,13 +1222,18 @@ class Store:
         return out
 
     async def sla_candidates(
-        self, partitions: Sequence[int], ticket_groups: Sequence[str], *, limit: int
+        self,
+        partitions: Sequence[int],
+        ticket_groups: Sequence[str],
+        *,
+        limit: int,
+        per_group: int,
     ) -> list[tuple[int, str, float | None, bytes | str]]:
         """Tickets that may be at risk or breached now, with their states: per partition the
         ``limit`` of ``due`` with the soonest instants (a warned ticket waits there for its
-        deadline) and the ``limit`` oldest open tickets of each of ``ticket_groups``
+        deadline) and the ``per_group`` oldest open tickets of each of ``ticket_groups``
         (a ticket whose every instance breached has nothing left in ``due``). Two pipelines,
-        O(partitions x (groups + 1) x limit) whatever the number of open tickets.
+        O(partitions x (limit + groups x per_group)) whatever the number of open tickets.
 
         ``(partition, ticket conversation id, due instant ms or None, state JSON)``, each
         ticket once; a ticket whose state is gone is left out."""
@@ -1237,7 +1242,7 @@ class Store:
                 base = self.base(partition)
                 pipe.zrange(base + "due", 0, limit - 1, withscores=True)
                 for group in ticket_groups:
-                    pipe.zrange(base + "lo:" + group, 0, limit - 1)
+                    pipe.zrange(base + "lo:" + group, 0, per_group - 1)
             replies = await pipe.execute()
         wanted: dict[tuple[int, str], float | None] = {}
         per = 1 + len(ticket_groups)

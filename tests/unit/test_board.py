@@ -4,6 +4,7 @@ are breached or at risk)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -26,12 +27,14 @@ from deskpulse.streams.core import AT_RISK_NOW, PLACES, RUNNING_NOW, Conversatio
 from deskpulse.streams.query import (
     MAX_POINTS,
     MAX_SLA_TICKETS,
+    KpiQuery,
     SeriesQuery,
     SlaTicketsQuery,
     classify_sla_ticket,
     parse_series,
     parse_sla_tickets,
 )
+from deskpulse.streams.reads import MAX_AGE_S, MAX_KEPT, ReadGate, max_age_s
 
 ALERTS = Path(__file__).parents[2] / "exporters" / "assets" / "prometheus" / "alerts.yml"
 NOW_S = 1_796_000_000.0  # 2026-11-30T00:53:20Z
@@ -269,3 +272,57 @@ def ticket(counted: int, claims: set[str] | None = None, kind: str = "t") -> Con
 )
 def test_classify_sla_ticket(state: Conversation, expected: tuple[str, list[str]] | None) -> None:
     assert classify_sla_ticket(state) == expected
+
+
+# -- boards share one computation per refresh (Cache-Control: max-age) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 0.0),
+        ("max-age=5", 5.0),
+        ("no-cache, max-age=12", 12.0),
+        ("MAX-AGE = 7", 7.0),
+        ("max-age=3600", MAX_AGE_S),  # capped
+        ("max-age=-1", 0.0),
+        ("max-age=soon", 0.0),
+        ("no-store", 0.0),
+    ],
+)
+def test_max_age_of_a_request(header: str | None, seconds: float) -> None:
+    assert max_age_s(header) == seconds
+
+
+def test_reads_accepting_an_older_answer_share_it() -> None:
+    """A board accepts an answer a refresh old: ten boards refreshing within it cost one
+    computation; a read that says nothing still gets one at most DESKPULSE_READ_CACHE old."""
+
+    async def run() -> list[str]:
+        now = [0.0]
+        computed: list[str] = []
+
+        async def compute(query: Any) -> bytes:
+            computed.append(f"{query.width_s}@{now[0]:g}")
+            return b"{}"
+
+        gate = ReadGate(compute, concurrency=2, queue=8, cache_s=1.0, clock=lambda: now[0])
+        query = KpiQuery(3600, 1_796_000_040)
+        await gate.read(query, max_age_s=5)  # computed at 0
+        for t in (0.5, 2.0, 4.9):  # boards within their 5 s: the same answer
+            now[0] = t
+            await gate.read(query, max_age_s=5)
+        now[0] = 2.5
+        await gate.read(query)  # a plain read: 2.5 s is older than its 1 s: computed
+        now[0] = 6.0
+        await gate.read(query, max_age_s=5)  # 3.5 s after that one, kept 5 s: shared
+        now[0] = 8.0
+        await gate.read(query, max_age_s=5)  # 5.5 s: computed again
+        # a client cannot keep more than MAX_KEPT answers alive past the cache
+        for n in range(MAX_KEPT + 10):
+            await gate.read(KpiQuery(60 * (n + 2), 1_796_000_040), max_age_s=60)
+        assert len(gate._cache) <= MAX_KEPT + 1
+        return computed
+
+    computed = asyncio.run(run())
+    assert computed[:3] == ["3600@0", "3600@2.5", "3600@8"]
