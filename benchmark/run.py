@@ -41,10 +41,10 @@ BENCH_SOAK_RESPONSE_SCALE (0.001), BENCH_SOAK_LIFECYCLE_SCALE (0.005), BENCH_REA
 BENCH_SLA_TICKETS (50000), BENCH_SLA_PASSES (20), BENCH_SLA_DUE (1000),
 BENCH_SLA_STATE_TICKETS (10000), BENCH_BACKLOG_TICKETS (1000000), BENCH_BACKLOG_WORKED
 (100000), BENCH_BACKLOG_READ_TICKETS (200000), BENCH_BACKLOG_DAY_RATE (5),
-BENCH_BACKLOG_READS (30), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (60),
-BENCH_BOARD_SERIES_READS (24), BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,
-backlog,soak,board; section names given as arguments, ``python -m benchmark.run reads``,
-take its place), BENCH_PROFILE (auto | always
+BENCH_BACKLOG_READS (30), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (300),
+BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_SECTIONS
+(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,board; section names given as
+arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
 
@@ -234,7 +234,10 @@ class Config:
     board_viewers: int = field(
         default_factory=lambda: max(1, _env_int("BENCH_BOARD_VIEWERS", BUDGET_BOARD_VIEWERS))
     )
-    board_s: float = field(default_factory=lambda: _env_float("BENCH_BOARD_SECONDS", 60))
+    #: the viewers' phase: the longest max-age a board read accepts (the series'), so that
+    #: every read is computed as often as in a board's steady state
+    board_s: float = field(default_factory=lambda: _env_float("BENCH_BOARD_SECONDS", 300))
+    board_idle_s: float = field(default_factory=lambda: _env_float("BENCH_BOARD_IDLE_SECONDS", 60))
     #: distinct series read (each ending an hour earlier than the one before), per kind
     board_series_reads: int = field(
         default_factory=lambda: max(2, min(24, _env_int("BENCH_BOARD_SERIES_READS", 24)))
@@ -1367,7 +1370,11 @@ class Bench:
         asks, and ending at a minute, which reads fine buckets at both edges of every point."""
         cfg = self.config
         data = self.datasets["day"]
-        out: dict[str, Any] = {"viewers": cfg.board_viewers, "phase_s": cfg.board_s}
+        out: dict[str, Any] = {
+            "viewers": cfg.board_viewers,
+            "phase_s": cfg.board_s,
+            "idle_s": cfg.board_idle_s,
+        }
         history = self.settings("board", "day")
         out["history"] = await self.run_replay("replay-board", history, data["records"])
         settings = self.settings("board", "board-live")
@@ -1401,7 +1408,8 @@ class Bench:
     async def board_phase(
         self, worker: ManagedProcess, url: str, board: dict[str, Any], viewers: int
     ) -> dict[str, Any]:
-        """``viewers`` viewers refreshing for BENCH_BOARD_SECONDS; the worker's CPU."""
+        """``viewers`` viewers refreshing for BENCH_BOARD_SECONDS (none: the worker alone
+        for BENCH_BOARD_IDLE_SECONDS); the worker's CPU."""
         import aiohttp
 
         cfg = self.config
@@ -1443,14 +1451,14 @@ class Bench:
 
         before = _worker_parts_cpu_s(worker.pid)
         t0 = time.monotonic()
-        until = t0 + cfg.board_s
+        until = t0 + (cfg.board_s if viewers else cfg.board_idle_s)
         if viewers:
             async with aiohttp.ClientSession() as session:
                 await asyncio.gather(
                     *(viewer(session, refresh_s * v / viewers, until) for v in range(viewers))
                 )
         else:
-            await asyncio.sleep(cfg.board_s)
+            await asyncio.sleep(cfg.board_idle_s)
         seconds = time.monotonic() - t0
         after = _worker_parts_cpu_s(worker.pid)
         parts = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}

@@ -1500,8 +1500,7 @@ def _ratio(numerator: int, denominator: int) -> float | None:
 
 
 def _quantiles(counts: Mapping[int, int], qs: Sequence[float]) -> list[float | None]:
-    merged = sketch.Sketch.from_counts(counts)
-    return [merged.quantile(q) for q in qs]
+    return sketch.Sketch.from_counts(counts).quantiles(qs)
 
 
 def _durations(count: int, sum_ms: int, counts: Mapping[int, int]) -> dict[str, float | None]:

@@ -552,11 +552,16 @@ if first_past then
       local gone = tonumber(left[j + 1])
       if opened then
         local key = string.sub(left[j], 1, 1) .. group
-        for i, at in ipairs(instants) do
+        -- the instants it was open at, (opened, gone]: the first after opened by bisection
+        local low, high = 1, #instants + 1
+        while low < high do
+          local middle = math.floor((low + high) / 2)
+          if instants[middle] > opened then high = middle else low = middle + 1 end
+        end
+        for i = low, #instants do
+          local at = instants[i]
           if at > gone then break end
-          if past[i] == '1' and opened < at and counted(gaps, at) then
-            offer(i, key, opened)
-          end
+          if past[i] == '1' and counted(gaps, at) then offer(i, key, opened) end
         end
       end
     end

@@ -252,3 +252,14 @@ def test_to_counts_is_a_copy() -> None:
     sketch = sketch_of([1.0])
     sketch.to_counts().clear()
     assert sketch.count == 1
+
+
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e7, allow_nan=False), max_size=200),
+    st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=5),
+)
+def test_quantiles_at_once_equal_each_quantile(values: list[float], qs: list[float]) -> None:
+    sketch = Sketch()
+    for value in values:
+        sketch.add(value)
+    assert sketch.quantiles(qs) == [sketch.quantile(q) for q in qs]
