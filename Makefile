@@ -24,10 +24,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) system-deps
 
-# redis-server for the embedded stack and the tests; promtool/amtool for the rule tests.
+# redis-server for the embedded stack and the tests; promtool/amtool for the rule tests;
+# chromium for the wallboard's browser tests (driven by Playwright, never downloaded by it).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	if [ -n "$$missing" ]; then \

@@ -86,6 +86,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _backlog(s.get("backlog"), add)
     _soak(s.get("soak"), add)
     _ingest(s.get("ingest"), add)
+    _board(s.get("board"), add)
     _profiles(s, add)
     add("## How to run\n")
     add("```")
@@ -113,7 +114,12 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "reads of each kind], `BENCH_INGEST_SECONDS` [15: the measured webhook run], "
         "`BENCH_INGEST_CONNECTIONS` [50: keep-alive connections sending webhooks], "
         "`BENCH_INGEST_RATE` [2000: requests/s of the paced run], "
-        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest; or name "
+        "`BENCH_BOARD_VIEWERS` [10: wallboard viewers], "
+        "`BENCH_BOARD_SECONDS` [300: the viewers' phase], `BENCH_BOARD_IDLE_SECONDS` [60: each "
+        "phase without], `BENCH_BOARD_SERIES_READS` [24: distinct "
+        "series read of each kind], "
+        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board; "
+        "or name "
         "sections as "
         "arguments: `python -m benchmark.run reads`], "
         "`BENCH_PROFILE` [auto: profile only what misses its budget; always; never], "
@@ -334,6 +340,7 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
                 ]
             )
     rows.extend(_ingest_rows(s.get("ingest") or {}))
+    rows.extend(_board_rows(s.get("board")))
     return rows
 
 
@@ -359,6 +366,32 @@ def _ingest_rows(ig: dict[str, Any]) -> list[list[str]]:
             "≥ 2,000/s per core, p99 < 50 ms",
             _mark(ok),
         ]
+    ]
+
+
+def _board_rows(bd: dict[str, Any] | None) -> list[list[str]]:
+    if not bd:
+        return []
+    if "error" in bd:
+        return [["board", "error: " + bd["error"][:200], "", _mark(False)]]
+    loaded = next(p for p in bd["phases"] if p["viewers"])
+    hour = bd["series"]["hour"]
+    return [
+        [
+            f"wallboard: worker CPU per viewer refresh at {bd['viewers']} viewers",
+            f"{_ms(bd['cpu_per_refresh_s'])} ({loaded['refreshes']} refreshes of "
+            f"{loaded['requests'] / max(loaded['refreshes'], 1):.1f} requests in "
+            f"{loaded['seconds']:.0f} s; worker and read process, less their idle "
+            f"{bd['idle_cores'] * 1000:.1f} ms/s)",
+            "< 5 ms",
+            _mark(bd["cpu_per_refresh_s"] < 0.005),
+        ],
+        [
+            "`GET /kpis/series` of 24 x 1 h (ending on the hour, as the board asks)",
+            f"p50 {_ms(hour['p50'])}, p99 {_ms(hour['p99'])} ({hour['reads']} distinct reads)",
+            "p50 < 50 ms",
+            _mark(hour["p50"] < 0.050),
+        ],
     ]
 
 
@@ -718,6 +751,49 @@ def _statuses(statuses: dict[str, int]) -> str:
 def _errors(statuses: dict[str, int]) -> int:
     """Answers that are neither a document nor a 503 (500s, refused connections, ...)."""
     return sum(n for code, n in statuses.items() if code not in ("200", "503"))
+
+
+def _board(bd: dict[str, Any] | None, add: Any) -> None:
+    if not bd or "error" in bd:
+        return
+    add("## 10. The wallboard\n")
+    add(
+        f"A worker over the simulated day ({bd['history']['records']:,} events replayed into "
+        "its prefix), idle but for its timers, first without viewers, then with "
+        f"{bd['viewers']} viewers each refreshing as the page does every {bd['refresh_s']} s "
+        "(its `/kpis` windows at once, `/kpis/sla-tickets` as often as its answer may be "
+        f"old, the sparklines' `/kpis/series` every {bd['series_refresh_s']} s, each read "
+        "with the page's `Cache-Control: max-age`), spread evenly over the period, "
+        f"then without again; {bd.get('idle_s', bd['phase_s']):.0f} s without, "
+        f"{bd['phase_s']:.0f} s with (the longest an answer may be old: every read is "
+        "computed as often as in a board's steady state). CPU is the worker's process "
+        "and its read process (/proc); a viewer refresh costs the viewers' phase less the "
+        f"idle phases' mean, over the refreshes. `DESKPULSE_READ_CACHE={bd['read_cache']}` "
+        "(the default).\n"
+    )
+    add(
+        "| viewers | refreshes | requests | statuses | latency p50 / p99 "
+        "| CPU: worker / read process |"
+    )
+    add("| --- | --- | --- | --- | --- | --- |")
+    for phase in bd["phases"]:
+        latency = phase.get("latency") or {}
+        parts = phase["parts"]
+        add(
+            f"| {phase['viewers']} | {phase['refreshes']} | {phase['requests']} | "
+            f"{phase['statuses'] or '-'} | {_ms(latency.get('p50'))} / {_ms(latency.get('p99'))} | "
+            f"{parts.get('worker', 0):.2f} s / {parts.get('reads', 0):.2f} s |"
+        )
+    add("")
+    add("`GET /kpis/series?window=1h&step=1h&count=24`, distinct reads one after another:\n")
+    add("| ending | reads | statuses | p50 | p99 | max |")
+    add("| --- | --- | --- | --- | --- | --- |")
+    for kind, row in bd["series"].items():
+        add(
+            f"| on the {kind} | {row['reads']} | {row['statuses']} | {_ms(row['p50'])} | "
+            f"{_ms(row['p99'])} | {_ms(row['max'])} |"
+        )
+    add("")
 
 
 def _reads(rd: dict[str, Any] | None, add: Any) -> None:

@@ -29,6 +29,10 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
    signed Zendesk webhooks from a load generator in another process
    (``benchmark.webhooks``: keep-alive connections, each sending as soon as answered):
    requests per second, latency of the 200s, and requests per CPU second of the server;
+10. board: a worker over a day of history with N wallboard viewers refreshing as the page
+   does (its /kpis windows, the tickets at risk, the sparklines' series now and then): the
+    worker's CPU (its process and its read process) per viewer refresh, against the same
+    span without viewers; then ``GET /kpis/series`` of 24 x 1 h, p50 and p99;
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -42,8 +46,9 @@ BENCH_SLA_TICKETS (50000), BENCH_SLA_PASSES (20), BENCH_SLA_DUE (1000),
 BENCH_SLA_STATE_TICKETS (10000), BENCH_BACKLOG_TICKETS (1000000), BENCH_BACKLOG_WORKED
 (100000), BENCH_BACKLOG_READ_TICKETS (200000), BENCH_BACKLOG_DAY_RATE (5),
 BENCH_BACKLOG_READS (30), BENCH_INGEST_SECONDS (15), BENCH_INGEST_CONNECTIONS (50),
-BENCH_INGEST_RATE (2000),
-BENCH_SECTIONS (throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest; names given as
+BENCH_INGEST_RATE (2000), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (300),
+BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_SECTIONS
+(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board; section names given as
 arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
@@ -91,6 +96,7 @@ from benchmark.stack import (
     web_port,
 )
 from benchmark.traffic import marker_id
+from deskpulse.exporters.board import board_config
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.models.events import parse_time
 from deskpulse.models.settings import Settings, parse_duration
@@ -123,6 +129,12 @@ BUDGET_TICKET_STATE_BYTES = 600
 #: a KPI document by channel, queue and priority over this many open tickets, in less
 #: than BUDGET_KPIS_S (p99)
 BUDGET_BACKLOG_TICKETS = 200_000
+#: the worker's CPU (its process and its read process) per board refresh of one viewer, at
+#: BUDGET_BOARD_VIEWERS viewers
+BUDGET_BOARD_CPU_S = 0.005
+BUDGET_BOARD_VIEWERS = 10
+#: GET /kpis/series of 24 points of 1 h (p50)
+BUDGET_SERIES_S = 0.050
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
 #: events decoded and routed at a time when a million are folded (see sla_state.apply_decoded)
@@ -151,6 +163,7 @@ SECTIONS = (
     "backlog",
     "soak",
     "ingest",
+    "board",
 )
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
@@ -237,6 +250,17 @@ class Config:
     )
     #: requests/s of the paced run, whose latency the budget reads
     ingest_rate: float = field(default_factory=lambda: _env_float("BENCH_INGEST_RATE", 2000))
+    board_viewers: int = field(
+        default_factory=lambda: max(1, _env_int("BENCH_BOARD_VIEWERS", BUDGET_BOARD_VIEWERS))
+    )
+    #: the viewers' phase: the longest max-age a board read accepts (the series'), so that
+    #: every read is computed as often as in a board's steady state
+    board_s: float = field(default_factory=lambda: _env_float("BENCH_BOARD_SECONDS", 300))
+    board_idle_s: float = field(default_factory=lambda: _env_float("BENCH_BOARD_IDLE_SECONDS", 60))
+    #: distinct series read (each ending an hour earlier than the one before), per kind
+    board_series_reads: int = field(
+        default_factory=lambda: max(2, min(24, _env_int("BENCH_BOARD_SERIES_READS", 24)))
+    )
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -1348,6 +1372,155 @@ class Bench:
         phase["reads"] = {k: reads_after.get(k, 0) - reads_before.get(k, 0) for k in reads_after}
         return phase
 
+    # -- 9. the wallboard: CPU per viewer refresh, the series' latency ----------------------
+
+    async def section_board(self) -> dict[str, Any]:
+        """A worker over the simulated day (replayed into its prefix, as for the reads),
+        idle but for its timers: its CPU — its own process and its read process, from
+        /proc — over ``BENCH_BOARD_SECONDS`` without viewers, then with
+        ``BENCH_BOARD_VIEWERS`` viewers each doing what the page does every
+        ``refresh_seconds`` (its /kpis windows at once, then the tickets at risk as often as
+        their answer may be old, and the sparklines' series every
+        ``series_refresh_seconds``), each read with the page's ``Cache-Control: max-age``,
+        spread evenly over the period,
+        then without again. The viewers' cost is the CPU of the viewers' phase less the mean
+        of the idle phases, per viewer refresh. Then ``GET /kpis/series`` of 24 x 1 h, each
+        read a series of its own (none from the cache): ending on the hour, as the board
+        asks, and ending at a minute, which reads fine buckets at both edges of every point."""
+        cfg = self.config
+        data = self.datasets["day"]
+        out: dict[str, Any] = {
+            "viewers": cfg.board_viewers,
+            "phase_s": cfg.board_s,
+            "idle_s": cfg.board_idle_s,
+        }
+        history = self.settings("board", "day")
+        out["history"] = await self.run_replay("replay-board", history, data["records"])
+        settings = self.settings("board", "board-live")
+        board = board_config(settings)
+        out["refresh_s"] = board["refresh_seconds"]
+        out["series_refresh_s"] = board["series_refresh_seconds"]
+        out["read_cache"] = settings.read_cache
+        worker = self.procs.worker("board-worker", settings)
+        try:
+            await self.warm_up(worker, settings)
+            url = f"http://{settings.web_host}:{settings.web_port}"
+            # the read process starts with the first read: not inside a phase
+            await asyncio.to_thread(_http_get, url + "/kpis?window=24h")
+            phases = []
+            for viewers in (0, cfg.board_viewers, 0):
+                phases.append(await self.board_phase(worker, url, board, viewers))
+                print(f"board: {phases[-1]}", file=sys.stderr)
+            out["phases"] = phases
+            out["series"] = await self.series_latency(url)
+        finally:
+            self.procs.stop(worker)
+        idle = [p["cpu_s"] / p["seconds"] for p in phases if not p["viewers"]]
+        loaded = next(p for p in phases if p["viewers"])
+        idle_per_s = sum(idle) / len(idle)
+        out["idle_cores"] = idle_per_s
+        out["cpu_per_refresh_s"] = (loaded["cpu_s"] - idle_per_s * loaded["seconds"]) / max(
+            loaded["refreshes"], 1
+        )
+        return out
+
+    async def board_phase(
+        self, worker: ManagedProcess, url: str, board: dict[str, Any], viewers: int
+    ) -> dict[str, Any]:
+        """``viewers`` viewers refreshing for BENCH_BOARD_SECONDS (none: the worker alone
+        for BENCH_BOARD_IDLE_SECONDS); the worker's CPU."""
+        import aiohttp
+
+        cfg = self.config
+        windows = sorted({tile["window"] for tile in board["tiles"]})
+        refresh_s = board["refresh_seconds"]
+        ages = board["max_age_seconds"]
+        latencies: list[float] = []
+        statuses: Counter[int] = Counter()
+        refreshes = 0
+
+        async def get(session: Any, path: str, max_age_s: Any, **query: str) -> None:
+            # as the page asks: an answer up to a refresh old will do (Cache-Control)
+            headers = {"Cache-Control": f"max-age={max_age_s}"}
+            started = time.perf_counter()
+            async with session.get(url + path, params=query, headers=headers) as response:
+                await response.read()
+                statuses[response.status] += 1
+            latencies.append(time.perf_counter() - started)
+
+        async def viewer(session: Any, offset_s: float, until: float) -> None:
+            nonlocal refreshes
+            series_at = sla_at = -math.inf
+            await asyncio.sleep(offset_s)
+            while time.monotonic() < until:
+                began = time.monotonic()
+                await asyncio.gather(
+                    *(get(session, "/kpis", ages["kpis"][w], window=w) for w in windows)
+                )
+                if began - sla_at >= ages["sla_tickets"]:
+                    await get(session, "/kpis/sla-tickets", ages["sla_tickets"], limit="10")
+                    sla_at = began
+                if began - series_at > board["series_refresh_seconds"]:
+                    hour_end = -(-time.time() // 3600) * 3600
+                    at = format_time(hour_end)
+                    await get(session, "/kpis/series", ages["series"], **board["series"], at=at)
+                    series_at = began
+                refreshes += 1
+                await asyncio.sleep(max(0.0, refresh_s - (time.monotonic() - began)))
+
+        before = _worker_parts_cpu_s(worker.pid)
+        t0 = time.monotonic()
+        until = t0 + (cfg.board_s if viewers else cfg.board_idle_s)
+        if viewers:
+            async with aiohttp.ClientSession() as session:
+                await asyncio.gather(
+                    *(viewer(session, refresh_s * v / viewers, until) for v in range(viewers))
+                )
+        else:
+            await asyncio.sleep(cfg.board_idle_s)
+        seconds = time.monotonic() - t0
+        after = _worker_parts_cpu_s(worker.pid)
+        parts = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+        phase: dict[str, Any] = {
+            "viewers": viewers,
+            "seconds": seconds,
+            "refreshes": refreshes,
+            "requests": sum(statuses.values()),
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            # the worker's process and its read process: what serving the board costs
+            "cpu_s": parts.get("worker", 0.0) + parts.get("reads", 0.0),
+            "parts": parts,
+        }
+        if latencies:
+            phase["latency"] = spread(latencies)
+        return phase
+
+    async def series_latency(self, url: str) -> dict[str, Any]:
+        """Distinct reads of ``GET /kpis/series?window=1h&step=1h&count=24``, one after
+        another: ending on the hour, then at a minute."""
+        cfg = self.config
+        out: dict[str, Any] = {}
+        hour_end = -(-time.time() // 3600) * 3600
+        minute_end = (time.time() // 60 - 1) * 60
+        for kind, newest in (("hour", hour_end), ("minute", minute_end)):
+            took = []
+            statuses: Counter[int] = Counter()
+            for k in range(cfg.board_series_reads):
+                at = format_time(newest - k * 3600)
+                query = f"/kpis/series?window=1h&step=1h&count=24&at={at}"
+                started = time.perf_counter()
+                status = await asyncio.to_thread(_http_status, url + query)
+                took.append(time.perf_counter() - started)
+                statuses[status] += 1
+            out[kind] = {
+                "reads": len(took),
+                "statuses": {str(k): v for k, v in sorted(statuses.items())},
+                "p50": percentile(took, 0.5),
+                "p99": percentile(took, 0.99),
+                "max": max(took),
+            }
+        return out
+
     # -- 6. SLA: breach checks and state size ---------------------------------------------
 
     async def section_sla(self) -> dict[str, Any]:
@@ -2149,7 +2322,7 @@ class Bench:
                     seed=1, start_s=now - span - 120, duration_s=span, rate=cfg.records / span
                 ),
             )
-        if wanted & {"kpis", "reads"}:
+        if wanted & {"kpis", "reads", "board"}:
             await self.produce_dataset(
                 "day",
                 SimConfig(seed=2, start_s=now - 86400 - 60, duration_s=86400, rate=cfg.day_rate),

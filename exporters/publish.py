@@ -34,7 +34,7 @@ from deskpulse.streams.query import (
 )
 from deskpulse.streams.store import Store
 
-__all__ = ["evaluate_rules", "publish_snapshots", "rule_value", "snapshot_items"]
+__all__ = ["RULE_METRICS", "evaluate_rules", "publish_snapshots", "rule_value", "snapshot_items"]
 
 log = logging.getLogger("deskpulse.publish")
 
@@ -42,7 +42,7 @@ log = logging.getLogger("deskpulse.publish")
 _folded_before: dict[str, int] = {}
 
 # metric -> (section, value field, samples field or None for top-level counts)
-_RULE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+RULE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "chat_abandonment_ratio": ("chats", "abandonment_ratio", ("answered", "abandoned")),
     "chat_service_level_ratio": ("chats", "service_level_ratio", ("answered", "abandoned")),
     "csat_ratio": ("csat", "ratio", ("responses",)),
@@ -55,7 +55,7 @@ _RULE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 def rule_value(rule: AlertRule, group: dict[str, Any]) -> tuple[float | None, int]:
     """The rule's metric in a group document, and how many samples it rests on."""
-    section, field, samples = _RULE_METRICS[rule.metric]
+    section, field, samples = RULE_METRICS[rule.metric]
     value = group[section][field]
     return value, sum(int(group[section][name]) for name in samples)
 

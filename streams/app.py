@@ -32,6 +32,7 @@ from faust.web.drivers import aiohttp as faust_web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from deskpulse.exporters.board import render_board
 from deskpulse.exporters.kafka import kafka_client_options
 from deskpulse.exporters.prometheus import KpiCollector, PipelineMetrics, build_registry, render
 from deskpulse.models.errors import Abandoned, SettingsError, StateError, StateLost
@@ -44,7 +45,7 @@ from deskpulse.streams.engine import DeadLetterTrouble, Record, retry_forever
 from deskpulse.streams.integrity import StateGuard
 from deskpulse.streams.kpi_engine import KpiEngine, LocalEngine
 from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
-from deskpulse.streams.reads import KpiReads
+from deskpulse.streams.reads import KpiReads, max_age_s
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
@@ -625,8 +626,48 @@ def create_app(settings: Settings) -> faust.App:
         if service.guard.error is not None:  # what Redis holds now is not the KPIs
             body = orjson.dumps({"error": f"state: {service.guard.error}"})
             return web.bytes(body, content_type="application/json", status=503)
-        status, body, headers = await reads.answer(request.query.items())
+        status, body, headers = await reads.answer(
+            request.query.items(), max_age_s=max_age_s(request.headers.get("Cache-Control"))
+        )
         return web.bytes(body, content_type="application/json", status=status, headers=headers)
+
+    async def read(web: Any, request: Any, path: str) -> Any:
+        if (refusal := refused(web, request)) is not None:
+            return refusal
+        if service.guard.error is not None:
+            body = orjson.dumps({"error": f"state: {service.guard.error}"})
+            return web.bytes(body, content_type="application/json", status=503)
+        status, body, headers = await reads.answer(
+            request.query.items(), path, max_age_s=max_age_s(request.headers.get("Cache-Control"))
+        )
+        return web.bytes(body, content_type="application/json", status=status, headers=headers)
+
+    @app.page("/kpis/series")
+    async def kpi_series(web: Any, request: Any) -> Any:
+        return await read(web, request, "/kpis/series")
+
+    @app.page("/kpis/sla-tickets")
+    async def sla_tickets(web: Any, request: Any) -> Any:
+        return await read(web, request, "/kpis/sla-tickets")
+
+    # the wallboard: served without the token (it holds no data), every read it makes
+    # carries it (docs/board.md)
+    board = render_board(settings)
+
+    def board_page(web: Any) -> Any:
+        return web.bytes(
+            board,
+            content_type="text/html",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    @app.page("/")
+    async def root(web: Any, request: Any) -> Any:
+        return board_page(web)
+
+    @app.page("/board")
+    async def board_view(web: Any, request: Any) -> Any:
+        return board_page(web)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _stop_reads(

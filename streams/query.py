@@ -13,6 +13,7 @@ window that ends where every partition has already deleted its state.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -23,14 +24,18 @@ from typing import Any
 from deskpulse.models.errors import InvalidQuery
 from deskpulse.models.events import DIMENSIONS, parse_time
 from deskpulse.streams.core import (
+    AT_RISK_NOW,
     LONGEST,
     OLDEST,
+    PLACES,
     SEP,
+    Conversation,
     group_document,
     has_samples,
     split_dim_key,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
+from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
@@ -38,17 +43,26 @@ __all__ = [
     "DIMENSIONS",
     "EARLIEST_S",
     "LATEST_S",
+    "MAX_POINTS",
+    "MAX_SLA_TICKETS",
     "KpiQuery",
+    "SeriesQuery",
+    "SlaTicketsQuery",
     "build_document",
+    "classify_sla_ticket",
     "format_time",
     "group_fields",
     "parse_at",
     "parse_by",
     "parse_query",
+    "parse_series",
+    "parse_sla_tickets",
     "project_live",
     "query_kpis",
     "read_document",
     "read_live",
+    "read_series",
+    "read_sla_tickets",
     "read_window",
     "read_windows",
     "retained_since",
@@ -237,24 +251,49 @@ async def read_live(
     end_ms = end_s * 1000
     stale_ms = cfg.chat_stale_after_s * 1000
     levels = await store.read_levels(partitions)
-    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
-    # the last step written is at most the stale time after the newest event
-    horizon_s = newest_s + cfg.chat_stale_after_s + cfg.bucket_seconds
-    horizon_s += -horizon_s % cfg.rollup_seconds
+    horizon_s = _levels_horizon_s(store, watermarks_ms)
+    later: Counter[str] = Counter()
     if end_s < horizon_s:
-        rollups, fines = cover(end_s, horizon_s, cfg.bucket_seconds, cfg.rollup_seconds)
-        suffixes = [f"r:{s}" for s in rollups] + [f"b:{s}" for s in fines]
-        (later,) = await store.sum_buckets(partitions, [suffixes])
-        for name, value in later.items():
-            if name.endswith(_LEVEL_FIELDS):
-                levels[name] -= value
+        (later,) = await store.sum_level_steps(
+            partitions, [_suffixes(store, end_s, horizon_s, grouped=True)]
+        )
+    groups = _level_groups(levels, later)
+    await _add_earliest(store, groups, partitions, watermarks_ms, end_ms, stale_ms)
+    return dict(groups)
+
+
+def _levels_horizon_s(store: Store, watermarks_ms: Mapping[int, int]) -> int:
+    """The rollup boundary after the last level step written: at most the stale time after
+    the newest event."""
+    cfg = store.config
+    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
+    horizon_s = newest_s + cfg.chat_stale_after_s + cfg.bucket_seconds
+    return horizon_s + -horizon_s % cfg.rollup_seconds
+
+
+def _suffixes(store: Store, start_s: int, end_s: int, *, grouped: bool) -> list[str]:
+    """The bucket key suffixes covering ``[start_s, end_s)``, fewest buckets."""
+    cfg = store.config
+    fine_level, rollup_level = ("b", "r") if grouped else ("B", "R")
+    rollups, fines = cover(start_s, end_s, cfg.bucket_seconds, cfg.rollup_seconds)
+    return [f"{rollup_level}:{s}" for s in rollups] + [f"{fine_level}:{s}" for s in fines]
+
+
+def _level_groups(
+    levels: Mapping[str, int], later: Mapping[str, int]
+) -> dict[tuple[str, str, str], dict[str, int]]:
+    """The levels less the steps written at or after the instant, per group (a group with
+    every level at zero is left out)."""
+    now = Counter(levels)
+    for name, value in later.items():
+        if name.endswith(_LEVEL_FIELDS):
+            now[name] -= value
     groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
-    for name, value in levels.items():
+    for name, value in now.items():
         if value:
             key, _, field = name.rpartition(SEP)
             groups[split_dim_key(key)][field] = value
-    await _add_earliest(store, groups, partitions, watermarks_ms, end_ms, stale_ms)
-    return dict(groups)
+    return groups
 
 
 async def _add_earliest(
@@ -266,12 +305,7 @@ async def _add_earliest(
     stale_ms: int,
 ) -> None:
     """Set :data:`OLDEST` and :data:`LONGEST` of the groups (see :func:`read_live`)."""
-    tickets = [
-        SEP.join(dims)
-        for dims, fields in groups.items()
-        if any(fields.get(name, 0) > 0 for name in BACKLOG_FIELDS.values())
-    ]
-    chats = [SEP.join(dims) for dims, fields in groups.items() if fields.get(WAITING_FIELD, 0) > 0]
+    tickets, chats = _open_groups(groups)
     if not tickets and not chats:
         return
     found = await store.earliest(
@@ -282,6 +316,25 @@ async def _add_earliest(
         chat_groups=chats,
         newest_ms=watermarks_ms,
     )
+    _set_earliest(groups, found)
+
+
+def _open_groups(
+    groups: Mapping[tuple[str, str, str], Mapping[str, int]],
+) -> tuple[list[str], list[str]]:
+    """The group keys with tickets open, and with chats waiting."""
+    tickets = [
+        SEP.join(dims)
+        for dims, fields in groups.items()
+        if any(fields.get(name, 0) > 0 for name in BACKLOG_FIELDS.values())
+    ]
+    chats = [SEP.join(dims) for dims, fields in groups.items() if fields.get(WAITING_FIELD, 0) > 0]
+    return tickets, chats
+
+
+def _set_earliest(
+    groups: dict[tuple[str, str, str], dict[str, int]], found: Mapping[tuple[str, str], int]
+) -> None:
     for (kind, group), ms in found.items():
         dims = split_dim_key(group)
         if dims in groups:
@@ -418,3 +471,295 @@ def build_document(
         "by": list(by),
         "groups": documents,
     }
+
+
+#: The most points a series may ask for: 288 are a day of 5 minute windows.
+MAX_POINTS = 288
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesQuery:
+    """``count`` windows of ``width_s``, ``step_s`` apart, the newest ending at the bucket
+    boundary ``end_s``, grouped by ``by``: each point the document of the :class:`KpiQuery`
+    of its width and end."""
+
+    width_s: int
+    step_s: int
+    count: int
+    end_s: int
+    by: tuple[str, ...] = ()
+
+    def ends_s(self) -> list[int]:
+        """The points' ends, oldest first."""
+        return [self.end_s - (self.count - 1 - i) * self.step_s for i in range(self.count)]
+
+
+def parse_series(
+    window: str | None,
+    step: str | None,
+    count: str | None,
+    at: str | None,
+    by: str | Sequence[str] | None,
+    *,
+    bucket_seconds: int,
+    retention_s: int,
+    max_future_s: int,
+    now_s: float,
+) -> SeriesQuery:
+    """The series asked for, or :class:`InvalidQuery` naming the parameter: ``window``,
+    ``at`` and ``by`` as :func:`parse_query` takes them (for the newest point), ``step`` a
+    width (default the window's), ``count`` from 1 to :data:`MAX_POINTS` (default 24), and
+    the oldest point's start writable in RFC 3339. Pure."""
+    newest = parse_query(
+        window,
+        at,
+        by,
+        bucket_seconds=bucket_seconds,
+        retention_s=retention_s,
+        max_future_s=max_future_s,
+        now_s=now_s,
+    )
+    if step is None:
+        step_s = newest.width_s
+    else:
+        try:
+            step_s = parse_width(step, bucket_seconds)
+        except ValueError as error:
+            raise InvalidQuery("step", str(error).removeprefix("window width ")) from None
+    text = "24" if count is None else count.strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_POINTS:
+        raise InvalidQuery("count", f"{count!r} is not a whole number from 1 to {MAX_POINTS}")
+    series = SeriesQuery(newest.width_s, step_s, int(text), newest.end_s, newest.by)
+    if series.ends_s()[0] - series.width_s < EARLIEST_S:
+        raise InvalidQuery("count", "reaches back before the year 1, which RFC 3339 cannot write")
+    return series
+
+
+async def read_series(store: Store, query: SeriesQuery) -> dict[str, Any]:
+    """The documents of the series' points, oldest first, each equal to
+    :func:`read_document`'s for its window; :class:`InvalidQuery` (``count``) when the
+    oldest ends where every partition has deleted its state.
+
+    One read of the partitions' metas and levels, one of the windows' buckets (each bucket
+    once), one of the level steps after each point's end (Redis picks them out of their
+    buckets), one of the live indexes at every end: O(partitions x buckets touched), not
+    O(points x that).
+    """
+    cfg = store.config
+    metas = await store.read_meta()
+    partitions = sorted(metas)
+    watermarks_ms = {p: int(metas[p].get("wm", "0")) for p in partitions}
+    ends_s = query.ends_s()
+    newest_ms = [ms for ms in watermarks_ms.values() if ms]
+    if newest_ms and ends_s[0] <= min(newest_ms) // 1000 - cfg.retention_seconds:
+        horizon_s = min(newest_ms) // 1000 - cfg.retention_seconds
+        raise InvalidQuery(
+            "count",
+            f"reaches back to a window ending at {format_time(ends_s[0])}, but state is kept "
+            f"only for event times after {format_time(horizon_s)} (DESKPULSE_RETENTION "
+            f"{format_width(cfg.retention_seconds)} behind the newest event)",
+        )
+    grouped = bool(query.by)
+    windows = [_suffixes(store, end_s - query.width_s, end_s, grouped=grouped) for end_s in ends_s]
+    # the level steps from each end to the next (to the horizon for the newest): the steps
+    # after a point's end are the sum of its segment and every later one
+    horizon_s = _levels_horizon_s(store, watermarks_ms)
+    bounds = [*ends_s[1:], horizon_s]
+    segments = [
+        _suffixes(store, start_s, min(end_s, horizon_s), grouped=True)
+        if start_s < min(end_s, horizon_s)
+        else []
+        for start_s, end_s in zip(ends_s, bounds, strict=True)
+    ]
+
+    async def live_at_ends() -> tuple[
+        list[dict[tuple[str, str, str], dict[str, int]]],
+        list[tuple[int, list[str], list[str]]],
+        list[dict[tuple[str, str], int]],
+    ]:
+        levels, segment_sums = await asyncio.gather(
+            store.read_levels(partitions), store.sum_level_steps(partitions, segments)
+        )
+        lives = _levels_at_ends(levels, segment_sums)
+        instants = [
+            (end_s * 1000, *_open_groups(live)) for end_s, live in zip(ends_s, lives, strict=True)
+        ]
+        found = await store.earliest_at(
+            partitions,
+            [i for i in instants if i[1] or i[2]],
+            stale_ms=cfg.chat_stale_after_s * 1000,
+            newest_ms=watermarks_ms,
+        )
+        return lives, instants, found
+
+    # the windows' buckets are read while the live state at each end is worked out
+    window_sums, (lives, instants, found) = await asyncio.gather(
+        store.sum_buckets(partitions, windows), live_at_ends()
+    )
+    if not grouped:
+        whole = SEP * 3
+        window_sums = [Counter({whole + n: v for n, v in m.items()}) for m in window_sums]
+    found_at = iter(found)
+    points = []
+    for (_, tickets, chats), end_s, live, merged in zip(
+        instants, ends_s, lives, window_sums, strict=True
+    ):
+        if tickets or chats:
+            _set_earliest(live, next(found_at))
+        points.append(
+            build_document(
+                merged, start_s=end_s - query.width_s, end_s=end_s, by=query.by, live=live
+            )
+        )
+    return {
+        "window_seconds": query.width_s,
+        "step_seconds": query.step_s,
+        "by": list(query.by),
+        "points": points,
+    }
+
+
+def _levels_at_ends(
+    levels: Mapping[str, int], segments: Sequence[Mapping[str, int]]
+) -> list[dict[tuple[str, str, str], dict[str, int]]]:
+    """:func:`_level_groups` at every point's end, oldest first: ``segments[i]`` holds the
+    level steps from point i's end to the next point's (to the horizon for the newest).
+    Each field name is split once, not once per point."""
+    now = dict(levels)
+    parsed: dict[str, tuple[tuple[str, str, str], str]] = {}
+
+    def split(name: str) -> tuple[tuple[str, str, str], str]:
+        key, _, field = name.rpartition(SEP)
+        parsed[name] = (split_dim_key(key), field)
+        return parsed[name]
+
+    out = []
+    for segment in reversed(segments):
+        for name, value in segment.items():
+            if name.endswith(_LEVEL_FIELDS):
+                now[name] = now.get(name, 0) - value
+        groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
+        for name, value in now.items():
+            if value:
+                dims, field = parsed.get(name) or split(name)
+                groups[dims][field] = value
+        out.append(groups)
+    out.reverse()
+    return out
+
+
+#: The most tickets :func:`read_sla_tickets` lists.
+MAX_SLA_TICKETS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SlaTicketsQuery:
+    """Up to ``limit`` tickets breached or at risk now whose dimensions match ``filters``
+    (``(dimension, value)`` pairs, in :data:`DIMENSIONS` order)."""
+
+    filters: tuple[tuple[str, str], ...] = ()
+    limit: int = 20
+
+
+def parse_sla_tickets(given: Mapping[str, str]) -> SlaTicketsQuery:
+    """The :class:`SlaTicketsQuery` of ``channel``, ``queue``, ``priority`` (exact values)
+    and ``limit`` (1 to :data:`MAX_SLA_TICKETS`, default 20), or :class:`InvalidQuery`."""
+    for name, value in given.items():
+        if name in DIMENSIONS and not value:
+            raise InvalidQuery(name, "is empty; leave it out to match every value")
+    text = given.get("limit", "20").strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SLA_TICKETS:
+        raise InvalidQuery(
+            "limit", f"{given.get('limit')!r} is not a whole number from 1 to {MAX_SLA_TICKETS}"
+        )
+    filters = tuple((d, given[d]) for d in DIMENSIONS if d in given)
+    return SlaTicketsQuery(filters=filters, limit=int(text))
+
+
+async def read_sla_tickets(
+    store: Store, *, filters: Mapping[str, str], limit: int, now_ms: int
+) -> dict[str, Any]:
+    """Open tickets breached or at risk now, matching ``filters`` (dimension -> value), at
+    most ``limit``: breached first (oldest first), then at risk (soonest deadline first).
+
+    *Breached*: an open ticket with a breach claimed and not retracted. *At risk*: an open
+    ticket with an SLA instance running past its first warning (its share of the
+    ``deskpulse_sla_at_risk`` count, :func:`~streams.core.instances_now`). Bounded, not
+    exhaustive: the candidates are, per partition, the ``limit`` tickets of breach
+    detection's queue with the soonest instants (a warned ticket waits there for its
+    deadline) and the oldest open tickets of each matching group, ``limit`` shared out
+    over the groups (at least one each).
+    """
+    metas = await store.read_meta()
+    partitions = sorted(metas)
+    levels = await store.read_levels(partitions)
+    groups = [
+        key
+        for key in _open_groups(_level_groups(levels, {}))[0]
+        if all(split_dim_key(key)[DIMENSIONS.index(d)] == v for d, v in filters.items())
+    ]
+    # the oldest of every group, more of each when there are few groups
+    per_group = -(-limit // max(len(groups), 1))
+    candidates = (
+        await store.sla_candidates(partitions, groups, limit=limit, per_group=per_group)
+        if groups
+        else []
+    )
+    tickets = []
+    for _, conversation_id, due_ms, raw in candidates:
+        state = Conversation.loads(raw)
+        entry = classify_sla_ticket(state)
+        if entry is None or state.dims is None or state.opened is None:
+            continue
+        dims: dict[str, str] = dict(zip(DIMENSIONS, state.dims, strict=True))
+        if any(dims[d] != v for d, v in filters.items()):
+            continue
+        status, metrics = entry
+        tickets.append(
+            {
+                "ticket_id": conversation_id.removeprefix("t:"),
+                **dims,
+                "status": status,
+                "metrics": metrics,
+                "created": format_time(state.opened[0] / 1000),
+                "age_seconds": max(0, now_ms - state.opened[0]) // 1000,
+                "next_deadline": None
+                if status == "breached" or due_ms is None
+                else format_time(due_ms / 1000),
+            }
+        )
+    tickets.sort(
+        key=lambda t: (
+            t["status"] != "breached",
+            t["next_deadline"] or "",
+            t["created"],
+            t["ticket_id"],
+        )
+    )
+    return {"at": format_time(now_ms / 1000), "limit": limit, "tickets": tickets[:limit]}
+
+
+def classify_sla_ticket(state: Conversation) -> tuple[str, list[str]] | None:
+    """``("breached", metrics)``, ``("at_risk", metrics)`` or ``None`` for a ticket's
+    stored state: open now (its live digit) with a breach claimed and not retracted, or an
+    instance at risk (its share of the instance counts, as of its last commit)."""
+    if state.kind != "t" or (state.counted // 1000) % 10 == 0:
+        return None
+    breached: list[str] = sorted(
+        {
+            _METRIC_OF[claim.partition(":")[0]]
+            for claim in state.claims
+            if "@" not in claim
+            and f"{claim}@r" not in state.claims
+            and claim.partition(":")[0] in _METRIC_OF
+        }
+    )
+    if breached:
+        return "breached", breached
+    at_risk: list[str] = [
+        m for m, place in PLACES.items() if (state.counted // place) % 10 == AT_RISK_NOW
+    ]
+    return ("at_risk", at_risk) if at_risk else None
+
+
+_METRIC_OF = {short: metric for metric, short in SHORT.items()}

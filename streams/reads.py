@@ -51,17 +51,26 @@ from deskpulse.models.errors import InvalidQuery, ReadUnavailable
 from deskpulse.models.settings import Settings
 from deskpulse.streams.frames import frame as framed
 from deskpulse.streams.frames import pipes, read_frame
-from deskpulse.streams.query import KpiQuery
+from deskpulse.streams.query import KpiQuery, SeriesQuery, SlaTicketsQuery
+
+#: A read the gate shares and caches: equal queries read the same state.
+Query = KpiQuery | SeriesQuery | SlaTicketsQuery
 
 __all__ = [
+    "MAX_AGE_S",
+    "MAX_KEPT",
     "PARAMETERS",
     "READ_NICE",
     "READ_RESULTS",
+    "SERIES_PARAMETERS",
+    "SLA_TICKETS_PARAMETERS",
     "KpiReads",
     "Pacer",
+    "Query",
     "ReadGate",
     "ReadProcess",
     "ReadResult",
+    "max_age_s",
 ]
 
 log = logging.getLogger("deskpulse.reads")
@@ -134,7 +143,28 @@ class Pacer:
 @dataclass(slots=True)
 class _Cached:
     body: bytes
-    expires_at: float
+    computed_at: float
+    #: how long it may answer reads: DESKPULSE_READ_CACHE, or longer for a read that
+    #: accepted an older answer (``max_age_s``)
+    keep_s: float
+
+
+#: The oldest answer a client may accept (``Cache-Control: max-age``), in seconds.
+MAX_AGE_S = 300.0
+#: Answers kept past DESKPULSE_READ_CACHE for clients that accept older ones, at most: the
+#: wallboard asks the same few reads; a client asking many distinct ones with a max-age
+#: cannot make the cache grow without bound.
+MAX_KEPT = 32
+
+
+def max_age_s(cache_control: str | None) -> float:
+    """The ``max-age`` of a request's ``Cache-Control`` (RFC 9111: the client accepts an
+    answer up to that old), capped at :data:`MAX_AGE_S`; 0 when absent or malformed."""
+    for directive in (cache_control or "").split(","):
+        name, _, value = directive.strip().partition("=")
+        if name.strip().lower() == "max-age" and value.strip().isdigit():
+            return min(float(value.strip()), MAX_AGE_S)
+    return 0.0
 
 
 class ReadGate:
@@ -142,12 +172,15 @@ class ReadGate:
 
     ``compute(query)`` returns the document's bytes or raises; it is called at most
     ``concurrency`` times at once, and at most once for concurrent identical queries.
-    ``on_result(result)`` is told what became of every read (for the metric).
+    An answer computed less than ``cache_s`` ago answers an identical query, or less than
+    the ``max_age_s`` a read accepts (the wallboard's viewers share one computation per
+    refresh that way). ``on_result(result)`` is told what became of every read (for the
+    metric).
     """
 
     def __init__(
         self,
-        compute: Callable[[KpiQuery], Awaitable[bytes]],
+        compute: Callable[[Query], Awaitable[bytes]],
         *,
         concurrency: int,
         queue: int,
@@ -163,24 +196,26 @@ class ReadGate:
         self._clock = clock
         self._on_result = on_result or (lambda result: None)
         self._timeout_s = timeout_s
-        self._flights: dict[KpiQuery, asyncio.Future[bytes]] = {}
-        self._cache: dict[KpiQuery, _Cached] = {}
+        self._flights: dict[Query, asyncio.Future[bytes]] = {}
+        self._cache: dict[Query, _Cached] = {}
 
     @property
     def in_flight(self) -> int:
         """Distinct reads computing or waiting for a turn."""
         return len(self._flights)
 
-    async def read(self, query: KpiQuery) -> bytes:
-        """The document of ``query`` as JSON bytes.
+    async def read(self, query: Query, max_age_s: float = 0.0) -> bytes:
+        """The document of ``query`` as JSON bytes; one computed up to ``max_age_s`` ago
+        (capped at :data:`MAX_AGE_S`) will do, or up to ``cache_s`` ago whatever it says.
 
         Raises :class:`ReadUnavailable` when the queue is full, the wait is too long or
         the backend says so, :class:`InvalidQuery` as the backend does, and whatever else
         ``compute`` raised (a bug: the caller turns it into a 500).
         """
         now = self._clock()
+        accepted_s = max(self._cache_s, min(max_age_s, MAX_AGE_S))
         cached = self._cache.get(query)
-        if cached is not None and cached.expires_at > now:
+        if cached is not None and now - cached.computed_at < min(accepted_s, cached.keep_s):
             self._on_result("cached")
             return cached.body
         flight = self._flights.get(query)
@@ -194,7 +229,7 @@ class ReadGate:
             )
         else:
             result = "computed"
-            flight = asyncio.ensure_future(self._fly(query))
+            flight = asyncio.ensure_future(self._fly(query, accepted_s))
             self._flights[query] = flight
         try:
             # shielded: a client that goes away must not cancel the read others wait for
@@ -218,17 +253,24 @@ class ReadGate:
         self._on_result(result)
         return body
 
-    async def _fly(self, query: KpiQuery) -> bytes:
+    async def _fly(self, query: Query, keep_s: float) -> bytes:
         try:
             async with self._slots:
                 body = await self._compute(query)
-            if self._cache_s > 0:
+            if keep_s > 0:
                 now = self._clock()
-                # expired entries go as new ones come: the cache holds at most what was
-                # computed within the last DESKPULSE_READ_CACHE seconds
-                for key in [k for k, c in self._cache.items() if c.expires_at <= now]:
+                # expired entries go as new ones come: the cache holds what was computed
+                # within the last DESKPULSE_READ_CACHE seconds, and at most MAX_KEPT
+                # answers kept longer for the clients that accept them
+                for key in [k for k, c in self._cache.items() if now - c.computed_at >= c.keep_s]:
                     del self._cache[key]
-                self._cache[query] = _Cached(body, now + self._cache_s)
+                # a fresher answer replaces an older one, kept as long as either wanted
+                before = self._cache.pop(query, None)
+                keep_s = max(keep_s, before.keep_s if before is not None else 0.0)
+                self._cache[query] = _Cached(body, now, keep_s)
+                kept = [k for k, c in self._cache.items() if c.keep_s > self._cache_s]
+                for key in kept[: max(0, len(kept) - MAX_KEPT)]:  # the oldest first
+                    del self._cache[key]
             return body
         finally:
             del self._flights[query]
@@ -237,6 +279,10 @@ class ReadGate:
 #: The query parameters of ``GET /kpis``; any other is refused (a misspelt ``windw=24h``
 #: must not quietly read the default hour).
 PARAMETERS = ("window", "at", "by")
+#: Those of ``GET /kpis/series``: a window, a step and a count ending at ``at``.
+SERIES_PARAMETERS = ("window", "step", "count", "at", "by")
+#: Those of ``GET /kpis/sla-tickets``: the dimensions to match and how many to list.
+SLA_TICKETS_PARAMETERS = ("channel", "queue", "priority", "limit")
 
 
 class KpiReads:
@@ -252,7 +298,7 @@ class KpiReads:
         settings: Settings,
         registry: Any,
         *,
-        compute: Callable[[KpiQuery], Awaitable[bytes]] | None = None,
+        compute: Callable[[Query], Awaitable[bytes]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         from prometheus_client import Counter
@@ -278,42 +324,67 @@ class KpiReads:
         self.pacer = Pacer(settings.read_rate)
 
     async def answer(
-        self, parameters: Iterable[tuple[str, str]]
+        self,
+        parameters: Iterable[tuple[str, str]],
+        path: str = "/kpis",
+        *,
+        max_age_s: float = 0.0,
     ) -> tuple[int, bytes, dict[str, str]]:
-        """``(status, body, headers)`` for the query string's ``(name, value)`` pairs."""
+        """``(status, body, headers)`` for the query string's ``(name, value)`` pairs of a
+        read of ``path`` (``/kpis``, ``/kpis/series`` or ``/kpis/sla-tickets``) from a
+        client that accepts an answer up to ``max_age_s`` old."""
         try:
             try:
                 await self.pacer.turn()
             except ReadUnavailable:
                 self._reads.labels("rejected").inc()
                 raise
-            query = self.parse(parameters)
-            body = await self.gate.read(query)
+            query = self.parse(parameters, path)
+            body = await self.gate.read(query, max_age_s)
         except InvalidQuery as error:
             return 400, _json({"error": str(error), "parameter": error.parameter}), {}
         except ReadUnavailable as error:
             retry = str(error.retry_after_s)
             return 503, _json({"error": str(error)}), {"Retry-After": retry}
         except Exception as error:  # a bug: the client gets a 500 and the log a traceback
-            log.exception("GET /kpis failed")
+            log.exception("GET %s failed", path)
             return 500, _json({"error": f"internal error reading KPIs: {error!r}"}), {}
         return 200, body, {}
 
-    def parse(self, parameters: Iterable[tuple[str, str]]) -> KpiQuery:
-        """The :class:`KpiQuery` of the query string, or :class:`InvalidQuery` (counted)."""
-        from deskpulse.streams.query import parse_query
+    def parse(self, parameters: Iterable[tuple[str, str]], path: str = "/kpis") -> Query:
+        """The query of the query string, or :class:`InvalidQuery` (counted)."""
+        from deskpulse.streams.query import parse_query, parse_series, parse_sla_tickets
 
+        names = {
+            "/kpis": PARAMETERS,
+            "/kpis/series": SERIES_PARAMETERS,
+            "/kpis/sla-tickets": SLA_TICKETS_PARAMETERS,
+        }[path]
         given: dict[str, str] = {}
         try:
             for name, value in parameters:
-                if name not in PARAMETERS:
+                if name not in names:
                     raise InvalidQuery(
-                        name, f"is not a parameter of /kpis (those are {', '.join(PARAMETERS)})"
+                        name, f"is not a parameter of {path} (those are {', '.join(names)})"
                     )
                 if name in given:
                     raise InvalidQuery(name, "is given twice")
                 given[name] = value
             settings = self.settings
+            if path == "/kpis/sla-tickets":
+                return parse_sla_tickets(given)
+            if path == "/kpis/series":
+                return parse_series(
+                    given.get("window"),
+                    given.get("step"),
+                    given.get("count"),
+                    given.get("at"),
+                    given.get("by"),
+                    bucket_seconds=settings.bucket_seconds,
+                    retention_s=settings.retention,
+                    max_future_s=settings.max_future,
+                    now_s=self._clock(),
+                )
             return parse_query(
                 given.get("window"),
                 given.get("at"),
@@ -365,7 +436,7 @@ class ReadProcess:
         """The running read process's id, if one runs."""
         return self._child.proc.pid if self._child is not None else None
 
-    async def compute(self, query: KpiQuery) -> bytes:
+    async def compute(self, query: Query) -> bytes:
         """The document of ``query``, computed in the read process (started if need be)."""
         child = await self._started()
         if child.gone is not None:
@@ -375,7 +446,7 @@ class ReadProcess:
         # no await since the check above: a process that dies from here on fails this too
         child.pending[request_id] = future
         try:
-            child.writer.write(framed(_ENCODE([request_id, query.width_s, query.end_s, query.by])))
+            child.writer.write(framed(_ENCODE([request_id, *_request(query)])))
             await child.writer.drain()
         except (ConnectionError, RuntimeError) as error:
             child.pending.pop(request_id, None)
@@ -458,19 +529,41 @@ class ReadProcess:
                 await asyncio.wait_for(self._replies, 5)
 
 
+def _request(query: Query) -> list[Any]:
+    """A query as the read process's request: its kind, then its fields."""
+    if isinstance(query, SeriesQuery):
+        return ["series", query.width_s, query.step_s, query.count, query.end_s, query.by]
+    if isinstance(query, SlaTicketsQuery):
+        return ["sla-tickets", query.filters, query.limit]
+    return ["kpis", query.width_s, query.end_s, query.by]
+
+
 # --- the read process itself ---------------------------------------------------------------
+
+
+async def _read(store: Any, kind: str, fields: list[Any]) -> dict[str, Any]:
+    from deskpulse.streams.query import read_document, read_series, read_sla_tickets
+
+    if kind == "series":
+        width_s, step_s, count, end_s, by = fields
+        return await read_series(store, SeriesQuery(width_s, step_s, count, end_s, tuple(by)))
+    if kind == "sla-tickets":
+        filters, limit = fields
+        return await read_sla_tickets(
+            store, filters=dict(filters), limit=limit, now_ms=int(time.time() * 1000)
+        )
+    width_s, end_s, by = fields
+    return await read_document(store, KpiQuery(width_s, end_s, tuple(by)))
 
 
 async def _answer(store: Any, request: list[Any], writer: asyncio.StreamWriter) -> None:
     import orjson
     from redis.exceptions import RedisError
 
-    from deskpulse.streams.query import read_document
-
-    request_id, width_s, end_s, by = request
+    request_id, kind, *fields = request
     reply: list[Any]
     try:
-        document = await read_document(store, KpiQuery(width_s, end_s, tuple(by)))
+        document = await _read(store, kind, fields)
         reply = [request_id, "ok", orjson.dumps(document)]
     except InvalidQuery as error:
         reply = [request_id, "invalid", [error.parameter, error.message]]

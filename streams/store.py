@@ -103,6 +103,12 @@ from redis.asyncio import Redis
 from deskpulse.models.errors import StateLost
 from deskpulse.streams.core import BatchResult, Conversation, CoreConfig, keep_until_ms
 
+#: The level steps among a bucket's fields (``channel␟queue␟priority␟bl:<status>``).
+_LEVEL_MATCH = "*\x1fbl:*"
+#: Fields a bucket scan looks at per call: more than a rolled-up bucket holds, so one call
+#: scans it whole.
+_SCAN_COUNT = 100_000
+
 __all__ = [
     "FIX_LOST",
     "FIX_RESTART",
@@ -463,6 +469,125 @@ end
 return reply
 """
 
+# _EARLIEST at several instants (ARGV[1], ascending ms, a JSON array) in one script, the
+# same answer for each: ARGV[3] and ARGV[4] map a ticket or chat group to the (ascending,
+# 1-based) indexes of the instants that ask for it, and each group's open tickets are
+# paged through once for all of them; the conversations that left the indexes since the
+# first instant flagged past (ARGV[5][i] == '1') are read once, each offered to the past
+# instants it was open at. The reply is flat: instant index, key, ms, ...
+_EARLIEST_AT = """
+local base = KEYS[1]
+local instants = cjson.decode(ARGV[1])
+local stale_ms = tonumber(ARGV[2])
+local ticket_wants, chat_wants = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+local past = cjson.decode(ARGV[5])
+local infos = base .. 'li'
+local best = {}
+local function offer(i, key, ms)
+  local per = best[i]
+  if not per then per = {}; best[i] = per end
+  local now = per[key]
+  if not now or ms < now then per[key] = ms end
+end
+local function parse(info)
+  return string.match(info, '^([^\\31]*)\\31([^\\31]*\\31[^\\31]*\\31[^\\31]*)\\31(.*)$')
+end
+local function counted(gaps, at)
+  local from = nil
+  for number in string.gmatch(gaps or '', '[^,]+') do
+    local value = tonumber(number)
+    if from == nil then
+      from = value
+    else
+      if at > from and at <= value then return false end
+      from = nil
+    end
+  end
+  return true
+end
+-- a group's open tickets, oldest first, once for all the instants that ask for it: each
+-- instant takes the first created before it that was in the backlog at it
+for group, wants in pairs(ticket_wants) do
+  local pending = wants
+  local key, offset = base .. 'lo:' .. group, 0
+  local bound = '(' .. string.format('%d', instants[wants[#wants]])
+  while #pending > 0 do
+    local page = redis.call('ZRANGEBYSCORE', key, '-inf', bound, 'WITHSCORES',
+                            'LIMIT', offset, 32)
+    if #page == 0 then break end
+    for j = 1, #page, 2 do
+      local created = tonumber(page[j + 1])
+      local info = redis.call('HGET', infos, page[j])
+      local gaps = nil
+      if info then
+        local _, _, stretches = parse(info)
+        gaps = stretches
+      end
+      local rest = {}
+      for _, i in ipairs(pending) do
+        local at = instants[i]
+        if created < at and counted(gaps, at) then
+          offer(i, 't' .. group, created)
+        else
+          rest[#rest + 1] = i
+        end
+      end
+      pending = rest
+      if #pending == 0 then break end
+    end
+    offset = offset + 32
+  end
+end
+for group, wants in pairs(chat_wants) do
+  for _, i in ipairs(wants) do
+    local at = instants[i]
+    local page = redis.call('ZRANGEBYSCORE', base .. 'lw:' .. group,
+                            '(' .. string.format('%d', at - stale_ms),
+                            '(' .. string.format('%d', at), 'WITHSCORES', 'LIMIT', 0, 1)
+    if #page > 0 then offer(i, 'c' .. group, tonumber(page[2])) end
+  end
+end
+local first_past = nil
+for i, at in ipairs(instants) do
+  if past[i] == '1' then first_past = at; break end
+end
+if first_past then
+  local left = redis.call('ZRANGEBYSCORE', base .. 'lx', string.format('%d', first_past),
+                          '+inf', 'WITHSCORES')
+  for j = 1, #left, 2 do
+    local info = redis.call('HGET', infos, left[j])
+    if info then
+      local opened, group, gaps = parse(info)
+      opened = tonumber(opened)
+      local gone = tonumber(left[j + 1])
+      if opened then
+        local key = string.sub(left[j], 1, 1) .. group
+        -- the instants it was open at, (opened, gone]: the first after opened by bisection
+        local low, high = 1, #instants + 1
+        while low < high do
+          local middle = math.floor((low + high) / 2)
+          if instants[middle] > opened then high = middle else low = middle + 1 end
+        end
+        for i = low, #instants do
+          local at = instants[i]
+          if at > gone then break end
+          if past[i] == '1' and counted(gaps, at) then offer(i, key, opened) end
+        end
+      end
+    end
+  end
+end
+local reply = {}
+for i, per in pairs(best) do
+  for key, ms in pairs(per) do
+    reply[#reply + 1] = i
+    reply[#reply + 1] = key
+    reply[#reply + 1] = string.format('%d', ms)
+  end
+end
+return reply
+"""
+
 
 #: What an operator does when state was lost (the one line a worker logs ends with it).
 FIX_LOST = (
@@ -592,6 +717,7 @@ class Store:
         self._commit = redis.register_script(_COMMIT)
         self._load = redis.register_script(_LOAD)
         self._earliest = redis.register_script(_EARLIEST)
+        self._earliest_at = redis.register_script(_EARLIEST_AT)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
@@ -1113,6 +1239,39 @@ class Store:
             {text(name): value for name, value in m.items()} for m in _merge(replies, unique, sets)
         ]
 
+    async def sum_level_steps(
+        self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
+    ) -> list[Counter[str]]:
+        """:meth:`sum_buckets` of the level steps alone (``dimkey + SEP + bl:*``): Redis
+        picks them out of each bucket (``HSCAN MATCH``), so a bucket's other fields, most
+        of it, never cross the wire. Pipelined; a bucket too big for one scan is scanned on.
+        """
+        unique = list(dict.fromkeys(suffix for suffixes in sets for suffix in suffixes))
+        keys = [self.base(p) + suffix for p in partitions for suffix in unique]
+        found: dict[str, Counter[bytes | str]] = {suffix: Counter() for suffix in unique}
+        cursors = dict.fromkeys(range(len(keys)), 0)
+        while cursors:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i, cursor in cursors.items():
+                    pipe.hscan(keys[i], cursor, match=_LEVEL_MATCH, count=_SCAN_COUNT)
+                replies = await pipe.execute()
+            following: dict[int, int] = {}
+            for i, (cursor, fields) in zip(cursors, replies, strict=True):
+                steps = found[unique[i % len(unique)]]
+                for name, value in fields.items():
+                    steps[name] += int(value)
+                if int(cursor):
+                    following[i] = int(cursor)
+            cursors = following
+        decoded = {s: Counter({text(n): v for n, v in c.items()}) for s, c in found.items()}
+        out: list[Counter[str]] = []
+        for suffixes in sets:
+            total: Counter[str] = Counter()
+            for suffix in dict.fromkeys(suffixes):
+                total.update(decoded[suffix])
+            out.append(total)
+        return out
+
     async def read_levels(self, partitions: Sequence[int]) -> Counter[str]:
         """The running sums of the level steps (``dimkey + SEP + bl:*``), over partitions:
         the backlog and the waiting chats as of every step written so far."""
@@ -1153,6 +1312,99 @@ class Store:
                 if key not in best or ms < best[key]:
                     best[key] = ms
         return best
+
+    async def earliest_at(
+        self,
+        partitions: Sequence[int],
+        instants: Sequence[tuple[int, Sequence[str], Sequence[str]]],
+        *,
+        stale_ms: int,
+        newest_ms: Mapping[int, int],
+    ) -> list[dict[tuple[str, str], int]]:
+        """:meth:`earliest` for several ``(at_ms, ticket_groups, chat_groups)`` at once (a
+        series of windows reads the live indexes at each of its ends): one script per
+        partition, in one pipeline, which reads the conversations that left the indexes
+        since the earliest past instant once for all of them."""
+        order = sorted(range(len(instants)), key=lambda i: instants[i][0])
+        ticket_wants: dict[str, list[int]] = {}
+        chat_wants: dict[str, list[int]] = {}
+        for n, i in enumerate(order, 1):
+            for group in instants[i][1]:
+                ticket_wants.setdefault(group, []).append(n)
+            for group in instants[i][2]:
+                chat_wants.setdefault(group, []).append(n)
+        args: list[bytes | int] = [
+            orjson.dumps([instants[i][0] for i in order]),
+            stale_ms,
+            orjson.dumps(ticket_wants),
+            orjson.dumps(chat_wants),
+        ]
+        replies = []
+        if instants and partitions:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for partition in partitions:
+                    newest = newest_ms.get(partition, 0)
+                    past = ["1" if newest >= instants[i][0] else "0" for i in order]
+                    await self._earliest_at(
+                        keys=[self.base(partition)],
+                        args=[*args, orjson.dumps(past)],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+        out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
+        for reply in replies:
+            for k in range(0, len(reply), 3):
+                best = out[order[int(reply[k]) - 1]]
+                name = text(reply[k + 1])
+                key, ms = (name[0], name[1:]), int(reply[k + 2])
+                if key not in best or ms < best[key]:
+                    best[key] = ms
+        return out
+
+    async def sla_candidates(
+        self,
+        partitions: Sequence[int],
+        ticket_groups: Sequence[str],
+        *,
+        limit: int,
+        per_group: int,
+    ) -> list[tuple[int, str, float | None, bytes | str]]:
+        """Tickets that may be at risk or breached now, with their states: per partition the
+        ``limit`` of ``due`` with the soonest instants (a warned ticket waits there for its
+        deadline) and the ``per_group`` oldest open tickets of each of ``ticket_groups``
+        (a ticket whose every instance breached has nothing left in ``due``). Two pipelines,
+        O(partitions x (limit + groups x per_group)) whatever the number of open tickets.
+
+        ``(partition, ticket conversation id, due instant ms or None, state JSON)``, each
+        ticket once; a ticket whose state is gone is left out."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                base = self.base(partition)
+                pipe.zrange(base + "due", 0, limit - 1, withscores=True)
+                for group in ticket_groups:
+                    pipe.zrange(base + "lo:" + group, 0, per_group - 1)
+            replies = await pipe.execute()
+        wanted: dict[tuple[int, str], float | None] = {}
+        per = 1 + len(ticket_groups)
+        for n, partition in enumerate(partitions):
+            due, *opens = replies[n * per : (n + 1) * per]
+            for member, score in due:
+                wanted[(partition, text(member))] = float(score)
+            for members in opens:
+                for member in members:
+                    wanted.setdefault((partition, text(member)), None)
+        if not wanted:
+            return []
+        keys = list(wanted)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, conversation_id in keys:
+                pipe.hget(self.base(partition) + "conv", conversation_id)
+            states = await pipe.execute()
+        return [
+            (partition, conversation_id, wanted[(partition, conversation_id)], state)
+            for (partition, conversation_id), state in zip(keys, states, strict=True)
+            if state is not None
+        ]
 
     async def read_meta(self) -> dict[int, dict[str, str]]:
         """Every partition's meta hash (for health metrics)."""

@@ -31,9 +31,9 @@ from tests.inproc import InprocWorker
 from tests.support import sample
 
 TOKEN = "tok-" + uuid.uuid4().hex
-# Faust's own pages (and what its settings or APP_WEB_* variables would switch on)
+# Faust's own pages (and what its settings or APP_WEB_* variables would switch on); "/" is
+# the app's wallboard instead of Faust's page
 FAUST_PAGES = (
-    "/",
     "/router/",
     "/router/topics",
     "/table/",
@@ -133,7 +133,16 @@ def test_the_app_routes_only_its_own_pages(monkeypatch: pytest.MonkeyPatch) -> N
     app = create_app(Settings(web_token=SecretStr(TOKEN)))
     app.web.init_server()
     paths = {route.resource.canonical for route in app.web.web_app.router.routes()}  # type: ignore[attr-defined]
-    assert paths == {"/metrics", "/healthz", "/readyz", "/kpis"}
+    assert paths == {
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/kpis",
+        "/kpis/series",
+        "/kpis/sla-tickets",
+        "/",
+        "/board",
+    }
 
 
 @pytest.fixture
@@ -180,6 +189,11 @@ def test_faust_pages_are_not_served_with_or_without_the_token(guarded: InprocWor
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
             response = http_request(guarded.base_url + path, headers)
             assert response is not None and response.status == 404, (path, headers, response)
+    # "/" is the wallboard, served without the token (it holds no data), not Faust's page
+    board = http_request(guarded.base_url + "/", {})
+    assert board is not None and board.status == 200, board
+    assert board.headers["content-type"].startswith("text/html")
+    assert "deskpulse board" in board.text and TOKEN not in board.text
 
 
 # -- repeated log lines ---------------------------------------------------------------------

@@ -93,6 +93,7 @@ def test_the_wheel_installs_only_the_deskpulse_name(wheel: Path) -> None:
         "deskpulse/streams/offload.py",
         "deskpulse/exporters/prometheus.py",
         "deskpulse/exporters/assets/grafana/dashboards/deskpulse.json",
+        "deskpulse/exporters/assets/board/index.html",
     ):
         assert module in names, module
     assert not any(name.startswith("tests/") or "/tests/" in name for name in names)

@@ -277,3 +277,14 @@ def test_quantiles_of_rejects_a_negative_index_and_answers_no_quantile_with_none
 def test_quantiles_reject_out_of_range(q: float) -> None:
     with pytest.raises(ValueError, match="between 0 and 1"):
         Sketch().quantiles([0.5, q])
+
+
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e7, allow_nan=False), max_size=200),
+    st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=5),
+)
+def test_quantiles_at_once_equal_each_quantile(values: list[float], qs: list[float]) -> None:
+    sketch = Sketch()
+    for value in values:
+        sketch.add(value)
+    assert sketch.quantiles(qs) == [sketch.quantile(q) for q in qs]
