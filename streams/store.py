@@ -1248,7 +1248,9 @@ class Store:
         """
         unique = list(dict.fromkeys(suffix for suffixes in sets for suffix in suffixes))
         keys = [self.base(p) + suffix for p in partitions for suffix in unique]
-        found: dict[str, Counter[bytes | str]] = {suffix: Counter() for suffix in unique}
+        # per key: a scan of several calls may return a field more than once (Redis
+        # promises every field at least once), so each key's fields are set, not added
+        scanned: list[dict[bytes | str, int]] = [{} for _ in keys]
         cursors = dict.fromkeys(range(len(keys)), 0)
         while cursors:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -1257,12 +1259,15 @@ class Store:
                 replies = await pipe.execute()
             following: dict[int, int] = {}
             for i, (cursor, fields) in zip(cursors, replies, strict=True):
-                steps = found[unique[i % len(unique)]]
+                mine = scanned[i]
                 for name, value in fields.items():
-                    steps[name] += int(value)
+                    mine[name] = int(value)
                 if int(cursor):
                     following[i] = int(cursor)
             cursors = following
+        found: dict[str, Counter[bytes | str]] = {suffix: Counter() for suffix in unique}
+        for i, fields in enumerate(scanned):
+            found[unique[i % len(unique)]].update(fields)
         decoded = {s: Counter({text(n): v for n, v in c.items()}) for s, c in found.items()}
         out: list[Counter[str]] = []
         for suffixes in sets:
