@@ -383,98 +383,20 @@ return reply
 """
 
 
-#: The earliest creation of the tickets open, and request of the chats waiting, at an
-#: instant, per group, in one partition (streams/query.py ``read_live``). KEYS[1]: the
-#: partition's key base. ARGV: the instant (ms), the stale time (ms), the groups with
-#: tickets open (JSON), those with chats waiting (JSON), and '1' when conversations may
-#: have left the indexes since the instant (the partition's newest event is not before
-#: it). Returns ``t<group>`` or ``c<group>`` followed by the ms, flat.
-#: A ticket open now was open at the instant unless it has a live info whose stretches
-#: out of the backlog hold the instant; a chat in ``lw`` has no outcome at all; one that
-#: left (``lx``, scored by the instant it left) was open or waiting at the instant if it
-#: opened before it, left at or after it, and was not out of the backlog then.
-_EARLIEST = """
-local base = KEYS[1]
-local at = tonumber(ARGV[1])
-local infos = base .. 'li'
-local best = {}
-local function offer(key, ms)
-  local now = best[key]
-  if not now or ms < now then best[key] = ms end
-end
-local function parse(info)
-  return string.match(info, '^([^\\31]*)\\31([^\\31]*\\31[^\\31]*\\31[^\\31]*)\\31(.*)$')
-end
--- whether the instant is in none of the stretches 'from,to,...' (out at (from, to])
-local function counted(gaps)
-  local from = nil
-  for number in string.gmatch(gaps or '', '[^,]+') do
-    local value = tonumber(number)
-    if from == nil then
-      from = value
-    else
-      if at > from and at <= value then return false end
-      from = nil
-    end
-  end
-  return true
-end
-for _, group in ipairs(cjson.decode(ARGV[3])) do
-  local key, offset = base .. 'lo:' .. group, 0
-  local found = false
-  while not found do
-    local page = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[1], 'WITHSCORES',
-                            'LIMIT', offset, 32)
-    if #page == 0 then break end
-    for j = 1, #page, 2 do
-      local info = redis.call('HGET', infos, page[j])
-      local gaps = nil
-      if info then
-        local _, _, stretches = parse(info)
-        gaps = stretches
-      end
-      if counted(gaps) then
-        offer('t' .. group, tonumber(page[j + 1]))
-        found = true
-        break
-      end
-    end
-    offset = offset + 32
-  end
-end
-local stale = '(' .. string.format('%d', at - tonumber(ARGV[2]))
-for _, group in ipairs(cjson.decode(ARGV[4])) do
-  local page = redis.call('ZRANGEBYSCORE', base .. 'lw:' .. group, stale, '(' .. ARGV[1],
-                          'WITHSCORES', 'LIMIT', 0, 1)
-  if #page > 0 then offer('c' .. group, tonumber(page[2])) end
-end
-if ARGV[5] == '1' then
-  local left = redis.call('ZRANGEBYSCORE', base .. 'lx', ARGV[1], '+inf', 'WITHSCORES')
-  for j = 1, #left, 2 do
-    local info = redis.call('HGET', infos, left[j])
-    if info then
-      local opened, group, gaps = parse(info)
-      opened = tonumber(opened)
-      if opened and opened < at and at <= tonumber(left[j + 1]) and counted(gaps) then
-        offer(string.sub(left[j], 1, 1) .. group, opened)
-      end
-    end
-  end
-end
-local reply = {}
-for key, ms in pairs(best) do
-  reply[#reply + 1] = key
-  reply[#reply + 1] = string.format('%d', ms)
-end
-return reply
-"""
-
-# _EARLIEST at several instants (ARGV[1], ascending ms, a JSON array) in one script, the
-# same answer for each: ARGV[3] and ARGV[4] map a ticket or chat group to the (ascending,
-# 1-based) indexes of the instants that ask for it, and each group's open tickets are
-# paged through once for all of them; the conversations that left the indexes since the
-# first instant flagged past (ARGV[5][i] == '1') are read once, each offered to the past
-# instants it was open at. The reply is flat: instant index, key, ms, ...
+#: The earliest creation of the tickets open, and request of the chats waiting, at each of
+#: several instants, per group, in one partition (streams/query.py ``read_live`` and the
+#: series). KEYS[1]: the partition's key base. ARGV: the instants (ascending ms, a JSON
+#: array), the stale time (ms), the ticket groups and the chat groups each mapped to the
+#: (1-based) indexes of the instants that ask for them (JSON), and per instant '1' when
+#: conversations may have left the indexes since it (the partition's newest event is not
+#: before it). Returns instant index, ``t<group>`` or ``c<group>``, ms, ... flat.
+#: A ticket open now was open at an instant unless it has a live info whose stretches out
+#: of the backlog hold the instant; a chat in ``lw`` has no outcome at all; one that left
+#: (``lx``, scored by the instant it left) was open or waiting at an instant if it opened
+#: before it, left at or after it, and was not out of the backlog then. Each group's open
+#: tickets are paged through once for all the instants that ask for it, and the
+#: conversations that left since the first past instant are read once, each offered to the
+#: instants it was open at.
 _EARLIEST_AT = """
 local base = KEYS[1]
 local instants = cjson.decode(ARGV[1])
@@ -716,7 +638,6 @@ class Store:
         self.config = config
         self._commit = redis.register_script(_COMMIT)
         self._load = redis.register_script(_LOAD)
-        self._earliest = redis.register_script(_EARLIEST)
         self._earliest_at = redis.register_script(_EARLIEST_AT)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
@@ -1299,24 +1220,13 @@ class Store:
         partition, in one pipeline; a partition whose newest event is before the instant
         reads the first entry of each group's index, any other the conversations that left
         the indexes since too."""
-        tickets, chats = orjson.dumps(list(ticket_groups)), orjson.dumps(list(chat_groups))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for partition in partitions:
-                past = "1" if newest_ms.get(partition, 0) >= at_ms else "0"
-                await self._earliest(
-                    keys=[self.base(partition)],
-                    args=[at_ms, stale_ms, tickets, chats, past],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
-        best: dict[tuple[str, str], int] = {}
-        for reply in replies:
-            for k in range(0, len(reply), 2):
-                name = text(reply[k])
-                key, ms = (name[0], name[1:]), int(reply[k + 1])
-                if key not in best or ms < best[key]:
-                    best[key] = ms
-        return best
+        (found,) = await self.earliest_at(
+            partitions,
+            [(at_ms, ticket_groups, chat_groups)],
+            stale_ms=stale_ms,
+            newest_ms=newest_ms,
+        )
+        return found
 
     async def earliest_at(
         self,
