@@ -58,10 +58,10 @@ __all__ = ["InprocWorker", "children", "port_is_free"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def children() -> set[int]:
-    """The pids of this process's live child processes."""
+def children(pid: int | None = None) -> set[int]:
+    """The pids of the live child processes of ``pid`` (this process by default)."""
     found = set()
-    me = str(os.getpid())
+    me = str(os.getpid() if pid is None else pid)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

@@ -19,22 +19,8 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from deskpulse.streams.tools import produce_records
 from tests.e2e_support import redis_snapshot
+from tests.inproc import children
 from tests.support import run_cli, settings_env, wait_until
-
-
-def children_of(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (the kernel's process table)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:  # gone meanwhile
-            continue
-        if fields[1] == str(pid) and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 def applied(settings: Settings, client: redis.Redis) -> int:
@@ -86,7 +72,7 @@ def test_a_replay_process_killed_stops_the_replay_and_a_new_one_ends_as_one_proc
     try:
         # both processes at work, something committed, far from all of it
         processes = wait_until(
-            lambda: len(kids := children_of(replay.pid)) == 2 and applied(two, client) and kids,
+            lambda: len(kids := children(replay.pid)) == 2 and applied(two, client) and kids,
             60,
             0.01,
             message="two replay processes and a first commit",
