@@ -41,7 +41,7 @@ import pickle
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,12 +104,22 @@ async def replay(
     max_records: int = 20_000,
     progress: Callable[[int, int], None] | None = None,
     only: Collection[int] | None = None,
+    fences: Mapping[tuple[str, int], int] | None = None,
+    adopt: bool = True,
 ) -> ReplayStats:
     """Apply everything in the input topics up to their current ends; return the stats.
 
     ``only``: only these partitions' records (of the three input topics and the
     repartition topic), as one of :func:`replay_in_processes`' processes does; a record
     read there that belongs to another partition is applied there all the same.
+    ``fences``: the applied offsets of every partition when the replay started (see
+    :func:`start_fences`), which decide the forwards it passes over; read here when
+    not given. The processes of one replay must share one reading: taken by each at its
+    own start, a process starting late would see fences another one already moved and
+    apply forwards of records that one applied itself. ``adopt``: at the end, adopt the
+    SLA alerts already published (:func:`adopt_all_published`); a process of several
+    leaves it to the parent, once all of them are done, since a ticket of its partitions
+    may still come from a record another process reads.
     """
     from prometheus_client import CollectorRegistry
 
@@ -155,15 +165,11 @@ async def replay(
             await offsets.close()
         ends = await consumer.end_offsets(partitions)
         remaining = 0
-        # the fences of every partition, not only these: a forward read here may come
-        # from any of them
-        fences: dict[tuple[str, int], int] = {}
-        for tp in every:
+        if fences is None:
+            fences = await start_fences(store, settings, counts)
+        for tp in partitions:
             meta, _ = await store.load(tp.partition, [])
             applied = meta.offsets.get(tp.topic)
-            fences[(tp.topic, tp.partition)] = -1 if applied is None else applied
-            if tp not in ends:
-                continue
             if applied is None:
                 await consumer.seek_to_beginning(tp)
                 start = (await consumer.beginning_offsets([tp]))[tp]
@@ -248,22 +254,42 @@ async def replay(
         stats.seconds = time.perf_counter() - started
         if first_in_hand is not None and stats.records:
             stats.active_seconds = last_committed - first_in_hand
-        # what an earlier state published is not the new one's to publish again
-        published = await _published_alerts(
-            settings, counts[settings.topic_alerts], counts[settings.topic_tickets]
-        )
-        for partition, markers in sorted(published.items()):
-            if wanted is not None and partition not in wanted:
-                continue  # another process's
-            async with engine.partition_lock(partition):
-                stats.adopted += await adopt_published(store, partition, markers)
-        if stats.adopted:
-            log.info("%d published SLA alerts adopted as claims", stats.adopted)
+        if adopt:
+            stats.adopted = await adopt_all_published(settings, store, counts)
     finally:
         await consumer.stop()
         await publisher.stop()
         await redis.aclose()
     return stats
+
+
+async def adopt_all_published(settings: Settings, store: Store, counts: Mapping[str, int]) -> int:
+    """Adopt as claims the SLA alerts published before (read back from the alerts topic)
+    into every partition's tickets, so the state rebuilt does not publish them again; run
+    once every record is applied. How many were adopted. ``counts``: partitions by topic."""
+    published = await _published_alerts(
+        settings, counts[settings.topic_alerts], counts[settings.topic_tickets]
+    )
+    adopted = 0
+    for partition, markers in sorted(published.items()):
+        adopted += await adopt_published(store, partition, markers)
+    if adopted:
+        log.info("%d published SLA alerts adopted as claims", adopted)
+    return adopted
+
+
+async def start_fences(
+    store: Store, settings: Settings, counts: Mapping[str, int]
+) -> dict[tuple[str, int], int]:
+    """The applied offset (-1: none) of every partition of the input topics and the
+    repartition topic, not only a process's own: a forward read anywhere may come from
+    any of them. ``counts``: partitions by topic."""
+    fences: dict[tuple[str, int], int] = {}
+    for topic in (*settings.input_topics, settings.topic_repartition):
+        for partition in range(counts[topic]):
+            meta, _ = await store.load(partition, [])
+            fences[(topic, partition)] = meta.offsets.get(topic, -1)
+    return fences
 
 
 class ReplayFailed(DeskpulseError):
@@ -294,67 +320,80 @@ async def replay_in_processes(
         return await replay(settings, progress=progress)
     shares = [list(range(first, partitions, count)) for first in range(count)]
     started = time.perf_counter()
-    children = []
-    for share in shares:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "deskpulse.streams.replay",
-            ",".join(map(str, share)),
-            logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert child.stdin is not None
-        child.stdin.write(pickle.dumps(settings))  # our own child, over our own pipe
-        await child.stdin.drain()
-        child.stdin.close()
-        children.append(child)
-    done, totals = [0] * count, [0] * count
-    results: list[dict[str, Any]] = [{} for _ in shares]
-
-    async def follow(i: int) -> None:
-        child = children[i]
-        assert child.stdout is not None
-        async for line in child.stdout:
-            message = orjson.loads(line)
-            if "stats" in message:
-                results[i] = message["stats"]
-                continue
-            done[i], totals[i] = message["done"], message["total"]
-            if progress is not None:
-                progress(sum(done), sum(totals))
-        status = await child.wait()
-        if status != 0 or not results[i]:
-            raise ReplayFailed(
-                f"the replay process of partitions {', '.join(map(str, shares[i]))} stopped "
-                f"with status {status} (its reason is above); the others were stopped too. "
-                "What was committed stays: run the replay again, it resumes at the fences"
-            )
-
+    # one reading of the fences for all, before any of them commits (see replay's fences)
+    redis = connect(settings, purpose="replay")
+    store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
     try:
-        await asyncio.gather(*(follow(i) for i in range(count)))
+        await store.check_config()
+        await store.check_generation()
+        fences = await start_fences(store, settings, counts)
+        children: list[asyncio.subprocess.Process] = []
+        for share in shares:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "deskpulse.streams.replay",
+                ",".join(map(str, share)),
+                logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert child.stdin is not None
+            child.stdin.write(pickle.dumps((settings, fences)))  # our own child, our own pipe
+            await child.stdin.drain()
+            child.stdin.close()
+            children.append(child)
+        done, totals = [0] * count, [0] * count
+        results: list[dict[str, Any]] = [{} for _ in shares]
+
+        async def follow(i: int) -> None:
+            child = children[i]
+            assert child.stdout is not None
+            async for line in child.stdout:
+                message = orjson.loads(line)
+                if "stats" in message:
+                    results[i] = message["stats"]
+                    continue
+                done[i], totals[i] = message["done"], message["total"]
+                if progress is not None:
+                    progress(sum(done), sum(totals))
+            status = await child.wait()
+            if status != 0 or not results[i]:
+                raise ReplayFailed(
+                    f"the replay process of partitions {', '.join(map(str, shares[i]))} stopped "
+                    f"with status {status} (its reason is above); the others were stopped too. "
+                    "What was committed stays: run the replay again, it resumes at the fences"
+                )
+
+        try:
+            await asyncio.gather(*(follow(i) for i in range(count)))
+        finally:
+            for child in children:
+                if child.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.terminate()
+            await asyncio.gather(*(child.wait() for child in children), return_exceptions=True)
+        # every record applied, by whichever process read it: now the tickets are all there
+        adopted = await adopt_all_published(settings, store, counts)
     finally:
-        for child in children:
-            if child.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.terminate()
-        await asyncio.gather(*(child.wait() for child in children), return_exceptions=True)
+        await redis.aclose()
     return ReplayStats(
         records=sum(r["records"] for r in results),
         seconds=time.perf_counter() - started,
         active_seconds=max(r["active_seconds"] for r in results),
-        adopted=sum(r["adopted"] for r in results),
+        adopted=adopted,
     )
 
 
 def _child(only: list[int]) -> int:
-    """One process of :func:`replay_in_processes`: the settings come pickled on stdin;
-    progress and, last, the stats go to stdout as JSON lines."""
+    """One process of :func:`replay_in_processes`: the settings and the replay's fences
+    come pickled on stdin; progress and, last, the stats go to stdout as JSON lines."""
     from deskpulse.streams.record_batches import install as report_undecodable_batches
     from deskpulse.streams.runtime import BATCH_GC_THRESHOLDS, tune_gc
 
-    settings: Settings = pickle.loads(sys.stdin.buffer.read())
+    settings: Settings
+    fences: dict[tuple[str, int], int]
+    settings, fences = pickle.loads(sys.stdin.buffer.read())
     report_undecodable_batches()
     tune_gc(BATCH_GC_THRESHOLDS)
     out = sys.stdout.buffer
@@ -369,17 +408,15 @@ def _child(only: list[int]) -> int:
             out.flush()
 
     try:
-        stats = asyncio.run(replay(settings, progress=progress, only=only))
+        stats = asyncio.run(
+            replay(settings, progress=progress, only=only, fences=fences, adopt=False)
+        )
     except DeskpulseError as error:
         print(f"deskpulse: replay of partitions {only}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    stats_line = {
-        "records": stats.records,
-        "active_seconds": stats.active_seconds,
-        "adopted": stats.adopted,
-    }
+    stats_line = {"records": stats.records, "active_seconds": stats.active_seconds}
     out.write(orjson.dumps({"stats": stats_line}) + b"\n")
     out.flush()
     return 0

@@ -59,7 +59,10 @@ from deskpulse.streams.partitioner import (
     murmur2_many,
 )
 from deskpulse.streams.query import query_kpis
+from deskpulse.streams.redis_client import connect
+from deskpulse.streams.replay import adopt_all_published, replay, start_fences
 from deskpulse.streams.store import PartitionMeta, Store
+from deskpulse.streams.topics import ensure_topics
 from tests.conftest import HOST
 from tests.e2e_support import (
     Dataset,
@@ -529,7 +532,7 @@ def test_mixed_partitioners_give_exact_kpis_breaches_and_replay(
         live = state_of(client, settings.redis_prefix)
     finally:
         client.close()
-    for processes in (1, 2):
+    for processes in (1, 2, "staggered"):
         replay_matches_live(settings, dataset, documents, live, tmp_path, processes)
 
 
@@ -539,23 +542,30 @@ def replay_matches_live(
     documents: dict[Any, Any],
     live: dict[str, Any],
     tmp_path: Path,
-    processes: int,
+    processes: int | str,
 ) -> None:
+    """``processes``: the CLI's replay in that many processes, or ``"staggered"``: two
+    processes' shares replayed here one after the other, sharing the fences read before
+    the first, as a process that starts late does (reading them at its own start, the
+    second would apply again the forwards of records the first applied itself)."""
     replayed = settings.model_copy(
         update={
             "redis_prefix": f"{settings.redis_prefix}-replay{processes}",
             "topic_deadletter": f"{settings.topic_deadletter}.replay{processes}",
         }
     )
-    done = run_cli(
-        ["replay", "--processes", str(processes)],
-        settings_env(replayed),
-        cwd=tmp_path,
-        timeout_s=240,
-    )
-    assert done.returncode == 0, done.stderr
-    # once per process that read records of another partition on the topic
-    assert 1 <= warnings_in(done.stderr, settings.topic_tickets) <= processes, done.stderr
+    if processes == "staggered":
+        asyncio.run(replay_staggered(replayed))
+    else:
+        done = run_cli(
+            ["replay", "--processes", str(processes)],
+            settings_env(replayed),
+            cwd=tmp_path,
+            timeout_s=240,
+        )
+        assert done.returncode == 0, done.stderr
+        # once per process that read records of another partition on the topic
+        assert 1 <= warnings_in(done.stderr, settings.topic_tickets) <= int(processes), done.stderr
     replay_counts = wait_for_state(replayed, dataset, timeout_s=5, settle_s=0, claims=False)
     check_counters(replay_counts, dataset)
     # The replay adopts the breaches the live worker published (read back from the alerts
@@ -590,6 +600,23 @@ def replay_matches_live(
         if live[name] != replay[name]
     }
     assert not differing, (processes, differing)
+
+
+async def replay_staggered(settings: Settings) -> None:
+    """Two processes' shares one after the other, then the adoption of published alerts
+    (the parent's, once all are done: a ticket of the first share may come from a record
+    only the second reads)."""
+    counts = await ensure_topics(settings)
+    client = connect(settings, purpose="replay")
+    try:
+        store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
+        fences = await start_fences(store, settings, counts)
+        partitions = counts[settings.topic_tickets]
+        for first in (1, 0):
+            await replay(settings, only=range(first, partitions, 2), fences=fences, adopt=False)
+        await adopt_all_published(settings, store, counts)
+    finally:
+        await client.aclose()
 
 
 # -- the forward, record by record (engine, real broker and Redis) ---------------------------
