@@ -375,7 +375,7 @@ def _board_rows(bd: dict[str, Any] | None) -> list[list[str]]:
     if "error" in bd:
         return [["board", "error: " + bd["error"][:200], "", _mark(False)]]
     loaded = next(p for p in bd["phases"] if p["viewers"])
-    hour = bd["series"]["hour"]
+    board = bd["series"].get("board") or bd["series"]["hour"]
     return [
         [
             f"wallboard: worker CPU per viewer refresh at {bd['viewers']} viewers",
@@ -387,10 +387,11 @@ def _board_rows(bd: dict[str, Any] | None) -> list[list[str]]:
             _mark(bd["cpu_per_refresh_s"] < 0.005),
         ],
         [
-            "`GET /kpis/series` of 24 x 1 h (ending on the hour, as the board asks)",
-            f"p50 {_ms(hour['p50'])}, p99 {_ms(hour['p99'])} ({hour['reads']} distinct reads)",
+            "`GET /kpis/series` of 24 x 1 h as the board asks (ending on the coming hour, "
+            "asked again after new traffic)",
+            f"p50 {_ms(board['p50'])}, p99 {_ms(board['p99'])} ({board['reads']} reads)",
             "p50 < 50 ms",
-            _mark(hour["p50"] < 0.050),
+            _mark(board["p50"] < 0.050),
         ],
     ]
 
@@ -785,13 +786,23 @@ def _board(bd: dict[str, Any] | None, add: Any) -> None:
             f"{parts.get('worker', 0):.2f} s / {parts.get('reads', 0):.2f} s |"
         )
     add("")
-    add("`GET /kpis/series?window=1h&step=1h&count=24`, distinct reads one after another:\n")
-    add("| ending | reads | statuses | p50 | p99 | max |")
+    add(
+        "`GET /kpis/series?window=1h&step=1h&count=24`, one read after another: as the board "
+        "asks it (the series ending on the coming hour, each read after a second of new "
+        "traffic), then distinct series none asked before, each ending an hour earlier than "
+        "the one before:\n"
+    )
+    add("| reads of | reads | statuses | p50 | p99 | max |")
     add("| --- | --- | --- | --- | --- | --- |")
+    kinds = {
+        "board": "the board's series, again",
+        "hour": "distinct series, ending on the hour",
+        "minute": "distinct series, ending at a minute",
+    }
     for kind, row in bd["series"].items():
         add(
-            f"| on the {kind} | {row['reads']} | {row['statuses']} | {_ms(row['p50'])} | "
-            f"{_ms(row['p99'])} | {_ms(row['max'])} |"
+            f"| {kinds.get(kind, kind)} | {row['reads']} | {row['statuses']} | "
+            f"{_ms(row['p50'])} | {_ms(row['p99'])} | {_ms(row['max'])} |"
         )
     add("")
 

@@ -1412,7 +1412,7 @@ class Bench:
                 phases.append(await self.board_phase(worker, url, board, viewers))
                 print(f"board: {phases[-1]}", file=sys.stderr)
             out["phases"] = phases
-            out["series"] = await self.series_latency(url)
+            out["series"] = await self.series_latency(url, settings)
         finally:
             self.procs.stop(worker)
         idle = [p["cpu_s"] / p["seconds"] for p in phases if not p["viewers"]]
@@ -1495,30 +1495,62 @@ class Bench:
             phase["latency"] = spread(latencies)
         return phase
 
-    async def series_latency(self, url: str) -> dict[str, Any]:
-        """Distinct reads of ``GET /kpis/series?window=1h&step=1h&count=24``, one after
-        another: ending on the hour, then at a minute."""
+    async def series_latency(self, url: str, settings: Settings) -> dict[str, Any]:
+        """``GET /kpis/series?window=1h&step=1h&count=24``, one read after another: first
+        as a board asks it, the series ending on the coming hour again and again, each time
+        after a second of new traffic (a few dozen events of now, produced to the worker's
+        topics): the read process keeps what still holds of the last read (the settled
+        roll-ups' sums, the level steps, the oldest at the past ends) and reads the rest.
+        Then distinct series, none of them asked before: ending on the hour, and at a
+        minute (fine buckets at both edges of every point), each an hour earlier than the
+        one before (a new oldest end each time, the worst case of what is kept)."""
         cfg = self.config
         out: dict[str, Any] = {}
         hour_end = -(-time.time() // 3600) * 3600
         minute_end = (time.time() // 60 - 1) * 60
-        for kind, newest in (("hour", hour_end), ("minute", minute_end)):
+
+        async def timed(queries: Callable[[int], str], between: Callable[[], Any] | None) -> Any:
             took = []
             statuses: Counter[int] = Counter()
             for k in range(cfg.board_series_reads):
-                at = format_time(newest - k * 3600)
-                query = f"/kpis/series?window=1h&step=1h&count=24&at={at}"
+                if between is not None:
+                    await between()
                 started = time.perf_counter()
-                status = await asyncio.to_thread(_http_status, url + query)
+                status = await asyncio.to_thread(_http_status, url + queries(k))
                 took.append(time.perf_counter() - started)
                 statuses[status] += 1
-            out[kind] = {
+            return {
                 "reads": len(took),
                 "statuses": {str(k): v for k, v in sorted(statuses.items())},
                 "p50": percentile(took, 0.5),
                 "p99": percentile(took, 0.99),
                 "max": max(took),
             }
+
+        seed = iter(range(1000, 2000))
+
+        async def traffic() -> None:
+            now = time.time()
+            sim = SimConfig(seed=next(seed), start_s=now - 1.0, duration_s=1.0, rate=40.0)
+            rows = [  # what has happened by now (the simulation goes on into the future)
+                (settings.topic_for(r.topic_kind), r.key, r.value)
+                for r in generate(sim)
+                if r.occurred_at_s is None or r.occurred_at_s <= now
+            ]
+            await produce_records(settings, rows, label="board traffic")
+            await asyncio.sleep(1.0)
+
+        board_query = f"/kpis/series?window=1h&step=1h&count=24&at={format_time(hour_end)}"
+        await asyncio.to_thread(_http_status, url + board_query)  # what a board read last
+        out["board"] = await timed(lambda k: board_query, traffic)
+        for kind, newest in (("hour", hour_end), ("minute", minute_end)):
+            out[kind] = await timed(
+                lambda k, newest=newest: (
+                    "/kpis/series?window=1h&step=1h&count=24"
+                    f"&at={format_time(newest - (k + 1) * 3600)}"
+                ),
+                None,
+            )
         return out
 
     # -- 6. SLA: breach checks and state size ---------------------------------------------

@@ -1073,6 +1073,10 @@ class BatchResult:
     #: adds (or moves) the member with the score, ``"r"`` removes it, ``"i"`` sets the
     #: member's live info to ``info``, ``"d"`` deletes it (see :func:`live_entry`)
     index: list[tuple[str, str, int, str, str]] = field(default_factory=list)
+    #: the earliest event time (ms) of the batch's events of the conversations ``index``
+    #: moves: what a reader of the live indexes at an instant before it read stays true
+    #: (a conversation's place at an instant follows from its events up to that instant)
+    index_from_ms: int | None = None
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     offsets: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
@@ -1145,6 +1149,11 @@ def fold_batch(
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
     working, before = _fold_events(items, states, cutoff_ms, result)
     _add_deltas(working, before, cutoff_ms, config, result)
+    if result.index:
+        moved = {op[3] for op in result.index}
+        result.index_from_ms = min(
+            (item.ms for item in items if item.event.conversation_id in moved), default=0
+        )
     return result
 
 

@@ -31,6 +31,12 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
 ``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
 ``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
+``P:{pn}:lmoved``              zset: the commits that moved the live indexes, the last
+                               :data:`MOVES_KEPT` versions: members ``version:n:from:to``
+                               scored by the version, the instants ``[from, to]`` (``to``
+                               empty: from on) whose reading the commit changed (a
+                               reader's kept answer for an instant outside every later
+                               entry still holds)
 ``P:{pn}:li``                  hash: live info of a conversation in ``lx`` (or a ticket in
                                ``lo`` that was out of the backlog before): ``opened
                                ms␟group␟out-from,out-to,...`` (a ticket dropped at its
@@ -137,8 +143,10 @@ LAYOUT = "6"
 # conversations (id, newest ms, held count, next breach check ms, '' for none or 'k' to
 # leave it as it is, state JSON as a string), due tickets looked at unchanged (id, next
 # check ms or ''), alert payloads for
-# the outbox (event id, JSON); then the store generation and whether the partition must
-# have state already.
+# the outbox (event id, JSON), live index moves; then the store generation, whether the
+# partition must have state already, the states end to end, the bucket widths (fine,
+# roll-up), the earliest instant (ms) the live index moves change ('' for none), how
+# many versions ``lmoved`` keeps and the stale time of a waiting chat (ms).
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
@@ -147,7 +155,11 @@ local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
 local due, out = base .. 'due', base .. 'breach_out'
 local lvl, lx, infos = base .. 'lvl', base .. 'lx', base .. 'li'
-local bver = base .. 'bver'
+local bver, lmoved = base .. 'bver', base .. 'lmoved'
+-- the earliest instant whose live index reading this commit changes (nil: none), and
+-- the stretches of instants a waiting chat it expires was seen at
+local moved_from = tonumber(ARGV[11])
+local moved_spans = {}
 local gen = redis.call('HGET', meta, 'gen')
 if gen ~= ARGV[6] and (gen or ARGV[7] == '1') then
   return {-1, gen or '', 0}
@@ -323,6 +335,10 @@ for j = 1, #expired, 2 do
       local decoded = cjson.decode(state)
       local group = table.concat(decoded[3], '\\31')
       if live == 5 then
+        -- a reader of an instant it was waiting at (from its request, for the stale
+        -- time) sees it go
+        local requested = tonumber(redis.call('ZSCORE', base .. 'lw:' .. group, id) or '0')
+        moved_spans[#moved_spans + 1] = {requested, requested + tonumber(ARGV[13])}
         redis.call('ZREM', base .. 'lw:' .. group, id)
       else
         -- an open ticket at its maximum age: it leaves the backlog at the instant its
@@ -330,6 +346,7 @@ for j = 1, #expired, 2 do
         -- info for readers of the instants before (every earlier stretch out of the
         -- backlog is behind the horizon by then)
         local left = tonumber(expired[j + 1]) + retention
+        if not moved_from or left < moved_from then moved_from = left end
         step_down(group, 'bl:' .. statuses[live], left)
         redis.call('ZREM', base .. 'lo:' .. group, id)
         redis.call('ZADD', lx, string.format('%d', left), id)
@@ -361,6 +378,17 @@ for k, metric in ipairs({'first_response', 'next_response', 'resolution'}) do
   end
 end
 local version = redis.call('HINCRBY', meta, 'version', 1)
+if moved_from then
+  moved_spans[#moved_spans + 1] = {moved_from}
+end
+for k, span in ipairs(moved_spans) do
+  local to = span[2] and string.format('%d', span[2]) or ''
+  redis.call('ZADD', lmoved, version, version .. ':' .. k .. ':' .. string.format('%d', span[1])
+             .. ':' .. to)
+end
+if #moved_spans > 0 then
+  redis.call('ZREMRANGEBYSCORE', lmoved, '-inf', version - tonumber(ARGV[12]))
+end
 return {1, tostring(version), orphaned}
 """
 
@@ -389,7 +417,8 @@ return reply
 #: array), the stale time (ms), the ticket groups and the chat groups each mapped to the
 #: (1-based) indexes of the instants that ask for them (JSON), and per instant '1' when
 #: conversations may have left the indexes since it (the partition's newest event is not
-#: before it). Returns instant index, ``t<group>`` or ``c<group>``, ms, ... flat.
+#: before it). Returns the partition's version and generation, then instant index,
+#: ``t<group>`` or ``c<group>``, ms, ... flat.
 #: A ticket open now was open at an instant unless it has a live info whose stretches out
 #: of the backlog hold the instant; a chat in ``lw`` has no outcome at all; one that left
 #: (``lx``, scored by the instant it left) was open or waiting at an instant if it opened
@@ -404,6 +433,8 @@ local stale_ms = tonumber(ARGV[2])
 local ticket_wants, chat_wants = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local past = cjson.decode(ARGV[5])
 local infos = base .. 'li'
+-- the version and generation read at, which the caller keeps the answers with
+local read_at = redis.call('HMGET', base .. 'meta', 'version', 'gen')
 local best = {}
 local function offer(i, key, ms)
   local per = best[i]
@@ -499,7 +530,7 @@ if first_past then
     end
   end
 end
-local reply = {}
+local reply = {read_at[1] or '0', read_at[2] or ''}
 for i, per in pairs(best) do
   for key, ms in pairs(per) do
     reply[#reply + 1] = i
@@ -584,13 +615,37 @@ def text(value: bytes | str) -> str:
 #: instant it reads (a 24 h window by channel, queue and priority over 171 groups has
 #: 160,000; about 100 bytes each)
 SETTLED_FIELDS_KEPT = 500_000
+#: versions of a partition its ``lmoved`` log covers: an answer of :meth:`Store.earliest_at`
+#: kept from an older version is read again (a live worker commits a partition a few
+#: times a second at most: minutes of traffic, and a board asks every minute). At most
+#: that many entries of about 30 bytes.
+MOVES_KEPT = 2_000
+#: answers of one partition at one instant :meth:`Store.earliest_at` keeps at most (a
+#: board's series of 24 points over 4 partitions is 96)
+EARLIEST_KEPT = 20_000
+
+#: buckets whose level steps :meth:`Store.sum_level_steps` keeps at most (a day of
+#: roll-ups over 12 partitions is 288; a few hundred fields each at most)
+LEVEL_BUCKETS_KEPT = 5_000
+
+_EarliestKey = tuple[int, int, tuple[str, ...], tuple[str, ...], int]
+_Earliest = tuple[str, int, dict[tuple[str, str], int]]
 
 
-def _settled(suffixes: Sequence[str]) -> tuple[str, ...]:
-    """The roll-ups of a set of bucket suffixes but its newest: the ones whose sum a
-    reader keeps (the newest, and every fine bucket, are where the traffic writes)."""
+def _settled(suffixes: Sequence[str], newest_s: int) -> tuple[str, ...]:
+    """The roll-ups of a set of bucket suffixes that start before ``newest_s``, the newest
+    roll-up a read asks for: the ones whose sum a reader keeps (the newest, and every fine
+    bucket, are where the traffic writes). A series' windows of one roll-up each are kept
+    but the newest."""
     rollups = sorted((int(s[2:]), s) for s in dict.fromkeys(suffixes) if s[:2] in ("r:", "R:"))
-    return tuple(s for _, s in rollups[:-1])
+    return tuple(s for start, s in rollups if start < newest_s)
+
+
+def _newest_rollup(sets: Sequence[Sequence[str]]) -> int:
+    """The start of the newest roll-up any of ``sets`` names (0: none)."""
+    return max(
+        (int(s[2:]) for suffixes in sets for s in suffixes if s[:2] in ("r:", "R:")), default=0
+    )
 
 
 def _merge(
@@ -657,6 +712,13 @@ class Store:
             tuple[tuple[bytes | None, ...], dict[str, int]],
         ] = OrderedDict()
         self._settled_fields = 0
+        #: (partition, instant ms, ticket groups, chat groups, stale ms) -> (generation,
+        #: version, earliest per (kind, group)): :meth:`earliest_at`'s answers, least
+        #: recently read first
+        self._earliest_kept: OrderedDict[_EarliestKey, _Earliest] = OrderedDict()
+        #: bucket key -> (its stamp, its level steps): :meth:`sum_level_steps`'s scans,
+        #: least recently read first
+        self._level_steps: OrderedDict[str, tuple[bytes, dict[bytes | str, int]]] = OrderedDict()
 
     def base(self, partition: int) -> str:
         """The key prefix of one partition, with its hash tag."""
@@ -946,6 +1008,9 @@ class Store:
             b"".join(states),
             cfg.bucket_seconds,
             cfg.rollup_seconds,
+            "" if result.index_from_ms is None else result.index_from_ms,
+            MOVES_KEPT,
+            cfg.chat_stale_after_s * 1000,
         ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
         status = int(reply[0])
@@ -1058,14 +1123,16 @@ class Store:
         script: Lua adds them slower than this and would hold Redis (and every commit)
         meanwhile.
 
-        A set's settled roll-ups (all but its newest, which the traffic is still writing)
-        are summed once and kept with the stamps of their buckets (``bver``): a later read
-        of the same set compares the stamps and reads only the rest. A commit that writes
+        A set's settled roll-ups (all but the newest of the read, which the traffic is
+        still writing) are summed once and kept with the stamps of their buckets
+        (``bver``): a later read of the same set compares the stamps and reads only the
+        rest. A commit that writes
         a settled bucket (a late event, a retraction) or a trim that deletes one changes
         its stamp, and the sum is read afresh. A 24 h read by group thus reads an hour or
         two of buckets instead of a day of them.
         """
-        settled = [_settled(suffixes) for suffixes in sets]
+        newest_s = _newest_rollup(sets)
+        settled = [_settled(suffixes, newest_s) for suffixes in sets]
         fresh_sets = [
             [s for s in suffixes if s not in kept]
             for suffixes, kept in zip(sets, map(set, settled), strict=True)
@@ -1166,13 +1233,33 @@ class Store:
         """:meth:`sum_buckets` of the level steps alone (``dimkey + SEP + bl:*``): Redis
         picks them out of each bucket (``HSCAN MATCH``), so a bucket's other fields, most
         of it, never cross the wire. Pipelined; a bucket too big for one scan is scanned on.
+        Each bucket's steps are kept with its stamp (``bver``) and scanned again only once
+        a commit or a trim changed it: a board's series asks the same hours every minute.
         """
         unique = list(dict.fromkeys(suffix for suffixes in sets for suffix in suffixes))
         keys = [self.base(p) + suffix for p in partitions for suffix in unique]
         # per key: a scan of several calls may return a field more than once (Redis
         # promises every field at least once), so each key's fields are set, not added
         scanned: list[dict[bytes | str, int]] = [{} for _ in keys]
-        cursors = dict.fromkeys(range(len(keys)), 0)
+        # a bucket's steps kept from an earlier read hold while its stamp is the same (read
+        # before the scan: a commit in between leaves a newer stamp, and the next read
+        # scans again)
+        stamps: list[bytes | None] = []
+        if unique:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for partition in partitions:
+                    pipe.hmget(self.base(partition) + "bver", unique)
+                stamps = [stamp for row in await pipe.execute() for stamp in row]
+        kept = self._level_steps
+        cursors = {}
+        for i, (key, stamp) in enumerate(zip(keys, stamps, strict=True)):
+            held = kept.get(key)
+            if held is not None and stamp is not None and held[0] == stamp:
+                scanned[i] = held[1]
+                kept.move_to_end(key)
+            else:
+                cursors[i] = 0
+        to_keep = [i for i in cursors if stamps[i] is not None]
         while cursors:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i, cursor in cursors.items():
@@ -1186,6 +1273,13 @@ class Store:
                 if int(cursor):
                     following[i] = int(cursor)
             cursors = following
+        for i in to_keep:
+            stamp = stamps[i]
+            assert stamp is not None
+            kept[keys[i]] = (stamp, scanned[i])
+            kept.move_to_end(keys[i])
+        while len(kept) > LEVEL_BUCKETS_KEPT:
+            kept.popitem(last=False)
         found: dict[str, Counter[bytes | str]] = {suffix: Counter() for suffix in unique}
         for i, fields in enumerate(scanned):
             found[unique[i % len(unique)]].update(fields)
@@ -1239,42 +1333,138 @@ class Store:
         """:meth:`earliest` for several ``(at_ms, ticket_groups, chat_groups)`` at once (a
         series of windows reads the live indexes at each of its ends): one script per
         partition, in one pipeline, which reads the conversations that left the indexes
-        since the earliest past instant once for all of them."""
-        order = sorted(range(len(instants)), key=lambda i: instants[i][0])
+        since the earliest past instant once for all of them.
+
+        The answer of a partition at an instant is kept with the version it was read at,
+        and holds while no later commit moved the live indexes at or before the instant
+        (``lmoved``): a board's series asks the same past instants every minute, and only
+        a late event makes one of them read again. Those still holding are checked in one
+        pipeline first; the script reads the rest.
+        """
+        # (the groups sorted: they come in the order of the level steps read, which varies)
+        keys = [
+            [
+                (p, at_ms, tuple(sorted(tickets)), tuple(sorted(chats)), stale_ms)
+                for at_ms, tickets, chats in instants
+            ]
+            for p in partitions
+        ]
+        found: dict[_EarliestKey, dict[tuple[str, str], int]] = await self._earliest_holding(
+            [key for row in keys for key in row]
+        )
+        # each partition's instants still to read, ascending (as the script takes them)
+        wanted = {
+            p: sorted(
+                (i for i, key in enumerate(row) if key not in found), key=lambda i: instants[i][0]
+            )
+            for p, row in zip(partitions, keys, strict=True)
+        }
+        if any(wanted.values()):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for partition, indexes in wanted.items():
+                    if indexes:
+                        await self._earliest_script(
+                            pipe, partition, [instants[i] for i in indexes], stale_ms, newest_ms
+                        )
+                replies = await pipe.execute()
+            asked = [(p, indexes) for p, indexes in wanted.items() if indexes]
+            rows = dict(zip(partitions, keys, strict=True))
+            kept = self._earliest_kept
+            for (partition, indexes), reply in zip(asked, replies, strict=True):
+                version, generation = int(reply[0]), text(reply[1])
+                per: list[dict[tuple[str, str], int]] = [{} for _ in indexes]
+                for k in range(2, len(reply), 3):
+                    name = text(reply[k + 1])
+                    per[int(reply[k]) - 1][(name[0], name[1:])] = int(reply[k + 2])
+                for i, best in zip(indexes, per, strict=True):
+                    key = rows[partition][i]
+                    found[key] = best
+                    kept[key] = (generation, version, best)
+                    kept.move_to_end(key)
+            while len(kept) > EARLIEST_KEPT:
+                kept.popitem(last=False)
+        out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
+        for row in keys:
+            for i, key in enumerate(row):
+                best = out[i]
+                for group, ms in found[key].items():
+                    if group not in best or ms < best[group]:
+                        best[group] = ms
+        return out
+
+    async def _earliest_holding(
+        self, keys: Sequence[_EarliestKey]
+    ) -> dict[_EarliestKey, dict[tuple[str, str], int]]:
+        """The kept answers among ``keys`` that still hold: read at this generation, no
+        more than :data:`MOVES_KEPT` versions ago, and no commit since changed the live
+        indexes' reading at their instant."""
+        kept = self._earliest_kept
+        candidates = {key: kept[key] for key in keys if key in kept}
+        if not candidates:
+            return {}
+        since: dict[int, int] = {}
+        for (partition, *_), (_, version, _) in candidates.items():
+            since[partition] = min(version, since.get(partition, version))
+        parts = sorted(since)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in parts:
+                base = self.base(partition)
+                pipe.hmget(base + "meta", ["version", "gen"])
+                pipe.zrangebyscore(base + "lmoved", f"({since[partition]}", "+inf")
+            replies = await pipe.execute()
+        now: dict[int, tuple[int, str, list[tuple[int, int, int | None]]]] = {}
+        for n, partition in enumerate(parts):
+            (version, generation), moves = replies[2 * n], replies[2 * n + 1]
+            entries = []
+            for member in moves:
+                at_version, _, start, end = text(member).split(":")
+                entries.append((int(at_version), int(start), int(end) if end else None))
+            now[partition] = (int(version or 0), text(generation or b""), entries)
+        holding: dict[_EarliestKey, dict[tuple[str, str], int]] = {}
+        for key, (generation, version, best) in candidates.items():
+            current, current_generation, entries = now[key[0]]
+            at_ms = key[1]
+            if (
+                generation == current_generation
+                and current - version < MOVES_KEPT
+                and not any(
+                    start <= at_ms and (end is None or at_ms <= end)
+                    for at_version, start, end in entries
+                    if at_version > version
+                )
+            ):
+                holding[key] = best
+                kept.move_to_end(key)
+        return holding
+
+    async def _earliest_script(
+        self,
+        pipe: Any,
+        partition: int,
+        instants: Sequence[tuple[int, Sequence[str], Sequence[str]]],
+        stale_ms: int,
+        newest_ms: Mapping[int, int],
+    ) -> None:
+        """Queue :data:`_EARLIEST_AT` for one partition's ``instants`` (ascending)."""
         ticket_wants: dict[str, list[int]] = {}
         chat_wants: dict[str, list[int]] = {}
-        for n, i in enumerate(order, 1):
-            for group in instants[i][1]:
+        for n, (_, tickets, chats) in enumerate(instants, 1):
+            for group in tickets:
                 ticket_wants.setdefault(group, []).append(n)
-            for group in instants[i][2]:
+            for group in chats:
                 chat_wants.setdefault(group, []).append(n)
-        args: list[bytes | int] = [
-            orjson.dumps([instants[i][0] for i in order]),
-            stale_ms,
-            orjson.dumps(ticket_wants),
-            orjson.dumps(chat_wants),
-        ]
-        replies = []
-        if instants and partitions:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition in partitions:
-                    newest = newest_ms.get(partition, 0)
-                    past = ["1" if newest >= instants[i][0] else "0" for i in order]
-                    await self._earliest_at(
-                        keys=[self.base(partition)],
-                        args=[*args, orjson.dumps(past)],
-                        client=pipe,
-                    )
-                replies = await pipe.execute()
-        out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
-        for reply in replies:
-            for k in range(0, len(reply), 3):
-                best = out[order[int(reply[k]) - 1]]
-                name = text(reply[k + 1])
-                key, ms = (name[0], name[1:]), int(reply[k + 2])
-                if key not in best or ms < best[key]:
-                    best[key] = ms
-        return out
+        newest = newest_ms.get(partition, 0)
+        await self._earliest_at(
+            keys=[self.base(partition)],
+            args=[
+                orjson.dumps([at_ms for at_ms, _, _ in instants]),
+                stale_ms,
+                orjson.dumps(ticket_wants),
+                orjson.dumps(chat_wants),
+                orjson.dumps(["1" if newest >= at_ms else "0" for at_ms, _, _ in instants]),
+            ],
+            client=pipe,
+        )
 
     async def sla_candidates(
         self,

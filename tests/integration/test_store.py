@@ -216,14 +216,14 @@ def kpi_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """Buckets, roll-ups, totals, conversations and the counters of meta (not its version).
 
     ``bidx`` is left out: it keeps the name of a bucket that a later batch emptied again;
-    so is the state's generation (random per prefix), in meta and config, and ``bver``
-    (the buckets' stamps carry it and the version).
+    so is the state's generation (random per prefix), in meta and config, ``bver`` (the
+    buckets' stamps carry it and the version) and ``lmoved`` (a log of the commits).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out = {}
     for key, (kind, content) in snapshot.items():
         name = key[len(prefix) :]
-        if name.endswith((":bidx", ":bver")):
+        if name.endswith((":bidx", ":bver", ":lmoved")):
             continue
         if name.endswith(":meta"):  # a counter back at 0 equals one never touched
             content = {
@@ -441,6 +441,10 @@ def test_an_open_ticket_outlives_retention_until_its_maximum_age_then_leaves_the
     left = (T0 + 3 * HOUR) * 1000
     assert redis_client.zscore(base + "lx", "t:A") == left
     assert redis_client.hget(base + "li", "t:A") == f"{T0 * 1000}\x1f{group}\x1f".encode()
+    # the commit's live index moves reach back to the instant A left (its own ticket came
+    # later): a reader's answers for instants from then on are read again
+    (last,) = redis_client.zrange(base + "lmoved", -1, -1)
+    assert last.decode().split(":")[2:] == [str(left), ""]
     # the level: the two new tickets; A's pending step taken back, in the levels and in the
     # bucket of the instant it left (so a read before that instant still counts it)
     assert redis_client.hget(base + "lvl", group + "\x1fbl:n").decode() == "2"
@@ -515,11 +519,11 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     last = samples[-1]
     # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
     # (each twice: by group and over all groups), among them the levels and the live
-    # indexes (a group's open tickets, those that left, their live info), the
-    # buckets' stamps
+    # indexes (a group's open tickets, those that left, their live info, the log of
+    # their moves), the buckets' stamps
     assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
     assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
-    assert last["keys"] <= last["fine"] + last["rollup"] + 14
+    assert last["keys"] <= last["fine"] + last["rollup"] + 15
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
     assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
@@ -770,6 +774,149 @@ def test_a_reader_keeps_settled_sums_and_sees_every_change_to_them(
         assert seen["again_calls"] == seen["fresh_calls"], seen
 
 
+def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store keeps each partition's oldest open ticket and longest wait at each instant
+    a series asks for, with the version read: read again, only instants a later commit's
+    live index moves reach (``lmoved``: the moves' earliest event time, or the instant an
+    expired ticket left) are read again. After new traffic, a late ticket older than all,
+    its late solve and an expiry at the maximum age, its series equal a new store's (one
+    that keeps nothing)."""
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+    from deskpulse.streams.query import SeriesQuery, read_series
+
+    prefix = new_prefix()
+    config = CoreConfig(
+        bucket_seconds=60,
+        rollup_seconds=600,
+        retention_seconds=HOUR,
+        open_ticket_max_age_s=HOUR,
+    )
+    # 40 minutes of traffic: the first new event's commit expires no conversation
+    records = list(generate(SimConfig(seed=8, start_s=T0 - 2400, duration_s=2400, rate=4.0)))
+    items = []
+    for offset, record in enumerate(records):
+        try:
+            event, ms = decode_record(record.value)
+        except RejectedEvent:
+            continue
+        items.append(Pending(event, record.topic_kind, offset, ms))
+    # ends T0 - 30 min ... T0 + 40 min (the last ones ahead of every event), and from T0 on
+    wide = SeriesQuery(width_s=300, step_s=600, count=8, end_s=T0 + 2400)
+    recent = SeriesQuery(width_s=300, step_s=600, count=5, end_s=T0 + 2400)
+    scripts: list[int] = []
+    original = Store._earliest_script
+
+    async def counted(self: Store, pipe: Any, partition: int, instants: Any, *args: Any) -> None:
+        scripts.append(len(instants))
+        await original(self, pipe, partition, instants, *args)
+
+    monkeypatch.setattr(Store, "_earliest_script", counted)
+    offset = itertools.count(len(records))
+
+    def batch(*raws: bytes) -> list[Pending]:
+        return [
+            Pending(event, TOPIC, next(offset), ms)
+            for event, ms in (decode_record(raw) for raw in raws)
+        ]
+
+    async def scenario(client: Redis) -> dict[str, Any]:
+        writer = Store(client, prefix, config)
+        reader = Store(client, prefix, config)
+        for partition in range(2):
+            await apply(writer, partition, items[partition::2])
+
+        async def both(query: SeriesQuery) -> tuple[Any, Any, int]:
+            scripts.clear()
+            kept = await read_series(reader, query)
+            instants_read = sum(scripts)
+            fresh = await read_series(Store(client, prefix, config), query)
+            return kept, fresh, instants_read
+
+        seen: dict[str, Any] = {"first": await both(wide), "again": await both(wide)}
+        # a new ticket after every instant but the last two: those are read again
+        await apply(writer, 0, batch(created("new-1", T0 + 1100)))
+        seen["new"] = await both(wide)
+        # a late ticket older than every other, open: every instant after it moves
+        await apply(writer, 1, batch(created("old-1", T0 - 2450)))
+        seen["late"] = await both(wide)
+        # its late solve: the instants after the solve
+        solve = ev("ticket.status_changed", T0 - 1500, ticket_id="old-1", status="solved")
+        await apply(writer, 1, batch(solve))
+        seen["solved"] = await both(wide)
+        # a ticket at its maximum age leaves the backlog at creation + 1 h (T0 + 20 min) in
+        # the commit that passes it, whose own traffic comes after every instant
+        await apply(writer, 0, batch(created("stays", T0 - 2398, queue="general")))
+        await apply(writer, 0, batch(created("new-2", T0 + 3000)))
+        seen["expired"] = await both(recent)
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage, (kept, fresh, _) in seen.items():
+        assert kept == fresh, stage
+    points = [point["groups"] for point in seen["first"][0]["points"]]
+    assert sum(1 for groups in points if groups and groups[0]["backlog"]["total"]) >= 6
+    partitions = 2
+    assert seen["first"][2] == 8 * partitions
+    assert seen["again"][2] == 0  # nothing committed: every answer holds
+    assert seen["new"][2] == 3  # the instants after T0 + 1100 s, in partition 0
+    assert seen["late"][2] == 8  # partition 1's instants, all after the late creation
+    oldest = [p["groups"][0]["backlog"]["oldest_age_seconds"] for p in seen["late"][0]["points"]]
+    before = [p["groups"][0]["backlog"]["oldest_age_seconds"] for p in seen["new"][0]["points"]]
+    assert oldest != before
+    assert seen["solved"][2] == 7  # those after the solve (T0 - 1500 s)
+    # the last stage's commit dropped tickets at their maximum age ("stays" among them)
+    assert int(redis_client.hget(f"{prefix}:{{p0}}:meta", "expired") or 0) >= 1
+
+
+def test_an_expired_waiting_chat_makes_a_reader_read_again_only_the_instants_it_waited_at(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chat waiting with no outcome is dropped with its state once it is quiet for the
+    retention: a reader's kept longest wait at an instant it was waiting at is read again
+    (and it is gone there), one at an instant past its stale time holds."""
+    prefix = new_prefix()
+    config = CoreConfig(
+        bucket_seconds=60, rollup_seconds=600, retention_seconds=HOUR, chat_stale_after_s=1200
+    )
+    group = "chat\x1fbilling\x1fnormal"
+    waiting, after = (T0 + 300) * 1000, (T0 + 1500) * 1000
+    reads: list[list[int]] = []
+    original = Store._earliest_script
+
+    async def counted(self: Store, pipe: Any, partition: int, instants: Any, *args: Any) -> None:
+        reads.append([at for at, _, _ in instants])
+        await original(self, pipe, partition, instants, *args)
+
+    monkeypatch.setattr(Store, "_earliest_script", counted)
+
+    async def scenario(client: Redis) -> list[Any]:
+        writer = Store(client, prefix, config)
+        reader = Store(client, prefix, config)
+        chat = ev("chat.requested", T0, chat_id="W", channel="chat", queue="billing")
+        await apply(writer, 0, pendings([chat, created("A", T0 + 1000)]))
+        instants = [(waiting, [], [group]), (after, [], [group])]
+
+        async def read() -> list[Any]:
+            return await reader.earliest_at([0], instants, stale_ms=1_200_000, newest_ms={})
+
+        seen = [await read()]
+        # an hour on, the chat is quiet for the retention: dropped by this commit
+        await apply(writer, 0, pendings([created("B", T0 + HOUR + 60)], first_offset=2))
+        reads.clear()
+        seen.append(await read())
+        seen.append(list(reads))
+        fresh = Store(client, prefix, config)
+        seen.append(await fresh.earliest_at([0], instants, stale_ms=1_200_000, newest_ms={}))
+        return seen
+
+    first, again, read_again, fresh = run(scenario, redis_url)
+    assert first == [{("c", group): T0 * 1000}, {}]
+    assert again == fresh == [{}, {}]
+    assert read_again == [[waiting]]  # the instant past its stale time held
+
+
 def test_level_steps_scanned_in_many_calls_sum_as_in_one(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -796,7 +943,9 @@ def test_level_steps_scanned_in_many_calls_sum_as_in_one(
             await apply(store, partition, items[partition::2])
         whole = [await read_live(store, end_s=at) for at in instants]
         monkeypatch.setattr("deskpulse.streams.store._SCAN_COUNT", 2)
-        piecemeal = [await read_live(store, end_s=at) for at in instants]
+        # a new store: this one keeps what it scanned
+        fresh = Store(client, prefix, CONFIG)
+        piecemeal = [await read_live(fresh, end_s=at) for at in instants]
         return [whole, piecemeal]
 
     whole, piecemeal = run(scenario, redis_url)

@@ -124,7 +124,8 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     meta without its version (the number of transactions differs by batching); neither
     meta nor config with the state's generation (random per prefix).
     ``bidx`` is left out: it may keep the name of a bucket a later batch emptied again;
-    so is ``bver`` (the buckets' stamps: the generation and the version of their commit).
+    so are ``bver`` (the buckets' stamps: the generation and the version of their commit)
+    and ``lmoved`` (a log of the commits: their number differs by batching).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out: dict[str, Any] = {}
@@ -132,7 +133,7 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
         name = key[len(prefix) + 1 :]
         if name.startswith("{p"):
             part, _, rest = name.partition("}:")
-            if rest in ("bidx", "bver"):
+            if rest in ("bidx", "bver", "lmoved"):
                 continue
             if rest == "conv":
                 content = {k: Conversation.loads(v) for k, v in content.items()}
