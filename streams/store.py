@@ -632,13 +632,54 @@ _EarliestKey = tuple[int, int, tuple[str, ...], tuple[str, ...], int]
 _Earliest = tuple[str, int, dict[tuple[str, str], int]]
 
 
-def _settled(suffixes: Sequence[str], newest_s: int) -> tuple[str, ...]:
-    """The roll-ups of a set of bucket suffixes that start before ``newest_s``, the newest
-    roll-up a read asks for: the ones whose sum a reader keeps (the newest, and every fine
-    bucket, are where the traffic writes). A series' windows of one roll-up each are kept
-    but the newest."""
-    rollups = sorted((int(s[2:]), s) for s in dict.fromkeys(suffixes) if s[:2] in ("r:", "R:"))
-    return tuple(s for start, s in rollups if start < newest_s)
+def _settled(
+    suffixes: Sequence[str], newest_s: int, fine_cut_s: int, rollup_s: int
+) -> tuple[str, ...]:
+    """The buckets of a set of bucket suffixes whose sum a reader keeps: the fine buckets
+    that start before ``fine_cut_s`` (:func:`_fine_cut`), and the roll-ups that start
+    before ``newest_s``, the newest roll-up a read asks for, or end by ``fine_cut_s``; the
+    two newest fine buckets, and the newest roll-up unless fine buckets follow it, are
+    where the traffic writes. A series' windows of one roll-up each are kept but the
+    newest."""
+    kept = []
+    for suffix in dict.fromkeys(suffixes):
+        if suffix[:2] not in _BUCKET_KINDS:
+            continue  # not a time bucket (the levels)
+        start = int(suffix[2:])
+        if suffix[:2] in ("r:", "R:"):
+            settled = start < newest_s or start + rollup_s <= fine_cut_s
+        else:
+            settled = start < fine_cut_s
+        if settled:
+            kept.append((suffix[0] in "bB", start, suffix))
+    return tuple(suffix for _, _, suffix in sorted(kept))
+
+
+#: the key suffix prefixes of the time buckets: fine and roll-up, by group and over all
+_BUCKET_KINDS = frozenset({"b:", "r:", "B:", "R:"})
+
+
+def _fine_cut(sets: Sequence[Sequence[str]]) -> int:
+    """The start of the second newest fine bucket any of ``sets`` names (0: fewer than
+    two): the fine buckets before it are settled, the two newest are where the traffic
+    writes (an event a few seconds late lands in the one before the newest)."""
+    starts = sorted({int(s[2:]) for suffixes in sets for s in suffixes if s[:2] in ("b:", "B:")})
+    return starts[-2] if len(starts) >= 2 else 0
+
+
+def _span(suffixes: Sequence[str], config: CoreConfig) -> tuple[str, int]:
+    """What the same window read at another time shares: its kind of buckets (by group
+    or over all) and its width, first bucket's start to last bucket's end."""
+    bounds = [
+        (start, start + (config.rollup_seconds if s[0] in "rR" else config.bucket_seconds))
+        for s in suffixes
+        if s[:2] in _BUCKET_KINDS
+        for start in (int(s[2:]),)
+    ]
+    kind = "grouped" if suffixes and suffixes[0][0] in "br" else "all"
+    return kind, (
+        max(end for _, end in bounds) - min(start for start, _ in bounds)
+    ) if bounds else 0
 
 
 def _newest_rollup(sets: Sequence[Sequence[str]]) -> int:
@@ -712,6 +753,11 @@ class Store:
             tuple[tuple[bytes | None, ...], dict[str, int]],
         ] = OrderedDict()
         self._settled_fields = 0
+        #: (partitions, kind, width) -> the key of the settled sum that window had when
+        #: last read (:meth:`sum_buckets` moves a sliding window's sum along)
+        self._sliding: dict[
+            tuple[tuple[int, ...], str, int], tuple[tuple[int, ...], tuple[str, ...]]
+        ] = {}
         #: (partition, instant ms, ticket groups, chat groups, stale ms) -> (generation,
         #: version, earliest per (kind, group)): :meth:`earliest_at`'s answers, least
         #: recently read first
@@ -1123,21 +1169,41 @@ class Store:
         script: Lua adds them slower than this and would hold Redis (and every commit)
         meanwhile.
 
-        A set's settled roll-ups (all but the newest of the read, which the traffic is
-        still writing) are summed once and kept with the stamps of their buckets
-        (``bver``): a later read of the same set compares the stamps and reads only the
-        rest. A commit that writes
-        a settled bucket (a late event, a retraction) or a trim that deletes one changes
-        its stamp, and the sum is read afresh. A 24 h read by group thus reads an hour or
-        two of buckets instead of a day of them.
+        A set's settled buckets (all but the newest roll-up and the two newest fine
+        buckets of the read, which the traffic is still writing) are summed once and kept
+        with their stamps (``bver``): a later read of the same set compares the stamps and
+        reads only the rest. A commit that writes a settled bucket (a late event, a
+        retraction) or a trim that deletes one changes its stamp, and the sum is read
+        afresh. A window ending now slides a bucket a minute: its kept sum moves along by
+        the buckets that left and entered while the stamps of the others hold. A 24 h read
+        by group thus reads a few buckets instead of a day of them, and a refresh of the
+        current hour's minutes reads the minute that entered, not the whole hour again.
         """
         newest_s = _newest_rollup(sets)
-        settled = [_settled(suffixes, newest_s) for suffixes in sets]
+        fine_cut_s = _fine_cut(sets)
+        rollup_s = self.config.rollup_seconds
+        settled = [_settled(suffixes, newest_s, fine_cut_s, rollup_s) for suffixes in sets]
         fresh_sets = [
             [s for s in suffixes if s not in kept]
             for suffixes, kept in zip(sets, map(set, settled), strict=True)
         ]
-        stamped = list(dict.fromkeys(s for kept in settled for s in kept))
+        parts = tuple(partitions)
+        kept_by = self._settled_sums
+        # a set read before as it is, or else the same window read a minute or more ago
+        # (a window ending now slides: a fine bucket enters, one leaves), whose sum moves
+        # by the buckets that left and entered while the stamps of the rest hold
+        earlier: dict[int, tuple[str, ...]] = {}
+        for i, kept in enumerate(settled):
+            if kept and (parts, kept) not in kept_by:
+                last = self._sliding.get((parts, *_span(sets[i], self.config)))
+                if last is not None and last in kept_by:
+                    earlier[i] = last[1]
+        stamped = list(
+            dict.fromkeys(
+                [s for kept in settled for s in kept]
+                + [s for last_kept in earlier.values() for s in last_kept]
+            )
+        )
         stamps: list[tuple[bytes | None, ...]] = []
         if stamped:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -1145,26 +1211,86 @@ class Store:
                     pipe.hmget(self.base(partition) + "bver", stamped)
                 stamps = await pipe.execute()
         position = {suffix: i for i, suffix in enumerate(stamped)}
-        parts = tuple(partitions)
+
+        def stamps_of(kept: Sequence[str]) -> tuple[bytes | None, ...]:
+            return tuple(row[position[s]] for row in stamps for s in kept)
+
         kept_sums: list[dict[str, int] | None] = []
         missing: list[int] = []
+        slides: dict[int, tuple[list[str], list[str]]] = {}
         for i, kept in enumerate(settled):
             if not kept:
                 kept_sums.append(None)
                 continue
-            key = (parts, kept)
-            wanted = tuple(row[position[s]] for row in stamps for s in kept)
-            cached = self._settled_sums.get(key)
-            if cached is not None and cached[0] == wanted:
-                self._settled_sums.move_to_end(key)
+            cached = kept_by.get((parts, kept))
+            if cached is not None and cached[0] == stamps_of(kept):
+                kept_by.move_to_end((parts, kept))
                 kept_sums.append(cached[1])
-            else:
-                kept_sums.append(None)
-                missing.append(i)
+                continue
+            kept_sums.append(None)
+            last_kept = earlier.get(i)
+            if last_kept is not None:
+                # every bucket of the last sum unchanged (none trimmed): it moves along
+                old_stamps = kept_by[(parts, last_kept)][0]
+                held = dict(
+                    zip(
+                        [(n, s) for n in range(len(parts)) for s in last_kept],
+                        old_stamps,
+                        strict=True,
+                    )
+                )
+                now_kept, was_kept = set(kept), set(last_kept)
+                left = [s for s in last_kept if s not in now_kept]
+                entered = [s for s in kept if s not in was_kept]
+                if len(left) + len(entered) < len(kept) and all(
+                    held[(n, s)] == row[position[s]] and row[position[s]] is not None
+                    for n, row in enumerate(stamps)
+                    for s in last_kept
+                ):
+                    slides[i] = (left, entered)
+                    continue
+            missing.append(i)
+        if slides:
+            moved = await self._sum_fresh(
+                partitions, [bucket for i in slides for bucket in slides[i]]
+            )
+            # a bucket that leaves is taken out as read now: read between two equal stamps
+            # it is what the sum holds (an entering one read after its stamp is checked by
+            # the next read; one that left is never looked at again)
+            leaving = list(dict.fromkeys(s for i in slides for s in slides[i][0]))
+            if leaving:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for partition in partitions:
+                        pipe.hmget(self.base(partition) + "bver", leaving)
+                    again = await pipe.execute()
+                changed = {
+                    suffix
+                    for row, now_row in zip(stamps, again, strict=True)
+                    for suffix, stamp in zip(leaving, now_row, strict=True)
+                    if stamp != row[position[suffix]]
+                }
+                for i in [i for i in slides if changed.intersection(slides[i][0])]:
+                    missing.append(i)
+            for n, i in enumerate(slides):
+                if i in missing:
+                    continue
+                gone_sum, new_sum = moved[2 * n], moved[2 * n + 1]
+                slid = dict(kept_by[(parts, earlier[i])][1])
+                get = slid.get
+                for name, value in gone_sum.items():
+                    slid[name] = get(name, 0) - value
+                for name, value in new_sum.items():
+                    slid[name] = get(name, 0) + value
+                kept_sums[i] = slid = {name: value for name, value in slid.items() if value}
+                self._forget_settled((parts, earlier[i]))  # moved along: no one asks it
+                self._keep_settled(parts, settled[i], stamps_of(settled[i]), slid)
         if missing:
             read = await self._read_settled(parts, [settled[i] for i in missing])
             for i in missing:
                 kept_sums[i] = read[settled[i]]
+        for i, kept in enumerate(settled):
+            if kept:
+                self._sliding[(parts, *_span(sets[i], self.config))] = (parts, kept)
         fresh = await self._sum_fresh(partitions, fresh_sets)
         out: list[Counter[str]] = []
         for kept_sum, rest in zip(kept_sums, fresh, strict=True):
@@ -1178,7 +1304,7 @@ class Store:
     async def _read_settled(
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        """Sum the settled roll-ups of ``sets`` with their stamps, read in one transaction
+        """Sum the settled buckets of ``sets`` with their stamps, read in one transaction
         (stamps and contents of one instant), and keep them: the least recently read go
         while more than :data:`SETTLED_FIELDS_KEPT` fields are kept in all."""
         unique = list(dict.fromkeys(s for kept in sets for s in kept))
@@ -1194,21 +1320,36 @@ class Store:
         position = {suffix: i for i, suffix in enumerate(unique)}
         sums = _merge(contents, unique, [list(kept) for kept in sets])
         read: dict[tuple[str, ...], dict[str, int]] = {}
-        kept_sums = self._settled_sums
         for kept, total in zip(sets, sums, strict=True):
             read[kept] = decoded = {text(name): value for name, value in total.items()}
-            key = (parts, kept)
-            if key in kept_sums:
-                self._settled_fields -= len(kept_sums.pop(key)[1])
-            if len(decoded) > SETTLED_FIELDS_KEPT:
-                continue  # read, not kept
             wanted = tuple(row[position[s]] for row in stamps for s in kept)
-            kept_sums[key] = (wanted, decoded)
-            self._settled_fields += len(decoded)
+            self._keep_settled(parts, kept, wanted, decoded)
+        return read
+
+    def _forget_settled(self, key: tuple[tuple[int, ...], tuple[str, ...]]) -> None:
+        if key in self._settled_sums:
+            self._settled_fields -= len(self._settled_sums.pop(key)[1])
+
+    def _keep_settled(
+        self,
+        parts: tuple[int, ...],
+        kept: tuple[str, ...],
+        stamps: tuple[bytes | None, ...],
+        total: dict[str, int],
+    ) -> None:
+        """Keep the sum of the settled buckets ``kept`` of ``parts`` with their stamps;
+        the least recently read go while more than :data:`SETTLED_FIELDS_KEPT` fields are
+        kept in all."""
+        kept_sums = self._settled_sums
+        key = (parts, kept)
+        self._forget_settled(key)
+        if len(total) > SETTLED_FIELDS_KEPT:
+            return  # read, not kept
+        kept_sums[key] = (stamps, total)
+        self._settled_fields += len(total)
         while self._settled_fields > SETTLED_FIELDS_KEPT:
             _, (_, dropped) = kept_sums.popitem(last=False)
             self._settled_fields -= len(dropped)
-        return read
 
     async def _sum_fresh(
         self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
@@ -1360,14 +1501,14 @@ class Store:
             for p, row in zip(partitions, keys, strict=True)
         }
         if any(wanted.values()):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition, indexes in wanted.items():
-                    if indexes:
-                        await self._earliest_script(
-                            pipe, partition, [instants[i] for i in indexes], stale_ms, newest_ms
-                        )
-                replies = await pipe.execute()
             asked = [(p, indexes) for p, indexes in wanted.items() if indexes]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for partition, indexes in asked:
+                    keys_args = self._earliest_call(
+                        partition, [instants[i] for i in indexes], stale_ms, newest_ms
+                    )
+                    await self._earliest_at(*keys_args, client=pipe)
+                replies = await pipe.execute()
             rows = dict(zip(partitions, keys, strict=True))
             kept = self._earliest_kept
             for (partition, indexes), reply in zip(asked, replies, strict=True):
@@ -1437,15 +1578,15 @@ class Store:
                 kept.move_to_end(key)
         return holding
 
-    async def _earliest_script(
+    def _earliest_call(
         self,
-        pipe: Any,
         partition: int,
         instants: Sequence[tuple[int, Sequence[str], Sequence[str]]],
         stale_ms: int,
         newest_ms: Mapping[int, int],
-    ) -> None:
-        """Queue :data:`_EARLIEST_AT` for one partition's ``instants`` (ascending)."""
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of :data:`_EARLIEST_AT` for one partition's ``instants``
+        (ascending)."""
         ticket_wants: dict[str, list[int]] = {}
         chat_wants: dict[str, list[int]] = {}
         for n, (_, tickets, chats) in enumerate(instants, 1):
@@ -1454,17 +1595,13 @@ class Store:
             for group in chats:
                 chat_wants.setdefault(group, []).append(n)
         newest = newest_ms.get(partition, 0)
-        await self._earliest_at(
-            keys=[self.base(partition)],
-            args=[
-                orjson.dumps([at_ms for at_ms, _, _ in instants]),
-                stale_ms,
-                orjson.dumps(ticket_wants),
-                orjson.dumps(chat_wants),
-                orjson.dumps(["1" if newest >= at_ms else "0" for at_ms, _, _ in instants]),
-            ],
-            client=pipe,
-        )
+        return [self.base(partition)], [
+            orjson.dumps([at_ms for at_ms, _, _ in instants]),
+            stale_ms,
+            orjson.dumps(ticket_wants),
+            orjson.dumps(chat_wants),
+            orjson.dumps(["1" if newest >= at_ms else "0" for at_ms, _, _ in instants]),
+        ]
 
     async def sla_candidates(
         self,

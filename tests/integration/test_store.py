@@ -774,6 +774,88 @@ def test_a_reader_keeps_settled_sums_and_sees_every_change_to_them(
         assert seen["again_calls"] == seen["fresh_calls"], seen
 
 
+def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A window ending now is read a minute later: its kept sum moves along by the fine
+    buckets that left and entered (a few buckets read, not the window's), while a late
+    event in a bucket it keeps, or in one that leaves, makes it read afresh. Every read
+    equals a new store's (one that keeps nothing)."""
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+    from deskpulse.streams.query import query_kpis
+
+    prefix = new_prefix()
+    records = list(generate(SimConfig(seed=9, start_s=T0 - HOUR, duration_s=HOUR, rate=4.0)))
+    items = []
+    for offset, record in enumerate(records):
+        try:
+            event, ms = decode_record(record.value)
+        except RejectedEvent:
+            continue
+        items.append(Pending(event, record.topic_kind, offset, ms))
+    early = [item for item in items if item.ms < (T0 - 240) * 1000]
+    later = [item for item in items if item.ms >= (T0 - 240) * 1000]
+    offsets = itertools.count(len(records))
+
+    def batch(*raws: bytes) -> list[Pending]:
+        return [
+            Pending(event, TOPIC, next(offsets), ms)
+            for event, ms in (decode_record(raw) for raw in raws)
+        ]
+
+    async def scenario(client: Redis) -> dict[str, Any]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        await apply(writer, 0, early)
+
+        async def both(at_s: int) -> tuple[Any, Any, int]:
+            calls = hgetall_calls(redis_client)
+            documents = []
+            for by in (("channel", "queue"), ()):
+                kept = await query_kpis(reader, width_s=1800, at_s=at_s, by=by)
+                fresh = await query_kpis(
+                    Store(client, prefix, CONFIG), width_s=1800, at_s=at_s, by=by
+                )
+                documents.append((kept, fresh))
+            reads = hgetall_calls(redis_client) - calls
+            return documents, reads
+
+        # windows of 30 minutes ending mid-roll-up: fine buckets at both edges
+        seen: dict[str, Any] = {"first": await both(T0 - 300)}
+        # the traffic of the minutes after, and the window read a minute later: it slid
+        await apply(writer, 0, later)
+        seen["slid"] = await both(T0 - 240)
+        # a late ticket in a roll-up the window keeps (T0 - 1000 s)
+        await apply(writer, 0, batch(created("late-kept", T0 - 1000, channel="web")))
+        seen["late kept"] = await both(T0 - 180)
+        seen["quiet"] = await both(T0 - 120)
+        # one in the fine bucket that leaves the window at the next read (T0 - 1920 s)
+        await apply(writer, 0, batch(created("late-gone", T0 - 1900, channel="web")))
+        seen["late leaving"] = await both(T0 - 60)
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage, (documents, _) in seen.items():
+        for kept, fresh in documents:
+            assert kept == fresh, stage
+    # each stage: the reader's reads and a new store's, grouped and not. A new store
+    # reads every bucket of the window (10 fine buckets and 2 roll-ups) and the levels;
+    # the reader, its window slid, the 2 buckets that left, the 2 that entered, the 2
+    # newest and the levels
+    fresh_reads = seen["first"][1] // 2
+    assert fresh_reads == 2 * 14
+    reader_reads = {stage: reads - fresh_reads for stage, (_, reads) in seen.items()}
+    # slid: the bucket that left, the one that entered, the 2 newest and the levels; a
+    # late event in a sum it keeps or in a bucket that leaves: the whole window again
+    assert reader_reads == {
+        "first": 2 * 14,
+        "slid": 2 * 6,
+        "late kept": 2 * 14,
+        "quiet": 2 * 6,
+        "late leaving": 2 * 14,
+    }
+
+
 def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -806,13 +888,13 @@ def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(
     wide = SeriesQuery(width_s=300, step_s=600, count=8, end_s=T0 + 2400)
     recent = SeriesQuery(width_s=300, step_s=600, count=5, end_s=T0 + 2400)
     scripts: list[int] = []
-    original = Store._earliest_script
+    original = Store._earliest_call
 
-    async def counted(self: Store, pipe: Any, partition: int, instants: Any, *args: Any) -> None:
+    def counted(self: Store, partition: int, instants: Any, *args: Any) -> Any:
         scripts.append(len(instants))
-        await original(self, pipe, partition, instants, *args)
+        return original(self, partition, instants, *args)
 
-    monkeypatch.setattr(Store, "_earliest_script", counted)
+    monkeypatch.setattr(Store, "_earliest_call", counted)
     offset = itertools.count(len(records))
 
     def batch(*raws: bytes) -> list[Pending]:
@@ -883,13 +965,13 @@ def test_an_expired_waiting_chat_makes_a_reader_read_again_only_the_instants_it_
     group = "chat\x1fbilling\x1fnormal"
     waiting, after = (T0 + 300) * 1000, (T0 + 1500) * 1000
     reads: list[list[int]] = []
-    original = Store._earliest_script
+    original = Store._earliest_call
 
-    async def counted(self: Store, pipe: Any, partition: int, instants: Any, *args: Any) -> None:
+    def counted(self: Store, partition: int, instants: Any, *args: Any) -> Any:
         reads.append([at for at, _, _ in instants])
-        await original(self, pipe, partition, instants, *args)
+        return original(self, partition, instants, *args)
 
-    monkeypatch.setattr(Store, "_earliest_script", counted)
+    monkeypatch.setattr(Store, "_earliest_call", counted)
 
     async def scenario(client: Redis) -> list[Any]:
         writer = Store(client, prefix, config)
