@@ -615,7 +615,8 @@ HEALTH: tuple[MetricSpec, ...] = (
         ("metric",),
         "Series of the metric family that the cardinality guard folds into the "
         'channel/queue/priority="other" group in the current snapshot, because the family '
-        "would exceed DESKPULSE_MAX_SERIES_PER_METRIC series (0: every group is shown).",
+        "would exceed DESKPULSE_MAX_SERIES_PER_METRIC series, or its kind its share of "
+        "DESKPULSE_MAX_SERIES (0: every group is shown).",
         "",
     ),
     MetricSpec(

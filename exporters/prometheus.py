@@ -34,7 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from deskpulse import __version__
-from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard
+from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard, share
 from deskpulse.exporters.catalog import CATALOG, HOLE_OUTCOMES
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
@@ -246,6 +246,11 @@ for _name, _rule in (
         _WINDOWED_RULES.append(_rule)
     _WINDOWED_RULE_OF[_name].append(_WINDOWED_RULES.index(_rule))
 _WINDOWED_LABEL_SET = Rule(max(rule.series for rule in _WINDOWED_RULES))
+#: the most series a group has in one window over every windowed family (the total budget
+#: counts a group-window at this)
+_WINDOWED_SERIES = (
+    len(_WINDOWED) + sum(len(qs) + 2 for _, _, qs, _, _ in _SUMMARIES) + len(_SLA_RATIO_REQUIRES)
+)
 #: the backlog and waiting chats now: a group's series (one per status, the oldest age, the
 #: waiting chats and the longest wait); the guard ranks groups by their levels
 _STATE_STATUSES = {"new": "n", "open": "o", "pending": "p", "hold": "h"}
@@ -262,6 +267,12 @@ _CUMULATIVE_COUNTERS: tuple[str, ...] = (
     "deskpulse_first_response_breaches_total",
     "deskpulse_chats_offered_total",
 )
+#: the most series a group has in the cumulative families but the histogram (whose buckets
+#: are the store's): the counters, one per SLA metric of the breaches and achievements
+_CUMULATIVE_SERIES = len(_TOTALS) + len(_SLA_BREACH_TOTALS) + 2 + len(_SLA_ACHIEVED_FIELDS)
+#: series kept out of DESKPULSE_MAX_SERIES for the process's own pipeline counters (records
+#: processed, rejected, ... per topic and type: under a hundred), rendered at each scrape
+PIPELINE_RESERVE = 200
 _GUARDED: tuple[str, ...] = (
     *_WINDOWED_RULE_OF,
     *_STATE_FAMILIES,
@@ -369,10 +380,32 @@ class KpiCollector(Collector):
         firing: dict[str, str],
         state: tuple[Mapping[tuple[str, str, str], Mapping[str, int]], int] = ({}, 0),
     ) -> tuple[list[Metric], bytes]:
-        families, folded = self._build(per_window, totals, meta)
-        families += self._state_families(*state, folded)
+        live, newest_ms = state
+        windowed = [
+            self._cut({k: f for k, f in groups.items() if has_samples(f)})
+            for _, groups in per_window
+        ]
+        cumulative = self._cut(_cumulative_groups(totals))
+        counts, firsts = self._state_groups(live)
+        pipeline = _pipeline_families(meta) + _instance_families(meta)
+        alerts = self._alert_family(firing)
+        # the families without channel/queue/priority groups, the guard's own and the
+        # refresh time are spent first; the groups share the rest of DESKPULSE_MAX_SERIES
+        fixed = _samples([*pipeline, alerts]) + 2 * len(_GUARDED) + 1 + PIPELINE_RESERVE
+        caps = share(
+            [len(view) for view in windowed] + [len(counts), len(cumulative)],
+            [_WINDOWED_SERIES] * len(windowed) + [_STATE_RULE.series, self._cumulative_series],
+            max(0, self.settings.max_series - fixed),
+        )
+        folded: Counter[str] = Counter()
+        families = self._windowed_families(
+            [name for name, _ in per_window], windowed, folded, caps[: len(windowed)]
+        )
+        families += self._cumulative_families(cumulative, folded, caps[-1])
+        families += pipeline
+        families += self._state_families(counts, firsts, newest_ms, folded, caps[-2])
         families += self._guard_families(folded)
-        families.append(self._alert_family(firing))
+        families.append(alerts)
         refresh = GaugeMetricFamily(
             "deskpulse_kpi_refresh_timestamp_seconds",
             _help("deskpulse_kpi_refresh_timestamp_seconds"),
@@ -380,6 +413,11 @@ class KpiCollector(Collector):
         refresh.add_metric([], time.time())
         families.append(refresh)
         return families, generate_latest(_Snapshot(families))
+
+    @property
+    def _cumulative_series(self) -> int:
+        """The most series a group has in the cumulative families."""
+        return _CUMULATIVE_SERIES + len(self.store.config.histogram_bounds_s) + 3
 
     def _alert_family(self, firing: dict[str, str]) -> Metric:
         family = GaugeMetricFamily(
@@ -423,41 +461,24 @@ class KpiCollector(Collector):
             total.add_metric([metric], self.folded_total.get(metric, 0))
         return [now, total]
 
-    def _build(
-        self,
-        per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
-        totals: Counter[str],
-        meta: dict[int, dict[str, str]],
-    ) -> tuple[list[Metric], Counter[str]]:
-        """The families, and the series the guard folded per family: the windowed gauges and
-        summaries, the cumulative counters and histogram, the pipeline counters kept in
-        Redis."""
-        folded: Counter[str] = Counter()
-        families = self._windowed_families(per_window, folded)
-        families += self._cumulative_families(totals, folded)
-        families += _pipeline_families(meta)
-        families += _instance_families(meta)
-        return families, folded
-
     def _windowed_families(
         self,
-        per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
+        names: Sequence[str],
+        views: Sequence[dict[tuple[str, ...], dict[str, int]]],
         folded: Counter[str],
+        caps: Sequence[int],
     ) -> list[Metric]:
         """A gauge per windowed KPI and a summary per duration, with a series per window and
-        group the guard kept (and ``other``); what it folded is added to ``folded``."""
+        group the guard kept (and ``other``), at most ``caps[w]`` label sets in window
+        ``w``; what it folded is added to ``folded``."""
         labels = ["window", *DIMENSIONS]
         gauges = {
             name: GaugeMetricFamily(name, _help(name), labels=labels) for name, *_ in _WINDOWED
         }
         summaries = {name: Metric(name, _help(name), "summary") for name, *_ in _SUMMARIES}
         sla_ratio = GaugeMetricFamily(_SLA_RATIO, _help(_SLA_RATIO), labels=[*labels, "metric"])
-        views = [
-            self._cut({k: f for k, f in groups.items() if has_samples(f)})
-            for _, groups in per_window
-        ]
-        folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric)
-        for (window, _), view, (fold,) in zip(per_window, views, folds, strict=True):
+        folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric, caps)
+        for window, view, (fold,) in zip(names, views, folds, strict=True):
             if fold.other is not None:
                 present = count_present(view, fold.kept, _WINDOWED_RULES)
                 for name, rules in _WINDOWED_RULE_OF.items():
@@ -474,23 +495,11 @@ class KpiCollector(Collector):
                         sla_ratio.add_metric([*values, metric], float(ratio))
         return [*gauges.values(), *summaries.values(), sla_ratio]
 
-    def _state_families(
-        self,
-        live: Mapping[tuple[str, str, str], Mapping[str, int]],
-        newest_ms: int,
-        folded: Counter[str],
-    ) -> list[Metric]:
-        """The backlog by status, its oldest ticket's age, the waiting chats and the longest
-        wait, as of the newest event applied: a series per group the guard kept (and
-        ``other``), ages against the newest event time."""
-        labels = list(DIMENSIONS)
-        backlog = GaugeMetricFamily(
-            _STATE_FAMILIES[0], _help(_STATE_FAMILIES[0]), labels=[*labels, "status"]
-        )
-        oldest, waiting, longest = (
-            GaugeMetricFamily(name, _help(name), labels=labels) for name in _STATE_FAMILIES[1:]
-        )
-        levels = _STATE_STATUSES.values()
+    def _state_groups(
+        self, live: Mapping[tuple[str, str, str], Mapping[str, int]]
+    ) -> tuple[dict[tuple[str, ...], dict[str, int]], dict[tuple[str, ...], dict[str, int]]]:
+        """The levels now per group (label values cut), and each group's earliest instants
+        (the oldest open ticket, the longest waiting chat)."""
         counts: dict[tuple[str, ...], dict[str, int]] = {}
         firsts: dict[tuple[str, ...], dict[str, int]] = {}
         cut = self.settings.label_max_length
@@ -503,7 +512,28 @@ class KpiCollector(Collector):
                     first[name] = min(value, first.get(name, value))
                 else:
                     target[name] = target.get(name, 0) + value
-        ((fold,),) = guard([counts], [_STATE_RULE], self.settings.max_series_per_metric)
+        return counts, firsts
+
+    def _state_families(
+        self,
+        counts: Mapping[tuple[str, ...], Mapping[str, int]],
+        firsts: Mapping[tuple[str, ...], Mapping[str, int]],
+        newest_ms: int,
+        folded: Counter[str],
+        cap: int,
+    ) -> list[Metric]:
+        """The backlog by status, its oldest ticket's age, the waiting chats and the longest
+        wait, as of the newest event applied: a series per group the guard kept (and
+        ``other``, at most ``cap`` label sets), ages against the newest event time."""
+        labels = list(DIMENSIONS)
+        backlog = GaugeMetricFamily(
+            _STATE_FAMILIES[0], _help(_STATE_FAMILIES[0]), labels=[*labels, "status"]
+        )
+        oldest, waiting, longest = (
+            GaugeMetricFamily(name, _help(name), labels=labels) for name in _STATE_FAMILIES[1:]
+        )
+        levels = _STATE_STATUSES.values()
+        ((fold,),) = guard([counts], [_STATE_RULE], self.settings.max_series_per_metric, [cap])
         kept = set(fold.kept)
         other_firsts: dict[str, int] = {}
         for group, first in firsts.items():
@@ -532,19 +562,22 @@ class KpiCollector(Collector):
                 longest.add_metric(values, max(0, newest_ms - first[LONGEST]) / 1000)
         return [backlog, oldest, waiting, longest]
 
-    def _cumulative_families(self, totals: Counter[str], folded: Counter[str]) -> list[Metric]:
+    def _cumulative_families(
+        self,
+        cumulative: Mapping[tuple[str, ...], Mapping[str, int]],
+        folded: Counter[str],
+        cap: int,
+    ) -> list[Metric]:
         """The cumulative counters and the first-response histogram, a series per group the
-        guard kept (and ``other``); what it folded is added to ``folded``."""
-        by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
-        for name, value in totals.items():
-            dims, _, field = name.rpartition(SEP)
-            by_dims[split_dim_key(dims)][field] = value
-        cumulative = self._cut(by_dims)
+        guard kept (and ``other``, at most ``cap`` label sets); what it folded is added to
+        ``folded``."""
         bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
         # the counters show the histogram's groups: as many as its buckets, _count and _sum
         # allow (every group has all of its series, as it has each counter)
         histogram_rule = Rule(len(bounds) + 2)
-        ((fold,),) = guard([cumulative], [histogram_rule], self.settings.max_series_per_metric)
+        ((fold,),) = guard(
+            [cumulative], [histogram_rule], self.settings.max_series_per_metric, [cap]
+        )
         counters = {
             name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMENSIONS))
             for name, _ in _TOTALS
@@ -693,6 +726,20 @@ def _instance_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
             family.add_metric([metric], count)
         families.append(family)
     return families
+
+
+def _cumulative_groups(totals: Counter[str]) -> dict[tuple[str, ...], dict[str, int]]:
+    """The stored totals (``channel␟queue␟priority␟field``) per group."""
+    by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
+    for name, value in totals.items():
+        dims, _, field = name.rpartition(SEP)
+        by_dims[split_dim_key(dims)][field] = value
+    return by_dims
+
+
+def _samples(families: Sequence[Metric]) -> int:
+    """Series the families hold."""
+    return sum(len(family.samples) for family in families)
 
 
 def _fold_items(

@@ -319,6 +319,9 @@ class Settings(BaseSettings):
         default_factory=lambda: tuple(AlertRule(**rule) for rule in DEFAULT_ALERT_RULES)
     )
     max_series_per_metric: int = Field(default=10_000, ge=1)
+    # series of /metrics in all, every family together (the least active groups of each
+    # kind are folded into "other" past it); room for the families without groups first
+    max_series: int = Field(default=50_000, ge=1_000, le=10_000_000)
     # messages per KPI snapshot on the KPI topic (the smallest groups are folded into one)
     max_snapshot_messages: int = Field(default=10_000, ge=1)
     label_max_length: int = Field(default=64, ge=8, le=1024)

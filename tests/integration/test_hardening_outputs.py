@@ -33,12 +33,13 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from deskpulse.exporters import cardinality
-from deskpulse.exporters.cardinality import OTHER, Rule, allocate, guard
+from deskpulse.exporters.cardinality import OTHER, Rule, allocate, guard, share
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import (
     _SLA_RATIO_REQUIRES,
     _SUMMARIES,
     _WINDOWED,
+    PIPELINE_RESERVE,
     KpiCollector,
     PipelineMetrics,
 )
@@ -284,7 +285,7 @@ def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
 ) -> None:
     limit = 600
     settings = unit_settings(redis_server, max_series_per_metric=limit)
-    unlimited = settings.model_copy(update={"max_series_per_metric": 10**9})
+    unlimited = settings.model_copy(update={"max_series_per_metric": 10**9, "max_series": 10**9})
 
     async def scenario() -> list[tuple[str, str]]:
         redis = Redis.from_url(settings.redis_url.get_secret_value())
@@ -372,6 +373,73 @@ def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
                     per_window[sample.labels["window"]] += int(sample.value)
     totals = asyncio.run(_totals(settings, NOW_S))
     assert per_window == {w: t["first_response"]["count"] for w, t in totals.items()}
+
+
+def test_every_family_together_stays_inside_the_total_budget_and_adds_up(
+    redis_server: RedisServer,
+) -> None:
+    # the per-family limit out of the way: only DESKPULSE_MAX_SERIES bounds the exposition
+    budget = 6_000
+    settings = unit_settings(redis_server, max_series_per_metric=10**9, max_series=budget)
+    unlimited = settings.model_copy(update={"max_series": 10**9})
+
+    async def scenario() -> tuple[str, str]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            await apply(settings, store, list(many_queues(1500, NOW_S)), NOW_S, Counter())
+            guarded, reference = KpiCollector(store, settings), KpiCollector(store, unlimited)
+            for collector in (guarded, reference):
+                await collector.refresh(NOW_S)
+            return (
+                generate_latest(_registry(guarded)).decode(),
+                generate_latest(_registry(reference)).decode(),
+            )
+        finally:
+            await redis.aclose()
+
+    text, reference = asyncio.run(scenario())
+    exposed = sum(series_per_family(text).values())
+    full = sum(series_per_family(reference).values())
+    # the process's own counters come on top of the collector's families, inside the budget
+    assert exposed <= budget - PIPELINE_RESERVE < full, (exposed, full)
+    # most of it is spent (a group is counted at the most series it can have: those without
+    # chats, surveys or SLA outcomes have fewer)
+    assert exposed >= (budget - PIPELINE_RESERVE) * 0.6, exposed
+    folded = labelled(text, "deskpulse_series_folded")
+    assert folded["deskpulse_tickets_created_total"] > 0
+    assert folded["deskpulse_first_response_seconds"] > 0
+    assert folded["deskpulse_backlog_tickets"] > 0
+    # the folded groups are summed into "other": every total over groups stays exact
+    for name in ("deskpulse_tickets_created_total", "deskpulse_first_responses_total"):
+        assert ("other", "other", "other") in groups_of(text, name)
+        sums = [
+            sum(
+                sample.value
+                for family in text_string_to_metric_families(t)
+                for sample in family.samples
+                if sample.name == name
+            )
+            for t in (text, reference)
+        ]
+        assert sums[0] == sums[1] > 0, name
+
+
+@pytest.mark.parametrize(
+    ("needs", "costs", "budget", "expected"),
+    [
+        ((10, 10), (5, 1), 100, [10, 10]),  # all fit
+        ((100, 100), (5, 1), 100, [10, 50]),  # an even share of the series each
+        ((100, 2), (5, 1), 100, [19, 2]),  # a small view lends the rest of its share
+        ((0, 100), (5, 1), 30, [0, 30]),  # a view with nothing needs nothing
+        ((100, 100), (50, 50), 10, [1, 1]),  # below one label set: each keeps its "other"
+    ],
+)
+def test_share_splits_the_series_between_views_of_different_costs(
+    needs: tuple[int, ...], costs: tuple[int, ...], budget: int, expected: list[int]
+) -> None:
+    assert share(needs, costs, budget) == expected
 
 
 def _registry(collector: KpiCollector) -> CollectorRegistry:
@@ -564,6 +632,7 @@ def test_snapshot_and_alert_keys_of_colliding_groups_stay_apart(
     ("variable", "value", "named"),
     [
         ("DESKPULSE_MAX_SNAPSHOT_MESSAGES", "0", "DESKPULSE_MAX_SNAPSHOT_MESSAGES"),
+        ("DESKPULSE_MAX_SERIES", "999", "DESKPULSE_MAX_SERIES"),
         (
             "DESKPULSE_ALERT_RULES",
             '[{"name": "a\\u001fb", "metric": "csat_ratio", "op": "<", "threshold": 0.8}]',
