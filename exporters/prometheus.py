@@ -32,6 +32,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from deskpulse import __version__
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard, share
@@ -282,6 +283,11 @@ _GUARDED: tuple[str, ...] = (
 )
 
 
+_WINDOWED_LABELS = ("window", *DIMENSIONS)
+#: a sample and the family it belongs to
+_Sample = tuple[str, Sample]
+
+
 def _help(name: str) -> str:
     """HELP of a family, from the catalog."""
     return CATALOG[name].help
@@ -323,6 +329,10 @@ class KpiCollector(Collector):
         self.refreshed_at: float | None = None
         #: series folded by the cardinality guard, added up over refreshes (a real counter)
         self.folded_total: Counter[str] = Counter()
+        #: (window, group) -> its fields and windowed samples as of the last refresh
+        self._windowed_cache: dict[
+            tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]
+        ] = {}
         #: the highest value of each deskpulse_sla_achieved_total series exported so far:
         #: a late event can take an achievement back in Redis, the counter never goes down
         self.achieved_high: dict[tuple[str, ...], int] = {}
@@ -333,34 +343,37 @@ class KpiCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
-    async def refresh(self, now_s: float | None = None) -> None:
-        """Rebuild the snapshot from Redis (the only I/O of this class)."""
+    async def refresh(self, now_s: float | None = None, *, store: Store | None = None) -> None:
+        """Rebuild the snapshot from Redis (the only I/O of this class), read through
+        ``store`` when given (a store whose Redis client belongs to the running event loop:
+        the engine refreshes on a loop of its own), else the collector's."""
         now_s = time.time() if now_s is None else now_s
-        parts = await self.store.partitions()
+        store = self.store if store is None else store
+        parts = await store.partitions()
         windows: list[WindowRead] = []
         per_window: list[tuple[str, dict[tuple[str, ...], dict[str, int]]]] = []
         reads = await read_windows(
-            self.store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
+            store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
         )
-        meta = await self.store.read_meta()
+        meta = await store.read_meta()
         watermarks = {p: int(meta.get(p, {}).get("wm", "0")) for p in parts}
         # the backlog and the waiting chats at the windows' end (they end together), for the
         # snapshots, and as of the newest event applied (read at the bucket boundary after
         # it: nothing is dated between the two), for the gauges; one read when they agree
         newest_ms = max(watermarks.values(), default=0)
-        bucket_s = self.store.config.bucket_seconds
+        bucket_s = store.config.bucket_seconds
         newest_end_s = (newest_ms // (bucket_s * 1000) + 1) * bucket_s
         at_end: dict[int, Mapping[tuple[str, str, str], Mapping[str, int]]] = {}
         for end in {newest_end_s, *(end for _, end, _ in reads)}:
             at_end[end] = await read_live(
-                self.store, end_s=end, partitions=parts, watermarks_ms=watermarks
+                store, end_s=end, partitions=parts, watermarks_ms=watermarks
             )
         for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
             windows.append(WindowRead(name, start, end, merged, at_end[end]))
             per_window.append((name, group_fields(merged, DIMENSIONS)))
-        totals = await self.store.read_totals()
-        firing = await self.store.alert_states()
+        totals = await store.read_totals()
+        firing = await store.alert_states()
         live = at_end[newest_end_s]
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
         # thread keeps the event loop (agents, scrapes) turning meanwhile.
@@ -470,13 +483,20 @@ class KpiCollector(Collector):
     ) -> list[Metric]:
         """A gauge per windowed KPI and a summary per duration, with a series per window and
         group the guard kept (and ``other``), at most ``caps[w]`` label sets in window
-        ``w``; what it folded is added to ``folded``."""
+        ``w``; what it folded is added to ``folded``.
+
+        Incremental: a group whose summed fields in a window are those of the last refresh
+        keeps the samples computed then (its document is not built again).
+        """
         labels = ["window", *DIMENSIONS]
         gauges = {
             name: GaugeMetricFamily(name, _help(name), labels=labels) for name, *_ in _WINDOWED
         }
         summaries = {name: Metric(name, _help(name), "summary") for name, *_ in _SUMMARIES}
         sla_ratio = GaugeMetricFamily(_SLA_RATIO, _help(_SLA_RATIO), labels=[*labels, "metric"])
+        families: dict[str, Metric] = {**gauges, **summaries, _SLA_RATIO: sla_ratio}
+        previous = self._windowed_cache
+        samples: dict[tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]] = {}
         folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric, caps)
         for window, view, (fold,) in zip(names, views, folds, strict=True):
             if fold.other is not None:
@@ -485,14 +505,14 @@ class KpiCollector(Collector):
                     for r in rules:
                         folded[name] += present[r] * _WINDOWED_RULES[r].series
             for key, fields in _fold_items(view, fold):
-                values = [window, *key]
-                doc = group_document({}, fields)
-                _add_gauges(gauges, values, doc)
-                _add_summaries(summaries, dict(zip(labels, values, strict=True)), doc, fields)
-                for metric, _ in _SLA_RATIO_REQUIRES:
-                    ratio = doc["sla"][metric]["achieved_ratio"]
-                    if ratio is not None:
-                        sla_ratio.add_metric([*values, metric], float(ratio))
+                cached = previous.get((window, key))
+                if cached is None or cached[0] != fields:
+                    cached = (fields, _windowed_samples([window, *key], fields))
+                samples[(window, key)] = cached
+                for family, sample in cached[1]:
+                    families[family].samples.append(sample)
+        # the next refresh reuses a group's samples while its fields stay the same
+        self._windowed_cache = samples
         return [*gauges.values(), *summaries.values(), sla_ratio]
 
     def _state_groups(
@@ -631,39 +651,36 @@ class KpiCollector(Collector):
         return [*counters.values(), sla_breaches, breaches, offered, achieved, histogram]
 
 
-def _add_gauges(
-    gauges: Mapping[str, GaugeMetricFamily], values: list[str], doc: Mapping[str, Any]
-) -> None:
-    """One group's windowed gauges, from its document (a KPI without a value has none)."""
+def _windowed_samples(values: list[str], fields: Mapping[str, int]) -> list[_Sample]:
+    """One group's windowed samples, (family, sample), from its fields in one window: a
+    gauge per KPI with a value, the summaries where it has samples, the SLA ratios."""
+    base = dict(zip(_WINDOWED_LABELS, values, strict=True))
+    doc = group_document({}, fields)
+    out: list[_Sample] = []
     for name, path, _ in _WINDOWED:
         value: Any = doc
         for part in path:
             value = value[part]
         if value is not None:
-            gauges[name].add_metric(values, float(value))
-
-
-def _add_summaries(
-    summaries: Mapping[str, Metric],
-    base: dict[str, str],
-    doc: Mapping[str, Any],
-    fields: Mapping[str, int],
-) -> None:
-    """One group's summaries (quantiles, ``_count``, ``_sum``) where it has samples."""
+            out.append((name, Sample(name, base, float(value))))
     for name, section, qs, count_field, sum_field in _SUMMARIES:
         count = fields.get(count_field, 0)
         if count <= 0:
             continue
-        summary = summaries[name]
-        values: Any = doc
+        quantiles: Any = doc
         for part in section:
-            values = values[part]
+            quantiles = quantiles[part]
         for q, field in qs:
-            quantile = values[field]
+            quantile = quantiles[field]
             if quantile is not None:
-                summary.add_sample(name, {**base, "quantile": q}, float(quantile))
-        summary.add_sample(name + "_count", base, float(count))
-        summary.add_sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)
+                out.append((name, Sample(name, {**base, "quantile": q}, float(quantile))))
+        out.append((name, Sample(name + "_count", base, float(count))))
+        out.append((name, Sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)))
+    for metric, _ in _SLA_RATIO_REQUIRES:
+        ratio = doc["sla"][metric]["achieved_ratio"]
+        if ratio is not None:
+            out.append((_SLA_RATIO, Sample(_SLA_RATIO, {**base, "metric": metric}, float(ratio))))
+    return out
 
 
 def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:

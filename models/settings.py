@@ -314,6 +314,9 @@ class Settings(BaseSettings):
     metrics_require_token: bool = False
     metrics_refresh_interval: Annotated[int, NoDecode] = 5
     snapshot_interval: Annotated[int, NoDecode] = 10
+    # every group shown is published again this often, changed or not (in between, only
+    # the groups whose window sums or levels changed since they were last published)
+    snapshot_full_interval: Annotated[int, NoDecode] = 300
     breach_check_interval: Annotated[int, NoDecode] = 15
     alert_rules: tuple[AlertRule, ...] = Field(
         default_factory=lambda: tuple(AlertRule(**rule) for rule in DEFAULT_ALERT_RULES)
@@ -368,6 +371,7 @@ class Settings(BaseSettings):
         "max_future",
         "metrics_refresh_interval",
         "snapshot_interval",
+        "snapshot_full_interval",
         "breach_check_interval",
         "ingest_ack_timeout",
         "webhook_max_age",
@@ -381,6 +385,7 @@ class Settings(BaseSettings):
         "kafka_session_timeout",
         "metrics_refresh_interval",
         "snapshot_interval",
+        "snapshot_full_interval",
         "breach_check_interval",
         "ingest_ack_timeout",
         "webhook_max_age",
@@ -523,6 +528,11 @@ class Settings(BaseSettings):
                     f"sla_policies: policy {policy.name!r} names the schedule "
                     f"{policy.schedule!r}, which DESKPULSE_SCHEDULES does not define"
                 )
+        if self.snapshot_full_interval < self.snapshot_interval:
+            raise ValueError(
+                f"snapshot_full_interval: {format_duration(self.snapshot_full_interval)} is "
+                f"shorter than the snapshot interval ({format_duration(self.snapshot_interval)})"
+            )
         if self.bucket_seconds <= 0:
             raise ValueError("bucket_seconds: must be positive")
         if self.rollup_seconds % self.bucket_seconds:

@@ -43,7 +43,12 @@ from deskpulse.exporters.prometheus import (
     KpiCollector,
     PipelineMetrics,
 )
-from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+from deskpulse.exporters.publish import (
+    SnapshotState,
+    evaluate_rules,
+    publish_snapshots,
+    snapshot_items,
+)
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
 from deskpulse.models.settings import AlertRule, Settings, load_settings
@@ -548,6 +553,84 @@ def test_the_kpi_topic_snapshot_is_bounded_and_adds_up(
     assert "24h" in folded_windows
 
 
+def test_snapshots_publish_only_changed_groups_and_everything_at_the_full_interval(
+    redis_server: RedisServer, broker: str
+) -> None:
+    # 300 groups, folded past 250 messages: the `other` group is incremental too
+    settings = unit_settings(
+        redis_server, kafka_bootstrap=broker, max_snapshot_messages=250, topic_partitions=4
+    )
+    create_topics(settings)
+    windows = len(settings.windows)
+    full_s = settings.snapshot_full_interval
+
+    async def scenario() -> tuple[list[int], list[Any], list[tuple[str, dict[str, Any]]]]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        publisher = KafkaPublisher(settings)
+        await publisher.start()
+        state = SnapshotState()
+        counts: list[int] = []
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            offsets: Counter[tuple[str, int]] = Counter()
+            await apply(settings, store, list(many_queues(300, NOW_S)), NOW_S, offsets)
+            collector = KpiCollector(store, settings)
+
+            async def publish(now_s: float) -> None:
+                await collector.refresh(NOW_S)
+                sent = await publish_snapshots(
+                    collector.windows, publisher, settings, state, now_s=now_s
+                )
+                counts.append(sent)
+
+            await publish(NOW_S)  # the first pass: everything
+            await publish(NOW_S + 10)  # nothing changed: the totals alone
+            # one more ticket in a queue shown in every window
+            ticket = _event(
+                "ticket.created",
+                NOW_S - 30,
+                ticket_id="T-extra",
+                channel="email",
+                queue="q00000",
+                priority="low",
+            )
+            await apply(settings, store, [ticket], NOW_S, offsets)
+            await publish(NOW_S + 20)
+            await publish(NOW_S + full_s)  # the full interval passed: everything again
+            records = await consume_all(
+                settings.kafka_bootstrap, settings.topic_kpis, sum(counts), 60
+            )
+            everything, _, _ = snapshot_items(collector.windows, settings)
+            return counts, records, everything
+        finally:
+            await publisher.stop()
+            await redis.aclose()
+
+    counts, records, everything = asyncio.run(scenario())
+    first, unchanged, one_more, full = counts
+    assert first == full == len(everything) <= settings.max_snapshot_messages
+    assert unchanged == windows
+    # the group in each window where the ticket falls, plus nothing else of the groups shown
+    # (the ticket is in every window; a window folding past the budget may show it in
+    # `other` instead)
+    assert windows < one_more <= 2 * windows + windows, one_more
+    assert len(records) == sum(counts)
+    # the compacted topic's last message per key is what a full snapshot says
+    last: dict[str, dict[str, Any]] = {}
+    for record in records[: first + unchanged + one_more]:
+        last[record.key.decode()] = orjson.loads(record.value)
+    for key, body in everything:
+        stored = {k: v for k, v in last[key].items() if k not in ("start", "end", "schema_version")}
+        wanted = {k: v for k, v in body.items() if k not in ("start", "end")}
+        # ages of open tickets and waiting chats are as of the message's end
+        for section in ("backlog", "chats"):
+            for document in (stored, wanted):
+                for name in ("oldest_age_seconds", "longest_wait_seconds"):
+                    document.get(section, {}).pop(name, None)
+        assert stored == wanted, key
+
+
 # -- keys on the real topics ------------------------------------------------------------------
 
 COLLIDING = (("pipe|x", "y"), ("pipe", "x|y"), ("*", "50%"), ("star", "*"))
@@ -633,6 +716,7 @@ def test_snapshot_and_alert_keys_of_colliding_groups_stay_apart(
     [
         ("DESKPULSE_MAX_SNAPSHOT_MESSAGES", "0", "DESKPULSE_MAX_SNAPSHOT_MESSAGES"),
         ("DESKPULSE_MAX_SERIES", "999", "DESKPULSE_MAX_SERIES"),
+        ("DESKPULSE_SNAPSHOT_FULL_INTERVAL", "5s", "DESKPULSE_SNAPSHOT_FULL_INTERVAL"),
         (
             "DESKPULSE_ALERT_RULES",
             '[{"name": "a\\u001fb", "metric": "csat_ratio", "op": "<", "threshold": 0.8}]',
