@@ -445,6 +445,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "seconds",
     ),
     MetricSpec(
+        "deskpulse_kpi_refresh_duration_seconds",
+        "gauge",
+        (),
+        "How long the last refresh of the KPI snapshot behind /metrics took, as the worker "
+        "waited for it: the Redis reads, the sums, the families and their text.",
+        "seconds",
+    ),
+    MetricSpec(
         "deskpulse_events_processed_total",
         "counter",
         ("topic", "type"),

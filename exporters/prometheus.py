@@ -93,6 +93,9 @@ class PipelineMetrics:
         for topic in input_topics:  # 0 from the start: the first hole is an increase
             for outcome in HOLE_OUTCOMES:
                 self._holes.labels(topic, outcome)
+        self.refresh_duration = Gauge(
+            *spec("deskpulse_kpi_refresh_duration_seconds"), registry=registry
+        )
         self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
         self._state_ok.set(1)
         self._redis_up.set(1)

@@ -90,6 +90,7 @@ and every client comes from :func:`~streams.redis_client.connect`.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -1129,7 +1130,7 @@ class Store:
         read: dict[tuple[str, ...], dict[str, int]] = {}
         kept_sums = self._settled_sums
         for kept, total in zip(sets, sums, strict=True):
-            read[kept] = decoded = {text(name): value for name, value in total.items()}
+            read[kept] = decoded = {sys.intern(text(name)): value for name, value in total.items()}
             key = (parts, kept)
             if key in kept_sums:
                 self._settled_fields -= len(kept_sums.pop(key)[1])
@@ -1156,8 +1157,10 @@ class Store:
                 for suffix in unique:
                     pipe.hgetall(base + suffix)
             replies = await pipe.execute()
+        # interned: the windows a refresh reads (and the settled sums kept) share each name
         return [
-            {text(name): value for name, value in m.items()} for m in _merge(replies, unique, sets)
+            {sys.intern(text(name)): value for name, value in m.items()}
+            for m in _merge(replies, unique, sets)
         ]
 
     async def sum_level_steps(
