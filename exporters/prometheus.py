@@ -448,15 +448,19 @@ class KpiCollector(Collector):
         return family
 
     def _cut(
-        self, groups: Mapping[tuple[str, ...], Mapping[str, int]]
+        self, groups: dict[tuple[str, ...], dict[str, int]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        """Label values cut to the length limit: groups sharing the cut prefix are one."""
+        """Label values cut to the length limit: groups sharing the cut prefix are one.
+
+        Takes ``groups`` over (each caller's own, built for this refresh): a group whose
+        labels need no cut is kept as it is, not copied, and may be added to.
+        """
         cut = self.settings.label_max_length
         merged: dict[tuple[str, ...], dict[str, int]] = {}
         for key, fields in groups.items():
             short = tuple(v[:cut] for v in key)
             if short == key and key not in merged:
-                merged[key] = dict(fields)
+                merged[key] = fields
                 continue
             target = merged.setdefault(short, {})
             for name, value in fields.items():

@@ -30,6 +30,7 @@ from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.engine import DeadLetterTrouble, Engine, Metrics, Record, retry_forever
 from deskpulse.streams.holes import LogReader
 from deskpulse.streams.redis_client import connect
+from deskpulse.streams.runtime import release_memory
 from deskpulse.streams.store import Store
 
 __all__ = ["KpiEngine", "LocalEngine", "RefreshLoop"]
@@ -126,7 +127,10 @@ class RefreshLoop:
             settings = self.settings
             redis = connect(settings, purpose="reads")
             self._store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
-        return await work(self._store)
+        try:
+            return await work(self._store)
+        finally:
+            release_memory()  # what the refresh built and freed, back to the system
 
     async def close(self) -> None:
         """Close the connection and end the thread (a refresh in flight finishes first)."""
@@ -210,6 +214,7 @@ class LocalEngine:
             await publish_snapshots(
                 self.collector.windows, self.publisher, self.settings, self.snapshots
             )
+            release_memory()
         await evaluate_rules(self.store, self.publisher, self.settings)
 
     async def check_breaches(self, clocks: Mapping[int, int]) -> int:
