@@ -16,10 +16,11 @@ has. ``tests/test_kpi_engine.py`` checks that both have every method with its si
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import KpiCollector
@@ -110,6 +111,8 @@ class RefreshLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._store: Store | None = None
+        #: work in flight on the refresh loop (a close lets it finish)
+        self._running: set[concurrent.futures.Future[Any]] = set()
 
     async def run(self, work: Callable[[Store], Awaitable[_T]]) -> _T:
         """``work(store)`` on the refresh loop, with its store; its result."""
@@ -120,6 +123,8 @@ class RefreshLoop:
             )
             self._thread.start()
         done = asyncio.run_coroutine_threadsafe(self._call(work), self._loop)
+        self._running.add(done)
+        done.add_done_callback(self._running.discard)
         return await asyncio.wrap_future(done)
 
     async def _call(self, work: Callable[[Store], Awaitable[_T]]) -> _T:
@@ -137,6 +142,9 @@ class RefreshLoop:
         loop, thread, store = self._loop, self._thread, self._store
         if loop is None or thread is None:
             return
+        if self._running:
+            running = [asyncio.wrap_future(f) for f in self._running]
+            await asyncio.gather(*running, return_exceptions=True)
         if store is not None:
             closing = asyncio.run_coroutine_threadsafe(store.redis.aclose(), loop)
             await asyncio.wrap_future(closing)

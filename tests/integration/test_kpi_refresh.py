@@ -94,3 +94,28 @@ def test_a_refresh_runs_off_the_callers_loop_and_exposes_the_same(
     assert stall < max(0.1, took / 3), (stall, took)
     mine, theirs = _samples(exposition), _samples(reference)
     assert {k: v for k, v in mine.items() if mine.get(k) != theirs.get(k)} == {}
+
+
+def test_closing_the_refresh_loop_lets_a_refresh_in_flight_finish(
+    redis_server: RedisServer,
+) -> None:
+    settings = unit_settings(redis_server)
+
+    async def scenario() -> tuple[bytes, float | None]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        await apply(settings, store, list(many_queues(300, NOW_S)), NOW_S, Counter())
+        local = LocalEngine(settings, store, RecordingMetrics(), KpiCollector(store, settings))
+        try:
+            refreshing = asyncio.ensure_future(local.refresh())
+            while not local.refresher._running:  # handed to the refresh loop
+                await asyncio.sleep(0)
+            await local.refresher.close()
+            return await refreshing
+        finally:
+            await redis.aclose()
+
+    exposition, refreshed_at = asyncio.run(scenario())
+    assert refreshed_at is not None
+    assert b"deskpulse_tickets_created_total" in exposition
