@@ -87,6 +87,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _soak(s.get("soak"), add)
     _ingest(s.get("ingest"), add)
     _board(s.get("board"), add)
+    _groups(s.get("groups"), add)
     _profiles(s, add)
     add("## How to run\n")
     add("```")
@@ -118,7 +119,10 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "`BENCH_BOARD_SECONDS` [300: the viewers' phase], `BENCH_BOARD_IDLE_SECONDS` [60: each "
         "phase without], `BENCH_BOARD_SERIES_READS` [24: distinct "
         "series read of each kind], "
-        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board; "
+        "`BENCH_GROUPS_HISTORY` [120000: the day of history over 6,000 groups], "
+        "`BENCH_GROUPS_RATE` [200: events/s over them], `BENCH_GROUPS_SECONDS` [90], "
+        "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,"
+        "groups; "
         "or name "
         "sections as "
         "arguments: `python -m benchmark.run reads`], "
@@ -341,6 +345,7 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
             )
     rows.extend(_ingest_rows(s.get("ingest") or {}))
     rows.extend(_board_rows(s.get("board")))
+    rows.extend(groups_rows(s.get("groups")))
     return rows
 
 
@@ -367,6 +372,78 @@ def _ingest_rows(ig: dict[str, Any]) -> list[list[str]]:
             _mark(ok),
         ]
     ]
+
+
+def groups_rows(gr: dict[str, Any] | None) -> list[list[str]]:
+    """The budgets of the thousands-of-groups section (11)."""
+    if not gr:
+        return []
+    if "error" in gr:
+        return [["groups", "error: " + gr["error"][:200], "", _mark(False)]]
+    latency = gr["traffic"].get("latency") or {}
+    read = gr.get("kpis_read") or {}
+    refresh = gr.get("refresh") or {}
+    engine = gr["rss_mib"].get("engine")
+    where = f"{gr['groups']:,} groups, {_rate(gr['rate'])}"
+    return [
+        [
+            f"produced -> applied p99, {where}",
+            f"{_ms(latency.get('p99'))} (p50 {_ms(latency.get('p50'))})",
+            "< 1 s",
+            _mark(bool(latency) and latency["p99"] < 1.0),
+        ],
+        [
+            f"`GET /kpis?window=24h&by=channel,queue,priority` p99, {where}",
+            f"{_ms(read.get('p99'))} (p50 {_ms(read.get('p50'))}, {read.get('n', 0)} reads)",
+            "< 300 ms",
+            _mark(bool(read) and read["p99"] < 0.3),
+        ],
+        [
+            f"a refresh of the KPI snapshot (the worker's), {where}",
+            f"max {_ms(refresh.get('max'))} (p50 {_ms(refresh.get('p50'))}, "
+            f"{refresh.get('n', 0)} refreshes)",
+            "< 1 s",
+            _mark(bool(refresh) and refresh["max"] < 1.0),
+        ],
+        [
+            f"engine process RSS, {where}",
+            "-" if engine is None else f"{engine:,.0f} MiB (max)",
+            "< 250 MB",
+            _mark(engine is not None and 0 < engine * 1.048576 < 250),
+        ],
+    ]
+
+
+def _groups(gr: dict[str, Any] | None, add: Any) -> None:
+    if not gr or "error" in gr:
+        return
+    add("## 11. Thousands of groups\n")
+    gaps = gr.get("refresh_gaps") or {}
+    add(
+        f"A worker over a day of {gr['history_records']:,} records spread over "
+        f"{gr['groups']:,} channel x queue x priority groups (300 queues x 5 channels x 4 "
+        f"priorities, replayed into its prefix), then {gr['seconds']:.0f} s of live traffic "
+        f"over the same groups at {_rate(gr['rate'])} with markers. Meanwhile, one after "
+        "another: the 24 h document by channel, queue and priority over HTTP (each computed: "
+        "past the read cache), `/metrics` (with `deskpulse_kpi_refresh_duration_seconds`, "
+        "how long each of the worker's refreshes took), the engine process's RSS. "
+        f"`DESKPULSE_MAX_SERIES={gr['max_series']}`, "
+        f"`DESKPULSE_MAX_SNAPSHOT_MESSAGES={gr['max_snapshot_messages']}` (the defaults).\n"
+    )
+    add("| measure | value |")
+    add("| --- | --- |")
+    for name, value in (
+        ("`/metrics` series", f"{gr['metrics_series']:,}"),
+        ("`/metrics` size", f"{gr['metrics_bytes'] / 1e6:.1f} MB"),
+        (
+            "the worker's refreshes, apart (5 s timer)",
+            f"p50 {_ms(gaps.get('p50'))}, max {_ms(gaps.get('max'))}" if gaps else "-",
+        ),
+        ("KPI topic messages per snapshot", f"{gr['kpi_messages_per_snapshot']:,.0f}"),
+        ("worker RSS (max)", f"{gr['rss_mib'].get('worker') or 0:,.0f} MiB"),
+    ):
+        add(f"| {name} | {value} |")
+    add("")
 
 
 def _board_rows(bd: dict[str, Any] | None) -> list[list[str]]:

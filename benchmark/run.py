@@ -47,8 +47,9 @@ BENCH_SLA_STATE_TICKETS (10000), BENCH_BACKLOG_TICKETS (1000000), BENCH_BACKLOG_
 (100000), BENCH_BACKLOG_READ_TICKETS (200000), BENCH_BACKLOG_DAY_RATE (5),
 BENCH_BACKLOG_READS (30), BENCH_INGEST_SECONDS (15), BENCH_INGEST_CONNECTIONS (50),
 BENCH_INGEST_RATE (2000), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (300),
-BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_SECTIONS
-(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board; section names given as
+BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_GROUPS_HISTORY
+(120000), BENCH_GROUPS_RATE (200), BENCH_GROUPS_SECONDS (90), BENCH_SECTIONS
+(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups; section names given as
 arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
 | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
@@ -58,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import math
 import os
 import shlex
@@ -150,6 +152,15 @@ SOAK_FLAT_GROWTH = 0.05  # "flat": the steady phase grows RSS by at most this sh
 #: 200s' p99 latency under BUDGET_INGEST_P99_S
 BUDGET_INGEST_PER_CORE = 2000
 BUDGET_INGEST_P99_S = 0.050
+#: thousands of groups: 300 queues x 5 channels x 4 priorities (the simulator's)
+GROUPS_QUEUES = 300
+GROUPS_CHANNELS = ("email", "web", "phone", "social", "chat")
+#: with them, at BENCH_GROUPS_RATE: produced -> applied p99, GET /kpis by every dimension
+#: over 24 h p99, a refresh of the KPI snapshot, the engine process's RSS
+BUDGET_GROUPS_FRESHNESS_P99_S = 1.0
+BUDGET_GROUPS_KPIS_P99_S = 0.300
+BUDGET_GROUPS_REFRESH_S = 1.0
+BUDGET_GROUPS_RSS_MIB = 250
 #: the signing secret of the benchmark's Zendesk webhooks
 _INGEST_SECRET = "bench-zendesk-signing-secret"
 
@@ -164,6 +175,7 @@ SECTIONS = (
     "soak",
     "ingest",
     "board",
+    "groups",
 )
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
@@ -261,6 +273,10 @@ class Config:
     board_series_reads: int = field(
         default_factory=lambda: max(2, min(24, _env_int("BENCH_BOARD_SERIES_READS", 24)))
     )
+    #: events of the day of history over the groups, then the live rate and its length
+    groups_history: int = field(default_factory=lambda: _env_int("BENCH_GROUPS_HISTORY", 120_000))
+    groups_rate: float = field(default_factory=lambda: _env_float("BENCH_GROUPS_RATE", 200))
+    groups_s: float = field(default_factory=lambda: _env_float("BENCH_GROUPS_SECONDS", 90))
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -888,9 +904,11 @@ class Bench:
         poll: Callable[[list[int]], Any] | None = None,
         response_scale: float = 1.0,
         lifecycle_scale: float = 1.0,
+        traffic_argv: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Traffic at ``rate`` for ``seconds`` with markers; produced -> visible in Redis
-        (or, with ``poll``, -> whenever ``poll(indices)`` says each marker was seen)."""
+        (or, with ``poll``, -> whenever ``poll(indices)`` says each marker was seen).
+        ``traffic_argv``: more options of ``benchmark.traffic`` (its groups)."""
         assert self.redis is not None
         markers_path = self.workdir / f"{run_id}-markers.jsonl"
         status_path = self.workdir / f"{run_id}-status.json"
@@ -916,6 +934,7 @@ class Bench:
             str(response_scale),
             "--lifecycle-scale",
             str(lifecycle_scale),
+            *traffic_argv,
         ]
         traffic = self.procs.start(f"traffic-{run_id}", argv, env=child_env(settings))
         sampler = profiles.PySpy(worker.pid, spy) if spy and worker else None
@@ -1554,6 +1573,114 @@ class Bench:
         return out
 
     # -- 6. SLA: breach checks and state size ---------------------------------------------
+
+    # -- 11. thousands of groups --------------------------------------------------------------
+
+    async def section_groups(self) -> dict[str, Any]:
+        """A worker over a day of history spread over 6,000 groups (replayed into its
+        prefix), then live traffic over the same groups at ``BENCH_GROUPS_RATE`` with
+        markers (produced -> applied). Meanwhile, one after another, the 24 h KPI
+        document by channel, queue and priority over HTTP (each read after the read
+        process's cache expired), the worker's ``/metrics`` (how long each of its refreshes
+        took, when they came, its size) and the engine process's RSS."""
+        cfg = self.config
+        assert self.redis is not None
+        data = self.datasets["groups"]
+        out: dict[str, Any] = {
+            "rate": cfg.groups_rate,
+            "seconds": cfg.groups_s,
+            "groups": GROUPS_QUEUES * len(GROUPS_CHANNELS) * 4,
+            "history_records": data["records"],
+        }
+        history = self.settings("groups", "groups")
+        out["history"] = await self.run_replay("replay-groups", history, data["records"])
+        with self.own_broker("groups"):
+            settings = self.settings("groups", "groups-live")
+            out["max_series"] = settings.max_series
+            out["max_snapshot_messages"] = settings.max_snapshot_messages
+            worker = self.procs.worker("groups-worker", settings)
+            try:
+                await self.warm_up(worker, settings)
+                out.update(await self.groups_live(worker, settings))
+            finally:
+                self.procs.stop(worker)
+        return out
+
+    async def groups_live(self, worker: ManagedProcess, settings: Settings) -> dict[str, Any]:
+        cfg = self.config
+        url = f"http://{settings.web_host}:{settings.web_port}"
+        kpis_url = url + "/kpis?window=24h&by=channel,queue,priority"
+        await asyncio.to_thread(_http_get, kpis_url)  # the read process starts with it
+        reads: list[float] = []
+        #: the worker's refreshes: its refresh time -> how long the refresh took
+        refreshes: dict[float, float] = {}
+        rss: dict[str, list[int]] = {"worker": [], "engine": []}
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                await asyncio.to_thread(_http_get, kpis_url)
+                reads.append(time.perf_counter() - started)
+                body = await asyncio.to_thread(_http_get, url + "/metrics")
+                stamp = _sample_value(body, "deskpulse_kpi_refresh_timestamp_seconds")
+                took = _sample_value(body, "deskpulse_kpi_refresh_duration_seconds")
+                if stamp is not None and took is not None:
+                    refreshes[stamp] = took
+                rss["worker"].append(rss_kib(worker.pid))
+                engines = [p for p in child_pids(worker.pid) if _module_of(p) == "offload"]
+                rss["engine"].append(max((rss_kib(p) for p in engines), default=0))
+                # past the read process's cache (DESKPULSE_READ_CACHE): every read computed
+                await asyncio.sleep(max(1.0, settings.read_cache) + 0.1)
+
+        kpis_before = await self._topic_records(settings, settings.topic_kpis)
+        sampler = asyncio.ensure_future(sample())
+        try:
+            run = await self.run_traffic(
+                "groups",
+                worker,
+                settings,
+                rate=cfg.groups_rate,
+                seconds=cfg.groups_s,
+                marker_rate=cfg.marker_rate,
+                traffic_argv=[
+                    *("--channels", ",".join(GROUPS_CHANNELS)),
+                    *("--queues", str(GROUPS_QUEUES)),
+                ],
+            )
+        finally:
+            done.set()
+            await sampler
+        kpis_after = await self._topic_records(settings, settings.topic_kpis)
+        body = await asyncio.to_thread(_http_get, url + "/metrics")
+        stamps = sorted(refreshes)
+        snapshots = max(1.0, run["seconds"] / settings.snapshot_interval)
+        return {
+            "traffic": {k: v for k, v in run.items() if k not in ("latencies", "acks")},
+            "kpis_read": spread(reads) if reads else None,
+            "refresh": spread(list(refreshes.values())) if refreshes else None,
+            "refresh_gaps": spread([b - a for a, b in itertools.pairwise(stamps)])
+            if len(stamps) > 1
+            else None,
+            "rss_mib": {
+                name: (max(values) / 1024 if values else None) for name, values in rss.items()
+            },
+            "metrics_series": _series(body),
+            "metrics_bytes": len(body),
+            "kpi_messages_per_snapshot": (kpis_after - kpis_before) / snapshots,
+        }
+
+    async def _topic_records(self, settings: Settings, topic: str) -> int:
+        """Records on ``topic``, all partitions (their end offsets)."""
+        consumer = AIOKafkaConsumer(**kafka_client_options(settings))
+        await consumer.start()
+        try:
+            await consumer.topics()
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            ends = await consumer.end_offsets(tps) if tps else {}
+        finally:
+            await consumer.stop()
+        return sum(ends.values())
 
     async def section_sla(self) -> dict[str, Any]:
         """Breach checks as a worker runs them (``streams.breaches.check_partitions``, one
@@ -2361,6 +2488,8 @@ class Bench:
             )
         if "scrape" in wanted:
             await self.produce_dataset("scrape", scrape_sim(now))
+        if "groups" in wanted:
+            await self.produce_dataset("groups", groups_sim(now, cfg.groups_history))
         self.results["cpu"].append(watch.finish())
 
 
@@ -2385,6 +2514,18 @@ def scrape_sim(now: float) -> SimConfig:
         channels=channels,
         queues=queues,
         response_scale=0.05,
+    )
+
+
+def groups_sim(now: float, records: int) -> SimConfig:
+    """A day of ``records`` events over 300 queues x 5 channels x 4 priorities."""
+    return SimConfig(
+        seed=4,
+        start_s=now - 86400 - 60,
+        duration_s=86400,
+        rate=records / 86400,
+        channels=dict.fromkeys(GROUPS_CHANNELS, 1.0),
+        queues={f"queue-{i:03d}": 1.0 for i in range(GROUPS_QUEUES)},
     )
 
 
@@ -2575,6 +2716,24 @@ def _worker_parts_cpu_s(pid: int) -> dict[str, float]:
             if name is not None:
                 parts[name] = cpu_s(child)
     return parts
+
+
+def _module_of(pid: int) -> str:
+    """The deskpulse module a worker's child runs (``offload``, ``reads``), or ``""``."""
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        module = argv[2].decode() if len(argv) > 2 else ""
+        return module.removeprefix("deskpulse.streams.")
+    return ""
+
+
+def _sample_value(body: bytes, name: str) -> float | None:
+    """The value of the unlabelled sample ``name`` in an exposition."""
+    prefix = name.encode() + b" "
+    for line in body.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
 
 
 def _read_counts(url: str) -> dict[str, float]:

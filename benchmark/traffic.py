@@ -81,8 +81,15 @@ async def run(args: argparse.Namespace) -> None:
     lead_s = 1.0 + (total / 20_000 if total <= PREGENERATE else 0.0)  # ~50k/s are made here
     start_s = time.time() + lead_s
     end_s = start_s + args.seconds
+    # the simulator's own channels and queues, or as many groups as the run asks for
+    spread: dict[str, Any] = {}
+    if args.channels:
+        spread["channels"] = {name: 1.0 for name in args.channels.split(",")}
+    if args.queues:
+        spread["queues"] = {f"queue-{i:03d}": 1.0 for i in range(args.queues)}
     simulated = generate(
         SimConfig(
+            **spread,
             seed=args.seed,
             start_s=start_s,
             duration_s=args.seconds,
@@ -198,6 +205,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--lifecycle-scale", type=float, default=1.0, help="SimConfig.lifecycle_scale"
+    )
+    parser.add_argument(
+        "--channels", default="", help="comma-separated channels, equally likely (SimConfig)"
+    )
+    parser.add_argument(
+        "--queues", type=int, default=0, help="this many queues, equally likely (SimConfig)"
     )
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--markers", required=True)

@@ -20,6 +20,11 @@ is a plain suffix sum of the ranking: one backward walk per view serves them all
 ``/metrics`` folds each kind of family (windowed, cumulative) with one rule, the costliest
 label set of the kind, so every family of a kind shows the same groups; the KPI topic
 folds with ``Rule(1)``.
+
+Over all families together, ``/metrics`` also holds ``DESKPULSE_MAX_SERIES``: :func:`share`
+splits that total between the views of every kind (each window of the windowed families,
+the state families, the cumulative ones), a label set of a view counted at the most series
+it can have there, and caps each view at what it got (``guard(..., caps=...)``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "guard",
     "needs",
     "rank",
+    "share",
     "volume",
 ]
 
@@ -104,6 +110,20 @@ def allocate(needs: Sequence[int], budget: int) -> list[int]:
         given[i] = min(needs[i], max(1, share))
         left = max(0, left - given[i])
     return given
+
+
+def share(needs: Sequence[int], costs: Sequence[int], budget: int) -> list[int]:
+    """Label sets per view when views needing ``needs`` label sets, one of view ``v``
+    costing ``costs[v]`` series, share ``budget`` series.
+
+    Water-filling in series (:func:`allocate`): a view needing less than an even share of
+    the series leaves the rest to the others. A view that needs any gets at least one label
+    set (its ``other``), even past the budget.
+    """
+    given = allocate([n * c for n, c in zip(needs, costs, strict=True)], budget)
+    return [
+        0 if n <= 0 else max(1, min(n, g // c)) for n, c, g in zip(needs, costs, given, strict=True)
+    ]
 
 
 def needs(
@@ -178,12 +198,16 @@ def fold_view(
 
 
 def guard(
-    views: Sequence[Mapping[Key, Mapping[str, int]]], rules: Sequence[Rule], budget: int
+    views: Sequence[Mapping[Key, Mapping[str, int]]],
+    rules: Sequence[Rule],
+    budget: int,
+    caps: Sequence[int] | None = None,
 ) -> list[list[Fold]]:
     """Fold every view for every rule: ``folds[view][rule]``.
 
     Each rule may spend ``budget`` series over all views together (``budget //
-    rule.series`` label sets, shared by :func:`allocate`).
+    rule.series`` label sets, shared by :func:`allocate`); ``caps[v]``, when given, is the
+    most label sets view ``v`` may show for any rule (at least one: its ``other``).
     """
     orders = [rank(view) for view in views]
     present = [needs(view, order, rules) for view, order in zip(views, orders, strict=True)]
@@ -191,6 +215,11 @@ def guard(
         allocate([len(p[r]) for p in present], budget // rule.series)
         for r, rule in enumerate(rules)
     ]
+    if caps is not None:
+        granted = [
+            [min(given, max(1, cap)) for given, cap in zip(row, caps, strict=True)]
+            for row in granted
+        ]
     return [
         fold_view(view, order, present[v], [granted[r][v] for r in range(len(rules))])
         for v, (view, order) in enumerate(zip(views, orders, strict=True))

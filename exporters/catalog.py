@@ -445,6 +445,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "seconds",
     ),
     MetricSpec(
+        "deskpulse_kpi_refresh_duration_seconds",
+        "gauge",
+        (),
+        "How long the last refresh of the KPI snapshot behind /metrics took, as the worker "
+        "waited for it: the Redis reads, the sums, the families and their text.",
+        "seconds",
+    ),
+    MetricSpec(
         "deskpulse_events_processed_total",
         "counter",
         ("topic", "type"),
@@ -615,7 +623,8 @@ HEALTH: tuple[MetricSpec, ...] = (
         ("metric",),
         "Series of the metric family that the cardinality guard folds into the "
         'channel/queue/priority="other" group in the current snapshot, because the family '
-        "would exceed DESKPULSE_MAX_SERIES_PER_METRIC series (0: every group is shown).",
+        "would exceed DESKPULSE_MAX_SERIES_PER_METRIC series, or its kind its share of "
+        "DESKPULSE_MAX_SERIES (0: every group is shown).",
         "",
     ),
     MetricSpec(

@@ -32,9 +32,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from deskpulse import __version__
-from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard
+from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard, share
 from deskpulse.exporters.catalog import CATALOG, HOLE_OUTCOMES
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
@@ -92,6 +93,9 @@ class PipelineMetrics:
         for topic in input_topics:  # 0 from the start: the first hole is an increase
             for outcome in HOLE_OUTCOMES:
                 self._holes.labels(topic, outcome)
+        self.refresh_duration = Gauge(
+            *spec("deskpulse_kpi_refresh_duration_seconds"), registry=registry
+        )
         self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
         self._state_ok.set(1)
         self._redis_up.set(1)
@@ -246,6 +250,11 @@ for _name, _rule in (
         _WINDOWED_RULES.append(_rule)
     _WINDOWED_RULE_OF[_name].append(_WINDOWED_RULES.index(_rule))
 _WINDOWED_LABEL_SET = Rule(max(rule.series for rule in _WINDOWED_RULES))
+#: the most series a group has in one window over every windowed family (the total budget
+#: counts a group-window at this)
+_WINDOWED_SERIES = (
+    len(_WINDOWED) + sum(len(qs) + 2 for _, _, qs, _, _ in _SUMMARIES) + len(_SLA_RATIO_REQUIRES)
+)
 #: the backlog and waiting chats now: a group's series (one per status, the oldest age, the
 #: waiting chats and the longest wait); the guard ranks groups by their levels
 _STATE_STATUSES = {"new": "n", "open": "o", "pending": "p", "hold": "h"}
@@ -262,6 +271,12 @@ _CUMULATIVE_COUNTERS: tuple[str, ...] = (
     "deskpulse_first_response_breaches_total",
     "deskpulse_chats_offered_total",
 )
+#: the most series a group has in the cumulative families but the histogram (whose buckets
+#: are the store's): the counters, one per SLA metric of the breaches and achievements
+_CUMULATIVE_SERIES = len(_TOTALS) + len(_SLA_BREACH_TOTALS) + 2 + len(_SLA_ACHIEVED_FIELDS)
+#: series kept out of DESKPULSE_MAX_SERIES for the process's own pipeline counters (records
+#: processed, rejected, ... per topic and type: under a hundred), rendered at each scrape
+PIPELINE_RESERVE = 200
 _GUARDED: tuple[str, ...] = (
     *_WINDOWED_RULE_OF,
     *_STATE_FAMILIES,
@@ -269,6 +284,11 @@ _GUARDED: tuple[str, ...] = (
     _SLA_ACHIEVED + "_total",
     "deskpulse_first_response_duration_seconds",
 )
+
+
+_WINDOWED_LABELS = ("window", *DIMENSIONS)
+#: a sample and the family it belongs to
+_Sample = tuple[str, Sample]
 
 
 def _help(name: str) -> str:
@@ -312,6 +332,10 @@ class KpiCollector(Collector):
         self.refreshed_at: float | None = None
         #: series folded by the cardinality guard, added up over refreshes (a real counter)
         self.folded_total: Counter[str] = Counter()
+        #: (window, group) -> its fields and windowed samples as of the last refresh
+        self._windowed_cache: dict[
+            tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]
+        ] = {}
         #: the highest value of each deskpulse_sla_achieved_total series exported so far:
         #: a late event can take an achievement back in Redis, the counter never goes down
         self.achieved_high: dict[tuple[str, ...], int] = {}
@@ -322,34 +346,37 @@ class KpiCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
-    async def refresh(self, now_s: float | None = None) -> None:
-        """Rebuild the snapshot from Redis (the only I/O of this class)."""
+    async def refresh(self, now_s: float | None = None, *, store: Store | None = None) -> None:
+        """Rebuild the snapshot from Redis (the only I/O of this class), read through
+        ``store`` when given (a store whose Redis client belongs to the running event loop:
+        the engine refreshes on a loop of its own), else the collector's."""
         now_s = time.time() if now_s is None else now_s
-        parts = await self.store.partitions()
+        store = self.store if store is None else store
+        parts = await store.partitions()
         windows: list[WindowRead] = []
         per_window: list[tuple[str, dict[tuple[str, ...], dict[str, int]]]] = []
         reads = await read_windows(
-            self.store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
+            store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
         )
-        meta = await self.store.read_meta()
+        meta = await store.read_meta()
         watermarks = {p: int(meta.get(p, {}).get("wm", "0")) for p in parts}
         # the backlog and the waiting chats at the windows' end (they end together), for the
         # snapshots, and as of the newest event applied (read at the bucket boundary after
         # it: nothing is dated between the two), for the gauges; one read when they agree
         newest_ms = max(watermarks.values(), default=0)
-        bucket_s = self.store.config.bucket_seconds
+        bucket_s = store.config.bucket_seconds
         newest_end_s = (newest_ms // (bucket_s * 1000) + 1) * bucket_s
         at_end: dict[int, Mapping[tuple[str, str, str], Mapping[str, int]]] = {}
         for end in {newest_end_s, *(end for _, end, _ in reads)}:
             at_end[end] = await read_live(
-                self.store, end_s=end, partitions=parts, watermarks_ms=watermarks
+                store, end_s=end, partitions=parts, watermarks_ms=watermarks
             )
         for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
             windows.append(WindowRead(name, start, end, merged, at_end[end]))
             per_window.append((name, group_fields(merged, DIMENSIONS)))
-        totals = await self.store.read_totals()
-        firing = await self.store.alert_states()
+        totals = await store.read_totals()
+        firing = await store.alert_states()
         live = at_end[newest_end_s]
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
         # thread keeps the event loop (agents, scrapes) turning meanwhile.
@@ -369,10 +396,32 @@ class KpiCollector(Collector):
         firing: dict[str, str],
         state: tuple[Mapping[tuple[str, str, str], Mapping[str, int]], int] = ({}, 0),
     ) -> tuple[list[Metric], bytes]:
-        families, folded = self._build(per_window, totals, meta)
-        families += self._state_families(*state, folded)
+        live, newest_ms = state
+        windowed = [
+            self._cut({k: f for k, f in groups.items() if has_samples(f)})
+            for _, groups in per_window
+        ]
+        cumulative = self._cut(_cumulative_groups(totals))
+        counts, firsts = self._state_groups(live)
+        pipeline = _pipeline_families(meta) + _instance_families(meta)
+        alerts = self._alert_family(firing)
+        # the families without channel/queue/priority groups, the guard's own and the
+        # refresh time are spent first; the groups share the rest of DESKPULSE_MAX_SERIES
+        fixed = _samples([*pipeline, alerts]) + 2 * len(_GUARDED) + 1 + PIPELINE_RESERVE
+        caps = share(
+            [len(view) for view in windowed] + [len(counts), len(cumulative)],
+            [_WINDOWED_SERIES] * len(windowed) + [_STATE_RULE.series, self._cumulative_series],
+            max(0, self.settings.max_series - fixed),
+        )
+        folded: Counter[str] = Counter()
+        families = self._windowed_families(
+            [name for name, _ in per_window], windowed, folded, caps[: len(windowed)]
+        )
+        families += self._cumulative_families(cumulative, folded, caps[-1])
+        families += pipeline
+        families += self._state_families(counts, firsts, newest_ms, folded, caps[-2])
         families += self._guard_families(folded)
-        families.append(self._alert_family(firing))
+        families.append(alerts)
         refresh = GaugeMetricFamily(
             "deskpulse_kpi_refresh_timestamp_seconds",
             _help("deskpulse_kpi_refresh_timestamp_seconds"),
@@ -380,6 +429,11 @@ class KpiCollector(Collector):
         refresh.add_metric([], time.time())
         families.append(refresh)
         return families, generate_latest(_Snapshot(families))
+
+    @property
+    def _cumulative_series(self) -> int:
+        """The most series a group has in the cumulative families."""
+        return _CUMULATIVE_SERIES + len(self.store.config.histogram_bounds_s) + 3
 
     def _alert_family(self, firing: dict[str, str]) -> Metric:
         family = GaugeMetricFamily(
@@ -394,15 +448,19 @@ class KpiCollector(Collector):
         return family
 
     def _cut(
-        self, groups: Mapping[tuple[str, ...], Mapping[str, int]]
+        self, groups: dict[tuple[str, ...], dict[str, int]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        """Label values cut to the length limit: groups sharing the cut prefix are one."""
+        """Label values cut to the length limit: groups sharing the cut prefix are one.
+
+        Takes ``groups`` over (each caller's own, built for this refresh): a group whose
+        labels need no cut is kept as it is, not copied, and may be added to.
+        """
         cut = self.settings.label_max_length
         merged: dict[tuple[str, ...], dict[str, int]] = {}
         for key, fields in groups.items():
             short = tuple(v[:cut] for v in key)
             if short == key and key not in merged:
-                merged[key] = dict(fields)
+                merged[key] = fields
                 continue
             target = merged.setdefault(short, {})
             for name, value in fields.items():
@@ -423,74 +481,52 @@ class KpiCollector(Collector):
             total.add_metric([metric], self.folded_total.get(metric, 0))
         return [now, total]
 
-    def _build(
-        self,
-        per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
-        totals: Counter[str],
-        meta: dict[int, dict[str, str]],
-    ) -> tuple[list[Metric], Counter[str]]:
-        """The families, and the series the guard folded per family: the windowed gauges and
-        summaries, the cumulative counters and histogram, the pipeline counters kept in
-        Redis."""
-        folded: Counter[str] = Counter()
-        families = self._windowed_families(per_window, folded)
-        families += self._cumulative_families(totals, folded)
-        families += _pipeline_families(meta)
-        families += _instance_families(meta)
-        return families, folded
-
     def _windowed_families(
         self,
-        per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
+        names: Sequence[str],
+        views: Sequence[dict[tuple[str, ...], dict[str, int]]],
         folded: Counter[str],
+        caps: Sequence[int],
     ) -> list[Metric]:
         """A gauge per windowed KPI and a summary per duration, with a series per window and
-        group the guard kept (and ``other``); what it folded is added to ``folded``."""
+        group the guard kept (and ``other``), at most ``caps[w]`` label sets in window
+        ``w``; what it folded is added to ``folded``.
+
+        Incremental: a group whose summed fields in a window are those of the last refresh
+        keeps the samples computed then (its document is not built again).
+        """
         labels = ["window", *DIMENSIONS]
         gauges = {
             name: GaugeMetricFamily(name, _help(name), labels=labels) for name, *_ in _WINDOWED
         }
         summaries = {name: Metric(name, _help(name), "summary") for name, *_ in _SUMMARIES}
         sla_ratio = GaugeMetricFamily(_SLA_RATIO, _help(_SLA_RATIO), labels=[*labels, "metric"])
-        views = [
-            self._cut({k: f for k, f in groups.items() if has_samples(f)})
-            for _, groups in per_window
-        ]
-        folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric)
-        for (window, _), view, (fold,) in zip(per_window, views, folds, strict=True):
+        families: dict[str, Metric] = {**gauges, **summaries, _SLA_RATIO: sla_ratio}
+        previous = self._windowed_cache
+        samples: dict[tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]] = {}
+        folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric, caps)
+        for window, view, (fold,) in zip(names, views, folds, strict=True):
             if fold.other is not None:
                 present = count_present(view, fold.kept, _WINDOWED_RULES)
                 for name, rules in _WINDOWED_RULE_OF.items():
                     for r in rules:
                         folded[name] += present[r] * _WINDOWED_RULES[r].series
             for key, fields in _fold_items(view, fold):
-                values = [window, *key]
-                doc = group_document({}, fields)
-                _add_gauges(gauges, values, doc)
-                _add_summaries(summaries, dict(zip(labels, values, strict=True)), doc, fields)
-                for metric, _ in _SLA_RATIO_REQUIRES:
-                    ratio = doc["sla"][metric]["achieved_ratio"]
-                    if ratio is not None:
-                        sla_ratio.add_metric([*values, metric], float(ratio))
+                cached = previous.get((window, key))
+                if cached is None or cached[0] != fields:
+                    cached = (fields, _windowed_samples([window, *key], fields))
+                samples[(window, key)] = cached
+                for family, sample in cached[1]:
+                    families[family].samples.append(sample)
+        # the next refresh reuses a group's samples while its fields stay the same
+        self._windowed_cache = samples
         return [*gauges.values(), *summaries.values(), sla_ratio]
 
-    def _state_families(
-        self,
-        live: Mapping[tuple[str, str, str], Mapping[str, int]],
-        newest_ms: int,
-        folded: Counter[str],
-    ) -> list[Metric]:
-        """The backlog by status, its oldest ticket's age, the waiting chats and the longest
-        wait, as of the newest event applied: a series per group the guard kept (and
-        ``other``), ages against the newest event time."""
-        labels = list(DIMENSIONS)
-        backlog = GaugeMetricFamily(
-            _STATE_FAMILIES[0], _help(_STATE_FAMILIES[0]), labels=[*labels, "status"]
-        )
-        oldest, waiting, longest = (
-            GaugeMetricFamily(name, _help(name), labels=labels) for name in _STATE_FAMILIES[1:]
-        )
-        levels = _STATE_STATUSES.values()
+    def _state_groups(
+        self, live: Mapping[tuple[str, str, str], Mapping[str, int]]
+    ) -> tuple[dict[tuple[str, ...], dict[str, int]], dict[tuple[str, ...], dict[str, int]]]:
+        """The levels now per group (label values cut), and each group's earliest instants
+        (the oldest open ticket, the longest waiting chat)."""
         counts: dict[tuple[str, ...], dict[str, int]] = {}
         firsts: dict[tuple[str, ...], dict[str, int]] = {}
         cut = self.settings.label_max_length
@@ -503,7 +539,28 @@ class KpiCollector(Collector):
                     first[name] = min(value, first.get(name, value))
                 else:
                     target[name] = target.get(name, 0) + value
-        ((fold,),) = guard([counts], [_STATE_RULE], self.settings.max_series_per_metric)
+        return counts, firsts
+
+    def _state_families(
+        self,
+        counts: Mapping[tuple[str, ...], Mapping[str, int]],
+        firsts: Mapping[tuple[str, ...], Mapping[str, int]],
+        newest_ms: int,
+        folded: Counter[str],
+        cap: int,
+    ) -> list[Metric]:
+        """The backlog by status, its oldest ticket's age, the waiting chats and the longest
+        wait, as of the newest event applied: a series per group the guard kept (and
+        ``other``, at most ``cap`` label sets), ages against the newest event time."""
+        labels = list(DIMENSIONS)
+        backlog = GaugeMetricFamily(
+            _STATE_FAMILIES[0], _help(_STATE_FAMILIES[0]), labels=[*labels, "status"]
+        )
+        oldest, waiting, longest = (
+            GaugeMetricFamily(name, _help(name), labels=labels) for name in _STATE_FAMILIES[1:]
+        )
+        levels = _STATE_STATUSES.values()
+        ((fold,),) = guard([counts], [_STATE_RULE], self.settings.max_series_per_metric, [cap])
         kept = set(fold.kept)
         other_firsts: dict[str, int] = {}
         for group, first in firsts.items():
@@ -532,19 +589,22 @@ class KpiCollector(Collector):
                 longest.add_metric(values, max(0, newest_ms - first[LONGEST]) / 1000)
         return [backlog, oldest, waiting, longest]
 
-    def _cumulative_families(self, totals: Counter[str], folded: Counter[str]) -> list[Metric]:
+    def _cumulative_families(
+        self,
+        cumulative: Mapping[tuple[str, ...], Mapping[str, int]],
+        folded: Counter[str],
+        cap: int,
+    ) -> list[Metric]:
         """The cumulative counters and the first-response histogram, a series per group the
-        guard kept (and ``other``); what it folded is added to ``folded``."""
-        by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
-        for name, value in totals.items():
-            dims, _, field = name.rpartition(SEP)
-            by_dims[split_dim_key(dims)][field] = value
-        cumulative = self._cut(by_dims)
+        guard kept (and ``other``, at most ``cap`` label sets); what it folded is added to
+        ``folded``."""
         bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
         # the counters show the histogram's groups: as many as its buckets, _count and _sum
         # allow (every group has all of its series, as it has each counter)
         histogram_rule = Rule(len(bounds) + 2)
-        ((fold,),) = guard([cumulative], [histogram_rule], self.settings.max_series_per_metric)
+        ((fold,),) = guard(
+            [cumulative], [histogram_rule], self.settings.max_series_per_metric, [cap]
+        )
         counters = {
             name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMENSIONS))
             for name, _ in _TOTALS
@@ -598,39 +658,36 @@ class KpiCollector(Collector):
         return [*counters.values(), sla_breaches, breaches, offered, achieved, histogram]
 
 
-def _add_gauges(
-    gauges: Mapping[str, GaugeMetricFamily], values: list[str], doc: Mapping[str, Any]
-) -> None:
-    """One group's windowed gauges, from its document (a KPI without a value has none)."""
+def _windowed_samples(values: list[str], fields: Mapping[str, int]) -> list[_Sample]:
+    """One group's windowed samples, (family, sample), from its fields in one window: a
+    gauge per KPI with a value, the summaries where it has samples, the SLA ratios."""
+    base = dict(zip(_WINDOWED_LABELS, values, strict=True))
+    doc = group_document({}, fields)
+    out: list[_Sample] = []
     for name, path, _ in _WINDOWED:
         value: Any = doc
         for part in path:
             value = value[part]
         if value is not None:
-            gauges[name].add_metric(values, float(value))
-
-
-def _add_summaries(
-    summaries: Mapping[str, Metric],
-    base: dict[str, str],
-    doc: Mapping[str, Any],
-    fields: Mapping[str, int],
-) -> None:
-    """One group's summaries (quantiles, ``_count``, ``_sum``) where it has samples."""
+            out.append((name, Sample(name, base, float(value))))
     for name, section, qs, count_field, sum_field in _SUMMARIES:
         count = fields.get(count_field, 0)
         if count <= 0:
             continue
-        summary = summaries[name]
-        values: Any = doc
+        quantiles: Any = doc
         for part in section:
-            values = values[part]
+            quantiles = quantiles[part]
         for q, field in qs:
-            quantile = values[field]
+            quantile = quantiles[field]
             if quantile is not None:
-                summary.add_sample(name, {**base, "quantile": q}, float(quantile))
-        summary.add_sample(name + "_count", base, float(count))
-        summary.add_sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)
+                out.append((name, Sample(name, {**base, "quantile": q}, float(quantile))))
+        out.append((name, Sample(name + "_count", base, float(count))))
+        out.append((name, Sample(name + "_sum", base, fields.get(sum_field, 0) / 1000)))
+    for metric, _ in _SLA_RATIO_REQUIRES:
+        ratio = doc["sla"][metric]["achieved_ratio"]
+        if ratio is not None:
+            out.append((_SLA_RATIO, Sample(_SLA_RATIO, {**base, "metric": metric}, float(ratio))))
+    return out
 
 
 def _pipeline_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
@@ -693,6 +750,20 @@ def _instance_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
             family.add_metric([metric], count)
         families.append(family)
     return families
+
+
+def _cumulative_groups(totals: Counter[str]) -> dict[tuple[str, ...], dict[str, int]]:
+    """The stored totals (``channel␟queue␟priority␟field``) per group."""
+    by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
+    for name, value in totals.items():
+        dims, _, field = name.rpartition(SEP)
+        by_dims[split_dim_key(dims)][field] = value
+    return by_dims
+
+
+def _samples(families: Sequence[Metric]) -> int:
+    """Series the families hold."""
+    return sum(len(family.samples) for family in families)
 
 
 def _fold_items(

@@ -3,6 +3,13 @@
 Both run on the group leader only (one publisher per deployment) and read the windows the
 Prometheus collector already summed, so a snapshot costs no extra Redis reads.
 
+Snapshots are incremental: the topic is compacted, so a group's last message stands until
+a newer one replaces it, and a pass publishes only the groups whose window sums or levels
+changed since their last message (:class:`SnapshotState` remembers what each key was
+published with), plus each window's total. Every ``DESKPULSE_SNAPSHOT_FULL_INTERVAL``
+(and at a publisher's first pass, after a leader change) every group shown is published
+again, changed or not.
+
 Threshold rules keep their state in Redis (``P:alerts``: ``rule␟window␟channel␟queue␟
 priority`` -> ``firing``), so a transition is published once even when the leader moves
 to another worker. A rule holds when its value is defined, has at least ``min_samples``
@@ -15,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from deskpulse.exporters.cardinality import OTHER, Rule, guard
@@ -34,7 +42,14 @@ from deskpulse.streams.query import (
 )
 from deskpulse.streams.store import Store
 
-__all__ = ["RULE_METRICS", "evaluate_rules", "publish_snapshots", "rule_value", "snapshot_items"]
+__all__ = [
+    "RULE_METRICS",
+    "SnapshotState",
+    "evaluate_rules",
+    "publish_snapshots",
+    "rule_value",
+    "snapshot_items",
+]
 
 log = logging.getLogger("deskpulse.publish")
 
@@ -67,15 +82,29 @@ def holds(rule: AlertRule, value: float | None, samples: int) -> bool:
     return value > rule.threshold if rule.op == ">" else value < rule.threshold
 
 
+@dataclass
+class SnapshotState:
+    """What one publisher put on the KPI topic: the inputs each group's message was built
+    from (its window sums and levels, as compared), and when every group was last sent."""
+
+    inputs: dict[str, Any] = field(default_factory=dict)
+    full_at_s: float | None = None
+
+
 def snapshot_items(
-    windows: Sequence[WindowRead], settings: Settings
-) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-    """The messages of one KPI snapshot, and how many groups were folded into ``other``.
+    windows: Sequence[WindowRead],
+    settings: Settings,
+    published: Mapping[str, Any] | None = None,
+) -> tuple[list[tuple[str, dict[str, Any]]], int, dict[str, Any]]:
+    """The messages of one KPI snapshot, how many groups were folded into ``other``, and
+    the inputs of each group message (key -> inputs, for the next pass's ``published``).
 
     Per window: the total (always), then the groups seen, largest first, as many as
     ``DESKPULSE_MAX_SNAPSHOT_MESSAGES`` leaves room for; the rest are summed into one
     ``other`` group (``"folded_groups": n``), so the groups of a window still add up to its
-    total. CPU only: the caller runs it off the event loop.
+    total. With ``published`` (key -> inputs of the message last sent for it), a group
+    whose inputs are the same is left out: its last message on the compacted topic says
+    the same. CPU only: the caller runs it off the event loop.
     """
     views = []
     for window in windows:
@@ -92,7 +121,13 @@ def snapshot_items(
     budget = max(0, settings.max_snapshot_messages - len(windows))
     folds = guard(views, [Rule(1)], budget)
     items: list[tuple[str, dict[str, Any]]] = []
+    inputs: dict[str, Any] = {}
     folded = 0
+
+    def changed(key: str, given: Any) -> bool:
+        inputs[key] = given
+        return published is None or published.get(key) != given
+
     for window, view, (fold,) in zip(windows, views, folds, strict=True):
         start, end = format_time(window.start_s), format_time(window.end_s)
         total = build_document(
@@ -102,8 +137,10 @@ def snapshot_items(
             ((None,) * len(DIMENSIONS), total["groups"][0])
         ]
         for key in fold.kept:
-            names: dict[str, str] = dict(zip(DIMENSIONS, key, strict=True))
             at_end = window.live.get(key)  # type: ignore[arg-type]
+            if not changed(output_key(window.name, *key), (view[key], at_end)):
+                continue
+            names: dict[str, str] = dict(zip(DIMENSIONS, key, strict=True))
             document = group_document(names, view[key], at_end, window.end_s)
             shown.append((key, document))
         if fold.other is not None:
@@ -111,22 +148,37 @@ def snapshot_items(
             rest = project_live(
                 {dims: levels for dims, levels in window.live.items() if dims not in kept}, ()
             ).get(())
-            names = dict(zip(DIMENSIONS, OTHER, strict=True))
-            other = group_document(names, fold.other, rest, window.end_s)
-            shown.append((OTHER, {**other, "folded_groups": fold.folded}))
             folded += fold.folded
+            if changed(output_key(window.name, *OTHER), (fold.other, rest, fold.folded)):
+                names = dict(zip(DIMENSIONS, OTHER, strict=True))
+                other = group_document(names, fold.other, rest, window.end_s)
+                shown.append((OTHER, {**other, "folded_groups": fold.folded}))
         for parts, group in shown:
             body = KpiSnapshot.build(window.name, start, end, group).model_dump(mode="json")
             body.pop("schema_version")
             items.append((output_key(window.name, *parts), body))
-    return items, folded
+    return items, folded, inputs
 
 
 async def publish_snapshots(
-    windows: Sequence[WindowRead], publisher: KafkaPublisher, settings: Settings
+    windows: Sequence[WindowRead],
+    publisher: KafkaPublisher,
+    settings: Settings,
+    state: SnapshotState | None = None,
+    *,
+    now_s: float | None = None,
 ) -> int:
-    """One compacted message per window for the total and each group shown; how many."""
-    items, folded = await asyncio.to_thread(snapshot_items, windows, settings)
+    """A compacted message per window for the total and each group shown (with ``state``,
+    each group changed since its last message, or every one once
+    ``DESKPULSE_SNAPSHOT_FULL_INTERVAL`` has passed since the last full pass); how many."""
+    now_s = time.time() if now_s is None else now_s
+    full = (
+        state is None
+        or state.full_at_s is None
+        or now_s - state.full_at_s >= settings.snapshot_full_interval
+    )
+    published = None if full or state is None else state.inputs
+    items, folded, inputs = await asyncio.to_thread(snapshot_items, windows, settings, published)
     before = _folded_before.get(settings.topic_kpis, 0)
     if folded and not before:
         log.warning(
@@ -140,6 +192,12 @@ async def publish_snapshots(
         log.info("KPI snapshot on %s: every group fits again", settings.topic_kpis)
     _folded_before[settings.topic_kpis] = folded
     await publisher.publish_json(settings.topic_kpis, items)
+    # remembered once the broker has them: after a failed pass its groups go again
+    if state is not None:
+        if full:
+            state.inputs, state.full_at_s = inputs, now_s
+        else:
+            state.inputs.update(inputs)
     return len(items)
 
 

@@ -314,11 +314,17 @@ class Settings(BaseSettings):
     metrics_require_token: bool = False
     metrics_refresh_interval: Annotated[int, NoDecode] = 5
     snapshot_interval: Annotated[int, NoDecode] = 10
+    # every group shown is published again this often, changed or not (in between, only
+    # the groups whose window sums or levels changed since they were last published)
+    snapshot_full_interval: Annotated[int, NoDecode] = 300
     breach_check_interval: Annotated[int, NoDecode] = 15
     alert_rules: tuple[AlertRule, ...] = Field(
         default_factory=lambda: tuple(AlertRule(**rule) for rule in DEFAULT_ALERT_RULES)
     )
     max_series_per_metric: int = Field(default=10_000, ge=1)
+    # series of /metrics in all, every family together (the least active groups of each
+    # kind are folded into "other" past it); room for the families without groups first
+    max_series: int = Field(default=50_000, ge=1_000, le=10_000_000)
     # messages per KPI snapshot on the KPI topic (the smallest groups are folded into one)
     max_snapshot_messages: int = Field(default=10_000, ge=1)
     label_max_length: int = Field(default=64, ge=8, le=1024)
@@ -365,6 +371,7 @@ class Settings(BaseSettings):
         "max_future",
         "metrics_refresh_interval",
         "snapshot_interval",
+        "snapshot_full_interval",
         "breach_check_interval",
         "ingest_ack_timeout",
         "webhook_max_age",
@@ -378,6 +385,7 @@ class Settings(BaseSettings):
         "kafka_session_timeout",
         "metrics_refresh_interval",
         "snapshot_interval",
+        "snapshot_full_interval",
         "breach_check_interval",
         "ingest_ack_timeout",
         "webhook_max_age",
@@ -520,6 +528,11 @@ class Settings(BaseSettings):
                     f"sla_policies: policy {policy.name!r} names the schedule "
                     f"{policy.schedule!r}, which DESKPULSE_SCHEDULES does not define"
                 )
+        if self.snapshot_full_interval < self.snapshot_interval:
+            raise ValueError(
+                f"snapshot_full_interval: {format_duration(self.snapshot_full_interval)} is "
+                f"shorter than the snapshot interval ({format_duration(self.snapshot_interval)})"
+            )
         if self.bucket_seconds <= 0:
             raise ValueError("bucket_seconds: must be positive")
         if self.rollup_seconds % self.bucket_seconds:

@@ -135,7 +135,9 @@ class Service:
 
     async def refresh_metrics(self) -> None:
         """Rebuild the KPI snapshot that ``/metrics`` serves."""
+        started = time.perf_counter()
         exposition, refreshed_at = await self.engine.refresh()
+        self.metrics.refresh_duration.set(time.perf_counter() - started)
         self.collector.exposition = exposition
         self.collector.refreshed_at = refreshed_at
 

@@ -14,6 +14,7 @@ window that ends where every partition has already deleted its state.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
@@ -352,6 +353,9 @@ def group_fields(
     targets: dict[str, dict[str, int]] = {}
     for name, value in merged.items():
         stored, _, field = name.rpartition(SEP)
+        # one string per field name, not one per group: thousands of groups hold the same
+        # few hundred names
+        field = sys.intern(field)
         target = targets.get(stored)
         if target is None:
             parts = stored.split(SEP)

@@ -3,11 +3,14 @@ and the one-shot commands' garbage collector pause."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 
-__all__ = ["BATCH_GC_THRESHOLDS", "GC_THRESHOLDS", "one_shot_gc", "tune_gc"]
+__all__ = ["BATCH_GC_THRESHOLDS", "GC_THRESHOLDS", "one_shot_gc", "release_memory", "tune_gc"]
 
 #: Net allocations between young-generation collections, then the usual ratios. Python's
 #: default (700, 10, 10) makes one batch of thousands of events set off hundreds of
@@ -51,3 +54,26 @@ def one_shot_gc() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    return trim
+
+
+def release_memory() -> None:
+    """Give the C heap's free pages back to the system.
+
+    A KPI refresh over thousands of groups builds dicts of hundreds of thousands of fields
+    and frees them; their tables come from ``malloc``, which keeps the freed pages, so the
+    process would stay at its peak between refreshes (measured: 230 MB against 165 MB
+    with 6,000 groups). A no-op where the C library has no ``malloc_trim``.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

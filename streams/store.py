@@ -96,6 +96,7 @@ and every client comes from :func:`~streams.redis_client.connect`.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -1321,7 +1322,7 @@ class Store:
         sums = _merge(contents, unique, [list(kept) for kept in sets])
         read: dict[tuple[str, ...], dict[str, int]] = {}
         for kept, total in zip(sets, sums, strict=True):
-            read[kept] = decoded = {text(name): value for name, value in total.items()}
+            read[kept] = decoded = {sys.intern(text(name)): value for name, value in total.items()}
             wanted = tuple(row[position[s]] for row in stamps for s in kept)
             self._keep_settled(parts, kept, wanted, decoded)
         return read
@@ -1364,8 +1365,10 @@ class Store:
                 for suffix in unique:
                     pipe.hgetall(base + suffix)
             replies = await pipe.execute()
+        # interned: the windows a refresh reads (and the settled sums kept) share each name
         return [
-            {text(name): value for name, value in m.items()} for m in _merge(replies, unique, sets)
+            {sys.intern(text(name)): value for name, value in m.items()}
+            for m in _merge(replies, unique, sets)
         ]
 
     async def sum_level_steps(

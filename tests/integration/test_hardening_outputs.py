@@ -33,16 +33,22 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from deskpulse.exporters import cardinality
-from deskpulse.exporters.cardinality import OTHER, Rule, allocate, guard
+from deskpulse.exporters.cardinality import OTHER, Rule, allocate, guard, share
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import (
     _SLA_RATIO_REQUIRES,
     _SUMMARIES,
     _WINDOWED,
+    PIPELINE_RESERVE,
     KpiCollector,
     PipelineMetrics,
 )
-from deskpulse.exporters.publish import evaluate_rules, publish_snapshots
+from deskpulse.exporters.publish import (
+    SnapshotState,
+    evaluate_rules,
+    publish_snapshots,
+    snapshot_items,
+)
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
 from deskpulse.models.settings import AlertRule, Settings, load_settings
@@ -284,7 +290,7 @@ def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
 ) -> None:
     limit = 600
     settings = unit_settings(redis_server, max_series_per_metric=limit)
-    unlimited = settings.model_copy(update={"max_series_per_metric": 10**9})
+    unlimited = settings.model_copy(update={"max_series_per_metric": 10**9, "max_series": 10**9})
 
     async def scenario() -> list[tuple[str, str]]:
         redis = Redis.from_url(settings.redis_url.get_secret_value())
@@ -372,6 +378,73 @@ def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
                     per_window[sample.labels["window"]] += int(sample.value)
     totals = asyncio.run(_totals(settings, NOW_S))
     assert per_window == {w: t["first_response"]["count"] for w, t in totals.items()}
+
+
+def test_every_family_together_stays_inside_the_total_budget_and_adds_up(
+    redis_server: RedisServer,
+) -> None:
+    # the per-family limit out of the way: only DESKPULSE_MAX_SERIES bounds the exposition
+    budget = 6_000
+    settings = unit_settings(redis_server, max_series_per_metric=10**9, max_series=budget)
+    unlimited = settings.model_copy(update={"max_series": 10**9})
+
+    async def scenario() -> tuple[str, str]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            await apply(settings, store, list(many_queues(1500, NOW_S)), NOW_S, Counter())
+            guarded, reference = KpiCollector(store, settings), KpiCollector(store, unlimited)
+            for collector in (guarded, reference):
+                await collector.refresh(NOW_S)
+            return (
+                generate_latest(_registry(guarded)).decode(),
+                generate_latest(_registry(reference)).decode(),
+            )
+        finally:
+            await redis.aclose()
+
+    text, reference = asyncio.run(scenario())
+    exposed = sum(series_per_family(text).values())
+    full = sum(series_per_family(reference).values())
+    # the process's own counters come on top of the collector's families, inside the budget
+    assert exposed <= budget - PIPELINE_RESERVE < full, (exposed, full)
+    # most of it is spent (a group is counted at the most series it can have: those without
+    # chats, surveys or SLA outcomes have fewer)
+    assert exposed >= (budget - PIPELINE_RESERVE) * 0.6, exposed
+    folded = labelled(text, "deskpulse_series_folded")
+    assert folded["deskpulse_tickets_created_total"] > 0
+    assert folded["deskpulse_first_response_seconds"] > 0
+    assert folded["deskpulse_backlog_tickets"] > 0
+    # the folded groups are summed into "other": every total over groups stays exact
+    for name in ("deskpulse_tickets_created_total", "deskpulse_first_responses_total"):
+        assert ("other", "other", "other") in groups_of(text, name)
+        sums = [
+            sum(
+                sample.value
+                for family in text_string_to_metric_families(t)
+                for sample in family.samples
+                if sample.name == name
+            )
+            for t in (text, reference)
+        ]
+        assert sums[0] == sums[1] > 0, name
+
+
+@pytest.mark.parametrize(
+    ("needs", "costs", "budget", "expected"),
+    [
+        ((10, 10), (5, 1), 100, [10, 10]),  # all fit
+        ((100, 100), (5, 1), 100, [10, 50]),  # an even share of the series each
+        ((100, 2), (5, 1), 100, [19, 2]),  # a small view lends the rest of its share
+        ((0, 100), (5, 1), 30, [0, 30]),  # a view with nothing needs nothing
+        ((100, 100), (50, 50), 10, [1, 1]),  # below one label set: each keeps its "other"
+    ],
+)
+def test_share_splits_the_series_between_views_of_different_costs(
+    needs: tuple[int, ...], costs: tuple[int, ...], budget: int, expected: list[int]
+) -> None:
+    assert share(needs, costs, budget) == expected
 
 
 def _registry(collector: KpiCollector) -> CollectorRegistry:
@@ -480,6 +553,84 @@ def test_the_kpi_topic_snapshot_is_bounded_and_adds_up(
     assert "24h" in folded_windows
 
 
+def test_snapshots_publish_only_changed_groups_and_everything_at_the_full_interval(
+    redis_server: RedisServer, broker: str
+) -> None:
+    # 300 groups, folded past 250 messages: the `other` group is incremental too
+    settings = unit_settings(
+        redis_server, kafka_bootstrap=broker, max_snapshot_messages=250, topic_partitions=4
+    )
+    create_topics(settings)
+    windows = len(settings.windows)
+    full_s = settings.snapshot_full_interval
+
+    async def scenario() -> tuple[list[int], list[Any], list[tuple[str, dict[str, Any]]]]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        publisher = KafkaPublisher(settings)
+        await publisher.start()
+        state = SnapshotState()
+        counts: list[int] = []
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            offsets: Counter[tuple[str, int]] = Counter()
+            await apply(settings, store, list(many_queues(300, NOW_S)), NOW_S, offsets)
+            collector = KpiCollector(store, settings)
+
+            async def publish(now_s: float) -> None:
+                await collector.refresh(NOW_S)
+                sent = await publish_snapshots(
+                    collector.windows, publisher, settings, state, now_s=now_s
+                )
+                counts.append(sent)
+
+            await publish(NOW_S)  # the first pass: everything
+            await publish(NOW_S + 10)  # nothing changed: the totals alone
+            # one more ticket in a queue shown in every window
+            ticket = _event(
+                "ticket.created",
+                NOW_S - 30,
+                ticket_id="T-extra",
+                channel="email",
+                queue="q00000",
+                priority="low",
+            )
+            await apply(settings, store, [ticket], NOW_S, offsets)
+            await publish(NOW_S + 20)
+            await publish(NOW_S + full_s)  # the full interval passed: everything again
+            records = await consume_all(
+                settings.kafka_bootstrap, settings.topic_kpis, sum(counts), 60
+            )
+            everything, _, _ = snapshot_items(collector.windows, settings)
+            return counts, records, everything
+        finally:
+            await publisher.stop()
+            await redis.aclose()
+
+    counts, records, everything = asyncio.run(scenario())
+    first, unchanged, one_more, full = counts
+    assert first == full == len(everything) <= settings.max_snapshot_messages
+    assert unchanged == windows
+    # the group in each window where the ticket falls, plus nothing else of the groups shown
+    # (the ticket is in every window; a window folding past the budget may show it in
+    # `other` instead)
+    assert windows < one_more <= 2 * windows + windows, one_more
+    assert len(records) == sum(counts)
+    # the compacted topic's last message per key is what a full snapshot says
+    last: dict[str, dict[str, Any]] = {}
+    for record in records[: first + unchanged + one_more]:
+        last[record.key.decode()] = orjson.loads(record.value)
+    for key, body in everything:
+        stored = {k: v for k, v in last[key].items() if k not in ("start", "end", "schema_version")}
+        wanted = {k: v for k, v in body.items() if k not in ("start", "end")}
+        # ages of open tickets and waiting chats are as of the message's end
+        for section in ("backlog", "chats"):
+            for document in (stored, wanted):
+                for name in ("oldest_age_seconds", "longest_wait_seconds"):
+                    document.get(section, {}).pop(name, None)
+        assert stored == wanted, key
+
+
 # -- keys on the real topics ------------------------------------------------------------------
 
 COLLIDING = (("pipe|x", "y"), ("pipe", "x|y"), ("*", "50%"), ("star", "*"))
@@ -564,6 +715,8 @@ def test_snapshot_and_alert_keys_of_colliding_groups_stay_apart(
     ("variable", "value", "named"),
     [
         ("DESKPULSE_MAX_SNAPSHOT_MESSAGES", "0", "DESKPULSE_MAX_SNAPSHOT_MESSAGES"),
+        ("DESKPULSE_MAX_SERIES", "999", "DESKPULSE_MAX_SERIES"),
+        ("DESKPULSE_SNAPSHOT_FULL_INTERVAL", "5s", "DESKPULSE_SNAPSHOT_FULL_INTERVAL"),
         (
             "DESKPULSE_ALERT_RULES",
             '[{"name": "a\\u001fb", "metric": "csat_ratio", "op": "<", "threshold": 0.8}]',

@@ -245,4 +245,7 @@ def test_live_metrics_show_the_traffic(live: Live) -> None:
     refreshed = samples(text, "deskpulse_kpi_refresh_timestamp_seconds")
     assert refreshed
     assert time.time() - refreshed[0][1] < 60
+    # how long the worker waited for that refresh: measured, and well under its interval
+    ((_, took),) = samples(text, "deskpulse_kpi_refresh_duration_seconds")
+    assert 0 < took < 30, took
     assert Path(live.worker.log_path).exists()

@@ -86,6 +86,7 @@ STATE_NOW_LABELS = {
 # name -> labels, for the health family, whose labels differ metric by metric
 HEALTH_LABELS = {
     "deskpulse_kpi_refresh_timestamp_seconds": (),
+    "deskpulse_kpi_refresh_duration_seconds": (),
     "deskpulse_events_processed_total": ("topic", "type"),
     "deskpulse_events_rejected_total": ("topic", "reason"),
     "deskpulse_events_rerouted_total": ("topic",),

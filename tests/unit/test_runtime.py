@@ -1,13 +1,16 @@
-"""The process-wide garbage collector settings: the one-shot commands' pause."""
+"""The process-wide garbage collector settings: the one-shot commands' pause; giving freed
+memory back to the system."""
 
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from deskpulse.streams.runtime import one_shot_gc
+from deskpulse.streams.runtime import one_shot_gc, release_memory
 
 
 @pytest.fixture
@@ -45,3 +48,20 @@ def test_one_shot_gc_restores_the_collector_when_the_command_fails() -> None:
     with pytest.raises(RuntimeError), one_shot_gc():
         raise RuntimeError("the command failed")
     assert gc.isenabled()
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim, /proc")
+def test_release_memory_gives_freed_dict_tables_back() -> None:
+    # dicts of a refresh's size: their tables come from malloc, freed pages stay with it
+    tables = [{f"f{i}:{j}": j for j in range(64)} for i in range(20_000)]
+    del tables
+    before = _rss_kib()
+    release_memory()
+    assert _rss_kib() < before

@@ -1,0 +1,121 @@
+"""The engine rebuilds the KPI snapshot off the event loop that commits.
+
+Thousands of groups in real Redis state written by the engine: a refresh through
+:class:`~streams.kpi_engine.LocalEngine` runs on its own thread and loop (the caller's loop
+keeps turning meanwhile, in slices, never held for the refresh), and it exposes what a
+collector refreshed on the caller's loop exposes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from deskpulse.exporters.prometheus import KpiCollector
+from deskpulse.streams.core import CoreConfig
+from deskpulse.streams.kpi_engine import LocalEngine
+from deskpulse.streams.offload import RecordingMetrics
+from deskpulse.streams.store import Store
+from tests.conftest import RedisServer
+from tests.integration.test_hardening_outputs import NOW_S, apply, many_queues, unit_settings
+
+
+def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition but the refresh time."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if family.name != "deskpulse_kpi_refresh_timestamp_seconds"
+    }
+
+
+def test_a_refresh_runs_off_the_callers_loop_and_exposes_the_same(
+    redis_server: RedisServer,
+) -> None:
+    settings = unit_settings(redis_server)
+
+    async def scenario() -> tuple[float, float, int, list[str], bytes, bytes]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        await apply(settings, store, list(many_queues(3000, NOW_S)), NOW_S, Counter())
+        collector = KpiCollector(store, settings)
+        local = LocalEngine(settings, store, RecordingMetrics(), collector)
+        reads: list[str] = []
+        partitions = Store.partitions
+
+        async def recorded(self: Store) -> list[int]:
+            reads.append(threading.current_thread().name)
+            return await partitions(self)
+
+        try:
+            await local.refresh()  # the first refresh connects and reads every bucket
+            # the caller's loop, while the engine refreshes: how long it is ever held
+            stalls: list[float] = []
+            done = False
+
+            async def ticker() -> None:
+                last = time.perf_counter()
+                while not done:
+                    await asyncio.sleep(0)
+                    now = time.perf_counter()
+                    stalls.append(now - last)
+                    last = now
+
+            ticking = asyncio.ensure_future(ticker())
+            started = time.perf_counter()
+            Store.partitions = recorded  # type: ignore[method-assign]
+            try:
+                exposition, _ = await local.refresh()
+            finally:
+                Store.partitions = partitions  # type: ignore[method-assign]
+            took = time.perf_counter() - started
+            done = True
+            await ticking
+            reference = KpiCollector(store, settings)
+            for _ in range(2):  # as often as the engine's: the dropped counter adds them up
+                await reference.refresh()
+            return took, max(stalls), len(stalls), reads, exposition, reference.exposition
+        finally:
+            await local.refresher.close()
+            await redis.aclose()
+
+    took, stall, ticks, threads, exposition, reference = asyncio.run(scenario())
+    print(f"refresh {took * 1000:.0f} ms; the caller's loop held {stall * 1000:.0f} ms at most")
+    assert set(threads) == {"deskpulse-refresh"}, threads
+    # the loop turned all along (a loaded host may deschedule the process a while)
+    assert ticks > 20, ticks
+    assert stall < max(0.1, took / 3), (stall, took)
+    mine, theirs = _samples(exposition), _samples(reference)
+    assert {k: v for k, v in mine.items() if mine.get(k) != theirs.get(k)} == {}
+
+
+def test_closing_the_refresh_loop_lets_a_refresh_in_flight_finish(
+    redis_server: RedisServer,
+) -> None:
+    settings = unit_settings(redis_server)
+
+    async def scenario() -> tuple[bytes, float | None]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        await apply(settings, store, list(many_queues(300, NOW_S)), NOW_S, Counter())
+        local = LocalEngine(settings, store, RecordingMetrics(), KpiCollector(store, settings))
+        try:
+            refreshing = asyncio.ensure_future(local.refresh())
+            while not local.refresher._running:  # handed to the refresh loop
+                await asyncio.sleep(0)
+            await local.refresher.close()
+            return await refreshing
+        finally:
+            await redis.aclose()
+
+    exposition, refreshed_at = asyncio.run(scenario())
+    assert refreshed_at is not None
+    assert b"deskpulse_tickets_created_total" in exposition
