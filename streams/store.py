@@ -244,8 +244,9 @@ for _ = 1, n do
   added[#added + 1] = p[i]
   i = i + 2
 end
-for k = 1, #added, 8000 do
-  redis.call('ZADD', base .. 'ids', unpack(added, k, math.min(k + 7999, #added)))
+-- (unpack takes at most a few thousand values at once)
+for k = 1, #added, 4000 do
+  redis.call('ZADD', base .. 'ids', unpack(added, k, math.min(k + 3999, #added)))
 end
 -- due tickets looked at without a change of state (id, next check ms or '')
 n = tonumber(p[i]); i = i + 1

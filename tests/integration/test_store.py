@@ -600,6 +600,27 @@ def test_a_repeat_is_found_by_its_id_beside_the_state_until_retention_passes_it(
     assert member.decode().startswith("t:A" + SEP) and score == (T0 + 90) * 1000
 
 
+def test_a_batch_keeps_and_finds_more_ids_than_a_script_unpacks_at_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    notes = [
+        ev("ticket.replied", T0 + n / 1000, ticket_id="A", author_role="system")
+        for n in range(5000)
+    ]
+    first = pendings([created("A", T0), *notes])
+
+    async def scenario(client: Redis) -> BatchResult:
+        store = Store(client, prefix, CONFIG)
+        await apply(store, 0, first)
+        return await apply(store, 0, pendings(notes, first_offset=len(first)))
+
+    again = run(scenario, redis_url)
+    assert redis_client.zcard(base + "ids") == 5000
+    assert again.counters[f"dup:{TOPIC}"] == 5000 and again.applied == 0
+
+
 def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
     prefix = new_prefix()
 
