@@ -88,6 +88,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _ingest(s.get("ingest"), add)
     _board(s.get("board"), add)
     _groups(s.get("groups"), add)
+    _longconv(s.get("longconv"), add)
     _profiles(s, add)
     add("## How to run\n")
     add("```")
@@ -121,8 +122,11 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "series read of each kind], "
         "`BENCH_GROUPS_HISTORY` [120000: the day of history over 6,000 groups], "
         "`BENCH_GROUPS_RATE` [200: events/s over them], `BENCH_GROUPS_SECONDS` [90], "
+        "`BENCH_LONG_REPLIES` [100000: replies on the long conversation's ticket], "
+        "`BENCH_LONG_RATE` [1000: their rate per second, and the spread traffic's beside], "
+        "`BENCH_LONG_TRIALS` [2: live trials on each data set], "
         "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,"
-        "groups; "
+        "groups,longconv; "
         "or name "
         "sections as "
         "arguments: `python -m benchmark.run reads`], "
@@ -346,7 +350,40 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
     rows.extend(_ingest_rows(s.get("ingest") or {}))
     rows.extend(_board_rows(s.get("board")))
     rows.extend(groups_rows(s.get("groups")))
+    rows.extend(_longconv_rows(s.get("longconv")))
     return rows
+
+
+def _longconv_rows(lc: dict[str, Any] | None) -> list[list[str]]:
+    """The long conversation's budgets: flat batches, live throughput, the commit script."""
+    if not lc:
+        return []
+    if "error" in lc:
+        return [["long conversation", "error: " + lc["error"][:200], "", _mark(False)]]
+    b, script = lc["batches"], lc["commit_script_us"]
+    replies = f"{lc['replies']:,} replies on one ticket at {_rate(lc['rate'])}"
+    return [
+        [
+            f"{replies}: batch time of its last 10,000 over its first 10,000",
+            f"{b['ratio']:.2f} ({b['first_ms']:.1f} ms → {b['last_ms']:.1f} ms a batch)",
+            "≤ 1.5",
+            _mark(b["ratio"] <= 1.5),
+        ],
+        [
+            f"{replies}: live worker on that traffic / on spread traffic of the same size",
+            f"{lc['live_ratio']:.2f} (median of {len(lc['live_ratios'])} interleaved trials: "
+            f"{', '.join(f'{r:.2f}' for r in lc['live_ratios'])})",
+            "≥ 0.70",
+            _mark(lc["live_ratio"] >= 0.7),
+        ],
+        [
+            f"{replies}: commit script in Redis, p99",
+            f"{script['p99'] / 1000:.2f} ms ({script['count']:,} commits, p50 "
+            f"{script['p50'] / 1000:.2f} ms, max {script['max'] / 1000:.2f} ms)",
+            "< 5 ms",
+            _mark(script["p99"] < 5000),
+        ],
+    ]
 
 
 def _ingest_rows(ig: dict[str, Any]) -> list[list[str]]:
@@ -1279,6 +1316,32 @@ def _backlog(bl: dict[str, Any] | None, add: Any) -> None:
         "again and again: after its first read it keeps the sums of the window's settled "
         "roll-ups with their buckets' stamps and reads only the newest hour's buckets and "
         "the stamps; its first read, with nothing kept, is timed on new stores.\n"
+    )
+
+
+def _longconv(lc: dict[str, Any] | None, add: Any) -> None:
+    if not lc or "error" in lc:
+        return
+    b, script, live = lc["batches"], lc["commit_script_us"], lc["live"]
+    add("## 12. A conversation that never goes quiet\n")
+    add(
+        f"One ticket answered {lc['replies']:,} times by an auto-responder (public replies by "
+        f"`system`) at {_rate(lc['rate'])}, beside simulated spread traffic at the same rate "
+        f"({lc['records']['long']:,} records); against it, spread traffic alone of the same "
+        f"size ({lc['records']['spread']:,} records). The live worker reads each data set "
+        "whole under its own consumer group and prefix, the trials interleaved: "
+        f"{', '.join(_rate(r) for r in live['long'])} on the long conversation's, "
+        f"{', '.join(_rate(r) for r in live['spread'])} on the spread traffic. Then the long "
+        "conversation's records are folded into a prefix of their own as a live worker's "
+        "batches (`Store.load`, `fold_batch`, `Store.commit`; one batch per partition per "
+        "`DESKPULSE_BATCH_WITHIN` of event time), every batch of the ticket's partition "
+        f"timed ({b['count']:,} batches, {b['events_mean']:,.0f} events each on average): "
+        f"the {b['first_batches']} holding its first 10,000 replies took {b['first_ms']:.1f} "
+        f"ms on average, the {b['last_batches']} holding its last 10,000 {b['last_ms']:.1f} "
+        f"ms. Redis logged every command meanwhile (`SLOWLOG`): {script['count']:,} runs of "
+        f"the commit script, p50 {script['p50'] / 1000:.2f} ms, p99 "
+        f"{script['p99'] / 1000:.2f} ms, max {script['max'] / 1000:.2f} ms. The ticket's "
+        f"stored state at the end: {lc['state_bytes']} B.\n"
     )
 
 

@@ -48,10 +48,12 @@ BENCH_SLA_STATE_TICKETS (10000), BENCH_BACKLOG_TICKETS (1000000), BENCH_BACKLOG_
 BENCH_BACKLOG_READS (30), BENCH_INGEST_SECONDS (15), BENCH_INGEST_CONNECTIONS (50),
 BENCH_INGEST_RATE (2000), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (300),
 BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_GROUPS_HISTORY
-(120000), BENCH_GROUPS_RATE (200), BENCH_GROUPS_SECONDS (90), BENCH_SECTIONS
-(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups; section names given as
-arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE (auto | always
-| never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT (BENCHMARKS.md in the repo).
+(120000), BENCH_GROUPS_RATE (200), BENCH_GROUPS_SECONDS (90), BENCH_LONG_REPLIES (100000),
+BENCH_LONG_RATE (1000), BENCH_LONG_TRIALS (2), BENCH_SECTIONS
+(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups,longconv; section
+names given as arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE
+(auto | always | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT
+(BENCHMARKS.md in the repo).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ from prometheus_client import generate_latest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from benchmark import backlog_state, profiles, sla_state
+from benchmark import backlog_state, long_conversation, profiles, sla_state
 from benchmark.machine import CpuWatch, child_pids, facts, rss_kib, tree_cpu_s
 from benchmark.report import write_report
 from benchmark.stack import (
@@ -107,7 +109,7 @@ from deskpulse.streams.breaches import check_partitions
 from deskpulse.streams.core import SEP, Conversation, CoreConfig, live_key
 from deskpulse.streams.devtools import policies
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
-from deskpulse.streams.devtools.simulate import SimConfig, generate
+from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 from deskpulse.streams.query import format_time, query_kpis, read_live
 from deskpulse.streams.store import Store, text
 from deskpulse.streams.tools import produce_records
@@ -176,6 +178,7 @@ SECTIONS = (
     "ingest",
     "board",
     "groups",
+    "longconv",
 )
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
@@ -277,6 +280,11 @@ class Config:
     groups_history: int = field(default_factory=lambda: _env_int("BENCH_GROUPS_HISTORY", 120_000))
     groups_rate: float = field(default_factory=lambda: _env_float("BENCH_GROUPS_RATE", 200))
     groups_s: float = field(default_factory=lambda: _env_float("BENCH_GROUPS_SECONDS", 90))
+    #: the long conversation section: the ticket's replies, their rate (and the spread
+    #: traffic's) per second, and the live trials of each kind
+    long_replies: int = field(default_factory=lambda: _env_int("BENCH_LONG_REPLIES", 100_000))
+    long_rate: float = field(default_factory=lambda: _env_float("BENCH_LONG_RATE", 1000))
+    long_trials: int = field(default_factory=lambda: max(1, _env_int("BENCH_LONG_TRIALS", 2)))
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -415,11 +423,16 @@ class Bench:
         return [tree_cpu_s(p.pid) if p is not None else 0.0 for p in procs]
 
     async def produce_dataset(self, name: str, sim: SimConfig) -> dict[str, Any]:
-        settings = self.settings(f"{name}-producer", name)
-        await ensure_topics(settings)
         started = time.perf_counter()
         records = list(generate(sim))
-        generated_s = time.perf_counter() - started
+        return await self.produce_records(name, records, time.perf_counter() - started, sim)
+
+    async def produce_records(
+        self, name: str, records: list[Record], generated_s: float, sim: SimConfig
+    ) -> dict[str, Any]:
+        """Produce ``records`` (simulated from ``sim``, with more beside) as data set ``name``."""
+        settings = self.settings(f"{name}-producer", name)
+        await ensure_topics(settings)
         first = min(r.occurred_at_s for r in records if r.occurred_at_s is not None)
         last = max(r.occurred_at_s for r in records if r.occurred_at_s is not None)
         rows = [(settings.topic_for(r.topic_kind), r.key, r.value) for r in records]
@@ -2431,6 +2444,85 @@ class Bench:
         finally:
             await consumer.stop()
         return sum(ends.values())
+
+    # -- 11. a conversation that never goes quiet ---------------------------------------
+
+    async def section_longconv(self) -> dict[str, Any]:
+        """One ticket answered ``BENCH_LONG_REPLIES`` times by an auto-responder at
+        ``BENCH_LONG_RATE`` a second beside spread traffic at the same rate: the live
+        worker's throughput on it against spread traffic of the same size (trials
+        interleaved), then the same records folded as a live worker's batches (one per
+        partition per ``DESKPULSE_BATCH_WITHIN`` of event time) into a prefix of their own,
+        the time of every
+        batch of the ticket's partition from its first replies to its last, and the commit
+        script's time in Redis (``SLOWLOG`` at every command while they fold)."""
+        assert self.redis is not None
+        replies, rate = self.config.long_replies, self.config.long_rate
+        span = replies / rate
+        now = time.time()
+        start = now - span - 300
+        out: dict[str, Any] = {"replies": replies, "rate": rate}
+        ticket = "bench-longconv-T0000000001"
+        sim = SimConfig(seed=21, start_s=start, duration_s=span, rate=rate)
+        started = time.perf_counter()
+        records = long_conversation.merged(
+            generate(sim), long_conversation.long_ticket(ticket, start + 1, replies, rate)
+        )
+        data = await self.produce_records("lc", records, time.perf_counter() - started, sim)
+        same = SimConfig(seed=22, start_s=start, duration_s=span, rate=len(records) / span)
+        spread = await self.produce_dataset("lcs", same)
+        out["records"] = {"long": data["records"], "spread": spread["records"]}
+        runs: dict[str, list[dict[str, Any]]] = {"long": [], "spread": []}
+        for t in range(self.config.long_trials):
+            order = ("long", "spread") if t % 2 == 0 else ("spread", "long")
+            for kind in order:
+                topics, n = (
+                    ("lc", data["records"]) if kind == "long" else ("lcs", spread["records"])
+                )
+                name = f"lc-{kind}-{t}"
+                run = await self.run_live(name, self.settings(name, topics), n, keep=False)
+                runs[kind].append(run)
+                print(f"trial {t + 1}, {kind}: {run['per_second']:,.0f} events/s", file=sys.stderr)
+        out["live"] = {kind: [r["per_second"] for r in rs] for kind, rs in runs.items()}
+        out["live_ratios"] = [
+            a["per_second"] / b["per_second"]
+            for a, b in zip(runs["long"], runs["spread"], strict=True)
+        ]
+        out["live_ratio"] = percentile(out["live_ratios"], 0.5)
+        settings = self.settings("lc-fold", "lc")
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        await store.check_config()
+        before = await self.redis.config_get("slowlog-*")
+        await self.redis.config_set("slowlog-max-len", 1_000_000)
+        await self.redis.config_set("slowlog-log-slower-than", 0)
+        await self.redis.slowlog_reset()
+        try:
+            batches = await long_conversation.fold_in_spans(
+                store,
+                records,
+                partitions=settings.topic_partitions,
+                ticket=ticket,
+                span_ms=int(settings.batch_within * 1000),
+            )
+            entries = await self.redis.slowlog_get(1_000_000)
+        finally:
+            for name, value in before.items():
+                await self.redis.config_set(name, value)
+            await self.redis.slowlog_reset()
+        out["batches"] = long_conversation.flatness(batches, 10_000, replies - 10_000)
+        out["batches"]["count"] = len(batches)
+        out["batches"]["events_mean"] = sum(b["events"] for b in batches) / len(batches)
+        times = long_conversation.script_times_us(entries, store.commit_script_sha)
+        out["commit_script_us"] = {
+            "count": len(times),
+            "p50": percentile(times, 0.5),
+            "p99": percentile(times, 0.99),
+            "max": max(times),
+        }
+        where = long_conversation.partition_of(ticket, settings.topic_partitions)
+        state = await self.redis.hget(store.base(where) + "conv", "t:" + ticket)
+        out["state_bytes"] = None if state is None else len(state)
+        return out
 
     async def main(self) -> None:
         cfg = self.config

@@ -27,7 +27,7 @@ import orjson
 
 from deskpulse.models.wire import WireEvent, decode_record
 from deskpulse.streams.breaches import add_retractions
-from deskpulse.streams.core import Conversation, Pending, fold_batch
+from deskpulse.streams.core import Conversation, Pending, SlaClaim, fold_batch
 from deskpulse.streams.devtools.simulate import SimConfig
 from deskpulse.streams.partitioner import ConversationPartitions
 from deskpulse.streams.sla import RUNNING, evaluate_terms
@@ -289,13 +289,20 @@ async def _fold_commit(store: Store, partition: int, chunk: Sequence[Pending]) -
     """One batch as the engine applies it, folded again from fresh state until its commit
     finds the version it was folded against; the commits made (1)."""
     while True:
-        meta, states = await store.load(partition, [p.event.conversation_id for p in chunk])
+        ids = [p.event.conversation_id for p in chunk]
+        event_ids = [
+            (c, p.event.event_id)
+            for c, p in zip(ids, chunk, strict=True)
+            if not isinstance(p.event, SlaClaim)
+        ]
+        meta, states = await store.load(partition, ids, event_ids)
         result = fold_batch(
             chunk,
             states,
             watermark_ms=meta.watermark_ms,
             applied_offsets=meta.offsets,
             config=store.config,
+            known=meta.known,
         )
         add_retractions(result, store.config, store.prefix)
         if await store.commit(partition, meta.version, result):

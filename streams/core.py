@@ -91,6 +91,7 @@ __all__ = [
     "Contribution",
     "Conversation",
     "CoreConfig",
+    "OtherIds",
     "Pending",
     "SlaClaim",
     "breach_deadline",
@@ -273,8 +274,10 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     with ``None`` for dimensions the survey did not carry; ``timeline`` maps the event id of
     each public reply and status change of a ticket to ``(ms, code)`` (codes:
     :mod:`deskpulse.streams.sla`); ``claims`` are the SLA breaches breach detection claimed
-    (``fr:1``, ``nr:2``, ``rs:1``). ``seen`` holds the ids of every other event: an id is
-    stored once, where its event is kept, and a repeat is found in any of these places.
+    (``fr:1``, ``nr:2``, ``rs:1``). The ids of every other event (later openers, notes,
+    system replies, later chat outcomes) are kept beside the state, not in it
+    (:class:`OtherIds`): ``others`` counts them. An id is stored once, where its event is
+    kept, and a repeat is found in any of these places.
     ``live`` and ``counted`` are no event's. ``live`` says where the conversation stands in
     its partition's live indexes as of its last commit (:func:`live_entry`): ``""``
     nowhere, ``"o"`` among the open tickets or waiting chats of its group, ``"x<ms>"``
@@ -294,17 +297,18 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     surveys: dict[str, Survey] = msgspec.field(default_factory=dict)
     timeline: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
     claims: set[str] = msgspec.field(default_factory=set)
-    seen: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
     live: str = ""
+    #: how many events :class:`OtherIds` holds for it (held counts need them)
+    others: int = 0
     #: last in the array: the commit script reads it from the end of the stored JSON
     counted: int = 0
 
     def knows(self, event_id: str) -> bool:
-        """Whether an event with this id was folded before (wherever its id is kept)."""
+        """Whether an event with this id was folded before and is kept in the state (the
+        ids of the others are in :class:`OtherIds`)."""
         return (
-            event_id in self.seen
-            or event_id in self.timeline
+            event_id in self.timeline
             or event_id in self.surveys
             or (self.opened is not None and self.opened[1] == event_id)
             or (self.accepted is not None and self.accepted[1] == event_id)
@@ -314,7 +318,7 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     def events(self) -> int:
         """How many distinct events were folded in (claims are no events)."""
         return (
-            len(self.seen)
+            self.others
             + len(self.timeline)
             + len(self.surveys)
             + (self.opened is not None)
@@ -346,6 +350,28 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
         return _DECODE(raw)
 
 
+class OtherIds(msgspec.Struct, gc=False):
+    """The ids of a conversation's events that its state keeps in no field (later openers,
+    private notes, system replies, later chat outcomes), as one batch sees them.
+
+    They are stored beside the state, each with its event time, and looked up by id (the
+    store's ``P:{pn}:ids``): a batch reads only those of its own events'
+    ids found there (``known``) and writes only the ids it adds (``added``, id -> event
+    time ms), so what it costs does not grow with the conversation's history. An id
+    stays until its event time falls behind the retention: a repeat of an event that old
+    is late, never folded, so no repeat goes unnoticed.
+    """
+
+    known: AbstractSet[str] = frozenset()
+    added: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def _remember(state: Conversation, others: OtherIds, event_id: str, at_ms: int) -> None:
+    """Keep an event's id beside the state (and count it there)."""
+    others.added[event_id] = at_ms
+    state.others += 1
+
+
 class SlaClaim(msgspec.Struct, frozen=True, gc=False):
     """A breach that breach detection claimed for one SLA instance of a ticket, folded into
     the ticket's state like an event (:func:`fold_claim`): idempotent, order independent.
@@ -368,15 +394,18 @@ _DECODE = msgspec.json.Decoder(Conversation).decode
 
 
 def _earliest(
-    state: Conversation, current: tuple[int, str] | None, candidate: tuple[int, str]
+    state: Conversation,
+    others: OtherIds,
+    current: tuple[int, str] | None,
+    candidate: tuple[int, str],
 ) -> tuple[int, str]:
-    """The earlier pair; the other one's id goes to ``seen`` (kept once, in one place)."""
+    """The earlier pair; the other one's id goes to ``others`` (kept once, in one place)."""
     if current is None:
         return candidate
     if candidate < current:
-        state.seen.add(current[1])
+        _remember(state, others, current[1], current[0])
         return candidate
-    state.seen.add(candidate[1])
+    _remember(state, others, candidate[1], candidate[0])
     return current
 
 
@@ -388,13 +417,19 @@ def fold_claim(state: Conversation, claim: str) -> bool:
     return True
 
 
-def fold(state: Conversation, event: WireEvent | SlaClaim, at_ms: int | None = None) -> bool:
-    """Fold one event into its conversation; ``False`` if its ``event_id`` was seen before
-    (or, for a claim, the claim was recorded before)."""
+def fold(
+    state: Conversation,
+    event: WireEvent | SlaClaim,
+    others: OtherIds,
+    at_ms: int | None = None,
+) -> bool:
+    """Fold one event into its conversation (``others``: the ids kept beside its state);
+    ``False`` if its ``event_id`` was seen before (or, for a claim, the claim was recorded
+    before)."""
     if isinstance(event, SlaClaim):
         return fold_claim(state, event.claim)
     event_id = event.event_id
-    if state.knows(event_id):
+    if event_id in others.known or event_id in others.added or state.knows(event_id):
         return False
     ms = event_ms(event) if at_ms is None else at_ms
     if ms > state.last_ms:
@@ -403,23 +438,23 @@ def fold(state: Conversation, event: WireEvent | SlaClaim, at_ms: int | None = N
         at = (ms, event_id)
         if state.opened is None or at < state.opened:
             if state.opened is not None:
-                state.seen.add(state.opened[1])
+                _remember(state, others, state.opened[1], state.opened[0])
             state.opened = at
             state.dims = (event.channel, event.queue, event.priority)
         else:
-            state.seen.add(event_id)
+            _remember(state, others, event_id, ms)
     elif type(event) is TicketReplied:
         # public agent and customer replies make the timeline; notes and system replies not
         if event.public and event.author_role != "system":
             state.timeline[event_id] = (ms, AGENT if event.author_role == "agent" else CUSTOMER)
         else:
-            state.seen.add(event_id)
+            _remember(state, others, event_id, ms)
     elif type(event) is TicketStatusChanged:
         state.timeline[event_id] = (ms, STATUS_CODES[event.status])
     elif type(event) is ChatAccepted:
-        state.accepted = _earliest(state, state.accepted, (ms, event_id))
+        state.accepted = _earliest(state, others, state.accepted, (ms, event_id))
     elif type(event) is ChatAbandoned or type(event) is ChatEnded:
-        state.ended = _earliest(state, state.ended, (ms, event_id))
+        state.ended = _earliest(state, others, state.ended, (ms, event_id))
     elif type(event) is SurveyResponded:
         state.surveys[event_id] = (
             ms,
@@ -430,7 +465,7 @@ def fold(state: Conversation, event: WireEvent | SlaClaim, at_ms: int | None = N
             event.priority,
         )
     else:
-        state.seen.add(event_id)
+        _remember(state, others, event_id, ms)
     return True
 
 
@@ -1059,6 +1094,9 @@ class BatchResult:
     """
 
     states: dict[str, Conversation] = field(default_factory=dict)
+    #: the ids a conversation's events add beside its state (:class:`OtherIds`), id ->
+    #: event time ms, for the conversations that added any
+    others: dict[str, dict[str, int]] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
     #: next breach check ms of a ticket (``None``: none, it leaves the ``due`` set); a
     #: state in ``states`` without an entry here keeps its ``due`` entry as it is
@@ -1100,7 +1138,7 @@ _KpiInputs = tuple[
     int,
     frozenset[str],
 ]
-_NO_CLAIMS: frozenset[str] = frozenset()
+_EMPTY: frozenset[str] = frozenset()
 
 
 def _kpi_inputs(state: Conversation) -> _KpiInputs:
@@ -1114,7 +1152,7 @@ def _kpi_inputs(state: Conversation) -> _KpiInputs:
         state.ended,
         len(state.surveys),
         len(state.timeline),
-        frozenset(state.claims) if state.claims else _NO_CLAIMS,
+        frozenset(state.claims) if state.claims else _EMPTY,
     )
 
 
@@ -1125,8 +1163,13 @@ def fold_batch(
     watermark_ms: int,
     applied_offsets: Mapping[str, int],
     config: CoreConfig,
+    known: Mapping[str, AbstractSet[str]] | None = None,
 ) -> BatchResult:
     """Fold one partition's batch against the stored states of the conversations it touches.
+
+    ``known`` holds, per conversation, the ids among the batch's events that are stored
+    beside its state (:class:`OtherIds`; all of them will do as well): a repeat of an event
+    its state keeps in no field is found there.
 
     Records at or below ``applied_offsets[topic]`` were applied by an earlier transaction
     and are skipped (counted in ``skipped``). Events older than the retention behind the
@@ -1147,7 +1190,7 @@ def fold_batch(
     # The watermark moves first, so the late cut does not depend on the order in the batch.
     result.watermark_ms = max(watermark_ms, *result.topic_watermarks.values())
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
-    working, before = _fold_events(items, states, cutoff_ms, result)
+    working, before = _fold_events(items, states, known or {}, cutoff_ms, result)
     _add_deltas(working, before, cutoff_ms, config, result)
     if result.index:
         moved = {op[3] for op in result.index}
@@ -1185,13 +1228,16 @@ def _past_fence(
 def _fold_events(
     items: list[Pending],
     states: Mapping[str, Conversation | None],
+    known: Mapping[str, AbstractSet[str]],
     cutoff_ms: int,
     result: BatchResult,
 ) -> tuple[dict[str, Conversation], dict[str, tuple[_KpiInputs, int]]]:
     """Fold the events not older than ``cutoff_ms`` into their conversations (counting late
-    events and duplicates); the conversations touched, and for stored ones what their KPIs
-    depended on (and their held count) before the batch."""
+    events and duplicates, ``known``: see :func:`fold_batch`); the conversations touched,
+    and for stored ones what their KPIs depended on (and their held count) before the
+    batch. The ids the batch keeps beside the states go to ``result.others``."""
     working: dict[str, Conversation] = {}
+    ids_of: dict[str, OtherIds] = {}
     before: dict[str, tuple[_KpiInputs, int]] = {}
     counters = result.counters
     applied = 0
@@ -1209,11 +1255,17 @@ def _fold_events(
                 state = stored
                 before[conv_id] = (_kpi_inputs(state), state.pending())
             working[conv_id] = state
-        if fold(state, event, ms):
+            others = ids_of[conv_id] = OtherIds(known.get(conv_id, _EMPTY))
+        else:
+            others = ids_of[conv_id]
+        if fold(state, event, others, ms):
             applied += 1
         elif type(event) is not SlaClaim:  # a claim made twice is no duplicate event
             counters["dup:" + topic] += 1
     result.applied += applied
+    for conv_id, others in ids_of.items():
+        if others.added:
+            result.others[conv_id] = others.added
     return working, before
 
 

@@ -54,7 +54,7 @@ from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEv
 from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.models.wire import WireEvent, decode_record
 from deskpulse.streams.breaches import add_retractions
-from deskpulse.streams.core import BatchResult, CoreConfig, Pending, fold_batch
+from deskpulse.streams.core import BatchResult, CoreConfig, Pending, SlaClaim, fold_batch
 from deskpulse.streams.holes import HoleReader, offset_gaps
 from deskpulse.streams.partitioner import ConversationPartitions, forwarded_key
 from deskpulse.streams.store import PartitionMeta, Store
@@ -597,8 +597,14 @@ class Engine:
         elsewhere = [m.record for m in misrouted] + list(passed)
         holes: dict[tuple[str, str], int] = {}
         while True:
+            # each event's id, to find a repeat of one kept beside its state
+            event_ids = [
+                (conversation_id, p.event.event_id)
+                for conversation_id, p in zip(conversation_ids, pending, strict=True)
+                if not isinstance(p.event, SlaClaim)
+            ]
             meta, states = await retry_forever(
-                partial(self.store.load, partition, conversation_ids),
+                partial(self.store.load, partition, conversation_ids, event_ids),
                 what=f"loading partition {partition} state from Redis",
                 on_state=self.metrics.redis_up,
             )
@@ -632,6 +638,7 @@ class Engine:
                 watermark_ms=meta.watermark_ms,
                 applied_offsets=meta.offsets,
                 config=self.config,
+                known=meta.known,
             )
             # a claimed breach this batch shows was not one: its retraction, same commit
             add_retractions(result, self.config, self.store.prefix)

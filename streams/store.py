@@ -42,6 +42,10 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                ms␟group␟out-from,out-to,...`` (a ticket dropped at its
                                maximum age keeps it with no state left)
 ``P:{pn}:conv``                hash: conversation id -> :class:`~streams.core.Conversation`
+``P:{pn}:ids``                 zset: ``conversation id␟event id`` of the events a state
+                               keeps in no field (:class:`~streams.core.OtherIds`) -> event
+                               time (ms); what falls behind the retention horizon is
+                               trimmed by every commit
 ``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms); for a
                                ticket open now at least its creation plus the open ticket
                                maximum age less the retention
@@ -108,7 +112,7 @@ import orjson
 from redis.asyncio import Redis
 
 from deskpulse.models.errors import StateLost
-from deskpulse.streams.core import BatchResult, Conversation, CoreConfig, keep_until_ms
+from deskpulse.streams.core import SEP, BatchResult, Conversation, CoreConfig, keep_until_ms
 
 #: The level steps among a bucket's fields (``channel␟queue␟priority␟bl:<status>``).
 _LEVEL_MATCH = "*\x1fbl:*"
@@ -130,7 +134,9 @@ __all__ = [
 #: state, each event id stored once (docs/architecture.md, "Conversation state"). 4: a
 #: ticket's share of the instance counts at the end of its state, the counts in the meta
 #: (counts kept from a partition's first commit on: older state has none to start from).
-LAYOUT = "6"
+#: 7: the ids of events a state keeps in no field beside it (``ids``), not in it: a batch
+#: reads and writes those of its own events alone.
+LAYOUT = "7"
 
 # Applies one batch if the partition's generation is the store's and its version is the one
 # the batch was folded against. A meta of another generation, or none although the caller
@@ -142,12 +148,13 @@ LAYOUT = "6"
 # times (topic, ms), meta increments (field,
 # delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
 # conversations (id, newest ms, held count, next breach check ms, '' for none or 'k' to
-# leave it as it is, state JSON as a string), due tickets looked at unchanged (id, next
-# check ms or ''), alert payloads for
-# the outbox (event id, JSON), live index moves; then the store generation, whether the
-# partition must have state already, the states end to end, the bucket widths (fine,
-# roll-up), the earliest instant (ms) the live index moves change ('' for none), how
-# many versions ``lmoved`` keeps and the stale time of a waiting chat (ms).
+# leave it as it is, state JSON as a string), the ids kept beside the states
+# (conversation id␟event id, ms), due tickets looked at unchanged (id, next check ms or ''),
+# alert payloads for the outbox (event id, JSON), live index moves; then the store
+# generation, whether the partition must have state already, the states end to end, the
+# bucket widths (fine, roll-up), the earliest instant (ms) the live index moves change
+# ('' for none), how many versions ``lmoved`` keeps and the stale time of a waiting chat
+# (ms).
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
@@ -242,6 +249,18 @@ for _ = 1, n do
   end
   i = i + 5
 end
+-- the ids of events kept beside their states, by member with their event time
+n = tonumber(p[i]); i = i + 1
+local added = {}
+for _ = 1, n do
+  added[#added + 1] = p[i + 1]
+  added[#added + 1] = p[i]
+  i = i + 2
+end
+-- (unpack takes at most a few thousand values at once)
+for k = 1, #added, 4000 do
+  redis.call('ZADD', base .. 'ids', unpack(added, k, math.min(k + 3999, #added)))
+end
 -- due tickets looked at without a change of state (id, next check ms or '')
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
@@ -280,6 +299,8 @@ for _, suffix in ipairs(old) do
   redis.call('HDEL', bver, suffix)
 end
 local cutoff = tonumber(ARGV[4])
+-- ids of events behind the horizon: a repeat of an event that old is late, never folded
+redis.call('ZREMRANGEBYSCORE', base .. 'ids', '-inf', '(' .. ARGV[4])
 -- conversations that left the live indexes before the horizon are no reader's concern
 local gone = redis.call('ZRANGEBYSCORE', lx, '-inf', '(' .. ARGV[4], 'LIMIT', 0, 1000)
 for _, id in ipairs(gone) do
@@ -395,17 +416,46 @@ return {1, tostring(version), orphaned}
 
 
 #: A partition's meta (as HGETALL's flat list) and the states of the conversations named in
-#: ARGV[1] (a JSON array), nil for one with none. One argument for thousands of ids: the
-#: client encodes each argument of a command in Python, which cost a replay more than the
-#: read itself (unpack takes at most a few thousand values at once, hence the slices).
+#: ARGV[1] (a JSON array), nil for one with none; then, if ARGV[2] (a JSON array of
+#: conversation index, event id, ...) asks, the event ids it names that are kept beside
+#: their stored conversation's state, each after its conversation's index. One argument
+#: for thousands of ids: the client encodes each argument of a command in Python, which
+#: cost a replay more than the read itself (unpack takes at most a few thousand values at
+#: once, hence the slices).
 _LOAD = """
 local base = KEYS[1]
 local reply = {redis.call('HGETALL', base .. 'meta')}
 local ids = cjson.decode(ARGV[1])
+local first = #reply
 for k = 1, #ids, 4000 do
   local part = redis.call('HMGET', base .. 'conv', unpack(ids, k, math.min(k + 3999, #ids)))
   for j = 1, #part do
     reply[#reply + 1] = part[j]
+  end
+end
+local asked = cjson.decode(ARGV[2])
+local members, owners, has = {}, {}, {}
+for k = 1, #asked, 2 do
+  local j = asked[k]
+  -- only a stored state whose count of ids beside it (next to last) is not 0 has any
+  if has[j] == nil then
+    local state = reply[first + j]
+    has[j] = state and string.match(string.sub(state, -24), ',[1-9]%d*,%d+%]$') ~= nil
+  end
+  if has[j] then
+    members[#members + 1] = ids[j] .. '\\31' .. asked[k + 1]
+    owners[#owners + 1] = k
+  end
+end
+for k = 1, #members, 4000 do
+  local scores = redis.call('ZMSCORE', base .. 'ids', unpack(members, k,
+                            math.min(k + 3999, #members)))
+  for m = 1, #scores do
+    if scores[m] then
+      local at = owners[k + m - 1]
+      reply[#reply + 1] = asked[at]
+      reply[#reply + 1] = asked[at + 1]
+    end
   end
 end
 return reply
@@ -598,13 +648,15 @@ _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 @dataclass(frozen=True)
 class PartitionMeta:
-    """What a batch is folded against: the version to check, watermark and offsets."""
+    """What a batch is folded against: the version to check, watermark and offsets, and
+    (``known``) per conversation the ids among the batch's events kept beside its state."""
 
     version: str
     watermark_ms: int
     offsets: dict[str, int]
     counters: dict[str, int]
     topic_watermarks: dict[str, int] = field(default_factory=dict)
+    known: dict[str, set[str]] = field(default_factory=dict)
 
 
 def text(value: bytes | str) -> str:
@@ -767,6 +819,12 @@ class Store:
         #: least recently read first
         self._level_steps: OrderedDict[str, tuple[bytes, dict[bytes | str, int]]] = OrderedDict()
 
+    @property
+    def commit_script_sha(self) -> str:
+        """The SHA1 the commit script runs under (``EVALSHA``): what a measurement of its
+        time in Redis looks for (``SLOWLOG``)."""
+        return str(self._commit.sha)
+
     def base(self, partition: int) -> str:
         """The key prefix of one partition, with its hash tag."""
         return f"{self.prefix}:{{p{partition}}}:"
@@ -924,9 +982,16 @@ class Store:
             )
 
     async def load(
-        self, partition: int, conversation_ids: Iterable[str]
+        self,
+        partition: int,
+        conversation_ids: Iterable[str],
+        event_ids: Iterable[tuple[str, str]] = (),
     ) -> tuple[PartitionMeta, dict[str, Conversation | None]]:
-        """Read a partition's meta and the given conversations in one round trip.
+        """Read a partition's meta and the given conversations in one round trip, and of the
+        ``(conversation id, event id)`` pairs of ``event_ids`` (a batch's events) those kept
+        beside their conversation's state (``meta.known``: what :func:`~streams.core.
+        fold_batch` takes to find repeats; an event id is looked up by itself, whatever the
+        length of the conversation's history).
 
         Raises :class:`StateLost` when the meta is not the state this store knows: of
         another generation, gone although the partition had state, or at a lower version
@@ -939,7 +1004,13 @@ class Store:
         # and one issued before a commit may be answered after it with the older version.
         floor = self._versions.get(partition, 0)
         had_state = partition in self._had_state
-        reply = await self._load(keys=[base], args=[orjson.dumps(ids)])
+        places = {conv_id: place for place, conv_id in enumerate(ids, 1)}
+        asked: list[int | str] = []
+        for conv_id, event_id in event_ids:
+            place = places.get(conv_id)
+            if place is not None:
+                asked += (place, event_id)
+        reply = await self._load(keys=[base], args=[orjson.dumps(ids), orjson.dumps(asked)])
         flat_meta = reply[0]
         raw_meta = {text(flat_meta[k]): text(flat_meta[k + 1]) for k in range(0, len(flat_meta), 2)}
         self._check_partition(partition, raw_meta.get("gen"), had_state)
@@ -970,8 +1041,12 @@ class Store:
             topic_watermarks=topic_watermarks,
         )
         states: dict[str, Conversation | None] = {}
-        for conv_id, raw in zip(ids, islice(reply, 1, None), strict=True):
+        for conv_id, raw in zip(ids, islice(reply, 1, len(ids) + 1), strict=True):
             states[conv_id] = None if raw is None else Conversation.loads(raw)
+        found = reply[len(ids) + 1 :]
+        for k in range(0, len(found), 2):
+            conv_id = ids[int(found[k]) - 1]
+            meta.known.setdefault(conv_id, set()).add(text(found[k + 1]))
         return meta, states
 
     async def _list_partition(self, partition: int) -> None:
@@ -1034,6 +1109,11 @@ class Store:
                 due,
                 str(len(stored)),
             ]
+        flat.append(str(sum(map(len, result.others.values()))))
+        for conv_id, added in result.others.items():
+            prefix = conv_id + SEP
+            for event_id, at_ms in added.items():
+                flat += [prefix + event_id, str(at_ms)]
         others = [(c, d) for c, d in result.deadlines.items() if c not in result.states]
         flat.append(str(len(others)))
         for conv_id, deadline in others:

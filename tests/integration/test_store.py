@@ -81,13 +81,16 @@ def new_prefix() -> str:
 
 async def fold(store: Store, partition: int, items: Sequence[Pending]) -> tuple[str, BatchResult]:
     """Load what the batch touches and fold it: ``(version folded against, result)``."""
-    meta, states = await store.load(partition, [p.event.conversation_id for p in items])
+    ids = [p.event.conversation_id for p in items]
+    event_ids = [(c, p.event.event_id) for c, p in zip(ids, items, strict=True)]
+    meta, states = await store.load(partition, ids, event_ids)
     result = fold_batch(
         items,
         states,
         watermark_ms=meta.watermark_ms,
         applied_offsets=meta.offsets,
         config=store.config,
+        known=meta.known,
     )
     return meta.version, result
 
@@ -562,6 +565,66 @@ def test_check_config_refuses_other_bucket_sizes(redis_url: str) -> None:
     assert "\n" not in str(bucket)
 
 
+def test_a_repeat_is_found_by_its_id_beside_the_state_until_retention_passes_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    note = ev("ticket.replied", T0 + 60, ticket_id="A", author_role="agent", public=False)
+    bot = ev("ticket.replied", T0 + 70, ticket_id="A", author_role="system")
+    first = pendings([created("A", T0), note, bot, replied("A", T0 + 80)])
+
+    async def scenario(client: Redis) -> list[BatchResult]:
+        store = Store(client, prefix, CONFIG)
+        results = [await apply(store, 0, first)]
+        # the same events again at new offsets (an upstream re-send), with one new note
+        again = pendings(
+            [
+                note,
+                bot,
+                ev("ticket.replied", T0 + 90, ticket_id="A", author_role="agent", public=False),
+            ],
+            first_offset=4,
+        )
+        results.append(await apply(store, 0, again))
+        # the horizon passes the notes: their ids go, and a re-send of them is late
+        results.append(
+            await apply(store, 0, pendings([created("B", T0 + HOUR + 80)], first_offset=7))
+        )
+        results.append(await apply(store, 0, pendings([note], first_offset=8)))
+        return results
+
+    _, again, _, late = run(scenario, redis_url)
+    assert again.counters[f"dup:{TOPIC}"] == 2 and again.applied == 1
+    assert list(again.others) == ["t:A"] and len(again.others["t:A"]) == 1
+    # the state keeps the ids of its opener and its public reply alone
+    assert late.counters[f"late:{TOPIC}"] == 1 and not late.others
+    assert redis_client.zcard(base + "ids") == 1  # the note at T0 + 90 s
+    ((member, score),) = redis_client.zrange(base + "ids", 0, -1, withscores=True)
+    assert member.decode().startswith("t:A" + SEP) and score == (T0 + 90) * 1000
+
+
+def test_a_batch_keeps_and_finds_more_ids_than_a_script_unpacks_at_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    notes = [
+        ev("ticket.replied", T0 + n / 1000, ticket_id="A", author_role="system")
+        for n in range(5000)
+    ]
+    first = pendings([created("A", T0), *notes])
+
+    async def scenario(client: Redis) -> BatchResult:
+        store = Store(client, prefix, CONFIG)
+        await apply(store, 0, first)
+        return await apply(store, 0, pendings(notes, first_offset=len(first)))
+
+    again = run(scenario, redis_url)
+    assert redis_client.zcard(base + "ids") == 5000
+    assert again.counters[f"dup:{TOPIC}"] == 5000 and again.applied == 0
+
+
 def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
     prefix = new_prefix()
 
@@ -572,6 +635,14 @@ def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
             await Store(client, prefix, CONFIG).check_config()
         with pytest.raises(SettingsError):
             await Store(client, prefix, CONFIG).check_readable()
+        # the layout before this one kept the ids of every event in the state: refused too
+        previous = new_prefix()
+        await client.hset(
+            f"{previous}:config",
+            mapping={"bucket_seconds": 60, "rollup_seconds": 600, "layout": "6"},
+        )
+        with pytest.raises(SettingsError, match="store layout 6"):
+            await Store(client, previous, CONFIG).check_config()
         fresh = new_prefix()
         with pytest.raises(StateLost):  # nothing there: said so, not read as zeros
             await Store(client, fresh, CONFIG).check_readable()

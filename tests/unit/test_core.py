@@ -37,6 +37,7 @@ from deskpulse.streams.query import build_document
 from deskpulse.streams.sla import first_response_deadline_terms
 
 T0 = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+T0_MS = int(T0.timestamp() * 1000)
 CONFIG = CoreConfig()
 #: every metric with a target, on a business calendar (open every day around the clock in
 #: UTC, so business time is calendar time and the numbers stay simple)
@@ -77,6 +78,8 @@ class MemoryState:
     def __init__(self, config: CoreConfig = CONFIG) -> None:
         self.config = config
         self.states: dict[str, Conversation] = {}
+        #: the ids kept beside each state (what the store's ``ids:`` sorted sets hold)
+        self.others: dict[str, dict[str, int]] = {}
         self.buckets: dict[tuple[str, int], Counter[str]] = {}
         self.totals: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -99,7 +102,10 @@ class MemoryState:
             watermark_ms=self.watermark_ms,
             applied_offsets=self.offsets,
             config=self.config,
+            known={conv_id: set(ids) for conv_id, ids in self.others.items()},
         )
+        for conv_id, added in result.others.items():
+            self.others.setdefault(conv_id, {}).update(added)
         for key, fields in result.buckets.items():
             bucket = self.buckets.setdefault(key, Counter())
             for name, delta in fields.items():
@@ -439,9 +445,35 @@ def test_a_ticket_state_keeps_each_event_id_once() -> None:
         assert raw.count(event_id.encode()) == 1
     assert state.events() == 10
     # the figure docs/architecture.md gives
-    assert len(raw) == 455
+    assert len(raw) == 454
     # equal states are equal bytes, whatever the order
     assert run(*reversed(events)).states["t:T0000000001"].dumps() == raw
+
+
+def test_ids_of_events_kept_in_no_field_are_kept_beside_the_state() -> None:
+    created = ev("c1", "ticket.created", 10, ticket_id="T1", priority="high")
+    earlier = ev("c0", "ticket.created", 5, ticket_id="T1", priority="high")
+    note = ev("n1", "ticket.replied", 60, ticket_id="T1", author_role="agent", public=False)
+    bot = ev("b1", "ticket.replied", 70, ticket_id="T1", author_role="system")
+    memory = run(created, note, bot, earlier)
+    state = memory.states["t:T1"]
+    # the later opener, the note and the system reply: beside the state, with their times
+    assert memory.others["t:T1"] == {
+        "c1": T0_MS + 10_000,
+        "n1": T0_MS + 60_000,
+        "b1": T0_MS + 70_000,
+    }
+    assert state.others == 3 and state.events() == 4
+    raw = state.dumps()
+    assert b"n1" not in raw and b"b1" not in raw and b"c1" not in raw
+    # a repeat of any of them, in a later batch, is found there
+    result = memory.apply([("t", 10, note), ("t", 11, created), ("t", 12, bot)])
+    assert result.counters["dup:t"] == 3 and not result.others
+    assert memory.states["t:T1"].others == 3
+    # and within one batch too
+    fresh = MemoryState()
+    fresh.apply([("t", 0, created), ("t", 1, note), ("t", 2, note)])
+    assert fresh.counters["dup:t"] == 1 and fresh.others["t:T1"] == {"n1": T0_MS + 60_000}
 
 
 # --- chats -----------------------------------------------------------------------------
@@ -646,6 +678,14 @@ def test_any_order_and_batching_gives_the_same_kpis(
         offset += size
     assert memory.fine() == reference.fine()
     assert memory.totals == reference.totals
+    # the same states, and the same ids beside them (each counted in its state)
+    assert {k: v.dumps() for k, v in memory.states.items()} == {
+        k: v.dumps() for k, v in reference.states.items()
+    }
+    assert memory.others == reference.others
+    for conv_id, state in memory.states.items():
+        assert state.others == len(memory.others.get(conv_id, ()))
+    assert memory.counters == reference.counters + Counter({"dup:t": len(repeats)})
     assert memory.document(by=("channel", "queue", "priority")) == reference.document(
         by=("channel", "queue", "priority")
     )
@@ -746,6 +786,7 @@ def test_timelines_and_claims_in_any_order_and_batching_give_the_same_kpis(
     assert {k: v.dumps() for k, v in memory.states.items()} == {
         k: v.dumps() for k, v in reference.states.items()
     }
+    assert memory.others == reference.others
     # and the sums agree with the states folded from scratch in one go
     direct: Counter[str] = Counter()
     for state in reference.states.values():
