@@ -91,4 +91,4 @@ def test_the_results_lines_pass_only_within_budget(
         command="python -m benchmark.run longconv",
         analysis="",
     )
-    assert "## 11. A conversation that never goes quiet" in text
+    assert "## 12. A conversation that never goes quiet" in text
