@@ -662,7 +662,16 @@ class Engine:
                 self._fence_forwarded(result, meta, elsewhere, forwarded)
             # (records with no place in the fence, replay's from elsewhere, still commit)
             if not result.offsets and not result.fresh:
-                # everything was applied before (a redelivery after a crash)
+                # everything was applied before (a redelivery after a crash); with replicas
+                # to wait for, the commit that applied it may be on its master alone (the
+                # process that made it died before its WAIT): acknowledged only once held
+                if self.store.min_replicas and not await retry_forever(
+                    partial(self.store.replicated, partition, int(meta.version)),
+                    what=f"waiting for partition {partition}'s replicas",
+                    on_state=self.metrics.redis_up,
+                ):
+                    log.info("partition %d lost a commit with its master; folding again", partition)
+                    continue
                 self._count_skipped(result.skipped, rejected, fresh_rejects)
                 self._count_rerouted(misrouted, fresh_misrouted)
                 self._count_holes(holes)

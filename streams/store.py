@@ -46,6 +46,9 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:breach_out``          hash: alert event id -> ``sla.breached``, ``sla.at_risk``
                                or ``sla.breach_retracted`` payload parked by a commit and
                                not yet acknowledged by the broker (re-sent after a crash)
+``P:{pn}:sync``                string: the version last confirmed on
+                               ``DESKPULSE_REDIS_MIN_REPLICAS`` replicas (written by the
+                               sync point before each ``WAIT``, see "Replicas" below)
 ``P:partitions``               set of partition numbers that have state
 ``P:alerts``                   hash: ``rule␟window␟channel␟queue␟priority`` -> ``firing``
                                or ``ok``, the threshold rules' state
@@ -55,6 +58,12 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                starts empty); ``reset_at``, ``reset_note`` once ``deskpulse
                                state reset`` accepted starting empty
 =============================  ===========================================================
+
+On a Redis Cluster a partition's keys share the slot of ``{pn}``: every script and atomic
+read touches one partition (a read across partitions is one script or command per
+partition, pipelined; the cluster client splits a pipeline by node). ``P:config``,
+``P:partitions`` and ``P:alerts`` belong to no partition: each lives on the slot of its own
+name, and only commands and scripts of that one key touch it, so nothing spans two slots.
 
 Exactly once: :meth:`Store.load` reads ``version`` with the states; :meth:`Store.commit`
 runs a Lua script that applies the batch only if ``version`` is unchanged, and records
@@ -83,6 +92,16 @@ past a fence that is gone. :meth:`Store.load` refuses the same, and a version lo
 one this store saw (an older snapshot); :meth:`Store.check_generation` is the cheap check
 a worker runs while nothing flows.
 
+Replicas: Redis replicates asynchronously, so a commit its master acknowledged can vanish
+when the master dies and a replica takes over; the batch's Kafka offsets are committed
+after Redis, so it would be lost for good. With ``min_replicas`` (``DESKPULSE_REDIS_MIN_
+REPLICAS``) :meth:`Store.commit` returns only once that many replicas hold the commit:
+:meth:`Store.replicated` runs a sync script (is the partition still at the commit's
+version or later? then a write beside it) and ``WAIT`` on one connection to the
+partition's master, retried with backoff while it falls short; a commit that the sync
+script finds gone was lost with its master, and the batch is folded again. Only versions
+the replicas confirmed count as seen for the rollback check.
+
 This module owns every key and script: nothing else in deskpulse reads or writes Redis but
 through a :class:`Store` (breach claims and their outbox, the alert rules' state included),
 and every client comes from :func:`~streams.redis_client.connect`.
@@ -90,18 +109,28 @@ and every client comes from :func:`~streams.redis_client.connect`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deskpulse.models.errors import StateLost
+from deskpulse.models.settings import Settings
 from deskpulse.streams.core import BatchResult, Conversation, CoreConfig, keep_until_ms
+from deskpulse.streams.redis_client import Client, check_mode
+
+log = logging.getLogger(__name__)
 
 #: The level steps among a bucket's fields (``channel␟queue␟priority␟bl:<status>``).
 _LEVEL_MATCH = "*\x1fbl:*"
@@ -511,6 +540,32 @@ return reply
 """
 
 
+#: A partition's settled roll-ups with their stamps, read in one step (one script on the
+#: partition's slot, so stamps and contents are of one instant). KEYS[1]: the partition's
+#: key base; ARGV: the bucket key suffixes. Returns the stamps (``HMGET`` of ``bver``),
+#: then each bucket's ``HGETALL`` as a flat list.
+_READ_STAMPED = """
+local base = KEYS[1]
+local reply = {redis.call('HMGET', base .. 'bver', unpack(ARGV))}
+for _, suffix in ipairs(ARGV) do
+  reply[#reply + 1] = redis.call('HGETALL', base .. suffix)
+end
+return reply
+"""
+
+#: The replication sync point of a partition: whether its meta is still at ``ARGV[1]`` or
+#: later (0: that commit was lost, as when a master died before a replica had it), and a
+#: write beside it (``sync``), so a ``WAIT`` that follows on the same connection counts the
+#: replicas that hold everything up to that commit.
+_SYNC = """
+local version = tonumber(redis.call('HGET', KEYS[1] .. 'meta', 'version') or '0')
+if version < tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1] .. 'sync', ARGV[1])
+return 1
+"""
+
 #: What an operator does when state was lost (the one line a worker logs ends with it).
 FIX_LOST = (
     "rebuild it from the retained input topics with `deskpulse replay`, or accept starting "
@@ -559,6 +614,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 """
+
+
+def _node_of(redis: Client, key: str) -> dict[str, Any]:
+    """How to send a keyless command (``WAIT``) to the node that serves ``key``: on a
+    cluster the slot's master, on one Redis nothing to say."""
+    if isinstance(redis, RedisCluster):
+        return {"target_nodes": redis.get_node_from_key(key)}
+    return {}
+
 
 #: Characters SCAN's MATCH treats as a pattern.
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
@@ -632,16 +696,31 @@ def _merge(
 class Store:
     """KPI state of all partitions under one key prefix."""
 
-    def __init__(self, redis: Redis, prefix: str, config: CoreConfig) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        prefix: str,
+        config: CoreConfig,
+        *,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.config = config
+        #: replicas a commit must reach before :meth:`commit` returns (``WAIT``)
+        self.min_replicas = min_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        #: ``WAIT`` replies that fell short of :attr:`min_replicas` so far (each retried)
+        self.replication_short = 0
+        self._sync = redis.register_script(_SYNC)
         self._commit = redis.register_script(_COMMIT)
         self._load = redis.register_script(_LOAD)
         self._earliest_at = redis.register_script(_EARLIEST_AT)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
+        self._read_stamped = redis.register_script(_READ_STAMPED)
         #: partitions this process has listed in ``P:partitions``
         self._known_partitions: set[int] = set()
         #: the generation of the state, once :meth:`check_config` has read or made it
@@ -658,6 +737,17 @@ class Store:
         ] = OrderedDict()
         self._settled_fields = 0
 
+    @classmethod
+    def from_settings(cls, redis: Client, settings: Settings) -> Store:
+        """The store of a worker: its prefix, bucket sizes and replicas to wait for."""
+        return cls(
+            redis,
+            settings.redis_prefix,
+            CoreConfig.from_settings(settings),
+            min_replicas=settings.redis_min_replicas,
+            wait_timeout_ms=round(settings.redis_wait_timeout * 1000),
+        )
+
     def base(self, partition: int) -> str:
         """The key prefix of one partition, with its hash tag."""
         return f"{self.prefix}:{{p{partition}}}:"
@@ -668,7 +758,9 @@ class Store:
 
     async def check_config(self) -> None:
         """Refuse to mix state written with other bucket sizes (reads would be wrong), or
-        by a version of deskpulse that laid the keys out differently."""
+        by a version of deskpulse that laid the keys out differently, or a Redis that is
+        (or is not) a cluster when ``DESKPULSE_REDIS_CLUSTER`` says otherwise."""
+        await check_mode(self.redis)
         key = f"{self.prefix}:config"
         wanted = {
             "bucket_seconds": str(self.config.bucket_seconds),
@@ -783,6 +875,7 @@ class Store:
         """For readers (``deskpulse kpis``): refuse state of another layout, and state that
         is gone (no ``P:config``: never written, or lost) or partly gone (a partition of
         another generation or without one); write nothing."""
+        await check_mode(self.redis)
         stored = {
             text(k): text(v) for k, v in (await self.redis.hgetall(f"{self.prefix}:config")).items()
         }
@@ -843,7 +936,9 @@ class Store:
                 "lost its last writes)",
                 FIX_LOST,
             )
-        self._versions[partition] = max(version, self._versions.get(partition, 0))
+        if not self.min_replicas:
+            # with replicas to wait for, only a version they hold is one a failover keeps
+            self._versions[partition] = max(version, self._versions.get(partition, 0))
         if "gen" in raw_meta and partition not in self._known_partitions:
             await self._list_partition(partition)
         offsets = {k[4:]: int(v) for k, v in raw_meta.items() if k.startswith("off:")}
@@ -954,11 +1049,68 @@ class Store:
             raise AssertionError("the commit script refused a generation it should accept")
         if status != 1:
             return False
+        version = int(text(reply[1]))
+        if self.min_replicas and not await self.replicated(partition, version):
+            return False  # lost with its master before a replica had it: fold it again
         self._had_state.add(partition)
-        self._versions[partition] = max(int(text(reply[1])), self._versions.get(partition, 0))
+        self._versions[partition] = max(version, self._versions.get(partition, 0))
         if partition not in self._known_partitions:
             await self._list_partition(partition)
         return True
+
+    async def replicated(self, partition: int, version: int) -> bool:
+        """Return once :attr:`min_replicas` replicas hold the partition at ``version``
+        (``True``), or ``False`` if the partition is no longer at it or later: the
+        commit was lost (its master died before a replica had it, and one took over).
+
+        Each attempt is the sync script and ``WAIT`` on one connection to the partition's
+        master; a ``WAIT`` that falls short, or a connection, cluster or failover error,
+        is retried with backoff (logged, and counted in :attr:`replication_short`), so
+        nothing is acknowledged that a failover may take back. Only cancellation stops it.
+        """
+        base = self.base(partition)
+        delay_s = 0.05
+        attempt = 0
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await self._sync(keys=[base], args=[version], client=cast(Any, pipe))
+                    target = _node_of(self.redis, base)
+                    pipe.execute_command("WAIT", self.min_replicas, self.wait_timeout_ms, **target)
+                    held, acked = await pipe.execute()
+            except NoScriptError:
+                await self.redis.script_load(_SYNC)
+                continue
+            except (
+                RedisConnectionError,
+                RedisTimeoutError,
+                RedisClusterException,
+                OSError,
+            ) as error:
+                problem = f"{type(error).__name__}: {error}"
+            except ResponseError as error:  # CLUSTERDOWN, TRYAGAIN, READONLY, LOADING
+                problem = f"{type(error).__name__}: {error}"
+            else:
+                if not int(held):
+                    return False
+                # the WAIT went where the script went unless the slot moved meanwhile
+                if int(acked) >= self.min_replicas and _node_of(self.redis, base) == target:
+                    return True
+                problem = f"{int(acked)} of {self.min_replicas} replicas acknowledged"
+            attempt += 1
+            self.replication_short += 1
+            log.warning(
+                "partition %d at version %d is not on %d replicas yet (attempt %d, "
+                "retrying in %.2fs): %s",
+                partition,
+                version,
+                self.min_replicas,
+                attempt,
+                delay_s,
+                problem,
+            )
+            await asyncio.sleep(delay_s)
+            delay_s = min(2.0, delay_s * 2)
 
     async def clear(self) -> int:
         """Delete every key of this prefix (SCAN + UNLINK); how many.
@@ -1038,10 +1190,31 @@ class Store:
 
     async def save_alert_states(self, states: Mapping[str, str]) -> None:
         """Record rule transitions in ``P:alerts``, all in one step."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for name, state in states.items():
-                pipe.hset(self.key("alerts"), name, state)
-            await pipe.execute()
+        if states:
+            fields: dict[Any, Any] = dict(states)
+            await self.redis.hset(self.key("alerts"), mapping=fields)
+
+    async def _pipelined_script(
+        self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` in one pipeline (a cluster's pipeline
+        sends each node its own); the replies in order. A node that does not know the
+        script (a replica promoted since it was loaded) has it loaded and the calls rerun:
+        they only read."""
+        if not calls:
+            return []
+        for attempt in (1, 2):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        # (a cluster's pipeline is no RedisCluster, yet the script takes it)
+                        await script(keys=keys, args=args, client=cast(Any, pipe))
+                    return list(await pipe.execute())
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     async def partitions(self) -> list[int]:
         """Partitions that have state."""
@@ -1111,19 +1284,18 @@ class Store:
     async def _read_settled(
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        """Sum the settled roll-ups of ``sets`` with their stamps, read in one transaction
-        (stamps and contents of one instant), and keep them: the least recently read go
+        """Sum the settled roll-ups of ``sets`` with their stamps, read by one script per
+        partition (stamps and contents of one instant), and keep them: the least recently read go
         while more than :data:`SETTLED_FIELDS_KEPT` fields are kept in all."""
         unique = list(dict.fromkeys(s for kept in sets for s in kept))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for partition in parts:
-                pipe.hmget(self.base(partition) + "bver", unique)
-            for partition in parts:
-                base = self.base(partition)
-                for suffix in unique:
-                    pipe.hgetall(base + suffix)
-            replies = await pipe.execute()
-        stamps, contents = replies[: len(parts)], replies[len(parts) :]
+        # one script per partition (a transaction over all would span their slots)
+        replies = await self._pipelined_script(
+            self._read_stamped, [([self.base(partition)], unique) for partition in parts]
+        )
+        stamps = [tuple(reply[0]) for reply in replies]
+        contents = [
+            dict(zip(flat[::2], flat[1::2], strict=True)) for reply in replies for flat in reply[1:]
+        ]
         position = {suffix: i for i, suffix in enumerate(unique)}
         sums = _merge(contents, unique, [list(kept) for kept in sets])
         read: dict[tuple[str, ...], dict[str, int]] = {}
@@ -1254,18 +1426,26 @@ class Store:
             orjson.dumps(ticket_wants),
             orjson.dumps(chat_wants),
         ]
-        replies = []
-        if instants and partitions:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition in partitions:
-                    newest = newest_ms.get(partition, 0)
-                    past = ["1" if newest >= instants[i][0] else "0" for i in order]
-                    await self._earliest_at(
-                        keys=[self.base(partition)],
-                        args=[*args, orjson.dumps(past)],
-                        client=pipe,
+        replies: list[Any] = []
+        if instants:
+            replies = await self._pipelined_script(
+                self._earliest_at,
+                [
+                    (
+                        [self.base(partition)],
+                        [
+                            *args,
+                            orjson.dumps(
+                                [
+                                    "1" if newest_ms.get(partition, 0) >= instants[i][0] else "0"
+                                    for i in order
+                                ]
+                            ),
+                        ],
                     )
-                replies = await pipe.execute()
+                    for partition in partitions
+                ],
+            )
         out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
         for reply in replies:
             for k in range(0, len(reply), 3):
