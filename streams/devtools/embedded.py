@@ -457,11 +457,43 @@ class RedisClusterNodes:
     ports: list[int]
     processes: list[ManagedProcess]
     workdir: Path
+    node_timeout_ms: int = 1000
+    timeout_s: float = 60.0
 
     @property
     def url(self) -> str:
         """A URL of one node (a cluster client finds the others from it)."""
         return f"redis://{self.host}:{self.ports[0]}/0"
+
+    def start_node(self, port: int) -> ManagedProcess:
+        """Start the node of ``port`` (``cluster-enabled``, a short node timeout) with its
+        files, its cluster configuration among them, in its own folder; again after it
+        was killed, it rejoins (a master that was replaced comes back as a replica)."""
+        workdir = self.workdir / str(port)
+        return start_redis(
+            self.host,
+            port,
+            workdir,
+            extra_args=[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(workdir / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                # a replica takes over however long it was cut off from its master
+                "--cluster-replica-validity-factor",
+                "0",
+            ],
+            timeout_s=self.timeout_s,
+        )
+
+    def restart(self, port: int) -> None:
+        """Start the node of ``port`` again (it was killed or stopped)."""
+        index = self.ports.index(port)
+        if self.processes[index].running:
+            raise EmbeddedStartError(f"the node on {port} is running")
+        self.processes[index] = self.start_node(port)
 
     def process(self, port: int) -> ManagedProcess:
         """The process of the node on ``port``."""
@@ -527,6 +559,24 @@ class RedisClusterNodes:
                 )
             time.sleep(0.2)
 
+    def wait_failover(self, port: int, timeout_s: float = 60.0) -> int:
+        """Wait until another node serves the slots of the master on ``port`` (its replica
+        promoted) and the cluster is ok again; the port of the new master."""
+        before = self.masters()
+        slots = before[port]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = self.masters()
+            taken = [p for p, r in now.items() if p != port and r == slots]
+            if taken:
+                self.wait_ok(max(1.0, deadline - time.monotonic()))
+                return taken[0]
+            if time.monotonic() >= deadline:
+                raise EmbeddedStartError(
+                    f"no replica took over from the master on {port} in {timeout_s:g}s: {now}"
+                )
+            time.sleep(0.2)
+
     def stop(self) -> None:
         """Stop every node this cluster started (none other)."""
         for proc in self.processes:
@@ -569,28 +619,10 @@ def start_redis_cluster(
     count = masters * (1 + replicas)
     ports = cluster_ports(count, host)
     processes: list[ManagedProcess] = []
-    nodes = RedisClusterNodes(host, ports, processes, workdir)
+    nodes = RedisClusterNodes(host, ports, processes, workdir, node_timeout_ms, timeout_s)
     try:
         for port in ports:
-            processes.append(
-                start_redis(
-                    host,
-                    port,
-                    workdir / str(port),
-                    extra_args=[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(workdir / str(port) / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        str(node_timeout_ms),
-                        # a replica takes over however long it was cut off from its master
-                        "--cluster-replica-validity-factor",
-                        "0",
-                    ],
-                    timeout_s=timeout_s,
-                )
-            )
+            processes.append(nodes.start_node(port))
         nodes.cli(
             "--cluster",
             "create",
