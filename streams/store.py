@@ -154,6 +154,26 @@ __all__ = [
 #: (counts kept from a partition's first commit on: older state has none to start from).
 LAYOUT = "6"
 
+#: The start of every script that reads or writes several keys of one partition. On a
+#: Redis Cluster whose slot of the partition is being migrated (``redis-cli --cluster
+#: reshard``), some of its keys are here and some on the other node already: a script
+#: would read half a partition, or fail half-way through its writes (a script touching a
+#: key that moved is stopped where it stands, its earlier writes kept). So it refuses with
+#: ``TRYAGAIN`` before touching any key, and the caller retries until the slot has moved
+#: (the client then follows ``MOVED``). ``CLUSTER NODES`` fails on one Redis: nothing moves.
+_STEADY = """
+do
+  local clustered, nodes = pcall(redis.call, 'CLUSTER', 'NODES')
+  if clustered then
+    local mine = string.match(nodes, '[^\\n]*myself[^\\n]*')
+    local slot = redis.call('CLUSTER', 'KEYSLOT', KEYS[1])
+    if mine and string.find(mine, '[' .. slot .. '-', 1, true) then
+      return redis.error_reply('TRYAGAIN slot ' .. slot .. ' of the partition is moving')
+    end
+  end
+end
+"""
+
 # Applies one batch if the partition's generation is the store's and its version is the one
 # the batch was folded against. A meta of another generation, or none although the caller
 # knew the partition had state (ARGV[7] = '1'), is refused with {-1, found generation}: the
@@ -170,7 +190,9 @@ LAYOUT = "6"
 # have state already.
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
-_COMMIT = """
+_COMMIT = (
+    _STEADY
+    + """
 local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
@@ -392,13 +414,16 @@ end
 local version = redis.call('HINCRBY', meta, 'version', 1)
 return {1, tostring(version), orphaned}
 """
+)
 
 
 #: A partition's meta (as HGETALL's flat list) and the states of the conversations named in
 #: ARGV[1] (a JSON array), nil for one with none. One argument for thousands of ids: the
 #: client encodes each argument of a command in Python, which cost a replay more than the
 #: read itself (unpack takes at most a few thousand values at once, hence the slices).
-_LOAD = """
+_LOAD = (
+    _STEADY
+    + """
 local base = KEYS[1]
 local reply = {redis.call('HGETALL', base .. 'meta')}
 local ids = cjson.decode(ARGV[1])
@@ -410,6 +435,7 @@ for k = 1, #ids, 4000 do
 end
 return reply
 """
+)
 
 
 #: The earliest creation of the tickets open, and request of the chats waiting, at each of
@@ -426,7 +452,9 @@ return reply
 #: tickets are paged through once for all the instants that ask for it, and the
 #: conversations that left since the first past instant are read once, each offered to the
 #: instants it was open at.
-_EARLIEST_AT = """
+_EARLIEST_AT = (
+    _STEADY
+    + """
 local base = KEYS[1]
 local instants = cjson.decode(ARGV[1])
 local stale_ms = tonumber(ARGV[2])
@@ -538,13 +566,16 @@ for i, per in pairs(best) do
 end
 return reply
 """
+)
 
 
 #: A partition's settled roll-ups with their stamps, read in one step (one script on the
 #: partition's slot, so stamps and contents are of one instant). KEYS[1]: the partition's
 #: key base; ARGV: the bucket key suffixes. Returns the stamps (``HMGET`` of ``bver``),
 #: then each bucket's ``HGETALL`` as a flat list.
-_READ_STAMPED = """
+_READ_STAMPED = (
+    _STEADY
+    + """
 local base = KEYS[1]
 local reply = {redis.call('HMGET', base .. 'bver', unpack(ARGV))}
 for _, suffix in ipairs(ARGV) do
@@ -552,12 +583,15 @@ for _, suffix in ipairs(ARGV) do
 end
 return reply
 """
+)
 
 #: The replication sync point of a partition: whether its meta is still at ``ARGV[1]`` or
 #: later (0: that commit was lost, as when a master died before a replica had it), and a
 #: write beside it (``sync``), so a ``WAIT`` that follows on the same connection counts the
 #: replicas that hold everything up to that commit.
-_SYNC = """
+_SYNC = (
+    _STEADY
+    + """
 local version = tonumber(redis.call('HGET', KEYS[1] .. 'meta', 'version') or '0')
 if version < tonumber(ARGV[1]) then
   return 0
@@ -565,6 +599,7 @@ end
 redis.call('SET', KEYS[1] .. 'sync', ARGV[1])
 return 1
 """
+)
 
 #: What an operator does when state was lost (the one line a worker logs ends with it).
 FIX_LOST = (

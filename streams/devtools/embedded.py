@@ -520,6 +520,27 @@ class RedisClusterNodes:
         out = self.cli("-h", self.host, "-p", str(port), "cluster", "info")
         return dict(line.split(":", 1) for line in out.split() if ":" in line)
 
+    def node_id(self, port: int) -> str:
+        """The cluster node id of the node on ``port``."""
+        return self.cli("-h", self.host, "-p", str(port), "cluster", "myid").strip()
+
+    def reshard(self, source: int, target: int, slots: int, timeout_s: float = 300.0) -> str:
+        """Move ``slots`` slots (the lowest) of the master on ``source`` to the master on
+        ``target`` with ``redis-cli --cluster reshard``, keys and all; its output."""
+        return self.cli(
+            "--cluster",
+            "reshard",
+            _host_port(self.host, source),
+            "--cluster-from",
+            self.node_id(source),
+            "--cluster-to",
+            self.node_id(target),
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+            timeout_s=timeout_s,
+        )
+
     def masters(self) -> dict[int, tuple[int, ...]]:
         """The masters now, by port, each with the slots (first, last, ...) it serves, as
         a node that is up sees them."""
@@ -532,7 +553,12 @@ class RedisClusterNodes:
                 fields = line.split()
                 if "master" in fields[2] and "fail" not in fields[2]:
                     node_port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
-                    slots = tuple(int(x) for r in fields[8:] if "[" not in r for x in r.split("-"))
+                    slots = tuple(
+                        int(x)
+                        for r in fields[8:]
+                        if "[" not in r
+                        for x in (r.split("-") if "-" in r else (r, r))
+                    )
                     if slots:
                         masters[node_port] = slots
             return masters

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 from pydantic import SecretStr
+from redis.exceptions import ClusterError, TryAgainError
 
 from deskpulse.models.errors import RejectedEvent, SettingsError
 from deskpulse.models.settings import Settings, load_settings
@@ -237,3 +238,51 @@ def test_a_commit_waits_for_its_replicas(redis_cluster: RedisClusterNodes) -> No
     short, greedy_short = run(settings, scenario)
     assert short == 0
     assert greedy_short >= 3
+
+
+def test_a_partition_whose_slot_is_moving_is_neither_read_nor_written(
+    redis_cluster: RedisClusterNodes,
+) -> None:
+    settings = settings_for(redis_cluster.url, cluster=True)
+    dataset = build_dataset(seed=7, rate=0.1, duration_s=1800)
+    work = batches(dataset)
+    partition, items = work[-1]
+    slot = slot_of(f"{settings.redis_prefix}:{{p{partition}}}:")
+    masters = redis_cluster.masters()
+    source = next(p for p, r in masters.items() if r[0] <= slot <= r[1])
+    target = next(p for p in masters if p != source)
+
+    def setslot(port: int, *args: str) -> None:
+        redis_cluster.cli(
+            "-h", redis_cluster.host, "-p", str(port), "cluster", "setslot", str(slot), *args
+        )
+
+    async def scenario(client: Client) -> None:
+        store = Store(client, settings.redis_prefix, CONFIG)
+        await store.check_config()
+        await apply_all(store, work[:-1])
+        meta, states = await store.load(partition, [p.event.conversation_id for p in items])
+        result = fold_batch(
+            items,
+            states,
+            watermark_ms=meta.watermark_ms,
+            applied_offsets=meta.offsets,
+            config=CONFIG,
+        )
+        before = await store.read_meta()
+        # the slot half-way through a migration, as ``redis-cli --cluster reshard`` leaves
+        # it while it moves the keys
+        setslot(target, "importing", redis_cluster.node_id(source))
+        setslot(source, "migrating", redis_cluster.node_id(target))
+        try:
+            with pytest.raises((TryAgainError, ClusterError)):
+                await store.commit(partition, meta.version, result)
+            with pytest.raises((TryAgainError, ClusterError)):
+                await store.load(partition, [])
+            assert await store.read_meta() == before  # (plain reads follow ASK)
+        finally:
+            setslot(source, "stable")
+            setslot(target, "stable")
+        assert await store.commit(partition, meta.version, result)
+
+    run(settings, scenario)

@@ -220,3 +220,52 @@ def test_the_cluster_setting_against_the_wrong_server_fails_at_start_in_one_line
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
         assert lines[0].startswith("deskpulse: bad setting DESKPULSE_REDIS_CLUSTER: "), lines
+
+
+def test_slots_resharded_mid_stream_give_the_oracle_kpis(
+    broker: str,
+    own_cluster: RedisClusterNodes,
+    make_topics: Any,
+    dataset: Dataset,
+    producers: list[PacedProducer],
+    tmp_path: Path,
+) -> None:
+    settings = cluster_settings(broker, own_cluster)
+    make_topics(settings)
+    from redis.crc import key_slot
+
+    masters = own_cluster.masters()
+    slots = [key_slot(f"{settings.redis_prefix}:{{p{p}}}:".encode()) for p in range(PARTITIONS)]
+    source = max(
+        masters, key=lambda port: sum(masters[port][0] <= s <= masters[port][1] for s in slots)
+    )
+    target = next(port for port in masters if port != source)
+    moving = sum(masters[source][0] <= s <= masters[source][1] for s in slots)
+    first, second = two_workers(settings, tmp_path)
+    with first, second:
+        first.wait_ready(90)
+        second.wait_ready(90)
+        producer = PacedProducer(settings, dataset.records, chunks=40, pause_s=0.35)
+        producers.append(producer)
+        producer.start()
+        wait_both_working(first, second)
+        wait_progress(settings, int(dataset.distinct * 0.2), [first, second])
+        at = progress(settings)
+        # every slot of the master with the most partitions, keys and all (MOVED and ASK
+        # for the clients; TRYAGAIN from the scripts of a partition while its slot moves)
+        count = masters[source][1] - masters[source][0] + 1
+        started = time.monotonic()
+        own_cluster.reshard(source, target, count)
+        print(
+            f"{count} slots ({moving} of {PARTITIONS} partitions) moved from {source} to "
+            f"{target} in {time.monotonic() - started:.1f}s, from {at} of "
+            f"{dataset.distinct} applied to {progress(settings)}"
+        )
+        assert at < dataset.distinct, "the reshard is meant to start mid-stream"
+        assert source not in own_cluster.masters()
+        producer.finish()
+        check_final(settings, dataset, lambda: first.describe() + "\n" + second.describe())
+        retried = sum(log.count("TRYAGAIN") for log in (first.log(), second.log()))
+        print(f"commits and loads retried while their slot moved: {retried}")
+        assert first.stop() == 0, first.describe()
+        assert second.stop() == 0, second.describe()
