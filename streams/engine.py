@@ -46,7 +46,13 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar, get_args
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, TryAgainError
+from redis.exceptions import (
+    BusyLoadingError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -77,7 +83,8 @@ T = TypeVar("T")
 #: Redis errors that mean "not now": the batch waits and is retried, never dropped.
 #: Any error reply counts too (OOM, a failover's READONLY, MASTERDOWN, ...): holding the
 #: batch with a warning per attempt and ``deskpulse_redis_up 0`` is better than both
-#: losing it and a crash loop.
+#: losing it and a crash loop. So does what a Redis Cluster client raises beside them while
+#: the cluster is down or its nodes are gone (its slots not all served, no node reachable).
 RETRIABLE_REDIS = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -85,6 +92,7 @@ RETRIABLE_REDIS = (
     ReadOnlyError,
     TryAgainError,
     RedisError,
+    RedisClusterException,
     OSError,
 )
 

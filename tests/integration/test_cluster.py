@@ -5,10 +5,12 @@ giving what it gives on one Redis, and ``WAIT`` for the replicas of a commit."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -19,13 +21,15 @@ from deskpulse.models.errors import RejectedEvent, SettingsError
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.core import CoreConfig, Pending, fold_batch
-from deskpulse.streams.devtools.embedded import RedisClusterNodes
+from deskpulse.streams.devtools.embedded import RedisClusterNodes, start_redis_cluster
+from deskpulse.streams.engine import retry_forever
 from deskpulse.streams.partitioner import java_partition
 from deskpulse.streams.query import query_kpis
-from deskpulse.streams.redis_client import Client, check_mode, connect
+from deskpulse.streams.redis_client import Client, Purpose, check_mode, connect
 from deskpulse.streams.store import Store
 from tests.conftest import RedisServer
 from tests.e2e_support import Dataset, build_dataset, query_points
+from tests.support import wait_until
 
 T = TypeVar("T")
 
@@ -42,11 +46,13 @@ def settings_for(url: str, *, cluster: bool, **update: Any) -> Settings:
     )
 
 
-def run(settings: Settings, make: Callable[[Client], Awaitable[T]]) -> T:
+def run(
+    settings: Settings, make: Callable[[Client], Awaitable[T]], purpose: Purpose = "command"
+) -> T:
     """``make(client)`` on a fresh client of the settings (single node or cluster)."""
 
     async def main() -> T:
-        client = connect(settings, purpose="command")
+        client = connect(settings, purpose=purpose)
         try:
             return await make(client)
         finally:
@@ -286,3 +292,80 @@ def test_a_partition_whose_slot_is_moving_is_neither_read_nor_written(
         assert await store.commit(partition, meta.version, result)
 
     run(settings, scenario)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    """A cluster of this test's own (it kills nodes of it)."""
+    with start_redis_cluster("127.0.0.1", tmp_path / "cluster") as nodes:
+        yield nodes
+
+
+def test_a_cluster_that_is_down_is_retried_with_backoff_and_nothing_acknowledged(
+    own_cluster: RedisClusterNodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(own_cluster.url, cluster=True)
+    dataset = build_dataset(seed=3, rate=0.1, duration_s=1800)
+    work = batches(dataset)
+    partition, items = work[-1]
+    slot = slot_of(f"{settings.redis_prefix}:{{p{partition}}}:")
+    masters = own_cluster.masters()
+    # a master that does not serve the partition, and its replica: with both gone the
+    # cluster is down (not every slot is served), the partition's own master included
+    down = next(p for p, r in masters.items() if not r[0] <= slot <= r[1])
+    replica = next(
+        p
+        for p in own_cluster.ports
+        if p not in masters
+        and own_cluster.cli("-h", own_cluster.host, "-p", str(p), "role").split()[2:3]
+        == [str(down)]
+    )
+
+    async def scenario(client: Client) -> None:
+        store = Store(client, settings.redis_prefix, CONFIG)
+        await store.check_config()
+        await apply_all(store, work[:-1])
+        meta, states = await store.load(partition, [p.event.conversation_id for p in items])
+        result = fold_batch(
+            items,
+            states,
+            watermark_ms=meta.watermark_ms,
+            applied_offsets=meta.offsets,
+            config=CONFIG,
+        )
+        own_cluster.process(replica).kill()
+        own_cluster.process(down).kill()
+        live = next(p for p in masters if p != down)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: own_cluster.node_info(live).get("cluster_state") == "fail",
+            30,
+            0.1,
+        )
+        committing = asyncio.create_task(
+            retry_forever(
+                partial(store.commit, partition, meta.version, result),
+                what=f"committing partition {partition} to Redis",
+                max_delay_s=1.0,
+            )
+        )
+        await asyncio.sleep(4)
+        assert not committing.done(), "a commit acknowledged while the cluster is down"
+        own_cluster.restart(down)
+        own_cluster.restart(replica)
+        await asyncio.to_thread(own_cluster.wait_ok, 60)
+        # applied once: by the attempt that returned, or by one whose reply was lost on a
+        # connection the restart reset (then ``False``, and the engine folds the batch
+        # again against the state that holds it, where the fence skips it)
+        await asyncio.wait_for(committing, 60)
+        after, _ = await store.load(partition, [])
+        assert int(after.version) == int(meta.version) + 1
+        assert after.offsets == result.offsets | {
+            t: o for t, o in meta.offsets.items() if t not in result.offsets
+        }
+
+    with caplog.at_level(logging.WARNING, logger="deskpulse.engine"):
+        run(settings, scenario, purpose="ingest")  # the worker's: no retries of its own
+    retries = [r.getMessage() for r in caplog.records if "failed (attempt" in r.getMessage()]
+    assert len(retries) >= 3, retries
+    assert any("CLUSTERDOWN" in m or "cluster is down" in m.lower() for m in retries), retries
