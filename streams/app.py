@@ -160,6 +160,7 @@ class Service:
             on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
         )
         self.partitions = counts[self.settings.topic_tickets]
+        await self.store.check_partition_count(self.partitions)
         await self.engine.start(self.partitions)
         if self.engine.generation != self.store.generation:  # the state restarted meanwhile
             self.guard.report(

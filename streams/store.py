@@ -53,10 +53,11 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:alerts``                   hash: ``rule␟window␟channel␟queue␟priority`` -> ``firing``
                                or ``ok``, the threshold rules' state
                                (:mod:`exporters.publish`)
-``P:config``                   hash: the bucket sizes and store layout the state was
-                               written with; ``generation`` (random, new whenever the state
-                               starts empty); ``reset_at``, ``reset_note`` once ``deskpulse
-                               state reset`` accepted starting empty
+``P:config``                   hash: the bucket sizes, store layout and input partition
+                               count (``partitions``) the state was written with;
+                               ``generation`` (random, new whenever the state starts
+                               empty); ``reset_at``, ``reset_note`` once ``deskpulse state
+                               reset`` accepted starting empty
 =============================  ===========================================================
 
 On a Redis Cluster a partition's keys share the slot of ``{pn}``: every script and atomic
@@ -160,11 +161,12 @@ LAYOUT = "6"
 #: would read half a partition, or fail half-way through its writes (a script touching a
 #: key that moved is stopped where it stands, its earlier writes kept). So it refuses with
 #: ``TRYAGAIN`` before touching any key, and the caller retries until the slot has moved
-#: (the client then follows ``MOVED``). ``CLUSTER NODES`` fails on one Redis: nothing moves.
+#: (the client then follows ``MOVED``). On one Redis (``cluster_enabled:0``) nothing moves.
 _STEADY = """
 do
-  local clustered, nodes = pcall(redis.call, 'CLUSTER', 'NODES')
-  if clustered then
+  local info = redis.call('INFO', 'cluster')
+  if string.find(info, 'cluster_enabled:1', 1, true) then
+    local nodes = redis.call('CLUSTER', 'NODES')
     local mine = string.match(nodes, '[^\\n]*myself[^\\n]*')
     local slot = redis.call('CLUSTER', 'KEYSLOT', KEYS[1])
     if mine and string.find(mine, '[' .. slot .. '-', 1, true) then
@@ -569,22 +571,6 @@ return reply
 )
 
 
-#: A partition's settled roll-ups with their stamps, read in one step (one script on the
-#: partition's slot, so stamps and contents are of one instant). KEYS[1]: the partition's
-#: key base; ARGV: the bucket key suffixes. Returns the stamps (``HMGET`` of ``bver``),
-#: then each bucket's ``HGETALL`` as a flat list.
-_READ_STAMPED = (
-    _STEADY
-    + """
-local base = KEYS[1]
-local reply = {redis.call('HMGET', base .. 'bver', unpack(ARGV))}
-for _, suffix in ipairs(ARGV) do
-  reply[#reply + 1] = redis.call('HGETALL', base .. suffix)
-end
-return reply
-"""
-)
-
 #: The replication sync point of a partition: whether its meta is still at ``ARGV[1]`` or
 #: later (0: that commit was lost, as when a master died before a replica had it), and a
 #: write beside it (``sync``), so a ``WAIT`` that follows on the same connection counts the
@@ -755,7 +741,6 @@ class Store:
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
-        self._read_stamped = redis.register_script(_READ_STAMPED)
         #: partitions this process has listed in ``P:partitions``
         self._known_partitions: set[int] = set()
         #: the generation of the state, once :meth:`check_config` has read or made it
@@ -817,6 +802,25 @@ class Store:
                     f"{stored.get(name)}; use another DESKPULSE_REDIS_PREFIX or the old value",
                 )
         await self._take_generation(stored)
+
+    async def check_partition_count(self, count: int) -> None:
+        """Record the input topics' partition count in ``P:config`` the first time, and
+        refuse another one later: a conversation's state lives with the partition its id
+        maps to modulo the count, so with another count most conversations would start
+        new states on other partitions (README, "Scaling out", has the migration)."""
+        key = self.key("config")
+        await self.redis.hsetnx(key, "partitions", count)
+        stored = text(await self.redis.hget(key, "partitions") or b"")
+        if stored != str(count):
+            from deskpulse.models.errors import SettingsError
+
+            raise SettingsError(
+                "DESKPULSE_REDIS_PREFIX",
+                f"the input topics have {count} partitions but the state under prefix "
+                f"{self.prefix!r} was built on {stored}; a partition count cannot change "
+                "under a state: replay the input topics into a new prefix with a new "
+                "DESKPULSE_APP_ID (README: Scaling out)",
+            )
 
     async def _take_generation(self, stored: dict[str, str]) -> None:
         """Read the generation of the state, making one for state that has none yet."""
@@ -1319,18 +1323,18 @@ class Store:
     async def _read_settled(
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        """Sum the settled roll-ups of ``sets`` with their stamps, read by one script per
-        partition (stamps and contents of one instant), and keep them: the least recently read go
+        """Sum the settled roll-ups of ``sets`` with their stamps, read in one transaction
+        (stamps and contents of one instant; on a cluster one per partition, each stamp
+        being its partition's own), and keep them: the least recently read go
         while more than :data:`SETTLED_FIELDS_KEPT` fields are kept in all."""
         unique = list(dict.fromkeys(s for kept in sets for s in kept))
-        # one script per partition (a transaction over all would span their slots)
-        replies = await self._pipelined_script(
-            self._read_stamped, [([self.base(partition)], unique) for partition in parts]
-        )
-        stamps = [tuple(reply[0]) for reply in replies]
-        contents = [
-            dict(zip(flat[::2], flat[1::2], strict=True)) for reply in replies for flat in reply[1:]
-        ]
+        if isinstance(self.redis, RedisCluster):
+            # a transaction is of one slot there: one per partition, side by side
+            each = await asyncio.gather(*(self._read_stamped((p,), unique) for p in parts))
+            stamps = [row for rows, _ in each for row in rows]
+            contents = [bucket for _, buckets in each for bucket in buckets]
+        else:
+            stamps, contents = await self._read_stamped(parts, unique)
         position = {suffix: i for i, suffix in enumerate(unique)}
         sums = _merge(contents, unique, [list(kept) for kept in sets])
         read: dict[tuple[str, ...], dict[str, int]] = {}
@@ -1349,6 +1353,21 @@ class Store:
             _, (_, dropped) = kept_sums.popitem(last=False)
             self._settled_fields -= len(dropped)
         return read
+
+    async def _read_stamped(
+        self, parts: Sequence[int], unique: Sequence[str]
+    ) -> tuple[list[Any], list[Any]]:
+        """The stamps (``bver``) and contents of the buckets ``unique`` of ``parts``, read in
+        one transaction: per partition its stamps, then per partition each bucket."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for partition in parts:
+                pipe.hmget(self.base(partition) + "bver", list(unique))
+            for partition in parts:
+                base = self.base(partition)
+                for suffix in unique:
+                    pipe.hgetall(base + suffix)
+            replies = await pipe.execute()
+        return replies[: len(parts)], replies[len(parts) :]
 
     async def _sum_fresh(
         self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
