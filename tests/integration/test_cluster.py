@@ -21,7 +21,12 @@ from deskpulse.models.errors import RejectedEvent, SettingsError
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.core import CoreConfig, Pending, fold_batch
-from deskpulse.streams.devtools.embedded import RedisClusterNodes, start_redis_cluster
+from deskpulse.streams.devtools.embedded import (
+    RedisClusterNodes,
+    free_port,
+    start_redis,
+    start_redis_cluster,
+)
 from deskpulse.streams.engine import retry_forever
 from deskpulse.streams.partitioner import java_partition
 from deskpulse.streams.query import query_kpis
@@ -369,3 +374,55 @@ def test_a_cluster_that_is_down_is_retried_with_backoff_and_nothing_acknowledged
     retries = [r.getMessage() for r in caplog.records if "failed (attempt" in r.getMessage()]
     assert len(retries) >= 3, retries
     assert any("CLUSTERDOWN" in m or "cluster is down" in m.lower() for m in retries), retries
+
+
+def test_a_commit_waits_for_the_replica_of_one_redis(tmp_path: Path) -> None:
+    host = "127.0.0.1"
+    master_port, replica_port = free_port(host), free_port(host)
+    with (
+        start_redis(host, master_port, tmp_path / "master") as master,
+        start_redis(
+            host,
+            replica_port,
+            tmp_path / "replica",
+            extra_args=["--replicaof", host, str(master_port)],
+        ) as replica,
+    ):
+        settings = settings_for(
+            f"redis://{host}:{master_port}/0", cluster=False, redis_min_replicas=1
+        )
+        work = batches(build_dataset(seed=9, rate=0.1, duration_s=1800))
+        assert master.running
+
+        async def scenario(client: Client) -> None:
+            store = Store.from_settings(client, settings)
+            await store.check_config()
+            await asyncio.to_thread(
+                wait_until,
+                lambda: "'online'" in redis_info(master_port).get("slave0", ""),
+                30,
+                0.1,
+            )
+            await apply_all(store, work[:3])
+            assert store.replication_short == 0
+            replica.pause()  # a replica that does not answer: the next commit waits
+            try:
+                committing = asyncio.create_task(apply_all(store, work[3:4]))
+                await asyncio.sleep(2)
+                assert not committing.done()
+                assert store.replication_short >= 1
+            finally:
+                replica.resume()
+            await asyncio.wait_for(committing, 30)
+
+        run(settings, scenario, purpose="ingest")
+
+
+def redis_info(port: int) -> dict[str, str]:
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        return {k: str(v) for k, v in client.info("replication").items()}
+    finally:
+        client.close()
