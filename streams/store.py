@@ -155,23 +155,20 @@ __all__ = [
 #: (counts kept from a partition's first commit on: older state has none to start from).
 LAYOUT = "6"
 
-#: The start of every script that reads or writes several keys of one partition. On a
-#: Redis Cluster whose slot of the partition is being migrated (``redis-cli --cluster
-#: reshard``), some of its keys are here and some on the other node already: a script
-#: would read half a partition, or fail half-way through its writes (a script touching a
-#: key that moved is stopped where it stands, its earlier writes kept). So it refuses with
-#: ``TRYAGAIN`` before touching any key, and the caller retries until the slot has moved
-#: (the client then follows ``MOVED``). On one Redis (``cluster_enabled:0``) nothing moves.
+#: The start of every script that reads or writes several keys of one partition, on a
+#: Redis Cluster (a single Redis moves no slots). While the partition's slot is being
+#: migrated (``redis-cli --cluster reshard``), some of its keys are here and some on the
+#: other node already: a script would read half a partition, or fail half-way through its
+#: writes (a script touching a key that moved is stopped where it stands, its earlier
+#: writes kept). So it refuses with ``TRYAGAIN`` before touching any key, and the caller
+#: retries until the slot has moved (the client then follows ``MOVED``). An ACL user needs
+#: ``cluster|nodes`` and ``cluster|keyslot`` for it.
 _STEADY = """
 do
-  local info = redis.call('INFO', 'cluster')
-  if string.find(info, 'cluster_enabled:1', 1, true) then
-    local nodes = redis.call('CLUSTER', 'NODES')
-    local mine = string.match(nodes, '[^\\n]*myself[^\\n]*')
-    local slot = redis.call('CLUSTER', 'KEYSLOT', KEYS[1])
-    if mine and string.find(mine, '[' .. slot .. '-', 1, true) then
-      return redis.error_reply('TRYAGAIN slot ' .. slot .. ' of the partition is moving')
-    end
+  local mine = string.match(redis.call('CLUSTER', 'NODES'), '[^\\n]*myself[^\\n]*')
+  local slot = redis.call('CLUSTER', 'KEYSLOT', KEYS[1])
+  if mine and string.find(mine, '[' .. slot .. '-', 1, true) then
+    return redis.error_reply('TRYAGAIN slot ' .. slot .. ' of the partition is moving')
   end
 end
 """
@@ -192,9 +189,7 @@ end
 # have state already.
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
-_COMMIT = (
-    _STEADY
-    + """
+_COMMIT = """
 local base = KEYS[1]
 local meta, bidx, tot = base .. 'meta', base .. 'bidx', base .. 'tot'
 local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
@@ -416,16 +411,13 @@ end
 local version = redis.call('HINCRBY', meta, 'version', 1)
 return {1, tostring(version), orphaned}
 """
-)
 
 
 #: A partition's meta (as HGETALL's flat list) and the states of the conversations named in
 #: ARGV[1] (a JSON array), nil for one with none. One argument for thousands of ids: the
 #: client encodes each argument of a command in Python, which cost a replay more than the
 #: read itself (unpack takes at most a few thousand values at once, hence the slices).
-_LOAD = (
-    _STEADY
-    + """
+_LOAD = """
 local base = KEYS[1]
 local reply = {redis.call('HGETALL', base .. 'meta')}
 local ids = cjson.decode(ARGV[1])
@@ -437,7 +429,6 @@ for k = 1, #ids, 4000 do
 end
 return reply
 """
-)
 
 
 #: The earliest creation of the tickets open, and request of the chats waiting, at each of
@@ -454,9 +445,7 @@ return reply
 #: tickets are paged through once for all the instants that ask for it, and the
 #: conversations that left since the first past instant are read once, each offered to the
 #: instants it was open at.
-_EARLIEST_AT = (
-    _STEADY
-    + """
+_EARLIEST_AT = """
 local base = KEYS[1]
 local instants = cjson.decode(ARGV[1])
 local stale_ms = tonumber(ARGV[2])
@@ -568,16 +557,13 @@ for i, per in pairs(best) do
 end
 return reply
 """
-)
 
 
 #: The replication sync point of a partition: whether its meta is still at ``ARGV[1]`` or
 #: later (0: that commit was lost, as when a master died before a replica had it), and a
 #: write beside it (``sync``), so a ``WAIT`` that follows on the same connection counts the
 #: replicas that hold everything up to that commit.
-_SYNC = (
-    _STEADY
-    + """
+_SYNC = """
 local version = tonumber(redis.call('HGET', KEYS[1] .. 'meta', 'version') or '0')
 if version < tonumber(ARGV[1]) then
   return 0
@@ -585,7 +571,6 @@ end
 redis.call('SET', KEYS[1] .. 'sync', ARGV[1])
 return 1
 """
-)
 
 #: What an operator does when state was lost (the one line a worker logs ends with it).
 FIX_LOST = (
@@ -734,10 +719,11 @@ class Store:
         self.wait_timeout_ms = wait_timeout_ms
         #: ``WAIT`` replies that fell short of :attr:`min_replicas` so far (each retried)
         self.replication_short = 0
-        self._sync = redis.register_script(_SYNC)
-        self._commit = redis.register_script(_COMMIT)
-        self._load = redis.register_script(_LOAD)
-        self._earliest_at = redis.register_script(_EARLIEST_AT)
+        steady = _STEADY if isinstance(redis, RedisCluster) else ""
+        self._commit = redis.register_script(steady + _COMMIT)
+        self._load = redis.register_script(steady + _LOAD)
+        self._earliest_at = redis.register_script(steady + _EARLIEST_AT)
+        self._sync = redis.register_script(steady + _SYNC)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
@@ -1118,7 +1104,7 @@ class Store:
                     pipe.execute_command("WAIT", self.min_replicas, self.wait_timeout_ms, **target)
                     held, acked = await pipe.execute()
             except NoScriptError:
-                await self.redis.script_load(_SYNC)
+                await self.redis.script_load(self._sync.script)
                 continue
             except (
                 RedisConnectionError,
