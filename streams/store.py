@@ -1111,9 +1111,8 @@ class Store:
                 RedisTimeoutError,
                 RedisClusterException,
                 OSError,
+                ResponseError,  # CLUSTERDOWN, TRYAGAIN, READONLY, LOADING
             ) as error:
-                problem = f"{type(error).__name__}: {error}"
-            except ResponseError as error:  # CLUSTERDOWN, TRYAGAIN, READONLY, LOADING
                 problem = f"{type(error).__name__}: {error}"
             else:
                 if not int(held):
@@ -1228,18 +1227,19 @@ class Store:
         they only read."""
         if not calls:
             return []
-        for attempt in (1, 2):
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        # (a cluster's pipeline is no RedisCluster, yet the script takes it)
-                        await script(keys=keys, args=args, client=cast(Any, pipe))
-                    return list(await pipe.execute())
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.redis.script_load(script.script)
-        raise AssertionError("unreachable")
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    # (a cluster's pipeline is no RedisCluster, yet the script takes it)
+                    await script(keys=keys, args=args, client=cast(Any, pipe))
+                return list(await pipe.execute())
+
+        try:
+            return await run()
+        except NoScriptError:
+            await self.redis.script_load(script.script)
+            return await run()
 
     async def partitions(self) -> list[int]:
         """Partitions that have state."""
