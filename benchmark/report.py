@@ -89,6 +89,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _board(s.get("board"), add)
     _groups(s.get("groups"), add)
     _longconv(s.get("longconv"), add)
+    _cluster(s.get("cluster"), add)
     _profiles(s, add)
     add("## How to run\n")
     add("```")
@@ -125,8 +126,9 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "`BENCH_LONG_REPLIES` [100000: replies on the long conversation's ticket], "
         "`BENCH_LONG_RATE` [1000: their rate per second, and the spread traffic's beside], "
         "`BENCH_LONG_TRIALS` [2: live trials on each data set], "
+        "`BENCH_CLUSTER_TRIALS` [2: trials per contender of the cluster section], "
         "`BENCH_SECTIONS` [throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,"
-        "groups,longconv; "
+        "groups,longconv,cluster; "
         "or name "
         "sections as "
         "arguments: `python -m benchmark.run reads`], "
@@ -1508,6 +1510,47 @@ def _text(title: str, text: str | None, add: Any) -> None:
     add("```")
     add(text)
     add("```\n")
+
+
+def _cluster(cl: dict[str, Any] | None, add: Any) -> None:
+    add("## 13. Redis Cluster\n")
+    if not cl:
+        add("Not run.\n")
+        return
+    if "error" in cl:
+        add(f"Failed: {cl['error']}\n")
+        return
+    add(
+        f"The throughput data set ({cl['events']:,} records) through live workers: on the "
+        f"single redis-server, and on a Redis Cluster of {cl['masters']} masters and "
+        f"{cl['replicas']} replicas on this machine; each contender's median of its trials "
+        "(events/s from the first event seen in Redis to the last; cores used meanwhile, "
+        "1.0 = one core busy).\n"
+    )
+    add(
+        "| contender | events/s | trials | workers' cores | Redis cores (masters + replicas)"
+        " | broker cores |"
+    )
+    add("| --- | --- | --- | --- | --- | --- |")
+    names = {
+        "single": "1 worker, single redis-server",
+        "cluster": "1 worker, cluster",
+        "cluster_wait": "1 worker, cluster, `DESKPULSE_REDIS_MIN_REPLICAS=1`",
+        "cluster_2_workers": "2 workers in one group, cluster",
+    }
+    for key, label in names.items():
+        run = cl.get(key)
+        if not run:
+            continue
+        cores = run["cores"]
+        trials = ", ".join(_rate(x) for x in run["trials"])
+        workers = " + ".join(f"{c:.2f}" for c in cores["per_worker"])
+        add(
+            f"| {label} | {_rate(run['per_second'])} | {trials} | {workers} | "
+            f"{cores['redis']:.2f} ({cores['masters']:.2f} + {cores['replicas']:.2f}) | "
+            f"{cores['broker']:.2f} |"
+        )
+    add("")
 
 
 def _profiles(s: dict[str, Any], add: Any) -> None:

@@ -33,6 +33,11 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
    does (its /kpis windows, the tickets at risk, the sparklines' series now and then): the
     worker's CPU (its process and its read process) per viewer refresh, against the same
     span without viewers; then ``GET /kpis/series`` of 24 x 1 h, p50 and p99;
+11. cluster: the throughput data set through live workers on a Redis Cluster of its own
+    (3 masters, 3 replicas, started here): one worker on the single redis-server for
+    reference, one on the cluster, one with ``DESKPULSE_REDIS_MIN_REPLICAS=1`` (the cost
+    of ``WAIT``), and two in one consumer group; events/s and the cores of the workers,
+    of the masters and of the replicas;
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -49,11 +54,11 @@ BENCH_BACKLOG_READS (30), BENCH_INGEST_SECONDS (15), BENCH_INGEST_CONNECTIONS (5
 BENCH_INGEST_RATE (2000), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (300),
 BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_GROUPS_HISTORY
 (120000), BENCH_GROUPS_RATE (200), BENCH_GROUPS_SECONDS (90), BENCH_LONG_REPLIES (100000),
-BENCH_LONG_RATE (1000), BENCH_LONG_TRIALS (2), BENCH_SECTIONS
-(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups,longconv; section
-names given as arguments, ``python -m benchmark.run reads``, take its place), BENCH_PROFILE
-(auto | always | never), BENCH_WORKDIR (a new temporary directory), BENCH_OUTPUT
-(BENCHMARKS.md in the repo).
+BENCH_LONG_RATE (1000), BENCH_LONG_TRIALS (2), BENCH_CLUSTER_TRIALS (2), BENCH_SECTIONS
+(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups,longconv,cluster;
+section names given as arguments, ``python -m benchmark.run reads``, take its place),
+BENCH_PROFILE (auto | always | never), BENCH_WORKDIR (a new temporary directory),
+BENCH_OUTPUT (BENCHMARKS.md in the repo).
 """
 
 from __future__ import annotations
@@ -108,9 +113,16 @@ from deskpulse.models.wire import decode_record
 from deskpulse.streams.breaches import check_partitions
 from deskpulse.streams.core import SEP, Conversation, CoreConfig, live_key
 from deskpulse.streams.devtools import policies
-from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import (
+    ManagedProcess,
+    free_port,
+    start_broker,
+    start_redis,
+    start_redis_cluster,
+)
 from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
 from deskpulse.streams.query import format_time, query_kpis, read_live
+from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store, text
 from deskpulse.streams.tools import produce_records
 from deskpulse.streams.topics import ensure_topics
@@ -179,6 +191,7 @@ SECTIONS = (
     "board",
     "groups",
     "longconv",
+    "cluster",
 )
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
@@ -285,6 +298,7 @@ class Config:
     long_replies: int = field(default_factory=lambda: _env_int("BENCH_LONG_REPLIES", 100_000))
     long_rate: float = field(default_factory=lambda: _env_float("BENCH_LONG_RATE", 1000))
     long_trials: int = field(default_factory=lambda: max(1, _env_int("BENCH_LONG_TRIALS", 2)))
+    cluster_trials: int = field(default_factory=lambda: max(1, _env_int("BENCH_CLUSTER_TRIALS", 2)))
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -2560,12 +2574,116 @@ class Bench:
         self.results["datasets"] = self.datasets
         self.results["machine"]["loadavg_end"] = os.getloadavg()
 
+    # -- 11. Redis Cluster --------------------------------------------------------------
+
+    async def section_cluster(self) -> dict[str, Any]:
+        """The throughput data set through live workers on one redis-server and on a Redis
+        Cluster of 3 masters and 3 replicas, each contender once per trial, the order
+        rotated from trial to trial (as in the throughput section)."""
+        cfg = self.config
+        n = self.datasets["tp"]["records"]
+        nodes = start_redis_cluster(HOST, self.workdir / "cluster")
+        for proc in nodes.processes:
+            self.procs.adopt(proc)
+        contenders = {
+            "single": {"workers": 1, "cluster": False, "min_replicas": 0},
+            "cluster": {"workers": 1, "cluster": True, "min_replicas": 0},
+            "cluster_wait": {"workers": 1, "cluster": True, "min_replicas": 1},
+            "cluster_2_workers": {"workers": 2, "cluster": True, "min_replicas": 0},
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+        order = list(contenders)
+        try:
+            for trial in range(cfg.cluster_trials):
+                for name in order[trial % len(order) :] + order[: trial % len(order)]:
+                    how = contenders[name]
+                    print(f"   cluster: {name}, trial {trial + 1}", file=sys.stderr)
+                    runs[name].append(
+                        await self.run_cluster_contender(f"cl-{name}-{trial}", nodes, n, **how)
+                    )
+            masters = sorted(nodes.masters())
+        finally:
+            nodes.stop()
+        out: dict[str, Any] = {"events": n, "masters": len(masters), "replicas": 3}
+        for name, done in runs.items():
+            typical = sorted(done, key=lambda r: r["per_second"])[(len(done) - 1) // 2]
+            out[name] = typical | {"trials": [r["per_second"] for r in done]}
+        return out
+
+    async def run_cluster_contender(
+        self, name: str, nodes: Any, n: int, *, workers: int, cluster: bool, min_replicas: int
+    ) -> dict[str, Any]:
+        """``workers`` live workers in one group on the single redis-server or the cluster,
+        until they accounted for the ``tp`` data set; events/s from the first event seen
+        to the last, and the cores each kind of process used meanwhile."""
+        settings = self.settings(name, "tp").model_copy(
+            update={
+                "redis_url": SecretStr(nodes.url if cluster else self.redis_url),
+                "redis_cluster": cluster,
+                "redis_min_replicas": min_replicas,
+            }
+        )
+        client = connect(settings, purpose="command")
+        redis_procs = list(nodes.processes) if cluster else [self.redis_proc]
+        masters = set(nodes.masters()) if cluster else set()
+        procs = [
+            self.procs.worker(f"{name}-{i}", settings.model_copy(update={"web_port": web_port()}))
+            for i in range(workers)
+        ]
+        cpu: dict[str, list[float]] = {}
+
+        def sample() -> list[float]:
+            return self.cpu_of(*procs, *redis_procs, self.broker)
+
+        try:
+            marks = await wait_applied(
+                client,
+                settings.redis_prefix,
+                settings.topic_partitions,
+                n,
+                timeout_s=n / 500 + 180,
+                proc=procs[0],
+                on_first=lambda: cpu.setdefault("first", sample()),
+            )
+            cpu["done"] = sample()
+        finally:
+            await client.aclose()
+            for proc in procs:
+                self.procs.stop(proc)
+        seconds = marks["t_done"] - marks["t_first"]
+        used = [(b - a) / seconds for a, b in zip(cpu["first"], cpu["done"], strict=True)]
+        worker_cores = used[:workers]
+        redis_cores = used[workers:-1]
+        ports = nodes.ports if cluster else []
+        return {
+            "workers": workers,
+            "cluster": cluster,
+            "min_replicas": min_replicas,
+            "events": marks["n_done"] - marks["n_first"],
+            "seconds": seconds,
+            "per_second": (marks["n_done"] - marks["n_first"]) / seconds,
+            "cores": {
+                "workers": sum(worker_cores),
+                "per_worker": worker_cores,
+                "redis": sum(redis_cores),
+                "masters": sum(c for c, p in zip(redis_cores, ports, strict=False) if p in masters)
+                if cluster
+                else sum(redis_cores),
+                "replicas": sum(
+                    c for c, p in zip(redis_cores, ports, strict=False) if p not in masters
+                )
+                if cluster
+                else 0.0,
+                "broker": used[-1],
+            },
+        }
+
     async def produce_all(self) -> None:
         cfg = self.config
         watch = CpuWatch("produce")
         now = time.time()
         wanted = set(cfg.sections)
-        if wanted & {"throughput", "freshness"}:
+        if wanted & {"throughput", "freshness", "cluster"}:
             span = 3000.0
             await self.produce_dataset(
                 "tp",

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
-from redis.asyncio import Redis
 
 from deskpulse.models.settings import ENV_PREFIX, Settings, format_duration
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
+from deskpulse.streams.redis_client import Client
 
 __all__ = ["HOST", "Processes", "applied_total", "child_env", "make_settings", "meta_totals"]
 
@@ -127,7 +127,7 @@ def web_port() -> int:
     return free_port(HOST)
 
 
-async def meta_totals(redis: Redis, prefix: str, partitions: int) -> dict[str, int]:
+async def meta_totals(redis: Client, prefix: str, partitions: int) -> dict[str, int]:
     """Sums over partitions of the meta counters (``applied``, ``dup:*``, ``late:*``, ...)."""
     async with redis.pipeline(transaction=False) as pipe:
         for p in range(partitions):
@@ -149,7 +149,7 @@ def applied_total(sums: Mapping[str, int]) -> int:
 
 
 async def wait_applied(
-    redis: Redis,
+    redis: Client,
     prefix: str,
     partitions: int,
     expected: int,

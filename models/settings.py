@@ -254,6 +254,12 @@ class Settings(BaseSettings):
     kafka_session_timeout: Annotated[int, NoDecode] = 10
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_prefix: str = Field(default="deskpulse", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # DESKPULSE_REDIS_URL names one node of a Redis Cluster; the client finds the others
+    redis_cluster: bool = False
+    # replicas a commit must reach (WAIT) before its batch is acknowledged; 0: the master's
+    # acknowledgement is enough (replication is asynchronous and a failover may lose it)
+    redis_min_replicas: int = Field(default=0, ge=0, le=16)
+    redis_wait_timeout: float = Field(default=1.0, gt=0, le=60)
     app_id: str = Field(default="deskpulse", pattern=r"^[A-Za-z0-9_.-]{1,128}$")
 
     # Topics
@@ -551,6 +557,15 @@ class Settings(BaseSettings):
                 f"than the retention ({format_duration(self.retention)}): every ticket is kept "
                 "that long anyway"
             )
+        if self.redis_cluster and urlsplit(self.redis_url.get_secret_value()).scheme == "unix":
+            raise ValueError("redis_cluster: a Redis Cluster is reached over TCP, not unix://")
+        if self.redis_cluster and urlsplit(self.redis_url.get_secret_value()).path.strip(
+            "/"
+        ) not in (
+            "",
+            "0",
+        ):
+            raise ValueError("redis_cluster: a Redis Cluster has database 0 only")
         if self.chat_stale_after <= 0:
             raise ValueError("chat_stale_after: must be positive")
         for rule in self.alert_rules:

@@ -40,13 +40,12 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams import compat
 from deskpulse.streams.breaches import DetectionClocks
 from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
-from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.engine import DeadLetterTrouble, Record, retry_forever
 from deskpulse.streams.integrity import StateGuard
 from deskpulse.streams.kpi_engine import KpiEngine, LocalEngine
 from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
 from deskpulse.streams.reads import KpiReads, max_age_s
-from deskpulse.streams.redis_client import connect
+from deskpulse.streams.redis_client import check_mode, connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
 from deskpulse.streams.topics import ensure_topics
 from deskpulse.streams.watchdog import ATTEMPTS_BEFORE_ERROR, Progress, StallWatch
@@ -77,7 +76,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis = connect(settings, purpose="ingest")
-        self.store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        self.store = Store.from_settings(self.redis, settings)
         self.registry, self.metrics, self.collector = build_registry(settings, self.store)
         #: the engine, here or in a child process: chosen once, never asked which
         self.engine = open_engine(settings, self.store, self.metrics, self.collector)
@@ -163,6 +162,7 @@ class Service:
             on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
         )
         self.partitions = counts[self.settings.topic_tickets]
+        await self.store.check_partition_count(self.partitions)
         await self.engine.start(self.partitions)
         if self.engine.generation != self.store.generation:  # the state restarted meanwhile
             self.guard.report(
@@ -187,7 +187,8 @@ class Service:
 
 
 async def probe_redis(settings: Settings) -> None:
-    """Raise :class:`SettingsError` if Redis refuses our credentials or TLS setup.
+    """Raise :class:`SettingsError` if Redis refuses our credentials or TLS setup, or is
+    a cluster node when ``DESKPULSE_REDIS_CLUSTER`` says not (or the reverse).
 
     An unreachable Redis passes: that is retried with backoff, not fatal.
     """
@@ -195,6 +196,7 @@ async def probe_redis(settings: Settings) -> None:
 
     redis = connect(settings, purpose="probe")
     try:
+        await check_mode(redis)
         await redis.ping()
     except (AuthenticationError, AuthorizationError) as error:
         raise SettingsError(

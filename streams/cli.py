@@ -359,7 +359,7 @@ def probe_address(host: str, port: int, setting: str) -> None:
 
 async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     from deskpulse.models.errors import InvalidQuery, StateError
     from deskpulse.streams.core import CoreConfig
@@ -394,7 +394,7 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> int:
     except StateError as error:  # no state, or partly lost: zeros would be wrong numbers
         print(f"deskpulse kpis: {error}", file=sys.stderr)
         return 1
-    except (OSError, RedisError) as error:
+    except (OSError, RedisError, RedisClusterException) as error:
         print(f"deskpulse kpis: cannot read Redis: {error}", file=sys.stderr)
         return 1
     finally:

@@ -46,7 +46,13 @@ from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar, get_args
 
 from aiokafka.errors import KafkaError
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError, TryAgainError
+from redis.exceptions import (
+    BusyLoadingError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -77,7 +83,8 @@ T = TypeVar("T")
 #: Redis errors that mean "not now": the batch waits and is retried, never dropped.
 #: Any error reply counts too (OOM, a failover's READONLY, MASTERDOWN, ...): holding the
 #: batch with a warning per attempt and ``deskpulse_redis_up 0`` is better than both
-#: losing it and a crash loop.
+#: losing it and a crash loop. So does what a Redis Cluster client raises beside them while
+#: the cluster is down or its nodes are gone (its slots not all served, no node reachable).
 RETRIABLE_REDIS = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -85,6 +92,7 @@ RETRIABLE_REDIS = (
     ReadOnlyError,
     TryAgainError,
     RedisError,
+    RedisClusterException,
     OSError,
 )
 
@@ -669,7 +677,16 @@ class Engine:
                 self._fence_forwarded(result, meta, elsewhere, forwarded)
             # (records with no place in the fence, replay's from elsewhere, still commit)
             if not result.offsets and not result.fresh:
-                # everything was applied before (a redelivery after a crash)
+                # everything was applied before (a redelivery after a crash); with replicas
+                # to wait for, the commit that applied it may be on its master alone (the
+                # process that made it died before its WAIT): acknowledged only once held
+                if self.store.min_replicas and not await retry_forever(
+                    partial(self.store.replicated, partition, int(meta.version)),
+                    what=f"waiting for partition {partition}'s replicas",
+                    on_state=self.metrics.redis_up,
+                ):
+                    log.info("partition %d lost a commit with its master; folding again", partition)
+                    continue
                 self._count_skipped(result.skipped, rejected, fresh_rejects)
                 self._count_rerouted(misrouted, fresh_misrouted)
                 self._count_holes(holes)

@@ -372,14 +372,13 @@ class _Child:
 
     def __init__(self, settings: Settings, writer: asyncio.StreamWriter) -> None:
         from deskpulse.exporters.prometheus import KpiCollector
-        from deskpulse.streams.core import CoreConfig
         from deskpulse.streams.kpi_engine import LocalEngine
         from deskpulse.streams.redis_client import connect
         from deskpulse.streams.store import Store
 
         self.writer = writer
         self.redis = connect(settings, purpose="ingest")
-        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        store = Store.from_settings(self.redis, settings)
         self.metrics = RecordingMetrics()
         self.engine = LocalEngine(settings, store, self.metrics, KpiCollector(store, settings))
         # unasked, while a batch is held: the worker's /readyz and gauges follow them

@@ -558,7 +558,7 @@ async def _read(store: Any, kind: str, fields: list[Any]) -> dict[str, Any]:
 
 async def _answer(store: Any, request: list[Any], writer: asyncio.StreamWriter) -> None:
     import orjson
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     request_id, kind, *fields = request
     reply: list[Any]
@@ -567,7 +567,7 @@ async def _answer(store: Any, request: list[Any], writer: asyncio.StreamWriter) 
         reply = [request_id, "ok", orjson.dumps(document)]
     except InvalidQuery as error:
         reply = [request_id, "invalid", [error.parameter, error.message]]
-    except (RedisError, OSError) as error:
+    except (RedisError, RedisClusterException, OSError) as error:
         log.warning("a KPI read cannot reach Redis: %s", error)
         reply = [request_id, "unavailable", f"cannot read Redis: {error}"]
     except Exception as error:  # a bug: reported to the worker (a 500), this process lives on

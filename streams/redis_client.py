@@ -24,7 +24,12 @@ command waits as long as its operator does). The health check pings a connection
 idle that long before using it. The read process names its connections
 ``deskpulse-reads``, so ``CLIENT LIST`` tells them from the ingest path's.
 
-A new kind of client (Redis Cluster, say) is added here, and every process takes it.
+With ``DESKPULSE_REDIS_CLUSTER=true`` every purpose gets a
+:class:`~redis.asyncio.cluster.RedisCluster` instead, built from the same URL (any node of
+the cluster: the client asks it for the others and follows ``MOVED`` and ``ASK`` itself),
+with the same AUTH, TLS and options, so every process takes it alike. Its client retries
+are the same *no*: a ``CLUSTERDOWN`` or a node that went away is the caller's to retry
+with backoff. :func:`check_mode` is the start-up check that the flag matches the server.
 """
 
 from __future__ import annotations
@@ -33,12 +38,29 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from deskpulse.models.errors import SettingsError
 from deskpulse.models.settings import Settings
 
-__all__ = ["PURPOSES", "ClientOptions", "Purpose", "client_options", "connect"]
+__all__ = [
+    "PURPOSES",
+    "Client",
+    "ClientOptions",
+    "Purpose",
+    "check_mode",
+    "client_options",
+    "connect",
+    "is_cluster",
+]
+
+#: How the cluster client's discovery says the node it asked is no cluster node.
+_NOT_A_CLUSTER = ("Cluster mode is not enabled", "cluster support disabled")
+
+#: What :func:`connect` returns: one Redis, or a Redis Cluster (``DESKPULSE_REDIS_CLUSTER``).
+Client = Redis | RedisCluster
 
 Purpose = Literal["ingest", "reads", "probe", "replay", "command"]
 
@@ -82,6 +104,51 @@ def client_options(purpose: Purpose) -> dict[str, Any]:
     return kwargs
 
 
-def connect(settings: Settings, *, purpose: Purpose) -> Redis:
+def connect(settings: Settings, *, purpose: Purpose) -> Client:
     """A client of ``DESKPULSE_REDIS_URL`` for ``purpose``; it connects on first use."""
-    return Redis.from_url(settings.redis_url.get_secret_value(), **client_options(purpose))
+    url = settings.redis_url.get_secret_value()
+    if settings.redis_cluster:
+        return RedisCluster.from_url(url, **client_options(purpose))
+    return Redis.from_url(url, **client_options(purpose))
+
+
+def is_cluster(redis: Client) -> bool:
+    """Whether ``redis`` is a Redis Cluster client."""
+    return isinstance(redis, RedisCluster)
+
+
+async def check_mode(redis: Client) -> None:
+    """Raise :class:`SettingsError` naming ``DESKPULSE_REDIS_CLUSTER`` when the client's
+    kind (the setting) does not say what the server is (``cluster_enabled`` of ``INFO
+    cluster``): a cluster client cannot start on a single Redis, and a single-node client
+    on a cluster node would meet ``MOVED`` for most partitions."""
+    if isinstance(redis, RedisCluster):
+        # the cluster client learns the slots before its first command: on a single node
+        # that fails before any INFO could be read
+        from redis.exceptions import RedisClusterException
+
+        try:
+            await redis.initialize()
+        except RedisClusterException as error:
+            if any(mark in str(error) for mark in _NOT_A_CLUSTER):
+                raise SettingsError(
+                    "DESKPULSE_REDIS_CLUSTER",
+                    "is true but the Redis at DESKPULSE_REDIS_URL is not a cluster node "
+                    "(cluster_enabled:0); unset it for a single Redis",
+                ) from None
+            # what went wrong below the cluster's discovery (unreachable, AUTH, TLS), as
+            # the single-node client would have raised it
+            raise (error.__cause__ or error) from None
+        return
+    from redis.exceptions import NoPermissionError
+
+    try:
+        info = await redis.info("cluster")
+    except NoPermissionError:
+        return  # an ACL user without INFO (@dangerous): nothing to tell it by
+    if str(info.get("cluster_enabled", 0)) == "1":
+        raise SettingsError(
+            "DESKPULSE_REDIS_CLUSTER",
+            "is false but the Redis at DESKPULSE_REDIS_URL is a cluster node "
+            "(cluster_enabled:1); set DESKPULSE_REDIS_CLUSTER=true",
+        )

@@ -128,6 +128,7 @@ async def replay(
     store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
     try:
         await store.check_config()
+        await store.check_partition_count(counts[settings.topic_tickets])
         await store.check_generation()
     except BaseException:
         await redis.aclose()
@@ -325,6 +326,7 @@ async def replay_in_processes(
     store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
     try:
         await store.check_config()
+        await store.check_partition_count(partitions)
         await store.check_generation()
         fences = await start_fences(store, settings, counts)
         children: list[asyncio.subprocess.Process] = []

@@ -56,15 +56,25 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:breach_out``          hash: alert event id -> ``sla.breached``, ``sla.at_risk``
                                or ``sla.breach_retracted`` payload parked by a commit and
                                not yet acknowledged by the broker (re-sent after a crash)
+``P:{pn}:sync``                string: the version last confirmed on
+                               ``DESKPULSE_REDIS_MIN_REPLICAS`` replicas (written by the
+                               sync point before each ``WAIT``, see "Replicas" below)
 ``P:partitions``               set of partition numbers that have state
 ``P:alerts``                   hash: ``rule␟window␟channel␟queue␟priority`` -> ``firing``
                                or ``ok``, the threshold rules' state
                                (:mod:`exporters.publish`)
-``P:config``                   hash: the bucket sizes and store layout the state was
-                               written with; ``generation`` (random, new whenever the state
-                               starts empty); ``reset_at``, ``reset_note`` once ``deskpulse
-                               state reset`` accepted starting empty
+``P:config``                   hash: the bucket sizes, store layout and input partition
+                               count (``partitions``) the state was written with;
+                               ``generation`` (random, new whenever the state starts
+                               empty); ``reset_at``, ``reset_note`` once ``deskpulse state
+                               reset`` accepted starting empty
 =============================  ===========================================================
+
+On a Redis Cluster a partition's keys share the slot of ``{pn}``: every script and atomic
+read touches one partition (a read across partitions is one script or command per
+partition, pipelined; the cluster client splits a pipeline by node). ``P:config``,
+``P:partitions`` and ``P:alerts`` belong to no partition: each lives on the slot of its own
+name, and only commands and scripts of that one key touch it, so nothing spans two slots.
 
 Exactly once: :meth:`Store.load` reads ``version`` with the states; :meth:`Store.commit`
 runs a Lua script that applies the batch only if ``version`` is unchanged, and records
@@ -93,6 +103,16 @@ past a fence that is gone. :meth:`Store.load` refuses the same, and a version lo
 one this store saw (an older snapshot); :meth:`Store.check_generation` is the cheap check
 a worker runs while nothing flows.
 
+Replicas: Redis replicates asynchronously, so a commit its master acknowledged can vanish
+when the master dies and a replica takes over; the batch's Kafka offsets are committed
+after Redis, so it would be lost for good. With ``min_replicas`` (``DESKPULSE_REDIS_MIN_
+REPLICAS``) :meth:`Store.commit` returns only once that many replicas hold the commit:
+:meth:`Store.replicated` runs a sync script (is the partition still at the commit's
+version or later? then a write beside it) and ``WAIT`` on one connection to the
+partition's master, retried with backoff while it falls short; a commit that the sync
+script finds gone was lost with its master, and the batch is folded again. Only versions
+the replicas confirmed count as seen for the rollback check.
+
 This module owns every key and script: nothing else in deskpulse reads or writes Redis but
 through a :class:`Store` (breach claims and their outbox, the alert rules' state included),
 and every client comes from :func:`~streams.redis_client.connect`.
@@ -100,19 +120,29 @@ and every client comes from :func:`~streams.redis_client.connect`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deskpulse.models.errors import StateLost
+from deskpulse.models.settings import Settings
 from deskpulse.streams.core import SEP, BatchResult, Conversation, CoreConfig, keep_until_ms
+from deskpulse.streams.redis_client import Client, check_mode
+
+log = logging.getLogger(__name__)
 
 #: The level steps among a bucket's fields (``channel␟queue␟priority␟bl:<status>``).
 _LEVEL_MATCH = "*\x1fbl:*"
@@ -137,6 +167,24 @@ __all__ = [
 #: 7: the ids of events a state keeps in no field beside it (``ids``), not in it: a batch
 #: reads and writes those of its own events alone.
 LAYOUT = "7"
+
+#: The start of every script that reads or writes several keys of one partition, on a
+#: Redis Cluster (a single Redis moves no slots). While the partition's slot is being
+#: migrated (``redis-cli --cluster reshard``), some of its keys are here and some on the
+#: other node already: a script would read half a partition, or fail half-way through its
+#: writes (a script touching a key that moved is stopped where it stands, its earlier
+#: writes kept). So it refuses with ``TRYAGAIN`` before touching any key, and the caller
+#: retries until the slot has moved (the client then follows ``MOVED``). An ACL user needs
+#: ``cluster|nodes`` and ``cluster|keyslot`` for it.
+_STEADY = """
+do
+  local mine = string.match(redis.call('CLUSTER', 'NODES'), '[^\\n]*myself[^\\n]*')
+  local slot = redis.call('CLUSTER', 'KEYSLOT', KEYS[1])
+  if mine and string.find(mine, '[' .. slot .. '-', 1, true) then
+    return redis.error_reply('TRYAGAIN slot ' .. slot .. ' of the partition is moving')
+  end
+end
+"""
 
 # Applies one batch if the partition's generation is the store's and its version is the one
 # the batch was folded against. A meta of another generation, or none although the caller
@@ -593,6 +641,19 @@ return reply
 """
 
 
+#: The replication sync point of a partition: whether its meta is still at ``ARGV[1]`` or
+#: later (0: that commit was lost, as when a master died before a replica had it), and a
+#: write beside it (``sync``), so a ``WAIT`` that follows on the same connection counts the
+#: replicas that hold everything up to that commit.
+_SYNC = """
+local version = tonumber(redis.call('HGET', KEYS[1] .. 'meta', 'version') or '0')
+if version < tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1] .. 'sync', ARGV[1])
+return 1
+"""
+
 #: What an operator does when state was lost (the one line a worker logs ends with it).
 FIX_LOST = (
     "rebuild it from the retained input topics with `deskpulse replay`, or accept starting "
@@ -641,6 +702,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 """
+
+
+def _node_of(redis: Client, key: str) -> dict[str, Any]:
+    """How to send a keyless command (``WAIT``) to the node that serves ``key``: on a
+    cluster the slot's master, on one Redis nothing to say."""
+    if isinstance(redis, RedisCluster):
+        return {"target_nodes": redis.get_node_from_key(key)}
+    return {}
+
 
 #: Characters SCAN's MATCH treats as a pattern.
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
@@ -781,13 +851,28 @@ def _merge(
 class Store:
     """KPI state of all partitions under one key prefix."""
 
-    def __init__(self, redis: Redis, prefix: str, config: CoreConfig) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        prefix: str,
+        config: CoreConfig,
+        *,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.config = config
-        self._commit = redis.register_script(_COMMIT)
-        self._load = redis.register_script(_LOAD)
-        self._earliest_at = redis.register_script(_EARLIEST_AT)
+        #: replicas a commit must reach before :meth:`commit` returns (``WAIT``)
+        self.min_replicas = min_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        #: ``WAIT`` replies that fell short of :attr:`min_replicas` so far (each retried)
+        self.replication_short = 0
+        steady = _STEADY if isinstance(redis, RedisCluster) else ""
+        self._commit = redis.register_script(steady + _COMMIT)
+        self._load = redis.register_script(steady + _LOAD)
+        self._earliest_at = redis.register_script(steady + _EARLIEST_AT)
+        self._sync = redis.register_script(steady + _SYNC)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
@@ -825,6 +910,17 @@ class Store:
         time in Redis looks for (``SLOWLOG``)."""
         return str(self._commit.sha)
 
+    @classmethod
+    def from_settings(cls, redis: Client, settings: Settings) -> Store:
+        """The store of a worker: its prefix, bucket sizes and replicas to wait for."""
+        return cls(
+            redis,
+            settings.redis_prefix,
+            CoreConfig.from_settings(settings),
+            min_replicas=settings.redis_min_replicas,
+            wait_timeout_ms=round(settings.redis_wait_timeout * 1000),
+        )
+
     def base(self, partition: int) -> str:
         """The key prefix of one partition, with its hash tag."""
         return f"{self.prefix}:{{p{partition}}}:"
@@ -835,7 +931,9 @@ class Store:
 
     async def check_config(self) -> None:
         """Refuse to mix state written with other bucket sizes (reads would be wrong), or
-        by a version of deskpulse that laid the keys out differently."""
+        by a version of deskpulse that laid the keys out differently, or a Redis that is
+        (or is not) a cluster when ``DESKPULSE_REDIS_CLUSTER`` says otherwise."""
+        await check_mode(self.redis)
         key = f"{self.prefix}:config"
         wanted = {
             "bucket_seconds": str(self.config.bucket_seconds),
@@ -857,6 +955,25 @@ class Store:
                     f"{stored.get(name)}; use another DESKPULSE_REDIS_PREFIX or the old value",
                 )
         await self._take_generation(stored)
+
+    async def check_partition_count(self, count: int) -> None:
+        """Record the input topics' partition count in ``P:config`` the first time, and
+        refuse another one later: a conversation's state lives with the partition its id
+        maps to modulo the count, so with another count most conversations would start
+        new states on other partitions (README, "Scaling out", has the migration)."""
+        key = self.key("config")
+        await self.redis.hsetnx(key, "partitions", count)
+        stored = text(await self.redis.hget(key, "partitions") or b"")
+        if stored != str(count):
+            from deskpulse.models.errors import SettingsError
+
+            raise SettingsError(
+                "DESKPULSE_REDIS_PREFIX",
+                f"the input topics have {count} partitions but the state under prefix "
+                f"{self.prefix!r} was built on {stored}; a partition count cannot change "
+                "under a state: replay the input topics into a new prefix with a new "
+                "DESKPULSE_APP_ID (README: Scaling out)",
+            )
 
     async def _take_generation(self, stored: dict[str, str]) -> None:
         """Read the generation of the state, making one for state that has none yet."""
@@ -950,6 +1067,7 @@ class Store:
         """For readers (``deskpulse kpis``): refuse state of another layout, and state that
         is gone (no ``P:config``: never written, or lost) or partly gone (a partition of
         another generation or without one); write nothing."""
+        await check_mode(self.redis)
         stored = {
             text(k): text(v) for k, v in (await self.redis.hgetall(f"{self.prefix}:config")).items()
         }
@@ -1023,7 +1141,9 @@ class Store:
                 "lost its last writes)",
                 FIX_LOST,
             )
-        self._versions[partition] = max(version, self._versions.get(partition, 0))
+        if not self.min_replicas:
+            # with replicas to wait for, only a version they hold is one a failover keeps
+            self._versions[partition] = max(version, self._versions.get(partition, 0))
         if "gen" in raw_meta and partition not in self._known_partitions:
             await self._list_partition(partition)
         offsets = {k[4:]: int(v) for k, v in raw_meta.items() if k.startswith("off:")}
@@ -1146,11 +1266,67 @@ class Store:
             raise AssertionError("the commit script refused a generation it should accept")
         if status != 1:
             return False
+        version = int(text(reply[1]))
+        if self.min_replicas and not await self.replicated(partition, version):
+            return False  # lost with its master before a replica had it: fold it again
         self._had_state.add(partition)
-        self._versions[partition] = max(int(text(reply[1])), self._versions.get(partition, 0))
+        self._versions[partition] = max(version, self._versions.get(partition, 0))
         if partition not in self._known_partitions:
             await self._list_partition(partition)
         return True
+
+    async def replicated(self, partition: int, version: int) -> bool:
+        """Return once :attr:`min_replicas` replicas hold the partition at ``version``
+        (``True``), or ``False`` if the partition is no longer at it or later: the
+        commit was lost (its master died before a replica had it, and one took over).
+
+        Each attempt is the sync script and ``WAIT`` on one connection to the partition's
+        master; a ``WAIT`` that falls short, or a connection, cluster or failover error,
+        is retried with backoff (logged, and counted in :attr:`replication_short`), so
+        nothing is acknowledged that a failover may take back. Only cancellation stops it.
+        """
+        base = self.base(partition)
+        delay_s = 0.05
+        attempt = 0
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await self._sync(keys=[base], args=[version], client=cast(Any, pipe))
+                    target = _node_of(self.redis, base)
+                    pipe.execute_command("WAIT", self.min_replicas, self.wait_timeout_ms, **target)
+                    held, acked = await pipe.execute()
+            except NoScriptError:
+                await self.redis.script_load(self._sync.script)
+                continue
+            except (
+                RedisConnectionError,
+                RedisTimeoutError,
+                RedisClusterException,
+                OSError,
+                ResponseError,  # CLUSTERDOWN, TRYAGAIN, READONLY, LOADING
+            ) as error:
+                problem = f"{type(error).__name__}: {error}"
+            else:
+                if not int(held):
+                    return False
+                # the WAIT went where the script went unless the slot moved meanwhile
+                if int(acked) >= self.min_replicas and _node_of(self.redis, base) == target:
+                    return True
+                problem = f"{int(acked)} of {self.min_replicas} replicas acknowledged"
+            attempt += 1
+            self.replication_short += 1
+            log.warning(
+                "partition %d at version %d is not on %d replicas yet (attempt %d, "
+                "retrying in %.2fs): %s",
+                partition,
+                version,
+                self.min_replicas,
+                attempt,
+                delay_s,
+                problem,
+            )
+            await asyncio.sleep(delay_s)
+            delay_s = min(2.0, delay_s * 2)
 
     async def clear(self) -> int:
         """Delete every key of this prefix (SCAN + UNLINK); how many.
@@ -1230,10 +1406,32 @@ class Store:
 
     async def save_alert_states(self, states: Mapping[str, str]) -> None:
         """Record rule transitions in ``P:alerts``, all in one step."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for name, state in states.items():
-                pipe.hset(self.key("alerts"), name, state)
-            await pipe.execute()
+        if states:
+            fields: dict[Any, Any] = dict(states)
+            await self.redis.hset(self.key("alerts"), mapping=fields)
+
+    async def _pipelined_script(
+        self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run ``script`` once per ``(keys, args)`` in one pipeline (a cluster's pipeline
+        sends each node its own); the replies in order. A node that does not know the
+        script (a replica promoted since it was loaded) has it loaded and the calls rerun:
+        they only read."""
+        if not calls:
+            return []
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    # (a cluster's pipeline is no RedisCluster, yet the script takes it)
+                    await script(keys=keys, args=args, client=cast(Any, pipe))
+                return list(await pipe.execute())
+
+        try:
+            return await run()
+        except NoScriptError:
+            await self.redis.script_load(script.script)
+            return await run()
 
     async def partitions(self) -> list[int]:
         """Partitions that have state."""
@@ -1386,18 +1584,17 @@ class Store:
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
         """Sum the settled buckets of ``sets`` with their stamps, read in one transaction
-        (stamps and contents of one instant), and keep them: the least recently read go
+        (stamps and contents of one instant; on a cluster one per partition, each stamp
+        being its partition's own), and keep them: the least recently read go
         while more than :data:`SETTLED_FIELDS_KEPT` fields are kept in all."""
         unique = list(dict.fromkeys(s for kept in sets for s in kept))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for partition in parts:
-                pipe.hmget(self.base(partition) + "bver", unique)
-            for partition in parts:
-                base = self.base(partition)
-                for suffix in unique:
-                    pipe.hgetall(base + suffix)
-            replies = await pipe.execute()
-        stamps, contents = replies[: len(parts)], replies[len(parts) :]
+        if isinstance(self.redis, RedisCluster):
+            # a transaction is of one slot there: one per partition, side by side
+            each = await asyncio.gather(*(self._read_stamped((p,), unique) for p in parts))
+            stamps = [row for rows, _ in each for row in rows]
+            contents = [bucket for _, buckets in each for bucket in buckets]
+        else:
+            stamps, contents = await self._read_stamped(parts, unique)
         position = {suffix: i for i, suffix in enumerate(unique)}
         sums = _merge(contents, unique, [list(kept) for kept in sets])
         read: dict[tuple[str, ...], dict[str, int]] = {}
@@ -1431,6 +1628,21 @@ class Store:
         while self._settled_fields > SETTLED_FIELDS_KEPT:
             _, (_, dropped) = kept_sums.popitem(last=False)
             self._settled_fields -= len(dropped)
+
+    async def _read_stamped(
+        self, parts: Sequence[int], unique: Sequence[str]
+    ) -> tuple[list[Any], list[Any]]:
+        """The stamps (``bver``) and contents of the buckets ``unique`` of ``parts``, read in
+        one transaction: per partition its stamps, then per partition each bucket."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for partition in parts:
+                pipe.hmget(self.base(partition) + "bver", list(unique))
+            for partition in parts:
+                base = self.base(partition)
+                for suffix in unique:
+                    pipe.hgetall(base + suffix)
+            replies = await pipe.execute()
+        return replies[: len(parts)], replies[len(parts) :]
 
     async def _sum_fresh(
         self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
@@ -1585,13 +1797,15 @@ class Store:
         }
         if any(wanted.values()):
             asked = [(p, indexes) for p, indexes in wanted.items() if indexes]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition, indexes in asked:
-                    keys_args = self._earliest_call(
+            replies = await self._pipelined_script(
+                self._earliest_at,
+                [
+                    self._earliest_call(
                         partition, [instants[i] for i in indexes], stale_ms, newest_ms
                     )
-                    await self._earliest_at(*keys_args, client=pipe)
-                replies = await pipe.execute()
+                    for partition, indexes in asked
+                ],
+            )
             rows = dict(zip(partitions, keys, strict=True))
             kept = self._earliest_kept
             for (partition, indexes), reply in zip(asked, replies, strict=True):

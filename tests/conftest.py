@@ -32,7 +32,14 @@ import redis
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_broker, start_redis
+from deskpulse.streams.devtools.embedded import (
+    ManagedProcess,
+    RedisClusterNodes,
+    free_port,
+    start_broker,
+    start_redis,
+    start_redis_cluster,
+)
 from deskpulse.streams.kafka_admin import ensure_topics, wait_for_kafka
 from tests.inproc import InprocWorker, children, port_is_free, undecodable_batches_reported
 from tests.scheduling import DurationRecorder, make_scheduler
@@ -42,7 +49,9 @@ HOST = "127.0.0.1"
 EXTERNAL_BOOTSTRAP_ENV = "DESKPULSE_TEST_KAFKA_BOOTSTRAP"
 TIERS = ("unit", "integration", "system")
 # fixtures that start or reach a service: a unit test that asks for one is in the wrong tier
-SERVICE_FIXTURES = frozenset({"broker", "redis_server", "redis_url", "redis_client", "settings"})
+SERVICE_FIXTURES = frozenset(
+    {"broker", "redis_server", "redis_url", "redis_client", "settings", "redis_cluster"}
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -107,6 +116,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     port = free_port(HOST)
     with start_redis(HOST, port, tmp_path_factory.mktemp("redis")) as process:
         yield RedisServer(url=f"redis://{HOST}:{port}/0", port=port, process=process)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster for the whole session: 3 masters, each with a replica (6
+    redis-server processes). Tests that kill nodes start a cluster of their own."""
+    with start_redis_cluster(HOST, tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from urllib.parse import urlencode
 import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
-from redis.asyncio import Redis as AsyncRedis
 
 from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import SurveyResponded, TicketReplied, decode
@@ -38,6 +37,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.devtools.simulate import DEFAULT_START_S, Record, SimConfig, generate
 from deskpulse.streams.query import format_time, query_kpis
+from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store
 from deskpulse.streams.windows import parse_width
 
@@ -49,6 +49,7 @@ from .support import (
     consume_all,
     run_cli,
     settings_env,
+    sync_redis,
     wait_for_claims,
     wait_until,
 )
@@ -335,9 +336,7 @@ class StateCounts:
 
 def read_counts(settings: Settings) -> StateCounts:
     """Sum ``applied``, ``dup:*``, ``late:*``, ``held``, ``orphaned`` over the partitions."""
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=2
-    )
+    client = sync_redis(settings, socket_timeout=5, socket_connect_timeout=2)
     try:
         totals: Counter[str] = Counter()
         for partition in range(settings.topic_partitions):
@@ -482,7 +481,7 @@ def kpis_store(settings: Settings, width: str, at_s: float, by: Sequence[str]) -
     """The document read in-process through :func:`streams.query.query_kpis`."""
 
     async def read() -> dict[str, Any]:
-        client = AsyncRedis.from_url(settings.redis_url.get_secret_value())
+        client = connect(settings, purpose="command")
         try:
             store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
             width_s = parse_width(width, settings.bucket_seconds)

@@ -48,6 +48,7 @@ __all__ = [
     "samples",
     "scrape",
     "settings_env",
+    "sync_redis",
     "wait_until",
 ]
 
@@ -443,6 +444,16 @@ class WorkerProcess(WorkerChecks):
         self.stop(timeout_s=15)
 
 
+def sync_redis(settings: Settings, **options: Any) -> redis.Redis:
+    """A sync client of the settings' Redis for a test's own reads: a cluster client
+    when ``DESKPULSE_REDIS_CLUSTER`` says so (the commands a test uses are the same)."""
+    url = settings.redis_url.get_secret_value()
+    if settings.redis_cluster:
+        client: Any = redis.RedisCluster.from_url(url, **options)
+        return client  # type: ignore[no-any-return]
+    return redis.Redis.from_url(url, **options)
+
+
 def wait_for_claims(settings: Settings, timeout_s: float = 60) -> bool:
     """Wait until breach detection has handled every deadline and warning passed by now:
     no partition's ``due`` set holds a ticket scored at or before the moment this was
@@ -452,7 +463,7 @@ def wait_for_claims(settings: Settings, timeout_s: float = 60) -> bool:
     if settings.breach_check_interval > timeout_s:
         return False  # no check would come in time (a test that turned them off)
     now_ms = int(time.time() * 1000)
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = sync_redis(settings)
     keys = [f"{settings.redis_prefix}:{{p{p}}}:due" for p in range(settings.topic_partitions)]
     deadline = time.monotonic() + timeout_s
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -33,11 +35,14 @@ from deskpulse.streams.kafka_admin import wait_for_kafka
 
 __all__ = [
     "ManagedProcess",
+    "RedisClusterNodes",
+    "cluster_ports",
     "free_port",
     "port_open",
     "redis_server_bin",
     "start_broker",
     "start_redis",
+    "start_redis_cluster",
     "wait_for_port",
 ]
 
@@ -413,3 +418,248 @@ def start_redis(
         proc.stop(timeout_s=2)
         raise
     return proc
+
+
+#: Where cluster ports are drawn from: below the ephemeral range (no outgoing connection
+#: takes one meanwhile), and so that each port's cluster bus (the port + 10000) is a port.
+_CLUSTER_PORTS = range(20_000, 30_000)
+#: What a cluster node's bus port is offset by, fixed by Redis.
+CLUSTER_BUS_OFFSET = 10_000
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` ports on ``host`` free now, each with its cluster bus port (+10000) free."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.choice(_CLUSTER_PORTS)
+        if port in ports or not _bindable(host, port):
+            continue
+        if _bindable(host, port + CLUSTER_BUS_OFFSET):
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class RedisClusterNodes:
+    """A Redis Cluster of local ``redis-server`` processes: its masters first, then their
+    replicas, in the order ``redis-cli --cluster create`` was given them."""
+
+    host: str
+    ports: list[int]
+    processes: list[ManagedProcess]
+    workdir: Path
+    node_timeout_ms: int = 1000
+    timeout_s: float = 60.0
+
+    @property
+    def url(self) -> str:
+        """A URL of one node (a cluster client finds the others from it)."""
+        return f"redis://{self.host}:{self.ports[0]}/0"
+
+    def start_node(self, port: int) -> ManagedProcess:
+        """Start the node of ``port`` (``cluster-enabled``, a short node timeout) with its
+        files, its cluster configuration among them, in its own folder; again after it
+        was killed, it rejoins (a master that was replaced comes back as a replica)."""
+        workdir = self.workdir / str(port)
+        return start_redis(
+            self.host,
+            port,
+            workdir,
+            extra_args=[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(workdir / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                # a replica takes over however long it was cut off from its master
+                "--cluster-replica-validity-factor",
+                "0",
+            ],
+            timeout_s=self.timeout_s,
+        )
+
+    def restart(self, port: int) -> None:
+        """Start the node of ``port`` again (it was killed or stopped)."""
+        index = self.ports.index(port)
+        if self.processes[index].running:
+            raise EmbeddedStartError(f"the node on {port} is running")
+        self.processes[index] = self.start_node(port)
+
+    def process(self, port: int) -> ManagedProcess:
+        """The process of the node on ``port``."""
+        return self.processes[self.ports.index(port)]
+
+    def cli(self, *args: str, timeout_s: float = 60.0) -> str:
+        """Run ``redis-cli`` with ``args``; its output (raises on a non-zero exit)."""
+        done = subprocess.run(
+            [_redis_cli_bin(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if done.returncode:
+            raise EmbeddedStartError(
+                f"redis-cli {' '.join(args)} exited with {done.returncode}: "
+                f"{(done.stdout + done.stderr)[-2000:]}"
+            )
+        return done.stdout
+
+    def node_info(self, port: int) -> dict[str, str]:
+        """``CLUSTER INFO`` of one node as a dict."""
+        out = self.cli("-h", self.host, "-p", str(port), "cluster", "info")
+        return dict(line.split(":", 1) for line in out.split() if ":" in line)
+
+    def node_id(self, port: int) -> str:
+        """The cluster node id of the node on ``port``."""
+        return self.cli("-h", self.host, "-p", str(port), "cluster", "myid").strip()
+
+    def reshard(self, source: int, target: int, slots: int, timeout_s: float = 300.0) -> str:
+        """Move ``slots`` slots (the lowest) of the master on ``source`` to the master on
+        ``target`` with ``redis-cli --cluster reshard``, keys and all; its output."""
+        return self.cli(
+            "--cluster",
+            "reshard",
+            _host_port(self.host, source),
+            "--cluster-from",
+            self.node_id(source),
+            "--cluster-to",
+            self.node_id(target),
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+            timeout_s=timeout_s,
+        )
+
+    def masters(self) -> dict[int, tuple[int, ...]]:
+        """The masters now, by port, each with the slots (first, last, ...) it serves, as
+        a node that is up sees them."""
+        for port, proc in zip(self.ports, self.processes, strict=True):
+            if not proc.running:
+                continue
+            out = self.cli("-h", self.host, "-p", str(port), "cluster", "nodes")
+            masters: dict[int, tuple[int, ...]] = {}
+            for line in out.splitlines():
+                fields = line.split()
+                if "master" in fields[2] and "fail" not in fields[2]:
+                    node_port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    slots = tuple(
+                        int(x)
+                        for r in fields[8:]
+                        if "[" not in r
+                        for x in (r.split("-") if "-" in r else (r, r))
+                    )
+                    if slots:
+                        masters[node_port] = slots
+            return masters
+        return {}
+
+    def wait_ok(self, timeout_s: float = 60.0) -> None:
+        """Return once every running node reports ``cluster_state:ok`` and sees every slot
+        served; raise :class:`EmbeddedStartError` at ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = [
+                self.node_info(port)
+                for port, proc in zip(self.ports, self.processes, strict=True)
+                if proc.running
+            ]
+            if all(
+                s.get("cluster_state") == "ok" and s.get("cluster_slots_ok") == "16384"
+                for s in states
+            ):
+                return
+            if time.monotonic() >= deadline:
+                raise EmbeddedStartError(
+                    f"the Redis Cluster is not ok after {timeout_s:g}s: {states}"
+                )
+            time.sleep(0.2)
+
+    def wait_failover(self, port: int, timeout_s: float = 60.0) -> int:
+        """Wait until another node serves the slots of the master on ``port`` (its replica
+        promoted) and the cluster is ok again; the port of the new master."""
+        before = self.masters()
+        slots = before[port]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = self.masters()
+            taken = [p for p, r in now.items() if p != port and r == slots]
+            if taken:
+                self.wait_ok(max(1.0, deadline - time.monotonic()))
+                return taken[0]
+            if time.monotonic() >= deadline:
+                raise EmbeddedStartError(
+                    f"no replica took over from the master on {port} in {timeout_s:g}s: {now}"
+                )
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop every node this cluster started (none other)."""
+        for proc in self.processes:
+            proc.stop(timeout_s=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _redis_cli_bin() -> str:
+    found = shutil.which("redis-cli") or str(Path(redis_server_bin()).with_name("redis-cli"))
+    if not os.access(found, os.X_OK):
+        raise EmbeddedStartError(f"redis-cli is not on PATH: {_INSTALL_REDIS}")
+    return found
+
+
+def start_redis_cluster(
+    host: str,
+    workdir: Path | str,
+    *,
+    masters: int = 3,
+    replicas: int = 1,
+    node_timeout_ms: int = 1000,
+    timeout_s: float = 60.0,
+) -> RedisClusterNodes:
+    """Start a Redis Cluster of ``masters`` x (1 + ``replicas``) ``redis-server`` processes
+    on free ports of ``host`` (``cluster-enabled yes``, a short ``cluster-node-timeout`` so
+    a replica takes over a dead master in a few seconds), join them with ``redis-cli
+    --cluster create`` and wait for ``cluster_state:ok``. Stops what it started on failure.
+    """
+    workdir = Path(workdir)
+    count = masters * (1 + replicas)
+    ports = cluster_ports(count, host)
+    processes: list[ManagedProcess] = []
+    nodes = RedisClusterNodes(host, ports, processes, workdir, node_timeout_ms, timeout_s)
+    try:
+        for port in ports:
+            processes.append(nodes.start_node(port))
+        nodes.cli(
+            "--cluster",
+            "create",
+            *(_host_port(host, port) for port in ports),
+            "--cluster-replicas",
+            str(replicas),
+            "--cluster-yes",
+            timeout_s=timeout_s,
+        )
+        nodes.wait_ok(timeout_s)
+    except BaseException:
+        nodes.stop()
+        raise
+    return nodes

@@ -625,6 +625,25 @@ def test_a_batch_keeps_and_finds_more_ids_than_a_script_unpacks_at_once(
     assert again.counters[f"dup:{TOPIC}"] == 5000 and again.applied == 0
 
 
+def test_a_partition_count_other_than_the_states_is_refused(redis_url: str) -> None:
+    prefix = new_prefix()
+
+    async def scenario(client: Redis) -> SettingsError:
+        store = Store(client, prefix, CONFIG)
+        await store.check_config()
+        await store.check_partition_count(8)  # recorded
+        await Store(client, prefix, CONFIG).check_partition_count(8)  # the same: fine
+        with pytest.raises(SettingsError) as caught:
+            await Store(client, prefix, CONFIG).check_partition_count(12)
+        await Store(client, new_prefix(), CONFIG).check_partition_count(12)  # its own
+        return caught.value
+
+    error = run(scenario, redis_url)
+    assert error.setting == "DESKPULSE_REDIS_PREFIX"
+    assert "12 partitions" in str(error) and "built on 8" in str(error)
+    assert "\n" not in str(error)
+
+
 def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
     prefix = new_prefix()
 
