@@ -146,7 +146,7 @@ class RefreshLoop:
             running = [asyncio.wrap_future(f) for f in self._running]
             await asyncio.gather(*running, return_exceptions=True)
         if store is not None:
-            closing = asyncio.run_coroutine_threadsafe(store.redis.aclose(), loop)
+            closing = asyncio.run_coroutine_threadsafe(store.close(), loop)
             await asyncio.wrap_future(closing)
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join)

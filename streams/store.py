@@ -921,6 +921,11 @@ class Store:
             wait_timeout_ms=round(settings.redis_wait_timeout * 1000),
         )
 
+    async def close(self) -> None:
+        """Close the store's Redis client (for an owner that made the store with its own
+        client and hands both over: the refresh loop's)."""
+        await self.redis.aclose()
+
     def base(self, partition: int) -> str:
         """The key prefix of one partition, with its hash tag."""
         return f"{self.prefix}:{{p{partition}}}:"
