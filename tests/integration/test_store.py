@@ -79,6 +79,26 @@ def new_prefix() -> str:
     return f"s{uuid.uuid4().hex[:10]}"
 
 
+def simulated(
+    *, seed: int, start_s: float, duration_s: float, rate: float
+) -> tuple[list[Any], list[Pending]]:
+    """The simulator's records of a span and the valid ones as pending events, each at the
+    offset of its record (the malformed ones, left out, keep theirs)."""
+    from deskpulse.streams.devtools.simulate import SimConfig, generate
+
+    records = list(
+        generate(SimConfig(seed=seed, start_s=start_s, duration_s=duration_s, rate=rate))
+    )
+    items = []
+    for offset, record in enumerate(records):
+        try:
+            event, ms = decode_record(record.value)
+        except RejectedEvent:
+            continue
+        items.append(Pending(event, record.topic_kind, offset, ms))
+    return records, items
+
+
 async def fold(store: Store, partition: int, items: Sequence[Pending]) -> tuple[str, BatchResult]:
     """Load what the batch touches and fold it: ``(version folded against, result)``."""
     ids = [p.event.conversation_id for p in items]
@@ -678,19 +698,11 @@ def test_check_config_refuses_state_of_an_older_layout(redis_url: str) -> None:
 def test_the_all_groups_buckets_hold_the_sum_of_the_groups(redis_url: str) -> None:
     """A read without grouping takes the ``B:``/``R:`` buckets: field for field the sum of
     the grouped buckets, for windows of fine buckets only, of roll-ups and of both."""
-    from deskpulse.streams.devtools.simulate import SimConfig, generate
     from deskpulse.streams.query import build_document, read_window
 
     prefix = new_prefix()
     start_s = T0 - 2 * HOUR
-    records = list(generate(SimConfig(seed=4, start_s=start_s, duration_s=2 * HOUR, rate=3.0)))
-    items = []
-    for offset, record in enumerate(records):
-        try:
-            event, ms = decode_record(record.value)
-        except RejectedEvent:
-            continue
-        items.append(Pending(event, record.topic_kind, offset, ms))
+    _, items = simulated(seed=4, start_s=start_s, duration_s=2 * HOUR, rate=3.0)
 
     async def scenario(client: Redis) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         store = Store(client, prefix, CONFIG)
@@ -788,20 +800,12 @@ def test_a_reader_keeps_settled_sums_and_sees_every_change_to_them(
     read again, it reads only the rest; a late event written into a settled roll-up, and
     a trim deleting one, change the stamps, and its reads equal a new store's (nothing
     kept) after each."""
-    from deskpulse.streams.devtools.simulate import SimConfig, generate
     from deskpulse.streams.query import query_kpis
     from deskpulse.streams.windows import cover, window_bounds
 
     prefix = new_prefix()
     start_s = T0 - HOUR
-    records = list(generate(SimConfig(seed=5, start_s=start_s, duration_s=HOUR, rate=3.0)))
-    items = []
-    for offset, record in enumerate(records):
-        try:
-            event, ms = decode_record(record.value)
-        except RejectedEvent:
-            continue
-        items.append(Pending(event, record.topic_kind, offset, ms))
+    records, items = simulated(seed=5, start_s=start_s, duration_s=HOUR, rate=3.0)
     reads = [(3000, T0 + 60, ("channel", "queue")), (3000, T0 + 60, ()), (1200, T0 - 300, ())]
     # with room for a few sums, the least recently read are let go: reads stay exact
     monkeypatch.setattr("deskpulse.streams.store.SETTLED_FIELDS_KEPT", kept_fields)
@@ -871,18 +875,10 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
     buckets that left and entered (a few buckets read, not the window's), while a late
     event in a bucket it keeps, or in one that leaves, makes it read afresh. Every read
     equals a new store's (one that keeps nothing)."""
-    from deskpulse.streams.devtools.simulate import SimConfig, generate
     from deskpulse.streams.query import query_kpis
 
     prefix = new_prefix()
-    records = list(generate(SimConfig(seed=9, start_s=T0 - HOUR, duration_s=HOUR, rate=4.0)))
-    items = []
-    for offset, record in enumerate(records):
-        try:
-            event, ms = decode_record(record.value)
-        except RejectedEvent:
-            continue
-        items.append(Pending(event, record.topic_kind, offset, ms))
+    records, items = simulated(seed=9, start_s=T0 - HOUR, duration_s=HOUR, rate=4.0)
     early = [item for item in items if item.ms < (T0 - 240) * 1000]
     later = [item for item in items if item.ms >= (T0 - 240) * 1000]
     offsets = itertools.count(len(records))
@@ -955,7 +951,6 @@ def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(
     expired ticket left) are read again. After new traffic, a late ticket older than all,
     its late solve and an expiry at the maximum age, its series equal a new store's (one
     that keeps nothing)."""
-    from deskpulse.streams.devtools.simulate import SimConfig, generate
     from deskpulse.streams.query import SeriesQuery, read_series
 
     prefix = new_prefix()
@@ -966,14 +961,7 @@ def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(
         open_ticket_max_age_s=HOUR,
     )
     # 40 minutes of traffic: the first new event's commit expires no conversation
-    records = list(generate(SimConfig(seed=8, start_s=T0 - 2400, duration_s=2400, rate=4.0)))
-    items = []
-    for offset, record in enumerate(records):
-        try:
-            event, ms = decode_record(record.value)
-        except RejectedEvent:
-            continue
-        items.append(Pending(event, record.topic_kind, offset, ms))
+    records, items = simulated(seed=8, start_s=T0 - 2400, duration_s=2400, rate=4.0)
     # ends T0 - 30 min ... T0 + 40 min (the last ones ahead of every event), and from T0 on
     wide = SeriesQuery(width_s=300, step_s=600, count=8, end_s=T0 + 2400)
     recent = SeriesQuery(width_s=300, step_s=600, count=5, end_s=T0 + 2400)
@@ -1095,18 +1083,10 @@ def test_level_steps_scanned_in_many_calls_sum_as_in_one(
     """The backlog at past instants reads the level steps after them out of the buckets
     with ``HSCAN MATCH``: scanned a few fields per call (a field may come twice), the
     levels are the same as scanned whole."""
-    from deskpulse.streams.devtools.simulate import SimConfig, generate
     from deskpulse.streams.query import read_live
 
     prefix = new_prefix()
-    records = list(generate(SimConfig(seed=6, start_s=T0 - HOUR, duration_s=HOUR, rate=3.0)))
-    items = []
-    for offset, record in enumerate(records):
-        try:
-            event, ms = decode_record(record.value)
-        except RejectedEvent:
-            continue
-        items.append(Pending(event, record.topic_kind, offset, ms))
+    _, items = simulated(seed=6, start_s=T0 - HOUR, duration_s=HOUR, rate=3.0)
     instants = [T0 - 2400, T0 - 1200, T0 - 300]
 
     async def scenario(client: Redis) -> list[Any]:
