@@ -1488,12 +1488,7 @@ class Store:
                 + [s for last_kept in earlier.values() for s in last_kept]
             )
         )
-        stamps: list[tuple[bytes | None, ...]] = []
-        if stamped:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition in partitions:
-                    pipe.hmget(self.base(partition) + "bver", stamped)
-                stamps = await pipe.execute()
+        stamps = await self._stamps(partitions, stamped)
         position = {suffix: i for i, suffix in enumerate(stamped)}
 
         def stamps_of(kept: Sequence[str]) -> tuple[bytes | None, ...]:
@@ -1543,10 +1538,7 @@ class Store:
             # the next read; one that left is never looked at again)
             leaving = list(dict.fromkeys(s for i in slides for s in slides[i][0]))
             if leaving:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for partition in partitions:
-                        pipe.hmget(self.base(partition) + "bver", leaving)
-                    again = await pipe.execute()
+                again = await self._stamps(partitions, leaving)
                 changed = {
                     suffix
                     for row, now_row in zip(stamps, again, strict=True)
@@ -1634,6 +1626,18 @@ class Store:
             _, (_, dropped) = kept_sums.popitem(last=False)
             self._settled_fields -= len(dropped)
 
+    async def _stamps(
+        self, partitions: Sequence[int], suffixes: Sequence[str]
+    ) -> list[tuple[bytes | None, ...]]:
+        """Per partition, the stamps (``bver``) of the buckets ``suffixes``, in one
+        pipeline (none read when there are none)."""
+        if not suffixes:
+            return [() for _ in partitions]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                pipe.hmget(self.base(partition) + "bver", list(suffixes))
+            return [tuple(row) for row in await pipe.execute()]
+
     async def _read_stamped(
         self, parts: Sequence[int], unique: Sequence[str]
     ) -> tuple[list[Any], list[Any]]:
@@ -1685,12 +1689,7 @@ class Store:
         # a bucket's steps kept from an earlier read hold while its stamp is the same (read
         # before the scan: a commit in between leaves a newer stamp, and the next read
         # scans again)
-        stamps: list[bytes | None] = []
-        if unique:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition in partitions:
-                    pipe.hmget(self.base(partition) + "bver", unique)
-                stamps = [stamp for row in await pipe.execute() for stamp in row]
+        stamps = [stamp for row in await self._stamps(partitions, unique) for stamp in row]
         kept = self._level_steps
         cursors = {}
         for i, (key, stamp) in enumerate(zip(keys, stamps, strict=True)):
