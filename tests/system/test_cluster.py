@@ -109,6 +109,18 @@ def wait_progress(settings: Settings, target: int, workers: list[WorkerProcess])
     )
 
 
+def partitions_by_master(settings: Settings, cluster: RedisClusterNodes) -> Counter[int]:
+    """How many of the partitions' slots each master (by port) serves now."""
+    from redis.crc import key_slot
+
+    masters = cluster.masters()
+    owners: Counter[int] = Counter()
+    for partition in range(PARTITIONS):
+        slot = key_slot(f"{settings.redis_prefix}:{{p{partition}}}:".encode())
+        owners.update(port for port, slots in masters.items() if slots[0] <= slot <= slots[1])
+    return owners
+
+
 def check_final(settings: Settings, dataset: Dataset, describe: Any) -> None:
     counts = wait_for_state(settings, dataset, timeout_s=180, describe=describe)
     compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
@@ -168,13 +180,7 @@ def test_a_master_killed_mid_stream_loses_nothing_with_min_replicas(
     make_topics(settings)
     # the master of the most partitions (of the node the URL names, if that one ties:
     # the clients must find the others after it is gone)
-    masters = own_cluster.masters()
-    from redis.crc import key_slot
-
-    owners: Counter[int] = Counter()
-    for partition in range(PARTITIONS):
-        slot = key_slot(f"{settings.redis_prefix}:{{p{partition}}}:".encode())
-        owners.update(p for p, r in masters.items() if r[0] <= slot <= r[1])
+    owners = partitions_by_master(settings, own_cluster)
     victim = max(owners, key=lambda port: (owners[port], port == own_cluster.ports[0]))
     first, second = two_workers(settings, tmp_path)
     with first, second:
@@ -232,15 +238,11 @@ def test_slots_resharded_mid_stream_give_the_oracle_kpis(
 ) -> None:
     settings = cluster_settings(broker, own_cluster)
     make_topics(settings)
-    from redis.crc import key_slot
-
     masters = own_cluster.masters()
-    slots = [key_slot(f"{settings.redis_prefix}:{{p{p}}}:".encode()) for p in range(PARTITIONS)]
-    source = max(
-        masters, key=lambda port: sum(masters[port][0] <= s <= masters[port][1] for s in slots)
-    )
+    owners = partitions_by_master(settings, own_cluster)
+    source = max(masters, key=lambda port: owners[port])
     target = next(port for port in masters if port != source)
-    moving = sum(masters[source][0] <= s <= masters[source][1] for s in slots)
+    moving = owners[source]
     first, second = two_workers(settings, tmp_path)
     with first, second:
         first.wait_ready(90)
