@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo test test-unit test-integration test-system test-fast lint format \
+.PHONY: help install system-deps demo test test-unit test-integration test-system test-fast test-durations \
+	lint format \
 	bench clean
 
 help:
@@ -62,6 +63,11 @@ test-system: install
 
 test-fast: install
 	$(PYTEST) -m "not slow" tests
+
+# After a whole `make test`: keep its durations for checkouts without pytest's cache (CI's
+# fresh clone orders its run by them; tests/scheduling.py).
+test-durations:
+	$(BIN)/python -m tests.scheduling
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

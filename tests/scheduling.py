@@ -8,7 +8,10 @@ process, which sees test ids only.
 
 The units are handed out longest first, after the durations the last run took (kept in
 pytest's cache), so the long system tests start at once and the many short ones fill the
-gaps at the end. A process is given its next unit when it has one test left to run.
+gaps at the end. A checkout without that cache (a fresh clone, as CI runs) takes them from
+``tests/durations.json``, a copy of the cache from a whole run (``make test-durations``
+writes it again), so its order is as good as a second run's. A process is given its next
+unit when it has one test left to run.
 
 pytest-xdist's own ``--dist loadgroup`` cannot do this here: it carries the group in the
 test id, which pytest 9.2 no longer lets a plugin rewrite, so its groups are silently lost.
@@ -18,16 +21,27 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-__all__ = ["DURATIONS_KEY", "DurationRecorder", "estimate_s", "shared_groups", "unit_of"]
+__all__ = [
+    "DURATIONS_FILE",
+    "DURATIONS_KEY",
+    "DurationRecorder",
+    "estimate_s",
+    "known_durations",
+    "shared_groups",
+    "unit_of",
+]
 
 #: pytest cache key of the seconds each test id took in the last runs (set-up and teardown in)
 DURATIONS_KEY = "deskpulse/durations"
+#: the same from one whole run, committed, for a checkout without the cache
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
 #: a guess for a test the cache does not know, by tier: a system test starts workers
 DEFAULT_ESTIMATE_S = {"system": 20.0, "integration": 1.0, "unit": 0.1}
 SHARED_SCOPES = frozenset({"module", "class", "package", "session"})
@@ -152,13 +166,25 @@ class DurationRecorder:
         cache.set(DURATIONS_KEY, known)
 
 
+def known_durations(
+    cached: Mapping[str, float], committed: Path = DURATIONS_FILE
+) -> dict[str, float]:
+    """Seconds per test id: the committed run's, overridden by the cache's (newer)."""
+    try:
+        durations = {str(k): float(v) for k, v in json.loads(committed.read_text("utf-8")).items()}
+    except (OSError, ValueError, AttributeError):
+        durations = {}  # missing or unreadable: the tiers' guesses stand in
+    durations.update(cached)
+    return durations
+
+
 def make_scheduler(config: pytest.Config, log: Any) -> Any:
     """A pytest-xdist scheduler handing out the work units above, longest first."""
     from xdist.scheduler import LoadScopeScheduling
 
     rootdir = config.rootpath
     cache = getattr(config, "cache", None)
-    durations: dict[str, float] = dict(cache.get(DURATIONS_KEY, {})) if cache else {}
+    durations = known_durations(cache.get(DURATIONS_KEY, {}) if cache else {})
 
     class UnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
@@ -190,3 +216,20 @@ def make_scheduler(config: pytest.Config, log: Any) -> Any:
             self._assign_work_unit(node)
 
     return UnitScheduling(config, log)
+
+
+def write_durations(rootdir: Path, target: Path = DURATIONS_FILE) -> int:
+    """Copy the cache's durations of the tests that still exist to ``target``; how many."""
+    cached = rootdir / ".pytest_cache" / "v" / DURATIONS_KEY
+    durations = json.loads(cached.read_text("utf-8"))
+    kept = {
+        nodeid: seconds
+        for nodeid, seconds in sorted(durations.items())
+        if (rootdir / nodeid.split("::", 1)[0]).is_file()
+    }
+    target.write_text(json.dumps(kept, indent=0) + "\n", "utf-8")
+    return len(kept)
+
+
+if __name__ == "__main__":  # make test-durations
+    print(f"{write_durations(Path.cwd())} durations written to {DURATIONS_FILE}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scheduling import estimate_s, shared_groups, unit_of
+from tests.scheduling import estimate_s, known_durations, shared_groups, unit_of
 
 SOURCE = """
 import pytest
@@ -98,3 +98,24 @@ def test_a_file_that_cannot_be_read_is_one_unit(tmp_path: Path) -> None:
 )
 def test_estimates_come_from_the_last_run_else_the_tier(nodeid: str, expected_s: float) -> None:
     assert estimate_s(nodeid, {"tests/system/test_x.py::test_known": 42.0}) == expected_s
+
+
+def test_the_committed_durations_stand_in_where_the_cache_has_none(tmp_path: Path) -> None:
+    committed = tmp_path / "durations.json"
+    committed.write_text('{"tests/system/test_a.py::test_a": 90.5, "tests/unit/test_b.py::t": 0.2}')
+    durations = known_durations({"tests/unit/test_b.py::t": 0.4}, committed)
+    assert durations == {"tests/system/test_a.py::test_a": 90.5, "tests/unit/test_b.py::t": 0.4}
+    assert known_durations({"x": 1.0}, tmp_path / "missing.json") == {"x": 1.0}
+    committed.write_text("not json")
+    assert known_durations({}, committed) == {}
+
+
+def test_the_committed_durations_name_tests_that_exist() -> None:
+    """``tests/durations.json`` is read as it is committed: most of its ids name tests of
+    today's files (a stale copy orders the run by tests that are gone)."""
+    durations = known_durations({})
+    assert len(durations) > 500
+    root = Path(__file__).resolve().parents[2]
+    files = {nodeid.split("::", 1)[0] for nodeid in durations}
+    missing = sorted(f for f in files if not (root / f).is_file())
+    assert not missing, missing
