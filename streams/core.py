@@ -1973,19 +1973,19 @@ def _add_deltas(
             and state.dims is not None
         ):
             plan = config.terms_of(state.dims)
-            if state.walk is not None:
-                pass  # walked on below, from its entries alone
-            elif (state.timeline or state.claims) and needs_view(state, plan):
-                view = final_view(state, plan)
-            if state.timeline and state.walk is None:
-                # the lifecycle once, for the samples, the backlog and the live indexes
-                life = lifecycle(state.opened[0], state.timeline.items())
+            # a walked ticket is walked on below from its new entries alone
+            if state.walk is None:
+                if (state.timeline or state.claims) and needs_view(state, plan):
+                    view = final_view(state, plan)
+                if state.timeline:
+                    # the lifecycle once, for the samples, the backlog and the live indexes
+                    life = lifecycle(state.opened[0], state.timeline.items())
         if previous is not None and state.walk is not None and not unchanged:
             assert plan is not None
             held_before = previous[1]
             changes, ignored_change, walk = _walked_change(state, previous[0], config, plan)
             ignored += ignored_change
-            state.walk = walk
+            state.walk = walk  # what the live place, the share and the schedule read
         elif previous is None:
             # a new conversation: nothing to take back
             held_before = 0
