@@ -225,8 +225,11 @@ def add_retractions(result: BatchResult, config: CoreConfig, prefix: str) -> int
         open_claims = [c for c in state.claims if "@" not in c and f"{c}@r" not in state.claims]
         if not open_claims:
             continue
-        # a ticket with claims is evaluated whole, its timeline then moved beside its state
         timeline = result.whole.get(conv_id, state.timeline)
+        if state.walk is not None and conv_id not in result.whole:
+            # walked on from its walk: its claims are all of instances ended before
+            # (core.timelines_needed), whose outcomes no later entry changes
+            continue
         view = evaluate_terms(state.opened[0], timeline.items(), config.terms_of(state.dims))
         by_key = {instance.key: instance for instance in view.instances}
         for key in sorted(open_claims):

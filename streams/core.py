@@ -313,8 +313,8 @@ class Walk(msgspec.Struct, array_like=True, gc=False):
     #: each of its needs (the target, then each warning's) was reached in them, if it was
     clock_ms: int = 0
     reached: tuple[int | None, ...] = ()
-    #: the earliest alert instant of the finished next responses (breach detection's
-    #: schedule, with no claims)
+    #: the earliest alert instant of the finished next responses not claimed (breach
+    #: detection's schedule)
     alert_ms: int | None = None
 
 
@@ -859,11 +859,16 @@ def _needs(plan: Terms) -> tuple[int, ...]:
     return (target, *(ceil(fraction * target) for fraction in plan.warn_at))
 
 
-def walk_of(opened_ms: int, timeline: Iterable[tuple[str, tuple[int, str]]], plan: Terms) -> Walk:
-    """A ticket's whole timeline walked (:class:`Walk`)."""
+def walk_of(
+    opened_ms: int,
+    timeline: Iterable[tuple[str, tuple[int, str]]],
+    plan: Terms,
+    claims: AbstractSet[str] = frozenset(),
+) -> Walk:
+    """A ticket's whole timeline walked (:class:`Walk`), with its ``claims``."""
     walk = Walk(_NEVER, "n", opened_ms, reached=(None,) * len(_needs(plan)))
     entries = sorted([(ms, event_id, code) for event_id, (ms, code) in timeline])
-    _advance(walk, opened_ms, ("", "", ""), plan, None, entries, [])
+    _advance(walk, opened_ms, ("", "", ""), plan, None, entries, [], claims)
     return walk
 
 
@@ -875,10 +880,13 @@ def _advance(
     config: CoreConfig | None,
     entries: Sequence[tuple[int, str, str]],
     out: list[Contribution],
+    claims: AbstractSet[str],
 ) -> None:
     """Walk ``entries`` (sorted, all after ``walk.key``) on from ``walk``, appending to
     ``out`` the samples they decide (``config`` ``None``: no samples wanted), with the rules
-    of :func:`~streams.sla.evaluate_terms` and :func:`~streams.lifecycle.lifecycle`."""
+    of :func:`~streams.sla.evaluate_terms` and :func:`~streams.lifecycle.lifecycle`. The
+    instances the entries end are none the ``claims`` name (:func:`_claims_settled`): a
+    breach among them counts nothing."""
     calendar = plan.calendar
     first_target, next_target = plan.first_response_ms, plan.next_response_ms
     resolution_target = plan.resolution_ms
@@ -909,7 +917,7 @@ def _advance(
                     response = Response(start, ms, ms - start, business_ms(calendar, start, ms))
                     _response_fields(dims, response, out, 1)
                 if next_target is not None:
-                    _next_ended(walk, start, ms, True, next_target, plan, dims, config, out)
+                    _next_ended(walk, start, ms, True, next_target, plan, dims, config, out, claims)
         elif code == CUSTOMER:
             if (
                 walk.first_reply_ms is not None
@@ -956,7 +964,9 @@ def _advance(
                 if walk.asked is not None:
                     start, walk.asked = walk.asked, None
                     if next_target is not None:
-                        _next_ended(walk, start, at, False, next_target, plan, dims, config, out)
+                        _next_ended(
+                            walk, start, at, False, next_target, plan, dims, config, out, claims
+                        )
                 if walk.solve_ms is None and (code == _SOLVED_CODE or status != _SOLVED_CODE):
                     walk.solve_ms = at
                     # the deadline, if reached, was reached in the spans before the solve
@@ -986,19 +996,26 @@ def _next_ended(
     dims: Dims,
     config: CoreConfig | None,
     out: list[Contribution],
+    claims: AbstractSet[str],
 ) -> None:
-    """A next-response instance ended: its count if achieved, its alerts into the walk's."""
+    """A next-response instance ended: its count if achieved, its alerts not claimed yet
+    into the walk's."""
     calendar = plan.calendar
     deadline = deadline_ms(calendar, start_ms, target_ms)
     best = walk.alert_ms
+    key = f"nr:{walk.asks}"
     if end_ms <= deadline:
         if fulfilled and config is not None:
             out.append((end_ms, dims, _ACHIEVED["next_response"], 1))
-    elif best is None or deadline < best:
+    elif key not in claims and (best is None or deadline < best):
         best = deadline
-    for fraction in plan.warn_at:
+    for fraction in plan.warn_at if key not in claims else ():
         instant = deadline_ms(calendar, start_ms, ceil(fraction * target_ms))
-        if instant < end_ms and (best is None or instant < best):
+        if (
+            instant < end_ms
+            and f"{key}@{fraction}" not in claims
+            and (best is None or instant < best)
+        ):
             best = instant
     walk.alert_ms = best
 
@@ -1011,35 +1028,48 @@ def _clock_at(walk: Walk, plan: Terms, index: int) -> int | None:
     return deadline_ms(plan.calendar, walk.since_ms, _needs(plan)[index] - walk.clock_ms)
 
 
-def _walked_alert(walk: Walk, opened_ms: int, plan: Terms) -> int | None:
-    """:func:`next_alert_ms` of a ticket without claims, from its walk."""
+def _walked_alert(walk: Walk, opened_ms: int, plan: Terms, claims: AbstractSet[str]) -> int | None:
+    """:func:`next_alert_ms` of a ticket from its walk: the earliest deadline or warning
+    instant of its instances not claimed yet (the finished next responses' kept in it)."""
     calendar = plan.calendar
     best = walk.alert_ms
     candidates: list[int] = []
+
+    def watch(key: str, deadline: int | None, warnings: Iterable[tuple[float, int | None]]) -> None:
+        if key in claims:
+            return
+        if deadline is not None:
+            candidates.append(deadline)
+        for fraction, instant in warnings:
+            if instant is not None and f"{key}@{fraction}" not in claims:
+                candidates.append(instant)
+
     target = plan.first_response_ms
     if target is not None:
         end = None if walk.first_end is None else walk.first_end[0]
         deadline = deadline_ms(calendar, opened_ms, target)
-        if end is None or end > deadline:
-            candidates.append(deadline)
+        warned = []
         for fraction in plan.warn_at:
             instant = deadline_ms(calendar, opened_ms, ceil(fraction * target))
-            if end is None or instant < end:
-                candidates.append(instant)
+            warned.append((fraction, instant if end is None or instant < end else None))
+        watch("fr:1", deadline if end is None or end > deadline else None, warned)
     target = plan.next_response_ms
     if target is not None and walk.asked is not None:
-        candidates.append(deadline_ms(calendar, walk.asked, target))
-        for fraction in plan.warn_at:
-            candidates.append(deadline_ms(calendar, walk.asked, ceil(fraction * target)))
+        warned = [
+            (fraction, deadline_ms(calendar, walk.asked, ceil(fraction * target)))
+            for fraction in plan.warn_at
+        ]
+        watch(f"nr:{walk.asks}", deadline_ms(calendar, walk.asked, target), warned)
     if plan.resolution_ms is not None:
         solved = walk.solve_ms
         due = _clock_at(walk, plan, 0)
-        if due is not None and (solved is None or solved > due):
-            candidates.append(due)
-        for index in range(1, len(walk.reached)):
+        warned = []
+        for index, fraction in enumerate(plan.warn_at, 1):
             reached = _clock_at(walk, plan, index)
-            if reached is not None and (solved is None or reached < solved):
-                candidates.append(reached)
+            if reached is not None and solved is not None and reached >= solved:
+                reached = None
+            warned.append((fraction, reached))
+        watch("rs:1", due if due is not None and (solved is None or solved > due) else None, warned)
     for instant in candidates:
         if best is None or instant < best:
             best = instant
@@ -1082,7 +1112,7 @@ def _walked_live(walk: Walk) -> tuple[str, int]:
 
 
 def _walked_deadline(state: Conversation, walk: Walk, plan: Terms) -> int | None:
-    """:func:`breach_deadline` of an opened ticket without claims, from its walk."""
+    """:func:`breach_deadline` of an opened ticket from its walk."""
     assert state.opened is not None
     opened_ms = state.opened[0]
     if not needs_view(state, plan):
@@ -1094,7 +1124,7 @@ def _walked_deadline(state: Conversation, walk: Walk, plan: Terms) -> int | None
         if end is not None and max(end[0], opened_ms) <= deadline:
             return None
         return deadline
-    return _walked_alert(walk, opened_ms, plan)
+    return _walked_alert(walk, opened_ms, plan, state.claims)
 
 
 def _walked_change(
@@ -1109,14 +1139,14 @@ def _walked_change(
     old = state.walk
     assert old is not None and state.opened is not None and state.dims is not None
     opened_ms, dims = state.opened[0], state.dims
-    if state.claims or inputs[6] or inputs[0] != state.opened:
-        raise ValueError("a ticket with claims or a new creation needs its whole timeline")
+    if inputs[6] != state.claims or inputs[0] != state.opened or not _claims_settled(state):
+        raise ValueError("a new claim or creation, or a claim not settled, needs it whole")
     entries = sorted([(ms, event_id, code) for event_id, (ms, code) in state.timeline.items()])
     if entries and entries[0][:2] <= old.key:
         raise ValueError("an entry before the ticket's walk needs its whole timeline")
     out: list[Contribution] = []
     walk = msgspec.structs.replace(old)
-    _advance(walk, opened_ms, dims, plan, config, entries, out)
+    _advance(walk, opened_ms, dims, plan, config, entries, out, state.claims)
     if (walk.final_ms, walk.reopened, walk.touched) != (old.final_ms, old.reopened, old.touched):
         _final_fields(opened_ms, dims, old.final_ms, old.reopened, old.touched, plan, out, -1)
         _final_fields(opened_ms, dims, walk.final_ms, walk.reopened, walk.touched, plan, out, 1)
@@ -1128,15 +1158,37 @@ def _walked_change(
     return out, walk.ignored - old.ignored, walk
 
 
+def _claims_settled(state: Conversation) -> bool:
+    """Whether every claim of a walked ticket is of an instance its walk has ended: the
+    outcome of such an instance, and so what its claim counts, no later entry changes (a
+    claim of one still running, or not started, is evaluated with the whole timeline)."""
+    walk = state.walk
+    if not state.claims or walk is None:
+        return True
+    for claim in state.claims:
+        short, _, number = claim.partition("@")[0].partition(":")
+        if short == "fr":
+            ended = walk.first_end is not None
+        elif short == "rs":
+            ended = walk.solve_ms is not None
+        else:
+            n = int(number) if number.isdigit() else 0
+            ended = n < walk.asks or (n == walk.asks and walk.asked is None)
+        if not ended:
+            return False
+    return True
+
+
 def timelines_needed(
     items: Iterable[Pending],
     states: Mapping[str, Conversation | None],
     known: Mapping[str, AbstractSet[str]] | None = None,
 ) -> set[str]:
     """The tickets among ``states`` whose timeline kept beside the state a batch of
-    ``items`` needs whole (:func:`restore` it before :func:`fold_batch`): one with claims,
-    or with a claim, an earlier creation or a timeline entry at or before its walk among
-    the items (a repeat found in ``known`` changes nothing and needs none)."""
+    ``items`` needs whole (:func:`restore` it before :func:`fold_batch`): one with a claim
+    of an instance its walk has not ended (:func:`_claims_settled`), or with a claim, an
+    earlier creation or a timeline entry at or before its walk among the items (a repeat
+    found in ``known`` changes nothing and needs none)."""
     needed: set[str] = set()
     known = known or {}
     for item in items:
@@ -1145,7 +1197,7 @@ def timelines_needed(
         state = states.get(conv_id)
         if state is None or state.walk is None or conv_id in needed:
             continue
-        if state.claims or isinstance(event, SlaClaim):
+        if isinstance(event, SlaClaim) or not _claims_settled(state):
             needed.add(conv_id)
             continue
         event_id = event.event_id
@@ -1189,7 +1241,7 @@ def _set_aside(
     timeline = state.timeline
     if walk is None:
         # whole: its first ``stored`` entries are beside it already (restored)
-        walk = walk_of(state.opened[0], timeline.items(), plan)
+        walk = walk_of(state.opened[0], timeline.items(), plan, state.claims)
         added = dict(islice(timeline.items(), state.stored, None))
         result.whole[conv_id] = timeline
         state.stored = len(timeline)
@@ -1509,8 +1561,6 @@ def breach_deadline(
     if plan is None:
         plan = config.terms_of(state.dims)
     if state.walk is not None:
-        if state.claims:
-            raise ValueError("restore the ticket's timeline first")
         return _walked_deadline(state, state.walk, plan)
     if not needs_view(state, plan):  # v1's quick answer
         return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
