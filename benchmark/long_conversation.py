@@ -9,6 +9,11 @@ into a store as the engine does a batch (``Store.load`` with the batch's event i
 keeping up with live traffic commits what came in its ``DESKPULSE_BATCH_WITHIN``), timing
 every batch of the ticket's partition; :func:`flatness` compares the batches of its first
 and last replies.
+
+:func:`long_timeline` makes a ticket whose every event goes into its timeline (public
+replies alternating customer and agent, status changes among them); :func:`fold_batches`
+folds records on one partition in batches of a fixed size, timing each and reading the
+stored state's size after it; :func:`timeline_flatness` compares its first and last tenth.
 """
 
 from __future__ import annotations
@@ -21,19 +26,24 @@ from typing import Any
 
 import orjson
 
+from deskpulse.models.sla import Policy
 from deskpulse.models.wire import decode_record
-from deskpulse.streams.core import Pending, fold_batch
+from deskpulse.streams.core import Pending, fold_batch, timelines_needed
 from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.partitioner import ConversationPartitions
 from deskpulse.streams.store import Store
 
 __all__ = [
+    "TIMELINE_POLICY",
     "flatness",
+    "fold_batches",
     "fold_in_spans",
     "long_ticket",
+    "long_timeline",
     "merged",
     "partition_of",
     "script_times_us",
+    "timeline_flatness",
 ]
 
 
@@ -107,6 +117,7 @@ async def fold_in_spans(
         ids = [p.event.conversation_id for p in batch]
         event_ids = [(c, p.event.event_id) for c, p in zip(ids, batch, strict=True)]
         meta, states = await store.load(partition, ids, event_ids)
+        await store.load_timelines(partition, states, timelines_needed(batch, states, meta.known))
         result = fold_batch(
             batch,
             states,
@@ -151,3 +162,119 @@ def script_times_us(entries: Sequence[Any], sha: str) -> list[int]:
         if words.lower().startswith("evalsha " + sha):
             out.append(int(entry["duration"]))
     return out
+
+
+#: the policy a long timeline is folded under: every SLA metric for its priority, the
+#: resolution paused while pending or on hold, a warning at half of each target
+TIMELINE_POLICY = Policy(
+    name="bench-timeline",
+    targets={
+        "first_response": {"normal": 3600},
+        "next_response": {"normal": 1800},
+        "resolution": {"normal": 3 * 86400},
+    },
+    pause=("pending", "hold"),
+    warn_at=(0.5,),
+)
+
+#: the statuses a long timeline's changes go through in turn (all in the backlog)
+STATUS_CYCLE = ("open", "pending", "open", "hold")
+
+
+def long_timeline(
+    ticket: str, start_s: float, replies: int, rate: float, *, status_every: int = 50
+) -> list[Record]:
+    """``ticket``'s creation at ``start_s``, then ``replies`` public replies ``rate`` a
+    second, customer and agent in turn (the customer first), and after every
+    ``status_every`` of them a status change (:data:`STATUS_CYCLE` in turn)."""
+    start_ms = int(start_s * 1000)
+    key = ticket.encode()
+    body: dict[str, Any] = {
+        "event_id": f"{ticket}-e{0:09d}",
+        "type": "ticket.created",
+        "occurred_at": _stamp(start_ms),
+        "ticket_id": ticket,
+        "channel": "api",
+        "queue": "general",
+        "priority": "normal",
+    }
+    out = [Record("tickets", key, orjson.dumps(body), start_ms / 1000)]
+    changes = 0
+    for n in range(1, replies + 1):
+        ms = start_ms + int(n * 1000 / rate)
+        body = {
+            "event_id": f"{ticket}-e{n:09d}",
+            "type": "ticket.replied",
+            "occurred_at": _stamp(ms),
+            "ticket_id": ticket,
+            "author_role": "customer" if n % 2 else "agent",
+            "public": True,
+        }
+        out.append(Record("tickets", key, orjson.dumps(body), ms / 1000))
+        if n % status_every == 0:
+            body = {
+                "event_id": f"{ticket}-s{n:09d}",
+                "type": "ticket.status_changed",
+                "occurred_at": _stamp(ms),
+                "ticket_id": ticket,
+                "status": STATUS_CYCLE[changes % len(STATUS_CYCLE)],
+            }
+            changes += 1
+            out.append(Record("tickets", key, orjson.dumps(body), ms / 1000))
+    return out
+
+
+async def fold_batches(
+    store: Store, records: Sequence[Record], *, partition: int, conversation: str, batch: int
+) -> list[dict[str, Any]]:
+    """Fold ``records`` into ``store`` on ``partition``, ``batch`` at a time in their order,
+    as the engine does a batch (``Store.load``, the timelines a batch needs whole,
+    ``fold_batch``, ``Store.commit``); for each batch its events, its seconds and the
+    stored size of ``conversation``'s state after it."""
+    out: list[dict[str, Any]] = []
+    for first in range(0, len(records), batch):
+        chunk = [decode_record(r.value) for r in records[first : first + batch]]
+        items = [
+            Pending(event, r.topic_kind, first + n, ms)
+            for n, ((event, ms), r) in enumerate(zip(chunk, records[first:], strict=False))
+        ]
+        started = time.perf_counter()
+        ids = [p.event.conversation_id for p in items]
+        event_ids = [(c, p.event.event_id) for c, p in zip(ids, items, strict=True)]
+        meta, states = await store.load(partition, ids, event_ids)
+        await store.load_timelines(partition, states, timelines_needed(items, states, meta.known))
+        result = fold_batch(
+            items,
+            states,
+            watermark_ms=meta.watermark_ms,
+            applied_offsets=meta.offsets,
+            config=store.config,
+            known=meta.known,
+        )
+        if not await store.commit(partition, meta.version, result):
+            raise RuntimeError(f"partition {partition} moved under the benchmark's batch")
+        seconds = time.perf_counter() - started
+        size = await store.redis.hstrlen(store.base(partition) + "conv", conversation)
+        out.append({"events": len(items), "seconds": seconds, "state_bytes": int(size)})
+    return out
+
+
+def timeline_flatness(batches: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The mean seconds of the first and the last tenth of the batches (the first batch,
+    which creates the ticket, left out), their ratio (last over first), and the stored
+    state's size after the first tenth and at the end."""
+    timed = list(batches[1:])
+    tenth = max(1, len(timed) // 10)
+    early, late = timed[:tenth], timed[-tenth:]
+    early_ms = 1000 * sum(b["seconds"] for b in early) / len(early)
+    late_ms = 1000 * sum(b["seconds"] for b in late) / len(late)
+    return {
+        "batches": len(batches),
+        "tenth": tenth,
+        "first_ms": early_ms,
+        "last_ms": late_ms,
+        "ratio": late_ms / early_ms,
+        "state_bytes_first": early[-1]["state_bytes"],
+        "state_bytes_last": late[-1]["state_bytes"],
+        "state_bytes_max": max(b["state_bytes"] for b in timed),
+    }

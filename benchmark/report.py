@@ -385,6 +385,29 @@ def _longconv_rows(lc: dict[str, Any] | None) -> list[list[str]]:
             "< 5 ms",
             _mark(script["p99"] < 5000),
         ],
+        *_timeline_rows(lc.get("timeline")),
+    ]
+
+
+def _timeline_rows(tl: dict[str, Any] | None) -> list[list[str]]:
+    """A ticket's long timeline: its batches flat, its stored state bounded."""
+    if not tl:
+        return []
+    what = f"{tl['replies']:,} public replies and status changes on one ticket"
+    return [
+        [
+            f"{what}: batch time of its last tenth over its first",
+            f"{tl['ratio']:.2f} ({tl['first_ms']:.1f} ms → {tl['last_ms']:.1f} ms a batch of "
+            f"{tl['batch']:,})",
+            "≤ 1.5",
+            _mark(tl["ratio"] <= 1.5),
+        ],
+        [
+            f"{what}: the stored state at the end over after its first tenth",
+            f"{tl['state_bytes_last']:,} B / {tl['state_bytes_first']:,} B",
+            "≤ 1.5",
+            _mark(tl["state_bytes_last"] <= 1.5 * tl["state_bytes_first"]),
+        ],
     ]
 
 
@@ -1345,6 +1368,20 @@ def _longconv(lc: dict[str, Any] | None, add: Any) -> None:
         f"{script['p99'] / 1000:.2f} ms, max {script['max'] / 1000:.2f} ms. The ticket's "
         f"stored state at the end: {lc['state_bytes']} B.\n"
     )
+    tl = lc.get("timeline")
+    if tl:
+        add(
+            "A ticket whose every event goes into its timeline: "
+            f"{tl['replies']:,} public replies, customer and agent in turn, a status change "
+            f"after every 50 ({tl['records']:,} records), under a policy with every SLA "
+            f"metric and a warning, folded on their own in batches of {tl['batch']:,} "
+            f"({tl['batches']} batches; the first, which creates the ticket, left out): the "
+            f"first {tl['tenth']} took {tl['first_ms']:.1f} ms on average, the last "
+            f"{tl['tenth']} {tl['last_ms']:.1f} ms ({tl['ratio']:.2f} times as long). The "
+            f"ticket's stored state: {tl['state_bytes_first']:,} B after the first tenth, "
+            f"{tl['state_bytes_last']:,} B at the end (at most {tl['state_bytes_max']:,} B); "
+            f"its timeline entries beside it (`tl:`) took {tl['entries_bytes']:,} B.\n"
+        )
 
 
 def _ingest(ig: dict[str, Any] | None, add: Any) -> None:

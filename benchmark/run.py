@@ -54,7 +54,8 @@ BENCH_BACKLOG_READS (30), BENCH_INGEST_SECONDS (15), BENCH_INGEST_CONNECTIONS (5
 BENCH_INGEST_RATE (2000), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (300),
 BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_GROUPS_HISTORY
 (120000), BENCH_GROUPS_RATE (200), BENCH_GROUPS_SECONDS (90), BENCH_LONG_REPLIES (100000),
-BENCH_LONG_RATE (1000), BENCH_LONG_TRIALS (2), BENCH_CLUSTER_TRIALS (2), BENCH_SECTIONS
+BENCH_LONG_RATE (1000), BENCH_LONG_TRIALS (2), BENCH_LONG_TIMELINE_REPLIES (20000),
+BENCH_LONG_TIMELINE_BATCH (1000), BENCH_CLUSTER_TRIALS (2), BENCH_SECTIONS
 (throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups,longconv,cluster;
 section names given as arguments, ``python -m benchmark.run reads``, take its place),
 BENCH_PROFILE (auto | always | never), BENCH_WORKDIR (a new temporary directory),
@@ -298,6 +299,14 @@ class Config:
     long_replies: int = field(default_factory=lambda: _env_int("BENCH_LONG_REPLIES", 100_000))
     long_rate: float = field(default_factory=lambda: _env_float("BENCH_LONG_RATE", 1000))
     long_trials: int = field(default_factory=lambda: max(1, _env_int("BENCH_LONG_TRIALS", 2)))
+    #: and a ticket's timeline: its public replies (customer and agent in turn, a status
+    #: change after every 50), folded in batches of ``BENCH_LONG_TIMELINE_BATCH``
+    long_timeline_replies: int = field(
+        default_factory=lambda: _env_int("BENCH_LONG_TIMELINE_REPLIES", 20_000)
+    )
+    long_timeline_batch: int = field(
+        default_factory=lambda: max(1, _env_int("BENCH_LONG_TIMELINE_BATCH", 1000))
+    )
     cluster_trials: int = field(default_factory=lambda: max(1, _env_int("BENCH_CLUSTER_TRIALS", 2)))
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
@@ -1875,7 +1884,7 @@ class Bench:
         keys = await sla_state.key_memory(store)
         per_ticket = {
             k: dict(keys.get(k, {"keys": 0, "bytes": 0}))
-            for k in ("conv", "convexp", "due", "held")
+            for k in ("conv", "convexp", "due", "held", "tl")
         }
         for name, count in (
             ("conv", self.redis.hlen),
@@ -1899,7 +1908,10 @@ class Bench:
             "example_id": example_id,
             "example": example.dumps().decode(),
             "example_stored_equal": example.dumps() == states[example_id],
-            "example_timeline": len(example.timeline),
+            # a ticket's timeline entries are kept beside its state (``tl:``), counted in it
+            "example_timeline": example.stored
+            if example.walk is not None
+            else len(example.timeline),
             "example_events": example.events(),
             "id_chars": len(example_id) - 2,
             "keys": keys,
@@ -2536,6 +2548,38 @@ class Bench:
         where = long_conversation.partition_of(ticket, settings.topic_partitions)
         state = await self.redis.hget(store.base(where) + "conv", "t:" + ticket)
         out["state_bytes"] = None if state is None else len(state)
+        out["timeline"] = await self.longconv_timeline()
+        return out
+
+    async def longconv_timeline(self) -> dict[str, Any]:
+        """One ticket's timeline: ``BENCH_LONG_TIMELINE_REPLIES`` public replies, customer
+        and agent in turn, a status change (open, pending, open, hold) after every 50,
+        under a policy with all three SLA metrics and a warning (every reply answers or
+        starts a next response), folded in batches of ``BENCH_LONG_TIMELINE_BATCH`` into a
+        prefix of its own as the engine folds a batch; each batch timed, the stored state
+        read after each, the entries kept beside it measured at the end."""
+        assert self.redis is not None
+        replies, batch = self.config.long_timeline_replies, self.config.long_timeline_batch
+        ticket = "bench-timeline-T0000000001"
+        records = long_conversation.long_timeline(ticket, time.time() - replies - 600, replies, 1.0)
+        settings = self.settings("lc-timeline", "lc")
+        config = CoreConfig.from_settings(settings)
+        config = CoreConfig(
+            bucket_seconds=config.bucket_seconds,
+            rollup_seconds=config.rollup_seconds,
+            retention_seconds=config.retention_seconds,
+            policies=(long_conversation.TIMELINE_POLICY,),
+        )
+        store = Store(self.redis, settings.redis_prefix, config)
+        await store.check_config()
+        batches = await long_conversation.fold_batches(
+            store, records, partition=0, conversation="t:" + ticket, batch=batch
+        )
+        out: dict[str, Any] = {"replies": replies, "records": len(records), "batch": batch}
+        out |= long_conversation.timeline_flatness(batches)
+        entries = await self.redis.memory_usage(store.base(0) + "tl:t:" + ticket, samples=0)
+        out["entries_bytes"] = int(entries or 0)
+        await store.clear()
         return out
 
     async def main(self) -> None:

@@ -27,7 +27,7 @@ import orjson
 
 from deskpulse.models.wire import WireEvent, decode_record
 from deskpulse.streams.breaches import add_retractions
-from deskpulse.streams.core import Conversation, Pending, SlaClaim, fold_batch
+from deskpulse.streams.core import Conversation, Pending, SlaClaim, fold_batch, timelines_needed
 from deskpulse.streams.devtools.simulate import SimConfig
 from deskpulse.streams.partitioner import ConversationPartitions
 from deskpulse.streams.sla import RUNNING, evaluate_terms
@@ -296,6 +296,7 @@ async def _fold_commit(store: Store, partition: int, chunk: Sequence[Pending]) -
             if not isinstance(p.event, SlaClaim)
         ]
         meta, states = await store.load(partition, ids, event_ids)
+        await store.load_timelines(partition, states, timelines_needed(chunk, states, meta.known))
         result = fold_batch(
             chunk,
             states,
@@ -326,24 +327,36 @@ async def count_running(store: Store, partitions: int, clock_ms: int) -> dict[st
     running: Counter[str] = Counter()
     other: Counter[str] = Counter()
     tickets = 0
-    for conv_id, raw in (await stored_states(store, partitions)).items():
-        state = Conversation.loads(raw)
-        if not conv_id.startswith("t:") or state.opened is None or state.dims is None:
-            continue
-        tickets += 1
-        plan = store.config.terms_of(state.dims)
-        view = evaluate_terms(state.opened[0], state.timeline.items(), plan, clock_ms)
-        for instance in view.instances:
-            if instance.outcome == RUNNING:
-                running[instance.metric] += 1
-            else:
-                other[instance.outcome] += 1
+    for partition in range(partitions):
+        async for field, raw in store.redis.hscan_iter(store.base(partition) + "conv", count=1000):
+            conv_id = text(field)
+            state = Conversation.loads(raw)
+            if not conv_id.startswith("t:") or state.opened is None or state.dims is None:
+                continue
+            tickets += 1
+            # its timeline whole, as breach detection reads it
+            await store.load_timelines(partition, {conv_id: state}, [conv_id])
+            _count(store, state, clock_ms, running, other)
     return {
         "tickets": tickets,
         "running": sum(running.values()),
         "by_metric": dict(running),
         "not_running": dict(other),
     }
+
+
+def _count(
+    store: Store, state: Conversation, clock_ms: int, running: Counter[str], other: Counter[str]
+) -> None:
+    """Count one ticket's instances at ``clock_ms`` (running by metric, the rest by outcome)."""
+    assert state.opened is not None and state.dims is not None
+    plan = store.config.terms_of(state.dims)
+    view = evaluate_terms(state.opened[0], state.timeline.items(), plan, clock_ms)
+    for instance in view.instances:
+        if instance.outcome == RUNNING:
+            running[instance.metric] += 1
+        else:
+            other[instance.outcome] += 1
 
 
 def _kind(prefix: str, key: str) -> str:
@@ -354,7 +367,7 @@ def _kind(prefix: str, key: str) -> str:
         name = rest.split("}:", 1)[1]
         if name[:2] in ("b:", "r:", "B:", "R:"):
             return "buckets"
-        if name[:3] in ("lo:", "lw:"):
+        if name[:3] in ("lo:", "lw:", "tl:"):
             return name[:2]
         return name
     return rest

@@ -151,6 +151,8 @@ def alerts_due(
     then) and each warning instant of an unclaimed instance reached by then."""
     if state is None or state.kind != "t" or state.opened is None or state.dims is None:
         return []
+    if state.walk is not None:
+        raise ValueError(f"{conv_id}: load its timeline first (Store.load_timelines)")
     plan = config.terms_of(state.dims)
     view = evaluate_terms(state.opened[0], state.timeline.items(), plan, clock_ms)
     claims = state.claims
@@ -223,7 +225,12 @@ def add_retractions(result: BatchResult, config: CoreConfig, prefix: str) -> int
         open_claims = [c for c in state.claims if "@" not in c and f"{c}@r" not in state.claims]
         if not open_claims:
             continue
-        view = evaluate_terms(state.opened[0], state.timeline.items(), config.terms_of(state.dims))
+        timeline = result.whole.get(conv_id, state.timeline)
+        if state.walk is not None and conv_id not in result.whole:
+            # walked on from its walk: its claims are all of instances ended before
+            # (core.timelines_needed), whose outcomes no later entry changes
+            continue
+        view = evaluate_terms(state.opened[0], timeline.items(), config.terms_of(state.dims))
         by_key = {instance.key: instance for instance in view.instances}
         for key in sorted(open_claims):
             instance = by_key.get(key)
@@ -259,6 +266,8 @@ async def check_breaches(
         return 0
     while True:
         meta, states = await store.load(partition, ids)
+        # the due tickets' timelines whole: their instances at the clock need every entry
+        await store.load_timelines(partition, states, ids)
         result, breaches = _claim(meta, states, clock_ms, store.config, store.prefix)
         if await store.commit(partition, meta.version, result):
             break
@@ -362,6 +371,7 @@ async def adopt_published(
         chunk = ids[start : start + limit]
         while True:
             meta, states = await store.load(partition, chunk)
+            await store.load_timelines(partition, states, chunk)  # claims: evaluated whole
             result, count = _adopt(meta, states, markers, store.config, store.prefix)
             if not count or await store.commit(partition, meta.version, result):
                 break

@@ -26,6 +26,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import islice, pairwise
+from math import ceil
 from typing import Any, ClassVar, NamedTuple
 
 import msgspec
@@ -44,7 +45,7 @@ from deskpulse.models.wire import (
     event_ms,
 )
 from deskpulse.streams import sketch
-from deskpulse.streams.calendar import BusinessCalendar, business_ms, calendars
+from deskpulse.streams.calendar import BusinessCalendar, business_ms, calendars, deadline_ms
 from deskpulse.streams.lifecycle import (
     BACKLOG_FIELDS,
     OPEN_CODES,
@@ -94,6 +95,7 @@ __all__ = [
     "OtherIds",
     "Pending",
     "SlaClaim",
+    "Walk",
     "breach_deadline",
     "contributions",
     "dim_key",
@@ -106,7 +108,10 @@ __all__ = [
     "keep_until_ms",
     "live_entry",
     "live_key",
+    "restore",
     "split_dim_key",
+    "timelines_needed",
+    "walk_of",
 ]
 
 #: Separator inside a dimension key and between a dimension key and a field name.
@@ -266,6 +271,53 @@ def split_dim_key(key: str) -> Dims:
 Survey = tuple[int, str, int, str | None, str | None, str | None]
 
 
+class Walk(msgspec.Struct, array_like=True, gc=False):
+    """What a ticket's timeline, walked in ``(ms, event_id)`` order up to its latest entry,
+    left for the entries after it (docs/architecture.md, "Conversation state").
+
+    :func:`~streams.sla.evaluate_terms` and :func:`~streams.lifecycle.lifecycle` walk the
+    whole timeline; a walk resumed from here with the entries after ``key`` reaches the
+    same instances, samples, lifecycle and schedule, so a batch that only appends costs
+    what it appends. Every sample a finished part of the walk decided (a response, a
+    status step, a solve, an instance achieved) was written when it was walked; only the
+    final solve's samples (:func:`_closing_fields`) and what runs now are worked out from
+    here. Bounded: a few numbers, and the stretches the ticket spent out of the backlog.
+    """
+
+    #: the latest entry walked, ``(ms, event_id)``
+    key: tuple[int, str]
+    #: the status in force and the instant it came in (the creation's ``new`` at first)
+    status: str
+    since_ms: int
+    #: whether any change came after the creation's ``new``
+    changed: bool = False
+    closed: bool = False
+    ignored: int = 0
+    #: the stretches out of the backlog before the last change (``from,to,...``)
+    gaps: str = ""
+    first_reply_ms: int | None = None
+    #: the first response instance's end, ``(ms, fulfilled)``
+    first_end: tuple[int, bool] | None = None
+    #: the first solve (the resolution instance's end)
+    solve_ms: int | None = None
+    #: the start of the running next response, and how many next responses started
+    asked: int | None = None
+    asks: int = 0
+    #: the lifecycle's final solve so far, whether it was ever reopened, the public agent
+    #: replies so far and those at or before the final solve
+    final_ms: int | None = None
+    reopened: bool = False
+    replies: int = 0
+    touched: int = 0
+    #: the resolution clock: business time of its finished running spans, and the instant
+    #: each of its needs (the target, then each warning's) was reached in them, if it was
+    clock_ms: int = 0
+    reached: tuple[int | None, ...] = ()
+    #: the earliest alert instant of the finished next responses not claimed (breach
+    #: detection's schedule)
+    alert_ms: int | None = None
+
+
 class Conversation(msgspec.Struct, array_like=True, gc=False):
     """Order-independent summary of one conversation (see the module docstring).
 
@@ -299,6 +351,13 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     claims: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
     live: str = ""
+    #: a ticket's timeline walked up to its latest entry (:class:`Walk`), when its entries
+    #: are kept beside the state (``stored`` of them) and ``timeline`` holds only those a
+    #: batch adds; ``None``: ``timeline`` is whole (the first ``stored`` of its entries are
+    #: kept beside the state too, when it was restored with :func:`restore`)
+    walk: Walk | None = None
+    #: how many timeline entries are kept beside the state (the store's ``tl:<id>`` hash)
+    stored: int = 0
     #: how many events :class:`OtherIds` holds for it (held counts need them)
     others: int = 0
     #: last in the array: the commit script reads it from the end of the stored JSON
@@ -320,6 +379,7 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
         return (
             self.others
             + len(self.timeline)
+            + (self.stored if self.walk is not None else 0)
             + len(self.surveys)
             + (self.opened is not None)
             + (self.accepted is not None)
@@ -346,8 +406,26 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Conversation:
-        """Inverse of :meth:`dumps`."""
-        return _DECODE(raw)
+        """Inverse of :meth:`dumps`; reads a state of the previous layout too (no ``walk``
+        and ``stored``: its timeline whole in it)."""
+        try:
+            return _DECODE(raw)
+        except msgspec.ValidationError:
+            old = _DECODE_7(raw)
+            return Conversation(
+                kind=old.kind,
+                opened=old.opened,
+                dims=old.dims,
+                accepted=old.accepted,
+                ended=old.ended,
+                surveys=old.surveys,
+                timeline=old.timeline,
+                claims=old.claims,
+                last_ms=old.last_ms,
+                live=old.live,
+                others=old.others,
+                counted=old.counted,
+            )
 
 
 class OtherIds(msgspec.Struct, gc=False):
@@ -388,9 +466,27 @@ class SlaClaim(msgspec.Struct, frozen=True, gc=False):
         return "t:" + self.ticket_id
 
 
+class _Conversation7(msgspec.Struct, array_like=True, gc=False):
+    """A state as store layout 7 wrote it: its timeline whole in it (no walk)."""
+
+    kind: str
+    opened: tuple[int, str] | None = None
+    dims: Dims | None = None
+    accepted: tuple[int, str] | None = None
+    ended: tuple[int, str] | None = None
+    surveys: dict[str, Survey] = msgspec.field(default_factory=dict)
+    timeline: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
+    claims: set[str] = msgspec.field(default_factory=set)
+    last_ms: int = 0
+    live: str = ""
+    others: int = 0
+    counted: int = 0
+
+
 # a struct without reference cycles (it holds strings, ints and tuples), so gc=False above
 _ENCODE = msgspec.json.Encoder(order="deterministic").encode
 _DECODE = msgspec.json.Decoder(Conversation).decode
+_DECODE_7 = msgspec.json.Decoder(_Conversation7).decode
 
 
 def _earliest(
@@ -470,7 +566,10 @@ def fold(
 
 
 def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]:
-    """Every KPI sample this conversation contributes, as a pure function of its state."""
+    """Every KPI sample this conversation contributes, as a pure function of its state
+    (whole: a ticket whose timeline is kept beside it is :func:`restore` d first)."""
+    if state.walk is not None:
+        raise ValueError("restore the ticket's timeline first")
     return _current(state, config)[0]
 
 
@@ -499,6 +598,8 @@ def _current(
 
 def ignored_status_events(state: Conversation) -> int:
     """A ticket's status events after its close (in timeline order): ignored, counted."""
+    if state.walk is not None:
+        return state.walk.ignored
     if state.kind != "t" or state.opened is None or not state.timeline:
         return 0
     return evaluate(state.opened[0], "normal", state.timeline.items(), None, None).ignored
@@ -593,7 +694,30 @@ def _lifecycle_fields(
         out.append((at_ms, dims, "svt", sign))
     for at_ms in life.reopens:
         out.append((at_ms, dims, "rot", sign))
-    final_ms = life.final_solve_ms
+    _final_fields(
+        opened_ms,
+        dims,
+        life.final_solve_ms,
+        bool(life.reopens),
+        life.agent_replies,
+        plan,
+        out,
+        sign,
+    )
+
+
+def _final_fields(
+    opened_ms: int,
+    dims: Dims,
+    final_ms: int | None,
+    reopened: bool,
+    touched: int,
+    plan: Terms,
+    out: list[Contribution],
+    sign: int,
+) -> None:
+    """A ticket's full resolution sample at its final solve (none without), with its
+    reopened or one-touch count; each times ``sign``."""
     if final_ms is None:
         return
     spent_ms = max(0, final_ms - opened_ms)
@@ -606,9 +730,9 @@ def _lifecycle_fields(
     if business != spent_ms:
         index = sketch.index_of(business / 1000)
     out.append((final_ms, dims, _RB_SK[index], sign))
-    if life.reopens:
+    if reopened:
         out.append((final_ms, dims, "ro", sign))
-    elif life.agent_replies == 1:
+    elif touched == 1:
         out.append((final_ms, dims, "ot", sign))
 
 
@@ -710,6 +834,426 @@ _ACHIEVED = {metric: "sa_" + short for metric, short in SHORT.items()}
 _BREACHED = {metric: "sb_" + short for metric, short in SHORT.items()}
 
 
+# --- a timeline walked once -----------------------------------------------------------------
+#
+# A ticket's timeline entries are kept beside its state (the store's ``tl:<id>`` hash) and
+# the state keeps a :class:`Walk`: the evaluation and the lifecycle walked up to the latest
+# entry. A batch whose entries of the ticket all come after it resumes the walk with them
+# (:func:`_walked_change`): what it costs follows the batch, not the history. A batch with
+# an entry at or before it, a claim, an earlier creation, or a ticket with claims, has the
+# whole timeline loaded back first (:func:`timelines_needed`, :func:`restore`) and is
+# evaluated whole, as before; the walk is then taken again from the whole timeline.
+
+_NEVER: tuple[int, str] = (-(1 << 62), "")
+_SOLVED_CODE, _CLOSE = STATUS_CODES["solved"], STATUS_CODES["closed"]
+_ENDING_CODES = frozenset((_SOLVED_CODE, _CLOSE))
+_OPEN_SET = frozenset(OPEN_CODES)
+
+
+def _needs(plan: Terms) -> tuple[int, ...]:
+    """The elapsed times the resolution clock is watched for: its target, then each
+    warning's (none without a resolution target)."""
+    target = plan.resolution_ms
+    if target is None:
+        return ()
+    return (target, *(ceil(fraction * target) for fraction in plan.warn_at))
+
+
+def walk_of(
+    opened_ms: int,
+    timeline: Iterable[tuple[str, tuple[int, str]]],
+    plan: Terms,
+    claims: AbstractSet[str] = frozenset(),
+) -> Walk:
+    """A ticket's whole timeline walked (:class:`Walk`), with its ``claims``."""
+    walk = Walk(_NEVER, "n", opened_ms, reached=(None,) * len(_needs(plan)))
+    entries = sorted([(ms, event_id, code) for event_id, (ms, code) in timeline])
+    _advance(walk, opened_ms, ("", "", ""), plan, None, entries, [], claims)
+    return walk
+
+
+def _advance(
+    walk: Walk,
+    opened_ms: int,
+    dims: Dims,
+    plan: Terms,
+    config: CoreConfig | None,
+    entries: Sequence[tuple[int, str, str]],
+    out: list[Contribution],
+    claims: AbstractSet[str],
+) -> None:
+    """Walk ``entries`` (sorted, all after ``walk.key``) on from ``walk``, appending to
+    ``out`` the samples they decide (``config`` ``None``: no samples wanted), with the rules
+    of :func:`~streams.sla.evaluate_terms` and :func:`~streams.lifecycle.lifecycle`. The
+    instances the entries end are none the ``claims`` name (:func:`_claims_settled`): a
+    breach among them counts nothing."""
+    calendar = plan.calendar
+    first_target, next_target = plan.first_response_ms, plan.next_response_ms
+    resolution_target = plan.resolution_ms
+    needs = _needs(plan)
+    reached = list(walk.reached)
+    for ms, _, code in entries:
+        if code == AGENT:
+            walk.replies += 1
+            if walk.final_ms is not None and ms <= walk.final_ms:
+                walk.touched += 1
+            if walk.first_reply_ms is None:
+                walk.first_reply_ms = ms
+                if config is not None:
+                    business = business_ms(calendar, opened_ms, ms) if ms > opened_ms else 0
+                    view = Evaluation(ms, business, (), (), 0)
+                    _first_fields(opened_ms, dims, view, plan, config, out, 1)
+                if walk.first_end is None:
+                    walk.first_end = (ms, True)
+                    if (
+                        config is not None
+                        and first_target is not None
+                        and ms <= deadline_ms(calendar, opened_ms, first_target)
+                    ):
+                        out.append((ms, dims, _ACHIEVED["first_response"], 1))
+            elif walk.asked is not None:
+                start, walk.asked = walk.asked, None
+                if config is not None:
+                    response = Response(start, ms, ms - start, business_ms(calendar, start, ms))
+                    _response_fields(dims, response, out, 1)
+                if next_target is not None:
+                    _next_ended(walk, start, ms, True, next_target, plan, dims, config, out, claims)
+        elif code == CUSTOMER:
+            if (
+                walk.first_reply_ms is not None
+                and walk.asked is None
+                and walk.status not in _ENDING_CODES
+            ):
+                walk.asked = ms
+                walk.asks += 1
+        elif walk.closed:
+            walk.ignored += 1
+        elif code != walk.status:
+            at = ms if ms > opened_ms else opened_ms
+            status, since = walk.status, walk.since_ms
+            if needs and status not in plan.pause:
+                # a running span of the resolution clock ends
+                got = business_ms(calendar, since, at)
+                for index, need in enumerate(needs):
+                    if reached[index] is None and walk.clock_ms + got >= need:
+                        reached[index] = deadline_ms(calendar, since, need - walk.clock_ms)
+                walk.clock_ms += got
+            if status not in _OPEN_SET and at > since:
+                walk.gaps += f",{since},{at}" if walk.gaps else f"{since},{at}"
+            if config is not None:
+                name = BACKLOG_FIELDS.get(status)
+                if name is not None:
+                    out.append((at, dims, name, -1))
+                name = BACKLOG_FIELDS.get(code)
+                if name is not None:
+                    out.append((at, dims, name, 1))
+            if code == _SOLVED_CODE or (code == _CLOSE and status != _SOLVED_CODE):
+                if config is not None:
+                    out.append((at, dims, "svt", 1))
+                walk.final_ms = at
+                walk.touched = walk.replies
+            elif status == _SOLVED_CODE and code in _OPEN_SET:
+                if config is not None:
+                    out.append((at, dims, "rot", 1))
+                walk.reopened = True
+                walk.final_ms = None
+                walk.touched = 0
+            if code in _ENDING_CODES:
+                if walk.first_end is None:
+                    walk.first_end = (at, False)
+                if walk.asked is not None:
+                    start, walk.asked = walk.asked, None
+                    if next_target is not None:
+                        _next_ended(
+                            walk, start, at, False, next_target, plan, dims, config, out, claims
+                        )
+                if walk.solve_ms is None and (code == _SOLVED_CODE or status != _SOLVED_CODE):
+                    walk.solve_ms = at
+                    # the deadline, if reached, was reached in the spans before the solve
+                    if (
+                        config is not None
+                        and resolution_target is not None
+                        and (reached[0] is None or reached[0] >= at)
+                    ):
+                        out.append((at, dims, _ACHIEVED["resolution"], 1))
+                walk.closed = code == _CLOSE
+            walk.status = code
+            walk.since_ms = at
+            walk.changed = True
+    if entries:
+        last = entries[-1]
+        walk.key = (last[0], last[1])
+    walk.reached = tuple(reached)
+
+
+def _next_ended(
+    walk: Walk,
+    start_ms: int,
+    end_ms: int,
+    fulfilled: bool,
+    target_ms: int,
+    plan: Terms,
+    dims: Dims,
+    config: CoreConfig | None,
+    out: list[Contribution],
+    claims: AbstractSet[str],
+) -> None:
+    """A next-response instance ended: its count if achieved, its alerts not claimed yet
+    into the walk's."""
+    calendar = plan.calendar
+    deadline = deadline_ms(calendar, start_ms, target_ms)
+    best = walk.alert_ms
+    key = f"nr:{walk.asks}"
+    if end_ms <= deadline:
+        if fulfilled and config is not None:
+            out.append((end_ms, dims, _ACHIEVED["next_response"], 1))
+    elif key not in claims and (best is None or deadline < best):
+        best = deadline
+    for fraction in plan.warn_at if key not in claims else ():
+        instant = deadline_ms(calendar, start_ms, ceil(fraction * target_ms))
+        if (
+            instant < end_ms
+            and f"{key}@{fraction}" not in claims
+            and (best is None or instant < best)
+        ):
+            best = instant
+    walk.alert_ms = best
+
+
+def _clock_at(walk: Walk, plan: Terms, index: int) -> int | None:
+    """When the resolution clock reaches its ``index``-th need (:func:`_needs`), if ever."""
+    found = walk.reached[index]
+    if found is not None or walk.status in plan.pause:
+        return found
+    return deadline_ms(plan.calendar, walk.since_ms, _needs(plan)[index] - walk.clock_ms)
+
+
+def _walked_alert(walk: Walk, opened_ms: int, plan: Terms, claims: AbstractSet[str]) -> int | None:
+    """:func:`next_alert_ms` of a ticket from its walk: the earliest deadline or warning
+    instant of its instances not claimed yet (the finished next responses' kept in it)."""
+    calendar = plan.calendar
+    best = walk.alert_ms
+    candidates: list[int] = []
+
+    def watch(key: str, deadline: int | None, warnings: Iterable[tuple[float, int | None]]) -> None:
+        if key in claims:
+            return
+        if deadline is not None:
+            candidates.append(deadline)
+        for fraction, instant in warnings:
+            if instant is not None and f"{key}@{fraction}" not in claims:
+                candidates.append(instant)
+
+    target = plan.first_response_ms
+    if target is not None:
+        end = None if walk.first_end is None else walk.first_end[0]
+        deadline = deadline_ms(calendar, opened_ms, target)
+        warned = []
+        for fraction in plan.warn_at:
+            instant = deadline_ms(calendar, opened_ms, ceil(fraction * target))
+            warned.append((fraction, instant if end is None or instant < end else None))
+        watch("fr:1", deadline if end is None or end > deadline else None, warned)
+    target = plan.next_response_ms
+    if target is not None and walk.asked is not None:
+        warned = [
+            (fraction, deadline_ms(calendar, walk.asked, ceil(fraction * target)))
+            for fraction in plan.warn_at
+        ]
+        watch(f"nr:{walk.asks}", deadline_ms(calendar, walk.asked, target), warned)
+    if plan.resolution_ms is not None:
+        solved = walk.solve_ms
+        due = _clock_at(walk, plan, 0)
+        warned = []
+        for index, fraction in enumerate(plan.warn_at, 1):
+            reached = _clock_at(walk, plan, index)
+            if reached is not None and solved is not None and reached >= solved:
+                reached = None
+            warned.append((fraction, reached))
+        watch("rs:1", due if due is not None and (solved is None or solved > due) else None, warned)
+    for instant in candidates:
+        if best is None or instant < best:
+            best = instant
+    return best
+
+
+def _walked_share(walk: Walk, plan: Terms, claims: AbstractSet[str]) -> int:
+    """:func:`_instances_now` of a ticket from its walk: its instances running now are the
+    first response until its end, the next response asked last, the resolution until the
+    first solve."""
+    running: list[tuple[SlaMetric, str]] = []
+    if plan.first_response_ms is not None and walk.first_end is None:
+        running.append(("first_response", "fr:1"))
+    if plan.next_response_ms is not None and walk.asked is not None:
+        running.append(("next_response", f"nr:{walk.asks}"))
+    if plan.resolution_ms is not None and walk.solve_ms is None:
+        running.append(("resolution", "rs:1"))
+    share = NOT_COUNTED
+    for metric, key in running:
+        digit = RUNNING_NOW
+        if claims:
+            if key in claims:
+                continue  # breached
+            marker = key + "@"
+            if any(claim.startswith(marker) for claim in claims):
+                digit = AT_RISK_NOW
+        share += digit * PLACES[metric]
+    return share
+
+
+def _walked_live(walk: Walk) -> tuple[str, int]:
+    """:func:`live_entry` of an opened ticket, from its walk."""
+    gaps = walk.gaps
+    if walk.status in _OPEN_SET:
+        return ("o;" + gaps if gaps else "o"), LIVE_DIGITS[walk.status]
+    if not walk.changed:
+        return "", 0
+    left = walk.since_ms
+    return (f"x{left};{gaps}" if gaps else f"x{left}"), 0
+
+
+def _walked_deadline(state: Conversation, walk: Walk, plan: Terms) -> int | None:
+    """:func:`breach_deadline` of an opened ticket from its walk."""
+    assert state.opened is not None
+    opened_ms = state.opened[0]
+    if not needs_view(state, plan):
+        target = plan.first_response_ms
+        if target is None:
+            return None
+        deadline = deadline_ms(plan.calendar, opened_ms, target)
+        end = walk.first_end
+        if end is not None and max(end[0], opened_ms) <= deadline:
+            return None
+        return deadline
+    return _walked_alert(walk, opened_ms, plan, state.claims)
+
+
+def _walked_change(
+    state: Conversation,
+    inputs: _KpiInputs,
+    config: CoreConfig,
+    plan: Terms,
+) -> tuple[list[Contribution], int, Walk]:
+    """:func:`_kpi_change` of a ticket whose timeline is kept beside its state and whose
+    batch only appends to it: the samples its new entries decide, the final solve's moved,
+    and its new surveys; the change of its ignored status events; its walk resumed."""
+    old = state.walk
+    assert old is not None and state.opened is not None and state.dims is not None
+    opened_ms, dims = state.opened[0], state.dims
+    if inputs[6] != state.claims or inputs[0] != state.opened or not _claims_settled(state):
+        raise ValueError("a new claim or creation, or a claim not settled, needs it whole")
+    entries = sorted([(ms, event_id, code) for event_id, (ms, code) in state.timeline.items()])
+    if entries and entries[0][:2] <= old.key:
+        raise ValueError("an entry before the ticket's walk needs its whole timeline")
+    out: list[Contribution] = []
+    walk = msgspec.structs.replace(old)
+    _advance(walk, opened_ms, dims, plan, config, entries, out, state.claims)
+    if (walk.final_ms, walk.reopened, walk.touched) != (old.final_ms, old.reopened, old.touched):
+        _final_fields(opened_ms, dims, old.final_ms, old.reopened, old.touched, plan, out, -1)
+        _final_fields(opened_ms, dims, walk.final_ms, walk.reopened, walk.touched, plan, out, 1)
+    for at_ms, survey_kind, score, channel, queue, priority in islice(
+        state.surveys.values(), inputs[4], None
+    ):
+        group = (channel or dims[0], queue or dims[1], priority or dims[2])
+        out.extend(_survey_fields(at_ms, group, survey_kind, score))
+    return out, walk.ignored - old.ignored, walk
+
+
+def _claims_settled(state: Conversation) -> bool:
+    """Whether every claim of a walked ticket is of an instance its walk has ended: the
+    outcome of such an instance, and so what its claim counts, no later entry changes (a
+    claim of one still running, or not started, is evaluated with the whole timeline)."""
+    walk = state.walk
+    if not state.claims or walk is None:
+        return True
+    for claim in state.claims:
+        short, _, number = claim.partition("@")[0].partition(":")
+        if short == "fr":
+            ended = walk.first_end is not None
+        elif short == "rs":
+            ended = walk.solve_ms is not None
+        else:
+            n = int(number) if number.isdigit() else 0
+            ended = n < walk.asks or (n == walk.asks and walk.asked is None)
+        if not ended:
+            return False
+    return True
+
+
+def timelines_needed(
+    items: Iterable[Pending],
+    states: Mapping[str, Conversation | None],
+    known: Mapping[str, AbstractSet[str]] | None = None,
+) -> set[str]:
+    """The tickets among ``states`` whose timeline kept beside the state a batch of
+    ``items`` needs whole (:func:`restore` it before :func:`fold_batch`): one with a claim
+    of an instance its walk has not ended (:func:`_claims_settled`), or with a claim, an
+    earlier creation or a timeline entry at or before its walk among the items (a repeat
+    found in ``known`` changes nothing and needs none)."""
+    needed: set[str] = set()
+    known = known or {}
+    for item in items:
+        event = item.event
+        conv_id = event.conversation_id
+        state = states.get(conv_id)
+        if state is None or state.walk is None or conv_id in needed:
+            continue
+        if isinstance(event, SlaClaim) or not _claims_settled(state):
+            needed.add(conv_id)
+            continue
+        event_id = event.event_id
+        if event_id in known.get(conv_id, _EMPTY):
+            continue
+        at = (item.ms, event_id)
+        if isinstance(event, TicketCreated):
+            if state.opened is None or at < state.opened:
+                needed.add(conv_id)
+        elif (
+            isinstance(event, TicketStatusChanged)
+            or (isinstance(event, TicketReplied) and event.public and event.author_role != "system")
+        ) and at <= state.walk.key:
+            needed.add(conv_id)
+    return needed
+
+
+def restore(state: Conversation, entries: Mapping[str, tuple[int, str]]) -> None:
+    """Put a ticket's timeline kept beside its state (``entries``, all ``state.stored`` of
+    them) back in it, whole: it is then folded and evaluated whole."""
+    if state.walk is None:
+        return
+    if len(entries) != state.stored:
+        raise ValueError(
+            f"{len(entries)} timeline entries found beside a state that counts {state.stored}"
+        )
+    state.timeline = {event_id: (ms, code) for event_id, (ms, code) in entries.items()}
+    state.walk = None
+
+
+def _set_aside(
+    conv_id: str,
+    state: Conversation,
+    plan: Terms,
+    walk: Walk | None,
+    result: BatchResult,
+) -> None:
+    """Move an opened ticket's timeline entries beside its state: those not kept there
+    yet go to ``result.timelines``, the state keeps its walk (``walk``: resumed already)."""
+    assert state.opened is not None
+    timeline = state.timeline
+    if walk is None:
+        # whole: its first ``stored`` entries are beside it already (restored)
+        walk = walk_of(state.opened[0], timeline.items(), plan, state.claims)
+        added = dict(islice(timeline.items(), state.stored, None))
+        result.whole[conv_id] = timeline
+        state.stored = len(timeline)
+    else:
+        added = timeline
+        state.stored += len(timeline)
+    if added:
+        result.timelines[conv_id] = added
+    state.timeline = {}
+    state.walk = walk
+
+
 # --- SLA instances now ----------------------------------------------------------------------
 #
 # How many SLA instances run now, and how many of those are at risk, is a state at an
@@ -755,13 +1299,17 @@ def instances_now(state: Conversation, config: CoreConfig) -> int:
     if state.kind != "t":
         return live
     plan = config.terms_of(state.dims)
+    if state.walk is not None:
+        return live + _instances_now(state, plan, None)
     view = final_view(state, plan) if needs_view(state, plan) else None
     return live + _instances_now(state, plan, view)
 
 
 def _instances_now(state: Conversation, plan: Terms, view: Evaluation | None) -> int:
     """:func:`instances_now` of an opened ticket, with its timeline evaluated when
-    :func:`needs_view` says so (``view``), else ``None``."""
+    :func:`needs_view` says so (``view``), else ``None``; a walked ticket from its walk."""
+    if state.walk is not None:
+        return _walked_share(state.walk, plan, state.claims)
     if view is None:
         if not state.timeline and not state.claims:
             # a new ticket (no evaluation, see _add_deltas): its first response and its
@@ -830,6 +1378,8 @@ def live_entry(
     if opened is None:
         return "", 0
     if state.kind == "t":
+        if state.walk is not None:
+            return _walked_live(state.walk)
         if not state.timeline:
             return "o", LIVE_DIGITS["n"]
         if life is None:
@@ -1010,6 +1560,8 @@ def breach_deadline(
         return None
     if plan is None:
         plan = config.terms_of(state.dims)
+    if state.walk is not None:
+        return _walked_deadline(state, state.walk, plan)
     if not needs_view(state, plan):  # v1's quick answer
         return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
     if view is None and not state.timeline and not state.claims:
@@ -1097,6 +1649,12 @@ class BatchResult:
     #: the ids a conversation's events add beside its state (:class:`OtherIds`), id ->
     #: event time ms, for the conversations that added any
     others: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the timeline entries of tickets to keep beside their states (the store's
+    #: ``tl:<id>``), event id -> ``(ms, code)``, for the tickets that add any
+    timelines: dict[str, dict[str, tuple[int, str]]] = field(default_factory=dict)
+    #: the whole timeline of each ticket this batch evaluated whole, whose state now keeps
+    #: it beside (what a later look at the batch, like a retraction, reads)
+    whole: dict[str, dict[str, tuple[int, str]]] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
     #: next breach check ms of a ticket (``None``: none, it leaves the ``due`` set); a
     #: state in ``states`` without an entry here keeps its ``due`` entry as it is
@@ -1457,6 +2015,7 @@ def _add_deltas(
         view = None
         plan = None
         life = None
+        walk = None  # a walked ticket's walk resumed with the batch's entries
         if (
             not unchanged
             and state.kind == "t"
@@ -1464,12 +2023,20 @@ def _add_deltas(
             and state.dims is not None
         ):
             plan = config.terms_of(state.dims)
-            if (state.timeline or state.claims) and needs_view(state, plan):
-                view = final_view(state, plan)
-            if state.timeline:
-                # the lifecycle once, for the samples, the backlog and the live indexes
-                life = lifecycle(state.opened[0], state.timeline.items())
-        if previous is None:
+            # a walked ticket is walked on below from its new entries alone
+            if state.walk is None:
+                if (state.timeline or state.claims) and needs_view(state, plan):
+                    view = final_view(state, plan)
+                if state.timeline:
+                    # the lifecycle once, for the samples, the backlog and the live indexes
+                    life = lifecycle(state.opened[0], state.timeline.items())
+        if previous is not None and state.walk is not None and not unchanged:
+            assert plan is not None
+            held_before = previous[1]
+            changes, ignored_change, walk = _walked_change(state, previous[0], config, plan)
+            ignored += ignored_change
+            state.walk = walk  # what the live place, the share and the schedule read
+        elif previous is None:
             # a new conversation: nothing to take back
             held_before = 0
             opened, dims = state.opened, state.dims
@@ -1548,6 +2115,12 @@ def _add_deltas(
         result.states[conv_id] = state
         if not unchanged:  # (absent: the due entry is left as it is)
             result.deadlines[conv_id] = breach_deadline(state, config, view, plan)
+        if state.kind == "t" and state.opened is not None and state.dims is not None:
+            if walk is not None:
+                # the walk already holds the new entries: they only move beside the state
+                _set_aside(conv_id, state, config.terms_of(state.dims), walk, result)
+            elif state.walk is None and state.timeline:
+                _set_aside(conv_id, state, config.terms_of(state.dims), None, result)
     if moves:
         _move_counts(counters, moves)
     if working:

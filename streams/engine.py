@@ -60,7 +60,14 @@ from deskpulse.models.errors import Abandoned, DeadLetterUnavailable, RejectedEv
 from deskpulse.models.settings import RECORD_KINDS, Settings
 from deskpulse.models.wire import WireEvent, decode_record
 from deskpulse.streams.breaches import add_retractions
-from deskpulse.streams.core import BatchResult, CoreConfig, Pending, SlaClaim, fold_batch
+from deskpulse.streams.core import (
+    BatchResult,
+    CoreConfig,
+    Pending,
+    SlaClaim,
+    fold_batch,
+    timelines_needed,
+)
 from deskpulse.streams.holes import HoleReader, offset_gaps
 from deskpulse.streams.partitioner import ConversationPartitions, forwarded_key
 from deskpulse.streams.store import PartitionMeta, Store
@@ -640,6 +647,14 @@ class Engine:
                         elsewhere += [m.record for m in more_misrouted] + more_passed
                         size += len(found)
                         continue  # the states of the conversations they touch too
+            # a ticket whose batch does not only append to its timeline gets it whole
+            needed = timelines_needed(pending, states, meta.known)
+            if needed:
+                await retry_forever(
+                    partial(self.store.load_timelines, partition, states, needed),
+                    what=f"loading partition {partition} timelines from Redis",
+                    on_state=self.metrics.redis_up,
+                )
             result = fold_batch(
                 pending,
                 states,

@@ -46,6 +46,12 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                keeps in no field (:class:`~streams.core.OtherIds`) -> event
                                time (ms); what falls behind the retention horizon is
                                trimmed by every commit
+``P:{pn}:tl:t:<ticket id>``    hash: a ticket's timeline entries (public replies and
+                               status changes), event id -> ``ms,code``, kept beside its
+                               state (which keeps them walked, :class:`~streams.core.Walk`,
+                               and their count); read by id for repeats, whole when a
+                               batch does not only append (or for breach detection);
+                               deleted with the state
 ``P:{pn}:convexp``             zset: conversation id -> its newest event time (ms); for a
                                ticket open now at least its creation plus the open ticket
                                maximum age less the retention
@@ -139,7 +145,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deskpulse.models.errors import StateLost
 from deskpulse.models.settings import Settings
-from deskpulse.streams.core import SEP, BatchResult, Conversation, CoreConfig, keep_until_ms
+from deskpulse.streams.core import (
+    SEP,
+    BatchResult,
+    Conversation,
+    CoreConfig,
+    keep_until_ms,
+    restore,
+)
 from deskpulse.streams.redis_client import Client, check_mode
 
 log = logging.getLogger(__name__)
@@ -165,8 +178,12 @@ __all__ = [
 #: ticket's share of the instance counts at the end of its state, the counts in the meta
 #: (counts kept from a partition's first commit on: older state has none to start from).
 #: 7: the ids of events a state keeps in no field beside it (``ids``), not in it: a batch
-#: reads and writes those of its own events alone.
-LAYOUT = "7"
+#: reads and writes those of its own events alone. 8: a ticket's timeline entries beside
+#: its state (``tl:<id>``), the state keeping the timeline walked (its states read layout
+#: 7's too: a ticket's timeline stays in its state until its next batch moves it).
+LAYOUT = "8"
+#: Layouts whose state this one reads (a store of layout 7 is taken over as it is).
+_READS = frozenset(("7", LAYOUT))
 
 #: The start of every script that reads or writes several keys of one partition, on a
 #: Redis Cluster (a single Redis moves no slots). While the partition's slot is being
@@ -197,12 +214,13 @@ end
 # delta), buckets (suffix, end s, n, (field, delta) * n), totals (field, delta),
 # conversations (id, newest ms, held count, next breach check ms, '' for none or 'k' to
 # leave it as it is, state JSON as a string), the ids kept beside the states
-# (conversation id␟event id, ms), due tickets looked at unchanged (id, next check ms or ''),
-# alert payloads for the outbox (event id, JSON), live index moves; then the store
-# generation, whether the partition must have state already, the states end to end, the
-# bucket widths (fine, roll-up), the earliest instant (ms) the live index moves change
-# ('' for none), how many versions ``lmoved`` keeps and the stale time of a waiting chat
-# (ms).
+# (conversation id␟event id, ms), the timeline entries kept beside the tickets' states
+# (ticket id, count, (event id, 'ms,code') * count), due tickets looked at unchanged
+# (id, next check ms or ''), alert payloads for the outbox (event id, JSON), live index
+# moves; then the store generation, whether the partition must have state already, the
+# states end to end, the bucket widths (fine, roll-up), the earliest instant (ms) the
+# live index moves change ('' for none), how many versions ``lmoved`` keeps and the stale
+# time of a waiting chat (ms).
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
@@ -308,6 +326,17 @@ end
 -- (unpack takes at most a few thousand values at once)
 for k = 1, #added, 4000 do
   redis.call('ZADD', base .. 'ids', unpack(added, k, math.min(k + 3999, #added)))
+end
+-- the timeline entries kept beside their tickets' states (tl:<id>, event id -> 'ms,code'):
+-- per ticket its id, its count of entries, then event id and value each
+n = tonumber(p[i]); i = i + 1
+for _ = 1, n do
+  local key = base .. 'tl:' .. p[i]
+  local last = i + 1 + 2 * tonumber(p[i + 1])
+  for k = i + 2, last, 8000 do
+    redis.call('HSET', key, unpack(p, k, math.min(k + 7999, last)))
+  end
+  i = last + 1
 end
 -- due tickets looked at without a change of state (id, next check ms or '')
 n = tonumber(p[i]); i = i + 1
@@ -430,6 +459,9 @@ for j = 1, #expired, 2 do
   redis.call('HDEL', held, id)
   redis.call('ZREM', convexp, id)
   redis.call('ZREM', due, id)
+  if string.sub(id, 1, 2) == 't:' then
+    redis.call('DEL', base .. 'tl:' .. id)
+  end
 end
 if orphaned > 0 then
   redis.call('HINCRBY', meta, 'orphaned', orphaned)
@@ -503,6 +535,36 @@ for k = 1, #members, 4000 do
       local at = owners[k + m - 1]
       reply[#reply + 1] = asked[at]
       reply[#reply + 1] = asked[at + 1]
+    end
+  end
+end
+-- and those among a ticket's timeline entries kept beside its state: only a state whose
+-- count of them (third from last) is not 0 has any
+local kept, wanted, order = {}, {}, {}
+for k = 1, #asked, 2 do
+  local j = asked[k]
+  if kept[j] == nil then
+    local state = reply[first + j]
+    kept[j] = state and string.match(string.sub(state, -48), ',[1-9]%d*,%d+,%d+%]$') ~= nil
+  end
+  if kept[j] then
+    if not wanted[j] then
+      wanted[j] = {}
+      order[#order + 1] = j
+    end
+    wanted[j][#wanted[j] + 1] = asked[k + 1]
+  end
+end
+for _, j in ipairs(order) do
+  local names = wanted[j]
+  for k = 1, #names, 4000 do
+    local found = redis.call('HMGET', base .. 'tl:' .. ids[j], unpack(names, k,
+                             math.min(k + 3999, #names)))
+    for m = 1, #found do
+      if found[m] then
+        reply[#reply + 1] = j
+        reply[#reply + 1] = names[k + m - 1]
+      end
     end
   end
 end
@@ -950,6 +1012,9 @@ class Store:
         )
         stored = {text(k): text(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
         self._refuse_other_layout(stored)
+        if stored.get("layout") != LAYOUT:
+            # layout 7's states read as they are; from here on the store is layout 8's
+            await self.redis.hset(key, "layout", LAYOUT)
         for name, value in wanted.items():
             if stored.get(name) != value:
                 from deskpulse.models.errors import SettingsError
@@ -1094,7 +1159,7 @@ class Store:
         await self.check_generation()
 
     def _refuse_other_layout(self, stored: dict[str, str]) -> None:
-        if stored.get("layout") != LAYOUT:
+        if stored.get("layout") not in _READS:
             from deskpulse.models.errors import SettingsError
 
             raise SettingsError(
@@ -1174,6 +1239,38 @@ class Store:
             meta.known.setdefault(conv_id, set()).add(text(found[k + 1]))
         return meta, states
 
+    async def load_timelines(
+        self,
+        partition: int,
+        states: Mapping[str, Conversation | None],
+        conversation_ids: Iterable[str],
+    ) -> None:
+        """Put the timelines kept beside the named tickets' states back in them, whole
+        (:func:`~streams.core.restore`): what a batch that does not only append to them
+        needs (:func:`~streams.core.timelines_needed`), and breach detection. One read of
+        each ticket's entries, pipelined; call it under the partition's lock, after
+        :meth:`load` (the commit's version check catches a commit in between)."""
+        wanted = [
+            c
+            for c in conversation_ids
+            if (state := states.get(c)) is not None and state.walk is not None
+        ]
+        if not wanted:
+            return
+        base = self.base(partition)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for conv_id in wanted:
+                pipe.hgetall(base + "tl:" + conv_id)
+            replies = await pipe.execute()
+        for conv_id, found in zip(wanted, replies, strict=True):
+            entries: dict[str, tuple[int, str]] = {}
+            for event_id, value in found.items():
+                at_ms, _, code = text(value).partition(",")
+                entries[text(event_id)] = (int(at_ms), code)
+            state = states[conv_id]
+            assert state is not None
+            restore(state, entries)
+
     async def _list_partition(self, partition: int) -> None:
         # after the partition's state exists, never before: a partition listed without
         # state would read as one whose state was lost
@@ -1239,6 +1336,11 @@ class Store:
             prefix = conv_id + SEP
             for event_id, at_ms in added.items():
                 flat += [prefix + event_id, str(at_ms)]
+        flat.append(str(len(result.timelines)))
+        for conv_id, entries in result.timelines.items():
+            flat += [conv_id, str(len(entries))]
+            for event_id, (at_ms, code) in entries.items():
+                flat += [event_id, f"{at_ms},{code}"]
         others = [(c, d) for c, d in result.deadlines.items() if c not in result.states]
         flat.append(str(len(others)))
         for conv_id, deadline in others:

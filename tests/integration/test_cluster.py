@@ -20,7 +20,7 @@ from redis.exceptions import ClusterError, TryAgainError
 from deskpulse.models.errors import RejectedEvent, SettingsError
 from deskpulse.models.settings import Settings, load_settings
 from deskpulse.models.wire import decode_record
-from deskpulse.streams.core import CoreConfig, Pending, fold_batch
+from deskpulse.streams.core import CoreConfig, Pending, fold_batch, timelines_needed
 from deskpulse.streams.devtools.embedded import (
     RedisClusterNodes,
     free_port,
@@ -131,6 +131,7 @@ def batches(dataset: Dataset, size: int = 150) -> list[tuple[int, list[Pending]]
 async def apply_all(store: Store, work: list[tuple[int, list[Pending]]]) -> None:
     for partition, items in work:
         meta, states = await store.load(partition, [p.event.conversation_id for p in items])
+        await store.load_timelines(partition, states, timelines_needed(items, states))
         result = fold_batch(
             items,
             states,
@@ -274,6 +275,7 @@ def test_a_partition_whose_slot_is_moving_is_neither_read_nor_written(
         await store.check_config()
         await apply_all(store, work[:-1])
         meta, states = await store.load(partition, [p.event.conversation_id for p in items])
+        await store.load_timelines(partition, states, timelines_needed(items, states))
         result = fold_batch(
             items,
             states,
@@ -332,6 +334,7 @@ def test_a_cluster_that_is_down_is_retried_with_backoff_and_nothing_acknowledged
         await store.check_config()
         await apply_all(store, work[:-1])
         meta, states = await store.load(partition, [p.event.conversation_id for p in items])
+        await store.load_timelines(partition, states, timelines_needed(items, states))
         result = fold_batch(
             items,
             states,

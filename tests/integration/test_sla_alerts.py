@@ -19,7 +19,7 @@ from deskpulse.streams.breaches import (
     check_breaches,
     published_marker,
 )
-from deskpulse.streams.core import SEP, CoreConfig, Pending, fold_batch
+from deskpulse.streams.core import SEP, CoreConfig, Pending, fold_batch, timelines_needed
 from deskpulse.streams.store import Store
 from tests.integration.test_store import T0, ev, meta_of, new_prefix, pendings, run
 
@@ -92,6 +92,7 @@ class Desk:
         self.offset += len(items)
         while True:
             meta, states = await self.store.load(0, [p.event.conversation_id for p in items])
+            await self.store.load_timelines(0, states, timelines_needed(items, states))
             result = fold_batch(
                 items,
                 states,

@@ -20,7 +20,15 @@ from deskpulse.exporters.prometheus import PipelineMetrics
 from deskpulse.models.errors import RejectedEvent, SettingsError, StateLost
 from deskpulse.models.settings import Settings
 from deskpulse.models.wire import decode_record
-from deskpulse.streams.core import SEP, BatchResult, CoreConfig, Pending, fold_batch
+from deskpulse.streams.core import (
+    SEP,
+    BatchResult,
+    Conversation,
+    CoreConfig,
+    Pending,
+    fold_batch,
+    timelines_needed,
+)
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.store import LAYOUT, Store
 from tests.e2e_support import redis_snapshot
@@ -104,6 +112,7 @@ async def fold(store: Store, partition: int, items: Sequence[Pending]) -> tuple[
     ids = [p.event.conversation_id for p in items]
     event_ids = [(c, p.event.event_id) for c, p in zip(ids, items, strict=True)]
     meta, states = await store.load(partition, ids, event_ids)
+    await store.load_timelines(partition, states, timelines_needed(items, states, meta.known))
     result = fold_batch(
         items,
         states,
@@ -522,6 +531,7 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
             "index": redis_client.zcard(base + "bidx"),
             "held": redis_client.hlen(base + "held"),
             "due": redis_client.zcard(base + "due"),
+            "timelines": sum(1 for k in keys if k.startswith(base + "tl:")),
             "bytes": sum(redis_client.memory_usage(k) or 0 for k in keys),
         }
 
@@ -546,7 +556,9 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     # their moves), the buckets' stamps
     assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
     assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
-    assert last["keys"] <= last["fine"] + last["rollup"] + 15
+    # and the tickets' timelines beside their states, one each at most, gone with them
+    assert last["timelines"] <= last["conversations"]
+    assert last["keys"] <= last["fine"] + last["rollup"] + last["timelines"] + 15
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
     assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
@@ -643,6 +655,87 @@ def test_a_batch_keeps_and_finds_more_ids_than_a_script_unpacks_at_once(
     again = run(scenario, redis_url)
     assert redis_client.zcard(base + "ids") == 5000
     assert again.counters[f"dup:{TOPIC}"] == 5000 and again.applied == 0
+
+
+def test_a_tickets_timeline_is_kept_beside_its_state_and_read_whole_only_when_needed(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Appends walk on from the state alone (its size stays put), a repeat is found among
+    the entries beside it, a reply dated before the walk has them read whole; the totals
+    are those of every event folded in one batch."""
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    replies = [
+        ev("ticket.replied", T0 + 60 * (n + 1), ticket_id="A", author_role=role)
+        for n, role in enumerate(["customer", "agent"] * 20)
+    ]
+    late = ev("ticket.replied", T0 + 30, ticket_id="A", author_role="agent")
+    events = [created("A", T0), *replies]
+
+    async def scenario(client: Redis) -> tuple[list[int], BatchResult, BatchResult]:
+        store = Store(client, prefix, CONFIG)
+        sizes = []
+        for start in range(0, len(events), 5):
+            await apply(store, 0, pendings(events[start : start + 5], first_offset=start))
+            sizes.append(int(await client.hstrlen(base + "conv", "t:A")))
+        offset = len(events)
+        again = await apply(store, 0, pendings([replies[3], replies[-1]], first_offset=offset))
+        before = await apply(store, 0, pendings([late], first_offset=offset + 2))
+        return sizes, again, before
+
+    sizes, again, before = run(scenario, redis_url)
+    assert max(sizes[1:]) - min(sizes[1:]) < 40  # a few digits, not the entries
+    assert again.counters[f"dup:{TOPIC}"] == 2 and again.applied == 0
+    assert before.applied == 1 and "t:A" in before.whole
+    assert redis_client.hlen(base + "tl:t:A") == len(replies) + 1
+    reference = fold_batch(
+        pendings([*events, late]),
+        {},
+        watermark_ms=0,
+        applied_offsets={},
+        config=CONFIG,
+    )
+    stored = {k.decode(): int(v) for k, v in redis_client.hgetall(base + "tot").items()}
+    assert stored == {k: v for k, v in reference.totals.items() if v}
+    state = Conversation.loads(redis_client.hget(base + "conv", "t:A"))
+    assert state.dumps() == reference.states["t:A"].dumps()
+
+
+def test_a_store_of_the_previous_layout_is_taken_over_and_its_states_read(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Layout 7 kept a ticket's timeline whole in its state: such a state is read as it is,
+    and its next batch moves its entries beside it."""
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    opened_ms, reply_ms = T0 * 1000, (T0 + 60) * 1000
+    old_state = (
+        f'["t",[{opened_ms},"c1"],["email","billing","normal"],null,null,{{}},'
+        f'{{"r1":[{reply_ms},"a"]}},[],{reply_ms},"o",0,1000]'
+    )
+
+    async def scenario(client: Redis) -> Conversation:
+        store = Store(client, prefix, CONFIG)
+        await store.check_config()
+        await apply(store, 0, pendings([created("B", T0)]))
+        await client.hset(f"{prefix}:config", "layout", "7")
+        await client.hset(base + "conv", "t:A", old_state)
+        taken = Store(client, prefix, CONFIG)
+        await taken.check_config()
+        (_, states) = await taken.load(0, ["t:A"])
+        read = states["t:A"]
+        assert read is not None and read.timeline == {"r1": (reply_ms, "a")}
+        later = ev("ticket.replied", T0 + 120, ticket_id="A", author_role="customer")
+        await apply(taken, 0, pendings([later], first_offset=1))
+        (_, states) = await taken.load(0, ["t:A"])
+        state = states["t:A"]
+        assert state is not None
+        return state
+
+    state = run(scenario, redis_url)
+    assert redis_client.hget(f"{prefix}:config", "layout") == LAYOUT.encode()
+    assert state.walk is not None and state.timeline == {} and state.stored == 2
+    assert redis_client.hlen(base + "tl:t:A") == 2
 
 
 def test_a_partition_count_other_than_the_states_is_refused(redis_url: str) -> None:

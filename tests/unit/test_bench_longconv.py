@@ -9,9 +9,21 @@ from typing import Any
 
 import pytest
 
-from benchmark.long_conversation import flatness, long_ticket, merged, script_times_us
+from benchmark.long_conversation import (
+    flatness,
+    long_ticket,
+    long_timeline,
+    merged,
+    script_times_us,
+    timeline_flatness,
+)
 from benchmark.report import budget_rows, render
-from deskpulse.models.wire import TicketCreated, TicketReplied, decode_record
+from deskpulse.models.wire import (
+    TicketCreated,
+    TicketReplied,
+    TicketStatusChanged,
+    decode_record,
+)
 from deskpulse.streams.devtools.simulate import Record
 
 T0 = 1_796_000_000.0
@@ -92,3 +104,54 @@ def test_the_results_lines_pass_only_within_budget(
         analysis="",
     )
     assert "## 12. A conversation that never goes quiet" in text
+
+
+def test_the_long_timeline_alternates_public_replies_with_status_changes_among_them() -> None:
+    records = long_timeline("T1", T0, 200, 1.0, status_every=50)
+    events = [decode_record(r.value)[0] for r in records]
+    assert isinstance(events[0], TicketCreated)
+    replies = [e for e in events if isinstance(e, TicketReplied)]
+    assert [e.author_role for e in replies[:4]] == ["customer", "agent", "customer", "agent"]
+    assert all(e.public for e in replies) and len(replies) == 200
+    changes = [e for e in events if isinstance(e, TicketStatusChanged)]
+    assert [e.status for e in changes] == ["open", "pending", "open", "hold"]
+    times = [decode_record(r.value)[1] for r in records]
+    assert times == sorted(times) and len({e.event_id for e in events}) == len(events)
+
+
+def test_timeline_flatness_compares_the_first_and_the_last_tenth_without_the_first_batch() -> None:
+    batches = [{"events": 1000, "seconds": 5.0, "state_bytes": 100}]  # the creation's
+    batches += [
+        {"events": 1000, "seconds": 0.010 + n / 1000, "state_bytes": 300 + n} for n in range(20)
+    ]
+    result = timeline_flatness(batches)
+    assert (result["batches"], result["tenth"]) == (21, 2)
+    assert result["first_ms"] == pytest.approx(10.5)
+    assert result["last_ms"] == pytest.approx(28.5)
+    assert result["ratio"] == pytest.approx(28.5 / 10.5)
+    assert (result["state_bytes_first"], result["state_bytes_last"]) == (301, 319)
+    assert result["state_bytes_max"] == 319
+
+
+@pytest.mark.parametrize(("ratio", "last_bytes", "marks"), [(1.2, 300, 2), (1.7, 300, 1)])
+def test_the_timeline_lines_pass_only_within_budget(
+    ratio: float, last_bytes: int, marks: int
+) -> None:
+    lc = _longconv(1.1, 0.9, 2000)
+    lc["timeline"] = {
+        "replies": 20_000,
+        "records": 20_401,
+        "batch": 1000,
+        "batches": 21,
+        "tenth": 2,
+        "first_ms": 40.0,
+        "last_ms": 40.0 * ratio,
+        "ratio": ratio,
+        "state_bytes_first": 290,
+        "state_bytes_last": last_bytes,
+        "state_bytes_max": 300,
+        "entries_bytes": 1_500_000,
+    }
+    rows = [r for r in budget_rows({"longconv": lc}) if "status changes" in r[0]]
+    assert len(rows) == 2
+    assert sum(r[3] == "**pass**" for r in rows) == marks

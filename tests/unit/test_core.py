@@ -32,6 +32,10 @@ from deskpulse.streams.core import (
     fold_batch,
     group_document,
     instances_now,
+    live_entry,
+    restore,
+    timelines_needed,
+    walk_of,
 )
 from deskpulse.streams.query import build_document
 from deskpulse.streams.sla import first_response_deadline_terms
@@ -80,6 +84,10 @@ class MemoryState:
         self.states: dict[str, Conversation] = {}
         #: the ids kept beside each state (what the store's ``ids:`` sorted sets hold)
         self.others: dict[str, dict[str, int]] = {}
+        #: the timeline entries kept beside each ticket's state (the store's ``tl:<id>``)
+        self.timelines: dict[str, dict[str, tuple[int, str]]] = {}
+        #: how many times a batch needed a ticket's whole timeline
+        self.restored = 0
         self.buckets: dict[tuple[str, int], Counter[str]] = {}
         self.totals: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -96,16 +104,30 @@ class MemoryState:
             else:
                 event, ms = decode_record(raw)
                 pending.append(Pending(event, topic, offset, ms))
+        states = {
+            p.event.conversation_id: self.states.get(p.event.conversation_id) for p in pending
+        }
+        known = {conv_id: set(ids) for conv_id, ids in self.others.items()}
+        for conv_id, entries in self.timelines.items():
+            known.setdefault(conv_id, set()).update(entries)
+        # a batch that does not only append to a walked ticket's timeline gets it whole
+        for conv_id in timelines_needed(pending, states, known):
+            state = states[conv_id]
+            assert state is not None
+            restore(state, self.timelines[conv_id])
+            self.restored += 1
         result = fold_batch(
             pending,
-            {p.event.conversation_id: self.states.get(p.event.conversation_id) for p in pending},
+            states,
             watermark_ms=self.watermark_ms,
             applied_offsets=self.offsets,
             config=self.config,
-            known={conv_id: set(ids) for conv_id, ids in self.others.items()},
+            known=known,
         )
         for conv_id, added in result.others.items():
             self.others.setdefault(conv_id, {}).update(added)
+        for conv_id, entries in result.timelines.items():
+            self.timelines.setdefault(conv_id, {}).update(entries)
         for key, fields in result.buckets.items():
             bucket = self.buckets.setdefault(key, Counter())
             for name, delta in fields.items():
@@ -439,13 +461,16 @@ def test_a_ticket_state_keeps_each_event_id_once() -> None:
         )
     for n, value in enumerate(("open", "pending", "open", "solved")):
         events.append(status(ids[6 + n], 400 + 60 * n, value, ticket="T0000000001"))
-    state = run(*events).states["t:T0000000001"]
+    memory = run(*events)
+    state = memory.states["t:T0000000001"]
     raw = state.dumps()
-    for event_id in ids:
-        assert raw.count(event_id.encode()) == 1
-    assert state.events() == 10
+    # the opener in the state, the timeline beside it; the walk names its latest entry
+    assert raw.count(ids[0].encode()) == 1
+    assert set(memory.timelines["t:T0000000001"]) == set(ids[1:])
+    assert state.walk is not None and state.walk.key[1] == ids[9]
+    assert state.stored == 9 and state.events() == 10
     # the figure docs/architecture.md gives
-    assert len(raw) == 454
+    assert len(raw) == 283
     # equal states are equal bytes, whatever the order
     assert run(*reversed(events)).states["t:T0000000001"].dumps() == raw
 
@@ -789,8 +814,10 @@ def test_timelines_and_claims_in_any_order_and_batching_give_the_same_kpis(
     assert memory.others == reference.others
     # and the sums agree with the states folded from scratch in one go
     direct: Counter[str] = Counter()
-    for state in reference.states.values():
-        for _, dims, name, value in contributions(state, config):
+    for conv_id, state in reference.states.items():
+        whole = Conversation.loads(state.dumps())
+        restore(whole, reference.timelines.get(conv_id, {}))
+        for _, dims, name, value in contributions(whole, config):
             # histogram, solve and reopen counts go to the cumulative totals alone
             if not name.startswith("frh:") and name not in ("svt", "rot"):
                 direct[SEP.join(dims) + SEP + name] += value
@@ -926,3 +953,120 @@ def test_simulated_traffic_agrees_with_the_oracle() -> None:
     assert group["next_response"]["count"] > 0
     assert group["resolution"]["count"] > 0 and group["resolution"]["reopened"] > 0
     assert memory.counters["ignored:closed"] >= 0
+
+
+# --- a long timeline walked, and events before its walk ----------------------------------
+
+
+@st.composite
+def long_timelines(draw: st.DrawFn) -> tuple[list[bytes], list[bytes | SlaClaim]]:
+    """One ticket's long conversation in time order (public replies alternating agent and
+    customer, status changes among them), and events that come late: entries dated before
+    much of it, repeats, a survey, claims."""
+    priority = draw(st.sampled_from(["low", "normal", "high", "urgent"]))
+    ordered: list[bytes] = [ev("c0", "ticket.created", 0, ticket_id="T0", priority=priority)]
+    t = 0
+    for n in range(draw(st.integers(20, 60))):
+        t += draw(st.integers(0, 5400))
+        if draw(st.integers(0, 4)) == 0:
+            value = draw(st.sampled_from(["new", "open", "pending", "hold", "solved", "closed"]))
+            ordered.append(status(f"e{n:03d}s", t, value, ticket="T0"))  # in (ms, id) order
+        else:
+            role = "agent" if n % 2 else "customer"
+            ordered.append(
+                ev(f"e{n:03d}r", "ticket.replied", t, ticket_id="T0", author_role=role, public=True)
+            )
+    late: list[bytes | SlaClaim] = []
+    for n in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(-600, t))
+        if draw(st.booleans()):
+            role = draw(st.sampled_from(["agent", "customer"]))
+            late.append(ev(f"l{n}", "ticket.replied", at, ticket_id="T0", author_role=role))
+        else:
+            value = draw(st.sampled_from(["open", "pending", "solved", "closed"]))
+            late.append(status(f"l{n}", at, value, ticket="T0"))
+    late += draw(st.lists(st.sampled_from(ordered), max_size=2))  # repeats
+    if draw(st.booleans()):
+        late.append(
+            ev("v0", "survey.responded", t, kind="csat", score=4, ticket_id="T0")  # rated
+        )
+    for claim in draw(st.lists(st.sampled_from(["fr:1", "nr:1", "rs:1", "nr:2@0.5"]), max_size=2)):
+        late.append(SlaClaim("T0", claim))
+    return ordered, late
+
+
+@settings(max_examples=80, deadline=None)
+@given(timeline=long_timelines(), data=st.data())
+def test_a_long_timeline_walked_in_batches_with_late_events_gives_the_whole_evaluation(
+    timeline: tuple[list[bytes], list[bytes | SlaClaim]], data: st.DataObject
+) -> None:
+    """Batches that append to a ticket's timeline resume its walk; a late entry, a claim or
+    an earlier creation has the timeline loaded whole; every number is the one the whole
+    timeline gives folded in one batch."""
+    ordered, late = timeline
+    config = data.draw(st.sampled_from([OFFICE_CONFIG, CONFIG]))
+    events = ordered + late
+    # the reference: everything in one batch, the ticket evaluated whole from scratch
+    reference = MemoryState(config)
+    reference.apply([("t", offset, raw) for offset, raw in enumerate(events)])
+    stream: list[bytes | SlaClaim] = list(ordered)
+    for item in late:  # each late event somewhere after the first batch
+        stream.insert(data.draw(st.integers(1, len(stream))), item)
+    memory = MemoryState(config)
+    offset = 0
+    batches = 0
+    while offset < len(stream):
+        size = data.draw(st.integers(1, 8))
+        memory.apply(
+            [("t", offset + i, raw) for i, raw in enumerate(stream[offset : offset + size])]
+        )
+        offset += size
+        batches += 1
+    assert memory.fine() == reference.fine()
+    assert memory.totals == reference.totals
+    assert memory.counters["ignored:closed"] == reference.counters["ignored:closed"]
+    now = {k: v for k, v in memory.counters.items() if k.startswith("sla_") and v}
+    assert now == {k: v for k, v in reference.counters.items() if k.startswith("sla_") and v}
+    assert memory.document(by=("priority",)) == reference.document(by=("priority",))
+    state, whole = memory.states["t:T0"], reference.states["t:T0"]
+    assert state.dumps() == whole.dumps()
+    assert memory.timelines == reference.timelines
+    assert state.walk is not None and state.timeline == {}
+    assert state.stored == len(memory.timelines["t:T0"])
+    # the walk answers what the whole timeline answers
+    restored = Conversation.loads(state.dumps())
+    restore(restored, memory.timelines["t:T0"])
+    assert state.walk == walk_of(
+        restored.opened[0],  # type: ignore[index]
+        restored.timeline.items(),
+        config.terms_of(restored.dims),  # type: ignore[arg-type]
+        restored.claims,
+    )
+    assert live_entry(state, config) == live_entry(restored, config)
+    assert instances_now(state, config) == instances_now(restored, config)
+    assert breach_deadline(state, config) == breach_deadline(restored, config)
+    if not late:  # in time order, no batch needed the timeline whole
+        assert memory.restored == 0
+
+
+def test_appends_to_a_walked_timeline_never_load_it_whole() -> None:
+    """A conversation that never goes quiet, in time order: every batch after the first
+    resumes the walk from the state alone, whose size does not grow with the history."""
+    events = [ev("c0", "ticket.created", 0, ticket_id="T0", priority="high")]
+    for n in range(400):
+        role = "agent" if n % 2 else "customer"
+        events.append(ev(f"r{n}", "ticket.replied", 60 * (n + 1), ticket_id="T0", author_role=role))
+        if n % 50 == 49:
+            value = ("pending", "open")[n % 100 // 50]
+            events.append(status(f"s{n}", 60 * (n + 1) + 30, value, ticket="T0"))
+    memory = MemoryState(OFFICE_CONFIG)
+    sizes = []
+    for start in range(0, len(events), 20):
+        memory.apply([("t", start + i, raw) for i, raw in enumerate(events[start : start + 20])])
+        sizes.append(len(memory.states["t:T0"].dumps()))
+    assert memory.restored == 0
+    assert max(sizes) - min(sizes[1:]) < 40  # digits of counts and instants, not entries
+    assert memory.states["t:T0"].stored == len(events) - 1
+    whole = MemoryState(OFFICE_CONFIG)
+    whole.apply([("t", i, raw) for i, raw in enumerate(events)])
+    assert memory.totals == whole.totals and memory.fine() == whole.fine()
