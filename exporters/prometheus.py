@@ -48,10 +48,9 @@ from deskpulse.streams.core import (
     SEP,
     group_document,
     has_samples,
-    split_dim_key,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
-from deskpulse.streams.query import group_fields, read_live, read_windows
+from deskpulse.streams.query import read_grouped_windows, read_live
 from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 
@@ -303,7 +302,9 @@ class WindowRead:
     name: str
     start_s: int
     end_s: int
-    fields: Counter[str]
+    #: the summed fields per ``(channel, queue, priority)``: read only (a group the newest
+    #: buckets did not touch is the dict the next refresh shows too)
+    groups: Mapping[tuple[str, ...], Mapping[str, int]]
     #: the backlog and the waiting chats at ``end_s`` (:func:`~streams.query.read_live`)
     live: Mapping[tuple[str, str, str], Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
@@ -355,8 +356,10 @@ class KpiCollector(Collector):
         parts = await store.partitions()
         windows: list[WindowRead] = []
         per_window: list[tuple[str, dict[tuple[str, ...], dict[str, int]]]] = []
-        reads = await read_windows(
-            store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
+        # by group: each window's settled sum is projected onto the groups once while the
+        # store keeps it, and a refresh adds the newest buckets to the groups they touch
+        reads = await read_grouped_windows(
+            store, widths_s=self.settings.windows, at_s=now_s, by=DIMENSIONS, partitions=parts
         )
         meta = await store.read_meta()
         watermarks = {p: int(meta.get(p, {}).get("wm", "0")) for p in parts}
@@ -371,11 +374,11 @@ class KpiCollector(Collector):
             at_end[end] = await read_live(
                 store, end_s=end, partitions=parts, watermarks_ms=watermarks
             )
-        for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
+        for width, (start, end, groups) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
-            windows.append(WindowRead(name, start, end, merged, at_end[end]))
-            per_window.append((name, group_fields(merged, DIMENSIONS)))
-        totals = await store.read_totals()
+            windows.append(WindowRead(name, start, end, groups, at_end[end]))
+            per_window.append((name, groups))
+        totals = await store.read_totals_by_group()
         firing = await store.alert_states()
         live = at_end[newest_end_s]
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
@@ -391,7 +394,7 @@ class KpiCollector(Collector):
     def _build_and_render(
         self,
         per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
-        totals: Counter[str],
+        totals: dict[tuple[str, ...], dict[str, int]],
         meta: dict[int, dict[str, str]],
         firing: dict[str, str],
         state: tuple[Mapping[tuple[str, str, str], Mapping[str, int]], int] = ({}, 0),
@@ -401,7 +404,7 @@ class KpiCollector(Collector):
             self._cut({k: f for k, f in groups.items() if has_samples(f)})
             for _, groups in per_window
         ]
-        cumulative = self._cut(_cumulative_groups(totals))
+        cumulative = self._cut(totals)
         counts, firsts = self._state_groups(live)
         pipeline = _pipeline_families(meta) + _instance_families(meta)
         alerts = self._alert_family(firing)
@@ -452,17 +455,22 @@ class KpiCollector(Collector):
     ) -> dict[tuple[str, ...], dict[str, int]]:
         """Label values cut to the length limit: groups sharing the cut prefix are one.
 
-        Takes ``groups`` over (each caller's own, built for this refresh): a group whose
-        labels need no cut is kept as it is, not copied, and may be added to.
+        A group whose labels need no cut is kept as it is, not copied; a label set that
+        several groups share is a new dict (the groups' own are read only).
         """
         cut = self.settings.label_max_length
         merged: dict[tuple[str, ...], dict[str, int]] = {}
+        own: set[tuple[str, ...]] = set()  # label sets whose dict is one made here
         for key, fields in groups.items():
             short = tuple(v[:cut] for v in key)
             if short == key and key not in merged:
                 merged[key] = fields
                 continue
-            target = merged.setdefault(short, {})
+            target = merged.get(short)
+            if target is None or short not in own:
+                # a group's own dict is read only (shared with the next refresh's reads)
+                target = merged[short] = dict(target or {})
+                own.add(short)
             for name, value in fields.items():
                 target[name] = target.get(name, 0) + value
         return merged
@@ -750,15 +758,6 @@ def _instance_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
             family.add_metric([metric], count)
         families.append(family)
     return families
-
-
-def _cumulative_groups(totals: Counter[str]) -> dict[tuple[str, ...], dict[str, int]]:
-    """The stored totals (``channel␟queue␟priority␟field``) per group."""
-    by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
-    for name, value in totals.items():
-        dims, _, field = name.rpartition(SEP)
-        by_dims[split_dim_key(dims)][field] = value
-    return by_dims
 
 
 def _samples(families: Sequence[Metric]) -> int:

@@ -35,8 +35,8 @@ from deskpulse.streams.core import LONGEST, OLDEST, SEP, group_document, has_sam
 from deskpulse.streams.query import (
     DIMENSIONS,
     build_document,
+    build_grouped_document,
     format_time,
-    group_fields,
     project_live,
     read_windows,
 )
@@ -108,11 +108,11 @@ def snapshot_items(
     """
     views = []
     for window in windows:
-        groups = group_fields(window.fields, DIMENSIONS)
-        view = {key: fields for key, fields in groups.items() if has_samples(fields)}
+        view = {key: fields for key, fields in window.groups.items() if has_samples(fields)}
         # a group with a ticket open or a chat waiting at the window's end is shown too
+        # (its fields and levels in a dict of their own: the window's are read only)
         for dims, levels in window.live.items():
-            target = view.setdefault(dims, {})
+            target = view[dims] = dict(view.get(dims, {}))
             for name, value in levels.items():
                 if name not in (OLDEST, LONGEST):
                     target[name] = target.get(name, 0) + value
@@ -130,8 +130,12 @@ def snapshot_items(
 
     for window, view, (fold,) in zip(windows, views, folds, strict=True):
         start, end = format_time(window.start_s), format_time(window.end_s)
-        total = build_document(
-            window.fields, start_s=window.start_s, end_s=window.end_s, by=(), live=window.live
+        total = build_grouped_document(
+            _all_groups(window.groups),
+            start_s=window.start_s,
+            end_s=window.end_s,
+            by=(),
+            live=window.live,
         )
         shown: list[tuple[tuple[str | None, ...], dict[str, Any]]] = [
             ((None,) * len(DIMENSIONS), total["groups"][0])
@@ -158,6 +162,18 @@ def snapshot_items(
             body.pop("schema_version")
             items.append((output_key(window.name, *parts), body))
     return items, folded, inputs
+
+
+def _all_groups(
+    groups: Mapping[tuple[str, ...], Mapping[str, int]],
+) -> dict[tuple[str, ...], dict[str, int]]:
+    """The groups' fields summed into the one group of a document without ``by``."""
+    total: dict[str, int] = {}
+    get = total.get
+    for fields in groups.values():
+        for name, value in fields.items():
+            total[name] = get(name, 0) + value
+    return {(): total}
 
 
 async def publish_snapshots(
