@@ -288,6 +288,8 @@ _GUARDED: tuple[str, ...] = (
 _WINDOWED_LABELS = ("window", *DIMENSIONS)
 #: a sample and the family it belongs to
 _Sample = tuple[str, Sample]
+#: a group's fields in one window, its windowed samples and their lines of text
+_Windowed = tuple[Mapping[str, int], list[_Sample], list[str]]
 
 
 def _help(name: str) -> str:
@@ -333,10 +335,12 @@ class KpiCollector(Collector):
         self.refreshed_at: float | None = None
         #: series folded by the cardinality guard, added up over refreshes (a real counter)
         self.folded_total: Counter[str] = Counter()
-        #: (window, group) -> its fields and windowed samples as of the last refresh
-        self._windowed_cache: dict[
-            tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]
-        ] = {}
+        #: (window, group) -> its fields, windowed samples and their lines of text as of
+        #: the last refresh
+        self._windowed_cache: dict[tuple[str, tuple[str, ...]], _Windowed] = {}
+        #: windowed family -> the lines of text of its samples, in their order (this
+        #: refresh's: rendered once per group while its fields hold)
+        self._windowed_lines: dict[str, list[str]] = {}
         #: the highest value of each deskpulse_sla_achieved_total series exported so far:
         #: a late event can take an achievement back in Redis, the counter never goes down
         self.achieved_high: dict[tuple[str, ...], int] = {}
@@ -431,7 +435,21 @@ class KpiCollector(Collector):
         )
         refresh.add_metric([], time.time())
         families.append(refresh)
-        return families, generate_latest(_Snapshot(families))
+        return families, self._render(families)
+
+    def _render(self, families: Sequence[Metric]) -> bytes:
+        """``generate_latest`` of ``families``, the windowed ones from the lines kept per
+        group (a group's lines are rendered again only when its fields changed)."""
+        parts: list[str] = []
+        for family in families:
+            lines = self._windowed_lines.get(family.name)
+            if lines is None or len(lines) != len(family.samples):
+                parts.append(generate_latest(_Snapshot([family])).decode())
+                continue
+            empty = Metric(family.name, family.documentation, family.type)
+            parts.append(generate_latest(_Snapshot([empty])).decode())
+            parts.extend(lines)
+        return "".join(parts).encode()
 
     @property
     def _cumulative_series(self) -> int:
@@ -501,7 +519,8 @@ class KpiCollector(Collector):
         ``w``; what it folded is added to ``folded``.
 
         Incremental: a group whose summed fields in a window are those of the last refresh
-        keeps the samples computed then (its document is not built again).
+        keeps the samples computed then and their lines of text (its document is not built
+        again, its lines not rendered again).
         """
         labels = ["window", *DIMENSIONS]
         gauges = {
@@ -511,7 +530,11 @@ class KpiCollector(Collector):
         sla_ratio = GaugeMetricFamily(_SLA_RATIO, _help(_SLA_RATIO), labels=[*labels, "metric"])
         families: dict[str, Metric] = {**gauges, **summaries, _SLA_RATIO: sla_ratio}
         previous = self._windowed_cache
-        samples: dict[tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]] = {}
+        samples: dict[tuple[str, tuple[str, ...]], _Windowed] = {}
+        lines: dict[str, list[str]] = {name: [] for name in families}
+        # the groups computed again (their lines rendered together), and every group shown
+        unrendered: list[_Windowed] = []
+        shown: list[_Windowed] = []
         folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric, caps)
         for window, view, (fold,) in zip(names, views, folds, strict=True):
             if fold.other is not None:
@@ -522,12 +545,19 @@ class KpiCollector(Collector):
             for key, fields in _fold_items(view, fold):
                 cached = previous.get((window, key))
                 if cached is None or cached[0] != fields:
-                    cached = (fields, _windowed_samples([window, *key], fields))
+                    cached = (fields, _windowed_samples([window, *key], fields), [])
+                    unrendered.append(cached)
                 samples[(window, key)] = cached
+                shown.append(cached)
                 for family, sample in cached[1]:
                     families[family].samples.append(sample)
-        # the next refresh reuses a group's samples while its fields stay the same
+        # the next refresh reuses a group's samples and their text while its fields hold
+        _render_lines(unrendered)
+        for _, made, rendered in shown:
+            for (family, _), line in zip(made, rendered, strict=True):
+                lines[family].append(line)
         self._windowed_cache = samples
+        self._windowed_lines = lines
         return [*gauges.values(), *summaries.values(), sla_ratio]
 
     def _state_groups(
@@ -664,6 +694,25 @@ class KpiCollector(Collector):
         folded[_SLA_ACHIEVED + "_total"] += fold.folded * len(_SLA_ACHIEVED_FIELDS)
         folded[histogram.name] += fold.folded * histogram_rule.series
         return [*counters.values(), sla_breaches, breaches, offered, achieved, histogram]
+
+
+def _render_lines(groups: Sequence[_Windowed]) -> None:
+    """Fill each group's list of lines with the text of its samples, one line each, as
+    ``generate_latest`` writes them: rendered together as one family, whose two header
+    lines are dropped (a sample's line depends on the sample alone; a label value's line
+    breaks are escaped, so each sample is one line)."""
+    batch = Metric("deskpulse_lines", "", "untyped")
+    batch.samples = [sample for _, made, _ in groups for _, sample in made]
+    if not batch.samples:
+        return
+    text = generate_latest(_Snapshot([batch])).decode()
+    lines = [line + "\n" for line in text.split("\n")[2:-1]]
+    if len(lines) != len(batch.samples):
+        raise RuntimeError("prometheus_client wrote a sample on more or fewer than one line")
+    position = 0
+    for _, made, rendered in groups:
+        rendered[:] = lines[position : position + len(made)]
+        position += len(made)
 
 
 def _windowed_samples(values: list[str], fields: Mapping[str, int]) -> list[_Sample]:
