@@ -1544,8 +1544,12 @@ class Store:
                 now_kept, was_kept = set(kept), set(last_kept)
                 left = [s for s in last_kept if s not in now_kept]
                 entered = [s for s in kept if s not in was_kept]
+                # every bucket of the last sum as it was: its stamp the same, or still none
+                # (a bucket is stamped by every commit that writes it and its stamp deleted
+                # with it: one never written is empty then and now, and a trim changes a
+                # stamp to none). A window past the newest event, a quiet minute, slides too.
                 if len(left) + len(entered) < len(kept) and all(
-                    held[(n, s)] == row[position[s]] and row[position[s]] is not None
+                    held[(n, s)] == row[position[s]]
                     for n, row in enumerate(stamps)
                     for s in last_kept
                 ):

@@ -942,6 +942,56 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
     }
 
 
+def test_a_window_past_the_newest_event_slides_its_kept_sum_along(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A window ending past the newest event (a quiet spell, or a refresh after traffic
+    stopped) holds buckets never written, with no stamp: read a minute later it still
+    moves its kept sum along (the buckets that left and entered, not the whole window
+    again), and equals a new store's read; once an old bucket is trimmed (its stamp gone),
+    it reads afresh."""
+    from deskpulse.streams.query import query_kpis
+
+    prefix = new_prefix()
+    _, items = simulated(seed=14, start_s=T0 - HOUR, duration_s=HOUR - 600, rate=4.0)
+
+    async def scenario(client: Redis) -> dict[str, tuple[Any, Any, int]]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        await apply(writer, 0, items)
+
+        async def both(at_s: int) -> tuple[Any, Any, int]:
+            calls = hgetall_calls(redis_client)
+            kept = await query_kpis(reader, width_s=1800, at_s=at_s, by=("channel",))
+            reads = hgetall_calls(redis_client) - calls
+            fresh = await query_kpis(
+                Store(client, prefix, CONFIG), width_s=1800, at_s=at_s, by=("channel",)
+            )
+            return kept, fresh, reads
+
+        # the newest event ~10 minutes before each read's end: the window's newest
+        # minutes were never written
+        seen = {"first": await both(T0 - 180)}
+        seen["quiet minute"] = await both(T0 - 120)
+        seen["another"] = await both(T0 - 60)
+        # an event two hours on: the window's buckets are trimmed under it
+        later = [created("later-1", T0 + 2 * HOUR)]
+        await apply(writer, 0, pendings(later, first_offset=10**6))
+        seen["trimmed"] = await both(T0 - 60)
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage, (kept, fresh, _) in seen.items():
+        assert kept == fresh, stage
+    reads = {stage: count for stage, (_, _, count) in seen.items()}
+    # a window of 30 minutes in 10-minute roll-ups: its first read reads them all; a
+    # minute later the fine buckets that left and entered, the 2 newest and the levels
+    assert reads["quiet minute"] <= 6 < reads["first"], reads
+    assert reads["another"] <= 6, reads
+    assert reads["trimmed"] > 6, reads
+    assert seen["trimmed"][0] != seen["another"][0]
+
+
 def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_changed(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
