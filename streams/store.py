@@ -1520,6 +1520,9 @@ class Store:
         kept_sums: list[dict[str, int] | None] = []
         missing: list[int] = []
         slides: dict[int, tuple[list[str], list[str]]] = {}
+        #: the sums the slides move along, as they were before any is moved (two sets alike
+        #: in one read move the same sum; keeping the first may let the other's go)
+        slid_from: dict[int, dict[str, int]] = {}
         for i, kept in enumerate(settled):
             if not kept:
                 kept_sums.append(None)
@@ -1533,7 +1536,7 @@ class Store:
             last_kept = earlier.get(i)
             if last_kept is not None:
                 # every bucket of the last sum unchanged (none trimmed): it moves along
-                old_stamps = kept_by[(parts, last_kept)][0]
+                old_stamps, slid_from[i] = kept_by[(parts, last_kept)]
                 held = dict(
                     zip(
                         [(n, s) for n in range(len(parts)) for s in last_kept],
@@ -1578,7 +1581,7 @@ class Store:
                 if i in missing:
                     continue
                 gone_sum, new_sum = moved[2 * n], moved[2 * n + 1]
-                slid = dict(kept_by[(parts, earlier[i])][1])
+                slid = dict(slid_from[i])
                 get = slid.get
                 for name, value in gone_sum.items():
                     slid[name] = get(name, 0) - value

@@ -952,6 +952,8 @@ def test_a_window_past_the_newest_event_slides_its_kept_sum_along(
     it reads afresh."""
     from deskpulse.streams.query import query_kpis
 
+    from deskpulse.streams.query import read_windows
+
     prefix = new_prefix()
     _, items = simulated(seed=14, start_s=T0 - HOUR, duration_s=HOUR - 600, rate=4.0)
 
@@ -973,6 +975,10 @@ def test_a_window_past_the_newest_event_slides_its_kept_sum_along(
         # minutes were never written
         seen = {"first": await both(T0 - 180)}
         seen["quiet minute"] = await both(T0 - 120)
+        # two windows alike in one read (alert rules of one width) move the same sum along
+        twice = await read_windows(reader, widths_s=[1800, 1800], at_s=T0 - 60)
+        (once,) = await read_windows(Store(client, prefix, CONFIG), widths_s=[1800], at_s=T0 - 60)
+        assert twice == [once, once]
         seen["another"] = await both(T0 - 60)
         # an event two hours on: the window's buckets are trimmed under it
         later = [created("later-1", T0 + 2 * HOUR)]
