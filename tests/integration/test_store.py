@@ -950,9 +950,7 @@ def test_a_window_past_the_newest_event_slides_its_kept_sum_along(
     moves its kept sum along (the buckets that left and entered, not the whole window
     again), and equals a new store's read; once an old bucket is trimmed (its stamp gone),
     it reads afresh."""
-    from deskpulse.streams.query import query_kpis
-
-    from deskpulse.streams.query import read_windows
+    from deskpulse.streams.query import query_kpis, read_windows
 
     prefix = new_prefix()
     _, items = simulated(seed=14, start_s=T0 - HOUR, duration_s=HOUR - 600, rate=4.0)
