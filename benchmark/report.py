@@ -506,6 +506,29 @@ def _groups(gr: dict[str, Any] | None, add: Any) -> None:
     ):
         add(f"| {name} | {value} |")
     add("")
+    cpu = gr.get("cpu")
+    if not cpu:
+        return
+    add(
+        "Then, in the benchmark's own process over the state the live run left (nothing else "
+        "running in it, no new events): the CPU a refresh of the KPI snapshot and a 24 h read "
+        "by every dimension cost, the least the worker's wall times above can be on this "
+        "host whatever else runs on it (a first of each with nothing kept, then the rest).\n"
+    )
+    add("| CPU of | first | p50 | max |")
+    add("| --- | --- | --- | --- |")
+    for label, key in (
+        ("a refresh of the KPI snapshot (`KpiCollector.refresh`)", "refresh"),
+        ("`query_kpis(width_s=86400, by=channel,queue,priority)`, JSON encoded", "kpis_read"),
+    ):
+        v = cpu[key]
+        add(f"| {label} ({v['n']} timed) | {_ms(v['first'])} | {_ms(v['p50'])} | {_ms(v['max'])} |")
+    add("")
+    for label, key in (
+        ("a refresh (pyinstrument, 3 refreshes)", "profile_refresh"),
+        ("the 24 h read by every dimension (pyinstrument, 5 reads)", "profile_read"),
+    ):
+        _text(label, cpu.get(key), add)
 
 
 def _board_rows(bd: dict[str, Any] | None) -> list[list[str]]:

@@ -108,7 +108,8 @@ from benchmark.stack import (
 from benchmark.traffic import marker_id
 from deskpulse.exporters.board import board_config
 from deskpulse.exporters.kafka import kafka_client_options
-from deskpulse.models.events import parse_time
+from deskpulse.exporters.prometheus import KpiCollector
+from deskpulse.models.events import DIMENSIONS, parse_time
 from deskpulse.models.settings import Settings, parse_duration
 from deskpulse.models.wire import decode_record
 from deskpulse.streams.breaches import check_partitions
@@ -1640,6 +1641,50 @@ class Bench:
                 out.update(await self.groups_live(worker, settings))
             finally:
                 self.procs.stop(worker)
+        out["cpu"] = await self.groups_cpu(settings)
+        return out
+
+    async def groups_cpu(self, settings: Settings) -> dict[str, Any]:
+        """CPU seconds of a refresh of the KPI snapshot and of a 24 h read by every
+        dimension over the state the live run left, in this process with nothing else
+        running in it: what the worker's wall times cost at the least, whatever else a
+        shared host runs. A first of each (nothing kept yet), then the rest timed, the clock
+        moving 5 s a refresh (the timer's) and 1 s a read; no new events in between, so a
+        live refresh also computes the groups the traffic touched. Profiled when the CPU
+        alone misses a budget."""
+        cfg = self.config
+        assert self.redis is not None
+        config = CoreConfig.from_settings(settings)
+        collector = KpiCollector(Store(self.redis, settings.redis_prefix, config), settings)
+        reader = Store(self.redis, settings.redis_prefix, config)
+        now_s = time.time()
+        steps = itertools.count()
+
+        async def refresh() -> None:
+            await collector.refresh(now_s + 5 * next(steps))
+
+        async def read() -> None:
+            at_s = now_s + next(steps)
+            orjson.dumps(await query_kpis(reader, width_s=86400, at_s=at_s, by=DIMENSIONS))
+
+        out: dict[str, Any] = {}
+        for name, work, count in (("refresh", refresh, 6), ("kpis_read", read, 10)):
+            started = time.process_time()
+            await work()
+            first = time.process_time() - started
+            timed = []
+            for _ in range(count):
+                started = time.process_time()
+                await work()
+                timed.append(time.process_time() - started)
+            out[name] = {"first": first, **spread(timed)}
+        missed = (
+            out["refresh"]["max"] >= BUDGET_GROUPS_REFRESH_S
+            or out["kpis_read"]["p99"] >= BUDGET_GROUPS_KPIS_P99_S
+        )
+        if cfg.wants_profile(missed):
+            out["profile_refresh"] = await profiles.pyinstrument_text(refresh, repeat=3)
+            out["profile_read"] = await profiles.pyinstrument_text(read, repeat=5)
         return out
 
     async def groups_live(self, worker: ManagedProcess, settings: Settings) -> dict[str, Any]:

@@ -85,7 +85,23 @@ class Fold:
 
 def volume(fields: Mapping[str, int]) -> int:
     """How many samples a group holds (its rank)."""
-    return sum(max(0, fields.get(name, 0)) for name in VOLUME_FIELDS)
+    total = 0
+    for value in map(fields.get, VOLUME_FIELDS):
+        if value is not None and value > 0:
+            total += value
+    return total
+
+
+def _presence(rules: Sequence[Rule]) -> list[frozenset[str]]:
+    """Each rule's fields as a set (empty: every group has its series)."""
+    return [frozenset(rule.requires) for rule in rules]
+
+
+def _present(fields: Mapping[str, int], requires: Sequence[frozenset[str]]) -> list[bool]:
+    """Whether each rule has series for a group (:meth:`Rule.present` for all of them at
+    once: the group's positive fields are found once, not once per rule)."""
+    positive = {name for name, value in fields.items() if value > 0}
+    return [not names or not positive.isdisjoint(names) for names in requires]
 
 
 def rank(groups: Mapping[Key, Mapping[str, int]]) -> list[Key]:
@@ -131,10 +147,10 @@ def needs(
 ) -> list[list[int]]:
     """For each rule, the positions in ``order`` of the groups it has series for."""
     positions: list[list[int]] = [[] for _ in rules]
+    requires = _presence(rules)
     for position, key in enumerate(order):
-        fields = groups[key]
-        for found, rule in zip(positions, rules, strict=True):
-            if rule.present(fields):
+        for found, present in zip(positions, _present(groups[key], requires), strict=True):
+            if present:
                 found.append(position)
     return positions
 
@@ -145,12 +161,12 @@ def count_present(
     """For each rule, how many of the groups not ``kept`` it has series for."""
     shown = set(kept)
     counts = [0] * len(rules)
+    requires = _presence(rules)
     for key, fields in groups.items():
         if key in shown:
             continue
-        for r, rule in enumerate(rules):
-            if rule.present(fields):
-                counts[r] += 1
+        for r, present in enumerate(_present(fields, requires)):
+            counts[r] += present
     return counts
 
 

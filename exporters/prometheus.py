@@ -48,10 +48,9 @@ from deskpulse.streams.core import (
     SEP,
     group_document,
     has_samples,
-    split_dim_key,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
-from deskpulse.streams.query import group_fields, read_live, read_windows
+from deskpulse.streams.query import read_grouped_windows, read_live
 from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 
@@ -289,6 +288,8 @@ _GUARDED: tuple[str, ...] = (
 _WINDOWED_LABELS = ("window", *DIMENSIONS)
 #: a sample and the family it belongs to
 _Sample = tuple[str, Sample]
+#: a group's fields in one window, its windowed samples and their lines of text
+_Windowed = tuple[Mapping[str, int], list[_Sample], list[str]]
 
 
 def _help(name: str) -> str:
@@ -303,7 +304,9 @@ class WindowRead:
     name: str
     start_s: int
     end_s: int
-    fields: Counter[str]
+    #: the summed fields per ``(channel, queue, priority)``: read only (a group the newest
+    #: buckets did not touch is the dict the next refresh shows too)
+    groups: Mapping[tuple[str, ...], Mapping[str, int]]
     #: the backlog and the waiting chats at ``end_s`` (:func:`~streams.query.read_live`)
     live: Mapping[tuple[str, str, str], Mapping[str, int]] = dataclasses.field(default_factory=dict)
 
@@ -332,10 +335,12 @@ class KpiCollector(Collector):
         self.refreshed_at: float | None = None
         #: series folded by the cardinality guard, added up over refreshes (a real counter)
         self.folded_total: Counter[str] = Counter()
-        #: (window, group) -> its fields and windowed samples as of the last refresh
-        self._windowed_cache: dict[
-            tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]
-        ] = {}
+        #: (window, group) -> its fields, windowed samples and their lines of text as of
+        #: the last refresh
+        self._windowed_cache: dict[tuple[str, tuple[str, ...]], _Windowed] = {}
+        #: windowed family -> the lines of text of its samples, in their order (this
+        #: refresh's: rendered once per group while its fields hold)
+        self._windowed_lines: dict[str, list[str]] = {}
         #: the highest value of each deskpulse_sla_achieved_total series exported so far:
         #: a late event can take an achievement back in Redis, the counter never goes down
         self.achieved_high: dict[tuple[str, ...], int] = {}
@@ -355,8 +360,10 @@ class KpiCollector(Collector):
         parts = await store.partitions()
         windows: list[WindowRead] = []
         per_window: list[tuple[str, dict[tuple[str, ...], dict[str, int]]]] = []
-        reads = await read_windows(
-            store, widths_s=self.settings.windows, at_s=now_s, partitions=parts
+        # by group: each window's settled sum is projected onto the groups once while the
+        # store keeps it, and a refresh adds the newest buckets to the groups they touch
+        reads = await read_grouped_windows(
+            store, widths_s=self.settings.windows, at_s=now_s, by=DIMENSIONS, partitions=parts
         )
         meta = await store.read_meta()
         watermarks = {p: int(meta.get(p, {}).get("wm", "0")) for p in parts}
@@ -371,11 +378,11 @@ class KpiCollector(Collector):
             at_end[end] = await read_live(
                 store, end_s=end, partitions=parts, watermarks_ms=watermarks
             )
-        for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
+        for width, (start, end, groups) in zip(self.settings.windows, reads, strict=True):
             name = format_duration(width)
-            windows.append(WindowRead(name, start, end, merged, at_end[end]))
-            per_window.append((name, group_fields(merged, DIMENSIONS)))
-        totals = await store.read_totals()
+            windows.append(WindowRead(name, start, end, groups, at_end[end]))
+            per_window.append((name, groups))
+        totals = await store.read_totals_by_group()
         firing = await store.alert_states()
         live = at_end[newest_end_s]
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
@@ -391,7 +398,7 @@ class KpiCollector(Collector):
     def _build_and_render(
         self,
         per_window: Sequence[tuple[str, dict[tuple[str, ...], dict[str, int]]]],
-        totals: Counter[str],
+        totals: dict[tuple[str, ...], dict[str, int]],
         meta: dict[int, dict[str, str]],
         firing: dict[str, str],
         state: tuple[Mapping[tuple[str, str, str], Mapping[str, int]], int] = ({}, 0),
@@ -401,7 +408,7 @@ class KpiCollector(Collector):
             self._cut({k: f for k, f in groups.items() if has_samples(f)})
             for _, groups in per_window
         ]
-        cumulative = self._cut(_cumulative_groups(totals))
+        cumulative = self._cut(totals)
         counts, firsts = self._state_groups(live)
         pipeline = _pipeline_families(meta) + _instance_families(meta)
         alerts = self._alert_family(firing)
@@ -428,7 +435,21 @@ class KpiCollector(Collector):
         )
         refresh.add_metric([], time.time())
         families.append(refresh)
-        return families, generate_latest(_Snapshot(families))
+        return families, self._render(families)
+
+    def _render(self, families: Sequence[Metric]) -> bytes:
+        """``generate_latest`` of ``families``, the windowed ones from the lines kept per
+        group (a group's lines are rendered again only when its fields changed)."""
+        parts: list[str] = []
+        for family in families:
+            lines = self._windowed_lines.get(family.name)
+            if lines is None or len(lines) != len(family.samples):
+                parts.append(generate_latest(_Snapshot([family])).decode())
+                continue
+            empty = Metric(family.name, family.documentation, family.type)
+            parts.append(generate_latest(_Snapshot([empty])).decode())
+            parts.extend(lines)
+        return "".join(parts).encode()
 
     @property
     def _cumulative_series(self) -> int:
@@ -452,17 +473,22 @@ class KpiCollector(Collector):
     ) -> dict[tuple[str, ...], dict[str, int]]:
         """Label values cut to the length limit: groups sharing the cut prefix are one.
 
-        Takes ``groups`` over (each caller's own, built for this refresh): a group whose
-        labels need no cut is kept as it is, not copied, and may be added to.
+        A group whose labels need no cut is kept as it is, not copied; a label set that
+        several groups share is a new dict (the groups' own are read only).
         """
         cut = self.settings.label_max_length
         merged: dict[tuple[str, ...], dict[str, int]] = {}
+        own: set[tuple[str, ...]] = set()  # label sets whose dict is one made here
         for key, fields in groups.items():
             short = tuple(v[:cut] for v in key)
             if short == key and key not in merged:
                 merged[key] = fields
                 continue
-            target = merged.setdefault(short, {})
+            target = merged.get(short)
+            if target is None or short not in own:
+                # a group's own dict is read only (shared with the next refresh's reads)
+                target = merged[short] = dict(target or {})
+                own.add(short)
             for name, value in fields.items():
                 target[name] = target.get(name, 0) + value
         return merged
@@ -493,7 +519,8 @@ class KpiCollector(Collector):
         ``w``; what it folded is added to ``folded``.
 
         Incremental: a group whose summed fields in a window are those of the last refresh
-        keeps the samples computed then (its document is not built again).
+        keeps the samples computed then and their lines of text (its document is not built
+        again, its lines not rendered again).
         """
         labels = ["window", *DIMENSIONS]
         gauges = {
@@ -503,7 +530,11 @@ class KpiCollector(Collector):
         sla_ratio = GaugeMetricFamily(_SLA_RATIO, _help(_SLA_RATIO), labels=[*labels, "metric"])
         families: dict[str, Metric] = {**gauges, **summaries, _SLA_RATIO: sla_ratio}
         previous = self._windowed_cache
-        samples: dict[tuple[str, tuple[str, ...]], tuple[Mapping[str, int], list[_Sample]]] = {}
+        samples: dict[tuple[str, tuple[str, ...]], _Windowed] = {}
+        lines: dict[str, list[str]] = {name: [] for name in families}
+        # the groups computed again (their lines rendered together), and every group shown
+        unrendered: list[_Windowed] = []
+        shown: list[_Windowed] = []
         folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric, caps)
         for window, view, (fold,) in zip(names, views, folds, strict=True):
             if fold.other is not None:
@@ -514,12 +545,19 @@ class KpiCollector(Collector):
             for key, fields in _fold_items(view, fold):
                 cached = previous.get((window, key))
                 if cached is None or cached[0] != fields:
-                    cached = (fields, _windowed_samples([window, *key], fields))
+                    cached = (fields, _windowed_samples([window, *key], fields), [])
+                    unrendered.append(cached)
                 samples[(window, key)] = cached
+                shown.append(cached)
                 for family, sample in cached[1]:
                     families[family].samples.append(sample)
-        # the next refresh reuses a group's samples while its fields stay the same
+        # the next refresh reuses a group's samples and their text while its fields hold
+        _render_lines(unrendered)
+        for _, made, rendered in shown:
+            for (family, _), line in zip(made, rendered, strict=True):
+                lines[family].append(line)
         self._windowed_cache = samples
+        self._windowed_lines = lines
         return [*gauges.values(), *summaries.values(), sla_ratio]
 
     def _state_groups(
@@ -658,6 +696,25 @@ class KpiCollector(Collector):
         return [*counters.values(), sla_breaches, breaches, offered, achieved, histogram]
 
 
+def _render_lines(groups: Sequence[_Windowed]) -> None:
+    """Fill each group's list of lines with the text of its samples, one line each, as
+    ``generate_latest`` writes them: rendered together as one family, whose two header
+    lines are dropped (a sample's line depends on the sample alone; a label value's line
+    breaks are escaped, so each sample is one line)."""
+    batch = Metric("deskpulse_lines", "", "untyped")
+    batch.samples = [sample for _, made, _ in groups for _, sample in made]
+    if not batch.samples:
+        return
+    text = generate_latest(_Snapshot([batch])).decode()
+    lines = [line + "\n" for line in text.split("\n")[2:-1]]
+    if len(lines) != len(batch.samples):
+        raise RuntimeError("prometheus_client wrote a sample on more or fewer than one line")
+    position = 0
+    for _, made, rendered in groups:
+        rendered[:] = lines[position : position + len(made)]
+        position += len(made)
+
+
 def _windowed_samples(values: list[str], fields: Mapping[str, int]) -> list[_Sample]:
     """One group's windowed samples, (family, sample), from its fields in one window: a
     gauge per KPI with a value, the summaries where it has samples, the SLA ratios."""
@@ -750,15 +807,6 @@ def _instance_families(meta: Mapping[int, Mapping[str, str]]) -> list[Metric]:
             family.add_metric([metric], count)
         families.append(family)
     return families
-
-
-def _cumulative_groups(totals: Counter[str]) -> dict[tuple[str, ...], dict[str, int]]:
-    """The stored totals (``channel␟queue␟priority␟field``) per group."""
-    by_dims: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
-    for name, value in totals.items():
-        dims, _, field = name.rpartition(SEP)
-        by_dims[split_dim_key(dims)][field] = value
-    return by_dims
 
 
 def _samples(families: Sequence[Metric]) -> int:

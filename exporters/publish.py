@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deskpulse.exporters.cardinality import OTHER, Rule, guard
+from deskpulse.exporters.cardinality import OTHER, Fold, Rule, guard
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import WindowRead
 from deskpulse.models.outputs import AlertTransition, KpiSnapshot, output_key
@@ -35,8 +35,8 @@ from deskpulse.streams.core import LONGEST, OLDEST, SEP, group_document, has_sam
 from deskpulse.streams.query import (
     DIMENSIONS,
     build_document,
+    build_grouped_document,
     format_time,
-    group_fields,
     project_live,
     read_windows,
 )
@@ -91,11 +91,19 @@ class SnapshotState:
     full_at_s: float | None = None
 
 
+#: messages of a snapshot built and published at a time: a full snapshot of thousands of
+#: groups is never held whole (a message is a few KB of Python objects until sent)
+SNAPSHOT_CHUNK = 500
+
+_Items = list[tuple[str, dict[str, Any]]]
+_Plan = tuple[list[dict[tuple[str, ...], Mapping[str, int]]], list[Fold], int]
+
+
 def snapshot_items(
     windows: Sequence[WindowRead],
     settings: Settings,
     published: Mapping[str, Any] | None = None,
-) -> tuple[list[tuple[str, dict[str, Any]]], int, dict[str, Any]]:
+) -> tuple[_Items, int, dict[str, Any]]:
     """The messages of one KPI snapshot, how many groups were folded into ``other``, and
     the inputs of each group message (key -> inputs, for the next pass's ``published``).
 
@@ -106,58 +114,108 @@ def snapshot_items(
     whose inputs are the same is left out: its last message on the compacted topic says
     the same. CPU only: the caller runs it off the event loop.
     """
-    views = []
+    inputs: dict[str, Any] = {}
+    plan = _snapshot_plan(windows, settings)
+    items = [
+        item for chunk in _snapshot_chunks(windows, plan, published, inputs, 0) for item in chunk
+    ]
+    return items, plan[2], inputs
+
+
+def _snapshot_plan(windows: Sequence[WindowRead], settings: Settings) -> _Plan:
+    """Each window's groups shown (with samples, or a ticket open or a chat waiting at its
+    end), how each is folded, and how many groups were folded in all."""
+    views: list[dict[tuple[str, ...], Mapping[str, int]]] = []
     for window in windows:
-        groups = group_fields(window.fields, DIMENSIONS)
-        view = {key: fields for key, fields in groups.items() if has_samples(fields)}
+        view = {key: fields for key, fields in window.groups.items() if has_samples(fields)}
         # a group with a ticket open or a chat waiting at the window's end is shown too
+        # (its fields and levels in a dict of their own: the window's are read only)
         for dims, levels in window.live.items():
-            target = view.setdefault(dims, {})
+            target = dict(view.get(dims, {}))
             for name, value in levels.items():
                 if name not in (OLDEST, LONGEST):
                     target[name] = target.get(name, 0) + value
+            view[dims] = target
         views.append(view)
     # the totals are always sent and count against the limit too
     budget = max(0, settings.max_snapshot_messages - len(windows))
-    folds = guard(views, [Rule(1)], budget)
-    items: list[tuple[str, dict[str, Any]]] = []
-    inputs: dict[str, Any] = {}
-    folded = 0
+    folds = [fold for (fold,) in guard(views, [Rule(1)], budget)]
+    return views, folds, sum(fold.folded for fold in folds if fold.other is not None)
+
+
+def _snapshot_chunks(
+    windows: Sequence[WindowRead],
+    plan: _Plan,
+    published: Mapping[str, Any] | None,
+    inputs: dict[str, Any],
+    size: int,
+) -> Iterator[_Items]:
+    """:func:`snapshot_items`'s messages, ``size`` at a time (0: all at once), each
+    group's document built as its turn comes; ``inputs`` filled as they go."""
+    views, folds, _ = plan
+    items: _Items = []
 
     def changed(key: str, given: Any) -> bool:
         inputs[key] = given
         return published is None or published.get(key) != given
 
-    for window, view, (fold,) in zip(windows, views, folds, strict=True):
+    for window, view, fold in zip(windows, views, folds, strict=True):
         start, end = format_time(window.start_s), format_time(window.end_s)
-        total = build_document(
-            window.fields, start_s=window.start_s, end_s=window.end_s, by=(), live=window.live
+
+        total = build_grouped_document(
+            _all_groups(window.groups),
+            start_s=window.start_s,
+            end_s=window.end_s,
+            by=(),
+            live=window.live,
         )
-        shown: list[tuple[tuple[str | None, ...], dict[str, Any]]] = [
-            ((None,) * len(DIMENSIONS), total["groups"][0])
-        ]
+        items.append(
+            _message(window.name, start, end, (None,) * len(DIMENSIONS), total["groups"][0])
+        )
         for key in fold.kept:
             at_end = window.live.get(key)  # type: ignore[arg-type]
             if not changed(output_key(window.name, *key), (view[key], at_end)):
                 continue
             names: dict[str, str] = dict(zip(DIMENSIONS, key, strict=True))
             document = group_document(names, view[key], at_end, window.end_s)
-            shown.append((key, document))
+            items.append(_message(window.name, start, end, key, document))
+            if size and len(items) >= size:
+                yield items
+                items = []
         if fold.other is not None:
             kept = set(fold.kept)
             rest = project_live(
                 {dims: levels for dims, levels in window.live.items() if dims not in kept}, ()
             ).get(())
-            folded += fold.folded
             if changed(output_key(window.name, *OTHER), (fold.other, rest, fold.folded)):
                 names = dict(zip(DIMENSIONS, OTHER, strict=True))
                 other = group_document(names, fold.other, rest, window.end_s)
-                shown.append((OTHER, {**other, "folded_groups": fold.folded}))
-        for parts, group in shown:
-            body = KpiSnapshot.build(window.name, start, end, group).model_dump(mode="json")
-            body.pop("schema_version")
-            items.append((output_key(window.name, *parts), body))
-    return items, folded, inputs
+                other = {**other, "folded_groups": fold.folded}
+                items.append(_message(window.name, start, end, OTHER, other))
+    if items:
+        yield items
+
+
+def _message(
+    window: str, start: str, end: str, parts: tuple[str | None, ...], group: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """A group's message on the KPI topic: its key and its payload (the schema version is
+    added as it is sent)."""
+    body = KpiSnapshot.build(window, start, end, group).model_dump(mode="json")
+    body.pop("schema_version")
+    return output_key(window, *parts), body
+
+
+def _all_groups(
+    groups: Mapping[tuple[str, ...], Mapping[str, int]],
+) -> dict[tuple[str, ...], dict[str, int]]:
+    """The groups' fields summed into the one group of a document without ``by``."""
+    total: dict[str, int] = {}
+    get = total.get
+    for fields in groups.values():
+        for name, value in fields.items():
+            total[name] = get(name, 0) + value
+    return {(): total}
 
 
 async def publish_snapshots(
@@ -178,7 +236,8 @@ async def publish_snapshots(
         or now_s - state.full_at_s >= settings.snapshot_full_interval
     )
     published = None if full or state is None else state.inputs
-    items, folded, inputs = await asyncio.to_thread(snapshot_items, windows, settings, published)
+    plan = await asyncio.to_thread(_snapshot_plan, windows, settings)
+    folded = plan[2]
     before = _folded_before.get(settings.topic_kpis, 0)
     if folded and not before:
         log.warning(
@@ -191,14 +250,21 @@ async def publish_snapshots(
     elif before and not folded:
         log.info("KPI snapshot on %s: every group fits again", settings.topic_kpis)
     _folded_before[settings.topic_kpis] = folded
-    await publisher.publish_json(settings.topic_kpis, items)
+    # built and sent SNAPSHOT_CHUNK messages at a time, each chunk off the event loop
+    inputs: dict[str, Any] = {}
+    chunks = _snapshot_chunks(windows, plan, published, inputs, SNAPSHOT_CHUNK)
+    sent = 0
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        await publisher.publish_json(settings.topic_kpis, chunk)
+        sent += len(chunk)
+        del chunk
     # remembered once the broker has them: after a failed pass its groups go again
     if state is not None:
         if full:
             state.inputs, state.full_at_s = inputs, now_s
         else:
             state.inputs.update(inputs)
-    return len(items)
+    return sent
 
 
 async def evaluate_rules(

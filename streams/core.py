@@ -99,6 +99,7 @@ __all__ = [
     "breach_deadline",
     "contributions",
     "dim_key",
+    "document_at",
     "fold",
     "fold_batch",
     "fold_claim",
@@ -2265,6 +2266,24 @@ def group_document(
         },
         "backlog": backlog,
     }
+
+
+def document_at(
+    document: dict[str, Any], live: Mapping[str, int] | None, end_s: int
+) -> dict[str, Any]:
+    """``document``, a :func:`group_document` of some fields and ``live``, as built for
+    the same at the end ``end_s``: only its ages (the oldest open ticket, the longest
+    waiting chat) depend on the end. A new document; ``document`` is left as it is."""
+    live = live or {}
+    end_ms = end_s * 1000
+    moved = dict(document)
+    if document["backlog"]["total"]:
+        age = _age(end_ms, live.get(OLDEST))
+        moved["backlog"] = {**document["backlog"], "oldest_age_seconds": age}
+    if document["chats"]["waiting"]:
+        longest = _age(end_ms, live.get(LONGEST))
+        moved["chats"] = {**document["chats"], "longest_wait_seconds": longest}
+    return moved
 
 
 def has_samples(fields: Mapping[str, int]) -> bool:

@@ -840,6 +840,9 @@ def _settled(
     return tuple(suffix for _, _, suffix in sorted(kept))
 
 
+#: the separator of a stored name as a reply without decoding holds it
+_SEP_BYTES = SEP.encode()
+
 #: the key suffix prefixes of the time buckets: fine and roll-up, by group and over all
 _BUCKET_KINDS = frozenset({"b:", "r:", "B:", "R:"})
 
@@ -1548,7 +1551,27 @@ class Store:
     async def sum_buckets(
         self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
     ) -> list[Counter[str]]:
-        """Per set of bucket key suffixes, its fields summed over the buckets and partitions.
+        """Per set of bucket key suffixes, its fields summed over the buckets and partitions
+        (:meth:`sum_bucket_parts`, the two parts added)."""
+        out: list[Counter[str]] = []
+        for kept_sum, rest in await self.sum_bucket_parts(partitions, sets):
+            total: Counter[str] = Counter(kept_sum) if kept_sum else Counter()
+            get = total.get
+            for name, value in rest.items():
+                total[name] = get(name, 0) + value
+            out.append(total)
+        return out
+
+    async def sum_bucket_parts(
+        self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
+    ) -> list[tuple[Mapping[str, int] | None, dict[str, int]]]:
+        """Per set of bucket key suffixes, its fields summed over the buckets and partitions,
+        in two parts: the sum of its settled buckets (``None``: none) and the sum of the rest.
+
+        The settled part is the very sum this store keeps (never to be changed by the
+        caller): read again while its buckets' stamps hold, it is the same object, so a
+        caller may keep what it derived from it (the grouped reads do) and derive again
+        only from the rest.
 
         Each bucket is read once however many sets name it (the 5m window's buckets are
         inside the 15m window's), in one pipeline. The sums are done here, not in a Redis
@@ -1599,6 +1622,9 @@ class Store:
         kept_sums: list[dict[str, int] | None] = []
         missing: list[int] = []
         slides: dict[int, tuple[list[str], list[str]]] = {}
+        #: the sums the slides move along, as they were before any is moved (two sets alike
+        #: in one read move the same sum; keeping the first may let the other's go)
+        slid_from: dict[int, dict[str, int]] = {}
         for i, kept in enumerate(settled):
             if not kept:
                 kept_sums.append(None)
@@ -1612,7 +1638,7 @@ class Store:
             last_kept = earlier.get(i)
             if last_kept is not None:
                 # every bucket of the last sum unchanged (none trimmed): it moves along
-                old_stamps = kept_by[(parts, last_kept)][0]
+                old_stamps, slid_from[i] = kept_by[(parts, last_kept)]
                 held = dict(
                     zip(
                         [(n, s) for n in range(len(parts)) for s in last_kept],
@@ -1623,8 +1649,12 @@ class Store:
                 now_kept, was_kept = set(kept), set(last_kept)
                 left = [s for s in last_kept if s not in now_kept]
                 entered = [s for s in kept if s not in was_kept]
+                # every bucket of the last sum as it was: its stamp the same, or still none
+                # (a bucket is stamped by every commit that writes it and its stamp deleted
+                # with it: one never written is empty then and now, and a trim changes a
+                # stamp to none). A window past the newest event, a quiet minute, slides too.
                 if len(left) + len(entered) < len(kept) and all(
-                    held[(n, s)] == row[position[s]] and row[position[s]] is not None
+                    held[(n, s)] == row[position[s]]
                     for n, row in enumerate(stamps)
                     for s in last_kept
                 ):
@@ -1653,7 +1683,7 @@ class Store:
                 if i in missing:
                     continue
                 gone_sum, new_sum = moved[2 * n], moved[2 * n + 1]
-                slid = dict(kept_by[(parts, earlier[i])][1])
+                slid = dict(slid_from[i])
                 get = slid.get
                 for name, value in gone_sum.items():
                     slid[name] = get(name, 0) - value
@@ -1670,14 +1700,7 @@ class Store:
             if kept:
                 self._sliding[(parts, *_span(sets[i], self.config))] = (parts, kept)
         fresh = await self._sum_fresh(partitions, fresh_sets)
-        out: list[Counter[str]] = []
-        for kept_sum, rest in zip(kept_sums, fresh, strict=True):
-            total: Counter[str] = Counter(kept_sum) if kept_sum else Counter()
-            get = total.get
-            for name, value in rest.items():
-                total[name] = get(name, 0) + value
-            out.append(total)
-        return out
+        return list(zip(kept_sums, fresh, strict=True))
 
     async def _read_settled(
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]
@@ -2066,3 +2089,30 @@ class Store:
         """The cumulative totals summed over partitions."""
         (totals,) = await self.sum_buckets(await self.partitions(), [["tot"]])
         return totals
+
+    async def read_totals_by_group(self) -> dict[tuple[str, ...], dict[str, int]]:
+        """:meth:`read_totals` per ``(channel, queue, priority)``: each stored name split
+        once as it is read, and summed straight into its group (thousands of groups hold
+        a few dozen field names between them: each decoded once)."""
+        partitions = await self.partitions()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                pipe.hgetall(self.base(partition) + "tot")
+            replies = await pipe.execute()
+        groups: dict[tuple[str, ...], dict[str, int]] = {}
+        targets: dict[bytes | str, dict[str, int]] = {}
+        names: dict[bytes | str, str] = {}
+        for reply in replies:
+            for name, value in reply.items():
+                stored, _, raw_field = name.rpartition(
+                    _SEP_BYTES if isinstance(name, bytes) else SEP
+                )
+                target = targets.get(stored)
+                if target is None:
+                    channel, queue, priority = text(stored).split(SEP)
+                    target = targets[stored] = groups.setdefault((channel, queue, priority), {})
+                field = names.get(raw_field)
+                if field is None:
+                    field = names[raw_field] = sys.intern(text(raw_field))
+                target[field] = target.get(field, 0) + int(value)
+        return groups

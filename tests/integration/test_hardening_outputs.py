@@ -554,9 +554,11 @@ def test_the_kpi_topic_snapshot_is_bounded_and_adds_up(
 
 
 def test_snapshots_publish_only_changed_groups_and_everything_at_the_full_interval(
-    redis_server: RedisServer, broker: str
+    redis_server: RedisServer, broker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 300 groups, folded past 250 messages: the `other` group is incremental too
+    # 300 groups, folded past 250 messages: the `other` group is incremental too; built
+    # and sent 40 messages at a time (a full snapshot is never held whole)
+    monkeypatch.setattr("deskpulse.exporters.publish.SNAPSHOT_CHUNK", 40)
     settings = unit_settings(
         redis_server, kafka_bootstrap=broker, max_snapshot_messages=250, topic_partitions=4
     )
@@ -570,6 +572,14 @@ def test_snapshots_publish_only_changed_groups_and_everything_at_the_full_interv
         await publisher.start()
         state = SnapshotState()
         counts: list[int] = []
+        sends: list[int] = []
+        publish_json = publisher.publish_json
+
+        async def counted(topic: str, items: Any) -> None:
+            sends.append(len(items))
+            await publish_json(topic, items)
+
+        monkeypatch.setattr(publisher, "publish_json", counted)
         try:
             store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
             await store.check_config()
@@ -585,6 +595,7 @@ def test_snapshots_publish_only_changed_groups_and_everything_at_the_full_interv
                 counts.append(sent)
 
             await publish(NOW_S)  # the first pass: everything
+            assert len(sends) > 3 and max(sends) <= 40 and sum(sends) == counts[0], sends
             await publish(NOW_S + 10)  # nothing changed: the totals alone
             # one more ticket in a queue shown in every window
             ticket = _event(

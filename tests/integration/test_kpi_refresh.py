@@ -12,7 +12,9 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -119,3 +121,50 @@ def test_closing_the_refresh_loop_lets_a_refresh_in_flight_finish(
     exposition, refreshed_at = asyncio.run(scenario())
     assert refreshed_at is not None
     assert b"deskpulse_tickets_created_total" in exposition
+
+
+def test_a_refresh_renders_the_groups_that_changed_and_writes_what_prometheus_would(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's windowed lines of text are rendered again only when its fields changed;
+    the exposition is byte for byte what ``generate_latest`` writes for the families, after
+    the first refresh, one with nothing new and one with new traffic in a few groups."""
+    from prometheus_client import generate_latest
+
+    from deskpulse.exporters import prometheus
+
+    settings = unit_settings(redis_server)
+    rendered: list[int] = []
+    original = prometheus._render_lines
+
+    def counted(groups: Any) -> None:
+        rendered.append(len(groups))
+        original(groups)
+
+    monkeypatch.setattr(prometheus, "_render_lines", counted)
+
+    async def scenario() -> list[tuple[bytes, bytes]]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            offsets: Counter[tuple[str, int]] = Counter()
+            await apply(settings, store, list(many_queues(400, NOW_S)), NOW_S, offsets)
+            collector = KpiCollector(store, settings)
+            seen = []
+            for step in range(3):
+                if step == 2:  # new traffic in three queues
+                    more = list(many_queues(3, NOW_S, prefix="new"))
+                    await apply(settings, store, more, NOW_S, offsets)
+                await collector.refresh(NOW_S)
+                whole = generate_latest(prometheus._Snapshot(collector._families))
+                seen.append((collector.exposition, whole))
+            return seen
+        finally:
+            await redis.aclose()
+
+    seen = asyncio.run(scenario())
+    for exposition, whole in seen:
+        assert exposition == whole
+    first, again, new = rendered
+    assert first > 400 and again == 0 and 0 < new < first // 10, rendered

@@ -1035,6 +1035,162 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
     }
 
 
+def test_a_window_past_the_newest_event_slides_its_kept_sum_along(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A window ending past the newest event (a quiet spell, or a refresh after traffic
+    stopped) holds buckets never written, with no stamp: read a minute later it still
+    moves its kept sum along (the buckets that left and entered, not the whole window
+    again), and equals a new store's read; once an old bucket is trimmed (its stamp gone),
+    it reads afresh."""
+    from deskpulse.streams.query import query_kpis, read_windows
+
+    prefix = new_prefix()
+    _, items = simulated(seed=14, start_s=T0 - HOUR, duration_s=HOUR - 600, rate=4.0)
+
+    async def scenario(client: Redis) -> dict[str, tuple[Any, Any, int]]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        await apply(writer, 0, items)
+
+        async def both(at_s: int) -> tuple[Any, Any, int]:
+            calls = hgetall_calls(redis_client)
+            kept = await query_kpis(reader, width_s=1800, at_s=at_s, by=("channel",))
+            reads = hgetall_calls(redis_client) - calls
+            fresh = await query_kpis(
+                Store(client, prefix, CONFIG), width_s=1800, at_s=at_s, by=("channel",)
+            )
+            return kept, fresh, reads
+
+        # the newest event ~10 minutes before each read's end: the window's newest
+        # minutes were never written
+        seen = {"first": await both(T0 - 180)}
+        seen["quiet minute"] = await both(T0 - 120)
+        # two windows alike in one read (alert rules of one width) move the same sum along
+        twice = await read_windows(reader, widths_s=[1800, 1800], at_s=T0 - 60)
+        (once,) = await read_windows(Store(client, prefix, CONFIG), widths_s=[1800], at_s=T0 - 60)
+        assert twice == [once, once]
+        seen["another"] = await both(T0 - 60)
+        # an event two hours on: the window's buckets are trimmed under it
+        later = [created("later-1", T0 + 2 * HOUR)]
+        await apply(writer, 0, pendings(later, first_offset=10**6))
+        seen["trimmed"] = await both(T0 - 60)
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage, (kept, fresh, _) in seen.items():
+        assert kept == fresh, stage
+    reads = {stage: count for stage, (_, _, count) in seen.items()}
+    # a window of 30 minutes in 10-minute roll-ups: its first read reads them all; a
+    # minute later the fine buckets that left and entered, the 2 newest and the levels
+    assert reads["quiet minute"] <= 6 < reads["first"], reads
+    assert reads["another"] <= 6, reads
+    assert reads["trimmed"] > 6, reads
+    assert seen["trimmed"][0] != seen["another"][0]
+
+
+def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_changed(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of a window by channel, queue and priority keeps its settled sum's
+    projection onto the groups and each group's document: read again, a group whose sums
+    and levels are the same keeps its document (its ages moved to the new end), and only
+    the groups that changed are built again. New traffic with the window slid, a late
+    event in a settled roll-up, a quiet read a minute on, and a trim of the oldest buckets:
+    every read equals a new store's (one that keeps nothing)."""
+    from deskpulse.streams import query
+    from deskpulse.streams.query import query_kpis
+
+    prefix = new_prefix()
+    by = ("channel", "queue", "priority")
+    records, items = simulated(seed=12, start_s=T0 - HOUR, duration_s=HOUR, rate=4.0)
+    early = [item for item in items if item.ms < (T0 - 240) * 1000]
+    later = [item for item in items if item.ms >= (T0 - 240) * 1000]
+    offsets = itertools.count(len(records))
+    built: list[tuple[str, ...]] = []
+    original = query.group_document
+
+    def counted(key: Any, *args: Any) -> Any:
+        built.append(tuple(key.values()))
+        return original(key, *args)
+
+    monkeypatch.setattr(query, "group_document", counted)
+
+    def batch(*raws: bytes) -> list[Pending]:
+        return [
+            Pending(event, TOPIC, next(offsets), ms)
+            for event, ms in (decode_record(raw) for raw in raws)
+        ]
+
+    async def scenario(client: Redis) -> dict[str, tuple[Any, Any, list[tuple[str, ...]]]]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        await apply(writer, 0, early)
+
+        async def both(at_s: int) -> tuple[Any, Any, list[tuple[str, ...]]]:
+            built.clear()
+            kept = await query_kpis(reader, width_s=2400, at_s=at_s, by=by)
+            by_reader = list(built)
+            fresh = await query_kpis(Store(client, prefix, CONFIG), width_s=2400, at_s=at_s, by=by)
+            return kept, fresh, by_reader
+
+        seen = {"first": await both(T0 - 300), "again": await both(T0 - 300)}
+        # the minutes after, read a minute later: the window slid, its end moved
+        await apply(writer, 0, later)
+        seen["slid"] = await both(T0 - 240)
+        # a late ticket of a group of its own in a roll-up the window keeps (T0 - 1500 s)
+        late = created("late-1", T0 - 1500, channel="web", queue="late-queue")
+        await apply(writer, 0, batch(late))
+        seen["late"] = await both(T0 - 240)
+        seen["quiet"] = await both(T0 - 180)
+        # an hour on: the oldest buckets are trimmed (the window reaches back before the
+        # horizon)
+        await apply(writer, 0, batch(created("later-1", T0 + HOUR - 1500)))
+        seen["trimmed"] = await both(T0 - 120)
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage, (kept, fresh, _) in seen.items():
+        assert kept == fresh, stage
+    groups = {stage: len(kept["groups"]) for stage, (kept, _, _) in seen.items()}
+    builds = {stage: len(by_reader) for stage, (_, _, by_reader) in seen.items()}
+    assert groups["first"] > 20 and builds["first"] == groups["first"]
+    # nothing changed: every document kept (the very same objects)
+    assert builds["again"] == 0
+    first, again = (seen[stage][0]["groups"] for stage in ("first", "again"))
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    # a late event in a settled roll-up: its group alone is built again
+    assert seen["late"][2] == [("web", "late-queue", "normal")]
+    late_group = [g for g in seen["late"][0]["groups"] if g["key"]["queue"] == "late-queue"]
+    assert late_group[0]["tickets_created"] == 1
+    # a minute on with no new event: the groups of the minutes that left and entered are
+    # built again, the others keep theirs (their ages taken at the new end)
+    assert 0 < builds["quiet"] < groups["quiet"]
+    # the trim takes the oldest buckets (and the late ticket's) away
+    assert seen["trimmed"][0] != seen["quiet"][0]
+
+
+def test_totals_by_group_are_the_totals_split_by_group(redis_url: str) -> None:
+    """The cumulative totals read by group (as the refresh reads them) are the totals
+    summed over the partitions, each name split into its group and field."""
+    prefix = new_prefix()
+    _, items = simulated(seed=13, start_s=T0 - HOUR, duration_s=HOUR, rate=2.0)
+
+    async def scenario(client: Redis) -> tuple[Any, Any]:
+        store = Store(client, prefix, CONFIG)
+        for partition in range(2):
+            await apply(store, partition, items[partition::2])
+        return await store.read_totals(), await store.read_totals_by_group()
+
+    flat, grouped = run(scenario, redis_url)
+    split: dict[tuple[str, ...], dict[str, int]] = {}
+    for name, value in flat.items():
+        channel, queue, priority, field = name.split(SEP)
+        split.setdefault((channel, queue, priority), {})[field] = value
+    assert grouped == split
+    assert len(grouped) > 10 and sum(g.get("tc", 0) for g in grouped.values()) > 100
+
+
 def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,6 +29,7 @@ from deskpulse.streams.core import (
     SlaClaim,
     breach_deadline,
     contributions,
+    document_at,
     fold_batch,
     group_document,
     instances_now,
@@ -636,6 +637,39 @@ def test_empty_group_document_is_zeros_and_nulls() -> None:
     assert doc["first_response"]["p50_seconds"] is None
     assert doc["chats"]["abandonment_ratio"] is None
     assert doc["nps"]["score"] is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tickets=st.integers(0, 5),
+    waiting=st.integers(0, 3),
+    oldest_ms=st.none() | st.integers(0, 10_000_000),
+    longest_ms=st.none() | st.integers(0, 10_000_000),
+    ends_s=st.tuples(st.integers(10_000, 20_000), st.integers(10_000, 20_000)),
+    created=st.integers(0, 9),
+)
+def test_a_document_moved_to_another_end_is_the_one_built_there(
+    tickets: int,
+    waiting: int,
+    oldest_ms: int | None,
+    longest_ms: int | None,
+    ends_s: tuple[int, int],
+    created: int,
+) -> None:
+    """A group's document taken to another end (a reader keeps documents across reads)
+    equals the one built at that end from the same fields and live state, and the kept
+    one is left as it was."""
+    live: dict[str, int] = {"bl:o": tickets, "bl:w": waiting}
+    if oldest_ms is not None:
+        live["oldest_ms"] = oldest_ms
+    if longest_ms is not None:
+        live["longest_ms"] = longest_ms
+    fields = {"tc": created, "cr": waiting}
+    before, after = ends_s
+    kept = group_document({"queue": "q"}, fields, live, before)
+    copy = orjson.loads(orjson.dumps(kept))
+    assert document_at(kept, live, after) == group_document({"queue": "q"}, fields, live, after)
+    assert kept == copy
 
 
 def test_conversation_state_round_trips() -> None:
