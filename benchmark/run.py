@@ -425,6 +425,7 @@ class Bench:
             topic_tickets=f"bench.{topics}.tickets",
             topic_chats=f"bench.{topics}.chats",
             topic_surveys=f"bench.{topics}.surveys",
+            topic_agents=f"bench.{topics}.agents",
             topic_deadletter=f"bench.{topics}.deadletter",
             topic_kpis=f"bench.{topics}.kpis",
             topic_alerts=f"bench.{topics}.alerts",

@@ -101,7 +101,7 @@ DEADLETTER_OVERDUE_S = 10.0
 
 _new_tuple = tuple.__new__
 
-_TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey."}
+_TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey.", "agents": "agent."}
 
 
 class Record(Protocol):

@@ -36,8 +36,10 @@ from deskpulse.streams.core import (
     split_dim_key,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
+from deskpulse.streams.presence import LEVEL_FIELDS as PRESENCE_LEVELS
+from deskpulse.streams.presence import PRESENCE_PREFIX, presence_document
 from deskpulse.streams.sla import SHORT
-from deskpulse.streams.store import Store
+from deskpulse.streams.store import PRESENCE_MATCH, Store
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "query_kpis",
     "read_document",
     "read_live",
+    "read_presence",
     "read_series",
     "read_sla_tickets",
     "read_window",
@@ -291,7 +294,8 @@ def _level_groups(
             now[name] -= value
     groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
     for name, value in now.items():
-        if value:
+        # the agents' presence levels belong to no group (read_presence reads them)
+        if value and not name.startswith(PRESENCE_PREFIX):
             key, _, field = name.rpartition(SEP)
             groups[split_dim_key(key)][field] = value
     return groups
@@ -375,7 +379,44 @@ async def query_kpis(
     """The KPI document for the window of ``width_s`` ending at ``at_s`` (docs/kpis.md)."""
     start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s, grouped=bool(by))
     live = await read_live(store, end_s=end_s)
-    return build_document(merged, start_s=start_s, end_s=end_s, by=by, live=live)
+    document = build_document(merged, start_s=start_s, end_s=end_s, by=by, live=live)
+    if not by:
+        # the agents' presence is kept over all groups: the one group without `by` has it
+        presence = await read_presence(store, end_s=end_s)
+        window = {name.rpartition(SEP)[2]: value for name, value in merged.items()}
+        document["groups"][0]["agents"] = presence_document(presence, window, start_s, end_s)
+    return document
+
+
+async def read_presence(
+    store: Store,
+    *,
+    end_s: int,
+    partitions: Sequence[int] | None = None,
+    watermarks_ms: Mapping[int, int] | None = None,
+) -> dict[str, int]:
+    """The agents by status at the bucket boundary ``end_s``: the presence levels
+    (``ag:<status>``) less the steps at or after it, read from the all-groups buckets up to
+    a retention past the newest event (an agent's last status is stepped out that long
+    after it, :mod:`streams.presence`)."""
+    cfg = store.config
+    if partitions is None:
+        partitions = await store.partitions()
+    if watermarks_ms is None:
+        metas = await store.read_meta()
+        watermarks_ms = {p: int(metas.get(p, {}).get("wm", "0")) for p in partitions}
+    levels = await store.read_levels(partitions)
+    now = {name: levels.get(name, 0) for name in PRESENCE_LEVELS.values()}
+    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
+    horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
+    horizon_s += -horizon_s % cfg.rollup_seconds
+    if end_s < horizon_s:
+        (later,) = await store.sum_level_steps(
+            partitions, [_suffixes(store, end_s, horizon_s, grouped=False)], match=PRESENCE_MATCH
+        )
+        for name in now:
+            now[name] -= later.get(name, 0)
+    return now
 
 
 async def read_window(
@@ -669,7 +710,7 @@ def _levels_at_ends(
                 now[name] = now.get(name, 0) - value
         groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
         for name, value in now.items():
-            if value:
+            if value and not name.startswith(PRESENCE_PREFIX):  # in no group
                 dims, field = parsed.get(name) or split(name)
                 groups[dims][field] = value
         out.append(groups)

@@ -27,6 +27,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             settings.topic_tickets: partitions,
             settings.topic_chats: partitions,
             settings.topic_surveys: partitions,
+            settings.topic_agents: partitions,
             settings.topic_deadletter: partitions,
             settings.topic_kpis: 1,
             settings.topic_alerts: 1,
