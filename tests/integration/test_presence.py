@@ -5,6 +5,7 @@ instants, and occupancy over windows, against the brute-force oracle
 
 from __future__ import annotations
 
+import asyncio
 import random
 import zlib
 from typing import Any
@@ -13,9 +14,12 @@ import orjson
 import redis
 from redis.asyncio import Redis
 
+from deskpulse.models.settings import Settings
 from deskpulse.streams.core import Conversation, CoreConfig
+from deskpulse.streams.kafka_admin import ensure_topics as create
 from deskpulse.streams.query import query_kpis
 from deskpulse.streams.store import Store
+from deskpulse.streams.topics import ensure_topics
 from tests.integration.test_store import T0, apply, created, ev, new_prefix, pendings, run
 from tests.presence_oracle import agents_document
 
@@ -195,3 +199,15 @@ def test_presence_over_two_days_equals_the_oracle_at_many_instants_and_widths(
         for raw in redis_client.hvals(key):
             times = sorted(ms for ms, _ in Conversation.loads(raw).timeline.values())
             assert times[1:] == [] or times[1] >= times[-1] - RETENTION_MS
+
+
+def test_the_agents_topic_is_made_with_the_partitions_of_inputs_that_exist(
+    settings: Settings,
+) -> None:
+    # a deployment from before the agents topic: its inputs have 3 partitions, the
+    # setting says 4 (a new topic would get 4, and the inputs would not be co-partitioned)
+    old = {topic: 3 for topic in settings.input_topics if topic != settings.topic_agents}
+    asyncio.run(create(settings.kafka_bootstrap, old))
+    counts = asyncio.run(ensure_topics(settings))
+    assert counts[settings.topic_agents] == 3
+    assert {counts[topic] for topic in settings.input_topics} == {3}
