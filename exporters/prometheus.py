@@ -51,7 +51,7 @@ from deskpulse.streams.core import (
     split_dim_key,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
-from deskpulse.streams.query import group_fields, read_live, read_windows
+from deskpulse.streams.query import group_fields, read_agents, read_live, read_windows
 from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 
@@ -306,6 +306,9 @@ class WindowRead:
     fields: Counter[str]
     #: the backlog and the waiting chats at ``end_s`` (:func:`~streams.query.read_live`)
     live: Mapping[tuple[str, str, str], Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    #: the agents by status at ``end_s`` and the occupancy over the window
+    #: (:func:`~streams.query.read_agents`), for the total's snapshot
+    agents: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -371,9 +374,17 @@ class KpiCollector(Collector):
             at_end[end] = await read_live(
                 store, end_s=end, partitions=parts, watermarks_ms=watermarks
             )
-        for width, (start, end, merged) in zip(self.settings.windows, reads, strict=True):
+        agents = await read_agents(
+            store,
+            [(start, end) for start, end, _ in reads],
+            partitions=parts,
+            watermarks_ms=watermarks,
+        )
+        for width, (start, end, merged), presence in zip(
+            self.settings.windows, reads, agents, strict=True
+        ):
             name = format_duration(width)
-            windows.append(WindowRead(name, start, end, merged, at_end[end]))
+            windows.append(WindowRead(name, start, end, merged, at_end[end], presence))
             per_window.append((name, group_fields(merged, DIMENSIONS)))
         totals = await store.read_totals()
         firing = await store.alert_states()

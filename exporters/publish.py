@@ -133,6 +133,8 @@ def snapshot_items(
         total = build_document(
             window.fields, start_s=window.start_s, end_s=window.end_s, by=(), live=window.live
         )
+        if window.agents is not None:  # kept over all groups: the total alone has them
+            total["groups"][0]["agents"] = dict(window.agents)
         shown: list[tuple[tuple[str | None, ...], dict[str, Any]]] = [
             ((None,) * len(DIMENSIONS), total["groups"][0])
         ]

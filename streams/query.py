@@ -39,7 +39,7 @@ from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
 from deskpulse.streams.presence import LEVEL_FIELDS as PRESENCE_LEVELS
 from deskpulse.streams.presence import PRESENCE_PREFIX, presence_document
 from deskpulse.streams.sla import SHORT
-from deskpulse.streams.store import PRESENCE_MATCH, Store
+from deskpulse.streams.store import PRESENCE_FIELDS_MATCH, PRESENCE_MATCH, Store
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
 __all__ = [
@@ -62,9 +62,9 @@ __all__ = [
     "parse_sla_tickets",
     "project_live",
     "query_kpis",
+    "read_agents",
     "read_document",
     "read_live",
-    "read_presence",
     "read_series",
     "read_sla_tickets",
     "read_window",
@@ -382,23 +382,26 @@ async def query_kpis(
     document = build_document(merged, start_s=start_s, end_s=end_s, by=by, live=live)
     if not by:
         # the agents' presence is kept over all groups: the one group without `by` has it
-        presence = await read_presence(store, end_s=end_s)
-        window = {name.rpartition(SEP)[2]: value for name, value in merged.items()}
-        document["groups"][0]["agents"] = presence_document(presence, window, start_s, end_s)
+        (document["groups"][0]["agents"],) = await read_agents(store, [(start_s, end_s)])
     return document
 
 
-async def read_presence(
+async def read_agents(
     store: Store,
+    windows: Sequence[tuple[int, int]],
     *,
-    end_s: int,
     partitions: Sequence[int] | None = None,
     watermarks_ms: Mapping[int, int] | None = None,
-) -> dict[str, int]:
-    """The agents by status at the bucket boundary ``end_s``: the presence levels
-    (``ag:<status>``) less the steps at or after it, read from the all-groups buckets up to
-    a retention past the newest event (an agent's last status is stepped out that long
-    after it, :mod:`streams.presence`)."""
+) -> list[dict[str, Any]]:
+    """The ``agents`` object of each window ``(start_s, end_s)`` (bucket boundaries): the
+    agents by status at its end and the occupancy over it (:mod:`streams.presence`).
+
+    The presence levels (``ag:<status>``) less the steps at or after each end, read from
+    the all-groups buckets up to a retention past the newest event (an agent's last
+    status is stepped out that long after it), and the presence fields of the window's
+    all-groups buckets; both picked out of the buckets by Redis (:meth:`Store.
+    sum_level_steps`), each bucket read again only once a commit changed it.
+    """
     cfg = store.config
     if partitions is None:
         partitions = await store.partitions()
@@ -406,17 +409,28 @@ async def read_presence(
         metas = await store.read_meta()
         watermarks_ms = {p: int(metas.get(p, {}).get("wm", "0")) for p in partitions}
     levels = await store.read_levels(partitions)
-    now = {name: levels.get(name, 0) for name in PRESENCE_LEVELS.values()}
     newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
     horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
     horizon_s += -horizon_s % cfg.rollup_seconds
-    if end_s < horizon_s:
-        (later,) = await store.sum_level_steps(
-            partitions, [_suffixes(store, end_s, horizon_s, grouped=False)], match=PRESENCE_MATCH
-        )
-        for name in now:
-            now[name] -= later.get(name, 0)
-    return now
+    ends = sorted({end_s for _, end_s in windows})
+    later = await store.sum_level_steps(
+        partitions,
+        [_suffixes(store, end_s, max(end_s, horizon_s), grouped=False) for end_s in ends],
+        match=PRESENCE_MATCH,
+    )
+    sums = await store.sum_level_steps(
+        partitions,
+        [_suffixes(store, start_s, end_s, grouped=False) for start_s, end_s in windows],
+        match=PRESENCE_FIELDS_MATCH,
+    )
+    at_end = {
+        end_s: {name: levels.get(name, 0) - steps.get(name, 0) for name in PRESENCE_LEVELS.values()}
+        for end_s, steps in zip(ends, later, strict=True)
+    }
+    return [
+        presence_document(at_end[end_s], window, start_s, end_s)
+        for (start_s, end_s), window in zip(windows, sums, strict=True)
+    ]
 
 
 async def read_window(

@@ -148,6 +148,8 @@ log = logging.getLogger(__name__)
 _LEVEL_MATCH = "*\x1fbl:*"
 #: The agents' presence level steps among an all-groups bucket's fields (``ag:<status>``).
 PRESENCE_MATCH = "ag:*"
+#: Every presence field of an all-groups bucket: the steps and their time-weighted sums.
+PRESENCE_FIELDS_MATCH = "ag*"
 #: Fields a bucket scan looks at per call: more than a rolled-up bucket holds, so one call
 #: scans it whole.
 _SCAN_COUNT = 100_000
@@ -156,6 +158,8 @@ __all__ = [
     "FIX_LOST",
     "FIX_RESTART",
     "LAYOUT",
+    "PRESENCE_FIELDS_MATCH",
+    "PRESENCE_MATCH",
     "PartitionMeta",
     "Store",
     "text",
