@@ -38,7 +38,7 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
     reference, one on the cluster, one with ``DESKPULSE_REDIS_MIN_REPLICAS=1`` (the cost
     of ``WAIT``), and two in one consumer group; events/s and the cores of the workers,
     of the masters and of the replicas;
-13. presence: the replay of the throughput data set (spread traffic, no agent events) by
+14. presence: the replay of the throughput data set (spread traffic, no agent events) by
     this tree's code against the code in ``BENCH_BASE_CODE`` (a directory holding another
     ``deskpulse`` package), alternating trial by trial: what the agents' presence costs
     traffic without it;
@@ -2592,7 +2592,7 @@ class Bench:
         self.results["datasets"] = self.datasets
         self.results["machine"]["loadavg_end"] = os.getloadavg()
 
-    # -- 13. agents' presence ------------------------------------------------------------
+    # -- 14. agents' presence ------------------------------------------------------------
 
     async def section_presence(self) -> dict[str, Any]:
         """The replay of the throughput data set (spread traffic, no agent events) by this

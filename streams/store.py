@@ -27,7 +27,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:tot``                 hash: the cumulative (Prometheus-native) totals
 ``P:{pn}:lvl``                 hash: the levels, ``channel␟queue␟priority␟bl:<status>`` (and
                                ``bl:w``) -> the running sum of those level steps: the
-                               backlog and the waiting chats as of every step written
+                               backlog and the waiting chats as of every step written;
+                               ``ag:<status>`` (no group) the agents by presence status
 ``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
 ``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
 ``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
