@@ -121,6 +121,11 @@ def test_an_agent_silent_for_the_retention_is_in_no_status(
     assert (at["busy"], at["offline"]) == (0, 1)  # A offline until +3000 + 6 h
     assert agents(redis_url, prefix, T0 + 3000 + six_hours)["offline"] == 1
     assert agents(redis_url, prefix, T0 + 3060 + six_hours)["offline"] == 0
+    # past every step written: no agent, and no time in any status
+    far = agents(redis_url, prefix, T0 + 3 * six_hours)
+    assert far == dict.fromkeys(("available", "busy", "away", "offline"), 0) | {
+        "occupancy_ratio": None
+    }
 
 
 def test_the_same_presence_in_any_batching_order_and_partitioning(
