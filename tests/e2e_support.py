@@ -44,7 +44,7 @@ from deskpulse.streams.windows import parse_width
 from .lifecycle_oracle import Lifecycle, lifecycle_document, merge_documents
 from .lifecycle_oracle import evaluate as evaluate_lifecycles
 from .oracle import compare, compute
-from .presence_oracle import agents_document
+from .presence_oracle import with_agents
 from .support import (
     WorkerProcess,
     consume_all,
@@ -453,16 +453,8 @@ def oracle_doc(
     life = lifecycle_document(
         _lifecycle_of(values), at_s=at_s, width_s=WINDOWS[width], by=tuple(by)
     )
-    document = merge_documents(base, life)
-    if not by:  # the agents' presence, in the one group without grouping
-        end_ms = math.ceil(at_s / 60) * 60_000
-        document["groups"][0]["agents"] = agents_document(
-            values,
-            start_ms=end_ms - WINDOWS[width] * 1000,
-            end_ms=end_ms,
-            retention_ms=CoreConfig().retention_seconds * 1000,
-        )
-    return document
+    # the agents' presence, in the one group without grouping
+    return with_agents(merge_documents(base, life), values, at_s=at_s, width_s=WINDOWS[width])
 
 
 _LIFECYCLES: dict[int, tuple[list[bytes], Lifecycle]] = {}

@@ -65,6 +65,28 @@ def _intervals(events: list[tuple[int, str, str]], retention_ms: int) -> list[tu
     return out
 
 
+def with_agents(
+    document: dict[str, Any],
+    records: Iterable[bytes],
+    *,
+    at_s: float,
+    width_s: int,
+    bucket_seconds: int = 60,
+    retention_s: int = 48 * 3600,
+) -> dict[str, Any]:
+    """``document`` (an oracle's, for ``at_s`` and ``width_s``) with the ``agents`` object
+    in its one group when it has no grouping."""
+    if not document["by"]:
+        end_ms = math.ceil(at_s / bucket_seconds) * bucket_seconds * 1000
+        document["groups"][0]["agents"] = agents_document(
+            records,
+            start_ms=end_ms - width_s * 1000,
+            end_ms=end_ms,
+            retention_ms=retention_s * 1000,
+        )
+    return document
+
+
 def agents_document(
     records: Iterable[bytes], *, start_ms: int, end_ms: int, retention_ms: int
 ) -> dict[str, Any]:

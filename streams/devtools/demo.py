@@ -324,7 +324,6 @@ def simulation(
         agent_hours=dict(agent_hours),
         backlog_s=_BACKLOG_S,
         id_prefix=f"s{seed}-{int(now_s)}-",
-        presence=True,
     )
 
 
@@ -712,6 +711,5 @@ async def produce_live(
         rate=rate,
         agent_hours=dict(agent_hours or {}),
         backlog_s=backlog_s,
-        presence=True,
     )
     return await send_in_time(settings, generate(config), duration_s=duration_s)
