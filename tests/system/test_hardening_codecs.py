@@ -253,8 +253,8 @@ def test_every_codec_from_another_client_reaches_the_kpis_live_and_in_replay(
         ), codec
         refused = counters(text, "deskpulse_events_rejected_total", ("topic", "reason"))
         assert dict(refused) == {
-            (settings.topic_for(kind), "invalid_json"): rejected // 3
-            for kind in ("tickets", "chats", "surveys")
+            (settings.topic_for(kind), "invalid_json"): rejected // 4
+            for kind in ("tickets", "chats", "surveys", "agents")
         }, codec
     assert worker.running, worker.describe()
     assert "UnsupportedCodecError" not in worker.log()
