@@ -38,6 +38,10 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
     reference, one on the cluster, one with ``DESKPULSE_REDIS_MIN_REPLICAS=1`` (the cost
     of ``WAIT``), and two in one consumer group; events/s and the cores of the workers,
     of the masters and of the replicas;
+14. presence: the replay of the throughput data set (spread traffic, no agent events) by
+    this tree's code against the code in ``BENCH_BASE_CODE`` (a directory holding another
+    ``deskpulse`` package), alternating trial by trial: what the agents' presence costs
+    traffic without it;
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -72,6 +76,7 @@ import math
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,6 +199,7 @@ SECTIONS = (
     "groups",
     "longconv",
     "cluster",
+    "presence",
 )
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
@@ -435,6 +441,7 @@ class Bench:
             topic_tickets=f"bench.{topics}.tickets",
             topic_chats=f"bench.{topics}.chats",
             topic_surveys=f"bench.{topics}.surveys",
+            topic_agents=f"bench.{topics}.agents",
             topic_deadletter=f"bench.{topics}.deadletter",
             topic_kpis=f"bench.{topics}.kpis",
             topic_alerts=f"bench.{topics}.alerts",
@@ -639,11 +646,22 @@ class Bench:
         return result
 
     async def run_replay(
-        self, name: str, settings: Settings, n: int, *, spy: Path | None = None
+        self,
+        name: str,
+        settings: Settings,
+        n: int,
+        *,
+        spy: Path | None = None,
+        code: Path | None = None,
     ) -> dict[str, Any]:
+        """``deskpulse replay`` of ``n`` records in a child; ``code``: a directory holding
+        another ``deskpulse`` package to run instead of this tree's (a version to compare)."""
         assert self.redis is not None
         argv = [sys.executable, "-m", "benchmark.replay_child"]
-        proc = self.procs.start(name, argv, env=child_env(settings))
+        env = child_env(settings)
+        if code is not None:
+            env["PYTHONPATH"] = os.pathsep.join((str(code), env["PYTHONPATH"]))
+        proc = self.procs.start(name, argv, env=env)
         sampler = profiles.PySpy(proc.pid, spy) if spy is not None else None
         redis_before = self.cpu_of(self.redis_proc)[0]
         deadline = time.monotonic() + n / 2000 + 120
@@ -2663,6 +2681,45 @@ class Bench:
         self.results["datasets"] = self.datasets
         self.results["machine"]["loadavg_end"] = os.getloadavg()
 
+    # -- 14. agents' presence ------------------------------------------------------------
+
+    async def section_presence(self) -> dict[str, Any]:
+        """The replay of the throughput data set (spread traffic, no agent events) by this
+        tree's code and, with ``BENCH_BASE_CODE`` (a directory holding the ``deskpulse``
+        package of the code before), by that code, the two alternating trial by trial on
+        the same host: what the agents' presence costs traffic without agent events."""
+        cfg = self.config
+        n = self.datasets["tp"]["records"]
+        base = os.environ.get("BENCH_BASE_CODE")
+        contenders: dict[str, Path | None] = {"after": None}
+        if base:
+            contenders["before"] = Path(base)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+        names = list(contenders)
+        for t in range(cfg.trials):
+            for name in names[t % len(names) :] + names[: t % len(names)]:
+                settings = self.settings(f"presence-{name}-{t}", "tp")
+                run = await self.run_replay(
+                    f"presence-{name}-{t}", settings, n, code=contenders[name]
+                )
+                runs[name].append(run)
+                print(f"trial {t + 1}, {name}: {run['per_second']:,.0f} events/s", file=sys.stderr)
+        return {
+            "records": n,
+            "base": base,
+            "runs": {name: [r["per_second"] for r in rs] for name, rs in runs.items()},
+            "redis_cores": {name: [r["cores"]["redis"] for r in rs] for name, rs in runs.items()},
+            # the replay process's CPU per record: less at the mercy of a busy host than a rate
+            "cpu_us_per_record": {
+                name: [r["cpu_seconds"] / r["records"] * 1e6 for r in rs]
+                for name, rs in runs.items()
+            },
+            "median": {
+                name: statistics.median(r["per_second"] for r in rs) for name, rs in runs.items()
+            },
+            "loadavg": os.getloadavg(),
+        }
+
     # -- 11. Redis Cluster --------------------------------------------------------------
 
     async def section_cluster(self) -> dict[str, Any]:
@@ -2772,7 +2829,7 @@ class Bench:
         watch = CpuWatch("produce")
         now = time.time()
         wanted = set(cfg.sections)
-        if wanted & {"throughput", "freshness", "cluster"}:
+        if wanted & {"throughput", "freshness", "cluster", "presence"}:
             span = 3000.0
             await self.produce_dataset(
                 "tp",

@@ -35,6 +35,7 @@ _PUBLIC: dict[str, str] = {
     "ChatAbandoned": "deskpulse.models.events",
     "ChatEnded": "deskpulse.models.events",
     "SurveyResponded": "deskpulse.models.events",
+    "AgentStatusChanged": "deskpulse.models.events",
     "decode": "deskpulse.models.events",
     "encode": "deskpulse.models.events",
     # what deskpulse publishes
@@ -50,6 +51,7 @@ _PUBLIC: dict[str, str] = {
 }
 
 __all__ = [
+    "AgentStatusChanged",
     "AlertTransition",
     "ChatAbandoned",
     "ChatAccepted",
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
         SettingsError,
     )
     from deskpulse.models.events import (
+        AgentStatusChanged,
         ChatAbandoned,
         ChatAccepted,
         ChatEnded,

@@ -50,7 +50,7 @@ from deskpulse.streams.core import (
     has_samples,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
-from deskpulse.streams.query import read_grouped_windows, read_live
+from deskpulse.streams.query import read_agents, read_grouped_windows, read_live
 from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 
@@ -309,6 +309,9 @@ class WindowRead:
     groups: Mapping[tuple[str, ...], Mapping[str, int]]
     #: the backlog and the waiting chats at ``end_s`` (:func:`~streams.query.read_live`)
     live: Mapping[tuple[str, str, str], Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    #: the agents by status at ``end_s`` and the occupancy over the window
+    #: (:func:`~streams.query.read_agents`), for the total's snapshot
+    agents: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -378,9 +381,17 @@ class KpiCollector(Collector):
             at_end[end] = await read_live(
                 store, end_s=end, partitions=parts, watermarks_ms=watermarks
             )
-        for width, (start, end, groups) in zip(self.settings.windows, reads, strict=True):
+        agents = await read_agents(
+            store,
+            [(start, end) for start, end, _ in reads],
+            partitions=parts,
+            watermarks_ms=watermarks,
+        )
+        for width, (start, end, groups), presence in zip(
+            self.settings.windows, reads, agents, strict=True
+        ):
             name = format_duration(width)
-            windows.append(WindowRead(name, start, end, groups, at_end[end]))
+            windows.append(WindowRead(name, start, end, groups, at_end[end], presence))
             per_window.append((name, groups))
         totals = await store.read_totals_by_group()
         firing = await store.alert_states()

@@ -169,6 +169,8 @@ def _snapshot_chunks(
             by=(),
             live=window.live,
         )
+        if window.agents is not None:  # kept over all groups: the total alone has them
+            total["groups"][0]["agents"] = dict(window.agents)
         items.append(
             _message(window.name, start, end, (None,) * len(DIMENSIONS), total["groups"][0])
         )

@@ -32,9 +32,11 @@ from pydantic import (
 from deskpulse.models.errors import RejectedEvent
 
 __all__ = [
+    "AGENT_STATUSES",
     "DIMENSIONS",
     "LAST_RESORT_REASON",
     "REJECTION_REASONS",
+    "AgentStatusChanged",
     "ChatAbandoned",
     "ChatAccepted",
     "ChatEnded",
@@ -196,6 +198,23 @@ class ChatEnded(_ChatEvent):
 
 _SCORE_RANGE = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
 
+#: An agent's presence statuses, in the order documents list them.
+AgentStatus = Literal["available", "busy", "away", "offline"]
+AGENT_STATUSES: tuple[str, ...] = get_args(AgentStatus)
+
+
+class AgentStatusChanged(_Event):
+    """An agent's presence from ``occurred_at`` on (the agents topic, keyed by ``agent_id``)."""
+
+    type: Literal["agent.status_changed"]
+    agent_id: Id
+    status: AgentStatus
+
+    @property
+    def conversation_id(self) -> str:
+        # an agent's presence is kept like a conversation, under its own kind "a"
+        return "a:" + self.agent_id
+
 
 class SurveyResponded(_Event):
     type: Literal["survey.responded"]
@@ -235,7 +254,8 @@ Event = Annotated[
     | ChatAccepted
     | ChatAbandoned
     | ChatEnded
-    | SurveyResponded,
+    | SurveyResponded
+    | AgentStatusChanged,
     Field(discriminator="type"),
 ]
 
@@ -250,6 +270,7 @@ _MODELS: dict[str, type[_Event]] = {
         ChatAbandoned,
         ChatEnded,
         SurveyResponded,
+        AgentStatusChanged,
     )
 }
 EVENT_TYPES: tuple[str, ...] = tuple(_MODELS)

@@ -54,7 +54,7 @@ ENV_PREFIX = "DESKPULSE_"
 PriorityName = Literal["urgent", "high", "normal", "low"]
 
 #: The kinds of input record, each on its own topic (:meth:`Settings.topic_for`).
-RecordKind = Literal["tickets", "chats", "surveys"]
+RecordKind = Literal["tickets", "chats", "surveys", "agents"]
 RECORD_KINDS: tuple[RecordKind, ...] = get_args(RecordKind)
 
 DEFAULT_FIRST_RESPONSE_TARGETS: dict[PriorityName, int] = {
@@ -266,6 +266,8 @@ class Settings(BaseSettings):
     topic_tickets: str = "support.tickets"
     topic_chats: str = "support.chats"
     topic_surveys: str = "support.surveys"
+    # agents' presence (agent.status_changed), keyed by agent_id, co-partitioned too
+    topic_agents: str = "support.agents"
     topic_deadletter: str = "deskpulse.deadletter"
     topic_kpis: str = "deskpulse.kpis"
     topic_alerts: str = "deskpulse.alerts"
@@ -432,6 +434,7 @@ class Settings(BaseSettings):
         "topic_tickets",
         "topic_chats",
         "topic_surveys",
+        "topic_agents",
         "topic_deadletter",
         "topic_kpis",
         "topic_alerts",
@@ -614,8 +617,8 @@ class Settings(BaseSettings):
         return tuple(format_duration(width) for width in self.windows)
 
     @property
-    def input_topics(self) -> tuple[str, str, str]:
-        return (self.topic_tickets, self.topic_chats, self.topic_surveys)
+    def input_topics(self) -> tuple[str, str, str, str]:
+        return (self.topic_tickets, self.topic_chats, self.topic_surveys, self.topic_agents)
 
     def topic_for(self, kind: str) -> str:
         """The configured input topic of a record kind (one of :data:`RECORD_KINDS`)."""
@@ -625,6 +628,8 @@ class Settings(BaseSettings):
             return self.topic_chats
         if kind == "surveys":
             return self.topic_surveys
+        if kind == "agents":
+            return self.topic_agents
         raise ValueError(f"no input topic for {kind!r}; the kinds are {', '.join(RECORD_KINDS)}")
 
     @property

@@ -32,6 +32,7 @@ from deskpulse.models import events as schema
 from deskpulse.models.errors import RejectedEvent
 
 __all__ = [
+    "AgentStatusChanged",
     "ChatAbandoned",
     "ChatAccepted",
     "ChatEnded",
@@ -239,6 +240,16 @@ class SurveyResponded(_Base, tag="survey.responded", gc=False):
         return "t:" + self.ticket_id if self.ticket_id is not None else "c:" + str(self.chat_id)
 
 
+class AgentStatusChanged(_Base, tag="agent.status_changed", gc=False):
+    type: ClassVar[str] = "agent.status_changed"
+    agent_id: Id
+    status: Literal["available", "busy", "away", "offline"]
+
+    @property
+    def conversation_id(self) -> str:
+        return "a:" + self.agent_id
+
+
 WireEvent = (
     TicketCreated
     | TicketReplied
@@ -248,6 +259,7 @@ WireEvent = (
     | ChatAbandoned
     | ChatEnded
     | SurveyResponded
+    | AgentStatusChanged
 )
 
 _STRUCTS: dict[type, type[_Base]] = {
@@ -259,6 +271,7 @@ _STRUCTS: dict[type, type[_Base]] = {
     schema.ChatAbandoned: ChatAbandoned,
     schema.ChatEnded: ChatEnded,
     schema.SurveyResponded: SurveyResponded,
+    schema.AgentStatusChanged: AgentStatusChanged,
 }
 
 for _struct in _STRUCTS.values():

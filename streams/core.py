@@ -33,6 +33,7 @@ import msgspec
 
 from deskpulse.models.sla import Policy, Schedule, SlaMetric, default_policy, policy_for
 from deskpulse.models.wire import (
+    AgentStatusChanged,
     ChatAbandoned,
     ChatAccepted,
     ChatEnded,
@@ -44,7 +45,7 @@ from deskpulse.models.wire import (
     WireEvent,
     event_ms,
 )
-from deskpulse.streams import sketch
+from deskpulse.streams import presence, sketch
 from deskpulse.streams.calendar import BusinessCalendar, business_ms, calendars, deadline_ms
 from deskpulse.streams.lifecycle import (
     BACKLOG_FIELDS,
@@ -109,6 +110,7 @@ __all__ = [
     "keep_until_ms",
     "live_entry",
     "live_key",
+    "presence_contributions",
     "restore",
     "split_dim_key",
     "timelines_needed",
@@ -164,6 +166,12 @@ FIELDS: dict[str, str] = {
     "bl:p": "level steps of tickets in status pending; levels and buckets",
     "bl:h": "level steps of tickets in status hold; levels and buckets",
     "bl:w": "level steps of waiting chats; levels and buckets",
+    "ag:a": "level steps of agents available (+1 in, -1 out); levels and all-groups buckets",
+    "ag:b": "level steps of agents busy; levels and all-groups buckets",
+    "ag:w": "level steps of agents away; levels and all-groups buckets",
+    "ag:o": "level steps of agents offline; levels and all-groups buckets",
+    "agt:a": "sum of step x instant of the available level steps, ms; all-groups buckets",
+    "agt:b": "sum of step x instant of the busy level steps, ms; all-groups buckets",
 }
 
 #: Bounds of the Prometheus-native first-response histogram (targets are added to these).
@@ -389,7 +397,7 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
 
     def pending(self) -> int:
         """Events held for an opener that has not arrived (orphans if it never does)."""
-        if self.opened is not None:
+        if self.opened is not None or self.kind == "a":  # an agent's presence needs none
             return 0
         complete = sum(1 for s in self.surveys.values() if None not in s[3:])
         return self.events() - complete
@@ -561,6 +569,8 @@ def fold(
             event.queue,
             event.priority,
         )
+    elif type(event) is AgentStatusChanged:
+        state.timeline[event_id] = (ms, presence.STATUS_CODES[event.status])
     else:
         _remember(state, others, event_id, ms)
     return True
@@ -568,10 +578,19 @@ def fold(
 
 def contributions(state: Conversation, config: CoreConfig) -> list[Contribution]:
     """Every KPI sample this conversation contributes, as a pure function of its state
-    (whole: a ticket whose timeline is kept beside it is :func:`restore` d first)."""
+    (whole: a ticket whose timeline is kept beside it is :func:`restore` d first; an
+    agent's presence: :func:`presence_contributions`)."""
+    if state.kind == "a":
+        return []
     if state.walk is not None:
         raise ValueError("restore the ticket's timeline first")
     return _current(state, config)[0]
+
+
+def presence_contributions(state: Conversation, config: CoreConfig) -> list[presence.Step]:
+    """An agent's presence steps (:func:`streams.presence.presence_steps`), as ``(ms,
+    field, value)``: kept over all groups, in no ``(channel, queue, priority)`` group."""
+    return presence.presence_steps(state.timeline.items(), config.retention_seconds * 1000)
 
 
 def _current(
@@ -1460,7 +1479,12 @@ def keep_until_ms(state: Conversation, config: CoreConfig) -> int:
     """The score of a conversation in the expiry index: its state is deleted once the
     newest event time is more than the retention past it. That is its newest event time,
     but for a ticket open now, at least its creation plus the open ticket maximum age
-    less the retention (so it stays until the maximum age)."""
+    less the retention (so it stays until the maximum age). An agent's presence stays a
+    retention longer than its newest event: its last status counts for a retention after
+    it (:mod:`streams.presence`), so an event that finds it deleted comes later than that,
+    and a fresh state steps exactly as the deleted one would have."""
+    if state.kind == "a":
+        return state.last_ms + config.retention_seconds * 1000
     if state.kind == "t" and state.opened is not None and 0 < state.counted // 1000 < WAITING_DIGIT:
         keep = state.opened[0] + (config.open_ticket_max_age_s - config.retention_seconds) * 1000
         if keep > state.last_ms:
@@ -1812,6 +1836,10 @@ def _fold_events(
                 state = Conversation(kind=conv_id[0])
             else:
                 state = stored
+                if state.kind == "a":
+                    # an agent's events behind the horizon but the one in force there go
+                    # before anything is compared: what they stepped is behind it too
+                    presence.compact(state.timeline, cutoff_ms)
                 before[conv_id] = (_kpi_inputs(state), state.pending())
             working[conv_id] = state
             others = ids_of[conv_id] = OtherIds(known.get(conv_id, _EMPTY))
@@ -2007,6 +2035,9 @@ def _add_deltas(
     moves: dict[tuple[int, int], int] = {}
     for conv_id, state in working.items():
         previous = before.get(conv_id)
+        if state.kind == "a":
+            _add_presence(conv_id, state, previous, cutoff_ms, config, result)
+            continue
         changes: Iterable[Contribution]
         # some events (a private note, a system reply, a repeat) move nothing a KPI or the
         # breach schedule reads: no samples change and the ticket's due entry stays
@@ -2128,6 +2159,46 @@ def _add_deltas(
         counters["held"] += held_delta
     if ignored:
         counters["ignored:closed"] += ignored
+
+
+def _add_presence(
+    conv_id: str,
+    state: Conversation,
+    previous: tuple[_KpiInputs, int] | None,
+    cutoff_ms: int,
+    config: CoreConfig,
+    result: BatchResult,
+) -> None:
+    """Write an agent's change of presence steps: the levels, and the all-groups buckets
+    (``B``, ``R``) alone, skipping buckets older than ``cutoff_ms``."""
+    retention_ms = config.retention_seconds * 1000
+    now = presence.presence_steps(state.timeline.items(), retention_ms)
+    delta: dict[tuple[int, str], int] = defaultdict(int)
+    for at_ms, name, value in now:
+        delta[(at_ms, name)] += value
+    if previous is not None:
+        # status events only ever come in at the end: the first ones are the old
+        kept = previous[0][5]
+        was = presence.presence_steps(islice(state.timeline.items(), kept), retention_ms)
+        for at_ms, name, value in was:
+            delta[(at_ms, name)] -= value
+    bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
+    levels, buckets = result.levels, result.buckets
+    for (at_ms, name), value in delta.items():
+        if not value:
+            continue
+        if name in _PRESENCE_LEVELS:
+            levels[name] += value
+        if at_ms < cutoff_ms:
+            continue  # an expired bucket is gone
+        fine = at_ms // (bucket_s * 1000) * bucket_s
+        buckets[("B", fine)][name] += value
+        buckets[("R", fine - fine % rollup_s)][name] += value
+    result.held[conv_id] = 0
+    result.states[conv_id] = state
+
+
+_PRESENCE_LEVELS = frozenset(presence.LEVEL_FIELDS.values())
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:

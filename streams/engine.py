@@ -108,7 +108,7 @@ DEADLETTER_OVERDUE_S = 10.0
 
 _new_tuple = tuple.__new__
 
-_TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey."}
+_TOPIC_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey.", "agents": "agent."}
 
 
 class Record(Protocol):
@@ -495,14 +495,14 @@ class Engine:
             "records on %s are not on the partition their conversation id maps to by Kafka's "
             "default (murmur2) partitioner, e.g. offset %d on partition %d (%s %r belongs on "
             "partition %d, key %r); deskpulse %s %s, at a cost per record. Producers avoid "
-            "it by keying each record by its conversation id (ticket_id or chat_id) and "
+            "it by keying each record by its conversation id (ticket_id, chat_id or agent_id) and "
             "partitioning with murmur2: librdkafka/confluent-kafka partitioner=murmur2_random "
             "(the Java client, aiokafka and kafka-python do by default). Counted in "
             "deskpulse_events_rerouted_total; warned once per topic.",
             record.topic,
             record.offset,
             record.partition,
-            "ticket" if conversation_id.startswith("t:") else "chat",
+            {"t": "ticket", "c": "chat", "a": "agent"}.get(conversation_id[0], "conversation"),
             conversation_id[2:],
             target,
             record.key,

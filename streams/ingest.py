@@ -68,7 +68,7 @@ log = logging.getLogger("deskpulse.ingest")
 SOURCES = ("events", "zendesk", "intercom")
 #: What a 503 asks the sender to wait before it delivers again (seconds).
 RETRY_AFTER_S = 5
-_TOPIC_KIND = {"ticket": "tickets", "chat": "chats", "survey": "surveys"}
+_TOPIC_KIND = {"ticket": "tickets", "chat": "chats", "survey": "surveys", "agent": "agents"}
 _JSON = "application/json"
 _LIST_OF_RAW = msgspec.json.Decoder(list[msgspec.Raw])
 

@@ -37,8 +37,10 @@ from deskpulse.streams.core import (
     split_dim_key,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
+from deskpulse.streams.presence import LEVEL_FIELDS as PRESENCE_LEVELS
+from deskpulse.streams.presence import PRESENCE_PREFIX, presence_document
 from deskpulse.streams.sla import SHORT
-from deskpulse.streams.store import Store
+from deskpulse.streams.store import PRESENCE_FIELDS_MATCH, PRESENCE_MATCH, Store
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "parse_sla_tickets",
     "project_live",
     "query_kpis",
+    "read_agents",
     "read_document",
     "read_grouped_windows",
     "read_live",
@@ -294,7 +297,8 @@ def _level_groups(
             now[name] -= value
     groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
     for name, value in now.items():
-        if value:
+        # the agents' presence levels belong to no group (read_presence reads them)
+        if value and not name.startswith(PRESENCE_PREFIX):
             key, _, field = name.rpartition(SEP)
             groups[split_dim_key(key)][field] = value
     return groups
@@ -383,7 +387,10 @@ async def query_kpis(
     if not by:
         start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s, grouped=False)
         live = await read_live(store, end_s=end_s)
-        return build_document(merged, start_s=start_s, end_s=end_s, by=by, live=live)
+        document = build_document(merged, start_s=start_s, end_s=end_s, by=by, live=live)
+        # the agents' presence is kept over all groups: the one group without `by` has it
+        (document["groups"][0]["agents"],) = await read_agents(store, [(start_s, end_s)])
+        return document
     ((start_s, end_s, groups),) = await read_grouped_windows(
         store, widths_s=[width_s], at_s=at_s, by=by
     )
@@ -494,6 +501,53 @@ def _add_groups(
             total[name] = get(name, 0) + value
         out[key] = total
     return out
+
+
+async def read_agents(
+    store: Store,
+    windows: Sequence[tuple[int, int]],
+    *,
+    partitions: Sequence[int] | None = None,
+    watermarks_ms: Mapping[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """The ``agents`` object of each window ``(start_s, end_s)`` (bucket boundaries): the
+    agents by status at its end and the occupancy over it (:mod:`streams.presence`).
+
+    The presence levels (``ag:<status>``) less the steps at or after each end, read from
+    the all-groups buckets up to a retention past the newest event (an agent's last
+    status is stepped out that long after it), and the presence fields of the window's
+    all-groups buckets; both picked out of the buckets by Redis (:meth:`Store.
+    sum_level_steps`), each bucket read again only once a commit changed it.
+    """
+    cfg = store.config
+    if partitions is None:
+        partitions = await store.partitions()
+    if watermarks_ms is None:
+        metas = await store.read_meta()
+        watermarks_ms = {p: int(metas.get(p, {}).get("wm", "0")) for p in partitions}
+    levels = await store.read_levels(partitions)
+    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
+    horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
+    horizon_s += -horizon_s % cfg.rollup_seconds
+    ends = sorted({end_s for _, end_s in windows})
+    later = await store.sum_level_steps(
+        partitions,
+        [_suffixes(store, end_s, max(end_s, horizon_s), grouped=False) for end_s in ends],
+        match=PRESENCE_MATCH,
+    )
+    sums = await store.sum_level_steps(
+        partitions,
+        [_suffixes(store, start_s, end_s, grouped=False) for start_s, end_s in windows],
+        match=PRESENCE_FIELDS_MATCH,
+    )
+    at_end = {
+        end_s: {name: levels.get(name, 0) - steps.get(name, 0) for name in PRESENCE_LEVELS.values()}
+        for end_s, steps in zip(ends, later, strict=True)
+    }
+    return [
+        presence_document(at_end[end_s], window, start_s, end_s)
+        for (start_s, end_s), window in zip(windows, sums, strict=True)
+    ]
 
 
 async def read_window(
@@ -824,7 +878,7 @@ def _levels_at_ends(
                 now[name] = now.get(name, 0) - value
         groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(dict)
         for name, value in now.items():
-            if value:
+            if value and not name.startswith(PRESENCE_PREFIX):  # in no group
                 dims, field = parsed.get(name) or split(name)
                 groups[dims][field] = value
         out.append(groups)

@@ -27,7 +27,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:tot``                 hash: the cumulative (Prometheus-native) totals
 ``P:{pn}:lvl``                 hash: the levels, ``channel␟queue␟priority␟bl:<status>`` (and
                                ``bl:w``) -> the running sum of those level steps: the
-                               backlog and the waiting chats as of every step written
+                               backlog and the waiting chats as of every step written;
+                               ``ag:<status>`` (no group) the agents by presence status
 ``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
 ``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
 ``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
@@ -159,6 +160,10 @@ log = logging.getLogger(__name__)
 
 #: The level steps among a bucket's fields (``channel␟queue␟priority␟bl:<status>``).
 _LEVEL_MATCH = "*\x1fbl:*"
+#: The agents' presence level steps among an all-groups bucket's fields (``ag:<status>``).
+PRESENCE_MATCH = "ag:*"
+#: Every presence field of an all-groups bucket: the steps and their time-weighted sums.
+PRESENCE_FIELDS_MATCH = "ag*"
 #: Fields a bucket scan looks at per call: more than a rolled-up bucket holds, so one call
 #: scans it whole.
 _SCAN_COUNT = 100_000
@@ -167,6 +172,8 @@ __all__ = [
     "FIX_LOST",
     "FIX_RESTART",
     "LAYOUT",
+    "PRESENCE_FIELDS_MATCH",
+    "PRESENCE_MATCH",
     "PartitionMeta",
     "Store",
     "text",
@@ -1798,16 +1805,20 @@ class Store:
         ]
 
     async def sum_level_steps(
-        self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
+        self, partitions: Sequence[int], sets: Sequence[Sequence[str]], *, match: str = _LEVEL_MATCH
     ) -> list[Counter[str]]:
         """:meth:`sum_buckets` of the level steps alone (``dimkey + SEP + bl:*``): Redis
         picks them out of each bucket (``HSCAN MATCH``), so a bucket's other fields, most
         of it, never cross the wire. Pipelined; a bucket too big for one scan is scanned on.
         Each bucket's steps are kept with its stamp (``bver``) and scanned again only once
         a commit or a trim changed it: a board's series asks the same hours every minute.
+        ``match``: the agents' presence steps (:data:`PRESENCE_MATCH`) in the all-groups
+        buckets instead.
         """
         unique = list(dict.fromkeys(suffix for suffixes in sets for suffix in suffixes))
         keys = [self.base(p) + suffix for p in partitions for suffix in unique]
+        # kept per key and pattern: the same bucket's steps of another pattern are others
+        kept_keys = keys if match == _LEVEL_MATCH else [match + "\x00" + key for key in keys]
         # per key: a scan of several calls may return a field more than once (Redis
         # promises every field at least once), so each key's fields are set, not added
         scanned: list[dict[bytes | str, int]] = [{} for _ in keys]
@@ -1817,7 +1828,7 @@ class Store:
         stamps = [stamp for row in await self._stamps(partitions, unique) for stamp in row]
         kept = self._level_steps
         cursors = {}
-        for i, (key, stamp) in enumerate(zip(keys, stamps, strict=True)):
+        for i, (key, stamp) in enumerate(zip(kept_keys, stamps, strict=True)):
             held = kept.get(key)
             if held is not None and stamp is not None and held[0] == stamp:
                 scanned[i] = held[1]
@@ -1828,7 +1839,7 @@ class Store:
         while cursors:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i, cursor in cursors.items():
-                    pipe.hscan(keys[i], cursor, match=_LEVEL_MATCH, count=_SCAN_COUNT)
+                    pipe.hscan(keys[i], cursor, match=match, count=_SCAN_COUNT)
                 replies = await pipe.execute()
             following: dict[int, int] = {}
             for i, (cursor, fields) in zip(cursors, replies, strict=True):
@@ -1841,8 +1852,8 @@ class Store:
         for i in to_keep:
             stamp = stamps[i]
             assert stamp is not None
-            kept[keys[i]] = (stamp, scanned[i])
-            kept.move_to_end(keys[i])
+            kept[kept_keys[i]] = (stamp, scanned[i])
+            kept.move_to_end(kept_keys[i])
         while len(kept) > LEVEL_BUCKETS_KEPT:
             kept.popitem(last=False)
         found: dict[str, Counter[bytes | str]] = {suffix: Counter() for suffix in unique}

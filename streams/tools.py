@@ -152,6 +152,11 @@ def add_commands(commands: Any) -> None:
         help="billing and sales agents keep Berlin office hours, technical New York's",
     )
     sim.add_argument(
+        "--presence",
+        action="store_true",
+        help="the agents' presence too: a shift a day each on the agents topic",
+    )
+    sim.add_argument(
         "--out", default=None, help="write JSONL to this file instead of producing to Kafka"
     )
     sim.add_argument(
@@ -223,6 +228,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         duplicate_ratio=args.duplicates,
         out_of_order=args.out_of_order,
         malformed_ratio=args.malformed,
+        presence=args.presence,
         agent_hours=hours,
     )
     records = generate(config)

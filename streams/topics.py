@@ -14,6 +14,9 @@ __all__ = ["ensure_topics"]
 async def ensure_topics(settings: Settings) -> dict[str, int]:
     """Create missing input and output topics; refuse input topics of unequal partitions.
 
+    The agents topic, new beside input topics that may exist already, is made with the
+    tickets topic's partition count.
+
     The repartition topic is made with the input topics' partition count (theirs, which
     may differ from ``DESKPULSE_TOPIC_PARTITIONS`` if they existed before), and refused if
     it exists with another: partition N of it must meet partition N of the inputs.
@@ -33,6 +36,10 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         },
         compacted={settings.topic_kpis},
         **options,
+    )
+    # the agents topic came later: where the other inputs exist, it gets their count
+    counts |= await _ensure(
+        bootstrap, {settings.topic_agents: counts[settings.topic_tickets]}, **options
     )
     inputs = await check_copartitioned(bootstrap, settings.input_topics, **options)
     partitions = inputs[settings.topic_tickets]

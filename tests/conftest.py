@@ -159,6 +159,7 @@ def new_settings(bootstrap: str, redis_url: str, *, prefix: str = "t", **update:
         "topic_tickets": f"{uid}.support.tickets",
         "topic_chats": f"{uid}.support.chats",
         "topic_surveys": f"{uid}.support.surveys",
+        "topic_agents": f"{uid}.support.agents",
         "topic_deadletter": f"{uid}.deskpulse.deadletter",
         "topic_kpis": f"{uid}.deskpulse.kpis",
         "topic_alerts": f"{uid}.deskpulse.alerts",

@@ -44,6 +44,7 @@ from deskpulse.streams.windows import parse_width
 from .lifecycle_oracle import Lifecycle, lifecycle_document, merge_documents
 from .lifecycle_oracle import evaluate as evaluate_lifecycles
 from .oracle import compare, compute
+from .presence_oracle import with_agents
 from .support import (
     WorkerProcess,
     consume_all,
@@ -160,6 +161,7 @@ def build_dataset(
         "unanswered_ratio": 0.08,
         "survey_ratio": 0.4,
         "response_scale": 0.2,  # lifecycles fit in the stretch: plenty of first replies
+        "presence": True,  # the agents' shifts on the agents topic
     }
     config = SimConfig(
         seed=seed,
@@ -187,7 +189,9 @@ def build_dataset(
         types[event.type] += 1
         by_conversation.setdefault(event.conversation_id, []).append(event)
     held = early = early_surveys = unanswered = 0
-    for events in by_conversation.values():  # each in delivery order
+    for conversation_id, events in by_conversation.items():  # each in delivery order
+        if conversation_id.startswith("a:"):
+            continue  # an agent's presence needs no opener
         openers = [n for n, event in enumerate(events) if event.type in _OPENERS]
         if openers:
             before = events[: openers[0]]
@@ -449,7 +453,8 @@ def oracle_doc(
     life = lifecycle_document(
         _lifecycle_of(values), at_s=at_s, width_s=WINDOWS[width], by=tuple(by)
     )
-    return merge_documents(base, life)
+    # the agents' presence, in the one group without grouping
+    return with_agents(merge_documents(base, life), values, at_s=at_s, width_s=WINDOWS[width])
 
 
 _LIFECYCLES: dict[int, tuple[list[bytes], Lifecycle]] = {}
@@ -656,9 +661,11 @@ def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> l
         return out
     for index, group in enumerate(document["groups"]):
         where = f"groups[{index}]"
-        if set(group) != _GROUP_KEYS:
+        if set(group) != (_GROUP_KEYS if by else _GROUP_KEYS | {"agents"}):
             out.append(f"{where} keys {sorted(group)}")
             continue
+        if not by:
+            out.extend(_check_agents(where, group["agents"]))
         key = group["key"]
         if not isinstance(key, dict) or set(key) != set(by):
             out.append(f"{where}.key {key!r}")
@@ -699,6 +706,18 @@ def check_shape(document: Mapping[str, Any], by: Sequence[str], width: str) -> l
                     out.append(f"{where}.{section}.{name} {value!r} is not a number")
                 elif not math.isfinite(value):
                     out.append(f"{where}.{section}.{name} {value!r} is not finite")
+    return out
+
+
+def _check_agents(where: str, agents: Any) -> list[str]:
+    """The ``agents`` object: counts by status, and occupancy (``null`` or within 0..1)."""
+    statuses = ("available", "busy", "away", "offline")
+    if not isinstance(agents, dict) or set(agents) != {*statuses, "occupancy_ratio"}:
+        return [f"{where}.agents {agents!r}"]
+    out = [f"{where}.agents.{s} {agents[s]!r}" for s in statuses if not _is_int(agents[s])]
+    ratio = agents["occupancy_ratio"]
+    if ratio is not None and not (_is_number(ratio) and 0 <= ratio <= 1):
+        out.append(f"{where}.agents.occupancy_ratio {ratio!r}")
     return out
 
 

@@ -43,6 +43,7 @@ from deskpulse.streams.query import format_time
 from .lifecycle_oracle import evaluate as evaluate_lifecycles
 from .lifecycle_oracle import lifecycle_document, merge_documents
 from .oracle import compare, compute
+from .presence_oracle import with_agents
 from .support import HttpResponse, consume_all, samples, wait_for_claims, wait_until
 
 __all__ = [
@@ -261,7 +262,14 @@ def compare_kpis(
             bucket_seconds=settings.bucket_seconds,
             chat_stale_after_s=settings.chat_stale_after,
         )
-        expected = merge_documents(expected, lifecycle)
+        expected = with_agents(
+            merge_documents(expected, lifecycle),
+            values,
+            at_s=at_s,
+            width_s=width_s,
+            bucket_seconds=settings.bucket_seconds,
+            retention_s=settings.retention,
+        )
         where = f"--window {width} --at {format_time(at_s)} --by {','.join(by)}"
         problems += [f"{where}: {line}" for line in compare(actual, expected)]
         compared += 1

@@ -63,7 +63,7 @@ import random
 from bisect import bisect
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ class Record:
     ``occurred_at_s`` is the event time in Unix seconds, ``None`` for a malformed record.
     """
 
-    topic_kind: str  # "tickets" | "chats" | "surveys"
+    topic_kind: str  # "tickets" | "chats" | "surveys" | "agents"
     key: bytes
     value: bytes
     occurred_at_s: float | None
@@ -227,6 +227,10 @@ class SimConfig:
     #: length; a counter's gain a digit at every power of ten, which a soak would read as
     #: its state growing (the benchmark's soak pads)
     id_digits: int = 0
+    #: agents' presence on the agents topic: each agent who answers conversations
+    #: (``agent-<queue>-<n>``, 24 per queue) works an 8-hour shift a day (available and
+    #: busy by turns, a break away now and then, offline after it); off: no agent events
+    presence: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -888,7 +892,58 @@ def generate(config: SimConfig) -> Iterator[Record]:
     Roughly event-time order, with the configured disorder, duplicates and malformed
     records mixed in. Deterministic: the same config yields the same records.
     """
-    return _Simulation(config).records()
+    records = _Simulation(config).records()
+    if not config.presence:
+        return records
+    return heapq.merge(records, presence_records(config), key=_delivered_at)
+
+
+def _delivered_at(record: Record) -> float:
+    # a malformed record has no time: it comes where its stream puts it
+    return record.occurred_at_s if record.occurred_at_s is not None else -math.inf
+
+
+def presence_records(config: SimConfig) -> Iterator[Record]:
+    """The agents' status changes of ``config``'s stretch (see ``SimConfig.presence``), in
+    time order; from their own random stream, so the conversations are the same with or
+    without them."""
+    rng = random.Random(f"presence-{config.seed}")
+    start_ms = round(config.start_s * 1000)
+    end_ms = start_ms + round(config.duration_s * 1000)
+    prefix = config.id_prefix if config.id_prefix is not None else f"s{config.seed}-"
+    day_ms = 86_400_000
+    events: list[tuple[int, str, str]] = []
+    for queue in config.queues:
+        for n in range(24):
+            agent = f"agent-{queue}-{n}"
+            # shifts start at one of three hours of the day, 8 hours long
+            first = start_ms - start_ms % day_ms + (n % 3) * 8 * 3_600_000 - day_ms
+            for shift in range(first, end_ms, day_ms):
+                t = shift + rng.randint(0, 600_000)
+                shift_end = shift + 8 * 3_600_000
+                value = "available"
+                while t < shift_end:
+                    events.append((t, agent, value))
+                    if value == "away":
+                        t += int(rng.uniform(300_000, 1_200_000))
+                        value = "available"
+                    else:
+                        t += 1 + int(rng.expovariate(1 / 240_000))
+                        value = "away" if rng.random() < 0.03 else rng.choice(("available", "busy"))
+                events.append((shift_end + rng.randint(0, 600_000), agent, "offline"))
+    events.sort()
+    for number, (t_ms, agent, value) in enumerate(events, 1):
+        if not start_ms <= t_ms < end_ms:
+            continue
+        occurred_at = datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds")
+        payload = {
+            "event_id": f"{prefix}p{number}",
+            "type": "agent.status_changed",
+            "occurred_at": occurred_at.replace("+00:00", "Z"),
+            "agent_id": agent,
+            "status": value,
+        }
+        yield Record("agents", agent.encode(), orjson.dumps(payload), t_ms / 1000)
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> int:

@@ -97,6 +97,7 @@ def send(settings: Settings, records: list[Record]) -> None:
         "tickets": settings.topic_tickets,
         "chats": settings.topic_chats,
         "surveys": settings.topic_surveys,
+        "agents": settings.topic_agents,
     }
 
     async def run() -> None:
@@ -165,9 +166,11 @@ def check_snapshots_match_kpis(
                 rate=2.0,
                 survey_ratio=0.6,
                 response_scale=0.02,
+                presence=True,
             )
         )
     ]
+    assert any(kind == "agents" for kind, _, _ in records)
     worker = start(settings)
     send(settings, records)
     wait_until(lambda: handled(settings) >= len(records), 60, message=worker.describe)
@@ -179,9 +182,11 @@ def check_snapshots_match_kpis(
     assert messages, "no KPI snapshot was published"
     latest: dict[str, dict[str, Any]] = {}
     for key, payload in messages:
-        assert set(payload) == SNAPSHOT_FIELDS, (key, sorted(payload))
-        assert payload["schema_version"] == 1
         window, *dims = key.split("|")
+        # the total alone has the agents' presence (kept over all groups)
+        extra = {"agents"} if dims == ["*", "*", "*"] else set()
+        assert set(payload) == SNAPSHOT_FIELDS | extra, (key, sorted(payload))
+        assert payload["schema_version"] == 1
         assert window in settings.window_names, key
         assert payload["window"] == window, key
         assert len(dims) == 3, key
@@ -211,7 +216,7 @@ def check_snapshots_match_kpis(
         groups = {json.dumps(g["key"], sort_keys=True): g for g in doc["groups"]}
         expected = groups.get(json.dumps(payload["key"], sort_keys=True))
         assert expected is not None, f"{key}: no such group in kpis --at {payload['end']}"
-        got = {name: payload[name] for name in GROUP_FIELDS}
+        got = {name: payload[name] for name in GROUP_FIELDS | (set(expected) - GROUP_FIELDS)}
         assert got == expected, key
 
     # Every window has its total, and every group `kpis` knows has its key.
@@ -219,6 +224,7 @@ def check_snapshots_match_kpis(
         total = latest.get(f"{window}|*|*|*")
         assert total is not None, f"no total for {window}"
         assert total["tickets_created"] > 0, total
+        assert sum(total["agents"][s] for s in ("available", "busy", "away")) > 0, total
         doc = document(window, total["end"], True)
         assert len(doc["groups"]) >= 5, doc["groups"]
         for group in doc["groups"]:

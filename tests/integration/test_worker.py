@@ -65,14 +65,14 @@ def event(type_: str, t_s: float, **fields: Any) -> bytes:
 class Bad:
     """A record the worker must dead-letter, where it goes and why."""
 
-    kind: str  # tickets | chats | surveys
+    kind: str  # tickets | chats | surveys | agents
     key: bytes | None
     value: bytes | None
     reason: str
 
 
 def bad_records(now_s: float) -> list[Bad]:
-    """One record for every rejection reason, spread over the three input topics."""
+    """One record for every rejection reason, spread over the four input topics."""
     at = now_s - 120
     return [
         Bad(
@@ -163,6 +163,20 @@ def bad_records(now_s: float) -> list[Bad]:
         ),
         # a tombstone: no value at all
         Bad("surveys", b"T2", None, "invalid_json"),
+        Bad(
+            "agents",
+            b"A1",
+            event("agent.status_changed", at, agent_id="A1", status="lunch"),
+            "invalid_value",
+        ),
+        # a ticket event on the agents topic, and an agent's on the tickets topic
+        Bad("agents", b"T9", event("ticket.created", at, ticket_id="T9"), "wrong_topic"),
+        Bad(
+            "tickets",
+            b"A2",
+            event("agent.status_changed", at, agent_id="A2", status="busy"),
+            "wrong_topic",
+        ),
     ]
 
 
@@ -180,6 +194,11 @@ def good_records(now_s: float) -> dict[str, list[tuple[bytes, bytes]]]:
         ],
         "surveys": [
             (b"T1", event("survey.responded", at + 90, kind="csat", score=5, ticket_id="T1")),
+        ],
+        "agents": [
+            (b"a1", event("agent.status_changed", at - 60, agent_id="a1", status="available")),
+            (b"a1", event("agent.status_changed", at + 10, agent_id="a1", status="busy")),
+            (b"a2", event("agent.status_changed", at, agent_id="a2", status="away")),
         ],
     }
 
@@ -225,7 +244,7 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
     where: dict[tuple[str, int, int], Bad] = {}
 
     async def send_all() -> None:
-        for kind in ("tickets", "chats", "surveys"):
+        for kind in ("tickets", "chats", "surveys", "agents"):
             mine = [b for b in bad if b.kind == kind]
             records: list[tuple[bytes | None, bytes | None]] = []
             owners: list[Bad | None] = []
@@ -272,7 +291,10 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
     )
     text = scrape(settings.web_port)
     rejected = counter_values(text, "deskpulse_events_rejected_total", "topic", "reason")
-    assert rejected == {(topic, b.reason): 1.0 for (topic, _, _), b in where.items()}
+    expected_rejected: dict[tuple[str, str], float] = {}
+    for (topic, _, _), b in where.items():
+        expected_rejected[(topic, b.reason)] = expected_rejected.get((topic, b.reason), 0) + 1
+    assert rejected == expected_rejected
     processed = counter_values(text, "deskpulse_events_processed_total", "topic", "type")
     expected_processed: dict[tuple[str, str], float] = {}
     for kind, records in good.items():
@@ -298,6 +320,14 @@ def test_bad_records_are_dead_lettered_and_the_worker_goes_on(
     assert group["chats"]["requested"] == 1
     assert group["chats"]["answered"] == 1
     assert group["csat"]["responses"] == 1
+    assert group["agents"] == {
+        "available": 0,
+        "busy": 1,
+        "away": 1,
+        "offline": 0,
+        "occupancy_ratio": group["agents"]["occupancy_ratio"],
+    }
+    assert 0 < group["agents"]["occupancy_ratio"] < 1
     by_channel = kpis(settings, tmp_path, "--window", "1h", "--by", "channel")
     created = {g["key"]["channel"]: g["tickets_created"] for g in by_channel["groups"]}
     assert created == {"email": 1, "web": 1, "phone": 1, "chat": 0}

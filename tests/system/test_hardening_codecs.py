@@ -73,8 +73,10 @@ def _stamp(t_s: float) -> str:
 
 
 def _event(type_: str, t_s: float, **fields: Any) -> tuple[str, bytes, bytes]:
-    kind = {"ticket": "tickets", "chat": "chats", "survey": "surveys"}[type_.split(".")[0]]
-    key = fields.get("ticket_id") or fields["chat_id"]
+    kind = {"ticket": "tickets", "chat": "chats", "survey": "surveys", "agent": "agents"}[
+        type_.split(".")[0]
+    ]
+    key = fields.get("ticket_id") or fields.get("chat_id") or fields["agent_id"]
     body = {"event_id": uuid.uuid4().hex, "type": type_, "occurred_at": _stamp(t_s), **fields}
     return kind, str(key).encode(), orjson.dumps(body)
 
@@ -107,7 +109,10 @@ def codec_traffic(codec: str, now_s: float) -> list[tuple[str, bytes, bytes]]:
         if n % 3 == 1:
             survey = {"chat_id": chat, "kind": "nps", "score": n % 11}
             records.append(_event("survey.responded", at + 600, **survey))
-    for kind in ("tickets", "chats", "surveys"):
+    for n, status in enumerate(("available", "busy", "away", "busy", "offline")):
+        at = now_s - 2000 + n * 120
+        records.append(_event("agent.status_changed", at, agent_id=f"A-{codec}", status=status))
+    for kind in ("tickets", "chats", "surveys", "agents"):
         records.append((kind, f"bad-{codec}".encode(), b'{"type": "ticket.created", '))
     return records
 
@@ -248,8 +253,8 @@ def test_every_codec_from_another_client_reaches_the_kpis_live_and_in_replay(
         ), codec
         refused = counters(text, "deskpulse_events_rejected_total", ("topic", "reason"))
         assert dict(refused) == {
-            (settings.topic_for(kind), "invalid_json"): rejected // 3
-            for kind in ("tickets", "chats", "surveys")
+            (settings.topic_for(kind), "invalid_json"): rejected // 4
+            for kind in ("tickets", "chats", "surveys", "agents")
         }, codec
     assert worker.running, worker.describe()
     assert "UnsupportedCodecError" not in worker.log()

@@ -326,7 +326,11 @@ async def produce_mixed(
 def conversation_key(event: Any) -> str:
     if isinstance(event, SurveyResponded):
         return str(event.ticket_id if event.ticket_id is not None else event.chat_id)
-    return str(getattr(event, "ticket_id", None) or event.chat_id)
+    return str(
+        getattr(event, "ticket_id", None)
+        or getattr(event, "chat_id", None)
+        or getattr(event, "agent_id", None)
+    )
 
 
 def expected_rerouted(

@@ -907,6 +907,11 @@ def test_every_stored_field_code_is_documented_and_every_documented_one_is_store
         ev("c4", "ticket.created", 0, ticket_id="T4"),
         reply("r5", 60, "T4"),
         ev("t4", "ticket.status_changed", 60, ticket_id="T4", status="solved"),
+        # an agent in every presence status
+        *(
+            ev(f"p{n}", "agent.status_changed", 120 * n, agent_id="A1", status=value)
+            for n, value in enumerate(("available", "busy", "away", "offline"))
+        ),
         config=SLA_CONFIG,
     )
     # every field is non-zero somewhere (zeros are not stored)

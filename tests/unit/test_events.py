@@ -15,6 +15,7 @@ from deskpulse.models.events import (
     DIMENSIONS,
     LAST_RESORT_REASON,
     REJECTION_REASONS,
+    AgentStatusChanged,
     ChatAbandoned,
     ChatAccepted,
     ChatEnded,
@@ -160,6 +161,16 @@ REJECTED: list[tuple[str, bytes | None, str]] = [
         "future_timestamp",
     ),
     ("unknown priority", ticket(priority="critical"), "invalid_value"),
+    (
+        "agent status a ticket status",
+        raw(event_id="e", type="agent.status_changed", occurred_at=AT, agent_id="A", status="open"),
+        "invalid_value",
+    ),
+    (
+        "agent status without agent_id",
+        raw(event_id="e", type="agent.status_changed", occurred_at=AT, status="busy"),
+        "missing_field",
+    ),
     ("priority in upper case", ticket(priority="HIGH"), "invalid_value"),
     ("empty event_id", ticket().replace(b'"e1"', b'""'), "invalid_value"),
     ("event_id of 129 chars", ticket().replace(b'"e1"', b'"' + b"e" * 129 + b'"'), "invalid_value"),
@@ -399,6 +410,11 @@ VALID: list[tuple[dict[str, Any], type, dict[str, Any]]] = [
         {"type": "survey.responded", "kind": "csat", "score": 1, "chat_id": "C1"},
         SurveyResponded,
         {"score": 1},
+    ),
+    (
+        {"type": "agent.status_changed", "agent_id": "A7", "status": "busy"},
+        AgentStatusChanged,
+        {"conversation_id": "a:A7", "status": "busy"},
     ),
 ]
 

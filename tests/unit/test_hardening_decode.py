@@ -200,6 +200,7 @@ _VALID: dict[str, dict[str, Any]] = {
     "chat.abandoned": {"chat_id": "C1"},
     "chat.ended": {"chat_id": "C1", "ended_by": "customer"},
     "survey.responded": {"kind": "nps", "score": 9, "ticket_id": "T1", "queue": "sales"},
+    "agent.status_changed": {"agent_id": "a1", "status": "busy"},
 }
 
 

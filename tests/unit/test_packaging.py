@@ -159,6 +159,7 @@ def test_the_public_api_is_curated_and_resolves() -> None:
             "ChatAbandoned",
             "ChatEnded",
             "SurveyResponded",
+            "AgentStatusChanged",
             "decode",
             "encode",
             "KpiSnapshot",

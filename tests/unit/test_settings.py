@@ -41,7 +41,12 @@ def test_defaults_match_the_contract() -> None:
     assert settings.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
     assert settings.redis_prefix == "deskpulse"
     assert settings.app_id == "deskpulse"
-    assert settings.input_topics == ("support.tickets", "support.chats", "support.surveys")
+    assert settings.input_topics == (
+        "support.tickets",
+        "support.chats",
+        "support.surveys",
+        "support.agents",
+    )
     assert settings.topic_deadletter == "deskpulse.deadletter"
     assert settings.topic_kpis == "deskpulse.kpis"
     assert settings.topic_alerts == "deskpulse.alerts"
@@ -54,11 +59,12 @@ def test_defaults_match_the_contract() -> None:
 
 
 def test_topic_for_each_record_kind() -> None:
-    settings = Settings(topic_tickets="t", topic_chats="c", topic_surveys="s")
+    settings = Settings(topic_tickets="t", topic_chats="c", topic_surveys="s", topic_agents="a")
     assert {kind: settings.topic_for(kind) for kind in RECORD_KINDS} == {
         "tickets": "t",
         "chats": "c",
         "surveys": "s",
+        "agents": "a",
     }
     # the kinds in the order of the input topics
     assert tuple(settings.topic_for(kind) for kind in RECORD_KINDS) == settings.input_topics

@@ -835,3 +835,29 @@ def test_jsonl_round_trip(faulty: list[Record], tmp_path: Path) -> None:
     assert any(isinstance(line.get("value"), dict) for line in lines)
     assert any(isinstance(line.get("value"), str) for line in lines)
     assert any("value_b64" in line for line in lines)  # malformed and not even UTF-8
+
+
+def test_presence_adds_shifts_of_the_agents_who_answer_and_changes_no_conversation() -> None:
+    plain = SimConfig(seed=5, duration_s=2 * 86400, rate=2, malformed_ratio=0.01)
+    with_presence = dataclasses.replace(plain, presence=True)
+    records = list(generate(with_presence))
+    agents = [r for r in records if r.topic_kind == "agents"]
+    # the conversations, malformed records included, are the same and in the same order
+    assert [r for r in records if r.topic_kind != "agents"] == list(generate(plain))
+    assert not any(r.topic_kind == "agents" for r in generate(plain))
+    events = [decode(r.value) for r in agents]
+    assert all(r.key.decode() == e.agent_id for r, e in zip(agents, events, strict=True))
+    times = [r.occurred_at_s for r in agents]
+    assert times == sorted(times)
+    assert all(plain.start_s <= t < plain.start_s + plain.duration_s for t in times)
+    answering = {
+        orjson.loads(r.value)["agent_id"]
+        for r in records
+        if r.topic_kind == "chats" and b'"agent_id"' in r.value and r.occurred_at_s is not None
+    }
+    assert answering <= {e.agent_id for e in events}  # every agent who answers has shifts
+    statuses = collections.Counter(e.status for e in events)  # type: ignore[union-attr]
+    assert set(statuses) == {"available", "busy", "away", "offline"}
+    # an 8-hour shift a day each, ending offline: two days, two offlines at most
+    by_agent = collections.Counter(e.agent_id for e in events if e.status == "offline")  # type: ignore[union-attr]
+    assert set(by_agent.values()) <= {1, 2, 3}

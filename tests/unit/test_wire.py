@@ -122,7 +122,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "priority": choice(["low", "normal", "high", "urgent", "URGENT", None]),
     "author_role": choice(["agent", "customer", "system", "Agent"]),
     "public": st.one_of(st.booleans(), st.sampled_from([0, 1, "true", None])),
-    "status": choice(["new", "open", "pending", "hold", "solved", "closed"]),
+    "status": choice(["new", "open", "pending", "hold", "solved", "closed", "busy", "away"]),
     "ended_by": choice(["agent", "customer", "system", None]),
     "kind": choice(["csat", "nps", "ces", "CSAT"]),
     "score": st.one_of(
@@ -161,7 +161,8 @@ def valid_records(draw: st.DrawFn) -> bytes:
         "ticket_id": "T1",
         "chat_id": "C1",
         "author_role": "agent",
-        "status": "open",
+        "agent_id": "A1",
+        "status": "busy" if kind == "agent.status_changed" else "open",
         "kind": "nps",
         "score": draw(st.integers(0, 10)),
         "channel": draw(st.sampled_from(["Email", "chat", "VOICE"])),
