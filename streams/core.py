@@ -20,6 +20,7 @@ exact; quantile sketches are counts per log bucket, so they add and subtract too
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -236,6 +237,27 @@ class CoreConfig:
     def _terms_cache(self) -> dict[Dims, Terms]:
         return {}
 
+    @cached_property
+    def _terms_keys(self) -> dict[Dims, str]:
+        return {}
+
+    def terms_key_of(self, dims: Dims) -> str:
+        """A fingerprint of :meth:`terms_of` for ``dims``: its policy and schedule as
+        configured and the ticket's priority (equal terms, equal keys, in any process)."""
+        keys = self._terms_keys
+        found = keys.get(dims)
+        if found is None:
+            policy = policy_for(self.effective_policies, *dims)
+            schedule = None if policy is None or policy.schedule is None else policy.schedule
+            described = [
+                None if policy is None else policy.model_dump(mode="json"),
+                None if schedule is None else self.schedules[schedule].model_dump(mode="json"),
+                dims[2],
+            ]
+            digest = hashlib.blake2b(msgspec.json.encode(described, order="sorted"), digest_size=6)
+            found = keys[dims] = digest.hexdigest()
+        return found
+
     def terms_of(self, dims: Dims) -> Terms:
         """The terms of a ticket's policy (first match on its dimensions at creation) for
         its priority, with the policy's calendar (``None``: calendar time); looked up once
@@ -325,6 +347,10 @@ class Walk(msgspec.Struct, array_like=True, gc=False):
     #: the earliest alert instant of the finished next responses not claimed (breach
     #: detection's schedule)
     alert_ms: int | None = None
+    #: the terms it was walked under (:meth:`CoreConfig.terms_key_of`): a walk taken under
+    #: others (a policy or schedule changed since, or another process's) is walked again
+    #: from the whole timeline (:func:`timelines_needed`)
+    terms: str = ""
 
 
 class Conversation(msgspec.Struct, array_like=True, gc=False):
@@ -884,9 +910,11 @@ def walk_of(
     timeline: Iterable[tuple[str, tuple[int, str]]],
     plan: Terms,
     claims: AbstractSet[str] = frozenset(),
+    terms: str = "",
 ) -> Walk:
-    """A ticket's whole timeline walked (:class:`Walk`), with its ``claims``."""
-    walk = Walk(_NEVER, "n", opened_ms, reached=(None,) * len(_needs(plan)))
+    """A ticket's whole timeline walked (:class:`Walk`) under ``plan`` (``terms``: its
+    :meth:`CoreConfig.terms_key_of`), with its ``claims``."""
+    walk = Walk(_NEVER, "n", opened_ms, reached=(None,) * len(_needs(plan)), terms=terms)
     entries = sorted([(ms, event_id, code) for event_id, (ms, code) in timeline])
     _advance(walk, opened_ms, ("", "", ""), plan, None, entries, [], claims)
     return walk
@@ -1203,12 +1231,14 @@ def timelines_needed(
     items: Iterable[Pending],
     states: Mapping[str, Conversation | None],
     known: Mapping[str, AbstractSet[str]] | None = None,
+    config: CoreConfig | None = None,
 ) -> set[str]:
     """The tickets among ``states`` whose timeline kept beside the state a batch of
     ``items`` needs whole (:func:`restore` it before :func:`fold_batch`): one with a claim
     of an instance its walk has not ended (:func:`_claims_settled`), or with a claim, an
     earlier creation or a timeline entry at or before its walk among the items (a repeat
-    found in ``known`` changes nothing and needs none)."""
+    found in ``known`` changes nothing and needs none). With ``config``, also one whose walk
+    was taken under other terms than ``config`` gives it (:meth:`CoreConfig.terms_key_of`)."""
     needed: set[str] = set()
     known = known or {}
     for item in items:
@@ -1219,6 +1249,13 @@ def timelines_needed(
             continue
         if isinstance(event, SlaClaim) or not _claims_settled(state):
             needed.add(conv_id)
+            continue
+        if (
+            config is not None
+            and state.dims is not None
+            and state.walk.terms != config.terms_key_of(state.dims)
+        ):
+            needed.add(conv_id)  # walked under other terms: walked again, whole
             continue
         event_id = event.event_id
         if event_id in known.get(conv_id, _EMPTY):
@@ -1254,6 +1291,7 @@ def _set_aside(
     plan: Terms,
     walk: Walk | None,
     result: BatchResult,
+    terms_key: str = "",
 ) -> None:
     """Move an opened ticket's timeline entries beside its state: those not kept there
     yet go to ``result.timelines``, the state keeps its walk (``walk``: resumed already)."""
@@ -1261,7 +1299,7 @@ def _set_aside(
     timeline = state.timeline
     if walk is None:
         # whole: its first ``stored`` entries are beside it already (restored)
-        walk = walk_of(state.opened[0], timeline.items(), plan, state.claims)
+        walk = walk_of(state.opened[0], timeline.items(), plan, state.claims, terms_key)
         added = dict(islice(timeline.items(), state.stored, None))
         result.whole[conv_id] = timeline
         state.stored = len(timeline)
@@ -2152,7 +2190,8 @@ def _add_deltas(
                 # the walk already holds the new entries: they only move beside the state
                 _set_aside(conv_id, state, config.terms_of(state.dims), walk, result)
             elif state.walk is None and state.timeline:
-                _set_aside(conv_id, state, config.terms_of(state.dims), None, result)
+                terms_key = config.terms_key_of(state.dims)
+                _set_aside(conv_id, state, config.terms_of(state.dims), None, result, terms_key)
     if moves:
         _move_counts(counters, moves)
     if working:

@@ -648,7 +648,7 @@ class Engine:
                         size += len(found)
                         continue  # the states of the conversations they touch too
             # a ticket whose batch does not only append to its timeline gets it whole
-            needed = timelines_needed(pending, states, meta.known)
+            needed = timelines_needed(pending, states, meta.known, self.store.config)
             if needed:
                 await retry_forever(
                     partial(self.store.load_timelines, partition, states, needed),

@@ -834,6 +834,19 @@ async def read_series(store: Store, query: SeriesQuery) -> dict[str, Any]:
         points.append(document)
     while len(_POINTS) > POINTS_KEPT:
         _POINTS.popitem(last=False)
+    if not grouped:
+        # the agents' presence is kept over all groups: each point's one group has it, as
+        # the document of its window has (a kept document is shared: copied, not changed)
+        presence = await read_agents(
+            store,
+            [(end_s - query.width_s, end_s) for end_s in ends_s],
+            partitions=partitions,
+            watermarks_ms=watermarks_ms,
+        )
+        points = [
+            {**point, "groups": [{**point["groups"][0], "agents": agents}]}
+            for point, agents in zip(points, presence, strict=True)
+        ]
     return {
         "window_seconds": query.width_s,
         "step_seconds": query.step_s,

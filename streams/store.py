@@ -1609,11 +1609,15 @@ class Store:
         # (a window ending now slides: a fine bucket enters, one leaves), whose sum moves
         # by the buckets that left and entered while the stamps of the rest hold
         earlier: dict[int, tuple[str, ...]] = {}
+        # what was kept of each, taken now: a read running beside this one (the read
+        # process answers several at once) may move it along or let it go meanwhile
+        earlier_kept: dict[int, tuple[tuple[bytes | None, ...], dict[str, int]]] = {}
         for i, kept in enumerate(settled):
             if kept and (parts, kept) not in kept_by:
                 last = self._sliding.get((parts, *_span(sets[i], self.config)))
                 if last is not None and last in kept_by:
                     earlier[i] = last[1]
+                    earlier_kept[i] = kept_by[last]
         stamped = list(
             dict.fromkeys(
                 [s for kept in settled for s in kept]
@@ -1645,7 +1649,7 @@ class Store:
             last_kept = earlier.get(i)
             if last_kept is not None:
                 # every bucket of the last sum unchanged (none trimmed): it moves along
-                old_stamps, slid_from[i] = kept_by[(parts, last_kept)]
+                old_stamps, slid_from[i] = earlier_kept[i]
                 held = dict(
                     zip(
                         [(n, s) for n in range(len(parts)) for s in last_kept],

@@ -546,6 +546,8 @@ def run_demo(
         hours: Mapping[str, Schedule] = {}
         if worker_env.get("DESKPULSE_SLA_POLICIES") == policies.SLA_POLICIES:
             hours = policies.agent_hours()
+            # the history is replayed under the policies the worker runs with
+            settings = Settings.model_validate(settings.model_dump() | policies.settings_values())
             out.say(
                 "deskpulse demo: SLA policies (DESKPULSE_SLA_POLICIES is unset): billing and "
                 "sales on office hours in Europe/Berlin, technical in America/New_York, "

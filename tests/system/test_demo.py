@@ -425,7 +425,7 @@ def test_ctrl_c_through_tee_stops_everything(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     demo = Demo(
         tmp_path,
-        clean_env(),
+        clean_env(DESKPULSE_WEB_PORT=str(free_port())),  # 6066 may be another test's
         "--rate",
         "0.5",
         shell_pipe=f"| tee {log}",
@@ -458,7 +458,8 @@ def test_ctrl_c_through_tee_stops_everything(tmp_path: Path) -> None:
 def test_a_stop_with_stdout_gone_stops_everything(tmp_path: Path, signum: int) -> None:
     """The reader of the demo's stdout exits, then the demo is told to stop: no line it
     prints can fail the stop, and nothing it started is left."""
-    demo = Demo(tmp_path, clean_env(), "--rate", "0.5")
+    # (a port of its own: 6066 may be another test's demo, still listening at the check)
+    demo = Demo(tmp_path, clean_env(DESKPULSE_WEB_PORT=str(free_port())), "--rate", "0.5")
     try:
         demo.read_until(r"^Ctrl-C stops everything\.$", 90)
         ports = demo.ports()
@@ -483,7 +484,11 @@ def test_a_redis_named_in_the_settings_is_announced_before_anything_is_written(
     client = redis.Redis.from_url(redis_url)
     demo = Demo(
         tmp_path,
-        clean_env(DESKPULSE_REDIS_URL=redis_url, DESKPULSE_REDIS_PREFIX=prefix),
+        clean_env(
+            DESKPULSE_REDIS_URL=redis_url,
+            DESKPULSE_REDIS_PREFIX=prefix,
+            DESKPULSE_WEB_PORT=str(free_port()),  # 6066 may be another test's demo
+        ),
         "--rate",
         "0.5",
     )

@@ -112,7 +112,7 @@ class MemoryState:
         for conv_id, entries in self.timelines.items():
             known.setdefault(conv_id, set()).update(entries)
         # a batch that does not only append to a walked ticket's timeline gets it whole
-        for conv_id in timelines_needed(pending, states, known):
+        for conv_id in timelines_needed(pending, states, known, self.config):
             state = states[conv_id]
             assert state is not None
             restore(state, self.timelines[conv_id])
@@ -471,7 +471,7 @@ def test_a_ticket_state_keeps_each_event_id_once() -> None:
     assert state.walk is not None and state.walk.key[1] == ids[9]
     assert state.stored == 9 and state.events() == 10
     # the figure docs/architecture.md gives
-    assert len(raw) == 283
+    assert len(raw) == 298
     # equal states are equal bytes, whatever the order
     assert run(*reversed(events)).states["t:T0000000001"].dumps() == raw
 
@@ -1080,6 +1080,7 @@ def test_a_long_timeline_walked_in_batches_with_late_events_gives_the_whole_eval
         restored.timeline.items(),
         config.terms_of(restored.dims),  # type: ignore[arg-type]
         restored.claims,
+        config.terms_key_of(restored.dims),  # type: ignore[arg-type]
     )
     assert live_entry(state, config) == live_entry(restored, config)
     assert instances_now(state, config) == instances_now(restored, config)
@@ -1109,3 +1110,39 @@ def test_appends_to_a_walked_timeline_never_load_it_whole() -> None:
     whole = MemoryState(OFFICE_CONFIG)
     whole.apply([("t", i, raw) for i, raw in enumerate(events)])
     assert memory.totals == whole.totals and memory.fine() == whole.fine()
+
+
+def test_a_walk_taken_under_other_terms_is_walked_again_whole() -> None:
+    """A ticket walked under one policy set (the default: first response alone), then
+    folded under another (business hours, resolution, warnings; a restart with new
+    policies, or a history replayed under other settings): its timeline is loaded whole
+    and walked again under the terms in force, never read with the old walk's."""
+    events = [ev("c0", "ticket.created", 0, ticket_id="T0", priority="high")]
+    for n in range(6):
+        role = "agent" if n % 2 else "customer"
+        events.append(
+            ev(f"r{n}", "ticket.replied", 600 * (n + 1), ticket_id="T0", author_role=role)
+        )
+    memory = MemoryState(CONFIG)
+    memory.apply([("t", i, raw) for i, raw in enumerate(events[:4])])
+    dims = memory.states["t:T0"].dims
+    before = memory.states["t:T0"].walk
+    assert dims is not None and before is not None
+    assert before.terms == CONFIG.terms_key_of(dims) != OFFICE_CONFIG.terms_key_of(dims)
+    memory.config = OFFICE_CONFIG
+    memory.apply([("t", 4 + i, raw) for i, raw in enumerate(events[4:])])  # appends only
+    assert memory.restored == 1
+    state = memory.states["t:T0"]
+    restored = Conversation.loads(state.dumps())
+    restore(restored, memory.timelines["t:T0"])
+    assert state.walk == walk_of(
+        restored.opened[0],  # type: ignore[index]
+        restored.timeline.items(),
+        OFFICE_CONFIG.terms_of(dims),
+        restored.claims,
+        OFFICE_CONFIG.terms_key_of(dims),
+    )
+    assert breach_deadline(state, OFFICE_CONFIG) == breach_deadline(restored, OFFICE_CONFIG)
+    # the next append walks on from the new walk
+    memory.apply([("t", 10, ev("r9", "ticket.replied", 9000, ticket_id="T0", author_role="agent"))])
+    assert memory.restored == 1
