@@ -26,9 +26,10 @@ from typing import Any
 
 import orjson
 
+from benchmark.sla_state import fold_commit
 from deskpulse.models.sla import Policy
 from deskpulse.models.wire import decode_record
-from deskpulse.streams.core import Pending, fold_batch, timelines_needed
+from deskpulse.streams.core import Pending
 from deskpulse.streams.devtools.simulate import Record
 from deskpulse.streams.partitioner import ConversationPartitions
 from deskpulse.streams.store import Store
@@ -114,23 +115,10 @@ async def fold_in_spans(
     out: list[dict[str, Any]] = []
     for (_, partition), batch in sorted(by_span.items()):
         started = time.perf_counter()
-        ids = [p.event.conversation_id for p in batch]
-        event_ids = [(c, p.event.event_id) for c, p in zip(ids, batch, strict=True)]
-        meta, states = await store.load(partition, ids, event_ids)
-        await store.load_timelines(partition, states, timelines_needed(batch, states, meta.known))
-        result = fold_batch(
-            batch,
-            states,
-            watermark_ms=meta.watermark_ms,
-            applied_offsets=meta.offsets,
-            config=store.config,
-            known=meta.known,
-        )
-        if not await store.commit(partition, meta.version, result):
-            raise RuntimeError(f"partition {partition} moved under the benchmark's batch")
+        await fold_commit(store, partition, batch)
         seconds = time.perf_counter() - started
         if partition == target:
-            mine = sum(1 for c in ids if c == conversation)
+            mine = sum(1 for p in batch if p.event.conversation_id == conversation)
             out.append({"before": seen, "mine": mine, "events": len(batch), "seconds": seconds})
             seen += mine
     return out
@@ -239,20 +227,7 @@ async def fold_batches(
             for n, ((event, ms), r) in enumerate(zip(chunk, records[first:], strict=False))
         ]
         started = time.perf_counter()
-        ids = [p.event.conversation_id for p in items]
-        event_ids = [(c, p.event.event_id) for c, p in zip(ids, items, strict=True)]
-        meta, states = await store.load(partition, ids, event_ids)
-        await store.load_timelines(partition, states, timelines_needed(items, states, meta.known))
-        result = fold_batch(
-            items,
-            states,
-            watermark_ms=meta.watermark_ms,
-            applied_offsets=meta.offsets,
-            config=store.config,
-            known=meta.known,
-        )
-        if not await store.commit(partition, meta.version, result):
-            raise RuntimeError(f"partition {partition} moved under the benchmark's batch")
+        await fold_commit(store, partition, items)
         seconds = time.perf_counter() - started
         size = await store.redis.hstrlen(store.base(partition) + "conv", conversation)
         out.append({"events": len(items), "seconds": seconds, "state_bytes": int(size)})

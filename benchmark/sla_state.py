@@ -39,6 +39,7 @@ __all__ = [
     "apply_events",
     "count_running",
     "decoded",
+    "fold_commit",
     "key_memory",
     "opened_ticket_stream",
     "opened_tickets",
@@ -256,7 +257,7 @@ async def apply_decoded(
         for partition, pending in sorted(by_partition.items()):
             per_partition[partition] += len(pending)
             for chunk in _batches(pending, batch, max_span_ms):
-                commits += await _fold_commit(store, partition, chunk)
+                commits += await fold_commit(store, partition, chunk)
         if not window:
             break
     return {
@@ -285,7 +286,7 @@ def _batches(
         first = end
 
 
-async def _fold_commit(store: Store, partition: int, chunk: Sequence[Pending]) -> int:
+async def fold_commit(store: Store, partition: int, chunk: Sequence[Pending]) -> int:
     """One batch as the engine applies it, folded again from fresh state until its commit
     finds the version it was folded against; the commits made (1)."""
     while True:
@@ -296,7 +297,9 @@ async def _fold_commit(store: Store, partition: int, chunk: Sequence[Pending]) -
             if not isinstance(p.event, SlaClaim)
         ]
         meta, states = await store.load(partition, ids, event_ids)
-        await store.load_timelines(partition, states, timelines_needed(chunk, states, meta.known))
+        await store.load_timelines(
+            partition, states, timelines_needed(chunk, states, meta.known, store.config)
+        )
         result = fold_batch(
             chunk,
             states,
