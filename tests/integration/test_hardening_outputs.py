@@ -285,6 +285,9 @@ GUARDED = {
 }
 
 
+# 4,000 queues folded and refreshed six times: about 150 s alone, over 300 s (the default
+# timeout) among the suite's other long tests on 2 cores
+@pytest.mark.timeout(900)
 def test_series_are_counted_as_exposed_and_the_dropped_counter_only_grows(
     redis_server: RedisServer,
 ) -> None:
