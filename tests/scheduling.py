@@ -8,9 +8,9 @@ process, which sees test ids only.
 
 The units are handed out longest first, after the durations the last run took (kept in
 pytest's cache), so the long system tests start at once and the many short ones fill the
-gaps at the end. A checkout without that cache (a fresh clone, as CI runs) takes them from
-``tests/durations.json``, a copy of the cache from a whole run (``make test-durations``
-writes it again), so its order is as good as a second run's. A process is given its next
+gaps at the end. A checkout without that cache takes them from ``tests/durations.json``
+when there is one, a copy of the cache from a whole run (``make test-durations`` writes
+it), else guesses by tier. A process is given its next
 unit when it has one test left to run.
 
 pytest-xdist's own ``--dist loadgroup`` cannot do this here: it carries the group in the
