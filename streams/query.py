@@ -227,6 +227,18 @@ async def read_document(store: Store, query: KpiQuery) -> dict[str, Any]:
 _LEVEL_FIELDS = (*BACKLOG_FIELDS.values(), WAITING_FIELD)
 
 
+async def _partitions_and_watermarks(
+    store: Store, partitions: Sequence[int] | None, watermarks_ms: Mapping[int, int] | None
+) -> tuple[Sequence[int], Mapping[int, int]]:
+    """The partitions and their newest event times as given, else read from the store."""
+    if partitions is None:
+        partitions = await store.partitions()
+    if watermarks_ms is None:
+        metas = await store.read_meta()
+        watermarks_ms = {p: int(metas.get(p, {}).get("wm", "0")) for p in partitions}
+    return partitions, watermarks_ms
+
+
 async def read_live(
     store: Store,
     *,
@@ -250,11 +262,7 @@ async def read_live(
     conversations that left since for a past instant; never O(conversations open).
     """
     cfg = store.config
-    if partitions is None:
-        partitions = await store.partitions()
-    if watermarks_ms is None:
-        metas = await store.read_meta()
-        watermarks_ms = {p: int(metas.get(p, {}).get("wm", "0")) for p in partitions}
+    partitions, watermarks_ms = await _partitions_and_watermarks(store, partitions, watermarks_ms)
     end_ms = end_s * 1000
     stale_ms = cfg.chat_stale_after_s * 1000
     levels = await store.read_levels(partitions)
@@ -520,11 +528,7 @@ async def read_agents(
     sum_level_steps`), each bucket read again only once a commit changed it.
     """
     cfg = store.config
-    if partitions is None:
-        partitions = await store.partitions()
-    if watermarks_ms is None:
-        metas = await store.read_meta()
-        watermarks_ms = {p: int(metas.get(p, {}).get("wm", "0")) for p in partitions}
+    partitions, watermarks_ms = await _partitions_and_watermarks(store, partitions, watermarks_ms)
     levels = await store.read_levels(partitions)
     newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
     horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
