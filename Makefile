@@ -49,8 +49,14 @@ demo: install
 PYTEST_WORKERS ?= 6
 PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS)
 
+# Tests marked `alone` hold a wall-clock budget a user sees (the demo's start within 30 s):
+# they run after the others, one at a time, so the suite's own load does not decide them.
+# Both runs always run; the target fails if either does.
 test: install
-	$(PYTEST) tests
+	@status=0; \
+	$(PYTEST) -m "not alone" tests || status=$$?; \
+	$(BIN)/pytest -p no:xdist -m alone tests || status=$$?; \
+	exit $$status
 
 test-unit: install
 	$(PYTEST) tests/unit

@@ -106,6 +106,7 @@ class StreamProducer(threading.Thread):
         chunks: int,
         pause_s: float,
         request_timeout_s: float = 120.0,
+        before_chunk: Callable[[int, int], None] | None = None,
     ) -> None:
         super().__init__(name="stream-producer", daemon=True)
         self.settings = settings
@@ -113,6 +114,9 @@ class StreamProducer(threading.Thread):
         self.chunks = max(1, chunks)
         self.pause_s = pause_s
         self.request_timeout_s = request_timeout_s
+        #: called in the thread before each chunk with (its number, how many): a test that
+        #: needs the stream to outlast its workers' restarts paces it by their progress
+        self.before_chunk = before_chunk
         self.positions: list[tuple[str, int, int]] = []
         self.sent = 0
         self.error: BaseException | None = None
@@ -137,7 +141,10 @@ class StreamProducer(threading.Thread):
         await producer.start()
         try:
             size = math.ceil(len(self.records) / self.chunks)
-            for start in range(0, len(self.records), size):
+            count = math.ceil(len(self.records) / size)
+            for number, start in enumerate(range(0, len(self.records), size)):
+                if self.before_chunk is not None:
+                    await asyncio.to_thread(self.before_chunk, number, count)
                 chunk = self.records[start : start + size]
                 futures = [
                     await producer.send(

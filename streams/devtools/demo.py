@@ -123,23 +123,50 @@ class _Output:
                 os.close(devnull)
 
 
-def _run_interruptible(main: Coroutine[Any, Any, Any]) -> Any:
-    """``asyncio.run(main)``, except that after a KeyboardInterrupt ``main`` is cancelled
-    and finishes its own clean-up (closing its producer) while the client's background
-    tasks still run; ``asyncio.run`` would cancel those at the same moment and leave the
-    producer's close pending. The KeyboardInterrupt is raised again afterwards, and the
-    runner then cancels what is left and closes the loop, as ``asyncio.run`` does."""
+#: how long a phase interrupted by Ctrl-C or SIGTERM may take to close its clients
+_CLEANUP_S = 10.0
+
+
+def _run_interruptible(main: Coroutine[Any, Any, Any], stopped_by: list[str]) -> Any:
+    """``asyncio.run(main)``, where the first Ctrl-C or SIGTERM cancels ``main`` and raises
+    KeyboardInterrupt once it has closed its clients (its producer), or after ``_CLEANUP_S``.
+
+    The signal arrives as a callback of the event loop, never as an exception raised in
+    the middle of one: a KeyboardInterrupt raised inside a client's background task (the
+    producer's sender, say) would kill that task, and the producer's close would wait for
+    it forever. The signal is recorded in ``stopped_by``; later ones are ignored, so they
+    cannot cut the clean-up short. Outside this call the handlers in force are restored."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
     with asyncio.Runner() as runner:
         loop = runner.get_loop()
         task = loop.create_task(main)
+        deadline: list[asyncio.TimerHandle] = []
+
+        def interrupt(signum: int) -> None:
+            if stopped_by:
+                return
+            stopped_by.append(signal.Signals(signum).name)
+            task.cancel()
+            # a cancellation a client library absorbs must not keep the demo running
+            deadline.append(loop.call_later(_CLEANUP_S, loop.stop))
+
+        for signum in signals:
+            loop.add_signal_handler(signum, interrupt, signum)
         try:
-            return loop.run_until_complete(task)
-        except KeyboardInterrupt:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    loop.run_until_complete(task)
-            raise
+            result = loop.run_until_complete(task)
+        except (asyncio.CancelledError, RuntimeError):
+            if not stopped_by:
+                raise
+        finally:
+            for handle in deadline:
+                handle.cancel()
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN if stopped_by else previous[signum])
+    if stopped_by:
+        raise KeyboardInterrupt
+    return result
 
 
 def _host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -556,7 +583,7 @@ def run_demo(
         now_s = time.time()
         records = _Peekable(generate(simulation(now_s, rate=rate, seed=seed, agent_hours=hours)))
         produced, produced_s, replayed, replayed_s = _run_interruptible(
-            backfill(settings, take_until(records, now_s))
+            backfill(settings, take_until(records, now_s)), stopped_by
         )
         out.say(
             f"deskpulse demo: the last {HISTORY_S / 3600:g} h of simulated history: "
@@ -584,7 +611,9 @@ def run_demo(
             f"  table:    {_command_env(settings, plan)}deskpulse kpis --window 1h --by channel\n"
             "Ctrl-C stops everything."
         )
-        status = _run_interruptible(send_in_time(settings, records, worker=worker, say=out.say))
+        status = _run_interruptible(
+            send_in_time(settings, records, worker=worker, say=out.say), stopped_by
+        )
         if status == 0:
             out.say("deskpulse demo: the simulated day is over; Ctrl-C stops everything")
             while worker.running:

@@ -330,6 +330,7 @@ def processed(port: int) -> float:
     return sum(v for _, v in samples(scrape(port), "deskpulse_events_processed_total"))
 
 
+@pytest.mark.alone  # a new user's machine is not running six other test processes
 def test_a_fresh_demo_is_full_within_30_s_at_the_rate_it_states(tmp_path: Path) -> None:
     """``deskpulse demo`` with no setting at all, as a new user runs it: every KPI of
     ``/kpis`` and every KPI family of ``/metrics`` within 30 s of the start; the events per

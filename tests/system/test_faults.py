@@ -611,7 +611,18 @@ def test_graceful_restarts_lose_nothing_and_repeat_nothing(
 ) -> None:
     settings = tune(settings, max_record_bytes=STORM_RECORD_BYTES)
     make_topics(settings)
-    producer = StreamProducer(settings, restart_records, chunks=80, pause_s=0.4)
+    lead = 0.15  # of the stream, sent ahead of what the workers have applied
+
+    def paced(number: int, count: int) -> None:
+        """Hold the next chunk while the workers are more than ``lead`` behind it, so the
+        stream outlasts the three restarts however slow a loaded host makes them (a
+        restart's own time only holds the producer back; never past 120 s)."""
+        wanted = dataset.valid * (number / count - lead)
+        deadline = time.monotonic() + 120
+        while progress(settings) < wanted and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    producer = StreamProducer(settings, restart_records, chunks=80, pause_s=0.4, before_chunk=paced)
     worker = WorkerProcess(settings, tmp_path / "w", name="worker0")
     stops: list[str] = []
     try:
