@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,7 +32,7 @@ from deskpulse.streams.core import (
     timelines_needed,
 )
 from deskpulse.streams.engine import Engine, SourceRecord
-from deskpulse.streams.store import LAYOUT, Store
+from deskpulse.streams.store import LAYOUT, Store, text
 from tests.e2e_support import redis_snapshot
 
 T = TypeVar("T")
@@ -249,13 +251,14 @@ def kpi_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
 
     ``bidx`` is left out: it keeps the name of a bucket that a later batch emptied again;
     so is the state's generation (random per prefix), in meta and config, ``bver`` (the
-    buckets' stamps carry it and the version) and ``lmoved`` (a log of the commits).
+    buckets' stamps carry it and the version), ``lmoved`` and ``hmoved`` (logs of the
+    commits).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out = {}
     for key, (kind, content) in snapshot.items():
         name = key[len(prefix) :]
-        if name.endswith((":bidx", ":bver", ":lmoved")):
+        if name.endswith((":bidx", ":bver", ":lmoved", ":hmoved")):
             continue
         if name.endswith(":meta"):  # a counter back at 0 equals one never touched
             content = {
@@ -553,12 +556,12 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
     # (each twice: by group and over all groups), among them the levels and the live
     # indexes (a group's open tickets, those that left, their live info, the log of
-    # their moves), the buckets' stamps
+    # their moves), the buckets' stamps, the log of the totals and levels moved
     assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
     assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
     # and the tickets' timelines beside their states, one each at most, gone with them
     assert last["timelines"] <= last["conversations"]
-    assert last["keys"] <= last["fine"] + last["rollup"] + last["timelines"] + 15
+    assert last["keys"] <= last["fine"] + last["rollup"] + last["timelines"] + 16
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
     assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
@@ -958,7 +961,8 @@ def test_a_reader_keeps_settled_sums_and_sees_every_change_to_them(
     if kept_fields > 1000:
         assert 0 < seen["again_calls"] <= seen["fresh_calls"] - 2 * settled, seen
     else:  # no sum fits: each read reads every bucket again, and is as exact
-        assert seen["again_calls"] == seen["fresh_calls"], seen
+        # but the levels, which the reader reads whole no more (one per read and partition)
+        assert seen["again_calls"] == seen["fresh_calls"] - 2 * len(reads), seen
 
 
 def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
@@ -987,17 +991,20 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
         reader = Store(client, prefix, CONFIG)
         await apply(writer, 0, early)
 
-        async def both(at_s: int) -> tuple[Any, Any, int]:
-            calls = hgetall_calls(redis_client)
+        async def both(at_s: int) -> tuple[Any, tuple[int, int]]:
             documents = []
+            reads = [0, 0]  # the reader's, the new stores'
             for by in (("channel", "queue"), ()):
+                calls = hgetall_calls(redis_client)
                 kept = await query_kpis(reader, width_s=1800, at_s=at_s, by=by)
+                reads[0] += hgetall_calls(redis_client) - calls
+                calls = hgetall_calls(redis_client)
                 fresh = await query_kpis(
                     Store(client, prefix, CONFIG), width_s=1800, at_s=at_s, by=by
                 )
+                reads[1] += hgetall_calls(redis_client) - calls
                 documents.append((kept, fresh))
-            reads = hgetall_calls(redis_client) - calls
-            return documents, reads
+            return documents, (reads[0], reads[1])
 
         # windows of 30 minutes ending mid-roll-up: fine buckets at both edges
         seen: dict[str, Any] = {"first": await both(T0 - 300)}
@@ -1017,23 +1024,22 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
     for stage, (documents, _) in seen.items():
         for kept, fresh in documents:
             assert kept == fresh, stage
-    # each stage: the reader's reads and a new store's, grouped and not. A new store
-    # reads every bucket of the window (10 fine buckets and 2 roll-ups) and the levels;
-    # the reader, its window slid, the 2 buckets that left, the 2 that entered, the 2
-    # newest and the levels; the read without grouping, the agents' presence too (the
-    # metas and the levels once more)
-    agents = 2
-    fresh_reads = seen["first"][1] // 2
-    assert fresh_reads == 2 * 14 + agents
-    reader_reads = {stage: reads - fresh_reads for stage, (_, reads) in seen.items()}
-    # slid: the bucket that left, the one that entered, the 2 newest and the levels; a
-    # late event in a sum it keeps or in a bucket that leaves: the whole window again
+    # each stage: the reader's reads and a new store's (one for each read), grouped and
+    # not. A new store reads every bucket of the window (10 fine buckets and 2 roll-ups),
+    # the meta and the levels whole; the read without grouping, the agents' presence too
+    # (the metas once more: the levels it read a moment before it finds unchanged)
+    agents = 1
+    assert {reads[1] for _, reads in seen.values()} == {2 * 14 + agents}
+    # the reader, its window slid: the bucket that left, the one that entered, the 2
+    # newest and the meta; a late event in a sum it keeps or in a bucket that leaves: the
+    # whole window again; the levels whole at its first read alone
+    reader_reads = {stage: reads[0] for stage, (_, reads) in seen.items()}
     assert reader_reads == {
-        "first": 2 * 14 + agents,
-        "slid": 2 * 6 + agents,
-        "late kept": 2 * 14 + agents,
-        "quiet": 2 * 6 + agents,
-        "late leaving": 2 * 14 + agents,
+        "first": 2 * 13 + 1 + agents,
+        "slid": 2 * 5 + agents,
+        "late kept": 2 * 13 + agents,
+        "quiet": 2 * 5 + agents,
+        "late leaving": 2 * 13 + agents,
     }
 
 
@@ -1207,6 +1213,154 @@ def test_totals_by_group_are_the_totals_split_by_group(redis_url: str) -> None:
         split.setdefault((channel, queue, priority), {})[field] = value
     assert grouped == split
     assert len(grouped) > 10 and sum(g.get("tc", 0) for g in grouped.values()) > 100
+
+
+async def _read_both(store: Store) -> tuple[Any, Any]:
+    return await store.read_totals_by_group(), await store.read_levels(await store.partitions())
+
+
+def _count_replies(monkeypatch: pytest.MonkeyPatch, reader: list[Store]) -> Counter[str]:
+    """How ``reader``'s store read the totals and levels it keeps, a count per partition
+    and hash: ``d`` since its version, ``f`` whole."""
+    kinds: Counter[str] = Counter()
+    original = Store._take_moved
+
+    def counted(self: Store, name: str, partitions: Any, replies: Any) -> Any:
+        if self is reader[0]:
+            kinds.update(text(reply[2]) for reply in replies)
+        return original(self, name, partitions, replies)
+
+    monkeypatch.setattr(Store, "_take_moved", counted)
+    return kinds
+
+
+def test_totals_and_levels_read_since_the_last_read_equal_a_full_read(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that keeps the totals and levels it read, and reads again only the fields
+    the commits since moved (``hmoved``), answers after every commit what a new store
+    reading everything answers; the groups no commit moved are the dicts of its last
+    answer, the others new ones; and nothing moved, nothing is read but the versions.
+    Two hours of traffic under an hour's retention and maximum age: the commits also
+    expire tickets open at their maximum age (a level step down in the expiry)."""
+    prefix = new_prefix()
+    config = CoreConfig(
+        bucket_seconds=60, rollup_seconds=600, retention_seconds=HOUR, open_ticket_max_age_s=HOUR
+    )
+    _, items = simulated(seed=21, start_s=T0 - 2 * HOUR, duration_s=2 * HOUR, rate=2.0)
+    watched: list[Store] = []
+    kinds = _count_replies(monkeypatch, watched)
+    rng = random.Random(5)
+
+    async def scenario(client: Redis) -> None:
+        writer, reader = Store(client, prefix, config), Store(client, prefix, config)
+        watched.append(reader)
+        parts = [items[p::3] for p in range(3)]
+        # a first commit of each partition, then the reader's first (whole) read
+        for partition in range(3):
+            await apply(writer, partition, parts[partition][:20])
+            parts[partition] = parts[partition][20:]
+        last, _ = await _read_both(reader)
+        assert kinds["f"] == 6 and kinds["d"] == 0
+        kept_same = moved = 0
+        while any(parts):
+            # a few commits of random partitions, of random sizes, between two reads
+            for _ in range(rng.randint(1, 4)):
+                if not any(parts):
+                    break
+                partition = rng.choice([p for p in range(3) if parts[p]])
+                size = rng.randint(1, 40)
+                await apply(writer, partition, parts[partition][:size])
+                parts[partition] = parts[partition][size:]
+            totals, levels = await _read_both(reader)
+            full = Store(client, prefix, config)
+            assert (totals, levels) == await _read_both(full)
+            for key, fields in totals.items():
+                if last.get(key) is fields:
+                    kept_same += 1
+                else:
+                    assert last.get(key) != fields or key not in last
+                    moved += 1
+            last = totals
+        assert kinds["f"] == 6  # never read whole again
+        assert kept_same > moved > 0
+        # nothing moved: the same groups, the versions alone read
+        again = await reader.read_totals_by_group()
+        assert again == last and all(again[key] is last[key] for key in last)
+
+    run(scenario, redis_url)
+
+
+def test_a_reader_behind_the_log_or_past_an_unlogged_commit_reads_whole(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log keeps :data:`HASH_MOVES_KEPT` versions: a reader that kept an older one
+    reads the hashes whole again, as it does when a version has no mark in the log (a
+    commit by a deskpulse that logs nothing); either way it answers what a new store does."""
+    import deskpulse.streams.store as store_module
+
+    prefix = new_prefix()
+    _, items = simulated(seed=22, start_s=T0 - HOUR, duration_s=HOUR, rate=2.0)
+    monkeypatch.setattr(store_module, "HASH_MOVES_KEPT", 3)
+    watched: list[Store] = []
+    kinds = _count_replies(monkeypatch, watched)
+
+    async def scenario(client: Redis) -> None:
+        writer, reader = Store(client, prefix, CONFIG), Store(client, prefix, CONFIG)
+        watched.append(reader)
+        await apply(writer, 0, items[:30])
+        await _read_both(reader)
+        assert kinds == {"f": 2}
+        # two commits: within the log
+        await apply(writer, 0, items[30:60])
+        await apply(writer, 0, items[60:90])
+        assert await _read_both(reader) == await _read_both(Store(client, prefix, CONFIG))
+        assert kinds["d"] == 2
+        # three more: the reader's version is the log's oldest kept no more
+        for start in (90, 120, 150):
+            await apply(writer, 0, items[start : start + 30])
+        kinds.clear()
+        assert await _read_both(reader) == await _read_both(Store(client, prefix, CONFIG))
+        assert kinds == {"f": 2}  # both hashes whole
+        # a commit whose mark is gone (as one of a deskpulse that logs nothing)
+        await apply(writer, 0, items[180:210])
+        version = meta_of(redis_client, prefix)["version"]
+        assert redis_client.zrem(f"{prefix}:{{p0}}:hmoved", f"#{version}") == 1
+        kinds.clear()
+        assert await _read_both(reader) == await _read_both(Store(client, prefix, CONFIG))
+        assert kinds == {"f": 2}
+
+    run(scenario, redis_url)
+
+
+def test_a_reader_reads_whole_again_after_the_state_started_anew(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """State started anew (another generation) under a reader that kept the totals and
+    levels: its version may be the new state's too, yet it reads them whole, and answers
+    what the new state holds."""
+    prefix = new_prefix()
+    _, items = simulated(seed=23, start_s=T0 - HOUR, duration_s=HOUR, rate=2.0)
+    watched: list[Store] = []
+    kinds = _count_replies(monkeypatch, watched)
+
+    async def scenario(client: Redis) -> None:
+        writer, reader = Store(client, prefix, CONFIG), Store(client, prefix, CONFIG)
+        watched.append(reader)
+        await apply(writer, 0, items[:40])
+        await apply(writer, 0, items[40:80])
+        before = await _read_both(reader)
+        await writer.clear()
+        fresh = Store(client, prefix, CONFIG)
+        # as many commits as before, of other events: the same version, another state
+        await apply(fresh, 0, items[80:100])
+        await apply(fresh, 0, items[100:120])
+        kinds.clear()
+        after = await _read_both(reader)
+        assert after == await _read_both(Store(client, prefix, CONFIG)) != before
+        assert kinds == {"f": 2}
+
+    run(scenario, redis_url)
 
 
 def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(

@@ -125,7 +125,7 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     meta nor config with the state's generation (random per prefix).
     ``bidx`` is left out: it may keep the name of a bucket a later batch emptied again;
     so are ``bver`` (the buckets' stamps: the generation and the version of their commit)
-    and ``lmoved`` (a log of the commits: their number differs by batching).
+    and ``lmoved`` and ``hmoved`` (logs of the commits: their number differs by batching).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out: dict[str, Any] = {}
@@ -133,7 +133,7 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
         name = key[len(prefix) + 1 :]
         if name.startswith("{p"):
             part, _, rest = name.partition("}:")
-            if rest in ("bidx", "bver", "lmoved"):
+            if rest in ("bidx", "bver", "lmoved", "hmoved"):
                 continue
             if rest == "conv":
                 content = {k: Conversation.loads(v) for k, v in content.items()}

@@ -458,12 +458,12 @@ def tuned(settings: Settings, **update: Any) -> Settings:
 def state_of(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """A prefix's keys without it; meta without its version, its generation and the fence
     entries of forwards (the replay forwards nothing), duplicates summed over the topics;
-    ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` (a log of the commits)
-    and the configuration (with the prefix's generation) left out."""
+    ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` and ``hmoved`` (logs of the
+    commits) and the configuration (with the prefix's generation) left out."""
     out: dict[str, Any] = {}
     for key, (kind, content) in redis_snapshot(client, f"{prefix}:*").items():
         name = key[len(prefix) + 1 :]
-        if name.endswith((":bidx", ":bver", ":lmoved")):
+        if name.endswith((":bidx", ":bver", ":lmoved", ":hmoved")):
             continue
         if name.endswith(":conv"):
             content = {k: json.loads(v) for k, v in content.items()}

@@ -34,12 +34,12 @@ def applied(settings: Settings, client: redis.Redis) -> int:
 
 def state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """A prefix's keys without it, meta without its version, generation and zero counters;
-    ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` (a log of the commits)
-    and the configuration left out."""
+    ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` and ``hmoved``
+    (logs of the commits) and the configuration left out."""
     out = {}
     for key, (kind, content) in redis_snapshot(client, f"{prefix}:*").items():
         name = key[len(prefix) + 1 :]
-        if name == "config" or name.endswith((":bidx", ":bver", ":lmoved")):
+        if name == "config" or name.endswith((":bidx", ":bver", ":lmoved", ":hmoved")):
             continue
         if name.endswith(":meta"):  # a counter back at 0 equals one never touched
             content = {
