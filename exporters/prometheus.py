@@ -341,9 +341,12 @@ class KpiCollector(Collector):
         #: (window, group) -> its fields, windowed samples and their lines of text as of
         #: the last refresh
         self._windowed_cache: dict[tuple[str, tuple[str, ...]], _Windowed] = {}
-        #: windowed family -> the lines of text of its samples, in their order (this
-        #: refresh's: rendered once per group while its fields hold)
-        self._windowed_lines: dict[str, list[str]] = {}
+        #: group -> its totals, cumulative samples and their lines of text as of the last
+        #: refresh
+        self._cumulative_cache: dict[tuple[str, ...], _Windowed] = {}
+        #: id of a family of the refresh being built -> the lines of text of its samples,
+        #: in their order (rendered once per group while its fields hold)
+        self._lines_of: dict[int, list[str]] = {}
         #: the highest value of each deskpulse_sla_achieved_total series exported so far:
         #: a late event can take an achievement back in Redis, the counter never goes down
         self.achieved_high: dict[tuple[str, ...], int] = {}
@@ -415,6 +418,7 @@ class KpiCollector(Collector):
         state: tuple[Mapping[tuple[str, str, str], Mapping[str, int]], int] = ({}, 0),
     ) -> tuple[list[Metric], bytes]:
         live, newest_ms = state
+        self._lines_of = {}
         windowed = [
             self._cut({k: f for k, f in groups.items() if has_samples(f)})
             for _, groups in per_window
@@ -453,7 +457,7 @@ class KpiCollector(Collector):
         group (a group's lines are rendered again only when its fields changed)."""
         parts: list[str] = []
         for family in families:
-            lines = self._windowed_lines.get(family.name)
+            lines = self._lines_of.get(id(family))
             if lines is None or len(lines) != len(family.samples):
                 parts.append(generate_latest(_Snapshot([family])).decode())
                 continue
@@ -568,7 +572,8 @@ class KpiCollector(Collector):
             for (family, _), line in zip(made, rendered, strict=True):
                 lines[family].append(line)
         self._windowed_cache = samples
-        self._windowed_lines = lines
+        for name, family in families.items():
+            self._lines_of[id(family)] = lines[name]
         return [*gauges.values(), *summaries.values(), sla_ratio]
 
     def _state_groups(
@@ -646,7 +651,12 @@ class KpiCollector(Collector):
     ) -> list[Metric]:
         """The cumulative counters and the first-response histogram, a series per group the
         guard kept (and ``other``, at most ``cap`` label sets); what it folded is added to
-        ``folded``."""
+        ``folded``.
+
+        Incremental: a group whose totals are those of the last refresh keeps its samples
+        and their lines of text (the store hands the same dict for a group no commit moved:
+        told by identity before equality).
+        """
         bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
         # the counters show the histogram's groups: as many as its buckets, _count and _sum
         # allow (every group has all of its series, as it has each counter)
@@ -654,57 +664,107 @@ class KpiCollector(Collector):
         ((fold,),) = guard(
             [cumulative], [histogram_rule], self.settings.max_series_per_metric, [cap]
         )
-        counters = {
-            name: CounterMetricFamily(name, _help(name + "_total"), labels=list(DIMENSIONS))
-            for name, _ in _TOTALS
-        }
-        sla_breaches = CounterMetricFamily(
-            "deskpulse_sla_breaches",
-            _help("deskpulse_sla_breaches_total"),
-            labels=[*DIMENSIONS, "metric"],
-        )
-        breaches = CounterMetricFamily(
-            "deskpulse_first_response_breaches",
-            _help("deskpulse_first_response_breaches_total"),
-            labels=list(DIMENSIONS),
-        )
-        offered = CounterMetricFamily(
-            "deskpulse_chats_offered",
-            _help("deskpulse_chats_offered_total"),
-            labels=list(DIMENSIONS),
-        )
-        histogram = HistogramMetricFamily(
-            "deskpulse_first_response_duration_seconds",
-            _help("deskpulse_first_response_duration_seconds"),
-            labels=list(DIMENSIONS),
-        )
-        achieved = CounterMetricFamily(
-            _SLA_ACHIEVED, _help(_SLA_ACHIEVED + "_total"), labels=[*DIMENSIONS, "metric"]
-        )
+        families = _cumulative_family_set()
+        previous = self._cumulative_cache
+        cache: dict[tuple[str, ...], _Windowed] = {}
+        unrendered: list[_Windowed] = []
+        shown: list[_Windowed] = []
+        scratch: dict[str, Metric] | None = None
         for key, fields in _fold_items(cumulative, fold):
-            values = list(key)
-            for name, field in _TOTALS:
-                counters[name].add_metric(values, fields.get(field, 0))
-            for metric, field in _SLA_BREACH_TOTALS:
-                sla_breaches.add_metric([*values, metric], fields.get(field, 0))
-            for metric, field in _SLA_ACHIEVED_FIELDS:
-                series = (*key, metric)
-                high = max(fields.get(field, 0), self.achieved_high.get(series, 0))
-                self.achieved_high[series] = high
-                achieved.add_metric([*values, metric], high)
-            breaches.add_metric(values, fields.get("fr", 0) - fields.get("fr_in", 0))
-            offered.add_metric(values, fields.get("ca", 0) + fields.get("cab", 0))
-            cumulative_count, buckets = 0, []
-            for bound in bounds:
-                cumulative_count += fields.get(f"frh:{bound}", 0)
-                buckets.append((bound if bound == "+Inf" else f"{float(bound)}", cumulative_count))
-            histogram.add_metric(values, buckets, sum_value=fields.get("fr_ms", 0) / 1000)
+            cached = previous.get(key)
+            if cached is None or (cached[0] is not fields and cached[0] != fields):
+                if scratch is None:
+                    scratch = _cumulative_family_set()
+                cached = (fields, self._cumulative_samples(scratch, key, fields, bounds), [])
+                unrendered.append(cached)
+            cache[key] = cached
+            shown.append(cached)
+            for family, sample in cached[1]:
+                families[family].samples.append(sample)
+        _render_lines(unrendered)
+        lines: dict[str, list[str]] = {name: [] for name in families}
+        for _, made, rendered in shown:
+            for (family, _), line in zip(made, rendered, strict=True):
+                lines[family].append(line)
+        self._cumulative_cache = cache
+        for name, family in families.items():
+            self._lines_of[id(family)] = lines[name]
         for name in _CUMULATIVE_COUNTERS:
             folded[name] += fold.folded
         folded["deskpulse_sla_breaches_total"] += fold.folded * (len(_SLA_BREACH_TOTALS) - 1)
         folded[_SLA_ACHIEVED + "_total"] += fold.folded * len(_SLA_ACHIEVED_FIELDS)
-        folded[histogram.name] += fold.folded * histogram_rule.series
-        return [*counters.values(), sla_breaches, breaches, offered, achieved, histogram]
+        folded["deskpulse_first_response_duration_seconds"] += fold.folded * histogram_rule.series
+        return list(families.values())
+
+    def _cumulative_samples(
+        self,
+        scratch: Mapping[str, Metric],
+        key: tuple[str, ...],
+        fields: Mapping[str, int],
+        bounds: Sequence[str],
+    ) -> list[_Sample]:
+        """One group's cumulative samples, (family, sample), added to the ``scratch``
+        families as their ``add_metric`` makes them (and taken from there)."""
+        sizes = {name: len(family.samples) for name, family in scratch.items()}
+        values = list(key)
+        for name, field in _TOTALS:
+            scratch[name].add_metric(values, fields.get(field, 0))
+        for metric, field in _SLA_BREACH_TOTALS:
+            scratch["deskpulse_sla_breaches"].add_metric([*values, metric], fields.get(field, 0))
+        for metric, field in _SLA_ACHIEVED_FIELDS:
+            series = (*key, metric)
+            high = max(fields.get(field, 0), self.achieved_high.get(series, 0))
+            self.achieved_high[series] = high
+            scratch[_SLA_ACHIEVED].add_metric([*values, metric], high)
+        scratch["deskpulse_first_response_breaches"].add_metric(
+            values, fields.get("fr", 0) - fields.get("fr_in", 0)
+        )
+        scratch["deskpulse_chats_offered"].add_metric(
+            values, fields.get("ca", 0) + fields.get("cab", 0)
+        )
+        cumulative_count, buckets = 0, []
+        for bound in bounds:
+            cumulative_count += fields.get(f"frh:{bound}", 0)
+            buckets.append((bound if bound == "+Inf" else f"{float(bound)}", cumulative_count))
+        scratch["deskpulse_first_response_duration_seconds"].add_metric(
+            values, buckets, sum_value=fields.get("fr_ms", 0) / 1000
+        )
+        return [
+            (name, sample)
+            for name, family in scratch.items()
+            for sample in family.samples[sizes[name] :]
+        ]
+
+
+def _cumulative_family_set() -> dict[str, Metric]:
+    """The cumulative families, empty, by name (a counter's without ``_total``)."""
+    labels = list(DIMENSIONS)
+    families: dict[str, Metric] = {
+        name: CounterMetricFamily(name, _help(name + "_total"), labels=labels)
+        for name, _ in _TOTALS
+    }
+    families["deskpulse_sla_breaches"] = CounterMetricFamily(
+        "deskpulse_sla_breaches",
+        _help("deskpulse_sla_breaches_total"),
+        labels=[*labels, "metric"],
+    )
+    families["deskpulse_first_response_breaches"] = CounterMetricFamily(
+        "deskpulse_first_response_breaches",
+        _help("deskpulse_first_response_breaches_total"),
+        labels=labels,
+    )
+    families["deskpulse_chats_offered"] = CounterMetricFamily(
+        "deskpulse_chats_offered", _help("deskpulse_chats_offered_total"), labels=labels
+    )
+    families[_SLA_ACHIEVED] = CounterMetricFamily(
+        _SLA_ACHIEVED, _help(_SLA_ACHIEVED + "_total"), labels=[*labels, "metric"]
+    )
+    families["deskpulse_first_response_duration_seconds"] = HistogramMetricFamily(
+        "deskpulse_first_response_duration_seconds",
+        _help("deskpulse_first_response_duration_seconds"),
+        labels=labels,
+    )
+    return families
 
 
 def _render_lines(groups: Sequence[_Windowed]) -> None:
