@@ -38,13 +38,14 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                empty: from on) whose reading the commit changed (a
                                reader's kept answer for an instant outside every later
                                entry still holds)
-``P:{pn}:hmoved``              zset: the commits of the last :data:`HASH_MOVES_KEPT`
-                               versions and the ``tot`` and ``lvl`` fields they moved:
-                               members ``#<version>`` (one per commit), ``t<field>`` and
-                               ``l<field>``, each scored by the last version that wrote
-                               it (a reader that kept both hashes at version v reads again
-                               only the fields scored above v, once it counts a mark for
-                               every version since: :meth:`Store.read_totals_by_group`)
+``P:{pn}:hmoved``              zset: an entry per commit of the last
+                               :data:`HASH_MOVES_KEPT` versions, scored by its version:
+                               ``#<version>␞<groups>␞<groups>␞<fields>``, the groups whose
+                               ``tot`` and whose ``lvl`` fields it moved and the fields it
+                               created or deleted (``t``/``l`` and the name), each followed
+                               by ``\x1d``; ``*`` for more than :data:`HASH_MOVES_NAMED`. A
+                               reader that kept a hash at version v reads again only the
+                               fields of the groups named since (:meth:`Store.read_levels`)
 ``P:{pn}:li``                  hash: live info of a conversation in ``lx`` (or a ticket in
                                ``lo`` that was out of the backlog before): ``opened
                                ms␟group␟out-from,out-to,...`` (a ticket dropped at its
@@ -234,7 +235,9 @@ end
 # moves; then the store generation, whether the partition must have state already, the
 # states end to end, the bucket widths (fine, roll-up), the earliest instant (ms) the
 # live index moves change ('' for none), how many versions ``lmoved`` keeps, the stale
-# time of a waiting chat (ms) and how many versions ``hmoved`` keeps.
+# time of a waiting chat (ms), how many versions ``hmoved`` keeps, the groups whose totals
+# and whose levels the batch moves (each followed by \x1d, or '*') and the most groups or
+# fields an entry of ``hmoved`` names.
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
@@ -293,25 +296,35 @@ for _ = 1, n do
     i = i + 2
   end
 end
--- the totals and levels fields this commit moves, for hmoved (t<field>, l<field>)
-local moved_fields = {}
+-- the totals and levels fields this commit creates or deletes, for hmoved ('t' or 'l',
+-- the name, \\29): a reader knows the fields it read, and these (a field is created when
+-- its new value is the delta: a field at 0 is deleted)
+local born = {}
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  if redis.call('HINCRBY', tot, p[i], p[i + 1]) == 0 then
+  local value = redis.call('HINCRBY', tot, p[i], p[i + 1])
+  if value == 0 then
     redis.call('HDEL', tot, p[i])
+    born[#born + 1] = 't' .. p[i] .. '\\29'
+  elseif value == tonumber(p[i + 1]) then
+    born[#born + 1] = 't' .. p[i] .. '\\29'
   end
-  moved_fields[#moved_fields + 1] = 't' .. p[i]
   i = i + 2
 end
 -- the running sums of the level steps (field, delta)
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  if redis.call('HINCRBY', lvl, p[i], p[i + 1]) == 0 then
+  local value = redis.call('HINCRBY', lvl, p[i], p[i + 1])
+  if value == 0 then
     redis.call('HDEL', lvl, p[i])
+    born[#born + 1] = 'l' .. p[i] .. '\\29'
+  elseif value == tonumber(p[i + 1]) then
+    born[#born + 1] = 'l' .. p[i] .. '\\29'
   end
-  moved_fields[#moved_fields + 1] = 'l' .. p[i]
   i = i + 2
 end
+-- the groups of the levels the expiry below steps down (each with \\29 after it)
+local stepped = {}
 n = tonumber(p[i]); i = i + 1
 -- the states themselves follow one another in ARGV[8]; p[i + 4] is the length of each
 local states, at = ARGV[8], 1
@@ -406,8 +419,10 @@ end
 -- a batch's: buckets older than the horizon are gone)
 local function step_down(group, field, ms)
   local name = group .. '\\31' .. field
-  if redis.call('HINCRBY', lvl, name, -1) == 0 then redis.call('HDEL', lvl, name) end
-  moved_fields[#moved_fields + 1] = 'l' .. name
+  local value = redis.call('HINCRBY', lvl, name, -1)
+  if value == 0 then redis.call('HDEL', lvl, name) end
+  if value == 0 or value == -1 then born[#born + 1] = 'l' .. name .. '\\29' end
+  stepped[#stepped + 1] = group .. '\\29'
   if ms < cutoff then return end
   local width, rollup = tonumber(ARGV[9]), tonumber(ARGV[10])
   local fine = math.floor(ms / 1000 / width) * width
@@ -510,19 +525,19 @@ end
 if #moved_spans > 0 then
   redis.call('ZREMRANGEBYSCORE', lmoved, '-inf', version - tonumber(ARGV[12]))
 end
--- the commit's mark and the totals and levels fields it moved, scored by its version (a
--- field's score is the last version that moved it); what is older than the versions kept
--- goes. One ZADD of many members: a call per field would cost the script as much again
--- as the HINCRBYs.
+-- one entry per commit, scored by its version: the groups whose totals and whose levels
+-- it moved (ARGV[15], ARGV[16], each group followed by \\29, joined by the caller) and the
+-- fields it created or deleted; '*' for a part of more than ARGV[17] of them (a reader
+-- reads that hash whole). What is older than the versions kept goes.
+local tot_part, lvl_part, born_part = ARGV[15], ARGV[16], table.concat(born)
+if #born > tonumber(ARGV[17]) then
+  tot_part, lvl_part, born_part = '*', '*', ''
+elseif #stepped > 0 and lvl_part ~= '*' then
+  lvl_part = lvl_part .. table.concat(stepped)
+end
 local hmoved = base .. 'hmoved'
-local logged = {version, '#' .. version}
-for _, member in ipairs(moved_fields) do
-  logged[#logged + 1] = version
-  logged[#logged + 1] = member
-end
-for k = 1, #logged, 4000 do
-  redis.call('ZADD', hmoved, unpack(logged, k, math.min(k + 3999, #logged)))
-end
+redis.call('ZADD', hmoved, version,
+           '#' .. version .. '\\30' .. tot_part .. '\\30' .. lvl_part .. '\\30' .. born_part)
 redis.call('ZREMRANGEBYSCORE', hmoved, '-inf', version - tonumber(ARGV[14]))
 return {1, tostring(version), orphaned}
 """
@@ -621,38 +636,66 @@ return reply
 #: conversations that left since the first past instant are read once, each offered to the
 #: instants it was open at.
 #: A partition's ``tot`` or ``lvl`` hash (KEYS[1] the partition's base, ARGV[4] the hash's
-#: name, ARGV[3] its letter in ``hmoved``) as of the version a reader kept it at (ARGV[1],
-#: '' for none, with the generation ARGV[2]): ``{version, generation, 'd', field, value,
-#: ...}`` with the fields moved since (a value false: the field is gone), when ``hmoved``
-#: holds a mark for every version since and the version is within ARGV[5] of the
-#: partition's; else ``{version, generation, 'f', field, value, ...}``, the hash whole. One
-#: script: the fields and the version they hold at are read in one step.
+#: name, ARGV[3] its part of an ``hmoved`` entry, 1 or 2, and its letter among the fields
+#: created or deleted) as of the version a reader kept it at (ARGV[1], '' for none, with
+#: the generation ARGV[2]): ``{version, generation, 'd', field, value, ...}`` with the fields
+#: of the groups moved since (the groups' fields are named by the field names ARGV[5], a
+#: JSON array, the reader knows of) and those created or deleted since (a value false: no
+#: such field), when ``hmoved`` holds an entry for every version since, none of them ``*``
+#: for the hash, and the version is within ARGV[6] of the partition's; else ``{version,
+#: generation, 'f', field, value, ...}``, the hash whole. One script: the fields and the
+#: version they hold at are read in one step.
 _HASH_SINCE = """
 local base = KEYS[1]
 local meta = redis.call('HMGET', base .. 'meta', 'version', 'gen')
 local version, gen = tonumber(meta[1] or '0'), meta[2] or ''
 local since = tonumber(ARGV[1])
 local reply = {tostring(version), gen}
-if since and gen == ARGV[2] and since <= version and version - since < tonumber(ARGV[5]) then
+-- the names in s, each followed by sep (a plain character)
+local function names(s, sep, into, each)
+  local at = 1
+  while at <= #s do
+    local j = string.find(s, sep, at, true)
+    each(into, string.sub(s, at, j - 1))
+    at = j + 1
+  end
+end
+if since and gen == ARGV[2] and since <= version and version - since < tonumber(ARGV[6]) then
   reply[3] = 'd'
   if since == version then return reply end
-  local moved = redis.call('ZRANGEBYSCORE', base .. 'hmoved', '(' .. since, '+inf')
-  local marks, names = 0, {}
-  for _, member in ipairs(moved) do
-    local kind = string.sub(member, 1, 1)
-    if kind == '#' then
-      marks = marks + 1
-    elseif kind == ARGV[3] then
-      names[#names + 1] = string.sub(member, 2)
+  local entries = redis.call('ZRANGEBYSCORE', base .. 'hmoved', '(' .. since, '+inf')
+  -- a commit of a deskpulse that logs nothing leaves a version without its entry
+  local whole = #entries ~= version - since
+  local part, letter = tonumber(ARGV[3]), ARGV[3] == '1' and 't' or 'l'
+  local groups, fields = {}, {}
+  for _, entry in ipairs(entries) do
+    if whole then break end
+    -- '#<version>\\30<tot groups>\\30<lvl groups>\\30<fields created or deleted>'
+    local parts = {}
+    names(entry .. '\\30', '\\30', parts, function(t, v) t[#t + 1] = v end)
+    if parts[1 + part] == '*' then
+      whole = true
+    else
+      names(parts[1 + part], '\\29', groups, function(t, v) t[v] = true end)
+      names(parts[4], '\\29', fields, function(t, v)
+        if string.sub(v, 1, 1) == letter then t[string.sub(v, 2)] = true end
+      end)
     end
   end
-  -- a commit of a deskpulse that logs nothing leaves a version without its mark
-  if marks == version - since then
-    for k = 1, #names, 4000 do
-      local last = math.min(k + 3999, #names)
-      local values = redis.call('HMGET', base .. ARGV[4], unpack(names, k, last))
+  if not whole then
+    local known = cjson.decode(ARGV[5])
+    for group in pairs(groups) do
+      for _, field in ipairs(known) do
+        fields[group == '' and field or group .. '\\31' .. field] = true
+      end
+    end
+    local asked = {}
+    for name in pairs(fields) do asked[#asked + 1] = name end
+    for k = 1, #asked, 4000 do
+      local last = math.min(k + 3999, #asked)
+      local values = redis.call('HMGET', base .. ARGV[4], unpack(asked, k, last))
       for j = 1, last - k + 1 do
-        reply[#reply + 1] = names[k + j - 1]
+        reply[#reply + 1] = asked[k + j - 1]
         reply[#reply + 1] = values[j]
       end
     end
@@ -887,11 +930,26 @@ SETTLED_FIELDS_KEPT = 500_000
 #: that many entries of about 30 bytes.
 MOVES_KEPT = 2_000
 #: versions of a partition its ``hmoved`` log covers: a reader of the totals or the levels
-#: that kept them from an older version reads them whole again. A refresh comes every 5 s
-#: and a live worker commits a partition a few times a second at most; the log holds a
-#: mark per version and each ``tot``/``lvl`` field moved within them once (its newest
-#: version): at most the fields of the two hashes, about 60 bytes each.
-HASH_MOVES_KEPT = 2_000
+#: that kept them from an older version reads them whole again. A refresh comes every 5 s;
+#: a live worker commits a partition a few times a second (a reader of the refresh's
+#: pace is a few dozen versions behind). An entry names the groups a commit moved: a live
+#: batch's few dozen, about 30 bytes each.
+HASH_MOVES_KEPT = 500
+#: the most groups (or fields created or deleted) an ``hmoved`` entry names: a commit that
+#: moves more (a replay's batches of thousands of events) logs ``*``, and a reader reads the
+#: hash whole; an entry is at most about 30 KB, the log some 15 MB per partition at worst
+HASH_MOVES_NAMED = 1_000
+
+
+def _moved_groups(items: Sequence[tuple[str, int]]) -> str:
+    """The groups (a stored name's part before its field) of the totals or levels a commit
+    moves, each followed by ``\x1d``, for ``hmoved``; ``*`` for too many."""
+    groups = {name.rpartition(SEP)[0] for name, _ in items}
+    if len(groups) > HASH_MOVES_NAMED:
+        return "*"
+    return "".join(group + "\x1d" for group in groups)
+
+
 #: answers of one partition at one instant :meth:`Store.earliest_at` keeps at most (a
 #: board's series of 24 points over 4 partitions is 96)
 EARLIEST_KEPT = 20_000
@@ -1032,6 +1090,13 @@ class _KeptHash:
         else:
             group[sys.intern(field)] = value
 
+    def has(self, name: str, grouped: bool) -> bool:
+        """Whether the field was there as last read."""
+        if not grouped:
+            return name in self.fields
+        stored, _, field = name.rpartition(SEP)
+        return field in self.groups.get(stored, ())
+
     def names(self) -> list[str]:
         """Every field's name as stored."""
         grouped = [g + SEP + f for g, fields in self.groups.items() for f in fields]
@@ -1107,6 +1172,9 @@ class Store:
         #: (hash name, partition) -> the partition's ``tot`` or ``lvl`` as last read, with
         #: its version (:meth:`read_totals_by_group`, :meth:`read_levels`)
         self._hashes: dict[tuple[str, int], _KeptHash] = {}
+        #: hash name -> the field names (the part after a group) read from it: a moved
+        #: group's fields are read by these names
+        self._hash_fields: dict[str, set[str]] = {}
         #: the last answer of :meth:`read_totals_by_group` and :meth:`read_levels`: the
         #: partitions, their kept stamps, the sums over them
         self._totals_view: (
@@ -1514,6 +1582,9 @@ class Store:
             MOVES_KEPT,
             cfg.chat_stale_after_s * 1000,
             HASH_MOVES_KEPT,
+            _moved_groups(totals),
+            _moved_groups(levels),
+            HASH_MOVES_NAMED,
         ]
         reply = await self._commit(keys=[self.base(partition)], args=args)
         status = int(reply[0])
@@ -2325,11 +2396,13 @@ class Store:
     async def _hashes_since(self, name: str, partitions: Sequence[int]) -> list[Any]:
         """:data:`_HASH_SINCE` of hash ``name`` per partition, since the version kept."""
         calls = []
+        known = orjson.dumps(sorted(self._hash_fields.setdefault(name, set())))
+        part = "1" if name == "tot" else "2"
         for partition in partitions:
             kept = self._hashes.get((name, partition))
             since, generation = ("", "") if kept is None else (kept.version, kept.generation)
             calls.append(
-                ([self.base(partition)], [since, generation, name[0], name, HASH_MOVES_KEPT])
+                ([self.base(partition)], [since, generation, part, name, known, HASH_MOVES_KEPT])
             )
         return await self._pipelined_script(self._hash_since, calls)
 
@@ -2354,11 +2427,18 @@ class Store:
                 kept = self._hashes[(name, partition)] = _KeptHash(generation, version)
             kept.version = version
             intern = sys.intern
+            known = self._hash_fields.setdefault(name, set())
             for k in range(3, len(reply), 2):
                 field = intern(text(reply[k]))
                 raw = reply[k + 1]
+                if raw is None:
+                    if not kept.has(field, grouped):
+                        continue  # a field of a moved group that it does not have
+                    kept.set(field, None, grouped)
+                else:
+                    kept.set(field, int(raw), grouped)
+                    known.add(field.rpartition(SEP)[2])
                 names.add(field)
-                kept.set(field, None if raw is None else int(raw), grouped)
         after = {p: self._hash_stamp(name, p) for p in partitions}
         return _Moved(before, after, names)
 

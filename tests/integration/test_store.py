@@ -1295,8 +1295,9 @@ def test_a_reader_behind_the_log_or_past_an_unlogged_commit_reads_whole(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The log keeps :data:`HASH_MOVES_KEPT` versions: a reader that kept an older one
-    reads the hashes whole again, as it does when a version has no mark in the log (a
-    commit by a deskpulse that logs nothing); either way it answers what a new store does."""
+    reads the hashes whole again, as it does when a version has no entry in the log (a
+    commit by a deskpulse that logs nothing) or one that names too many groups to list
+    (``*``); either way it answers what a new store does."""
     import deskpulse.streams.store as store_module
 
     prefix = new_prefix()
@@ -1325,7 +1326,13 @@ def test_a_reader_behind_the_log_or_past_an_unlogged_commit_reads_whole(
         # a commit whose mark is gone (as one of a deskpulse that logs nothing)
         await apply(writer, 0, items[180:210])
         version = meta_of(redis_client, prefix)["version"]
-        assert redis_client.zrem(f"{prefix}:{{p0}}:hmoved", f"#{version}") == 1
+        assert redis_client.zremrangebyscore(f"{prefix}:{{p0}}:hmoved", version, version) == 1
+        kinds.clear()
+        assert await _read_both(reader) == await _read_both(Store(client, prefix, CONFIG))
+        assert kinds == {"f": 2}
+        # a commit of more groups than an entry names
+        monkeypatch.setattr(store_module, "HASH_MOVES_NAMED", 2)
+        await apply(writer, 0, items[210:260])
         kinds.clear()
         assert await _read_both(reader) == await _read_both(Store(client, prefix, CONFIG))
         assert kinds == {"f": 2}
