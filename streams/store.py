@@ -2350,8 +2350,9 @@ class Store:
         versions since (:data:`HASH_MOVES_KEPT`). A group no field of which moved is the
         same dict as in the last answer (read only: a caller may keep it and tell it
         unchanged by identity); a moved one is summed again over the partitions into a new
-        dict. 6,000 groups hold 153,000 fields: read and split whole, 0.7 s of CPU a refresh;
-        a refresh 5 s after the last reads the few hundred groups 1,000 events moved.
+        dict. 6,000 groups hold 153,000 fields: read and split whole, a third of a refresh's
+        1.2 s of CPU (benchmark section 11); a refresh 5 s after the last reads the few
+        hundred groups 1,000 events moved.
         """
         partitions = await self.partitions()
         replies = await self._hashes_since("tot", partitions)
