@@ -572,8 +572,8 @@ class KpiCollector(Collector):
             for (family, _), line in zip(made, rendered, strict=True):
                 lines[family].append(line)
         self._windowed_cache = samples
-        for name, family in families.items():
-            self._lines_of[id(family)] = lines[name]
+        for name, metric in families.items():
+            self._lines_of[id(metric)] = lines[name]
         return [*gauges.values(), *summaries.values(), sla_ratio]
 
     def _state_groups(
@@ -669,7 +669,7 @@ class KpiCollector(Collector):
         cache: dict[tuple[str, ...], _Windowed] = {}
         unrendered: list[_Windowed] = []
         shown: list[_Windowed] = []
-        scratch: dict[str, Metric] | None = None
+        scratch: dict[str, Any] | None = None
         for key, fields in _fold_items(cumulative, fold):
             cached = previous.get(key)
             if cached is None or (cached[0] is not fields and cached[0] != fields):
@@ -687,8 +687,8 @@ class KpiCollector(Collector):
             for (family, _), line in zip(made, rendered, strict=True):
                 lines[family].append(line)
         self._cumulative_cache = cache
-        for name, family in families.items():
-            self._lines_of[id(family)] = lines[name]
+        for name, metric in families.items():
+            self._lines_of[id(metric)] = lines[name]
         for name in _CUMULATIVE_COUNTERS:
             folded[name] += fold.folded
         folded["deskpulse_sla_breaches_total"] += fold.folded * (len(_SLA_BREACH_TOTALS) - 1)
@@ -698,7 +698,7 @@ class KpiCollector(Collector):
 
     def _cumulative_samples(
         self,
-        scratch: Mapping[str, Metric],
+        scratch: Mapping[str, Any],
         key: tuple[str, ...],
         fields: Mapping[str, int],
         bounds: Sequence[str],
@@ -736,10 +736,10 @@ class KpiCollector(Collector):
         ]
 
 
-def _cumulative_family_set() -> dict[str, Metric]:
+def _cumulative_family_set() -> dict[str, Any]:
     """The cumulative families, empty, by name (a counter's without ``_total``)."""
     labels = list(DIMENSIONS)
-    families: dict[str, Metric] = {
+    families: dict[str, Any] = {
         name: CounterMetricFamily(name, _help(name + "_total"), labels=labels)
         for name, _ in _TOTALS
     }

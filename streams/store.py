@@ -2375,12 +2375,12 @@ class Store:
             for stored in {name.rpartition(SEP)[0] for name in moved.names}:
                 summed: dict[str, int] | None = None
                 for partition in partitions:
-                    fields = self._kept_groups(partition).get(stored)
-                    if fields:
+                    part = self._kept_groups(partition).get(stored)
+                    if part:
                         if summed is None:
-                            summed = dict(fields)
+                            summed = dict(part)
                         else:
-                            for name, value in fields.items():
+                            for name, value in part.items():
                                 summed[name] = summed.get(name, 0) + value
                 key = tuple(stored.split(SEP))
                 if summed is None:
