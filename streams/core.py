@@ -46,7 +46,7 @@ from deskpulse.models.wire import (
     WireEvent,
     event_ms,
 )
-from deskpulse.streams import presence, sketch
+from deskpulse.streams import agent_kpis, presence, sketch
 from deskpulse.streams.calendar import BusinessCalendar, business_ms, calendars, deadline_ms
 from deskpulse.streams.lifecycle import (
     BACKLOG_FIELDS,
@@ -386,6 +386,10 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     claims: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
     live: str = ""
+    #: the agents its events name, for the per-agent KPIs: event id -> ``(ms, role,
+    #: agent_id)`` (:mod:`streams.agent_kpis`); empty when none is named. Here, not at the
+    #: end: the commit and load scripts read the last three fields from the end of the JSON
+    crew: dict[str, tuple[int, str, str]] = msgspec.field(default_factory=dict)
     #: a ticket's timeline walked up to its latest entry (:class:`Walk`), when its entries
     #: are kept beside the state (``stored`` of them) and ``timeline`` holds only those a
     #: batch adds; ``None``: ``timeline`` is whole (the first ``stored`` of its entries are
@@ -441,10 +445,15 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Conversation:
-        """Inverse of :meth:`dumps`; reads a state of the previous layout too (no ``walk``
-        and ``stored``: its timeline whole in it)."""
+        """Inverse of :meth:`dumps`; reads a state of the previous layouts too (8: no
+        ``crew``; 7: no ``walk`` and ``stored`` either, its timeline whole in it)."""
         try:
             return _DECODE(raw)
+        except msgspec.ValidationError:
+            pass
+        try:
+            # layout 8: no crew (its agents were not kept; they count from its next events)
+            return _DECODE_8(raw)
         except msgspec.ValidationError:
             old = _DECODE_7(raw)
             return Conversation(
@@ -518,10 +527,52 @@ class _Conversation7(msgspec.Struct, array_like=True, gc=False):
     counted: int = 0
 
 
+class _Conversation8(msgspec.Struct, array_like=True, gc=False):
+    """A state as store layout 8 wrote it: no ``crew`` (read as a :class:`Conversation`
+    with none, :func:`_as_current`)."""
+
+    kind: str
+    opened: tuple[int, str] | None = None
+    dims: Dims | None = None
+    accepted: tuple[int, str] | None = None
+    ended: tuple[int, str] | None = None
+    surveys: dict[str, Survey] = msgspec.field(default_factory=dict)
+    timeline: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
+    claims: set[str] = msgspec.field(default_factory=set)
+    last_ms: int = 0
+    live: str = ""
+    walk: Walk | None = None
+    stored: int = 0
+    others: int = 0
+    counted: int = 0
+
+
+def _decode_8(raw: bytes | str) -> Conversation:
+    old = _DECODE_8_RAW(raw)
+    return Conversation(
+        kind=old.kind,
+        opened=old.opened,
+        dims=old.dims,
+        accepted=old.accepted,
+        ended=old.ended,
+        surveys=old.surveys,
+        timeline=old.timeline,
+        claims=old.claims,
+        last_ms=old.last_ms,
+        live=old.live,
+        walk=old.walk,
+        stored=old.stored,
+        others=old.others,
+        counted=old.counted,
+    )
+
+
 # a struct without reference cycles (it holds strings, ints and tuples), so gc=False above
 _ENCODE = msgspec.json.Encoder(order="deterministic").encode
 _DECODE = msgspec.json.Decoder(Conversation).decode
 _DECODE_7 = msgspec.json.Decoder(_Conversation7).decode
+_DECODE_8_RAW = msgspec.json.Decoder(_Conversation8).decode
+_DECODE_8 = _decode_8
 
 
 def _earliest(
@@ -578,12 +629,21 @@ def fold(
         # public agent and customer replies make the timeline; notes and system replies not
         if event.public and event.author_role != "system":
             state.timeline[event_id] = (ms, AGENT if event.author_role == "agent" else CUSTOMER)
+            if event.agent_id is not None and event.author_role == "agent":
+                state.crew[event_id] = (ms, agent_kpis.REPLY, event.agent_id)
         else:
             _remember(state, others, event_id, ms)
     elif type(event) is TicketStatusChanged:
         state.timeline[event_id] = (ms, STATUS_CODES[event.status])
     elif type(event) is ChatAccepted:
+        was = state.accepted
         state.accepted = _earliest(state, others, state.accepted, (ms, event_id))
+        if state.accepted[1] == event_id:
+            # the crew keeps the agent of the accept that counts, the earliest, alone
+            if was is not None:
+                state.crew.pop(was[1], None)
+            if event.agent_id is not None:
+                state.crew[event_id] = (ms, agent_kpis.ACCEPT, event.agent_id)
     elif type(event) is ChatAbandoned or type(event) is ChatEnded:
         state.ended = _earliest(state, others, state.ended, (ms, event_id))
     elif type(event) is SurveyResponded:
@@ -595,6 +655,8 @@ def fold(
             event.queue,
             event.priority,
         )
+        if event.agent_id is not None:
+            state.crew[event_id] = (ms, agent_kpis.SURVEY, event.agent_id)
     elif type(event) is AgentStatusChanged:
         state.timeline[event_id] = (ms, presence.STATUS_CODES[event.status])
     else:
@@ -1811,8 +1873,9 @@ def fold_batch(
     # The watermark moves first, so the late cut does not depend on the order in the batch.
     result.watermark_ms = max(watermark_ms, *result.topic_watermarks.values())
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
-    working, before = _fold_events(items, states, known or {}, cutoff_ms, result)
-    _add_deltas(working, before, cutoff_ms, config, result)
+    crew_before: dict[str, list[agent_kpis.AgentField]] = {}
+    working, before = _fold_events(items, states, known or {}, cutoff_ms, result, crew_before)
+    _add_deltas(working, before, cutoff_ms, config, result, crew_before)
     if result.index:
         moved = {op[3] for op in result.index}
         result.index_from_ms = min(
@@ -1852,11 +1915,14 @@ def _fold_events(
     known: Mapping[str, AbstractSet[str]],
     cutoff_ms: int,
     result: BatchResult,
+    crew_before: dict[str, list[agent_kpis.AgentField]] | None = None,
 ) -> tuple[dict[str, Conversation], dict[str, tuple[_KpiInputs, int]]]:
     """Fold the events not older than ``cutoff_ms`` into their conversations (counting late
     events and duplicates, ``known``: see :func:`fold_batch`); the conversations touched,
     and for stored ones what their KPIs depended on (and their held count) before the
-    batch. The ids the batch keeps beside the states go to ``result.others``."""
+    batch. The ids the batch keeps beside the states go to ``result.others``; the
+    per-agent fields of the stored ones that name agents, as they were, to
+    ``crew_before`` (:func:`_crew_fields`)."""
     working: dict[str, Conversation] = {}
     ids_of: dict[str, OtherIds] = {}
     before: dict[str, tuple[_KpiInputs, int]] = {}
@@ -1879,6 +1945,8 @@ def _fold_events(
                     # before anything is compared: what they stepped is behind it too
                     presence.compact(state.timeline, cutoff_ms)
                 before[conv_id] = (_kpi_inputs(state), state.pending())
+                if state.crew and crew_before is not None:
+                    crew_before[conv_id] = _crew_fields(state, None)
             working[conv_id] = state
             others = ids_of[conv_id] = OtherIds(known.get(conv_id, _EMPTY))
         else:
@@ -2058,9 +2126,13 @@ def _add_deltas(
     cutoff_ms: int,
     config: CoreConfig,
     result: BatchResult,
+    crew_before: Mapping[str, list[agent_kpis.AgentField]] | None = None,
 ) -> None:
     """Write each touched conversation's KPI change into the totals and the bucket hashes
-    (skipping buckets older than ``cutoff_ms``), with its state, held count and deadline."""
+    (skipping buckets older than ``cutoff_ms``), with its state, held count and deadline;
+    and the change of its per-agent fields (``crew_before``: those of the stored states
+    that named agents, as they were before the batch) into the agent buckets."""
+    crew_before = crew_before or {}
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
     bucket_ms = bucket_s * 1000
     totals, buckets, counters = result.totals, result.buckets, result.counters
@@ -2146,6 +2218,9 @@ def _add_deltas(
             if live != state.live or was_opened != state.opened or was_dims != state.dims:
                 _index_moves(conv_id, state, live, was_dims, result.index)
                 state.live = live
+        if not unchanged and (state.crew or conv_id in crew_before):
+            was = crew_before.get(conv_id, [])
+            _add_crew(state, changes, was, _crew_fields(state, life), cutoff_ms, config, result)
         # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
             if value == 0:
@@ -2223,21 +2298,91 @@ def _add_presence(
             delta[(at_ms, name)] -= value
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
     levels, buckets = result.levels, result.buckets
+    # the same steps per agent: its own levels, and its fields in the agent buckets
+    agent = conv_id[2:]
+    own = agent + SEP
+    own_level = agent_kpis.LEVEL_PREFIX + own
     for (at_ms, name), value in delta.items():
         if not value:
             continue
         if name in _PRESENCE_LEVELS:
             levels[name] += value
+            levels[own_level + name] += value
         if at_ms < cutoff_ms:
             continue  # an expired bucket is gone
         fine = at_ms // (bucket_s * 1000) * bucket_s
+        rollup = fine - fine % rollup_s
         buckets[("B", fine)][name] += value
-        buckets[("R", fine - fine % rollup_s)][name] += value
+        buckets[("R", rollup)][name] += value
+        buckets[(agent_kpis.FINE, fine)][own + name] += value
+        buckets[(agent_kpis.ROLLUP, rollup)][own + name] += value
     result.held[conv_id] = 0
     result.states[conv_id] = state
 
 
 _PRESENCE_LEVELS = frozenset(presence.LEVEL_FIELDS.values())
+
+
+def _final_solve_ms(state: Conversation, life: Lifecycle | None = None) -> int | None:
+    """An opened ticket's final solve (``life``: its timeline's lifecycle, if taken)."""
+    if state.kind != "t" or state.opened is None:
+        return None
+    if state.walk is not None:
+        return state.walk.final_ms
+    if life is not None:
+        return life.final_solve_ms
+    if not state.timeline:
+        return None
+    return lifecycle(state.opened[0], state.timeline.items()).final_solve_ms
+
+
+def _crew_fields(state: Conversation, life: Lifecycle | None) -> list[agent_kpis.AgentField]:
+    """:func:`streams.agent_kpis.state_fields` of a state as it is now."""
+    if not state.crew:
+        return []
+    return agent_kpis.state_fields(
+        state.kind,
+        state.opened,
+        state.dims,
+        state.accepted,
+        state.ended,
+        state.surveys,
+        state.crew,
+        _final_solve_ms(state, life),
+    )
+
+
+def _add_crew(
+    state: Conversation,
+    changes: Iterable[Contribution],
+    was: list[agent_kpis.AgentField],
+    now: list[agent_kpis.AgentField],
+    cutoff_ms: int,
+    config: CoreConfig,
+    result: BatchResult,
+) -> None:
+    """Write a conversation's change of per-agent fields into the agent buckets (skipping
+    buckets older than ``cutoff_ms``): its responses' changes moved onto their agents,
+    and the difference between its other per-agent fields before (``was``) and after
+    (``now``)."""
+    delta: dict[tuple[int, str, str], int] = defaultdict(int)
+    if was != now:
+        for at_ms, agent, name, value in now:
+            delta[(at_ms, agent, name)] += value
+        for at_ms, agent, name, value in was:
+            delta[(at_ms, agent, name)] -= value
+    if state.kind == "t" and state.crew:
+        for at_ms, agent, name, value in agent_kpis.response_fields(changes, state.crew):
+            delta[(at_ms, agent, name)] += value
+    bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
+    buckets = result.buckets
+    for (at_ms, agent, name), value in delta.items():
+        if not value or at_ms < cutoff_ms:
+            continue  # an expired bucket is gone
+        fine = at_ms // (bucket_s * 1000) * bucket_s
+        key = agent + SEP + name
+        buckets[(agent_kpis.FINE, fine)][key] += value
+        buckets[(agent_kpis.ROLLUP, fine - fine % rollup_s)][key] += value
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from deskpulse.models.errors import InvalidQuery
 from deskpulse.models.events import DIMENSIONS, parse_time
+from deskpulse.streams import agent_kpis
 from deskpulse.streams.core import (
     AT_RISK_NOW,
     LONGEST,
@@ -44,6 +45,7 @@ from deskpulse.streams.store import PRESENCE_FIELDS_MATCH, PRESENCE_MATCH, Store
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
 __all__ = [
+    "AGENT",
     "DIMENSIONS",
     "EARLIEST_S",
     "LATEST_S",
@@ -64,6 +66,7 @@ __all__ = [
     "parse_sla_tickets",
     "project_live",
     "query_kpis",
+    "read_agent_groups",
     "read_agents",
     "read_document",
     "read_grouped_windows",
@@ -97,19 +100,30 @@ def parse_at(text: str | None) -> float:
         raise ValueError(f"--at must be RFC 3339 with an offset: {error}") from None
 
 
+#: the grouping by agent: a dimension of its own, never combined with the others
+AGENT = "agent"
+
+
 def parse_by(text: str | Sequence[str] | None) -> list[str]:
     """``"channel,queue"`` -> ``["channel", "queue"]``; unknown or repeated names raise
-    ValueError (a repeated one is a caller's mistake, and would name a group key twice)."""
+    ValueError (a repeated one is a caller's mistake, and would name a group key twice),
+    and so does ``agent`` with any other name (an agent's fields are kept per agent alone,
+    not per agent and queue)."""
     if not text:
         return []
     names = text.split(",") if isinstance(text, str) else list(text)
     out: list[str] = []
     for name in (n.strip() for n in names):
-        if name not in DIMENSIONS:
-            raise ValueError(f"--by takes {', '.join(DIMENSIONS)}; not {name!r}")
+        if name not in DIMENSIONS and name != AGENT:
+            raise ValueError(f"--by takes {', '.join(DIMENSIONS)} or agent; not {name!r}")
         if name in out:
             raise ValueError(f"--by names {name} twice")
         out.append(name)
+    if AGENT in out and len(out) > 1:
+        raise ValueError(
+            "--by agent cannot be combined with other dimensions (agent's fields are kept "
+            "per agent alone); ask for --by agent on its own"
+        )
     return out
 
 
@@ -405,6 +419,17 @@ async def query_kpis(
     By group, a group whose sums and live state are those of the last read of the same
     width and grouping keeps the document built then (its ages moved to the new end):
     a read builds the documents of the groups that changed, not of every group."""
+    if tuple(by) == (AGENT,):
+        ((start_s, end_s, agents),) = await read_agent_groups(store, widths_s=[width_s], at_s=at_s)
+        return {
+            "window": {
+                "start": format_time(start_s),
+                "end": format_time(end_s),
+                "seconds": end_s - start_s,
+            },
+            "by": [AGENT],
+            "groups": agents,
+        }
     if not by:
         start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s, grouped=False)
         live = await read_live(store, end_s=end_s)
@@ -565,6 +590,94 @@ async def read_agents(
         presence_document(at_end[end_s], window, start_s, end_s)
         for (start_s, end_s), window in zip(windows, sums, strict=True)
     ]
+
+
+#: an agent's own presence fields in the agent buckets: its level steps
+_AGENT_STEPS_MATCH = "*" + SEP + PRESENCE_MATCH
+
+
+async def read_agent_groups(
+    store: Store,
+    *,
+    widths_s: Sequence[int],
+    at_s: float,
+    partitions: Sequence[int] | None = None,
+    watermarks_ms: Mapping[int, int] | None = None,
+) -> list[tuple[int, int, list[dict[str, Any]]]]:
+    """Per width, ``(start, end, groups)``: the groups of the document grouped by agent
+    (:func:`~streams.agent_kpis.agent_document`), in agent order, over the window of that
+    width ending at ``at_s``.
+
+    An agent's fields are read from the agent buckets alone (``a:``/``A:``, keyed
+    ``agent␟field``), the settled part of a window summed once while the store keeps it;
+    its status at the end is its own levels (``ag@agent␟ag:<code>``) less its steps at or
+    after the end, picked out of the agent buckets by Redis up to a retention past the
+    newest event, like the presence over all groups (:func:`read_agents`). An agent
+    appears with a sample in the window, a status at its end, or time in a status in it.
+    """
+    cfg = store.config
+    partitions, watermarks_ms = await _partitions_and_watermarks(store, partitions, watermarks_ms)
+    bounds = [window_bounds(at_s, width_s, cfg.bucket_seconds) for width_s in widths_s]
+    sets = [_agent_suffixes(store, start_s, end_s) for start_s, end_s in bounds]
+    parts = await store.sum_bucket_parts(partitions, sets)
+    levels = await store.read_levels(partitions)
+    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
+    horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
+    horizon_s += -horizon_s % cfg.rollup_seconds
+    ends = sorted({end_s for _, end_s in bounds})
+    later = await store.sum_level_steps(
+        partitions,
+        [_agent_suffixes(store, end_s, max(end_s, horizon_s)) for end_s in ends],
+        match=_AGENT_STEPS_MATCH,
+    )
+    own: dict[str, dict[str, int]] = defaultdict(dict)
+    for name, value in levels.items():
+        if value and name.startswith(agent_kpis.LEVEL_PREFIX):
+            agent, _, field_name = name[len(agent_kpis.LEVEL_PREFIX) :].rpartition(SEP)
+            own[agent][field_name] = value
+    out = []
+    for (start_s, end_s), (kept, rest) in zip(bounds, parts, strict=True):
+        steps = _per_agent(later[ends.index(end_s)])
+        fields = _per_agent(kept or {})
+        for agent, more in _per_agent(rest).items():
+            target = fields.setdefault(agent, {})
+            for name, value in more.items():
+                target[name] = target.get(name, 0) + value
+        groups = []
+        for agent in sorted(set(fields) | set(own) | set(steps)):
+            at_end = dict(own.get(agent, {}))
+            for name, value in steps.get(agent, {}).items():
+                at_end[name] = at_end.get(name, 0) - value
+            mine = fields.get(agent, {})
+            presence_part = agent_kpis.presence_of(at_end, mine, start_s, end_s)
+            if (
+                not agent_kpis.has_agent_samples(mine)
+                and presence_part["status"] is None
+                and presence_part["occupancy_ratio"] is None
+            ):
+                continue
+            groups.append(agent_kpis.agent_document(agent, mine, presence_part))
+        out.append((start_s, end_s, groups))
+    return out
+
+
+def _agent_suffixes(store: Store, start_s: int, end_s: int) -> list[str]:
+    """The agent bucket key suffixes covering ``[start_s, end_s)``, fewest buckets."""
+    cfg = store.config
+    rollups, fines = cover(start_s, end_s, cfg.bucket_seconds, cfg.rollup_seconds)
+    return [f"{agent_kpis.ROLLUP}:{s}" for s in rollups] + [f"{agent_kpis.FINE}:{s}" for s in fines]
+
+
+def _per_agent(merged: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Stored ``agent␟field`` sums, per agent."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in merged.items():
+        agent, _, field_name = name.rpartition(SEP)
+        target = out.get(agent)
+        if target is None:
+            target = out[agent] = {}
+        target[field_name] = target.get(field_name, 0) + value
+    return out
 
 
 async def read_window(
@@ -741,6 +854,8 @@ def parse_series(
         max_future_s=max_future_s,
         now_s=now_s,
     )
+    if AGENT in newest.by:
+        raise InvalidQuery("by", "a series is by channel, queue or priority; by agent, ask /kpis")
     if step is None:
         step_s = newest.width_s
     else:

@@ -20,6 +20,10 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:r:<start>``           hash: the same fields rolled up per ``rollup_seconds``
 ``P:{pn}:B:<start>``,          hash: the fine and rolled-up fields summed over all groups,
 ``P:{pn}:R:<start>``           keyed ``field`` alone (reads without grouping take these)
+``P:{pn}:a:<start>``,          hash: the per-agent fields, fine and rolled up, keyed
+``P:{pn}:A:<start>``           ``agent_id␟field`` (``--by agent`` reads these alone;
+                               :mod:`~streams.agent_kpis`), the agents' own presence steps
+                               among them
 ``P:{pn}:bidx``                zset: bucket key suffix -> bucket end (s), for trimming
 ``P:{pn}:bver``                hash: bucket key suffix -> ``generation:version`` of the
                                last commit that wrote it (readers keep sums of settled
@@ -28,7 +32,8 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
 ``P:{pn}:lvl``                 hash: the levels, ``channel␟queue␟priority␟bl:<status>`` (and
                                ``bl:w``) -> the running sum of those level steps: the
                                backlog and the waiting chats as of every step written;
-                               ``ag:<status>`` (no group) the agents by presence status
+                               ``ag:<status>`` (no group) the agents by presence status,
+                               ``ag@<agent>␟ag:<status>`` each agent's own (0 or 1)
 ``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
 ``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
 ``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
@@ -195,10 +200,13 @@ __all__ = [
 #: 7: the ids of events a state keeps in no field beside it (``ids``), not in it: a batch
 #: reads and writes those of its own events alone. 8: a ticket's timeline entries beside
 #: its state (``tl:<id>``), the state keeping the timeline walked (its states read layout
-#: 7's too: a ticket's timeline stays in its state until its next batch moves it).
-LAYOUT = "8"
-#: Layouts whose state this one reads (a store of layout 7 is taken over as it is).
-_READS = frozenset(("7", LAYOUT))
+#: 7's too: a ticket's timeline stays in its state until its next batch moves it). 9: the
+#: agents a conversation's events name in its state (``crew``), the per-agent buckets
+#: ``a:``/``A:`` and levels ``ag@<agent>`` (its states read layout 8's and 7's: a
+#: conversation's agents count from its next events on).
+LAYOUT = "9"
+#: Layouts whose state this one reads (a store of layout 7 or 8 is taken over as it is).
+_READS = frozenset(("7", "8", LAYOUT))
 
 #: The start of every script that reads or writes several keys of one partition, on a
 #: Redis Cluster (a single Redis moves no slots). While the partition's slot is being
@@ -976,12 +984,12 @@ def _settled(
         if suffix[:2] not in _BUCKET_KINDS:
             continue  # not a time bucket (the levels)
         start = int(suffix[2:])
-        if suffix[:2] in ("r:", "R:"):
+        if suffix[:2] in _ROLLUP_KINDS:
             settled = start < newest_s or start + rollup_s <= fine_cut_s
         else:
             settled = start < fine_cut_s
         if settled:
-            kept.append((suffix[0] in "bB", start, suffix))
+            kept.append((suffix[0] in "bBa", start, suffix))
     return tuple(suffix for _, _, suffix in sorted(kept))
 
 
@@ -989,14 +997,18 @@ def _settled(
 _SEP_BYTES = SEP.encode()
 
 #: the key suffix prefixes of the time buckets: fine and roll-up, by group and over all
-_BUCKET_KINDS = frozenset({"b:", "r:", "B:", "R:"})
+#: (and per agent, ``a:``/``A:``)
+_BUCKET_KINDS = frozenset({"b:", "r:", "B:", "R:", "a:", "A:"})
+_ROLLUP_KINDS = ("r:", "R:", "A:")
 
 
 def _fine_cut(sets: Sequence[Sequence[str]]) -> int:
     """The start of the second newest fine bucket any of ``sets`` names (0: fewer than
     two): the fine buckets before it are settled, the two newest are where the traffic
     writes (an event a few seconds late lands in the one before the newest)."""
-    starts = sorted({int(s[2:]) for suffixes in sets for s in suffixes if s[:2] in ("b:", "B:")})
+    starts = sorted(
+        {int(s[2:]) for suffixes in sets for s in suffixes if s[:2] in ("b:", "B:", "a:")}
+    )
     return starts[-2] if len(starts) >= 2 else 0
 
 
@@ -1004,12 +1016,13 @@ def _span(suffixes: Sequence[str], config: CoreConfig) -> tuple[str, int]:
     """What the same window read at another time shares: its kind of buckets (by group
     or over all) and its width, first bucket's start to last bucket's end."""
     bounds = [
-        (start, start + (config.rollup_seconds if s[0] in "rR" else config.bucket_seconds))
+        (start, start + (config.rollup_seconds if s[0] in "rRA" else config.bucket_seconds))
         for s in suffixes
         if s[:2] in _BUCKET_KINDS
         for start in (int(s[2:]),)
     ]
-    kind = "grouped" if suffixes and suffixes[0][0] in "br" else "all"
+    first = suffixes[0][0] if suffixes else ""
+    kind = "grouped" if first in "br" else "agents" if first in "aA" else "all"
     return kind, (
         max(end for _, end in bounds) - min(start for start, _ in bounds)
     ) if bounds else 0
@@ -1018,7 +1031,7 @@ def _span(suffixes: Sequence[str], config: CoreConfig) -> tuple[str, int]:
 def _newest_rollup(sets: Sequence[Sequence[str]]) -> int:
     """The start of the newest roll-up any of ``sets`` names (0: none)."""
     return max(
-        (int(s[2:]) for suffixes in sets for s in suffixes if s[:2] in ("r:", "R:")), default=0
+        (int(s[2:]) for suffixes in sets for s in suffixes if s[:2] in _ROLLUP_KINDS), default=0
     )
 
 
@@ -1229,7 +1242,7 @@ class Store:
         stored = {text(k): text(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
         self._refuse_other_layout(stored)
         if stored.get("layout") != LAYOUT:
-            # layout 7's states read as they are; from here on the store is layout 8's
+            # layout 7's and 8's states read as they are; from here on the store is 9's
             await self.redis.hset(key, "layout", LAYOUT)
         for name, value in wanted.items():
             if stored.get(name) != value:
@@ -1515,7 +1528,7 @@ class Store:
             flat += [name, str(delta)]
         flat.append(str(len(result.buckets)))
         for (level, start), fields in result.buckets.items():
-            width = cfg.bucket_seconds if level in "bB" else cfg.rollup_seconds
+            width = cfg.bucket_seconds if level in "bBa" else cfg.rollup_seconds
             nonzero = [(k, v) for k, v in fields.items() if v]
             flat += [f"{level}:{start}", str(start + width), str(len(nonzero))]
             for name, delta in nonzero:

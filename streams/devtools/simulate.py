@@ -35,6 +35,11 @@ What the stream looks like:
 * **Surveys**: csat (1 to 5, skewed high, lower after a breached ticket), nps (0 to 10) or ces
   (1 to 7) for ``survey_ratio`` of solved tickets and answered chats, keyed by the rated
   conversation; usually without dimensions, sometimes with all or some of their own.
+* **Agents**: each conversation goes to one of its queue's 24 agents on shift when it opens
+  (three 8-hour shifts a day, eight agents each); most public replies name that agent,
+  about one in seven a colleague of the same shift who took the ticket over, one in
+  thirty-three none; accepts name the agent, two surveys in five name none (they count
+  for the last agent who replied). With ``presence``, the agents' status changes too.
 
 Time: conversations start in ``[start_s, start_s + duration_s)`` as a Poisson process
 (shaped by ``diurnal`` and ``incident``) and only events *occurring* before the end are
@@ -60,6 +65,7 @@ import heapq
 import itertools
 import math
 import random
+import zlib
 from bisect import bisect
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -423,7 +429,12 @@ class _Simulation:
         conversation.channel = channel
         conversation.queue = self.queue(rng)
         conversation.priority = self.priority(rng)
-        conversation.agent = f"agent-{conversation.queue}-{rng.randrange(24)}"
+        # an agent of the queue on shift when it opens (shift n % 3 starts at hour 8 x (n %
+        # 3) UTC, see presence_records), chosen by the id: the random stream stays the same
+        shift = at_ms % 86_400_000 // 28_800_000
+        seat = 3 * (zlib.crc32(conversation.id.encode()) % 8) + shift
+        rng.randrange(24)  # the draw the agent once took, kept so the rest stays the same
+        conversation.agent = f"agent-{conversation.queue}-{seat}"
         conversation.tags = number % 10 == 7
         if not is_chat:
             roll = rng.random()
@@ -750,7 +761,14 @@ class _Simulation:
             if public is not None:
                 payload["public"] = public
             if role == "agent":
-                payload["agent_id"] = conversation.agent
+                # most replies by the conversation's agent, some by a colleague of the same
+                # shift who took it over, a few from a tool that names no agent
+                roll = zlib.crc32(event_id.encode()) % 100
+                if roll >= 18:
+                    payload["agent_id"] = conversation.agent
+                elif roll >= 3:
+                    queue, _, number = conversation.agent.rpartition("-")
+                    payload["agent_id"] = f"{queue}-{(int(number) + 3) % 24}"
         elif code == _TICKET_STATUS:
             payload["ticket_id"] = conversation.id
             payload["status"] = extra
@@ -770,7 +788,8 @@ class _Simulation:
             payload["kind"] = kind
             payload["score"] = score
             payload["chat_id" if conversation.is_chat else "ticket_id"] = conversation.id
-            payload["agent_id"] = conversation.agent
+            if zlib.crc32(event_id.encode()) % 5 >= 2:  # two in five name no agent
+                payload["agent_id"] = conversation.agent
             if dimensions:
                 payload.update(dimensions)
         else:
