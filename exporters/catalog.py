@@ -4,7 +4,7 @@ The collector builds its families from :data:`CATALOG`; the dashboard, the recor
 and the alerts in ``exporters/assets`` are tested against it, so a rename here that is not
 carried through fails the suite instead of a board going blank.
 
-Five groups, on purpose (README.md, "Prometheus metrics"):
+Six groups, on purpose (README.md, "Prometheus metrics"):
 
 * **windowed** gauges, labels ``window`` + :data:`DIMENSIONS` (plus ``metric`` on the SLA
   ratio): event-time results over a rolling
@@ -19,6 +19,9 @@ Five groups, on purpose (README.md, "Prometheus metrics"):
   time, gauges labelled :data:`DIMENSIONS` (plus ``status`` on the backlog): a state like
   the instances now, but broken down by group like the windows.
 * **health**: freshness and pipeline health of the worker itself.
+* **per agent**, only with ``DESKPULSE_AGENT_METRICS=true``: a few windowed gauges labelled
+  ``window`` and ``agent``, and each agent's presence status now; under the same series
+  budget.
 
 Counters are stored under their full exposed name (``..._total``). Seven windowed gauges
 share a stem with a counter (``deskpulse_tickets_created`` and
@@ -37,6 +40,7 @@ from deskpulse.models.events import DIMENSIONS
 from deskpulse.streams.core import HISTOGRAM_BOUNDS_S as _CORE_BOUNDS_S
 
 __all__ = [
+    "AGENTS",
     "BACKLOG_STATUSES",
     "CATALOG",
     "CUMULATIVE",
@@ -654,8 +658,79 @@ HEALTH: tuple[MetricSpec, ...] = (
     ),
 )
 
+# -- per agent, with DESKPULSE_AGENT_METRICS=true ---------------------------------------------
+
+_BY_AGENT = (
+    " Exported only with DESKPULSE_AGENT_METRICS=true (an agent id in a label is the "
+    "operator's choice), under DESKPULSE_MAX_SERIES: past it, the least active agents are "
+    "left out (counted in deskpulse_series_folded)."
+)
+
+
+def _per_agent(name: str, what: str, unit: str = "") -> MetricSpec:
+    return MetricSpec(
+        name=name,
+        kind="gauge",
+        labels=("window", "agent"),
+        help=f"{what}. {_EVENT_TIME}{_NO_SAMPLES}{_BY_AGENT}",
+        unit=unit,
+    )
+
+
+AGENTS: tuple[MetricSpec, ...] = (
+    _per_agent(
+        "deskpulse_agent_first_responses",
+        "First responses in the window by the agent named on the reply",
+    ),
+    _per_agent(
+        "deskpulse_agent_first_response_mean_seconds",
+        "Mean first response time of the agent's first responses in the window",
+        "seconds",
+    ),
+    _per_agent(
+        "deskpulse_agent_next_responses",
+        "Next responses in the window by the agent named on the reply",
+    ),
+    _per_agent(
+        "deskpulse_agent_next_response_mean_seconds",
+        "Mean next response time of the agent's next responses in the window",
+        "seconds",
+    ),
+    _per_agent("deskpulse_agent_chats_answered", "Chats accepted by the agent in the window"),
+    _per_agent(
+        "deskpulse_agent_chat_handle_mean_seconds",
+        "Mean handle time (accept to end) of the agent's chats ended in the window",
+        "seconds",
+    ),
+    _per_agent(
+        "deskpulse_agent_csat_ratio",
+        "Satisfied CSAT responses over all CSAT responses of the agent in the window (the "
+        "survey's agent, else the last agent who replied publicly before it)",
+        "ratio",
+    ),
+    _per_agent(
+        "deskpulse_agent_tickets_solved",
+        "Tickets solved for good in the window whose last public reply before the solve was "
+        "the agent's",
+    ),
+    _per_agent(
+        "deskpulse_agent_occupancy_ratio",
+        "Time the agent was busy over the time it was available or busy, in the window",
+        "ratio",
+    ),
+    MetricSpec(
+        "deskpulse_agent_status",
+        "gauge",
+        ("agent", "status"),
+        "1 for the agent's presence status (available, busy, away, offline) at the end of "
+        "the windows (the bucket boundary after the newest event); an agent with no status "
+        "then has no series." + _BY_AGENT,
+        "",
+    ),
+)
+
 CATALOG: dict[str, MetricSpec] = build_catalog(
-    (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH)
+    (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH, *AGENTS)
 )
 
 # Families that OpenMetrics would name alike: a windowed gauge and the counter of the same

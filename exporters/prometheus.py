@@ -36,7 +36,7 @@ from prometheus_client.samples import Sample
 
 from deskpulse import __version__
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard, share
-from deskpulse.exporters.catalog import CATALOG, HOLE_OUTCOMES
+from deskpulse.exporters.catalog import AGENTS, CATALOG, HOLE_OUTCOMES
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
 from deskpulse.streams.compat import gauge_value
@@ -50,11 +50,11 @@ from deskpulse.streams.core import (
     has_samples,
 )
 from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
-from deskpulse.streams.query import read_agents, read_grouped_windows, read_live
+from deskpulse.streams.query import read_agent_groups, read_agents, read_grouped_windows, read_live
 from deskpulse.streams.sla import SHORT
 from deskpulse.streams.store import Store
 
-__all__ = ["KpiCollector", "PipelineMetrics", "build_registry", "render"]
+__all__ = ["KpiCollector", "PipelineMetrics", "agent_volume", "build_registry", "render"]
 
 
 class PipelineMetrics:
@@ -285,6 +285,41 @@ _GUARDED: tuple[str, ...] = (
 )
 
 
+#: the per-agent families (DESKPULSE_AGENT_METRICS=true), the status last
+_AGENT_FAMILIES: tuple[str, ...] = tuple(spec.name for spec in AGENTS)
+#: an agent's series in one window (its status counted in each: an upper bound)
+_AGENT_SERIES = len(_AGENT_FAMILIES)
+
+
+def agent_volume(group: Mapping[str, Any]) -> int:
+    """How many samples an agent holds in a window (its rank for the series budget and
+    the KPI snapshots)."""
+    return (
+        group["first_response"]["count"]
+        + group["next_response"]["count"]
+        + group["chats"]["answered"]
+        + group["csat"]["responses"]
+        + group["tickets_solved"]
+    )
+
+
+def _agent_values(group: Mapping[str, Any]) -> list[tuple[str, float | None]]:
+    """An agent's per-window gauge values, family by family (``None``: no samples)."""
+    first, following = group["first_response"], group["next_response"]
+    chats, csat = group["chats"], group["csat"]
+    return [
+        ("deskpulse_agent_first_responses", first["count"]),
+        ("deskpulse_agent_first_response_mean_seconds", first["mean_seconds"]),
+        ("deskpulse_agent_next_responses", following["count"]),
+        ("deskpulse_agent_next_response_mean_seconds", following["mean_seconds"]),
+        ("deskpulse_agent_chats_answered", chats["answered"]),
+        ("deskpulse_agent_chat_handle_mean_seconds", chats["handle_mean_seconds"]),
+        ("deskpulse_agent_csat_ratio", csat["ratio"]),
+        ("deskpulse_agent_tickets_solved", group["tickets_solved"]),
+        ("deskpulse_agent_occupancy_ratio", group["presence"]["occupancy_ratio"]),
+    ]
+
+
 _WINDOWED_LABELS = ("window", *DIMENSIONS)
 #: a sample and the family it belongs to
 _Sample = tuple[str, Sample]
@@ -312,6 +347,9 @@ class WindowRead:
     #: the agents by status at ``end_s`` and the occupancy over the window
     #: (:func:`~streams.query.read_agents`), for the total's snapshot
     agents: Mapping[str, Any] | None = None
+    #: the groups of the document grouped by agent (:func:`~streams.query.
+    #: read_agent_groups`), for the agents' snapshots and families
+    agent_groups: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -390,19 +428,36 @@ class KpiCollector(Collector):
             partitions=parts,
             watermarks_ms=watermarks,
         )
-        for width, (start, end, groups), presence in zip(
-            self.settings.windows, reads, agents, strict=True
+        by_agent = await read_agent_groups(
+            store,
+            widths_s=self.settings.windows,
+            at_s=now_s,
+            partitions=parts,
+            watermarks_ms=watermarks,
+        )
+        per_agent: list[tuple[str, Sequence[Mapping[str, Any]]]] = []
+        for width, (start, end, groups), presence, (_, _, agent_groups) in zip(
+            self.settings.windows, reads, agents, by_agent, strict=True
         ):
             name = format_duration(width)
-            windows.append(WindowRead(name, start, end, groups, at_end[end], presence))
+            windows.append(
+                WindowRead(name, start, end, groups, at_end[end], presence, agent_groups)
+            )
             per_window.append((name, groups))
+            per_agent.append((name, agent_groups))
         totals = await store.read_totals_by_group()
         firing = await store.alert_states()
         live = at_end[newest_end_s]
         # Building and rendering the families is CPU work (tens of ms at 10,000 series): a
         # thread keeps the event loop (agents, scrapes) turning meanwhile.
         families, exposition = await asyncio.to_thread(
-            self._build_and_render, per_window, totals, meta, firing, (live, newest_ms)
+            self._build_and_render,
+            per_window,
+            totals,
+            meta,
+            firing,
+            (live, newest_ms),
+            per_agent if self.settings.agent_metrics else (),
         )
         self._families = families
         self.exposition = exposition
@@ -416,6 +471,7 @@ class KpiCollector(Collector):
         meta: dict[int, dict[str, str]],
         firing: dict[str, str],
         state: tuple[Mapping[tuple[str, str, str], Mapping[str, int]], int] = ({}, 0),
+        per_agent: Sequence[tuple[str, Sequence[Mapping[str, Any]]]] = (),
     ) -> tuple[list[Metric], bytes]:
         live, newest_ms = state
         self._lines_of = {}
@@ -429,12 +485,19 @@ class KpiCollector(Collector):
         alerts = self._alert_family(firing)
         # the families without channel/queue/priority groups, the guard's own and the
         # refresh time are spent first; the groups share the rest of DESKPULSE_MAX_SERIES
-        fixed = _samples([*pipeline, alerts]) + 2 * len(_GUARDED) + 1 + PIPELINE_RESERVE
+        guarded = (*_GUARDED, *_AGENT_FAMILIES) if per_agent else _GUARDED
+        fixed = _samples([*pipeline, alerts]) + 2 * len(guarded) + 1 + PIPELINE_RESERVE
         caps = share(
-            [len(view) for view in windowed] + [len(counts), len(cumulative)],
-            [_WINDOWED_SERIES] * len(windowed) + [_STATE_RULE.series, self._cumulative_series],
+            [len(view) for view in windowed]
+            + [len(counts), len(cumulative)]
+            + [len(groups) for _, groups in per_agent],
+            [_WINDOWED_SERIES] * len(windowed)
+            + [_STATE_RULE.series, self._cumulative_series]
+            + [_AGENT_SERIES] * len(per_agent),
             max(0, self.settings.max_series - fixed),
         )
+        agent_caps = caps[len(windowed) + 2 :]
+        caps = caps[: len(windowed) + 2]
         folded: Counter[str] = Counter()
         families = self._windowed_families(
             [name for name, _ in per_window], windowed, folded, caps[: len(windowed)]
@@ -442,7 +505,9 @@ class KpiCollector(Collector):
         families += self._cumulative_families(cumulative, folded, caps[-1])
         families += pipeline
         families += self._state_families(counts, firsts, newest_ms, folded, caps[-2])
-        families += self._guard_families(folded)
+        if per_agent:
+            families += self._agent_families(per_agent, folded, agent_caps)
+        families += self._guard_families(folded, guarded)
         families.append(alerts)
         refresh = GaugeMetricFamily(
             "deskpulse_kpi_refresh_timestamp_seconds",
@@ -508,7 +573,48 @@ class KpiCollector(Collector):
                 target[name] = target.get(name, 0) + value
         return merged
 
-    def _guard_families(self, folded: Counter[str]) -> list[Metric]:
+    def _agent_families(
+        self,
+        per_agent: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
+        folded: Counter[str],
+        caps: Sequence[int],
+    ) -> list[Metric]:
+        """The per-agent gauges (``DESKPULSE_AGENT_METRICS=true``): in each window the
+        ``caps[w]`` most active agents (by their samples, then their id); the rest left out
+        and counted in ``folded``. An agent's status comes from the first window (they all
+        end together)."""
+        cut = self.settings.label_max_length
+        gauges = {
+            name: GaugeMetricFamily(name, _help(name), labels=["window", "agent"])
+            for name in _AGENT_FAMILIES[:-1]
+        }
+        status = GaugeMetricFamily(
+            _AGENT_FAMILIES[-1], _help(_AGENT_FAMILIES[-1]), labels=["agent", "status"]
+        )
+        statuses: set[str] = set()
+        for index, ((window, groups), cap) in enumerate(zip(per_agent, caps, strict=True)):
+            ranked = sorted(groups, key=lambda g: (-agent_volume(g), g["key"]["agent"]))
+            if len(ranked) > cap:
+                for name in _AGENT_FAMILIES:
+                    folded[name] += len(ranked) - cap
+            shown: set[str] = set()
+            for group in ranked[:cap]:
+                agent = group["key"]["agent"][:cut]
+                if agent in shown:
+                    continue  # two ids alike up to the label length: the first one
+                shown.add(agent)
+                for name, value in _agent_values(group):
+                    if value is not None:
+                        gauges[name].add_metric([window, agent], value)
+                now = group["presence"]["status"]
+                if index == 0 and now is not None and agent not in statuses:
+                    statuses.add(agent)
+                    status.add_metric([agent, now], 1)
+        return [*gauges.values(), status]
+
+    def _guard_families(
+        self, folded: Counter[str], guarded: Sequence[str] = _GUARDED
+    ) -> list[Metric]:
         """Folded series now (a gauge) and added up over refreshes (a counter), per family."""
         self.folded_total.update(folded)
         now = GaugeMetricFamily(
@@ -517,7 +623,7 @@ class KpiCollector(Collector):
         total = CounterMetricFamily(
             "deskpulse_series_dropped", _help("deskpulse_series_dropped_total"), labels=["metric"]
         )
-        for metric in _GUARDED:
+        for metric in guarded:
             now.add_metric([metric], folded.get(metric, 0))
             total.add_metric([metric], self.folded_total.get(metric, 0))
         return [now, total]

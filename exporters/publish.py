@@ -8,7 +8,9 @@ a newer one replaces it, and a pass publishes only the groups whose window sums 
 changed since their last message (:class:`SnapshotState` remembers what each key was
 published with), plus each window's total. Every ``DESKPULSE_SNAPSHOT_FULL_INTERVAL``
 (and at a publisher's first pass, after a leader change) every group shown is published
-again, changed or not.
+again, changed or not. Each agent's group of the document grouped by agent goes out the
+same way, keyed ``<window>|agent|<agent_id>`` (the most active agents first, as many as
+``DESKPULSE_MAX_SNAPSHOT_MESSAGES`` per window).
 
 Threshold rules keep their state in Redis (``P:alerts``: ``rule␟window␟channel␟queue␟
 priority`` -> ``firing``), so a transition is published once even when the leader moves
@@ -28,11 +30,12 @@ from typing import Any
 
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, guard
 from deskpulse.exporters.kafka import KafkaPublisher
-from deskpulse.exporters.prometheus import WindowRead
+from deskpulse.exporters.prometheus import WindowRead, agent_volume
 from deskpulse.models.outputs import AlertTransition, KpiSnapshot, output_key
 from deskpulse.models.settings import AlertRule, Settings, parse_duration
 from deskpulse.streams.core import LONGEST, OLDEST, SEP, group_document, has_samples
 from deskpulse.streams.query import (
+    AGENT,
     DIMENSIONS,
     build_document,
     build_grouped_document,
@@ -116,8 +119,11 @@ def snapshot_items(
     """
     inputs: dict[str, Any] = {}
     plan = _snapshot_plan(windows, settings)
+    limit = settings.max_snapshot_messages
     items = [
-        item for chunk in _snapshot_chunks(windows, plan, published, inputs, 0) for item in chunk
+        item
+        for chunk in _snapshot_chunks(windows, plan, published, inputs, 0, limit)
+        for item in chunk
     ]
     return items, plan[2], inputs
 
@@ -149,6 +155,7 @@ def _snapshot_chunks(
     published: Mapping[str, Any] | None,
     inputs: dict[str, Any],
     size: int,
+    limit: int = 10_000,
 ) -> Iterator[_Items]:
     """:func:`snapshot_items`'s messages, ``size`` at a time (0: all at once), each
     group's document built as its turn comes; ``inputs`` filled as they go."""
@@ -194,8 +201,24 @@ def _snapshot_chunks(
                 other = group_document(names, fold.other, rest, window.end_s)
                 other = {**other, "folded_groups": fold.folded}
                 items.append(_message(window.name, start, end, OTHER, other))
+        # by agent: each agent's group under ``<window>|agent|<agent_id>``, the most active
+        # first, as many as DESKPULSE_MAX_SNAPSHOT_MESSAGES per window
+        for group in _agents_shown(window.agent_groups, limit):
+            key = (AGENT, group["key"]["agent"])
+            if changed(output_key(window.name, *key), group):
+                items.append(_message(window.name, start, end, key, dict(group)))
+                if size and len(items) >= size:
+                    yield items
+                    items = []
     if items:
         yield items
+
+
+def _agents_shown(groups: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, Any]]:
+    """The agents' groups a snapshot publishes: the ``limit`` with the most samples."""
+    if len(groups) <= limit:
+        return list(groups)
+    return sorted(groups, key=lambda g: (-agent_volume(g), g["key"]["agent"]))[:limit]
 
 
 def _message(
@@ -254,7 +277,9 @@ async def publish_snapshots(
     _folded_before[settings.topic_kpis] = folded
     # built and sent SNAPSHOT_CHUNK messages at a time, each chunk off the event loop
     inputs: dict[str, Any] = {}
-    chunks = _snapshot_chunks(windows, plan, published, inputs, SNAPSHOT_CHUNK)
+    chunks = _snapshot_chunks(
+        windows, plan, published, inputs, SNAPSHOT_CHUNK, settings.max_snapshot_messages
+    )
     sent = 0
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         await publisher.publish_json(settings.topic_kpis, chunk)

@@ -336,6 +336,9 @@ class Settings(BaseSettings):
     # messages per KPI snapshot on the KPI topic (the smallest groups are folded into one)
     max_snapshot_messages: int = Field(default=10_000, ge=1)
     label_max_length: int = Field(default=64, ge=8, le=1024)
+    # agent ids as Prometheus labels (the deskpulse_agent_* families), under the same
+    # DESKPULSE_MAX_SERIES: off by default, an id in a label is the operator's choice
+    agent_metrics: bool = False
 
     # KPI reads (GET /kpis): computed in a read process of their own, at most this many at
     # once, this many more waiting (then 503), an identical request answered from the last

@@ -3,7 +3,7 @@
     deskpulse worker                       run the service (agents, /metrics, /kpis)
     deskpulse ingest                       take webhooks (events, Zendesk, Intercom) to Kafka
     deskpulse demo                         embedded broker + Redis + worker + traffic
-    deskpulse kpis --window 1h [--at T] [--by channel,queue] [--json]
+    deskpulse kpis --window 1h [--at T] [--by channel,queue | --by agent] [--json]
     deskpulse simulate ...                 realistic traffic to Kafka or a JSONL file
     deskpulse produce FILE.jsonl           publish a file of events to the input topics
     deskpulse replay                       fast backfill straight from the input topics
@@ -122,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     kpis.add_argument(
         "--by",
         default="",
-        help="group by any of channel,queue,priority, comma-separated, each once "
-        "(default: one group of everything)",
+        help="group by any of channel,queue,priority, comma-separated, each once, or by "
+        "agent alone (default: one group of everything)",
     )
     kpis.add_argument("--json", action="store_true", help="print the JSON document")
     state = commands.add_parser(
@@ -429,7 +429,8 @@ def _duration(seconds: float) -> str:
 
 def render_table(document: dict[str, Any]) -> str:
     """A readable table of the KPI document, one row per group."""
-    window = document["window"]
+    if document["by"] == ["agent"]:
+        return _agent_table(document)
     header = [
         "group",
         "tickets",
@@ -462,6 +463,36 @@ def render_table(document: dict[str, Any]) -> str:
                 _fmt(group["ces"]["average"]),
             ]
         )
+    return _lay_out(document["window"], rows)
+
+
+def _agent_table(document: dict[str, Any]) -> str:
+    """:func:`render_table` of a document grouped by agent: one row per agent."""
+    header = ["agent", "FRT n", "FRT p50", "next n", "chats", "handle p50", "CSAT", "solved"]
+    header += ["status", "occupancy"]
+    rows = [header]
+    for group in document["groups"]:
+        fr, chats, presence = group["first_response"], group["chats"], group["presence"]
+        rows.append(
+            [
+                group["key"]["agent"],
+                str(fr["count"]),
+                _fmt(fr["p50_seconds"], "s"),
+                str(group["next_response"]["count"]),
+                str(chats["answered"]),
+                _fmt(chats["handle_p50_seconds"], "s"),
+                _fmt(group["csat"]["ratio"], "%"),
+                str(group["tickets_solved"]),
+                presence["status"] or "-",
+                _fmt(presence["occupancy_ratio"], "%"),
+            ]
+        )
+    return _lay_out(document["window"], rows)
+
+
+def _lay_out(window: dict[str, Any], rows: list[list[str]]) -> str:
+    """The window's line, then ``rows`` (the header first) in aligned columns."""
+    header = rows[0]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [f"window {window['start']} .. {window['end']} ({window['seconds']}s)"]
     for index, row in enumerate(rows):

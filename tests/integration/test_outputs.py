@@ -52,6 +52,14 @@ GROUP_FIELDS = {
     "ces",
 }
 SNAPSHOT_FIELDS = GROUP_FIELDS | {"schema_version", "window", "start", "end"}
+#: an agent's group (``<window>|agent|<agent_id>``)
+AGENT_SNAPSHOT_FIELDS = {"schema_version", "window", "start", "end", "key", "first_response"} | {
+    "next_response",
+    "chats",
+    "csat",
+    "tickets_solved",
+    "presence",
+}
 TRANSITION_FIELDS = {
     "schema_version",
     "type",
@@ -183,6 +191,11 @@ def check_snapshots_match_kpis(
     latest: dict[str, dict[str, Any]] = {}
     for key, payload in messages:
         window, *dims = key.split("|")
+        if dims[0] == "agent":  # an agent's group
+            assert len(dims) == 2 and payload["key"] == {"agent": dims[1]}, key
+            assert set(payload) == AGENT_SNAPSHOT_FIELDS, (key, sorted(payload))
+            latest[key] = payload
+            continue
         # the total alone has the agents' presence (kept over all groups)
         extra = {"agents"} if dims == ["*", "*", "*"] else set()
         assert set(payload) == SNAPSHOT_FIELDS | extra, (key, sorted(payload))
@@ -197,26 +210,28 @@ def check_snapshots_match_kpis(
             assert payload["key"] == dict(zip(DIMS, dims, strict=True)), key
         latest[key] = payload
 
-    documents: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    documents: dict[tuple[str, str, str], dict[str, Any]] = {}
 
-    def document(window: str, end: str, grouped: bool) -> dict[str, Any]:
+    def document(window: str, end: str, grouped: str) -> dict[str, Any]:
         if (window, end, grouped) not in documents:
-            by = ["--by", ",".join(DIMS)] if grouped else []
+            by = ["--by", grouped] if grouped else []
             documents[(window, end, grouped)] = kpis(
                 settings, tmp_path, "--window", window, "--at", end, *by
             )
         return documents[(window, end, grouped)]
 
+    def grouping(key: dict[str, str]) -> str:
+        return "agent" if "agent" in key else ",".join(DIMS) if key else ""
+
     # The latest value of every key is the group of `kpis` for its window, at its end.
     for key, payload in latest.items():
         window = payload["window"]
-        grouped = payload["key"] != {}
-        doc = document(window, payload["end"], grouped)
+        doc = document(window, payload["end"], grouping(payload["key"]))
         assert (payload["start"], payload["end"]) == (doc["window"]["start"], doc["window"]["end"])
         groups = {json.dumps(g["key"], sort_keys=True): g for g in doc["groups"]}
         expected = groups.get(json.dumps(payload["key"], sort_keys=True))
         assert expected is not None, f"{key}: no such group in kpis --at {payload['end']}"
-        got = {name: payload[name] for name in GROUP_FIELDS | (set(expected) - GROUP_FIELDS)}
+        got = {name: payload[name] for name in set(expected)}
         assert got == expected, key
 
     # Every window has its total, and every group `kpis` knows has its key.
@@ -225,11 +240,17 @@ def check_snapshots_match_kpis(
         assert total is not None, f"no total for {window}"
         assert total["tickets_created"] > 0, total
         assert sum(total["agents"][s] for s in ("available", "busy", "away")) > 0, total
-        doc = document(window, total["end"], True)
+        doc = document(window, total["end"], ",".join(DIMS))
         assert len(doc["groups"]) >= 5, doc["groups"]
         for group in doc["groups"]:
             key = "|".join([window, *(group["key"][d] for d in DIMS)])
             assert key in latest, f"no snapshot for {key}"
+        # and every agent `kpis --by agent` knows
+        agents = document(window, total["end"], "agent")["groups"]
+        assert len(agents) >= 10, agents
+        assert sum(g["first_response"]["count"] for g in agents) > 0, agents
+        for group in agents:
+            assert f"{window}|agent|{group['key']['agent']}" in latest, group["key"]
         width = {"15m": 900, "1h": 3600, "24h": 86400}[window]
         start, end = parse_time(total["start"]), parse_time(total["end"])
         assert end - start == timedelta(seconds=width)

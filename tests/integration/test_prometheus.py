@@ -713,3 +713,82 @@ def _value(collector: KpiCollector, name: str, wanted: dict[str, str]) -> float 
     registry = CollectorRegistry()
     registry.register(collector)
     return registry.get_sample_value(name, wanted)
+
+
+# -- per agent (DESKPULSE_AGENT_METRICS) ------------------------------------------------------
+
+
+def _agents_day(agents: int) -> list[tuple[str, bytes, bytes]]:
+    """A ticket per agent, answered by it (agent n after n seconds), and its status."""
+    events = []
+    for n in range(agents):
+        ticket = f"A-{n}"
+        events.append(event("ticket.created", NOW_S - 1800, ticket_id=ticket, channel="email"))
+        events.append(
+            event(
+                "ticket.replied",
+                NOW_S - 1800 + 60 + n,
+                ticket_id=ticket,
+                author_role="agent",
+                agent_id=f"agent-{n:03d}",
+            )
+        )
+        body = {
+            "event_id": uuid.uuid4().hex,
+            "type": "agent.status_changed",
+            "occurred_at": stamp(NOW_S - 3000),
+            "agent_id": f"agent-{n:03d}",
+            "status": "busy" if n % 2 else "available",
+        }
+        events.append(("agents", f"agent-{n:03d}".encode(), orjson.dumps(body)))
+    return events
+
+
+def test_agent_series_only_with_agent_metrics_on(redis_server: RedisServer) -> None:
+    _, registry = collector_for(unit_settings(redis_server), _agents_day(3))
+    assert not [f.name for f in registry.collect() if f.name.startswith("deskpulse_agent_")]
+    assert label_sets(registry, "deskpulse_tickets_created") != []
+
+    _, registry = collector_for(unit_settings(redis_server, agent_metrics=True), _agents_day(3))
+    for n in range(3):
+        agent = f"agent-{n:03d}"
+        for window in ("5m", "1h"):
+            wanted = {"window": window, "agent": agent}
+            # the replies are 28 minutes old: in the hour, not in the five minutes
+            expected = 1 if window == "1h" else 0
+            assert registry.get_sample_value("deskpulse_agent_first_responses", wanted) == expected
+        mean = registry.get_sample_value(
+            "deskpulse_agent_first_response_mean_seconds", {"window": "1h", "agent": agent}
+        )
+        assert mean == 60 + n
+        status = "busy" if n % 2 else "available"
+        got = registry.get_sample_value(
+            "deskpulse_agent_status", {"agent": agent, "status": status}
+        )
+        assert got == 1
+    # no samples, no series: no first responses in the five minutes, no mean
+    assert (
+        registry.get_sample_value(
+            "deskpulse_agent_first_response_mean_seconds", {"window": "5m", "agent": "agent-000"}
+        )
+        is None
+    )
+    occupancy = registry.get_sample_value(
+        "deskpulse_agent_occupancy_ratio", {"window": "1h", "agent": "agent-001"}
+    )
+    assert occupancy == 1.0  # busy all the hour
+
+
+def test_agent_series_stay_within_the_series_budget(redis_server: RedisServer) -> None:
+    settings = unit_settings(redis_server, agent_metrics=True, max_series=1_000)
+    collector, registry = collector_for(settings, _agents_day(120))
+    shown = {s["agent"] for s in label_sets(registry, "deskpulse_agent_first_responses")}
+    assert 10 <= len(shown) < 120
+    # the most active first: equal here, so by id
+    assert "agent-000" in shown and "agent-119" not in shown
+    folded = registry.get_sample_value(
+        "deskpulse_series_folded", {"metric": "deskpulse_agent_first_responses"}
+    )
+    assert folded is not None and folded > 0
+    total = sum(len(family.samples) for family in registry.collect())
+    assert total <= settings.max_series, total

@@ -91,6 +91,7 @@ def rules(name: str) -> Iterator[dict[str, Any]]:
         yield from group["rules"]
 
 
+INFINITY = "yesoreyeram-infinity-datasource"
 RECORDS = [rule["record"] for rule in rules("rules.yml")]
 ALERTS = list(rules("alerts.yml"))
 ALERT_NAMES = sorted({rule["alert"] for rule in ALERTS})
@@ -101,12 +102,23 @@ def dashboard() -> dict[str, Any]:
     return loaded
 
 
-def data_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def all_data_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for panel in board["panels"]:
         if panel["type"] == "row":  # a row only groups panels; it shows no data
             yield from panel.get("panels", [])
         else:
             yield panel
+
+
+def data_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The panels fed by Prometheus (the agents table reads the JSON endpoint instead)."""
+    for panel in all_data_panels(board):
+        if panel["datasource"].get("type") != INFINITY:
+            yield panel
+
+
+def json_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in all_data_panels(board) if p["datasource"].get("type") == INFINITY]
 
 
 def dashboard_exprs() -> list[str]:
@@ -515,6 +527,47 @@ def test_panels_have_unique_ids_and_do_not_overlap() -> None:
         }
         assert not cells & taken, f"{panel['title']} overlaps another panel"
         taken |= cells
+
+
+def test_the_agents_table_reads_kpis_by_agent_from_the_json_endpoint() -> None:
+    (panel,) = json_panels(dashboard())
+    assert panel["type"] == "table" and "$window" in panel["title"]
+    # the provisioned JSON datasource, pointed at the worker's web port
+    sources = load_yaml(GRAFANA / "provisioning" / "datasources" / "deskpulse-json.yml")
+    (source,) = sources["datasources"]
+    assert panel["datasource"] == {"type": INFINITY, "uid": source["uid"]}
+    assert source["type"] == INFINITY and source["url"] == "http://worker:6066"
+    assert INFINITY in compose()["services"]["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
+    (target,) = panel["targets"]
+    assert target["datasource"] == panel["datasource"]
+    assert (target["source"], target["type"], target["url"]) == ("url", "json", "/kpis")
+    params = {p["key"]: p["value"] for p in target["url_options"]["params"]}
+    assert params == {"window": "$window", "by": "agent"}
+    assert target["root_selector"] == "groups"
+    # every column is a field of an agent's group, as the endpoint builds it
+    from deskpulse.streams.agent_kpis import agent_document
+
+    group = agent_document("A7", {}, {"status": None, "occupancy_ratio": None})
+    for column in target["columns"]:
+        value: Any = group
+        for part in column["selector"].split("."):
+            assert isinstance(value, dict) and part in value, column["selector"]
+            value = value[part]
+    selectors = {column["selector"] for column in target["columns"]}
+    assert {"key.agent", "presence.status", "tickets_solved", "csat.ratio"} <= selectors
+    # durations in seconds, ratios as percentages
+    units = {
+        name: prop["value"]
+        for override in panel["fieldConfig"]["overrides"]
+        for prop in override["properties"]
+        if prop["id"] == "unit"
+        for name in override["matcher"]["options"].strip("^$()").split("|")
+    }
+    for column in target["columns"]:
+        if column["selector"].endswith("_seconds"):
+            assert units.get(column["text"]) == "s", column
+        if column["selector"].endswith("_ratio") or column["selector"] == "csat.ratio":
+            assert units.get(column["text"]) == "percentunit", column
 
 
 def test_grafana_provisioning() -> None:

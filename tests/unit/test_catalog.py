@@ -10,6 +10,7 @@ import pytest
 
 import deskpulse.exporters.catalog as catalog_module
 from deskpulse.exporters.catalog import (
+    AGENTS,
     BACKLOG_STATUSES,
     CATALOG,
     CUMULATIVE,
@@ -114,12 +115,26 @@ HEALTH_LABELS = {
     "deskpulse_kpi_reads_total": ("result",),
 }
 
+#: per agent, only with DESKPULSE_AGENT_METRICS=true
+AGENTS_LABELS = {
+    "deskpulse_agent_first_responses": ("window", "agent"),
+    "deskpulse_agent_first_response_mean_seconds": ("window", "agent"),
+    "deskpulse_agent_next_responses": ("window", "agent"),
+    "deskpulse_agent_next_response_mean_seconds": ("window", "agent"),
+    "deskpulse_agent_chats_answered": ("window", "agent"),
+    "deskpulse_agent_chat_handle_mean_seconds": ("window", "agent"),
+    "deskpulse_agent_csat_ratio": ("window", "agent"),
+    "deskpulse_agent_tickets_solved": ("window", "agent"),
+    "deskpulse_agent_occupancy_ratio": ("window", "agent"),
+    "deskpulse_agent_status": ("agent", "status"),
+}
+
 NAME = re.compile(r"^deskpulse_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 LABEL = re.compile(r"^[a-z][a-z0-9_]*$")
 # Words that mean "a time" or "a share": such a metric must carry the base unit in its name.
 TIME_WORDS = ("duration", "wait", "latency", "age", "time", "timestamp", "delay")
 NON_BASE_UNITS = ("_ms", "_milliseconds", "_minutes", "_hours", "_days", "_percent", "_pct")
-SPECS = (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH)
+SPECS = (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH, *AGENTS)
 
 
 def stem(spec: MetricSpec) -> str:
@@ -132,12 +147,14 @@ def test_catalog_holds_exactly_the_documented_metrics() -> None:
     assert {spec.name for spec in INSTANCES_NOW} == INSTANCES_NOW_NAMES
     assert {spec.name: spec.labels for spec in STATE_NOW} == STATE_NOW_LABELS
     assert {spec.name: spec.labels for spec in HEALTH} == HEALTH_LABELS
+    assert {spec.name: spec.labels for spec in AGENTS} == AGENTS_LABELS
     assert set(CATALOG) == (
         WINDOWED_NAMES
         | CUMULATIVE_NAMES
         | INSTANCES_NOW_NAMES
         | set(STATE_NOW_LABELS)
         | set(HEALTH_LABELS)
+        | set(AGENTS_LABELS)
     )
 
 
@@ -182,10 +199,13 @@ def test_name_follows_prometheus_conventions(spec: MetricSpec) -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
 def test_labels_are_valid_and_never_ids(spec: MetricSpec) -> None:
     assert len(set(spec.labels)) == len(spec.labels)
+    # the one exception, on the operator's request (DESKPULSE_AGENT_METRICS): agent ids
+    opted_in = ("agent",) if spec in AGENTS else ()
     for label in spec.labels:
         assert LABEL.match(label) and not label.startswith("__")
         assert label != "id" and not label.endswith("_id"), "labels never carry ids"
-        assert label not in ("ticket", "chat", "customer", "agent", "requester", "event")
+        ids = ("ticket", "chat", "customer", "agent", "requester", "event")
+        assert label not in ids or label in opted_in
     if spec.kind == "histogram":
         assert "le" not in spec.labels and spec.buckets
         assert list(spec.buckets) == sorted(set(spec.buckets))

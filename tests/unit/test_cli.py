@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from deskpulse.streams.agent_kpis import agent_document
 from deskpulse.streams.cli import render_table
 from deskpulse.streams.core import group_document
 from deskpulse.streams.devtools.embedded import free_port
@@ -113,6 +114,29 @@ def test_table_has_a_row_per_group_and_dashes_for_no_samples() -> None:
     assert "50.0%" in email  # one of two first responses within target
     assert "25.0%" in chat and "50.0%" in chat  # abandonment 1/4, service level 2/4
     assert " - " in email  # no chats: no abandonment ratio
+
+
+def test_table_by_agent_has_a_row_per_agent() -> None:
+    presence = {"status": "busy", "occupancy_ratio": 0.75}
+    document = {
+        "window": {"start": "2026-11-23T05:00:00Z", "end": "2026-11-23T06:00:00Z", "seconds": 3600},
+        "by": ["agent"],
+        "groups": [
+            agent_document("A7", {"fr": 2, "fr_ms": 120_000, "rv": 3, "ca": 1}, presence),
+            agent_document(
+                "B2", {"cs_n": 4, "cs_sat": 3}, {"status": None, "occupancy_ratio": None}
+            ),
+        ],
+    }
+    lines = render_table(document).splitlines()
+    assert lines[1].split() == [
+        "agent", "FRT", "n", "FRT", "p50", "next", "n", "chats", "handle", "p50", "CSAT",
+        "solved", "status", "occupancy",
+    ]  # fmt: skip
+    a7 = next(line for line in lines if line.startswith("A7"))
+    b2 = next(line for line in lines if line.startswith("B2"))
+    assert a7.split()[-3:] == ["3", "busy", "75.0%"]
+    assert "75.0%" in b2 and b2.split()[-2:] == ["-", "-"]  # CSAT 3/4, no presence
 
 
 def test_version_matches_the_package_metadata() -> None:

@@ -801,3 +801,13 @@ def test_cli_refuses_a_bad_schedule_or_policy_in_one_line(
     assert done.stderr.startswith(f"deskpulse: bad setting {name}: "), done.stderr
     assert says in done.stderr
     assert done.stdout == ""
+
+
+def test_agent_metrics_is_off_by_default_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().agent_metrics is False
+    monkeypatch.setenv("DESKPULSE_AGENT_METRICS", "true")
+    assert load_settings().agent_metrics is True
+    monkeypatch.setenv("DESKPULSE_AGENT_METRICS", "sometimes")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value).startswith("DESKPULSE_AGENT_METRICS")
