@@ -781,7 +781,7 @@ def test_agent_series_only_with_agent_metrics_on(redis_server: RedisServer) -> N
 
 def test_agent_series_stay_within_the_series_budget(redis_server: RedisServer) -> None:
     settings = unit_settings(redis_server, agent_metrics=True, max_series=1_000)
-    collector, registry = collector_for(settings, _agents_day(120))
+    _, registry = collector_for(settings, _agents_day(120))
     shown = {s["agent"] for s in label_sets(registry, "deskpulse_agent_first_responses")}
     assert 10 <= len(shown) < 120
     # the most active first: equal here, so by id
