@@ -294,7 +294,7 @@ _AGENT_SERIES = len(_AGENT_FAMILIES)
 def agent_volume(group: Mapping[str, Any]) -> int:
     """How many samples an agent holds in a window (its rank for the series budget and
     the KPI snapshots)."""
-    return (
+    return int(
         group["first_response"]["count"]
         + group["next_response"]["count"]
         + group["chats"]["answered"]
