@@ -99,8 +99,15 @@ def last_reply(replies: list[tuple[int, str, str]], at_ms: int) -> str | None:
     return found
 
 
-def _is_response(name: str) -> bool:
-    return name.startswith(RESPONSE_PREFIXES) and not name.startswith("frh:")
+class _Responses(dict[str, bool]):
+    """Whether a field is a first or next response field (looked up once per name)."""
+
+    def __missing__(self, name: str) -> bool:
+        found = self[name] = name.startswith(RESPONSE_PREFIXES) and not name.startswith("frh:")
+        return found
+
+
+_IS_RESPONSE = _Responses()
 
 
 def response_fields(
@@ -111,8 +118,9 @@ def response_fields(
     instant without a named reply are left out."""
     at: dict[int, str] | None = None
     out: list[AgentField] = []
+    is_response = _IS_RESPONSE
     for ms, _, name, value in changes:
-        if value and name[0] in "fn" and _is_response(name):
+        if value and is_response[name]:
             if at is None:
                 at = replies_at(crew)
                 if not at:

@@ -1873,7 +1873,7 @@ def fold_batch(
     # The watermark moves first, so the late cut does not depend on the order in the batch.
     result.watermark_ms = max(watermark_ms, *result.topic_watermarks.values())
     cutoff_ms = result.watermark_ms - config.retention_seconds * 1000
-    crew_before: dict[str, list[agent_kpis.AgentField]] = {}
+    crew_before: dict[str, _CrewInputs] = {}
     working, before = _fold_events(items, states, known or {}, cutoff_ms, result, crew_before)
     _add_deltas(working, before, cutoff_ms, config, result, crew_before)
     if result.index:
@@ -1915,14 +1915,14 @@ def _fold_events(
     known: Mapping[str, AbstractSet[str]],
     cutoff_ms: int,
     result: BatchResult,
-    crew_before: dict[str, list[agent_kpis.AgentField]] | None = None,
+    crew_before: dict[str, _CrewInputs] | None = None,
 ) -> tuple[dict[str, Conversation], dict[str, tuple[_KpiInputs, int]]]:
     """Fold the events not older than ``cutoff_ms`` into their conversations (counting late
     events and duplicates, ``known``: see :func:`fold_batch`); the conversations touched,
     and for stored ones what their KPIs depended on (and their held count) before the
     batch. The ids the batch keeps beside the states go to ``result.others``; the
-    per-agent fields of the stored ones that name agents, as they were, to
-    ``crew_before`` (:func:`_crew_fields`)."""
+    per-agent fields of the stored ones that name agents read, as they were, to
+    ``crew_before`` (:func:`_crew_inputs`)."""
     working: dict[str, Conversation] = {}
     ids_of: dict[str, OtherIds] = {}
     before: dict[str, tuple[_KpiInputs, int]] = {}
@@ -1946,7 +1946,7 @@ def _fold_events(
                     presence.compact(state.timeline, cutoff_ms)
                 before[conv_id] = (_kpi_inputs(state), state.pending())
                 if state.crew and crew_before is not None:
-                    crew_before[conv_id] = _crew_fields(state, None)
+                    crew_before[conv_id] = _crew_inputs(state, None, copy=True)
             working[conv_id] = state
             others = ids_of[conv_id] = OtherIds(known.get(conv_id, _EMPTY))
         else:
@@ -2126,13 +2126,15 @@ def _add_deltas(
     cutoff_ms: int,
     config: CoreConfig,
     result: BatchResult,
-    crew_before: Mapping[str, list[agent_kpis.AgentField]] | None = None,
+    crew_before: Mapping[str, _CrewInputs] | None = None,
 ) -> None:
     """Write each touched conversation's KPI change into the totals and the bucket hashes
     (skipping buckets older than ``cutoff_ms``), with its state, held count and deadline;
     and the change of its per-agent fields (``crew_before``: those of the stored states
     that named agents, as they were before the batch) into the agent buckets."""
     crew_before = crew_before or {}
+    # the two agent bucket hashes of each fine bucket (:func:`_add_crew`)
+    agent_targets: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
     bucket_ms = bucket_s * 1000
     totals, buckets, counters = result.totals, result.buckets, result.counters
@@ -2219,8 +2221,8 @@ def _add_deltas(
                 _index_moves(conv_id, state, live, was_dims, result.index)
                 state.live = live
         if not unchanged and (state.crew or conv_id in crew_before):
-            was = crew_before.get(conv_id, [])
-            _add_crew(state, changes, was, _crew_fields(state, life), cutoff_ms, config, result)
+            before_crew = crew_before.get(conv_id)
+            _add_crew(state, changes, before_crew, life, cutoff_ms, config, result, agent_targets)
         # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
             if value == 0:
@@ -2336,53 +2338,111 @@ def _final_solve_ms(state: Conversation, life: Lifecycle | None = None) -> int |
     return lifecycle(state.opened[0], state.timeline.items()).final_solve_ms
 
 
-def _crew_fields(state: Conversation, life: Lifecycle | None) -> list[agent_kpis.AgentField]:
-    """:func:`streams.agent_kpis.state_fields` of a state as it is now."""
-    if not state.crew:
-        return []
-    return agent_kpis.state_fields(
-        state.kind,
+class _CrewInputs(NamedTuple):
+    """Everything :func:`streams.agent_kpis.state_fields` reads of a state (the surveys
+    only gain entries, at the end, so their count stands for them)."""
+
+    opened: tuple[int, str] | None
+    dims: Dims | None
+    accepted: tuple[int, str] | None
+    ended: tuple[int, str] | None
+    surveys: int
+    crew: Mapping[str, tuple[int, str, str]]
+    final_ms: int | None
+
+
+def _crew_inputs(state: Conversation, life: Lifecycle | None, *, copy: bool) -> _CrewInputs:
+    """A state's :class:`_CrewInputs` (``copy``: its crew copied, for a state about to
+    change)."""
+    return _CrewInputs(
         state.opened,
         state.dims,
         state.accepted,
         state.ended,
-        state.surveys,
-        state.crew,
+        len(state.surveys),
+        dict(state.crew) if copy else state.crew,
         _final_solve_ms(state, life),
+    )
+
+
+def _crew_fields(state: Conversation, inputs: _CrewInputs) -> list[agent_kpis.AgentField]:
+    """:func:`streams.agent_kpis.state_fields` of a state as ``inputs`` saw it."""
+    if not inputs.crew:
+        return []
+    surveys = state.surveys
+    if inputs.surveys != len(surveys):
+        surveys = dict(islice(surveys.items(), inputs.surveys))
+    return agent_kpis.state_fields(
+        state.kind,
+        inputs.opened,
+        inputs.dims,
+        inputs.accepted,
+        inputs.ended,
+        surveys,
+        inputs.crew,
+        inputs.final_ms,
     )
 
 
 def _add_crew(
     state: Conversation,
     changes: Iterable[Contribution],
-    was: list[agent_kpis.AgentField],
-    now: list[agent_kpis.AgentField],
+    before: _CrewInputs | None,
+    life: Lifecycle | None,
     cutoff_ms: int,
     config: CoreConfig,
     result: BatchResult,
+    targets: dict[int, tuple[dict[str, int], dict[str, int]]],
 ) -> None:
     """Write a conversation's change of per-agent fields into the agent buckets (skipping
-    buckets older than ``cutoff_ms``): its responses' changes moved onto their agents,
-    and the difference between its other per-agent fields before (``was``) and after
-    (``now``)."""
-    delta: dict[tuple[int, str, str], int] = defaultdict(int)
-    if was != now:
-        for at_ms, agent, name, value in now:
-            delta[(at_ms, agent, name)] += value
-        for at_ms, agent, name, value in was:
-            delta[(at_ms, agent, name)] -= value
+    buckets older than ``cutoff_ms``; ``targets``: the agent buckets of each fine bucket
+    index, found once per batch): its responses' changes moved onto their agents, and
+    its other per-agent fields before the batch (as ``before`` saw the state) taken back
+    and those of now added (worked out only when what they read moved; what both hold
+    adds up to nothing in the buckets, whose zero fields the store skips)."""
+    now = _crew_inputs(state, life, copy=False)
+    if state.kind == "t" and now.final_ms is None and not now.surveys:
+        # a ticket neither solved nor rated (most of a ticket's life) has no such fields
+        quiet = before is None or (before.final_ms is None and not before.surveys)
+    else:
+        # the crew only gains entries (an accept replaced changes ``accepted`` too): the
+        # same count is the same crew
+        quiet = (
+            before is not None
+            and before[:5] == now[:5]
+            and len(before.crew) == len(now.crew)
+            and before.final_ms == now.final_ms
+        )
+    writes: list[agent_kpis.AgentField] = []
+    if not quiet:
+        writes = _crew_fields(state, now)
+        if before is not None:
+            was = _crew_fields(state, before)
+            if was == writes:
+                writes = []
+            else:
+                writes.extend((at_ms, agent, name, -value) for at_ms, agent, name, value in was)
     if state.kind == "t" and state.crew:
-        for at_ms, agent, name, value in agent_kpis.response_fields(changes, state.crew):
-            delta[(at_ms, agent, name)] += value
+        writes.extend(agent_kpis.response_fields(changes, state.crew))
+    if not writes:
+        return
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds
+    bucket_ms = bucket_s * 1000
     buckets = result.buckets
-    for (at_ms, agent, name), value in delta.items():
-        if not value or at_ms < cutoff_ms:
+    for at_ms, agent, name, value in writes:
+        if at_ms < cutoff_ms:
             continue  # an expired bucket is gone
-        fine = at_ms // (bucket_s * 1000) * bucket_s
+        index = at_ms // bucket_ms
+        target = targets.get(index)
+        if target is None:
+            fine = index * bucket_s
+            target = targets[index] = (
+                buckets[(agent_kpis.FINE, fine)],
+                buckets[(agent_kpis.ROLLUP, fine - fine % rollup_s)],
+            )
         key = agent + SEP + name
-        buckets[(agent_kpis.FINE, fine)][key] += value
-        buckets[(agent_kpis.ROLLUP, fine - fine % rollup_s)][key] += value
+        target[0][key] += value
+        target[1][key] += value
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
