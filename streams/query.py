@@ -636,29 +636,75 @@ async def read_agent_groups(
             agent, _, field_name = name[len(agent_kpis.LEVEL_PREFIX) :].rpartition(SEP)
             own[agent][field_name] = value
     out = []
-    for (start_s, end_s), (kept, rest) in zip(bounds, parts, strict=True):
-        steps = _per_agent(later[ends.index(end_s)])
-        fields = _per_agent(kept or {})
+    for width_s, (start_s, end_s), (kept, rest) in zip(widths_s, bounds, parts, strict=True):
+        slot = _agent_slot(store, width_s)
+        # the settled sum is projected once while the store hands out the same one; an
+        # agent the newest buckets do not touch keeps its projected dict (read only)
+        if kept is None:
+            slot.source, slot.projected = None, {}
+        elif slot.source is not kept:
+            slot.source, slot.projected = kept, _per_agent(kept)
+        fields = dict(slot.projected)
         for agent, more in _per_agent(rest).items():
-            target = fields.setdefault(agent, {})
+            total = dict(fields.get(agent, {}))
             for name, value in more.items():
-                target[name] = target.get(name, 0) + value
+                total[name] = total.get(name, 0) + value
+            fields[agent] = total
+        steps = _per_agent(later[ends.index(end_s)])
+        earlier, built = slot.documents, {}
         groups = []
         for agent in sorted(set(fields) | set(own) | set(steps)):
             at_end = dict(own.get(agent, {}))
             for name, value in steps.get(agent, {}).items():
                 at_end[name] = at_end.get(name, 0) - value
             mine = fields.get(agent, {})
-            presence_part = agent_kpis.presence_of(at_end, mine, start_s, end_s)
-            if (
-                not agent_kpis.has_agent_samples(mine)
-                and presence_part["status"] is None
-                and presence_part["occupancy_ratio"] is None
-            ):
-                continue
-            groups.append(agent_kpis.agent_document(agent, mine, presence_part))
+            held = earlier.get(agent)
+            if held is not None and held[0] is mine and held[1] == at_end and held[2] == end_s:
+                document = held[3]  # the same fields and levels at the same end: the same
+            else:
+                presence_part = agent_kpis.presence_of(at_end, mine, start_s, end_s)
+                if (
+                    not agent_kpis.has_agent_samples(mine)
+                    and presence_part["status"] is None
+                    and presence_part["occupancy_ratio"] is None
+                ):
+                    continue
+                document = agent_kpis.agent_document(agent, mine, presence_part)
+            built[agent] = (mine, at_end, end_s, document)
+            groups.append(document)
+        slot.documents = built
         out.append((start_s, end_s, groups))
     return out
+
+
+@dataclass(slots=True)
+class _AgentSlot:
+    """What the reads by agent of one width keep from their last read: the settled sum
+    the store handed out with its projection per agent, and each agent's document with
+    the fields (the very dict), levels and end it was built from."""
+
+    source: Mapping[str, int] | None = None
+    projected: dict[str, dict[str, int]] = field(default_factory=dict)
+    documents: dict[str, tuple[Mapping[str, int], dict[str, int], int, dict[str, Any]]] = field(
+        default_factory=dict
+    )
+
+
+#: the slots of the reads by agent, per store and width (a few widths per deployment: the
+#: configured windows and what boards ask for); the least recently read let go past this
+_AGENT_SLOTS_KEPT = 16
+_AGENT_SLOTS: OrderedDict[tuple[int, str, int], _AgentSlot] = OrderedDict()
+
+
+def _agent_slot(store: Store, width_s: int) -> _AgentSlot:
+    key = (id(store), store.prefix, width_s)
+    slot = _AGENT_SLOTS.get(key)
+    if slot is None:
+        slot = _AGENT_SLOTS[key] = _AgentSlot()
+    _AGENT_SLOTS.move_to_end(key)
+    while len(_AGENT_SLOTS) > _AGENT_SLOTS_KEPT:
+        _AGENT_SLOTS.popitem(last=False)
+    return slot
 
 
 def _agent_suffixes(store: Store, start_s: int, end_s: int) -> list[str]:
