@@ -651,7 +651,8 @@ async def read_agent_groups(
                 total[name] = total.get(name, 0) + value
             fields[agent] = total
         steps = _per_agent(later[ends.index(end_s)])
-        earlier, built = slot.documents, {}
+        earlier = slot.documents
+        built: dict[str, tuple[Mapping[str, int], dict[str, int], int, dict[str, Any]]] = {}
         groups = []
         for agent in sorted(set(fields) | set(own) | set(steps)):
             at_end = dict(own.get(agent, {}))
