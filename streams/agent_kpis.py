@@ -21,7 +21,10 @@ Who gets a sample:
 
 The responses are the ticket's own first and next response samples, moved onto the agent
 of their instant (:func:`response_fields`): the core writes those as changes, and each
-change moves its agent's sample with it. Everything else is a function of the state alone
+change moves its agent's sample with it; a reply that changes the agent of an instant
+where a response was sampled before (two replies of a ticket in one millisecond) moves
+that sample too (``streams.core._responses_moved``, with the ticket's timeline whole).
+Everything else is a function of the state alone
 (:func:`state_fields`), taken before and after a batch and written as the difference, so
 a late reply that changes "the last agent before" a survey or a solve moves the sample
 from one agent to the other.

@@ -1298,8 +1298,9 @@ def timelines_needed(
     """The tickets among ``states`` whose timeline kept beside the state a batch of
     ``items`` needs whole (:func:`restore` it before :func:`fold_batch`): one with a claim
     of an instance its walk has not ended (:func:`_claims_settled`), or with a claim, an
-    earlier creation or a timeline entry at or before its walk among the items (a repeat
-    found in ``known`` changes nothing and needs none). With ``config``, also one whose walk
+    earlier creation, a timeline entry at or before its walk, or a public agent reply naming
+    an agent at the instant of its walk's latest entry among the items (a repeat found in
+    ``known`` changes nothing and needs none). With ``config``, also one whose walk
     was taken under other terms than ``config`` gives it (:meth:`CoreConfig.terms_key_of`)."""
     needed: set[str] = set()
     known = known or {}
@@ -1330,6 +1331,16 @@ def timelines_needed(
             isinstance(event, TicketStatusChanged)
             or (isinstance(event, TicketReplied) and event.public and event.author_role != "system")
         ) and at <= state.walk.key:
+            needed.add(conv_id)
+        elif (
+            isinstance(event, TicketReplied)
+            and event.agent_id is not None
+            and item.ms == state.walk.key[0]
+            and event.public
+            and event.author_role == "agent"
+        ):
+            # a reply naming an agent at the instant of the latest entry may name the agent
+            # of a response sampled there (:func:`_responses_moved`): evaluated whole
             needed.add(conv_id)
     return needed
 
@@ -2222,6 +2233,10 @@ def _add_deltas(
                 state.live = live
         if not unchanged and (state.crew or conv_id in crew_before):
             before_crew = crew_before.get(conv_id)
+            if before_crew is None and previous is not None:
+                # stored, naming no agent before the batch: its fields of before are none
+                was = previous[0]
+                before_crew = _CrewInputs(*was[:5], crew={}, final_ms=None, timeline=was[5])
             _add_crew(state, changes, before_crew, life, cutoff_ms, config, result, agent_targets)
         # the hot loop: one pass over the changed fields, routed to the totals and buckets
         for at_ms, dims, name, value in changes:
@@ -2349,6 +2364,8 @@ class _CrewInputs(NamedTuple):
     surveys: int
     crew: Mapping[str, tuple[int, str, str]]
     final_ms: int | None
+    #: how many timeline entries the state held (a whole timeline's first ones are the old)
+    timeline: int = 0
 
 
 def _crew_inputs(state: Conversation, life: Lifecycle | None, *, copy: bool) -> _CrewInputs:
@@ -2362,6 +2379,7 @@ def _crew_inputs(state: Conversation, life: Lifecycle | None, *, copy: bool) -> 
         len(state.surveys),
         dict(state.crew) if copy else state.crew,
         _final_solve_ms(state, life),
+        len(state.timeline),
     )
 
 
@@ -2382,6 +2400,46 @@ def _crew_fields(state: Conversation, inputs: _CrewInputs) -> list[agent_kpis.Ag
         inputs.crew,
         inputs.final_ms,
     )
+
+
+def _responses_moved(
+    state: Conversation, before: _CrewInputs, config: CoreConfig
+) -> list[agent_kpis.AgentField]:
+    """The responses a ticket sampled before the batch at an instant whose agent the
+    batch changed (a reply naming an agent came at the instant of another reply): taken
+    from the agent of before, given to the agent of now. The responses that moved or came
+    are :func:`streams.agent_kpis.response_fields`' (with the agents of now).
+
+    Such an instant is at most the latest entry of a walked ticket, which then has its
+    whole timeline (:func:`timelines_needed`): the samples of before are evaluated from
+    its first ``before.timeline`` entries. Rare (two replies of a ticket in one
+    millisecond): none is looked for unless the agents of some instant differ."""
+    was_at, now_at = agent_kpis.replies_at(before.crew), agent_kpis.replies_at(state.crew)
+    moved = {ms for ms, agent in was_at.items() if now_at.get(ms) != agent}
+    moved |= {ms for ms in now_at if ms not in was_at}
+    if not moved or state.walk is not None or state.opened is None or state.dims is None:
+        return []  # a walked ticket's new entries all come after every sample it has
+    opened_ms, dims = state.opened[0], state.dims
+    plan = config.terms_of(dims)
+    old = evaluate_terms(
+        opened_ms, islice(state.timeline.items(), before.timeline), plan, detail=False
+    )
+    samples: list[Contribution] = []
+    if old.first_reply_ms in moved:
+        _first_fields(opened_ms, dims, old, plan, config, samples, 1)
+    for response in old.next_responses:
+        if response.at_ms in moved:
+            _response_fields(dims, response, samples, 1)
+    out: list[agent_kpis.AgentField] = []
+    for at_ms, _, name, value in samples:
+        if name.startswith("frh:"):
+            continue
+        was, now = was_at.get(at_ms), now_at.get(at_ms)
+        if was is not None:
+            out.append((at_ms, was, name, -value))
+        if now is not None:
+            out.append((at_ms, now, name, value))
+    return out
 
 
 def _add_crew(
@@ -2424,6 +2482,8 @@ def _add_crew(
                 writes.extend((at_ms, agent, name, -value) for at_ms, agent, name, value in was)
     if state.kind == "t" and state.crew:
         writes.extend(agent_kpis.response_fields(changes, state.crew))
+        if before is not None and len(before.crew) != len(now.crew):
+            writes.extend(_responses_moved(state, before, config))
     if not writes:
         return
     bucket_s, rollup_s = config.bucket_seconds, config.rollup_seconds

@@ -221,6 +221,35 @@ def test_chats_by_the_accepting_agent_an_earlier_accept_arriving_late(redis_url:
     assert "A1" not in groups
 
 
+def named(ticket: str, t_s: float, agent: str | None, event_id: str) -> bytes:
+    fields: dict[str, Any] = {"ticket_id": ticket, "author_role": "agent", "event_id": event_id}
+    if agent is not None:
+        fields["agent_id"] = agent
+    return ev("ticket.replied", t_s, **fields)
+
+
+def test_replies_in_one_millisecond_give_a_response_to_the_smallest_named_id(
+    redis_url: str,
+) -> None:
+    raws = [
+        created("T1", T0),
+        named("T1", T0 + 600, None, "r-1"),  # the first response, naming no agent
+        named("T1", T0 + 600, "B2", "r-2"),  # the same millisecond: B2's, once it is there
+        reply("T1", T0 + 700, "customer-x", role="customer"),
+        named("T1", T0 + 900, None, "r-3"),  # a next response, naming no agent ...
+        named("T1", T0 + 900, "C3", "r-5"),  # ... but C3's, of the named at that instant
+        named("T1", T0 + 900, "D4", "r-4"),  # (the smallest id among them: D4's)
+    ]
+    groups = groups_of(redis_url, raws, T0 + HOUR)
+    assert groups["B2"]["first_response"]["count"] == 1
+    assert groups["D4"]["next_response"]["count"] == 1
+    assert "C3" not in groups
+    # and the first response moved away by an earlier reply arriving last
+    moved = groups_of(redis_url, [*raws, named("T1", T0 + 300, "A1", "r-0")], T0 + HOUR)
+    assert moved["A1"]["first_response"]["count"] == 1
+    assert "B2" not in moved  # nothing left of it
+
+
 def test_events_without_agents_make_no_group(redis_url: str) -> None:
     raws = [created("T1", T0), reply("T1", T0 + 60, None), status("T1", T0 + 120, "solved")]
     prefix = load(redis_url, raws, partitions=1)
