@@ -88,7 +88,8 @@ ALL_DIMS = "channel,queue,priority"
         ("1h", "2026-11-30T00:53:20", None, "at", "not an RFC 3339 time with an offset"),
         ("1h", "yesterday", None, "at", "not an RFC 3339 time"),
         ("1h", "2026-11-30T00:53:20 00:00", None, "at", "write + as %2B"),
-        ("1h", None, "agent", "by", "takes channel, queue, priority; not 'agent'"),
+        ("1h", None, "team", "by", "takes channel, queue, priority or agent; not 'team'"),
+        ("1h", None, "agent,queue", "by", "agent cannot be combined with other dimensions"),
         ("1h", None, "channel,channel", "by", "names channel twice"),
         ("1h", None, "queue,channel,queue", "by", "names queue twice"),
         ("1h", None, "channel,", "by", "not ''"),
@@ -260,7 +261,8 @@ def test_an_unexpected_error_is_a_500_with_a_json_body_and_a_log_line(
         (["--at", "9999-12-31T23:59:59Z"], "--at 9999-12-31T23:59:59Z with a 1h window"),
         (["--at", "2099-01-01T00:00:00Z"], "DESKPULSE_MAX_FUTURE"),
         (["--by", "channel,channel"], "--by names channel twice"),
-        (["--by", "agent"], "--by takes channel, queue, priority"),
+        (["--by", "team"], "--by takes channel, queue, priority or agent"),
+        (["--by", "queue,agent"], "--by agent cannot be combined with other dimensions"),
     ],
 )
 def test_cli_refuses_in_one_line_with_status_2_before_any_io(
@@ -416,7 +418,8 @@ def test_worker_refuses_bad_reads_with_400_before_reading_anything(
             ("window=1h&at=2099-01-01T00:00:00Z", "at"),
             ("window=1h&at=2026-11-23T05:00:00+00:00", "at"),  # an unescaped + is a space
             ("window=24h&by=channel,channel", "by"),
-            ("window=24h&by=agent", "by"),
+            ("window=24h&by=team", "by"),
+            ("window=24h&by=agent,channel", "by"),  # agent stands alone
             ("windw=24h", "windw"),  # a misspelt parameter must not read the default hour
             ("window=1h&window=24h", "window"),
         ]

@@ -85,7 +85,8 @@ def test_kpis_command_loads_no_kafka_client_nor_worker(tmp_path: Path) -> None:
     ("args", "says"),
     [
         (["--window", "7s"], "not a multiple"),  # not a multiple of the 60 s bucket
-        (["--window", "1h", "--by", "agent"], "--by takes channel, queue, priority"),
+        (["--window", "1h", "--by", "team"], "--by takes channel, queue, priority or agent"),
+        (["--window", "1h", "--by", "agent,queue"], "--by agent cannot be combined"),
         (
             ["--window", "1h", "--at", "2026-11-23T05:00:00"],
             "is not an RFC 3339 time with an offset",

@@ -135,7 +135,8 @@ def fold_all(
         states.update(result.states)
         levels.update(result.levels)
         for (level, start), fields in result.buckets.items():
-            assert level in ("B", "R")  # never in a group's buckets
+            # never in a group's buckets: over all groups, and each agent's own (by agent)
+            assert level in ("B", "R", "a", "A")
             if level == "B":
                 buckets.update({f"{start}:{k}": v for k, v in fields.items()})
         assert result.held == dict.fromkeys(result.states, 0)
