@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from deskpulse.models.errors import InvalidQuery
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.devtools.simulate import SimConfig, generate
-from deskpulse.streams.query import parse_by, parse_query, query_kpis
+from deskpulse.streams.query import parse_by, parse_query, parse_series, query_kpis
 from deskpulse.streams.store import Store
 from tests.agent_oracle import compute_by_agent
 from tests.integration.test_store import T0, apply, created, ev, new_prefix, pendings, run
@@ -287,3 +287,16 @@ def test_agent_cannot_be_combined_with_other_dimensions() -> None:
             now_s=T0,
         )
     assert raised.value.parameter == "by"
+    with pytest.raises(InvalidQuery) as raised:
+        parse_series(
+            "1h",
+            None,
+            None,
+            None,
+            "agent",
+            bucket_seconds=60,
+            retention_s=DAY,
+            max_future_s=0,
+            now_s=T0,
+        )
+    assert raised.value.parameter == "by" and "ask /kpis" in raised.value.message
