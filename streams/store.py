@@ -33,7 +33,7 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                ``bl:w``) -> the running sum of those level steps: the
                                backlog and the waiting chats as of every step written;
                                ``ag:<status>`` (no group) the agents by presence status,
-                               ``ag@<agent>␟ag:<status>`` each agent's own (0 or 1)
+                               ``ag@<agent>␟ag:<status>`` each agent's own
 ``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
 ``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
 ``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
