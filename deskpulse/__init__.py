@@ -30,6 +30,7 @@ _PUBLIC: dict[str, str] = {
     "TicketCreated": "deskpulse.models.events",
     "TicketReplied": "deskpulse.models.events",
     "TicketStatusChanged": "deskpulse.models.events",
+    "TicketUpdated": "deskpulse.models.events",
     "ChatRequested": "deskpulse.models.events",
     "ChatAccepted": "deskpulse.models.events",
     "ChatAbandoned": "deskpulse.models.events",
@@ -69,6 +70,7 @@ __all__ = [
     "TicketCreated",
     "TicketReplied",
     "TicketStatusChanged",
+    "TicketUpdated",
     "__version__",
     "decode",
     "encode",
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
         TicketCreated,
         TicketReplied,
         TicketStatusChanged,
+        TicketUpdated,
         decode,
         encode,
     )

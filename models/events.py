@@ -47,6 +47,7 @@ __all__ = [
     "TicketCreated",
     "TicketReplied",
     "TicketStatusChanged",
+    "TicketUpdated",
     "decode",
     "decoder_error",
     "duplicate_key",
@@ -177,6 +178,25 @@ class TicketStatusChanged(_TicketEvent):
     status: Literal["new", "open", "pending", "hold", "solved", "closed"]
 
 
+class TicketUpdated(_TicketEvent):
+    """New values of some of a ticket's dimensions, in force from ``occurred_at`` on: every
+    sample and state of the ticket at a later instant is attributed to them (an SLA instance
+    keeps the terms chosen when it started)."""
+
+    type: Literal["ticket.updated"]
+    channel: Channel | None = None
+    queue: Dimension | None = None
+    priority: Priority | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TicketUpdated:
+        if self.channel is None and self.queue is None and self.priority is None:
+            raise RejectedEvent(
+                "missing_field", "ticket.updated names none of channel, queue, priority"
+            )
+        return self
+
+
 class ChatRequested(_ChatEvent, _Dimensions):
     type: Literal["chat.requested"]
     channel: Channel = "chat"
@@ -250,6 +270,7 @@ Event = Annotated[
     TicketCreated
     | TicketReplied
     | TicketStatusChanged
+    | TicketUpdated
     | ChatRequested
     | ChatAccepted
     | ChatAbandoned
@@ -265,6 +286,7 @@ _MODELS: dict[str, type[_Event]] = {
         TicketCreated,
         TicketReplied,
         TicketStatusChanged,
+        TicketUpdated,
         ChatRequested,
         ChatAccepted,
         ChatAbandoned,

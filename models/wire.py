@@ -41,6 +41,7 @@ __all__ = [
     "TicketCreated",
     "TicketReplied",
     "TicketStatusChanged",
+    "TicketUpdated",
     "WireEvent",
     "decode_record",
     "event_ms",
@@ -156,6 +157,29 @@ class TicketStatusChanged(_TicketEvent, tag="ticket.status_changed", gc=False):
     status: Literal["new", "open", "pending", "hold", "solved", "closed"]
 
 
+class TicketUpdated(_TicketEvent, tag="ticket.updated", gc=False):
+    type: ClassVar[str] = "ticket.updated"
+    channel: Dimension | None = None
+    queue: Dimension | None = None
+    priority: Priority | None = None
+
+    def __post_init__(self) -> None:
+        if self.channel is None and self.queue is None and self.priority is None:
+            raise ValueError("the schema names the reason")
+        if self.channel is not None:
+            self.channel = _lower(self.channel)
+
+    def _fast_keys(self) -> int:
+        if not (
+            (self.channel is None or self.channel.isprintable())
+            and (self.queue is None or self.queue.isprintable())
+        ):
+            return 0
+        return (
+            4 + (self.channel is not None) + (self.queue is not None) + (self.priority is not None)
+        )
+
+
 class ChatRequested(_ChatEvent, tag="chat.requested", gc=False):
     type: ClassVar[str] = "chat.requested"
     channel: Dimension = _CHAT
@@ -254,6 +278,7 @@ WireEvent = (
     TicketCreated
     | TicketReplied
     | TicketStatusChanged
+    | TicketUpdated
     | ChatRequested
     | ChatAccepted
     | ChatAbandoned
@@ -266,6 +291,7 @@ _STRUCTS: dict[type, type[_Base]] = {
     schema.TicketCreated: TicketCreated,
     schema.TicketReplied: TicketReplied,
     schema.TicketStatusChanged: TicketStatusChanged,
+    schema.TicketUpdated: TicketUpdated,
     schema.ChatRequested: ChatRequested,
     schema.ChatAccepted: ChatAccepted,
     schema.ChatAbandoned: ChatAbandoned,

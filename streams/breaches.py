@@ -58,7 +58,10 @@ from deskpulse.streams.core import (
     SlaClaim,
     breach_deadline,
     dim_key,
+    dims_at,
+    dims_steps,
     fold_batch,
+    ticket_terms,
 )
 from deskpulse.streams.partitioner import forwarded_key
 from deskpulse.streams.sla import (
@@ -123,11 +126,20 @@ class Alert(NamedTuple):
     totals_field: str | None
 
 
+def _dims_at(state: Conversation, at_ms: int) -> tuple[str, str, str]:
+    """A ticket's dimensions in force at ``at_ms`` (they may have changed)."""
+    assert state.opened is not None and state.dims is not None
+    if not state.moves:
+        return state.dims
+    return dims_at(dims_steps(state.opened[0], state.dims, state.moves.items()), at_ms)
+
+
 def _fields(
     conv_id: str, state: Conversation, instance: Instance, config: CoreConfig
 ) -> dict[str, Any]:
-    assert state.opened is not None and state.dims is not None
-    channel, queue, priority = state.dims
+    # an instance keeps the policy, priority and group of its start
+    channel, queue, priority = _dims_at(state, instance.start_ms)
+    assert state.opened is not None
     policy = policy_for(config.effective_policies, channel, queue, priority)
     return {
         "ticket_id": conv_id[2:],
@@ -153,8 +165,10 @@ def alerts_due(
         return []
     if state.walk is not None:
         raise ValueError(f"{conv_id}: load its timeline first (Store.load_timelines)")
-    plan = config.terms_of(state.dims)
-    view = evaluate_terms(state.opened[0], state.timeline.items(), plan, clock_ms)
+    plan, next_terms = ticket_terms(state, config)
+    view = evaluate_terms(
+        state.opened[0], state.timeline.items(), plan, clock_ms, next_terms=next_terms
+    )
     claims = state.claims
     found: list[Alert] = []
     for instance in view.instances:
@@ -169,7 +183,10 @@ def alerts_due(
             remaining_ms = instance.target_ms - _warn_ms(fraction, instance)
             # the deadline if the clock keeps running from the warning on: a resolution
             # clock paused later (even for good, with no deadline at all) warned all the same
-            due_ms = deadline_ms(plan.calendar, instant, remaining_ms)
+            calendar = plan.calendar
+            if next_terms is not None and instance.metric == "next_response":
+                calendar = next_terms(instance.start_ms).calendar
+            due_ms = deadline_ms(calendar, instant, remaining_ms)
             warning = SlaAtRisk(
                 event_id=event_id,
                 fraction=fraction,
@@ -177,7 +194,9 @@ def alerts_due(
                 due_at=_rfc3339(due_ms),
                 **_fields(conv_id, state, instance, config),
             )
-            found.append(Alert(marker, event_id, warning.model_dump_json(), state.dims, None))
+            found.append(
+                Alert(marker, event_id, warning.model_dump_json(), _dims_at(state, instant), None)
+            )
         if instance.outcome == BREACHED and instance.deadline_ms is not None:
             event_id = _event_id(prefix, conv_id[2:], key)
             breach = SlaBreached(
@@ -190,7 +209,8 @@ def alerts_due(
                     key,
                     event_id,
                     breach.model_dump_json(),
-                    state.dims,
+                    # counted in the group of its breach instant
+                    _dims_at(state, instance.deadline_ms),
                     BREACH_TOTALS[instance.metric],
                 )
             )
@@ -230,7 +250,8 @@ def add_retractions(result: BatchResult, config: CoreConfig, prefix: str) -> int
             # walked on from its walk: its claims are all of instances ended before
             # (core.timelines_needed), whose outcomes no later entry changes
             continue
-        view = evaluate_terms(state.opened[0], timeline.items(), config.terms_of(state.dims))
+        plan, next_terms = ticket_terms(state, config)
+        view = evaluate_terms(state.opened[0], timeline.items(), plan, next_terms=next_terms)
         by_key = {instance.key: instance for instance in view.instances}
         for key in sorted(open_claims):
             instance = by_key.get(key)
@@ -391,11 +412,21 @@ def _adopt(
     for conv_id, state in states.items():
         if state is None or state.kind != "t" or state.opened is None or state.dims is None:
             continue
+        deadlines: dict[str, int | None] = {}
+        if state.moves:
+            # counted in the group of the breach instant, as detection counts it
+            plan, next_terms = ticket_terms(state, config)
+            view = evaluate_terms(
+                state.opened[0], state.timeline.items(), plan, next_terms=next_terms
+            )
+            deadlines = {instance.key: instance.deadline_ms for instance in view.instances}
         for marker in sorted(set(markers.get(conv_id, ())) - state.claims):
             claims.append((conv_id, marker))
             if "@" not in marker:
                 metric = SHORT_METRICS[marker.split(":", 1)[0]]
-                name = dim_key(state.dims) + SEP + BREACH_TOTALS[metric]
+                deadline = deadlines.get(marker)
+                dims = state.dims if deadline is None else _dims_at(state, deadline)
+                name = dim_key(dims) + SEP + BREACH_TOTALS[metric]
                 counts[name] = counts.get(name, 0) + 1
     if not claims:
         return BatchResult(watermark_ms=meta.watermark_ms), 0

@@ -21,8 +21,9 @@ exact; quantile sketches are counts per log bucket, so they add and subtract too
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,6 +44,7 @@ from deskpulse.models.wire import (
     TicketCreated,
     TicketReplied,
     TicketStatusChanged,
+    TicketUpdated,
     WireEvent,
     event_ms,
 )
@@ -100,7 +102,10 @@ __all__ = [
     "Walk",
     "breach_deadline",
     "contributions",
+    "current_dims",
     "dim_key",
+    "dims_at",
+    "dims_steps",
     "document_at",
     "fold",
     "fold_batch",
@@ -113,7 +118,9 @@ __all__ = [
     "live_key",
     "presence_contributions",
     "restore",
+    "sla_dims",
     "split_dim_key",
+    "ticket_terms",
     "timelines_needed",
     "walk_of",
 ]
@@ -192,6 +199,8 @@ HISTOGRAM_BOUNDS_S: tuple[int, ...] = (
 
 Dims = tuple[str, str, str]
 Contribution = tuple[int, Dims, str, int]  # (event time ms, group, field, value)
+#: a ``ticket.updated``: its event time (ms) and the values it sets (``None``: unchanged)
+Move = tuple[int, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -302,6 +311,113 @@ def split_dim_key(key: str) -> Dims:
 Survey = tuple[int, str, int, str | None, str | None, str | None]
 
 
+# --- dimensions that change -----------------------------------------------------------------
+#
+# A ``ticket.updated`` changes some of a ticket's dimensions from its time on. The state
+# keeps every change (``Conversation.moves``), so the dimensions in force at any instant
+# follow from the state whatever order the changes came in, and every sample is
+# attributed to the group of its own instant: the contributions of a ticket with changes
+# are worked out as if its dimensions never changed, then each is moved to the group in
+# force at its instant, and its backlog steps are taken from its status and its group
+# together (:func:`_backlog_steps`). Its SLA terms stay those of its dimensions at the
+# creation (first response, resolution), or at the start of each next response.
+
+
+def dims_steps(
+    opened_ms: int, dims: Dims, moves: Iterable[tuple[str, Move]]
+) -> list[tuple[int, Dims]]:
+    """A ticket's dimensions over its life, ``[(from ms, dims), ...]``: the opener's
+    ``dims`` at the creation overlaid by each change of ``moves`` in ``(ms, event_id)``
+    order, a change dated at or before the creation acting at the creation. A sample at an
+    instant takes the entry from at or before it (a change counts from its own millisecond
+    on); the backlog at ``E`` the entry from strictly before ``E``, like the status.
+    Consecutive entries differ."""
+    ordered = sorted([(ms, event_id, c, q, p) for event_id, (ms, c, q, p) in moves])
+    steps: list[tuple[int, Dims]] = [(opened_ms, dims)]
+    current = dims
+    for ms, _, channel, queue, priority in ordered:
+        current = (channel or current[0], queue or current[1], priority or current[2])
+        at = ms if ms > opened_ms else opened_ms
+        if at == steps[-1][0]:
+            steps[-1] = (at, current)
+            if len(steps) > 1 and steps[-2][1] == current:
+                steps.pop()
+        elif current != steps[-1][1]:
+            steps.append((at, current))
+    return steps
+
+
+def dims_at(steps: Sequence[tuple[int, Dims]], at_ms: int) -> Dims:
+    """The dimensions of :func:`dims_steps` in force for a sample at ``at_ms``."""
+    if len(steps) == 1 or at_ms < steps[1][0]:
+        return steps[0][1]
+    return steps[bisect_right([at for at, _ in steps], at_ms) - 1][1]
+
+
+def sla_dims(state: Conversation) -> Dims | None:
+    """An opened ticket's dimensions at its creation (the opener's, or the changes dated at
+    or before it): what chooses its SLA policy."""
+    if not state.moves or state.opened is None or state.dims is None:
+        return state.dims
+    return dims_steps(state.opened[0], state.dims, state.moves.items())[0][1]
+
+
+def current_dims(state: Conversation) -> Dims | None:
+    """A conversation's dimensions now, as of its last commit (its group in the live
+    indexes)."""
+    return state.now if state.now is not None else state.dims
+
+
+def ticket_terms(
+    state: Conversation, config: CoreConfig
+) -> tuple[Terms, Callable[[int], Terms] | None]:
+    """An opened ticket's SLA terms: those of its dimensions at the creation, and for a
+    ticket whose dimensions changed the terms of a next response started at an instant
+    (``None``: the same terms throughout)."""
+    assert state.opened is not None and state.dims is not None
+    if not state.moves:
+        return config.terms_of(state.dims), None
+    steps = dims_steps(state.opened[0], state.dims, state.moves.items())
+    return config.terms_of(steps[0][1]), _next_terms(steps, config)
+
+
+def _next_terms(steps: Sequence[tuple[int, Dims]], config: CoreConfig) -> Callable[[int], Terms]:
+    def started(at_ms: int) -> Terms:
+        return config.terms_of(dims_at(steps, at_ms))
+
+    return started
+
+
+def _backlog_steps(
+    changes: Sequence[tuple[int, str]], steps: Sequence[tuple[int, Dims]]
+) -> list[Contribution]:
+    """The backlog level steps of a ticket whose dimensions changed: in the backlog by its
+    status and its group together, out of the old and into the new at each instant either
+    changes (both from :func:`~streams.lifecycle.lifecycle` and :func:`dims_steps`)."""
+    out: list[Contribution] = []
+    points = sorted({at for at, _ in changes} | {at for at, _ in steps})
+    c = d = 0
+    status: str | None = None
+    group: Dims | None = None
+    for point in points:
+        was_status, was_group = status, group
+        while c < len(changes) and changes[c][0] <= point:
+            status = changes[c][1]
+            c += 1
+        while d < len(steps) and steps[d][0] <= point:
+            group = steps[d][1]
+            d += 1
+        if (status, group) == (was_status, was_group):
+            continue
+        name = None if was_status is None else BACKLOG_FIELDS.get(was_status)
+        if name is not None and was_group is not None:
+            out.append((point, was_group, name, -1))
+        name = None if status is None else BACKLOG_FIELDS.get(status)
+        if name is not None and group is not None:
+            out.append((point, group, name, 1))
+    return out
+
+
 class Walk(msgspec.Struct, array_like=True, gc=False):
     """What a ticket's timeline, walked in ``(ms, event_id)`` order up to its latest entry,
     left for the entries after it (docs/architecture.md, "Conversation state").
@@ -365,14 +481,19 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     system replies, later chat outcomes) are kept beside the state, not in it
     (:class:`OtherIds`): ``others`` counts them. An id is stored once, where its event is
     kept, and a repeat is found in any of these places.
-    ``live`` and ``counted`` are no event's. ``live`` says where the conversation stands in
-    its partition's live indexes as of its last commit (:func:`live_entry`): ``""``
-    nowhere, ``"o"`` among the open tickets or waiting chats of its group, ``"x<ms>"``
-    among those that left them at that instant. ``counted`` is the ticket's share of its
-    partition's instance counts as of its last commit (:func:`instances_now`), and in its
-    thousands digit whether it is open or waiting now (:data:`LIVE_DIGITS`), kept so that a
-    batch writes the difference and the commit script takes it back (or drops the ticket
-    from the backlog) when it deletes the state.
+    ``moves`` maps the event id of each ``ticket.updated`` to ``(ms, channel, queue,
+    priority)`` (``None`` for a value it leaves as it was); ``dims`` stay the opener's, and
+    ``now`` holds the dimensions in force after the last change (``None`` without changes):
+    the group the ticket is kept under in the live indexes (:func:`dims_steps`).
+    ``live``, ``now`` and ``counted`` are no event's. ``live`` says where the conversation
+    stands in its partition's live indexes as of its last commit (:func:`live_entry`):
+    ``""`` nowhere, ``"o"`` among the open tickets or waiting chats of its group,
+    ``"x<ms>"`` among those that left them at that instant (a ticket whose dimensions
+    changed adds the stretches it spent in its earlier groups, :func:`_stints`). ``counted``
+    is the ticket's share of its partition's instance counts as of its last commit
+    (:func:`instances_now`), and in its thousands digit whether it is open or waiting now
+    (:data:`LIVE_DIGITS`), kept so that a batch writes the difference and the commit
+    script takes it back (or drops the ticket from the backlog) when it deletes the state.
     Stored in Redis as the compact JSON array of these fields, in this order (:meth:`dumps`).
     """
 
@@ -390,6 +511,12 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     #: agent_id)`` (:mod:`streams.agent_kpis`); empty when none is named. Here, not at the
     #: end: the commit and load scripts read the last three fields from the end of the JSON
     crew: dict[str, tuple[int, str, str]] = msgspec.field(default_factory=dict)
+    #: a ticket's dimension changes, event id -> :data:`Move` (see above)
+    moves: dict[str, Move] = msgspec.field(default_factory=dict)
+    #: a ticket's dimensions now, when it has changes (the commit script reads its group
+    #: here, thirteenth, when it drops the ticket at its maximum age; the scripts read
+    #: ``stored``, ``others`` and ``counted`` from the end, so they stay last)
+    now: Dims | None = None
     #: a ticket's timeline walked up to its latest entry (:class:`Walk`), when its entries
     #: are kept beside the state (``stored`` of them) and ``timeline`` holds only those a
     #: batch adds; ``None``: ``timeline`` is whole (the first ``stored`` of its entries are
@@ -411,6 +538,7 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
             or (self.opened is not None and self.opened[1] == event_id)
             or (self.accepted is not None and self.accepted[1] == event_id)
             or (self.ended is not None and self.ended[1] == event_id)
+            or event_id in self.moves
         )
 
     def events(self) -> int:
@@ -420,6 +548,7 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
             + len(self.timeline)
             + (self.stored if self.walk is not None else 0)
             + len(self.surveys)
+            + len(self.moves)
             + (self.opened is not None)
             + (self.accepted is not None)
             + (self.ended is not None)
@@ -445,10 +574,15 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Conversation:
-        """Inverse of :meth:`dumps`; reads a state of the previous layouts too (8: no
-        ``crew``; 7: no ``walk`` and ``stored`` either, its timeline whole in it)."""
+        """Inverse of :meth:`dumps`; reads a state of the previous layouts too (9: no
+        ``moves`` and ``now``; 8: no ``crew`` either; 7: no ``walk`` and ``stored`` either,
+        its timeline whole in it)."""
         try:
             return _DECODE(raw)
+        except msgspec.ValidationError:
+            pass
+        try:
+            return _DECODE_9(raw)
         except msgspec.ValidationError:
             pass
         try:
@@ -529,7 +663,7 @@ class _Conversation7(msgspec.Struct, array_like=True, gc=False):
 
 class _Conversation8(msgspec.Struct, array_like=True, gc=False):
     """A state as store layout 8 wrote it: no ``crew`` (read as a :class:`Conversation`
-    with none, :func:`_as_current`)."""
+    with none, :func:`_decode_8`)."""
 
     kind: str
     opened: tuple[int, str] | None = None
@@ -541,6 +675,27 @@ class _Conversation8(msgspec.Struct, array_like=True, gc=False):
     claims: set[str] = msgspec.field(default_factory=set)
     last_ms: int = 0
     live: str = ""
+    walk: Walk | None = None
+    stored: int = 0
+    others: int = 0
+    counted: int = 0
+
+
+class _Conversation9(msgspec.Struct, array_like=True, gc=False):
+    """A state as store layout 9 wrote it: no dimension changes (read as a
+    :class:`Conversation` with none, :func:`_decode_9`)."""
+
+    kind: str
+    opened: tuple[int, str] | None = None
+    dims: Dims | None = None
+    accepted: tuple[int, str] | None = None
+    ended: tuple[int, str] | None = None
+    surveys: dict[str, Survey] = msgspec.field(default_factory=dict)
+    timeline: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
+    claims: set[str] = msgspec.field(default_factory=set)
+    last_ms: int = 0
+    live: str = ""
+    crew: dict[str, tuple[int, str, str]] = msgspec.field(default_factory=dict)
     walk: Walk | None = None
     stored: int = 0
     others: int = 0
@@ -567,12 +722,35 @@ def _decode_8(raw: bytes | str) -> Conversation:
     )
 
 
+def _decode_9(raw: bytes | str) -> Conversation:
+    old = _DECODE_9_RAW(raw)
+    return Conversation(
+        kind=old.kind,
+        opened=old.opened,
+        dims=old.dims,
+        accepted=old.accepted,
+        ended=old.ended,
+        surveys=old.surveys,
+        timeline=old.timeline,
+        claims=old.claims,
+        last_ms=old.last_ms,
+        live=old.live,
+        crew=old.crew,
+        walk=old.walk,
+        stored=old.stored,
+        others=old.others,
+        counted=old.counted,
+    )
+
+
 # a struct without reference cycles (it holds strings, ints and tuples), so gc=False above
 _ENCODE = msgspec.json.Encoder(order="deterministic").encode
 _DECODE = msgspec.json.Decoder(Conversation).decode
 _DECODE_7 = msgspec.json.Decoder(_Conversation7).decode
 _DECODE_8_RAW = msgspec.json.Decoder(_Conversation8).decode
 _DECODE_8 = _decode_8
+_DECODE_9_RAW = msgspec.json.Decoder(_Conversation9).decode
+_DECODE_9 = _decode_9
 
 
 def _earliest(
@@ -635,6 +813,8 @@ def fold(
             _remember(state, others, event_id, ms)
     elif type(event) is TicketStatusChanged:
         state.timeline[event_id] = (ms, STATUS_CODES[event.status])
+    elif type(event) is TicketUpdated:
+        state.moves[event_id] = (ms, event.channel, event.queue, event.priority)
     elif type(event) is ChatAccepted:
         was = state.accepted
         state.accepted = _earliest(state, others, state.accepted, (ms, event_id))
@@ -701,6 +881,7 @@ def _current(
         config,
         view,
         life,
+        state.moves,
     )
 
 
@@ -725,11 +906,18 @@ def _contributions(
     config: CoreConfig,
     view: Evaluation | None = None,
     life: Lifecycle | None = None,
+    moves: Mapping[str, Move] | None = None,
+    next_terms: Callable[[int], Terms] | None = None,
 ) -> tuple[list[Contribution], int]:
     """The contributions, and the count of a ticket's ignored status events (``view``,
-    ``life``: the ticket's timeline already evaluated, if it was)."""
+    ``life``: the ticket's timeline already evaluated, if it was; ``moves``: a ticket's
+    dimension changes; ``next_terms``: see :func:`ticket_terms`)."""
     out: list[Contribution] = []
     ignored = 0
+    if moves and kind == "t" and opened is not None and dims is not None:
+        return _moved_contributions(
+            opened, dims, moves, surveys, timeline, claims, config, view, life
+        )
     if opened is not None and dims is not None:
         opened_ms = opened[0]
         if kind == "t":
@@ -744,7 +932,9 @@ def _contributions(
             # a ticket with neither replies nor statuses samples nothing, and breaches
             # nothing until a claim says so
             if entries or claims:
-                ignored = _ticket_fields(opened_ms, dims, entries, claims, config, out, view)
+                ignored = _ticket_fields(
+                    opened_ms, dims, entries, claims, config, out, view, next_terms
+                )
         else:
             out.append((opened_ms, dims, "cr", 1))
             outcome = _chat_outcome(accepted, ended)
@@ -783,6 +973,59 @@ def _contributions(
             )
         out.extend(_survey_fields(at_ms, (channel, queue, priority), survey_kind, score))
     return out, ignored
+
+
+def _moved_contributions(
+    opened: tuple[int, str],
+    dims: Dims,
+    moves: Mapping[str, Move],
+    surveys: Iterable[Survey],
+    timeline: Iterable[tuple[str, tuple[int, str]]],
+    claims: AbstractSet[str],
+    config: CoreConfig,
+    view: Evaluation | None,
+    life: Lifecycle | None,
+) -> tuple[list[Contribution], int]:
+    """:func:`_contributions` of a ticket whose dimensions changed: worked out under its
+    dimensions at the creation (its SLA terms; a next response's are those at its start),
+    each then moved to the group in force at its instant, its backlog steps taken from its
+    status and group together, a survey's missing dimensions from those at its instant."""
+    steps = dims_steps(opened[0], dims, moves.items())
+    first = steps[0][1]
+    entries = list(timeline)
+    if entries and life is None:
+        life = lifecycle(opened[0], entries)
+    out, ignored = _contributions(
+        "t",
+        opened,
+        first,
+        None,
+        None,
+        (),
+        entries,
+        claims,
+        config,
+        view,
+        life,
+        next_terms=_next_terms(steps, config) if len(steps) > 1 else None,
+    )
+    moved = [
+        (at_ms, dims_at(steps, at_ms), name, value)
+        for at_ms, _, name, value in out
+        if not name.startswith("bl:")
+    ]
+    changes = life.changes if life is not None else ((opened[0], "n"),)
+    moved.extend(_backlog_steps(changes, steps))
+    for at_ms, survey_kind, score, channel, queue, priority in surveys:
+        if channel is None or queue is None or priority is None:
+            there = dims_at(steps, at_ms)
+            channel, queue, priority = (
+                channel or there[0],
+                queue or there[1],
+                priority or there[2],
+            )
+        moved.extend(_survey_fields(at_ms, (channel, queue, priority), survey_kind, score))
+    return moved, ignored
 
 
 def _lifecycle_fields(
@@ -852,12 +1095,13 @@ def _ticket_fields(
     config: CoreConfig,
     out: list[Contribution],
     view: Evaluation | None = None,
+    next_terms: Callable[[int], Terms] | None = None,
 ) -> int:
     """A ticket's response and SLA samples from its timeline (appended to ``out``); the
     count of its ignored status events."""
     plan = config.terms_of(dims)
     if view is None:
-        view = evaluate_terms(opened_ms, timeline, plan, detail=False)
+        view = evaluate_terms(opened_ms, timeline, plan, detail=False, next_terms=next_terms)
     _view_fields(opened_ms, dims, view, plan, claims, config, out)
     return view.ignored
 
@@ -1324,7 +1568,9 @@ def timelines_needed(
         if event_id in known.get(conv_id, _EMPTY):
             continue
         at = (item.ms, event_id)
-        if isinstance(event, TicketCreated):
+        if isinstance(event, TicketUpdated):
+            needed.add(conv_id)  # a ticket whose dimensions change keeps its timeline whole
+        elif isinstance(event, TicketCreated):
             if state.opened is None or at < state.opened:
                 needed.add(conv_id)
         elif (
@@ -1429,10 +1675,10 @@ def instances_now(state: Conversation, config: CoreConfig) -> int:
     live = live_entry(state, config)[1] * 1000
     if state.kind != "t":
         return live
-    plan = config.terms_of(state.dims)
+    plan, next_terms = ticket_terms(state, config)
     if state.walk is not None:
         return live + _instances_now(state, plan, None)
-    view = final_view(state, plan) if needs_view(state, plan) else None
+    view = final_view(state, plan, next_terms) if needs_view(state, plan) else None
     return live + _instances_now(state, plan, view)
 
 
@@ -1509,6 +1755,8 @@ def live_entry(
     if opened is None:
         return "", 0
     if state.kind == "t":
+        if state.moves and state.dims is not None:
+            return _moved_live(state, opened[0], state.dims, life)
         if state.walk is not None:
             return _walked_live(state.walk)
         if not state.timeline:
@@ -1530,6 +1778,58 @@ def live_entry(
     return (f"x{steps[-1][0]}" if steps else ""), 0
 
 
+#: separates a ticket's live place from its stints in earlier groups (:func:`_stints`), and
+#: a ticket's id from a stint's number in the live indexes' members (no dimension value
+#: holds a control character)
+_STINT = "\x1e"
+#: separates the parts of one stint
+_STINT_PART = "\x1d"
+
+
+def _moved_live(
+    state: Conversation, opened_ms: int, dims: Dims, life: Lifecycle | None
+) -> tuple[str, int]:
+    """:func:`live_entry` of a ticket whose dimensions changed: its place under its group
+    now, out of the backlog (for a reader) before it came into that group, then after
+    :data:`_STINT` each earlier group's stretch, ``<until ms>`` ``<group>`` ``<gaps>``
+    (:func:`_stints`)."""
+    if life is None:
+        life = lifecycle(opened_ms, state.timeline.items())
+    steps = dims_steps(opened_ms, dims, state.moves.items())
+    changes = life.changes
+    gaps = _gaps(changes)
+    since = steps[-1][0]
+    if since > opened_ms:
+        gaps = f"{opened_ms},{since},{gaps}" if gaps else f"{opened_ms},{since}"
+    code = life.open_now
+    if code is not None:
+        main, digit = ("o;" + gaps if gaps else "o"), LIVE_DIGITS[code]
+    else:
+        left = life.left_ms
+        main, digit = (f"x{left};{gaps}" if gaps else f"x{left}"), 0
+    return main + "".join(_STINT + stint for stint in _stints(opened_ms, changes, steps)), digit
+
+
+def _stints(
+    opened_ms: int, changes: Sequence[tuple[int, str]], steps: Sequence[tuple[int, Dims]]
+) -> list[str]:
+    """A moved ticket's stretches in its earlier groups, each ``until`` (it left the group
+    then), the group's key and the stretches out of the backlog a reader checks an instant
+    against: those before it came into the group, and the ticket's own (its last one, if it
+    left the backlog for good, up to ``until``)."""
+    out: list[str] = []
+    last_at, last_code = changes[-1]
+    own = _gaps(changes)
+    for (since, group), (until, _) in pairwise(steps):
+        parts = [own] if own else []
+        if since > opened_ms:
+            parts.append(f"{opened_ms},{since}")
+        if last_code not in LIVE_DIGITS and last_at < until:
+            parts.append(f"{last_at},{until}")
+        out.append(_STINT_PART.join((str(until), SEP.join(group), ",".join(parts))))
+    return out
+
+
 def _gaps(changes: Sequence[tuple[int, str]]) -> str:
     """The stretches a ticket spent out of the backlog before its last change,
     ``from,to,...``: out at every instant in ``(from, to]``."""
@@ -1546,13 +1846,14 @@ def _gaps(changes: Sequence[tuple[int, str]]) -> str:
 INFO = SEP
 
 
-def _info(state: Conversation, live: str) -> str | None:
-    """The live info a conversation keeps in ``P:{pn}:li`` with its place ``live``
-    (``None``: none, an open ticket that never left the backlog or a waiting chat)."""
-    if state.opened is None or state.dims is None or not (live[:1] == "x" or ";" in live):
+def _info(state: Conversation, live: str, dims: Dims | None) -> str | None:
+    """The live info a conversation keeps in ``P:{pn}:li`` with its place ``live`` (the
+    part before any stint) under its group ``dims`` (``None``: none, an open ticket that
+    never left the backlog or a waiting chat)."""
+    if state.opened is None or dims is None or not (live[:1] == "x" or ";" in live):
         return None
     gaps = live.partition(";")[2]
-    return INFO.join((str(state.opened[0]), SEP.join(state.dims), gaps))
+    return INFO.join((str(state.opened[0]), SEP.join(dims), gaps))
 
 
 def live_key(kind: str, dims: Sequence[str]) -> str:
@@ -1566,24 +1867,43 @@ def _index_moves(
     live: str,
     was_dims: Dims | None,
     ops: list[tuple[str, str, int, str, str]],
+    dims: Dims | None = None,
 ) -> None:
     """The live index changes that take a conversation from ``state.live`` (under
-    ``was_dims``) to ``live`` (under its dimensions now), appended to ``ops``: ``a`` adds
-    to a sorted set, ``r`` removes from one, ``i`` sets the live info, ``d`` deletes it."""
-    was = state.live
+    ``was_dims``) to ``live`` (under ``dims``, default its opener's), appended to ``ops``:
+    ``a`` adds to a sorted set, ``r`` removes from one, ``i`` sets the live info, ``d``
+    deletes it. A moved ticket's stints in earlier groups are members of ``lx`` of their
+    own (``<id>␞<n>``), each with its live info."""
+    if dims is None:
+        dims = state.dims
+    was, *was_stints = state.live.split(_STINT)
+    live, *stints = live.split(_STINT)
     if was[:1] == "o" and was_dims is not None:
         ops.append(("r", live_key(state.kind, was_dims), 0, conv_id, ""))
     elif was[:1] == "x" and live[:1] != "x":
         ops.append(("r", "lx", 0, conv_id, ""))
-    if live[:1] == "o" and state.opened is not None and state.dims is not None:
-        ops.append(("a", live_key(state.kind, state.dims), state.opened[0], conv_id, ""))
+    if live[:1] == "o" and state.opened is not None and dims is not None:
+        ops.append(("a", live_key(state.kind, dims), state.opened[0], conv_id, ""))
     elif live[:1] == "x":
         ops.append(("a", "lx", int(live[1:].partition(";")[0]), conv_id, ""))
-    info = _info(state, live)
+    info = _info(state, live, dims)
     if info is not None:
         ops.append(("i", "li", 0, conv_id, info))
-    elif _info(state, was) is not None or was[:1] == "x" or ";" in was:
+    elif _info(state, was, was_dims) is not None or was[:1] == "x" or ";" in was:
         ops.append(("d", "li", 0, conv_id, ""))
+    if (stints or was_stints) and state.opened is not None:
+        for number in range(len(stints), len(was_stints)):
+            member = conv_id + _STINT + str(number)
+            ops.append(("r", "lx", 0, member, ""))
+            ops.append(("d", "li", 0, member, ""))
+        opened = str(state.opened[0])
+        for number, stint in enumerate(stints):
+            if number < len(was_stints) and was_stints[number] == stint:
+                continue
+            until, group, gaps = stint.split(_STINT_PART)
+            member = conv_id + _STINT + str(number)
+            ops.append(("a", "lx", int(until), member, ""))
+            ops.append(("i", "li", 0, member, INFO.join((opened, group, gaps))))
 
 
 def keep_until_ms(state: Conversation, config: CoreConfig) -> int:
@@ -1694,36 +2014,53 @@ def breach_deadline(
     """
     if state.kind != "t" or state.opened is None or state.dims is None:
         return None
-    if plan is None:
-        plan = config.terms_of(state.dims)
+    next_terms = None
+    if plan is None or state.moves:
+        plan, next_terms = ticket_terms(state, config)
     if state.walk is not None:
         return _walked_deadline(state, state.walk, plan)
     if not needs_view(state, plan):  # v1's quick answer
         return first_response_deadline_terms(state.opened[0], state.timeline.items(), plan)
     if view is None and not state.timeline and not state.claims:
         return opening_alert_ms(state.opened[0], plan)  # a new ticket: no evaluation
-    return next_alert_ms(state, plan, view)
+    return next_alert_ms(state, plan, view, next_terms)
 
 
 def needs_view(state: Conversation, plan: Terms) -> bool:
     """Whether :func:`breach_deadline` evaluates the ticket's whole timeline (else v1's
     quick answer does)."""
     first_only = plan.next_response_ms is None and plan.resolution_ms is None
-    return not (first_only and not plan.warn_at and not state.claims)
+    # a ticket whose dimensions changed may start next responses under other terms
+    return not (first_only and not plan.warn_at and not state.claims and not state.moves)
 
 
-def final_view(state: Conversation, plan: Terms) -> Evaluation:
+def final_view(
+    state: Conversation, plan: Terms, next_terms: Callable[[int], Terms] | None = None
+) -> Evaluation:
     """An opened ticket's timeline evaluated as the samples and breach detection's
-    schedule need it (outcomes, deadlines, warnings; no elapsed times)."""
+    schedule need it (outcomes, deadlines, warnings; no elapsed times); ``next_terms``:
+    see :func:`ticket_terms`."""
     assert state.opened is not None
-    return evaluate_terms(state.opened[0], state.timeline.items(), plan, detail=False, warn=True)
+    return evaluate_terms(
+        state.opened[0],
+        state.timeline.items(),
+        plan,
+        detail=False,
+        warn=True,
+        next_terms=next_terms,
+    )
 
 
-def next_alert_ms(state: Conversation, plan: Terms, view: Evaluation | None = None) -> int | None:
+def next_alert_ms(
+    state: Conversation,
+    plan: Terms,
+    view: Evaluation | None = None,
+    next_terms: Callable[[int], Terms] | None = None,
+) -> int | None:
     """When breach detection must look at an opened ticket next: the earliest deadline or
     warning instant it has not claimed yet (:func:`~streams.sla.pending_alert_ms`)."""
     if view is None:
-        view = final_view(state, plan)
+        view = final_view(state, plan, next_terms)
     return pending_alert_ms(view, state.claims)
 
 
@@ -1831,14 +2168,16 @@ _KpiInputs = tuple[
     int,
     int,
     frozenset[str],
+    int,
+    Dims | None,
 ]
 _EMPTY: frozenset[str] = frozenset()
 
 
 def _kpi_inputs(state: Conversation) -> _KpiInputs:
     """Everything :func:`contributions` reads of a state (its kind never changes; the
-    surveys and the timeline only gain entries, at the end, so their counts stand for
-    them; the claims, rare, are copied)."""
+    surveys, the timeline and the dimension changes only gain entries, at the end, so
+    their counts stand for them; the claims, rare, are copied), and its group now."""
     return (
         state.opened,
         state.dims,
@@ -1847,6 +2186,8 @@ def _kpi_inputs(state: Conversation) -> _KpiInputs:
         len(state.surveys),
         len(state.timeline),
         frozenset(state.claims) if state.claims else _EMPTY,
+        len(state.moves),
+        state.now,
     )
 
 
@@ -1983,9 +2324,11 @@ def _kpi_change(
     """What a stored conversation contributes now less what it contributed before the batch,
     as ``(time, group, field, delta)`` (empty when the two are the same), and the change
     of its count of ignored status events."""
-    opened, dims_before, accepted, ended, surveys_before, timeline_before, claims = inputs
+    opened, dims_before, accepted, ended, surveys_before, timeline_before, claims = inputs[:7]
+    moves_before = inputs[7]
     if (
         state.kind == "t"
+        and not state.moves
         and opened == state.opened
         and dims_before == state.dims
         and surveys_before == len(state.surveys)
@@ -2008,6 +2351,7 @@ def _kpi_change(
         islice(state.timeline.items(), timeline_before),
         claims,
         config,
+        moves=dict(islice(state.moves.items(), moves_before)),
     )
     new, ignored_new = _current(state, config, view, life)
     if new == old:
@@ -2177,11 +2521,18 @@ def _add_deltas(
             and state.opened is not None
             and state.dims is not None
         ):
-            plan = config.terms_of(state.dims)
+            next_terms = None
+            if state.moves:
+                if state.walk is not None:
+                    raise ValueError(f"{conv_id}: restore its timeline first (timelines_needed)")
+                plan, next_terms = ticket_terms(state, config)
+                state.now = dims_steps(state.opened[0], state.dims, state.moves.items())[-1][1]
+            else:
+                plan = config.terms_of(state.dims)
             # a walked ticket is walked on below from its new entries alone
             if state.walk is None:
                 if (state.timeline or state.claims) and needs_view(state, plan):
-                    view = final_view(state, plan)
+                    view = final_view(state, plan, next_terms)
                 if state.timeline:
                     # the lifecycle once, for the samples, the backlog and the live indexes
                     life = lifecycle(state.opened[0], state.timeline.items())
@@ -2199,7 +2550,7 @@ def _add_deltas(
                 plan is not None
                 and opened is not None
                 and dims is not None
-                and not (state.timeline or state.claims or state.surveys)
+                and not (state.timeline or state.claims or state.surveys or state.moves)
             ):
                 # a ticket with its creation alone (the most common case): created, and new
                 # in the backlog
@@ -2227,9 +2578,11 @@ def _add_deltas(
             state.counted = share
             was_opened = was_dims = None
             if previous is not None:
-                was_opened, was_dims = previous[0][0], previous[0][1]
-            if live != state.live or was_opened != state.opened or was_dims != state.dims:
-                _index_moves(conv_id, state, live, was_dims, result.index)
+                was_opened = previous[0][0]
+                was_dims = previous[0][8] or previous[0][1]  # its group now, as it was
+            dims_now = current_dims(state)
+            if live != state.live or was_opened != state.opened or was_dims != dims_now:
+                _index_moves(conv_id, state, live, was_dims, result.index, dims_now)
                 state.live = live
         if not unchanged and (state.crew or conv_id in crew_before):
             before_crew = crew_before.get(conv_id)
@@ -2277,7 +2630,12 @@ def _add_deltas(
         result.states[conv_id] = state
         if not unchanged:  # (absent: the due entry is left as it is)
             result.deadlines[conv_id] = breach_deadline(state, config, view, plan)
-        if state.kind == "t" and state.opened is not None and state.dims is not None:
+        if (
+            state.kind == "t"
+            and state.opened is not None
+            and state.dims is not None
+            and not state.moves  # a ticket whose dimensions changed keeps its timeline
+        ):
             if walk is not None:
                 # the walk already holds the new entries: they only move beside the state
                 _set_aside(conv_id, state, config.terms_of(state.dims), walk, result)

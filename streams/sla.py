@@ -18,7 +18,7 @@ due only while the instance is still running after the events at its instant.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from math import ceil
 from typing import NamedTuple
@@ -292,11 +292,16 @@ def evaluate_terms(
     *,
     detail: bool = True,
     warn: bool | None = None,
+    next_terms: Callable[[int], Terms] | None = None,
 ) -> Evaluation:
     """:func:`evaluate` with the policy's :class:`Terms` looked up beforehand. Without
     ``detail`` the instances carry their outcomes and deadlines only (no elapsed times, and
     no warnings unless ``warn``): all the KPI samples (and, with ``warn``, breach
-    detection's schedule) need, for fewer calendar walks."""
+    detection's schedule) need, for fewer calendar walks.
+
+    ``next_terms``: the terms of a next response started at an instant (ms), for a ticket
+    whose dimensions changed (an instance keeps the terms chosen when it started); without,
+    every instance has ``terms``."""
     entries = sorted([(ms, event_id, code) for event_id, (ms, code) in timeline])
     status = "n"
     closed = False
@@ -344,7 +349,14 @@ def evaluate_terms(
             business_ms(calendar, created_ms, first_reply) if first_reply > created_ms else 0
         )
     responses = tuple(
-        Response(start, end[0], end[0] - start, business_ms(calendar, start, end[0]))
+        Response(
+            start,
+            end[0],
+            end[0] - start,
+            business_ms(
+                calendar if next_terms is None else next_terms(start).calendar, start, end[0]
+            ),
+        )
         for start, end in asks
         if end is not None and end[1]
     )
@@ -368,18 +380,21 @@ def evaluate_terms(
             )
         )
     target = terms.next_response_ms
-    if target is not None:
+    if target is not None or next_terms is not None:
         for number, (start, end) in enumerate(asks, 1):
+            started = terms if next_terms is None else next_terms(start)
+            if started.next_response_ms is None:
+                continue
             instances.append(
                 _instance(
                     "next_response",
                     number,
                     start,
-                    target,
+                    started.next_response_ms,
                     [(start, None)],
                     end,
-                    warn_at,
-                    calendar,
+                    started.warn_at,
+                    started.calendar,
                     clock_ms,
                     detail,
                     warn,

@@ -36,7 +36,10 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                ``ag@<agent>␟ag:<status>`` each agent's own
 ``P:{pn}:lo:<group>``          zset: the group's tickets open now -> creation (ms)
 ``P:{pn}:lw:<group>``          zset: the group's chats without an outcome -> request (ms)
-``P:{pn}:lx``                  zset: conversations that left those -> the instant they left
+``P:{pn}:lx``                  zset: conversations that left those -> the instant they left;
+                               a ticket whose dimensions changed also has one member
+                               ``<id>␞<n>`` per earlier group it was in, scored by the
+                               instant it left that group
 ``P:{pn}:lmoved``              zset: the commits that moved the live indexes, the last
                                :data:`MOVES_KEPT` versions: members ``version:n:from:to``
                                scored by the version, the instants ``[from, to]`` (``to``
@@ -203,10 +206,13 @@ __all__ = [
 #: 7's too: a ticket's timeline stays in its state until its next batch moves it). 9: the
 #: agents a conversation's events name in its state (``crew``), the per-agent buckets
 #: ``a:``/``A:`` and levels ``ag@<agent>`` (its states read layout 8's and 7's: a
-#: conversation's agents count from its next events on).
-LAYOUT = "9"
-#: Layouts whose state this one reads (a store of layout 7 or 8 is taken over as it is).
-_READS = frozenset(("7", "8", LAYOUT))
+#: conversation's agents count from its next events on). 10: a ticket's dimension changes
+#: and its group now in its state (after ``crew``: the scripts read the last three fields
+#: from the end); a moved ticket's stretches in its earlier groups in ``lx`` and ``li``
+#: (states of layouts 7 to 9 read as they are).
+LAYOUT = "10"
+#: Layouts whose state this one reads (a store of layout 7, 8 or 9 is taken over as it is).
+_READS = frozenset(("7", "8", "9", LAYOUT))
 
 #: The start of every script that reads or writes several keys of one partition, on a
 #: Redis Cluster (a single Redis moves no slots). While the partition's slot is being
@@ -460,6 +466,7 @@ for j = 1, #expired, 2 do
   local waiting = tonumber(redis.call('HGET', held, id) or '0')
   orphaned = orphaned + waiting
   redis.call('ZREM', lx, id)
+  local kept_info = redis.call('HGET', infos, id)
   redis.call('HDEL', infos, id)
   local state = redis.call('HGET', conv, id)
   local share = state and tonumber(string.match(string.sub(state, -10), ',(%d+)%]$'))
@@ -474,7 +481,11 @@ for j = 1, #expired, 2 do
     end
     if live > 0 then
       local decoded = cjson.decode(state)
-      local group = table.concat(decoded[3], '\\31')
+      -- the group now: a ticket whose dimensions changed keeps it thirteenth, three
+      -- strings (a state of layout 9 has its walk there, of layout 7 or 8 a number)
+      local now = decoded[13]
+      if type(now) ~= 'table' or type(now[1]) ~= 'string' then now = decoded[3] end
+      local group = table.concat(now, '\\31')
       if live == 5 then
         -- a reader of an instant it was waiting at (from its request, for the stale
         -- time) sees it go
@@ -491,8 +502,11 @@ for j = 1, #expired, 2 do
         step_down(group, 'bl:' .. statuses[live], left)
         redis.call('ZREM', base .. 'lo:' .. group, id)
         redis.call('ZADD', lx, string.format('%d', left), id)
+        -- with the stretches it was out of the backlog (or in an earlier group) before
+        local gaps = kept_info and string.match(
+          kept_info, '^[^\\31]*\\31[^\\31]*\\31[^\\31]*\\31[^\\31]*\\31(.*)$') or ''
         redis.call('HSET', infos, id, string.format('%d', decoded[2][1]) .. '\\31' .. group
-                   .. '\\31')
+                   .. '\\31' .. gaps)
         dropped = dropped + 1
       end
     end
@@ -1242,7 +1256,7 @@ class Store:
         stored = {text(k): text(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
         self._refuse_other_layout(stored)
         if stored.get("layout") != LAYOUT:
-            # layout 7's and 8's states read as they are; from here on the store is 9's
+            # older layouts' states read as they are; from here on the store is this one's
             await self.redis.hset(key, "layout", LAYOUT)
         for name, value in wanted.items():
             if stored.get(name) != value:

@@ -471,7 +471,7 @@ def test_a_ticket_state_keeps_each_event_id_once() -> None:
     assert state.walk is not None and state.walk.key[1] == ids[9]
     assert state.stored == 9 and state.events() == 10
     # the figure docs/architecture.md gives
-    assert len(raw) == 301
+    assert len(raw) == 309
     # equal states are equal bytes, whatever the order
     assert run(*reversed(events)).states["t:T0000000001"].dumps() == raw
 

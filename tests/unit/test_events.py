@@ -24,6 +24,7 @@ from deskpulse.models.events import (
     TicketCreated,
     TicketReplied,
     TicketStatusChanged,
+    TicketUpdated,
     decode,
 )
 
@@ -172,6 +173,26 @@ REJECTED: list[tuple[str, bytes | None, str]] = [
         "missing_field",
     ),
     ("priority in upper case", ticket(priority="HIGH"), "invalid_value"),
+    (
+        "ticket.updated changing nothing",
+        raw(event_id="e", type="ticket.updated", occurred_at=AT, ticket_id="T1"),
+        "missing_field",
+    ),
+    (
+        "ticket.updated with an unknown priority",
+        raw(event_id="e", type="ticket.updated", occurred_at=AT, ticket_id="T1", priority="p1"),
+        "invalid_value",
+    ),
+    (
+        "ticket.updated with a queue of a control character",
+        raw(event_id="e", type="ticket.updated", occurred_at=AT, ticket_id="T1", queue="a\tb"),
+        "invalid_value",
+    ),
+    (
+        "ticket.updated without ticket_id",
+        raw(event_id="e", type="ticket.updated", occurred_at=AT, queue="billing"),
+        "missing_field",
+    ),
     ("empty event_id", ticket().replace(b'"e1"', b'""'), "invalid_value"),
     ("event_id of 129 chars", ticket().replace(b'"e1"', b'"' + b"e" * 129 + b'"'), "invalid_value"),
     (
@@ -363,6 +384,16 @@ VALID: list[tuple[dict[str, Any], type, dict[str, Any]]] = [
         {"type": "ticket.status_changed", "ticket_id": "T1", "status": "solved"},
         TicketStatusChanged,
         {"conversation_id": "t:T1", "status": "solved"},
+    ),
+    (
+        {"type": "ticket.updated", "ticket_id": "T1", "queue": "billing"},
+        TicketUpdated,
+        {"conversation_id": "t:T1", "queue": "billing", "channel": None, "priority": None},
+    ),
+    (
+        {"type": "ticket.updated", "ticket_id": "T1", "channel": "Phone", "priority": "urgent"},
+        TicketUpdated,
+        {"channel": "phone", "queue": None, "priority": "urgent"},
     ),
     (
         {"type": "chat.requested", "chat_id": "C1", "channel": "WhatsApp", "priority": "high"},

@@ -195,6 +195,12 @@ _VALID: dict[str, dict[str, Any]] = {
         "agent_id": "a1",
     },
     "ticket.status_changed": {"ticket_id": "T1", "status": "solved"},
+    "ticket.updated": {
+        "ticket_id": "T1",
+        "channel": "Phone",
+        "queue": "billing",
+        "priority": "low",
+    },
     "chat.requested": {"chat_id": "C1", "channel": "chat", "queue": "sales", "priority": "normal"},
     "chat.accepted": {"chat_id": "C1", "agent_id": "a1"},
     "chat.abandoned": {"chat_id": "C1"},
