@@ -2527,6 +2527,9 @@ def _add_deltas(
                     raise ValueError(f"{conv_id}: restore its timeline first (timelines_needed)")
                 plan, next_terms = ticket_terms(state, config)
                 state.now = dims_steps(state.opened[0], state.dims, state.moves.items())[-1][1]
+                # its timeline is whole in it from now on: the entries kept beside it
+                # before stay there, unread, until the state goes
+                state.stored = 0
             else:
                 plan = config.terms_of(state.dims)
             # a walked ticket is walked on below from its new entries alone

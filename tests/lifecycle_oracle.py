@@ -44,6 +44,11 @@ Decisions, as this oracle takes them:
   limit; ``longest_wait_seconds = E -`` the earliest such ``r``.
 * **Handle time.** A chat whose earliest accept is at or before its earliest end or
   abandon (either kind) has a sample at that end or abandon: end minus accept.
+* **Dimensions change** (``ticket.updated``, :func:`tests.oracle.dims_at`): a full
+  resolution goes to the group in force at its final solve; a ticket in the backlog at
+  ``E`` to the group set by the changes strictly before ``E`` (as its status is), so a
+  ticket moved at ``M`` is in the old group's backlog at ``E <= M`` and in the new one's
+  after. The business time stays on the schedule of the policy at the creation.
 * Samples count in ``[E - width, E)`` by their instant, ``E`` being ``at`` rounded up to a
   bucket boundary; the backlog and the waiting chats are read at ``E``. A group (the
   creation's dimensions projected onto ``by``) is listed when it has a sample in the
@@ -70,12 +75,13 @@ from deskpulse.models.events import (
     TicketCreated,
     TicketReplied,
     TicketStatusChanged,
+    TicketUpdated,
     decode,
 )
 
 # one comparison for every oracle's documents: the lifecycle's quantiles (handle time's
 # included) are among its quantile fields
-from .oracle import compare
+from .oracle import compare, dims_at
 from .sla_oracle import SlaRules, kpi_document, to_ms
 
 __all__ = [
@@ -151,6 +157,15 @@ class TicketFacts:
     last_event_ms: int
     #: when it leaves the state unsolved; ``None`` if it ends solved or closed
     dropped_ms: int | None
+    created: TicketCreated | None = None
+    updates: tuple[TicketUpdated, ...] = ()
+
+    def dims_at(self, instant_ms: int) -> dict[str, str]:
+        """The dimensions in force for a sample at ``instant_ms`` (for the backlog at
+        ``E``: ``E - 1``, the changes strictly before ``E``)."""
+        if self.created is None or not self.updates:
+            return self.dimensions
+        return dims_at(self.created, self.updates, instant_ms)
 
     def status_at(self, instant_ms: int) -> str | None:
         """The status set by the last change strictly before ``instant_ms``; ``None`` when
@@ -180,9 +195,10 @@ def _ticket(
     rules: SlaRules | None,
     retention_ms: int,
     max_age_ms: int,
+    updates: Sequence[TicketUpdated] = (),
 ) -> TicketFacts:
     created_ms = to_ms(created.occurred_at)
-    dimensions = {name: getattr(created, name) for name in DIMENSIONS}
+    dimensions = dims_at(created, updates, created_ms)
     ordered = sorted((to_ms(e.occurred_at), e.event_id, e.status) for e in statuses)
     status = "new"
     changes = [(created_ms, "new")]
@@ -243,6 +259,8 @@ def _ticket(
         one_touch=one_touch,
         last_event_ms=last_event_ms,
         dropped_ms=dropped_ms,
+        created=created,
+        updates=tuple(updates),
     )
 
 
@@ -324,6 +342,7 @@ def evaluate(
     last_ms: dict[str, int] = {}
     accepts: dict[str, list[int]] = {}
     finishes: dict[str, list[int]] = {}
+    updates: dict[str, list[TicketUpdated]] = {}
     for raw in values:
         try:
             event = decode(raw)
@@ -332,7 +351,7 @@ def evaluate(
         if event.event_id in seen:
             continue
         seen.add(event.event_id)
-        if isinstance(event, TicketCreated | TicketReplied | TicketStatusChanged):
+        if isinstance(event, TicketCreated | TicketReplied | TicketStatusChanged | TicketUpdated):
             event_ms = to_ms(event.occurred_at)
             last_ms[event.ticket_id] = max(last_ms.get(event.ticket_id, event_ms), event_ms)
         if isinstance(event, TicketCreated):
@@ -340,6 +359,8 @@ def evaluate(
                 ticket_openers[event.ticket_id] = event
         elif isinstance(event, TicketStatusChanged):
             statuses.setdefault(event.ticket_id, []).append(event)
+        elif isinstance(event, TicketUpdated):
+            updates.setdefault(event.ticket_id, []).append(event)
         elif isinstance(event, TicketReplied):
             replies.setdefault(event.ticket_id, []).append(event)
         elif isinstance(event, ChatRequested):
@@ -358,6 +379,7 @@ def evaluate(
             rules,
             retention_s * 1000,
             open_ticket_max_age_s * 1000,
+            updates.get(ticket_id, []),
         )
         for ticket_id, created in ticket_openers.items()
     }
@@ -456,14 +478,14 @@ def lifecycle_document(
     for ticket in lifecycle.tickets.values():
         if ticket.final_solve_ms is not None and inside(ticket.final_solve_ms):
             assert ticket.resolution_ms is not None and ticket.resolution_business_ms is not None
-            target = group(ticket.dimensions)
+            target = group(ticket.dims_at(ticket.final_solve_ms))
             target.resolution_ms.append(ticket.resolution_ms)
             target.business_ms.append(ticket.resolution_business_ms)
             target.reopened += ticket.reopened
             target.one_touch += ticket.one_touch
         status = ticket.backlog_status(end_ms)
         if status is not None:
-            target = group(ticket.dimensions)
+            target = group(ticket.dims_at(end_ms - 1))
             target.backlog[status] += 1
             if target.oldest_created_ms is None or ticket.created_ms < target.oldest_created_ms:
                 target.oldest_created_ms = ticket.created_ms

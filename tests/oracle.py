@@ -13,6 +13,10 @@ Decisions docs/kpis.md spells out, as this oracle (and the project) takes them:
 * Durations are whole milliseconds, ``floor(later - earlier)``, never below 0.
 * A chat's outcome is its earliest ``chat.accepted`` / ``chat.abandoned`` / ``chat.ended``
   by ``occurred_at``; on a tie ``chat.accepted`` wins.
+* Dimensions change: a ``ticket.updated`` sets the values it names from its millisecond
+  on (one dated at or before the creation from the creation), in ``(ms, event_id)``
+  order (:func:`dims_at`). Every sample goes to the dimensions in force at its own
+  instant; a first response's target is the creation's priority's.
 * Replies, chat outcomes and surveys whose conversation never opens are not counted
   (held, then orphaned). A survey needs its conversation whenever it lacks one of
   ``channel``, ``queue``, ``priority``; with all three it stands alone.
@@ -44,10 +48,11 @@ from deskpulse.models.events import (
     TicketCreated,
     TicketReplied,
     TicketStatusChanged,
+    TicketUpdated,
     decode,
 )
 
-__all__ = ["DEFAULT_TARGETS", "compare", "compute", "quantile_close"]
+__all__ = ["DEFAULT_TARGETS", "compare", "compute", "dims_at", "quantile_close"]
 
 DEFAULT_TARGETS: dict[str, int] = {"urgent": 3600, "high": 14400, "normal": 28800, "low": 86400}
 DIMENSIONS = ("channel", "queue", "priority")
@@ -80,6 +85,29 @@ def _quantile(values: Sequence[float], q: str) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[math.floor(Fraction(q) * (len(ordered) - 1))]
+
+
+def dims_at(
+    created: TicketCreated, updates: Iterable[TicketUpdated], instant_ms: int
+) -> dict[str, str]:
+    """A ticket's dimensions for a sample at ``instant_ms``: its creation's, overwritten in
+    ``(ms, event_id)`` order by every ``ticket.updated`` dated at or before that instant
+    (or at or before the creation, whatever the instant)."""
+    created_ms = _micros(created.occurred_at) // 1000
+    until_ms = max(instant_ms, created_ms)
+    dims = {name: getattr(created, name) for name in DIMENSIONS}
+    dated = sorted(
+        ((_micros(update.occurred_at) // 1000, update.event_id, update) for update in updates),
+        key=lambda item: (item[0], item[1]),
+    )
+    for ms, _, update in dated:
+        if ms > until_ms:
+            break
+        for name in DIMENSIONS:
+            value = getattr(update, name)
+            if value is not None:
+                dims[name] = value
+    return dims
 
 
 def _stamp(seconds: int) -> str:
@@ -243,6 +271,7 @@ def compute(
     timelines: dict[str, list[TicketReplied | TicketStatusChanged]] = {}
     outcomes: dict[str, list[ChatAccepted | ChatAbandoned | ChatEnded]] = {}
     surveys: list[SurveyResponded] = []
+    updates: dict[str, list[TicketUpdated]] = {}
     for raw in records_values:
         try:
             event = decode(raw)
@@ -264,6 +293,8 @@ def compute(
                 timelines.setdefault(event.ticket_id, []).append(event)
         elif isinstance(event, TicketStatusChanged):
             timelines.setdefault(event.ticket_id, []).append(event)
+        elif isinstance(event, TicketUpdated):
+            updates.setdefault(event.ticket_id, []).append(event)
         elif isinstance(event, ChatAccepted | ChatAbandoned | ChatEnded):
             outcomes.setdefault(event.chat_id, []).append(event)
         elif isinstance(event, SurveyResponded):
@@ -286,16 +317,24 @@ def compute(
 
     for ticket_id, created in tickets.items():
         created_us = _micros(created.occurred_at)
-        dimensions = dimensions_of(created)
+        moves = updates.get(ticket_id, [])
+
+        def group_at(
+            instant_ms: int, created: TicketCreated = created, moves: Any = moves
+        ) -> _Group:
+            return group_of(dims_at(created, moves, instant_ms))
+
+        priority = dims_at(created, moves, created_us // 1000)["priority"]
         if in_window(created_us):
-            group_of(dimensions).tickets_created += 1
+            group_at(created_us // 1000).tickets_created += 1
         _ticket_sla(
             created,
+            priority,
             timelines.get(ticket_id, []),
             targets,
             claimed_until_us,
             in_window,
-            group_of(dimensions),
+            group_at,
         )
         agent_replies = replies.get(ticket_id)
         if not agent_replies:
@@ -304,9 +343,9 @@ def compute(
         if not in_window(first_us):
             continue
         duration_ms = _millis_between(created_us, first_us)
-        group = group_of(dimensions)
+        group = group_at(first_us // 1000)
         group.first_response_ms.append(duration_ms)
-        if duration_ms / 1000 <= targets[created.priority]:
+        if duration_ms / 1000 <= targets[priority]:
             group.first_response_within += 1
 
     for chat_id, requested in chats.items():
@@ -347,7 +386,15 @@ def compute(
                 opener = chats.get(str(survey.chat_id))  # the decoder requires one of them
             if opener is None:
                 continue  # orphaned: held until retention, never applied
-            inherited = dimensions_of(opener)
+            if isinstance(opener, TicketCreated):
+                # those in force when the survey came
+                inherited = dims_at(
+                    opener,
+                    updates.get(opener.ticket_id, []),
+                    _micros(survey.occurred_at) // 1000,
+                )
+            else:
+                inherited = dimensions_of(opener)
             own = {name: inherited[name] if value is None else value for name, value in own.items()}
         getattr(group_of(own), survey.kind).append(survey.score)
 
@@ -367,20 +414,22 @@ def compute(
 
 def _ticket_sla(
     created: TicketCreated,
+    priority: str,
     timeline: list[TicketReplied | TicketStatusChanged],
     targets: Mapping[str, float],
     claimed_until_us: float | None,
     in_window: Any,
-    group: _Group,
+    group_at: Any,
 ) -> None:
     """Next responses and the default policy's first-response SLA of one ticket, walking
-    its timeline event by event (docs/kpis.md, "SLA policies")."""
+    its timeline event by event (docs/kpis.md, "SLA policies"); ``priority`` is the
+    ticket's at the creation, ``group_at`` the group of an instant (ms)."""
     created_ms = _micros(created.occurred_at) // 1000
     events = sorted(
         ((_micros(event.occurred_at) // 1000, event.event_id, event) for event in timeline),
         key=lambda item: (item[0], item[1]),
     )
-    deadline_ms = created_ms + round(targets[created.priority] * 1000)
+    deadline_ms = created_ms + round(targets[priority] * 1000)
     status = "new"
     seen_agent = False
     first_outcome: tuple[str, int] | None = None  # ("reply" | "cancel", ms)
@@ -402,19 +451,19 @@ def _ticket_sla(
                     first_outcome = ("reply", ms)
             elif waiting_since is not None:
                 if in_window(ms * 1000):
-                    group.next_response_ms.append(ms - waiting_since)
+                    group_at(ms).next_response_ms.append(ms - waiting_since)
                 waiting_since = None
         elif seen_agent and waiting_since is None and status not in ("solved", "closed"):
             waiting_since = ms
     if first_outcome is not None and first_outcome[1] <= deadline_ms:
         if first_outcome[0] == "reply" and in_window(first_outcome[1] * 1000):
-            group.sla_achieved["first_response"] += 1
+            group_at(first_outcome[1]).sla_achieved["first_response"] += 1
     elif (
         claimed_until_us is not None
         and deadline_ms * 1000 <= claimed_until_us
         and in_window(deadline_ms * 1000)
     ):
-        group.sla_breached["first_response"] += 1
+        group_at(deadline_ms).sla_breached["first_response"] += 1
 
 
 def quantile_close(actual: float | None, expected: float | None, rel: float = 0.01) -> bool:

@@ -39,6 +39,11 @@ Decisions, as docs/kpis.md takes them:
 * A warning at fraction ``f`` is due when the running elapsed time reaches
   ``ceil(f x target)`` if the instance still runs after that instant's events (paused for
   good afterwards or not); its ``due_at`` is the deadline had the clock kept running.
+* Dimensions change (``ticket.updated``, :func:`tests.oracle.dims_at`): every sample and
+  count goes to the dimensions in force at its instant (a breach at its deadline). An
+  instance keeps the policy, priority and target of its start: the first response and
+  the resolution those of the creation, each next response those at the customer reply
+  that started it (its business time on that policy's schedule); its alerts carry them.
 * Breaches count (and are published) only once breach detection claimed them: every breach
   whose deadline is at or before ``claimed_until_s`` (``None``: none, ``math.inf``: all);
   warnings likewise by their instant.
@@ -55,9 +60,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from deskpulse.models.errors import RejectedEvent
-from deskpulse.models.events import TicketCreated, TicketReplied, TicketStatusChanged, decode
+from deskpulse.models.events import (
+    TicketCreated,
+    TicketReplied,
+    TicketStatusChanged,
+    TicketUpdated,
+    decode,
+)
 
-from .oracle import DEFAULT_TARGETS, compute
+from .oracle import DEFAULT_TARGETS, compute, dims_at
 
 __all__ = [
     "METRICS",
@@ -351,6 +362,9 @@ class Instance:
     ended_ms: int | None
     fulfilled: bool
     warnings: tuple[tuple[float, int, int], ...] = ()
+    #: the policy and dimensions it started under (``None``: the ticket's at the creation)
+    policy: str | None = None
+    dimensions: tuple[tuple[str, str], ...] | None = None
 
     @property
     def outcome(self) -> str:
@@ -390,6 +404,14 @@ class TicketSla:
     instances: list[Instance] = field(default_factory=list)
     #: the status changes in force, ``(instant, status)`` from the creation's ``new``
     statuses: list[tuple[int, str]] = field(default_factory=list)
+    created: TicketCreated | None = None
+    updates: tuple[TicketUpdated, ...] = ()
+
+    def dims_at(self, instant_ms: int) -> dict[str, str]:
+        """The dimensions in force for a sample at ``instant_ms``."""
+        if self.created is None or not self.updates:
+            return self.dimensions
+        return dims_at(self.created, self.updates, instant_ms)
 
 
 def _reach(
@@ -416,6 +438,8 @@ def _instance(
     ended: tuple[int, bool] | None,
     calendar: OracleCalendar | None,
     warn_at: Sequence[float],
+    policy: str | None = None,
+    dimensions: Mapping[str, str] | None = None,
 ) -> Instance:
     target_ms = target_s * 1000
     ended_ms = None if ended is None else ended[0]
@@ -435,6 +459,8 @@ def _instance(
         ended_ms,
         ended is not None and ended[1],
         tuple(warnings),
+        policy,
+        None if dimensions is None else tuple(sorted(dimensions.items())),
     )
 
 
@@ -462,16 +488,25 @@ def evaluate_ticket(
     created: TicketCreated,
     timeline: Iterable[TicketReplied | TicketStatusChanged],
     rules: SlaRules,
+    updates: Sequence[TicketUpdated] = (),
 ) -> TicketSla:
-    """One ticket's response samples and SLA instances (docs/kpis.md)."""
+    """One ticket's response samples and SLA instances (docs/kpis.md); ``updates``: its
+    dimension changes."""
     created_ms = to_ms(created.occurred_at)
-    dimensions = {"channel": created.channel, "queue": created.queue, "priority": created.priority}
-    priority = created.priority
+    dimensions = dims_at(created, updates, created_ms)
+    priority = dimensions["priority"]
     policy = rules.policy_for(dimensions)
     calendar = None
     if policy is not None and policy.schedule is not None:
         calendar = rules.calendars[policy.schedule]
-    ticket = TicketSla(ticket_id, created_ms, dimensions, None if policy is None else policy.name)
+    ticket = TicketSla(
+        ticket_id,
+        created_ms,
+        dimensions,
+        None if policy is None else policy.name,
+        created=created,
+        updates=tuple(updates),
+    )
     warn_at = () if policy is None else policy.warn_at
 
     entries: list[tuple[int, str, str, str]] = []  # (ms, event_id, kind, status or role)
@@ -548,8 +583,8 @@ def evaluate_ticket(
         )
 
     # -- next responses: customer reply after the first agent reply, ended by the next
-    # agent reply (fulfilled) or the next solve or close (not)
-    target_s = None if policy is None else policy.target_s("next_response", priority)
+    # agent reply (fulfilled) or the next solve or close (not); each under the policy and
+    # priority of the dimensions in force when it started
     number = 0
     index = 0 if first_agent is None else first_agent + 1
     while first_agent is not None and index < len(entries):
@@ -559,6 +594,16 @@ def evaluate_ticket(
             continue
         number += 1
         started_ms = entries[index][0]
+        started_dims = dims_at(created, updates, started_ms)
+        started_policy = rules.policy_for(started_dims)
+        started_calendar = None
+        if started_policy is not None and started_policy.schedule is not None:
+            started_calendar = rules.calendars[started_policy.schedule]
+        target_s = (
+            None
+            if started_policy is None
+            else started_policy.target_s("next_response", started_dims["priority"])
+        )
         agent = next((a for a in agents if a > index), None)
         stop = first_ending_after(index)
         ended = None
@@ -575,10 +620,10 @@ def evaluate_ticket(
                     started_ms,
                     ended[0],
                     ended[0] - started_ms,
-                    _business(calendar, started_ms, ended[0]),
+                    _business(started_calendar, started_ms, ended[0]),
                 )
             )
-        if target_s is not None:
+        if target_s is not None and started_policy is not None:
             ticket.instances.append(
                 _instance(
                     "next_response",
@@ -587,8 +632,10 @@ def evaluate_ticket(
                     target_s,
                     [(started_ms, None)],
                     ended,
-                    calendar,
-                    warn_at,
+                    started_calendar,
+                    started_policy.warn_at,
+                    started_policy.name,
+                    started_dims,
                 )
             )
 
@@ -630,6 +677,7 @@ def evaluate_tickets(values: Iterable[bytes], rules: SlaRules) -> dict[str, Tick
     seen: set[str] = set()
     openers: dict[str, TicketCreated] = {}
     timelines: dict[str, list[TicketReplied | TicketStatusChanged]] = {}
+    updates: dict[str, list[TicketUpdated]] = {}
     for raw in values:
         try:
             event = decode(raw)
@@ -647,8 +695,12 @@ def evaluate_tickets(values: Iterable[bytes], rules: SlaRules) -> dict[str, Tick
                 openers[event.ticket_id] = event
         elif isinstance(event, TicketReplied | TicketStatusChanged):
             timelines.setdefault(event.ticket_id, []).append(event)
+        elif isinstance(event, TicketUpdated):
+            updates.setdefault(event.ticket_id, []).append(event)
     return {
-        ticket_id: evaluate_ticket(ticket_id, created, timelines.get(ticket_id, []), rules)
+        ticket_id: evaluate_ticket(
+            ticket_id, created, timelines.get(ticket_id, []), rules, updates.get(ticket_id, [])
+        )
         for ticket_id, created in openers.items()
     }
 
@@ -692,17 +744,19 @@ def expected_breaches(
         for instance in ticket.instances:
             if instance.outcome != BREACHED:
                 continue
-            assert instance.deadline_ms is not None and ticket.policy is not None
+            assert instance.deadline_ms is not None
+            assert ticket.policy is not None or instance.policy is not None
             if instance.deadline_ms > until_ms:
                 continue
+            dims = ticket.dimensions if instance.dimensions is None else dict(instance.dimensions)
             out[(ticket.ticket_id, instance.metric, instance.number)] = Breach(
                 ticket.ticket_id,
                 instance.metric,
                 instance.number,
-                ticket.policy,
-                ticket.dimensions["priority"],
-                ticket.dimensions["channel"],
-                ticket.dimensions["queue"],
+                instance.policy or ticket.policy,  # type: ignore[arg-type]
+                dims["priority"],
+                dims["channel"],
+                dims["queue"],
                 instance.target_s,
                 instance.started_ms,
                 ticket.created_ms,
@@ -744,17 +798,20 @@ def expected_warnings(
             for fraction, instant, due_ms in instance.warnings:
                 if instant > until_ms:
                     continue
-                assert ticket.policy is not None
+                assert ticket.policy is not None or instance.policy is not None
                 warn_ms = math.ceil(Fraction(str(fraction)) * instance.target_s * 1000)
+                dims = (
+                    ticket.dimensions if instance.dimensions is None else dict(instance.dimensions)
+                )
                 out[(ticket.ticket_id, instance.metric, instance.number, fraction)] = AtRisk(
                     ticket.ticket_id,
                     instance.metric,
                     instance.number,
                     fraction,
-                    ticket.policy,
-                    ticket.dimensions["priority"],
-                    ticket.dimensions["channel"],
-                    ticket.dimensions["queue"],
+                    instance.policy or ticket.policy,  # type: ignore[arg-type]
+                    dims["priority"],
+                    dims["channel"],
+                    dims["queue"],
                     instance.target_s,
                     instance.started_ms,
                     ticket.created_ms,
@@ -884,27 +941,28 @@ def kpi_document(
 
     groups: dict[tuple[str, ...], _Group] = {}
 
-    def group(ticket: TicketSla) -> _Group:
-        return groups.setdefault(tuple(ticket.dimensions[name] for name in by), _Group())
+    def group(ticket: TicketSla, instant_ms: int) -> _Group:
+        dims = ticket.dims_at(instant_ms)
+        return groups.setdefault(tuple(dims[name] for name in by), _Group())
 
     for ticket in tickets.values():
         if inside(ticket.created_ms):
-            group(ticket).tickets_created += 1
+            group(ticket, ticket.created_ms).tickets_created += 1
         if ticket.first_reply_ms is not None and inside(ticket.first_reply_ms):
             assert ticket.first_calendar_ms is not None and ticket.first_business_ms is not None
-            target = group(ticket)
+            target = group(ticket, ticket.first_reply_ms)
             target.first_calendar_ms.append(ticket.first_calendar_ms)
             target.first_business_ms.append(ticket.first_business_ms)
             target.first_within += ticket.first_within
         for response in ticket.responses:
             if inside(response.replied_ms):
-                target = group(ticket)
+                target = group(ticket, response.replied_ms)
                 target.next_calendar_ms.append(response.calendar_ms)
                 target.next_business_ms.append(response.business_ms)
         for instance in ticket.instances:
             outcome = instance.outcome
             if outcome == ACHIEVED and instance.ended_ms is not None and inside(instance.ended_ms):
-                group(ticket).achieved[instance.metric] += 1
+                group(ticket, instance.ended_ms).achieved[instance.metric] += 1
             elif (
                 outcome == BREACHED
                 and instance.deadline_ms is not None
@@ -912,7 +970,7 @@ def kpi_document(
                 and instance.deadline_ms <= until_ms
                 and inside(instance.deadline_ms)
             ):
-                group(ticket).breached[instance.metric] += 1
+                group(ticket, instance.deadline_ms).breached[instance.metric] += 1
 
     v1 = compute(
         v1_values,
