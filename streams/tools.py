@@ -157,6 +157,13 @@ def add_commands(commands: Any) -> None:
         help="the agents' presence too: a shift a day each on the agents topic",
     )
     sim.add_argument(
+        "--moves",
+        type=Bounded(float, 0.0, 1.0),
+        default=0.0,
+        metavar="X",
+        help="share of tickets escalated or moved to another queue while open, 0 to 1 (default 0)",
+    )
+    sim.add_argument(
         "--out", default=None, help="write JSONL to this file instead of producing to Kafka"
     )
     sim.add_argument(
@@ -230,6 +237,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         malformed_ratio=args.malformed,
         presence=args.presence,
         agent_hours=hours,
+        moves=args.moves,
     )
     records = generate(config)
     if args.out:

@@ -337,6 +337,10 @@ def worker_environment(settings: Settings, environ: Mapping[str, str]) -> dict[s
     return env
 
 
+#: the share of the demo's tickets escalated or transferred to another queue while open
+DEMO_MOVES = 0.08
+
+
 def simulation(
     now_s: float, *, rate: float, seed: int, agent_hours: Mapping[str, Schedule]
 ) -> SimConfig:
@@ -351,6 +355,7 @@ def simulation(
         agent_hours=dict(agent_hours),
         backlog_s=_BACKLOG_S,
         id_prefix=f"s{seed}-{int(now_s)}-",
+        moves=DEMO_MOVES,
     )
 
 
@@ -742,5 +747,6 @@ async def produce_live(
         rate=rate,
         agent_hours=dict(agent_hours or {}),
         backlog_s=backlog_s,
+        moves=DEMO_MOVES,
     )
     return await send_in_time(settings, generate(config), duration_s=duration_s)

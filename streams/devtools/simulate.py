@@ -23,7 +23,9 @@ What the stream looks like:
   ticket, or by the helpdesk's automation after 4 days ``pending`` without an answer; or
   (rarely) ``closed`` days later without a solve → sometimes a customer reply on the
   solved ticket reopens it (``open``) and it is solved again → ``closed`` 4 days after
-  the last solve. Every ticket's statuses form a valid lifecycle: each change is a real
+  the last solve. With ``moves``, that share of tickets is escalated (``ticket.updated``
+  with the next priority up) or transferred to another queue while they are open, now
+  and then twice. Every ticket's statuses form a valid lifecycle: each change is a real
   change, ``closed`` is the last, and only ``solved`` is ever reopened. With
   ``agent_hours``, the agents of the listed queues work only while their schedule is
   open, so what arrives after hours waits for the next opening.
@@ -122,11 +124,22 @@ _CHAT_ACCEPTED = 4
 _CHAT_ABANDONED = 5
 _CHAT_ENDED = 6
 _SURVEY = 7
-_RESEND = 8  # an already built record, re-sent as a duplicate
+_TICKET_UPDATED = 8
+_RESEND = 9  # an already built record, re-sent as a duplicate
 
 _CHAT_OUTCOMES = (_CHAT_ACCEPTED, _CHAT_ABANDONED, _CHAT_ENDED)
 
-_TOPIC = ("tickets", "tickets", "tickets", "chats", "chats", "chats", "chats", "surveys")
+_TOPIC = (
+    "tickets",
+    "tickets",
+    "tickets",
+    "chats",
+    "chats",
+    "chats",
+    "chats",
+    "surveys",
+    "tickets",
+)
 _TYPE = (
     "ticket.created",
     "ticket.replied",
@@ -136,7 +149,12 @@ _TYPE = (
     "chat.abandoned",
     "chat.ended",
     "survey.responded",
+    "ticket.updated",
 )
+#: priorities in escalation order
+_ESCALATION = ("low", "normal", "high", "urgent")
+#: the statuses a ticket is no longer moved in
+_DONE = frozenset(("solved", "closed"))
 
 # ticket.replied variants: (author_role, public); public None leaves the field out (default).
 _CUSTOMER = ("customer", True)
@@ -206,6 +224,9 @@ class SimConfig:
     orphan_ratio: float = 0.0
     #: share of solved tickets and answered chats that get a survey response
     survey_ratio: float = 0.3
+    #: share of tickets escalated to a higher priority or transferred to another queue
+    #: (``ticket.updated``) while they are open; 0 sends none
+    moves: float = 0.0
     #: multiplies ticket response delays and the timers that run for days (closes, holds,
     #: customers who answer days later); < 1 squeezes lifecycles into short runs
     response_scale: float = 1.0
@@ -261,6 +282,7 @@ class SimConfig:
             "unanswered_ratio",
             "orphan_ratio",
             "survey_ratio",
+            "moves",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
@@ -357,6 +379,7 @@ class _Simulation:
             for queue, schedule in config.agent_hours.items()
         }
         self.max_shape = (1.8 if config.diurnal else 1.0) * (2.0 if config.incident else 1.0)
+        self.moves_rng = random.Random(f"deskpulse-moves-{config.seed}")
         self.conversations_per_s = self._calibrate()
         #: the most scheduled deliveries held at once: the future events of the open
         #: conversations (and the duplicates due), bounded by how many are open at a time
@@ -452,7 +475,40 @@ class _Simulation:
         slow = self._slowness(t0)
         if conversation.is_chat:
             return self._chat(rng, t0, conversation, slow)
-        return self._ticket(rng, t0, conversation, slow)
+        events = self._ticket(rng, t0, conversation, slow)
+        if self.config.moves:
+            self._move(t0, conversation, events)
+        return events
+
+    def _move(
+        self, t0: int, conversation: _Conversation, events: list[tuple[int, int, Any]]
+    ) -> None:
+        """Escalate or transfer ``moves`` of the tickets, once or twice, while they are
+        open: drawn from a random stream of their own, so the other events stay as they
+        are (the volume's calibration counts the moves: fewer conversations come)."""
+        rng = self.moves_rng
+        if rng.random() >= self.config.moves:
+            return
+        # while it is open: before its first solve or close
+        ends = [t for t, code, extra in events if code == _TICKET_STATUS and extra in _DONE]
+        until = min(ends, default=t0 + 86_400_000)
+        if until - t0 < 2000:
+            return
+        queue, priority = conversation.queue, conversation.priority
+        at = t0
+        for _ in range(1 + (rng.random() < 0.2)):
+            at += 1 + int(rng.uniform(0.05, 0.6) * (until - at))
+            if at >= until:
+                return
+            if priority != "urgent" and rng.random() < 0.45:
+                priority = _ESCALATION[_ESCALATION.index(priority) + 1]
+                events.append((at, _TICKET_UPDATED, {"priority": priority}))
+            else:
+                others = [q for q in self.config.queues if q != queue]
+                if not others:
+                    return
+                queue = others[rng.randrange(len(others))]
+                events.append((at, _TICKET_UPDATED, {"queue": queue}))
 
     @staticmethod
     def _open_at(events: list[tuple[int, int, Any]], at_ms: int) -> bool:
@@ -772,6 +828,9 @@ class _Simulation:
         elif code == _TICKET_STATUS:
             payload["ticket_id"] = conversation.id
             payload["status"] = extra
+        elif code == _TICKET_UPDATED:
+            payload["ticket_id"] = conversation.id
+            payload.update(extra)
         elif code in (_TICKET_CREATED, _CHAT_REQUESTED):
             payload["ticket_id" if code == _TICKET_CREATED else "chat_id"] = conversation.id
             payload["channel"] = conversation.channel
@@ -893,6 +952,7 @@ _REQUIRED = {
     _TICKET_CREATED: ("ticket_id",),
     _TICKET_REPLIED: ("ticket_id", "author_role"),
     _TICKET_STATUS: ("ticket_id", "status"),
+    _TICKET_UPDATED: ("ticket_id",),
     _CHAT_REQUESTED: ("chat_id",),
     _CHAT_ACCEPTED: ("chat_id",),
     _CHAT_ABANDONED: ("chat_id",),

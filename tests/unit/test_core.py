@@ -963,8 +963,10 @@ def test_simulated_traffic_agrees_with_the_oracle() -> None:
         lifecycle_scale=0.02,
         out_of_order=0.2,
         duplicate_ratio=0.02,
+        moves=0.3,  # escalations and transfers: every sample in the group of its instant
     )
     values = [record.value for record in generate(sim) if record.occurred_at_s is not None]
+    assert sum(b'"ticket.updated"' in value for value in values) > 20
     memory = MemoryState()
     for offset in range(0, len(values), 97):
         memory.apply([("t", offset + i, raw) for i, raw in enumerate(values[offset : offset + 97])])
