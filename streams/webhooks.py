@@ -57,7 +57,19 @@ ZENDESK_TYPES = (
     "ticket.created",
     "ticket.status_changed",
     "ticket.comment_added",
+    "ticket.priority_changed",
+    "ticket.group_assignment_changed",
+    "ticket.brand_changed",
+    "ticket.form_changed",
 )
+#: Zendesk's changes of a ticket field that feeds a dimension: the field (the queue's
+#: only when ``DESKPULSE_ZENDESK_QUEUE_FIELD`` names it)
+_ZENDESK_CHANGES = {
+    "ticket.priority_changed": "priority",
+    "ticket.group_assignment_changed": "group",
+    "ticket.brand_changed": "brand",
+    "ticket.form_changed": "form",
+}
 #: Intercom topics mapped to events in at least one of the two modes.
 INTERCOM_TOPICS = (
     "conversation.user.created",
@@ -201,8 +213,11 @@ def map_zendesk(payload: Any, mapping: ZendeskMapping) -> list[dict[str, Any]] |
 
     ``ticket.created`` -> ``ticket.created`` (and ``ticket.status_changed`` at the same time
     when the ticket starts in another status than new); ``ticket.status_changed`` ->
-    ``ticket.status_changed``; ``ticket.comment_added`` -> ``ticket.replied``. Other
-    Zendesk event types are :class:`Ignored`.
+    ``ticket.status_changed``; ``ticket.comment_added`` -> ``ticket.replied``;
+    ``ticket.priority_changed``, and the change of the field the queue comes from
+    (``group_assignment_changed``, ``brand_changed`` or ``form_changed``) ->
+    ``ticket.updated``. Other Zendesk event types (and the changes of the two fields the
+    queue does not come from) are :class:`Ignored`.
     """
     root = _root(payload)
     kind = root.get("type")
@@ -214,6 +229,12 @@ def map_zendesk(payload: Any, mapping: ZendeskMapping) -> list[dict[str, Any]] |
     name = kind.removeprefix(_ZENDESK_PREFIX)
     if name not in ZENDESK_TYPES:
         return Ignored(f"Zendesk {name} changes no deskpulse KPI")
+    changed = _ZENDESK_CHANGES.get(name)
+    if changed not in (None, "priority", mapping.queue_field):
+        return Ignored(
+            f"Zendesk {name} changes no deskpulse dimension: the queue comes from the "
+            f"ticket's {mapping.queue_field} (DESKPULSE_ZENDESK_QUEUE_FIELD)"
+        )
     envelope_id = _id(root.get("id"), "`id`")
     when = root.get("time")
     if not isinstance(when, str):
@@ -251,6 +272,8 @@ def map_zendesk(payload: Any, mapping: ZendeskMapping) -> list[dict[str, Any]] |
                 }
             )
         return events
+    if changed is not None:
+        return [{**base, "type": "ticket.updated", **_zendesk_change(event, changed, mapping)}]
     if name == "ticket.status_changed":
         current = _object(event, "`event`").get("current")
         if not isinstance(current, str):
@@ -280,6 +303,26 @@ def map_zendesk(payload: Any, mapping: ZendeskMapping) -> list[dict[str, Any]] |
     if agent is not None:
         replied["agent_id"] = agent
     return [replied]
+
+
+def _zendesk_change(event: Any, changed: str, mapping: ZendeskMapping) -> dict[str, str]:
+    """The dimension a Zendesk change event sets: its ``event.current`` (an id, or an
+    object with one), mapped as the same field of a new ticket is; a priority or queue
+    cleared is the default (``normal``, ``unassigned``)."""
+    current = _object(event, "`event`").get("current")
+    if isinstance(current, dict):
+        current = current.get("id")
+    if changed == "priority":
+        if current in (None, ""):
+            return {"priority": "normal"}
+        if not isinstance(current, str):
+            raise _unmappable("`event.current` (the new priority) is not a string")
+        # anything but low, normal, high and urgent is refused by the event decoder
+        return {"priority": current.lower()}
+    if current in (None, ""):
+        return {"queue": "unassigned"}
+    queue_id = _id(current, "`event.current`")
+    return {"queue": mapping.queue_map.get(queue_id, queue_id)}
 
 
 def _zendesk_status(value: str, where: str) -> str:

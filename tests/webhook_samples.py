@@ -136,6 +136,36 @@ def zendesk_changed(
     return zendesk_envelope(event_type, detail, {"current": current, "previous": previous}, t_s)
 
 
+def zendesk_priority_changed(
+    ticket_id: int | str, t_s: float, current: str | None, previous: str | None = "NORMAL"
+) -> dict[str, Any]:
+    """``ticket.priority_changed``: ``event`` holds the priorities, in capitals (``None``
+    for no priority), and ``detail`` the ticket as it is after the change."""
+    detail = zendesk_detail(ticket_id, status="OPEN", priority=current)
+    return zendesk_envelope(
+        "ticket.priority_changed", detail, {"current": current, "previous": previous}, t_s
+    )
+
+
+def zendesk_field_changed(
+    event_type: str,
+    ticket_id: int | str,
+    t_s: float,
+    current: str | None,
+    previous: str | None,
+) -> dict[str, Any]:
+    """``ticket.group_assignment_changed``, ``ticket.brand_changed`` or
+    ``ticket.form_changed``: ``event`` holds the ids (as strings, ``None`` for none), and
+    ``detail`` the ticket as it is after the change."""
+    field = {
+        "ticket.group_assignment_changed": "group_id",
+        "ticket.brand_changed": "brand_id",
+        "ticket.form_changed": "form_id",
+    }[event_type]
+    detail = zendesk_detail(ticket_id, status="OPEN", **{field: current})
+    return zendesk_envelope(event_type, detail, {"current": current, "previous": previous}, t_s)
+
+
 def zendesk_headers(body: bytes, timestamp: str, secret: str = ZENDESK_SECRET) -> dict[str, str]:
     """The signature headers Zendesk sends with ``body``."""
     digest = hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).digest()

@@ -118,17 +118,22 @@ def test_signed_webhooks_end_as_kpis_and_retries_change_nothing(
     wait_until(client.ready, 60, message=worker.describe)
     t0 = time.time() - 1800
 
-    # Zendesk: a billing ticket (group 111) answered by an agent 10 minutes in, after a
-    # private note at 2 minutes (which is no response); an email ticket solved unanswered.
+    # Zendesk: a billing ticket (group 111), moved to group 333 and escalated to urgent
+    # before an agent answers it 10 minutes in, after a private note at 2 minutes (which is
+    # no response): its first response counts in 333 and urgent; an email ticket solved
+    # unanswered, escalated after its solve (which moves none of its samples).
     zendesk = [
         vendor.zendesk_created(35436, t0, priority="HIGH", group_id=111, channel="Web"),
         vendor.zendesk_comment_added(35436, t0 + 120, staff=True, public=False),
         vendor.zendesk_comment_added(35436, t0 + 300, staff=False),
+        vendor.zendesk_field_changed(
+            "ticket.group_assignment_changed", 35436, t0 + 450, "333", "111"
+        ),
+        vendor.zendesk_priority_changed(35436, t0 + 500, "URGENT", "HIGH"),
         vendor.zendesk_comment_added(35436, t0 + 600, staff=True, author_id=814860),
         vendor.zendesk_created("35437", t0 + 60, priority=None, group_id=222, channel="email"),
         vendor.zendesk_status_changed("35437", t0 + 900, "SOLVED"),
-        # changes no KPI: accepted, nothing produced
-        vendor.zendesk_changed("ticket.priority_changed", 35437, t0 + 901, "URGENT", "NORMAL"),
+        vendor.zendesk_priority_changed(35437, t0 + 901, "URGENT", None),
     ]
     # Intercom: a chat answered after 15 s, one closed unanswered after 60 s (abandoned)
     answered = vendor.intercom_conversation("1911149811", int(t0), team_assignee_id="5017691")
@@ -171,8 +176,8 @@ def test_signed_webhooks_end_as_kpis_and_retries_change_nothing(
     assert json.loads(response.body)["results"] == [
         {"line": 1, "status": "accepted", "event_id": "csat-35436", "topic": settings.topic_surveys}
     ]
-    # 6 Zendesk events (the second creation adds no status: it is new) + 4 Intercom + 1
-    produced = 11
+    # 9 Zendesk events (the second creation adds no status: it is new) + 4 Intercom + 1
+    produced = 14
     assert record_count(settings) == before + produced
 
     def settled() -> dict[str, Any] | None:
@@ -195,16 +200,18 @@ def test_signed_webhooks_end_as_kpis_and_retries_change_nothing(
     by_queue = {
         group["key"]["queue"]: group for group in kpis(worker, "window=1h&by=queue")["groups"]
     }
-    assert set(by_queue) == {"billing", "222", "5017691", "unassigned"}
+    assert set(by_queue) == {"billing", "333", "222", "5017691", "unassigned"}
     assert by_queue["billing"]["tickets_created"] == 1
-    assert by_queue["billing"]["first_response"]["count"] == 1
+    assert by_queue["billing"]["first_response"]["count"] == 0
+    assert by_queue["333"]["tickets_created"] == 0
+    assert by_queue["333"]["first_response"]["count"] == 1
     assert by_queue["222"]["tickets_created"] == 1
     assert by_queue["5017691"]["chats"]["answered"] == 1
-    by_priority = {
-        group["key"]["priority"]: group["tickets_created"]
-        for group in kpis(worker, "window=1h&by=priority")["groups"]
-    }
-    assert by_priority == {"high": 1, "normal": 1}, by_priority
+    groups = kpis(worker, "window=1h&by=priority")["groups"]
+    by_priority = {group["key"]["priority"]: group["tickets_created"] for group in groups}
+    assert by_priority == {"high": 1, "normal": 1, "urgent": 0}, by_priority
+    responses = {group["key"]["priority"]: group["first_response"]["count"] for group in groups}
+    assert responses == {"high": 0, "normal": 0, "urgent": 1}, responses
 
     # Every delivery again, as a sender does after a lost answer: re-signed, same ids.
     for payload in zendesk:
