@@ -32,6 +32,7 @@ from deskpulse.streams.core import (
     PLACES,
     SEP,
     Conversation,
+    current_dims,
     document_at,
     group_document,
     has_samples,
@@ -1139,9 +1140,10 @@ async def read_sla_tickets(
     for _, conversation_id, due_ms, raw in candidates:
         state = Conversation.loads(raw)
         entry = classify_sla_ticket(state)
-        if entry is None or state.dims is None or state.opened is None:
+        group = current_dims(state)  # a ticket that moved: the group it is in now
+        if entry is None or group is None or state.opened is None:
             continue
-        dims: dict[str, str] = dict(zip(DIMENSIONS, state.dims, strict=True))
+        dims: dict[str, str] = dict(zip(DIMENSIONS, group, strict=True))
         if any(dims[d] != v for d, v in filters.items()):
             continue
         status, metrics = entry

@@ -5,12 +5,15 @@ batching, against the brute-force oracles (no services)."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deskpulse.models.sla import Policy, Schedule
+from deskpulse.streams.breaches import BREACH_TOTALS, alerts_due
 from deskpulse.streams.core import (
     SEP,
     Conversation,
@@ -25,7 +28,13 @@ from deskpulse.streams.query import build_document
 from tests.lifecycle_oracle import Lifecycle, lifecycle_document, merge_documents
 from tests.lifecycle_oracle import evaluate as evaluate_lifecycles
 from tests.oracle import compare
-from tests.sla_oracle import SlaRules, evaluate_tickets, kpi_document
+from tests.sla_oracle import (
+    SlaRules,
+    evaluate_tickets,
+    expected_breaches,
+    expected_warnings,
+    kpi_document,
+)
 from tests.unit.test_core import T0, T0_MS, MemoryState, ev, run, status
 
 #: a policy for the billing queue on office hours with every metric and a warning, and a
@@ -338,3 +347,100 @@ def test_moves_in_any_order_and_batching_give_the_oracles_kpis(
     ):
         for by in (("queue",), ("priority",)):
             assert backlog_at(memory, end_s, by) == oracle_backlog(events, end_s, by), end_s
+
+
+# --- alerts ---------------------------------------------------------------------------------
+
+
+def _ms(stamp: str) -> int:
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def check_alerts(events: list[bytes]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Every alert due of the tickets against the oracle's; the breaches found."""
+    memory = run(*events, config=MOVES_CONFIG)
+    tickets = evaluate_tickets(events, RULES)
+    breaches = expected_breaches(tickets)
+    warnings = expected_warnings(tickets)
+    got_breaches: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    got_warnings: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    counted: Counter[str] = Counter()
+    for conv_id, state in memory.states.items():
+        whole = Conversation.loads(state.dumps())
+        restore(whole, memory.timelines.get(conv_id, {}))
+        for alert in alerts_due(conv_id, whole, 2**50, MOVES_CONFIG, "p"):
+            body = orjson.loads(alert.payload)
+            fields = (
+                body["policy"],
+                body["priority"],
+                body["channel"],
+                body["queue"],
+                body["target_seconds"],
+                _ms(body["started_at"]),
+            )
+            if body["type"] == "sla.breached":
+                key = (body["ticket_id"], body["metric"], body["instance"])
+                got_breaches[key] = (*fields, _ms(body["breached_at"]))
+                assert alert.totals_field is not None
+                counted[SEP.join(alert.dims) + SEP + alert.totals_field] += 1
+            else:
+                key = (body["ticket_id"], body["metric"], body["instance"], body["fraction"])
+                got_warnings[key] = (*fields, _ms(body["due_at"]))
+    assert got_breaches == {
+        key: (
+            b.policy,
+            b.priority,
+            b.channel,
+            b.queue,
+            b.target_seconds,
+            b.started_ms,
+            b.breached_ms,
+        )
+        for key, b in breaches.items()
+    }
+    assert got_warnings == {
+        key: (w.policy, w.priority, w.channel, w.queue, w.target_seconds, w.started_ms, w.due_ms)
+        for key, w in warnings.items()
+    }
+    # a breach counts in the group in force at its deadline
+    want: Counter[str] = Counter()
+    for (ticket_id, metric, _), breach in breaches.items():
+        dims = tickets[ticket_id].dims_at(breach.breached_ms)
+        key = SEP.join((dims["channel"], dims["queue"], dims["priority"]))
+        want[key + SEP + BREACH_TOTALS[metric]] += 1
+    assert counted == want
+    return got_breaches
+
+
+@settings(max_examples=80, deadline=None)
+@given(events=moving_tickets())
+def test_alerts_of_moving_tickets_carry_the_terms_their_instance_started_under(
+    events: list[bytes],
+) -> None:
+    check_alerts(events)
+
+
+def test_a_next_response_started_after_an_escalation_breaches_under_its_terms() -> None:
+    # created in general (normal: no next-response target under the default policy),
+    # escalated to urgent at 600 (1200 s), answered at 700; the customer writes at 800 and
+    # gets no answer: breached at 2000, after a transfer to billing at 1500. The alert
+    # carries the terms and group of its start; the breach counts in billing.
+    events = [
+        created("c", 0, queue="general"),
+        update("u1", 600, priority="urgent"),
+        reply("r1", 700),
+        reply("r2", 800, role="customer"),
+        update("u2", 1500, queue="billing"),
+    ]
+    breaches = check_alerts(events)
+    assert breaches == {
+        ("T1", "next_response", 1): (
+            "default",
+            "urgent",
+            "other",
+            "general",
+            1200,
+            T0_MS + 800_000,
+            T0_MS + 2_000_000,
+        )
+    }
