@@ -185,3 +185,51 @@ def test_moving_tickets_in_any_batching_read_as_the_oracle(
             for by in ((), ("queue",), ("priority",), ("channel", "queue", "priority")):
                 got = kpis(redis_url, prefix, at_s, by)
                 assert compare(got, expected(values, at_s, by)) == [], (batch, at_s, by)
+
+
+def test_a_moved_ticket_dropped_at_its_maximum_age_leaves_the_backlog_of_its_group_now(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    from tests.integration.test_store import meta_of
+
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    config = CoreConfig(
+        bucket_seconds=60,
+        rollup_seconds=600,
+        retention_seconds=3600,
+        open_ticket_max_age_s=3 * 3600,
+    )
+    billing, sales = "email\x1fbilling\x1fnormal", "email\x1fsales\x1fhigh"
+    first = pendings(
+        [
+            created("A", T0, queue="billing", priority="normal"),
+            status("A", T0 + 60, "pending"),
+            update("A", T0 + 600, queue="sales", priority="high"),
+        ]
+    )
+
+    async def scenario(client: Redis) -> None:
+        store = Store(client, prefix, config)
+        await apply(store, 0, first)
+        assert redis_client.zrange(base + "lo:" + sales, 0, -1) == [b"t:A"]
+        assert redis_client.zcard(base + "lo:" + billing) == 0
+        # its stretch in billing: left at the move, out of the backlog before nothing
+        assert redis_client.zscore(base + "lx", "t:A\x1e0") == (T0 + 600) * 1000
+        # in sales from the move on: out of its backlog before
+        info = redis_client.hget(base + "li", "t:A").decode()
+        assert info == f"{T0 * 1000}\x1f{sales}\x1f{T0 * 1000},{(T0 + 600) * 1000}"
+        # the maximum age passes (a new ticket moves the clock on)
+        await apply(store, 0, pendings([created("N", T0 + 3 * 3600 + 120)], first_offset=3))
+
+    run(scenario, redis_url)
+    assert meta_of(redis_client, prefix)["expired"] == "1"
+    assert redis_client.zcard(base + "lo:" + sales) == 0
+    assert redis_client.zscore(base + "lx", "t:A") == (T0 + 3 * 3600) * 1000
+    # its live info keeps the stretch before it came into sales
+    info = redis_client.hget(base + "li", "t:A").decode()
+    assert info == f"{T0 * 1000}\x1f{sales}\x1f{T0 * 1000},{(T0 + 600) * 1000}"
+    assert not redis_client.hexists(base + "lvl", sales + "\x1fbl:p")
+    assert not redis_client.hexists(base + "lvl", billing + "\x1fbl:p")
+    # the billing stretch left the index with the retention
+    assert redis_client.zscore(base + "lx", "t:A\x1e0") is None
