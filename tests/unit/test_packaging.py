@@ -154,6 +154,7 @@ def test_the_public_api_is_curated_and_resolves() -> None:
             "TicketCreated",
             "TicketReplied",
             "TicketStatusChanged",
+            "TicketUpdated",
             "ChatRequested",
             "ChatAccepted",
             "ChatAbandoned",
