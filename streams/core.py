@@ -2123,7 +2123,8 @@ class BatchResult:
     #: event time ms, for the conversations that added any
     others: dict[str, dict[str, int]] = field(default_factory=dict)
     #: the timeline entries of tickets to keep beside their states (the store's
-    #: ``tl:<id>``), event id -> ``(ms, code)``, for the tickets that add any
+    #: ``tl:<id>``), event id -> ``(ms, code)``, for the tickets that add any; none (an
+    #: empty map): drop those kept (a ticket that moved keeps its timeline in its state)
     timelines: dict[str, dict[str, tuple[int, str]]] = field(default_factory=dict)
     #: the whole timeline of each ticket this batch evaluated whole, whose state now keeps
     #: it beside (what a later look at the batch, like a retraction, reads)
@@ -2528,8 +2529,10 @@ def _add_deltas(
                 plan, next_terms = ticket_terms(state, config)
                 state.now = dims_steps(state.opened[0], state.dims, state.moves.items())[-1][1]
                 # its timeline is whole in it from now on: the entries kept beside it
-                # before stay there, unread, until the state goes
-                state.stored = 0
+                # before go (an empty entry of ``timelines``)
+                if state.stored:
+                    result.timelines[conv_id] = {}
+                    state.stored = 0
             else:
                 plan = config.terms_of(state.dims)
             # a walked ticket is walked on below from its new entries alone

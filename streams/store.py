@@ -244,7 +244,7 @@ end
 # conversations (id, newest ms, held count, next breach check ms, '' for none or 'k' to
 # leave it as it is, state JSON as a string), the ids kept beside the states
 # (conversation id␟event id, ms), the timeline entries kept beside the tickets' states
-# (ticket id, count, (event id, 'ms,code') * count), due tickets looked at unchanged
+# (ticket id, count, (event id, 'ms,code') * count; a count of 0 drops them), due tickets looked at unchanged
 # (id, next check ms or ''), alert payloads for the outbox (event id, JSON), live index
 # moves; then the store generation, whether the partition must have state already, the
 # states end to end, the bucket widths (fine, roll-up), the earliest instant (ms) the
@@ -373,10 +373,12 @@ for k = 1, #added, 4000 do
   redis.call('ZADD', base .. 'ids', unpack(added, k, math.min(k + 3999, #added)))
 end
 -- the timeline entries kept beside their tickets' states (tl:<id>, event id -> 'ms,code'):
--- per ticket its id, its count of entries, then event id and value each
+-- per ticket its id, its count of entries, then event id and value each; a count of 0
+-- drops them (the ticket keeps its timeline whole in its state from now on)
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
   local key = base .. 'tl:' .. p[i]
+  if p[i + 1] == '0' then redis.call('DEL', key) end
   local last = i + 1 + 2 * tonumber(p[i + 1])
   for k = i + 2, last, 8000 do
     redis.call('HSET', key, unpack(p, k, math.min(k + 7999, last)))

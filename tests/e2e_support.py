@@ -162,6 +162,7 @@ def build_dataset(
         "survey_ratio": 0.4,
         "response_scale": 0.2,  # lifecycles fit in the stretch: plenty of first replies
         "presence": True,  # the agents' shifts on the agents topic
+        "moves": 0.1,  # escalations and transfers: samples and backlog by their instant
     }
     config = SimConfig(
         seed=seed,

@@ -128,6 +128,9 @@ class MemoryState:
         for conv_id, added in result.others.items():
             self.others.setdefault(conv_id, {}).update(added)
         for conv_id, entries in result.timelines.items():
+            if not entries:  # a ticket that moved keeps its timeline whole in its state
+                self.timelines.pop(conv_id, None)
+                continue
             self.timelines.setdefault(conv_id, {}).update(entries)
         for key, fields in result.buckets.items():
             bucket = self.buckets.setdefault(key, Counter())
