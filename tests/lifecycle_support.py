@@ -483,6 +483,7 @@ def build_lifecycle_records(
     duplicate_ratio: float = 0.05,
     max_delay_s: int = 2 * 3600,
     shuffle_all: bool = False,
+    moves: float = 0.0,
 ) -> LifecycleData:
     """``days`` of tickets and chats from ``start_s``, deterministic for a ``seed``.
 
@@ -492,10 +493,13 @@ def build_lifecycle_records(
     come first), and ``duplicate_ratio`` of the records again a little later; with
     ``shuffle_all`` the records are shuffled whole instead (only for an oracle that
     ignores retention). ``retention_s`` and ``open_ticket_max_age_s`` must be the worker's:
-    stories are cut to what it keeps."""
+    stories are cut to what it keeps. ``moves`` of the tickets are moved to another queue
+    or priority once or twice during their story (``ticket.updated``, drawn from a random
+    stream of their own: the rest of the data set is the same with or without)."""
     if retention_s * 1000 < 2 * max_delay_s * 1000 + 6 * HOUR_MS:
         raise ValueError("the retention must hold the delivery's disorder and six hours more")
     rng = random.Random(seed)
+    moving = random.Random(seed + 1_000_003)
     start_ms = start_s * 1000
     end_ms = start_ms + days * DAY_MS
     data = LifecycleData(start_ms, end_ms, [])
@@ -526,6 +530,21 @@ def build_lifecycle_records(
             requester_id=f"R{rng.randrange(500)}",
         )
         TICKET_STORIES[story][1](ticket)
+        if moves and moving.random() < moves:
+            last_ms = max(at_ms for at_ms, _, _ in ticket.events)
+            for _ in range(1 + (moving.random() < 0.4)):
+                # anywhere in its story, now and then before its creation or on a minute
+                at_ms = moving.randrange(created_ms - MINUTE_MS, last_ms + HOUR_MS)
+                if moving.random() < 0.3:
+                    at_ms -= at_ms % MINUTE_MS
+                change = moving.choice(
+                    [
+                        {"queue": moving.choice(QUEUES)},
+                        {"priority": moving.choice(PRIORITIES)},
+                        {"queue": moving.choice(QUEUES), "priority": "urgent"},
+                    ]
+                )
+                ticket.add("ticket.updated", at_ms, **change)
         events = _cut(
             ticket.events,
             created_ms,
