@@ -244,14 +244,14 @@ end
 # conversations (id, newest ms, held count, next breach check ms, '' for none or 'k' to
 # leave it as it is, state JSON as a string), the ids kept beside the states
 # (conversation id␟event id, ms), the timeline entries kept beside the tickets' states
-# (ticket id, count, (event id, 'ms,code') * count; a count of 0 drops them), due tickets looked at unchanged
-# (id, next check ms or ''), alert payloads for the outbox (event id, JSON), live index
-# moves; then the store generation, whether the partition must have state already, the
-# states end to end, the bucket widths (fine, roll-up), the earliest instant (ms) the
-# live index moves change ('' for none), how many versions ``lmoved`` keeps, the stale
-# time of a waiting chat (ms), how many versions ``hmoved`` keeps, the groups whose totals
-# and whose levels the batch moves (each followed by \x1d, or '*') and the most groups or
-# fields an entry of ``hmoved`` names.
+# (ticket id, count, (event id, 'ms,code') * count; a count of 0 drops them), due
+# tickets looked at unchanged (id, next check ms or ''), alert payloads for the outbox
+# (event id, JSON), live index moves; then the store generation, whether the partition
+# must have state already, the states end to end, the bucket widths (fine, roll-up), the
+# earliest instant (ms) the live index moves change ('' for none), how many versions
+# ``lmoved`` keeps, the stale time of a waiting chat (ms), how many versions ``hmoved``
+# keeps, the groups whose totals and whose levels the batch moves (each followed by \x1d,
+# or '*') and the most groups or fields an entry of ``hmoved`` names.
 # Numbers travel as strings: Lua numbers are doubles and large ones would print in
 # exponent form; a state travels as a string so cjson hands its bytes over untouched.
 _COMMIT = """
