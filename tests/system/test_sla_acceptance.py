@@ -236,6 +236,23 @@ def edge_tickets(calendars: dict[str, OracleCalendar]) -> list[Record]:
     edge.created("edge-night-new", halloween, "general", "urgent", channel="social")
     edge.status("edge-night-new", halloween + 5 * H * 1000, "open")
     edge.reply("edge-night-new", halloween + 5 * H * 1000 + 1)
+    # moved: created in general (urgent, calendar time), transferred to vip (no SLA) and
+    # escalated before its first reply; its first response keeps general's terms, its next
+    # responses (started in vip) have none; answered late, breached in vip's group
+    edge.created("edge-moved", monday, "general", "normal", channel="web")
+    edge.add("ticket.updated", "edge-moved", monday + 600_000, priority="urgent")
+    edge.add("ticket.updated", "edge-moved", monday + 1_200_000, queue="vip")
+    edge.reply("edge-moved", monday + 10 * H * 1000)
+    edge.reply("edge-moved", monday + 11 * H * 1000, "customer")
+    edge.reply("edge-moved", monday + 14 * H * 1000)
+    # and one escalated in general between a customer's reply and the next: the running
+    # next response keeps no target (normal has none), the one after has urgent's
+    edge.created("edge-escalated", monday, "general", "normal", channel="web")
+    edge.reply("edge-escalated", monday + 600_000)
+    edge.reply("edge-escalated", monday + 1_200_000, "customer")
+    edge.add("ticket.updated", "edge-escalated", monday + 1_500_000, priority="urgent")
+    edge.reply("edge-escalated", monday + 1_800_000)
+    edge.reply("edge-escalated", monday + 2_400_000, "customer")
     return edge.records
 
 
@@ -261,6 +278,7 @@ def build_records(seed: int = 23) -> tuple[SimConfig, list[Record]]:
         agent_hours={
             queue: SCHEDULES[name] for queue, name in demo_policies.AGENT_SCHEDULES.items()
         },
+        moves=0.15,  # escalations and transfers: instances keep the terms of their start
     )
     records = list(generate(config)) + edge_tickets(dict(rules.calendars))
     rng = random.Random(seed)
