@@ -239,7 +239,7 @@ def test_a_moved_state_round_trips_and_reads_the_previous_layout() -> None:
     memory = run(*STORY)
     state = memory.states["t:T1"]
     assert Conversation.loads(state.dumps()) == state
-    # layout 8: no moves and no group now, the share last
+    # layout 9: no moves and no group now
     plain = run(created("c", 0)).states["t:T1"]
     raw = plain.dumps()
     eight = raw.replace(b",{},null,", b",")
