@@ -58,6 +58,8 @@ def live(
         metrics_refresh_interval=1,
         snapshot_interval=2,
         breach_check_interval=1,
+        # the per-agent families too, so the catalog is checked whole both ways
+        agent_metrics=True,
     )
     create_topics(settings)
     now = time.time()
@@ -75,6 +77,7 @@ def live(
                 out_of_order=0.05,
                 malformed_ratio=0.01,
                 orphan_ratio=0.01,
+                presence=True,  # the agents' status and occupancy families
             )
         )
     )
