@@ -582,28 +582,14 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
         except msgspec.ValidationError:
             pass
         try:
-            return _DECODE_9(raw)
+            return _taken_over(_DECODE_9_RAW(raw))
         except msgspec.ValidationError:
             pass
         try:
             # layout 8: no crew (its agents were not kept; they count from its next events)
-            return _DECODE_8(raw)
+            return _taken_over(_DECODE_8_RAW(raw))
         except msgspec.ValidationError:
-            old = _DECODE_7(raw)
-            return Conversation(
-                kind=old.kind,
-                opened=old.opened,
-                dims=old.dims,
-                accepted=old.accepted,
-                ended=old.ended,
-                surveys=old.surveys,
-                timeline=old.timeline,
-                claims=old.claims,
-                last_ms=old.last_ms,
-                live=old.live,
-                others=old.others,
-                counted=old.counted,
-            )
+            return _taken_over(_DECODE_7(raw))
 
 
 class OtherIds(msgspec.Struct, gc=False):
@@ -663,7 +649,7 @@ class _Conversation7(msgspec.Struct, array_like=True, gc=False):
 
 class _Conversation8(msgspec.Struct, array_like=True, gc=False):
     """A state as store layout 8 wrote it: no ``crew`` (read as a :class:`Conversation`
-    with none, :func:`_decode_8`)."""
+    with none, :func:`_taken_over`)."""
 
     kind: str
     opened: tuple[int, str] | None = None
@@ -683,7 +669,7 @@ class _Conversation8(msgspec.Struct, array_like=True, gc=False):
 
 class _Conversation9(msgspec.Struct, array_like=True, gc=False):
     """A state as store layout 9 wrote it: no dimension changes (read as a
-    :class:`Conversation` with none, :func:`_decode_9`)."""
+    :class:`Conversation` with none, :func:`_taken_over`)."""
 
     kind: str
     opened: tuple[int, str] | None = None
@@ -702,45 +688,11 @@ class _Conversation9(msgspec.Struct, array_like=True, gc=False):
     counted: int = 0
 
 
-def _decode_8(raw: bytes | str) -> Conversation:
-    old = _DECODE_8_RAW(raw)
-    return Conversation(
-        kind=old.kind,
-        opened=old.opened,
-        dims=old.dims,
-        accepted=old.accepted,
-        ended=old.ended,
-        surveys=old.surveys,
-        timeline=old.timeline,
-        claims=old.claims,
-        last_ms=old.last_ms,
-        live=old.live,
-        walk=old.walk,
-        stored=old.stored,
-        others=old.others,
-        counted=old.counted,
-    )
-
-
-def _decode_9(raw: bytes | str) -> Conversation:
-    old = _DECODE_9_RAW(raw)
-    return Conversation(
-        kind=old.kind,
-        opened=old.opened,
-        dims=old.dims,
-        accepted=old.accepted,
-        ended=old.ended,
-        surveys=old.surveys,
-        timeline=old.timeline,
-        claims=old.claims,
-        last_ms=old.last_ms,
-        live=old.live,
-        crew=old.crew,
-        walk=old.walk,
-        stored=old.stored,
-        others=old.others,
-        counted=old.counted,
-    )
+def _taken_over(old: _Conversation7 | _Conversation8 | _Conversation9) -> Conversation:
+    """A state of an earlier layout as a :class:`Conversation`: the fields it has, the
+    fields it lacks at their defaults (read only when a store of that layout is taken
+    over, never on the hot path)."""
+    return Conversation(**{name: getattr(old, name) for name in old.__struct_fields__})
 
 
 # a struct without reference cycles (it holds strings, ints and tuples), so gc=False above
@@ -748,9 +700,7 @@ _ENCODE = msgspec.json.Encoder(order="deterministic").encode
 _DECODE = msgspec.json.Decoder(Conversation).decode
 _DECODE_7 = msgspec.json.Decoder(_Conversation7).decode
 _DECODE_8_RAW = msgspec.json.Decoder(_Conversation8).decode
-_DECODE_8 = _decode_8
 _DECODE_9_RAW = msgspec.json.Decoder(_Conversation9).decode
-_DECODE_9 = _decode_9
 
 
 def _earliest(
