@@ -41,7 +41,6 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import (
     ChatAbandoned,
     ChatAccepted,
@@ -51,9 +50,8 @@ from deskpulse.models.events import (
     TicketCreated,
     TicketReplied,
     TicketStatusChanged,
-    decode,
 )
-from tests.oracle import DEFAULT_TARGETS
+from tests.oracle import DEFAULT_TARGETS, distinct_events
 from tests.presence_oracle import _agents, _intervals
 
 __all__ = ["compute_by_agent"]
@@ -170,20 +168,12 @@ def compute_by_agent(
     def inside(ms: int) -> bool:
         return start_ms <= ms < end_ms
 
-    seen: set[str] = set()
     openers: dict[str, list[Any]] = {}
     timelines: dict[str, list[Any]] = {}
     outcomes: dict[str, list[Any]] = {}
     accepts: dict[str, list[ChatAccepted]] = {}
     surveys: list[SurveyResponded] = []
-    for raw in records:
-        try:
-            event = decode(raw)
-        except RejectedEvent:
-            continue
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
+    for event in distinct_events(records):
         if isinstance(event, TicketCreated):
             openers.setdefault("t:" + event.ticket_id, []).append(event)
         elif isinstance(event, ChatRequested):

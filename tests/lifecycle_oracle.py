@@ -66,7 +66,6 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import (
     ChatAbandoned,
     ChatAccepted,
@@ -76,12 +75,11 @@ from deskpulse.models.events import (
     TicketReplied,
     TicketStatusChanged,
     TicketUpdated,
-    decode,
 )
 
 # one comparison for every oracle's documents: the lifecycle's quantiles (handle time's
 # included) are among its quantile fields
-from .oracle import compare, dims_at
+from .oracle import compare, dims_at, distinct_events
 from .sla_oracle import SlaRules, kpi_document, to_ms
 
 __all__ = [
@@ -334,7 +332,6 @@ def evaluate(
     ``rules`` give the business calendars of the resolution's ``business`` time (``None``:
     calendar time for every ticket); ``retention_s`` and ``open_ticket_max_age_s`` decide
     when an unsolved ticket leaves the state."""
-    seen: set[str] = set()
     ticket_openers: dict[str, TicketCreated] = {}
     chat_openers: dict[str, ChatRequested] = {}
     statuses: dict[str, list[TicketStatusChanged]] = {}
@@ -343,14 +340,7 @@ def evaluate(
     accepts: dict[str, list[int]] = {}
     finishes: dict[str, list[int]] = {}
     updates: dict[str, list[TicketUpdated]] = {}
-    for raw in values:
-        try:
-            event = decode(raw)
-        except RejectedEvent:
-            continue
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
+    for event in distinct_events(values):
         if isinstance(event, TicketCreated | TicketReplied | TicketStatusChanged | TicketUpdated):
             event_ms = to_ms(event.occurred_at)
             last_ms[event.ticket_id] = max(last_ms.get(event.ticket_id, event_ms), event_ms)

@@ -33,7 +33,7 @@ Decisions docs/kpis.md spells out, as this oracle (and the project) takes them:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
@@ -52,7 +52,7 @@ from deskpulse.models.events import (
     decode,
 )
 
-__all__ = ["DEFAULT_TARGETS", "compare", "compute", "dims_at", "quantile_close"]
+__all__ = ["DEFAULT_TARGETS", "compare", "compute", "dims_at", "distinct_events", "quantile_close"]
 
 DEFAULT_TARGETS: dict[str, int] = {"urgent": 3600, "high": 14400, "normal": 28800, "low": 86400}
 DIMENSIONS = ("channel", "queue", "priority")
@@ -68,6 +68,20 @@ QUANTILE_FIELDS = frozenset(
     }
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def distinct_events(values: Iterable[bytes]) -> Iterator[Any]:
+    """The events of raw record values as the oracles count them: the rejected left out,
+    and each ``event_id`` once (its first record; a repeat changes nothing)."""
+    seen: set[str] = set()
+    for raw in values:
+        try:
+            event = decode(raw)
+        except RejectedEvent:
+            continue
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            yield event
 
 
 def _micros(moment: datetime) -> int:
@@ -264,7 +278,6 @@ def compute(
     def in_window(moment_us: int) -> bool:
         return start_us <= moment_us < end_us
 
-    seen: set[str] = set()
     tickets: dict[str, TicketCreated] = {}
     chats: dict[str, ChatRequested] = {}
     replies: dict[str, list[TicketReplied]] = {}
@@ -272,14 +285,7 @@ def compute(
     outcomes: dict[str, list[ChatAccepted | ChatAbandoned | ChatEnded]] = {}
     surveys: list[SurveyResponded] = []
     updates: dict[str, list[TicketUpdated]] = {}
-    for raw in records_values:
-        try:
-            event = decode(raw)
-        except RejectedEvent:
-            continue
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
+    for event in distinct_events(records_values):
         if isinstance(event, TicketCreated):
             if _opener_wins(event, tickets.get(event.ticket_id)):
                 tickets[event.ticket_id] = event

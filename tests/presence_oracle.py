@@ -27,24 +27,16 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from deskpulse.models.errors import RejectedEvent
-from deskpulse.models.events import AgentStatusChanged, decode
+from deskpulse.models.events import AgentStatusChanged
+from tests.oracle import distinct_events
 
 STATUSES = ("available", "busy", "away", "offline")
 
 
 def _agents(records: Iterable[bytes]) -> dict[str, list[tuple[int, str, str]]]:
     """Each agent's status events, ``(ms, event_id, status)``, sorted."""
-    seen: set[str] = set()
     out: dict[str, list[tuple[int, str, str]]] = {}
-    for raw in records:
-        try:
-            event = decode(raw)
-        except RejectedEvent:
-            continue
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
+    for event in distinct_events(records):
         if isinstance(event, AgentStatusChanged):
             ms = math.floor(event.occurred_at.timestamp() * 1000)
             out.setdefault(event.agent_id, []).append((ms, event.event_id, event.status))

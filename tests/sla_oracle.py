@@ -59,16 +59,14 @@ from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import (
     TicketCreated,
     TicketReplied,
     TicketStatusChanged,
     TicketUpdated,
-    decode,
 )
 
-from .oracle import DEFAULT_TARGETS, compute, dims_at
+from .oracle import DEFAULT_TARGETS, compute, dims_at, distinct_events
 
 __all__ = [
     "METRICS",
@@ -674,18 +672,10 @@ def evaluate_tickets(values: Iterable[bytes], rules: SlaRules) -> dict[str, Tick
 
     A repeated ``event_id`` counts once; a ticket whose ``ticket.created`` never came has
     nothing (its events are held, then orphaned)."""
-    seen: set[str] = set()
     openers: dict[str, TicketCreated] = {}
     timelines: dict[str, list[TicketReplied | TicketStatusChanged]] = {}
     updates: dict[str, list[TicketUpdated]] = {}
-    for raw in values:
-        try:
-            event = decode(raw)
-        except RejectedEvent:
-            continue
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
+    for event in distinct_events(values):
         if isinstance(event, TicketCreated):
             current = openers.get(event.ticket_id)
             if current is None or (to_ms(event.occurred_at), event.event_id) < (
