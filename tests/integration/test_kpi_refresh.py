@@ -37,6 +37,7 @@ def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     }
 
 
+@pytest.mark.alone  # it times the caller's loop: six test processes on two cores decide that
 def test_a_refresh_runs_off_the_callers_loop_and_exposes_the_same(
     redis_server: RedisServer,
 ) -> None:
