@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
 import subprocess
 import sys
+import time
 import types
 import uuid
 from collections.abc import Callable
@@ -237,6 +240,45 @@ def test_wait_for_port_times_out(workdir: Path) -> None:
     ):
         wait_for_port(HOST, free_port(HOST), timeout_s=0.2, proc=process)
     assert process.returncode == -15
+
+
+def test_a_child_ends_when_its_parent_is_killed(workdir: Path) -> None:
+    """A parent killed outright (kill -9, an interrupted test run) leaves no child behind."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from deskpulse.streams.devtools.embedded import ManagedProcess\n"
+            "child = ManagedProcess('sleeper', [sys.executable, '-c', 'import time; "
+            "time.sleep(60)'], sys.argv[1])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n",
+            str(workdir / "sleeper.log"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # it runs
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:  # gone, or ended and not yet reaped by whoever adopted it
+                if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"the child {child} outlived its parent")
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_broker_start_failure_carries_its_log(workdir: Path) -> None:
