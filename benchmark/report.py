@@ -90,6 +90,7 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
     _groups(s.get("groups"), add)
     _longconv(s.get("longconv"), add)
     _cluster(s.get("cluster"), add)
+    _agents(s.get("agents"), add)
     _profiles(s, add)
     add("## How to run\n")
     add("```")
@@ -353,7 +354,32 @@ def budget_rows(s: dict[str, Any]) -> list[list[str]]:
     rows.extend(_board_rows(s.get("board")))
     rows.extend(groups_rows(s.get("groups")))
     rows.extend(_longconv_rows(s.get("longconv")))
+    rows.extend(agents_rows(s.get("agents")))
     return rows
+
+
+def agents_rows(ag: dict[str, Any] | None) -> list[list[str]]:
+    """The budget of the KPIs by agent (section 15): the cold read's p99 over HTTP."""
+    if not ag:
+        return []
+    if "error" in ag:
+        return [["agents", "error: " + ag["error"][:200], "", _mark(False)]]
+    http, cpu = ag["http"], ag["cpu"]
+    cold, warm = http["cold"], http["warm"]
+    return [
+        [
+            f"`GET /kpis?window=24h&by=agent` on a worker, {cpu['agents']:,} agents over 24 h, "
+            "each read a window ending at another minute (nothing of that end kept)",
+            f"p50 {_ms(cold['p50'])}, p99 {_ms(cold['p99'])} ({cold['n']} reads); the same "
+            f"window again: p50 {_ms(warm['p50'])}, p99 {_ms(warm['p99'])}; the first read: "
+            f"{_ms(http['first'])}. CPU in a process of its own: p50 "
+            f"{_ms(cpu['cold_cpu']['p50'])} (p99 {_ms(cpu['cold_cpu']['p99'])}), the same "
+            f"window again {_ms(cpu['warm_cpu']['p50'])}, the first read "
+            f"{_ms(cpu['first']['cpu'])}",
+            "p99 < 200 ms (≥ 500 agents)",
+            _mark(cold["p99"] < 0.2 and cpu["agents"] >= 500),
+        ]
+    ]
 
 
 def _longconv_rows(lc: dict[str, Any] | None) -> list[list[str]]:
@@ -1620,6 +1646,49 @@ def _cluster(cl: dict[str, Any] | None, add: Any) -> None:
             f"{cores['broker']:.2f} |"
         )
     add("")
+
+
+def _agents(ag: dict[str, Any] | None, add: Any) -> None:
+    if not ag or "error" in ag:
+        return
+    cpu, http = ag["cpu"], ag["http"]
+    replay = ag.get("replay") or {}
+    add("## 15. KPIs by agent\n")
+    add(
+        f"A simulated day of {ag['records']:,} records over {ag['queues']} queues with the "
+        "agents' shifts and presence (24 agents a queue on three 8-hour shifts, tickets moved "
+        "now and then), replayed into Redis "
+        f"({_rate(replay.get('per_second'))}); {cpu['agents']:,} agents in the 24 h document, "
+        f"{cpu['agents_with_samples']:,} of them with a response, chat, survey or solve, "
+        f"{cpu['agents_with_presence']:,} with an occupancy. Then `GET "
+        "/kpis?window=24h&by=agent` from a worker over that state (on empty topics), one "
+        "read after another: the first, then each a window ending a minute earlier than the "
+        "one before (cold: computed, nothing of that end kept), then the last of them again, "
+        "each past the read cache (warm: computed, everything kept). And the same reads "
+        "(`query_kpis`, JSON encoded) in the benchmark's own process with nothing else "
+        "running in it: their CPU, the least the worker's wall times can be on this host.\n"
+    )
+    add("| read | first | p50 | p99 | max |")
+    add("| --- | --- | --- | --- | --- |")
+    cold, warm = http["cold"], http["warm"]
+    add(
+        f"| HTTP, a new end each ({cold['n']}) | {_ms(http['first'])} | {_ms(cold['p50'])} | "
+        f"{_ms(cold['p99'])} | {_ms(cold['max'])} |"
+    )
+    add(
+        f"| HTTP, the same end again ({warm['n']}) | - | {_ms(warm['p50'])} | "
+        f"{_ms(warm['p99'])} | {_ms(warm['max'])} |"
+    )
+    for label, key in (("a new end each", "cold"), ("the same end again", "warm")):
+        for kind in ("cpu", "wall"):
+            v = cpu[f"{key}_{kind}"]
+            first = _ms(cpu["first"][kind]) if key == "cold" else "-"
+            add(
+                f"| in process, {kind.upper() if kind == 'cpu' else kind}, {label} ({v['n']}) | "
+                f"{first} | {_ms(v['p50'])} | {_ms(v['p99'])} | {_ms(v['max'])} |"
+            )
+    add("")
+    _text("a cold read (pyinstrument, 5 reads)", cpu.get("profile"), add)
 
 
 def _profiles(s: dict[str, Any], add: Any) -> None:

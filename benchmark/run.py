@@ -42,6 +42,12 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
     this tree's code against the code in ``BENCH_BASE_CODE`` (a directory holding another
     ``deskpulse`` package), alternating trial by trial: what the agents' presence costs
     traffic without it;
+15. agents: a simulated day of 21 queues with the agents' shifts and presence (504 agents,
+    every one on shift and answering over the day) replayed into Redis, then ``GET
+    /kpis?window=24h&by=agent`` from a worker over it: each read a window ending at
+    another minute (computed, nothing of that end kept), then the same window again
+    (everything kept), p50 and p99; and the CPU of the same reads in a process of their
+    own;
 
 and a profile of the hot path for every budget missed. Writes BENCHMARKS.md.
 
@@ -59,8 +65,10 @@ BENCH_INGEST_RATE (2000), BENCH_BOARD_VIEWERS (10), BENCH_BOARD_SECONDS (300),
 BENCH_BOARD_IDLE_SECONDS (60), BENCH_BOARD_SERIES_READS (24), BENCH_GROUPS_HISTORY
 (120000), BENCH_GROUPS_RATE (200), BENCH_GROUPS_SECONDS (90), BENCH_LONG_REPLIES (100000),
 BENCH_LONG_RATE (1000), BENCH_LONG_TRIALS (2), BENCH_LONG_TIMELINE_REPLIES (20000),
-BENCH_LONG_TIMELINE_BATCH (1000), BENCH_CLUSTER_TRIALS (2), BENCH_SECTIONS
-(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups,longconv,cluster;
+BENCH_LONG_TIMELINE_BATCH (1000), BENCH_CLUSTER_TRIALS (2), BENCH_AGENTS_RATE (5),
+BENCH_AGENTS_READS (30), BENCH_SECTIONS
+(throughput,freshness,scrape,kpis,reads,sla,backlog,soak,ingest,board,groups,longconv,cluster,
+presence,agents;
 section names given as arguments, ``python -m benchmark.run reads``, take its place),
 BENCH_PROFILE (auto | always | never), BENCH_WORKDIR (a new temporary directory),
 BENCH_OUTPUT (BENCHMARKS.md in the repo).
@@ -129,7 +137,7 @@ from deskpulse.streams.devtools.embedded import (
     start_redis_cluster,
 )
 from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
-from deskpulse.streams.query import format_time, query_kpis, read_live
+from deskpulse.streams.query import format_time, query_kpis, read_live, retained_since
 from deskpulse.streams.redis_client import connect
 from deskpulse.streams.store import Store, text
 from deskpulse.streams.tools import produce_records
@@ -183,6 +191,11 @@ BUDGET_GROUPS_FRESHNESS_P99_S = 1.0
 BUDGET_GROUPS_KPIS_P99_S = 0.300
 BUDGET_GROUPS_REFRESH_S = 1.0
 BUDGET_GROUPS_RSS_MIB = 250
+#: the KPIs by agent: a day of this many queues of the simulator's 24 agents each (504:
+#: at least 500 agents on shift over the day), ``GET /kpis?window=24h&by=agent`` p99
+AGENTS_QUEUES = 21
+BUDGET_AGENTS = 500
+BUDGET_AGENTS_KPIS_S = 0.200
 #: the signing secret of the benchmark's Zendesk webhooks
 _INGEST_SECRET = "bench-zendesk-signing-secret"
 
@@ -201,6 +214,7 @@ SECTIONS = (
     "longconv",
     "cluster",
     "presence",
+    "agents",
 )
 #: the worker's engine process (DESKPULSE_ENGINE_PROCESS), where the code has it
 OFFLOAD = "engine_process" in Settings.model_fields
@@ -316,6 +330,9 @@ class Config:
         default_factory=lambda: max(1, _env_int("BENCH_LONG_TIMELINE_BATCH", 1000))
     )
     cluster_trials: int = field(default_factory=lambda: max(1, _env_int("BENCH_CLUSTER_TRIALS", 2)))
+    #: the KPIs by agent: events/s of the simulated day, and timed reads of each kind
+    agents_rate: float = field(default_factory=lambda: _env_float("BENCH_AGENTS_RATE", 5))
+    agents_reads: int = field(default_factory=lambda: max(2, _env_int("BENCH_AGENTS_READS", 30)))
     sections: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             s.strip()
@@ -2762,6 +2779,102 @@ class Bench:
             "loadavg": os.getloadavg(),
         }
 
+    # -- 15. KPIs by agent ------------------------------------------------------------------
+
+    async def section_agents(self) -> dict[str, Any]:
+        """The ``agents`` day replayed into a prefix, then ``GET /kpis?window=24h&by=agent``
+        over it: CPU and wall time in this process (:meth:`agents_cpu`), then over HTTP
+        from a worker on empty topics (:meth:`agents_http`)."""
+        assert self.redis is not None
+        data = self.datasets["agents"]
+        settings = self.settings("agents", "agents")
+        out: dict[str, Any] = {"records": data["records"], "queues": AGENTS_QUEUES}
+        out["replay"] = await self.run_replay("replay-agents", settings, data["records"])
+        out["cpu"] = await self.agents_cpu(settings)
+        live = self.settings("agents", "agents-live")
+        worker = self.procs.worker("agents-worker", live)
+        try:
+            await self.warm_up(worker, live)
+            out["http"] = await self.agents_http(live)
+        finally:
+            self.procs.stop(worker)
+        return out
+
+    async def agents_cpu(self, settings: Settings) -> dict[str, Any]:
+        """``query_kpis(width_s=86400, by=agent)``, JSON encoded, in this process with
+        nothing else running in it: the first read (nothing kept), then windows ending at
+        another minute each, one minute earlier than the one before (cold: nothing of that
+        end kept, the settled sum moved along), then the last window again (warm). CPU
+        (``process_time``) and wall time of each; the agents the document holds. Profiled
+        (5 cold reads) when the cold p99 misses the budget."""
+        cfg = self.config
+        assert self.redis is not None
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        newest_s = (await retained_since(store) or (0, time.time()))[1]
+        top = (newest_s // 60 + 1) * 60
+        document: dict[str, Any] = {}
+
+        async def read(at_s: float) -> tuple[float, float]:
+            nonlocal document
+            cpu, wall = time.process_time(), time.perf_counter()
+            document = await query_kpis(store, width_s=86400, at_s=at_s, by=["agent"])
+            orjson.dumps(document)
+            return time.process_time() - cpu, time.perf_counter() - wall
+
+        first_cpu, first_wall = await read(top)
+        cold = [await read(top - 60 * (k + 1)) for k in range(cfg.agents_reads)]
+        last = top - 60 * cfg.agents_reads
+        warm = [await read(last) for _ in range(cfg.agents_reads)]
+        groups = document["groups"]
+        out: dict[str, Any] = {
+            "first": {"cpu": first_cpu, "wall": first_wall},
+            "cold_cpu": spread([c for c, _ in cold]),
+            "cold_wall": spread([w for _, w in cold]),
+            "warm_cpu": spread([c for c, _ in warm]),
+            "warm_wall": spread([w for _, w in warm]),
+            "agents": len(groups),
+            "agents_with_samples": sum(1 for g in groups if _agent_has_samples(g)),
+            "agents_with_presence": sum(
+                1 for g in groups if g["presence"]["occupancy_ratio"] is not None
+            ),
+        }
+        if cfg.wants_profile(out["cold_cpu"]["p99"] >= BUDGET_AGENTS_KPIS_S):
+            ends = itertools.count(1)
+
+            async def cold_read() -> None:
+                at_s = last - 60 * next(ends)
+                orjson.dumps(await query_kpis(store, width_s=86400, at_s=at_s, by=["agent"]))
+
+            out["profile"] = await profiles.pyinstrument_text(cold_read, repeat=5)
+        return out
+
+    async def agents_http(self, settings: Settings) -> dict[str, Any]:
+        """``GET /kpis?window=24h&by=agent`` from the worker, one after another: the first
+        (its read process started by a read before it), then windows ending at another
+        minute each (cold: computed, nothing of that end kept), then the last of them again
+        after the read cache expired (warm: computed, everything kept)."""
+        cfg = self.config
+        base = f"http://{settings.web_host}:{settings.web_port}/kpis?window=24h"
+        await asyncio.to_thread(_http_get, base)  # the read process starts with it
+        assert self.redis is not None
+        store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+        newest_s = (await retained_since(store) or (0, time.time()))[1]
+        top = (newest_s // 60 + 1) * 60
+
+        async def timed(at_s: float) -> float:
+            started = time.perf_counter()
+            await asyncio.to_thread(_http_get, f"{base}&by=agent&at={format_time(at_s)}")
+            return time.perf_counter() - started
+
+        first = await timed(top)
+        cold = [await timed(top - 60 * (k + 1)) for k in range(cfg.agents_reads)]
+        warm = []
+        for _ in range(cfg.agents_reads):
+            # past the read process's cache (DESKPULSE_READ_CACHE): computed again
+            await asyncio.sleep(max(1.0, settings.read_cache) + 0.1)
+            warm.append(await timed(top - 60 * cfg.agents_reads))
+        return {"first": first, "cold": spread(cold), "warm": spread(warm)}
+
     # -- 11. Redis Cluster --------------------------------------------------------------
 
     async def section_cluster(self) -> dict[str, Any]:
@@ -2888,6 +3001,8 @@ class Bench:
             await self.produce_dataset("scrape", scrape_sim(now))
         if "groups" in wanted:
             await self.produce_dataset("groups", groups_sim(now, cfg.groups_history))
+        if "agents" in wanted:
+            await self.produce_dataset("agents", agents_sim(now, cfg.agents_rate))
         self.results["cpu"].append(watch.finish())
 
 
@@ -2912,6 +3027,20 @@ def scrape_sim(now: float) -> SimConfig:
         channels=channels,
         queues=queues,
         response_scale=0.05,
+    )
+
+
+def agents_sim(now: float, rate: float) -> SimConfig:
+    """A day of :data:`AGENTS_QUEUES` queues with the agents' shifts and presence, tickets
+    moved now and then: 24 agents a queue, each on shift (and answering) a third of it."""
+    return SimConfig(
+        seed=15,
+        start_s=now - 86400 - 60,
+        duration_s=86400,
+        rate=rate,
+        queues={f"queue-{i:02d}": 1.0 for i in range(AGENTS_QUEUES)},
+        presence=True,
+        moves=0.05,
     )
 
 
@@ -3032,6 +3161,17 @@ def soak_summary(samples: list[dict[str, Any]], retention_s: int, soak_s: float)
         and out["redis_mib"]["steady_growth"] <= SOAK_FLAT_GROWTH
     )
     return out
+
+
+def _agent_has_samples(group: dict[str, Any]) -> bool:
+    """Whether an agent's group counts a response, a chat, a survey or a solve."""
+    return bool(
+        group["first_response"]["count"]
+        or group["next_response"]["count"]
+        or group["chats"]["answered"]
+        or group["csat"]["responses"]
+        or group["tickets_solved"]
+    )
 
 
 def _max_span_ms(settings: Settings) -> int:
