@@ -50,6 +50,7 @@ __all__ = [
     "SURVEY",
     "AgentField",
     "Crew",
+    "agent_body",
     "agent_document",
     "has_agent_samples",
     "last_reply",
@@ -209,13 +210,33 @@ def _durations(
     count: int, sum_ms: int, counts: Mapping[int, int], qs: tuple[float, ...] = (0.5, 0.9, 0.95)
 ) -> dict[str, float | None]:
     """Mean and quantiles in seconds of ``count`` durations, ``None`` without samples."""
-    names = ["mean_seconds", *(f"p{round(q * 100)}_seconds" for q in qs)]
+    names = _DURATION_NAMES.get(qs)
+    if names is None:
+        names = _DURATION_NAMES[qs] = ("mean_seconds", *(f"p{round(q * 100)}_seconds" for q in qs))
     if not count:
         return dict.fromkeys(names)
     return dict(zip(names, [sum_ms / count / 1000, *sketch.quantiles_of(counts, qs)], strict=True))
 
 
 _SKETCHES = ("fr_sk:", "fb_sk:", "nr_sk:", "nb_sk:", "ch_sk:")
+_DURATION_NAMES: dict[tuple[float, ...], tuple[str, ...]] = {}
+
+
+class _SketchNames(dict[str, tuple[str, int] | None]):
+    """A field's sketch and index (``fr_sk:37`` -> ``("fr_sk:", 37)``), ``None`` for a field
+    of no sketch: worked out once per name (an agent's group reads a few hundred)."""
+
+    def __missing__(self, name: str) -> tuple[str, int] | None:
+        if len(self) > _SKETCH_NAMES_KEPT:
+            self.clear()
+        prefix = name[:6]
+        found = self[name] = (prefix, int(name[6:])) if prefix in _SKETCHES else None
+        return found
+
+
+#: field names :data:`_SKETCH_OF` keeps at most (the sketches' indices are a few thousand)
+_SKETCH_NAMES_KEPT = 100_000
+_SKETCH_OF = _SketchNames()
 
 
 def presence_of(
@@ -256,15 +277,22 @@ def agent_document(
     """One agent's group of the document grouped by agent, from its fields summed over the
     window and its ``presence`` (:func:`presence_of`). Counts are integers (0 when none), a
     value with no samples ``None``, ratios full precision."""
+    return {**agent_body(agent_id, fields), "presence": dict(presence_part)}
+
+
+def agent_body(agent_id: str, fields: Mapping[str, int]) -> dict[str, Any]:
+    """:func:`agent_document` but its ``presence``: a function of the agent's fields alone
+    (its presence fields, if there, are passed by), which a read keeps while they hold."""
 
     def get(name: str) -> int:
         return int(fields.get(name, 0))
 
     sketches: dict[str, dict[int, int]] = {prefix: {} for prefix in _SKETCHES}
+    sketch_of = _SKETCH_OF
     for name, value in fields.items():
-        held = sketches.get(name[:6])
-        if held is not None:
-            held[int(name[6:])] = int(value)
+        found = sketch_of[name]
+        if found is not None:
+            sketches[found[0]][found[1]] = int(value)
     fr_n, nr_n, ch_n, cs_n = get("fr"), get("nr"), get("ch"), get("cs_n")
     first = _durations(fr_n, get("fr_ms"), sketches["fr_sk:"])
     handle = _durations(ch_n, get("ch_ms"), sketches["ch_sk:"], (0.5, 0.9))
@@ -295,5 +323,4 @@ def agent_document(
             "average": _ratio(get("cs_sum"), cs_n),
         },
         "tickets_solved": get("rv"),
-        "presence": dict(presence_part),
     }

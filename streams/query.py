@@ -639,57 +639,73 @@ async def read_agent_groups(
     out = []
     for width_s, (start_s, end_s), (kept, rest) in zip(widths_s, bounds, parts, strict=True):
         slot = _agent_slot(store, width_s)
-        # the settled sum is projected once while the store hands out the same one; an
-        # agent the newest buckets do not touch keeps its projected dict (read only)
+        # the settled sum is split per agent once while the store hands out the same one,
+        # and moved along by what changed when the store moved it along (a window ending
+        # a minute later: the buckets that left and entered); an agent the change and the
+        # newest buckets do not touch keeps its dicts (read only), and with them its body
         if kept is None:
             slot.source, slot.projected = None, {}
         elif slot.source is not kept:
-            slot.source, slot.projected = kept, _per_agent(kept)
-        fields = dict(slot.projected)
-        for agent, more in _per_agent(rest).items():
-            total = dict(fields.get(agent, {}))
-            for name, value in more.items():
-                total[name] = total.get(name, 0) + value
-            fields[agent] = total
+            move = store.take_move(kept)
+            if move is not None and slot.source is not None and move[0] is slot.source:
+                slot.projected = _moved_agents(slot.projected, move[1])
+            else:
+                slot.projected = _split_agents(kept)
+            slot.source = kept
+        fields = _moved_agents(slot.projected, rest) if rest else slot.projected
         steps = _per_agent(later[ends.index(end_s)])
         earlier = slot.documents
-        built: dict[str, tuple[Mapping[str, int], dict[str, int], int, dict[str, Any]]] = {}
+        built: dict[str, _AgentBuilt] = {}
         groups = []
         for agent in sorted(set(fields) | set(own) | set(steps)):
-            at_end = dict(own.get(agent, {}))
-            for name, value in steps.get(agent, {}).items():
+            at_end = dict(own.get(agent, _NONE))
+            for name, value in steps.get(agent, _NONE).items():
                 at_end[name] = at_end.get(name, 0) - value
-            mine = fields.get(agent, {})
+            kpis, window = fields.get(agent, _NO_FIELDS)
+            presence_part = agent_kpis.presence_of(at_end, window, start_s, end_s)
             held = earlier.get(agent)
-            if held is not None and held[0] is mine and held[1] == at_end and held[2] == end_s:
-                document = held[3]  # the same fields and levels at the same end: the same
+            # the same fields: the very dict, or equal ones (an agent the newest buckets
+            # touch has a new dict at every read, but mostly the same sums)
+            if held is not None and (held[0] is kpis or held[0] == kpis):
+                _, samples, body, document = held
+                if document["presence"] != presence_part:
+                    document = {**body, "presence": presence_part}
             else:
-                presence_part = agent_kpis.presence_of(at_end, mine, start_s, end_s)
-                if (
-                    not agent_kpis.has_agent_samples(mine)
-                    and presence_part["status"] is None
-                    and presence_part["occupancy_ratio"] is None
-                ):
-                    continue
-                document = agent_kpis.agent_document(agent, mine, presence_part)
-            built[agent] = (mine, at_end, end_s, document)
+                samples = agent_kpis.has_agent_samples(kpis)
+                body = agent_kpis.agent_body(agent, kpis)
+                document = {**body, "presence": presence_part}
+            if (
+                not samples
+                and presence_part["status"] is None
+                and presence_part["occupancy_ratio"] is None
+            ):
+                continue
+            built[agent] = (kpis, samples, body, document)
             groups.append(document)
         slot.documents = built
         out.append((start_s, end_s, groups))
     return out
 
 
+#: an agent's fields split in two: its KPI fields and its presence fields (``ag…``)
+_Split = tuple[dict[str, int], dict[str, int]]
+#: what a read by agent kept of an agent's group: its KPI fields (the very dict), whether
+#: they hold a sample, the group but its presence, and the group
+_AgentBuilt = tuple[dict[str, int], bool, dict[str, Any], dict[str, Any]]
+#: no fields (read only)
+_NONE: dict[str, int] = {}
+_NO_FIELDS: _Split = ({}, {})
+
+
 @dataclass(slots=True)
 class _AgentSlot:
     """What the reads by agent of one width keep from their last read: the settled sum
-    the store handed out with its projection per agent, and each agent's document with
-    the fields (the very dict), levels and end it was built from."""
+    the store handed out with its split per agent, and each agent's group with the KPI
+    fields (the very dict) it was built from."""
 
     source: Mapping[str, int] | None = None
-    projected: dict[str, dict[str, int]] = field(default_factory=dict)
-    documents: dict[str, tuple[Mapping[str, int], dict[str, int], int, dict[str, Any]]] = field(
-        default_factory=dict
-    )
+    projected: dict[str, _Split] = field(default_factory=dict)
+    documents: dict[str, _AgentBuilt] = field(default_factory=dict)
 
 
 #: the slots of the reads by agent, per store and width (a few widths per deployment: the
@@ -714,6 +730,52 @@ def _agent_suffixes(store: Store, start_s: int, end_s: int) -> list[str]:
     cfg = store.config
     rollups, fines = cover(start_s, end_s, cfg.bucket_seconds, cfg.rollup_seconds)
     return [f"{agent_kpis.ROLLUP}:{s}" for s in rollups] + [f"{agent_kpis.FINE}:{s}" for s in fines]
+
+
+def _split_agents(merged: Mapping[str, int]) -> dict[str, _Split]:
+    """Stored ``agent␟field`` sums, per agent: its KPI fields and its presence fields."""
+    out: dict[str, _Split] = {}
+    presence_prefix = PRESENCE_PREFIX
+    for name, value in merged.items():
+        agent, _, field_name = name.rpartition(SEP)
+        pair = out.get(agent)
+        if pair is None:
+            pair = out[agent] = ({}, {})
+        target = pair[1] if field_name.startswith(presence_prefix) else pair[0]
+        target[field_name] = target.get(field_name, 0) + value
+    return out
+
+
+def _moved_agents(base: Mapping[str, _Split], change: Mapping[str, int]) -> dict[str, _Split]:
+    """``base`` (per agent, read only) plus ``change`` (stored ``agent␟field`` amounts): an
+    agent's dict that ``change`` does not touch is ``base``'s own, one it touches a new
+    one; a field that ends at zero is left out, and so is an agent left with none."""
+    out = dict(base)
+    copied: set[tuple[str, int]] = set()
+    presence_prefix = PRESENCE_PREFIX
+    for name, value in change.items():
+        if not value:
+            continue
+        agent, _, field_name = name.rpartition(SEP)
+        side = 1 if field_name.startswith(presence_prefix) else 0
+        pair = out.get(agent)
+        if pair is None:
+            pair = out[agent] = ({}, {})
+            copied.update(((agent, 0), (agent, 1)))
+        elif (agent, side) not in copied:
+            mine = dict(pair[side])
+            pair = out[agent] = (mine, pair[1]) if side == 0 else (pair[0], mine)
+            copied.add((agent, side))
+        target = pair[side]
+        total = target.get(field_name, 0) + value
+        if total:
+            target[field_name] = total
+        else:
+            target.pop(field_name, None)
+    for agent in {agent for agent, _ in copied}:
+        if not out[agent][0] and not out[agent][1]:
+            del out[agent]
+    return out
 
 
 def _per_agent(merged: Mapping[str, int]) -> dict[str, dict[str, int]]:

@@ -1191,6 +1191,12 @@ class Store:
         self._sliding: dict[
             tuple[tuple[int, ...], str, int], tuple[tuple[int, ...], tuple[str, ...]]
         ] = {}
+        #: (partitions, kind, width) -> the last settled sum of the agent buckets a slide
+        #: made, the sum it moved along and by how much (:meth:`take_move`)
+        self._moves: dict[
+            tuple[tuple[int, ...], str, int],
+            tuple[dict[str, int], dict[str, int], dict[str, int]],
+        ] = {}
         #: (partition, instant ms, ticket groups, chat groups, stale ms) -> (generation,
         #: version, earliest per (kind, group)): :meth:`earliest_at`'s answers, least
         #: recently read first
@@ -1933,15 +1939,24 @@ class Store:
                 if i in missing:
                     continue
                 gone_sum, new_sum = moved[2 * n], moved[2 * n + 1]
+                change = dict(new_sum)
+                get = change.get
+                for name, value in gone_sum.items():
+                    change[name] = get(name, 0) - value
                 slid = dict(slid_from[i])
                 get = slid.get
-                for name, value in gone_sum.items():
-                    slid[name] = get(name, 0) - value
-                for name, value in new_sum.items():
-                    slid[name] = get(name, 0) + value
-                kept_sums[i] = slid = {name: value for name, value in slid.items() if value}
+                for name, value in change.items():
+                    total = get(name, 0) + value
+                    if total:
+                        slid[name] = total
+                    else:
+                        slid.pop(name, None)
+                kept_sums[i] = slid
                 self._forget_settled((parts, earlier[i]))  # moved along: no one asks it
                 self._keep_settled(parts, settled[i], stamps_of(settled[i]), slid)
+                span = _span(sets[i], self.config)
+                if span[0] == "agents":
+                    self._moves[(parts, *span)] = (slid, slid_from[i], change)
         if missing:
             read = await self._read_settled(parts, [settled[i] for i in missing])
             for i in missing:
@@ -1951,6 +1966,19 @@ class Store:
                 self._sliding[(parts, *_span(sets[i], self.config))] = (parts, kept)
         fresh = await self._sum_fresh(partitions, fresh_sets)
         return list(zip(kept_sums, fresh, strict=True))
+
+    def take_move(self, kept: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]] | None:
+        """``(earlier, change)`` when :meth:`sum_bucket_parts` made the settled sum ``kept``
+        of agent buckets by moving ``earlier`` (the very sum it handed out before) along:
+        ``kept`` is ``earlier`` plus ``change`` (field -> amount, a field that ends at zero
+        left out of ``kept``). ``None`` otherwise. Handed out once: a reader that derived
+        something from ``earlier`` moves that along by ``change`` instead of deriving it
+        from ``kept`` again (the reads by agent project a day's sum per agent)."""
+        for key, (slid, earlier, change) in self._moves.items():
+            if slid is kept:
+                del self._moves[key]
+                return earlier, change
+        return None
 
     async def _read_settled(
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]

@@ -18,6 +18,7 @@ import redis
 from redis.asyncio import Redis
 
 from deskpulse.models.errors import InvalidQuery
+from deskpulse.streams import query
 from deskpulse.streams.core import CoreConfig
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from deskpulse.streams.query import parse_by, parse_query, parse_series, query_kpis
@@ -138,6 +139,49 @@ def test_by_agent_equals_the_oracle_shuffled_with_repeats(
     assert sum(g["tickets_solved"] for g in whole) > 100
     assert sum(g["next_response"]["count"] for g in whole) > 100
     assert sum(g["chats"]["answered"] for g in whole) > 100
+
+
+def test_reads_at_sliding_ends_keep_what_holds_and_equal_fresh_reads(
+    redis_url: str, simulated: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One store reads windows ending a minute apart (forward, the same again, then back),
+    as a board or a worker's refresh does: the settled sum is moved along by the buckets
+    that left and entered, and split per agent once; every document equals a read by a
+    new store (nothing kept) and, at three ends, the oracle's."""
+    prefix = load(redis_url, simulated, batch=700)
+    base = T0 + DAY + 15 * HOUR + 17
+    ends = [base + 60 * k for k in range(14)] + [base + 60 * 13] + [base - 60 * k for k in (1, 2)]
+    widths = (6 * HOUR, DAY)
+    splits = []
+    split = query._split_agents
+
+    def counted(merged: Any) -> Any:
+        splits.append(len(merged))
+        return split(merged)
+
+    monkeypatch.setattr(query, "_split_agents", counted)
+
+    async def kept_reads(client: Redis) -> list[dict[str, Any]]:
+        store = Store(client, prefix, CONFIG)
+        return [
+            await query_kpis(store, width_s=width, at_s=at_s, by=["agent"])
+            for at_s in ends
+            for width in widths
+        ]
+
+    documents = run(kept_reads, redis_url)
+    # split whole once per width, and again at most where a window crossed a roll-up
+    # boundary (its buckets then change more than they stay)
+    assert len(widths) <= len(splits) <= len(documents) // 3
+    monkeypatch.setattr(query, "_split_agents", split)
+    fresh = [by_agent(redis_url, prefix, at_s, width) for at_s in ends for width in widths]
+    assert len(documents) == len(fresh)
+    for document, expected_document in zip(documents, fresh, strict=True):
+        assert document == expected_document
+    assert sum(len(d["groups"]) for d in documents) > 20 * len(documents)
+    for index in (1, 9, len(documents) - 1):
+        at_s, width = ends[index // len(widths)], widths[index % len(widths)]
+        assert compare(documents[index], expected(simulated, at_s, width)) == []
 
 
 # -- the rules, each with the event that decides it arriving last ---------------------------
