@@ -52,11 +52,15 @@ __all__ = [
     "Crew",
     "agent_body",
     "agent_document",
+    "body_of",
     "has_agent_samples",
+    "has_counts",
     "last_reply",
     "presence_of",
     "replies_at",
     "response_fields",
+    "sketch_of",
+    "split_fields",
     "state_fields",
 ]
 
@@ -283,19 +287,60 @@ def agent_document(
 def agent_body(agent_id: str, fields: Mapping[str, int]) -> dict[str, Any]:
     """:func:`agent_document` but its ``presence``: a function of the agent's fields alone
     (its presence fields, if there, are passed by), which a read keeps while they hold."""
+    counts, sketches = split_fields(fields)
+    return body_of(agent_id, counts, sketches)
+
+
+def sketch_of(name: str) -> tuple[str, int] | None:
+    """The sketch and index of an agent's field (``fr_sk:37`` -> ``("fr_sk:", 37)``),
+    ``None`` for a field of no sketch."""
+    return _SKETCH_OF[name]
+
+
+def split_fields(fields: Mapping[str, int]) -> tuple[dict[str, int], dict[str, dict[int, int]]]:
+    """An agent's fields as its counts and sums (every field of no sketch) and its
+    sketches (``fr_sk:`` ... -> index -> count), one pass over them."""
+    counts: dict[str, int] = {}
+    sketches: dict[str, dict[int, int]] = {}
+    of = _SKETCH_OF
+    for name, value in fields.items():
+        found = of[name]
+        if found is None:
+            counts[name] = int(value)
+        else:
+            held = sketches.get(found[0])
+            if held is None:
+                held = sketches[found[0]] = {}
+            held[found[1]] = int(value)
+    return counts, sketches
+
+
+def has_counts(counts: Mapping[str, int]) -> bool:
+    """:func:`has_agent_samples` of the counts :func:`split_fields` gives."""
+    return any(
+        value > 0 and "_sk:" not in name and not name.startswith(presence.PRESENCE_PREFIX)
+        for name, value in counts.items()
+    )
+
+
+_NO_SKETCH: dict[int, int] = {}
+
+
+def body_of(
+    agent_id: str, counts: Mapping[str, int], sketches: Mapping[str, Mapping[int, int]]
+) -> dict[str, Any]:
+    """:func:`agent_body` of an agent's fields split by :func:`split_fields` (a read keeps
+    them split: only the quantiles are left to work out)."""
 
     def get(name: str) -> int:
-        return int(fields.get(name, 0))
+        return int(counts.get(name, 0))
 
-    sketches: dict[str, dict[int, int]] = {prefix: {} for prefix in _SKETCHES}
-    sketch_of = _SKETCH_OF
-    for name, value in fields.items():
-        found = sketch_of[name]
-        if found is not None:
-            sketches[found[0]][found[1]] = int(value)
+    def sketch_counts(prefix: str) -> Mapping[int, int]:
+        return sketches.get(prefix, _NO_SKETCH)
+
     fr_n, nr_n, ch_n, cs_n = get("fr"), get("nr"), get("ch"), get("cs_n")
-    first = _durations(fr_n, get("fr_ms"), sketches["fr_sk:"])
-    handle = _durations(ch_n, get("ch_ms"), sketches["ch_sk:"], (0.5, 0.9))
+    first = _durations(fr_n, get("fr_ms"), sketch_counts("fr_sk:"))
+    handle = _durations(ch_n, get("ch_ms"), sketch_counts("ch_sk:"), (0.5, 0.9))
     return {
         "key": {"agent": agent_id},
         "first_response": {
@@ -303,12 +348,12 @@ def agent_body(agent_id: str, fields: Mapping[str, int]) -> dict[str, Any]:
             **first,
             "within_target": get("fr_in"),
             "within_target_ratio": _ratio(get("fr_in"), fr_n),
-            "business": _durations(fr_n, get("fb_ms"), sketches["fb_sk:"]),
+            "business": _durations(fr_n, get("fb_ms"), sketch_counts("fb_sk:")),
         },
         "next_response": {
             "count": nr_n,
-            **_durations(nr_n, get("nr_ms"), sketches["nr_sk:"]),
-            "business": _durations(nr_n, get("nb_ms"), sketches["nb_sk:"]),
+            **_durations(nr_n, get("nr_ms"), sketch_counts("nr_sk:")),
+            "business": _durations(nr_n, get("nb_ms"), sketch_counts("nb_sk:")),
         },
         "chats": {
             "answered": get("ca"),

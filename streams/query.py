@@ -661,18 +661,21 @@ async def read_agent_groups(
             at_end = dict(own.get(agent, _NONE))
             for name, value in steps.get(agent, _NONE).items():
                 at_end[name] = at_end.get(name, 0) - value
-            kpis, window = fields.get(agent, _NO_FIELDS)
+            counts, sketches, window = fields.get(agent, _NO_FIELDS)
             presence_part = agent_kpis.presence_of(at_end, window, start_s, end_s)
             held = earlier.get(agent)
-            # the same fields: the very dict, or equal ones (an agent the newest buckets
-            # touch has a new dict at every read, but mostly the same sums)
-            if held is not None and (held[0] is kpis or held[0] == kpis):
-                _, samples, body, document = held
+            # the same fields: the very dicts, or equal ones (an agent the newest buckets
+            # touch has new dicts at every read, but mostly the same sums)
+            if held is not None and (
+                (held[0] is counts and held[1] is sketches)
+                or (held[0] == counts and held[1] == sketches)
+            ):
+                _, _, samples, body, document = held
                 if document["presence"] != presence_part:
                     document = {**body, "presence": presence_part}
             else:
-                samples = agent_kpis.has_agent_samples(kpis)
-                body = agent_kpis.agent_body(agent, kpis)
+                samples = agent_kpis.has_counts(counts)
+                body = agent_kpis.body_of(agent, counts, sketches)
                 document = {**body, "presence": presence_part}
             if (
                 not samples
@@ -680,21 +683,22 @@ async def read_agent_groups(
                 and presence_part["occupancy_ratio"] is None
             ):
                 continue
-            built[agent] = (kpis, samples, body, document)
+            built[agent] = (counts, sketches, samples, body, document)
             groups.append(document)
         slot.documents = built
         out.append((start_s, end_s, groups))
     return out
 
 
-#: an agent's fields split in two: its KPI fields and its presence fields (``ag…``)
-_Split = tuple[dict[str, int], dict[str, int]]
-#: what a read by agent kept of an agent's group: its KPI fields (the very dict), whether
-#: they hold a sample, the group but its presence, and the group
-_AgentBuilt = tuple[dict[str, int], bool, dict[str, Any], dict[str, Any]]
+#: an agent's fields split in three: its counts and sums, its sketches (``fr_sk:`` ... ->
+#: index -> count) and its presence fields (``ag…``)
+_Split = tuple[dict[str, int], dict[str, dict[int, int]], dict[str, int]]
+#: what a read by agent kept of an agent's group: its counts and sketches (the very
+#: dicts), whether they hold a sample, the group but its presence, and the group
+_AgentBuilt = tuple[dict[str, int], dict[str, dict[int, int]], bool, dict[str, Any], dict[str, Any]]
 #: no fields (read only)
 _NONE: dict[str, int] = {}
-_NO_FIELDS: _Split = ({}, {})
+_NO_FIELDS: _Split = ({}, {}, {})
 
 
 @dataclass(slots=True)
@@ -733,47 +737,83 @@ def _agent_suffixes(store: Store, start_s: int, end_s: int) -> list[str]:
 
 
 def _split_agents(merged: Mapping[str, int]) -> dict[str, _Split]:
-    """Stored ``agent␟field`` sums, per agent: its KPI fields and its presence fields."""
+    """Stored ``agent␟field`` sums, per agent: its counts and sums, its sketches and its
+    presence fields (:data:`_Split`)."""
     out: dict[str, _Split] = {}
     presence_prefix = PRESENCE_PREFIX
+    sketch_of = agent_kpis.sketch_of
     for name, value in merged.items():
         agent, _, field_name = name.rpartition(SEP)
-        pair = out.get(agent)
-        if pair is None:
-            pair = out[agent] = ({}, {})
-        target = pair[1] if field_name.startswith(presence_prefix) else pair[0]
-        target[field_name] = target.get(field_name, 0) + value
+        entry = out.get(agent)
+        if entry is None:
+            entry = out[agent] = ({}, {}, {})
+        found = sketch_of(field_name)
+        if found is not None:
+            held = entry[1].get(found[0])
+            if held is None:
+                held = entry[1][found[0]] = {}
+            held[found[1]] = held.get(found[1], 0) + value
+        else:
+            target = entry[2] if field_name.startswith(presence_prefix) else entry[0]
+            target[field_name] = target.get(field_name, 0) + value
     return out
 
 
 def _moved_agents(base: Mapping[str, _Split], change: Mapping[str, int]) -> dict[str, _Split]:
     """``base`` (per agent, read only) plus ``change`` (stored ``agent␟field`` amounts): an
-    agent's dict that ``change`` does not touch is ``base``'s own, one it touches a new
-    one; a field that ends at zero is left out, and so is an agent left with none."""
+    agent's dict that ``change`` does not touch is ``base``'s own (its counts, its
+    presence, its sketches and each sketch), one it touches a new one; a field that ends
+    at zero is left out, and so are a sketch and an agent left with none."""
     out = dict(base)
-    copied: set[tuple[str, int]] = set()
+    #: (agent, part) made here, free to change: "c" its counts, "p" its presence, "s" its
+    #: dict of sketches, a sketch's prefix that sketch
+    owned: set[tuple[str, str]] = set()
     presence_prefix = PRESENCE_PREFIX
+    sketch_of = agent_kpis.sketch_of
     for name, value in change.items():
         if not value:
             continue
         agent, _, field_name = name.rpartition(SEP)
-        side = 1 if field_name.startswith(presence_prefix) else 0
-        pair = out.get(agent)
-        if pair is None:
-            pair = out[agent] = ({}, {})
-            copied.update(((agent, 0), (agent, 1)))
-        elif (agent, side) not in copied:
-            mine = dict(pair[side])
-            pair = out[agent] = (mine, pair[1]) if side == 0 else (pair[0], mine)
-            copied.add((agent, side))
-        target = pair[side]
+        entry = out.get(agent)
+        if entry is None:
+            entry = out[agent] = ({}, {}, {})
+            owned.update(((agent, "c"), (agent, "p"), (agent, "s")))
+        found = sketch_of(field_name)
+        if found is not None:
+            prefix, index = found
+            if (agent, "s") not in owned:
+                entry = out[agent] = (entry[0], dict(entry[1]), entry[2])
+                owned.add((agent, "s"))
+            sketches = entry[1]
+            held = sketches.get(prefix)
+            if held is None:
+                held = sketches[prefix] = {}
+                owned.add((agent, prefix))
+            elif (agent, prefix) not in owned:
+                held = sketches[prefix] = dict(held)
+                owned.add((agent, prefix))
+            total = held.get(index, 0) + value
+            if total:
+                held[index] = total
+            else:
+                held.pop(index, None)
+                if not held:
+                    del sketches[prefix]
+            continue
+        side, part = (2, "p") if field_name.startswith(presence_prefix) else (0, "c")
+        if (agent, part) not in owned:
+            mine = dict(entry[side])
+            entry = out[agent] = (mine, entry[1], entry[2]) if side == 0 else (*entry[:2], mine)
+            owned.add((agent, part))
+        target = entry[side]
         total = target.get(field_name, 0) + value
         if total:
             target[field_name] = total
         else:
             target.pop(field_name, None)
-    for agent in {agent for agent, _ in copied}:
-        if not out[agent][0] and not out[agent][1]:
+    for agent in {agent for agent, _ in owned}:
+        entry = out[agent]
+        if not entry[0] and not entry[1] and not entry[2]:
             del out[agent]
     return out
 

@@ -1044,6 +1044,24 @@ def _span(suffixes: Sequence[str], config: CoreConfig) -> tuple[str, int]:
     ) if bounds else 0
 
 
+def _cheaper(
+    left: Sequence[str], entered: Sequence[str], kept: Sequence[str], config: CoreConfig
+) -> bool:
+    """Whether moving a kept sum along by the buckets that ``left`` and ``entered`` reads
+    less than reading ``kept`` afresh: fewer buckets, or fewer bucket-widths of time (a
+    roll-up weighs as many fine buckets as it spans). A day's window ending on the hour
+    is all roll-ups; the one ending a minute after it (or before) trades two of them for
+    sixty fine buckets, a fraction of what the roll-ups hold."""
+    if len(left) + len(entered) < len(kept):
+        return True
+    rollup = config.rollup_seconds // config.bucket_seconds
+
+    def weight(suffixes: Sequence[str]) -> int:
+        return sum(rollup if s[:2] in _ROLLUP_KINDS else 1 for s in suffixes)
+
+    return weight(left) + weight(entered) < weight(kept)
+
+
 def _newest_rollup(sets: Sequence[Sequence[str]]) -> int:
     """The start of the newest roll-up any of ``sets`` names (0: none)."""
     return max(
@@ -1909,7 +1927,7 @@ class Store:
                 # (a bucket is stamped by every commit that writes it and its stamp deleted
                 # with it: one never written is empty then and now, and a trim changes a
                 # stamp to none). A window past the newest event, a quiet minute, slides too.
-                if len(left) + len(entered) < len(kept) and all(
+                if _cheaper(left, entered, kept, self.config) and all(
                     held[(n, s)] == row[position[s]]
                     for n, row in enumerate(stamps)
                     for s in last_kept

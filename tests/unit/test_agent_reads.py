@@ -24,11 +24,23 @@ sums = st.dictionaries(st.sampled_from(_NAMES), st.integers(-3, 5).filter(bool),
 
 def _without_zeros(split: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    for agent, (kpis, presence) in split.items():
-        kept = ({n: v for n, v in kpis.items() if v}, {n: v for n, v in presence.items() if v})
-        if kept[0] or kept[1]:
+    for agent, (counts, sketches, presence) in split.items():
+        nonzero = {p: {i: v for i, v in s.items() if v} for p, s in sketches.items()}
+        kept = (
+            {n: v for n, v in counts.items() if v},
+            {p: s for p, s in nonzero.items() if s},
+            {n: v for n, v in presence.items() if v},
+        )
+        if any(kept):
             out[agent] = kept
     return out
+
+
+def _copied(split: dict[str, Any]) -> dict[str, Any]:
+    return {
+        agent: (dict(c), {p: dict(s) for p, s in sketches.items()}, dict(p))
+        for agent, (c, sketches, p) in split.items()
+    }
 
 
 @settings(max_examples=300, deadline=None)
@@ -37,7 +49,7 @@ def test_moving_a_split_sum_along_equals_splitting_the_moved_sum(
     base: dict[str, int], change: dict[str, int]
 ) -> None:
     split = _split_agents(base)
-    copies = {agent: (dict(k), dict(p)) for agent, (k, p) in split.items()}
+    copies = _copied(split)
     moved = _moved_agents(split, change)
     total = dict(base)
     for name, value in change.items():
@@ -46,22 +58,38 @@ def test_moving_a_split_sum_along_equals_splitting_the_moved_sum(
     # nothing at zero comes out of a field the change touched, no agent without fields
     touched = {name.rpartition(SEP)[0] for name, value in change.items() if value}
     for agent in touched & set(moved):
-        kpis, presence = moved[agent]
-        assert kpis or presence
+        counts, sketches, presence = moved[agent]
+        assert (counts or sketches or presence) and all(sketches.values())
     # the split moved from is left as it was, and what the change leaves alone is its own
-    assert {agent: (dict(k), dict(p)) for agent, (k, p) in split.items()} == copies
-    for agent, (kpis, presence) in moved.items():
+    assert _copied(split) == copies
+    for agent, (counts, sketches, presence) in moved.items():
         if agent in split:
             mine = {n.rpartition(SEP)[2] for n, v in change.items() if v and n.startswith(agent)}
-            if not any(not n.startswith("ag") for n in mine):
-                assert kpis is split[agent][0]
+            if not any(not n.startswith("ag") and "_sk:" not in n for n in mine):
+                assert counts is split[agent][0]
             if not any(n.startswith("ag") for n in mine):
-                assert presence is split[agent][1]
+                assert presence is split[agent][2]
+            if not any("_sk:" in n for n in mine):
+                assert sketches is split[agent][1]
+            for prefix, held in sketches.items():
+                if not any(n.startswith(prefix) for n in mine):
+                    assert held is split[agent][1][prefix]
 
 
-def test_the_split_keeps_the_presence_fields_apart() -> None:
-    split = _split_agents({f"A1{SEP}fr": 2, f"A1{SEP}ag:b": 1, f"A1{SEP}agt:a": -5, f"B{SEP}rv": 1})
-    assert split == {"A1": ({"fr": 2}, {"ag:b": 1, "agt:a": -5}), "B": ({"rv": 1}, {})}
+def test_the_split_keeps_the_sketches_and_the_presence_fields_apart() -> None:
+    split = _split_agents(
+        {
+            f"A1{SEP}fr": 2,
+            f"A1{SEP}fr_sk:40": 2,
+            f"A1{SEP}ag:b": 1,
+            f"A1{SEP}agt:a": -5,
+            f"B{SEP}rv": 1,
+        }
+    )
+    assert split == {
+        "A1": ({"fr": 2}, {"fr_sk:": {40: 2}}, {"ag:b": 1, "agt:a": -5}),
+        "B": ({"rv": 1}, {}, {}),
+    }
 
 
 def test_an_agents_group_is_its_body_and_its_presence() -> None:
