@@ -151,7 +151,7 @@ def test_reads_at_sliding_ends_keep_what_holds_and_equal_fresh_reads(
     prefix = load(redis_url, simulated, batch=700)
     base = T0 + DAY + 15 * HOUR + 17
     ends = [base + 60 * k for k in range(14)] + [base + 60 * 13] + [base - 60 * k for k in (1, 2)]
-    widths = (6 * HOUR, DAY)
+    widths = (HOUR, 6 * HOUR, DAY)
     splits = []
     split = query._split_agents
 
@@ -161,8 +161,17 @@ def test_reads_at_sliding_ends_keep_what_holds_and_equal_fresh_reads(
 
     monkeypatch.setattr(query, "_split_agents", counted)
 
+    read_whole: list[int] = []
+
     async def kept_reads(client: Redis) -> list[dict[str, Any]]:
         store = Store(client, prefix, CONFIG)
+        read_settled = store._read_settled
+
+        async def counted_read(*args: Any) -> Any:
+            read_whole.append(1)
+            return await read_settled(*args)
+
+        store._read_settled = counted_read  # type: ignore[method-assign]
         return [
             await query_kpis(store, width_s=width, at_s=at_s, by=["agent"])
             for at_s in ends
@@ -170,9 +179,12 @@ def test_reads_at_sliding_ends_keep_what_holds_and_equal_fresh_reads(
         ]
 
     documents = run(kept_reads, redis_url)
-    # split whole once per width, and again at most where a window crossed a roll-up
-    # boundary (its buckets then change more than they stay)
-    assert len(widths) <= len(splits) <= len(documents) // 3
+    # each width's settled sum read whole once, then moved along, a window ending on a
+    # roll-up boundary (all roll-ups) and a minute after it included; and split per agent
+    # once, then moved along with it
+    assert any(at_s % CONFIG.rollup_seconds < 60 for at_s in ends)
+    assert len(read_whole) == len(widths)
+    assert len(splits) == len(widths)
     monkeypatch.setattr(query, "_split_agents", split)
     fresh = [by_agent(redis_url, prefix, at_s, width) for at_s in ends for width in widths]
     assert len(documents) == len(fresh)
