@@ -1688,6 +1688,14 @@ def _agents(ag: dict[str, Any] | None, add: Any) -> None:
                 f"{first} | {_ms(v['p50'])} | {_ms(v['p99'])} | {_ms(v['max'])} |"
             )
     add("")
+    refresh = http.get("refresh")
+    if refresh:
+        add(
+            "The worker's own refreshes of the KPI snapshot meanwhile (every agent's group of "
+            "every configured window, for the KPI topic; the 2 cores shared with the read "
+            f"process, which runs at a lower CPU priority): p50 {_ms(refresh['p50'])}, max "
+            f"{_ms(refresh['max'])} ({refresh['n']} refreshes).\n"
+        )
     _text("a cold read (pyinstrument, 5 reads)", cpu.get("profile"), add)
 
 

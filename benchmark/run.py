@@ -2852,19 +2852,32 @@ class Bench:
         """``GET /kpis?window=24h&by=agent`` from the worker, one after another: the first
         (its read process started by a read before it), then windows ending at another
         minute each (cold: computed, nothing of that end kept), then the last of them again
-        after the read cache expired (warm: computed, everything kept)."""
+        after the read cache expired (warm: computed, everything kept). Each followed by
+        ``/metrics``: how long the worker's own refreshes of the KPI snapshot took (every
+        agent's group of every window, for the KPI topic), which share the 2 cores with the
+        read process (a read process runs at a lower CPU priority)."""
         cfg = self.config
-        base = f"http://{settings.web_host}:{settings.web_port}/kpis?window=24h"
+        url = f"http://{settings.web_host}:{settings.web_port}"
+        base = url + "/kpis?window=24h"
         await asyncio.to_thread(_http_get, base)  # the read process starts with it
         assert self.redis is not None
         store = Store(self.redis, settings.redis_prefix, CoreConfig.from_settings(settings))
         newest_s = (await retained_since(store) or (0, time.time()))[1]
         top = (newest_s // 60 + 1) * 60
 
+        #: the worker's refreshes: its refresh time -> how long the refresh took
+        refreshes: dict[float, float] = {}
+
         async def timed(at_s: float) -> float:
             started = time.perf_counter()
             await asyncio.to_thread(_http_get, f"{base}&by=agent&at={format_time(at_s)}")
-            return time.perf_counter() - started
+            took = time.perf_counter() - started
+            body = await asyncio.to_thread(_http_get, url + "/metrics")
+            stamp = _sample_value(body, "deskpulse_kpi_refresh_timestamp_seconds")
+            duration = _sample_value(body, "deskpulse_kpi_refresh_duration_seconds")
+            if stamp is not None and duration is not None:
+                refreshes[stamp] = duration
+            return took
 
         first = await timed(top)
         cold = [await timed(top - 60 * (k + 1)) for k in range(cfg.agents_reads)]
@@ -2873,7 +2886,12 @@ class Bench:
             # past the read process's cache (DESKPULSE_READ_CACHE): computed again
             await asyncio.sleep(max(1.0, settings.read_cache) + 0.1)
             warm.append(await timed(top - 60 * cfg.agents_reads))
-        return {"first": first, "cold": spread(cold), "warm": spread(warm)}
+        return {
+            "first": first,
+            "cold": spread(cold),
+            "warm": spread(warm),
+            "refresh": spread(list(refreshes.values())) if refreshes else None,
+        }
 
     # -- 11. Redis Cluster --------------------------------------------------------------
 

@@ -800,12 +800,15 @@ def _moved_agents(base: Mapping[str, _Split], change: Mapping[str, int]) -> dict
                 if not held:
                     del sketches[prefix]
             continue
-        side, part = (2, "p") if field_name.startswith(presence_prefix) else (0, "c")
+        is_presence = field_name.startswith(presence_prefix)
+        part = "p" if is_presence else "c"
         if (agent, part) not in owned:
-            mine = dict(entry[side])
-            entry = out[agent] = (mine, entry[1], entry[2]) if side == 0 else (*entry[:2], mine)
+            if is_presence:
+                entry = out[agent] = (entry[0], entry[1], dict(entry[2]))
+            else:
+                entry = out[agent] = (dict(entry[0]), entry[1], entry[2])
             owned.add((agent, part))
-        target = entry[side]
+        target = entry[2] if is_presence else entry[0]
         total = target.get(field_name, 0) + value
         if total:
             target[field_name] = total

@@ -119,7 +119,7 @@ def _agents(cold_p99: float, agents: int) -> dict[str, Any]:
             "agents_with_samples": agents,
             "agents_with_presence": agents,
         },
-        "http": {"first": 0.7, "cold": timed, "warm": timed},
+        "http": {"first": 0.7, "cold": timed, "warm": timed, "refresh": timed},
     }
 
 
@@ -135,3 +135,4 @@ def test_the_agents_budget_passes_only_under_200_ms_over_500_agents_or_more() ->
         analysis="",
     )
     assert "## 15. KPIs by agent" in text and "504 agents in the 24 h document" in text
+    assert "The worker's own refreshes of the KPI snapshot meanwhile" in text
