@@ -146,6 +146,12 @@ def render(results: dict[str, Any], *, command: str, analysis: str) -> str:
         "py-spy and pyinstrument are needed for the profiles only: the `bench` extra, which "
         "`make bench` installs (`pip install -e '.[bench]'`).\n"
     )
+    add(
+        "`python -m benchmark.fold` measures the replay's per-record work without a broker "
+        "(decode, load, fold and commit through the engine, into a redis-server it starts): "
+        "the CPU per event of one process, for comparing builds or commits side by side (its "
+        "docstring says how).\n"
+    )
     return "\n".join(out).rstrip() + "\n"
 
 
