@@ -348,7 +348,8 @@ class WindowRead:
     #: (:func:`~streams.query.read_agents`), for the total's snapshot
     agents: Mapping[str, Any] | None = None
     #: the groups of the document grouped by agent (:func:`~streams.query.
-    #: read_agent_groups`), for the agents' snapshots and families
+    #: read_agent_groups`), for the per-agent families (``DESKPULSE_AGENT_METRICS``;
+    #: empty without)
     agent_groups: Sequence[Mapping[str, Any]] = ()
 
 
@@ -428,12 +429,18 @@ class KpiCollector(Collector):
             partitions=parts,
             watermarks_ms=watermarks,
         )
-        by_agent = await read_agent_groups(
-            store,
-            widths_s=self.settings.windows,
-            at_s=now_s,
-            partitions=parts,
-            watermarks_ms=watermarks,
+        # the groups by agent for the per-agent families only: the KPI topic's publisher
+        # reads the agents at its own pass (exporters/publish.py)
+        by_agent = (
+            await read_agent_groups(
+                store,
+                widths_s=self.settings.windows,
+                at_s=now_s,
+                partitions=parts,
+                watermarks_ms=watermarks,
+            )
+            if self.settings.agent_metrics
+            else [(start, end, []) for start, end, _ in reads]
         )
         per_agent: list[tuple[str, Sequence[Mapping[str, Any]]]] = []
         for width, (start, end, groups), presence, (_, _, agent_groups) in zip(

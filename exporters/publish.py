@@ -5,12 +5,16 @@ Prometheus collector already summed, so a snapshot costs no extra Redis reads.
 
 Snapshots are incremental: the topic is compacted, so a group's last message stands until
 a newer one replaces it, and a pass publishes only the groups whose window sums or levels
-changed since their last message (:class:`SnapshotState` remembers what each key was
-published with), plus each window's total. Every ``DESKPULSE_SNAPSHOT_FULL_INTERVAL``
-(and at a publisher's first pass, after a leader change) every group shown is published
-again, changed or not. Each agent's group of the document grouped by agent goes out the
-same way, keyed ``<window>|agent|<agent_id>`` (the most active agents first, as many as
-``DESKPULSE_MAX_SNAPSHOT_MESSAGES`` per window).
+changed since their last message, plus each window's total. :class:`SnapshotState`
+remembers a 64-bit fingerprint of what each key shown was published with (its inputs, not
+the message: a few dozen bytes a key). Every ``DESKPULSE_SNAPSHOT_FULL_INTERVAL`` (and at a
+publisher's first pass, after a leader change) every group shown is published again,
+changed or not. Each agent's group of the document grouped by agent goes out the same way,
+keyed ``<window>|agent|<agent_id>`` (the most active agents first, as many as
+``DESKPULSE_MAX_SNAPSHOT_MESSAGES`` per window): the publisher reads the agents itself, at
+its pass (:func:`read_agent_inputs`; the refresh reads them only for
+``DESKPULSE_AGENT_METRICS``), and builds the document of an agent only when its fields or
+levels moved since its last message.
 
 Threshold rules keep their state in Redis (``P:alerts``: ``rule␟window␟channel␟queue␟
 priority`` -> ``firing``), so a transition is published once even when the leader moves
@@ -28,15 +32,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, guard
 from deskpulse.exporters.kafka import KafkaPublisher
-from deskpulse.exporters.prometheus import WindowRead, agent_volume
+from deskpulse.exporters.prometheus import WindowRead
 from deskpulse.models.outputs import AlertTransition, KpiSnapshot, output_key
 from deskpulse.models.settings import AlertRule, Settings, parse_duration
+from deskpulse.streams import agent_kpis
 from deskpulse.streams.core import LONGEST, OLDEST, SEP, group_document, has_samples
 from deskpulse.streams.query import (
+    _AGENT_STEPS_MATCH,
     AGENT,
     DIMENSIONS,
+    _agent_suffixes,
+    _partitions_and_watermarks,
+    _per_agent,
     build_document,
     build_grouped_document,
     format_time,
@@ -47,9 +58,11 @@ from deskpulse.streams.store import Store
 
 __all__ = [
     "RULE_METRICS",
+    "AgentInputs",
     "SnapshotState",
     "evaluate_rules",
     "publish_snapshots",
+    "read_agent_inputs",
     "rule_value",
     "snapshot_items",
 ]
@@ -87,11 +100,89 @@ def holds(rule: AlertRule, value: float | None, samples: int) -> bool:
 
 @dataclass
 class SnapshotState:
-    """What one publisher put on the KPI topic: the inputs each group's message was built
-    from (its window sums and levels, as compared), and when every group was last sent."""
+    """What one publisher put on the KPI topic: per key shown at its last pass, the
+    fingerprint of what its message was built from (a group's window sums and levels; an
+    agent's fields and levels with the window's bounds, and its document), and when every
+    key was last sent; and per window the agents' settled sums split by agent."""
 
-    inputs: dict[str, Any] = field(default_factory=dict)
+    #: key -> fingerprint (an int; an agent's ``(inputs, document)``): only the keys shown
+    #: at the last pass, so never more than a snapshot's messages
+    published: dict[str, Any] = field(default_factory=dict)
     full_at_s: float | None = None
+    #: window name -> the agents' settled sum as the store handed it out, split by agent
+    agents: dict[str, _AgentSplit] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _AgentSplit:
+    """The settled sum of a window's agent buckets (the very dict the store keeps) and
+    its fields split by agent (read only), kept while the store hands out that sum."""
+
+    source: Mapping[str, int] | None = None
+    per_agent: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInputs:
+    """One window's agents as the publisher read them: each agent's fields summed over
+    the window (read only), and its own levels at the window's end."""
+
+    start_s: int
+    end_s: int
+    fields: Mapping[str, Mapping[str, int]]
+    levels: Mapping[str, Mapping[str, int]]
+
+
+async def read_agent_inputs(
+    store: Store, windows: Sequence[WindowRead], state: SnapshotState
+) -> list[AgentInputs]:
+    """The agents of each of ``windows`` (their bounds), read as :func:`~streams.query.
+    read_agent_groups` reads them but without building their documents: the agent buckets'
+    settled sum split by agent once while the store hands out the same one (kept in
+    ``state``), the newest buckets added to the agents they name, each agent's own levels
+    less its steps at or after the window's end."""
+    cfg = store.config
+    partitions, watermarks_ms = await _partitions_and_watermarks(store, None, None)
+    bounds = [(window.start_s, window.end_s) for window in windows]
+    sets = [_agent_suffixes(store, start_s, end_s) for start_s, end_s in bounds]
+    parts = await store.sum_bucket_parts(partitions, sets)
+    levels = await store.read_levels(partitions)
+    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
+    horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
+    horizon_s += -horizon_s % cfg.rollup_seconds
+    ends = sorted({end_s for _, end_s in bounds})
+    later = await store.sum_level_steps(
+        partitions,
+        [_agent_suffixes(store, end_s, max(end_s, horizon_s)) for end_s in ends],
+        match=_AGENT_STEPS_MATCH,
+    )
+    own: dict[str, dict[str, int]] = {}
+    for name, value in levels.items():
+        if value and name.startswith(agent_kpis.LEVEL_PREFIX):
+            agent, _, field_name = name[len(agent_kpis.LEVEL_PREFIX) :].rpartition(SEP)
+            own.setdefault(agent, {})[field_name] = value
+    out = []
+    splits: dict[str, _AgentSplit] = {}
+    for window, (start_s, end_s), (kept, rest) in zip(windows, bounds, parts, strict=True):
+        split = splits[window.name] = state.agents.get(window.name) or _AgentSplit()
+        if kept is None:
+            split.source, split.per_agent = None, {}
+        elif split.source is not kept:
+            split.source, split.per_agent = kept, _per_agent(kept)
+        fields: dict[str, Mapping[str, int]] = dict(split.per_agent)
+        for agent, more in _per_agent(rest).items():
+            total = dict(fields.get(agent, {}))
+            for name, value in more.items():
+                total[name] = total.get(name, 0) + value
+            fields[agent] = total
+        at_end = {agent: dict(held) for agent, held in own.items()}
+        for agent, steps in _per_agent(later[ends.index(end_s)]).items():
+            target = at_end.setdefault(agent, {})
+            for name, value in steps.items():
+                target[name] = target.get(name, 0) - value
+        out.append(AgentInputs(start_s, end_s, fields, at_end))
+    state.agents = splits  # windows no longer configured go
+    return out
 
 
 #: messages of a snapshot built and published at a time: a full snapshot of thousands of
@@ -106,26 +197,37 @@ def snapshot_items(
     windows: Sequence[WindowRead],
     settings: Settings,
     published: Mapping[str, Any] | None = None,
+    agents: Sequence[AgentInputs] = (),
 ) -> tuple[_Items, int, dict[str, Any]]:
     """The messages of one KPI snapshot, how many groups were folded into ``other``, and
-    the inputs of each group message (key -> inputs, for the next pass's ``published``).
+    the fingerprint of each key shown (key -> fingerprint, for the next pass's
+    ``published``).
 
     Per window: the total (always), then the groups seen, largest first, as many as
     ``DESKPULSE_MAX_SNAPSHOT_MESSAGES`` leaves room for; the rest are summed into one
     ``other`` group (``"folded_groups": n``), so the groups of a window still add up to its
-    total. With ``published`` (key -> inputs of the message last sent for it), a group
-    whose inputs are the same is left out: its last message on the compacted topic says
-    the same. CPU only: the caller runs it off the event loop.
+    total; then, with ``agents`` (:func:`read_agent_inputs` of the same windows), each
+    agent's group. With ``published`` (key -> fingerprint of the message last sent for
+    it), a key whose fingerprint is the same is left out: its last message on the
+    compacted topic says the same. CPU only: the caller runs it off the event loop.
     """
-    inputs: dict[str, Any] = {}
+    fingerprints: dict[str, Any] = {}
     plan = _snapshot_plan(windows, settings)
     limit = settings.max_snapshot_messages
     items = [
         item
-        for chunk in _snapshot_chunks(windows, plan, published, inputs, 0, limit)
+        for chunk in _snapshot_chunks(windows, plan, published, fingerprints, 0, limit, agents)
         for item in chunk
     ]
-    return items, plan[2], inputs
+    return items, plan[2], fingerprints
+
+
+def _fingerprint(*parts: Mapping[str, int] | int | None) -> int:
+    """A 64-bit hash of a message's inputs: fields and levels as sets of items (the same
+    content hashes the same whatever order a dict was built in)."""
+    return hash(
+        tuple(p if p is None or isinstance(p, int) else frozenset(p.items()) for p in parts)
+    )
 
 
 def _snapshot_plan(windows: Sequence[WindowRead], settings: Settings) -> _Plan:
@@ -153,20 +255,21 @@ def _snapshot_chunks(
     windows: Sequence[WindowRead],
     plan: _Plan,
     published: Mapping[str, Any] | None,
-    inputs: dict[str, Any],
+    fingerprints: dict[str, Any],
     size: int,
     limit: int = 10_000,
+    agents: Sequence[AgentInputs] = (),
 ) -> Iterator[_Items]:
     """:func:`snapshot_items`'s messages, ``size`` at a time (0: all at once), each
-    group's document built as its turn comes; ``inputs`` filled as they go."""
+    group's document built as its turn comes; ``fingerprints`` filled as they go."""
     views, folds, _ = plan
     items: _Items = []
 
-    def changed(key: str, given: Any) -> bool:
-        inputs[key] = given
+    def changed(key: str, given: int) -> bool:
+        fingerprints[key] = given
         return published is None or published.get(key) != given
 
-    for window, view, fold in zip(windows, views, folds, strict=True):
+    for index, (window, view, fold) in enumerate(zip(windows, views, folds, strict=True)):
         start, end = format_time(window.start_s), format_time(window.end_s)
 
         total = build_grouped_document(
@@ -183,7 +286,7 @@ def _snapshot_chunks(
         )
         for key in fold.kept:
             at_end = window.live.get(key)  # type: ignore[arg-type]
-            if not changed(output_key(window.name, *key), (view[key], at_end)):
+            if not changed(output_key(window.name, *key), _fingerprint(view[key], at_end)):
                 continue
             names: dict[str, str] = dict(zip(DIMENSIONS, key, strict=True))
             document = group_document(names, view[key], at_end, window.end_s)
@@ -196,29 +299,92 @@ def _snapshot_chunks(
             rest = project_live(
                 {dims: levels for dims, levels in window.live.items() if dims not in kept}, ()
             ).get(())
-            if changed(output_key(window.name, *OTHER), (fold.other, rest, fold.folded)):
+            given = _fingerprint(fold.other, rest, fold.folded)
+            if changed(output_key(window.name, *OTHER), given):
                 names = dict(zip(DIMENSIONS, OTHER, strict=True))
                 other = group_document(names, fold.other, rest, window.end_s)
                 other = {**other, "folded_groups": fold.folded}
                 items.append(_message(window.name, start, end, OTHER, other))
+        if index >= len(agents):
+            continue
         # by agent: each agent's group under ``<window>|agent|<agent_id>``, the most active
         # first, as many as DESKPULSE_MAX_SNAPSHOT_MESSAGES per window
-        for group in _agents_shown(window.agent_groups, limit):
-            key = (AGENT, group["key"]["agent"])
-            if changed(output_key(window.name, *key), group):
-                items.append(_message(window.name, start, end, key, dict(group)))
-                if size and len(items) >= size:
-                    yield items
-                    items = []
+        for key, document in _agent_groups(
+            window.name, agents[index], published, fingerprints, limit
+        ):
+            items.append(_message(window.name, start, end, key, document))
+            if size and len(items) >= size:
+                yield items
+                items = []
     if items:
         yield items
 
 
-def _agents_shown(groups: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, Any]]:
-    """The agents' groups a snapshot publishes: the ``limit`` with the most samples."""
-    if len(groups) <= limit:
-        return list(groups)
-    return sorted(groups, key=lambda g: (-agent_volume(g), g["key"]["agent"]))[:limit]
+def _agent_volume(fields: Mapping[str, int]) -> int:
+    """:func:`~exporters.prometheus.agent_volume` of an agent's group, from its fields."""
+    return sum(int(fields.get(name, 0)) for name in ("fr", "nr", "ca", "cs_n", "rv"))
+
+
+_NONE: Mapping[str, int] = {}
+
+
+def _agent_groups(
+    window: str,
+    agents: AgentInputs,
+    published: Mapping[str, Any] | None,
+    fingerprints: dict[str, Any],
+    limit: int,
+) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
+    """The agents' groups of one window that go out (key parts, document), in agent order:
+    of the agents shown (a sample in the window, a status at its end or time in a status in
+    it), the ``limit`` with the most samples; of those, the ones whose message would differ
+    from the last one sent (``published``; every one without it). An agent's document is
+    built only when its inputs (its fields, levels and the window's bounds) moved since its
+    last message, or to be sent; ``fingerprints`` gets each shown agent's ``(inputs,
+    document)``."""
+    start_s, end_s = agents.start_s, agents.end_s
+    # agent -> (key, fingerprint of the inputs, the fingerprints last sent, fields, levels)
+    candidates: list[tuple[str, str, int, Any, Mapping[str, int], Mapping[str, int]]] = []
+    for agent in sorted({*agents.fields, *agents.levels}):
+        mine, at_end = agents.fields.get(agent, _NONE), agents.levels.get(agent, _NONE)
+        key = output_key(window, AGENT, agent)
+        last = None if published is None else published.get(key)
+        candidates.append(
+            (agent, key, _fingerprint(mine, at_end, start_s, end_s), last, mine, at_end)
+        )
+
+    def shown(mine: Mapping[str, int], presence_part: Mapping[str, Any]) -> bool:
+        return (
+            agent_kpis.has_agent_samples(mine)
+            or presence_part["status"] is not None
+            or presence_part["occupancy_ratio"] is not None
+        )
+
+    if len(candidates) > limit:
+        # the most active shown: an agent whose inputs are those of its last message is
+        # shown (it was); another is looked at
+        ranked = [
+            candidate
+            for candidate in candidates
+            if (candidate[3] is not None and candidate[3][0] == candidate[2])
+            or shown(
+                candidate[4], agent_kpis.presence_of(candidate[5], candidate[4], start_s, end_s)
+            )
+        ]
+        if len(ranked) > limit:
+            top = sorted(ranked, key=lambda c: (-_agent_volume(c[4]), c[0]))[:limit]
+            candidates = sorted(top, key=lambda c: c[0])
+    for agent, key, inputs, last, mine, at_end in candidates:
+        if last is not None and last[0] == inputs:
+            fingerprints[key] = last  # the same inputs: the same message
+            continue
+        presence_part = agent_kpis.presence_of(at_end, mine, start_s, end_s)
+        if not shown(mine, presence_part):
+            continue
+        document = agent_kpis.agent_document(agent, mine, presence_part)
+        made = fingerprints[key] = (inputs, hash(orjson.dumps(document)))
+        if last is None or last[1] != made[1]:
+            yield (AGENT, agent), document
 
 
 def _message(
@@ -250,9 +416,11 @@ async def publish_snapshots(
     state: SnapshotState | None = None,
     *,
     now_s: float | None = None,
+    agents: Sequence[AgentInputs] = (),
 ) -> int:
-    """A compacted message per window for the total and each group shown (with ``state``,
-    each group changed since its last message, or every one once
+    """A compacted message per window for the total and each group shown, and with
+    ``agents`` (:func:`read_agent_inputs` of the same windows) each agent's group (with
+    ``state``, each changed since its last message, or every one once
     ``DESKPULSE_SNAPSHOT_FULL_INTERVAL`` has passed since the last full pass); how many."""
     now_s = time.time() if now_s is None else now_s
     full = (
@@ -260,7 +428,7 @@ async def publish_snapshots(
         or state.full_at_s is None
         or now_s - state.full_at_s >= settings.snapshot_full_interval
     )
-    published = None if full or state is None else state.inputs
+    published = None if full or state is None else state.published
     plan = await asyncio.to_thread(_snapshot_plan, windows, settings)
     folded = plan[2]
     before = _folded_before.get(settings.topic_kpis, 0)
@@ -276,21 +444,27 @@ async def publish_snapshots(
         log.info("KPI snapshot on %s: every group fits again", settings.topic_kpis)
     _folded_before[settings.topic_kpis] = folded
     # built and sent SNAPSHOT_CHUNK messages at a time, each chunk off the event loop
-    inputs: dict[str, Any] = {}
+    fingerprints: dict[str, Any] = {}
     chunks = _snapshot_chunks(
-        windows, plan, published, inputs, SNAPSHOT_CHUNK, settings.max_snapshot_messages
+        windows,
+        plan,
+        published,
+        fingerprints,
+        SNAPSHOT_CHUNK,
+        settings.max_snapshot_messages,
+        agents,
     )
     sent = 0
     while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
         await publisher.publish_json(settings.topic_kpis, chunk)
         sent += len(chunk)
         del chunk
-    # remembered once the broker has them: after a failed pass its groups go again
+    # remembered once the broker has them (after a failed pass its keys go again): the
+    # keys shown now, so a key no longer shown is forgotten
     if state is not None:
+        state.published = fingerprints
         if full:
-            state.inputs, state.full_at_s = inputs, now_s
-        else:
-            state.inputs.update(inputs)
+            state.full_at_s = now_s
     return sent
 
 

@@ -24,7 +24,12 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import KpiCollector
-from deskpulse.exporters.publish import SnapshotState, evaluate_rules, publish_snapshots
+from deskpulse.exporters.publish import (
+    SnapshotState,
+    evaluate_rules,
+    publish_snapshots,
+    read_agent_inputs,
+)
 from deskpulse.models.settings import Settings
 from deskpulse.streams.breaches import check_partitions
 from deskpulse.streams.core import CoreConfig
@@ -103,7 +108,8 @@ class RefreshLoop:
     partition and sums it — hundreds of milliseconds of Python with thousands of groups —
     and on that loop a batch would wait behind it. Here the caller's loop only waits for
     the answer; the commit and the refresh share the interpreter in its switch-interval
-    slices (5 ms) instead of one waiting for the other to end. Started on first use.
+    slices (5 ms) instead of one waiting for the other to end. The KPI topic's publisher
+    reads the agents here too, one work at a time. Started on first use.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -113,6 +119,9 @@ class RefreshLoop:
         self._store: Store | None = None
         #: work in flight on the refresh loop (a close lets it finish)
         self._running: set[concurrent.futures.Future[Any]] = set()
+        #: one work at a time (a refresh and the publisher's read share the store's
+        #: kept sums); made on the refresh loop
+        self._one: asyncio.Lock | None = None
 
     async def run(self, work: Callable[[Store], Awaitable[_T]]) -> _T:
         """``work(store)`` on the refresh loop, with its store; its result."""
@@ -132,10 +141,13 @@ class RefreshLoop:
             settings = self.settings
             redis = connect(settings, purpose="reads")
             self._store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
-        try:
-            return await work(self._store)
-        finally:
-            release_memory()  # what the refresh built and freed, back to the system
+        if self._one is None:
+            self._one = asyncio.Lock()
+        async with self._one:
+            try:
+                return await work(self._store)
+            finally:
+                release_memory()  # what the refresh built and freed, back to the system
 
     async def close(self) -> None:
         """Close the connection and end the thread (a refresh in flight finishes first)."""
@@ -218,10 +230,16 @@ class LocalEngine:
         return self.collector.exposition, self.collector.refreshed_at
 
     async def publish_outputs(self) -> None:
-        if self.collector.windows:
-            await publish_snapshots(
-                self.collector.windows, self.publisher, self.settings, self.snapshots
+        windows = self.collector.windows
+        if windows:
+            # the agents read where the refresh reads, off the loop that commits
+            agents = await self.refresher.run(
+                lambda store: read_agent_inputs(store, windows, self.snapshots)
             )
+            await publish_snapshots(
+                windows, self.publisher, self.settings, self.snapshots, agents=agents
+            )
+            del agents
             release_memory()
         await evaluate_rules(self.store, self.publisher, self.settings)
 

@@ -47,15 +47,17 @@ from deskpulse.exporters.publish import (
     SnapshotState,
     evaluate_rules,
     publish_snapshots,
+    read_agent_inputs,
     snapshot_items,
 )
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
 from deskpulse.models.settings import AlertRule, Settings, load_settings
+from deskpulse.streams import agent_kpis
 from deskpulse.streams.core import CoreConfig, group_document, has_samples
 from deskpulse.streams.engine import Engine, SourceRecord
 from deskpulse.streams.partitioner import java_partition
-from deskpulse.streams.query import DIMENSIONS, query_kpis
+from deskpulse.streams.query import AGENT, DIMENSIONS, query_kpis
 from deskpulse.streams.sketch import index_of
 from deskpulse.streams.store import Store
 from tests.conftest import RedisServer, create_topics
@@ -643,6 +645,154 @@ def test_snapshots_publish_only_changed_groups_and_everything_at_the_full_interv
                 for name in ("oldest_age_seconds", "longest_wait_seconds"):
                     document.get(section, {}).pop(name, None)
         assert stored == wanted, key
+
+
+def _agent_day(agents: int, now_s: float, *, first: int = 0) -> list[tuple[str, bytes, bytes]]:
+    """Per agent ``agent-NN``: ``n + 1`` tickets in one queue answered by it in the last
+    half hour (agent ``n`` has ``n + 1`` samples: the more, the more active), and every
+    other agent a status for most of the hour."""
+    events = []
+    for n in range(first, first + agents):
+        agent = f"agent-{n:02d}"
+        for k in range(n + 1):
+            ticket = f"A-{n}-{k}"
+            at = now_s - 1800 + n + k
+            events.append(_event("ticket.created", at, ticket_id=ticket, queue="support"))
+            reply = {"author_role": "agent", "agent_id": agent}
+            events.append(_event("ticket.replied", at + 60, ticket_id=ticket, **reply))
+        if n % 2:
+            body = {
+                "event_id": uuid.uuid4().hex,
+                "type": "agent.status_changed",
+                "occurred_at": _stamp(now_s - 3000),
+                "agent_id": agent,
+                "status": "busy",
+            }
+            events.append(("agents", agent.encode(), orjson.dumps(body)))
+    return events
+
+
+def test_agent_snapshots_go_out_when_an_agent_moved_and_the_state_keeps_a_fingerprint_per_key(
+    redis_server: RedisServer, broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 12 agents, at most 8 messages of agents per window: the 8 most active go out
+    settings = unit_settings(
+        redis_server,
+        kafka_bootstrap=broker,
+        max_snapshot_messages=8,
+        topic_partitions=4,
+        windows=(3600, 86400),
+    )
+    create_topics(settings)
+    names = settings.window_names
+    # the agents' documents the publisher builds: only those whose inputs moved
+    built: list[str] = []
+    built_by_pass: list[list[str]] = []
+    document_of = agent_kpis.agent_document
+
+    def counted(agent: str, *args: Any) -> dict[str, Any]:
+        built.append(agent)
+        return document_of(agent, *args)
+
+    monkeypatch.setattr(agent_kpis, "agent_document", counted)
+
+    def agent_keys(items: Sequence[tuple[str, dict[str, Any]]]) -> set[str]:
+        return {key for key, _ in items if f"|{AGENT}|" in key}
+
+    async def scenario() -> None:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        publisher = KafkaPublisher(settings)
+        await publisher.start()
+        sent_items: list[list[tuple[str, dict[str, Any]]]] = []
+        publish_json = publisher.publish_json
+
+        async def kept(topic: str, items: Any) -> None:
+            sent_items[-1].extend(items)
+            await publish_json(topic, items)
+
+        publisher.publish_json = kept  # type: ignore[method-assign]
+        state = SnapshotState()
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            offsets: Counter[tuple[str, int]] = Counter()
+            await apply(settings, store, _agent_day(12, NOW_S), NOW_S, offsets)
+            collector = KpiCollector(store, settings)
+
+            async def publish(now_s: float) -> list[tuple[str, dict[str, Any]]]:
+                await collector.refresh(NOW_S)
+                # the refresh leaves the agents to the publisher (no per-agent metrics)
+                assert all(not window.agent_groups for window in collector.windows)
+                agents = await read_agent_inputs(store, collector.windows, state)
+                sent_items.append([])
+                built.clear()
+                sent = await publish_snapshots(
+                    collector.windows, publisher, settings, state, now_s=now_s, agents=agents
+                )
+                assert sent == len(sent_items[-1])
+                built_by_pass.append(list(built))
+                # the state: a fingerprint for each key of a full snapshot now but the
+                # totals (always sent), no more
+                everything, _, _ = snapshot_items(collector.windows, settings, agents=agents)
+                totals = {f"{name}|*|*|*" for name in names}
+                assert set(state.published) == {key for key, _ in everything} - totals
+                for value in state.published.values():
+                    assert isinstance(value, int) or (
+                        isinstance(value, tuple) and all(isinstance(v, int) for v in value)
+                    ), value
+                return sent_items[-1]
+
+            first = await publish(NOW_S)
+            # the 8 most active agents of each window, as `kpis --by agent` has them
+            top = {f"agent-{n:02d}" for n in range(4, 12)}
+            assert agent_keys(first) == {f"{w}|{AGENT}|{a}" for w in names for a in top}
+            for width, name in zip(settings.windows, names, strict=True):
+                document = await query_kpis(store, width_s=width, at_s=NOW_S, by=(AGENT,))
+                expected = {g["key"]["agent"]: g for g in document["groups"]}
+                for key, payload in first:
+                    if key.startswith(f"{name}|{AGENT}|"):
+                        agent = key.rsplit("|", 1)[1]
+                        assert {k: payload[k] for k in expected[agent]} == expected[agent], key
+
+            assert agent_keys(await publish(NOW_S + 10)) == set()  # nothing moved
+            assert built_by_pass[-1] == [], "a document built for an agent that did not move"
+
+            # agent-07 answers one more ticket, in every window: its group alone goes again
+            more = [
+                _event("ticket.created", NOW_S - 100, ticket_id="A-7-x", queue="support"),
+                _event(
+                    "ticket.replied",
+                    NOW_S - 40,
+                    ticket_id="A-7-x",
+                    author_role="agent",
+                    agent_id="agent-07",
+                ),
+            ]
+            await apply(settings, store, more, NOW_S, offsets)
+            moved = await publish(NOW_S + 20)
+            assert agent_keys(moved) == {f"{w}|{AGENT}|agent-07" for w in names}
+            assert built_by_pass[-1] == ["agent-07"] * len(names)
+            for key, payload in moved:
+                if f"|{AGENT}|" in key:
+                    assert payload["first_response"]["count"] == 9, (key, payload)
+
+            # a newcomer busier than all: it goes out, the least active shown leaves, and
+            # the state forgets that one (a fingerprint per key shown, no more)
+            await apply(settings, store, _agent_day(1, NOW_S, first=30), NOW_S, offsets)
+            newcomer = await publish(NOW_S + 30)
+            assert agent_keys(newcomer) == {f"{w}|{AGENT}|agent-30" for w in names}
+            assert not [key for key in state.published if key.endswith("|agent-04")]
+            assert sum(f"|{AGENT}|" in key for key in state.published) == 8 * len(names)
+
+            # the full interval passed: every agent shown goes out again, moved or not
+            full = await publish(NOW_S + 30 + settings.snapshot_full_interval)
+            shown = {f"agent-{n:02d}" for n in (*range(5, 12), 30)}
+            assert agent_keys(full) == {f"{w}|{AGENT}|{a}" for w in names for a in shown}
+        finally:
+            await publisher.stop()
+            await redis.aclose()
+
+    asyncio.run(scenario())
 
 
 # -- keys on the real topics ------------------------------------------------------------------
