@@ -977,6 +977,12 @@ def _moved_groups(items: Sequence[tuple[str, int]]) -> str:
 #: answers of one partition at one instant :meth:`Store.earliest_at` keeps at most (a
 #: board's series of 24 points over 4 partitions is 96)
 EARLIEST_KEPT = 20_000
+#: and the groups they name at most, asked and found, over all answers: an answer is
+#: kept under the groups asked, and a refresh over thousands of groups asks a set a little
+#: different from the last one's at every pass (groups open or waiting come and go), each
+#: answer some 100 bytes a group (a refresh over 6,000 groups and 4 partitions names some
+#: 35,000: a few refreshes' worth is kept)
+EARLIEST_GROUPS_KEPT = 200_000
 
 #: buckets whose level steps :meth:`Store.sum_level_steps` keeps at most (a day of
 #: roll-ups over 12 partitions is 288; a few hundred fields each at most)
@@ -984,6 +990,11 @@ LEVEL_BUCKETS_KEPT = 5_000
 
 _EarliestKey = tuple[int, int, tuple[str, ...], tuple[str, ...], int]
 _Earliest = tuple[str, int, dict[tuple[str, str], int]]
+
+
+def _earliest_weight(key: _EarliestKey, answer: _Earliest) -> int:
+    """The groups a kept answer of :meth:`Store.earliest_at` names, asked and found."""
+    return len(key[2]) + len(key[3]) + len(answer[2])
 
 
 def _settled(
@@ -1219,6 +1230,8 @@ class Store:
         #: version, earliest per (kind, group)): :meth:`earliest_at`'s answers, least
         #: recently read first
         self._earliest_kept: OrderedDict[_EarliestKey, _Earliest] = OrderedDict()
+        #: the groups the kept answers name, asked and found (:data:`EARLIEST_GROUPS_KEPT`)
+        self._earliest_groups = 0
         #: bucket key -> (its stamp, its level steps): :meth:`sum_level_steps`'s scans,
         #: least recently read first
         self._level_steps: OrderedDict[str, tuple[bytes, dict[bytes | str, int]]] = OrderedDict()
@@ -2272,10 +2285,15 @@ class Store:
                 for i, best in zip(indexes, per, strict=True):
                     key = rows[partition][i]
                     found[key] = best
-                    kept[key] = (generation, version, best)
+                    if key in kept:
+                        self._earliest_groups -= _earliest_weight(key, kept[key])
+                    kept[key] = answer = (generation, version, best)
+                    self._earliest_groups += _earliest_weight(key, answer)
                     kept.move_to_end(key)
-            while len(kept) > EARLIEST_KEPT:
-                kept.popitem(last=False)
+            while len(kept) > EARLIEST_KEPT or (
+                len(kept) > 1 and self._earliest_groups > EARLIEST_GROUPS_KEPT
+            ):
+                self._earliest_groups -= _earliest_weight(*kept.popitem(last=False))
         out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
         for row in keys:
             for i, key in enumerate(row):

@@ -1505,6 +1505,48 @@ def test_an_expired_waiting_chat_makes_a_reader_read_again_only_the_instants_it_
     assert read_again == [[waiting]]  # the instant past its stale time held
 
 
+def test_the_earliest_answers_kept_stay_within_the_groups_they_may_name(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh asks the earliest open ticket of a set of groups a little different at
+    every pass: the answers kept under the sets asked before are let go once they name
+    more groups than the store keeps, the newest kept, every answer as a fresh store's."""
+    monkeypatch.setattr("deskpulse.streams.store.EARLIEST_GROUPS_KEPT", 12)
+    prefix = new_prefix()
+    config = CoreConfig(bucket_seconds=60, rollup_seconds=600, retention_seconds=HOUR)
+    groups = [f"email\x1fq{n}\x1fnormal" for n in range(6)]
+
+    async def scenario(client: Redis) -> list[Any]:
+        writer = Store(client, prefix, config)
+        reader = Store(client, prefix, config)
+        tickets = [
+            created(f"T{n}", T0 + n, channel="email", queue=f"q{n}", priority="normal")
+            for n in range(6)
+        ]
+        await apply(writer, 0, pendings(tickets))
+        seen = []
+        for asked in range(1, 7):  # one more group asked at each pass
+            instants = [((T0 + 100) * 1000, groups[:asked], [])]
+            found = await reader.earliest_at([0], instants, stale_ms=1, newest_ms={})
+            fresh = await Store(client, prefix, config).earliest_at(
+                [0], instants, stale_ms=1, newest_ms={}
+            )
+            weights = [len(k[2]) + len(k[3]) + len(a[2]) for k, a in reader._earliest_kept.items()]
+            seen.append((found, fresh, len(reader._earliest_kept), sum(weights)))
+            assert reader._earliest_groups == sum(weights)
+        return seen
+
+    seen = run(scenario, redis_url)
+    for asked, (found, fresh, kept, weight) in enumerate(seen, start=1):
+        assert found == fresh
+        assert found == [{("t", g): (T0 + n) * 1000 for n, g in enumerate(groups[:asked])}]
+        # the newest answer is kept whatever it weighs; older ones only within the bound
+        assert kept >= 1
+        assert kept == 1 or weight <= 12, (asked, kept, weight)
+    # 1 + 2 + 3 groups asked, as many found: 12; then each answer alone
+    assert [kept for _, _, kept, _ in seen] == [1, 2, 3, 1, 1, 1]
+
+
 def test_level_steps_scanned_in_many_calls_sum_as_in_one(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
