@@ -103,29 +103,18 @@ class SnapshotState:
     """What one publisher put on the KPI topic: per key shown at its last pass, the
     fingerprint of what its message was built from (a group's window sums and levels; an
     agent's fields and levels with the window's bounds, and its document), and when every
-    key was last sent; and per window the agents' settled sums split by agent."""
+    key was last sent."""
 
     #: key -> fingerprint (an int; an agent's ``(inputs, document)``): only the keys shown
     #: at the last pass, so never more than a snapshot's messages
     published: dict[str, Any] = field(default_factory=dict)
     full_at_s: float | None = None
-    #: window name -> the agents' settled sum as the store handed it out, split by agent
-    agents: dict[str, _AgentSplit] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _AgentSplit:
-    """The settled sum of a window's agent buckets (the very dict the store keeps) and
-    its fields split by agent (read only), kept while the store hands out that sum."""
-
-    source: Mapping[str, int] | None = None
-    per_agent: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class AgentInputs:
     """One window's agents as the publisher read them: each agent's fields summed over
-    the window (read only), and its own levels at the window's end."""
+    the window, and its own levels at the window's end."""
 
     start_s: int
     end_s: int
@@ -133,14 +122,13 @@ class AgentInputs:
     levels: Mapping[str, Mapping[str, int]]
 
 
-async def read_agent_inputs(
-    store: Store, windows: Sequence[WindowRead], state: SnapshotState
-) -> list[AgentInputs]:
+async def read_agent_inputs(store: Store, windows: Sequence[WindowRead]) -> list[AgentInputs]:
     """The agents of each of ``windows`` (their bounds), read as :func:`~streams.query.
-    read_agent_groups` reads them but without building their documents: the agent buckets'
-    settled sum split by agent once while the store hands out the same one (kept in
-    ``state``), the newest buckets added to the agents they name, each agent's own levels
-    less its steps at or after the window's end."""
+    read_agent_groups` reads them but without building their documents: the agent buckets
+    summed (the settled part kept by the store), split by agent, each agent's own levels
+    less its steps at or after the window's end. Nothing is kept here between passes (the
+    split of a day's settled sum is some 10 MB over 7,000 agents, and the store hands out
+    another one every minute or so anyway)."""
     cfg = store.config
     partitions, watermarks_ms = await _partitions_and_watermarks(store, None, None)
     bounds = [(window.start_s, window.end_s) for window in windows]
@@ -162,26 +150,18 @@ async def read_agent_inputs(
             agent, _, field_name = name[len(agent_kpis.LEVEL_PREFIX) :].rpartition(SEP)
             own.setdefault(agent, {})[field_name] = value
     out = []
-    splits: dict[str, _AgentSplit] = {}
-    for window, (start_s, end_s), (kept, rest) in zip(windows, bounds, parts, strict=True):
-        split = splits[window.name] = state.agents.get(window.name) or _AgentSplit()
-        if kept is None:
-            split.source, split.per_agent = None, {}
-        elif split.source is not kept:
-            split.source, split.per_agent = kept, _per_agent(kept)
-        fields: dict[str, Mapping[str, int]] = dict(split.per_agent)
+    for (start_s, end_s), (kept, rest) in zip(bounds, parts, strict=True):
+        fields = _per_agent(kept) if kept is not None else {}
         for agent, more in _per_agent(rest).items():
-            total = dict(fields.get(agent, {}))
+            total = fields.setdefault(agent, {})
             for name, value in more.items():
                 total[name] = total.get(name, 0) + value
-            fields[agent] = total
         at_end = {agent: dict(held) for agent, held in own.items()}
         for agent, steps in _per_agent(later[ends.index(end_s)]).items():
             target = at_end.setdefault(agent, {})
             for name, value in steps.items():
                 target[name] = target.get(name, 0) - value
         out.append(AgentInputs(start_s, end_s, fields, at_end))
-    state.agents = splits  # windows no longer configured go
     return out
 
 

@@ -233,9 +233,7 @@ class LocalEngine:
         windows = self.collector.windows
         if windows:
             # the agents read where the refresh reads, off the loop that commits
-            agents = await self.refresher.run(
-                lambda store: read_agent_inputs(store, windows, self.snapshots)
-            )
+            agents = await self.refresher.run(lambda store: read_agent_inputs(store, windows))
             await publish_snapshots(
                 windows, self.publisher, self.settings, self.snapshots, agents=agents
             )

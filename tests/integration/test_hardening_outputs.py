@@ -723,7 +723,7 @@ def test_agent_snapshots_go_out_when_an_agent_moved_and_the_state_keeps_a_finger
                 await collector.refresh(NOW_S)
                 # the refresh leaves the agents to the publisher (no per-agent metrics)
                 assert all(not window.agent_groups for window in collector.windows)
-                agents = await read_agent_inputs(store, collector.windows, state)
+                agents = await read_agent_inputs(store, collector.windows)
                 sent_items.append([])
                 built.clear()
                 sent = await publish_snapshots(
