@@ -152,6 +152,10 @@ async def read_agent_inputs(store: Store, windows: Sequence[WindowRead]) -> list
     out = []
     for (start_s, end_s), (kept, rest) in zip(bounds, parts, strict=True):
         fields = _per_agent(kept) if kept is not None else {}
+        if kept is not None:
+            # the sum this one was moved along from, which the store holds for a reader
+            # that moves its split along: this one splits anew, so let it go
+            store.take_move(kept)
         for agent, more in _per_agent(rest).items():
             total = fields.setdefault(agent, {})
             for name, value in more.items():
