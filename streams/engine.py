@@ -69,7 +69,7 @@ from deskpulse.streams.core import (
     timelines_needed,
 )
 from deskpulse.streams.holes import HoleReader, offset_gaps
-from deskpulse.streams.partitioner import ConversationPartitions, forwarded_key
+from deskpulse.streams.partitioner import ConversationPartitions, applied_from_key, forwarded_key
 from deskpulse.streams.store import PartitionMeta, Store
 
 __all__ = [
@@ -514,8 +514,10 @@ class Engine:
         """Replay: apply records read on partition ``source`` to their own partitions.
 
         Unfenced there (offset -1): this partition's fence, moved once they are committed,
-        is what keeps them from being applied again; a crash in between repeats them, and
-        the repeat is absorbed by their event ids.
+        is what keeps them from being applied again. A crash in between repeats them; each
+        target's commit also moves a fence entry of its own per source topic and partition
+        (:func:`applied_from_key`), so the repeat passes over those it already has rather
+        than counting them as duplicates (the batches of ``source`` apply in order).
         """
         meta, _ = await retry_forever(
             partial(self.store.load, source, []),
@@ -523,13 +525,18 @@ class Engine:
             on_state=self.metrics.redis_up,
         )
         by_target: dict[int, list[Pending]] = defaultdict(list)
+        sources: dict[int, list[tuple[str, int]]] = defaultdict(list)
         topic = self.repartition_topic  # counted as the live worker counts its forwards
         for item in misrouted:
-            if item.record.offset > meta.offsets.get(item.record.topic, -1):
+            record = item.record
+            if record.offset > meta.offsets.get(record.topic, -1):
                 by_target[item.target].append(_new_tuple(Pending, (item.event, topic, -1, item.ms)))
+                sources[item.target].append((applied_from_key(record.topic, source), record.offset))
         for target, items in sorted(by_target.items()):
             async with self._locks[target]:
-                await self._process_partition(target, len(items), items, [])
+                await self._process_partition(
+                    target, len(items), items, [], sources=sources[target]
+                )
 
     async def _forward(self, misrouted: Sequence[_Misrouted]) -> dict[int, int]:
         """Forward to the repartition topic until the broker has each record once; the
@@ -597,10 +604,13 @@ class Engine:
         *,
         offsets: Mapping[str, list[int]] | None = None,
         now_s: float = 0.0,
+        sources: Sequence[tuple[str, int]] | None = None,
     ) -> None:
         """Apply one partition's records (under its lock). ``offsets``: the batch's offsets
         by topic, checked against the fence (see "Holes in a batch"); ``now_s`` decodes
-        the records read back to fill a hole."""
+        the records read back to fill a hole. ``sources``: the fence entry and offset of
+        each of ``pending`` (unfenced records the replay read elsewhere, see
+        :meth:`_apply_where_they_belong`): those at or below it are passed over."""
         if conversation_ids is None:
             conversation_ids = [p.event.conversation_id for p in pending]
         started = time.perf_counter()
@@ -647,8 +657,14 @@ class Engine:
                         elsewhere += [m.record for m in more_misrouted] + more_passed
                         size += len(found)
                         continue  # the states of the conversations they touch too
+            folding, passed_over = pending, 0
+            source_offsets: dict[str, int] = {}
+            if sources is not None:
+                folding, passed_over, source_offsets = _past_source_fences(
+                    pending, sources, meta.offsets
+                )
             # a ticket whose batch does not only append to its timeline gets it whole
-            needed = timelines_needed(pending, states, meta.known, self.store.config)
+            needed = timelines_needed(folding, states, meta.known, self.store.config)
             if needed:
                 await retry_forever(
                     partial(self.store.load_timelines, partition, states, needed),
@@ -656,7 +672,7 @@ class Engine:
                     on_state=self.metrics.redis_up,
                 )
             result = fold_batch(
-                pending,
+                folding,
                 states,
                 watermark_ms=meta.watermark_ms,
                 applied_offsets=meta.offsets,
@@ -690,6 +706,13 @@ class Engine:
                     result.offsets[record.topic] = record.offset
             if elsewhere:
                 self._fence_forwarded(result, meta, elsewhere, forwarded)
+            if source_offsets:
+                result.offsets.update(source_offsets)
+            if passed_over:
+                skipped = result.skipped
+                skipped[self.repartition_topic] = (
+                    skipped.get(self.repartition_topic, 0) + passed_over
+                )
             # (records with no place in the fence, replay's from elsewhere, still commit)
             if not result.offsets and not result.fresh:
                 # everything was applied before (a redelivery after a crash); with replicas
@@ -900,6 +923,22 @@ class Engine:
                     counts[record.topic] = counts.get(record.topic, 0) + 1
         for topic, count in counts.items():
             self.metrics.skipped(topic, "already_applied", count)
+
+
+def _past_source_fences(
+    pending: list[Pending], sources: Sequence[tuple[str, int]], applied: Mapping[str, int]
+) -> tuple[list[Pending], int, dict[str, int]]:
+    """Of ``pending`` (each with its fence entry and offset in ``sources``), those past
+    their entry in ``applied``; how many were not; the newest offset of each entry."""
+    folding: list[Pending] = []
+    newest: dict[str, int] = {}
+    for item, (key, offset) in zip(pending, sources, strict=True):
+        if offset <= applied.get(key, -1):
+            continue
+        folding.append(item)
+        if offset > newest.get(key, -1):
+            newest[key] = offset
+    return folding, len(pending) - len(folding), newest
 
 
 def _offsets_by_topic(batch: list[Record]) -> dict[str, list[int]]:

@@ -179,3 +179,11 @@ def forwarded_key(repartition_topic: str, partition: int) -> str:
     offset that a record forwarded from that partition got on the repartition topic's
     ``partition``. A ``>`` cannot be in a topic name: it never meets a topic's own entry."""
     return f"{repartition_topic}>{partition}"
+
+
+def applied_from_key(topic: str, partition: int) -> str:
+    """The fence entry (``off:<key>`` in a partition's meta) holding the newest offset of
+    ``topic``'s ``partition`` among the records ``deskpulse replay`` read there and applied
+    straight to this partition, as they belong here. A ``<`` cannot be in a topic name:
+    it never meets a topic's own entry, nor a :func:`forwarded_key`."""
+    return f"{topic}<{partition}"

@@ -14,7 +14,10 @@ decoded and folded. It stops at the end offsets the topics had when it started.
 A record a producer put on another partition than its conversation's is applied straight
 to its own partition's state (the live worker forwards it through the repartition topic
 instead: a produce and a consume the replay does without), before the fence of the
-partition it was read on passes it. The repartition topic is read too, from each
+partition it was read on passes it. Its own partition keeps a fence of such records per
+source topic and partition, moved in the same commit: a replay killed between the two
+commits and run again passes over those it applied, rather than counting them again as
+duplicates. The repartition topic is read too, from each
 partition's fence: what a live worker forwarded and did not apply yet. A forward whose
 source record lies past the fence the replay started from is passed over, since the
 replay reads that source record and applies it itself; so whatever mix of runs came

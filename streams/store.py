@@ -8,7 +8,9 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                ``wm:<topic>`` (the same per source topic),
                                ``off:<topic>`` (last applied offset), ``off:<repartition
                                topic>><n>`` (newest offset a record forwarded from here got
-                               on its partition n), ``held``, ``orphaned``,
+                               on its partition n), ``off:<topic><<n>`` (newest offset
+                               of ``topic``'s partition n applied straight here by
+                               ``deskpulse replay``), ``held``, ``orphaned``,
                                ``dup:<topic>``, ``late:<topic>``, ``ignored:closed``,
                                ``applied``, ``gen`` (the
                                store generation, written by the partition's first commit),

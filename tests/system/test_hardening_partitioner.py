@@ -457,9 +457,10 @@ def tuned(settings: Settings, **update: Any) -> Settings:
 
 def state_of(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """A prefix's keys without it; meta without its version, its generation and the fence
-    entries of forwards (the replay forwards nothing), duplicates summed over the topics;
-    ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` and ``hmoved`` (logs of the
-    commits) and the configuration (with the prefix's generation) left out."""
+    entries of forwards (the replay forwards nothing) and of the records the replay applied
+    straight to their partitions (the worker forwards those), duplicates summed over the
+    topics; ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` and ``hmoved``
+    (logs of the commits) and the configuration (with the prefix's generation) left out."""
     out: dict[str, Any] = {}
     for key, (kind, content) in redis_snapshot(client, f"{prefix}:*").items():
         name = key[len(prefix) + 1 :]
@@ -476,7 +477,10 @@ def state_of(client: redis.Redis, prefix: str) -> dict[str, Any]:
             content = {
                 k: v
                 for k, v in content.items()
-                if k not in (b"version", b"gen") and b">" not in k and not k.startswith(b"dup:")
+                if k not in (b"version", b"gen")
+                and b">" not in k
+                and b"<" not in k
+                and not k.startswith(b"dup:")
             } | {b"dup": duplicates}
         out[name] = (kind, content)
     return out

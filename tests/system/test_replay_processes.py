@@ -109,6 +109,113 @@ def test_a_replay_process_killed_stops_the_replay_and_a_new_one_ends_as_one_proc
     print(f"killed at {stopped_at} of {len(records)} applied; {len(whole)} keys equal")
 
 
+def duplicates_summed(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """:func:`state` with each meta's ``dup:<topic>`` counts summed as ``dup``: which copy of
+    a duplicated event comes first (one on its partition, one read elsewhere), and so the
+    topic its repeat is counted on, depends on how the batches interleave; the count does
+    not."""
+    out = dict(snapshot)
+    for name, (kind, content) in snapshot.items():
+        if name.endswith(":meta"):
+            dup = sum(int(v) for k, v in content.items() if k.startswith(b"dup:"))
+            content = {k: v for k, v in content.items() if not k.startswith(b"dup:")}
+            out[name] = (kind, content | {b"dup": str(dup).encode()})
+    return out
+
+
+# A replay killed right after it applied records read on the wrong partition to their own
+# partitions, before the commit that moves the fence of the partition they were read on.
+_CRASH_AFTER_MISROUTED = """
+import asyncio, os, signal, sys
+from deskpulse.models.settings import load_settings
+from deskpulse.streams.engine import Engine
+from deskpulse.streams.replay import replay
+
+applied_elsewhere = Engine._apply_where_they_belong
+calls = 0
+
+async def then_killed(self, source, misrouted):
+    global calls
+    await applied_elsewhere(self, source, misrouted)
+    calls += 1
+    if calls == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Engine._apply_where_they_belong = then_killed
+asyncio.run(replay(load_settings(), max_records=500))
+"""
+
+
+def test_a_replay_killed_between_its_direct_forwards_and_their_fence_counts_each_duplicate_once(
+    settings: Settings, make_topics: Any, tmp_path: Path
+) -> None:
+    """Records put on the wrong partition are applied straight to their own; killed before
+    the partition they were read on is fenced past them, the replay run again applies them
+    once more, and the repeat is no duplicate of the input: the metas (``dup:*``, ``late:*``,
+    ``applied``), the states and the KPIs end as one uninterrupted replay leaves them."""
+    make_topics(settings)
+    sim = SimConfig(
+        seed=5, start_s=time.time() - 7200, duration_s=3600, rate=20.0, duplicate_ratio=0.05
+    )
+    records = list(generate(sim))
+    # one record in three with no key: the producer puts it on any partition
+    rows = [
+        (settings.topic_for(r.topic_kind), None if n % 3 == 0 else r.key, r.value)
+        for n, r in enumerate(records)
+    ]
+    asyncio.run(produce_records(settings, rows, label="produce"))
+
+    killed = settings.model_copy(update={"redis_prefix": settings.redis_prefix + "-killed"})
+    whole = settings.model_copy(update={"redis_prefix": settings.redis_prefix + "-whole"})
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        crashed = subprocess.run(
+            [sys.executable, "-c", _CRASH_AFTER_MISROUTED, "3"],
+            env=settings_env(killed),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        stopped_at = applied(killed, client)
+        assert 0 < stopped_at < len(records) // 2
+        again = run_cli(["replay"], settings_env(killed), cwd=tmp_path, timeout_s=240)
+        assert again.returncode == 0, again.stderr
+        single = run_cli(["replay"], settings_env(whole), cwd=tmp_path, timeout_s=240)
+        assert single.returncode == 0, single.stderr
+        after_kill, uninterrupted = (
+            duplicates_summed(state(client, killed.redis_prefix)),
+            duplicates_summed(state(client, whole.redis_prefix)),
+        )
+    finally:
+        client.close()
+    metas = sorted(name for name in uninterrupted if name.endswith(":meta"))
+    dups = sum(int(uninterrupted[name][1].get(b"dup", 0)) for name in metas)
+    assert dups > 0  # the input has duplicates (and the replay found them)
+    meta_differences = {
+        name: {
+            field: (after_kill[name][1].get(field), value)
+            for field, value in uninterrupted[name][1].items()
+            if after_kill[name][1].get(field) != value
+        }
+        | {
+            field: (value, None)
+            for field, value in after_kill[name][1].items()
+            if field not in uninterrupted[name][1]
+        }
+        for name in metas
+        if name in after_kill and after_kill[name] != uninterrupted[name]
+    }
+    assert not meta_differences, meta_differences  # (after the kill, uninterrupted)
+    assert sorted(after_kill) == sorted(uninterrupted), set(after_kill) ^ set(uninterrupted)
+    differing = [name for name in uninterrupted if uninterrupted[name] != after_kill[name]]
+    assert not differing, [(n, uninterrupted[n], after_kill[n]) for n in differing[:2]]
+    assert sum(1 for name in uninterrupted if ":b:" in name) > 50
+    print(f"killed at {stopped_at} of {len(records)} applied; {dups} duplicates either way")
+
+
 def test_processes_must_be_a_whole_number_of_at_least_one(
     settings: Settings, tmp_path: Path
 ) -> None:
