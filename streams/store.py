@@ -2247,12 +2247,16 @@ class Store:
         a late event makes one of them read again. Those still holding are checked in one
         pipeline first; the script reads the rest.
         """
-        # (the groups sorted: they come in the order of the level steps read, which varies)
+        # (the groups sorted: they come in the order of the level steps read, which varies;
+        # one tuple per instant for every partition, of names interned: the answers kept
+        # name the same groups refresh after refresh)
+        intern = sys.intern
+        sorted_groups = [
+            (at_ms, tuple(sorted(map(intern, tickets))), tuple(sorted(map(intern, chats))))
+            for at_ms, tickets, chats in instants
+        ]
         keys = [
-            [
-                (p, at_ms, tuple(sorted(tickets)), tuple(sorted(chats)), stale_ms)
-                for at_ms, tickets, chats in instants
-            ]
+            [(p, at_ms, tickets, chats, stale_ms) for at_ms, tickets, chats in sorted_groups]
             for p in partitions
         ]
         found: dict[_EarliestKey, dict[tuple[str, str], int]] = await self._earliest_holding(
@@ -2283,7 +2287,7 @@ class Store:
                 per: list[dict[tuple[str, str], int]] = [{} for _ in indexes]
                 for k in range(2, len(reply), 3):
                     name = text(reply[k + 1])
-                    per[int(reply[k]) - 1][(name[0], name[1:])] = int(reply[k + 2])
+                    per[int(reply[k]) - 1][(name[0], intern(name[1:]))] = int(reply[k + 2])
                 for i, best in zip(indexes, per, strict=True):
                     key = rows[partition][i]
                     found[key] = best
