@@ -524,6 +524,9 @@ def main() -> None:
     )
     parent_pid = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     _die_with_parent(parent_pid)
+    from deskpulse.streams.runtime import one_malloc_arena
+
+    one_malloc_arena()  # before the refresh loop's and the Kafka client's threads start
     from deskpulse.streams.logs import install_repeat_throttle
 
     install_repeat_throttle()  # its Kafka producer floods like the worker's

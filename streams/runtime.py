@@ -6,11 +6,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
-__all__ = ["BATCH_GC_THRESHOLDS", "GC_THRESHOLDS", "one_shot_gc", "release_memory", "tune_gc"]
+__all__ = [
+    "BATCH_GC_THRESHOLDS",
+    "GC_THRESHOLDS",
+    "MALLOC_ARENAS",
+    "one_malloc_arena",
+    "one_shot_gc",
+    "release_memory",
+    "tune_gc",
+]
 
 #: Net allocations between young-generation collections, then the usual ratios. Python's
 #: default (700, 10, 10) makes one batch of thousands of events set off hundreds of
@@ -56,14 +65,47 @@ def one_shot_gc() -> Iterator[None]:
             gc.enable()
 
 
+#: glibc's ``mallopt`` parameter for the most arenas ``malloc`` makes (``M_ARENA_MAX``)
+_M_ARENA_MAX = -8
+
+#: the arenas the engine process's ``malloc`` may use (:func:`one_malloc_arena`)
+MALLOC_ARENAS = 1
+
+
 @cache
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """The C library's function ``name``, or None where it has none."""
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
+    function: Callable[..., int] | None = getattr(ctypes.CDLL(library), name, None)
+    return function
+
+
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None)
-    return trim
+    return _libc_function("malloc_trim")
+
+
+def one_malloc_arena() -> None:
+    """Have ``malloc`` serve every thread of this process from :data:`MALLOC_ARENAS`
+    arena, before any thread starts (glibc; a no-op elsewhere, or where
+    ``MALLOC_ARENA_MAX`` is set: the operator's choice holds).
+
+    glibc gives a thread that finds the main arena busy an arena of its own, kept for
+    good. In the engine process the refresh loop's thread, the thread that builds and
+    renders the families and the Kafka client's threads each came to hold one, and what
+    one thread frees there another cannot reuse: tens of MB of partly used pages that
+    :func:`release_memory` cannot give back (measured with 6,000 groups: the process's
+    RSS 254 MiB at most with the arenas glibc chose, 236 MiB with one). The threads take
+    the interpreter's lock in turns anyway; Python's small objects come from its own
+    allocator, not ``malloc``.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    mallopt = _libc_function("mallopt")
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def release_memory() -> None:
