@@ -92,14 +92,13 @@ def one_malloc_arena() -> None:
     arena, before any thread starts (glibc; a no-op elsewhere, or where
     ``MALLOC_ARENA_MAX`` is set: the operator's choice holds).
 
-    glibc gives a thread that finds the main arena busy an arena of its own, kept for
-    good. In the engine process the refresh loop's thread, the thread that builds and
-    renders the families and the Kafka client's threads each came to hold one, and what
-    one thread frees there another cannot reuse: tens of MB of partly used pages that
-    :func:`release_memory` cannot give back (measured with 6,000 groups: the process's
-    RSS 254 MiB at most with the arenas glibc chose, 236 MiB with one). The threads take
-    the interpreter's lock in turns anyway; Python's small objects come from its own
-    allocator, not ``malloc``.
+    glibc gives each thread that allocates an arena of its own (up to 8 per core), kept
+    for good. In the engine process the refresh loop's thread, the thread that builds and
+    renders the families and the Kafka client's threads each got one, and what one thread
+    frees in its arena another cannot reuse: partly used pages that :func:`release_memory`
+    cannot give back (measured with 6,000 groups: the process's RSS 254 MiB at most with
+    the arenas glibc chose, 236 MiB with one). The threads take the interpreter's lock in
+    turns anyway; Python's small objects come from its own allocator, not ``malloc``.
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return
