@@ -42,16 +42,14 @@ from deskpulse.models.settings import AlertRule, Settings, parse_duration
 from deskpulse.streams import agent_kpis
 from deskpulse.streams.core import LONGEST, OLDEST, SEP, group_document, has_samples
 from deskpulse.streams.query import (
-    _AGENT_STEPS_MATCH,
     AGENT,
     DIMENSIONS,
-    _agent_suffixes,
-    _partitions_and_watermarks,
-    _per_agent,
     build_document,
     build_grouped_document,
     format_time,
+    per_agent,
     project_live,
+    read_agent_parts,
     read_windows,
 )
 from deskpulse.streams.store import Store
@@ -129,39 +127,21 @@ async def read_agent_inputs(store: Store, windows: Sequence[WindowRead]) -> list
     less its steps at or after the window's end. Nothing is kept here between passes (the
     split of a day's settled sum is some 10 MB over 7,000 agents, and the store hands out
     another one every minute or so anyway)."""
-    cfg = store.config
-    partitions, watermarks_ms = await _partitions_and_watermarks(store, None, None)
     bounds = [(window.start_s, window.end_s) for window in windows]
-    sets = [_agent_suffixes(store, start_s, end_s) for start_s, end_s in bounds]
-    parts = await store.sum_bucket_parts(partitions, sets)
-    levels = await store.read_levels(partitions)
-    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
-    horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
-    horizon_s += -horizon_s % cfg.rollup_seconds
-    ends = sorted({end_s for _, end_s in bounds})
-    later = await store.sum_level_steps(
-        partitions,
-        [_agent_suffixes(store, end_s, max(end_s, horizon_s)) for end_s in ends],
-        match=_AGENT_STEPS_MATCH,
-    )
-    own: dict[str, dict[str, int]] = {}
-    for name, value in levels.items():
-        if value and name.startswith(agent_kpis.LEVEL_PREFIX):
-            agent, _, field_name = name[len(agent_kpis.LEVEL_PREFIX) :].rpartition(SEP)
-            own.setdefault(agent, {})[field_name] = value
+    read = await read_agent_parts(store, bounds)
     out = []
-    for (start_s, end_s), (kept, rest) in zip(bounds, parts, strict=True):
-        fields = _per_agent(kept) if kept is not None else {}
+    for (start_s, end_s), (kept, rest) in zip(bounds, read.parts, strict=True):
+        fields = per_agent(kept) if kept is not None else {}
         if kept is not None:
             # the sum this one was moved along from, which the store holds for a reader
             # that moves its split along: this one splits anew, so let it go
             store.take_move(kept)
-        for agent, more in _per_agent(rest).items():
+        for agent, more in per_agent(rest).items():
             total = fields.setdefault(agent, {})
             for name, value in more.items():
                 total[name] = total.get(name, 0) + value
-        at_end = {agent: dict(held) for agent, held in own.items()}
-        for agent, steps in _per_agent(later[ends.index(end_s)]).items():
+        at_end = {agent: dict(held) for agent, held in read.own.items()}
+        for agent, steps in read.steps_after[end_s].items():
             target = at_end.setdefault(agent, {})
             for name, value in steps.items():
                 target[name] = target.get(name, 0) - value

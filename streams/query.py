@@ -52,6 +52,7 @@ __all__ = [
     "LATEST_S",
     "MAX_POINTS",
     "MAX_SLA_TICKETS",
+    "AgentParts",
     "KpiQuery",
     "SeriesQuery",
     "SlaTicketsQuery",
@@ -65,9 +66,11 @@ __all__ = [
     "parse_query",
     "parse_series",
     "parse_sla_tickets",
+    "per_agent",
     "project_live",
     "query_kpis",
     "read_agent_groups",
+    "read_agent_parts",
     "read_agents",
     "read_document",
     "read_grouped_windows",
@@ -597,6 +600,54 @@ async def read_agents(
 _AGENT_STEPS_MATCH = "*" + SEP + PRESENCE_MATCH
 
 
+@dataclass(frozen=True)
+class AgentParts:
+    """What a read by agent needs of the store for some windows (:func:`read_agent_parts`)."""
+
+    #: per window, in the order asked: the settled part of its agent buckets summed (the
+    #: very dict the store keeps, or None) and the rest summed, both keyed ``agent␟field``
+    parts: list[tuple[Mapping[str, int] | None, dict[str, int]]]
+    #: each agent's own presence levels now (``ag:<code>`` -> level), nonzero ones
+    own: dict[str, dict[str, int]]
+    #: per window end: each agent's presence steps at or after it, up to a retention past
+    #: the newest event (what the levels now less these make the levels at that end)
+    steps_after: dict[int, dict[str, dict[str, int]]]
+
+
+async def read_agent_parts(
+    store: Store,
+    bounds: Sequence[tuple[int, int]],
+    *,
+    partitions: Sequence[int] | None = None,
+    watermarks_ms: Mapping[int, int] | None = None,
+) -> AgentParts:
+    """The agent buckets (``a:``/``A:``) of the windows ``bounds`` (``(start, end)``
+    each) summed, the agents' own levels and their steps after each end: what
+    :func:`read_agent_groups` builds its documents from, and what the KPI topic's
+    publisher reads at its own pass."""
+    cfg = store.config
+    partitions, watermarks_ms = await _partitions_and_watermarks(store, partitions, watermarks_ms)
+    sets = [_agent_suffixes(store, start_s, end_s) for start_s, end_s in bounds]
+    parts = await store.sum_bucket_parts(partitions, sets)
+    levels = await store.read_levels(partitions)
+    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
+    horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
+    horizon_s += -horizon_s % cfg.rollup_seconds
+    ends = sorted({end_s for _, end_s in bounds})
+    later = await store.sum_level_steps(
+        partitions,
+        [_agent_suffixes(store, end_s, max(end_s, horizon_s)) for end_s in ends],
+        match=_AGENT_STEPS_MATCH,
+    )
+    own: dict[str, dict[str, int]] = {}
+    for name, value in levels.items():
+        if value and name.startswith(agent_kpis.LEVEL_PREFIX):
+            agent, _, field_name = name[len(agent_kpis.LEVEL_PREFIX) :].rpartition(SEP)
+            own.setdefault(agent, {})[field_name] = value
+    steps_after = {end_s: per_agent(steps) for end_s, steps in zip(ends, later, strict=True)}
+    return AgentParts(parts, own, steps_after)
+
+
 async def read_agent_groups(
     store: Store,
     *,
@@ -617,27 +668,11 @@ async def read_agent_groups(
     appears with a sample in the window, a status at its end, or time in a status in it.
     """
     cfg = store.config
-    partitions, watermarks_ms = await _partitions_and_watermarks(store, partitions, watermarks_ms)
     bounds = [window_bounds(at_s, width_s, cfg.bucket_seconds) for width_s in widths_s]
-    sets = [_agent_suffixes(store, start_s, end_s) for start_s, end_s in bounds]
-    parts = await store.sum_bucket_parts(partitions, sets)
-    levels = await store.read_levels(partitions)
-    newest_s = max((ms // 1000 for ms in watermarks_ms.values()), default=0)
-    horizon_s = newest_s + cfg.retention_seconds + cfg.bucket_seconds
-    horizon_s += -horizon_s % cfg.rollup_seconds
-    ends = sorted({end_s for _, end_s in bounds})
-    later = await store.sum_level_steps(
-        partitions,
-        [_agent_suffixes(store, end_s, max(end_s, horizon_s)) for end_s in ends],
-        match=_AGENT_STEPS_MATCH,
-    )
-    own: dict[str, dict[str, int]] = defaultdict(dict)
-    for name, value in levels.items():
-        if value and name.startswith(agent_kpis.LEVEL_PREFIX):
-            agent, _, field_name = name[len(agent_kpis.LEVEL_PREFIX) :].rpartition(SEP)
-            own[agent][field_name] = value
+    read = await read_agent_parts(store, bounds, partitions=partitions, watermarks_ms=watermarks_ms)
+    own = read.own
     out = []
-    for width_s, (start_s, end_s), (kept, rest) in zip(widths_s, bounds, parts, strict=True):
+    for width_s, (start_s, end_s), (kept, rest) in zip(widths_s, bounds, read.parts, strict=True):
         slot = _agent_slot(store, width_s)
         # the settled sum is split per agent once while the store hands out the same one,
         # and moved along by what changed when the store moved it along (a window ending
@@ -653,7 +688,7 @@ async def read_agent_groups(
                 slot.projected = _split_agents(kept)
             slot.source = kept
         fields = _moved_agents(slot.projected, rest) if rest else slot.projected
-        steps = _per_agent(later[ends.index(end_s)])
+        steps = read.steps_after[end_s]
         earlier = slot.documents
         built: dict[str, _AgentBuilt] = {}
         groups = []
@@ -821,7 +856,7 @@ def _moved_agents(base: Mapping[str, _Split], change: Mapping[str, int]) -> dict
     return out
 
 
-def _per_agent(merged: Mapping[str, int]) -> dict[str, dict[str, int]]:
+def per_agent(merged: Mapping[str, int]) -> dict[str, dict[str, int]]:
     """Stored ``agent␟field`` sums, per agent."""
     out: dict[str, dict[str, int]] = {}
     for name, value in merged.items():
