@@ -284,11 +284,6 @@ def _snapshot_chunks(
         yield items
 
 
-def _agent_volume(fields: Mapping[str, int]) -> int:
-    """:func:`~exporters.prometheus.agent_volume` of an agent's group, from its fields."""
-    return sum(int(fields.get(name, 0)) for name in ("fr", "nr", "ca", "cs_n", "rv"))
-
-
 _NONE: Mapping[str, int] = {}
 
 
@@ -336,7 +331,7 @@ def _agent_groups(
             )
         ]
         if len(ranked) > limit:
-            top = sorted(ranked, key=lambda c: (-_agent_volume(c[4]), c[0]))[:limit]
+            top = sorted(ranked, key=lambda c: (-agent_kpis.volume_of(c[4]), c[0]))[:limit]
             candidates = sorted(top, key=lambda c: c[0])
     for agent, key, inputs, last, mine, at_end in candidates:
         if last is not None and last[0] == inputs:

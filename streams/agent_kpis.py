@@ -54,7 +54,6 @@ __all__ = [
     "agent_document",
     "body_of",
     "has_agent_samples",
-    "has_counts",
     "last_reply",
     "presence_of",
     "replies_at",
@@ -62,6 +61,7 @@ __all__ = [
     "sketch_of",
     "split_fields",
     "state_fields",
+    "volume_of",
 ]
 
 #: the agent buckets' levels (key suffixes ``a:<start>``, ``A:<start>``): fine and roll-up,
@@ -275,6 +275,17 @@ def has_agent_samples(fields: Mapping[str, int]) -> bool:
     )
 
 
+#: an agent's fields that count its samples: responses, chats answered, CSAT responses,
+#: tickets solved
+_VOLUME_FIELDS = ("fr", "nr", "ca", "cs_n", "rv")
+
+
+def volume_of(fields: Mapping[str, int]) -> int:
+    """How many samples an agent's fields hold in a window: its rank where not every agent
+    is shown (:func:`~exporters.prometheus.agent_volume` of the group they make)."""
+    return sum(int(fields.get(name, 0)) for name in _VOLUME_FIELDS)
+
+
 def agent_document(
     agent_id: str, fields: Mapping[str, int], presence_part: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -313,14 +324,6 @@ def split_fields(fields: Mapping[str, int]) -> tuple[dict[str, int], dict[str, d
                 held = sketches[found[0]] = {}
             held[found[1]] = int(value)
     return counts, sketches
-
-
-def has_counts(counts: Mapping[str, int]) -> bool:
-    """:func:`has_agent_samples` of the counts :func:`split_fields` gives."""
-    return any(
-        value > 0 and "_sk:" not in name and not name.startswith(presence.PRESENCE_PREFIX)
-        for name, value in counts.items()
-    )
 
 
 _NO_SKETCH: dict[int, int] = {}

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import logging
 import os
@@ -63,6 +62,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.engine import DeadLetterTrouble, Metrics, Record, SourceRecord
 from deskpulse.streams.frames import frame as framed
 from deskpulse.streams.frames import pipes, read_frame
+from deskpulse.streams.runtime import end_with_parent
 
 __all__ = [
     "PING_SLACK_S",
@@ -106,8 +106,6 @@ STOP_GRACE_S = 5.0
 STOP_TIMEOUT_S = STOP_GRACE_S + 5.0
 #: How much longer than the broker ping itself the child may take to answer one.
 PING_SLACK_S = 1.0
-# prctl(2) option: the signal the kernel sends this process when its parent dies
-_PR_SET_PDEATHSIG = 1
 
 
 class EngineProcessError(RuntimeError):
@@ -492,13 +490,10 @@ def _die_with_parent(parent_pid: int) -> None:
     """Have the kernel SIGKILL this process when the worker dies (Linux); exit now if it
     is gone already. Nothing the child does is of use without the worker: only the worker
     acknowledges a batch, and what it did not is applied again from the fence."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-        except (OSError, AttributeError) as error:  # the parent watch below still holds
-            log.warning("cannot have the kernel end this process with the worker: %s", error)
+    try:
+        end_with_parent(signal.SIGKILL)
+    except (OSError, AttributeError) as error:  # the parent watch below still holds
+        log.warning("cannot have the kernel end this process with the worker: %s", error)
     if os.getppid() != parent_pid:  # it died before the line above took effect
         os._exit(1)
 

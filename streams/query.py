@@ -709,7 +709,7 @@ async def read_agent_groups(
                 if document["presence"] != presence_part:
                     document = {**body, "presence": presence_part}
             else:
-                samples = agent_kpis.has_counts(counts)
+                samples = agent_kpis.has_agent_samples(counts)
                 body = agent_kpis.body_of(agent, counts, sketches)
                 document = {**body, "presence": presence_part}
             if (

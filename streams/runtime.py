@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -15,6 +16,7 @@ __all__ = [
     "BATCH_GC_THRESHOLDS",
     "GC_THRESHOLDS",
     "MALLOC_ARENAS",
+    "end_with_parent",
     "one_malloc_arena",
     "one_shot_gc",
     "release_memory",
@@ -63,6 +65,24 @@ def one_shot_gc() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
+
+
+#: prctl(2) option: the signal the kernel sends a process when the thread that started it ends
+_PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent(signum: int) -> None:
+    """Have the kernel send this process ``signum`` when its parent dies (Linux; a no-op
+    elsewhere). The setting outlives ``exec``, and follows the parent's *thread* that
+    started this process. Raises OSError (or AttributeError, a C library without
+    ``prctl``) when it cannot be set. Safe between ``fork`` and ``exec`` (no lookup of the
+    C library on disk: the process's own symbols)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 #: glibc's ``mallopt`` parameter for the most arenas ``malloc`` makes (``M_ARENA_MAX``)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import random
 import shutil
@@ -34,6 +33,7 @@ from typing import Self, TypeVar
 
 from deskpulse.models.errors import BrokerUnavailable, EmbeddedStartError
 from deskpulse.streams.kafka_admin import wait_for_kafka
+from deskpulse.streams.runtime import end_with_parent
 
 __all__ = [
     "ManagedProcess",
@@ -80,10 +80,6 @@ def port_open(host: str, port: int, timeout_s: float = 0.25) -> bool:
         return False
 
 
-# prctl(2) option: the signal the kernel sends a process when the thread that started it ends
-_PR_SET_PDEATHSIG = 1
-
-
 def _end_with_parent() -> None:
     """In the child, before it runs its program: SIGTERM when its parent dies (Linux).
 
@@ -93,7 +89,7 @@ def _end_with_parent() -> None:
     which is the parent's main thread in the demo, the tests and the benchmarks.
     """
     with contextlib.suppress(OSError, AttributeError):  # best effort: the parent stops it too
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        end_with_parent(signal.SIGTERM)
 
 
 class ManagedProcess:
