@@ -796,3 +796,25 @@ def redis_snapshot(client: redis.Redis, pattern: str) -> dict[str, Any]:
         else:
             out[key] = (kind, client.dump(raw_key))
     return out
+
+
+def field_differences(
+    left: Mapping[str, Any], right: Mapping[str, Any], names: Iterable[str]
+) -> dict[str, Any]:
+    """Of two :func:`redis_snapshot`-shaped states, per key of ``names`` in both whose
+    content differs: of a hash, each field that differs, field -> (left's value, right's
+    value; ``None`` where one has none); of another type, the two contents."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if name not in left or name not in right or left[name] == right[name]:
+            continue
+        mine, theirs = left[name][1], right[name][1]
+        if not (isinstance(mine, Mapping) and isinstance(theirs, Mapping)):
+            out[name] = (mine, theirs)
+            continue
+        out[name] = {
+            key: (mine.get(key), theirs.get(key))
+            for key in mine.keys() | theirs.keys()
+            if mine.get(key) != theirs.get(key)
+        }
+    return out

@@ -69,6 +69,7 @@ from tests.e2e_support import (
     build_dataset,
     check_counters,
     compare_with_oracle,
+    field_differences,
     kpis_store,
     progress,
     redis_snapshot,
@@ -593,20 +594,7 @@ def replay_matches_live(
     for state in (live, replay):
         check_instance_counts(state)
     assert sorted(live) == sorted(replay), set(live) ^ set(replay)
-    differing = {
-        name: {
-            field: (value, replay[name][1].get(field))
-            for field, value in live[name][1].items()
-            if replay[name][1].get(field) != value
-        }
-        | {
-            field: (None, value)
-            for field, value in replay[name][1].items()
-            if field not in live[name][1]
-        }
-        for name in live
-        if live[name] != replay[name]
-    }
+    differing = field_differences(live, replay, live)
     assert not differing, (processes, differing)
 
 

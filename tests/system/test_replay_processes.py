@@ -18,7 +18,7 @@ import redis
 from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from deskpulse.streams.tools import produce_records
-from tests.e2e_support import redis_snapshot
+from tests.e2e_support import field_differences, redis_snapshot
 from tests.inproc import children
 from tests.support import run_cli, settings_env, wait_until
 
@@ -194,20 +194,7 @@ def test_a_replay_killed_between_its_direct_forwards_and_their_fence_counts_each
     metas = sorted(name for name in uninterrupted if name.endswith(":meta"))
     dups = sum(int(uninterrupted[name][1].get(b"dup", 0)) for name in metas)
     assert dups > 0  # the input has duplicates (and the replay found them)
-    meta_differences = {
-        name: {
-            field: (after_kill[name][1].get(field), value)
-            for field, value in uninterrupted[name][1].items()
-            if after_kill[name][1].get(field) != value
-        }
-        | {
-            field: (value, None)
-            for field, value in after_kill[name][1].items()
-            if field not in uninterrupted[name][1]
-        }
-        for name in metas
-        if name in after_kill and after_kill[name] != uninterrupted[name]
-    }
+    meta_differences = field_differences(after_kill, uninterrupted, metas)
     assert not meta_differences, meta_differences  # (after the kill, uninterrupted)
     assert sorted(after_kill) == sorted(uninterrupted), set(after_kill) ^ set(uninterrupted)
     differing = [name for name in uninterrupted if uninterrupted[name] != after_kill[name]]
