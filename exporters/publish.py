@@ -57,10 +57,13 @@ from deskpulse.streams.store import Store
 __all__ = [
     "RULE_METRICS",
     "AgentInputs",
+    "RuleTransition",
     "SnapshotState",
     "evaluate_rules",
     "publish_snapshots",
     "read_agent_inputs",
+    "record_transitions",
+    "rule_transitions",
     "rule_value",
     "snapshot_items",
 ]
@@ -427,6 +430,10 @@ async def publish_snapshots(
     return sent
 
 
+#: A rule's transition: (its key in the Redis state, its key on the alerts topic, what it is)
+RuleTransition = tuple[str, str, AlertTransition]
+
+
 async def evaluate_rules(
     store: Store,
     publisher: KafkaPublisher,
@@ -435,10 +442,22 @@ async def evaluate_rules(
     now_s: float | None = None,
 ) -> list[AlertTransition]:
     """Evaluate every rule; publish and record the transitions (only those)."""
+    transitions = await rule_transitions(store, settings, now_s=now_s)
+    await record_transitions(store, publisher, settings, transitions)
+    return [t for _, _, t in transitions]
+
+
+async def rule_transitions(
+    store: Store, settings: Settings, *, now_s: float | None = None
+) -> list[RuleTransition]:
+    """Every rule evaluated against its window ending ``now_s``: the transitions from the
+    states recorded (reads only). The reads sum every group's fields of each rule's window:
+    with thousands of groups, hundreds of milliseconds of Python, which the engine spends
+    off the event loop that commits (:meth:`streams.kpi_engine.LocalEngine.publish_outputs`)."""
     now_s = time.time() if now_s is None else now_s
     previous = await store.alert_states()
     # (key in the Redis state, key on the alerts topic, the transition)
-    transitions: list[tuple[str, str, AlertTransition]] = []
+    transitions: list[RuleTransition] = []
     rules = settings.alert_rules
     reads = await read_windows(
         store, widths_s=[parse_duration(rule.window) for rule in rules], at_s=now_s
@@ -480,8 +499,18 @@ async def evaluate_rules(
                     ),
                 )
             )
+    return transitions
+
+
+async def record_transitions(
+    store: Store,
+    publisher: KafkaPublisher,
+    settings: Settings,
+    transitions: Sequence[RuleTransition],
+) -> None:
+    """Publish :func:`rule_transitions` to the alerts topic, then record the new states."""
     if not transitions:
-        return []
+        return
     items = []
     for _, topic_key, transition in transitions:
         body = transition.model_dump(mode="json")
@@ -493,4 +522,3 @@ async def evaluate_rules(
     await store.save_alert_states(
         {key: "firing" if t.type == "alert.firing" else "ok" for key, _, t in transitions}
     )
-    return [t for _, _, t in transitions]

@@ -26,9 +26,10 @@ from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import KpiCollector
 from deskpulse.exporters.publish import (
     SnapshotState,
-    evaluate_rules,
     publish_snapshots,
     read_agent_inputs,
+    record_transitions,
+    rule_transitions,
 )
 from deskpulse.models.settings import Settings
 from deskpulse.streams.breaches import check_partitions
@@ -109,7 +110,8 @@ class RefreshLoop:
     and on that loop a batch would wait behind it. Here the caller's loop only waits for
     the answer; the commit and the refresh share the interpreter in its switch-interval
     slices (5 ms) instead of one waiting for the other to end. The KPI topic's publisher
-    reads the agents here too, one work at a time. Started on first use.
+    reads the agents here too, and the alert rules their windows, one work at a time.
+    Started on first use.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -239,7 +241,11 @@ class LocalEngine:
             )
             del agents
             release_memory()
-        await evaluate_rules(self.store, self.publisher, self.settings)
+        # the rules' windows are read and summed where the refresh reads, off the loop
+        # that commits; their transitions go to the broker from here, the producer's loop
+        settings = self.settings
+        transitions = await self.refresher.run(lambda store: rule_transitions(store, settings))
+        await record_transitions(self.store, self.publisher, settings, transitions)
 
     async def check_breaches(self, clocks: Mapping[int, int]) -> int:
         return await check_partitions(

@@ -4,19 +4,24 @@ before any reply breaching no first response, and the outbox across a failed pub
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import redis
 from redis.asyncio import Redis
 
 from deskpulse.models.sla import Policy, Schedule
+from deskpulse.streams import breaches
 from deskpulse.streams.breaches import (
     add_retractions,
     adopt_published,
     check_breaches,
+    check_partitions,
     published_marker,
 )
 from deskpulse.streams.core import SEP, CoreConfig, Pending, fold_batch, timelines_needed
@@ -356,5 +361,48 @@ def test_an_adopted_breach_the_state_shows_in_time_is_retracted(redis_url: str) 
         assert await new.check(at(10, 20)) == []
         totals = await new.totals()
         assert totals[GROUP + "sla"] == 1 and totals.get(GROUP + "sb_fr", 0) == 0, totals
+
+    run(scenario, redis_url)
+
+
+def test_a_pass_claims_in_chunks_and_a_waiting_batch_goes_between_them(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More tickets due than one claim takes: the pass claims them all, a chunk at a time
+    under the partition's lock, and a batch that waits for that lock meanwhile is applied
+    between two chunks, not after the whole pass."""
+    monkeypatch.setattr(breaches, "CLAIM_CHUNK", 4)
+    tickets = [f"T{i:02d}" for i in range(10)]
+
+    async def scenario(client: Redis) -> None:
+        desk = Desk(client)
+        await desk.store.check_config()
+        await desk.apply([created(t, at(9)) for t in tickets])
+        lock = asyncio.Lock()
+        order: list[str] = []
+
+        @contextlib.asynccontextmanager
+        async def lock_of(partition: int) -> AsyncIterator[None]:
+            assert partition == 0
+            async with lock:
+                order.append("check")
+                yield
+
+        async def batch() -> None:
+            await asyncio.sleep(0)  # once the pass holds the lock
+            async with lock:
+                order.append("batch")
+                await desk.apply([reply("T09", at(9, 30))])
+
+        # first response due at 10:00 for all ten; by 10:00 T09 was answered (09:30)
+        claimed, _ = await asyncio.gather(
+            check_partitions(desk.store, [(0, at(10))], desk.publish, lock_of), batch()
+        )
+        assert order[0] == "check" and "batch" in order[1:3]  # after the first chunk
+        assert order.count("check") == 3  # 4 + 4 + 1 looked at (T09 answered by then)
+        breached = {b["ticket_id"] for b in desk.published if b["type"] == "sla.breached"}
+        assert breached == set(tickets[:9])
+        assert claimed == len([b for b in desk.published if b["type"] == "sla.breached"])
+        assert await desk.store.due_tickets(0, at(10), limit=100) == []
 
     run(scenario, redis_url)
