@@ -26,7 +26,7 @@ import orjson
 
 from deskpulse.models.settings import load_settings
 from deskpulse.streams.app import DeskpulseApp, faust_app_options
-from deskpulse.streams.runtime import tune_gc
+from deskpulse.streams.runtime import short_switch_interval, tune_gc
 
 __all__ = ["create_bare_app"]
 
@@ -90,6 +90,7 @@ def main() -> None:
     app = create_bare_app(settings, Path(os.environ["BENCH_BARE_OUT"]))
     worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
     tune_gc()  # as `deskpulse worker` does
+    short_switch_interval()
     worker.execute_from_commandline()
 
 

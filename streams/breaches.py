@@ -100,10 +100,11 @@ BREACH_TOTALS = {"first_response": "sla", "next_response": "sla_nr", "resolution
 #: the metric of a claim key's short name (``fr`` of ``fr:1``)
 SHORT_METRICS = {short: metric for metric, short in SHORT.items()}
 #: The most due tickets one claim loads, folds and commits under its partition's lock.
-#: A claim is Python on the event loop that commits the batches (some 0.1 ms a ticket):
-#: 5,000 at once held every partition's batches for half a second and more; 500 at a
-#: time, a batch waits some 50 ms at most.
-CLAIM_CHUNK = 500
+#: A claim is Python on the event loop that commits the batches: with several alerts due
+#: a ticket (its warnings and breaches, more than one metric), up to a millisecond a
+#: ticket. 5,000 at once held every partition's batches for seconds after a worker's start
+#: over a day of history; 100 at a time, a batch waits some 0.1 s at most.
+CLAIM_CHUNK = 100
 #: The most due tickets of a partition one pass looks at (the next pass goes on).
 CLAIM_PASS = 5000
 #: the order parked payloads are published in, per type

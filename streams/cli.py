@@ -268,7 +268,7 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
 
     from deskpulse.streams.app import create_app, probe_redis
     from deskpulse.streams.logs import install_repeat_throttle
-    from deskpulse.streams.runtime import tune_gc
+    from deskpulse.streams.runtime import short_switch_interval, tune_gc
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -288,6 +288,7 @@ def run_worker(settings: Settings, log_level: str = "info") -> int:
     app = create_app(settings)
     worker = Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     tune_gc()
+    short_switch_interval()  # Faust's consumer thread, the refresh's beside its event loop
     worker.execute_from_commandline()
     return 0
 

@@ -20,15 +20,17 @@ publish the KPI snapshots and evaluate the alert rules. Those run beside the bat
 build and render in a thread of the child), never in the worker's event loop. The broker
 probe pings over the child's producer (the worker has none of its own in this mode).
 
-Batches and breach checks are applied in the order sent, one at a time; batches that
-queue up meanwhile (one per agent) travel together in the next request. Breach checks are
-so serialised with the batches of the partitions they read, as in-process they are by the
-partition locks. The child ignores SIGINT and SIGTERM (the worker stops it after the
-batch in flight) and exits when its stdin closes; if it dies, the batch in flight fails
-and the worker stops loudly, to be restarted at the offset fence. A batch refused because
-the Redis state is lost or foreign is not a failure: it comes back as a :class:`Refused`
-reply, raised in the worker as that :class:`~models.errors.StateError` (the worker stops
-applying and reports it, see :mod:`streams.integrity`). Its :class:`Started` reply carries
+Batches are applied in the order sent, one at a time; batches that queue up meanwhile
+(one per agent) travel together in the next request. Breach checks run beside them, as
+in-process: each partition's claims under its lock, a chunk of due tickets at a time, so a
+batch waits for one chunk, not for a whole check (a check's clocks come from what Redis
+holds applied, never from a batch still in flight). The child ignores SIGINT and SIGTERM
+(the worker stops it after the batch in flight) and exits when its stdin closes; if it
+dies, the batch in flight fails and the worker stops loudly, to be restarted at the offset
+fence. A batch refused because the Redis state is lost or foreign is not a failure: it
+comes back as a :class:`Refused` reply, raised in the worker as that
+:class:`~models.errors.StateError` (the worker stops applying and reports it, see
+:mod:`streams.integrity`). Its :class:`Started` reply carries
 the state generation it found, which the worker checks is its own.
 
 The child never outlives the worker: on Linux the kernel kills it when the worker dies
@@ -382,7 +384,8 @@ class _Child:
         # unasked, while a batch is held: the worker's /readyz and gauges follow them
         self.engine.on_deadletter = lambda trouble: self.send(DeadLetters(trouble))
         self.engine.on_broker = lambda up: self.send(BrokerState(up))
-        # batches and breach checks in the order they came; the rest beside them
+        # batches in the order they came; the rest beside them (breach checks take the
+        # partitions' locks as the batches do)
         self.ordered: asyncio.Queue[_Asked | None] = asyncio.Queue()
 
     def send(self, reply: Reply) -> None:
@@ -400,7 +403,7 @@ class _Child:
                     break
                 if isinstance(request, Abandon):  # the worker stops
                     self.engine.abandon(request.grace_s)
-                elif isinstance(request, Start | Process | CheckBreaches):
+                elif isinstance(request, Start | Process):
                     self.ordered.put_nowait(request)
                 else:
                     task = asyncio.ensure_future(self.answer(request))
@@ -519,9 +522,10 @@ def main() -> None:
     )
     parent_pid = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     _die_with_parent(parent_pid)
-    from deskpulse.streams.runtime import one_malloc_arena
+    from deskpulse.streams.runtime import one_malloc_arena, short_switch_interval
 
     one_malloc_arena()  # before the refresh loop's and the Kafka client's threads start
+    short_switch_interval()  # batches commit beside the refresh loop's thread
     from deskpulse.streams.logs import install_repeat_throttle
 
     install_repeat_throttle()  # its Kafka producer floods like the worker's
