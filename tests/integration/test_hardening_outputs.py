@@ -48,11 +48,13 @@ from deskpulse.exporters.publish import (
     evaluate_rules,
     publish_snapshots,
     read_agent_inputs,
+    rule_transitions,
+    rule_value,
     snapshot_items,
 )
 from deskpulse.models.errors import SettingsError
 from deskpulse.models.outputs import KEY_ALL, encode_key_part, output_key, parse_output_key
-from deskpulse.models.settings import AlertRule, Settings, load_settings
+from deskpulse.models.settings import AlertRule, Settings, load_settings, parse_duration
 from deskpulse.streams import agent_kpis
 from deskpulse.streams.core import CoreConfig, group_document, has_samples
 from deskpulse.streams.engine import Engine, SourceRecord
@@ -870,6 +872,60 @@ def test_snapshot_and_alert_keys_of_colliding_groups_stay_apart(
         # the group is the rule's grouping: a queue called "*" is a queue, not "all"
         assert firing[key]["group"] == {"channel": channel, "queue": queue}
         assert firing[key]["type"] == "alert.firing"
+
+
+def test_rules_with_and_without_grouping_read_what_a_kpi_read_of_their_window_shows(
+    redis_server: RedisServer,
+) -> None:
+    """Rules without ``by`` read the all-groups buckets, the others every group's: each
+    rule's value is the one ``query_kpis`` gives for its window and grouping, whatever the
+    order the rules come in."""
+    rules = tuple(
+        AlertRule(
+            name=f"Low{n}",
+            metric=metric,
+            window=window,
+            op="<",
+            threshold=2.0,  # every defined value holds: a transition per group
+            min_samples=1,
+            by=by,
+        )
+        for n, (metric, window, by) in enumerate(
+            [
+                ("csat_ratio", "1h", ("channel",)),
+                ("csat_ratio", "15m", ()),
+                ("chat_service_level_ratio", "1h", ()),
+                ("csat_ratio", "1h", ()),
+                ("chat_service_level_ratio", "15m", ("queue", "priority")),
+            ]
+        )
+    )
+    settings = unit_settings(redis_server, alert_rules=rules)
+    events = list(many_queues(12, NOW_S))
+
+    async def scenario() -> None:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            await apply(settings, store, events, NOW_S)
+            found = await rule_transitions(store, settings, now_s=NOW_S)
+            values = {(t.rule, tuple(sorted(t.group.items()))): t.value for _, _, t in found}
+            expected = {}
+            for rule in rules:
+                document = await query_kpis(
+                    store, width_s=parse_duration(rule.window), at_s=NOW_S, by=rule.by
+                )
+                for group in document["groups"]:
+                    value, samples = rule_value(rule, group)
+                    if value is not None and samples >= 1:
+                        expected[(rule.name, tuple(sorted(group["key"].items())))] = value
+            assert values == expected
+            assert {name for name, _ in values} == {rule.name for rule in rules}
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
 
 
 # -- settings ---------------------------------------------------------------------------------
