@@ -20,6 +20,7 @@ from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, cast
 
 from deskpulse.models.errors import InvalidQuery
@@ -42,7 +43,13 @@ from deskpulse.streams.lifecycle import BACKLOG_FIELDS, WAITING_FIELD
 from deskpulse.streams.presence import LEVEL_FIELDS as PRESENCE_LEVELS
 from deskpulse.streams.presence import PRESENCE_PREFIX, presence_document
 from deskpulse.streams.sla import SHORT
-from deskpulse.streams.store import PRESENCE_FIELDS_MATCH, PRESENCE_MATCH, Store
+from deskpulse.streams.store import (
+    PRESENCE_FIELDS_MATCH,
+    PRESENCE_MATCH,
+    FreshBucket,
+    FreshKey,
+    Store,
+)
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
 
 __all__ = [
@@ -463,15 +470,22 @@ _DOCUMENT_WEIGHT = 40
 class _Slot:
     """What the grouped reads of one width and grouping keep from their last read: the
     settled sum the store handed out with its projection onto the groups (derived again
-    only when the store hands out another), and each group's document with what it was
-    built from (fields, live state, end)."""
+    only when the store hands out another, or moved along with it), the newest buckets
+    the store handed out with theirs (each derived again only when the store hands out
+    another), the groups those made, and each group's document with what it was built
+    from (fields, live state, end)."""
 
     source: Mapping[str, int] | None = None
     projected: dict[tuple[str, ...], dict[str, int]] = field(default_factory=dict)
+    buckets: dict[FreshKey, tuple[FreshBucket, dict[tuple[str, ...], dict[str, int]]]] = field(
+        default_factory=dict
+    )
+    groups: dict[tuple[str, ...], dict[str, int]] | None = None
     documents: dict[tuple[str, ...], _Built] = field(default_factory=dict)
 
     @property
     def weight(self) -> int:
+        # (the groups' dicts are the projections' own, but for the groups several add to)
         return len(self.source or ()) + _DOCUMENT_WEIGHT * len(self.documents)
 
 
@@ -509,9 +523,12 @@ async def read_grouped_windows(
     each group projected onto ``by``.
 
     The sum of a window's settled buckets is projected once while the store keeps it
-    (:meth:`~streams.store.Store.sum_bucket_parts` hands out the same sum): a read
-    projects the rest, the newest buckets, and adds it to the groups it touches. A group
-    the rest does not touch is the kept projection's own dict: read only."""
+    (:meth:`~streams.store.Store.bucket_parts_by_group` hands out the same sum), and moved
+    along when the store moved the sum along; each of the newest buckets likewise while
+    its stamp holds. A read adds up again only the groups whose parts changed: the rest
+    keep the dicts of the last read (the groups themselves too when nothing changed),
+    which readers of them (the documents, the refresh's families) recognise by identity.
+    Read only: the dicts are shared with later reads and with the store."""
     cfg = store.config
     bounds: list[tuple[int, int]] = []
     sets: list[list[str]] = []
@@ -521,36 +538,171 @@ async def read_grouped_windows(
         sets.append(_suffixes(store, start_s, end_s, grouped=True))
     if partitions is None:
         partitions = await store.partitions()
-    parts = await store.sum_bucket_parts(partitions, sets)
+    parts = await store.bucket_parts_by_group(partitions, sets)
     out = []
     key = tuple(by)
-    for width_s, (start_s, end_s), (kept, rest) in zip(widths_s, bounds, parts, strict=True):
+    for width_s, (start_s, end_s), (kept, buckets) in zip(widths_s, bounds, parts, strict=True):
         slot = _slot(store, key, width_s)
+        # the groups whose parts changed since the last read; None: any may have
+        touched: set[tuple[str, ...]] | None = set()
         if kept is None:
+            if slot.projected:
+                touched = None
             slot.source, slot.projected = None, {}
         elif slot.source is not kept:
-            slot.source, slot.projected = kept, group_fields(kept, key)
-        out.append((start_s, end_s, _add_groups(slot.projected, group_fields(rest, key))))
+            move = store.take_move(kept)
+            if move is not None and slot.source is not None and move[0] is slot.source:
+                slot.projected, touched = _moved_groups(slot.projected, move[1], key)
+            else:
+                slot.projected, touched = group_fields(kept, key), None
+            slot.source = kept
+        earlier, slot.buckets = slot.buckets, {}
+        for bucket_key, bucket in buckets:
+            held = earlier.pop(bucket_key, None)
+            if held is None or held[0] is not bucket:
+                projection = _project_bucket(bucket, key)
+                if touched is not None:
+                    touched.update(_differing(held[1] if held else {}, projection))
+                held = (bucket, projection)
+            slot.buckets[bucket_key] = held
+        if touched is not None:
+            for _, gone in earlier.values():  # buckets the window no longer reads apart
+                touched.update(gone)
+        out.append((start_s, end_s, _combine(slot, touched)))
     return out
 
 
-def _add_groups(
-    base: Mapping[tuple[str, ...], dict[str, int]], rest: dict[tuple[str, ...], dict[str, int]]
+def _differing(
+    old: Mapping[tuple[str, ...], Mapping[str, int]],
+    new: Mapping[tuple[str, ...], Mapping[str, int]],
+) -> list[tuple[str, ...]]:
+    """The groups whose fields differ between two projections of a bucket."""
+    return [key for key in old.keys() | new.keys() if old.get(key) != new.get(key)]
+
+
+def _combine(
+    slot: _Slot, touched: set[tuple[str, ...]] | None
 ) -> dict[tuple[str, ...], dict[str, int]]:
-    """``base`` with ``rest`` added group by group; a group ``rest`` does not touch is
-    ``base``'s own dict (not copied), one it touches a new one."""
-    out = dict(base)
-    for key, fields in rest.items():
-        held = base.get(key)
-        if held is None:
-            out[key] = fields
-            continue
-        total = dict(held)
-        get = total.get
-        for name, value in fields.items():
+    """The slot's groups: its settled projection plus its buckets', group by group. With
+    ``touched`` (the groups whose parts changed since the slot's last groups), only those
+    are added up again; a group that adds up to what it held keeps its dict."""
+    previous = slot.groups
+    projected = slot.projected
+    projections = [projection for _, projection in slot.buckets.values()]
+    if previous is not None and touched is not None:
+        if not touched:
+            return previous
+        groups = dict(previous)
+        for key in touched:
+            base = projected.get(key)
+            fields = _sum_fields(
+                ([base] if base is not None else [])
+                + [f for p in projections if (f := p.get(key)) is not None]
+            )
+            if fields is None:
+                groups.pop(key, None)
+            else:
+                held = previous.get(key)
+                groups[key] = (
+                    held if held is not None and (held is fields or held == fields) else fields
+                )
+    else:
+        extra: dict[tuple[str, ...], list[dict[str, int]]] = {}
+        for projection in projections:
+            for key, fields in projection.items():
+                extra.setdefault(key, []).append(fields)
+        groups = dict(projected)
+        for key, more in extra.items():
+            base = projected.get(key)
+            groups[key] = _sum_fields([base, *more] if base is not None else more)  # type: ignore[assignment]
+        if previous:
+            for key, fields in groups.items():
+                held = previous.get(key)
+                if held is not None and held is not fields and held == fields:
+                    groups[key] = held
+    slot.groups = groups
+    return groups
+
+
+def _sum_fields(parts: Sequence[dict[str, int]]) -> dict[str, int] | None:
+    """The fields of ``parts`` added up: the one part itself when there is one (read
+    only), None for none."""
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    total = dict(parts[0])
+    get = total.get
+    for part in parts[1:]:
+        for name, value in part.items():
             total[name] = get(name, 0) + value
-        out[key] = total
-    return out
+    return total
+
+
+def _project_bucket(
+    bucket: FreshBucket, by: tuple[str, ...]
+) -> dict[tuple[str, ...], dict[str, int]]:
+    """A bucket split by stored group projected onto ``by``: by every dimension, each
+    group's own fields (the store's dicts, read only)."""
+    dims = _GROUP_DIMS
+    if len(dims) > GROUP_DIMS_KEPT:
+        dims.clear()
+    if by == DIMENSIONS:
+        out: dict[tuple[str, ...], dict[str, int]] = {}
+        for stored, fields in bucket.items():
+            key = dims.get(stored)
+            if key is None:
+                key = dims[stored] = split_dim_key(stored)
+            out[key] = fields
+        return out
+    positions = [DIMENSIONS.index(name) for name in by]
+    projected: dict[tuple[str, ...], dict[str, int]] = {}
+    for stored, fields in bucket.items():
+        parts = stored.split(SEP)
+        target = projected.setdefault(tuple(parts[i] for i in positions), {})
+        get = target.get
+        for name, value in fields.items():
+            target[name] = get(name, 0) + value
+    return projected
+
+
+def _moved_groups(
+    projected: Mapping[tuple[str, ...], dict[str, int]],
+    change: Mapping[str, int],
+    by: tuple[str, ...],
+) -> tuple[dict[tuple[str, ...], dict[str, int]], set[tuple[str, ...]]]:
+    """``projected`` (:func:`group_fields` of a settled sum) moved along by ``change``
+    (stored name -> amount, :meth:`~streams.store.Store.take_move`), and the groups it
+    touched: those are new dicts, the others ``projected``'s own. A field that ends at
+    zero is left out, and a group left with none (zero and missing read alike)."""
+    positions = [DIMENSIONS.index(name) for name in by]
+    out = dict(projected)
+    copies: dict[tuple[str, ...], dict[str, int]] = {}
+    stored_keys: dict[str, tuple[str, ...]] = {}
+    for name, amount in change.items():
+        stored, _, field_name = name.rpartition(SEP)
+        key = stored_keys.get(stored)
+        if key is None:
+            parts = stored.split(SEP)
+            key = stored_keys[stored] = tuple(parts[i] for i in positions)
+        target = copies.get(key)
+        if target is None:
+            target = copies[key] = dict(projected.get(key, {}))
+        total = target.get(field_name, 0) + amount
+        if total:
+            target[sys.intern(field_name)] = total
+        else:
+            target.pop(field_name, None)
+    for key, fields in copies.items():
+        if fields:
+            out[key] = fields
+        else:
+            out.pop(key, None)
+    return out, set(copies)
+
+
+#: stored group keys split into their dimensions, kept: every read of the newest buckets
+#: splits the same keys (6,000 groups), at most this many
+GROUP_DIMS_KEPT = 100_000
+_GROUP_DIMS: dict[str, tuple[str, str, str]] = {}
 
 
 async def read_agents(
@@ -963,18 +1115,27 @@ def build_grouped_document(
     from, and the document), a group whose fields and live state are those kept takes the
     kept document (:func:`~streams.core.document_at` its end), and ``documents`` is left
     holding this read's groups."""
-    states = project_live(live or {}, by)
+    # by every dimension, each group's live state is its own (read only)
+    states: Mapping[tuple[str, ...], Mapping[str, int]] = (
+        cast(Mapping[tuple[str, ...], Mapping[str, int]], live or {})
+        if tuple(by) == DIMENSIONS
+        else project_live(live or {}, by)
+    )
     earlier = dict(documents) if documents is not None else {}
     if documents is not None:
         documents.clear()
     built = []
     for key in sorted(set(groups) | set(states)):
-        fields = groups.get(key, {})
+        fields = groups.get(key, _NO_SUMS)
         state = states.get(key)
-        if by and not has_samples(fields) and not state:
-            continue
         held = earlier.get(key)
-        if held is not None and _same_sums(held[0], fields) and held[1] == state:
+        # a group kept with the very fields dict (a read that found its parts unchanged)
+        # and the same state was in the document then, and is now
+        if held is not None and held[0] is fields and held[1] == state:
+            document = held[3] if held[2] == end_s else document_at(held[3], state, end_s)
+        elif by and not has_samples(fields) and not state:
+            continue
+        elif held is not None and _same_sums(held[0], fields) and held[1] == state:
             document = held[3] if held[2] == end_s else document_at(held[3], state, end_s)
         else:
             names = dict(zip(by, key, strict=True))
@@ -995,6 +1156,9 @@ def build_grouped_document(
         "groups": documents_list,
     }
 
+
+#: the fields of a group missing from a read's sums (shared: read only)
+_NO_SUMS: Mapping[str, int] = MappingProxyType({})
 
 #: The most points a series may ask for: 288 are a day of 5 minute windows.
 MAX_POINTS = 288
