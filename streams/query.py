@@ -297,9 +297,134 @@ async def read_live(
         (later,) = await store.sum_level_steps(
             partitions, [_suffixes(store, end_s, horizon_s, grouped=True)]
         )
-    groups = _level_groups(levels, later)
-    await _add_earliest(store, groups, partitions, watermarks_ms, end_ms, stale_ms)
-    return dict(groups)
+    # from the levels and the steps after the instant on, what the last read at the same
+    # instant worked out is moved along by the names that changed (a refresh and a read
+    # of the present find the same levels, or a few groups' moved); the answer too, by
+    # the groups whose levels or earliest instants changed
+    key = (id(store), store.prefix, end_s)
+    kept = _LIVE.get(key)
+    kept = _Live.of(levels, later) if kept is None else kept.moved(levels, later)
+    _LIVE[key] = kept
+    _LIVE.move_to_end(key)
+    while len(_LIVE) > LIVE_KEPT:
+        _LIVE.popitem(last=False)
+    if not kept.tickets and not kept.chats:
+        found: dict[tuple[str, str], int] = {}
+    else:
+        found = await store.earliest(
+            partitions,
+            at_ms=end_ms,
+            stale_ms=stale_ms,
+            ticket_groups=list(kept.tickets),
+            chat_groups=list(kept.chats),
+            newest_ms=watermarks_ms,
+        )
+    return kept.answer(found)
+
+
+#: the last :func:`read_live` of a store at an instant, kept (a few instants: a refresh
+#: reads the present and its windows' end, the read process the ends it is asked)
+LIVE_KEPT = 8
+
+
+@dataclass(slots=True)
+class _Live:
+    """What :func:`read_live` worked out at an instant: from the levels and the steps
+    after it (kept as read), the levels per group (:func:`_level_groups`) and the groups
+    with tickets open and chats waiting; from the earliest instants found besides, the
+    answer. Each group's dict is read only: a later read shares those it did not change."""
+
+    levels: Counter[str]
+    later: Counter[str]
+    groups: dict[tuple[str, str, str], dict[str, int]]
+    tickets: set[str]
+    chats: set[str]
+    found: dict[tuple[str, str], int] | None = None
+    live: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, levels: Counter[str], later: Counter[str]) -> _Live:
+        groups = dict(_level_groups(levels, later))
+        tickets, chats = _open_groups(groups)
+        return cls(levels, later, groups, set(tickets), set(chats))
+
+    def moved(self, levels: Counter[str], later: Counter[str]) -> _Live:
+        """This one at the levels and steps after the instant read now: the groups whose
+        names changed worked out again, the others shared."""
+        # (compared as dicts: a Counter compares key by key in Python, many times slower)
+        if dict.__eq__(levels, self.levels) is True and dict.__eq__(later, self.later) is True:
+            return self
+        changed = [n for n in levels.keys() | self.levels.keys() if levels[n] != self.levels[n]]
+        changed += [n for n in later.keys() | self.later.keys() if later[n] != self.later[n]]
+        groups = dict(self.groups)
+        tickets, chats = set(self.tickets), set(self.chats)
+        copied: set[tuple[str, str, str]] = set()
+        for name in changed:
+            if name.startswith(PRESENCE_PREFIX):
+                continue  # in no group
+            found = _LEVEL_NAMES.get(name)
+            if found is None:
+                stored, _, field_name = name.rpartition(SEP)
+                found = (split_dim_key(stored), field_name)
+            dims, field_name = found
+            value = levels[name] - (later[name] if name.endswith(_LEVEL_FIELDS) else 0)
+            if dims not in copied:
+                copied.add(dims)
+                groups[dims] = dict(groups.get(dims, _NO_SUMS))
+            if value:
+                groups[dims][field_name] = value
+            else:
+                groups[dims].pop(field_name, None)
+        for dims in copied:
+            fields = groups[dims]
+            if not fields:
+                del groups[dims]
+            group = SEP.join(dims)
+            tickets.discard(group)
+            chats.discard(group)
+            open_tickets, waiting = _open_groups({dims: fields})
+            tickets.update(open_tickets)
+            chats.update(waiting)
+        moved = _Live(levels, later, groups, tickets, chats)
+        # the answer of the groups that did not change holds while their instants do
+        moved.found, moved.live = (
+            self.found,
+            {dims: fields for dims, fields in self.live.items() if dims not in copied},
+        )
+        return moved
+
+    def answer(
+        self, found: dict[tuple[str, str], int]
+    ) -> dict[tuple[str, str, str], dict[str, int]]:
+        """The groups' levels with their earliest instants ``found`` (the last answer when
+        neither changed)."""
+        if self.found is not None and found == self.found and len(self.live) == len(self.groups):
+            return self.live
+        earlier = self.found or {}
+        moved = {group for _, group in found.keys() ^ earlier.keys()}
+        moved.update(key[1] for key, ms in found.items() if earlier.get(key, ms) != ms)
+        live: dict[tuple[str, str, str], dict[str, int]] = {}
+        kept = self.live
+        for dims, fields in self.groups.items():
+            held = kept.get(dims)
+            group = SEP.join(dims)
+            if held is not None and group not in moved:
+                live[dims] = held
+                continue
+            oldest, longest = found.get(("t", group)), found.get(("c", group))
+            if oldest is None and longest is None:
+                live[dims] = fields
+            else:
+                live[dims] = with_earliest = dict(fields)
+                if oldest is not None:
+                    with_earliest[OLDEST] = oldest
+                if longest is not None:
+                    with_earliest[LONGEST] = longest
+        self.found, self.live = found, live
+        return live
+
+
+_LIVE: OrderedDict[tuple[int, str, int], _Live] = OrderedDict()
 
 
 def _levels_horizon_s(store: Store, watermarks_ms: Mapping[int, int]) -> int:
@@ -350,47 +475,37 @@ LEVEL_NAMES_KEPT = 200_000
 _LEVEL_NAMES: dict[str, tuple[tuple[str, str, str], str]] = {}
 
 
-async def _add_earliest(
-    store: Store,
-    groups: dict[tuple[str, str, str], dict[str, int]],
-    partitions: Sequence[int],
-    watermarks_ms: Mapping[int, int],
-    end_ms: int,
-    stale_ms: int,
-) -> None:
-    """Set :data:`OLDEST` and :data:`LONGEST` of the groups (see :func:`read_live`)."""
-    tickets, chats = _open_groups(groups)
-    if not tickets and not chats:
-        return
-    found = await store.earliest(
-        partitions,
-        at_ms=end_ms,
-        stale_ms=stale_ms,
-        ticket_groups=tickets,
-        chat_groups=chats,
-        newest_ms=watermarks_ms,
-    )
-    _set_earliest(groups, found)
-
-
 def _open_groups(
     groups: Mapping[tuple[str, str, str], Mapping[str, int]],
 ) -> tuple[list[str], list[str]]:
     """The group keys with tickets open, and with chats waiting."""
-    tickets = [
-        SEP.join(dims)
-        for dims, fields in groups.items()
-        if any(fields.get(name, 0) > 0 for name in BACKLOG_FIELDS.values())
-    ]
-    chats = [SEP.join(dims) for dims, fields in groups.items() if fields.get(WAITING_FIELD, 0) > 0]
+    backlog = _BACKLOG_NAMES
+    tickets: list[str] = []
+    chats: list[str] = []
+    for dims, fields in groups.items():
+        get = fields.get
+        for name in backlog:
+            if get(name, 0) > 0:
+                tickets.append(SEP.join(dims))
+                break
+        if get(WAITING_FIELD, 0) > 0:
+            chats.append(SEP.join(dims))
     return tickets, chats
+
+
+_BACKLOG_NAMES = tuple(BACKLOG_FIELDS.values())
 
 
 def _set_earliest(
     groups: dict[tuple[str, str, str], dict[str, int]], found: Mapping[tuple[str, str], int]
 ) -> None:
+    known = _GROUP_DIMS
+    if len(known) > GROUP_DIMS_KEPT:
+        known.clear()
     for (kind, group), ms in found.items():
-        dims = split_dim_key(group)
+        dims = known.get(group)
+        if dims is None:
+            dims = known[group] = split_dim_key(group)
         if dims in groups:
             groups[dims][OLDEST if kind == "t" else LONGEST] = ms
 
@@ -700,7 +815,8 @@ def _moved_groups(
 
 
 #: stored group keys split into their dimensions, kept: every read of the newest buckets
-#: splits the same keys (6,000 groups), at most this many
+#: and of the earliest open tickets and waiting chats splits the same keys (6,000 groups),
+#: at most this many
 GROUP_DIMS_KEPT = 100_000
 _GROUP_DIMS: dict[str, tuple[str, str, str]] = {}
 

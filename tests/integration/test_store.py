@@ -1300,6 +1300,97 @@ def test_a_grouped_reader_reads_again_only_the_newest_buckets_a_commit_wrote(
     assert seen["trimmed"]["kept"][by_all][2] != seen["quiet"]["kept"][by_all][2]
 
 
+def test_a_live_read_kept_at_an_instant_equals_a_new_stores_after_every_commit(
+    redis_url: str,
+) -> None:
+    """A reader works the live state at an instant out from what it worked out there last:
+    read again with nothing new it is the very same answer; a ticket opened in a group of
+    its own, a chat waiting, the ticket solved as another of its group opens (the same
+    levels, a later oldest), that one solved, a late ticket older than every open one of
+    its group and a trim each change some groups' levels or earliest instants, and every
+    read, of the present and of a past instant, equals a new store's (one that keeps
+    nothing)."""
+    from deskpulse.streams.query import read_live
+
+    prefix = new_prefix()
+    _, items = simulated(seed=31, start_s=T0 - HOUR, duration_s=HOUR - 60, rate=4.0)
+    offsets = itertools.count(10**6)
+    instants = [T0, T0 - 1200]  # the present (past the newest event) and a past instant
+
+    def batch(*raws: bytes) -> list[Pending]:
+        return [
+            Pending(event, TOPIC, next(offsets), ms)
+            for event, ms in (decode_record(raw) for raw in raws)
+        ]
+
+    async def scenario(client: Redis) -> dict[str, Any]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        for partition in range(2):
+            await apply(writer, partition, items[partition::2])
+
+        async def both() -> list[tuple[Any, Any]]:
+            return [
+                (
+                    await read_live(reader, end_s=end_s),
+                    await read_live(Store(client, prefix, CONFIG), end_s=end_s),
+                )
+                for end_s in instants
+            ]
+
+        seen = {"first": await both(), "again": await both()}
+        await apply(writer, 0, batch(created("open-1", T0 - 50, queue="q-open")))
+        seen["opened"] = await both()
+        chat = ev(
+            "chat.requested",
+            T0 - 40,
+            chat_id="c-1",
+            channel="chat",
+            queue="q-open",
+            priority="normal",
+        )
+        await apply(writer, 1, batch(chat))
+        seen["waiting"] = await both()
+        # one ticket of the group solved as another opens: the same levels, a later oldest
+        swap = [
+            created("open-2", T0 - 45, queue="q-open"),
+            ev("ticket.status_changed", T0 - 45, ticket_id="open-1", status="solved"),
+        ]
+        await apply(writer, 0, batch(*swap))
+        seen["swapped"] = await both()
+        solve = ev("ticket.status_changed", T0 - 30, ticket_id="open-2", status="solved")
+        await apply(writer, 0, batch(solve))
+        seen["solved"] = await both()
+        # before the first simulated event: older than every open ticket of its group
+        await apply(writer, 1, batch(created("late-1", T0 - HOUR - 10)))
+        seen["late"] = await both()
+        seen["quiet"] = await both()
+        await apply(writer, 0, batch(created("later-1", T0 + 2 * HOUR)))
+        seen["trimmed"] = await both()
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage, pairs in seen.items():
+        for (kept, fresh), end_s in zip(pairs, instants, strict=True):
+            assert kept == fresh, (stage, end_s)
+    for earlier, later in (("first", "again"), ("late", "quiet")):
+        for (before, _), (after, _) in zip(seen[earlier], seen[later], strict=True):
+            assert after is before
+    opened = ("email", "q-open", "normal")
+    present = {stage: pairs[0][0] for stage, pairs in seen.items()}
+    assert opened not in present["first"] and present["opened"][opened]["bl:n"] == 1
+    swapped = present["swapped"][opened]
+    assert {n: v for n, v in swapped.items() if n != "oldest_ms"} == {
+        n: v for n, v in present["opened"][opened].items() if n != "oldest_ms"
+    }
+    assert swapped["oldest_ms"] == (T0 - 45) * 1000
+    assert present["waiting"][("chat", "q-open", "normal")]["bl:w"] == 1
+    assert opened not in present["solved"]
+    oldest = present["late"][("email", "billing", "normal")]["oldest_ms"]
+    assert oldest == (T0 - HOUR - 10) * 1000
+    assert present["trimmed"] != present["quiet"]
+
+
 def test_totals_by_group_are_the_totals_split_by_group(redis_url: str) -> None:
     """The cumulative totals read by group (as the refresh reads them) are the totals
     summed over the partitions, each name split into its group and field."""
