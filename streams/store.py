@@ -666,11 +666,13 @@ return reply
 #: created or deleted) as of the version a reader kept it at (ARGV[1], '' for none, with
 #: the generation ARGV[2]): ``{version, generation, 'd', field, value, ...}`` with the fields
 #: of the groups moved since (the groups' fields are named by the field names ARGV[5], a
-#: JSON array, the reader knows of) and those created or deleted since (a value false: no
-#: such field), when ``hmoved`` holds an entry for every version since, none of them ``*``
-#: for the hash, and the version is within ARGV[6] of the partition's; else ``{version,
-#: generation, 'f', field, value, ...}``, the hash whole. One script: the fields and the
-#: version they hold at are read in one step.
+#: JSON array, the reader knows of; one the hash does not hold is left out unless it was
+#: created or deleted since: it was not there at the reader's version either) and those
+#: created or deleted since (a value false: no such field), when ``hmoved`` holds an
+#: entry for every version since, none of them ``*`` for the hash, and the version is
+#: within ARGV[6] of the partition's; else ``{version, generation, 'f', field, value,
+#: ...}``, the hash whole. One script: the fields and the version they hold at are read
+#: in one step.
 _HASH_SINCE = """
 local base = KEYS[1]
 local meta = redis.call('HMGET', base .. 'meta', 'version', 'gen')
@@ -693,7 +695,7 @@ if since and gen == ARGV[2] and since <= version and version - since < tonumber(
   -- a commit of a deskpulse that logs nothing leaves a version without its entry
   local whole = #entries ~= version - since
   local part, letter = tonumber(ARGV[3]), ARGV[3] == '1' and 't' or 'l'
-  local groups, fields = {}, {}
+  local groups, fields, logged = {}, {}, {}
   for _, entry in ipairs(entries) do
     if whole then break end
     -- '#<version>\\30<tot groups>\\30<lvl groups>\\30<fields created or deleted>'
@@ -704,7 +706,10 @@ if since and gen == ARGV[2] and since <= version and version - since < tonumber(
     else
       names(parts[1 + part], '\\29', groups, function(t, v) t[v] = true end)
       names(parts[4], '\\29', fields, function(t, v)
-        if string.sub(v, 1, 1) == letter then t[string.sub(v, 2)] = true end
+        if string.sub(v, 1, 1) == letter then
+          t[string.sub(v, 2)] = true
+          logged[string.sub(v, 2)] = true
+        end
       end)
     end
   end
@@ -721,8 +726,12 @@ if since and gen == ARGV[2] and since <= version and version - since < tonumber(
       local last = math.min(k + 3999, #asked)
       local values = redis.call('HMGET', base .. ARGV[4], unpack(asked, k, last))
       for j = 1, last - k + 1 do
-        reply[#reply + 1] = asked[k + j - 1]
-        reply[#reply + 1] = values[j]
+        -- a moved group's field the hash does not hold, neither created nor deleted
+        -- since: the reader does not hold it either (most of the names asked)
+        if values[j] or logged[asked[k + j - 1]] then
+          reply[#reply + 1] = asked[k + j - 1]
+          reply[#reply + 1] = values[j]
+        end
       end
     end
     return reply
@@ -2384,11 +2393,13 @@ class Store:
         }
         if any(wanted.values()):
             asked = [(p, indexes) for p, indexes in wanted.items() if indexes]
+            # the partitions mostly ask the same instants: their groups encoded once
+            wants: dict[tuple[int, ...], tuple[bytes, bytes]] = {}
             replies = await self._pipelined_script(
                 self._earliest_at,
                 [
                     self._earliest_call(
-                        partition, [instants[i] for i in indexes], stale_ms, newest_ms
+                        partition, [instants[i] for i in indexes], stale_ms, newest_ms, wants
                     )
                     for partition, indexes in asked
                 ],
@@ -2473,22 +2484,30 @@ class Store:
         instants: Sequence[tuple[int, Sequence[str], Sequence[str]]],
         stale_ms: int,
         newest_ms: Mapping[int, int],
+        wants: dict[tuple[int, ...], tuple[bytes, bytes]],
     ) -> tuple[list[str], list[Any]]:
         """The keys and arguments of :data:`_EARLIEST_AT` for one partition's ``instants``
-        (ascending)."""
-        ticket_wants: dict[str, list[int]] = {}
-        chat_wants: dict[str, list[int]] = {}
-        for n, (_, tickets, chats) in enumerate(instants, 1):
-            for group in tickets:
-                ticket_wants.setdefault(group, []).append(n)
-            for group in chats:
-                chat_wants.setdefault(group, []).append(n)
+        (ascending); ``wants`` keeps the groups of each list of instants encoded (the
+        instants are told apart by their ms and the tuples of groups they ask, which
+        :meth:`earliest_at` makes once for every partition)."""
+        key = tuple(
+            x for at_ms, tickets, chats in instants for x in (at_ms, id(tickets), id(chats))
+        )
+        encoded = wants.get(key)
+        if encoded is None:
+            ticket_wants: dict[str, list[int]] = {}
+            chat_wants: dict[str, list[int]] = {}
+            for n, (_, tickets, chats) in enumerate(instants, 1):
+                for group in tickets:
+                    ticket_wants.setdefault(group, []).append(n)
+                for group in chats:
+                    chat_wants.setdefault(group, []).append(n)
+            encoded = wants[key] = (orjson.dumps(ticket_wants), orjson.dumps(chat_wants))
         newest = newest_ms.get(partition, 0)
         return [self.base(partition)], [
             orjson.dumps([at_ms for at_ms, _, _ in instants]),
             stale_ms,
-            orjson.dumps(ticket_wants),
-            orjson.dumps(chat_wants),
+            *encoded,
             orjson.dumps(["1" if newest >= at_ms else "0" for at_ms, _, _ in instants]),
         ]
 
