@@ -298,11 +298,14 @@ async def read_live(
             partitions, [_suffixes(store, end_s, horizon_s, grouped=True)]
         )
     # from the levels and the steps after the instant on, what the last read at the same
-    # instant worked out is moved along by the names that changed (a refresh and a read
-    # of the present find the same levels, or a few groups' moved); the answer too, by
-    # the groups whose levels or earliest instants changed
+    # instant worked out (else the store's last read at another: the present a minute
+    # on) is moved along by the names that changed (a refresh and a read of the present
+    # find the same levels, or a few groups' moved); the answer too, by the groups whose
+    # levels or earliest instants changed
     key = (id(store), store.prefix, end_s)
     kept = _LIVE.get(key)
+    if kept is None:
+        kept = next((k for (i, p, _), k in reversed(_LIVE.items()) if key[:2] == (i, p)), None)
     kept = _Live.of(levels, later) if kept is None else kept.moved(levels, later)
     _LIVE[key] = kept
     _LIVE.move_to_end(key)
