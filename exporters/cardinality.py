@@ -21,6 +21,11 @@ is a plain suffix sum of the ranking: one backward walk per view serves them all
 label set of the kind, so every family of a kind shows the same groups; the KPI topic
 folds with ``Rule(1)``.
 
+A refresh every few seconds folds thousands of groups of which a few hundred moved:
+:class:`Guard` is :func:`guard` of one such rule kept from one fold to the next, each
+group's rank and presence worked out again only when its dict changed, the ``other`` sums
+moved by the groups that changed or crossed the cut.
+
 Over all families together, ``/metrics`` also holds ``DESKPULSE_MAX_SERIES``: :func:`share`
 splits that total between the views of every kind (each window of the windowed families,
 the state families, the cumulative ones), a label set of a view counted at the most series
@@ -29,13 +34,16 @@ it can have there, and caps each view at what it got (``guard(..., caps=...)``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "OTHER",
     "VOLUME_FIELDS",
     "Fold",
+    "Guard",
     "Rule",
     "allocate",
     "count_present",
@@ -240,3 +248,164 @@ def guard(
         fold_view(view, order, present[v], [granted[r][v] for r in range(len(rules))])
         for v, (view, order) in enumerate(zip(views, orders, strict=True))
     ]
+
+
+class Guard:
+    """:func:`guard` of one ``rule`` that every group has series for, kept from one call to
+    the next: ``fold(views, ...)`` gives what ``guard(views, [rule], ...)`` gives, each
+    view's ``other`` a dict of its nonzero sums.
+
+    A group's rank and presence are worked out again only when its dict changed (told by
+    identity, then equality: the reads hand the same dict for a group nothing moved), and
+    each view's ``other`` is moved by the groups that changed, left or crossed the cut
+    rather than summed again: a fold costs a pass over the keys plus the changes. The
+    groups' dicts are read only, here as everywhere.
+    """
+
+    def __init__(self, rule: Rule, counted: Sequence[Rule] = ()) -> None:
+        if rule.requires:
+            raise ValueError("Guard folds by a rule every group has series for")
+        self.rule = rule
+        #: the rules :meth:`folded_present` counts
+        self.counted = tuple(counted)
+        always = 0
+        bits: dict[str, int] = {}
+        for r, counted_rule in enumerate(self.counted):
+            if not counted_rule.requires:
+                always |= 1 << r
+            for name in counted_rule.requires:
+                bits[name] = bits.get(name, 0) | 1 << r
+        self._always, self._bits = always, tuple(bits.items())
+        self._views: list[_Ranked] = []
+
+    def fold(
+        self,
+        views: Sequence[Mapping[Key, Mapping[str, int]]],
+        budget: int,
+        caps: Sequence[int] | None = None,
+    ) -> list[Fold]:
+        """:func:`guard` ``(views, [rule], budget, caps)``, one fold per view."""
+        granted = allocate([len(view) for view in views], budget // self.rule.series)
+        if caps is not None:
+            granted = [min(given, max(1, cap)) for given, cap in zip(granted, caps, strict=True)]
+        del self._views[len(views) :]
+        while len(self._views) < len(views):
+            self._views.append(_Ranked())
+        return [
+            ranked.fold(view, given, self._mask)
+            for ranked, view, given in zip(self._views, views, granted, strict=True)
+        ]
+
+    def folded_present(self, view: int) -> list[int]:
+        """For each counted rule, how many groups of view ``view``'s last fold went into its
+        ``other`` that the rule has series for (:func:`count_present` of them)."""
+        ranked = self._views[view]
+        masks = ranked.masks - Counter(ranked.entries[key][2] for key in ranked.kept)
+        return [
+            sum(count for mask, count in masks.items() if mask >> r & 1)
+            for r in range(len(self.counted))
+        ]
+
+    def _mask(self, fields: Mapping[str, int]) -> int:
+        """Which counted rules have series for a group: bit ``r`` for ``counted[r]``."""
+        mask = self._always
+        for name, bits in self._bits:
+            if fields.get(name, 0) > 0:
+                mask |= bits
+        return mask
+
+
+class _Ranked:
+    """One view of a :class:`Guard` as of its last fold."""
+
+    __slots__ = ("entries", "kept", "masks", "other")
+
+    def __init__(self) -> None:
+        #: key -> (its dict, its place in the ranking, its presence mask)
+        self.entries: dict[Key, tuple[Mapping[str, int], tuple[int, Key], int]] = {}
+        #: the groups shown as themselves (the rest are in ``other``)
+        self.kept: frozenset[Key] = frozenset()
+        #: groups per presence mask, every group of the view
+        self.masks: Counter[int] = Counter()
+        #: the nonzero sums of the groups of ``entries`` not ``kept``
+        self.other: dict[str, int] = {}
+
+    def fold(
+        self,
+        view: Mapping[Key, Mapping[str, int]],
+        granted: int,
+        mask_of: Callable[[Mapping[str, int]], int],
+    ) -> Fold:
+        """The view folded with ``granted`` label sets, from the last fold and what moved."""
+        entries, kept, masks, other = self.entries, self.kept, self.masks, self.other
+        # the groups whose dict is new, and their dict of the last fold (None: a new group)
+        moved: dict[Key, Mapping[str, int] | None] = {}
+        for key, fields in view.items():
+            entry = entries.get(key)
+            if entry is not None:
+                if entry[0] is fields:
+                    continue
+                if entry[0] == fields:
+                    entries[key] = (fields, entry[1], entry[2])
+                    continue
+                masks[entry[2]] -= 1
+            mask = mask_of(fields)
+            masks[mask] += 1
+            entries[key] = (fields, (-volume(fields), key), mask)
+            moved[key] = None if entry is None else entry[0]
+        if len(entries) > len(view):  # groups gone from the view
+            for key in entries.keys() - view.keys():
+                fields, _, mask = entries.pop(key)
+                masks[mask] -= 1
+                if key not in kept:
+                    _add(other, fields, -1)
+        keep = len(entries)
+        if keep > granted:
+            keep = max(0, granted - 1)
+            order = [key for _, key in heapq.nsmallest(keep, (e[1] for e in entries.values()))]
+        else:
+            order = [key for _, key in sorted(e[1] for e in entries.values())]
+        now = frozenset(order)
+        for key in kept - now:
+            if key in entries and key not in moved:  # left the kept groups: into other
+                _add(other, entries[key][0], 1)
+        for key in now - kept:
+            if key not in moved:  # joined them: out of other
+                _add(other, entries[key][0], -1)
+        for key, before in moved.items():
+            if before is None or key in kept:  # new, or shown: not in other before
+                if key not in now:
+                    _add(other, entries[key][0], 1)
+            elif key in now:
+                _add(other, before, -1)
+            else:
+                _move(other, before, entries[key][0])
+        self.kept = now
+        if len(order) == len(entries):
+            return Fold(tuple(order), None, 0)
+        return Fold(tuple(order), dict(other), len(entries) - len(order))
+
+
+def _move(sums: dict[str, int], before: Mapping[str, int], after: Mapping[str, int]) -> None:
+    """``sums`` with a group's fields ``before`` replaced by ``after`` (most are alike: a
+    few hundred events move a field or two of each group they touch)."""
+    for name, value in after.items():
+        was = before.get(name, 0)
+        if value != was:
+            total = sums.get(name, 0) + value - was
+            if total:
+                sums[name] = total
+            else:
+                sums.pop(name, None)
+    if not before.keys() <= after.keys():
+        _add(sums, {name: before[name] for name in before.keys() - after.keys()}, -1)
+
+
+def _add(sums: dict[str, int], fields: Mapping[str, int], sign: int) -> None:
+    """``sums`` plus ``sign`` times ``fields``, a sum that comes to 0 taken out."""
+    for name, value in fields.items():
+        total = sums.get(name, 0) + sign * value
+        if total:
+            sums[name] = total
+        else:
+            sums.pop(name, None)
