@@ -20,6 +20,7 @@ from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
+from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "FAUST_HOOKS",
@@ -34,6 +35,7 @@ __all__ = [
     "replace_record_iterator",
     "set_fetch_max_wait_ms",
     "unacked_messages",
+    "value_text",
 ]
 
 # -- Faust (checked: faust-streaming 0.15.3) --------------------------------------------------
@@ -130,3 +132,12 @@ def gauge_value(gauge: Any) -> float:
     # reading it back publicly means collect(), which builds every sample (0.26)
     value: float = gauge._value.get()
     return value
+
+
+def value_text(value: float) -> str:
+    """A sample's value as ``generate_latest`` spells it (Go's float formatting): the
+    collector writes the lines of the samples that changed itself, a few thousand a
+    refresh, and only their value is new text."""
+    # prometheus_client.utils is internal: no public name for it (0.26)
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text

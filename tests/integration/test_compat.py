@@ -12,13 +12,14 @@ from collections.abc import MutableSet
 from typing import Any
 
 import faust
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 from faust.types import TP
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from deskpulse.models.settings import Settings
 from deskpulse.streams import app as app_module
@@ -212,3 +213,19 @@ def test_prometheus_gauge_value_reads_back_what_was_set() -> None:
         "prometheus_client: a gauge's _value.get() no longer reads what set() wrote"
     )
     assert compat.gauge_value(gauge.labels("b")) == 0.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *(0.0, 1.0, -1.0, 0.1, 2.5e-7, 123456.0, 1234567.0, 1e22, -1e22, 7 / 3),
+        *(float("inf"), float("-inf"), float("nan"), 10**20),
+    ],
+)
+def test_prometheus_value_text_is_what_generate_latest_writes(value: float) -> None:
+    registry = CollectorRegistry()
+    Gauge("compat_probe", "a probe", registry=registry).set(value)
+    line = generate_latest(registry).decode().splitlines()[-1]
+    assert line == "compat_probe " + compat.value_text(value), (
+        f"prometheus_client: utils.floatToGoString({value!r}) is not the text format's value"
+    )
