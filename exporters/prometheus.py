@@ -35,11 +35,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from deskpulse import __version__
-from deskpulse.exporters.cardinality import OTHER, Fold, Rule, count_present, guard, share
+from deskpulse.exporters.cardinality import OTHER, Fold, Guard, Rule, share
 from deskpulse.exporters.catalog import AGENTS, CATALOG, HOLE_OUTCOMES
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
-from deskpulse.streams.compat import gauge_value
+from deskpulse.streams.compat import gauge_value, value_text
 from deskpulse.streams.core import (
     AT_RISK_FIELDS,
     LONGEST,
@@ -325,6 +325,19 @@ _WINDOWED_LABELS = ("window", *DIMENSIONS)
 _Sample = tuple[str, Sample]
 #: a group's fields in one window, its windowed samples and their lines of text
 _Windowed = tuple[Mapping[str, int], list[_Sample], list[str]]
+#: a group's live fields, its levels, its earliest instants, whether a label value of it
+#: is over the length limit
+_Live = tuple[Mapping[str, int], dict[str, int], dict[str, int], bool]
+#: samples of one family and their lines of text
+_Made = list[tuple[Sample, str]]
+#: a group's state samples and lines: its levels, those of the levels (the backlog, the
+#: waiting chats), its earliest instants, the newest event time, those of the ages (the
+#: oldest ticket, the longest wait)
+_State = tuple[Mapping[str, int], tuple[_Made, _Made], Mapping[str, int], int, tuple[_Made, _Made]]
+_FIRSTS = (OLDEST, LONGEST)
+_NO_FIRSTS: Mapping[str, int] = {}
+#: the stored fields of the backlog by status
+_BACKLOG_NAMES = tuple(BACKLOG_FIELDS[code] for code in _STATE_STATUSES.values())
 
 
 def _help(name: str) -> str:
@@ -389,6 +402,21 @@ class KpiCollector(Collector):
         #: the highest value of each deskpulse_sla_achieved_total series exported so far:
         #: a late event can take an achievement back in Redis, the counter never goes down
         self.achieved_high: dict[tuple[str, ...], int] = {}
+        # The guard of each kind of family, kept from one refresh to the next: a refresh
+        # ranks and sums again only the groups that moved. The cumulative counters show
+        # the histogram's groups: as many as its buckets, _count and _sum allow (every
+        # group has all of its series, as it has each counter).
+        bounds = len(store.config.histogram_bounds_s) + 1
+        self._windowed_guard = Guard(_WINDOWED_LABEL_SET, _WINDOWED_RULES)
+        self._cumulative_guard = Guard(Rule(bounds + 2))
+        self._state_guard = Guard(_STATE_RULE)
+        #: per view (a window's name, "" the totals) the groups as of the last refresh: key
+        #: -> (its dict, whether it is shown, whether a label value of it is over the length
+        #: limit)
+        self._seen: dict[str, dict[tuple[str, ...], tuple[Mapping[str, int], bool, bool]]] = {}
+        #: the live state per group as of the last refresh, and its samples and lines
+        self._live_seen: dict[tuple[str, ...], _Live] = {}
+        self._state_cache: dict[tuple[str, ...], _State] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._families
@@ -482,11 +510,8 @@ class KpiCollector(Collector):
     ) -> tuple[list[Metric], bytes]:
         live, newest_ms = state
         self._lines_of = {}
-        windowed = [
-            self._cut({k: f for k, f in groups.items() if has_samples(f)})
-            for _, groups in per_window
-        ]
-        cumulative = self._cut(totals)
+        windowed = [self._view(name, groups, samples=True) for name, groups in per_window]
+        cumulative = self._view("", totals, samples=False)
         counts, firsts = self._state_groups(live)
         pipeline = _pipeline_families(meta) + _instance_families(meta)
         alerts = self._alert_family(firing)
@@ -525,16 +550,15 @@ class KpiCollector(Collector):
         return families, self._render(families)
 
     def _render(self, families: Sequence[Metric]) -> bytes:
-        """``generate_latest`` of ``families``, the windowed ones from the lines kept per
-        group (a group's lines are rendered again only when its fields changed)."""
+        """``generate_latest`` of ``families``, those of the groups from the lines kept
+        per group (a group's lines are rendered again only when its fields changed)."""
         parts: list[str] = []
         for family in families:
             lines = self._lines_of.get(id(family))
             if lines is None or len(lines) != len(family.samples):
                 parts.append(generate_latest(_Snapshot([family])).decode())
                 continue
-            empty = Metric(family.name, family.documentation, family.type)
-            parts.append(generate_latest(_Snapshot([empty])).decode())
+            parts.append(_header(family.name, family.documentation, family.type))
             parts.extend(lines)
         return "".join(parts).encode()
 
@@ -555,27 +579,57 @@ class KpiCollector(Collector):
             family.add_metric([rule, window, channel, queue, priority], state)
         return family
 
+    def _view(
+        self, name: str, groups: Mapping[tuple[str, ...], Mapping[str, int]], *, samples: bool
+    ) -> dict[tuple[str, ...], Mapping[str, int]]:
+        """``groups`` (those with samples when ``samples``), label values cut to the length
+        limit (:meth:`_cut`).
+
+        Whether a group has samples and needs a cut is kept per key while its fields hold:
+        a refresh works it out for the groups that moved. A group whose fields are those
+        of the last refresh in a new dict is shown with the last refresh's dict, so what
+        follows (the guard, the lines kept per group) tells it unchanged by identity.
+        """
+        cut = self.settings.label_max_length
+        seen = self._seen.get(name, {})
+        now: dict[tuple[str, ...], tuple[Mapping[str, int], bool, bool]] = {}
+        view: dict[tuple[str, ...], Mapping[str, int]] = {}
+        long = False
+        for key, fields in groups.items():
+            entry = seen.get(key)
+            if entry is None or (entry[0] is not fields and entry[0] != fields):
+                entry = (
+                    fields,
+                    not samples or has_samples(fields),
+                    max(map(len, key), default=0) > cut,
+                )
+            now[key] = entry
+            if entry[1]:
+                view[key] = entry[0]
+                long = long or entry[2]
+        self._seen[name] = now
+        return self._cut(view) if long else view
+
     def _cut(
-        self, groups: dict[tuple[str, ...], dict[str, int]]
-    ) -> dict[tuple[str, ...], dict[str, int]]:
+        self, groups: Mapping[tuple[str, ...], Mapping[str, int]]
+    ) -> dict[tuple[str, ...], Mapping[str, int]]:
         """Label values cut to the length limit: groups sharing the cut prefix are one.
 
         A group whose labels need no cut is kept as it is, not copied; a label set that
         several groups share is a new dict (the groups' own are read only).
         """
         cut = self.settings.label_max_length
-        merged: dict[tuple[str, ...], dict[str, int]] = {}
-        own: set[tuple[str, ...]] = set()  # label sets whose dict is one made here
+        merged: dict[tuple[str, ...], Mapping[str, int]] = {}
+        own: dict[tuple[str, ...], dict[str, int]] = {}  # label sets whose dict is made here
         for key, fields in groups.items():
             short = tuple(v[:cut] for v in key)
             if short == key and key not in merged:
                 merged[key] = fields
                 continue
-            target = merged.get(short)
-            if target is None or short not in own:
+            target = own.get(short)
+            if target is None:
                 # a group's own dict is read only (shared with the next refresh's reads)
-                target = merged[short] = dict(target or {})
-                own.add(short)
+                target = merged[short] = own[short] = dict(merged.get(short, {}))
             for name, value in fields.items():
                 target[name] = target.get(name, 0) + value
         return merged
@@ -638,7 +692,7 @@ class KpiCollector(Collector):
     def _windowed_families(
         self,
         names: Sequence[str],
-        views: Sequence[dict[tuple[str, ...], dict[str, int]]],
+        views: Sequence[Mapping[tuple[str, ...], Mapping[str, int]]],
         folded: Counter[str],
         caps: Sequence[int],
     ) -> list[Metric]:
@@ -663,16 +717,17 @@ class KpiCollector(Collector):
         # the groups computed again (their lines rendered together), and every group shown
         unrendered: list[_Windowed] = []
         shown: list[_Windowed] = []
-        folds = guard(views, [_WINDOWED_LABEL_SET], self.settings.max_series_per_metric, caps)
-        for window, view, (fold,) in zip(names, views, folds, strict=True):
+        guard = self._windowed_guard
+        folds = guard.fold(views, self.settings.max_series_per_metric, caps)
+        for index, (window, view, fold) in enumerate(zip(names, views, folds, strict=True)):
             if fold.other is not None:
-                present = count_present(view, fold.kept, _WINDOWED_RULES)
+                present = guard.folded_present(index)
                 for name, rules in _WINDOWED_RULE_OF.items():
                     for r in rules:
                         folded[name] += present[r] * _WINDOWED_RULES[r].series
             for key, fields in _fold_items(view, fold):
                 cached = previous.get((window, key))
-                if cached is None or cached[0] != fields:
+                if cached is None or (cached[0] is not fields and cached[0] != fields):
                     cached = (fields, _windowed_samples([window, *key], fields), [])
                     unrendered.append(cached)
                 samples[(window, key)] = cached
@@ -693,19 +748,31 @@ class KpiCollector(Collector):
         self, live: Mapping[tuple[str, str, str], Mapping[str, int]]
     ) -> tuple[dict[tuple[str, ...], dict[str, int]], dict[tuple[str, ...], dict[str, int]]]:
         """The levels now per group (label values cut), and each group's earliest instants
-        (the oldest open ticket, the longest waiting chat)."""
-        counts: dict[tuple[str, ...], dict[str, int]] = {}
-        firsts: dict[tuple[str, ...], dict[str, int]] = {}
+        (the oldest open ticket, the longest waiting chat).
+
+        Kept per group while its live fields hold (the read's dicts are new each refresh:
+        told by equality), so a group that did not move has the dicts of the last refresh.
+        """
         cut = self.settings.label_max_length
+        seen = self._live_seen
+        now: dict[tuple[str, ...], _Live] = {}
+        long = False
         for key, fields in live.items():
-            short = tuple(v[:cut] for v in key)
-            target = counts.setdefault(short, {})
-            for name, value in fields.items():
-                if name in (OLDEST, LONGEST):
-                    first = firsts.setdefault(short, {})
-                    first[name] = min(value, first.get(name, value))
-                else:
-                    target[name] = target.get(name, 0) + value
+            entry = seen.get(key)
+            if entry is None or entry[0] != fields:
+                entry = (
+                    fields,
+                    {name: value for name, value in fields.items() if name not in _FIRSTS},
+                    {name: value for name, value in fields.items() if name in _FIRSTS},
+                    max(map(len, key), default=0) > cut,
+                )
+            now[key] = entry
+            long = long or entry[3]
+        self._live_seen = now
+        if long:
+            return _merged_state_groups(live, cut)
+        counts = {key: entry[1] for key, entry in now.items()}
+        firsts = {key: entry[2] for key, entry in now.items() if entry[2]}
         return counts, firsts
 
     def _state_families(
@@ -718,43 +785,61 @@ class KpiCollector(Collector):
     ) -> list[Metric]:
         """The backlog by status, its oldest ticket's age, the waiting chats and the longest
         wait, as of the newest event applied: a series per group the guard kept (and
-        ``other``, at most ``cap`` label sets), ages against the newest event time."""
-        labels = list(DIMENSIONS)
-        backlog = GaugeMetricFamily(
-            _STATE_FAMILIES[0], _help(_STATE_FAMILIES[0]), labels=[*labels, "status"]
-        )
-        oldest, waiting, longest = (
-            GaugeMetricFamily(name, _help(name), labels=labels) for name in _STATE_FAMILIES[1:]
-        )
-        levels = _STATE_STATUSES.values()
-        ((fold,),) = guard([counts], [_STATE_RULE], self.settings.max_series_per_metric, [cap])
+        ``other``, at most ``cap`` label sets), ages against the newest event time.
+
+        Incremental: a group's level samples and their lines are kept while its levels
+        hold, its ages' while its earliest instants and the newest event time hold too.
+        """
+        families = _state_family_set()
+        (fold,) = self._state_guard.fold([counts], self.settings.max_series_per_metric, [cap])
         kept = set(fold.kept)
         other_firsts: dict[str, int] = {}
         for group, first in firsts.items():
             if group not in kept:
                 for name, value in first.items():
                     other_firsts[name] = min(value, other_firsts.get(name, value))
+        # the series the groups folded would have had (see _level_samples, _age_samples)
+        folded_groups = oldest_folded = longest_folded = 0
         for group, fields in counts.items():
             if group in kept:
                 continue
-            # the series the group would have had (see below)
-            first = firsts.get(group, {})
-            tickets = any(fields.get(BACKLOG_FIELDS[code], 0) for code in levels)
-            folded[_STATE_FAMILIES[0]] += len(levels)
-            folded[_STATE_FAMILIES[1]] += tickets and OLDEST in first
-            folded[_STATE_FAMILIES[2]] += 1
-            folded[_STATE_FAMILIES[3]] += bool(fields.get(WAITING_FIELD, 0)) and LONGEST in first
+            folded_groups += 1
+            earliest = firsts.get(group)
+            if earliest:
+                oldest_folded += OLDEST in earliest and _has_tickets(fields)
+                longest_folded += LONGEST in earliest and bool(fields.get(WAITING_FIELD, 0))
+        folded[_STATE_FAMILIES[0]] += folded_groups * len(_STATE_STATUSES)
+        folded[_STATE_FAMILIES[1]] += oldest_folded
+        folded[_STATE_FAMILIES[2]] += folded_groups
+        folded[_STATE_FAMILIES[3]] += longest_folded
+        previous = self._state_cache
+        cache: dict[tuple[str, ...], _State] = {}
+        scratch = _state_family_set()
         for label_set, fields in _fold_items(counts, fold):
-            values = list(label_set)
-            first = other_firsts if label_set == OTHER else firsts.get(label_set, {})
-            for status, code in _STATE_STATUSES.items():
-                backlog.add_metric([*values, status], fields.get(BACKLOG_FIELDS[code], 0))
-            if any(fields.get(BACKLOG_FIELDS[code], 0) for code in levels) and OLDEST in first:
-                oldest.add_metric(values, max(0, newest_ms - first[OLDEST]) / 1000)
-            waiting.add_metric(values, fields.get(WAITING_FIELD, 0))
-            if fields.get(WAITING_FIELD, 0) and LONGEST in first:
-                longest.add_metric(values, max(0, newest_ms - first[LONGEST]) / 1000)
-        return [backlog, oldest, waiting, longest]
+            first = other_firsts if label_set == OTHER else firsts.get(label_set, _NO_FIRSTS)
+            cached = previous.get(label_set)
+            levels = ages = None
+            if cached is not None and (cached[0] is fields or cached[0] == fields):
+                levels = cached[1]
+                if cached[3] == newest_ms and (cached[2] is first or cached[2] == first):
+                    ages = cached[4]
+            if levels is None:
+                levels = _level_samples(scratch, label_set, fields)
+            if ages is None:
+                ages = _age_samples(scratch, label_set, fields, first, newest_ms)
+            cache[label_set] = (fields, levels, first, newest_ms, ages)
+        self._state_cache = cache
+        # in _STATE_FAMILIES order: the backlog, the oldest, the waiting, the longest
+        made: list[_Made] = [[], [], [], []]
+        for _, levels, _, _, ages in cache.values():
+            made[0] += levels[0]
+            made[1] += ages[0]
+            made[2] += levels[1]
+            made[3] += ages[1]
+        for family, pairs in zip(families, made, strict=True):
+            family.samples = [sample for sample, _ in pairs]
+            self._lines_of[id(family)] = [line for _, line in pairs]
+        return list[Metric](families)
 
     def _cumulative_families(
         self,
@@ -771,12 +856,8 @@ class KpiCollector(Collector):
         told by identity before equality).
         """
         bounds = [str(b) for b in self.store.config.histogram_bounds_s] + ["+Inf"]
-        # the counters show the histogram's groups: as many as its buckets, _count and _sum
-        # allow (every group has all of its series, as it has each counter)
-        histogram_rule = Rule(len(bounds) + 2)
-        ((fold,),) = guard(
-            [cumulative], [histogram_rule], self.settings.max_series_per_metric, [cap]
-        )
+        guard = self._cumulative_guard
+        (fold,) = guard.fold([cumulative], self.settings.max_series_per_metric, [cap])
         families = _cumulative_family_set()
         previous = self._cumulative_cache
         cache: dict[tuple[str, ...], _Windowed] = {}
@@ -806,7 +887,7 @@ class KpiCollector(Collector):
             folded[name] += fold.folded
         folded["deskpulse_sla_breaches_total"] += fold.folded * (len(_SLA_BREACH_TOTALS) - 1)
         folded[_SLA_ACHIEVED + "_total"] += fold.folded * len(_SLA_ACHIEVED_FIELDS)
-        folded["deskpulse_first_response_duration_seconds"] += fold.folded * histogram_rule.series
+        folded["deskpulse_first_response_duration_seconds"] += fold.folded * guard.rule.series
         return list(families.values())
 
     def _cumulative_samples(
@@ -880,23 +961,139 @@ def _cumulative_family_set() -> dict[str, Any]:
     return families
 
 
+def _state_family_set() -> list[GaugeMetricFamily]:
+    """The families of the state now, empty, in :data:`_STATE_FAMILIES` order."""
+    labels = list(DIMENSIONS)
+    backlog = GaugeMetricFamily(
+        _STATE_FAMILIES[0], _help(_STATE_FAMILIES[0]), labels=[*labels, "status"]
+    )
+    return [
+        backlog,
+        *(GaugeMetricFamily(name, _help(name), labels=labels) for name in _STATE_FAMILIES[1:]),
+    ]
+
+
+def _made(family: GaugeMetricFamily, labels: list[str], value: float) -> tuple[Sample, str]:
+    """The sample ``family.add_metric`` makes, and its line (the family left as it was)."""
+    family.add_metric(labels, value)
+    sample = family.samples.pop()
+    return sample, _sample_line(sample)
+
+
+def _has_tickets(fields: Mapping[str, int]) -> bool:
+    """Whether a group's levels hold a ticket open."""
+    return any(fields.get(name, 0) for name in _BACKLOG_NAMES)
+
+
+def _level_samples(
+    scratch: Sequence[GaugeMetricFamily], key: tuple[str, ...], fields: Mapping[str, int]
+) -> tuple[list[tuple[Sample, str]], list[tuple[Sample, str]]]:
+    """A group's backlog by status and its waiting chats: (sample, line) of each."""
+    values = list(key)
+    backlog = [
+        _made(scratch[0], [*values, status], fields.get(BACKLOG_FIELDS[code], 0))
+        for status, code in _STATE_STATUSES.items()
+    ]
+    return backlog, [_made(scratch[2], values, fields.get(WAITING_FIELD, 0))]
+
+
+def _age_samples(
+    scratch: Sequence[GaugeMetricFamily],
+    key: tuple[str, ...],
+    fields: Mapping[str, int],
+    first: Mapping[str, int],
+    newest_ms: int,
+) -> tuple[list[tuple[Sample, str]], list[tuple[Sample, str]]]:
+    """A group's oldest open ticket's age and its longest wait against the newest event
+    time, where it has tickets open (chats waiting) and their earliest instant."""
+    values = list(key)
+    oldest = (
+        [_made(scratch[1], values, max(0, newest_ms - first[OLDEST]) / 1000)]
+        if _has_tickets(fields) and OLDEST in first
+        else []
+    )
+    longest = (
+        [_made(scratch[3], values, max(0, newest_ms - first[LONGEST]) / 1000)]
+        if fields.get(WAITING_FIELD, 0) and LONGEST in first
+        else []
+    )
+    return oldest, longest
+
+
+def _merged_state_groups(
+    live: Mapping[tuple[str, str, str], Mapping[str, int]], cut: int
+) -> tuple[dict[tuple[str, ...], dict[str, int]], dict[tuple[str, ...], dict[str, int]]]:
+    """:meth:`KpiCollector._state_groups` when a label value is over the length limit:
+    the levels of the groups sharing a cut label set summed, their earliest the earliest."""
+    counts: dict[tuple[str, ...], dict[str, int]] = {}
+    firsts: dict[tuple[str, ...], dict[str, int]] = {}
+    for key, fields in live.items():
+        short = tuple(v[:cut] for v in key)
+        target = counts.setdefault(short, {})
+        for name, value in fields.items():
+            if name in _FIRSTS:
+                first = firsts.setdefault(short, {})
+                first[name] = min(value, first.get(name, value))
+            else:
+                target[name] = target.get(name, 0) + value
+    return counts, firsts
+
+
 def _render_lines(groups: Sequence[_Windowed]) -> None:
     """Fill each group's list of lines with the text of its samples, one line each, as
-    ``generate_latest`` writes them: rendered together as one family, whose two header
-    lines are dropped (a sample's line depends on the sample alone; a label value's line
-    breaks are escaped, so each sample is one line)."""
-    batch = Metric("deskpulse_lines", "", "untyped")
-    batch.samples = [sample for _, made, _ in groups for _, sample in made]
-    if not batch.samples:
-        return
-    text = generate_latest(_Snapshot([batch])).decode()
-    lines = [line + "\n" for line in text.split("\n")[2:-1]]
-    if len(lines) != len(batch.samples):
-        raise RuntimeError("prometheus_client wrote a sample on more or fewer than one line")
-    position = 0
+    ``generate_latest`` writes them (:func:`_sample_line`)."""
     for _, made, rendered in groups:
-        rendered[:] = lines[position : position + len(made)]
-        position += len(made)
+        rendered[:] = [_sample_line(sample) for _, sample in made]
+
+
+#: the text of a label set, ``{name="value",...}``, by its labels' items in the order a
+#: family holds them: rendered once while kept (at most this many, about 300 bytes each)
+_LABEL_TEXT: dict[tuple[tuple[str, str], ...], str] = {}
+LABEL_TEXT_KEPT = 100_000
+#: one label's text, ``name="value"``, as ``generate_latest`` escapes it
+_LABEL_PAIR: dict[tuple[str, str], str] = {}
+#: the HELP and TYPE lines of a family, by name, help and type
+_HEADERS: dict[tuple[str, str, str], str] = {}
+
+
+def _sample_line(sample: Sample) -> str:
+    """A sample's line of text as ``generate_latest`` writes it: its name, its label set's
+    text (rendered by prometheus_client once per label set, kept) and its value (Go's
+    float formatting). For a sample of a family of ours: a valid name, no timestamp."""
+    if sample.timestamp is not None:
+        raise ValueError(f"a sample of the collector's with a timestamp: {sample}")
+    key = tuple(sample.labels.items())
+    text = _LABEL_TEXT.get(key)
+    if text is None:
+        if len(_LABEL_TEXT) >= LABEL_TEXT_KEPT:
+            _LABEL_TEXT.clear()
+        pairs = [_label_pair(name, value) for name, value in sorted(key)]
+        text = _LABEL_TEXT[key] = "{" + ",".join(pairs) + "}" if pairs else ""
+    return f"{sample.name}{text} {value_text(sample.value)}\n"
+
+
+def _label_pair(name: str, value: str) -> str:
+    """``name="value"`` as ``generate_latest`` writes one label (escaped), kept."""
+    found = _LABEL_PAIR.get((name, value))
+    if found is None:
+        if len(_LABEL_PAIR) >= LABEL_TEXT_KEPT:
+            _LABEL_PAIR.clear()
+        probe = Metric("deskpulse_label", "", "untyped")
+        probe.samples = [Sample("x", {name: value}, 0.0)]
+        line = generate_latest(_Snapshot([probe])).decode().split("\n")[2]
+        if not (line.startswith("x{") and line.endswith("} 0.0")):
+            raise RuntimeError(f"prometheus_client wrote a label as {line!r}")
+        found = _LABEL_PAIR[(name, value)] = line[2:-5]
+    return found
+
+
+def _header(name: str, documentation: str, kind: str) -> str:
+    """A family's HELP and TYPE lines as ``generate_latest`` writes them, kept."""
+    found = _HEADERS.get((name, documentation, kind))
+    if found is None:
+        empty = Metric(name, documentation, kind)
+        found = _HEADERS[(name, documentation, kind)] = generate_latest(_Snapshot([empty])).decode()
+    return found
 
 
 def _windowed_samples(values: list[str], fields: Mapping[str, int]) -> list[_Sample]:

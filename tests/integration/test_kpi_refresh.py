@@ -28,7 +28,14 @@ from deskpulse.streams.offload import RecordingMetrics
 from deskpulse.streams.runtime import tune_gc
 from deskpulse.streams.store import Store
 from tests.conftest import RedisServer
-from tests.integration.test_hardening_outputs import NOW_S, apply, many_queues, unit_settings
+from tests.integration.test_hardening_outputs import (
+    NOW_S,
+    _event,
+    apply,
+    groups_of,
+    many_queues,
+    unit_settings,
+)
 
 
 def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -194,3 +201,99 @@ def test_a_refresh_renders_the_groups_that_changed_and_writes_what_prometheus_wo
     assert len(rendered) == 6, rendered
     for first, again, new in (rendered[0::2], rendered[1::2]):
         assert first >= 400 and again == 0 and 0 < new < first // 10, rendered
+
+
+def _without_refresh_time(text: bytes) -> bytes:
+    return b"\n".join(
+        line
+        for line in text.split(b"\n")
+        if not line.startswith(b"deskpulse_kpi_refresh_timestamp_seconds ")
+    )
+
+
+def _burst(queues: list[int], tickets: int, at_s: float, prefix: str) -> list[Any]:
+    """``tickets`` tickets, each answered, in each of ``queues`` (indexes of
+    :func:`many_queues`' queues: the same channel and priority, so the same group)."""
+    events = []
+    for i in queues:
+        dims = {
+            "channel": ("email", "web", "chat")[i % 3],
+            "queue": f"{prefix}{i:05d}",
+            "priority": ("low", "normal", "high", "urgent")[i % 4],
+        }
+        for n in range(tickets):
+            ticket = f"B-{at_s:.0f}-{i}-{n}"
+            events.append(_event("ticket.created", at_s + n % 20, ticket_id=ticket, **dims))
+            events.append(
+                _event("ticket.replied", at_s + 20, ticket_id=ticket, author_role="agent")
+            )
+    return events
+
+
+@pytest.mark.parametrize(
+    ("prefix", "label_max_length"),
+    [("q", 64), ("queue-long-", 15)],  # 15: ten queues share each cut label set
+)
+def test_a_refresh_after_refreshes_writes_what_a_fresh_collector_writes(
+    redis_server: RedisServer, prefix: str, label_max_length: int
+) -> None:
+    """Refresh after refresh, with commits in between that move groups across the guard's
+    cut both ways (small groups grow past the kept ones, new groups arrive, the 5-minute
+    window empties), the exposition of a collector that keeps its guard, its groups and
+    their lines from one refresh to the next is byte for byte that of a fresh collector
+    over the same state (given the same history: the dropped-series counter and the
+    achieved counters' highs), but the refresh time."""
+    settings = unit_settings(redis_server, max_series=3000, label_max_length=label_max_length)
+    small = list(range(5, 300, 25))  # one ticket each: folded at first
+    others = list(range(10, 300, 25))
+
+    async def scenario() -> list[set[tuple[str, ...]]]:
+        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        try:
+            store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
+            await store.check_config()
+            offsets: Counter[tuple[str, int]] = Counter()
+            await apply(
+                settings, store, list(many_queues(300, NOW_S, prefix=prefix)), NOW_S, offsets
+            )
+            steps: list[tuple[float, list[Any]]] = [
+                (NOW_S, []),
+                (NOW_S, []),
+                # the small groups grow past the kept ones; new groups arrive
+                (
+                    NOW_S + 60,
+                    _burst(small, 12, NOW_S, prefix)
+                    + list(many_queues(20, NOW_S + 60, first=300, prefix=prefix)),
+                ),
+                # a little traffic in kept groups, more in other small ones
+                (
+                    NOW_S + 120,
+                    _burst([0, 1, 2, *small[:3]], 1, NOW_S + 90, prefix)
+                    + _burst(others, 14, NOW_S + 90, prefix),
+                ),
+                # the 5-minute window empties: its groups leave it
+                (NOW_S + 900, []),
+            ]
+            collector = KpiCollector(store, settings)
+            shown = []
+            for now_s, events in steps:
+                if events:
+                    await apply(settings, store, events, now_s, offsets)
+                history = dict(collector.achieved_high), Counter(collector.folded_total)
+                await collector.refresh(now_s)
+                fresh = KpiCollector(store, settings)
+                fresh.achieved_high, fresh.folded_total = history
+                await fresh.refresh(now_s)
+                assert _without_refresh_time(collector.exposition) == _without_refresh_time(
+                    fresh.exposition
+                ), now_s
+                shown.append(groups_of(collector.exposition.decode(), "deskpulse_tickets_created"))
+            return shown
+        finally:
+            await redis.aclose()
+
+    shown = asyncio.run(scenario())
+    # the guard folded, and groups crossed its cut both ways
+    assert all(any("other" in group for group in groups) for groups in shown)
+    assert shown[2] - shown[1] and shown[1] - shown[2]
+    assert shown[3] != shown[2] and shown[4] != shown[3]
