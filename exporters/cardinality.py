@@ -275,7 +275,7 @@ class Guard:
                 always |= 1 << r
             for name in counted_rule.requires:
                 bits[name] = bits.get(name, 0) | 1 << r
-        self._always, self._bits = always, tuple(bits.items())
+        self._always, self._bits = always, bits
         self._views: list[_Ranked] = []
 
     def fold(
@@ -309,9 +309,9 @@ class Guard:
     def _mask(self, fields: Mapping[str, int]) -> int:
         """Which counted rules have series for a group: bit ``r`` for ``counted[r]``."""
         mask = self._always
-        for name, bits in self._bits:
-            if fields.get(name, 0) > 0:
-                mask |= bits
+        for name in self._bits.keys() & fields.keys():
+            if fields[name] > 0:
+                mask |= self._bits[name]
         return mask
 
 
@@ -362,9 +362,11 @@ class _Ranked:
         keep = len(entries)
         if keep > granted:
             keep = max(0, granted - 1)
-            order = [key for _, key in heapq.nsmallest(keep, (e[1] for e in entries.values()))]
+        if keep * 4 < len(entries):  # a few of many: a heap beats sorting them all
+            ranked = heapq.nsmallest(keep, (e[1] for e in entries.values()))
         else:
-            order = [key for _, key in sorted(e[1] for e in entries.values())]
+            ranked = sorted(e[1] for e in entries.values())[:keep]
+        order = [key for _, key in ranked]
         now = frozenset(order)
         for key in kept - now:
             if key in entries and key not in moved:  # left the kept groups: into other

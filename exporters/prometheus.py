@@ -366,6 +366,21 @@ class WindowRead:
     agent_groups: Sequence[Mapping[str, Any]] = ()
 
 
+class _Shown:
+    """One view's groups as of the last refresh (:meth:`KpiCollector._view`)."""
+
+    __slots__ = ("entries", "long", "view")
+
+    def __init__(self) -> None:
+        #: key -> (its dict, whether it is shown, whether a label value of it is over the
+        #: length limit)
+        self.entries: dict[tuple[str, ...], tuple[Mapping[str, int], bool, bool]] = {}
+        #: the groups shown, by key (label values not cut)
+        self.view: dict[tuple[str, ...], Mapping[str, int]] = {}
+        #: how many groups shown have a label value over the limit
+        self.long = 0
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """Families to render with ``generate_latest`` (anything with ``collect()`` will do)."""
@@ -410,10 +425,8 @@ class KpiCollector(Collector):
         self._windowed_guard = Guard(_WINDOWED_LABEL_SET, _WINDOWED_RULES)
         self._cumulative_guard = Guard(Rule(bounds + 2))
         self._state_guard = Guard(_STATE_RULE)
-        #: per view (a window's name, "" the totals) the groups as of the last refresh: key
-        #: -> (its dict, whether it is shown, whether a label value of it is over the length
-        #: limit)
-        self._seen: dict[str, dict[tuple[str, ...], tuple[Mapping[str, int], bool, bool]]] = {}
+        #: per view (a window's name, "" the totals) its groups as of the last refresh
+        self._shown: dict[str, _Shown] = {}
         #: the live state per group as of the last refresh, and its samples and lines
         self._live_seen: dict[tuple[str, ...], _Live] = {}
         self._state_cache: dict[tuple[str, ...], _State] = {}
@@ -581,34 +594,43 @@ class KpiCollector(Collector):
 
     def _view(
         self, name: str, groups: Mapping[tuple[str, ...], Mapping[str, int]], *, samples: bool
-    ) -> dict[tuple[str, ...], Mapping[str, int]]:
+    ) -> Mapping[tuple[str, ...], Mapping[str, int]]:
         """``groups`` (those with samples when ``samples``), label values cut to the length
         limit (:meth:`_cut`).
 
-        Whether a group has samples and needs a cut is kept per key while its fields hold:
-        a refresh works it out for the groups that moved. A group whose fields are those
-        of the last refresh in a new dict is shown with the last refresh's dict, so what
-        follows (the guard, the lines kept per group) tells it unchanged by identity.
+        Kept per view from one refresh to the next, with whether each group is shown and
+        needs a cut: a refresh works them out for the groups that moved. A group whose
+        fields are those of the last refresh in a new dict is shown with the last
+        refresh's dict, so what follows (the guard, the lines kept per group) tells it
+        unchanged by identity. Read only: the next refresh moves it.
         """
+        shown = self._shown.get(name)
+        if shown is None:
+            shown = self._shown[name] = _Shown()
+        entries, view = shown.entries, shown.view
         cut = self.settings.label_max_length
-        seen = self._seen.get(name, {})
-        now: dict[tuple[str, ...], tuple[Mapping[str, int], bool, bool]] = {}
-        view: dict[tuple[str, ...], Mapping[str, int]] = {}
-        long = False
         for key, fields in groups.items():
-            entry = seen.get(key)
-            if entry is None or (entry[0] is not fields and entry[0] != fields):
-                entry = (
-                    fields,
-                    not samples or has_samples(fields),
-                    max(map(len, key), default=0) > cut,
-                )
-            now[key] = entry
+            entry = entries.get(key)
+            if entry is not None and (entry[0] is fields or entry[0] == fields):
+                continue
+            if entry is not None:
+                shown.long -= entry[1] and entry[2]
+            entry = entries[key] = (
+                fields,
+                not samples or has_samples(fields),
+                max(map(len, key), default=0) > cut,
+            )
+            shown.long += entry[1] and entry[2]
             if entry[1]:
-                view[key] = entry[0]
-                long = long or entry[2]
-        self._seen[name] = now
-        return self._cut(view) if long else view
+                view[key] = fields
+            else:
+                view.pop(key, None)
+        if len(entries) > len(groups):  # groups gone
+            for key in entries.keys() - groups.keys():
+                _, was_shown, long = entries.pop(key)
+                shown.long -= was_shown and long
+                view.pop(key, None)
+        return self._cut(view) if shown.long else view
 
     def _cut(
         self, groups: Mapping[tuple[str, ...], Mapping[str, int]]
@@ -728,7 +750,8 @@ class KpiCollector(Collector):
             for key, fields in _fold_items(view, fold):
                 cached = previous.get((window, key))
                 if cached is None or (cached[0] is not fields and cached[0] != fields):
-                    cached = (fields, _windowed_samples([window, *key], fields), [])
+                    made = _windowed_samples([window, *key], fields)
+                    cached = (fields, made, _alike(cached, made))
                     unrendered.append(cached)
                 samples[(window, key)] = cached
                 shown.append(cached)
@@ -869,7 +892,8 @@ class KpiCollector(Collector):
             if cached is None or (cached[0] is not fields and cached[0] != fields):
                 if scratch is None:
                     scratch = _cumulative_family_set()
-                cached = (fields, self._cumulative_samples(scratch, key, fields, bounds), [])
+                made = self._cumulative_samples(scratch, key, fields, bounds)
+                cached = (fields, made, _alike(cached, made))
                 unrendered.append(cached)
             cache[key] = cached
             shown.append(cached)
@@ -1041,9 +1065,28 @@ def _merged_state_groups(
 
 def _render_lines(groups: Sequence[_Windowed]) -> None:
     """Fill each group's list of lines with the text of its samples, one line each, as
-    ``generate_latest`` writes them (:func:`_sample_line`)."""
+    ``generate_latest`` writes them (:func:`_sample_line`): the lines it holds (of samples
+    alike in the group's last samples, see :func:`_alike`) are kept."""
     for _, made, rendered in groups:
-        rendered[:] = [_sample_line(sample) for _, sample in made]
+        if rendered:
+            rendered[:] = [
+                line or _sample_line(sample)
+                for (_, sample), line in zip(made, rendered, strict=True)
+            ]
+        else:
+            rendered[:] = [_sample_line(sample) for _, sample in made]
+
+
+def _alike(cached: _Windowed | None, made: list[_Sample]) -> list[str]:
+    """The lines of a group's last samples where its new ones are alike, position by
+    position ("" where not: to render), or none when they do not line up: a group whose
+    fields moved has most of its values as they were (an event moves a KPI or two)."""
+    if cached is None or len(cached[1]) != len(made):
+        return []
+    return [
+        line if before == after else ""
+        for before, after, line in zip(cached[1], made, cached[2], strict=True)
+    ]
 
 
 #: the text of a label set, ``{name="value",...}``, by its labels' items in the order a
