@@ -34,6 +34,7 @@ it can have there, and caps each view at what it got (``guard(..., caps=...)``).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -318,7 +319,7 @@ class Guard:
 class _Ranked:
     """One view of a :class:`Guard` as of its last fold."""
 
-    __slots__ = ("entries", "kept", "masks", "other")
+    __slots__ = ("entries", "kept", "masks", "other", "ranked", "whole")
 
     def __init__(self) -> None:
         #: key -> (its dict, its place in the ranking, its presence mask)
@@ -329,6 +330,10 @@ class _Ranked:
         self.masks: Counter[int] = Counter()
         #: the nonzero sums of the groups of ``entries`` not ``kept``
         self.other: dict[str, int] = {}
+        #: the places in the ranking of the ``kept`` groups, in order; whether they were
+        #: every group of the view
+        self.ranked: list[tuple[int, Key]] = []
+        self.whole = True
 
     def fold(
         self,
@@ -338,8 +343,11 @@ class _Ranked:
     ) -> Fold:
         """The view folded with ``granted`` label sets, from the last fold and what moved."""
         entries, kept, masks, other = self.entries, self.kept, self.masks, self.other
-        # the groups whose dict is new, and their dict of the last fold (None: a new group)
+        # the groups whose dict is new, and their dict of the last fold (None: a new group);
+        # those whose place in the ranking moved (or is new), and those gone
         moved: dict[Key, Mapping[str, int] | None] = {}
+        placed: list[Key] = []
+        gone: set[Key] = set()
         for key, fields in view.items():
             entry = entries.get(key)
             if entry is not None:
@@ -351,10 +359,14 @@ class _Ranked:
                 masks[entry[2]] -= 1
             mask = mask_of(fields)
             masks[mask] += 1
-            entries[key] = (fields, (-volume(fields), key), mask)
+            place = (-volume(fields), key)
+            entries[key] = (fields, place, mask)
             moved[key] = None if entry is None else entry[0]
+            if entry is None or entry[1] != place:
+                placed.append(key)
         if len(entries) > len(view):  # groups gone from the view
-            for key in entries.keys() - view.keys():
+            gone = entries.keys() - view.keys()
+            for key in gone:
                 fields, _, mask = entries.pop(key)
                 masks[mask] -= 1
                 if key not in kept:
@@ -362,10 +374,7 @@ class _Ranked:
         keep = len(entries)
         if keep > granted:
             keep = max(0, granted - 1)
-        if keep * 4 < len(entries):  # a few of many: a heap beats sorting them all
-            ranked = heapq.nsmallest(keep, (e[1] for e in entries.values()))
-        else:
-            ranked = sorted(e[1] for e in entries.values())[:keep]
+        ranked = self._rank(keep, placed, gone)
         order = [key for _, key in ranked]
         now = frozenset(order)
         for key in kept - now:
@@ -382,10 +391,34 @@ class _Ranked:
                 _add(other, before, -1)
             else:
                 _move(other, before, entries[key][0])
-        self.kept = now
+        self.kept, self.ranked, self.whole = now, ranked, len(order) == len(entries)
         if len(order) == len(entries):
             return Fold(tuple(order), None, 0)
         return Fold(tuple(order), dict(other), len(entries) - len(order))
+
+    def _rank(self, keep: int, placed: list[Key], gone: set[Key]) -> list[tuple[int, Key]]:
+        """The places of the ``keep`` first groups in the ranking, in order.
+
+        From the last fold's first ones while they tell: every group not among them that
+        kept its place is past the last of them, so once ``keep`` of the last first ones
+        that stayed put and the groups ``placed`` anew come before it (or they were the
+        whole view), the first ``keep`` of those are the first of all. Otherwise every
+        group is ranked again.
+        """
+        entries, last = self.entries, self.ranked
+        if not placed and not gone and keep == len(last):
+            return last
+        stale = gone.union(placed)
+        # two sorted runs, merged by the sort
+        merged = sorted(
+            [place for place in last if place[1] not in stale]
+            + sorted(entries[key][1] for key in placed)
+        )
+        if self.whole or (last and bisect.bisect_right(merged, last[-1]) >= keep):
+            return merged[:keep]
+        if keep * 4 < len(entries):  # a few of many: a heap beats sorting them all
+            return heapq.nsmallest(keep, (entry[1] for entry in entries.values()))
+        return sorted(entry[1] for entry in entries.values())[:keep]
 
 
 def _move(sums: dict[str, int], before: Mapping[str, int], after: Mapping[str, int]) -> None:
