@@ -301,7 +301,7 @@ class Guard:
         """For each counted rule, how many groups of view ``view``'s last fold went into its
         ``other`` that the rule has series for (:func:`count_present` of them)."""
         ranked = self._views[view]
-        masks = ranked.masks - Counter(ranked.entries[key][2] for key in ranked.kept)
+        masks = ranked.masks - Counter(ranked.mask_of[key] for key in ranked.kept)
         return [
             sum(count for mask, count in masks.items() if mask >> r & 1)
             for r in range(len(self.counted))
@@ -319,16 +319,19 @@ class Guard:
 class _Ranked:
     """One view of a :class:`Guard` as of its last fold."""
 
-    __slots__ = ("entries", "kept", "masks", "other", "ranked", "whole")
+    __slots__ = ("fields", "kept", "mask_of", "masks", "other", "place", "ranked", "whole")
 
     def __init__(self) -> None:
-        #: key -> (its dict, its place in the ranking, its presence mask)
-        self.entries: dict[Key, tuple[Mapping[str, int], tuple[int, Key], int]] = {}
+        # per group: its dict, its place in the ranking, its presence mask (dicts of their
+        # own, not one more tuple a group for the garbage collector to walk)
+        self.fields: dict[Key, Mapping[str, int]] = {}
+        self.place: dict[Key, tuple[int, Key]] = {}
+        self.mask_of: dict[Key, int] = {}
         #: the groups shown as themselves (the rest are in ``other``)
         self.kept: frozenset[Key] = frozenset()
         #: groups per presence mask, every group of the view
         self.masks: Counter[int] = Counter()
-        #: the nonzero sums of the groups of ``entries`` not ``kept``
+        #: the nonzero sums of the groups of ``fields`` not ``kept``
         self.other: dict[str, int] = {}
         #: the places in the ranking of the ``kept`` groups, in order; whether they were
         #: every group of the view
@@ -342,59 +345,63 @@ class _Ranked:
         mask_of: Callable[[Mapping[str, int]], int],
     ) -> Fold:
         """The view folded with ``granted`` label sets, from the last fold and what moved."""
-        entries, kept, masks, other = self.entries, self.kept, self.masks, self.other
+        seen, place_of, masks_of = self.fields, self.place, self.mask_of
+        kept, masks, other = self.kept, self.masks, self.other
         # the groups whose dict is new, and their dict of the last fold (None: a new group);
         # those whose place in the ranking moved (or is new), and those gone
         moved: dict[Key, Mapping[str, int] | None] = {}
         placed: list[Key] = []
         gone: set[Key] = set()
         for key, fields in view.items():
-            entry = entries.get(key)
-            if entry is not None:
-                if entry[0] is fields:
+            before = seen.get(key)
+            if before is not None:
+                if before is fields:
                     continue
-                if entry[0] == fields:
-                    entries[key] = (fields, entry[1], entry[2])
+                seen[key] = fields
+                if before == fields:
                     continue
-                masks[entry[2]] -= 1
-            mask = mask_of(fields)
+                masks[masks_of[key]] -= 1
+            else:
+                seen[key] = fields
+            mask = masks_of[key] = mask_of(fields)
             masks[mask] += 1
             place = (-volume(fields), key)
-            entries[key] = (fields, place, mask)
-            moved[key] = None if entry is None else entry[0]
-            if entry is None or entry[1] != place:
+            if before is None or place_of[key] != place:
+                place_of[key] = place
                 placed.append(key)
-        if len(entries) > len(view):  # groups gone from the view
-            gone = entries.keys() - view.keys()
+            moved[key] = before
+        if len(seen) > len(view):  # groups gone from the view
+            gone = seen.keys() - view.keys()
             for key in gone:
-                fields, _, mask = entries.pop(key)
-                masks[mask] -= 1
+                fields = seen.pop(key)
+                del place_of[key]
+                masks[masks_of.pop(key)] -= 1
                 if key not in kept:
                     _add(other, fields, -1)
-        keep = len(entries)
+        keep = len(seen)
         if keep > granted:
             keep = max(0, granted - 1)
         ranked = self._rank(keep, placed, gone)
         order = [key for _, key in ranked]
         now = frozenset(order)
         for key in kept - now:
-            if key in entries and key not in moved:  # left the kept groups: into other
-                _add(other, entries[key][0], 1)
+            if key in seen and key not in moved:  # left the kept groups: into other
+                _add(other, seen[key], 1)
         for key in now - kept:
             if key not in moved:  # joined them: out of other
-                _add(other, entries[key][0], -1)
+                _add(other, seen[key], -1)
         for key, before in moved.items():
             if before is None or key in kept:  # new, or shown: not in other before
                 if key not in now:
-                    _add(other, entries[key][0], 1)
+                    _add(other, seen[key], 1)
             elif key in now:
                 _add(other, before, -1)
             else:
-                _move(other, before, entries[key][0])
-        self.kept, self.ranked, self.whole = now, ranked, len(order) == len(entries)
-        if len(order) == len(entries):
+                _move(other, before, seen[key])
+        self.kept, self.ranked, self.whole = now, ranked, len(order) == len(seen)
+        if len(order) == len(seen):
             return Fold(tuple(order), None, 0)
-        return Fold(tuple(order), dict(other), len(entries) - len(order))
+        return Fold(tuple(order), dict(other), len(seen) - len(order))
 
     def _rank(self, keep: int, placed: list[Key], gone: set[Key]) -> list[tuple[int, Key]]:
         """The places of the ``keep`` first groups in the ranking, in order.
@@ -405,20 +412,20 @@ class _Ranked:
         whole view), the first ``keep`` of those are the first of all. Otherwise every
         group is ranked again.
         """
-        entries, last = self.entries, self.ranked
+        places, last = self.place, self.ranked
         if not placed and not gone and keep == len(last):
             return last
         stale = gone.union(placed)
         # two sorted runs, merged by the sort
         merged = sorted(
             [place for place in last if place[1] not in stale]
-            + sorted(entries[key][1] for key in placed)
+            + sorted(places[key] for key in placed)
         )
         if self.whole or (last and bisect.bisect_right(merged, last[-1]) >= keep):
             return merged[:keep]
-        if keep * 4 < len(entries):  # a few of many: a heap beats sorting them all
-            return heapq.nsmallest(keep, (entry[1] for entry in entries.values()))
-        return sorted(entry[1] for entry in entries.values())[:keep]
+        if keep * 4 < len(places):  # a few of many: a heap beats sorting them all
+            return heapq.nsmallest(keep, places.values())
+        return sorted(places.values())[:keep]
 
 
 def _move(sums: dict[str, int], before: Mapping[str, int], after: Mapping[str, int]) -> None:

@@ -366,15 +366,20 @@ class WindowRead:
     agent_groups: Sequence[Mapping[str, Any]] = ()
 
 
+#: :class:`_Shown` flags of a group: it is shown; a label value of it is over the limit
+_SHOWN, _LONG = 1, 2
+
+
 class _Shown:
     """One view's groups as of the last refresh (:meth:`KpiCollector._view`)."""
 
-    __slots__ = ("entries", "long", "view")
+    __slots__ = ("fields", "flags", "long", "view")
 
     def __init__(self) -> None:
-        #: key -> (its dict, whether it is shown, whether a label value of it is over the
-        #: length limit)
-        self.entries: dict[tuple[str, ...], tuple[Mapping[str, int], bool, bool]] = {}
+        #: key -> its dict
+        self.fields: dict[tuple[str, ...], Mapping[str, int]] = {}
+        #: key -> its flags (ints, not one more tuple a group for the collector to walk)
+        self.flags: dict[tuple[str, ...], int] = {}
         #: the groups shown, by key (label values not cut)
         self.view: dict[tuple[str, ...], Mapping[str, int]] = {}
         #: how many groups shown have a label value over the limit
@@ -607,28 +612,28 @@ class KpiCollector(Collector):
         shown = self._shown.get(name)
         if shown is None:
             shown = self._shown[name] = _Shown()
-        entries, view = shown.entries, shown.view
+        seen, flags, view = shown.fields, shown.flags, shown.view
         cut = self.settings.label_max_length
         for key, fields in groups.items():
-            entry = entries.get(key)
-            if entry is not None and (entry[0] is fields or entry[0] == fields):
+            before = seen.get(key)
+            if before is not None and (before is fields or before == fields):
                 continue
-            if entry is not None:
-                shown.long -= entry[1] and entry[2]
-            entry = entries[key] = (
-                fields,
-                not samples or has_samples(fields),
-                max(map(len, key), default=0) > cut,
-            )
-            shown.long += entry[1] and entry[2]
-            if entry[1]:
+            if before is not None:
+                shown.long -= flags[key] == _SHOWN | _LONG
+            seen[key] = fields
+            flag = _SHOWN if not samples or has_samples(fields) else 0
+            if max(map(len, key), default=0) > cut:
+                flag |= _LONG
+            flags[key] = flag
+            shown.long += flag == _SHOWN | _LONG
+            if flag & _SHOWN:
                 view[key] = fields
             else:
                 view.pop(key, None)
-        if len(entries) > len(groups):  # groups gone
-            for key in entries.keys() - groups.keys():
-                _, was_shown, long = entries.pop(key)
-                shown.long -= was_shown and long
+        if len(seen) > len(groups):  # groups gone
+            for key in seen.keys() - groups.keys():
+                del seen[key]
+                shown.long -= flags.pop(key) == _SHOWN | _LONG
                 view.pop(key, None)
         return self._cut(view) if shown.long else view
 
@@ -850,6 +855,9 @@ class KpiCollector(Collector):
                 levels = _level_samples(scratch, label_set, fields)
             if ages is None:
                 ages = _age_samples(scratch, label_set, fields, first, newest_ms)
+            elif cached is not None and cached[0] is fields and cached[2] is first:
+                cache[label_set] = cached  # as it was: no new entry to keep
+                continue
             cache[label_set] = (fields, levels, first, newest_ms, ages)
         self._state_cache = cache
         # in _STATE_FAMILIES order: the backlog, the oldest, the waiting, the longest
