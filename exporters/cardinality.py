@@ -259,8 +259,9 @@ class Guard:
     A group's rank and presence are worked out again only when its dict changed (told by
     identity, then equality: the reads hand the same dict for a group nothing moved), and
     each view's ``other`` is moved by the groups that changed, left or crossed the cut
-    rather than summed again: a fold costs a pass over the keys plus the changes. The
-    groups' dicts are read only, here as everywhere.
+    rather than summed again; the groups shown are ranked from the last fold's (those
+    that stayed put merged with those placed anew) while that tells. A fold costs a pass
+    over the keys plus the changes. The groups' dicts are read only, here as everywhere.
     """
 
     def __init__(self, rule: Rule, counted: Sequence[Rule] = ()) -> None:
