@@ -778,8 +778,8 @@ class KpiCollector(Collector):
         """The levels now per group (label values cut), and each group's earliest instants
         (the oldest open ticket, the longest waiting chat).
 
-        Kept per group while its live fields hold (the read's dicts are new each refresh:
-        told by equality), so a group that did not move has the dicts of the last refresh.
+        Kept per group while its live fields hold (told by identity, then equality), so a
+        group that did not move has the dicts of the last refresh.
         """
         cut = self.settings.label_max_length
         seen = self._live_seen
@@ -787,7 +787,7 @@ class KpiCollector(Collector):
         long = False
         for key, fields in live.items():
             entry = seen.get(key)
-            if entry is None or entry[0] != fields:
+            if entry is None or (entry[0] is not fields and entry[0] != fields):
                 entry = (
                     fields,
                     {name: value for name, value in fields.items() if name not in _FIRSTS},
