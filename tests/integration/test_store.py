@@ -72,6 +72,20 @@ def pendings(raws: Sequence[bytes], topic: str = TOPIC, first_offset: int = 0) -
     return [Pending(event, topic, first_offset + i, ms) for i, (event, ms) in enumerate(decoded)]
 
 
+def batches_from(first_offset: int) -> Callable[..., list[Pending]]:
+    """``batch(*raws)``: the records decoded as a batch on :data:`TOPIC`, at offsets that go
+    on from ``first_offset`` one batch after the other."""
+    offsets = itertools.count(first_offset)
+
+    def batch(*raws: bytes) -> list[Pending]:
+        return [
+            Pending(event, TOPIC, next(offsets), ms)
+            for event, ms in (decode_record(raw) for raw in raws)
+        ]
+
+    return batch
+
+
 def run(make: Callable[[Redis], Awaitable[T]], url: str) -> T:
     """Run ``make(client)`` on a fresh asyncio client of ``url``."""
 
@@ -980,13 +994,7 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
     records, items = simulated(seed=9, start_s=T0 - HOUR, duration_s=HOUR, rate=4.0)
     early = [item for item in items if item.ms < (T0 - 240) * 1000]
     later = [item for item in items if item.ms >= (T0 - 240) * 1000]
-    offsets = itertools.count(len(records))
-
-    def batch(*raws: bytes) -> list[Pending]:
-        return [
-            Pending(event, TOPIC, next(offsets), ms)
-            for event, ms in (decode_record(raw) for raw in raws)
-        ]
+    batch = batches_from(len(records))
 
     async def scenario(client: Redis) -> dict[str, Any]:
         writer = Store(client, prefix, CONFIG)
@@ -1134,7 +1142,7 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
     records, items = simulated(seed=12, start_s=T0 - HOUR, duration_s=HOUR, rate=4.0)
     early = [item for item in items if item.ms < (T0 - 240) * 1000]
     later = [item for item in items if item.ms >= (T0 - 240) * 1000]
-    offsets = itertools.count(len(records))
+    batch = batches_from(len(records))
     built: list[tuple[str, ...]] = []
     original = query.group_document
 
@@ -1143,12 +1151,6 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
         return original(key, *args)
 
     monkeypatch.setattr(query, "group_document", counted)
-
-    def batch(*raws: bytes) -> list[Pending]:
-        return [
-            Pending(event, TOPIC, next(offsets), ms)
-            for event, ms in (decode_record(raw) for raw in raws)
-        ]
 
     async def scenario(client: Redis) -> dict[str, tuple[Any, Any, list[tuple[str, ...]]]]:
         writer = Store(client, prefix, CONFIG)
@@ -1212,14 +1214,8 @@ def test_a_grouped_reader_reads_again_only_the_newest_buckets_a_commit_wrote(
     prefix = new_prefix()
     by_all, by_channel = ("channel", "queue", "priority"), ("channel",)
     records, items = simulated(seed=21, start_s=T0 - HOUR, duration_s=HOUR - 120, rate=4.0)
-    offsets = itertools.count(len(records))
+    batch = batches_from(len(records))
     at_s = T0 - 100  # the window ends at T0 - 60: the newest fine buckets start at T0 - 180
-
-    def batch(*raws: bytes) -> list[Pending]:
-        return [
-            Pending(event, TOPIC, next(offsets), ms)
-            for event, ms in (decode_record(raw) for raw in raws)
-        ]
 
     def nonzero(groups: Any) -> dict[Any, dict[str, int]]:
         # (a field at zero and a missing one read alike)
@@ -1314,14 +1310,8 @@ def test_a_live_read_kept_at_an_instant_equals_a_new_stores_after_every_commit(
 
     prefix = new_prefix()
     _, items = simulated(seed=31, start_s=T0 - HOUR, duration_s=HOUR - 60, rate=4.0)
-    offsets = itertools.count(10**6)
+    batch = batches_from(10**6)
     instants = [T0, T0 - 1200]  # the present (past the newest event) and a past instant
-
-    def batch(*raws: bytes) -> list[Pending]:
-        return [
-            Pending(event, TOPIC, next(offsets), ms)
-            for event, ms in (decode_record(raw) for raw in raws)
-        ]
 
     async def scenario(client: Redis) -> dict[str, Any]:
         writer = Store(client, prefix, CONFIG)
@@ -1598,13 +1588,7 @@ def test_a_reader_keeps_the_oldest_at_past_instants_until_a_commit_moves_them(
         return original(self, partition, instants, *args)
 
     monkeypatch.setattr(Store, "_earliest_call", counted)
-    offset = itertools.count(len(records))
-
-    def batch(*raws: bytes) -> list[Pending]:
-        return [
-            Pending(event, TOPIC, next(offset), ms)
-            for event, ms in (decode_record(raw) for raw in raws)
-        ]
+    batch = batches_from(len(records))
 
     async def scenario(client: Redis) -> dict[str, Any]:
         writer = Store(client, prefix, config)
