@@ -107,7 +107,7 @@ async def fold_in_spans(
     for record, (event, ms), partition in zip(records, decoded, parts, strict=True):
         topic = record.topic_kind
         by_span[(ms // span_ms, partition)].append(
-            Pending(event, topic, offsets[partition, topic], ms)
+            Pending(event, topic, offsets[partition, topic], ms, event.conversation_id)
         )
         offsets[partition, topic] += 1
     conversation = "t:" + ticket
@@ -223,7 +223,7 @@ async def fold_batches(
     for first in range(0, len(records), batch):
         chunk = [decode_record(r.value) for r in records[first : first + batch]]
         items = [
-            Pending(event, r.topic_kind, first + n, ms)
+            Pending(event, r.topic_kind, first + n, ms, event.conversation_id)
             for n, ((event, ms), r) in enumerate(zip(chunk, records[first:], strict=False))
         ]
         started = time.perf_counter()

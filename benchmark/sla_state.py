@@ -251,7 +251,9 @@ async def apply_decoded(
         by_partition: dict[int, list[Pending]] = defaultdict(list)
         parts = route.many([event.conversation_id for _, event, _ in chunk])
         for (topic, event, ms), partition in zip(chunk, parts, strict=True):
-            by_partition[partition].append(Pending(event, topic, offsets[partition, topic], ms))
+            by_partition[partition].append(
+                Pending(event, topic, offsets[partition, topic], ms, event.conversation_id)
+            )
             offsets[partition, topic] += 1
         del chunk
         for partition, pending in sorted(by_partition.items()):

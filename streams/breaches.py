@@ -360,7 +360,13 @@ def _fold_claims(
     """``(conversation id, marker)`` claims folded into their tickets' states like a batch:
     unfenced, at the stored watermark (so never late, and moving nothing)."""
     pending = [
-        Pending(SlaClaim(ticket_id=conv_id[2:], claim=marker), CLAIMS_TOPIC, -1, meta.watermark_ms)
+        Pending(
+            SlaClaim(ticket_id=conv_id[2:], claim=marker),
+            CLAIMS_TOPIC,
+            -1,
+            meta.watermark_ms,
+            conv_id,
+        )
         for conv_id, marker in claims
     ]
     result = fold_batch(

@@ -1499,8 +1499,7 @@ def timelines_needed(
     needed: set[str] = set()
     known = known or {}
     for item in items:
-        event = item.event
-        conv_id = event.conversation_id
+        event, conv_id = item.event, item.conversation_id
         state = states.get(conv_id)
         if state is None or state.walk is None or conv_id in needed:
             continue
@@ -2053,6 +2052,9 @@ class Pending(NamedTuple):
     topic: str
     offset: int
     ms: int  # event time in whole ms (models.wire.event_ms), computed once at decode
+    #: ``event.conversation_id``, also worked out once: the engine routes and loads by it
+    #: and every pass of the fold reads it (the property joins two strings at each call)
+    conversation_id: str
 
 
 @dataclass
@@ -2182,7 +2184,7 @@ def fold_batch(
     if result.index:
         moved = {op[3] for op in result.index}
         result.index_from_ms = min(
-            (item.ms for item in items if item.event.conversation_id in moved), default=0
+            (item.ms for item in items if item.conversation_id in moved), default=0
         )
     return result
 
@@ -2231,11 +2233,10 @@ def _fold_events(
     before: dict[str, tuple[_KpiInputs, int]] = {}
     counters = result.counters
     applied = 0
-    for event, topic, _, ms in items:
+    for event, topic, _, ms, conv_id in items:
         if ms < cutoff_ms:
             counters["late:" + topic] += 1
             continue
-        conv_id = event.conversation_id
         state = working.get(conv_id)
         if state is None:
             stored = states.get(conv_id)

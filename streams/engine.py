@@ -362,9 +362,8 @@ class Engine:
         pending, rejected, misrouted, passed = self._decode(batch, now_s)
         # every record counts toward the fence's cover: applied, rejected, forwarded alike
         offsets = _offsets_by_topic(batch) if self._reader is not None else None
-        ids = None
         if self._partition_of is not None and pending:
-            pending, ids, misrouted = self._route(partition, batch, pending, misrouted)
+            pending, misrouted = self._route(partition, batch, pending, misrouted)
         if self._forwarder is None and self._partition_of is not None:
             # replay: records read here that belong elsewhere are applied there first, then
             # this partition's fence passes them; its batches keep their order meanwhile
@@ -373,7 +372,7 @@ class Engine:
                     await self._apply_where_they_belong(partition, misrouted)
                 async with self._locks[partition]:
                     await self._process_partition(
-                        partition, len(batch), pending, rejected, misrouted, passed, ids
+                        partition, len(batch), pending, rejected, misrouted, passed
                     )
             return
         # the three co-partitioned topics share one partition's state: one batch at a time
@@ -385,7 +384,6 @@ class Engine:
                 rejected,
                 misrouted,
                 passed,
-                ids,
                 offsets=offsets,
                 now_s=now_s,
             )
@@ -421,7 +419,9 @@ class Engine:
                 rejected.append((record, error))
                 continue
             # a NamedTuple's own constructor is a Python-level call; this one is not
-            pending.append(_new_tuple(Pending, (event, topic, record.offset, ms)))
+            pending.append(
+                _new_tuple(Pending, (event, topic, record.offset, ms, event.conversation_id))
+            )
         return pending, rejected, misrouted, passed
 
     def _route(
@@ -430,36 +430,33 @@ class Engine:
         batch: list[Record],
         pending: list[Pending],
         misrouted: list[_Misrouted],
-    ) -> tuple[list[Pending], list[str], list[_Misrouted]]:
+    ) -> tuple[list[Pending], list[_Misrouted]]:
         """Take out of ``pending`` the input records whose conversation belongs on another
-        partition; what stays, its conversation ids (the fold needs them too), and those.
+        partition; what stays, and those.
 
         One pass over the batch's conversation ids: cached ones are a dict hit, new ones
         are hashed together (:meth:`ConversationPartitions.many`).
         """
         partition_of = self._partition_of
         assert partition_of is not None
-        ids = [item.event.conversation_id for item in pending]
-        targets = partition_of.many(ids)
+        targets = partition_of.many([item.conversation_id for item in pending])
         if targets.count(partition) == len(targets):
-            return pending, ids, misrouted  # every record is where it belongs
+            return pending, misrouted  # every record is where it belongs
         records = {(r.topic, r.offset): r for r in batch}  # the pending ones' records
         inputs = self._kinds
         keep: list[Pending] = []
-        keep_ids: list[str] = []
-        for item, conversation_id, target in zip(pending, ids, targets, strict=True):
+        for item, target in zip(pending, targets, strict=True):
             if target == partition or item.topic not in inputs:
                 # (a forward is applied where it sits, even if it sits elsewhere)
                 keep.append(item)
-                keep_ids.append(conversation_id)
                 continue
             record = records[(item.topic, item.offset)]
             misrouted.append(
-                _new_tuple(_Misrouted, (record, conversation_id, target, item.event, item.ms))
+                _new_tuple(_Misrouted, (record, item.conversation_id, target, item.event, item.ms))
             )
             if item.topic not in self._warned:
-                self._warn_misrouted(record, conversation_id, target)
-        return keep, keep_ids, misrouted
+                self._warn_misrouted(record, item.conversation_id, target)
+        return keep, misrouted
 
     def _passed_over(self, record: Record, event: WireEvent) -> bool:
         """Check a record of the repartition topic against the input topic it was read
@@ -530,7 +527,9 @@ class Engine:
         for item in misrouted:
             record = item.record
             if record.offset > meta.offsets.get(record.topic, -1):
-                by_target[item.target].append(_new_tuple(Pending, (item.event, topic, -1, item.ms)))
+                by_target[item.target].append(
+                    _new_tuple(Pending, (item.event, topic, -1, item.ms, item.conversation_id))
+                )
                 sources[item.target].append((applied_from_key(record.topic, source), record.offset))
         for target, items in sorted(by_target.items()):
             async with self._locks[target]:
@@ -600,7 +599,6 @@ class Engine:
         rejected: list[tuple[Record, RejectedEvent]],
         misrouted: Sequence[_Misrouted] = (),
         passed: Sequence[Record] = (),
-        conversation_ids: list[str] | None = None,
         *,
         offsets: Mapping[str, list[int]] | None = None,
         now_s: float = 0.0,
@@ -611,8 +609,6 @@ class Engine:
         the records read back to fill a hole. ``sources``: the fence entry and offset of
         each of ``pending`` (unfenced records the replay read elsewhere, see
         :meth:`_apply_where_they_belong`): those at or below it are passed over."""
-        if conversation_ids is None:
-            conversation_ids = [p.event.conversation_id for p in pending]
         started = time.perf_counter()
         sent_rejects = False
         fresh_rejects: list[tuple[Record, RejectedEvent]] = []
@@ -624,12 +620,14 @@ class Engine:
         while True:
             # each event's id, to find a repeat of one kept beside its state
             event_ids = [
-                (conversation_id, p.event.event_id)
-                for conversation_id, p in zip(conversation_ids, pending, strict=True)
+                (p.conversation_id, p.event.event_id)
+                for p in pending
                 if not isinstance(p.event, SlaClaim)
             ]
             meta, states = await retry_forever(
-                partial(self.store.load, partition, conversation_ids, event_ids),
+                partial(
+                    self.store.load, partition, [p.conversation_id for p in pending], event_ids
+                ),
                 what=f"loading partition {partition} state from Redis",
                 on_state=self.metrics.redis_up,
             )
@@ -645,13 +643,10 @@ class Engine:
                             found, now_s
                         )
                         if self._partition_of is not None and more:
-                            more, more_ids, more_misrouted = self._route(
+                            more, more_misrouted = self._route(
                                 partition, found, more, more_misrouted
                             )
-                        else:
-                            more_ids = [p.event.conversation_id for p in more]
                         pending = pending + more
-                        conversation_ids = conversation_ids + more_ids
                         rejected = rejected + more_rejected
                         misrouted = [*misrouted, *more_misrouted]
                         elsewhere += [m.record for m in more_misrouted] + more_passed

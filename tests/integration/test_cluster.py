@@ -116,7 +116,7 @@ def batches(dataset: Dataset, size: int = 150) -> list[tuple[int, list[Pending]]
             event, ms = decode_record(record.value)
         except RejectedEvent:
             continue
-        per[partition].append(Pending(event, record.topic_kind, offset, ms))
+        per[partition].append(Pending(event, record.topic_kind, offset, ms, event.conversation_id))
     out: list[tuple[int, list[Pending]]] = []
     step = 0
     while any(len(items) > step for items in per.values()):

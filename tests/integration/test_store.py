@@ -69,7 +69,10 @@ def replied(ticket: str, t_s: float) -> bytes:
 
 def pendings(raws: Sequence[bytes], topic: str = TOPIC, first_offset: int = 0) -> list[Pending]:
     decoded = [decode_record(raw) for raw in raws]
-    return [Pending(event, topic, first_offset + i, ms) for i, (event, ms) in enumerate(decoded)]
+    return [
+        Pending(event, topic, first_offset + i, ms, event.conversation_id)
+        for i, (event, ms) in enumerate(decoded)
+    ]
 
 
 def batches_from(first_offset: int) -> Callable[..., list[Pending]]:
@@ -79,7 +82,7 @@ def batches_from(first_offset: int) -> Callable[..., list[Pending]]:
 
     def batch(*raws: bytes) -> list[Pending]:
         return [
-            Pending(event, TOPIC, next(offsets), ms)
+            Pending(event, TOPIC, next(offsets), ms, event.conversation_id)
             for event, ms in (decode_record(raw) for raw in raws)
         ]
 
@@ -119,7 +122,7 @@ def simulated(
             event, ms = decode_record(record.value)
         except RejectedEvent:
             continue
-        items.append(Pending(event, record.topic_kind, offset, ms))
+        items.append(Pending(event, record.topic_kind, offset, ms, event.conversation_id))
     return records, items
 
 
@@ -304,7 +307,7 @@ def test_a_batch_is_applied_once_however_often_it_is_delivered(
         assert redis_snapshot(redis_client, f"{prefix}:*") == first
         # and so does a fold of it against the fresh state, before any commit
         again = [
-            Pending(event, r.topic, r.offset, ms)
+            Pending(event, r.topic, r.offset, ms, event.conversation_id)
             for r in records[:10]
             for event, ms in [decode_record(r.value)]
         ]

@@ -301,7 +301,7 @@ async def _commit(store: Store, partition: int, raws: Sequence[bytes]) -> None:
     items = []
     for raw in raws:
         event, ms = decode_record(raw)
-        items.append(Pending(event, "tickets", next(_offsets), ms))
+        items.append(Pending(event, "tickets", next(_offsets), ms, event.conversation_id))
     meta, states = await store.load(partition, [p.event.conversation_id for p in items])
     result = fold_batch(
         items,

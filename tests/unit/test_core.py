@@ -101,10 +101,12 @@ class MemoryState:
         for topic, offset, raw in records:
             if isinstance(raw, SlaClaim):
                 # dated within the retention of every test's events
-                pending.append(Pending(raw, topic, -1, int(T0.timestamp() * 1000)))
+                pending.append(
+                    Pending(raw, topic, -1, int(T0.timestamp() * 1000), raw.conversation_id)
+                )
             else:
                 event, ms = decode_record(raw)
-                pending.append(Pending(event, topic, offset, ms))
+                pending.append(Pending(event, topic, offset, ms, event.conversation_id))
         states = {
             p.event.conversation_id: self.states.get(p.event.conversation_id) for p in pending
         }

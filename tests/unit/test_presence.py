@@ -123,7 +123,10 @@ def fold_all(
     buckets: Counter[str] = Counter()
     watermark = 0
     for offset, batch in enumerate(batches):
-        pending = [Pending(e, "agents", offset * 100 + i, event_ms(e)) for i, e in enumerate(batch)]
+        pending = [
+            Pending(e, "agents", offset * 100 + i, event_ms(e), e.conversation_id)
+            for i, e in enumerate(batch)
+        ]
         result = fold_batch(
             pending,
             {p.event.conversation_id: states.get(p.event.conversation_id) for p in pending},
