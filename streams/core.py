@@ -1899,6 +1899,20 @@ class _FieldNames(dict[int, str]):
         return name
 
 
+class _GroupKeys(dict[str, str]):
+    """A group's field keys, ``prefix + name`` (the group's key and :data:`SEP`), made once
+    per name: the hot loop of :func:`_add_deltas` then hands the bucket hashes the same
+    key objects, their hashes known, instead of a new string per change."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, name: str) -> str:
+        key = self[name] = self.prefix + name
+        return key
+
+
 _FR_SK = _FieldNames("fr_sk:")
 _CW_SK = _FieldNames("cw_sk:")
 _FB_SK = _FieldNames("fb_sk:")
@@ -2305,7 +2319,7 @@ def _kpi_change(
         islice(state.timeline.items(), timeline_before),
         claims,
         config,
-        moves=dict(islice(state.moves.items(), moves_before)),
+        moves=dict(islice(state.moves.items(), moves_before)) if moves_before else None,
     )
     new, ignored_new = _current(state, config, view, life)
     if new == old:
@@ -2315,7 +2329,8 @@ def _kpi_change(
         delta[(at_ms, dims, name)] += value
     for at_ms, dims, name, value in old:
         delta[(at_ms, dims, name)] -= value
-    changes = [(at, dims, name, value) for (at, dims, name), value in delta.items()]
+    # (what both hold sums to nothing: left out, as every reader of the changes skips it)
+    changes = [(at, dims, name, value) for (at, dims, name), value in delta.items() if value]
     return changes, ignored_new - ignored_old
 
 
@@ -2448,7 +2463,10 @@ def _add_deltas(
     bucket_ms = bucket_s * 1000
     totals, buckets, counters = result.totals, result.buckets, result.counters
     levels = result.levels
-    prefixes: dict[Dims, str] = {}
+    group_keys: dict[Dims, _GroupKeys] = {}
+    # the group of the last change (a conversation's changes mostly share one)
+    last_dims: Dims | None = None
+    keys = _GroupKeys("")
     # the four bucket hashes (fine, roll-up, and both over all groups) of each fine bucket
     targets: dict[int, tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]] = {}
     held_delta = ignored = 0
@@ -2554,10 +2572,12 @@ def _add_deltas(
         for at_ms, dims, name, value in changes:
             if value == 0:
                 continue
-            prefix = prefixes.get(dims)
-            if prefix is None:
-                prefix = prefixes[dims] = SEP.join(dims) + SEP
-            key = prefix + name
+            if dims is not last_dims:
+                found = group_keys.get(dims)
+                if found is None:
+                    found = group_keys[dims] = _GroupKeys(SEP.join(dims) + SEP)
+                keys, last_dims = found, dims
+            key = keys[name]
             route = _ROUTES[name]
             if route & _TO_TOTALS:
                 totals[key] += value
