@@ -594,6 +594,22 @@ def test_duplicates_change_nothing_and_are_counted() -> None:
     assert memory.counters["dup:t"] == 2
 
 
+def test_one_group_held_by_tickets_as_distinct_tuples_lands_under_one_key() -> None:
+    # the fold's hot loop looks a group's keys up again only when the group object changes:
+    # each ticket's state holds its own tuple of the same group, whose changes still meet
+    raws = [ev(f"c{n}", "ticket.created", n, ticket_id=f"T{n}", queue="billing") for n in (1, 2, 3)]
+    pending = []
+    for offset, raw in enumerate(raws):
+        event, ms = decode_record(raw)
+        pending.append(Pending(event, "t", offset, ms, event.conversation_id))
+    result = fold_batch(pending, {}, watermark_ms=0, applied_offsets={}, config=CONFIG)
+    groups = {state.dims for state in result.states.values()}
+    assert len(groups) == 1 and len({id(state.dims) for state in result.states.values()}) == 3
+    key = SEP.join(groups.pop()) + SEP + "tc"
+    assert result.totals[key] == 3
+    assert [fields[key] for (level, _), fields in result.buckets.items() if level == "b"] == [3]
+
+
 def test_redelivered_offsets_are_skipped() -> None:
     memory = run(TICKET)
     other = ev("c2", "ticket.created", 0, ticket_id="T2")
