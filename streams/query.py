@@ -671,6 +671,7 @@ async def read_grouped_windows(
             move = store.take_move(kept)
             if move is not None and slot.source is not None and move[0] is slot.source:
                 slot.projected, touched = _moved_groups(slot.projected, move[1], key)
+                _move_in(slot, move[2], key, touched)
             else:
                 slot.projected, touched = group_fields(kept, key), None
             slot.source = kept
@@ -780,6 +781,50 @@ def _project_bucket(
         for name, value in fields.items():
             target[name] = get(name, 0) + value
     return projected
+
+
+def _move_in(
+    slot: _Slot,
+    entered: Sequence[tuple[FreshKey, FreshBucket]],
+    by: tuple[str, ...],
+    touched: set[tuple[str, ...]],
+) -> None:
+    """Move ``slot``'s settled projection (already moved by the change read) along by the
+    buckets that left the newest and ``entered`` the settled sum, each taken out of the
+    slot's newest buckets. One the slot holds projected (the very bucket) adds its
+    projection, and its groups add up as before (a group's parts moved from one to the
+    other): they are not ``touched``, but for a group that lost a field (one ending at
+    zero is left out of the projection, not of a bucket's). Any other is projected and
+    its groups touched."""
+    projected = slot.projected
+    for bucket_key, bucket in entered:
+        held = slot.buckets.get(bucket_key)
+        if held is not None and held[0] is bucket:
+            del slot.buckets[bucket_key]
+            projection, quiet = held[1], True
+        else:
+            projection, quiet = _project_bucket(bucket, by), False
+        for group, fields in projection.items():
+            base = projected.get(group)
+            if base is None:
+                lost = 0 in fields.values()
+                total = {name: value for name, value in fields.items() if value} if lost else fields
+            else:
+                total = dict(base)
+                get = total.get
+                lost = False
+                for name, value in fields.items():
+                    if not (added := get(name, 0) + value):
+                        lost = True
+                    total[name] = added
+                if lost:
+                    total = {name: value for name, value in total.items() if value}
+            if lost or not quiet:
+                touched.add(group)
+            if total:
+                projected[group] = total
+            else:
+                projected.pop(group, None)
 
 
 def _moved_groups(

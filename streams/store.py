@@ -150,7 +150,7 @@ import logging
 import sys
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
@@ -1140,6 +1140,20 @@ FreshKey = tuple[int, str]
 FreshBucket = dict[str, dict[str, int]]
 
 
+def _change_items(
+    change: Mapping[str, int], entered: Sequence[tuple[FreshKey, FreshBucket]]
+) -> Iterator[tuple[str, int]]:
+    """A settled sum's move (:meth:`Store.take_move`) field by field: ``change``'s, then the
+    entered buckets' under their stored names (interned, as read ones are)."""
+    yield from change.items()
+    intern = sys.intern
+    for _, bucket in entered:
+        for group, fields in bucket.items():
+            head = group + SEP if group else ""
+            for name, value in fields.items():
+                yield intern(head + name), value
+
+
 def _split_bucket(reply: Mapping[bytes | str, bytes | str]) -> FreshBucket:
     """An ``HGETALL`` reply of a bucket split at its groups (names decoded and interned:
     thousands of groups hold the same few hundred fields)."""
@@ -1259,10 +1273,13 @@ class Store:
             tuple[tuple[int, ...], str, int], tuple[tuple[int, ...], tuple[str, ...]]
         ] = {}
         #: (partitions, kind, width) -> the last settled sum of the agent or group buckets
-        #: a slide made, the sum it moved along and by how much (:meth:`take_move`)
+        #: a slide made, the sum it moved along and by how much: the change read, and the
+        #: entering buckets held split (:meth:`take_move`)
         self._moves: dict[
             tuple[tuple[int, ...], str, int],
-            tuple[dict[str, int], dict[str, int], dict[str, int]],
+            tuple[
+                dict[str, int], dict[str, int], dict[str, int], list[tuple[FreshKey, FreshBucket]]
+            ],
         ] = {}
         #: (partition, bucket key suffix) -> (its stamp, its fields split by group, how
         #: many): the newest buckets as :meth:`bucket_parts_by_group` last read them, least
@@ -2064,8 +2081,17 @@ class Store:
                     continue
             missing.append(i)
         if slides:
+            # an entering bucket held split by group with the stamp read now (the newest
+            # of the last read, settled since) is not read again: the sum moves along by
+            # its split, which a grouped reader holds projected already
+            split = self._held_split(partitions, stamps, position, slides) if stamp_fresh else {}
             moved = await self._sum_fresh(
-                partitions, [bucket for i in slides for bucket in slides[i]]
+                partitions,
+                [
+                    bucket
+                    for i in slides
+                    for bucket in (slides[i][0], [s for s in slides[i][1] if s not in split])
+                ],
             )
             # a bucket that leaves is taken out as read now: read between two equal stamps
             # it is what the sum holds (an entering one read after its stamp is checked by
@@ -2089,9 +2115,10 @@ class Store:
                 get = change.get
                 for name, value in gone_sum.items():
                     change[name] = get(name, 0) - value
+                entered_split = [part for s in slides[i][1] for part in split.get(s, ())]
                 slid = dict(slid_from[i])
                 get = slid.get
-                for name, value in change.items():
+                for name, value in _change_items(change, entered_split):
                     total = get(name, 0) + value
                     if total:
                         slid[name] = total
@@ -2102,7 +2129,7 @@ class Store:
                 self._keep_settled(parts, settled[i], stamps_of(settled[i]), slid)
                 span = _span(sets[i], self.config)
                 if span[0] != "all":
-                    self._moves[(parts, *span)] = (slid, slid_from[i], change)
+                    self._moves[(parts, *span)] = (slid, slid_from[i], change, entered_split)
         if missing:
             read = await self._read_settled(parts, [settled[i] for i in missing])
             for i in missing:
@@ -2122,18 +2149,46 @@ class Store:
         )
         return list(kept_sums), fresh_sets, fresh_stamps
 
-    def take_move(self, kept: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]] | None:
-        """``(earlier, change)`` when :meth:`sum_bucket_parts` made the settled sum ``kept``
-        of agent buckets by moving ``earlier`` (the very sum it handed out before) along:
-        ``kept`` is ``earlier`` plus ``change`` (field -> amount, a field that ends at zero
-        left out of ``kept``). ``None`` otherwise. Handed out once: a reader that derived
-        something from ``earlier`` moves that along by ``change`` instead of deriving it
-        from ``kept`` again (the reads by agent project a day's sum per agent)."""
-        for key, (slid, earlier, change) in self._moves.items():
+    def take_move(
+        self, kept: Mapping[str, int]
+    ) -> tuple[dict[str, int], dict[str, int], list[tuple[FreshKey, FreshBucket]]] | None:
+        """``(earlier, change, entered)`` when :meth:`sum_bucket_parts` or
+        :meth:`bucket_parts_by_group` made the settled sum ``kept`` by moving ``earlier``
+        (the very sum it handed out before) along: ``kept`` is ``earlier`` plus ``change``
+        (field -> amount) plus the buckets ``entered`` (the very split buckets
+        :meth:`bucket_parts_by_group` handed out as the newest, settled since; none from
+        :meth:`sum_bucket_parts`), a field that ends at zero left out of ``kept``. ``None``
+        otherwise. Handed out once: a reader that derived something from ``earlier`` moves
+        that along instead of deriving it from ``kept`` again (the reads by agent project a
+        day's sum per agent, the grouped reads per group)."""
+        for key, (slid, earlier, change, entered) in self._moves.items():
             if slid is kept:
                 del self._moves[key]
-                return earlier, change
+                return earlier, change, entered
         return None
+
+    def _held_split(
+        self,
+        partitions: Sequence[int],
+        stamps: Sequence[tuple[bytes | None, ...]],
+        position: Mapping[str, int],
+        slides: Mapping[int, tuple[list[str], list[str]]],
+    ) -> dict[str, list[tuple[FreshKey, FreshBucket]]]:
+        """The buckets entering ``slides`` held split (:meth:`bucket_parts_by_group`) in
+        every partition with the stamps read now (``stamps``, a row per partition, a
+        bucket's at ``position``): suffix -> its split per partition."""
+        found = self._fresh_kept
+        out: dict[str, list[tuple[FreshKey, FreshBucket]]] = {}
+        for suffix in dict.fromkeys(s for i in slides for s in slides[i][1]):
+            parts = []
+            for partition, row in zip(partitions, stamps, strict=True):
+                held = found.get((partition, suffix))
+                if held is None or held[0] != row[position[suffix]]:
+                    break
+                parts.append(((partition, suffix), held[1]))
+            else:
+                out[suffix] = parts
+        return out
 
     async def _read_settled(
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]

@@ -1047,15 +1047,100 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
     # newest and the meta; a late event in a sum it keeps or in a bucket that leaves: the
     # whole window again; the levels whole at its first read alone. The grouped read keeps
     # the newest buckets too: the one of them that was the newest before, unwritten since,
-    # it does not read again
+    # it does not read again, nor the one that entered the sum (held split while newest)
     reader_reads = {stage: reads[0] for stage, (_, reads) in seen.items()}
     assert reader_reads == {
         "first": 2 * 13 + 1 + agents,
-        "slid": 2 * 5 - 1 + agents,
+        "slid": 2 * 5 - 2 + agents,
         "late kept": 2 * 13 - 1 + agents,
-        "quiet": 2 * 5 - 1 + agents,
+        "quiet": 2 * 5 - 2 + agents,
         "late leaving": 2 * 13 - 1 + agents,
     }
+
+
+def test_a_grouped_read_crossing_a_minute_moves_the_newest_bucket_it_holds_into_its_sum(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A grouped read whose end crosses a minute: the fine bucket that leaves the newest
+    and joins the settled sum is held split by group, and the sum moves along by it
+    without reading it again while its stamp holds; once a commit wrote it since, it is
+    read. Commits land in that bucket and in the minute that enters, and every read, by
+    two dimensions and by all three, equals a new store's."""
+    from deskpulse.models.events import DIMENSIONS
+    from deskpulse.streams.query import query_kpis
+
+    prefix = new_prefix()
+    _, items = simulated(seed=13, start_s=T0 - HOUR, duration_s=HOUR - 400, rate=4.0)
+    offsets = itertools.count(len(items))
+
+    def batch(*raws: bytes) -> list[Pending]:
+        return [
+            Pending(event, TOPIC, next(offsets), ms)
+            for event, ms in (decode_record(raw) for raw in raws)
+        ]
+
+    async def scenario(client: Redis) -> dict[str, Any]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        read_flat: list[str] = []
+        sum_fresh = reader._sum_fresh
+
+        async def counted(partitions: Any, sets: Sequence[Sequence[str]]) -> Any:
+            read_flat.extend(s for suffixes in sets for s in suffixes)
+            return await sum_fresh(partitions, sets)
+
+        reader._sum_fresh = counted  # type: ignore[method-assign]
+        await apply(writer, 0, items)
+
+        async def both(at_s: int) -> tuple[list[Any], list[str]]:
+            read_flat.clear()
+            documents = []
+            for by in (("channel", "queue"), DIMENSIONS):
+                kept = await query_kpis(reader, width_s=1800, at_s=at_s, by=by)
+                fresh = await query_kpis(
+                    Store(client, prefix, CONFIG), width_s=1800, at_s=at_s, by=by
+                )
+                documents.append((kept, fresh))
+            return documents, list(read_flat)
+
+        seen: dict[str, Any] = {"first": await both(T0 - 260)}
+        # the two newest minutes written (T0 - 360 s joins the sum at the next minute) and
+        # read again in the same minute: held split with their new stamps
+        await apply(
+            writer,
+            0,
+            batch(
+                created("newest-a", T0 - 350, channel="web"),
+                created("newest-b", T0 - 290, channel="chat", queue="returns"),
+            ),
+        )
+        seen["same minute"] = await both(T0 - 250)
+        # the minute that enters written, then the read a minute on: T0 - 360 s moves
+        # into the sum as held
+        await apply(writer, 0, batch(created("entering-a", T0 - 230, channel="web")))
+        seen["held"] = await both(T0 - 190)
+        # the bucket about to join the sum (T0 - 300 s) written after it was held, and the
+        # minute that enters: the read a minute on reads it again
+        await apply(
+            writer,
+            0,
+            batch(
+                created("late-newest", T0 - 280, channel="web"),
+                created("entering-b", T0 - 170, channel="chat", queue="returns"),
+            ),
+        )
+        seen["written since"] = await both(T0 - 130)
+        return seen
+
+    seen = run(scenario, redis_url)
+    for stage, (documents, _) in seen.items():
+        for kept, fresh in documents:
+            assert kept == fresh, stage
+    # the slides read the bucket that left the window's start, flat; the one that joins
+    # the sum only when written since it was held (by each grouping: the sum is moved once)
+    assert f"b:{T0 - 360}" not in seen["held"][1], seen["held"][1]
+    assert f"b:{T0 - 2040}" in seen["held"][1], seen["held"][1]
+    assert f"b:{T0 - 300}" in seen["written since"][1], seen["written since"][1]
 
 
 def test_a_window_past_the_newest_event_slides_its_kept_sum_along(
