@@ -1071,13 +1071,7 @@ def test_a_grouped_read_crossing_a_minute_moves_the_newest_bucket_it_holds_into_
 
     prefix = new_prefix()
     _, items = simulated(seed=13, start_s=T0 - HOUR, duration_s=HOUR - 400, rate=4.0)
-    offsets = itertools.count(len(items))
-
-    def batch(*raws: bytes) -> list[Pending]:
-        return [
-            Pending(event, TOPIC, next(offsets), ms)
-            for event, ms in (decode_record(raw) for raw in raws)
-        ]
+    batch = batches_from(len(items))
 
     async def scenario(client: Redis) -> dict[str, Any]:
         writer = Store(client, prefix, CONFIG)
