@@ -1039,10 +1039,9 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
             assert kept == fresh, stage
     # each stage: the reader's reads and a new store's (one for each read), grouped and
     # not. A new store reads every bucket of the window (10 fine buckets and 2 roll-ups),
-    # the meta and the levels whole; the read without grouping, the agents' presence too
-    # (the metas once more: the levels it read a moment before it finds unchanged)
-    agents = 1
-    assert {reads[1] for _, reads in seen.values()} == {2 * 14 + agents}
+    # the meta and the levels whole (the metas once, for the check of the window's end,
+    # the live state and the agents' presence alike)
+    assert {reads[1] for _, reads in seen.values()} == {2 * 14}
     # the reader, its window slid: the bucket that left, the one that entered, the 2
     # newest and the meta; a late event in a sum it keeps or in a bucket that leaves: the
     # whole window again; the levels whole at its first read alone. The grouped read keeps
@@ -1050,11 +1049,11 @@ def test_a_sliding_window_moves_its_kept_sum_along_and_sees_every_change(
     # it does not read again, nor the one that entered the sum (held split while newest)
     reader_reads = {stage: reads[0] for stage, (_, reads) in seen.items()}
     assert reader_reads == {
-        "first": 2 * 13 + 1 + agents,
-        "slid": 2 * 5 - 2 + agents,
-        "late kept": 2 * 13 - 1 + agents,
-        "quiet": 2 * 5 - 2 + agents,
-        "late leaving": 2 * 13 - 1 + agents,
+        "first": 2 * 13 + 1,
+        "slid": 2 * 5 - 2,
+        "late kept": 2 * 13 - 1,
+        "quiet": 2 * 5 - 2,
+        "late leaving": 2 * 13 - 1,
     }
 
 
@@ -1215,9 +1214,12 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
     and levels are the same keeps its document (its ages moved to the new end), and only
     the groups that changed are built again. New traffic with the window slid, a late
     event in a settled roll-up, a quiet read a minute on, and a trim of the oldest buckets:
-    every read equals a new store's (one that keeps nothing)."""
+    every read equals a new store's (one that keeps nothing). The read process's encoding
+    of each read, which keeps each group's JSON while its document is kept, is byte for
+    byte the document's, and encodes only the groups built again."""
     from deskpulse.streams import query
     from deskpulse.streams.query import query_kpis
+    from deskpulse.streams.reads import _Encoder
 
     prefix = new_prefix()
     by = ("channel", "queue", "priority")
@@ -1233,6 +1235,9 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
         return original(key, *args)
 
     monkeypatch.setattr(query, "group_document", counted)
+    encoder = _Encoder()
+    #: per stage: the read process's encoding of the kept read, and the groups it encoded
+    encoded: dict[str, tuple[bytes, int]] = {}
 
     async def scenario(client: Redis) -> dict[str, tuple[Any, Any, list[tuple[str, ...]]]]:
         writer = Store(client, prefix, CONFIG)
@@ -1243,6 +1248,7 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
             built.clear()
             kept = await query_kpis(reader, width_s=2400, at_s=at_s, by=by)
             by_reader = list(built)
+            encoded[f"{at_s}:{len(encoded)}"] = (encoder.encode("kpis", kept), encoder.encoded)
             fresh = await query_kpis(Store(client, prefix, CONFIG), width_s=2400, at_s=at_s, by=by)
             return kept, fresh, by_reader
 
@@ -1266,6 +1272,15 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
         assert kept == fresh, stage
     groups = {stage: len(kept["groups"]) for stage, (kept, _, _) in seen.items()}
     builds = {stage: len(by_reader) for stage, (_, _, by_reader) in seen.items()}
+    for (stage, (kept, _, by_reader)), (body, count) in zip(
+        seen.items(), encoded.values(), strict=True
+    ):
+        assert body == orjson.dumps(kept), stage
+        # a group built again is a new document; one kept is encoded once, when first seen
+        assert len(by_reader) <= count <= groups[stage], stage
+    counts = [count for _, count in encoded.values()]
+    assert counts[0] == groups["first"] and counts[1] == 0
+    assert counts[3] == 1  # the late ticket's group alone
     assert groups["first"] > 20 and builds["first"] == groups["first"]
     # nothing changed: every document kept (the very same objects)
     assert builds["again"] == 0
