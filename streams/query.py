@@ -222,7 +222,11 @@ async def retained_since(store: Store) -> tuple[int, int] | None:
     """``(horizon_s, newest_s)``: the oldest event time any partition still keeps state for
     (its newest event time minus retention, the least over partitions) and the newest event
     time of all; ``None`` before the first event. One small read of the partitions' meta."""
-    metas = await store.read_meta()
+    return _retained(store, await store.read_meta())
+
+
+def _retained(store: Store, metas: Mapping[int, Mapping[str, str]]) -> tuple[int, int] | None:
+    """:func:`retained_since` of the partitions' metas."""
     newest_ms = [int(meta.get("wm", "0")) for meta in metas.values()]
     newest_ms = [ms for ms in newest_ms if ms]  # 0: the partition has no event yet
     if not newest_ms:
@@ -235,8 +239,10 @@ async def read_document(store: Store, query: KpiQuery) -> dict[str, Any]:
     """The KPI document of ``query``; :class:`InvalidQuery` (``at``) for a window that ends
     where every partition has deleted its state (its numbers would all read zero).
 
-    A window reaching only partly past that horizon is read: what is left of it."""
-    retained = await retained_since(store)
+    A window reaching only partly past that horizon is read: what is left of it. The
+    partitions and their newest event times are read once, for the check and the read."""
+    metas = await store.read_meta()
+    retained = _retained(store, metas)
     if retained is not None and query.end_s <= retained[0]:
         horizon_s, newest_s = retained
         raise InvalidQuery(
@@ -246,7 +252,14 @@ async def read_document(store: Store, query: KpiQuery) -> dict[str, Any]:
             f"{format_width(store.config.retention_seconds)} behind the newest event, "
             f"{format_time(newest_s)})",
         )
-    return await query_kpis(store, width_s=query.width_s, at_s=query.end_s, by=query.by)
+    return await query_kpis(
+        store,
+        width_s=query.width_s,
+        at_s=query.end_s,
+        by=query.by,
+        partitions=list(metas),
+        watermarks_ms={p: int(meta.get("wm", "0")) for p, meta in metas.items()},
+    )
 
 
 _LEVEL_FIELDS = (*BACKLOG_FIELDS.values(), WAITING_FIELD)
@@ -542,14 +555,25 @@ async def query_kpis(
     width_s: int,
     at_s: float,
     by: Sequence[str] = (),
+    partitions: Sequence[int] | None = None,
+    watermarks_ms: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The KPI document for the window of ``width_s`` ending at ``at_s`` (docs/kpis.md).
+    """The KPI document for the window of ``width_s`` ending at ``at_s`` (docs/kpis.md),
+    over ``partitions`` with their newest event times ``watermarks_ms`` when the caller
+    read them (else read here).
 
     By group, a group whose sums and live state are those of the last read of the same
     width and grouping keeps the document built then (its ages moved to the new end):
     a read builds the documents of the groups that changed, not of every group."""
+    partitions, watermarks_ms = await _partitions_and_watermarks(store, partitions, watermarks_ms)
     if tuple(by) == (AGENT,):
-        ((start_s, end_s, agents),) = await read_agent_groups(store, widths_s=[width_s], at_s=at_s)
+        ((start_s, end_s, agents),) = await read_agent_groups(
+            store,
+            widths_s=[width_s],
+            at_s=at_s,
+            partitions=partitions,
+            watermarks_ms=watermarks_ms,
+        )
         return {
             "window": {
                 "start": format_time(start_s),
@@ -560,16 +584,22 @@ async def query_kpis(
             "groups": agents,
         }
     if not by:
-        start_s, end_s, merged = await read_window(store, width_s=width_s, at_s=at_s, grouped=False)
-        live = await read_live(store, end_s=end_s)
+        start_s, end_s, merged = await read_window(
+            store, width_s=width_s, at_s=at_s, partitions=partitions, grouped=False
+        )
+        live = await read_live(
+            store, end_s=end_s, partitions=partitions, watermarks_ms=watermarks_ms
+        )
         document = build_document(merged, start_s=start_s, end_s=end_s, by=by, live=live)
         # the agents' presence is kept over all groups: the one group without `by` has it
-        (document["groups"][0]["agents"],) = await read_agents(store, [(start_s, end_s)])
+        (document["groups"][0]["agents"],) = await read_agents(
+            store, [(start_s, end_s)], partitions=partitions, watermarks_ms=watermarks_ms
+        )
         return document
     ((start_s, end_s, groups),) = await read_grouped_windows(
-        store, widths_s=[width_s], at_s=at_s, by=by
+        store, widths_s=[width_s], at_s=at_s, by=by, partitions=partitions
     )
-    live = await read_live(store, end_s=end_s)
+    live = await read_live(store, end_s=end_s, partitions=partitions, watermarks_ms=watermarks_ms)
     slot = _slot(store, tuple(by), width_s)
     return build_grouped_document(
         groups, start_s=start_s, end_s=end_s, by=by, live=live, documents=slot.documents
