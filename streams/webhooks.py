@@ -498,6 +498,12 @@ def _intercom_ticket(
         if agent is not None:
             replied["agent_id"] = agent
         return [replied]
+    if topic == "conversation.admin.assigned":
+        # the team it is assigned to now is its queue from then on (no team: unassigned); an
+        # assignment to an admin that leaves the team as it was moves nothing
+        team = _optional_id(item.get("team_assignee_id"))
+        queue = "unassigned" if team is None else mapping.queue_map.get(team, team)
+        return [{**base, "type": "ticket.updated", "queue": queue}]
     status = _INTERCOM_STATUS.get(topic)
     if status is not None:
         return [{**base, "type": "ticket.status_changed", "status": status}]

@@ -204,7 +204,7 @@ def intercom_conversation(
     created_s: int,
     parts: list[dict[str, Any]] | None = None,
     *,
-    team_assignee_id: str | None = None,
+    team_assignee_id: str | int | None = None,
     priority: str = "not_priority",
     source_type: str = "conversation",
     state: str = "open",

@@ -478,9 +478,35 @@ def test_intercom_user_created_as_a_ticket_takes_the_source_channel() -> None:
     [event] = _intercom("conversation.user.created", conversation, as_kind="ticket")  # type: ignore[misc]
     assert event["type"] == "ticket.created" and event["channel"] == "email"
     assert event.get("queue") is None
-    assert isinstance(
-        _intercom("conversation.admin.assigned", conversation, as_kind="ticket"), Ignored
+
+
+@pytest.mark.parametrize(
+    ("team", "queue"),
+    [("5017691", "tier2"), ("5017692", "5017692"), (5017693, "5017693"), (None, "unassigned")],
+)
+def test_intercom_admin_assigned_as_a_ticket_moves_it_to_its_team(
+    team: str | int | None, queue: str
+) -> None:
+    """As tickets, an assignment is a ``ticket.updated`` naming the conversation's team now
+    as its queue (mapped as at creation), from the assignment part's time on."""
+    conversation = _conversation(
+        samples.intercom_part("4", T0 + 90, part_type="assignment"), team_assignee_id=team
     )
+    mapped = _intercom(
+        "conversation.admin.assigned",
+        conversation,
+        as_kind="ticket",
+        queue_map={"5017691": "tier2"},
+    )
+    assert mapped == [
+        {
+            "event_id": "intercom:notif_1",
+            "occurred_at": "2026-11-30T00:54:50.000000Z",
+            "ticket_id": "1911149811",
+            "type": "ticket.updated",
+            "queue": queue,
+        }
+    ]
 
 
 def test_intercom_event_id_without_a_notification_id() -> None:
