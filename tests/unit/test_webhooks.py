@@ -598,3 +598,18 @@ def test_ingest_settings(
         load_settings()
     assert str(caught.value).startswith(problem)
     assert "\n" not in str(caught.value)
+
+
+def test_ingest_defaults() -> None:
+    """What an unconfigured deployment gets: loopback on 6067, 1 MiB bodies, no limit,
+    the queue from Zendesk groups, Intercom conversations as chats, both helpdesks off."""
+    settings = load_settings()
+    assert (settings.ingest, settings.ingest_host, settings.ingest_port) == (
+        False,
+        "127.0.0.1",
+        6067,
+    )
+    assert settings.ingest_max_bytes == 1_048_576 and settings.ingest_rate == 0
+    assert settings.ingest_token is None and settings.webhook_max_age == 300
+    assert settings.zendesk_signing_secret is None and settings.intercom_client_secret is None
+    assert settings.zendesk_queue_field == "group" and settings.intercom_as == "chat"
