@@ -495,7 +495,7 @@ def groups_rows(gr: dict[str, Any] | None) -> list[list[str]]:
             _mark(bool(read) and read["p99"] < 0.3),
         ],
         [
-            f"a refresh of the KPI snapshot (the worker's), {where}",
+            f"a refresh of the KPI snapshot (the worker's, during the traffic), {where}",
             f"max {_ms(refresh.get('max'))} (p50 {_ms(refresh.get('p50'))}, "
             f"{refresh.get('n', 0)} refreshes)",
             "< 1 s",
@@ -534,6 +534,11 @@ def _groups(gr: dict[str, Any] | None, add: Any) -> None:
         (
             "the worker's refreshes, apart (5 s timer)",
             f"p50 {_ms(gaps.get('p50'))}, max {_ms(gaps.get('max'))}" if gaps else "-",
+        ),
+        (
+            "the worker's first refresh after its start (nothing kept yet; not in the budget's "
+            "row)",
+            _ms(gr.get("first_refresh")),
         ),
         ("KPI topic messages per snapshot", f"{gr['kpi_messages_per_snapshot']:,.0f}"),
         ("worker RSS (max)", f"{gr['rss_mib'].get('worker') or 0:,.0f} MiB"),
