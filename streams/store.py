@@ -48,6 +48,13 @@ partition carries the hash tag ``{pn}``, so a batch is one script on one cluster
                                empty: from on) whose reading the commit changed (a
                                reader's kept answer for an instant outside every later
                                entry still holds)
+``P:{pn}:lgm``                 zset: ``t<group>`` and ``c<group>``, a group whose open
+                               tickets or waiting chats (or whose conversations' entries in
+                               ``lx`` and ``li``) a commit of the last :data:`MOVES_KEPT`
+                               versions moved -> the last such version; the meta's
+                               ``lgm:from`` and ``lgm:to`` the first and last of the
+                               unbroken run of commits that logged them (a reader's kept
+                               answer a later commit changed reads again only these groups)
 ``P:{pn}:hmoved``              zset: an entry per commit of the last
                                :data:`HASH_MOVES_KEPT` versions, scored by its version:
                                ``#<version>␞<groups>␞<groups>␞<fields>``, the groups whose
@@ -211,10 +218,12 @@ __all__ = [
 #: conversation's agents count from its next events on). 10: a ticket's dimension changes
 #: and its group now in its state (after ``crew``: the scripts read the last three fields
 #: from the end); a moved ticket's stretches in its earlier groups in ``lx`` and ``li``
-#: (states of layouts 7 to 9 read as they are).
-LAYOUT = "10"
-#: Layouts whose state this one reads (a store of layout 7, 8 or 9 is taken over as it is).
-_READS = frozenset(("7", "8", "9", LAYOUT))
+#: (states of layouts 7 to 9 read as they are). 11: the groups each commit moved in the
+#: live indexes (``lgm``, and ``lgm:from``/``lgm:to`` in the meta; a store of layout 10 is
+#: taken over as it is: its groups are logged from the next commit on).
+LAYOUT = "11"
+#: Layouts whose state this one reads (a store of layout 7 to 10 is taken over as it is).
+_READS = frozenset(("7", "8", "9", "10", LAYOUT))
 
 #: The start of every script that reads or writes several keys of one partition, on a
 #: Redis Cluster (a single Redis moves no slots). While the partition's slot is being
@@ -263,6 +272,21 @@ local conv, convexp, held = base .. 'conv', base .. 'convexp', base .. 'held'
 local due, out = base .. 'due', base .. 'breach_out'
 local lvl, lx, infos = base .. 'lvl', base .. 'lx', base .. 'li'
 local bver, lmoved = base .. 'bver', base .. 'lmoved'
+-- the groups whose live reading this commit changes, for lgm: 't<group>' (open tickets)
+-- or 'c<group>' (waiting chats), each once
+local touched = {}
+local function touch(kind, group)
+  if group then touched[kind .. group] = true end
+end
+-- the group a live info names (opened ms, then the group's three parts)
+local function info_group(info)
+  return info and string.match(info, '^[^\\31]*\\31([^\\31]*\\31[^\\31]*\\31[^\\31]*)')
+end
+-- a conversation's (or stint's) entries in lx and li are read under the group of its live
+-- info, of the kind its id starts with: the group it is read under now
+local function touch_info(member)
+  touch(string.sub(member, 1, 1), info_group(redis.call('HGET', infos, member)))
+end
 -- the earliest instant whose live index reading this commit changes (nil: none), and
 -- the stretches of instants a waiting chat it expires was seen at
 local moved_from = tonumber(ARGV[11])
@@ -405,12 +429,23 @@ end
 -- the live indexes' moves (op, key suffix, score, member, info)
 n = tonumber(p[i]); i = i + 1
 for _ = 1, n do
-  local op = p[i]
+  local op, suffix = p[i], p[i + 1]
+  -- the group it moves: a group's own index, or the group of the member's live info
+  -- before (and for a new info, after)
+  local prefix = string.sub(suffix, 1, 3)
+  if prefix == 'lo:' then
+    touch('t', string.sub(suffix, 4))
+  elseif prefix == 'lw:' then
+    touch('c', string.sub(suffix, 4))
+  else
+    touch_info(p[i + 3])
+  end
   if op == 'a' then
-    redis.call('ZADD', base .. p[i + 1], p[i + 2], p[i + 3])
+    redis.call('ZADD', base .. suffix, p[i + 2], p[i + 3])
   elseif op == 'r' then
-    redis.call('ZREM', base .. p[i + 1], p[i + 3])
+    redis.call('ZREM', base .. suffix, p[i + 3])
   elseif op == 'i' then
+    touch(string.sub(p[i + 3], 1, 1), info_group(p[i + 4]))
     redis.call('HSET', infos, p[i + 3], p[i + 4])
   else
     redis.call('HDEL', infos, p[i + 3])
@@ -430,6 +465,7 @@ redis.call('ZREMRANGEBYSCORE', base .. 'ids', '-inf', '(' .. ARGV[4])
 -- conversations that left the live indexes before the horizon are no reader's concern
 local gone = redis.call('ZRANGEBYSCORE', lx, '-inf', '(' .. ARGV[4], 'LIMIT', 0, 1000)
 for _, id in ipairs(gone) do
+  touch_info(id)
   redis.call('ZREM', lx, id)
   redis.call('HDEL', infos, id)
 end
@@ -471,6 +507,7 @@ for j = 1, #expired, 2 do
   orphaned = orphaned + waiting
   redis.call('ZREM', lx, id)
   local kept_info = redis.call('HGET', infos, id)
+  touch(string.sub(id, 1, 1), info_group(kept_info))
   redis.call('HDEL', infos, id)
   local state = redis.call('HGET', conv, id)
   local share = state and tonumber(string.match(string.sub(state, -10), ',(%d+)%]$'))
@@ -495,6 +532,7 @@ for j = 1, #expired, 2 do
         -- time) sees it go
         local requested = tonumber(redis.call('ZSCORE', base .. 'lw:' .. group, id) or '0')
         moved_spans[#moved_spans + 1] = {requested, requested + tonumber(ARGV[13])}
+        touch('c', group)
         redis.call('ZREM', base .. 'lw:' .. group, id)
       else
         -- an open ticket at its maximum age: it leaves the backlog at the instant its
@@ -504,6 +542,7 @@ for j = 1, #expired, 2 do
         local left = tonumber(expired[j + 1]) + retention
         if not moved_from or left < moved_from then moved_from = left end
         step_down(group, 'bl:' .. statuses[live], left)
+        touch('t', group)
         redis.call('ZREM', base .. 'lo:' .. group, id)
         redis.call('ZADD', lx, string.format('%d', left), id)
         -- with the stretches it was out of the backlog (or in an earlier group) before
@@ -551,6 +590,22 @@ end
 if #moved_spans > 0 then
   redis.call('ZREMRANGEBYSCORE', lmoved, '-inf', version - tonumber(ARGV[12]))
 end
+-- the groups moved, each scored by the last version that moved it (lgm), for the versions
+-- lmoved covers; lgm:from is where an unbroken run of commits that logged them starts
+-- (a commit of a deskpulse that logs none leaves it behind) and lgm:to the last of them
+local lgm, logged = base .. 'lgm', {}
+for member in pairs(touched) do
+  logged[#logged + 1] = version
+  logged[#logged + 1] = member
+end
+for k = 1, #logged, 4000 do
+  redis.call('ZADD', lgm, unpack(logged, k, math.min(k + 3999, #logged)))
+end
+redis.call('ZREMRANGEBYSCORE', lgm, '-inf', version - tonumber(ARGV[12]))
+if redis.call('HGET', meta, 'lgm:to') ~= current then
+  redis.call('HSET', meta, 'lgm:from', version)
+end
+redis.call('HSET', meta, 'lgm:to', version)
 -- one entry per commit, scored by its version: the groups whose totals and whose levels
 -- it moved (ARGV[15], ARGV[16], each group followed by \\29, joined by the caller) and the
 -- fields it created or deleted; '*' for a part of more than ARGV[17] of them (a reader
@@ -1565,7 +1620,10 @@ class Store:
         counters = {
             k: int(v)
             for k, v in raw_meta.items()
-            if k not in ("version", "wm", "gen") and k[:4] != "off:" and k[:3] != "wm:"
+            if k not in ("version", "wm", "gen")
+            and k[:4] != "off:"
+            and k[:3] != "wm:"
+            and k[:4] != "lgm:"
         }
         meta = PartitionMeta(
             version=raw_meta.get("version", "0"),
@@ -2436,49 +2494,90 @@ class Store:
             [(p, at_ms, tickets, chats, stale_ms) for at_ms, tickets, chats in sorted_groups]
             for p in partitions
         ]
-        found: dict[_EarliestKey, dict[tuple[str, str], int]] = await self._earliest_holding(
-            [key for row in keys for key in row]
-        )
-        # each partition's instants still to read, ascending (as the script takes them)
+        found, partial = await self._earliest_holding([key for row in keys for key in row])
+        rows = dict(zip(partitions, keys, strict=True))
+        # each partition's instants still to read whole, ascending (as the script takes them)
         wanted = {
             p: sorted(
-                (i for i, key in enumerate(row) if key not in found), key=lambda i: instants[i][0]
+                (i for i, key in enumerate(row) if key not in found and key not in partial),
+                key=lambda i: instants[i][0],
             )
             for p, row in zip(partitions, keys, strict=True)
         }
-        if any(wanted.values()):
+        kept = self._earliest_kept
+
+        def keep(key: _EarliestKey, answer: _Earliest) -> None:
+            found[key] = answer[2]
+            if key in kept:
+                self._earliest_groups -= _earliest_weight(key, kept[key])
+            kept[key] = answer
+            self._earliest_groups += _earliest_weight(key, answer)
+            kept.move_to_end(key)
+
+        while any(wanted.values()) or partial:
             asked = [(p, indexes) for p, indexes in wanted.items() if indexes]
             # the partitions mostly ask the same instants: their groups encoded once
             wants: dict[tuple[int, ...], tuple[bytes, bytes]] = {}
-            replies = await self._pipelined_script(
-                self._earliest_at,
-                [
-                    self._earliest_call(
-                        partition, [instants[i] for i in indexes], stale_ms, newest_ms, wants
+            calls = [
+                self._earliest_call(
+                    partition, [instants[i] for i in indexes], stale_ms, newest_ms, wants
+                )
+                for partition, indexes in asked
+            ]
+            # a kept answer some later commits invalidated, whose moved groups are known:
+            # the script asks only the groups it asked among those, per partition at once
+            refined: dict[int, list[tuple[_EarliestKey, tuple[int, list[str], list[str]]]]] = {}
+            for key, (_, _, _, moved) in partial.items():
+                refined.setdefault(key[0], []).append(
+                    (
+                        key,
+                        (
+                            key[1],
+                            [g for g in key[2] if ("t", g) in moved],
+                            [g for g in key[3] if ("c", g) in moved],
+                        ),
                     )
-                    for partition, indexes in asked
-                ],
-            )
-            rows = dict(zip(partitions, keys, strict=True))
-            kept = self._earliest_kept
-            for (partition, indexes), reply in zip(asked, replies, strict=True):
+                )
+            refine_wants: dict[tuple[int, ...], tuple[bytes, bytes]] = {}
+            refine_asked = []
+            for partition, entries in refined.items():
+                entries.sort(key=lambda entry: entry[0][1])
+                refine_asked.append((partition, entries))
+                calls.append(
+                    self._earliest_call(
+                        partition, [ask for _, ask in entries], stale_ms, newest_ms, refine_wants
+                    )
+                )
+            replies = await self._pipelined_script(self._earliest_at, calls)
+            wanted = {}
+            for (partition, indexes), reply in zip(asked, replies, strict=False):
                 version, generation = int(reply[0]), text(reply[1])
-                per: list[dict[tuple[str, str], int]] = [{} for _ in indexes]
-                for k in range(2, len(reply), 3):
-                    name = text(reply[k + 1])
-                    per[int(reply[k]) - 1][(name[0], intern(name[1:]))] = int(reply[k + 2])
-                for i, best in zip(indexes, per, strict=True):
-                    key = rows[partition][i]
-                    found[key] = best
-                    if key in kept:
-                        self._earliest_groups -= _earliest_weight(key, kept[key])
-                    kept[key] = answer = (generation, version, best)
-                    self._earliest_groups += _earliest_weight(key, answer)
-                    kept.move_to_end(key)
-            while len(kept) > EARLIEST_KEPT or (
-                len(kept) > 1 and self._earliest_groups > EARLIEST_GROUPS_KEPT
+                for i, best in zip(indexes, self._earliest_reply(reply, len(indexes)), strict=True):
+                    keep(rows[partition][i], (generation, version, best))
+            for (partition, entries), reply in zip(
+                refine_asked, replies[len(asked) :], strict=True
             ):
-                self._earliest_groups -= _earliest_weight(*kept.popitem(last=False))
+                generation = text(reply[1])
+                for (key, _), fresh in zip(
+                    entries, self._earliest_reply(reply, len(entries)), strict=True
+                ):
+                    was_generation, version, best, moved = partial[key]
+                    if generation != was_generation:
+                        # the state started anew since: read whole
+                        wanted.setdefault(partition, []).append(rows[partition].index(key))
+                        continue
+                    merged = {name: ms for name, ms in best.items() if name not in moved}
+                    merged.update((name, ms) for name, ms in fresh.items() if name in moved)
+                    # stamped with the version the holding check read: the moves logged
+                    # after it are looked at again
+                    keep(key, (generation, version, merged))
+            for indexes in wanted.values():
+                indexes.sort(key=lambda i: instants[i][0])
+            partial = {}
+        while len(kept) > EARLIEST_KEPT or (
+            len(kept) > 1 and self._earliest_groups > EARLIEST_GROUPS_KEPT
+        ):
+            self._earliest_groups -= _earliest_weight(*kept.popitem(last=False))
         out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
         for row in keys:
             for i, key in enumerate(row):
@@ -2488,16 +2587,33 @@ class Store:
                         best[group] = ms
         return out
 
+    @staticmethod
+    def _earliest_reply(reply: Sequence[Any], count: int) -> list[dict[tuple[str, str], int]]:
+        """A reply of :data:`_EARLIEST_AT` for ``count`` instants: per instant its answer."""
+        intern = sys.intern
+        per: list[dict[tuple[str, str], int]] = [{} for _ in range(count)]
+        for k in range(2, len(reply), 3):
+            name = text(reply[k + 1])
+            per[int(reply[k]) - 1][(name[0], intern(name[1:]))] = int(reply[k + 2])
+        return per
+
     async def _earliest_holding(
         self, keys: Sequence[_EarliestKey]
-    ) -> dict[_EarliestKey, dict[tuple[str, str], int]]:
+    ) -> tuple[
+        dict[_EarliestKey, dict[tuple[str, str], int]],
+        dict[_EarliestKey, tuple[str, int, dict[tuple[str, str], int], set[tuple[str, str]]]],
+    ]:
         """The kept answers among ``keys`` that still hold: read at this generation, no
         more than :data:`MOVES_KEPT` versions ago, and no commit since changed the live
-        indexes' reading at their instant."""
+        indexes' reading at their instant. And those a commit since changed, whose moved
+        groups are known (``lgm``, logged by every commit since): per answer its
+        generation, the version read here (the meta's, read before the groups: it stamps
+        the answer made of them), the answer kept and the ``(kind, group)`` moved since,
+        which alone are read again."""
         kept = self._earliest_kept
         candidates = {key: kept[key] for key in keys if key in kept}
         if not candidates:
-            return {}
+            return {}, {}
         since: dict[int, int] = {}
         for (partition, *_), (_, version, _) in candidates.items():
             since[partition] = min(version, since.get(partition, version))
@@ -2505,33 +2621,55 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             for partition in parts:
                 base = self.base(partition)
-                pipe.hmget(base + "meta", ["version", "gen"])
+                pipe.hmget(base + "meta", ["version", "gen", "lgm:from", "lgm:to"])
                 pipe.zrangebyscore(base + "lmoved", f"({since[partition]}", "+inf")
+                pipe.zrangebyscore(base + "lgm", f"({since[partition]}", "+inf", withscores=True)
             replies = await pipe.execute()
-        now: dict[int, tuple[int, str, list[tuple[int, int, int | None]]]] = {}
+        now: dict[
+            int, tuple[int, str, list[tuple[int, int, int | None]], int, list[tuple[str, int]]]
+        ] = {}
         for n, partition in enumerate(parts):
-            (version, generation), moves = replies[2 * n], replies[2 * n + 1]
+            (version, generation, lgm_from, lgm_to), moves, groups = replies[3 * n : 3 * n + 3]
             entries = []
             for member in moves:
                 at_version, _, start, end = text(member).split(":")
                 entries.append((int(at_version), int(start), int(end) if end else None))
-            now[partition] = (int(version or 0), text(generation or b""), entries)
+            current = int(version or 0)
+            # the groups are logged from lgm:from on, if the last commit logged them too
+            # (a commit of a deskpulse that logs none breaks the run): none before
+            logged_from = (
+                int(lgm_from)
+                if lgm_from is not None and lgm_to is not None and int(lgm_to) == current
+                else current + 1
+            )
+            moved = [(text(member), int(score)) for member, score in groups]
+            now[partition] = (current, text(generation or b""), entries, logged_from, moved)
         holding: dict[_EarliestKey, dict[tuple[str, str], int]] = {}
+        partial: dict[
+            _EarliestKey, tuple[str, int, dict[tuple[str, str], int], set[tuple[str, str]]]
+        ] = {}
         for key, (generation, version, best) in candidates.items():
-            current, current_generation, entries = now[key[0]]
+            current, current_generation, entries, logged_from, moved = now[key[0]]
             at_ms = key[1]
-            if (
-                generation == current_generation
-                and current - version < MOVES_KEPT
-                and not any(
-                    start <= at_ms and (end is None or at_ms <= end)
-                    for at_version, start, end in entries
-                    if at_version > version
-                )
+            if generation != current_generation or current - version >= MOVES_KEPT:
+                continue
+            if not any(
+                start <= at_ms and (end is None or at_ms <= end)
+                for at_version, start, end in entries
+                if at_version > version
             ):
                 holding[key] = best
                 kept.move_to_end(key)
-        return holding
+            elif logged_from <= version + 1:
+                names = {member for member, at_version in moved if at_version > version}
+                if "*" not in names:
+                    partial[key] = (
+                        generation,
+                        current,
+                        best,
+                        {(name[0], sys.intern(name[1:])) for name in names},
+                    )
+        return holding, partial
 
     def _earliest_call(
         self,

@@ -268,18 +268,20 @@ def kpi_state(client: redis.Redis, prefix: str) -> dict[str, Any]:
 
     ``bidx`` is left out: it keeps the name of a bucket that a later batch emptied again;
     so is the state's generation (random per prefix), in meta and config, ``bver`` (the
-    buckets' stamps carry it and the version), ``lmoved`` and ``hmoved`` (logs of the
-    commits).
+    buckets' stamps carry it and the version), ``lmoved``, ``hmoved`` and ``lgm`` (logs of
+    the commits, with ``lgm``'s run in meta).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out = {}
     for key, (kind, content) in snapshot.items():
         name = key[len(prefix) :]
-        if name.endswith((":bidx", ":bver", ":lmoved", ":hmoved")):
+        if name.endswith((":bidx", ":bver", ":lmoved", ":hmoved", ":lgm")):
             continue
         if name.endswith(":meta"):  # a counter back at 0 equals one never touched
             content = {
-                k: v for k, v in content.items() if k not in (b"version", b"gen") and v != b"0"
+                k: v
+                for k, v in content.items()
+                if k not in (b"version", b"gen") and k[:4] != b"lgm:" and v != b"0"
             }
         if name == ":config":
             content = {k: v for k, v in content.items() if k != b"generation"}
@@ -573,12 +575,13 @@ def test_memory_is_bounded_by_retention_not_by_event_count(
     # the fine buckets of one retention (+ the partial one), its roll-ups, a few fixed keys
     # (each twice: by group and over all groups), among them the levels and the live
     # indexes (a group's open tickets, those that left, their live info, the log of
-    # their moves), the buckets' stamps, the log of the totals and levels moved
+    # their moves and of the groups they moved), the buckets' stamps, the log of the totals
+    # and levels moved
     assert last["fine"] <= 2 * (HOUR // CONFIG.bucket_seconds + 2)
     assert last["rollup"] <= 2 * (HOUR // CONFIG.rollup_seconds + 2)
     # and the tickets' timelines beside their states, one each at most, gone with them
     assert last["timelines"] <= last["conversations"]
-    assert last["keys"] <= last["fine"] + last["rollup"] + last["timelines"] + 16
+    assert last["keys"] <= last["fine"] + last["rollup"] + last["timelines"] + 17
     assert last["index"] == last["fine"] + last["rollup"]
     # conversations: those with an event within the retention (3 a minute, 7 orphans)
     assert last["conversations"] == last["expiry"] <= 3 * 62 + 7
@@ -1781,6 +1784,180 @@ def test_an_expired_waiting_chat_makes_a_reader_read_again_only_the_instants_it_
     assert first == [{("c", group): T0 * 1000}, {}]
     assert again == fresh == [{}, {}]
     assert read_again == [[waiting]]  # the instant past its stale time held
+
+
+def test_a_kept_live_read_a_commit_moved_reads_again_only_the_groups_it_moved(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept answer of a partition at an instant that a later commit changed is read again
+    only for the groups whose live entries the commits since moved (``lgm``), and merged
+    with the rest of it. After every commit of a random workload of tickets opened, solved,
+    reopened and moved between groups, chats waiting and answered, late events, tickets
+    dropped at their maximum age and chats dropped quiet, the kept reader's answers at the
+    present and at past instants equal a new store's, and most commits have it ask a few
+    groups, not all."""
+    prefix = new_prefix()
+    config = CoreConfig(
+        bucket_seconds=60,
+        rollup_seconds=600,
+        retention_seconds=HOUR,
+        open_ticket_max_age_s=HOUR,
+        chat_stale_after_s=HOUR,
+    )
+    rng = random.Random(41)
+    queues = [f"q{n}" for n in range(12)]
+    priorities = ["low", "normal", "high"]
+    ticket_groups = [f"email\x1f{q}\x1f{p}" for q in queues for p in priorities]
+    chat_groups = [f"chat\x1f{q}\x1fnormal" for q in queues]
+    asked: list[tuple[int, int]] = []  # per script call of the kept reader: groups, instants
+    watched: list[Store] = []
+    original = Store._earliest_call
+
+    def counted(self: Store, partition: int, instants: Any, *args: Any) -> Any:
+        if watched and self is watched[0]:
+            groups = sum(len(tickets) + len(chats) for _, tickets, chats in instants)
+            asked.append((groups, len(instants)))
+        return original(self, partition, instants, *args)
+
+    monkeypatch.setattr(Store, "_earliest_call", counted)
+    batch = batches_from(0)
+
+    def step_events(now: float, n: int, tickets: list[str], chats: list[str]) -> list[bytes]:
+        out: list[bytes] = []
+        for _ in range(rng.randrange(1, 4)):
+            # a few of them late: up to half an hour before the present
+            at = now - (rng.randrange(0, 1800) if rng.random() < 0.2 else rng.randrange(0, 30))
+            roll = rng.random()
+            if roll < 0.3 or not tickets:
+                tid = f"T{n}-{len(out)}"
+                tickets.append(tid)
+                out.append(
+                    created(tid, at, queue=rng.choice(queues), priority=rng.choice(priorities))
+                )
+            elif roll < 0.45:
+                value = rng.choice(["solved", "pending", "open", "hold"])
+                out.append(
+                    ev("ticket.status_changed", at, ticket_id=rng.choice(tickets), status=value)
+                )
+            elif roll < 0.6:
+                moved = {"queue": rng.choice(queues)} if rng.random() < 0.6 else {}
+                moved["priority"] = rng.choice(priorities)
+                out.append(ev("ticket.updated", at, ticket_id=rng.choice(tickets), **moved))
+            elif roll < 0.8 or not chats:
+                cid = f"C{n}-{len(out)}"
+                chats.append(cid)
+                out.append(ev("chat.requested", at, chat_id=cid, queue=rng.choice(queues)))
+            else:
+                out.append(ev("chat.accepted", at, chat_id=chats.pop(rng.randrange(len(chats)))))
+        return out
+
+    async def scenario(client: Redis) -> list[tuple[Any, Any]]:
+        writer = Store(client, prefix, config)
+        reader = Store(client, prefix, config)
+        watched.append(reader)
+        seen = []
+        tickets: list[list[str]] = [[], []]
+        chats: list[list[str]] = [[], []]
+        now = float(T0)
+        for n in range(150):
+            now += rng.randrange(20, 90)
+            partition = n % 2
+            await apply(
+                writer, partition, batch(*step_events(now, n, tickets[partition], chats[partition]))
+            )
+            metas = await reader.read_meta()
+            newest = {p: int(meta.get("wm", "0")) for p, meta in metas.items()}
+            # the present (the end of the 10-minute bucket it is in) and two past instants:
+            # the same instants for several commits in a row
+            end = (int(now) // 600 + 1) * 600 * 1000
+            instants = [
+                (at, ticket_groups, chat_groups) for at in (end - 2_400_000, end - 1_200_000, end)
+            ]
+            kept = await reader.earliest_at(
+                [0, 1], instants, stale_ms=HOUR * 1000, newest_ms=newest
+            )
+            fresh = await Store(client, prefix, config).earliest_at(
+                [0, 1], instants, stale_ms=HOUR * 1000, newest_ms=newest
+            )
+            seen.append((kept, fresh))
+        return seen
+
+    seen = run(scenario, redis_url)
+    for n, (kept, fresh) in enumerate(seen):
+        assert kept == fresh, n
+    assert sum(1 for kept, _ in seen for found in kept if found) >= 100
+    every = len(ticket_groups) + len(chat_groups)
+    whole = sum(1 for groups, instants in asked if groups == every * instants)
+    partial = [groups for groups, instants in asked if groups < every * instants]
+    # the answers read whole: the first reads and those of instants new to the reader
+    # (a new present every 10 minutes, or a partition's instants passed by its newest event)
+    assert len(partial) > 2 * whole, (len(partial), whole)
+    assert sum(partial) < every * len(partial) / 4
+
+
+def test_a_kept_live_read_past_a_commit_that_logged_no_groups_reads_all_its_groups(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The groups a commit moved are trusted only over an unbroken run of commits that
+    logged them (``lgm:from`` to ``lgm:to`` in the meta): past a commit that logged none
+    (one of a deskpulse of layout 10, which knows no ``lgm``) a kept answer is read again
+    for every group it asked, and from the next logged commit on for the moved ones
+    alone; every answer a new store's."""
+    prefix = new_prefix()
+    base = f"{prefix}:{{p0}}:"
+    groups = [f"email\x1fq{n}\x1fnormal" for n in range(4)]
+    asked: list[int] = []
+    watched: list[Store] = []
+    original = Store._earliest_call
+
+    def counted(self: Store, partition: int, instants: Any, *args: Any) -> Any:
+        if watched and self is watched[0]:
+            asked.append(sum(len(tickets) for _, tickets, _ in instants))
+        return original(self, partition, instants, *args)
+
+    monkeypatch.setattr(Store, "_earliest_call", counted)
+    batch = batches_from(0)
+    instants = [((T0 + 1000) * 1000, groups, [])]
+
+    async def scenario(client: Redis) -> list[tuple[Any, Any, list[int]]]:
+        writer = Store(client, prefix, CONFIG)
+        reader = Store(client, prefix, CONFIG)
+        watched.append(reader)
+        seen = []
+
+        async def read() -> None:
+            asked.clear()
+            kept = await reader.earliest_at([0], instants, stale_ms=1, newest_ms={})
+            fresh = await Store(client, prefix, CONFIG).earliest_at(
+                [0], instants, stale_ms=1, newest_ms={}
+            )
+            seen.append((kept, fresh, list(asked)))
+
+        await apply(
+            writer, 0, batch(*(created(f"A{n}", T0 + 10 * n, queue=f"q{n}") for n in range(4)))
+        )
+        await read()
+        await apply(writer, 0, batch(created("B", T0 + 5, queue="q1")))
+        await read()
+        # a commit of a deskpulse that logs no groups: its entries gone, the run not moved
+        await apply(writer, 0, batch(created("C", T0 + 3, queue="q2")))
+        version = int(redis_client.hget(base + "meta", "version"))
+        redis_client.zremrangebyscore(base + "lgm", version, version)
+        redis_client.hset(base + "meta", "lgm:to", version - 1)
+        await read()
+        # the next commit starts a new run: an answer kept since reads the moved group alone
+        await apply(writer, 0, batch(created("D", T0 + 1, queue="q3")))
+        assert redis_client.hget(base + "meta", "lgm:from") == str(version + 1).encode()
+        await read()
+        return seen
+
+    seen = run(scenario, redis_url)
+    for kept, fresh, _ in seen:
+        assert kept == fresh
+    assert [calls for _, _, calls in seen] == [[4], [1], [4], [1]]
+    # each group's oldest: A0, then B, C and D, each older than the A of its group
+    oldest = [T0, T0 + 5, T0 + 3, T0 + 1]
+    assert seen[-1][0] == [{("t", g): ms * 1000 for g, ms in zip(groups, oldest, strict=True)}]
 
 
 def test_the_earliest_answers_kept_stay_within_the_groups_they_may_name(

@@ -125,7 +125,8 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     meta nor config with the state's generation (random per prefix).
     ``bidx`` is left out: it may keep the name of a bucket a later batch emptied again;
     so are ``bver`` (the buckets' stamps: the generation and the version of their commit)
-    and ``lmoved`` and ``hmoved`` (logs of the commits: their number differs by batching).
+    and ``lmoved``, ``hmoved`` and ``lgm`` (logs of the commits: their number differs by
+    batching; ``lgm``'s run in meta too).
     """
     snapshot = redis_snapshot(client, f"{prefix}:*")
     out: dict[str, Any] = {}
@@ -133,12 +134,16 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
         name = key[len(prefix) + 1 :]
         if name.startswith("{p"):
             part, _, rest = name.partition("}:")
-            if rest in ("bidx", "bver", "lmoved", "hmoved"):
+            if rest in ("bidx", "bver", "lmoved", "hmoved", "lgm"):
                 continue
             if rest == "conv":
                 content = {k: Conversation.loads(v) for k, v in content.items()}
             if rest == "meta":
-                content = {k: v for k, v in content.items() if k not in (b"version", b"gen")}
+                content = {
+                    k: v
+                    for k, v in content.items()
+                    if k not in (b"version", b"gen") and k[:4] != b"lgm:"
+                }
             name = f"{part}}}:{rest}"
         elif name == "config":  # the generation is random per state
             content = {k: v for k, v in content.items() if k != b"generation"}

@@ -460,12 +460,13 @@ def state_of(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """A prefix's keys without it; meta without its version, its generation and the fence
     entries of forwards (the replay forwards nothing) and of the records the replay applied
     straight to their partitions (the worker forwards those), duplicates summed over the
-    topics; ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` and ``hmoved``
-    (logs of the commits) and the configuration (with the prefix's generation) left out."""
+    topics; ``bidx``, ``bver`` (stamped with the generation), ``lmoved``, ``hmoved`` and
+    ``lgm`` (logs of the commits, with ``lgm``'s run in meta) and the configuration (with
+    the prefix's generation) left out."""
     out: dict[str, Any] = {}
     for key, (kind, content) in redis_snapshot(client, f"{prefix}:*").items():
         name = key[len(prefix) + 1 :]
-        if name.endswith((":bidx", ":bver", ":lmoved", ":hmoved")):
+        if name.endswith((":bidx", ":bver", ":lmoved", ":hmoved", ":lgm")):
             continue
         if name.endswith(":conv"):
             content = {k: json.loads(v) for k, v in content.items()}
@@ -479,6 +480,7 @@ def state_of(client: redis.Redis, prefix: str) -> dict[str, Any]:
                 k: v
                 for k, v in content.items()
                 if k not in (b"version", b"gen")
+                and k[:4] != b"lgm:"
                 and b">" not in k
                 and b"<" not in k
                 and not k.startswith(b"dup:")

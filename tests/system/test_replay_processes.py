@@ -34,16 +34,18 @@ def applied(settings: Settings, client: redis.Redis) -> int:
 
 def state(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """A prefix's keys without it, meta without its version, generation and zero counters;
-    ``bidx``, ``bver`` (stamped with the generation), ``lmoved`` and ``hmoved``
-    (logs of the commits) and the configuration left out."""
+    ``bidx``, ``bver`` (stamped with the generation), ``lmoved``, ``hmoved`` and ``lgm``
+    (logs of the commits, with ``lgm``'s run in meta) and the configuration left out."""
     out = {}
     for key, (kind, content) in redis_snapshot(client, f"{prefix}:*").items():
         name = key[len(prefix) + 1 :]
-        if name == "config" or name.endswith((":bidx", ":bver", ":lmoved", ":hmoved")):
+        if name == "config" or name.endswith((":bidx", ":bver", ":lmoved", ":hmoved", ":lgm")):
             continue
         if name.endswith(":meta"):  # a counter back at 0 equals one never touched
             content = {
-                k: v for k, v in content.items() if k not in (b"version", b"gen") and v != b"0"
+                k: v
+                for k, v in content.items()
+                if k not in (b"version", b"gen") and k[:4] != b"lgm:" and v != b"0"
             }
         out[name] = (kind, content)
     return out
