@@ -1349,6 +1349,10 @@ class Store:
         self._earliest_kept: OrderedDict[_EarliestKey, _Earliest] = OrderedDict()
         #: the groups the kept answers name, asked and found (:data:`EARLIEST_GROUPS_KEPT`)
         self._earliest_groups = 0
+        #: (partition, instant ms, stale ms) -> the key of the answer last kept for it: an
+        #: answer for other groups at the same instant (the groups with something open
+        #: change as tickets open and close) is read again only for the groups it lacks
+        self._earliest_last: dict[tuple[int, int, int], _EarliestKey] = {}
         #: bucket key -> (its stamp, its level steps): :meth:`sum_level_steps`'s scans,
         #: least recently read first
         self._level_steps: OrderedDict[str, tuple[bytes, dict[bytes | str, int]]] = OrderedDict()
@@ -2496,6 +2500,14 @@ class Store:
         ]
         found, partial = await self._earliest_holding([key for row in keys for key in row])
         rows = dict(zip(partitions, keys, strict=True))
+        # an answer keeps the groups asked alone (the script also names a group not asked
+        # whose conversation left the indexes since the instant): answers for other
+        # groups at the same instant are merged from them
+        asked_sets = [
+            {*(("t", g) for g in tickets), *(("c", g) for g in chats)}
+            for _, tickets, chats in sorted_groups
+        ]
+        asked_by = {key: asked_sets[i] for row in keys for i, key in enumerate(row)}
         # each partition's instants still to read whole, ascending (as the script takes them)
         wanted = {
             p: sorted(
@@ -2506,6 +2518,8 @@ class Store:
         }
         kept = self._earliest_kept
 
+        last = self._earliest_last
+
         def keep(key: _EarliestKey, answer: _Earliest) -> None:
             found[key] = answer[2]
             if key in kept:
@@ -2513,6 +2527,7 @@ class Store:
             kept[key] = answer
             self._earliest_groups += _earliest_weight(key, answer)
             kept.move_to_end(key)
+            last[(key[0], key[1], key[4])] = key
 
         while any(wanted.values()) or partial:
             asked = [(p, indexes) for p, indexes in wanted.items() if indexes]
@@ -2553,6 +2568,8 @@ class Store:
             for (partition, indexes), reply in zip(asked, replies, strict=False):
                 version, generation = int(reply[0]), text(reply[1])
                 for i, best in zip(indexes, self._earliest_reply(reply, len(indexes)), strict=True):
+                    of_key = asked_sets[i]
+                    best = {name: ms for name, ms in best.items() if name in of_key}
                     keep(rows[partition][i], (generation, version, best))
             for (partition, entries), reply in zip(
                 refine_asked, replies[len(asked) :], strict=True
@@ -2566,8 +2583,15 @@ class Store:
                         # the state started anew since: read whole
                         wanted.setdefault(partition, []).append(rows[partition].index(key))
                         continue
-                    merged = {name: ms for name, ms in best.items() if name not in moved}
-                    merged.update((name, ms) for name, ms in fresh.items() if name in moved)
+                    of_key = asked_by[key]
+                    merged = {
+                        name: ms
+                        for name, ms in best.items()
+                        if name not in moved and name in of_key
+                    }
+                    merged.update(
+                        (name, ms) for name, ms in fresh.items() if name in moved and name in of_key
+                    )
                     # stamped with the version the holding check read: the moves logged
                     # after it are looked at again
                     keep(key, (generation, version, merged))
@@ -2577,7 +2601,10 @@ class Store:
         while len(kept) > EARLIEST_KEPT or (
             len(kept) > 1 and self._earliest_groups > EARLIEST_GROUPS_KEPT
         ):
-            self._earliest_groups -= _earliest_weight(*kept.popitem(last=False))
+            gone, answer = kept.popitem(last=False)
+            self._earliest_groups -= _earliest_weight(gone, answer)
+            if last.get((gone[0], gone[1], gone[4])) == gone:
+                del last[(gone[0], gone[1], gone[4])]
         out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
         for row in keys:
             for i, key in enumerate(row):
@@ -2612,6 +2639,18 @@ class Store:
         which alone are read again."""
         kept = self._earliest_kept
         candidates = {key: kept[key] for key in keys if key in kept}
+        # an instant asked for other groups than the answer kept for it (a group's first
+        # ticket opened, or its last closed, since): that answer, but for the groups it
+        # did not ask, read now, and those it asked that are not asked now, left out
+        regrouped: dict[_EarliestKey, set[tuple[str, str]]] = {}
+        for key in keys:
+            near = None if key in kept else self._earliest_last.get((key[0], key[1], key[4]))
+            if near is not None and near in kept:
+                candidates[key] = kept[near]
+                regrouped[key] = {
+                    *(("t", g) for g in set(key[2]).symmetric_difference(near[2])),
+                    *(("c", g) for g in set(key[3]).symmetric_difference(near[3])),
+                }
         if not candidates:
             return {}, {}
         since: dict[int, int] = {}
@@ -2653,13 +2692,17 @@ class Store:
             at_ms = key[1]
             if generation != current_generation or current - version >= MOVES_KEPT:
                 continue
+            other_groups = regrouped.get(key)
             if not any(
                 start <= at_ms and (end is None or at_ms <= end)
                 for at_version, start, end in entries
                 if at_version > version
             ):
-                holding[key] = best
-                kept.move_to_end(key)
+                if other_groups is None:
+                    holding[key] = best
+                    kept.move_to_end(key)
+                else:  # nothing moved at the instant: the groups asked anew alone
+                    partial[key] = (generation, version, best, other_groups)
             elif logged_from <= version + 1:
                 names = {member for member, at_version in moved if at_version > version}
                 if "*" not in names:
@@ -2667,7 +2710,8 @@ class Store:
                         generation,
                         current,
                         best,
-                        {(name[0], sys.intern(name[1:])) for name in names},
+                        {(name[0], sys.intern(name[1:])) for name in names}
+                        | (other_groups or set()),
                     )
         return holding, partial
 
