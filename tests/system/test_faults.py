@@ -458,11 +458,10 @@ def test_poison_pill_storm(
     expected = {
         (settings.topic_for(kind), reason): float(n) for (kind, reason), n in reasons.items()
     }
-    # Every record is rejected, and on its own topic. Under a loaded full test run one
-    # ticket record of the 10,000 has been counted under invalid_json where the reference
-    # decoder says invalid_value (twice; never when the test runs alone, and every record
-    # decodes alike in a fresh process): an open finding, so the split by reason may differ
-    # by that one record while the totals per topic stay exact.
+    # Every record is rejected, on its own topic, for the reason the reference decoder
+    # gives. (Loaded runs once counted a few records nested near the interpreter's
+    # recursion limit under another reason: the duplicate-key check parsed them from a
+    # deeper stack there. It now judges them the same from any stack.)
     per_topic: Counter[str] = Counter()
     for (topic, _), n in sums.rejected.items():
         per_topic[topic] += int(n)
@@ -470,10 +469,11 @@ def test_poison_pill_storm(
     for (topic, _), n in expected.items():
         wanted[topic] += int(n)
     assert per_topic == wanted, (dict(sums.rejected), expected)
-    off = sum(
-        abs(sums.rejected.get(key, 0) - expected.get(key, 0)) for key in {*expected, *sums.rejected}
-    )
-    assert off <= 2, (dict(sums.rejected), expected)
+    assert sums.rejected == expected, {
+        key: (sums.rejected.get(key), expected.get(key))
+        for key in {*expected, *sums.rejected}
+        if sums.rejected.get(key) != expected.get(key)
+    }
     letters = check_dead_letters(settings, producer)
     assert len(letters) == rejected
     assert sum(letters.values()) == rejected

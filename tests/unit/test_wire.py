@@ -7,7 +7,9 @@ valid, and broken at the byte level.
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -309,3 +311,39 @@ def test_the_fault_suites_poison_gets_the_same_verdict() -> None:
 def test_too_large_and_tombstones_are_rejected_alike() -> None:
     assert_same(b'{"x":"' + b"a" * 5000 + b'"}')
     assert verdict(decode_record, None, None) == ("rejected", "invalid_json")  # type: ignore[arg-type]
+
+
+def _reason(decoder: Any, raw: bytes) -> str | None:
+    try:
+        decoder(raw, max_bytes=1_048_576, now_s=None)
+    except RejectedEvent as error:
+        return error.reason
+    return None
+
+
+def _frames_down(frames: int, call: Any) -> Any:
+    """``call()`` from ``frames`` more frames down the stack."""
+    return call() if frames == 0 else _frames_down(frames - 1, call)
+
+
+@pytest.mark.parametrize("margin", [30, 100, 250, None])
+@pytest.mark.parametrize("decoder", [decode, decode_record], ids=["schema", "wire"])
+def test_a_deeply_nested_record_gets_the_same_reason_from_any_stack(
+    decoder: Any, margin: int | None
+) -> None:
+    """A record with a key written twice and a value nested ``nesting`` deep is refused
+    for one reason whatever the stack it is decoded from (Python's JSON parser counts
+    its levels against the recursion limit together with its caller's frames: such a
+    record was refused as ``invalid_json`` from a shallow stack and ``invalid_value`` 100
+    frames down, so a worker's count by reason depended on where it decoded). Nested
+    ``margin`` levels less than the parser could take from here (so from some frames
+    further down it could not), or 1,700 deep."""
+    here = len(inspect.stack(0))
+    nesting = 1_700 if margin is None else sys.getrecursionlimit() - here - margin
+    raw = (
+        b'{"event_id":"pp-1","type":"chat.ended","occurred_at":"2026-11-23T01:00:00Z",'
+        b'"ended_by":"customer","occurred_at":true,"d":' + b"[" * nesting + b"]" * nesting + b"}"
+    )
+    reasons = {_frames_down(frames, lambda: _reason(decoder, raw)) for frames in (0, 150, 400)}
+    assert len(reasons) == 1, reasons
+    assert None not in reasons
