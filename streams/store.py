@@ -2503,11 +2503,18 @@ class Store:
         # an answer keeps the groups asked alone (the script also names a group not asked
         # whose conversation left the indexes since the instant): answers for other
         # groups at the same instant are merged from them
-        asked_sets = [
-            {*(("t", g) for g in tickets), *(("c", g) for g in chats)}
-            for _, tickets, chats in sorted_groups
-        ]
-        asked_by = {key: asked_sets[i] for row in keys for i, key in enumerate(row)}
+        # (made for an instant only once an answer for it is read: kept answers that hold,
+        # the common case, need none)
+        asked_sets: dict[int, set[tuple[str, str]]] = {}
+
+        def asked_at(i: int) -> set[tuple[str, str]]:
+            groups = asked_sets.get(i)
+            if groups is None:
+                _, tickets, chats = sorted_groups[i]
+                groups = asked_sets[i] = {*(("t", g) for g in tickets), *(("c", g) for g in chats)}
+            return groups
+
+        instant_of = {key: i for row in keys for i, key in enumerate(row)}
         # each partition's instants still to read whole, ascending (as the script takes them)
         wanted = {
             p: sorted(
@@ -2568,7 +2575,7 @@ class Store:
             for (partition, indexes), reply in zip(asked, replies, strict=False):
                 version, generation = int(reply[0]), text(reply[1])
                 for i, best in zip(indexes, self._earliest_reply(reply, len(indexes)), strict=True):
-                    of_key = asked_sets[i]
+                    of_key = asked_at(i)
                     best = {name: ms for name, ms in best.items() if name in of_key}
                     keep(rows[partition][i], (generation, version, best))
             for (partition, entries), reply in zip(
@@ -2583,7 +2590,7 @@ class Store:
                         # the state started anew since: read whole
                         wanted.setdefault(partition, []).append(rows[partition].index(key))
                         continue
-                    of_key = asked_by[key]
+                    of_key = asked_at(instant_of[key])
                     merged = {
                         name: ms
                         for name, ms in best.items()
@@ -2643,13 +2650,22 @@ class Store:
         # ticket opened, or its last closed, since): that answer, but for the groups it
         # did not ask, read now, and those it asked that are not asked now, left out
         regrouped: dict[_EarliestKey, set[tuple[str, str]]] = {}
+        # the partitions ask an instant for the very same tuples: each made a set once
+        as_sets: dict[int, set[str]] = {}
+
+        def as_set(groups: tuple[str, ...]) -> set[str]:
+            made = as_sets.get(id(groups))
+            if made is None:
+                made = as_sets[id(groups)] = set(groups)
+            return made
+
         for key in keys:
             near = None if key in kept else self._earliest_last.get((key[0], key[1], key[4]))
             if near is not None and near in kept:
                 candidates[key] = kept[near]
                 regrouped[key] = {
-                    *(("t", g) for g in set(key[2]).symmetric_difference(near[2])),
-                    *(("c", g) for g in set(key[3]).symmetric_difference(near[3])),
+                    *(("t", g) for g in as_set(key[2]).symmetric_difference(near[2])),
+                    *(("c", g) for g in as_set(key[3]).symmetric_difference(near[3])),
                 }
         if not candidates:
             return {}, {}
