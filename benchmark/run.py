@@ -1775,12 +1775,8 @@ class Bench:
         first_refresh: tuple[float, float] | None = None
         deadline = time.monotonic() + 60
         while first_refresh is None and time.monotonic() < deadline:
-            body = await asyncio.to_thread(_http_get, url + "/metrics")
-            stamp = _sample_value(body, "deskpulse_kpi_refresh_timestamp_seconds")
-            took = _sample_value(body, "deskpulse_kpi_refresh_duration_seconds")
-            if stamp is not None and took is not None:
-                first_refresh = (stamp, took)
-            else:
+            first_refresh = _last_refresh(await asyncio.to_thread(_http_get, url + "/metrics"))
+            if first_refresh is None:
                 await asyncio.sleep(0.5)
         reads: list[float] = []
         #: the worker's refreshes: its refresh time -> how long the refresh took
@@ -1793,15 +1789,9 @@ class Bench:
                 started = time.perf_counter()
                 await asyncio.to_thread(_http_get, kpis_url)
                 reads.append(time.perf_counter() - started)
-                body = await asyncio.to_thread(_http_get, url + "/metrics")
-                stamp = _sample_value(body, "deskpulse_kpi_refresh_timestamp_seconds")
-                took = _sample_value(body, "deskpulse_kpi_refresh_duration_seconds")
-                if (
-                    stamp is not None
-                    and took is not None
-                    and (first_refresh is None or stamp != first_refresh[0])
-                ):
-                    refreshes[stamp] = took
+                last = _last_refresh(await asyncio.to_thread(_http_get, url + "/metrics"))
+                if last is not None and (first_refresh is None or last[0] != first_refresh[0]):
+                    refreshes[last[0]] = last[1]
                 rss["worker"].append(rss_kib(worker.pid))
                 engines = [p for p in child_pids(worker.pid) if _module_of(p) == "offload"]
                 rss["engine"].append(max((rss_kib(p) for p in engines), default=0))
@@ -2890,11 +2880,9 @@ class Bench:
             started = time.perf_counter()
             await asyncio.to_thread(_http_get, f"{base}&by=agent&at={format_time(at_s)}")
             took = time.perf_counter() - started
-            body = await asyncio.to_thread(_http_get, url + "/metrics")
-            stamp = _sample_value(body, "deskpulse_kpi_refresh_timestamp_seconds")
-            duration = _sample_value(body, "deskpulse_kpi_refresh_duration_seconds")
-            if stamp is not None and duration is not None:
-                refreshes[stamp] = duration
+            last = _last_refresh(await asyncio.to_thread(_http_get, url + "/metrics"))
+            if last is not None:
+                refreshes[last[0]] = last[1]
             return took
 
         first = await timed(top)
@@ -3308,6 +3296,14 @@ def _sample_value(body: bytes, name: str) -> float | None:
         if line.startswith(prefix):
             return float(line[len(prefix) :])
     return None
+
+
+def _last_refresh(body: bytes) -> tuple[float, float] | None:
+    """``(when, how long)`` of the worker's last KPI refresh, from its ``/metrics``; None
+    before its first."""
+    stamp = _sample_value(body, "deskpulse_kpi_refresh_timestamp_seconds")
+    took = _sample_value(body, "deskpulse_kpi_refresh_duration_seconds")
+    return None if stamp is None or took is None else (stamp, took)
 
 
 def _read_counts(url: str) -> dict[str, float]:
