@@ -540,6 +540,18 @@ def _groups(gr: dict[str, Any] | None, add: Any) -> None:
             "row)",
             _ms(gr.get("first_refresh")),
         ),
+        (
+            "the worker's breach-check catch-up after its start (what fell due over the day of "
+            "history; the traffic and the measures above begin after it)",
+            (
+                f"{gr['catch_up']['alerts']:,.0f} alerts on the alerts topic, measured done "
+                f"after {gr['catch_up']['seconds']:.0f} s; the grouped 24 h read after it "
+                f"(the day's settled buckets summed afresh) "
+                f"{_ms(gr['catch_up'].get('read_after'))}"
+            )
+            if gr.get("catch_up")
+            else "-",
+        ),
         ("KPI topic messages per snapshot", f"{gr['kpi_messages_per_snapshot']:,.0f}"),
         ("worker RSS (max)", f"{gr['rss_mib'].get('worker') or 0:,.0f} MiB"),
     ):

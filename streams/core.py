@@ -2985,7 +2985,11 @@ def document_at(
 ) -> dict[str, Any]:
     """``document``, a :func:`group_document` of some fields and ``live``, as built for
     the same at the end ``end_s``: only its ages (the oldest open ticket, the longest
-    waiting chat) depend on the end. A new document; ``document`` is left as it is."""
+    waiting chat) depend on the end. A new document when it has an age; else ``document``
+    itself (documents are never changed once built: a reader that keeps what it made of
+    one, its JSON, recognises it by identity). ``document`` is left as it is."""
+    if not document["backlog"]["total"] and not document["chats"]["waiting"]:
+        return document
     live = live or {}
     end_ms = end_s * 1000
     moved = dict(document)

@@ -1219,7 +1219,8 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
     event in a settled roll-up, a quiet read a minute on, and a trim of the oldest buckets:
     every read equals a new store's (one that keeps nothing). The read process's encoding
     of each read, which keeps each group's JSON while its document is kept, is byte for
-    byte the document's, and encodes only the groups built again."""
+    byte the document's, and encodes only the groups built again: a group whose ages alone
+    moved (a read a minute on) has its last JSON with the new ages written in."""
     from deskpulse.streams import query
     from deskpulse.streams.query import query_kpis
     from deskpulse.streams.reads import _Encoder
@@ -1240,7 +1241,8 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
     monkeypatch.setattr(query, "group_document", counted)
     encoder = _Encoder()
     #: per stage: the read process's encoding of the kept read, and the groups it encoded
-    encoded: dict[str, tuple[bytes, int]] = {}
+    #: and those whose JSON it took from the last read with new ages
+    encoded: dict[str, tuple[bytes, int, int]] = {}
 
     async def scenario(client: Redis) -> dict[str, tuple[Any, Any, list[tuple[str, ...]]]]:
         writer = Store(client, prefix, CONFIG)
@@ -1251,7 +1253,8 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
             built.clear()
             kept = await query_kpis(reader, width_s=2400, at_s=at_s, by=by)
             by_reader = list(built)
-            encoded[f"{at_s}:{len(encoded)}"] = (encoder.encode("kpis", kept), encoder.encoded)
+            body = encoder.encode("kpis", kept)
+            encoded[f"{at_s}:{len(encoded)}"] = (body, encoder.encoded, encoder.moved)
             fresh = await query_kpis(Store(client, prefix, CONFIG), width_s=2400, at_s=at_s, by=by)
             return kept, fresh, by_reader
 
@@ -1275,13 +1278,14 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
         assert kept == fresh, stage
     groups = {stage: len(kept["groups"]) for stage, (kept, _, _) in seen.items()}
     builds = {stage: len(by_reader) for stage, (_, _, by_reader) in seen.items()}
-    for (stage, (kept, _, by_reader)), (body, count) in zip(
+    moved = dict(zip(seen, (aged for _, _, aged in encoded.values()), strict=True))
+    for (stage, (kept, _, by_reader)), (body, count, aged) in zip(
         seen.items(), encoded.values(), strict=True
     ):
         assert body == orjson.dumps(kept), stage
         # a group built again is a new document; one kept is encoded once, when first seen
-        assert len(by_reader) <= count <= groups[stage], stage
-    counts = [count for _, count in encoded.values()]
+        assert len(by_reader) <= count <= count + aged <= groups[stage], stage
+    counts = [count for _, count, _ in encoded.values()]
     assert counts[0] == groups["first"] and counts[1] == 0
     assert counts[3] == 1  # the late ticket's group alone
     assert groups["first"] > 20 and builds["first"] == groups["first"]
@@ -1296,6 +1300,16 @@ def test_a_grouped_reader_builds_again_only_the_groups_whose_sums_or_levels_chan
     # a minute on with no new event: the groups of the minutes that left and entered are
     # built again, the others keep theirs (their ages taken at the new end)
     assert 0 < builds["quiet"] < groups["quiet"]
+    # ... and of those, the groups with a ticket open or a chat waiting have their last
+    # JSON with the new ages written in; the others their very JSON
+    aged = [
+        tuple(g["key"].values())
+        for g in seen["quiet"][0]["groups"]
+        if g["backlog"]["total"] or g["chats"]["waiting"]
+    ]
+    assert moved["quiet"] == len(set(aged) - set(seen["quiet"][2])) > 0, moved
+    assert counts[4] == builds["quiet"], (counts, builds)
+    assert moved["first"] == moved["again"] == 0
     # the trim takes the oldest buckets (and the late ticket's) away
     assert seen["trimmed"][0] != seen["quiet"][0]
 

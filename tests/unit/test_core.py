@@ -679,7 +679,8 @@ def test_a_document_moved_to_another_end_is_the_one_built_there(
 ) -> None:
     """A group's document taken to another end (a reader keeps documents across reads)
     equals the one built at that end from the same fields and live state, and the kept
-    one is left as it was."""
+    one is left as it was; one with no age (nothing open, nothing waiting) is the kept
+    one itself, so what a reader made of it (its JSON) still holds."""
     live: dict[str, int] = {"bl:o": tickets, "bl:w": waiting}
     if oldest_ms is not None:
         live["oldest_ms"] = oldest_ms
@@ -689,8 +690,10 @@ def test_a_document_moved_to_another_end_is_the_one_built_there(
     before, after = ends_s
     kept = group_document({"queue": "q"}, fields, live, before)
     copy = orjson.loads(orjson.dumps(kept))
-    assert document_at(kept, live, after) == group_document({"queue": "q"}, fields, live, after)
+    moved = document_at(kept, live, after)
+    assert moved == group_document({"queue": "q"}, fields, live, after)
     assert kept == copy
+    assert (moved is kept) == (not tickets and not waiting)
 
 
 def test_conversation_state_round_trips() -> None:
