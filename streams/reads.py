@@ -596,9 +596,10 @@ class _Encoder:
         self.encoded = self.moved = 0
         for group in groups:
             held = kept.get(id(group))
-            key = tuple(group["key"].values())
+            names = group.get("key")
+            key = tuple(names.values()) if type(names) is dict else None
             if held is None or held[0] is not group:
-                before = by_key.get(key)
+                before = by_key.get(key) if key is not None else None
                 body = _aged_json(before[0], before[1], group) if before is not None else None
                 if body is None:
                     body = orjson.dumps(group)
@@ -606,7 +607,9 @@ class _Encoder:
                 else:
                     self.moved += 1
                 held = (group, body)
-            now[id(group)] = now_by_key[key] = held
+            now[id(group)] = held
+            if key is not None:
+                now_by_key[key] = held
             parts.append(orjson.Fragment(held[1]))
         self._kept, self._by_key = now, now_by_key
         return orjson.dumps({**document, "groups": parts})
