@@ -808,8 +808,10 @@ local stale_ms = tonumber(ARGV[2])
 local ticket_wants, chat_wants = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
 local past = cjson.decode(ARGV[5])
 local infos = base .. 'li'
--- the version and generation read at, which the caller keeps the answers with
-local read_at = redis.call('HMGET', base .. 'meta', 'version', 'gen')
+-- the version and generation read at, which the caller keeps the answers with, and the
+-- newest event time then (an answer at an instant after it holds at any later one but
+-- for the chats gone stale in between: the caller may keep it for the next instant)
+local read_at = redis.call('HMGET', base .. 'meta', 'version', 'gen', 'wm')
 local best = {}
 local function offer(i, key, ms)
   local per = best[i]
@@ -905,7 +907,7 @@ if first_past then
     end
   end
 end
-local reply = {read_at[1] or '0', read_at[2] or ''}
+local reply = {read_at[1] or '0', read_at[2] or '', read_at[3] or '0'}
 for i, per in pairs(best) do
   for key, ms in pairs(per) do
     reply[#reply + 1] = i
@@ -1353,6 +1355,11 @@ class Store:
         #: answer for other groups at the same instant (the groups with something open
         #: change as tickets open and close) is read again only for the groups it lacks
         self._earliest_last: dict[tuple[int, int, int], _EarliestKey] = {}
+        #: (partition, stale ms) -> the key of the kept answer of the latest instant that
+        #: was after every event of the partition when it was read: it holds at a later
+        #: such instant too (a minute on) but for the groups moved since and the chats gone
+        #: stale in between (:meth:`_earliest_holding`)
+        self._earliest_present: dict[tuple[int, int], _EarliestKey] = {}
         #: bucket key -> (its stamp, its level steps): :meth:`sum_level_steps`'s scans,
         #: least recently read first
         self._level_steps: OrderedDict[str, tuple[bytes, dict[bytes | str, int]]] = OrderedDict()
@@ -2498,7 +2505,9 @@ class Store:
             [(p, at_ms, tickets, chats, stale_ms) for at_ms, tickets, chats in sorted_groups]
             for p in partitions
         ]
-        found, partial = await self._earliest_holding([key for row in keys for key in row])
+        found, partial = await self._earliest_holding(
+            [key for row in keys for key in row], newest_ms
+        )
         rows = dict(zip(partitions, keys, strict=True))
         # an answer keeps the groups asked alone (the script also names a group not asked
         # whose conversation left the indexes since the instant): answers for other
@@ -2526,8 +2535,9 @@ class Store:
         kept = self._earliest_kept
 
         last = self._earliest_last
+        present = self._earliest_present
 
-        def keep(key: _EarliestKey, answer: _Earliest) -> None:
+        def keep(key: _EarliestKey, answer: _Earliest, newest_then_ms: int) -> None:
             found[key] = answer[2]
             if key in kept:
                 self._earliest_groups -= _earliest_weight(key, kept[key])
@@ -2535,6 +2545,12 @@ class Store:
             self._earliest_groups += _earliest_weight(key, answer)
             kept.move_to_end(key)
             last[(key[0], key[1], key[4])] = key
+            # read after every event of the partition (the script's newest event time, at
+            # or after the version the answer is stamped with): the present
+            if newest_then_ms < key[1]:
+                held = present.get((key[0], key[4]))
+                if held is None or held[1] <= key[1]:
+                    present[(key[0], key[4])] = key
 
         while any(wanted.values()) or partial:
             asked = [(p, indexes) for p, indexes in wanted.items() if indexes]
@@ -2573,15 +2589,15 @@ class Store:
             replies = await self._pipelined_script(self._earliest_at, calls)
             wanted = {}
             for (partition, indexes), reply in zip(asked, replies, strict=False):
-                version, generation = int(reply[0]), text(reply[1])
+                version, generation, newest_then = int(reply[0]), text(reply[1]), int(reply[2])
                 for i, best in zip(indexes, self._earliest_reply(reply, len(indexes)), strict=True):
                     of_key = asked_at(i)
                     best = {name: ms for name, ms in best.items() if name in of_key}
-                    keep(rows[partition][i], (generation, version, best))
+                    keep(rows[partition][i], (generation, version, best), newest_then)
             for (partition, entries), reply in zip(
                 refine_asked, replies[len(asked) :], strict=True
             ):
-                generation = text(reply[1])
+                generation, newest_then = text(reply[1]), int(reply[2])
                 for (key, _), fresh in zip(
                     entries, self._earliest_reply(reply, len(entries)), strict=True
                 ):
@@ -2601,7 +2617,7 @@ class Store:
                     )
                     # stamped with the version the holding check read: the moves logged
                     # after it are looked at again
-                    keep(key, (generation, version, merged))
+                    keep(key, (generation, version, merged), newest_then)
             for indexes in wanted.values():
                 indexes.sort(key=lambda i: instants[i][0])
             partial = {}
@@ -2612,6 +2628,8 @@ class Store:
             self._earliest_groups -= _earliest_weight(gone, answer)
             if last.get((gone[0], gone[1], gone[4])) == gone:
                 del last[(gone[0], gone[1], gone[4])]
+            if present.get((gone[0], gone[4])) == gone:
+                del present[(gone[0], gone[4])]
         out: list[dict[tuple[str, str], int]] = [{} for _ in instants]
         for row in keys:
             for i, key in enumerate(row):
@@ -2626,13 +2644,13 @@ class Store:
         """A reply of :data:`_EARLIEST_AT` for ``count`` instants: per instant its answer."""
         intern = sys.intern
         per: list[dict[tuple[str, str], int]] = [{} for _ in range(count)]
-        for k in range(2, len(reply), 3):
+        for k in range(3, len(reply), 3):
             name = text(reply[k + 1])
             per[int(reply[k]) - 1][(name[0], intern(name[1:]))] = int(reply[k + 2])
         return per
 
     async def _earliest_holding(
-        self, keys: Sequence[_EarliestKey]
+        self, keys: Sequence[_EarliestKey], newest_ms: Mapping[int, int]
     ) -> tuple[
         dict[_EarliestKey, dict[tuple[str, str], int]],
         dict[_EarliestKey, tuple[str, int, dict[tuple[str, str], int], set[tuple[str, str]]]],
@@ -2643,7 +2661,14 @@ class Store:
         groups are known (``lgm``, logged by every commit since): per answer its
         generation, the version read here (the meta's, read before the groups: it stamps
         the answer made of them), the answer kept and the ``(kind, group)`` moved since,
-        which alone are read again."""
+        which alone are read again.
+
+        An instant after every event of its partition (``newest_ms``), asked for the first
+        time, takes the answer kept at an earlier such instant (the last minute's present)
+        that way too: a group's open ticket found first is the first of its index whatever
+        the instant after every event, and a waiting chat the first requested within the
+        stale time before it, so the groups moved since and those whose chat found went
+        stale in between are read again, the rest taken as they are."""
         kept = self._earliest_kept
         candidates = {key: kept[key] for key in keys if key in kept}
         # an instant asked for other groups than the answer kept for it (a group's first
@@ -2659,14 +2684,30 @@ class Store:
                 made = as_sets[id(groups)] = set(groups)
             return made
 
+        #: the instants that take an answer kept at an earlier instant (see above)
+        across: set[_EarliestKey] = set()
         for key in keys:
             near = None if key in kept else self._earliest_last.get((key[0], key[1], key[4]))
+            if near is None and key not in kept and newest_ms.get(key[0], 0) < key[1]:
+                near = self._earliest_present.get((key[0], key[4]))
+                if near is not None and (near[1] > key[1] or near not in kept):
+                    near = None
+                if near is not None:
+                    across.add(key)
             if near is not None and near in kept:
                 candidates[key] = kept[near]
                 regrouped[key] = {
                     *(("t", g) for g in as_set(key[2]).symmetric_difference(near[2])),
                     *(("c", g) for g in as_set(key[3]).symmetric_difference(near[3])),
                 }
+                if key in across:
+                    # the chats found that went stale between the two instants
+                    stale_before = key[1] - key[4]
+                    regrouped[key].update(
+                        name
+                        for name, ms in kept[near][2].items()
+                        if name[0] == "c" and ms <= stale_before
+                    )
         if not candidates:
             return {}, {}
         since: dict[int, int] = {}
@@ -2709,6 +2750,20 @@ class Store:
             if generation != current_generation or current - version >= MOVES_KEPT:
                 continue
             other_groups = regrouped.get(key)
+            if key in across:
+                # another instant's answer: every group moved since is read again, however
+                # the moves lie against either instant
+                if logged_from <= version + 1:
+                    names = {member for member, at_version in moved if at_version > version}
+                    if "*" not in names:
+                        partial[key] = (
+                            generation,
+                            current,
+                            best,
+                            {(name[0], sys.intern(name[1:])) for name in names}
+                            | (other_groups or set()),
+                        )
+                continue
             if not any(
                 start <= at_ms and (end is None or at_ms <= end)
                 for at_version, start, end in entries

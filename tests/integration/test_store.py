@@ -1917,6 +1917,124 @@ def test_a_kept_live_read_a_commit_moved_reads_again_only_the_groups_it_moved(
     assert sum(groups for groups, _ in partial) < sum(every for _, every in partial) / 4
 
 
+def test_a_live_read_of_a_new_present_takes_the_last_present_answer_but_what_moved(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the present a minute on (an instant after every event, asked for the first
+    time) takes the answer kept at the last present but for the groups moved since and
+    the chats it found that went stale in between. After every commit of a random workload
+    (tickets opened, solved, reopened, moved; chats waiting, answered and going stale; late
+    events), at the bucket boundary after the newest event, the kept reader's answer equals
+    a new store's, and after the first reads none is read whole."""
+    prefix = new_prefix()
+    stale_s = 600
+    config = CoreConfig(
+        bucket_seconds=60,
+        rollup_seconds=600,
+        retention_seconds=HOUR,
+        open_ticket_max_age_s=HOUR,
+        chat_stale_after_s=stale_s,
+    )
+    rng = random.Random(7)
+    queues = [f"q{n}" for n in range(8)]
+    priorities = ["low", "normal", "high"]
+    ticket_groups = [f"email\x1f{q}\x1f{p}" for q in queues for p in priorities]
+    chat_groups = [f"chat\x1f{q}\x1fnormal" for q in queues]
+    #: per script call of the kept reader: how many groups it asked
+    asked: list[int] = []
+    watched: list[Store] = []
+    original = Store._earliest_call
+
+    def counted(self: Store, partition: int, instants: Any, *args: Any) -> Any:
+        if watched and self is watched[0]:
+            asked.append(sum(len(tickets) + len(chats) for _, tickets, chats in instants))
+        return original(self, partition, instants, *args)
+
+    monkeypatch.setattr(Store, "_earliest_call", counted)
+    batch = batches_from(0)
+
+    def step_events(now: float, n: int, tickets: list[str], chats: list[str]) -> list[bytes]:
+        out: list[bytes] = []
+        for _ in range(rng.randrange(0, 3)):
+            at = now - (rng.randrange(0, 900) if rng.random() < 0.2 else rng.randrange(0, 20))
+            roll = rng.random()
+            if roll < 0.3 or not tickets:
+                tid = f"T{n}-{len(out)}"
+                tickets.append(tid)
+                out.append(
+                    created(tid, at, queue=rng.choice(queues), priority=rng.choice(priorities))
+                )
+            elif roll < 0.45:
+                value = rng.choice(["solved", "pending", "open", "closed"])
+                out.append(
+                    ev("ticket.status_changed", at, ticket_id=rng.choice(tickets), status=value)
+                )
+            elif roll < 0.55:
+                out.append(
+                    ev(
+                        "ticket.updated",
+                        at,
+                        ticket_id=rng.choice(tickets),
+                        queue=rng.choice(queues),
+                    )
+                )
+            elif roll < 0.85 or not chats:
+                cid = f"C{n}-{len(out)}"
+                chats.append(cid)
+                out.append(ev("chat.requested", at, chat_id=cid, queue=rng.choice(queues)))
+            else:
+                out.append(ev("chat.accepted", at, chat_id=chats.pop(rng.randrange(len(chats)))))
+        return out
+
+    async def scenario(client: Redis) -> list[tuple[Any, Any, int]]:
+        writer = Store(client, prefix, config)
+        reader = Store(client, prefix, config)
+        watched.append(reader)
+        seen = []
+        tickets: list[list[str]] = [[], []]
+        chats: list[list[str]] = [[], []]
+        now = float(T0)
+        for n in range(160):
+            # a minute or two on (a step with no event moves the present alone)
+            now += rng.randrange(40, 130)
+            partition = n % 2
+            events = step_events(now, n, tickets[partition], chats[partition])
+            if events:
+                await apply(writer, partition, batch(*events))
+            metas = await reader.read_meta()
+            newest = {p: int(meta.get("wm", "0")) for p in (0, 1) for meta in [metas.get(p, {})]}
+            # the present: the minute boundary after the clock, after every event
+            end = (int(now) // 60 + 1) * 60 * 1000
+            instants = [(end, ticket_groups, chat_groups)]
+            calls = len(asked)
+            kept = await reader.earliest_at(
+                [0, 1], instants, stale_ms=stale_s * 1000, newest_ms=newest
+            )
+            fresh = await Store(client, prefix, config).earliest_at(
+                [0, 1], instants, stale_ms=stale_s * 1000, newest_ms=newest
+            )
+            whole = sum(
+                1 for groups in asked[calls:] if groups == len(ticket_groups) + len(chat_groups)
+            )
+            seen.append((kept, fresh, whole))
+        return seen
+
+    seen = run(scenario, redis_url)
+    for n, (kept, fresh, _) in enumerate(seen):
+        assert kept == fresh, n
+    assert sum(1 for kept, _, _ in seen if kept[0]) >= 100
+    # chats went stale between two presents and were asked again (found stale or not)
+    stale_found = sum(
+        1
+        for (before, _, _), (after, _, _) in itertools.pairwise(seen)
+        for name in before[0].keys() - after[0].keys()
+        if name[0] == "c"
+    )
+    assert stale_found > 5, stale_found
+    # each partition's first read is whole; after it, a new present reads what moved
+    assert sum(whole for _, _, whole in seen[5:]) == 0, [w for _, _, w in seen]
+
+
 def test_a_kept_live_read_past_a_commit_that_logged_no_groups_reads_all_its_groups(
     redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
