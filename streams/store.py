@@ -2750,21 +2750,9 @@ class Store:
             if generation != current_generation or current - version >= MOVES_KEPT:
                 continue
             other_groups = regrouped.get(key)
-            if key in across:
-                # another instant's answer: every group moved since is read again, however
-                # the moves lie against either instant
-                if logged_from <= version + 1:
-                    names = {member for member, at_version in moved if at_version > version}
-                    if "*" not in names:
-                        partial[key] = (
-                            generation,
-                            current,
-                            best,
-                            {(name[0], sys.intern(name[1:])) for name in names}
-                            | (other_groups or set()),
-                        )
-                continue
-            if not any(
+            # (another instant's answer reads again every group moved since, however the
+            # moves lie against either instant)
+            if key not in across and not any(
                 start <= at_ms and (end is None or at_ms <= end)
                 for at_version, start, end in entries
                 if at_version > version
