@@ -436,9 +436,10 @@ def start_redis(
     return proc
 
 
-#: Where cluster ports are drawn from: below the ephemeral range (no outgoing connection
-#: takes one meanwhile), and so that each port's cluster bus (the port + 10000) is a port.
-_CLUSTER_PORTS = range(20_000, 30_000)
+#: Where cluster ports are drawn from: each port and its cluster bus (the port + 10000)
+#: below Linux's ephemeral range (32768 on), so no outgoing connection takes one between
+#: the draw and the node's start (a draw of 24508 once lost its bus, 34508, that way).
+_CLUSTER_PORTS = range(12_000, 22_000)
 #: What a cluster node's bus port is offset by, fixed by Redis.
 CLUSTER_BUS_OFFSET = 10_000
 

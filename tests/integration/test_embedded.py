@@ -287,3 +287,14 @@ def test_broker_start_failure_carries_its_log(workdir: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(EmbeddedStartError, match="address already in use"):
         start_broker(HOST, free_port(HOST), workdir, binary=str(fake))
+
+
+def test_cluster_ports_and_their_buses_lie_below_the_ephemeral_range() -> None:
+    """The ports a cluster is started on, and each one's cluster bus (+10000), are below
+    the machine's ephemeral range: an outgoing connection of anything running beside it
+    cannot take one between the draw and the node's start (a CI run lost a node that way:
+    port 24508, its bus 34508 taken)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = embedded.cluster_ports(6)
+    assert len(set(ports)) == 6
+    assert all(port + embedded.CLUSTER_BUS_OFFSET < low for port in ports), (ports, low)
