@@ -2689,10 +2689,9 @@ class Store:
         for key in keys:
             near = None if key in kept else self._earliest_last.get((key[0], key[1], key[4]))
             if near is None and key not in kept and newest_ms.get(key[0], 0) < key[1]:
-                near = self._earliest_present.get((key[0], key[4]))
-                if near is not None and (near[1] > key[1] or near not in kept):
-                    near = None
-                if near is not None:
+                earlier = self._earliest_present.get((key[0], key[4]))
+                if earlier is not None and earlier[1] <= key[1] and earlier in kept:
+                    near = earlier
                     across.add(key)
             if near is not None and near in kept:
                 candidates[key] = kept[near]
