@@ -480,6 +480,7 @@ def groups_rows(gr: dict[str, Any] | None) -> list[list[str]]:
     read = gr.get("kpis_read") or {}
     refresh = gr.get("refresh") or {}
     engine = gr["rss_mib"].get("engine")
+    outputs = gr["rss_mib"].get("outputs")
     where = f"{gr['groups']:,} groups, {_rate(gr['rate'])}"
     return [
         [
@@ -503,7 +504,10 @@ def groups_rows(gr: dict[str, Any] | None) -> list[list[str]]:
         ],
         [
             f"engine process RSS, {where}",
-            "-" if engine is None else f"{engine:,.0f} MiB (max)",
+            "-"
+            if engine is None
+            else f"{engine:,.0f} MiB (max)"
+            + (f"; the outputs process beside it {outputs:,.0f} MiB" if outputs else ""),
             "< 250 MB",
             _mark(engine is not None and 0 < engine * 1.048576 < 250),
         ],
@@ -522,7 +526,8 @@ def _groups(gr: dict[str, Any] | None, add: Any) -> None:
         f"over the same groups at {_rate(gr['rate'])} with markers. Meanwhile, one after "
         "another: the 24 h document by channel, queue and priority over HTTP (each computed: "
         "past the read cache), `/metrics` (with `deskpulse_kpi_refresh_duration_seconds`, "
-        "how long each of the worker's refreshes took), the engine process's RSS. "
+        "how long each of the worker's refreshes took), the RSS of the worker and of its "
+        "engine and outputs processes. "
         f"`DESKPULSE_MAX_SERIES={gr['max_series']}`, "
         f"`DESKPULSE_MAX_SNAPSHOT_MESSAGES={gr['max_snapshot_messages']}` (the defaults).\n"
     )
@@ -554,6 +559,11 @@ def _groups(gr: dict[str, Any] | None, add: Any) -> None:
         ),
         ("KPI topic messages per snapshot", f"{gr['kpi_messages_per_snapshot']:,.0f}"),
         ("worker RSS (max)", f"{gr['rss_mib'].get('worker') or 0:,.0f} MiB"),
+        ("engine process RSS (max)", f"{gr['rss_mib'].get('engine') or 0:,.0f} MiB"),
+        (
+            "outputs process RSS (max; the refreshes, KPI snapshots and alert rules)",
+            f"{gr['rss_mib'].get('outputs') or 0:,.0f} MiB",
+        ),
     ):
         add(f"| {name} | {value} |")
     add("")

@@ -1802,7 +1802,7 @@ class Bench:
         reads: list[float] = []
         #: the worker's refreshes: its refresh time -> how long the refresh took
         refreshes: dict[float, float] = {}
-        rss: dict[str, list[int]] = {"worker": [], "engine": []}
+        rss: dict[str, list[int]] = {"worker": [], "engine": [], "outputs": []}
         done = asyncio.Event()
 
         async def sample() -> None:
@@ -1814,8 +1814,10 @@ class Bench:
                 if last is not None and (first_refresh is None or last[0] != first_refresh[0]):
                     refreshes[last[0]] = last[1]
                 rss["worker"].append(rss_kib(worker.pid))
-                engines = [p for p in child_pids(worker.pid) if _module_of(p) == "offload"]
-                rss["engine"].append(max((rss_kib(p) for p in engines), default=0))
+                children = [(p, _module_of(p)) for p in child_pids(worker.pid)]
+                for name, module in (("engine", "offload"), ("outputs", "outputs")):
+                    found = [rss_kib(p) for p, of in children if of == module]
+                    rss[name].append(max(found, default=0))
                 # past the read process's cache (DESKPULSE_READ_CACHE): every read computed
                 await asyncio.sleep(max(1.0, settings.read_cache) + 0.1)
 
@@ -3295,6 +3297,7 @@ def _worker_parts_cpu_s(pid: int) -> dict[str, float]:
             module = argv[2] if len(argv) > 2 else b""
             name = {
                 b"deskpulse.streams.offload": "engine",
+                b"deskpulse.streams.outputs": "outputs",
                 b"deskpulse.streams.reads": "reads",
             }.get(module)
             if name is not None:
@@ -3303,7 +3306,8 @@ def _worker_parts_cpu_s(pid: int) -> dict[str, float]:
 
 
 def _module_of(pid: int) -> str:
-    """The deskpulse module a worker's child runs (``offload``, ``reads``), or ``""``."""
+    """The deskpulse module a worker's child runs (``offload``, ``outputs``, ``reads``), or
+    ``""``."""
     with contextlib.suppress(OSError):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         module = argv[2].decode() if len(argv) > 2 else ""

@@ -43,7 +43,7 @@ from deskpulse.streams.broker_probe import PROBE_INTERVAL_S, BrokerProbe
 from deskpulse.streams.engine import DeadLetterTrouble, Record, retry_forever
 from deskpulse.streams.integrity import StateGuard
 from deskpulse.streams.kpi_engine import KpiEngine, LocalEngine
-from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess
+from deskpulse.streams.offload import STOP_GRACE_S, EngineProcess, OutputsProcess
 from deskpulse.streams.reads import KpiReads, max_age_s
 from deskpulse.streams.redis_client import check_mode, connect
 from deskpulse.streams.store import FIX_RESTART, PartitionMeta, Store
@@ -66,7 +66,7 @@ def open_engine(
     """The worker's engine: in a child process (``DESKPULSE_ENGINE_PROCESS``, see
     :mod:`streams.offload`) or in this one, on the worker's store, metrics and collector."""
     if settings.uses_engine_process:
-        return EngineProcess(settings, metrics)
+        return EngineProcess(settings, metrics, outputs=OutputsProcess(settings, metrics))
     return LocalEngine(settings, store, metrics, collector)
 
 

@@ -1,13 +1,16 @@
-"""The worker's engine: one interface, run in the worker's process or in a child process.
+"""The worker's engine: one interface, run in the worker's process or in child processes.
 
 :class:`KpiEngine` is everything the worker's :class:`~streams.app.Service` asks of the
 engine: apply a batch, rebuild the KPI snapshot, publish outputs, claim SLA breaches, ping
 the broker over its producer, and start, stop or give up at a stop. Two implementations:
 
 * :class:`LocalEngine`, here: the :class:`~streams.engine.Engine`, its Kafka producer and
-  a KPI collector, in the calling process;
-* :class:`~streams.offload.EngineProcess`: a proxy that hands every call to a child
-  process (``python -m deskpulse.streams.offload``), which serves a :class:`LocalEngine`.
+  the :class:`LocalOutputs` (the KPI snapshot and what is published from it), in the
+  calling process;
+* :class:`~streams.offload.EngineProcess`: a proxy that hands every call to child
+  processes: the batches and breach checks to ``python -m deskpulse.streams.offload``,
+  which serves a :class:`LocalEngine`, the refreshes and publications to
+  ``python -m deskpulse.streams.outputs``, which serves a :class:`LocalOutputs`.
 
 The worker picks one at its start (``DESKPULSE_ENGINE_PROCESS``) and never asks which it
 has. ``tests/test_kpi_engine.py`` checks that both have every method with its signature.
@@ -40,7 +43,7 @@ from deskpulse.streams.redis_client import connect
 from deskpulse.streams.runtime import release_memory
 from deskpulse.streams.store import Store
 
-__all__ = ["KpiEngine", "LocalEngine", "RefreshLoop"]
+__all__ = ["KpiEngine", "LocalEngine", "LocalOutputs", "OwnOutputs", "RefreshLoop"]
 
 _T = TypeVar("_T")
 
@@ -168,12 +171,96 @@ class RefreshLoop:
         self._loop = self._thread = self._store = None
 
 
+class LocalOutputs:
+    """The KPI snapshot and what is published from it, in the calling process.
+
+    ``collector`` is rebuilt on the :class:`RefreshLoop` (off the loop that commits, when
+    the caller commits too); its exposition is what ``/metrics`` serves. The KPI snapshots
+    go to the KPI topic and the alert rules' transitions to the alerts topic over
+    ``publisher`` (the caller's, started by the caller), the rules' states into ``store``.
+    """
+
+    def __init__(
+        self, settings: Settings, store: Store, publisher: KafkaPublisher, collector: KpiCollector
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.collector = collector
+        #: what was put on the KPI topic (its snapshots are incremental)
+        self.snapshots = SnapshotState()
+        #: where the KPI snapshot is rebuilt, off the loop that commits
+        self.refresher = RefreshLoop(settings)
+
+    async def refresh(self) -> tuple[bytes, float | None]:
+        """Rebuild the KPI snapshot; its exposition and the time it was taken (Unix s)."""
+        await self.refresher.run(lambda store: self.collector.refresh(store=store))
+        return self.collector.exposition, self.collector.refreshed_at
+
+    async def publish_outputs(self) -> None:
+        """KPI snapshots of the last refresh to the KPI topic; alert rules evaluated."""
+        windows = self.collector.windows
+        if windows:
+            # the agents read where the refresh reads, off the loop that commits
+            agents = await self.refresher.run(lambda store: read_agent_inputs(store, windows))
+            await publish_snapshots(
+                windows, self.publisher, self.settings, self.snapshots, agents=agents
+            )
+            del agents
+            release_memory()
+        # the rules' windows are read and summed where the refresh reads, off the loop
+        # that commits; their transitions go to the broker from here, the producer's loop
+        settings = self.settings
+        transitions = await self.refresher.run(lambda store: rule_transitions(store, settings))
+        await record_transitions(self.store, self.publisher, settings, transitions)
+
+    async def close(self) -> None:
+        """End the refresh loop (a refresh in flight finishes first)."""
+        await self.refresher.close()
+
+
+class OwnOutputs:
+    """:class:`LocalOutputs` with a Kafka producer of their own, on ``store``: what the
+    outputs process (``python -m deskpulse.streams.outputs``) serves, the subset of a
+    :class:`KpiEngine` that the engine process hands it (start, stop, refresh,
+    publish_outputs)."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.store = store
+        self.publisher = KafkaPublisher(settings)
+        self.outputs = LocalOutputs(settings, store, self.publisher, KpiCollector(store, settings))
+        self.generation: str | None = None
+
+    async def start(self, partitions: int) -> None:
+        """Start the producer and read the state's configuration (each retried)."""
+        await retry_forever(
+            self.publisher.start, what="starting the Kafka producer", retriable=(Exception,)
+        )
+        if self.store.generation is None:
+            await retry_forever(self.store.check_config, what="reading the state's configuration")
+        self.generation = self.store.generation
+
+    async def stop(self) -> None:
+        await self.outputs.close()
+        await self.publisher.stop()
+
+    async def refresh(self) -> tuple[bytes, float | None]:
+        return await self.outputs.refresh()
+
+    async def publish_outputs(self) -> None:
+        await self.outputs.publish_outputs()
+
+    def abandon(self, grace_s: float) -> None:
+        """Nothing in flight is the worker's to give up: no batch comes here."""
+
+
 class LocalEngine:
     """The :class:`KpiEngine` in the calling process (the worker's, or the engine child's).
 
     ``store`` and ``collector`` are the caller's: the worker's ``/metrics`` renders that
     collector. The producer is the engine's own (dead letters, forwards, outputs, alerts),
-    and so is the log reader that reads back records a batch lacks.
+    and so is the log reader that reads back records a batch lacks. The refreshes and
+    publications are its :class:`LocalOutputs`'.
     """
 
     def __init__(
@@ -187,10 +274,8 @@ class LocalEngine:
         self.reader = LogReader(settings)
         self.engine = Engine(settings, store, self.publisher, metrics, reader=self.reader)
         self.engine.on_deadletter = self._deadletter
-        #: what this engine put on the KPI topic (its snapshots are incremental)
-        self.snapshots = SnapshotState()
-        #: where the KPI snapshot is rebuilt, off the loop that commits
-        self.refresher = RefreshLoop(settings)
+        #: the KPI snapshot, rebuilt off the loop that commits, and what is published of it
+        self.outputs = LocalOutputs(settings, store, self.publisher, collector)
         self.generation: str | None = None
         self.on_deadletter: Callable[[DeadLetterTrouble | None], object] | None = None
         self.on_broker: Callable[[bool], object] | None = None
@@ -219,33 +304,24 @@ class LocalEngine:
         # forwarded to it through the repartition topic
         self.engine.route(partitions, self.publisher)
 
+    @property
+    def refresher(self) -> RefreshLoop:
+        """Where the KPI snapshot is rebuilt."""
+        return self.outputs.refresher
+
     async def stop(self) -> None:
         await self.publisher.stop()
         await self.reader.stop()
-        await self.refresher.close()
+        await self.outputs.close()
 
     async def process(self, records: Iterable[Record]) -> None:
         await self.engine.process(records)
 
     async def refresh(self) -> tuple[bytes, float | None]:
-        await self.refresher.run(lambda store: self.collector.refresh(store=store))
-        return self.collector.exposition, self.collector.refreshed_at
+        return await self.outputs.refresh()
 
     async def publish_outputs(self) -> None:
-        windows = self.collector.windows
-        if windows:
-            # the agents read where the refresh reads, off the loop that commits
-            agents = await self.refresher.run(lambda store: read_agent_inputs(store, windows))
-            await publish_snapshots(
-                windows, self.publisher, self.settings, self.snapshots, agents=agents
-            )
-            del agents
-            release_memory()
-        # the rules' windows are read and summed where the refresh reads, off the loop
-        # that commits; their transitions go to the broker from here, the producer's loop
-        settings = self.settings
-        transitions = await self.refresher.run(lambda store: rule_transitions(store, settings))
-        await record_transitions(self.store, self.publisher, settings, transitions)
+        await self.outputs.publish_outputs()
 
     async def check_breaches(self, clocks: Mapping[int, int]) -> int:
         return await check_partitions(

@@ -14,11 +14,14 @@ decodes, folds and commits it and answers with the pipeline counters the worker 
 The agent acknowledges a batch only once the child reports it committed, so the
 exactly-once argument is unchanged: nothing is acknowledged before Redis holds it.
 
-The KPI snapshot is built there too: the worker asks for a refresh on its timer and gets
-the rendered exposition back for ``/metrics``, and the group leader asks the child to
-publish the KPI snapshots and evaluate the alert rules. Those run beside the batches (the
-build and render in a thread of the child), never in the worker's event loop. The broker
-probe pings over the child's producer (the worker has none of its own in this mode).
+The KPI snapshot is built in a second child, the outputs process
+(``python -m deskpulse.streams.outputs``, :class:`OutputsProcess`), which serves the same
+frames: the worker asks it for a refresh on its timer and gets the rendered exposition back
+for ``/metrics``, and the group leader asks it to publish the KPI snapshots and evaluate
+the alert rules. So they never run in the worker's event loop, nor in the interpreter that
+commits the batches (with thousands of groups a refresh is hundreds of milliseconds of
+Python, which the commits once shared in switch-interval slices). The broker probe pings
+over the engine process's producer (the worker has none of its own in this mode).
 
 Batches are applied in the order sent, one at a time; batches that queue up meanwhile
 (one per agent) travel together in the next request. Breach checks run beside them, as
@@ -67,6 +70,8 @@ from deskpulse.streams.frames import pipes, read_frame
 from deskpulse.streams.runtime import end_with_parent
 
 __all__ = [
+    "ENGINE_MODULE",
+    "OUTPUTS_MODULE",
     "PING_SLACK_S",
     "STOP_GRACE_S",
     "STOP_TIMEOUT_S",
@@ -80,6 +85,7 @@ __all__ = [
     "EngineProcessError",
     "Failed",
     "GivenUp",
+    "OutputsProcess",
     "Ping",
     "Pinged",
     "Process",
@@ -108,6 +114,9 @@ STOP_GRACE_S = 5.0
 STOP_TIMEOUT_S = STOP_GRACE_S + 5.0
 #: How much longer than the broker ping itself the child may take to answer one.
 PING_SLACK_S = 1.0
+#: The modules the two children run: the engine process, the outputs process.
+ENGINE_MODULE = "deskpulse.streams.offload"
+OUTPUTS_MODULE = "deskpulse.streams.outputs"
 
 
 class EngineProcessError(RuntimeError):
@@ -368,11 +377,15 @@ class RecordingMetrics:
 
 class _Child:
     """The child's side: a :class:`~streams.kpi_engine.LocalEngine` and the requests it
-    answers, each by the engine method of the same name."""
+    answers, each by the engine method of the same name; in the outputs process
+    (``outputs``), an :class:`~streams.kpi_engine.OwnOutputs`, which is asked for the
+    refreshes and publications alone."""
 
-    def __init__(self, settings: Settings, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, settings: Settings, writer: asyncio.StreamWriter, *, outputs: bool = False
+    ) -> None:
         from deskpulse.exporters.prometheus import KpiCollector
-        from deskpulse.streams.kpi_engine import LocalEngine
+        from deskpulse.streams.kpi_engine import LocalEngine, OwnOutputs
         from deskpulse.streams.redis_client import connect
         from deskpulse.streams.store import Store
 
@@ -380,10 +393,15 @@ class _Child:
         self.redis = connect(settings, purpose="ingest")
         store = Store.from_settings(self.redis, settings)
         self.metrics = RecordingMetrics()
-        self.engine = LocalEngine(settings, store, self.metrics, KpiCollector(store, settings))
-        # unasked, while a batch is held: the worker's /readyz and gauges follow them
-        self.engine.on_deadletter = lambda trouble: self.send(DeadLetters(trouble))
-        self.engine.on_broker = lambda up: self.send(BrokerState(up))
+        self.engine: LocalEngine | OwnOutputs
+        if outputs:
+            self.engine = OwnOutputs(settings, store)
+        else:
+            engine = LocalEngine(settings, store, self.metrics, KpiCollector(store, settings))
+            # unasked, while a batch is held: the worker's /readyz and gauges follow them
+            engine.on_deadletter = lambda trouble: self.send(DeadLetters(trouble))
+            engine.on_broker = lambda up: self.send(BrokerState(up))
+            self.engine = engine
         # batches in the order they came; the rest beside them (breach checks take the
         # partitions' locks as the batches do)
         self.ordered: asyncio.Queue[_Asked | None] = asyncio.Queue()
@@ -447,7 +465,23 @@ class _Child:
 
     async def handle(self, request: _Asked) -> Reply:
         """The engine's method for ``request``, its result as the reply."""
+        from deskpulse.streams.kpi_engine import LocalEngine
+
         engine = self.engine
+        if isinstance(request, Refresh):
+            exposition, refreshed_at = await engine.refresh()
+            return Refreshed(request.id, exposition, refreshed_at)
+        if isinstance(request, PublishOutputs):
+            await engine.publish_outputs()
+            return Done(request.id)
+        if isinstance(request, Start):
+            from deskpulse.streams.runtime import tune_gc
+
+            await engine.start(request.partitions)
+            tune_gc()
+            return Started(request.id, engine.generation)
+        if not isinstance(engine, LocalEngine):
+            raise EngineProcessError(f"the outputs process is not asked {type(request).__name__}")
         if isinstance(request, Process):
             try:
                 await engine.process(request.records())
@@ -457,26 +491,14 @@ class _Child:
             return Processed(request.id, self.metrics.take())
         if isinstance(request, CheckBreaches):
             return Published(request.id, await engine.check_breaches(request.clocks))
-        if isinstance(request, Refresh):
-            exposition, refreshed_at = await engine.refresh()
-            return Refreshed(request.id, exposition, refreshed_at)
-        if isinstance(request, PublishOutputs):
-            await engine.publish_outputs()
-            return Done(request.id)
-        if isinstance(request, Ping):
-            try:
-                await engine.ping(request.timeout_s)
-            except BrokerUnavailable as error:  # an answer, not a failure of the engine
-                return Pinged(request.id, str(error))
-            return Pinged(request.id, None)
-        from deskpulse.streams.runtime import tune_gc
-
-        await engine.start(request.partitions)
-        tune_gc()
-        return Started(request.id, engine.generation)
+        try:
+            await engine.ping(request.timeout_s)
+        except BrokerUnavailable as error:  # an answer, not a failure of the engine
+            return Pinged(request.id, str(error))
+        return Pinged(request.id, None)
 
 
-async def _serve(replies: BinaryIO, parent_pid: int) -> None:
+async def _serve(replies: BinaryIO, parent_pid: int, *, outputs: bool = False) -> None:
     watch = asyncio.ensure_future(_watch_parent(parent_pid))
     try:
         reader, writer = await pipes(sys.stdin.buffer, replies)
@@ -484,7 +506,7 @@ async def _serve(replies: BinaryIO, parent_pid: int) -> None:
         if frame is None:
             return
         settings: Settings = pickle.loads(frame)  # from our own parent, over our own pipe
-        await _Child(settings, writer).run(reader)
+        await _Child(settings, writer, outputs=outputs).run(reader)
     finally:
         watch.cancel()
 
@@ -505,34 +527,37 @@ async def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     """Exit once the worker is gone (where the kernel does not see to it)."""
     while os.getppid() == parent_pid:
         await asyncio.sleep(interval_s)
-    log.critical("the worker (pid %d) is gone; the engine process exits", parent_pid)
+    log.critical("the worker (pid %d) is gone; this process exits", parent_pid)
     logging.shutdown()
     os._exit(1)  # nothing to finish: the worker acknowledges nothing any more
 
 
-def main() -> None:
+def main(*, outputs: bool = False) -> None:
     """``python -m deskpulse.streams.offload [PARENT_PID]``: the child side; the settings
-    come as the first frame."""
+    come as the first frame. ``outputs``: the outputs process
+    (``python -m deskpulse.streams.outputs [PARENT_PID]``)."""
     # The parent decides when the child ends (after the in-flight batch): a Ctrl-C or a
     # SIGTERM to the whole process group must not kill it under a batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    role = "outputs" if outputs else "engine"
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[engine] %(message)s"
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[{role}] %(message)s"
     )
     parent_pid = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
     _die_with_parent(parent_pid)
     from deskpulse.streams.runtime import one_malloc_arena, short_switch_interval
 
     one_malloc_arena()  # before the refresh loop's and the Kafka client's threads start
-    short_switch_interval()  # batches commit beside the refresh loop's thread
+    if not outputs:
+        short_switch_interval()  # a commit's round trips wait less beside any other thread
     from deskpulse.streams.logs import install_repeat_throttle
 
     install_repeat_throttle()  # its Kafka producer floods like the worker's
     # frames go to the original stdout; anything else printed lands on stderr
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    asyncio.run(_serve(replies, parent_pid))
+    asyncio.run(_serve(replies, parent_pid, outputs=outputs))
 
 
 # --- the parent --------------------------------------------------------------------------
@@ -551,9 +576,22 @@ class EngineProcess:
     applied in submission order. ``metrics`` get the counts of each batch the child applied.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        outputs: OutputsProcess | None = None,
+        module: str = ENGINE_MODULE,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        #: where the refreshes and publications go: the outputs process (``None``: this
+        #: child, as the outputs process is asked itself)
+        self.outputs = outputs
+        self.module = module
+        #: what the logs call the child
+        self.name = "outputs process" if module == OUTPUTS_MODULE else "engine process"
         self._proc: subprocess.Popen[bytes] | None = None
         self._popen: subprocess.Popen[bytes] | None = None  # kept once reaped too (kill)
         self._writer: asyncio.StreamWriter | None = None
@@ -574,7 +612,7 @@ class EngineProcess:
         """Start the child and wait until its engine has started (its producer reached
         the broker)."""
         self._proc = self._popen = subprocess.Popen(
-            [sys.executable, "-m", "deskpulse.streams.offload", str(os.getpid())],
+            [sys.executable, "-m", self.module, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -583,7 +621,9 @@ class EngineProcess:
         self._writer.write(framed(pickle.dumps(self.settings)))
         started = await self._ask(Start(next(self._ids), partitions), Started)
         self.generation = started.generation
-        log.info("engine process %d started", self._proc.pid)
+        log.info("%s %d started", self.name, self._proc.pid)
+        if self.outputs is not None:
+            await self.outputs.start(partitions)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -597,7 +637,7 @@ class EngineProcess:
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = await asyncio.to_thread(proc.wait, 5)
-        self._gone = EngineProcessError(f"engine process exited (status {code})")
+        self._gone = EngineProcessError(f"{self.name} exited (status {code})")
         # at a stop, what it had not answered is given up, not a failure to crash on
         failed = Abandoned(f"{self._gone} at the stop") if self._stopping else self._gone
         for future in self._pending.values():
@@ -605,7 +645,8 @@ class EngineProcess:
                 future.set_exception(failed)
         self._pending.clear()
         if not self._stopping:
-            log.critical("%s", self._gone)
+            if self.module == ENGINE_MODULE:  # the outputs process's is logged as a warning
+                log.critical("%s", self._gone)
             if self.on_gone is not None:
                 self.on_gone(self._gone)
 
@@ -696,12 +737,18 @@ class EngineProcess:
         return published.count
 
     async def refresh(self) -> tuple[bytes, float | None]:
-        """Have the child rebuild the KPI snapshot; its exposition and refresh time."""
+        """Have the outputs process rebuild the KPI snapshot; its exposition and refresh
+        time."""
+        if self.outputs is not None:
+            return await self.outputs.refresh()
         refreshed = await self._ask(Refresh(next(self._ids)), Refreshed)
         return refreshed.exposition, refreshed.refreshed_at
 
     async def publish_outputs(self) -> None:
-        """Have the child publish the KPI snapshots and evaluate the alert rules."""
+        """Have the outputs process publish the KPI snapshots and evaluate the alert rules."""
+        if self.outputs is not None:
+            await self.outputs.publish_outputs()
+            return
         await self._ask(PublishOutputs(next(self._ids)), Done)
 
     async def ping(self, timeout_s: float) -> None:
@@ -734,6 +781,18 @@ class EngineProcess:
         if self._popen is not None and self._popen.returncode is None:
             with contextlib.suppress(OSError):
                 self._popen.kill()
+        if self.outputs is not None:
+            self.outputs.kill()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def gone(self) -> bool:
+        """Whether the child ended without being asked."""
+        return self._gone is not None
 
     def _give_up_waiting(self) -> None:
         self._given_up = True  # batches handed in from now on are given up at once
@@ -763,15 +822,26 @@ class EngineProcess:
         return reply
 
     async def stop(self) -> None:
-        """Let the child finish what it has, close its connections and wait for its exit."""
+        """Let the child finish what it has, close its connections and wait for its exit
+        (the engine process first: a last batch's counts may still be refreshed)."""
+        try:
+            await self._stop()
+        finally:
+            if self.outputs is not None:
+                await self.outputs.stop()
+
+    async def _stop(self) -> None:
         proc = self._proc
         if proc is None:
             return
         self._stopping = True
         try:
-            await asyncio.wait_for(self._ask(Stop(next(self._ids)), Done), timeout=STOP_TIMEOUT_S)
+            if self._gone is None:  # one that ended is only reaped
+                await asyncio.wait_for(
+                    self._ask(Stop(next(self._ids)), Done), timeout=STOP_TIMEOUT_S
+                )
         except Exception as error:  # a dead or stuck child: nothing left to close there
-            log.warning("engine process did not stop cleanly: %r", error)
+            log.warning("%s did not stop cleanly: %r", self.name, error)
         finally:
             self._proc = None
             if self._writer is not None:
@@ -779,11 +849,84 @@ class EngineProcess:
             try:
                 await asyncio.to_thread(proc.wait, 3)
             except subprocess.TimeoutExpired:
-                log.warning("engine process %d did not exit; killing it", proc.pid)
+                log.warning("%s %d did not exit; killing it", self.name, proc.pid)
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
             if self._replies is not None:
                 self._replies.cancel()
+
+
+class OutputsProcess:
+    """The outputs process (:mod:`streams.outputs`), from the worker's side: the KPI
+    snapshot's refreshes and publications, in a child of their own.
+
+    Nothing the batches need is there, so its end does not stop the worker: the call in
+    flight fails (the timer that asked logs it), and the next call starts a new one.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._child: EngineProcess | None = None
+        self._partitions: int | None = None
+        self._starting = asyncio.Lock()
+        self._stopping = False
+        #: times an outputs process was started (one started again after its end counts)
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The running outputs process's id, if one runs."""
+        return self._child.pid if self._child is not None else None
+
+    async def start(self, partitions: int) -> None:
+        """Start the child (its producer reaching the broker and the state's
+        configuration read first)."""
+        self._partitions = partitions
+        await self._started()
+
+    async def _started(self) -> EngineProcess:
+        async with self._starting:
+            if self._stopping:
+                raise Abandoned("the worker is stopping")
+            child = self._child
+            if child is None or child.gone:
+                if self._partitions is None:
+                    raise EngineProcessError("OutputsProcess.start() was not called")
+                if child is not None:
+                    log.warning("a new outputs process starts")
+                    await child.stop()  # reaped
+                child = EngineProcess(self.settings, self.metrics, module=OUTPUTS_MODULE)
+                child.on_gone = lambda error: log.warning(
+                    "%s; the worker goes on applying batches, a new one starts with the "
+                    "next refresh",
+                    error,
+                )
+                self._child = child
+                await child.start(self._partitions)
+                self.starts += 1
+            return child
+
+    async def refresh(self) -> tuple[bytes, float | None]:
+        """Rebuild the KPI snapshot there; its exposition and refresh time."""
+        return await (await self._started()).refresh()
+
+    async def publish_outputs(self) -> None:
+        """Publish the KPI snapshots and evaluate the alert rules there."""
+        await (await self._started()).publish_outputs()
+
+    def kill(self) -> None:
+        """SIGKILL the child now (from any thread)."""
+        if self._child is not None:
+            self._child.kill()
+
+    async def stop(self) -> None:
+        """Let the child finish what it has and wait for its exit."""
+        self._stopping = True
+        async with self._starting:
+            child, self._child = self._child, None
+        if child is not None:
+            await child.stop()
 
 
 if __name__ == "__main__":
