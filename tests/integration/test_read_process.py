@@ -1,0 +1,89 @@
+"""The read process from the worker's side (:class:`~streams.reads.ReadProcess`): a large
+document comes back through a file of its spool, byte for byte the document the pipe
+carries, and nothing is left behind; a spool that cannot be written is no failure. Real
+redis-server; the read process is a real child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from deskpulse.models.settings import Settings
+from deskpulse.streams.query import parse_query, read_document
+from deskpulse.streams.reads import SPOOL_MIN_BYTES, ReadProcess
+from deskpulse.streams.store import Store
+from tests.integration.test_store import apply, created, pendings, replied
+
+QUEUES = 300  # a group each: a document of some 400 KB grouped by every dimension
+
+
+async def _fill(settings: Settings, now_s: float) -> None:
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    store = Store.from_settings(redis, settings)
+    try:
+        await store.check_config()
+        raws = []
+        for i in range(QUEUES):
+            raws.append(created(f"T{i}", now_s - 1800 + i, queue=f"q{i:03d}"))
+            if i % 2:
+                raws.append(replied(f"T{i}", now_s - 1700 + i))
+        await apply(store, 0, pendings(raws))
+    finally:
+        await redis.aclose()
+
+
+async def _expected(settings: Settings, query: object) -> bytes:
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        document = await read_document(Store.from_settings(redis, settings), query)  # type: ignore[arg-type]
+    finally:
+        await redis.aclose()
+    return orjson.dumps(document)
+
+
+@pytest.mark.parametrize("spool_gone", [False, True], ids=["spooled", "through-the-pipe"])
+def test_a_large_document_comes_back_whole_through_the_spool_or_the_pipe(
+    redis_url: str, spool_gone: bool
+) -> None:
+    settings = Settings(redis_url=redis_url, redis_prefix=f"rp{uuid.uuid4().hex[:8]}")
+    now_s = time.time()
+
+    async def run() -> None:
+        await _fill(settings, now_s)
+        query = parse_query(
+            "1h",
+            None,
+            "channel,queue,priority",
+            bucket_seconds=settings.bucket_seconds,
+            retention_s=settings.retention,
+            max_future_s=settings.max_future,
+            now_s=now_s,
+        )
+        reads = ReadProcess(settings)
+        try:
+            first = await reads.compute(query)
+            spool = reads.spool
+            assert spool is not None and os.path.isdir(spool)
+            assert reads.spooled == 1
+            assert os.listdir(spool) == []  # the worker took the file and deleted it
+            if spool_gone:  # the read process cannot write its answers there any more
+                os.rmdir(spool)
+            again = await reads.compute(query)
+        finally:
+            await reads.stop()
+        expected = await _expected(settings, query)
+        assert len(expected) >= SPOOL_MIN_BYTES  # large enough to be spooled
+        assert first == expected
+        assert again == expected
+        assert orjson.loads(again)["groups"][0]["key"]["queue"] == "q000"
+        assert not os.path.exists(spool)  # removed at the stop
+        assert reads.starts == 1  # neither answer cost the read process its life
+        assert reads.spooled == (1 if spool_gone else 2)
+
+    asyncio.run(run())
