@@ -1057,12 +1057,13 @@ def _reads(rd: dict[str, Any] | None, add: Any) -> None:
         f"({_rate(rd['unloaded_per_s'])}). Limits: `DESKPULSE_READ_RATE="
         f"{limits.get('read_rate')}`, `DESKPULSE_READ_CONCURRENCY="
         f"{limits.get('read_concurrency')}`, `DESKPULSE_READ_QUEUE={limits.get('read_queue')}`,"
-        f" `DESKPULSE_READ_CACHE={limits.get('read_cache')}` (the defaults).\n"
+        f" `DESKPULSE_READ_CACHE={limits.get('read_cache')}`, "
+        f"`DESKPULSE_READ_NICE={limits.get('read_nice')}` (the defaults).\n"
     )
     add(
         "| readers | windows | ingestion | of unloaded | behind at end | requests/s | "
         "statuses | 200 p50 / p99 | 503 p50 | computed / shared / cached / rejected | "
-        "cores: worker / engine / read process / Redis / readers |"
+        "cores: worker / engine / outputs / read process / Redis / readers |"
     )
     add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for phase in rd["phases"]:
@@ -1080,7 +1081,8 @@ def _reads(rd: dict[str, Any] | None, add: Any) -> None:
             f"{phase.get('requests_per_s', 0):,.0f} | {_statuses(phase.get('statuses') or {})} | "
             f"{_ms(ok.get('p50'))} / {_ms(ok.get('p99'))} | {_ms(busy.get('p50'))} | {counts} | "
             f"{parts.get('worker', cores['worker']):.2f} / {parts.get('engine', 0.0):.2f} / "
-            f"{parts.get('reads', 0.0):.2f} / {cores['redis']:.2f} / "
+            f"{parts.get('outputs', 0.0):.2f} / {parts.get('reads', 0.0):.2f} / "
+            f"{cores['redis']:.2f} / "
             f"{phase.get('readers_cores', 0.0):.2f} |"
         )
     add("")

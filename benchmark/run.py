@@ -1320,6 +1320,7 @@ class Bench:
                 "read_concurrency": settings.read_concurrency,
                 "read_queue": settings.read_queue,
                 "read_cache": settings.read_cache,
+                "read_nice": settings.read_nice,
             }
             worker = self.procs.worker("reads-worker", settings)
             try:

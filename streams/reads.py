@@ -17,13 +17,15 @@ the ingest path's Redis pool out of connections. So a read is:
   same buckets, so the same document) that arrive while one computes wait for it, and its
   document also answers those that arrive up to ``DESKPULSE_READ_CACHE`` seconds later;
 * **elsewhere**: computed in a read process of its own (``python -m deskpulse.streams.reads``), with
-  its own Redis connections, at a lower CPU priority. The worker's event loop only passes
-  bytes along; when the CPU is contended the kernel serves ingestion (the worker and its
-  engine process) first, and reads get what is left. A thread of the worker would not do:
-  it shares the interpreter lock with Faust's event loop and consumer thread. Measured on 2
-  cores at 2,000 events/s with 20 or 100 readers of distinct 24 h windows, the same limits
-  kept 0.58 - 0.60 of the unloaded ingestion rate with reads in a thread, 0.97 - 1.0 with
-  the read process.
+  its own Redis connections; the worker's event loop only passes bytes along. A thread of
+  the worker would not do: it shares the interpreter lock with Faust's event loop and
+  consumer thread. Measured on 2 cores at 2,000 events/s with 20 or 100 readers of
+  distinct 24 h windows, the same limits kept 0.58 - 0.60 of the unloaded ingestion rate
+  with reads in a thread, 0.97 - 1.0 with the read process. ``DESKPULSE_READ_NICE`` lowers
+  its CPU priority (0 by default: at the worker's own, under those storms ingestion kept
+  0.96 - 1.08 of its unloaded rate, the read process using at most a quarter of a core
+  while its reads waited for Redis; at ``nice`` 10 a grouped read of 6,000 groups waited
+  1.5 - 2 times its CPU beside the rest of the pipeline, and missed its 300 ms p99).
 
 :class:`Pacer` does the first; :class:`ReadGate` the next two for any backend;
 :class:`ReadProcess` the last.
@@ -33,7 +35,7 @@ hand get a 503); it holds no state, and exits when the worker closes its stdin.
 A document of a few hundred kilobytes or more (one grouped by every dimension over
 thousands of groups is 10 MB) comes back through a file of a private temporary directory
 (the spool, removed at the stop) rather than the pipe: a pipe holds 1 MiB at most, so the
-read process, at its lower priority, had to be scheduled again for each MiB while the
+read process (then at ``nice`` 10) had to be scheduled again for each MiB while the
 worker's loop took them in turn (31 - 84 ms a read at 6,000 groups, 170 ms at worst); the
 worker reads the file in one call and deletes it. One that cannot be written goes through
 the pipe.
@@ -79,7 +81,6 @@ __all__ = [
     "MAX_AGE_S",
     "MAX_KEPT",
     "PARAMETERS",
-    "READ_NICE",
     "READ_RESULTS",
     "SERIES_PARAMETERS",
     "SLA_TICKETS_PARAMETERS",
@@ -94,10 +95,6 @@ __all__ = [
 
 log = logging.getLogger("deskpulse.reads")
 
-#: How much the read process lowers its CPU priority (``nice``). At 10 the kernel gives it
-#: about a tenth of what a process at 0 gets while both want the CPU: reads slow down under
-#: contention, ingestion does not.
-READ_NICE = 10
 #: Longest a request waits for its document (in the queue and computing) before a 503; a
 #: read stuck behind an unreachable Redis must not hold its client forever.
 READ_TIMEOUT_S = 30.0
@@ -844,6 +841,8 @@ async def _serve(replies: BinaryIO) -> None:
     settings: Settings
     spool: str | None
     settings, spool = pickle.loads(frame)
+    if settings.read_nice:
+        os.nice(settings.read_nice)
     redis = connect(settings, purpose="reads")
     store = Store(redis, settings.redis_prefix, CoreConfig.from_settings(settings))
     # What this process keeps between reads (the settled sums, each group's fields, document
@@ -884,7 +883,6 @@ def main() -> None:
     # well), so a stopping worker's last reads are answered and nothing logs a false alarm.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(READ_NICE)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[reads] %(message)s"
     )

@@ -87,3 +87,38 @@ def test_a_large_document_comes_back_whole_through_the_spool_or_the_pipe(
         assert reads.spooled == (1 if spool_gone else 2)
 
     asyncio.run(run())
+
+
+def _nice_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[16])  # the 19th field of stat: nice
+
+
+@pytest.mark.parametrize("nice", [0, 7])
+def test_the_read_process_runs_at_the_priority_set(redis_url: str, nice: int) -> None:
+    """``DESKPULSE_READ_NICE``: the read process lowers its CPU priority that much (0, the
+    default, keeps the worker's)."""
+    settings = Settings(redis_url=redis_url, redis_prefix=f"rp{uuid.uuid4().hex[:8]}")
+    settings = settings.model_copy(update={"read_nice": nice})
+    now_s = time.time()
+
+    async def run() -> int:
+        reads = ReadProcess(settings)
+        try:
+            query = parse_query(
+                "1h",
+                None,
+                None,
+                bucket_seconds=settings.bucket_seconds,
+                retention_s=settings.retention,
+                max_future_s=settings.max_future,
+                now_s=now_s,
+            )
+            await reads.compute(query)
+            assert reads.pid is not None
+            return _nice_of(reads.pid) - os.nice(0)
+        finally:
+            await reads.stop()
+
+    assert asyncio.run(run()) == nice

@@ -217,6 +217,8 @@ BAD = [
     ("DESKPULSE_KAFKA_BOOTSTRAP", "a:9092, b:9092", "without spaces"),
     ("DESKPULSE_KAFKA_BOOTSTRAP", ":9092", "no host"),
     ("DESKPULSE_WEB_PORT", "0", "1"),
+    ("DESKPULSE_READ_NICE", "20", "19"),
+    ("DESKPULSE_READ_NICE", "-5", "0"),
     ("DESKPULSE_STALL_TIMEOUT", "0", "greater than 0"),
     ("DESKPULSE_STALL_TIMEOUT", "-5", "greater than 0"),
     ("DESKPULSE_STALL_TIMEOUT", "soon", "number"),
