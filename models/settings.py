@@ -349,10 +349,10 @@ class Settings(BaseSettings):
     # GET /kpis requests let through per second, evenly spaced (0: no limit): each costs
     # the event loop that Faust's consumer shares, even a cached or refused one
     read_rate: float = Field(default=200.0, ge=0, le=100_000)
-    # how much the read process lowers its CPU priority (nice, 0 - 19): 0 keeps the
-    # worker's; more makes reads give way to ingestion when the CPU is contended, at the
-    # cost of their latency
-    read_nice: int = Field(default=0, ge=0, le=19)
+    # how much the read process lowers its CPU priority (nice, 0 - 19): reads give way to
+    # ingestion when the CPU is contended, at the cost of their latency; 0 keeps the
+    # worker's priority
+    read_nice: int = Field(default=10, ge=0, le=19)
 
     # Webhook ingestion (`deskpulse ingest`, or the worker with DESKPULSE_INGEST=true)
     ingest: bool = False

@@ -21,11 +21,13 @@ the ingest path's Redis pool out of connections. So a read is:
   the worker would not do: it shares the interpreter lock with Faust's event loop and
   consumer thread. Measured on 2 cores at 2,000 events/s with 20 or 100 readers of
   distinct 24 h windows, the same limits kept 0.58 - 0.60 of the unloaded ingestion rate
-  with reads in a thread, 0.97 - 1.0 with the read process. ``DESKPULSE_READ_NICE`` lowers
-  its CPU priority (0 by default: at the worker's own, under those storms ingestion kept
-  0.96 - 1.08 of its unloaded rate, the read process using at most a quarter of a core
-  while its reads waited for Redis; at ``nice`` 10 a grouped read of 6,000 groups waited
-  1.5 - 2 times its CPU beside the rest of the pipeline, and missed its 300 ms p99).
+  with reads in a thread, 0.97 - 1.0 with the read process. It runs at a lower CPU
+  priority (``DESKPULSE_READ_NICE``, 10 by default): when the CPU is contended the kernel
+  serves ingestion (the worker and its engine process) first, and reads get what is left.
+  At ``nice`` 10 a grouped read of 6,000 groups waits 1.5 - 2 times its CPU beside the
+  rest of the pipeline on 2 cores; at 0 the reads came back sooner in some runs, and under
+  a storm of 200 readers of distinct windows ingestion kept 0.96 of its rate in one run
+  and 0.78 in another, so 0 is the operator's choice where reads matter more.
 
 :class:`Pacer` does the first; :class:`ReadGate` the next two for any backend;
 :class:`ReadProcess` the last.

@@ -95,10 +95,10 @@ def _nice_of(pid: int) -> int:
     return int(fields[16])  # the 19th field of stat: nice
 
 
-@pytest.mark.parametrize("nice", [0, 7])
+@pytest.mark.parametrize("nice", [0, 7, Settings().read_nice])
 def test_the_read_process_runs_at_the_priority_set(redis_url: str, nice: int) -> None:
-    """``DESKPULSE_READ_NICE``: the read process lowers its CPU priority that much (0, the
-    default, keeps the worker's)."""
+    """``DESKPULSE_READ_NICE``: the read process lowers its CPU priority that much (0 keeps
+    the worker's)."""
     settings = Settings(redis_url=redis_url, redis_prefix=f"rp{uuid.uuid4().hex[:8]}")
     settings = settings.model_copy(update={"read_nice": nice})
     now_s = time.time()
