@@ -122,3 +122,39 @@ def test_the_read_process_runs_at_the_priority_set(redis_url: str, nice: int) ->
             await reads.stop()
 
     assert asyncio.run(run()) == nice
+
+
+def test_without_a_temporary_directory_the_answers_come_through_the_pipe(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No spool can be made (a read-only or missing temporary directory): every read is
+    still answered, through the pipe."""
+    import tempfile
+
+    def refused(**_: object) -> str:
+        raise PermissionError(13, "Permission denied", "/tmp/deskpulse-reads-x")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    settings = Settings(redis_url=redis_url, redis_prefix=f"rp{uuid.uuid4().hex[:8]}")
+    now_s = time.time()
+
+    async def run() -> None:
+        await _fill(settings, now_s)
+        query = parse_query(
+            "1h",
+            None,
+            "channel,queue,priority",
+            bucket_seconds=settings.bucket_seconds,
+            retention_s=settings.retention,
+            max_future_s=settings.max_future,
+            now_s=now_s,
+        )
+        reads = ReadProcess(settings)
+        try:
+            body = await reads.compute(query)
+        finally:
+            await reads.stop()
+        assert reads.spool is None and reads.spooled == 0
+        assert body == await _expected(settings, query)
+
+    asyncio.run(run())
