@@ -785,11 +785,6 @@ class EngineProcess:
             self.outputs.kill()
 
     @property
-    def pid(self) -> int | None:
-        """The child's process id, while it runs."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
     def gone(self) -> bool:
         """Whether the child ended without being asked."""
         return self._gone is not None
@@ -871,13 +866,6 @@ class OutputsProcess:
         self._partitions: int | None = None
         self._starting = asyncio.Lock()
         self._stopping = False
-        #: times an outputs process was started (one started again after its end counts)
-        self.starts = 0
-
-    @property
-    def pid(self) -> int | None:
-        """The running outputs process's id, if one runs."""
-        return self._child.pid if self._child is not None else None
 
     async def start(self, partitions: int) -> None:
         """Start the child (its producer reaching the broker and the state's
@@ -904,7 +892,6 @@ class OutputsProcess:
                 )
                 self._child = child
                 await child.start(self._partitions)
-                self.starts += 1
             return child
 
     async def refresh(self) -> tuple[bytes, float | None]:
