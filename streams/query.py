@@ -653,6 +653,12 @@ GROUPED_KEPT = 600_000
 _DOCUMENT_WEIGHT = 40
 
 
+#: a group's document with what it was built from: its fields, live state and end
+_Built = tuple[Mapping[str, int], Mapping[str, int] | None, int, dict[str, Any]]
+#: a kept document, a later end and the document at that end (:func:`documents_ahead`)
+_Ahead = tuple[dict[str, Any], int, dict[str, Any]]
+
+
 @dataclass(slots=True)
 class _Slot:
     """What the grouped reads of one width and grouping keep from their last read: the
@@ -671,9 +677,7 @@ class _Slot:
     documents: dict[tuple[str, ...], _Built] = field(default_factory=dict)
     #: group key -> a kept document, a later end and the document at that end (its ages
     #: moved), worked out ahead of the read of that end (:func:`documents_ahead`)
-    ahead: dict[tuple[str, ...], tuple[dict[str, Any], int, dict[str, Any]]] = field(
-        default_factory=dict
-    )
+    ahead: dict[tuple[str, ...], _Ahead] = field(default_factory=dict)
 
     @property
     def weight(self) -> int:
@@ -681,7 +685,6 @@ class _Slot:
         return len(self.source or ()) + _DOCUMENT_WEIGHT * (len(self.documents) + len(self.ahead))
 
 
-_Built = tuple[Mapping[str, int], Mapping[str, int] | None, int, dict[str, Any]]
 _SlotKey = tuple[int, str, tuple[str, ...], int]
 _SLOTS: OrderedDict[_SlotKey, _Slot] = OrderedDict()
 
@@ -1347,7 +1350,7 @@ def build_grouped_document(
     by: Sequence[str],
     live: Mapping[tuple[str, str, str], Mapping[str, int]] | None = None,
     documents: dict[tuple[str, ...], _Built] | None = None,
-    ahead: dict[tuple[str, ...], tuple[dict[str, Any], int, dict[str, Any]]] | None = None,
+    ahead: dict[tuple[str, ...], _Ahead] | None = None,
 ) -> dict[str, Any]:
     """:func:`build_document` from fields already projected onto ``by``. With
     ``documents`` (a group key -> the fields, live state and end its document was built
@@ -1372,11 +1375,11 @@ def build_grouped_document(
         # a group kept with the very fields dict (a read that found its parts unchanged)
         # and the same state was in the document then, and is now
         if held is not None and held[0] is fields and held[1] == state:
-            document = held[3] if held[2] == end_s else _moved(held[3], state, end_s, key, ahead)
+            document = _at_end(held, end_s, key, ahead)
         elif by and not has_samples(fields) and not state:
             continue
         elif held is not None and _same_sums(held[0], fields) and held[1] == state:
-            document = held[3] if held[2] == end_s else _moved(held[3], state, end_s, key, ahead)
+            document = _at_end(held, end_s, key, ahead)
         else:
             names = dict(zip(by, key, strict=True))
             document = group_document(names, fields, state, end_s)
@@ -1400,18 +1403,18 @@ def build_grouped_document(
     }
 
 
-def _moved(
-    document: dict[str, Any],
-    state: Mapping[str, int] | None,
-    end_s: int,
-    key: tuple[str, ...],
-    ahead: dict[tuple[str, ...], tuple[dict[str, Any], int, dict[str, Any]]] | None,
+def _at_end(
+    built: _Built, end_s: int, key: tuple[str, ...], ahead: dict[tuple[str, ...], _Ahead] | None
 ) -> dict[str, Any]:
-    """``document`` (built from the live ``state``) at ``end_s``: the one worked out ahead
-    from it for that end, else :func:`~streams.core.document_at`."""
-    held = ahead.get(key) if ahead else None
-    if held is not None and held[0] is document and held[1] == end_s:
-        return held[2]
+    """The document ``built`` for group ``key``, at ``end_s``: as it is for the same end,
+    else the one worked out ``ahead`` from it for that end, else
+    :func:`~streams.core.document_at`."""
+    _, state, built_end_s, document = built
+    if built_end_s == end_s:
+        return document
+    early = ahead.get(key) if ahead else None
+    if early is not None and early[0] is document and early[1] == end_s:
+        return early[2]
     return document_at(document, state, end_s)
 
 

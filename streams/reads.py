@@ -666,10 +666,9 @@ class _Encoder:
         worked out for another end is let go."""
         if end_s != self._ahead_end:
             self._ahead, self._ahead_end = {}, end_s
-        names = moved.get("key")
-        if type(names) is not dict:
+        key = _group_key(moved)
+        if key is None:
             return
-        key = tuple(names.values())
         before = self._by_key.get(key)
         if before is None or before[0] is not document:
             return
@@ -692,8 +691,7 @@ class _Encoder:
         self.encoded = self.moved = self.taken_ahead = 0
         for group in groups:
             held = kept.get(id(group))
-            names = group.get("key")
-            key = tuple(names.values()) if type(names) is dict else None
+            key = _group_key(group)
             early = ahead.get(key) if held is None and key is not None else None
             if early is not None and early[0] is group:
                 held = early
@@ -715,6 +713,12 @@ class _Encoder:
         if self.taken_ahead:  # the end they were worked out for came: the rest is of no use
             self._ahead = {}
         return orjson.dumps({**document, "groups": parts})
+
+
+def _group_key(group: dict[str, Any]) -> tuple[Any, ...] | None:
+    """A group document's key (its dimensions' values), if it has one."""
+    names = group.get("key")
+    return tuple(names.values()) if type(names) is dict else None
 
 
 #: a group document's ages, the only parts that move with the end of the window alone
