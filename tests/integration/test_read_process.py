@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from deskpulse.models.settings import Settings
-from deskpulse.streams.query import parse_query, read_document
+from deskpulse.streams.query import KpiQuery, parse_query, read_document
 from deskpulse.streams.reads import SPOOL_MIN_BYTES, ReadProcess
 from deskpulse.streams.store import Store
 from tests.integration.test_store import apply, created, pendings, replied
@@ -38,10 +38,23 @@ async def _fill(settings: Settings, now_s: float) -> None:
         await redis.aclose()
 
 
-async def _expected(settings: Settings, query: object) -> bytes:
+def _query(settings: Settings, now_s: float, by: str | None) -> KpiQuery:
+    """The read of the last hour at ``now_s`` grouped ``by``, as the worker parses it."""
+    return parse_query(
+        "1h",
+        None,
+        by,
+        bucket_seconds=settings.bucket_seconds,
+        retention_s=settings.retention,
+        max_future_s=settings.max_future,
+        now_s=now_s,
+    )
+
+
+async def _expected(settings: Settings, query: KpiQuery) -> bytes:
     redis = Redis.from_url(settings.redis_url.get_secret_value())
     try:
-        document = await read_document(Store.from_settings(redis, settings), query)  # type: ignore[arg-type]
+        document = await read_document(Store.from_settings(redis, settings), query)
     finally:
         await redis.aclose()
     return orjson.dumps(document)
@@ -56,15 +69,7 @@ def test_a_large_document_comes_back_whole_through_the_spool_or_the_pipe(
 
     async def run() -> None:
         await _fill(settings, now_s)
-        query = parse_query(
-            "1h",
-            None,
-            "channel,queue,priority",
-            bucket_seconds=settings.bucket_seconds,
-            retention_s=settings.retention,
-            max_future_s=settings.max_future,
-            now_s=now_s,
-        )
+        query = _query(settings, now_s, "channel,queue,priority")
         reads = ReadProcess(settings)
         try:
             first = await reads.compute(query)
@@ -106,15 +111,7 @@ def test_the_read_process_runs_at_the_priority_set(redis_url: str, nice: int) ->
     async def run() -> int:
         reads = ReadProcess(settings)
         try:
-            query = parse_query(
-                "1h",
-                None,
-                None,
-                bucket_seconds=settings.bucket_seconds,
-                retention_s=settings.retention,
-                max_future_s=settings.max_future,
-                now_s=now_s,
-            )
+            query = _query(settings, now_s, None)
             await reads.compute(query)
             assert reads.pid is not None
             return _nice_of(reads.pid) - os.nice(0)
@@ -140,15 +137,7 @@ def test_without_a_temporary_directory_the_answers_come_through_the_pipe(
 
     async def run() -> None:
         await _fill(settings, now_s)
-        query = parse_query(
-            "1h",
-            None,
-            "channel,queue,priority",
-            bucket_seconds=settings.bucket_seconds,
-            retention_s=settings.retention,
-            max_future_s=settings.max_future,
-            now_s=now_s,
-        )
+        query = _query(settings, now_s, "channel,queue,priority")
         reads = ReadProcess(settings)
         try:
             body = await reads.compute(query)
