@@ -48,6 +48,7 @@ from deskpulse.streams.store import (
     PRESENCE_MATCH,
     FreshBucket,
     FreshKey,
+    SortedKeys,
     Store,
 )
 from deskpulse.streams.windows import cover, format_width, parse_width, window_bounds
@@ -610,6 +611,7 @@ async def query_kpis(
         live=live,
         documents=slot.documents,
         ahead=slot.ahead,
+        order=slot.order,
     )
 
 
@@ -678,6 +680,8 @@ class _Slot:
     #: group key -> a kept document, a later end and the document at that end (its ages
     #: moved), worked out ahead of the read of that end (:func:`documents_ahead`)
     ahead: dict[tuple[str, ...], _Ahead] = field(default_factory=dict)
+    #: the groups' sorted order (the document's), kept from one read to the next
+    order: SortedKeys[tuple[str, ...]] = field(default_factory=SortedKeys)
 
     @property
     def weight(self) -> int:
@@ -1351,13 +1355,15 @@ def build_grouped_document(
     live: Mapping[tuple[str, str, str], Mapping[str, int]] | None = None,
     documents: dict[tuple[str, ...], _Built] | None = None,
     ahead: dict[tuple[str, ...], _Ahead] | None = None,
+    order: SortedKeys[tuple[str, ...]] | None = None,
 ) -> dict[str, Any]:
     """:func:`build_document` from fields already projected onto ``by``. With
     ``documents`` (a group key -> the fields, live state and end its document was built
     from, and the document), a group whose fields and live state are those kept takes the
     kept document (:func:`~streams.core.document_at` its end: from ``ahead`` when
     :func:`documents_ahead` worked it out for this end from that document), and
-    ``documents`` is left holding this read's groups (``ahead`` what is still ahead)."""
+    ``documents`` is left holding this read's groups (``ahead`` what is still ahead).
+    ``order`` keeps the groups' sorted order from one read to the next."""
     # by every dimension, each group's live state is its own (read only)
     states: Mapping[tuple[str, ...], Mapping[str, int]] = (
         cast(Mapping[tuple[str, ...], Mapping[str, int]], live or {})
@@ -1368,7 +1374,9 @@ def build_grouped_document(
     if documents is not None:
         documents.clear()
     built = []
-    for key in sorted(set(groups) | set(states)):
+    keys = set(groups)
+    keys.update(states)
+    for key in order.of(keys) if order is not None else sorted(keys):
         fields = groups.get(key, _NO_SUMS)
         state = states.get(key)
         held = earlier.get(key)
