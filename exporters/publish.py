@@ -38,7 +38,7 @@ import orjson
 from deskpulse.exporters.cardinality import OTHER, Fold, Rule, guard
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.exporters.prometheus import WindowRead
-from deskpulse.models.outputs import AlertTransition, KpiSnapshot, output_key
+from deskpulse.models.outputs import AlertTransition, output_key
 from deskpulse.models.settings import AlertRule, Settings, parse_duration
 from deskpulse.streams import agent_kpis
 from deskpulse.streams.core import LONGEST, OLDEST, SEP, group_document, has_samples
@@ -354,10 +354,17 @@ def _message(
     window: str, start: str, end: str, parts: tuple[str | None, ...], group: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     """A group's message on the KPI topic: its key and its payload (the schema version is
-    added as it is sent)."""
-    body = KpiSnapshot.build(window, start, end, group).model_dump(mode="json")
-    body.pop("schema_version")
-    return output_key(window, *parts), body
+    added as it is sent): :class:`~models.outputs.KpiSnapshot`'s fields then the group's,
+    as its ``model_dump(mode="json")`` orders them (a test holds the two equal), built as a
+    dict: a pass sends thousands, and the model's validation and dump of each took about a
+    tenth of the pass's CPU."""
+    return output_key(window, *parts), {
+        "window": window,
+        "start": start,
+        "end": end,
+        "key": group["key"],
+        **group,
+    }
 
 
 def _all_groups(
