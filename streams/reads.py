@@ -500,7 +500,9 @@ class ReadProcess:
     async def _start(self) -> _Child:
         if self.spool is None:
             try:
-                self.spool = tempfile.mkdtemp(prefix="deskpulse-reads-", dir=_spool_parent())
+                parent = _spool_parent()
+                _clear_stale_spools(parent or tempfile.gettempdir())
+                self.spool = tempfile.mkdtemp(prefix=_spool_prefix(os.getpid()), dir=parent)
             except OSError as error:  # no temporary directory: every answer by the pipe
                 log.warning("KPI reads' answers go through the pipe: %s", error)
         proc = subprocess.Popen(
@@ -584,6 +586,37 @@ def _spool_parent() -> str | None:
     if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK):
         return SHM_DIR
     return None
+
+
+def _spool_prefix(pid: int) -> str:
+    """The name a worker's spool directory starts with: its process id in it, so that a
+    later worker can tell the spool of one that is gone."""
+    return f"deskpulse-reads-{pid}-"
+
+
+def _clear_stale_spools(parent: str) -> None:
+    """Remove the spool directories in ``parent`` left by workers that are gone (killed
+    before their stop removed them): in ``/dev/shm`` what they held is memory until the
+    host restarts. Only this user's, named by :func:`_spool_prefix` for a process that no
+    longer exists."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        head, _, rest = name.removeprefix("deskpulse-reads-").partition("-")
+        if not name.startswith("deskpulse-reads-") or not head.isdigit() or not rest:
+            continue
+        path = os.path.join(parent, name)
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(head), 0)
+        except ProcessLookupError:  # its worker is gone
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed the spool of a worker that is gone: %s", path)
+        except OSError:  # not ours, gone meanwhile, or a live process of another user
+            continue
 
 
 def _unspool(path: str) -> bytes:

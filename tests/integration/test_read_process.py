@@ -75,6 +75,8 @@ def test_a_large_document_comes_back_whole_through_the_spool_or_the_pipe(
             first = await reads.compute(query)
             spool = reads.spool
             assert spool is not None and os.path.isdir(spool)
+            # named for this worker, so a later one can tell it from the spool of one gone
+            assert os.path.basename(spool).startswith(f"deskpulse-reads-{os.getpid()}-")
             assert reads.spooled == 1
             assert os.listdir(spool) == []  # the worker took the file and deleted it
             if spool_gone:  # the read process cannot write its answers there any more
