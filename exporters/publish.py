@@ -362,7 +362,7 @@ def _message(
         "window": window,
         "start": start,
         "end": end,
-        "key": group["key"],
+        "key": group["key"],  # the model's last field, before the group's others
         **group,
     }
 

@@ -588,10 +588,14 @@ def _spool_parent() -> str | None:
     return None
 
 
+#: What every spool directory's name starts with (then its worker's process id).
+SPOOL_NAME = "deskpulse-reads-"
+
+
 def _spool_prefix(pid: int) -> str:
     """The name a worker's spool directory starts with: its process id in it, so that a
     later worker can tell the spool of one that is gone."""
-    return f"deskpulse-reads-{pid}-"
+    return f"{SPOOL_NAME}{pid}-"
 
 
 def _clear_stale_spools(parent: str) -> None:
@@ -604,14 +608,16 @@ def _clear_stale_spools(parent: str) -> None:
     except OSError:
         return
     for name in names:
-        head, _, rest = name.removeprefix("deskpulse-reads-").partition("-")
-        if not name.startswith("deskpulse-reads-") or not head.isdigit() or not rest:
+        if not name.startswith(SPOOL_NAME):
+            continue
+        pid, _, rest = name.removeprefix(SPOOL_NAME).partition("-")
+        if not pid.isdigit() or not rest:
             continue
         path = os.path.join(parent, name)
         try:
             if os.stat(path).st_uid != os.getuid():
                 continue
-            os.kill(int(head), 0)
+            os.kill(int(pid), 0)
         except ProcessLookupError:  # its worker is gone
             shutil.rmtree(path, ignore_errors=True)
             log.info("removed the spool of a worker that is gone: %s", path)
