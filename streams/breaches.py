@@ -312,7 +312,9 @@ async def _check_due(
     while True:
         meta, states = await store.load(partition, ids)
         # the due tickets' timelines whole: their instances at the clock need every entry
-        await store.load_timelines(partition, states, ids)
+        # (a batch committed between the two reads: read again)
+        if not await store.load_timelines(partition, states, ids, meta.version):
+            continue
         result, breaches = _claim(meta, states, clock_ms, store.config, store.prefix)
         if await store.commit(partition, meta.version, result):
             break
@@ -422,7 +424,9 @@ async def adopt_published(
         chunk = ids[start : start + limit]
         while True:
             meta, states = await store.load(partition, chunk)
-            await store.load_timelines(partition, states, chunk)  # claims: evaluated whole
+            # claims: evaluated whole (a batch committed between the two reads: read again)
+            if not await store.load_timelines(partition, states, chunk, meta.version):
+                continue
             result, count = _adopt(meta, states, markers, store.config, store.prefix)
             if not count or await store.commit(partition, meta.version, result):
                 break

@@ -660,12 +660,13 @@ class Engine:
                 )
             # a ticket whose batch does not only append to its timeline gets it whole
             needed = timelines_needed(folding, states, meta.known, self.store.config)
-            if needed:
-                await retry_forever(
-                    partial(self.store.load_timelines, partition, states, needed),
-                    what=f"loading partition {partition} timelines from Redis",
-                    on_state=self.metrics.redis_up,
-                )
+            if needed and not await retry_forever(
+                partial(self.store.load_timelines, partition, states, needed, meta.version),
+                what=f"loading partition {partition} timelines from Redis",
+                on_state=self.metrics.redis_up,
+            ):
+                log.info("partition %d moved under this batch's read; reading it again", partition)
+                continue
             result = fold_batch(
                 folding,
                 states,

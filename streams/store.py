@@ -1695,24 +1695,40 @@ class Store:
         partition: int,
         states: Mapping[str, Conversation | None],
         conversation_ids: Iterable[str],
-    ) -> None:
+        version: str | None = None,
+    ) -> bool:
         """Put the timelines kept beside the named tickets' states back in them, whole
         (:func:`~streams.core.restore`): what a batch that does not only append to them
         needs (:func:`~streams.core.timelines_needed`), and breach detection. One read of
-        each ticket's entries, pipelined; call it under the partition's lock, after
-        :meth:`load` (the commit's version check catches a commit in between)."""
+        each ticket's entries, pipelined, after :meth:`load`.
+
+        ``version``: the partition's version that :meth:`load` read. Another writer may
+        commit the partition between the two reads (the breach check beside a batch, a
+        replay process applying a misrouted record to a partition of another), and the
+        entries read would then not be the states' (a torn read). The partition's version,
+        read after the entries on the same connection, tells: when it is no longer
+        ``version``, nothing is restored and the answer is False (load again; the commit's
+        version check would refuse the batch anyway). Without ``version``, the caller
+        holds the only writer."""
         wanted = [
             c
             for c in conversation_ids
             if (state := states.get(c)) is not None and state.walk is not None
         ]
         if not wanted:
-            return
+            return True
         base = self.base(partition)
         async with self.redis.pipeline(transaction=False) as pipe:
             for conv_id in wanted:
                 pipe.hgetall(base + "tl:" + conv_id)
+            if version is not None:
+                # after the entries: unchanged, no commit came between them and the load
+                pipe.hget(base + "meta", "version")
             replies = await pipe.execute()
+        if version is not None:
+            now = replies.pop()
+            if text(now or b"0") != version:
+                return False
         for conv_id, found in zip(wanted, replies, strict=True):
             entries: dict[str, tuple[int, str]] = {}
             for event_id, value in found.items():
@@ -1721,6 +1737,7 @@ class Store:
             state = states[conv_id]
             assert state is not None
             restore(state, entries)
+        return True
 
     async def _list_partition(self, partition: int) -> None:
         # after the partition's state exists, never before: a partition listed without
