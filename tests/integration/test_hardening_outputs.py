@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -28,6 +29,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from redis.asyncio import Redis
@@ -217,10 +219,17 @@ def unit_settings(redis_server: RedisServer, **update: Any) -> Settings:
     return Settings(**(values | update))
 
 
+@functools.lru_cache(maxsize=4)
+def families_of(text: str) -> tuple[Metric, ...]:
+    """An exposition parsed, once for the helpers below (each read of a family of a text of
+    thousands of groups parsed all of it again: most of the time of the tests here)."""
+    return tuple(text_string_to_metric_families(text))
+
+
 def series_per_family(text: str) -> dict[str, int]:
     """Lines of each family in an exposition: what Prometheus would store."""
     found: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
+    for family in families_of(text):
         name = family.name + "_total" if family.type == "counter" else family.name
         found[name] = len(family.samples)
     return found
@@ -229,7 +238,7 @@ def series_per_family(text: str) -> dict[str, int]:
 def other_series(text: str) -> dict[str, int]:
     """Lines of each family that belong to the ``other`` group."""
     found: Counter[str] = Counter()
-    for family in text_string_to_metric_families(text):
+    for family in families_of(text):
         name = family.name + "_total" if family.type == "counter" else family.name
         for sample in family.samples:
             if sample.labels.get("priority") == "other":
@@ -241,7 +250,7 @@ def groups_of(text: str, name: str) -> set[tuple[str, ...]]:
     """The (window,) channel, queue, priority of every sample of a family."""
     return {
         tuple(s.labels[label] for label in ("window", *DIMENSIONS) if label in s.labels)
-        for family in text_string_to_metric_families(text)
+        for family in families_of(text)
         if (family.name + "_total" if family.type == "counter" else family.name) == name
         for s in family.samples
     }
@@ -251,7 +260,7 @@ def labelled(text: str, name: str) -> dict[str, float]:
     """``metric`` label -> value of a family labelled by metric."""
     return {
         s.labels["metric"]: s.value
-        for family in text_string_to_metric_families(text)
+        for family in families_of(text)
         for s in family.samples
         if s.name == name
     }
