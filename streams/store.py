@@ -945,6 +945,30 @@ FIX_RESTART = (
     "not rebuilt yet (README: runbook-deskpulsestatelost)"
 )
 
+#: Reads buckets with their stamps at one instant (what a transaction of HMGET and HGETALLs
+#: would, which a Redis Cluster client runs a thread and an event loop per command for).
+#: KEYS: per partition its ``bver`` key, then its bucket keys, one per suffix of ARGV;
+#: ARGV: the bucket suffixes. Returns per partition its stamps (a list, ``false`` for a
+#: bucket without one), then per partition each bucket's fields flat (HGETALL's reply).
+_READ_STAMPED = """
+local n = #ARGV
+local reply = {}
+local parts = #KEYS / (n + 1)
+for p = 0, parts - 1 do
+  local bver, row = KEYS[p * (n + 1) + 1], {}
+  for i = 1, n do
+    row[i] = redis.call('HGET', bver, ARGV[i])
+  end
+  reply[p + 1] = row
+end
+for p = 0, parts - 1 do
+  for i = 1, n do
+    reply[#reply + 1] = redis.call('HGETALL', KEYS[p * (n + 1) + 1 + i])
+  end
+end
+return reply
+"""
+
 #: Sets the meta of a partition that has no state yet to start at given offsets (what
 #: ``deskpulse state reset`` accepts): only under this generation, never over state.
 _START_AT = """
@@ -1341,6 +1365,7 @@ class Store:
         self._earliest_at = redis.register_script(steady + _EARLIEST_AT)
         self._hash_since = redis.register_script(steady + _HASH_SINCE)
         self._sync = redis.register_script(steady + _SYNC)
+        self._read_stamped_script = redis.register_script(steady + _READ_STAMPED)
         self._start_at = redis.register_script(_START_AT)
         self._adopt = redis.register_script(_ADOPT)
         self._create_config = redis.register_script(_CREATE_CONFIG)
@@ -2378,17 +2403,21 @@ class Store:
     async def _read_stamped(
         self, parts: Sequence[int], unique: Sequence[str]
     ) -> tuple[list[Any], list[Any]]:
-        """The stamps (``bver``) and contents of the buckets ``unique`` of ``parts``, read in
-        one transaction: per partition its stamps, then per partition each bucket."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for partition in parts:
-                pipe.hmget(self.base(partition) + "bver", list(unique))
-            for partition in parts:
-                base = self.base(partition)
-                for suffix in unique:
-                    pipe.hgetall(base + suffix)
-            replies = await pipe.execute()
-        return replies[: len(parts)], replies[len(parts) :]
+        """The stamps (``bver``) and contents of the buckets ``unique`` of ``parts``, read at
+        one instant by one script: per partition its stamps, then per partition each
+        bucket. (On a cluster ``parts`` is one partition: one slot per script.)"""
+        keys = []
+        for partition in parts:
+            base = self.base(partition)
+            keys.append(base + "bver")
+            keys += [base + suffix for suffix in unique]
+        (reply,) = await self._pipelined_script(self._read_stamped_script, [(keys, list(unique))])
+        stamps = reply[: len(parts)]
+        contents = []
+        for flat in reply[len(parts) :]:
+            fields = iter(flat)
+            contents.append(dict(zip(fields, fields, strict=True)))
+        return stamps, contents
 
     async def _sum_fresh(
         self, partitions: Sequence[int], sets: Sequence[Sequence[str]]
