@@ -94,7 +94,7 @@ def demo_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[int]]]:
     yield env, [broker_port, redis_port, web_port]
 
 
-def test_demo_shows_kpis_and_ctrl_c_stops_everything(
+def test_demo_shows_kpis_sends_at_the_rate_it_states_and_ctrl_c_stops_everything(
     tmp_path: Path, demo_env: tuple[dict[str, str], list[int]]
 ) -> None:
     env, ports = demo_env
@@ -144,6 +144,23 @@ def test_demo_shows_kpis_and_ctrl_c_stops_everything(
         assert len(children) >= 3, (children, describe())
         assert port_open(HOST, broker_port)
         assert port_open(HOST, redis_port)
+
+        # the rate the banner states is the rate the worker receives: counted over 60 s
+        # within the 2 minutes the banner's figure is about, once the worker has applied
+        # what fell due while the demo backfilled (sent at once when it went live). Here,
+        # not in the `alone` test: a sleep, and a few events a second keep up anywhere.
+        banner = re.search(
+            r"live simulated traffic at ([\d.]+) events/s", log_path.read_text("utf-8")
+        )
+        assert banner is not None, describe()
+        stated_per_s = float(banner.group(1))
+        wait_until(lambda: processed(web_port) > 0, 30, 0.25, message=describe)
+        time.sleep(3)
+        first, started = processed(web_port), time.monotonic()
+        time.sleep(60)
+        got_per_s = (processed(web_port) - first) / (time.monotonic() - started)
+        print(f"\nDEMO stated {stated_per_s} events/s, received {got_per_s:.2f}/s")
+        assert 0.6 * stated_per_s <= got_per_s <= 1.5 * stated_per_s, (stated_per_s, got_per_s)
 
         os.kill(demo.pid, signal.SIGINT)  # the process only, not its group
         try:
@@ -334,11 +351,12 @@ def processed(port: int) -> float:
 
 
 @pytest.mark.alone  # a new user's machine is not running six other test processes
-def test_a_fresh_demo_is_full_within_30_s_at_the_rate_it_states(tmp_path: Path) -> None:
+def test_a_fresh_demo_is_full_within_30_s(tmp_path: Path) -> None:
     """``deskpulse demo`` with no setting at all, as a new user runs it: every KPI of
-    ``/kpis`` and every KPI family of ``/metrics`` within 30 s of the start; the events per
-    second its banner states are what the worker then receives; the machine's own Redis
-    (6379, when one runs) gets nothing; Ctrl-C stops everything."""
+    ``/kpis`` and every KPI family of ``/metrics`` within 30 s of the start; the command its
+    banner names fills every column; the machine's own Redis (6379, when one runs) gets
+    nothing; Ctrl-C stops everything. (That the worker receives the rate the banner states
+    is measured by the test above, which needs no host of its own.)"""
     prefix = f"demo{uuid.uuid4().hex[:8]}"  # a prefix of this test's own, to look for
     before = machine_redis_keys(prefix)
     demo = Demo(tmp_path, clean_env(DESKPULSE_REDIS_PREFIX=prefix))
@@ -349,8 +367,7 @@ def test_a_fresh_demo_is_full_within_30_s_at_the_rate_it_states(tmp_path: Path) 
         own = demo.read_until(r"redis-server on 127\.0\.0\.1:(\d+), fresh", 30)
         redis_port = int(own.group(1))
         assert redis_port != MACHINE_REDIS[1]
-        banner = demo.read_until(r"live simulated traffic at ([\d.]+) events/s", 60)
-        stated_per_s = float(banner.group(1))
+        demo.read_until(r"live simulated traffic at [\d.]+ events/s", 60)
         demo.read_until(r"^Ctrl-C stops everything\.$", 5)
         assert (tmp_path / ".deskpulse" / "worker.log").exists()
 
@@ -374,18 +391,6 @@ def test_a_fresh_demo_is_full_within_30_s_at_the_rate_it_states(tmp_path: Path) 
         full_after_s = time.monotonic() - demo.started
         print(f"\nDEMO every KPI filled {full_after_s:.1f} s after the start")
         assert full_after_s < FULL_WITHIN_S, demo.describe()
-
-        # the rate the banner states is the rate the worker receives: counted over 60 s
-        # within the 2 minutes the banner's figure is about, once the worker has applied
-        # what fell due while the demo backfilled (sent at once when it went live; the
-        # replayed state fills /metrics before the worker applies a record)
-        wait_until(lambda: processed(web_port) > 0, 30, 0.25, message=demo.describe)
-        time.sleep(3)
-        first, started = processed(web_port), time.monotonic()
-        time.sleep(60)
-        got_per_s = (processed(web_port) - first) / (time.monotonic() - started)
-        print(f"DEMO stated {stated_per_s} events/s, received {got_per_s:.2f}/s")
-        assert 0.6 * stated_per_s <= got_per_s <= 1.5 * stated_per_s, (stated_per_s, got_per_s)
 
         # the command the banner names: every column of the table has a value
         table_line = next(line for line in demo.lines if line.lstrip().startswith("table:"))
