@@ -104,7 +104,12 @@ def test_a_replay_process_killed_stops_the_replay_and_a_new_one_ends_as_one_proc
         after_kill, whole = state(client, two.redis_prefix), state(client, one.redis_prefix)
     finally:
         client.close()
-    assert sorted(after_kill) == sorted(whole), set(after_kill) ^ set(whole)
+    either = sorted(set(after_kill) ^ set(whole))
+    assert not either, (
+        f"only after the kill: {sorted(set(after_kill) - set(whole))[:5]}; "
+        f"only in the single replay: {sorted(set(whole) - set(after_kill))[:5]}; "
+        f"{[(n, after_kill.get(n), whole.get(n)) for n in either[:2]]}"
+    )
     differing = [name for name in whole if whole[name] != after_kill[name]]
     assert not differing, [(n, whole[n], after_kill[n]) for n in differing[:2]]
     assert sum(1 for name in whole if ":b:" in name) > 50
