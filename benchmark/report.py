@@ -1669,6 +1669,7 @@ def _cluster(cl: dict[str, Any] | None, add: Any) -> None:
         "cluster": "1 worker, cluster",
         "cluster_wait": "1 worker, cluster, `DESKPULSE_REDIS_MIN_REPLICAS=1`",
         "cluster_2_workers": "2 workers in one group, cluster",
+        "cluster_before": f"1 worker, cluster, the code in `BENCH_BASE_CODE` ({cl.get('base')})",
     }
     for key, label in names.items():
         run = cl.get(key)

@@ -37,7 +37,8 @@ schedules and a 24/7 default, as ``deskpulse demo`` runs):
     (3 masters, 3 replicas, started here): one worker on the single redis-server for
     reference, one on the cluster, one with ``DESKPULSE_REDIS_MIN_REPLICAS=1`` (the cost
     of ``WAIT``), and two in one consumer group; events/s and the cores of the workers,
-    of the masters and of the replicas;
+    of the masters and of the replicas (with ``BENCH_BASE_CODE``, one worker of the code
+    there on the same cluster too);
 14. presence: the replay of the throughput data set (spread traffic, no agent events) by
     this tree's code against the code in ``BENCH_BASE_CODE`` (a directory holding another
     ``deskpulse`` package), alternating trial by trial: what the agents' presence costs
@@ -2935,12 +2936,20 @@ class Bench:
         nodes = start_redis_cluster(HOST, self.workdir / "cluster")
         for proc in nodes.processes:
             self.procs.adopt(proc)
-        contenders = {
+        contenders: dict[str, dict[str, Any]] = {
             "single": {"workers": 1, "cluster": False, "min_replicas": 0},
             "cluster": {"workers": 1, "cluster": True, "min_replicas": 0},
             "cluster_wait": {"workers": 1, "cluster": True, "min_replicas": 1},
             "cluster_2_workers": {"workers": 2, "cluster": True, "min_replicas": 0},
         }
+        base = os.environ.get("BENCH_BASE_CODE")
+        if base:  # the code before, on the same cluster, in the same rotation
+            contenders["cluster_before"] = {
+                "workers": 1,
+                "cluster": True,
+                "min_replicas": 0,
+                "code": Path(base),
+            }
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         order = list(contenders)
         try:
@@ -2954,18 +2963,32 @@ class Bench:
             masters = sorted(nodes.masters())
         finally:
             nodes.stop()
-        out: dict[str, Any] = {"events": n, "masters": len(masters), "replicas": 3}
+        out: dict[str, Any] = {
+            "events": n,
+            "masters": len(masters),
+            "replicas": 3,
+            "base": base,
+        }
         for name, done in runs.items():
             typical = sorted(done, key=lambda r: r["per_second"])[(len(done) - 1) // 2]
             out[name] = typical | {"trials": [r["per_second"] for r in done]}
         return out
 
     async def run_cluster_contender(
-        self, name: str, nodes: Any, n: int, *, workers: int, cluster: bool, min_replicas: int
+        self,
+        name: str,
+        nodes: Any,
+        n: int,
+        *,
+        workers: int,
+        cluster: bool,
+        min_replicas: int,
+        code: Path | None = None,
     ) -> dict[str, Any]:
         """``workers`` live workers in one group on the single redis-server or the cluster,
         until they accounted for the ``tp`` data set; events/s from the first event seen
-        to the last, and the cores each kind of process used meanwhile."""
+        to the last, and the cores each kind of process used meanwhile. ``code``: a
+        directory holding another ``deskpulse`` package for the workers to run."""
         settings = self.settings(name, "tp").model_copy(
             update={
                 "redis_url": SecretStr(nodes.url if cluster else self.redis_url),
@@ -2976,8 +2999,11 @@ class Bench:
         client = connect(settings, purpose="command")
         redis_procs = list(nodes.processes) if cluster else [self.redis_proc]
         masters = set(nodes.masters()) if cluster else set()
+        extra = {} if code is None else {"PYTHONPATH": os.pathsep.join((str(code), str(REPO_ROOT)))}
         procs = [
-            self.procs.worker(f"{name}-{i}", settings.model_copy(update={"web_port": web_port()}))
+            self.procs.worker(
+                f"{name}-{i}", settings.model_copy(update={"web_port": web_port()}), **extra
+            )
             for i in range(workers)
         ]
         cpu: dict[str, list[float]] = {}
