@@ -945,26 +945,19 @@ FIX_RESTART = (
     "not rebuilt yet (README: runbook-deskpulsestatelost)"
 )
 
-#: Reads buckets with their stamps at one instant (what a transaction of HMGET and HGETALLs
-#: would, which a Redis Cluster client runs a thread and an event loop per command for).
-#: KEYS: per partition its ``bver`` key, then its bucket keys, one per suffix of ARGV;
-#: ARGV: the bucket suffixes. Returns per partition its stamps (a list, ``false`` for a
-#: bucket without one), then per partition each bucket's fields flat (HGETALL's reply).
+#: Reads one partition's buckets with their stamps at one instant (what a transaction of
+#: HMGET and HGETALLs would, which a Redis Cluster client runs a thread and an event loop
+#: per command for). KEYS: the partition's ``bver`` key, then its bucket keys, one per
+#: suffix of ARGV; ARGV: the bucket suffixes. Returns the stamps (a list, ``false`` for a
+#: bucket without one), then each bucket's fields flat (HGETALL's reply).
 _READ_STAMPED = """
-local n = #ARGV
-local reply = {}
-local parts = #KEYS / (n + 1)
-for p = 0, parts - 1 do
-  local bver, row = KEYS[p * (n + 1) + 1], {}
-  for i = 1, n do
-    row[i] = redis.call('HGET', bver, ARGV[i])
-  end
-  reply[p + 1] = row
+local row = {}
+for i = 1, #ARGV do
+  row[i] = redis.call('HGET', KEYS[1], ARGV[i])
 end
-for p = 0, parts - 1 do
-  for i = 1, n do
-    reply[#reply + 1] = redis.call('HGETALL', KEYS[p * (n + 1) + 1 + i])
-  end
+local reply = {row}
+for i = 2, #KEYS do
+  reply[i] = redis.call('HGETALL', KEYS[i])
 end
 return reply
 """
@@ -2342,18 +2335,12 @@ class Store:
     async def _read_settled(
         self, parts: tuple[int, ...], sets: Sequence[tuple[str, ...]]
     ) -> dict[tuple[str, ...], dict[str, int]]:
-        """Sum the settled buckets of ``sets`` with their stamps, read in one transaction
-        (stamps and contents of one instant; on a cluster one per partition, each stamp
-        being its partition's own), and keep them: the least recently read go
-        while more than :data:`SETTLED_FIELDS_KEPT` fields are kept in all."""
+        """Sum the settled buckets of ``sets`` with their stamps, each partition's read at
+        one instant (:meth:`_read_stamped`; partitions need not be: each stamp is its
+        partition's own), and keep them: the least recently read go while more than
+        :data:`SETTLED_FIELDS_KEPT` fields are kept in all."""
         unique = list(dict.fromkeys(s for kept in sets for s in kept))
-        if isinstance(self.redis, RedisCluster):
-            # a transaction is of one slot there: one per partition, side by side
-            each = await asyncio.gather(*(self._read_stamped((p,), unique) for p in parts))
-            stamps = [row for rows, _ in each for row in rows]
-            contents = [bucket for _, buckets in each for bucket in buckets]
-        else:
-            stamps, contents = await self._read_stamped(parts, unique)
+        stamps, contents = await self._read_stamped(parts, unique)
         position = {suffix: i for i, suffix in enumerate(unique)}
         sums = _merge(contents, unique, [list(kept) for kept in sets])
         read: dict[tuple[str, ...], dict[str, int]] = {}
@@ -2403,20 +2390,20 @@ class Store:
     async def _read_stamped(
         self, parts: Sequence[int], unique: Sequence[str]
     ) -> tuple[list[Any], list[Any]]:
-        """The stamps (``bver``) and contents of the buckets ``unique`` of ``parts``, read at
-        one instant by one script: per partition its stamps, then per partition each
-        bucket. (On a cluster ``parts`` is one partition: one slot per script.)"""
-        keys = []
+        """The stamps (``bver``) and contents of the buckets ``unique`` of ``parts``: per
+        partition its stamps, then per partition each bucket. One script per partition
+        (stamps and contents of one instant, on one slot), all in one pipeline."""
+        calls = []
         for partition in parts:
             base = self.base(partition)
-            keys.append(base + "bver")
-            keys += [base + suffix for suffix in unique]
-        (reply,) = await self._pipelined_script(self._read_stamped_script, [(keys, list(unique))])
-        stamps = reply[: len(parts)]
+            calls.append(([base + "bver", *(base + suffix for suffix in unique)], list(unique)))
+        replies = await self._pipelined_script(self._read_stamped_script, calls)
+        stamps = [reply[0] for reply in replies]
         contents = []
-        for flat in reply[len(parts) :]:
-            fields = iter(flat)
-            contents.append(dict(zip(fields, fields, strict=True)))
+        for reply in replies:
+            for flat in reply[1:]:
+                fields = iter(flat)
+                contents.append(dict(zip(fields, fields, strict=True)))
         return stamps, contents
 
     async def _sum_fresh(
