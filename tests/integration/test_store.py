@@ -725,7 +725,7 @@ def test_a_tickets_timeline_is_kept_beside_its_state_and_read_whole_only_when_ne
     assert state.dumps() == reference.states["t:A"].dumps()
 
 
-def _walked_ticket(first_offset: int = 0) -> list[bytes]:
+def _walked_ticket() -> list[bytes]:
     """A ticket and ten replies: applied in batches of three, its timeline is kept beside
     its state and walked on."""
     replies = [
