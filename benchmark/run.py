@@ -677,10 +677,7 @@ class Bench:
         another ``deskpulse`` package to run instead of this tree's (a version to compare)."""
         assert self.redis is not None
         argv = [sys.executable, "-m", "benchmark.replay_child"]
-        env = child_env(settings)
-        if code is not None:
-            env["PYTHONPATH"] = os.pathsep.join((str(code), env["PYTHONPATH"]))
-        proc = self.procs.start(name, argv, env=env)
+        proc = self.procs.start(name, argv, env=child_env(settings, code=code))
         sampler = profiles.PySpy(proc.pid, spy) if spy is not None else None
         redis_before = self.cpu_of(self.redis_proc)[0]
         deadline = time.monotonic() + n / 2000 + 120
@@ -2999,10 +2996,9 @@ class Bench:
         client = connect(settings, purpose="command")
         redis_procs = list(nodes.processes) if cluster else [self.redis_proc]
         masters = set(nodes.masters()) if cluster else set()
-        extra = {} if code is None else {"PYTHONPATH": os.pathsep.join((str(code), str(REPO_ROOT)))}
         procs = [
             self.procs.worker(
-                f"{name}-{i}", settings.model_copy(update={"web_port": web_port()}), **extra
+                f"{name}-{i}", settings.model_copy(update={"web_port": web_port()}), code=code
             )
             for i in range(workers)
         ]

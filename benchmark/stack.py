@@ -61,15 +61,18 @@ def _env_value(name: str, value: Any) -> str:
     raise TypeError(f"no environment spelling for {name}={value!r}")
 
 
-def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment a ``python -m ...`` child needs to build ``settings`` again."""
+def child_env(settings: Settings, *, code: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment a ``python -m ...`` child needs to build ``settings`` again;
+    ``code``: a directory holding another ``deskpulse`` package for it to run (a version
+    to compare), imported before this tree's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is not None:
             env[ENV_PREFIX + name.upper()] = _env_value(name, value)
     # benchmark.* children import from the work tree; streams.* resolves to the same files
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    path = [str(code) if code is not None else None, str(REPO_ROOT), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -100,12 +103,15 @@ class Processes:
         self._running.append(proc)
         return proc
 
-    def worker(self, name: str, settings: Settings, **extra_env: str) -> ManagedProcess:
-        """``python -m deskpulse.streams.cli worker`` (what ``deskpulse worker`` runs)."""
+    def worker(
+        self, name: str, settings: Settings, *, code: Path | None = None, **extra_env: str
+    ) -> ManagedProcess:
+        """``python -m deskpulse.streams.cli worker`` (what ``deskpulse worker`` runs);
+        ``code`` as :func:`child_env` takes it."""
         return self.start(
             name,
             [sys.executable, "-m", "deskpulse.streams.cli", "--log-level", "warning", "worker"],
-            env=child_env(settings, **extra_env),
+            env=child_env(settings, code=code, **extra_env),
         )
 
     def stop(self, proc: ManagedProcess, timeout_s: float = 20.0) -> int:
