@@ -47,7 +47,13 @@ demo: install
 # cores pay. tests/scheduling.py hands them out: tests sharing a module fixture together,
 # the others one by one, the longest first.
 PYTEST_WORKERS ?= 6
-PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS)
+# The suite starts some 500 Python processes (workers, their engine processes, CLI calls)
+# and each test process collects 2,000 tests: with PYTHONDONTWRITEBYTECODE, which some
+# shells set, each compiles deskpulse's modules and the test modules all over again
+# (collection 11 s a process instead of 4), so the tests write their bytecode whatever
+# the shell says (into __pycache__/, ignored by git).
+PYTEST_ENV := env -u PYTHONDONTWRITEBYTECODE
+PYTEST := $(PYTEST_ENV) $(BIN)/pytest -n $(PYTEST_WORKERS)
 
 # Tests marked `alone` hold a wall-clock budget a user sees (the demo's start within 30 s):
 # they run after the others, one at a time, so the suite's own load does not decide them.
@@ -55,7 +61,7 @@ PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS)
 test: install
 	@status=0; \
 	$(PYTEST) -m "not alone" tests || status=$$?; \
-	$(BIN)/pytest -p no:xdist -m alone tests || status=$$?; \
+	$(PYTEST_ENV) $(BIN)/pytest -p no:xdist -m alone tests || status=$$?; \
 	exit $$status
 
 test-unit: install
