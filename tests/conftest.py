@@ -17,7 +17,6 @@ run against an external Kafka instead of Tansu.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import threading
@@ -71,25 +70,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"{item.nodeid}: a unit test starts no service; move it to tests/integration"
             )
         item.add_marker(getattr(pytest.mark, tier))
-
-
-#: the collector's thresholds in a test process once its tests are collected (the
-#: interpreter's are 700, 10, 10)
-TEST_GC_THRESHOLDS = (20_000, 20, 10)
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Keep the collector off what collection built, and run it less often.
-
-    A test process holds the 2,000 collected tests, their modules and the module fixtures'
-    data sets; under the interpreter's thresholds the full collections walking all of it
-    took 20 s of the unit tests' 288 s of CPU in one process. Frozen and with these
-    thresholds the unit tests took 240 s (what the tests run in processes of their own
-    is not touched: the worker sets its own, see ``streams.runtime.tune_gc``).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*TEST_GC_THRESHOLDS)
 
 
 def pytest_configure(config: pytest.Config) -> None:

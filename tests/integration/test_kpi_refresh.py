@@ -56,14 +56,12 @@ def collected_as_in_the_worker() -> Iterator[None]:
     full collections of 150 - 360 ms (measured), which stop every thread, whichever runs the
     refresh: the caller's loop would be timed against the collector, not the refresh.
     """
-    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    thresholds = gc.get_threshold()
     tune_gc()
     try:
         yield
     finally:
         gc.unfreeze()
-        if frozen:  # what the test process froze after collection (tests/conftest.py)
-            gc.freeze()
         gc.set_threshold(*thresholds)
 
 

@@ -17,14 +17,10 @@ from deskpulse.streams.runtime import one_shot_gc, release_memory
 
 @pytest.fixture
 def collector() -> Iterator[None]:
-    """Leave the collector as the test found it (enabled, nothing frozen by the test; what
-    the test process froze after collection frozen again)."""
+    """Leave the collector as the test found it (enabled, nothing frozen by the test)."""
     enabled = gc.isenabled()
-    frozen = gc.get_freeze_count()
     yield
     gc.unfreeze()
-    if frozen:
-        gc.freeze()
     if enabled:
         gc.enable()
 
