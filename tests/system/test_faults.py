@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -345,7 +346,18 @@ def test_a_second_worker_joins_under_load_and_leaves(
     first = tune(settings)
     make_topics(first)
     second = first.model_copy(update={"web_port": free_port(HOST)})  # the same group
-    producer = StreamProducer(first, dataset.records, chunks=80, pause_s=0.4)
+    ready, working = threading.Event(), threading.Event()
+
+    def paced(number: int, count: int) -> None:
+        """Hold the stream's second half until the new member is up, and its last ten
+        chunks until it is at work, so records keep coming through the join however slow
+        a loaded host makes the member's start (never past 120 s each)."""
+        if number == count // 2:
+            ready.wait(120)
+        elif number == count - 10:
+            working.wait(120)
+
+    producer = StreamProducer(first, dataset.records, chunks=80, pause_s=0.4, before_chunk=paced)
     stays = WorkerProcess(first, tmp_path / "a", name="stays")
     joins: WorkerProcess | None = None
     try:
@@ -354,6 +366,7 @@ def test_a_second_worker_joins_under_load_and_leaves(
         joined_at = wait_progress(first, dataset.valid * 0.15, dataset, [stays])
         joins = WorkerProcess(second, tmp_path / "b", name="joins")
         joins.wait_ready(90)  # rebalance 1: the group splits the partitions
+        ready.set()
         member = joins
         wait_until(
             lambda: processed(member) > 0,
@@ -361,6 +374,7 @@ def test_a_second_worker_joins_under_load_and_leaves(
             0.2,
             message=lambda: f"the new member never got to work\n{member.describe()}",
         )
+        working.set()
         share = (processed(stays), processed(joins))
         left_at = progress(first)
         assert left_at < dataset.valid, "the second member is meant to leave mid-stream"
@@ -383,6 +397,8 @@ def test_a_second_worker_joins_under_load_and_leaves(
         )
         assert stays.stop() == 0, stays.describe()
     finally:
+        ready.set()
+        working.set()
         if joins is not None:
             joins.stop(timeout_s=15)
         stays.stop(timeout_s=15)
