@@ -34,7 +34,7 @@ class Live:
     settings: Settings
     worker: WorkerProcess
     text: str
-    #: when ``text`` was scraped (the module's tests read it later, on a busy host minutes later)
+    #: when ``text`` was scraped (the module's tests read it later: minutes later on a busy host)
     scraped_at: float
 
 
