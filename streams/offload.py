@@ -93,6 +93,7 @@ __all__ = [
     "PublishOutputs",
     "Published",
     "RecordingMetrics",
+    "RedisState",
     "Refresh",
     "Refreshed",
     "Refused",
@@ -290,6 +291,13 @@ class BrokerState(_Message):
     up: bool
 
 
+class RedisState(_Message):
+    """Unasked: Redis failed or works again, told at once rather than with the batch's
+    counters: a batch retrying through an outage answers only when Redis is back."""
+
+    up: bool
+
+
 #: what the worker sends the child
 Request = Start | Process | CheckBreaches | Refresh | PublishOutputs | Ping | Abandon | Stop
 #: what the child sends the worker
@@ -305,6 +313,7 @@ Reply = (
     | Failed
     | DeadLetters
     | BrokerState
+    | RedisState
 )
 _Asked = Start | Process | CheckBreaches | Refresh | PublishOutputs | Ping
 _Answer = TypeVar("_Answer", Done, Started, Processed, Refreshed, Published, Pinged)
@@ -326,6 +335,9 @@ class RecordingMetrics:
     flushes: list[tuple[float, int]] = field(default_factory=list)
     event_times: dict[str, float] = field(default_factory=dict)
     redis_state: bool | None = None
+    #: told each change of ``redis_state`` as it happens (the child sends it on)
+    on_redis: Callable[[bool], None] | None = None
+    _told: bool | None = None
 
     def processed(self, topic: str, event_type: str, count: int) -> None:
         self.processed_counts[(topic, event_type)] += count
@@ -350,6 +362,9 @@ class RecordingMetrics:
 
     def redis_up(self, up: bool) -> None:
         self.redis_state = up
+        if self.on_redis is not None and up != self._told:
+            self._told = up
+            self.on_redis(up)
 
     def take(self) -> Counters:
         """What was recorded since the last take, and start afresh."""
@@ -401,6 +416,7 @@ class _Child:
             # unasked, while a batch is held: the worker's /readyz and gauges follow them
             engine.on_deadletter = lambda trouble: self.send(DeadLetters(trouble))
             engine.on_broker = lambda up: self.send(BrokerState(up))
+            self.metrics.on_redis = lambda up: self.send(RedisState(up))
             self.engine = engine
         # batches in the order they came; the rest beside them (breach checks take the
         # partitions' locks as the batches do)
@@ -659,6 +675,9 @@ class EngineProcess:
         if isinstance(reply, BrokerState):  # unasked: its producer reaches the broker
             if self.on_broker is not None:
                 self.on_broker(reply.up)
+            return
+        if isinstance(reply, RedisState):  # unasked: a batch's Redis call failed or works
+            self.metrics.redis_up(reply.up)
             return
         future = self._pending.pop(reply.id, None)
         if future is None or future.done():

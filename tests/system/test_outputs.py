@@ -36,6 +36,7 @@ from tests.support import (
     WorkerProcess,
     samples,
     scrape,
+    wait_for_progress,
     wait_until,
 )
 
@@ -318,7 +319,7 @@ def backfill(
     assert len(must) >= 20, "the traffic has breaches to find"
     with WorkerProcess(settings, tmp_path_factory.mktemp("backfill")) as worker:
         worker.wait_ready(90)
-        wait_until(lambda: handled(settings) >= len(simulated), 180, message=worker.describe)
+        wait_for_progress(lambda: handled(settings), len(simulated), 90, message=worker.describe)
         found = breaches_of(settings, len(must), settle_s=3 * settings.breach_check_interval)
         # deadlines that passed while the test ran may or may not have been checked yet
         allowed = breaching_tickets(values, time.time(), targets)
@@ -326,6 +327,7 @@ def backfill(
         return Backfill(settings, found, must, allowed, worker.log_tail(30))
 
 
+@pytest.mark.timeout(900)  # the backfill's fixture: as long as the worker progresses
 def test_sla_breaches_of_a_backfill_are_all_published_once(backfill: Backfill) -> None:
     per_ticket = Counter(p["ticket_id"] for _, p in backfill.found)
     repeated = {t: n for t, n in per_ticket.items() if n > 1}
@@ -341,6 +343,7 @@ def test_sla_breaches_of_a_backfill_are_all_published_once(backfill: Backfill) -
             assert parse_time(payload["breached_at"]).timestamp() == pytest.approx(deadline)
 
 
+@pytest.mark.timeout(900)  # the backfill's fixture: as long as the worker progresses
 def test_no_sla_breach_for_a_ticket_answered_in_time_during_a_backfill(
     backfill: Backfill,
 ) -> None:

@@ -40,6 +40,7 @@ from deskpulse.streams.offload import (
     Published,
     PublishOutputs,
     RecordingMetrics,
+    RedisState,
     Refresh,
     Refreshed,
     Refused,
@@ -158,6 +159,8 @@ REPLIES = [
     DeadLetters(DeadLetterTrouble(1_700_000_000.0, "dead letters of partition 0 (2) ...")),
     DeadLetters(None),
     BrokerState(False),
+    RedisState(False),
+    RedisState(True),
 ]
 
 
@@ -216,6 +219,25 @@ def test_counters_taken_from_the_child_report_the_same_to_the_worker() -> None:
     worker = RecordingMetrics()
     decode_reply(encode(Processed(1, taken))).counters.apply_to(worker)  # type: ignore[union-attr]
     assert worker.take() == COUNTERS
+
+
+def test_the_child_tells_each_change_of_redis_at_once_and_the_worker_follows() -> None:
+    """A batch retrying through a Redis outage answers only when Redis is back: the child
+    sends each change of state as it happens, unasked, and the worker's gauge follows."""
+    recorded = RecordingMetrics()
+    told: list[bool] = []
+    recorded.on_redis = told.append
+    for up in (True, False, False, False, True, True, False):
+        recorded.redis_up(up)
+    assert told == [True, False, True, False]  # changes only, in order
+    assert recorded.take().redis_state is False  # and the batch's counters still say it
+
+    worker = RecordingMetrics()
+    engine = EngineProcess(Settings(), worker)
+    engine._take(decode_reply(encode(RedisState(False))))
+    assert worker.redis_state is False
+    engine._take(decode_reply(encode(RedisState(True))))
+    assert worker.redis_state is True
 
 
 def test_batches_end_even_when_the_workers_metrics_fail(
