@@ -310,6 +310,8 @@ class StateGuard:
         self._checked = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Future[None] | None = None
+        # the admission of the batch that asked last, while batches wait (see admit)
+        self._last_admission: asyncio.Future[None] | None = None
 
     @property
     def checking(self) -> bool:
@@ -417,9 +419,31 @@ class StateGuard:
 
     async def admit(self) -> None:
         """Return when a batch may be applied: the assignment passed its check. Never
-        returns once the state is found wrong (see :meth:`halt`)."""
-        if not self._checked.is_set() and not await self._until(self._checked):
-            raise Abandoned("the worker stops before its state was checked")
+        returns once the state is found wrong (see :meth:`halt`).
+
+        Batches are admitted in the order they asked: a partition's batches must reach the
+        engine in the order they were taken (a later one applied first moves the fence past
+        the earlier, which then counts as a hole, or as applied where the partition had no
+        fence yet). So each waits for the one before it, not for the gate alone: waiters of
+        an event that time out and wait again change places.
+        """
+        previous = self._last_admission
+        if self._checked.is_set() and (previous is None or previous.done()):
+            if self.error is not None:
+                await self.halt()
+            return
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_admission = mine
+        try:
+            if previous is not None and not previous.done():
+                # the one before always ends (admitted, or abandoned at a stop); shielded,
+                # so this batch's cancellation leaves it be
+                await asyncio.shield(previous)
+            if not self._checked.is_set() and not await self._until(self._checked):
+                raise Abandoned("the worker stops before its state was checked")
+        finally:
+            if not mine.done():
+                mine.set_result(None)
         if self.error is not None:
             await self.halt()
 

@@ -87,3 +87,44 @@ def test_a_slow_check_is_said_in_the_log_and_a_state_error_still_halts(
     assert reported == [False]
     slow = [r.getMessage() for r in caplog.records if "wait for the state check" in r.getMessage()]
     assert slow == [slow[0]] and "partitions 1 " in slow[0], slow
+
+
+@pytest.mark.parametrize("opens_after_s", [0.31, 0.37, 0.43])
+def test_batches_waiting_for_the_check_are_admitted_in_the_order_they_came(
+    monkeypatch: pytest.MonkeyPatch, opens_after_s: float
+) -> None:
+    """A partition's batches must reach the engine in the order they were taken: a later
+    batch applied first moves the fence past the earlier one, which is then read back from
+    the log as a hole, or, where the partition had no fence yet, skipped as applied (lost).
+    Batches come while the gate is shut, at different moments of its polling (every 0.25 s),
+    and some just after it opened."""
+    release = asyncio.Event()
+
+    async def verify(store: Any, offsets: Any, topics: Any, partitions: list[int]) -> list[str]:
+        await release.wait()
+        return []
+
+    monkeypatch.setattr(integrity, "verify", verify)
+    admitted: list[int] = []
+
+    async def batch(state: StateGuard, n: int) -> None:
+        await state.admit()
+        admitted.append(n)
+
+    async def run() -> None:
+        state = guard()
+        state.assigned([0])
+        tasks = []
+        for n in range(8):
+            tasks.append(asyncio.ensure_future(batch(state, n)))
+            await asyncio.sleep(0.03)  # spread over one polling period
+        await asyncio.sleep(opens_after_s - 8 * 0.03)
+        release.set()
+        for n in range(8, 12):  # the gate opens meanwhile: these come after the waiting ones
+            tasks.append(asyncio.ensure_future(batch(state, n)))
+            await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await state.stop()
+
+    asyncio.run(run())
+    assert admitted == list(range(12))
