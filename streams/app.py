@@ -26,6 +26,7 @@ import faust
 import mode
 import orjson
 from faust.app.base import BootStrategy
+from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 from faust.web.drivers import aiohttp as faust_web
@@ -326,6 +327,21 @@ class _Boot(BootStrategy):
         return [*first, *gates, *rest]
 
 
+class _Tables(TableManager):
+    """Faust's table manager without the second its start sleeps first.
+
+    Faust sleeps so that tables defined late still register before the consumer subscribes.
+    deskpulse defines no Faust table (its state is in Redis), and the sleep held every start
+    of a worker (a restart after a crash, a member joining) by a second before it joined
+    its group.
+    """
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await compat.open_tables(self)
+            await self.recovery.start()
+
+
 class DeskpulseApp(faust.App):
     """A Faust app whose Kafka consumer takes ``DESKPULSE_KAFKA_FETCH_MAX_WAIT``.
 
@@ -383,6 +399,7 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
         "broker": [f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         "broker_credentials": _faust_credentials(settings),
         "store": "memory://",
+        "TableManager": _Tables,
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "web_bind": settings.web_host,

@@ -29,6 +29,7 @@ __all__ = [
     "committed_offset",
     "estimate_record_bytes",
     "gauge_value",
+    "open_tables",
     "read_offset",
     "record_iterator",
     "records_partition",
@@ -49,6 +50,14 @@ FAUST_HOOKS: tuple[tuple[str, str], ...] = (
     ("faust.transport.drivers.aiokafka.Consumer", "_new_consumer_thread"),
     ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer"),
 )
+
+
+def open_tables(manager: Any) -> Awaitable[None]:
+    """What Faust's ``TableManager.on_start`` does after the second it sleeps first (set up
+    the tables' changelog channels, then no table may be added); deskpulse's table manager
+    (streams/app.py) does it at once. No public method does it (faust 0.15)."""
+    opened: Awaitable[None] = manager._update_channels()
+    return opened
 
 
 def unacked_messages(consumer: Any) -> MutableSet[Any]:

@@ -61,6 +61,46 @@ def _faust_consumer() -> Any:
     return asyncio.run(build())
 
 
+def test_faust_table_manager_still_opens_its_tables_after_a_sleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inspect
+
+    import faust.tables
+
+    assert callable(getattr(faust.tables.TableManager, "_update_channels", None)), (
+        "faust: TableManager._update_channels is gone; deskpulse's table manager calls it"
+    )
+    source = inspect.getsource(faust.tables.TableManager.on_start)
+    assert "_update_channels" in source and "recovery.start" in source, (
+        "faust: TableManager.on_start changed; deskpulse's (streams/app.py) repeats it"
+    )
+
+    # deskpulse's start does the same, without the sleep (the parts that need a running
+    # consumer stand in)
+    calls: list[str] = []
+
+    class Recovery:
+        async def start(self) -> None:
+            calls.append("recovery started")
+
+    async def opened(manager: Any) -> None:
+        calls.append("tables opened")
+
+    async def slept(self: Any, seconds: float) -> None:
+        calls.append(f"slept {seconds}")
+
+    async def started() -> None:
+        tables = create_app(Settings()).tables
+        monkeypatch.setattr(type(tables), "recovery", property(lambda self: Recovery()))
+        monkeypatch.setattr(type(tables), "sleep", slept)
+        monkeypatch.setattr(compat, "open_tables", opened)
+        await tables.on_start()
+
+    asyncio.run(started())
+    assert calls == ["tables opened", "recovery started"]
+
+
 def test_faust_unacked_messages_is_the_set_a_stop_waits_on() -> None:
     consumer = _faust_consumer()
     unacked = compat.unacked_messages(consumer)
