@@ -40,7 +40,7 @@ import logging
 import time
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple, Protocol, TypeVar, get_args
@@ -637,7 +637,8 @@ class Engine:
                 gaps = _gaps(meta.offsets, offsets)
                 offsets = None
                 if gaps:
-                    found = await self._fill(partition, gaps, holes)
+                    unfenced = {topic for topic in gaps if topic not in meta.offsets}
+                    found = await self._fill(partition, gaps, holes, unfenced)
                     if found:
                         more, more_rejected, more_misrouted, more_passed = self._decode(
                             found, now_s
@@ -752,13 +753,16 @@ class Engine:
         partition: int,
         gaps: Mapping[str, list[tuple[int, int]]],
         holes: dict[tuple[str, str], int],
+        unfenced: Set[str] = frozenset(),
     ) -> list[Record]:
         """Read the offsets ``gaps`` names from the log; the data records found there.
 
         Counts each missing offset in ``holes`` by ``(topic, outcome)``: ``filled`` (a
         record found), ``expired`` (below the log start: gone before it was applied, an
         error) or ``empty`` (no data record there: a transaction marker, a compacted
-        record). Retried with backoff until the broker answers.
+        record). Below the log start of an ``unfenced`` topic (nothing of it applied to the
+        partition yet) lies history from before the deployment: neither. Retried with
+        backoff until the broker answers.
         """
         reader = self._reader
         assert reader is not None
@@ -785,6 +789,8 @@ class Engine:
                 if start < read.log_start
             ]
             gone = sum(end - start + 1 for start, end in expired)
+            if topic in unfenced:  # before the log's start: never this deployment's
+                missing, expired, gone = missing - gone, [], 0
             counts = {
                 "filled": len(filled),
                 "expired": gone,
@@ -953,11 +959,16 @@ def _gaps(
     fences: Mapping[str, int], offsets: Mapping[str, list[int]]
 ) -> dict[str, list[tuple[int, int]]]:
     """The offsets each topic's records lack between its fence and their highest offset
-    (:func:`~streams.holes.offset_gaps`); none while the fence is unknown."""
+    (:func:`~streams.holes.offset_gaps`).
+
+    Without a fence (nothing of the topic applied to the partition yet), from offset 0:
+    the group reads a partition it has no offset for from the log's start, so the records
+    between that start and the batch's first were skipped (the read back finds where the
+    log starts; what lies below is not the deployment's, not a loss).
+    """
     found: dict[str, list[tuple[int, int]]] = {}
     for topic, topic_offsets in offsets.items():
-        fence = fences.get(topic, -1)
-        if fence >= 0 and (gaps := offset_gaps(topic_offsets, fence)):
+        if gaps := offset_gaps(topic_offsets, fences.get(topic, -1)):
             found[topic] = gaps
     return found
 

@@ -257,3 +257,70 @@ def test_records_deleted_before_they_were_applied_are_counted_as_expired(
     assert any("lacked offsets 14-19" in message for message in warnings), warnings
     # the batch is applied: the fence moves on past what is lost
     assert meta_of(redis_client, settings.redis_prefix)[f"off:{topic}"] == "29"
+
+
+@pytest.mark.parametrize("mode", ["local", "process"])
+def test_records_skipped_before_a_partitions_first_batch_are_read_back(
+    mode: str, one_partition: Settings, redis_client: redis.Redis
+) -> None:
+    """Nothing of the topic applied to the partition yet (no fence): the group reads from
+    the log's start, so a first batch that starts later had records skipped before it —
+    a delivery a rebalance cancelled, batches that passed each other. They are read back
+    as a hole after a fence is, not taken for history before the deployment."""
+    settings = one_partition
+    topic = settings.topic_tickets
+    rows = thirty_tickets()
+    asyncio.run(produce(settings, topic, rows))
+    records = records_of(topic, rows, range(30))
+    metrics = PipelineMetrics(CollectorRegistry(), settings.input_topics)
+
+    # 10-29, then 0-9 (as applied already: at or below the fence)
+    asyncio.run(run_engine(mode, settings, metrics, [records[10:], records[:10]]))
+
+    reference = other_prefix(settings)
+    asyncio.run(apply_in_order(reference, [records]))
+    unguarded = other_prefix(settings)
+    asyncio.run(apply_in_order(unguarded, [records[10:], records[:10]]))
+    state = kpi_state(redis_client, settings.redis_prefix)
+    assert state == kpi_state(redis_client, reference.redis_prefix)
+    # without the read back, A0-A9 are never opened (the test can fail)
+    assert kpi_state(redis_client, unguarded.redis_prefix) != state
+    assert holes(metrics, topic, "filled") == 10
+    assert holes(metrics, topic, "empty") == holes(metrics, topic, "expired") == 0
+
+
+def test_history_below_the_log_start_of_a_partitions_first_batch_is_not_a_loss(
+    one_partition: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = one_partition
+    topic = settings.topic_tickets
+    rows = thirty_tickets()
+    asyncio.run(produce(settings, topic, rows))
+    records = records_of(topic, rows, range(30))
+    metrics = PipelineMetrics(CollectorRegistry(), settings.input_topics)
+
+    async def scenario(start: int, batches: list[list[SourceRecord]]) -> None:
+        client = Redis.from_url(settings.redis_url.get_secret_value())
+        reader = LogReader(settings)
+        try:
+            store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
+            engine = Engine(settings, store, Letters(), metrics, reader=MovedStart(reader, start))
+            for batch in batches:
+                await engine.process(batch)
+        finally:
+            await reader.stop()
+            await client.aclose()
+
+    # retention left 14-29 before the deployment's first batch, 20-29: 14-19 are read back,
+    # 0-13 were never the deployment's to apply
+    with caplog.at_level(logging.WARNING, logger="deskpulse.engine"):
+        asyncio.run(scenario(14, [records[20:]]))
+    assert holes(metrics, topic, "filled") == 6
+    assert holes(metrics, topic, "empty") == holes(metrics, topic, "expired") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert meta_of(redis_client, settings.redis_prefix)[f"off:{topic}"] == "29"
+    reference = other_prefix(settings)
+    asyncio.run(apply_in_order(reference, [records[14:]]))
+    assert kpi_state(redis_client, settings.redis_prefix) == kpi_state(
+        redis_client, reference.redis_prefix
+    )
