@@ -442,7 +442,10 @@ class StateGuard:
             if not self._checked.is_set() and not await self._until(self._checked):
                 raise Abandoned("the worker stops before its state was checked")
         finally:
-            if not mine.done():
+            if previous is not None and not previous.done():
+                # cancelled while the one before waits: the next still waits for that one
+                previous.add_done_callback(lambda _: mine.done() or mine.set_result(None))
+            elif not mine.done():
                 mine.set_result(None)
         if self.error is not None:
             await self.halt()

@@ -128,3 +128,36 @@ def test_batches_waiting_for_the_check_are_admitted_in_the_order_they_came(
 
     asyncio.run(run())
     assert admitted == list(range(12))
+
+
+def test_a_batch_cancelled_while_waiting_keeps_the_order_of_those_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = asyncio.Event()
+
+    async def verify(store: Any, offsets: Any, topics: Any, partitions: list[int]) -> list[str]:
+        await release.wait()
+        return []
+
+    monkeypatch.setattr(integrity, "verify", verify)
+    admitted: list[int] = []
+
+    async def batch(state: StateGuard, n: int) -> None:
+        await state.admit()
+        admitted.append(n)
+
+    async def run() -> None:
+        state = guard()
+        state.assigned([0])
+        tasks = []
+        for n in range(6):
+            tasks.append(asyncio.ensure_future(batch(state, n)))
+            await asyncio.sleep(0.06)
+        tasks[2].cancel()  # waiting behind 0 and 1
+        await asyncio.sleep(0.3)  # the others poll the gate meanwhile
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        await state.stop()
+
+    asyncio.run(run())
+    assert admitted == [0, 1, 3, 4, 5]
