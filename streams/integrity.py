@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any, NoReturn
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -276,6 +277,12 @@ async def verify(
     return warnings
 
 
+def _end(admission: asyncio.Future[None], _: object = None) -> None:
+    """End ``admission`` unless it ended (a done callback's signature)."""
+    if not admission.done():
+        admission.set_result(None)
+
+
 class StateGuard:
     """The worker's watch over its state.
 
@@ -444,7 +451,7 @@ class StateGuard:
         finally:
             if previous is not None and not previous.done():
                 # cancelled while the one before waits: the next still waits for that one
-                previous.add_done_callback(lambda _: mine.done() or mine.set_result(None))
+                previous.add_done_callback(partial(_end, mine))
             elif not mine.done():
                 mine.set_result(None)
         if self.error is not None:
