@@ -7,7 +7,9 @@ record for good when it is read again. Faust's consumer can skip records it fetc
 rebalance cancels a delivery and still marks its offset read), so the engine checks each
 batch against the fence with :func:`offset_gaps` and reads what is missing from the log
 with a :class:`LogReader` before it applies the batch (see ``Engine`` in
-:mod:`streams.engine`).
+:mod:`streams.engine`). Where a partition has no fence for a topic yet, the group reads it
+from the log's start, so the check runs from offset 0 (below the log's start: history
+before the deployment, not a hole).
 
 A missing offset turns out to be one of three things, the ``outcome`` label of
 ``deskpulse_offset_holes_total``:
