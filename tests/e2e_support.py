@@ -289,13 +289,22 @@ class PacedProducer(threading.Thread):
     """Produces a dataset in chunks with pauses, in the background, so faults land mid-stream."""
 
     def __init__(
-        self, settings: Settings, records: Sequence[Record], *, chunks: int, pause_s: float
+        self,
+        settings: Settings,
+        records: Sequence[Record],
+        *,
+        chunks: int,
+        pause_s: float,
+        before_chunk: Callable[[int], object] | None = None,
     ) -> None:
         super().__init__(name="paced-producer", daemon=True)
         self.settings = settings
         self.records = list(records)
         self.chunks = chunks
         self.pause_s = pause_s
+        #: called (in a thread) with each chunk's index before it is sent: a test holds the
+        #: stream there until its fault has landed
+        self.before_chunk = before_chunk
         self.sent = 0
         self.placed: list[RecordMetadata] = []
         self.error: BaseException | None = None
@@ -308,7 +317,9 @@ class PacedProducer(threading.Thread):
 
     async def _run(self) -> None:
         size = math.ceil(len(self.records) / self.chunks)
-        for start in range(0, len(self.records), size):
+        for index, start in enumerate(range(0, len(self.records), size)):
+            if self.before_chunk is not None:
+                await asyncio.to_thread(self.before_chunk, index)
             chunk = self.records[start : start + size]
             self.placed += await produce_records(self.settings, chunk)
             self.sent = len(self.placed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -60,9 +61,13 @@ def traffic_for(settings: Settings) -> Traffic:
     return traffic
 
 
-def paced(settings: Settings, records: Sequence[Record]) -> PacedProducer:
+def paced(
+    settings: Settings,
+    records: Sequence[Record],
+    before_chunk: Callable[[int], object] | None = None,
+) -> PacedProducer:
     """The records in 20 chunks over about 8 s, started: the faults land mid-stream."""
-    producer = PacedProducer(settings, records, chunks=20, pause_s=0.4)
+    producer = PacedProducer(settings, records, chunks=20, pause_s=0.4, before_chunk=before_chunk)
     producer.start()
     return producer
 
@@ -152,12 +157,21 @@ def test_sla_alerts_once_across_kill_9_again_and_again(
     producer.finish()
     wait_for_alerts(settings, size_a, traffic.e1_ms, 90, worker.describe)
 
-    producer = paced(settings, traffic.phase_b)  # late replies first: the retractions
+    # the last six chunks (the last 30 %) wait for the last kill, which comes at 60 %: a
+    # worker started after the kill before could otherwise apply all the rest at once, and
+    # the kill land after the stream
+    last_killed = threading.Event()
+    producer = paced(  # late replies first: the retractions
+        settings, traffic.phase_b, lambda chunk: chunk < 14 or last_killed.wait(120)
+    )
     # the retractions are parked by the batches that refute the breaches, until the next
     # check publishes them: caught there
-    worker = kill(at=size_a + 10, parked=True)
-    assert kills[-1][1], "no alert was parked when the worker was killed"
-    worker = kill(at=size_a + int(size_b * 0.6))
+    try:
+        worker = kill(at=size_a + 10, parked=True)
+        assert kills[-1][1], "no alert was parked when the worker was killed"
+        worker = kill(at=size_a + int(size_b * 0.6))
+    finally:
+        last_killed.set()
     producer.finish()
     wait_for_alerts(settings, size_a + size_b, traffic.e2_ms, 90, worker.describe)
     assert all(at < size_a + size_b for at, _ in kills), "each kill is meant to land mid-stream"
