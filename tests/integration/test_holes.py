@@ -224,6 +224,26 @@ class MovedStart:
         return LogSlice(kept, max(found.log_start, self.start))
 
 
+async def apply_from(
+    settings: Settings,
+    metrics: PipelineMetrics,
+    start: int,
+    batches: Sequence[list[SourceRecord]],
+) -> None:
+    """Apply ``batches`` with an engine whose log reader finds the log starting at
+    ``start``."""
+    client = Redis.from_url(settings.redis_url.get_secret_value())
+    reader = LogReader(settings)
+    try:
+        store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
+        engine = Engine(settings, store, Letters(), metrics, reader=MovedStart(reader, start))
+        for batch in batches:
+            await engine.process(batch)
+    finally:
+        await reader.stop()
+        await client.aclose()
+
+
 def test_records_deleted_before_they_were_applied_are_counted_as_expired(
     one_partition: Settings, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -234,20 +254,8 @@ def test_records_deleted_before_they_were_applied_are_counted_as_expired(
     records = records_of(topic, rows, range(30))
     metrics = PipelineMetrics(CollectorRegistry(), settings.input_topics)
 
-    async def scenario() -> None:
-        client = Redis.from_url(settings.redis_url.get_secret_value())
-        reader = LogReader(settings)
-        try:
-            store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
-            engine = Engine(settings, store, Letters(), metrics, reader=MovedStart(reader, 14))
-            await engine.process(records[:10])
-            await engine.process(records[20:])
-        finally:
-            await reader.stop()
-            await client.aclose()
-
     with caplog.at_level(logging.WARNING, logger="deskpulse.engine"):
-        asyncio.run(scenario())
+        asyncio.run(apply_from(settings, metrics, 14, [records[:10], records[20:]]))
     assert holes(metrics, topic, "expired") == 4  # 10-13
     assert holes(metrics, topic, "filled") == 6  # 14-19
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -299,22 +307,10 @@ def test_history_below_the_log_start_of_a_partitions_first_batch_is_not_a_loss(
     records = records_of(topic, rows, range(30))
     metrics = PipelineMetrics(CollectorRegistry(), settings.input_topics)
 
-    async def scenario(start: int, batches: list[list[SourceRecord]]) -> None:
-        client = Redis.from_url(settings.redis_url.get_secret_value())
-        reader = LogReader(settings)
-        try:
-            store = Store(client, settings.redis_prefix, CoreConfig.from_settings(settings))
-            engine = Engine(settings, store, Letters(), metrics, reader=MovedStart(reader, start))
-            for batch in batches:
-                await engine.process(batch)
-        finally:
-            await reader.stop()
-            await client.aclose()
-
     # retention left 14-29 before the deployment's first batch, 20-29: 14-19 are read back,
     # 0-13 were never the deployment's to apply
     with caplog.at_level(logging.WARNING, logger="deskpulse.engine"):
-        asyncio.run(scenario(14, [records[20:]]))
+        asyncio.run(apply_from(settings, metrics, 14, [records[20:]]))
     assert holes(metrics, topic, "filled") == 6
     assert holes(metrics, topic, "empty") == holes(metrics, topic, "expired") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -89,6 +89,25 @@ def test_a_slow_check_is_said_in_the_log_and_a_state_error_still_halts(
     assert slow == [slow[0]] and "partitions 1 " in slow[0], slow
 
 
+class Gate:
+    """A guard whose check ends when :attr:`release` is set, and the batches it admitted,
+    in the order it admitted them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = asyncio.Event()
+        self.admitted: list[int] = []
+
+        async def verify(store: Any, offsets: Any, topics: Any, partitions: list[int]) -> list[str]:
+            await self.release.wait()
+            return []
+
+        monkeypatch.setattr(integrity, "verify", verify)
+
+    async def batch(self, state: StateGuard, n: int) -> None:
+        await state.admit()
+        self.admitted.append(n)
+
+
 @pytest.mark.parametrize("opens_after_s", [0.31, 0.37, 0.43])
 def test_batches_waiting_for_the_check_are_admitted_in_the_order_they_came(
     monkeypatch: pytest.MonkeyPatch, opens_after_s: float
@@ -98,66 +117,44 @@ def test_batches_waiting_for_the_check_are_admitted_in_the_order_they_came(
     the log as a hole, or, where the partition had no fence yet, skipped as applied (lost).
     Batches come while the gate is shut, at different moments of its polling (every 0.25 s),
     and some just after it opened."""
-    release = asyncio.Event()
-
-    async def verify(store: Any, offsets: Any, topics: Any, partitions: list[int]) -> list[str]:
-        await release.wait()
-        return []
-
-    monkeypatch.setattr(integrity, "verify", verify)
-    admitted: list[int] = []
-
-    async def batch(state: StateGuard, n: int) -> None:
-        await state.admit()
-        admitted.append(n)
+    gate = Gate(monkeypatch)
 
     async def run() -> None:
         state = guard()
         state.assigned([0])
         tasks = []
         for n in range(8):
-            tasks.append(asyncio.ensure_future(batch(state, n)))
+            tasks.append(asyncio.ensure_future(gate.batch(state, n)))
             await asyncio.sleep(0.03)  # spread over one polling period
         await asyncio.sleep(opens_after_s - 8 * 0.03)
-        release.set()
+        gate.release.set()
         for n in range(8, 12):  # the gate opens meanwhile: these come after the waiting ones
-            tasks.append(asyncio.ensure_future(batch(state, n)))
+            tasks.append(asyncio.ensure_future(gate.batch(state, n)))
             await asyncio.sleep(0)
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         await state.stop()
 
     asyncio.run(run())
-    assert admitted == list(range(12))
+    assert gate.admitted == list(range(12))
 
 
 def test_a_batch_cancelled_while_waiting_keeps_the_order_of_those_behind_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    release = asyncio.Event()
-
-    async def verify(store: Any, offsets: Any, topics: Any, partitions: list[int]) -> list[str]:
-        await release.wait()
-        return []
-
-    monkeypatch.setattr(integrity, "verify", verify)
-    admitted: list[int] = []
-
-    async def batch(state: StateGuard, n: int) -> None:
-        await state.admit()
-        admitted.append(n)
+    gate = Gate(monkeypatch)
 
     async def run() -> None:
         state = guard()
         state.assigned([0])
         tasks = []
         for n in range(6):
-            tasks.append(asyncio.ensure_future(batch(state, n)))
+            tasks.append(asyncio.ensure_future(gate.batch(state, n)))
             await asyncio.sleep(0.06)
         tasks[2].cancel()  # waiting behind 0 and 1
         await asyncio.sleep(0.3)  # the others poll the gate meanwhile
-        release.set()
+        gate.release.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
         await state.stop()
 
     asyncio.run(run())
-    assert admitted == [0, 1, 3, 4, 5]
+    assert gate.admitted == [0, 1, 3, 4, 5]
