@@ -52,7 +52,6 @@ from .support import (
     settings_env,
     sync_redis,
     wait_for_claims,
-    wait_until,
 )
 
 __all__ = [
@@ -395,16 +394,24 @@ def wait_for_state(
     Done means ``applied + dup + late`` reached the number of valid records and ``applied``
     the number of distinct ones; then waits ``settle_s`` more so a double count would
     show, and checks ``applied``, ``late``, ``held`` and ``orphaned`` exactly (see
-    :func:`check_counters` for the rest).
+    :func:`check_counters` for the rest). Fails once the counters have not moved for
+    ``timeout_s`` (a worker still catching up on a loaded host is waited for; the test's
+    own timeout bounds the whole wait).
     """
+    last: list[Any] = [None, time.monotonic()]  # the counters last seen, and since when
 
     def reached() -> StateCounts | None:
         try:
             counts = read_counts(settings)
         except redis.RedisError:
             return None
+        if counts != last[0]:
+            last[:] = [counts, time.monotonic()]
         done = counts.seen >= dataset.valid and counts.applied >= dataset.distinct
         return counts if done else None
+
+    def moving() -> bool:
+        return time.monotonic() - last[1] < timeout_s
 
     def message() -> str:
         try:
@@ -414,7 +421,10 @@ def wait_for_state(
         text = f"state {counts} for {dataset.valid} valid records ({dataset.distinct} distinct)"
         return text + ("\n" + describe() if describe is not None else "")
 
-    wait_until(reached, timeout_s, 0.25, message=message)
+    while not reached():
+        if not moving():
+            raise AssertionError(f"no progress for {timeout_s:g}s: {message()}")
+        time.sleep(0.25)
     time.sleep(settle_s)
     counts = read_counts(settings)
     assert counts.applied == dataset.distinct, message()
