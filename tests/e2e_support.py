@@ -16,6 +16,7 @@ offset of the last batch as the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import threading
@@ -52,6 +53,7 @@ from .support import (
     settings_env,
     sync_redis,
     wait_for_claims,
+    wait_for_progress,
 )
 
 __all__ = [
@@ -398,20 +400,21 @@ def wait_for_state(
     ``timeout_s`` (a worker still catching up on a loaded host is waited for; the test's
     own timeout bounds the whole wait).
     """
-    last: list[Any] = [None, time.monotonic()]  # the counters last seen, and since when
 
-    def reached() -> StateCounts | None:
-        try:
-            counts = read_counts(settings)
-        except redis.RedisError:
-            return None
-        if counts != last[0]:
-            last[:] = [counts, time.monotonic()]
-        done = counts.seen >= dataset.valid and counts.applied >= dataset.distinct
-        return counts if done else None
+    last: list[StateCounts | None] = [None]
 
-    def moving() -> bool:
-        return time.monotonic() - last[1] < timeout_s
+    def read() -> StateCounts | None:
+        """The counters, or the last ones read while Redis does not answer (no change)."""
+        with contextlib.suppress(redis.RedisError):
+            last[0] = read_counts(settings)
+        return last[0]
+
+    def reached(counts: StateCounts | None) -> bool:
+        return (
+            counts is not None
+            and counts.seen >= dataset.valid
+            and counts.applied >= dataset.distinct
+        )
 
     def message() -> str:
         try:
@@ -421,10 +424,7 @@ def wait_for_state(
         text = f"state {counts} for {dataset.valid} valid records ({dataset.distinct} distinct)"
         return text + ("\n" + describe() if describe is not None else "")
 
-    while not reached():
-        if not moving():
-            raise AssertionError(f"no progress for {timeout_s:g}s: {message()}")
-        time.sleep(0.25)
+    wait_for_progress(read, reached, timeout_s, 0.25, message=message)
     time.sleep(settle_s)
     counts = read_counts(settings)
     assert counts.applied == dataset.distinct, message()

@@ -169,31 +169,31 @@ def wait_until(
 
 
 def wait_for_progress(
-    read: Callable[[], float],
-    target: float,
+    read: Callable[[], T],
+    done: Callable[[T], bool],
     stall_s: float,
     interval_s: float = 0.5,
     *,
     message: str | Callable[[], str] = "progress",
-) -> float:
-    """Call ``read`` until it returns ``target`` or more, and return that.
+) -> T:
+    """Call ``read`` until ``done`` says its value is enough, and return that value.
 
     For a worker working through a backlog: how long that takes depends on the host's load
     (on a busy 2-core CI host, ten times what it takes alone), so this fails only when
-    ``read`` has not grown for ``stall_s`` seconds. The test's own timeout bounds the
-    whole wait.
+    ``read`` has returned the same value for ``stall_s`` seconds. The test's own timeout
+    bounds the whole wait.
     """
-    best = read()
-    last_growth = time.monotonic()
-    while best < target:
+    value = read()
+    last_change = time.monotonic()
+    while not done(value):
         time.sleep(interval_s)
-        value = read()
-        if value > best:
-            best, last_growth = value, time.monotonic()
-        elif time.monotonic() - last_growth >= stall_s:
+        latest = read()
+        if latest != value:
+            value, last_change = latest, time.monotonic()
+        elif time.monotonic() - last_change >= stall_s:
             text = message() if callable(message) else message
-            raise AssertionError(f"stuck at {best:g} of {target:g} for {stall_s:g}s: {text}")
-    return best
+            raise AssertionError(f"no progress for {stall_s:g}s (at {value}): {text}")
+    return value
 
 
 class HttpResponse:

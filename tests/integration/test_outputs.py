@@ -124,11 +124,8 @@ def handled(settings: Settings) -> float:
     exposition, thousands of KPI lines, costs the test process a tenth of a second to parse).
     """
     names = ("deskpulse_events_processed_total", "deskpulse_events_rejected_total")
-    lines = [
-        line
-        for line in scrape(settings.web_port).splitlines()
-        if line.startswith(names) or line.startswith(tuple(f"# TYPE {n[:-6]} " for n in names))
-    ]
+    kept = names + tuple(f"# TYPE {name.removesuffix('_total')} " for name in names)
+    lines = [line for line in scrape(settings.web_port).splitlines() if line.startswith(kept)]
     text = "\n".join(lines) + "\n"
     return sum(value for name in names for _, value in samples(text, name))
 

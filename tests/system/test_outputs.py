@@ -319,7 +319,9 @@ def backfill(
     assert len(must) >= 20, "the traffic has breaches to find"
     with WorkerProcess(settings, tmp_path_factory.mktemp("backfill")) as worker:
         worker.wait_ready(90)
-        wait_for_progress(lambda: handled(settings), len(simulated), 90, message=worker.describe)
+        wait_for_progress(
+            lambda: handled(settings), lambda n: n >= len(simulated), 90, message=worker.describe
+        )
         found = breaches_of(settings, len(must), settle_s=3 * settings.breach_check_interval)
         # deadlines that passed while the test ran may or may not have been checked yet
         allowed = breaching_tickets(values, time.time(), targets)
