@@ -110,9 +110,12 @@ class MemoryState:
         states = {
             p.event.conversation_id: self.states.get(p.event.conversation_id) for p in pending
         }
-        known = {conv_id: set(ids) for conv_id, ids in self.others.items()}
-        for conv_id, entries in self.timelines.items():
-            known.setdefault(conv_id, set()).update(entries)
+        # the ids of the batch's conversations, as the store reads them with their states
+        known: dict[str, set[str]] = {}
+        for conv_id in states:
+            ids, entries = self.others.get(conv_id), self.timelines.get(conv_id)
+            if ids is not None or entries is not None:
+                known[conv_id] = set(ids or ()) | set(entries or ())
         # a batch that does not only append to a walked ticket's timeline gets it whole
         for conv_id in timelines_needed(pending, states, known, self.config):
             state = states[conv_id]

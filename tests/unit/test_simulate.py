@@ -789,7 +789,7 @@ def _spans_s(events: list[Any]) -> list[float]:
 def test_lifecycle_scale_squeezes_whole_conversations() -> None:
     # what the benchmark's soak relies on: with both scales small, nearly every
     # conversation ends within minutes, the close days after the solve included
-    base = SimConfig(seed=5, rate=20, duration_s=2 * HOUR, response_scale=0.001)
+    base = SimConfig(seed=5, rate=5, duration_s=2 * HOUR, response_scale=0.001)
     squeezed = dataclasses.replace(base, lifecycle_scale=0.005)
     base_records = list(generate(base))
     assert list(generate(dataclasses.replace(base, lifecycle_scale=1.0))) == base_records
@@ -841,7 +841,7 @@ def test_jsonl_round_trip(faulty: list[Record], tmp_path: Path) -> None:
 
 
 def test_presence_adds_shifts_of_the_agents_who_answer_and_changes_no_conversation() -> None:
-    plain = SimConfig(seed=5, duration_s=2 * 86400, rate=2, malformed_ratio=0.01)
+    plain = SimConfig(seed=5, duration_s=2 * 86400, rate=0.5, malformed_ratio=0.01)
     with_presence = dataclasses.replace(plain, presence=True)
     records = list(generate(with_presence))
     agents = [r for r in records if r.topic_kind == "agents"]
