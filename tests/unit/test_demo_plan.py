@@ -94,6 +94,7 @@ def test_the_worker_gets_the_planned_addresses_and_the_demo_defaults() -> None:
     assert env["DESKPULSE_KAFKA_BOOTSTRAP"] == "127.0.0.1:40001"
     assert env["DESKPULSE_WEB_PORT"] == "40003"
     assert env["DESKPULSE_KAFKA_SESSION_TIMEOUT"] == "4"
+    assert env["DESKPULSE_BREACH_CHECK_INTERVAL"] == "5"
     assert "DESKPULSE_METRICS_REFRESH_INTERVAL" not in env  # named: the worker reads its own
 
 
