@@ -73,11 +73,9 @@ _TYPE_PREFIX = {"tickets": "ticket.", "chats": "chat.", "surveys": "survey."}
 
 
 def tune(settings: Settings, **update: Any) -> Settings:
-    """Quick group joins (the embedded broker takes half the session timeout to join),
-    small batches (many commits for a fault to land between), a quick metrics refresh."""
+    """Small batches (many commits for a fault to land between), a quick metrics refresh."""
     return settings.model_copy(
         update={
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "batch_size": 200,
             "metrics_refresh_interval": 1,

@@ -97,7 +97,6 @@ def sla_settings(settings: Settings, **update: Any) -> Settings:
             "schedules": {name: Schedule.model_validate(v) for name, v in SCHEDULES.items()},
             "sla_policies": tuple(Policy.model_validate(policy) for policy in POLICIES),
             "max_future": 14 * 86400,
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "batch_size": 50,
             "breach_check_interval": 1,

@@ -75,10 +75,9 @@ Record = tuple[str, bytes, bytes]  # (topic kind, key, value)
 
 
 def fast(settings: Settings, **update: Any) -> Settings:
-    """Quick group joins and short timer intervals, for tests."""
+    """Short batches and timer intervals, for tests."""
     return settings.model_copy(
         update={
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "metrics_refresh_interval": 1,
             "snapshot_interval": 2,

@@ -43,10 +43,9 @@ MAX_RECORD_BYTES = 1024
 
 
 def fast(settings: Settings, **update: Any) -> Settings:
-    """``settings`` tuned for tests: a quick group join, short batches, a small record limit."""
+    """``settings`` tuned for tests: short batches, a small record limit."""
     return settings.model_copy(
         update={
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "max_record_bytes": MAX_RECORD_BYTES,
             "metrics_refresh_interval": 1,

@@ -108,7 +108,6 @@ def worker(
         redis_server.url,
         prefix="board",
         web_token=SecretStr(TOKEN),
-        kafka_session_timeout=4,
         batch_within=0.1,
         metrics_refresh_interval=1,
     )

@@ -45,14 +45,13 @@ def dataset() -> Dataset:
 
 
 def cluster_settings(broker: str, nodes: RedisClusterNodes, **update: Any) -> Settings:
-    """Quick group joins and small batches (many commits for a fault to land between),
-    8 partitions, on the cluster."""
+    """Small batches (many commits for a fault to land between), 8 partitions, on the
+    cluster."""
     return new_settings(
         broker,
         nodes.url,
         redis_cluster=True,
         topic_partitions=PARTITIONS,
-        kafka_session_timeout=4,
         batch_within=0.1,
         batch_size=50,
         **update,

@@ -42,10 +42,8 @@ def dataset() -> Dataset:
 
 @pytest.fixture
 def crash_settings(settings: Settings, make_topics: Any) -> Settings:
-    """Quick group joins and small batches: many commits for a fault to land between."""
-    tuned = settings.model_copy(
-        update={"kafka_session_timeout": 4, "batch_within": 0.1, "batch_size": 50}
-    )
+    """Small batches: many commits for a fault to land between."""
+    tuned = settings.model_copy(update={"batch_within": 0.1, "batch_size": 50})
     make_topics(tuned)
     return tuned
 

@@ -40,8 +40,9 @@ def dataset() -> Dataset:
 
 
 def tuned(settings: Settings, **update: Any) -> Settings:
-    """Quick group joins on the embedded broker; otherwise the defaults operators get."""
-    return settings.model_copy(update={"kafka_session_timeout": 4, "batch_within": 0.1, **update})
+    """Short batches; otherwise the test settings (a quick group join on the embedded
+    broker) and the defaults operators get."""
+    return settings.model_copy(update={"batch_within": 0.1, **update})
 
 
 def run_live(

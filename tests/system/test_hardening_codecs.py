@@ -224,9 +224,7 @@ def check_with_oracle(settings: Settings, values: Sequence[bytes], at_s: float) 
 def test_every_codec_from_another_client_reaches_the_kpis_live_and_in_replay(
     settings: Settings, workdir: Path, start_worker: StartWorker
 ) -> None:
-    settings = settings.model_copy(
-        update={"kafka_session_timeout": 4, "batch_within": 0.1, "metrics_refresh_interval": 1}
-    )
+    settings = settings.model_copy(update={"batch_within": 0.1, "metrics_refresh_interval": 1})
     create_topics(settings)
     now_s = time.time()
     sent: list[tuple[str, bytes, bytes]] = []
@@ -396,7 +394,7 @@ async def send_raw(bootstrap: str, topic: str, partition: int, batch: bytes) -> 
 def test_an_undecodable_batch_stops_the_worker_loudly_and_commits_nothing_past_it(
     settings: Settings, workdir: Path, start_worker: StartWorker
 ) -> None:
-    settings = settings.model_copy(update={"kafka_session_timeout": 4, "topic_partitions": 1})
+    settings = settings.model_copy(update={"topic_partitions": 1})
     create_topics(settings)
     bootstrap, topic = settings.kafka_bootstrap, settings.topic_tickets
     now_s = time.time()

@@ -34,7 +34,6 @@ def test_a_worker_with_thousands_of_queues_keeps_metrics_and_snapshots_bounded(
             "windows": (900, 3600, 86400),
             "max_series_per_metric": limit,
             "max_snapshot_messages": messages,
-            "kafka_session_timeout": 4,
             "metrics_refresh_interval": 1,
             "snapshot_interval": 2,
             # every third snapshot publishes every group shown; the others what changed

@@ -447,7 +447,6 @@ def dataset() -> Dataset:
 def tuned(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(
         update={
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "breach_check_interval": 1,
             "alert_rules": (),

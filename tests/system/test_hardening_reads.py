@@ -361,7 +361,6 @@ def test_cli_refuses_a_window_older_than_every_partition_keeps(
 def tuned(settings: Settings, **update: Any) -> Settings:
     return settings.model_copy(
         update={
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "metrics_refresh_interval": 1,
             **update,

@@ -81,7 +81,6 @@ def test_records_fetched_and_never_delivered_are_read_again(
 ) -> None:
     settings = settings.model_copy(
         update={
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "metrics_refresh_interval": 1,
             "stall_timeout": STALL_TIMEOUT_S,

@@ -55,7 +55,6 @@ def live(
     settings = new_settings(
         broker,
         redis_server.url,
-        kafka_session_timeout=4,
         batch_within=0.1,
         metrics_refresh_interval=1,
         snapshot_interval=2,

@@ -111,7 +111,6 @@ class PrometheusServer:
 def fast(settings: Settings) -> Settings:
     return settings.model_copy(
         update={
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             "metrics_refresh_interval": 1,
             "snapshot_interval": 2,

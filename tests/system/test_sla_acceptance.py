@@ -451,7 +451,6 @@ def test_kpis_and_breaches_equal_the_sla_oracle(
             "sla_policies": tuple(Policy.model_validate(policy) for policy in POLICIES),
             # the shuffled days are never late, and a window may span all of them
             "retention": 14 * 86_400,
-            "kafka_session_timeout": 4,
             "batch_within": 0.1,
             # no check while the shuffled records come in (see the module's docstring)
             "breach_check_interval": 3600,
