@@ -1,5 +1,5 @@
-"""Helpers for the end-to-end and fault-injection tests: a realistic dataset, producing it,
-waiting for the KPI state to take all of it in, and checking it against the oracle.
+"""Helpers for the end-to-end and fault-injection tests: a realistic dataset, waiting for
+the KPI state to take all of it in, and checking it against the oracle.
 
 The dataset comes from :mod:`streams.devtools.simulate` (duplicates, out-of-order delivery with
 openers after their replies, malformed records, conversations that never open, unanswered
@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,8 +28,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import redis
-from aiokafka import AIOKafkaProducer
-from aiokafka.structs import RecordMetadata
 
 from deskpulse.models.errors import RejectedEvent
 from deskpulse.models.events import SurveyResponded, TicketReplied, decode
@@ -61,7 +58,6 @@ __all__ = [
     "WINDOWS",
     "CounterDrift",
     "Dataset",
-    "PacedProducer",
     "StateCounts",
     "build_dataset",
     "check_counters",
@@ -72,7 +68,6 @@ __all__ = [
     "kpis_http",
     "kpis_store",
     "oracle_doc",
-    "produce_records",
     "progress",
     "query_points",
     "read_counts",
@@ -265,76 +260,6 @@ def _surveys_first(records: list[Record], *, every: int) -> tuple[list[Record], 
     return first + rest, len(first)
 
 
-async def produce_records(settings: Settings, records: Sequence[Record]) -> list[RecordMetadata]:
-    """Send records in delivery order, keyed by conversation; where each one landed."""
-    # Tansu answers InitProducerId with an error: no idempotence.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_idempotence=False,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=256 * 1024,
-    )
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(settings.topic_for(r.topic_kind), value=r.value, key=r.key)
-            for r in records
-        ]
-        return list(await asyncio.gather(*futures))
-    finally:
-        await producer.stop()
-
-
-class PacedProducer(threading.Thread):
-    """Produces a dataset in chunks with pauses, in the background, so faults land mid-stream."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        records: Sequence[Record],
-        *,
-        chunks: int,
-        pause_s: float,
-        before_chunk: Callable[[int], object] | None = None,
-    ) -> None:
-        super().__init__(name="paced-producer", daemon=True)
-        self.settings = settings
-        self.records = list(records)
-        self.chunks = chunks
-        self.pause_s = pause_s
-        #: called (in a thread) with each chunk's index before it is sent: a test holds the
-        #: stream there until its fault has landed
-        self.before_chunk = before_chunk
-        self.sent = 0
-        self.placed: list[RecordMetadata] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as error:  # reported by finish()
-            self.error = error
-
-    async def _run(self) -> None:
-        size = math.ceil(len(self.records) / self.chunks)
-        for index, start in enumerate(range(0, len(self.records), size)):
-            if self.before_chunk is not None:
-                await asyncio.to_thread(self.before_chunk, index)
-            chunk = self.records[start : start + size]
-            self.placed += await produce_records(self.settings, chunk)
-            self.sent = len(self.placed)
-            await asyncio.sleep(self.pause_s)
-
-    def finish(self, timeout_s: float = 120) -> None:
-        """Wait for the last chunk; re-raise what went wrong in the thread."""
-        self.join(timeout_s)
-        assert not self.is_alive(), f"producer still running after {timeout_s}s"
-        if self.error is not None:
-            raise AssertionError(f"producing failed: {self.error!r}") from self.error
-        assert self.sent == len(self.records), (self.sent, len(self.records))
-
-
 @dataclass(frozen=True)
 class StateCounts:
     """The meta counters summed over partitions."""
@@ -520,18 +445,23 @@ def kpis_store(settings: Settings, width: str, at_s: float, by: Sequence[str]) -
 
 
 def dead_letters(
-    settings: Settings, dataset: Dataset, placed: Sequence[RecordMetadata], timeout_s: float = 60
+    settings: Settings,
+    dataset: Dataset,
+    placed: Sequence[tuple[str, int, int]],
+    timeout_s: float = 60,
 ) -> Counter[tuple[str, int, int]]:
     """How often each malformed record reached the dead-letter topic, by source coordinates.
 
     Fails if one is missing, or if a record that is not malformed is there. ``placed``
-    says where each record of the dataset landed (as :func:`produce_records` returns it).
+    says where each record of the dataset landed, ``(topic, partition, offset)`` (as
+    :func:`~tests.support.produce_records` returns it and :class:`~tests.support.StreamProducer`
+    keeps it).
     Redelivery after a crash may dead-letter a record again (at least once).
     """
     assert len(placed) == len(dataset.records)
     malformed = {
-        (meta.topic, meta.partition, meta.offset): record.value
-        for record, meta in zip(dataset.records, placed, strict=True)
+        position: record.value
+        for record, position in zip(dataset.records, placed, strict=True)
         if record.occurred_at_s is None
     }
     bootstrap, topic = settings.kafka_bootstrap, settings.topic_deadletter

@@ -1,8 +1,5 @@
 """Helpers for the fault-injection and security tests (``test_faults.py``, ``test_security.py``).
 
-* :class:`StreamProducer` sends records in paced chunks over *one* long-lived producer
-  with a long request timeout, so a broker frozen for half a minute delays it instead of
-  failing it, and remembers where every record landed.
 * :func:`draw_poison` draws a deterministic storm of records the worker must reject:
   hypothesis strategies (random bytes, random JSON, valid events mutated in every way a
   broken upstream could: keys written twice and times out of datetime's range among
@@ -18,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import math
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -28,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -51,7 +47,6 @@ __all__ = [
     "OUT_OF_RANGE_TIMES",
     "MetricSums",
     "Poison",
-    "StreamProducer",
     "TlsFiles",
     "TlsUnsupported",
     "compare_kpis",
@@ -85,85 +80,6 @@ def tune(settings: Settings, **update: Any) -> Settings:
 
 
 # -- producing ------------------------------------------------------------------------------
-
-
-class StreamProducer(threading.Thread):
-    """Sends ``records`` in ``chunks`` with ``pause_s`` between them, in the background.
-
-    One producer for the whole run, with a request timeout well beyond the longest outage
-    a test injects, so a frozen broker holds the stream up instead of failing it (and no
-    timed-out request is retried into a duplicate). ``positions[i]`` is where
-    ``records[i]`` landed: ``(topic, partition, offset)``.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        records: Sequence[Record],
-        *,
-        chunks: int,
-        pause_s: float,
-        request_timeout_s: float = 120.0,
-        before_chunk: Callable[[int, int], None] | None = None,
-    ) -> None:
-        super().__init__(name="stream-producer", daemon=True)
-        self.settings = settings
-        self.records = list(records)
-        self.chunks = max(1, chunks)
-        self.pause_s = pause_s
-        self.request_timeout_s = request_timeout_s
-        #: called in the thread before each chunk with (its number, how many): a test that
-        #: needs the stream to outlast its workers' restarts paces it by their progress
-        self.before_chunk = before_chunk
-        self.positions: list[tuple[str, int, int]] = []
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as error:  # re-raised by finish()
-            self.error = error
-
-    async def _run(self) -> None:
-        # Tansu answers InitProducerId with an error: no idempotence.
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            enable_idempotence=False,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=256 * 1024,
-            max_request_size=2 * 1024 * 1024,
-            request_timeout_ms=int(self.request_timeout_s * 1000),
-        )
-        await producer.start()
-        try:
-            size = math.ceil(len(self.records) / self.chunks)
-            count = math.ceil(len(self.records) / size)
-            for number, start in enumerate(range(0, len(self.records), size)):
-                if self.before_chunk is not None:
-                    await asyncio.to_thread(self.before_chunk, number, count)
-                chunk = self.records[start : start + size]
-                futures = [
-                    await producer.send(
-                        self.settings.topic_for(r.topic_kind), value=r.value, key=r.key
-                    )
-                    for r in chunk
-                ]
-                for meta in await asyncio.gather(*futures):
-                    self.positions.append((meta.topic, meta.partition, meta.offset))
-                self.sent += len(chunk)
-                await asyncio.sleep(self.pause_s)
-        finally:
-            await producer.stop()
-
-    def finish(self, timeout_s: float = 180) -> None:
-        """Wait for the last chunk; re-raise what went wrong in the thread."""
-        self.join(timeout_s)
-        assert not self.is_alive(), f"producer still running after {timeout_s}s"
-        if self.error is not None:
-            raise AssertionError(f"producing failed: {self.error!r}") from self.error
-        assert self.sent == len(self.records), (self.sent, len(self.records))
 
 
 # -- reading results ------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 :func:`settings_env` turns a :class:`~models.settings.Settings` into the environment a
 ``python -m deskpulse.streams.cli ...`` subprocess needs to build the very same settings;
-:class:`WorkerProcess` runs the worker that way. :func:`produce` and :func:`consume_all`
-speak Kafka like an upstream producer and a downstream reader would; :func:`scrape` and
+:class:`WorkerProcess` runs the worker that way. :func:`produce`, :class:`StreamProducer`
+(records in paced chunks, in the background) and :func:`consume_all` speak Kafka like an
+upstream producer and a downstream reader would; :func:`scrape` and
 :func:`sample` read ``/metrics`` like Prometheus does.
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +35,7 @@ from pydantic import BaseModel, SecretStr
 
 from deskpulse.models.settings import ENV_PREFIX, Settings, format_duration
 from deskpulse.streams.devtools.embedded import ManagedProcess
+from deskpulse.streams.devtools.simulate import Record
 
 __all__ = [
     "BREACH_FIELDS",
@@ -264,6 +268,108 @@ async def produce(
         return list(await asyncio.gather(*futures))
     finally:
         await producer.stop()
+
+
+def records_producer(settings: Settings, request_timeout_s: float = 40.0) -> AIOKafkaProducer:
+    """A producer of simulated records as an upstream service would run one (not started)."""
+    # Tansu answers InitProducerId with an error: no idempotence.
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=False,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        max_request_size=2 * 1024 * 1024,
+        request_timeout_ms=int(request_timeout_s * 1000),
+    )
+
+
+async def send_records(
+    producer: AIOKafkaProducer, settings: Settings, records: Sequence[Record]
+) -> list[tuple[str, int, int]]:
+    """Send records in order to their topics, keyed by conversation, and wait for the
+    broker; where each one landed: ``(topic, partition, offset)``."""
+    futures = [
+        await producer.send(settings.topic_for(r.topic_kind), value=r.value, key=r.key)
+        for r in records
+    ]
+    return [(meta.topic, meta.partition, meta.offset) for meta in await asyncio.gather(*futures)]
+
+
+async def produce_records(
+    settings: Settings, records: Sequence[Record]
+) -> list[tuple[str, int, int]]:
+    """Send records in order over a producer of their own; where each one landed."""
+    producer = records_producer(settings)
+    await producer.start()
+    try:
+        return await send_records(producer, settings, records)
+    finally:
+        await producer.stop()
+
+
+class StreamProducer(threading.Thread):
+    """Sends ``records`` in ``chunks`` with ``pause_s`` between them, in the background, so
+    faults land mid-stream.
+
+    One producer for the whole run, with a request timeout well beyond the longest outage
+    a test injects, so a frozen broker holds the stream up instead of failing it (and no
+    timed-out request is retried into a duplicate). ``positions[i]`` is where
+    ``records[i]`` landed: ``(topic, partition, offset)``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        records: Sequence[Record],
+        *,
+        chunks: int,
+        pause_s: float,
+        request_timeout_s: float = 120.0,
+        before_chunk: Callable[[int, int], object] | None = None,
+    ) -> None:
+        super().__init__(name="stream-producer", daemon=True)
+        self.settings = settings
+        self.records = list(records)
+        self.chunks = max(1, chunks)
+        self.pause_s = pause_s
+        self.request_timeout_s = request_timeout_s
+        #: called (in a thread) before each chunk with (its number, how many): a test holds
+        #: the stream there until its fault has landed, or paces it by its workers' progress
+        self.before_chunk = before_chunk
+        self.positions: list[tuple[str, int, int]] = []
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as error:  # re-raised by finish()
+            self.error = error
+
+    async def _run(self) -> None:
+        producer = records_producer(self.settings, self.request_timeout_s)
+        await producer.start()
+        try:
+            size = math.ceil(len(self.records) / self.chunks)
+            count = math.ceil(len(self.records) / size)
+            for number, start in enumerate(range(0, len(self.records), size)):
+                if self.before_chunk is not None:
+                    await asyncio.to_thread(self.before_chunk, number, count)
+                chunk = self.records[start : start + size]
+                self.positions += await send_records(producer, self.settings, chunk)
+                self.sent += len(chunk)
+                await asyncio.sleep(self.pause_s)
+        finally:
+            await producer.stop()
+
+    def finish(self, timeout_s: float = 180) -> None:
+        """Wait for the last chunk; re-raise what went wrong in the thread."""
+        self.join(timeout_s)
+        assert not self.is_alive(), f"producer still running after {timeout_s}s"
+        if self.error is not None:
+            raise AssertionError(f"producing failed: {self.error!r}") from self.error
+        assert self.sent == len(self.records), (self.sent, len(self.records))
 
 
 async def consume_all(

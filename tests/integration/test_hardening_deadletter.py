@@ -20,9 +20,9 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.simulate import Record
 from tests.conftest import create_topics
 from tests.e2e_support import build_dataset, check_counters, wait_for_state
-from tests.faults_support import StreamProducer, metric_sums, read_dead_letters, tune
+from tests.faults_support import metric_sums, read_dead_letters, tune
 from tests.inproc import InprocWorker
-from tests.support import WorkerProcess, stamp, wait_until
+from tests.support import StreamProducer, WorkerProcess, stamp, wait_until
 
 #: a valid record twice the default DESKPULSE_MAX_RECORD_BYTES (1 MiB)
 BIG_BYTES = 2_000_000

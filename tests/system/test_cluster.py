@@ -22,7 +22,6 @@ from deskpulse.streams.devtools.embedded import RedisClusterNodes, free_port, st
 from tests.conftest import HOST, RedisServer, new_settings
 from tests.e2e_support import (
     Dataset,
-    PacedProducer,
     build_dataset,
     check_counters,
     compare_with_oracle,
@@ -30,7 +29,7 @@ from tests.e2e_support import (
     progress,
     wait_for_state,
 )
-from tests.support import WorkerProcess, run_cli, samples, settings_env, wait_until
+from tests.support import StreamProducer, WorkerProcess, run_cli, samples, settings_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +58,9 @@ def cluster_settings(broker: str, nodes: RedisClusterNodes, **update: Any) -> Se
 
 
 @pytest.fixture
-def producers() -> Iterator[list[PacedProducer]]:
+def producers() -> Iterator[list[StreamProducer]]:
     """Producers a test starts; each is waited for when the test ends."""
-    started: list[PacedProducer] = []
+    started: list[StreamProducer] = []
     yield started
     for paced in started:
         if paced.is_alive():
@@ -133,7 +132,7 @@ def test_two_workers_on_a_cluster_give_the_oracle_kpis(
     redis_cluster: RedisClusterNodes,
     make_topics: Any,
     dataset: Dataset,
-    producers: list[PacedProducer],
+    producers: list[StreamProducer],
     tmp_path: Path,
     how: str,
 ) -> None:
@@ -143,7 +142,7 @@ def test_two_workers_on_a_cluster_give_the_oracle_kpis(
     with first, second:
         first.wait_ready(90)
         second.wait_ready(90)
-        producer = PacedProducer(settings, dataset.records, chunks=40, pause_s=0.35)
+        producer = StreamProducer(settings, dataset.records, chunks=40, pause_s=0.35)
         producers.append(producer)
         producer.start()
         wait_both_working(first, second)
@@ -172,7 +171,7 @@ def test_a_master_killed_mid_stream_loses_nothing_with_min_replicas(
     own_cluster: RedisClusterNodes,
     make_topics: Any,
     dataset: Dataset,
-    producers: list[PacedProducer],
+    producers: list[StreamProducer],
     tmp_path: Path,
 ) -> None:
     settings = cluster_settings(broker, own_cluster, redis_min_replicas=1)
@@ -185,7 +184,7 @@ def test_a_master_killed_mid_stream_loses_nothing_with_min_replicas(
     with first, second:
         first.wait_ready(90)
         second.wait_ready(90)
-        producer = PacedProducer(settings, dataset.records, chunks=40, pause_s=0.35)
+        producer = StreamProducer(settings, dataset.records, chunks=40, pause_s=0.35)
         producers.append(producer)
         producer.start()
         wait_both_working(first, second)
@@ -232,7 +231,7 @@ def test_slots_resharded_mid_stream_give_the_oracle_kpis(
     own_cluster: RedisClusterNodes,
     make_topics: Any,
     dataset: Dataset,
-    producers: list[PacedProducer],
+    producers: list[StreamProducer],
     tmp_path: Path,
 ) -> None:
     settings = cluster_settings(broker, own_cluster)
@@ -246,7 +245,7 @@ def test_slots_resharded_mid_stream_give_the_oracle_kpis(
     with first, second:
         first.wait_ready(90)
         second.wait_ready(90)
-        producer = PacedProducer(settings, dataset.records, chunks=40, pause_s=0.35)
+        producer = StreamProducer(settings, dataset.records, chunks=40, pause_s=0.35)
         producers.append(producer)
         producer.start()
         wait_both_working(first, second)

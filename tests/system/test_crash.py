@@ -18,7 +18,6 @@ from deskpulse.streams.devtools.embedded import free_port, start_redis
 from tests.conftest import HOST
 from tests.e2e_support import (
     Dataset,
-    PacedProducer,
     build_dataset,
     check_counters,
     compare_with_oracle,
@@ -28,7 +27,7 @@ from tests.e2e_support import (
     read_counts,
     wait_for_state,
 )
-from tests.support import WorkerProcess, samples, scrape, wait_until
+from tests.support import StreamProducer, WorkerProcess, samples, scrape, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +48,9 @@ def crash_settings(settings: Settings, make_topics: Any) -> Settings:
 
 
 @pytest.fixture
-def producer(crash_settings: Settings, dataset: Dataset) -> Iterator[PacedProducer]:
+def producer(crash_settings: Settings, dataset: Dataset) -> Iterator[StreamProducer]:
     """The dataset in 40 chunks over about 15 s, started by the test."""
-    paced = PacedProducer(crash_settings, dataset.records, chunks=40, pause_s=0.35)
+    paced = StreamProducer(crash_settings, dataset.records, chunks=40, pause_s=0.35)
     yield paced
     if paced.is_alive():
         paced.join(60)
@@ -77,12 +76,12 @@ def wait_progress(
 
 
 def check_final(
-    settings: Settings, dataset: Dataset, producer: PacedProducer, describe: Any
+    settings: Settings, dataset: Dataset, producer: StreamProducer, describe: Any
 ) -> None:
     """Final state against the oracle: KPIs, dead letters, then the meta counters."""
     counts = wait_for_state(settings, dataset, timeout_s=90, describe=describe)
     compare_with_oracle(dataset, lambda width, at_s, by: kpis_store(settings, width, at_s, by))
-    letters = dead_letters(settings, dataset, producer.placed)
+    letters = dead_letters(settings, dataset, producer.positions)
     print(
         f"recovered: {counts}; KPIs equal the oracle; {len(letters)} malformed records "
         f"dead-lettered ({sum(letters.values()) - len(letters)} again after a redelivery)"
@@ -94,7 +93,7 @@ def check_final(
 def test_worker_killed_mid_stream_again_and_again(
     crash_settings: Settings,
     dataset: Dataset,
-    producer: PacedProducer,
+    producer: StreamProducer,
     tmp_path: Path,
     engine_process: bool,
 ) -> None:
@@ -137,7 +136,7 @@ def processed(worker: WorkerProcess) -> float:
 def test_a_group_member_leaves_mid_stream(
     crash_settings: Settings,
     dataset: Dataset,
-    producer: PacedProducer,
+    producer: StreamProducer,
     tmp_path: Path,
     how: str,
 ) -> None:
@@ -180,7 +179,7 @@ def test_a_group_member_leaves_mid_stream(
 def test_redis_killed_mid_stream_and_restarted_from_its_aof(
     crash_settings: Settings,
     dataset: Dataset,
-    producer: PacedProducer,
+    producer: StreamProducer,
     tmp_path: Path,
 ) -> None:
     port = free_port(HOST)

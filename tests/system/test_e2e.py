@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import redis
-from aiokafka.structs import RecordMetadata
 
 from deskpulse.models.settings import Settings
 from deskpulse.streams.core import Conversation
@@ -24,12 +23,18 @@ from tests.e2e_support import (
     kpis_cli,
     kpis_http,
     kpis_store,
-    produce_records,
     read_counts,
     redis_snapshot,
     wait_for_state,
 )
-from tests.support import StartWorker, WorkerProcess, run_cli, settings_env, wait_until
+from tests.support import (
+    StartWorker,
+    WorkerProcess,
+    produce_records,
+    run_cli,
+    settings_env,
+    wait_until,
+)
 
 
 @pytest.fixture  # data only, built in well under a second: no shared set-up
@@ -47,7 +52,7 @@ def tuned(settings: Settings, **update: Any) -> Settings:
 
 def run_live(
     start_worker: StartWorker, settings: Settings, dataset: Dataset, workdir: Path
-) -> tuple[WorkerProcess, list[RecordMetadata]]:
+) -> tuple[WorkerProcess, list[tuple[str, int, int]]]:
     """Start a worker, produce the dataset to it, wait until the state holds all of it."""
     worker = start_worker(settings, workdir, timeout_s=90)
     started = time.monotonic()

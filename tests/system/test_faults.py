@@ -40,7 +40,6 @@ from tests.e2e_support import (
     wait_for_state,
 )
 from tests.faults_support import (
-    StreamProducer,
     compare_kpis,
     dead_letter_sources,
     draw_poison,
@@ -50,7 +49,14 @@ from tests.faults_support import (
     read_dead_letters,
     tune,
 )
-from tests.support import StartWorker, WorkerProcess, settings_env, stamp, wait_until
+from tests.support import (
+    StartWorker,
+    StreamProducer,
+    WorkerProcess,
+    settings_env,
+    stamp,
+    wait_until,
+)
 
 OUTAGE_S = 30.0
 #: windows and groupings read with ``deskpulse kpis --json`` at both query points

@@ -51,7 +51,7 @@ from deskpulse.streams.engine import DeadLetterTrouble, Engine, SourceRecord
 from deskpulse.streams.store import Store
 from tests.conftest import HOST
 from tests.e2e_support import Dataset, build_dataset, check_counters, progress, wait_for_state
-from tests.faults_support import StreamProducer, read_dead_letters, tune
+from tests.faults_support import read_dead_letters, tune
 from tests.integration.test_hardening_deadletter import (
     BIG_BYTES,
     big_ticket,
@@ -59,7 +59,15 @@ from tests.integration.test_hardening_deadletter import (
     headers_of,
     source_of,
 )
-from tests.support import StartWorker, WorkerProcess, consume_all, sample, stamp, wait_until
+from tests.support import (
+    StartWorker,
+    StreamProducer,
+    WorkerProcess,
+    consume_all,
+    sample,
+    stamp,
+    wait_until,
+)
 
 
 def engine_pid(worker: WorkerProcess) -> int:

@@ -19,20 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka.structs import RecordMetadata
-
 from deskpulse.models.settings import Settings
 from tests.e2e_support import (
     build_dataset,
     check_counters,
     compare_with_oracle,
     kpis_store,
-    produce_records,
     wait_for_state,
 )
 from tests.support import (
     StartWorker,
     group_offsets,
+    produce_records,
     sample,
     scrape,
     settings_env,
@@ -44,12 +42,11 @@ STALLS = "deskpulse_partition_stalls_total"
 LAUNCHER = Path(__file__).parent.parent / "stall_worker.py"
 
 
-def ends_of(placed: list[RecordMetadata]) -> dict[tuple[str, int], int]:
+def ends_of(placed: list[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
     """The end offset of every partition the records went to, as the producer was told."""
     ends: dict[tuple[str, int], int] = {}
-    for record in placed:
-        tp = (record.topic, record.partition)
-        ends[tp] = max(ends.get(tp, 0), record.offset + 1)
+    for topic, partition, offset in placed:
+        ends[topic, partition] = max(ends.get((topic, partition), 0), offset + 1)
     return ends
 
 

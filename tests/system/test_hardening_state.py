@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import redis
-from aiokafka.structs import RecordMetadata
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -33,11 +32,9 @@ from deskpulse.streams.store import Store
 from tests.conftest import HOST, create_topics
 from tests.e2e_support import (
     Dataset,
-    PacedProducer,
     build_dataset,
     compare_with_oracle,
     kpis_store,
-    produce_records,
     read_counts,
     wait_for_state,
 )
@@ -45,8 +42,10 @@ from tests.faults_support import tune
 from tests.integration.test_store import CONFIG, apply, created, new_prefix, pendings, run
 from tests.support import (
     StartWorker,
+    StreamProducer,
     WorkerProcess,
     group_offsets,
+    produce_records,
     run_cli,
     sample,
     samples,
@@ -281,16 +280,15 @@ def fences(settings: Settings) -> dict[tuple[str, int], int]:
         client.close()
 
 
-def last_offsets(placed: Iterable[RecordMetadata]) -> dict[tuple[str, int], int]:
+def last_offsets(placed: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
     out: dict[tuple[str, int], int] = {}
-    for meta in placed:
-        key = (meta.topic, meta.partition)
-        out[key] = max(out.get(key, -1), meta.offset)
+    for topic, partition, offset in placed:
+        out[topic, partition] = max(out.get((topic, partition), -1), offset)
     return out
 
 
 def wait_applied_and_acknowledged(
-    settings: Settings, placed: Sequence[RecordMetadata], worker: WorkerProcess
+    settings: Settings, placed: Sequence[tuple[str, int, int]], worker: WorkerProcess
 ) -> None:
     """Until Redis fences every record sent and the group committed past them."""
     wanted = last_offsets(placed)
@@ -500,10 +498,12 @@ def test_redis_flushed_under_an_idle_worker_with_the_engine_in_process(
 
 async def produce(
     settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]
-) -> list[RecordMetadata]:
+) -> list[tuple[str, int, int]]:
+    """Send ``(key, value)`` records to ``topic``; where each landed, as
+    :func:`~tests.support.produce_records` tells it."""
     from tests.support import produce as send
 
-    return await send(settings, topic, list(records))
+    return [(m.topic, m.partition, m.offset) for m in await send(settings, topic, list(records))]
 
 
 @pytest.mark.slow
@@ -580,7 +580,7 @@ def test_the_records_the_fence_skips_after_a_kill_are_counted(
 ) -> None:
     settings = tune(settings, batch_size=50)
     create_topics(settings)
-    producer = PacedProducer(settings, dataset.records, chunks=40, pause_s=0.3)
+    producer = StreamProducer(settings, dataset.records, chunks=40, pause_s=0.3)
     worker = start_worker(settings, tmp_path / "w", name="worker0", timeout_s=90)
     expected = 0
     try:

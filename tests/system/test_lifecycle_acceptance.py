@@ -24,14 +24,7 @@ from deskpulse.models.events import decode
 from deskpulse.models.settings import Settings
 from deskpulse.models.sla import Policy, Schedule
 from deskpulse.streams.devtools.simulate import Record, SimConfig
-from tests.e2e_support import (
-    Dataset,
-    kpis_cli,
-    kpis_http,
-    produce_records,
-    read_counts,
-    wait_for_state,
-)
+from tests.e2e_support import Dataset, kpis_cli, kpis_http, read_counts, wait_for_state
 from tests.lifecycle_oracle import compare, evaluate, lifecycle_document
 from tests.lifecycle_support import (
     POLICIES,
@@ -42,7 +35,7 @@ from tests.lifecycle_support import (
     interesting_instants,
 )
 from tests.sla_oracle import SlaRules, rfc3339_ms
-from tests.support import StartWorker, wait_until
+from tests.support import StartWorker, produce_records, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -32,14 +32,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.models.sla import Policy, Schedule
 from deskpulse.streams.devtools import policies as demo_policies
 from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
-from tests.e2e_support import (
-    Dataset,
-    check_shape,
-    kpis_cli,
-    kpis_http,
-    produce_records,
-    wait_for_state,
-)
+from tests.e2e_support import Dataset, check_shape, kpis_cli, kpis_http, wait_for_state
 from tests.lifecycle_oracle import evaluate as evaluate_lifecycles
 from tests.lifecycle_oracle import lifecycle_document, merge_documents
 from tests.oracle import compare
@@ -56,7 +49,7 @@ from tests.sla_oracle import (
     kpi_document,
     rfc3339_ms,
 )
-from tests.support import BREACH_FIELDS, StartWorker, consume_all, wait_for_claims
+from tests.support import BREACH_FIELDS, StartWorker, consume_all, produce_records, wait_for_claims
 
 pytestmark = pytest.mark.slow
 

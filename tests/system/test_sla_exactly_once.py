@@ -30,7 +30,7 @@ from deskpulse.models.settings import Settings
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port, start_redis
 from deskpulse.streams.devtools.simulate import Record
 from tests.conftest import HOST, create_topics
-from tests.e2e_support import PacedProducer, produce_records, progress
+from tests.e2e_support import progress
 from tests.sla_support import (
     Traffic,
     breach_counts,
@@ -44,7 +44,9 @@ from tests.sla_support import (
 )
 from tests.support import (
     StartWorker,
+    StreamProducer,
     WorkerProcess,
+    produce_records,
     run_cli,
     samples,
     scrape,
@@ -64,10 +66,10 @@ def traffic_for(settings: Settings) -> Traffic:
 def paced(
     settings: Settings,
     records: Sequence[Record],
-    before_chunk: Callable[[int], object] | None = None,
-) -> PacedProducer:
+    before_chunk: Callable[[int, int], object] | None = None,
+) -> StreamProducer:
     """The records in 20 chunks over about 8 s, started: the faults land mid-stream."""
-    producer = PacedProducer(settings, records, chunks=20, pause_s=0.4, before_chunk=before_chunk)
+    producer = StreamProducer(settings, records, chunks=20, pause_s=0.4, before_chunk=before_chunk)
     producer.start()
     return producer
 
@@ -162,7 +164,7 @@ def test_sla_alerts_once_across_kill_9_again_and_again(
     # the kill land after the stream
     last_killed = threading.Event()
     producer = paced(  # late replies first: the retractions
-        settings, traffic.phase_b, lambda chunk: chunk < 14 or last_killed.wait(120)
+        settings, traffic.phase_b, lambda chunk, _: chunk < 14 or last_killed.wait(120)
     )
     # the retractions are parked by the batches that refute the breaches, until the next
     # check publishes them: caught there
