@@ -457,6 +457,25 @@ HEALTH: tuple[MetricSpec, ...] = (
         "seconds",
     ),
     MetricSpec(
+        "deskpulse_breach_check_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time at which this worker last completed an SLA breach check of its "
+        "partitions (every DESKPULSE_BREACH_CHECK_INTERVAL while it is ready and the broker "
+        "answers); its start until the first completes. An old value means breaches go "
+        "unannounced.",
+        "seconds",
+    ),
+    MetricSpec(
+        "deskpulse_breach_check_duration_seconds",
+        "gauge",
+        (),
+        "How long this worker's last completed SLA breach check took: reading how far each "
+        "partition was read, claiming what is due and publishing the alerts (0 until the "
+        "first).",
+        "seconds",
+    ),
+    MetricSpec(
         "deskpulse_events_processed_total",
         "counter",
         ("topic", "type"),

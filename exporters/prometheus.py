@@ -95,6 +95,15 @@ class PipelineMetrics:
         self.refresh_duration = Gauge(
             *spec("deskpulse_kpi_refresh_duration_seconds"), registry=registry
         )
+        self._breach_check_time = Gauge(
+            *spec("deskpulse_breach_check_timestamp_seconds"), registry=registry
+        )
+        # the start until the first check completes: a worker that never completes one
+        # ages like one whose checks stopped
+        self._breach_check_time.set(time.time())
+        self._breach_check_duration = Gauge(
+            *spec("deskpulse_breach_check_duration_seconds"), registry=registry
+        )
         self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
         self._state_ok.set(1)
         self._redis_up.set(1)
@@ -137,6 +146,11 @@ class PipelineMetrics:
 
     def redis_up(self, up: bool) -> None:
         self._redis_up.set(1 if up else 0)
+
+    def breach_checked(self, seconds: float) -> None:
+        """An SLA breach check completed now, in ``seconds``."""
+        self._breach_check_time.set(time.time())
+        self._breach_check_duration.set(seconds)
 
 
 # windowed gauge -> its path in the group document, and the fields one of which must be

@@ -416,12 +416,17 @@ def test_redis_restarted_without_persistence_under_a_running_worker(
     check_reported_once(
         worker, problem, says=["Redis", "deskpulse replay", "deskpulse state reset --yes"]
     )
+    checked = metric(worker, "deskpulse_breach_check_timestamp_seconds")
+    since = time.monotonic()
     # nothing was committed into the empty Redis, nothing at all written
     assert prefix_keys(settings) == [], prefix_keys(settings)
     response = worker.get("/kpis?window=1h", timeout_s=10)
     assert response is not None and response.status == 503, response
     read = run_cli(["kpis", "--window", "1h"], settings_env(settings), cwd=tmp_path)
     assert read.returncode == 1 and "no deskpulse state" in read.stderr, read
+    # and no SLA breach check completes meanwhile: its timestamp ages, for an alert to see
+    time.sleep(max(0.0, 2 * settings.breach_check_interval + 0.5 - (time.monotonic() - since)))
+    assert metric(worker, "deskpulse_breach_check_timestamp_seconds") == checked
     stop_halted(worker)
 
     # a restarted worker refuses: the group committed offsets the state does not have

@@ -254,3 +254,20 @@ def test_live_metrics_show_the_traffic(live: Live) -> None:
     ((_, took),) = samples(text, "deskpulse_kpi_refresh_duration_seconds")
     assert 0 < took < 30, took
     assert Path(live.worker.log_path).exists()
+
+
+def test_breach_checks_say_when_they_last_completed(live: Live) -> None:
+    """Every check that completes moves the timestamp (1 s interval here) and says how long
+    it took; an alert rule pages when the timestamp grows old."""
+    ((_, first),) = samples(live.text, "deskpulse_breach_check_timestamp_seconds")
+    assert live.scraped_at - first < 30
+
+    def moved() -> tuple[float, float] | None:
+        text = scrape(live.settings.web_port)
+        ((_, last),) = samples(text, "deskpulse_breach_check_timestamp_seconds")
+        ((_, took),) = samples(text, "deskpulse_breach_check_duration_seconds")
+        return (last, took) if last > first else None
+
+    last, took = wait_until(moved, 30, message=live.worker.describe)
+    assert time.time() - last < 30
+    assert 0 < took < 10, took
