@@ -476,6 +476,17 @@ HEALTH: tuple[MetricSpec, ...] = (
         "seconds",
     ),
     MetricSpec(
+        "deskpulse_snapshot_publish_timestamp_seconds",
+        "gauge",
+        (),
+        "Unix time at which this worker last completed a pass of its outputs: the KPI "
+        "snapshots sent to the KPI topic and the alert rules evaluated, their transitions "
+        "sent to the alerts topic (the group leader's work, every DESKPULSE_SNAPSHOT_INTERVAL); "
+        "its start until the first. Take the max over a job's workers: only the leader "
+        "publishes.",
+        "seconds",
+    ),
+    MetricSpec(
         "deskpulse_events_processed_total",
         "counter",
         ("topic", "type"),

@@ -104,6 +104,10 @@ class PipelineMetrics:
         self._breach_check_duration = Gauge(
             *spec("deskpulse_breach_check_duration_seconds"), registry=registry
         )
+        self._snapshot_time = Gauge(
+            *spec("deskpulse_snapshot_publish_timestamp_seconds"), registry=registry
+        )
+        self._snapshot_time.set(time.time())  # the start, as the breach check's above
         self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
         self._state_ok.set(1)
         self._redis_up.set(1)
@@ -146,6 +150,10 @@ class PipelineMetrics:
 
     def redis_up(self, up: bool) -> None:
         self._redis_up.set(1 if up else 0)
+
+    def outputs_published(self) -> None:
+        """A pass of the outputs (KPI snapshots, alert rules) completed now."""
+        self._snapshot_time.set(time.time())
 
     def breach_checked(self, seconds: float) -> None:
         """An SLA breach check completed now, in ``seconds``."""

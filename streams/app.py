@@ -582,6 +582,7 @@ def create_app(settings: Settings) -> faust.App:
             return
         try:
             await service.publish_outputs()
+            service.metrics.outputs_published()
         except Exception as error:
             log.warning("publishing KPI snapshots or alerts failed: %s", error)
 

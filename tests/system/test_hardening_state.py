@@ -399,7 +399,8 @@ def test_redis_restarted_without_persistence_under_a_running_worker(
     settings: Settings, own_redis: Any, dataset: Dataset, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     url, restart, _ = own_redis
-    settings = tune(settings, redis_url=SecretStr(url), engine_process=True)
+    # snapshots every 2 s: that none is published while the state is lost is seen sooner
+    settings = tune(settings, redis_url=SecretStr(url), engine_process=True, snapshot_interval=2)
     create_topics(settings)
     half = len(dataset.records) // 2
     worker = start_worker(settings, tmp_path / "w1", name="worker1", timeout_s=90)
@@ -416,7 +417,11 @@ def test_redis_restarted_without_persistence_under_a_running_worker(
     check_reported_once(
         worker, problem, says=["Redis", "deskpulse replay", "deskpulse state reset --yes"]
     )
-    checked = metric(worker, "deskpulse_breach_check_timestamp_seconds")
+    stamps = (
+        "deskpulse_breach_check_timestamp_seconds",
+        "deskpulse_snapshot_publish_timestamp_seconds",
+    )
+    checked = [metric(worker, name) for name in stamps]
     since = time.monotonic()
     # nothing was committed into the empty Redis, nothing at all written
     assert prefix_keys(settings) == [], prefix_keys(settings)
@@ -424,9 +429,11 @@ def test_redis_restarted_without_persistence_under_a_running_worker(
     assert response is not None and response.status == 503, response
     read = run_cli(["kpis", "--window", "1h"], settings_env(settings), cwd=tmp_path)
     assert read.returncode == 1 and "no deskpulse state" in read.stderr, read
-    # and no SLA breach check completes meanwhile: its timestamp ages, for an alert to see
-    time.sleep(max(0.0, 2 * settings.breach_check_interval + 0.5 - (time.monotonic() - since)))
-    assert metric(worker, "deskpulse_breach_check_timestamp_seconds") == checked
+    # and no SLA breach check or pass of the outputs completes meanwhile: their timestamps
+    # age, for an alert to see
+    longest = max(settings.breach_check_interval, settings.snapshot_interval)
+    time.sleep(max(0.0, 2 * longest + 0.5 - (time.monotonic() - since)))
+    assert [metric(worker, name) for name in stamps] == checked
     stop_halted(worker)
 
     # a restarted worker refuses: the group committed offsets the state does not have

@@ -256,18 +256,25 @@ def test_live_metrics_show_the_traffic(live: Live) -> None:
     assert Path(live.worker.log_path).exists()
 
 
-def test_breach_checks_say_when_they_last_completed(live: Live) -> None:
-    """Every check that completes moves the timestamp (1 s interval here) and says how long
-    it took; an alert rule pages when the timestamp grows old."""
-    ((_, first),) = samples(live.text, "deskpulse_breach_check_timestamp_seconds")
-    assert live.scraped_at - first < 30
+def test_breach_checks_and_snapshots_say_when_they_last_completed(live: Live) -> None:
+    """Every breach check and every pass of the outputs that completes moves its timestamp
+    (1 s and 2 s intervals here); the check says how long it took. Alert rules page when
+    either grows old."""
+    names = (
+        "deskpulse_breach_check_timestamp_seconds",
+        "deskpulse_snapshot_publish_timestamp_seconds",
+    )
+    first = {name: samples(live.text, name)[0][1] for name in names}
+    for name, stamp in first.items():
+        assert live.scraped_at - stamp < 30, name
 
-    def moved() -> tuple[float, float] | None:
+    def moved() -> tuple[dict[str, float], float] | None:
         text = scrape(live.settings.web_port)
-        ((_, last),) = samples(text, "deskpulse_breach_check_timestamp_seconds")
+        last = {name: samples(text, name)[0][1] for name in names}
         ((_, took),) = samples(text, "deskpulse_breach_check_duration_seconds")
-        return (last, took) if last > first else None
+        return (last, took) if all(last[name] > first[name] for name in names) else None
 
     last, took = wait_until(moved, 30, message=live.worker.describe)
-    assert time.time() - last < 30
+    for name, stamp in last.items():
+        assert time.time() - stamp < 30, name
     assert 0 < took < 10, took

@@ -90,6 +90,7 @@ HEALTH_LABELS = {
     "deskpulse_kpi_refresh_duration_seconds": (),
     "deskpulse_breach_check_timestamp_seconds": (),
     "deskpulse_breach_check_duration_seconds": (),
+    "deskpulse_snapshot_publish_timestamp_seconds": (),
     "deskpulse_events_processed_total": ("topic", "type"),
     "deskpulse_events_rejected_total": ("topic", "reason"),
     "deskpulse_events_rerouted_total": ("topic",),
