@@ -48,6 +48,10 @@ __all__ = [
     "FIRST_RESPONSE_BUCKETS_SECONDS",
     "HEALTH",
     "HOLE_OUTCOMES",
+    "INGEST",
+    "INGEST_CATALOG",
+    "INGEST_DURATION_BUCKETS",
+    "INGEST_OUTCOMES",
     "INSTANCES_NOW",
     "OPENMETRICS_FAMILY_CLASHES",
     "STATE_NOW",
@@ -762,6 +766,62 @@ AGENTS: tuple[MetricSpec, ...] = (
 CATALOG: dict[str, MetricSpec] = build_catalog(
     (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH, *AGENTS)
 )
+
+# -- webhook ingestion: on the ingest port's own /metrics -------------------------------------
+
+#: The ``outcome`` label values of ``deskpulse_ingest_records_total``.
+INGEST_OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "ignored")
+
+#: Upper bounds of ``deskpulse_ingest_request_duration_seconds``: a request is answered
+#: once the broker acknowledged its records, so milliseconds up to the ack timeout.
+INGEST_DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+INGEST: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "deskpulse_ingest_requests_total",
+        "counter",
+        ("source", "code"),
+        "Requests to /ingest/<source> (events, zendesk, intercom) answered, by HTTP status "
+        "code: 200 taken, 422 some or all dead-lettered, 401 a bad token or signature, 413 "
+        "too large, 429 over DESKPULSE_INGEST_RATE, 503 the broker did not acknowledge, 404 "
+        "the source is off.",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_ingest_records_total",
+        "counter",
+        ("source", "outcome"),
+        "What answered requests to /ingest/<source> carried: accepted = events produced to "
+        "an input topic, rejected = events or webhook bodies sent to the dead-letter topic, "
+        "ignored = webhooks that carry nothing deskpulse reads (answered 200).",
+        "",
+    ),
+    MetricSpec(
+        "deskpulse_ingest_request_duration_seconds",
+        "histogram",
+        ("source",),
+        "Time from a request to /ingest/<source> read to its answer, the broker's "
+        "acknowledgement of its records included.",
+        "seconds",
+        buckets=INGEST_DURATION_BUCKETS,
+    ),
+)
+
+#: The ingest server's families (``deskpulse ingest``, or the worker's ingest port).
+INGEST_CATALOG: dict[str, MetricSpec] = build_catalog(INGEST)
 
 # Families that OpenMetrics would name alike: a windowed gauge and the counter of the same
 # stem (the counter's family is its name without ``_total``).

@@ -23,9 +23,13 @@ some Kafka-compatible brokers (the embedded one among them), as for every produc
 deskpulse (:mod:`exporters.kafka`).
 
 Other answers: 401 for a missing or bad token or signature, or a stale Zendesk signature
-timestamp (nothing produced); 413 over ``DESKPULSE_INGEST_MAX_BYTES``; 429 with
-``Retry-After`` over ``DESKPULSE_INGEST_RATE`` requests per second of one source; 404 for
-a helpdesk whose secret is not set.
+timestamp (nothing produced; said in the log, at most once a minute a source); 413 over
+``DESKPULSE_INGEST_MAX_BYTES``; 429 with ``Retry-After`` over ``DESKPULSE_INGEST_RATE``
+requests per second of one source; 404 for a helpdesk whose secret is not set.
+
+``GET /metrics`` on the same port counts the answers by source and status code, the
+records they carried by outcome, and their durations (``exporters.catalog.INGEST``; the
+web token when ``DESKPULSE_METRICS_REQUIRE_TOKEN``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,16 @@ import msgspec
 import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client import Counter as PromCounter
 
+from deskpulse.exporters.catalog import INGEST_CATALOG, INGEST_OUTCOMES
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.models.errors import DeadLetterUnavailable, RejectedEvent
 from deskpulse.models.settings import Settings
@@ -60,7 +73,7 @@ from deskpulse.streams.webhooks import (
     zendesk_signature_problem,
 )
 
-__all__ = ["SOURCES", "Ingest", "IngestServer", "RateLimit", "split_events"]
+__all__ = ["SOURCES", "Ingest", "IngestMetrics", "IngestServer", "RateLimit", "split_events"]
 
 log = logging.getLogger("deskpulse.ingest")
 
@@ -130,6 +143,68 @@ class _Record:
     event_id: str
 
 
+#: Seconds between two log lines about refused (401) requests of one source.
+REFUSED_LOG_INTERVAL_S = 60.0
+
+
+class IngestMetrics:
+    """The ingest server's own registry: answers, records and durations by source."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # as the worker's: no KPI value
+        self.registry = CollectorRegistry()
+
+        def spec(name: str) -> tuple[str, str, list[str]]:
+            found = INGEST_CATALOG[name]
+            base = name.removesuffix("_total") if found.kind == "counter" else name
+            return base, found.help, list(found.labels)
+
+        self._requests = PromCounter(
+            *spec("deskpulse_ingest_requests_total"), registry=self.registry
+        )
+        self._records = PromCounter(*spec("deskpulse_ingest_records_total"), registry=self.registry)
+        duration = INGEST_CATALOG["deskpulse_ingest_request_duration_seconds"]
+        self._duration = Histogram(
+            *spec(duration.name), registry=self.registry, buckets=duration.buckets
+        )
+        for source in SOURCES:  # 0 from the start: the first refusal or record is an increase
+            self._requests.labels(source, "401")
+            for outcome in INGEST_OUTCOMES:
+                self._records.labels(source, outcome)
+        #: per source: refusals since the last line about them, and when that line was
+        self._refused: dict[str, int] = {}
+        self._refused_logged: dict[str, float] = {}
+
+    def answered(self, source: str, code: int, seconds: float) -> None:
+        self._requests.labels(source, str(code)).inc()
+        self._duration.labels(source).observe(seconds)
+
+    def records(self, source: str, outcome: str, count: int) -> None:
+        if count:
+            self._records.labels(source, outcome).inc(count)
+
+    def refused(self, source: str, why: str) -> None:
+        """A request refused as unauthorized: said at once, then at most once a minute."""
+        count = self._refused.get(source, 0) + 1
+        now = time.monotonic()
+        last = self._refused_logged.get(source)
+        if last is not None and now - last < REFUSED_LOG_INTERVAL_S:
+            self._refused[source] = count
+            return
+        self._refused[source] = 0
+        self._refused_logged[source] = now
+        log.warning(
+            "ingest: %d request(s) to /ingest/%s refused as unauthorized since the last such "
+            "line (the last: %s): check the token or signing secret its sender uses",
+            count,
+            source,
+            why,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
 class _Unavailable(Exception):
     """The broker did not acknowledge in time (or at all): the request is answered 503."""
 
@@ -143,6 +218,7 @@ class Ingest:
         # waits for the broker's answer to the last one (one request in flight per broker),
         # and a request alone is not held back (measured: p99 4 ms at linger 0, 19 ms at 5)
         self.publisher = KafkaPublisher(settings, linger_ms=0)
+        self.metrics = IngestMetrics()
         self.ready = False
         self._connecting: asyncio.Task[None] | None = None
         self._limits = {source: RateLimit(settings.ingest_rate) for source in SOURCES}
@@ -196,13 +272,35 @@ class Ingest:
 
     def application(self) -> web.Application:
         """The aiohttp application of the ingest routes (and ``/healthz``, ``/readyz``)."""
-        app = web.Application(client_max_size=self.settings.ingest_max_bytes)
+        app = web.Application(
+            client_max_size=self.settings.ingest_max_bytes, middlewares=[self._measured]
+        )
         app.router.add_post("/ingest/events", self.events)
         app.router.add_post("/ingest/zendesk", self.zendesk_webhook)
         app.router.add_post("/ingest/intercom", self.intercom_webhook)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_page)
         return app
+
+    @web.middleware
+    async def _measured(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Count each answer to ``/ingest/<source>`` with its status code and duration."""
+        source = request.path.removeprefix("/ingest/")
+        if source not in SOURCES:
+            response: web.StreamResponse = await handler(request)
+            return response
+        started = time.perf_counter()
+        code = 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as error:  # aiohttp's own answers (405, 413 while reading)
+            code = error.status
+            raise
+        finally:
+            self.metrics.answered(source, code, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ routes
 
@@ -215,11 +313,30 @@ class Ingest:
         problem = f"waiting for the Kafka broker at {self.settings.kafka_bootstrap}"
         return _json({"status": "not ready", "problems": [problem]}, status=503)
 
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        token = self.settings.web_token
+        if (
+            self.settings.metrics_require_token
+            and token is not None
+            and not bearer_token_matches(
+                request.headers.get("Authorization"), token.get_secret_value()
+            )
+        ):
+            return _json(
+                {"error": "unauthorized"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="deskpulse"'},
+            )
+        return web.Response(
+            body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
     async def events(self, request: web.Request) -> web.Response:
         token = self.settings.ingest_token
         if token is not None and not bearer_token_matches(
             request.headers.get("Authorization"), token.get_secret_value()
         ):
+            self.metrics.refused("events", "no or a wrong bearer token")
             return _json(
                 {"error": "unauthorized: send DESKPULSE_INGEST_TOKEN as a bearer token"},
                 status=401,
@@ -267,6 +384,8 @@ class Ingest:
             await self._acknowledged(accepted, rejected)
         except _Unavailable as error:
             return _unavailable(str(error))
+        self.metrics.records("events", "accepted", len(accepted))
+        self.metrics.records("events", "rejected", len(rejected))
         document = {"accepted": len(accepted), "rejected": len(rejected), "results": results}
         return _json(document, status=422 if rejected else 200)
 
@@ -289,6 +408,7 @@ class Ingest:
             max_age_s=self.settings.webhook_max_age,
         )
         if problem is not None:
+            self.metrics.refused("zendesk", problem)
             return _json({"error": f"unauthorized: {problem}"}, status=401)
         if (limited := self._limited("zendesk")) is not None:
             return limited
@@ -309,6 +429,7 @@ class Ingest:
             reason = (
                 "no X-Hub-Signature header" if not signature else "the signature does not match"
             )
+            self.metrics.refused("intercom", reason)
             return _json({"error": f"unauthorized: {reason}"}, status=401)
         if (limited := self._limited("intercom")) is not None:
             return limited
@@ -359,6 +480,7 @@ class Ingest:
         self, path: str, body: bytes, mapper: Callable[[Any], list[dict[str, Any]] | Ignored]
     ) -> web.Response:
         """Map a verified webhook body, produce its events; dead-letter it if it cannot be."""
+        source = path.removeprefix("/ingest/")
         try:
             try:
                 payload = orjson.loads(body)
@@ -366,6 +488,7 @@ class Ingest:
                 raise RejectedEvent("invalid_json", str(error)) from None
             mapped = mapper(payload)
             if isinstance(mapped, Ignored):
+                self.metrics.records(source, "ignored", 1)
                 return _json({"status": "ignored", "detail": mapped.why})
             now_s = time.time()
             records = [self._record(orjson.dumps(event), now_s) for event in mapped]
@@ -376,6 +499,7 @@ class Ingest:
                 await self._acknowledged([], [(SourceRecord(path, -1, -1, None, body), error)])
             except _Unavailable as unavailable:
                 return _unavailable(str(unavailable))
+            self.metrics.records(source, "rejected", 1)
             return _json(
                 {
                     "status": "rejected",
@@ -391,6 +515,7 @@ class Ingest:
             await self._acknowledged(records, [])
         except _Unavailable as error:
             return _unavailable(str(error))
+        self.metrics.records(source, "accepted", len(records))
         events = [{"event_id": r.event_id, "topic": r.topic} for r in records]
         return _json({"status": "accepted", "events": events})
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
@@ -102,6 +103,17 @@ def kpis(worker: WorkerProcess, query: str) -> dict[str, Any]:
     assert response is not None and response.status == 200, response
     document: dict[str, Any] = json.loads(response.body)
     return document
+
+
+def ingest_metrics(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the ingest port's ``/metrics``: (name, sorted labels) -> value."""
+    response = http_get(f"{client.base}/metrics")
+    assert response is not None and response.status == 200, response
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 def record_count(settings: Settings) -> int:
@@ -221,6 +233,13 @@ def test_signed_webhooks_end_as_kpis_and_retries_change_nothing(
         assert client.intercom(payload).status == 200
     assert client.events(json.dumps(survey).encode()).status == 200
     assert record_count(settings) == before + 2 * produced
+    # the ingest port counted the events produced, twice each (9 + 4 + 1): none refused
+    accepted = {
+        dict(labels)["source"]: value
+        for (name, labels), value in ingest_metrics(client).items()
+        if name == "deskpulse_ingest_records_total" and dict(labels)["outcome"] == "accepted"
+    }
+    assert accepted == {"zendesk": 18, "intercom": 8, "events": 2}, accepted
 
     def duplicates() -> float:
         found = samples(scrape(settings.web_port), "deskpulse_events_duplicate_total")
@@ -305,6 +324,45 @@ def test_bad_requests_produce_nothing_or_are_dead_lettered(
         ("/ingest/intercom", "invalid_json", not_json),
         ("/ingest/events", "missing_field", b'{"type": "ticket.created"}'),
     }
+
+    # the ingest port's /metrics counted each answer and what it carried
+    counted = ingest_metrics(client)
+    assert {
+        labels: value
+        for (name, labels), value in counted.items()
+        if name == "deskpulse_ingest_requests_total" and value
+    } == {
+        (("code", "401"), ("source", "zendesk")): 3,
+        (("code", "413"), ("source", "zendesk")): 1,
+        (("code", "422"), ("source", "zendesk")): 2,
+        (("code", "401"), ("source", "intercom")): 1,
+        (("code", "422"), ("source", "intercom")): 1,
+        (("code", "401"), ("source", "events")): 2,
+        (("code", "422"), ("source", "events")): 1,
+    }
+    assert {
+        labels: value
+        for (name, labels), value in counted.items()
+        if name == "deskpulse_ingest_records_total" and value
+    } == {
+        (("outcome", "rejected"), ("source", "zendesk")): 2,
+        (("outcome", "rejected"), ("source", "intercom")): 1,
+        (("outcome", "accepted"), ("source", "events")): 1,
+        (("outcome", "rejected"), ("source", "events")): 1,
+    }
+    durations = {
+        dict(labels)["source"]: value
+        for (name, labels), value in counted.items()
+        if name == "deskpulse_ingest_request_duration_seconds_count"
+    }
+    assert durations == {"zendesk": 6, "intercom": 2, "events": 3}
+    # and the refusals are said in the log: once for each source within the minute
+    refused = [line for line in worker.log().splitlines() if "refused as unauthorized" in line]
+    assert sorted(line.split("/ingest/")[1].split()[0] for line in refused) == [
+        "events",
+        "intercom",
+        "zendesk",
+    ], refused
     assert worker.running, worker.describe()
 
 

@@ -24,6 +24,7 @@ from deskpulse.exporters.catalog import (
     CATALOG,
     CUMULATIVE,
     DIMENSIONS,
+    INGEST_CATALOG,
     INSTANCES_NOW,
     STATE_NOW,
     WINDOWED,
@@ -149,10 +150,12 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-KNOWN_SERIES = {name for spec in CATALOG.values() for name in sample_names(spec)}
+#: the worker's families and the ingest server's (on its own port)
+FAMILIES = (*CATALOG.values(), *INGEST_CATALOG.values())
+KNOWN_SERIES = {name for spec in FAMILIES for name in sample_names(spec)}
 CUMULATIVE_SERIES = {
     name
-    for spec in CATALOG.values()
+    for spec in FAMILIES
     if spec.kind in ("counter", "histogram")
     for name in sample_names(spec)
 }

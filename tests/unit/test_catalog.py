@@ -16,6 +16,9 @@ from deskpulse.exporters.catalog import (
     CUMULATIVE,
     DIMENSIONS,
     HEALTH,
+    INGEST,
+    INGEST_CATALOG,
+    INGEST_OUTCOMES,
     INSTANCES_NOW,
     OPENMETRICS_FAMILY_CLASHES,
     STATE_NOW,
@@ -138,6 +141,8 @@ LABEL = re.compile(r"^[a-z][a-z0-9_]*$")
 TIME_WORDS = ("duration", "wait", "latency", "age", "time", "timestamp", "delay")
 NON_BASE_UNITS = ("_ms", "_milliseconds", "_minutes", "_hours", "_days", "_percent", "_pct")
 SPECS = (*WINDOWED, *CUMULATIVE, *INSTANCES_NOW, *STATE_NOW, *HEALTH, *AGENTS)
+#: and the ingest server's, on a port of its own
+ALL_SPECS = (*SPECS, *INGEST)
 
 
 def stem(spec: MetricSpec) -> str:
@@ -161,6 +166,16 @@ def test_catalog_holds_exactly_the_documented_metrics() -> None:
     )
 
 
+def test_the_ingest_servers_families_are_its_own() -> None:
+    assert not set(INGEST_CATALOG) & set(CATALOG)
+    assert {spec.name: spec.labels for spec in INGEST} == {
+        "deskpulse_ingest_requests_total": ("source", "code"),
+        "deskpulse_ingest_records_total": ("source", "outcome"),
+        "deskpulse_ingest_request_duration_seconds": ("source",),
+    }
+    assert INGEST_OUTCOMES == ("accepted", "rejected", "ignored")
+
+
 def test_no_name_is_declared_twice() -> None:
     assert len(SPECS) == len(CATALOG)
     spec = CATALOG["deskpulse_redis_up"]
@@ -180,7 +195,7 @@ def test_public_surface() -> None:
     assert defined_here <= set(catalog_module.__all__)
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda spec: spec.name)
 def test_name_follows_prometheus_conventions(spec: MetricSpec) -> None:
     assert NAME.match(spec.name), "lower snake case under the deskpulse_ namespace"
     assert spec.kind in ("gauge", "counter", "histogram", "summary")
@@ -199,7 +214,7 @@ def test_name_follows_prometheus_conventions(spec: MetricSpec) -> None:
     assert spec.help.strip() and spec.help.rstrip().endswith((".", ")"))
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda spec: spec.name)
 def test_labels_are_valid_and_never_ids(spec: MetricSpec) -> None:
     assert len(set(spec.labels)) == len(spec.labels)
     # the one exception, on the operator's request (DESKPULSE_AGENT_METRICS): agent ids
@@ -321,8 +336,9 @@ def test_the_readme_and_the_catalog_name_the_same_metrics() -> None:
     # exist (as a family or one of its samples), and every family must be documented there.
     text = README.read_text(encoding="utf-8")
     named = set(re.findall(r"\bdeskpulse_[a-z0-9_]+", text))
-    known = set(CATALOG) | {name for spec in CATALOG.values() for name in sample_names(spec)}
+    families = {**CATALOG, **INGEST_CATALOG}
+    known = set(families) | {name for spec in families.values() for name in sample_names(spec)}
     assert named, "the README names metrics"
     assert named <= known, sorted(named - known)
-    undocumented = [name for name in CATALOG if not re.search(rf"\b{name}\b", text)]
+    undocumented = [name for name in families if not re.search(rf"\b{name}\b", text)]
     assert not undocumented, undocumented

@@ -8,11 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deskpulse.models.errors import RejectedEvent, SettingsError
 from deskpulse.models.settings import load_settings
 from deskpulse.models.wire import decode_record
-from deskpulse.streams.ingest import RateLimit, split_events
+from deskpulse.streams import ingest
+from deskpulse.streams.ingest import IngestMetrics, RateLimit, split_events
 from deskpulse.streams.webhooks import (
     Ignored,
     IntercomMapping,
@@ -613,3 +615,46 @@ def test_ingest_defaults() -> None:
     assert settings.ingest_token is None and settings.webhook_max_age == 300
     assert settings.zendesk_signing_secret is None and settings.intercom_client_secret is None
     assert settings.zendesk_queue_field == "group" and settings.intercom_as == "chat"
+
+
+def test_refused_requests_are_said_at_once_then_once_a_minute_with_their_count(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(ingest.time, "monotonic", lambda: clock[0])
+    metrics = IngestMetrics()
+    with caplog.at_level("WARNING", logger="deskpulse.ingest"):
+        metrics.refused("zendesk", "the signature does not match")
+        for second in (1.0, 30.0, 59.0):
+            clock[0] = 1000.0 + second
+            metrics.refused("zendesk", "the signature does not match")
+        metrics.refused("intercom", "no X-Hub-Signature header")  # a source of its own
+        clock[0] = 1060.0
+        metrics.refused("zendesk", "more than 300s from the server's clock")
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("ingest: 1 request(s) to /ingest/zendesk refused")
+    assert lines[1].startswith("ingest: 1 request(s) to /ingest/intercom refused")
+    # the three held back and this one; the last reason named
+    assert lines[2].startswith("ingest: 4 request(s) to /ingest/zendesk refused")
+    assert "the last: more than 300s" in lines[2]
+
+
+def test_the_ingest_metrics_start_at_zero_for_every_source() -> None:
+    text = IngestMetrics().exposition().decode()
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert found == {
+        **{
+            ("deskpulse_ingest_requests_total", (("code", "401"), ("source", source))): 0.0
+            for source in ("events", "zendesk", "intercom")
+        },
+        **{
+            ("deskpulse_ingest_records_total", (("outcome", outcome), ("source", source))): 0.0
+            for source in ("events", "zendesk", "intercom")
+            for outcome in ("accepted", "rejected", "ignored")
+        },
+    }
