@@ -447,7 +447,7 @@ def selectors(expr: str) -> Iterator[tuple[str, str]]:
 
 
 def family(series: str) -> str:
-    (spec,) = [spec for spec in CATALOG.values() if series in sample_names(spec)]
+    (spec,) = [spec for spec in FAMILIES if series in sample_names(spec)]
     return spec.name
 
 
@@ -459,7 +459,7 @@ def test_dashboard_queries_follow_the_window_and_dimension_variables() -> None:
     checked = 0
     for expr in dashboard_exprs():
         for series, matchers in selectors(expr):
-            labels = CATALOG[family(series)].labels
+            labels = {**CATALOG, **INGEST_CATALOG}[family(series)].labels
             if family(series) not in kpis:
                 continue
             for dim in DIMENSIONS:
