@@ -291,16 +291,16 @@ class Ingest:
             response: web.StreamResponse = await handler(request)
             return response
         started = time.perf_counter()
-        code = 500
         try:
             response = await handler(request)
-            code = response.status
-            return response
         except web.HTTPException as error:  # aiohttp's own answers (405, 413 while reading)
-            code = error.status
+            self.metrics.answered(source, error.status, time.perf_counter() - started)
             raise
-        finally:
-            self.metrics.answered(source, code, time.perf_counter() - started)
+        except Exception:  # answered 500 by aiohttp (a cancelled request gets no answer)
+            self.metrics.answered(source, 500, time.perf_counter() - started)
+            raise
+        self.metrics.answered(source, response.status, time.perf_counter() - started)
+        return response
 
     # ------------------------------------------------------------------ routes
 

@@ -3,12 +3,14 @@ pure parts of streams/ingest.py: the body splitter and the rate limit."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from deskpulse.models.errors import RejectedEvent, SettingsError
 from deskpulse.models.settings import load_settings
@@ -657,4 +659,47 @@ def test_the_ingest_metrics_start_at_zero_for_every_source() -> None:
             for source in ("events", "zendesk", "intercom")
             for outcome in ("accepted", "rejected", "ignored")
         },
+    }
+
+
+def test_every_answer_to_an_ingest_route_is_counted_by_its_code() -> None:
+    """aiohttp's own answers (405) too, and the server's before the broker is reached
+    (503); nothing else (``/readyz``, ``/metrics``) is."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    settings = load_settings(ingest_token=SecretStr("tok"))
+    served = ingest.Ingest(settings)
+
+    async def run() -> str:
+        async with TestClient(TestServer(served.application())) as client:
+            assert (await client.get("/ingest/zendesk")).status == 405
+            assert (await client.post("/ingest/zendesk", data=b"{}")).status == 404  # off
+            assert (await client.post("/ingest/events", data=b"{}")).status == 401
+            line = orjson.dumps(
+                {
+                    "event_id": "e1",
+                    "type": "chat.requested",
+                    "occurred_at": "2026-12-07T10:00:00Z",
+                    "chat_id": "c1",
+                }
+            )
+            authorized = {"Authorization": "Bearer tok"}
+            answer = await client.post("/ingest/events", data=line, headers=authorized)
+            assert answer.status == 503  # the broker was never reached
+            assert (await client.get("/readyz")).status == 503
+            metrics = await client.get("/metrics")
+            assert metrics.status == 200
+            return await metrics.text()
+
+    counted = {
+        (sample.labels["source"], sample.labels["code"]): sample.value
+        for family in text_string_to_metric_families(asyncio.run(run()))
+        for sample in family.samples
+        if sample.name == "deskpulse_ingest_requests_total" and sample.value
+    }
+    assert counted == {
+        ("zendesk", "405"): 1,
+        ("zendesk", "404"): 1,
+        ("events", "401"): 1,
+        ("events", "503"): 1,
     }
