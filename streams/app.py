@@ -553,7 +553,7 @@ def create_app(settings: Settings) -> faust.App:
             metas, caught_up = await _read_progress(app, service)
             clocks = detection.update(now_ms, metas, caught_up, partitions)
             published = await service.check_breaches(clocks)
-            if partitions or not _assigned(app):  # not a check that had no end offsets
+            if partitions or not _assigned(app, settings.input_topics):  # no end offsets
                 service.metrics.breach_checked(time.perf_counter() - started)
             if published:
                 log.info("%d SLA breaches published", published)
@@ -768,10 +768,12 @@ def _let_go(app: faust.App, events: Iterable[Any]) -> None:
         unacked.discard(event.message)
 
 
-def _assigned(app: faust.App) -> bool:
-    """Whether the worker's consumer has partitions assigned."""
+def _assigned(app: faust.App, topics: Iterable[str]) -> bool:
+    """Whether the worker's consumer has partitions of ``topics`` assigned (a member may
+    hold none: more workers than partitions, or only Faust's leader topic)."""
+    wanted = set(topics)
     try:
-        return bool(app.consumer.assignment())
+        return any(tp.topic in wanted for tp in app.consumer.assignment())
     except Exception:  # the consumer has not started yet
         return False
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from deskpulse import __version__
 from deskpulse.exporters.catalog import CATALOG, first_response_buckets
 from deskpulse.models.settings import RECORD_KINDS, Settings
+from deskpulse.streams.devtools.embedded import free_port
 from deskpulse.streams.devtools.simulate import Record, SimConfig, generate
-from tests.conftest import RedisServer, create_topics, new_settings
+from tests.conftest import HOST, RedisServer, create_topics, new_settings
 from tests.integration.test_prometheus import DIMS, event
 from tests.support import WorkerProcess, produce, samples, scrape, wait_until
 
@@ -278,3 +280,46 @@ def test_breach_checks_and_snapshots_say_when_they_last_completed(live: Live) ->
     for name, stamp in last.items():
         assert time.time() - stamp < 30, name
     assert 0 < took < 10, took
+
+
+def test_a_worker_without_partitions_still_completes_its_breach_checks(
+    settings: Settings, start_worker: Any, tmp_path: Path
+) -> None:
+    """One input partition, two workers: the one the group leaves without an input
+    partition has nothing to check, and says each empty check completed, so the
+    stalled-checks alert does not page for it. (Faust's leader topic, which the group's
+    leader holds, counts as no input partition by the same rule; here the leader holds
+    the input partition too.)"""
+    settings = settings.model_copy(update={"topic_partitions": 1, "breach_check_interval": 1})
+    create_topics(settings)
+    first = start_worker(settings, tmp_path / "w1", name="w1", timeout_s=90)
+    second = start_worker(
+        settings.model_copy(update={"web_port": free_port(HOST)}),
+        tmp_path / "w2",
+        name="w2",
+        ready=False,
+    )
+
+    def partitions(worker: WorkerProcess) -> float | None:
+        """The input partitions the worker holds, by its /readyz, None while it cannot say."""
+        response = worker.get("/readyz", timeout_s=5)
+        if response is None:
+            return None
+        return 0.0 if b"no input partitions assigned" in response.body else 1.0
+
+    def check(worker: WorkerProcess) -> tuple[float, float]:
+        """(when its last breach check completed, how long it took: 0 before the first)."""
+        text = scrape(worker.settings.web_port)
+        ((_, at),) = samples(text, "deskpulse_breach_check_timestamp_seconds")
+        ((_, took),) = samples(text, "deskpulse_breach_check_duration_seconds")
+        return at, took
+
+    # the group settles with one member on the partition and one without
+    wait_until(
+        lambda: {partitions(first), partitions(second)} == {0.0, 1.0},
+        90,
+        message=lambda: first.describe() + second.describe(),
+    )
+    idle = first if partitions(first) == 0.0 else second
+    since, _ = check(idle)
+    wait_until(lambda: check(idle)[0] > since and check(idle)[1] > 0, 30, message=idle.describe)
