@@ -774,20 +774,7 @@ INGEST_OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "ignored")
 
 #: Upper bounds of ``deskpulse_ingest_request_duration_seconds``: a request is answered
 #: once the broker acknowledged its records, so milliseconds up to the ack timeout.
-INGEST_DURATION_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+INGEST_DURATION_BUCKETS: tuple[float, ...] = (*_FLUSH_BUCKETS_SECONDS[2:], 10.0, 30.0)
 
 INGEST: tuple[MetricSpec, ...] = (
     MetricSpec(
