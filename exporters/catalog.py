@@ -59,6 +59,7 @@ __all__ = [
     "MetricKind",
     "MetricSpec",
     "build_catalog",
+    "client_args",
     "first_response_buckets",
     "sample_names",
 ]
@@ -120,6 +121,13 @@ def sample_names(spec: MetricSpec) -> tuple[str, ...]:
     if spec.kind == "summary":
         return (spec.name, f"{spec.name}_sum", f"{spec.name}_count")
     return (spec.name,)
+
+
+def client_args(spec: MetricSpec) -> tuple[str, str, list[str]]:
+    """The name, HELP and label names prometheus_client's metric classes take for ``spec``
+    (a counter's name without its ``_total``, which the client adds)."""
+    name = spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
+    return name, spec.help, list(spec.labels)
 
 
 def first_response_buckets(targets_seconds: Iterable[float]) -> tuple[float, ...]:

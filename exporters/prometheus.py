@@ -36,7 +36,7 @@ from prometheus_client.samples import Sample
 
 from deskpulse import __version__
 from deskpulse.exporters.cardinality import OTHER, Fold, Guard, Rule, share
-from deskpulse.exporters.catalog import AGENTS, CATALOG, HOLE_OUTCOMES
+from deskpulse.exporters.catalog import AGENTS, CATALOG, HOLE_OUTCOMES, client_args
 from deskpulse.models.events import DIMENSIONS
 from deskpulse.models.settings import Settings, format_duration
 from deskpulse.streams.compat import gauge_value, value_text
@@ -64,9 +64,7 @@ class PipelineMetrics:
         self.registry = registry
 
         def spec(name: str) -> tuple[str, str, list[str]]:
-            found = CATALOG[name]
-            base = name.removesuffix("_total") if found.kind == "counter" else name
-            return base, found.help, list(found.labels)
+            return client_args(CATALOG[name])
 
         self._processed = PromCounter(*spec("deskpulse_events_processed_total"), registry=registry)
         self._rejected = PromCounter(*spec("deskpulse_events_rejected_total"), registry=registry)

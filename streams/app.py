@@ -630,11 +630,7 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.wait_for(service.redis.ping(), timeout=2)
         except Exception as error:  # any failure means not ready, with the reason
             problems.append(f"redis: {error}")
-        try:
-            assigned = app.consumer.assignment()
-        except Exception:  # the consumer has not started yet
-            assigned = set()
-        if not any(tp.topic in settings.input_topics for tp in assigned):
+        if not _assigned(app, settings.input_topics):
             problems.append("no input partitions assigned (yet)")
         if problems:
             return web.json({"status": "not ready", "problems": problems}, status=503)

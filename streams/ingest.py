@@ -55,7 +55,7 @@ from prometheus_client import (
 )
 from prometheus_client import Counter as PromCounter
 
-from deskpulse.exporters.catalog import INGEST_CATALOG, INGEST_OUTCOMES
+from deskpulse.exporters.catalog import INGEST_CATALOG, INGEST_OUTCOMES, client_args
 from deskpulse.exporters.kafka import KafkaPublisher
 from deskpulse.models.errors import DeadLetterUnavailable, RejectedEvent
 from deskpulse.models.settings import Settings
@@ -155,9 +155,7 @@ class IngestMetrics:
         self.registry = CollectorRegistry()
 
         def spec(name: str) -> tuple[str, str, list[str]]:
-            found = INGEST_CATALOG[name]
-            base = name.removesuffix("_total") if found.kind == "counter" else name
-            return base, found.help, list(found.labels)
+            return client_args(INGEST_CATALOG[name])
 
         self._requests = PromCounter(
             *spec("deskpulse_ingest_requests_total"), registry=self.registry

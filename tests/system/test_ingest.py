@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from deskpulse.models.settings import Settings
@@ -105,22 +104,9 @@ def kpis(worker: WorkerProcess, query: str) -> dict[str, Any]:
     return document
 
 
-def ingest_metrics(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the ingest port's ``/metrics``: (name, sorted labels) -> value."""
-    response = http_get(f"{client.base}/metrics")
-    assert response is not None and response.status == 200, response
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def moved(
-    counted: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str
-) -> dict[tuple[tuple[str, str], ...], float]:
-    """The samples of ``name`` above 0, by their sorted labels."""
-    return {labels: value for (found, labels), value in counted.items() if found == name and value}
+def moved(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of ``name`` above 0 in a ``/metrics`` text, by their sorted labels."""
+    return {tuple(sorted(labels.items())): value for labels, value in samples(text, name) if value}
 
 
 def record_count(settings: Settings) -> int:
@@ -242,9 +228,11 @@ def test_signed_webhooks_end_as_kpis_and_retries_change_nothing(
     assert record_count(settings) == before + 2 * produced
     # the ingest port counted the events produced, twice each (9 + 4 + 1): none refused
     accepted = {
-        dict(labels)["source"]: value
-        for (name, labels), value in ingest_metrics(client).items()
-        if name == "deskpulse_ingest_records_total" and dict(labels)["outcome"] == "accepted"
+        labels["source"]: value
+        for labels, value in samples(
+            scrape(settings.ingest_port, settings.ingest_host), "deskpulse_ingest_records_total"
+        )
+        if labels["outcome"] == "accepted"
     }
     assert accepted == {"zendesk": 18, "intercom": 8, "events": 2}, accepted
 
@@ -333,7 +321,7 @@ def test_bad_requests_produce_nothing_or_are_dead_lettered(
     }
 
     # the ingest port's /metrics counted each answer and what it carried
-    counted = ingest_metrics(client)
+    counted = scrape(settings.ingest_port, settings.ingest_host)
     assert moved(counted, "deskpulse_ingest_requests_total") == {
         (("code", "401"), ("source", "zendesk")): 3,
         (("code", "413"), ("source", "zendesk")): 1,
@@ -350,9 +338,8 @@ def test_bad_requests_produce_nothing_or_are_dead_lettered(
         (("outcome", "rejected"), ("source", "events")): 1,
     }
     durations = {
-        dict(labels)["source"]: value
-        for (name, labels), value in counted.items()
-        if name == "deskpulse_ingest_request_duration_seconds_count"
+        labels["source"]: value
+        for labels, value in samples(counted, "deskpulse_ingest_request_duration_seconds_count")
     }
     assert durations == {"zendesk": 6, "intercom": 2, "events": 3}
     # and the refusals are said in the log: once for each source within the minute
