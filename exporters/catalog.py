@@ -469,6 +469,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "seconds",
     ),
     MetricSpec(
+        "deskpulse_kpi_refresh_interval_seconds",
+        "gauge",
+        (),
+        "DESKPULSE_METRICS_REFRESH_INTERVAL: how often the worker refreshes the KPI snapshot "
+        "behind /metrics. The staleness alert scales its threshold with it.",
+        "seconds",
+    ),
+    MetricSpec(
         "deskpulse_breach_check_timestamp_seconds",
         "gauge",
         (),
@@ -488,6 +496,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "seconds",
     ),
     MetricSpec(
+        "deskpulse_breach_check_interval_seconds",
+        "gauge",
+        (),
+        "DESKPULSE_BREACH_CHECK_INTERVAL: how often the worker checks its partitions for SLA "
+        "breaches. The stalled-check alert scales its threshold with it.",
+        "seconds",
+    ),
+    MetricSpec(
         "deskpulse_snapshot_publish_timestamp_seconds",
         "gauge",
         (),
@@ -496,6 +512,14 @@ HEALTH: tuple[MetricSpec, ...] = (
         "sent to the alerts topic (the group leader's work, every DESKPULSE_SNAPSHOT_INTERVAL); "
         "its start until the first. Take the max over a job's workers: only the leader "
         "publishes.",
+        "seconds",
+    ),
+    MetricSpec(
+        "deskpulse_snapshot_interval_seconds",
+        "gauge",
+        (),
+        "DESKPULSE_SNAPSHOT_INTERVAL: how often the group leader publishes KPI snapshots and "
+        "evaluates the alert rules. The stalled-snapshot alert scales its threshold with it.",
         "seconds",
     ),
     MetricSpec(

@@ -60,7 +60,14 @@ __all__ = ["KpiCollector", "PipelineMetrics", "agent_volume", "build_registry", 
 class PipelineMetrics:
     """The worker process's own counters (the engine's ``Metrics``)."""
 
-    def __init__(self, registry: CollectorRegistry, input_topics: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        input_topics: Sequence[str] = (),
+        settings: Settings | None = None,
+    ) -> None:
+        """``settings``, when given, are the worker's: the intervals its freshness alerts
+        scale with are exported from them."""
         self.registry = registry
 
         def spec(name: str) -> tuple[str, str, list[str]]:
@@ -106,6 +113,13 @@ class PipelineMetrics:
             *spec("deskpulse_snapshot_publish_timestamp_seconds"), registry=registry
         )
         self._snapshot_time.set(time.time())  # the start, as the breach check's above
+        if settings is not None:
+            for name, seconds in (
+                ("deskpulse_kpi_refresh_interval_seconds", settings.metrics_refresh_interval),
+                ("deskpulse_breach_check_interval_seconds", settings.breach_check_interval),
+                ("deskpulse_snapshot_interval_seconds", settings.snapshot_interval),
+            ):
+                Gauge(*spec(name), registry=registry).set(seconds)
         self._state_ok = Gauge(*spec("deskpulse_state_ok"), registry=registry)
         self._state_ok.set(1)
         self._redis_up.set(1)
@@ -1287,7 +1301,7 @@ def build_registry(
     """
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series double the exposition for no KPI value
     pipeline_registry = CollectorRegistry(auto_describe=False)
-    pipeline = PipelineMetrics(pipeline_registry, settings.input_topics)
+    pipeline = PipelineMetrics(pipeline_registry, settings.input_topics, settings)
     collector = KpiCollector(store, settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(pipeline_registry)  # a registry is a collector too

@@ -399,6 +399,30 @@ def test_health_families_from_redis(redis_server: RedisServer) -> None:
     assert started <= refreshed <= time.time()
 
 
+def test_the_worker_exports_the_intervals_its_freshness_alerts_scale_with() -> None:
+    """Each interval a staleness alert divides by is exported from its own setting (set
+    apart here, so a swap shows); counters built without settings (the replay's, the
+    benchmarks') export none."""
+    settings = Settings(metrics_refresh_interval=7, breach_check_interval=600, snapshot_interval=90)
+    registry = CollectorRegistry()
+    PipelineMetrics(registry, settings.input_topics, settings)
+    assert {
+        name: registry.get_sample_value(name)
+        for name in (
+            "deskpulse_kpi_refresh_interval_seconds",
+            "deskpulse_breach_check_interval_seconds",
+            "deskpulse_snapshot_interval_seconds",
+        )
+    } == {
+        "deskpulse_kpi_refresh_interval_seconds": 7,
+        "deskpulse_breach_check_interval_seconds": 600,
+        "deskpulse_snapshot_interval_seconds": 90,
+    }
+    bare = CollectorRegistry()
+    PipelineMetrics(bare)
+    assert bare.get_sample_value("deskpulse_breach_check_interval_seconds") is None
+
+
 def test_collect_does_no_io_and_keeps_the_last_snapshot(redis_server: RedisServer) -> None:
     settings = unit_settings(redis_server)
     collector, registry = collector_for(settings, day())

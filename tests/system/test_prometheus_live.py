@@ -280,6 +280,16 @@ def test_breach_checks_and_snapshots_say_when_they_last_completed(live: Live) ->
     for name, stamp in last.items():
         assert time.time() - stamp < 30, name
     assert 0 < took < 10, took
+    # the alerts' thresholds scale with the intervals the worker runs at
+    intervals = {
+        name: samples(live.text, f"deskpulse_{name}_seconds")
+        for name in ("kpi_refresh_interval", "breach_check_interval", "snapshot_interval")
+    }
+    assert intervals == {
+        "kpi_refresh_interval": [({}, live.settings.metrics_refresh_interval)],
+        "breach_check_interval": [({}, live.settings.breach_check_interval)],
+        "snapshot_interval": [({}, live.settings.snapshot_interval)],
+    }
 
 
 def test_a_worker_without_partitions_still_completes_its_breach_checks(

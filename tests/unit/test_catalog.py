@@ -91,9 +91,12 @@ STATE_NOW_LABELS = {
 HEALTH_LABELS = {
     "deskpulse_kpi_refresh_timestamp_seconds": (),
     "deskpulse_kpi_refresh_duration_seconds": (),
+    "deskpulse_kpi_refresh_interval_seconds": (),
     "deskpulse_breach_check_timestamp_seconds": (),
     "deskpulse_breach_check_duration_seconds": (),
+    "deskpulse_breach_check_interval_seconds": (),
     "deskpulse_snapshot_publish_timestamp_seconds": (),
+    "deskpulse_snapshot_interval_seconds": (),
     "deskpulse_events_processed_total": ("topic", "type"),
     "deskpulse_events_rejected_total": ("topic", "reason"),
     "deskpulse_events_rerouted_total": ("topic",),
