@@ -227,6 +227,32 @@ def http_get(url: str, timeout_s: float = 5.0) -> HttpResponse | None:
         return None
 
 
+class ServedProcess:
+    """A server binary the tests start (Prometheus, Alertmanager): its process, its HTTP
+    address, and a readiness wait that names the process and its log when it fails."""
+
+    def __init__(self, name: str, process: ManagedProcess, url: str) -> None:
+        self.name = name
+        self.process = process
+        self.url = url
+
+    def describe(self) -> str:
+        state = "running" if self.process.running else f"exited {self.process.returncode}"
+        return f"{self.name} {state}; log tail:\n{self.process.log_tail(40)}"
+
+    def wait_ready(self, timeout_s: float = 60, path: str = "/-/ready") -> None:
+        def ready() -> bool:
+            if not self.process.running:
+                raise AssertionError(f"{self.name} exited: {self.describe()}")
+            response = http_get(self.url + path, timeout_s=2)
+            return response is not None and response.status == 200
+
+        wait_until(ready, timeout_s, 0.25, message=self.describe)
+
+    def stop(self) -> None:
+        self.process.stop(timeout_s=15)
+
+
 def scrape(port: int, host: str = "127.0.0.1") -> str:
     """The text of ``GET /metrics``; raises :class:`AssertionError` unless it is a 200."""
     response = http_get(f"http://{host}:{port}/metrics")

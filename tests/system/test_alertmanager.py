@@ -21,14 +21,14 @@ import pytest
 
 from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
 from tests.conftest import HOST
-from tests.support import http_get, wait_until
+from tests.support import ServedProcess, http_get, wait_until
 
 CONFIG = Path(__file__).parents[2] / "exporters/assets/alertmanager/alertmanager.yml"
 KEY = ("alertname", "job", "severity")
 Key = tuple[str, ...]
 
 
-class Alertmanager:
+class Alertmanager(ServedProcess):
     """An Alertmanager process on the shipped configuration, and its v2 API."""
 
     def __init__(self, workdir: Path) -> None:
@@ -36,33 +36,21 @@ class Alertmanager:
         if binary is None:
             pytest.skip("alertmanager is not installed (Debian package prometheus-alertmanager)")
         workdir.mkdir(parents=True, exist_ok=True)
-        self.url = f"http://{HOST}:{free_port(HOST)}"
-        self.process = ManagedProcess(
+        address = f"{HOST}:{free_port(HOST)}"
+        process = ManagedProcess(
             "alertmanager",
             [
                 binary,
                 f"--config.file={CONFIG}",
                 f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address={self.url.removeprefix('http://')}",
+                f"--web.listen-address={address}",
                 "--cluster.listen-address=",  # no gossip port: one instance, nothing shared
                 "--log.level=info",
             ],
             workdir / "alertmanager.log",
             cwd=workdir,
         )
-
-    def describe(self) -> str:
-        state = "running" if self.process.running else f"exited {self.process.returncode}"
-        return f"alertmanager {state}; log tail:\n{self.process.log_tail(40)}"
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        def ready() -> bool:
-            if not self.process.running:
-                raise AssertionError(f"alertmanager exited: {self.describe()}")
-            response = http_get(self.url + "/-/ready", timeout_s=2)
-            return response is not None and response.status == 200
-
-        wait_until(ready, timeout_s, 0.25, message=self.describe)
+        super().__init__("alertmanager", process, f"http://{address}")
 
     def fire(self, *alerts: Mapping[str, str]) -> None:
         """Each label set as a firing alert, as Prometheus posts them."""
@@ -95,9 +83,6 @@ class Alertmanager:
             )
             for alert in json.loads(response.body)
         }
-
-    def stop(self) -> None:
-        self.process.stop(timeout_s=15)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from deskpulse.streams.devtools.embedded import ManagedProcess, free_port
 from deskpulse.streams.devtools.simulate import SimConfig, generate
 from tests.conftest import HOST, create_topics
 from tests.support import (
+    ServedProcess,
     WorkerProcess,
     http_get,
     produce,
@@ -51,7 +52,7 @@ scrape_configs:
 """
 
 
-class PrometheusServer:
+class PrometheusServer(ServedProcess):
     """A ``prometheus`` process scraping one target, and its HTTP query API."""
 
     def __init__(self, workdir: Path, target: str) -> None:
@@ -61,33 +62,20 @@ class PrometheusServer:
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "prometheus.yml"
         config.write_text(PROMETHEUS_CONFIG.format(target=target))
-        self.port = free_port(HOST)
-        self.url = f"http://{HOST}:{self.port}"
-        self.process = ManagedProcess(
+        port = free_port(HOST)
+        process = ManagedProcess(
             "prometheus",
             [
                 binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address={HOST}:{self.port}",
+                f"--web.listen-address={HOST}:{port}",
                 "--log.level=info",
             ],
             workdir / "prometheus.log",
             cwd=workdir,
         )
-
-    def describe(self) -> str:
-        state = "running" if self.process.running else f"exited {self.process.returncode}"
-        return f"prometheus {state}; log tail:\n{self.process.log_tail(40)}"
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        def ready() -> bool:
-            if not self.process.running:
-                raise AssertionError(f"prometheus exited: {self.describe()}")
-            response = http_get(self.url + "/-/ready", timeout_s=2)
-            return response is not None and response.status == 200
-
-        wait_until(ready, timeout_s, 0.25, message=self.describe)
+        super().__init__("prometheus", process, f"http://{HOST}:{port}")
 
     def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
         """An instant query at now: each series' labels and value."""
@@ -103,9 +91,6 @@ class PrometheusServer:
     def by(self, expr: str, *names: str) -> dict[tuple[str, ...], float]:
         """``expr``'s series keyed by the values of ``names``."""
         return {tuple(m.get(n, "") for n in names): v for m, v in self.query(expr)}
-
-    def stop(self) -> None:
-        self.process.stop(timeout_s=15)
 
 
 def fast(settings: Settings) -> Settings:
