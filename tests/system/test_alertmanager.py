@@ -124,15 +124,17 @@ def test_the_shipped_inhibitions_mute_what_a_cause_explains_and_nothing_else(
         {"alertname": "DeskpulsePipelineLagging", **worker, **ticket},
         # and the ingest server's 503s, scraped as another job
         {"alertname": "DeskpulseIngestUnavailable", **ingest, **page},
-        # not explained by it: another job's staleness, refused webhooks (a secret)
+        # not explained by it: another job's staleness, refused webhooks (a secret), an
+        # ingest server that cannot be scraped
         {"alertname": "DeskpulseKpisStale", **other, **page},
         {"alertname": "DeskpulseWebhooksRefused", **ingest, **page},
+        {"alertname": "DeskpulseIngestDown", **ingest, **page},
         # a fast error-budget burn mutes the slow one of its job only
         {"alertname": "FirstResponseErrorBudgetBurn", **worker, **page},
         {"alertname": "FirstResponseErrorBudgetBurn", **worker, **ticket},
         {"alertname": "FirstResponseErrorBudgetBurn", **other, **ticket},
     )
-    assert settled(alertmanager, 10) == {
+    assert settled(alertmanager, 11) == {
         ("DeskpulseBrokerDown", "deskpulse", "page"): False,
         ("DeskpulseKpisStale", "deskpulse", "page"): True,
         ("DeskpulseBreachChecksStalled", "deskpulse", "page"): True,
@@ -140,6 +142,7 @@ def test_the_shipped_inhibitions_mute_what_a_cause_explains_and_nothing_else(
         ("DeskpulseIngestUnavailable", "deskpulse-ingest", "page"): True,
         ("DeskpulseKpisStale", "other", "page"): False,
         ("DeskpulseWebhooksRefused", "deskpulse-ingest", "page"): False,
+        ("DeskpulseIngestDown", "deskpulse-ingest", "page"): False,
         ("FirstResponseErrorBudgetBurn", "deskpulse", "page"): False,
         ("FirstResponseErrorBudgetBurn", "deskpulse", "ticket"): True,
         ("FirstResponseErrorBudgetBurn", "other", "ticket"): False,
