@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) system-deps
 
-# redis-server for the embedded stack and the tests; promtool/amtool for the rule tests;
+# redis-server for the embedded stack and the tests; Prometheus and Alertmanager (with
+# promtool and amtool) for the tests of the shipped rules and Alertmanager configuration;
 # chromium for the wallboard's browser tests (driven by Playwright, never downloaded by it).
 system-deps:
 	@missing=""; \
