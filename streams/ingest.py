@@ -54,6 +54,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import Counter as PromCounter
+from pydantic import SecretStr
 
 from deskpulse.exporters.catalog import INGEST_CATALOG, INGEST_OUTCOMES, client_args
 from deskpulse.exporters.kafka import KafkaPublisher
@@ -312,34 +313,23 @@ class Ingest:
         return _json({"status": "not ready", "problems": [problem]}, status=503)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        token = self.settings.web_token
-        if (
-            self.settings.metrics_require_token
-            and token is not None
-            and not bearer_token_matches(
-                request.headers.get("Authorization"), token.get_secret_value()
-            )
-        ):
-            return _json(
-                {"error": "unauthorized"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="deskpulse"'},
-            )
+        if self.settings.metrics_require_token:
+            refusal = _without_token(request, self.settings.web_token, "unauthorized")
+            if refusal is not None:
+                return refusal
         return web.Response(
             body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     async def events(self, request: web.Request) -> web.Response:
-        token = self.settings.ingest_token
-        if token is not None and not bearer_token_matches(
-            request.headers.get("Authorization"), token.get_secret_value()
-        ):
+        refusal = _without_token(
+            request,
+            self.settings.ingest_token,
+            "unauthorized: send DESKPULSE_INGEST_TOKEN as a bearer token",
+        )
+        if refusal is not None:
             self.metrics.refused("events", "no or a wrong bearer token")
-            return _json(
-                {"error": "unauthorized: send DESKPULSE_INGEST_TOKEN as a bearer token"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="deskpulse"'},
-            )
+            return refusal
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
@@ -552,6 +542,20 @@ def _json(
 ) -> web.Response:
     return web.Response(
         body=orjson.dumps(document), status=status, content_type=_JSON, headers=headers
+    )
+
+
+def _without_token(
+    request: web.Request, token: SecretStr | None, error: str
+) -> web.Response | None:
+    """A 401 saying ``error`` when ``token`` is set and the request does not carry it as a
+    bearer credential, else None."""
+    if token is None or bearer_token_matches(
+        request.headers.get("Authorization"), token.get_secret_value()
+    ):
+        return None
+    return _json(
+        {"error": error}, status=401, headers={"WWW-Authenticate": 'Bearer realm="deskpulse"'}
     )
 
 

@@ -703,3 +703,26 @@ def test_every_answer_to_an_ingest_route_is_counted_by_its_code() -> None:
         ("events", "401"): 1,
         ("events", "503"): 1,
     }
+
+
+def test_the_ingest_metrics_ask_for_the_web_token_when_told_to() -> None:
+    """With ``DESKPULSE_METRICS_REQUIRE_TOKEN`` the ingest port's ``/metrics`` answers 401
+    (with the bearer challenge) to a request without the web token, as the worker's does;
+    without the setting it is open."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def statuses(settings: Any) -> list[tuple[int, str | None]]:
+        served = ingest.Ingest(settings)
+        async with TestClient(TestServer(served.application())) as client:
+            answers = [
+                await client.get("/metrics"),
+                await client.get("/metrics", headers={"Authorization": "Bearer wrong"}),
+                await client.get("/metrics", headers={"Authorization": "Bearer web"}),
+            ]
+            return [(a.status, a.headers.get("WWW-Authenticate")) for a in answers]
+
+    guarded = load_settings(web_token=SecretStr("web"), metrics_require_token=True)
+    challenge = 'Bearer realm="deskpulse"'
+    assert asyncio.run(statuses(guarded)) == [(401, challenge), (401, challenge), (200, None)]
+    open_ = load_settings(web_token=SecretStr("web"))
+    assert asyncio.run(statuses(open_)) == [(200, None), (200, None), (200, None)]
